@@ -1,0 +1,59 @@
+"""skymorph's errors.
+
+Every error skymorph raises on bad input derives from :class:`SkymorphError` and also from the built-in
+a caller would catch (``ValueError``, ``FileNotFoundError``, ``ImportError``). Messages are one line:
+what was wrong, with which input, and what to do next. The command line prints exactly that line.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "SkymorphError",
+    "InputError",
+    "SchemaError",
+    "TileError",
+    "TileNotFoundError",
+    "ModelError",
+    "CatalogError",
+    "MissingDependencyError",
+]
+
+
+class SkymorphError(Exception):
+    """Base of every skymorph error; the CLI turns it into a one-line message and exit code 2."""
+
+
+class InputError(SkymorphError, ValueError):
+    """A user-supplied argument, file or table is invalid."""
+
+
+class SchemaError(SkymorphError, ValueError):
+    """A Galaxy Zoo decision tree (schema) is malformed or does not match the data."""
+
+
+class TileError(SkymorphError, ValueError):
+    """A tile store is malformed: wrong dtype, shape, missing array, not a skymorph store."""
+
+
+class TileNotFoundError(TileError, FileNotFoundError):
+    """A tile store does not exist at the given URL."""
+
+
+class ModelError(SkymorphError, ValueError):
+    """A checkpoint, ONNX model or TensorRT plan is unreadable, lacks metadata or does not fit."""
+
+
+class CatalogError(SkymorphError, ValueError):
+    """A catalog is missing, malformed, or a query against it is invalid."""
+
+
+class MissingDependencyError(SkymorphError, ImportError):
+    """An optional dependency is needed for this feature; the message says what to install."""
+
+
+def did_you_mean(name: str, choices) -> str:
+    """Return ``" Did you mean 'x'?"`` for the closest of ``choices`` to ``name``, or ``""``."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f" Did you mean {close[0]!r}?" if close else ""

@@ -1,0 +1,152 @@
+"""Metadata carried by every exported model: the contract between exporter, engines and catalog.
+
+An ONNX model stores it as ``metadata_props`` (string key/values, DESIGN's ``skymorph.*`` keys); a
+TensorRT plan stores the same keys in its sidecar JSON. :class:`ModelMetadata` validates on
+construction and round-trips through :meth:`ModelMetadata.to_props` / :meth:`ModelMetadata.from_props`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from skymorph.errors import ModelError
+from skymorph.schema import Schema
+
+__all__ = ["InputSpec", "ModelMetadata", "LIKELIHOODS"]
+
+LIKELIHOODS = ("multinomial", "dirichlet_multinomial")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a model expects as input and how uint8 pixels become network input.
+
+    Inside the model: ``x = (pixel * scale - mean[c]) / std[c]``; then a centred crop keeping
+    ``crop_fraction`` of height and width; then a bilinear resize to ``resize`` x ``resize`` pixels
+    (``None``: no resize). ``channels``, ``height``, ``width`` are those of the uint8 images fed in.
+    """
+
+    channels: int
+    height: int
+    width: int
+    scale: float = 1.0 / 255.0
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+    crop_fraction: float = 1.0
+    resize: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
+        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+        if min(self.channels, self.height, self.width) < 1:
+            raise ModelError(f"input spec needs positive channels, height, width; got {self.channels}x{self.height}x{self.width}")
+        for name, values in (("mean", self.mean), ("std", self.std)):
+            if len(values) not in (1, self.channels):
+                raise ModelError(f"input spec {name} has {len(values)} values for {self.channels} channel(s)")
+        if any(s <= 0 for s in self.std):
+            raise ModelError(f"input spec std must be positive, got {self.std}")
+        if not 0 < self.crop_fraction <= 1:
+            raise ModelError(f"input spec crop_fraction must be in (0, 1], got {self.crop_fraction}")
+        if self.resize is not None and self.resize < 8:
+            raise ModelError(f"input spec resize must be at least 8 pixels, got {self.resize}")
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the uint8 images the model takes."""
+        return (self.channels, self.height, self.width)
+
+    def to_dict(self) -> dict:
+        return {
+            "channels": self.channels,
+            "height": self.height,
+            "width": self.width,
+            "scale": self.scale,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "crop_fraction": self.crop_fraction,
+            "resize": self.resize,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> InputSpec:
+        try:
+            return cls(**data)
+        except TypeError as err:
+            raise ModelError(f"input spec {data!r} is malformed: {err}") from err
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """Schema, likelihood, T, seed, dropout rate, digests and input spec of an exported model."""
+
+    schema: Schema
+    likelihood: str
+    samples: int
+    seed: int
+    dropout: float
+    masks_sha256: str
+    weights_sha256: str
+    input: InputSpec
+    arch: str = ""
+    version: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.likelihood not in LIKELIHOODS:
+            raise ModelError(f"likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}")
+        if self.samples < 1:
+            raise ModelError(f"samples (T) must be at least 1, got {self.samples}")
+        if not 0 <= self.dropout < 1:
+            raise ModelError(f"dropout rate must be in [0, 1), got {self.dropout}")
+
+    def to_props(self) -> dict[str, str]:
+        """DESIGN's ``skymorph.*`` string key/values (ONNX ``metadata_props``, plan sidecar)."""
+        props = {
+            "skymorph.schema": self.schema.to_json(),
+            "skymorph.likelihood": self.likelihood,
+            "skymorph.samples": str(self.samples),
+            "skymorph.seed": str(self.seed),
+            "skymorph.dropout": repr(float(self.dropout)),
+            "skymorph.masks_sha256": self.masks_sha256,
+            "skymorph.weights_sha256": self.weights_sha256,
+            "skymorph.input": json.dumps(self.input.to_dict(), separators=(",", ":")),
+            "skymorph.arch": self.arch,
+            "skymorph.version": self.version,
+        }
+        for key, value in self.extra.items():
+            props[f"skymorph.{key}"] = value if isinstance(value, str) else json.dumps(value)
+        return props
+
+    @classmethod
+    def from_props(cls, props: dict[str, str], source: str = "model") -> ModelMetadata:
+        """Parse ``skymorph.*`` keys; a one-line :class:`ModelError` naming ``source`` if any is missing."""
+        required = (
+            "schema", "likelihood", "samples", "seed", "dropout", "masks_sha256", "weights_sha256", "input",
+        )
+        missing = [key for key in required if f"skymorph.{key}" not in props]
+        if missing:
+            raise ModelError(
+                f"{source} has no skymorph metadata ({', '.join('skymorph.' + k for k in missing)} missing); "
+                "export it with `skymorph export`"
+            )
+        try:
+            known = set(required) | {"arch", "version"}
+            extra = {k[len("skymorph."):]: v for k, v in props.items() if k.startswith("skymorph.") and k[9:] not in known}
+            return cls(
+                schema=Schema.from_json(props["skymorph.schema"], source=f"{source} skymorph.schema"),
+                likelihood=props["skymorph.likelihood"],
+                samples=int(props["skymorph.samples"]),
+                seed=int(props["skymorph.seed"]),
+                dropout=float(props["skymorph.dropout"]),
+                masks_sha256=props["skymorph.masks_sha256"],
+                weights_sha256=props["skymorph.weights_sha256"],
+                input=InputSpec.from_dict(json.loads(props["skymorph.input"])),
+                arch=props.get("skymorph.arch", ""),
+                version=props.get("skymorph.version", ""),
+                extra=extra,
+            )
+        except (ValueError, TypeError) as err:
+            if isinstance(err, ModelError):
+                raise
+            raise ModelError(f"{source} has malformed skymorph metadata: {err}") from err

@@ -1,0 +1,1 @@
+"""skymorph.survey"""

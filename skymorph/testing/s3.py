@@ -1,0 +1,88 @@
+"""A real S3 endpoint on 127.0.0.1: moto's ThreadedMotoServer on a free port.
+
+Used by the tests and by ``make demo``; s3fs, zarr and boto3 talk to it over HTTP exactly as they would
+to AWS. Needs the ``dev`` extra (``moto[server]``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+
+from skymorph.errors import MissingDependencyError
+
+__all__ = ["LocalS3"]
+
+DUMMY_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "skymorph-local",
+    "AWS_SECRET_ACCESS_KEY": "skymorph-local",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+@dataclass
+class LocalS3:
+    """Start with :meth:`start` (or ``with LocalS3() as s3:``); ``s3.endpoint_url`` is ``http://127.0.0.1:PORT``.
+
+    ``s3.env`` holds the environment (dummy credentials, ``AWS_ENDPOINT_URL``) that makes any process,
+    Dask workers included, reach this endpoint the standard way; :meth:`apply_env` sets it in this
+    process. ``s3.storage_options`` gives the same as explicit s3fs options.
+    """
+
+    host: str = "127.0.0.1"
+    _server: object = field(default=None, repr=False)
+    endpoint_url: str = ""
+
+    def start(self) -> LocalS3:
+        try:
+            from moto.server import ThreadedMotoServer
+        except ImportError as err:
+            raise MissingDependencyError("the local S3 endpoint needs moto: pip install 'skymorph[dev]'") from err
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        server = ThreadedMotoServer(ip_address=self.host, port=0, verbose=False)
+        server.start()
+        host, port = server.get_host_and_port()
+        self._server = server
+        self.endpoint_url = f"http://{host}:{port}"
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+    def __enter__(self) -> LocalS3:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**DUMMY_CREDENTIALS, "AWS_ENDPOINT_URL": self.endpoint_url}
+
+    @property
+    def storage_options(self) -> dict:
+        return {
+            "endpoint_url": self.endpoint_url,
+            "key": DUMMY_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+            "secret": DUMMY_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        }
+
+    def apply_env(self) -> None:
+        os.environ.update(self.env)
+
+    def create_bucket(self, name: str) -> str:
+        """Create bucket ``name`` (at least 3 characters) and return ``s3://name``."""
+        import boto3
+
+        client = boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            aws_access_key_id=DUMMY_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=DUMMY_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+            region_name=DUMMY_CREDENTIALS["AWS_DEFAULT_REGION"],
+        )
+        client.create_bucket(Bucket=name)
+        return f"s3://{name}"

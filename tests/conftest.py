@@ -1,0 +1,30 @@
+"""Shared fixtures: a real S3 endpoint on 127.0.0.1, and a fresh bucket per test."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from skymorph.testing import LocalS3
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """One moto S3 server for the session, on a free loopback port."""
+    with LocalS3() as server:
+        yield server
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch):
+    """The server with its environment applied (so s3fs, zarr and child processes find it)."""
+    for key, value in s3_server.env.items():
+        monkeypatch.setenv(key, value)
+    return s3_server
+
+
+@pytest.fixture
+def s3_bucket(s3) -> str:
+    """``s3://<fresh bucket>`` on the local endpoint."""
+    return s3.create_bucket(f"skymorph-{uuid.uuid4().hex[:12]}")

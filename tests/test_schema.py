@@ -1,0 +1,65 @@
+import json
+
+import numpy as np
+import pytest
+
+from skymorph.errors import SchemaError
+from skymorph.schema import DECALS, GZ2, Question, Schema, get_schema, snake_case
+
+
+def test_builtin_sizes_and_columns():
+    assert DECALS.n_answers == 34
+    assert GZ2.n_answers == 30
+    assert DECALS.answer_columns[:3] == ("smooth_or_featured_smooth", "smooth_or_featured_featured_or_disk",
+                                         "smooth_or_featured_artifact")
+    assert len(set(DECALS.answer_columns)) == 34
+    assert GZ2.answer_index("has_spiral_arms", "yes") == GZ2.answer_columns.index("has_spiral_arms_yes")
+
+
+def test_question_slices_cover_answers_in_order():
+    for schema in (GZ2, DECALS):
+        covered = np.concatenate([np.arange(s.start, s.stop) for s in schema.question_slices])
+        np.testing.assert_array_equal(covered, np.arange(schema.n_answers))
+        for qi, s in enumerate(schema.question_slices):
+            assert (schema.answer_question[s] == qi).all()
+
+
+def test_ancestry_follows_the_tree():
+    spiral = DECALS.question_index("spiral_winding")
+    path = [DECALS.answer_columns[i] for i in DECALS.ancestry[spiral]]
+    assert path == ["smooth_or_featured_featured_or_disk", "disk_edge_on_no", "has_spiral_arms_yes"]
+    assert DECALS.ancestry[DECALS.question_index("merging")] == ()
+
+
+def test_json_round_trip(tmp_path):
+    path = tmp_path / "tree.json"
+    path.write_text(json.dumps(DECALS.to_dict()))
+    assert get_schema(str(path)) == DECALS
+    assert Schema.from_json(GZ2.to_json()) == GZ2
+
+
+@pytest.mark.parametrize(
+    "questions, message",
+    [
+        ([Question("a", ("x", "y")), Question("b", ("x", "y"), ("zz", "x"))], "unknown question 'zz'"),
+        ([Question("a", ("x", "y")), Question("b", ("x", "y"), ("a", "nope"))], "asked by answer 'nope'"),
+        ([Question("a", ("x", "y")), Question("a", ("x", "y"))], "more than once"),
+        ([Question("a", ("x", "y"), ("b", "x")), Question("b", ("x", "y"), ("a", "x"))], "cycle"),
+        ([Question("a_b", ("c", "d")), Question("a", ("b_c", "e"))], "ambiguous"),
+    ],
+)
+def test_invalid_trees_name_the_problem(questions, message):
+    with pytest.raises(SchemaError, match=message):
+        Schema("bad", tuple(questions))
+
+
+def test_bad_names_and_lookups():
+    with pytest.raises(SchemaError, match="snake_case"):
+        Question("Has Bar", ("yes", "no"))
+    with pytest.raises(SchemaError, match="at least 2"):
+        Question("bar", ("yes",))
+    with pytest.raises(SchemaError, match="Did you mean 'bar'"):
+        DECALS.question("barr")
+    with pytest.raises(SchemaError, match="Did you mean 'decals'"):
+        get_schema("decal")
+    assert snake_case("Featured-or-Disk ") == "featured_or_disk"
