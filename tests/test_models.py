@@ -1,0 +1,173 @@
+"""Model registry, preprocessing, MC-dropout head and output activations (skymorph.trainer.models)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from skymorph.errors import ModelError
+from skymorph.model_metadata import InputSpec
+from skymorph.schema import get_schema
+from skymorph.trainer.models import (
+    MCDropoutHead,
+    MorphologyNet,
+    Preprocess,
+    build_model,
+    count_flops,
+    list_models,
+    register_model,
+)
+
+torch.set_num_threads(1)
+
+SCHEMA = get_schema("decals")
+SPEC = InputSpec(1, 32, 32)
+
+
+def _images(n=3, spec=SPEC, seed=0):
+    return torch.from_numpy(np.random.default_rng(seed).integers(0, 256, (n, *spec.shape), dtype=np.uint8))
+
+
+def _segment_softmax(logits: np.ndarray) -> np.ndarray:
+    out = np.empty_like(logits, dtype=np.float64)
+    for s in SCHEMA.question_slices:
+        z = logits[..., s].astype(np.float64)
+        e = np.exp(z - z.max(axis=-1, keepdims=True))
+        out[..., s] = e / e.sum(axis=-1, keepdims=True)
+    return out
+
+
+def test_registry_lists_both_architectures():
+    assert {"w20", "resnet_s"} <= set(list_models())
+
+
+def test_unknown_architecture_names_the_valid_ones():
+    with pytest.raises(ModelError, match=r"w21.*w20.*Did you mean 'w20'"):
+        build_model("w21", SCHEMA, SPEC)
+
+
+def test_unknown_likelihood_and_parameters_are_refused():
+    with pytest.raises(ModelError, match="likelihood"):
+        build_model("w20", SCHEMA, SPEC, likelihood="gaussian")
+    with pytest.raises(ModelError, match="does not take parameters"):
+        build_model("w20", SCHEMA, SPEC, depth=3)
+
+
+def test_registering_a_name_twice_is_refused():
+    with pytest.raises(ValueError, match="already registered"):
+        register_model("w20")(lambda c, s: None)
+
+
+@pytest.mark.parametrize("arch", ["w20", "resnet_s"])
+def test_multinomial_outputs_are_softmax_within_each_question(arch):
+    net = build_model(arch, SCHEMA, SPEC, "multinomial").eval()
+    assert [name for name, _ in net.named_children()] == ["preprocess", "trunk", "head"]
+    x = _images()
+    with torch.no_grad():
+        logits = net.head(net.features(x)).numpy()
+        probs = net(x).numpy()
+    assert probs.shape == (3, SCHEMA.n_answers)
+    np.testing.assert_allclose(probs, _segment_softmax(logits), rtol=1e-5, atol=1e-6)
+    for s in SCHEMA.question_slices:
+        np.testing.assert_allclose(probs[:, s].sum(axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["w20", "resnet_s"])
+def test_dirichlet_outputs_are_bounded_concentrations(arch):
+    net = build_model(arch, SCHEMA, SPEC, "dirichlet_multinomial").eval()
+    x = _images()
+    with torch.no_grad():
+        logits = net.head(net.features(x)).double().numpy()
+        alpha = net(x).numpy()
+    np.testing.assert_allclose(alpha, 1 + 99 / (1 + np.exp(-logits)), rtol=1e-5)
+    assert alpha.min() >= 1 and alpha.max() <= 100
+
+
+def test_softmax_survives_questions_on_very_different_scales():
+    net = build_model("w20", SCHEMA, SPEC)
+    logits = torch.zeros(1, SCHEMA.n_answers)
+    logits[0, SCHEMA.question_slices[0]] = torch.tensor([1000.0, 999.0, 0.0])
+    logits[0, SCHEMA.question_slices[1]] = torch.tensor([-1000.0, -1001.0])
+    probs = net.output(logits).numpy()
+    assert np.isfinite(probs).all()
+    np.testing.assert_allclose(probs[0, SCHEMA.question_slices[1]], [1 / (1 + np.exp(-1)), 1 / (1 + np.exp(1))], rtol=1e-6)
+
+
+def test_masked_head_equals_one_head_per_mask():
+    head = MCDropoutHead(16, 5, dropout=0.25)
+    masks = head.draw_masks(4, seed=3)
+    features = torch.randn(3, 16)
+    out = head(features, masks)
+    assert out.shape == (3, 4, 5)
+    for t in range(4):
+        torch.testing.assert_close(out[:, t], head.linear(features * masks[t]))
+    torch.testing.assert_close(head(features, masks.unsqueeze(1)), out)
+
+
+def test_masks_are_inverted_dropout_and_reproducible():
+    head = MCDropoutHead(4096, 2, dropout=0.5)
+    masks = head.draw_masks(30, seed=0)
+    assert masks.shape == (30, 4096)
+    assert set(np.unique(masks.numpy())) == {0.0, 2.0}
+    assert abs(masks.mean().item() - 1.0) < 0.02
+    assert torch.equal(masks, head.draw_masks(30, seed=0))
+    assert not torch.equal(masks, head.draw_masks(30, seed=1))
+
+
+def test_dropout_acts_only_in_train_mode():
+    net = build_model("w20", SCHEMA, SPEC).eval()
+    x = _images()
+    with torch.no_grad():
+        assert torch.equal(net(x), net(x))
+        net.train()
+        assert not torch.equal(net(x), net(x))
+
+
+def test_dropout_in_the_trunk_is_refused():
+    good = build_model("w20", SCHEMA, SPEC)
+    bad_trunk = nn.Sequential(good.trunk, nn.Dropout(0.2))
+    with pytest.raises(ModelError, match="trunk holds dropout"):
+        MorphologyNet(good.preprocess, bad_trunk, good.head, SCHEMA, "multinomial")
+
+
+def test_preprocess_normalises_and_crops_like_numpy():
+    spec = InputSpec(2, 20, 20, scale=1 / 255, mean=(0.1, 0.2), std=(0.5, 0.25), crop_fraction=0.5)
+    x = _images(2, spec)
+    out = Preprocess(spec)(x).numpy()
+    expected = (x.numpy() / 255 - np.array([0.1, 0.2])[:, None, None]) / np.array([0.5, 0.25])[:, None, None]
+    np.testing.assert_allclose(out, expected[:, :, 5:15, 5:15], rtol=1e-5, atol=1e-6)
+
+
+def test_preprocess_halving_resize_averages_two_by_two_blocks():
+    # Bilinear with half-pixel centres at exactly half size samples each 2x2 block's centre.
+    spec = InputSpec(1, 32, 32, scale=1.0, resize=16)
+    x = _images(2, spec)
+    out = Preprocess(spec)(x).numpy()
+    blocks = x.numpy().astype(np.float64).reshape(2, 1, 16, 2, 16, 2).mean(axis=(3, 5))
+    np.testing.assert_allclose(out, blocks, rtol=1e-6)
+
+
+def test_model_accepts_resized_input():
+    spec = InputSpec(3, 64, 64, crop_fraction=0.75, resize=32)
+    net = build_model("resnet_s", SCHEMA, spec).eval()
+    assert net(_images(2, spec)).shape == (2, SCHEMA.n_answers)
+
+
+def test_flops_of_w20_match_the_layer_formula():
+    def conv(size, cin, cout):
+        return 2 * size * size * cin * cout * 9
+
+    size = 32
+    expected = (
+        conv(size, 1, 32) + conv(size, 32, 32) + conv(size // 2, 32, 64) + conv(size // 2, 64, 64)
+        + conv(size // 4, 64, 128) + conv(size // 8, 128, 128) + 2 * 128 * (size // 16) ** 2 * 128
+    )
+    net = build_model("w20", SCHEMA, SPEC)
+    assert count_flops(net.trunk, SPEC) == expected
+
+
+def test_resnet_s_is_under_one_gflop_at_128_pixels():
+    spec = InputSpec(1, 128, 128)
+    assert count_flops(build_model("resnet_s", SCHEMA, spec).trunk, spec) < 1e9
