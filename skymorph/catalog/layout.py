@@ -1,0 +1,408 @@
+"""Where everything in a skymorph catalog lives, and the typed metadata around the Parquet parts.
+
+A catalog is a HATS-layout Parquet dataset (hats/LSDB 0.11 read it as is)::
+
+    CATALOG/hats.properties                 CatalogProperties (java-style key=value)
+    CATALOG/partition_info.csv              "Norder,Npix" then one line per non-empty pixel
+    CATALOG/dataset/_common_metadata        the Arrow schema + skymorph.* key-value metadata
+    CATALOG/dataset/Norder=K/Dir=D/Npix=P/part-<digest>.parquet     D = 10000 * (P // 10000)
+    CATALOG/_skymorph/manifest.json         run manifest: model digest, tile ranges done, their parts
+    CATALOG/_skymorph/failures.parquet      tile, stage, reason
+    CATALOG/_skymorph/timing.json           where the time went
+
+Every part holds the rows of one tile row range that fall in one HEALPix pixel of the catalog order
+``K``. ``Npix=P`` is a directory of parts, hence ``hats_npix_suffix=/`` in ``hats.properties``.
+
+The catalog order is fixed for a run (default :data:`DEFAULT_ORDER` = 5) rather than adapted to the
+density as hats-import does, because workers write parts independently and in any order: with a fixed
+order no part ever has to be rewritten when another tile arrives. Order 5 pixels are 3.36 deg^2
+(about 1.8 deg across): larger than a survey tile, so one tile range lands in a handful of pixels, and
+at Euclid-like densities (~10^5 galaxies/deg^2 after cuts) a pixel holds a few 10^5 rows, the size
+hats aims for. Denser surveys (Rubin) can pass a higher order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field, fields
+from datetime import datetime, timezone
+
+from skymorph.errors import CatalogError
+from skymorph.storage import atomic_write_text, filesystem, join, read_text
+
+__all__ = [
+    "DEFAULT_ORDER",
+    "MAX_ORDER",
+    "SPATIAL_INDEX_COLUMN",
+    "SPATIAL_INDEX_ORDER",
+    "BASE_COLUMNS",
+    "METADATA_KEYS",
+    "CatalogMetadata",
+    "CatalogProperties",
+    "PartFile",
+    "dataset_url",
+    "properties_url",
+    "partition_info_url",
+    "common_metadata_url",
+    "skymorph_dir",
+    "manifest_url",
+    "failures_url",
+    "timing_url",
+    "pixel_dir",
+    "part_name",
+    "part_url",
+    "parse_part_path",
+    "list_parts",
+    "read_properties",
+    "write_properties",
+    "read_partition_info",
+    "write_partition_info",
+    "read_common_metadata",
+]
+
+DEFAULT_ORDER = 5
+MAX_ORDER = 19
+"""hats partitions go to order 19 at most; anything finer is only the spatial index."""
+
+SPATIAL_INDEX_COLUMN = "_healpix_29"
+SPATIAL_INDEX_ORDER = 29
+
+BASE_COLUMNS = ("object_id", "ra", "dec", SPATIAL_INDEX_COLUMN, "tile", "row")
+"""Columns every row starts with; the posterior columns of :func:`skymorph.posterior.summarize` follow."""
+
+METADATA_KEYS = (
+    "skymorph.model_sha256",
+    "skymorph.samples",
+    "skymorph.seed",
+    "skymorph.n_volunteers",
+    "skymorph.schema",
+    "skymorph.version",
+)
+"""Parquet key-value metadata on ``_common_metadata`` and on every part file (DESIGN "Catalog")."""
+
+_PROPERTIES = "hats.properties"
+_PARTITION_INFO = "partition_info.csv"
+_DATASET = "dataset"
+_COMMON_METADATA = "_common_metadata"
+_SKYMORPH = "_skymorph"
+
+
+# ---- paths ------------------------------------------------------------------------------------------
+
+
+def dataset_url(catalog: str) -> str:
+    return join(catalog, _DATASET)
+
+
+def properties_url(catalog: str) -> str:
+    return join(catalog, _PROPERTIES)
+
+
+def partition_info_url(catalog: str) -> str:
+    return join(catalog, _PARTITION_INFO)
+
+
+def common_metadata_url(catalog: str) -> str:
+    return join(catalog, _DATASET, _COMMON_METADATA)
+
+
+def skymorph_dir(catalog: str) -> str:
+    return join(catalog, _SKYMORPH)
+
+
+def manifest_url(catalog: str) -> str:
+    return join(catalog, _SKYMORPH, "manifest.json")
+
+
+def failures_url(catalog: str) -> str:
+    return join(catalog, _SKYMORPH, "failures.parquet")
+
+
+def timing_url(catalog: str) -> str:
+    return join(catalog, _SKYMORPH, "timing.json")
+
+
+def pixel_dir(catalog: str, order: int, npix: int) -> str:
+    """``CATALOG/dataset/Norder=K/Dir=D/Npix=P`` with ``D = 10000 * (P // 10000)`` (hats' layout)."""
+    return join(catalog, _DATASET, f"Norder={order}", f"Dir={10000 * (npix // 10000)}", f"Npix={npix}")
+
+
+def part_name(tile_url: str, start: int, stop: int) -> str:
+    """``part-<sha256(tile URL, start, stop)[:20]>.parquet``: the same tile range always gets the same
+    name, so a rerun (resume, a retried task) overwrites rather than duplicates."""
+    digest = hashlib.sha256(f"{tile_url}\n{int(start)}\n{int(stop)}".encode()).hexdigest()[:20]
+    return f"part-{digest}.parquet"
+
+
+def part_url(catalog: str, order: int, npix: int, name: str) -> str:
+    return join(pixel_dir(catalog, order, npix), name)
+
+
+_PART_PATH = re.compile(r"Norder=(\d+)/Dir=(\d+)/Npix=(\d+)/(part-[0-9a-f]+\.parquet)$")
+
+
+@dataclass(frozen=True)
+class PartFile:
+    """One part file: its HEALPix pixel (``order``, ``npix``), file ``name`` and full ``url``."""
+
+    order: int
+    npix: int
+    name: str
+    url: str
+
+
+def parse_part_path(url: str) -> PartFile | None:
+    """The :class:`PartFile` for a path ending in ``Norder=K/Dir=D/Npix=P/part-*.parquet``, else None."""
+    match = _PART_PATH.search(str(url).replace("\\", "/"))
+    if match is None:
+        return None
+    order, directory, npix, name = match.groups()
+    if int(directory) != 10000 * (int(npix) // 10000):
+        return None
+    return PartFile(order=int(order), npix=int(npix), name=name, url=str(url))
+
+
+def list_parts(catalog: str, storage_options: dict | None = None) -> list[PartFile]:
+    """Every part file under ``CATALOG/dataset``, sorted by pixel then name (one listing, no reads)."""
+    fs, root = filesystem(dataset_url(catalog), storage_options)
+    if not fs.exists(root):
+        return []
+    protocol = catalog.split("://", 1)[0] + "://" if "://" in catalog and not catalog.startswith("file://") else ""
+    parts = []
+    for path in fs.find(root):
+        part = parse_part_path(path)
+        if part is not None:
+            parts.append(PartFile(part.order, part.npix, part.name, protocol + path if protocol else path))
+    return sorted(parts, key=lambda p: (p.order, p.npix, p.name))
+
+
+# ---- Parquet key-value metadata ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CatalogMetadata:
+    """What made the posterior columns: stored as ``skymorph.*`` Parquet key-value metadata.
+
+    ``schema_json`` is :meth:`skymorph.schema.Schema.to_json` of the model's decision tree.
+    """
+
+    model_sha256: str
+    samples: int
+    seed: int
+    n_volunteers: int
+    schema_json: str
+    version: str
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[0-9a-f]{64}", self.model_sha256):
+            raise CatalogError(f"model_sha256 must be 64 hex digits, got {self.model_sha256!r}")
+        if self.samples < 1 or self.n_volunteers < 1:
+            raise CatalogError(f"samples and n_volunteers must be positive, got {self.samples}, {self.n_volunteers}")
+        try:
+            json.loads(self.schema_json)
+        except json.JSONDecodeError as err:
+            raise CatalogError(f"schema_json is not JSON: {err.msg}") from err
+
+    @property
+    def schema(self):
+        """The decision tree as a :class:`skymorph.schema.Schema`."""
+        from skymorph.schema import Schema
+
+        return Schema.from_json(self.schema_json, source="catalog skymorph.schema")
+
+    def to_kv(self) -> dict[str, str]:
+        return {
+            "skymorph.model_sha256": self.model_sha256,
+            "skymorph.samples": str(self.samples),
+            "skymorph.seed": str(self.seed),
+            "skymorph.n_volunteers": str(self.n_volunteers),
+            "skymorph.schema": self.schema_json,
+            "skymorph.version": self.version,
+        }
+
+    @classmethod
+    def from_kv(cls, kv: dict, source: str = "catalog") -> CatalogMetadata:
+        """From Parquet key-value metadata (``bytes`` or ``str`` keys and values)."""
+        text = {
+            (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+            for k, v in (kv or {}).items()
+        }
+        missing = [key for key in METADATA_KEYS if key not in text]
+        if missing:
+            raise CatalogError(f"{source} lacks skymorph metadata ({', '.join(missing)}); was it written by `skymorph run`?")
+        try:
+            return cls(
+                model_sha256=text["skymorph.model_sha256"],
+                samples=int(text["skymorph.samples"]),
+                seed=int(text["skymorph.seed"]),
+                n_volunteers=int(text["skymorph.n_volunteers"]),
+                schema_json=text["skymorph.schema"],
+                version=text["skymorph.version"],
+            )
+        except ValueError as err:
+            if isinstance(err, CatalogError):
+                raise
+            raise CatalogError(f"{source} has malformed skymorph metadata: {err}") from err
+
+
+def read_common_metadata(catalog: str, storage_options: dict | None = None):
+    """``(pyarrow.Schema, CatalogMetadata)`` from ``CATALOG/dataset/_common_metadata``."""
+    import pyarrow.parquet as pq
+
+    url = common_metadata_url(catalog)
+    fs, path = filesystem(url, storage_options)
+    if not fs.exists(path):
+        raise CatalogError(f"{catalog!r} is not a skymorph catalog ({url} missing); make one with `skymorph run`")
+    with fs.open(path, "rb") as fh:
+        schema = pq.read_schema(fh)
+    return schema, CatalogMetadata.from_kv(schema.metadata, source=url)
+
+
+# ---- hats.properties --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CatalogProperties:
+    """``hats.properties``: the hats keys LSDB needs plus skymorph's provenance.
+
+    Field -> on-disk key: ``catalog_name`` -> ``obs_collection``, ``total_rows`` -> ``hats_nrows``,
+    ``order`` -> ``hats_order`` (the fixed partition order), ``npix_suffix`` -> ``hats_npix_suffix``
+    (``/``: each ``Npix=P`` is a directory), ``builder`` -> ``hats_builder``, ``creation_date`` ->
+    ``hats_creation_date`` (UTC, ``%Y-%m-%dT%H:%MUTC`` as hats writes it); the ``skymorph_*`` fields
+    are written under their own names. ``extra`` keeps unknown keys of a file read back.
+    """
+
+    catalog_name: str
+    total_rows: int
+    order: int = DEFAULT_ORDER
+    ra_column: str = "ra"
+    dec_column: str = "dec"
+    healpix_column: str = SPATIAL_INDEX_COLUMN
+    healpix_order: int = SPATIAL_INDEX_ORDER
+    npix_suffix: str = "/"
+    dataproduct_type: str = "object"
+    builder: str = ""
+    creation_date: str = ""
+    skymorph_version: str = ""
+    skymorph_model_sha256: str = ""
+    skymorph_samples: int = 0
+    skymorph_seed: int = 0
+    skymorph_n_volunteers: int = 0
+    skymorph_schema: str = ""
+    skymorph_likelihood: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.catalog_name or any(c in self.catalog_name for c in "\n="):
+            raise CatalogError(f"catalog_name must be a non-empty single-line name, got {self.catalog_name!r}")
+        if self.total_rows < 0:
+            raise CatalogError(f"total_rows must be >= 0, got {self.total_rows}")
+        if not 0 <= self.order <= MAX_ORDER:
+            raise CatalogError(f"catalog order must be in 0..{MAX_ORDER}, got {self.order}")
+        if self.dataproduct_type != "object":
+            raise CatalogError(f"a skymorph catalog has dataproduct_type=object, got {self.dataproduct_type!r}")
+
+    _KEYS = {
+        "catalog_name": "obs_collection",
+        "dataproduct_type": "dataproduct_type",
+        "total_rows": "hats_nrows",
+        "ra_column": "hats_col_ra",
+        "dec_column": "hats_col_dec",
+        "healpix_column": "hats_col_healpix",
+        "healpix_order": "hats_col_healpix_order",
+        "npix_suffix": "hats_npix_suffix",
+        "order": "hats_order",
+        "builder": "hats_builder",
+        "creation_date": "hats_creation_date",
+    }
+
+    @staticmethod
+    def now() -> str:
+        """The current UTC time in hats' ``hats_creation_date`` format."""
+        return datetime.now(tz=timezone.utc).strftime("%Y-%m-%dT%H:%M%Z")
+
+    def to_text(self) -> str:
+        lines = ["#HATS catalog"]
+        for f in fields(self):
+            if f.name == "extra":
+                continue
+            value = getattr(self, f.name)
+            if value == "" and f.name not in ("catalog_name",):
+                continue
+            lines.append(f"{self._KEYS.get(f.name, f.name)}={value}")
+        lines.extend(f"{key}={value}" for key, value in self.extra.items())
+        return "\n".join(lines) + "\n"
+
+    @classmethod
+    def from_text(cls, text: str, source: str = "hats.properties") -> CatalogProperties:
+        raw = {}
+        for line in text.splitlines():
+            line = line.strip()
+            if not line or line[0] in "#!":
+                continue
+            key, sep, value = line.partition("=")
+            if not sep:
+                raise CatalogError(f"{source}: line {line!r} is not key=value")
+            raw[key.strip()] = value.strip()
+        by_key = {disk: name for name, disk in cls._KEYS.items()}
+        known = {f.name: f for f in fields(cls) if f.name != "extra"}
+        kwargs, extra = {}, {}
+        for key, value in raw.items():
+            name = by_key.get(key, key)
+            if name not in known:
+                extra[key] = value
+                continue
+            kwargs[name] = int(value) if known[name].type in ("int", int) and value != "" else value
+        for required in ("catalog_name", "total_rows"):
+            if required not in kwargs:
+                raise CatalogError(f"{source} lacks {cls._KEYS[required]}; is this a HATS catalog?")
+        try:
+            return cls(**kwargs, extra=extra)
+        except (TypeError, ValueError) as err:
+            if isinstance(err, CatalogError):
+                raise
+            raise CatalogError(f"{source} is malformed: {err}") from err
+
+
+def read_properties(catalog: str, storage_options: dict | None = None) -> CatalogProperties:
+    url = properties_url(catalog)
+    try:
+        text = read_text(url, storage_options)
+    except FileNotFoundError as err:
+        raise CatalogError(f"{catalog!r} is not a catalog ({url} missing); make one with `skymorph run`") from err
+    return CatalogProperties.from_text(text, source=url)
+
+
+def write_properties(catalog: str, properties: CatalogProperties, storage_options: dict | None = None) -> None:
+    atomic_write_text(properties_url(catalog), properties.to_text(), storage_options)
+
+
+# ---- partition_info.csv -----------------------------------------------------------------------------
+
+
+def write_partition_info(catalog: str, order: int, pixels, storage_options: dict | None = None) -> None:
+    """``Norder,Npix`` then one ``K,P`` line per pixel, sorted (hats' ``PartitionInfo.write_to_file``)."""
+    lines = ["Norder,Npix"] + [f"{order},{p}" for p in sorted({int(p) for p in pixels})]
+    atomic_write_text(partition_info_url(catalog), "\n".join(lines) + "\n", storage_options)
+
+
+def read_partition_info(catalog: str, storage_options: dict | None = None) -> list[tuple[int, int]]:
+    """``[(order, npix), ...]`` from ``partition_info.csv``."""
+    url = partition_info_url(catalog)
+    try:
+        text = read_text(url, storage_options)
+    except FileNotFoundError as err:
+        raise CatalogError(f"{catalog!r} is not a catalog ({url} missing); make one with `skymorph run`") from err
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines or lines[0].replace(" ", "") != "Norder,Npix":
+        raise CatalogError(f"{url} does not start with the header 'Norder,Npix'")
+    pixels = []
+    for line in lines[1:]:
+        try:
+            order, npix = (int(v) for v in line.split(","))
+        except ValueError:
+            raise CatalogError(f"{url}: line {line!r} is not 'Norder,Npix' integers") from None
+        pixels.append((order, npix))
+    return pixels
