@@ -1,0 +1,338 @@
+"""The tile store: one Zarr v3 group per sky tile, local or on S3.
+
+A tile store holds
+
+- ``images`` (N, C, H, W) uint8, chunked along N only (one chunk = ``chunk_size`` whole cutouts),
+  Blosc zstd level 5 with bit shuffle (the best ratio on noisy galaxy cutouts, NOTES.md);
+- ``object_id`` (N,) int64 and ``ra``, ``dec`` (N,) float64, degrees ICRS;
+- group attribute ``skymorph``: format version, survey, bands, pixel scale, how the pixels were made
+  (stretch, resize), creation time and skymorph version, plus any extra provenance.
+
+:func:`write_tile` writes the arrays first and the ``skymorph`` attribute last, so a tile whose writer
+died halfway carries only the ``skymorph_incomplete`` marker and :func:`open_tile` reports it as
+incomplete instead of serving half-written chunks. :func:`open_tile` validates everything a reader
+relies on (arrays, dtypes, shapes, lengths, bands) and names the tile in every error.
+
+A tile list is a text file with one tile URL per line; ``#`` starts a comment, blank lines are skipped,
+relative entries are relative to the list's own directory.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import posixpath
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from skymorph import storage
+from skymorph.errors import InputError, TileError, TileNotFoundError
+
+__all__ = [
+    "FORMAT_VERSION",
+    "Tile",
+    "open_tile",
+    "write_tile",
+    "read_tile_list",
+    "write_tile_list",
+    "tile_name",
+]
+
+FORMAT_VERSION = 1
+_ATTR = "skymorph"
+_INCOMPLETE_ATTR = "skymorph_incomplete"
+_RESERVED = frozenset(
+    {"format_version", "survey", "bands", "pixel_scale_arcsec", "stretch", "resize", "created", "skymorph_version"}
+)
+_COORD_DTYPES = {"object_id": np.dtype("int64"), "ra": np.dtype("float64"), "dec": np.dtype("float64")}
+
+
+def tile_name(url: str) -> str:
+    """``s3://b/survey/tiles/hpx5_01234.zarr`` -> ``hpx5_01234``: the last path part without ``.zarr``."""
+    base = posixpath.basename(str(url).rstrip("/").replace(os.sep, "/"))
+    return base[: -len(".zarr")] if base.endswith(".zarr") else base
+
+
+def _zarr_store(url: str, storage_options: dict | None) -> tuple[str, dict]:
+    """The store argument and keyword arguments zarr needs for ``url``.
+
+    zarr accepts ``storage_options`` only with an fsspec URL, never with a local path.
+    """
+    url = str(url)
+    if storage.is_remote(url):
+        return url, {"storage_options": storage.storage_options_for(url, storage_options)}
+    return (storage.strip_protocol(url) if url.startswith("file://") else url), {}
+
+
+class Tile:
+    """An opened, validated tile store. Use :func:`open_tile` to get one.
+
+    Attributes: ``url``, ``name`` (the store's name without ``.zarr``), ``n`` (galaxies),
+    ``shape`` (C, H, W), ``chunk_size`` (images per stored chunk), ``attrs`` (the ``skymorph``
+    group attribute: survey, bands, pixel_scale_arcsec, stretch, resize, created, ...).
+    """
+
+    def __init__(self, url: str, group) -> None:
+        self.url = str(url)
+        self.name = tile_name(url)
+        self._group = group
+        self._images = group["images"]
+        self.attrs: dict = dict(group.attrs[_ATTR])
+        self.n: int = int(self._images.shape[0])
+        self.shape: tuple[int, int, int] = tuple(int(s) for s in self._images.shape[1:])
+        self.chunk_size: int = int(self._images.chunks[0])
+
+    def __repr__(self) -> str:
+        return f"Tile({self.url!r}, n={self.n}, shape={self.shape}, chunk_size={self.chunk_size})"
+
+    def __len__(self) -> int:
+        return self.n
+
+    def _range(self, start: int, stop: int | None) -> tuple[int, int]:
+        stop = self.n if stop is None else stop
+        if not (0 <= start <= stop <= self.n):
+            raise InputError(f"tile {self.name!r}: rows [{start}, {stop}) are outside [0, {self.n}]")
+        return int(start), int(stop)
+
+    def read_images(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Images of rows ``start:stop`` as uint8 (n, C, H, W)."""
+        start, stop = self._range(start, stop)
+        return np.asarray(self._images[start:stop])
+
+    def read_coords(self, start: int = 0, stop: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(object_id int64, ra float64, dec float64)`` of rows ``start:stop``."""
+        start, stop = self._range(start, stop)
+        return tuple(np.asarray(self._group[key][start:stop]) for key in ("object_id", "ra", "dec"))
+
+    def chunk_ranges(self, start: int = 0, stop: int | None = None) -> list[tuple[int, int]]:
+        """``[(start, stop), ...]`` covering rows ``start:stop`` with boundaries on the stored chunks,
+        so that no chunk is decoded twice."""
+        start, stop = self._range(start, stop)
+        edges = [start, *range((start // self.chunk_size + 1) * self.chunk_size, stop, self.chunk_size), stop]
+        return [(a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+
+    def iter_chunks(
+        self, start: int = 0, stop: int | None = None, prefetch: bool = True
+    ) -> Iterator[tuple[int, int, np.ndarray]]:
+        """Yield ``(start, stop, images)`` over rows ``start:stop``, aligned to the stored chunks.
+
+        With ``prefetch`` the next chunk is read and decoded on a background thread while the caller
+        works on this one (zarr's decode and S3 reads release the GIL), so I/O hides behind compute.
+        """
+        ranges = self.chunk_ranges(start, stop)
+        if not prefetch:
+            for a, b in ranges:
+                yield a, b, self.read_images(a, b)
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"tile-{self.name}") as pool:
+            pending = pool.submit(self.read_images, *ranges[0]) if ranges else None
+            try:
+                for i, (a, b) in enumerate(ranges):
+                    images = pending.result()
+                    pending = pool.submit(self.read_images, *ranges[i + 1]) if i + 1 < len(ranges) else None
+                    yield a, b, images
+            finally:
+                if pending is not None:
+                    pending.cancel()
+
+
+def open_tile(url: str, storage_options: dict | None = None) -> Tile:
+    """Open and validate the tile store at ``url`` (read only).
+
+    Raises :class:`TileNotFoundError` when nothing is there, :class:`TileError` (naming the tile and
+    what is wrong) when it is not a complete skymorph tile store.
+    """
+    import zarr
+    from zarr.errors import ContainsArrayError, NodeNotFoundError
+
+    store, kwargs = _zarr_store(url, storage_options)
+    try:
+        group = zarr.open_group(store, mode="r", **kwargs)
+    except (FileNotFoundError, NodeNotFoundError) as err:
+        raise TileNotFoundError(f"tile {url!r} does not exist; check the URL or tile list") from err
+    except ContainsArrayError as err:
+        raise TileError(f"tile {url!r} is a single Zarr array, not a skymorph tile store (a Zarr group)") from err
+    _validate(url, group)
+    return Tile(url, group)
+
+
+def _validate(url: str, group) -> None:
+    attrs = dict(group.attrs)
+    if _ATTR not in attrs:
+        if _INCOMPLETE_ATTR in attrs:
+            raise TileError(f"tile {url!r} is incomplete: its writer stopped before finishing; write it again")
+        raise TileError(f"tile {url!r} is not a skymorph tile store: its group has no {_ATTR!r} attribute")
+    meta = attrs[_ATTR]
+    if not isinstance(meta, Mapping) or meta.get("format_version") != FORMAT_VERSION:
+        got = meta.get("format_version") if isinstance(meta, Mapping) else meta
+        raise TileError(f"tile {url!r} has tile format version {got!r}; this skymorph reads version {FORMAT_VERSION}")
+    arrays = set(group.array_keys())
+    for key in ("images", *_COORD_DTYPES):
+        if key not in arrays:
+            raise TileError(f"tile {url!r} has no {key!r} array (it has {sorted(arrays)})")
+    images = group["images"]
+    if images.dtype != np.uint8:
+        raise TileError(f"tile {url!r}: 'images' must be uint8, got {images.dtype}")
+    if images.ndim != 4:
+        raise TileError(f"tile {url!r}: 'images' must be 4-d (N, C, H, W), got shape {tuple(images.shape)}")
+    if tuple(images.chunks[1:]) != tuple(images.shape[1:]):
+        raise TileError(f"tile {url!r}: 'images' must be chunked along N only, got chunks {tuple(images.chunks)}")
+    n = images.shape[0]
+    for key, dtype in _COORD_DTYPES.items():
+        array = group[key]
+        if array.dtype != dtype:
+            raise TileError(f"tile {url!r}: {key!r} must be {dtype}, got {array.dtype}")
+        if array.shape != (n,):
+            raise TileError(f"tile {url!r}: {key!r} has shape {tuple(array.shape)}, expected ({n},) like 'images'")
+    bands = meta.get("bands")
+    if not isinstance(bands, list) or len(bands) != images.shape[1]:
+        raise TileError(f"tile {url!r}: attribute bands={bands!r} does not match {images.shape[1]} image channel(s)")
+
+
+def write_tile(
+    url: str,
+    images: np.ndarray,
+    object_id: np.ndarray,
+    ra: np.ndarray,
+    dec: np.ndarray,
+    *,
+    survey: str,
+    bands: Sequence[str],
+    pixel_scale_arcsec: float,
+    stretch: str | Mapping,
+    resize: str | Mapping,
+    chunk_size: int = 256,
+    storage_options: dict | None = None,
+    extra_attrs: Mapping | None = None,
+) -> None:
+    """Write one tile store at ``url``, replacing what is there.
+
+    ``images`` uint8 (N, C, H, W) with one band name per channel; ``object_id``, ``ra``, ``dec`` (N,)
+    (degrees ICRS). ``stretch`` and ``resize`` say how the pixels were made (a string or a JSON-able
+    mapping). ``chunk_size`` images per chunk (256 to 1024 suits S3; a smaller tile gets one chunk).
+    ``extra_attrs`` (JSON-able) join the ``skymorph`` attribute (e.g. the synthetic survey's seed).
+
+    The arrays are written first and the ``skymorph`` attribute last: it marks the tile complete.
+    """
+    import zarr
+
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise InputError(f"tile {url!r}: images must be uint8 (N, C, H, W), got {images.dtype} shape {images.shape}")
+    n = images.shape[0]
+    coords = {}
+    for key, values in (("object_id", object_id), ("ra", ra), ("dec", dec)):
+        values = np.asarray(values)
+        if values.shape != (n,):
+            raise InputError(f"tile {url!r}: {key} has shape {values.shape}, expected ({n},) like images")
+        kinds = "iu" if key == "object_id" else "iuf"
+        if values.dtype.kind not in kinds:
+            raise InputError(f"tile {url!r}: {key} must be {'integer' if key == 'object_id' else 'real'}, got {values.dtype}")
+        coords[key] = values.astype(_COORD_DTYPES[key])
+    if not (np.all(np.isfinite(coords["ra"])) and np.all(np.isfinite(coords["dec"]))):
+        raise InputError(f"tile {url!r}: ra and dec must be finite")
+    if np.any(np.abs(coords["dec"]) > 90):
+        raise InputError(f"tile {url!r}: dec must lie in [-90, 90] degrees")
+    bands = [str(b) for b in bands]
+    if len(bands) != images.shape[1]:
+        raise InputError(f"tile {url!r}: {len(bands)} band name(s) {bands} for {images.shape[1]} image channel(s)")
+    if not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+        raise InputError(f"tile {url!r}: chunk_size must be a positive integer, got {chunk_size!r}")
+    if not pixel_scale_arcsec > 0:
+        raise InputError(f"tile {url!r}: pixel_scale_arcsec must be > 0, got {pixel_scale_arcsec!r}")
+    extra = dict(extra_attrs or {})
+    clash = sorted(_RESERVED & set(extra))
+    if clash:
+        raise InputError(f"tile {url!r}: extra_attrs may not set the reserved key(s) {clash}")
+    from skymorph import __version__
+
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "survey": str(survey),
+        "bands": bands,
+        "pixel_scale_arcsec": float(pixel_scale_arcsec),
+        "stretch": stretch if isinstance(stretch, str) else dict(stretch),
+        "resize": resize if isinstance(resize, str) else dict(resize),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "skymorph_version": __version__,
+        **extra,
+    }
+    try:
+        json.dumps(meta)
+    except TypeError as err:
+        raise InputError(f"tile {url!r}: attributes must be JSON-serialisable ({err})") from err
+
+    store, kwargs = _zarr_store(url, storage_options)
+    group = zarr.open_group(store, mode="w", attributes={_INCOMPLETE_ATTR: True}, **kwargs)
+    chunk = int(min(chunk_size, max(n, 1)))
+    compressor = zarr.codecs.BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")
+    group.create_array(
+        "images", shape=images.shape, chunks=(chunk, *images.shape[1:]), dtype="uint8", compressors=[compressor]
+    )[...] = images
+    for key, values in coords.items():
+        group.create_array(key, shape=(n,), chunks=(max(n, 1),), dtype=values.dtype)[...] = values
+    group.attrs.put({_ATTR: meta})
+
+
+# ---- tile lists -------------------------------------------------------------------------------------
+
+
+def _list_dir(list_url: str) -> str:
+    list_url = str(list_url)
+    if storage.is_remote(list_url):
+        return posixpath.dirname(list_url.rstrip("/"))
+    return os.path.dirname(os.path.abspath(storage.strip_protocol(list_url)))
+
+
+def read_tile_list(url: str, storage_options: dict | None = None) -> list[str]:
+    """The tile URLs listed in the text file at ``url``, in order.
+
+    One URL or path per line; ``#`` starts a comment; blank lines are skipped; relative entries are
+    resolved against the list's directory. Errors name the file and line.
+    """
+    try:
+        text = storage.read_text(url, storage_options)
+    except FileNotFoundError as err:
+        raise InputError(f"tile list {url!r} does not exist") from err
+    except UnicodeDecodeError as err:
+        raise InputError(f"tile list {url!r} is not a text file ({err.reason})") from err
+    base = _list_dir(url)
+    tiles: list[str] = []
+    seen: dict[str, int] = {}
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        entry = line.split("#", 1)[0].strip()
+        if not entry:
+            continue
+        if any(ch.isspace() for ch in entry):
+            raise InputError(f"tile list {url!r} line {lineno}: expected one tile URL, got {entry!r}")
+        if not storage.is_remote(entry) and not os.path.isabs(entry):
+            entry = (posixpath.join(base, entry) if storage.is_remote(base) else os.path.normpath(os.path.join(base, entry)))
+        if entry in seen:
+            raise InputError(f"tile list {url!r} line {lineno}: tile {entry!r} is already listed on line {seen[entry]}")
+        seen[entry] = lineno
+        tiles.append(entry)
+    if not tiles:
+        raise InputError(f"tile list {url!r} lists no tiles")
+    return tiles
+
+
+def write_tile_list(url: str, tile_urls: Sequence[str], storage_options: dict | None = None) -> None:
+    """Write a tile list (atomically). Entries inside the list's directory are written relative to it,
+    so the whole directory can be copied or moved (e.g. to S3) and the list still resolves."""
+    base = _list_dir(url)
+    lines = ["# skymorph tile list: one tile store per line; relative paths are relative to this file"]
+    for tile in tile_urls:
+        tile = str(tile)
+        if storage.is_remote(tile):
+            prefix = base.rstrip("/") + "/"
+            if tile.startswith(prefix):
+                tile = tile[len(prefix) :]
+        elif not storage.is_remote(base) and os.path.abspath(tile).startswith(base + os.sep):
+            tile = os.path.relpath(os.path.abspath(tile), base)
+        if not tile or any(ch.isspace() for ch in tile) or "#" in tile:
+            raise InputError(f"tile list {url!r}: tile URL {tile!r} is empty or contains whitespace or '#'")
+        lines.append(tile)
+    storage.atomic_write_text(url, "\n".join(lines) + "\n", storage_options)

@@ -1,0 +1,260 @@
+"""Tile stores: round trips (local and S3), validation on open, chunked reads, tile lists."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+import zarr
+
+from skymorph import storage
+from skymorph.errors import InputError, TileError, TileNotFoundError
+from skymorph.tiles import open_tile, read_tile_list, tile_name, write_tile, write_tile_list
+
+ATTRS = dict(survey="test", bands=["r"], pixel_scale_arcsec=0.262, stretch="asinh", resize="none")
+
+
+def _data(n=70, c=1, h=12, w=10, seed=0):
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, size=(n, c, h, w), dtype=np.uint8)
+    object_id = rng.integers(0, 2**62, size=n, dtype=np.int64)
+    ra = rng.uniform(0, 360, n)
+    dec = rng.uniform(-90, 90, n)
+    return images, object_id, ra, dec
+
+
+def _check_round_trip(url, storage_options=None):
+    images, object_id, ra, dec = _data()
+    write_tile(url, images, object_id, ra, dec, chunk_size=32, storage_options=storage_options,
+               extra_attrs={"seed": 7}, **ATTRS)
+    tile = open_tile(url, storage_options=storage_options)
+    assert (tile.n, tile.shape, tile.chunk_size) == (70, (1, 12, 10), 32)
+    assert tile.name == "hpx5_00042"
+    assert tile.attrs["bands"] == ["r"] and tile.attrs["seed"] == 7 and tile.attrs["format_version"] == 1
+    assert tile.attrs["pixel_scale_arcsec"] == 0.262 and tile.attrs["survey"] == "test"
+    got = tile.read_images()
+    assert got.dtype == np.uint8 and np.array_equal(got, images)
+    np.testing.assert_array_equal(tile.read_images(5, 40), images[5:40])
+    oid, r, d = tile.read_coords()
+    assert oid.dtype == np.int64 and r.dtype == np.float64
+    np.testing.assert_array_equal(oid, object_id)
+    np.testing.assert_array_equal(r, ra)
+    np.testing.assert_array_equal(d, dec)
+    oid, r, d = tile.read_coords(10, 12)
+    np.testing.assert_array_equal(oid, object_id[10:12])
+
+
+def test_round_trip_local(tmp_path):
+    _check_round_trip(str(tmp_path / "hpx5_00042.zarr"))
+
+
+def test_round_trip_s3(s3_bucket):
+    _check_round_trip(f"{s3_bucket}/survey/tiles/hpx5_00042.zarr")
+
+
+def test_round_trip_s3_explicit_storage_options(s3, s3_bucket, monkeypatch):
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    _check_round_trip(f"{s3_bucket}/t/hpx5_00042.zarr", storage_options=s3.storage_options)
+
+
+def test_stored_with_blosc_zstd_bitshuffle(tmp_path):
+    url = str(tmp_path / "t.zarr")
+    write_tile(url, *_data(), **ATTRS)
+    (codec,) = zarr.open_group(url, mode="r")["images"].compressors
+    assert (codec.cname.value, codec.clevel, codec.shuffle.value) == ("zstd", 5, "bitshuffle")
+
+
+def test_missing_tile_local_and_s3(tmp_path, s3_bucket):
+    with pytest.raises(TileNotFoundError, match="nope.zarr.*does not exist"):
+        open_tile(str(tmp_path / "nope.zarr"))
+    url = f"{s3_bucket}/nope.zarr"
+    with pytest.raises(TileNotFoundError, match="nope.zarr"):
+        open_tile(url)
+    assert not storage.exists(url)  # opening read-only must not create an empty group
+
+
+def _handmade(path, arrays, attrs=None):
+    """A Zarr group with the given arrays and, by default, a valid ``skymorph`` attribute."""
+    group = zarr.open_group(path, mode="w")
+    for key, values in arrays.items():
+        group.create_array(key, shape=values.shape, dtype=values.dtype)[...] = values
+    group.attrs.put({"skymorph": {"format_version": 1, **ATTRS}} if attrs is None else attrs)
+    return path
+
+
+def _good_arrays(n=8):
+    images, object_id, ra, dec = _data(n)
+    return {"images": images, "object_id": object_id, "ra": ra, "dec": dec}
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda a: a.pop("ra"), r"no 'ra' array"),
+        (lambda a: a.update(images=a["images"].astype(np.float64)), r"'images' must be uint8, got float64"),
+        (lambda a: a.update(images=a["images"][:, 0]), r"must be 4-d"),
+        (lambda a: a.update(dec=a["dec"][:-1]), r"'dec' has shape \(7,\), expected \(8,\)"),
+        (lambda a: a.update(object_id=a["object_id"].astype(np.float64)), r"'object_id' must be int64, got float64"),
+        (lambda a: a.update(images=np.concatenate([a["images"]] * 3, axis=1)), r"does not match 3 image channel"),
+    ],
+)
+def test_invalid_tile_is_named(tmp_path, change, message):
+    arrays = _good_arrays()
+    change(arrays)
+    url = _handmade(str(tmp_path / "bad_tile.zarr"), arrays)
+    with pytest.raises(TileError, match=f"bad_tile.zarr.*{message}"):
+        open_tile(url)
+
+
+def test_not_a_skymorph_store(tmp_path):
+    url = _handmade(str(tmp_path / "plain.zarr"), _good_arrays(), attrs={})
+    with pytest.raises(TileError, match="plain.zarr.*not a skymorph tile store"):
+        open_tile(url)
+    array_url = str(tmp_path / "array.zarr")
+    zarr.create_array(array_url, shape=(3,), dtype="f8")
+    with pytest.raises(TileError, match="array.zarr.*single Zarr array"):
+        open_tile(array_url)
+
+
+def test_wrong_format_version(tmp_path):
+    url = _handmade(str(tmp_path / "v9.zarr"), _good_arrays(), attrs={"skymorph": {"format_version": 9, **ATTRS}})
+    with pytest.raises(TileError, match="v9.zarr.*format version 9"):
+        open_tile(url)
+
+
+def test_writer_that_died_leaves_an_incomplete_tile(tmp_path):
+    """A writer killed after creating the group but before the final attribute leaves the marker."""
+    url = str(tmp_path / "half.zarr")
+    write_tile(url, *_data(), **ATTRS)
+    zarr.open_group(url, mode="r+").attrs.put({"skymorph_incomplete": True})
+    with pytest.raises(TileError, match="half.zarr.*incomplete"):
+        open_tile(url)
+
+
+def test_rewrite_replaces_old_tile(tmp_path):
+    url = str(tmp_path / "t.zarr")
+    write_tile(url, *_data(n=70), **ATTRS)
+    images, *rest = _data(n=5, seed=1)
+    write_tile(url, images, *rest, **ATTRS)
+    tile = open_tile(url)
+    assert tile.n == 5 and np.array_equal(tile.read_images(), images)
+
+
+def test_missing_array_on_disk(tmp_path):
+    url = str(tmp_path / "t.zarr")
+    write_tile(url, *_data(), **ATTRS)
+    shutil.rmtree(os.path.join(url, "ra"))
+    with pytest.raises(TileError, match="t.zarr.*no 'ra' array"):
+        open_tile(url)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(chunk_size=0), "chunk_size must be a positive integer"),
+        (dict(bands=["g", "r"]), r"2 band name\(s\)"),
+        (dict(pixel_scale_arcsec=0), "pixel_scale_arcsec must be > 0"),
+        (dict(extra_attrs={"bands": 1}), "reserved key"),
+    ],
+)
+def test_write_tile_rejects_bad_arguments(tmp_path, kwargs, message):
+    with pytest.raises(InputError, match=message):
+        write_tile(str(tmp_path / "t.zarr"), *_data(), **{**ATTRS, **kwargs})
+
+
+def test_write_tile_rejects_bad_arrays(tmp_path):
+    images, object_id, ra, dec = _data()
+    with pytest.raises(InputError, match="uint8"):
+        write_tile(str(tmp_path / "t.zarr"), images.astype(np.float32), object_id, ra, dec, **ATTRS)
+    with pytest.raises(InputError, match=r"ra has shape \(69,\)"):
+        write_tile(str(tmp_path / "t.zarr"), images, object_id, ra[:-1], dec, **ATTRS)
+    with pytest.raises(InputError, match="dec must lie"):
+        write_tile(str(tmp_path / "t.zarr"), images, object_id, ra, dec * 2, **ATTRS)
+
+
+@pytest.mark.parametrize("prefetch", [True, False])
+@pytest.mark.parametrize("start, stop", [(0, None), (100, 900), (256, 512), (255, 257), (300, 300), (0, 1000)])
+def test_iter_chunks_covers_rows_in_order(tmp_path, prefetch, start, stop):
+    images, object_id, ra, dec = _data(n=1000, h=4, w=4)
+    url = str(tmp_path / "t.zarr")
+    write_tile(url, images, object_id, ra, dec, chunk_size=256, **ATTRS)
+    tile = open_tile(url)
+    pieces = list(tile.iter_chunks(start, stop, prefetch=prefetch))
+    stop_ = 1000 if stop is None else stop
+    if start == stop_:
+        assert pieces == []
+        return
+    ranges = [(a, b) for a, b, _ in pieces]
+    starts = [a for a, _ in ranges]
+    stops = [b for _, b in ranges]
+    assert starts == [start, *stops[:-1]] and stops[-1] == stop_  # contiguous, in order, exactly [start, stop)
+    assert all(a < b and (b - 1) // 256 == a // 256 for a, b in ranges)  # each inside one stored chunk
+    assert len(ranges) == len({a // 256 for a in range(start, stop_)})  # no chunk read twice
+    np.testing.assert_array_equal(np.concatenate([im for _, _, im in pieces]), images[start:stop_])
+
+
+def test_iter_chunks_stops_early_and_checks_range(tmp_path):
+    url = str(tmp_path / "t.zarr")
+    write_tile(url, *_data(n=100), chunk_size=10, **ATTRS)
+    tile = open_tile(url)
+    chunks = tile.iter_chunks()
+    assert next(chunks)[:2] == (0, 10)
+    chunks.close()  # must not hang on the pending prefetch
+    with pytest.raises(InputError, match=r"rows \[50, 101\) are outside \[0, 100\]"):
+        list(tile.iter_chunks(50, 101))
+
+
+def test_tile_name():
+    assert tile_name("s3://b/x/tiles/hpx5_01234.zarr/") == "hpx5_01234"
+    assert tile_name("/a/b/other") == "other"
+
+
+def test_read_tile_list_comments_and_relative_paths(tmp_path):
+    (tmp_path / "lists").mkdir()
+    path = tmp_path / "lists" / "tiles.txt"
+    path.write_text(
+        "# my survey\n\n"
+        "tiles/a.zarr\n"
+        "   ../b.zarr   # trailing comment\n"
+        f"{tmp_path}/abs.zarr\n"
+        "s3://bucket/c.zarr\n"
+    )
+    assert read_tile_list(str(path)) == [
+        str(tmp_path / "lists" / "tiles" / "a.zarr"),
+        str(tmp_path / "b.zarr"),
+        str(tmp_path / "abs.zarr"),
+        "s3://bucket/c.zarr",
+    ]
+
+
+def test_read_tile_list_errors_name_file_and_line(tmp_path):
+    path = tmp_path / "tiles.txt"
+    path.write_text("# header\na.zarr\nb.zarr c.zarr\n")
+    with pytest.raises(InputError, match=r"tiles.txt' line 3: expected one tile URL"):
+        read_tile_list(str(path))
+    path.write_text("a.zarr\n\na.zarr\n")
+    with pytest.raises(InputError, match=r"line 3: .*already listed on line 1"):
+        read_tile_list(str(path))
+    path.write_text("# nothing\n\n")
+    with pytest.raises(InputError, match="lists no tiles"):
+        read_tile_list(str(path))
+    with pytest.raises(InputError, match="missing.txt' does not exist"):
+        read_tile_list(str(tmp_path / "missing.txt"))
+
+
+def test_tile_list_round_trip_local(tmp_path):
+    tiles = [str(tmp_path / "tiles" / "a.zarr"), str(tmp_path / "tiles" / "b.zarr"), "s3://other/c.zarr"]
+    write_tile_list(str(tmp_path / "tiles.txt"), tiles)
+    lines = (tmp_path / "tiles.txt").read_text().splitlines()
+    assert lines[1:] == [os.path.join("tiles", "a.zarr"), os.path.join("tiles", "b.zarr"), "s3://other/c.zarr"]
+    assert read_tile_list(str(tmp_path / "tiles.txt")) == tiles
+
+
+def test_tile_list_round_trip_s3(s3_bucket):
+    tiles = [f"{s3_bucket}/run/tiles/a.zarr", f"{s3_bucket}/elsewhere/b.zarr"]
+    url = f"{s3_bucket}/run/tiles.txt"
+    write_tile_list(url, tiles)
+    assert storage.read_text(url).splitlines()[1:] == ["tiles/a.zarr", f"{s3_bucket}/elsewhere/b.zarr"]
+    assert read_tile_list(url) == tiles
