@@ -1,0 +1,219 @@
+"""Dask workers as SLURM jobs (dask-jobqueue), configured from one YAML file.
+
+``skymorph run --cluster slurm --cluster-config deploy/slurm/jobqueue.yaml`` calls :func:`slurm_cluster`,
+which reads the file into a validated :class:`SlurmConfig` and builds a
+``dask_jobqueue.SLURMCluster``: the scheduler runs in the calling process (a login node or a small
+job), each worker is one ``sbatch`` job. A GPU job asks for one GPU (``--gres=gpu:1``) and runs one
+worker process advertising ``--resources GPU=1``, so tasks that need a GPU land only there, at most
+``threads_per_process`` at a time. Workers retire (``--lifetime``, staggered) before SLURM's walltime
+kills them, handing their work back to the scheduler; with ``max_jobs > 0`` the cluster is adaptive
+and submits replacement jobs.
+
+Needs the ``slurm`` extra: ``pip install 'skymorph[slurm]'``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+
+from skymorph.errors import InputError, MissingDependencyError, did_you_mean
+
+__all__ = ["SlurmConfig", "load_slurm_config", "slurm_cluster", "walltime_minutes"]
+
+_WALLTIME = re.compile(r"^(?:(?P<days>\d+)-)?(?P<hours>\d+):(?P<minutes>\d{1,2}):(?P<seconds>\d{1,2})$")
+
+
+def walltime_minutes(walltime: str) -> float:
+    """Minutes in a SLURM time limit ``[D-]HH:MM:SS``: ``D * 1440 + HH * 60 + MM + SS / 60``."""
+    match = _WALLTIME.match(str(walltime).strip())
+    if match is None:
+        raise InputError(f"walltime must be [D-]HH:MM:SS (SLURM's -t), got {walltime!r}")
+    days = int(match["days"] or 0)
+    minutes, seconds = int(match["minutes"]), int(match["seconds"])
+    if minutes > 59 or seconds > 59:
+        raise InputError(f"walltime must be [D-]HH:MM:SS with MM and SS below 60, got {walltime!r}")
+    return days * 1440 + int(match["hours"]) * 60 + minutes + seconds / 60
+
+
+@dataclass(frozen=True)
+class SlurmConfig:
+    """One SLURM job = one Dask worker node share; the YAML keys are these field names.
+
+    The worker retires at ``worker_lifetime_minutes`` +/- ``lifetime_stagger_minutes`` (uniform), so
+    ``worker_lifetime_minutes + lifetime_stagger_minutes`` must stay below the walltime: the gap is
+    the time a retiring worker has to finish or hand back its tasks.
+    """
+
+    walltime: str
+    memory_gib: float
+    cpus_per_job: int
+    threads_per_process: int
+    worker_lifetime_minutes: int
+    lifetime_stagger_minutes: int = 5
+    gpus_per_job: int = 1
+    processes: int = 1
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    min_jobs: int = 0
+    max_jobs: int = 0
+    job_name: str = "skymorph-worker"
+    python: str | None = None
+    local_directory: str | None = None
+    log_directory: str | None = None
+    interface: str | None = None
+    scheduler_host: str | None = None
+    dashboard_address: str = ":8787"
+    death_timeout_s: int = 120
+    job_script_prologue: tuple[str, ...] = ()
+    job_extra_directives: tuple[str, ...] = ()
+    worker_extra_args: tuple[str, ...] = field(default=())
+
+    def __post_init__(self):
+        for name in ("cpus_per_job", "threads_per_process", "processes", "worker_lifetime_minutes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise InputError(f"SLURM config: {name} must be a positive integer, got {value!r}")
+        for name in ("lifetime_stagger_minutes", "gpus_per_job", "min_jobs", "max_jobs", "death_timeout_s"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise InputError(f"SLURM config: {name} must be an integer >= 0, got {value!r}")
+        if not isinstance(self.memory_gib, (int, float)) or isinstance(self.memory_gib, bool) or self.memory_gib <= 0:
+            raise InputError(f"SLURM config: memory_gib must be a positive number, got {self.memory_gib!r}")
+        if self.gpus_per_job > 1:
+            raise InputError(
+                f"SLURM config: gpus_per_job is {self.gpus_per_job}, but a job runs one worker process per GPU: "
+                "set gpus_per_job: 1 and raise max_jobs (SLURM gives each job its own GPU), "
+                "or use deploy/slurm/skymorph-run.sbatch for whole nodes"
+            )
+        if self.gpus_per_job == 1 and self.processes != 1:
+            raise InputError(
+                f"SLURM config: a GPU job runs one worker process (one per GPU), got processes: {self.processes}; "
+                "use threads_per_process for concurrency on the GPU"
+            )
+        threads = self.processes * self.threads_per_process
+        if threads > self.cpus_per_job:
+            raise InputError(
+                f"SLURM config: processes x threads_per_process = {threads} exceeds cpus_per_job = {self.cpus_per_job}; "
+                "raise cpus_per_job or lower the threads"
+            )
+        if self.min_jobs > self.max_jobs:
+            raise InputError(f"SLURM config: min_jobs ({self.min_jobs}) must not exceed max_jobs ({self.max_jobs})")
+        limit = walltime_minutes(self.walltime)
+        latest = self.worker_lifetime_minutes + self.lifetime_stagger_minutes
+        if latest >= limit:
+            raise InputError(
+                f"SLURM config: worker_lifetime_minutes + lifetime_stagger_minutes = {latest} min must be below "
+                f"the walltime {self.walltime} ({limit:g} min) so workers retire before SLURM kills them"
+            )
+        for name in ("job_script_prologue", "job_extra_directives", "worker_extra_args"):
+            value = getattr(self, name)
+            if isinstance(value, str) or not all(isinstance(item, str) for item in value):
+                raise InputError(f"SLURM config: {name} must be a list of strings, got {value!r}")
+            object.__setattr__(self, name, tuple(value))
+        extra = " ".join(self.worker_extra_args)
+        for flag in ("--resources", "--lifetime", "--nthreads", "--nworkers"):
+            if flag in extra:
+                raise InputError(
+                    f"SLURM config: worker_extra_args must not set {flag}: it comes from the config fields "
+                    "(gpus_per_job, worker_lifetime_minutes, threads_per_process, processes)"
+                )
+
+    @classmethod
+    def from_dict(cls, values: dict, source: str = "SLURM config") -> SlurmConfig:
+        if not isinstance(values, dict):
+            raise InputError(f"{source}: expected a mapping of settings, got {type(values).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        for key in values:
+            if key not in known:
+                raise InputError(f"{source}: unknown setting {key!r}.{did_you_mean(str(key), known)}")
+        missing = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING and f.name not in values]
+        if missing:
+            raise InputError(f"{source}: missing required setting(s) {', '.join(missing)}")
+        values = {key: (tuple(v) if isinstance(v, list) else v) for key, v in values.items()}
+        return cls(**values)
+
+    def worker_args(self) -> list[str]:
+        """``dask worker`` flags: lifetime and stagger, and ``--resources GPU=1`` on a GPU job."""
+        args = [
+            "--lifetime",
+            f"{self.worker_lifetime_minutes}m",
+            "--lifetime-stagger",
+            f"{self.lifetime_stagger_minutes}m",
+        ]
+        if self.gpus_per_job:
+            args += ["--resources", f"GPU={self.gpus_per_job}"]
+        return args + list(self.worker_extra_args)
+
+    def job_directives(self) -> list[str]:
+        """Extra ``#SBATCH`` lines beyond what dask-jobqueue writes (partition, account, cpus, mem, time)."""
+        directives = []
+        if self.gpus_per_job:
+            directives.append(f"--gres=gpu:{self.gpus_per_job}")
+        if self.qos:
+            directives.append(f"--qos={self.qos}")
+        return directives + list(self.job_extra_directives)
+
+    def cluster_kwargs(self) -> dict:
+        """Keyword arguments for ``dask_jobqueue.SLURMCluster``."""
+        scheduler_options = {"dashboard_address": self.dashboard_address}
+        if self.scheduler_host:
+            scheduler_options["host"] = self.scheduler_host
+        return {
+            "job_name": self.job_name,
+            "python": self.python,
+            "queue": self.partition,
+            "account": self.account,
+            "walltime": self.walltime,
+            "processes": self.processes,
+            "cores": self.processes * self.threads_per_process,
+            "job_cpu": self.cpus_per_job,
+            "memory": f"{self.memory_gib:g}GiB",
+            "job_extra_directives": self.job_directives(),
+            "worker_extra_args": self.worker_args(),
+            "job_script_prologue": list(self.job_script_prologue),
+            "local_directory": self.local_directory,
+            "log_directory": self.log_directory,
+            "interface": self.interface,
+            "death_timeout": self.death_timeout_s,
+            "scheduler_options": scheduler_options,
+        }
+
+
+def load_slurm_config(config_path: str, **overrides) -> SlurmConfig:
+    """Read ``config_path`` (YAML mapping of :class:`SlurmConfig` fields) and apply ``overrides``."""
+    import yaml
+
+    from skymorph.storage import read_text
+
+    try:
+        values = yaml.safe_load(read_text(config_path))
+    except yaml.YAMLError as err:
+        first_line = str(err).splitlines()[0]
+        raise InputError(f"SLURM config {str(config_path)!r} is not valid YAML: {first_line}") from err
+    if isinstance(values, dict):
+        values = {**values, **overrides}
+    return SlurmConfig.from_dict(values, source=f"SLURM config {str(config_path)!r}")
+
+
+def slurm_cluster(config_path: str, **overrides):
+    """A ``dask_jobqueue.SLURMCluster`` built from the YAML file at ``config_path``.
+
+    ``overrides`` replace settings of the file (same names as :class:`SlurmConfig`'s fields, e.g.
+    ``account="abc123"``, ``max_jobs=32``). With ``max_jobs > 0`` the cluster adapts between
+    ``min_jobs`` and ``max_jobs`` jobs, which also replaces workers that retired at their lifetime;
+    with ``max_jobs = 0`` no job is submitted until the caller scales it. Close it when done.
+    """
+    config = load_slurm_config(config_path, **overrides)
+    try:
+        from dask_jobqueue import SLURMCluster
+    except ImportError as err:
+        raise MissingDependencyError(
+            "running on SLURM needs dask-jobqueue: pip install 'skymorph[slurm]'"
+        ) from err
+    cluster = SLURMCluster(**config.cluster_kwargs())
+    if config.max_jobs:
+        cluster.adapt(minimum_jobs=config.min_jobs, maximum_jobs=config.max_jobs)
+    return cluster
