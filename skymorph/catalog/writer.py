@@ -1,0 +1,298 @@
+"""Writing a catalog: part files from workers, the run manifest, and the finish step in the driver.
+
+Workers call :func:`write_part` once per tile row range: its rows are split by HEALPix pixel of the
+catalog order and each piece is written atomically to ``Npix=P/part-<digest of tile + range>.parquet``
+(:func:`skymorph.catalog.layout.part_name`), so a retried or resumed range overwrites its own files
+and never duplicates a row. The driver records finished ranges in a :class:`Manifest` and, after the
+last task, :func:`finish_catalog` removes parts no finished range owns, counts rows from Parquet
+footers and writes ``_common_metadata``, ``partition_info.csv`` and ``hats.properties``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from skymorph.catalog import layout
+from skymorph.catalog.layout import CatalogMetadata, CatalogProperties
+from skymorph.errors import CatalogError
+from skymorph.storage import atomic_write_bytes, atomic_write_text, filesystem, read_text
+
+__all__ = [
+    "healpix_29",
+    "catalog_schema",
+    "build_part_table",
+    "write_part",
+    "RangeRecord",
+    "Manifest",
+    "read_manifest",
+    "write_manifest",
+    "write_failures",
+    "read_failures",
+    "FinishReport",
+    "finish_catalog",
+]
+
+_COMPRESSION = "zstd"
+
+
+def healpix_29(ra_deg: np.ndarray, dec_deg: np.ndarray) -> np.ndarray:
+    """The nested HEALPix index at order 29 of each position (hats' ``_healpix_29`` spatial index).
+
+    The same call hats makes (``hats.pixel_math.healpix_shim.radec2pix``): cdshealpix
+    ``nested.lonlat_to_healpix`` at depth 29, as int64. The pixel at catalog order ``K`` is then
+    ``_healpix_29 >> 2 * (29 - K)``.
+    """
+    import astropy.units as u
+    from astropy.coordinates import Latitude, Longitude
+    from cdshealpix import nested
+
+    lon = Longitude(np.asarray(ra_deg, dtype=np.float64), unit=u.deg)
+    lat = Latitude(np.asarray(dec_deg, dtype=np.float64), unit=u.deg)
+    return nested.lonlat_to_healpix(lon, lat, layout.SPATIAL_INDEX_ORDER).astype(np.int64)
+
+
+def catalog_schema(posterior_columns, metadata: CatalogMetadata):
+    """The catalog's Arrow schema: :data:`layout.BASE_COLUMNS` then ``posterior_columns`` (float32, in
+    the order :func:`skymorph.posterior.summarize` returns them), with ``metadata`` as key-value
+    metadata."""
+    import pyarrow as pa
+
+    base = [
+        pa.field("object_id", pa.int64(), nullable=False),
+        pa.field("ra", pa.float64(), nullable=False),
+        pa.field("dec", pa.float64(), nullable=False),
+        pa.field(layout.SPATIAL_INDEX_COLUMN, pa.int64(), nullable=False),
+        pa.field("tile", pa.string(), nullable=False),
+        pa.field("row", pa.int64(), nullable=False),
+    ]
+    clash = set(posterior_columns) & set(layout.BASE_COLUMNS)
+    if clash:
+        raise CatalogError(f"posterior columns {sorted(clash)} clash with the catalog's base columns")
+    fields = base + [pa.field(name, pa.float32()) for name in posterior_columns]
+    return pa.schema(fields, metadata=metadata.to_kv())
+
+
+def build_part_table(schema, object_id, ra, dec, tile: str, start: int, posterior: dict):
+    """One Arrow table for rows ``start, start + 1, ...`` of ``tile``, columns exactly ``schema``'s."""
+    import pyarrow as pa
+
+    n = len(object_id)
+    columns = {
+        "object_id": np.asarray(object_id, dtype=np.int64),
+        "ra": np.asarray(ra, dtype=np.float64),
+        "dec": np.asarray(dec, dtype=np.float64),
+        layout.SPATIAL_INDEX_COLUMN: healpix_29(ra, dec),
+        "tile": pa.array([tile] * n, type=pa.string()),
+        "row": np.arange(start, start + n, dtype=np.int64),
+    }
+    names = schema.names[len(layout.BASE_COLUMNS):]
+    missing = [name for name in names if name not in posterior]
+    if missing or len(posterior) != len(names):
+        raise CatalogError(f"posterior columns {sorted(posterior)} do not match the catalog schema's {names}")
+    for name in names:
+        values = np.asarray(posterior[name], dtype=np.float32)
+        if values.shape != (n,):
+            raise CatalogError(f"posterior column {name!r} has shape {values.shape}, expected ({n},)")
+        columns[name] = values
+    return pa.Table.from_arrays([pa.array(columns[f.name], type=f.type) for f in schema], schema=schema)
+
+
+def write_part(catalog: str, table, tile_url: str, start: int, stop: int, order: int,
+               storage_options: dict | None = None) -> list[tuple[int, str, int]]:
+    """Write the rows of tile range ``[start, stop)`` (``table``, as from :func:`build_part_table`) as
+    one part per HEALPix pixel of ``order``; returns ``[(npix, part name, rows), ...]``.
+
+    Each part carries the table's schema and key-value metadata; each write is atomic.
+    """
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    name = layout.part_name(tile_url, start, stop)
+    shift = 2 * (layout.SPATIAL_INDEX_ORDER - order)
+    pixels = np.right_shift(table.column(layout.SPATIAL_INDEX_COLUMN).to_numpy(), shift)
+    unique = np.unique(pixels)
+    written = []
+    for npix in unique:
+        piece = table.filter(pc.equal(pixels, npix)) if len(unique) > 1 else table
+        buffer = io.BytesIO()
+        pq.write_table(piece, buffer, compression=_COMPRESSION)
+        atomic_write_bytes(layout.part_url(catalog, order, int(npix), name), buffer.getvalue(), storage_options)
+        written.append((int(npix), name, piece.num_rows))
+    return written
+
+
+# ---- manifest ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RangeRecord:
+    """A finished tile row range: ``[start, stop)`` of ``tile`` (``n`` rows in all, stored in chunks of
+    ``chunk_size``), written as ``parts`` = ``((npix, name, rows), ...)``."""
+
+    tile: str
+    start: int
+    stop: int
+    n: int
+    chunk_size: int
+    parts: tuple[tuple[int, str, int], ...]
+
+    @property
+    def key(self) -> tuple[str, int, int]:
+        return (self.tile, self.start, self.stop)
+
+    @property
+    def rows(self) -> int:
+        return sum(rows for _, _, rows in self.parts)
+
+    def to_dict(self) -> dict:
+        return {"tile": self.tile, "start": self.start, "stop": self.stop, "n": self.n,
+                "chunk_size": self.chunk_size, "parts": [list(p) for p in self.parts]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RangeRecord:
+        return cls(tile=data["tile"], start=int(data["start"]), stop=int(data["stop"]), n=int(data["n"]),
+                   chunk_size=int(data["chunk_size"]),
+                   parts=tuple((int(p), str(name), int(rows)) for p, name, rows in data["parts"]))
+
+
+@dataclass
+class Manifest:
+    """``CATALOG/_skymorph/manifest.json``: which model wrote the catalog, at which order, and the tile
+    ranges done. Mutable: the driver adds ranges as results arrive and rewrites the file atomically."""
+
+    model_sha256: str
+    order: int
+    ranges: dict
+
+    def add(self, record: RangeRecord) -> None:
+        self.ranges[record.key] = record
+
+    def drop_tile(self, tile: str) -> None:
+        for key in [k for k in self.ranges if k[0] == tile]:
+            del self.ranges[key]
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "format": 1,
+            "model_sha256": self.model_sha256,
+            "order": self.order,
+            "ranges": [r.to_dict() for r in sorted(self.ranges.values(), key=lambda r: r.key)],
+        }, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "manifest") -> Manifest:
+        try:
+            data = json.loads(text)
+            records = [RangeRecord.from_dict(r) for r in data["ranges"]]
+            return cls(model_sha256=data["model_sha256"], order=int(data["order"]),
+                       ranges={r.key: r for r in records})
+        except (ValueError, KeyError, TypeError) as err:
+            raise CatalogError(f"{source} is corrupt ({err}); rerun with --overwrite to start the catalog afresh") from err
+
+
+def read_manifest(catalog: str, storage_options: dict | None = None) -> Manifest | None:
+    """The catalog's manifest, or None where there is none yet."""
+    url = layout.manifest_url(catalog)
+    try:
+        text = read_text(url, storage_options)
+    except FileNotFoundError:
+        return None
+    return Manifest.from_json(text, source=url)
+
+
+def write_manifest(catalog: str, manifest: Manifest, storage_options: dict | None = None) -> None:
+    atomic_write_text(layout.manifest_url(catalog), manifest.to_json(), storage_options)
+
+
+# ---- failures ---------------------------------------------------------------------------------------
+
+
+def write_failures(catalog: str, failures: list[dict], storage_options: dict | None = None) -> None:
+    """``failures.parquet``: one row per failed tile range: tile, start, stop, stage, reason."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([("tile", pa.string()), ("start", pa.int64()), ("stop", pa.int64()),
+                        ("stage", pa.string()), ("reason", pa.string())])
+    table = pa.Table.from_pylist([{k: f.get(k) for k in schema.names} for f in failures], schema=schema)
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    atomic_write_bytes(layout.failures_url(catalog), buffer.getvalue(), storage_options)
+
+
+def read_failures(catalog: str, storage_options: dict | None = None) -> list[dict]:
+    from skymorph.storage import read_parquet
+
+    try:
+        return read_parquet(layout.failures_url(catalog), storage_options).to_pylist()
+    except FileNotFoundError:
+        return []
+
+
+# ---- finish -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FinishReport:
+    total_rows: int
+    n_parts: int
+    pixels: tuple[int, ...]
+    removed_parts: int
+
+
+def _footer_rows(url: str, storage_options: dict | None) -> int:
+    import pyarrow.parquet as pq
+
+    fs, path = filesystem(url, storage_options)
+    with fs.open(path, "rb") as fh:
+        return pq.ParquetFile(fh).metadata.num_rows
+
+
+def finish_catalog(catalog: str, manifest: Manifest, schema, properties: CatalogProperties,
+                   storage_options: dict | None = None, threads: int = 16) -> FinishReport:
+    """Make ``catalog`` a complete HATS catalog from the parts the manifest's ranges own.
+
+    Parts on disk that no finished range owns (left by a range planned differently, or by an
+    interrupted run whose range was not recorded and is not finished now) are removed. Rows are counted
+    from the Parquet footers and checked against the manifest. ``properties.total_rows`` is replaced
+    by the count. Metadata files are written last, each atomically.
+    """
+    import pyarrow.parquet as pq
+
+    owned = {(npix, name): rows for r in manifest.ranges.values() for npix, name, rows in r.parts}
+    on_disk = layout.list_parts(catalog, storage_options)
+    keep = [p for p in on_disk if p.order == manifest.order and (p.npix, p.name) in owned]
+    stale = [p for p in on_disk if not (p.order == manifest.order and (p.npix, p.name) in owned)]
+    found = {(p.npix, p.name) for p in keep}
+    lost = sorted(set(owned) - found)
+    if lost:
+        npix, name = lost[0]
+        raise CatalogError(
+            f"catalog {catalog!r}: {len(lost)} part file(s) in the manifest are missing (e.g. Npix={npix}/{name}); "
+            "rerun with --overwrite"
+        )
+    for part in stale:
+        fs, path = filesystem(part.url, storage_options)
+        fs.rm(path)
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        counts = list(pool.map(lambda p: _footer_rows(p.url, storage_options), keep))
+    for part, rows in zip(keep, counts):
+        if rows != owned[(part.npix, part.name)]:
+            raise CatalogError(
+                f"catalog {catalog!r}: part {part.url} has {rows} rows, the manifest says "
+                f"{owned[(part.npix, part.name)]}; rerun with --overwrite"
+            )
+    total = int(sum(counts))
+    pixels = tuple(sorted({p.npix for p in keep}))
+
+    buffer = io.BytesIO()
+    pq.write_metadata(schema, buffer)
+    atomic_write_bytes(layout.common_metadata_url(catalog), buffer.getvalue(), storage_options)
+    layout.write_partition_info(catalog, manifest.order, pixels, storage_options)
+    layout.write_properties(catalog, replace(properties, total_rows=total, order=manifest.order), storage_options)
+    return FinishReport(total_rows=total, n_parts=len(keep), pixels=pixels, removed_parts=len(stale))

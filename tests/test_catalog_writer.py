@@ -1,0 +1,143 @@
+"""Catalog layout and writer: parts, manifest, finish step; read back with hats, LSDB and pyarrow."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from skymorph.catalog import layout
+from skymorph.catalog.layout import CatalogMetadata, CatalogProperties
+from skymorph.catalog.writer import (
+    Manifest,
+    RangeRecord,
+    build_part_table,
+    catalog_schema,
+    finish_catalog,
+    healpix_29,
+    read_manifest,
+    write_manifest,
+    write_part,
+)
+from skymorph.errors import CatalogError
+
+ORDER = 3
+COLUMNS = ("smooth_yes_fraction", "smooth_no_fraction", "smooth_asked", "smooth_bald", "bald_total")
+
+
+def _metadata() -> CatalogMetadata:
+    return CatalogMetadata(model_sha256="ab" * 32, samples=4, seed=7, n_volunteers=40,
+                           schema_json='{"name": "toy"}', version="0.1.0")
+
+
+def _tile(rng, name, n, ra0):
+    ra = (ra0 + rng.uniform(0, 40, n)) % 360
+    dec = rng.uniform(-30, 30, n)
+    object_id = np.arange(n, dtype=np.int64) + 1000 * hash(name) % 10**9
+    posterior = {c: rng.random(n).astype(np.float32) for c in COLUMNS}
+    return object_id, ra, dec, posterior
+
+
+def _write_catalog(catalog, rng, tiles=(("t0", 300, 0.0), ("t1", 200, 120.0))):
+    meta = _metadata()
+    schema = catalog_schema(COLUMNS, meta)
+    manifest = Manifest(model_sha256=meta.model_sha256, order=ORDER, ranges={})
+    expected = {}
+    for name, n, ra0 in tiles:
+        object_id, ra, dec, posterior = _tile(rng, name, n, ra0)
+        table = build_part_table(schema, object_id, ra, dec, name, 0, posterior)
+        parts = write_part(catalog, table, name, 0, n, ORDER)
+        manifest.add(RangeRecord(tile=name, start=0, stop=n, n=n, chunk_size=64, parts=tuple(parts)))
+        expected[name] = (object_id, ra, dec, posterior)
+    props = CatalogProperties(catalog_name="toy", total_rows=0, order=ORDER, builder="skymorph test")
+    report = finish_catalog(catalog, manifest, schema, props)
+    return manifest, expected, report
+
+
+def test_properties_round_trip_and_hats_reads_them(tmp_path):
+    from hats.catalog import TableProperties
+
+    props = CatalogProperties(catalog_name="cat", total_rows=12, order=4, builder="skymorph 0.1.0",
+                              creation_date=CatalogProperties.now(), skymorph_model_sha256="c" * 64,
+                              skymorph_samples=8, extra={"obs_title": "x"})
+    layout.write_properties(str(tmp_path), props)
+    assert layout.read_properties(str(tmp_path)) == props
+    hats_props = TableProperties.read_from_dir(tmp_path)
+    assert (hats_props.catalog_name, hats_props.total_rows, hats_props.npix_suffix) == ("cat", 12, "/")
+    assert (hats_props.ra_column, hats_props.dec_column) == ("ra", "dec")
+
+
+def test_properties_reject_bad_values():
+    with pytest.raises(CatalogError, match="order"):
+        CatalogProperties(catalog_name="c", total_rows=1, order=30)
+    with pytest.raises(CatalogError, match="hats_nrows"):
+        CatalogProperties.from_text("obs_collection=c\n")
+
+
+def test_part_names_are_deterministic_and_distinct():
+    assert layout.part_name("s3://b/t.zarr", 0, 256) == layout.part_name("s3://b/t.zarr", 0, 256)
+    assert layout.part_name("s3://b/t.zarr", 0, 256) != layout.part_name("s3://b/t.zarr", 256, 512)
+    assert layout.pixel_dir("/c", 5, 12345).endswith("dataset/Norder=5/Dir=10000/Npix=12345")
+
+
+def test_healpix_29_matches_hats():
+    from hats.pixel_math.spatial_index import compute_spatial_index
+
+    rng = np.random.default_rng(1)
+    ra, dec = rng.uniform(0, 360, 500), rng.uniform(-90, 90, 500)
+    np.testing.assert_array_equal(healpix_29(ra, dec), compute_spatial_index(ra, dec))
+
+
+def test_catalog_opens_in_hats_and_lsdb_with_every_row_once(tmp_path):
+    import hats
+    import lsdb
+    from hats.pixel_math.healpix_pixel import HealpixPixel
+
+    catalog = str(tmp_path / "cat")
+    manifest, expected, report = _write_catalog(catalog, np.random.default_rng(0))
+    assert report.total_rows == 500 and report.removed_parts == 0
+
+    hc = hats.read_hats(catalog)
+    assert hc.catalog_info.total_rows == 500
+    pixels = {p.pixel for p in hc.get_healpix_pixels()}
+    ra = np.concatenate([expected[t][1] for t in expected])
+    dec = np.concatenate([expected[t][2] for t in expected])
+    assert pixels == set((healpix_29(ra, dec) >> 2 * (29 - ORDER)).tolist())
+    assert all(p.order == ORDER for p in hc.get_healpix_pixels())
+    assert HealpixPixel(ORDER, min(pixels)) in hc.get_healpix_pixels()
+
+    frame = lsdb.open_catalog(catalog).compute()
+    assert len(frame) == 500 and frame["object_id"].is_unique
+    for tile, (object_id, ra_t, _, posterior) in expected.items():
+        rows = frame[frame["tile"] == tile].sort_values("row")
+        np.testing.assert_array_equal(rows["object_id"].to_numpy(), object_id)
+        np.testing.assert_array_equal(rows["ra"].to_numpy(), ra_t)
+        np.testing.assert_array_equal(rows["smooth_bald"].to_numpy(), posterior["smooth_bald"])
+
+    schema, meta = layout.read_common_metadata(catalog)
+    assert meta == _metadata() and schema.names[:6] == list(layout.BASE_COLUMNS)
+    part = layout.list_parts(catalog)[0]
+    assert CatalogMetadata.from_kv(pq.read_schema(part.url).metadata) == _metadata()
+    assert layout.read_partition_info(catalog) == [(ORDER, p) for p in sorted(pixels)]
+
+
+def test_finish_removes_parts_no_finished_range_owns(tmp_path):
+    catalog = str(tmp_path / "cat")
+    rng = np.random.default_rng(2)
+    manifest, _, _ = _write_catalog(catalog, rng)
+    schema = catalog_schema(COLUMNS, _metadata())
+    object_id, ra, dec, posterior = _tile(rng, "orphan", 50, 200.0)
+    write_part(catalog, build_part_table(schema, object_id, ra, dec, "orphan", 0, posterior), "orphan", 0, 50, ORDER)
+    report = finish_catalog(catalog, manifest, schema, CatalogProperties(catalog_name="toy", total_rows=0, order=ORDER))
+    assert report.total_rows == 500 and report.removed_parts >= 1
+    assert all("orphan" not in pq.read_table(p.url).column("tile").to_pylist() for p in layout.list_parts(catalog))
+
+
+def test_manifest_round_trip_on_s3(s3_bucket):
+    catalog = f"{s3_bucket}/cat"
+    manifest = Manifest(model_sha256="ab" * 32, order=5, ranges={})
+    manifest.add(RangeRecord("s3://b/t.zarr", 0, 256, 300, 128, ((7, "part-a.parquet", 200), (8, "part-a.parquet", 56))))
+    write_manifest(catalog, manifest)
+    again = read_manifest(catalog)
+    assert again == manifest and again.ranges[("s3://b/t.zarr", 0, 256)].rows == 256
+    assert read_manifest(f"{s3_bucket}/none") is None
