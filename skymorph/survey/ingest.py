@@ -1,0 +1,261 @@
+"""Ingest real cutouts (JPEG, PNG, FITS) into tile stores plus a labels table.
+
+The catalog is a CSV with a ``file`` column (paths relative to the CSV), an id column (``object_id``
+by default, integers), optional ``ra``/``dec`` (degrees ICRS) and any other columns (e.g. ``label``,
+``split``), which pass through to ``labels.parquet``. Writes ``OUT/tiles/ingest_NNNNN.zarr``,
+``OUT/tiles.txt``, ``OUT/labels.parquet`` (object_id, tile, row, passthrough columns, and with a
+label mapping one vote-count column per answer of the labelled question) and, if any file could not
+be read, ``OUT/ingest_failures.csv`` (file, object_id, reason).
+
+Pixels: JPEG/PNG are decoded by Pillow as 8-bit RGB (or L); FITS (first HDU with data, (H, W) or
+(C, H, W)) is flux, mapped to [0, 255] by an asinh stretch over a percentile interval per image
+(astropy.visualization ``AsinhStretch(a) + PercentileInterval(p)``). ``bands="mean"`` averages the
+bands into one grey channel (flux before the stretch for FITS); ``"keep"`` keeps them. A non-square
+image is centre-cropped to a square, then resized with Lanczos (antialiased) to ``size`` pixels.
+
+Positions: a catalog without ``ra``/``dec`` gets the placeholder position ra = dec = 0 for every
+galaxy, flagged as ``position_is_placeholder`` in the tile attributes and in every labels row. One
+obviously artificial point (rather than made-up scattered positions) means nothing downstream can
+mistake it for a sky position, and sky-partitioned outputs put all such galaxies in one partition.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from skymorph.errors import InputError
+from skymorph.schema import get_schema
+from skymorph.storage import atomic_write_text, join, read_bytes, write_parquet
+
+__all__ = ["ingest", "IngestSummary", "decode_image", "parse_label_map"]
+
+_FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz")
+
+
+@dataclass(frozen=True)
+class IngestSummary:
+    """What :func:`ingest` wrote: counts, tile URLs, the labels and failures paths."""
+
+    out: str
+    n_galaxies: int
+    n_failed: int
+    tiles: tuple[str, ...]
+    labels: str
+    failures: str | None
+    position_is_placeholder: bool
+
+    def __str__(self) -> str:
+        failed = f", {self.n_failed} file(s) skipped (see {self.failures})" if self.n_failed else ""
+        return f"ingested {self.n_galaxies} galaxies into {len(self.tiles)} tile(s) at {self.out}{failed}"
+
+
+def parse_label_map(text: str | None) -> dict[str, str]:
+    """``"spiral=yes,non_spiral=no"`` -> ``{"spiral": "yes", "non_spiral": "no"}`` (label -> answer)."""
+    if not text:
+        return {}
+    mapping = {}
+    for item in text.split(","):
+        label, sep, answer = item.partition("=")
+        if not sep or not label.strip() or not answer.strip():
+            raise InputError(f"--label-map entry {item!r} is not LABEL=ANSWER; give e.g. spiral=yes,non_spiral=no")
+        mapping[label.strip()] = answer.strip()
+    return mapping
+
+
+def _square(array: np.ndarray) -> np.ndarray:
+    h, w = array.shape[-2:]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    return array[..., top : top + side, left : left + side]
+
+
+def _resize(plane: np.ndarray, size: int) -> np.ndarray:
+    """Lanczos-resize one float (H, W) plane to (size, size)."""
+    from PIL import Image
+
+    if plane.shape == (size, size):
+        return plane
+    return np.asarray(Image.fromarray(plane.astype(np.float32), mode="F").resize((size, size), Image.LANCZOS))
+
+
+def decode_image(data: bytes, name: str, *, size: int, bands: str, stretch: str = "asinh", asinh_a: float = 0.1, percentile: float = 99.5) -> np.ndarray:
+    """Bytes of one JPEG/PNG/FITS cutout -> uint8 (C, size, size); C = 1 for ``bands="mean"``."""
+    if name.lower().endswith(_FITS_SUFFIXES):
+        from astropy.io import fits
+        from astropy.visualization import AsinhStretch, LinearStretch, PercentileInterval
+
+        with fits.open(io.BytesIO(data)) as hdus:
+            planes = next((h.data for h in hdus if h.data is not None), None)
+        if planes is None or planes.ndim not in (2, 3):
+            raise ValueError("no 2-D or 3-D image in any HDU")
+        planes = np.nan_to_num(np.asarray(planes, dtype=np.float64).reshape(-1, *planes.shape[-2:]))
+        if bands == "mean":
+            planes = planes.mean(axis=0, keepdims=True)
+        transform = (AsinhStretch(asinh_a) if stretch == "asinh" else LinearStretch()) + PercentileInterval(percentile)
+        unit = np.stack([transform(p) for p in _square(planes)])
+        out = np.stack([_resize(p, size) for p in unit * 255.0])
+    else:
+        from PIL import Image
+
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            pixels = np.asarray(image.convert("L" if image.mode in ("L", "I", "I;16", "F") else "RGB"), dtype=np.float32)
+        planes = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+        if bands == "mean":
+            planes = planes.mean(axis=0, keepdims=True)
+        out = np.stack([_resize(p, size) for p in _square(planes)])
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def _read_catalog(catalog_csv: str, id_column: str, storage_options):
+    import pandas as pd
+
+    try:
+        table = pd.read_csv(io.BytesIO(read_bytes(catalog_csv, storage_options)))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise InputError(f"catalog {catalog_csv!r} is not a readable CSV ({err})") from err
+    for column in ("file", id_column):
+        if column not in table.columns:
+            raise InputError(
+                f"catalog {catalog_csv!r} has no {column!r} column (columns: {', '.join(map(str, table.columns))})"
+                + ("; name the id column with --id-column" if column == id_column else "")
+            )
+    if table[id_column].isna().any() or not np.issubdtype(table[id_column].dtype, np.integer):
+        raise InputError(f"catalog {catalog_csv!r}: {id_column!r} must be integers in every row (it becomes the int64 object_id)")
+    duplicated = table[id_column][table[id_column].duplicated()]
+    if len(duplicated):
+        raise InputError(f"catalog {catalog_csv!r} lists {id_column} {int(duplicated.iloc[0])} more than once")
+    has_ra, has_dec = "ra" in table.columns, "dec" in table.columns
+    if has_ra != has_dec:
+        raise InputError(f"catalog {catalog_csv!r} has {'ra' if has_ra else 'dec'} but not {'dec' if has_ra else 'ra'}")
+    if has_ra:
+        bad = ~(np.isfinite(table["ra"].to_numpy(float)) & np.isfinite(table["dec"].to_numpy(float)))
+        if bad.any():
+            raise InputError(f"catalog {catalog_csv!r}: ra/dec missing or not finite for {id_column} {int(table[id_column][bad].iloc[0])}")
+    return table.rename(columns={id_column: "object_id"}) if id_column != "object_id" else table
+
+
+def _vote_columns(table, schema_name: str, question: str, mapping: dict[str, str]) -> dict[str, np.ndarray]:
+    """One vote per galaxy for the answer its ``label`` maps to (one-line error for unmapped labels)."""
+    q = get_schema(schema_name).question(question)
+    mapping = mapping or {a: a for a in q.answers}
+    for label, answer in mapping.items():
+        if answer not in q.answers:
+            raise InputError(f"--label-map maps {label!r} to {answer!r}, which question {question!r} lacks; it has {list(q.answers)}")
+    if "label" not in table.columns:
+        raise InputError("--label-question needs a 'label' column in the catalog")
+    labels = table["label"].astype(str)
+    unmapped = sorted(set(labels) - set(mapping))
+    if unmapped:
+        raise InputError(f"catalog label {unmapped[0]!r} has no answer in --label-map {mapping}; map every label value")
+    return {f"{question}_{a}": (labels.map(mapping) == a).to_numpy(np.int64) for a in q.answers}
+
+
+def ingest(
+    catalog_csv: str,
+    out: str,
+    size: int = 128,
+    *,
+    bands: str = "mean",
+    stretch: str = "asinh",
+    tile_size: int = 1024,
+    id_column: str = "object_id",
+    label_question: str | None = None,
+    label_map: dict[str, str] | None = None,
+    schema: str = "gz2",
+    survey: str = "ingest",
+    pixel_scale_arcsec: float | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+    storage_options=None,
+) -> IngestSummary:
+    """Decode, resize and write the cutouts of ``catalog_csv`` as tile stores under ``out``.
+
+    ``label_question`` (with ``label_map``, label value -> answer; default: labels are answer names)
+    turns the catalog's ``label`` column into one vote per galaxy for that question of ``schema``.
+    ``pixel_scale_arcsec`` is that of the input cutouts; the tiles record it times the resize factor,
+    or 1.0 flagged ``pixel_scale_is_placeholder`` when unknown. Files that cannot be read are warned
+    about on stderr, listed in ``ingest_failures.csv`` and skipped.
+    """
+    import pyarrow as pa
+    from tqdm import tqdm
+
+    from skymorph.tiles import write_tile, write_tile_list
+
+    if bands not in ("mean", "keep"):
+        raise InputError(f"bands must be 'mean' or 'keep', got {bands!r}")
+    if stretch not in ("asinh", "linear"):
+        raise InputError(f"stretch must be 'asinh' or 'linear', got {stretch!r}")
+    if size < 8 or tile_size < 1:
+        raise InputError(f"size must be at least 8 and tile_size at least 1, got {size} and {tile_size}")
+    table = _read_catalog(str(catalog_csv), id_column, storage_options)
+    if not len(table):
+        raise InputError(f"catalog {catalog_csv!r} lists no cutouts")
+    votes = _vote_columns(table, schema, label_question, label_map or {}) if label_question else {}
+    base = os.path.dirname(str(catalog_csv))
+
+    def load(file: str):
+        try:
+            data = read_bytes(join(base, file) if not os.path.isabs(file) else file, storage_options)
+            return decode_image(data, file, size=size, bands=bands, stretch=stretch), None
+        except Exception as err:  # any unreadable file is reported by name and skipped
+            return None, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:200]
+
+    files = table["file"].astype(str).tolist()
+    with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
+        decoded = list(tqdm(pool.map(load, files), total=len(files), desc="decoding", unit="image", disable=not progress))
+    failures = [(f, int(oid), reason) for f, oid, (_, reason) in zip(files, table["object_id"], decoded) if reason]
+    for file, oid, reason in failures:
+        print(f"skymorph: warning: skipped {file} (object_id {oid}): {reason}", file=sys.stderr)
+    ok = np.array([reason is None for _, reason in decoded])
+    if not ok.any():
+        raise InputError(f"none of the {len(files)} cutouts of {catalog_csv!r} could be read; first: {failures[0][0]}: {failures[0][2]}")
+    images = [img for img, _ in decoded if img is not None]
+    shapes = {img.shape for img in images}
+    if len(shapes) > 1:
+        raise InputError(f"cutouts of {catalog_csv!r} decode to different band counts {sorted(shapes)}; use --bands mean")
+    images = np.stack(images)
+    kept = table[ok].reset_index(drop=True)
+    placeholder = "ra" not in kept.columns
+    ra = np.zeros(len(kept)) if placeholder else kept["ra"].to_numpy(np.float64)
+    dec = np.zeros(len(kept)) if placeholder else kept["dec"].to_numpy(np.float64)
+    band_names = ["grey"] if bands == "mean" else (["r", "g", "b"] if images.shape[1] == 3 else [f"band{i}" for i in range(images.shape[1])])
+    extra = {"position_is_placeholder": placeholder, "source_catalog": str(catalog_csv), "pixel_scale_is_placeholder": pixel_scale_arcsec is None}
+    fits_input = any(f.lower().endswith(_FITS_SUFFIXES) for f in files)
+    stretch_attr = {"name": stretch, "asinh_a": 0.1, "percentile": 99.5} if fits_input else "none (8-bit input)"
+    tile_urls, tile_of_row = [], np.empty(len(kept), dtype=object)
+    for number, start in enumerate(tqdm(range(0, len(kept), tile_size), desc="writing tiles", unit="tile", disable=not progress)):
+        stop = min(start + tile_size, len(kept))
+        name = f"ingest_{number:05d}"
+        url = join(out, "tiles", f"{name}.zarr")
+        write_tile(
+            url, images[start:stop], kept["object_id"].to_numpy(np.int64)[start:stop], ra[start:stop], dec[start:stop],
+            survey=survey, bands=band_names, pixel_scale_arcsec=pixel_scale_arcsec or 1.0,
+            stretch=stretch_attr,
+            resize={"method": "lanczos", "size": size, "square": "centre crop"}, chunk_size=256,
+            storage_options=storage_options, extra_attrs=extra,
+        )
+        tile_urls.append(url)
+        tile_of_row[start:stop] = name
+    write_tile_list(join(out, "tiles.txt"), tile_urls, storage_options)
+
+    columns = {"object_id": kept["object_id"].to_numpy(np.int64), "tile": tile_of_row.astype(str), "row": np.concatenate([np.arange(min(tile_size, len(kept) - s)) for s in range(0, len(kept), tile_size)])}
+    columns.update({name: values[ok] for name, values in votes.items()})
+    for name in kept.columns:
+        if name not in columns:
+            columns[name] = kept[name].to_numpy()
+    columns["position_is_placeholder"] = np.full(len(kept), placeholder)
+    labels_url = join(out, "labels.parquet")
+    write_parquet(pa.table(columns), labels_url, storage_options)
+    failures_url = None
+    if failures:
+        failures_url = join(out, "ingest_failures.csv")
+        lines = ["file,object_id,reason"] + [f'"{f}",{oid},"{reason.replace(chr(34), chr(39))}"' for f, oid, reason in failures]
+        atomic_write_text(failures_url, "\n".join(lines) + "\n", storage_options)
+    return IngestSummary(str(out), len(kept), len(failures), tuple(tile_urls), labels_url, failures_url, placeholder)

@@ -1,0 +1,172 @@
+"""Checkpoints: a model's weights and everything needed to rebuild, trace and resume it, in one file.
+
+The file is a ``torch.save`` of a dict holding only tensors, numbers, strings and plain containers, so
+``torch.load(path, weights_only=True)`` reads it without running pickled code::
+
+    {"format": "skymorph-checkpoint", "format_version": 1,
+     "metadata": "<JSON of CheckpointMeta>",      # schema, arch, likelihood, input spec, provenance, metrics
+     "model": state_dict,
+     "training": {"epoch", "step", "optimizer", "scheduler", "rng", "best_val_loss", "bad_epochs"}}  # optional
+
+``training`` is present in the checkpoints the loop writes for ``--resume``; the best checkpoint, the
+one exported and evaluated, may carry it too. Writes are atomic (local rename or one S3 PUT).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field, replace
+
+from skymorph.errors import ModelError, SchemaError
+from skymorph.model_metadata import LIKELIHOODS, InputSpec
+from skymorph.schema import Schema, get_schema
+from skymorph.storage import atomic_write_bytes, read_bytes
+
+__all__ = ["CheckpointMeta", "save_checkpoint", "load_checkpoint", "read_checkpoint", "FORMAT"]
+
+FORMAT = "skymorph-checkpoint"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class CheckpointMeta:
+    """What a checkpoint is: the model's decision tree, architecture, likelihood, input and history.
+
+    ``provenance`` holds where it came from (labels URL and sha256, tile list, seed, skymorph and torch
+    versions, UTC time, ``finetuned_from``); ``metrics`` one dict per finished epoch.
+    """
+
+    schema: Schema
+    arch: str
+    likelihood: str
+    dropout: float
+    input: InputSpec
+    arch_params: dict = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict)
+    metrics: tuple[dict, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "metrics", tuple(self.metrics))
+        if self.likelihood not in LIKELIHOODS:
+            raise ModelError(f"checkpoint likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}")
+        if not 0 <= self.dropout < 1:
+            raise ModelError(f"checkpoint dropout rate must be in [0, 1), got {self.dropout}")
+        if not self.arch:
+            raise ModelError("checkpoint metadata needs an architecture name")
+
+    def with_metrics(self, metrics) -> CheckpointMeta:
+        return replace(self, metrics=tuple(metrics))
+
+    def to_dict(self) -> dict:
+        return {
+            "schema": self.schema.to_dict(),
+            "arch": self.arch,
+            "arch_params": self.arch_params,
+            "likelihood": self.likelihood,
+            "dropout": self.dropout,
+            "input": self.input.to_dict(),
+            "provenance": self.provenance,
+            "metrics": list(self.metrics),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"), default=str)
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "checkpoint") -> CheckpointMeta:
+        try:
+            data = json.loads(text)
+            return cls(
+                schema=Schema.from_dict(data["schema"], source=f"{source} schema"),
+                arch=data["arch"],
+                arch_params=dict(data.get("arch_params") or {}),
+                likelihood=data["likelihood"],
+                dropout=float(data["dropout"]),
+                input=InputSpec.from_dict(data["input"]),
+                provenance=dict(data.get("provenance") or {}),
+                metrics=tuple(data.get("metrics") or ()),
+            )
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+            if isinstance(err, ModelError | SchemaError):
+                raise
+            raise ModelError(f"{source} has malformed metadata ({type(err).__name__}: {err}); retrain or re-save it") from err
+
+
+def save_checkpoint(path: str, model, meta: CheckpointMeta, *, training: dict | None = None, storage_options=None) -> None:
+    """Write ``model``'s weights, ``meta`` and (for resuming) ``training`` state atomically to ``path``.
+
+    ``training`` holds tensors, numbers and state dicts only (epoch, step, optimizer and scheduler
+    state, RNG states, early-stopping counters), so the file stays loadable with ``weights_only=True``.
+    """
+    import torch
+
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "metadata": meta.to_json(),
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    if training is not None:
+        payload["training"] = training
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    atomic_write_bytes(str(path), buffer.getvalue(), storage_options)
+
+
+def read_checkpoint(path: str, storage_options=None) -> tuple[CheckpointMeta, dict]:
+    """``(meta, payload)`` of the checkpoint at ``path`` without building the model.
+
+    One-line :class:`ModelError` if the file is not a torch file, is truncated, or is not a skymorph
+    checkpoint.
+    """
+    import pickle
+    import zipfile
+
+    import torch
+
+    data = read_bytes(str(path), storage_options)
+    try:
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError, KeyError) as err:
+        raise ModelError(
+            f"{path!r} is not a readable checkpoint (corrupt or not a torch file: {str(err).splitlines()[0][:120]}); "
+            "give a file written by `skymorph train`"
+        ) from err
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ModelError(f"{path!r} is a torch file but not a skymorph checkpoint; give a file written by `skymorph train`")
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise ModelError(
+            f"{path!r} has checkpoint format version {payload.get('format_version')}, this skymorph reads {FORMAT_VERSION}"
+        )
+    return CheckpointMeta.from_json(payload["metadata"], source=repr(path)), payload
+
+
+def check_schema(meta: CheckpointMeta, expect_schema, source: str) -> None:
+    """One-line :class:`SchemaError` if ``meta``'s decision tree is not ``expect_schema``'s."""
+    expected = get_schema(expect_schema)
+    if meta.schema.to_dict()["questions"] != expected.to_dict()["questions"]:
+        raise SchemaError(
+            f"{source} was trained on schema {meta.schema.name!r} ({meta.schema.n_answers} answers), "
+            f"not {expected.name!r} ({expected.n_answers} answers); use a checkpoint trained on {expected.name!r}"
+        )
+
+
+def load_checkpoint(path: str, expect_schema=None, storage_options=None):
+    """``(model, meta, training)``: the rebuilt model (eval mode, CPU), its :class:`CheckpointMeta`, and
+    the resume state (``{}`` if the checkpoint has none). ``expect_schema`` (name, path or Schema) makes
+    a checkpoint of another decision tree a one-line :class:`SchemaError`."""
+    from skymorph.trainer.models import build_model
+
+    meta, payload = read_checkpoint(path, storage_options)
+    if expect_schema is not None:
+        check_schema(meta, expect_schema, repr(path))
+    model = build_model(meta.arch, meta.schema, meta.input, meta.likelihood, dropout=meta.dropout, **meta.arch_params)
+    try:
+        model.load_state_dict(payload["model"])
+    except (RuntimeError, KeyError) as err:
+        raise ModelError(
+            f"{path!r}: weights do not fit architecture {meta.arch!r} ({str(err).splitlines()[0][:120]})"
+        ) from err
+    model.eval()
+    return model, meta, payload.get("training") or {}

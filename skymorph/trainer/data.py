@@ -1,0 +1,294 @@
+"""Training data: vote labels, images from tile stores, the train/validation split, augmentation, batches.
+
+Labels are a Parquet or CSV table with ``object_id`` and one integer vote-count column per answer,
+``{question}_{answer}``; a missing answer column means nobody gave that answer, an empty (null) cell
+means no votes. Images are matched by ``object_id`` in the tile stores of a tile list and held in
+memory as uint8 (100,000 galaxies at 128 x 128 px are 1.6 GB), so an epoch never waits on storage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import queue
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from skymorph.errors import InputError, SchemaError, did_you_mean
+from skymorph.schema import Schema
+from skymorph.storage import filesystem, read_bytes
+
+__all__ = [
+    "Labels",
+    "load_labels",
+    "load_images",
+    "split_masks",
+    "augment",
+    "BatchLoader",
+    "NON_VOTE_COLUMNS",
+]
+
+#: Columns a labels table may carry besides vote counts (written by ingest and synth, or by hand).
+NON_VOTE_COLUMNS = frozenset(
+    {"object_id", "tile", "row", "split", "label", "file", "ra", "dec", "position_is_placeholder"}
+)
+TRAIN, VALIDATION = "train", "validation"
+_SPLIT_NAMES = {"train": TRAIN, "training": TRAIN, "validation": VALIDATION, "val": VALIDATION, "valid": VALIDATION}
+
+
+@dataclass(frozen=True)
+class Labels:
+    """``object_id`` (n,) int64, ``votes`` (n, A) int64 in schema answer order, optional ``split`` (n,)
+    of ``"train"``/``"validation"``/other, ``source`` (URL) and ``sha256`` of the file."""
+
+    object_id: np.ndarray
+    votes: np.ndarray
+    split: np.ndarray | None
+    source: str
+    sha256: str
+
+    def __len__(self) -> int:
+        return len(self.object_id)
+
+    def subset(self, index: np.ndarray) -> Labels:
+        split = None if self.split is None else self.split[index]
+        return Labels(self.object_id[index], self.votes[index], split, self.source, self.sha256)
+
+
+def _read_table(url: str, storage_options):
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    data = read_bytes(url, storage_options)
+    try:
+        if url.lower().endswith((".csv", ".csv.gz", ".txt")):
+            return pacsv.read_csv(pa.BufferReader(data)), hashlib.sha256(data).hexdigest()
+        return pq.read_table(pa.BufferReader(data)), hashlib.sha256(data).hexdigest()
+    except (pa.ArrowInvalid, OSError) as err:
+        raise InputError(f"labels {url!r} is not a readable Parquet or CSV table ({str(err).splitlines()[0][:120]})") from err
+
+
+def load_labels(url: str, schema: Schema, storage_options=None) -> Labels:
+    """Read and validate a labels table against ``schema``.
+
+    One-line errors: no ``object_id``; duplicate object ids; a column naming an answer the schema lacks
+    ("Did you mean ..."); negative counts; no vote column of the schema at all.
+    """
+    import pyarrow as pa
+
+    table, sha256 = _read_table(str(url), storage_options)
+    names = table.column_names
+    if "object_id" not in names:
+        raise InputError(f"labels {url!r} has no object_id column (columns: {', '.join(names[:12])})")
+    answers = set(schema.answer_columns)
+    prefixes = tuple(f"{q}_" for q in schema.question_names)
+    for name in names:
+        if name in answers or name in NON_VOTE_COLUMNS:
+            continue
+        looks_like_votes = name.startswith(prefixes) or pa.types.is_integer(table.schema.field(name).type)
+        if looks_like_votes:
+            raise SchemaError(
+                f"labels {url!r} column {name!r} is not an answer of schema {schema.name!r}."
+                + (did_you_mean(name, schema.answer_columns) or f" Its answers: {', '.join(schema.answer_columns)}")
+            )
+    present = [c for c in schema.answer_columns if c in names]
+    if not present:
+        raise SchemaError(
+            f"labels {url!r} has no vote column of schema {schema.name!r}; expected {{question}}_{{answer}} "
+            f"columns such as {schema.answer_columns[0]!r}"
+        )
+    try:
+        object_id = table.column("object_id").to_numpy().astype(np.int64, casting="safe")
+    except (TypeError, ValueError, pa.ArrowInvalid) as err:
+        raise InputError(f"labels {url!r}: object_id must be integers without gaps ({err})") from err
+    unique, counts = np.unique(object_id, return_counts=True)
+    if (counts > 1).any():
+        raise InputError(f"labels {url!r} lists object_id {int(unique[counts > 1][0])} more than once")
+    votes = np.zeros((len(object_id), schema.n_answers), dtype=np.int64)
+    for column in present:
+        values = table.column(column).to_numpy(zero_copy_only=False)
+        values = np.nan_to_num(values.astype(np.float64), nan=0.0)
+        if (values < 0).any() or (values != np.round(values)).any():
+            raise InputError(f"labels {url!r} column {column!r} must hold non-negative integer vote counts")
+        votes[:, schema.answer_columns.index(column)] = values.astype(np.int64)
+    split = None
+    if "split" in names:
+        raw = table.column("split").to_pylist()
+        split = np.array([_SPLIT_NAMES.get(str(s).strip().lower(), str(s)) for s in raw], dtype=object)
+    return Labels(object_id, votes, split, str(url), sha256)
+
+
+def split_masks(labels: Labels, val_fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``(train, validation)`` boolean masks.
+
+    With a ``split`` column: its ``train`` and ``validation`` rows (others, e.g. ``test``, in neither).
+    Without: a galaxy is in validation when ``u < val_fraction``, with u uniform in [0, 1) from the
+    sha256 of ``"{seed}:{object_id}"``: deterministic, and a galaxy keeps its side when labels grow.
+    """
+    if labels.split is not None:
+        return labels.split == TRAIN, labels.split == VALIDATION
+    u = np.array(
+        [int.from_bytes(hashlib.sha256(f"{seed}:{i}".encode()).digest()[:8], "big") / 2.0**64 for i in labels.object_id]
+    )
+    validation = u < val_fraction
+    return ~validation, validation
+
+
+def load_images(tile_urls: list[str], labels: Labels, *, drop_unmatched: bool = False, storage_options=None, progress=True):
+    """``(images, labels)``: uint8 (n, C, H, W) images of the labelled galaxies, in labels order.
+
+    Reads each tile's object ids first and only the tiles holding labelled galaxies. A labelled galaxy
+    found in no tile is a one-line :class:`InputError` naming it, unless ``drop_unmatched`` (then it is
+    left out of the returned labels). Tiles of different image shapes are an error.
+    """
+    from tqdm import tqdm
+
+    from skymorph.tiles import open_tile
+
+    wanted = {int(oid): i for i, oid in enumerate(labels.object_id)}
+    images = None
+    found = np.zeros(len(labels), dtype=bool)
+    for url in tqdm(tile_urls, desc="reading tiles", unit="tile", disable=not progress, leave=False):
+        tile = open_tile(url, storage_options=storage_options)
+        object_id, _, _ = tile.read_coords()
+        rows = np.array([r for r, oid in enumerate(object_id) if int(oid) in wanted], dtype=np.int64)
+        if len(rows) == 0:
+            continue
+        if images is None:
+            images = np.zeros((len(labels), *tile.shape), dtype=np.uint8)
+        elif tuple(tile.shape) != images.shape[1:]:
+            raise InputError(f"tile {url!r} holds {tile.shape} images, earlier tiles {images.shape[1:]}; use one image size")
+        for start, stop, chunk in tile.iter_chunks():
+            sel = rows[(rows >= start) & (rows < stop)]
+            targets = [wanted[int(object_id[r])] for r in sel]
+            images[targets] = chunk[sel - start]
+            found[targets] = True
+    if not found.all():
+        missing = labels.object_id[~found]
+        if not drop_unmatched:
+            raise InputError(
+                f"labels {labels.source!r}: object_id {int(missing[0])} (and {len(missing) - 1} more) has no image in the "
+                f"{len(tile_urls)} tile(s) given; check --tiles, or pass --drop-unmatched to train without them"
+            )
+        if not found.any():
+            raise InputError(f"no labelled galaxy of {labels.source!r} is in the {len(tile_urls)} tile(s) given")
+    return images[found], labels.subset(np.flatnonzero(found))
+
+
+def tile_list(url: str, storage_options=None) -> list[str]:
+    """Tile URLs from a tile list file, or ``[url]`` when ``url`` is itself a tile store (``*.zarr``)."""
+    from skymorph.tiles import read_tile_list
+
+    if str(url).rstrip("/").endswith(".zarr"):
+        fs, path = filesystem(url, storage_options)
+        if not fs.exists(path):
+            raise InputError(f"tile store {url!r} does not exist")
+        return [str(url)]
+    urls = read_tile_list(url, storage_options=storage_options)
+    if not urls:
+        raise InputError(f"tile list {url!r} names no tiles")
+    return urls
+
+
+def augment(images, generator, *, max_zoom: float = 0.1, max_shift: float = 0.05, brightness: float = 0.1, contrast: float = 0.1):
+    """Randomly flip, rotate (any angle), zoom, shift and jitter brightness/contrast a uint8 batch.
+
+    Galaxies have no preferred orientation or handedness, so a flip plus a uniform rotation in
+    [0, 2 pi) is a symmetry of the labels; zoom (scale in [1 - max_zoom, 1 + max_zoom]) and shift
+    (fraction of the image) mimic different apparent sizes and centring. Pixels are resampled
+    bilinearly, with the border padded by reflection so that rotated corners hold sky, not black.
+    Photometric jitter: ``x' = (x - mean) * c + mean + b * 255`` with c in [1 - contrast, 1 + contrast]
+    and b in [-brightness, brightness] per image. Returns uint8 of the same shape.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    b = images.shape[0]
+    x = images.float()
+
+    def uniform(low, high):
+        return torch.rand(b, generator=generator) * (high - low) + low
+
+    angle = uniform(0, 2 * math.pi)
+    scale = uniform(1 - max_zoom, 1 + max_zoom)
+    flip = torch.where(torch.rand(b, generator=generator) < 0.5, -1.0, 1.0)
+    shift = torch.stack([uniform(-max_shift, max_shift), uniform(-max_shift, max_shift)], dim=1) * 2
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack(
+        [torch.stack([cos * flip, -sin, shift[:, 0]], 1), torch.stack([sin * flip, cos, shift[:, 1]], 1)], dim=1
+    )
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    c = uniform(1 - contrast, 1 + contrast).view(b, 1, 1, 1)
+    shift_b = uniform(-brightness, brightness).view(b, 1, 1, 1) * 255
+    x = (x - mean) * c + mean + shift_b
+    return x.round_().clamp_(0, 255).to(torch.uint8)
+
+
+class BatchLoader:
+    """Batches of ``(images uint8 (B, C, H, W), votes int64 (B, A))`` over one epoch.
+
+    The order comes from ``torch.randperm`` seeded with ``seed``; augmentation (if ``augmented``) uses
+    a generator seeded from ``seed`` too, so a batch depends only on ``seed`` and the data. A
+    background thread prepares up to ``prefetch`` batches ahead while the model trains on the current
+    one (torch releases the GIL inside its kernels, so they overlap).
+    """
+
+    def __init__(self, images: np.ndarray, votes: np.ndarray, batch_size: int, *, shuffle: bool, augmented: bool, seed: int, prefetch: int = 2):
+        import torch
+
+        self.images = torch.from_numpy(images)
+        self.votes = torch.from_numpy(votes)
+        self.batch_size = batch_size
+        self.shuffle, self.augmented, self.seed, self.prefetch = shuffle, augmented, seed, prefetch
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.images) / self.batch_size)
+
+    def _batches(self):
+        import torch
+
+        generator = torch.Generator().manual_seed(self.seed)
+        order = torch.randperm(len(self.images), generator=generator) if self.shuffle else torch.arange(len(self.images))
+        for start in range(0, len(order), self.batch_size):
+            index = order[start : start + self.batch_size]
+            images = self.images[index]
+            if self.augmented:
+                images = augment(images, generator)
+            yield images, self.votes[index]
+
+    def __iter__(self):
+        done = object()
+        batches: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+
+        def produce():
+            try:
+                for batch in self._batches():
+                    if stop.is_set():
+                        return
+                    batches.put(batch)
+            except BaseException as err:  # handed to the consumer, which re-raises it
+                batches.put(err)
+                return
+            batches.put(done)
+
+        thread = threading.Thread(target=produce, name="skymorph-batches", daemon=True)
+        thread.start()
+        try:
+            while (item := batches.get()) is not done:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            while thread.is_alive():
+                try:
+                    batches.get(timeout=0.1)
+                except queue.Empty:
+                    pass
+            thread.join()

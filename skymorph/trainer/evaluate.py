@@ -1,0 +1,264 @@
+r"""Evaluate a checkpoint on labelled galaxies: MC-dropout posteriors against the observed votes.
+
+For each galaxy the trunk runs once and T dropout masks (``head.draw_masks(T, seed)``, the same masks
+an exported model freezes) give T outputs; :func:`skymorph.posterior.summarize` turns them into
+fractions and intervals. Per question, over the galaxies with votes for it (N_q > 0):
+
+- ``rmse``: root mean square of (predicted fraction - observed fraction k_a / N_q) over galaxies and
+  answers; with a truth table (``{q}_{a}_true`` columns), ``rmse_true`` against the true fractions.
+- ``accuracy_confident``: how often the top predicted answer is the top observed answer, over
+  galaxies whose top observed fraction exceeds 0.8 (for two answers: observed fraction > 0.8 or < 0.2).
+- ``coverage`` (Walmsley et al. 2020, section 5.2): for each nominal level c, the share of
+  (galaxy, answer) pairs whose observed count k lies in the central c-interval of the posterior
+  predictive of the count given N_q volunteers,
+
+  .. math::
+
+      \bar P(K \le k) = \frac{1}{T} \sum_t F(k; N_q, \theta_t), \qquad
+      k \in [\mathrm{lo}, \mathrm{hi}] \iff \bar P(K \le k) \ge \tfrac{1-c}{2}
+      \ \text{and}\ \bar P(K \le k-1) < \tfrac{1+c}{2},
+
+  with F the binomial CDF (multinomial likelihood, theta_t = p_t,a) or the beta-binomial CDF
+  (Dirichlet, theta_t = (alpha_t,a, alpha_t,q - alpha_t,a)). Calibrated posteriors lie on the diagonal
+  (a little above it: a discrete interval holds at least c).
+
+Writes ``OUT/metrics.json``, ``OUT/predictions.parquet``, ``OUT/coverage.png`` and
+``OUT/predicted_vs_observed.png``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+from skymorph.errors import InputError
+from skymorph.storage import atomic_write_bytes, atomic_write_text, join, read_parquet, write_parquet
+
+__all__ = ["evaluate", "predict", "coverage", "EvaluationReport", "COVERAGE_LEVELS"]
+
+COVERAGE_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+CONFIDENT = 0.8
+
+
+@dataclass(frozen=True)
+class EvaluationReport:
+    """Where the evaluation wrote its files and its metrics (``metrics["questions"][q]``)."""
+
+    out: str
+    n_galaxies: int
+    metrics: dict
+    metrics_path: str
+    coverage_png: str
+    scatter_png: str
+
+    def __str__(self) -> str:
+        lines = [f"evaluated {self.n_galaxies} galaxies -> {self.metrics_path}"]
+        for q, m in self.metrics["questions"].items():
+            acc = m.get("accuracy_confident")
+            true = f" rmse_true={m['rmse_true']:.4f}" if "rmse_true" in m else ""
+            lines.append(
+                f"  {q}: n={m['n']} rmse={m['rmse']:.4f}{true} "
+                f"accuracy_confident={'n/a' if acc is None else f'{acc:.4f}'} (n={m['n_confident']})"
+            )
+        return "\n".join(lines)
+
+
+def predict(model, images: np.ndarray, samples: int = 30, seed: int = 0, batch_size: int = 256, progress: bool = False) -> np.ndarray:
+    """(B, T, A) float32 MC-dropout outputs (probabilities or concentrations) of ``model`` on uint8 images."""
+    import torch
+    from tqdm import tqdm
+
+    model.eval()
+    masks = model.head.draw_masks(samples, seed)
+    out = []
+    with torch.no_grad():
+        for start in tqdm(range(0, len(images), batch_size), desc="predicting", unit="batch", disable=not progress, leave=False):
+            out.append(model.sample(torch.from_numpy(images[start : start + batch_size]), masks).numpy())
+    return np.concatenate(out).astype(np.float32)
+
+
+def _cdf(k: np.ndarray, n: np.ndarray, theta, likelihood: str) -> np.ndarray:
+    """Posterior predictive CDF at k (B,) with N (B,): the mean over T of the per-sample count CDFs."""
+    from scipy import stats
+
+    k, n = k[:, None], n[:, None]
+    if likelihood == "multinomial":
+        return stats.binom.cdf(k, n, np.clip(theta, 0.0, 1.0)).mean(axis=1)
+    a, b = theta
+    return stats.betabinom.cdf(k, n, a, b).mean(axis=1)
+
+
+def coverage(outputs: np.ndarray, votes: np.ndarray, schema, likelihood: str, levels=COVERAGE_LEVELS) -> dict[str, dict[str, float]]:
+    """Observed coverage per question (galaxies with N_q > 0) at each nominal level; see module docstring."""
+    result = {}
+    for q, s in zip(schema.questions, schema.question_slices):
+        n = votes[:, s].sum(axis=1)
+        asked = n > 0
+        if not asked.any():
+            continue
+        # Two answers carry one degree of freedom: count the first only, not the same event twice.
+        answers = range(s.start, s.start + 1) if len(q.answers) == 2 else range(s.start, s.stop)
+        inside = {c: [] for c in levels}
+        for a in answers:
+            k = votes[asked, a]
+            if likelihood == "multinomial":
+                theta = outputs[asked, :, a]
+            else:
+                alpha = outputs[asked, :, a]
+                theta = (alpha, outputs[asked][:, :, s].sum(axis=2) - alpha)
+            at_k, below_k = _cdf(k, n[asked], theta, likelihood), _cdf(k - 1, n[asked], theta, likelihood)
+            for c in levels:
+                inside[c].append((at_k >= (1 - c) / 2) & (below_k < (1 + c) / 2))
+        result[q.name] = {f"{c:g}": float(np.concatenate(v).mean()) for c, v in inside.items()}
+    return result
+
+
+def _question_metrics(fractions: np.ndarray, votes: np.ndarray, schema, truth: np.ndarray | None) -> dict:
+    metrics = {}
+    for q, s in zip(schema.questions, schema.question_slices):
+        n = votes[:, s].sum(axis=1)
+        asked = n > 0
+        if not asked.any():
+            continue
+        observed = votes[asked, s] / n[asked, None]
+        predicted = fractions[asked, s]
+        confident = observed.max(axis=1) > CONFIDENT
+        m = {
+            "n": int(asked.sum()),
+            "rmse": float(np.sqrt(np.mean((predicted - observed) ** 2))),
+            "n_confident": int(confident.sum()),
+            "accuracy_confident": float(np.mean(predicted[confident].argmax(1) == observed[confident].argmax(1))) if confident.any() else None,
+        }
+        if truth is not None:
+            true = truth[asked, s]
+            finite = np.isfinite(true).all(axis=1)
+            m["rmse_true"] = float(np.sqrt(np.mean((predicted[finite] - true[finite]) ** 2)))
+        metrics[q.name] = m
+    return metrics
+
+
+def _read_truth(url: str, object_id: np.ndarray, schema, storage_options) -> np.ndarray:
+    """(B, A) true fractions from ``{q}_{a}_true`` columns, aligned to ``object_id``."""
+    table = read_parquet(url, storage_options)
+    columns = [f"{c}_true" for c in schema.answer_columns]
+    missing = [c for c in columns + ["object_id"] if c not in table.column_names]
+    if missing:
+        raise InputError(f"truth table {url!r} lacks {missing[0]!r} (and {len(missing) - 1} more) for schema {schema.name!r}")
+    ids = table.column("object_id").to_numpy()
+    position = {int(i): r for r, i in enumerate(ids)}
+    rows = [position.get(int(i), -1) for i in object_id]
+    if min(rows, default=0) < 0:
+        raise InputError(f"truth table {url!r} has no row for object_id {int(object_id[rows.index(-1)])}")
+    values = np.stack([table.column(c).to_numpy() for c in columns], axis=1).astype(np.float64)
+    return values[rows]
+
+
+def _plots(out: str, fractions, votes, schema, cover: dict, storage_options) -> tuple[str, str]:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="calibrated")
+    for q, levels in cover.items():
+        ax.plot([float(c) for c in levels], list(levels.values()), marker="o", label=q)
+    ax.set(xlabel="nominal interval level", ylabel="observed coverage", xlim=(0, 1), ylim=(0, 1.02), title="Posterior predictive coverage")
+    ax.legend(fontsize=7)
+    coverage_png = join(out, "coverage.png")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(coverage_png, buffer.getvalue(), storage_options)
+
+    asked_questions = [(q, s) for q, s in zip(schema.questions, schema.question_slices) if (votes[:, s].sum(1) > 0).any()]
+    cols = min(4, len(asked_questions))
+    rows = -(-len(asked_questions) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.set_visible(False)
+    for ax, (q, s) in zip(axes.flat, asked_questions):
+        n = votes[:, s].sum(1)
+        asked = n > 0
+        ax.set_visible(True)
+        ax.scatter(votes[asked, s.start] / n[asked], fractions[asked, s.start], s=4, alpha=0.4)
+        ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--")
+        ax.set(title=f"{q.name}_{q.answers[0]}", xlabel="observed fraction", ylabel="predicted fraction", xlim=(-0.02, 1.02), ylim=(-0.02, 1.02))
+    fig.tight_layout()
+    scatter_png = join(out, "predicted_vs_observed.png")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(scatter_png, buffer.getvalue(), storage_options)
+    return coverage_png, scatter_png
+
+
+def evaluate(
+    checkpoint: str,
+    tiles: str,
+    labels: str,
+    out: str,
+    *,
+    samples: int = 30,
+    seed: int = 0,
+    split: str = "validation",
+    truth: str | None = None,
+    n_volunteers: int = 40,
+    batch_size: int = 256,
+    threads: int | None = None,
+    drop_unmatched: bool = False,
+    progress: bool = True,
+    storage_options=None,
+) -> EvaluationReport:
+    """Evaluate ``checkpoint`` on the ``split`` galaxies (``validation``, ``train`` or ``all``) of ``labels``.
+
+    The validation galaxies are those training held out: the labels' ``split`` column, or else the same
+    object-id hash split with the ``val_fraction`` and ``seed`` recorded in the checkpoint.
+    """
+    import pyarrow as pa
+    import torch
+
+    from skymorph.posterior import summarize
+    from skymorph.trainer.checkpoint import load_checkpoint
+    from skymorph.trainer.data import load_images, load_labels, split_masks, tile_list
+
+    if split not in ("validation", "train", "all"):
+        raise InputError(f"split must be validation, train or all, got {split!r}")
+    if samples < 1:
+        raise InputError(f"samples must be at least 1, got {samples}")
+    if threads:
+        torch.set_num_threads(threads)
+    model, meta, _ = load_checkpoint(checkpoint, storage_options=storage_options)
+    schema = meta.schema
+    table = load_labels(labels, schema, storage_options)
+    if split != "all":
+        config = meta.provenance.get("config", {})
+        train_mask, val_mask = split_masks(table, float(config.get("val_fraction", 0.1)), int(config.get("seed", 0)))
+        table = table.subset(np.flatnonzero(val_mask if split == "validation" else train_mask))
+        if not len(table):
+            raise InputError(f"labels {labels!r} have no {split} galaxies")
+    images, table = load_images(tile_list(tiles, storage_options), table, drop_unmatched=drop_unmatched, storage_options=storage_options, progress=progress)
+    if images.shape[1:] != tuple(meta.input.shape):
+        raise InputError(f"checkpoint {checkpoint!r} takes {meta.input.shape} images but tiles {tiles!r} hold {images.shape[1:]}")
+
+    outputs = predict(model, images, samples, seed, batch_size, progress)
+    summary = summarize(outputs, schema, likelihood=meta.likelihood, n_volunteers=n_volunteers)
+    fractions = np.stack([summary[f"{c}_fraction"] for c in schema.answer_columns], axis=1).astype(np.float64)
+    true = _read_truth(truth, table.object_id, schema, storage_options) if truth else None
+    cover = coverage(outputs, table.votes, schema, meta.likelihood)
+    questions = _question_metrics(fractions, table.votes, schema, true)
+    for q, levels in cover.items():
+        questions[q]["coverage"] = levels
+    metrics = {
+        "checkpoint": str(checkpoint), "labels": str(labels), "split": split, "n_galaxies": len(table),
+        "samples": samples, "seed": seed, "likelihood": meta.likelihood, "schema": schema.name, "questions": questions,
+    }
+    metrics_path = join(out, "metrics.json")
+    atomic_write_text(metrics_path, json.dumps(metrics, indent=1), storage_options)
+    write_parquet(pa.table({"object_id": table.object_id, **summary}), join(out, "predictions.parquet"), storage_options)
+    coverage_png, scatter_png = _plots(out, fractions, table.votes, schema, cover, storage_options)
+    return EvaluationReport(str(out), len(table), metrics, metrics_path, coverage_png, scatter_png)
