@@ -1,0 +1,583 @@
+r"""The posterior math: T Monte Carlo samples per galaxy -> vote fractions, their spread, and BALD.
+
+For every answer :math:`a` of question :math:`q` an engine gives :math:`T` samples: probabilities
+:math:`p_{t,a}` (``multinomial``, softmaxed within :math:`q`) or Dirichlet concentrations
+:math:`\alpha_{t,a} > 0` (``dirichlet_multinomial``). Asked of :math:`N` volunteers, the count
+:math:`k \in \{0, \dots, N\}` who pick :math:`a` has, under sample :math:`t`, the distribution
+
+.. math::
+
+    P_t(k) = \binom{N}{k} p_{t,a}^k (1 - p_{t,a})^{N-k}
+    \quad\text{or}\quad
+    P_t(k) = \binom{N}{k} \frac{B(k + \alpha_{t,a},\, N - k + \beta_{t,a})}{B(\alpha_{t,a}, \beta_{t,a})},
+    \qquad \beta_{t,a} = \alpha_{t,q} - \alpha_{t,a},
+
+and the predictive distribution is :math:`\bar P(k) = \frac{1}{T} \sum_t P_t(k)`. :func:`summarize`
+turns a batch of samples into DESIGN's catalog columns; the building blocks are public and pure.
+
+Array convention of the building blocks: the count axis :math:`k` comes first, with length
+:math:`N + 1`, then the sample axis :math:`t`, then anything else (galaxies, answers). Keeping each
+:math:`k` one contiguous slab is what makes the pmf arithmetic fast in numpy.
+
+References: M. Walmsley et al. 2020, MNRAS 491, 1554 (Bayesian CNN, binomial vote likelihood, BALD
+for Galaxy Zoo); M. Walmsley et al. 2022, MNRAS 509, 3966 (Dirichlet-multinomial, Zoobot);
+N. Houlsby et al. 2011, arXiv:1112.5745 and A. Kirsch et al. 2019, NeurIPS (BALD).
+"""
+
+from __future__ import annotations
+
+import operator
+
+import numpy as np
+from scipy.special import gammaln
+
+from skymorph.errors import InputError, did_you_mean
+from skymorph.schema import Schema, get_schema
+
+__all__ = [
+    "LIKELIHOODS",
+    "summarize",
+    "binomial_log_pmf",
+    "beta_binomial_log_pmf",
+    "count_log_pmf",
+    "expected_fraction",
+    "predictive",
+    "count_entropy",
+    "bald",
+    "fraction_std",
+    "fraction_quantiles",
+    "asked",
+]
+
+LIKELIHOODS = ("multinomial", "dirichlet_multinomial")
+
+# summarize() works on blocks of galaxies whose (N+1, T, galaxies, A) pmf fills about this many bytes:
+# small enough to stay near the CPU caches and bound memory, large enough that numpy's per-call
+# overhead is negligible.
+_BLOCK_BYTES = 4 * 2**20
+
+# 0 ln 0 = 0: clamping P at the smallest normal float before the log keeps 0 * ln(0) out of the sum
+# and changes only terms with P < 2.2e-308, each worth less than 1e-305 nats.
+_TINY = np.finfo(np.float64).tiny
+
+
+# -- per-sample count distributions ------------------------------------------------------------------
+
+
+def binomial_log_pmf(p, n_volunteers: int) -> np.ndarray:
+    r"""Log probability that :math:`k` of :math:`N` volunteers pick an answer of probability :math:`p`.
+
+    .. math::
+
+        \ln P(k) = \ln\binom{N}{k} + k \ln p + (N - k) \ln(1 - p), \qquad k = 0, \dots, N
+
+    Domain: :math:`0 \le p \le 1`, integer :math:`N \ge 1`. At :math:`p = 0` or :math:`p = 1` a term
+    with a zero coefficient is dropped (:math:`0 \ln 0 = 0`), so :math:`\ln P` is exactly 0 at the
+    certain count and :math:`-\infty` elsewhere; never NaN.
+
+    Parameters
+    ----------
+    p : array_like, any shape S
+        Probabilities.
+    n_volunteers : int
+        :math:`N`.
+
+    Returns
+    -------
+    ndarray, float64, shape (N + 1, \*S)
+
+    References
+    ----------
+    Walmsley et al. 2020, MNRAS 491, 1554, section 2.
+    """
+    n = _check_n(n_volunteers)
+    return _binomial_log_pmf(_check_probabilities(p, "p").astype(np.float64, copy=False), n)
+
+
+def beta_binomial_log_pmf(a, b, n_volunteers: int) -> np.ndarray:
+    r"""Log probability that :math:`k` of :math:`N` volunteers pick an answer, under a Beta(a, b) rate.
+
+    .. math::
+
+        \ln P(k) = \ln\binom{N}{k} + \ln\frac{\Gamma(k + a)}{\Gamma(a)}
+            + \ln\frac{\Gamma(N - k + b)}{\Gamma(b)} - \ln\frac{\Gamma(N + a + b)}{\Gamma(a + b)},
+        \qquad \ln\frac{\Gamma(x + m)}{\Gamma(x)} = \sum_{j=0}^{m-1} \ln(x + j)
+
+    The gamma ratios are evaluated as the sums of logs on the right (rising factorials): exact to
+    rounding for tiny and large concentrations alike, and no gamma function per :math:`k`.
+
+    Domain: :math:`a > 0`, :math:`b > 0` (finite), integer :math:`N \ge 1`. For the marginal of a
+    Dirichlet-multinomial, :math:`a = \alpha_a` and :math:`b = \alpha_q - \alpha_a`.
+
+    Parameters
+    ----------
+    a, b : array_like, broadcastable to one shape S
+        Beta parameters (concentrations).
+    n_volunteers : int
+        :math:`N`.
+
+    Returns
+    -------
+    ndarray, float64, shape (N + 1, \*S)
+
+    References
+    ----------
+    Walmsley et al. 2022, MNRAS 509, 3966, section 4 (Dirichlet-multinomial vote likelihood).
+    """
+    n = _check_n(n_volunteers)
+    a, b = np.broadcast_arrays(*(_check_concentrations(x, name).astype(np.float64, copy=False) for x, name in ((a, "a"), (b, "b"))))
+    return _beta_binomial_log_pmf(a, b, n)
+
+
+def count_log_pmf(samples, schema: Schema | str, likelihood: str = "multinomial", n_volunteers: int = 40) -> np.ndarray:
+    r"""Per answer and per sample, the log pmf of the number of :math:`N` volunteers choosing it.
+
+    ``multinomial``: :func:`binomial_log_pmf` with :math:`p = p_{t,a}`. ``dirichlet_multinomial``:
+    :func:`beta_binomial_log_pmf` with :math:`a = \alpha_{t,a}` and
+    :math:`b = \alpha_{t,q} - \alpha_{t,a} = \sum_{a' \in q,\, a' \neq a} \alpha_{t,a'}` (summed
+    directly, so no cancellation when one answer dominates).
+
+    Parameters
+    ----------
+    samples : array_like, shape (..., A)
+        Probabilities in [0, 1] or concentrations > 0, A = ``schema.n_answers``.
+    schema : Schema or str
+    likelihood : {"multinomial", "dirichlet_multinomial"}
+    n_volunteers : int
+
+    Returns
+    -------
+    ndarray, float64, shape (N + 1, ..., A)
+    """
+    schema = get_schema(schema)
+    likelihood = _check_likelihood(likelihood)
+    n = _check_n(n_volunteers)
+    values = _check_samples(samples, schema, likelihood, min_ndim=1).astype(np.float64, copy=False)
+    return _count_log_pmf(values, schema, likelihood, n)
+
+
+def expected_fraction(samples, schema: Schema | str, likelihood: str = "multinomial") -> np.ndarray:
+    r"""The predicted vote fraction of every answer: the mean over samples of its expected share.
+
+    .. math::
+
+        f_a = \frac{1}{T} \sum_t p_{t,a}
+        \quad\text{or}\quad
+        f_a = \frac{1}{T} \sum_t \frac{\alpha_{t,a}}{\alpha_{t,q}}
+
+    which is also :math:`\mathbb{E}[k / N]` under the predictive :math:`\bar P`.
+
+    Parameters
+    ----------
+    samples : array_like, shape (..., T, A)
+    schema : Schema or str
+    likelihood : {"multinomial", "dirichlet_multinomial"}
+
+    Returns
+    -------
+    ndarray, float64, shape (..., A)
+    """
+    schema = get_schema(schema)
+    likelihood = _check_likelihood(likelihood)
+    values = _check_samples(samples, schema, likelihood, min_ndim=2).astype(np.float64, copy=False)
+    return _expected_fraction(values, schema, likelihood)
+
+
+# -- predictive, entropy, BALD ----------------------------------------------------------------------
+
+
+def predictive(log_pmf) -> np.ndarray:
+    r"""The predictive count distribution: the mean over samples of the per-sample pmfs.
+
+    .. math::
+
+        \bar P(k) = \frac{1}{T} \sum_{t=1}^{T} P_t(k)
+
+    Parameters
+    ----------
+    log_pmf : array_like, shape (N + 1, T, ...)
+        :math:`\ln P_t(k)`, count axis first, sample axis second.
+
+    Returns
+    -------
+    ndarray, float64, shape (N + 1, ...)
+    """
+    log_pmf = _check_pmf_array(log_pmf, "log_pmf", min_ndim=2)
+    return np.exp(log_pmf).mean(axis=1)
+
+
+def count_entropy(pmf) -> np.ndarray:
+    r"""Shannon entropy, in nats, of count distributions along the first axis.
+
+    .. math::
+
+        H[P] = -\sum_{k=0}^{N} P(k) \ln P(k), \qquad 0 \ln 0 = 0
+
+    Parameters
+    ----------
+    pmf : array_like, shape (N + 1, ...)
+        Probabilities, count axis first.
+
+    Returns
+    -------
+    ndarray, float64, shape (...)
+    """
+    return _entropy(_check_pmf_array(pmf, "pmf", min_ndim=1))
+
+
+def bald(log_pmf) -> np.ndarray:
+    r"""BALD: the mutual information between the volunteers' count and the model's sample.
+
+    .. math::
+
+        \mathrm{BALD} = H[\bar P] - \frac{1}{T} \sum_{t=1}^{T} H[P_t] \;\ge 0
+
+    For a two-answer question this is exactly the mutual information of Walmsley et al. 2020
+    (eq. 5, with the binomial :math:`P_t`). Both entropies go through the same arithmetic, so with a
+    single sample (:math:`T = 1`) the result is exactly 0; a difference that rounding leaves below
+    zero (of order 1e-16) is clipped to 0, as mutual information cannot be negative.
+
+    Parameters
+    ----------
+    log_pmf : array_like, shape (N + 1, T, ...)
+        :math:`\ln P_t(k)`, count axis first, sample axis second.
+
+    Returns
+    -------
+    ndarray, float64, shape (...)
+
+    References
+    ----------
+    Houlsby et al. 2011, arXiv:1112.5745; Walmsley et al. 2020, MNRAS 491, 1554, eq. 5;
+    Kirsch et al. 2019, NeurIPS (BatchBALD), eq. 1.
+    """
+    pmf = np.exp(_check_pmf_array(log_pmf, "log_pmf", min_ndim=2))
+    return _bald(pmf, pmf.mean(axis=1))
+
+
+# -- summaries of the predictive ------------------------------------------------------------------
+
+
+def fraction_std(pbar) -> np.ndarray:
+    r"""Standard deviation of the vote fraction :math:`x = k / N` under the predictive :math:`\bar P`.
+
+    .. math::
+
+        \mu = \sum_{k=0}^{N} \bar P(k) \frac{k}{N}, \qquad
+        \sigma = \Big(\sum_{k=0}^{N} \bar P(k) \big(\tfrac{k}{N} - \mu\big)^2\Big)^{1/2}
+
+    (two passes, so a tiny :math:`\sigma` keeps its relative precision).
+
+    Parameters
+    ----------
+    pbar : array_like, shape (N + 1, ...)
+
+    Returns
+    -------
+    ndarray, float64, shape (...)
+    """
+    return _fraction_std(_check_pmf_array(pbar, "pbar", min_ndim=1))
+
+
+def fraction_quantiles(pbar, levels=(0.05, 0.95)) -> np.ndarray:
+    r"""Quantiles of the vote fraction :math:`k / N` under the predictive :math:`\bar P`.
+
+    The quantile at level :math:`\ell` is the smallest :math:`k / N` whose cumulative probability
+    reaches :math:`\ell`:
+
+    .. math::
+
+        Q(\ell) = \frac{1}{N} \min\{k : F(k) \ge \ell\}, \qquad F(k) = \sum_{j=0}^{k} \bar P(j),
+
+    with :math:`F(N) = 1` by definition (a total that rounds to just below 1 cannot push the quantile
+    past :math:`N / N`). Domain: :math:`0 < \ell \le 1`.
+
+    Parameters
+    ----------
+    pbar : array_like, shape (N + 1, ...)
+    levels : sequence of float
+
+    Returns
+    -------
+    ndarray, float64, shape (len(levels), ...)
+    """
+    pbar = _check_pmf_array(pbar, "pbar", min_ndim=1)
+    levels = np.asarray(levels, dtype=np.float64).reshape(-1)
+    if not np.all((levels > 0) & (levels <= 1)):
+        raise InputError(f"quantile levels must lie in (0, 1], got {levels.tolist()}")
+    return _fraction_quantiles(pbar, levels)
+
+
+def asked(fractions, schema: Schema | str) -> np.ndarray:
+    r"""The share of volunteers who would be asked each question: the product of the predicted
+    fractions of the answers that lead to it.
+
+    .. math::
+
+        \mathrm{asked}_q = \prod_{a \in \mathrm{ancestry}(q)} f_a \qquad (= 1 \text{ at a root})
+
+    Parameters
+    ----------
+    fractions : array_like, shape (..., A)
+        Predicted fractions (:func:`expected_fraction`).
+    schema : Schema or str
+
+    Returns
+    -------
+    ndarray, float64, shape (..., Q)
+    """
+    schema = get_schema(schema)
+    fractions = np.asarray(fractions, dtype=np.float64)
+    if fractions.ndim < 1 or fractions.shape[-1] != schema.n_answers:
+        raise InputError(
+            f"fractions have shape {fractions.shape}; expected (..., {schema.n_answers}) for schema {schema.name!r}"
+        )
+    return _asked(fractions, schema)
+
+
+# -- the catalog columns ----------------------------------------------------------------------------
+
+
+def summarize(samples, schema: Schema | str, likelihood: str = "multinomial", n_volunteers: int = 40) -> dict[str, np.ndarray]:
+    r"""DESIGN's catalog columns for a batch of galaxies.
+
+    Columns, in order: for each answer (schema order) ``{q}_{a}_fraction`` (:func:`expected_fraction`),
+    ``{q}_{a}_fraction_std`` (:func:`fraction_std`), ``{q}_{a}_fraction_q05`` and
+    ``{q}_{a}_fraction_q95`` (:func:`fraction_quantiles` at 0.05 and 0.95); then for each question
+    ``{q}_asked`` (:func:`asked`) and ``{q}_bald`` (the largest :func:`bald` of its answers); then
+
+    .. math::
+
+        \mathrm{bald\_total} = \sum_q \mathrm{asked}_q \, \mathrm{bald}_q .
+
+    Galaxies are processed in blocks, so memory does not grow with B; everything is float64 inside.
+
+    Parameters
+    ----------
+    samples : array_like, shape (B, T, A)
+        Probabilities softmaxed within each question (``multinomial``) or Dirichlet concentrations
+        > 0 (``dirichlet_multinomial``); A = ``schema.n_answers``.
+    schema : Schema or str
+    likelihood : {"multinomial", "dirichlet_multinomial"}
+    n_volunteers : int
+        :math:`N`, the number of volunteers the counts refer to (Galaxy Zoo asks about 40).
+
+    Returns
+    -------
+    dict of str to ndarray
+        float32 arrays of length B.
+    """
+    schema = get_schema(schema)
+    likelihood = _check_likelihood(likelihood)
+    n = _check_n(n_volunteers)
+    values = _check_samples(samples, schema, likelihood, min_ndim=3, max_ndim=3)
+    n_galaxies, n_samples, n_answers = values.shape
+
+    fraction = np.empty((n_galaxies, n_answers))
+    spread = np.empty((3, n_galaxies, n_answers))  # std, q05, q95
+    bald_answer = np.empty((n_galaxies, n_answers))
+    block = max(1, _BLOCK_BYTES // ((n + 1) * n_samples * n_answers * 8))
+    for start in range(0, n_galaxies, block):
+        stop = min(start + block, n_galaxies)
+        # (T, galaxies, A): the sample axis before the galaxies, so the mean over t adds whole slabs.
+        chunk = values[start:stop].transpose(1, 0, 2).astype(np.float64)
+        pmf = np.exp(_count_log_pmf(chunk, schema, likelihood, n))
+        pbar = pmf.mean(axis=1)
+        fraction[start:stop] = _expected_fraction(chunk.transpose(1, 0, 2), schema, likelihood)
+        bald_answer[start:stop] = _bald(pmf, pbar)
+        spread[0, start:stop] = _fraction_std(pbar)
+        spread[1:, start:stop] = _fraction_quantiles(pbar, np.array([0.05, 0.95]))
+
+    asked_q = _asked(fraction, schema)
+    bald_q = np.stack([bald_answer[:, s].max(axis=1) for s in schema.question_slices], axis=1)
+
+    columns: dict[str, np.ndarray] = {}
+    for i, name in enumerate(schema.answer_columns):
+        columns[f"{name}_fraction"] = fraction[:, i]
+        columns[f"{name}_fraction_std"] = spread[0, :, i]
+        columns[f"{name}_fraction_q05"] = spread[1, :, i]
+        columns[f"{name}_fraction_q95"] = spread[2, :, i]
+    for j, question in enumerate(schema.question_names):
+        columns[f"{question}_asked"] = asked_q[:, j]
+        columns[f"{question}_bald"] = bald_q[:, j]
+    columns["bald_total"] = (asked_q * bald_q).sum(axis=1)
+    return {name: column.astype(np.float32) for name, column in columns.items()}
+
+
+# -- implementation (inputs already checked) ---------------------------------------------------------
+
+
+def _log_binomial_coefficients(n: int) -> np.ndarray:
+    k = np.arange(n + 1)
+    return gammaln(n + 1) - gammaln(k + 1) - gammaln(n - k + 1)
+
+
+def _binomial_log_pmf(p: np.ndarray, n: int) -> np.ndarray:
+    out = np.empty((n + 1,) + p.shape)
+    with np.errstate(divide="ignore"):  # ln 0 = -inf is the right answer at p = 0 or 1
+        log_p = np.log(p)
+        log_q = np.log1p(-p)
+    # k = 0 and k = N have one term only: writing them apart keeps 0 * (-inf) out.
+    np.multiply(log_q, n, out=out[0])
+    np.multiply(log_p, n, out=out[n])
+    if n > 1:
+        k = np.arange(1, n).reshape((-1,) + (1,) * p.ndim)
+        middle = out[1:n]
+        np.multiply(k, log_p, out=middle)
+        middle += (n - k) * log_q
+        middle += _log_binomial_coefficients(n)[1:n].reshape(k.shape)
+    return out
+
+
+def _log_rising(x: np.ndarray, n: int) -> np.ndarray:
+    """``out[m] = sum_{j<m} ln(x + j) = ln Gamma(x + m) - ln Gamma(x)`` for m = 0..n, shape (n+1, *x.shape)."""
+    out = np.empty((n + 1,) + x.shape)
+    out[0] = 0.0
+    j = np.arange(n, dtype=np.float64).reshape((-1,) + (1,) * x.ndim)
+    np.add(x, j, out=out[1:])
+    np.log(out[1:], out=out[1:])
+    # A running sum over m, one slab at a time: numpy's cumsum along a leading axis is several
+    # times slower than these vectorised adds.
+    for m in range(2, n + 1):
+        out[m] += out[m - 1]
+    return out
+
+
+def _beta_binomial_log_pmf(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
+    out = _log_rising(a, n)
+    out += _log_rising(b, n)[::-1]
+    shift = -np.log(np.add(a + b, np.arange(n, dtype=np.float64).reshape((-1,) + (1,) * a.ndim))).sum(axis=0)
+    out += shift
+    out += _log_binomial_coefficients(n).reshape((-1,) + (1,) * a.ndim)
+    return out
+
+
+def _question_matrices(schema: Schema) -> tuple[np.ndarray, np.ndarray]:
+    """(A, A) 0/1 matrices: ``same[i, j]`` when answers i and j share a question; ``others`` = same
+    minus the diagonal. ``alpha @ same`` is alpha_q per answer; ``alpha @ others`` is alpha_q - alpha_a
+    summed without cancellation."""
+    question = schema.answer_question
+    same = (question[:, None] == question[None, :]).astype(np.float64)
+    return same, same - np.eye(schema.n_answers)
+
+
+def _count_log_pmf(values: np.ndarray, schema: Schema, likelihood: str, n: int) -> np.ndarray:
+    if likelihood == "multinomial":
+        return _binomial_log_pmf(values, n)
+    _, others = _question_matrices(schema)
+    return _beta_binomial_log_pmf(values, values @ others, n)
+
+
+def _expected_fraction(values: np.ndarray, schema: Schema, likelihood: str) -> np.ndarray:
+    if likelihood == "multinomial":
+        return values.mean(axis=-2)
+    same, _ = _question_matrices(schema)
+    return (values / (values @ same)).mean(axis=-2)
+
+
+def _entropy(pmf: np.ndarray) -> np.ndarray:
+    terms = np.maximum(pmf, _TINY)
+    np.log(terms, out=terms)
+    terms *= pmf
+    return -terms.sum(axis=0)
+
+
+def _bald(pmf: np.ndarray, pbar: np.ndarray) -> np.ndarray:
+    return np.maximum(_entropy(pbar) - _entropy(pmf).mean(axis=0), 0.0)
+
+
+def _fraction_std(pbar: np.ndarray) -> np.ndarray:
+    n = pbar.shape[0] - 1
+    x = (np.arange(n + 1) / n).reshape((-1,) + (1,) * (pbar.ndim - 1))
+    mean = (pbar * x).sum(axis=0)
+    return np.sqrt((pbar * (x - mean) ** 2).sum(axis=0))
+
+
+def _fraction_quantiles(pbar: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    n = pbar.shape[0] - 1
+    cdf = np.cumsum(pbar, axis=0)
+    # F is non-decreasing, so the number of k with F(k) < level is the first k with F(k) >= level.
+    below = (cdf[None, :n] < levels.reshape((-1,) + (1,) * pbar.ndim)).sum(axis=1)
+    return below / n
+
+
+def _asked(fractions: np.ndarray, schema: Schema) -> np.ndarray:
+    return np.stack([fractions[..., list(path)].prod(axis=-1) for path in schema.ancestry], axis=-1)
+
+
+# -- input checks -----------------------------------------------------------------------------------
+
+
+def _check_likelihood(likelihood: str) -> str:
+    if likelihood not in LIKELIHOODS:
+        raise InputError(
+            f"unknown likelihood {likelihood!r}: use one of {', '.join(LIKELIHOODS)}."
+            + did_you_mean(str(likelihood), LIKELIHOODS)
+        )
+    return likelihood
+
+
+def _check_n(n_volunteers) -> int:
+    if isinstance(n_volunteers, bool):
+        raise InputError(f"n_volunteers must be an integer >= 1, got {n_volunteers!r}")
+    try:
+        n = operator.index(n_volunteers)
+    except TypeError:
+        raise InputError(f"n_volunteers must be an integer >= 1, got {n_volunteers!r}") from None
+    if n < 1:
+        raise InputError(f"n_volunteers must be an integer >= 1, got {n}")
+    return n
+
+
+def _as_float_array(values, name: str) -> np.ndarray:
+    """``values`` as a float array; float32 stays float32 (callers convert block by block)."""
+    array = np.asarray(values)
+    if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+        raise InputError(f"{name} must be a numeric array, got dtype {array.dtype}")
+    if not np.issubdtype(array.dtype, np.floating):
+        array = array.astype(np.float64)
+    if not np.isfinite(array).all():
+        raise InputError(f"{name} contain NaN or infinite values; check the model outputs")
+    return array
+
+
+def _check_probabilities(p, name: str) -> np.ndarray:
+    p = _as_float_array(p, name)
+    if p.size and (p.min() < 0 or p.max() > 1):
+        raise InputError(
+            f"{name} must be probabilities in [0, 1], got values in [{p.min():.6g}, {p.max():.6g}]; "
+            "concentrations need likelihood='dirichlet_multinomial'"
+        )
+    return p
+
+
+def _check_concentrations(alpha, name: str) -> np.ndarray:
+    alpha = _as_float_array(alpha, name)
+    if alpha.size and alpha.min() <= 0:
+        raise InputError(f"{name} must be Dirichlet concentrations > 0, got a minimum of {alpha.min():.6g}")
+    return alpha
+
+
+def _check_samples(samples, schema: Schema, likelihood: str, min_ndim: int, max_ndim: int | None = None) -> np.ndarray:
+    values = _as_float_array(samples, "samples")
+    expected = "(galaxies, samples, answers)" if max_ndim == 3 else "(..., answers)"
+    if values.ndim < min_ndim or (max_ndim is not None and values.ndim > max_ndim) or values.shape[-1] != schema.n_answers:
+        raise InputError(
+            f"samples have shape {values.shape}; expected {expected} with {schema.n_answers} answers "
+            f"for schema {schema.name!r}"
+        )
+    if max_ndim == 3 and values.shape[1] < 1:
+        raise InputError("samples have no Monte Carlo samples (T = 0); give at least one per galaxy")
+    if likelihood == "multinomial":
+        return _check_probabilities(values, "samples")
+    return _check_concentrations(values, "samples")
+
+
+def _check_pmf_array(values, name: str, min_ndim: int) -> np.ndarray:
+    array = np.asarray(values, dtype=np.float64)
+    if array.ndim < min_ndim or array.shape[0] < 2:
+        raise InputError(
+            f"{name} has shape {array.shape}; expected the count axis (N + 1 >= 2 values) first"
+            + (" and the sample axis second" if min_ndim == 2 else "")
+        )
+    return array
