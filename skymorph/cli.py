@@ -62,6 +62,7 @@ def _add_survey_commands(sub) -> None:
     synth.add_argument("--workers", type=_positive_int, default=None, help="processes (default: all cores)")
     _add_storage_option(synth)
     synth.set_defaults(func=_cmd_survey_synth)
+    _add_ingest_command(survey_sub)
 
 
 def _cmd_survey_synth(args) -> int:
@@ -85,8 +86,108 @@ def _cmd_survey_synth(args) -> int:
 # ---- train, evaluate (skymorph.trainer) ----------------------------------------------------------
 
 
+def _add_ingest_command(survey_sub) -> None:
+    """``skymorph survey ingest`` (called from _add_survey_commands)."""
+    ingest = survey_sub.add_parser("ingest", help="ingest JPEG/PNG/FITS cutouts listed in a CSV into tile stores")
+    ingest.add_argument("--catalog", required=True, metavar="CSV", help="CSV with file (relative to the CSV), object id, optional ra, dec, label, split")
+    ingest.add_argument("--out", required=True, metavar="URL", help="output location (local path or s3://bucket/prefix)")
+    ingest.add_argument("--size", type=_positive_int, default=128, help="output cutout size in pixels (default 128)")
+    ingest.add_argument("--bands", choices=("mean", "keep"), default="mean", help="mean: one grey channel; keep: all bands (default mean)")
+    ingest.add_argument("--stretch", choices=("asinh", "linear"), default="asinh", help="FITS flux to 8 bits (default asinh)")
+    ingest.add_argument("--tile-size", type=_positive_int, default=1024, help="galaxies per tile store (default 1024)")
+    ingest.add_argument("--id-column", default="object_id", help="the catalog's integer id column (default object_id)")
+    ingest.add_argument("--label-question", metavar="QUESTION", help="turn the label column into one vote for this question")
+    ingest.add_argument("--label-map", metavar="LABEL=ANSWER,...", help="label values to answers, e.g. spiral=yes,non_spiral=no (default: labels are answer names)")
+    ingest.add_argument("--schema", default="gz2", help="schema of --label-question: gz2, decals or a JSON file (default gz2)")
+    ingest.add_argument("--survey", default="ingest", help="survey name recorded in the tiles (default ingest)")
+    ingest.add_argument("--pixel-scale-arcsec", type=float, help="pixel scale of the input cutouts (default: unknown, recorded as a placeholder)")
+    ingest.add_argument("--workers", type=_positive_int, help="decoding threads (default: up to 8)")
+    _add_storage_option(ingest)
+    ingest.set_defaults(func=_cmd_survey_ingest)
+
+
+def _cmd_survey_ingest(args) -> int:
+    from skymorph.survey.ingest import ingest, parse_label_map
+
+    summary = ingest(
+        args.catalog, args.out, args.size, bands=args.bands, stretch=args.stretch, tile_size=args.tile_size,
+        id_column=args.id_column, label_question=args.label_question, label_map=parse_label_map(args.label_map),
+        schema=args.schema, survey=args.survey, pixel_scale_arcsec=args.pixel_scale_arcsec, workers=args.workers,
+        storage_options=_storage_options(args),
+    )
+    print(summary)
+    return 1 if summary.n_failed else 0
+
+
 def _add_train_commands(sub) -> None:
     """``skymorph train`` and ``skymorph evaluate``; ``survey ingest`` is added in _add_survey_commands."""
+    train = sub.add_parser("train", help="train a Bayesian CNN on vote counts (writes a checkpoint)")
+    train.add_argument("--tiles", required=True, metavar="TILELIST", help="tile list file (or one .zarr tile store)")
+    train.add_argument("--labels", required=True, metavar="LABELS", help="Parquet or CSV with object_id and {question}_{answer} vote counts")
+    train.add_argument("--schema", default="decals", help="gz2, decals or a JSON file (default decals)")
+    train.add_argument("--arch", default="w20", help="model architecture (default w20)")
+    train.add_argument("--likelihood", choices=("multinomial", "dirichlet_multinomial"), default="multinomial")
+    train.add_argument("--dropout", type=float, default=0.5, help="MC dropout rate of the head (default 0.5)")
+    train.add_argument("--epochs", type=_positive_int, default=10)
+    train.add_argument("--batch-size", type=_positive_int, default=64)
+    train.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
+    train.add_argument("--weight-decay", type=float, default=0.05)
+    train.add_argument("--warmup-epochs", type=float, default=1.0)
+    train.add_argument("--patience", type=_positive_int, default=5, help="epochs without better validation loss before stopping")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--val-fraction", type=float, default=0.1, help="validation share when the labels have no split column")
+    train.add_argument("--crop-fraction", type=float, default=1.0, help="centre crop inside the model (default 1: none)")
+    train.add_argument("--resize", type=int, dest="resize_px", help="resize to this many pixels inside the model")
+    train.add_argument("--no-augment", dest="augment", action="store_false", help="no flips, rotations, zoom, jitter")
+    train.add_argument("--out", required=True, metavar="CKPT", help="best checkpoint; CKPT.metrics.json and the .last checkpoint go beside it")
+    start = train.add_mutually_exclusive_group()
+    start.add_argument("--resume", metavar="CKPT", help="continue from a .last checkpoint (optimizer, step, RNG, epoch)")
+    start.add_argument("--finetune", metavar="CKPT", help="start from these trained weights with a new optimizer")
+    train.add_argument("--threads", type=_positive_int, help="torch threads (default: torch's choice)")
+    train.add_argument("--max-minutes", type=float, help="stop after this much wall time (then validate and save)")
+    train.add_argument("--drop-unmatched", action="store_true", help="train without labelled galaxies that have no image (default: error)")
+    _add_storage_option(train)
+    train.set_defaults(func=_cmd_train)
+
+    evaluate = sub.add_parser("evaluate", help="MC-dropout posteriors of a checkpoint against observed votes")
+    evaluate.add_argument("checkpoint", metavar="CKPT")
+    evaluate.add_argument("--tiles", required=True, metavar="TILELIST")
+    evaluate.add_argument("--labels", required=True, metavar="LABELS")
+    evaluate.add_argument("--out", required=True, metavar="DIR", help="metrics.json, predictions.parquet and plots go here")
+    evaluate.add_argument("--split", choices=("validation", "train", "all"), default="validation")
+    evaluate.add_argument("--truth", metavar="PARQUET", help="true fractions ({question}_{answer}_true columns), e.g. a synthetic survey's truth.parquet")
+    evaluate.add_argument("--samples", type=_positive_int, default=30, help="MC dropout samples T (default 30)")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the dropout masks (default 0)")
+    evaluate.add_argument("--threads", type=_positive_int)
+    evaluate.add_argument("--drop-unmatched", action="store_true")
+    _add_storage_option(evaluate)
+    evaluate.set_defaults(func=_cmd_evaluate)
+
+
+def _cmd_train(args) -> int:
+    from skymorph.trainer import TrainConfig, train
+
+    config = TrainConfig(
+        tiles=args.tiles, labels=args.labels, out=args.out, schema=args.schema, arch=args.arch,
+        likelihood=args.likelihood, dropout=args.dropout, epochs=args.epochs, batch_size=args.batch_size,
+        lr=args.lr, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, patience=args.patience,
+        seed=args.seed, val_fraction=args.val_fraction, crop_fraction=args.crop_fraction, resize_px=args.resize_px,
+        augment=args.augment, resume=args.resume, finetune=args.finetune, threads=args.threads,
+        max_minutes=args.max_minutes, drop_unmatched=args.drop_unmatched, storage_options=_storage_options(args),
+    )
+    print(train(config))
+    return 0
+
+
+def _cmd_evaluate(args) -> int:
+    from skymorph.trainer import evaluate
+
+    report = evaluate(
+        args.checkpoint, args.tiles, args.labels, args.out, samples=args.samples, seed=args.seed, split=args.split,
+        truth=args.truth, threads=args.threads, drop_unmatched=args.drop_unmatched, storage_options=_storage_options(args),
+    )
+    print(report)
+    return 0
 
 
 # ---- export (skymorph.exporter) --------------------------------------------------------------------
