@@ -195,6 +195,52 @@ def _cmd_evaluate(args) -> int:
 
 def _add_export_commands(sub) -> None:
     """``skymorph export``."""
+    export = sub.add_parser(
+        "export",
+        help="freeze T MC-dropout masks of a checkpoint into an ONNX model (or a TensorRT plan)",
+        description="Writes ONNX (images uint8 (B, C, H, W) -> samples (B, T, A)) with T dropout masks drawn from "
+        "--seed as constants, checked against PyTorch; --format tensorrt also builds a plan from it (NVIDIA GPU).",
+    )
+    export.add_argument("checkpoint", metavar="CKPT", help="checkpoint written by `skymorph train` (path or s3:// URL)")
+    export.add_argument("--out", required=True, metavar="URL", help="output model.onnx, or model.plan for --format tensorrt")
+    export.add_argument("--samples", type=_positive_int, default=30, help="T, the number of frozen dropout masks (default 30)")
+    export.add_argument("--seed", type=int, default=0, help="seed of the masks: same checkpoint, T and seed, same model (default 0)")
+    export.add_argument("--format", choices=("onnx", "tensorrt"), default="onnx", help="onnx (default) or tensorrt")
+    export.add_argument("--opset", type=_positive_int, default=18, help="ONNX opset, at least 18 (default 18)")
+    export.add_argument("--fp16", action="store_true", help="tensorrt: build an fp16 plan")
+    export.add_argument("--opt-batch", type=_positive_int, default=256, help="tensorrt: batch size tuned for (default 256)")
+    export.add_argument("--max-batch", type=_positive_int, default=1024, help="tensorrt: largest batch (default 1024)")
+    export.add_argument("--timing-cache", metavar="FILE", help="tensorrt: kernel timing cache, read and updated")
+    _add_storage_option(export)
+    export.set_defaults(func=_cmd_export)
+
+
+def _cmd_export(args) -> int:
+    from skymorph.errors import InputError
+    from skymorph.exporter import build_tensorrt, export_onnx, require_tensorrt
+
+    options = _storage_options(args)
+    if args.format == "onnx":
+        if args.fp16:
+            raise InputError("--fp16 applies to --format tensorrt only; the ONNX model is float32")
+        print(export_onnx(args.checkpoint, args.out, args.samples, args.seed, opset=args.opset, storage_options=options))
+        return 0
+    if not args.out.endswith((".plan", ".engine")):
+        raise InputError(f"--out {args.out!r}: a TensorRT plan needs a .plan or .engine suffix")
+    require_tensorrt()
+    onnx_out = args.out.rsplit(".", 1)[0] + ".onnx"
+    print(export_onnx(args.checkpoint, onnx_out, args.samples, args.seed, opset=args.opset, storage_options=options))
+    report = build_tensorrt(
+        onnx_out,
+        args.out,
+        fp16=args.fp16,
+        opt_batch=args.opt_batch,
+        max_batch=args.max_batch,
+        timing_cache=args.timing_cache,
+        storage_options=options,
+    )
+    print(report)
+    return 0
 
 
 # ---- run (skymorph.inference) ----------------------------------------------------------------------

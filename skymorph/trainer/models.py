@@ -132,7 +132,8 @@ class Preprocess(nn.Module):
         self.output_size = (spec.resize, spec.resize) if spec.resize else self.crop
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.to(torch.float32) * self.gain + self.offset
+        # The gain's dtype, not float32: a model converted with .half() runs (and exports) in fp16.
+        x = images.to(self.gain.dtype) * self.gain + self.offset
         if self.crop != (self.spec.height, self.spec.width):
             x = x[:, :, self.top : self.top + self.crop[0], self.left : self.left + self.crop[1]]
         if self.output_size != self.crop:

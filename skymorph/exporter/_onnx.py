@@ -1,0 +1,194 @@
+"""Checkpoint -> ONNX with T frozen dropout masks, DESIGN's metadata, and a self-check.
+
+The graph: ``images`` uint8 (B, C, H, W), B dynamic -> preprocess -> trunk (once) -> features (B, F)
+x masks (T, F) -> head linear -> output activation -> ``samples`` float32 (B, T, A).
+
+It is exported with ``torch.onnx.export(dynamo=True)``: the maintained exporter (the TorchScript one
+warns that it will be removed), which folds batch norm into the convolutions, leaves no Identity
+nodes, and gives the same bytes for the same model, T and seed (tested). The masks are buffers, so
+they become initializers (constants): ONNX Runtime never sees a Dropout node it could optimise away.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from skymorph.errors import InputError, ModelError
+from skymorph.model_metadata import ModelMetadata
+from skymorph.storage import atomic_write_bytes, read_bytes
+
+__all__ = ["ExportReport", "export_onnx", "export_onnx_model", "INPUT_NAME", "OUTPUT_NAME", "DEFAULT_OPSET"]
+
+INPUT_NAME = "images"
+OUTPUT_NAME = "samples"
+DEFAULT_OPSET = 18
+TOLERANCE = 1e-4
+"""Largest |onnxruntime - torch| accepted by the self-check (float32 outputs)."""
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """What :func:`export_onnx` wrote: where, with which metadata, and how well it matches PyTorch."""
+
+    path: str
+    metadata: ModelMetadata
+    model_sha256: str
+    size_bytes: int
+    max_abs_diff: float
+    check_batch: int
+    opset: int
+
+    def __str__(self) -> str:
+        m = self.metadata
+        return (
+            f"wrote {self.path} ({self.size_bytes / 1e6:.1f} MB, sha256 {self.model_sha256[:12]}): {m.arch} "
+            f"{m.likelihood}, schema {m.schema.name} ({m.schema.n_answers} answers), T={m.samples}, seed={m.seed}, "
+            f"opset {self.opset}; onnxruntime vs torch on {self.check_batch} images: max |diff| {self.max_abs_diff:.2e}"
+        )
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """Silence the exporter's progress prints and warnings about optional packages (torchvision)."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with contextlib.redirect_stdout(None):
+                yield
+    finally:
+        logger.setLevel(level)
+
+
+def _to_onnx_bytes(frozen, metadata: ModelMetadata, opset: int) -> bytes:
+    import onnx
+    import torch
+
+    spec = metadata.input
+    example = torch.zeros((2, *spec.shape), dtype=torch.uint8)
+    with _quiet_exporter(), torch.no_grad():
+        program = torch.onnx.export(
+            frozen,
+            (example,),
+            dynamo=True,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes={"images": {0: torch.export.Dim("batch")}},
+            optimize=True,
+            verbose=False,
+        )
+    proto = program.model_proto
+    proto.producer_name = "skymorph"
+    proto.producer_version = metadata.version
+    proto.doc_string = (
+        f"skymorph {metadata.arch} ({metadata.likelihood}) with {metadata.samples} frozen MC-dropout masks "
+        f"(seed {metadata.seed}): images uint8 (B, C, H, W) -> samples (B, T, A)"
+    )
+    del proto.metadata_props[:]
+    for key, value in sorted(metadata.to_props().items()):
+        proto.metadata_props.add(key=key, value=value)
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except onnx.checker.ValidationError as err:
+        raise ModelError(f"the exported graph fails onnx.checker: {str(err).splitlines()[0]}") from err
+    return proto.SerializeToString()
+
+
+def _self_check(frozen, model_bytes: bytes, metadata: ModelMetadata, batch: int, seed: int) -> float:
+    """max |onnxruntime - torch| on a random uint8 batch (of another size than the traced one)."""
+    import onnxruntime as ort
+    import torch
+
+    images = np.random.default_rng(seed).integers(0, 256, (batch, *metadata.input.shape), dtype=np.uint8)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+    got = session.run([OUTPUT_NAME], {INPUT_NAME: images})[0]
+    with torch.no_grad():
+        expected = frozen(torch.from_numpy(images)).numpy()
+    if got.shape != expected.shape:
+        raise ModelError(f"the exported graph gives shape {got.shape}, PyTorch {expected.shape}")
+    return float(np.max(np.abs(got.astype(np.float64) - expected)))
+
+
+def export_onnx_model(
+    net,
+    out: str,
+    samples: int = 30,
+    seed: int = 0,
+    *,
+    opset: int = DEFAULT_OPSET,
+    check_batch: int = 3,
+    extra: dict | None = None,
+    storage_options: dict | None = None,
+) -> ExportReport:
+    """Export an in-memory :class:`~skymorph.trainer.models.MorphologyNet` with T = ``samples`` frozen
+    masks drawn from ``seed`` to ONNX at ``out`` (local path or ``s3://``), written atomically.
+
+    Before writing, onnx.checker validates the graph and ONNX Runtime is compared with the PyTorch
+    frozen-mask model on ``check_batch`` random images; a difference above 1e-4 is a :class:`ModelError`.
+    ``extra`` adds ``skymorph.<key>`` metadata (e.g. the checkpoint's digest and provenance).
+    """
+    from skymorph.exporter._frozen import freeze
+
+    if samples < 1:
+        raise InputError(f"--samples must be at least 1, got {samples}")
+    if opset < 18:
+        raise InputError(f"--opset must be at least 18 (the dynamo exporter's minimum), got {opset}")
+    if check_batch < 1:
+        raise InputError(f"check_batch must be at least 1, got {check_batch}")
+    was_training = net.training
+    frozen, metadata = freeze(net, samples, seed, extra)
+    try:
+        model_bytes = _to_onnx_bytes(frozen, metadata, opset)
+        diff = _self_check(frozen, model_bytes, metadata, check_batch, seed)
+    finally:
+        net.train(was_training)
+    if not diff <= TOLERANCE:
+        raise ModelError(
+            f"exported ONNX differs from PyTorch by {diff:.2e} (> {TOLERANCE:g}) on random images; "
+            f"not writing {out!r}: report this with the checkpoint"
+        )
+    atomic_write_bytes(str(out), model_bytes, storage_options)
+    return ExportReport(
+        path=str(out),
+        metadata=metadata,
+        model_sha256=hashlib.sha256(model_bytes).hexdigest(),
+        size_bytes=len(model_bytes),
+        max_abs_diff=diff,
+        check_batch=check_batch,
+        opset=opset,
+    )
+
+
+def export_onnx(
+    checkpoint: str,
+    out: str,
+    samples: int = 30,
+    seed: int = 0,
+    *,
+    opset: int = DEFAULT_OPSET,
+    expect_schema=None,
+    storage_options: dict | None = None,
+) -> ExportReport:
+    """Export the checkpoint at ``checkpoint`` (local or ``s3://``) to ONNX; see :func:`export_onnx_model`.
+
+    The model's metadata also records the checkpoint's sha256 and its training provenance.
+    """
+    from skymorph.trainer.checkpoint import load_checkpoint
+
+    net, meta, _ = load_checkpoint(str(checkpoint), expect_schema=expect_schema, storage_options=storage_options)
+    extra = {
+        "checkpoint_sha256": hashlib.sha256(read_bytes(str(checkpoint), storage_options)).hexdigest(),
+        "provenance": meta.provenance,
+    }
+    return export_onnx_model(net, out, samples, seed, opset=opset, extra=extra, storage_options=storage_options)

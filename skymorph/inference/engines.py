@@ -1,0 +1,210 @@
+"""Engines: an exported model loaded once, then called on uint8 image batches.
+
+``engine = load_engine("model.onnx")``; ``engine(images)`` maps uint8 (B, C, H, W) to float32 (B, T, A):
+T MC-dropout samples of A answers (probabilities softmaxed within each question, or Dirichlet
+concentrations, as ``engine.metadata.likelihood`` says). Backends:
+
+``onnxruntime``
+    an ``.onnx`` file from ``skymorph export``; execution providers TensorRT, CUDA, CPU, whichever the
+    installed onnxruntime has, in that order.
+``tensorrt``
+    a ``.plan`` / ``.engine`` file and its ``.json`` sidecar from ``skymorph export --format tensorrt``;
+    the native runtime (:mod:`skymorph.inference._tensorrt`).
+``torch``
+    the reference: a checkpoint, frozen with ``samples`` masks from ``seed`` exactly as the exporter does;
+    CUDA when present. Only this backend imports torch (and skymorph.exporter).
+
+Every refusal (unreadable file, no skymorph metadata, another schema, wrong images) is a one-line
+:class:`~skymorph.errors.ModelError` naming the model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import PurePosixPath
+
+import numpy as np
+
+from skymorph.errors import InputError, MissingDependencyError, ModelError, did_you_mean
+from skymorph.model_metadata import ModelMetadata
+from skymorph.schema import get_schema
+from skymorph.storage import read_bytes
+
+__all__ = ["Engine", "load_engine", "BACKENDS", "ORT_PROVIDERS"]
+
+BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
+ORT_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+"""onnxruntime execution providers in order of preference; those the install lacks are skipped."""
+_SUFFIX_BACKEND = {".onnx": "onnxruntime", ".plan": "tensorrt", ".engine": "tensorrt", ".ckpt": "torch", ".pt": "torch"}
+_WARMUP_BATCH = 8
+
+
+class Engine:
+    """A loaded model. ``__call__(images)`` checks the batch and hands it to the backend's ``_run``."""
+
+    backend: str = ""
+
+    def __init__(self, url: str, metadata: ModelMetadata, model_sha256: str, needs_gpu: bool) -> None:
+        self.url = url
+        self.metadata = metadata
+        self.model_sha256 = model_sha256
+        self.needs_gpu = needs_gpu
+
+    @property
+    def output_shape(self) -> tuple[int, int]:
+        """(T, A) of every galaxy's output."""
+        return (self.metadata.samples, self.metadata.schema.n_answers)
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        """uint8 images (B, C, H, W) -> float32 (B, T, A)."""
+        expected = self.metadata.input.shape
+        if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != expected:
+            got = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, np.ndarray) else type(images).__name__
+            raise ModelError(f"model {self.url!r} takes uint8 images (B, {', '.join(map(str, expected))}), got {got}")
+        if images.shape[0] == 0:
+            return np.empty((0, *self.output_shape), dtype=np.float32)
+        return self._run(np.ascontiguousarray(images))
+
+    def _run(self, images: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        m = self.metadata
+        return (
+            f"<{type(self).__name__} {self.url!r} backend={self.backend} {m.arch} {m.likelihood} "
+            f"schema={m.schema.name} T={m.samples} seed={m.seed} sha256={self.model_sha256[:12]}>"
+        )
+
+
+class OnnxRuntimeEngine(Engine):
+    """An exported ONNX model in an onnxruntime session (read from bytes, so ``s3://`` works too)."""
+
+    backend = "onnxruntime"
+
+    def __init__(self, url: str, data: bytes, threads: int | None = None) -> None:
+        try:
+            import onnxruntime as ort
+            from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+        except ImportError as err:
+            raise MissingDependencyError("onnxruntime is not installed: pip install onnxruntime (or skymorph[gpu])") from err
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.inter_op_num_threads = 1
+        if threads:
+            options.intra_op_num_threads = threads
+        providers = [p for p in ORT_PROVIDERS if p in ort.get_available_providers()]
+        # onnxruntime's errors share no base class but Exception; these are the ones a bad file raises.
+        load_errors = (ort_errors.InvalidProtobuf, ort_errors.InvalidGraph, ort_errors.Fail, ort_errors.InvalidArgument)
+        try:
+            self.session = ort.InferenceSession(data, options, providers=providers)
+        except load_errors as err:
+            raise ModelError(
+                f"{url!r} is not a readable ONNX model (truncated or corrupt: {str(err).splitlines()[0][:120]}); "
+                "re-export it with `skymorph export`"
+            ) from err
+        metadata = ModelMetadata.from_props(self.session.get_modelmeta().custom_metadata_map, source=repr(url))
+        super().__init__(url, metadata, hashlib.sha256(data).hexdigest(), self.session.get_providers()[0] != "CPUExecutionProvider")
+        self._check_signature()
+        self(np.zeros((_WARMUP_BATCH, *metadata.input.shape), dtype=np.uint8))
+
+    def _check_signature(self) -> None:
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        c, h, w = self.metadata.input.shape
+        t, a = self.output_shape
+        if len(inputs) != 1 or inputs[0].type != "tensor(uint8)" or list(inputs[0].shape[1:]) != [c, h, w]:
+            got = [(i.name, i.type, i.shape) for i in inputs]
+            raise ModelError(f"{self.url!r} should take one uint8 input (B, {c}, {h}, {w}) as its metadata says, has {got}")
+        if len(outputs) != 1 or list(outputs[0].shape[1:]) != [t, a]:
+            got = [(o.name, o.type, o.shape) for o in outputs]
+            raise ModelError(f"{self.url!r} should give one output (B, {t}, {a}) as its metadata says, has {got}")
+        self._input_name, self._output_name = inputs[0].name, outputs[0].name
+
+    def _run(self, images: np.ndarray) -> np.ndarray:
+        return self.session.run([self._output_name], {self._input_name: images})[0]
+
+
+class TorchEngine(Engine):
+    """The reference: a checkpoint frozen with ``samples`` masks from ``seed`` (as the exporter does)."""
+
+    backend = "torch"
+
+    def __init__(
+        self, url: str, data: bytes, samples: int, seed: int, threads: int | None = None, storage_options=None, device=None
+    ) -> None:
+        import torch
+
+        from skymorph.exporter import freeze
+        from skymorph.trainer.checkpoint import load_checkpoint
+
+        if threads:
+            torch.set_num_threads(threads)  # process-wide: an engine is loaded once per worker process
+        net, meta, _ = load_checkpoint(url, storage_options=storage_options)
+        extra = {"checkpoint_sha256": hashlib.sha256(data).hexdigest(), "provenance": meta.provenance}
+        frozen, metadata = freeze(net, samples, seed, extra)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = frozen.to(self.device)
+        super().__init__(url, metadata, hashlib.sha256(data).hexdigest(), self.device.type == "cuda")
+
+    def _run(self, images: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            return self.model(torch.from_numpy(images).to(self.device)).float().cpu().numpy()
+
+
+def _backend_for(url: str, backend: str) -> str:
+    if backend not in BACKENDS:
+        raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}." + did_you_mean(backend, BACKENDS))
+    if backend != "auto":
+        return backend
+    suffix = PurePosixPath(str(url).split("?", 1)[0]).suffix.lower()
+    if suffix not in _SUFFIX_BACKEND:
+        raise InputError(
+            f"cannot tell the backend of {url!r} from its suffix (.onnx, .plan, .engine, .ckpt); give backend= explicitly"
+        )
+    return _SUFFIX_BACKEND[suffix]
+
+
+def _check_schema(engine: Engine, expect_schema) -> None:
+    expected = get_schema(expect_schema)
+    got = engine.metadata.schema
+    if got.to_dict()["questions"] != expected.to_dict()["questions"]:
+        raise ModelError(
+            f"model {engine.url!r} predicts schema {got.name!r} ({got.n_answers} answers), not {expected.name!r} "
+            f"({expected.n_answers} answers); use a model trained on {expected.name!r}"
+        )
+
+
+def load_engine(
+    model_url: str,
+    backend: str = "auto",
+    threads: int | None = None,
+    expect_schema=None,
+    storage_options: dict | None = None,
+    *,
+    samples: int = 30,
+    seed: int = 0,
+    device: str | None = None,
+) -> Engine:
+    """Load the model at ``model_url`` (local path or ``s3://``) into an :class:`Engine`.
+
+    ``backend="auto"`` picks by suffix: ``.onnx`` onnxruntime, ``.plan``/``.engine`` tensorrt, ``.ckpt``
+    torch. ``threads``: intra-op CPU threads (default: the runtime's own choice). ``expect_schema``
+    (name, JSON path or Schema) refuses a model of another decision tree. ``samples``, ``seed`` and
+    ``device`` apply to the torch backend only (an exported model carries its own T and seed).
+    """
+    backend = _backend_for(model_url, backend)
+    if threads is not None and threads < 1:
+        raise InputError(f"threads must be at least 1, got {threads}")
+    data = read_bytes(str(model_url), storage_options)
+    if backend == "onnxruntime":
+        engine: Engine = OnnxRuntimeEngine(str(model_url), data, threads)
+    elif backend == "tensorrt":
+        from skymorph.inference._tensorrt import load_plan
+
+        engine = load_plan(str(model_url), data, storage_options)
+    else:
+        engine = TorchEngine(str(model_url), data, samples, seed, threads, storage_options, device)
+    if expect_schema is not None:
+        _check_schema(engine, expect_schema)
+    return engine
