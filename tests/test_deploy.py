@@ -125,3 +125,278 @@ def test_sbatch_script_starts_scheduler_gpu_workers_and_the_driver():
     assert re.search(r"srun [^\n]*--gpus-per-task=1[^\n]*\\\n\s+dask worker --scheduler-file", script)
     assert "--resources GPU=1" in script
     assert re.search(r"skymorph run [^\n]*\\\n\s+--scheduler-file \"\$SCHEDULER_FILE\" --gpu", script)
+
+
+# ---- images ------------------------------------------------------------------------------------
+
+
+def _instructions(dockerfile: Path) -> list[tuple[str, str]]:
+    """``(INSTRUCTION, arguments)`` pairs: comments dropped, continuation lines joined."""
+    text = re.sub(r"\\\n", " ", "\n".join(line for line in dockerfile.read_text().splitlines() if not line.lstrip().startswith("#")))
+    pairs = []
+    for line in text.splitlines():
+        if line.strip():
+            keyword, _, rest = line.strip().partition(" ")
+            pairs.append((keyword.upper(), " ".join(rest.split())))
+    return pairs
+
+
+@pytest.mark.parametrize("name", ["Dockerfile", "Dockerfile.gpu"])
+def test_dockerfiles_pin_torch_use_constraints_and_drop_root(name):
+    dockerfile = DEPLOY / "docker" / name
+    steps = _instructions(dockerfile)
+    keywords = [k for k, _ in steps]
+    runs = [args for k, args in steps if k == "RUN"]
+    args = dict(a.split("=", 1) for k, a in steps if k == "ARG" and "=" in a)
+    assert args["TORCH_VERSION"] == "2.13.0"
+    torch_install = next(r for r in runs if "torch==" in r)
+    assert "--index-url https://download.pytorch.org/whl/cpu" in torch_install
+    assert '"torch==${TORCH_VERSION}"' in torch_install
+    skymorph_install = next(r for r in runs if re.search(r"pip install -c constraints\.txt \"\.\[", r))
+    assert runs.index(torch_install) < runs.index(skymorph_install), "torch first, so the CPU wheel is the one kept"
+    users = [a for k, a in steps if k == "USER"]
+    assert users and users[-1] not in ("root", "0"), "the image must end as a non-root user"
+    assert keywords.index("USER") > keywords.index("RUN"), "USER after the installs"
+    assert "WORKDIR" in keywords
+    entrypoint = next(a for k, a in steps if k == "ENTRYPOINT")
+    assert entrypoint in ('["skymorph"]', '["dask"]')
+    assert (dockerfile.parent / f"{name}.dockerignore").is_file()
+
+
+def test_gpu_image_has_cuda_onnxruntime_gpu_only_and_tensorrt():
+    steps = _instructions(DEPLOY / "docker" / "Dockerfile.gpu")
+    args = dict(a.split("=", 1) for k, a in steps if k == "ARG" and "=" in a)
+    assert re.fullmatch(r"nvidia/cuda:12\.\d+\.\d+-cudnn-runtime-ubuntu22\.04", args["CUDA_IMAGE"])
+    assert next(a for k, a in steps if k == "FROM") == "${CUDA_IMAGE}"
+    install = " ".join(a for k, a in steps if k == "RUN")
+    assert '".[gpu,slurm]"' in install
+    # Exactly one onnxruntime build: the CPU wheel pulled in as a core dependency is removed again.
+    assert "pip uninstall -y onnxruntime " in install + " "
+    assert "--force-reinstall --no-deps \"onnxruntime-gpu==${ORT_GPU_VERSION}\"" in install
+    assert "--extra-index-url https://pypi.nvidia.com \"tensorrt-cu12==${TENSORRT_VERSION}\"" in install
+
+
+def test_dockerignore_keeps_the_context_to_the_package():
+    rules = [line for line in (DEPLOY / "docker" / "Dockerfile.dockerignore").read_text().splitlines()
+             if line and not line.startswith("#")]
+    assert rules[0] == "*"
+    assert {"!pyproject.toml", "!constraints.txt", "!skymorph/"} <= set(rules)
+
+
+# ---- docker compose ----------------------------------------------------------------------------
+
+
+def _compose() -> dict:
+    return yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+
+
+def test_compose_has_scheduler_cpu_and_gpu_workers_store_and_job():
+    services = _compose()["services"]
+    assert {"scheduler", "worker", "worker-gpu", "minio", "minio-init", "job", "job-gpu"} <= set(services)
+    assert services["worker"]["profiles"] == ["cpu"] and services["worker-gpu"]["profiles"] == ["gpu"]
+    gpu = services["worker-gpu"]
+    (device,) = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert device == {"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}
+    command = gpu["command"]
+    assert command[command.index("--resources") + 1] == "GPU=1"
+    assert command[command.index("--nworkers") + 1] == "1"
+    assert "--resources" not in services["worker"]["command"]
+    for name, gpu_flag in (("job", False), ("job-gpu", True)):
+        command = services[name]["command"]
+        assert command[:3] == ["run", "--scheduler", "tcp://scheduler:8786"]
+        assert {"--tiles", "--model", "--out"} <= set(command)
+        assert ("--gpu" in command) is gpu_flag
+    init = services["minio-init"]
+    assert init["depends_on"]["minio"]["condition"] == "service_healthy"
+    assert "mc mb --ignore-existing" in init["command"][0]
+    for name in ("worker", "worker-gpu"):
+        assert services[name]["depends_on"]["minio-init"]["condition"] == "service_completed_successfully"
+
+
+def test_compose_credentials_come_from_the_env_file():
+    text = (DEPLOY / "compose.yaml").read_text()
+    services = _compose()["services"]
+    for name in ("worker", "worker-gpu", "job", "job-gpu"):
+        env = services[name]["environment"]
+        assert env["AWS_ACCESS_KEY_ID"].startswith("${SKYMORPH_S3_ACCESS_KEY:?")
+        assert env["AWS_SECRET_ACCESS_KEY"].startswith("${SKYMORPH_S3_SECRET_KEY:?")
+    assert services["minio"]["environment"]["MINIO_ROOT_PASSWORD"].startswith("${MINIO_ROOT_PASSWORD:?")
+    code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+    required = set(re.findall(r"\$\{([A-Z0-9_]+):\?", code))
+    example = dict(
+        line.split("=", 1)
+        for line in (DEPLOY / ".env.example").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    assert required <= set(example), f"document {required - set(example)} in deploy/.env.example"
+    for key in required:
+        if re.search("PASSWORD|SECRET|ACCESS_KEY|USER", key):
+            assert example[key].startswith("CHANGE-ME"), f"{key} in .env.example must be a placeholder"
+    assert ".env" in (DEPLOY / ".gitignore").read_text().split()
+
+
+# ---- Kubernetes (dask-kubernetes operator) -----------------------------------------------------
+
+K8S = DEPLOY / "kubernetes"
+
+
+def _kustomize_objects(directory: Path) -> list[dict]:
+    """The objects a kustomization lists, following resources into other kustomizations."""
+    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
+    assert kustomization["kind"] == "Kustomization"
+    objects = []
+    for entry in kustomization.get("resources", []):
+        path = (directory / entry).resolve()
+        assert path.exists(), f"{directory}/kustomization.yaml lists missing {entry}"
+        if path.is_dir():
+            objects += _kustomize_objects(path)
+        else:
+            objects += [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+    return objects
+
+
+def _containers(pod_spec: dict) -> list[dict]:
+    return pod_spec["containers"]
+
+
+def _assert_s3_keys_from_secret(container: dict) -> None:
+    env = {item["name"]: item for item in container.get("env", [])}
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        ref = env[key]["valueFrom"]["secretKeyRef"]
+        assert ref == {"name": "skymorph-s3", "key": key}
+        assert "value" not in env[key]
+    assert {"configMapRef": {"name": "skymorph-s3-endpoint"}} in container["envFrom"]
+
+
+def _assert_gpu_worker(pod_spec: dict) -> None:
+    (container,) = _containers(pod_spec)
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    args = container["args"]
+    assert args[0] == "worker"
+    assert args[args.index("--resources") + 1] == "GPU=1"
+    assert args[args.index("--nworkers") + 1] == "1"
+    assert 2 <= int(args[args.index("--nthreads") + 1]) <= 3
+    assert container["command"] == ["dask"]
+    _assert_s3_keys_from_secret(container)
+
+
+def test_cluster_kustomization_has_scheduler_cpu_and_gpu_groups():
+    objects = _kustomize_objects(K8S / "cluster")
+    by_kind = {obj["kind"]: obj for obj in objects}
+    assert {"Namespace", "DaskCluster", "DaskWorkerGroup"} <= set(by_kind)
+    cluster, group = by_kind["DaskCluster"], by_kind["DaskWorkerGroup"]
+    assert cluster["apiVersion"] == group["apiVersion"] == "kubernetes.dask.org/v1"
+    assert group["spec"]["cluster"] == cluster["metadata"]["name"]
+    scheduler = _containers(cluster["spec"]["scheduler"]["spec"])[0]
+    assert scheduler["args"][0] == "scheduler"
+    assert {p["containerPort"] for p in scheduler["ports"]} == {8786, 8787}
+    (cpu_worker,) = _containers(cluster["spec"]["worker"]["spec"])
+    assert "nvidia.com/gpu" not in cpu_worker["resources"]["limits"]
+    assert "--resources" not in cpu_worker["args"]
+    args = cpu_worker["args"]
+    assert int(args[args.index("--nworkers") + 1]) * int(args[args.index("--nthreads") + 1]) == int(
+        cpu_worker["resources"]["limits"]["cpu"]
+    ), "CPU workers: processes x threads = cores"
+    _assert_s3_keys_from_secret(cpu_worker)
+    _assert_gpu_worker(group["spec"]["worker"]["spec"])
+
+
+def test_daskjob_runs_skymorph_on_gpu_workers():
+    objects = _kustomize_objects(K8S / "job")
+    (job,) = [obj for obj in objects if obj["kind"] == "DaskJob"]
+    assert job["apiVersion"] == "kubernetes.dask.org/v1"
+    (driver,) = _containers(job["spec"]["job"]["spec"])
+    assert driver["args"][0] == "run" and "--gpu" in driver["args"]
+    assert {"--tiles", "--model", "--out"} <= set(driver["args"])
+    assert "nvidia.com/gpu" not in driver["resources"]["limits"], "the driver needs no GPU"
+    _assert_s3_keys_from_secret(driver)
+    cluster_spec = job["spec"]["cluster"]["spec"]
+    assert cluster_spec["scheduler"]["service"]["selector"]["dask.org/cluster-name"] == job["metadata"]["name"]
+    _assert_gpu_worker(cluster_spec["worker"]["spec"])
+
+
+def test_every_manifest_object_lands_in_the_skymorph_namespace():
+    for directory in ("cluster", "job"):
+        kustomization = yaml.safe_load((K8S / directory / "kustomization.yaml").read_text())
+        assert kustomization["namespace"] == "skymorph"
+    secret = yaml.safe_load((K8S / "s3-secret.example.yaml").read_text())
+    assert secret["metadata"] == {"name": "skymorph-s3", "namespace": "skymorph"}
+    assert set(secret["stringData"].values()) == {"CHANGE-ME"}
+
+
+# ---- no secrets, no addresses ------------------------------------------------------------------
+
+ALLOWED_HOSTS = {
+    # cluster-internal service names and loopback
+    "scheduler", "minio", "skymorph-scheduler.skymorph", "localhost", "127.0.0.1", "YOUR-S3-SERVICE",
+    # package indexes the images install from
+    "download.pytorch.org", "pypi.nvidia.com",
+}
+PLACEHOLDER = re.compile(r"^(CHANGE-ME.*|YOUR_[A-Z_]+|\$\{[A-Z0-9_]+(:\?[^}]*)?\}|\$\$?[A-Z_]+|\"\$\$?[A-Z_]+\")$")
+SECRET_KEY = re.compile(r"(password|secret|token|access_key|private_key)", re.IGNORECASE)
+
+
+def _string_items(node, key=None):
+    """``(key, value)`` for every string value in a parsed YAML tree; ``{name, value}`` env pairs count
+    under their ``name``."""
+    if isinstance(node, dict):
+        if set(node) >= {"name", "value"} and isinstance(node["value"], str):
+            yield node["name"], node["value"]
+        for k, v in node.items():
+            yield from _string_items(v, k)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _string_items(item, key)
+    elif isinstance(node, str) and key is not None:
+        yield str(key), node
+
+
+AWS_KEY_ID = re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b")
+AWS_SECRET = re.compile(r"(?<![A-Za-z0-9/+=])[A-Za-z0-9/+=]{40}(?![A-Za-z0-9/+=])")
+PRIVATE_KEY = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----")
+PRIVATE_IP = re.compile(r"\b(10\.\d+|172\.(1[6-9]|2\d|3[01])|192\.168)\.\d+\.\d+\b")
+URL_HOST = re.compile(r"\b(?:https?|tcp|tls|wss?)://([^/:\s\"'$]+)")
+
+
+def _findings(path: Path) -> list[str]:
+    """What in ``path`` looks like a credential, a private address or a host outside the deployment."""
+    text = path.read_text()
+    found = []
+    for pattern, what in ((AWS_KEY_ID, "AWS access key id"), (AWS_SECRET, "40-character secret-like string"),
+                          (PRIVATE_KEY, "private key"), (PRIVATE_IP, "private IP address")):
+        if pattern.search(text):
+            found.append(what)
+    found += [f"host {host}" for host in URL_HOST.findall(text) if host not in ALLOWED_HOSTS]
+    pairs = []
+    if path.suffix in (".yaml", ".yml"):
+        for doc in yaml.safe_load_all(text):
+            pairs += list(_string_items(doc))
+    elif path.name.startswith(".env"):
+        pairs = [tuple(line.split("=", 1)) for line in text.splitlines() if "=" in line and not line.startswith("#")]
+    found += [f"literal {key}" for key, value in pairs if SECRET_KEY.search(key) and not PLACEHOLDER.match(value.strip())]
+    return found
+
+
+def test_deploy_holds_no_secrets_private_addresses_or_foreign_hosts():
+    files = [p for p in DEPLOY.rglob("*") if p.is_file()]
+    assert len(files) >= 15
+    for path in files:
+        assert _findings(path) == [], path
+
+
+@pytest.mark.parametrize(
+    "name, text, expected",
+    [
+        ("a.yaml", "env:\n  - name: DB_PASSWORD\n    value: hunter2\n", "literal DB_PASSWORD"),
+        ("b.yaml", "minio:\n  MINIO_ROOT_PASSWORD: s3cr3t-value\n", "literal MINIO_ROOT_PASSWORD"),
+        (".env.x", "SKYMORPH_S3_SECRET_KEY=abc\n", "literal SKYMORPH_S3_SECRET_KEY"),
+        ("c.yaml", "key: AKIAABCDEFGHIJKLMNOP\n", "AWS access key id"),
+        ("d.yaml", "k: " + "a1B/" * 10 + "\n", "40-character secret-like string"),
+        ("e.yaml", "url: http://10.1.2.3:9000\n", "private IP address"),
+        ("f.yaml", "url: https://s3.example.org/bucket\n", "host s3.example.org"),
+    ],
+)
+def test_the_scan_catches_what_it_looks_for(tmp_path, name, text, expected):
+    path = tmp_path / name
+    path.write_text(text)
+    assert expected in _findings(path)
