@@ -255,6 +255,96 @@ def _add_run_commands(sub) -> None:
 
 def _add_catalog_commands(sub) -> None:
     """``skymorph catalog info|query|pick``."""
+    catalog = sub.add_parser("catalog", help="read a morphology catalog: info, SQL/cone query, pick a volunteer batch")
+    catalog_sub = catalog.add_subparsers(dest="catalog_command", metavar="{info,query,pick}", required=True)
+
+    info = catalog_sub.add_parser("info", help="rows, partitions, columns, model, failed tiles, bald_total quantiles")
+    info.add_argument("catalog", metavar="CATALOG", help="catalog location (local path or s3://bucket/prefix)")
+    info.add_argument("--json", action="store_true", help="print JSON instead of text")
+    _add_storage_option(info)
+    info.set_defaults(func=_cmd_catalog_info)
+
+    query = catalog_sub.add_parser("query", help="SQL filter and/or cone search, to the terminal or a file")
+    query.add_argument("catalog", metavar="CATALOG", help="catalog location (local path or s3://bucket/prefix)")
+    query.add_argument("--where", metavar="SQL", help="a read-only SQL condition, e.g. 'bar_bald > 0.1 AND dec > 0'")
+    query.add_argument("--columns", metavar="A,B", help="comma-separated columns to return (default: all)")
+    query.add_argument("--order-by", metavar="SQL", help="an SQL ORDER BY list, e.g. 'bald_total DESC'")
+    query.add_argument("--limit", type=_positive_int, help="at most N rows (the terminal shows 20 unless given)")
+    query.add_argument("--cone", nargs=3, type=float, metavar=("RA", "DEC", "RADIUS_ARCSEC"),
+                       help="rows within RADIUS_ARCSEC of (RA, DEC), degrees ICRS")
+    query.add_argument("--out", metavar="FILE", help="write all rows to .csv, .parquet, .fits, .vot or .xml")
+    _add_storage_option(query)
+    query.set_defaults(func=_cmd_catalog_query)
+
+    pick = catalog_sub.add_parser("pick", help="the next Galaxy Zoo batch by BALD, as a subject manifest CSV")
+    pick.add_argument("catalog", metavar="CATALOG", help="catalog location (local path or s3://bucket/prefix)")
+    pick.add_argument("--n", type=_positive_int, required=True, help="batch size")
+    pick.add_argument("--question", help="rank by {question}_bald (default: bald_total)")
+    pick.add_argument("--strategy", choices=("top", "power"), default="top",
+                      help="top: the n highest; power: sample proportional to BALD^beta (Kirsch et al. 2023)")
+    pick.add_argument("--beta", type=float, default=1.0, help="power strategy exponent (default 1.0)")
+    pick.add_argument("--seed", type=int, default=0, help="power strategy seed: same seed, same batch (default 0)")
+    pick.add_argument("--exclude", metavar="IDS", help="CSV or Parquet with an object_id column: never pick these")
+    pick.add_argument("--out", required=True, metavar="FILE", help="subject manifest (.csv; or .parquet, .fits, .vot)")
+    pick.add_argument("--gallery", metavar="PNG", help="also draw the picked galaxies and their posteriors")
+    _add_storage_option(pick)
+    pick.set_defaults(func=_cmd_catalog_pick)
+
+
+def _cmd_catalog_info(args) -> int:
+    from skymorph.catalog import info
+
+    summary = info(args.catalog, storage_options=_storage_options(args))
+    if args.json:
+        _print_json(summary.to_dict())
+    else:
+        print(summary)
+    return 0
+
+
+def _cmd_catalog_query(args) -> int:
+    from skymorph.catalog import Cone, export_table, open_catalog, query
+    from skymorph.catalog.export import format_terminal, output_format
+    from skymorph.catalog.query import plan_query
+
+    options = _storage_options(args)
+    if args.out:
+        output_format(args.out)
+    catalog = open_catalog(args.catalog, options)
+    cone = Cone(*args.cone) if args.cone else None
+    columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
+    limit = args.limit if args.limit or args.out else 20
+    plan = plan_query(catalog, args.where, columns, cone, args.order_by, limit)
+    table = query(catalog, where=args.where, columns=columns, cone=cone, order_by=args.order_by, limit=limit)
+    print(f"read {len(plan.pixels)} of {plan.total_pixels} partitions; {table.num_rows} rows", file=sys.stderr)
+    if args.out:
+        fmt = export_table(table, args.out, options)
+        print(f"wrote {table.num_rows} rows to {args.out} ({fmt})")
+    else:
+        print(format_terminal(table))
+        if not args.limit and table.num_rows == limit:
+            print(f"(first {limit} rows; use --limit N or --out FILE for more)", file=sys.stderr)
+    return 0
+
+
+def _cmd_catalog_pick(args) -> int:
+    from skymorph.catalog import export_table, gallery, open_catalog, pick
+    from skymorph.catalog.export import output_format
+    from skymorph.catalog.gallery import check_png
+
+    options = _storage_options(args)
+    output_format(args.out)
+    if args.gallery:
+        check_png(args.gallery)
+    catalog = open_catalog(args.catalog, options)
+    batch = pick(catalog, args.n, question=args.question, strategy=args.strategy, beta=args.beta, seed=args.seed,
+                 exclude=args.exclude, storage_options=options)
+    export_table(batch, args.out, options)
+    print(f"picked {batch.num_rows} galaxies ({args.strategy}) -> {args.out}")
+    if args.gallery:
+        gallery(batch, catalog, args.gallery, question=args.question, storage_options=options)
+        print(f"gallery -> {args.gallery}")
+    return 0
 
 
 # ---- entry point -------------------------------------------------------------------------------

@@ -1,1 +1,25 @@
-"""skymorph.catalog"""
+"""skymorph.catalog: the HATS-layout morphology catalog.
+
+Readers: :func:`info` (what a catalog holds), :func:`query` (SQL and cone, out of core with DuckDB),
+:func:`pick` (the next Galaxy Zoo batch by BALD), :func:`export_table` (CSV/Parquet/FITS/VOTable) and
+:func:`gallery` (a PNG of picked galaxies with their posteriors). The writer is in
+:mod:`skymorph.catalog.writer`, paths and metadata in :mod:`skymorph.catalog.layout`.
+"""
+
+from skymorph.catalog.export import export_table
+from skymorph.catalog.gallery import gallery
+from skymorph.catalog.info import Catalog, CatalogInfo, info, open_catalog
+from skymorph.catalog.pick import pick
+from skymorph.catalog.query import Cone, query
+
+__all__ = [
+    "Catalog",
+    "CatalogInfo",
+    "Cone",
+    "export_table",
+    "gallery",
+    "info",
+    "open_catalog",
+    "pick",
+    "query",
+]

@@ -1,0 +1,129 @@
+"""Write query results and picked batches: CSV, Parquet, FITS or VOTable, chosen by file extension.
+
+FITS and VOTable go through an astropy Table with units on ``ra``/``dec`` (deg) and the model's
+provenance in its meta (VOTable: PARAMs) (``MODELSHA``: the model digest, ``SAMPLES``, ``SEED``, ``NVOLUNT``,
+``SCHEMA``, ``SMVERS``), so the file says which model made the numbers. Every output is written
+atomically (local temporary file and rename, or one S3 PUT).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+
+from skymorph.errors import InputError
+
+__all__ = ["FORMATS", "UNITS", "output_format", "to_astropy", "export_table", "format_terminal"]
+
+FORMATS = {
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".fits": "fits",
+    ".fit": "fits",
+    ".vot": "votable",
+    ".xml": "votable",
+}
+UNITS = {"ra": "deg", "dec": "deg"}
+
+_FITS_META = {
+    "skymorph.model_sha256": "MODELSHA",
+    "skymorph.samples": "SAMPLES",
+    "skymorph.seed": "SEED",
+    "skymorph.n_volunteers": "NVOLUNT",
+    "skymorph.version": "SMVERS",
+}
+
+
+def output_format(out: str) -> str:
+    """``csv``, ``parquet``, ``fits`` or ``votable`` from the extension of ``out``; one-line error otherwise."""
+    name = str(out).lower()
+    for suffix, fmt in FORMATS.items():
+        if name.endswith(suffix):
+            return fmt
+    raise InputError(f"cannot tell the format of {out!r}: end it in one of {', '.join(FORMATS)}")
+
+
+def _provenance(metadata: dict | None) -> dict:
+    text = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+            for k, v in (metadata or {}).items()}
+    meta = {card: text[key] for key, card in _FITS_META.items() if key in text}
+    if "skymorph.schema" in text:
+        try:
+            meta["SCHEMA"] = json.loads(text["skymorph.schema"]).get("name", "")
+        except (ValueError, AttributeError):
+            meta["SCHEMA"] = ""
+    return meta
+
+
+def to_astropy(table):
+    """An ``astropy.table.Table`` of a pyarrow ``table``: units on ra/dec, provenance in ``meta``."""
+    import astropy.units as u
+    from astropy.table import Table
+
+    result = Table(meta=_provenance(table.schema.metadata))
+    for name in table.column_names:
+        values = table.column(name).to_numpy(zero_copy_only=False)
+        if values.dtype == object:
+            values = np.asarray(["" if v is None else str(v) for v in values], dtype=str)
+        result[name] = values
+        if name in UNITS:
+            result[name].unit = u.Unit(UNITS[name])
+    return result
+
+
+def _write_votable(table, buffer) -> None:
+    """VOTable with the provenance as PARAMs of the table (astropy's writer drops ``meta``)."""
+    from astropy.io.votable import from_table, writeto
+    from astropy.io.votable.tree import Param
+
+    votable = from_table(table)
+    first = votable.get_first_table()
+    for key, value in table.meta.items():
+        first.params.append(Param(votable, name=key, value=str(value), datatype="char", arraysize="*"))
+    writeto(votable, buffer)
+
+
+def export_table(table, out: str, storage_options: dict | None = None) -> str:
+    """Write pyarrow ``table`` to ``out`` in the format its extension names; returns the format."""
+    from skymorph.storage import atomic_write_bytes, write_parquet
+
+    fmt = output_format(out)
+    if fmt == "parquet":
+        write_parquet(table, out, storage_options)
+        return fmt
+    buffer = io.BytesIO()
+    if fmt == "csv":
+        import pyarrow.csv as pcsv
+
+        pcsv.write_csv(table, buffer)
+    else:
+        import warnings
+
+        from astropy.utils.exceptions import AstropyWarning
+
+        with warnings.catch_warnings():
+            # astropy warns that long column names need HIERARCH cards; that is what we want.
+            warnings.simplefilter("ignore", AstropyWarning)
+            if fmt == "fits":
+                to_astropy(table).write(buffer, format="fits")
+            else:
+                _write_votable(to_astropy(table), buffer)
+    atomic_write_bytes(out, buffer.getvalue(), storage_options)
+    return fmt
+
+
+def format_terminal(table, max_rows: int = 20, max_columns: int = 8) -> str:
+    """A plain-text view of the first ``max_rows`` rows and ``max_columns`` columns of ``table``."""
+    import pandas as pd
+
+    names = table.column_names[:max_columns]
+    frame = table.select(names).slice(0, max_rows).to_pandas()
+    with pd.option_context("display.width", 200, "display.max_columns", max_columns, "display.float_format", "{:.6g}".format):
+        text = frame.to_string(index=False) if len(frame) else "(no rows)"
+    hidden = table.num_columns - len(names)
+    if hidden > 0:
+        text += f"\n... {hidden} more column(s); choose them with --columns or write all with --out"
+    return text

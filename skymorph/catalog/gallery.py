@@ -1,0 +1,106 @@
+"""A PNG of picked galaxies, each beside its predicted vote fractions (``pick --gallery``).
+
+For each galaxy: its cutout, read from its tile store (``tile`` and ``row`` of the pick), and a small
+bar chart of one question's predicted vote fractions with their 5%-95% predictive interval. The
+question is the one picked by; with ``bald_total`` it is, per galaxy, the question contributing most
+to it (largest ``asked * bald``). Rendered with matplotlib's Agg backend (no display needed).
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+from skymorph.catalog.info import Catalog, open_catalog
+from skymorph.errors import InputError
+
+__all__ = ["gallery", "check_png", "MAX_GALAXIES"]
+
+MAX_GALAXIES = 64
+_COLUMNS = 4
+
+
+def _read_cutouts(picked, storage_options: dict | None) -> list[np.ndarray]:
+    """One (C, H, W) uint8 image per picked row, opening each tile store once."""
+    from skymorph.tiles import open_tile
+
+    tiles, rows = picked["tile"].to_pylist(), picked["row"].to_pylist()
+    images: list[np.ndarray | None] = [None] * len(rows)
+    by_tile: dict[str, list[int]] = {}
+    for i, tile in enumerate(tiles):
+        by_tile.setdefault(tile, []).append(i)
+    for tile, members in by_tile.items():
+        store = open_tile(tile, storage_options)
+        for i in members:
+            images[i] = store.read_images(rows[i], rows[i] + 1)[0]
+    return images
+
+
+def _to_display(image: np.ndarray) -> tuple[np.ndarray, str | None]:
+    if image.shape[0] == 3:
+        return np.transpose(image, (1, 2, 0)), None
+    return image[0], "gray"
+
+
+def check_png(out: str) -> str:
+    """``out`` if it names a .png file; a one-line error otherwise (checked before any work)."""
+    if not str(out).lower().endswith(".png"):
+        raise InputError(f"--gallery {out!r}: give a .png file")
+    return out
+
+
+def gallery(picked, catalog: str | Catalog, out: str, question: str | None = None,
+            storage_options: dict | None = None) -> str:
+    """Draw the first :data:`MAX_GALAXIES` rows of ``picked`` (a :func:`~skymorph.catalog.pick` table) to
+    PNG ``out`` (local or S3); returns ``out``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from skymorph.catalog.query import query
+    from skymorph.storage import atomic_write_bytes
+
+    check_png(out)
+    catalog = catalog if isinstance(catalog, Catalog) else open_catalog(catalog, storage_options)
+    schema = catalog.metadata.schema
+    picked = picked.slice(0, MAX_GALAXIES)
+    n = picked.num_rows
+    if n == 0:
+        raise InputError("nothing was picked, so there is no gallery to draw")
+    ids = ", ".join(str(int(i)) for i in picked["object_id"].to_pylist())
+    posterior = query(catalog, where=f"object_id IN ({ids})").to_pandas().set_index("object_id")
+    images = _read_cutouts(picked, catalog.storage_options)
+
+    rows = -(-n // _COLUMNS)
+    fig, axes = plt.subplots(rows, 2 * _COLUMNS, figsize=(4.4 * _COLUMNS, 2.2 * rows), squeeze=False,
+                             gridspec_kw={"width_ratios": [1, 1.2] * _COLUMNS})
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for i, object_id in enumerate(picked["object_id"].to_pylist()):
+        record = posterior.loc[object_id]
+        q = question or max(schema.question_names, key=lambda name: record[f"{name}_asked"] * record[f"{name}_bald"])
+        answers = schema.question(q).answers
+        image_ax, bar_ax = axes[i // _COLUMNS, 2 * (i % _COLUMNS)], axes[i // _COLUMNS, 2 * (i % _COLUMNS) + 1]
+        pixels, cmap = _to_display(images[i])
+        image_ax.imshow(pixels, cmap=cmap, origin="lower")
+        image_ax.set_title(f"#{i + 1} id {object_id}", fontsize=7)
+        fraction = np.array([record[f"{q}_{a}_fraction"] for a in answers], dtype=float)
+        low = np.array([record[f"{q}_{a}_fraction_q05"] for a in answers], dtype=float)
+        high = np.array([record[f"{q}_{a}_fraction_q95"] for a in answers], dtype=float)
+        y = np.arange(len(answers))
+        bar_ax.set_axis_on()
+        bar_ax.barh(y, fraction, color="tab:blue", alpha=0.7)
+        bar_ax.errorbar(fraction, y, xerr=[np.clip(fraction - low, 0, None), np.clip(high - fraction, 0, None)],
+                        fmt="none", ecolor="black", elinewidth=0.8, capsize=2)
+        bar_ax.set_yticks(y, answers, fontsize=6)
+        bar_ax.set_xlim(0, 1)
+        bar_ax.tick_params(axis="x", labelsize=6)
+        bar_ax.set_title(f"{q}: bald {record[f'{q}_bald']:.3f}", fontsize=7)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
+    plt.close(fig)
+    atomic_write_bytes(out, buffer.getvalue(), storage_options)
+    return out

@@ -1,0 +1,176 @@
+"""What a catalog holds: open and validate one, and summarise it (``skymorph catalog info``).
+
+:func:`open_catalog` reads only the small files (``hats.properties``, ``partition_info.csv``,
+``dataset/_common_metadata``) through :mod:`skymorph.catalog.layout` and fails with one line naming
+the URL if any is missing; every reader (query, pick, info) starts from the :class:`Catalog` it
+returns. :func:`info` adds the failed tiles and the distribution of ``bald_total``, computed out of
+core by DuckDB (a streaming t-digest for the quantiles, so memory does not grow with the catalog).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from skymorph.catalog import layout
+from skymorph.errors import CatalogError
+
+__all__ = ["Catalog", "CatalogInfo", "open_catalog", "info", "BALD_QUANTILES"]
+
+BALD_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """An opened catalog: its ``url``, typed ``properties``, the ``metadata`` of the model that made it,
+    the Arrow ``schema`` of its rows, its order-K ``pixels`` and the ``storage_options`` to read it."""
+
+    url: str
+    properties: layout.CatalogProperties
+    metadata: layout.CatalogMetadata
+    schema: object
+    pixels: tuple[int, ...]
+    storage_options: dict = field(default_factory=dict)
+
+    @property
+    def order(self) -> int:
+        return self.properties.order
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return tuple(self.schema.names)
+
+    def part_urls(self, pixels=None) -> list[str]:
+        """The part files of ``pixels`` (default: all); one listing of each pixel directory only."""
+        if pixels is None:
+            return [part.url for part in layout.list_parts(self.url, self.storage_options)]
+        from skymorph.storage import filesystem
+
+        urls = []
+        for npix in sorted(pixels):
+            directory = layout.pixel_dir(self.url, self.order, int(npix))
+            fs, path = filesystem(directory, self.storage_options)
+            protocol = self.url.split("://", 1)[0] + "://" if "://" in self.url else ""
+            for name in sorted(fs.ls(path, detail=False)):
+                if layout.parse_part_path(name) is not None:
+                    urls.append(protocol + name if protocol and "://" not in name else name)
+        return urls
+
+
+def open_catalog(url: str, storage_options: dict | None = None) -> Catalog:
+    """Open the skymorph catalog at ``url`` (local path or ``s3://``); :class:`CatalogError` if it is not one."""
+    url = str(url).rstrip("/")
+    options = dict(storage_options or {})
+    properties = layout.read_properties(url, options)
+    schema, metadata = layout.read_common_metadata(url, options)
+    pixels = tuple(sorted(npix for order, npix in layout.read_partition_info(url, options) if order == properties.order))
+    missing = [c for c in ("object_id", "ra", "dec", layout.SPATIAL_INDEX_COLUMN, "bald_total") if c not in schema.names]
+    if missing:
+        raise CatalogError(f"{url!r} lacks the column(s) {missing}; is it a skymorph catalog?")
+    return Catalog(url=url, properties=properties, metadata=metadata, schema=schema, pixels=pixels, storage_options=options)
+
+
+@dataclass(frozen=True)
+class CatalogInfo:
+    """``skymorph catalog info``: size, model provenance, failures and the ``bald_total`` distribution.
+
+    ``bald_quantiles`` maps each of :data:`BALD_QUANTILES` to its (t-digest approximate) value;
+    ``bald_min``/``bald_max``/``bald_mean`` are exact. ``failed_tiles`` holds ``(tile, stage, reason)``.
+    """
+
+    url: str
+    rows: int
+    partitions: int
+    order: int
+    columns: tuple[str, ...]
+    model_sha256: str
+    samples: int
+    seed: int
+    schema: str
+    n_volunteers: int
+    version: str
+    failed_tiles: tuple[tuple[str, str, str], ...]
+    bald_min: float
+    bald_mean: float
+    bald_max: float
+    bald_quantiles: dict
+
+    def to_dict(self) -> dict:
+        return {
+            "url": self.url,
+            "rows": self.rows,
+            "partitions": self.partitions,
+            "order": self.order,
+            "columns": list(self.columns),
+            "model": {
+                "sha256": self.model_sha256,
+                "samples": self.samples,
+                "seed": self.seed,
+                "schema": self.schema,
+                "n_volunteers": self.n_volunteers,
+                "skymorph_version": self.version,
+            },
+            "failed_tiles": [dict(zip(("tile", "stage", "reason"), f)) for f in self.failed_tiles],
+            "bald_total": {
+                "min": self.bald_min,
+                "mean": self.bald_mean,
+                "max": self.bald_max,
+                **{f"q{round(q * 100):02d}": v for q, v in self.bald_quantiles.items()},
+            },
+        }
+
+    def __str__(self) -> str:
+        quantiles = "  ".join(f"q{round(q * 100):02d}={v:.4g}" for q, v in self.bald_quantiles.items())
+        lines = [
+            f"catalog      {self.url}",
+            f"rows         {self.rows:,} in {self.partitions:,} partitions (HEALPix order {self.order})",
+            f"columns      {len(self.columns)}: {', '.join(self.columns[:6])}, ...",
+            f"model        sha256 {self.model_sha256}",
+            f"             T={self.samples} seed={self.seed} schema={self.schema} n_volunteers={self.n_volunteers}"
+            f" skymorph {self.version}",
+            f"bald_total   min={self.bald_min:.4g} mean={self.bald_mean:.4g} max={self.bald_max:.4g}",
+            f"             {quantiles}",
+            f"failed tiles {len(self.failed_tiles)}",
+        ]
+        lines += [f"  {tile} [{stage}]: {reason}" for tile, stage, reason in self.failed_tiles[:20]]
+        if len(self.failed_tiles) > 20:
+            lines.append(f"  ... and {len(self.failed_tiles) - 20} more")
+        return "\n".join(lines)
+
+
+def _failed_tiles(catalog: Catalog) -> tuple[tuple[str, str, str], ...]:
+    from skymorph.catalog.writer import read_failures
+
+    return tuple((f.get("tile"), f.get("stage"), f.get("reason")) for f in read_failures(catalog.url, catalog.storage_options))
+
+
+def info(url: str, storage_options: dict | None = None) -> CatalogInfo:
+    """Summarise the catalog at ``url``: rows, partitions, columns, model, failed tiles, ``bald_total``."""
+    from skymorph.catalog.query import connect
+
+    catalog = open_catalog(url, storage_options)
+    quantile_list = ", ".join(repr(q) for q in BALD_QUANTILES)
+    with connect(catalog) as con:
+        rows, low, mean, high, quantiles = con.execute(
+            "SELECT count(*), min(bald_total), avg(bald_total), max(bald_total), "
+            f"approx_quantile(bald_total, [{quantile_list}]) FROM catalog"
+        ).fetchone()
+    schema = catalog.metadata.schema
+    return CatalogInfo(
+        url=catalog.url,
+        rows=int(rows),
+        partitions=len(catalog.pixels),
+        order=catalog.order,
+        columns=catalog.columns,
+        model_sha256=catalog.metadata.model_sha256,
+        samples=catalog.metadata.samples,
+        seed=catalog.metadata.seed,
+        schema=schema.name,
+        n_volunteers=catalog.metadata.n_volunteers,
+        version=catalog.metadata.version,
+        failed_tiles=_failed_tiles(catalog),
+        bald_min=float("nan") if low is None else float(low),
+        bald_mean=float("nan") if mean is None else float(mean),
+        bald_max=float("nan") if high is None else float(high),
+        bald_quantiles=dict(zip(BALD_QUANTILES, (float("nan"),) * len(BALD_QUANTILES) if quantiles is None
+                                else (float(v) for v in quantiles))),
+    )

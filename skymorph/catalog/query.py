@@ -1,0 +1,262 @@
+"""SQL and cone queries over a catalog, out of core (``skymorph catalog query``).
+
+Every reader gets a DuckDB connection from :func:`connect` with one view, ``catalog``, over the part
+files it needs. Local parts are read by DuckDB's own Parquet reader. S3 parts are read through a
+pyarrow dataset on s3fs registered in DuckDB: DuckDB's ``httpfs`` extension is not bundled with the
+wheel and is downloaded from extensions.duckdb.org on first use, which clusters without internet (and
+this build machine) cannot reach, while s3fs is already how skymorph talks to S3 (same endpoint and
+credential rules, same ``storage_options``). DuckDB pushes projections and filters into both.
+
+User SQL (``--where``, ``--order-by``) runs on a locked connection: it is parsed first and must make
+exactly one SELECT statement; then ``enable_external_access`` is off (only the catalog's own part
+files are allowed) and the configuration is locked, so a fragment can neither write nor read other
+files nor undo that.
+
+A cone first selects the order-K partitions that overlap it (cdshealpix), then pushes down ranges of
+``_healpix_29`` covering it at a finer order, then keeps rows whose great-circle distance is within the
+radius (haversine, exact).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from skymorph.catalog import layout
+from skymorph.catalog.info import Catalog, open_catalog
+from skymorph.errors import CatalogError, InputError, did_you_mean
+
+__all__ = ["Cone", "QueryPlan", "connect", "plan_query", "query", "check_sql", "MEMORY_LIMIT"]
+
+MEMORY_LIMIT = "1GB"
+"""DuckDB's memory limit per connection: scans stream, so this bounds a query's memory."""
+
+_MAX_RANGES = 256
+
+
+@dataclass(frozen=True)
+class Cone:
+    """A cone on the sky: centre ``ra_deg``, ``dec_deg`` (ICRS degrees) and ``radius_arcsec`` > 0."""
+
+    ra_deg: float
+    dec_deg: float
+    radius_arcsec: float
+
+    def __post_init__(self) -> None:
+        for name in ("ra_deg", "dec_deg", "radius_arcsec"):
+            if not math.isfinite(getattr(self, name)):
+                raise InputError(f"cone {name} must be a finite number, got {getattr(self, name)}")
+        if not 0 <= self.ra_deg <= 360:
+            raise InputError(f"cone RA must be in [0, 360] degrees, got {self.ra_deg}")
+        if not -90 <= self.dec_deg <= 90:
+            raise InputError(f"cone Dec must be in [-90, 90] degrees, got {self.dec_deg}")
+        if not 0 < self.radius_arcsec <= 180 * 3600:
+            raise InputError(f"cone radius must be in (0, 648000] arcsec, got {self.radius_arcsec}")
+
+    def healpix_cells(self, depth: int):
+        """``(ipix, depth)`` arrays of the HEALPix cells (nested, down to ``depth``) overlapping the cone."""
+        import astropy.units as u
+        from astropy.coordinates import Latitude, Longitude
+        from cdshealpix.nested import cone_search
+
+        ipix, depths, _ = cone_search(
+            Longitude(self.ra_deg, u.deg), Latitude(self.dec_deg, u.deg), self.radius_arcsec * u.arcsec, depth
+        )
+        return ipix.astype("int64"), depths.astype("int64")
+
+    def pixels(self, order: int) -> set[int]:
+        """The order-``order`` pixels that overlap the cone (a superset: cdshealpix is conservative)."""
+        ipix, depths = self.healpix_cells(order)
+        pixels = set()
+        for p, d in zip(ipix.tolist(), depths.tolist()):
+            shift = 2 * (order - d)
+            pixels.update(range(p << shift, (p + 1) << shift))
+        return pixels
+
+    def index_ranges(self, order: int) -> list[tuple[int, int]]:
+        """Inclusive ranges of ``_healpix_29`` covering the cone, from cells about a quarter radius wide.
+
+        A depth-d cell ``p`` holds the order-29 indices ``[p * 4^(29-d), (p+1) * 4^(29-d))``; adjacent
+        ranges are merged. The depth is capped so that at most a few hundred ranges are pushed down.
+        """
+        import numpy as np
+
+        cell_deg = max(self.radius_arcsec / 3600 / 4, 1e-7)
+        depth = int(min(layout.SPATIAL_INDEX_ORDER, max(order, math.ceil(math.log2(58.6 / cell_deg)))))
+        while True:
+            ipix, depths = self.healpix_cells(depth)
+            shift = 2 * (layout.SPATIAL_INDEX_ORDER - depths)
+            by_start = np.argsort(ipix << shift)
+            starts, stops = (ipix << shift)[by_start], ((ipix + 1) << shift)[by_start]
+            ranges = []
+            for start, stop in zip(starts.tolist(), stops.tolist()):
+                if ranges and ranges[-1][1] + 1 >= start:
+                    ranges[-1][1] = max(ranges[-1][1], stop - 1)
+                else:
+                    ranges.append([start, stop - 1])
+            if len(ranges) <= _MAX_RANGES or depth <= order:
+                return [tuple(r) for r in ranges]
+            depth -= 1
+
+    def sql(self, order: int) -> str:
+        """A WHERE condition: the ``_healpix_29`` ranges, then the exact haversine distance.
+
+        .. math:: \\theta = 2 \\arcsin \\sqrt{\\sin^2\\frac{\\delta-\\delta_0}{2}
+                  + \\cos\\delta \\cos\\delta_0 \\sin^2\\frac{\\alpha-\\alpha_0}{2}} \\le r
+        """
+        ranges = " OR ".join(f"{layout.SPATIAL_INDEX_COLUMN} BETWEEN {a} AND {b}" for a, b in self.index_ranges(order))
+        radius_rad = math.radians(self.radius_arcsec / 3600)
+        ra0, dec0 = math.radians(self.ra_deg), math.radians(self.dec_deg)
+        distance = (
+            f"2 * asin(least(1.0, sqrt(pow(sin((radians(dec) - {dec0!r}) / 2), 2) + cos(radians(dec)) * "
+            f"{math.cos(dec0)!r} * pow(sin((radians(ra) - {ra0!r}) / 2), 2))))"
+        )
+        return f"({ranges}) AND {distance} <= {radius_rad!r}"
+
+
+@contextmanager
+def connect(catalog: Catalog, pixels=None, memory_limit: str = MEMORY_LIMIT, threads: int | None = None):
+    """A locked DuckDB connection whose view ``catalog`` holds the rows of ``pixels`` (default: all)."""
+    import os
+
+    import duckdb
+
+    parts = catalog.part_urls(pixels)
+    threads = threads or min(4, os.cpu_count() or 1)
+    con = duckdb.connect(config={"memory_limit": memory_limit, "threads": threads, "preserve_insertion_order": False})
+    try:
+        schema = catalog.schema.remove_metadata()
+        if not parts:
+            con.register("catalog", schema.empty_table())
+        elif "://" in catalog.url:
+            import pyarrow.dataset as ds
+
+            from skymorph.storage import filesystem
+
+            fs, _ = filesystem(catalog.url, catalog.storage_options)
+            paths = [fs._strip_protocol(p) for p in parts]
+            con.register("catalog", ds.dataset(paths, schema=schema, format="parquet", filesystem=fs))
+        else:
+            con.execute(f"CREATE VIEW catalog AS SELECT * FROM read_parquet({parts!r}, hive_partitioning = false)")
+            con.execute("SET allowed_paths = ?", [parts])
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
+        yield con
+    finally:
+        con.close()
+
+
+_MISSING_COLUMN = re.compile(r'Referenced column "([^"]+)" not found')
+
+
+def check_sql(con, sql: str, columns, what: str):
+    """Parse ``sql`` (one SELECT statement only) and bind it on ``con``; return the DuckDB relation.
+
+    ``what`` names the user's option in errors, e.g. ``"--where"``. An unknown column gets
+    "Did you mean"; any other parser or binder error becomes one line.
+    """
+    import duckdb
+
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as err:
+        raise CatalogError(f"{what} is not a valid SQL expression: {_first_line(err)}") from None
+    if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
+        raise CatalogError(f"{what} must be a single read-only SQL expression (no ';', no DDL/DML)")
+    try:
+        return con.sql(sql)
+    except duckdb.BinderException as err:
+        match = _MISSING_COLUMN.search(str(err))
+        if match:
+            name = match.group(1)
+            raise CatalogError(f"{what}: the catalog has no column {name!r}." + did_you_mean(name, columns)) from None
+        raise CatalogError(f"{what}: {_first_line(err)}") from None
+    except duckdb.Error as err:
+        raise CatalogError(f"{what}: {_first_line(err)}") from None
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).strip().splitlines()[0]
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def check_columns(names, available, what: str = "--columns") -> list[str]:
+    """``names`` if each is a column of the catalog; else a one-line error with "Did you mean"."""
+    for name in names:
+        if name not in available:
+            raise CatalogError(f"{what}: the catalog has no column {name!r}." + did_you_mean(name, available))
+    return list(names)
+
+
+@dataclass(frozen=True)
+class QueryPlan:
+    """What a query reads: the order-K ``pixels`` selected (all without a cone) of ``total_pixels``,
+    and the ``sql`` run on the ``catalog`` view."""
+
+    pixels: tuple[int, ...]
+    total_pixels: int
+    sql: str
+
+
+def plan_query(catalog: Catalog, where=None, columns=None, cone: Cone | None = None, order_by=None, limit=None) -> QueryPlan:
+    """Build (without running) the query: selected partitions and SQL. Columns are checked here."""
+    if limit is not None and (not isinstance(limit, int) or limit < 0):
+        raise InputError(f"limit must be a non-negative integer, got {limit!r}")
+    select = "*" if not columns else ", ".join(_quote(c) for c in check_columns(columns, catalog.columns))
+    conditions = []
+    pixels = catalog.pixels
+    if cone is not None:
+        wanted = cone.pixels(catalog.order)
+        pixels = tuple(p for p in catalog.pixels if p in wanted)
+        conditions.append(cone.sql(catalog.order))
+    if where:
+        conditions.append(f"({where})")
+    sql = f"SELECT {select} FROM catalog"
+    if conditions:
+        sql += " WHERE " + " AND ".join(conditions)
+    if order_by:
+        sql += f" ORDER BY {order_by}"
+    if limit is not None:
+        sql += f" LIMIT {int(limit)}"
+    return QueryPlan(pixels=tuple(pixels), total_pixels=len(catalog.pixels), sql=sql)
+
+
+def _validate_fragments(con, catalog: Catalog, where, order_by) -> None:
+    # Each fragment is checked alone, so an error names the option that caused it.
+    if where:
+        check_sql(con, f"SELECT * FROM catalog WHERE ({where})", catalog.columns, "--where")
+    if order_by:
+        check_sql(con, f"SELECT * FROM catalog ORDER BY {order_by}", catalog.columns, "--order-by")
+
+
+def query(
+    url: str | Catalog,
+    where: str | None = None,
+    columns=None,
+    cone: Cone | tuple | None = None,
+    order_by: str | None = None,
+    limit: int | None = None,
+    storage_options: dict | None = None,
+):
+    """Rows of the catalog at ``url`` as a ``pyarrow.Table`` (``.to_pandas()`` for pandas).
+
+    ``where``: a DuckDB SQL boolean expression over the columns (read-only); ``columns``: names to
+    return (default all); ``cone``: a :class:`Cone` or ``(ra_deg, dec_deg, radius_arcsec)``;
+    ``order_by``: an SQL ORDER BY list; ``limit``: at most this many rows (pushed down, the scan stops).
+    The table's schema metadata carries the catalog's ``skymorph.*`` keys (model digest, T, seed).
+    """
+    catalog = url if isinstance(url, Catalog) else open_catalog(url, storage_options)
+    if cone is not None and not isinstance(cone, Cone):
+        cone = Cone(*(float(v) for v in cone))
+    if isinstance(columns, str):
+        columns = [c.strip() for c in columns.split(",") if c.strip()]
+    plan = plan_query(catalog, where, columns, cone, order_by, limit)
+    with connect(catalog, plan.pixels) as con:
+        _validate_fragments(con, catalog, where, order_by)
+        table = check_sql(con, plan.sql, catalog.columns, "query").to_arrow_table()
+    return table.replace_schema_metadata(catalog.metadata.to_kv())
