@@ -53,20 +53,26 @@ def _add_survey_commands(sub) -> None:
 
     synth = survey_sub.add_parser("synth", help="write a synthetic survey with known truth and simulated votes")
     synth.add_argument("--out", required=True, metavar="URL", help="output location (local path or s3://bucket/prefix)")
-    synth.add_argument("--tiles", type=_positive_int, default=16, help="number of sky tiles (default 16)")
-    synth.add_argument("--per-tile", type=_positive_int, default=512, help="galaxies per tile (default 512)")
-    synth.add_argument("--size", type=_positive_int, default=128, help="cutout size in pixels (default 128)")
+    # numbers are checked by synthesize(), which names the flag in a one-line error
+    synth.add_argument("--tiles", type=int, default=16, help="number of sky tiles (default 16)")
+    synth.add_argument("--per-tile", type=int, default=512, help="galaxies per tile (default 512)")
+    synth.add_argument("--size", type=int, default=128, help="cutout size in pixels, at least 16 (default 128)")
     synth.add_argument("--seed", type=int, default=0, help="random seed: same seed, same bytes (default 0)")
     synth.add_argument("--schema", default="decals", help="decision tree of the simulated votes: gz2, decals or a JSON file")
-    synth.add_argument("--volunteers", type=_positive_int, default=40, help="mean volunteers per galaxy (default 40)")
-    synth.add_argument("--workers", type=_positive_int, default=None, help="processes (default: all cores)")
+    synth.add_argument("--volunteers", type=float, default=40, help="mean volunteers per galaxy (default 40)")
+    synth.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    synth.add_argument("--healpix-order", type=int, default=5, help="HEALPix order of the tiles (default 5, ~1.8 deg)")
+    synth.add_argument(
+        "--footprint", type=float, nargs=4, metavar=("RA_MIN", "RA_MAX", "DEC_MIN", "DEC_MAX"),
+        help="RA/Dec box in degrees holding the tiles (default 120 250 -5 60)",
+    )
     _add_storage_option(synth)
     synth.set_defaults(func=_cmd_survey_synth)
     _add_ingest_command(survey_sub)
 
 
 def _cmd_survey_synth(args) -> int:
-    from skymorph.survey import synthesize
+    from skymorph.survey import Footprint, synthesize
 
     summary = synthesize(
         args.out,
@@ -78,6 +84,8 @@ def _cmd_survey_synth(args) -> int:
         n_volunteers=args.volunteers,
         workers=args.workers,
         storage_options=_storage_options(args),
+        healpix_order=args.healpix_order,
+        footprint=Footprint(*args.footprint) if args.footprint else Footprint(),
     )
     print(summary)
     return 0

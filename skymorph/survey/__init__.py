@@ -1,1 +1,5 @@
-"""skymorph.survey"""
+"""skymorph.survey: make tile stores, from a synthetic survey with known truth or from real cutouts."""
+
+from skymorph.survey.synth import Footprint, SynthSummary, synthesize
+
+__all__ = ["synthesize", "SynthSummary", "Footprint"]

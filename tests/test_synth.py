@@ -1,0 +1,261 @@
+"""The synthetic survey: outputs, determinism, HEALPix tiles, votes down the tree, truth, image model."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from skymorph import storage
+from skymorph.cli import main
+from skymorph.errors import InputError, SchemaError
+from skymorph.schema import get_schema
+from skymorph.survey import Footprint, SynthSummary, synthesize
+from skymorph.survey._galaxy import GalaxyParams, render, sersic2d
+from skymorph.survey._votes import simulate_votes, true_vote_fractions
+from skymorph.tiles import open_tile, read_tile_list
+
+SMALL = dict(n_tiles=3, per_tile=40, size=48, seed=3, progress=False)
+
+
+@pytest.fixture(scope="module")
+def survey(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("survey"))
+    summary = synthesize(out, workers=1, **SMALL)
+    return out, summary
+
+
+def _table(url):
+    return storage.read_parquet(url).to_pandas()
+
+
+def test_outputs_exist_and_open(survey):
+    out, summary = survey
+    assert isinstance(summary, SynthSummary)
+    assert (summary.n_tiles, summary.n_galaxies, summary.workers) == (3, 120, 1)
+    assert summary.bytes_written > 0 and "120 galaxies" in str(summary) and out in str(summary)
+    schema = get_schema("decals")
+    tiles = read_tile_list(storage.join(out, "tiles.txt"))
+    assert len(tiles) == 3
+    labels, truth = _table(storage.join(out, "labels.parquet")), _table(storage.join(out, "truth.parquet"))
+    assert list(labels.columns) == ["object_id", "tile", "row", *schema.answer_columns, "total_votes"]
+    assert all(labels[c].dtype == np.int32 for c in [*schema.answer_columns, "total_votes"])
+    assert labels["object_id"].is_unique and len(labels) == len(truth) == 120
+    assert {f"{c}_true" for c in schema.answer_columns} <= set(truth.columns)
+    assert {"bulge_fraction", "axis_ratio", "bar_strength", "arm_count", "arm_pitch_deg", "size_arcsec", "snr"} <= set(truth.columns)
+    for url in tiles:
+        tile = open_tile(url)
+        assert (tile.n, tile.shape) == (40, (1, 48, 48))
+        assert tile.attrs["bands"] == ["r"] and tile.attrs["stretch"]["kind"] == "asinh"
+        assert tile.attrs["pixel_scale_arcsec"] == pytest.approx(32 / 48)
+        rows = truth[truth["tile"] == tile.name].sort_values("row")
+        object_id, ra, dec = tile.read_coords()
+        np.testing.assert_array_equal(rows["object_id"], object_id)
+        np.testing.assert_array_equal(rows["ra"], ra)
+        np.testing.assert_array_equal(rows["dec"], dec)
+        np.testing.assert_array_equal(rows["row"], np.arange(40))
+
+
+def test_positions_fall_in_their_healpix_tile(survey):
+    from astropy import units as u
+    from cdshealpix import nested
+
+    out, _ = survey
+    for url in read_tile_list(storage.join(out, "tiles.txt")):
+        tile = open_tile(url)
+        order, pixel = tile.attrs["healpix_order"], tile.attrs["healpix_pixel"]
+        assert tile.name == f"hpx{order}_{pixel:05d}"
+        _, ra, dec = tile.read_coords()
+        got = nested.lonlat_to_healpix(ra * u.deg, dec * u.deg, order)
+        assert np.all(got == pixel)
+        assert np.ptp(ra) > 0.3 and np.ptp(dec) > 0.3  # spread over the ~1.8 degree pixel, not one point
+        assert 120 <= nested.healpix_to_lonlat(np.array([pixel], np.uint64), order)[0].deg[0] < 250
+
+
+def test_votes_follow_the_decision_tree(survey):
+    out, _ = survey
+    labels = _table(storage.join(out, "labels.parquet"))
+    schema = get_schema("decals")
+    for q in schema.questions:
+        asked = labels[[f"{q.name}_{a}" for a in q.answers]].sum(axis=1)
+        expected = labels["total_votes"] if q.asked_by is None else labels["_".join(q.asked_by)]
+        np.testing.assert_array_equal(asked, expected, err_msg=q.name)
+    assert labels["total_votes"].between(15, 70).all() and abs(labels["total_votes"].mean() - 40) < 4
+
+
+def test_same_seed_same_bytes_in_parallel_and_serial(survey, tmp_path):
+    out, _ = survey
+    again = str(tmp_path / "again")
+    synthesize(again, workers=2, **SMALL)
+    for name in ("labels.parquet", "truth.parquet", "tiles.txt"):
+        assert storage.read_bytes(storage.join(out, name)) == storage.read_bytes(storage.join(again, name)), name
+    for a, b in zip(read_tile_list(storage.join(out, "tiles.txt")), read_tile_list(storage.join(again, "tiles.txt"))):
+        np.testing.assert_array_equal(open_tile(a).read_images(), open_tile(b).read_images())
+
+
+def test_different_seed_differs(survey, tmp_path):
+    out, _ = survey
+    other = str(tmp_path / "other")
+    synthesize(other, workers=1, **{**SMALL, "seed": 4})
+    assert storage.read_bytes(storage.join(out, "labels.parquet")) != storage.read_bytes(storage.join(other, "labels.parquet"))
+    first = lambda root: open_tile(read_tile_list(storage.join(root, "tiles.txt"))[0]).read_images()  # noqa: E731
+    assert not np.array_equal(first(out), first(other))
+
+
+def test_survey_on_s3(s3_bucket):
+    out = f"{s3_bucket}/synth"
+    summary = synthesize(out, n_tiles=2, per_tile=16, size=32, workers=1, progress=False)
+    assert summary.n_galaxies == 32
+    tiles = read_tile_list(f"{out}/tiles.txt")
+    assert tiles == sorted(tiles) and all(t.startswith(f"{out}/tiles/hpx5_") for t in tiles)
+    assert sum(open_tile(t).n for t in tiles) == 32
+    labels = storage.read_parquet(f"{out}/labels.parquet")
+    truth = storage.read_parquet(f"{out}/truth.parquet")
+    assert labels.num_rows == truth.num_rows == 32
+
+
+def test_vote_fractions_follow_the_truth():
+    """True fractions respond to the parameters they should, on many drawn galaxies (no images)."""
+    rng = np.random.default_rng(0)
+    p = GalaxyParams.draw(rng, 4000)
+    schema = get_schema("decals")
+    f = true_vote_fractions(p, schema)
+    col = lambda name: f[:, schema.answer_columns.index(name)]  # noqa: E731
+    for q, cols in zip(schema.questions, schema.question_slices):
+        np.testing.assert_allclose(f[:, cols].sum(axis=1), 1.0, err_msg=q.name)
+    seen = (p.snr > 60) & (p.size_arcsec > 3)
+    disks = ~p.smooth & seen
+    assert col("disk_edge_on_yes")[disks & (p.axis_ratio < 0.2)].mean() > 0.8
+    assert col("disk_edge_on_yes")[disks & (p.axis_ratio > 0.6)].mean() < 0.1
+    face_on = disks & (p.axis_ratio > 0.7)
+    assert col("bar_strong")[face_on & (p.bar_strength > 0.8)].mean() > 0.5
+    assert col("bar_no")[face_on & (p.bar_strength == 0)].mean() > 0.7
+    assert col("has_spiral_arms_yes")[face_on & (p.arm_count > 0) & (p.arm_amplitude > 0.5)].mean() > 0.8
+    two_arms = face_on & (p.arm_count == 2)
+    arm_counts = f[two_arms][:, schema.question_slices[schema.question_index("spiral_arm_count")]]
+    assert np.mean(arm_counts.argmax(axis=1) == 1) > 0.9  # answer "2"
+    assert col("smooth_or_featured_smooth")[p.smooth & seen].mean() > 0.8
+    assert col("merging_none")[seen & (p.companion_flux_ratio == 0)].mean() > 0.8
+    assert col("merging_none")[seen & (p.companion_flux_ratio > 0)].mean() < 0.2
+    # hard to see -> close to uniform
+    faint = disks & (p.snr < 8) & (p.size_arcsec < 2)
+    bar = f[faint][:, schema.question_slices[schema.question_index("bar")]]
+    assert np.all(np.abs(bar - 1 / 3) < 0.15)
+
+
+def test_votes_estimate_the_true_fractions():
+    schema = get_schema("gz2")
+    rng = np.random.default_rng(1)
+    p = GalaxyParams.draw(rng, 3000)
+    f = true_vote_fractions(p, schema)
+    counts, total = simulate_votes(f, schema, 40, rng)
+    root = schema.question_slices[0]
+    observed = counts[:, root] / total[:, None]
+    # multinomial sampling: the observed fraction's error is ~ sqrt(f (1 - f) / N)
+    assert np.abs(observed - f[:, root]).mean() < 0.06
+    assert np.corrcoef(observed[:, 0], f[:, 0])[0, 1] > 0.9
+
+
+def test_unknown_questions_get_uniform_fractions(tmp_path):
+    path = tmp_path / "tree.json"
+    path.write_text(json.dumps({"name": "mine", "questions": [
+        {"name": "colour", "answers": ["red", "blue", "green"], "asked_by": None},
+        {"name": "disk_edge_on", "answers": ["yes", "no"], "asked_by": ["colour", "blue"]},
+        {"name": "bar", "answers": ["maybe", "no"], "asked_by": None},
+    ]}))
+    schema = get_schema(str(path))
+    p = GalaxyParams.draw(np.random.default_rng(0), 50)
+    f = true_vote_fractions(p, schema)
+    np.testing.assert_allclose(f[:, 0:3], 1 / 3)
+    np.testing.assert_allclose(f[:, 5:7], 1 / 2)  # "maybe" is not an answer this module knows
+    assert np.ptp(f[:, 3]) > 0.3  # disk_edge_on is known: it follows the axis ratio
+
+
+@pytest.mark.parametrize(
+    "amplitude, r_eff, n, x_0, y_0, ellip, theta",
+    [(1.0, 5.0, 4.0, 0.0, 0.0, 0.3, 0.5), (2.5, 12.0, 1.0, 3.2, -1.5, 0.7, 2.0), (0.7, 3.0, 0.5, -2.0, 4.0, 0.0, 0.0),
+     (1.3, 8.0, 2.3, 0.4, 0.6, 0.5, -1.0)],
+)
+def test_image_model_matches_astropy_sersic2d(amplitude, r_eff, n, x_0, y_0, ellip, theta):
+    from astropy.modeling.models import Sersic2D
+
+    y, x = np.mgrid[-20:21, -20:21].astype(np.float64) + 0.25
+    expected = Sersic2D(amplitude, r_eff, n, x_0, y_0, ellip, theta)(x, y)
+    np.testing.assert_allclose(sersic2d(x, y, amplitude, r_eff, n, x_0, y_0, ellip, theta), expected, rtol=1e-10)
+    # batched: (B, 1, 1) parameters on one grid give B images, the second the same model again
+    batch = sersic2d(x, y, np.array([amplitude, amplitude])[:, None, None], r_eff, n, x_0, y_0, ellip, theta)
+    np.testing.assert_allclose(batch[1], expected, rtol=1e-10)
+
+
+def test_images_reflect_the_truth():
+    rng = np.random.default_rng(2)
+    p = GalaxyParams.draw(rng, 96)
+    images = render(p, 64, 1.2, rng)
+    centre = images[:, 28:36, 28:36].mean(axis=(1, 2))
+    # brighter (higher SNR, same size) galaxies have brighter centres: rank correlation
+    ranks = lambda a: np.argsort(np.argsort(a))  # noqa: E731
+    assert np.corrcoef(ranks(centre), ranks(p.snr / p.size_arcsec))[0, 1] > 0.6
+    # sky is pure noise: an empty corner has mean ~0 and the sky sigma
+    corner = images[:, :6, :6]
+    assert abs(corner.mean()) < 2 and corner.std() == pytest.approx(np.sqrt(300 + 36), rel=0.25)
+    u8 = render(p, 64, 1.2, np.random.default_rng(3), stretch=True)
+    assert u8.dtype == np.uint8 and 10 < np.median(u8) < 60 and u8.max() > 150
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        (dict(n_tiles=0), InputError, r"n_tiles \(--tiles\) must be an integer >= 1, got 0"),
+        (dict(size=8), InputError, r"size \(--size\) must be an integer >= 16"),
+        (dict(n_volunteers=0), InputError, "n_volunteers"),
+        (dict(schema="decal"), SchemaError, "Did you mean 'decals'"),
+        (dict(n_tiles=5, footprint=Footprint(10, 11, 0, 1)), InputError, "only 0 HEALPix pixels of order 5"),
+    ],
+)
+def test_bad_arguments(tmp_path, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        synthesize(str(tmp_path / "out"), **{**SMALL, **kwargs})
+
+
+def test_footprint_is_validated():
+    with pytest.raises(InputError, match="ra_min < ra_max"):
+        Footprint(200, 100, 0, 10)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--tiles", "-2"], r"n_tiles \(--tiles\) must be an integer >= 1, got -2"),
+        (["--schema", "nosuch"], "unknown schema 'nosuch'"),
+        (["--per-tile", "0"], r"per_tile \(--per-tile\)"),
+    ],
+)
+def test_cli_bad_input_is_one_line(tmp_path, capsys, args, message):
+    assert main(["survey", "synth", "--out", str(tmp_path / "o"), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("skymorph: error: ")
+    assert re.search(message, err[0])
+
+
+def test_cli_unwritable_out(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    assert main(["survey", "synth", "--out", str(blocker / "survey"), "--tiles", "1", "--per-tile", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot write to --out" in err[0]
+
+
+def test_cli_missing_bucket(s3, capsys):
+    assert main(["survey", "synth", "--out", "s3://no-such-bucket-here/x", "--tiles", "1", "--per-tile", "2"]) == 2
+    assert "bucket 'no-such-bucket-here' does not exist" in capsys.readouterr().err
+
+
+def test_cli_writes_a_survey(tmp_path, capsys):
+    out = str(tmp_path / "cli")
+    assert main(["survey", "synth", "--out", out, "--tiles", "1", "--per-tile", "8", "--size", "32",
+                 "--workers", "1", "--schema", "gz2"]) == 0
+    assert "1 tiles, 8 galaxies" in capsys.readouterr().out
+    labels = storage.read_parquet(storage.join(out, "labels.parquet"))
+    assert "bar_yes" in labels.column_names and labels.num_rows == 8
