@@ -6,7 +6,7 @@ TensorRT plan from it on a machine with an NVIDIA GPU. :func:`freeze` gives the 
 model that the ``torch`` engine and the self-checks use.
 """
 
-from skymorph.exporter._frozen import FrozenMaskNet, freeze, masks_sha256, weights_sha256
+from skymorph.exporter._frozen import FrozenMaskNet, checkpoint_extra, freeze, masks_sha256, weights_sha256
 from skymorph.exporter._onnx import ExportReport, export_onnx, export_onnx_model
 from skymorph.exporter._tensorrt import TensorRTReport, build_tensorrt, require_tensorrt
 
@@ -21,4 +21,5 @@ __all__ = [
     "FrozenMaskNet",
     "weights_sha256",
     "masks_sha256",
+    "checkpoint_extra",
 ]

@@ -8,6 +8,7 @@ drawn by :meth:`MCDropoutHead.draw_masks` from ``seed``, so ``(weights, T, seed)
 from __future__ import annotations
 
 import hashlib
+import json
 
 import numpy as np
 import torch
@@ -17,7 +18,7 @@ from skymorph import __version__
 from skymorph.model_metadata import ModelMetadata
 from skymorph.trainer.models import MorphologyNet
 
-__all__ = ["FrozenMaskNet", "freeze", "weights_sha256", "masks_sha256"]
+__all__ = ["FrozenMaskNet", "freeze", "weights_sha256", "masks_sha256", "checkpoint_extra"]
 
 
 class FrozenMaskNet(nn.Module):
@@ -47,6 +48,15 @@ def weights_sha256(net: nn.Module) -> str:
 def masks_sha256(masks: torch.Tensor) -> str:
     """sha256 of the (T, F) masks as C-order little-endian float32 bytes."""
     return hashlib.sha256(np.ascontiguousarray(masks.detach().cpu().numpy(), dtype="<f4").tobytes()).hexdigest()
+
+
+def checkpoint_extra(checkpoint_bytes: bytes, provenance: dict) -> dict[str, str]:
+    """Extra ``skymorph.*`` metadata naming the checkpoint: its sha256 and training provenance (JSON),
+    as strings so that they round-trip through ``metadata_props`` unchanged."""
+    return {
+        "checkpoint_sha256": hashlib.sha256(checkpoint_bytes).hexdigest(),
+        "provenance": json.dumps(provenance, sort_keys=True, separators=(",", ":"), default=str),
+    }
 
 
 def freeze(net: MorphologyNet, samples: int, seed: int, extra: dict | None = None) -> tuple[FrozenMaskNet, ModelMetadata]:

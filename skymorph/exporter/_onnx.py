@@ -184,11 +184,9 @@ def export_onnx(
 
     The model's metadata also records the checkpoint's sha256 and its training provenance.
     """
+    from skymorph.exporter._frozen import checkpoint_extra
     from skymorph.trainer.checkpoint import load_checkpoint
 
     net, meta, _ = load_checkpoint(str(checkpoint), expect_schema=expect_schema, storage_options=storage_options)
-    extra = {
-        "checkpoint_sha256": hashlib.sha256(read_bytes(str(checkpoint), storage_options)).hexdigest(),
-        "provenance": meta.provenance,
-    }
+    extra = checkpoint_extra(read_bytes(str(checkpoint), storage_options), meta.provenance)
     return export_onnx_model(net, out, samples, seed, opset=opset, extra=extra, storage_options=storage_options)

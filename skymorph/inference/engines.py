@@ -133,14 +133,13 @@ class TorchEngine(Engine):
     ) -> None:
         import torch
 
-        from skymorph.exporter import freeze
+        from skymorph.exporter import checkpoint_extra, freeze
         from skymorph.trainer.checkpoint import load_checkpoint
 
         if threads:
             torch.set_num_threads(threads)  # process-wide: an engine is loaded once per worker process
         net, meta, _ = load_checkpoint(url, storage_options=storage_options)
-        extra = {"checkpoint_sha256": hashlib.sha256(data).hexdigest(), "provenance": meta.provenance}
-        frozen, metadata = freeze(net, samples, seed, extra)
+        frozen, metadata = freeze(net, samples, seed, checkpoint_extra(data, meta.provenance))
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = frozen.to(self.device)
         super().__init__(url, metadata, hashlib.sha256(data).hexdigest(), self.device.type == "cuda")

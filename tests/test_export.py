@@ -1,0 +1,192 @@
+"""Checkpoint -> ONNX with frozen masks (skymorph.exporter): equivalence, determinism, metadata, CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from skymorph.cli import main
+from skymorph.errors import InputError, ModelError
+from skymorph.exporter import _onnx, export_onnx_model, weights_sha256
+from skymorph.inference.engines import load_engine
+from skymorph.model_metadata import InputSpec, ModelMetadata
+from skymorph.schema import get_schema
+from skymorph.trainer.checkpoint import CheckpointMeta, save_checkpoint
+from skymorph.trainer.models import build_model
+
+torch.set_num_threads(1)
+
+SCHEMA = get_schema("decals")
+SPEC = InputSpec(1, 40, 40, crop_fraction=0.9, resize=32)
+T = 5
+
+
+def _net(arch="w20", likelihood="multinomial", seed=0):
+    torch.manual_seed(seed)
+    net = build_model(arch, SCHEMA, SPEC, likelihood, dropout=0.5)
+    with torch.no_grad():  # non-trivial batch-norm statistics, so that folding them is exercised
+        for module in net.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.1, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+    return net.eval()
+
+
+def _images(n, seed=1):
+    return np.random.default_rng(seed).integers(0, 256, (n, *SPEC.shape), dtype=np.uint8)
+
+
+def _session(path):
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _reference(net, images, masks):
+    """(B, T, A) one masked head at a time, activated per question with numpy (independent of FrozenMaskNet)."""
+    with torch.no_grad():
+        features = net.features(torch.from_numpy(images)).double().numpy()
+    weight = net.head.linear.weight.detach().double().numpy()
+    bias = net.head.linear.bias.detach().double().numpy()
+    logits = np.stack([(features * m) @ weight.T + bias for m in masks.double().numpy()], axis=1)
+    if net.likelihood == "dirichlet_multinomial":
+        return 1 + 99 / (1 + np.exp(-logits))
+    out = np.empty_like(logits)
+    for s in SCHEMA.question_slices:
+        e = np.exp(logits[..., s] - logits[..., s].max(axis=-1, keepdims=True))
+        out[..., s] = e / e.sum(axis=-1, keepdims=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """``exported(arch, likelihood, seed) -> (net, path)``, each exported once per module."""
+    cache = {}
+
+    def export(arch="w20", likelihood="multinomial", seed=7):
+        if (arch, likelihood, seed) not in cache:
+            net = _net(arch, likelihood)
+            path = tmp_path_factory.mktemp("export") / "m.onnx"
+            report = export_onnx_model(net, path, samples=T, seed=seed)
+            assert report.max_abs_diff <= 1e-4
+            cache[arch, likelihood, seed] = (net, path)
+        return cache[arch, likelihood, seed]
+
+    return export
+
+
+@pytest.mark.parametrize(
+    "arch, likelihood", [("w20", "multinomial"), ("w20", "dirichlet_multinomial"), ("resnet_s", "multinomial"), ("resnet_s", "dirichlet_multinomial")]
+)
+def test_onnx_equals_the_masked_network(exported, arch, likelihood):
+    net, path = exported(arch, likelihood)
+    images = _images(7)
+    got = _session(path).run(None, {"images": images})[0]
+    assert got.shape == (7, T, SCHEMA.n_answers) and got.dtype == np.float32
+    expected = _reference(net, images, net.head.draw_masks(T, 7))
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+    if likelihood == "multinomial":
+        for s in SCHEMA.question_slices:
+            np.testing.assert_allclose(got[..., s].sum(-1), 1.0, atol=1e-5)
+    else:
+        assert got.min() >= 1 and got.max() <= 100
+    # the T samples are distinct sub-networks, not one network T times
+    assert np.abs(got[:, 0] - got[:, 1]).max() > 1e-4
+
+
+def test_graph_has_uint8_dynamic_batch_input_and_masks_as_constants(exported):
+    net, path = exported()
+    model = onnx.load(str(path))
+    (graph_input,) = model.graph.input
+    assert graph_input.name == "images"
+    assert graph_input.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    dims = graph_input.type.tensor_type.shape.dim
+    assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == list(SPEC.shape)
+    assert "Dropout" not in {node.op_type for node in model.graph.node}
+    masks = net.head.draw_masks(T, 7).numpy()
+    constants = [onnx.numpy_helper.to_array(t) for t in model.graph.initializer]
+    assert any(c.shape == masks.shape and np.array_equal(c, masks) for c in constants)
+    assert _session(path).run(None, {"images": _images(1)})[0].shape == (1, T, SCHEMA.n_answers)
+
+
+def test_same_model_t_and_seed_give_the_same_bytes_and_another_seed_other_masks(exported, tmp_path):
+    _, first = exported()
+    again = export_onnx_model(_net(), tmp_path / "again.onnx", samples=T, seed=7)
+    _, other = exported(seed=8)
+    assert first.read_bytes() == (tmp_path / "again.onnx").read_bytes()
+    assert again.model_sha256 == hashlib.sha256(first.read_bytes()).hexdigest()
+    meta_first, meta_other = (load_engine(str(p)).metadata for p in (first, other))
+    assert meta_other.masks_sha256 != meta_first.masks_sha256
+    assert meta_other.weights_sha256 == meta_first.weights_sha256
+    images = _images(4)
+    a, b, c = (_session(p).run(None, {"images": images})[0] for p in (first, tmp_path / "again.onnx", other))
+    assert np.array_equal(a, b)
+    assert not np.allclose(a, c)
+
+
+def test_cli_exports_a_checkpoint_on_s3_with_round_tripping_metadata(s3_bucket, tmp_path, capsys):
+    from skymorph.storage import read_bytes
+
+    net = _net("resnet_s", "dirichlet_multinomial")
+    meta = CheckpointMeta(SCHEMA, "resnet_s", "dirichlet_multinomial", 0.5, SPEC, provenance={"seed": 11})
+    ckpt, out = f"{s3_bucket}/m.ckpt", f"{s3_bucket}/models/m.onnx"
+    save_checkpoint(ckpt, net, meta)
+    assert main(["export", ckpt, "--samples", str(T), "--seed", "2", "--out", out]) == 0
+    assert f"T={T}, seed=2" in capsys.readouterr().out
+    data = read_bytes(out)
+    parsed = ModelMetadata.from_props({p.key: p.value for p in onnx.load_from_string(data).metadata_props})
+    assert (parsed.schema, parsed.likelihood, parsed.samples, parsed.seed, parsed.dropout, parsed.input, parsed.arch) == (
+        SCHEMA, "dirichlet_multinomial", T, 2, 0.5, SPEC, "resnet_s",
+    )
+    masks = np.ascontiguousarray(net.head.draw_masks(T, 2).numpy(), dtype="<f4")
+    assert parsed.masks_sha256 == hashlib.sha256(masks.tobytes()).hexdigest()
+    assert parsed.weights_sha256 == weights_sha256(net)
+    assert parsed.extra["checkpoint_sha256"] == hashlib.sha256(read_bytes(ckpt)).hexdigest()
+    assert json.loads(parsed.extra["provenance"]) == {"seed": 11}
+    assert ModelMetadata.from_props(parsed.to_props()) == parsed
+    engine = load_engine(out, threads=1)
+    assert engine.metadata == parsed and engine.model_sha256 == hashlib.sha256(data).hexdigest()
+    np.testing.assert_allclose(engine(_images(3)), _reference(net, _images(3), net.head.draw_masks(T, 2)), rtol=1e-4)
+
+
+def test_weights_digest_follows_every_tensor():
+    net = _net()
+    before = weights_sha256(net)
+    with torch.no_grad():
+        net.head.linear.bias[0] += 1e-6
+    assert weights_sha256(net) != before
+
+
+def test_failed_self_check_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(_onnx, "TOLERANCE", -1.0)
+    with pytest.raises(ModelError, match="differs from PyTorch"):
+        export_onnx_model(_net(), tmp_path / "m.onnx", samples=T)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_arguments_are_refused(tmp_path):
+    with pytest.raises(InputError, match="samples"):
+        export_onnx_model(_net(), tmp_path / "m.onnx", samples=0)
+    with pytest.raises(InputError, match="opset"):
+        export_onnx_model(_net(), tmp_path / "m.onnx", opset=13)
+
+
+def _cli_error(capsys, argv) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("skymorph: error: ") and err.count("\n") == 1
+    return err
+
+
+def test_cli_bad_input_is_one_line(tmp_path, capsys):
+    assert "does not exist" in _cli_error(capsys, ["export", str(tmp_path / "none.ckpt"), "--out", str(tmp_path / "m.onnx")])
+    (tmp_path / "bad.ckpt").write_bytes(b"not a checkpoint")
+    assert "not a readable checkpoint" in _cli_error(capsys, ["export", str(tmp_path / "bad.ckpt"), "--out", str(tmp_path / "m.onnx")])
+    assert "--fp16" in _cli_error(capsys, ["export", str(tmp_path / "bad.ckpt"), "--out", str(tmp_path / "m.onnx"), "--fp16"])
+    assert ".plan" in _cli_error(capsys, ["export", str(tmp_path / "bad.ckpt"), "--out", str(tmp_path / "m.onnx"), "--format", "tensorrt"])
