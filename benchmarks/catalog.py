@@ -1,0 +1,111 @@
+"""Catalog tools at scale: pick (top, power) and a 1-degree cone query on a generated catalog.
+
+    .venv/bin/python benchmarks/catalog.py --rows 10000000 [--catalog DIR] [--keep]
+
+Generates a catalog of ``--rows`` rows in DESIGN's layout with the full DECaLS column set (34 answers
+x 4 + 2 x 10 + 1 posterior columns, float32; skymorph.testing.catalogs, written by the catalog
+writer) into ``--catalog`` (default: a temporary directory, removed afterwards unless ``--keep``;
+an existing catalog there is reused). Each measurement then runs in its own subprocess, which reports
+its wall time and its peak RSS (``getrusage(RUSAGE_SELF).ru_maxrss``, DuckDB's threads included).
+Prints a table and writes benchmarks/results/catalog.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+CENTRE = (150.0, 2.0)
+CONE_RADIUS_ARCSEC = 3600.0
+PICK_N = 1000
+
+
+def _child(task: str, catalog: str) -> dict:
+    from skymorph.catalog import open_catalog, pick, query
+    from skymorph.catalog.query import Cone, plan_query
+
+    start = time.perf_counter()
+    result: dict = {}
+    if task == "pick_top":
+        result["rows"] = pick(catalog, PICK_N, strategy="top").num_rows
+    elif task == "pick_power":
+        result["rows"] = pick(catalog, PICK_N, strategy="power", seed=0).num_rows
+    elif task == "cone":
+        cone = Cone(*CENTRE, CONE_RADIUS_ARCSEC)
+        plan = plan_query(open_catalog(catalog), cone=cone)
+        result["rows"] = query(catalog, cone=cone).num_rows
+        result["partitions_read"] = len(plan.pixels)
+        result["partitions_total"] = plan.total_pixels
+    else:
+        raise SystemExit(f"unknown task {task!r}")
+    result["seconds"] = time.perf_counter() - start
+    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return result
+
+
+def _run_child(task: str, catalog: str) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", task, "--catalog", catalog],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=10_000_000)
+    parser.add_argument("--per-tile", type=int, default=8192)
+    parser.add_argument("--catalog", help="where to generate (or reuse) the catalog")
+    parser.add_argument("--keep", action="store_true", help="keep a generated catalog")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "catalog.json"))
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(_child(args.child, args.catalog)))
+        return
+
+    from skymorph.catalog import info
+    from skymorph.testing.catalogs import write_synthetic_catalog
+
+    temporary = args.catalog is None
+    catalog = args.catalog or tempfile.mkdtemp(prefix="skymorph-bench-catalog-")
+    results: dict = {"rows_requested": args.rows, "machine": f"{platform.node()} {os.cpu_count()} cpus",
+                     "note": "shared 2-core machine, other engineers' jobs running: lower bounds on speed"}
+    try:
+        if os.path.exists(os.path.join(catalog, "hats.properties")):
+            results["generate_seconds"] = None
+        else:
+            start = time.perf_counter()
+            write_synthetic_catalog(catalog, args.rows, per_tile=args.per_tile, centre=CENTRE, progress=True)
+            results["generate_seconds"] = time.perf_counter() - start
+        summary = info(catalog)
+        size = sum(f.stat().st_size for f in Path(catalog).rglob("*.parquet"))
+        results.update(rows=summary.rows, columns=len(summary.columns), partitions=summary.partitions,
+                       parts=sum(1 for _ in Path(catalog).rglob("part-*.parquet")), bytes_on_disk=size)
+        for task in ("pick_top", "pick_power", "cone"):
+            results[task] = _run_child(task, catalog)
+    finally:
+        if temporary and not args.keep:
+            shutil.rmtree(catalog, ignore_errors=True)
+
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2))
+    print(f"catalog: {results['rows']:,} rows x {results['columns']} columns, {results['partitions']} partitions, "
+          f"{results['parts']} part files, {results['bytes_on_disk'] / 2**30:.2f} GiB; generated in "
+          f"{results['generate_seconds'] or 0:.0f} s")
+    print(f"{'task':<12}{'seconds':>10}{'peak RSS MiB':>14}{'rows':>10}  partitions read")
+    for task in ("pick_top", "pick_power", "cone"):
+        r = results[task]
+        parts = f"{r['partitions_read']} of {r['partitions_total']}" if "partitions_read" in r else "all"
+        print(f"{task:<12}{r['seconds']:>10.2f}{r['peak_rss_mib']:>14.0f}{r['rows']:>10}  {parts}")
+
+
+if __name__ == "__main__":
+    main()

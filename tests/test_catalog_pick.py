@@ -1,0 +1,188 @@
+"""skymorph.catalog.pick and `skymorph catalog pick`: top-n against a direct sort, power sampling
+against its distribution, exclusions, the subject manifest and the gallery."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from skymorph.catalog import pick
+from skymorph.catalog.pick import gumbel_keys, hash_uniform
+from skymorph.cli import main
+from skymorph.errors import InputError, SchemaError
+from skymorph.testing.catalogs import FAKE_MODEL_SHA256, write_synthetic_catalog
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("pick") / "catalog")
+    return write_synthetic_catalog(out, 2000, per_tile=400, tile_deg=1.0, order=6, workers=1)
+
+
+@pytest.fixture(scope="module")
+def catalog(synthetic) -> str:
+    return synthetic.url
+
+
+@pytest.fixture(scope="module")
+def full(catalog):
+    files = sorted(glob.glob(os.path.join(catalog, "dataset", "Norder=*", "Dir=*", "Npix=*", "part-*.parquet")))
+    return pa.concat_tables(pq.read_table(f) for f in files).to_pandas()
+
+
+def _direct_top(frame, column, n):
+    return frame.sort_values([column, "object_id"], ascending=[False, True]).head(n).object_id.tolist()
+
+
+@pytest.mark.parametrize("question, column", [(None, "bald_total"), ("bar", "bar_bald"), ("merging", "merging_bald")])
+def test_top_equals_direct_sort(catalog, full, question, column):
+    batch = pick(catalog, 25, question=question)
+    assert batch["object_id"].to_pylist() == _direct_top(full, column, 25)
+    assert batch["rank"].to_pylist() == list(range(1, 26))
+    by_id = full.set_index("object_id")
+    np.testing.assert_allclose(batch[column].to_numpy(), by_id.loc[batch["object_id"].to_pylist(), column], rtol=1e-6)
+    np.testing.assert_allclose(batch["ra"].to_numpy(), by_id.loc[batch["object_id"].to_pylist(), "ra"])
+
+
+def test_exclusions_never_picked(catalog, full, tmp_path):
+    top = _direct_top(full, "bald_total", 60)
+    pd.DataFrame({"object_id": top[:30], "note": "labelled"}).to_csv(tmp_path / "done.csv", index=False)
+    pq.write_table(pa.table({"object_id": np.array(top[30:60], dtype=np.int64)}), tmp_path / "retired.parquet")
+    batch = pick(catalog, 20, exclude=str(tmp_path / "done.csv"))
+    assert batch["object_id"].to_pylist() == top[30:50]
+    batch = pick(catalog, 20, exclude=top[:60])
+    assert batch["object_id"].to_pylist() == _direct_top(full[~full.object_id.isin(top[:60])], "bald_total", 20)
+    excluded = set(full.object_id.sample(frac=0.5, random_state=1))
+    for seed in range(5):
+        batch = pick(catalog, 100, strategy="power", seed=seed, exclude=sorted(excluded))
+        assert not excluded & set(batch["object_id"].to_pylist())
+    retired = set(top[30:60])
+    assert not retired & set(pick(catalog, 200, strategy="power", exclude=str(tmp_path / "retired.parquet"))["object_id"].to_pylist())
+
+
+def _splitmix64(x: int) -> int:
+    """Reference splitmix64 (Steele, Lea & Flood 2014) on Python integers."""
+    mask = (1 << 64) - 1
+    z = (x + 0x9E3779B97F4A7C15) & mask
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+    return z ^ (z >> 31)
+
+
+def test_hash_uniform_matches_reference():
+    ids = np.array([0, 1, 12345, -7, 2**62 + 3], dtype=np.int64)
+    for seed in (0, 1, 99):
+        expected = [((_splitmix64((int(i) & ((1 << 64) - 1)) ^ _splitmix64(seed)) >> 11) + 0.5) / 2**53 for i in ids]
+        np.testing.assert_array_equal(hash_uniform(ids, seed), expected)
+
+
+def test_power_pick_is_the_gumbel_top_k_of_the_whole_catalog(catalog, full):
+    """The out-of-core merge equals the keys' top-n over every row at once, in key order."""
+    for seed, beta, question, column in [(0, 1.0, None, "bald_total"), (7, 2.0, "bar", "bar_bald")]:
+        batch = pick(catalog, 40, question=question, strategy="power", beta=beta, seed=seed)
+        eligible = full[full[column] > 0]
+        keys = gumbel_keys(eligible.object_id.values, eligible[column].values, seed, beta)
+        expected = eligible.object_id.values[np.argsort(-keys)[:40]]
+        assert batch["object_id"].to_pylist() == expected.tolist()
+        assert dict(batch.schema.metadata)[b"skymorph.pick"].decode().startswith("strategy=power")
+
+
+def test_power_is_reproducible_and_seeded(catalog):
+    first = pick(catalog, 50, strategy="power", seed=3)["object_id"].to_pylist()
+    assert pick(catalog, 50, strategy="power", seed=3)["object_id"].to_pylist() == first
+    assert pick(catalog, 50, strategy="power", seed=4)["object_id"].to_pylist() != first
+
+
+def test_gumbel_top_1_samples_in_proportion_to_bald_power():
+    """Two groups of 20 with BALD 1 and 3: P(pick from the high group) = 3^beta*20 / (3^beta*20 + 20).
+
+    2,000 fixed seeds, so the test is deterministic; the bound is 5 binomial standard deviations."""
+    ids = np.arange(40, dtype=np.int64) + 10_000
+    score = np.where(np.arange(40) < 20, 1.0, 3.0)
+    seeds = range(2000)
+    for beta in (0.0, 1.0, 2.0):
+        high = np.mean([gumbel_keys(ids, score, seed, beta).argmax() >= 20 for seed in seeds])
+        p = 3.0**beta / (3.0**beta + 1.0)
+        assert abs(high - p) < 5 * np.sqrt(p * (1 - p) / len(seeds)), (beta, high, p)
+
+
+def test_power_inclusion_increases_with_bald():
+    """Batches of 10 from 50 galaxies with BALD 0.1..5: inclusion frequency over 400 seeds rises with BALD."""
+    from scipy.stats import spearmanr
+
+    ids = np.arange(50, dtype=np.int64) * 7919
+    score = np.linspace(0.1, 5.0, 50)
+    counts = np.zeros(50)
+    for seed in range(400):
+        counts[np.argsort(-gumbel_keys(ids, score, seed))[:10]] += 1
+    assert spearmanr(score, counts).statistic > 0.9
+    assert counts[-10:].sum() > 3 * counts[:10].sum()
+
+
+def test_power_picks_lean_to_high_bald_end_to_end(catalog, full):
+    means = [pick(catalog, 50, strategy="power", seed=s)["bald_total"].to_numpy().mean() for s in range(8)]
+    top_mean = full.bald_total.nlargest(50).mean()
+    assert full.bald_total.mean() < min(means) and max(means) < top_mean
+
+
+def test_bad_arguments(catalog):
+    with pytest.raises(SchemaError, match="Did you mean 'bar'"):
+        pick(catalog, 5, question="barr")
+    with pytest.raises(InputError):
+        pick(catalog, 0)
+    with pytest.raises(InputError, match="strategy"):
+        pick(catalog, 5, strategy="random")
+    with pytest.raises(InputError, match="beta"):
+        pick(catalog, 5, strategy="power", beta=-1.0)
+
+
+def test_cli_manifest(catalog, full, tmp_path, capsys):
+    out = tmp_path / "batch.csv"
+    assert main(["catalog", "pick", catalog, "--n", "12", "--question", "bar", "--out", str(out)]) == 0
+    manifest = pd.read_csv(out)
+    assert list(manifest.columns) == ["rank", "object_id", "ra", "dec", "tile", "row", "image_location", "bar_bald", "model_sha256"]
+    assert manifest.object_id.tolist() == _direct_top(full, "bar_bald", 12)
+    assert (manifest.image_location == manifest.tile + "#images[" + manifest.row.astype(str) + "]").all()
+    assert (manifest.model_sha256 == FAKE_MODEL_SHA256).all()
+    assert main(["catalog", "pick", catalog, "--n", "12", "--strategy", "power", "--seed", "5", "--out", str(tmp_path / "a.csv")]) == 0
+    assert main(["catalog", "pick", catalog, "--n", "12", "--strategy", "power", "--seed", "5", "--out", str(tmp_path / "b.csv")]) == 0
+    assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--question", "barr"], "Did you mean 'bar'"),
+    (["--exclude", "EXCLUDE_NO_ID"], "no object_id column"),
+    (["--exclude", "ids.txt"], ".csv or .parquet"),
+    (["--gallery", "g.jpg"], ".png"),
+])
+def test_cli_bad_input_one_line_exit_2(catalog, tmp_path, capsys, argv, fragment):
+    pd.DataFrame({"objid": [1, 2]}).to_csv(tmp_path / "bad.csv", index=False)
+    argv = [str(tmp_path / "bad.csv") if a == "EXCLUDE_NO_ID" else a for a in argv]
+    assert main(["catalog", "pick", catalog, "--n", "5", "--out", str(tmp_path / "b.csv"), *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("skymorph: error:") and fragment in err[0]
+
+
+def test_gallery_from_tile_stores(synthetic, full, tmp_path):
+    """Write real tile stores for the catalog's tiles, then draw the picked galaxies from them."""
+    from PIL import Image
+
+    from skymorph.tiles import write_tile
+
+    for url in synthetic.tile_urls:
+        rows = full[full.tile == url].sort_values("row")
+        images = np.random.default_rng(0).integers(0, 255, size=(len(rows), 1, 32, 32), dtype=np.uint8)
+        write_tile(url, images, rows.object_id.values, rows.ra.values, rows.dec.values, survey="synthetic",
+                   bands=["r"], pixel_scale_arcsec=0.262, stretch="none", resize="none")
+    png = tmp_path / "batch.png"
+    assert main(["catalog", "pick", synthetic.url, "--n", "6", "--question", "bar", "--out", str(tmp_path / "b.csv"),
+                 "--gallery", str(png)]) == 0
+    with Image.open(png) as image:
+        assert image.format == "PNG" and image.size[0] > 300 and image.size[1] > 100
+    assert main(["catalog", "pick", synthetic.url, "--n", "5", "--out", str(tmp_path / "c.csv"), "--gallery", str(png)]) == 0

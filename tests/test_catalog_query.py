@@ -1,0 +1,204 @@
+"""skymorph.catalog.query and `skymorph catalog query`: values against pandas/astropy over the full catalog."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from skymorph.catalog import Cone, export_table, open_catalog, query
+from skymorph.catalog.query import plan_query
+from skymorph.cli import main
+from skymorph.errors import CatalogError, InputError
+from skymorph.testing.catalogs import FAKE_MODEL_SHA256, write_synthetic_catalog
+
+COLUMNS = ["object_id", "ra", "dec", "bald_total", "bar_bald", "tile", "row"]
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory) -> str:
+    """3,000 rows in 6 one-degree tiles around (150, 2), HEALPix order 6: 16 partitions."""
+    out = str(tmp_path_factory.mktemp("query") / "catalog")
+    write_synthetic_catalog(out, 3000, per_tile=500, tile_deg=1.0, order=6, workers=1)
+    return out
+
+
+@pytest.fixture(scope="module")
+def full(catalog):
+    """Every row, read straight from the part files with pyarrow (not through skymorph's reader)."""
+    files = sorted(glob.glob(os.path.join(catalog, "dataset", "Norder=*", "Dir=*", "Npix=*", "part-*.parquet")))
+    return pa.concat_tables(pq.read_table(f) for f in files).to_pandas()
+
+
+def _separation_arcsec(ra, dec, ra0, dec0):
+    import astropy.units as u
+    from astropy.coordinates import SkyCoord
+
+    return SkyCoord(ra * u.deg, dec * u.deg).separation(SkyCoord(ra0 * u.deg, dec0 * u.deg)).arcsec
+
+
+def test_where_and_columns_match_pandas(catalog, full):
+    got = query(catalog, where="bar_bald > 0.05 AND dec > 2.0", columns=COLUMNS).to_pandas()
+    expected = full[(full.bar_bald > 0.05) & (full.dec > 2.0)]
+    assert list(got.columns) == COLUMNS
+    assert len(got) == len(expected) > 0
+    merged = got.sort_values("object_id").reset_index(drop=True)
+    np.testing.assert_array_equal(merged.object_id, np.sort(expected.object_id))
+    np.testing.assert_allclose(merged.bald_total, expected.sort_values("object_id").bald_total)
+
+
+def test_order_by_and_limit(catalog, full):
+    got = query(catalog, columns=["object_id", "bald_total"], order_by="bald_total DESC, object_id", limit=7)
+    expected = full.sort_values(["bald_total", "object_id"], ascending=[False, True]).head(7)
+    assert got["object_id"].to_pylist() == expected.object_id.tolist()
+    assert dict(got.schema.metadata)[b"skymorph.model_sha256"].decode() == FAKE_MODEL_SHA256
+
+
+@pytest.mark.parametrize("cone", [(150.0, 2.0, 1800.0), (148.7, 0.6, 3000.0), (151.3, 3.4, 200.0), (150.3, 1.7, 7200.0)])
+def test_cone_equals_astropy_separation(catalog, full, cone):
+    got = query(catalog, cone=cone, columns=["object_id"])["object_id"].to_pylist()
+    expected = full.object_id[_separation_arcsec(full.ra.values, full.dec.values, cone[0], cone[1]) <= cone[2]]
+    assert sorted(got) == sorted(expected.tolist())
+    assert len(got) > 0 or cone[2] < 300
+
+
+def test_cone_across_ra_zero(tmp_path):
+    out = str(tmp_path / "wrap")
+    write_synthetic_catalog(out, 1000, per_tile=250, tile_deg=1.0, order=6, centre=(0.2, 0.0), workers=1)
+    full = query(out, columns=["object_id", "ra", "dec"]).to_pandas()
+    assert full.ra.min() < 1 and full.ra.max() > 359
+    got = query(out, cone=(0.0, 0.0, 2400.0), columns=["object_id"])["object_id"].to_pylist()
+    expected = full.object_id[_separation_arcsec(full.ra.values, full.dec.values, 0.0, 0.0) <= 2400.0]
+    assert sorted(got) == sorted(expected.tolist()) and len(got) > 50
+
+
+def test_cone_reads_only_overlapping_partitions(catalog, full, tmp_path):
+    """Partitions outside the cone are never opened: corrupt them all and the cone query still works."""
+    cone = Cone(150.0, 2.0, 1200.0)
+    opened = open_catalog(catalog)
+    plan = plan_query(opened, cone=cone)
+    order = opened.order
+    shift = 2 * (29 - order)
+    with_rows_in_cone = {
+        int(h >> shift)
+        for h, sep in zip(full._healpix_29, _separation_arcsec(full.ra.values, full.dec.values, 150.0, 2.0))
+        if sep <= 1200.0
+    }
+    assert with_rows_in_cone <= set(plan.pixels)
+    assert len(plan.pixels) < plan.total_pixels / 2
+
+    copy = str(tmp_path / "corrupt")
+    shutil.copytree(catalog, copy)
+    for path in glob.glob(os.path.join(copy, "dataset", f"Norder={order}", "Dir=*", "Npix=*", "part-*.parquet")):
+        npix = int(path.split("Npix=")[1].split(os.sep)[0].split("/")[0])
+        if npix not in plan.pixels:
+            with open(path, "wb") as fh:
+                fh.write(b"not parquet")
+    got = query(copy, cone=cone, columns=["object_id"])["object_id"].to_pylist()
+    expected = full.object_id[_separation_arcsec(full.ra.values, full.dec.values, 150.0, 2.0) <= 1200.0]
+    assert sorted(got) == sorted(expected.tolist())
+    with pytest.raises(Exception):
+        query(copy, columns=["object_id"])
+
+
+@pytest.mark.parametrize("where", [
+    "1=1; DROP TABLE x",
+    "COPY catalog TO 'stolen.csv'",
+    "object_id IN (SELECT 1 FROM read_csv('/etc/passwd'))",
+    "1=1); CREATE TABLE y AS (SELECT 1",
+])
+def test_where_is_read_only(catalog, where):
+    with pytest.raises(CatalogError):
+        query(catalog, where=where)
+
+
+def test_unknown_column_did_you_mean(catalog):
+    with pytest.raises(CatalogError, match="Did you mean 'bald_total'"):
+        query(catalog, where="bald_totl > 0.1")
+    with pytest.raises(CatalogError, match="Did you mean 'bar_bald'"):
+        query(catalog, columns=["bar_bld"])
+
+
+@pytest.mark.parametrize("cone", [(150, 2, -5), (150, 2, 0), (361, 2, 10), (150, 91, 10), (150, float("nan"), 10)])
+def test_bad_cone(cone):
+    with pytest.raises(InputError):
+        Cone(*cone)
+
+
+def test_s3_catalog_matches_local(catalog, s3, s3_bucket):
+    from skymorph.storage import filesystem
+
+    url = f"{s3_bucket}/catalog"
+    fs, path = filesystem(url)
+    fs.put(catalog, path, recursive=True)
+    where, cone = "bar_bald > 0.05", (150.0, 2.0, 2400.0)
+    remote = query(url, where=where, cone=cone, columns=["object_id", "bald_total"]).to_pandas()
+    local = query(catalog, where=where, cone=cone, columns=["object_id", "bald_total"]).to_pandas()
+    assert len(remote) > 0
+    assert sorted(remote.object_id) == sorted(local.object_id)
+    explicit = query(url, limit=3, columns=["object_id"], storage_options=s3.storage_options)
+    assert explicit.num_rows == 3
+
+
+@pytest.mark.parametrize("suffix", [".fits", ".vot", ".xml"])
+def test_fits_and_votable_units(catalog, tmp_path, suffix):
+    from astropy.table import Table
+
+    table = query(catalog, cone=(150.0, 2.0, 900.0), columns=COLUMNS)
+    out = str(tmp_path / f"rows{suffix}")
+    assert main(["catalog", "query", catalog, "--cone", "150", "2", "900", "--columns", ",".join(COLUMNS), "--out", out]) == 0
+    back = Table.read(out, format="fits" if suffix == ".fits" else "votable")
+    assert str(back["ra"].unit) == "deg" and str(back["dec"].unit) == "deg"
+    np.testing.assert_array_equal(np.sort(back["object_id"]), np.sort(table["object_id"].to_numpy()))
+    if suffix == ".fits":
+        assert back.meta["MODELSHA"] == FAKE_MODEL_SHA256
+    else:
+        from astropy.io.votable import parse
+
+        params = {p.name: p.value for p in parse(out).get_first_table().params}
+        assert params["MODELSHA"] == FAKE_MODEL_SHA256
+
+
+def test_csv_and_parquet_round_trip(catalog, tmp_path):
+    import pandas as pd
+
+    table = query(catalog, where="bald_total > 1.0", columns=COLUMNS)
+    export_table(table, str(tmp_path / "rows.csv"))
+    export_table(table, str(tmp_path / "rows.parquet"))
+    csv = pd.read_csv(tmp_path / "rows.csv")
+    parquet = pq.read_table(tmp_path / "rows.parquet").to_pandas()
+    np.testing.assert_array_equal(csv.object_id, table["object_id"].to_numpy())
+    np.testing.assert_allclose(csv.ra, table["ra"].to_numpy())
+    assert parquet.equals(table.to_pandas())
+
+
+def test_cli_terminal_table(catalog, capsys):
+    assert main(["catalog", "query", catalog, "--columns", "object_id,bald_total", "--order-by", "bald_total DESC", "--limit", "3"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["object_id", "bald_total"] and len(out) == 4
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--where", "bald_totl > 1"], "Did you mean 'bald_total'"),
+    (["--where", "1=1; DROP TABLE x"], "--where"),
+    (["--where", "COPY catalog TO 'x.csv'"], "--where"),
+    (["--cone", "150", "2", "-10"], "radius"),
+    (["--cone", "150", "95", "10"], "Dec"),
+    (["--columns", "object_idd"], "Did you mean 'object_id'"),
+    (["--out", "rows.txt"], "cannot tell the format"),
+])
+def test_cli_bad_input_one_line_exit_2(catalog, capsys, argv, fragment):
+    assert main(["catalog", "query", catalog, *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("skymorph: error:") and fragment in err[0]
+
+
+def test_cli_not_a_catalog(tmp_path, capsys):
+    assert main(["catalog", "query", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not a catalog" in err[0]
