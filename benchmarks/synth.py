@@ -1,0 +1,96 @@
+"""Synthetic survey throughput: galaxies per second, end to end (render, votes, Zarr tiles, Parquet).
+
+    .venv/bin/python benchmarks/synth.py [--tiles 4] [--per-tile 512] [--size 128] [--workers 1,2] [--out DIR]
+
+For each worker count, writes a survey of ``--tiles`` x ``--per-tile`` galaxies of ``--size`` px into a
+fresh local directory (``--out``, default a temporary one, removed afterwards) and reports wall time,
+galaxies/s, the tile makers' CPU seconds (so galaxies per CPU second, which a busy shared machine
+distorts less than wall time) and bytes written; the load average before each run says how busy the
+machine was. Also times the image model alone (render + asinh stretch of one tile in this process).
+Prints a table and writes benchmarks/results/synth.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+
+def _render_only(per_tile: int, size: int) -> dict:
+    import numpy as np
+
+    from skymorph.survey._galaxy import GalaxyParams, render
+
+    rng = np.random.default_rng(0)
+    params = GalaxyParams.draw(rng, per_tile)
+    render(params.subset(slice(0, 32)), size, 1.3, rng, stretch=True)  # warm up imports and FFT plans
+    wall, cpu = time.perf_counter(), time.process_time()
+    render(params, size, 1.3, rng, stretch=True)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return {"galaxies": per_tile, "seconds": wall, "cpu_seconds": cpu, "galaxies_per_s": per_tile / wall}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiles", type=int, default=4)
+    parser.add_argument("--per-tile", type=int, default=512)
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--workers", default="1,2", help="comma-separated worker counts (default 1,2)")
+    parser.add_argument("--out", help="directory for the surveys (default: a temporary one, removed)")
+    args = parser.parse_args()
+
+    from skymorph import __version__
+    from skymorph.survey import synthesize
+
+    root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="skymorph-synth-bench-"))
+    runs = []
+    try:
+        for workers in [int(w) for w in args.workers.split(",")]:
+            load = os.getloadavg()[0]
+            summary = synthesize(
+                str(root / f"workers{workers}"), n_tiles=args.tiles, per_tile=args.per_tile, size=args.size,
+                seed=0, workers=workers, progress=False,
+            )
+            runs.append({
+                "workers": workers, "galaxies": summary.n_galaxies, "seconds": summary.seconds,
+                "galaxies_per_s": summary.galaxies_per_second, "cpu_seconds": summary.cpu_seconds,
+                "galaxies_per_cpu_s": summary.n_galaxies / summary.cpu_seconds,
+                "bytes_written": summary.bytes_written, "load_average_before": load,
+            })
+        render_only = _render_only(args.per_tile, args.size)
+    finally:
+        if not args.out:
+            shutil.rmtree(root, ignore_errors=True)
+
+    print(f"synthetic survey: {args.tiles} tiles x {args.per_tile} galaxies, {args.size} px, {os.cpu_count()} cores")
+    print(f"{'workers':>7} {'seconds':>8} {'gal/s':>7} {'gal/CPU-s':>9} {'MB':>6} {'load':>5}")
+    for r in runs:
+        print(f"{r['workers']:>7} {r['seconds']:>8.2f} {r['galaxies_per_s']:>7.0f} {r['galaxies_per_cpu_s']:>9.0f} "
+              f"{r['bytes_written'] / 1e6:>6.1f} {r['load_average_before']:>5.1f}")
+    print(f"image model alone (1 process): {render_only['galaxies_per_s']:.0f} galaxies/s "
+          f"({render_only['galaxies'] / render_only['cpu_seconds']:.0f} per CPU second)")
+
+    result = {
+        "benchmark": "synth",
+        "config": {"tiles": args.tiles, "per_tile": args.per_tile, "size": args.size},
+        "runs": runs,
+        "render_only": render_only,
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "skymorph_version": __version__,
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "note": "shared machine: wall-clock numbers are lower bounds; see load_average_before",
+    }
+    out = Path(__file__).parent / "results" / "synth.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
