@@ -159,6 +159,19 @@ def test_extremes_are_exact():
     np.testing.assert_allclose(np.exp(beta_binomial_log_pmf(1e-3, 3e-3, 1)), [0.75, 0.25], **TIGHT)
 
 
+def test_beta_binomial_stays_exact_at_large_concentrations():
+    """Rising factorials as sums of logs keep 1e-12 where lgamma differences (scipy's betaln) lose
+    digits; the reference is evaluated with 40-digit arithmetic."""
+    mp = pytest.importorskip("mpmath")
+    mp.mp.dps = 40
+    n = 40
+    for a, b in ((3e5, 2e-3), (1e6, 7e5), (1e-3, 4e5)):
+        exact = [mp.binomial(n, k) * mp.beta(k + mp.mpf(a), n - k + mp.mpf(b)) / mp.beta(mp.mpf(a), mp.mpf(b))
+                 for k in range(n + 1)]
+        np.testing.assert_allclose(np.exp(beta_binomial_log_pmf(a, b, n)), np.array(exact, dtype=float),
+                                   rtol=1e-9, atol=1e-13)
+
+
 def test_two_answer_bald_is_walmsleys_mutual_information():
     """Walmsley et al. 2020 eq. 5 as the mutual information I(k; t) = mean_t KL(P_t || Pbar), a
     different formula from H[Pbar] - mean_t H[P_t], from scipy pmfs."""
