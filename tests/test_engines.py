@@ -1,0 +1,153 @@
+"""Engines (skymorph.inference.engines): onnxruntime and torch agree; bad models are refused in one line."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from skymorph.errors import InputError, MissingDependencyError, ModelError
+from skymorph.exporter import export_onnx
+from skymorph.inference._tensorrt import PlanSidecar, check_plan_compatible, sidecar_url
+from skymorph.inference.engines import load_engine
+from skymorph.model_metadata import InputSpec
+from skymorph.schema import get_schema
+from skymorph.trainer.checkpoint import CheckpointMeta, save_checkpoint
+from skymorph.trainer.models import build_model
+
+torch.set_num_threads(1)
+
+SCHEMA = get_schema("gz2")
+SPEC = InputSpec(1, 32, 32)
+T, SEED = 4, 5
+
+
+@pytest.fixture(scope="module")
+def model_files(tmp_path_factory):
+    """A checkpoint and its ONNX export (T=4, seed 5)."""
+    root = tmp_path_factory.mktemp("engines")
+    torch.manual_seed(0)
+    net = build_model("w20", SCHEMA, SPEC, "multinomial")
+    save_checkpoint(str(root / "m.ckpt"), net, CheckpointMeta(SCHEMA, "w20", "multinomial", 0.5, SPEC))
+    export_onnx(str(root / "m.ckpt"), str(root / "m.onnx"), samples=T, seed=SEED)
+    return root / "m.ckpt", root / "m.onnx"
+
+
+def _images(n, shape=SPEC.shape, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, *shape), dtype=np.uint8)
+
+
+def test_onnxruntime_and_torch_engines_agree(model_files):
+    ckpt, onnx_path = model_files
+    ort_engine = load_engine(str(onnx_path), threads=1)
+    torch_engine = load_engine(str(ckpt), samples=T, seed=SEED, threads=1)
+    assert (ort_engine.backend, torch_engine.backend) == ("onnxruntime", "torch")
+    assert not ort_engine.needs_gpu and not torch_engine.needs_gpu
+    assert ort_engine.model_sha256 == hashlib.sha256(onnx_path.read_bytes()).hexdigest()
+    assert torch_engine.model_sha256 == hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    assert ort_engine.metadata == torch_engine.metadata
+    images = _images(6)
+    got, expected = ort_engine(images), torch_engine(images)
+    assert got.shape == (6, T, SCHEMA.n_answers) and got.dtype == np.float32 and expected.dtype == np.float32
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert ort_engine(images[:0]).shape == (0, T, SCHEMA.n_answers)
+
+
+def test_backend_is_chosen_by_suffix_or_named(model_files, tmp_path):
+    _, onnx_path = model_files
+    copy = tmp_path / "model.bin"
+    copy.write_bytes(onnx_path.read_bytes())
+    with pytest.raises(InputError, match="cannot tell the backend"):
+        load_engine(str(copy))
+    assert load_engine(str(copy), backend="onnxruntime").backend == "onnxruntime"
+    with pytest.raises(InputError, match="Did you mean 'onnxruntime'"):
+        load_engine(str(onnx_path), backend="onnxruntim")
+
+
+def test_wrong_images_are_refused(model_files):
+    engine = load_engine(str(model_files[1]), threads=1)
+    for bad in (_images(2, (3, 32, 32)), _images(2, (1, 64, 64)), _images(2).astype(np.float32), _images(2)[0]):
+        with pytest.raises(ModelError, match=r"takes uint8 images \(B, 1, 32, 32\)"):
+            engine(bad)
+
+
+def test_truncated_onnx_is_refused(model_files, tmp_path):
+    data = model_files[1].read_bytes()
+    (tmp_path / "cut.onnx").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelError, match="not a readable ONNX model"):
+        load_engine(str(tmp_path / "cut.onnx"))
+
+
+def test_onnx_without_skymorph_metadata_is_refused(model_files, tmp_path):
+    model = onnx.load(str(model_files[1]))
+    del model.metadata_props[:]
+    onnx.save(model, str(tmp_path / "plain.onnx"))
+    with pytest.raises(ModelError, match="no skymorph metadata.*skymorph export"):
+        load_engine(str(tmp_path / "plain.onnx"))
+
+
+def test_schema_mismatch_is_refused(model_files):
+    assert load_engine(str(model_files[1]), expect_schema="gz2").metadata.schema == SCHEMA
+    with pytest.raises(ModelError, match="predicts schema 'gz2'.*not 'decals'"):
+        load_engine(str(model_files[1]), expect_schema="decals")
+
+
+def _fake_plan(tmp_path, onnx_path, version="9.0.0", plan=b"not really a plan"):
+    engine = load_engine(str(onnx_path))
+    sidecar = PlanSidecar(
+        metadata=engine.metadata, tensorrt_version=version, compute_capability="8.0", input_name="images",
+        output_name="samples", plan_sha256=hashlib.sha256(plan).hexdigest(), fp16=False, min_batch=1, opt_batch=8, max_batch=64,
+    )
+    (tmp_path / "m.plan").write_bytes(plan)
+    (tmp_path / "m.plan.json").write_text(sidecar.to_json())
+    return sidecar
+
+
+def test_plan_sidecar_round_trips_and_versions_are_checked(model_files, tmp_path):
+    sidecar = _fake_plan(tmp_path, model_files[1])
+    assert PlanSidecar.from_json((tmp_path / "m.plan.json").read_text(), "sidecar") == sidecar
+    assert json.loads((tmp_path / "m.plan.json").read_text())["metadata"]["skymorph.samples"] == str(T)
+    check_plan_compatible(sidecar, "m.plan", "9.0.0", "8.0")
+    with pytest.raises(ModelError, match="built by TensorRT 9.0.0, this machine has TensorRT 10.3.0"):
+        check_plan_compatible(sidecar, "m.plan", "10.3.0", "8.0")
+    with pytest.raises(ModelError, match="compute capability 8.0, this GPU has 9.0"):
+        check_plan_compatible(sidecar, "m.plan", "9.0.0", "9.0")
+
+
+def test_plans_are_checked_before_tensorrt_is_needed(model_files, tmp_path):
+    _fake_plan(tmp_path, model_files[1])
+    plan = str(tmp_path / "m.plan")
+    if importlib.util.find_spec("tensorrt") is None:
+        with pytest.raises(MissingDependencyError, match=r"TensorRT is not installed: pip install 'skymorph\[tensorrt\]'"):
+            load_engine(plan)
+    (tmp_path / "m.plan").write_bytes(b"not really")
+    with pytest.raises(ModelError, match="does not match its sidecar's sha256"):
+        load_engine(plan)
+    (tmp_path / "m.plan.json").write_text("{}")
+    with pytest.raises(ModelError, match="not a skymorph plan sidecar"):
+        load_engine(plan)
+    (tmp_path / "m.plan.json").unlink()
+    with pytest.raises(ModelError, match="has no sidecar"):
+        load_engine(plan)
+    assert sidecar_url(plan) == plan + ".json"
+
+
+def test_onnx_engine_reads_s3_and_never_imports_torch(model_files, s3_bucket):
+    from skymorph.storage import atomic_write_bytes
+
+    url = f"{s3_bucket}/m.onnx"
+    atomic_write_bytes(url, model_files[1].read_bytes())
+    code = (
+        "import sys, numpy as np; from skymorph.inference.engines import load_engine; "
+        f"e = load_engine({url!r}, threads=1); out = e(np.zeros((2, 1, 32, 32), np.uint8)); "
+        "assert out.shape == (2, 4, 30), out.shape; assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
