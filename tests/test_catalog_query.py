@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from skymorph.catalog import Cone, export_table, open_catalog, query
+from skymorph.catalog.layout import parse_part_path
 from skymorph.catalog.query import plan_query
 from skymorph.cli import main
 from skymorph.errors import CatalogError, InputError
@@ -95,8 +96,7 @@ def test_cone_reads_only_overlapping_partitions(catalog, full, tmp_path):
     copy = str(tmp_path / "corrupt")
     shutil.copytree(catalog, copy)
     for path in glob.glob(os.path.join(copy, "dataset", f"Norder={order}", "Dir=*", "Npix=*", "part-*.parquet")):
-        npix = int(path.split("Npix=")[1].split(os.sep)[0].split("/")[0])
-        if npix not in plan.pixels:
+        if parse_part_path(path).npix not in plan.pixels:
             with open(path, "wb") as fh:
                 fh.write(b"not parquet")
     got = query(copy, cone=cone, columns=["object_id"])["object_id"].to_pylist()

@@ -1,0 +1,87 @@
+"""skymorph.catalog.info and `skymorph catalog info`: counts, provenance, failures, bald_total quantiles."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from skymorph.catalog import info, open_catalog
+from skymorph.cli import main
+from skymorph.errors import CatalogError
+from skymorph.schema import get_schema
+from skymorph.testing.catalogs import FAKE_MODEL_SHA256, posterior_columns, write_synthetic_catalog
+
+FAILED = (("s3://survey/tiles/t-9.zarr", "chunk 3 is corrupt"), ("s3://survey/tiles/t-12.zarr", "NaN pixels"))
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory) -> str:
+    out = str(tmp_path_factory.mktemp("info") / "catalog")
+    write_synthetic_catalog(out, 1500, per_tile=300, tile_deg=1.0, order=6, seed=4, failed_tiles=FAILED, workers=1)
+    return out
+
+
+@pytest.fixture(scope="module")
+def full(catalog):
+    files = sorted(glob.glob(os.path.join(catalog, "dataset", "Norder=*", "Dir=*", "Npix=*", "part-*.parquet")))
+    return pa.concat_tables(pq.read_table(f) for f in files).to_pandas()
+
+
+def test_info_values(catalog, full):
+    summary = info(catalog)
+    schema = get_schema("decals")
+    assert summary.rows == len(full) == 1500
+    assert summary.partitions == len(set(full._healpix_29.values >> (2 * (29 - 6))))
+    assert summary.order == 6
+    assert summary.columns[:6] == ("object_id", "ra", "dec", "_healpix_29", "tile", "row")
+    assert list(summary.columns[6:]) == posterior_columns(schema)
+    assert len(summary.columns) == 6 + 34 * 4 + 2 * 10 + 1
+    assert (summary.model_sha256, summary.samples, summary.seed, summary.n_volunteers, summary.schema) == \
+        (FAKE_MODEL_SHA256, 30, 4, 40, "decals")
+    assert [(t, r) for t, _, r in summary.failed_tiles] == list(FAILED)
+    bald = full.bald_total.values.astype(np.float64)
+    assert summary.bald_min == pytest.approx(bald.min()) and summary.bald_max == pytest.approx(bald.max())
+    assert summary.bald_mean == pytest.approx(bald.mean(), rel=1e-6)
+    spread = bald.max() - bald.min()
+    for q, value in summary.bald_quantiles.items():
+        # t-digest: approximate, within 2% of the range here
+        assert abs(value - np.quantile(bald, q)) < 0.02 * spread, q
+
+
+def test_info_cli_json_and_text(catalog, capsys):
+    assert main(["catalog", "info", catalog, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["rows"] == 1500 and data["model"]["sha256"] == FAKE_MODEL_SHA256
+    assert [f["reason"] for f in data["failed_tiles"]] == [r for _, r in FAILED]
+    assert main(["catalog", "info", catalog]) == 0
+    text = capsys.readouterr().out
+    assert "1,500" in text and "failed tiles 2" in text and "chunk 3 is corrupt" in text
+
+
+def test_info_on_s3(catalog, s3_bucket):
+    from skymorph.storage import filesystem
+
+    url = f"{s3_bucket}/catalog"
+    fs, path = filesystem(url)
+    fs.put(catalog, path, recursive=True)
+    remote, local = info(url), info(catalog)
+    assert (remote.rows, remote.partitions, remote.bald_mean) == (local.rows, local.partitions, pytest.approx(local.bald_mean))
+    assert len(remote.failed_tiles) == 2
+
+
+def test_not_a_catalog(tmp_path, capsys):
+    with pytest.raises(CatalogError, match="is not a catalog"):
+        open_catalog(str(tmp_path))
+    (tmp_path / "hats.properties").write_text("obs_collection=x\nhats_nrows=3\n")
+    (tmp_path / "partition_info.csv").write_text("Norder,Npix\n")
+    with pytest.raises(CatalogError, match="not a skymorph catalog"):
+        open_catalog(str(tmp_path))
+    assert main(["catalog", "info", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("skymorph: error:")
