@@ -153,6 +153,7 @@ def _add_train_commands(sub) -> None:
     start.add_argument("--finetune", metavar="CKPT", help="start from these trained weights with a new optimizer")
     train.add_argument("--threads", type=_positive_int, help="torch threads (default: torch's choice)")
     train.add_argument("--max-minutes", type=float, help="stop after this much wall time (then validate and save)")
+    train.add_argument("--stop-after-epochs", type=_positive_int, help="end this session after N epochs of the schedule; continue with --resume")
     train.add_argument("--drop-unmatched", action="store_true", help="train without labelled galaxies that have no image (default: error)")
     _add_storage_option(train)
     train.set_defaults(func=_cmd_train)
@@ -181,7 +182,7 @@ def _cmd_train(args) -> int:
         lr=args.lr, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, patience=args.patience,
         seed=args.seed, val_fraction=args.val_fraction, crop_fraction=args.crop_fraction, resize_px=args.resize_px,
         augment=args.augment, resume=args.resume, finetune=args.finetune, threads=args.threads,
-        max_minutes=args.max_minutes, drop_unmatched=args.drop_unmatched, storage_options=_storage_options(args),
+        max_minutes=args.max_minutes, stop_after_epochs=args.stop_after_epochs, drop_unmatched=args.drop_unmatched, storage_options=_storage_options(args),
     )
     print(train(config))
     return 0

@@ -46,7 +46,10 @@ class TrainConfig:
     column. ``crop_fraction`` and ``resize_px`` go into the model's input spec (applied inside the
     model). ``resume``: a ``.last`` checkpoint to continue; ``finetune``: a checkpoint whose weights start
     a new run (new optimizer and schedule). ``threads``: torch intra-op threads (None: torch's default).
-    ``max_minutes``: stop after the batch that crosses this wall time, then validate and save.
+    ``max_minutes``: stop after the batch that crosses this wall time, then validate and save (a
+    ``--resume`` from there starts the next epoch). ``stop_after_epochs``: end this session after that
+    many epochs of the ``epochs``-long schedule, to be continued with ``--resume`` (e.g. within a batch
+    system's wall-time limit); the resumed run is identical to an uninterrupted one.
     """
 
     tiles: str
@@ -74,6 +77,7 @@ class TrainConfig:
     threads: int | None = None
     prefetch_batches: int = 2
     max_minutes: float | None = None
+    stop_after_epochs: int | None = None
     drop_unmatched: bool = False
     progress: bool = True
     storage_options: dict = field(default_factory=dict)
@@ -96,13 +100,15 @@ class TrainConfig:
         need(self.resize_px is None or self.resize_px >= 8, f"resize_px must be at least 8, got {self.resize_px}")
         need(self.threads is None or self.threads >= 1, f"threads must be at least 1, got {self.threads}")
         need(self.max_minutes is None or self.max_minutes > 0, f"max_minutes must be positive, got {self.max_minutes}")
+        need(self.stop_after_epochs is None or self.stop_after_epochs >= 1, f"stop_after_epochs must be at least 1, got {self.stop_after_epochs}")
         need(not (self.resume and self.finetune), "give --resume or --finetune, not both")
         need(bool(self.out), "out (the checkpoint path) is required")
 
 
 @dataclass(frozen=True)
 class TrainResult:
-    """Where the run wrote its files and how it ended (``stopped``: epochs, early_stopping, max_minutes)."""
+    """Where the run wrote its files and how it ended (``stopped``: epochs, early_stopping, max_minutes,
+    stop_after_epochs)."""
 
     checkpoint: str
     last_checkpoint: str
@@ -230,6 +236,11 @@ def train(config: TrainConfig) -> TrainResult:
     so = config.storage_options
     labels = load_labels(config.labels, schema, so)
     tile_urls = tile_list(config.tiles, so)
+    training: dict = {}
+    start_checkpoint = config.resume or config.finetune
+    if start_checkpoint:  # checked before the images are read: a wrong checkpoint fails in seconds
+        model, meta, training = load_checkpoint(start_checkpoint, storage_options=so)
+        check_schema(meta, schema, repr(start_checkpoint))
     images, labels = load_images(tile_urls, labels, drop_unmatched=config.drop_unmatched, storage_options=so, progress=config.progress)
     train_mask, val_mask = split_masks(labels, config.val_fraction, config.seed)
     if not train_mask.any() or not val_mask.any():
@@ -238,11 +249,7 @@ def train(config: TrainConfig) -> TrainResult:
             "galaxies; both must be non-empty (check the split column or --val-fraction)"
         )
 
-    training: dict = {}
-    start_checkpoint = config.resume or config.finetune
     if start_checkpoint:
-        model, meta, training = load_checkpoint(start_checkpoint, storage_options=so)
-        check_schema(meta, schema, repr(start_checkpoint))
         if tuple(meta.input.shape) != images.shape[1:]:
             raise ModelError(
                 f"checkpoint {start_checkpoint!r} takes {meta.input.shape} images but the tiles hold {images.shape[1:]}"
@@ -329,6 +336,9 @@ def train(config: TrainConfig) -> TrainResult:
             accuracy = " ".join(f"{q}={a:.3f}" for q, a in val_accuracy.items())
             tqdm.write(f"epoch {epoch + 1}: train {metrics[-1]['train_loss']:.4f} val {val_loss:.4f} {accuracy}{' *' if improved else ''}")
         if stopped == "max_minutes":
+            break
+        if config.stop_after_epochs and epoch + 1 - start_epoch >= config.stop_after_epochs and epoch + 1 < config.epochs:
+            stopped = "stop_after_epochs"
             break
         if bad_epochs >= config.patience:
             stopped = "early_stopping"

@@ -1,0 +1,136 @@
+"""survey ingest: JPEG/PNG/FITS decoding, failures reported by name, labels and tiles; real GZ2 slice end to end."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from skymorph import cli
+from skymorph.survey.ingest import decode_image, parse_label_map
+from skymorph.tiles import open_tile, read_tile_list
+
+GZ2_SPIRALS = Path(__file__).resolve().parents[2] / "shared" / "data" / "gz2_spirals"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _run(argv) -> tuple[int, str]:
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = cli.main(argv)
+    return code, err.getvalue()
+
+
+def test_decode_png_mean_and_keep_with_lanczos_resize():
+    from PIL import Image
+
+    rgb = np.zeros((40, 40, 3), dtype=np.uint8)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 30, 90, 150
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="PNG")
+    grey = decode_image(buffer.getvalue(), "x.png", size=20, bands="mean")
+    assert grey.shape == (1, 20, 20) and np.all(grey == 90)
+    keep = decode_image(buffer.getvalue(), "x.png", size=20, bands="keep")
+    assert keep.shape == (3, 20, 20) and keep[:, 5, 5].tolist() == [30, 90, 150]
+
+
+def test_decode_fits_applies_asinh_over_percentile_interval():
+    from astropy.io import fits
+    from astropy.visualization import AsinhStretch, PercentileInterval
+
+    flux = np.random.default_rng(0).gamma(2.0, 10.0, size=(2, 16, 16))
+    buffer = io.BytesIO()
+    fits.PrimaryHDU(flux).writeto(buffer)
+    got = decode_image(buffer.getvalue(), "x.fits", size=16, bands="mean")
+    expected = (AsinhStretch(0.1) + PercentileInterval(99.5))(flux.mean(axis=0)) * 255
+    assert got.shape == (1, 16, 16)
+    assert np.abs(got[0].astype(float) - expected).max() <= 0.5 + 1e-6
+
+
+def test_parse_label_map():
+    assert parse_label_map("spiral=yes, non_spiral=no") == {"spiral": "yes", "non_spiral": "no"}
+    with pytest.raises(ValueError, match="LABEL=ANSWER"):
+        parse_label_map("spiral")
+
+
+def test_ingest_reports_unreadable_files_and_writes_placeholder_positions(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "img").mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((24, 24), 40 * i, dtype=np.uint8)).save(tmp_path / "img" / f"{i}.png")
+    (tmp_path / "img" / "bad.jpg").write_bytes(b"\xff\xd8 definitely not a jpeg")
+    (tmp_path / "cat.csv").write_text(
+        "object_id,file,label,split\n1,img/0.png,yes,train\n2,img/1.png,no,train\n3,img/bad.jpg,yes,validation\n"
+        "4,img/missing.png,no,validation\n5,img/2.png,no,validation\n"
+    )
+    out = tmp_path / "out"
+    code, err = _run(["survey", "ingest", "--catalog", str(tmp_path / "cat.csv"), "--out", str(out), "--size", "16",
+                      "--label-question", "has_spiral_arms"])
+    assert code == 1  # output written, but not every file made it: say so in the exit code
+    warnings = [line for line in re.split(r"[\r\n]", err) if line.startswith("skymorph: warning:")]
+    assert len(warnings) == 2 and "img/bad.jpg" in warnings[0] and "img/missing.png" in warnings[1]
+    failures = pd.read_csv(out / "ingest_failures.csv")
+    assert failures["object_id"].tolist() == [3, 4]
+
+    labels = pq.read_table(out / "labels.parquet").to_pandas()
+    assert labels["object_id"].tolist() == [1, 2, 5]
+    assert labels["has_spiral_arms_yes"].tolist() == [1, 0, 0] and labels["has_spiral_arms_no"].tolist() == [0, 1, 1]
+    assert labels["split"].tolist() == ["train", "train", "validation"] and labels["position_is_placeholder"].all()
+    tile = open_tile(read_tile_list(str(out / "tiles.txt"))[0])
+    object_id, ra, dec = tile.read_coords()
+    assert object_id.tolist() == [1, 2, 5] and np.all(ra == 0) and np.all(dec == 0)
+    assert tile.attrs["position_is_placeholder"] is True
+    images = tile.read_images(0, 3)
+    assert images.shape == (3, 1, 16, 16) and images[1].min() == 40 and images[2].max() == 80
+    assert labels["tile"].tolist() == [tile.name] * 3 and labels["row"].tolist() == [0, 1, 2]
+
+
+def test_ingest_bad_catalogs_are_one_line_errors(tmp_path):
+    (tmp_path / "cat.csv").write_text("id,file\n1,a.png\n")
+    code, err = _run(["survey", "ingest", "--catalog", str(tmp_path / "cat.csv"), "--out", str(tmp_path / "o")])
+    assert code == 2 and "no 'object_id' column" in err and "--id-column" in err
+    (tmp_path / "cat.csv").write_text("object_id,file,label\n1,a.png,spiral\n")
+    code, err = _run(["survey", "ingest", "--catalog", str(tmp_path / "cat.csv"), "--out", str(tmp_path / "o"),
+                      "--label-question", "has_spiral_arms", "--label-map", "spiral=yess"])
+    assert code == 2 and "lacks" in err and err.count("\n") == 1
+
+
+@pytest.mark.skipif(not GZ2_SPIRALS.is_dir(), reason=f"real GZ2 subset not found at {GZ2_SPIRALS}")
+def test_real_gz2_slice_ingest_train_evaluate(tmp_path):
+    table = pd.read_csv(GZ2_SPIRALS / "labels.csv").groupby(["split", "label"]).head(15)
+    table["file"] = [str(GZ2_SPIRALS / f) for f in table["file"]]
+    table.to_csv(tmp_path / "slice.csv", index=False)
+    out = tmp_path / "gz2"
+    code, err = _run(["survey", "ingest", "--catalog", str(tmp_path / "slice.csv"), "--out", str(out), "--size", "32",
+                      "--id-column", "galaxy_id", "--label-question", "has_spiral_arms", "--label-map", "spiral=yes,non_spiral=no"])
+    assert code == 0, err
+    labels = pq.read_table(out / "labels.parquet").to_pandas()
+    assert len(labels) == 60 and labels["has_spiral_arms_yes"].sum() == 30
+    assert (labels["has_spiral_arms_yes"] == (labels["label"] == "spiral")).all()
+
+    ckpt = str(tmp_path / "m.ckpt")
+    code, err = _run(["train", "--tiles", str(out / "tiles.txt"), "--labels", str(out / "labels.parquet"), "--schema", "gz2",
+                      "--epochs", "1", "--batch-size", "16", "--threads", "1", "--out", ckpt])
+    assert code == 0, err
+    code, err = _run(["evaluate", ckpt, "--tiles", str(out / "tiles.txt"), "--labels", str(out / "labels.parquet"),
+                      "--out", str(tmp_path / "eval"), "--samples", "5", "--threads", "1"])
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["n_galaxies"] == 30 and metrics["questions"]["has_spiral_arms"]["n_confident"] == 30
+    assert list(metrics["questions"]) == ["has_spiral_arms"]  # the other questions have no votes

@@ -1,0 +1,263 @@
+"""Trainer: labels, split, augmentation, batches, learning rate, checkpoints, train/resume/finetune, CLI errors."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import re
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from skymorph import cli
+from skymorph.errors import InputError, ModelError, SchemaError
+from skymorph.model_metadata import InputSpec
+from skymorph.schema import get_schema
+from skymorph.storage import write_parquet
+from skymorph.tiles import write_tile, write_tile_list
+from skymorph.trainer import CheckpointMeta, TrainConfig, load_checkpoint, save_checkpoint, train
+from skymorph.trainer.checkpoint import read_checkpoint
+from skymorph.trainer.data import BatchLoader, augment, load_labels, split_masks
+from skymorph.trainer.loop import last_checkpoint_path, learning_rate
+from skymorph.trainer.models import build_model
+
+GZ2 = get_schema("gz2")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _disc(size: int, radius: float, ring: bool) -> np.ndarray:
+    y, x = np.mgrid[:size, :size] - (size - 1) / 2
+    r = np.hypot(x, y)
+    image = 200 * np.exp(-((r / radius) ** 2))
+    if ring:
+        image += 120 * np.exp(-(((r - 2 * radius) / 1.5) ** 2))
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def _survey(tmp_path, n: int = 48, size: int = 32):
+    """Two tiles of discs with (``has_spiral_arms_yes``) or without a ring, and votes for the ring."""
+    rng = np.random.default_rng(0)
+    ring = np.arange(n) % 2 == 1
+    images = np.stack([_disc(size, 3 + rng.random(), r)[None] for r in ring])
+    images = np.clip(images.astype(int) + rng.integers(0, 20, images.shape), 0, 255).astype(np.uint8)
+    object_id = np.arange(1000, 1000 + n, dtype=np.int64)
+    urls = []
+    for t, part in enumerate(np.array_split(np.arange(n), 2)):
+        url = str(tmp_path / "tiles" / f"t{t}.zarr")
+        write_tile(
+            url, images[part], object_id[part], np.full(len(part), 10.0), np.full(len(part), -5.0),
+            survey="test", bands=["grey"], pixel_scale_arcsec=0.262, stretch="none", resize="none",
+        )
+        urls.append(url)
+    write_tile_list(str(tmp_path / "tiles.txt"), urls)
+    yes = np.where(ring, 8, 1)
+    table = pa.table({
+        "object_id": object_id,
+        "has_spiral_arms_yes": yes,
+        "has_spiral_arms_no": 9 - yes,
+        "split": np.where(np.arange(n) % 4 == 0, "validation", "train"),
+    })
+    write_parquet(table, str(tmp_path / "labels.parquet"))
+    return str(tmp_path / "tiles.txt"), str(tmp_path / "labels.parquet")
+
+
+def _config(tmp_path, tiles, labels, **kwargs):
+    base = dict(tiles=tiles, labels=labels, out=str(tmp_path / "m.ckpt"), schema="gz2", epochs=1, batch_size=8, threads=1, progress=False)
+    return TrainConfig(**{**base, **kwargs})
+
+
+# ---- labels, split, augmentation, batches ------------------------------------------------------------
+
+
+def test_load_labels_reads_votes_in_schema_order_and_rejects_unknown_answers(tmp_path):
+    path = tmp_path / "labels.csv"
+    path.write_text("object_id,has_spiral_arms_no,has_spiral_arms_yes,split\n5,3,1,train\n7,,2,val\n")
+    labels = load_labels(str(path), GZ2)
+    assert labels.object_id.tolist() == [5, 7]
+    yes, no = GZ2.answer_index("has_spiral_arms", "yes"), GZ2.answer_index("has_spiral_arms", "no")
+    assert labels.votes[:, [yes, no]].tolist() == [[1, 3], [2, 0]]
+    assert labels.votes.sum() == 6 and labels.split.tolist() == ["train", "validation"]
+
+    path.write_text("object_id,has_spiral_arms_yess\n5,3\n")
+    with pytest.raises(SchemaError, match="Did you mean 'has_spiral_arms_yes'"):
+        load_labels(str(path), GZ2)
+    path.write_text("object_id,has_spiral_arms_yes\n5,-1\n")
+    with pytest.raises(InputError, match="non-negative"):
+        load_labels(str(path), GZ2)
+
+
+def test_hash_split_is_deterministic_and_near_the_fraction(tmp_path):
+    path = tmp_path / "labels.csv"
+    path.write_text("object_id,bar_yes\n" + "".join(f"{i},1\n" for i in range(2000)))
+    labels = load_labels(str(path), GZ2)
+    train_mask, val_mask = split_masks(labels, 0.2, seed=3)
+    assert np.array_equal(val_mask, split_masks(labels, 0.2, seed=3)[1])
+    assert not (train_mask & val_mask).any() and (train_mask | val_mask).all()
+    assert abs(val_mask.mean() - 0.2) < 0.03  # binomial sd 0.009
+
+
+def test_augment_keeps_a_round_galaxy_when_only_rotating_and_flipping():
+    disc = torch.from_numpy(np.stack([_disc(33, 5, False)[None]] * 16))
+    out = augment(disc, torch.Generator().manual_seed(0), max_zoom=0, max_shift=0, brightness=0, contrast=0)
+    assert out.dtype == torch.uint8 and out.shape == disc.shape
+    assert (out.int() - disc.int()).abs().max() <= 3  # bilinear resampling of a smooth, symmetric image
+
+
+def test_augment_varies_and_is_reproducible():
+    images = torch.from_numpy(np.random.default_rng(0).integers(0, 255, (4, 1, 16, 16), dtype=np.uint8))
+    a = augment(images, torch.Generator().manual_seed(1))
+    assert torch.equal(a, augment(images, torch.Generator().manual_seed(1)))
+    assert not torch.equal(a, augment(images, torch.Generator().manual_seed(2)))
+
+
+def test_batch_loader_visits_each_galaxy_once():
+    images = np.arange(10, dtype=np.uint8).reshape(10, 1, 1, 1)
+    votes = np.arange(10).reshape(10, 1)
+    loader = BatchLoader(images, votes, 4, shuffle=True, augmented=False, seed=0)
+    batches = list(loader)
+    assert len(loader) == 3 and [len(b[0]) for b in batches] == [4, 4, 2]
+    seen = torch.cat([b[1][:, 0] for b in batches])
+    assert sorted(seen.tolist()) == list(range(10))
+    assert torch.equal(torch.cat([b[0].flatten() for b in batches]).long(), seen)
+
+
+def test_learning_rate_warms_up_linearly_then_follows_a_cosine():
+    kw = dict(base_lr=1.0, warmup_steps=4, total_steps=14, min_ratio=0.1)
+    assert [learning_rate(s, **kw) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert learning_rate(9, **kw) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert learning_rate(14, **kw) == pytest.approx(0.1) and learning_rate(99, **kw) == pytest.approx(0.1)
+
+
+# ---- checkpoints ---------------------------------------------------------------------------------------
+
+
+def _meta(schema="gz2"):
+    return CheckpointMeta(
+        schema=get_schema(schema), arch="w20", likelihood="multinomial", dropout=0.5,
+        input=InputSpec(1, 32, 32, mean=(0.2,), std=(0.3,)), provenance={"seed": 1}, metrics=({"epoch": 1, "val_loss": 0.5},),
+    )
+
+
+def test_checkpoint_round_trip_and_weights_only_load(tmp_path):
+    meta = _meta()
+    model = build_model("w20", meta.schema, meta.input, "multinomial")
+    path = str(tmp_path / "c.ckpt")
+    save_checkpoint(path, model, meta, training={"epoch": 3, "rng": torch.get_rng_state()})
+    raw = torch.load(path, weights_only=True)
+    assert CheckpointMeta.from_json(raw["metadata"]) == meta
+    loaded, got_meta, training = load_checkpoint(path, expect_schema="gz2")
+    assert got_meta == meta and training["epoch"] == 3
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value)
+
+
+def test_checkpoint_errors_are_one_line(tmp_path):
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ModelError, match="not a readable checkpoint"):
+        read_checkpoint(str(bad))
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(ModelError, match="not a skymorph checkpoint"):
+        read_checkpoint(str(tmp_path / "other.pt"))
+    meta = _meta()
+    path = str(tmp_path / "c.ckpt")
+    save_checkpoint(path, build_model("w20", meta.schema, meta.input), meta)
+    (tmp_path / "cut.ckpt").write_bytes((tmp_path / "c.ckpt").read_bytes()[:5000])
+    with pytest.raises(ModelError, match="corrupt"):
+        read_checkpoint(str(tmp_path / "cut.ckpt"))
+    with pytest.raises(SchemaError, match="trained on schema 'gz2'"):
+        load_checkpoint(path, expect_schema="decals")
+
+
+# ---- training ------------------------------------------------------------------------------------------
+
+
+def _state(path):
+    return load_checkpoint(path)[0].state_dict()
+
+
+def test_same_seed_same_weights_and_resume_continues_exactly(tmp_path):
+    tiles, labels = _survey(tmp_path)
+    a = train(_config(tmp_path, tiles, labels, epochs=2, out=str(tmp_path / "a.ckpt")))
+    b = train(_config(tmp_path, tiles, labels, epochs=2, out=str(tmp_path / "b.ckpt")))
+    wa, wb = _state(a.last_checkpoint), _state(b.last_checkpoint)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert a.epochs_run == 2 and len(a.metrics) == 2
+
+    half = train(_config(tmp_path, tiles, labels, epochs=2, stop_after_epochs=1, out=str(tmp_path / "c.ckpt")))
+    assert half.epochs_run == 1 and half.stopped == "stop_after_epochs"
+    rest = train(_config(tmp_path, tiles, labels, epochs=2, out=str(tmp_path / "c.ckpt"), resume=half.last_checkpoint))
+    assert [m["epoch"] for m in rest.metrics] == [1, 2]
+    wc = _state(rest.last_checkpoint)
+    assert all(torch.equal(wa[k], wc[k]) for k in wa)
+    metrics = json.loads((tmp_path / "c.ckpt.metrics.json").read_text())
+    assert [m["val_loss"] for m in metrics["epochs"]] == [m["val_loss"] for m in a.metrics]
+
+
+def test_finetune_starts_from_trained_weights_and_checks_the_schema(tmp_path):
+    tiles, labels = _survey(tmp_path)
+    base = train(_config(tmp_path, tiles, labels, out=str(tmp_path / "base.ckpt")))
+    tuned = train(_config(tmp_path, tiles, labels, finetune=base.checkpoint, lr=1e-9, warmup_epochs=0, out=str(tmp_path / "ft.ckpt")))
+    _, meta, _ = load_checkpoint(tuned.checkpoint)
+    assert meta.provenance["finetuned_from"] == base.checkpoint
+    w0, w1 = _state(base.checkpoint), _state(tuned.checkpoint)
+    assert all(torch.allclose(w0[k].float(), w1[k].float(), atol=1e-5) for k in w0)
+
+    other = tmp_path / "decals.ckpt"
+    meta = CheckpointMeta(get_schema("decals"), "w20", "multinomial", 0.5, InputSpec(1, 32, 32))
+    save_checkpoint(str(other), build_model("w20", meta.schema, meta.input), meta)
+    argv = ["train", "--tiles", tiles, "--labels", labels, "--schema", "gz2", "--out", str(tmp_path / "x.ckpt"), "--finetune", str(other)]
+    _expect_one_line_error(argv, "trained on schema 'decals'")
+
+
+def _expect_one_line_error(argv, text):
+    """``cli.main(argv)`` exits 2 with exactly one ``skymorph: error:`` line holding ``text``, no traceback
+    (progress bars, also on stderr, are ignored)."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = cli.main(argv)
+    lines = re.split(r"[\r\n]", err.getvalue())
+    errors = [line for line in lines if line.startswith("skymorph: error: ")]
+    assert code == 2 and len(errors) == 1 and text in errors[0] and "Traceback" not in err.getvalue(), err.getvalue()
+
+
+def test_cli_train_bad_labels_are_one_line_errors(tmp_path):
+    tiles, labels = _survey(tmp_path)
+    base = ["train", "--tiles", tiles, "--schema", "gz2", "--out", str(tmp_path / "m.ckpt"), "--epochs", "1", "--threads", "1"]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("object_id,has_spiral_arm_yes\n1000,1\n")
+    _expect_one_line_error(base + ["--labels", str(bad)], "Did you mean 'has_spiral_arms_yes'")
+    orphan = tmp_path / "orphan.csv"
+    orphan.write_text("object_id,has_spiral_arms_yes,has_spiral_arms_no,split\n1000,1,0,train\n1001,0,1,validation\n99,1,0,train\n")
+    _expect_one_line_error(base + ["--labels", str(orphan)], "object_id 99 ")
+    assert cli.main(base + ["--labels", str(orphan), "--drop-unmatched"]) == 0
+    _, meta, _ = load_checkpoint(str(tmp_path / "m.ckpt"))
+    assert meta.provenance["n_train"] == 1 and meta.provenance["n_validation"] == 1
+    _expect_one_line_error(base + ["--labels", str(tmp_path / "missing.parquet")], "missing.parquet")
+    _expect_one_line_error(["train", "--tiles", tiles, "--labels", labels, "--out", "x.ckpt", "--schema", "gz3"], "unknown schema 'gz3'")
+
+
+def test_cli_train_writes_checkpoint_and_metrics(tmp_path):
+    tiles, labels = _survey(tmp_path)
+    out = str(tmp_path / "m.ckpt")
+    argv = ["train", "--tiles", tiles, "--labels", labels, "--schema", "gz2", "--arch", "resnet_s", "--epochs", "2",
+            "--batch-size", "16", "--lr", "3e-3", "--warmup-epochs", "0.5", "--threads", "1", "--out", out]
+    assert cli.main(argv) == 0
+    metrics = json.loads((tmp_path / "m.ckpt.metrics.json").read_text())
+    assert len(metrics["epochs"]) == 2
+    _, meta, training = load_checkpoint(out)
+    assert meta.arch == "resnet_s" and meta.input.shape == (1, 32, 32) and training == {}
+    assert meta.provenance["labels_sha256"] and meta.provenance["seed"] == 0
+    best = min(metrics["epochs"], key=lambda m: m["val_loss"])
+    assert best["epoch"] == metrics["best_epoch"]
