@@ -287,6 +287,14 @@ def _list_dir(list_url: str) -> str:
     return os.path.dirname(os.path.abspath(storage.strip_protocol(list_url)))
 
 
+def _resolve(base: str, relative: str) -> str:
+    """``relative`` joined onto the directory ``base`` (a path or URL), with ``..`` folded."""
+    if storage.is_remote(base):
+        scheme, path = base.split("://", 1)
+        return f"{scheme}://{posixpath.normpath(posixpath.join(path, relative))}"
+    return os.path.normpath(os.path.join(base, relative))
+
+
 def read_tile_list(url: str, storage_options: dict | None = None) -> list[str]:
     """The tile URLs listed in the text file at ``url``, in order.
 
@@ -308,8 +316,8 @@ def read_tile_list(url: str, storage_options: dict | None = None) -> list[str]:
             continue
         if any(ch.isspace() for ch in entry):
             raise InputError(f"tile list {url!r} line {lineno}: expected one tile URL, got {entry!r}")
-        if not storage.is_remote(entry) and not os.path.isabs(entry):
-            entry = (posixpath.join(base, entry) if storage.is_remote(base) else os.path.normpath(os.path.join(base, entry)))
+        if "://" not in entry and not os.path.isabs(entry):
+            entry = _resolve(base, entry)
         if entry in seen:
             raise InputError(f"tile list {url!r} line {lineno}: tile {entry!r} is already listed on line {seen[entry]}")
         seen[entry] = lineno

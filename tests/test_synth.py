@@ -85,6 +85,20 @@ def test_votes_follow_the_decision_tree(survey):
     assert labels["total_votes"].between(15, 70).all() and abs(labels["total_votes"].mean() - 40) < 4
 
 
+def test_survey_votes_match_its_truth(survey):
+    out, _ = survey
+    labels = _table(storage.join(out, "labels.parquet"))
+    truth = _table(storage.join(out, "truth.parquet"))
+    observed = labels["smooth_or_featured_smooth"] / labels["total_votes"]
+    assert np.corrcoef(observed, truth["smooth_or_featured_smooth_true"])[0, 1] > 0.8
+    asked = labels["disk_edge_on_yes"] + labels["disk_edge_on_no"]
+    edge_on = (truth["axis_ratio"] < 0.2) & ~truth["smooth"] & (asked >= 10)
+    face_on = (truth["axis_ratio"] > 0.6) & ~truth["smooth"] & (asked >= 10)
+    assert edge_on.sum() >= 3 and face_on.sum() >= 3
+    assert (labels["disk_edge_on_yes"] / asked)[edge_on].mean() > 0.6
+    assert (labels["disk_edge_on_yes"] / asked)[face_on].mean() < 0.3
+
+
 def test_same_seed_same_bytes_in_parallel_and_serial(survey, tmp_path):
     out, _ = survey
     again = str(tmp_path / "again")

@@ -252,6 +252,14 @@ def test_tile_list_round_trip_local(tmp_path):
     assert read_tile_list(str(tmp_path / "tiles.txt")) == tiles
 
 
+def test_read_tile_list_on_s3_resolves_relative_entries(s3_bucket):
+    url = f"{s3_bucket}/run/lists/tiles.txt"
+    storage.atomic_write_text(url, "# tiles\n../tiles/a.zarr\nb.zarr\n/data/local.zarr\nfile:///data/c.zarr\n")
+    assert read_tile_list(url) == [
+        f"{s3_bucket}/run/tiles/a.zarr", f"{s3_bucket}/run/lists/b.zarr", "/data/local.zarr", "file:///data/c.zarr"
+    ]
+
+
 def test_tile_list_round_trip_s3(s3_bucket):
     tiles = [f"{s3_bucket}/run/tiles/a.zarr", f"{s3_bucket}/elsewhere/b.zarr"]
     url = f"{s3_bucket}/run/tiles.txt"

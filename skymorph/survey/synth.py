@@ -230,6 +230,9 @@ def synthesize(
     ``size`` x ``size`` pixel single-band cutouts; votes in ``schema`` (``decals``, ``gz2``; a custom
     schema's unknown questions get uniform vote fractions) from about ``n_volunteers`` volunteers a
     galaxy; ``workers`` processes (default: all cores). The same ``seed`` gives the same bytes.
+
+    With more than one worker the tiles are made in spawned processes, so a script that calls this
+    must do so under ``if __name__ == "__main__":`` (as for any multiprocessing code).
     """
     from skymorph.tiles import write_tile_list
 
