@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -193,6 +194,30 @@ def test_iter_chunks_covers_rows_in_order(tmp_path, prefetch, start, stop):
     assert all(a < b and (b - 1) // 256 == a // 256 for a, b in ranges)  # each inside one stored chunk
     assert len(ranges) == len({a // 256 for a in range(start, stop_)})  # no chunk read twice
     np.testing.assert_array_equal(np.concatenate([im for _, _, im in pieces]), images[start:stop_])
+
+
+def test_iter_chunks_prefetches_the_next_chunk_on_a_thread(tmp_path, monkeypatch):
+    """While the caller holds chunk k, chunk k + 1 is already being read, on another thread."""
+    import threading
+
+    url = str(tmp_path / "t.zarr")
+    write_tile(url, *_data(n=50), chunk_size=10, **ATTRS)
+    tile = open_tile(url)
+    calls = []
+    read = tile.read_images
+
+    def recording_read(start, stop):
+        calls.append((start, threading.current_thread() is threading.main_thread()))
+        return read(start, stop)
+
+    monkeypatch.setattr(tile, "read_images", recording_read)
+    for start, _, _ in tile.iter_chunks():
+        if start + 10 < 50:  # the next read starts while the caller still holds this chunk
+            deadline = time.monotonic() + 10
+            while (start + 10, False) not in calls and time.monotonic() < deadline:
+                time.sleep(0.001)
+            assert (start + 10, False) in calls
+    assert [c[0] for c in calls] == [0, 10, 20, 30, 40] and not any(on_main for _, on_main in calls)
 
 
 def test_iter_chunks_stops_early_and_checks_range(tmp_path):
