@@ -33,6 +33,16 @@ def full(catalog):
     return pa.concat_tables(pq.read_table(f) for f in files).to_pandas()
 
 
+def _summarize_columns(schema):
+    """The column names skymorph.posterior.summarize gives, on a tiny random input."""
+    from skymorph.posterior import summarize
+
+    samples = np.random.default_rng(0).uniform(0.1, 1.0, size=(2, 3, schema.n_answers))
+    for sl in schema.question_slices:
+        samples[..., sl] /= samples[..., sl].sum(axis=-1, keepdims=True)
+    return summarize(samples, schema).keys()
+
+
 def test_info_values(catalog, full):
     summary = info(catalog)
     schema = get_schema("decals")
@@ -40,7 +50,7 @@ def test_info_values(catalog, full):
     assert summary.partitions == len(set(full._healpix_29.values >> (2 * (29 - 6))))
     assert summary.order == 6
     assert summary.columns[:6] == ("object_id", "ra", "dec", "_healpix_29", "tile", "row")
-    assert list(summary.columns[6:]) == posterior_columns(schema)
+    assert list(summary.columns[6:]) == posterior_columns(schema) == list(_summarize_columns(schema))
     assert len(summary.columns) == 6 + 34 * 4 + 2 * 10 + 1
     assert (summary.model_sha256, summary.samples, summary.seed, summary.n_volunteers, summary.schema) == \
         (FAKE_MODEL_SHA256, 30, 4, 40, "decals")

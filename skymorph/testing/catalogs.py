@@ -47,7 +47,7 @@ class SyntheticCatalog:
 def posterior_columns(schema) -> list[str]:
     """The posterior column names in :func:`skymorph.posterior.summarize` order."""
     names = [f"{c}_fraction{s}" for c in schema.answer_columns for s in ("", "_std", "_q05", "_q95")]
-    names += [f"{q}_{kind}" for kind in ("asked", "bald") for q in schema.question_names]
+    names += [f"{q}_{kind}" for q in schema.question_names for kind in ("asked", "bald")]
     return names + ["bald_total"]
 
 
@@ -75,7 +75,6 @@ def _posterior(rng: np.random.Generator, schema, n: int, n_volunteers: int) -> d
         columns[f"{name}_fraction_q95"] = np.clip(f + 1.645 * s, 0, 1)
     for qi, q in enumerate(schema.question_names):
         columns[f"{q}_asked"] = asked[:, qi]
-    for qi, q in enumerate(schema.question_names):
         columns[f"{q}_bald"] = bald[:, qi]
     columns["bald_total"] = (asked * bald).sum(axis=1)
     return {k: v.astype(np.float32) for k, v in columns.items()}
