@@ -43,6 +43,8 @@ def test_outputs_exist_and_open(survey):
     assert list(labels.columns) == ["object_id", "tile", "row", *schema.answer_columns, "total_votes"]
     assert all(labels[c].dtype == np.int32 for c in [*schema.answer_columns, "total_votes"])
     assert labels["object_id"].is_unique and len(labels) == len(truth) == 120
+    metadata = storage.read_parquet(storage.join(out, "labels.parquet")).schema.metadata
+    assert metadata[b"skymorph.seed"] == b"3" and get_schema("decals").to_json().encode() == metadata[b"skymorph.schema"]
     assert {f"{c}_true" for c in schema.answer_columns} <= set(truth.columns)
     assert {"bulge_fraction", "axis_ratio", "bar_strength", "arm_count", "arm_pitch_deg", "size_arcsec", "snr"} <= set(truth.columns)
     for url in tiles:

@@ -190,8 +190,9 @@ def _make_tile(job: _TileJob) -> dict:
     }
 
 
-def _tables(jobs: list[_TileJob], results: list[dict], schema: Schema):
-    """``(labels, truth)`` pyarrow Tables, rows in tile order then row order."""
+def _tables(jobs: list[_TileJob], results: list[dict], schema: Schema, provenance: dict[str, str]):
+    """``(labels, truth)`` pyarrow Tables, rows in tile order then row order, with ``provenance`` as
+    Parquet key-value metadata."""
     import pyarrow as pa
 
     cat = lambda key: np.concatenate([r[key] for r in results])  # noqa: E731
@@ -206,7 +207,7 @@ def _tables(jobs: list[_TileJob], results: list[dict], schema: Schema):
         **base, "ra": cat("ra"), "dec": cat("dec"), **params, "psf_fwhm_arcsec": cat("psf_fwhm_arcsec"),
         **{f"{c}_true": fractions[:, i] for i, c in enumerate(schema.answer_columns)},
     }
-    return pa.table(labels), pa.table(truth)
+    return pa.table(labels, metadata=provenance), pa.table(truth, metadata=provenance)
 
 
 def synthesize(
@@ -264,7 +265,13 @@ def synthesize(
     workers = min(workers, n_tiles)
     results = _run(jobs, workers, progress)
 
-    labels, truth = _tables(jobs, results, schema)
+    from skymorph import __version__
+
+    provenance = {
+        "skymorph.source": "synthetic", "skymorph.seed": str(seed), "skymorph.schema": schema.to_json(),
+        "skymorph.n_volunteers": str(n_volunteers), "skymorph.version": __version__,
+    }
+    labels, truth = _tables(jobs, results, schema, provenance)
     written = sum(r["bytes"] for r in results)
     for name, table in (("labels.parquet", labels), ("truth.parquet", truth)):
         url = storage.join(out, name)
