@@ -172,6 +172,9 @@ def test_votes_estimate_the_true_fractions():
     # multinomial sampling: the observed fraction's error is ~ sqrt(f (1 - f) / N)
     assert np.abs(observed - f[:, root]).mean() < 0.06
     assert np.corrcoef(observed[:, 0], f[:, 0])[0, 1] > 0.9
+    for q, cols in zip(schema.questions, schema.question_slices):
+        asked = total if q.asked_by is None else counts[:, schema.answer_index(*q.asked_by)]
+        np.testing.assert_array_equal(counts[:, cols].sum(axis=1), asked, err_msg=q.name)
 
 
 def test_unknown_questions_get_uniform_fractions(tmp_path):
