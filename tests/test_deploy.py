@@ -400,3 +400,114 @@ def test_the_scan_catches_what_it_looks_for(tmp_path, name, text, expected):
     path = tmp_path / name
     path.write_text(text)
     assert expected in _findings(path)
+
+
+# ---- `skymorph run --scheduler` on real `dask scheduler` / `dask worker --resources GPU=1` processes ----
+
+
+def _run_command_missing() -> str | None:
+    """Why the end-to-end test cannot run yet, or None: it needs the survey job and its CLI command."""
+    import importlib.util
+
+    if importlib.util.find_spec("skymorph.inference.job") is None:
+        return "skymorph.inference.job (the survey job) is not in this checkout yet"
+    from skymorph.cli import build_parser
+
+    subcommands = next(a for a in build_parser()._actions if a.dest == "command").choices
+    if "run" not in subcommands:
+        return "`skymorph run` is not registered in skymorph/cli.py yet"
+    return None
+
+
+def _wait_for(condition, timeout_s: float, what: str):
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if value := condition():
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+@pytest.fixture
+def scheduler_and_workers(tmp_path):
+    """`dask scheduler` on 127.0.0.1, one worker advertising GPU=1 (2 threads) and one CPU-only worker.
+    Yields ``(address, {"gpu": worker address, "cpu": worker address})``; all processes are killed after."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    dask = os.path.join(os.path.dirname(sys.executable), "dask")
+    scheduler_file = tmp_path / "scheduler.json"
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--dashboard-address", ":0",
+                               "--scheduler-file", str(scheduler_file)], **quiet)]
+    try:
+        _wait_for(scheduler_file.exists, 60, "the scheduler file")
+        address = json.loads(scheduler_file.read_text())["address"]
+        worker = [dask, "worker", address, "--host", "127.0.0.1", "--no-dashboard", "--nworkers", "1"]
+        procs.append(subprocess.Popen([*worker, "--name", "gpu", "--nthreads", "2", "--resources", "GPU=1"], **quiet))
+        procs.append(subprocess.Popen([*worker, "--name", "cpu", "--nthreads", "1"], **quiet))
+        from distributed import Client
+
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(2, timeout=60)
+            by_name = {info["name"]: addr for addr, info in client.scheduler_info(n_workers=-1)["workers"].items()}
+        yield address, by_name
+    finally:
+        for proc in reversed(procs):
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_skymorph_run_against_a_scheduler_puts_gpu_tasks_on_the_gpu_worker(s3, s3_bucket, tmp_path, scheduler_and_workers):
+    if reason := _run_command_missing():
+        pytest.skip(reason)
+    import os
+    import subprocess
+    import sys
+
+    import numpy as np
+    import pyarrow as pa
+    import torch
+    from distributed import Client
+
+    from skymorph.catalog import layout
+    from skymorph.exporter import export_onnx_model
+    from skymorph.model_metadata import InputSpec
+    from skymorph.schema import get_schema
+    from skymorph.storage import read_parquet
+    from skymorph.survey import synthesize
+    from skymorph.tiles import open_tile, read_tile_list
+    from skymorph.trainer.models import build_model
+
+    size, schema = 32, "gz2"
+    survey = f"{s3_bucket}/survey"
+    synthesize(survey, n_tiles=2, per_tile=48, size=size, seed=1, schema=schema, workers=1, progress=False)
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    net = build_model("w20", get_schema(schema), InputSpec(1, size, size), "multinomial", dense=16)
+    model = str(tmp_path / "tiny.onnx")
+    export_onnx_model(net, model, samples=4, seed=0)
+
+    address, workers = scheduler_and_workers
+    catalog = f"{s3_bucket}/catalog"
+    result = subprocess.run(
+        [sys.executable, "-m", "skymorph.cli", "run", "--tiles", f"{survey}/tiles.txt", "--model", model,
+         "--out", catalog, "--scheduler", address, "--gpu", "--batch-size", "16"],
+        env={**os.environ, **s3.env}, capture_output=True, text=True, timeout=240,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+
+    expected = np.concatenate([open_tile(url).read_coords()[0] for url in read_tile_list(f"{survey}/tiles.txt")])
+    parts = pa.concat_tables([read_parquet(part.url) for part in layout.list_parts(catalog)])
+    assert sorted(parts.column("object_id").to_pylist()) == sorted(expected.tolist())
+
+    with Client(address, timeout=30) as client:
+        executed = client.run(lambda dask_worker: dask_worker.state.executed_count)
+    assert executed[workers["cpu"]] == 0, "a task asking for GPU=1 ran on the worker without a GPU"
+    assert executed[workers["gpu"]] >= 2, "one task per tile at least"
