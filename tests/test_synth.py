@@ -13,7 +13,7 @@ from skymorph.cli import main
 from skymorph.errors import InputError, SchemaError
 from skymorph.schema import get_schema
 from skymorph.survey import Footprint, SynthSummary, synthesize
-from skymorph.survey._galaxy import GalaxyParams, render, sersic2d
+from skymorph.survey._galaxy import GalaxyParams, moffat_kernel, render, sersic2d
 from skymorph.survey._votes import simulate_votes, true_vote_fractions
 from skymorph.tiles import open_tile, read_tile_list
 
@@ -206,6 +206,15 @@ def test_image_model_matches_astropy_sersic2d(amplitude, r_eff, n, x_0, y_0, ell
     # batched: (B, 1, 1) parameters on one grid give B images, the second the same model again
     batch = sersic2d(x, y, np.array([amplitude, amplitude])[:, None, None], r_eff, n, x_0, y_0, ellip, theta)
     np.testing.assert_allclose(batch[1], expected, rtol=1e-10)
+
+
+@pytest.mark.parametrize("fwhm_px, beta, half", [(4.0, 3.5, 16), (1.7, 2.5, 7), (6.2, 4.765, 25)])
+def test_psf_matches_astropy_moffat2dkernel(fwhm_px, beta, half):
+    from astropy.convolution import Moffat2DKernel
+
+    gamma = fwhm_px / (2 * np.sqrt(2 ** (1 / beta) - 1))
+    expected = Moffat2DKernel(gamma, beta, x_size=2 * half + 1, y_size=2 * half + 1, mode="center").array
+    np.testing.assert_allclose(moffat_kernel(fwhm_px, beta, half), expected / expected.sum(), rtol=1e-10)
 
 
 def test_images_reflect_the_truth():

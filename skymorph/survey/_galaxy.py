@@ -16,8 +16,8 @@ thickness :math:`q_0 = 0.12` (Hubble 1926), up to edge-on.
 
 Astropy evaluates one model on one grid; a survey needs thousands a second, so :func:`sersic2d` is the
 same formula evaluated with numpy broadcasting on a (B, H, W) grid (checked against
-``astropy.modeling.models.Sersic2D`` in the tests). The sum is convolved with a Moffat PSF (astropy's
-``Moffat2DKernel``, one per tile: the tile's seeing) by FFT, given Poisson noise of sky plus source in
+``astropy.modeling.models.Sersic2D`` in the tests). The sum is convolved with a Moffat PSF (as astropy's
+``Moffat2DKernel``; one per tile: the tile's seeing) by FFT, given Poisson noise of sky plus source in
 the Gaussian limit plus Gaussian read noise, and stretched to uint8 with a fixed asinh stretch
 (Lupton et al. 2004) so that brightness stays comparable between galaxies.
 """
@@ -28,7 +28,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-__all__ = ["GalaxyParams", "sersic2d", "sersic_bn", "render", "asinh_stretch", "sky_sigma_e", "STRETCH", "FIELD_ARCSEC"]
+__all__ = ["GalaxyParams", "sersic2d", "sersic_bn", "moffat_kernel", "render", "asinh_stretch", "sky_sigma_e", "STRETCH", "FIELD_ARCSEC"]
 
 FIELD_ARCSEC = 32.0
 """Every cutout spans the same field whatever its size in pixels: pixel scale = 32" / size."""
@@ -151,17 +151,28 @@ class GalaxyParams:
         return GalaxyParams(**{name: values[index] for name, values in self.columns().items()})
 
 
-def _psf_transfer(fwhm_px: float, padded: int) -> np.ndarray:
-    """The rfft2 of a unit-sum Moffat PSF (beta = 3.5) centred on pixel (0, 0) of a padded grid."""
-    import scipy.fft
-    from astropy.convolution import Moffat2DKernel
+def moffat_kernel(fwhm_px: float, beta: float, half: int) -> np.ndarray:
+    """A unit-sum Moffat PSF sampled at pixel centres on a (2 half + 1)^2 grid:
 
-    beta = 3.5
+    .. math:: P(r) \\propto (1 + r^2 / \\gamma^2)^{-\\beta},\\qquad
+              \\mathrm{FWHM} = 2\\gamma\\sqrt{2^{1/\\beta} - 1}
+
+    (Moffat 1969); the same as astropy's ``Moffat2DKernel(gamma, alpha=beta)`` (checked in the tests),
+    without importing astropy.convolution (seconds, in every worker process).
+    """
     gamma = fwhm_px / (2.0 * np.sqrt(2.0 ** (1.0 / beta) - 1.0))
+    axis = np.arange(-half, half + 1, dtype=np.float64)
+    kernel = (1.0 + (axis[:, None] ** 2 + axis[None, :] ** 2) / gamma**2) ** -beta
+    return kernel / kernel.sum()
+
+
+def _psf_transfer(fwhm_px: float, padded: int) -> np.ndarray:
+    """The rfft2 of a Moffat PSF (beta = 3.5) centred on pixel (0, 0) of a padded grid."""
+    import scipy.fft
+
     half = min(int(np.ceil(4 * fwhm_px)), padded // 2 - 1)
-    kernel = Moffat2DKernel(gamma=gamma, alpha=beta, x_size=2 * half + 1, y_size=2 * half + 1).array
     grid = np.zeros((padded, padded))
-    grid[: 2 * half + 1, : 2 * half + 1] = kernel / kernel.sum()
+    grid[: 2 * half + 1, : 2 * half + 1] = moffat_kernel(fwhm_px, 3.5, half)
     grid = np.roll(grid, (-half, -half), axis=(0, 1))
     return scipy.fft.rfft2(grid.astype(np.float32))
 

@@ -93,6 +93,8 @@ class _TileJob:
     url: str
     order: int
     pixel: int
+    ra: np.ndarray  # positions are drawn by the parent: workers then need not import cdshealpix/astropy
+    dec: np.ndarray
     per_tile: int
     size: int
     seed: int
@@ -157,6 +159,13 @@ def _positions(pixel: int, order: int, n: int, rng: np.random.Generator) -> tupl
     return lon.deg.astype(np.float64), lat.deg.astype(np.float64)
 
 
+def _tile_rngs(seed: int, index: int) -> list[np.random.Generator]:
+    """The tile's independent streams (positions, parameters, pixels, votes) from ``seed`` and its
+    index alone, whichever process draws them."""
+    streams = np.random.SeedSequence(seed, spawn_key=(1, index)).spawn(4)
+    return [np.random.default_rng(s) for s in streams]
+
+
 def _make_tile(job: _TileJob) -> dict:
     """Render, vote and write one tile; return its truth and votes (small arrays) for the tables."""
     from skymorph.survey._galaxy import FIELD_ARCSEC, STRETCH, GalaxyParams, render
@@ -164,9 +173,8 @@ def _make_tile(job: _TileJob) -> dict:
     from skymorph.tiles import write_tile
 
     cpu_started = time.process_time()
-    streams = np.random.SeedSequence(job.seed, spawn_key=(1, job.index)).spawn(4)
-    rng_sky, rng_params, rng_pixels, rng_votes = (np.random.default_rng(s) for s in streams)
-    ra, dec = _positions(job.pixel, job.order, job.per_tile, rng_sky)
+    _, rng_params, rng_pixels, rng_votes = _tile_rngs(job.seed, job.index)
+    ra, dec = job.ra, job.dec
     psf_fwhm_arcsec = float(rng_params.uniform(1.0, 1.6))
     params = GalaxyParams.draw(rng_params, job.per_tile)
     images = render(params, job.size, psf_fwhm_arcsec, rng_pixels, stretch=True)[:, None]
@@ -260,7 +268,8 @@ def synthesize(
     for index, pixel in enumerate(pixels):
         name = f"hpx{healpix_order}_{int(pixel):0{width}d}"
         url = storage.join(out, "tiles", f"{name}.zarr")
-        jobs.append(_TileJob(index, name, url, healpix_order, int(pixel), per_tile, size, seed, schema,
+        ra, dec = _positions(int(pixel), healpix_order, per_tile, _tile_rngs(seed, index)[0])
+        jobs.append(_TileJob(index, name, url, healpix_order, int(pixel), ra, dec, per_tile, size, seed, schema,
                              float(n_volunteers), storage_options))
     workers = min(workers, n_tiles)
     results = _run(jobs, workers, progress)
