@@ -243,6 +243,7 @@ def synthesize(
     With more than one worker the tiles are made in spawned processes, so a script that calls this
     must do so under ``if __name__ == "__main__":`` (as for any multiprocessing code).
     """
+    from skymorph import __version__
     from skymorph.tiles import write_tile_list
 
     started = time.perf_counter()
@@ -252,9 +253,11 @@ def synthesize(
     seed = _check_int("seed", "--seed", seed, 0)
     healpix_order = _check_int("healpix_order", "--healpix-order", healpix_order, 0)
     if healpix_order > 20:
-        raise InputError(f"healpix_order must be at most 20 (pixels of ~0.2 arcsec), got {healpix_order}")
+        raise InputError(f"healpix_order (--healpix-order) must be at most 20 (pixels of ~0.2 arcsec), got {healpix_order}")
     if not (isinstance(n_volunteers, (int, float, np.integer, np.floating)) and n_volunteers > 0):
         raise InputError(f"n_volunteers (--volunteers) must be > 0, got {n_volunteers!r}")
+    if not isinstance(footprint, Footprint):
+        raise InputError(f"footprint must be a skymorph.survey.Footprint, got {type(footprint).__name__}")
     workers = (os.cpu_count() or 1) if workers is None else _check_int("workers", "--workers", workers, 1)
     schema = get_schema(schema)
     storage_options = dict(storage_options or {})
@@ -274,11 +277,9 @@ def synthesize(
     workers = min(workers, n_tiles)
     results = _run(jobs, workers, progress)
 
-    from skymorph import __version__
-
     provenance = {
         "skymorph.source": "synthetic", "skymorph.seed": str(seed), "skymorph.schema": schema.to_json(),
-        "skymorph.n_volunteers": str(n_volunteers), "skymorph.version": __version__,
+        "skymorph.n_volunteers": f"{float(n_volunteers):g}", "skymorph.version": __version__,
     }
     labels, truth = _tables(jobs, results, schema, provenance)
     written = sum(r["bytes"] for r in results)
