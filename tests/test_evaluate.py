@@ -1,0 +1,133 @@
+"""evaluate: coverage against brute-force intervals, metrics against the predictions, CLI, truth table."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from scipy import stats
+
+from skymorph import cli
+from skymorph.schema import get_schema
+from skymorph.storage import write_parquet
+from skymorph.trainer import TrainConfig, evaluate, load_checkpoint, train
+from skymorph.trainer.evaluate import coverage, predict
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_trainer import _survey  # noqa: E402  (the tiny ring/disc survey)
+
+GZ2 = get_schema("gz2")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _brute_force_inside(pmfs: np.ndarray, k: int, level: float) -> bool:
+    """Central interval of the predictive pmf (mean over samples), by enumerating its CDF."""
+    cdf = np.cumsum(pmfs.mean(axis=0))
+    lo = int(np.argmax(cdf >= (1 - level) / 2 - 1e-12))
+    hi = int(np.argmax(cdf >= (1 + level) / 2 - 1e-12))
+    return lo <= k <= hi
+
+
+@pytest.mark.parametrize("likelihood", ["multinomial", "dirichlet_multinomial"])
+def test_coverage_matches_brute_force_intervals(likelihood):
+    rng = np.random.default_rng(4)
+    schema = get_schema("decals")
+    b, t = 12, 5
+    logits = rng.normal(size=(b, t, schema.n_answers))
+    if likelihood == "multinomial":
+        outputs = np.concatenate([np.exp(logits[..., s]) / np.exp(logits[..., s]).sum(-1, keepdims=True) for s in schema.question_slices], -1)
+    else:
+        outputs = 1 + 20 * rng.random((b, t, schema.n_answers))
+    votes = rng.integers(0, 6, size=(b, schema.n_answers))
+    votes[:3, schema.question_slices[1]] = 0  # some galaxies never asked question 1
+    got = coverage(outputs, votes, schema, likelihood, levels=(0.3, 0.9))
+    for q, s in zip(schema.questions, schema.question_slices):
+        n = votes[:, s].sum(1)
+        answers = [s.start] if len(q.answers) == 2 else range(s.start, s.stop)
+        for level in (0.3, 0.9):
+            inside = []
+            for i in np.flatnonzero(n > 0):
+                for a in answers:
+                    k = np.arange(n[i] + 1)
+                    if likelihood == "multinomial":
+                        pmfs = np.stack([stats.binom.pmf(k, n[i], outputs[i, j, a]) for j in range(t)])
+                    else:
+                        rest = outputs[i, :, s].sum(-1) - outputs[i, :, a]
+                        pmfs = np.stack([stats.betabinom.pmf(k, n[i], outputs[i, j, a], rest[j]) for j in range(t)])
+                    inside.append(_brute_force_inside(pmfs, votes[i, a], level))
+            assert got[q.name][f"{level:g}"] == pytest.approx(np.mean(inside))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("eval")
+    tiles, labels = _survey(tmp)
+    torch.set_num_threads(1)
+    result = train(TrainConfig(tiles=tiles, labels=labels, out=str(tmp / "m.ckpt"), schema="gz2", epochs=1, batch_size=8, progress=False))
+    return tmp, tiles, labels, result.checkpoint
+
+
+def test_evaluate_metrics_agree_with_its_predictions(trained):
+    tmp, tiles, labels, ckpt = trained
+    truth = pq.read_table(labels).to_pandas()[["object_id"]]
+    rng = np.random.default_rng(0)
+    for s, q in zip(GZ2.question_slices, GZ2.questions):
+        p = rng.dirichlet(np.ones(len(q.answers)), size=len(truth))
+        for j, a in enumerate(q.answers):
+            truth[f"{q.name}_{a}_true"] = p[:, j]
+    write_parquet(pa.Table.from_pandas(truth, preserve_index=False), str(tmp / "truth.parquet"))
+    report = evaluate(ckpt, tiles, labels, str(tmp / "out"), samples=7, truth=str(tmp / "truth.parquet"), progress=False)
+
+    table = pq.read_table(labels).to_pandas()
+    val = table[table["split"] == "validation"].set_index("object_id")
+    predictions = pq.read_table(tmp / "out" / "predictions.parquet").to_pandas().set_index("object_id")
+    assert report.n_galaxies == len(val) == len(predictions)
+    observed = val["has_spiral_arms_yes"] / (val["has_spiral_arms_yes"] + val["has_spiral_arms_no"])
+    predicted = predictions.loc[val.index, "has_spiral_arms_yes_fraction"]
+    m = report.metrics["questions"]["has_spiral_arms"]
+    assert m["rmse"] == pytest.approx(float(np.sqrt(np.mean((predicted - observed) ** 2))), rel=1e-5)
+    confident = (observed > 0.8) | (observed < 0.2)
+    assert m["n_confident"] == confident.sum()
+    assert m["accuracy_confident"] == pytest.approx(float(np.mean((predicted[confident] > 0.5) == (observed[confident] > 0.5))))
+    true = truth.set_index("object_id").loc[val.index, "has_spiral_arms_yes_true"]
+    assert m["rmse_true"] == pytest.approx(float(np.sqrt(np.mean((predicted - true) ** 2))), rel=1e-5)
+    assert set(m["coverage"]) == {"0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "0.8", "0.9", "0.95"}
+    for name in ("coverage.png", "predicted_vs_observed.png"):
+        assert (tmp / "out" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_predict_uses_the_heads_seeded_masks(trained):
+    _, _, _, ckpt = trained
+    model, meta, _ = load_checkpoint(ckpt)
+    images = np.random.default_rng(0).integers(0, 255, (3, *meta.input.shape), dtype=np.uint8)
+    got = predict(model, images, samples=4, seed=11)
+    masks = model.head.draw_masks(4, 11)
+    with torch.no_grad():
+        features = model.features(torch.from_numpy(images))
+        expected = torch.stack([model.output(model.head.linear(features * masks[t])) for t in range(4)], dim=1)
+    assert got.shape == (3, 4, GZ2.n_answers)
+    np.testing.assert_allclose(got, expected.numpy(), rtol=1e-5, atol=1e-6)
+    assert np.array_equal(got, predict(model, images, samples=4, seed=11))
+
+
+def test_cli_evaluate_and_its_errors(trained, capsys):
+    tmp, tiles, labels, ckpt = trained
+    assert cli.main(["evaluate", ckpt, "--tiles", tiles, "--labels", labels, "--out", str(tmp / "cli"), "--samples", "3", "--split", "all"]) == 0
+    assert json.loads((tmp / "cli" / "metrics.json").read_text())["n_galaxies"] == 48
+    (tmp / "junk.ckpt").write_bytes(b"junk")
+    assert cli.main(["evaluate", str(tmp / "junk.ckpt"), "--tiles", tiles, "--labels", labels, "--out", str(tmp / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "skymorph: error:" in err and "not a readable checkpoint" in err and "Traceback" not in err
