@@ -119,6 +119,21 @@ def test_config_is_frozen():
         config.walltime = "01:00:00"
 
 
+def test_slurm_module_imports_nothing_heavy_and_names_the_extra_when_jobqueue_is_missing(monkeypatch):
+    import subprocess
+    import sys
+
+    from skymorph.errors import MissingDependencyError
+
+    probe = ("import sys, skymorph.inference.slurm; "
+             "print(sorted(m for m in ('dask_jobqueue', 'torch', 'onnxruntime') if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert "dask_jobqueue" not in loaded and "torch" not in loaded
+    monkeypatch.setitem(sys.modules, "dask_jobqueue", None)  # what `import dask_jobqueue` sees when it is absent
+    with pytest.raises(MissingDependencyError, match=r"pip install 'skymorph\[slurm\]'"):
+        slurm_cluster(SLURM_GPU, **LOOPBACK)
+
+
 def test_sbatch_script_starts_scheduler_gpu_workers_and_the_driver():
     script = (DEPLOY / "slurm" / "skymorph-run.sbatch").read_text()
     assert re.search(r"srun .*\\\n\s+dask scheduler --scheduler-file", script)
