@@ -25,7 +25,16 @@ from skymorph.inference.engines import Engine
 from skymorph.model_metadata import ModelMetadata
 from skymorph.storage import read_text
 
-__all__ = ["PlanSidecar", "sidecar_url", "load_plan", "check_plan_compatible", "TensorRTEngine", "import_tensorrt", "import_cudart"]
+__all__ = [
+    "PlanSidecar",
+    "sidecar_url",
+    "load_plan",
+    "check_plan_compatible",
+    "compute_capability",
+    "TensorRTEngine",
+    "import_tensorrt",
+    "import_cudart",
+]
 
 SIDECAR_FORMAT = "skymorph-tensorrt-plan"
 INSTALL_HINT = "pip install 'skymorph[tensorrt]' on a machine with an NVIDIA GPU"
