@@ -93,6 +93,8 @@ def test_walltime_minutes():
         ({"min_jobs": 5, "max_jobs": 2}, "min_jobs"),
         ({"worker_extra_args": ["--resources", "GPU=2"]}, "must not set --resources"),
         ({"wall_time": "01:00:00"}, "Did you mean 'walltime'"),
+        ({"walltime": 14400}, "quoted string"),
+        ({"job_extra_directives": None}, "list of strings"),
     ],
 )
 def test_bad_slurm_settings_are_one_line_input_errors(change, message):

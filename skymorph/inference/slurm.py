@@ -101,6 +101,11 @@ class SlurmConfig:
             )
         if self.min_jobs > self.max_jobs:
             raise InputError(f"SLURM config: min_jobs ({self.min_jobs}) must not exceed max_jobs ({self.max_jobs})")
+        if not isinstance(self.walltime, str):
+            raise InputError(
+                f"SLURM config: walltime must be a quoted string like \"04:00:00\" "
+                f"(YAML reads an unquoted HH:MM:SS as a base-60 number), got {self.walltime!r}"
+            )
         limit = walltime_minutes(self.walltime)
         latest = self.worker_lifetime_minutes + self.lifetime_stagger_minutes
         if latest >= limit:
@@ -110,7 +115,7 @@ class SlurmConfig:
             )
         for name in ("job_script_prologue", "job_extra_directives", "worker_extra_args"):
             value = getattr(self, name)
-            if isinstance(value, str) or not all(isinstance(item, str) for item in value):
+            if not isinstance(value, (tuple, list)) or not all(isinstance(item, str) for item in value):
                 raise InputError(f"SLURM config: {name} must be a list of strings, got {value!r}")
             object.__setattr__(self, name, tuple(value))
         extra = " ".join(self.worker_extra_args)
