@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from skymorph.errors import InputError, MissingDependencyError, did_you_mean
 
@@ -69,7 +69,7 @@ class SlurmConfig:
     death_timeout_s: int = 120
     job_script_prologue: tuple[str, ...] = ()
     job_extra_directives: tuple[str, ...] = ()
-    worker_extra_args: tuple[str, ...] = field(default=())
+    worker_extra_args: tuple[str, ...] = ()
 
     def __post_init__(self):
         for name in ("cpus_per_job", "threads_per_process", "processes", "worker_lifetime_minutes"):
