@@ -257,6 +257,49 @@ def _cmd_export(args) -> int:
 
 def _add_run_commands(sub) -> None:
     """``skymorph run``."""
+    run = sub.add_parser("run", help="classify a survey on Dask: tiles -> engine -> posteriors -> HATS catalog")
+    run.add_argument("--tiles", required=True, metavar="TILELIST", help="tile list (one tile store URL per line)")
+    run.add_argument("--model", required=True, metavar="MODEL", help="exported model (.onnx, .plan) with skymorph metadata")
+    run.add_argument("--out", required=True, metavar="CATALOG", help="catalog location (local path or s3://); resumes if it exists")
+    where = run.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", metavar="ADDRESS", help="Dask scheduler to use (default: DASK_SCHEDULER_ADDRESS, else a local cluster)")
+    where.add_argument("--scheduler-file", metavar="FILE", help="Dask scheduler file (as written by `dask scheduler --scheduler-file`)")
+    run.add_argument("--cluster", choices=("local", "slurm"), default="local",
+                     help="without a scheduler: a LocalCluster, or SLURM jobs from --cluster-config (default local)")
+    run.add_argument("--cluster-config", metavar="FILE", help="YAML for --cluster slurm (see deploy/slurm/)")
+    run.add_argument("--workers", type=_positive_int, default=None, help="worker processes (default: sized to the machine)")
+    run.add_argument("--threads-per-worker", type=_positive_int, default=1, help="concurrent tasks per worker (default 1)")
+    run.add_argument("--batch-size", type=_positive_int, default=256, help="images per engine call (default 256)")
+    run.add_argument("--max-in-flight", type=_positive_int, default=None, help="tasks submitted at once (default 2 x Dask threads)")
+    run.add_argument("--rows-per-task", type=_positive_int, default=4096, help="split larger tiles into tasks of about this many rows (default 4096)")
+    run.add_argument("--n-volunteers", type=_positive_int, default=40, help="N of the vote-count posteriors and BALD (default 40)")
+    run.add_argument("--catalog-order", type=int, default=5, help="HEALPix order of the catalog partitions (default 5)")
+    run.add_argument("--backend", default="auto", help="engine backend: auto, onnxruntime, tensorrt, torch (default auto)")
+    run.add_argument("--gpu", action="store_true", help="tasks ask for a worker with resource GPU=1")
+    run.add_argument("--allow-failures", action="store_true", help="exit 0 even if some tiles failed (they are in _skymorph/failures.parquet)")
+    run.add_argument("--overwrite", action="store_true", help="replace an existing catalog at --out instead of resuming it")
+    _add_storage_option(run)
+    run.set_defaults(func=_cmd_run)
+
+
+def _cmd_run(args) -> int:
+    from skymorph.inference.job import RunConfig, run_survey
+
+    config = RunConfig(
+        tiles=args.tiles, model=args.model, out=args.out, scheduler=args.scheduler, scheduler_file=args.scheduler_file,
+        cluster=args.cluster, cluster_config=args.cluster_config, workers=args.workers,
+        threads_per_worker=args.threads_per_worker, batch_size=args.batch_size, max_in_flight=args.max_in_flight,
+        rows_per_task=args.rows_per_task, n_volunteers=args.n_volunteers, catalog_order=args.catalog_order,
+        allow_failures=args.allow_failures, gpu=args.gpu, backend=args.backend, overwrite=args.overwrite,
+        storage_options=_storage_options(args),
+    )
+    report = run_survey(config)
+    print(report.summary())
+    if report.failures:
+        print(f"skymorph run: {len(report.failures)} tile range(s) failed; see {report.catalog}/_skymorph/failures.parquet",
+              file=sys.stderr)
+        return 0 if config.allow_failures else 1
+    return 0
 
 
 # ---- catalog (skymorph.catalog) --------------------------------------------------------------------

@@ -167,6 +167,7 @@ def parse_part_path(url: str) -> PartFile | None:
 def list_parts(catalog: str, storage_options: dict | None = None) -> list[PartFile]:
     """Every part file under ``CATALOG/dataset``, sorted by pixel then name (one listing, no reads)."""
     fs, root = filesystem(dataset_url(catalog), storage_options)
+    fs.invalidate_cache()  # fsspec caches listings (per directory) per process; parts may have landed since
     if not fs.exists(root):
         return []
     protocol = catalog.split("://", 1)[0] + "://" if "://" in catalog and not catalog.startswith("file://") else ""

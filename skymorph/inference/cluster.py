@@ -1,0 +1,123 @@
+"""Where ``skymorph run`` gets its Dask workers.
+
+In order: ``--scheduler ADDRESS``, ``--scheduler-file FILE``, the ``DASK_SCHEDULER_ADDRESS``
+environment variable, ``--cluster slurm`` (deploy/slurm via :mod:`skymorph.inference.slurm`), else a
+``LocalCluster`` of worker processes sized to this machine. Locally, worker processes x Dask threads x
+engine threads = cores: each engine already uses several cores for one batch, so more concurrent
+tasks than that would only oversubscribe the CPU.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from skymorph.errors import InputError
+
+__all__ = ["ClusterSpec", "LocalSizing", "local_sizing", "connect", "threads_by_host"]
+
+CLUSTER_KINDS = ("local", "slurm")
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """How to reach (or make) the workers; see the module docstring for the order of precedence."""
+
+    scheduler: str | None = None
+    scheduler_file: str | None = None
+    cluster: str = "local"
+    cluster_config: str | None = None
+    workers: int | None = None
+    threads_per_worker: int = 1
+    gpu: bool = False
+
+    def __post_init__(self) -> None:
+        if self.scheduler and self.scheduler_file:
+            raise InputError("give --scheduler or --scheduler-file, not both")
+        if self.cluster not in CLUSTER_KINDS:
+            raise InputError(f"--cluster must be one of {CLUSTER_KINDS}, got {self.cluster!r}")
+        if self.cluster == "slurm" and not self.cluster_config:
+            raise InputError("--cluster slurm needs --cluster-config FILE (see deploy/slurm/)")
+        if self.cluster != "local" and (self.scheduler or self.scheduler_file):
+            raise InputError(f"--cluster {self.cluster} starts its own scheduler; drop --scheduler/--scheduler-file")
+        if self.workers is not None and self.workers < 1:
+            raise InputError(f"--workers must be at least 1, got {self.workers}")
+        if self.threads_per_worker < 1:
+            raise InputError(f"--threads-per-worker must be at least 1, got {self.threads_per_worker}")
+        if self.scheduler_file and not os.path.exists(self.scheduler_file):
+            raise InputError(f"scheduler file {self.scheduler_file!r} does not exist; start `dask scheduler --scheduler-file` first")
+
+    @property
+    def address(self) -> str | None:
+        """The scheduler address to connect to, if any (``--scheduler`` or DASK_SCHEDULER_ADDRESS)."""
+        if self.scheduler_file:
+            return None
+        return self.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS") or None
+
+
+@dataclass(frozen=True)
+class LocalSizing:
+    workers: int
+    threads_per_worker: int
+    engine_threads: int
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def local_sizing(workers: int | None, threads_per_worker: int, gpu: bool, cores: int | None = None) -> LocalSizing:
+    """Split ``cores`` as ``workers x threads_per_worker x engine_threads <= cores``.
+
+    By default one worker process per 4 cores (at least one; one per machine for a GPU): fewer, wider
+    engines waste less on per-process model copies and keep batches large.
+    """
+    cores = cores or _cores()
+    if workers is None:
+        workers = 1 if gpu else max(1, cores // 4)
+    engine_threads = max(1, cores // (workers * threads_per_worker))
+    return LocalSizing(workers=workers, threads_per_worker=threads_per_worker, engine_threads=engine_threads)
+
+
+def threads_by_host(client) -> dict[str, int]:
+    """Dask threads of all workers per host, from the scheduler: what the engines there share."""
+    counts: dict[str, int] = {}
+    for address, info in client.scheduler_info(n_workers=-1)["workers"].items():
+        host = address.rsplit(":", 1)[0].split("://")[-1]
+        counts[host] = counts.get(host, 0) + int(info.get("nthreads", 1))
+    return counts
+
+
+@contextmanager
+def connect(spec: ClusterSpec):
+    """Yield ``(client, engine_threads)``: ``engine_threads`` is set for a LocalCluster, None where the
+    workers belong to someone else (then each worker divides its host's cores, see
+    :class:`skymorph.inference.task.EngineCache`)."""
+    from distributed import Client, LocalCluster
+
+    if spec.scheduler_file:
+        with Client(scheduler_file=spec.scheduler_file) as client:
+            yield client, None
+        return
+    if spec.address:
+        with Client(spec.address) as client:
+            yield client, None
+        return
+    if spec.cluster == "slurm":
+        from skymorph.inference.slurm import slurm_cluster
+
+        with slurm_cluster(spec.cluster_config) as cluster:
+            if spec.workers:
+                cluster.scale(n=spec.workers)
+            with Client(cluster) as client:
+                yield client, None
+        return
+    sizing = local_sizing(spec.workers, spec.threads_per_worker, spec.gpu)
+    resources = {"GPU": 1} if spec.gpu else None
+    with LocalCluster(n_workers=sizing.workers, threads_per_worker=sizing.threads_per_worker, processes=True,
+                      dashboard_address=":0", resources=resources) as cluster, Client(cluster) as client:
+        yield client, sizing.engine_threads

@@ -1,0 +1,365 @@
+"""``skymorph run``: the survey job's driver.
+
+:func:`run_survey` validates everything it can before submitting work (the model loads and carries
+skymorph metadata, the tile list parses, the output is writable and not another model's catalog),
+then keeps a bounded window of tasks in flight on Dask, one per tile row range
+(:func:`skymorph.inference.task.run_range`), so its memory stays flat in the number of tiles. Workers
+write the part files; the driver records finished ranges in the manifest (atomically, at most once a
+second, so an interrupted driver resumes where it was), collects failures, and finishes the catalog
+(:func:`skymorph.catalog.writer.finish_catalog`).
+
+Resume: ranges already in the manifest for the same model digest are skipped; a tile's first range
+is sized by its task (which opens the tile), its other ranges are then submitted by the driver.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from skymorph.catalog import layout
+from skymorph.errors import CatalogError, InputError, ModelError
+
+__all__ = ["RunConfig", "RunReport", "run_survey"]
+
+_MANIFEST_EVERY_S = 1.0
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything ``skymorph run`` needs; checked on construction (files are checked by run_survey).
+
+    ``rows_per_task`` is rounded to whole stored chunks; ``max_in_flight`` (default: 2 x the cluster's
+    Dask threads, at least 4) bounds submitted-but-unfinished tasks; ``catalog_order`` is the fixed HEALPix
+    partition order (see :mod:`skymorph.catalog.layout`).
+    """
+
+    tiles: str
+    model: str
+    out: str
+    scheduler: str | None = None
+    scheduler_file: str | None = None
+    cluster: str = "local"
+    cluster_config: str | None = None
+    workers: int | None = None
+    threads_per_worker: int = 1
+    batch_size: int = 256
+    max_in_flight: int | None = None
+    rows_per_task: int = 4096
+    n_volunteers: int = 40
+    catalog_order: int = layout.DEFAULT_ORDER
+    catalog_name: str | None = None
+    allow_failures: bool = False
+    gpu: bool = False
+    backend: str = "auto"
+    overwrite: bool = False
+    progress: bool = True
+    storage_options: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("tiles", "model", "out"):
+            if not str(getattr(self, name) or "").strip():
+                raise InputError(f"--{name} is required")
+        for name in ("batch_size", "rows_per_task", "n_volunteers", "threads_per_worker"):
+            if int(getattr(self, name)) < 1:
+                raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.max_in_flight is not None and self.max_in_flight < 1:
+            raise InputError(f"--max-in-flight must be at least 1, got {self.max_in_flight}")
+        if not 0 <= self.catalog_order <= layout.MAX_ORDER:
+            raise InputError(f"--catalog-order must be in 0..{layout.MAX_ORDER}, got {self.catalog_order}")
+        if not isinstance(self.storage_options, dict):
+            raise InputError("storage_options must be a dict of s3fs options")
+        self.cluster_spec()  # raises on inconsistent cluster options
+
+    def cluster_spec(self):
+        from skymorph.inference.cluster import ClusterSpec
+
+        return ClusterSpec(scheduler=self.scheduler, scheduler_file=self.scheduler_file, cluster=self.cluster,
+                           cluster_config=self.cluster_config, workers=self.workers,
+                           threads_per_worker=self.threads_per_worker, gpu=self.gpu)
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """What a run did. ``rows_written`` counts this run's rows; ``total_rows`` the whole catalog's."""
+
+    catalog: str
+    model_sha256: str
+    tiles: int
+    tiles_skipped: int
+    ranges_run: int
+    rows_written: int
+    total_rows: int
+    failures: tuple
+    seconds: float
+    stage_seconds: dict
+    dashboard: str | None
+    driver_peak_rss_mib: float
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    @property
+    def galaxies_per_second(self) -> float:
+        return self.rows_written / self.seconds if self.seconds > 0 else 0.0
+
+    def summary(self) -> str:
+        return (f"catalog {self.catalog}: {self.total_rows} rows; this run {self.rows_written} galaxies from "
+                f"{self.ranges_run} task(s) in {self.seconds:.1f} s ({self.galaxies_per_second:.0f} galaxies/s), "
+                f"{self.tiles_skipped} of {self.tiles} tile(s) already done, {len(self.failures)} failure(s)")
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _catalog_columns(schema, likelihood: str, n_volunteers: int) -> list[str]:
+    """The posterior column names in summarize's order, from one summary of a trivial sample."""
+    import numpy as np
+
+    from skymorph.posterior import summarize
+
+    samples = np.ones((1, 1, schema.n_answers), dtype=np.float32)
+    if likelihood == "multinomial":
+        for piece in schema.question_slices:
+            samples[..., piece] = 1.0 / (piece.stop - piece.start)
+    return list(summarize(samples, schema, likelihood=likelihood, n_volunteers=n_volunteers))
+
+
+def _prepare_output(config: RunConfig, model_sha256: str):
+    """The existing manifest (or a new one), after checking the catalog belongs to this model."""
+    from skymorph.catalog.writer import Manifest, read_manifest
+    from skymorph.storage import filesystem
+
+    fs, root = filesystem(config.out, config.storage_options)
+    try:
+        manifest = read_manifest(config.out, config.storage_options)
+    except CatalogError:
+        if not config.overwrite:
+            raise
+        manifest = None
+    if manifest is not None and config.overwrite:
+        fs.rm(root, recursive=True)
+        manifest = None
+    if manifest is None and fs.exists(root) and fs.exists(layout.properties_url(config.out)):
+        raise CatalogError(f"{config.out!r} holds a catalog without a skymorph manifest; choose another --out or pass --overwrite")
+    if manifest is not None:
+        if manifest.model_sha256 != model_sha256:
+            raise CatalogError(
+                f"{config.out!r} was written by model sha256 {manifest.model_sha256[:12]}..., not "
+                f"{config.model!r} ({model_sha256[:12]}...); choose another --out or pass --overwrite"
+            )
+        if manifest.order != config.catalog_order:
+            raise CatalogError(
+                f"{config.out!r} has catalog order {manifest.order}, not --catalog-order {config.catalog_order}; "
+                "keep the order or pass --overwrite"
+            )
+        return manifest, False
+    return Manifest(model_sha256=model_sha256, order=config.catalog_order, ranges={}), True
+
+
+class _Plan:
+    """The ranges still to run, produced lazily: follow-up ranges of tiles already started come first
+    (so tiles complete and leave the driver's books), then the next tile of the list."""
+
+    def __init__(self, tiles: list[str], manifest, rows_per_task: int) -> None:
+        from skymorph.inference.task import plan_ranges
+
+        self._plan_ranges = plan_ranges
+        self._tiles = iter(tiles)
+        self._followups: deque = deque()
+        self._manifest = manifest
+        self._rows_per_task = rows_per_task
+        self.outstanding: dict[str, int] = {}
+        self.skipped = 0
+
+    def planned(self, n: int, chunk_size: int) -> list[tuple[int, int]]:
+        return self._plan_ranges(n, chunk_size, self._rows_per_task)
+
+    def has_work(self) -> bool:
+        """Whether any range is left; looks ahead by one range, which :meth:`next` then returns."""
+        item = self.next()
+        if item is not None:
+            self._followups.appendleft(item)
+        return item is not None
+
+    def next(self):
+        if self._followups:
+            return self._followups.popleft()
+        for tile in self._tiles:
+            done = [r for key, r in self._manifest.ranges.items() if key[0] == tile] if self._manifest.ranges else []
+            if not done:
+                self.outstanding[tile] = 1
+                return (tile, 0, None)
+            planned = self.planned(done[0].n, done[0].chunk_size)
+            stale = [r for r in done if (r.start, r.stop) not in planned]
+            for record in stale:
+                del self._manifest.ranges[record.key]
+            todo = [(a, b) for a, b in planned if (tile, a, b) not in self._manifest.ranges]
+            if not todo:
+                self.skipped += 1
+                continue
+            self.outstanding[tile] = len(todo)
+            self._followups.extend((tile, a, b) for a, b in todo)
+            return self._followups.popleft()
+        return None
+
+    def first_range_done(self, tile: str, n: int, chunk_size: int, stop: int) -> None:
+        rest = [(a, b) for a, b in self.planned(n, chunk_size) if a >= stop]
+        self.outstanding[tile] += len(rest)
+        self._followups.extend((tile, a, b) for a, b in rest)
+
+    def range_done(self, tile: str) -> bool:
+        """Count one range of ``tile`` finished; True when that was its last."""
+        self.outstanding[tile] -= 1
+        if self.outstanding[tile] == 0:
+            del self.outstanding[tile]
+            return True
+        return False
+
+
+def _finished(config: RunConfig) -> bool:
+    """Whether the catalog's metadata files exist (a finished run wrote them last)."""
+    from skymorph.storage import exists
+
+    return all(exists(url, config.storage_options) for url in (
+        layout.properties_url(config.out), layout.common_metadata_url(config.out), layout.failures_url(config.out)))
+
+
+def _default_name(out: str) -> str:
+    return out.rstrip("/").replace("\\", "/").rsplit("/", 1)[-1] or "skymorph"
+
+
+def _progress(config: RunConfig, total: int, done: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=done, unit="tile", desc="skymorph run", disable=not config.progress,
+                file=sys.stderr, dynamic_ncols=True)
+
+
+def run_survey(config: RunConfig) -> RunReport:
+    """Run the survey job described by ``config`` and return what it did (see the module docstring)."""
+    from skymorph import __version__
+    from skymorph.catalog.layout import CatalogMetadata, CatalogProperties
+    from skymorph.catalog.writer import RangeRecord, catalog_schema, finish_catalog, write_failures, write_manifest
+    from skymorph.inference.cluster import connect, threads_by_host
+    from skymorph.inference.engines import load_engine
+    from skymorph.inference.task import EngineCache, JobSpec, ModelRef, run_range, s3_retry_options
+    from skymorph.storage import atomic_write_text
+    from skymorph.tiles import read_tile_list
+
+    started = time.perf_counter()
+    tiles = read_tile_list(config.tiles, config.storage_options)
+    engine = load_engine(config.model, backend=config.backend, threads=1,
+                         storage_options=s3_retry_options(config.model, config.storage_options))
+    metadata, model_sha256, needs_gpu = engine.metadata, engine.model_sha256, engine.needs_gpu
+    del engine
+    if metadata is None:
+        raise ModelError(f"model {config.model!r} has no skymorph metadata; export it with `skymorph export`")
+    manifest, is_new = _prepare_output(config, model_sha256)
+    if is_new:
+        write_manifest(config.out, manifest, config.storage_options)
+
+    cat_meta = CatalogMetadata(model_sha256=model_sha256, samples=metadata.samples, seed=metadata.seed,
+                               n_volunteers=config.n_volunteers, schema_json=metadata.schema.to_json(),
+                               version=__version__)
+    schema = catalog_schema(_catalog_columns(metadata.schema, metadata.likelihood, config.n_volunteers), cat_meta)
+    plan = _Plan(tiles, manifest, config.rows_per_task)
+    nothing_to_do = not plan.has_work()
+    if nothing_to_do and not is_new and _finished(config):
+        return RunReport(catalog=config.out, model_sha256=model_sha256, tiles=len(tiles), tiles_skipped=plan.skipped,
+                         ranges_run=0, rows_written=0, total_rows=layout.read_properties(config.out, config.storage_options).total_rows,
+                         failures=(), seconds=time.perf_counter() - started, stage_seconds={}, dashboard=None,
+                         driver_peak_rss_mib=_peak_rss_mib())
+
+    failures: list[dict] = []
+    stages = {"read": 0.0, "engine": 0.0, "posterior": 0.0, "write": 0.0}
+    rows_written = ranges_run = 0
+    dashboard = None
+    if not nothing_to_do:  # else every range is done and only the finish step is left
+        with connect(config.cluster_spec()) as (client, engine_threads):
+            dashboard = client.dashboard_link
+            print(f"skymorph run: {len(tiles)} tile(s), model {model_sha256[:12]}..., dashboard {dashboard}",
+                  file=sys.stderr, flush=True)
+            ref = ModelRef(config.model, model_sha256, config.backend, engine_threads, config.storage_options)
+            client.register_plugin(EngineCache(ref, threads_by_host(client)))
+            job = JobSpec(catalog=config.out, order=config.catalog_order, schema=schema, model=ref,
+                          schema_json=metadata.schema.to_json(), likelihood=metadata.likelihood,
+                          n_volunteers=config.n_volunteers, input_shape=metadata.input.shape,
+                          batch_size=config.batch_size, rows_per_task=config.rows_per_task,
+                          storage_options=config.storage_options)
+            [job_future] = client.scatter([job], broadcast=True)
+            window = config.max_in_flight or max(4, 2 * sum(threads_by_host(client).values()))
+            resources = {"GPU": 1} if (config.gpu or needs_gpu) else None
+            bar = _progress(config, len(tiles), plan.skipped)
+            last_manifest = time.monotonic()
+
+            from distributed import as_completed
+
+            in_flight: dict = {}
+
+            def submit_until_full():
+                while len(in_flight) < window and (item := plan.next()) is not None:
+                    tile, start, stop = item
+                    future = client.submit(run_range, job_future, tile, start, stop, pure=False, resources=resources)
+                    in_flight[future.key] = item
+                    pending.add(future)
+
+            pending = as_completed()
+            submit_until_full()
+            try:
+                for future in pending:
+                    tile, start, stop = in_flight.pop(future.key)
+                    try:
+                        result = future.result()
+                    except Exception as err:  # a task Dask gave up on (KilledWorker), or a bug: report, carry on
+                        result = {"tile": tile, "start": start, "stop": stop, "seconds": {},
+                                  "failure": {"stage": "worker", "reason": f"{type(err).__name__}: {err}".splitlines()[0][:500]}}
+                    future.release()
+                    ranges_run += 1
+                    for key, value in result["seconds"].items():
+                        stages[key] += value
+                    if result["failure"] is not None:
+                        failures.append({"tile": tile, "start": start, "stop": result["stop"], **result["failure"]})
+                        if plan.outstanding.pop(tile, None) is not None:
+                            bar.update(1)
+                    else:
+                        if stop is None:
+                            plan.first_range_done(tile, result["n"], result["chunk_size"], result["stop"])
+                        manifest.add(RangeRecord(tile=tile, start=start, stop=result["stop"], n=result["n"],
+                                                 chunk_size=result["chunk_size"], parts=tuple(map(tuple, result["parts"]))))
+                        rows_written += result["rows"]
+                        if tile in plan.outstanding and plan.range_done(tile):
+                            bar.update(1)
+                        rate = rows_written / max(time.perf_counter() - started, 1e-9)
+                        bar.set_postfix(galaxies=rows_written, per_s=f"{rate:.0f}", refresh=False)
+                    if time.monotonic() - last_manifest > _MANIFEST_EVERY_S:
+                        write_manifest(config.out, manifest, config.storage_options)
+                        last_manifest = time.monotonic()
+                    submit_until_full()
+            finally:
+                write_manifest(config.out, manifest, config.storage_options)
+                bar.close()
+
+    props = CatalogProperties(
+        catalog_name=config.catalog_name or _default_name(config.out), total_rows=0, order=config.catalog_order,
+        builder=f"skymorph v{__version__}", creation_date=CatalogProperties.now(), skymorph_version=__version__,
+        skymorph_model_sha256=model_sha256, skymorph_samples=metadata.samples, skymorph_seed=metadata.seed,
+        skymorph_n_volunteers=config.n_volunteers, skymorph_schema=metadata.schema.name,
+        skymorph_likelihood=metadata.likelihood,
+    )
+    finished = finish_catalog(config.out, manifest, schema, props, config.storage_options)
+    write_failures(config.out, failures, config.storage_options)
+    seconds = time.perf_counter() - started
+    timing = {"seconds": seconds, "ranges_run": ranges_run, "rows_written": rows_written,
+              "galaxies_per_second": rows_written / seconds if seconds else 0.0, "task_seconds": stages}
+    atomic_write_text(layout.timing_url(config.out), json.dumps(timing, indent=1), config.storage_options)
+    return RunReport(catalog=config.out, model_sha256=model_sha256, tiles=len(tiles), tiles_skipped=plan.skipped,
+                     ranges_run=ranges_run, rows_written=rows_written, total_rows=finished.total_rows,
+                     failures=tuple(failures), seconds=seconds, stage_seconds=stages, dashboard=dashboard,
+                     driver_peak_rss_mib=_peak_rss_mib())

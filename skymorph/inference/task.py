@@ -1,0 +1,249 @@
+"""The worker side of ``skymorph run``: the per-process engine cache and the task for one tile range.
+
+An engine is loaded once per worker process (by :class:`EngineCache` when the worker starts, or on
+first use) and looked up by the model's sha256 digest; a task carries only the model URL and digest,
+never the engine. :func:`run_range` opens the tile, reads chunk after chunk on a background thread
+while the engine runs on the current one, summarizes the posterior, writes the part files and returns
+small statistics, or a failure record (tile, stage, reason) for a bad tile. Transient storage errors
+(connection drops, 5xx, SlowDown) are retried with exponential backoff; a retried range rewrites the
+same deterministic part files, so nothing is duplicated.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from skymorph.catalog.layout import BASE_COLUMNS
+from skymorph.errors import ModelError, SkymorphError, TileError
+
+__all__ = ["ModelRef", "JobSpec", "EngineCache", "get_engine", "plan_ranges", "first_range_stop", "run_range",
+           "is_transient", "s3_retry_options"]
+
+_ENGINES: dict = {}
+_ENGINES_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """Where a worker finds the model (``url``), the digest it must have, and how to run it."""
+
+    url: str
+    sha256: str
+    backend: str = "auto"
+    threads: int | None = None
+    storage_options: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What every task of a run shares: the catalog to write, its order and Arrow ``schema`` (with
+    the ``skymorph.*`` key-value metadata), the model and how to summarize its samples."""
+
+    catalog: str
+    order: int
+    schema: object
+    model: ModelRef
+    schema_json: str
+    likelihood: str
+    n_volunteers: int
+    input_shape: tuple[int, int, int]
+    batch_size: int
+    rows_per_task: int
+    storage_options: dict = field(default_factory=dict)
+    attempts: int = 5
+    backoff_s: float = 0.5
+
+
+def s3_retry_options(url: str, storage_options: dict | None) -> dict:
+    """``storage_options`` plus botocore's standard retry mode (10 attempts, exponential backoff on
+    throttling, 5xx and dropped connections) for ``s3://`` URLs, unless the caller set ``config_kwargs``."""
+    options = dict(storage_options or {})
+    if str(url).startswith("s3://") and "config_kwargs" not in options:
+        options["config_kwargs"] = {"retries": {"max_attempts": 10, "mode": "standard"}}
+    return options
+
+
+def get_engine(ref: ModelRef):
+    """This process's engine for ``ref``, loaded on first use; a :class:`ModelError` if the file at
+    ``ref.url`` no longer has digest ``ref.sha256`` (the model changed during the run)."""
+    with _ENGINES_LOCK:
+        engine = _ENGINES.get(ref.sha256)
+        if engine is None:
+            from skymorph.inference.engines import load_engine
+
+            engine = load_engine(ref.url, backend=ref.backend, threads=ref.threads,
+                                 storage_options=s3_retry_options(ref.url, ref.storage_options))
+            if engine.model_sha256 != ref.sha256:
+                raise ModelError(
+                    f"model {ref.url!r} changed during the run (sha256 {engine.model_sha256[:12]}..., "
+                    f"expected {ref.sha256[:12]}...); restart `skymorph run`"
+                )
+            _ENGINES[ref.sha256] = engine
+        return engine
+
+
+try:
+    from distributed.diagnostics.plugin import WorkerPlugin
+except ImportError:  # distributed is a dependency; this only keeps task.py importable without it
+    WorkerPlugin = object
+
+
+class EngineCache(WorkerPlugin):
+    """Loads the run's engine once per worker process when the worker starts (or joins later).
+
+    ``threads_by_host`` maps a worker host to the number of Dask threads of all workers there; the
+    engine gets ``cores // that`` threads so that engines on one machine do not oversubscribe it.
+    With ``ref.threads`` set it is used as is.
+    """
+
+    name = "skymorph-engine-cache"
+
+    def __init__(self, ref: ModelRef, threads_by_host: dict | None = None) -> None:
+        self.ref = ref
+        self.threads_by_host = dict(threads_by_host or {})
+
+    def setup(self, worker) -> None:
+        ref = self.ref
+        if ref.threads is None:
+            busy = self.threads_by_host.get(worker.address.rsplit(":", 1)[0].split("://")[-1], worker.state.nthreads)
+            ref = ModelRef(ref.url, ref.sha256, ref.backend, max(1, (os.cpu_count() or 1) // max(1, busy)),
+                           ref.storage_options)
+        get_engine(ref)
+
+
+def plan_ranges(n: int, chunk_size: int, rows_per_task: int) -> list[tuple[int, int]]:
+    """Row ranges ``[(start, stop), ...]`` covering ``n`` rows, each ``rows_per_task`` rounded to a
+    whole number of stored chunks (at least one), so no chunk is read by two tasks."""
+    step = max(1, round(rows_per_task / chunk_size)) * chunk_size
+    return [(start, min(n, start + step)) for start in range(0, n, step)] or [(0, 0)]
+
+
+def first_range_stop(n: int, chunk_size: int, rows_per_task: int) -> int:
+    return plan_ranges(n, chunk_size, rows_per_task)[0][1]
+
+
+def is_transient(err: BaseException) -> bool:
+    """Whether ``err`` (or an error it was raised from) is a storage hiccup worth retrying: a dropped
+    or refused connection, a timeout, an HTTP 5xx or S3 ``SlowDown``. Bad input never is."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, SkymorphError | FileNotFoundError | PermissionError | NotADirectoryError | IsADirectoryError):
+            return False
+        if isinstance(err, ConnectionError | TimeoutError):
+            return True
+        response = getattr(err, "response", None)
+        if isinstance(response, dict):
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            code = response.get("Error", {}).get("Code", "")
+            if status >= 500 or code in ("SlowDown", "Throttling", "RequestTimeout", "InternalError"):
+                return True
+        name = type(err).__name__
+        if name in ("EndpointConnectionError", "ConnectionClosedError", "ReadTimeoutError", "ServerDisconnectedError",
+                    "ClientConnectorError", "ClientOSError", "ClientPayloadError", "IncompleteRead",
+                    "ResponseStreamingError"):
+            return True
+        text = str(err)
+        if "SlowDown" in text or "503" in text or "Service Unavailable" in text:
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+class _StageError(Exception):
+    def __init__(self, stage: str, error: BaseException) -> None:
+        super().__init__(f"{stage}: {error}")
+        self.stage = stage
+        self.error = error
+
+
+def _stage(stage: str, fn, *args):
+    try:
+        return fn(*args)
+    except Exception as err:
+        raise _StageError(stage, err) from err
+
+
+def _process(job: JobSpec, tile_url: str, start: int, stop: int | None, seconds: dict) -> dict:
+    from skymorph.catalog.writer import build_part_table, write_part
+    from skymorph.posterior import summarize
+    from skymorph.schema import Schema
+    from skymorph.tiles import open_tile
+
+    t0 = time.perf_counter()
+    tile = _stage("open", open_tile, tile_url, s3_retry_options(tile_url, job.storage_options))
+    if tile.shape != tuple(job.input_shape):
+        raise _StageError("open", TileError(
+            f"tile {tile_url!r} has images {'x'.join(map(str, tile.shape))}; the model takes "
+            f"{'x'.join(map(str, job.input_shape))} (C x H x W)"))
+    if stop is None:
+        stop = first_range_stop(tile.n, tile.chunk_size, job.rows_per_task)
+    object_id, ra, dec = _stage("read", tile.read_coords, start, stop)
+    seconds["read"] += time.perf_counter() - t0
+    engine = _stage("engine", get_engine, job.model)
+    schema = Schema.from_json(job.schema_json, source="model skymorph.schema")
+
+    summaries: list[dict] = []
+    chunks = tile.iter_chunks(start, stop, prefetch=True)
+    try:
+        while True:
+            t0 = time.perf_counter()
+            item = _stage("read", next, chunks, None)
+            seconds["read"] += time.perf_counter() - t0
+            if item is None:
+                break
+            _, _, images = item
+            for b in range(0, len(images), job.batch_size):
+                t0 = time.perf_counter()
+                samples = _stage("engine", engine, images[b:b + job.batch_size])
+                t1 = time.perf_counter()
+                summaries.append(_stage("posterior", summarize, samples, schema, job.likelihood, job.n_volunteers))
+                seconds["engine"] += t1 - t0
+                seconds["posterior"] += time.perf_counter() - t1
+    finally:
+        chunks.close()
+
+    t0 = time.perf_counter()
+    names = job.schema.names[len(BASE_COLUMNS):]
+    posterior = {name: np.concatenate([s[name] for s in summaries]) if summaries else np.zeros(0, np.float32)
+                 for name in names}
+    table = _stage("write", build_part_table, job.schema, object_id, ra, dec, tile_url, start, posterior)
+    parts = _stage("write", write_part, job.catalog, table, tile_url, start, stop, job.order,
+                   s3_retry_options(job.catalog, job.storage_options))
+    seconds["write"] += time.perf_counter() - t0
+    return {"n": tile.n, "chunk_size": tile.chunk_size, "stop": stop, "parts": parts}
+
+
+def run_range(job: JobSpec, tile_url: str, start: int, stop: int | None) -> dict:
+    """Classify rows ``[start, stop)`` of ``tile_url`` (``stop=None``: the tile's first range, sized
+    here once the tile's length and chunking are known) and write their part files.
+
+    Returns ``{"tile", "start", "stop", "n", "chunk_size", "parts": [(npix, name, rows), ...],
+    "rows", "seconds": {"read", "engine", "posterior", "write"}, "attempts", "failure"}``, where
+    ``failure`` is None or ``{"stage", "reason"}``: a bad tile is reported, not raised, so the job
+    carries on and Dask does not retry what cannot succeed.
+    """
+    seconds = {"read": 0.0, "engine": 0.0, "posterior": 0.0, "write": 0.0}
+    result = {"tile": tile_url, "start": start, "stop": stop, "n": None, "chunk_size": None, "parts": [],
+              "rows": 0, "seconds": seconds, "attempts": 0, "failure": None}
+    rng = random.Random(f"{tile_url}:{start}")
+    for attempt in range(1, job.attempts + 1):
+        result["attempts"] = attempt
+        try:
+            result.update(_process(job, tile_url, start, stop, seconds))
+            result["rows"] = sum(rows for _, _, rows in result["parts"])
+            return result
+        except _StageError as err:
+            if attempt < job.attempts and is_transient(err.error):
+                time.sleep(job.backoff_s * 2 ** (attempt - 1) * (0.5 + rng.random()))
+                continue
+            reason = f"{type(err.error).__name__}: {err.error}".splitlines()[0][:500]
+            result["failure"] = {"stage": err.stage, "reason": reason}
+            return result
+    return result

@@ -1,0 +1,302 @@
+"""The survey job on real parts: moto S3 on 127.0.0.1, real Dask (LocalCluster and `dask worker` processes).
+
+The catalog must hold exactly the input galaxies, once each, with the values posterior.summarize gives
+on the engine's outputs for the same images; a rerun changes nothing; killed workers and an
+interrupted driver still give the exact catalog.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from skymorph.catalog import layout
+from skymorph.storage import filesystem, read_parquet
+
+pytestmark = pytest.mark.slow
+
+SIZE = 32
+SCHEMA = "gz2"
+
+
+def _wait_for(condition, timeout_s: float, what: str, interval_s: float = 0.05):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    """A w20 at 32 px, T=4 frozen masks, exported to ONNX (local file, read by every worker)."""
+    import torch
+
+    from skymorph.exporter import export_onnx_model
+    from skymorph.model_metadata import InputSpec
+    from skymorph.schema import get_schema
+    from skymorph.trainer.models import build_model
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    net = build_model("w20", get_schema(SCHEMA), InputSpec(1, SIZE, SIZE), "multinomial", dense=16)
+    path = str(tmp_path_factory.mktemp("model") / "tiny.onnx")
+    export_onnx_model(net, path, samples=4, seed=3)
+    return path
+
+
+def make_tiles(root: str, n_tiles: int, per_tile: int, chunk_size: int = 32, size: int = SIZE, seed: int = 0) -> list[str]:
+    """Write ``n_tiles`` random tiles under ``root`` and a tile list; return the tile URLs."""
+    from skymorph.tiles import write_tile, write_tile_list
+
+    rng = np.random.default_rng(seed)
+    urls = []
+    for t in range(n_tiles):
+        url = f"{root}/tiles/t{t:03d}.zarr"
+        ra = (40.0 * t + rng.uniform(0, 8, per_tile)) % 360
+        dec = rng.uniform(-20, 20, per_tile)
+        images = rng.integers(0, 256, (per_tile, 1, size, size), dtype=np.uint8)
+        write_tile(url, images, np.arange(per_tile, dtype=np.int64) + 100_000 * t, ra, dec, survey="test",
+                   bands=["r"], pixel_scale_arcsec=0.262, stretch="asinh", resize="none", chunk_size=chunk_size)
+        urls.append(url)
+    write_tile_list(f"{root}/tiles.txt", urls)
+    return urls
+
+
+def expected_rows(model: str, tile_urls: list[str]) -> dict[int, dict]:
+    """object_id -> catalog values computed here, independently of the job: engine + summarize."""
+    from skymorph.inference.engines import load_engine
+    from skymorph.posterior import summarize
+    from skymorph.tiles import open_tile
+
+    engine = load_engine(model, threads=1)
+    rows = {}
+    for url in tile_urls:
+        tile = open_tile(url)
+        object_id, ra, dec = tile.read_coords()
+        summary = summarize(engine(tile.read_images()), engine.metadata.schema, engine.metadata.likelihood, 40)
+        for i, oid in enumerate(object_id):
+            rows[int(oid)] = {"ra": ra[i], "dec": dec[i], "tile": url, "row": i, **{k: v[i] for k, v in summary.items()}}
+    return rows
+
+
+def read_catalog(catalog: str):
+    """All rows of all part files (pyarrow, independent of the writer's bookkeeping)."""
+    import pyarrow as pa
+
+    tables = [read_parquet(p.url) for p in layout.list_parts(catalog)]
+    return pa.concat_tables(tables).to_pandas() if tables else None
+
+
+def assert_exact(catalog: str, model: str, tile_urls: list[str]) -> None:
+    frame = read_catalog(catalog)
+    expected = expected_rows(model, tile_urls)
+    assert frame is not None
+    assert sorted(frame["object_id"]) == sorted(expected), "catalog must hold every input galaxy exactly once"
+    props = layout.read_properties(catalog)
+    assert props.total_rows == len(expected)
+    columns = [c for c in frame.columns if c not in layout.BASE_COLUMNS]
+    assert len(columns) == len(next(iter(expected.values()))) - 4
+    for record in frame.itertuples(index=False):
+        want = expected[record.object_id]
+        assert (record.tile, record.row, record.ra, record.dec) == (want["tile"], want["row"], want["ra"], want["dec"])
+    got = frame.set_index("object_id").sort_index()
+    for column in columns:
+        want = np.array([expected[oid][column] for oid in got.index], dtype=np.float32)
+        np.testing.assert_allclose(got[column].to_numpy(), want, rtol=1e-5, atol=1e-6, err_msg=column)
+
+
+def snapshot(catalog: str) -> dict:
+    fs, root = filesystem(catalog)
+    return {path: (info["size"], info.get("ETag"), str(info.get("LastModified") or info.get("mtime")))
+            for path, info in fs.find(root, detail=True).items()}
+
+
+def test_run_writes_the_exact_catalog_and_a_rerun_changes_nothing(s3_bucket, tiny_model):
+    import hats
+
+    from skymorph.inference.job import RunConfig, run_survey
+
+    tiles = make_tiles(s3_bucket, n_tiles=3, per_tile=100)
+    catalog = f"{s3_bucket}/catalog"
+    config = RunConfig(tiles=f"{s3_bucket}/tiles.txt", model=tiny_model, out=catalog, workers=1,
+                       rows_per_task=64, batch_size=40, catalog_order=3, progress=False)
+    report = run_survey(config)
+    assert report.ok and report.rows_written == 300 and report.total_rows == 300
+    assert report.ranges_run == 6  # 100 rows in chunks of 32, 64 rows a task: [0, 64), [64, 100)
+    assert_exact(catalog, tiny_model, tiles)
+
+    meta = layout.read_common_metadata(catalog)[1]
+    assert (meta.samples, meta.seed, meta.n_volunteers) == (4, 3, 40)
+    assert json.loads(meta.schema_json)["name"] == SCHEMA
+    manifest = json.loads(filesystem(layout.manifest_url(catalog))[0].cat_file(layout.manifest_url(catalog)))
+    assert manifest["model_sha256"] == report.model_sha256 and len(manifest["ranges"]) == 6
+    assert read_parquet(layout.failures_url(catalog)).num_rows == 0
+
+    before = snapshot(catalog)
+    again = run_survey(config)
+    assert again.ranges_run == 0 and again.tiles_skipped == 3 and again.total_rows == 300
+    assert snapshot(catalog) == before
+
+    from hats.pixel_math.spatial_index import compute_spatial_index
+
+    frame = read_catalog(catalog)
+    np.testing.assert_array_equal(frame["_healpix_29"], compute_spatial_index(frame["ra"], frame["dec"]))
+    from upath import UPath
+
+    opened = hats.read_hats(UPath(catalog, endpoint_url=os.environ["AWS_ENDPOINT_URL"]))
+    assert opened.catalog_info.total_rows == 300 and opened.catalog_info.npix_suffix == "/"
+
+
+def test_catalog_of_another_model_is_refused(tmp_path, s3_bucket, tiny_model):
+    from skymorph.catalog.writer import Manifest, write_manifest
+    from skymorph.errors import CatalogError
+    from skymorph.inference.job import RunConfig, run_survey
+
+    make_tiles(s3_bucket, n_tiles=1, per_tile=10)
+    catalog = str(tmp_path / "catalog")
+    write_manifest(catalog, Manifest(model_sha256="0" * 64, order=5, ranges={}))
+    with pytest.raises(CatalogError, match="another --out or pass --overwrite"):
+        run_survey(RunConfig(tiles=f"{s3_bucket}/tiles.txt", model=tiny_model, out=catalog, progress=False))
+
+
+def _corrupt_chunk(tile_url: str) -> None:
+    fs, root = filesystem(tile_url)
+    chunk = sorted(p for p in fs.find(f"{root}/images") if "/c/" in p)[1]
+    fs.pipe_file(chunk, b"this is not a zstd chunk")
+
+
+def _float_images_tile(url: str) -> None:
+    """A store like a tile but with float32 images: written by hand, as write_tile refuses it."""
+    from skymorph.tiles import write_tile
+
+    write_tile(url, np.zeros((8, 1, SIZE, SIZE), np.uint8), np.arange(8) + 9_000_000, np.zeros(8), np.zeros(8),
+               survey="test", bands=["r"], pixel_scale_arcsec=0.262, stretch="asinh", resize="none")
+    import zarr
+
+    group = zarr.open_group(url, mode="a", storage_options={"endpoint_url": os.environ["AWS_ENDPOINT_URL"]})
+    del group["images"]
+    group.create_array("images", shape=(8, 1, SIZE, SIZE), dtype="float32", chunks=(8, 1, SIZE, SIZE))
+
+
+def test_bad_tiles_go_to_the_failures_table_and_the_rest_completes(s3_bucket, tiny_model, capsys):
+    from skymorph.cli import main
+    from skymorph.tiles import write_tile_list
+
+    good = make_tiles(s3_bucket, n_tiles=2, per_tile=64)
+    corrupt = make_tiles(f"{s3_bucket}/bad", n_tiles=1, per_tile=96, seed=1)[0]
+    _corrupt_chunk(corrupt)
+    wrong_shape = make_tiles(f"{s3_bucket}/big", n_tiles=1, per_tile=8, size=48, seed=2)[0]
+    wrong_dtype = f"{s3_bucket}/float/t.zarr"
+    _float_images_tile(wrong_dtype)
+    missing = f"{s3_bucket}/nowhere/t.zarr"
+    write_tile_list(f"{s3_bucket}/mixed.txt", good + [corrupt, wrong_shape, wrong_dtype, missing])
+
+    catalog = f"{s3_bucket}/catalog"
+    argv = ["run", "--tiles", f"{s3_bucket}/mixed.txt", "--model", tiny_model, "--out", catalog, "--workers", "1",
+            "--rows-per-task", "1000", "--catalog-order", "2"]
+    assert main(argv) == 1
+    assert "failed" in capsys.readouterr().err
+
+    failures = {f["tile"]: f for f in read_parquet(layout.failures_url(catalog)).to_pylist()}
+    assert set(failures) == {corrupt, wrong_shape, wrong_dtype, missing}
+    assert failures[corrupt]["stage"] == "read"
+    assert failures[missing]["stage"] == "open" and "does not exist" in failures[missing]["reason"]
+    assert failures[wrong_shape]["stage"] == "open" and "1x48x48" in failures[wrong_shape]["reason"]
+    assert failures[wrong_dtype]["stage"] == "open" and "uint8" in failures[wrong_dtype]["reason"]
+    assert_exact(catalog, tiny_model, good)
+    assert main(argv + ["--allow-failures"]) == 0
+
+
+# ---- real `dask scheduler` / `dask worker` processes -------------------------------------------------
+
+
+@pytest.fixture
+def dask_processes(tmp_path):
+    """A `dask scheduler` and two single-threaded `dask worker` processes (no nanny: a killed worker
+    stays dead). Yields ``(scheduler_file, [worker Popen, ...])``; everything is killed afterwards."""
+    dask = os.path.join(os.path.dirname(sys.executable), "dask")
+    scheduler_file = str(tmp_path / "scheduler.json")
+    procs = [subprocess.Popen([dask, "scheduler", "--port", "0", "--dashboard-address", ":0", "--scheduler-file",
+                               scheduler_file, "--host", "127.0.0.1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        _wait_for(lambda: os.path.exists(scheduler_file), 60, "the scheduler file")
+        address = json.load(open(scheduler_file))["address"]
+        workers = [subprocess.Popen([dask, "worker", address, "--nworkers", "1", "--nthreads", "1", "--no-nanny",
+                                     "--host", "127.0.0.1", "--no-dashboard"],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]
+        procs += workers
+        from distributed import Client
+
+        with Client(scheduler_file=scheduler_file) as client:
+            client.wait_for_workers(2, timeout=60)
+        yield scheduler_file, workers
+    finally:
+        for proc in reversed(procs):
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=30)
+
+
+def test_killing_a_worker_mid_job_still_gives_the_exact_catalog(s3_bucket, tiny_model, dask_processes):
+    import threading
+
+    from skymorph.inference.job import RunConfig, run_survey
+
+    scheduler_file, workers = dask_processes
+    tiles = make_tiles(s3_bucket, n_tiles=12, per_tile=192)
+    catalog = f"{s3_bucket}/catalog"
+    config = RunConfig(tiles=f"{s3_bucket}/tiles.txt", model=tiny_model, out=catalog, scheduler_file=scheduler_file,
+                       rows_per_task=32, batch_size=32, catalog_order=3, progress=False)
+    outcome = {}
+    driver = threading.Thread(target=lambda: outcome.update(report=run_survey(config)), daemon=True)
+    driver.start()
+    _wait_for(lambda: len(layout.list_parts(catalog)) >= 3, 120, "the first part files")
+    assert driver.is_alive(), "the job finished before a worker could be killed: make it slower"
+    os.kill(workers[0].pid, signal.SIGKILL)
+    driver.join(timeout=240)
+    assert not driver.is_alive()
+    report = outcome["report"]
+    assert report.ok and report.total_rows == 12 * 192
+    assert_exact(catalog, tiny_model, tiles)
+
+
+def test_interrupted_driver_resumes_and_skips_finished_ranges(s3, s3_bucket, tiny_model, dask_processes):
+    from skymorph.catalog.writer import read_manifest
+    from skymorph.inference.job import RunConfig, run_survey
+
+    scheduler_file, _ = dask_processes
+    tiles = make_tiles(s3_bucket, n_tiles=12, per_tile=192)
+    catalog = f"{s3_bucket}/catalog"
+    args = ["--tiles", f"{s3_bucket}/tiles.txt", "--model", tiny_model, "--out", catalog,
+            "--scheduler-file", scheduler_file, "--rows-per-task", "32", "--batch-size", "32", "--catalog-order", "3"]
+    driver = subprocess.Popen([sys.executable, "-m", "skymorph.cli", "run", *args], env={**os.environ, **s3.env},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        manifest = _wait_for(lambda: (m := read_manifest(catalog)) is not None and len(m.ranges) >= 4 and m, 120,
+                             "a manifest with some finished ranges")
+        assert driver.poll() is None, "the driver finished before it could be interrupted: make the job slower"
+        driver.kill()
+        driver.wait(timeout=30)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait(timeout=30)
+    done_before = set(read_manifest(catalog).ranges)
+    assert len(done_before) >= len(manifest.ranges) and len(done_before) < 12 * 6
+
+    report = run_survey(RunConfig(tiles=f"{s3_bucket}/tiles.txt", model=tiny_model, out=catalog,
+                                  scheduler_file=scheduler_file, rows_per_task=32, batch_size=32,
+                                  catalog_order=3, progress=False))
+    assert report.ok and report.total_rows == 12 * 192
+    assert report.ranges_run == 12 * 6 - len(done_before)
+    assert_exact(catalog, tiny_model, tiles)
