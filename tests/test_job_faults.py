@@ -1,0 +1,55 @@
+"""The survey job behind a fault-injecting proxy: S3 answers 503 SlowDown or drops the connection for a
+share of requests, and the catalog must still be exact."""
+
+from __future__ import annotations
+
+import http.client
+from urllib.parse import urlsplit
+
+import pytest
+from test_job import assert_exact, make_tiles, tiny_model  # noqa: F401  (tiny_model is a fixture)
+
+from skymorph.errors import InputError
+from skymorph.testing.faulty_proxy import FaultyProxy
+
+
+def test_proxy_injects_its_share_of_faults(s3, s3_bucket):
+    with FaultyProxy(s3.endpoint_url, p_503=0.3, p_drop=0.2, seed=1) as proxy:
+        host, port = urlsplit(proxy.url).hostname, urlsplit(proxy.url).port
+        statuses = []
+        for _ in range(200):
+            conn = http.client.HTTPConnection(host, port, timeout=10)
+            try:
+                conn.request("GET", f"/{s3_bucket[5:]}")
+                statuses.append(conn.getresponse().status)
+            except (http.client.RemoteDisconnected, ConnectionError):
+                statuses.append("dropped")
+            finally:
+                conn.close()
+    assert proxy.counts.total == 200
+    assert statuses.count(503) == proxy.counts.slow_down and statuses.count("dropped") == proxy.counts.dropped
+    assert 40 <= proxy.counts.slow_down <= 80 and 20 <= proxy.counts.dropped <= 60
+    assert all(s == 200 for s in statuses if s not in (503, "dropped"))
+
+
+def test_proxy_checks_its_arguments():
+    with pytest.raises(InputError, match="summing to at most 1"):
+        FaultyProxy("http://127.0.0.1:1", p_503=0.8, p_drop=0.5)
+    with pytest.raises(InputError, match="http://host:port"):
+        FaultyProxy("s3://bucket")
+
+
+@pytest.mark.slow
+def test_exact_catalog_through_a_faulty_s3(s3, s3_bucket, tiny_model, monkeypatch):  # noqa: F811
+    from skymorph.inference.job import RunConfig, run_survey
+
+    tiles = make_tiles(s3_bucket, n_tiles=4, per_tile=96)
+    with FaultyProxy(s3.endpoint_url, p_503=0.1, p_drop=0.05, seed=0) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)  # the driver and the workers it starts
+        report = run_survey(RunConfig(tiles=f"{s3_bucket}/tiles.txt", model=tiny_model, out=f"{s3_bucket}/catalog",
+                                      workers=1, rows_per_task=64, batch_size=32, catalog_order=3, progress=False))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3.endpoint_url)
+    assert proxy.counts.slow_down > 0 and proxy.counts.dropped > 0
+    assert report.ok, report.failures
+    assert report.total_rows == 4 * 96
+    assert_exact(f"{s3_bucket}/catalog", tiny_model, tiles)
