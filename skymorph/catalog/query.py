@@ -28,7 +28,7 @@ from skymorph.catalog import layout
 from skymorph.catalog.info import Catalog, open_catalog
 from skymorph.errors import CatalogError, InputError, did_you_mean
 
-__all__ = ["Cone", "QueryPlan", "connect", "plan_query", "query", "check_sql", "MEMORY_LIMIT"]
+__all__ = ["Cone", "QueryPlan", "connect", "plan_query", "query", "check_sql", "check_columns", "MEMORY_LIMIT"]
 
 MEMORY_LIMIT = "1GB"
 """DuckDB's memory limit per connection: scans stream, so this bounds a query's memory."""
