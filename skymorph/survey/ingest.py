@@ -245,7 +245,7 @@ def ingest(
         tile_of_row[start:stop] = name
     write_tile_list(join(out, "tiles.txt"), tile_urls, storage_options)
 
-    columns = {"object_id": kept["object_id"].to_numpy(np.int64), "tile": tile_of_row.astype(str), "row": np.concatenate([np.arange(min(tile_size, len(kept) - s)) for s in range(0, len(kept), tile_size)])}
+    columns = {"object_id": kept["object_id"].to_numpy(np.int64), "tile": tile_of_row.astype(str), "row": np.arange(len(kept)) % tile_size}
     columns.update({name: values[ok] for name, values in votes.items()})
     for name in kept.columns:
         if name not in columns:

@@ -2,12 +2,15 @@
 
 Labels are a Parquet or CSV table with ``object_id`` and one integer vote-count column per answer,
 ``{question}_{answer}``; a missing answer column means nobody gave that answer, an empty (null) cell
-means no votes. Images are matched by ``object_id`` in the tile stores of a tile list and held in
+means no votes. A column that starts like a question of the schema (``{question}_``) but names none
+of its answers, or that is a near miss of an answer column, is an error (a typo or another schema);
+other columns (``split``, ``total_votes``, ...) are ignored. Images are matched by ``object_id`` in the tile stores of a tile list and held in
 memory as uint8 (100,000 galaxies at 128 x 128 px are 1.6 GB), so an epoch never waits on storage.
 """
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import math
 import queue
@@ -27,13 +30,8 @@ __all__ = [
     "split_masks",
     "augment",
     "BatchLoader",
-    "NON_VOTE_COLUMNS",
 ]
 
-#: Columns a labels table may carry besides vote counts (written by ingest and synth, or by hand).
-NON_VOTE_COLUMNS = frozenset(
-    {"object_id", "tile", "row", "split", "label", "file", "ra", "dec", "position_is_placeholder"}
-)
 TRAIN, VALIDATION = "train", "validation"
 _SPLIT_NAMES = {"train": TRAIN, "training": TRAIN, "validation": VALIDATION, "val": VALIDATION, "valid": VALIDATION}
 
@@ -86,10 +84,7 @@ def load_labels(url: str, schema: Schema, storage_options=None) -> Labels:
     answers = set(schema.answer_columns)
     prefixes = tuple(f"{q}_" for q in schema.question_names)
     for name in names:
-        if name in answers or name in NON_VOTE_COLUMNS:
-            continue
-        looks_like_votes = name.startswith(prefixes) or pa.types.is_integer(table.schema.field(name).type)
-        if looks_like_votes:
+        if name not in answers and (name.startswith(prefixes) or difflib.get_close_matches(name, answers, n=1, cutoff=0.85)):
             raise SchemaError(
                 f"labels {url!r} column {name!r} is not an answer of schema {schema.name!r}."
                 + (did_you_mean(name, schema.answer_columns) or f" Its answers: {', '.join(schema.answer_columns)}")
@@ -154,7 +149,7 @@ def load_images(tile_urls: list[str], labels: Labels, *, drop_unmatched: bool = 
     for url in tqdm(tile_urls, desc="reading tiles", unit="tile", disable=not progress, leave=False):
         tile = open_tile(url, storage_options=storage_options)
         object_id, _, _ = tile.read_coords()
-        rows = np.array([r for r, oid in enumerate(object_id) if int(oid) in wanted], dtype=np.int64)
+        rows = np.flatnonzero(np.isin(object_id, labels.object_id))
         if len(rows) == 0:
             continue
         if images is None:

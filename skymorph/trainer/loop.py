@@ -241,6 +241,8 @@ def train(config: TrainConfig) -> TrainResult:
     if start_checkpoint:  # checked before the images are read: a wrong checkpoint fails in seconds
         model, meta, training = load_checkpoint(start_checkpoint, storage_options=so)
         check_schema(meta, schema, repr(start_checkpoint))
+        if config.resume and not training:
+            raise ModelError(f"{config.resume!r} holds no training state; resume from {last_checkpoint_path(config.out)!r}")
     images, labels = load_images(tile_urls, labels, drop_unmatched=config.drop_unmatched, storage_options=so, progress=config.progress)
     train_mask, val_mask = split_masks(labels, config.val_fraction, config.seed)
     if not train_mask.any() or not val_mask.any():
@@ -249,29 +251,27 @@ def train(config: TrainConfig) -> TrainResult:
             "galaxies; both must be non-empty (check the split column or --val-fraction)"
         )
 
+    torch.manual_seed(config.seed)  # initial weights and dropout; a resumed run restores its saved RNG state
     if start_checkpoint:
         if tuple(meta.input.shape) != images.shape[1:]:
             raise ModelError(
                 f"checkpoint {start_checkpoint!r} takes {meta.input.shape} images but the tiles hold {images.shape[1:]}"
             )
-        if config.resume and not training:
-            raise ModelError(f"{config.resume!r} holds no training state; resume from {last_checkpoint_path(config.out)!r}")
         spec = meta.input
         arch, arch_params, likelihood, dropout = meta.arch, meta.arch_params, meta.likelihood, meta.dropout
     else:
         spec = _input_spec(images[train_mask], config)
         arch, arch_params, likelihood, dropout = config.arch, dict(config.arch_params), config.likelihood, config.dropout
-        torch.manual_seed(config.seed)
         model = build_model(arch, schema, spec, likelihood, dropout=dropout, **arch_params)
-    if not config.resume:
-        training = {}
+    if config.finetune:
+        training = {}  # fine-tuning keeps the weights only: new optimizer, schedule and history
 
     meta = CheckpointMeta(
         schema=schema, arch=arch, arch_params=arch_params, likelihood=likelihood, dropout=dropout, input=spec,
         provenance=_provenance(config, labels, tile_urls, int(train_mask.sum()), int(val_mask.sum())),
     )
     optimizer = _optimizer(model, config)
-    metrics: list[dict] = list(training.get("metrics_json") and json.loads(training["metrics_json"]) or [])
+    metrics: list[dict] = json.loads(training["metrics_json"]) if training else []
     start_epoch = int(training.get("epoch", 0))
     step = int(training.get("step", 0))
     best_val_loss = float(training.get("best_val_loss", math.inf))
