@@ -115,6 +115,15 @@ class RunReport:
 
 
 def _peak_rss_mib() -> float:
+    """This process's peak resident memory: VmHWM on Linux (getrusage's ru_maxrss survives exec, so
+    a driver started from a big process would report its parent's peak), else ru_maxrss."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
