@@ -4,9 +4,9 @@ Needs an NVIDIA GPU, ``tensorrt`` and ``cuda-python`` (``pip install 'skymorph[t
 imported lazily. One optimisation profile covers batches 1..``max_batch`` (tuned for ``opt_batch``).
 
 fp16: TensorRT 10 lowers precision per layer when ``BuilderFlag.FP16`` is set. TensorRT 11 removed
-that flag: networks are strongly typed, so the ONNX graph itself is converted to fp16 first
-(``onnxconverter_common.float16``, keeping the uint8 input and float32 output) and the network is
-created with ``STRONGLY_TYPED``. The version is detected by the flag's presence, not by number.
+that flag: networks are strongly typed, so the ONNX graph itself is rewritten to fp16 first
+(:func:`skymorph.exporter._fp16.to_fp16`, keeping the uint8 input and float32 output) and the network
+is created with ``STRONGLY_TYPED``. The version is detected by the flag's presence, not by number.
 """
 
 from __future__ import annotations
@@ -16,9 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from skymorph.errors import InputError, MissingDependencyError, ModelError
+from skymorph.errors import InputError, ModelError
 from skymorph.inference._tensorrt import (
-    INSTALL_HINT,
     PlanSidecar,
     TensorRTEngine,
     compute_capability,
@@ -72,14 +71,6 @@ def _onnx_metadata(model_bytes: bytes, source: str) -> ModelMetadata:
     return ModelMetadata.from_props({p.key: p.value for p in proto.metadata_props}, source=source)
 
 
-def _to_fp16(proto):
-    try:
-        from onnxconverter_common import float16
-    except ImportError as err:
-        raise MissingDependencyError(f"fp16 plans on TensorRT 11+ need onnxconverter-common: {INSTALL_HINT}") from err
-    return float16.convert_float_to_float16(proto, keep_io_types=True)
-
-
 def _build_plan(trt, model_bytes: bytes, spec_shape, fp16: bool, opt_batch: int, max_batch: int, workspace_gib: float, cache: bytes):
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -90,7 +81,9 @@ def _build_plan(trt, model_bytes: bytes, spec_shape, fp16: bool, opt_batch: int,
     if strongly_typed:
         import onnx
 
-        model_bytes = _to_fp16(onnx.load_from_string(model_bytes)).SerializeToString()
+        from skymorph.exporter._fp16 import to_fp16
+
+        model_bytes = to_fp16(onnx.load_from_string(model_bytes)).SerializeToString()
     if not parser.parse(model_bytes):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise ModelError(f"TensorRT's ONNX parser refused the model: {errors[:300]}")
