@@ -188,7 +188,7 @@ def tile_list(url: str, storage_options=None) -> list[str]:
     return urls
 
 
-def augment(images, generator, *, max_zoom: float = 0.1, max_shift: float = 0.05, brightness: float = 0.1, contrast: float = 0.1):
+def augment(images, generator, *, max_zoom: float = 0.1, max_shift: float = 0.05, brightness: float = 0.02, contrast: float = 0.1):
     """Randomly flip, rotate (any angle), zoom, shift and jitter brightness/contrast a uint8 batch.
 
     Galaxies have no preferred orientation or handedness, so a flip plus a uniform rotation in
@@ -196,7 +196,9 @@ def augment(images, generator, *, max_zoom: float = 0.1, max_shift: float = 0.05
     (fraction of the image) mimic different apparent sizes and centring. Pixels are resampled
     bilinearly, with the border padded by reflection so that rotated corners hold sky, not black.
     Photometric jitter: ``x' = (x - mean) * c + mean + b * 255`` with c in [1 - contrast, 1 + contrast]
-    and b in [-brightness, brightness] per image. Returns uint8 of the same shape.
+    and b in [-brightness, brightness] per image; the default offset (a few 8-bit levels) stays below
+    the faint outer structure, such as spiral arms, that it would otherwise drown or invent on a sky
+    near zero. Returns uint8 of the same shape.
     """
     import torch
     import torch.nn.functional as F
