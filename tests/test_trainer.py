@@ -261,3 +261,17 @@ def test_cli_train_writes_checkpoint_and_metrics(tmp_path):
     assert meta.provenance["labels_sha256"] and meta.provenance["seed"] == 0
     best = min(metrics["epochs"], key=lambda m: m["val_loss"])
     assert best["epoch"] == metrics["best_epoch"]
+
+
+def test_train_reads_tiles_and_labels_from_s3_and_writes_the_checkpoint_there(tmp_path, s3_bucket):
+    from skymorph.storage import filesystem
+
+    tiles, labels = _survey(tmp_path / "local")
+    fs, root = filesystem(s3_bucket)
+    fs.put(str(tmp_path / "local") + "/", f"{root}/survey/", recursive=True)
+    out = f"{s3_bucket}/models/m.ckpt"
+    result = train(_config(tmp_path, f"{s3_bucket}/survey/tiles.txt", f"{s3_bucket}/survey/labels.parquet", out=out))
+    assert result.n_train == 36 and result.n_validation == 12
+    _, meta, _ = load_checkpoint(out)
+    assert meta.provenance["labels"] == f"{s3_bucket}/survey/labels.parquet"
+    assert fs.exists(f"{root}/models/m.ckpt.metrics.json") and fs.exists(f"{root}/models/m.last.ckpt")
