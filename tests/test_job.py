@@ -253,7 +253,7 @@ def test_killing_a_worker_mid_job_still_gives_the_exact_catalog(s3_bucket, tiny_
     from skymorph.inference.job import RunConfig, run_survey
 
     scheduler_file, workers = dask_processes
-    tiles = make_tiles(s3_bucket, n_tiles=12, per_tile=192)
+    tiles = make_tiles(s3_bucket, n_tiles=8, per_tile=128)
     catalog = f"{s3_bucket}/catalog"
     config = RunConfig(tiles=f"{s3_bucket}/tiles.txt", model=tiny_model, out=catalog, scheduler_file=scheduler_file,
                        rows_per_task=32, batch_size=32, catalog_order=3, progress=False)
@@ -266,7 +266,7 @@ def test_killing_a_worker_mid_job_still_gives_the_exact_catalog(s3_bucket, tiny_
     driver.join(timeout=240)
     assert not driver.is_alive()
     report = outcome["report"]
-    assert report.ok and report.total_rows == 12 * 192
+    assert report.ok and report.total_rows == 8 * 128
     assert_exact(catalog, tiny_model, tiles)
 
 
@@ -275,7 +275,7 @@ def test_interrupted_driver_resumes_and_skips_finished_ranges(s3, s3_bucket, tin
     from skymorph.inference.job import RunConfig, run_survey
 
     scheduler_file, _ = dask_processes
-    tiles = make_tiles(s3_bucket, n_tiles=12, per_tile=192)
+    tiles = make_tiles(s3_bucket, n_tiles=8, per_tile=128)
     catalog = f"{s3_bucket}/catalog"
     args = ["--tiles", f"{s3_bucket}/tiles.txt", "--model", tiny_model, "--out", catalog,
             "--scheduler-file", scheduler_file, "--rows-per-task", "32", "--batch-size", "32", "--catalog-order", "3"]
@@ -292,11 +292,11 @@ def test_interrupted_driver_resumes_and_skips_finished_ranges(s3, s3_bucket, tin
             driver.kill()
             driver.wait(timeout=30)
     done_before = set(read_manifest(catalog).ranges)
-    assert len(done_before) >= len(manifest.ranges) and len(done_before) < 12 * 6
+    assert len(done_before) >= len(manifest.ranges) and len(done_before) < 8 * 4
 
     report = run_survey(RunConfig(tiles=f"{s3_bucket}/tiles.txt", model=tiny_model, out=catalog,
                                   scheduler_file=scheduler_file, rows_per_task=32, batch_size=32,
                                   catalog_order=3, progress=False))
-    assert report.ok and report.total_rows == 12 * 192
-    assert report.ranges_run == 12 * 6 - len(done_before)
+    assert report.ok and report.total_rows == 8 * 128
+    assert report.ranges_run == 8 * 4 - len(done_before)
     assert_exact(catalog, tiny_model, tiles)

@@ -140,14 +140,15 @@ def _catalog_columns(schema, likelihood: str, n_volunteers: int) -> list[str]:
     return list(summarize(samples, schema, likelihood=likelihood, n_volunteers=n_volunteers))
 
 
-def _prepare_output(config: RunConfig, model_sha256: str):
-    """The existing manifest (or a new one), after checking the catalog belongs to this model."""
+def _prepare_output(config: RunConfig, model_sha256: str, options: dict):
+    """``(manifest, is_new)``: the existing manifest (or a new one), after checking that the catalog
+    belongs to this model and order; ``--overwrite`` removes an existing catalog first."""
     from skymorph.catalog.writer import Manifest, read_manifest
     from skymorph.storage import filesystem
 
-    fs, root = filesystem(config.out, config.storage_options)
+    fs, root = filesystem(config.out, options)
     try:
-        manifest = read_manifest(config.out, config.storage_options)
+        manifest = read_manifest(config.out, options)
     except CatalogError:
         if not config.overwrite:
             raise
@@ -232,12 +233,12 @@ class _Plan:
         return False
 
 
-def _finished(config: RunConfig) -> bool:
+def _finished(catalog: str, options: dict) -> bool:
     """Whether the catalog's metadata files exist (a finished run wrote them last)."""
     from skymorph.storage import exists
 
-    return all(exists(url, config.storage_options) for url in (
-        layout.properties_url(config.out), layout.common_metadata_url(config.out), layout.failures_url(config.out)))
+    return all(exists(url, options) for url in (
+        layout.properties_url(catalog), layout.common_metadata_url(catalog), layout.failures_url(catalog)))
 
 
 def _default_name(out: str) -> str:
@@ -251,28 +252,99 @@ def _progress(config: RunConfig, total: int, done: int):
                 file=sys.stderr, dynamic_ncols=True)
 
 
+@dataclass
+class _Tally:
+    """What the driver keeps while tasks finish: counts, failures and summed task stage times."""
+
+    failures: list = field(default_factory=list)
+    stages: dict = field(default_factory=lambda: {"read": 0.0, "engine": 0.0, "posterior": 0.0, "write": 0.0})
+    rows_written: int = 0
+    ranges_run: int = 0
+    dashboard: str | None = None
+
+
+def _run_tasks(config: RunConfig, client, job, resources, plan: _Plan, manifest, tally: _Tally, n_tiles: int,
+               started: float, options: dict) -> None:
+    """Keep at most ``max_in_flight`` tasks submitted; record each result as it arrives."""
+    from distributed import as_completed
+
+    from skymorph.catalog.writer import RangeRecord, write_manifest
+    from skymorph.inference.cluster import threads_by_host
+    from skymorph.inference.task import run_range
+
+    [job_future] = client.scatter([job], broadcast=True)
+    window = config.max_in_flight or max(4, 2 * sum(threads_by_host(client).values()))
+    in_flight: dict = {}
+    pending = as_completed()
+
+    def submit_until_full() -> None:
+        while len(in_flight) < window and (item := plan.next()) is not None:
+            tile, start, stop = item
+            future = client.submit(run_range, job_future, tile, start, stop, pure=False, resources=resources)
+            in_flight[future.key] = item
+            pending.add(future)
+
+    bar = _progress(config, n_tiles, plan.skipped)
+    last_manifest = time.monotonic()
+    submit_until_full()
+    try:
+        for future in pending:
+            tile, start, stop = in_flight.pop(future.key)
+            try:
+                result = future.result()
+            except Exception as err:  # a task Dask gave up on (KilledWorker), or a bug: report it, carry on
+                result = {"stop": stop, "seconds": {},
+                          "failure": {"stage": "worker", "reason": f"{type(err).__name__}: {err}".splitlines()[0][:500]}}
+            future.release()
+            tally.ranges_run += 1
+            for key, value in result["seconds"].items():
+                tally.stages[key] += value
+            if result["failure"] is not None:
+                tally.failures.append({"tile": tile, "start": start, "stop": result["stop"], **result["failure"]})
+                if plan.outstanding.pop(tile, None) is not None:
+                    bar.update(1)
+            else:
+                if stop is None:
+                    plan.first_range_done(tile, result["n"], result["chunk_size"], result["stop"])
+                manifest.add(RangeRecord(tile=tile, start=start, stop=result["stop"], n=result["n"],
+                                         chunk_size=result["chunk_size"], parts=tuple(map(tuple, result["parts"]))))
+                tally.rows_written += result["rows"]
+                if tile in plan.outstanding and plan.range_done(tile):
+                    bar.update(1)
+                rate = tally.rows_written / max(time.perf_counter() - started, 1e-9)
+                bar.set_postfix(galaxies=tally.rows_written, per_s=f"{rate:.0f}", refresh=False)
+            if time.monotonic() - last_manifest > _MANIFEST_EVERY_S:
+                write_manifest(config.out, manifest, options)
+                last_manifest = time.monotonic()
+            submit_until_full()
+    finally:
+        write_manifest(config.out, manifest, options)
+        bar.close()
+
+
 def run_survey(config: RunConfig) -> RunReport:
     """Run the survey job described by ``config`` and return what it did (see the module docstring)."""
     from skymorph import __version__
     from skymorph.catalog.layout import CatalogMetadata, CatalogProperties
-    from skymorph.catalog.writer import RangeRecord, catalog_schema, finish_catalog, write_failures, write_manifest
+    from skymorph.catalog.writer import catalog_schema, finish_catalog, write_failures, write_manifest
     from skymorph.inference.cluster import connect, threads_by_host
     from skymorph.inference.engines import load_engine
-    from skymorph.inference.task import EngineCache, JobSpec, ModelRef, run_range, s3_retry_options
+    from skymorph.inference.task import EngineCache, JobSpec, ModelRef, s3_retry_options
     from skymorph.storage import atomic_write_text
     from skymorph.tiles import read_tile_list
 
     started = time.perf_counter()
-    tiles = read_tile_list(config.tiles, config.storage_options)
+    options = s3_retry_options(config.out, config.storage_options)
+    tiles = read_tile_list(config.tiles, s3_retry_options(config.tiles, config.storage_options))
     engine = load_engine(config.model, backend=config.backend, threads=1,
                          storage_options=s3_retry_options(config.model, config.storage_options))
     metadata, model_sha256, needs_gpu = engine.metadata, engine.model_sha256, engine.needs_gpu
     del engine
     if metadata is None:
         raise ModelError(f"model {config.model!r} has no skymorph metadata; export it with `skymorph export`")
-    manifest, is_new = _prepare_output(config, model_sha256)
+    manifest, is_new = _prepare_output(config, model_sha256, options)
     if is_new:
-        write_manifest(config.out, manifest, config.storage_options)
+        write_manifest(config.out, manifest, options)
 
     cat_meta = CatalogMetadata(model_sha256=model_sha256, samples=metadata.samples, seed=metadata.seed,
                                n_volunteers=config.n_volunteers, schema_json=metadata.schema.to_json(),
@@ -280,20 +352,17 @@ def run_survey(config: RunConfig) -> RunReport:
     schema = catalog_schema(_catalog_columns(metadata.schema, metadata.likelihood, config.n_volunteers), cat_meta)
     plan = _Plan(tiles, manifest, config.rows_per_task)
     nothing_to_do = not plan.has_work()
-    if nothing_to_do and not is_new and _finished(config):
+    if nothing_to_do and not is_new and _finished(config.out, options):
         return RunReport(catalog=config.out, model_sha256=model_sha256, tiles=len(tiles), tiles_skipped=plan.skipped,
-                         ranges_run=0, rows_written=0, total_rows=layout.read_properties(config.out, config.storage_options).total_rows,
+                         ranges_run=0, rows_written=0, total_rows=layout.read_properties(config.out, options).total_rows,
                          failures=(), seconds=time.perf_counter() - started, stage_seconds={}, dashboard=None,
                          driver_peak_rss_mib=_peak_rss_mib())
 
-    failures: list[dict] = []
-    stages = {"read": 0.0, "engine": 0.0, "posterior": 0.0, "write": 0.0}
-    rows_written = ranges_run = 0
-    dashboard = None
+    tally = _Tally()
     if not nothing_to_do:  # else every range is done and only the finish step is left
         with connect(config.cluster_spec()) as (client, engine_threads):
-            dashboard = client.dashboard_link
-            print(f"skymorph run: {len(tiles)} tile(s), model {model_sha256[:12]}..., dashboard {dashboard}",
+            tally.dashboard = client.dashboard_link
+            print(f"skymorph run: {len(tiles)} tile(s), model {model_sha256[:12]}..., dashboard {tally.dashboard}",
                   file=sys.stderr, flush=True)
             ref = ModelRef(config.model, model_sha256, config.backend, engine_threads, config.storage_options)
             client.register_plugin(EngineCache(ref, threads_by_host(client)))
@@ -302,58 +371,8 @@ def run_survey(config: RunConfig) -> RunReport:
                           n_volunteers=config.n_volunteers, input_shape=metadata.input.shape,
                           batch_size=config.batch_size, rows_per_task=config.rows_per_task,
                           storage_options=config.storage_options)
-            [job_future] = client.scatter([job], broadcast=True)
-            window = config.max_in_flight or max(4, 2 * sum(threads_by_host(client).values()))
             resources = {"GPU": 1} if (config.gpu or needs_gpu) else None
-            bar = _progress(config, len(tiles), plan.skipped)
-            last_manifest = time.monotonic()
-
-            from distributed import as_completed
-
-            in_flight: dict = {}
-
-            def submit_until_full():
-                while len(in_flight) < window and (item := plan.next()) is not None:
-                    tile, start, stop = item
-                    future = client.submit(run_range, job_future, tile, start, stop, pure=False, resources=resources)
-                    in_flight[future.key] = item
-                    pending.add(future)
-
-            pending = as_completed()
-            submit_until_full()
-            try:
-                for future in pending:
-                    tile, start, stop = in_flight.pop(future.key)
-                    try:
-                        result = future.result()
-                    except Exception as err:  # a task Dask gave up on (KilledWorker), or a bug: report, carry on
-                        result = {"tile": tile, "start": start, "stop": stop, "seconds": {},
-                                  "failure": {"stage": "worker", "reason": f"{type(err).__name__}: {err}".splitlines()[0][:500]}}
-                    future.release()
-                    ranges_run += 1
-                    for key, value in result["seconds"].items():
-                        stages[key] += value
-                    if result["failure"] is not None:
-                        failures.append({"tile": tile, "start": start, "stop": result["stop"], **result["failure"]})
-                        if plan.outstanding.pop(tile, None) is not None:
-                            bar.update(1)
-                    else:
-                        if stop is None:
-                            plan.first_range_done(tile, result["n"], result["chunk_size"], result["stop"])
-                        manifest.add(RangeRecord(tile=tile, start=start, stop=result["stop"], n=result["n"],
-                                                 chunk_size=result["chunk_size"], parts=tuple(map(tuple, result["parts"]))))
-                        rows_written += result["rows"]
-                        if tile in plan.outstanding and plan.range_done(tile):
-                            bar.update(1)
-                        rate = rows_written / max(time.perf_counter() - started, 1e-9)
-                        bar.set_postfix(galaxies=rows_written, per_s=f"{rate:.0f}", refresh=False)
-                    if time.monotonic() - last_manifest > _MANIFEST_EVERY_S:
-                        write_manifest(config.out, manifest, config.storage_options)
-                        last_manifest = time.monotonic()
-                    submit_until_full()
-            finally:
-                write_manifest(config.out, manifest, config.storage_options)
-                bar.close()
+            _run_tasks(config, client, job, resources, plan, manifest, tally, len(tiles), started, options)
 
     props = CatalogProperties(
         catalog_name=config.catalog_name or _default_name(config.out), total_rows=0, order=config.catalog_order,
@@ -362,13 +381,13 @@ def run_survey(config: RunConfig) -> RunReport:
         skymorph_n_volunteers=config.n_volunteers, skymorph_schema=metadata.schema.name,
         skymorph_likelihood=metadata.likelihood,
     )
-    finished = finish_catalog(config.out, manifest, schema, props, config.storage_options)
-    write_failures(config.out, failures, config.storage_options)
+    finished = finish_catalog(config.out, manifest, schema, props, options)
+    write_failures(config.out, tally.failures, options)
     seconds = time.perf_counter() - started
-    timing = {"seconds": seconds, "ranges_run": ranges_run, "rows_written": rows_written,
-              "galaxies_per_second": rows_written / seconds if seconds else 0.0, "task_seconds": stages}
-    atomic_write_text(layout.timing_url(config.out), json.dumps(timing, indent=1), config.storage_options)
+    timing = {"seconds": seconds, "ranges_run": tally.ranges_run, "rows_written": tally.rows_written,
+              "galaxies_per_second": tally.rows_written / seconds if seconds else 0.0, "task_seconds": tally.stages}
+    atomic_write_text(layout.timing_url(config.out), json.dumps(timing, indent=1), options)
     return RunReport(catalog=config.out, model_sha256=model_sha256, tiles=len(tiles), tiles_skipped=plan.skipped,
-                     ranges_run=ranges_run, rows_written=rows_written, total_rows=finished.total_rows,
-                     failures=tuple(failures), seconds=seconds, stage_seconds=stages, dashboard=dashboard,
-                     driver_peak_rss_mib=_peak_rss_mib())
+                     ranges_run=tally.ranges_run, rows_written=tally.rows_written, total_rows=finished.total_rows,
+                     failures=tuple(tally.failures), seconds=seconds, stage_seconds=tally.stages,
+                     dashboard=tally.dashboard, driver_peak_rss_mib=_peak_rss_mib())

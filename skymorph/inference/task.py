@@ -15,9 +15,10 @@ import os
 import random
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
+from distributed import WorkerPlugin
 
 from skymorph.catalog.layout import BASE_COLUMNS
 from skymorph.errors import ModelError, SkymorphError, TileError
@@ -88,10 +89,6 @@ def get_engine(ref: ModelRef):
         return engine
 
 
-try:
-    from distributed.diagnostics.plugin import WorkerPlugin
-except ImportError:  # distributed is a dependency; this only keeps task.py importable without it
-    WorkerPlugin = object
 
 
 class EngineCache(WorkerPlugin):
@@ -112,8 +109,7 @@ class EngineCache(WorkerPlugin):
         ref = self.ref
         if ref.threads is None:
             busy = self.threads_by_host.get(worker.address.rsplit(":", 1)[0].split("://")[-1], worker.state.nthreads)
-            ref = ModelRef(ref.url, ref.sha256, ref.backend, max(1, (os.cpu_count() or 1) // max(1, busy)),
-                           ref.storage_options)
+            ref = replace(ref, threads=max(1, (os.cpu_count() or 1) // max(1, busy)))
         get_engine(ref)
 
 
