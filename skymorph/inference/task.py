@@ -15,6 +15,7 @@ import os
 import random
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -185,25 +186,33 @@ def _process(job: JobSpec, tile_url: str, start: int, stop: int | None, seconds:
     engine = _stage("engine", get_engine, job.model)
     schema = Schema.from_json(job.schema_json, source="model skymorph.schema")
 
-    summaries: list[dict] = []
+    def summarize_timed(samples):
+        t0 = time.perf_counter()
+        summary = summarize(samples, schema, job.likelihood, job.n_volunteers)
+        seconds["posterior"] += time.perf_counter() - t0
+        return summary
+
+    # The posterior of batch i is computed on a second thread while the engine runs on batch i + 1:
+    # numpy and the engine both release the GIL, and the engine alone leaves gaps on the cores.
+    summaries = []
     chunks = tile.iter_chunks(start, stop, prefetch=True)
-    try:
-        while True:
-            t0 = time.perf_counter()
-            item = _stage("read", next, chunks, None)
-            seconds["read"] += time.perf_counter() - t0
-            if item is None:
-                break
-            _, _, images = item
-            for b in range(0, len(images), job.batch_size):
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="posterior") as posterior_pool:
+        try:
+            while True:
                 t0 = time.perf_counter()
-                samples = _stage("engine", engine, images[b:b + job.batch_size])
-                t1 = time.perf_counter()
-                summaries.append(_stage("posterior", summarize, samples, schema, job.likelihood, job.n_volunteers))
-                seconds["engine"] += t1 - t0
-                seconds["posterior"] += time.perf_counter() - t1
-    finally:
-        chunks.close()
+                item = _stage("read", next, chunks, None)
+                seconds["read"] += time.perf_counter() - t0
+                if item is None:
+                    break
+                _, _, images = item
+                for b in range(0, len(images), job.batch_size):
+                    t0 = time.perf_counter()
+                    samples = _stage("engine", engine, images[b:b + job.batch_size])
+                    seconds["engine"] += time.perf_counter() - t0
+                    summaries.append(posterior_pool.submit(summarize_timed, samples))
+        finally:
+            chunks.close()
+        summaries = [_stage("posterior", future.result) for future in summaries]
 
     t0 = time.perf_counter()
     names = job.schema.names[len(BASE_COLUMNS):]
