@@ -300,3 +300,40 @@ def test_interrupted_driver_resumes_and_skips_finished_ranges(s3, s3_bucket, tin
     assert report.ok and report.total_rows == 8 * 128
     assert report.ranges_run == 8 * 4 - len(done_before)
     assert_exact(catalog, tiny_model, tiles)
+
+
+# ---- pieces without a cluster ----------------------------------------------------------------------
+
+
+def test_ranges_are_whole_chunks_covering_the_tile_once():
+    from skymorph.inference.task import plan_ranges
+
+    assert plan_ranges(100, 32, 64) == [(0, 64), (64, 100)]
+    assert plan_ranges(100, 32, 10) == [(0, 32), (32, 64), (64, 96), (96, 100)]
+    assert plan_ranges(5000, 256, 4096) == [(0, 4096), (4096, 5000)]
+    assert plan_ranges(0, 256, 4096) == [(0, 0)]
+
+
+def test_local_cluster_does_not_oversubscribe_the_cores():
+    from skymorph.inference.cluster import local_sizing
+
+    for cores in (1, 2, 8, 64):
+        for threads in (1, 2):
+            sizing = local_sizing(None, threads, gpu=False, cores=cores)
+            assert sizing.workers * sizing.threads_per_worker * sizing.engine_threads <= max(cores, threads)
+    assert local_sizing(None, 1, gpu=False, cores=2) == local_sizing(1, 1, gpu=False, cores=2)
+    assert local_sizing(None, 1, gpu=False, cores=2).engine_threads == 2
+
+
+def test_run_config_rejects_bad_options(tmp_path):
+    from skymorph.errors import InputError
+    from skymorph.inference.job import RunConfig
+
+    with pytest.raises(InputError, match="--rows-per-task"):
+        RunConfig(tiles="t.txt", model="m.onnx", out="c", rows_per_task=0)
+    with pytest.raises(InputError, match="--catalog-order"):
+        RunConfig(tiles="t.txt", model="m.onnx", out="c", catalog_order=25)
+    with pytest.raises(InputError, match="--cluster-config"):
+        RunConfig(tiles="t.txt", model="m.onnx", out="c", cluster="slurm")
+    with pytest.raises(InputError, match="does not exist"):
+        RunConfig(tiles="t.txt", model="m.onnx", out="c", scheduler_file=str(tmp_path / "none.json"))

@@ -185,6 +185,9 @@ class _Plan:
         self._followups: deque = deque()
         self._manifest = manifest
         self._rows_per_task = rows_per_task
+        self._done: dict[str, list] = {}
+        for record in manifest.ranges.values():
+            self._done.setdefault(record.tile, []).append(record)
         self.outstanding: dict[str, int] = {}
         self.skipped = 0
 
@@ -202,7 +205,7 @@ class _Plan:
         if self._followups:
             return self._followups.popleft()
         for tile in self._tiles:
-            done = [r for key, r in self._manifest.ranges.items() if key[0] == tile] if self._manifest.ranges else []
+            done = self._done.pop(tile, [])
             if not done:
                 self.outstanding[tile] = 1
                 return (tile, 0, None)
