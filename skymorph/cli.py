@@ -147,6 +147,7 @@ def _add_train_commands(sub) -> None:
     train.add_argument("--crop-fraction", type=float, default=1.0, help="centre crop inside the model (default 1: none)")
     train.add_argument("--resize", type=int, dest="resize_px", help="resize to this many pixels inside the model")
     train.add_argument("--no-augment", dest="augment", action="store_false", help="no flips, rotations, zoom, jitter")
+    train.add_argument("--ema-decay", type=float, help="validate and save a moving average of the weights with this decay per step (e.g. 0.998)")
     train.add_argument("--out", required=True, metavar="CKPT", help="best checkpoint; CKPT.metrics.json and the .last checkpoint go beside it")
     start = train.add_mutually_exclusive_group()
     start.add_argument("--resume", metavar="CKPT", help="continue from a .last checkpoint (optimizer, step, RNG, epoch)")
@@ -169,6 +170,7 @@ def _add_train_commands(sub) -> None:
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the dropout masks (default 0)")
     evaluate.add_argument("--threads", type=_positive_int)
     evaluate.add_argument("--drop-unmatched", action="store_true")
+    evaluate.add_argument("--tta", action="store_true", help="average over the 8 flips and quarter turns of each image")
     _add_storage_option(evaluate)
     evaluate.set_defaults(func=_cmd_evaluate)
 
@@ -181,7 +183,7 @@ def _cmd_train(args) -> int:
         likelihood=args.likelihood, dropout=args.dropout, epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, patience=args.patience,
         seed=args.seed, val_fraction=args.val_fraction, crop_fraction=args.crop_fraction, resize_px=args.resize_px,
-        augment=args.augment, resume=args.resume, finetune=args.finetune, threads=args.threads,
+        augment=args.augment, ema_decay=args.ema_decay, resume=args.resume, finetune=args.finetune, threads=args.threads,
         max_minutes=args.max_minutes, stop_after_epochs=args.stop_after_epochs, drop_unmatched=args.drop_unmatched, storage_options=_storage_options(args),
     )
     print(train(config))
@@ -193,7 +195,8 @@ def _cmd_evaluate(args) -> int:
 
     report = evaluate(
         args.checkpoint, args.tiles, args.labels, args.out, samples=args.samples, seed=args.seed, split=args.split,
-        truth=args.truth, threads=args.threads, drop_unmatched=args.drop_unmatched, storage_options=_storage_options(args),
+        truth=args.truth, threads=args.threads, drop_unmatched=args.drop_unmatched, tta=args.tta,
+        storage_options=_storage_options(args),
     )
     print(report)
     return 0

@@ -14,6 +14,7 @@ import torch
 from scipy import stats
 
 from skymorph import cli
+from skymorph.errors import InputError
 from skymorph.schema import get_schema
 from skymorph.storage import write_parquet
 from skymorph.trainer import TrainConfig, evaluate, load_checkpoint, train
@@ -125,9 +126,34 @@ def test_predict_uses_the_heads_seeded_masks(trained):
 
 def test_cli_evaluate_and_its_errors(trained, capsys):
     tmp, tiles, labels, ckpt = trained
-    assert cli.main(["evaluate", ckpt, "--tiles", tiles, "--labels", labels, "--out", str(tmp / "cli"), "--samples", "3", "--split", "all"]) == 0
-    assert json.loads((tmp / "cli" / "metrics.json").read_text())["n_galaxies"] == 48
+    assert cli.main(["evaluate", ckpt, "--tiles", tiles, "--labels", labels, "--out", str(tmp / "cli"), "--samples", "3", "--split", "all", "--tta"]) == 0
+    metrics = json.loads((tmp / "cli" / "metrics.json").read_text())
+    assert metrics["n_galaxies"] == 48 and metrics["tta"] is True
     (tmp / "junk.ckpt").write_bytes(b"junk")
     assert cli.main(["evaluate", str(tmp / "junk.ckpt"), "--tiles", tiles, "--labels", labels, "--out", str(tmp / "x")]) == 2
     err = capsys.readouterr().err
     assert "skymorph: error:" in err and "not a readable checkpoint" in err and "Traceback" not in err
+
+
+def test_tta_averages_the_plain_outputs_of_the_eight_flips_and_quarter_turns(trained):
+    _, _, _, ckpt = trained
+    model, meta, _ = load_checkpoint(ckpt)
+    images = np.random.default_rng(1).integers(0, 255, (3, *meta.input.shape), dtype=np.uint8)
+    turned = [np.rot90(images, k, axes=(2, 3)) for k in range(4)]
+    variants = turned + [t[..., ::-1] for t in turned]
+    expected = np.mean([predict(model, np.ascontiguousarray(v), samples=5, seed=3) for v in variants], axis=0)
+    got = predict(model, images, samples=5, seed=3, tta=True)
+    assert got.shape == (3, 5, GZ2.n_answers)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(got, predict(model, images, samples=5, seed=3), atol=1e-4)
+
+
+def test_tta_leaves_a_symmetric_image_unchanged_and_needs_square_images(trained):
+    _, _, _, ckpt = trained
+    model, meta, _ = load_checkpoint(ckpt)
+    size = meta.input.shape[-1]
+    y, x = np.mgrid[:size, :size] - (size - 1) / 2
+    disc = np.broadcast_to((255 * np.exp(-(x**2 + y**2) / 40)).astype(np.uint8), (2, *meta.input.shape)).copy()
+    np.testing.assert_allclose(predict(model, disc, samples=4, tta=True), predict(model, disc, samples=4), rtol=1e-5, atol=1e-6)
+    with pytest.raises(InputError, match="square"):
+        predict(model, disc[..., :-1], samples=4, tta=True)

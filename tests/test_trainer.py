@@ -205,6 +205,32 @@ def test_same_seed_same_weights_and_resume_continues_exactly(tmp_path):
     assert [m["val_loss"] for m in metrics["epochs"]] == [m["val_loss"] for m in a.metrics]
 
 
+def test_ema_saves_the_moving_average_of_the_plain_runs_weights_and_resumes_exactly(tmp_path):
+    tiles, labels = _survey(tmp_path)
+    # 36 training galaxies in one batch: one step per epoch, so after 2 epochs w_ema = d * w1 + (1 - d) * w2.
+    run = dict(epochs=2, batch_size=64, arch="resnet_s", arch_params={"widths": [8, 16], "depths": [1, 1]}, patience=5)
+    w1 = _state(train(_config(tmp_path, tiles, labels, **run, stop_after_epochs=1, out=str(tmp_path / "p1.ckpt"))).last_checkpoint)
+    w2 = _state(train(_config(tmp_path, tiles, labels, **run, out=str(tmp_path / "p2.ckpt"))).last_checkpoint)
+    ema = train(_config(tmp_path, tiles, labels, **run, ema_decay=0.75, out=str(tmp_path / "e.ckpt")))
+    we = _state(ema.last_checkpoint)
+    floats = [k for k in we if we[k].is_floating_point()]
+    assert any(k.endswith("running_var") for k in floats)
+    for k in floats:
+        torch.testing.assert_close(we[k], 0.75 * w1[k] + 0.25 * w2[k], rtol=1e-5, atol=1e-6)
+    _, _, training = load_checkpoint(ema.last_checkpoint)
+    assert training["ema_n_averaged"] == 2 and all(torch.equal(training["raw_weights"][k], w2[k]) for k in w2)
+    assert ema.metrics[-1]["val_loss"] == pytest.approx(json.loads((tmp_path / "e.ckpt.metrics.json").read_text())["epochs"][-1]["val_loss"])
+
+    half = train(_config(tmp_path, tiles, labels, **run, ema_decay=0.75, stop_after_epochs=1, out=str(tmp_path / "h.ckpt")))
+    rest = train(_config(tmp_path, tiles, labels, **run, ema_decay=0.75, resume=half.last_checkpoint, out=str(tmp_path / "h.ckpt")))
+    wr = _state(rest.last_checkpoint)
+    assert all(torch.equal(wr[k], we[k]) for k in we)
+    with pytest.raises(ModelError, match="same --ema-decay"):
+        train(_config(tmp_path, tiles, labels, **run, resume=half.last_checkpoint, out=str(tmp_path / "h.ckpt")))
+    with pytest.raises(InputError, match="ema_decay must be in"):
+        _config(tmp_path, tiles, labels, ema_decay=1.0)
+
+
 def test_finetune_starts_from_trained_weights_and_checks_the_schema(tmp_path):
     tiles, labels = _survey(tmp_path)
     base = train(_config(tmp_path, tiles, labels, out=str(tmp_path / "base.ckpt")))

@@ -36,7 +36,7 @@ import numpy as np
 from skymorph.errors import InputError
 from skymorph.storage import atomic_write_bytes, atomic_write_text, join, read_parquet, write_parquet
 
-__all__ = ["evaluate", "predict", "coverage", "EvaluationReport", "COVERAGE_LEVELS"]
+__all__ = ["evaluate", "predict", "dihedral", "coverage", "EvaluationReport", "COVERAGE_LEVELS"]
 
 COVERAGE_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 CONFIDENT = 0.8
@@ -65,17 +65,38 @@ class EvaluationReport:
         return "\n".join(lines)
 
 
-def predict(model, images: np.ndarray, samples: int = 30, seed: int = 0, batch_size: int = 256, progress: bool = False) -> np.ndarray:
-    """(B, T, A) float32 MC-dropout outputs (probabilities or concentrations) of ``model`` on uint8 images."""
+def dihedral(images, k: int):
+    """The k-th (0..7) of the 8 symmetries of the square on the last two axes of a torch tensor:
+    ``rot90`` by ``k % 4`` quarter turns, then for k >= 4 a left-right flip."""
+    import torch
+
+    turned = torch.rot90(images, k % 4, dims=(-2, -1))
+    return torch.flip(turned, dims=(-1,)) if k >= 4 else turned
+
+
+def predict(
+    model, images: np.ndarray, samples: int = 30, seed: int = 0, batch_size: int = 256, progress: bool = False, tta: bool = False
+) -> np.ndarray:
+    """(B, T, A) float32 MC-dropout outputs (probabilities or concentrations) of ``model`` on uint8 images.
+
+    ``tta``: test-time augmentation over the 8 flips and quarter turns of the square (galaxies have no
+    preferred orientation): ``out[b, t] = (1/8) sum_k f_t(D_k x_b)`` with the same dropout mask t for
+    every transform D_k, so sample t stays one draw of the head and the T samples still spread as MC
+    dropout does. Needs square images.
+    """
     import torch
     from tqdm import tqdm
 
+    if tta and images.shape[-1] != images.shape[-2]:
+        raise InputError(f"test-time augmentation needs square images, got {images.shape[-2]} x {images.shape[-1]} px")
     model.eval()
     masks = model.head.draw_masks(samples, seed)
+    transforms = range(8) if tta else range(1)
     out = []
     with torch.no_grad():
         for start in tqdm(range(0, len(images), batch_size), desc="predicting", unit="batch", disable=not progress, leave=False):
-            out.append(model.sample(torch.from_numpy(images[start : start + batch_size]), masks).numpy())
+            batch = torch.from_numpy(images[start : start + batch_size])
+            out.append(sum(model.sample(dihedral(batch, k), masks) for k in transforms).numpy() / len(transforms))
     return np.concatenate(out).astype(np.float32)
 
 
@@ -211,13 +232,15 @@ def evaluate(
     batch_size: int = 256,
     threads: int | None = None,
     drop_unmatched: bool = False,
+    tta: bool = False,
     progress: bool = True,
     storage_options=None,
 ) -> EvaluationReport:
     """Evaluate ``checkpoint`` on the ``split`` galaxies (``validation``, ``train`` or ``all``) of ``labels``.
 
     The validation galaxies are those training held out: the labels' ``split`` column, or else the same
-    object-id hash split with the ``val_fraction`` and ``seed`` recorded in the checkpoint.
+    object-id hash split with the ``val_fraction`` and ``seed`` recorded in the checkpoint. ``tta``:
+    average each prediction over the 8 flips and quarter turns (see :func:`predict`).
     """
     import pyarrow as pa
     import torch
@@ -245,7 +268,7 @@ def evaluate(
     if images.shape[1:] != tuple(meta.input.shape):
         raise InputError(f"checkpoint {checkpoint!r} takes {meta.input.shape} images but tiles {tiles!r} hold {images.shape[1:]}")
 
-    outputs = predict(model, images, samples, seed, batch_size, progress)
+    outputs = predict(model, images, samples, seed, batch_size, progress, tta=tta)
     summary = summarize(outputs, schema, likelihood=meta.likelihood, n_volunteers=n_volunteers)
     fractions = np.stack([summary[f"{c}_fraction"] for c in schema.answer_columns], axis=1).astype(np.float64)
     true = _read_truth(truth, table.object_id, schema, storage_options) if truth else None
@@ -255,7 +278,7 @@ def evaluate(
         questions[q]["coverage"] = levels
     metrics = {
         "checkpoint": str(checkpoint), "labels": str(labels), "split": split, "n_galaxies": len(table),
-        "samples": samples, "seed": seed, "likelihood": meta.likelihood, "schema": schema.name, "questions": questions,
+        "samples": samples, "seed": seed, "tta": tta, "likelihood": meta.likelihood, "schema": schema.name, "questions": questions,
     }
     metrics_path = join(out, "metrics.json")
     atomic_write_text(metrics_path, json.dumps(metrics, indent=1), storage_options)

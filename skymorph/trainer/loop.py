@@ -50,7 +50,10 @@ class TrainConfig:
     ``max_minutes``: stop after the batch that crosses this wall time, then validate and save (a
     ``--resume`` from there starts the next epoch). ``stop_after_epochs``: end this session after that
     many epochs of the ``epochs``-long schedule, to be continued with ``--resume`` (e.g. within a batch
-    system's wall-time limit); the resumed run is identical to an uninterrupted one.
+    system's wall-time limit); the resumed run is identical to an uninterrupted one. ``ema_decay``: keep
+    an exponential moving average of the weights and batch-norm statistics, updated after every step,
+    ``w_ema <- d * w_ema + (1 - d) * w`` (starting from the first step's weights); it is what is
+    validated and saved (a horizon of about 1 / (1 - d) steps: smoother than the last step's weights).
     """
 
     tiles: str
@@ -73,6 +76,7 @@ class TrainConfig:
     crop_fraction: float = 1.0
     resize_px: int | None = None
     augment: bool = True
+    ema_decay: float | None = None
     resume: str | None = None
     finetune: str | None = None
     threads: int | None = None
@@ -99,6 +103,7 @@ class TrainConfig:
         need(0 < self.val_fraction < 1, f"val_fraction must be in (0, 1), got {self.val_fraction}")
         need(0 < self.crop_fraction <= 1, f"crop_fraction must be in (0, 1], got {self.crop_fraction}")
         need(self.resize_px is None or self.resize_px >= 8, f"resize_px must be at least 8, got {self.resize_px}")
+        need(self.ema_decay is None or 0 < self.ema_decay < 1, f"ema_decay must be in (0, 1), got {self.ema_decay}")
         need(self.threads is None or self.threads >= 1, f"threads must be at least 1, got {self.threads}")
         need(self.max_minutes is None or self.max_minutes > 0, f"max_minutes must be positive, got {self.max_minutes}")
         need(self.stop_after_epochs is None or self.stop_after_epochs >= 1, f"stop_after_epochs must be at least 1, got {self.stop_after_epochs}")
@@ -165,6 +170,24 @@ def _optimizer(model, config: TrainConfig):
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
     return torch.optim.AdamW(groups, lr=config.lr)
+
+
+def _ema(model, decay: float | None, training: dict):
+    """An ``AveragedModel`` holding the moving average (None without ``decay``). On resume the saved
+    checkpoint's weights are the average and ``training["raw_weights"]`` the trained ones."""
+    import torch
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    if training and (decay is None) != ("raw_weights" not in training):
+        raise ModelError("resume with the same --ema-decay setting as the run that wrote the checkpoint")
+    if decay is None:
+        return None
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    if training:
+        ema.module.load_state_dict(model.state_dict())
+        ema.n_averaged.fill_(int(training["ema_n_averaged"]))
+        model.load_state_dict(training["raw_weights"])
+    return ema
 
 
 def _validate(model, loader, schema, likelihood):
@@ -281,6 +304,8 @@ def train(config: TrainConfig) -> TrainResult:
     if training:
         optimizer.load_state_dict(training["optimizer"])
         torch.set_rng_state(training["torch_rng"])
+    ema = _ema(model, config.ema_decay, training)
+    evaluated = model if ema is None else ema.module
 
     train_images, train_votes = images[train_mask], labels.votes[train_mask]
     val_loader = BatchLoader(images[val_mask], labels.votes[val_mask], 256, shuffle=False, augmented=False, seed=0)
@@ -308,6 +333,8 @@ def train(config: TrainConfig) -> TrainResult:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if ema is not None:
+                ema.update_parameters(model)
             step += 1
             running += loss.item() * len(images_b)
             seen += len(images_b)
@@ -316,7 +343,7 @@ def train(config: TrainConfig) -> TrainResult:
                 stopped = "max_minutes"
                 break
         bar.close()
-        val_loss, val_accuracy = _validate(model, val_loader, schema, likelihood)
+        val_loss, val_accuracy = _validate(evaluated, val_loader, schema, likelihood)
         metrics.append({
             "epoch": epoch + 1, "step": step, "train_loss": running / max(seen, 1), "val_loss": val_loss,
             "val_accuracy": val_accuracy, "lr": lr, "seconds": time.monotonic() - epoch_start,
@@ -324,13 +351,14 @@ def train(config: TrainConfig) -> TrainResult:
         improved = val_loss < best_val_loss
         if improved:
             best_val_loss, best_epoch, bad_epochs = val_loss, epoch + 1, 0
-            save_checkpoint(config.out, model, meta.with_metrics(metrics), storage_options=so)
+            save_checkpoint(config.out, evaluated, meta.with_metrics(metrics), storage_options=so)
         else:
             bad_epochs += 1
-        save_checkpoint(last_path, model, meta.with_metrics(metrics), storage_options=so, training={
+        save_checkpoint(last_path, evaluated, meta.with_metrics(metrics), storage_options=so, training={
             "epoch": epoch + 1, "step": step, "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
             "best_val_loss": best_val_loss, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
             "metrics_json": json.dumps(metrics),
+            **({} if ema is None else {"raw_weights": model.state_dict(), "ema_n_averaged": int(ema.n_averaged)}),
         })
         atomic_write_text(metrics_path, json.dumps({"best_epoch": best_epoch, "epochs": metrics}, indent=1), so)
         if config.progress:
