@@ -110,9 +110,9 @@ def connect(spec: ClusterSpec):
     if spec.cluster == "slurm":
         from skymorph.inference.slurm import slurm_cluster
 
-        with slurm_cluster(spec.cluster_config) as cluster:
-            if spec.workers:
-                cluster.scale(n=spec.workers)
+        # --workers caps the adaptive cluster: an explicit scale() would be undone by adapt().
+        overrides = {"max_jobs": spec.workers} if spec.workers else {}
+        with slurm_cluster(spec.cluster_config, **overrides) as cluster:
             with Client(cluster) as client:
                 yield client, None
         return
