@@ -60,11 +60,8 @@ def run_demo(config: DemoConfig = DemoConfig()) -> int:
 
         checkpoint = os.path.join(out_dir, "model.ckpt")
         t = _step(3, f"training w20 for up to {config.epochs} epochs / {config.max_train_minutes} min")
-        try:
-            from skymorph.trainer import TrainConfig, train
-        except ImportError:
-            print("      the trainer is not available in this checkout; stopping here", flush=True)
-            return 0
+        from skymorph.trainer import TrainConfig, train
+
         result = train(TrainConfig(tiles=f"{survey}/tiles.txt", labels=f"{survey}/labels.parquet", out=checkpoint,
                                    schema=config.schema, arch="w20", epochs=config.epochs,
                                    max_minutes=config.max_train_minutes, seed=config.seed))
@@ -83,6 +80,9 @@ def run_demo(config: DemoConfig = DemoConfig()) -> int:
         t = _step(5, "running the survey job on a local Dask cluster")
         run = run_survey(RunConfig(tiles=f"{survey}/tiles.txt", model=model, out=catalog, overwrite=True))
         print(f"      {run.summary()}", flush=True)
+        if not run.ok:
+            print(f"demo: the survey job failed on {len(run.failures)} tile range(s): {run.failures[0]}", file=sys.stderr)
+            return 1
         _done(t, f"catalog {catalog} (HATS layout; open with lsdb.open_catalog or duckdb)")
 
         t = _step(6, "catalog info, a query and the next volunteer batch by BALD")
@@ -95,18 +95,14 @@ def run_demo(config: DemoConfig = DemoConfig()) -> int:
 def _catalog_tools(catalog: str, out_dir: str) -> None:
     from skymorph.cli import main
 
-    try:
-        import skymorph.catalog  # noqa: F401  (the catalog tools: info, query, pick)
-    except ImportError:
-        print("      the catalog tools are not available in this checkout; skipped", flush=True)
-        return
     batch = os.path.join(out_dir, "batch.csv")
     for argv in (["catalog", "info", catalog],
                  ["catalog", "query", catalog, "--columns", "object_id,ra,dec,bald_total", "--where", "bald_total > 0",
                   "--limit", "5"],
                  ["catalog", "pick", catalog, "--n", "50", "--out", batch]):
         print(f"      $ skymorph {' '.join(argv)}", flush=True)
-        main(argv)
+        if main(argv) != 0:
+            raise SystemExit(f"demo: `skymorph {' '.join(argv)}` failed")
     print(f"      next Galaxy Zoo batch: {batch}", flush=True)
 
 
