@@ -1,7 +1,7 @@
 """``make demo``: the whole pipeline on a small synthetic survey, in ./demo-output, in a few minutes.
 
 Steps: start a local S3 endpoint (moto on 127.0.0.1), synthesize a survey into ``s3://skymorph-demo``,
-train a small Bayesian CNN for a minute or two, export it to ONNX with T=30 frozen dropout masks, run
+train a small Bayesian CNN for a minute or two, evaluate it against the survey's truth, export it to ONNX with T=30 frozen dropout masks, run
 the survey job on a local Dask cluster into a HATS catalog, then ask the catalog what it holds, query
 it and pick the next Galaxy Zoo batch by BALD. Run with ``python -m skymorph.demo [OUT_DIR]``.
 """
@@ -24,14 +24,17 @@ class DemoConfig:
     per_tile: int = 256
     size_px: int = 64
     schema: str = "decals"
-    epochs: int = 2
-    max_train_minutes: float = 2.0
+    # resnet_s: on this survey it reached a validation loss of 61.9 in 8 epochs (1.5 min), where w20,
+    # without batch normalisation, was still at 79.6 after 8 epochs (2.3 min).
+    arch: str = "resnet_s"
+    epochs: int = 8
+    max_train_minutes: float = 4.0
     samples: int = 30
     seed: int = 0
 
 
 def _step(number: int, text: str) -> float:
-    print(f"\n[{number}/6] {text}", flush=True)
+    print(f"\n[{number}/7] {text}", flush=True)
     return time.perf_counter()
 
 
@@ -59,16 +62,24 @@ def run_demo(config: DemoConfig = DemoConfig()) -> int:
         _done(t, f"tiles in {survey}/tiles, votes in {survey}/labels.parquet")
 
         checkpoint = os.path.join(out_dir, "model.ckpt")
-        t = _step(3, f"training w20 for up to {config.epochs} epochs / {config.max_train_minutes} min")
+        t = _step(3, f"training {config.arch} for up to {config.epochs} epochs / {config.max_train_minutes} min")
         from skymorph.trainer import TrainConfig, train
 
         result = train(TrainConfig(tiles=f"{survey}/tiles.txt", labels=f"{survey}/labels.parquet", out=checkpoint,
-                                   schema=config.schema, arch="w20", epochs=config.epochs,
+                                   schema=config.schema, arch=config.arch, epochs=config.epochs,
                                    max_minutes=config.max_train_minutes, seed=config.seed))
         _done(t, f"checkpoint {result.checkpoint} (best validation loss {result.best_val_loss:.3f})")
 
+        t = _step(4, "evaluating on the held-out galaxies against the survey's true vote fractions")
+        from skymorph.trainer import evaluate
+
+        evaluation = evaluate(result.checkpoint, f"{survey}/tiles.txt", f"{survey}/labels.parquet",
+                              os.path.join(out_dir, "evaluation"), truth=f"{survey}/truth.parquet", progress=False)
+        print(evaluation, flush=True)
+        _done(t, f"plots {evaluation.coverage_png}, {evaluation.scatter_png}")
+
         model = os.path.join(out_dir, "model.onnx")
-        t = _step(4, f"exporting to ONNX with T={config.samples} frozen dropout masks")
+        t = _step(5, f"exporting to ONNX with T={config.samples} frozen dropout masks")
         from skymorph.exporter import export_onnx
 
         report = export_onnx(result.checkpoint, model, samples=config.samples, seed=config.seed)
@@ -77,7 +88,7 @@ def run_demo(config: DemoConfig = DemoConfig()) -> int:
         from skymorph.inference.job import RunConfig, run_survey
 
         catalog = os.path.join(out_dir, "catalog")
-        t = _step(5, "running the survey job on a local Dask cluster")
+        t = _step(6, "running the survey job on a local Dask cluster")
         run = run_survey(RunConfig(tiles=f"{survey}/tiles.txt", model=model, out=catalog, overwrite=True))
         print(f"      {run.summary()}", flush=True)
         if not run.ok:
@@ -85,7 +96,7 @@ def run_demo(config: DemoConfig = DemoConfig()) -> int:
             return 1
         _done(t, f"catalog {catalog} (HATS layout; open with lsdb.open_catalog or duckdb)")
 
-        t = _step(6, "catalog info, a query and the next volunteer batch by BALD")
+        t = _step(7, "catalog info, a query and the next volunteer batch by BALD")
         _catalog_tools(catalog, out_dir)
         _done(t)
     print(f"\ndemo finished in {time.perf_counter() - begun:.0f} s; outputs in {out_dir}", flush=True)
