@@ -175,7 +175,6 @@ def _optimizer(model, config: TrainConfig):
 def _ema(model, decay: float | None, training: dict):
     """An ``AveragedModel`` holding the moving average (None without ``decay``). On resume the saved
     checkpoint's weights are the average and ``training["raw_weights"]`` the trained ones."""
-    import torch
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
     if training and (decay is None) != ("raw_weights" not in training):
