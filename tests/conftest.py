@@ -28,3 +28,14 @@ def s3(s3_server, monkeypatch):
 def s3_bucket(s3) -> str:
     """``s3://<fresh bucket>`` on the local endpoint."""
     return s3.create_bucket(f"skymorph-{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture
+def torch_one_thread():
+    """Torch on one thread for the test: the suite shares two cores with Dask workers and S3 servers."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -16,22 +14,16 @@ from scipy import stats
 from skymorph import cli
 from skymorph.errors import InputError
 from skymorph.schema import get_schema
+from skymorph.testing.ring_survey import write_ring_survey
 from skymorph.storage import write_parquet
 from skymorph.trainer import TrainConfig, evaluate, load_checkpoint, train
 from skymorph.trainer.evaluate import coverage, predict
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_trainer import _survey  # noqa: E402  (the tiny ring/disc survey)
 
 GZ2 = get_schema("gz2")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def _brute_force_inside(pmfs: np.ndarray, k: int, level: float) -> bool:
@@ -75,7 +67,7 @@ def test_coverage_matches_brute_force_intervals(likelihood):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("eval")
-    tiles, labels = _survey(tmp)
+    tiles, labels = write_ring_survey(str(tmp))
     torch.set_num_threads(1)
     result = train(TrainConfig(tiles=tiles, labels=labels, out=str(tmp / "m.ckpt"), schema="gz2", epochs=1, batch_size=8, progress=False))
     return tmp, tiles, labels, result.checkpoint

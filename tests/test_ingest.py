@@ -12,7 +12,6 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-import torch
 
 from skymorph import cli
 from skymorph.survey.ingest import decode_image, parse_label_map
@@ -21,12 +20,7 @@ from skymorph.tiles import open_tile, read_tile_list
 GZ2_SPIRALS = Path(__file__).resolve().parents[2] / "shared" / "data" / "gz2_spirals"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def _run(argv) -> tuple[int, str]:

@@ -9,7 +9,6 @@ import math
 import re
 
 import numpy as np
-import pyarrow as pa
 import pytest
 import torch
 
@@ -17,59 +16,17 @@ from skymorph import cli
 from skymorph.errors import InputError, ModelError, SchemaError
 from skymorph.model_metadata import InputSpec
 from skymorph.schema import get_schema
-from skymorph.storage import write_parquet
-from skymorph.tiles import write_tile, write_tile_list
+from skymorph.testing.ring_survey import disc_image, write_ring_survey
 from skymorph.trainer import CheckpointMeta, TrainConfig, load_checkpoint, save_checkpoint, train
 from skymorph.trainer.checkpoint import read_checkpoint
 from skymorph.trainer.data import BatchLoader, augment, load_labels, split_masks
-from skymorph.trainer.loop import last_checkpoint_path, learning_rate
+from skymorph.trainer.loop import learning_rate
 from skymorph.trainer.models import build_model
 
 GZ2 = get_schema("gz2")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _disc(size: int, radius: float, ring: bool) -> np.ndarray:
-    y, x = np.mgrid[:size, :size] - (size - 1) / 2
-    r = np.hypot(x, y)
-    image = 200 * np.exp(-((r / radius) ** 2))
-    if ring:
-        image += 120 * np.exp(-(((r - 2 * radius) / 1.5) ** 2))
-    return np.clip(image, 0, 255).astype(np.uint8)
-
-
-def _survey(tmp_path, n: int = 48, size: int = 32):
-    """Two tiles of discs with (``has_spiral_arms_yes``) or without a ring, and votes for the ring."""
-    rng = np.random.default_rng(0)
-    ring = np.arange(n) % 2 == 1
-    images = np.stack([_disc(size, 3 + rng.random(), r)[None] for r in ring])
-    images = np.clip(images.astype(int) + rng.integers(0, 20, images.shape), 0, 255).astype(np.uint8)
-    object_id = np.arange(1000, 1000 + n, dtype=np.int64)
-    urls = []
-    for t, part in enumerate(np.array_split(np.arange(n), 2)):
-        url = str(tmp_path / "tiles" / f"t{t}.zarr")
-        write_tile(
-            url, images[part], object_id[part], np.full(len(part), 10.0), np.full(len(part), -5.0),
-            survey="test", bands=["grey"], pixel_scale_arcsec=0.262, stretch="none", resize="none",
-        )
-        urls.append(url)
-    write_tile_list(str(tmp_path / "tiles.txt"), urls)
-    yes = np.where(ring, 8, 1)
-    table = pa.table({
-        "object_id": object_id,
-        "has_spiral_arms_yes": yes,
-        "has_spiral_arms_no": 9 - yes,
-        "split": np.where(np.arange(n) % 4 == 0, "validation", "train"),
-    })
-    write_parquet(table, str(tmp_path / "labels.parquet"))
-    return str(tmp_path / "tiles.txt"), str(tmp_path / "labels.parquet")
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def _config(tmp_path, tiles, labels, **kwargs):
@@ -108,7 +65,7 @@ def test_hash_split_is_deterministic_and_near_the_fraction(tmp_path):
 
 
 def test_augment_keeps_a_round_galaxy_when_only_rotating_and_flipping():
-    disc = torch.from_numpy(np.stack([_disc(33, 5, False)[None]] * 16))
+    disc = torch.from_numpy(np.stack([disc_image(33, 5, False)[None]] * 16))
     out = augment(disc, torch.Generator().manual_seed(0), max_zoom=0, max_shift=0, brightness=0, contrast=0)
     assert out.dtype == torch.uint8 and out.shape == disc.shape
     assert (out.int() - disc.int()).abs().max() <= 3  # bilinear resampling of a smooth, symmetric image
@@ -188,7 +145,7 @@ def _state(path):
 
 
 def test_same_seed_same_weights_and_resume_continues_exactly(tmp_path):
-    tiles, labels = _survey(tmp_path)
+    tiles, labels = write_ring_survey(str(tmp_path))
     a = train(_config(tmp_path, tiles, labels, epochs=2, out=str(tmp_path / "a.ckpt")))
     b = train(_config(tmp_path, tiles, labels, epochs=2, out=str(tmp_path / "b.ckpt")))
     wa, wb = _state(a.last_checkpoint), _state(b.last_checkpoint)
@@ -206,7 +163,7 @@ def test_same_seed_same_weights_and_resume_continues_exactly(tmp_path):
 
 
 def test_ema_saves_the_moving_average_of_the_plain_runs_weights_and_resumes_exactly(tmp_path):
-    tiles, labels = _survey(tmp_path)
+    tiles, labels = write_ring_survey(str(tmp_path))
     # 36 training galaxies in one batch: one step per epoch, so after 2 epochs w_ema = d * w1 + (1 - d) * w2.
     run = dict(epochs=2, batch_size=64, arch="resnet_s", arch_params={"widths": [8, 16], "depths": [1, 1]}, patience=5)
     w1 = _state(train(_config(tmp_path, tiles, labels, **run, stop_after_epochs=1, out=str(tmp_path / "p1.ckpt"))).last_checkpoint)
@@ -232,7 +189,7 @@ def test_ema_saves_the_moving_average_of_the_plain_runs_weights_and_resumes_exac
 
 
 def test_finetune_starts_from_trained_weights_and_checks_the_schema(tmp_path):
-    tiles, labels = _survey(tmp_path)
+    tiles, labels = write_ring_survey(str(tmp_path))
     base = train(_config(tmp_path, tiles, labels, out=str(tmp_path / "base.ckpt")))
     tuned = train(_config(tmp_path, tiles, labels, finetune=base.checkpoint, lr=1e-9, warmup_epochs=0, out=str(tmp_path / "ft.ckpt")))
     _, meta, _ = load_checkpoint(tuned.checkpoint)
@@ -259,7 +216,7 @@ def _expect_one_line_error(argv, text):
 
 
 def test_cli_train_bad_labels_are_one_line_errors(tmp_path):
-    tiles, labels = _survey(tmp_path)
+    tiles, labels = write_ring_survey(str(tmp_path))
     base = ["train", "--tiles", tiles, "--schema", "gz2", "--out", str(tmp_path / "m.ckpt"), "--epochs", "1", "--threads", "1"]
     bad = tmp_path / "bad.csv"
     bad.write_text("object_id,has_spiral_arm_yes\n1000,1\n")
@@ -275,7 +232,7 @@ def test_cli_train_bad_labels_are_one_line_errors(tmp_path):
 
 
 def test_cli_train_writes_checkpoint_and_metrics(tmp_path):
-    tiles, labels = _survey(tmp_path)
+    tiles, labels = write_ring_survey(str(tmp_path))
     out = str(tmp_path / "m.ckpt")
     argv = ["train", "--tiles", tiles, "--labels", labels, "--schema", "gz2", "--arch", "resnet_s", "--epochs", "2",
             "--batch-size", "16", "--lr", "3e-3", "--warmup-epochs", "0.5", "--threads", "1", "--out", out]
@@ -292,7 +249,7 @@ def test_cli_train_writes_checkpoint_and_metrics(tmp_path):
 def test_train_reads_tiles_and_labels_from_s3_and_writes_the_checkpoint_there(tmp_path, s3_bucket):
     from skymorph.storage import filesystem
 
-    tiles, labels = _survey(tmp_path / "local")
+    tiles, labels = write_ring_survey(str(tmp_path / "local"))
     fs, root = filesystem(s3_bucket)
     fs.put(str(tmp_path / "local") + "/", f"{root}/survey/", recursive=True)
     out = f"{s3_bucket}/models/m.ckpt"
