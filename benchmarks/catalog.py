@@ -77,7 +77,7 @@ def main() -> None:
     temporary = args.catalog is None
     catalog = args.catalog or tempfile.mkdtemp(prefix="skymorph-bench-catalog-")
     results: dict = {"rows_requested": args.rows, "machine": f"{platform.node()} {os.cpu_count()} cpus",
-                     "note": "shared 2-core machine, other engineers' jobs running: lower bounds on speed"}
+                     "load_average_1min_at_end": os.getloadavg()[0]}
     try:
         if os.path.exists(os.path.join(catalog, "hats.properties")):
             results["generate_seconds"] = None

@@ -169,7 +169,8 @@ def main(argv=None) -> int:
     result = {
         "config": {**vars(args), "weights": args.checkpoint or f"random init ({net.arch})", "malloc_env": {k: os.environ.get(k) for k in _MALLOC_ENV}},
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-                    "gpu": torch.cuda.get_device_name() if device == "cuda" else None, "shared_with_other_jobs": True},
+                    "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
+                    "load_average_1min_at_end": os.getloadavg()[0]},
         "flops_per_galaxy": {"trunk": trunk_flops, "head": head_flops, "useful_total": useful_flops},
         "onnx_sha256": report.model_sha256,
         "matmul_gflops_per_s": peak,

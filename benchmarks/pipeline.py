@@ -104,7 +104,7 @@ def main() -> None:
     from skymorph.testing import LocalS3
 
     results: dict = {"cores": os.cpu_count(),
-                     "note": "shared machine (other jobs running): numbers are lower bounds"}
+                     "load_average_1min_at_end": os.getloadavg()[0]}
     with tempfile.TemporaryDirectory() as tmp, LocalS3() as s3:
         s3.apply_env()
         env = {**os.environ, **s3.env}

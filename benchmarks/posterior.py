@@ -104,7 +104,7 @@ def main() -> None:
             "python": platform.python_version(),
             "numpy": np.__version__,
             "scipy": scipy.__version__,
-            "note": "shared machine: other work was running, so these rates are lower bounds",
+            "note": "wall-clock rates are lower bounds when other work runs; see the load averages",
         },
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

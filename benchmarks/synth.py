@@ -84,7 +84,7 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "skymorph_version": __version__,
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "note": "shared machine: wall-clock numbers are lower bounds; see load_average_before",
+        "note": "on a machine doing other work, wall-clock numbers are lower bounds; see load_average_before",
     }
     out = Path(__file__).parent / "results" / "synth.json"
     out.parent.mkdir(exist_ok=True)

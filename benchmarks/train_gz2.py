@@ -129,7 +129,7 @@ def main() -> int:
         "threads": args.threads,
         "has_spiral_arms_rmse": metrics["questions"]["has_spiral_arms"]["rmse"],
         "epochs": history["epochs"],
-        "machine": f"{platform.processor() or platform.machine()}, shared with other engineers' jobs: times are upper bounds",
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus; see load_average_* for other work",
     }
     out = ROOT / "benchmarks" / "results" / f"train_gz2{args.tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -65,7 +66,7 @@ def main() -> int:
         "synth_minutes": (t1 - t0) / 60, "train_minutes": (t2 - t1) / 60, "evaluate_minutes": (t3 - t2) / 60,
         "n_validation": metrics["n_galaxies"], "questions": metrics["questions"],
         "coverage_png": str(evaluation / "coverage.png"),
-        "note": "machine shared with other engineers' jobs: times are upper bounds",
+        "load_average_1min_at_end": os.getloadavg()[0],
     }
     out = ROOT / "benchmarks" / "results" / "train_synth.json"
     out.parent.mkdir(parents=True, exist_ok=True)
