@@ -7,18 +7,20 @@ interrupted driver still give the exact catalog.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from skymorph.catalog import layout
-from skymorph.storage import filesystem, read_parquet
+from skymorph.storage import filesystem, read_bytes, read_parquet
 
 pytestmark = pytest.mark.slow
 
@@ -167,6 +169,25 @@ def test_catalog_of_another_model_is_refused(tmp_path, s3_bucket, tiny_model):
     write_manifest(catalog, Manifest(model_sha256="0" * 64, order=5, ranges={}))
     with pytest.raises(CatalogError, match="another --out or pass --overwrite"):
         run_survey(RunConfig(tiles=f"{s3_bucket}/tiles.txt", model=tiny_model, out=catalog, progress=False))
+
+
+def test_catalog_for_other_volunteers_or_corrupt_is_refused_and_overwrite_restarts_it(tmp_path, s3_bucket, tiny_model):
+    from skymorph.catalog.writer import Manifest, write_manifest
+    from skymorph.errors import CatalogError
+    from skymorph.inference.job import RunConfig, run_survey
+
+    make_tiles(s3_bucket, n_tiles=1, per_tile=10)
+    catalog = str(tmp_path / "catalog")
+    config = RunConfig(tiles=f"{s3_bucket}/tiles.txt", model=tiny_model, out=catalog, progress=False)
+    write_manifest(catalog, Manifest(model_sha256=hashlib.sha256(read_bytes(tiny_model)).hexdigest(), order=config.catalog_order, ranges={},
+                                     n_volunteers=20))
+    with pytest.raises(CatalogError, match="for 20 volunteers, not --n-volunteers 40"):
+        run_survey(config)
+    (tmp_path / "catalog" / "_skymorph" / "manifest.json").write_text("{not json")
+    with pytest.raises(CatalogError, match="corrupt"):
+        run_survey(config)
+    report = run_survey(replace(config, overwrite=True))
+    assert report.ok and report.total_rows == 10
 
 
 def _corrupt_chunk(tile_url: str) -> None:

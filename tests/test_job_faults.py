@@ -53,3 +53,20 @@ def test_exact_catalog_through_a_faulty_s3(s3, s3_bucket, tiny_model, monkeypatc
     assert report.ok, report.failures
     assert report.total_rows == 4 * 96
     assert_exact(f"{s3_bucket}/catalog", tiny_model, tiles)
+
+
+def test_only_storage_hiccups_count_as_transient():
+    from skymorph.errors import TileError
+    from skymorph.inference.task import is_transient
+
+    assert is_transient(OSError("An error occurred (SlowDown) when calling the PutObject operation: Reduce your rate"))
+    assert is_transient(OSError("An error occurred (503) when calling the HeadObject operation: Service Unavailable"))
+    assert is_transient(ConnectionResetError("connection reset by peer"))
+    wrapped = RuntimeError("read failed")
+    wrapped.__cause__ = TimeoutError("read timed out")
+    assert is_transient(wrapped)
+    # a chunk key or tile name that happens to contain 503 is not an HTTP status
+    assert not is_transient(ValueError("corrupt chunk images/c/503/0/0/0 of hpx5_01503"))
+    assert not is_transient(OSError("cannot decode chunk images/c/503/0/0/0"))
+    assert not is_transient(TileError("tile 'x' has float64 images"))
+    assert not is_transient(FileNotFoundError("s3://bucket/missing.zarr"))

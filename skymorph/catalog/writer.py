@@ -162,25 +162,24 @@ class RangeRecord:
 
 @dataclass
 class Manifest:
-    """``CATALOG/_skymorph/manifest.json``: which model wrote the catalog, at which order, and the tile
-    ranges done. Mutable: the driver adds ranges as results arrive and rewrites the file atomically."""
+    """``CATALOG/_skymorph/manifest.json``: which model wrote the catalog, at which order and for how many
+    volunteers, and the tile ranges done. Mutable: the driver adds ranges as results arrive and rewrites
+    the file atomically."""
 
     model_sha256: str
     order: int
     ranges: dict
+    n_volunteers: int = 40
 
     def add(self, record: RangeRecord) -> None:
         self.ranges[record.key] = record
-
-    def drop_tile(self, tile: str) -> None:
-        for key in [k for k in self.ranges if k[0] == tile]:
-            del self.ranges[key]
 
     def to_json(self) -> str:
         return json.dumps({
             "format": 1,
             "model_sha256": self.model_sha256,
             "order": self.order,
+            "n_volunteers": self.n_volunteers,
             "ranges": [r.to_dict() for r in sorted(self.ranges.values(), key=lambda r: r.key)],
         }, indent=1)
 
@@ -190,7 +189,7 @@ class Manifest:
             data = json.loads(text)
             records = [RangeRecord.from_dict(r) for r in data["ranges"]]
             return cls(model_sha256=data["model_sha256"], order=int(data["order"]),
-                       ranges={r.key: r for r in records})
+                       ranges={r.key: r for r in records}, n_volunteers=int(data["n_volunteers"]))
         except (ValueError, KeyError, TypeError) as err:
             raise CatalogError(f"{source} is corrupt ({err}); rerun with --overwrite to start the catalog afresh") from err
 

@@ -153,7 +153,7 @@ def _prepare_output(config: RunConfig, model_sha256: str, options: dict):
         if not config.overwrite:
             raise
         manifest = None
-    if manifest is not None and config.overwrite:
+    if config.overwrite and fs.exists(root):
         fs.rm(root, recursive=True)
         manifest = None
     if manifest is None and fs.exists(root) and fs.exists(layout.properties_url(config.out)):
@@ -169,8 +169,14 @@ def _prepare_output(config: RunConfig, model_sha256: str, options: dict):
                 f"{config.out!r} has catalog order {manifest.order}, not --catalog-order {config.catalog_order}; "
                 "keep the order or pass --overwrite"
             )
+        if manifest.n_volunteers != config.n_volunteers:
+            raise CatalogError(
+                f"{config.out!r} holds posteriors for {manifest.n_volunteers} volunteers, not --n-volunteers "
+                f"{config.n_volunteers}; keep the number or pass --overwrite"
+            )
         return manifest, False
-    return Manifest(model_sha256=model_sha256, order=config.catalog_order, ranges={}), True
+    return Manifest(model_sha256=model_sha256, order=config.catalog_order, ranges={},
+                    n_volunteers=config.n_volunteers), True
 
 
 class _Plan:

@@ -12,6 +12,7 @@ same deterministic part files, so nothing is duplicated.
 from __future__ import annotations
 
 import os
+import re
 import random
 import threading
 import time
@@ -125,6 +126,9 @@ def first_range_stop(n: int, chunk_size: int, rows_per_task: int) -> int:
     return plan_ranges(n, chunk_size, rows_per_task)[0][1]
 
 
+_TRANSIENT_MESSAGE = re.compile(r"\((SlowDown|ServiceUnavailable|503|RequestTimeout|InternalError)\)|Service Unavailable")
+
+
 def is_transient(err: BaseException) -> bool:
     """Whether ``err`` (or an error it was raised from) is a storage hiccup worth retrying: a dropped
     or refused connection, a timeout, an HTTP 5xx or S3 ``SlowDown``. Bad input never is."""
@@ -146,8 +150,9 @@ def is_transient(err: BaseException) -> bool:
                     "ClientConnectorError", "ClientOSError", "ClientPayloadError", "IncompleteRead",
                     "ResponseStreamingError"):
             return True
-        text = str(err)
-        if "SlowDown" in text or "503" in text or "Service Unavailable" in text:
+        # s3fs re-raises botocore errors as OSError carrying only botocore's message, "An error occurred
+        # (SlowDown) when calling ...": match that phrasing, never a bare number (a chunk key can hold 503).
+        if isinstance(err, OSError) and _TRANSIENT_MESSAGE.search(str(err)):
             return True
         err = err.__cause__ or err.__context__
     return False
