@@ -1,7 +1,8 @@
 """The ``skymorph`` command line: argument parsing only.
 
 Each subcommand parses its arguments and calls one public function of a package; logic lives there.
-Errors a user can fix (:class:`skymorph.errors.SkymorphError`, missing files) print one line and exit 2.
+Errors a user can fix (:class:`skymorph.errors.SkymorphError`, and ``OSError``: missing or unwritable
+paths, unreachable schedulers or endpoints) print one line and exit 2.
 """
 
 from __future__ import annotations
@@ -430,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     except SkymorphError as err:
         print(f"skymorph: error: {err}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as err:
+    except OSError as err:  # missing or unwritable paths, unreachable schedulers and endpoints
         print(f"skymorph: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

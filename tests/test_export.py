@@ -207,3 +207,13 @@ def test_fp16_rewrite_keeps_the_interface_and_the_outputs(exported):
     got = ort.InferenceSession(half.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"images": images})[0]
     assert got.dtype == np.float32
     assert np.max(np.abs(got - expected) / (1 + np.abs(expected))) < 1e-2
+
+
+def test_cli_output_under_a_file_is_a_one_line_error(tmp_path, capsys):
+    net = _net("w20", "multinomial")
+    ckpt = str(tmp_path / "m.ckpt")
+    save_checkpoint(ckpt, net, CheckpointMeta(SCHEMA, "w20", "multinomial", 0.5, SPEC))
+    (tmp_path / "a_file").write_text("not a directory")
+    code = main(["export", ckpt, "--samples", str(T), "--out", str(tmp_path / "a_file" / "model.onnx")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("skymorph: error:") and err.count("\n") == 1 and "a_file" in err

@@ -103,6 +103,21 @@ def test_ingest_bad_catalogs_are_one_line_errors(tmp_path):
     code, err = _run(["survey", "ingest", "--catalog", str(tmp_path / "cat.csv"), "--out", str(tmp_path / "o"),
                       "--label-question", "has_spiral_arms", "--label-map", "spiral=yess"])
     assert code == 2 and "lacks" in err and err.count("\n") == 1
+    (tmp_path / "cat.csv").write_text("object_id,file,ra,dec\n1,a.png,abc,3\n")
+    code, err = _run(["survey", "ingest", "--catalog", str(tmp_path / "cat.csv"), "--out", str(tmp_path / "o")])
+    assert code == 2 and "ra/dec missing or not finite for object_id 1" in err and err.count("\n") == 1
+
+
+def test_ingest_keeps_text_columns_with_blank_cells(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "img").mkdir()
+    Image.fromarray(np.full((24, 24), 40, dtype=np.uint8)).save(tmp_path / "img" / "0.png")
+    (tmp_path / "cat.csv").write_text("object_id,file,split\n1,img/0.png,train\n2,img/0.png,\n")
+    code, err = _run(["survey", "ingest", "--catalog", str(tmp_path / "cat.csv"), "--out", str(tmp_path / "out"),
+                      "--size", "16"])
+    assert code == 0, err
+    assert pq.read_table(tmp_path / "out" / "labels.parquet").column("split").to_pylist() == ["train", None]
 
 
 @pytest.mark.skipif(not GZ2_SPIRALS.is_dir(), reason=f"real GZ2 subset not found at {GZ2_SPIRALS}")

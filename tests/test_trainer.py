@@ -52,6 +52,9 @@ def test_load_labels_reads_votes_in_schema_order_and_rejects_unknown_answers(tmp
     path.write_text("object_id,has_spiral_arms_yes\n5,-1\n")
     with pytest.raises(InputError, match="non-negative"):
         load_labels(str(path), GZ2)
+    path.write_text("object_id,has_spiral_arms_yes\n5,abc\n6,2\n")
+    with pytest.raises(InputError, match="'has_spiral_arms_yes' must hold vote counts, not text"):
+        load_labels(str(path), GZ2)
 
 
 def test_hash_split_is_deterministic_and_near_the_fraction(tmp_path):

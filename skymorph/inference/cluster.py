@@ -99,12 +99,13 @@ def connect(spec: ClusterSpec):
     :class:`skymorph.inference.task.EngineCache`)."""
     from distributed import Client, LocalCluster
 
-    if spec.scheduler_file:
-        with Client(scheduler_file=spec.scheduler_file) as client:
-            yield client, None
-        return
-    if spec.address:
-        with Client(spec.address) as client:
+    if spec.scheduler_file or spec.address:
+        where = spec.scheduler_file or spec.address
+        try:
+            client = Client(scheduler_file=spec.scheduler_file) if spec.scheduler_file else Client(spec.address)
+        except OSError as err:
+            raise InputError(f"cannot reach the Dask scheduler at {where!r} ({err}); is `dask scheduler` running there?") from err
+        with client:
             yield client, None
         return
     if spec.cluster == "slurm":

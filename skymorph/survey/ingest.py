@@ -135,6 +135,8 @@ def _read_catalog(catalog_csv: str, id_column: str, storage_options):
     if has_ra != has_dec:
         raise InputError(f"catalog {catalog_csv!r} has {'ra' if has_ra else 'dec'} but not {'dec' if has_ra else 'ra'}")
     if has_ra:
+        for name in ("ra", "dec"):
+            table[name] = pd.to_numeric(table[name], errors="coerce")
         bad = ~(np.isfinite(table["ra"].to_numpy(float)) & np.isfinite(table["dec"].to_numpy(float)))
         if bad.any():
             raise InputError(f"catalog {catalog_csv!r}: ra/dec missing or not finite for {id_column} {int(table[id_column][bad].iloc[0])}")
@@ -248,8 +250,8 @@ def ingest(
     columns = {"object_id": kept["object_id"].to_numpy(np.int64), "tile": tile_of_row.astype(str), "row": np.arange(len(kept)) % tile_size}
     columns.update({name: values[ok] for name, values in votes.items()})
     for name in kept.columns:
-        if name not in columns:
-            columns[name] = kept[name].to_numpy()
+        if name not in columns:  # pass-through: blank cells of a text column become nulls
+            columns[name] = pa.array(kept[name], from_pandas=True)
     columns["position_is_placeholder"] = np.full(len(kept), placeholder)
     labels_url = join(out, "labels.parquet")
     write_parquet(pa.table(columns), labels_url, storage_options)

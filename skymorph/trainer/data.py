@@ -99,13 +99,18 @@ def load_labels(url: str, schema: Schema, storage_options=None) -> Labels:
         object_id = table.column("object_id").to_numpy().astype(np.int64, casting="safe")
     except (TypeError, ValueError, pa.ArrowInvalid) as err:
         raise InputError(f"labels {url!r}: object_id must be integers without gaps ({err})") from err
+    if not len(object_id):
+        raise InputError(f"labels {url!r} have no rows")
     unique, counts = np.unique(object_id, return_counts=True)
     if (counts > 1).any():
         raise InputError(f"labels {url!r} lists object_id {int(unique[counts > 1][0])} more than once")
     votes = np.zeros((len(object_id), schema.n_answers), dtype=np.int64)
     for column in present:
-        values = table.column(column).to_numpy(zero_copy_only=False)
-        values = np.nan_to_num(values.astype(np.float64), nan=0.0)
+        try:
+            values = table.column(column).to_numpy(zero_copy_only=False).astype(np.float64)
+        except (TypeError, ValueError) as err:
+            raise InputError(f"labels {url!r} column {column!r} must hold vote counts, not text ({err})") from err
+        values = np.nan_to_num(values, nan=0.0)
         if (values < 0).any() or (values != np.round(values)).any():
             raise InputError(f"labels {url!r} column {column!r} must hold non-negative integer vote counts")
         votes[:, schema.answer_columns.index(column)] = values.astype(np.int64)

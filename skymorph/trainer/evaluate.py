@@ -55,6 +55,8 @@ class EvaluationReport:
 
     def __str__(self) -> str:
         lines = [f"evaluated {self.n_galaxies} galaxies -> {self.metrics_path}"]
+        if self.metrics.get("tta"):
+            lines[0] += " (with test-time augmentation: an exported model gives the plain predictions)"
         for q, m in self.metrics["questions"].items():
             acc = m.get("accuracy_confident")
             true = f" rmse_true={m['rmse_true']:.4f}" if "rmse_true" in m else ""

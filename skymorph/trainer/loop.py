@@ -28,7 +28,7 @@ from pathlib import PurePosixPath
 
 import numpy as np
 
-from skymorph.errors import InputError, ModelError
+from skymorph.errors import InputError, ModelError, did_you_mean
 from skymorph.model_metadata import LIKELIHOODS, InputSpec
 from skymorph.schema import get_schema
 from skymorph.storage import atomic_write_text
@@ -93,6 +93,11 @@ class TrainConfig:
                 raise InputError(message)
 
         need(self.likelihood in LIKELIHOODS, f"likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}")
+        from skymorph.trainer.models import list_models
+
+        # checked here, before any tile is read, rather than when the model is built
+        need(self.arch in list_models(), f"unknown architecture {self.arch!r}: use one of {', '.join(list_models())}."
+             + did_you_mean(self.arch, list_models()))
         for name in ("epochs", "batch_size", "patience", "prefetch_batches"):
             need(int(getattr(self, name)) >= 1, f"{name} must be at least 1, got {getattr(self, name)!r}")
         need(self.lr > 0, f"lr must be positive, got {self.lr}")
