@@ -436,51 +436,21 @@ def _run_command_missing() -> str | None:
     return None
 
 
-def _wait_for(condition, timeout_s: float, what: str):
-    import time
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if value := condition():
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-
-
 @pytest.fixture
 def scheduler_and_workers(tmp_path):
     """`dask scheduler` on 127.0.0.1, one worker advertising GPU=1 (2 threads) and one CPU-only worker.
     Yields ``(address, {"gpu": worker address, "cpu": worker address})``; all processes are killed after."""
-    import json
-    import os
-    import subprocess
-    import sys
+    from distributed import Client
 
-    dask = os.path.join(os.path.dirname(sys.executable), "dask")
-    scheduler_file = tmp_path / "scheduler.json"
-    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-    procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--dashboard-address", ":0",
-                               "--scheduler-file", str(scheduler_file)], **quiet)]
-    try:
-        _wait_for(scheduler_file.exists, 60, "the scheduler file")
-        address = json.loads(scheduler_file.read_text())["address"]
-        worker = [dask, "worker", address, "--host", "127.0.0.1", "--no-dashboard", "--nworkers", "1"]
-        procs.append(subprocess.Popen([*worker, "--name", "gpu", "--nthreads", "2", "--resources", "GPU=1"], **quiet))
-        procs.append(subprocess.Popen([*worker, "--name", "cpu", "--nthreads", "1"], **quiet))
-        from distributed import Client
+    from skymorph.testing.dask_processes import dask_processes
 
-        with Client(address, timeout=60) as client:
-            client.wait_for_workers(2, timeout=60)
-            by_name = {info["name"]: addr for addr, info in client.scheduler_info(n_workers=-1)["workers"].items()}
-        yield address, by_name
-    finally:
-        for proc in reversed(procs):
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(timeout=30)
+    gpu = ["--name", "gpu", "--nthreads", "2", "--resources", "GPU=1"]
+    cpu = ["--name", "cpu", "--nthreads", "1"]
+    with dask_processes(str(tmp_path), [gpu, cpu]) as procs, Client(procs.address, timeout=60) as client:
+        by_name = {info["name"]: addr for addr, info in client.scheduler_info(n_workers=-1)["workers"].items()}
+        yield procs.address, by_name
 
 
-@pytest.mark.slow
 def test_skymorph_run_against_a_scheduler_puts_gpu_tasks_on_the_gpu_worker(s3, s3_bucket, tmp_path, scheduler_and_workers):
     if reason := _run_command_missing():
         pytest.skip(reason)

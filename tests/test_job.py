@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import replace
 
 import numpy as np
@@ -21,21 +20,12 @@ import pytest
 
 from skymorph.catalog import layout
 from skymorph.storage import filesystem, read_bytes, read_parquet
+from skymorph.testing.dask_processes import dask_processes, wait_for
 
 pytestmark = pytest.mark.slow
 
 SIZE = 32
 SCHEMA = "gz2"
-
-
-def _wait_for(condition, timeout_s: float, what: str, interval_s: float = 0.05):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval_s)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 @pytest.fixture(scope="session")
@@ -242,38 +232,19 @@ def test_bad_tiles_go_to_the_failures_table_and_the_rest_completes(s3_bucket, ti
 
 
 @pytest.fixture
-def dask_processes(tmp_path):
+def two_workers(tmp_path):
     """A `dask scheduler` and two single-threaded `dask worker` processes (no nanny: a killed worker
-    stays dead). Yields ``(scheduler_file, [worker Popen, ...])``; everything is killed afterwards."""
-    dask = os.path.join(os.path.dirname(sys.executable), "dask")
-    scheduler_file = str(tmp_path / "scheduler.json")
-    procs = [subprocess.Popen([dask, "scheduler", "--port", "0", "--dashboard-address", ":0", "--scheduler-file",
-                               scheduler_file, "--host", "127.0.0.1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
-    try:
-        _wait_for(lambda: os.path.exists(scheduler_file), 60, "the scheduler file")
-        address = json.load(open(scheduler_file))["address"]
-        workers = [subprocess.Popen([dask, "worker", address, "--nworkers", "1", "--nthreads", "1", "--no-nanny",
-                                     "--host", "127.0.0.1", "--no-dashboard"],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]
-        procs += workers
-        from distributed import Client
-
-        with Client(scheduler_file=scheduler_file) as client:
-            client.wait_for_workers(2, timeout=60)
-        yield scheduler_file, workers
-    finally:
-        for proc in reversed(procs):
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(timeout=30)
+    stays dead), killed afterwards."""
+    with dask_processes(str(tmp_path), [["--nthreads", "1", "--no-nanny"]] * 2) as procs:
+        yield procs
 
 
-def test_killing_a_worker_mid_job_still_gives_the_exact_catalog(s3_bucket, tiny_model, dask_processes):
+def test_killing_a_worker_mid_job_still_gives_the_exact_catalog(s3_bucket, tiny_model, two_workers):
     import threading
 
     from skymorph.inference.job import RunConfig, run_survey
 
-    scheduler_file, workers = dask_processes
+    scheduler_file, workers = two_workers.scheduler_file, two_workers.workers
     tiles = make_tiles(s3_bucket, n_tiles=8, per_tile=128)
     catalog = f"{s3_bucket}/catalog"
     config = RunConfig(tiles=f"{s3_bucket}/tiles.txt", model=tiny_model, out=catalog, scheduler_file=scheduler_file,
@@ -281,7 +252,7 @@ def test_killing_a_worker_mid_job_still_gives_the_exact_catalog(s3_bucket, tiny_
     outcome = {}
     driver = threading.Thread(target=lambda: outcome.update(report=run_survey(config)), daemon=True)
     driver.start()
-    _wait_for(lambda: len(layout.list_parts(catalog)) >= 3, 120, "the first part files")
+    wait_for(lambda: len(layout.list_parts(catalog)) >= 3, 120, "the first part files")
     assert driver.is_alive(), "the job finished before a worker could be killed: make it slower"
     os.kill(workers[0].pid, signal.SIGKILL)
     driver.join(timeout=240)
@@ -291,11 +262,11 @@ def test_killing_a_worker_mid_job_still_gives_the_exact_catalog(s3_bucket, tiny_
     assert_exact(catalog, tiny_model, tiles)
 
 
-def test_interrupted_driver_resumes_and_skips_finished_ranges(s3, s3_bucket, tiny_model, dask_processes):
+def test_interrupted_driver_resumes_and_skips_finished_ranges(s3, s3_bucket, tiny_model, two_workers):
     from skymorph.catalog.writer import read_manifest
     from skymorph.inference.job import RunConfig, run_survey
 
-    scheduler_file, _ = dask_processes
+    scheduler_file = two_workers.scheduler_file
     tiles = make_tiles(s3_bucket, n_tiles=8, per_tile=128)
     catalog = f"{s3_bucket}/catalog"
     args = ["--tiles", f"{s3_bucket}/tiles.txt", "--model", tiny_model, "--out", catalog,
@@ -303,7 +274,7 @@ def test_interrupted_driver_resumes_and_skips_finished_ranges(s3, s3_bucket, tin
     driver = subprocess.Popen([sys.executable, "-m", "skymorph.cli", "run", *args], env={**os.environ, **s3.env},
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        manifest = _wait_for(lambda: (m := read_manifest(catalog)) is not None and len(m.ranges) >= 4 and m, 120,
+        manifest = wait_for(lambda: (m := read_manifest(catalog)) is not None and len(m.ranges) >= 4 and m, 120,
                              "a manifest with some finished ranges")
         assert driver.poll() is None, "the driver finished before it could be interrupted: make the job slower"
         driver.kill()

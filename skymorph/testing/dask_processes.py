@@ -1,0 +1,60 @@
+"""Real `dask scheduler` and `dask worker` processes on 127.0.0.1, for resilience and deployment tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+__all__ = ["DaskProcesses", "dask_processes", "wait_for"]
+
+
+def wait_for(condition, timeout_s: float, what: str, interval_s: float = 0.05):
+    """Poll ``condition()`` until it returns something truthy (and return that), or fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+@dataclass(frozen=True)
+class DaskProcesses:
+    scheduler_file: str
+    address: str
+    workers: list  # the worker Popen objects, in the order of ``worker_args``
+
+
+@contextmanager
+def dask_processes(directory: str, worker_args: list[list[str]], timeout_s: float = 60):
+    """Start a scheduler on a free loopback port and one ``dask worker`` per entry of ``worker_args`` (extra
+    flags, e.g. ``["--nthreads", "1", "--no-nanny"]``); wait until all workers are connected. Every process
+    is killed on exit."""
+    from distributed import Client
+
+    dask = os.path.join(os.path.dirname(sys.executable), "dask")
+    scheduler_file = os.path.join(directory, "scheduler.json")
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--dashboard-address", ":0",
+                               "--scheduler-file", scheduler_file], **quiet)]
+    try:
+        wait_for(lambda: os.path.exists(scheduler_file), timeout_s, "the scheduler file")
+        with open(scheduler_file) as fh:
+            address = json.load(fh)["address"]
+        base = [dask, "worker", address, "--host", "127.0.0.1", "--no-dashboard", "--nworkers", "1"]
+        workers = [subprocess.Popen([*base, *args], **quiet) for args in worker_args]
+        procs += workers
+        with Client(address, timeout=timeout_s) as client:
+            client.wait_for_workers(len(workers), timeout=timeout_s)
+        yield DaskProcesses(scheduler_file, address, workers)
+    finally:
+        for proc in reversed(procs):
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=30)
