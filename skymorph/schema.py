@@ -150,6 +150,11 @@ class Schema:
             paths.append(tuple(reversed(path)))
         return tuple(paths)
 
+    def same_tree(self, other: Schema) -> bool:
+        """Whether ``other`` has the same questions, answers and dependencies in the same order (names of
+        the schemas themselves may differ): then model outputs and catalog columns line up."""
+        return self.questions == other.questions
+
     def question(self, name: str) -> Question:
         """The question called ``name``; a one-line error naming the valid ones otherwise."""
         for q in self.questions:

@@ -63,3 +63,10 @@ def test_bad_names_and_lookups():
     with pytest.raises(SchemaError, match="Did you mean 'decals'"):
         get_schema("decal")
     assert snake_case("Featured-or-Disk ") == "featured_or_disk"
+
+
+def test_same_tree_ignores_the_schema_name_only():
+    renamed = Schema("my_decals", DECALS.questions)
+    assert renamed.same_tree(DECALS) and not GZ2.same_tree(DECALS)
+    reordered = Schema("r", (DECALS.questions[1], DECALS.questions[0]) + DECALS.questions[2:])
+    assert not reordered.same_tree(DECALS)

@@ -167,7 +167,7 @@ def _backend_for(url: str, backend: str) -> str:
 def _check_schema(engine: Engine, expect_schema) -> None:
     expected = get_schema(expect_schema)
     got = engine.metadata.schema
-    if got.to_dict()["questions"] != expected.to_dict()["questions"]:
+    if not got.same_tree(expected):
         raise ModelError(
             f"model {engine.url!r} predicts schema {got.name!r} ({got.n_answers} answers), not {expected.name!r} "
             f"({expected.n_answers} answers); use a model trained on {expected.name!r}"

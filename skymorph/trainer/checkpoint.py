@@ -142,7 +142,7 @@ def read_checkpoint(path: str, storage_options=None) -> tuple[CheckpointMeta, di
 def check_schema(meta: CheckpointMeta, expect_schema, source: str) -> None:
     """One-line :class:`SchemaError` if ``meta``'s decision tree is not ``expect_schema``'s."""
     expected = get_schema(expect_schema)
-    if meta.schema.to_dict()["questions"] != expected.to_dict()["questions"]:
+    if not meta.schema.same_tree(expected):
         raise SchemaError(
             f"{source} was trained on schema {meta.schema.name!r} ({meta.schema.n_answers} answers), "
             f"not {expected.name!r} ({expected.n_answers} answers); use a checkpoint trained on {expected.name!r}"
