@@ -207,6 +207,25 @@ def test_finetune_starts_from_trained_weights_and_checks_the_schema(tmp_path):
     _expect_one_line_error(argv, "trained on schema 'decals'")
 
 
+
+def test_resume_and_finetune_take_the_model_from_the_checkpoint_and_refuse_other_flags(tmp_path):
+    tiles, labels = write_ring_survey(str(tmp_path))
+    small = dict(arch="resnet_s", arch_params={"widths": [8, 16], "depths": [1, 1]}, dropout=0.3, crop_fraction=0.75)
+    base = train(_config(tmp_path, tiles, labels, **small, epochs=2, stop_after_epochs=1, out=str(tmp_path / "b.ckpt")))
+    # no model flags: the checkpoint's; the same values given again (lists or tuples): accepted
+    for run in ({}, {**small, "arch_params": {"widths": (8, 16), "depths": (1, 1)}}):
+        tuned = train(_config(tmp_path, tiles, labels, **run, finetune=base.checkpoint, out=str(tmp_path / "f.ckpt")))
+        _, meta, _ = load_checkpoint(tuned.checkpoint)
+        assert (meta.arch, meta.arch_params, meta.dropout, meta.input.crop_fraction) == ("resnet_s", small["arch_params"], 0.3, 0.75)
+    for flag, value in (("arch", "w20"), ("dropout", 0.5), ("crop_fraction", 1.0), ("likelihood", "dirichlet_multinomial"),
+                        ("arch_params", {"widths": [16, 32], "depths": [1, 1]}), ("resize_px", 16)):
+        for start in ({"finetune": base.checkpoint}, {"resume": base.last_checkpoint}):
+            with pytest.raises(ModelError, match=f"was trained with {flag}=.* but {flag}=.* was given; drop it"):
+                train(_config(tmp_path, tiles, labels, **{flag: value}, **start, epochs=2, out=str(tmp_path / "b.ckpt")))
+    argv = ["train", "--tiles", tiles, "--labels", labels, "--schema", "gz2", "--out", str(tmp_path / "b.ckpt"),
+            "--resume", base.last_checkpoint, "--epochs", "2", "--arch", "w20"]
+    _expect_one_line_error(argv, "was trained with arch='resnet_s' but arch='w20' was given")
+
 def _expect_one_line_error(argv, text):
     """``cli.main(argv)`` exits 2 with exactly one ``skymorph: error:`` line holding ``text``, no traceback
     (progress bars, also on stderr, are ignored)."""

@@ -23,8 +23,11 @@ import datetime as _dt
 import json
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import PurePosixPath
+from types import MappingProxyType
+from typing import ClassVar
 
 import numpy as np
 
@@ -54,16 +57,25 @@ class TrainConfig:
     an exponential moving average of the weights and batch-norm statistics, updated after every step,
     ``w_ema <- d * w_ema + (1 - d) * w`` (starting from the first step's weights); it is what is
     validated and saved (a horizon of about 1 / (1 - d) steps: smoother than the last step's weights).
+
+    The model's own choices, ``arch``, ``arch_params``, ``likelihood``, ``dropout``, ``crop_fraction`` and
+    ``resize_px``, are None unless given: a new model then gets :attr:`MODEL_DEFAULTS`, while ``resume``
+    and ``finetune`` take them from the checkpoint and refuse any given value that differs from it.
     """
+
+    MODEL_DEFAULTS: ClassVar[Mapping] = MappingProxyType({
+        "arch": "w20", "arch_params": MappingProxyType({}), "likelihood": "multinomial", "dropout": 0.5, "crop_fraction": 1.0,
+        "resize_px": None,
+    })
 
     tiles: str
     labels: str
     out: str
     schema: str = "decals"
-    arch: str = "w20"
-    arch_params: dict = field(default_factory=dict)
-    likelihood: str = "multinomial"
-    dropout: float = 0.5
+    arch: str | None = None
+    arch_params: dict | None = None
+    likelihood: str | None = None
+    dropout: float | None = None
     epochs: int = 10
     batch_size: int = 64
     lr: float = 1e-3
@@ -73,7 +85,7 @@ class TrainConfig:
     patience: int = 5
     seed: int = 0
     val_fraction: float = 0.1
-    crop_fraction: float = 1.0
+    crop_fraction: float | None = None
     resize_px: int | None = None
     augment: bool = True
     ema_decay: float | None = None
@@ -92,21 +104,21 @@ class TrainConfig:
             if not ok:
                 raise InputError(message)
 
-        need(self.likelihood in LIKELIHOODS, f"likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}")
+        need(self.likelihood in (None, *LIKELIHOODS), f"likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}")
         from skymorph.trainer.models import list_models
 
         # checked here, before any tile is read, rather than when the model is built
-        need(self.arch in list_models(), f"unknown architecture {self.arch!r}: use one of {', '.join(list_models())}."
-             + did_you_mean(self.arch, list_models()))
+        need(self.arch is None or self.arch in list_models(), f"unknown architecture {self.arch!r}: use one of "
+             f"{', '.join(list_models())}." + did_you_mean(str(self.arch), list_models()))
         for name in ("epochs", "batch_size", "patience", "prefetch_batches"):
             need(int(getattr(self, name)) >= 1, f"{name} must be at least 1, got {getattr(self, name)!r}")
         need(self.lr > 0, f"lr must be positive, got {self.lr}")
         need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         need(self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
         need(0 <= self.min_lr_ratio <= 1, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        need(0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}")
+        need(self.dropout is None or 0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}")
         need(0 < self.val_fraction < 1, f"val_fraction must be in (0, 1), got {self.val_fraction}")
-        need(0 < self.crop_fraction <= 1, f"crop_fraction must be in (0, 1], got {self.crop_fraction}")
+        need(self.crop_fraction is None or 0 < self.crop_fraction <= 1, f"crop_fraction must be in (0, 1], got {self.crop_fraction}")
         need(self.resize_px is None or self.resize_px >= 8, f"resize_px must be at least 8, got {self.resize_px}")
         need(self.ema_decay is None or 0 < self.ema_decay < 1, f"ema_decay must be in (0, 1), got {self.ema_decay}")
         need(self.threads is None or self.threads >= 1, f"threads must be at least 1, got {self.threads}")
@@ -217,13 +229,38 @@ def _validate(model, loader, schema, likelihood):
     return total / max(n, 1), accuracy
 
 
-def _input_spec(images: np.ndarray, config: TrainConfig) -> InputSpec:
+def _input_spec(images: np.ndarray, crop_fraction: float, resize_px: int | None) -> InputSpec:
     """Normalise with the training images' per-channel mean and standard deviation (of pixel / 255)."""
     scaled = images.astype(np.float32) / 255.0
     mean = scaled.mean(axis=(0, 2, 3))
     std = np.maximum(scaled.std(axis=(0, 2, 3)), 1e-3)
     c, h, w = images.shape[1:]
-    return InputSpec(c, h, w, mean=tuple(mean.tolist()), std=tuple(std.tolist()), crop_fraction=config.crop_fraction, resize=config.resize_px)
+    return InputSpec(c, h, w, mean=tuple(mean.tolist()), std=tuple(std.tolist()), crop_fraction=crop_fraction, resize=resize_px)
+
+
+def _model_choices(config: TrainConfig, meta=None, checkpoint: str = "") -> dict:
+    """The model's choices (the keys of ``TrainConfig.MODEL_DEFAULTS``): the given ones over the defaults for
+    a new model; the checkpoint's for --resume/--finetune, where a given value that differs is an error
+    (the weights fix the architecture, and a silently ignored flag would train something else than asked)."""
+    given = {key: getattr(config, key) for key in TrainConfig.MODEL_DEFAULTS if getattr(config, key) is not None}
+    if meta is None:
+        choices = {**TrainConfig.MODEL_DEFAULTS, **given}
+        return {**choices, "arch_params": dict(choices["arch_params"])}
+    stored = {
+        "arch": meta.arch, "arch_params": meta.arch_params, "likelihood": meta.likelihood, "dropout": meta.dropout,
+        "crop_fraction": meta.input.crop_fraction, "resize_px": meta.input.resize,
+    }
+    for key, value in given.items():
+        same = json.loads(json.dumps(value)) == json.loads(json.dumps(stored[key]))  # tuples and lists alike
+        if isinstance(value, float) and stored[key] is not None:
+            same = math.isclose(value, stored[key], rel_tol=1e-9)
+        if not same:
+            flag = "--resume" if config.resume else "--finetune"
+            raise ModelError(
+                f"{flag} {checkpoint!r} was trained with {key}={stored[key]!r} but {key}={value!r} was given; "
+                f"drop it (the checkpoint fixes the model) or train a new model without {flag}"
+            )
+    return stored
 
 
 def _provenance(config: TrainConfig, labels, tile_urls, n_train: int, n_val: int) -> dict:
@@ -265,10 +302,12 @@ def train(config: TrainConfig) -> TrainResult:
     labels = load_labels(config.labels, schema, so)
     tile_urls = tile_list(config.tiles, so)
     training: dict = {}
+    choices = _model_choices(config)
     start_checkpoint = config.resume or config.finetune
     if start_checkpoint:  # checked before the images are read: a wrong checkpoint fails in seconds
         model, meta, training = load_checkpoint(start_checkpoint, storage_options=so)
         check_schema(meta, schema, repr(start_checkpoint))
+        choices = _model_choices(config, meta, start_checkpoint)
         if config.resume and not training:
             raise ModelError(f"{config.resume!r} holds no training state; resume from {last_checkpoint_path(config.out)!r}")
     images, labels = load_images(tile_urls, labels, drop_unmatched=config.drop_unmatched, storage_options=so, progress=config.progress)
@@ -286,11 +325,10 @@ def train(config: TrainConfig) -> TrainResult:
                 f"checkpoint {start_checkpoint!r} takes {meta.input.shape} images but the tiles hold {images.shape[1:]}"
             )
         spec = meta.input
-        arch, arch_params, likelihood, dropout = meta.arch, meta.arch_params, meta.likelihood, meta.dropout
     else:
-        spec = _input_spec(images[train_mask], config)
-        arch, arch_params, likelihood, dropout = config.arch, dict(config.arch_params), config.likelihood, config.dropout
-        model = build_model(arch, schema, spec, likelihood, dropout=dropout, **arch_params)
+        spec = _input_spec(images[train_mask], choices["crop_fraction"], choices["resize_px"])
+        model = build_model(choices["arch"], schema, spec, choices["likelihood"], dropout=choices["dropout"], **choices["arch_params"])
+    arch, arch_params, likelihood, dropout = (choices[key] for key in ("arch", "arch_params", "likelihood", "dropout"))
     if config.finetune:
         training = {}  # fine-tuning keeps the weights only: new optimizer, schedule and history
 
