@@ -95,6 +95,29 @@ def test_ingest_reports_unreadable_files_and_writes_placeholder_positions(tmp_pa
     assert labels["tile"].tolist() == [tile.name] * 3 and labels["row"].tolist() == [0, 1, 2]
 
 
+
+def test_ingest_from_and_to_s3(s3_bucket):
+    """Catalog and cutouts on S3 (relative and absolute URL entries), tiles, labels and failures written to S3."""
+    from PIL import Image
+
+    from skymorph.storage import filesystem
+
+    fs, root = filesystem(s3_bucket)
+    for i in range(2):
+        buffer = io.BytesIO()
+        Image.fromarray(np.full((24, 24, 3), 50 * (i + 1), dtype=np.uint8)).save(buffer, format="PNG")
+        fs.pipe(f"{root}/cutouts/{i}.png", buffer.getvalue())
+    fs.pipe(f"{root}/cutouts/cat.csv", f"object_id,file\n1,0.png\n2,{s3_bucket}/cutouts/1.png\n3,gone.png\n".encode())
+    out = f"{s3_bucket}/ingested"
+    code, err = _run(["survey", "ingest", "--catalog", f"{s3_bucket}/cutouts/cat.csv", "--out", out, "--size", "16", "--bands", "keep"])
+    assert code == 1 and "gone.png" in err  # one cutout missing: reported, the rest written
+    tile = open_tile(read_tile_list(f"{out}/tiles.txt")[0])
+    assert tile.url.startswith(s3_bucket) and tile.read_coords()[0].tolist() == [1, 2]
+    images = tile.read_images(0, 2)
+    assert images.shape == (2, 3, 16, 16) and images[0].min() == images[0].max() == 50 and images[1].min() == 100
+    assert pq.read_table(fs.open(f"{root}/ingested/labels.parquet")).column("object_id").to_pylist() == [1, 2]
+    assert fs.cat(f"{root}/ingested/ingest_failures.csv").decode().splitlines()[1].startswith('"gone.png",3,')
+
 def test_ingest_bad_catalogs_are_one_line_errors(tmp_path):
     (tmp_path / "cat.csv").write_text("id,file\n1,a.png\n")
     code, err = _run(["survey", "ingest", "--catalog", str(tmp_path / "cat.csv"), "--out", str(tmp_path / "o")])

@@ -31,7 +31,7 @@ import numpy as np
 
 from skymorph.errors import InputError
 from skymorph.schema import get_schema
-from skymorph.storage import atomic_write_text, join, read_bytes, write_parquet
+from skymorph.storage import atomic_write_text, is_remote, join, read_bytes, write_parquet
 
 __all__ = ["ingest", "IngestSummary", "decode_image", "parse_label_map"]
 
@@ -204,7 +204,8 @@ def ingest(
 
     def load(file: str):
         try:
-            data = read_bytes(join(base, file) if not os.path.isabs(file) else file, storage_options)
+            absolute = os.path.isabs(file) or is_remote(file)  # a file entry may be a URL of its own
+            data = read_bytes(file if absolute else join(base, file), storage_options)
             return decode_image(data, file, size=size, bands=bands, stretch=stretch), None
         except Exception as err:  # any unreadable file is reported by name and skipped
             return None, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:200]
