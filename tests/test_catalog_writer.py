@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -128,8 +130,14 @@ def test_finish_removes_parts_no_finished_range_owns(tmp_path):
     schema = catalog_schema(COLUMNS, _metadata())
     object_id, ra, dec, posterior = _tile(rng, "orphan", 50, 200.0)
     write_part(catalog, build_part_table(schema, object_id, ra, dec, "orphan", 0, posterior), "orphan", 0, 50, ORDER)
+    npix_dir = os.path.dirname(layout.list_parts(catalog)[0].url)
+    killed_writer_temp = os.path.join(npix_dir, ".part-0123.parquet.4f2a.tmp")
+    with open(killed_writer_temp, "wb") as fh:
+        fh.write(b"PAR1 half a file")
     report = finish_catalog(catalog, manifest, schema, CatalogProperties(catalog_name="toy", total_rows=0, order=ORDER))
     assert report.total_rows == 500 and report.removed_parts >= 1
+    assert report.removed_temp_files == 1 and not os.path.exists(killed_writer_temp)
+    assert layout.list_temp_files(catalog) == []
     assert all("orphan" not in pq.read_table(p.url).column("tile").to_pylist() for p in layout.list_parts(catalog))
 
 

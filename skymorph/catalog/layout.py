@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import posixpath
 import re
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
@@ -177,6 +178,15 @@ def list_parts(catalog: str, storage_options: dict | None = None) -> list[PartFi
         if part is not None:
             parts.append(PartFile(part.order, part.npix, part.name, protocol + path if protocol else path))
     return sorted(parts, key=lambda p: (p.order, p.npix, p.name))
+
+
+def list_temp_files(catalog: str, storage_options: dict | None = None) -> list[str]:
+    """Hidden ``.*.tmp`` files under ``CATALOG/dataset``: what a local writer killed between write and
+    rename leaves (readers skip hidden files; S3 writes are one PUT and leave none)."""
+    fs, root = filesystem(dataset_url(catalog), storage_options)
+    if not fs.exists(root):
+        return []
+    return sorted(path for path in fs.find(root) if posixpath.basename(path).startswith(".") and path.endswith(".tmp"))
 
 
 # ---- Parquet key-value metadata ---------------------------------------------------------------------

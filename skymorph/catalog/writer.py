@@ -242,6 +242,7 @@ class FinishReport:
     n_parts: int
     pixels: tuple[int, ...]
     removed_parts: int
+    removed_temp_files: int = 0
 
 
 def _footer_rows(url: str, storage_options: dict | None) -> int:
@@ -257,7 +258,8 @@ def finish_catalog(catalog: str, manifest: Manifest, schema, properties: Catalog
     """Make ``catalog`` a complete HATS catalog from the parts the manifest's ranges own.
 
     Parts on disk that no finished range owns (left by a range planned differently, or by an
-    interrupted run whose range was not recorded and is not finished now) are removed. Rows are counted
+    interrupted run whose range was not recorded and is not finished now) are removed, and so are the
+    hidden temp files of local writers killed before their rename. Rows are counted
     from the Parquet footers and checked against the manifest. ``properties.total_rows`` is replaced
     by the count. Metadata files are written last, each atomically.
     """
@@ -278,6 +280,9 @@ def finish_catalog(catalog: str, manifest: Manifest, schema, properties: Catalog
     for part in stale:
         fs, path = filesystem(part.url, storage_options)
         fs.rm(path)
+    temps = layout.list_temp_files(catalog, storage_options)  # every range is finished: no writer owns them
+    for path in temps:
+        filesystem(catalog, storage_options)[0].rm(path)
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         counts = list(pool.map(lambda p: _footer_rows(p.url, storage_options), keep))
     for part, rows in zip(keep, counts):
@@ -294,4 +299,4 @@ def finish_catalog(catalog: str, manifest: Manifest, schema, properties: Catalog
     atomic_write_bytes(layout.common_metadata_url(catalog), buffer.getvalue(), storage_options)
     layout.write_partition_info(catalog, manifest.order, pixels, storage_options)
     layout.write_properties(catalog, replace(properties, total_rows=total, order=manifest.order), storage_options)
-    return FinishReport(total_rows=total, n_parts=len(keep), pixels=pixels, removed_parts=len(stale))
+    return FinishReport(total_rows=total, n_parts=len(keep), pixels=pixels, removed_parts=len(stale), removed_temp_files=len(temps))
