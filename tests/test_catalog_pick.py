@@ -187,3 +187,37 @@ def test_gallery_from_tile_stores(synthetic, full, tmp_path):
     with Image.open(png) as image:
         assert image.format == "PNG" and image.size[0] > 300 and image.size[1] > 100
     assert main(["catalog", "pick", synthetic.url, "--n", "5", "--out", str(tmp_path / "c.csv"), "--gallery", str(png)]) == 0
+
+
+def test_a_galaxy_in_two_overlapping_tiles_is_picked_once_at_its_best_row(catalog, full, tmp_path):
+    """Copy the catalog, then add a second row for 300 galaxies (another tile), with a higher score for
+    half of them: picks hold each id once, ranked by its best row, and that row's tile and row come back."""
+    import shutil
+
+    copy = str(tmp_path / "overlap")
+    shutil.copytree(catalog, copy)
+    first = sorted(glob.glob(os.path.join(copy, "dataset", "Norder=*", "Dir=*", "Npix=*", "part-*.parquet")))[0]
+    part = pq.read_table(first).to_pandas()
+    twins = part.sample(n=min(300, len(part)), random_state=0).copy()
+    twins["tile"] = "s3://survey/overlap.zarr"
+    twins["row"] = np.arange(len(twins), dtype=np.int64)
+    factor = np.where(np.arange(len(twins)) % 2 == 0, 3.0, 0.5)
+    twins["bald_total"] = (twins["bald_total"] * factor).astype(part["bald_total"].dtype)
+    pq.write_table(pa.Table.from_pandas(twins, schema=pq.read_schema(first), preserve_index=False),
+                   os.path.join(os.path.dirname(first), "part-0ff1a9.parquet"))
+    rows = pd.concat([full, twins], ignore_index=True)
+
+    best = rows.sort_values(["bald_total", "object_id", "tile", "row"], ascending=[False, True, True, True])
+    best = best.drop_duplicates("object_id")
+    batch = pick(copy, 80)
+    assert batch["object_id"].to_pylist() == best.object_id.head(80).tolist()
+    assert batch["tile"].to_pylist() == best.tile.head(80).tolist() and batch["row"].to_pylist() == best.row.head(80).tolist()
+    assert "s3://survey/overlap.zarr" in batch["tile"].to_pylist()
+
+    for seed in (0, 5):
+        eligible = rows[rows["bald_total"] > 0].copy()
+        eligible["key"] = gumbel_keys(eligible.object_id.values, eligible["bald_total"].values, seed, 1.0)
+        expected = eligible.sort_values(["key", "object_id"], ascending=[False, True]).drop_duplicates("object_id").head(60)
+        batch = pick(copy, 60, strategy="power", seed=seed)
+        assert batch["object_id"].to_pylist() == expected.object_id.tolist()
+        assert batch["tile"].to_pylist() == expected.tile.tolist() and batch["row"].to_pylist() == expected.row.tolist()

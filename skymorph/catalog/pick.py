@@ -17,9 +17,9 @@ Galaxies are ranked by ``{question}_bald`` or by ``bald_total`` (Walmsley et al.
     (splitmix64), so a pick depends only on the seed and the catalog, not on how it is partitioned
     or in which order partitions are read.
 
-Both are out of core: DuckDB streams ``object_id`` and the score only (a top-n heap for ``top``;
-Arrow batches merged into a running top-n of keys for ``power``), then reads the other columns of
-the ``n`` picked rows. ``exclude`` (ids already labelled or retired) is an anti-join.
+Both are out of core: DuckDB streams ``object_id``, the score, ``tile`` and ``row`` (a top-n heap for
+``top``; Arrow batches merged into a running top-n of keys for ``power``), then reads the other
+columns of the ``n`` picked rows. A galaxy is picked at most once, at its best row. ``exclude`` (ids already labelled or retired) is an anti-join.
 """
 
 from __future__ import annotations
@@ -108,30 +108,68 @@ def _score_column(catalog: Catalog, question: str | None) -> str:
     return column
 
 
+def _first_per_object(ids: np.ndarray, *columns: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Keep the first row of each ``object_id`` (rows already in rank order), preserving that order."""
+    _, first = np.unique(ids, return_index=True)
+    keep = np.sort(first)
+    return (ids[keep], *(c[keep] for c in columns))
+
+
 def _top(con, score: str, where: str, n: int):
-    rows = con.execute(
-        f'SELECT object_id, "{score}" FROM catalog WHERE {where} ORDER BY "{score}" DESC, object_id ASC LIMIT {n}'
-    ).fetchnumpy()
-    return rows["object_id"].astype(np.int64), rows[score].astype(np.float64)
+    """The ``n`` distinct galaxies with the largest scores, each at its best row (a galaxy seen in two
+    overlapping tiles has two rows). Exact: the LIMIT doubles until ``n`` distinct ids are found or the
+    catalog runs out, which duplicates make rare."""
+    limit = n
+    while True:
+        rows = con.execute(
+            f'SELECT object_id, "{score}", tile, row FROM catalog WHERE {where} '
+            f'ORDER BY "{score}" DESC, object_id ASC, tile ASC, row ASC LIMIT {limit}'
+        ).fetchnumpy()
+        ids, scores, tiles, row = _first_per_object(
+            rows["object_id"].astype(np.int64), rows[score].astype(np.float64),
+            np.asarray(rows["tile"], dtype=object), rows["row"].astype(np.int64),
+        )
+        if len(ids) >= n or len(rows["object_id"]) < limit:
+            return ids[:n], scores[:n], tiles[:n], row[:n]
+        limit *= 2
+
+
+def _best_rows(ids: np.ndarray, keys: np.ndarray, n: int) -> np.ndarray:
+    """Indices of the rows holding the ``n`` largest keys of distinct ids (each id at its best row), in
+    rank order (key descending, then id). A plain top-n partition when it already holds n distinct ids,
+    as it does unless overlapping tiles put one galaxy in the catalog twice."""
+    if len(keys) > n:
+        top = np.argpartition(-keys, n - 1)[:n]
+        if len(np.unique(ids[top])) == n:
+            return top[np.lexsort((ids[top], -keys[top]))]
+    order = np.lexsort((ids, -keys))
+    _, first = np.unique(ids[order], return_index=True)
+    return order[np.sort(first)][:n]
 
 
 def _power(con, score: str, where: str, n: int, seed: int, beta: float):
-    reader = con.sql(f'SELECT object_id, "{score}" FROM catalog WHERE {where} AND "{score}" > 0') \
+    """The ``n`` distinct galaxies with the largest Gumbel keys, each at its best row. Exact out of core:
+    a row left out of a batch's or the running top ``n`` has ``n`` distinct ids with larger keys."""
+    import pyarrow as pa
+
+    reader = con.sql(f'SELECT object_id, "{score}", tile, row FROM catalog WHERE {where} AND "{score}" > 0') \
         .to_arrow_reader(_BATCH_ROWS)
-    ids = np.empty(0, dtype=np.int64)
-    scores = np.empty(0, dtype=np.float64)
-    keys = np.empty(0, dtype=np.float64)
+    ids, scores, keys = np.empty(0, np.int64), np.empty(0, np.float64), np.empty(0, np.float64)
+    tiles, rows = np.empty(0, object), np.empty(0, np.int64)
     for batch in reader:
         batch_ids = batch.column(0).to_numpy().astype(np.int64)
         batch_scores = batch.column(1).to_numpy().astype(np.float64)
-        ids = np.concatenate([ids, batch_ids])
-        scores = np.concatenate([scores, batch_scores])
-        keys = np.concatenate([keys, gumbel_keys(batch_ids, batch_scores, seed, beta)])
-        if len(keys) > n:
-            keep = np.argpartition(-keys, n - 1)[:n]
-            ids, scores, keys = ids[keep], scores[keep], keys[keep]
-    order = np.lexsort((ids, -keys))
-    return ids[order], scores[order]
+        batch_keys = gumbel_keys(batch_ids, batch_scores, seed, beta)
+        best = _best_rows(batch_ids, batch_keys, n)
+        taken = pa.array(best, pa.int64())
+        ids = np.concatenate([ids, batch_ids[best]])
+        scores = np.concatenate([scores, batch_scores[best]])
+        keys = np.concatenate([keys, batch_keys[best]])
+        tiles = np.concatenate([tiles, np.asarray(batch.column(2).take(taken).to_pylist(), dtype=object)])
+        rows = np.concatenate([rows, batch.column(3).take(taken).to_numpy().astype(np.int64)])
+        best = _best_rows(ids, keys, n)
+        ids, scores, keys, tiles, rows = ids[best], scores[best], keys[best], tiles[best], rows[best]
+    return ids, scores, tiles, rows
 
 
 def pick(
@@ -149,8 +187,9 @@ def pick(
     Columns: ``rank`` (1 = first), ``object_id``, ``ra``, ``dec``, ``tile``, ``row``,
     ``image_location`` (``<tile URL>#images[<row>]``), the score column (``{question}_bald`` or
     ``bald_total``) and ``model_sha256``. ``exclude``: a CSV/Parquet file with ``object_id`` or an
-    iterable of ids never to pick. Fewer than ``n`` rows come back when fewer galaxies qualify
-    (``power`` needs a positive score).
+    iterable of ids never to pick. Each galaxy comes back at most once: one seen in overlapping tiles
+    (two rows, one ``object_id``) is ranked by its best row. Fewer than ``n`` rows come back when fewer
+    galaxies qualify (``power`` needs a positive score).
     """
     import pyarrow as pa
 
@@ -167,13 +206,16 @@ def pick(
     with connect(catalog) as con:
         con.register("excluded", excluded)
         if strategy == "top":
-            ids, scores = _top(con, score, where, int(n))
+            ids, scores, tiles, row_numbers = _top(con, score, where, int(n))
         else:
-            ids, scores = _power(con, score, where, int(n), int(seed), float(beta))
+            ids, scores, tiles, row_numbers = _power(con, score, where, int(n), int(seed), float(beta))
         rows = _fetch_rows(con, ids)
-    position = {int(i): k for k, i in enumerate(ids)}
-    order = np.argsort([position[int(i)] for i in rows["object_id"].to_pylist()])
-    rows = rows.take(pa.array(order, pa.int64()))
+    # a galaxy in two overlapping tiles has two rows: take the one that was picked, in rank order
+    position = {(int(i), t, int(r)): k for k, (i, t, r) in enumerate(zip(ids, tiles, row_numbers))}
+    fetched = zip(rows["object_id"].to_pylist(), rows["tile"].to_pylist(), rows["row"].to_pylist())
+    rank_of_row = np.array([position.get((i, t, r), -1) for i, t, r in fetched], dtype=np.int64)
+    picked = np.flatnonzero(rank_of_row >= 0)
+    rows = rows.take(pa.array(picked[np.argsort(rank_of_row[picked])], pa.int64()))
     image = [f"{t}#images[{r}]" for t, r in zip(rows["tile"].to_pylist(), rows["row"].to_pylist())]
     table = pa.table({
         "rank": np.arange(1, len(ids) + 1, dtype=np.int64),
