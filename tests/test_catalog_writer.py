@@ -17,11 +17,13 @@ from skymorph.catalog.writer import (
     catalog_schema,
     finish_catalog,
     healpix_29,
+    ManifestJournal,
     read_manifest,
     write_manifest,
     write_part,
 )
 from skymorph.errors import CatalogError
+from skymorph.storage import filesystem, read_text
 
 ORDER = 3
 COLUMNS = ("smooth_yes_fraction", "smooth_no_fraction", "smooth_asked", "smooth_bald", "bald_total")
@@ -149,3 +151,48 @@ def test_manifest_round_trip_on_s3(s3_bucket):
     again = read_manifest(catalog)
     assert again == manifest and again.ranges[("s3://b/t.zarr", 0, 256)].rows == 256
     assert read_manifest(f"{s3_bucket}/none") is None
+
+
+def _record(i: int) -> RangeRecord:
+    return RangeRecord(f"s3://b/t{i // 4}.zarr", 64 * (i % 4), 64 * (i % 4 + 1), 256, 64, ((i % 7, f"part-{i:04x}.parquet", 64),))
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_journal_appends_segments_reads_whole_and_compacts(tmp_path, where, request):
+    catalog = str(tmp_path / "cat") if where == "local" else f"{request.getfixturevalue('s3_bucket')}/cat"
+    manifest = Manifest(model_sha256="cd" * 32, order=4, ranges={}, n_volunteers=12)
+    write_manifest(catalog, manifest)
+    journal = ManifestJournal(catalog, manifest, compact_every=4)
+    header = read_text(layout.manifest_url(catalog))
+    for flush in range(3):
+        for i in range(5 * flush, 5 * flush + 5):
+            journal.add(_record(i))
+        journal.flush()
+        journal.flush()  # nothing new: no segment
+        again = read_manifest(catalog)
+        assert again == manifest and len(again.ranges) == 5 * (flush + 1)
+    fs, root = filesystem(layout.journal_url(catalog))
+    assert len(fs.ls(root)) == 3
+    assert read_text(layout.manifest_url(catalog)) == header  # segments only: the manifest file is not rewritten
+
+    journal.add(_record(15))
+    journal.flush()  # the 4th segment: compaction writes the whole manifest and removes the segments
+    fs.invalidate_cache()
+    assert not fs.exists(root) or fs.ls(root) == []
+    assert Manifest.from_json(read_text(layout.manifest_url(catalog))) == manifest
+    assert len(read_manifest(catalog).ranges) == 16
+
+    journal.add(_record(16))
+    journal.flush()
+    resumed = read_manifest(catalog)
+    assert len(resumed.ranges) == 17 and ManifestJournal(catalog, resumed)._segments == 1
+
+
+def test_corrupt_journal_segment_is_a_one_line_error(tmp_path):
+    catalog = str(tmp_path / "cat")
+    write_manifest(catalog, Manifest(model_sha256="cd" * 32, order=4, ranges={}))
+    os.makedirs(layout.journal_url(catalog))
+    with open(os.path.join(layout.journal_url(catalog), "0001-x-00000000.json"), "w") as fh:
+        fh.write('[{"tile": "t"')
+    with pytest.raises(CatalogError, match="journal segment .*0001-x-00000000.json is corrupt.*--overwrite"):
+        read_manifest(catalog)

@@ -263,8 +263,10 @@ def test_killing_a_worker_mid_job_still_gives_the_exact_catalog(s3_bucket, tiny_
 
 
 def test_interrupted_driver_resumes_and_skips_finished_ranges(s3, s3_bucket, tiny_model, two_workers):
-    from skymorph.catalog.writer import read_manifest
+    from skymorph.catalog import layout
+    from skymorph.catalog.writer import Manifest, read_manifest
     from skymorph.inference.job import RunConfig, run_survey
+    from skymorph.storage import filesystem, read_text
 
     scheduler_file = two_workers.scheduler_file
     tiles = make_tiles(s3_bucket, n_tiles=8, per_tile=128)
@@ -292,6 +294,11 @@ def test_interrupted_driver_resumes_and_skips_finished_ranges(s3, s3_bucket, tin
     assert report.ok and report.total_rows == 8 * 128
     assert report.ranges_run == 8 * 4 - len(done_before)
     assert_exact(catalog, tiny_model, tiles)
+    # the finished catalog's manifest is compacted: every range in manifest.json, no journal left
+    fs, root = filesystem(layout.journal_url(catalog))
+    fs.invalidate_cache()
+    assert not fs.exists(root) or fs.ls(root) == []
+    assert len(Manifest.from_json(read_text(layout.manifest_url(catalog))).ranges) == 8 * 4
 
 
 # ---- pieces without a cluster ----------------------------------------------------------------------

@@ -7,6 +7,7 @@ A catalog is a HATS-layout Parquet dataset (hats/LSDB 0.11 read it as is)::
     CATALOG/dataset/_common_metadata        the Arrow schema + skymorph.* key-value metadata
     CATALOG/dataset/Norder=K/Dir=D/Npix=P/part-<digest>.parquet     D = 10000 * (P // 10000)
     CATALOG/_skymorph/manifest.json         run manifest: model digest, tile ranges done, their parts
+    CATALOG/_skymorph/journal/*.json        ranges finished since the manifest was last compacted
     CATALOG/_skymorph/failures.parquet      tile, stage, reason
     CATALOG/_skymorph/timing.json           where the time went
 
@@ -49,6 +50,7 @@ __all__ = [
     "common_metadata_url",
     "skymorph_dir",
     "manifest_url",
+    "journal_url",
     "failures_url",
     "timing_url",
     "pixel_dir",
@@ -115,6 +117,10 @@ def skymorph_dir(catalog: str) -> str:
 
 def manifest_url(catalog: str) -> str:
     return join(catalog, _SKYMORPH, "manifest.json")
+
+
+def journal_url(catalog: str) -> str:
+    return join(catalog, _SKYMORPH, "journal")
 
 
 def failures_url(catalog: str) -> str:

@@ -6,12 +6,21 @@ catalog order and each piece is written atomically to ``Npix=P/part-<digest of t
 and never duplicates a row. The driver records finished ranges in a :class:`Manifest` and, after the
 last task, :func:`finish_catalog` removes parts no finished range owns, counts rows from Parquet
 footers and writes ``_common_metadata``, ``partition_info.csv`` and ``hats.properties``.
+
+The manifest is ``_skymorph/manifest.json`` plus a journal: while the job runs, a
+:class:`ManifestJournal` appends the ranges finished in the last second as one small segment file, so
+recording progress costs the new ranges only, not the whole manifest (500,000 ranges serialise to
+hundreds of MB). :func:`write_manifest` compacts: it writes the whole manifest, then removes the
+segments it holds. Every write is atomic and adding a range twice is harmless, so a driver killed at
+any point leaves a manifest that :func:`read_manifest` reads whole.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
@@ -31,6 +40,7 @@ __all__ = [
     "Manifest",
     "read_manifest",
     "write_manifest",
+    "ManifestJournal",
     "write_failures",
     "read_failures",
     "FinishReport",
@@ -181,7 +191,7 @@ class Manifest:
             "order": self.order,
             "n_volunteers": self.n_volunteers,
             "ranges": [r.to_dict() for r in sorted(self.ranges.values(), key=lambda r: r.key)],
-        }, indent=1)
+        }, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str, source: str = "manifest") -> Manifest:
@@ -194,18 +204,77 @@ class Manifest:
             raise CatalogError(f"{source} is corrupt ({err}); rerun with --overwrite to start the catalog afresh") from err
 
 
+def _journal_segments(catalog: str, storage_options: dict | None) -> list[str]:
+    fs, root = filesystem(layout.journal_url(catalog), storage_options)
+    fs.invalidate_cache(root)
+    if not fs.exists(root):
+        return []
+    return sorted(p for p in fs.ls(root, detail=False) if p.endswith(".json") and not p.rsplit("/", 1)[-1].startswith("."))
+
+
 def read_manifest(catalog: str, storage_options: dict | None = None) -> Manifest | None:
-    """The catalog's manifest, or None where there is none yet."""
+    """The catalog's manifest with its journal applied, or None where there is none yet."""
     url = layout.manifest_url(catalog)
     try:
         text = read_text(url, storage_options)
     except FileNotFoundError:
         return None
-    return Manifest.from_json(text, source=url)
+    manifest = Manifest.from_json(text, source=url)
+    segments = _journal_segments(catalog, storage_options)
+    if segments:
+        fs, _ = filesystem(catalog, storage_options)
+        for path, data in sorted(fs.cat(segments).items()):  # one concurrent fetch on S3
+            try:
+                records = [RangeRecord.from_dict(r) for r in json.loads(data)]
+            except (ValueError, KeyError, TypeError) as err:
+                raise CatalogError(f"manifest journal segment {path} is corrupt ({err}); rerun with --overwrite") from err
+            for record in records:
+                manifest.add(record)
+    return manifest
 
 
 def write_manifest(catalog: str, manifest: Manifest, storage_options: dict | None = None) -> None:
+    """Write the whole manifest, then remove the journal segments it now holds (compaction)."""
+    segments = _journal_segments(catalog, storage_options)
     atomic_write_text(layout.manifest_url(catalog), manifest.to_json(), storage_options)
+    if segments:
+        filesystem(catalog, storage_options)[0].rm(segments)
+
+
+class ManifestJournal:
+    """Records finished ranges for the driver: :meth:`add` to the in-memory manifest, :meth:`flush`
+    the ranges added since the last flush as one segment ``journal/<ns time>-<session>-<seq>.json``,
+    compacting (:func:`write_manifest`) once ``compact_every`` segments have piled up, which bounds
+    how many files a resume reads."""
+
+    def __init__(self, catalog: str, manifest: Manifest, storage_options: dict | None = None, compact_every: int = 1000) -> None:
+        self.catalog, self.manifest, self.storage_options = catalog, manifest, storage_options
+        self.compact_every = compact_every
+        self._session = uuid.uuid4().hex[:12]
+        self._seq = 0
+        self._pending: list[RangeRecord] = []
+        self._segments = len(_journal_segments(catalog, storage_options))
+
+    def add(self, record: RangeRecord) -> None:
+        self.manifest.add(record)
+        self._pending.append(record)
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        name = f"{time.time_ns():020d}-{self._session}-{self._seq:08d}.json"
+        text = json.dumps([r.to_dict() for r in self._pending], separators=(",", ":"))
+        atomic_write_text(f"{layout.journal_url(self.catalog)}/{name}", text, self.storage_options)
+        self._seq += 1
+        self._segments += 1
+        self._pending = []
+        if self._segments >= self.compact_every:
+            self.compact()
+
+    def compact(self) -> None:
+        self._pending = []  # the whole manifest holds them
+        write_manifest(self.catalog, self.manifest, self.storage_options)
+        self._segments = 0
 
 
 # ---- failures ---------------------------------------------------------------------------------------

@@ -4,8 +4,9 @@
 skymorph metadata, the tile list parses, the output is writable and not another model's catalog),
 then keeps a bounded window of tasks in flight on Dask, one per tile row range
 (:func:`skymorph.inference.task.run_range`), so its memory stays flat in the number of tiles. Workers
-write the part files; the driver records finished ranges in the manifest (atomically, at most once a
-second, so an interrupted driver resumes where it was), collects failures, and finishes the catalog
+write the part files; the driver records finished ranges in the manifest's journal (a small segment
+at most once a second, so an interrupted driver resumes where it was, at a cost that does not grow
+with the job), collects failures, and finishes the catalog
 (:func:`skymorph.catalog.writer.finish_catalog`).
 
 Resume: ranges already in the manifest for the same model digest are skipped; a tile's first range
@@ -26,7 +27,7 @@ from skymorph.errors import CatalogError, InputError, ModelError
 
 __all__ = ["RunConfig", "RunReport", "run_survey"]
 
-_MANIFEST_EVERY_S = 1.0
+_JOURNAL_EVERY_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -277,7 +278,7 @@ def _run_tasks(config: RunConfig, client, job, resources, plan: _Plan, manifest,
     """Keep at most ``max_in_flight`` tasks submitted; record each result as it arrives."""
     from distributed import as_completed
 
-    from skymorph.catalog.writer import RangeRecord, write_manifest
+    from skymorph.catalog.writer import ManifestJournal, RangeRecord
     from skymorph.inference.cluster import threads_by_host
     from skymorph.inference.task import run_range
 
@@ -294,7 +295,8 @@ def _run_tasks(config: RunConfig, client, job, resources, plan: _Plan, manifest,
             pending.add(future)
 
     bar = _progress(config, n_tiles, plan.skipped)
-    last_manifest = time.monotonic()
+    journal = ManifestJournal(config.out, manifest, options)
+    last_flush = time.monotonic()
     submit_until_full()
     try:
         for future in pending:
@@ -315,19 +317,19 @@ def _run_tasks(config: RunConfig, client, job, resources, plan: _Plan, manifest,
             else:
                 if stop is None:
                     plan.first_range_done(tile, result["n"], result["chunk_size"], result["stop"])
-                manifest.add(RangeRecord(tile=tile, start=start, stop=result["stop"], n=result["n"],
+                journal.add(RangeRecord(tile=tile, start=start, stop=result["stop"], n=result["n"],
                                          chunk_size=result["chunk_size"], parts=tuple(map(tuple, result["parts"]))))
                 tally.rows_written += result["rows"]
                 if tile in plan.outstanding and plan.range_done(tile):
                     bar.update(1)
                 rate = tally.rows_written / max(time.perf_counter() - started, 1e-9)
                 bar.set_postfix(galaxies=tally.rows_written, per_s=f"{rate:.0f}", refresh=False)
-            if time.monotonic() - last_manifest > _MANIFEST_EVERY_S:
-                write_manifest(config.out, manifest, options)
-                last_manifest = time.monotonic()
+            if time.monotonic() - last_flush > _JOURNAL_EVERY_S:
+                journal.flush()
+                last_flush = time.monotonic()
             submit_until_full()
     finally:
-        write_manifest(config.out, manifest, options)
+        journal.flush()
         bar.close()
 
 
@@ -391,6 +393,7 @@ def run_survey(config: RunConfig) -> RunReport:
         skymorph_likelihood=metadata.likelihood,
     )
     finished = finish_catalog(config.out, manifest, schema, props, options)
+    write_manifest(config.out, manifest, options)  # compact: the finished catalog has no journal
     write_failures(config.out, tally.failures, options)
     seconds = time.perf_counter() - started
     timing = {"seconds": seconds, "ranges_run": tally.ranges_run, "rows_written": tally.rows_written,

@@ -1,0 +1,100 @@
+"""What recording progress costs the driver: the whole manifest rewritten vs one journal segment.
+
+    .venv/bin/python benchmarks/manifest.py [--ranges 500000] [--per-second 1000] [--segments 1000]
+
+Builds a manifest of ``--ranges`` finished tile ranges (500,000 ranges of 4,096 rows are 2 x 10^9
+galaxies, Rubin's scale at the default --rows-per-task), then times on the local disk:
+
+- ``write_manifest``: the whole manifest, which is what the driver paid every second before the
+  journal, and now pays at each compaction (every ``--segments`` segments) and at the finish;
+- ``ManifestJournal.flush`` of ``--per-second`` new ranges: what the driver pays each second now;
+- ``read_manifest`` of the compacted manifest plus ``--segments`` journal segments: a resume.
+
+Writes benchmarks/results/manifest.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _record(i: int):
+    from skymorph.catalog.writer import RangeRecord
+
+    tile, part = divmod(i, 16)
+    digest = f"{i:016x}"
+    return RangeRecord(f"s3://survey/tiles/tile-{tile:07d}.zarr", 4096 * part, 4096 * (part + 1), 65536, 512,
+                       ((i % 49152, f"part-{digest}.parquet", 4096),))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ranges", type=int, default=500_000)
+    parser.add_argument("--per-second", type=int, default=1000, help="ranges finished per second (one flush)")
+    parser.add_argument("--segments", type=int, default=1000, help="journal segments before a compaction")
+    args = parser.parse_args()
+
+    from skymorph.catalog import layout
+    from skymorph.catalog.writer import Manifest, ManifestJournal, read_manifest, write_manifest
+
+    with tempfile.TemporaryDirectory() as work:
+        catalog = os.path.join(work, "catalog")
+        manifest = Manifest(model_sha256="ab" * 32, order=6, ranges={}, n_volunteers=40)
+        for i in range(args.ranges):
+            manifest.add(_record(i))
+
+        t = time.perf_counter()
+        write_manifest(catalog, manifest)
+        whole_s = time.perf_counter() - t
+        whole_mb = os.path.getsize(layout.manifest_url(catalog)) / 1e6
+
+        journal = ManifestJournal(catalog, manifest, compact_every=args.segments + 1)
+        flushes = []
+        next_id = args.ranges
+        for _ in range(args.segments):
+            for i in range(next_id, next_id + args.per_second):
+                journal.add(_record(i))
+            next_id += args.per_second
+            t = time.perf_counter()
+            journal.flush()
+            flushes.append(time.perf_counter() - t)
+
+        t = time.perf_counter()
+        resumed = read_manifest(catalog)
+        read_s = time.perf_counter() - t
+        assert len(resumed.ranges) == next_id, (len(resumed.ranges), next_id)
+
+    flushes.sort()
+    result = {
+        "ranges": args.ranges,
+        "whole_manifest_write_s": whole_s,
+        "whole_manifest_mb": whole_mb,
+        "journal_flush_ranges": args.per_second,
+        "journal_flush_median_s": flushes[len(flushes) // 2],
+        "journal_flush_p99_s": flushes[int(0.99 * (len(flushes) - 1))],
+        "resume_read_s": read_s,
+        "resume_ranges": next_id,
+        "resume_segments": args.segments,
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus, load {os.getloadavg()[0]:.1f}",
+    }
+    print(f"whole manifest, {args.ranges:,} ranges: {whole_s:.2f} s, {whole_mb:.0f} MB")
+    print(f"journal flush of {args.per_second:,} ranges: median {result['journal_flush_median_s'] * 1e3:.1f} ms, "
+          f"p99 {result['journal_flush_p99_s'] * 1e3:.1f} ms")
+    print(f"resume: read {next_id:,} ranges from the manifest + {args.segments} segments in {read_s:.2f} s")
+    out = ROOT / "benchmarks" / "results" / "manifest.json"
+    out.write_text(json.dumps(result, indent=1))
+    print(f"-> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
