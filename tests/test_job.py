@@ -161,6 +161,23 @@ def test_catalog_of_another_model_is_refused(tmp_path, s3_bucket, tiny_model):
         run_survey(RunConfig(tiles=f"{s3_bucket}/tiles.txt", model=tiny_model, out=catalog, progress=False))
 
 
+
+def test_catalog_held_by_a_live_driver_is_refused_even_with_overwrite(tmp_path, s3_bucket, tiny_model):
+    from skymorph.catalog.lock import DriverLock
+    from skymorph.errors import CatalogError
+    from skymorph.inference.job import RunConfig, run_survey
+
+    make_tiles(s3_bucket, n_tiles=1, per_tile=10)
+    catalog = str(tmp_path / "catalog")
+    config = RunConfig(tiles=f"{s3_bucket}/tiles.txt", model=tiny_model, out=catalog, progress=False)
+    with DriverLock(catalog):  # another driver, alive
+        for overwrite in (False, True):
+            with pytest.raises(CatalogError, match="being written by another skymorph run"):
+                run_survey(replace(config, overwrite=overwrite))
+        assert sorted(p.name for p in (tmp_path / "catalog" / "_skymorph").iterdir()) == ["driver.lock"]
+    report = run_survey(config)
+    assert report.ok and report.total_rows == 10 and not (tmp_path / "catalog" / "_skymorph" / "driver.lock").exists()
+
 def test_catalog_for_other_volunteers_or_corrupt_is_refused_and_overwrite_restarts_it(tmp_path, s3_bucket, tiny_model):
     from skymorph.catalog.writer import Manifest, write_manifest
     from skymorph.errors import CatalogError

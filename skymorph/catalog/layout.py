@@ -8,6 +8,7 @@ A catalog is a HATS-layout Parquet dataset (hats/LSDB 0.11 read it as is)::
     CATALOG/dataset/Norder=K/Dir=D/Npix=P/part-<digest>.parquet     D = 10000 * (P // 10000)
     CATALOG/_skymorph/manifest.json         run manifest: model digest, tile ranges done, their parts
     CATALOG/_skymorph/journal/*.json        ranges finished since the manifest was last compacted
+    CATALOG/_skymorph/driver.lock           the running driver's lease (while a job runs)
     CATALOG/_skymorph/failures.parquet      tile, stage, reason
     CATALOG/_skymorph/timing.json           where the time went
 
@@ -51,6 +52,7 @@ __all__ = [
     "skymorph_dir",
     "manifest_url",
     "journal_url",
+    "driver_lock_url",
     "failures_url",
     "timing_url",
     "pixel_dir",
@@ -117,6 +119,10 @@ def skymorph_dir(catalog: str) -> str:
 
 def manifest_url(catalog: str) -> str:
     return join(catalog, _SKYMORPH, "manifest.json")
+
+
+def driver_lock_url(catalog: str) -> str:
+    return join(catalog, _SKYMORPH, "driver.lock")
 
 
 def journal_url(catalog: str) -> str:

@@ -9,6 +9,9 @@ at most once a second, so an interrupted driver resumes where it was, at a cost 
 with the job), collects failures, and finishes the catalog
 (:func:`skymorph.catalog.writer.finish_catalog`).
 
+One driver per catalog: a second ``skymorph run`` on a catalog whose driver is alive is refused
+(:class:`skymorph.catalog.lock.DriverLock`, a lease with a heartbeat).
+
 Resume: ranges already in the manifest for the same model digest are skipped; a tile's first range
 is sized by its task (which opens the tile), its other ranges are then submitted by the driver.
 """
@@ -337,6 +340,7 @@ def run_survey(config: RunConfig) -> RunReport:
     """Run the survey job described by ``config`` and return what it did (see the module docstring)."""
     from skymorph import __version__
     from skymorph.catalog.layout import CatalogMetadata, CatalogProperties
+    from skymorph.catalog.lock import DriverLock
     from skymorph.catalog.writer import catalog_schema, finish_catalog, write_failures, write_manifest
     from skymorph.inference.cluster import connect, threads_by_host
     from skymorph.inference.engines import load_engine
@@ -353,9 +357,9 @@ def run_survey(config: RunConfig) -> RunReport:
     del engine
     if metadata is None:
         raise ModelError(f"model {config.model!r} has no skymorph metadata; export it with `skymorph export`")
+    lock = DriverLock(config.out, options)
+    lock.check()  # before _prepare_output, whose --overwrite would delete a live driver's catalog
     manifest, is_new = _prepare_output(config, model_sha256, options)
-    if is_new:
-        write_manifest(config.out, manifest, options)
 
     cat_meta = CatalogMetadata(model_sha256=model_sha256, samples=metadata.samples, seed=metadata.seed,
                                n_volunteers=config.n_volunteers, schema_json=metadata.schema.to_json(),
@@ -369,37 +373,40 @@ def run_survey(config: RunConfig) -> RunReport:
                          failures=(), seconds=time.perf_counter() - started, stage_seconds={}, dashboard=None,
                          driver_peak_rss_mib=_peak_rss_mib())
 
-    tally = _Tally()
-    if not nothing_to_do:  # else every range is done and only the finish step is left
-        with connect(config.cluster_spec()) as (client, engine_threads):
-            tally.dashboard = client.dashboard_link
-            print(f"skymorph run: {len(tiles)} tile(s), model {model_sha256[:12]}..., dashboard {tally.dashboard}",
-                  file=sys.stderr, flush=True)
-            ref = ModelRef(config.model, model_sha256, config.backend, engine_threads, config.storage_options)
-            client.register_plugin(EngineCache(ref, threads_by_host(client)))
-            job = JobSpec(catalog=config.out, order=config.catalog_order, schema=schema, model=ref,
-                          schema_json=metadata.schema.to_json(), likelihood=metadata.likelihood,
-                          n_volunteers=config.n_volunteers, input_shape=metadata.input.shape,
-                          batch_size=config.batch_size, rows_per_task=config.rows_per_task,
-                          storage_options=config.storage_options)
-            resources = {"GPU": 1} if (config.gpu or needs_gpu) else None
-            _run_tasks(config, client, job, resources, plan, manifest, tally, len(tiles), started, options)
+    with lock:  # checks again, then holds the lease (heartbeat) until the catalog is finished
+        if is_new:
+            write_manifest(config.out, manifest, options)
+        tally = _Tally()
+        if not nothing_to_do:  # else every range is done and only the finish step is left
+            with connect(config.cluster_spec()) as (client, engine_threads):
+                tally.dashboard = client.dashboard_link
+                print(f"skymorph run: {len(tiles)} tile(s), model {model_sha256[:12]}..., dashboard {tally.dashboard}",
+                      file=sys.stderr, flush=True)
+                ref = ModelRef(config.model, model_sha256, config.backend, engine_threads, config.storage_options)
+                client.register_plugin(EngineCache(ref, threads_by_host(client)))
+                job = JobSpec(catalog=config.out, order=config.catalog_order, schema=schema, model=ref,
+                              schema_json=metadata.schema.to_json(), likelihood=metadata.likelihood,
+                              n_volunteers=config.n_volunteers, input_shape=metadata.input.shape,
+                              batch_size=config.batch_size, rows_per_task=config.rows_per_task,
+                              storage_options=config.storage_options)
+                resources = {"GPU": 1} if (config.gpu or needs_gpu) else None
+                _run_tasks(config, client, job, resources, plan, manifest, tally, len(tiles), started, options)
 
-    props = CatalogProperties(
-        catalog_name=config.catalog_name or _default_name(config.out), total_rows=0, order=config.catalog_order,
-        builder=f"skymorph v{__version__}", creation_date=CatalogProperties.now(), skymorph_version=__version__,
-        skymorph_model_sha256=model_sha256, skymorph_samples=metadata.samples, skymorph_seed=metadata.seed,
-        skymorph_n_volunteers=config.n_volunteers, skymorph_schema=metadata.schema.name,
-        skymorph_likelihood=metadata.likelihood,
-    )
-    finished = finish_catalog(config.out, manifest, schema, props, options)
-    write_manifest(config.out, manifest, options)  # compact: the finished catalog has no journal
-    write_failures(config.out, tally.failures, options)
-    seconds = time.perf_counter() - started
-    timing = {"seconds": seconds, "ranges_run": tally.ranges_run, "rows_written": tally.rows_written,
-              "galaxies_per_second": tally.rows_written / seconds if seconds else 0.0, "task_seconds": tally.stages}
-    atomic_write_text(layout.timing_url(config.out), json.dumps(timing, indent=1), options)
-    return RunReport(catalog=config.out, model_sha256=model_sha256, tiles=len(tiles), tiles_skipped=plan.skipped,
-                     ranges_run=tally.ranges_run, rows_written=tally.rows_written, total_rows=finished.total_rows,
-                     failures=tuple(tally.failures), seconds=seconds, stage_seconds=tally.stages,
-                     dashboard=tally.dashboard, driver_peak_rss_mib=_peak_rss_mib())
+        props = CatalogProperties(
+            catalog_name=config.catalog_name or _default_name(config.out), total_rows=0, order=config.catalog_order,
+            builder=f"skymorph v{__version__}", creation_date=CatalogProperties.now(), skymorph_version=__version__,
+            skymorph_model_sha256=model_sha256, skymorph_samples=metadata.samples, skymorph_seed=metadata.seed,
+            skymorph_n_volunteers=config.n_volunteers, skymorph_schema=metadata.schema.name,
+            skymorph_likelihood=metadata.likelihood,
+        )
+        finished = finish_catalog(config.out, manifest, schema, props, options)
+        write_manifest(config.out, manifest, options)  # compact: the finished catalog has no journal
+        write_failures(config.out, tally.failures, options)
+        seconds = time.perf_counter() - started
+        timing = {"seconds": seconds, "ranges_run": tally.ranges_run, "rows_written": tally.rows_written,
+                  "galaxies_per_second": tally.rows_written / seconds if seconds else 0.0, "task_seconds": tally.stages}
+        atomic_write_text(layout.timing_url(config.out), json.dumps(timing, indent=1), options)
+        return RunReport(catalog=config.out, model_sha256=model_sha256, tiles=len(tiles), tiles_skipped=plan.skipped,
+                         ranges_run=tally.ranges_run, rows_written=tally.rows_written, total_rows=finished.total_rows,
+                         failures=tuple(tally.failures), seconds=seconds, stage_seconds=tally.stages,
+                         dashboard=tally.dashboard, driver_peak_rss_mib=_peak_rss_mib())

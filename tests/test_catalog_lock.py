@@ -1,0 +1,73 @@
+"""skymorph.catalog.lock: one driver per catalog (lease with heartbeat), locally and on S3."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from skymorph.catalog import layout
+from skymorph.catalog.lock import DriverLock
+from skymorph.errors import CatalogError
+from skymorph.storage import atomic_write_text, exists, read_text
+
+
+def _holder(catalog: str, **fields) -> None:
+    now = time.time()
+    data = {"host": socket.gethostname(), "pid": 1, "session": "other", "started": now - 60, "heartbeat": now, **fields}
+    atomic_write_text(layout.driver_lock_url(catalog), json.dumps(data))
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_second_driver_is_refused_while_the_first_holds_the_lock(tmp_path, where, request):
+    catalog = str(tmp_path / "cat") if where == "local" else f"{request.getfixturevalue('s3_bucket')}/cat"
+    first = DriverLock(catalog, heartbeat_s=0.2, stale_after_s=30)
+    first.acquire()
+    try:
+        holder = first.holder()
+        assert holder.session == first.session and holder.host == socket.gethostname()
+        second = DriverLock(catalog)
+        with pytest.raises(CatalogError) as err:
+            second.acquire()
+        message = str(err.value)
+        assert "\n" not in message and "being written by another skymorph run" in message and f"pid {holder.pid}" in message
+        assert layout.driver_lock_url(catalog) in message
+        beat = holder.heartbeat
+        deadline = time.monotonic() + 10
+        while first.holder().heartbeat == beat and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert first.holder().heartbeat > beat  # the heartbeat thread keeps the lease fresh
+    finally:
+        first.release()
+    assert not exists(layout.driver_lock_url(catalog))
+    DriverLock(catalog).check()  # free again
+
+
+def test_stale_locks_are_taken_over(tmp_path):
+    catalog = str(tmp_path / "cat")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    _holder(catalog, pid=dead.pid)  # this host, pid gone: a killed local driver
+    lock = DriverLock(catalog)
+    lock.acquire()
+    lock.release()
+    _holder(catalog, host="elsewhere.example", heartbeat=time.time() - 600)  # another host, silent for 10 min
+    DriverLock(catalog, stale_after_s=300).check()
+    _holder(catalog, host="elsewhere.example", heartbeat=time.time() - 5)  # another host, alive
+    with pytest.raises(CatalogError, match="host elsewhere.example"):
+        DriverLock(catalog).check()
+
+
+def test_release_leaves_a_lock_taken_over_by_another_driver(tmp_path):
+    catalog = str(tmp_path / "cat")
+    lock = DriverLock(catalog, heartbeat_s=60, stale_after_s=120)
+    lock.acquire()
+    _holder(catalog, session="newer", host="elsewhere.example")
+    lock.release()
+    assert json.loads(read_text(layout.driver_lock_url(catalog)))["session"] == "newer"
+    with pytest.raises(ValueError, match="heartbeat_s < stale_after_s"):
+        DriverLock(catalog, heartbeat_s=10, stale_after_s=5)
