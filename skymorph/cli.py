@@ -359,9 +359,9 @@ def _cmd_catalog_info(args) -> int:
 
 
 def _cmd_catalog_query(args) -> int:
-    from skymorph.catalog import Cone, export_table, open_catalog, query
-    from skymorph.catalog.export import format_terminal, output_format
-    from skymorph.catalog.query import plan_query
+    from skymorph.catalog import Cone, open_catalog, query
+    from skymorph.catalog.export import export_reader, format_terminal, output_format
+    from skymorph.catalog.query import plan_query, query_reader
 
     options = _storage_options(args)
     if args.out:
@@ -371,12 +371,14 @@ def _cmd_catalog_query(args) -> int:
     columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
     limit = args.limit if args.limit or args.out else 20
     plan = plan_query(catalog, args.where, columns, cone, args.order_by, limit)
-    table = query(catalog, where=args.where, columns=columns, cone=cone, order_by=args.order_by, limit=limit)
-    print(f"read {len(plan.pixels)} of {plan.total_pixels} partitions; {table.num_rows} rows", file=sys.stderr)
-    if args.out:
-        fmt = export_table(table, args.out, options)
-        print(f"wrote {table.num_rows} rows to {args.out} ({fmt})")
+    if args.out:  # streamed: a result larger than memory still makes a file
+        with query_reader(catalog, where=args.where, columns=columns, cone=cone, order_by=args.order_by, limit=limit) as reader:
+            fmt, rows = export_reader(reader, args.out, options)
+        print(f"read {len(plan.pixels)} of {plan.total_pixels} partitions; {rows} rows", file=sys.stderr)
+        print(f"wrote {rows} rows to {args.out} ({fmt})")
     else:
+        table = query(catalog, where=args.where, columns=columns, cone=cone, order_by=args.order_by, limit=limit)
+        print(f"read {len(plan.pixels)} of {plan.total_pixels} partitions; {table.num_rows} rows", file=sys.stderr)
         print(format_terminal(table))
         if not args.limit and table.num_rows == limit:
             print(f"(first {limit} rows; use --limit N or --out FILE for more)", file=sys.stderr)

@@ -15,7 +15,10 @@ import io
 import json
 import os
 import posixpath
+import tempfile
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from skymorph.errors import InputError
@@ -29,6 +32,7 @@ __all__ = [
     "read_text",
     "atomic_write_bytes",
     "atomic_write_text",
+    "atomic_output",
     "write_parquet",
     "read_parquet",
     "parse_storage_options",
@@ -121,6 +125,36 @@ def atomic_write_bytes(url: str, data: bytes, storage_options: dict | None = Non
 
 def atomic_write_text(url: str, text: str, storage_options: dict | None = None) -> None:
     atomic_write_bytes(url, text.encode(), storage_options)
+
+
+@contextmanager
+def atomic_output(url: str, storage_options: dict | None = None) -> Iterator[str]:
+    """A local path to write a large output to, which becomes ``url`` only when the block succeeds.
+
+    Local: a hidden temporary file beside the target, flushed and renamed over it. S3: a temporary
+    file uploaded at the end (s3fs switches to a multipart upload for large files, which S3 makes
+    visible only when it completes). On an error nothing appears at ``url`` and the temporary file
+    is removed.
+    """
+    if is_remote(url):
+        with tempfile.TemporaryDirectory(prefix="skymorph-") as directory:
+            tmp = os.path.join(directory, "output")
+            yield tmp
+            fs, path = filesystem(url, storage_options)
+            fs.put_file(tmp, path)
+        return
+    path = strip_protocol(url) if str(url).startswith("file://") else str(url)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def write_parquet(table, url: str, storage_options: dict | None = None, **kwargs: Any) -> None:

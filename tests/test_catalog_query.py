@@ -177,6 +177,53 @@ def test_csv_and_parquet_round_trip(catalog, tmp_path):
     assert parquet.equals(table.to_pandas())
 
 
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_streamed_output_equals_the_query_batch_by_batch(catalog, tmp_path, where, request):
+    import pandas as pd
+
+    from skymorph.catalog.export import export_reader
+    from skymorph.catalog.query import query_reader
+
+    out_dir = str(tmp_path) if where == "local" else request.getfixturevalue("s3_bucket")
+    order = "bald_total DESC, object_id"
+    table = query(catalog, where="bald_total > 0.2", columns=COLUMNS, order_by=order)
+    with query_reader(catalog, where="bald_total > 0.2", columns=COLUMNS, order_by=order, batch_rows=100) as reader:
+        assert dict(reader.schema.metadata)[b"skymorph.model_sha256"].decode() == FAKE_MODEL_SHA256
+        fmt, rows = export_reader(reader, f"{out_dir}/rows.parquet")
+    assert (fmt, rows) == ("parquet", table.num_rows) and rows > 300
+    with query_reader(catalog, where="bald_total > 0.2", columns=COLUMNS, order_by=order, batch_rows=100) as reader:
+        export_reader(reader, f"{out_dir}/rows.csv")
+    from skymorph.storage import filesystem
+
+    fs, root = filesystem(f"{out_dir}/rows.parquet")
+    with fs.open(root, "rb") as fh:
+        written = pq.ParquetFile(fh)
+        assert written.metadata.num_row_groups > 1  # written batch by batch, not as one table
+        assert written.read().to_pandas().equals(table.to_pandas())
+    with filesystem(f"{out_dir}/rows.csv")[0].open(filesystem(f"{out_dir}/rows.csv")[1], "rb") as fh:
+        csv = pd.read_csv(fh)
+    np.testing.assert_array_equal(csv.object_id, table["object_id"].to_numpy())
+    assert main(["catalog", "query", catalog, "--where", "bald_total > 0.2", "--columns", ",".join(COLUMNS),
+                 "--order-by", order, "--out", f"{out_dir}/cli.parquet"]) == 0
+    with fs.open(filesystem(f"{out_dir}/cli.parquet")[1], "rb") as fh:
+        assert pq.read_table(fh).to_pandas().equals(table.to_pandas())
+
+
+def test_a_stream_that_fails_midway_leaves_no_file(catalog, tmp_path):
+    from skymorph.catalog.export import export_reader
+
+    table = query(catalog, columns=COLUMNS, limit=500)
+
+    def batches():
+        yield from table.to_batches(max_chunksize=100)[:2]
+        raise OSError("connection lost")
+
+    reader = pa.RecordBatchReader.from_batches(table.schema, batches())
+    with pytest.raises(OSError, match="connection lost"):
+        export_reader(reader, str(tmp_path / "rows.parquet"))
+    assert os.listdir(tmp_path) == []
+
 def test_cli_terminal_table(catalog, capsys):
     assert main(["catalog", "query", catalog, "--columns", "object_id,bald_total", "--order-by", "bald_total DESC", "--limit", "3"]) == 0
     out = capsys.readouterr().out.splitlines()

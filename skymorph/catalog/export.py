@@ -3,7 +3,9 @@
 FITS and VOTable go through an astropy Table with units on ``ra``/``dec`` (deg) and the model's
 provenance in its meta (VOTable: PARAMs) (``MODELSHA``: the model digest, ``SAMPLES``, ``SEED``, ``NVOLUNT``,
 ``SCHEMA``, ``SMVERS``), so the file says which model made the numbers. Every output is written
-atomically (local temporary file and rename, or one S3 PUT).
+atomically (local temporary file and rename, or one S3 upload). :func:`export_reader` streams
+Parquet and CSV batch by batch, so their size is not bounded by memory; FITS and VOTable are built
+whole by astropy.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import numpy as np
 
 from skymorph.errors import InputError
 
-__all__ = ["FORMATS", "UNITS", "output_format", "to_astropy", "export_table", "format_terminal"]
+__all__ = ["FORMATS", "UNITS", "output_format", "to_astropy", "export_table", "export_reader", "format_terminal"]
 
 FORMATS = {
     ".csv": "csv",
@@ -113,6 +115,36 @@ def export_table(table, out: str, storage_options: dict | None = None) -> str:
                 _write_votable(to_astropy(table), buffer)
     atomic_write_bytes(out, buffer.getvalue(), storage_options)
     return fmt
+
+
+def export_reader(reader, out: str, storage_options: dict | None = None) -> tuple[str, int]:
+    """Write the batches of a ``pyarrow.RecordBatchReader`` to ``out``; returns (format, rows).
+
+    Parquet and CSV are written batch by batch to a temporary file that becomes ``out`` at the end
+    (:func:`skymorph.storage.atomic_output`); FITS and VOTable read the stream whole first.
+    """
+    from skymorph.storage import atomic_output
+
+    fmt = output_format(out)
+    if fmt not in ("parquet", "csv"):
+        table = reader.read_all()
+        export_table(table, out, storage_options)
+        return fmt, table.num_rows
+    rows = 0
+    with atomic_output(out, storage_options) as path:
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            writer = pq.ParquetWriter(path, reader.schema)
+        else:
+            import pyarrow.csv as pcsv
+
+            writer = pcsv.CSVWriter(path, reader.schema)
+        with writer:
+            for batch in reader:
+                writer.write_batch(batch)
+                rows += batch.num_rows
+    return fmt, rows
 
 
 def format_terminal(table, max_rows: int = 20, max_columns: int = 8) -> str:

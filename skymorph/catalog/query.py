@@ -234,6 +234,44 @@ def _validate_fragments(con, catalog: Catalog, where, order_by) -> None:
         check_sql(con, f"SELECT * FROM catalog ORDER BY {order_by}", catalog.columns, "--order-by")
 
 
+def _prepare(url, where, columns, cone, order_by, limit, storage_options):
+    catalog = url if isinstance(url, Catalog) else open_catalog(url, storage_options)
+    if cone is not None and not isinstance(cone, Cone):
+        cone = Cone(*(float(v) for v in cone))
+    if isinstance(columns, str):
+        columns = [c.strip() for c in columns.split(",") if c.strip()]
+    return catalog, plan_query(catalog, where, columns, cone, order_by, limit)
+
+
+@contextmanager
+def query_reader(
+    url: str | Catalog,
+    where: str | None = None,
+    columns=None,
+    cone: Cone | tuple | None = None,
+    order_by: str | None = None,
+    limit: int | None = None,
+    storage_options: dict | None = None,
+    batch_rows: int = 1 << 17,
+):
+    """:func:`query` as a stream: a ``pyarrow.RecordBatchReader`` of at most ``batch_rows`` rows per
+    batch, valid inside the ``with`` block, so a result of any size passes in bounded memory (an
+    ORDER BY sorts first; DuckDB spills that to disk beyond its memory limit). The schema carries
+    the catalog's ``skymorph.*`` keys."""
+    catalog, plan = _prepare(url, where, columns, cone, order_by, limit, storage_options)
+    with connect(catalog, plan.pixels) as con:
+        _validate_fragments(con, catalog, where, order_by)
+        reader = check_sql(con, plan.sql, catalog.columns, "query").to_arrow_reader(batch_rows)
+        yield _with_metadata(reader, catalog.metadata.to_kv())
+
+
+def _with_metadata(reader, metadata: dict):
+    import pyarrow as pa
+
+    schema = reader.schema.with_metadata(metadata)
+    return pa.RecordBatchReader.from_batches(schema, (batch.replace_schema_metadata(metadata) for batch in reader))
+
+
 def query(
     url: str | Catalog,
     where: str | None = None,
@@ -249,13 +287,9 @@ def query(
     return (default all); ``cone``: a :class:`Cone` or ``(ra_deg, dec_deg, radius_arcsec)``;
     ``order_by``: an SQL ORDER BY list; ``limit``: at most this many rows (pushed down, the scan stops).
     The table's schema metadata carries the catalog's ``skymorph.*`` keys (model digest, T, seed).
+    The whole result is held in memory: :func:`query_reader` streams it instead.
     """
-    catalog = url if isinstance(url, Catalog) else open_catalog(url, storage_options)
-    if cone is not None and not isinstance(cone, Cone):
-        cone = Cone(*(float(v) for v in cone))
-    if isinstance(columns, str):
-        columns = [c.strip() for c in columns.split(",") if c.strip()]
-    plan = plan_query(catalog, where, columns, cone, order_by, limit)
+    catalog, plan = _prepare(url, where, columns, cone, order_by, limit, storage_options)
     with connect(catalog, plan.pixels) as con:
         _validate_fragments(con, catalog, where, order_by)
         table = check_sql(con, plan.sql, catalog.columns, "query").to_arrow_table()
