@@ -1,6 +1,7 @@
 """Synthetic survey end to end: synthesize, train briefly, evaluate against the known true vote fractions.
 
-    .venv/bin/python benchmarks/train_synth.py [--tiles 4] [--per-tile 512] [--size 64] [--epochs 6] [--threads 1]
+    .venv/bin/python benchmarks/train_synth.py [--tiles 4] [--per-tile 512] [--size 64] [--epochs 6] [--threads 1] \
+        [--likelihood multinomial] [--tag _long]
 
 Equivalent commands::
 
@@ -12,7 +13,8 @@ Equivalent commands::
 
 Prints per question the RMSE of the predicted fractions against the observed vote fractions and
 against the true fractions the votes were drawn from, the accuracy on confidently voted galaxies, and
-where the coverage plot is. Writes benchmarks/results/train_synth.json.
+where the coverage plot is. Writes benchmarks/results/train_synth{tag}.json and a copy of the
+coverage plot, train_synth{tag}_coverage.png.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -35,6 +38,9 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--likelihood", choices=("multinomial", "dirichlet_multinomial"), default="multinomial")
+    parser.add_argument("--patience", type=int, default=5, help="epochs without better validation loss before stopping")
+    parser.add_argument("--tag", default="", help="suffix of the results files, e.g. _long")
     args = parser.parse_args()
 
     from skymorph import cli
@@ -47,8 +53,8 @@ def main() -> int:
         return 1
     t1 = time.perf_counter()
     if cli.main(["train", "--tiles", str(survey / "tiles.txt"), "--labels", str(survey / "labels.parquet"), "--schema", "decals",
-                 "--arch", "resnet_s", "--epochs", str(args.epochs), "--batch-size", "32", "--lr", "2e-3",
-                 "--threads", str(args.threads), "--out", str(ckpt)]) != 0:
+                 "--arch", "resnet_s", "--likelihood", args.likelihood, "--epochs", str(args.epochs), "--batch-size", "32",
+                 "--lr", "2e-3", "--patience", str(args.patience), "--threads", str(args.threads), "--out", str(ckpt)]) != 0:
         return 1
     t2 = time.perf_counter()
     if cli.main(["evaluate", str(ckpt), "--tiles", str(survey / "tiles.txt"), "--labels", str(survey / "labels.parquet"),
@@ -65,12 +71,15 @@ def main() -> int:
         "args": vars(args),
         "synth_minutes": (t1 - t0) / 60, "train_minutes": (t2 - t1) / 60, "evaluate_minutes": (t3 - t2) / 60,
         "n_validation": metrics["n_galaxies"], "questions": metrics["questions"],
-        "coverage_png": str(evaluation / "coverage.png"),
+        "coverage_png": f"benchmarks/results/train_synth{args.tag}_coverage.png",
         "load_average_1min_at_end": os.getloadavg()[0],
     }
-    out = ROOT / "benchmarks" / "results" / "train_synth.json"
+    history = json.loads(Path(f"{ckpt}.metrics.json").read_text())
+    result.update(epochs_run=len(history["epochs"]), best_epoch=history["best_epoch"])
+    out = ROOT / "benchmarks" / "results" / f"train_synth{args.tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
+    shutil.copyfile(evaluation / "coverage.png", out.with_name(f"train_synth{args.tag}_coverage.png"))
     print(f"-> {out}")
     return 0
 
