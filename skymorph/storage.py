@@ -174,7 +174,9 @@ def read_parquet(url: str, storage_options: dict | None = None, columns: list[st
     if not fs.exists(path):
         raise FileNotFoundError(f"{url!r} does not exist")
     with fs.open(path, "rb") as fh:
-        return pq.read_table(fh, columns=columns)
+        # use_threads=False: Arrow's threads reading a Python file object can outlive the call and
+        # abort the interpreter at exit (apache/arrow#33975, #50482; seen here with pyarrow 26)
+        return pq.read_table(fh, columns=columns, use_threads=False)
 
 
 def parse_storage_options(text: str | None) -> dict:

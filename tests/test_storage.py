@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 
 import pyarrow as pa
 import pytest
@@ -34,3 +36,18 @@ def test_missing_and_bad_options(tmp_path):
         storage.parse_storage_options("{bad")
     with pytest.raises(InputError, match="JSON object"):
         storage.parse_storage_options("[1]")
+
+
+def test_a_process_that_read_parquet_exits_cleanly(tmp_path):
+    """pyarrow's threads reading a Python file object could abort the interpreter at exit (status 134,
+    "terminate called without an active exception", in about half the runs before the fix)."""
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "failures.parquet"  # empty, like a catalog's failures table after a clean run
+    schema = pa.schema([("tile", pa.string()), ("start", pa.int64()), ("stop", pa.int64()), ("stage", pa.string()), ("reason", pa.string())])
+    pq.write_table(schema.empty_table(), path)
+    code = f"from skymorph.storage import read_parquet; assert read_parquet({str(path)!r}).num_rows == 0"
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True) for _ in range(8)]
+    assert [r.returncode for r in runs] == [0] * 8, next(r.stderr for r in runs if r.returncode)
