@@ -16,6 +16,17 @@ from skymorph.errors import SkymorphError
 __all__ = ["main", "build_parser"]
 
 
+def _json_object(text: str) -> dict:
+    """argparse type: a JSON object (argparse turns the ValueError into a one-line usage error)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({err.msg}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"must be a JSON object like '{{\"widths\": [32, 64]}}', got {text!r}")
+    return value
+
+
 def _storage_options(args) -> dict:
     from skymorph.storage import parse_storage_options
 
@@ -135,6 +146,8 @@ def _add_train_commands(sub) -> None:
     train.add_argument("--labels", required=True, metavar="LABELS", help="Parquet or CSV with object_id and {question}_{answer} vote counts")
     train.add_argument("--schema", default="decals", help="gz2, decals or a JSON file (default decals)")
     train.add_argument("--arch", help="model architecture (default w20; with --resume/--finetune: the checkpoint's)")
+    train.add_argument("--arch-params", metavar="JSON", type=_json_object,
+                       help='parameters of the architecture, e.g. \'{"widths": [48, 96, 192, 384]}\' for resnet_s')
     train.add_argument("--likelihood", choices=("multinomial", "dirichlet_multinomial"), help="default multinomial")
     train.add_argument("--dropout", type=float, help="MC dropout rate of the head (default 0.5)")
     train.add_argument("--epochs", type=_positive_int, default=10)
@@ -180,7 +193,7 @@ def _cmd_train(args) -> int:
     from skymorph.trainer import TrainConfig, train
 
     config = TrainConfig(
-        tiles=args.tiles, labels=args.labels, out=args.out, schema=args.schema, arch=args.arch,
+        tiles=args.tiles, labels=args.labels, out=args.out, schema=args.schema, arch=args.arch, arch_params=args.arch_params,
         likelihood=args.likelihood, dropout=args.dropout, epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, patience=args.patience,
         seed=args.seed, val_fraction=args.val_fraction, crop_fraction=args.crop_fraction, resize_px=args.resize_px,

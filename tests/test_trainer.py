@@ -226,6 +226,18 @@ def test_resume_and_finetune_take_the_model_from_the_checkpoint_and_refuse_other
             "--resume", base.last_checkpoint, "--epochs", "2", "--arch", "w20"]
     _expect_one_line_error(argv, "was trained with arch='resnet_s' but arch='w20' was given")
 
+
+def test_arch_params_from_the_command_line(tmp_path):
+    tiles, labels = write_ring_survey(str(tmp_path))
+    out = str(tmp_path / "wide.ckpt")
+    argv = ["train", "--tiles", tiles, "--labels", labels, "--schema", "gz2", "--arch", "resnet_s", "--epochs", "1",
+            "--threads", "1", "--out", out]
+    assert cli.main([*argv, "--arch-params", '{"widths": [8, 16], "depths": [1, 2]}']) == 0
+    model, meta, _ = load_checkpoint(out)
+    assert meta.arch_params == {"widths": [8, 16], "depths": [1, 2]} and model.num_features == 16
+    _expect_one_line_error([*argv, "--arch-params", '{"width": [8, 16]}'], "takes no parameter 'width'")
+    _expect_one_line_error([*argv, "--arch", "w20", "--arch-params", '{"widths": [8]}'], "architecture 'w20' takes no parameter 'widths'")
+
 def _expect_one_line_error(argv, text):
     """``cli.main(argv)`` exits 2 with exactly one ``skymorph: error:`` line holding ``text``, no traceback
     (progress bars, also on stderr, are ignored)."""

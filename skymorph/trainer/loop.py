@@ -110,6 +110,14 @@ class TrainConfig:
         # checked here, before any tile is read, rather than when the model is built
         need(self.arch is None or self.arch in list_models(), f"unknown architecture {self.arch!r}: use one of "
              f"{', '.join(list_models())}." + did_you_mean(str(self.arch), list_models()))
+        if self.arch_params:
+            from skymorph.trainer.models import model_parameters
+
+            arch = self.arch or self.MODEL_DEFAULTS["arch"]
+            accepted = model_parameters(arch)
+            for name in self.arch_params:
+                need(name in accepted, f"architecture {arch!r} takes no parameter {name!r} (it takes "
+                     f"{', '.join(accepted) or 'none'})." + did_you_mean(name, accepted))
         for name in ("epochs", "batch_size", "patience", "prefetch_batches"):
             need(int(getattr(self, name)) >= 1, f"{name} must be at least 1, got {getattr(self, name)!r}")
         need(self.lr > 0, f"lr must be positive, got {self.lr}")

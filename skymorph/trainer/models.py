@@ -35,6 +35,7 @@ __all__ = [
     "register_model",
     "build_model",
     "list_models",
+    "model_parameters",
     "MorphologyNet",
     "MCDropoutHead",
     "Preprocess",
@@ -75,6 +76,16 @@ def register_model(name: str) -> Callable:
 def list_models() -> list[str]:
     """Names of the registered architectures, sorted."""
     return sorted(_REGISTRY)
+
+
+def model_parameters(arch: str) -> tuple[str, ...]:
+    """The names of the parameters architecture ``arch`` takes (its ``arch_params``)."""
+    import inspect
+
+    if arch not in _REGISTRY:
+        raise ModelError(f"unknown model architecture {arch!r}; choose one of {', '.join(list_models())}." + did_you_mean(arch, _REGISTRY))
+    names = list(inspect.signature(_REGISTRY[arch]).parameters)
+    return tuple(names[2:])  # after in_channels and image_size
 
 
 def build_model(
