@@ -110,7 +110,7 @@ class TrainConfig:
         # checked here, before any tile is read, rather than when the model is built
         need(self.arch is None or self.arch in list_models(), f"unknown architecture {self.arch!r}: use one of "
              f"{', '.join(list_models())}." + did_you_mean(str(self.arch), list_models()))
-        if self.arch_params:
+        if self.arch_params and (self.arch or not (self.resume or self.finetune)):  # else the checkpoint says
             from skymorph.trainer.models import model_parameters
 
             arch = self.arch or self.MODEL_DEFAULTS["arch"]
