@@ -1,4 +1,4 @@
-"""Catalog tools at scale: pick (top, power) and a 1-degree cone query on a generated catalog.
+"""Catalog tools at scale: pick (top, power), a 1-degree cone query and a large export on a generated catalog.
 
     .venv/bin/python benchmarks/catalog.py --rows 10000000 [--catalog DIR] [--keep]
 
@@ -7,6 +7,9 @@ x 4 + 2 x 10 + 1 posterior columns, float32; skymorph.testing.catalogs, written 
 writer) into ``--catalog`` (default: a temporary directory, removed afterwards unless ``--keep``;
 an existing catalog there is reused). Each measurement then runs in its own subprocess, which reports
 its wall time and its peak RSS (``getrusage(RUSAGE_SELF).ru_maxrss``, DuckDB's threads included).
+The export writes every column of the rows with ``bald_total`` above its 90th percentile (a tenth of
+the catalog) to Parquet twice: streamed batch by batch as ``catalog query --out`` does, and through
+an in-memory table (``query`` then ``export_table``) for comparison.
 Prints a table and writes benchmarks/results/catalog.json.
 """
 
@@ -25,8 +28,10 @@ import time
 from pathlib import Path
 
 CENTRE = (150.0, 2.0)
+EXPORT_WHERE = "bald_total > {threshold!r}"
 CONE_RADIUS_ARCSEC = 3600.0
 PICK_N = 1000
+TASKS = ("pick_top", "pick_power", "cone", "export_streamed", "export_in_memory")
 
 
 def _child(task: str, catalog: str) -> dict:
@@ -45,6 +50,26 @@ def _child(task: str, catalog: str) -> dict:
         result["rows"] = query(catalog, cone=cone).num_rows
         result["partitions_read"] = len(plan.pixels)
         result["partitions_total"] = plan.total_pixels
+    elif task in ("export_streamed", "export_in_memory"):
+        import tempfile
+
+        from skymorph.catalog import export_table, info
+        from skymorph.catalog.export import export_reader
+        from skymorph.catalog.query import query_reader
+
+        threshold = float(info(catalog).bald_total_quantiles["0.9"])
+        where = EXPORT_WHERE.format(threshold=threshold)
+        start = time.perf_counter()  # the quantile pass is not part of the export
+        with tempfile.TemporaryDirectory() as work:
+            out = os.path.join(work, "export.parquet")
+            if task == "export_streamed":
+                with query_reader(catalog, where=where) as reader:
+                    result["rows"] = export_reader(reader, out)[1]
+            else:
+                table = query(catalog, where=where)
+                export_table(table, out)
+                result["rows"] = table.num_rows
+            result["bytes_written"] = os.path.getsize(out)
     else:
         raise SystemExit(f"unknown task {task!r}")
     result["seconds"] = time.perf_counter() - start
@@ -89,7 +114,7 @@ def main() -> None:
         size = sum(f.stat().st_size for f in Path(catalog).rglob("*.parquet"))
         results.update(rows=summary.rows, columns=len(summary.columns), partitions=summary.partitions,
                        parts=sum(1 for _ in Path(catalog).rglob("part-*.parquet")), bytes_on_disk=size)
-        for task in ("pick_top", "pick_power", "cone"):
+        for task in TASKS:
             results[task] = _run_child(task, catalog)
     finally:
         if temporary and not args.keep:
@@ -100,11 +125,11 @@ def main() -> None:
     print(f"catalog: {results['rows']:,} rows x {results['columns']} columns, {results['partitions']} partitions, "
           f"{results['parts']} part files, {results['bytes_on_disk'] / 2**30:.2f} GiB; generated in "
           f"{results['generate_seconds'] or 0:.0f} s")
-    print(f"{'task':<12}{'seconds':>10}{'peak RSS MiB':>14}{'rows':>10}  partitions read")
-    for task in ("pick_top", "pick_power", "cone"):
+    print(f"{'task':<18}{'seconds':>10}{'peak RSS MiB':>14}{'rows':>10}  partitions read")
+    for task in TASKS:
         r = results[task]
         parts = f"{r['partitions_read']} of {r['partitions_total']}" if "partitions_read" in r else "all"
-        print(f"{task:<12}{r['seconds']:>10.2f}{r['peak_rss_mib']:>14.0f}{r['rows']:>10}  {parts}")
+        print(f"{task:<18}{r['seconds']:>10.2f}{r['peak_rss_mib']:>14.0f}{r['rows']:>10}  {parts}")
 
 
 if __name__ == "__main__":
