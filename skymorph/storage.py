@@ -108,19 +108,8 @@ def atomic_write_bytes(url: str, data: bytes, storage_options: dict | None = Non
         fs, path = filesystem(url, storage_options)
         fs.pipe_file(path, data)
         return
-    path = strip_protocol(url) if str(url).startswith("file://") else str(url)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_output(url, storage_options) as tmp, open(tmp, "wb") as fh:
+        fh.write(data)
 
 
 def atomic_write_text(url: str, text: str, storage_options: dict | None = None) -> None:

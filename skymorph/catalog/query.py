@@ -289,8 +289,5 @@ def query(
     The table's schema metadata carries the catalog's ``skymorph.*`` keys (model digest, T, seed).
     The whole result is held in memory: :func:`query_reader` streams it instead.
     """
-    catalog, plan = _prepare(url, where, columns, cone, order_by, limit, storage_options)
-    with connect(catalog, plan.pixels) as con:
-        _validate_fragments(con, catalog, where, order_by)
-        table = check_sql(con, plan.sql, catalog.columns, "query").to_arrow_table()
-    return table.replace_schema_metadata(catalog.metadata.to_kv())
+    with query_reader(url, where, columns, cone, order_by, limit, storage_options) as reader:
+        return reader.read_all()
