@@ -22,7 +22,8 @@ is reported too (no choice on validation touched it).
 Measured (quiet machine apart from one 1-thread run): 0.873 (last epoch 0.873) in 12.7 min of
 training, below the 0.90 target. Every configuration tried lands at 0.84-0.88
 (results/train_gz2_*.json, results/train_gz2_sweep.json): grey or RGB, 48-96 px, 256 px tiles resized
-inside the model, 60-200 epochs, EMA, a wider field, the whole frame, a 2.3x wider network (0.877).
+inside the model, 60-200 epochs, EMA, a wider field, the whole frame, the whole frame and its centre
+stacked as channels (0.853-0.858), a 2.3x wider network (0.877).
 Two models agree on 97% of validation galaxies, so the errors are systematic, not variance: the
 labels' rule (``spiral`` also needs "odd: yes") puts plain spirals among the non-spirals.
 results/train_gz2_errors.png shows every validation error: the most confident false positives are
