@@ -4,7 +4,8 @@ A tile store holds
 
 - ``images`` (N, C, H, W) uint8, chunked along N only (one chunk = ``chunk_size`` whole cutouts),
   Blosc zstd level 5 with bit shuffle (the best ratio on noisy galaxy cutouts, NOTES.md);
-- ``object_id`` (N,) int64 and ``ra``, ``dec`` (N,) float64, degrees ICRS;
+- ``object_id`` (N,) int64 and ``ra``, ``dec`` (N,) float64, degrees ICRS, in chunks of 65,536 rows
+  (512 KiB: a worker task reading a range of a million-row tile fetches one or two chunks, not all);
 - group attribute ``skymorph``: format version, survey, bands, pixel scale, how the pixels were made
   (stretch, resize), creation time and skymorph version, plus any extra provenance.
 
@@ -48,6 +49,7 @@ _RESERVED = frozenset(
     {"format_version", "survey", "bands", "pixel_scale_arcsec", "stretch", "resize", "created", "skymorph_version"}
 )
 _COORD_DTYPES = {"object_id": np.dtype("int64"), "ra": np.dtype("float64"), "dec": np.dtype("float64")}
+_COORD_CHUNK = 65_536
 
 
 def tile_name(url: str) -> str:
@@ -273,7 +275,7 @@ def write_tile(
         "images", shape=images.shape, chunks=(chunk, *images.shape[1:]), dtype="uint8", compressors=[compressor]
     )[...] = images
     for key, values in coords.items():
-        group.create_array(key, shape=(n,), chunks=(max(n, 1),), dtype=values.dtype)[...] = values
+        group.create_array(key, shape=(n,), chunks=(min(_COORD_CHUNK, max(n, 1)),), dtype=values.dtype)[...] = values
     group.attrs.put({_ATTR: meta})
 
 

@@ -51,6 +51,18 @@ def test_round_trip_local(tmp_path):
     _check_round_trip(str(tmp_path / "hpx5_00042.zarr"))
 
 
+def test_coordinates_of_a_large_tile_are_chunked_so_a_range_reads_only_its_chunks(tmp_path):
+    images, object_id, ra, dec = _data(n=140_000, h=2, w=2)
+    url = str(tmp_path / "big.zarr")
+    write_tile(url, images, object_id, ra, dec, chunk_size=1024, **ATTRS)
+    group = zarr.open_group(url, mode="r")
+    assert [group[key].chunks for key in ("object_id", "ra", "dec")] == [(65_536,)] * 3
+    oid, r, d = open_tile(url).read_coords(65_530, 65_540)  # across a chunk edge
+    np.testing.assert_array_equal(oid, object_id[65_530:65_540])
+    np.testing.assert_array_equal(r, ra[65_530:65_540])
+    np.testing.assert_array_equal(d, dec[65_530:65_540])
+
+
 def test_round_trip_s3(s3_bucket):
     _check_round_trip(f"{s3_bucket}/survey/tiles/hpx5_00042.zarr")
 
