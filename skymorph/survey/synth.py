@@ -33,6 +33,7 @@ __all__ = ["synthesize", "SynthSummary", "Footprint"]
 _SURVEY = "skymorph-synthetic"
 _BAND = "r"
 _POSITION_ORDER = 29  # positions are centres of random order-29 sub-pixels (~0.4 mas): uniform by area
+_MAX_TILE_ORDER = 10  # _pick_pixels lists the whole sky at the tile order: 12.6 M pixels, ~0.3 GB, at 10
 
 
 @dataclass(frozen=True)
@@ -252,10 +253,13 @@ def synthesize(
     size = _check_int("size", "--size", size, 16)
     seed = _check_int("seed", "--seed", seed, 0)
     healpix_order = _check_int("healpix_order", "--healpix-order", healpix_order, 0)
-    if healpix_order > 20:
-        raise InputError(f"healpix_order (--healpix-order) must be at most 20 (pixels of ~0.2 arcsec), got {healpix_order}")
-    if not (isinstance(n_volunteers, (int, float, np.integer, np.floating)) and n_volunteers > 0):
-        raise InputError(f"n_volunteers (--volunteers) must be > 0, got {n_volunteers!r}")
+    if healpix_order > _MAX_TILE_ORDER:
+        raise InputError(
+            f"healpix_order (--healpix-order) must be at most {_MAX_TILE_ORDER} (tiles of ~3.4 arcmin; survey "
+            f"patches are ~0.2 deg, order 8), got {healpix_order}"
+        )
+    if not (isinstance(n_volunteers, (int, float, np.integer, np.floating)) and 0 < n_volunteers < np.inf):
+        raise InputError(f"n_volunteers (--volunteers) must be a finite number > 0, got {n_volunteers!r}")
     if not isinstance(footprint, Footprint):
         raise InputError(f"footprint must be a skymorph.survey.Footprint, got {type(footprint).__name__}")
     workers = (os.cpu_count() or 1) if workers is None else _check_int("workers", "--workers", workers, 1)
