@@ -106,6 +106,71 @@ def test_cone_reads_only_overlapping_partitions(catalog, full, tmp_path):
         query(copy, columns=["object_id"])
 
 
+def _expanded_pixels(cone: Cone, order: int) -> set[int]:
+    """The reference: every order-``order`` pixel inside the cone's cells, enumerated one by one."""
+    ipix, depths = cone.healpix_cells(order)
+    pixels = set()
+    for p, d in zip(ipix.tolist(), depths.tolist()):
+        pixels.update(range(p << 2 * (order - d), (p + 1) << 2 * (order - d)))
+    return pixels
+
+
+@pytest.mark.parametrize("cone", [(150.0, 2.0, 3 * 3600.0), (0.1, -0.2, 7200.0), (45.0, 89.5, 5400.0),
+                                  (300.0, -60.0, 30 * 3600.0), (10.0, 10.0, 20.0)])
+@pytest.mark.parametrize("order", [0, 3, 6])
+def test_overlapping_pixels_equal_the_expanded_cells(cone, order):
+    cone = Cone(*cone)
+    every = np.arange(12 * 4**order, dtype=np.int64)[::-1]
+    got = cone.overlapping_pixels(every, order)
+    assert set(got.tolist()) == _expanded_pixels(cone, order)
+    assert np.all(np.diff(got) < 0)  # in the order given
+
+
+def test_overlapping_pixels_at_order_19_without_expanding():
+    """A 3 degree cone holds about 4e9 order-19 pixels; the partitions are tested against its cells instead.
+    Pixels of points well inside the radius are selected, those well outside are not."""
+    import astropy.units as u
+    from astropy.coordinates import SkyCoord
+
+    from skymorph.catalog.writer import healpix_29
+
+    cone = Cone(150.0, 2.0, 3 * 3600.0)
+    rng = np.random.default_rng(2)
+    angle = rng.uniform(0, 360, 400) * u.deg
+    separation = np.where(np.arange(400) < 200, rng.uniform(0, 0.99, 400), rng.uniform(1.01, 2.0, 400)) * 3 * u.deg
+    points = SkyCoord(150.0 * u.deg, 2.0 * u.deg).directional_offset_by(angle, separation)
+    pixels = healpix_29(points.ra.deg, points.dec.deg) >> 2 * (29 - 19)
+    assert len(np.unique(pixels)) == 400
+    np.testing.assert_array_equal(cone.overlapping_pixels(pixels, 19), pixels[:200])
+
+
+def test_readers_see_the_pixels_of_partition_info(catalog, tmp_path):
+    """A run resumed on a finished catalog writes parts in pixels partition_info.csv lacks: every reader
+    (full scan, cone, info) ignores them until the run's finish step lists their pixels."""
+    from skymorph.catalog import info, layout, writer
+
+    copy = str(tmp_path / "resumed")
+    shutil.copytree(catalog, copy)
+    order = open_catalog(copy).order
+    schema, _ = layout.read_common_metadata(copy)
+    donors = query(copy, limit=50)
+    posterior = {name: donors[name].to_numpy() for name in schema.names[len(layout.BASE_COLUMNS):]}
+    ra, dec, tile = np.linspace(30.0, 30.1, 50), np.full(50, -20.0), "s3://survey/late.zarr"
+    table = writer.build_part_table(schema, np.arange(10**6, 10**6 + 50), ra, dec, tile, 0, posterior)
+    parts = writer.write_part(copy, table, tile, 0, 50, order)
+    assert {npix for npix, _, _ in parts}.isdisjoint(open_catalog(copy).pixels)
+
+    assert query(copy, columns=["object_id"]).num_rows == query(catalog, columns=["object_id"]).num_rows == 3000
+    assert query(copy, cone=(30.05, -20.0, 900.0)).num_rows == 0
+    assert info(copy).rows == 3000
+
+    manifest = writer.read_manifest(copy)
+    manifest.add(writer.RangeRecord(tile, 0, 50, 50, 50, tuple(parts)))
+    writer.finish_catalog(copy, manifest, schema, layout.read_properties(copy))
+    assert query(copy, columns=["object_id"]).num_rows == info(copy).rows == 3050
+    assert sorted(query(copy, cone=(30.05, -20.0, 900.0))["object_id"].to_pylist()) == list(range(10**6, 10**6 + 50))
+
+
 @pytest.mark.parametrize("where", [
     "1=1; DROP TABLE x",
     "COPY catalog TO 'stolen.csv'",

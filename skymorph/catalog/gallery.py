@@ -13,12 +13,14 @@ import io
 import numpy as np
 
 from skymorph.catalog.info import Catalog, open_catalog
-from skymorph.errors import InputError
+from skymorph.catalog.query import query
+from skymorph.errors import CatalogError, InputError
 
-__all__ = ["gallery", "check_png", "MAX_GALAXIES"]
+__all__ = ["gallery", "gallery_figure", "check_png", "MAX_GALAXIES"]
 
 MAX_GALAXIES = 64
 _COLUMNS = 4
+_KEYS = ["object_id", "tile", "row"]
 
 
 def _read_cutouts(picked, storage_options: dict | None) -> list[np.ndarray]:
@@ -50,31 +52,44 @@ def check_png(out: str) -> str:
     return out
 
 
-def gallery(picked, catalog: str | Catalog, out: str, question: str | None = None,
-            storage_options: dict | None = None) -> str:
-    """Draw the first :data:`MAX_GALAXIES` rows of ``picked`` (a :func:`~skymorph.catalog.pick` table) to
-    PNG ``out`` (local or S3); returns ``out``."""
+def _picked_posteriors(picked, catalog: Catalog, questions):
+    """The posterior columns of each ``picked`` row, in pick order, as a pandas DataFrame. Rows are
+    matched on ``(object_id, tile, row)``: a galaxy seen in two overlapping tiles has two rows with one
+    ``object_id``, and the one drawn must be the one picked."""
+    import pandas as pd
+
+    schema = catalog.metadata.schema
+    columns = _KEYS + [
+        f"{q}_{a}_fraction{s}" for q in questions for a in schema.question(q).answers for s in ("", "_q05", "_q95")
+    ] + [f"{q}_{kind}" for q in questions for kind in ("asked", "bald")]
+    ids = ", ".join(str(int(i)) for i in picked["object_id"].to_pylist())
+    found = query(catalog, where=f"object_id IN ({ids})", columns=columns).to_pandas()
+    # The same (tile, row) twice is one galaxy written by two plans of its range: identical rows.
+    found = found.drop_duplicates(_KEYS).set_index(_KEYS)
+    wanted = pd.MultiIndex.from_arrays([picked[k].to_pylist() for k in _KEYS], names=_KEYS)
+    missing = np.flatnonzero(~wanted.isin(found.index))
+    if len(missing):
+        object_id, tile, row = wanted[missing[0]]
+        raise CatalogError(f"picked galaxy {object_id} (tile {tile!r}, row {row}) is not in catalog {catalog.url!r}; "
+                           "pick from this catalog")
+    return found.loc[wanted]
+
+
+def gallery_figure(picked, catalog: str | Catalog, question: str | None = None, storage_options: dict | None = None):
+    """The matplotlib Figure :func:`gallery` saves: the first :data:`MAX_GALAXIES` rows of ``picked``,
+    galaxy ``i`` drawn on axes ``2 i`` (cutout) and ``2 i + 1`` (vote fractions) of ``figure.axes``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from skymorph.catalog.query import query
-    from skymorph.storage import atomic_write_bytes
-
-    check_png(out)
     catalog = catalog if isinstance(catalog, Catalog) else open_catalog(catalog, storage_options)
     schema = catalog.metadata.schema
     picked = picked.slice(0, MAX_GALAXIES)
     n = picked.num_rows
     if n == 0:
         raise InputError("nothing was picked, so there is no gallery to draw")
-    ids = ", ".join(str(int(i)) for i in picked["object_id"].to_pylist())
-    questions = [question] if question else list(schema.question_names)
-    columns = ["object_id"] + [
-        f"{q}_{a}_fraction{s}" for q in questions for a in schema.question(q).answers for s in ("", "_q05", "_q95")
-    ] + [f"{q}_{kind}" for q in questions for kind in ("asked", "bald")]
-    posterior = query(catalog, where=f"object_id IN ({ids})", columns=columns).to_pandas().set_index("object_id")
+    posteriors = _picked_posteriors(picked, catalog, [question] if question else list(schema.question_names))
     images = _read_cutouts(picked, catalog.storage_options)
 
     rows = -(-n // _COLUMNS)
@@ -84,14 +99,13 @@ def gallery(picked, catalog: str | Catalog, out: str, question: str | None = Non
                                           "left": 0.02, "right": 0.98, "top": 0.9, "bottom": 0.08})
     for ax in axes.flat:
         ax.set_axis_off()
-    for i, object_id in enumerate(picked["object_id"].to_pylist()):
-        record = posterior.loc[object_id]
+    for i, ((object_id, _, row), record) in enumerate(posteriors.iterrows()):
         q = question or max(schema.question_names, key=lambda name: record[f"{name}_asked"] * record[f"{name}_bald"])
         answers = schema.question(q).answers
         image_ax, bar_ax = axes[i // _COLUMNS, 2 * (i % _COLUMNS)], axes[i // _COLUMNS, 2 * (i % _COLUMNS) + 1]
         pixels, cmap = _to_display(images[i])
         image_ax.imshow(pixels, cmap=cmap, origin="lower")
-        image_ax.set_title(f"#{i + 1} id {object_id}", fontsize=7)
+        image_ax.set_title(f"#{i + 1} id {object_id} row {row}", fontsize=7)
         fraction = np.array([record[f"{q}_{a}_fraction"] for a in answers], dtype=float)
         low = np.array([record[f"{q}_{a}_fraction_q05"] for a in answers], dtype=float)
         high = np.array([record[f"{q}_{a}_fraction_q95"] for a in answers], dtype=float)
@@ -104,6 +118,19 @@ def gallery(picked, catalog: str | Catalog, out: str, question: str | None = Non
         bar_ax.set_xlim(0, 1)
         bar_ax.tick_params(axis="x", labelsize=6)
         bar_ax.set_title(f"{q}: bald {record[f'{q}_bald']:.3f}", fontsize=7)
+    return fig
+
+
+def gallery(picked, catalog: str | Catalog, out: str, question: str | None = None,
+            storage_options: dict | None = None) -> str:
+    """Draw the first :data:`MAX_GALAXIES` rows of ``picked`` (a :func:`~skymorph.catalog.pick` table) to
+    PNG ``out`` (local or S3); returns ``out``."""
+    from skymorph.storage import atomic_write_bytes
+
+    check_png(out)
+    fig = gallery_figure(picked, catalog, question, storage_options)
+    import matplotlib.pyplot as plt  # after gallery_figure has chosen the Agg backend
+
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90)
     plt.close(fig)

@@ -40,9 +40,14 @@ class Catalog:
         return tuple(self.schema.names)
 
     def part_urls(self, pixels=None) -> list[str]:
-        """The part files of ``pixels`` (default: all); one listing of each pixel directory only."""
+        """The part files of ``pixels`` (default: every pixel of ``partition_info.csv``); one listing of
+        each pixel directory only, or of the dataset for all of them."""
         if pixels is None:
-            return [part.url for part in layout.list_parts(self.url, self.storage_options)]
+            # partition_info.csv, not the listing, says which pixels the catalog has, as for a cone and
+            # for LSDB: a run resumed on a finished catalog writes parts in new pixels before its finish.
+            wanted = set(self.pixels)
+            return [part.url for part in layout.list_parts(self.url, self.storage_options)
+                    if part.order == self.order and part.npix in wanted]
         from skymorph.storage import filesystem
 
         urls = []

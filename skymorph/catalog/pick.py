@@ -210,12 +210,14 @@ def pick(
         else:
             ids, scores, tiles, row_numbers = _power(con, score, where, int(n), int(seed), float(beta))
         rows = _fetch_rows(con, ids)
-    # a galaxy in two overlapping tiles has two rows: take the one that was picked, in rank order
-    position = {(int(i), t, int(r)): k for k, (i, t, r) in enumerate(zip(ids, tiles, row_numbers))}
-    fetched = zip(rows["object_id"].to_pylist(), rows["tile"].to_pylist(), rows["row"].to_pylist())
-    rank_of_row = np.array([position.get((i, t, r), -1) for i, t, r in fetched], dtype=np.int64)
-    picked = np.flatnonzero(rank_of_row >= 0)
-    rows = rows.take(pa.array(picked[np.argsort(rank_of_row[picked])], pa.int64()))
+    # A galaxy in two overlapping tiles has two rows: keep the one that was picked. One (tile, row) can
+    # also come back twice, identical, while parts of two plans of its range coexist (a run resumed with
+    # another --rows-per-task, until finish_catalog removes the stale ones): keep one per rank.
+    ranked = pa.table({"object_id": pa.array(ids, pa.int64()), "tile": pa.array(tiles, pa.string()),
+                       "row": pa.array(row_numbers, pa.int64()), "_rank": np.arange(len(ids), dtype=np.int64)})
+    rows = rows.join(ranked, keys=["object_id", "tile", "row"], join_type="inner")
+    _, first = np.unique(rows["_rank"].to_numpy(), return_index=True)
+    rows = rows.take(pa.array(first, pa.int64()))
     image = [f"{t}#images[{r}]" for t, r in zip(rows["tile"].to_pylist(), rows["row"].to_pylist())]
     table = pa.table({
         "rank": np.arange(1, len(ids) + 1, dtype=np.int64),

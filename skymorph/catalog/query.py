@@ -66,14 +66,22 @@ class Cone:
         )
         return ipix.astype("int64"), depths.astype("int64")
 
-    def pixels(self, order: int) -> set[int]:
-        """The order-``order`` pixels that overlap the cone (a superset: cdshealpix is conservative)."""
+    def overlapping_pixels(self, pixels, order: int):
+        """The order-``order`` ``pixels`` that overlap the cone, in their given order (a superset:
+        cdshealpix is conservative).
+
+        The cone's cells stay at their own depth ``d`` <= ``order`` (expanding them to ``order`` makes
+        millions of pixels for a degree-wide cone at order 14): pixel ``p`` lies in cell ``c`` of depth
+        ``d`` iff ``p >> 2 (order - d) == c``.
+        """
+        import numpy as np
+
+        pixels = np.asarray(pixels, dtype=np.int64)
         ipix, depths = self.healpix_cells(order)
-        pixels = set()
-        for p, d in zip(ipix.tolist(), depths.tolist()):
-            shift = 2 * (order - d)
-            pixels.update(range(p << shift, (p + 1) << shift))
-        return pixels
+        inside = np.zeros(len(pixels), dtype=bool)
+        for depth in np.unique(depths):
+            inside |= np.isin(pixels >> (2 * (order - depth)), ipix[depths == depth])
+        return pixels[inside]
 
     def index_ranges(self, order: int) -> list[tuple[int, int]]:
         """Inclusive ranges of ``_healpix_29`` covering the cone, from cells about a quarter radius wide.
@@ -211,8 +219,7 @@ def plan_query(catalog: Catalog, where=None, columns=None, cone: Cone | None = N
     conditions = []
     pixels = catalog.pixels
     if cone is not None:
-        wanted = cone.pixels(catalog.order)
-        pixels = tuple(p for p in catalog.pixels if p in wanted)
+        pixels = tuple(cone.overlapping_pixels(catalog.pixels, catalog.order).tolist())
         conditions.append(cone.sql(catalog.order))
     if where:
         conditions.append(f"({where})")

@@ -1,0 +1,110 @@
+"""skymorph.catalog.gallery: each picked galaxy is drawn from the row that was picked, also when a
+galaxy seen in two overlapping tiles has two rows with one ``object_id``."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from skymorph.catalog import layout, open_catalog, pick, query, writer
+from skymorph.catalog.gallery import gallery, gallery_figure
+from skymorph.errors import CatalogError
+from skymorph.testing.catalogs import write_synthetic_catalog
+from skymorph.tiles import write_tile
+
+TWINS = 20
+KEYS = ["object_id", "tile", "row"]
+
+
+def _images(values) -> np.ndarray:
+    """One 1-band 8x8 cutout per value, filled with it, so a drawn cutout names its tile and row."""
+    return np.broadcast_to(np.asarray(values, dtype=np.uint8)[:, None, None, None], (len(values), 1, 8, 8)).copy()
+
+
+def _image_value(tile_b: bool, row: int) -> int:
+    return 255 - row if tile_b else row
+
+
+@pytest.fixture(scope="module")
+def overlapping(tmp_path_factory):
+    """A finished catalog of tile A (200 galaxies) and tile B, which sees A's first ``TWINS`` galaxies
+    again: same ``object_id`` and position, another galaxy's posterior, ``bald_total`` 10 times A's
+    (even rows, so B's row is picked) or a tenth of it (odd rows, so A's row is). Both tile stores exist."""
+    out = str(tmp_path_factory.mktemp("gallery") / "catalog")
+    synthetic = write_synthetic_catalog(out, 200, per_tile=200, tile_deg=1.0, order=5, workers=1)
+    tile_a, tile_b = synthetic.tile_urls[0], os.path.join(out, "tiles", "tile-b.zarr")
+    rows = query(out).sort_by("row")
+    twins, donors = rows.slice(0, TWINS), rows.slice(100, TWINS)
+    schema, _ = layout.read_common_metadata(out)
+    posterior = {name: donors[name].to_numpy() for name in schema.names[len(layout.BASE_COLUMNS):]}
+    posterior["bald_total"] = twins["bald_total"].to_numpy() * np.where(np.arange(TWINS) % 2 == 0, 10.0, 0.1)
+    table = writer.build_part_table(schema, twins["object_id"].to_numpy(), twins["ra"].to_numpy(),
+                                    twins["dec"].to_numpy(), tile_b, 0, posterior)
+    manifest = writer.read_manifest(out)
+    parts = writer.write_part(out, table, tile_b, 0, TWINS, synthetic.order)
+    manifest.add(writer.RangeRecord(tile_b, 0, TWINS, TWINS, TWINS, tuple(parts)))
+    writer.finish_catalog(out, manifest, schema, layout.read_properties(out))
+    writer.write_manifest(out, manifest)
+
+    for url, source, tile_is_b in ((tile_a, rows, False), (tile_b, twins, True)):
+        values = [_image_value(tile_is_b, r) for r in range(source.num_rows)]
+        write_tile(url, _images(values), source["object_id"].to_numpy(), source["ra"].to_numpy(),
+                   source["dec"].to_numpy(), survey="synthetic", bands=["r"], pixel_scale_arcsec=0.262,
+                   stretch="none", resize="none")
+    return out, tile_b, rows["object_id"].to_numpy()
+
+
+def _all_rows(url: str) -> pd.DataFrame:
+    """Every row of the catalog read straight from its part files, indexed by (object_id, tile, row)."""
+    files = sorted(glob.glob(os.path.join(url, "dataset", "Norder=*", "Dir=*", "Npix=*", "part-*.parquet")))
+    return pa.concat_tables(pq.read_table(f) for f in files).to_pandas().set_index(KEYS)
+
+
+@pytest.mark.parametrize("question", [None, "bar"])
+def test_twins_are_drawn_from_the_picked_row(overlapping, question):
+    url, tile_b, ids = overlapping
+    catalog = open_catalog(url)
+    batch = pick(catalog, TWINS, exclude=ids[TWINS:])
+    assert sorted(batch["object_id"].to_pylist()) == sorted(ids[:TWINS].tolist())
+    picked = list(zip(*(batch[k].to_pylist() for k in KEYS)))
+    assert all((tile == tile_b) == (row % 2 == 0) for _, tile, row in picked)  # the best row of each twin
+
+    expected = _all_rows(url).loc[picked]
+    schema = catalog.metadata.schema
+    fig = gallery_figure(batch, catalog, question=question)
+    for i, ((object_id, tile, row), (_, record)) in enumerate(zip(picked, expected.iterrows())):
+        image_ax, bar_ax = fig.axes[2 * i], fig.axes[2 * i + 1]
+        drawn = image_ax.images[0].get_array()
+        np.testing.assert_array_equal(drawn, np.full((8, 8), _image_value(tile == tile_b, row)))
+        assert image_ax.get_title() == f"#{i + 1} id {object_id} row {row}"
+        q = question or max(schema.question_names, key=lambda name: record[f"{name}_asked"] * record[f"{name}_bald"])
+        assert bar_ax.get_title() == f"{q}: bald {record[f'{q}_bald']:.3f}"
+        widths = [patch.get_width() for patch in bar_ax.patches]
+        np.testing.assert_allclose(widths, [record[f"{q}_{a}_fraction"] for a in schema.question(q).answers])
+    plt.close(fig)
+
+
+def test_gallery_png_of_twins(overlapping, tmp_path):
+    url, _, ids = overlapping
+    png = str(tmp_path / "twins.png")
+    assert gallery(pick(url, TWINS, exclude=ids[TWINS:]), url, png) == png
+    with Image.open(png) as image:
+        assert image.format == "PNG" and image.size[0] > 300 and image.size[1] > 100
+
+
+def test_a_picked_row_missing_from_the_catalog_is_one_line(overlapping):
+    url, _, ids = overlapping
+    batch = pick(url, 3, exclude=ids[TWINS:])
+    rows = batch["row"].to_pylist()[:2] + [10**6]
+    batch = batch.set_column(batch.schema.get_field_index("row"), "row", pa.array(rows, pa.int64()))
+    with pytest.raises(CatalogError, match=r"row 1000000\) is not in catalog .*; pick from this catalog") as err:
+        gallery_figure(batch, url)
+    assert "\n" not in str(err.value)
