@@ -150,17 +150,20 @@ def _add_train_commands(sub) -> None:
                        help='parameters of the architecture, e.g. \'{"widths": [48, 96, 192, 384]}\' for resnet_s')
     train.add_argument("--likelihood", choices=("multinomial", "dirichlet_multinomial"), help="default multinomial")
     train.add_argument("--dropout", type=float, help="MC dropout rate of the head (default 0.5)")
-    train.add_argument("--epochs", type=_positive_int, default=10)
-    train.add_argument("--batch-size", type=_positive_int, default=64)
-    train.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
-    train.add_argument("--weight-decay", type=float, default=0.05)
-    train.add_argument("--warmup-epochs", type=float, default=1.0)
+    # the run's settings default to None: TrainConfig.RUN_DEFAULTS for a new run, the checkpoint's with --resume
+    train.add_argument("--epochs", type=_positive_int, help="epochs of the schedule (default 10; with --resume: the checkpoint's)")
+    train.add_argument("--batch-size", type=_positive_int, help="default 64; with --resume: the checkpoint's")
+    train.add_argument("--lr", type=float, help="peak learning rate (default 1e-3; with --resume: the checkpoint's)")
+    train.add_argument("--weight-decay", type=float, help="default 0.05; with --resume: the checkpoint's")
+    train.add_argument("--warmup-epochs", type=float, help="default 1; with --resume: the checkpoint's")
     train.add_argument("--patience", type=_positive_int, default=5, help="epochs without better validation loss before stopping")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--val-fraction", type=float, default=0.1, help="validation share when the labels have no split column")
+    train.add_argument("--seed", type=int, help="default 0; with --resume: the checkpoint's")
+    train.add_argument("--val-fraction", type=float, help="validation share when the labels have no split column "
+                       "(default 0.1; with --resume: the checkpoint's)")
     train.add_argument("--crop-fraction", type=float, help="centre crop inside the model (default 1: none)")
     train.add_argument("--resize", type=int, dest="resize_px", help="resize to this many pixels inside the model")
-    train.add_argument("--no-augment", dest="augment", action="store_false", help="no flips, rotations, zoom, jitter")
+    train.add_argument("--no-augment", dest="augment", action="store_false", default=None,
+                       help="no flips, rotations, zoom, jitter (with --resume: the checkpoint's setting)")
     train.add_argument("--ema-decay", type=float, help="validate and save a moving average of the weights with this decay per step (e.g. 0.998)")
     train.add_argument("--out", required=True, metavar="CKPT", help="best checkpoint; CKPT.metrics.json and the .last checkpoint go beside it")
     start = train.add_mutually_exclusive_group()
@@ -237,35 +240,23 @@ def _add_export_commands(sub) -> None:
     export.add_argument("--opt-batch", type=_positive_int, default=256, help="tensorrt: batch size tuned for (default 256)")
     export.add_argument("--max-batch", type=_positive_int, default=1024, help="tensorrt: largest batch (default 1024)")
     export.add_argument("--timing-cache", metavar="FILE", help="tensorrt: kernel timing cache, read and updated")
+    export.add_argument("--onnx-out", metavar="URL", help="tensorrt: where the ONNX model goes (default: --out with .onnx)")
+    export.add_argument("--overwrite", action="store_true", help="tensorrt: replace an existing ONNX model at the default --onnx-out")
     _add_storage_option(export)
     export.set_defaults(func=_cmd_export)
 
 
 def _cmd_export(args) -> int:
-    from skymorph.errors import InputError
-    from skymorph.exporter import build_tensorrt, export_onnx, require_tensorrt
+    from skymorph.exporter import export_checkpoint
 
-    options = _storage_options(args)
-    if args.format == "onnx":
-        if args.fp16:
-            raise InputError("--fp16 applies to --format tensorrt only; the ONNX model is float32")
-        print(export_onnx(args.checkpoint, args.out, args.samples, args.seed, opset=args.opset, storage_options=options))
-        return 0
-    if not args.out.endswith((".plan", ".engine")):
-        raise InputError(f"--out {args.out!r}: a TensorRT plan needs a .plan or .engine suffix")
-    require_tensorrt()
-    onnx_out = args.out.rsplit(".", 1)[0] + ".onnx"
-    print(export_onnx(args.checkpoint, onnx_out, args.samples, args.seed, opset=args.opset, storage_options=options))
-    report = build_tensorrt(
-        onnx_out,
-        args.out,
-        fp16=args.fp16,
-        opt_batch=args.opt_batch,
-        max_batch=args.max_batch,
-        timing_cache=args.timing_cache,
-        storage_options=options,
+    reports = export_checkpoint(
+        args.checkpoint, args.out, args.samples, args.seed, format=args.format, opset=args.opset, fp16=args.fp16,
+        onnx_out=args.onnx_out, overwrite=args.overwrite, opt_batch=args.opt_batch, max_batch=args.max_batch,
+        timing_cache=args.timing_cache, storage_options=_storage_options(args),
     )
-    print(report)
+    for report in reports:
+        if report is not None:
+            print(report)
     return 0
 
 

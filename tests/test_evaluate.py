@@ -149,3 +149,15 @@ def test_tta_leaves_a_symmetric_image_unchanged_and_needs_square_images(trained)
     np.testing.assert_allclose(predict(model, disc, samples=4, tta=True), predict(model, disc, samples=4), rtol=1e-5, atol=1e-6)
     with pytest.raises(InputError, match="square"):
         predict(model, disc[..., :-1], samples=4, tta=True)
+
+
+def test_truth_rows_are_aligned_by_object_id_whatever_their_order(tmp_path):
+    from skymorph.trainer.evaluate import _read_truth
+
+    columns = {f"{c}_true": np.arange(5, dtype=np.float64) + 10 * k for k, c in enumerate(GZ2.answer_columns)}
+    ids = np.array([50, 10, 40, 20, 30], dtype=np.int64)  # shuffled, with one galaxy not asked for (40)
+    write_parquet(pa.table({"object_id": ids, **columns}), str(tmp_path / "truth.parquet"))
+    got = _read_truth(str(tmp_path / "truth.parquet"), np.array([20, 50, 30, 10]), GZ2, None)
+    assert got[:, 0].tolist() == [3.0, 0.0, 4.0, 1.0] and got[:, 1].tolist() == [13.0, 10.0, 14.0, 11.0]
+    with pytest.raises(InputError, match="has no row for object_id 60"):
+        _read_truth(str(tmp_path / "truth.parquet"), np.array([20, 60, 70]), GZ2, None)

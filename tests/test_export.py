@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 
 import numpy as np
 import onnx
@@ -13,7 +15,7 @@ import torch
 
 from skymorph.cli import main
 from skymorph.errors import InputError, ModelError
-from skymorph.exporter import _onnx, export_onnx_model, weights_sha256
+from skymorph.exporter import _export, _onnx, export_checkpoint, export_onnx_model, weights_sha256
 from skymorph.inference.engines import load_engine
 from skymorph.model_metadata import InputSpec, ModelMetadata
 from skymorph.schema import get_schema
@@ -217,3 +219,91 @@ def test_cli_output_under_a_file_is_a_one_line_error(tmp_path, capsys):
     code = main(["export", ckpt, "--samples", str(T), "--out", str(tmp_path / "a_file" / "model.onnx")])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("skymorph: error:") and err.count("\n") == 1 and "a_file" in err
+
+
+def _checkpoint(tmp_path, seed=0) -> str:
+    path = str(tmp_path / f"m{seed}.ckpt")
+    save_checkpoint(path, _net(seed=seed), CheckpointMeta(SCHEMA, "w20", "multinomial", 0.5, SPEC))
+    return path
+
+
+def test_seed_outside_the_generators_range_is_refused_before_the_checkpoint_is_read(tmp_path, capsys):
+    for seed in (-1, 2**64):
+        with pytest.raises(InputError, match=r"--seed must be a non-negative integer below 2\*\*64, got "):
+            export_onnx_model(_net(), tmp_path / "m.onnx", samples=T, seed=seed)
+    # the checkpoint does not exist: the seed is what is reported
+    err = _cli_error(capsys, ["export", str(tmp_path / "none.ckpt"), "--seed", "-1", "--out", str(tmp_path / "m.onnx")])
+    assert "--seed must be a non-negative integer below 2**64, got -1; give e.g. --seed 0" in err
+    assert list(tmp_path.iterdir()) == []
+    report = export_onnx_model(_net(), tmp_path / "top.onnx", samples=T, seed=2**64 - 1)
+    assert load_engine(str(tmp_path / "top.onnx")).metadata.seed == report.metadata.seed == 2**64 - 1
+
+
+def test_a_plan_is_not_built_from_an_onnx_model_with_a_negative_seed(exported, tmp_path):
+    from skymorph.exporter import build_tensorrt
+
+    _, path = exported()
+    model = onnx.load(str(path))
+    for prop in model.metadata_props:
+        if prop.key == "skymorph.seed":
+            prop.value = "-1"
+    onnx.save(model, str(tmp_path / "neg.onnx"))
+    with pytest.raises(ModelError, match="records seed -1, not in"):
+        build_tensorrt(str(tmp_path / "neg.onnx"), str(tmp_path / "m.plan"))
+
+
+def test_export_reads_the_checkpoint_once_and_records_the_digest_of_the_bytes_it_exported(tmp_path, monkeypatch):
+    from skymorph.exporter import export_onnx
+    from skymorph.trainer import checkpoint as checkpoint_module
+
+    ckpt, replacement = _checkpoint(tmp_path, seed=0), _checkpoint(tmp_path, seed=1)
+    original = open(ckpt, "rb").read()
+    reads = []
+
+    def read_bytes(url, storage_options=None):
+        reads.append(url)
+        data = open(url, "rb").read()
+        os.replace(replacement, ckpt)  # another writer replaces the checkpoint right after this read
+        return data
+
+    monkeypatch.setattr(_onnx, "read_bytes", read_bytes)
+    monkeypatch.setattr(checkpoint_module, "read_bytes", read_bytes)
+    report = export_onnx(ckpt, tmp_path / "m.onnx", samples=T)
+    assert reads == [ckpt]
+    assert report.metadata.extra["checkpoint_sha256"] == hashlib.sha256(original).hexdigest()
+    assert report.metadata.weights_sha256 == weights_sha256(_net(seed=0)) != weights_sha256(_net(seed=1))
+
+
+def test_tensorrt_export_derives_the_onnx_path_and_keeps_a_file_there_it_was_not_told_to_replace(tmp_path, monkeypatch, capsys):
+    ckpt, plan = _checkpoint(tmp_path), str(tmp_path / "m.plan")
+    sibling = tmp_path / "m.onnx"
+    sibling.write_bytes(b"someone else's model")
+    err = _cli_error(capsys, ["export", ckpt, "--samples", str(T), "--format", "tensorrt", "--out", plan])
+    assert f"also writes its ONNX model to {str(sibling)!r}, which exists" in err and "--overwrite" in err
+    assert sibling.read_bytes() == b"someone else's model"
+
+    built = []
+    monkeypatch.setattr(_export, "require_tensorrt", lambda: None)  # no GPU needed: the plan build is recorded
+    monkeypatch.setattr(_export, "build_tensorrt", lambda onnx_path, out, **kw: built.append((onnx_path, out, kw)) or "plan report")
+    onnx_report, plan_report = export_checkpoint(ckpt, plan, T, 3, format="tensorrt", fp16=True, overwrite=True, opt_batch=4, max_batch=8)
+    assert plan_report == "plan report" and onnx_report.path == str(sibling) and onnx_report.metadata.seed == 3
+    assert load_engine(str(sibling)).metadata == onnx_report.metadata
+    assert built == [(str(sibling), plan, {"fp16": True, "opt_batch": 4, "max_batch": 8, "timing_cache": None, "storage_options": None})]
+    named = str(tmp_path / "named.onnx")
+    assert main(["export", ckpt, "--samples", str(T), "--format", "tensorrt", "--out", plan, "--onnx-out", named]) == 0
+    assert built[-1][0] == named and "named.onnx" in capsys.readouterr().out
+
+
+def test_export_checkpoint_refuses_flags_of_the_other_format_before_reading(tmp_path):
+    missing = str(tmp_path / "none.ckpt")
+    for kwargs, message in (
+        ({"format": "tflite"}, "format must be one of onnx, tensorrt, got 'tflite'"),
+        ({"fp16": True}, "--fp16 applies to --format tensorrt only"),
+        ({"onnx_out": "x.onnx"}, "--onnx-out applies to --format tensorrt only"),
+        ({"format": "tensorrt", "onnx_out": str(tmp_path / "m.plan")}, "give the ONNX model its own path"),
+        ({"format": "tensorrt", "opt_batch": 16, "max_batch": 8}, "need 1 <= --opt-batch <= --max-batch, got 16 and 8"),
+    ):
+        out = str(tmp_path / ("m.plan" if kwargs.get("format") == "tensorrt" else "m.onnx"))
+        with pytest.raises(InputError, match=re.escape(message)):
+            export_checkpoint(missing, out, T, **kwargs)
+    assert list(tmp_path.iterdir()) == []

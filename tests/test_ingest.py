@@ -116,7 +116,8 @@ def test_ingest_from_and_to_s3(s3_bucket):
     images = tile.read_images(0, 2)
     assert images.shape == (2, 3, 16, 16) and images[0].min() == images[0].max() == 50 and images[1].min() == 100
     assert pq.read_table(fs.open(f"{root}/ingested/labels.parquet")).column("object_id").to_pylist() == [1, 2]
-    assert fs.cat(f"{root}/ingested/ingest_failures.csv").decode().splitlines()[1].startswith('"gone.png",3,')
+    failures = pd.read_csv(io.BytesIO(fs.cat(f"{root}/ingested/ingest_failures.csv")))
+    assert failures[["file", "object_id"]].values.tolist() == [["gone.png", 3]]
 
 def test_ingest_bad_catalogs_are_one_line_errors(tmp_path):
     (tmp_path / "cat.csv").write_text("id,file\n1,a.png\n")
@@ -129,6 +130,25 @@ def test_ingest_bad_catalogs_are_one_line_errors(tmp_path):
     (tmp_path / "cat.csv").write_text("object_id,file,ra,dec\n1,a.png,abc,3\n")
     code, err = _run(["survey", "ingest", "--catalog", str(tmp_path / "cat.csv"), "--out", str(tmp_path / "o")])
     assert code == 2 and "ra/dec missing or not finite for object_id 1" in err and err.count("\n") == 1
+
+
+def test_failures_table_round_trips_names_with_quotes_commas_and_newlines(tmp_path):
+    import csv
+
+    from PIL import Image
+
+    (tmp_path / "img").mkdir()
+    Image.fromarray(np.full((24, 24), 40, dtype=np.uint8)).save(tmp_path / "img" / "0.png")
+    odd = ['img/say "hi".png', "img/a,b.png", "img/two\nlines.png"]
+    pd.DataFrame({"object_id": [1, 2, 3, 4], "file": ["img/0.png", *odd]}).to_csv(tmp_path / "cat.csv", index=False)
+    code, err = _run(["survey", "ingest", "--catalog", str(tmp_path / "cat.csv"), "--out", str(tmp_path / "out"), "--size", "16"])
+    assert code == 1, err
+    with open(tmp_path / "out" / "ingest_failures.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["file", "object_id", "reason"]
+    assert [r[:2] for r in rows[1:]] == [[name, str(i)] for i, name in enumerate(odd, start=2)]
+    assert all(r[2].startswith("FileNotFoundError") and len(r) == 3 for r in rows[1:])
+    assert pd.read_csv(tmp_path / "out" / "ingest_failures.csv")["file"].tolist() == odd
 
 
 def test_ingest_keeps_text_columns_with_blank_cells(tmp_path):

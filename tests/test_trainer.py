@@ -9,6 +9,7 @@ import math
 import re
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -92,11 +93,50 @@ def test_batch_loader_visits_each_galaxy_once():
     assert torch.equal(torch.cat([b[0].flatten() for b in batches]).long(), seen)
 
 
-def test_learning_rate_warms_up_linearly_then_follows_a_cosine():
-    kw = dict(base_lr=1.0, warmup_steps=4, total_steps=14, min_ratio=0.1)
-    assert [learning_rate(s, **kw) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+def test_learning_rate_warms_up_linearly_then_follows_a_cosine_to_the_minimum_at_the_last_step():
+    kw = dict(base_lr=1.0, warmup_steps=4, total_steps=15, min_ratio=0.1)
+    assert [learning_rate(s, **kw) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    # steps 4..14 are the decay: u = (step - 4) / 10
     assert learning_rate(9, **kw) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert learning_rate(13, **kw) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.9)))
     assert learning_rate(14, **kw) == pytest.approx(0.1) and learning_rate(99, **kw) == pytest.approx(0.1)
+    # one step after warm-up, or none at all: that step is the last and takes the minimum
+    assert learning_rate(4, base_lr=1.0, warmup_steps=4, total_steps=5, min_ratio=0.1) == pytest.approx(0.1)
+    assert learning_rate(0, base_lr=1.0, warmup_steps=0, total_steps=1, min_ratio=0.1) == pytest.approx(0.1)
+
+
+def test_input_spec_statistics_are_numpys_in_float64_whatever_the_chunking():
+    from skymorph.trainer.loop import _input_spec
+
+    images = np.random.default_rng(0).integers(0, 256, (9, 3, 5, 4), dtype=np.uint8)
+    images[:, 2] = 7  # a constant channel: its std is floored at 1e-3
+    rows = np.array([0, 2, 3, 5, 8])
+    scaled = images[rows].astype(np.float64) / 255
+    for chunk_values in (1, 60, 130, 1 << 22):  # one image a chunk, two, all
+        spec = _input_spec(images, rows, 0.8, None, chunk_values=chunk_values)
+        np.testing.assert_allclose(spec.mean, scaled.mean(axis=(0, 2, 3)), rtol=1e-13)
+        np.testing.assert_allclose(spec.std[:2], scaled.std(axis=(0, 2, 3))[:2], rtol=1e-12)
+        assert spec.std[2] == 1e-3 and spec.mean[2] == 7 / 255
+        assert (spec.shape, spec.crop_fraction) == ((3, 5, 4), 0.8)
+
+
+def test_positions_finds_each_id_or_minus_one():
+    from skymorph.trainer.data import positions
+
+    keys = np.array([40, 10, 30, 20], dtype=np.int64)
+    assert positions(keys, np.array([30, 5, 40, 10, 99, 20])).tolist() == [2, -1, 0, 1, -1, 3]
+    assert positions(keys[:0], np.array([1, 2])).tolist() == [-1, -1]
+
+
+def test_batch_loader_over_rows_gives_the_batches_of_the_copied_subset():
+    images = np.arange(20, dtype=np.uint8).reshape(20, 1, 1, 1)
+    votes = np.arange(20).reshape(20, 1)
+    rows = np.array([1, 4, 5, 9, 12, 13, 17])
+    copied = list(BatchLoader(images[rows], votes[rows], 3, shuffle=True, augmented=False, seed=5))
+    viewed = BatchLoader(images, votes, 3, shuffle=True, augmented=False, seed=5, rows=rows)
+    assert len(viewed) == 3
+    for (a, va), (b, vb) in zip(copied, viewed, strict=True):
+        assert torch.equal(a, b) and torch.equal(va, vb)
 
 
 # ---- checkpoints ---------------------------------------------------------------------------------------
@@ -130,6 +170,10 @@ def test_checkpoint_errors_are_one_line(tmp_path):
     torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
     with pytest.raises(ModelError, match="not a skymorph checkpoint"):
         read_checkpoint(str(tmp_path / "other.pt"))
+    torch.save({"format": "skymorph-checkpoint", "format_version": 1, "model": {}}, tmp_path / "bare.pt")
+    with pytest.raises(ModelError, match="without its metadata") as caught:
+        load_checkpoint(str(tmp_path / "bare.pt"))
+    assert "\n" not in str(caught.value)
     meta = _meta()
     path = str(tmp_path / "c.ckpt")
     save_checkpoint(path, build_model("w20", meta.schema, meta.input), meta)
@@ -157,7 +201,8 @@ def test_same_seed_same_weights_and_resume_continues_exactly(tmp_path):
 
     half = train(_config(tmp_path, tiles, labels, epochs=2, stop_after_epochs=1, out=str(tmp_path / "c.ckpt")))
     assert half.epochs_run == 1 and half.stopped == "stop_after_epochs"
-    rest = train(_config(tmp_path, tiles, labels, epochs=2, out=str(tmp_path / "c.ckpt"), resume=half.last_checkpoint))
+    # --resume takes epochs (and every other run setting) from the checkpoint when not given
+    rest = train(_config(tmp_path, tiles, labels, epochs=None, out=str(tmp_path / "c.ckpt"), resume=half.last_checkpoint))
     assert [m["epoch"] for m in rest.metrics] == [1, 2]
     wc = _state(rest.last_checkpoint)
     assert all(torch.equal(wa[k], wc[k]) for k in wa)
@@ -225,6 +270,43 @@ def test_resume_and_finetune_take_the_model_from_the_checkpoint_and_refuse_other
     argv = ["train", "--tiles", tiles, "--labels", labels, "--schema", "gz2", "--out", str(tmp_path / "b.ckpt"),
             "--resume", base.last_checkpoint, "--epochs", "2", "--arch", "w20"]
     _expect_one_line_error(argv, "was trained with arch='resnet_s' but arch='w20' was given")
+
+
+def test_resume_refuses_other_run_settings_and_labels_and_keeps_the_runs_provenance(tmp_path):
+    tiles, labels = write_ring_survey(str(tmp_path))
+    first = train(_config(tmp_path, tiles, labels, epochs=2, seed=3, val_fraction=0.3, stop_after_epochs=1, lr=2e-3))
+    resume = dict(resume=first.last_checkpoint, epochs=None, batch_size=None)
+    for flag, value in (("seed", 4), ("val_fraction", 0.2), ("epochs", 3), ("batch_size", 16), ("lr", 1e-3), ("augment", False)):
+        with pytest.raises(ModelError, match=f"was trained with {flag}=.* but {flag}={value!r} was given; drop it"):
+            train(_config(tmp_path, tiles, labels, **{**resume, flag: value}))
+    other = tmp_path / "other.csv"
+    pd.read_parquet(labels).assign(has_spiral_arms_yes=lambda t: t["has_spiral_arms_yes"] + 1).to_csv(other, index=False)
+    with pytest.raises(InputError, match="trained on labels with sha256 .* resume with the run's labels"):
+        train(_config(tmp_path, tiles, str(other), **resume))
+    argv = ["train", "--tiles", tiles, "--labels", labels, "--schema", "gz2", "--out", str(tmp_path / "m.ckpt"),
+            "--threads", "1", "--resume", first.last_checkpoint, "--seed", "0"]
+    _expect_one_line_error(argv, "was trained with seed=3 but seed=0 was given")
+
+    # nothing given: the checkpoint's settings, so the validation set is the one the run started with
+    rest = train(_config(tmp_path, tiles, labels, **resume))
+    assert (rest.epochs_run, rest.n_train, rest.n_validation) == (2, first.n_train, first.n_validation)
+    _, before, _ = load_checkpoint(first.last_checkpoint)
+    _, after, _ = load_checkpoint(rest.last_checkpoint)
+    assert {k: after.provenance["config"][k] for k in ("seed", "val_fraction", "epochs", "batch_size", "lr")} == {
+        "seed": 3, "val_fraction": 0.3, "epochs": 2, "batch_size": 8, "lr": 2e-3}
+    assert after.provenance["created"] == before.provenance["created"] and after.provenance["seed"] == 3
+    # --finetune starts a new run: its settings are free
+    tuned = train(_config(tmp_path, tiles, labels, finetune=first.checkpoint, seed=4, out=str(tmp_path / "ft.ckpt")))
+    assert load_checkpoint(tuned.checkpoint)[1].provenance["seed"] == 4
+
+
+def test_non_finite_settings_are_refused_before_reading_anything(tmp_path):
+    for key, value in (("warmup_epochs", math.inf), ("warmup_epochs", math.nan), ("lr", math.inf), ("weight_decay", math.inf)):
+        with pytest.raises(InputError, match=f"{key} must be a finite number"):
+            _config(tmp_path, "tiles.txt", "labels.csv", **{key: value})
+    argv = ["train", "--tiles", str(tmp_path / "none.txt"), "--labels", str(tmp_path / "none.csv"), "--out", str(tmp_path / "m.ckpt"),
+            "--warmup-epochs", "inf"]
+    _expect_one_line_error(argv, "warmup_epochs must be a finite number >= 0, got inf")
 
 
 def test_arch_params_from_the_command_line(tmp_path):

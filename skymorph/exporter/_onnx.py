@@ -23,7 +23,7 @@ from skymorph.errors import InputError, ModelError
 from skymorph.model_metadata import ModelMetadata
 from skymorph.storage import atomic_write_bytes, read_bytes
 
-__all__ = ["ExportReport", "export_onnx", "export_onnx_model", "INPUT_NAME", "OUTPUT_NAME", "DEFAULT_OPSET"]
+__all__ = ["ExportReport", "export_onnx", "export_onnx_model", "check_arguments", "INPUT_NAME", "OUTPUT_NAME", "DEFAULT_OPSET"]
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "samples"
@@ -103,6 +103,17 @@ def _to_onnx_bytes(frozen, metadata: ModelMetadata, opset: int) -> bytes:
     return proto.SerializeToString()
 
 
+def check_arguments(samples: int, seed: int, opset: int) -> None:
+    """One-line :class:`InputError` for a T, seed or opset no export can use (checked before any reading)."""
+    if samples < 1:
+        raise InputError(f"--samples must be at least 1, got {samples}")
+    # the masks' torch generator and the self-check's numpy one both take exactly [0, 2**64)
+    if not 0 <= seed < 2**64:
+        raise InputError(f"--seed must be a non-negative integer below 2**64, got {seed}; give e.g. --seed 0")
+    if opset < 18:
+        raise InputError(f"--opset must be at least 18 (the dynamo exporter's minimum), got {opset}")
+
+
 def _self_check(frozen, model_bytes: bytes, metadata: ModelMetadata, batch: int, seed: int) -> float:
     """max |onnxruntime - torch| on a random uint8 batch (of another size than the traced one)."""
     import onnxruntime as ort
@@ -140,10 +151,7 @@ def export_onnx_model(
     """
     from skymorph.exporter._frozen import freeze
 
-    if samples < 1:
-        raise InputError(f"--samples must be at least 1, got {samples}")
-    if opset < 18:
-        raise InputError(f"--opset must be at least 18 (the dynamo exporter's minimum), got {opset}")
+    check_arguments(samples, seed, opset)
     if check_batch < 1:
         raise InputError(f"check_batch must be at least 1, got {check_batch}")
     was_training = net.training
@@ -187,6 +195,10 @@ def export_onnx(
     from skymorph.exporter._frozen import checkpoint_extra
     from skymorph.trainer.checkpoint import load_checkpoint
 
-    net, meta, _ = load_checkpoint(str(checkpoint), expect_schema=expect_schema, storage_options=storage_options)
-    extra = checkpoint_extra(read_bytes(str(checkpoint), storage_options), meta.provenance)
+    check_arguments(samples, seed, opset)
+    # read once: one download, and the recorded sha256 is that of the very bytes whose weights are exported
+    data = read_bytes(str(checkpoint), storage_options)
+    net, meta, _ = load_checkpoint(str(checkpoint), expect_schema=expect_schema, data=data)
+    extra = checkpoint_extra(data, meta.provenance)
+    del data  # not held through the export: a checkpoint can be large
     return export_onnx_model(net, out, samples, seed, opset=opset, extra=extra, storage_options=storage_options)

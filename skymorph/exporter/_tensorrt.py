@@ -128,6 +128,8 @@ def build_tensorrt(
         raise InputError(f"need 1 <= --opt-batch <= --max-batch, got {opt_batch} and {max_batch}")
     model_bytes = read_bytes(str(onnx_path), storage_options)
     metadata = _onnx_metadata(model_bytes, repr(str(onnx_path)))
+    if not 0 <= metadata.seed < 2**64:  # the check batch is drawn from it; skymorph export writes no other
+        raise ModelError(f"{str(onnx_path)!r} records seed {metadata.seed}, not in [0, 2**64); re-export it with `skymorph export`")
     trt = import_tensorrt()
     cache = read_bytes(timing_cache) if timing_cache and exists(timing_cache) else b""
     plan, new_cache, input_name, output_name = _build_plan(

@@ -21,6 +21,7 @@ mistake it for a sky position, and sky-partitioned outputs put all such galaxies
 
 from __future__ import annotations
 
+import csv
 import io
 import os
 import sys
@@ -259,6 +260,9 @@ def ingest(
     failures_url = None
     if failures:
         failures_url = join(out, "ingest_failures.csv")
-        lines = ["file,object_id,reason"] + [f'"{f}",{oid},"{reason.replace(chr(34), chr(39))}"' for f, oid, reason in failures]
-        atomic_write_text(failures_url, "\n".join(lines) + "\n", storage_options)
+        text = io.StringIO()
+        writer = csv.writer(text, lineterminator="\n")  # quotes names holding commas, quotes or newlines
+        writer.writerow(("file", "object_id", "reason"))
+        writer.writerows(failures)
+        atomic_write_text(failures_url, text.getvalue(), storage_options)
     return IngestSummary(str(out), len(kept), len(failures), tuple(tile_urls), labels_url, failures_url, placeholder)

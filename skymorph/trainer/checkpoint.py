@@ -6,10 +6,13 @@ The file is a ``torch.save`` of a dict holding only tensors, numbers, strings an
     {"format": "skymorph-checkpoint", "format_version": 1,
      "metadata": "<JSON of CheckpointMeta>",      # schema, arch, likelihood, input spec, provenance, metrics
      "model": state_dict,
-     "training": {"epoch", "step", "optimizer", "scheduler", "rng", "best_val_loss", "bad_epochs"}}  # optional
+     "training": {"epoch", "step", "optimizer", "torch_rng", "best_val_loss", "best_epoch", "bad_epochs",
+                  "metrics_json", "raw_weights", "ema_n_averaged"}}  # optional; the last two with EMA only
 
 ``training`` is present in the checkpoints the loop writes for ``--resume``; the best checkpoint, the
-one exported and evaluated, may carry it too. Writes are atomic (local rename or one S3 PUT).
+one exported and evaluated, may carry it too. There is no scheduler state: the learning rate is a pure
+function of ``step`` (:func:`skymorph.trainer.loop.learning_rate`). Writes are atomic (local rename or
+one S3 PUT).
 """
 
 from __future__ import annotations
@@ -96,8 +99,9 @@ class CheckpointMeta:
 def save_checkpoint(path: str, model, meta: CheckpointMeta, *, training: dict | None = None, storage_options=None) -> None:
     """Write ``model``'s weights, ``meta`` and (for resuming) ``training`` state atomically to ``path``.
 
-    ``training`` holds tensors, numbers and state dicts only (epoch, step, optimizer and scheduler
-    state, RNG states, early-stopping counters), so the file stays loadable with ``weights_only=True``.
+    ``training`` holds tensors, numbers, strings and state dicts only (epoch, step, optimizer state, the
+    torch RNG state, early-stopping counters, metrics as JSON; with EMA the raw weights), so the file
+    stays loadable with ``weights_only=True``.
     """
     import torch
 
@@ -114,15 +118,17 @@ def save_checkpoint(path: str, model, meta: CheckpointMeta, *, training: dict | 
     atomic_write_bytes(str(path), buffer.getvalue(), storage_options)
 
 
-def read_checkpoint(path: str, storage_options=None) -> tuple[CheckpointMeta, dict]:
+def read_checkpoint(path: str, storage_options=None, *, data: bytes | None = None) -> tuple[CheckpointMeta, dict]:
     """``(meta, payload)`` of the checkpoint at ``path`` without building the model.
 
-    One-line :class:`ModelError` if the file is not a torch file, is truncated, or is not a skymorph
-    checkpoint.
+    ``data``: the file's bytes when the caller has already read them (``path`` then only names it in
+    errors), so that what is loaded is exactly what the caller hashed. One-line :class:`ModelError` if
+    the file is not a torch file, is truncated, or is not a skymorph checkpoint.
     """
     import torch
 
-    data = read_bytes(str(path), storage_options)
+    if data is None:
+        data = read_bytes(str(path), storage_options)
     try:
         payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as err:  # torch.load raises many types on foreign or truncated bytes (struct.error, ...)
@@ -136,6 +142,8 @@ def read_checkpoint(path: str, storage_options=None) -> tuple[CheckpointMeta, di
         raise ModelError(
             f"{path!r} has checkpoint format version {payload.get('format_version')}, this skymorph reads {FORMAT_VERSION}"
         )
+    if not isinstance(payload.get("metadata"), str):
+        raise ModelError(f"{path!r} is a skymorph checkpoint without its metadata (damaged or hand-made); re-save it with `skymorph train`")
     return CheckpointMeta.from_json(payload["metadata"], source=repr(path)), payload
 
 
@@ -149,13 +157,14 @@ def check_schema(meta: CheckpointMeta, expect_schema, source: str) -> None:
         )
 
 
-def load_checkpoint(path: str, expect_schema=None, storage_options=None):
+def load_checkpoint(path: str, expect_schema=None, storage_options=None, *, data: bytes | None = None):
     """``(model, meta, training)``: the rebuilt model (eval mode, CPU), its :class:`CheckpointMeta`, and
     the resume state (``{}`` if the checkpoint has none). ``expect_schema`` (name, path or Schema) makes
-    a checkpoint of another decision tree a one-line :class:`SchemaError`."""
+    a checkpoint of another decision tree a one-line :class:`SchemaError`; ``data``: the file's bytes,
+    if already read (see :func:`read_checkpoint`)."""
     from skymorph.trainer.models import build_model
 
-    meta, payload = read_checkpoint(path, storage_options)
+    meta, payload = read_checkpoint(path, storage_options, data=data)
     if expect_schema is not None:
         check_schema(meta, expect_schema, repr(path))
     model = build_model(meta.arch, meta.schema, meta.input, meta.likelihood, dropout=meta.dropout, **meta.arch_params)

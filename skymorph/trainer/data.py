@@ -25,6 +25,7 @@ from skymorph.storage import filesystem, read_bytes
 
 __all__ = [
     "Labels",
+    "positions",
     "load_labels",
     "load_images",
     "split_masks",
@@ -121,6 +122,18 @@ def load_labels(url: str, schema: Schema, storage_options=None) -> Labels:
     return Labels(object_id, votes, split, str(url), sha256)
 
 
+def positions(keys: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """For each of ``ids``, its index in ``keys`` (unique), or -1 where it is not one of them: a sort and a
+    binary search, O((n + m) log n), instead of a Python dict lookup per galaxy."""
+    keys, ids = np.asarray(keys), np.asarray(ids)
+    if not len(keys):
+        return np.full(len(ids), -1, dtype=np.int64)
+    order = np.argsort(keys, kind="stable")
+    ordered = keys[order]
+    at = np.searchsorted(ordered, ids).clip(max=len(keys) - 1)
+    return np.where(ordered[at] == ids, order[at], -1)
+
+
 def split_masks(labels: Labels, val_fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """``(train, validation)`` boolean masks.
 
@@ -148,13 +161,13 @@ def load_images(tile_urls: list[str], labels: Labels, *, drop_unmatched: bool = 
 
     from skymorph.tiles import open_tile
 
-    wanted = {int(oid): i for i, oid in enumerate(labels.object_id)}
     images = None
     found = np.zeros(len(labels), dtype=bool)
     for url in tqdm(tile_urls, desc="reading tiles", unit="tile", disable=not progress, leave=False):
         tile = open_tile(url, storage_options=storage_options)
         object_id, _, _ = tile.read_coords()
-        rows = np.flatnonzero(np.isin(object_id, labels.object_id))
+        label_row = positions(labels.object_id, object_id)  # per tile row: its labels row, or -1
+        rows = np.flatnonzero(label_row >= 0)
         if len(rows) == 0:
             continue
         if images is None:
@@ -163,7 +176,7 @@ def load_images(tile_urls: list[str], labels: Labels, *, drop_unmatched: bool = 
             raise InputError(f"tile {url!r} holds {tile.shape} images, earlier tiles {images.shape[1:]}; use one image size")
         for start, stop, chunk in tile.iter_chunks():
             sel = rows[(rows >= start) & (rows < stop)]
-            targets = [wanted[int(object_id[r])] for r in sel]
+            targets = label_row[sel]
             images[targets] = chunk[sel - start]
             found[targets] = True
     if not found.all():
@@ -175,7 +188,8 @@ def load_images(tile_urls: list[str], labels: Labels, *, drop_unmatched: bool = 
             )
         if not found.any():
             raise InputError(f"no labelled galaxy of {labels.source!r} is in the {len(tile_urls)} tile(s) given")
-    return images[found], labels.subset(np.flatnonzero(found))
+        return images[found], labels.subset(np.flatnonzero(found))
+    return images, labels  # every galaxy found: no second copy of the images
 
 
 def tile_list(url: str, storage_options=None) -> list[str]:
@@ -237,25 +251,35 @@ class BatchLoader:
     The order comes from ``torch.randperm`` seeded with ``seed``; augmentation (if ``augmented``) uses
     a generator seeded from ``seed`` too, so a batch depends only on ``seed`` and the data. A
     background thread prepares up to ``prefetch`` batches ahead while the model trains on the current
-    one (torch releases the GIL inside its kernels, so they overlap).
+    one (torch releases the GIL inside its kernels, so they overlap). ``rows``: batch only these rows of
+    ``images`` and ``votes`` (default all), as if they were ``images[rows]`` but without copying them.
     """
 
-    def __init__(self, images: np.ndarray, votes: np.ndarray, batch_size: int, *, shuffle: bool, augmented: bool, seed: int, prefetch: int = 2):
+    def __init__(
+        self, images: np.ndarray, votes: np.ndarray, batch_size: int, *, shuffle: bool, augmented: bool, seed: int,
+        prefetch: int = 2, rows: np.ndarray | None = None,
+    ):
         import torch
 
         self.images = torch.from_numpy(images)
         self.votes = torch.from_numpy(votes)
+        self.rows = None if rows is None else torch.from_numpy(np.asarray(rows, dtype=np.int64))
         self.batch_size = batch_size
         self.shuffle, self.augmented, self.seed, self.prefetch = shuffle, augmented, seed, prefetch
 
+    def _size(self) -> int:
+        return len(self.images) if self.rows is None else len(self.rows)
+
     def __len__(self) -> int:
-        return math.ceil(len(self.images) / self.batch_size)
+        return math.ceil(self._size() / self.batch_size)
 
     def _batches(self):
         import torch
 
         generator = torch.Generator().manual_seed(self.seed)
-        order = torch.randperm(len(self.images), generator=generator) if self.shuffle else torch.arange(len(self.images))
+        order = torch.randperm(self._size(), generator=generator) if self.shuffle else torch.arange(self._size())
+        if self.rows is not None:
+            order = self.rows[order]
         for start in range(0, len(order), self.batch_size):
             index = order[start : start + self.batch_size]
             images = self.images[index]

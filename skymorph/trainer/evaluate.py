@@ -35,6 +35,7 @@ import numpy as np
 
 from skymorph.errors import InputError
 from skymorph.storage import atomic_write_bytes, atomic_write_text, join, read_parquet, write_parquet
+from skymorph.trainer.data import positions
 
 __all__ = ["evaluate", "predict", "dihedral", "coverage", "EvaluationReport", "COVERAGE_LEVELS"]
 
@@ -169,11 +170,9 @@ def _read_truth(url: str, object_id: np.ndarray, schema, storage_options) -> np.
     missing = [c for c in columns + ["object_id"] if c not in table.column_names]
     if missing:
         raise InputError(f"truth table {url!r} lacks {missing[0]!r} (and {len(missing) - 1} more) for schema {schema.name!r}")
-    ids = table.column("object_id").to_numpy()
-    position = {int(i): r for r, i in enumerate(ids)}
-    rows = [position.get(int(i), -1) for i in object_id]
-    if min(rows, default=0) < 0:
-        raise InputError(f"truth table {url!r} has no row for object_id {int(object_id[rows.index(-1)])}")
+    rows = positions(table.column("object_id").to_numpy(), object_id)
+    if (rows < 0).any():
+        raise InputError(f"truth table {url!r} has no row for object_id {int(object_id[np.argmax(rows < 0)])}")
     values = np.stack([table.column(c).to_numpy() for c in columns], axis=1).astype(np.float64)
     return values[rows]
 

@@ -24,7 +24,7 @@ import json
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import PurePosixPath
 from types import MappingProxyType
 from typing import ClassVar
@@ -61,11 +61,21 @@ class TrainConfig:
     The model's own choices, ``arch``, ``arch_params``, ``likelihood``, ``dropout``, ``crop_fraction`` and
     ``resize_px``, are None unless given: a new model then gets :attr:`MODEL_DEFAULTS`, while ``resume``
     and ``finetune`` take them from the checkpoint and refuse any given value that differs from it.
+    Likewise the run's settings, ``epochs``, ``batch_size``, ``lr``, ``weight_decay``, ``warmup_epochs``,
+    ``min_lr_ratio``, ``seed``, ``val_fraction`` and ``augment``, are None unless given: a new run (also
+    ``finetune``) gets :attr:`RUN_DEFAULTS`, while ``resume`` takes those the checkpoint recorded and
+    refuses any given value that differs, and labels of other content (another seed or validation
+    fraction would move validation galaxies into training). ``patience``, ``max_minutes``,
+    ``stop_after_epochs`` and ``threads`` may change on resume.
     """
 
     MODEL_DEFAULTS: ClassVar[Mapping] = MappingProxyType({
         "arch": "w20", "arch_params": MappingProxyType({}), "likelihood": "multinomial", "dropout": 0.5, "crop_fraction": 1.0,
         "resize_px": None,
+    })
+    RUN_DEFAULTS: ClassVar[Mapping] = MappingProxyType({
+        "epochs": 10, "batch_size": 64, "lr": 1e-3, "weight_decay": 0.05, "warmup_epochs": 1.0, "min_lr_ratio": 0.05,
+        "seed": 0, "val_fraction": 0.1, "augment": True,
     })
 
     tiles: str
@@ -76,18 +86,18 @@ class TrainConfig:
     arch_params: dict | None = None
     likelihood: str | None = None
     dropout: float | None = None
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    warmup_epochs: float = 1.0
-    min_lr_ratio: float = 0.05
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    warmup_epochs: float | None = None
+    min_lr_ratio: float | None = None
     patience: int = 5
-    seed: int = 0
-    val_fraction: float = 0.1
+    seed: int | None = None
+    val_fraction: float | None = None
     crop_fraction: float | None = None
     resize_px: int | None = None
-    augment: bool = True
+    augment: bool | None = None
     ema_decay: float | None = None
     resume: str | None = None
     finetune: str | None = None
@@ -119,13 +129,17 @@ class TrainConfig:
                 need(name in accepted, f"architecture {arch!r} takes no parameter {name!r} (it takes "
                      f"{', '.join(accepted) or 'none'})." + did_you_mean(name, accepted))
         for name in ("epochs", "batch_size", "patience", "prefetch_batches"):
-            need(int(getattr(self, name)) >= 1, f"{name} must be at least 1, got {getattr(self, name)!r}")
-        need(self.lr > 0, f"lr must be positive, got {self.lr}")
-        need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
-        need(self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
-        need(0 <= self.min_lr_ratio <= 1, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+            value = getattr(self, name)
+            need(value is None or int(value) >= 1, f"{name} must be at least 1, got {value!r}")
+        # finite too: inf passes a range check and fails only after the images are read
+        need(self.lr is None or (math.isfinite(self.lr) and self.lr > 0), f"lr must be a finite number > 0, got {self.lr}")
+        need(self.weight_decay is None or (math.isfinite(self.weight_decay) and self.weight_decay >= 0),
+             f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
+        need(self.warmup_epochs is None or (math.isfinite(self.warmup_epochs) and self.warmup_epochs >= 0),
+             f"warmup_epochs must be a finite number >= 0, got {self.warmup_epochs}")
+        need(self.min_lr_ratio is None or 0 <= self.min_lr_ratio <= 1, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         need(self.dropout is None or 0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}")
-        need(0 < self.val_fraction < 1, f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        need(self.val_fraction is None or 0 < self.val_fraction < 1, f"val_fraction must be in (0, 1), got {self.val_fraction}")
         need(self.crop_fraction is None or 0 < self.crop_fraction <= 1, f"crop_fraction must be in (0, 1], got {self.crop_fraction}")
         need(self.resize_px is None or self.resize_px >= 8, f"resize_px must be at least 8, got {self.resize_px}")
         need(self.ema_decay is None or 0 < self.ema_decay < 1, f"ema_decay must be in (0, 1), got {self.ema_decay}")
@@ -161,15 +175,17 @@ class TrainResult:
 
 
 def learning_rate(step: int, *, base_lr: float, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
-    """Linear warm-up then cosine decay (nanoGPT's schedule), a pure function of the step.
+    """Linear warm-up then cosine decay (nanoGPT's schedule), a pure function of the step (0-based).
 
     ``lr = base * (step + 1) / warmup`` for ``step < warmup``; then with
-    ``u = (step - warmup) / max(1, total - warmup)`` clipped to [0, 1],
-    ``lr = min + (base - min) * (1 + cos(pi * u)) / 2`` with ``min = min_ratio * base``.
+    ``u = (step - warmup) / (total - 1 - warmup)`` clipped to [0, 1] (1 if ``total - 1 <= warmup``),
+    ``lr = min + (base - min) * (1 + cos(pi * u)) / 2`` with ``min = min_ratio * base``: ``base`` at the
+    first step after warm-up and ``min`` at the last step, ``total - 1``, whenever ``warmup < total``.
     """
     if step < warmup_steps:
         return base_lr * (step + 1) / warmup_steps
-    u = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    decay_steps = total_steps - 1 - warmup_steps
+    u = 1.0 if decay_steps <= 0 else min(1.0, (step - warmup_steps) / decay_steps)
     low = min_ratio * base_lr
     return low + (base_lr - low) * 0.5 * (1.0 + math.cos(math.pi * u))
 
@@ -237,13 +253,34 @@ def _validate(model, loader, schema, likelihood):
     return total / max(n, 1), accuracy
 
 
-def _input_spec(images: np.ndarray, crop_fraction: float, resize_px: int | None) -> InputSpec:
-    """Normalise with the training images' per-channel mean and standard deviation (of pixel / 255)."""
-    scaled = images.astype(np.float32) / 255.0
-    mean = scaled.mean(axis=(0, 2, 3))
-    std = np.maximum(scaled.std(axis=(0, 2, 3)), 1e-3)
-    c, h, w = images.shape[1:]
-    return InputSpec(c, h, w, mean=tuple(mean.tolist()), std=tuple(std.tolist()), crop_fraction=crop_fraction, resize=resize_px)
+def _input_spec(images: np.ndarray, rows: np.ndarray, crop_fraction: float, resize_px: int | None, *, chunk_values: int = 1 << 22) -> InputSpec:
+    """Normalise with the per-channel mean and standard deviation (of pixel / 255, at least 1e-3) of
+    ``images[rows]``, the training images.
+
+    About ``chunk_values`` pixel values are read at a time, so no copy of the training set is made (in
+    float32, 100,000 RGB images of 128 x 128 take 20 GB). Per chunk and channel the sums of x and x^2
+    are taken in float64, where they are exact (integers below 2^53), and added up as Python ints:
+    ``mean = S1 / (255 n)`` and ``var = (n S2 - S1^2) / (255 n)^2`` are exact up to the final division.
+    """
+    n_channels, height, width = images.shape[1:]
+    per_chunk = max(1, chunk_values // (n_channels * height * width))
+    sums, squares = [0] * n_channels, [0] * n_channels
+    for start in range(0, len(rows), per_chunk):
+        x = images[rows[start : start + per_chunk]].astype(np.float64)
+        for c, (s1, s2) in enumerate(zip(np.einsum("nchw->c", x), np.einsum("nchw,nchw->c", x, x))):
+            sums[c] += int(s1)
+            squares[c] += int(s2)
+    n = len(rows) * height * width
+    mean = tuple(s1 / (255 * n) for s1 in sums)
+    std = tuple(max(math.sqrt((n * s2 - s1 * s1) / (255 * n) ** 2), 1e-3) for s1, s2 in zip(sums, squares))
+    return InputSpec(n_channels, height, width, mean=mean, std=std, crop_fraction=crop_fraction, resize=resize_px)
+
+
+def _same(value, stored) -> bool:
+    """Whether a given setting equals the checkpoint's: tuples and lists alike, floats to 1e-9."""
+    if isinstance(value, float) and stored is not None:
+        return math.isclose(value, stored, rel_tol=1e-9)
+    return json.loads(json.dumps(value)) == json.loads(json.dumps(stored))
 
 
 def _model_choices(config: TrainConfig, meta=None, checkpoint: str = "") -> dict:
@@ -259,16 +296,39 @@ def _model_choices(config: TrainConfig, meta=None, checkpoint: str = "") -> dict
         "crop_fraction": meta.input.crop_fraction, "resize_px": meta.input.resize,
     }
     for key, value in given.items():
-        same = json.loads(json.dumps(value)) == json.loads(json.dumps(stored[key]))  # tuples and lists alike
-        if isinstance(value, float) and stored[key] is not None:
-            same = math.isclose(value, stored[key], rel_tol=1e-9)
-        if not same:
+        if not _same(value, stored[key]):
             flag = "--resume" if config.resume else "--finetune"
             raise ModelError(
                 f"{flag} {checkpoint!r} was trained with {key}={stored[key]!r} but {key}={value!r} was given; "
                 f"drop it (the checkpoint fixes the model) or train a new model without {flag}"
             )
     return stored
+
+
+def _run_settings(config: TrainConfig, meta=None, labels=None) -> TrainConfig:
+    """``config`` with its run settings (the keys of ``TrainConfig.RUN_DEFAULTS``) filled in: the given ones
+    over the defaults for a new run (also --finetune); for --resume (``meta`` given) the ones the checkpoint
+    recorded, where a given value that differs, or ``labels`` of other content, is an error: the run
+    continued must be the one interrupted (another seed or --val-fraction would draw another validation
+    set and train on galaxies that were validated on)."""
+    given = {key: getattr(config, key) for key in TrainConfig.RUN_DEFAULTS if getattr(config, key) is not None}
+    if meta is None:
+        return replace(config, **{**TrainConfig.RUN_DEFAULTS, **given})
+    recorded = meta.provenance.get("config") or {}
+    stored = {key: recorded[key] for key in TrainConfig.RUN_DEFAULTS if recorded.get(key) is not None}
+    for key, value in given.items():
+        if key in stored and not _same(value, stored[key]):
+            raise ModelError(
+                f"--resume {config.resume!r} was trained with {key}={stored[key]!r} but {key}={value!r} was given; "
+                "drop it (a resumed run keeps its settings) or start a new run with --finetune"
+            )
+    sha256 = meta.provenance.get("labels_sha256")
+    if sha256 and sha256 != labels.sha256:
+        raise InputError(
+            f"--resume {config.resume!r} was trained on labels with sha256 {sha256[:12]}, but {config.labels!r} has "
+            f"{labels.sha256[:12]}; resume with the run's labels, or start a new run on these with --finetune"
+        )
+    return replace(config, **{**TrainConfig.RUN_DEFAULTS, **stored, **given})
 
 
 def _provenance(config: TrainConfig, labels, tile_urls, n_train: int, n_val: int) -> dict:
@@ -312,37 +372,53 @@ def train(config: TrainConfig) -> TrainResult:
     training: dict = {}
     choices = _model_choices(config)
     start_checkpoint = config.resume or config.finetune
+    start_meta = None
     if start_checkpoint:  # checked before the images are read: a wrong checkpoint fails in seconds
-        model, meta, training = load_checkpoint(start_checkpoint, storage_options=so)
-        check_schema(meta, schema, repr(start_checkpoint))
-        choices = _model_choices(config, meta, start_checkpoint)
+        model, start_meta, training = load_checkpoint(start_checkpoint, storage_options=so)
+        check_schema(start_meta, schema, repr(start_checkpoint))
+        choices = _model_choices(config, start_meta, start_checkpoint)
         if config.resume and not training:
             raise ModelError(f"{config.resume!r} holds no training state; resume from {last_checkpoint_path(config.out)!r}")
+    config = _run_settings(config, start_meta if config.resume else None, labels)
     images, labels = load_images(tile_urls, labels, drop_unmatched=config.drop_unmatched, storage_options=so, progress=config.progress)
     train_mask, val_mask = split_masks(labels, config.val_fraction, config.seed)
-    if not train_mask.any() or not val_mask.any():
+    # row indices into images: the loaders and the input statistics read through them, so the training
+    # set is never copied (it can be most of the memory the run needs)
+    train_rows, val_rows = np.flatnonzero(train_mask), np.flatnonzero(val_mask)
+    n_train, n_val = len(train_rows), len(val_rows)
+    if not n_train or not n_val:
         raise InputError(
-            f"labels {config.labels!r} give {int(train_mask.sum())} training and {int(val_mask.sum())} validation "
+            f"labels {config.labels!r} give {n_train} training and {n_val} validation "
             "galaxies; both must be non-empty (check the split column or --val-fraction)"
         )
+    if config.resume:
+        recorded = (start_meta.provenance.get("n_train"), start_meta.provenance.get("n_validation"))
+        if None not in recorded and recorded != (n_train, n_val):
+            raise InputError(
+                f"--resume {config.resume!r} was trained on {recorded[0]} training and {recorded[1]} validation galaxies, "
+                f"but these tiles and labels give {n_train} and {n_val}; resume with the run's --tiles and --drop-unmatched"
+            )
 
     torch.manual_seed(config.seed)  # initial weights and dropout; a resumed run restores its saved RNG state
     if start_checkpoint:
-        if tuple(meta.input.shape) != images.shape[1:]:
+        if tuple(start_meta.input.shape) != images.shape[1:]:
             raise ModelError(
-                f"checkpoint {start_checkpoint!r} takes {meta.input.shape} images but the tiles hold {images.shape[1:]}"
+                f"checkpoint {start_checkpoint!r} takes {start_meta.input.shape} images but the tiles hold {images.shape[1:]}"
             )
-        spec = meta.input
+        spec = start_meta.input
     else:
-        spec = _input_spec(images[train_mask], choices["crop_fraction"], choices["resize_px"])
+        spec = _input_spec(images, train_rows, choices["crop_fraction"], choices["resize_px"])
         model = build_model(choices["arch"], schema, spec, choices["likelihood"], dropout=choices["dropout"], **choices["arch_params"])
     arch, arch_params, likelihood, dropout = (choices[key] for key in ("arch", "arch_params", "likelihood", "dropout"))
     if config.finetune:
         training = {}  # fine-tuning keeps the weights only: new optimizer, schedule and history
 
+    provenance = _provenance(config, labels, tile_urls, n_train, n_val)
+    if config.resume:  # the same run, continued: it keeps its start time and origin
+        provenance.update({key: start_meta.provenance[key] for key in ("created", "finetuned_from") if key in start_meta.provenance})
     meta = CheckpointMeta(
         schema=schema, arch=arch, arch_params=arch_params, likelihood=likelihood, dropout=dropout, input=spec,
-        provenance=_provenance(config, labels, tile_urls, int(train_mask.sum()), int(val_mask.sum())),
+        provenance=provenance,
     )
     optimizer = _optimizer(model, config)
     metrics: list[dict] = json.loads(training["metrics_json"]) if training else []
@@ -355,11 +431,11 @@ def train(config: TrainConfig) -> TrainResult:
         optimizer.load_state_dict(training["optimizer"])
         torch.set_rng_state(training["torch_rng"])
     ema = _ema(model, config.ema_decay, training)
+    del training  # loaded into the model, optimizer and EMA: not held through the run
     evaluated = model if ema is None else ema.module
 
-    train_images, train_votes = images[train_mask], labels.votes[train_mask]
-    val_loader = BatchLoader(images[val_mask], labels.votes[val_mask], 256, shuffle=False, augmented=False, seed=0)
-    steps_per_epoch = math.ceil(len(train_images) / config.batch_size)
+    val_loader = BatchLoader(images, labels.votes, 256, rows=val_rows, shuffle=False, augmented=False, seed=0)
+    steps_per_epoch = math.ceil(n_train / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
     warmup_steps = round(config.warmup_epochs * steps_per_epoch)
     last_path = last_checkpoint_path(config.out)
@@ -369,7 +445,7 @@ def train(config: TrainConfig) -> TrainResult:
     for epoch in range(start_epoch, config.epochs):
         epoch_start = time.monotonic()
         loader = BatchLoader(
-            train_images, train_votes, config.batch_size, shuffle=True, augmented=config.augment,
+            images, labels.votes, config.batch_size, rows=train_rows, shuffle=True, augmented=config.augment,
             seed=_epoch_seed(config.seed, epoch), prefetch=config.prefetch_batches,
         )
         model.train()
@@ -426,5 +502,5 @@ def train(config: TrainConfig) -> TrainResult:
     return TrainResult(
         checkpoint=config.out, last_checkpoint=last_path, metrics_path=metrics_path, epochs_run=len(metrics),
         best_epoch=best_epoch, best_val_loss=best_val_loss, stopped=stopped, minutes=(time.monotonic() - started) / 60,
-        n_train=int(train_mask.sum()), n_validation=int(val_mask.sum()), metrics=tuple(metrics),
+        n_train=n_train, n_validation=n_val, metrics=tuple(metrics),
     )

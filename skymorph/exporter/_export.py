@@ -1,0 +1,69 @@
+"""Checkpoint -> ONNX model, or -> ONNX model -> TensorRT plan: what ``skymorph export`` does, in one call."""
+
+from __future__ import annotations
+
+from skymorph.errors import InputError
+from skymorph.exporter._onnx import DEFAULT_OPSET, ExportReport, check_arguments, export_onnx
+from skymorph.exporter._tensorrt import TensorRTReport, build_tensorrt, require_tensorrt
+from skymorph.storage import exists
+
+__all__ = ["FORMATS", "PLAN_SUFFIXES", "export_checkpoint"]
+
+FORMATS = ("onnx", "tensorrt")
+PLAN_SUFFIXES = (".plan", ".engine")
+
+
+def export_checkpoint(
+    checkpoint: str,
+    out: str,
+    samples: int = 30,
+    seed: int = 0,
+    *,
+    format: str = "onnx",
+    opset: int = DEFAULT_OPSET,
+    fp16: bool = False,
+    onnx_out: str | None = None,
+    overwrite: bool = False,
+    opt_batch: int = 256,
+    max_batch: int = 1024,
+    timing_cache: str | None = None,
+    storage_options: dict | None = None,
+) -> tuple[ExportReport, TensorRTReport | None]:
+    """Export ``checkpoint`` with T = ``samples`` masks drawn from ``seed``: ``(onnx_report, plan_report)``.
+
+    ``format="onnx"``: the ONNX model at ``out`` (:func:`export_onnx`); ``plan_report`` is None.
+    ``format="tensorrt"``: ``out`` ends in ``.plan`` or ``.engine``; the ONNX model goes to ``onnx_out``
+    (default: ``out`` with the suffix ``.onnx``) and the plan built from it (:func:`build_tensorrt`, fp16
+    if ``fp16``) to ``out``. An existing file at that default ONNX path is an :class:`InputError` unless
+    ``overwrite``: it was not named, so it may be another model. Every argument is checked before the
+    checkpoint is read, and TensorRT's presence before the ONNX export.
+    """
+    if format not in FORMATS:
+        raise InputError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+    check_arguments(samples, seed, opset)
+    if format == "onnx":
+        for given, flag in ((fp16, "--fp16"), (onnx_out, "--onnx-out")):
+            if given:
+                raise InputError(f"{flag} applies to --format tensorrt only; drop it to write the float32 ONNX model at --out")
+        onnx_report = export_onnx(checkpoint, out, samples, seed, opset=opset, storage_options=storage_options)
+        return onnx_report, None
+    out = str(out)
+    if not out.endswith(PLAN_SUFFIXES):
+        raise InputError(f"--out {out!r}: a TensorRT plan needs a .plan or .engine suffix")
+    if not 1 <= opt_batch <= max_batch:
+        raise InputError(f"need 1 <= --opt-batch <= --max-batch, got {opt_batch} and {max_batch}")
+    onnx_url = str(onnx_out) if onnx_out else out.rsplit(".", 1)[0] + ".onnx"
+    if onnx_url == out:
+        raise InputError(f"--onnx-out {onnx_url!r} is --out: give the ONNX model its own path")
+    if not onnx_out and not overwrite and exists(onnx_url, storage_options):
+        raise InputError(
+            f"--out {out!r} also writes its ONNX model to {onnx_url!r}, which exists; move it away, "
+            "name another path with --onnx-out, or pass --overwrite to replace it"
+        )
+    require_tensorrt()
+    onnx_report = export_onnx(checkpoint, onnx_url, samples, seed, opset=opset, storage_options=storage_options)
+    plan_report = build_tensorrt(
+        onnx_url, out, fp16=fp16, opt_batch=opt_batch, max_batch=max_batch, timing_cache=timing_cache,
+        storage_options=storage_options,
+    )
+    return onnx_report, plan_report
