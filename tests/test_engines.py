@@ -16,7 +16,7 @@ import torch
 from skymorph.errors import InputError, MissingDependencyError, ModelError
 from skymorph.exporter import export_onnx
 from skymorph.inference._tensorrt import PlanSidecar, check_plan_compatible, sidecar_url
-from skymorph.inference.engines import load_engine
+from skymorph.inference.engines import ORT_PROVIDERS, load_engine, read_model_info
 from skymorph.model_metadata import InputSpec
 from skymorph.schema import get_schema
 from skymorph.trainer.checkpoint import CheckpointMeta, save_checkpoint
@@ -137,6 +137,53 @@ def test_plans_are_checked_before_tensorrt_is_needed(model_files, tmp_path):
     with pytest.raises(ModelError, match="has no sidecar"):
         load_engine(plan)
     assert sidecar_url(plan) == plan + ".json"
+
+
+def test_model_info_of_an_onnx_model_matches_its_engine(model_files, tmp_path):
+    import onnxruntime
+
+    engine = load_engine(str(model_files[1]), threads=1)
+    info = read_model_info(str(model_files[1]))
+    assert (info.backend, info.model_sha256, info.metadata) == ("onnxruntime", engine.model_sha256, engine.metadata)
+    gpu_providers = set(ORT_PROVIDERS[:-1]) & set(onnxruntime.get_available_providers())
+    assert info.needs_gpu == bool(gpu_providers)
+    data = model_files[1].read_bytes()
+    (tmp_path / "cut.onnx").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelError, match="not a readable ONNX model"):
+        read_model_info(str(tmp_path / "cut.onnx"))
+    model = onnx.load(str(model_files[1]))
+    del model.metadata_props[:]
+    onnx.save(model, str(tmp_path / "plain.onnx"))
+    with pytest.raises(ModelError, match="no skymorph metadata.*skymorph export"):
+        read_model_info(str(tmp_path / "plain.onnx"))
+
+
+def test_model_info_of_a_plan_needs_only_its_sidecar(model_files, tmp_path):
+    sidecar = _fake_plan(tmp_path, model_files[1])
+    plan = str(tmp_path / "m.plan")
+    code = (
+        "import sys; from skymorph.inference.engines import read_model_info; "
+        f"info = read_model_info({plan!r}); print(info.backend, info.needs_gpu, info.model_sha256); "
+        "assert 'tensorrt' not in sys.modules and 'torch' not in sys.modules, 'tensorrt or torch imported'"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["tensorrt", "True", sidecar.plan_sha256]
+    assert read_model_info(plan).metadata == sidecar.metadata
+    (tmp_path / "m.plan").write_bytes(b"not really")
+    with pytest.raises(ModelError, match="does not match its sidecar's sha256"):
+        read_model_info(plan)
+    (tmp_path / "m.plan.json").unlink()
+    with pytest.raises(ModelError, match="has no sidecar"):
+        read_model_info(plan)
+
+
+def test_model_info_of_a_checkpoint_matches_the_torch_engine(model_files):
+    engine = load_engine(str(model_files[0]), threads=1)
+    info = read_model_info(str(model_files[0]))
+    assert (info.backend, info.model_sha256, info.metadata) == ("torch", engine.model_sha256, engine.metadata)
+    assert (info.metadata.samples, info.metadata.seed) == (30, 0)
+    assert info.needs_gpu == torch.cuda.is_available()
 
 
 def test_onnx_engine_reads_s3_and_never_imports_torch(model_files, s3_bucket):

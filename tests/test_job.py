@@ -197,6 +197,25 @@ def test_catalog_for_other_volunteers_or_corrupt_is_refused_and_overwrite_restar
     assert report.ok and report.total_rows == 10
 
 
+def test_progress_of_a_resumed_run_reaches_every_tile(tmp_path, tiny_model, capsys):
+    """Tiles found done behind a tile still to run count as finished too: the bar ends at 3/3."""
+    from skymorph.inference.job import RunConfig, run_survey
+    from skymorph.tiles import write_tile_list
+
+    t0, t1, t2 = make_tiles(str(tmp_path), n_tiles=3, per_tile=20)
+    write_tile_list(str(tmp_path / "first.txt"), [t0, t2])
+    write_tile_list(str(tmp_path / "all.txt"), [t1, t0, t2])
+    catalog = str(tmp_path / "catalog")
+    config = RunConfig(tiles=str(tmp_path / "first.txt"), model=tiny_model, out=catalog, workers=1, progress=False)
+    assert run_survey(config).total_rows == 40
+    capsys.readouterr()
+    report = run_survey(replace(config, tiles=str(tmp_path / "all.txt"), progress=True))
+    assert (report.tiles_skipped, report.ranges_run, report.total_rows) == (2, 1, 60)
+    bar = capsys.readouterr().err.replace("\r", "\n").splitlines()
+    final = [line for line in bar if line.startswith("skymorph run:") and "|" in line][-1]
+    assert "100%" in final and " 3/3 " in final, final
+
+
 def _corrupt_chunk(tile_url: str) -> None:
     fs, root = filesystem(tile_url)
     chunk = sorted(p for p in fs.find(f"{root}/images") if "/c/" in p)[1]
@@ -353,3 +372,16 @@ def test_run_config_rejects_bad_options(tmp_path):
         RunConfig(tiles="t.txt", model="m.onnx", out="c", cluster="slurm")
     with pytest.raises(InputError, match="does not exist"):
         RunConfig(tiles="t.txt", model="m.onnx", out="c", scheduler_file=str(tmp_path / "none.json"))
+
+
+def test_job_spec_rejects_no_attempts():
+    from skymorph.errors import InputError
+    from skymorph.inference.task import JobSpec, ModelRef
+
+    fields = dict(catalog="c", order=3, schema=None, model=ModelRef("m.onnx", "0" * 64), schema_json="{}",
+                  likelihood="multinomial", n_volunteers=40, input_shape=(1, SIZE, SIZE), batch_size=8, rows_per_task=64)
+    assert JobSpec(**fields, attempts=1).attempts == 1
+    with pytest.raises(InputError, match=r"^JobSpec attempts \(tries per tile range\) must be at least 1, got 0$"):
+        JobSpec(**fields, attempts=0)
+    with pytest.raises(InputError, match="backoff_s must be at least 0 seconds, got -1"):
+        JobSpec(**fields, backoff_s=-1)

@@ -4,11 +4,11 @@ The only bridge from torch models to engines: :func:`export_checkpoint` does wha
 does (checkpoint -> ONNX, or -> ONNX -> TensorRT plan); :func:`export_onnx` (checkpoint file) and
 :func:`export_onnx_model` (in-memory network) write an ONNX model; :func:`build_tensorrt` builds a
 TensorRT plan from it on a machine with an NVIDIA GPU. :func:`freeze` gives the PyTorch frozen-mask
-model that the ``torch`` engine and the self-checks use.
+model that the self-checks use, :func:`freeze_checkpoint` the one the ``torch`` engine runs.
 """
 
 from skymorph.exporter._export import export_checkpoint
-from skymorph.exporter._frozen import FrozenMaskNet, checkpoint_extra, freeze, masks_sha256, weights_sha256
+from skymorph.exporter._frozen import FrozenMaskNet, checkpoint_extra, freeze, freeze_checkpoint, masks_sha256, weights_sha256
 from skymorph.exporter._onnx import ExportReport, export_onnx, export_onnx_model
 from skymorph.exporter._tensorrt import TensorRTReport, build_tensorrt, require_tensorrt
 
@@ -21,6 +21,7 @@ __all__ = [
     "TensorRTReport",
     "require_tensorrt",
     "freeze",
+    "freeze_checkpoint",
     "FrozenMaskNet",
     "weights_sha256",
     "masks_sha256",

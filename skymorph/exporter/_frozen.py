@@ -18,7 +18,7 @@ from skymorph import __version__
 from skymorph.model_metadata import ModelMetadata
 from skymorph.trainer.models import MorphologyNet
 
-__all__ = ["FrozenMaskNet", "freeze", "weights_sha256", "masks_sha256", "checkpoint_extra"]
+__all__ = ["FrozenMaskNet", "freeze", "freeze_checkpoint", "weights_sha256", "masks_sha256", "checkpoint_extra"]
 
 
 class FrozenMaskNet(nn.Module):
@@ -81,3 +81,13 @@ def freeze(net: MorphologyNet, samples: int, seed: int, extra: dict | None = Non
         extra=dict(extra or {}),
     )
     return frozen, metadata
+
+
+def freeze_checkpoint(url: str, data: bytes, samples: int, seed: int) -> tuple[FrozenMaskNet, ModelMetadata]:
+    """:func:`freeze` of the checkpoint whose bytes are ``data`` (read from ``url``, named in errors), with
+    :func:`checkpoint_extra` in its metadata: the ``torch`` engine's model, without inference importing
+    the trainer."""
+    from skymorph.trainer.checkpoint import load_checkpoint
+
+    net, meta, _ = load_checkpoint(url, data=data)
+    return freeze(net, samples, seed, checkpoint_extra(data, meta.provenance))

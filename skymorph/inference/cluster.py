@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from skymorph.errors import InputError
 
-__all__ = ["ClusterSpec", "LocalSizing", "local_sizing", "connect", "threads_by_host"]
+__all__ = ["ClusterSpec", "LocalSizing", "local_sizing", "usable_cores", "connect", "threads_by_host", "require_resources"]
 
 CLUSTER_KINDS = ("local", "slurm")
 
@@ -63,7 +63,9 @@ class LocalSizing:
     engine_threads: int
 
 
-def _cores() -> int:
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which a batch system or container narrows),
+    not all the machine's."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:
@@ -76,7 +78,7 @@ def local_sizing(workers: int | None, threads_per_worker: int, gpu: bool, cores:
     By default one worker process per 4 cores (at least one; one per machine for a GPU): fewer, wider
     engines waste less on per-process model copies and keep batches large.
     """
-    cores = cores or _cores()
+    cores = cores or usable_cores()
     if workers is None:
         workers = 1 if gpu else max(1, cores // 4)
     engine_threads = max(1, cores // (workers * threads_per_worker))
@@ -90,6 +92,25 @@ def threads_by_host(client) -> dict[str, int]:
         host = address.rsplit(":", 1)[0].split("://")[-1]
         counts[host] = counts.get(host, 0) + int(info.get("nthreads", 1))
     return counts
+
+
+def require_resources(client, resources: dict | None, wanted_by: str, alternative: str = "") -> None:
+    """A one-line :class:`InputError` unless some connected worker advertises all of ``resources``
+    (``{"GPU": 1}``): Dask would otherwise hold the tasks forever without a word. ``wanted_by`` names
+    what asks for them; ``alternative`` is a second way out. With no worker connected yet (an adaptive
+    SLURM cluster starts empty) there is nothing to judge."""
+    if not resources:
+        return
+    workers = list(client.scheduler_info(n_workers=-1)["workers"].values())
+    if not workers or any(all(info.get("resources", {}).get(name, 0) >= amount for name, amount in resources.items())
+                          for info in workers):
+        return
+    flags = " ".join(f"{name}={amount}" for name, amount in resources.items())
+    address = client.scheduler.address
+    raise InputError(
+        f"none of the {len(workers)} Dask worker(s) at {address} has the resource {flags} that {wanted_by} asks for; "
+        f"start workers with `dask worker {address} --resources {flags}`{alternative}"
+    )
 
 
 @contextmanager

@@ -14,6 +14,9 @@ concentrations, as ``engine.metadata.likelihood`` says). Backends:
     the reference: a checkpoint, frozen with ``samples`` masks from ``seed`` exactly as the exporter does;
     CUDA when present. Only this backend imports torch (and skymorph.exporter).
 
+:func:`read_model_info` gives what a run's driver needs (metadata, sha256, whether the model runs on a
+GPU) without building an engine.
+
 Every refusal (unreadable file, no skymorph metadata, another schema, wrong images) is a one-line
 :class:`~skymorph.errors.ModelError` naming the model.
 """
@@ -21,6 +24,7 @@ Every refusal (unreadable file, no skymorph metadata, another schema, wrong imag
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 import numpy as np
@@ -28,15 +32,17 @@ import numpy as np
 from skymorph.errors import InputError, MissingDependencyError, ModelError, did_you_mean
 from skymorph.model_metadata import ModelMetadata
 from skymorph.schema import get_schema
-from skymorph.storage import read_bytes
+from skymorph.storage import read_bytes, read_text
 
-__all__ = ["Engine", "load_engine", "BACKENDS", "ORT_PROVIDERS"]
+__all__ = ["Engine", "load_engine", "ModelInfo", "read_model_info", "BACKENDS", "ORT_PROVIDERS"]
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
 ORT_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 """onnxruntime execution providers in order of preference; those the install lacks are skipped."""
 _SUFFIX_BACKEND = {".onnx": "onnxruntime", ".plan": "tensorrt", ".engine": "tensorrt", ".ckpt": "torch", ".pt": "torch"}
 _WARMUP_BATCH = 8
+_TORCH_SAMPLES, _TORCH_SEED = 30, 0
+"""T and seed with which the torch backend freezes a checkpoint unless told otherwise."""
 
 
 class Engine:
@@ -68,6 +74,9 @@ class Engine:
     def _run(self, images: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def close(self) -> None:
+        """Free what the backend holds outside Python's reach (GPU buffers, streams); nothing by default."""
+
     def __repr__(self) -> str:
         m = self.metadata
         return (
@@ -76,48 +85,63 @@ class Engine:
         )
 
 
+def _ort_session(url: str, data: bytes, providers: list[str], threads: int | None, optimize: bool = True):
+    """An onnxruntime session on ``data``; a :class:`ModelError` naming ``url`` if the file is not a model."""
+    try:
+        import onnxruntime as ort
+        from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+    except ImportError as err:
+        raise MissingDependencyError("onnxruntime is not installed: pip install onnxruntime (or skymorph[gpu])") from err
+    options = ort.SessionOptions()
+    level = ort.GraphOptimizationLevel
+    options.graph_optimization_level = level.ORT_ENABLE_ALL if optimize else level.ORT_DISABLE_ALL
+    options.inter_op_num_threads = 1
+    if threads:
+        options.intra_op_num_threads = threads
+    # onnxruntime's errors share no base class but Exception; these are the ones a bad file raises.
+    load_errors = (ort_errors.InvalidProtobuf, ort_errors.InvalidGraph, ort_errors.Fail, ort_errors.InvalidArgument)
+    try:
+        return ort.InferenceSession(data, options, providers=providers)
+    except load_errors as err:
+        raise ModelError(
+            f"{url!r} is not a readable ONNX model (truncated or corrupt: {str(err).splitlines()[0][:120]}); "
+            "re-export it with `skymorph export`"
+        ) from err
+
+
+def _ort_gpu_providers() -> list[str]:
+    """The GPU execution providers of the installed onnxruntime, in order of preference."""
+    import onnxruntime as ort
+
+    return [p for p in ORT_PROVIDERS[:-1] if p in ort.get_available_providers()]
+
+
+def _onnx_signature(url: str, session, metadata: ModelMetadata) -> tuple[str, str]:
+    """``(input name, output name)`` after checking the graph's shapes against ``metadata``."""
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    c, h, w = metadata.input.shape
+    t, a = metadata.samples, metadata.schema.n_answers
+    if len(inputs) != 1 or inputs[0].type != "tensor(uint8)" or list(inputs[0].shape[1:]) != [c, h, w]:
+        got = [(i.name, i.type, i.shape) for i in inputs]
+        raise ModelError(f"{url!r} should take one uint8 input (B, {c}, {h}, {w}) as its metadata says, has {got}")
+    if len(outputs) != 1 or list(outputs[0].shape[1:]) != [t, a]:
+        got = [(o.name, o.type, o.shape) for o in outputs]
+        raise ModelError(f"{url!r} should give one output (B, {t}, {a}) as its metadata says, has {got}")
+    return inputs[0].name, outputs[0].name
+
+
 class OnnxRuntimeEngine(Engine):
     """An exported ONNX model in an onnxruntime session (read from bytes, so ``s3://`` works too)."""
 
     backend = "onnxruntime"
 
     def __init__(self, url: str, data: bytes, threads: int | None = None) -> None:
-        try:
-            import onnxruntime as ort
-            from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
-        except ImportError as err:
-            raise MissingDependencyError("onnxruntime is not installed: pip install onnxruntime (or skymorph[gpu])") from err
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.inter_op_num_threads = 1
-        if threads:
-            options.intra_op_num_threads = threads
-        providers = [p for p in ORT_PROVIDERS if p in ort.get_available_providers()]
-        # onnxruntime's errors share no base class but Exception; these are the ones a bad file raises.
-        load_errors = (ort_errors.InvalidProtobuf, ort_errors.InvalidGraph, ort_errors.Fail, ort_errors.InvalidArgument)
-        try:
-            self.session = ort.InferenceSession(data, options, providers=providers)
-        except load_errors as err:
-            raise ModelError(
-                f"{url!r} is not a readable ONNX model (truncated or corrupt: {str(err).splitlines()[0][:120]}); "
-                "re-export it with `skymorph export`"
-            ) from err
+        providers = [*_ort_gpu_providers(), "CPUExecutionProvider"]
+        self.session = _ort_session(url, data, providers, threads)
         metadata = ModelMetadata.from_props(self.session.get_modelmeta().custom_metadata_map, source=repr(url))
         super().__init__(url, metadata, hashlib.sha256(data).hexdigest(), self.session.get_providers()[0] != "CPUExecutionProvider")
-        self._check_signature()
+        self._input_name, self._output_name = _onnx_signature(url, self.session, metadata)
         self(np.zeros((_WARMUP_BATCH, *metadata.input.shape), dtype=np.uint8))
-
-    def _check_signature(self) -> None:
-        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
-        c, h, w = self.metadata.input.shape
-        t, a = self.output_shape
-        if len(inputs) != 1 or inputs[0].type != "tensor(uint8)" or list(inputs[0].shape[1:]) != [c, h, w]:
-            got = [(i.name, i.type, i.shape) for i in inputs]
-            raise ModelError(f"{self.url!r} should take one uint8 input (B, {c}, {h}, {w}) as its metadata says, has {got}")
-        if len(outputs) != 1 or list(outputs[0].shape[1:]) != [t, a]:
-            got = [(o.name, o.type, o.shape) for o in outputs]
-            raise ModelError(f"{self.url!r} should give one output (B, {t}, {a}) as its metadata says, has {got}")
-        self._input_name, self._output_name = inputs[0].name, outputs[0].name
 
     def _run(self, images: np.ndarray) -> np.ndarray:
         return self.session.run([self._output_name], {self._input_name: images})[0]
@@ -129,17 +153,15 @@ class TorchEngine(Engine):
     backend = "torch"
 
     def __init__(
-        self, url: str, data: bytes, samples: int, seed: int, threads: int | None = None, storage_options=None, device=None
+        self, url: str, data: bytes, samples: int, seed: int, threads: int | None = None, device=None
     ) -> None:
         import torch
 
-        from skymorph.exporter import checkpoint_extra, freeze
-        from skymorph.trainer.checkpoint import load_checkpoint
+        from skymorph.exporter import freeze_checkpoint
 
         if threads:
             torch.set_num_threads(threads)  # process-wide: an engine is loaded once per worker process
-        net, meta, _ = load_checkpoint(url, storage_options=storage_options)
-        frozen, metadata = freeze(net, samples, seed, checkpoint_extra(data, meta.provenance))
+        frozen, metadata = freeze_checkpoint(url, data, samples, seed)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = frozen.to(self.device)
         super().__init__(url, metadata, hashlib.sha256(data).hexdigest(), self.device.type == "cuda")
@@ -181,8 +203,8 @@ def load_engine(
     expect_schema=None,
     storage_options: dict | None = None,
     *,
-    samples: int = 30,
-    seed: int = 0,
+    samples: int = _TORCH_SAMPLES,
+    seed: int = _TORCH_SEED,
     device: str | None = None,
 ) -> Engine:
     """Load the model at ``model_url`` (local path or ``s3://``) into an :class:`Engine`.
@@ -203,7 +225,65 @@ def load_engine(
 
         engine = load_plan(str(model_url), data, storage_options)
     else:
-        engine = TorchEngine(str(model_url), data, samples, seed, threads, storage_options, device)
+        engine = TorchEngine(str(model_url), data, samples, seed, threads, device)
     if expect_schema is not None:
         _check_schema(engine, expect_schema)
     return engine
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the driver of a run needs of a model, read without building an engine: its metadata, the
+    sha256 of the file, and whether it runs on a GPU (a TensorRT plan always; an ONNX model where the
+    installed onnxruntime has a GPU provider; a checkpoint where torch sees CUDA)."""
+
+    url: str
+    backend: str
+    metadata: ModelMetadata
+    model_sha256: str
+    needs_gpu: bool
+
+
+def _plan_metadata(url: str, plan_sha256: str, storage_options) -> ModelMetadata:
+    """The metadata in the sidecar of the plan at ``url``, after checking the sidecar names this plan."""
+    from skymorph.inference._tensorrt import PlanSidecar, sidecar_url
+
+    try:
+        text = read_text(sidecar_url(url), storage_options)
+    except FileNotFoundError as err:
+        raise ModelError(f"plan {url!r} has no sidecar {sidecar_url(url)!r}; rebuild it with `skymorph export --format tensorrt`") from err
+    sidecar = PlanSidecar.from_json(text, repr(sidecar_url(url)))
+    if plan_sha256 != sidecar.plan_sha256:
+        raise ModelError(f"plan {url!r} does not match its sidecar's sha256 (truncated, corrupt or replaced); rebuild it")
+    return sidecar.metadata
+
+
+def read_model_info(model_url: str, backend: str = "auto", storage_options: dict | None = None) -> ModelInfo:
+    """The :class:`ModelInfo` of the model at ``model_url``, checked as far as this machine can.
+
+    An ONNX model is opened in an unoptimised CPU-only session (metadata and signature, no warm-up)
+    and, where onnxruntime has CUDA, once more on CUDA to see whether there is a GPU; a plan is judged by its sidecar alone, so no TensorRT or GPU is needed
+    here; a checkpoint is frozen on the CPU with the defaults of :func:`load_engine`, because its
+    metadata (the digests of weights and masks) only exists once it is.
+    """
+    backend = _backend_for(model_url, backend)
+    url = str(model_url)
+    data = read_bytes(url, storage_options)
+    digest = hashlib.sha256(data).hexdigest()
+    if backend == "onnxruntime":
+        session = _ort_session(url, data, ["CPUExecutionProvider"], threads=1, optimize=False)
+        metadata = ModelMetadata.from_props(session.get_modelmeta().custom_metadata_map, source=repr(url))
+        _onnx_signature(url, session, metadata)
+        # a session on CUDA falls back to the CPU on a machine without a GPU (onnxruntime-gpu on a CPU
+        # node): whether it did is the answer; the TensorRT provider is left out, it would build an engine
+        needs_gpu = "CUDAExecutionProvider" in _ort_gpu_providers() and "CUDAExecutionProvider" in _ort_session(
+            url, data, ["CUDAExecutionProvider", "CPUExecutionProvider"], threads=1, optimize=False
+        ).get_providers()
+    elif backend == "tensorrt":
+        metadata, needs_gpu = _plan_metadata(url, digest, storage_options), True
+    else:
+        import torch
+
+        metadata = TorchEngine(url, data, _TORCH_SAMPLES, _TORCH_SEED, device="cpu").metadata
+        needs_gpu = torch.cuda.is_available()
+    return ModelInfo(url=url, backend=backend, metadata=metadata, model_sha256=digest, needs_gpu=needs_gpu)

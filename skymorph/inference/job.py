@@ -1,7 +1,8 @@
 """``skymorph run``: the survey job's driver.
 
-:func:`run_survey` validates everything it can before submitting work (the model loads and carries
-skymorph metadata, the tile list parses, the output is writable and not another model's catalog),
+:func:`run_survey` validates everything it can before submitting work (the model carries skymorph
+metadata, read without building an engine; the tile list parses; the output is writable and not another
+model's catalog; some worker has the GPU that the tasks ask for),
 then keeps a bounded window of tasks in flight on Dask, one per tile row range
 (:func:`skymorph.inference.task.run_range`), so its memory stays flat in the number of tiles. Workers
 write the part files; the driver records finished ranges in the manifest's journal (a small segment
@@ -23,10 +24,10 @@ import resource
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from skymorph.catalog import layout
-from skymorph.errors import CatalogError, InputError, ModelError
+from skymorph.errors import CatalogError, InputError
 
 __all__ = ["RunConfig", "RunReport", "run_survey"]
 
@@ -289,15 +290,20 @@ def _run_tasks(config: RunConfig, client, job, resources, plan: _Plan, manifest,
     window = config.max_in_flight or max(4, 2 * sum(threads_by_host(client).values()))
     in_flight: dict = {}
     pending = as_completed()
+    skipped = plan.skipped
+    bar = _progress(config, n_tiles, skipped)
 
     def submit_until_full() -> None:
+        nonlocal skipped
         while len(in_flight) < window and (item := plan.next()) is not None:
             tile, start, stop = item
             future = client.submit(run_range, job_future, tile, start, stop, pure=False, resources=resources)
             in_flight[future.key] = item
             pending.add(future)
+        # the plan skips tiles already done as it looks for work: they are finished tiles too
+        bar.update(plan.skipped - skipped)
+        skipped = plan.skipped
 
-    bar = _progress(config, n_tiles, plan.skipped)
     journal = ManifestJournal(config.out, manifest, options)
     last_flush = time.monotonic()
     submit_until_full()
@@ -342,8 +348,8 @@ def run_survey(config: RunConfig) -> RunReport:
     from skymorph.catalog.layout import CatalogMetadata, CatalogProperties
     from skymorph.catalog.lock import DriverLock
     from skymorph.catalog.writer import catalog_schema, finish_catalog, write_failures, write_manifest
-    from skymorph.inference.cluster import connect, threads_by_host
-    from skymorph.inference.engines import load_engine
+    from skymorph.inference.cluster import connect, require_resources, threads_by_host
+    from skymorph.inference.engines import read_model_info
     from skymorph.inference.task import EngineCache, JobSpec, ModelRef, s3_retry_options
     from skymorph.storage import atomic_write_text
     from skymorph.tiles import read_tile_list
@@ -351,12 +357,9 @@ def run_survey(config: RunConfig) -> RunReport:
     started = time.perf_counter()
     options = s3_retry_options(config.out, config.storage_options)
     tiles = read_tile_list(config.tiles, s3_retry_options(config.tiles, config.storage_options))
-    engine = load_engine(config.model, backend=config.backend, threads=1,
-                         storage_options=s3_retry_options(config.model, config.storage_options))
-    metadata, model_sha256, needs_gpu = engine.metadata, engine.model_sha256, engine.needs_gpu
-    del engine
-    if metadata is None:
-        raise ModelError(f"model {config.model!r} has no skymorph metadata; export it with `skymorph export`")
+    info = read_model_info(config.model, backend=config.backend,
+                           storage_options=s3_retry_options(config.model, config.storage_options))
+    metadata, model_sha256 = info.metadata, info.model_sha256
     lock = DriverLock(config.out, options)
     lock.check()  # before _prepare_output, whose --overwrite would delete a live driver's catalog
     manifest, is_new = _prepare_output(config, model_sha256, options)
@@ -378,7 +381,13 @@ def run_survey(config: RunConfig) -> RunReport:
             write_manifest(config.out, manifest, options)
         tally = _Tally()
         if not nothing_to_do:  # else every range is done and only the finish step is left
-            with connect(config.cluster_spec()) as (client, engine_threads):
+            gpu = config.gpu or info.needs_gpu
+            with connect(replace(config.cluster_spec(), gpu=gpu)) as (client, engine_threads):
+                resources = {"GPU": 1} if gpu else None
+                if info.needs_gpu:
+                    require_resources(client, resources, f"model {config.model!r} (it runs on a GPU)")
+                else:
+                    require_resources(client, resources, "--gpu", ", or run without --gpu")
                 tally.dashboard = client.dashboard_link
                 print(f"skymorph run: {len(tiles)} tile(s), model {model_sha256[:12]}..., dashboard {tally.dashboard}",
                       file=sys.stderr, flush=True)
@@ -389,7 +398,6 @@ def run_survey(config: RunConfig) -> RunReport:
                               n_volunteers=config.n_volunteers, input_shape=metadata.input.shape,
                               batch_size=config.batch_size, rows_per_task=config.rows_per_task,
                               storage_options=config.storage_options)
-                resources = {"GPU": 1} if (config.gpu or needs_gpu) else None
                 _run_tasks(config, client, job, resources, plan, manifest, tally, len(tiles), started, options)
 
         props = CatalogProperties(

@@ -1,36 +1,33 @@
 """The worker side of ``skymorph run``: the per-process engine cache and the task for one tile range.
 
-An engine is loaded once per worker process (by :class:`EngineCache` when the worker starts, or on
-first use) and looked up by the model's sha256 digest; a task carries only the model URL and digest,
-never the engine. :func:`run_range` opens the tile, reads chunk after chunk on a background thread
-while the engine runs on the current one, summarizes the posterior, writes the part files and returns
-small statistics, or a failure record (tile, stage, reason) for a bad tile. Transient storage errors
-(connection drops, 5xx, SlowDown) are retried with exponential backoff; a retried range rewrites the
-same deterministic part files, so nothing is duplicated.
+An engine is loaded once per worker process (by the :class:`EngineCache` plugin when the worker
+starts, or on first use), kept on that plugin and looked up by the model's sha256 digest; a task
+carries only the model URL and digest, never the engine. :func:`run_range` opens the tile, reads
+chunk after chunk on a background thread while the engine runs on the current one, summarizes the
+posterior, writes the part files and returns small statistics, or a failure record (tile, stage,
+reason) for a bad tile. Transient storage errors (connection drops, 5xx, SlowDown) are retried with
+exponential backoff; a retried range rewrites the same deterministic part files, so nothing is
+duplicated.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 from distributed import WorkerPlugin
 
 from skymorph.catalog.layout import BASE_COLUMNS
-from skymorph.errors import ModelError, SkymorphError, TileError
+from skymorph.errors import InputError, ModelError, SkymorphError, TileError
+from skymorph.inference.cluster import usable_cores
 
 __all__ = ["ModelRef", "JobSpec", "EngineCache", "get_engine", "plan_ranges", "first_range_stop", "run_range",
            "is_transient", "s3_retry_options"]
-
-_ENGINES: dict = {}
-_ENGINES_LOCK = threading.Lock()
-
 
 @dataclass(frozen=True)
 class ModelRef:
@@ -62,6 +59,12 @@ class JobSpec:
     attempts: int = 5
     backoff_s: float = 0.5
 
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise InputError(f"JobSpec attempts (tries per tile range) must be at least 1, got {self.attempts}")
+        if self.backoff_s < 0:
+            raise InputError(f"JobSpec backoff_s must be at least 0 seconds, got {self.backoff_s}")
+
 
 def s3_retry_options(url: str, storage_options: dict | None) -> dict:
     """``storage_options`` plus botocore's standard retry mode (10 attempts, exponential backoff on
@@ -72,33 +75,14 @@ def s3_retry_options(url: str, storage_options: dict | None) -> dict:
     return options
 
 
-def get_engine(ref: ModelRef):
-    """This process's engine for ``ref``, loaded on first use; a :class:`ModelError` if the file at
-    ``ref.url`` no longer has digest ``ref.sha256`` (the model changed during the run)."""
-    with _ENGINES_LOCK:
-        engine = _ENGINES.get(ref.sha256)
-        if engine is None:
-            from skymorph.inference.engines import load_engine
-
-            engine = load_engine(ref.url, backend=ref.backend, threads=ref.threads,
-                                 storage_options=s3_retry_options(ref.url, ref.storage_options))
-            if engine.model_sha256 != ref.sha256:
-                raise ModelError(
-                    f"model {ref.url!r} changed during the run (sha256 {engine.model_sha256[:12]}..., "
-                    f"expected {ref.sha256[:12]}...); restart `skymorph run`"
-                )
-            _ENGINES[ref.sha256] = engine
-        return engine
-
-
-
-
 class EngineCache(WorkerPlugin):
-    """Loads the run's engine once per worker process when the worker starts (or joins later).
+    """The engines of one worker process, loaded when the worker starts (or joins later) and freed when
+    the plugin is removed or the worker closes; tasks reach it through :func:`get_engine`.
 
     ``threads_by_host`` maps a worker host to the number of Dask threads of all workers there; the
-    engine gets ``cores // that`` threads so that engines on one machine do not oversubscribe it.
-    With ``ref.threads`` set it is used as is.
+    engine gets ``usable cores // that`` threads (``threads``) so that engines on one machine do not
+    oversubscribe it. With ``ref.threads`` set it is used as is. ``engines`` maps a model's sha256 to
+    its engine.
     """
 
     name = "skymorph-engine-cache"
@@ -106,13 +90,58 @@ class EngineCache(WorkerPlugin):
     def __init__(self, ref: ModelRef, threads_by_host: dict | None = None) -> None:
         self.ref = ref
         self.threads_by_host = dict(threads_by_host or {})
+        self.threads = ref.threads
+        self.engines: dict = {}
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict:
+        # Only the configuration travels to the workers; each makes its own lock and engines.
+        return {"ref": self.ref, "threads_by_host": self.threads_by_host}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(**state)
 
     def setup(self, worker) -> None:
-        ref = self.ref
-        if ref.threads is None:
+        if self.threads is None:
             busy = self.threads_by_host.get(worker.address.rsplit(":", 1)[0].split("://")[-1], worker.state.nthreads)
-            ref = replace(ref, threads=max(1, (os.cpu_count() or 1) // max(1, busy)))
-        get_engine(ref)
+            self.threads = max(1, usable_cores() // max(1, busy))
+        self.get(self.ref)
+
+    def teardown(self, worker) -> None:
+        with self._lock:
+            engines, self.engines = list(self.engines.values()), {}
+        for engine in engines:
+            engine.close()
+
+    def get(self, ref: ModelRef):
+        """The engine for ``ref``, loaded on first use; a :class:`ModelError` if the file at ``ref.url``
+        no longer has digest ``ref.sha256`` (the model changed during the run)."""
+        with self._lock:
+            engine = self.engines.get(ref.sha256)
+            if engine is None:
+                from skymorph.inference.engines import load_engine
+
+                threads = ref.threads if ref.threads is not None else self.threads
+                engine = load_engine(ref.url, backend=ref.backend, threads=threads,
+                                     storage_options=s3_retry_options(ref.url, ref.storage_options))
+                if engine.model_sha256 != ref.sha256:
+                    raise ModelError(
+                        f"model {ref.url!r} changed during the run (sha256 {engine.model_sha256[:12]}..., "
+                        f"expected {ref.sha256[:12]}...); restart `skymorph run`"
+                    )
+                self.engines[ref.sha256] = engine
+            return engine
+
+
+def get_engine(ref: ModelRef):
+    """This worker's engine for ``ref``, from its :class:`EngineCache` (see :meth:`EngineCache.get`)."""
+    from distributed import get_worker
+
+    try:
+        cache = get_worker().plugins[EngineCache.name]
+    except (ValueError, KeyError) as err:  # ValueError: not inside a worker
+        raise RuntimeError(f"no {EngineCache.name} plugin on this worker; register EngineCache(ref) before submitting tasks") from err
+    return cache.get(ref)
 
 
 def plan_ranges(n: int, chunk_size: int, rows_per_task: int) -> list[tuple[int, int]]:
@@ -256,4 +285,3 @@ def run_range(job: JobSpec, tile_url: str, start: int, stop: int | None) -> dict
             reason = f"{type(err.error).__name__}: {err.error}".splitlines()[0][:500]
             result["failure"] = {"stage": err.stage, "reason": reason}
             return result
-    return result
