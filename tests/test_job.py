@@ -161,6 +161,21 @@ def test_catalog_of_another_model_is_refused(tmp_path, s3_bucket, tiny_model):
         run_survey(RunConfig(tiles=f"{s3_bucket}/tiles.txt", model=tiny_model, out=catalog, progress=False))
 
 
+def test_resume_with_other_rows_per_task_is_refused_so_no_row_is_written_twice(tmp_path, s3_bucket, tiny_model):
+    from skymorph.catalog.writer import read_manifest
+    from skymorph.errors import CatalogError
+    from skymorph.inference.job import RunConfig, run_survey
+
+    make_tiles(s3_bucket, n_tiles=1, per_tile=40, chunk_size=8)
+    catalog = str(tmp_path / "catalog")
+    config = RunConfig(tiles=f"{s3_bucket}/tiles.txt", model=tiny_model, out=catalog, progress=False, rows_per_task=16)
+    assert run_survey(config).total_rows == 40
+    assert read_manifest(catalog).rows_per_task == 16
+    with pytest.raises(CatalogError, match="written with --rows-per-task 16, not 8; keep the number"):
+        run_survey(replace(config, rows_per_task=8))
+    report = run_survey(replace(config, rows_per_task=8, overwrite=True))
+    assert report.ok and report.total_rows == 40 and read_manifest(catalog).rows_per_task == 8
+
 
 def test_catalog_held_by_a_live_driver_is_refused_even_with_overwrite(tmp_path, s3_bucket, tiny_model):
     from skymorph.catalog.lock import DriverLock
@@ -177,6 +192,7 @@ def test_catalog_held_by_a_live_driver_is_refused_even_with_overwrite(tmp_path, 
         assert sorted(p.name for p in (tmp_path / "catalog" / "_skymorph").iterdir()) == ["driver.lock"]
     report = run_survey(config)
     assert report.ok and report.total_rows == 10 and not (tmp_path / "catalog" / "_skymorph" / "driver.lock").exists()
+
 
 def test_catalog_for_other_volunteers_or_corrupt_is_refused_and_overwrite_restarts_it(tmp_path, s3_bucket, tiny_model):
     from skymorph.catalog.writer import Manifest, write_manifest

@@ -147,7 +147,8 @@ def _catalog_columns(schema, likelihood: str, n_volunteers: int) -> list[str]:
 
 def _prepare_output(config: RunConfig, model_sha256: str, options: dict):
     """``(manifest, is_new)``: the existing manifest (or a new one), after checking that the catalog
-    belongs to this model and order; ``--overwrite`` removes an existing catalog first."""
+    belongs to this model, order, number of volunteers and rows per task; ``--overwrite`` removes an
+    existing catalog first."""
     from skymorph.catalog.writer import Manifest, read_manifest
     from skymorph.storage import filesystem
 
@@ -179,9 +180,16 @@ def _prepare_output(config: RunConfig, model_sha256: str, options: dict):
                 f"{config.out!r} holds posteriors for {manifest.n_volunteers} volunteers, not --n-volunteers "
                 f"{config.n_volunteers}; keep the number or pass --overwrite"
             )
+        # ranges of another size would not match the recorded ones: done tiles would run again and
+        # their rows be written twice
+        if manifest.rows_per_task is not None and manifest.rows_per_task != config.rows_per_task:
+            raise CatalogError(
+                f"{config.out!r} was written with --rows-per-task {manifest.rows_per_task}, not {config.rows_per_task}; "
+                "keep the number to resume it or pass --overwrite"
+            )
         return manifest, False
     return Manifest(model_sha256=model_sha256, order=config.catalog_order, ranges={},
-                    n_volunteers=config.n_volunteers), True
+                    n_volunteers=config.n_volunteers, rows_per_task=config.rows_per_task), True
 
 
 class _Plan:
