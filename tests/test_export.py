@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 
 import numpy as np
@@ -252,26 +251,21 @@ def test_a_plan_is_not_built_from_an_onnx_model_with_a_negative_seed(exported, t
         build_tensorrt(str(tmp_path / "neg.onnx"), str(tmp_path / "m.plan"))
 
 
-def test_export_reads_the_checkpoint_once_and_records_the_digest_of_the_bytes_it_exported(tmp_path, monkeypatch):
-    from skymorph.exporter import export_onnx
-    from skymorph.trainer import checkpoint as checkpoint_module
+def test_a_checkpoint_is_loaded_and_hashed_from_the_same_bytes(tmp_path):
+    """export_onnx reads the file once and hands those bytes on: the weights and the recorded digest
+    then come from one version of a checkpoint that a training run may be overwriting."""
+    from skymorph.exporter import export_onnx, freeze_checkpoint
+    from skymorph.trainer.checkpoint import load_checkpoint
 
-    ckpt, replacement = _checkpoint(tmp_path, seed=0), _checkpoint(tmp_path, seed=1)
-    original = open(ckpt, "rb").read()
-    reads = []
-
-    def read_bytes(url, storage_options=None):
-        reads.append(url)
-        data = open(url, "rb").read()
-        os.replace(replacement, ckpt)  # another writer replaces the checkpoint right after this read
-        return data
-
-    monkeypatch.setattr(_onnx, "read_bytes", read_bytes)
-    monkeypatch.setattr(checkpoint_module, "read_bytes", read_bytes)
+    ckpt, other = _checkpoint(tmp_path, seed=0), _checkpoint(tmp_path, seed=1)
+    data = open(other, "rb").read()
+    net, _, _ = load_checkpoint(ckpt, data=data)  # the bytes win over the file named
+    assert weights_sha256(net) == weights_sha256(_net(seed=1)) != weights_sha256(_net(seed=0))
+    _, metadata = freeze_checkpoint(ckpt, data, T, 0)
+    assert metadata.extra["checkpoint_sha256"] == hashlib.sha256(data).hexdigest()
     report = export_onnx(ckpt, tmp_path / "m.onnx", samples=T)
-    assert reads == [ckpt]
-    assert report.metadata.extra["checkpoint_sha256"] == hashlib.sha256(original).hexdigest()
-    assert report.metadata.weights_sha256 == weights_sha256(_net(seed=0)) != weights_sha256(_net(seed=1))
+    assert report.metadata.extra["checkpoint_sha256"] == hashlib.sha256(open(ckpt, "rb").read()).hexdigest()
+    assert report.metadata.weights_sha256 == weights_sha256(_net(seed=0))
 
 
 def test_tensorrt_export_derives_the_onnx_path_and_keeps_a_file_there_it_was_not_told_to_replace(tmp_path, monkeypatch, capsys):
