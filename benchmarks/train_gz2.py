@@ -19,8 +19,8 @@ galaxy is called spiral when its predicted has_spiral_arms_yes fraction (mean ov
 samples) exceeds 0.5; ``--tta`` averages over the 8 flips and quarter turns. The last epoch's accuracy
 is reported too (no choice on validation touched it).
 
-Measured (quiet machine apart from one 1-thread run): 0.873 (last epoch 0.873) in 12.7 min of
-training, below the 0.90 target. Every configuration tried lands at 0.84-0.88
+Measured (quiet machine, 2026-11-30): 0.875 (last epoch 0.870) in 11.3 min of training, below the
+0.90 target. Every configuration tried lands at 0.84-0.88
 (results/train_gz2_*.json, results/train_gz2_sweep.json): grey or RGB, 48-96 px, 256 px tiles resized
 inside the model, 60-200 epochs, EMA, a wider field, the whole frame, the whole frame and its centre
 stacked as channels (0.853-0.858), a 2.3x wider network (0.877).
