@@ -158,6 +158,13 @@ def test_model_info_of_an_onnx_model_matches_its_engine(model_files, tmp_path):
         read_model_info(str(tmp_path / "plain.onnx"))
 
 
+def _python(code: str) -> str:
+    """Run ``code`` in a fresh interpreter (to see which modules it imports); its stdout."""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
 def test_model_info_of_a_plan_needs_only_its_sidecar(model_files, tmp_path):
     sidecar = _fake_plan(tmp_path, model_files[1])
     plan = str(tmp_path / "m.plan")
@@ -166,9 +173,7 @@ def test_model_info_of_a_plan_needs_only_its_sidecar(model_files, tmp_path):
         f"info = read_model_info({plan!r}); print(info.backend, info.needs_gpu, info.model_sha256); "
         "assert 'tensorrt' not in sys.modules and 'torch' not in sys.modules, 'tensorrt or torch imported'"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.split() == ["tensorrt", "True", sidecar.plan_sha256]
+    assert _python(code).split() == ["tensorrt", "True", sidecar.plan_sha256]
     assert read_model_info(plan).metadata == sidecar.metadata
     (tmp_path / "m.plan").write_bytes(b"not really")
     with pytest.raises(ModelError, match="does not match its sidecar's sha256"):
@@ -196,5 +201,4 @@ def test_onnx_engine_reads_s3_and_never_imports_torch(model_files, s3_bucket):
         f"e = load_engine({url!r}, threads=1); out = e(np.zeros((2, 1, 32, 32), np.uint8)); "
         "assert out.shape == (2, 4, 30), out.shape; assert 'torch' not in sys.modules, 'torch imported'"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
+    _python(code)
