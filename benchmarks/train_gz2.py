@@ -23,7 +23,8 @@ Measured (quiet machine, 2026-11-30): 0.875 (last epoch 0.870) in 11.3 min of tr
 0.90 target. Every configuration tried lands at 0.84-0.88
 (results/train_gz2_*.json, results/train_gz2_sweep.json): grey or RGB, 48-96 px, 256 px tiles resized
 inside the model, 60-200 epochs, EMA, a wider field, the whole frame, the whole frame and its centre
-stacked as channels (0.853-0.858), a 2.3x wider network (0.877).
+stacked as channels (0.853-0.858), tighter crops of 33-40% at 64 px (0.860-0.862), a 2.3x wider
+network (0.877).
 Two models agree on 97% of validation galaxies, so the errors are systematic, not variance: the
 labels' rule (``spiral`` also needs "odd: yes") puts plain spirals among the non-spirals.
 results/train_gz2_errors.png shows every validation error: the most confident false positives are
