@@ -28,6 +28,7 @@ from skymorph.storage import read_text
 __all__ = [
     "PlanSidecar",
     "sidecar_url",
+    "read_sidecar",
     "load_plan",
     "check_plan_compatible",
     "compute_capability",
@@ -132,16 +133,23 @@ def compute_capability(device: int = 0) -> str:
     return f"{props.major}.{props.minor}"
 
 
-def load_plan(url: str, plan: bytes, storage_options=None) -> TensorRTEngine:
-    """Check the sidecar of the plan at ``url`` (bytes ``plan``) against it and this machine, then load it."""
-    source = repr(sidecar_url(url))
+def read_sidecar(url: str, plan_sha256: str, storage_options=None) -> PlanSidecar:
+    """The sidecar of the plan at ``url``, after checking that it names the plan of digest ``plan_sha256``;
+    needs neither TensorRT nor a GPU."""
     try:
-        sidecar = PlanSidecar.from_json(read_text(sidecar_url(url), storage_options), source)
+        text = read_text(sidecar_url(url), storage_options)
     except FileNotFoundError as err:
         raise ModelError(f"plan {url!r} has no sidecar {sidecar_url(url)!r}; rebuild it with `skymorph export --format tensorrt`") from err
-    digest = hashlib.sha256(plan).hexdigest()
-    if digest != sidecar.plan_sha256:
+    sidecar = PlanSidecar.from_json(text, repr(sidecar_url(url)))
+    if plan_sha256 != sidecar.plan_sha256:
         raise ModelError(f"plan {url!r} does not match its sidecar's sha256 (truncated, corrupt or replaced); rebuild it")
+    return sidecar
+
+
+def load_plan(url: str, plan: bytes, storage_options=None) -> TensorRTEngine:
+    """Check the sidecar of the plan at ``url`` (bytes ``plan``) against it and this machine, then load it."""
+    digest = hashlib.sha256(plan).hexdigest()
+    sidecar = read_sidecar(url, digest, storage_options)
     trt = import_tensorrt()
     check_plan_compatible(sidecar, repr(url), trt.__version__, compute_capability())
     return TensorRTEngine(url, plan, sidecar, digest)

@@ -32,7 +32,7 @@ import numpy as np
 from skymorph.errors import InputError, MissingDependencyError, ModelError, did_you_mean
 from skymorph.model_metadata import ModelMetadata
 from skymorph.schema import get_schema
-from skymorph.storage import read_bytes, read_text
+from skymorph.storage import read_bytes
 
 __all__ = ["Engine", "load_engine", "ModelInfo", "read_model_info", "BACKENDS", "ORT_PROVIDERS"]
 
@@ -244,26 +244,12 @@ class ModelInfo:
     needs_gpu: bool
 
 
-def _plan_metadata(url: str, plan_sha256: str, storage_options) -> ModelMetadata:
-    """The metadata in the sidecar of the plan at ``url``, after checking the sidecar names this plan."""
-    from skymorph.inference._tensorrt import PlanSidecar, sidecar_url
-
-    try:
-        text = read_text(sidecar_url(url), storage_options)
-    except FileNotFoundError as err:
-        raise ModelError(f"plan {url!r} has no sidecar {sidecar_url(url)!r}; rebuild it with `skymorph export --format tensorrt`") from err
-    sidecar = PlanSidecar.from_json(text, repr(sidecar_url(url)))
-    if plan_sha256 != sidecar.plan_sha256:
-        raise ModelError(f"plan {url!r} does not match its sidecar's sha256 (truncated, corrupt or replaced); rebuild it")
-    return sidecar.metadata
-
-
 def read_model_info(model_url: str, backend: str = "auto", storage_options: dict | None = None) -> ModelInfo:
     """The :class:`ModelInfo` of the model at ``model_url``, checked as far as this machine can.
 
     An ONNX model is opened in an unoptimised CPU-only session (metadata and signature, no warm-up)
-    and, where onnxruntime has CUDA, once more on CUDA to see whether there is a GPU; a plan is judged by its sidecar alone, so no TensorRT or GPU is needed
-    here; a checkpoint is frozen on the CPU with the defaults of :func:`load_engine`, because its
+    and, where onnxruntime has CUDA, once more on CUDA to see whether there is a GPU; a plan is judged
+    by its sidecar alone, so no TensorRT or GPU is needed here; a checkpoint is frozen on the CPU with the defaults of :func:`load_engine`, because its
     metadata (the digests of weights and masks) only exists once it is.
     """
     backend = _backend_for(model_url, backend)
@@ -280,7 +266,9 @@ def read_model_info(model_url: str, backend: str = "auto", storage_options: dict
             url, data, ["CUDAExecutionProvider", "CPUExecutionProvider"], threads=1, optimize=False
         ).get_providers()
     elif backend == "tensorrt":
-        metadata, needs_gpu = _plan_metadata(url, digest, storage_options), True
+        from skymorph.inference._tensorrt import read_sidecar
+
+        metadata, needs_gpu = read_sidecar(url, digest, storage_options).metadata, True
     else:
         import torch
 
