@@ -1,4 +1,4 @@
-"""Shared fixtures: a real S3 endpoint on 127.0.0.1, and a fresh bucket per test."""
+"""Shared fixtures: a real S3 endpoint on 127.0.0.1, a fresh bucket per test, and a tiny exported model."""
 
 from __future__ import annotations
 
@@ -39,3 +39,21 @@ def torch_one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    """A w20 at 32 px, T=4 frozen masks, exported to ONNX (local file, read by every worker)."""
+    import torch
+
+    from skymorph.exporter import export_onnx_model
+    from skymorph.model_metadata import InputSpec
+    from skymorph.schema import get_schema
+    from skymorph.trainer.models import build_model
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    net = build_model("w20", get_schema("gz2"), InputSpec(1, 32, 32), "multinomial", dense=16)
+    path = str(tmp_path_factory.mktemp("model") / "tiny.onnx")
+    export_onnx_model(net, path, samples=4, seed=3)
+    return path

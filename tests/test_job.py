@@ -24,26 +24,8 @@ from skymorph.testing.dask_processes import dask_processes, wait_for
 
 pytestmark = pytest.mark.slow
 
-SIZE = 32
+SIZE = 32  # the input of conftest.tiny_model (gz2, 32 px)
 SCHEMA = "gz2"
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> str:
-    """A w20 at 32 px, T=4 frozen masks, exported to ONNX (local file, read by every worker)."""
-    import torch
-
-    from skymorph.exporter import export_onnx_model
-    from skymorph.model_metadata import InputSpec
-    from skymorph.schema import get_schema
-    from skymorph.trainer.models import build_model
-
-    torch.manual_seed(0)
-    torch.set_num_threads(1)
-    net = build_model("w20", get_schema(SCHEMA), InputSpec(1, SIZE, SIZE), "multinomial", dense=16)
-    path = str(tmp_path_factory.mktemp("model") / "tiny.onnx")
-    export_onnx_model(net, path, samples=4, seed=3)
-    return path
 
 
 def make_tiles(root: str, n_tiles: int, per_tile: int, chunk_size: int = 32, size: int = SIZE, seed: int = 0) -> list[str]:

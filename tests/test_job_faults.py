@@ -7,7 +7,7 @@ import http.client
 from urllib.parse import urlsplit
 
 import pytest
-from test_job import assert_exact, make_tiles, tiny_model  # noqa: F401  (tiny_model is a fixture)
+from test_job import assert_exact, make_tiles
 
 from skymorph.errors import InputError
 from skymorph.testing.faulty_proxy import FaultyProxy
@@ -40,7 +40,7 @@ def test_proxy_checks_its_arguments():
 
 
 @pytest.mark.slow
-def test_exact_catalog_through_a_faulty_s3(s3, s3_bucket, tiny_model, monkeypatch):  # noqa: F811
+def test_exact_catalog_through_a_faulty_s3(s3, s3_bucket, tiny_model, monkeypatch):
     from skymorph.inference.job import RunConfig, run_survey
 
     tiles = make_tiles(s3_bucket, n_tiles=4, per_tile=96)

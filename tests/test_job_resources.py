@@ -11,12 +11,13 @@ import sys
 
 import pytest
 from distributed import Client, LocalCluster
-from test_job import assert_exact, make_tiles, tiny_model  # noqa: F401  (tiny_model is a fixture)
+from test_job import assert_exact, make_tiles
 
 from skymorph.catalog import layout
 from skymorph.errors import InputError, MissingDependencyError, ModelError
 from skymorph.inference.job import RunConfig, run_survey
 from skymorph.inference.task import EngineCache, ModelRef, get_engine
+
 
 def _local_cluster(**kwargs) -> LocalCluster:
     return LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=":0", **kwargs)
@@ -24,7 +25,7 @@ def _local_cluster(**kwargs) -> LocalCluster:
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
-def test_gpu_tasks_on_workers_without_a_gpu_are_refused_then_run_where_one_is_advertised(tmp_path, tiny_model):  # noqa: F811
+def test_gpu_tasks_on_workers_without_a_gpu_are_refused_then_run_where_one_is_advertised(tmp_path, tiny_model):
     tiles = make_tiles(str(tmp_path), n_tiles=2, per_tile=40)
     catalog = str(tmp_path / "catalog")
     with _local_cluster(processes=True) as cluster:
@@ -49,7 +50,7 @@ def test_gpu_tasks_on_workers_without_a_gpu_are_refused_then_run_where_one_is_ad
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
-def test_a_model_that_needs_a_gpu_gets_an_embedded_cluster_with_one(tmp_path, tiny_model, capsys):  # noqa: F811
+def test_a_model_that_needs_a_gpu_gets_an_embedded_cluster_with_one(tmp_path, tiny_model, capsys):
     """A TensorRT plan without --gpu: the driver reads its sidecar only (no TensorRT needed here), the
     embedded cluster advertises GPU=1, so the run gets as far as loading the plan on the worker."""
     from skymorph.inference._tensorrt import PlanSidecar
@@ -76,7 +77,7 @@ def _engine_id(ref: ModelRef) -> int:
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
-def test_engine_cache_lives_on_the_worker_plugin_and_is_freed_with_it(tiny_model):  # noqa: F811
+def test_engine_cache_lives_on_the_worker_plugin_and_is_freed_with_it(tiny_model):
     from skymorph.inference.cluster import usable_cores
 
     with open(tiny_model, "rb") as fh:
@@ -114,7 +115,7 @@ with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_
 
 @pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs CPU affinity (Linux)")
-def test_engines_are_sized_to_the_cores_a_process_may_use(tiny_model):  # noqa: F811
+def test_engines_are_sized_to_the_cores_a_process_may_use(tiny_model):
     """A worker pinned to one core gives its engine one thread, however many cores the machine has."""
     first_core = min(os.sched_getaffinity(0))
     pinned = subprocess.run([sys.executable, "-c", _PINNED_CHILD, tiny_model], capture_output=True, text=True,
