@@ -233,9 +233,9 @@ def load_engine(
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What the driver of a run needs of a model, read without building an engine: its metadata, the
-    sha256 of the file, and whether it runs on a GPU (a TensorRT plan always; an ONNX model where the
-    installed onnxruntime has a GPU provider; a checkpoint where torch sees CUDA)."""
+    """What the driver of a run needs of a model (see :func:`read_model_info`): its metadata, the sha256
+    of the file, and whether it runs on a GPU (a TensorRT plan always; an ONNX model where onnxruntime's
+    CUDA provider finds a GPU; a checkpoint where torch sees CUDA)."""
 
     url: str
     backend: str
