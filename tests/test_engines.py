@@ -191,6 +191,19 @@ def test_model_info_of_a_checkpoint_matches_the_torch_engine(model_files):
     assert info.needs_gpu == torch.cuda.is_available()
 
 
+def test_an_onnx_model_without_onnxruntime_is_one_line(model_files):
+    code = (
+        "import sys; sys.modules['onnxruntime'] = None  # as if not installed\n"
+        "from skymorph.errors import MissingDependencyError; from skymorph.inference.engines import load_engine, read_model_info\n"
+        "for call in (load_engine, read_model_info):\n"
+        "    try:\n"
+        f"        call({str(model_files[1])!r})\n"
+        "    except MissingDependencyError as err:\n"
+        "        print(err)\n"
+    )
+    assert _python(code).splitlines() == ["onnxruntime is not installed: pip install onnxruntime (or skymorph[gpu])"] * 2
+
+
 def test_onnx_engine_reads_s3_and_never_imports_torch(model_files, s3_bucket):
     from skymorph.storage import atomic_write_bytes
 

@@ -85,13 +85,19 @@ class Engine:
         )
 
 
-def _ort_session(url: str, data: bytes, providers: list[str], threads: int | None, optimize: bool = True):
-    """An onnxruntime session on ``data``; a :class:`ModelError` naming ``url`` if the file is not a model."""
+def _import_onnxruntime():
     try:
-        import onnxruntime as ort
-        from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+        import onnxruntime
     except ImportError as err:
         raise MissingDependencyError("onnxruntime is not installed: pip install onnxruntime (or skymorph[gpu])") from err
+    return onnxruntime
+
+
+def _ort_session(url: str, data: bytes, providers: list[str], threads: int | None, optimize: bool = True):
+    """An onnxruntime session on ``data``; a :class:`ModelError` naming ``url`` if the file is not a model."""
+    ort = _import_onnxruntime()
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+
     options = ort.SessionOptions()
     level = ort.GraphOptimizationLevel
     options.graph_optimization_level = level.ORT_ENABLE_ALL if optimize else level.ORT_DISABLE_ALL
@@ -111,9 +117,7 @@ def _ort_session(url: str, data: bytes, providers: list[str], threads: int | Non
 
 def _ort_gpu_providers() -> list[str]:
     """The GPU execution providers of the installed onnxruntime, in order of preference."""
-    import onnxruntime as ort
-
-    return [p for p in ORT_PROVIDERS[:-1] if p in ort.get_available_providers()]
+    return [p for p in ORT_PROVIDERS[:-1] if p in _import_onnxruntime().get_available_providers()]
 
 
 def _onnx_signature(url: str, session, metadata: ModelMetadata) -> tuple[str, str]:
