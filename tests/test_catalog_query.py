@@ -102,8 +102,46 @@ def test_cone_reads_only_overlapping_partitions(catalog, full, tmp_path):
     got = query(copy, cone=cone, columns=["object_id"])["object_id"].to_pylist()
     expected = full.object_id[_separation_arcsec(full.ra.values, full.dec.values, 150.0, 2.0) <= 1200.0]
     assert sorted(got) == sorted(expected.tolist())
-    with pytest.raises(Exception):
+    with pytest.raises(CatalogError, match=r"part file .*/part-[0-9a-f]+\.parquet is not readable Parquet"):
         query(copy, columns=["object_id"])
+
+
+def _damage_one_part(catalog: str, fs=None) -> str:
+    """Keep the first part's head and tail but drop its middle: a footer that no longer parses."""
+    import fsspec
+
+    fs = fs or fsspec.filesystem("file")
+    protocol = "s3://" if catalog.startswith("s3://") else ""
+    path = sorted(fs.glob(f"{catalog.removeprefix(protocol)}/dataset/Norder=*/Dir=*/Npix=*/part-*.parquet"))[0]
+    data = fs.cat_file(path)
+    fs.pipe_file(path, data[: len(data) // 2] + data[-len(data) // 4:])
+    return protocol + path
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_damaged_part_is_a_one_line_error_naming_it(catalog, tmp_path, capsys, request, where):
+    from skymorph.storage import filesystem
+
+    if where == "local":
+        copy = str(tmp_path / "damaged")
+        shutil.copytree(catalog, copy)
+        damaged = _damage_one_part(copy)
+    else:
+        copy = f"{request.getfixturevalue('s3_bucket')}/catalog"
+        fs, path = filesystem(copy)
+        fs.put(catalog, path, recursive=True)
+        damaged = _damage_one_part(copy, fs)
+    for argv in (["info", copy], ["query", copy, "--limit", "3"], ["pick", copy, "--n", "3", "--out", str(tmp_path / "b.csv")]):
+        assert main(["catalog", *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1, err
+        assert f"part file {damaged} is not readable Parquet" in err and "--overwrite" in err
+    assert not (tmp_path / "b.csv").exists()
+
+
+def test_an_error_while_rows_stream_is_one_line(catalog):
+    with pytest.raises(CatalogError, match=r"^catalog '.*': Conversion Error: Could not convert string .* to INT32"):
+        query(catalog, where="CAST(tile AS INTEGER) > 0")
 
 
 def _expanded_pixels(cone: Cone, order: int) -> set[int]:

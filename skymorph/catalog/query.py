@@ -10,7 +10,9 @@ credential rules, same ``storage_options``). DuckDB pushes projections and filte
 User SQL (``--where``, ``--order-by``) runs on a locked connection: it is parsed first and must make
 exactly one SELECT statement; then ``enable_external_access`` is off (only the catalog's own part
 files are allowed) and the configuration is locked, so a fragment can neither write nor read other
-files nor undo that.
+files nor undo that. A DuckDB error inside the connection (a damaged part file, a cast that fails
+on a row) leaves it as one :class:`~skymorph.errors.CatalogError` naming the catalog, and the part file
+when one is unreadable.
 
 A cone first selects the order-K partitions that overlap it (cdshealpix), then pushes down ranges of
 ``_healpix_29`` covering it at a finer order, then keeps rows whose great-circle distance is within the
@@ -126,7 +128,8 @@ class Cone:
 
 @contextmanager
 def connect(catalog: Catalog, pixels=None, memory_limit: str = MEMORY_LIMIT, threads: int | None = None):
-    """A locked DuckDB connection whose view ``catalog`` holds the rows of ``pixels`` (default: all)."""
+    """A locked DuckDB connection whose view ``catalog`` holds the rows of ``pixels`` (default: all);
+    DuckDB errors raised inside the ``with`` block leave it as one-line :class:`CatalogError`\ s."""
     import os
 
     import duckdb
@@ -152,8 +155,47 @@ def connect(catalog: Catalog, pixels=None, memory_limit: str = MEMORY_LIMIT, thr
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
         yield con
+    except duckdb.Error as err:
+        raise CatalogError(_read_failure(catalog, parts, err)) from None
     finally:
         con.close()
+
+
+def _read_failure(catalog: Catalog, parts: list[str], err: Exception) -> str:
+    """One line for a DuckDB error while reading ``catalog``: the damaged part file named where one is.
+
+    DuckDB's message for a damaged Parquet footer ("TProtocolException: Invalid data") names no file,
+    so on a read error the footers are checked (on the error path only) to name the first bad one.
+    """
+    import duckdb
+
+    reason = _first_line(err)
+    if type(err) in (duckdb.Error, duckdb.IOException, duckdb.InvalidInputException):
+        damaged = _first_unreadable(parts, catalog.storage_options)
+        if damaged is not None:
+            return (f"catalog {catalog.url!r}: part file {damaged} is not readable Parquet ({reason}); "
+                    "restore it, or rerun `skymorph run` with --overwrite")
+    return f"catalog {catalog.url!r}: {reason}"
+
+
+def _first_unreadable(parts: list[str], storage_options: dict | None, threads: int = 16) -> str | None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pyarrow.parquet as pq
+
+    from skymorph.storage import filesystem
+
+    def readable(url: str) -> bool:
+        fs, path = filesystem(url, storage_options)
+        try:
+            with fs.open(path, "rb") as fh:
+                pq.ParquetFile(fh).metadata
+        except (OSError, ValueError):
+            return False
+        return True
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        return next((url for url, ok in zip(parts, pool.map(readable, parts)) if not ok), None)
 
 
 _MISSING_COLUMN = re.compile(r'Referenced column "([^"]+)" not found')
