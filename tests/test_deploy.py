@@ -190,7 +190,11 @@ def test_gpu_image_has_cuda_onnxruntime_gpu_only_and_tensorrt():
     # Exactly one onnxruntime build: the CPU wheel pulled in as a core dependency is removed again.
     assert "pip uninstall -y onnxruntime " in install + " "
     assert "--force-reinstall --no-deps \"onnxruntime-gpu==${ORT_GPU_VERSION}\"" in install
-    assert "--extra-index-url https://pypi.nvidia.com \"tensorrt-cu12==${TENSORRT_VERSION}\"" in install
+    assert "--extra-index-url https://pypi.nvidia.com \"tensorrt-cu12==${TENSORRT_VERSION}\" \"${CUDA_PYTHON_SPEC}\"" in install
+    # The native engine and the TensorRT export need cuda-python too, of the image's CUDA major version.
+    cuda_major = re.search(r":(\d+)\.", args["CUDA_IMAGE"]).group(1)
+    assert args["CUDA_PYTHON_SPEC"].strip('"') == f"cuda-python>=12.6,<{int(cuda_major) + 1}"
+    assert "import_cudart()" in install
 
 
 def test_dockerignore_keeps_the_context_to_the_package():
