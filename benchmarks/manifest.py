@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/manifest.py [--ranges 500000] [--per-second 1000] [--segments 1000]
 
 Builds a manifest of ``--ranges`` finished tile ranges (500,000 ranges of 4,096 rows are 2 x 10^9
-galaxies, Rubin's scale at the default --rows-per-task), then times on the local disk:
+galaxies, a tenth of Rubin's 4.9 x 10^6 ranges at the default --rows-per-task), then times on the local disk:
 
 - ``write_manifest``: the whole manifest, which is what the driver paid every second before the
   journal, and now pays at each compaction (every ``--segments`` segments) and at the finish;

@@ -12,7 +12,8 @@ between and after the runs) with ``torch.mm`` and, on CPU, onnxruntime's MatMul;
 
 Without ``--checkpoint`` the weights are random: speed does not depend on their values. On CPU the script
 re-executes itself with ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736`` (glibc otherwise maps and
-unmaps every large activation, a third of PyTorch's time; see NOTES.md). Writes benchmarks/results/mc_dropout.json.
+unmaps every large activation, a third of PyTorch's time; see the team's shared NOTES.md).
+Writes benchmarks/results/mc_dropout.json.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 A tile store holds
 
 - ``images`` (N, C, H, W) uint8, chunked along N only (one chunk = ``chunk_size`` whole cutouts),
-  Blosc zstd level 5 with bit shuffle (the best ratio on noisy galaxy cutouts, NOTES.md);
+  Blosc zstd level 5 with bit shuffle (the best ratio on noisy galaxy cutouts, measured in the team's
+  shared NOTES.md);
 - ``object_id`` (N,) int64 and ``ra``, ``dec`` (N,) float64, degrees ICRS, in chunks of 65,536 rows
   (512 KiB: a worker task reading a range of a million-row tile fetches one or two chunks, not all);
 - group attribute ``skymorph``: format version, survey, bands, pixel scale, how the pixels were made

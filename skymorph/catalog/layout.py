@@ -18,9 +18,9 @@ Every part holds the rows of one tile row range that fall in one HEALPix pixel o
 The catalog order is fixed for a run (default :data:`DEFAULT_ORDER` = 5) rather than adapted to the
 density as hats-import does, because workers write parts independently and in any order: with a fixed
 order no part ever has to be rewritten when another tile arrives. Order 5 pixels are 3.36 deg^2
-(about 1.8 deg across): larger than a survey tile, so one tile range lands in a handful of pixels, and
-at Euclid-like densities (~10^5 galaxies/deg^2 after cuts) a pixel holds a few 10^5 rows, the size
-hats aims for. Denser surveys (Rubin) can pass a higher order.
+(about 1.8 deg across), the size of a default ``survey synth`` tile, so one tile range lands in one
+or a few pixels. Pick the order for a survey from its density so that a partition holds 0.5-1 GB:
+docs/scaling.md section 6 chooses order 6 for Rubin and 4 for Euclid.
 """
 
 from __future__ import annotations

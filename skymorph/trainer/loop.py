@@ -3,11 +3,12 @@
 The exact command (the real GZ2 subset; see benchmarks/train_gz2.py for the whole pipeline)::
 
     skymorph survey ingest --catalog /work/shared/data/gz2_spirals/labels.csv --id-column galaxy_id \\
-        --size 128 --bands mean --label-question has_spiral_arms --label-map spiral=yes,non_spiral=no \\
+        --size 128 --label-question has_spiral_arms --label-map spiral=yes,non_spiral=no \\
         --schema gz2 --out gz2
     skymorph train --tiles gz2/tiles.txt --labels gz2/labels.parquet --schema gz2 --arch resnet_s \\
-        --crop-fraction 0.5 --epochs 100 --batch-size 32 --lr 2e-3 --threads 2 --max-minutes 19 --out gz2.ckpt
-    skymorph evaluate gz2.ckpt --tiles gz2/tiles.txt --labels gz2/labels.parquet --out gz2-eval
+        --crop-fraction 0.5 --epochs 100 --batch-size 32 --lr 2e-3 --patience 100 --threads 2 \\
+        --max-minutes 19 --out gz2.ckpt
+    skymorph evaluate gz2.ckpt --tiles gz2/tiles.txt --labels gz2/labels.parquet --out gz2-eval --tta
 
 Each epoch trains on the ``train`` galaxies (augmented, shuffled), then computes the validation loss
 (mean over galaxies of the per-question NLL summed over questions) without dropout. The checkpoint at
