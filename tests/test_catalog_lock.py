@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -54,9 +55,15 @@ def test_stale_locks_are_taken_over(tmp_path):
     _holder(catalog, pid=dead.pid)  # this host, pid gone: a killed local driver
     lock = DriverLock(catalog)
     lock.acquire()
-    lock.release()
+    try:
+        holder = lock.holder()
+        assert (holder.session, holder.pid) == (lock.session, os.getpid()), "the new driver owns the lock"
+    finally:
+        lock.release()
     _holder(catalog, host="elsewhere.example", heartbeat=time.time() - 600)  # another host, silent for 10 min
     DriverLock(catalog, stale_after_s=300).check()
+    with DriverLock(catalog, stale_after_s=300) as taken:
+        assert taken.holder().session == taken.session
     _holder(catalog, host="elsewhere.example", heartbeat=time.time() - 5)  # another host, alive
     with pytest.raises(CatalogError, match="host elsewhere.example"):
         DriverLock(catalog).check()

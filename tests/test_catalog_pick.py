@@ -134,7 +134,7 @@ def test_power_picks_lean_to_high_bald_end_to_end(catalog, full):
 def test_bad_arguments(catalog):
     with pytest.raises(SchemaError, match="Did you mean 'bar'"):
         pick(catalog, 5, question="barr")
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match="n must be a positive integer, got 0"):
         pick(catalog, 0)
     with pytest.raises(InputError, match="strategy"):
         pick(catalog, 5, strategy="random")

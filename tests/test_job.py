@@ -7,6 +7,7 @@ interrupted driver still give the exact catalog.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -139,8 +140,9 @@ def test_catalog_of_another_model_is_refused(tmp_path, s3_bucket, tiny_model):
     make_tiles(s3_bucket, n_tiles=1, per_tile=10)
     catalog = str(tmp_path / "catalog")
     write_manifest(catalog, Manifest(model_sha256="0" * 64, order=5, ranges={}))
-    with pytest.raises(CatalogError, match="another --out or pass --overwrite"):
+    with pytest.raises(CatalogError, match=r"was written by model sha256 000000000000\.\.\., not .*; choose another --out"):
         run_survey(RunConfig(tiles=f"{s3_bucket}/tiles.txt", model=tiny_model, out=catalog, progress=False))
+    assert not glob.glob(f"{catalog}/dataset/**/part-*.parquet", recursive=True)
 
 
 def test_resume_with_other_rows_per_task_is_refused_so_no_row_is_written_twice(tmp_path, s3_bucket, tiny_model):

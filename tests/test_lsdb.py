@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import lsdb  # in the dev extra: a broken install fails here rather than skipping the check
 import pytest
 
 from skymorph.catalog import info, query
 from skymorph.testing.catalogs import write_synthetic_catalog
-
-lsdb = pytest.importorskip("lsdb", reason="lsdb is not installed (pip install 'skymorph[lsdb]')")
 
 
 @pytest.fixture(scope="module")

@@ -120,16 +120,20 @@ def test_different_seed_differs(survey, tmp_path):
     assert not np.array_equal(first(out), first(other))
 
 
-def test_survey_on_s3(s3_bucket):
-    out = f"{s3_bucket}/synth"
+def test_survey_on_s3(s3_bucket, tmp_path):
+    out, local = f"{s3_bucket}/synth", str(tmp_path / "synth")
     summary = synthesize(out, n_tiles=2, per_tile=16, size=32, workers=1, progress=False)
+    synthesize(local, n_tiles=2, per_tile=16, size=32, workers=1, progress=False)
     assert summary.n_galaxies == 32
     tiles = read_tile_list(f"{out}/tiles.txt")
     assert tiles == sorted(tiles) and all(t.startswith(f"{out}/tiles/hpx5_") for t in tiles)
     assert sum(open_tile(t).n for t in tiles) == 32
-    labels = storage.read_parquet(f"{out}/labels.parquet")
-    truth = storage.read_parquet(f"{out}/truth.parquet")
-    assert labels.num_rows == truth.num_rows == 32
+    # The same survey as written locally: same rows, same pixels.
+    for name in ("labels.parquet", "truth.parquet"):
+        remote_table = storage.read_parquet(f"{out}/{name}")
+        assert remote_table.num_rows == 32 and remote_table.equals(storage.read_parquet(f"{local}/{name}")), name
+    for remote_tile, local_tile in zip(tiles, read_tile_list(f"{local}/tiles.txt"), strict=True):
+        np.testing.assert_array_equal(open_tile(remote_tile).read_images(), open_tile(local_tile).read_images())
 
 
 def test_vote_fractions_follow_the_truth():

@@ -374,3 +374,9 @@ def test_train_reads_tiles_and_labels_from_s3_and_writes_the_checkpoint_there(tm
     _, meta, _ = load_checkpoint(out)
     assert meta.provenance["labels"] == f"{s3_bucket}/survey/labels.parquet"
     assert fs.exists(f"{root}/models/m.ckpt.metrics.json") and fs.exists(f"{root}/models/m.last.ckpt")
+    # The same images and votes read from the local copy train the same weights.
+    local = train(_config(tmp_path, tiles, labels, out=str(tmp_path / "local.ckpt")))
+    remote_state, local_state = _state(out), _state(local.checkpoint)
+    assert remote_state.keys() == local_state.keys()
+    for name, tensor in local_state.items():
+        assert torch.equal(remote_state[name], tensor), name
