@@ -4,7 +4,8 @@
 side) on a grid in a sky patch, draws ``per_tile`` galaxies uniformly on the sphere inside each, and
 writes every (tile, HEALPix pixel) group as one part file, exactly where :mod:`skymorph.catalog.layout`
 puts them. Paths, part names, ``hats.properties``, ``partition_info.csv`` and the ``skymorph.*``
-metadata all come from that module, so a synthetic catalog and one written by ``skymorph run`` cannot diverge.
+metadata all come from that module, so a synthetic catalog and one written by ``skymorph run``
+cannot diverge.
 
 The posterior columns are plausible, not computed from a model: per question the fractions are a
 Dirichlet draw, the spread a binomial standard error plus model scatter, ``q05``/``q95`` the fraction
