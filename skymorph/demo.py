@@ -1,9 +1,9 @@
-"""``make demo``: the whole pipeline on a small synthetic survey, in ./demo-output, in a few minutes.
+"""``make demo``: the whole pipeline on a small synthetic survey, in ./demo-output, in 1-2 minutes.
 
 Steps: start a local S3 endpoint (moto on 127.0.0.1), synthesize a survey into ``s3://skymorph-demo``,
-train a small Bayesian CNN for a minute or two, evaluate it against the survey's truth, export it to ONNX with T=30 frozen dropout masks, run
-the survey job on a local Dask cluster into a HATS catalog, then ask the catalog what it holds, query
-it and pick the next Galaxy Zoo batch by BALD. Run with ``python -m skymorph.demo [OUT_DIR]``.
+train a small Bayesian CNN for about a minute, evaluate it against the survey's truth, export it to
+ONNX with T=30 frozen dropout masks, run the survey job on a local Dask cluster into a HATS catalog,
+then ask the catalog what it holds, query it and pick the next Galaxy Zoo batch by BALD. Run with ``python -m skymorph.demo [OUT_DIR]``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """Sizes chosen so the demo finishes in a few minutes on a 2-core laptop."""
+    """Sizes chosen so the demo finishes in 1-2 minutes on a 2-core laptop."""
 
     out_dir: str = "demo-output"
     bucket: str = "skymorph-demo"
@@ -24,8 +24,9 @@ class DemoConfig:
     per_tile: int = 256
     size_px: int = 64
     schema: str = "decals"
-    # resnet_s: on this survey it reached a validation loss of 61.9 in 8 epochs (1.5 min), where w20,
-    # without batch normalisation, was still at 79.6 after 8 epochs (2.3 min).
+    # resnet_s: on this survey it reaches a validation loss of about 62 in 8 epochs (65 s on 2 cores,
+    # 2026-11-30), where w20, without batch normalisation, was still at 79.6 after 8 epochs and took
+    # 1.5x as long (2026-11-22).
     arch: str = "resnet_s"
     epochs: int = 8
     max_train_minutes: float = 4.0
