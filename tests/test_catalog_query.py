@@ -367,3 +367,18 @@ def test_cli_not_a_catalog(tmp_path, capsys):
     assert main(["catalog", "query", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is not a catalog" in err[0]
+
+
+def test_an_interrupted_scan_is_a_keyboard_interrupt(catalog):
+    import threading
+
+    from skymorph.catalog.query import connect
+
+    opened = open_catalog(catalog)
+    with pytest.raises(KeyboardInterrupt), connect(opened) as con:
+        timer = threading.Timer(0.2, con.interrupt)
+        timer.start()
+        try:  # a scan that runs for minutes unless interrupted
+            con.execute("SELECT count(*) FROM catalog a, catalog b, catalog c WHERE a.ra + b.ra + c.ra > 0").fetchall()
+        finally:
+            timer.cancel()

@@ -155,6 +155,8 @@ def connect(catalog: Catalog, pixels=None, memory_limit: str = MEMORY_LIMIT, thr
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
         yield con
+    except duckdb.InterruptException:
+        raise KeyboardInterrupt from None  # Ctrl-C during a scan: the CLI's "interrupted", not an error
     except duckdb.Error as err:
         raise CatalogError(_read_failure(catalog, parts, err)) from None
     finally:
