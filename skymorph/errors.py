@@ -16,6 +16,8 @@ __all__ = [
     "ModelError",
     "CatalogError",
     "MissingDependencyError",
+    "did_you_mean",
+    "first_line",
 ]
 
 
@@ -57,3 +59,10 @@ def did_you_mean(name: str, choices) -> str:
 
     close = difflib.get_close_matches(name, list(choices), n=1)
     return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def first_line(err: BaseException, limit: int = 200) -> str:
+    """The first non-blank line of ``err``'s message, at most ``limit`` characters; the exception's type
+    name when the message is empty (a truncated file can raise an error with no message)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return (lines[0] if lines else type(err).__name__)[:limit]

@@ -167,6 +167,9 @@ def test_checkpoint_errors_are_one_line(tmp_path):
     bad.write_bytes(b"not a checkpoint at all")
     with pytest.raises(ModelError, match="not a readable checkpoint"):
         read_checkpoint(str(bad))
+    bad.write_bytes(b"")  # torch raises an EOFError without a message
+    with pytest.raises(ModelError, match=r"not a readable checkpoint \(corrupt or not a torch file: EOFError\)"):
+        read_checkpoint(str(bad))
     torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
     with pytest.raises(ModelError, match="not a skymorph checkpoint"):
         read_checkpoint(str(tmp_path / "other.pt"))

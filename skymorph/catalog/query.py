@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from skymorph.catalog import layout
 from skymorph.catalog.info import Catalog, open_catalog
-from skymorph.errors import CatalogError, InputError, did_you_mean
+from skymorph.errors import CatalogError, InputError, did_you_mean, first_line
 
 __all__ = ["Cone", "QueryPlan", "connect", "plan_query", "query", "check_sql", "check_columns", "MEMORY_LIMIT"]
 
@@ -171,7 +171,7 @@ def _read_failure(catalog: Catalog, parts: list[str], err: Exception) -> str:
     """
     import duckdb
 
-    reason = _first_line(err)
+    reason = first_line(err)
     if type(err) in (duckdb.Error, duckdb.IOException, duckdb.InvalidInputException):
         damaged = _first_unreadable(parts, catalog.storage_options)
         if damaged is not None:
@@ -214,7 +214,7 @@ def check_sql(con, sql: str, columns, what: str):
     try:
         statements = duckdb.extract_statements(sql)
     except duckdb.Error as err:
-        raise CatalogError(f"{what} is not a valid SQL expression: {_first_line(err)}") from None
+        raise CatalogError(f"{what} is not a valid SQL expression: {first_line(err)}") from None
     if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
         raise CatalogError(f"{what} must be a single read-only SQL expression (no ';', no DDL/DML)")
     try:
@@ -224,13 +224,9 @@ def check_sql(con, sql: str, columns, what: str):
         if match:
             name = match.group(1)
             raise CatalogError(f"{what}: the catalog has no column {name!r}." + did_you_mean(name, columns)) from None
-        raise CatalogError(f"{what}: {_first_line(err)}") from None
+        raise CatalogError(f"{what}: {first_line(err)}") from None
     except duckdb.Error as err:
-        raise CatalogError(f"{what}: {_first_line(err)}") from None
-
-
-def _first_line(err: Exception) -> str:
-    return str(err).strip().splitlines()[0]
+        raise CatalogError(f"{what}: {first_line(err)}") from None
 
 
 def _quote(name: str) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from skymorph.errors import ModelError
+from skymorph.errors import ModelError, first_line
 
 __all__ = ["to_fp16"]
 
@@ -64,5 +64,5 @@ def to_fp16(model):
     try:
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as err:
-        raise ModelError(f"the fp16 rewrite of the model is invalid: {str(err).splitlines()[0]}") from err
+        raise ModelError(f"the fp16 rewrite of the model is invalid: {first_line(err)}") from err
     return model

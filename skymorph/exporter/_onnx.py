@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from skymorph.errors import InputError, ModelError
+from skymorph.errors import InputError, ModelError, first_line
 from skymorph.model_metadata import ModelMetadata
 from skymorph.storage import atomic_write_bytes, read_bytes
 
@@ -99,7 +99,7 @@ def _to_onnx_bytes(frozen, metadata: ModelMetadata, opset: int) -> bytes:
     try:
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as err:
-        raise ModelError(f"the exported graph fails onnx.checker: {str(err).splitlines()[0]}") from err
+        raise ModelError(f"the exported graph fails onnx.checker: {first_line(err)}") from err
     return proto.SerializeToString()
 
 

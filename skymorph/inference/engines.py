@@ -29,7 +29,7 @@ from pathlib import PurePosixPath
 
 import numpy as np
 
-from skymorph.errors import InputError, MissingDependencyError, ModelError, did_you_mean
+from skymorph.errors import InputError, MissingDependencyError, ModelError, did_you_mean, first_line
 from skymorph.model_metadata import ModelMetadata
 from skymorph.schema import get_schema
 from skymorph.storage import read_bytes
@@ -110,7 +110,7 @@ def _ort_session(url: str, data: bytes, providers: list[str], threads: int | Non
         return ort.InferenceSession(data, options, providers=providers)
     except load_errors as err:
         raise ModelError(
-            f"{url!r} is not a readable ONNX model (truncated or corrupt: {str(err).splitlines()[0][:120]}); "
+            f"{url!r} is not a readable ONNX model (truncated or corrupt: {first_line(err, 120)}); "
             "re-export it with `skymorph export`"
         ) from err
 

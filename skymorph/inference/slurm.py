@@ -18,7 +18,7 @@ import dataclasses
 import re
 from dataclasses import dataclass
 
-from skymorph.errors import InputError, MissingDependencyError, did_you_mean
+from skymorph.errors import InputError, MissingDependencyError, did_you_mean, first_line
 
 __all__ = ["SlurmConfig", "load_slurm_config", "slurm_cluster", "walltime_minutes"]
 
@@ -196,8 +196,7 @@ def load_slurm_config(config_path: str, **overrides) -> SlurmConfig:
     try:
         values = yaml.safe_load(read_text(config_path))
     except yaml.YAMLError as err:
-        first_line = str(err).splitlines()[0]
-        raise InputError(f"SLURM config {str(config_path)!r} is not valid YAML: {first_line}") from err
+        raise InputError(f"SLURM config {str(config_path)!r} is not valid YAML: {first_line(err)}") from err
     if isinstance(values, dict):
         values = {**values, **overrides}
     return SlurmConfig.from_dict(values, source=f"SLURM config {str(config_path)!r}")

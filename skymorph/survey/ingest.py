@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from skymorph.errors import InputError
+from skymorph.errors import InputError, first_line
 from skymorph.schema import get_schema
 from skymorph.storage import atomic_write_text, is_remote, join, read_bytes, write_parquet
 
@@ -209,7 +209,7 @@ def ingest(
             data = read_bytes(file if absolute else join(base, file), storage_options)
             return decode_image(data, file, size=size, bands=bands, stretch=stretch), None
         except Exception as err:  # any unreadable file is reported by name and skipped
-            return None, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:200]
+            return None, f"{type(err).__name__}: {first_line(err)}"[:200]
 
     files = table["file"].astype(str).tolist()
     with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:

@@ -21,7 +21,7 @@ import io
 import json
 from dataclasses import dataclass, field, replace
 
-from skymorph.errors import ModelError, SchemaError
+from skymorph.errors import ModelError, SchemaError, first_line
 from skymorph.model_metadata import LIKELIHOODS, InputSpec
 from skymorph.schema import Schema, get_schema
 from skymorph.storage import atomic_write_bytes, read_bytes
@@ -133,7 +133,7 @@ def read_checkpoint(path: str, storage_options=None, *, data: bytes | None = Non
         payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as err:  # torch.load raises many types on foreign or truncated bytes (struct.error, ...)
         raise ModelError(
-            f"{path!r} is not a readable checkpoint (corrupt or not a torch file: {str(err).splitlines()[0][:120]}); "
+            f"{path!r} is not a readable checkpoint (corrupt or not a torch file: {first_line(err, 120)}); "
             "give a file written by `skymorph train`"
         ) from err
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
@@ -172,7 +172,7 @@ def load_checkpoint(path: str, expect_schema=None, storage_options=None, *, data
         model.load_state_dict(payload["model"])
     except (RuntimeError, KeyError) as err:
         raise ModelError(
-            f"{path!r}: weights do not fit architecture {meta.arch!r} ({str(err).splitlines()[0][:120]})"
+            f"{path!r}: weights do not fit architecture {meta.arch!r} ({first_line(err, 120)})"
         ) from err
     model.eval()
     return model, meta, payload.get("training") or {}

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from skymorph.errors import InputError, SchemaError, did_you_mean
+from skymorph.errors import InputError, SchemaError, did_you_mean, first_line
 from skymorph.schema import Schema
 from skymorph.storage import filesystem, read_bytes
 
@@ -67,7 +67,7 @@ def _read_table(url: str, storage_options):
             return pacsv.read_csv(pa.BufferReader(data)), hashlib.sha256(data).hexdigest()
         return pq.read_table(pa.BufferReader(data)), hashlib.sha256(data).hexdigest()
     except (pa.ArrowInvalid, OSError) as err:
-        raise InputError(f"labels {url!r} is not a readable Parquet or CSV table ({str(err).splitlines()[0][:120]})") from err
+        raise InputError(f"labels {url!r} is not a readable Parquet or CSV table ({first_line(err, 120)})") from err
 
 
 def load_labels(url: str, schema: Schema, storage_options=None) -> Labels:
