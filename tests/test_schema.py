@@ -70,11 +70,3 @@ def test_same_tree_ignores_the_schema_name_only():
     assert renamed.same_tree(DECALS) and not GZ2.same_tree(DECALS)
     reordered = Schema("r", (DECALS.questions[1], DECALS.questions[0]) + DECALS.questions[2:])
     assert not reordered.same_tree(DECALS)
-
-
-def test_first_line_of_an_error():
-    from skymorph.errors import first_line
-
-    assert first_line(ValueError("\n  first\nsecond")) == "first"
-    assert first_line(EOFError()) == "EOFError"
-    assert first_line(ValueError("x" * 500), 10) == "x" * 10

@@ -1,0 +1,16 @@
+"""skymorph.errors: the helpers that keep every message one line."""
+
+from __future__ import annotations
+
+from skymorph.errors import did_you_mean, first_line
+
+
+def test_first_line_of_an_error():
+    assert first_line(ValueError("\n  first\nsecond")) == "first"
+    assert first_line(EOFError()) == "EOFError"
+    assert first_line(ValueError("x" * 500), 10) == "x" * 10
+
+
+def test_did_you_mean():
+    assert did_you_mean("bald_totl", ["bald_total", "ra"]) == " Did you mean 'bald_total'?"
+    assert did_you_mean("zzz", ["bald_total", "ra"]) == ""
