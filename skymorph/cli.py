@@ -1,8 +1,9 @@
 """The ``skymorph`` command line: argument parsing only.
 
 Each subcommand parses its arguments and calls one public function of a package; logic lives there.
-Errors a user can fix (:class:`skymorph.errors.SkymorphError`, and ``OSError``: missing or unwritable
-paths, unreachable schedulers or endpoints) print one line and exit 2.
+Errors a user can fix (:class:`skymorph.errors.SkymorphError`; ``OSError``: missing or unwritable
+paths, unreachable schedulers or endpoints; botocore's errors: an unreachable S3 endpoint, missing
+credentials) print one line and exit 2. Outputs are checked for writability before the work starts.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import argparse
 import json
 import sys
 
-from skymorph.errors import SkymorphError
+from skymorph.errors import SkymorphError, first_line
 
 __all__ = ["main", "build_parser"]
 
@@ -31,6 +32,14 @@ def _storage_options(args) -> dict:
     from skymorph.storage import parse_storage_options
 
     return parse_storage_options(getattr(args, "storage_options", None))
+
+
+def _check_writable(url: str | None, flag: str, *, directory: bool = False) -> None:
+    """Fail now, not after the work, if a local output cannot be written (see storage.check_writable)."""
+    if url:
+        from skymorph.storage import check_writable
+
+        check_writable(url, flag, directory=directory)
 
 
 def _add_storage_option(parser: argparse.ArgumentParser) -> None:
@@ -129,6 +138,7 @@ def _add_ingest_command(survey_sub) -> None:
 def _cmd_survey_ingest(args) -> int:
     from skymorph.survey.ingest import ingest, parse_label_map
 
+    _check_writable(args.out, "--out", directory=True)
     summary = ingest(
         args.catalog, args.out, args.size, bands=args.bands, stretch=args.stretch, tile_size=args.tile_size,
         id_column=args.id_column, label_question=args.label_question, label_map=parse_label_map(args.label_map),
@@ -183,7 +193,7 @@ def _add_train_commands(sub) -> None:
     evaluate.add_argument("--out", required=True, metavar="DIR", help="metrics.json, predictions.parquet and plots go here")
     evaluate.add_argument("--split", choices=("validation", "train", "all"), default="validation")
     evaluate.add_argument("--truth", metavar="PARQUET", help="true fractions ({question}_{answer}_true columns), e.g. a synthetic survey's truth.parquet")
-    evaluate.add_argument("--samples", type=_positive_int, default=30, help="MC dropout samples T (default 30)")
+    evaluate.add_argument("--samples", type=_positive_int, default=30, help="MC dropout samples T, 1-1000 (default 30)")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the dropout masks (default 0)")
     evaluate.add_argument("--threads", type=_positive_int)
     evaluate.add_argument("--drop-unmatched", action="store_true")
@@ -203,6 +213,7 @@ def _cmd_train(args) -> int:
         augment=args.augment, ema_decay=args.ema_decay, resume=args.resume, finetune=args.finetune, threads=args.threads,
         max_minutes=args.max_minutes, stop_after_epochs=args.stop_after_epochs, drop_unmatched=args.drop_unmatched, storage_options=_storage_options(args),
     )
+    _check_writable(args.out, "--out")
     print(train(config))
     return 0
 
@@ -210,10 +221,12 @@ def _cmd_train(args) -> int:
 def _cmd_evaluate(args) -> int:
     from skymorph.trainer import evaluate
 
+    options = _storage_options(args)
+    _check_writable(args.out, "--out", directory=True)
     report = evaluate(
         args.checkpoint, args.tiles, args.labels, args.out, samples=args.samples, seed=args.seed, split=args.split,
         truth=args.truth, threads=args.threads, drop_unmatched=args.drop_unmatched, tta=args.tta,
-        storage_options=_storage_options(args),
+        storage_options=options,
     )
     print(report)
     return 0
@@ -232,10 +245,10 @@ def _add_export_commands(sub) -> None:
     )
     export.add_argument("checkpoint", metavar="CKPT", help="checkpoint written by `skymorph train` (path or s3:// URL)")
     export.add_argument("--out", required=True, metavar="URL", help="output model.onnx, or model.plan for --format tensorrt")
-    export.add_argument("--samples", type=_positive_int, default=30, help="T, the number of frozen dropout masks (default 30)")
+    export.add_argument("--samples", type=_positive_int, default=30, help="T, the number of frozen dropout masks, 1-1000 (default 30)")
     export.add_argument("--seed", type=int, default=0, help="seed of the masks: same checkpoint, T and seed, same model (default 0)")
     export.add_argument("--format", choices=("onnx", "tensorrt"), default="onnx", help="onnx (default) or tensorrt")
-    export.add_argument("--opset", type=_positive_int, default=18, help="ONNX opset, at least 18 (default 18)")
+    export.add_argument("--opset", type=_positive_int, default=18, help="ONNX opset, from 18 to the newest onnx and onnxruntime support (default 18)")
     export.add_argument("--fp16", action="store_true", help="tensorrt: build an fp16 plan")
     export.add_argument("--opt-batch", type=_positive_int, default=256, help="tensorrt: batch size tuned for (default 256)")
     export.add_argument("--max-batch", type=_positive_int, default=1024, help="tensorrt: largest batch (default 1024)")
@@ -249,10 +262,13 @@ def _add_export_commands(sub) -> None:
 def _cmd_export(args) -> int:
     from skymorph.exporter import export_checkpoint
 
+    options = _storage_options(args)
+    _check_writable(args.out, "--out")
+    _check_writable(args.onnx_out, "--onnx-out")
     reports = export_checkpoint(
         args.checkpoint, args.out, args.samples, args.seed, format=args.format, opset=args.opset, fp16=args.fp16,
         onnx_out=args.onnx_out, overwrite=args.overwrite, opt_batch=args.opt_batch, max_batch=args.max_batch,
-        timing_cache=args.timing_cache, storage_options=_storage_options(args),
+        timing_cache=args.timing_cache, storage_options=options,
     )
     for report in reports:
         if report is not None:
@@ -280,7 +296,7 @@ def _add_run_commands(sub) -> None:
     run.add_argument("--batch-size", type=_positive_int, default=256, help="images per engine call (default 256)")
     run.add_argument("--max-in-flight", type=_positive_int, default=None, help="tasks submitted at once (default 2 x Dask threads)")
     run.add_argument("--rows-per-task", type=_positive_int, default=4096, help="split larger tiles into tasks of about this many rows (default 4096)")
-    run.add_argument("--n-volunteers", type=_positive_int, default=40, help="N of the vote-count posteriors and BALD (default 40)")
+    run.add_argument("--n-volunteers", type=_positive_int, default=40, help="N of the vote-count posteriors and BALD, 1-1000 (default 40)")
     run.add_argument("--catalog-order", type=int, default=5, help="HEALPix order of the catalog partitions (default 5)")
     run.add_argument("--backend", default="auto", help="engine backend: auto, onnxruntime, tensorrt, torch (default auto)")
     run.add_argument("--gpu", action="store_true", help="tasks ask for a worker with resource GPU=1")
@@ -370,6 +386,7 @@ def _cmd_catalog_query(args) -> int:
     options = _storage_options(args)
     if args.out:
         output_format(args.out)
+        _check_writable(args.out, "--out")
     catalog = open_catalog(args.catalog, options)
     cone = Cone(*args.cone) if args.cone else None
     columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
@@ -396,8 +413,10 @@ def _cmd_catalog_pick(args) -> int:
 
     options = _storage_options(args)
     output_format(args.out)
+    _check_writable(args.out, "--out")
     if args.gallery:
         check_png(args.gallery)
+        _check_writable(args.gallery, "--gallery")
     catalog = open_catalog(args.catalog, options)
     batch = pick(catalog, args.n, question=args.question, strategy=args.strategy, beta=args.beta, seed=args.seed,
                  exclude=args.exclude, storage_options=options)
@@ -437,12 +456,31 @@ def main(argv: list[str] | None = None) -> int:
     except SkymorphError as err:
         print(f"skymorph: error: {err}", file=sys.stderr)
         return 2
-    except OSError as err:  # missing or unwritable paths, unreachable schedulers and endpoints
-        print(f"skymorph: error: {err}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("skymorph: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:
+        message = _environment_error(err, args)
+        if message is None:
+            raise
+        print(f"skymorph: error: {message}", file=sys.stderr)
+        return 2
+
+
+def _environment_error(err: Exception, args) -> str | None:
+    """One line for an error of the environment rather than of skymorph: botocore's (an unreachable S3
+    endpoint, no credentials; not ``OSError``s, and some timeouts are both), then ``OSError`` (missing or
+    unwritable paths, unreachable schedulers). ``None``: a bug, left to raise with its traceback."""
+    from skymorph.storage import remote_error_message
+
+    try:
+        options = _storage_options(args)
+    except SkymorphError:
+        options = None
+    message = remote_error_message(err, options)
+    if message is None and isinstance(err, OSError):
+        message = first_line(err, limit=500)
+    return message
 
 
 if __name__ == "__main__":

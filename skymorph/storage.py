@@ -15,13 +15,14 @@ import io
 import json
 import os
 import posixpath
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from skymorph.errors import InputError
+from skymorph.errors import InputError, first_line
 
 __all__ = [
     "filesystem",
@@ -37,6 +38,9 @@ __all__ = [
     "read_parquet",
     "parse_storage_options",
     "strip_protocol",
+    "check_writable",
+    "check_bucket",
+    "remote_error_message",
 ]
 
 
@@ -44,11 +48,40 @@ def is_remote(url: str) -> bool:
     return "://" in str(url) and not str(url).startswith("file://")
 
 
+def _check_endpoint(endpoint, source: str) -> None:
+    """Raise :class:`InputError` unless ``endpoint`` is an http(s) URL with a host (botocore would raise
+    ``ValueError: Invalid endpoint`` only at the first request, as a traceback)."""
+    from urllib.parse import urlsplit
+
+    valid = isinstance(endpoint, str)
+    if valid:
+        try:
+            parts = urlsplit(endpoint)
+            parts.port  # noqa: B018 -- raises ValueError on a port that is not a number
+        except ValueError:
+            valid = False
+        else:
+            valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+    if not valid:
+        raise InputError(
+            f"{source} must be an http:// or https:// URL with a host, e.g. 'http://127.0.0.1:9000', got {endpoint!r}"
+        )
+
+
 def _s3_options_from_env(storage_options: dict | None) -> dict:
     options = dict(storage_options or {})
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    if endpoint and "endpoint_url" not in options and "endpoint_url" not in options.get("client_kwargs", {}):
-        options["endpoint_url"] = endpoint
+    client_kwargs = options.get("client_kwargs") or {}
+    if "endpoint_url" in options:
+        _check_endpoint(options["endpoint_url"], "storage option endpoint_url")
+    elif isinstance(client_kwargs, dict) and "endpoint_url" in client_kwargs:
+        _check_endpoint(client_kwargs["endpoint_url"], "storage option client_kwargs.endpoint_url")
+    else:
+        for variable in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
+            endpoint = os.environ.get(variable)
+            if endpoint:
+                _check_endpoint(endpoint, variable)
+                options["endpoint_url"] = endpoint
+                break
     return options
 
 
@@ -66,8 +99,9 @@ def filesystem(url: str, storage_options: dict | None = None):
 
     url = str(url)
     protocol = url.split("://", 1)[0] if "://" in url else "file"
+    options = storage_options_for(url, storage_options)
     try:
-        fs = fsspec.filesystem(protocol, **storage_options_for(url, storage_options))
+        fs = fsspec.filesystem(protocol, **options)
     except (ImportError, ValueError) as err:
         raise InputError(f"cannot open {url!r}: {err}") from err
     return fs, fs._strip_protocol(url)
@@ -156,16 +190,35 @@ def write_parquet(table, url: str, storage_options: dict | None = None, **kwargs
 
 
 def read_parquet(url: str, storage_options: dict | None = None, columns: list[str] | None = None):
-    """Read one Parquet file (local or remote) into a pyarrow Table."""
+    """Read one Parquet file (local or remote) into a pyarrow Table.
+
+    A file that is not Parquet (empty, truncated, a CSV) or lacks one of ``columns`` is an
+    :class:`InputError` naming ``url``; a failure to fetch it keeps its own type.
+    """
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     fs, path = filesystem(url, storage_options)
     if not fs.exists(path):
         raise FileNotFoundError(f"{url!r} does not exist")
+    if fs.isdir(path):
+        raise InputError(f"{url!r} is a directory, not a Parquet file")
     with fs.open(path, "rb") as fh:
-        # use_threads=False: Arrow's threads reading a Python file object can outlive the call and
-        # abort the interpreter at exit (apache/arrow#33975, #50482; seen here with pyarrow 26)
-        return pq.read_table(fh, columns=columns, use_threads=False)
+        try:
+            # use_threads=False: Arrow's threads reading a Python file object can outlive the call and
+            # abort the interpreter at exit (apache/arrow#33975, #50482; seen here with pyarrow 26)
+            return pq.read_table(fh, columns=columns, use_threads=False)
+        except pa.ArrowInvalid as err:
+            reason = first_line(err)
+        fh.seek(0)
+        try:
+            names = pq.read_schema(fh).names
+        except pa.ArrowInvalid:
+            names = None
+    missing = [c for c in columns or () if names is not None and c not in names]
+    if missing:
+        raise InputError(f"{url!r} has no column {missing[0]!r} (columns: {', '.join(names)})")
+    raise InputError(f"{url!r} is not a readable Parquet file ({reason})")
 
 
 def parse_storage_options(text: str | None) -> dict:
@@ -178,4 +231,128 @@ def parse_storage_options(text: str | None) -> dict:
         raise InputError(f"--storage-options is not valid JSON ({err.msg}); give e.g. '{{\"anon\": false}}'") from err
     if not isinstance(options, dict):
         raise InputError(f"--storage-options must be a JSON object, got {type(options).__name__}")
+    if "endpoint_url" in options:
+        _check_endpoint(options["endpoint_url"], "--storage-options endpoint_url")
+    client_kwargs = options.get("client_kwargs")
+    if isinstance(client_kwargs, dict) and "endpoint_url" in client_kwargs:
+        _check_endpoint(client_kwargs["endpoint_url"], "--storage-options client_kwargs.endpoint_url")
     return options
+
+
+def check_writable(url: str, what: str, *, directory: bool = False) -> None:
+    """Raise :class:`InputError` now, before any work, if a local output ``url`` cannot be written.
+
+    ``what`` names the output in the message (a flag such as ``--out``). ``directory``: the output is a
+    directory (files are written inside it) rather than one file. Checks that the target is not of the
+    other kind and that files can be created in the nearest directory that already exists (by making
+    and removing a hidden probe file there; no directory is created). Remote URLs are not checked here
+    (see :func:`check_bucket`).
+    """
+    url = str(url)
+    if is_remote(url):
+        return
+    path = os.path.abspath(strip_protocol(url) if url.startswith("file://") else url)
+    if directory and os.path.exists(path) and not os.path.isdir(path):
+        raise InputError(f"cannot write to {what} {url!r}: it is a file, not a directory; give a directory path")
+    if not directory and os.path.isdir(path):
+        raise InputError(f"cannot write to {what} {url!r}: it is a directory; give a file path")
+    parent = path if directory else os.path.dirname(path)
+    while not os.path.exists(parent):  # the nearest ancestor that exists; the root always does
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise InputError(f"cannot write to {what} {url!r}: {parent!r} is a file, not a directory")
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".skymorph-probe-", dir=parent)
+    except OSError as err:
+        raise InputError(
+            f"cannot write to {what} {url!r}: cannot create files in {parent!r} ({err.strerror or err}); "
+            "choose a writable location"
+        ) from err
+    os.close(handle)
+    os.unlink(probe)
+
+
+def check_bucket(url: str, what: str, storage_options: dict | None = None) -> None:
+    """Raise :class:`InputError` now, in one line, if the S3 bucket of ``url`` is missing, denied, or its
+    endpoint unreachable. One request without retries (a down endpoint answers in about a second, not
+    after s3fs's and botocore's retries); other operations keep their retries. Not S3: nothing."""
+    url = str(url)
+    if not url.startswith(("s3://", "s3a://")):
+        return
+    import fsspec
+
+    options = storage_options_for(url, storage_options)
+    config = dict(options.get("config_kwargs") or {})
+    config["retries"] = {"total_max_attempts": 1}
+    options["config_kwargs"] = config
+    try:
+        fs = fsspec.filesystem("s3", skip_instance_cache=True, **options)
+    except (ImportError, TypeError, ValueError) as err:
+        raise InputError(f"cannot open {url!r}: {first_line(err)}") from err
+    fs.retries = 1  # this instance only: s3fs's retry loop around each request
+    bucket = fs.split_path(url)[0]
+    try:
+        fs.call_s3("head_bucket", Bucket=bucket)
+    except FileNotFoundError as err:
+        raise InputError(f"{what} {url!r}: bucket {bucket!r} does not exist; create it first") from err
+    except PermissionError as err:
+        raise InputError(
+            f"{what} {url!r}: access to bucket {bucket!r} was denied ({first_line(err)}); check the credentials"
+        ) from err
+    except Exception as err:
+        message = remote_error_message(err, options)
+        if message is None:
+            if not isinstance(err, OSError):
+                raise
+            message = f"bucket {bucket!r} cannot be used ({first_line(err)})"
+        raise InputError(f"{what} {url!r}: {message}") from err
+
+
+def remote_error_message(err: BaseException, storage_options: dict | None = None) -> str | None:
+    """A one-line message for a botocore error (unreachable endpoint, no credentials, an answer that is
+    not S3), naming the endpoint and what to check; ``None`` for any other error. botocore's errors are not ``OSError``s
+    and s3fs passes them through untranslated. ``storage_options`` supply the endpoint when the error
+    does not carry one."""
+    exceptions = sys.modules.get("botocore.exceptions")  # not imported: cannot be a botocore error
+    if exceptions is None:
+        return None
+    reason = first_line(err, limit=300)
+    parsers = sys.modules.get("botocore.parsers")
+    if parsers is not None and isinstance(err, parsers.ResponseParserError):  # not a BotoCoreError
+        return (
+            f"the S3 endpoint {_endpoint_of(err, storage_options)} answered with something that is not S3 ({reason}); "
+            "check that AWS_ENDPOINT_URL or --storage-options endpoint_url names an S3 service"
+        )
+    if not isinstance(err, exceptions.BotoCoreError):
+        return None
+    credentials = (exceptions.NoCredentialsError, exceptions.PartialCredentialsError, exceptions.CredentialRetrievalError)
+    if isinstance(err, credentials):
+        return (
+            f"no usable S3 credentials ({reason}); set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), "
+            "or give --storage-options '{\"anon\": true}' for a public bucket"
+        )
+    endpoint = _endpoint_of(err, storage_options)
+    if isinstance(err, (exceptions.ConnectionError, exceptions.HTTPClientError)):
+        return (
+            f"cannot reach the S3 endpoint {endpoint} ({reason}); check that it is up and that AWS_ENDPOINT_URL "
+            "or --storage-options endpoint_url names it"
+        )
+    return (
+        f"S3 request to {endpoint} failed ({reason}); check AWS_ENDPOINT_URL or --storage-options endpoint_url, "
+        "and the credentials"
+    )
+
+
+def _endpoint_of(err: BaseException, storage_options: dict | None) -> str:
+    """``scheme://host:port`` of the endpoint a botocore error was about."""
+    from urllib.parse import urlsplit
+
+    url = (getattr(err, "kwargs", None) or {}).get("endpoint_url")
+    options = storage_options or {}
+    client_kwargs = options.get("client_kwargs") if isinstance(options.get("client_kwargs"), dict) else {}
+    url = url or options.get("endpoint_url") or client_kwargs.get("endpoint_url")
+    url = url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if not isinstance(url, str) or not url:
+        return "(AWS's default endpoint)"
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else url

@@ -1,6 +1,10 @@
+import io
+import json
 import os
+import re
 import subprocess
 import sys
+import time
 
 import pyarrow as pa
 import pytest
@@ -51,3 +55,119 @@ def test_a_process_that_read_parquet_exits_cleanly(tmp_path):
     code = f"from skymorph.storage import read_parquet; assert read_parquet({str(path)!r}).num_rows == 0"
     runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True) for _ in range(8)]
     assert [r.returncode for r in runs] == [0] * 8, next(r.stderr for r in runs if r.returncode)
+
+
+# ---- endpoints -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("endpoint", ["not a url", "127.0.0.1:9000", "http://", "http://127.0.0.1:port", "ftp://h", 9000])
+def test_malformed_endpoint_is_an_input_error_naming_its_source(endpoint, monkeypatch):
+    with pytest.raises(InputError, match="--storage-options endpoint_url must be an http:// or https:// URL with a host"):
+        storage.parse_storage_options(json.dumps({"endpoint_url": endpoint}))
+    with pytest.raises(InputError, match="storage option endpoint_url must be"):
+        storage.filesystem("s3://bucket/x", {"endpoint_url": endpoint})
+    if isinstance(endpoint, str):
+        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+        with pytest.raises(InputError, match="AWS_ENDPOINT_URL must be"):
+            storage.filesystem("s3://bucket/x")
+
+
+def test_good_endpoints_pass(monkeypatch):
+    for endpoint in ("http://127.0.0.1:9000", "https://s3.example.org", "http://[::1]:9000/"):
+        assert storage.parse_storage_options(json.dumps({"endpoint_url": endpoint})) == {"endpoint_url": endpoint}
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "not a url")  # not used: not S3, or named explicitly
+    assert storage.storage_options_for("/local/path") == {}
+    assert storage.storage_options_for("s3://b/x", {"endpoint_url": "http://127.0.0.1:1"})["endpoint_url"] == "http://127.0.0.1:1"
+
+
+def test_remote_error_message():
+    from botocore.exceptions import EndpointConnectionError, NoCredentialsError, ParamValidationError
+
+    message = storage.remote_error_message(EndpointConnectionError(endpoint_url="http://127.0.0.1:9/bucket/key"))
+    assert message.startswith("cannot reach the S3 endpoint http://127.0.0.1:9 (Could not connect")
+    assert "AWS_ENDPOINT_URL" in message and "\n" not in message
+    assert "credentials" in storage.remote_error_message(NoCredentialsError())
+    other = storage.remote_error_message(ParamValidationError(report="bad"), {"endpoint_url": "http://127.0.0.1:7/x"})
+    assert other.startswith("S3 request to http://127.0.0.1:7 failed")
+    from botocore.parsers import ResponseParserError
+
+    garbage = storage.remote_error_message(ResponseParserError("Unable to parse"), {"endpoint_url": "http://127.0.0.1:7"})
+    assert garbage.startswith("the S3 endpoint http://127.0.0.1:7 answered with something that is not S3")
+    assert storage.remote_error_message(ValueError("x")) is None
+    assert storage.remote_error_message(OSError("x")) is None
+
+
+def test_check_bucket(s3_bucket, monkeypatch):
+    storage.check_bucket(f"{s3_bucket}/prefix", "--out")  # exists: nothing
+    storage.check_bucket("/local/path", "--out")  # not S3: nothing
+    with pytest.raises(InputError, match="--out 's3://no-such-bucket-x/p': bucket 'no-such-bucket-x' does not exist"):
+        storage.check_bucket("s3://no-such-bucket-x/p", "--out")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    started = time.perf_counter()
+    with pytest.raises(InputError, match=r"--out 's3://b/p': cannot reach the S3 endpoint http://127\.0\.0\.1:9 "):
+        storage.check_bucket("s3://b/p", "--out")
+    assert time.perf_counter() - started < 5  # one request, no retries
+
+
+# ---- Parquet that is not ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("content, reason", [
+    (b"", "Parquet file size is 0 bytes"),
+    (b"PAR1 and then nothing", "magic bytes not found"),
+    (b"object_id\n1\n", "magic bytes not found"),
+])
+def test_read_parquet_of_a_file_that_is_not_parquet(content, reason, tmp_path):
+    path = tmp_path / "t.parquet"
+    path.write_bytes(content)
+    with pytest.raises(InputError, match=f"^{re.escape(repr(str(path)))} is not a readable Parquet file \\(.*{reason}"):
+        storage.read_parquet(str(path))
+
+
+def test_read_parquet_of_a_truncated_file_on_s3(s3_bucket):
+    import pyarrow.parquet as pq
+
+    buffer = io.BytesIO()
+    pq.write_table(pa.table({"object_id": list(range(100))}), buffer)
+    url = storage.join(s3_bucket, "t.parquet")
+    storage.atomic_write_bytes(url, buffer.getvalue()[:-20])
+    with pytest.raises(InputError, match=f"^{re.escape(repr(url))} is not a readable Parquet file"):
+        storage.read_parquet(url)
+
+
+def test_read_parquet_missing_directory_and_columns(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        storage.read_parquet(str(tmp_path / "nope.parquet"))
+    with pytest.raises(InputError, match="is a directory, not a Parquet file"):
+        storage.read_parquet(str(tmp_path))
+    storage.write_parquet(pa.table({"object_id": [1], "ra": [2.0]}), str(tmp_path / "t.parquet"))
+    assert storage.read_parquet(str(tmp_path / "t.parquet"), columns=["ra"]).column_names == ["ra"]
+    with pytest.raises(InputError, match=r"has no column 'dec' \(columns: object_id, ra\)"):
+        storage.read_parquet(str(tmp_path / "t.parquet"), columns=["ra", "dec"])
+
+
+# ---- outputs that cannot be written ------------------------------------------------------------------
+
+
+def test_check_writable(tmp_path):
+    (tmp_path / "regular").write_text("x")
+    (tmp_path / "adir").mkdir()
+    storage.check_writable(str(tmp_path / "new" / "deeper" / "model.pt"), "--out")
+    storage.check_writable(str(tmp_path / "regular"), "--out")  # replaced atomically
+    storage.check_writable(str(tmp_path / "adir"), "--out", directory=True)
+    storage.check_writable(str(tmp_path / "newdir"), "--out", directory=True)
+    storage.check_writable("s3://bucket/x.pt", "--out")  # remote: not checked here
+    assert sorted(os.listdir(tmp_path)) == ["adir", "regular"]  # no probe file, no directory left behind
+    cases = [
+        (tmp_path / "regular" / "sub.pt", {}, f"{str(tmp_path / 'regular')!r} is a file, not a directory"),
+        (tmp_path / "regular" / "a" / "b.pt", {}, f"{str(tmp_path / 'regular')!r} is a file, not a directory"),
+        (tmp_path / "adir", {}, "it is a directory; give a file path"),
+        (tmp_path / "regular", {"directory": True}, "it is a file, not a directory"),
+        ("/proc/x.pt", {}, "cannot create files in '/proc'"),
+        ("/proc/a/b", {"directory": True}, "cannot create files in '/proc'"),
+    ]
+    for target, kwargs, reason in cases:
+        with pytest.raises(InputError) as info:
+            storage.check_writable(str(target), "--out", **kwargs)
+        assert str(info.value).startswith(f"cannot write to --out {str(target)!r}: ")
+        assert reason in str(info.value)

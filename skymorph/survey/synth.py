@@ -113,14 +113,9 @@ def _check_int(name: str, flag: str, value, minimum: int) -> int:
 def _prepare_out(out: str, storage_options: dict | None) -> None:
     """Fail before any work if ``out`` cannot be written."""
     if storage.is_remote(out):
-        fs, path = storage.filesystem(out, storage_options)
-        bucket = path.split("/", 1)[0]
-        try:
-            found = fs.exists(bucket)
-        except OSError as err:
-            raise InputError(f"cannot reach --out {out!r}: {err}") from err
-        if not found:
-            raise InputError(f"--out {out!r}: bucket {bucket!r} does not exist; create it first")
+        # one request without retries: fs.exists() would answer "no bucket" for a down endpoint, after
+        # s3fs's and botocore's retries (11-19 s)
+        storage.check_bucket(out, "--out", storage_options)
         return
     path = storage.strip_protocol(out)
     try:

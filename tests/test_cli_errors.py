@@ -1,0 +1,189 @@
+"""User errors of the environment end in one line `skymorph: error: ...` and exit 2, before any work:
+an unreachable or malformed S3 endpoint, a file that is not Parquet, an output that cannot be written."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from skymorph.cli import main
+
+DOWN = "http://127.0.0.1:9"  # nothing listens on the discard port: connection refused at once
+# one attempt per request: botocore's retries would take seconds against a refused connection
+DOWN_OPTIONS = json.dumps({"endpoint_url": DOWN, "config_kwargs": {"retries": {"total_max_attempts": 1}}})
+
+
+def _one_line_error(capsys, code: int) -> str:
+    captured = capsys.readouterr()
+    assert code == 2, captured.err
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("skymorph: error: ")
+    assert "Traceback" not in captured.err
+    return lines[0]
+
+
+@pytest.fixture
+def dummy_credentials(monkeypatch):
+    for key, value in {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+
+
+@pytest.fixture(scope="module")
+def small_catalog(tmp_path_factory) -> str:
+    from skymorph.testing.catalogs import write_synthetic_catalog
+
+    out = str(tmp_path_factory.mktemp("cli_errors") / "catalog")
+    return write_synthetic_catalog(out, 200, per_tile=100, tile_deg=1.0, order=6, workers=1).url
+
+
+# ---- S3 endpoint ---------------------------------------------------------------------------------
+
+
+def test_unreachable_endpoint_from_the_environment_is_one_line_in_a_real_process(tmp_path):
+    """The bug hunt's repro: botocore's EndpointConnectionError is no OSError and was a traceback."""
+    env = {**os.environ, "AWS_ENDPOINT_URL": DOWN, "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y",
+           "AWS_MAX_ATTEMPTS": "1"}
+    env.pop("AWS_ENDPOINT_URL_S3", None)
+    result = subprocess.run([sys.executable, "-m", "skymorph.cli", "catalog", "info", "s3://bucket/cat"],
+                            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("skymorph: error: cannot reach the S3 endpoint http://127.0.0.1:9 ")
+    assert "AWS_ENDPOINT_URL" in lines[0] and "endpoint_url" in lines[0]
+
+
+@pytest.mark.parametrize("argv", [
+    ["catalog", "info", "s3://bucket/cat"],
+    ["catalog", "query", "s3://bucket/cat", "--limit", "3"],
+    ["catalog", "pick", "s3://bucket/cat", "--n", "3", "--out", "{tmp}/p.csv"],
+    ["evaluate", "s3://bucket/model.pt", "--tiles", "s3://bucket/tiles.txt", "--labels", "s3://bucket/l.parquet",
+     "--out", "{tmp}/ev"],
+], ids=["info", "query", "pick", "evaluate"])
+def test_unreachable_endpoint_is_one_line_naming_it(argv, dummy_credentials, tmp_path, capsys):
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    started = time.perf_counter()
+    line = _one_line_error(capsys, main([*argv, "--storage-options", DOWN_OPTIONS]))
+    assert time.perf_counter() - started < 5
+    assert "cannot reach the S3 endpoint http://127.0.0.1:9 " in line
+    assert "--storage-options endpoint_url" in line
+    assert not os.listdir(tmp_path)  # nothing was written
+
+
+@pytest.mark.parametrize("options, source", [
+    ({"endpoint_url": "not a url"}, "--storage-options endpoint_url"),
+    ({"endpoint_url": "127.0.0.1:9000"}, "--storage-options endpoint_url"),
+    ({"endpoint_url": "http://127.0.0.1:port"}, "--storage-options endpoint_url"),
+    ({"endpoint_url": 9000}, "--storage-options endpoint_url"),
+    ({"client_kwargs": {"endpoint_url": "ftp://127.0.0.1"}}, "--storage-options client_kwargs.endpoint_url"),
+])
+def test_malformed_endpoint_in_storage_options(options, source, dummy_credentials, capsys):
+    line = _one_line_error(capsys, main(["catalog", "info", "s3://bucket/cat", "--storage-options", json.dumps(options)]))
+    assert f"{source} must be an http:// or https:// URL with a host" in line
+    assert "got " in line
+
+
+def test_malformed_endpoint_in_the_environment(dummy_credentials, monkeypatch, capsys):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "not a url")
+    line = _one_line_error(capsys, main(["catalog", "info", "s3://bucket/cat"]))
+    assert "AWS_ENDPOINT_URL must be an http:// or https:// URL with a host" in line and "'not a url'" in line
+
+
+def test_synth_to_an_unreachable_endpoint_says_so_quickly(dummy_credentials, monkeypatch, tmp_path, capsys):
+    """It said "bucket does not exist" after 11-19 s of retries (fs.exists hides the connection error).
+    No retry settings here: the bucket probe makes one request of its own."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", DOWN)
+    started = time.perf_counter()
+    code = main(["survey", "synth", "--out", "s3://bucket/x", "--tiles", "1", "--per-tile", "2", "--size", "16",
+                 "--workers", "1"])
+    line = _one_line_error(capsys, code)
+    assert time.perf_counter() - started < 5
+    assert "--out 's3://bucket/x': cannot reach the S3 endpoint http://127.0.0.1:9 " in line
+    assert "does not exist" not in line
+
+
+def test_synth_to_a_missing_bucket_on_a_live_endpoint(s3, capsys):
+    line = _one_line_error(capsys, main(["survey", "synth", "--out", "s3://no-such-bucket-cli/x", "--tiles", "1",
+                                         "--per-tile", "2", "--size", "16", "--workers", "1"]))
+    assert "bucket 'no-such-bucket-cli' does not exist; create it first" in line
+
+
+# ---- files that are not Parquet ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("content", [b"", b"PAR1 truncated", b"object_id\n1\n2\n"], ids=["empty", "truncated", "csv"])
+def test_pick_exclude_that_is_not_parquet(content, small_catalog, tmp_path, capsys):
+    exclude = tmp_path / "done.parquet"
+    exclude.write_bytes(content)
+    out = tmp_path / "batch.csv"
+    code = main(["catalog", "pick", small_catalog, "--n", "3", "--exclude", str(exclude), "--out", str(out)])
+    line = _one_line_error(capsys, code)
+    assert f"{str(exclude)!r} is not a readable Parquet file (" in line
+    assert not out.exists()
+
+
+# ---- outputs that cannot be written: refused before the work --------------------------------------
+
+
+@pytest.fixture
+def places(tmp_path):
+    """Unwritable outputs: under a regular file, inside /proc (cannot create files, even as root)."""
+    (tmp_path / "regular").write_text("x")
+    (tmp_path / "adir").mkdir()
+    return {"file": str(tmp_path / "regular"), "dir": str(tmp_path / "adir"), "tmp": str(tmp_path)}
+
+
+# {out} is replaced by the unwritable output; the inputs do not exist, so a check made after
+# reading them would report them instead
+OUTPUT_COMMANDS = {
+    "train": ["train", "--tiles", "{tmp}/nope.txt", "--labels", "{tmp}/nope.parquet", "--out", "{out}"],
+    "export": ["export", "{tmp}/nope.pt", "--out", "{out}"],
+    "export-onnx-out": ["export", "{tmp}/nope.pt", "--out", "{tmp}/m.plan", "--format", "tensorrt", "--onnx-out", "{out}"],
+    "ingest": ["survey", "ingest", "--catalog", "{tmp}/nope.csv", "--out", "{out}"],
+    "evaluate": ["evaluate", "{tmp}/nope.pt", "--tiles", "{tmp}/nope.txt", "--labels", "{tmp}/nope.csv", "--out", "{out}"],
+    "query": ["catalog", "query", "{tmp}/nope", "--out", "{out}"],
+    "pick": ["catalog", "pick", "{tmp}/nope", "--n", "3", "--out", "{out}"],
+    "pick-gallery": ["catalog", "pick", "{tmp}/nope", "--n", "3", "--out", "{tmp}/b.csv", "--gallery", "{out}"],
+}
+FLAG = {"export-onnx-out": "--onnx-out", "pick-gallery": "--gallery"}
+SUFFIX = {"train": ".pt", "export": ".onnx", "export-onnx-out": ".onnx", "query": ".parquet", "pick": ".csv",
+          "pick-gallery": ".png"}
+DIRECTORY_OUTPUT = {"ingest", "evaluate"}
+
+
+@pytest.mark.parametrize("command", list(OUTPUT_COMMANDS))
+@pytest.mark.parametrize("where", ["under-a-file", "proc"])
+def test_unwritable_output_is_refused_before_the_work(command, where, places, capsys):
+    name = "sub" + SUFFIX.get(command, "")
+    out = os.path.join(places["file"], name) if where == "under-a-file" else f"/proc/{name}"
+    argv = [a.replace("{out}", out).replace("{tmp}", places["tmp"]) for a in OUTPUT_COMMANDS[command]]
+    line = _one_line_error(capsys, main(argv))
+    assert line.startswith(f"skymorph: error: cannot write to {FLAG.get(command, '--out')} {out!r}: ")
+    if where == "under-a-file":
+        assert f"{places['file']!r} is a file, not a directory" in line
+    else:
+        assert "cannot create files in '/proc'" in line
+    assert "nope" not in line and ".tmp" not in line
+
+
+@pytest.mark.parametrize("command", list(OUTPUT_COMMANDS))
+def test_output_of_the_wrong_kind_is_refused(command, places, capsys):
+    """A file output that is a directory, a directory output that is a file."""
+    out = places["file"] if command in DIRECTORY_OUTPUT else places["dir"]
+    argv = [a.replace("{out}", out).replace("{tmp}", places["tmp"]) for a in OUTPUT_COMMANDS[command]]
+    if command not in DIRECTORY_OUTPUT:  # the format check, by suffix, comes first
+        argv = [a + SUFFIX.get(command, "") if a == out else a for a in argv]
+        os.rename(out, out + SUFFIX.get(command, ""))
+        out += SUFFIX.get(command, "")
+    line = _one_line_error(capsys, main(argv))
+    expected = "it is a file, not a directory" if command in DIRECTORY_OUTPUT else "it is a directory; give a file path"
+    assert f"cannot write to {FLAG.get(command, '--out')} {out!r}: {expected}" in line
