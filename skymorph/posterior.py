@@ -47,6 +47,8 @@ __all__ = [
     "fraction_std",
     "fraction_quantiles",
     "asked",
+    "check_n_volunteers",
+    "MAX_VOLUNTEERS",
 ]
 
 LIKELIHOODS = ("multinomial", "dirichlet_multinomial")
@@ -56,6 +58,14 @@ LIKELIHOODS = ("multinomial", "dirichlet_multinomial")
 # core, while numpy's per-call overhead stays negligible (1 to 16 MiB measured within 15% of each other
 # with DECaLS, T = 30, N = 40; 2 MiB was the fastest).
 _BLOCK_BYTES = 2 * 2**20
+
+# The largest N. Every count distribution has N + 1 entries per sample and answer: summarize() holds two
+# (N + 1, T, galaxies, A) float64 buffers of at least one galaxy, 2 (N + 1) T A 8 bytes, besides its
+# (N + 1)-long temporaries. At N = 1000, T = 1000 (the most MC samples a model may draw) and A = 34
+# (DECaLS) that is 0.54 GB per worker thread, and 16 MB at the usual T = 30; ten times that N would be
+# 5.4 GB. Galaxy Zoo asks about 40 volunteers per galaxy (a few hundred at most), and N = 1000 already
+# resolves a vote fraction to 0.001.
+MAX_VOLUNTEERS = 1000
 
 # 0 ln 0 = 0: clamping P at the smallest normal float before the log keeps 0 * ln(0) out of the sum
 # and changes only terms with P < 2.2e-308, each worth less than 2e-305 nats.
@@ -91,7 +101,7 @@ def binomial_log_pmf(p, n_volunteers: int) -> np.ndarray:
     ----------
     Walmsley et al. 2020, MNRAS 491, 1554 (the binomial vote likelihood).
     """
-    n = _check_n(n_volunteers)
+    n = check_n_volunteers(n_volunteers)
     p = _check_probabilities(p, "p").astype(np.float64)
     return _binomial_log_pmf(p.reshape(-1), n).reshape((n + 1,) + p.shape)
 
@@ -126,7 +136,7 @@ def beta_binomial_log_pmf(a, b, n_volunteers: int) -> np.ndarray:
     ----------
     Walmsley et al. 2022, MNRAS 509, 3966 (the Dirichlet-multinomial vote likelihood).
     """
-    n = _check_n(n_volunteers)
+    n = check_n_volunteers(n_volunteers)
     a, b = np.broadcast_arrays(_check_concentrations(a, "a"), _check_concentrations(b, "b"))
     flat = [np.ravel(x).astype(np.float64) for x in (a, b)]
     return _beta_binomial_log_pmf(*flat, n).reshape((n + 1,) + a.shape)
@@ -155,7 +165,7 @@ def count_log_pmf(samples, schema: Schema | str, likelihood: str = "multinomial"
     """
     schema = get_schema(schema)
     likelihood = _check_likelihood(likelihood)
-    n = _check_n(n_volunteers)
+    n = check_n_volunteers(n_volunteers)
     values = _check_samples(samples, schema, likelihood, min_ndim=1).astype(np.float64, copy=False)
     return _count_log_pmf(values, schema, likelihood, n)
 
@@ -373,7 +383,7 @@ def summarize(samples, schema: Schema | str, likelihood: str = "multinomial", n_
     """
     schema = get_schema(schema)
     likelihood = _check_likelihood(likelihood)
-    n = _check_n(n_volunteers)
+    n = check_n_volunteers(n_volunteers)
     values = _check_samples(samples, schema, likelihood, min_ndim=3, max_ndim=3)
     n_galaxies, n_samples, n_answers = values.shape
 
@@ -537,7 +547,9 @@ def _check_likelihood(likelihood: str) -> str:
     return likelihood
 
 
-def _check_n(n_volunteers) -> int:
+def check_n_volunteers(n_volunteers) -> int:
+    """``n_volunteers`` (N) as an int in [1, :data:`MAX_VOLUNTEERS`], else a one-line :class:`InputError`;
+    for callers that check their arguments before any work (every function here checks it too)."""
     if isinstance(n_volunteers, bool):
         raise InputError(f"n_volunteers must be an integer >= 1, got {n_volunteers!r}")
     try:
@@ -546,6 +558,11 @@ def _check_n(n_volunteers) -> int:
         raise InputError(f"n_volunteers must be an integer >= 1, got {n_volunteers!r}") from None
     if n < 1:
         raise InputError(f"n_volunteers must be an integer >= 1, got {n}")
+    if n > MAX_VOLUNTEERS:
+        raise InputError(
+            f"n_volunteers (--n-volunteers) must be at most {MAX_VOLUNTEERS}, got {n}: the count distributions take "
+            f"(N + 1) x T x answers floats per galaxy; Galaxy Zoo asks about 40 volunteers"
+        )
     return n
 
 

@@ -161,3 +161,49 @@ def test_truth_rows_are_aligned_by_object_id_whatever_their_order(tmp_path):
     assert got[:, 0].tolist() == [3.0, 0.0, 4.0, 1.0] and got[:, 1].tolist() == [13.0, 10.0, 14.0, 11.0]
     with pytest.raises(InputError, match="has no row for object_id 60"):
         _read_truth(str(tmp_path / "truth.parquet"), np.array([20, 60, 70]), GZ2, None)
+
+
+def test_bad_seed_samples_and_volunteers_are_refused_before_reading(tmp_path):
+    missing = str(tmp_path / "none.ckpt")
+    for kwargs, message in (
+        ({"seed": 10**23}, "--seed must be a non-negative integer below 2**64, got 100000000000000000000000"),
+        ({"samples": 10**8}, "--samples (MC-dropout samples T) must be an integer from 1 to 1000, got 100000000"),
+        ({"n_volunteers": 10**8}, "n_volunteers (--n-volunteers) must be at most 1000, got 100000000"),
+    ):
+        with pytest.raises(InputError) as info:
+            evaluate(missing, "tiles.txt", "labels.csv", str(tmp_path / "out"), progress=False, **kwargs)
+        assert message in str(info.value) and "\n" not in str(info.value), str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_split_without_votes_is_refused_and_a_failure_leaves_no_output(trained, monkeypatch):
+    tmp, tiles, labels, ckpt = trained
+    table = pq.read_table(labels).to_pandas()
+    table.loc[table["split"] == "validation", ["has_spiral_arms_yes", "has_spiral_arms_no"]] = 0
+    unvoted = str(tmp / "unvoted.csv")
+    table.to_csv(unvoted, index=False)
+    with pytest.raises(InputError, match=r"the 12 validation galaxies have no votes, so there is nothing to compare with"):
+        evaluate(ckpt, tiles, unvoted, str(tmp / "unvoted"), samples=3, progress=False)
+    assert not (tmp / "unvoted").exists()
+
+    import importlib
+
+    module = importlib.import_module("skymorph.trainer.evaluate")
+
+    def broken(*args, **kwargs):
+        raise InputError("plotting failed")
+
+    monkeypatch.setattr(module, "_plots", broken)
+    with pytest.raises(InputError, match="plotting failed"):
+        evaluate(ckpt, tiles, labels, str(tmp / "half"), samples=3, progress=False)
+    assert not (tmp / "half").exists()  # no metrics.json or predictions without their plots
+
+
+def test_plots_leave_out_questions_nobody_answered():
+    from skymorph.trainer.evaluate import _plots
+
+    votes = np.zeros((4, GZ2.n_answers), dtype=np.int64)
+    fractions = np.full((4, GZ2.n_answers), 0.5)
+    for v in (votes, votes + np.eye(GZ2.n_answers, dtype=np.int64)[GZ2.answer_index("bar", "yes")]):
+        coverage_png, scatter_png = _plots(fractions, v, GZ2, {})
+        assert coverage_png[:4] == scatter_png[:4] == b"\x89PNG"

@@ -301,3 +301,50 @@ def test_export_checkpoint_refuses_flags_of_the_other_format_before_reading(tmp_
         with pytest.raises(InputError, match=re.escape(message)):
             export_checkpoint(missing, out, T, **kwargs)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_no_output_may_replace_the_checkpoint_being_exported(tmp_path, monkeypatch, capsys):
+    ckpt = _checkpoint(tmp_path)
+    before = open(ckpt, "rb").read()
+    (tmp_path / "link.ckpt").symlink_to(ckpt)
+    monkeypatch.chdir(tmp_path)
+    for out in (ckpt, "m0.ckpt", str(tmp_path / "sub" / ".." / "m0.ckpt"), str(tmp_path / "link.ckpt")):
+        with pytest.raises(InputError, match=re.escape(f"--out {out!r} is the checkpoint being exported")):
+            export_checkpoint(ckpt, out, T)
+    with pytest.raises(InputError, match=re.escape("--onnx-out 'm0.ckpt' is the checkpoint being exported")):
+        export_checkpoint(ckpt, str(tmp_path / "m.plan"), T, format="tensorrt", onnx_out="m0.ckpt")
+    with pytest.raises(InputError, match="writes its ONNX model to .* the checkpoint being exported"):
+        export_checkpoint(str(tmp_path / "m.onnx"), str(tmp_path / "m.plan"), T, format="tensorrt")
+    err = _cli_error(capsys, ["export", ckpt, "--samples", str(T), "--out", ckpt])
+    assert "is the checkpoint being exported" in err
+    assert open(ckpt, "rb").read() == before
+
+
+def test_opset_and_sample_count_outside_what_can_be_exported_are_refused_before_reading(tmp_path, capsys):
+    newest = onnx.defs.onnx_opset_version()
+    missing = str(tmp_path / "none.ckpt")
+    for kwargs, message in (
+        ({"opset": 99}, f"--opset must be an integer from 18 (the dynamo exporter's minimum) to {newest}"),
+        ({"opset": 17}, "got 17"),
+        ({"samples": 10**8}, "--samples (MC-dropout samples T) must be an integer from 1 to 1000, got 100000000"),
+    ):
+        with pytest.raises(InputError, match=re.escape(message)):
+            export_checkpoint(missing, str(tmp_path / "m.onnx"), **{"samples": T, **kwargs})
+    err = _cli_error(capsys, ["export", missing, "--opset", "99", "--out", str(tmp_path / "m.onnx")])
+    assert "got 99" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_newest_opset_is_exported_as_asked_or_refused_in_one_line(tmp_path, capfd):
+    """The onnx package may define an opset that onnxruntime cannot load yet: then a ModelError naming the
+    highest opset it can, and no file; else a model of exactly that opset. Either way nothing on stderr."""
+    newest = onnx.defs.onnx_opset_version()
+    out = tmp_path / "m.onnx"
+    try:
+        report = export_onnx_model(_net(), out, samples=T, opset=newest)
+    except ModelError as err:
+        assert re.search(r"loads models up to opset \d+, not the exported opset .*; use --opset \d+ or lower", str(err)), str(err)
+        assert not out.exists()
+    else:
+        assert report.opset == newest and {o.domain: o.version for o in onnx.load(str(out)).opset_import}[""] == newest
+    assert "Traceback" not in capfd.readouterr().err

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from skymorph.errors import ModelError
+from skymorph.errors import InputError, ModelError
 from skymorph.model_metadata import InputSpec
 from skymorph.schema import get_schema
 from skymorph.trainer.models import (
@@ -114,6 +114,37 @@ def test_masks_are_inverted_dropout_and_reproducible():
     assert abs(masks.mean().item() - 1.0) < 0.02
     assert torch.equal(masks, head.draw_masks(30, seed=0))
     assert not torch.equal(masks, head.draw_masks(30, seed=1))
+
+
+def test_masks_refuse_seeds_and_sample_counts_no_generator_or_memory_takes():
+    head = MCDropoutHead(8, 2)
+    for samples, seed, message in (
+        (4, 10**23, "--seed must be a non-negative integer below 2**64, got 100000000000000000000000"),
+        (4, -1, "--seed must be a non-negative integer below 2**64, got -1"),
+        (10**8, 0, "--samples (MC-dropout samples T) must be an integer from 1 to 1000, got 100000000"),
+        (0, 0, "from 1 to 1000, got 0"),
+    ):
+        with pytest.raises(InputError) as info:
+            head.draw_masks(samples, seed)
+        assert message in str(info.value) and "\n" not in str(info.value), str(info.value)
+    assert head.draw_masks(1000, 2**64 - 1).shape == (1000, 8)
+
+
+@pytest.mark.parametrize("params,message", [
+    ({"widths": [-1, 0, 2, 3]}, "resnet_s needs every one of widths to be an integer from 1 to 4096, got -1 in widths=[-1, 0, 2, 3]"),
+    ({"widths": [8, 2.5], "depths": [1, 1]}, "got 2.5 in widths"),
+    ({"widths": [8, 10**6], "depths": [1, 1]}, "got 1000000 in widths"),
+    ({"widths": [8, 16], "depths": [1, -2]}, "every one of depths to be an integer from 1 to 64, got -2"),
+    ({"widths": 8, "depths": [1]}, "as many widths as depths"),
+    ({"widths": [], "depths": []}, "as many widths as depths"),
+])
+def test_resnet_widths_and_depths_are_checked_before_anything_is_built(params, message):
+    from skymorph.trainer.models import check_arch_params
+
+    for call in (lambda: build_model("resnet_s", SCHEMA, SPEC, **params), lambda: check_arch_params("resnet_s", params)):
+        with pytest.raises(ModelError) as info:
+            call()
+        assert message in str(info.value) and "\n" not in str(info.value), str(info.value)
 
 
 def test_dropout_acts_only_in_train_mode():

@@ -249,6 +249,9 @@ def test_blocks_do_not_change_the_result():
     (lambda p: summarize(p, DECALS, n_volunteers=0), "integer >= 1"),
     (lambda p: summarize(p, DECALS, n_volunteers=2.5), "integer >= 1"),
     (lambda p: summarize(p, DECALS, n_volunteers=True), "integer >= 1"),
+    # 10**8 volunteers would ask for a 50 GiB buffer: refused before any allocation
+    (lambda p: summarize(p, DECALS, n_volunteers=10**8), "n_volunteers (--n-volunteers) must be at most 1000, got 100000000"),
+    (lambda p: binomial_log_pmf([0.5], 1001), "must be at most 1000"),
     (lambda p: summarize(p, DECALS, "dirichlet"), "Did you mean 'dirichlet_multinomial'"),
     (lambda p: summarize(p.astype(str), DECALS), "numeric array"),
     (lambda p: binomial_log_pmf([1.5], 40), "probabilities in [0, 1]"),
@@ -262,3 +265,11 @@ def test_bad_inputs_raise_one_line_input_errors(call, message):
     with pytest.raises(InputError) as info:
         call(samples)
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_the_most_volunteers_allowed_still_summarize():
+    from skymorph.posterior import MAX_VOLUNTEERS
+
+    samples = _probabilities(np.random.default_rng(0), 2, 3, with_extremes=False)
+    out = summarize(samples, DECALS, n_volunteers=MAX_VOLUNTEERS)
+    assert all(np.isfinite(v).all() and v.shape == (2,) for v in out.values())

@@ -383,3 +383,62 @@ def test_train_reads_tiles_and_labels_from_s3_and_writes_the_checkpoint_there(tm
     assert remote_state.keys() == local_state.keys()
     for name, tensor in local_state.items():
         assert torch.equal(remote_state[name], tensor), name
+
+
+# ---- errors a user can make: one line, before the work where possible, and no output claimed ----------
+
+
+def test_bad_seeds_sizes_and_widths_are_refused_when_the_config_is_made(tmp_path):
+    for kwargs, error, message in (
+        ({"seed": 10**23}, InputError, "--seed must be a non-negative integer below 2**64, got 100000000000000000000000"),
+        ({"seed": -1}, InputError, "--seed must be a non-negative integer below 2**64, got -1"),
+        ({"resize_px": 100_000}, InputError, "resize_px (--resize) must be at most 1024 pixels, got 100000"),
+        ({"arch": "resnet_s", "arch_params": {"widths": [-1, 0, 2, 3]}}, ModelError, "every one of widths to be an integer from 1 to 4096, got -1"),
+        ({"arch": "resnet_s", "arch_params": {"widths": [8, 16], "depths": [1, 0]}}, ModelError, "got 0 in depths=[1, 0]"),
+        ({"arch": "resnet_s", "arch_params": {"widths": [8, 16]}}, ModelError, "as many widths as depths"),
+        ({"arch_params": {"dense": 0}}, ModelError, "w20 needs dense to be an integer from 1 to 8192, got 0"),
+    ):
+        with pytest.raises(error) as info:
+            _config(tmp_path, "no-tiles.txt", "no-labels.csv", **kwargs)  # neither file exists: nothing is read
+        assert message in str(info.value) and "\n" not in str(info.value), str(info.value)
+    assert _config(tmp_path, "t.txt", "l.csv", seed=2**64 - 1).seed == 2**64 - 1
+
+
+def test_labels_with_repeated_columns_no_rows_or_no_votes_are_one_line_errors(tmp_path):
+    path = tmp_path / "labels.csv"
+    for text, message in (
+        ("object_id,bar_yes,bar_no,bar_yes\n1,2,3,4\n", "has more than one column named 'bar_yes'; keep one of each"),
+        ("object_id,bar_yes,bar_no\n", "has no rows, only a header"),
+        ("object_id,bar_yes,bar_no\n1,0,0\n2,,0\n", "hold no votes at all"),
+    ):
+        path.write_text(text)
+        with pytest.raises(InputError) as info:
+            load_labels(str(path), GZ2)
+        assert message in str(info.value) and "\n" not in str(info.value), str(info.value)
+
+
+def test_a_diverged_run_is_an_error_that_names_the_learning_rate_and_writes_nothing(tmp_path):
+    tiles, labels = write_ring_survey(str(tmp_path))
+    with pytest.raises(InputError, match=r"training diverged: the training loss became nan in epoch 1 .* nothing was written to .*m\.ckpt.*lower --lr than 1e\+30"):
+        train(_config(tmp_path, tiles, labels, lr=1e30, warmup_epochs=0))
+    assert not (tmp_path / "m.ckpt").exists() and not (tmp_path / "m.last.ckpt").exists()
+    argv = ["train", "--tiles", tiles, "--labels", labels, "--schema", "gz2", "--epochs", "1", "--threads", "1",
+            "--lr", "1e30", "--out", str(tmp_path / "e.ckpt")]
+    _expect_one_line_error(argv, "lower --lr than 1e+30")
+    assert not (tmp_path / "e.ckpt").exists()
+
+
+def test_resume_needs_the_last_checkpoint_of_an_unfinished_schedule(tmp_path):
+    tiles, labels = write_ring_survey(str(tmp_path))
+    done = train(_config(tmp_path, tiles, labels, out=str(tmp_path / "ck" / "model.pt")))
+    other = str(tmp_path / "f.pt")
+    with pytest.raises(InputError) as info:
+        train(_config(tmp_path, tiles, labels, epochs=None, batch_size=None, resume=done.last_checkpoint, out=other))
+    message = str(info.value)
+    assert "all 1 epoch(s) of its schedule are done" in message and f"--finetune {done.checkpoint}" in message, message
+    with pytest.raises(ModelError) as info:
+        train(_config(tmp_path, tiles, labels, epochs=None, batch_size=None, resume=done.checkpoint, out=other))
+    message = str(info.value)
+    assert f"--resume {done.checkpoint!r} is a best-epoch checkpoint" in message, message
+    assert f"the .last checkpoint of the run (the one beside it is {done.last_checkpoint!r})" in message, message
+    assert not (tmp_path / "f.pt").exists()

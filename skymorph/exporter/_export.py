@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from skymorph.errors import InputError
-from skymorph.exporter._onnx import DEFAULT_OPSET, ExportReport, check_arguments, export_onnx
+from skymorph.exporter._onnx import DEFAULT_OPSET, ExportReport, check_arguments, check_not_input, export_onnx, same_location
 from skymorph.exporter._tensorrt import TensorRTReport, build_tensorrt, require_tensorrt
 from skymorph.storage import exists
 
@@ -35,8 +35,8 @@ def export_checkpoint(
     ``format="tensorrt"``: ``out`` ends in ``.plan`` or ``.engine``; the ONNX model goes to ``onnx_out``
     (default: ``out`` with the suffix ``.onnx``) and the plan built from it (:func:`build_tensorrt`, fp16
     if ``fp16``) to ``out``. An existing file at that default ONNX path is an :class:`InputError` unless
-    ``overwrite``: it was not named, so it may be another model. Every argument is checked before the
-    checkpoint is read, and TensorRT's presence before the ONNX export.
+    ``overwrite``: it was not named, so it may be another model. No output may be the checkpoint itself.
+    Every argument is checked before the checkpoint is read, and TensorRT's presence before the ONNX export.
     """
     if format not in FORMATS:
         raise InputError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
@@ -53,7 +53,14 @@ def export_checkpoint(
     if not 1 <= opt_batch <= max_batch:
         raise InputError(f"need 1 <= --opt-batch <= --max-batch, got {opt_batch} and {max_batch}")
     onnx_url = str(onnx_out) if onnx_out else out.rsplit(".", 1)[0] + ".onnx"
-    if onnx_url == out:
+    check_not_input(checkpoint, out)
+    if onnx_out:
+        check_not_input(checkpoint, onnx_url, "--onnx-out")
+    elif same_location(checkpoint, onnx_url):
+        raise InputError(
+            f"--out {out!r} writes its ONNX model to {onnx_url!r}, the checkpoint being exported; name another path with --onnx-out"
+        )
+    if same_location(onnx_url, out):
         raise InputError(f"--onnx-out {onnx_url!r} is --out: give the ONNX model its own path")
     if not onnx_out and not overwrite and exists(onnx_url, storage_options):
         raise InputError(

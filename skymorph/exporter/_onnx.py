@@ -14,6 +14,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -23,11 +25,15 @@ from skymorph.errors import InputError, ModelError, first_line
 from skymorph.model_metadata import ModelMetadata
 from skymorph.storage import atomic_write_bytes, read_bytes
 
-__all__ = ["ExportReport", "export_onnx", "export_onnx_model", "check_arguments", "INPUT_NAME", "OUTPUT_NAME", "DEFAULT_OPSET"]
+__all__ = [
+    "ExportReport", "export_onnx", "export_onnx_model", "check_arguments", "INPUT_NAME", "OUTPUT_NAME", "DEFAULT_OPSET",
+    "MIN_OPSET",
+]
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "samples"
 DEFAULT_OPSET = 18
+MIN_OPSET = 18
 TOLERANCE = 1e-4
 """Largest |onnxruntime - torch| accepted by the self-check (float32 outputs)."""
 
@@ -56,16 +62,20 @@ class ExportReport:
 @contextlib.contextmanager
 def _quiet_exporter():
     """Silence the exporter's progress prints and warnings about optional packages (torchvision)."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    # onnxscript's version converter logs a warning with a traceback when it cannot reach an opset; the
+    # opset of the result is checked instead (_to_onnx_bytes)
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with contextlib.redirect_stdout(None):
                 yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def _to_onnx_bytes(frozen, metadata: ModelMetadata, opset: int) -> bytes:
@@ -87,6 +97,9 @@ def _to_onnx_bytes(frozen, metadata: ModelMetadata, opset: int) -> bytes:
             verbose=False,
         )
     proto = program.model_proto
+    got = {entry.domain: entry.version for entry in proto.opset_import}.get("", None)
+    if got != opset:
+        raise ModelError(f"the exporter could not convert the model to opset {opset} (it gave opset {got}); use --opset {DEFAULT_OPSET}")
     proto.producer_name = "skymorph"
     proto.producer_version = metadata.version
     proto.doc_string = (
@@ -104,25 +117,71 @@ def _to_onnx_bytes(frozen, metadata: ModelMetadata, opset: int) -> bytes:
 
 
 def check_arguments(samples: int, seed: int, opset: int) -> None:
-    """One-line :class:`InputError` for a T, seed or opset no export can use (checked before any reading)."""
-    if samples < 1:
-        raise InputError(f"--samples must be at least 1, got {samples}")
-    # the masks' torch generator and the self-check's numpy one both take exactly [0, 2**64)
-    if not 0 <= seed < 2**64:
-        raise InputError(f"--seed must be a non-negative integer below 2**64, got {seed}; give e.g. --seed 0")
-    if opset < 18:
-        raise InputError(f"--opset must be at least 18 (the dynamo exporter's minimum), got {opset}")
+    """One-line :class:`InputError` for a T, seed or opset no export can use (checked before any reading).
+
+    T in 1..:data:`~skymorph.trainer.models.MAX_SAMPLES`; the seed in [0, 2**64), which the masks' torch
+    generator and the self-check's numpy one both take (:func:`~skymorph.trainer.models.check_seed`); the
+    opset from the dynamo exporter's minimum, 18, to the newest the installed onnx package defines (the
+    exporter cannot convert to a higher one and would leave the model at 18).
+    """
+    import onnx
+
+    from skymorph.trainer.models import check_samples, check_seed
+
+    check_samples(samples)
+    check_seed(seed)
+    newest = onnx.defs.onnx_opset_version()
+    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= newest:
+        raise InputError(
+            f"--opset must be an integer from {MIN_OPSET} (the dynamo exporter's minimum) to {newest} (the newest of "
+            f"onnx {onnx.__version__}), got {opset!r}; the default is {DEFAULT_OPSET}"
+        )
+
+
+def same_location(a, b) -> bool:
+    """Whether URLs or paths ``a`` and ``b`` name the same file: local paths after resolving ``~``, ``..``
+    and symbolic links (relative to the working directory); remote URLs as written, less a trailing ``/``."""
+    from skymorph.storage import is_remote, strip_protocol
+
+    a, b = str(a), str(b)
+    if is_remote(a) or is_remote(b):
+        return a.rstrip("/") == b.rstrip("/")
+    resolve = lambda path: os.path.realpath(os.path.expanduser(strip_protocol(path)))  # noqa: E731 -- file:// too
+    return resolve(a) == resolve(b)
+
+
+def check_not_input(checkpoint, out, flag: str = "--out") -> None:
+    """One-line :class:`InputError` if output ``out`` would overwrite the ``checkpoint`` being exported."""
+    if same_location(checkpoint, out):
+        raise InputError(
+            f"{flag} {str(out)!r} is the checkpoint being exported, which writing there would replace; "
+            "give the exported model a path of its own"
+        )
 
 
 def _self_check(frozen, model_bytes: bytes, metadata: ModelMetadata, batch: int, seed: int) -> float:
     """max |onnxruntime - torch| on a random uint8 batch (of another size than the traced one)."""
+    import onnx
     import onnxruntime as ort
     import torch
 
     images = np.random.default_rng(seed).integers(0, 256, (batch, *metadata.input.shape), dtype=np.uint8)
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
-    session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+    try:
+        session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime raises its own Fail / InvalidGraph types
+        opset = {entry.domain: entry.version for entry in onnx.load_from_string(model_bytes).opset_import}.get("")
+        supported = re.search(r"support for domain ai\.onnx is till opset (\d+)", str(err))
+        if supported and opset is not None and opset > int(supported.group(1)):
+            raise ModelError(
+                f"onnxruntime {ort.__version__} loads models up to opset {supported.group(1)}, not the exported opset "
+                f"{opset}, so the export cannot be checked and was not written; use --opset {supported.group(1)} or lower"
+            ) from err
+        raise ModelError(
+            f"onnxruntime {ort.__version__} cannot load the exported model ({first_line(err, 120)}); nothing was "
+            "written: report this with the checkpoint"
+        ) from err
     got = session.run([OUTPUT_NAME], {INPUT_NAME: images})[0]
     with torch.no_grad():
         expected = frozen(torch.from_numpy(images)).numpy()
@@ -196,6 +255,7 @@ def export_onnx(
     from skymorph.trainer.checkpoint import load_checkpoint
 
     check_arguments(samples, seed, opset)
+    check_not_input(checkpoint, out)
     # read once: one download, and the recorded sha256 is that of the very bytes whose weights are exported
     data = read_bytes(str(checkpoint), storage_options)
     net, meta, _ = load_checkpoint(str(checkpoint), expect_schema=expect_schema, data=data)

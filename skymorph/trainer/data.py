@@ -63,9 +63,12 @@ def _read_table(url: str, storage_options):
 
     data = read_bytes(url, storage_options)
     try:
+        # one thread: Arrow's reader threads can abort the interpreter at exit (apache/arrow#33975)
         if url.lower().endswith((".csv", ".csv.gz", ".txt")):
-            return pacsv.read_csv(pa.BufferReader(data)), hashlib.sha256(data).hexdigest()
-        return pq.read_table(pa.BufferReader(data)), hashlib.sha256(data).hexdigest()
+            table = pacsv.read_csv(pa.BufferReader(data), read_options=pacsv.ReadOptions(use_threads=False))
+        else:
+            table = pq.read_table(pa.BufferReader(data), use_threads=False)
+        return table, hashlib.sha256(data).hexdigest()
     except (pa.ArrowInvalid, OSError) as err:
         raise InputError(f"labels {url!r} is not a readable Parquet or CSV table ({first_line(err, 120)})") from err
 
@@ -73,13 +76,17 @@ def _read_table(url: str, storage_options):
 def load_labels(url: str, schema: Schema, storage_options=None) -> Labels:
     """Read and validate a labels table against ``schema``.
 
-    One-line errors: no ``object_id``; duplicate object ids; a column naming an answer the schema lacks
-    ("Did you mean ..."); negative counts; no vote column of the schema at all.
+    One-line errors: a column name given twice; no ``object_id``; no rows; duplicate object ids; a column
+    naming an answer the schema lacks ("Did you mean ..."); negative counts; no vote column of the schema
+    at all, or no vote in any of them.
     """
     import pyarrow as pa
 
     table, sha256 = _read_table(str(url), storage_options)
     names = table.column_names
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise InputError(f"labels {url!r} has more than one column named {' and '.join(map(repr, twice))}; keep one of each")
     if "object_id" not in names:
         raise InputError(f"labels {url!r} has no object_id column (columns: {', '.join(names[:12])})")
     answers = set(schema.answer_columns)
@@ -96,12 +103,12 @@ def load_labels(url: str, schema: Schema, storage_options=None) -> Labels:
             f"labels {url!r} has no vote column of schema {schema.name!r}; expected {{question}}_{{answer}} "
             f"columns such as {schema.answer_columns[0]!r}"
         )
+    if not table.num_rows:  # before the type checks: the columns of a header-only CSV have no type
+        raise InputError(f"labels {url!r} has no rows, only a header; give one row of vote counts per galaxy")
     try:
         object_id = table.column("object_id").to_numpy().astype(np.int64, casting="safe")
     except (TypeError, ValueError, pa.ArrowInvalid) as err:
-        raise InputError(f"labels {url!r}: object_id must be integers without gaps ({err})") from err
-    if not len(object_id):
-        raise InputError(f"labels {url!r} have no rows")
+        raise InputError(f"labels {url!r}: object_id must be integers without gaps ({first_line(err, 120)})") from err
     unique, counts = np.unique(object_id, return_counts=True)
     if (counts > 1).any():
         raise InputError(f"labels {url!r} lists object_id {int(unique[counts > 1][0])} more than once")
@@ -115,6 +122,11 @@ def load_labels(url: str, schema: Schema, storage_options=None) -> Labels:
         if (values < 0).any() or (values != np.round(values)).any():
             raise InputError(f"labels {url!r} column {column!r} must hold non-negative integer vote counts")
         votes[:, schema.answer_columns.index(column)] = values.astype(np.int64)
+    if not votes.any():  # every loss would be exactly 0 and every metric undefined
+        raise InputError(
+            f"labels {url!r} hold no votes at all: every count in its {len(present)} answer column(s) of schema "
+            f"{schema.name!r} is 0 or empty; give the volunteers' vote counts"
+        )
     split = None
     if "split" in names:
         raw = table.column("split").to_pylist()

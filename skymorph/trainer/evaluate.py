@@ -177,7 +177,9 @@ def _read_truth(url: str, object_id: np.ndarray, schema, storage_options) -> np.
     return values[rows]
 
 
-def _plots(out: str, fractions, votes, schema, cover: dict, storage_options) -> tuple[str, str]:
+def _plots(fractions, votes, schema, cover: dict) -> tuple[bytes, bytes]:
+    """The PNG bytes of the coverage plot and of the predicted-vs-observed scatter (one panel per question
+    with votes; questions nobody answered are left out)."""
     import io
 
     import matplotlib
@@ -191,15 +193,14 @@ def _plots(out: str, fractions, votes, schema, cover: dict, storage_options) -> 
         ax.plot([float(c) for c in levels], list(levels.values()), marker="o", label=q)
     ax.set(xlabel="nominal interval level", ylabel="observed coverage", xlim=(0, 1), ylim=(0, 1.02), title="Posterior predictive coverage")
     ax.legend(fontsize=7)
-    coverage_png = join(out, "coverage.png")
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
-    atomic_write_bytes(coverage_png, buffer.getvalue(), storage_options)
+    coverage_png = buffer.getvalue()
 
     asked_questions = [(q, s) for q, s in zip(schema.questions, schema.question_slices) if (votes[:, s].sum(1) > 0).any()]
-    cols = min(4, len(asked_questions))
-    rows = -(-len(asked_questions) // cols)
+    cols = max(1, min(4, len(asked_questions)))  # one empty panel if no question has votes
+    rows = max(1, -(-len(asked_questions) // cols))
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
     for ax in axes.flat:
         ax.set_visible(False)
@@ -211,12 +212,10 @@ def _plots(out: str, fractions, votes, schema, cover: dict, storage_options) -> 
         ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--")
         ax.set(title=f"{q.name}_{q.answers[0]}", xlabel="observed fraction", ylabel="predicted fraction", xlim=(-0.02, 1.02), ylim=(-0.02, 1.02))
     fig.tight_layout()
-    scatter_png = join(out, "predicted_vs_observed.png")
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
-    atomic_write_bytes(scatter_png, buffer.getvalue(), storage_options)
-    return coverage_png, scatter_png
+    return coverage_png, buffer.getvalue()
 
 
 def evaluate(
@@ -246,14 +245,18 @@ def evaluate(
     import pyarrow as pa
     import torch
 
-    from skymorph.posterior import summarize
+    from skymorph.posterior import check_n_volunteers, summarize
     from skymorph.trainer.checkpoint import load_checkpoint
     from skymorph.trainer.data import load_images, load_labels, split_masks, tile_list
+    from skymorph.trainer.models import check_samples, check_seed
 
     if split not in ("validation", "train", "all"):
         raise InputError(f"split must be validation, train or all, got {split!r}")
-    if samples < 1:
-        raise InputError(f"samples must be at least 1, got {samples}")
+    check_samples(samples)
+    check_seed(seed)
+    check_n_volunteers(n_volunteers)
+    if batch_size < 1:
+        raise InputError(f"batch_size must be at least 1, got {batch_size}")
     if threads:
         torch.set_num_threads(threads)
     model, meta, _ = load_checkpoint(checkpoint, storage_options=storage_options)
@@ -268,6 +271,8 @@ def evaluate(
     images, table = load_images(tile_list(tiles, storage_options), table, drop_unmatched=drop_unmatched, storage_options=storage_options, progress=progress)
     if images.shape[1:] != tuple(meta.input.shape):
         raise InputError(f"checkpoint {checkpoint!r} takes {meta.input.shape} images but tiles {tiles!r} hold {images.shape[1:]}")
+    if not table.votes.any():  # load_labels refuses labels without votes; a split of them can still have none
+        raise InputError(f"labels {labels!r}: the {len(table)} {split} galaxies have no votes, so there is nothing to compare with")
 
     outputs = predict(model, images, samples, seed, batch_size, progress, tta=tta)
     summary = summarize(outputs, schema, likelihood=meta.likelihood, n_volunteers=n_volunteers)
@@ -281,8 +286,13 @@ def evaluate(
         "checkpoint": str(checkpoint), "labels": str(labels), "split": split, "n_galaxies": len(table),
         "samples": samples, "seed": seed, "tta": tta, "likelihood": meta.likelihood, "schema": schema.name, "questions": questions,
     }
-    metrics_path = join(out, "metrics.json")
+    # everything is computed before the first file is written, and metrics.json, which says what the
+    # others are, goes last: a failure leaves no half-written --out that looks complete
+    coverage_bytes, scatter_bytes = _plots(fractions, table.votes, schema, cover)
+    predictions = pa.table({"object_id": table.object_id, **summary})
+    metrics_path, coverage_png, scatter_png = (join(out, name) for name in ("metrics.json", "coverage.png", "predicted_vs_observed.png"))
+    write_parquet(predictions, join(out, "predictions.parquet"), storage_options)
+    atomic_write_bytes(coverage_png, coverage_bytes, storage_options)
+    atomic_write_bytes(scatter_png, scatter_bytes, storage_options)
     atomic_write_text(metrics_path, json.dumps(metrics, indent=1), storage_options)
-    write_parquet(pa.table({"object_id": table.object_id, **summary}), join(out, "predictions.parquet"), storage_options)
-    coverage_png, scatter_png = _plots(out, fractions, table.votes, schema, cover, storage_options)
     return EvaluationReport(str(out), len(table), metrics, metrics_path, coverage_png, scatter_png)

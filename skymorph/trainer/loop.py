@@ -37,7 +37,10 @@ from skymorph.model_metadata import LIKELIHOODS, InputSpec
 from skymorph.schema import get_schema
 from skymorph.storage import atomic_write_text
 
-__all__ = ["TrainConfig", "TrainResult", "train", "learning_rate", "last_checkpoint_path"]
+__all__ = ["TrainConfig", "TrainResult", "train", "learning_rate", "last_checkpoint_path", "MAX_RESIZE_PX"]
+
+MAX_RESIZE_PX = 1024
+"""Largest ``resize_px``: the network input's activations grow with its square."""
 
 
 @dataclass(frozen=True)
@@ -122,13 +125,9 @@ class TrainConfig:
         need(self.arch is None or self.arch in list_models(), f"unknown architecture {self.arch!r}: use one of "
              f"{', '.join(list_models())}." + did_you_mean(str(self.arch), list_models()))
         if self.arch_params and (self.arch or not (self.resume or self.finetune)):  # else the checkpoint says
-            from skymorph.trainer.models import model_parameters
+            from skymorph.trainer.models import check_arch_params
 
-            arch = self.arch or self.MODEL_DEFAULTS["arch"]
-            accepted = model_parameters(arch)
-            for name in self.arch_params:
-                need(name in accepted, f"architecture {arch!r} takes no parameter {name!r} (it takes "
-                     f"{', '.join(accepted) or 'none'})." + did_you_mean(name, accepted))
+            check_arch_params(self.arch or self.MODEL_DEFAULTS["arch"], self.arch_params)
         for name in ("epochs", "batch_size", "patience", "prefetch_batches"):
             value = getattr(self, name)
             need(value is None or int(value) >= 1, f"{name} must be at least 1, got {value!r}")
@@ -143,6 +142,14 @@ class TrainConfig:
         need(self.val_fraction is None or 0 < self.val_fraction < 1, f"val_fraction must be in (0, 1), got {self.val_fraction}")
         need(self.crop_fraction is None or 0 < self.crop_fraction <= 1, f"crop_fraction must be in (0, 1], got {self.crop_fraction}")
         need(self.resize_px is None or self.resize_px >= 8, f"resize_px must be at least 8, got {self.resize_px}")
+        # the first activations of a batch of 64 at 1024 px with 32 channels are already 8.6 GB; galaxy
+        # cutouts are a few hundred pixels (Zoobot trains at 224 to 300)
+        need(self.resize_px is None or self.resize_px <= MAX_RESIZE_PX,
+             f"resize_px (--resize) must be at most {MAX_RESIZE_PX} pixels, got {self.resize_px}; galaxy models train at 64 to 300")
+        if self.seed is not None:
+            from skymorph.trainer.models import check_seed
+
+            check_seed(self.seed)
         need(self.ema_decay is None or 0 < self.ema_decay < 1, f"ema_decay must be in (0, 1), got {self.ema_decay}")
         need(self.threads is None or self.threads >= 1, f"threads must be at least 1, got {self.threads}")
         need(self.max_minutes is None or self.max_minutes > 0, f"max_minutes must be positive, got {self.max_minutes}")
@@ -219,8 +226,6 @@ def _ema(model, decay: float | None, training: dict):
     checkpoint's weights are the average and ``training["raw_weights"]`` the trained ones."""
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-    if training and (decay is None) != ("raw_weights" not in training):
-        raise ModelError("resume with the same --ema-decay setting as the run that wrote the checkpoint")
     if decay is None:
         return None
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
@@ -353,6 +358,46 @@ def _provenance(config: TrainConfig, labels, tile_urls, n_train: int, n_val: int
     }
 
 
+def _no_training_state(checkpoint: str, storage_options) -> str:
+    """Why ``checkpoint`` cannot be resumed: it is a best-epoch checkpoint; which file to give instead."""
+    from skymorph.storage import exists
+
+    path = PurePosixPath(str(checkpoint))
+    if path.stem.endswith(".last"):
+        return f"--resume {checkpoint!r} holds no training state (optimizer, step); give the .last checkpoint of a `skymorph train` run"
+    last = last_checkpoint_path(checkpoint)
+    try:
+        beside = exists(last, storage_options)
+    except Exception:  # only the hint depends on it
+        beside = False
+    hint = f"the one beside it is {last!r}" if beside else f"it is named like {last!r}"
+    return (
+        f"--resume {checkpoint!r} is a best-epoch checkpoint without training state (optimizer, step); --resume needs "
+        f"the .last checkpoint of the run ({hint}), or start a new run from these weights with --finetune"
+    )
+
+
+def _diverged(config: TrainConfig, phase: str, value: float, epoch: int, step: int, lr: float, best_epoch: int,
+              last_path: str, start_epoch: int) -> str:
+    """The one-line message for a non-finite loss: where it happened, what was (not) written, what to do."""
+    where = f"the {phase} loss became {value} in epoch {epoch + 1}"
+    if phase == "training" and step == 0:  # before any update: the starting weights are fine, the votes are not
+        return (
+            f"{where}, on the first batch before any update; check the vote counts in {config.labels!r} "
+            f"(nothing was written to {config.out!r})"
+        )
+    if epoch == start_epoch:
+        written = f"nothing was written to {config.out!r}"
+    else:  # epochs start_epoch + 1 .. epoch finished in this run before it diverged
+        written = f"{last_path!r} holds epoch {epoch}" + (f" and {config.out!r} epoch {best_epoch}" if best_epoch > start_epoch else "")
+        written += ", from before it"
+    again = "with --finetune from a checkpoint" if config.resume else "again"  # a resumed run keeps its --lr
+    return (
+        f"training diverged: {where} (step {step}, learning rate {lr:.2e}); {written}. "
+        f"Train {again} with a lower --lr than {config.lr:g} (the default is {TrainConfig.RUN_DEFAULTS['lr']:g})"
+    )
+
+
 def train(config: TrainConfig) -> TrainResult:
     """Train per ``config``; see the module docstring for what is written where."""
     import torch
@@ -379,8 +424,19 @@ def train(config: TrainConfig) -> TrainResult:
         check_schema(start_meta, schema, repr(start_checkpoint))
         choices = _model_choices(config, start_meta, start_checkpoint)
         if config.resume and not training:
-            raise ModelError(f"{config.resume!r} holds no training state; resume from {last_checkpoint_path(config.out)!r}")
+            raise ModelError(_no_training_state(config.resume, so))
+        if config.resume and (config.ema_decay is None) != ("raw_weights" not in training):
+            raise ModelError("resume with the same --ema-decay setting as the run that wrote the checkpoint")
     config = _run_settings(config, start_meta if config.resume else None, labels)
+    if config.resume and int(training.get("epoch", 0)) >= config.epochs:
+        # Nothing to train and nothing to write: the best weights are in the run's own --out, which the
+        # .last checkpoint does not hold, so "succeeding" would name an --out that was never written.
+        best = (start_meta.provenance.get("config") or {}).get("out")
+        where = f" (best epoch {int(training.get('best_epoch', 0))}, saved at {best!r})" if best else ""
+        raise InputError(
+            f"--resume {config.resume!r}: all {config.epochs} epoch(s) of its schedule are done{where}, nothing to resume; "
+            f"to train further, start a new run from its weights with --finetune {best or config.resume} --epochs N"
+        )
     images, labels = load_images(tile_urls, labels, drop_unmatched=config.drop_unmatched, storage_options=so, progress=config.progress)
     train_mask, val_mask = split_masks(labels, config.val_fraction, config.seed)
     # row indices into images: the loaders and the input statistics read through them, so the training
@@ -392,6 +448,12 @@ def train(config: TrainConfig) -> TrainResult:
             f"labels {config.labels!r} give {n_train} training and {n_val} validation "
             "galaxies; both must be non-empty (check the split column or --val-fraction)"
         )
+    for side, rows in (("training", train_rows), ("validation", val_rows)):
+        if not labels.votes[rows].any():  # a loss of exactly 0 whatever the weights: nothing to learn or compare
+            raise InputError(
+                f"labels {config.labels!r}: the {len(rows)} {side} galaxies have no votes at all; "
+                "give labels with vote counts on both sides of the split"
+            )
     if config.resume:
         recorded = (start_meta.provenance.get("n_train"), start_meta.provenance.get("n_validation"))
         if None not in recorded and recorded != (n_train, n_val):
@@ -457,13 +519,16 @@ def train(config: TrainConfig) -> TrainResult:
             for group in optimizer.param_groups:
                 group["lr"] = lr
             loss = vote_nll(likelihood, model.head(model.features(images_b)), votes_b, schema, model.output)
+            value = loss.item()
+            if not math.isfinite(value):  # checked before the update, so no non-finite weight is ever saved
+                raise InputError(_diverged(config, "training", value, epoch, step, lr, best_epoch, last_path, start_epoch))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             if ema is not None:
                 ema.update_parameters(model)
             step += 1
-            running += loss.item() * len(images_b)
+            running += value * len(images_b)
             seen += len(images_b)
             bar.set_postfix(loss=f"{running / seen:.4f}", lr=f"{lr:.2e}")
             if config.max_minutes and time.monotonic() - started > 60 * config.max_minutes:
@@ -471,6 +536,8 @@ def train(config: TrainConfig) -> TrainResult:
                 break
         bar.close()
         val_loss, val_accuracy = _validate(evaluated, val_loader, schema, likelihood)
+        if not math.isfinite(val_loss):  # the last update made the weights non-finite
+            raise InputError(_diverged(config, "validation", val_loss, epoch, step, lr, best_epoch, last_path, start_epoch))
         metrics.append({
             "epoch": epoch + 1, "step": step, "train_loss": running / max(seen, 1), "val_loss": val_loss,
             "val_accuracy": val_accuracy, "lr": lr, "seconds": time.monotonic() - epoch_start,

@@ -22,12 +22,14 @@ Architectures are registered with :func:`register_model` and built with :func:`b
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from skymorph.errors import ModelError, did_you_mean
+from skymorph.errors import InputError, ModelError, did_you_mean
 from skymorph.model_metadata import LIKELIHOODS, InputSpec
 from skymorph.schema import Schema
 
@@ -36,6 +38,10 @@ __all__ = [
     "build_model",
     "list_models",
     "model_parameters",
+    "check_arch_params",
+    "check_samples",
+    "check_seed",
+    "MAX_SAMPLES",
     "MorphologyNet",
     "MCDropoutHead",
     "Preprocess",
@@ -49,25 +55,58 @@ DIRICHLET_MIN = 1.0
 DIRICHLET_MAX = 100.0
 """Largest Dirichlet concentration a ``dirichlet_multinomial`` model outputs (Zoobot's choice)."""
 
+MAX_SAMPLES = 1000
+"""Most MC-dropout samples T a model may draw. Walmsley et al. (2020) use 30; the Monte Carlo error of a
+mean over T samples falls only as 1 / sqrt(T), while the masks (T, F), the outputs (B, T, A) of a batch
+and the posterior's (N + 1, T, A) count pmfs per galaxy grow linearly: at T = 1000 these are already
+about 0.5 GB per galaxy block with N = 1000 volunteers; far larger T only runs out of memory."""
+
+
+def check_samples(samples, flag: str = "--samples") -> int:
+    """``samples`` (T) as an int in [1, :data:`MAX_SAMPLES`], else a one-line :class:`InputError`."""
+    if isinstance(samples, bool) or not isinstance(samples, numbers.Integral) or not 1 <= samples <= MAX_SAMPLES:
+        raise InputError(
+            f"{flag} (MC-dropout samples T) must be an integer from 1 to {MAX_SAMPLES}, got {samples!r}; "
+            "30 is the usual choice"
+        )
+    return int(samples)
+
+
+def check_seed(seed, flag: str = "--seed") -> int:
+    """``seed`` as an int in [0, 2**64), else a one-line :class:`InputError`.
+
+    The one range every seed of skymorph takes: torch's ``Generator.manual_seed`` (dropout masks,
+    initial weights) and numpy's ``default_rng`` (the exporter's self-check batch) both accept exactly
+    the unsigned 64-bit integers (torch would also take negative ones, numpy not).
+    """
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**64:
+        raise InputError(f"{flag} must be a non-negative integer below 2**64, got {seed!r}; give e.g. {flag} 0")
+    return int(seed)
+
 
 # ---- registry ------------------------------------------------------------------------------------
 
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+_PARAM_CHECKS: dict[str, Callable[..., object]] = {}
 
 
-def register_model(name: str) -> Callable:
+def register_model(name: str, check: Callable[..., object] | None = None) -> Callable:
     """Register a trunk factory under ``name``.
 
     The factory is called as ``factory(in_channels, image_size, **arch_params)`` with ``image_size`` the
     (height, width) after the input spec's crop and resize, and returns an ``nn.Module`` mapping
     (B, in_channels, height, width) float to (B, F) features, with an int attribute ``num_features`` = F.
+    ``check(**arch_params)``, if given, raises a one-line :class:`ModelError` for parameter values the
+    factory cannot build, without building anything (see :func:`check_arch_params`).
     """
 
     def decorate(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
             raise ValueError(f"model architecture {name!r} is already registered")
         _REGISTRY[name] = factory
+        if check is not None:
+            _PARAM_CHECKS[name] = check
         return factory
 
     return decorate
@@ -86,6 +125,20 @@ def model_parameters(arch: str) -> tuple[str, ...]:
         raise ModelError(f"unknown model architecture {arch!r}; choose one of {', '.join(list_models())}." + did_you_mean(arch, _REGISTRY))
     names = list(inspect.signature(_REGISTRY[arch]).parameters)
     return tuple(names[2:])  # after in_channels and image_size
+
+
+def check_arch_params(arch: str, arch_params: dict) -> None:
+    """One-line :class:`ModelError` if architecture ``arch`` takes no parameter of ``arch_params`` or cannot be
+    built with its values; cheap (nothing is built), so a run checks them before reading any image."""
+    accepted = model_parameters(arch)
+    for name in arch_params:
+        if name not in accepted:
+            raise ModelError(
+                f"architecture {arch!r} takes no parameter {name!r} (it takes {', '.join(accepted) or 'none'})."
+                + did_you_mean(name, accepted)
+            )
+    if arch in _PARAM_CHECKS:
+        _PARAM_CHECKS[arch](**arch_params)
 
 
 def build_model(
@@ -183,9 +236,8 @@ class MCDropoutHead(nn.Module):
         Each entry is ``Bernoulli(1 - p) / (1 - p)``, drawn with a CPU ``torch.Generator`` seeded with
         ``seed`` (the same masks on every machine), so that ``E[mask] = 1`` as in inverted dropout.
         """
-        if samples < 1:
-            raise ModelError(f"samples (T) must be at least 1, got {samples}")
-        generator = torch.Generator(device="cpu").manual_seed(int(seed))
+        samples, seed = check_samples(samples), check_seed(seed)
+        generator = torch.Generator(device="cpu").manual_seed(seed)
         keep = 1.0 - self.dropout
         bits = torch.bernoulli(torch.full((samples, self.in_features), keep), generator=generator)
         return bits / keep
@@ -285,9 +337,26 @@ def count_flops(module: nn.Module, input_spec: InputSpec, preprocessed: bool = T
 # ---- architectures -------------------------------------------------------------------------------
 
 
+def _sizes(arch: str, name: str, values, largest: int) -> tuple[int, ...]:
+    """``values`` (one int or a sequence) as a tuple of ints in [1, ``largest``], else a one-line ModelError.
+    The bound only catches typos and garbage (a width of 10**6 would ask for terabytes), not big models."""
+    many = isinstance(values, (list, tuple))
+    items = tuple(values) if many else (values,)
+    for value in items:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 1 <= value <= largest:
+            what = f"every one of {name}" if many else name
+            raise ModelError(f"{arch} needs {what} to be an integer from 1 to {largest}, got {value!r} in {name}={values!r}")
+    return tuple(int(v) for v in items)
+
+
+def _check_w20(dense: int = 128) -> int:
+    return _sizes("w20", "dense", dense, 8192)[0]
+
+
 class _W20Trunk(nn.Module):
     def __init__(self, in_channels: int, image_size: tuple[int, int], dense: int = 128) -> None:
         super().__init__()
+        dense = _check_w20(dense)
 
         def conv(cin: int, cout: int) -> list[nn.Module]:
             return [nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(inplace=True)]
@@ -308,7 +377,7 @@ class _W20Trunk(nn.Module):
         return self.dense(self.conv(x))
 
 
-@register_model("w20")
+@register_model("w20", check=_check_w20)
 def w20(in_channels: int, image_size: tuple[int, int], dense: int = 128) -> nn.Module:
     """Walmsley et al. 2020 (MNRAS 491, 1554): conv32, conv32, pool, conv64, conv64, pool, conv128, pool,
     conv128, pool, dense128 (3x3 'same' convolutions, ReLU, 2x2 max pooling); about 1 GFLOP at 128 px."""
@@ -337,11 +406,23 @@ class _BasicBlock(nn.Module):
         return F.relu(self.body(x) + self.shortcut(x))
 
 
+def _check_resnet_s(
+    widths: tuple[int, ...] = (32, 64, 128, 256), depths: tuple[int, ...] = (1, 1, 1, 1)
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``(widths, depths)`` as int tuples: the same number (at least one) of each, widths 1..4096 channels,
+    depths 1..64 blocks; else a one-line ModelError."""
+    if not isinstance(widths, (list, tuple)) or not isinstance(depths, (list, tuple)) or len(widths) != len(depths) or not widths:
+        raise ModelError(
+            f"resnet_s needs as many widths as depths, one of each per stage, got widths={widths!r}, depths={depths!r}; "
+            'give e.g. {"widths": [32, 64], "depths": [1, 1]}'
+        )
+    return _sizes("resnet_s", "widths", widths, 4096), _sizes("resnet_s", "depths", depths, 64)
+
+
 class _ResNetTrunk(nn.Module):
     def __init__(self, in_channels: int, widths: tuple[int, ...], depths: tuple[int, ...]) -> None:
         super().__init__()
-        if len(widths) != len(depths) or not widths or min(depths) < 1:
-            raise ModelError(f"resnet_s needs as many widths as depths (each >= 1), got widths={widths}, depths={depths}")
+        widths, depths = _check_resnet_s(widths, depths)
         layers: list[nn.Module] = [
             nn.Conv2d(in_channels, widths[0], 3, stride=2, padding=1, bias=False),
             nn.BatchNorm2d(widths[0]),
@@ -361,7 +442,7 @@ class _ResNetTrunk(nn.Module):
         return self.body(x)
 
 
-@register_model("resnet_s")
+@register_model("resnet_s", check=_check_resnet_s)
 def resnet_s(
     in_channels: int,
     image_size: tuple[int, int],
@@ -370,4 +451,4 @@ def resnet_s(
 ) -> nn.Module:
     """A small ResNet: 3x3 stride-2 stem, basic-block stages (stride 2 between stages), global average
     pooling; F = widths[-1] = 256 features, about 0.5 GFLOP at 128 px, any input size."""
-    return _ResNetTrunk(in_channels, tuple(widths), tuple(depths))
+    return _ResNetTrunk(in_channels, widths, depths)
