@@ -42,8 +42,14 @@ class Question:
     asked_by: tuple[str, str] | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.answers, str) or not isinstance(self.answers, (list, tuple)):
+            raise SchemaError(f"question {self.name!r}: answers must be a list of answer names, got {self.answers!r}")
         object.__setattr__(self, "answers", tuple(self.answers))
         if self.asked_by is not None:
+            if (isinstance(self.asked_by, str) or not isinstance(self.asked_by, (list, tuple)) or len(self.asked_by) != 2
+                    or not all(isinstance(part, str) for part in self.asked_by)):
+                raise SchemaError(f"question {self.name!r}: asked_by must be [question, answer] (two names) or null, "
+                                  f"got {self.asked_by!r}")
             object.__setattr__(self, "asked_by", tuple(self.asked_by))
         if not isinstance(self.name, str) or not _NAME.match(self.name):
             raise SchemaError(f"question name {self.name!r} is not snake_case (lower case letters, digits, _)")
@@ -55,8 +61,6 @@ class Question:
         duplicates = sorted({a for a in self.answers if self.answers.count(a) > 1})
         if duplicates:
             raise SchemaError(f"question {self.name!r} lists answer(s) {duplicates} more than once")
-        if self.asked_by is not None and len(self.asked_by) != 2:
-            raise SchemaError(f"question {self.name!r}: asked_by must be [question, answer] or null, got {list(self.asked_by)}")
 
 
 @dataclass(frozen=True)
@@ -192,14 +196,36 @@ class Schema:
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "schema") -> Schema:
+        """From :meth:`to_dict`'s form; every type is checked, so a malformed tree is one
+        :class:`SchemaError` line naming ``source``, the question and the field."""
         if not isinstance(data, dict) or not isinstance(data.get("questions"), list):
             raise SchemaError(f"{source}: expected an object with 'name' and a list 'questions'")
+        name = data.get("name", source)
+        if not isinstance(name, str) or not name.strip():
+            raise SchemaError(f"{source}: 'name' must be a non-empty string, got {name!r}")
         questions = []
         for i, q in enumerate(data["questions"]):
             if not isinstance(q, dict) or "name" not in q or "answers" not in q:
                 raise SchemaError(f"{source}: question {i} needs 'name' and 'answers'")
-            questions.append(Question(q["name"], tuple(q["answers"]), q.get("asked_by")))
-        return cls(str(data.get("name", source)), tuple(questions))
+            label = f"{source}: question {q['name']!r}" if isinstance(q["name"], str) else f"{source}: question {i}"
+            if not isinstance(q["name"], str):
+                raise SchemaError(f"{label}: 'name' must be a string, got {q['name']!r}")
+            answers = q["answers"]
+            if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
+                raise SchemaError(f"{label}: 'answers' must be a list of strings like [\"yes\", \"no\"], got {answers!r}")
+            asked_by = q.get("asked_by")
+            if asked_by is not None and (not isinstance(asked_by, list) or len(asked_by) != 2
+                                         or not all(isinstance(part, str) for part in asked_by)):
+                raise SchemaError(f"{label}: 'asked_by' must be [question, answer] like [\"bar\", \"yes\"] "
+                                  f"or null, got {asked_by!r}")
+            try:
+                questions.append(Question(q["name"], tuple(answers), None if asked_by is None else tuple(asked_by)))
+            except SchemaError as err:
+                raise SchemaError(f"{source}: {err}") from None
+        try:
+            return cls(name, tuple(questions))
+        except SchemaError as err:
+            raise SchemaError(f"{source}: {err}") from None
 
     @classmethod
     def from_json(cls, text: str, source: str = "schema") -> Schema:
@@ -262,7 +288,14 @@ def get_schema(name_or_path: str | Schema) -> Schema:
     if path.suffix.lower() == ".json" or path.exists():
         if not path.is_file():
             raise SchemaError(f"schema file {str(path)!r} does not exist; give gz2, decals or a JSON file")
-        return Schema.from_json(path.read_text(), source=str(path))
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise SchemaError(f"schema file {str(path)!r} is not UTF-8 text ({err.reason} at byte {err.start}); "
+                              "give a JSON file") from None
+        except OSError as err:
+            raise SchemaError(f"cannot read schema file {str(path)!r} ({err.strerror or err})") from None
+        return Schema.from_json(text, source=str(path))
     raise SchemaError(
         f"unknown schema {name_or_path!r}: give one of {', '.join(BUILTIN_SCHEMAS)} or a JSON file path."
         + did_you_mean(str(name_or_path), BUILTIN_SCHEMAS)

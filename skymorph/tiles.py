@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from skymorph import storage
-from skymorph.errors import InputError, TileError, TileNotFoundError
+from skymorph.errors import InputError, SkymorphError, TileError, TileNotFoundError, first_line
 
 __all__ = [
     "FORMAT_VERSION",
@@ -78,10 +78,11 @@ class Tile:
     group attribute: survey, bands, pixel_scale_arcsec, stretch, resize, created, ...).
     """
 
-    def __init__(self, url: str, group) -> None:
+    def __init__(self, url: str, group, storage_options: dict | None = None) -> None:
         self.url = str(url)
         self.name = tile_name(url)
         self._group = group
+        self._storage_options = storage_options
         self._images = group["images"]
         self.attrs: dict = dict(group.attrs[_ATTR])
         self.n: int = int(self._images.shape[0])
@@ -103,12 +104,45 @@ class Tile:
     def read_images(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Images of rows ``start:stop`` as uint8 (n, C, H, W)."""
         start, stop = self._range(start, stop)
-        return np.asarray(self._images[start:stop])
+        images = self._read("images", self._images, start, stop)
+        self._check_chunks_present(images, start, stop)
+        return images
 
     def read_coords(self, start: int = 0, stop: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(object_id int64, ra float64, dec float64)`` of rows ``start:stop``."""
         start, stop = self._range(start, stop)
-        return tuple(np.asarray(self._group[key][start:stop]) for key in ("object_id", "ra", "dec"))
+        return tuple(self._read(key, self._group[key], start, stop) for key in ("object_id", "ra", "dec"))
+
+    def _read(self, key: str, array, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` of ``array``; a chunk that does not decode (truncated, overwritten) is a
+        one-line :class:`TileError` naming the tile and rows. Storage errors (OSError) pass through:
+        a dropped connection is worth a retry, a damaged chunk is not."""
+        try:
+            return np.asarray(array[start:stop])
+        except (RuntimeError, ValueError, TypeError) as err:  # blosc/zstd: RuntimeError; bad shapes: ValueError
+            if isinstance(err, SkymorphError):
+                raise
+            raise TileError(f"tile {self.url!r}: rows [{start}, {stop}) of {key!r} cannot be decoded "
+                            f"({first_line(err)}); the store is damaged, write the tile again") from None
+
+    def _check_chunks_present(self, images: np.ndarray, start: int, stop: int) -> None:
+        """Zarr reads a missing chunk file as zeros (the fill value). :func:`write_tile` writes every
+        chunk, all-zero ones too, so a stored chunk that reads all zero is looked up (one ``exists``
+        call; an image chunk that is not zero, the usual case, costs one row's check): when its file
+        is missing the tile lost it, and a :class:`TileError` says so instead of serving blank images."""
+        size = self.chunk_size
+        for a in range(start - start % size, stop, size):
+            lo, hi = max(a, start), min(a + size, stop)
+            block = images[lo - start:hi - start]
+            if hi <= lo or block[0].any() or block.any():
+                continue
+            try:
+                key = self._images.metadata.encode_chunk_key((a // size, *(0,) * (self._images.ndim - 1)))
+            except AttributeError:  # a zarr that names chunks another way: cannot check
+                return
+            if not storage.exists(storage.join(self.url, "images", *key.split("/")), self._storage_options):
+                raise TileError(f"tile {self.url!r}: the chunk file of rows [{a}, {min(a + size, self.n)}) of 'images' "
+                                f"(images/{key}) is missing; the store is damaged, write the tile again")
 
     def chunk_ranges(self, start: int = 0, stop: int | None = None) -> list[tuple[int, int]]:
         """``[(start, stop), ...]`` covering rows ``start:stop`` with boundaries on the stored chunks,
@@ -154,12 +188,29 @@ def open_tile(url: str, storage_options: dict | None = None) -> Tile:
     store, kwargs = _zarr_store(url, storage_options)
     try:
         group = zarr.open_group(store, mode="r", **kwargs)
+        _validate(url, group)
+        return Tile(url, group, storage_options)
     except (FileNotFoundError, NodeNotFoundError) as err:
+        if isinstance(err, SkymorphError):
+            raise
+        if _exists(url, storage_options):
+            raise TileError(f"tile {url!r} is not a Zarr tile store (it has no zarr.json); give a tile that "
+                            "`skymorph survey synth` or `skymorph survey ingest` wrote") from None
         raise TileNotFoundError(f"tile {url!r} does not exist; check the URL or tile list") from err
     except ContainsArrayError as err:
         raise TileError(f"tile {url!r} is a single Zarr array, not a skymorph tile store (a Zarr group)") from err
-    _validate(url, group)
-    return Tile(url, group)
+    except (ValueError, TypeError, KeyError) as err:  # a zarr.json that is not JSON, not UTF-8, not Zarr metadata
+        if isinstance(err, SkymorphError):
+            raise
+        raise TileError(f"tile {url!r} has damaged Zarr metadata ({first_line(err)}); write the tile again") from None
+
+
+def _exists(url: str, storage_options: dict | None) -> bool:
+    """Whether anything (a file, a directory, an S3 prefix) is at ``url``; False when that cannot be told."""
+    try:
+        return storage.exists(url, storage_options)
+    except (OSError, ValueError):
+        return False
 
 
 def _validate(url: str, group) -> None:
@@ -272,8 +323,10 @@ def write_tile(
     group = zarr.open_group(store, mode="w", attributes={_INCOMPLETE_ATTR: True}, **kwargs)
     chunk = int(min(chunk_size, max(n, 1)))
     compressor = zarr.codecs.BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")
+    # every chunk is written, all-zero ones too: Tile.read_images tells a lost chunk from a blank one so
     group.create_array(
-        "images", shape=images.shape, chunks=(chunk, *images.shape[1:]), dtype="uint8", compressors=[compressor]
+        "images", shape=images.shape, chunks=(chunk, *images.shape[1:]), dtype="uint8", compressors=[compressor],
+        config={"write_empty_chunks": True},
     )[...] = images
     for key, values in coords.items():
         group.create_array(key, shape=(n,), chunks=(min(_COORD_CHUNK, max(n, 1)),), dtype=values.dtype)[...] = values

@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shutil
 
 import numpy as np
 import pyarrow as pa
@@ -95,3 +96,29 @@ def test_not_a_catalog(tmp_path, capsys):
     assert main(["catalog", "info", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("skymorph: error:")
+
+
+def _truncate(path: str) -> None:
+    with open(path, "r+b") as fh:
+        fh.truncate(100)
+
+
+@pytest.mark.parametrize("damage, fragment", [
+    (lambda c: _truncate(os.path.join(c, "dataset", "_common_metadata")), "_common_metadata is not readable Parquet metadata (Parquet magic bytes not found"),
+    (lambda c: open(os.path.join(c, "dataset", "_common_metadata"), "wb").close(), "_common_metadata is not readable Parquet metadata (Parquet file size is 0 bytes)"),
+    (lambda c: open(os.path.join(c, "hats.properties"), "wb").write(b"x=1\n\xff\xfe"), "hats.properties is not a text file (invalid start byte at byte 4)"),
+    (lambda c: open(os.path.join(c, "partition_info.csv"), "wb").write(b"\x89PNG\r\n"), "partition_info.csv is not a text file"),
+    (lambda c: open(os.path.join(c, "partition_info.csv"), "w").write("garbage\n"), "partition_info.csv does not start with the header"),
+    (lambda c: open(os.path.join(c, "hats.properties"), "a").write("hats_order=five\n"), "hats.properties: hats_order='five' is not an integer"),
+])
+def test_damaged_metadata_is_one_line_for_every_reader(catalog, tmp_path, capsys, damage, fragment):
+    copy = str(tmp_path / "damaged")
+    shutil.copytree(catalog, copy)
+    damage(copy)
+    for argv in (["info", copy], ["query", copy, "--limit", "3"], ["pick", copy, "--n", "3", "--out", str(tmp_path / "b.csv")]):
+        assert main(["catalog", *argv]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("skymorph: error: ") and fragment in err[0], err
+        if "not an integer" not in fragment:
+            assert "rerun the `skymorph run` that made" in err[0]
+    assert not (tmp_path / "b.csv").exists()

@@ -243,3 +243,16 @@ def test_rows_written_under_two_range_plans_are_picked_once(synthetic, tmp_path)
         batch = pick(copy, n, **kwargs)
         assert batch.num_rows == len(set(zip(batch["tile"].to_pylist(), batch["row"].to_pylist())))
         assert batch.equals(pick(synthetic.url, n, **kwargs), check_metadata=True)
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--strategy", "power", "--seed", str(2**64)], "seed (--seed) must be an integer in [-2^63, 2^63), got 18446744073709551616"),
+    (["--exclude", "BINARY_CSV"], "is not a readable CSV"),
+])
+def test_more_bad_input_is_one_line(catalog, tmp_path, capsys, argv, fragment):
+    (tmp_path / "ids.csv").write_bytes(b"")
+    argv = [str(tmp_path / "ids.csv") if a == "BINARY_CSV" else a for a in argv]
+    assert main(["catalog", "pick", catalog, "--n", "5", "--out", str(tmp_path / "b.csv"), *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("skymorph: error:") and fragment in err[0], err
+    assert not (tmp_path / "b.csv").exists()

@@ -146,7 +146,8 @@ def test_a_damaged_part_is_a_one_line_error_naming_it(catalog, tmp_path, capsys,
 
 
 def test_an_error_while_rows_stream_is_one_line(catalog):
-    with pytest.raises(CatalogError, match=r"^catalog '.*': Conversion Error: Could not convert string .* to INT32"):
+    with pytest.raises(CatalogError, match=r"^--where failed on the rows of catalog '.*': Conversion Error: Could not "
+                                           r"convert string .* to INT32 .*; TRY_CAST gives NULL where a value does not convert$"):
         query(catalog, where="CAST(tile AS INTEGER) > 0")
 
 
@@ -382,3 +383,26 @@ def test_an_interrupted_scan_is_a_keyboard_interrupt(catalog):
             con.execute("SELECT count(*) FROM catalog a, catalog b, catalog c WHERE a.ra + b.ra + c.ra > 0").fetchall()
         finally:
             timer.cancel()
+
+
+@pytest.mark.parametrize("out", [None, "rows.csv", "rows.parquet", "rows.fits"])
+def test_a_column_named_twice_is_one_line(catalog, tmp_path, capsys, out):
+    argv = ["catalog", "query", catalog, "--columns", "ra,object_id,ra"] + (["--out", str(tmp_path / out)] if out else [])
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["skymorph: error: --columns names the column 'ra' more than once; list each column once"]
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("options, blamed", [
+    (["--where", "error('boom') IS NULL"], "--where failed on the rows of catalog"),
+    (["--where", "CAST(tile AS INTEGER) > 0", "--out", "rows.csv"], "--where failed on the rows of catalog"),
+    (["--order-by", "CAST(tile AS INTEGER)", "--out", "rows.parquet"], "--order-by failed on the rows of catalog"),
+    (["--where", "ra > 0", "--order-by", "1 / 0 > CAST(tile AS INTEGER)"], "--where or --order-by failed on the rows"),
+])
+def test_an_error_of_user_sql_on_the_rows_names_the_option(catalog, tmp_path, capsys, monkeypatch, options, blamed):
+    monkeypatch.chdir(tmp_path)
+    assert main(["catalog", "query", catalog, *options]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"skymorph: error: {blamed}"), err
+    assert os.listdir(tmp_path) == []

@@ -186,3 +186,37 @@ def test_real_gz2_slice_ingest_train_evaluate(tmp_path):
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["n_galaxies"] == 30 and metrics["questions"]["has_spiral_arms"]["n_confident"] == 30
     assert list(metrics["questions"]) == ["has_spiral_arms"]  # the other questions have no votes
+
+
+def _one_png(tmp_path) -> None:
+    from PIL import Image
+
+    Image.fromarray(np.full((24, 24), 70, dtype=np.uint8)).save(tmp_path / "a.png")
+
+
+@pytest.mark.parametrize("csv, options, fragment", [
+    ("galaxy_id,object_id,file\n1,5,a.png\n", ["--id-column", "galaxy_id"],
+     "has an 'object_id' column besides --id-column 'galaxy_id'"),
+    ("object_id,file,ra,dec\n1,a.png,10,95\n", [], "dec 95 of object_id 1 is outside [-90, 90] degrees"),
+    ("object_id,file\n1,a.png\n", ["--pixel-scale-arcsec", "0"], "--pixel-scale-arcsec) must be a finite number > 0, got 0.0"),
+    ("object_id,file\n1,a.png\n", ["--pixel-scale-arcsec", "-1"], "must be a finite number > 0, got -1.0"),
+    ("object_id,file\n1,a.png\n", ["--pixel-scale-arcsec", "nan"], "must be a finite number > 0, got nan"),
+    ("object_id,file\n1,a.png\n", ["--catalog-is-dir"], "is a directory; give the CSV file"),
+])
+def test_bad_catalog_or_options_fail_before_decoding_and_write_nothing(tmp_path, csv, options, fragment):
+    _one_png(tmp_path)
+    (tmp_path / "cat.csv").write_text(csv)
+    catalog = str(tmp_path if "--catalog-is-dir" in options else tmp_path / "cat.csv")
+    options = [o for o in options if o != "--catalog-is-dir"]
+    code, err = _run(["survey", "ingest", "--catalog", catalog, "--out", str(tmp_path / "o"), "--size", "16", *options])
+    assert code == 2 and err.count("\n") == 1 and err.startswith("skymorph: error: ") and fragment in err, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_given_pixel_scale_is_recorded_and_not_a_placeholder(tmp_path):
+    _one_png(tmp_path)
+    (tmp_path / "cat.csv").write_text("object_id,file\n1,a.png\n")
+    code, _ = _run(["survey", "ingest", "--catalog", str(tmp_path / "cat.csv"), "--out", str(tmp_path / "o"), "--size", "16",
+                    "--pixel-scale-arcsec", "0.262"])
+    attrs = open_tile(str(tmp_path / "o" / "tiles" / "ingest_00000.zarr")).attrs
+    assert code == 0 and attrs["pixel_scale_arcsec"] == 0.262 and attrs["pixel_scale_is_placeholder"] is False

@@ -385,3 +385,61 @@ def test_job_spec_rejects_no_attempts():
         JobSpec(**fields, attempts=0)
     with pytest.raises(InputError, match="backoff_s must be at least 0 seconds, got -1"):
         JobSpec(**fields, backoff_s=-1)
+
+
+def _truncate_common_metadata(catalog: str) -> None:
+    with open(layout.common_metadata_url(catalog), "r+b") as fh:
+        fh.truncate(100)
+
+
+def test_rerun_of_a_finished_catalog_repairs_damaged_metadata_and_leaves_a_sound_one_alone(tmp_path, tiny_model):
+    from skymorph.catalog import info
+    from skymorph.inference.job import RunConfig, run_survey
+
+    make_tiles(str(tmp_path), n_tiles=2, per_tile=20)
+    catalog = str(tmp_path / "catalog")
+    config = RunConfig(tiles=str(tmp_path / "tiles.txt"), model=tiny_model, out=catalog, workers=1, progress=False)
+    assert run_survey(config).total_rows == 40
+    metadata = [layout.properties_url(catalog), layout.partition_info_url(catalog), layout.common_metadata_url(catalog)]
+    before = {url: os.stat(url).st_mtime_ns for url in metadata}
+    assert run_survey(config).total_rows == 40
+    assert {url: os.stat(url).st_mtime_ns for url in metadata} == before  # nothing to repair: nothing rewritten
+
+    damages = {
+        "truncated _common_metadata": _truncate_common_metadata,
+        "garbage partition_info.csv": lambda c: open(layout.partition_info_url(c), "w").write("garbage\n"),
+        "stale partition_info.csv": lambda c: open(layout.partition_info_url(c), "w").write("Norder,Npix\n"),
+        "non-UTF-8 hats.properties": lambda c: open(layout.properties_url(c), "wb").write(b"x=1\n\xff\xfe"),
+        "missing hats.properties": lambda c: os.remove(layout.properties_url(c)),
+    }
+    for name, damage in damages.items():
+        damage(catalog)
+        report = run_survey(config)
+        assert (report.ranges_run, report.tiles_skipped, report.total_rows) == (0, 2, 40), name
+        assert info(catalog).rows == 40, name
+
+
+def test_bad_scheduler_options_are_one_line_and_leave_no_catalog(tmp_path, tiny_model):
+    import dask
+
+    from skymorph.errors import InputError
+    from skymorph.inference.job import RunConfig, run_survey
+
+    make_tiles(str(tmp_path), n_tiles=1, per_tile=10)
+    (tmp_path / "garbage.json").write_text("not json")
+    (tmp_path / "empty.json").write_text("{}")
+    (tmp_path / "refused.json").write_text('{"address": "tcp://127.0.0.1:9"}')
+    out = tmp_path / "catalog"
+    config = RunConfig(tiles=str(tmp_path / "tiles.txt"), model=tiny_model, out=str(out), progress=False)
+    for options, message in [
+        ({"scheduler": "not an address"}, r"^--scheduler 'not an address' is not a Dask scheduler address \(missing port"),
+        ({"scheduler": "tcp://host:port"}, r"^--scheduler 'tcp://host:port' is not a Dask scheduler address"),
+        ({"scheduler_file": str(tmp_path / "garbage.json")}, r"^--scheduler-file '.*garbage.json' is not JSON"),
+        ({"scheduler_file": str(tmp_path / "empty.json")}, r"^--scheduler-file '.*empty.json' holds no scheduler \"address\""),
+        ({"scheduler_file": str(tmp_path / "refused.json")}, r"^cannot reach the Dask scheduler at 'tcp://127.0.0.1:9' "
+                                                             r"\(from --scheduler-file '.*refused.json'\)"),
+    ]:
+        with dask.config.set({"distributed.comm.timeouts.connect": "1s"}), pytest.raises(InputError, match=message) as err:
+            run_survey(replace(config, **options))
+        assert "\n" not in str(err.value)
+        assert not out.exists(), options

@@ -70,3 +70,37 @@ def test_same_tree_ignores_the_schema_name_only():
     assert renamed.same_tree(DECALS) and not GZ2.same_tree(DECALS)
     reordered = Schema("r", (DECALS.questions[1], DECALS.questions[0]) + DECALS.questions[2:])
     assert not reordered.same_tree(DECALS)
+
+
+@pytest.mark.parametrize(
+    "question, message",
+    [
+        ({"name": "q", "answers": 5}, r"question 'q': 'answers' must be a list of strings .*got 5$"),
+        ({"name": "q", "answers": "yes"}, r"question 'q': 'answers' must be a list of strings .*got 'yes'$"),
+        ({"name": "q", "answers": ["a", 2]}, r"question 'q': 'answers' must be a list of strings"),
+        ({"name": 7, "answers": ["a", "b"]}, r"question 1: 'name' must be a string, got 7$"),
+        ({"name": "q", "answers": ["a", "b"], "asked_by": [1, [2]]}, r"question 'q': 'asked_by' must be \[question, answer\].*got \[1, \[2\]\]$"),
+        ({"name": "q", "answers": ["a", "b"], "asked_by": "r2"}, r"question 'q': 'asked_by' must be \[question, answer\].*got 'r2'$"),
+        ({"name": "q", "answers": ["a", "b"], "asked_by": ["r"]}, r"'asked_by' must be \[question, answer\]"),
+    ],
+)
+def test_schema_json_with_wrong_types_is_one_line_naming_file_and_question(tmp_path, question, message):
+    path = tmp_path / "tree.json"
+    path.write_text(json.dumps({"name": "x", "questions": [{"name": "r", "answers": ["y", "n"]}, question]}))
+    with pytest.raises(SchemaError, match=message) as info:
+        get_schema(str(path))
+    assert str(info.value).startswith(f"{path}: ") and "\n" not in str(info.value)
+
+
+def test_question_refuses_a_string_for_answers_or_asked_by():
+    with pytest.raises(SchemaError, match="answers must be a list"):
+        Question("q", "yes")
+    with pytest.raises(SchemaError, match="asked_by must be"):
+        Question("q", ("a", "b"), "r2")
+
+
+def test_schema_file_that_is_not_utf8_is_one_line(tmp_path):
+    path = tmp_path / "tree.json"
+    path.write_bytes(b"\xff\xfe{}")
+    with pytest.raises(SchemaError, match=r"^schema file '.*tree.json' is not UTF-8 text \(invalid start byte at byte 0\)"):
+        get_schema(str(path))

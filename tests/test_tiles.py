@@ -303,3 +303,56 @@ def test_tile_list_round_trip_s3(s3_bucket):
     write_tile_list(url, tiles)
     assert storage.read_text(url).splitlines()[1:] == ["tiles/a.zarr", f"{s3_bucket}/elsewhere/b.zarr"]
     assert read_tile_list(url) == tiles
+
+
+def _one_line_tile_error(url, read=lambda tile: tile.read_images()):
+    with pytest.raises(TileError) as info:
+        read(open_tile(url))
+    message = str(info.value)
+    assert "\n" not in message and repr(url) in message
+    return message
+
+
+def test_garbage_zarr_metadata_is_a_tile_error_naming_the_tile(tmp_path):
+    url = str(tmp_path / "t.zarr")
+    write_tile(url, *_data(), **ATTRS)
+    with open(os.path.join(url, "images", "zarr.json"), "w") as fh:
+        fh.write("{garb")
+    message = _one_line_tile_error(url)
+    assert "damaged Zarr metadata" in message and "write the tile again" in message
+
+
+def test_a_chunk_that_does_not_decode_is_a_tile_error_naming_tile_and_rows(tmp_path):
+    url = str(tmp_path / "t.zarr")
+    write_tile(url, *_data(n=70), chunk_size=32, **ATTRS)
+    with open(os.path.join(url, "images", "c", "1", "0", "0", "0"), "wb") as fh:
+        fh.write(b"this is not a blosc chunk")
+    tile = open_tile(url)
+    np.testing.assert_array_equal(tile.read_images(0, 32), _data(n=70)[0][:32])  # the other chunks still read
+    message = _one_line_tile_error(url, lambda t: list(t.iter_chunks()))
+    assert "rows [32, 64) of 'images' cannot be decoded" in message and "blosc" in message
+
+
+def test_a_missing_chunk_is_a_tile_error_not_blank_images(tmp_path):
+    url = str(tmp_path / "t.zarr")
+    images, *rest = _data(n=70)
+    images[:32] = 0  # an all-zero chunk is written and reads back as zeros, without error
+    write_tile(url, images, *rest, chunk_size=32, **ATTRS)
+    assert np.array_equal(open_tile(url).read_images(), images)
+    os.remove(os.path.join(url, "images", "c", "2", "0", "0", "0"))
+    np.testing.assert_array_equal(open_tile(url).read_images(0, 64), images[:64])
+    for read in (lambda t: t.read_images(), lambda t: t.read_images(65, 66), lambda t: list(t.iter_chunks())):
+        message = _one_line_tile_error(url, read)
+        assert "chunk file of rows [64, 70) of 'images' (images/c/2/0/0/0) is missing" in message
+    os.remove(os.path.join(url, "images", "c", "0", "0", "0", "0"))  # the all-zero chunk
+    assert "rows [0, 32)" in _one_line_tile_error(url, lambda t: t.read_images(0, 32))
+
+
+def test_a_directory_that_is_not_a_zarr_store_is_not_reported_missing(tmp_path):
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "x").write_text("hi")
+    (tmp_path / "file.zarr").write_text("hi")
+    for url in (str(tmp_path / "plain"), str(tmp_path / "file.zarr")):
+        with pytest.raises(TileError, match=r"is not a Zarr tile store \(it has no zarr.json\)") as info:
+            open_tile(url)
+        assert not isinstance(info.value, TileNotFoundError)

@@ -32,7 +32,7 @@ import re
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 
-from skymorph.errors import CatalogError
+from skymorph.errors import CatalogError, first_line
 from skymorph.storage import atomic_write_text, filesystem, join, read_text
 
 __all__ = [
@@ -270,6 +270,11 @@ class CatalogMetadata:
             raise CatalogError(f"{source} has malformed skymorph metadata: {err}") from err
 
 
+def _rewrite(catalog: str) -> str:
+    """What to do about a damaged metadata file: the run's finish step writes them all again."""
+    return f"rerun the `skymorph run` that made {catalog!r} (same --model and --out) to rewrite it"
+
+
 def read_common_metadata(catalog: str, storage_options: dict | None = None):
     """``(pyarrow.Schema, CatalogMetadata)`` from ``CATALOG/dataset/_common_metadata``."""
     import pyarrow.parquet as pq
@@ -278,8 +283,13 @@ def read_common_metadata(catalog: str, storage_options: dict | None = None):
     fs, path = filesystem(url, storage_options)
     if not fs.exists(path):
         raise CatalogError(f"{catalog!r} is not a skymorph catalog ({url} missing); make one with `skymorph run`")
-    with fs.open(path, "rb") as fh:
-        schema = pq.read_schema(fh)
+    try:
+        with fs.open(path, "rb") as fh:
+            schema = pq.read_schema(fh)
+    except (OSError, ValueError) as err:  # ArrowInvalid (a ValueError): truncated, empty or not Parquet
+        raise CatalogError(
+            f"{url} is not readable Parquet metadata ({first_line(err)}); {_rewrite(catalog)}"
+        ) from None
     return schema, CatalogMetadata.from_kv(schema.metadata, source=url)
 
 
@@ -377,7 +387,12 @@ class CatalogProperties:
             if name not in known:
                 extra[key] = value
                 continue
-            kwargs[name] = int(value) if known[name].type in ("int", int) and value != "" else value
+            if known[name].type in ("int", int) and value != "":
+                try:
+                    value = int(value)
+                except ValueError:
+                    raise CatalogError(f"{source}: {key}={value!r} is not an integer") from None
+            kwargs[name] = value
         for required in ("catalog_name", "total_rows"):
             if required not in kwargs:
                 raise CatalogError(f"{source} lacks {cls._KEYS[required]}; is this a HATS catalog?")
@@ -389,13 +404,22 @@ class CatalogProperties:
             raise CatalogError(f"{source} is malformed: {err}") from err
 
 
-def read_properties(catalog: str, storage_options: dict | None = None) -> CatalogProperties:
-    url = properties_url(catalog)
+def _read_small_text(catalog: str, url: str, storage_options: dict | None) -> str:
+    """The text of one of the catalog's small metadata files; one-line :class:`CatalogError` when it is
+    missing or not UTF-8 text (a damaged file)."""
     try:
-        text = read_text(url, storage_options)
+        return read_text(url, storage_options)
     except FileNotFoundError as err:
         raise CatalogError(f"{catalog!r} is not a catalog ({url} missing); make one with `skymorph run`") from err
-    return CatalogProperties.from_text(text, source=url)
+    except UnicodeDecodeError as err:
+        raise CatalogError(
+            f"{url} is not a text file ({err.reason} at byte {err.start}); {_rewrite(catalog)}"
+        ) from None
+
+
+def read_properties(catalog: str, storage_options: dict | None = None) -> CatalogProperties:
+    url = properties_url(catalog)
+    return CatalogProperties.from_text(_read_small_text(catalog, url, storage_options), source=url)
 
 
 def write_properties(catalog: str, properties: CatalogProperties, storage_options: dict | None = None) -> None:
@@ -414,18 +438,15 @@ def write_partition_info(catalog: str, order: int, pixels, storage_options: dict
 def read_partition_info(catalog: str, storage_options: dict | None = None) -> list[tuple[int, int]]:
     """``[(order, npix), ...]`` from ``partition_info.csv``."""
     url = partition_info_url(catalog)
-    try:
-        text = read_text(url, storage_options)
-    except FileNotFoundError as err:
-        raise CatalogError(f"{catalog!r} is not a catalog ({url} missing); make one with `skymorph run`") from err
+    text = _read_small_text(catalog, url, storage_options)
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if not lines or lines[0].replace(" ", "") != "Norder,Npix":
-        raise CatalogError(f"{url} does not start with the header 'Norder,Npix'")
+        raise CatalogError(f"{url} does not start with the header 'Norder,Npix'; {_rewrite(catalog)}")
     pixels = []
     for line in lines[1:]:
         try:
             order, npix = (int(v) for v in line.split(","))
         except ValueError:
-            raise CatalogError(f"{url}: line {line!r} is not 'Norder,Npix' integers") from None
+            raise CatalogError(f"{url}: line {line!r} is not 'Norder,Npix' integers; {_rewrite(catalog)}") from None
         pixels.append((order, npix))
     return pixels

@@ -30,7 +30,7 @@ import numpy as np
 
 from skymorph.catalog.info import Catalog, open_catalog
 from skymorph.catalog.query import connect
-from skymorph.errors import CatalogError, InputError, did_you_mean
+from skymorph.errors import CatalogError, InputError, did_you_mean, first_line
 
 __all__ = ["pick", "gumbel_keys", "hash_uniform", "read_ids", "STRATEGIES", "MANIFEST_COLUMNS"]
 
@@ -83,8 +83,13 @@ def read_ids(source, storage_options: dict | None = None) -> np.ndarray:
         fs, path = filesystem(url, storage_options)
         if not fs.exists(path):
             raise FileNotFoundError(f"--exclude file {url!r} does not exist")
-        with fs.open(path, "rb") as fh:
-            table = pcsv.read_csv(fh)
+        try:
+            with fs.open(path, "rb") as fh:
+                # one thread on a Python file object (apache/arrow#33975, as storage.read_parquet)
+                table = pcsv.read_csv(fh, read_options=pcsv.ReadOptions(use_threads=False))
+        except ValueError as err:  # pyarrow.ArrowInvalid: empty, binary, ragged rows
+            raise InputError(f"--exclude {url!r} is not a readable CSV ({first_line(err)}); give a CSV or "
+                             "Parquet file with an object_id column") from None
     else:
         raise InputError(f"--exclude {url!r}: give a .csv or .parquet file with an object_id column")
     if "object_id" not in table.column_names:
@@ -199,6 +204,8 @@ def pick(
         raise InputError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}." + did_you_mean(str(strategy), STRATEGIES))
     if not (math.isfinite(beta) and beta >= 0):
         raise InputError(f"beta must be a finite number >= 0, got {beta}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not -2**63 <= seed < 2**63:
+        raise InputError(f"seed (--seed) must be an integer in [-2^63, 2^63), got {seed!r}")
     catalog = url if isinstance(url, Catalog) else open_catalog(url, storage_options)
     score = _score_column(catalog, question)
     excluded = pa.table({"object_id": read_ids(exclude, storage_options) if exclude is not None else np.empty(0, np.int64)})

@@ -10,9 +10,9 @@ credential rules, same ``storage_options``). DuckDB pushes projections and filte
 User SQL (``--where``, ``--order-by``) runs on a locked connection: it is parsed first and must make
 exactly one SELECT statement; then ``enable_external_access`` is off (only the catalog's own part
 files are allowed) and the configuration is locked, so a fragment can neither write nor read other
-files nor undo that. A DuckDB error inside the connection (a damaged part file, a cast that fails
-on a row) leaves it as one :class:`~skymorph.errors.CatalogError` naming the catalog, and the part file
-when one is unreadable.
+files nor undo that. A DuckDB error inside the connection leaves it as one
+:class:`~skymorph.errors.CatalogError`: naming the part file when one is unreadable, the user's option
+(``--where``, ``--order-by``) when its SQL fails on a row (a cast, ``error()``), else the catalog.
 
 A cone first selects the order-K partitions that overlap it (cdshealpix), then pushes down ranges of
 ``_healpix_29`` covering it at a finer order, then keeps rows whose great-circle distance is within the
@@ -127,9 +127,12 @@ class Cone:
 
 
 @contextmanager
-def connect(catalog: Catalog, pixels=None, memory_limit: str = MEMORY_LIMIT, threads: int | None = None):
+def connect(catalog: Catalog, pixels=None, memory_limit: str = MEMORY_LIMIT, threads: int | None = None,
+            user_sql: tuple[str, ...] = ()):
     """A locked DuckDB connection whose view ``catalog`` holds the rows of ``pixels`` (default: all);
-    DuckDB errors raised inside the ``with`` block leave it as one-line :class:`CatalogError`\ s."""
+    DuckDB errors raised inside the ``with`` block leave it as one-line :class:`CatalogError` errors.
+    ``user_sql`` names the options whose SQL the queries run (``("--where",)``): an error of that SQL
+    on a row is blamed on them."""
     import os
 
     import duckdb
@@ -158,13 +161,15 @@ def connect(catalog: Catalog, pixels=None, memory_limit: str = MEMORY_LIMIT, thr
     except duckdb.InterruptException:
         raise KeyboardInterrupt from None  # Ctrl-C during a scan: the CLI's "interrupted", not an error
     except duckdb.Error as err:
-        raise CatalogError(_read_failure(catalog, parts, err)) from None
+        raise CatalogError(_read_failure(catalog, parts, err, user_sql)) from None
     finally:
         con.close()
 
 
-def _read_failure(catalog: Catalog, parts: list[str], err: Exception) -> str:
-    """One line for a DuckDB error while reading ``catalog``: the damaged part file named where one is.
+def _read_failure(catalog: Catalog, parts: list[str], err: Exception, user_sql: tuple[str, ...] = ()) -> str:
+    """One line for a DuckDB error while reading ``catalog``: the damaged part file named where one is,
+    else the user's options in ``user_sql`` for an error their SQL can make (a failed cast, an
+    ``error()`` call, a value out of range), else the catalog.
 
     DuckDB's message for a damaged Parquet footer ("TProtocolException: Invalid data") names no file,
     so on a read error the footers are checked (on the error path only) to name the first bad one.
@@ -177,6 +182,10 @@ def _read_failure(catalog: Catalog, parts: list[str], err: Exception) -> str:
         if damaged is not None:
             return (f"catalog {catalog.url!r}: part file {damaged} is not readable Parquet ({reason}); "
                     "restore it, or rerun `skymorph run` with --overwrite")
+    if user_sql and isinstance(err, (duckdb.DataError, duckdb.ProgrammingError)):
+        hint = "TRY_CAST gives NULL where a value does not convert" if isinstance(err, duckdb.ConversionException) \
+            else "fix the expression"
+        return f"{' or '.join(user_sql)} failed on the rows of catalog {catalog.url!r}: {reason}; {hint}"
     return f"catalog {catalog.url!r}: {reason}"
 
 
@@ -234,10 +243,15 @@ def _quote(name: str) -> str:
 
 
 def check_columns(names, available, what: str = "--columns") -> list[str]:
-    """``names`` if each is a column of the catalog; else a one-line error with "Did you mean"."""
+    """``names`` if each is a column of the catalog, once; else a one-line error ("Did you mean" for
+    an unknown name)."""
+    seen = set()
     for name in names:
         if name not in available:
             raise CatalogError(f"{what}: the catalog has no column {name!r}." + did_you_mean(name, available))
+        if name in seen:
+            raise CatalogError(f"{what} names the column {name!r} more than once; list each column once")
+        seen.add(name)
     return list(names)
 
 
@@ -306,7 +320,8 @@ def query_reader(
     ORDER BY sorts first; DuckDB spills that to disk beyond its memory limit). The schema carries
     the catalog's ``skymorph.*`` keys."""
     catalog, plan = _prepare(url, where, columns, cone, order_by, limit, storage_options)
-    with connect(catalog, plan.pixels) as con:
+    user_sql = tuple(option for option, sql in (("--where", where), ("--order-by", order_by)) if sql)
+    with connect(catalog, plan.pixels, user_sql=user_sql) as con:
         _validate_fragments(con, catalog, where, order_by)
         reader = check_sql(con, plan.sql, catalog.columns, "query").to_arrow_reader(batch_rows)
         yield _with_metadata(reader, catalog.metadata.to_kv())

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 from skymorph.errors import InputError
 
-__all__ = ["ClusterSpec", "LocalSizing", "local_sizing", "usable_cores", "connect", "threads_by_host", "require_resources"]
+__all__ = ["ClusterSpec", "LocalSizing", "local_sizing", "usable_cores", "connect", "scheduler_address", "threads_by_host",
+           "require_resources"]
 
 CLUSTER_KINDS = ("local", "slurm")
 
@@ -113,6 +114,57 @@ def require_resources(client, resources: dict | None, wanted_by: str, alternativ
     )
 
 
+def _check_address(address: str, given_by: str) -> str:
+    from distributed.comm.addressing import get_address_host_port, normalize_address
+
+    try:
+        normalized = normalize_address(address)
+        if not normalized.startswith("inproc://"):  # an in-process address has no host or port
+            get_address_host_port(normalized)
+    except ValueError as err:
+        raise InputError(f"{given_by} {address!r} is not a Dask scheduler address ({err}); give one like "
+                         "tcp://HOST:8786, as `dask scheduler` prints it") from None
+    return address
+
+
+def _read_scheduler_file(path: str, attempts: int = 10, wait_s: float = 0.05) -> str:
+    """The ``address`` in a scheduler file, read as Dask's Client does (a few tries: the scheduler may
+    still be writing it); a one-line :class:`InputError` if it is not that JSON."""
+    import json
+    import time
+
+    hint = "give the file that `dask scheduler --scheduler-file FILE` writes"
+    for attempt in range(attempts):
+        try:
+            with open(path, encoding="utf-8") as fh:
+                data = json.load(fh)
+        except UnicodeDecodeError as err:
+            raise InputError(f"--scheduler-file {path!r} is not a text file ({err.reason}); {hint}") from None
+        except OSError as err:
+            raise InputError(f"cannot read --scheduler-file {path!r} ({err.strerror or err}); {hint}") from None
+        except ValueError as err:
+            if attempt + 1 < attempts:
+                time.sleep(wait_s)
+                continue
+            raise InputError(f"--scheduler-file {path!r} is not JSON ({err}); {hint}") from None
+        address = data.get("address") if isinstance(data, dict) else None
+        if isinstance(address, str) and address.strip():
+            return _check_address(address.strip(), f"the address in --scheduler-file {path!r},")
+        if attempt + 1 < attempts:
+            time.sleep(wait_s)
+    raise InputError(f"--scheduler-file {path!r} holds no scheduler \"address\"; {hint}")
+
+
+def scheduler_address(spec: ClusterSpec) -> str:
+    """The checked address of the scheduler that ``spec`` names: ``--scheduler``, the one in
+    ``--scheduler-file`` or ``DASK_SCHEDULER_ADDRESS``; a one-line :class:`InputError` otherwise."""
+    if spec.scheduler_file:
+        return _read_scheduler_file(spec.scheduler_file)
+    if spec.scheduler:
+        return _check_address(spec.scheduler, "--scheduler")
+    return _check_address(spec.address, "DASK_SCHEDULER_ADDRESS")
+
+
 @contextmanager
 def connect(spec: ClusterSpec):
     """Yield ``(client, engine_threads)``: ``engine_threads`` is set for a LocalCluster, None where the
@@ -121,11 +173,12 @@ def connect(spec: ClusterSpec):
     from distributed import Client, LocalCluster
 
     if spec.scheduler_file or spec.address:
-        where = spec.scheduler_file or spec.address
+        address = scheduler_address(spec)
         try:
-            client = Client(scheduler_file=spec.scheduler_file) if spec.scheduler_file else Client(spec.address)
+            client = Client(address)
         except OSError as err:
-            raise InputError(f"cannot reach the Dask scheduler at {where!r} ({err}); is `dask scheduler` running there?") from err
+            where = f"{address!r} (from --scheduler-file {spec.scheduler_file!r})" if spec.scheduler_file else repr(address)
+            raise InputError(f"cannot reach the Dask scheduler at {where} ({err}); is `dask scheduler` running there?") from err
         with client:
             yield client, None
         return

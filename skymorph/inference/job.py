@@ -20,10 +20,12 @@ is sized by its task (which opens the tile), its other ranges are then submitted
 from __future__ import annotations
 
 import json
+import os
 import resource
 import sys
 import time
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 from skymorph.catalog import layout
@@ -255,12 +257,50 @@ class _Plan:
         return False
 
 
-def _finished(catalog: str, options: dict) -> bool:
-    """Whether the catalog's metadata files exist (a finished run wrote them last)."""
+def _finished(catalog: str, manifest, schema, options: dict) -> int | None:
+    """The catalog's row count if its metadata files are there, readable and agree with ``manifest``
+    and ``schema`` (a finished run wrote them last), else None: then the finish step must rewrite them.
+
+    Reads only the small files (``hats.properties``, ``partition_info.csv``, ``_common_metadata``),
+    never the parts, so a rerun of a finished job stays cheap; a damaged or stale metadata file (a
+    truncated ``_common_metadata``, garbage in ``partition_info.csv``) makes the rerun repair it.
+    """
     from skymorph.storage import exists
 
-    return all(exists(url, options) for url in (
-        layout.properties_url(catalog), layout.common_metadata_url(catalog), layout.failures_url(catalog)))
+    if not exists(layout.failures_url(catalog), options):
+        return None
+    try:
+        properties = layout.read_properties(catalog, options)
+        stored_schema, _ = layout.read_common_metadata(catalog, options)
+        pixels = layout.read_partition_info(catalog, options)
+    except CatalogError:
+        return None
+    records = manifest.ranges.values()
+    if (properties.order != manifest.order
+            or properties.total_rows != sum(record.rows for record in records)
+            or sorted(pixels) != sorted({(manifest.order, npix) for r in records for npix, _, _ in r.parts})
+            or not stored_schema.equals(schema, check_metadata=True)):
+        return None
+    return properties.total_rows
+
+
+@contextmanager
+def _no_trace_unless_started(out: str, is_new: bool, options: dict):
+    """For a new catalog: if the block fails before the manifest is written (no scheduler, no GPU
+    worker), remove the empty directories that the driver's lock left, so --out is as it was."""
+    from skymorph.storage import exists, is_remote
+
+    existed = exists(out, options)
+    try:
+        yield
+    except BaseException:
+        if is_new and not existed and not is_remote(out) and not exists(layout.manifest_url(out), options):
+            for path in (layout.skymorph_dir(out), out):
+                try:
+                    os.rmdir(path)  # only when empty: never removes anything written
+                except OSError:
+                    break
+        raise
 
 
 def _default_name(out: str) -> str:
@@ -356,13 +396,15 @@ def run_survey(config: RunConfig) -> RunReport:
     from skymorph.catalog.layout import CatalogMetadata, CatalogProperties
     from skymorph.catalog.lock import DriverLock
     from skymorph.catalog.writer import catalog_schema, finish_catalog, write_failures, write_manifest
-    from skymorph.inference.cluster import connect, require_resources, threads_by_host
+    from skymorph.inference.cluster import connect, require_resources, scheduler_address, threads_by_host
     from skymorph.inference.engines import read_model_info
     from skymorph.inference.task import EngineCache, JobSpec, ModelRef, s3_retry_options
     from skymorph.storage import atomic_write_text
     from skymorph.tiles import read_tile_list
 
     started = time.perf_counter()
+    if config.cluster_spec().scheduler_file or config.cluster_spec().address:
+        scheduler_address(config.cluster_spec())  # a bad address fails now, before the catalog is touched
     options = s3_retry_options(config.out, config.storage_options)
     tiles = read_tile_list(config.tiles, s3_retry_options(config.tiles, config.storage_options))
     info = read_model_info(config.model, backend=config.backend,
@@ -378,15 +420,15 @@ def run_survey(config: RunConfig) -> RunReport:
     schema = catalog_schema(_catalog_columns(metadata.schema, metadata.likelihood, config.n_volunteers), cat_meta)
     plan = _Plan(tiles, manifest, config.rows_per_task)
     nothing_to_do = not plan.has_work()
-    if nothing_to_do and not is_new and _finished(config.out, options):
+    total_rows = None if is_new or not nothing_to_do else _finished(config.out, manifest, schema, options)
+    if total_rows is not None:
         return RunReport(catalog=config.out, model_sha256=model_sha256, tiles=len(tiles), tiles_skipped=plan.skipped,
-                         ranges_run=0, rows_written=0, total_rows=layout.read_properties(config.out, options).total_rows,
+                         ranges_run=0, rows_written=0, total_rows=total_rows,
                          failures=(), seconds=time.perf_counter() - started, stage_seconds={}, dashboard=None,
                          driver_peak_rss_mib=_peak_rss_mib())
 
-    with lock:  # checks again, then holds the lease (heartbeat) until the catalog is finished
-        if is_new:
-            write_manifest(config.out, manifest, options)
+    # checks again, then holds the lease (heartbeat) until the catalog is finished
+    with _no_trace_unless_started(config.out, is_new, options), lock:
         tally = _Tally()
         if not nothing_to_do:  # else every range is done and only the finish step is left
             gpu = config.gpu or info.needs_gpu
@@ -396,6 +438,8 @@ def run_survey(config: RunConfig) -> RunReport:
                     require_resources(client, resources, f"model {config.model!r} (it runs on a GPU)")
                 else:
                     require_resources(client, resources, "--gpu", ", or run without --gpu")
+                if is_new:  # once the workers are there: a run that cannot start leaves no catalog behind
+                    write_manifest(config.out, manifest, options)
                 tally.dashboard = client.dashboard_link
                 print(f"skymorph run: {len(tiles)} tile(s), model {model_sha256[:12]}..., dashboard {tally.dashboard}",
                       file=sys.stderr, flush=True)

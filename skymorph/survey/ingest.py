@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import csv
 import io
+import math
+import numbers
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -121,12 +123,19 @@ def _read_catalog(catalog_csv: str, id_column: str, storage_options):
         table = pd.read_csv(io.BytesIO(read_bytes(catalog_csv, storage_options)))
     except (ValueError, UnicodeDecodeError) as err:
         raise InputError(f"catalog {catalog_csv!r} is not a readable CSV ({err})") from err
+    except IsADirectoryError:
+        raise InputError(f"catalog {catalog_csv!r} is a directory; give the CSV file that lists the cutouts") from None
     for column in ("file", id_column):
         if column not in table.columns:
             raise InputError(
                 f"catalog {catalog_csv!r} has no {column!r} column (columns: {', '.join(map(str, table.columns))})"
                 + ("; name the id column with --id-column" if column == id_column else "")
             )
+    if id_column != "object_id" and "object_id" in table.columns:
+        raise InputError(
+            f"catalog {catalog_csv!r} has an 'object_id' column besides --id-column {id_column!r}, whose values "
+            "become the object_id; drop or rename the 'object_id' column, or use it as the id (no --id-column)"
+        )
     if table[id_column].isna().any() or not np.issubdtype(table[id_column].dtype, np.integer):
         raise InputError(f"catalog {catalog_csv!r}: {id_column!r} must be integers in every row (it becomes the int64 object_id)")
     duplicated = table[id_column][table[id_column].duplicated()]
@@ -141,6 +150,11 @@ def _read_catalog(catalog_csv: str, id_column: str, storage_options):
         bad = ~(np.isfinite(table["ra"].to_numpy(float)) & np.isfinite(table["dec"].to_numpy(float)))
         if bad.any():
             raise InputError(f"catalog {catalog_csv!r}: ra/dec missing or not finite for {id_column} {int(table[id_column][bad].iloc[0])}")
+        outside = np.abs(table["dec"].to_numpy(float)) > 90
+        if outside.any():
+            first = int(np.flatnonzero(outside)[0])
+            raise InputError(f"catalog {catalog_csv!r}: dec {float(table['dec'].iloc[first]):g} of {id_column} "
+                             f"{int(table[id_column].iloc[first])} is outside [-90, 90] degrees; give ICRS degrees")
     return table.rename(columns={id_column: "object_id"}) if id_column != "object_id" else table
 
 
@@ -197,6 +211,10 @@ def ingest(
         raise InputError(f"stretch must be 'asinh' or 'linear', got {stretch!r}")
     if size < 8 or tile_size < 1:
         raise InputError(f"size must be at least 8 and tile_size at least 1, got {size} and {tile_size}")
+    if pixel_scale_arcsec is not None and (isinstance(pixel_scale_arcsec, bool) or not isinstance(pixel_scale_arcsec, numbers.Real)
+                                           or not math.isfinite(pixel_scale_arcsec) or pixel_scale_arcsec <= 0):
+        raise InputError(f"pixel_scale_arcsec (--pixel-scale-arcsec) must be a finite number > 0, got {pixel_scale_arcsec!r}; "
+                         "leave it out when the scale is unknown")
     table = _read_catalog(str(catalog_csv), id_column, storage_options)
     if not len(table):
         raise InputError(f"catalog {catalog_csv!r} lists no cutouts")
@@ -240,7 +258,7 @@ def ingest(
         url = join(out, "tiles", f"{name}.zarr")
         write_tile(
             url, images[start:stop], kept["object_id"].to_numpy(np.int64)[start:stop], ra[start:stop], dec[start:stop],
-            survey=survey, bands=band_names, pixel_scale_arcsec=pixel_scale_arcsec or 1.0,
+            survey=survey, bands=band_names, pixel_scale_arcsec=1.0 if pixel_scale_arcsec is None else pixel_scale_arcsec,
             stretch=stretch_attr,
             resize={"method": "lanczos", "size": size, "square": "centre crop"}, chunk_size=256,
             storage_options=storage_options, extra_attrs=extra,
