@@ -197,3 +197,12 @@ def test_corrupt_journal_segment_is_a_one_line_error(tmp_path):
         fh.write('[{"tile": "t"')
     with pytest.raises(CatalogError, match="journal segment .*0001-x-00000000.json is corrupt.*--overwrite"):
         read_manifest(catalog)
+
+
+def test_a_manifest_that_is_not_text_is_a_one_line_error(tmp_path):
+    catalog = str(tmp_path / "cat")
+    write_manifest(catalog, Manifest(model_sha256="cd" * 32, order=4, ranges={}))
+    with open(layout.manifest_url(catalog), "wb") as fh:
+        fh.write(b"\xff\xfe\x00garbage")
+    with pytest.raises(CatalogError, match=r"manifest.json is corrupt \(not UTF-8 text: .*--overwrite"):
+        read_manifest(catalog)

@@ -64,8 +64,10 @@ def test_backend_is_chosen_by_suffix_or_named(model_files, tmp_path):
     _, onnx_path = model_files
     copy = tmp_path / "model.bin"
     copy.write_bytes(onnx_path.read_bytes())
-    with pytest.raises(InputError, match="cannot tell the backend"):
+    with pytest.raises(InputError, match=r"cannot tell the backend .* \(--backend, or backend= in Python\)"):
         load_engine(str(copy))
+    with pytest.raises(ModelError, match="is an ONNX model, not a TensorRT plan; use --backend onnxruntime"):
+        read_model_info(str(onnx_path), backend="tensorrt")
     assert load_engine(str(copy), backend="onnxruntime").backend == "onnxruntime"
     with pytest.raises(InputError, match="Did you mean 'onnxruntime'"):
         load_engine(str(onnx_path), backend="onnxruntim")

@@ -223,6 +223,8 @@ def read_manifest(catalog: str, storage_options: dict | None = None) -> Manifest
         text = read_text(url, storage_options)
     except FileNotFoundError:
         return None
+    except UnicodeDecodeError as err:
+        raise CatalogError(f"{url} is corrupt (not UTF-8 text: {err.reason}); rerun with --overwrite to start the catalog afresh") from None
     manifest = Manifest.from_json(text, source=url)
     segments = _journal_segments(catalog, storage_options)
     if segments:

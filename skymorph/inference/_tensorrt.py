@@ -139,6 +139,9 @@ def read_sidecar(url: str, plan_sha256: str, storage_options=None) -> PlanSideca
     try:
         text = read_text(sidecar_url(url), storage_options)
     except FileNotFoundError as err:
+        if url.lower().endswith(".onnx"):  # --backend tensorrt given an ONNX model
+            raise ModelError(f"{url!r} is an ONNX model, not a TensorRT plan; use --backend onnxruntime, or build a "
+                             "plan with `skymorph export --format tensorrt`") from err
         raise ModelError(f"plan {url!r} has no sidecar {sidecar_url(url)!r}; rebuild it with `skymorph export --format tensorrt`") from err
     sidecar = PlanSidecar.from_json(text, repr(sidecar_url(url)))
     if plan_sha256 != sidecar.plan_sha256:

@@ -185,7 +185,7 @@ def _backend_for(url: str, backend: str) -> str:
     suffix = PurePosixPath(str(url).split("?", 1)[0]).suffix.lower()
     if suffix not in _SUFFIX_BACKEND:
         raise InputError(
-            f"cannot tell the backend of {url!r} from its suffix (.onnx, .plan, .engine, .ckpt); give backend= explicitly"
+            f"cannot tell the backend of {url!r} from its suffix (.onnx, .plan, .engine, .ckpt); give the backend explicitly (--backend, or backend= in Python)"
         )
     return _SUFFIX_BACKEND[suffix]
 

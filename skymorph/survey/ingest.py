@@ -196,8 +196,9 @@ def ingest(
 
     ``label_question`` (with ``label_map``, label value -> answer; default: labels are answer names)
     turns the catalog's ``label`` column into one vote per galaxy for that question of ``schema``.
-    ``pixel_scale_arcsec`` is that of the input cutouts; the tiles record it times the resize factor,
-    or 1.0 flagged ``pixel_scale_is_placeholder`` when unknown. Files that cannot be read are warned
+    ``pixel_scale_arcsec`` is that of the input cutouts, and the tiles record it as given (1.0 flagged
+    ``pixel_scale_is_placeholder`` when unknown), beside the ``resize`` attribute: cutouts of different
+    sizes are resized by different factors, so no single scale of the resized pixels exists. Files that cannot be read are warned
     about on stderr, listed in ``ingest_failures.csv`` and skipped.
     """
     import pyarrow as pa
