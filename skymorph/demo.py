@@ -24,7 +24,7 @@ class DemoConfig:
     per_tile: int = 256
     size_px: int = 64
     schema: str = "decals"
-    # resnet_s: on this survey it reaches a validation loss of about 62 in 8 epochs (65 s on 2 cores,
+    # resnet_s: on this survey it reaches a validation loss of about 62 in 8 epochs (56-65 s on 2 cores,
     # 2026-11-30), where w20, without batch normalisation, was still at 79.6 after 8 epochs and took
     # 1.5x as long (2026-11-22).
     arch: str = "resnet_s"
