@@ -42,14 +42,15 @@ class Question:
     asked_by: tuple[str, str] | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.answers, str) or not isinstance(self.answers, (list, tuple)):
-            raise SchemaError(f"question {self.name!r}: answers must be a list of answer names, got {self.answers!r}")
+        if not isinstance(self.answers, (list, tuple)) or not all(isinstance(a, str) for a in self.answers):
+            raise SchemaError(f"question {self.name!r}: 'answers' must be a list of strings like [\"yes\", \"no\"], "
+                              f"got {self.answers!r}")
         object.__setattr__(self, "answers", tuple(self.answers))
         if self.asked_by is not None:
-            if (isinstance(self.asked_by, str) or not isinstance(self.asked_by, (list, tuple)) or len(self.asked_by) != 2
+            if (not isinstance(self.asked_by, (list, tuple)) or len(self.asked_by) != 2
                     or not all(isinstance(part, str) for part in self.asked_by)):
-                raise SchemaError(f"question {self.name!r}: asked_by must be [question, answer] (two names) or null, "
-                                  f"got {self.asked_by!r}")
+                raise SchemaError(f"question {self.name!r}: 'asked_by' must be [question, answer] like [\"bar\", \"yes\"] "
+                                  f"or null, got {self.asked_by!r}")
             object.__setattr__(self, "asked_by", tuple(self.asked_by))
         if not isinstance(self.name, str) or not _NAME.match(self.name):
             raise SchemaError(f"question name {self.name!r} is not snake_case (lower case letters, digits, _)")
@@ -207,19 +208,10 @@ class Schema:
         for i, q in enumerate(data["questions"]):
             if not isinstance(q, dict) or "name" not in q or "answers" not in q:
                 raise SchemaError(f"{source}: question {i} needs 'name' and 'answers'")
-            label = f"{source}: question {q['name']!r}" if isinstance(q["name"], str) else f"{source}: question {i}"
             if not isinstance(q["name"], str):
-                raise SchemaError(f"{label}: 'name' must be a string, got {q['name']!r}")
-            answers = q["answers"]
-            if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
-                raise SchemaError(f"{label}: 'answers' must be a list of strings like [\"yes\", \"no\"], got {answers!r}")
-            asked_by = q.get("asked_by")
-            if asked_by is not None and (not isinstance(asked_by, list) or len(asked_by) != 2
-                                         or not all(isinstance(part, str) for part in asked_by)):
-                raise SchemaError(f"{label}: 'asked_by' must be [question, answer] like [\"bar\", \"yes\"] "
-                                  f"or null, got {asked_by!r}")
-            try:
-                questions.append(Question(q["name"], tuple(answers), None if asked_by is None else tuple(asked_by)))
+                raise SchemaError(f"{source}: question {i}: 'name' must be a string, got {q['name']!r}")
+            try:  # Question checks the other fields' types and values
+                questions.append(Question(q["name"], q["answers"], q.get("asked_by")))
             except SchemaError as err:
                 raise SchemaError(f"{source}: {err}") from None
         try:

@@ -93,9 +93,9 @@ def test_schema_json_with_wrong_types_is_one_line_naming_file_and_question(tmp_p
 
 
 def test_question_refuses_a_string_for_answers_or_asked_by():
-    with pytest.raises(SchemaError, match="answers must be a list"):
+    with pytest.raises(SchemaError, match="'answers' must be a list of strings"):
         Question("q", "yes")
-    with pytest.raises(SchemaError, match="asked_by must be"):
+    with pytest.raises(SchemaError, match="'asked_by' must be \\[question, answer\\]"):
         Question("q", ("a", "b"), "r2")
 
 
