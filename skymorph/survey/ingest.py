@@ -198,8 +198,8 @@ def ingest(
     turns the catalog's ``label`` column into one vote per galaxy for that question of ``schema``.
     ``pixel_scale_arcsec`` is that of the input cutouts, and the tiles record it as given (1.0 flagged
     ``pixel_scale_is_placeholder`` when unknown), beside the ``resize`` attribute: cutouts of different
-    sizes are resized by different factors, so no single scale of the resized pixels exists. Files that cannot be read are warned
-    about on stderr, listed in ``ingest_failures.csv`` and skipped.
+    sizes are resized by different factors, so no single scale of the resized pixels exists. Files that
+    cannot be read are warned about on stderr, listed in ``ingest_failures.csv`` and skipped.
     """
     import pyarrow as pa
     from tqdm import tqdm
