@@ -56,6 +56,11 @@ def test_load_labels_reads_votes_in_schema_order_and_rejects_unknown_answers(tmp
     path.write_text("object_id,has_spiral_arms_yes\n5,abc\n6,2\n")
     with pytest.raises(InputError, match="'has_spiral_arms_yes' must hold vote counts, not text"):
         load_labels(str(path), GZ2)
+    path.write_text("object_id,has_spiral_arms_yes\n5,1e30\n6,2\n")  # would wrap around in int64
+    with pytest.raises(InputError, match=r"holds a count of 1e\+30 votes; counts above 16,777,216 are not volunteer votes"):
+        load_labels(str(path), GZ2)
+    path.write_text("object_id,has_spiral_arms_yes\n5,16777216\n")
+    assert load_labels(str(path), GZ2).votes.max() == 2**24
 
 
 def test_hash_split_is_deterministic_and_near_the_fraction(tmp_path):

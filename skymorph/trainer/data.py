@@ -36,6 +36,10 @@ __all__ = [
 TRAIN, VALIDATION = "train", "validation"
 _SPLIT_NAMES = {"train": TRAIN, "training": TRAIN, "validation": VALIDATION, "val": VALIDATION, "valid": VALIDATION}
 
+MAX_VOTES = 2**24
+"""Largest vote count per answer: float32, in which the losses are computed, holds every integer up to
+2^24 exactly; Galaxy Zoo asks tens of volunteers per galaxy."""
+
 
 @dataclass(frozen=True)
 class Labels:
@@ -121,6 +125,9 @@ def load_labels(url: str, schema: Schema, storage_options=None) -> Labels:
         values = np.nan_to_num(values, nan=0.0)
         if (values < 0).any() or (values != np.round(values)).any():
             raise InputError(f"labels {url!r} column {column!r} must hold non-negative integer vote counts")
+        if (values > MAX_VOTES).any():
+            raise InputError(f"labels {url!r} column {column!r} holds a count of {values.max():g} votes; counts above "
+                             f"{MAX_VOTES:,} are not volunteer votes (the losses are computed in float32)")
         votes[:, schema.answer_columns.index(column)] = values.astype(np.int64)
     if not votes.any():  # every loss would be exactly 0 and every metric undefined
         raise InputError(

@@ -273,11 +273,11 @@ def evaluate(
         raise InputError(f"checkpoint {checkpoint!r} takes {meta.input.shape} images but tiles {tiles!r} hold {images.shape[1:]}")
     if not table.votes.any():  # load_labels refuses labels without votes; a split of them can still have none
         raise InputError(f"labels {labels!r}: the {len(table)} {split} galaxies have no votes, so there is nothing to compare with")
+    true = _read_truth(truth, table.object_id, schema, storage_options) if truth else None  # before the slow part
 
     outputs = predict(model, images, samples, seed, batch_size, progress, tta=tta)
     summary = summarize(outputs, schema, likelihood=meta.likelihood, n_volunteers=n_volunteers)
     fractions = np.stack([summary[f"{c}_fraction"] for c in schema.answer_columns], axis=1).astype(np.float64)
-    true = _read_truth(truth, table.object_id, schema, storage_options) if truth else None
     cover = coverage(outputs, table.votes, schema, meta.likelihood)
     questions = _question_metrics(fractions, table.votes, schema, true)
     for q, levels in cover.items():
