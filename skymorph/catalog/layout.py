@@ -60,6 +60,7 @@ __all__ = [
     "part_url",
     "parse_part_path",
     "list_parts",
+    "part_rows",
     "read_properties",
     "write_properties",
     "read_partition_info",
@@ -268,6 +269,15 @@ class CatalogMetadata:
             if isinstance(err, CatalogError):
                 raise
             raise CatalogError(f"{source} has malformed skymorph metadata: {err}") from err
+
+
+def part_rows(url: str, storage_options: dict | None = None) -> int:
+    """The row count in the Parquet footer of the part file at ``url`` (reads the footer only)."""
+    import pyarrow.parquet as pq
+
+    fs, path = filesystem(url, storage_options)
+    with fs.open(path, "rb") as fh:
+        return pq.ParquetFile(fh).metadata.num_rows
 
 
 def _rewrite(catalog: str) -> str:

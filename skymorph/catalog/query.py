@@ -192,16 +192,10 @@ def _read_failure(catalog: Catalog, parts: list[str], err: Exception, user_sql: 
 def _first_unreadable(parts: list[str], storage_options: dict | None, threads: int = 16) -> str | None:
     from concurrent.futures import ThreadPoolExecutor
 
-    import pyarrow.parquet as pq
-
-    from skymorph.storage import filesystem
-
     def readable(url: str) -> bool:
-        fs, path = filesystem(url, storage_options)
         try:
-            with fs.open(path, "rb") as fh:
-                pq.ParquetFile(fh).metadata
-        except (OSError, ValueError):
+            layout.part_rows(url, storage_options)
+        except (OSError, ValueError):  # ValueError: pyarrow's ArrowInvalid, a footer that does not parse
             return False
         return True
 

@@ -320,14 +320,6 @@ class FinishReport:
     removed_temp_files: int = 0
 
 
-def _footer_rows(url: str, storage_options: dict | None) -> int:
-    import pyarrow.parquet as pq
-
-    fs, path = filesystem(url, storage_options)
-    with fs.open(path, "rb") as fh:
-        return pq.ParquetFile(fh).metadata.num_rows
-
-
 def finish_catalog(catalog: str, manifest: Manifest, schema, properties: CatalogProperties,
                    storage_options: dict | None = None, threads: int = 16) -> FinishReport:
     """Make ``catalog`` a complete HATS catalog from the parts the manifest's ranges own.
@@ -359,7 +351,7 @@ def finish_catalog(catalog: str, manifest: Manifest, schema, properties: Catalog
     for path in temps:
         filesystem(catalog, storage_options)[0].rm(path)
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        counts = list(pool.map(lambda p: _footer_rows(p.url, storage_options), keep))
+        counts = list(pool.map(lambda p: layout.part_rows(p.url, storage_options), keep))
     for part, rows in zip(keep, counts):
         if rows != owned[(part.npix, part.name)]:
             raise CatalogError(

@@ -117,13 +117,11 @@ def _prepare_out(out: str, storage_options: dict | None) -> None:
         # s3fs's and botocore's retries (11-19 s)
         storage.check_bucket(out, "--out", storage_options)
         return
-    path = storage.strip_protocol(out)
+    storage.check_writable(out, "--out", directory=True)
     try:
-        os.makedirs(os.path.join(path, "tiles"), exist_ok=True)
+        os.makedirs(os.path.join(storage.strip_protocol(out), "tiles"), exist_ok=True)
     except OSError as err:
         raise InputError(f"cannot write to --out {out!r}: {err.strerror or err}") from err
-    if not os.access(path, os.W_OK):
-        raise InputError(f"cannot write to --out {out!r}: permission denied")
 
 
 def _pick_pixels(n_tiles: int, order: int, footprint: Footprint, rng: np.random.Generator) -> np.ndarray:
