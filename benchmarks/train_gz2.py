@@ -26,9 +26,10 @@ Measured (quiet machine, 2026-11-30): 0.875 (last epoch 0.870) in 11.3 min of tr
 inside the model, 60-200 epochs, EMA, a wider field, the whole frame, the whole frame and its centre
 stacked as channels (0.853-0.858), tighter crops of 33-40% at 64 px (0.860-0.862), a 2.3x wider
 network (0.877), a 2x deeper one (0.863), dropout 0.2 and weight decay 0.01 (0.873), the central 128 px
-through a stride-4 stem (0.868).
-Two models agree on 97% of validation galaxies, and three different ones are all wrong on the same 9%
-(their average: 0.870), so the errors are systematic, not variance: the
+through a stride-4 stem (0.868), a second trunk on the whole frame beside the 64 px centre (0.870 both
+at 32 px and at 64 px).
+Two models agree on 97% of validation galaxies, and six different ones are all wrong on the same 8.5%
+(their average: 0.875), so the errors are systematic, not variance: the
 labels' rule (``spiral`` also needs "odd: yes") puts plain spirals among the non-spirals.
 results/train_gz2_errors.png shows every validation error: the most confident false positives are
 grand-design spirals, most false negatives have a neighbour, a star or a merger (what "odd" votes
