@@ -6,7 +6,13 @@ A tile store holds
   Blosc zstd level 5 with bit shuffle (the best ratio on noisy galaxy cutouts, measured in the team's
   shared NOTES.md);
 - ``object_id`` (N,) int64 and ``ra``, ``dec`` (N,) float64, degrees ICRS, in chunks of 65,536 rows
-  (512 KiB: a worker task reading a range of a million-row tile fetches one or two chunks, not all);
+  (512 KiB: a worker task reading a range of a million-row tile fetches one or two chunks, not all),
+  zstd; their fill values (NaN for ``ra``/``dec``, :data:`MISSING_OBJECT_ID` for ``object_id``) are
+  values no stored row holds, so a chunk file that went missing reads as an error, not as galaxies at
+  (0, 0);
+- every chunk of every array ends in a CRC-32C checksum (Zarr's ``crc32c`` codec), so a chunk changed
+  after writing (truncated, overwritten, bit rot) fails to read even where the compressor would not
+  notice (Blosc stores incompressible data raw);
 - group attribute ``skymorph``: format version, survey, bands, pixel scale, how the pixels were made
   (stretch, resize), creation time and skymorph version, plus any extra provenance.
 
@@ -41,6 +47,7 @@ __all__ = [
     "read_tile_list",
     "write_tile_list",
     "tile_name",
+    "MISSING_OBJECT_ID",
 ]
 
 FORMAT_VERSION = 1
@@ -51,6 +58,9 @@ _RESERVED = frozenset(
 )
 _COORD_DTYPES = {"object_id": np.dtype("int64"), "ra": np.dtype("float64"), "dec": np.dtype("float64")}
 _COORD_CHUNK = 65_536
+MISSING_OBJECT_ID = np.iinfo(np.int64).min
+"""The ``object_id`` fill value: what a lost chunk reads as, so no galaxy may have it."""
+_COORD_FILL = {"object_id": MISSING_OBJECT_ID, "ra": np.nan, "dec": np.nan}
 
 
 def tile_name(url: str) -> str:
@@ -111,7 +121,15 @@ class Tile:
     def read_coords(self, start: int = 0, stop: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(object_id int64, ra float64, dec float64)`` of rows ``start:stop``."""
         start, stop = self._range(start, stop)
-        return tuple(self._read(key, self._group[key], start, stop) for key in ("object_id", "ra", "dec"))
+        coords = tuple(self._read(key, self._group[key], start, stop) for key in ("object_id", "ra", "dec"))
+        for key, values in zip(("object_id", "ra", "dec"), coords):
+            lost = np.isnan(values) if key != "object_id" else values == MISSING_OBJECT_ID
+            if lost.any():
+                size = int(self._group[key].chunks[0])
+                a = (start + int(np.argmax(lost))) // size * size
+                raise TileError(f"tile {self.url!r}: rows [{a}, {min(a + size, self.n)}) of {key!r} read as the fill value, "
+                                "so their chunk file is missing; the store is damaged, write the tile again")
+        return coords
 
     def _read(self, key: str, array, start: int, stop: int) -> np.ndarray:
         """Rows ``start:stop`` of ``array``; a chunk that does not decode (truncated, overwritten) is a
@@ -119,11 +137,12 @@ class Tile:
         a dropped connection is worth a retry, a damaged chunk is not."""
         try:
             return np.asarray(array[start:stop])
-        except (RuntimeError, ValueError, TypeError) as err:  # blosc/zstd: RuntimeError; bad shapes: ValueError
+        except (RuntimeError, ValueError, TypeError) as err:  # blosc/zstd: RuntimeError; checksum, shapes: ValueError
             if isinstance(err, SkymorphError):
                 raise
-            raise TileError(f"tile {self.url!r}: rows [{start}, {stop}) of {key!r} cannot be decoded "
-                            f"({first_line(err)}); the store is damaged, write the tile again") from None
+            why = "fail their CRC-32C checksum" if "checksum" in str(err) else f"cannot be decoded ({first_line(err)})"
+            raise TileError(f"tile {self.url!r}: rows [{start}, {stop}) of {key!r} {why}; "
+                            "the store is damaged, write the tile again") from None
 
     def _check_chunks_present(self, images: np.ndarray, start: int, stop: int) -> None:
         """Zarr reads a missing chunk file as zeros (the fill value). :func:`write_tile` writes every
@@ -286,6 +305,8 @@ def write_tile(
         if values.dtype.kind not in kinds:
             raise InputError(f"tile {url!r}: {key} must be {'integer' if key == 'object_id' else 'real'}, got {values.dtype}")
         coords[key] = values.astype(_COORD_DTYPES[key])
+    if np.any(coords["object_id"] == MISSING_OBJECT_ID):
+        raise InputError(f"tile {url!r}: object_id {MISSING_OBJECT_ID} is reserved (it marks a lost chunk); renumber that galaxy")
     if not (np.all(np.isfinite(coords["ra"])) and np.all(np.isfinite(coords["dec"]))):
         raise InputError(f"tile {url!r}: ra and dec must be finite")
     if np.any(np.abs(coords["dec"]) > 90):
@@ -322,14 +343,18 @@ def write_tile(
     store, kwargs = _zarr_store(url, storage_options)
     group = zarr.open_group(store, mode="w", attributes={_INCOMPLETE_ATTR: True}, **kwargs)
     chunk = int(min(chunk_size, max(n, 1)))
-    compressor = zarr.codecs.BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")
+    checksum = zarr.codecs.Crc32cCodec()
+    compressors = [zarr.codecs.BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle"), checksum]
     # every chunk is written, all-zero ones too: Tile.read_images tells a lost chunk from a blank one so
     group.create_array(
-        "images", shape=images.shape, chunks=(chunk, *images.shape[1:]), dtype="uint8", compressors=[compressor],
+        "images", shape=images.shape, chunks=(chunk, *images.shape[1:]), dtype="uint8", compressors=compressors,
         config={"write_empty_chunks": True},
     )[...] = images
     for key, values in coords.items():
-        group.create_array(key, shape=(n,), chunks=(min(_COORD_CHUNK, max(n, 1)),), dtype=values.dtype)[...] = values
+        group.create_array(
+            key, shape=(n,), chunks=(min(_COORD_CHUNK, max(n, 1)),), dtype=values.dtype, fill_value=_COORD_FILL[key],
+            compressors=[zarr.codecs.ZstdCodec(), checksum],
+        )[...] = values
     group.attrs.put({_ATTR: meta})
 
 

@@ -72,11 +72,15 @@ def test_round_trip_s3_explicit_storage_options(s3, s3_bucket, monkeypatch):
     _check_round_trip(f"{s3_bucket}/t/hpx5_00042.zarr", storage_options=s3.storage_options)
 
 
-def test_stored_with_blosc_zstd_bitshuffle(tmp_path):
+def test_stored_with_blosc_zstd_bitshuffle_and_every_chunk_checksummed(tmp_path):
     url = str(tmp_path / "t.zarr")
     write_tile(url, *_data(), **ATTRS)
-    (codec,) = zarr.open_group(url, mode="r")["images"].compressors
+    group = zarr.open_group(url, mode="r")
+    codec, checksum = group["images"].compressors
     assert (codec.cname.value, codec.clevel, codec.shuffle.value) == ("zstd", 5, "bitshuffle")
+    assert isinstance(checksum, zarr.codecs.Crc32cCodec)
+    for key in ("object_id", "ra", "dec"):
+        assert [type(c) for c in group[key].compressors] == [zarr.codecs.ZstdCodec, zarr.codecs.Crc32cCodec]
 
 
 def test_missing_tile_local_and_s3(tmp_path, s3_bucket):
@@ -330,7 +334,45 @@ def test_a_chunk_that_does_not_decode_is_a_tile_error_naming_tile_and_rows(tmp_p
     tile = open_tile(url)
     np.testing.assert_array_equal(tile.read_images(0, 32), _data(n=70)[0][:32])  # the other chunks still read
     message = _one_line_tile_error(url, lambda t: list(t.iter_chunks()))
-    assert "rows [32, 64) of 'images' cannot be decoded" in message and "blosc" in message
+    assert "rows [32, 64) of 'images' fail their CRC-32C checksum; the store is damaged, write the tile again" in message
+
+
+def test_one_flipped_bit_in_a_chunk_blosc_stores_raw_is_found(tmp_path):
+    # Random pixels do not compress, so Blosc stores them as they are and would decode a changed byte
+    # without complaint: only the checksum notices.
+    url = str(tmp_path / "t.zarr")
+    images, object_id, ra, dec = _data(n=70)
+    write_tile(url, images, object_id, ra, dec, chunk_size=32, **ATTRS)
+    chunk = os.path.join(url, "images", "c", "1", "0", "0", "0")
+    data = bytearray(open(chunk, "rb").read())
+    assert len(data) > images[32:64].nbytes  # stored raw
+    data[len(data) // 2] ^= 1
+    open(chunk, "wb").write(bytes(data))
+    assert "rows [32, 64) of 'images' fail their CRC-32C checksum" in _one_line_tile_error(url, lambda t: list(t.iter_chunks()))
+    ra_chunk = os.path.join(url, "ra", "c", "0")
+    data = bytearray(open(ra_chunk, "rb").read())
+    data[len(data) // 2] ^= 1
+    open(ra_chunk, "wb").write(bytes(data))
+    assert "rows [0, 70) of 'ra' fail their CRC-32C checksum" in _one_line_tile_error(url, lambda t: t.read_coords())
+
+
+@pytest.mark.parametrize("key", ["object_id", "ra", "dec"])
+def test_a_missing_coordinate_chunk_is_a_tile_error_not_galaxies_at_zero(tmp_path, key):
+    url = str(tmp_path / "t.zarr")
+    images, object_id, ra, dec = _data(n=140_000, h=1, w=1)
+    write_tile(url, images, object_id, ra, dec, chunk_size=4096, **ATTRS)
+    os.remove(os.path.join(url, key, "c", "1"))
+    np.testing.assert_array_equal(open_tile(url).read_coords(0, 65_536)[0], object_id[:65_536])
+    message = _one_line_tile_error(url, lambda t: t.read_coords(100_000, 100_010))
+    assert f"rows [65536, 131072) of {key!r} read as the fill value, so their chunk file is missing" in message
+
+
+def test_the_reserved_object_id_is_refused_on_write(tmp_path):
+    images, object_id, ra, dec = _data(n=3)
+    object_id[1] = np.iinfo(np.int64).min
+    with pytest.raises(InputError, match=r"object_id -9223372036854775808 is reserved \(it marks a lost chunk\)"):
+        write_tile(str(tmp_path / "t.zarr"), images, object_id, ra, dec, **ATTRS)
+    assert not (tmp_path / "t.zarr").exists()
 
 
 def test_a_missing_chunk_is_a_tile_error_not_blank_images(tmp_path):
