@@ -77,7 +77,7 @@ def _splitmix64(x: int) -> int:
 
 def test_hash_uniform_matches_reference():
     ids = np.array([0, 1, 12345, -7, 2**62 + 3], dtype=np.int64)
-    for seed in (0, 1, 99):
+    for seed in (0, 1, 99, 2**63, 2**64 - 1):
         expected = [((_splitmix64((int(i) & ((1 << 64) - 1)) ^ _splitmix64(seed)) >> 11) + 0.5) / 2**53 for i in ids]
         np.testing.assert_array_equal(hash_uniform(ids, seed), expected)
 
@@ -246,7 +246,8 @@ def test_rows_written_under_two_range_plans_are_picked_once(synthetic, tmp_path)
 
 
 @pytest.mark.parametrize("argv, fragment", [
-    (["--strategy", "power", "--seed", str(2**64)], "seed (--seed) must be an integer in [-2^63, 2^63), got 18446744073709551616"),
+    (["--strategy", "power", "--seed", str(2**64)], "--seed must be a non-negative integer below 2**64, got 18446744073709551616"),
+    (["--strategy", "power", "--seed", "-1"], "--seed must be a non-negative integer below 2**64, got -1"),
     (["--exclude", "BINARY_CSV"], "is not a readable CSV"),
 ])
 def test_more_bad_input_is_one_line(catalog, tmp_path, capsys, argv, fragment):

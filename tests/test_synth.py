@@ -264,6 +264,8 @@ def test_footprint_is_validated():
         (["--tiles", "-2"], r"n_tiles \(--tiles\) must be an integer >= 1, got -2"),
         (["--schema", "nosuch"], "unknown schema 'nosuch'"),
         (["--per-tile", "0"], r"per_tile \(--per-tile\)"),
+        (["--seed", "-1"], r"--seed must be a non-negative integer below 2\*\*64, got -1"),
+        (["--seed", str(2**64)], r"--seed must be a non-negative integer below 2\*\*64, got 18446744073709551616"),
     ],
 )
 def test_cli_bad_input_is_one_line(tmp_path, capsys, args, message):

@@ -31,6 +31,7 @@ import numpy as np
 from skymorph.catalog.info import Catalog, open_catalog
 from skymorph.catalog.query import connect
 from skymorph.errors import CatalogError, InputError, did_you_mean, first_line
+from skymorph.seeds import check_seed
 
 __all__ = ["pick", "gumbel_keys", "hash_uniform", "read_ids", "STRATEGIES", "MANIFEST_COLUMNS"]
 
@@ -53,7 +54,7 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
 def hash_uniform(object_id, seed: int) -> np.ndarray:
     """U(0, 1) per ``object_id``: ``(splitmix64(splitmix64(seed) ^ id) >> 11 + 0.5) / 2^53``, never 0 or 1."""
     ids = np.asarray(object_id, dtype=np.int64).view(np.uint64)
-    key = _splitmix64(np.array([seed], dtype=np.int64).view(np.uint64))[0]
+    key = _splitmix64(np.array([seed], dtype=np.uint64))[0]
     bits = _splitmix64(ids ^ key) >> np.uint64(11)
     return (bits.astype(np.float64) + 0.5) / 2.0**53
 
@@ -204,8 +205,7 @@ def pick(
         raise InputError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}." + did_you_mean(str(strategy), STRATEGIES))
     if not (math.isfinite(beta) and beta >= 0):
         raise InputError(f"beta must be a finite number >= 0, got {beta}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not -2**63 <= seed < 2**63:
-        raise InputError(f"seed (--seed) must be an integer in [-2^63, 2^63), got {seed!r}")
+    seed = check_seed(seed)
     catalog = url if isinstance(url, Catalog) else open_catalog(url, storage_options)
     score = _score_column(catalog, question)
     excluded = pa.table({"object_id": read_ids(exclude, storage_options) if exclude is not None else np.empty(0, np.int64)})

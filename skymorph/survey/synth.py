@@ -27,6 +27,7 @@ import numpy as np
 from skymorph import storage
 from skymorph.errors import InputError
 from skymorph.schema import Schema, get_schema
+from skymorph.seeds import check_seed
 
 __all__ = ["synthesize", "SynthSummary", "Footprint"]
 
@@ -244,7 +245,7 @@ def synthesize(
     n_tiles = _check_int("n_tiles", "--tiles", n_tiles, 1)
     per_tile = _check_int("per_tile", "--per-tile", per_tile, 1)
     size = _check_int("size", "--size", size, 16)
-    seed = _check_int("seed", "--seed", seed, 0)
+    seed = check_seed(seed)
     healpix_order = _check_int("healpix_order", "--healpix-order", healpix_order, 0)
     if healpix_order > _MAX_TILE_ORDER:
         raise InputError(

@@ -32,6 +32,7 @@ from torch import nn
 from skymorph.errors import InputError, ModelError, did_you_mean
 from skymorph.model_metadata import LIKELIHOODS, InputSpec
 from skymorph.schema import Schema
+from skymorph.seeds import check_seed
 
 __all__ = [
     "register_model",
@@ -70,18 +71,6 @@ def check_samples(samples, flag: str = "--samples") -> int:
             "30 is the usual choice"
         )
     return int(samples)
-
-
-def check_seed(seed, flag: str = "--seed") -> int:
-    """``seed`` as an int in [0, 2**64), else a one-line :class:`InputError`.
-
-    The one range every seed of skymorph takes: torch's ``Generator.manual_seed`` (dropout masks,
-    initial weights) and numpy's ``default_rng`` (the exporter's self-check batch) both accept exactly
-    the unsigned 64-bit integers (torch would also take negative ones, numpy not).
-    """
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**64:
-        raise InputError(f"{flag} must be a non-negative integer below 2**64, got {seed!r}; give e.g. {flag} 0")
-    return int(seed)
 
 
 # ---- registry ------------------------------------------------------------------------------------
