@@ -129,7 +129,7 @@ def _add_ingest_command(survey_sub) -> None:
     ingest.add_argument("--label-map", metavar="LABEL=ANSWER,...", help="label values to answers, e.g. spiral=yes,non_spiral=no (default: labels are answer names)")
     ingest.add_argument("--schema", default="gz2", help="schema of --label-question: gz2, decals or a JSON file (default gz2)")
     ingest.add_argument("--survey", default="ingest", help="survey name recorded in the tiles (default ingest)")
-    ingest.add_argument("--pixel-scale-arcsec", type=float, help="pixel scale of the input cutouts (default: unknown, recorded as a placeholder)")
+    ingest.add_argument("--pixel-scale-arcsec", type=float, help="pixel scale of the input cutouts; each tile records that of its resized pixels (default: unknown, recorded as a placeholder)")
     ingest.add_argument("--workers", type=_positive_int, help="decoding threads (default: up to 8)")
     _add_storage_option(ingest)
     ingest.set_defaults(func=_cmd_survey_ingest)

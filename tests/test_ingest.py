@@ -219,4 +219,30 @@ def test_a_given_pixel_scale_is_recorded_and_not_a_placeholder(tmp_path):
     code, _ = _run(["survey", "ingest", "--catalog", str(tmp_path / "cat.csv"), "--out", str(tmp_path / "o"), "--size", "16",
                     "--pixel-scale-arcsec", "0.262"])
     attrs = open_tile(str(tmp_path / "o" / "tiles" / "ingest_00000.zarr")).attrs
-    assert code == 0 and attrs["pixel_scale_arcsec"] == 0.262 and attrs["pixel_scale_is_placeholder"] is False
+    assert code == 0 and attrs["pixel_scale_is_placeholder"] is False
+    assert attrs["pixel_scale_arcsec"] == pytest.approx(0.262 * 24 / 16) and attrs["resize"]["from_px"] == 24
+
+
+def test_cutouts_of_different_sizes_go_to_tiles_of_one_pixel_scale_each(tmp_path):
+    from PIL import Image
+
+    sides = {1: 24, 2: 40, 3: 24, 4: 32, 5: 40, 6: 24}  # object_id -> side; 40 x 60 is centre-cropped to 40
+    for oid, side in sides.items():
+        shape = (side, 60) if side == 40 else (side, side)
+        Image.fromarray(np.full(shape, 10 * oid, dtype=np.uint8)).save(tmp_path / f"{oid}.png")
+    (tmp_path / "cat.csv").write_text("object_id,file\n" + "".join(f"{oid},{oid}.png\n" for oid in sides))
+    code, _ = _run(["survey", "ingest", "--catalog", str(tmp_path / "cat.csv"), "--out", str(tmp_path / "o"), "--size", "16",
+                    "--pixel-scale-arcsec", "0.5", "--tile-size", "2"])
+    assert code == 0
+    labels = pq.read_table(tmp_path / "o" / "labels.parquet").to_pandas()
+    assert labels["object_id"].tolist() == [1, 2, 3, 4, 5, 6]  # catalog order
+    tiles = {open_tile(url).name: open_tile(url) for url in read_tile_list(str(tmp_path / "o" / "tiles.txt"))}
+    # side 24: ids 1, 3 | 6; side 32: 4; side 40: 2, 5
+    assert {name: t.read_coords()[0].tolist() for name, t in tiles.items()} == {
+        "ingest_00000": [1, 3], "ingest_00001": [6], "ingest_00002": [4], "ingest_00003": [2, 5]}
+    for name, tile in tiles.items():
+        side = sides[int(tile.read_coords()[0][0])]
+        assert tile.attrs["pixel_scale_arcsec"] == pytest.approx(0.5 * side / 16) and tile.attrs["resize"]["from_px"] == side
+    for oid, name, row in labels[["object_id", "tile", "row"]].itertuples(index=False):
+        assert tiles[name].read_coords(row, row + 1)[0][0] == oid
+        assert np.all(tiles[name].read_images(row, row + 1) == 10 * oid)

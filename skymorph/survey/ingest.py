@@ -13,6 +13,12 @@ Pixels: JPEG/PNG are decoded by Pillow as 8-bit RGB (or L); FITS (first HDU with
 bands into one grey channel (flux before the stretch for FITS); ``"keep"`` keeps them. A non-square
 image is centre-cropped to a square, then resized with Lanczos (antialiased) to ``size`` pixels.
 
+Pixel scale: a cutout whose square side is ``s`` pixels of ``pixel_scale_arcsec`` becomes ``size``
+pixels of ``pixel_scale_arcsec * s / size``. A tile records one scale, so the cutouts are written grouped
+by their side (catalog order within a side): every tile holds cutouts of one input size and records
+the scale of its own resized pixels; ``labels.parquet`` keeps the catalog order and says where each
+galaxy went (``tile``, ``row``).
+
 Positions: a catalog without ``ra``/``dec`` gets the placeholder position ra = dec = 0 for every
 galaxy, flagged as ``position_is_placeholder`` in the tile attributes and in every labels row. One
 obviously artificial point (rather than made-up scattered positions) means nothing downstream can
@@ -89,6 +95,11 @@ def _resize(plane: np.ndarray, size: int) -> np.ndarray:
 
 def decode_image(data: bytes, name: str, *, size: int, bands: str, stretch: str = "asinh", asinh_a: float = 0.1, percentile: float = 99.5) -> np.ndarray:
     """Bytes of one JPEG/PNG/FITS cutout -> uint8 (C, size, size); C = 1 for ``bands="mean"``."""
+    return _decode(data, name, size=size, bands=bands, stretch=stretch, asinh_a=asinh_a, percentile=percentile)[0]
+
+
+def _decode(data: bytes, name: str, *, size: int, bands: str, stretch: str, asinh_a: float = 0.1, percentile: float = 99.5):
+    """:func:`decode_image`, and the side (pixels) of the square it resized to ``size``."""
     if name.lower().endswith(_FITS_SUFFIXES):
         from astropy.io import fits
         from astropy.visualization import AsinhStretch, LinearStretch, PercentileInterval
@@ -103,6 +114,7 @@ def decode_image(data: bytes, name: str, *, size: int, bands: str, stretch: str 
         transform = (AsinhStretch(asinh_a) if stretch == "asinh" else LinearStretch()) + PercentileInterval(percentile)
         unit = np.stack([transform(p) for p in _square(planes)])
         out = np.stack([_resize(p, size) for p in unit * 255.0])
+        side = unit.shape[-1]
     else:
         from PIL import Image
 
@@ -112,8 +124,10 @@ def decode_image(data: bytes, name: str, *, size: int, bands: str, stretch: str 
         planes = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
         if bands == "mean":
             planes = planes.mean(axis=0, keepdims=True)
-        out = np.stack([_resize(p, size) for p in _square(planes)])
-    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+        square = _square(planes)
+        out = np.stack([_resize(p, size) for p in square])
+        side = square.shape[-1]
+    return np.clip(np.round(out), 0, 255).astype(np.uint8), int(side)
 
 
 def _read_catalog(catalog_csv: str, id_column: str, storage_options):
@@ -196,10 +210,9 @@ def ingest(
 
     ``label_question`` (with ``label_map``, label value -> answer; default: labels are answer names)
     turns the catalog's ``label`` column into one vote per galaxy for that question of ``schema``.
-    ``pixel_scale_arcsec`` is that of the input cutouts, and the tiles record it as given (1.0 flagged
-    ``pixel_scale_is_placeholder`` when unknown), beside the ``resize`` attribute: cutouts of different
-    sizes are resized by different factors, so no single scale of the resized pixels exists. Files that
-    cannot be read are warned about on stderr, listed in ``ingest_failures.csv`` and skipped.
+    ``pixel_scale_arcsec`` is that of the input cutouts; each tile records the scale of its resized
+    pixels (module docstring), or 1.0 flagged ``pixel_scale_is_placeholder`` when the scale is unknown.
+    Files that cannot be read are warned about on stderr, listed in ``ingest_failures.csv`` and skipped.
     """
     import pyarrow as pa
     from tqdm import tqdm
@@ -226,7 +239,7 @@ def ingest(
         try:
             absolute = os.path.isabs(file) or is_remote(file)  # a file entry may be a URL of its own
             data = read_bytes(file if absolute else join(base, file), storage_options)
-            return decode_image(data, file, size=size, bands=bands, stretch=stretch), None
+            return _decode(data, file, size=size, bands=bands, stretch=stretch), None
         except Exception as err:  # any unreadable file is reported by name and skipped
             return None, f"{type(err).__name__}: {first_line(err)}"[:200]
 
@@ -239,7 +252,8 @@ def ingest(
     ok = np.array([reason is None for _, reason in decoded])
     if not ok.any():
         raise InputError(f"none of the {len(files)} cutouts of {catalog_csv!r} could be read; first: {failures[0][0]}: {failures[0][2]}")
-    images = [img for img, _ in decoded if img is not None]
+    images = [result[0] for result, reason in decoded if reason is None]
+    sides = np.array([result[1] for result, reason in decoded if reason is None])
     shapes = {img.shape for img in images}
     if len(shapes) > 1:
         raise InputError(f"cutouts of {catalog_csv!r} decode to different band counts {sorted(shapes)}; use --bands mean")
@@ -252,23 +266,27 @@ def ingest(
     extra = {"position_is_placeholder": placeholder, "source_catalog": str(catalog_csv), "pixel_scale_is_placeholder": pixel_scale_arcsec is None}
     fits_input = any(f.lower().endswith(_FITS_SUFFIXES) for f in files)
     stretch_attr = {"name": stretch, "asinh_a": 0.1, "percentile": 99.5} if fits_input else "none (8-bit input)"
-    tile_urls, tile_of_row = [], np.empty(len(kept), dtype=object)
-    for number, start in enumerate(tqdm(range(0, len(kept), tile_size), desc="writing tiles", unit="tile", disable=not progress)):
-        stop = min(start + tile_size, len(kept))
+    object_id = kept["object_id"].to_numpy(np.int64)
+    order = np.argsort(sides, kind="stable")  # one input size per tile, so one pixel scale per tile
+    same_side = np.split(order, np.flatnonzero(np.diff(sides[order])) + 1)
+    tiles = [group[start : start + tile_size] for group in same_side for start in range(0, len(group), tile_size)]
+    tile_urls, tile_of_row, row = [], np.empty(len(kept), dtype=object), np.empty(len(kept), dtype=np.int64)
+    for number, rows in enumerate(tqdm(tiles, desc="writing tiles", unit="tile", disable=not progress)):
         name = f"ingest_{number:05d}"
         url = join(out, "tiles", f"{name}.zarr")
+        side = int(sides[rows[0]])
         write_tile(
-            url, images[start:stop], kept["object_id"].to_numpy(np.int64)[start:stop], ra[start:stop], dec[start:stop],
-            survey=survey, bands=band_names, pixel_scale_arcsec=1.0 if pixel_scale_arcsec is None else pixel_scale_arcsec,
+            url, images[rows], object_id[rows], ra[rows], dec[rows],
+            survey=survey, bands=band_names, pixel_scale_arcsec=1.0 if pixel_scale_arcsec is None else pixel_scale_arcsec * side / size,
             stretch=stretch_attr,
-            resize={"method": "lanczos", "size": size, "square": "centre crop"}, chunk_size=256,
+            resize={"method": "lanczos", "size": size, "square": "centre crop", "from_px": side}, chunk_size=256,
             storage_options=storage_options, extra_attrs=extra,
         )
         tile_urls.append(url)
-        tile_of_row[start:stop] = name
+        tile_of_row[rows], row[rows] = name, np.arange(len(rows))
     write_tile_list(join(out, "tiles.txt"), tile_urls, storage_options)
 
-    columns = {"object_id": kept["object_id"].to_numpy(np.int64), "tile": tile_of_row.astype(str), "row": np.arange(len(kept)) % tile_size}
+    columns = {"object_id": object_id, "tile": tile_of_row.astype(str), "row": row}
     columns.update({name: values[ok] for name, values in votes.items()})
     for name in kept.columns:
         if name not in columns:  # pass-through: blank cells of a text column become nulls
