@@ -338,6 +338,27 @@ def test_daskjob_runs_skymorph_on_gpu_workers():
     _assert_gpu_worker(cluster_spec["worker"]["spec"])
 
 
+@pytest.mark.parametrize("directory", ["base", "cluster", "job"])
+def test_kubectl_kustomize_renders_the_objects_the_tests_read(directory):
+    """The real kustomize (in kubectl) accepts each kustomization and renders the objects the tests
+    above read, each in the skymorph namespace, plus the generated ConfigMap the containers' envFrom
+    names (the tests' own reader does not run generators)."""
+    import shutil
+    import subprocess
+
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed, so the manifests are checked only by the tests' own reader")
+    rendered = subprocess.run([kubectl, "kustomize", str(K8S / directory)], capture_output=True, text=True, timeout=60)
+    assert rendered.returncode == 0, rendered.stderr
+    objects = [doc for doc in yaml.safe_load_all(rendered.stdout) if doc]
+    read = [(obj["kind"], obj["metadata"]["name"]) for obj in _kustomize_objects(K8S / directory)]
+    assert sorted((obj["kind"], obj["metadata"]["name"]) for obj in objects) == sorted([*read, ("ConfigMap", "skymorph-s3-endpoint")])
+    assert all(obj["metadata"].get("namespace") == "skymorph" for obj in objects if obj["kind"] != "Namespace")
+    (config,) = [obj for obj in objects if obj["kind"] == "ConfigMap"]
+    assert config["data"] == {"AWS_DEFAULT_REGION": "us-east-1"}
+
+
 def test_every_manifest_object_lands_in_the_skymorph_namespace():
     for directory in ("cluster", "job"):
         kustomization = yaml.safe_load((K8S / directory / "kustomization.yaml").read_text())
