@@ -308,10 +308,9 @@ def _default_name(out: str) -> str:
 
 
 def _progress(config: RunConfig, total: int, done: int):
-    from tqdm.auto import tqdm
+    from skymorph.progress import progress_bar
 
-    return tqdm(total=total, initial=done, unit="tile", desc="skymorph run", disable=not config.progress,
-                file=sys.stderr, dynamic_ncols=True)
+    return progress_bar(total=total, initial=done, unit="tile", desc="skymorph run", disable=not config.progress)
 
 
 @dataclass

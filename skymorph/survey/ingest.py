@@ -215,8 +215,8 @@ def ingest(
     Files that cannot be read are warned about on stderr, listed in ``ingest_failures.csv`` and skipped.
     """
     import pyarrow as pa
-    from tqdm import tqdm
 
+    from skymorph.progress import progress_bar
     from skymorph.tiles import write_tile, write_tile_list
 
     if bands not in ("mean", "keep"):
@@ -245,7 +245,7 @@ def ingest(
 
     files = table["file"].astype(str).tolist()
     with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
-        decoded = list(tqdm(pool.map(load, files), total=len(files), desc="decoding", unit="image", disable=not progress))
+        decoded = list(progress_bar(pool.map(load, files), total=len(files), desc="decoding", unit="image", disable=not progress))
     failures = [(f, int(oid), reason) for f, oid, (_, reason) in zip(files, table["object_id"], decoded) if reason]
     for file, oid, reason in failures:
         print(f"skymorph: warning: skipped {file} (object_id {oid}): {reason}", file=sys.stderr)
@@ -271,7 +271,7 @@ def ingest(
     same_side = np.split(order, np.flatnonzero(np.diff(sides[order])) + 1)
     tiles = [group[start : start + tile_size] for group in same_side for start in range(0, len(group), tile_size)]
     tile_urls, tile_of_row, row = [], np.empty(len(kept), dtype=object), np.empty(len(kept), dtype=np.int64)
-    for number, rows in enumerate(tqdm(tiles, desc="writing tiles", unit="tile", disable=not progress)):
+    for number, rows in enumerate(progress_bar(tiles, desc="writing tiles", unit="tile", disable=not progress)):
         name = f"ingest_{number:05d}"
         url = join(out, "tiles", f"{name}.zarr")
         side = int(sides[rows[0]])

@@ -17,7 +17,6 @@ number of workers or the order in which tiles finish: same seed, same survey.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -296,9 +295,9 @@ def synthesize(
 
 def _run(jobs: list[_TileJob], workers: int, progress: bool) -> list[dict]:
     """Make every tile, in this process (one worker) or a pool; results in job order."""
-    from tqdm import tqdm
+    from skymorph.progress import progress_bar
 
-    bar = tqdm(total=sum(j.per_tile for j in jobs), unit="gal", desc="synth", file=sys.stderr, disable=not progress)
+    bar = progress_bar(total=sum(j.per_tile for j in jobs), unit="gal", desc="synth", disable=not progress)
     results: list[dict | None] = [None] * len(jobs)
     with bar:
         if workers == 1:

@@ -160,9 +160,9 @@ def write_synthetic_catalog(
     with ProcessPoolExecutor(workers) if workers > 1 else nullcontext() as pool:
         results = pool.map(_write_tiles, jobs) if workers > 1 else map(_write_tiles, jobs)
         if progress:
-            from tqdm import tqdm
+            from skymorph.progress import progress_bar
 
-            results = tqdm(results, total=len(jobs), desc="synthetic catalog", unit="chunk")
+            results = progress_bar(results, total=len(jobs), desc="synthetic catalog", unit="chunk")
         for records in results:
             for record in records:
                 manifest.add(record)

@@ -176,13 +176,13 @@ def load_images(tile_urls: list[str], labels: Labels, *, drop_unmatched: bool = 
     found in no tile is a one-line :class:`InputError` naming it, unless ``drop_unmatched`` (then it is
     left out of the returned labels). Tiles of different image shapes are an error.
     """
-    from tqdm import tqdm
+    from skymorph.progress import progress_bar
 
     from skymorph.tiles import open_tile
 
     images = None
     found = np.zeros(len(labels), dtype=bool)
-    for url in tqdm(tile_urls, desc="reading tiles", unit="tile", disable=not progress, leave=False):
+    for url in progress_bar(tile_urls, desc="reading tiles", unit="tile", disable=not progress, leave=False):
         tile = open_tile(url, storage_options=storage_options)
         object_id, _, _ = tile.read_coords()
         label_row = positions(labels.object_id, object_id)  # per tile row: its labels row, or -1

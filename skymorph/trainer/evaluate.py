@@ -88,7 +88,7 @@ def predict(
     dropout does. Needs square images.
     """
     import torch
-    from tqdm import tqdm
+    from skymorph.progress import progress_bar
 
     if tta and images.shape[-1] != images.shape[-2]:
         raise InputError(f"test-time augmentation needs square images, got {images.shape[-2]} x {images.shape[-1]} px")
@@ -97,7 +97,7 @@ def predict(
     transforms = range(8) if tta else range(1)
     out = []
     with torch.no_grad():
-        for start in tqdm(range(0, len(images), batch_size), desc="predicting", unit="batch", disable=not progress, leave=False):
+        for start in progress_bar(range(0, len(images), batch_size), desc="predicting", unit="batch", disable=not progress, leave=False):
             batch = torch.from_numpy(images[start : start + batch_size])
             out.append(sum(model.sample(dihedral(batch, k), masks) for k in transforms).numpy() / len(transforms))
     return np.concatenate(out).astype(np.float32)

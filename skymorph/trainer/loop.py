@@ -403,6 +403,8 @@ def train(config: TrainConfig) -> TrainResult:
     import torch
     from tqdm import tqdm
 
+    from skymorph.progress import progress_bar
+
     from skymorph.trainer.checkpoint import CheckpointMeta, check_schema, load_checkpoint, save_checkpoint
     from skymorph.trainer.data import BatchLoader, load_images, load_labels, split_masks, tile_list
     from skymorph.trainer.losses import vote_nll
@@ -513,7 +515,7 @@ def train(config: TrainConfig) -> TrainResult:
         )
         model.train()
         running, seen = 0.0, 0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", disable=not config.progress, leave=False)
+        bar = progress_bar(loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", disable=not config.progress, leave=False)
         for images_b, votes_b in bar:
             lr = learning_rate(step, base_lr=config.lr, warmup_steps=warmup_steps, total_steps=total_steps, min_ratio=config.min_lr_ratio)
             for group in optimizer.param_groups:

@@ -1,0 +1,51 @@
+"""skymorph.progress: a live bar on a terminal, one line per redraw (every LOG_INTERVAL_S) in logs."""
+
+from __future__ import annotations
+
+import io
+import sys
+
+from skymorph import progress
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_in_a_log_each_redraw_is_a_line_of_its_own(monkeypatch):
+    log = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", log)
+    monkeypatch.setattr(progress, "LOG_INTERVAL_S", 0.0)
+    for _ in progress.progress_bar(range(3), desc="tiles", unit="tile"):
+        pass
+    text = log.getvalue()
+    assert "\r" not in text
+    lines = text.splitlines()
+    assert len(lines) >= 2 and all(line.startswith("tiles:") for line in lines)
+    assert "100%" in lines[-1] and " 3/3 " in lines[-1]
+
+
+def test_in_a_log_a_bar_shorter_than_the_interval_prints_nothing(monkeypatch):
+    log = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", log)
+    bar = progress.progress_bar(total=1000, desc="decoding")
+    bar.update(1000)
+    bar.close()
+    assert log.getvalue() == ""
+
+
+def test_on_a_terminal_the_bar_redraws_in_place(monkeypatch):
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    for _ in progress.progress_bar(range(3), desc="tiles"):
+        pass
+    assert "\rtiles: 100%" in terminal.getvalue()
+
+
+def test_a_disabled_bar_prints_nothing_anywhere(monkeypatch):
+    for stream in (io.StringIO(), _Terminal()):
+        monkeypatch.setattr(sys, "stderr", stream)
+        for _ in progress.progress_bar(range(3), disable=True):
+            pass
+        assert stream.getvalue() == ""
