@@ -177,7 +177,6 @@ def load_images(tile_urls: list[str], labels: Labels, *, drop_unmatched: bool = 
     left out of the returned labels). Tiles of different image shapes are an error.
     """
     from skymorph.progress import progress_bar
-
     from skymorph.tiles import open_tile
 
     images = None

@@ -88,6 +88,7 @@ def predict(
     dropout does. Needs square images.
     """
     import torch
+
     from skymorph.progress import progress_bar
 
     if tta and images.shape[-1] != images.shape[-2]:
