@@ -404,7 +404,6 @@ def train(config: TrainConfig) -> TrainResult:
     from tqdm import tqdm
 
     from skymorph.progress import progress_bar
-
     from skymorph.trainer.checkpoint import CheckpointMeta, check_schema, load_checkpoint, save_checkpoint
     from skymorph.trainer.data import BatchLoader, load_images, load_labels, split_masks, tile_list
     from skymorph.trainer.losses import vote_nll
