@@ -49,3 +49,17 @@ def test_a_disabled_bar_prints_nothing_anywhere(monkeypatch):
         for _ in progress.progress_bar(range(3), disable=True):
             pass
         assert stream.getvalue() == ""
+
+
+def test_training_into_a_log_writes_epoch_lines_not_a_line_per_batch(tmp_path, monkeypatch, capsys):
+    """Every bar of a run shorter than LOG_INTERVAL_S stays silent in a log, however often the loop
+    updates its postfix (a refreshing postfix would print a line per batch)."""
+    from skymorph.testing.ring_survey import write_ring_survey
+    from skymorph.trainer.loop import TrainConfig, train
+
+    tiles, labels = write_ring_survey(str(tmp_path))
+    train(TrainConfig(tiles=tiles, labels=labels, out=str(tmp_path / "m.ckpt"), schema="gz2", epochs=2, batch_size=8,
+                      threads=1, progress=True))
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    assert [line.split(":")[0] for line in captured.out.splitlines()] == ["epoch 1", "epoch 2"]

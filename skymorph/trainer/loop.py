@@ -531,7 +531,7 @@ def train(config: TrainConfig) -> TrainResult:
             step += 1
             running += value * len(images_b)
             seen += len(images_b)
-            bar.set_postfix(loss=f"{running / seen:.4f}", lr=f"{lr:.2e}")
+            bar.set_postfix(loss=f"{running / seen:.4f}", lr=f"{lr:.2e}", refresh=False)  # shown at the bar's own pace
             if config.max_minutes and time.monotonic() - started > 60 * config.max_minutes:
                 stopped = "max_minutes"
                 break
