@@ -246,3 +246,15 @@ def test_cutouts_of_different_sizes_go_to_tiles_of_one_pixel_scale_each(tmp_path
     for oid, name, row in labels[["object_id", "tile", "row"]].itertuples(index=False):
         assert tiles[name].read_coords(row, row + 1)[0][0] == oid
         assert np.all(tiles[name].read_images(row, row + 1) == 10 * oid)
+
+    # Without a scale there is none to get right: catalog order, full tiles, from_px only where one side.
+    code, _ = _run(["survey", "ingest", "--catalog", str(tmp_path / "cat.csv"), "--out", str(tmp_path / "n"), "--size", "16",
+                    "--tile-size", "2"])
+    tiles = [open_tile(url) for url in read_tile_list(str(tmp_path / "n" / "tiles.txt"))]
+    assert code == 0 and [t.read_coords()[0].tolist() for t in tiles] == [[1, 2], [3, 4], [5, 6]]
+    assert [t.attrs["resize"].get("from_px") for t in tiles] == [None, None, None]
+    assert all(t.attrs["pixel_scale_is_placeholder"] for t in tiles)
+    code, _ = _run(["survey", "ingest", "--catalog", str(tmp_path / "cat.csv"), "--out", str(tmp_path / "one"), "--size", "16",
+                    "--tile-size", "1"])
+    tiles = [open_tile(url) for url in read_tile_list(str(tmp_path / "one" / "tiles.txt"))]
+    assert code == 0 and [t.attrs["resize"]["from_px"] for t in tiles] == list(sides.values())

@@ -14,10 +14,11 @@ bands into one grey channel (flux before the stretch for FITS); ``"keep"`` keeps
 image is centre-cropped to a square, then resized with Lanczos (antialiased) to ``size`` pixels.
 
 Pixel scale: a cutout whose square side is ``s`` pixels of ``pixel_scale_arcsec`` becomes ``size``
-pixels of ``pixel_scale_arcsec * s / size``. A tile records one scale, so the cutouts are written grouped
-by their side (catalog order within a side): every tile holds cutouts of one input size and records
-the scale of its own resized pixels; ``labels.parquet`` keeps the catalog order and says where each
-galaxy went (``tile``, ``row``).
+pixels of ``pixel_scale_arcsec * s / size``. A tile records one scale, so given a scale the cutouts are
+written grouped by their side (catalog order within a side): every tile holds cutouts of one input
+size (``resize.from_px``) and records the scale of its own resized pixels. Without a scale the tiles
+keep catalog order, and ``from_px`` is recorded where a tile's cutouts share one side.
+``labels.parquet`` keeps the catalog order and says where each galaxy went (``tile``, ``row``).
 
 Positions: a catalog without ``ra``/``dec`` gets the placeholder position ra = dec = 0 for every
 galaxy, flagged as ``position_is_placeholder`` in the tile attributes and in every labels row. One
@@ -267,19 +268,22 @@ def ingest(
     fits_input = any(f.lower().endswith(_FITS_SUFFIXES) for f in files)
     stretch_attr = {"name": stretch, "asinh_a": 0.1, "percentile": 99.5} if fits_input else "none (8-bit input)"
     object_id = kept["object_id"].to_numpy(np.int64)
-    order = np.argsort(sides, kind="stable")  # one input size per tile, so one pixel scale per tile
-    same_side = np.split(order, np.flatnonzero(np.diff(sides[order])) + 1)
-    tiles = [group[start : start + tile_size] for group in same_side for start in range(0, len(group), tile_size)]
+    if pixel_scale_arcsec is None:  # no scale to get right: keep catalog order, no small tiles per size
+        groups = [np.arange(len(kept))]
+    else:  # one input size per tile, so one pixel scale per tile
+        order = np.argsort(sides, kind="stable")
+        groups = np.split(order, np.flatnonzero(np.diff(sides[order])) + 1)
+    tiles = [group[start : start + tile_size] for group in groups for start in range(0, len(group), tile_size)]
     tile_urls, tile_of_row, row = [], np.empty(len(kept), dtype=object), np.empty(len(kept), dtype=np.int64)
     for number, rows in enumerate(progress_bar(tiles, desc="writing tiles", unit="tile", disable=not progress)):
         name = f"ingest_{number:05d}"
         url = join(out, "tiles", f"{name}.zarr")
-        side = int(sides[rows[0]])
+        side = int(sides[rows[0]]) if np.all(sides[rows] == sides[rows[0]]) else None
         write_tile(
             url, images[rows], object_id[rows], ra[rows], dec[rows],
             survey=survey, bands=band_names, pixel_scale_arcsec=1.0 if pixel_scale_arcsec is None else pixel_scale_arcsec * side / size,
             stretch=stretch_attr,
-            resize={"method": "lanczos", "size": size, "square": "centre crop", "from_px": side}, chunk_size=256,
+            resize={"method": "lanczos", "size": size, "square": "centre crop", **({"from_px": side} if side else {})}, chunk_size=256,
             storage_options=storage_options, extra_attrs=extra,
         )
         tile_urls.append(url)
