@@ -17,13 +17,14 @@ LOG_INTERVAL_S = 30.0
 
 
 class _Lines:
-    """A tqdm ``file`` for logs: each redraw (``"\\r" + status + padding``) becomes one line."""
+    """A tqdm ``file`` for logs: each redraw (``"\\r" + status + padding``) becomes one line; the
+    cursor-up codes tqdm moves between stacked bars with are dropped."""
 
     def __init__(self, stream) -> None:
         self._stream = stream
 
     def write(self, text: str) -> int:
-        line = text.replace("\r", "").rstrip()
+        line = text.replace("\r", "").replace("\x1b[A", "").rstrip()
         if line:
             self._stream.write(line + "\n")
         return len(text)
@@ -42,5 +43,8 @@ def progress_bar(iterable=None, **kwargs):
         return tqdm(iterable, file=stream, dynamic_ncols=True, **kwargs)
     from tqdm import tqdm
 
+    # miniters=0: print by time alone. tqdm's default adapts a minimum count of iterations between prints
+    # to the first ones' pace, which would silence a bar updated often by 0 (a job's postfix) but
+    # advanced rarely (one tile in minutes).
     return tqdm(iterable, file=_Lines(stream), mininterval=LOG_INTERVAL_S, maxinterval=max(LOG_INTERVAL_S, 10.0),
-                delay=LOG_INTERVAL_S, ncols=100, **kwargs)
+                miniters=0, delay=LOG_INTERVAL_S, ncols=100, **kwargs)

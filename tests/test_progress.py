@@ -63,3 +63,34 @@ def test_training_into_a_log_writes_epoch_lines_not_a_line_per_batch(tmp_path, m
     captured = capsys.readouterr()
     assert captured.err == ""
     assert [line.split(":")[0] for line in captured.out.splitlines()] == ["epoch 1", "epoch 2"]
+
+
+def test_in_a_log_a_bar_advanced_rarely_but_updated_often_keeps_writing(monkeypatch):
+    """A survey run advances one tile in minutes but updates its postfix after every range: the lines
+    must keep coming by time, not stop once tqdm has seen how slowly the count moves."""
+    import time
+
+    log = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", log)
+    monkeypatch.setattr(progress, "LOG_INTERVAL_S", 0.02)
+    bar = progress.progress_bar(total=3, desc="run")
+    time.sleep(0.03)
+    bar.update(1)
+    written = len(log.getvalue().splitlines())
+    for step in range(5):
+        time.sleep(0.03)
+        bar.set_postfix(ranges=step, refresh=False)
+        bar.update(0)
+    assert len(log.getvalue().splitlines()) - written >= 4
+    assert "ranges=4" in log.getvalue().splitlines()[-1]
+    bar.close()
+
+
+def test_in_a_log_stacked_bars_write_no_cursor_codes(monkeypatch):
+    log = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", log)
+    monkeypatch.setattr(progress, "LOG_INTERVAL_S", 0.0)
+    for _ in progress.progress_bar(range(2), desc="outer"):
+        for _ in progress.progress_bar(range(2), desc="inner", leave=False):
+            pass
+    assert "\x1b" not in log.getvalue() and all(log.getvalue().splitlines())

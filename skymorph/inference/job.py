@@ -379,7 +379,7 @@ def _run_tasks(config: RunConfig, client, job, resources, plan: _Plan, manifest,
                 if tile in plan.outstanding and plan.range_done(tile):
                     bar.update(1)
                 rate = tally.rows_written / max(time.perf_counter() - started, 1e-9)
-                bar.set_postfix(galaxies=tally.rows_written, per_s=f"{rate:.0f}", refresh=False)
+                bar.set_postfix(galaxies=f"{tally.rows_written:,}", per_s=f"{rate:.0f}", refresh=False)
             if time.monotonic() - last_flush > _JOURNAL_EVERY_S:
                 journal.flush()
                 last_flush = time.monotonic()
