@@ -202,6 +202,7 @@ def _one_png(tmp_path) -> None:
     ("object_id,file\n1,a.png\n", ["--pixel-scale-arcsec", "-1"], "must be a finite number > 0, got -1.0"),
     ("object_id,file\n1,a.png\n", ["--pixel-scale-arcsec", "nan"], "must be a finite number > 0, got nan"),
     ("object_id,file\n1,a.png\n", ["--catalog-is-dir"], "is a directory; give the CSV file"),
+    ("object_id,file\n-9223372036854775808,a.png\n", [], "object_id -9223372036854775808 is reserved"),
 ])
 def test_bad_catalog_or_options_fail_before_decoding_and_write_nothing(tmp_path, csv, options, fragment):
     _one_png(tmp_path)

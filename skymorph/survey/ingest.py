@@ -42,6 +42,7 @@ import numpy as np
 from skymorph.errors import InputError, first_line
 from skymorph.schema import get_schema
 from skymorph.storage import atomic_write_text, is_remote, join, read_bytes, write_parquet
+from skymorph.tiles import MISSING_OBJECT_ID
 
 __all__ = ["ingest", "IngestSummary", "decode_image", "parse_label_map"]
 
@@ -153,6 +154,10 @@ def _read_catalog(catalog_csv: str, id_column: str, storage_options):
         )
     if table[id_column].isna().any() or not np.issubdtype(table[id_column].dtype, np.integer):
         raise InputError(f"catalog {catalog_csv!r}: {id_column!r} must be integers in every row (it becomes the int64 object_id)")
+    reserved = table[id_column] == MISSING_OBJECT_ID
+    if reserved.any():
+        raise InputError(f"catalog {catalog_csv!r}: {id_column} {MISSING_OBJECT_ID} is reserved (tile stores read it "
+                         f"as a lost chunk); renumber that galaxy")
     duplicated = table[id_column][table[id_column].duplicated()]
     if len(duplicated):
         raise InputError(f"catalog {catalog_csv!r} lists {id_column} {int(duplicated.iloc[0])} more than once")
