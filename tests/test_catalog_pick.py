@@ -80,6 +80,8 @@ def test_hash_uniform_matches_reference():
     for seed in (0, 1, 99, 2**63, 2**64 - 1):
         expected = [((_splitmix64((int(i) & ((1 << 64) - 1)) ^ _splitmix64(seed)) >> 11) + 0.5) / 2**53 for i in ids]
         np.testing.assert_array_equal(hash_uniform(ids, seed), expected)
+    with pytest.raises(InputError, match=r"--seed must be a non-negative integer below 2\*\*64, got -1"):
+        hash_uniform(ids, -1)
 
 
 def test_power_pick_is_the_gumbel_top_k_of_the_whole_catalog(catalog, full):

@@ -54,7 +54,7 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
 def hash_uniform(object_id, seed: int) -> np.ndarray:
     """U(0, 1) per ``object_id``: ``(splitmix64(splitmix64(seed) ^ id) >> 11 + 0.5) / 2^53``, never 0 or 1."""
     ids = np.asarray(object_id, dtype=np.int64).view(np.uint64)
-    key = _splitmix64(np.array([seed], dtype=np.uint64))[0]
+    key = _splitmix64(np.array([check_seed(seed)], dtype=np.uint64))[0]
     bits = _splitmix64(ids ^ key) >> np.uint64(11)
     return (bits.astype(np.float64) + 0.5) / 2.0**53
 
