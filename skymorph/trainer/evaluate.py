@@ -249,7 +249,8 @@ def evaluate(
     from skymorph.posterior import check_n_volunteers, summarize
     from skymorph.trainer.checkpoint import load_checkpoint
     from skymorph.trainer.data import load_images, load_labels, split_masks, tile_list
-    from skymorph.trainer.models import check_samples, check_seed
+    from skymorph.seeds import check_seed
+    from skymorph.trainer.models import check_samples
 
     if split not in ("validation", "train", "all"):
         raise InputError(f"split must be validation, train or all, got {split!r}")

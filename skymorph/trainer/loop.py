@@ -147,7 +147,7 @@ class TrainConfig:
         need(self.resize_px is None or self.resize_px <= MAX_RESIZE_PX,
              f"resize_px (--resize) must be at most {MAX_RESIZE_PX} pixels, got {self.resize_px}; galaxy models train at 64 to 300")
         if self.seed is not None:
-            from skymorph.trainer.models import check_seed
+            from skymorph.seeds import check_seed
 
             check_seed(self.seed)
         need(self.ema_decay is None or 0 < self.ema_decay < 1, f"ema_decay must be in (0, 1), got {self.ema_decay}")
