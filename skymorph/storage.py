@@ -68,14 +68,23 @@ def _check_endpoint(endpoint, source: str) -> None:
         )
 
 
+def _check_option_endpoints(options: dict, source: str) -> bool:
+    """Check the ``endpoint_url`` storage options give, top level or in ``client_kwargs`` (named in errors
+    as ``source``); whether any was given."""
+    given = False
+    if "endpoint_url" in options:
+        _check_endpoint(options["endpoint_url"], f"{source} endpoint_url")
+        given = True
+    client_kwargs = options.get("client_kwargs")
+    if isinstance(client_kwargs, dict) and "endpoint_url" in client_kwargs:
+        _check_endpoint(client_kwargs["endpoint_url"], f"{source} client_kwargs.endpoint_url")
+        given = True
+    return given
+
+
 def _s3_options_from_env(storage_options: dict | None) -> dict:
     options = dict(storage_options or {})
-    client_kwargs = options.get("client_kwargs") or {}
-    if "endpoint_url" in options:
-        _check_endpoint(options["endpoint_url"], "storage option endpoint_url")
-    elif isinstance(client_kwargs, dict) and "endpoint_url" in client_kwargs:
-        _check_endpoint(client_kwargs["endpoint_url"], "storage option client_kwargs.endpoint_url")
-    else:
+    if not _check_option_endpoints(options, "storage option"):
         for variable in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
             endpoint = os.environ.get(variable)
             if endpoint:
@@ -231,11 +240,7 @@ def parse_storage_options(text: str | None) -> dict:
         raise InputError(f"--storage-options is not valid JSON ({err.msg}); give e.g. '{{\"anon\": false}}'") from err
     if not isinstance(options, dict):
         raise InputError(f"--storage-options must be a JSON object, got {type(options).__name__}")
-    if "endpoint_url" in options:
-        _check_endpoint(options["endpoint_url"], "--storage-options endpoint_url")
-    client_kwargs = options.get("client_kwargs")
-    if isinstance(client_kwargs, dict) and "endpoint_url" in client_kwargs:
-        _check_endpoint(client_kwargs["endpoint_url"], "--storage-options client_kwargs.endpoint_url")
+    _check_option_endpoints(options, "--storage-options")
     return options
 
 
