@@ -423,6 +423,8 @@ def test_rerun_of_a_finished_catalog_repairs_damaged_metadata_and_leaves_a_sound
 
 def test_bad_scheduler_options_are_one_line_and_leave_no_catalog(tmp_path, tiny_model):
     import dask
+    import distributed  # noqa: F401 -- its config defaults must exist before dask.config.set: leaving the
+    # block restores the config as it was, and would drop defaults that a first import inside it added
 
     from skymorph.errors import InputError
     from skymorph.inference.job import RunConfig, run_survey
