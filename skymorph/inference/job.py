@@ -402,8 +402,9 @@ def run_survey(config: RunConfig) -> RunReport:
     from skymorph.tiles import read_tile_list
 
     started = time.perf_counter()
-    if config.cluster_spec().scheduler_file or config.cluster_spec().address:
-        scheduler_address(config.cluster_spec())  # a bad address fails now, before the catalog is touched
+    spec = config.cluster_spec()
+    if spec.scheduler_file or spec.address:
+        scheduler_address(spec)  # a bad address fails now, before the catalog is touched
     options = s3_retry_options(config.out, config.storage_options)
     tiles = read_tile_list(config.tiles, s3_retry_options(config.tiles, config.storage_options))
     info = read_model_info(config.model, backend=config.backend,
@@ -431,7 +432,7 @@ def run_survey(config: RunConfig) -> RunReport:
         tally = _Tally()
         if not nothing_to_do:  # else every range is done and only the finish step is left
             gpu = config.gpu or info.needs_gpu
-            with connect(replace(config.cluster_spec(), gpu=gpu)) as (client, engine_threads):
+            with connect(replace(spec, gpu=gpu)) as (client, engine_threads):
                 resources = {"GPU": 1} if gpu else None
                 if info.needs_gpu:
                     require_resources(client, resources, f"model {config.model!r} (it runs on a GPU)")
