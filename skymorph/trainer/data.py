@@ -67,11 +67,12 @@ def _read_table(url: str, storage_options):
 
     data = read_bytes(url, storage_options)
     try:
-        # one thread: Arrow's reader threads can abort the interpreter at exit (apache/arrow#33975)
+        # One thread, and ParquetFile rather than pq.read_table, whose pyarrow.dataset scan runs threads
+        # that can abort the interpreter at exit once torch is loaded (see storage.read_parquet).
         if url.lower().endswith((".csv", ".csv.gz", ".txt")):
             table = pacsv.read_csv(pa.BufferReader(data), read_options=pacsv.ReadOptions(use_threads=False))
         else:
-            table = pq.read_table(pa.BufferReader(data), use_threads=False)
+            table = pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False)
         return table, hashlib.sha256(data).hexdigest()
     except (pa.ArrowInvalid, OSError) as err:
         raise InputError(f"labels {url!r} is not a readable Parquet or CSV table ({first_line(err, 120)})") from err
