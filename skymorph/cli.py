@@ -284,7 +284,7 @@ def _add_run_commands(sub) -> None:
     run = sub.add_parser("run", help="classify a survey on Dask: tiles -> engine -> posteriors -> HATS catalog")
     run.add_argument("--tiles", required=True, metavar="TILELIST", help="tile list (one tile store URL per line)")
     run.add_argument("--model", required=True, metavar="MODEL", help="exported model (.onnx, .plan) with skymorph metadata")
-    run.add_argument("--out", required=True, metavar="CATALOG", help="catalog location (local path or s3://); resumes if it exists")
+    run.add_argument("--out", required=True, metavar="CATALOG", help="catalog location (local path or s3://), new, empty or a catalog to resume")
     where = run.add_mutually_exclusive_group()
     where.add_argument("--scheduler", metavar="ADDRESS", help="Dask scheduler to use (default: DASK_SCHEDULER_ADDRESS, else a local cluster)")
     where.add_argument("--scheduler-file", metavar="FILE", help="Dask scheduler file (as written by `dask scheduler --scheduler-file`)")
@@ -301,7 +301,7 @@ def _add_run_commands(sub) -> None:
     run.add_argument("--backend", default="auto", help="engine backend: auto, onnxruntime, tensorrt, torch (default auto)")
     run.add_argument("--gpu", action="store_true", help="tasks ask for a worker with resource GPU=1")
     run.add_argument("--allow-failures", action="store_true", help="exit 0 even if some tiles failed (they are in _skymorph/failures.parquet)")
-    run.add_argument("--overwrite", action="store_true", help="replace an existing catalog at --out instead of resuming it")
+    run.add_argument("--overwrite", action="store_true", help="replace an existing catalog at --out instead of resuming it (only a catalog: a directory holding other files is refused)")
     _add_storage_option(run)
     run.set_defaults(func=_cmd_run)
 

@@ -197,6 +197,31 @@ def test_catalog_for_other_volunteers_or_corrupt_is_refused_and_overwrite_restar
     assert report.ok and report.total_rows == 10
 
 
+def test_out_holding_anything_but_a_catalog_is_refused_and_overwrite_keeps_the_bucket(tmp_path, s3, s3_bucket, tiny_model):
+    """--overwrite used to delete whatever was at --out: a survey directory, or a whole bucket."""
+    from skymorph.errors import CatalogError
+    from skymorph.inference.job import RunConfig, run_survey
+
+    make_tiles(s3_bucket, n_tiles=1, per_tile=10)
+    config = RunConfig(tiles=f"{s3_bucket}/tiles.txt", model=tiny_model, out=s3_bucket, progress=False)
+    fs, _ = filesystem(s3_bucket)
+    for overwrite in (False, True):  # the bucket holds the tiles
+        with pytest.raises(CatalogError, match=rf"--out '{s3_bucket}' holds 'tiles', 'tiles.txt', which a skymorph catalog does not"):
+            run_survey(replace(config, overwrite=overwrite))
+    assert fs.exists(f"{s3_bucket}/tiles.txt")
+
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(CatalogError, match=r"is a file; give a directory"):
+        run_survey(replace(config, out=str(tmp_path / "notes.txt")))
+
+    catalogs = s3.create_bucket(f"{s3_bucket.removeprefix('s3://')}-catalog")  # a catalog at a bucket's root
+    config = replace(config, out=catalogs)
+    assert run_survey(config).total_rows == 10
+    report = run_survey(replace(config, overwrite=True))
+    assert report.ok and report.total_rows == 10  # the bucket is still there to write into
+    assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(catalogs, refresh=True)) == ["_skymorph", "dataset", "hats.properties", "partition_info.csv"]
+
+
 def test_progress_of_a_resumed_run_reaches_every_tile(tmp_path, tiny_model, capsys, monkeypatch):
     """Tiles found done behind a tile still to run count as finished too: the bar ends at 3/3."""
     from skymorph import progress

@@ -60,6 +60,9 @@ __all__ = [
     "part_url",
     "parse_part_path",
     "list_parts",
+    "list_temp_files",
+    "foreign_entries",
+    "remove_catalog",
     "part_rows",
     "read_properties",
     "write_properties",
@@ -93,6 +96,7 @@ _PARTITION_INFO = "partition_info.csv"
 _DATASET = "dataset"
 _COMMON_METADATA = "_common_metadata"
 _SKYMORPH = "_skymorph"
+_ENTRIES = (_PROPERTIES, _PARTITION_INFO, _DATASET, _SKYMORPH)  # everything a catalog writes at its root
 
 
 # ---- paths ------------------------------------------------------------------------------------------
@@ -200,6 +204,36 @@ def list_temp_files(catalog: str, storage_options: dict | None = None) -> list[s
     if not fs.exists(root):
         return []
     return sorted(path for path in fs.find(root) if posixpath.basename(path).startswith(".") and path.endswith(".tmp"))
+
+
+
+def _is_temp(name: str) -> bool:
+    return name.startswith(".") and name.endswith(".tmp")
+
+
+def _root_entries(catalog: str, storage_options: dict | None) -> tuple:
+    """``(fs, {name: path})`` of what lies directly under ``catalog`` (empty when it does not exist)."""
+    fs, root = filesystem(catalog, storage_options)
+    fs.invalidate_cache(root)
+    if not fs.isdir(root):
+        return fs, {}
+    return fs, {posixpath.basename(path.rstrip("/")): path for path in fs.ls(root, detail=False)}
+
+
+def foreign_entries(catalog: str, storage_options: dict | None = None) -> list[str]:
+    """Names directly under ``catalog`` that no skymorph catalog writes, sorted: what ``run --overwrite``
+    must not delete (a writer's hidden ``.*.tmp`` leftovers count as the catalog's own)."""
+    _, entries = _root_entries(catalog, storage_options)
+    return sorted(name for name in entries if name not in _ENTRIES and not _is_temp(name))
+
+
+def remove_catalog(catalog: str, storage_options: dict | None = None) -> None:
+    """Delete what a skymorph catalog writes under ``catalog``, keeping the directory (or bucket) itself
+    and anything else in it."""
+    fs, entries = _root_entries(catalog, storage_options)
+    for name, path in entries.items():
+        if name in _ENTRIES or _is_temp(name):
+            fs.rm(path, recursive=True)
 
 
 # ---- Parquet key-value metadata ---------------------------------------------------------------------

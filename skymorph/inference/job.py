@@ -147,10 +147,27 @@ def _catalog_columns(schema, likelihood: str, n_volunteers: int) -> list[str]:
     return list(summarize(samples, schema, likelihood=likelihood, n_volunteers=n_volunteers))
 
 
+def _check_out(out: str, options: dict) -> None:
+    """``--out`` must be new, empty or a catalog: a run never writes into, and ``--overwrite`` never
+    deletes, a directory that holds anything else."""
+    from skymorph.storage import filesystem
+
+    fs, root = filesystem(out, options)
+    if fs.isfile(root):
+        raise CatalogError(f"--out {out!r} is a file; give a directory for the catalog")
+    foreign = layout.foreign_entries(out, options)
+    if foreign:
+        shown = ", ".join(repr(name) for name in foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise CatalogError(
+            f"--out {out!r} holds {shown}, which a skymorph catalog does not; give a new or empty "
+            "directory (--overwrite replaces only a catalog)"
+        )
+
+
 def _prepare_output(config: RunConfig, model_sha256: str, options: dict):
     """``(manifest, is_new)``: the existing manifest (or a new one), after checking that the catalog
     belongs to this model, order, number of volunteers and rows per task; ``--overwrite`` removes an
-    existing catalog first."""
+    existing catalog first (after :func:`_check_out`)."""
     from skymorph.catalog.writer import Manifest, read_manifest
     from skymorph.storage import filesystem
 
@@ -161,8 +178,8 @@ def _prepare_output(config: RunConfig, model_sha256: str, options: dict):
         if not config.overwrite:
             raise
         manifest = None
-    if config.overwrite and fs.exists(root):
-        fs.rm(root, recursive=True)
+    if config.overwrite:
+        layout.remove_catalog(config.out, options)
         manifest = None
     if manifest is None and fs.exists(root) and fs.exists(layout.properties_url(config.out)):
         raise CatalogError(f"{config.out!r} holds a catalog without a skymorph manifest; choose another --out or pass --overwrite")
@@ -410,6 +427,7 @@ def run_survey(config: RunConfig) -> RunReport:
     info = read_model_info(config.model, backend=config.backend,
                            storage_options=s3_retry_options(config.model, config.storage_options))
     metadata, model_sha256 = info.metadata, info.model_sha256
+    _check_out(config.out, options)
     lock = DriverLock(config.out, options)
     lock.check()  # before _prepare_output, whose --overwrite would delete a live driver's catalog
     manifest, is_new = _prepare_output(config, model_sha256, options)
