@@ -55,7 +55,7 @@ def main() -> None:
             load = os.getloadavg()[0]
             summary = synthesize(
                 str(root / f"workers{workers}"), n_tiles=args.tiles, per_tile=args.per_tile, size=args.size,
-                seed=0, workers=workers, progress=False,
+                seed=0, workers=workers, progress=False, overwrite=True,
             )
             runs.append({
                 "workers": workers, "galaxies": summary.n_galaxies, "seconds": summary.seconds,

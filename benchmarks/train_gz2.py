@@ -82,7 +82,7 @@ def main() -> int:
     t = time.perf_counter()
     if cli.main(["survey", "ingest", "--catalog", f"{args.data}/labels.csv", "--id-column", "galaxy_id", "--size", str(args.size),
                  "--bands", args.bands, "--label-question", "has_spiral_arms", "--label-map", "spiral=yes,non_spiral=no",
-                 "--schema", "gz2", "--out", str(gz2)]) != 0:
+                 "--schema", "gz2", "--out", str(gz2), "--overwrite"]) != 0:
         return 1
     timings["ingest_minutes"] = (time.perf_counter() - t) / 60
     load_before = os.getloadavg()

@@ -49,7 +49,7 @@ def main() -> int:
     survey, ckpt, evaluation = work / "synth", work / "synth.ckpt", work / "eval"
     t0 = time.perf_counter()
     if cli.main(["survey", "synth", "--out", str(survey), "--tiles", str(args.tiles), "--per-tile", str(args.per_tile),
-                 "--size", str(args.size), "--schema", "decals", "--workers", "1"]) != 0:
+                 "--size", str(args.size), "--schema", "decals", "--workers", "1", "--overwrite"]) != 0:
         return 1
     t1 = time.perf_counter()
     if cli.main(["train", "--tiles", str(survey / "tiles.txt"), "--labels", str(survey / "labels.parquet"), "--schema", "decals",

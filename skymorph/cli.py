@@ -79,7 +79,7 @@ def _add_survey_commands(sub) -> None:
     synth.add_argument("--per-tile", type=int, default=512, help="galaxies per tile (default 512)")
     synth.add_argument("--size", type=int, default=128, help="cutout size in pixels, at least 16 (default 128)")
     synth.add_argument("--seed", type=int, default=0, help="random seed: same seed, same bytes (default 0)")
-    synth.add_argument("--schema", default="decals", help="decision tree of the simulated votes: gz2, decals or a JSON file")
+    synth.add_argument("--schema", default="decals", help="decision tree of the simulated votes: gz2, decals or a JSON file (default decals)")
     synth.add_argument("--volunteers", type=float, default=40, help="mean volunteers per galaxy (default 40)")
     synth.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     synth.add_argument("--healpix-order", type=int, default=5, help="HEALPix order of the tiles (default 5, ~1.8 deg)")
@@ -87,6 +87,7 @@ def _add_survey_commands(sub) -> None:
         "--footprint", type=float, nargs=4, metavar=("RA_MIN", "RA_MAX", "DEC_MIN", "DEC_MAX"),
         help="RA/Dec box in degrees holding the tiles (default 120 250 -5 60)",
     )
+    synth.add_argument("--overwrite", action="store_true", help="replace a survey already at --out (else refused)")
     _add_storage_option(synth)
     synth.set_defaults(func=_cmd_survey_synth)
     _add_ingest_command(survey_sub)
@@ -107,6 +108,7 @@ def _cmd_survey_synth(args) -> int:
         storage_options=_storage_options(args),
         healpix_order=args.healpix_order,
         footprint=Footprint(*args.footprint) if args.footprint else Footprint(),
+        overwrite=args.overwrite,
     )
     print(summary)
     return 0
@@ -131,6 +133,7 @@ def _add_ingest_command(survey_sub) -> None:
     ingest.add_argument("--survey", default="ingest", help="survey name recorded in the tiles (default ingest)")
     ingest.add_argument("--pixel-scale-arcsec", type=float, help="pixel scale of the input cutouts; each tile records that of its resized pixels (default: unknown, recorded as a placeholder)")
     ingest.add_argument("--workers", type=_positive_int, help="decoding threads (default: up to 8)")
+    ingest.add_argument("--overwrite", action="store_true", help="replace a survey already at --out (else refused)")
     _add_storage_option(ingest)
     ingest.set_defaults(func=_cmd_survey_ingest)
 
@@ -143,7 +146,7 @@ def _cmd_survey_ingest(args) -> int:
         args.catalog, args.out, args.size, bands=args.bands, stretch=args.stretch, tile_size=args.tile_size,
         id_column=args.id_column, label_question=args.label_question, label_map=parse_label_map(args.label_map),
         schema=args.schema, survey=args.survey, pixel_scale_arcsec=args.pixel_scale_arcsec, workers=args.workers,
-        storage_options=_storage_options(args),
+        storage_options=_storage_options(args), overwrite=args.overwrite,
     )
     print(summary)
     return 1 if summary.n_failed else 0

@@ -94,6 +94,17 @@ def test_ingest_reports_unreadable_files_and_writes_placeholder_positions(tmp_pa
     assert images.shape == (3, 1, 16, 16) and images[1].min() == 40 and images[2].max() == 80
     assert labels["tile"].tolist() == [tile.name] * 3 and labels["row"].tolist() == [0, 1, 2]
 
+    # Again, without the bad rows: refused, then replaced, with no failures table left from the first run.
+    (tmp_path / "good.csv").write_text("object_id,file\n1,img/0.png\n5,img/2.png\n")
+    again = ["survey", "ingest", "--catalog", str(tmp_path / "good.csv"), "--out", str(out), "--size", "16"]
+    code, err = _run(again)
+    assert code == 2 and err.strip().splitlines() == [
+        f"skymorph: error: --out {str(out)!r} already holds a survey (tiles, tiles.txt, labels.parquet, ingest_failures.csv); "
+        "choose another --out or pass --overwrite to replace it"]
+    assert _run([*again, "--overwrite"])[0] == 0
+    assert sorted(p.name for p in out.iterdir()) == ["labels.parquet", "tiles", "tiles.txt"]
+    assert pq.read_table(out / "labels.parquet").column("object_id").to_pylist() == [1, 5]
+
 
 
 def test_ingest_from_and_to_s3(s3_bucket):

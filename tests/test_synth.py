@@ -136,6 +136,23 @@ def test_survey_on_s3(s3_bucket, tmp_path):
         np.testing.assert_array_equal(open_tile(remote_tile).read_images(), open_tile(local_tile).read_images())
 
 
+def test_a_survey_at_out_is_refused_unless_overwrite_which_leaves_none_of_it(s3_bucket):
+    """Writing over a survey in place used to leave its extra tile stores beside the new list."""
+    out = f"{s3_bucket}/synth"
+    tiny = dict(per_tile=8, size=16, workers=1, progress=False)
+    synthesize(out, n_tiles=4, **tiny)
+    storage.atomic_write_text(f"{out}/notes.txt", "mine")
+    with pytest.raises(InputError, match=rf"--out '{out}' already holds a survey \(tiles, tiles.txt, labels.parquet, "
+                                         r"truth.parquet\); choose another --out or pass --overwrite"):
+        synthesize(out, n_tiles=2, **tiny)
+    synthesize(out, n_tiles=2, seed=1, overwrite=True, **tiny)
+    fs, path = storage.filesystem(out)
+    stores = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{path}/tiles", refresh=True))
+    assert [url.rsplit("/", 1)[-1] for url in read_tile_list(f"{out}/tiles.txt")] == stores and len(stores) == 2
+    assert _table(f"{out}/labels.parquet").shape[0] == 16
+    assert storage.read_text(f"{out}/notes.txt") == "mine"  # not the survey's: kept
+
+
 def test_vote_fractions_follow_the_truth():
     """True fractions respond to the parameters they should, on many drawn galaxies (no images)."""
     rng = np.random.default_rng(0)

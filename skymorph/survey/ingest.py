@@ -42,6 +42,7 @@ import numpy as np
 from skymorph.errors import InputError, first_line
 from skymorph.schema import get_schema
 from skymorph.storage import atomic_write_text, is_remote, join, read_bytes, write_parquet
+from skymorph.survey._output import prepare_survey_out
 from skymorph.tiles import MISSING_OBJECT_ID
 
 __all__ = ["ingest", "IngestSummary", "decode_image", "parse_label_map"]
@@ -211,6 +212,7 @@ def ingest(
     workers: int | None = None,
     progress: bool = True,
     storage_options=None,
+    overwrite: bool = False,
 ) -> IngestSummary:
     """Decode, resize and write the cutouts of ``catalog_csv`` as tile stores under ``out``.
 
@@ -219,6 +221,7 @@ def ingest(
     ``pixel_scale_arcsec`` is that of the input cutouts; each tile records the scale of its resized
     pixels (module docstring), or 1.0 flagged ``pixel_scale_is_placeholder`` when the scale is unknown.
     Files that cannot be read are warned about on stderr, listed in ``ingest_failures.csv`` and skipped.
+    An ``out`` that already holds a survey is refused unless ``overwrite``, which replaces it.
     """
     import pyarrow as pa
 
@@ -239,6 +242,7 @@ def ingest(
     if not len(table):
         raise InputError(f"catalog {catalog_csv!r} lists no cutouts")
     votes = _vote_columns(table, schema, label_question, label_map or {}) if label_question else {}
+    prepare_survey_out(str(out), overwrite, storage_options)
     base = os.path.dirname(str(catalog_csv))
 
     def load(file: str):

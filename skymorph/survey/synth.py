@@ -27,6 +27,7 @@ from skymorph import storage
 from skymorph.errors import InputError
 from skymorph.schema import Schema, get_schema
 from skymorph.seeds import check_seed
+from skymorph.survey._output import prepare_survey_out
 
 __all__ = ["synthesize", "SynthSummary", "Footprint"]
 
@@ -108,20 +109,6 @@ def _check_int(name: str, flag: str, value, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise InputError(f"{name} ({flag}) must be an integer >= {minimum}, got {value!r}")
     return int(value)
-
-
-def _prepare_out(out: str, storage_options: dict | None) -> None:
-    """Fail before any work if ``out`` cannot be written."""
-    if storage.is_remote(out):
-        # one request without retries: fs.exists() would answer "no bucket" for a down endpoint, after
-        # s3fs's and botocore's retries (11-19 s)
-        storage.check_bucket(out, "--out", storage_options)
-        return
-    storage.check_writable(out, "--out", directory=True)
-    try:
-        os.makedirs(os.path.join(storage.strip_protocol(out), "tiles"), exist_ok=True)
-    except OSError as err:
-        raise InputError(f"cannot write to --out {out!r}: {err.strerror or err}") from err
 
 
 def _pick_pixels(n_tiles: int, order: int, footprint: Footprint, rng: np.random.Generator) -> np.ndarray:
@@ -226,13 +213,15 @@ def synthesize(
     healpix_order: int = 5,
     footprint: Footprint = Footprint(),
     progress: bool = True,
+    overwrite: bool = False,
 ) -> SynthSummary:
     """Write a synthetic survey to ``out`` (local path or ``s3://bucket/prefix``); see the module doc.
 
     ``n_tiles`` HEALPix pixels of ``healpix_order`` in ``footprint``, ``per_tile`` galaxies each,
     ``size`` x ``size`` pixel single-band cutouts; votes in ``schema`` (``decals``, ``gz2``; a custom
     schema's unknown questions get uniform vote fractions) from about ``n_volunteers`` volunteers a
-    galaxy; ``workers`` processes (default: all cores). The same ``seed`` gives the same bytes.
+    galaxy; ``workers`` processes (default: all cores). The same ``seed`` gives the same bytes. An
+    ``out`` that already holds a survey is refused unless ``overwrite``, which replaces it.
 
     With more than one worker the tiles are made in spawned processes, so a script that calls this
     must do so under ``if __name__ == "__main__":`` (as for any multiprocessing code).
@@ -259,7 +248,7 @@ def synthesize(
     schema = get_schema(schema)
     storage_options = dict(storage_options or {})
     out = str(out).rstrip("/") if storage.is_remote(out) else str(out)
-    _prepare_out(out, storage_options)
+    prepare_survey_out(out, overwrite, storage_options)
 
     layout_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0,)))
     pixels = _pick_pixels(n_tiles, healpix_order, footprint, layout_rng)
