@@ -11,6 +11,7 @@ which is atomic by construction.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -22,7 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from skymorph.errors import InputError, first_line
+from skymorph.errors import InputError, did_you_mean, first_line
 
 __all__ = [
     "filesystem",
@@ -82,8 +83,39 @@ def _check_option_endpoints(options: dict, source: str) -> bool:
     return given
 
 
+# fsspec's own options, which every filesystem takes besides its own
+_FSSPEC_OPTIONS = frozenset({"skip_instance_cache", "use_listings_cache", "listings_expiry_time", "max_paths"})
+
+
+@functools.lru_cache(maxsize=1)
+def _s3_option_names() -> tuple[frozenset, frozenset]:
+    """``(top-level names, client_kwargs names)`` that s3fs passes on: its own parameters, fsspec's and
+    aiobotocore's session and client parameters."""
+    import inspect
+
+    from aiobotocore.session import AioSession
+    from s3fs import S3FileSystem
+
+    def parameters(function) -> frozenset:
+        return frozenset(inspect.signature(function).parameters) - {"self", "args", "kwargs", "service_name"}
+
+    return parameters(S3FileSystem.__init__) | parameters(AioSession.__init__) | _FSSPEC_OPTIONS, parameters(AioSession._create_client)
+
+
+def _check_s3_option_names(options: dict) -> None:
+    """A name s3fs does not know reaches botocore only at the first request, as a TypeError traceback
+    (``AioSession.__init__() got an unexpected keyword argument``): refuse it now, by name."""
+    known, client_known = _s3_option_names()
+    client_kwargs = options.get("client_kwargs")
+    for prefix, names, choices in (("", options, known), ("client_kwargs.", client_kwargs if isinstance(client_kwargs, dict) else {}, client_known)):
+        for name in names:
+            if name not in choices:
+                raise InputError(f"unknown S3 storage option {prefix + name!r} (see s3fs.S3FileSystem).{did_you_mean(name, choices)}")
+
+
 def _s3_options_from_env(storage_options: dict | None) -> dict:
     options = dict(storage_options or {})
+    _check_s3_option_names(options)
     if not _check_option_endpoints(options, "storage option"):
         for variable in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
             endpoint = os.environ.get(variable)

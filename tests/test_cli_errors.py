@@ -92,6 +92,19 @@ def test_malformed_endpoint_in_storage_options(options, source, dummy_credential
     assert "got " in line
 
 
+@pytest.mark.parametrize("options, name", [
+    ({"endpont_url": "http://127.0.0.1:9"}, "'endpont_url'"),
+    ({"client_kwargs": {"endpont_url": "http://127.0.0.1:9"}}, "'client_kwargs.endpont_url'"),
+])
+@pytest.mark.parametrize("argv", [["catalog", "info", "s3://bucket/cat"],
+                                  ["run", "--tiles", "s3://bucket/tiles.txt", "--model", "s3://bucket/m.onnx", "--out", "s3://bucket/cat"]],
+                         ids=["info", "run"])
+def test_misspelt_storage_option_is_named(options, name, argv, dummy_credentials, capsys):
+    """It reached botocore at the first request: a TypeError traceback from AioSession."""
+    line = _one_line_error(capsys, main([*argv, "--storage-options", json.dumps(options)]))
+    assert line == f"skymorph: error: unknown S3 storage option {name} (see s3fs.S3FileSystem). Did you mean 'endpoint_url'?"
+
+
 def test_malformed_endpoint_in_the_environment(dummy_credentials, monkeypatch, capsys):
     monkeypatch.setenv("AWS_ENDPOINT_URL", "not a url")
     line = _one_line_error(capsys, main(["catalog", "info", "s3://bucket/cat"]))
