@@ -34,12 +34,14 @@ def _storage_options(args) -> dict:
     return parse_storage_options(getattr(args, "storage_options", None))
 
 
-def _check_writable(url: str | None, flag: str, *, directory: bool = False) -> None:
-    """Fail now, not after the work, if a local output cannot be written (see storage.check_writable)."""
+def _check_writable(url: str | None, flag: str, args, *, directory: bool = False) -> None:
+    """Fail now, not after the work, if a local output cannot be written or an S3 output's bucket is
+    missing, denied or unreachable (see storage.check_writable and storage.check_bucket)."""
     if url:
-        from skymorph.storage import check_writable
+        from skymorph.storage import check_bucket, check_writable
 
         check_writable(url, flag, directory=directory)
+        check_bucket(url, flag, _storage_options(args))
 
 
 def _add_storage_option(parser: argparse.ArgumentParser) -> None:
@@ -141,7 +143,7 @@ def _add_ingest_command(survey_sub) -> None:
 def _cmd_survey_ingest(args) -> int:
     from skymorph.survey.ingest import ingest, parse_label_map
 
-    _check_writable(args.out, "--out", directory=True)
+    _check_writable(args.out, "--out", args, directory=True)
     summary = ingest(
         args.catalog, args.out, args.size, bands=args.bands, stretch=args.stretch, tile_size=args.tile_size,
         id_column=args.id_column, label_question=args.label_question, label_map=parse_label_map(args.label_map),
@@ -216,7 +218,7 @@ def _cmd_train(args) -> int:
         augment=args.augment, ema_decay=args.ema_decay, resume=args.resume, finetune=args.finetune, threads=args.threads,
         max_minutes=args.max_minutes, stop_after_epochs=args.stop_after_epochs, drop_unmatched=args.drop_unmatched, storage_options=_storage_options(args),
     )
-    _check_writable(args.out, "--out")
+    _check_writable(args.out, "--out", args)
     print(train(config))
     return 0
 
@@ -225,7 +227,7 @@ def _cmd_evaluate(args) -> int:
     from skymorph.trainer import evaluate
 
     options = _storage_options(args)
-    _check_writable(args.out, "--out", directory=True)
+    _check_writable(args.out, "--out", args, directory=True)
     report = evaluate(
         args.checkpoint, args.tiles, args.labels, args.out, samples=args.samples, seed=args.seed, split=args.split,
         truth=args.truth, threads=args.threads, drop_unmatched=args.drop_unmatched, tta=args.tta,
@@ -266,8 +268,8 @@ def _cmd_export(args) -> int:
     from skymorph.exporter import export_checkpoint
 
     options = _storage_options(args)
-    _check_writable(args.out, "--out")
-    _check_writable(args.onnx_out, "--onnx-out")
+    _check_writable(args.out, "--out", args)
+    _check_writable(args.onnx_out, "--onnx-out", args)
     reports = export_checkpoint(
         args.checkpoint, args.out, args.samples, args.seed, format=args.format, opset=args.opset, fp16=args.fp16,
         onnx_out=args.onnx_out, overwrite=args.overwrite, opt_batch=args.opt_batch, max_batch=args.max_batch,
@@ -389,7 +391,7 @@ def _cmd_catalog_query(args) -> int:
     options = _storage_options(args)
     if args.out:
         output_format(args.out)
-        _check_writable(args.out, "--out")
+        _check_writable(args.out, "--out", args)
     catalog = open_catalog(args.catalog, options)
     cone = Cone(*args.cone) if args.cone else None
     columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
@@ -416,10 +418,10 @@ def _cmd_catalog_pick(args) -> int:
 
     options = _storage_options(args)
     output_format(args.out)
-    _check_writable(args.out, "--out")
+    _check_writable(args.out, "--out", args)
     if args.gallery:
         check_png(args.gallery)
-        _check_writable(args.gallery, "--gallery")
+        _check_writable(args.gallery, "--gallery", args)
     catalog = open_catalog(args.catalog, options)
     batch = pick(catalog, args.n, question=args.question, strategy=args.strategy, beta=args.beta, seed=args.seed,
                  exclude=args.exclude, storage_options=options)
@@ -474,7 +476,7 @@ def _environment_error(err: Exception, args) -> str | None:
     """One line for an error of the environment rather than of skymorph: botocore's (an unreachable S3
     endpoint, no credentials; not ``OSError``s, and some timeouts are both), then ``OSError`` (missing or
     unwritable paths, unreachable schedulers). ``None``: a bug, left to raise with its traceback."""
-    from skymorph.storage import remote_error_message
+    from skymorph.storage import is_remote, remote_error_message
 
     try:
         options = _storage_options(args)
@@ -483,6 +485,13 @@ def _environment_error(err: Exception, args) -> str | None:
     message = remote_error_message(err, options)
     if message is None and isinstance(err, OSError):
         message = first_line(err, limit=500)
+        remote = [value for value in vars(args).values() if isinstance(value, str) and is_remote(value)]
+        if err.filename is None and remote:  # s3fs's errors ("Forbidden") name no path: name the URLs given
+            if isinstance(err, PermissionError):
+                message = (f"S3 denied access ({message}) to {', '.join(remote)}; check the credentials (AWS_ACCESS_KEY_ID "
+                           "and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE), and leave \"anon\" out of --storage-options for a private bucket")
+            else:
+                message = f"{message} ({', '.join(remote)})"
     return message
 
 

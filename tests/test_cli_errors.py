@@ -130,6 +130,31 @@ def test_synth_to_a_missing_bucket_on_a_live_endpoint(s3, capsys):
     assert "bucket 'no-such-bucket-cli' does not exist; create it first" in line
 
 
+@pytest.mark.parametrize("argv", [
+    ["export", "{tmp}/model.ckpt", "--out", "s3://no-such-bucket-cli/m.onnx"],
+    ["train", "--tiles", "{tmp}/tiles.txt", "--labels", "{tmp}/l.parquet", "--out", "s3://no-such-bucket-cli/m.ckpt"],
+    ["run", "--tiles", "{tiles}", "--model", "{model}", "--out", "s3://no-such-bucket-cli/cat"],
+], ids=["export", "train", "run"])
+def test_an_output_in_a_missing_bucket_is_named(argv, s3_bucket, tiny_model, tmp_path, capsys):
+    """They said only "The specified bucket does not exist", after the work for export and train."""
+    from skymorph.tiles import write_tile_list
+
+    write_tile_list(f"{s3_bucket}/tiles.txt", [f"{s3_bucket}/t.zarr"])
+    argv = [a.format(tmp=tmp_path, tiles=f"{s3_bucket}/tiles.txt", model=tiny_model) for a in argv]
+    line = _one_line_error(capsys, main(argv))
+    assert line.endswith("'s3://no-such-bucket-cli/" + argv[-1].rsplit("/", 1)[-1] + "': bucket 'no-such-bucket-cli' does not exist; create it first")
+
+
+def test_access_denied_by_s3_names_the_urls_and_what_to_check(s3, s3_bucket, capsys):
+    """It said only "Forbidden": an anonymous read of a bucket that needs credentials."""
+    from skymorph.storage import atomic_write_text
+
+    atomic_write_text(f"{s3_bucket}/catalog/hats.properties", "dataset_type=object\n")
+    line = _one_line_error(capsys, main(["catalog", "info", f"{s3_bucket}/catalog", "--storage-options", json.dumps({"anon": True})]))
+    assert line.startswith(f"skymorph: error: S3 denied access (Forbidden) to {s3_bucket}/catalog; check the credentials")
+    assert 'leave "anon" out of --storage-options' in line
+
+
 # ---- files that are not Parquet ------------------------------------------------------------------
 
 

@@ -150,8 +150,9 @@ def _catalog_columns(schema, likelihood: str, n_volunteers: int) -> list[str]:
 def _check_out(out: str, options: dict) -> None:
     """``--out`` must be new, empty or a catalog: a run never writes into, and ``--overwrite`` never
     deletes, a directory that holds anything else."""
-    from skymorph.storage import filesystem
+    from skymorph.storage import check_bucket, filesystem
 
+    check_bucket(out, "--out", options)
     fs, root = filesystem(out, options)
     if fs.isfile(root):
         raise CatalogError(f"--out {out!r} is a file; give a directory for the catalog")
