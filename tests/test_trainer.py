@@ -63,6 +63,21 @@ def test_load_labels_reads_votes_in_schema_order_and_rejects_unknown_answers(tmp
     assert load_labels(str(path), GZ2).votes.max() == 2**24
 
 
+def test_labels_of_another_schema_or_a_truth_table_say_so(tmp_path):
+    """Both used to name one column and suggest a near-miss answer of the wrong schema ("Did you mean 'bar_no'?")."""
+    from skymorph.schema import DECALS
+
+    path = tmp_path / "labels.csv"
+    path.write_text("object_id," + ",".join(DECALS.answer_columns) + "\n1," + ",".join("1" for _ in DECALS.answer_columns) + "\n")
+    n = len(DECALS.answer_columns)
+    with pytest.raises(SchemaError, match=rf"hold votes of schema 'decals' \({n} of its {n} answer columns\), not of 'gz2'; train with --schema decals, or give labels of 'gz2'"):
+        load_labels(str(path), GZ2)
+    assert load_labels(str(path), DECALS).votes.sum() == n
+    path.write_text("object_id,bar_strong_true,bulge_size_ratio\n1,0.2,0.5\n")
+    with pytest.raises(InputError, match=r"look like a synthetic survey's truth table \(columns such as 'bar_strong_true'\); give its labels.parquet"):
+        load_labels(str(path), DECALS)
+
+
 def test_hash_split_is_deterministic_and_near_the_fraction(tmp_path):
     path = tmp_path / "labels.csv"
     path.write_text("object_id,bar_yes\n" + "".join(f"{i},1\n" for i in range(2000)))

@@ -78,6 +78,23 @@ def _read_table(url: str, storage_options):
         raise InputError(f"labels {url!r} is not a readable Parquet or CSV table ({first_line(err, 120)})") from err
 
 
+def _check_not_other_labels(url: str, names: list[str], schema: Schema) -> None:
+    """Name the likely mistake when the columns are votes of another built-in schema, or a synthetic
+    survey's truth table, rather than one misspelt column ("Did you mean" would point the wrong way)."""
+    from skymorph.schema import BUILTIN_SCHEMAS
+
+    ours = len(set(names) & set(schema.answer_columns))
+    truth = [name for name in names if name.endswith("_true")]
+    if truth and not ours:
+        raise InputError(f"labels {url!r} look like a synthetic survey's truth table (columns such as {truth[0]!r}); "
+                         "give its labels.parquet, which holds the vote counts")
+    for other in BUILTIN_SCHEMAS.values():
+        theirs = len(set(names) & set(other.answer_columns))
+        if other.name != schema.name and theirs > ours and 2 * theirs >= len(other.answer_columns):
+            raise SchemaError(f"labels {url!r} hold votes of schema {other.name!r} ({theirs} of its {len(other.answer_columns)} "
+                              f"answer columns), not of {schema.name!r}; train with --schema {other.name}, or give labels of {schema.name!r}")
+
+
 def load_labels(url: str, schema: Schema, storage_options=None) -> Labels:
     """Read and validate a labels table against ``schema``.
 
@@ -95,6 +112,7 @@ def load_labels(url: str, schema: Schema, storage_options=None) -> Labels:
     if "object_id" not in names:
         raise InputError(f"labels {url!r} has no object_id column (columns: {', '.join(names[:12])})")
     answers = set(schema.answer_columns)
+    _check_not_other_labels(url, names, schema)
     prefixes = tuple(f"{q}_" for q in schema.question_names)
     for name in names:
         if name not in answers and (name.startswith(prefixes) or difflib.get_close_matches(name, answers, n=1, cutoff=0.85)):
