@@ -300,6 +300,9 @@ def test_export_checkpoint_refuses_flags_of_the_other_format_before_reading(tmp_
         out = str(tmp_path / ("m.plan" if kwargs.get("format") == "tensorrt" else "m.onnx"))
         with pytest.raises(InputError, match=re.escape(message)):
             export_checkpoint(missing, out, T, **kwargs)
+    for suffix in (".plan", ".engine"):  # ONNX under a plan's name: `run` would look for a plan there
+        with pytest.raises(InputError, match=re.escape("names a TensorRT plan; add --format tensorrt to build one, or end it in .onnx")):
+            export_checkpoint(missing, str(tmp_path / f"m{suffix}"), T)
     assert list(tmp_path.iterdir()) == []
 
 

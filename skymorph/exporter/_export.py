@@ -45,6 +45,8 @@ def export_checkpoint(
         for given, flag in ((fp16, "--fp16"), (onnx_out, "--onnx-out")):
             if given:
                 raise InputError(f"{flag} applies to --format tensorrt only; drop it to write the float32 ONNX model at --out")
+        if str(out).endswith(PLAN_SUFFIXES):  # `run` would take it for a plan by its name
+            raise InputError(f"--out {str(out)!r} names a TensorRT plan; add --format tensorrt to build one, or end it in .onnx")
         onnx_report = export_onnx(checkpoint, out, samples, seed, opset=opset, storage_options=storage_options)
         return onnx_report, None
     out = str(out)
