@@ -171,7 +171,7 @@ def _add_train_commands(sub) -> None:
     train.add_argument("--lr", type=float, help="peak learning rate (default 1e-3; with --resume: the checkpoint's)")
     train.add_argument("--weight-decay", type=float, help="default 0.05; with --resume: the checkpoint's")
     train.add_argument("--warmup-epochs", type=float, help="default 1; with --resume: the checkpoint's")
-    train.add_argument("--patience", type=_positive_int, default=5, help="epochs without better validation loss before stopping")
+    train.add_argument("--patience", type=_positive_int, default=5, help="epochs without better validation loss before stopping (default 5)")
     train.add_argument("--seed", type=int, help="default 0; with --resume: the checkpoint's")
     train.add_argument("--val-fraction", type=float, help="validation share when the labels have no split column "
                        "(default 0.1; with --resume: the checkpoint's)")
@@ -192,16 +192,17 @@ def _add_train_commands(sub) -> None:
     train.set_defaults(func=_cmd_train)
 
     evaluate = sub.add_parser("evaluate", help="MC-dropout posteriors of a checkpoint against observed votes")
-    evaluate.add_argument("checkpoint", metavar="CKPT")
-    evaluate.add_argument("--tiles", required=True, metavar="TILELIST")
-    evaluate.add_argument("--labels", required=True, metavar="LABELS")
+    evaluate.add_argument("checkpoint", metavar="CKPT", help="checkpoint written by `skymorph train` (path or s3:// URL)")
+    evaluate.add_argument("--tiles", required=True, metavar="TILELIST", help="tile list file (or one .zarr tile store) holding the galaxies' images")
+    evaluate.add_argument("--labels", required=True, metavar="LABELS", help="Parquet or CSV with object_id and {question}_{answer} vote counts")
     evaluate.add_argument("--out", required=True, metavar="DIR", help="metrics.json, predictions.parquet and plots go here")
-    evaluate.add_argument("--split", choices=("validation", "train", "all"), default="validation")
+    evaluate.add_argument("--split", choices=("validation", "train", "all"), default="validation",
+                          help="galaxies to score: the checkpoint's validation split (default), its train split, or all")
     evaluate.add_argument("--truth", metavar="PARQUET", help="true fractions ({question}_{answer}_true columns), e.g. a synthetic survey's truth.parquet")
     evaluate.add_argument("--samples", type=_positive_int, default=30, help="MC dropout samples T, 1-1000 (default 30)")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the dropout masks (default 0)")
-    evaluate.add_argument("--threads", type=_positive_int)
-    evaluate.add_argument("--drop-unmatched", action="store_true")
+    evaluate.add_argument("--threads", type=_positive_int, help="torch threads (default: torch's choice)")
+    evaluate.add_argument("--drop-unmatched", action="store_true", help="score without labelled galaxies that have no image (default: error)")
     evaluate.add_argument("--tta", action="store_true", help="average over the 8 flips and quarter turns of each image")
     _add_storage_option(evaluate)
     evaluate.set_defaults(func=_cmd_evaluate)
@@ -288,7 +289,7 @@ def _add_run_commands(sub) -> None:
     """``skymorph run``."""
     run = sub.add_parser("run", help="classify a survey on Dask: tiles -> engine -> posteriors -> HATS catalog")
     run.add_argument("--tiles", required=True, metavar="TILELIST", help="tile list (one tile store URL per line)")
-    run.add_argument("--model", required=True, metavar="MODEL", help="exported model (.onnx, .plan) with skymorph metadata")
+    run.add_argument("--model", required=True, metavar="MODEL", help="exported model (.onnx, .plan) with skymorph metadata, or a .ckpt run by torch with T=30 masks from seed 0")
     run.add_argument("--out", required=True, metavar="CATALOG", help="catalog location (local path or s3://), new, empty or a catalog to resume")
     where = run.add_mutually_exclusive_group()
     where.add_argument("--scheduler", metavar="ADDRESS", help="Dask scheduler to use (default: DASK_SCHEDULER_ADDRESS, else a local cluster)")
@@ -362,7 +363,7 @@ def _add_catalog_commands(sub) -> None:
     pick.add_argument("--n", type=_positive_int, required=True, help="batch size")
     pick.add_argument("--question", help="rank by {question}_bald (default: bald_total)")
     pick.add_argument("--strategy", choices=("top", "power"), default="top",
-                      help="top: the n highest; power: sample proportional to BALD^beta (Kirsch et al. 2023)")
+                      help="top: the n highest (default); power: sample proportional to BALD^beta (Kirsch et al. 2023)")
     pick.add_argument("--beta", type=float, default=1.0, help="power strategy exponent (default 1.0)")
     pick.add_argument("--seed", type=int, default=0, help="power strategy seed: same seed, same batch (default 0)")
     pick.add_argument("--exclude", metavar="IDS", help="CSV or Parquet with an object_id column: never pick these")
@@ -427,6 +428,10 @@ def _cmd_catalog_pick(args) -> int:
                  exclude=args.exclude, storage_options=options)
     export_table(batch, args.out, options)
     print(f"picked {batch.num_rows} galaxies ({args.strategy}) -> {args.out}")
+    if batch.num_rows < args.n:  # a wrong --exclude file (every id in it) picks nothing, quietly
+        print(f"skymorph: warning: only {batch.num_rows} of the --n {args.n} asked for qualify: galaxies with a "
+              f"{'positive ' if args.strategy == 'power' else ''}score{' that --exclude does not list' if args.exclude else ''}",
+              file=sys.stderr)
     if args.gallery:
         gallery(batch, catalog, args.gallery, question=args.question, storage_options=options)
         print(f"gallery -> {args.gallery}")

@@ -73,6 +73,7 @@ def test_info_cli_json_and_text(catalog, capsys):
     assert main(["catalog", "info", catalog]) == 0
     text = capsys.readouterr().out
     assert "1,500" in text and "failed tiles 2" in text and "chunk 3 is corrupt" in text
+    assert f"columns      {len(data['columns'])}: object_id, " in text and "... (all of them: catalog info --json)" in text
 
 
 def test_info_on_s3(catalog, s3_bucket):

@@ -155,6 +155,15 @@ def test_cli_manifest(catalog, full, tmp_path, capsys):
     assert main(["catalog", "pick", catalog, "--n", "12", "--strategy", "power", "--seed", "5", "--out", str(tmp_path / "a.csv")]) == 0
     assert main(["catalog", "pick", catalog, "--n", "12", "--strategy", "power", "--seed", "5", "--out", str(tmp_path / "b.csv")]) == 0
     assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
+    capsys.readouterr()
+
+    # An --exclude listing every galaxy (e.g. the catalog itself) used to pick nothing without a word.
+    everyone = tmp_path / "everyone.csv"
+    pd.DataFrame({"object_id": full["object_id"]}).to_csv(everyone, index=False)
+    assert main(["catalog", "pick", catalog, "--n", "12", "--exclude", str(everyone), "--out", str(tmp_path / "none.csv")]) == 0
+    err = capsys.readouterr().err
+    assert err == "skymorph: warning: only 0 of the --n 12 asked for qualify: galaxies with a score that --exclude does not list\n"
+    assert len(pd.read_csv(tmp_path / "none.csv")) == 0
 
 
 @pytest.mark.parametrize("argv, fragment", [

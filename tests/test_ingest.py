@@ -141,6 +141,9 @@ def test_ingest_bad_catalogs_are_one_line_errors(tmp_path):
     (tmp_path / "cat.csv").write_text("object_id,file,ra,dec\n1,a.png,abc,3\n")
     code, err = _run(["survey", "ingest", "--catalog", str(tmp_path / "cat.csv"), "--out", str(tmp_path / "o")])
     assert code == 2 and "ra/dec missing or not finite for object_id 1" in err and err.count("\n") == 1
+    (tmp_path / "cat.csv").write_text("object_id,file\n")  # said: 'object_id' must be integers in every row
+    code, err = _run(["survey", "ingest", "--catalog", str(tmp_path / "cat.csv"), "--out", str(tmp_path / "o")])
+    assert code == 2 and "lists no cutouts, only a header; give one row per cutout" in err and err.count("\n") == 1
 
 
 def test_failures_table_round_trips_names_with_quotes_commas_and_newlines(tmp_path):

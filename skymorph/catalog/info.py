@@ -128,7 +128,8 @@ class CatalogInfo:
         lines = [
             f"catalog      {self.url}",
             f"rows         {self.rows:,} in {self.partitions:,} partitions (HEALPix order {self.order})",
-            f"columns      {len(self.columns)}: {', '.join(self.columns[:6])}, ...",
+            f"columns      {len(self.columns)}: {', '.join(self.columns[:6])}"
+            + (", ... (all of them: catalog info --json)" if len(self.columns) > 6 else ""),
             f"model        sha256 {self.model_sha256}",
             f"             T={self.samples} seed={self.seed} schema={self.schema} n_volunteers={self.n_volunteers}"
             f" skymorph {self.version}",

@@ -153,6 +153,8 @@ def _read_catalog(catalog_csv: str, id_column: str, storage_options):
             f"catalog {catalog_csv!r} has an 'object_id' column besides --id-column {id_column!r}, whose values "
             "become the object_id; drop or rename the 'object_id' column, or use it as the id (no --id-column)"
         )
+    if not len(table):  # before the type checks: a header-only CSV's columns have no type
+        raise InputError(f"catalog {catalog_csv!r} lists no cutouts, only a header; give one row per cutout")
     if table[id_column].isna().any() or not np.issubdtype(table[id_column].dtype, np.integer):
         raise InputError(f"catalog {catalog_csv!r}: {id_column!r} must be integers in every row (it becomes the int64 object_id)")
     reserved = table[id_column] == MISSING_OBJECT_ID
@@ -239,8 +241,6 @@ def ingest(
         raise InputError(f"pixel_scale_arcsec (--pixel-scale-arcsec) must be a finite number > 0, got {pixel_scale_arcsec!r}; "
                          "leave it out when the scale is unknown")
     table = _read_catalog(str(catalog_csv), id_column, storage_options)
-    if not len(table):
-        raise InputError(f"catalog {catalog_csv!r} lists no cutouts")
     votes = _vote_columns(table, schema, label_question, label_map or {}) if label_question else {}
     prepare_survey_out(str(out), overwrite, storage_options)
     base = os.path.dirname(str(catalog_csv))
