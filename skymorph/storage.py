@@ -309,9 +309,10 @@ def check_writable(url: str, what: str, *, directory: bool = False) -> None:
 
 
 def check_bucket(url: str, what: str, storage_options: dict | None = None) -> None:
-    """Raise :class:`InputError` now, in one line, if the S3 bucket of ``url`` is missing, denied, or its
-    endpoint unreachable. One request without retries (a down endpoint answers in about a second, not
-    after s3fs's and botocore's retries); other operations keep their retries. Not S3: nothing."""
+    """Raise :class:`InputError` now, in one line, if the S3 bucket of ``url`` is missing or its endpoint
+    unreachable; a denied check passes (access may be granted below the bucket). One request without
+    retries (a down endpoint answers in about a second, not after s3fs's and botocore's retries); other
+    operations keep their retries. Not S3: nothing."""
     url = str(url)
     if not url.startswith(("s3://", "s3a://")):
         return
@@ -331,10 +332,10 @@ def check_bucket(url: str, what: str, storage_options: dict | None = None) -> No
         fs.call_s3("head_bucket", Bucket=bucket)
     except FileNotFoundError as err:
         raise InputError(f"{what} {url!r}: bucket {bucket!r} does not exist; create it first") from err
-    except PermissionError as err:
-        raise InputError(
-            f"{what} {url!r}: access to bucket {bucket!r} was denied ({first_line(err)}); check the credentials"
-        ) from err
+    except PermissionError:
+        # HEAD on a bucket needs s3:ListBucket on all of it; a user granted only objects under a prefix
+        # (common on shared buckets) may still read and write there, so the request itself will tell
+        return
     except Exception as err:
         message = remote_error_message(err, options)
         if message is None:

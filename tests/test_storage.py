@@ -132,6 +132,38 @@ def test_check_bucket(s3_bucket, monkeypatch):
     assert time.perf_counter() - started < 5  # one request, no retries
 
 
+_PREFIX_ONLY_USER = """
+import json, os
+import boto3
+from skymorph import storage
+from skymorph.testing.s3 import LocalS3
+
+with LocalS3() as s3:
+    s3.apply_env()
+    endpoint = dict(endpoint_url=s3.endpoint_url, region_name="us-east-1")
+    boto3.client("s3", **endpoint).create_bucket(Bucket="shared")
+    iam = boto3.client("iam", **endpoint)
+    iam.create_user(UserName="me")
+    key = iam.create_access_key(UserName="me")["AccessKey"]
+    iam.put_user_policy(UserName="me", PolicyName="prefix", PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": ["s3:PutObject", "s3:GetObject"], "Resource": "arn:aws:s3:::shared/me/*"}]}))
+    os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"] = key["AccessKeyId"], key["SecretAccessKey"]
+    storage.check_bucket("s3://shared/me/model.onnx", "--out")
+    storage.atomic_write_text("s3://shared/me/model.onnx", "written")
+    print(storage.read_text("s3://shared/me/model.onnx"))
+"""
+
+
+def test_check_bucket_passes_a_user_allowed_only_a_prefix():
+    """HEAD on the bucket needs s3:ListBucket on all of it: refusing on a denial refused users who may
+    write under their prefix. moto checks IAM policies after the first requests (the setup's) here,
+    in a process of its own because the setting is read once per process."""
+    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "4"}
+    run = subprocess.run([sys.executable, "-c", _PREFIX_ONLY_USER], capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip() == "written"
+
+
 # ---- Parquet that is not ---------------------------------------------------------------------------
 
 
