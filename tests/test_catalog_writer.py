@@ -206,3 +206,22 @@ def test_a_manifest_that_is_not_text_is_a_one_line_error(tmp_path):
         fh.write(b"\xff\xfe\x00garbage")
     with pytest.raises(CatalogError, match=r"manifest.json is corrupt \(not UTF-8 text: .*--overwrite"):
         read_manifest(catalog)
+
+
+def test_foreign_entries_and_remove_catalog_on_s3_with_a_folder_marker(s3, s3_bucket):
+    """A "folder" marker (key "out/", as the S3 console makes) lists as the root itself; it was taken for
+    an entry named 'out' that no catalog writes, and `run --out` refused the empty prefix."""
+    import boto3
+
+    from skymorph.storage import atomic_write_text, exists
+
+    out = f"{s3_bucket}/out"
+    boto3.client("s3", endpoint_url=s3.endpoint_url, region_name="us-east-1").put_object(
+        Bucket=s3_bucket.removeprefix("s3://"), Key="out/", Body=b"")
+    assert layout.foreign_entries(out) == []
+    for name in ("hats.properties", "dataset/_common_metadata", "_skymorph/manifest.json", "notes.txt"):
+        atomic_write_text(f"{out}/{name}", "x")
+    assert layout.foreign_entries(out) == ["notes.txt"]
+    layout.remove_catalog(out)
+    assert layout.foreign_entries(out) == ["notes.txt"] and read_text(f"{out}/notes.txt") == "x"
+    assert not any(exists(f"{out}/{name}") for name in ("hats.properties", "dataset", "_skymorph"))

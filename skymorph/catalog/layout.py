@@ -217,7 +217,9 @@ def _root_entries(catalog: str, storage_options: dict | None) -> tuple:
     fs.invalidate_cache(root)
     if not fs.isdir(root):
         return fs, {}
-    return fs, {posixpath.basename(path.rstrip("/")): path for path in fs.ls(root, detail=False)}
+    # S3 lists a "folder" marker object (key "prefix/", left by consoles and tools) as the root itself
+    entries = (path for path in fs.ls(root, detail=False) if path.rstrip("/") != root.rstrip("/"))
+    return fs, {posixpath.basename(path.rstrip("/")): path for path in entries}
 
 
 def foreign_entries(catalog: str, storage_options: dict | None = None) -> list[str]:
