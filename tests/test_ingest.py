@@ -99,12 +99,28 @@ def test_ingest_reports_unreadable_files_and_writes_placeholder_positions(tmp_pa
     again = ["survey", "ingest", "--catalog", str(tmp_path / "good.csv"), "--out", str(out), "--size", "16"]
     code, err = _run(again)
     assert code == 2 and err.strip().splitlines() == [
-        f"skymorph: error: --out {str(out)!r} already holds a survey (tiles, tiles.txt, labels.parquet, ingest_failures.csv); "
+        f"skymorph: error: --out {str(out)!r} already holds a survey (tiles.txt, labels.parquet, ingest_failures.csv, "
+        "1 tile store(s) in tiles/); "
         "choose another --out or pass --overwrite to replace it"]
     assert _run([*again, "--overwrite"])[0] == 0
     assert sorted(p.name for p in out.iterdir()) == ["labels.parquet", "tiles", "tiles.txt"]
     assert pq.read_table(out / "labels.parquet").column("object_id").to_pylist() == [1, 5]
 
+
+
+def test_cutouts_kept_under_out_tiles_are_input_not_a_survey(tmp_path):
+    """--overwrite used to delete all of --out/tiles/, the cutouts being ingested included."""
+    from PIL import Image
+
+    (tmp_path / "tiles").mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((24, 24), 50 * (i + 1), dtype=np.uint8)).save(tmp_path / "tiles" / f"{i}.png")
+    (tmp_path / "cat.csv").write_text("object_id,file\n1,tiles/0.png\n2,tiles/1.png\n")
+    ingest_here = ["survey", "ingest", "--catalog", str(tmp_path / "cat.csv"), "--out", str(tmp_path), "--size", "16"]
+    assert _run(ingest_here)[0] == 0
+    assert _run([*ingest_here, "--overwrite"])[0] == 0
+    assert sorted(p.name for p in (tmp_path / "tiles").iterdir()) == ["0.png", "1.png", "ingest_00000.zarr"]
+    assert open_tile(read_tile_list(str(tmp_path / "tiles.txt"))[0]).read_coords()[0].tolist() == [1, 2]
 
 
 def test_ingest_from_and_to_s3(s3_bucket):

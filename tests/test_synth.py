@@ -142,8 +142,8 @@ def test_a_survey_at_out_is_refused_unless_overwrite_which_leaves_none_of_it(s3_
     tiny = dict(per_tile=8, size=16, workers=1, progress=False)
     synthesize(out, n_tiles=4, **tiny)
     storage.atomic_write_text(f"{out}/notes.txt", "mine")
-    with pytest.raises(InputError, match=rf"--out '{out}' already holds a survey \(tiles, tiles.txt, labels.parquet, "
-                                         r"truth.parquet\); choose another --out or pass --overwrite"):
+    with pytest.raises(InputError, match=rf"--out '{out}' already holds a survey \(tiles.txt, labels.parquet, "
+                                         r"truth.parquet, 4 tile store\(s\) in tiles/\); choose another --out or pass --overwrite"):
         synthesize(out, n_tiles=2, **tiny)
     synthesize(out, n_tiles=2, seed=1, overwrite=True, **tiny)
     fs, path = storage.filesystem(out)
