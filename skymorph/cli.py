@@ -481,7 +481,7 @@ def _environment_error(err: Exception, args) -> str | None:
     """One line for an error of the environment rather than of skymorph: botocore's (an unreachable S3
     endpoint, no credentials; not ``OSError``s, and some timeouts are both), then ``OSError`` (missing or
     unwritable paths, unreachable schedulers). ``None``: a bug, left to raise with its traceback."""
-    from skymorph.storage import is_remote, remote_error_message
+    from skymorph.storage import remote_error_message
 
     try:
         options = _storage_options(args)
@@ -490,13 +490,13 @@ def _environment_error(err: Exception, args) -> str | None:
     message = remote_error_message(err, options)
     if message is None and isinstance(err, OSError):
         message = first_line(err, limit=500)
-        remote = [value for value in vars(args).values() if isinstance(value, str) and is_remote(value)]
-        if err.filename is None and remote:  # s3fs's errors ("Forbidden") name no path: name the URLs given
+        s3_urls = [value for value in vars(args).values() if isinstance(value, str) and value.startswith(("s3://", "s3a://"))]
+        if err.filename is None and s3_urls:  # s3fs's errors ("Forbidden") name no path: name the S3 URLs given
             if isinstance(err, PermissionError):
-                message = (f"S3 denied access ({message}) to {', '.join(remote)}; check the credentials (AWS_ACCESS_KEY_ID "
+                message = (f"S3 denied access ({message}) to {', '.join(s3_urls)}; check the credentials (AWS_ACCESS_KEY_ID "
                            "and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE), and leave \"anon\" out of --storage-options for a private bucket")
-            else:
-                message = f"{message} ({', '.join(remote)})"
+            elif isinstance(err, FileNotFoundError):
+                message = f"{message} ({', '.join(s3_urls)})"
     return message
 
 

@@ -150,7 +150,8 @@ def test_access_denied_by_s3_names_the_urls_and_what_to_check(s3, s3_bucket, cap
     from skymorph.storage import atomic_write_text
 
     atomic_write_text(f"{s3_bucket}/catalog/hats.properties", "dataset_type=object\n")
-    line = _one_line_error(capsys, main(["catalog", "info", f"{s3_bucket}/catalog", "--storage-options", json.dumps({"anon": True})]))
+    options = json.dumps({"anon": True, "endpoint_url": s3.endpoint_url})  # a URL, but not one of the inputs
+    line = _one_line_error(capsys, main(["catalog", "info", f"{s3_bucket}/catalog", "--storage-options", options]))
     assert line.startswith(f"skymorph: error: S3 denied access (Forbidden) to {s3_bucket}/catalog; check the credentials")
     assert 'leave "anon" out of --storage-options' in line
 
