@@ -36,7 +36,7 @@ def _storage_options(args) -> dict:
 
 def _check_writable(url: str | None, flag: str, args, *, directory: bool = False) -> None:
     """Fail now, not after the work, if a local output cannot be written or an S3 output's bucket is
-    missing, denied or unreachable (see storage.check_writable and storage.check_bucket)."""
+    missing or unreachable (see storage.check_writable and storage.check_bucket)."""
     if url:
         from skymorph.storage import check_bucket, check_writable
 

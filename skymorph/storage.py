@@ -88,9 +88,9 @@ _FSSPEC_OPTIONS = frozenset({"skip_instance_cache", "use_listings_cache", "listi
 
 
 @functools.lru_cache(maxsize=1)
-def _s3_option_names() -> tuple[frozenset, frozenset]:
-    """``(top-level names, client_kwargs names)`` that s3fs passes on: its own parameters, fsspec's and
-    aiobotocore's session and client parameters."""
+def _s3_option_names() -> tuple[frozenset, frozenset | None]:
+    """``(top-level names, client_kwargs names or None)`` that s3fs passes on: its own parameters,
+    fsspec's, and aiobotocore's session and client parameters."""
     import inspect
 
     from aiobotocore.session import AioSession
@@ -99,7 +99,11 @@ def _s3_option_names() -> tuple[frozenset, frozenset]:
     def parameters(function) -> frozenset:
         return frozenset(inspect.signature(function).parameters) - {"self", "args", "kwargs", "service_name"}
 
-    return parameters(S3FileSystem.__init__) | parameters(AioSession.__init__) | _FSSPEC_OPTIONS, parameters(AioSession._create_client)
+    # create_client(*args, **kwargs) passes client_kwargs on to the private _create_client, whose
+    # signature names them; should a release rename it, client_kwargs go unchecked rather than refused
+    create_client = getattr(AioSession, "_create_client", None)
+    client = parameters(create_client) if create_client is not None else None
+    return parameters(S3FileSystem.__init__) | parameters(AioSession.__init__) | _FSSPEC_OPTIONS, client
 
 
 def _check_s3_option_names(options: dict) -> None:
@@ -107,7 +111,10 @@ def _check_s3_option_names(options: dict) -> None:
     (``AioSession.__init__() got an unexpected keyword argument``): refuse it now, by name."""
     known, client_known = _s3_option_names()
     client_kwargs = options.get("client_kwargs")
-    for prefix, names, choices in (("", options, known), ("client_kwargs.", client_kwargs if isinstance(client_kwargs, dict) else {}, client_known)):
+    checked = [("", options, known)]
+    if isinstance(client_kwargs, dict) and client_known is not None:
+        checked.append(("client_kwargs.", client_kwargs, client_known))
+    for prefix, names, choices in checked:
         for name in names:
             if name not in choices:
                 raise InputError(f"unknown S3 storage option {prefix + name!r} (see s3fs.S3FileSystem).{did_you_mean(name, choices)}")

@@ -206,7 +206,6 @@ def list_temp_files(catalog: str, storage_options: dict | None = None) -> list[s
     return sorted(path for path in fs.find(root) if posixpath.basename(path).startswith(".") and path.endswith(".tmp"))
 
 
-
 def _is_temp(name: str) -> bool:
     return name.startswith(".") and name.endswith(".tmp")
 

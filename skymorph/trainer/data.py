@@ -98,9 +98,10 @@ def _check_not_other_labels(url: str, names: list[str], schema: Schema) -> None:
 def load_labels(url: str, schema: Schema, storage_options=None) -> Labels:
     """Read and validate a labels table against ``schema``.
 
-    One-line errors: a column name given twice; no ``object_id``; no rows; duplicate object ids; a column
-    naming an answer the schema lacks ("Did you mean ..."); negative counts; no vote column of the schema
-    at all, or no vote in any of them.
+    One-line errors: a column name given twice; no ``object_id``; the votes of another built-in schema, or
+    a synthetic survey's truth table; no rows; duplicate object ids; a column naming an answer the schema
+    lacks ("Did you mean ..."); negative counts; no vote column of the schema at all, or no vote in any
+    of them.
     """
     import pyarrow as pa
 
