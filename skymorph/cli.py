@@ -172,9 +172,9 @@ def _add_train_commands(sub) -> None:
     train.add_argument("--weight-decay", type=float, help="default 0.05; with --resume: the checkpoint's")
     train.add_argument("--warmup-epochs", type=float, help="default 1; with --resume: the checkpoint's")
     train.add_argument("--patience", type=_positive_int, default=5, help="epochs without better validation loss before stopping (default 5)")
-    train.add_argument("--seed", type=int, help="default 0; with --resume: the checkpoint's")
+    train.add_argument("--seed", type=int, help="default 0; with --resume or --finetune: the checkpoint's")
     train.add_argument("--val-fraction", type=float, help="validation share when the labels have no split column "
-                       "(default 0.1; with --resume: the checkpoint's)")
+                       "(default 0.1; with --resume or --finetune: the checkpoint's)")
     train.add_argument("--crop-fraction", type=float, help="centre crop inside the model (default 1: none)")
     train.add_argument("--resize", type=int, dest="resize_px", help="resize to this many pixels inside the model")
     train.add_argument("--no-augment", dest="augment", action="store_false", default=None,

@@ -276,6 +276,26 @@ def test_finetune_starts_from_trained_weights_and_checks_the_schema(tmp_path):
 
 
 
+def test_finetune_keeps_the_checkpoints_validation_galaxies(tmp_path, capsys):
+    """--finetune used to fall back to seed 0 and --val-fraction 0.1: most of the galaxies the weights were
+    validated on went into training, without a word."""
+    import pyarrow.parquet as pq
+
+    tiles, labels = write_ring_survey(str(tmp_path))
+    hashed = str(tmp_path / "hashed.parquet")  # no split column: the split hashes object ids with the seed
+    pq.write_table(pq.read_table(labels).drop_columns(["split"]), hashed)
+    base = train(_config(tmp_path, tiles, hashed, seed=5, val_fraction=0.3, out=str(tmp_path / "base.ckpt")))
+    tuned = train(_config(tmp_path, tiles, hashed, finetune=base.checkpoint, out=str(tmp_path / "ft.ckpt")))
+    base_meta, tuned_meta = load_checkpoint(base.checkpoint)[1], load_checkpoint(tuned.checkpoint)[1]
+    assert {k: tuned_meta.provenance["config"][k] for k in ("seed", "val_fraction")} == {"seed": 5, "val_fraction": 0.3}
+    assert tuned_meta.provenance["n_validation"] == base_meta.provenance["n_validation"]
+    assert capsys.readouterr().err == ""
+
+    train(_config(tmp_path, tiles, hashed, finetune=base.checkpoint, seed=1, out=str(tmp_path / "ft1.ckpt")))
+    err = capsys.readouterr().err
+    assert "skymorph: warning: --finetune" in err and "seed=5; with seed=1 some of its validation galaxies are trained on" in err
+
+
 def test_resume_and_finetune_take_the_model_from_the_checkpoint_and_refuse_other_flags(tmp_path):
     tiles, labels = write_ring_survey(str(tmp_path))
     small = dict(arch="resnet_s", arch_params={"widths": [8, 16], "depths": [1, 1]}, dropout=0.3, crop_fraction=0.75)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -66,11 +67,13 @@ class TrainConfig:
     ``resize_px``, are None unless given: a new model then gets :attr:`MODEL_DEFAULTS`, while ``resume``
     and ``finetune`` take them from the checkpoint and refuse any given value that differs from it.
     Likewise the run's settings, ``epochs``, ``batch_size``, ``lr``, ``weight_decay``, ``warmup_epochs``,
-    ``min_lr_ratio``, ``seed``, ``val_fraction`` and ``augment``, are None unless given: a new run (also
-    ``finetune``) gets :attr:`RUN_DEFAULTS`, while ``resume`` takes those the checkpoint recorded and
-    refuses any given value that differs, and labels of other content (another seed or validation
-    fraction would move validation galaxies into training). ``patience``, ``max_minutes``,
-    ``stop_after_epochs`` and ``threads`` may change on resume.
+    ``min_lr_ratio``, ``seed``, ``val_fraction`` and ``augment``, are None unless given: a new run gets
+    :attr:`RUN_DEFAULTS`, while ``resume`` takes those the checkpoint recorded and refuses any given value
+    that differs, and labels of other content (another seed or validation fraction would move validation
+    galaxies into training). ``finetune`` is a new run that keeps the checkpoint's ``seed`` and
+    ``val_fraction`` unless given, so the galaxies its weights were validated on stay in validation (a
+    given value that differs is warned about). ``patience``, ``max_minutes``, ``stop_after_epochs`` and
+    ``threads`` may change on resume.
     """
 
     MODEL_DEFAULTS: ClassVar[Mapping] = MappingProxyType({
@@ -311,6 +314,25 @@ def _model_choices(config: TrainConfig, meta=None, checkpoint: str = "") -> dict
     return stored
 
 
+def _keep_split(config: TrainConfig, meta) -> TrainConfig:
+    """``config`` with the ``seed`` and ``val_fraction`` of the --finetune checkpoint where none is given:
+    the split hashes object ids with them, so the new run validates on the galaxies the weights were
+    validated on (plus its share of new ones) and never trains on them."""
+    recorded = meta.provenance.get("config") or {}
+    kept = {}
+    for key in ("seed", "val_fraction"):
+        stored, given = recorded.get(key), getattr(config, key)
+        if stored is None:
+            continue
+        if given is None:
+            kept[key] = stored
+        elif not _same(given, stored):
+            print(f"skymorph: warning: --finetune {config.finetune!r} was validated with {key}={stored!r}; with "
+                  f"{key}={given!r} some of its validation galaxies are trained on, and validation losses flatter it",
+                  file=sys.stderr)
+    return replace(config, **kept)
+
+
 def _run_settings(config: TrainConfig, meta=None, labels=None) -> TrainConfig:
     """``config`` with its run settings (the keys of ``TrainConfig.RUN_DEFAULTS``) filled in: the given ones
     over the defaults for a new run (also --finetune); for --resume (``meta`` given) the ones the checkpoint
@@ -428,6 +450,8 @@ def train(config: TrainConfig) -> TrainResult:
             raise ModelError(_no_training_state(config.resume, so))
         if config.resume and (config.ema_decay is None) != ("raw_weights" not in training):
             raise ModelError("resume with the same --ema-decay setting as the run that wrote the checkpoint")
+    if config.finetune:
+        config = _keep_split(config, start_meta)
     config = _run_settings(config, start_meta if config.resume else None, labels)
     if config.resume and int(training.get("epoch", 0)) >= config.epochs:
         # Nothing to train and nothing to write: the best weights are in the run's own --out, which the
