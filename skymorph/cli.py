@@ -182,7 +182,7 @@ def _add_train_commands(sub) -> None:
     train.add_argument("--ema-decay", type=float, help="validate and save a moving average of the weights with this decay per step (e.g. 0.998)")
     train.add_argument("--out", required=True, metavar="CKPT", help="best checkpoint; CKPT.metrics.json and the .last checkpoint go beside it")
     start = train.add_mutually_exclusive_group()
-    start.add_argument("--resume", metavar="CKPT", help="continue from a .last checkpoint (optimizer, step, RNG, epoch)")
+    start.add_argument("--resume", metavar="CKPT", help="continue from a .last checkpoint (optimizer, step, RNG, epoch), with the run's own --out")
     start.add_argument("--finetune", metavar="CKPT", help="start from these trained weights with a new optimizer")
     train.add_argument("--threads", type=_positive_int, help="torch threads (default: torch's choice)")
     train.add_argument("--max-minutes", type=float, help="stop after this much wall time (then validate and save)")

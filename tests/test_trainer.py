@@ -473,9 +473,13 @@ def test_resume_needs_the_last_checkpoint_of_an_unfinished_schedule(tmp_path):
     done = train(_config(tmp_path, tiles, labels, out=str(tmp_path / "ck" / "model.pt")))
     other = str(tmp_path / "f.pt")
     with pytest.raises(InputError) as info:
-        train(_config(tmp_path, tiles, labels, epochs=None, batch_size=None, resume=done.last_checkpoint, out=other))
+        train(_config(tmp_path, tiles, labels, epochs=None, batch_size=None, resume=done.last_checkpoint, out=done.checkpoint))
     message = str(info.value)
     assert "all 1 epoch(s) of its schedule are done" in message and f"--finetune {done.checkpoint}" in message, message
+    # Into another --out, a resumed run reported a best checkpoint there that it never wrote.
+    with pytest.raises(InputError, match=re.escape(f"--resume {done.last_checkpoint!r} continues the run whose --out is "
+                                                   f"{done.checkpoint!r}; give that --out (not {other!r})")):
+        train(_config(tmp_path, tiles, labels, epochs=None, batch_size=None, resume=done.last_checkpoint, out=other))
     with pytest.raises(ModelError) as info:
         train(_config(tmp_path, tiles, labels, epochs=None, batch_size=None, resume=done.checkpoint, out=other))
     message = str(info.value)
