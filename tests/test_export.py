@@ -189,6 +189,9 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys):
     assert "does not exist" in _cli_error(capsys, ["export", str(tmp_path / "none.ckpt"), "--out", str(tmp_path / "m.onnx")])
     (tmp_path / "bad.ckpt").write_bytes(b"not a checkpoint")
     assert "not a readable checkpoint" in _cli_error(capsys, ["export", str(tmp_path / "bad.ckpt"), "--out", str(tmp_path / "m.onnx")])
+    (tmp_path / "model.onnx").write_bytes(b"\x08\x08\x12\x07pytorch")  # an exported model given as the checkpoint
+    assert f"{str(tmp_path / 'model.onnx')!r} is an ONNX model (what `skymorph export` writes), not a checkpoint; give the .ckpt" in (
+        _cli_error(capsys, ["export", str(tmp_path / "model.onnx"), "--out", str(tmp_path / "m2.onnx")]))
     assert "--fp16" in _cli_error(capsys, ["export", str(tmp_path / "bad.ckpt"), "--out", str(tmp_path / "m.onnx"), "--fp16"])
     assert ".plan" in _cli_error(capsys, ["export", str(tmp_path / "bad.ckpt"), "--out", str(tmp_path / "m.onnx"), "--format", "tensorrt"])
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import json
 from dataclasses import dataclass, field, replace
+from pathlib import PurePosixPath
 
 from skymorph.errors import ModelError, SchemaError, first_line
 from skymorph.model_metadata import LIKELIHOODS, InputSpec
@@ -132,6 +133,11 @@ def read_checkpoint(path: str, storage_options=None, *, data: bytes | None = Non
     try:
         payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as err:  # torch.load raises many types on foreign or truncated bytes (struct.error, ...)
+        exported = {".onnx": "an ONNX model", ".plan": "a TensorRT plan", ".engine": "a TensorRT plan"}.get(
+            PurePosixPath(str(path)).suffix.lower())
+        if exported:
+            raise ModelError(f"{path!r} is {exported} (what `skymorph export` writes), not a checkpoint; give the .ckpt "
+                             "written by `skymorph train`") from err
         raise ModelError(
             f"{path!r} is not a readable checkpoint (corrupt or not a torch file: {first_line(err, 120)}); "
             "give a file written by `skymorph train`"
