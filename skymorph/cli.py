@@ -415,7 +415,7 @@ def _cmd_catalog_query(args) -> int:
 def _cmd_catalog_pick(args) -> int:
     from skymorph.catalog import export_table, gallery, open_catalog, pick
     from skymorph.catalog.export import output_format
-    from skymorph.catalog.gallery import check_png
+    from skymorph.catalog.gallery import MAX_GALAXIES, check_png
 
     options = _storage_options(args)
     output_format(args.out)
@@ -434,7 +434,8 @@ def _cmd_catalog_pick(args) -> int:
               file=sys.stderr)
     if args.gallery:
         gallery(batch, catalog, args.gallery, question=args.question, storage_options=options)
-        print(f"gallery -> {args.gallery}")
+        drawn = min(batch.num_rows, MAX_GALAXIES)
+        print(f"gallery -> {args.gallery}" + (f" (the first {drawn} of {batch.num_rows})" if drawn < batch.num_rows else ""))
     return 0
 
 

@@ -4,6 +4,7 @@ against its distribution, exclusions, the subject manifest and the gallery."""
 from __future__ import annotations
 
 import glob
+import importlib
 import os
 
 import numpy as np
@@ -180,7 +181,7 @@ def test_cli_bad_input_one_line_exit_2(catalog, tmp_path, capsys, argv, fragment
     assert len(err) == 1 and err[0].startswith("skymorph: error:") and fragment in err[0]
 
 
-def test_gallery_from_tile_stores(synthetic, full, tmp_path):
+def test_gallery_from_tile_stores(synthetic, full, tmp_path, capsys, monkeypatch):
     """Write real tile stores for the picked galaxies' tiles, then draw them from those stores."""
     from PIL import Image
 
@@ -198,6 +199,11 @@ def test_gallery_from_tile_stores(synthetic, full, tmp_path):
     with Image.open(png) as image:
         assert image.format == "PNG" and image.size[0] > 300 and image.size[1] > 100
     assert main(["catalog", "pick", synthetic.url, "--n", "5", "--out", str(tmp_path / "c.csv"), "--gallery", str(png)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"gallery -> {png}"
+    # a gallery draws at most a page: say so (the module, which skymorph.catalog's gallery function shadows)
+    monkeypatch.setattr(importlib.import_module("skymorph.catalog.gallery"), "MAX_GALAXIES", 4)
+    assert main(["catalog", "pick", synthetic.url, "--n", "5", "--out", str(tmp_path / "c.csv"), "--gallery", str(png)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"gallery -> {png} (the first 4 of 5)"
 
 
 def test_a_galaxy_in_two_overlapping_tiles_is_picked_once_at_its_best_row(catalog, full, tmp_path):
