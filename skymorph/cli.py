@@ -185,7 +185,7 @@ def _add_train_commands(sub) -> None:
     start.add_argument("--resume", metavar="CKPT", help="continue from a .last checkpoint (optimizer, step, RNG, epoch), with the run's own --out")
     start.add_argument("--finetune", metavar="CKPT", help="start from these trained weights with a new optimizer")
     train.add_argument("--threads", type=_positive_int, help="torch threads (default: torch's choice)")
-    train.add_argument("--max-minutes", type=float, help="stop after this much wall time (then validate and save)")
+    train.add_argument("--max-minutes", type=float, help="stop after this much wall time, mid-epoch (then validate and save; --resume starts the next epoch)")
     train.add_argument("--stop-after-epochs", type=_positive_int, help="end this session after N epochs of the schedule; continue with --resume")
     train.add_argument("--drop-unmatched", action="store_true", help="train without labelled galaxies that have no image (default: error)")
     _add_storage_option(train)
