@@ -163,7 +163,7 @@ class TrainConfig:
         # the run's best checkpoint so far lives at its own --out: resumed elsewhere, the new --out would
         # be written only if a later epoch did better, and the run would report a file that is not there
         best = _best_of(self.resume) if self.resume else None
-        need(best is None or _same_location(best, self.out),
+        need(best is None or _same_location(self.resume, last_checkpoint_path(self.out)),
              f"--resume {self.resume!r} continues the run whose --out is {best!r}; give that --out (not {self.out!r}), "
              "or start a new run from its weights with --finetune")
 
