@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 
-from skymorph.errors import SkymorphError, first_line
+from skymorph.errors import InputError, SkymorphError, first_line
 
 __all__ = ["main", "build_parser"]
 
@@ -364,8 +364,8 @@ def _add_catalog_commands(sub) -> None:
     pick.add_argument("--question", help="rank by {question}_bald (default: bald_total)")
     pick.add_argument("--strategy", choices=("top", "power"), default="top",
                       help="top: the n highest (default); power: sample proportional to BALD^beta (Kirsch et al. 2023)")
-    pick.add_argument("--beta", type=float, default=1.0, help="power strategy exponent (default 1.0)")
-    pick.add_argument("--seed", type=int, default=0, help="power strategy seed: same seed, same batch (default 0)")
+    pick.add_argument("--beta", type=float, help="power strategy exponent (default 1.0)")
+    pick.add_argument("--seed", type=int, help="power strategy seed: same seed, same batch (default 0)")
     pick.add_argument("--exclude", metavar="IDS", help="CSV or Parquet with an object_id column: never pick these")
     pick.add_argument("--out", required=True, metavar="FILE", help="subject manifest (.csv; or .parquet, .fits, .vot)")
     pick.add_argument("--gallery", metavar="PNG", help="also draw the picked galaxies and their posteriors")
@@ -417,6 +417,9 @@ def _cmd_catalog_pick(args) -> int:
     from skymorph.catalog.export import output_format
     from skymorph.catalog.gallery import MAX_GALAXIES, check_png
 
+    power = {key: value for key, value in (("beta", args.beta), ("seed", args.seed)) if value is not None}
+    if power and args.strategy != "power":  # top takes the n highest: nothing to weight or draw
+        raise InputError(f"--{next(iter(power))} applies to --strategy power only; drop it, or add --strategy power")
     options = _storage_options(args)
     output_format(args.out)
     _check_writable(args.out, "--out", args)
@@ -424,7 +427,7 @@ def _cmd_catalog_pick(args) -> int:
         check_png(args.gallery)
         _check_writable(args.gallery, "--gallery", args)
     catalog = open_catalog(args.catalog, options)
-    batch = pick(catalog, args.n, question=args.question, strategy=args.strategy, beta=args.beta, seed=args.seed,
+    batch = pick(catalog, args.n, question=args.question, strategy=args.strategy, **power,
                  exclude=args.exclude, storage_options=options)
     export_table(batch, args.out, options)
     print(f"picked {batch.num_rows} galaxies ({args.strategy}) -> {args.out}")

@@ -172,6 +172,8 @@ def test_cli_manifest(catalog, full, tmp_path, capsys):
     (["--exclude", "EXCLUDE_NO_ID"], "no object_id column"),
     (["--exclude", "ids.txt"], ".csv or .parquet"),
     (["--gallery", "g.jpg"], ".png"),
+    (["--beta", "3"], "--beta applies to --strategy power only; drop it, or add --strategy power"),  # was ignored
+    (["--seed", "7"], "--seed applies to --strategy power only"),
 ])
 def test_cli_bad_input_one_line_exit_2(catalog, tmp_path, capsys, argv, fragment):
     pd.DataFrame({"objid": [1, 2]}).to_csv(tmp_path / "bad.csv", index=False)
