@@ -159,6 +159,16 @@ def strip_protocol(url: str) -> str:
     return str(url).split("://", 1)[1] if "://" in str(url) else str(url)
 
 
+def same_location(a, b) -> bool:
+    """Whether URLs or paths ``a`` and ``b`` name the same file: local paths after resolving ``~``, ``..``
+    and symbolic links (relative to the working directory); remote URLs as written, less a trailing ``/``."""
+    a, b = str(a), str(b)
+    if is_remote(a) or is_remote(b):
+        return a.rstrip("/") == b.rstrip("/")
+    resolve = lambda path: os.path.realpath(os.path.expanduser(strip_protocol(path)))  # noqa: E731 -- file:// too
+    return resolve(a) == resolve(b)
+
+
 def join(url: str, *parts: str) -> str:
     """Join path parts onto a local path or URL with ``/``."""
     url = str(url)

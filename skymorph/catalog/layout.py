@@ -203,7 +203,7 @@ def list_temp_files(catalog: str, storage_options: dict | None = None) -> list[s
     fs, root = filesystem(dataset_url(catalog), storage_options)
     if not fs.exists(root):
         return []
-    return sorted(path for path in fs.find(root) if posixpath.basename(path).startswith(".") and path.endswith(".tmp"))
+    return sorted(path for path in fs.find(root) if _is_temp(posixpath.basename(path)))
 
 
 def _is_temp(name: str) -> bool:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from skymorph.errors import InputError
-from skymorph.exporter._onnx import DEFAULT_OPSET, ExportReport, check_arguments, check_not_input, export_onnx, same_location
+from skymorph.exporter._onnx import DEFAULT_OPSET, ExportReport, check_arguments, check_not_input, export_onnx
 from skymorph.exporter._tensorrt import TensorRTReport, build_tensorrt, require_tensorrt
-from skymorph.storage import exists
+from skymorph.storage import exists, same_location
 
 __all__ = ["FORMATS", "PLAN_SUFFIXES", "export_checkpoint"]
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import os
 import re
 import warnings
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ import numpy as np
 
 from skymorph.errors import InputError, ModelError, first_line
 from skymorph.model_metadata import ModelMetadata
-from skymorph.storage import atomic_write_bytes, read_bytes
+from skymorph.storage import atomic_write_bytes, read_bytes, same_location
 
 __all__ = [
     "ExportReport", "export_onnx", "export_onnx_model", "check_arguments", "INPUT_NAME", "OUTPUT_NAME", "DEFAULT_OPSET",
@@ -137,18 +136,6 @@ def check_arguments(samples: int, seed: int, opset: int) -> None:
             f"--opset must be an integer from {MIN_OPSET} (the dynamo exporter's minimum) to {newest} (the newest of "
             f"onnx {onnx.__version__}), got {opset!r}; the default is {DEFAULT_OPSET}"
         )
-
-
-def same_location(a, b) -> bool:
-    """Whether URLs or paths ``a`` and ``b`` name the same file: local paths after resolving ``~``, ``..``
-    and symbolic links (relative to the working directory); remote URLs as written, less a trailing ``/``."""
-    from skymorph.storage import is_remote, strip_protocol
-
-    a, b = str(a), str(b)
-    if is_remote(a) or is_remote(b):
-        return a.rstrip("/") == b.rstrip("/")
-    resolve = lambda path: os.path.realpath(os.path.expanduser(strip_protocol(path)))  # noqa: E731 -- file:// too
-    return resolve(a) == resolve(b)
 
 
 def check_not_input(checkpoint, out, flag: str = "--out") -> None:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Mapping
@@ -37,7 +36,7 @@ import numpy as np
 from skymorph.errors import InputError, ModelError, did_you_mean
 from skymorph.model_metadata import LIKELIHOODS, InputSpec
 from skymorph.schema import get_schema
-from skymorph.storage import atomic_write_text, is_remote
+from skymorph.storage import atomic_write_text, same_location
 
 __all__ = ["TrainConfig", "TrainResult", "train", "learning_rate", "last_checkpoint_path", "MAX_RESIZE_PX"]
 
@@ -163,7 +162,7 @@ class TrainConfig:
         # the run's best checkpoint so far lives at its own --out: resumed elsewhere, the new --out would
         # be written only if a later epoch did better, and the run would report a file that is not there
         best = _best_of(self.resume) if self.resume else None
-        need(best is None or _same_location(self.resume, last_checkpoint_path(self.out)),
+        need(best is None or same_location(self.resume, last_checkpoint_path(self.out)),
              f"--resume {self.resume!r} continues the run whose --out is {best!r}; give that --out (not {self.out!r}), "
              "or start a new run from its weights with --finetune")
 
@@ -206,11 +205,6 @@ def learning_rate(step: int, *, base_lr: float, warmup_steps: int, total_steps: 
     u = 1.0 if decay_steps <= 0 else min(1.0, (step - warmup_steps) / decay_steps)
     low = min_ratio * base_lr
     return low + (base_lr - low) * 0.5 * (1.0 + math.cos(math.pi * u))
-
-
-def _same_location(a: str, b: str) -> bool:
-    local = not is_remote(a) and not is_remote(b)
-    return os.path.abspath(a) == os.path.abspath(b) if local else a.rstrip("/") == b.rstrip("/")
 
 
 def _best_of(last: str) -> str | None:
