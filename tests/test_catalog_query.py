@@ -61,6 +61,19 @@ def test_order_by_and_limit(catalog, full):
     assert dict(got.schema.metadata)[b"skymorph.model_sha256"].decode() == FAKE_MODEL_SHA256
 
 
+def test_user_sql_cannot_undo_the_cone_or_the_limit(catalog, full):
+    """A --where that closes its parentheses early would OR away the cone; a trailing comment in
+    --order-by would swallow the LIMIT after it."""
+    cone = (150.0, 2.0, 1200.0)
+    inside = query(catalog, cone=cone, columns=["object_id"]).num_rows
+    assert 0 < inside < len(full)
+    with pytest.raises(CatalogError, match=r"^--where is not a valid SQL expression: Parser Error: syntax error at or near \"\)\""):
+        query(catalog, cone=cone, where="1=1) OR (1=1")
+    assert query(catalog, cone=cone, where="1=1 -- every row", columns=["object_id"]).num_rows == inside
+    got = query(catalog, columns=["object_id"], order_by="bald_total DESC -- largest first", limit=3)
+    assert got["object_id"].to_pylist() == full.sort_values("bald_total", ascending=False).object_id.head(3).tolist()
+
+
 OUTSIDE = (151.3, 3.4, 200.0)  # north of the tiles (Dec 0.5-2.5): nothing there
 
 
@@ -221,7 +234,7 @@ def test_readers_see_the_pixels_of_partition_info(catalog, tmp_path):
     ("COPY catalog TO 'stolen.csv'", "--where is not a valid SQL expression: Parser Error"),
     # Parses and binds as a SELECT: only the locked configuration stops it.
     ("object_id IN (SELECT 1 FROM read_csv('/etc/passwd'))", "--where: Permission Error: Cannot access file \"/etc/passwd\""),
-    ("1=1); CREATE TABLE y AS (SELECT 1", "--where must be a single read-only SQL expression"),
+    ("1=1); CREATE TABLE y AS (SELECT 1", "--where is not a valid SQL expression: Parser Error"),
 ])
 def test_where_is_read_only(catalog, where, message, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -7,8 +7,8 @@ wheel and is downloaded from extensions.duckdb.org on first use, which clusters 
 this build machine) cannot reach, while s3fs is already how skymorph talks to S3 (same endpoint and
 credential rules, same ``storage_options``). DuckDB pushes projections and filters into both.
 
-User SQL (``--where``, ``--order-by``) runs on a locked connection: it is parsed first and must make
-exactly one SELECT statement; then ``enable_external_access`` is off (only the catalog's own part
+User SQL (``--where``, ``--order-by``) runs on a locked connection: ``--where`` must parse as one
+expression and each fragment must make exactly one SELECT statement; then ``enable_external_access`` is off (only the catalog's own part
 files are allowed) and the configuration is locked, so a fragment can neither write nor read other
 files nor undo that. A DuckDB error inside the connection leaves it as one
 :class:`~skymorph.errors.CatalogError`: naming the part file when one is unreadable, the user's option
@@ -259,6 +259,21 @@ class QueryPlan:
     sql: str
 
 
+def _check_expression(sql: str, what: str) -> None:
+    """A one-line error unless ``sql`` parses as exactly one SQL expression.
+
+    Spliced into the query, a fragment such as ``1=1) OR (1=1`` would otherwise close its parentheses
+    early and OR away the cone's condition. Each user fragment also ends a line in the query, so a
+    trailing ``-- comment`` cannot swallow what follows it (the LIMIT).
+    """
+    import duckdb
+
+    try:
+        duckdb.SQLExpression(sql)
+    except duckdb.Error as err:
+        raise CatalogError(f"{what} is not a valid SQL expression: {first_line(err)}") from None
+
+
 def plan_query(catalog: Catalog, where=None, columns=None, cone: Cone | None = None, order_by=None, limit=None) -> QueryPlan:
     """Build (without running) the query: selected partitions and SQL. Columns are checked here."""
     if limit is not None and (not isinstance(limit, int) or limit < 0):
@@ -270,12 +285,13 @@ def plan_query(catalog: Catalog, where=None, columns=None, cone: Cone | None = N
         pixels = tuple(cone.overlapping_pixels(catalog.pixels, catalog.order).tolist())
         conditions.append(cone.sql(catalog.order))
     if where:
-        conditions.append(f"({where})")
+        _check_expression(where, "--where")
+        conditions.append(f"(\n{where}\n)")
     sql = f"SELECT {select} FROM catalog"
     if conditions:
         sql += " WHERE " + " AND ".join(conditions)
     if order_by:
-        sql += f" ORDER BY {order_by}"
+        sql += f" ORDER BY {order_by}\n"
     if limit is not None:
         sql += f" LIMIT {int(limit)}"
     return QueryPlan(pixels=tuple(pixels), total_pixels=len(catalog.pixels), sql=sql)
@@ -284,9 +300,9 @@ def plan_query(catalog: Catalog, where=None, columns=None, cone: Cone | None = N
 def _validate_fragments(con, catalog: Catalog, where, order_by) -> None:
     # Each fragment is checked alone, so an error names the option that caused it.
     if where:
-        check_sql(con, f"SELECT * FROM catalog WHERE ({where})", catalog.columns, "--where")
+        check_sql(con, f"SELECT * FROM catalog WHERE (\n{where}\n)", catalog.columns, "--where")
     if order_by:
-        check_sql(con, f"SELECT * FROM catalog ORDER BY {order_by}", catalog.columns, "--order-by")
+        check_sql(con, f"SELECT * FROM catalog ORDER BY {order_by}\n", catalog.columns, "--order-by")
 
 
 def _prepare(url, where, columns, cone, order_by, limit, storage_options):
