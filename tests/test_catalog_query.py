@@ -289,11 +289,14 @@ def test_fits_and_votable_units(catalog, tmp_path, suffix):
     np.testing.assert_array_equal(np.sort(back["object_id"]), np.sort(table["object_id"].to_numpy()))
     if suffix == ".fits":
         assert back.meta["MODELSHA"] == FAKE_MODEL_SHA256
+        assert (back.meta["SAMPLES"], back.meta["SEED"]) == (open_catalog(catalog).metadata.samples, open_catalog(catalog).metadata.seed)
     else:
         from astropy.io.votable import parse
 
         params = {p.name: p.value for p in parse(out).get_first_table().params}
         assert params["MODELSHA"] == FAKE_MODEL_SHA256
+        assert (params["SAMPLES"], params["SEED"]) == (open_catalog(catalog).metadata.samples, open_catalog(catalog).metadata.seed)
+        assert FAKE_MODEL_SHA256 in back.meta["description"]
 
 
 def test_csv_and_parquet_round_trip(catalog, tmp_path):

@@ -1,8 +1,10 @@
 """Write query results and picked batches: CSV, Parquet, FITS or VOTable, chosen by file extension.
 
 FITS and VOTable go through an astropy Table with units on ``ra``/``dec`` (deg) and the model's
-provenance in its meta (VOTable: PARAMs) (``MODELSHA``: the model digest, ``SAMPLES``, ``SEED``, ``NVOLUNT``,
-``SCHEMA``, ``SMVERS``), so the file says which model made the numbers. Every output is written
+provenance in its meta (``MODELSHA``: the model digest, ``SAMPLES``, ``SEED``, ``NVOLUNT`` as integers,
+``SCHEMA``, ``SMVERS``), so the file says which model made the numbers: FITS header cards, or VOTable
+PARAMs and the table's DESCRIPTION (astropy's ``Table.read`` returns a VOTable's DESCRIPTION in ``meta``
+but not its PARAMs). Every output is written
 atomically (local temporary file and rename, or one S3 upload). :func:`export_reader` streams
 Parquet and CSV batch by batch, so their size is not bounded by memory; FITS and VOTable are built
 whole by astropy.
@@ -37,6 +39,7 @@ _FITS_META = {
     "skymorph.n_volunteers": "NVOLUNT",
     "skymorph.version": "SMVERS",
 }
+_INTEGER_CARDS = ("SAMPLES", "SEED", "NVOLUNT")
 
 
 def output_format(out: str) -> str:
@@ -52,6 +55,9 @@ def _provenance(metadata: dict | None) -> dict:
     text = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
             for k, v in (metadata or {}).items()}
     meta = {card: text[key] for key, card in _FITS_META.items() if key in text}
+    for card in _INTEGER_CARDS:
+        if card in meta and meta[card].lstrip("-").isdigit():
+            meta[card] = int(meta[card])
     if "skymorph.schema" in text:
         try:
             meta["SCHEMA"] = json.loads(text["skymorph.schema"]).get("name", "")
@@ -77,14 +83,19 @@ def to_astropy(table):
 
 
 def _write_votable(table, buffer) -> None:
-    """VOTable with the provenance as PARAMs of the table (astropy's writer drops ``meta``)."""
+    """VOTable with the provenance as PARAMs of the table and in its DESCRIPTION (astropy's writer
+    drops ``meta``)."""
     from astropy.io.votable import from_table, writeto
     from astropy.io.votable.tree import Param
 
     votable = from_table(table)
     first = votable.get_first_table()
     for key, value in table.meta.items():
-        first.params.append(Param(votable, name=key, value=str(value), datatype="char", arraysize="*"))
+        typed = {"datatype": "long"} if isinstance(value, int) else {"datatype": "char", "arraysize": "*"}
+        first.params.append(Param(votable, name=key, value=value if isinstance(value, int) else str(value), **typed))
+    if table.meta:
+        # Spaces around each value: astropy wraps the text, and a 64-character digest fits on a line.
+        first.description = "skymorph morphology catalog rows; " + ", ".join(f"{key} = {value}" for key, value in table.meta.items())
     writeto(votable, buffer)
 
 
