@@ -143,7 +143,6 @@ def _add_ingest_command(survey_sub) -> None:
 def _cmd_survey_ingest(args) -> int:
     from skymorph.survey.ingest import ingest, parse_label_map
 
-    _check_writable(args.out, "--out", args, directory=True)
     summary = ingest(
         args.catalog, args.out, args.size, bands=args.bands, stretch=args.stretch, tile_size=args.tile_size,
         id_column=args.id_column, label_question=args.label_question, label_map=parse_label_map(args.label_map),

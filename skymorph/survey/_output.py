@@ -17,21 +17,26 @@ import posixpath
 from skymorph import storage
 from skymorph.errors import InputError
 
-__all__ = ["SURVEY_FILES", "prepare_survey_out"]
+__all__ = ["SURVEY_FILES", "check_survey_out", "prepare_survey_out"]
 
 SURVEY_FILES = ("tiles.txt", "labels.parquet", "truth.parquet", "ingest_failures.csv")
 """What a survey writes at ``--out`` besides its tile stores ``tiles/*.zarr``."""
 
 
-def prepare_survey_out(out: str, overwrite: bool, storage_options: dict | None) -> None:
-    """Fail now, before any work, if ``out`` cannot be written or already holds survey outputs (unless
-    ``overwrite``, which removes them: :data:`SURVEY_FILES` and ``tiles/*.zarr``)."""
+def check_survey_out(out: str, storage_options: dict | None) -> None:
+    """Fail now, before reading any input, if ``out`` cannot be written: a local path that is a file or
+    not writable, or an S3 bucket that is missing or unreachable."""
     if storage.is_remote(out):
         # one request without retries: fs.exists() would answer "no bucket" for a down endpoint, after
         # s3fs's and botocore's retries (11-19 s)
         storage.check_bucket(out, "--out", storage_options)
     else:
         storage.check_writable(out, "--out", directory=True)
+
+
+def prepare_survey_out(out: str, overwrite: bool, storage_options: dict | None) -> None:
+    """After :func:`check_survey_out`: fail if ``out`` already holds survey outputs, unless
+    ``overwrite``, which removes them (:data:`SURVEY_FILES` and ``tiles/*.zarr``)."""
     fs, root = storage.filesystem(out, storage_options)
     fs.invalidate_cache(root)
     files = [f"{root}/{name}" for name in SURVEY_FILES if fs.isfile(f"{root}/{name}")]

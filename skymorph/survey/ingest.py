@@ -42,7 +42,7 @@ import numpy as np
 from skymorph.errors import InputError, first_line
 from skymorph.schema import get_schema
 from skymorph.storage import atomic_write_text, is_remote, join, read_bytes, write_parquet
-from skymorph.survey._output import prepare_survey_out
+from skymorph.survey._output import check_survey_out, prepare_survey_out
 from skymorph.tiles import MISSING_OBJECT_ID
 
 __all__ = ["ingest", "IngestSummary", "decode_image", "parse_label_map"]
@@ -240,6 +240,7 @@ def ingest(
                                            or not math.isfinite(pixel_scale_arcsec) or pixel_scale_arcsec <= 0):
         raise InputError(f"pixel_scale_arcsec (--pixel-scale-arcsec) must be a finite number > 0, got {pixel_scale_arcsec!r}; "
                          "leave it out when the scale is unknown")
+    check_survey_out(str(out), storage_options)
     table = _read_catalog(str(catalog_csv), id_column, storage_options)
     votes = _vote_columns(table, schema, label_question, label_map or {}) if label_question else {}
     prepare_survey_out(str(out), overwrite, storage_options)

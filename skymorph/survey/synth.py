@@ -27,7 +27,7 @@ from skymorph import storage
 from skymorph.errors import InputError
 from skymorph.schema import Schema, get_schema
 from skymorph.seeds import check_seed
-from skymorph.survey._output import prepare_survey_out
+from skymorph.survey._output import check_survey_out, prepare_survey_out
 
 __all__ = ["synthesize", "SynthSummary", "Footprint"]
 
@@ -248,6 +248,7 @@ def synthesize(
     schema = get_schema(schema)
     storage_options = dict(storage_options or {})
     out = str(out).rstrip("/") if storage.is_remote(out) else str(out)
+    check_survey_out(out, storage_options)
     prepare_survey_out(out, overwrite, storage_options)
 
     layout_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0,)))
