@@ -74,6 +74,17 @@ def test_user_sql_cannot_undo_the_cone_or_the_limit(catalog, full):
     assert got["object_id"].to_pylist() == full.sort_values("bald_total", ascending=False).object_id.head(3).tolist()
 
 
+@pytest.mark.parametrize(("order_by", "message"), [
+    ("bald_total DESC LIMIT 1", "--order-by holds more than an ORDER BY list (a LIMIT or OFFSET?)"),
+    ("bald_total OFFSET 380", "--order-by holds more than an ORDER BY list (a LIMIT or OFFSET?)"),
+    ("bald_total; DROP TABLE x", "--order-by must be a single ORDER BY list (no ';')"),
+    ("bald_total) (", "--order-by is not a valid ORDER BY list: Parser Error"),
+])
+def test_order_by_is_only_an_order_list(catalog, order_by, message):
+    with pytest.raises(CatalogError, match=re.escape(message)):
+        query(catalog, order_by=order_by)
+
+
 OUTSIDE = (151.3, 3.4, 200.0)  # north of the tiles (Dec 0.5-2.5): nothing there
 
 

@@ -274,6 +274,26 @@ def _check_expression(sql: str, what: str) -> None:
         raise CatalogError(f"{what} is not a valid SQL expression: {first_line(err)}") from None
 
 
+def _check_order_list(sql: str, what: str) -> None:
+    """A one-line error unless ``sql`` is an ORDER BY list and nothing more: a LIMIT or OFFSET spliced
+    in after it would cut the rows in a way no option shows (and clash with ``limit``)."""
+    import json
+
+    import duckdb
+
+    query = f"SELECT 1 ORDER BY {sql}\n"
+    try:
+        if len(duckdb.extract_statements(query)) != 1:
+            raise CatalogError(f"{what} must be a single ORDER BY list (no ';')")
+    except duckdb.Error as err:
+        raise CatalogError(f"{what} is not a valid ORDER BY list: {first_line(err)}") from None
+    with duckdb.connect() as con:
+        tree = json.loads(con.execute("SELECT json_serialize_sql(?)", [query]).fetchone()[0])
+    if tree.get("error") or any(m["type"] != "ORDER_MODIFIER" for m in tree["statements"][0]["node"]["modifiers"]):
+        raise CatalogError(f"{what} holds more than an ORDER BY list (a LIMIT or OFFSET?): give only the list, e.g. "
+                           "'bald_total DESC, object_id', and the row count as --limit")
+
+
 def plan_query(catalog: Catalog, where=None, columns=None, cone: Cone | None = None, order_by=None, limit=None) -> QueryPlan:
     """Build (without running) the query: selected partitions and SQL. Columns are checked here."""
     if limit is not None and (not isinstance(limit, int) or limit < 0):
@@ -291,6 +311,7 @@ def plan_query(catalog: Catalog, where=None, columns=None, cone: Cone | None = N
     if conditions:
         sql += " WHERE " + " AND ".join(conditions)
     if order_by:
+        _check_order_list(order_by, "--order-by")
         sql += f" ORDER BY {order_by}\n"
     if limit is not None:
         sql += f" LIMIT {int(limit)}"
