@@ -92,14 +92,14 @@ def main() -> int:
                   *(["--arch-params", args.arch_params] if args.arch_params else []), "--epochs", str(args.epochs), "--batch-size", "32",
                   "--lr", "2e-3", "--patience", str(args.epochs), "--threads", str(args.threads), "--max-minutes", str(args.max_minutes)]
     if cli.main(["train", "--tiles", str(gz2 / "tiles.txt"), "--labels", str(gz2 / "labels.parquet"), "--schema", "gz2",
-                 *train_args, "--out", str(ckpt)]) != 0:
+                 *train_args, "--out", str(ckpt), "--overwrite"]) != 0:
         return 1
     timings["train_minutes"] = (time.perf_counter() - t) / 60
     load_after = os.getloadavg()
 
     def accuracy_of(checkpoint: Path, out: Path):
         if cli.main(["evaluate", str(checkpoint), "--tiles", str(gz2 / "tiles.txt"), "--labels", str(gz2 / "labels.parquet"),
-                     "--out", str(out), "--threads", str(args.threads), *(["--tta"] if args.tta else [])]) != 0:
+                     "--out", str(out), "--threads", str(args.threads), *(["--tta"] if args.tta else []), "--overwrite"]) != 0:
             raise SystemExit(1)
         predictions = pq.read_table(out / "predictions.parquet").to_pandas()
         labels = pq.read_table(gz2 / "labels.parquet").to_pandas().set_index("object_id").loc[predictions["object_id"]]

@@ -54,11 +54,11 @@ def main() -> int:
     t1 = time.perf_counter()
     if cli.main(["train", "--tiles", str(survey / "tiles.txt"), "--labels", str(survey / "labels.parquet"), "--schema", "decals",
                  "--arch", "resnet_s", "--likelihood", args.likelihood, "--epochs", str(args.epochs), "--batch-size", "32",
-                 "--lr", "2e-3", "--patience", str(args.patience), "--threads", str(args.threads), "--out", str(ckpt)]) != 0:
+                 "--lr", "2e-3", "--patience", str(args.patience), "--threads", str(args.threads), "--out", str(ckpt), "--overwrite"]) != 0:
         return 1
     t2 = time.perf_counter()
     if cli.main(["evaluate", str(ckpt), "--tiles", str(survey / "tiles.txt"), "--labels", str(survey / "labels.parquet"),
-                 "--truth", str(survey / "truth.parquet"), "--out", str(evaluation), "--threads", str(args.threads)]) != 0:
+                 "--truth", str(survey / "truth.parquet"), "--out", str(evaluation), "--threads", str(args.threads), "--overwrite"]) != 0:
         return 1
     t3 = time.perf_counter()
     metrics = json.loads((evaluation / "metrics.json").read_text())

@@ -3,7 +3,9 @@
 Each subcommand parses its arguments and calls one public function of a package; logic lives there.
 Errors a user can fix (:class:`skymorph.errors.SkymorphError`; ``OSError``: missing or unwritable
 paths, unreachable schedulers or endpoints; botocore's errors: an unreachable S3 endpoint, missing
-credentials) print one line and exit 2. Outputs are checked for writability before the work starts.
+credentials) print one line and exit 2. Outputs are checked for writability before the work starts, and
+an output that exists is replaced only with ``--overwrite`` (as astropy's ``Table.write``): a trained
+model, the exported model a catalog was made with, or a user's own file is not lost to a typo.
 """
 
 from __future__ import annotations
@@ -42,6 +44,18 @@ def _check_writable(url: str | None, flag: str, args, *, directory: bool = False
 
         check_writable(url, flag, directory=directory)
         check_bucket(url, flag, _storage_options(args))
+
+
+def _check_new(urls, flag: str, args) -> None:
+    """Refuse, before the work, an output of ``urls`` (the files one flag writes) that exists, unless
+    ``--overwrite`` (:func:`skymorph.storage.check_new`)."""
+    from skymorph.storage import check_new
+
+    check_new(urls, flag, getattr(args, "overwrite", False), _storage_options(args))
+
+
+def _add_overwrite_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--overwrite", action="store_true", help=f"replace {what} (else an existing one is refused)")
 
 
 def _add_storage_option(parser: argparse.ArgumentParser) -> None:
@@ -187,6 +201,7 @@ def _add_train_commands(sub) -> None:
     train.add_argument("--max-minutes", type=float, help="stop after this much wall time, mid-epoch (then validate and save; --resume starts the next epoch)")
     train.add_argument("--stop-after-epochs", type=_positive_int, help="end this session after N epochs of the schedule; continue with --resume")
     train.add_argument("--drop-unmatched", action="store_true", help="train without labelled galaxies that have no image (default: error)")
+    _add_overwrite_option(train, "the checkpoints and metrics of an earlier run at --out (not with --resume, which continues them)")
     _add_storage_option(train)
     train.set_defaults(func=_cmd_train)
 
@@ -203,6 +218,7 @@ def _add_train_commands(sub) -> None:
     evaluate.add_argument("--threads", type=_positive_int, help="torch threads (default: torch's choice)")
     evaluate.add_argument("--drop-unmatched", action="store_true", help="score without labelled galaxies that have no image (default: error)")
     evaluate.add_argument("--tta", action="store_true", help="average over the 8 flips and quarter turns of each image")
+    _add_overwrite_option(evaluate, "the files of an earlier evaluation in --out")
     _add_storage_option(evaluate)
     evaluate.set_defaults(func=_cmd_evaluate)
 
@@ -219,6 +235,10 @@ def _cmd_train(args) -> int:
         max_minutes=args.max_minutes, stop_after_epochs=args.stop_after_epochs, drop_unmatched=args.drop_unmatched, storage_options=_storage_options(args),
     )
     _check_writable(args.out, "--out", args)
+    if args.resume is None:
+        from skymorph.trainer.loop import last_checkpoint_path
+
+        _check_new([args.out, last_checkpoint_path(args.out), f"{args.out}.metrics.json"], "--out", args)
     print(train(config))
     return 0
 
@@ -228,6 +248,10 @@ def _cmd_evaluate(args) -> int:
 
     options = _storage_options(args)
     _check_writable(args.out, "--out", args, directory=True)
+    from skymorph.storage import join
+    from skymorph.trainer.evaluate import OUTPUT_FILES
+
+    _check_new([join(args.out, name) for name in OUTPUT_FILES], "--out", args)
     report = evaluate(
         args.checkpoint, args.tiles, args.labels, args.out, samples=args.samples, seed=args.seed, split=args.split,
         truth=args.truth, threads=args.threads, drop_unmatched=args.drop_unmatched, tta=args.tta,
@@ -259,7 +283,7 @@ def _add_export_commands(sub) -> None:
     export.add_argument("--max-batch", type=_positive_int, default=1024, help="tensorrt: largest batch (default 1024)")
     export.add_argument("--timing-cache", metavar="FILE", help="tensorrt: kernel timing cache, read and updated")
     export.add_argument("--onnx-out", metavar="URL", help="tensorrt: where the ONNX model goes (default: --out with .onnx)")
-    export.add_argument("--overwrite", action="store_true", help="tensorrt: replace an existing ONNX model at the default --onnx-out")
+    _add_overwrite_option(export, "existing models at --out and (tensorrt) at --onnx-out or its default path")
     _add_storage_option(export)
     export.set_defaults(func=_cmd_export)
 
@@ -354,6 +378,7 @@ def _add_catalog_commands(sub) -> None:
     query.add_argument("--cone", nargs=3, type=float, metavar=("RA", "DEC", "RADIUS_ARCSEC"),
                        help="rows within RADIUS_ARCSEC of (RA, DEC), degrees ICRS")
     query.add_argument("--out", metavar="FILE", help="write all rows to .csv, .parquet, .fits, .vot or .xml")
+    _add_overwrite_option(query, "an existing --out file")
     _add_storage_option(query)
     query.set_defaults(func=_cmd_catalog_query)
 
@@ -368,6 +393,7 @@ def _add_catalog_commands(sub) -> None:
     pick.add_argument("--exclude", metavar="IDS", help="CSV or Parquet with an object_id column: never pick these")
     pick.add_argument("--out", required=True, metavar="FILE", help="subject manifest (.csv; or .parquet, .fits, .vot)")
     pick.add_argument("--gallery", metavar="PNG", help="also draw the picked galaxies and their posteriors")
+    _add_overwrite_option(pick, "existing --out and --gallery files")
     _add_storage_option(pick)
     pick.set_defaults(func=_cmd_catalog_pick)
 
@@ -392,6 +418,7 @@ def _cmd_catalog_query(args) -> int:
     if args.out:
         output_format(args.out)
         _check_writable(args.out, "--out", args)
+        _check_new([args.out], "--out", args)
     catalog = open_catalog(args.catalog, options)
     cone = Cone(*args.cone) if args.cone else None
     columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
@@ -422,9 +449,11 @@ def _cmd_catalog_pick(args) -> int:
     options = _storage_options(args)
     output_format(args.out)
     _check_writable(args.out, "--out", args)
+    _check_new([args.out], "--out", args)
     if args.gallery:
         check_png(args.gallery)
         _check_writable(args.gallery, "--gallery", args)
+        _check_new([args.gallery], "--gallery", args)
     catalog = open_catalog(args.catalog, options)
     batch = pick(catalog, args.n, question=args.question, strategy=args.strategy, **power,
                  exclude=args.exclude, storage_options=options)

@@ -111,7 +111,7 @@ def _catalog_tools(catalog: str, out_dir: str) -> None:
     for argv in (["catalog", "info", catalog],
                  ["catalog", "query", catalog, "--columns", "object_id,ra,dec,bald_total", "--where", "bald_total > 0",
                   "--limit", "5"],
-                 ["catalog", "pick", catalog, "--n", "50", "--out", batch]):
+                 ["catalog", "pick", catalog, "--n", "50", "--out", batch, "--overwrite"]):
         print(f"      $ skymorph {' '.join(argv)}", flush=True)
         if main(argv) != 0:
             raise SystemExit(f"demo: `skymorph {' '.join(argv)}` failed")

@@ -41,6 +41,7 @@ __all__ = [
     "strip_protocol",
     "check_writable",
     "check_bucket",
+    "check_new",
     "remote_error_message",
 ]
 
@@ -290,6 +291,18 @@ def parse_storage_options(text: str | None) -> dict:
         raise InputError(f"--storage-options must be a JSON object, got {type(options).__name__}")
     _check_option_endpoints(options, "--storage-options")
     return options
+
+
+def check_new(urls, what: str, overwrite: bool = False, storage_options: dict | None = None) -> None:
+    """Raise :class:`InputError` if one of ``urls`` (the files that the output ``what`` writes) exists,
+    unless ``overwrite``. As astropy's ``Table.write``: a trained model, the model a catalog was made
+    with, or a user's own file is replaced only when asked."""
+    if overwrite:
+        return
+    found = [str(url) for url in ([urls] if isinstance(urls, str) else urls) if exists(str(url), storage_options)]
+    if found:
+        more = f" (and {len(found) - 1} more of its files)" if len(found) > 1 else ""
+        raise InputError(f"{what} {found[0]!r} exists{more}; pass --overwrite to replace it, or choose another path")
 
 
 def check_writable(url: str, what: str, *, directory: bool = False) -> None:

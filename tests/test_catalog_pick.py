@@ -200,11 +200,15 @@ def test_gallery_from_tile_stores(synthetic, full, tmp_path, capsys, monkeypatch
                  "--gallery", str(png)]) == 0
     with Image.open(png) as image:
         assert image.format == "PNG" and image.size[0] > 300 and image.size[1] > 100
-    assert main(["catalog", "pick", synthetic.url, "--n", "5", "--out", str(tmp_path / "c.csv"), "--gallery", str(png)]) == 0
+    again = ["catalog", "pick", synthetic.url, "--n", "5", "--out", str(tmp_path / "c.csv"), "--gallery", str(png)]
+    assert main(again) == 2
+    assert capsys.readouterr().err == f"skymorph: error: --gallery {str(png)!r} exists; pass --overwrite to replace it, or choose another path\n"
+    assert not (tmp_path / "c.csv").exists()
+    assert main([*again, "--overwrite"]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == f"gallery -> {png}"
     # a gallery draws at most a page: say so (the module, which skymorph.catalog's gallery function shadows)
     monkeypatch.setattr(importlib.import_module("skymorph.catalog.gallery"), "MAX_GALAXIES", 4)
-    assert main(["catalog", "pick", synthetic.url, "--n", "5", "--out", str(tmp_path / "c.csv"), "--gallery", str(png)]) == 0
+    assert main([*again, "--overwrite"]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == f"gallery -> {png} (the first 4 of 5)"
 
 

@@ -226,3 +226,37 @@ def test_output_of_the_wrong_kind_is_refused(command, places, capsys):
     line = _one_line_error(capsys, main(argv))
     expected = "it is a file, not a directory" if command in DIRECTORY_OUTPUT else "it is a directory; give a file path"
     assert f"cannot write to {FLAG.get(command, '--out')} {out!r}: {expected}" in line
+
+
+# an existing file of each output, which only --overwrite replaces (ingest's rule is its own: test_ingest)
+EXISTING_FILE = {"train": "{out}.metrics.json", "evaluate": "{out}/metrics.json"}
+
+
+@pytest.mark.parametrize("command", [c for c in OUTPUT_COMMANDS if c != "ingest"])
+def test_an_existing_output_is_replaced_only_with_overwrite(command, places, capsys):
+    """export, train, evaluate, query and pick replaced what was there without a word: a trained model,
+    the model a catalog was made with, a labels table given as --out by mistake."""
+    out = os.path.join(places["tmp"], "out" + SUFFIX.get(command, ""))
+    existing = EXISTING_FILE.get(command, "{out}").replace("{out}", out)
+    os.makedirs(os.path.dirname(existing), exist_ok=True)
+    with open(existing, "w") as f:
+        f.write("precious")
+    argv = [a.replace("{out}", out).replace("{tmp}", places["tmp"]) for a in OUTPUT_COMMANDS[command]]
+    if command == "pick-gallery":  # the manifest is new; the gallery exists
+        argv = [a.replace(f"{places['tmp']}/b.csv", f"{places['tmp']}/new.csv") for a in argv]
+    line = _one_line_error(capsys, main(argv))
+    assert line == f"skymorph: error: {FLAG.get(command, '--out')} {existing!r} exists; pass --overwrite to replace it, or choose another path"
+    line = _one_line_error(capsys, main([*argv, "--overwrite"]))  # then a missing input (or TensorRT) stops it
+    assert ("nope" in line or "TensorRT is not installed" in line) and "exists" not in line
+    with open(existing) as f:
+        assert f.read() == "precious"
+
+
+def test_train_resume_continues_its_own_out(tmp_path, capsys):
+    """--resume writes over its run's files by design: no --overwrite needed, nor accepted as a reason."""
+    out = str(tmp_path / "m.ckpt")
+    for name in ("m.ckpt", "m.last.ckpt", "m.ckpt.metrics.json"):
+        (tmp_path / name).write_text("x")
+    line = _one_line_error(capsys, main(["train", "--tiles", f"{tmp_path}/nope.txt", "--labels", f"{tmp_path}/nope.parquet",
+                                         "--out", out, "--resume", str(tmp_path / "m.last.ckpt")]))
+    assert "exists" not in line

@@ -386,7 +386,7 @@ def test_cli_train_bad_labels_are_one_line_errors(tmp_path):
     assert cli.main(base + ["--labels", str(orphan), "--drop-unmatched"]) == 0
     _, meta, _ = load_checkpoint(str(tmp_path / "m.ckpt"))
     assert meta.provenance["n_train"] == 1 and meta.provenance["n_validation"] == 1
-    _expect_one_line_error(base + ["--labels", str(tmp_path / "missing.parquet")], "missing.parquet")
+    _expect_one_line_error(base + ["--labels", str(tmp_path / "missing.parquet"), "--overwrite"], "missing.parquet")
     _expect_one_line_error(["train", "--tiles", tiles, "--labels", labels, "--out", "x.ckpt", "--schema", "gz3"], "unknown schema 'gz3'")
 
 

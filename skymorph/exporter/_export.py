@@ -5,7 +5,7 @@ from __future__ import annotations
 from skymorph.errors import InputError
 from skymorph.exporter._onnx import DEFAULT_OPSET, ExportReport, check_arguments, check_not_input, export_onnx
 from skymorph.exporter._tensorrt import TensorRTReport, build_tensorrt, require_tensorrt
-from skymorph.storage import exists, same_location
+from skymorph.storage import check_new, exists, same_location
 
 __all__ = ["FORMATS", "PLAN_SUFFIXES", "export_checkpoint"]
 
@@ -34,8 +34,8 @@ def export_checkpoint(
     ``format="onnx"``: the ONNX model at ``out`` (:func:`export_onnx`); ``plan_report`` is None.
     ``format="tensorrt"``: ``out`` ends in ``.plan`` or ``.engine``; the ONNX model goes to ``onnx_out``
     (default: ``out`` with the suffix ``.onnx``) and the plan built from it (:func:`build_tensorrt`, fp16
-    if ``fp16``) to ``out``. An existing file at that default ONNX path is an :class:`InputError` unless
-    ``overwrite``: it was not named, so it may be another model. No output may be the checkpoint itself.
+    if ``fp16``) to ``out``. An output that exists is an :class:`InputError` unless ``overwrite``: it may be
+    the model a catalog was made with. No output may be the checkpoint itself.
     Every argument is checked before the checkpoint is read, and TensorRT's presence before the ONNX export.
     """
     if format not in FORMATS:
@@ -47,6 +47,8 @@ def export_checkpoint(
                 raise InputError(f"{flag} applies to --format tensorrt only; drop it to write the float32 ONNX model at --out")
         if str(out).endswith(PLAN_SUFFIXES):  # `run` would take it for a plan by its name
             raise InputError(f"--out {str(out)!r} names a TensorRT plan; add --format tensorrt to build one, or end it in .onnx")
+        check_not_input(checkpoint, out)
+        check_new(out, "--out", overwrite, storage_options)
         onnx_report = export_onnx(checkpoint, out, samples, seed, opset=opset, storage_options=storage_options)
         return onnx_report, None
     out = str(out)
@@ -69,6 +71,9 @@ def export_checkpoint(
             f"--out {out!r} also writes its ONNX model to {onnx_url!r}, which exists; move it away, "
             "name another path with --onnx-out, or pass --overwrite to replace it"
         )
+    check_new(out, "--out", overwrite, storage_options)
+    if onnx_out:
+        check_new(onnx_url, "--onnx-out", overwrite, storage_options)
     require_tensorrt()
     onnx_report = export_onnx(checkpoint, onnx_url, samples, seed, opset=opset, storage_options=storage_options)
     plan_report = build_tensorrt(

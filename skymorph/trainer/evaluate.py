@@ -37,10 +37,12 @@ from skymorph.errors import InputError
 from skymorph.storage import atomic_write_bytes, atomic_write_text, join, read_parquet, write_parquet
 from skymorph.trainer.data import positions
 
-__all__ = ["evaluate", "predict", "dihedral", "coverage", "EvaluationReport", "COVERAGE_LEVELS"]
+__all__ = ["evaluate", "predict", "dihedral", "coverage", "EvaluationReport", "COVERAGE_LEVELS", "OUTPUT_FILES"]
 
 COVERAGE_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 CONFIDENT = 0.8
+OUTPUT_FILES = ("predictions.parquet", "coverage.png", "predicted_vs_observed.png", "metrics.json")
+"""What :func:`evaluate` writes in ``out``, in that order (``metrics.json``, which says what the others are, last)."""
 
 
 @dataclass(frozen=True)
@@ -292,8 +294,8 @@ def evaluate(
     # others are, goes last: a failure leaves no half-written --out that looks complete
     coverage_bytes, scatter_bytes = _plots(fractions, table.votes, schema, cover)
     predictions = pa.table({"object_id": table.object_id, **summary})
-    metrics_path, coverage_png, scatter_png = (join(out, name) for name in ("metrics.json", "coverage.png", "predicted_vs_observed.png"))
-    write_parquet(predictions, join(out, "predictions.parquet"), storage_options)
+    predictions_path, coverage_png, scatter_png, metrics_path = (join(out, name) for name in OUTPUT_FILES)
+    write_parquet(predictions, predictions_path, storage_options)
     atomic_write_bytes(coverage_png, coverage_bytes, storage_options)
     atomic_write_bytes(scatter_png, scatter_bytes, storage_options)
     atomic_write_text(metrics_path, json.dumps(metrics, indent=1), storage_options)
