@@ -53,8 +53,9 @@ def test_info_values(catalog, full):
     assert summary.columns[:6] == ("object_id", "ra", "dec", "_healpix_29", "tile", "row")
     assert list(summary.columns[6:]) == posterior_columns(schema) == list(_summarize_columns(schema))
     assert len(summary.columns) == 6 + 34 * 4 + 2 * 10 + 1
-    assert (summary.model_sha256, summary.samples, summary.seed, summary.n_volunteers, summary.schema) == \
-        (FAKE_MODEL_SHA256, 30, 4, 40, "decals")
+    assert (summary.model_sha256, summary.samples, summary.seed, summary.n_volunteers, summary.schema, summary.likelihood) == \
+        (FAKE_MODEL_SHA256, 30, 4, 40, "decals", "multinomial")
+    assert "likelihood=multinomial" in str(summary)
     assert [(t, r) for t, _, r in summary.failed_tiles] == list(FAILED)
     bald = full.bald_total.values.astype(np.float64)
     assert summary.bald_min == pytest.approx(bald.min()) and summary.bald_max == pytest.approx(bald.max())

@@ -301,6 +301,7 @@ def test_fits_and_votable_units(catalog, tmp_path, suffix):
     if suffix == ".fits":
         assert back.meta["MODELSHA"] == FAKE_MODEL_SHA256
         assert (back.meta["SAMPLES"], back.meta["SEED"]) == (open_catalog(catalog).metadata.samples, open_catalog(catalog).metadata.seed)
+        assert back.meta["LIKELIHD"] == "multinomial"
     else:
         from astropy.io.votable import parse
 

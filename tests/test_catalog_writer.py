@@ -225,3 +225,12 @@ def test_foreign_entries_and_remove_catalog_on_s3_with_a_folder_marker(s3, s3_bu
     layout.remove_catalog(out)
     assert layout.foreign_entries(out) == ["notes.txt"] and read_text(f"{out}/notes.txt") == "x"
     assert not any(exists(f"{out}/{name}") for name in ("hats.properties", "dataset", "_skymorph"))
+
+
+def test_metadata_without_likelihood_reads_as_unrecorded():
+    """Catalogs written before skymorph.likelihood was recorded still open."""
+    kv = {k: v for k, v in _metadata().to_kv().items() if k != "skymorph.likelihood"}
+    assert CatalogMetadata.from_kv(kv).likelihood == ""
+    assert CatalogMetadata.from_kv({**kv, "skymorph.likelihood": "dirichlet_multinomial"}).likelihood == "dirichlet_multinomial"
+    with pytest.raises(CatalogError, match="likelihood must be one of multinomial, dirichlet_multinomial, got 'gauss'"):
+        CatalogMetadata.from_kv({**kv, "skymorph.likelihood": "gauss"})

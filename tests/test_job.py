@@ -111,7 +111,7 @@ def test_run_writes_the_exact_catalog_and_a_rerun_changes_nothing(s3_bucket, tin
     assert_exact(catalog, tiny_model, tiles)
 
     meta = layout.read_common_metadata(catalog)[1]
-    assert (meta.samples, meta.seed, meta.n_volunteers) == (4, 3, 40)
+    assert (meta.samples, meta.seed, meta.n_volunteers, meta.likelihood) == (4, 3, 40, "multinomial")
     assert json.loads(meta.schema_json)["name"] == SCHEMA
     manifest = json.loads(filesystem(layout.manifest_url(catalog))[0].cat_file(layout.manifest_url(catalog)))
     assert manifest["model_sha256"] == report.model_sha256 and len(manifest["ranges"]) == 6

@@ -2,7 +2,7 @@
 
 FITS and VOTable go through an astropy Table with units on ``ra``/``dec`` (deg) and the model's
 provenance in its meta (``MODELSHA``: the model digest, ``SAMPLES``, ``SEED``, ``NVOLUNT`` as integers,
-``SCHEMA``, ``SMVERS``), so the file says which model made the numbers: FITS header cards, or VOTable
+``SCHEMA``, ``LIKELIHD``, ``SMVERS``), so the file says which model made the numbers: FITS header cards, or VOTable
 PARAMs and the table's DESCRIPTION (astropy's ``Table.read`` returns a VOTable's DESCRIPTION in ``meta``
 but not its PARAMs). Every output is written
 atomically (local temporary file and rename, or one S3 upload). :func:`export_reader` streams
@@ -38,6 +38,7 @@ _FITS_META = {
     "skymorph.seed": "SEED",
     "skymorph.n_volunteers": "NVOLUNT",
     "skymorph.version": "SMVERS",
+    "skymorph.likelihood": "LIKELIHD",
 }
 _INTEGER_CARDS = ("SAMPLES", "SEED", "NVOLUNT")
 

@@ -93,6 +93,7 @@ class CatalogInfo:
     schema: str
     n_volunteers: int
     version: str
+    likelihood: str
     failed_tiles: tuple[tuple[str, str, str], ...]
     bald_min: float
     bald_mean: float
@@ -112,6 +113,7 @@ class CatalogInfo:
                 "seed": self.seed,
                 "schema": self.schema,
                 "n_volunteers": self.n_volunteers,
+                "likelihood": self.likelihood or None,
                 "skymorph_version": self.version,
             },
             "failed_tiles": [dict(zip(("tile", "stage", "reason"), f)) for f in self.failed_tiles],
@@ -132,7 +134,7 @@ class CatalogInfo:
             + (", ... (all of them: catalog info --json)" if len(self.columns) > 6 else ""),
             f"model        sha256 {self.model_sha256}",
             f"             T={self.samples} seed={self.seed} schema={self.schema} n_volunteers={self.n_volunteers}"
-            f" skymorph {self.version}",
+            f" likelihood={self.likelihood or 'unrecorded'} skymorph {self.version}",
             f"bald_total   min={self.bald_min:.4g} mean={self.bald_mean:.4g} max={self.bald_max:.4g}",
             f"             {quantiles}",
             f"failed tiles {len(self.failed_tiles)}",
@@ -173,6 +175,7 @@ def info(url: str, storage_options: dict | None = None) -> CatalogInfo:
         schema=schema.name,
         n_volunteers=catalog.metadata.n_volunteers,
         version=catalog.metadata.version,
+        likelihood=catalog.metadata.likelihood,
         failed_tiles=_failed_tiles(catalog),
         bald_min=float("nan") if low is None else float(low),
         bald_mean=float("nan") if mean is None else float(mean),

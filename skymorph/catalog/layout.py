@@ -89,7 +89,10 @@ METADATA_KEYS = (
     "skymorph.schema",
     "skymorph.version",
 )
-"""Parquet key-value metadata on ``_common_metadata`` and on every part file (DESIGN "Catalog")."""
+"""Parquet key-value metadata on ``_common_metadata`` and on every part file (DESIGN "Catalog"); also
+``skymorph.likelihood``, which catalogs written before it was recorded lack."""
+
+LIKELIHOODS = ("multinomial", "dirichlet_multinomial")
 
 _PROPERTIES = "hats.properties"
 _PARTITION_INFO = "partition_info.csv"
@@ -245,6 +248,8 @@ class CatalogMetadata:
     """What made the posterior columns: stored as ``skymorph.*`` Parquet key-value metadata.
 
     ``schema_json`` is :meth:`skymorph.schema.Schema.to_json` of the model's decision tree.
+    ``likelihood`` (``multinomial`` or ``dirichlet_multinomial``) says what the fractions and intervals
+    are posteriors of; ``""`` for a catalog written before it was recorded.
     """
 
     model_sha256: str
@@ -253,12 +258,15 @@ class CatalogMetadata:
     n_volunteers: int
     schema_json: str
     version: str
+    likelihood: str = ""
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[0-9a-f]{64}", self.model_sha256):
             raise CatalogError(f"model_sha256 must be 64 hex digits, got {self.model_sha256!r}")
         if self.samples < 1 or self.n_volunteers < 1:
             raise CatalogError(f"samples and n_volunteers must be positive, got {self.samples}, {self.n_volunteers}")
+        if self.likelihood not in ("", *LIKELIHOODS):
+            raise CatalogError(f"likelihood must be one of {', '.join(LIKELIHOODS)}, got {self.likelihood!r}")
         try:
             json.loads(self.schema_json)
         except json.JSONDecodeError as err:
@@ -279,6 +287,7 @@ class CatalogMetadata:
             "skymorph.n_volunteers": str(self.n_volunteers),
             "skymorph.schema": self.schema_json,
             "skymorph.version": self.version,
+            **({"skymorph.likelihood": self.likelihood} if self.likelihood else {}),
         }
 
     @classmethod
@@ -299,6 +308,7 @@ class CatalogMetadata:
                 n_volunteers=int(text["skymorph.n_volunteers"]),
                 schema_json=text["skymorph.schema"],
                 version=text["skymorph.version"],
+                likelihood=text.get("skymorph.likelihood", ""),
             )
         except ValueError as err:
             if isinstance(err, CatalogError):

@@ -435,7 +435,7 @@ def run_survey(config: RunConfig) -> RunReport:
 
     cat_meta = CatalogMetadata(model_sha256=model_sha256, samples=metadata.samples, seed=metadata.seed,
                                n_volunteers=config.n_volunteers, schema_json=metadata.schema.to_json(),
-                               version=__version__)
+                               version=__version__, likelihood=metadata.likelihood)
     schema = catalog_schema(_catalog_columns(metadata.schema, metadata.likelihood, config.n_volunteers), cat_meta)
     plan = _Plan(tiles, manifest, config.rows_per_task)
     nothing_to_do = not plan.has_work()

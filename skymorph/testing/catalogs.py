@@ -149,6 +149,7 @@ def write_synthetic_catalog(
         n_volunteers=n_volunteers,
         schema_json=schema_obj.to_json(),
         version="synthetic",
+        likelihood="multinomial",
     )
     arrow_schema = writer.catalog_schema(posterior_columns(schema_obj), metadata)
     workers = max(1, min(workers or os.cpu_count() or 1, n_tiles))
