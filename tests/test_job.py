@@ -325,6 +325,36 @@ def test_killing_a_worker_mid_job_still_gives_the_exact_catalog(s3_bucket, tiny_
     assert_exact(catalog, tiny_model, tiles)
 
 
+def test_a_lone_worker_restarted_by_its_nanny_finishes_the_job(s3_bucket, tiny_model, tmp_path):
+    """Every task left failed with "lost dependencies" when the job spec was data scattered to the
+    workers: it died with the only worker holding it, so a restarted worker could not run them."""
+    import threading
+
+    import psutil
+
+    from skymorph.inference.job import RunConfig, run_survey
+
+    tiles = make_tiles(s3_bucket, n_tiles=8, per_tile=128)
+    catalog = f"{s3_bucket}/catalog"
+    with dask_processes(str(tmp_path), [["--nthreads", "1"]]) as procs:
+        config = RunConfig(tiles=f"{s3_bucket}/tiles.txt", model=tiny_model, out=catalog, scheduler_file=procs.scheduler_file,
+                           rows_per_task=32, batch_size=32, catalog_order=3, progress=False)
+        outcome = {}
+        driver = threading.Thread(target=lambda: outcome.update(report=run_survey(config)), daemon=True)
+        driver.start()
+        wait_for(lambda: len(layout.list_parts(catalog)) >= 3, 120, "the first part files")
+        assert driver.is_alive(), "the job finished before the worker could be killed: make it slower"
+        [worker] = [child for child in psutil.Process(procs.workers[0].pid).children(recursive=True)
+                    if "spawn_main" in " ".join(child.cmdline())]  # the nanny's worker process
+        worker.kill()
+        driver.join(timeout=240)
+        assert not driver.is_alive()
+    report = outcome["report"]
+    assert report.ok, report.failures[:2]
+    assert report.total_rows == 8 * 128
+    assert_exact(catalog, tiny_model, tiles)
+
+
 def test_interrupted_driver_resumes_and_skips_finished_ranges(s3, s3_bucket, tiny_model, two_workers):
     from skymorph.catalog import layout
     from skymorph.catalog.writer import Manifest, read_manifest

@@ -349,9 +349,12 @@ def _run_tasks(config: RunConfig, client, job, resources, plan: _Plan, manifest,
 
     from skymorph.catalog.writer import ManifestJournal, RangeRecord
     from skymorph.inference.cluster import threads_by_host
-    from skymorph.inference.task import run_range
+    import uuid
 
-    [job_future] = client.scatter([job], broadcast=True)
+    from skymorph.inference.task import RunJob, run_job_range
+
+    job_name = f"skymorph-job-{uuid.uuid4().hex}"
+    client.register_plugin(RunJob(job, job_name))
     window = config.max_in_flight or max(4, 2 * sum(threads_by_host(client).values()))
     in_flight: dict = {}
     pending = as_completed()
@@ -362,7 +365,7 @@ def _run_tasks(config: RunConfig, client, job, resources, plan: _Plan, manifest,
         nonlocal skipped
         while len(in_flight) < window and (item := plan.next()) is not None:
             tile, start, stop = item
-            future = client.submit(run_range, job_future, tile, start, stop, pure=False, resources=resources)
+            future = client.submit(run_job_range, job_name, tile, start, stop, pure=False, resources=resources)
             in_flight[future.key] = item
             pending.add(future)
         # the plan skips tiles already done as it looks for work: they are finished tiles too
@@ -402,6 +405,7 @@ def _run_tasks(config: RunConfig, client, job, resources, plan: _Plan, manifest,
                 journal.flush()
                 last_flush = time.monotonic()
             submit_until_full()
+        client.unregister_worker_plugin(job_name)  # not on an interrupt: no scheduler call while stopping
     finally:
         journal.flush()
         bar.close()

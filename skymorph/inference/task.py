@@ -2,7 +2,11 @@
 
 An engine is loaded once per worker process (by the :class:`EngineCache` plugin when the worker
 starts, or on first use), kept on that plugin and looked up by the model's sha256 digest; a task
-carries only the model URL and digest, never the engine. :func:`run_range` opens the tile, reads
+carries only the model URL and digest, never the engine. The run's :class:`JobSpec` reaches the
+workers the same way, as a :class:`RunJob` plugin that :func:`run_job_range` looks up by name: the
+scheduler gives registered plugins to workers that join or restart later, while data scattered to the
+workers is lost with the last worker that held it (a restarted single worker would then fail every
+task left). :func:`run_range` opens the tile, reads
 chunk after chunk on a background thread while the engine runs on the current one, summarizes the
 posterior, writes the part files and returns small statistics, or a failure record (tile, stage,
 reason) for a bad tile. Transient storage errors (connection drops, 5xx, SlowDown) are retried with
@@ -26,8 +30,8 @@ from skymorph.catalog.layout import BASE_COLUMNS
 from skymorph.errors import InputError, ModelError, SkymorphError, TileError
 from skymorph.inference.cluster import usable_cores
 
-__all__ = ["ModelRef", "JobSpec", "EngineCache", "get_engine", "plan_ranges", "first_range_stop", "run_range",
-           "is_transient", "s3_retry_options"]
+__all__ = ["ModelRef", "JobSpec", "EngineCache", "RunJob", "get_engine", "plan_ranges", "first_range_stop", "run_range",
+           "run_job_range", "is_transient", "s3_retry_options"]
 
 @dataclass(frozen=True)
 class ModelRef:
@@ -131,6 +135,26 @@ class EngineCache(WorkerPlugin):
                     )
                 self.engines[ref.sha256] = engine
             return engine
+
+
+class RunJob(WorkerPlugin):
+    """One run's :class:`JobSpec` on every worker, present and future, under a name of its own (runs
+    sharing a scheduler do not replace each other's)."""
+
+    def __init__(self, job: JobSpec, name: str) -> None:
+        self.job = job
+        self.name = name
+
+
+def run_job_range(name: str, tile_url: str, start: int, stop: int | None) -> dict:
+    """:func:`run_range` with the job of the :class:`RunJob` plugin ``name`` on this worker."""
+    from distributed import get_worker
+
+    try:
+        job = get_worker().plugins[name].job
+    except (ValueError, KeyError) as err:  # ValueError: not inside a worker
+        raise RuntimeError(f"no {name} plugin on this worker; register RunJob(job, name) before submitting tasks") from err
+    return run_range(job, tile_url, start, stop)
 
 
 def get_engine(ref: ModelRef):
