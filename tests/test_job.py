@@ -355,7 +355,10 @@ def test_a_lone_worker_restarted_by_its_nanny_finishes_the_job(s3_bucket, tiny_m
     assert_exact(catalog, tiny_model, tiles)
 
 
-def test_interrupted_driver_resumes_and_skips_finished_ranges(s3, s3_bucket, tiny_model, two_workers):
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_interrupted_driver_resumes_and_skips_finished_ranges(s3, s3_bucket, tiny_model, two_workers, stop, tmp_path):
+    """SIGKILL leaves the driver lock, which the next run on this host takes over; SIGTERM (what scancel
+    and Kubernetes send) stops as Ctrl-C does: one line, exit 143, the lock released."""
     from skymorph.catalog import layout
     from skymorph.catalog.writer import Manifest, read_manifest
     from skymorph.inference.job import RunConfig, run_survey
@@ -366,18 +369,27 @@ def test_interrupted_driver_resumes_and_skips_finished_ranges(s3, s3_bucket, tin
     catalog = f"{s3_bucket}/catalog"
     args = ["--tiles", f"{s3_bucket}/tiles.txt", "--model", tiny_model, "--out", catalog,
             "--scheduler-file", scheduler_file, "--rows-per-task", "32", "--batch-size", "32", "--catalog-order", "3"]
-    driver = subprocess.Popen([sys.executable, "-m", "skymorph.cli", "run", *args], env={**os.environ, **s3.env},
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stderr = tmp_path / "driver.err"
+    with open(stderr, "w") as err:
+        driver = subprocess.Popen([sys.executable, "-m", "skymorph.cli", "run", *args], env={**os.environ, **s3.env},
+                                  stdout=subprocess.DEVNULL, stderr=err)
     try:
         manifest = wait_for(lambda: (m := read_manifest(catalog)) is not None and len(m.ranges) >= 4 and m, 120,
                              "a manifest with some finished ranges")
         assert driver.poll() is None, "the driver finished before it could be interrupted: make the job slower"
-        driver.kill()
-        driver.wait(timeout=30)
+        driver.send_signal(stop)
+        code = driver.wait(timeout=60)
     finally:
         if driver.poll() is None:
             driver.kill()
             driver.wait(timeout=30)
+    fs, _ = filesystem(catalog)
+    fs.invalidate_cache()
+    if stop == signal.SIGTERM:
+        assert code == 143 and stderr.read_text().splitlines()[-1] == "skymorph: terminated", stderr.read_text()
+        assert not fs.exists(layout.driver_lock_url(catalog))
+    else:
+        assert code == -signal.SIGKILL and fs.exists(layout.driver_lock_url(catalog))
     done_before = set(read_manifest(catalog).ranges)
     assert len(done_before) >= len(manifest.ranges) and len(done_before) < 8 * 4
 
