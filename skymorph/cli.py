@@ -528,6 +528,12 @@ def main(argv: list[str] | None = None) -> int:
         terminated = isinstance(err, _Terminated)
         print(f"skymorph: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
         return 143 if terminated else 130  # 128 + the signal, as the shell reports a process it killed
+    except BrokenPipeError:  # the reader left (`| head`): stop quietly, as Unix tools do on SIGPIPE
+        import os
+
+        # Python flushes stdout again at exit: point it at /dev/null so that flush cannot fail too
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except Exception as err:
         message = _environment_error(err, args)
         if message is None:

@@ -260,3 +260,12 @@ def test_train_resume_continues_its_own_out(tmp_path, capsys):
     line = _one_line_error(capsys, main(["train", "--tiles", f"{tmp_path}/nope.txt", "--labels", f"{tmp_path}/nope.parquet",
                                          "--out", out, "--resume", str(tmp_path / "m.last.ckpt")]))
     assert "exists" not in line
+
+
+def test_a_reader_that_leaves_early_stops_the_output_quietly(small_catalog):
+    """`skymorph catalog info CAT | head -1` said "skymorph: error: [Errno 32] Broken pipe"."""
+    proc = subprocess.Popen([sys.executable, "-m", "skymorph.cli", "catalog", "info", small_catalog],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # before the first line: every write fails
+    _, err = proc.communicate(timeout=60)
+    assert (proc.returncode, err.decode()) == (141, "")
