@@ -390,18 +390,22 @@ def read_tile_list(url: str, storage_options: dict | None = None) -> list[str]:
         raise InputError(f"tile list {url!r} is not a text file ({err.reason})") from err
     base = _list_dir(url)
     tiles: list[str] = []
-    seen: dict[str, int] = {}
+    seen: dict[str, tuple[int, str]] = {}
     for lineno, line in enumerate(text.splitlines(), start=1):
         entry = line.split("#", 1)[0].strip()
         if not entry:
             continue
         if any(ch.isspace() for ch in entry):
             raise InputError(f"tile list {url!r} line {lineno}: expected one tile URL, got {entry!r}")
-        if "://" not in entry and not os.path.isabs(entry):
-            entry = _resolve(base, entry)
-        if entry in seen:
-            raise InputError(f"tile list {url!r} line {lineno}: tile {entry!r} is already listed on line {seen[entry]}")
-        seen[entry] = lineno
+        if "://" not in entry:
+            entry = os.path.normpath(entry) if os.path.isabs(entry) else _resolve(base, entry)
+        # one store under two names (a symlink) would be classified twice: compare where they lead
+        key = entry if "://" in entry else os.path.realpath(entry)
+        if key in seen:
+            line, listed = seen[key]
+            same = f" ({listed!r}, the same store)" if listed != entry else ""
+            raise InputError(f"tile list {url!r} line {lineno}: tile {entry!r} is already listed on line {line}{same}")
+        seen[key] = (lineno, entry)
         tiles.append(entry)
     if not tiles:
         raise InputError(f"tile list {url!r} lists no tiles")

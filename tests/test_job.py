@@ -443,6 +443,17 @@ def test_run_config_rejects_bad_options(tmp_path):
         RunConfig(tiles="t.txt", model="m.onnx", out="c", scheduler_file=str(tmp_path / "none.json"))
 
 
+def test_local_out_and_model_are_made_absolute_for_workers_elsewhere(tmp_path, monkeypatch):
+    """A relative --out sent the part files of external workers into their own working directory."""
+    from skymorph.inference.job import RunConfig
+
+    monkeypatch.chdir(tmp_path)
+    config = RunConfig(tiles="t.txt", model="m.onnx", out="cat", scheduler="tcp://127.0.0.1:1")
+    assert (config.model, config.out) == (str(tmp_path / "m.onnx"), str(tmp_path / "cat"))
+    remote = RunConfig(tiles="t.txt", model="s3://b/m.onnx", out="s3://b/cat")
+    assert (remote.model, remote.out) == ("s3://b/m.onnx", "s3://b/cat")
+
+
 def test_job_spec_rejects_no_attempts():
     from skymorph.errors import InputError
     from skymorph.inference.task import JobSpec, ModelRef

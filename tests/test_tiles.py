@@ -278,6 +278,12 @@ def test_read_tile_list_errors_name_file_and_line(tmp_path):
     path.write_text("a.zarr\n\na.zarr\n")
     with pytest.raises(InputError, match=r"line 3: .*already listed on line 1"):
         read_tile_list(str(path))
+    (tmp_path / "a.zarr").mkdir()
+    os.symlink(tmp_path / "a.zarr", tmp_path / "link.zarr")
+    for alias in (f"{tmp_path}/sub/../a.zarr", f"{tmp_path}/link.zarr"):  # one store under another name
+        path.write_text(f"a.zarr\n{alias}\n")
+        with pytest.raises(InputError, match=r"line 2: .*already listed on line 1"):
+            read_tile_list(str(path))
     path.write_text("# nothing\n\n")
     with pytest.raises(InputError, match="lists no tiles"):
         read_tile_list(str(path))

@@ -71,6 +71,10 @@ class RunConfig:
         for name in ("tiles", "model", "out"):
             if not str(getattr(self, name) or "").strip():
                 raise InputError(f"--{name} is required")
+            if name != "tiles" and "://" not in str(getattr(self, name)):
+                # workers of another scheduler have other working directories: a relative --out
+                # would put their part files there (the tile list's entries are resolved already)
+                object.__setattr__(self, name, os.path.abspath(os.path.expanduser(str(getattr(self, name)))))
         for name in ("batch_size", "rows_per_task", "n_volunteers", "threads_per_worker"):
             if int(getattr(self, name)) < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
