@@ -297,11 +297,16 @@ def test_fits_and_votable_units(catalog, tmp_path, suffix):
     assert main(["catalog", "query", catalog, "--cone", "150", "2", "900", "--columns", ",".join(COLUMNS), "--out", out]) == 0
     back = Table.read(out, format="fits" if suffix == ".fits" else "votable")
     assert str(back["ra"].unit) == "deg" and str(back["dec"].unit) == "deg"
+    # Column descriptions, though DuckDB drops the catalog's field metadata: made again from the names.
+    assert back["dec"].description == "Declination, ICRS."
+    assert back["bar_bald"].description.startswith("BALD (Walmsley et al. 2020)") and back["bar_bald"].unit is None
+    assert back["bald_total"].description == "Sum over questions q of q_asked x q_bald, in nats."
     np.testing.assert_array_equal(np.sort(back["object_id"]), np.sort(table["object_id"].to_numpy()))
     if suffix == ".fits":
         assert back.meta["MODELSHA"] == FAKE_MODEL_SHA256
         assert (back.meta["SAMPLES"], back.meta["SEED"]) == (open_catalog(catalog).metadata.samples, open_catalog(catalog).metadata.seed)
         assert back.meta["LIKELIHD"] == "multinomial"
+        assert back.meta[f"TCOMM{COLUMNS.index('tile') + 1}"] == "URL of the tile store that holds the galaxy's image."
     else:
         from astropy.io.votable import parse
 
@@ -309,6 +314,21 @@ def test_fits_and_votable_units(catalog, tmp_path, suffix):
         assert params["MODELSHA"] == FAKE_MODEL_SHA256
         assert (params["SAMPLES"], params["SEED"]) == (open_catalog(catalog).metadata.samples, open_catalog(catalog).metadata.seed)
         assert FAKE_MODEL_SHA256 in back.meta["description"]
+        field = parse(out).get_first_table().get_field_by_id("row")
+        assert field.description == "Index of the galaxy's image in its tile store." and field.unit is None
+
+
+def test_fits_descriptions_of_every_posterior_column(catalog, tmp_path):
+    from astropy.table import Table
+
+    out = str(tmp_path / "rows.fits")
+    assert main(["catalog", "query", catalog, "--limit", "3", "--out", out]) == 0
+    back = Table.read(out)
+    assert all(back[name].description for name in back.colnames)
+    assert back["bar_strong_fraction_q95"].description.startswith(
+        "95% quantile of the vote fraction k/N (N = 40 volunteers asked the question) under the posterior predictive")
+    assert "asked this question who give this answer" in back["bar_strong_fraction"].description
+    assert back["bar_asked"].description.startswith("Predicted share of volunteers who would be asked this question")
 
 
 def test_csv_and_parquet_round_trip(catalog, tmp_path):
@@ -319,6 +339,8 @@ def test_csv_and_parquet_round_trip(catalog, tmp_path):
     export_table(table, str(tmp_path / "rows.parquet"))
     csv = pd.read_csv(tmp_path / "rows.csv")
     parquet = pq.read_table(tmp_path / "rows.parquet").to_pandas()
+    field = pq.read_schema(tmp_path / "rows.parquet").field("ra")
+    assert field.metadata == {b"description": b"Right ascension, ICRS.", b"unit": b"deg"}
     np.testing.assert_array_equal(csv.object_id, table["object_id"].to_numpy())
     np.testing.assert_allclose(csv.ra, table["ra"].to_numpy())
     assert parquet.equals(table.to_pandas())
@@ -347,6 +369,7 @@ def test_streamed_output_equals_the_query_batch_by_batch(catalog, tmp_path, wher
     with fs.open(root, "rb") as fh:
         written = pq.ParquetFile(fh)
         assert written.metadata.num_row_groups > 1  # written batch by batch, not as one table
+        assert written.schema_arrow.field("bald_total").metadata[b"description"].endswith(b"in nats.")
         assert written.read().to_pandas().equals(table.to_pandas())
     with filesystem(f"{out_dir}/rows.csv")[0].open(filesystem(f"{out_dir}/rows.csv")[1], "rb") as fh:
         csv = pd.read_csv(fh)

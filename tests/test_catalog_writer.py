@@ -15,10 +15,13 @@ from skymorph.catalog.writer import (
     RangeRecord,
     build_part_table,
     catalog_schema,
+    column_metadata,
+    describe_schema,
     finish_catalog,
     healpix_29,
     ManifestJournal,
     read_manifest,
+    write_failures,
     write_manifest,
     write_part,
 )
@@ -124,6 +127,54 @@ def test_catalog_opens_in_hats_and_lsdb_with_every_row_once(tmp_path):
     part = layout.list_parts(catalog)[0]
     assert CatalogMetadata.from_kv(pq.read_schema(part.url).metadata) == _metadata()
     assert layout.read_partition_info(catalog) == [(ORDER, p) for p in sorted(pixels)]
+
+
+def test_every_column_says_what_it_holds(tmp_path):
+    catalog = str(tmp_path / "cat")
+    _write_catalog(catalog, np.random.default_rng(0))
+    schema, _ = layout.read_common_metadata(catalog)
+    part = pq.read_schema(layout.list_parts(catalog)[0].url)  # the same columns; their meanings once, here
+    assert part.equals(schema) and all(f.metadata is None for f in part)
+    meta = {f.name: {k.decode(): v.decode() for k, v in f.metadata.items()} for f in schema}
+    assert meta["ra"] == {"description": "Right ascension, ICRS.", "unit": "deg"} and meta["dec"]["unit"] == "deg"
+    assert [name for name, m in meta.items() if "unit" in m] == ["ra", "dec"]
+    assert all(set(m) <= {"description", "unit"} and m["description"].endswith(".") for m in meta.values())
+    assert meta["_healpix_29"]["description"] == "HEALPix nested index of (ra, dec) at order 29 (the HATS spatial index)."
+    assert meta["smooth_yes_fraction"]["description"] == (
+        "Posterior-mean vote fraction: the share of volunteers asked this question who give this answer.")
+    assert "product of the fractions of the answers leading to it" in meta["smooth_asked"]["description"]
+    assert "largest mutual information" in meta["smooth_bald"]["description"]
+    assert meta["bald_total"]["description"] == "Sum over questions q of q_asked x q_bald, in nats."
+    assert column_metadata("smooth_yes_fraction_q05", 40)["description"].startswith(
+        "5% quantile of the vote fraction k/N (N = 40 volunteers asked the question) under the posterior predictive")
+    assert "(N volunteers asked" in column_metadata("smooth_yes_fraction_std")["description"]
+    assert column_metadata("rank") == {}
+    # Deterministic: a resumed job's schema, described, equals the stored one, field metadata included.
+    assert describe_schema(catalog_schema(COLUMNS, _metadata())).equals(schema, check_metadata=True)
+
+
+def test_a_catalog_without_field_metadata_reads_and_a_rerun_adds_it(tmp_path):
+    import pyarrow as pa
+
+    from skymorph.catalog import query
+    from skymorph.inference.job import _finished
+    from skymorph.storage import atomic_write_bytes
+
+    catalog = str(tmp_path / "cat")
+    manifest, _, _ = _write_catalog(catalog, np.random.default_rng(0))
+    write_failures(catalog, [])
+    schema, _ = layout.read_common_metadata(catalog)
+    assert _finished(catalog, manifest, schema, {}) == 500
+    # As written before descriptions: no field metadata in _common_metadata.
+    bare = pa.schema([f.remove_metadata() for f in schema], metadata=schema.metadata)
+    buffer = pa.BufferOutputStream()
+    pq.write_metadata(bare, buffer)
+    atomic_write_bytes(layout.common_metadata_url(catalog), buffer.getvalue().to_pybytes())
+    assert query(catalog, where="smooth_bald >= 0").num_rows == 500
+    # The rerun of a finished job sees a stale _common_metadata and its finish step rewrites it.
+    assert _finished(catalog, manifest, schema, {}) is None
+    finish_catalog(catalog, manifest, schema, CatalogProperties(catalog_name="toy", total_rows=0, order=ORDER))
+    assert _finished(catalog, manifest, schema, {}) == 500
 
 
 def test_finish_removes_parts_no_finished_range_owns(tmp_path):

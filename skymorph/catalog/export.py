@@ -1,6 +1,9 @@
 """Write query results and picked batches: CSV, Parquet, FITS or VOTable, chosen by file extension.
 
-FITS and VOTable go through an astropy Table with units on ``ra``/``dec`` (deg) and the model's
+Every format but CSV says what each column means (:func:`skymorph.catalog.writer.describe_schema`;
+``deg`` on ``ra``/``dec``): Arrow field metadata ``description`` and ``unit`` in Parquet, ``TUNITn`` and
+``TCOMMn`` cards (besides astropy's own YAML comment cards) in FITS, ``FIELD`` ``unit`` and
+``DESCRIPTION`` in VOTable. FITS and VOTable go through an astropy Table with the model's
 provenance in its meta (``MODELSHA``: the model digest, ``SAMPLES``, ``SEED``, ``NVOLUNT`` as integers,
 ``SCHEMA``, ``LIKELIHD``, ``SMVERS``), so the file says which model made the numbers: FITS header cards, or VOTable
 PARAMs and the table's DESCRIPTION (astropy's ``Table.read`` returns a VOTable's DESCRIPTION in ``meta``
@@ -17,9 +20,10 @@ import json
 
 import numpy as np
 
+from skymorph.catalog.writer import describe_schema
 from skymorph.errors import InputError
 
-__all__ = ["FORMATS", "UNITS", "output_format", "to_astropy", "export_table", "export_reader", "format_terminal"]
+__all__ = ["FORMATS", "output_format", "to_astropy", "export_table", "export_reader", "format_terminal"]
 
 FORMATS = {
     ".csv": "csv",
@@ -30,7 +34,6 @@ FORMATS = {
     ".vot": "votable",
     ".xml": "votable",
 }
-UNITS = {"ra": "deg", "dec": "deg"}
 
 _FITS_META = {
     "skymorph.model_sha256": "MODELSHA",
@@ -68,19 +71,31 @@ def _provenance(metadata: dict | None) -> dict:
 
 
 def to_astropy(table):
-    """An ``astropy.table.Table`` of a pyarrow ``table``: units on ra/dec, provenance in ``meta``."""
+    """An ``astropy.table.Table`` of a pyarrow ``table``: column descriptions and units (ra/dec in deg)
+    as in :func:`skymorph.catalog.writer.describe_schema`, provenance in ``meta``."""
     import astropy.units as u
     from astropy.table import Table
 
-    result = Table(meta=_provenance(table.schema.metadata))
-    for name in table.column_names:
-        values = table.column(name).to_numpy(zero_copy_only=False)
+    schema = describe_schema(table.schema)
+    result = Table(meta=_provenance(schema.metadata))
+    for field in schema:
+        values = table.column(field.name).to_numpy(zero_copy_only=False)
         if values.dtype == object:
             values = np.asarray(["" if v is None else str(v) for v in values], dtype=str)
-        result[name] = values
-        if name in UNITS:
-            result[name].unit = u.Unit(UNITS[name])
+        result[field.name] = values
+        meta = {k.decode(): v.decode() for k, v in (field.metadata or {}).items()}
+        result[field.name].description = meta.get("description")
+        if "unit" in meta:
+            result[field.name].unit = u.Unit(meta["unit"])
     return result
+
+
+def _write_fits(table, buffer) -> None:
+    """FITS with each column's description also in a ``TCOMMn`` card (the HEASARC convention, which
+    TOPCAT reads): astropy writes descriptions only into its own YAML comment cards."""
+    table = table.copy(copy_data=False)
+    table.meta.update({f"TCOMM{i}": c.description for i, c in enumerate(table.itercols(), 1) if c.description})
+    table.write(buffer, format="fits")
 
 
 def _write_votable(table, buffer) -> None:
@@ -106,7 +121,9 @@ def export_table(table, out: str, storage_options: dict | None = None) -> str:
 
     fmt = output_format(out)
     if fmt == "parquet":
-        write_parquet(table, out, storage_options)
+        import pyarrow as pa
+
+        write_parquet(pa.Table.from_arrays(table.columns, schema=describe_schema(table.schema)), out, storage_options)
         return fmt
     buffer = io.BytesIO()
     if fmt == "csv":
@@ -122,7 +139,7 @@ def export_table(table, out: str, storage_options: dict | None = None) -> str:
             # astropy warns that long column names need HIERARCH cards; that is what we want.
             warnings.simplefilter("ignore", AstropyWarning)
             if fmt == "fits":
-                to_astropy(table).write(buffer, format="fits")
+                _write_fits(to_astropy(table), buffer)
             else:
                 _write_votable(to_astropy(table), buffer)
     atomic_write_bytes(out, buffer.getvalue(), storage_options)
@@ -147,7 +164,7 @@ def export_reader(reader, out: str, storage_options: dict | None = None) -> tupl
         if fmt == "parquet":
             import pyarrow.parquet as pq
 
-            writer = pq.ParquetWriter(path, reader.schema)
+            writer = pq.ParquetWriter(path, describe_schema(reader.schema))
         else:
             import pyarrow.csv as pcsv
 

@@ -33,7 +33,9 @@ from skymorph.storage import atomic_write_bytes, atomic_write_text, filesystem, 
 
 __all__ = [
     "healpix_29",
+    "column_metadata",
     "catalog_schema",
+    "describe_schema",
     "build_part_table",
     "write_part",
     "RangeRecord",
@@ -48,6 +50,33 @@ __all__ = [
 ]
 
 _COMPRESSION = "zstd"
+
+# What each column means, as Arrow field metadata (``description``, ``unit``) in ``_common_metadata`` (the
+# schema HATS readers take; not in every part, where 163 descriptions would add ~40 KB to each footer)
+# and in query outputs; the quantities are skymorph.posterior's. Posterior columns are told apart by
+# their suffix, the longest first. {n} is "N = <n_volunteers>", or "N" where that is unknown.
+_BASE_DESCRIPTIONS = {
+    "object_id": "Object identifier, from the tile store's object_id array.",
+    "ra": "Right ascension, ICRS.",
+    "dec": "Declination, ICRS.",
+    layout.SPATIAL_INDEX_COLUMN: "HEALPix nested index of (ra, dec) at order 29 (the HATS spatial index).",
+    "tile": "URL of the tile store that holds the galaxy's image.",
+    "row": "Index of the galaxy's image in its tile store.",
+    "bald_total": "Sum over questions q of q_asked x q_bald, in nats.",
+}
+_UNITS = {"ra": "deg", "dec": "deg"}
+_SPREAD = (" of the vote fraction k/N ({n} volunteers asked the question) under the posterior predictive: "
+           "the model's uncertainty plus counting noise.")
+_SUFFIX_DESCRIPTIONS = (
+    ("_fraction_std", "Standard deviation" + _SPREAD),
+    ("_fraction_q05", "5% quantile" + _SPREAD),
+    ("_fraction_q95", "95% quantile" + _SPREAD),
+    ("_fraction", "Posterior-mean vote fraction: the share of volunteers asked this question who give this answer."),
+    ("_asked", "Predicted share of volunteers who would be asked this question: the product of the fractions "
+               "of the answers leading to it (1 at the root)."),
+    ("_bald", "BALD (Walmsley et al. 2020): the largest mutual information between an answer's vote count and "
+              "the model's sample over this question's answers, in nats."),
+)
 
 
 def healpix_29(ra_deg: np.ndarray, dec_deg: np.ndarray) -> np.ndarray:
@@ -66,10 +95,21 @@ def healpix_29(ra_deg: np.ndarray, dec_deg: np.ndarray) -> np.ndarray:
     return nested.lonlat_to_healpix(lon, lat, layout.SPATIAL_INDEX_ORDER).astype(np.int64)
 
 
+def column_metadata(name: str, n_volunteers: int | None = None) -> dict[str, str]:
+    """What catalog column ``name`` holds, from its name: ``{"description": ...}`` plus ``"unit"``
+    (astropy's string) where it has one; ``{}`` for a name that is no catalog column's.
+    ``n_volunteers`` is the catalog's N, named in the descriptions of the vote-fraction spreads."""
+    description = _BASE_DESCRIPTIONS.get(name) or next((text for suffix, text in _SUFFIX_DESCRIPTIONS if name.endswith(suffix)), None)
+    if description is None:
+        return {}
+    meta = {"description": description.format(n="N" if n_volunteers is None else f"N = {n_volunteers}")}
+    return meta | ({"unit": _UNITS[name]} if name in _UNITS else {})
+
+
 def catalog_schema(posterior_columns, metadata: CatalogMetadata):
     """The catalog's Arrow schema: :data:`layout.BASE_COLUMNS` then ``posterior_columns`` (float32, in
     the order :func:`skymorph.posterior.summarize` returns them), with ``metadata`` as key-value
-    metadata."""
+    metadata (the parts' schema; :func:`describe_schema` adds what each column means)."""
     import pyarrow as pa
 
     base = [
@@ -85,6 +125,17 @@ def catalog_schema(posterior_columns, metadata: CatalogMetadata):
         raise CatalogError(f"posterior columns {sorted(clash)} clash with the catalog's base columns")
     fields = base + [pa.field(name, pa.float32()) for name in posterior_columns]
     return pa.schema(fields, metadata=metadata.to_kv())
+
+
+def describe_schema(schema):
+    """``schema`` with field metadata ``description`` (and ``unit``) on every catalog column: a field's
+    own, else :func:`column_metadata` of its name, with N from the ``skymorph.n_volunteers`` key (query
+    results come from DuckDB, which keeps no field metadata)."""
+    import pyarrow as pa
+
+    n = (schema.metadata or {}).get(b"skymorph.n_volunteers", b"")
+    n = int(n) if n.isdigit() else None
+    return pa.schema([f if f.metadata else f.with_metadata(column_metadata(f.name, n)) for f in schema], metadata=schema.metadata)
 
 
 def build_part_table(schema, object_id, ra, dec, tile: str, start: int, posterior: dict):
@@ -362,7 +413,7 @@ def finish_catalog(catalog: str, manifest: Manifest, schema, properties: Catalog
     pixels = tuple(sorted({p.npix for p in keep}))
 
     buffer = io.BytesIO()
-    pq.write_metadata(schema, buffer)
+    pq.write_metadata(describe_schema(schema), buffer)
     atomic_write_bytes(layout.common_metadata_url(catalog), buffer.getvalue(), storage_options)
     layout.write_partition_info(catalog, manifest.order, pixels, storage_options)
     layout.write_properties(catalog, replace(properties, total_rows=total, order=manifest.order), storage_options)

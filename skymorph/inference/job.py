@@ -287,6 +287,7 @@ def _finished(catalog: str, manifest, schema, options: dict) -> int | None:
     never the parts, so a rerun of a finished job stays cheap; a damaged or stale metadata file (a
     truncated ``_common_metadata``, garbage in ``partition_info.csv``) makes the rerun repair it.
     """
+    from skymorph.catalog.writer import describe_schema
     from skymorph.storage import exists
 
     if not exists(layout.failures_url(catalog), options):
@@ -301,7 +302,7 @@ def _finished(catalog: str, manifest, schema, options: dict) -> int | None:
     if (properties.order != manifest.order
             or properties.total_rows != sum(record.rows for record in records)
             or sorted(pixels) != sorted({(manifest.order, npix) for r in records for npix, _, _ in r.parts})
-            or not stored_schema.equals(schema, check_metadata=True)):
+            or not stored_schema.equals(describe_schema(schema), check_metadata=True)):
         return None
     return properties.total_rows
 
