@@ -267,6 +267,29 @@ def test_bad_inputs_raise_one_line_input_errors(call, message):
     assert message in str(info.value) and "\n" not in str(info.value)
 
 
+def test_multinomial_samples_must_sum_to_one_within_each_question():
+    # 0.9 for every answer (sigmoid-like) used to summarize to fractions of 0.9; the worst question is the
+    # one with the most answers, spiral_arm_count: 6 x 0.9.
+    with pytest.raises(InputError) as info:
+        summarize(np.full((1, 4, 34), 0.9), "decals")
+    message = str(info.value)
+    assert "question 'spiral_arm_count' sum to 5.4 over its answers (at samples[0, 0])" in message
+    assert "sigmoid outputs or answer columns in another order" in message and "\n" not in message
+    p = _probabilities(np.random.default_rng(5), 3, 5, with_extremes=False).astype(np.float32)
+    bad = p.copy()
+    bad[2, 4, DECALS.question_slices[3]] *= 0.5
+    with pytest.raises(InputError, match=rf"question '{DECALS.question_names[3]}' sum to 0.5 .*at samples\[2, 4\]"):
+        summarize(bad, DECALS)
+    for call in (lambda x: count_log_pmf(x, DECALS), lambda x: expected_fraction(x, DECALS)):
+        with pytest.raises(InputError, match="answers in the order of schema 'decals'"):
+            call(np.roll(p, 1, axis=-1))  # answer columns shifted by one
+    # Rounding well beyond float32's (an fp16 softmax is off by < 1e-3) passes, the samples taken as given.
+    scaled = summarize(p * np.float32(0.996), DECALS)["bar_strong_fraction"]
+    np.testing.assert_allclose(scaled, 0.996 * summarize(p, DECALS)["bar_strong_fraction"], rtol=1e-6)
+    # Concentrations are not normalised: only their sign is checked.
+    assert summarize(np.full((1, 4, 34), 0.9), "decals", "dirichlet_multinomial")["bar_strong_fraction"][0] > 0
+
+
 def test_the_most_volunteers_allowed_still_summarize():
     from skymorph.posterior import MAX_VOLUNTEERS
 
