@@ -91,6 +91,9 @@ def test_info_on_s3(catalog, s3_bucket):
 def test_not_a_catalog(tmp_path, capsys):
     with pytest.raises(CatalogError, match="is not a catalog"):
         open_catalog(str(tmp_path))
+    (tmp_path / "rows.csv").write_text("object_id\n1\n")  # it said "[Errno 20] Not a directory"
+    with pytest.raises(CatalogError, match=r"rows.csv' is a file, not a catalog \(a directory that `skymorph run` writes\)$"):
+        open_catalog(str(tmp_path / "rows.csv"))
     (tmp_path / "hats.properties").write_text("obs_collection=x\nhats_nrows=3\n")
     (tmp_path / "partition_info.csv").write_text("Norder,Npix\n")
     with pytest.raises(CatalogError, match="not a skymorph catalog"):

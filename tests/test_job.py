@@ -243,6 +243,35 @@ def test_progress_of_a_resumed_run_reaches_every_tile(tmp_path, tiny_model, caps
     assert "100%" in final and " 3/3 " in final, final
 
 
+def test_a_finished_catalog_being_extended_reads_as_unfinished_until_its_run_ends(tmp_path, tiny_model, monkeypatch):
+    """New parts beside a finished catalog's metadata were read at once, and after a stop, parts no
+    finished range owns too (hats.properties said 40 rows, a query found more)."""
+    from skymorph.catalog import open_catalog
+    from skymorph.errors import CatalogError
+    from skymorph.inference import job
+    from skymorph.tiles import write_tile_list
+
+    t0, t1, t2 = make_tiles(str(tmp_path), n_tiles=3, per_tile=20)
+    write_tile_list(str(tmp_path / "first.txt"), [t0, t2])
+    write_tile_list(str(tmp_path / "all.txt"), [t0, t1, t2])
+    catalog = str(tmp_path / "catalog")
+    config = job.RunConfig(tiles=str(tmp_path / "first.txt"), model=tiny_model, out=catalog, workers=1, progress=False)
+    assert job.run_survey(config).total_rows == 40
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(job, "_run_tasks", stopped)
+        with pytest.raises(KeyboardInterrupt):
+            job.run_survey(replace(config, tiles=str(tmp_path / "all.txt")))
+    with pytest.raises(CatalogError, match="is an unfinished catalog .*rerun it with the same --tiles, --model and --out"):
+        open_catalog(catalog)
+    assert job.run_survey(replace(config, tiles=str(tmp_path / "all.txt"))).total_rows == 60
+    assert open_catalog(catalog).metadata.n_volunteers == 40
+    assert_exact(catalog, tiny_model, [t0, t1, t2])
+
+
 def _corrupt_chunk(tile_url: str) -> None:
     fs, root = filesystem(tile_url)
     chunk = sorted(p for p in fs.find(f"{root}/images") if "/c/" in p)[1]

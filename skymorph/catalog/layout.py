@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import posixpath
 import re
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 
 from skymorph.errors import CatalogError, first_line
-from skymorph.storage import atomic_write_text, filesystem, join, read_text
+from skymorph.storage import atomic_write_text, exists, filesystem, is_remote, join, read_text, strip_protocol
 
 __all__ = [
     "DEFAULT_ORDER",
@@ -464,7 +465,12 @@ def _read_small_text(catalog: str, url: str, storage_options: dict | None) -> st
     missing or not UTF-8 text (a damaged file)."""
     try:
         return read_text(url, storage_options)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, NotADirectoryError) as err:
+        if isinstance(err, NotADirectoryError) or (not is_remote(catalog) and os.path.isfile(strip_protocol(catalog))):
+            raise CatalogError(f"{catalog!r} is a file, not a catalog (a directory that `skymorph run` writes)") from None
+        if exists(manifest_url(catalog), storage_options):
+            raise CatalogError(f"{catalog!r} is an unfinished catalog ({url} missing): a `skymorph run` is writing it or "
+                               "was stopped; rerun it with the same --tiles, --model and --out to finish it") from None
         raise CatalogError(f"{catalog!r} is not a catalog ({url} missing); make one with `skymorph run`") from err
     except UnicodeDecodeError as err:
         raise CatalogError(

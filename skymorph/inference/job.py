@@ -307,6 +307,15 @@ def _finished(catalog: str, manifest, schema, options: dict) -> int | None:
     return properties.total_rows
 
 
+def _unfinish(catalog: str, options: dict) -> None:
+    from skymorph.storage import exists, filesystem
+
+    url = layout.properties_url(catalog)
+    if exists(url, options):
+        fs, path = filesystem(url, options)
+        fs.rm(path)
+
+
 @contextmanager
 def _no_trace_unless_started(out: str, is_new: bool, options: dict):
     """For a new catalog: if the block fails before the manifest is written (no scheduler, no GPU
@@ -478,6 +487,11 @@ def run_survey(config: RunConfig) -> RunReport:
                               n_volunteers=config.n_volunteers, input_shape=metadata.input.shape,
                               batch_size=config.batch_size, rows_per_task=config.rows_per_task,
                               storage_options=config.storage_options)
+                if not is_new:
+                    # readers would see the new parts beside a finished catalog's metadata, which does not
+                    # count them (nor, if the run is stopped, parts no finished range owns): unfinished
+                    # until the finish step writes hats.properties again
+                    _unfinish(config.out, options)
                 _run_tasks(config, client, job, resources, plan, manifest, tally, len(tiles), started, options)
 
         props = CatalogProperties(
