@@ -350,7 +350,10 @@ def _cmd_run(args) -> int:
     report = run_survey(config)
     print(report.summary())
     if report.failures:
-        print(f"skymorph run: {len(report.failures)} tile range(s) failed; see {report.catalog}/_skymorph/failures.parquet",
+        advice = "" if config.allow_failures else (
+            "; fix or replace those tiles and run the same command again (finished tiles are skipped), "
+            "or pass --allow-failures to accept the catalog without them")
+        print(f"skymorph run: {len(report.failures)} tile range(s) failed; see {report.catalog}/_skymorph/failures.parquet{advice}",
               file=sys.stderr)
         return 0 if config.allow_failures else 1
     return 0

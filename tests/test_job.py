@@ -308,7 +308,7 @@ def test_bad_tiles_go_to_the_failures_table_and_the_rest_completes(s3_bucket, ti
     argv = ["run", "--tiles", f"{s3_bucket}/mixed.txt", "--model", tiny_model, "--out", catalog, "--workers", "1",
             "--rows-per-task", "1000", "--catalog-order", "2"]
     assert main(argv) == 1
-    assert "failed" in capsys.readouterr().err
+    assert "or pass --allow-failures to accept the catalog without them" in capsys.readouterr().err
 
     failures = {f["tile"]: f for f in read_parquet(layout.failures_url(catalog)).to_pylist()}
     assert set(failures) == {corrupt, wrong_shape, wrong_dtype, missing}
@@ -318,6 +318,13 @@ def test_bad_tiles_go_to_the_failures_table_and_the_rest_completes(s3_bucket, ti
     assert failures[wrong_dtype]["stage"] == "open" and "uint8" in failures[wrong_dtype]["reason"]
     assert_exact(catalog, tiny_model, good)
     assert main(argv + ["--allow-failures"]) == 0
+
+    # a first tile of another size: every tile would fail alike, so the run stops before it starts
+    write_tile_list(f"{s3_bucket}/big-first.txt", [wrong_shape, *good])
+    capsys.readouterr()
+    assert main(["run", "--tiles", f"{s3_bucket}/big-first.txt", "--model", tiny_model, "--out", f"{s3_bucket}/other"]) == 2
+    assert f"tile {wrong_shape!r} has images 1x48x48 (C x H x W); the model {tiny_model!r} takes 1x{SIZE}x{SIZE}" in capsys.readouterr().err
+    assert not filesystem(s3_bucket)[0].exists(f"{s3_bucket}/other")
 
 
 # ---- real `dask scheduler` / `dask worker` processes -------------------------------------------------
@@ -382,6 +389,32 @@ def test_a_lone_worker_restarted_by_its_nanny_finishes_the_job(s3_bucket, tiny_m
     assert report.ok, report.failures[:2]
     assert report.total_rows == 8 * 128
     assert_exact(catalog, tiny_model, tiles)
+
+
+def test_a_job_on_a_scheduler_without_workers_says_so_and_waits_for_one(tmp_path, tiny_model, capsys):
+    """It failed after 30 s with "No valid workers found", naming nothing; an adaptive cluster starts empty."""
+    import threading
+
+    from skymorph.inference.job import RunConfig, run_survey
+
+    tiles = make_tiles(str(tmp_path), n_tiles=2, per_tile=16)
+    with dask_processes(str(tmp_path), []) as procs:
+        config = RunConfig(tiles=str(tmp_path / "tiles.txt"), model=tiny_model, out=str(tmp_path / "catalog"),
+                           scheduler=procs.address, progress=False)
+        outcome = {}
+        driver = threading.Thread(target=lambda: outcome.update(report=run_survey(config)), daemon=True)
+        driver.start()
+        wait_for(lambda: "waiting for some to join" in capsys.readouterr().err, 60, "the driver's notice")
+        dask = os.path.join(os.path.dirname(sys.executable), "dask")
+        worker = subprocess.Popen([dask, "worker", procs.address, "--nthreads", "1", "--no-dashboard"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            driver.join(timeout=120)
+        finally:
+            worker.kill()
+            worker.wait(timeout=30)
+    assert outcome["report"].ok and outcome["report"].total_rows == 32
+    assert_exact(config.out, tiny_model, tiles)
 
 
 @pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])

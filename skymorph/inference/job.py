@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 from skymorph.catalog import layout
-from skymorph.errors import CatalogError, InputError
+from skymorph.errors import CatalogError, InputError, SkymorphError
 
 __all__ = ["RunConfig", "RunReport", "run_survey"]
 
@@ -307,6 +307,22 @@ def _finished(catalog: str, manifest, schema, options: dict) -> int | None:
     return properties.total_rows
 
 
+def _check_first_tile(url: str, input_shape, config: RunConfig) -> None:
+    """A one-line :class:`InputError` now if the first tile's images are not what the model takes: a
+    survey's tiles share a shape, so every task would fail the same way, tile by tile. A first tile
+    that cannot be opened is left to its task, which records why."""
+    from skymorph.tiles import open_tile
+
+    try:
+        shape = open_tile(url, config.storage_options).shape
+    except (SkymorphError, OSError, ValueError):
+        return
+    if tuple(shape) != tuple(input_shape):
+        size = lambda s: "x".join(map(str, s))  # noqa: E731
+        raise InputError(f"tile {url!r} has images {size(shape)} (C x H x W); the model {config.model!r} takes "
+                         f"{size(input_shape)}: give tiles of that size, or a model exported for these")
+
+
 def _unfinish(catalog: str, options: dict) -> None:
     from skymorph.storage import exists, filesystem
 
@@ -446,6 +462,7 @@ def run_survey(config: RunConfig) -> RunReport:
     info = read_model_info(config.model, backend=config.backend,
                            storage_options=s3_retry_options(config.model, config.storage_options))
     metadata, model_sha256 = info.metadata, info.model_sha256
+    _check_first_tile(tiles[0], metadata.input.shape, config)
     _check_out(config.out, options)
     lock = DriverLock(config.out, options)
     lock.check()  # before _prepare_output, whose --overwrite would delete a live driver's catalog
@@ -480,6 +497,9 @@ def run_survey(config: RunConfig) -> RunReport:
                 tally.dashboard = client.dashboard_link
                 print(f"skymorph run: {len(tiles)} tile(s), model {model_sha256[:12]}..., dashboard {tally.dashboard}",
                       file=sys.stderr, flush=True)
+                if not client.scheduler_info(n_workers=-1)["workers"]:  # tasks wait for workers to join
+                    print(f"skymorph run: no workers at {client.scheduler.address} yet; waiting for some to join "
+                          f"(`dask worker {client.scheduler.address}`)", file=sys.stderr, flush=True)
                 ref = ModelRef(config.model, model_sha256, config.backend, engine_threads, config.storage_options)
                 client.register_plugin(EngineCache(ref, threads_by_host(client)))
                 job = JobSpec(catalog=config.out, order=config.catalog_order, schema=schema, model=ref,

@@ -50,8 +50,9 @@ def dask_processes(directory: str, worker_args: list[list[str]], timeout_s: floa
         base = [dask, "worker", address, "--host", "127.0.0.1", "--no-dashboard", "--nworkers", "1"]
         workers = [subprocess.Popen([*base, *args], **quiet) for args in worker_args]
         procs += workers
-        with Client(address, timeout=timeout_s) as client:
-            client.wait_for_workers(len(workers), timeout=timeout_s)
+        if workers:
+            with Client(address, timeout=timeout_s) as client:
+                client.wait_for_workers(len(workers), timeout=timeout_s)
         yield DaskProcesses(scheduler_file, address, workers)
     finally:
         for proc in reversed(procs):
