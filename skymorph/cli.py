@@ -565,6 +565,15 @@ def _environment_error(err: Exception, args) -> str | None:
                            "and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE), and leave \"anon\" out of --storage-options for a private bucket")
             elif isinstance(err, FileNotFoundError):
                 message = f"{message} ({', '.join(s3_urls)})"
+        if isinstance(err, IsADirectoryError) and err.filename is not None:  # name the argument that gave it
+            import os
+
+            given = [(name, value) for name, value in vars(args).items() if isinstance(value, str)
+                     and os.path.abspath(os.path.expanduser(value)) == os.path.abspath(str(err.filename))]
+            if given:
+                name, value = given[0]
+                flag = name if name in ("checkpoint", "catalog") else f"--{name.replace('_', '-')}"
+                message = f"{flag} {value!r} is a directory; give a file"
     return message
 
 

@@ -269,3 +269,14 @@ def test_a_reader_that_leaves_early_stops_the_output_quietly(small_catalog):
     proc.stdout.close()  # before the first line: every write fails
     _, err = proc.communicate(timeout=60)
     assert (proc.returncode, err.decode()) == (141, "")
+
+
+def test_a_directory_given_as_an_input_file_names_its_argument(tmp_path, capsys, monkeypatch):
+    """It said "[Errno 21] Is a directory: '/abs/path/d.onnx'", naming no argument."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d.onnx").mkdir()
+    (tmp_path / "t.txt").write_text(f"{tmp_path}/t.zarr\n")
+    line = _one_line_error(capsys, main(["run", "--tiles", "t.txt", "--model", "d.onnx", "--out", "c"]))
+    assert line == "skymorph: error: --model 'd.onnx' is a directory; give a file"
+    line = _one_line_error(capsys, main(["export", "d.onnx", "--out", "m.onnx"]))
+    assert line == "skymorph: error: checkpoint 'd.onnx' is a directory; give a file"
