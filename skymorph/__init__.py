@@ -1,10 +1,15 @@
 """skymorph: Bayesian CNN galaxy morphology at survey scale."""
 
-from importlib.metadata import PackageNotFoundError, version
 
-try:
-    __version__ = version("skymorph")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0+unknown"
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("skymorph")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "0+unknown"
+
+
+__version__ = _version()
 
 __all__ = ["__version__"]

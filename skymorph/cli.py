@@ -464,8 +464,8 @@ def _cmd_catalog_pick(args) -> int:
     export_table(batch, args.out, options)
     print(f"picked {batch.num_rows} galaxies ({args.strategy}) -> {args.out}")
     if batch.num_rows < args.n:  # a wrong --exclude file (every id in it) picks nothing, quietly
-        print(f"skymorph: warning: only {batch.num_rows} of the --n {args.n} asked for qualify: galaxies with a "
-              f"{'positive ' if args.strategy == 'power' else ''}score{' that --exclude does not list' if args.exclude else ''}",
+        print(f"skymorph: warning: picked {batch.num_rows}, not --n {args.n}: only {batch.num_rows} galaxies have a "
+              f"{'positive ' if args.strategy == 'power' else ''}score{' and are not in --exclude' if args.exclude else ''}",
               file=sys.stderr)
     if args.gallery:
         gallery(batch, catalog, args.gallery, question=args.question, storage_options=options)

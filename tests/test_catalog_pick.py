@@ -47,7 +47,8 @@ def test_top_equals_direct_sort(catalog, full, question, column):
     assert batch["object_id"].to_pylist() == _direct_top(full, column, 25)
     assert batch["rank"].to_pylist() == list(range(1, 26))
     by_id = full.set_index("object_id")
-    np.testing.assert_allclose(batch[column].to_numpy(), by_id.loc[batch["object_id"].to_pylist(), column], rtol=1e-6)
+    np.testing.assert_array_equal(batch[column].to_numpy(), by_id.loc[batch["object_id"].to_pylist(), column])
+    assert batch.schema.field(column).type == pa.float32()  # the catalog's: a CSV shows no spurious digits
     np.testing.assert_allclose(batch["ra"].to_numpy(), by_id.loc[batch["object_id"].to_pylist(), "ra"])
 
 
@@ -163,7 +164,7 @@ def test_cli_manifest(catalog, full, tmp_path, capsys):
     pd.DataFrame({"object_id": full["object_id"]}).to_csv(everyone, index=False)
     assert main(["catalog", "pick", catalog, "--n", "12", "--exclude", str(everyone), "--out", str(tmp_path / "none.csv")]) == 0
     err = capsys.readouterr().err
-    assert err == "skymorph: warning: only 0 of the --n 12 asked for qualify: galaxies with a score that --exclude does not list\n"
+    assert err == "skymorph: warning: picked 0, not --n 12: only 0 galaxies have a score and are not in --exclude\n"
     assert len(pd.read_csv(tmp_path / "none.csv")) == 0
 
 

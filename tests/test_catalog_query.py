@@ -273,6 +273,11 @@ def test_bad_cone(cone, message):
         Cone(*cone)
 
 
+def test_a_cone_of_two_numbers_is_a_one_line_error(catalog):
+    with pytest.raises(InputError, match=re.escape("cone must be (ra_deg, dec_deg, radius_arcsec), got (1, 2)")):
+        query(catalog, cone=(1, 2))
+
+
 def test_s3_catalog_matches_local(catalog, s3, s3_bucket):
     from skymorph.storage import filesystem
 

@@ -1,6 +1,7 @@
 """skymorph.catalog: the HATS-layout morphology catalog.
 
-Readers: :func:`info` (what a catalog holds), :func:`query` (SQL and cone, out of core with DuckDB),
+Readers: :func:`info` (what a catalog holds), :func:`query` (SQL and cone, out of core with DuckDB;
+:func:`query_reader` streams the result),
 :func:`pick` (the next Galaxy Zoo batch by BALD), :func:`export_table` (CSV/Parquet/FITS/VOTable) and
 :func:`gallery` (a PNG of picked galaxies with their posteriors). The writer is in
 :mod:`skymorph.catalog.writer`, paths and metadata in :mod:`skymorph.catalog.layout`.
@@ -10,7 +11,7 @@ from skymorph.catalog.export import export_table
 from skymorph.catalog.gallery import gallery
 from skymorph.catalog.info import Catalog, CatalogInfo, info, open_catalog
 from skymorph.catalog.pick import pick
-from skymorph.catalog.query import Cone, query
+from skymorph.catalog.query import Cone, query, query_reader
 
 __all__ = [
     "Catalog",
@@ -22,4 +23,5 @@ __all__ = [
     "open_catalog",
     "pick",
     "query",
+    "query_reader",
 ]

@@ -234,7 +234,7 @@ def pick(
         "tile": rows["tile"],
         "row": rows["row"],
         "image_location": pa.array(image, pa.string()),
-        score: pa.array(scores, pa.float64()),
+        score: pa.array(scores.astype(np.float32)),  # the catalog's type: no spurious digits in a CSV
         "model_sha256": pa.array([catalog.metadata.model_sha256] * len(ids), pa.string()),
     })
     meta = {**catalog.metadata.to_kv(), "skymorph.pick": f"strategy={strategy} score={score} beta={beta} seed={seed}"}

@@ -30,7 +30,7 @@ from skymorph.catalog import layout
 from skymorph.catalog.info import Catalog, open_catalog
 from skymorph.errors import CatalogError, InputError, did_you_mean, first_line
 
-__all__ = ["Cone", "QueryPlan", "connect", "plan_query", "query", "check_sql", "check_columns", "MEMORY_LIMIT"]
+__all__ = ["Cone", "QueryPlan", "connect", "plan_query", "query", "query_reader", "check_sql", "check_columns", "MEMORY_LIMIT"]
 
 MEMORY_LIMIT = "1GB"
 """DuckDB's memory limit per connection: scans stream, so this bounds a query's memory."""
@@ -329,6 +329,8 @@ def _validate_fragments(con, catalog: Catalog, where, order_by) -> None:
 def _prepare(url, where, columns, cone, order_by, limit, storage_options):
     catalog = url if isinstance(url, Catalog) else open_catalog(url, storage_options)
     if cone is not None and not isinstance(cone, Cone):
+        if len(cone) != 3:
+            raise InputError(f"cone must be (ra_deg, dec_deg, radius_arcsec), got {tuple(cone)!r}")
         cone = Cone(*(float(v) for v in cone))
     if isinstance(columns, str):
         columns = [c.strip() for c in columns.split(",") if c.strip()]
