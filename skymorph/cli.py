@@ -389,7 +389,10 @@ def _add_catalog_commands(sub) -> None:
     pick = catalog_sub.add_parser("pick", help="the next Galaxy Zoo batch by BALD, as a subject manifest CSV")
     pick.add_argument("catalog", metavar="CATALOG", help="catalog location (local path or s3://bucket/prefix)")
     pick.add_argument("--n", type=_positive_int, required=True, help="batch size")
-    pick.add_argument("--question", help="rank by {question}_bald (default: bald_total)")
+    pick.add_argument("--question", help="rank by {question}_asked x {question}_bald, the information expected from the "
+                      "volunteers asked it (default: bald_total, its sum over questions)")
+    pick.add_argument("--weight-by-asked", action=argparse.BooleanOptionalAction, default=None,
+                      help="with --question: weight its BALD by the share of volunteers asked it (default), or not")
     pick.add_argument("--strategy", choices=("top", "power"), default="top",
                       help="top: the n highest (default); power: sample proportional to BALD^beta (Kirsch et al. 2023)")
     pick.add_argument("--beta", type=float, help="power strategy exponent (default 1.0)")
@@ -450,6 +453,8 @@ def _cmd_catalog_pick(args) -> int:
     power = {key: value for key, value in (("beta", args.beta), ("seed", args.seed)) if value is not None}
     if power and args.strategy != "power":  # top takes the n highest: nothing to weight or draw
         raise InputError(f"--{next(iter(power))} applies to --strategy power only; drop it, or add --strategy power")
+    if args.weight_by_asked is not None and args.question is None:  # bald_total is weighted already
+        raise InputError("--weight-by-asked and --no-weight-by-asked apply to --question only; bald_total weights each question by it")
     options = _storage_options(args)
     output_format(args.out)
     _check_writable(args.out, "--out", args)
@@ -460,7 +465,7 @@ def _cmd_catalog_pick(args) -> int:
         _check_new([args.gallery], "--gallery", args)
     catalog = open_catalog(args.catalog, options)
     batch = pick(catalog, args.n, question=args.question, strategy=args.strategy, **power,
-                 exclude=args.exclude, storage_options=options)
+                 exclude=args.exclude, storage_options=options, weight_by_asked=args.weight_by_asked is not False)
     export_table(batch, args.out, options)
     print(f"picked {batch.num_rows} galaxies ({args.strategy}) -> {args.out}")
     if batch.num_rows < args.n:  # a wrong --exclude file (every id in it) picks nothing, quietly

@@ -37,16 +37,28 @@ def full(catalog):
     return pa.concat_tables(pq.read_table(f) for f in files).to_pandas()
 
 
+def _scored(frame, column):
+    """``frame`` with the score ``column``: a question's asked x bald is computed here, in float32 as
+    the catalog's columns are."""
+    if not column.endswith("_asked_bald"):
+        return frame
+    q = column.removesuffix("_asked_bald")
+    return frame.assign(**{column: frame[f"{q}_asked"].astype(np.float32) * frame[f"{q}_bald"].astype(np.float32)})
+
+
 def _direct_top(frame, column, n):
+    frame = _scored(frame, column)
     return frame.sort_values([column, "object_id"], ascending=[False, True]).head(n).object_id.tolist()
 
 
-@pytest.mark.parametrize("question, column", [(None, "bald_total"), ("bar", "bar_bald"), ("merging", "merging_bald")])
-def test_top_equals_direct_sort(catalog, full, question, column):
-    batch = pick(catalog, 25, question=question)
+@pytest.mark.parametrize("question, column, weighted", [
+    (None, "bald_total", True), ("bar", "bar_asked_bald", True), ("merging", "merging_asked_bald", True), ("bar", "bar_bald", False),
+])
+def test_top_equals_direct_sort(catalog, full, question, column, weighted):
+    batch = pick(catalog, 25, question=question, weight_by_asked=weighted)
     assert batch["object_id"].to_pylist() == _direct_top(full, column, 25)
     assert batch["rank"].to_pylist() == list(range(1, 26))
-    by_id = full.set_index("object_id")
+    by_id = _scored(full, column).set_index("object_id")
     np.testing.assert_array_equal(batch[column].to_numpy(), by_id.loc[batch["object_id"].to_pylist(), column])
     assert batch.schema.field(column).type == pa.float32()  # the catalog's: a CSV shows no spurious digits
     np.testing.assert_allclose(batch["ra"].to_numpy(), by_id.loc[batch["object_id"].to_pylist(), "ra"])
@@ -88,9 +100,10 @@ def test_hash_uniform_matches_reference():
 
 def test_power_pick_is_the_gumbel_top_k_of_the_whole_catalog(catalog, full):
     """The out-of-core merge equals the keys' top-n over every row at once, in key order."""
-    for seed, beta, question, column in [(0, 1.0, None, "bald_total"), (7, 2.0, "bar", "bar_bald")]:
+    for seed, beta, question, column in [(0, 1.0, None, "bald_total"), (7, 2.0, "bar", "bar_asked_bald")]:
         batch = pick(catalog, 40, question=question, strategy="power", beta=beta, seed=seed)
-        eligible = full[full[column] > 0]
+        scored = _scored(full, column)
+        eligible = scored[scored[column] > 0]
         keys = gumbel_keys(eligible.object_id.values, eligible[column].values, seed, beta)
         expected = eligible.object_id.values[np.argsort(-keys)[:40]]
         assert batch["object_id"].to_pylist() == expected.tolist()
@@ -150,8 +163,13 @@ def test_cli_manifest(catalog, full, tmp_path, capsys):
     out = tmp_path / "batch.csv"
     assert main(["catalog", "pick", catalog, "--n", "12", "--question", "bar", "--out", str(out)]) == 0
     manifest = pd.read_csv(out)
-    assert list(manifest.columns) == ["rank", "object_id", "ra", "dec", "tile", "row", "image_location", "bar_bald", "model_sha256"]
-    assert manifest.object_id.tolist() == _direct_top(full, "bar_bald", 12)
+    assert list(manifest.columns) == ["rank", "object_id", "ra", "dec", "tile", "row", "image_location", "bar_asked_bald", "model_sha256"]
+    assert manifest.object_id.tolist() == _direct_top(full, "bar_asked_bald", 12)
+    unweighted = tmp_path / "unweighted.csv"
+    assert main(["catalog", "pick", catalog, "--n", "12", "--question", "bar", "--no-weight-by-asked", "--out", str(unweighted)]) == 0
+    assert pd.read_csv(unweighted).object_id.tolist() == _direct_top(full, "bar_bald", 12) != manifest.object_id.tolist()
+    assert main(["catalog", "pick", catalog, "--n", "12", "--no-weight-by-asked", "--out", str(tmp_path / "x.csv")]) == 2
+    assert "apply to --question only" in capsys.readouterr().err
     assert (manifest.image_location == manifest.tile + "#images[" + manifest.row.astype(str) + "]").all()
     assert (manifest.model_sha256 == FAKE_MODEL_SHA256).all()
     assert main(["catalog", "pick", catalog, "--n", "12", "--strategy", "power", "--seed", "5", "--out", str(tmp_path / "a.csv")]) == 0

@@ -1,7 +1,14 @@
 r"""Pick the next Galaxy Zoo batch by BALD (``skymorph catalog pick``).
 
-Galaxies are ranked by ``{question}_bald`` or by ``bald_total`` (Walmsley et al. 2020, MNRAS 491,
-1554: the expected information a volunteer's vote gives about the model). Two strategies:
+Galaxies are ranked by BALD (Walmsley et al. 2020, MNRAS 491, 1554: the expected information a
+volunteer's vote gives about the model): ``bald_total``, or for one question q
+
+.. math:: s = \mathrm{asked}_q \, \mathrm{bald}_q ,
+
+the information expected from the volunteers the decision tree leads to q (the term of q in
+``bald_total``): a galaxy whose volunteers are not asked q, an edge-on disk for ``bar``, tells
+nothing about q however uncertain the model is. ``weight_by_asked=False`` ranks by
+:math:`\mathrm{bald}_q` alone. Two strategies:
 
 ``top``
     The ``n`` largest scores; ties broken by the smaller ``object_id`` so the batch is deterministic.
@@ -104,14 +111,18 @@ def read_ids(source, storage_options: dict | None = None) -> np.ndarray:
         raise InputError(f"--exclude {url!r}: object_id must be integers ({err})") from None
 
 
-def _score_column(catalog: Catalog, question: str | None) -> str:
+def _score(catalog: Catalog, question: str | None, weight_by_asked: bool) -> tuple[str, str]:
+    """``(name, SQL expression)`` of the score: ``bald_total``, ``{q}_asked_bald`` or ``{q}_bald``."""
     if question is None:
-        return "bald_total"
+        return "bald_total", '"bald_total"'
     catalog.metadata.schema.question(question)
-    column = f"{question}_bald"
-    if column not in catalog.columns:
-        raise CatalogError(f"catalog {catalog.url!r} has no column {column!r}." + did_you_mean(column, catalog.columns))
-    return column
+    columns = [f"{question}_asked", f"{question}_bald"] if weight_by_asked else [f"{question}_bald"]
+    for column in columns:
+        if column not in catalog.columns:
+            raise CatalogError(f"catalog {catalog.url!r} has no column {column!r}." + did_you_mean(column, catalog.columns))
+    if weight_by_asked:
+        return f"{question}_asked_bald", f'("{question}_asked" * "{question}_bald")'
+    return f"{question}_bald", f'"{question}_bald"'
 
 
 def _first_per_object(ids: np.ndarray, *columns: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -121,18 +132,18 @@ def _first_per_object(ids: np.ndarray, *columns: np.ndarray) -> tuple[np.ndarray
     return (ids[keep], *(c[keep] for c in columns))
 
 
-def _top(con, score: str, where: str, n: int):
+def _top(con, score_sql: str, where: str, n: int):
     """The ``n`` distinct galaxies with the largest scores, each at its best row (a galaxy seen in two
     overlapping tiles has two rows). Exact: the LIMIT doubles until ``n`` distinct ids are found or the
     catalog runs out, which duplicates make rare."""
     limit = n
     while True:
         rows = con.execute(
-            f'SELECT object_id, "{score}", tile, row FROM catalog WHERE {where} '
-            f'ORDER BY "{score}" DESC, object_id ASC, tile ASC, row ASC LIMIT {limit}'
+            f'SELECT object_id, {score_sql} AS score, tile, row FROM catalog WHERE {where} '
+            f'ORDER BY score DESC, object_id ASC, tile ASC, row ASC LIMIT {limit}'
         ).fetchnumpy()
         ids, scores, tiles, row = _first_per_object(
-            rows["object_id"].astype(np.int64), rows[score].astype(np.float64),
+            rows["object_id"].astype(np.int64), rows["score"].astype(np.float64),
             np.asarray(rows["tile"], dtype=object), rows["row"].astype(np.int64),
         )
         if len(ids) >= n or len(rows["object_id"]) < limit:
@@ -153,12 +164,12 @@ def _best_rows(ids: np.ndarray, keys: np.ndarray, n: int) -> np.ndarray:
     return order[np.sort(first)][:n]
 
 
-def _power(con, score: str, where: str, n: int, seed: int, beta: float):
+def _power(con, score_sql: str, where: str, n: int, seed: int, beta: float):
     """The ``n`` distinct galaxies with the largest Gumbel keys, each at its best row. Exact out of core:
     a row left out of a batch's or the running top ``n`` has ``n`` distinct ids with larger keys."""
     import pyarrow as pa
 
-    reader = con.sql(f'SELECT object_id, "{score}", tile, row FROM catalog WHERE {where} AND "{score}" > 0') \
+    reader = con.sql(f'SELECT object_id, {score_sql} AS score, tile, row FROM catalog WHERE {where} AND {score_sql} > 0') \
         .to_arrow_reader(_BATCH_ROWS)
     ids, scores, keys = np.empty(0, np.int64), np.empty(0, np.float64), np.empty(0, np.float64)
     tiles, rows = np.empty(0, object), np.empty(0, np.int64)
@@ -187,12 +198,13 @@ def pick(
     seed: int = 0,
     exclude=None,
     storage_options: dict | None = None,
+    weight_by_asked: bool = True,
 ):
     """The next volunteer batch from the catalog at ``url``, as a ``pyarrow.Table`` in rank order.
 
     Columns: ``rank`` (1 = first), ``object_id``, ``ra``, ``dec``, ``tile``, ``row``,
-    ``image_location`` (``<tile URL>#images[<row>]``), the score column (``{question}_bald`` or
-    ``bald_total``) and ``model_sha256``. ``exclude``: a CSV/Parquet file with ``object_id`` or an
+    ``image_location`` (``<tile URL>#images[<row>]``), the score (``bald_total``; with a ``question``,
+    ``{question}_asked_bald``, or ``{question}_bald`` unless ``weight_by_asked``) and ``model_sha256``. ``exclude``: a CSV/Parquet file with ``object_id`` or an
     iterable of ids never to pick. Each galaxy comes back at most once: one seen in overlapping tiles
     (two rows, one ``object_id``) is ranked by its best row. Fewer than ``n`` rows come back when fewer
     galaxies qualify (``power`` needs a positive score).
@@ -207,15 +219,15 @@ def pick(
         raise InputError(f"beta must be a finite number >= 0, got {beta}")
     seed = check_seed(seed)
     catalog = url if isinstance(url, Catalog) else open_catalog(url, storage_options)
-    score = _score_column(catalog, question)
+    score, score_sql = _score(catalog, question, weight_by_asked)
     excluded = pa.table({"object_id": read_ids(exclude, storage_options) if exclude is not None else np.empty(0, np.int64)})
-    where = f'"{score}" IS NOT NULL AND NOT isnan("{score}") AND object_id NOT IN (SELECT object_id FROM excluded)'
+    where = f"{score_sql} IS NOT NULL AND NOT isnan({score_sql}) AND object_id NOT IN (SELECT object_id FROM excluded)"
     with connect(catalog) as con:
         con.register("excluded", excluded)
         if strategy == "top":
-            ids, scores, tiles, row_numbers = _top(con, score, where, int(n))
+            ids, scores, tiles, row_numbers = _top(con, score_sql, where, int(n))
         else:
-            ids, scores, tiles, row_numbers = _power(con, score, where, int(n), int(seed), float(beta))
+            ids, scores, tiles, row_numbers = _power(con, score_sql, where, int(n), int(seed), float(beta))
         rows = _fetch_rows(con, ids)
     # A galaxy in two overlapping tiles has two rows: keep the one that was picked. One (tile, row) can
     # also come back twice, identical, while parts of two plans of its range coexist (a run resumed with
