@@ -70,7 +70,11 @@ def test_a_model_that_needs_a_gpu_gets_an_embedded_cluster_with_one(tmp_path, ti
     expected = ModelError if importlib.util.find_spec("tensorrt") else MissingDependencyError
     with pytest.raises(expected, match="TensorRT"):
         run_survey(config)
-    assert "skymorph run: 1 tile(s), model" in capsys.readouterr().err  # the workers were up, with a GPU
+    err = capsys.readouterr().err
+    assert "skymorph run: 1 tile(s), model" in err  # the workers were up, with a GPU
+    from skymorph.inference.cluster import has_nvidia_gpu
+
+    assert ("this machine shows no NVIDIA GPU" in err) is not has_nvidia_gpu()
 
 
 def _engine_id(ref: ModelRef) -> int:

@@ -10,6 +10,7 @@ tasks than that would only oversubscribe the CPU.
 from __future__ import annotations
 
 import os
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -71,6 +72,13 @@ def usable_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:
         return os.cpu_count() or 1
+
+
+def has_nvidia_gpu() -> bool:
+    """Whether this machine exposes an NVIDIA GPU device (``/dev/nvidia0``, ...), without importing CUDA."""
+    import glob
+
+    return bool(glob.glob("/dev/nvidia[0-9]*"))
 
 
 def local_sizing(workers: int | None, threads_per_worker: int, gpu: bool, cores: int | None = None) -> LocalSizing:
@@ -193,6 +201,9 @@ def connect(spec: ClusterSpec):
         return
     sizing = local_sizing(spec.workers, spec.threads_per_worker, spec.gpu)
     resources = {"GPU": 1} if spec.gpu else None
+    if spec.gpu and not has_nvidia_gpu():  # the local workers advertise GPU=1 whatever the machine has
+        print("skymorph run: warning: a GPU was asked for (--gpu, or a model that needs one), but this machine shows no "
+              "NVIDIA GPU (/dev/nvidia*); an ONNX model runs on the CPU here", file=sys.stderr, flush=True)
     with LocalCluster(n_workers=sizing.workers, threads_per_worker=sizing.threads_per_worker, processes=True,
                       dashboard_address=":0", resources=resources) as cluster, Client(cluster) as client:
         yield client, sizing.engine_threads
