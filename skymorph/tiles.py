@@ -376,6 +376,17 @@ def _resolve(base: str, relative: str) -> str:
     return os.path.normpath(os.path.join(base, relative))
 
 
+def _local_key(path: str, real_dirs: dict[str, str]) -> str:
+    """Where the local tile store ``path`` leads: its directory resolved once per directory (a list of
+    10^5 tiles shares a few), the store itself only when it is a symlink."""
+    if os.path.islink(path):
+        return os.path.realpath(path)
+    directory, name = os.path.split(os.path.normpath(path))
+    if directory not in real_dirs:
+        real_dirs[directory] = os.path.realpath(directory)
+    return os.path.join(real_dirs[directory], name)
+
+
 def read_tile_list(url: str, storage_options: dict | None = None) -> list[str]:
     """The tile URLs listed in the text file at ``url``, in order.
 
@@ -391,16 +402,18 @@ def read_tile_list(url: str, storage_options: dict | None = None) -> list[str]:
     base = _list_dir(url)
     tiles: list[str] = []
     seen: dict[str, tuple[int, str]] = {}
+    real_dirs: dict[str, str] = {}
     for lineno, line in enumerate(text.splitlines(), start=1):
         entry = line.split("#", 1)[0].strip()
         if not entry:
             continue
         if any(ch.isspace() for ch in entry):
             raise InputError(f"tile list {url!r} line {lineno}: expected one tile URL, got {entry!r}")
-        if "://" not in entry:
-            entry = os.path.normpath(entry) if os.path.isabs(entry) else _resolve(base, entry)
-        # one store under two names (a symlink) would be classified twice: compare where they lead
-        key = entry if "://" in entry else os.path.realpath(entry)
+        if "://" not in entry and not os.path.isabs(entry):
+            entry = _resolve(base, entry)
+        # One store under two names ('..', a symlink) would be classified twice: compare where they lead.
+        # Only the comparison is normalised: a catalog's manifest and part names know tiles as listed.
+        key = entry if "://" in entry else _local_key(entry, real_dirs)
         if key in seen:
             line, listed = seen[key]
             same = f" ({listed!r}, the same store)" if listed != entry else ""

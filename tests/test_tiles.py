@@ -404,3 +404,12 @@ def test_a_directory_that_is_not_a_zarr_store_is_not_reported_missing(tmp_path):
         with pytest.raises(TileError, match=r"is not a Zarr tile store \(it has no zarr.json\)") as info:
             open_tile(url)
         assert not isinstance(info.value, TileNotFoundError)
+
+
+def test_absolute_entries_are_kept_as_listed(tmp_path):
+    """A catalog's manifest and part names know tiles by their listed URL: rewriting '//' or a trailing
+    '/' would make a rerun take every tile for a new one."""
+    path = tmp_path / "tiles.txt"
+    listed = [f"{tmp_path}//a.zarr", f"{tmp_path}/b.zarr/"]
+    path.write_text("\n".join(listed) + "\n")
+    assert read_tile_list(str(path)) == listed
