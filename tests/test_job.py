@@ -261,8 +261,19 @@ def test_a_finished_catalog_being_extended_reads_as_unfinished_until_its_run_end
     def stopped(*args, **kwargs):
         raise KeyboardInterrupt
 
-    with monkeypatch.context() as patch:
+    with monkeypatch.context() as patch:  # stopped before any rows: the catalog is as it was
         patch.setattr(job, "_run_tasks", stopped)
+        with pytest.raises(KeyboardInterrupt):
+            job.run_survey(replace(config, tiles=str(tmp_path / "all.txt")))
+    assert open_catalog(catalog).metadata.n_volunteers == 40
+
+    def unfinish_then_stop(*args, **kwargs):
+        unfinish(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    unfinish = job._unfinish
+    with monkeypatch.context() as patch:  # stopped once the first new rows are written
+        patch.setattr(job, "_unfinish", unfinish_then_stop)
         with pytest.raises(KeyboardInterrupt):
             job.run_survey(replace(config, tiles=str(tmp_path / "all.txt")))
     with pytest.raises(CatalogError, match="is an unfinished catalog .*rerun it with the same --tiles, --model and --out"):
@@ -319,12 +330,18 @@ def test_bad_tiles_go_to_the_failures_table_and_the_rest_completes(s3_bucket, ti
     assert_exact(catalog, tiny_model, good)
     assert main(argv + ["--allow-failures"]) == 0
 
-    # a first tile of another size: every tile would fail alike, so the run stops before it starts
-    write_tile_list(f"{s3_bucket}/big-first.txt", [wrong_shape, *good])
+    # tiles of another size (first, middle and last sampled): every tile would fail alike, so the run
+    # stops before it starts; one odd tile first (above: the 4th) is left to its task
+    other_size = make_tiles(f"{s3_bucket}/big2", n_tiles=2, per_tile=8, size=48, seed=3)
+    write_tile_list(f"{s3_bucket}/big.txt", [wrong_shape, *other_size])
     capsys.readouterr()
-    assert main(["run", "--tiles", f"{s3_bucket}/big-first.txt", "--model", tiny_model, "--out", f"{s3_bucket}/other"]) == 2
-    assert f"tile {wrong_shape!r} has images 1x48x48 (C x H x W); the model {tiny_model!r} takes 1x{SIZE}x{SIZE}" in capsys.readouterr().err
+    assert main(["run", "--tiles", f"{s3_bucket}/big.txt", "--model", tiny_model, "--out", f"{s3_bucket}/other"]) == 2
+    assert (f"tile {wrong_shape!r} has images 1x48x48 (C x H x W), as do the other tiles sampled; the model {tiny_model!r} "
+            f"takes 1x{SIZE}x{SIZE}") in capsys.readouterr().err
     assert not filesystem(s3_bucket)[0].exists(f"{s3_bucket}/other")
+    write_tile_list(f"{s3_bucket}/odd-first.txt", [wrong_shape, *good])
+    assert main(["run", "--tiles", f"{s3_bucket}/odd-first.txt", "--model", tiny_model, "--out", f"{s3_bucket}/other",
+                 "--workers", "1", "--catalog-order", "2"]) == 1
 
 
 # ---- real `dask scheduler` / `dask worker` processes -------------------------------------------------
@@ -450,6 +467,11 @@ def test_interrupted_driver_resumes_and_skips_finished_ranges(s3, s3_bucket, tin
     if stop == signal.SIGTERM:
         assert code == 143 and stderr.read_text().splitlines()[-1] == "skymorph: terminated", stderr.read_text()
         assert not fs.exists(layout.driver_lock_url(catalog))
+        from distributed import Client
+
+        with Client(scheduler_file=scheduler_file) as client:  # the run's job spec left the shared scheduler
+            plugins = client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.worker_plugins))
+        assert not [name for name in plugins if name.startswith("skymorph-job-")], plugins
     else:
         assert code == -signal.SIGKILL and fs.exists(layout.driver_lock_url(catalog))
     done_before = set(read_manifest(catalog).ranges)

@@ -307,20 +307,24 @@ def _finished(catalog: str, manifest, schema, options: dict) -> int | None:
     return properties.total_rows
 
 
-def _check_first_tile(url: str, input_shape, config: RunConfig) -> None:
-    """A one-line :class:`InputError` now if the first tile's images are not what the model takes: a
-    survey's tiles share a shape, so every task would fail the same way, tile by tile. A first tile
-    that cannot be opened is left to its task, which records why."""
+def _check_tile_shapes(tiles: list[str], input_shape, config: RunConfig) -> None:
+    """A one-line :class:`InputError` now if the first, middle and last tiles all hold images of another
+    shape than the model takes: a survey's tiles share a shape, so every task would fail alike, tile by
+    tile. One odd tile among them is left to its task, which records it; so is a tile that cannot be
+    opened."""
     from skymorph.tiles import open_tile
 
-    try:
-        shape = open_tile(url, config.storage_options).shape
-    except (SkymorphError, OSError, ValueError):
-        return
-    if tuple(shape) != tuple(input_shape):
+    shapes = {}
+    for url in dict.fromkeys((tiles[0], tiles[len(tiles) // 2], tiles[-1])):
+        try:
+            shapes[url] = tuple(open_tile(url, config.storage_options).shape)
+        except (SkymorphError, OSError, ValueError):
+            continue
+    if shapes and all(shape != tuple(input_shape) for shape in shapes.values()):
+        url, shape = next(iter(shapes.items()))
         size = lambda s: "x".join(map(str, s))  # noqa: E731
-        raise InputError(f"tile {url!r} has images {size(shape)} (C x H x W); the model {config.model!r} takes "
-                         f"{size(input_shape)}: give tiles of that size, or a model exported for these")
+        raise InputError(f"tile {url!r} has images {size(shape)} (C x H x W), as do the other tiles sampled; the model "
+                         f"{config.model!r} takes {size(input_shape)}: give tiles of that size, or a model exported for these")
 
 
 def _unfinish(catalog: str, options: dict) -> None:
@@ -373,14 +377,16 @@ class _Tally:
 
 
 def _run_tasks(config: RunConfig, client, job, resources, plan: _Plan, manifest, tally: _Tally, n_tiles: int,
-               started: float, options: dict) -> None:
-    """Keep at most ``max_in_flight`` tasks submitted; record each result as it arrives."""
+               started: float, options: dict, on_first_rows=None) -> None:
+    """Keep at most ``max_in_flight`` tasks submitted; record each result as it arrives.
+    ``on_first_rows()`` is called once, when the first range that wrote rows comes back."""
+    import contextlib
+    import uuid
+
     from distributed import as_completed
 
     from skymorph.catalog.writer import ManifestJournal, RangeRecord
     from skymorph.inference.cluster import threads_by_host
-    import uuid
-
     from skymorph.inference.task import RunJob, run_job_range
 
     job_name = f"skymorph-job-{uuid.uuid4().hex}"
@@ -422,6 +428,9 @@ def _run_tasks(config: RunConfig, client, job, resources, plan: _Plan, manifest,
                 if plan.outstanding.pop(tile, None) is not None:
                     bar.update(1)
             else:
+                if on_first_rows is not None and result["rows"]:
+                    on_first_rows()
+                    on_first_rows = None
                 if stop is None:
                     plan.first_range_done(tile, result["n"], result["chunk_size"], result["stop"])
                 journal.add(RangeRecord(tile=tile, start=start, stop=result["stop"], n=result["n"],
@@ -435,10 +444,12 @@ def _run_tasks(config: RunConfig, client, job, resources, plan: _Plan, manifest,
                 journal.flush()
                 last_flush = time.monotonic()
             submit_until_full()
-        client.unregister_worker_plugin(job_name)  # not on an interrupt: no scheduler call while stopping
     finally:
         journal.flush()
         bar.close()
+        if client.status == "running":  # else the scheduler forgets the plugin with the cluster
+            with contextlib.suppress(Exception):  # a scheduler gone away must not hide why the run stopped
+                client.unregister_worker_plugin(job_name)
 
 
 def run_survey(config: RunConfig) -> RunReport:
@@ -462,7 +473,7 @@ def run_survey(config: RunConfig) -> RunReport:
     info = read_model_info(config.model, backend=config.backend,
                            storage_options=s3_retry_options(config.model, config.storage_options))
     metadata, model_sha256 = info.metadata, info.model_sha256
-    _check_first_tile(tiles[0], metadata.input.shape, config)
+    _check_tile_shapes(tiles, metadata.input.shape, config)
     _check_out(config.out, options)
     lock = DriverLock(config.out, options)
     lock.check()  # before _prepare_output, whose --overwrite would delete a live driver's catalog
@@ -507,12 +518,12 @@ def run_survey(config: RunConfig) -> RunReport:
                               n_volunteers=config.n_volunteers, input_shape=metadata.input.shape,
                               batch_size=config.batch_size, rows_per_task=config.rows_per_task,
                               storage_options=config.storage_options)
-                if not is_new:
-                    # readers would see the new parts beside a finished catalog's metadata, which does not
-                    # count them (nor, if the run is stopped, parts no finished range owns): unfinished
-                    # until the finish step writes hats.properties again
-                    _unfinish(config.out, options)
-                _run_tasks(config, client, job, resources, plan, manifest, tally, len(tiles), started, options)
+                # Readers would see new parts beside a finished catalog's metadata, which does not count
+                # them (nor, if the run is stopped, parts no finished range owns): unfinished from the
+                # first rows written until the finish step writes hats.properties again. A rerun that
+                # writes nothing (failed tiles failing again) leaves the catalog readable.
+                unfinish = None if is_new else (lambda: _unfinish(config.out, options))
+                _run_tasks(config, client, job, resources, plan, manifest, tally, len(tiles), started, options, unfinish)
 
         props = CatalogProperties(
             catalog_name=config.catalog_name or _default_name(config.out), total_rows=0, order=config.catalog_order,
