@@ -95,6 +95,8 @@ def test_engine_cache_lives_on_the_worker_plugin_and_is_freed_with_it(tiny_model
         cache = worker.plugins[EngineCache.name]
         assert cache.threads == usable_cores() and list(cache.engines) == [sha256]
         assert client.submit(_engine_id, ref, pure=False).result() == id(cache.engines[sha256])
+        client.register_plugin(EngineCache(ref))  # a second run on this scheduler: the cache stays, engines and all
+        assert worker.plugins[EngineCache.name] is cache and list(cache.engines) == [sha256]
         with pytest.raises(ModelError, match="changed during the run"):
             client.submit(_engine_id, ModelRef(tiny_model, "0" * 64), pure=False).result()
 

@@ -90,6 +90,9 @@ class EngineCache(WorkerPlugin):
     """
 
     name = "skymorph-engine-cache"
+    # A second run on the same scheduler keeps this one (its engines load lazily, by digest): replacing
+    # it would tear down engines that the first run's tasks are using.
+    idempotent = True
 
     def __init__(self, ref: ModelRef, threads_by_host: dict | None = None) -> None:
         self.ref = ref
