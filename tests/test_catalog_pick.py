@@ -61,6 +61,10 @@ def test_top_equals_direct_sort(catalog, full, question, column, weighted):
     by_id = _scored(full, column).set_index("object_id")
     np.testing.assert_array_equal(batch[column].to_numpy(), by_id.loc[batch["object_id"].to_pylist(), column])
     assert batch.schema.field(column).type == pa.float32()  # the catalog's: a CSV shows no spurious digits
+    if column.endswith("_asked_bald"):
+        from skymorph.catalog.writer import describe_schema
+
+        assert "its term in bald_total" in describe_schema(batch.schema).field(column).metadata[b"description"].decode()
     np.testing.assert_allclose(batch["ra"].to_numpy(), by_id.loc[batch["object_id"].to_pylist(), "ra"])
 
 

@@ -72,6 +72,8 @@ _SUFFIX_DESCRIPTIONS = (
     ("_fraction_q05", "5% quantile" + _SPREAD),
     ("_fraction_q95", "95% quantile" + _SPREAD),
     ("_fraction", "Posterior-mean vote fraction: the share of volunteers asked this question who give this answer."),
+    ("_asked_bald", "This question's asked x bald: its term in bald_total, the information expected from the volunteers "
+                    "asked it (catalog pick's score), in nats."),
     ("_asked", "Predicted share of volunteers who would be asked this question: the product of the fractions "
                "of the answers leading to it (1 at the root)."),
     ("_bald", "BALD (Walmsley et al. 2020): the largest mutual information between an answer's vote count and "
