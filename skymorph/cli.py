@@ -536,18 +536,34 @@ def main(argv: list[str] | None = None) -> int:
         terminated = isinstance(err, _Terminated)
         print(f"skymorph: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
         return 143 if terminated else 130  # 128 + the signal, as the shell reports a process it killed
-    except BrokenPipeError:  # the reader left (`| head`): stop quietly, as Unix tools do on SIGPIPE
-        import os
-
-        # Python flushes stdout again at exit: point it at /dev/null so that flush cannot fail too
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 141
     except Exception as err:
+        if isinstance(err, BrokenPipeError) and _stdout_reader_left():
+            return 141  # as Unix tools do on SIGPIPE (`| head`): quietly
         message = _environment_error(err, args)
         if message is None:
             raise
         print(f"skymorph: error: {message}", file=sys.stderr)
         return 2
+
+
+def _stdout_reader_left() -> bool:
+    """Whether stdout is a pipe whose reader has gone (poll says POLLERR); then stdout is pointed at
+    /dev/null, since Python flushes it again at exit. Another broken pipe is an error to report."""
+    import os
+    import select
+
+    try:
+        fd = sys.stdout.fileno()
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        if not any(events & select.POLLERR for _, events in poller.poll(0)):
+            return False
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # a stdout without a descriptor (a notebook's): not a pipe
+        return False
+    return True
 
 
 def _environment_error(err: Exception, args) -> str | None:

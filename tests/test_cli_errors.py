@@ -280,3 +280,16 @@ def test_a_directory_given_as_an_input_file_names_its_argument(tmp_path, capsys,
     assert line == "skymorph: error: --model 'd.onnx' is a directory; give a file"
     line = _one_line_error(capsys, main(["export", "d.onnx", "--out", "m.onnx"]))
     assert line == "skymorph: error: checkpoint 'd.onnx' is a directory; give a file"
+
+
+def test_a_broken_pipe_that_is_not_stdout_is_reported(monkeypatch, capsys):
+    """Only stdout's reader leaving is quiet; stdout stays usable for the caller (a notebook, a script)."""
+    from skymorph import cli
+
+    def broken(args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(cli, "_cmd_catalog_info", broken)
+    assert _one_line_error(capsys, main(["catalog", "info", "cat"])) == "skymorph: error: [Errno 32] Broken pipe"
+    print("still here")
+    assert capsys.readouterr().out == "still here\n"
