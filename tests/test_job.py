@@ -355,12 +355,13 @@ def two_workers(tmp_path):
         yield procs
 
 
-def test_killing_a_worker_mid_job_still_gives_the_exact_catalog(s3_bucket, tiny_model, two_workers):
+def _kill_mid_job(s3_bucket: str, tiny_model: str, scheduler_file: str, kill) -> None:
+    """Run 8 tiles on the scheduler, call ``kill()`` once the first parts are written, and check that
+    the job still gives the exact catalog."""
     import threading
 
     from skymorph.inference.job import RunConfig, run_survey
 
-    scheduler_file, workers = two_workers.scheduler_file, two_workers.workers
     tiles = make_tiles(s3_bucket, n_tiles=8, per_tile=128)
     catalog = f"{s3_bucket}/catalog"
     config = RunConfig(tiles=f"{s3_bucket}/tiles.txt", model=tiny_model, out=catalog, scheduler_file=scheduler_file,
@@ -370,68 +371,31 @@ def test_killing_a_worker_mid_job_still_gives_the_exact_catalog(s3_bucket, tiny_
     driver.start()
     wait_for(lambda: len(layout.list_parts(catalog)) >= 3, 120, "the first part files")
     assert driver.is_alive(), "the job finished before a worker could be killed: make it slower"
-    os.kill(workers[0].pid, signal.SIGKILL)
+    kill()
     driver.join(timeout=240)
     assert not driver.is_alive()
-    report = outcome["report"]
-    assert report.ok and report.total_rows == 8 * 128
-    assert_exact(catalog, tiny_model, tiles)
-
-
-def test_a_lone_worker_restarted_by_its_nanny_finishes_the_job(s3_bucket, tiny_model, tmp_path):
-    """Every task left failed with "lost dependencies" when the job spec was data scattered to the
-    workers: it died with the only worker holding it, so a restarted worker could not run them."""
-    import threading
-
-    import psutil
-
-    from skymorph.inference.job import RunConfig, run_survey
-
-    tiles = make_tiles(s3_bucket, n_tiles=8, per_tile=128)
-    catalog = f"{s3_bucket}/catalog"
-    with dask_processes(str(tmp_path), [["--nthreads", "1"]]) as procs:
-        config = RunConfig(tiles=f"{s3_bucket}/tiles.txt", model=tiny_model, out=catalog, scheduler_file=procs.scheduler_file,
-                           rows_per_task=32, batch_size=32, catalog_order=3, progress=False)
-        outcome = {}
-        driver = threading.Thread(target=lambda: outcome.update(report=run_survey(config)), daemon=True)
-        driver.start()
-        wait_for(lambda: len(layout.list_parts(catalog)) >= 3, 120, "the first part files")
-        assert driver.is_alive(), "the job finished before the worker could be killed: make it slower"
-        [worker] = [child for child in psutil.Process(procs.workers[0].pid).children(recursive=True)
-                    if "spawn_main" in " ".join(child.cmdline())]  # the nanny's worker process
-        worker.kill()
-        driver.join(timeout=240)
-        assert not driver.is_alive()
     report = outcome["report"]
     assert report.ok, report.failures[:2]
     assert report.total_rows == 8 * 128
     assert_exact(catalog, tiny_model, tiles)
 
 
-def test_a_job_on_a_scheduler_without_workers_says_so_and_waits_for_one(tmp_path, tiny_model, capsys):
-    """It failed after 30 s with "No valid workers found", naming nothing; an adaptive cluster starts empty."""
-    import threading
+def test_killing_a_worker_mid_job_still_gives_the_exact_catalog(s3_bucket, tiny_model, two_workers):
+    _kill_mid_job(s3_bucket, tiny_model, two_workers.scheduler_file, lambda: os.kill(two_workers.workers[0].pid, signal.SIGKILL))
 
-    from skymorph.inference.job import RunConfig, run_survey
 
-    tiles = make_tiles(str(tmp_path), n_tiles=2, per_tile=16)
-    with dask_processes(str(tmp_path), []) as procs:
-        config = RunConfig(tiles=str(tmp_path / "tiles.txt"), model=tiny_model, out=str(tmp_path / "catalog"),
-                           scheduler=procs.address, progress=False)
-        outcome = {}
-        driver = threading.Thread(target=lambda: outcome.update(report=run_survey(config)), daemon=True)
-        driver.start()
-        wait_for(lambda: "waiting for some to join" in capsys.readouterr().err, 60, "the driver's notice")
-        dask = os.path.join(os.path.dirname(sys.executable), "dask")
-        worker = subprocess.Popen([dask, "worker", procs.address, "--nthreads", "1", "--no-dashboard"],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            driver.join(timeout=120)
-        finally:
+def test_a_lone_worker_restarted_by_its_nanny_finishes_the_job(s3_bucket, tiny_model, tmp_path):
+    """Every task left failed with "lost dependencies" when the job spec was data scattered to the
+    workers: it died with the only worker holding it, so a restarted worker could not run them."""
+    import psutil
+
+    with dask_processes(str(tmp_path), [["--nthreads", "1"]]) as procs:
+        def kill_the_worker_process() -> None:  # the nanny's child, which the nanny then restarts
+            [worker] = [child for child in psutil.Process(procs.workers[0].pid).children(recursive=True)
+                        if "spawn_main" in " ".join(child.cmdline())]
             worker.kill()
-            worker.wait(timeout=30)
-    assert outcome["report"].ok and outcome["report"].total_rows == 32
-    assert_exact(config.out, tiny_model, tiles)
+
+        _kill_mid_job(s3_bucket, tiny_model, procs.scheduler_file, kill_the_worker_process)
 
 
 @pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
