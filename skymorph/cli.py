@@ -245,13 +245,12 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_evaluate(args) -> int:
+    from skymorph.storage import join
     from skymorph.trainer import evaluate
+    from skymorph.trainer.evaluate import OUTPUT_FILES
 
     options = _storage_options(args)
     _check_writable(args.out, "--out", args, directory=True)
-    from skymorph.storage import join
-    from skymorph.trainer.evaluate import OUTPUT_FILES
-
     _check_new([join(args.out, name) for name in OUTPUT_FILES], "--out", args)
     report = evaluate(
         args.checkpoint, args.tiles, args.labels, args.out, samples=args.samples, seed=args.seed, split=args.split,

@@ -5,10 +5,10 @@ Every format but CSV says what each column means (:func:`skymorph.catalog.writer
 ``TCOMMn`` cards (besides astropy's own YAML comment cards) in FITS, ``FIELD`` ``unit`` and
 ``DESCRIPTION`` in VOTable. FITS and VOTable go through an astropy Table with the model's
 provenance in its meta (``MODELSHA``: the model digest, ``SAMPLES``, ``SEED``, ``NVOLUNT`` as integers,
-``SCHEMA``, ``LIKELIHD``, ``SMVERS``), so the file says which model made the numbers: FITS header cards, or VOTable
-PARAMs and the table's DESCRIPTION (astropy's ``Table.read`` returns a VOTable's DESCRIPTION in ``meta``
-but not its PARAMs). Every output is written
-atomically (local temporary file and rename, or one S3 upload). :func:`export_reader` streams
+``SCHEMA``, ``LIKELIHD``, ``SMVERS``), so the file says which model made the numbers: FITS header
+cards, or VOTable PARAMs and the table's DESCRIPTION (astropy's ``Table.read`` returns a VOTable's
+DESCRIPTION in ``meta`` but not its PARAMs). Every output is written atomically (local temporary file
+and rename, or one S3 upload). :func:`export_reader` streams
 Parquet and CSV batch by batch, so their size is not bounded by memory; FITS and VOTable are built
 whole by astropy.
 """

@@ -8,9 +8,9 @@ this build machine) cannot reach, while s3fs is already how skymorph talks to S3
 credential rules, same ``storage_options``). DuckDB pushes projections and filters into both.
 
 User SQL (``--where``, ``--order-by``) runs on a locked connection: ``--where`` must parse as one
-expression and each fragment must make exactly one SELECT statement; then ``enable_external_access`` is off (only the catalog's own part
-files are allowed) and the configuration is locked, so a fragment can neither write nor read other
-files nor undo that. A DuckDB error inside the connection leaves it as one
+expression, ``--order-by`` as an ORDER BY list alone, and each must make exactly one SELECT statement;
+then ``enable_external_access`` is off (only the catalog's own part files are allowed) and the
+configuration is locked, so a fragment can neither write nor read other files nor undo that. A DuckDB error inside the connection leaves it as one
 :class:`~skymorph.errors.CatalogError`: naming the part file when one is unreadable, the user's option
 (``--where``, ``--order-by``) when its SQL fails on a row (a cast, ``error()``), else the catalog.
 
