@@ -283,6 +283,26 @@ def test_a_finished_catalog_being_extended_reads_as_unfinished_until_its_run_end
     assert_exact(catalog, tiny_model, [t0, t1, t2])
 
 
+def test_a_run_whose_tiles_all_fail_alike_stops_early(tmp_path, tiny_model, capsys):
+    """Every tile failing the same way (missing stores here; workers without credentials in production)
+    used to run the whole survey, one failure at a time."""
+    from skymorph.cli import main
+    from skymorph.inference.job import _SYSTEMIC_FAILURES
+    from skymorph.tiles import write_tile_list
+
+    missing = [str(tmp_path / f"nowhere/t{i:03d}.zarr") for i in range(3 * _SYSTEMIC_FAILURES)]
+    write_tile_list(str(tmp_path / "missing.txt"), missing)
+    argv = ["run", "--tiles", str(tmp_path / "missing.txt"), "--model", tiny_model, "--out", str(tmp_path / "catalog"),
+            "--workers", "1", "--max-in-flight", "4"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"skymorph: error: the first {_SYSTEMIC_FAILURES} tile ranges all failed alike and none wrote a row (open: ")
+    assert "does not exist" in err and err.endswith("stopped: fix the cause and run again, or pass --allow-failures to go on")
+    assert main([*argv, "--allow-failures"]) == 0  # accepted failures: every tile tried
+    failures = read_parquet(layout.failures_url(str(tmp_path / "catalog"))).to_pylist()
+    assert sorted(f["tile"] for f in failures) == missing
+
+
 def _corrupt_chunk(tile_url: str) -> None:
     fs, root = filesystem(tile_url)
     chunk = sorted(p for p in fs.find(f"{root}/images") if "/c/" in p)[1]

@@ -34,6 +34,8 @@ from skymorph.errors import CatalogError, InputError, SkymorphError
 __all__ = ["RunConfig", "RunReport", "run_survey"]
 
 _JOURNAL_EVERY_S = 1.0
+_SYSTEMIC_FAILURES = 16
+"""Failed tile ranges, all alike and before any success, that stop a run (unless --allow-failures)."""
 
 
 @dataclass(frozen=True)
@@ -427,6 +429,8 @@ def _run_tasks(config: RunConfig, client, job, resources, plan: _Plan, manifest,
                 tally.failures.append({"tile": tile, "start": start, "stop": result["stop"], **result["failure"]})
                 if plan.outstanding.pop(tile, None) is not None:
                     bar.update(1)
+                if not config.allow_failures:
+                    _stop_if_systemic(tally)
             else:
                 if on_first_rows is not None and result["rows"]:
                     on_first_rows()
@@ -450,6 +454,20 @@ def _run_tasks(config: RunConfig, client, job, resources, plan: _Plan, manifest,
         if client.status == "running":  # else the scheduler forgets the plugin with the cluster
             with contextlib.suppress(Exception):  # a scheduler gone away must not hide why the run stopped
                 client.unregister_worker_plugin(job_name)
+
+
+def _stop_if_systemic(tally: _Tally) -> None:
+    """A one-line :class:`InputError` once the first :data:`_SYSTEMIC_FAILURES` tile ranges have all
+    failed alike (same stage, same error type) and none has written a row: workers without credentials,
+    a model they cannot load, a tile list of missing stores. Failing every tile of a survey one by one
+    would take as long as the survey."""
+    failures = tally.failures
+    if tally.rows_written or len(failures) < _SYSTEMIC_FAILURES:
+        return
+    kinds = {(f["stage"], f["reason"].split(":", 1)[0]) for f in failures}
+    if len(kinds) == 1:
+        raise InputError(f"the first {len(failures)} tile ranges all failed alike and none wrote a row ({failures[-1]['stage']}: "
+                         f"{failures[-1]['reason']}); stopped: fix the cause and run again, or pass --allow-failures to go on")
 
 
 def run_survey(config: RunConfig) -> RunReport:
