@@ -418,6 +418,32 @@ def test_a_lone_worker_restarted_by_its_nanny_finishes_the_job(s3_bucket, tiny_m
         _kill_mid_job(s3_bucket, tiny_model, procs.scheduler_file, kill_the_worker_process)
 
 
+def test_a_job_on_a_scheduler_without_workers_says_so_and_waits_for_one(tmp_path, tiny_model, capsys):
+    """It failed after 30 s with "No valid workers found", naming nothing; an adaptive cluster starts empty."""
+    import threading
+
+    from skymorph.inference.job import RunConfig, run_survey
+
+    tiles = make_tiles(str(tmp_path), n_tiles=2, per_tile=16)
+    with dask_processes(str(tmp_path), []) as procs:
+        config = RunConfig(tiles=str(tmp_path / "tiles.txt"), model=tiny_model, out=str(tmp_path / "catalog"),
+                           scheduler=procs.address, progress=False)
+        outcome = {}
+        driver = threading.Thread(target=lambda: outcome.update(report=run_survey(config)), daemon=True)
+        driver.start()
+        wait_for(lambda: "waiting for some to join" in capsys.readouterr().err, 60, "the driver's notice")
+        dask = os.path.join(os.path.dirname(sys.executable), "dask")
+        worker = subprocess.Popen([dask, "worker", procs.address, "--nthreads", "1", "--no-dashboard"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            driver.join(timeout=120)
+        finally:
+            worker.kill()
+            worker.wait(timeout=30)
+    assert outcome["report"].ok and outcome["report"].total_rows == 32
+    assert_exact(config.out, tiny_model, tiles)
+
+
 @pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_interrupted_driver_resumes_and_skips_finished_ranges(s3, s3_bucket, tiny_model, two_workers, stop, tmp_path):
     """SIGKILL leaves the driver lock, which the next run on this host takes over; SIGTERM (what scancel
