@@ -79,6 +79,7 @@ def test_user_sql_cannot_undo_the_cone_or_the_limit(catalog, full):
     ("bald_total OFFSET 380", "--order-by holds more than an ORDER BY list (a LIMIT or OFFSET?)"),
     ("bald_total; DROP TABLE x", "--order-by must be a single ORDER BY list (no ';')"),
     ("bald_total) (", "--order-by is not a valid ORDER BY list: Parser Error"),
+    ("bald_total DESC ;", "--order-by ends in ';': give the SQL alone, without it"),
 ])
 def test_order_by_is_only_an_order_list(catalog, order_by, message):
     with pytest.raises(CatalogError, match=re.escape(message)):
@@ -246,6 +247,7 @@ def test_readers_see_the_pixels_of_partition_info(catalog, tmp_path):
     # Parses and binds as a SELECT: only the locked configuration stops it.
     ("object_id IN (SELECT 1 FROM read_csv('/etc/passwd'))", "--where: Permission Error: Cannot access file \"/etc/passwd\""),
     ("1=1); CREATE TABLE y AS (SELECT 1", "--where is not a valid SQL expression: Parser Error"),
+    ("bald_total > 0 ;", "--where ends in ';': give the SQL alone, without it"),
 ])
 def test_where_is_read_only(catalog, where, message, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -268,10 +268,17 @@ def _check_expression(sql: str, what: str) -> None:
     """
     import duckdb
 
+    _check_no_semicolon(sql, what)
     try:
         duckdb.SQLExpression(sql)
     except duckdb.Error as err:
         raise CatalogError(f"{what} is not a valid SQL expression: {first_line(err)}") from None
+
+
+def _check_no_semicolon(sql: str, what: str) -> None:
+    # A fragment ending in ';' parses alone but not inside the query, where it would fail as "query".
+    if sql.rstrip().endswith(";"):
+        raise CatalogError(f"{what} ends in ';': give the SQL alone, without it")
 
 
 def _check_order_list(sql: str, what: str) -> None:
@@ -281,6 +288,7 @@ def _check_order_list(sql: str, what: str) -> None:
 
     import duckdb
 
+    _check_no_semicolon(sql, what)
     query = f"SELECT 1 ORDER BY {sql}\n"
     try:
         if len(duckdb.extract_statements(query)) != 1:
