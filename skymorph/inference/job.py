@@ -462,7 +462,7 @@ def _stop_if_systemic(tally: _Tally) -> None:
     a model they cannot load, a tile list of missing stores. Failing every tile of a survey one by one
     would take as long as the survey."""
     failures = tally.failures
-    if tally.rows_written or len(failures) < _SYSTEMIC_FAILURES:
+    if tally.rows_written or len(failures) != _SYSTEMIC_FAILURES:  # judged once: later failures add no verdict
         return
     kinds = {(f["stage"], f["reason"].split(":", 1)[0]) for f in failures}
     if len(kinds) == 1:
