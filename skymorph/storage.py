@@ -35,6 +35,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "atomic_output",
+    "create_exclusive_bytes",
     "write_parquet",
     "read_parquet",
     "parse_storage_options",
@@ -209,6 +210,43 @@ def atomic_write_text(url: str, text: str, storage_options: dict | None = None) 
     atomic_write_bytes(url, text.encode(), storage_options)
 
 
+def create_exclusive_bytes(url: str, data: bytes, storage_options: dict | None = None) -> None:
+    """Write ``data`` to ``url`` only if nothing is there, else raise :class:`FileExistsError`; readers
+    see nothing or the whole file. Of two writers racing, exactly one wins.
+
+    Local: a hidden temporary file hard-linked to ``url`` (``link`` fails on an existing name, and the
+    name appears with its content). ``s3://``: a conditional PUT (``If-None-Match: *``), which S3
+    has honoured since 2024. Other fsspec filesystems: check, then write (a window of one round trip).
+    """
+    if not is_remote(url):
+        path, tmp = _temp_beside(url)
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.link(tmp, path)
+        finally:
+            os.unlink(tmp)
+        return
+    fs, path = filesystem(url, storage_options)
+    if str(url).startswith("s3://"):
+        fs.pipe_file(path, data, mode="create")
+        return
+    if fs.exists(path):
+        raise FileExistsError(f"{url!r} exists")
+    fs.pipe_file(path, data)
+
+
+def _temp_beside(url: str) -> tuple[str, str]:
+    """``(path, tmp)``: the local path of ``url`` and a hidden temporary name in its directory (made if
+    missing), which catalog listings skip and :func:`skymorph.catalog.layout.remove_catalog` clears."""
+    path = strip_protocol(url) if str(url).startswith("file://") else str(url)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    return path, os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+
+
 @contextmanager
 def atomic_output(url: str, storage_options: dict | None = None) -> Iterator[str]:
     """A local path to write a large output to, which becomes ``url`` only when the block succeeds.
@@ -225,10 +263,7 @@ def atomic_output(url: str, storage_options: dict | None = None) -> Iterator[str
             fs, path = filesystem(url, storage_options)
             fs.put_file(tmp, path)
         return
-    path = strip_protocol(url) if str(url).startswith("file://") else str(url)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+    path, tmp = _temp_beside(url)
     try:
         yield tmp
         with open(tmp, "rb+") as fh:

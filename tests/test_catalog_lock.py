@@ -78,3 +78,64 @@ def test_release_leaves_a_lock_taken_over_by_another_driver(tmp_path):
     assert json.loads(read_text(layout.driver_lock_url(catalog)))["session"] == "newer"
     with pytest.raises(ValueError, match="heartbeat_s < stale_after_s"):
         DriverLock(catalog, heartbeat_s=10, stale_after_s=5)
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_of_drivers_started_together_exactly_one_holds_the_lock(tmp_path, where, request):
+    """Check-then-write let two drivers started together both win (50 of 50 trials, locally)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    root = str(tmp_path) if where == "local" else request.getfixturevalue("s3_bucket")
+    for trial in range(10):
+        catalog = f"{root}/cat{trial}"
+        locks = [DriverLock(catalog) for _ in range(4)]
+
+        def acquire(lock: DriverLock) -> bool:
+            try:
+                lock.acquire()
+            except CatalogError:
+                return False
+            return True
+
+        with ThreadPoolExecutor(len(locks)) as pool:
+            won = list(pool.map(acquire, locks))
+        try:
+            assert sum(won) == 1, f"trial {trial}: {sum(won)} drivers hold the lock"
+            assert DriverLock(catalog).holder().session == locks[won.index(True)].session
+        finally:
+            for lock in locks:
+                lock.release()
+
+
+def test_a_driver_whose_lock_was_taken_over_finds_out_and_leaves_it(tmp_path):
+    """A driver paused past the lease came back and its heartbeat rewrote the new holder's lock:
+    two drivers ran on, each rewriting the lock over the other's."""
+    catalog = str(tmp_path / "cat")
+    lock = DriverLock(catalog, heartbeat_s=0.1, stale_after_s=60)
+    lock.acquire()
+    try:
+        assert lock.held
+        lock.check_held(read=True)
+        _holder(catalog, session="newer", host="elsewhere.example")
+        deadline = time.monotonic() + 10
+        while lock.held and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with pytest.raises(CatalogError, match=r"this run's lock on .* was taken over by host elsewhere\.example, pid 1 .*stopped"):
+            lock.check_held()
+        time.sleep(0.3)  # beats that would have rewritten it
+        assert json.loads(read_text(layout.driver_lock_url(catalog)))["session"] == "newer"
+    finally:
+        lock.release()
+    assert json.loads(read_text(layout.driver_lock_url(catalog)))["session"] == "newer"
+
+
+def test_check_session_names_a_lock_held_by_another_run_or_gone(tmp_path):
+    from skymorph.catalog.lock import check_session
+
+    catalog = str(tmp_path / "cat")
+    with pytest.raises(CatalogError, match="no longer holds .*its lock is gone"):
+        check_session(catalog, "mine")
+    with DriverLock(catalog) as lock:
+        check_session(catalog, lock.session)
+        with pytest.raises(CatalogError, match="no longer holds .*held by another run"):
+            check_session(catalog, "mine")

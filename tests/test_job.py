@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -245,10 +246,13 @@ def test_progress_of_a_resumed_run_reaches_every_tile(tmp_path, tiny_model, caps
 
 def test_a_finished_catalog_being_extended_reads_as_unfinished_until_its_run_ends(tmp_path, tiny_model, monkeypatch):
     """New parts beside a finished catalog's metadata were read at once, and after a stop, parts no
-    finished range owns too (hats.properties said 40 rows, a query found more)."""
-    from skymorph.catalog import open_catalog
+    finished range owns too (hats.properties said 40 rows, a query found more). The first version
+    unfinished the catalog when the driver heard of the first rows, after the task had written them."""
+    from skymorph.catalog import open_catalog, writer
+    from skymorph.catalog.lock import DriverLock
     from skymorph.errors import CatalogError
     from skymorph.inference import job
+    from skymorph.storage import exists
     from skymorph.tiles import write_tile_list
 
     t0, t1, t2 = make_tiles(str(tmp_path), n_tiles=3, per_tile=20)
@@ -258,7 +262,10 @@ def test_a_finished_catalog_being_extended_reads_as_unfinished_until_its_run_end
     config = job.RunConfig(tiles=str(tmp_path / "first.txt"), model=tiny_model, out=catalog, workers=1, progress=False)
     assert job.run_survey(config).total_rows == 40
 
-    def stopped(*args, **kwargs):
+    sent = []
+
+    def stopped(config, client, spec, *args, **kwargs):
+        sent.append(spec)
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:  # stopped before any rows: the catalog is as it was
@@ -266,21 +273,82 @@ def test_a_finished_catalog_being_extended_reads_as_unfinished_until_its_run_end
         with pytest.raises(KeyboardInterrupt):
             job.run_survey(replace(config, tiles=str(tmp_path / "all.txt")))
     assert open_catalog(catalog).metadata.n_volunteers == 40
+    spec = sent[0]
+    assert spec.unfinish_before_writing
 
-    def unfinish_then_stop(*args, **kwargs):
-        unfinish(*args, **kwargs)
-        raise KeyboardInterrupt
+    lock = DriverLock(catalog)
+    lock.session = spec.driver_session  # the run's driver, alive again: its task may write
+    finished_when_written = []
+    write_part = writer.write_part
 
-    unfinish = job._unfinish
-    with monkeypatch.context() as patch:  # stopped once the first new rows are written
-        patch.setattr(job, "_unfinish", unfinish_then_stop)
-        with pytest.raises(KeyboardInterrupt):
-            job.run_survey(replace(config, tiles=str(tmp_path / "all.txt")))
+    def watched_write_part(catalog_url, *args):
+        finished_when_written.append(exists(layout.properties_url(catalog_url)))
+        return write_part(catalog_url, *args)
+
+    with lock, monkeypatch.context() as patch:
+        patch.setattr(writer, "write_part", watched_write_part)
+        assert _run_in_process(spec, t1)["rows"] == 20
+    assert finished_when_written == [False]
     with pytest.raises(CatalogError, match="is an unfinished catalog .*rerun it with the same --tiles, --model and --out"):
         open_catalog(catalog)
     assert job.run_survey(replace(config, tiles=str(tmp_path / "all.txt"))).total_rows == 60
     assert open_catalog(catalog).metadata.n_volunteers == 40
     assert_exact(catalog, tiny_model, [t0, t1, t2])
+
+
+def test_a_task_whose_driver_no_longer_holds_the_catalog_writes_nothing(tmp_path, tiny_model, monkeypatch):
+    """A task that outlived its driver (killed -9, its worker paused) wrote an old model's rows under the
+    name a new --overwrite run had just finished, and a rerun called the mixed catalog done; a live
+    driver whose lock was taken over kept writing beside the new holder."""
+    from skymorph.catalog.lock import DriverLock
+    from skymorph.errors import CatalogError
+    from skymorph.inference import job
+    from skymorph.tiles import write_tile_list
+
+    (t0,) = make_tiles(str(tmp_path), n_tiles=1, per_tile=20)
+    write_tile_list(str(tmp_path / "tiles.txt"), [t0])
+    catalog = str(tmp_path / "catalog")
+    config = job.RunConfig(tiles=str(tmp_path / "tiles.txt"), model=tiny_model, out=catalog, workers=1, progress=False)
+    run_tasks = job._run_tasks
+    sent = []
+
+    def taken_over_first(config, client, spec, *args, **kwargs):
+        sent.append(spec)
+        _write_lock(catalog, session="another run")  # what a run that took the lease over as stale writes
+        return run_tasks(config, client, spec, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(job, "_run_tasks", taken_over_first)
+        with pytest.raises(CatalogError, match=r"this run's lock on .* was taken over by host .*stopped so that two runs do not write one catalog"):
+            job.run_survey(config)
+    assert layout.list_parts(catalog) == []  # the task, on a real worker, checked the lock before writing
+    assert DriverLock(catalog).holder().session == "another run"  # and the stopped driver left it
+
+    layout.remove_catalog(catalog)  # the other run, gone: a task of the stopped driver still writes nothing
+    result = _run_in_process(sent[0], t0)
+    assert result["failure"]["stage"] == "lock" and "no longer holds" in result["failure"]["reason"]
+    assert layout.list_parts(catalog) == []
+
+
+def _run_in_process(spec, tile: str) -> dict:
+    """``run_range`` of ``tile``'s first range on a worker thread of this process (monkeypatches apply)."""
+    from distributed import Client, LocalCluster
+
+    from skymorph.inference.task import EngineCache, run_range
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, Client(cluster) as client:
+        client.register_plugin(EngineCache(spec.model))
+        return client.submit(run_range, spec, tile, 0, None, pure=False).result()
+
+
+def _write_lock(catalog: str, session: str) -> None:
+    import socket
+
+    from skymorph.storage import atomic_write_text
+
+    now = time.time()
+    atomic_write_text(layout.driver_lock_url(catalog), json.dumps(
+        {"host": socket.gethostname(), "pid": os.getpid(), "session": session, "started": now, "heartbeat": now}))
 
 
 def test_a_run_whose_tiles_all_fail_alike_stops_early(tmp_path, tiny_model, capsys):
@@ -553,7 +621,8 @@ def test_job_spec_rejects_no_attempts():
     from skymorph.inference.task import JobSpec, ModelRef
 
     fields = dict(catalog="c", order=3, schema=None, model=ModelRef("m.onnx", "0" * 64), schema_json="{}",
-                  likelihood="multinomial", n_volunteers=40, input_shape=(1, SIZE, SIZE), batch_size=8, rows_per_task=64)
+                  likelihood="multinomial", n_volunteers=40, input_shape=(1, SIZE, SIZE), batch_size=8, rows_per_task=64,
+                  driver_session="0" * 32)
     assert JobSpec(**fields, attempts=1).attempts == 1
     with pytest.raises(InputError, match=r"^JobSpec attempts \(tries per tile range\) must be at least 1, got 0$"):
         JobSpec(**fields, attempts=0)

@@ -64,6 +64,7 @@ __all__ = [
     "list_temp_files",
     "foreign_entries",
     "remove_catalog",
+    "unfinish_catalog",
     "part_rows",
     "read_properties",
     "write_properties",
@@ -232,13 +233,28 @@ def foreign_entries(catalog: str, storage_options: dict | None = None) -> list[s
     return sorted(name for name in entries if name not in _ENTRIES and not _is_temp(name))
 
 
-def remove_catalog(catalog: str, storage_options: dict | None = None) -> None:
+def remove_catalog(catalog: str, storage_options: dict | None = None, keep_lock: bool = False) -> None:
     """Delete what a skymorph catalog writes under ``catalog``, keeping the directory (or bucket) itself
-    and anything else in it."""
+    and anything else in it; with ``keep_lock``, the driver lock too (the run replacing the catalog holds it)."""
     fs, entries = _root_entries(catalog, storage_options)
     for name, path in entries.items():
-        if name in _ENTRIES or _is_temp(name):
+        if name == _SKYMORPH and keep_lock:
+            lock = fs._strip_protocol(driver_lock_url(catalog))
+            for child in fs.ls(path, detail=False):
+                if child.rstrip("/") != lock:
+                    fs.rm(child, recursive=True)
+        elif name in _ENTRIES or _is_temp(name):
             fs.rm(path, recursive=True)
+
+
+def unfinish_catalog(catalog: str, storage_options: dict | None = None) -> None:
+    """Make a finished catalog read as unfinished (``hats.properties`` removed; the finish step writes it
+    again): done before a part is added, so readers never count parts its metadata does not."""
+    fs, path = filesystem(properties_url(catalog), storage_options)
+    try:
+        fs.rm(path)
+    except FileNotFoundError:
+        pass
 
 
 # ---- Parquet key-value metadata ---------------------------------------------------------------------

@@ -2,18 +2,23 @@
 
 Two ``skymorph run`` drivers on one ``--out`` would both journal and compact the manifest and finish
 the catalog, each over the other's ranges. :class:`DriverLock` refuses the second one: the lock file
-names its holder (host, pid, session, heartbeat time) and a background thread rewrites the heartbeat
-every ``heartbeat_s``. A lock is stale, and taken over, when its heartbeat is older than
-``stale_after_s`` (the holder died or lost the bucket) or when its holder ran on this host and that
-pid is gone (a killed local driver does not block its own rerun).
+names its holder (host, pid, session, heartbeat time), is created only where none exists (a hard
+link locally, a conditional PUT on S3: of two drivers started at once, one wins), and a background
+thread rewrites the heartbeat every ``heartbeat_s``. A lock is stale, and taken over, when its
+heartbeat is older than ``stale_after_s`` (the holder died or lost the bucket) or when its holder ran
+on this host and that pid is gone (a killed local driver does not block its own rerun).
 
-S3 has no create-if-absent in s3fs, so check-then-write leaves a window of one round trip in which
-two drivers started at the same instant both win; the lease is there for the common mistake of a
-second job launched on a live catalog, not as a consensus protocol.
+A driver that is alive but paused past ``stale_after_s`` (swapped out, its host partitioned) comes
+back to a lock taken over. Its heartbeat reads the lock before rewriting it, so it finds that out
+within ``heartbeat_s`` and :meth:`DriverLock.check_held` stops the run; its tasks already on the
+workers, and those of a killed driver, call :func:`check_session` before writing a part, so they
+write nothing into a catalog another run owns. Staleness compares the holder's clock with the
+reader's: hosts must agree on the time to well within ``stale_after_s`` (NTP does).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -24,9 +29,9 @@ from dataclasses import asdict, dataclass
 
 from skymorph.catalog import layout
 from skymorph.errors import CatalogError
-from skymorph.storage import atomic_write_text, filesystem, read_text
+from skymorph.storage import atomic_write_text, create_exclusive_bytes, filesystem, read_text
 
-__all__ = ["DriverLock", "LockHolder"]
+__all__ = ["DriverLock", "LockHolder", "check_session"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,26 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _read_holder(url: str, storage_options: dict | None) -> LockHolder | None:
+    try:
+        data = json.loads(read_text(url, storage_options))
+        return LockHolder(str(data["host"]), int(data["pid"]), str(data["session"]), float(data["started"]), float(data["heartbeat"]))
+    except FileNotFoundError:
+        return None
+    except (ValueError, KeyError, TypeError):
+        return None  # unreadable: treat as no lock (writes are atomic, so no live driver left it so)
+
+
+def check_session(catalog: str, session: str, storage_options: dict | None = None) -> None:
+    """Raise :class:`CatalogError` unless driver ``session`` holds ``catalog``'s lock: a task of a
+    driver that was killed, or whose lock was taken over or replaced by an ``--overwrite`` run, must not
+    write a part (under a name the new run may own) into that catalog."""
+    holder = _read_holder(layout.driver_lock_url(catalog), storage_options)
+    if holder is None or holder.session != session:
+        raise CatalogError(f"the run that sent this task no longer holds {catalog!r} (its lock is "
+                           f"{'gone' if holder is None else 'held by another run'}); writing nothing")
+
+
 class DriverLock:
     """``check()`` before touching the catalog, ``acquire()`` before writing it, ``release()`` at the end."""
 
@@ -65,35 +90,57 @@ class DriverLock:
         self.session = uuid.uuid4().hex
         self._started = time.time()
         self._stop = threading.Event()
+        self._lost = threading.Event()
+        self._taken_by: LockHolder | None = None
         self._thread: threading.Thread | None = None
 
     def holder(self) -> LockHolder | None:
-        try:
-            data = json.loads(read_text(self.url, self.storage_options))
-            return LockHolder(str(data["host"]), int(data["pid"]), str(data["session"]), float(data["started"]), float(data["heartbeat"]))
-        except FileNotFoundError:
-            return None
-        except (ValueError, KeyError, TypeError):
-            return None  # unreadable: treat as no lock (writes are atomic, so no live driver left it so)
+        return _read_holder(self.url, self.storage_options)
 
     def check(self) -> None:
         """Raise :class:`CatalogError` if another live driver holds the catalog."""
         holder = self.holder()
-        now = time.time()
-        if holder is not None and holder.session != self.session and not holder.is_stale(now, self.stale_after_s):
-            started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(holder.started))
-            raise CatalogError(
-                f"{self.catalog!r} is being written by another skymorph run (host {holder.host}, pid {holder.pid}, "
-                f"started {started} UTC, heartbeat {now - holder.heartbeat:.0f} s ago); wait for it to finish, or if it "
-                f"is dead, remove {self.url} (it goes stale {self.stale_after_s:.0f} s after the last heartbeat)"
-            )
+        if holder is not None and holder.session != self.session and not holder.is_stale(time.time(), self.stale_after_s):
+            raise CatalogError(self._held_by(holder))
 
     def acquire(self) -> None:
-        """Check, write the lock, and keep its heartbeat going until :meth:`release`."""
-        self.check()
-        self._write()
+        """Create the lock (taking over a stale one), and keep its heartbeat going until :meth:`release`."""
+        for _ in range(2):
+            try:
+                create_exclusive_bytes(self.url, self._record(), self.storage_options)
+                break
+            except FileExistsError:
+                holder = self.holder()
+                if holder is not None and not holder.is_stale(time.time(), self.stale_after_s):
+                    raise CatalogError(self._held_by(holder)) from None
+                fs, path = filesystem(self.url, self.storage_options)
+                with contextlib.suppress(FileNotFoundError):  # stale or unreadable (never half-written)
+                    fs.rm(path)
+        else:
+            raise CatalogError(self._held_by(self.holder()))  # another driver took the stale lock first
         self._thread = threading.Thread(target=self._beat, name="skymorph-driver-lock", daemon=True)
         self._thread.start()
+
+    @property
+    def held(self) -> bool:
+        """False once the heartbeat has found the lock taken over or removed."""
+        return not self._lost.is_set()
+
+    def check_held(self, read: bool = False) -> None:
+        """Raise :class:`CatalogError` if the heartbeat found this driver's lock taken over or removed,
+        or with ``read``, if the lock file says so now."""
+        if read and not self._lost.is_set():
+            holder = self.holder()
+            if holder is None or holder.session != self.session:
+                self._taken_by = holder
+                self._lost.set()
+        if self._lost.is_set():
+            holder = self._taken_by
+            by = "removed" if holder is None else f"taken over by host {holder.host}, pid {holder.pid}"
+            raise CatalogError(
+                f"this run's lock on {self.catalog!r} was {by} (a heartbeat missed for {self.stale_after_s:.0f} s makes "
+                "it stale); stopped so that two runs do not write one catalog: rerun once the other run has finished"
+            )
 
     def release(self) -> None:
         """Stop the heartbeat and remove the lock if it is still this driver's."""
@@ -105,14 +152,29 @@ class DriverLock:
             fs, path = filesystem(self.url, self.storage_options)
             fs.rm(path)
 
-    def _write(self) -> None:
+    def _held_by(self, holder: LockHolder | None) -> str:
+        if holder is None:
+            return f"{self.catalog!r} is being written by another skymorph run; wait for it to finish, or remove {self.url}"
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(holder.started))
+        return (
+            f"{self.catalog!r} is being written by another skymorph run (host {holder.host}, pid {holder.pid}, "
+            f"started {started} UTC, heartbeat {time.time() - holder.heartbeat:.0f} s ago); wait for it to finish, or if it "
+            f"is dead, remove {self.url} (it goes stale {self.stale_after_s:.0f} s after the last heartbeat)"
+        )
+
+    def _record(self) -> bytes:
         holder = LockHolder(socket.gethostname(), os.getpid(), self.session, self._started, time.time())
-        atomic_write_text(self.url, json.dumps(asdict(holder)), self.storage_options)
+        return json.dumps(asdict(holder)).encode()
 
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat_s):
             try:
-                self._write()
+                holder = self.holder()
+                if holder is None or holder.session != self.session:
+                    self._taken_by = holder
+                    self._lost.set()
+                    return
+                atomic_write_text(self.url, self._record().decode(), self.storage_options)
             except Exception:  # a missed heartbeat is retried on the next beat; stale only after many
                 continue
 

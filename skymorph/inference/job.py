@@ -11,7 +11,9 @@ with the job), collects failures, and finishes the catalog
 (:func:`skymorph.catalog.writer.finish_catalog`).
 
 One driver per catalog: a second ``skymorph run`` on a catalog whose driver is alive is refused
-(:class:`skymorph.catalog.lock.DriverLock`, a lease with a heartbeat).
+(:class:`skymorph.catalog.lock.DriverLock`, a lease with a heartbeat); a driver that finds its lock
+taken over stops, and a task checks that its driver still holds the lock before it writes a part.
+A finished catalog given new tiles reads as unfinished from its first new part until the run finishes.
 
 Resume: ranges already in the manifest for the same model digest are skipped; a tile's first range
 is sized by its task (which opens the tile), its other ranges are then submitted by the driver.
@@ -173,22 +175,14 @@ def _check_out(out: str, options: dict) -> None:
 
 def _prepare_output(config: RunConfig, model_sha256: str, options: dict):
     """``(manifest, is_new)``: the existing manifest (or a new one), after checking that the catalog
-    belongs to this model, order, number of volunteers and rows per task; ``--overwrite`` removes an
-    existing catalog first (after :func:`_check_out`)."""
+    belongs to this model, order, number of volunteers and rows per task. With ``--overwrite`` the catalog
+    is new: the caller removes the old one once it holds the lock. Reads only."""
     from skymorph.catalog.writer import Manifest, read_manifest
     from skymorph.storage import filesystem
 
     fs, root = filesystem(config.out, options)
-    try:
-        manifest = read_manifest(config.out, options)
-    except CatalogError:
-        if not config.overwrite:
-            raise
-        manifest = None
-    if config.overwrite:
-        layout.remove_catalog(config.out, options)
-        manifest = None
-    if manifest is None and fs.exists(root) and fs.exists(layout.properties_url(config.out)):
+    manifest = None if config.overwrite else read_manifest(config.out, options)
+    if manifest is None and not config.overwrite and fs.exists(root) and fs.exists(layout.properties_url(config.out)):
         raise CatalogError(f"{config.out!r} holds a catalog without a skymorph manifest; choose another --out or pass --overwrite")
     if manifest is not None:
         if manifest.model_sha256 != model_sha256:
@@ -329,15 +323,6 @@ def _check_tile_shapes(tiles: list[str], input_shape, config: RunConfig) -> None
                          f"{config.model!r} takes {size(input_shape)}: give tiles of that size, or a model exported for these")
 
 
-def _unfinish(catalog: str, options: dict) -> None:
-    from skymorph.storage import exists, filesystem
-
-    url = layout.properties_url(catalog)
-    if exists(url, options):
-        fs, path = filesystem(url, options)
-        fs.rm(path)
-
-
 @contextmanager
 def _no_trace_unless_started(out: str, is_new: bool, options: dict):
     """For a new catalog: if the block fails before the manifest is written (no scheduler, no GPU
@@ -379,9 +364,9 @@ class _Tally:
 
 
 def _run_tasks(config: RunConfig, client, job, resources, plan: _Plan, manifest, tally: _Tally, n_tiles: int,
-               started: float, options: dict, on_first_rows=None) -> None:
-    """Keep at most ``max_in_flight`` tasks submitted; record each result as it arrives.
-    ``on_first_rows()`` is called once, when the first range that wrote rows comes back."""
+               started: float, options: dict, lock) -> None:
+    """Keep at most ``max_in_flight`` tasks submitted; record each result as it arrives, while ``lock``
+    (the driver's :class:`~skymorph.catalog.lock.DriverLock`) is held."""
     import contextlib
     import uuid
 
@@ -415,6 +400,7 @@ def _run_tasks(config: RunConfig, client, job, resources, plan: _Plan, manifest,
     submit_until_full()
     try:
         for future in pending:
+            lock.check_held()  # a run that lost its lock records nothing more
             tile, start, stop = in_flight.pop(future.key)
             try:
                 result = future.result()
@@ -426,15 +412,14 @@ def _run_tasks(config: RunConfig, client, job, resources, plan: _Plan, manifest,
             for key, value in result["seconds"].items():
                 tally.stages[key] += value
             if result["failure"] is not None:
+                if result["failure"]["stage"] == "lock":  # the task found another run's lock: is it so?
+                    lock.check_held(read=True)
                 tally.failures.append({"tile": tile, "start": start, "stop": result["stop"], **result["failure"]})
                 if plan.outstanding.pop(tile, None) is not None:
                     bar.update(1)
                 if not config.allow_failures:
                     _stop_if_systemic(tally)
             else:
-                if on_first_rows is not None and result["rows"]:
-                    on_first_rows()
-                    on_first_rows = None
                 if stop is None:
                     plan.first_range_done(tile, result["n"], result["chunk_size"], result["stop"])
                 journal.add(RangeRecord(tile=tile, start=start, stop=result["stop"], n=result["n"],
@@ -449,7 +434,8 @@ def _run_tasks(config: RunConfig, client, job, resources, plan: _Plan, manifest,
                 last_flush = time.monotonic()
             submit_until_full()
     finally:
-        journal.flush()
+        if lock.held:
+            journal.flush()
         bar.close()
         if client.status == "running":  # else the scheduler forgets the plugin with the cluster
             with contextlib.suppress(Exception):  # a scheduler gone away must not hide why the run stopped
@@ -494,7 +480,7 @@ def run_survey(config: RunConfig) -> RunReport:
     _check_tile_shapes(tiles, metadata.input.shape, config)
     _check_out(config.out, options)
     lock = DriverLock(config.out, options)
-    lock.check()  # before _prepare_output, whose --overwrite would delete a live driver's catalog
+    lock.check()  # a live driver's catalog is refused before anything else is read
     manifest, is_new = _prepare_output(config, model_sha256, options)
 
     cat_meta = CatalogMetadata(model_sha256=model_sha256, samples=metadata.samples, seed=metadata.seed,
@@ -512,6 +498,8 @@ def run_survey(config: RunConfig) -> RunReport:
 
     # checks again, then holds the lease (heartbeat) until the catalog is finished
     with _no_trace_unless_started(config.out, is_new, options), lock:
+        if config.overwrite:  # only now that this run holds the lock: a live run's catalog is never removed
+            layout.remove_catalog(config.out, options, keep_lock=True)
         tally = _Tally()
         if not nothing_to_do:  # else every range is done and only the finish step is left
             gpu = config.gpu or info.needs_gpu
@@ -535,13 +523,11 @@ def run_survey(config: RunConfig) -> RunReport:
                               schema_json=metadata.schema.to_json(), likelihood=metadata.likelihood,
                               n_volunteers=config.n_volunteers, input_shape=metadata.input.shape,
                               batch_size=config.batch_size, rows_per_task=config.rows_per_task,
+                              driver_session=lock.session, unfinish_before_writing=not is_new,
                               storage_options=config.storage_options)
-                # Readers would see new parts beside a finished catalog's metadata, which does not count
-                # them (nor, if the run is stopped, parts no finished range owns): unfinished from the
-                # first rows written until the finish step writes hats.properties again. A rerun that
-                # writes nothing (failed tiles failing again) leaves the catalog readable.
-                unfinish = None if is_new else (lambda: _unfinish(config.out, options))
-                _run_tasks(config, client, job, resources, plan, manifest, tally, len(tiles), started, options, unfinish)
+                _run_tasks(config, client, job, resources, plan, manifest, tally, len(tiles), started, options, lock)
+
+        lock.check_held(read=True)
 
         props = CatalogProperties(
             catalog_name=config.catalog_name or _default_name(config.out), total_rows=0, order=config.catalog_order,

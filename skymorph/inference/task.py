@@ -8,8 +8,8 @@ scheduler gives registered plugins to workers that join or restart later, while 
 workers is lost with the last worker that held it (a restarted single worker would then fail every
 task left). :func:`run_range` opens the tile, reads
 chunk after chunk on a background thread while the engine runs on the current one, summarizes the
-posterior, writes the part files and returns small statistics, or a failure record (tile, stage,
-reason) for a bad tile. Transient storage errors (connection drops, 5xx, SlowDown) are retried with
+posterior, writes the part files (once its driver is known to hold the catalog's lock) and returns
+small statistics, or a failure record (tile, stage, reason) for a bad tile. Transient storage errors (connection drops, 5xx, SlowDown) are retried with
 exponential backoff; a retried range rewrites the same deterministic part files, so nothing is
 duplicated.
 """
@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from distributed import WorkerPlugin
 
-from skymorph.catalog.layout import BASE_COLUMNS
+from skymorph.catalog.layout import BASE_COLUMNS, unfinish_catalog
+from skymorph.catalog.lock import check_session
 from skymorph.errors import InputError, ModelError, SkymorphError, TileError
 from skymorph.inference.cluster import usable_cores
 
@@ -47,7 +48,9 @@ class ModelRef:
 @dataclass(frozen=True)
 class JobSpec:
     """What every task of a run shares: the catalog to write, its order and Arrow ``schema`` (with
-    the ``skymorph.*`` key-value metadata), the model and how to summarize its samples."""
+    the ``skymorph.*`` key-value metadata), the model and how to summarize its samples.
+    ``driver_session`` is the session of the driver's lock, which a task checks before it writes;
+    ``unfinish_before_writing``: the catalog was finished, and must read as unfinished once parts are added."""
 
     catalog: str
     order: int
@@ -59,6 +62,8 @@ class JobSpec:
     input_shape: tuple[int, int, int]
     batch_size: int
     rows_per_task: int
+    driver_session: str
+    unfinish_before_writing: bool = False
     storage_options: dict = field(default_factory=dict)
     attempts: int = 5
     backoff_s: float = 0.5
@@ -280,10 +285,21 @@ def _process(job: JobSpec, tile_url: str, start: int, stop: int | None, seconds:
     posterior = {name: np.concatenate([s[name] for s in summaries]) if summaries else np.zeros(0, np.float32)
                  for name in names}
     table = _stage("write", build_part_table, job.schema, object_id, ra, dec, tile_url, start, posterior)
-    parts = _stage("write", write_part, job.catalog, table, tile_url, start, stop, job.order,
-                   s3_retry_options(job.catalog, job.storage_options))
+    options = s3_retry_options(job.catalog, job.storage_options)
+    _before_writing(job, options)
+    parts = _stage("write", write_part, job.catalog, table, tile_url, start, stop, job.order, options)
     seconds["write"] += time.perf_counter() - t0
     return {"n": tile.n, "chunk_size": tile.chunk_size, "stop": stop, "parts": parts}
+
+
+def _before_writing(job: JobSpec, options: dict) -> None:
+    """The driver that sent this task must still hold the catalog: a task that outlived its driver
+    (killed, or paused past the lock's lease and taken over, or replaced by an ``--overwrite`` run)
+    would otherwise write an old model's numbers under a name the new run owns. A finished catalog
+    being extended reads as unfinished before its first new part appears."""
+    _stage("lock", check_session, job.catalog, job.driver_session, options)
+    if job.unfinish_before_writing:
+        _stage("write", unfinish_catalog, job.catalog, options)
 
 
 def run_range(job: JobSpec, tile_url: str, start: int, stop: int | None) -> dict:
