@@ -411,9 +411,10 @@ def read_tile_list(url: str, storage_options: dict | None = None) -> list[str]:
             raise InputError(f"tile list {url!r} line {lineno}: expected one tile URL, got {entry!r}")
         if "://" not in entry and not os.path.isabs(entry):
             entry = _resolve(base, entry)
-        # One store under two names ('..', a symlink) would be classified twice: compare where they lead.
-        # Only the comparison is normalised: a catalog's manifest and part names know tiles as listed.
-        key = entry if "://" in entry else _local_key(entry, real_dirs)
+        # One store under two names ('..', a symlink, file://, a trailing '/') would be classified twice:
+        # compare where they lead. Only the comparison is normalised: a catalog's manifest and part names
+        # know tiles as listed.
+        key = entry.rstrip("/") if storage.is_remote(entry) else _local_key(storage.strip_protocol(entry), real_dirs)
         if key in seen:
             line, listed = seen[key]
             same = f" ({listed!r}, the same store)" if listed != entry else ""

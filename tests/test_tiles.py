@@ -280,10 +280,13 @@ def test_read_tile_list_errors_name_file_and_line(tmp_path):
         read_tile_list(str(path))
     (tmp_path / "a.zarr").mkdir()
     os.symlink(tmp_path / "a.zarr", tmp_path / "link.zarr")
-    for alias in (f"{tmp_path}/sub/../a.zarr", f"{tmp_path}/link.zarr"):  # one store under another name
-        path.write_text(f"a.zarr\n{alias}\n")
+    for alias in (f"{tmp_path}/sub/../a.zarr", f"{tmp_path}/link.zarr", f"file://{tmp_path}/a.zarr", "a.zarr/"):
+        path.write_text(f"a.zarr\n{alias}\n")  # one store under another name
         with pytest.raises(InputError, match=r"line 2: .*already listed on line 1"):
             read_tile_list(str(path))
+    path.write_text("s3://b/tiles/a.zarr\ns3://b/tiles/a.zarr/\n")
+    with pytest.raises(InputError, match=r"line 2: .*already listed on line 1"):
+        read_tile_list(str(path))
     path.write_text("# nothing\n\n")
     with pytest.raises(InputError, match="lists no tiles"):
         read_tile_list(str(path))
