@@ -50,17 +50,20 @@ def test_load_labels_reads_votes_in_schema_order_and_rejects_unknown_answers(tmp
     path.write_text("object_id,has_spiral_arms_yess\n5,3\n")
     with pytest.raises(SchemaError, match="Did you mean 'has_spiral_arms_yes'"):
         load_labels(str(path), GZ2)
-    path.write_text("object_id,has_spiral_arms_yes\n5,-1\n")
+    path.write_text("object_id,has_spiral_arms_yes,has_spiral_arms_no\n5,-1,0\n")
     with pytest.raises(InputError, match="non-negative"):
         load_labels(str(path), GZ2)
-    path.write_text("object_id,has_spiral_arms_yes\n5,abc\n6,2\n")
+    path.write_text("object_id,has_spiral_arms_yes,has_spiral_arms_no\n5,abc,0\n6,2,0\n")
     with pytest.raises(InputError, match="'has_spiral_arms_yes' must hold vote counts, not text"):
         load_labels(str(path), GZ2)
-    path.write_text("object_id,has_spiral_arms_yes\n5,1e30\n6,2\n")  # would wrap around in int64
+    path.write_text("object_id,has_spiral_arms_yes,has_spiral_arms_no\n5,1e30,0\n6,2,0\n")  # would wrap around in int64
     with pytest.raises(InputError, match=r"holds a count of 1e\+30 votes; counts above 16,777,216 are not volunteer votes"):
         load_labels(str(path), GZ2)
-    path.write_text("object_id,has_spiral_arms_yes\n5,16777216\n")
+    path.write_text("object_id,has_spiral_arms_yes,has_spiral_arms_no\n5,16777216,0\n")
     assert load_labels(str(path), GZ2).votes.max() == 2**24
+    path.write_text("object_id,bar_yes,bar_no,has_spiral_arms_yes\n5,1,0,3\n")  # read as 0 "no" votes: always spiral
+    with pytest.raises(SchemaError, match=r"votes for some answers of question 'has_spiral_arms' but no column 'has_spiral_arms_no'; give every answer's count"):
+        load_labels(str(path), GZ2)
 
 
 def test_labels_of_another_schema_or_a_truth_table_say_so(tmp_path):
@@ -80,7 +83,7 @@ def test_labels_of_another_schema_or_a_truth_table_say_so(tmp_path):
 
 def test_hash_split_is_deterministic_and_near_the_fraction(tmp_path):
     path = tmp_path / "labels.csv"
-    path.write_text("object_id,bar_yes\n" + "".join(f"{i},1\n" for i in range(2000)))
+    path.write_text("object_id,bar_yes,bar_no\n" + "".join(f"{i},1,0\n" for i in range(2000)))
     labels = load_labels(str(path), GZ2)
     train_mask, val_mask = split_masks(labels, 0.2, seed=3)
     assert np.array_equal(val_mask, split_masks(labels, 0.2, seed=3)[1])
@@ -250,11 +253,12 @@ def test_ema_saves_the_moving_average_of_the_plain_runs_weights_and_resumes_exac
     assert ema.metrics[-1]["val_loss"] == pytest.approx(json.loads((tmp_path / "e.ckpt.metrics.json").read_text())["epochs"][-1]["val_loss"])
 
     half = train(_config(tmp_path, tiles, labels, **run, ema_decay=0.75, stop_after_epochs=1, out=str(tmp_path / "h.ckpt")))
-    rest = train(_config(tmp_path, tiles, labels, **run, ema_decay=0.75, resume=half.last_checkpoint, out=str(tmp_path / "h.ckpt")))
+    # --ema-decay is the checkpoint's, as the run's other settings (it had to be given again)
+    rest = train(_config(tmp_path, tiles, labels, **run, resume=half.last_checkpoint, out=str(tmp_path / "h.ckpt")))
     wr = _state(rest.last_checkpoint)
     assert all(torch.equal(wr[k], we[k]) for k in we)
-    with pytest.raises(ModelError, match="same --ema-decay"):
-        train(_config(tmp_path, tiles, labels, **run, resume=half.last_checkpoint, out=str(tmp_path / "h.ckpt")))
+    with pytest.raises(ModelError, match=r"was trained with ema_decay=0.75 but ema_decay=0.5 was given; drop it"):
+        train(_config(tmp_path, tiles, labels, **run, ema_decay=0.5, resume=half.last_checkpoint, out=str(tmp_path / "h.ckpt")))
     with pytest.raises(InputError, match="ema_decay must be in"):
         _config(tmp_path, tiles, labels, ema_decay=1.0)
 

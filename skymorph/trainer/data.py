@@ -100,8 +100,8 @@ def load_labels(url: str, schema: Schema, storage_options=None) -> Labels:
 
     One-line errors: a column name given twice; no ``object_id``; the votes of another built-in schema, or
     a synthetic survey's truth table; no rows; duplicate object ids; a column naming an answer the schema
-    lacks ("Did you mean ..."); negative counts; no vote column of the schema at all, or no vote in any
-    of them.
+    lacks ("Did you mean ..."); some answers of a question without the others (the missing ones would
+    read as no votes); negative counts; no vote column of the schema at all, or no vote in any of them.
     """
     import pyarrow as pa
 
@@ -127,6 +127,14 @@ def load_labels(url: str, schema: Schema, storage_options=None) -> Labels:
             f"labels {url!r} has no vote column of schema {schema.name!r}; expected {{question}}_{{answer}} "
             f"columns such as {schema.answer_columns[0]!r}"
         )
+    for question, answers_of in zip(schema.question_names, schema.question_slices):
+        columns = schema.answer_columns[answers_of]
+        missing = [c for c in columns if c not in names]
+        if missing and len(missing) < len(columns):  # its votes would read as 0 for every galaxy
+            raise SchemaError(
+                f"labels {url!r} has votes for some answers of question {question!r} but no column {', '.join(map(repr, missing))}; "
+                "give every answer's count (0 where no volunteer chose it), or leave the question's columns out"
+            )
     if not table.num_rows:  # before the type checks: the columns of a header-only CSV have no type
         raise InputError(f"labels {url!r} has no rows, only a header; give one row of vote counts per galaxy")
     try:

@@ -347,6 +347,18 @@ def _keep_split(config: TrainConfig, meta) -> TrainConfig:
     return replace(config, **kept)
 
 
+def _resumed_ema(config: TrainConfig, meta) -> TrainConfig:
+    """``config`` with the --resume checkpoint's ``ema_decay`` where none is given (as its other settings);
+    a given one that differs is an error."""
+    recorded = (meta.provenance.get("config") or {}).get("ema_decay")
+    if config.ema_decay is not None and not _same(config.ema_decay, recorded):
+        raise ModelError(
+            f"--resume {config.resume!r} was trained with ema_decay={recorded!r} but ema_decay={config.ema_decay!r} was given; "
+            "drop it (a resumed run keeps its settings) or start a new run with --finetune"
+        )
+    return replace(config, ema_decay=recorded)
+
+
 def _run_settings(config: TrainConfig, meta=None, labels=None) -> TrainConfig:
     """``config`` with its run settings (the keys of ``TrainConfig.RUN_DEFAULTS``) filled in: the given ones
     over the defaults for a new run (also --finetune); for --resume (``meta`` given) the ones the checkpoint
@@ -462,8 +474,8 @@ def train(config: TrainConfig) -> TrainResult:
         choices = _model_choices(config, start_meta, start_checkpoint)
         if config.resume and not training:
             raise ModelError(_no_training_state(config.resume, so))
-        if config.resume and (config.ema_decay is None) != ("raw_weights" not in training):
-            raise ModelError("resume with the same --ema-decay setting as the run that wrote the checkpoint")
+        if config.resume:
+            config = _resumed_ema(config, start_meta)
     if config.finetune:
         config = _keep_split(config, start_meta)
     config = _run_settings(config, start_meta if config.resume else None, labels)
