@@ -395,7 +395,8 @@ def _add_catalog_commands(sub) -> None:
     pick.add_argument("--strategy", choices=("top", "power"), default="top",
                       help="top: the n highest (default); power: sample proportional to BALD^beta (Kirsch et al. 2023)")
     pick.add_argument("--beta", type=float, help="power strategy exponent (default 1.0)")
-    pick.add_argument("--seed", type=int, help="power strategy seed: same seed, same batch (default 0)")
+    pick.add_argument("--seed", type=int, help="power strategy seed: same seed and catalog, same batch; the catalog of a new model "
+                      "draws afresh with the same seed (default 0)")
     pick.add_argument("--exclude", metavar="IDS", help="CSV or Parquet with an object_id column: never pick these")
     pick.add_argument("--out", required=True, metavar="FILE", help="subject manifest (.csv; or .parquet, .fits, .vot)")
     pick.add_argument("--gallery", metavar="PNG", help="also draw the picked galaxies and their posteriors")

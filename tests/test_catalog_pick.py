@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from skymorph.catalog import pick
-from skymorph.catalog.pick import gumbel_keys, hash_uniform
+from skymorph.catalog.pick import gumbel_keys, hash_uniform, model_salt
 from skymorph.cli import main
 from skymorph.errors import InputError, SchemaError
 from skymorph.testing.catalogs import FAKE_MODEL_SHA256, write_synthetic_catalog
@@ -98,6 +98,9 @@ def test_hash_uniform_matches_reference():
     for seed in (0, 1, 99, 2**63, 2**64 - 1):
         expected = [((_splitmix64((int(i) & ((1 << 64) - 1)) ^ _splitmix64(seed)) >> 11) + 0.5) / 2**53 for i in ids]
         np.testing.assert_array_equal(hash_uniform(ids, seed), expected)
+        salt = 0x0123456789ABCDEF
+        salted = [((_splitmix64((int(i) & ((1 << 64) - 1)) ^ _splitmix64(seed ^ salt)) >> 11) + 0.5) / 2**53 for i in ids]
+        np.testing.assert_array_equal(hash_uniform(ids, seed, salt), salted)
     with pytest.raises(InputError, match=r"--seed must be a non-negative integer below 2\*\*64, got -1"):
         hash_uniform(ids, -1)
 
@@ -108,10 +111,21 @@ def test_power_pick_is_the_gumbel_top_k_of_the_whole_catalog(catalog, full):
         batch = pick(catalog, 40, question=question, strategy="power", beta=beta, seed=seed)
         scored = _scored(full, column)
         eligible = scored[scored[column] > 0]
-        keys = gumbel_keys(eligible.object_id.values, eligible[column].values, seed, beta)
+        salt = int(FAKE_MODEL_SHA256[:16], 16)  # the catalog's model: each model's catalog draws afresh
+        keys = gumbel_keys(eligible.object_id.values, eligible[column].values, seed, beta, salt)
         expected = eligible.object_id.values[np.argsort(-keys)[:40]]
         assert batch["object_id"].to_pylist() == expected.tolist()
         assert dict(batch.schema.metadata)[b"skymorph.pick"].decode().startswith("strategy=power")
+
+
+def test_power_noise_differs_between_models_with_one_seed():
+    """With the noise a hash of (seed, id) alone, every round of active learning run with the default
+    --seed gave each galaxy the same Gumbel noise: the same 50 of 200 came first whatever the model."""
+    ids, score = np.arange(200), np.ones(200)
+    first = np.argsort(-gumbel_keys(ids, score, 0, 1.0, model_salt(FAKE_MODEL_SHA256)))[:50]
+    other = np.argsort(-gumbel_keys(ids, score, 0, 1.0, model_salt("f" * 64)))[:50]
+    assert model_salt(FAKE_MODEL_SHA256) == int(FAKE_MODEL_SHA256[:16], 16)
+    assert len(set(first) & set(other)) < 30  # 12.5 expected by chance
 
 
 def test_power_is_reproducible_and_seeded(catalog):
@@ -262,7 +276,8 @@ def test_a_galaxy_in_two_overlapping_tiles_is_picked_once_at_its_best_row(catalo
 
     for seed in (0, 5):
         eligible = rows[rows["bald_total"] > 0].copy()
-        eligible["key"] = gumbel_keys(eligible.object_id.values, eligible["bald_total"].values, seed, 1.0)
+        eligible["key"] = gumbel_keys(eligible.object_id.values, eligible["bald_total"].values, seed, 1.0,
+                                      int(FAKE_MODEL_SHA256[:16], 16))
         expected = eligible.sort_values(["key", "object_id"], ascending=[False, True]).drop_duplicates("object_id").head(60)
         batch = pick(copy, 60, strategy="power", seed=seed)
         assert batch["object_id"].to_pylist() == expected.object_id.tolist()

@@ -20,9 +20,12 @@ nothing about q however uncertain the model is. ``weight_by_asked=False`` ranks 
 
     .. math:: k_i = \beta \ln s_i + G_i, \qquad G_i = -\ln(-\ln U_i), \quad U_i \sim U(0, 1)
 
-    over galaxies with score :math:`s_i > 0`. :math:`U_i` is a hash of ``(seed, object_id)``
-    (splitmix64), so a pick depends only on the seed and the catalog, not on how it is partitioned
-    or in which order partitions are read.
+    over galaxies with score :math:`s_i > 0`. :math:`U_i` is a hash of ``(seed, model, object_id)``
+    (splitmix64; the model is the catalog's ``model_sha256``), so a pick depends only on the seed and
+    the catalog, not on how it is partitioned or in which order partitions are read, and each round
+    of active learning (a new model, so a new catalog) draws afresh with the same ``--seed``: a hash
+    of the id and the seed alone would give every galaxy the same Gumbel noise in every round,
+    keeping the same ones at the back of every batch.
 
 Both are out of core: DuckDB streams ``object_id``, the score, ``tile`` and ``row`` (a top-n heap for
 ``top``; Arrow batches merged into a running top-n of keys for ``power``), then reads the other
@@ -40,7 +43,7 @@ from skymorph.catalog.query import connect
 from skymorph.errors import CatalogError, InputError, did_you_mean, first_line
 from skymorph.seeds import check_seed
 
-__all__ = ["pick", "gumbel_keys", "hash_uniform", "read_ids", "STRATEGIES", "MANIFEST_COLUMNS"]
+__all__ = ["pick", "gumbel_keys", "hash_uniform", "model_salt", "read_ids", "STRATEGIES", "MANIFEST_COLUMNS"]
 
 STRATEGIES = ("top", "power")
 MANIFEST_COLUMNS = ("rank", "object_id", "ra", "dec", "tile", "row", "image_location")
@@ -58,20 +61,26 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
         return z ^ (z >> np.uint64(31))
 
 
-def hash_uniform(object_id, seed: int) -> np.ndarray:
-    """U(0, 1) per ``object_id``: ``(splitmix64(splitmix64(seed) ^ id) >> 11 + 0.5) / 2^53``, never 0 or 1."""
+def hash_uniform(object_id, seed: int, salt: int = 0) -> np.ndarray:
+    """U(0, 1) per ``object_id``: ``(splitmix64(splitmix64(seed ^ salt) ^ id) >> 11 + 0.5) / 2^53``, never
+    0 or 1. ``salt``: a 64-bit integer, the catalog's model (:func:`model_salt`) in a pick."""
     ids = np.asarray(object_id, dtype=np.int64).view(np.uint64)
-    key = _splitmix64(np.array([check_seed(seed)], dtype=np.uint64))[0]
+    key = _splitmix64(np.array([check_seed(seed) ^ salt], dtype=np.uint64))[0]
     bits = _splitmix64(ids ^ key) >> np.uint64(11)
     return (bits.astype(np.float64) + 0.5) / 2.0**53
 
 
-def gumbel_keys(object_id, score, seed: int, beta: float = 1.0) -> np.ndarray:
+def model_salt(model_sha256: str) -> int:
+    """The first 64 bits of a model's sha256 digest, which salt the Gumbel noise of a pick."""
+    return int(model_sha256[:16], 16)
+
+
+def gumbel_keys(object_id, score, seed: int, beta: float = 1.0, salt: int = 0) -> np.ndarray:
     """Gumbel top-k keys ``beta * ln(score) + G`` (see the module docstring); ``-inf`` where score <= 0."""
     score = np.asarray(score, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         log_score = np.where(score > 0, np.log(np.where(score > 0, score, 1.0)), -np.inf)
-    gumbel = -np.log(-np.log(hash_uniform(object_id, seed)))
+    gumbel = -np.log(-np.log(hash_uniform(object_id, seed, salt)))
     return beta * log_score + gumbel
 
 
@@ -164,7 +173,7 @@ def _best_rows(ids: np.ndarray, keys: np.ndarray, n: int) -> np.ndarray:
     return order[np.sort(first)][:n]
 
 
-def _power(con, score_sql: str, where: str, n: int, seed: int, beta: float):
+def _power(con, score_sql: str, where: str, n: int, seed: int, beta: float, salt: int):
     """The ``n`` distinct galaxies with the largest Gumbel keys, each at its best row. Exact out of core:
     a row left out of a batch's or the running top ``n`` has ``n`` distinct ids with larger keys."""
     import pyarrow as pa
@@ -176,7 +185,7 @@ def _power(con, score_sql: str, where: str, n: int, seed: int, beta: float):
     for batch in reader:
         batch_ids = batch.column(0).to_numpy().astype(np.int64)
         batch_scores = batch.column(1).to_numpy().astype(np.float64)
-        batch_keys = gumbel_keys(batch_ids, batch_scores, seed, beta)
+        batch_keys = gumbel_keys(batch_ids, batch_scores, seed, beta, salt)
         best = _best_rows(batch_ids, batch_keys, n)
         taken = pa.array(best, pa.int64())
         ids = np.concatenate([ids, batch_ids[best]])
@@ -227,7 +236,8 @@ def pick(
         if strategy == "top":
             ids, scores, tiles, row_numbers = _top(con, score_sql, where, int(n))
         else:
-            ids, scores, tiles, row_numbers = _power(con, score_sql, where, int(n), int(seed), float(beta))
+            ids, scores, tiles, row_numbers = _power(con, score_sql, where, int(n), int(seed), float(beta),
+                                                     model_salt(catalog.metadata.model_sha256))
         rows = _fetch_rows(con, ids)
     # A galaxy in two overlapping tiles has two rows: keep the one that was picked. One (tile, row) can
     # also come back twice, identical, while parts of two plans of its range coexist (a run resumed with
