@@ -1,7 +1,8 @@
 """A PNG of picked galaxies, each beside its predicted vote fractions (``pick --gallery``).
 
 For each galaxy: its cutout, read from its tile store (``tile`` and ``row`` of the pick), and a small
-bar chart of one question's predicted vote fractions with their 5%-95% predictive interval. The
+bar chart of one question's predicted vote fractions with their 5%-95% predictive interval, titled with its
+``asked`` and ``bald`` (their product ranks a pick by question). The
 question is the one picked by; with ``bald_total`` it is, per galaxy, the question contributing most
 to it (largest ``asked * bald``). Rendered with matplotlib's Agg backend (no display needed).
 """
@@ -93,10 +94,12 @@ def gallery_figure(picked, catalog: str | Catalog, question: str | None = None, 
     images = _read_cutouts(picked, catalog.storage_options)
 
     rows = -(-n // _COLUMNS)
-    # Fixed spacing instead of tight_layout: that costs more than drawing on a loaded machine.
-    fig, axes = plt.subplots(rows, 2 * _COLUMNS, figsize=(4.6 * _COLUMNS, 2.2 * rows), squeeze=False,
+    height = 2.2 * rows
+    # Fixed spacing instead of tight_layout: that costs more than drawing on a loaded machine. Margins in
+    # inches, as fractions of the height: a fixed fraction left a band of blank paper above many rows.
+    fig, axes = plt.subplots(rows, 2 * _COLUMNS, figsize=(4.6 * _COLUMNS, height), squeeze=False,
                              gridspec_kw={"width_ratios": [1, 1.2] * _COLUMNS, "wspace": 0.9, "hspace": 0.5,
-                                          "left": 0.02, "right": 0.98, "top": 0.9, "bottom": 0.08})
+                                          "left": 0.02, "right": 0.98, "top": 1 - 0.25 / height, "bottom": 0.2 / height})
     for ax in axes.flat:
         ax.set_axis_off()
     for i, ((object_id, _, row), record) in enumerate(posteriors.iterrows()):
@@ -117,7 +120,7 @@ def gallery_figure(picked, catalog: str | Catalog, question: str | None = None, 
         bar_ax.set_yticks(y, answers, fontsize=6)
         bar_ax.set_xlim(0, 1)
         bar_ax.tick_params(axis="x", labelsize=6)
-        bar_ax.set_title(f"{q}: bald {record[f'{q}_bald']:.3f}", fontsize=7)
+        bar_ax.set_title(f"{q}: asked {record[f'{q}_asked']:.2f}, bald {record[f'{q}_bald']:.3f}", fontsize=7)
     return fig
 
 
