@@ -11,6 +11,7 @@ which is atomic by construction.
 
 from __future__ import annotations
 
+import errno
 import functools
 import io
 import json
@@ -216,7 +217,8 @@ def create_exclusive_bytes(url: str, data: bytes, storage_options: dict | None =
 
     Local: a hidden temporary file hard-linked to ``url`` (``link`` fails on an existing name, and the
     name appears with its content). ``s3://``: a conditional PUT (``If-None-Match: *``), which S3
-    has honoured since 2024. Other fsspec filesystems: check, then write (a window of one round trip).
+    has honoured since 2024. Other fsspec filesystems, and S3-compatible stores that answer a
+    conditional PUT with 501 Not Implemented: check, then write (a window of one round trip).
     """
     if not is_remote(url):
         path, tmp = _temp_beside(url)
@@ -231,8 +233,16 @@ def create_exclusive_bytes(url: str, data: bytes, storage_options: dict | None =
         return
     fs, path = filesystem(url, storage_options)
     if str(url).startswith("s3://"):
-        fs.pipe_file(path, data, mode="create")
-        return
+        try:
+            fs.pipe_file(path, data, mode="create")
+            return
+        except FileExistsError:
+            raise
+        except OSError as err:
+            if err.errno == errno.EINVAL:  # 412 PreconditionFailed from a store that does not name the condition
+                raise FileExistsError(f"{url!r} exists") from err
+            if err.errno != errno.ENOSYS:  # 501: an S3-compatible store without conditional writes
+                raise
     if fs.exists(path):
         raise FileExistsError(f"{url!r} exists")
     fs.pipe_file(path, data)

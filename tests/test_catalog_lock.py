@@ -139,3 +139,17 @@ def test_check_session_names_a_lock_held_by_another_run_or_gone(tmp_path):
         check_session(catalog, lock.session)
         with pytest.raises(CatalogError, match="no longer holds .*held by another run"):
             check_session(catalog, "mine")
+
+
+def test_a_store_without_conditional_writes_still_gets_a_lock(s3, s3_bucket, monkeypatch):
+    """An S3-compatible store that answers If-None-Match with 501 falls back to check-then-write."""
+    from skymorph.testing.faulty_proxy import FaultyProxy
+
+    with FaultyProxy(s3.endpoint_url, p_503=0, p_drop=0, conditional_writes=False) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        catalog = f"{s3_bucket}/cat"
+        with DriverLock(catalog) as first:
+            assert first.holder().session == first.session
+            with pytest.raises(CatalogError, match="being written by another skymorph run"):
+                DriverLock(catalog).acquire()
+        assert not exists(layout.driver_lock_url(catalog))

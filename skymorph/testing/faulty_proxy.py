@@ -3,7 +3,9 @@
 Clients use the proxy's address as their S3 endpoint (``AWS_ENDPOINT_URL``). Each request is either
 forwarded to the real endpoint, answered ``503 SlowDown`` (S3's throttling reply, which clients must
 retry), or dropped: the connection closes without an answer. Which happens is drawn from a seeded
-generator, so a run is repeatable up to the order in which concurrent requests arrive::
+generator, so a run is repeatable up to the order in which concurrent requests arrive. With
+``conditional_writes=False`` it stands for an S3-compatible store without them: a PUT with
+``If-None-Match`` is answered ``501 NotImplemented``::
 
     with LocalS3() as s3, FaultyProxy(s3.endpoint_url, p_503=0.1, p_drop=0.05, seed=0) as proxy:
         os.environ["AWS_ENDPOINT_URL"] = proxy.url
@@ -25,6 +27,10 @@ __all__ = ["FaultyProxy", "FaultCounts"]
 _SLOW_DOWN = (
     b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
     b"<Message>Please reduce your request rate.</Message></Error>"
+)
+_NOT_IMPLEMENTED = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>NotImplemented</Code>'
+    b"<Message>A header you provided implies functionality that is not implemented.</Message></Error>"
 )
 _HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te", "trailer"}
 
@@ -53,6 +59,7 @@ class FaultyProxy:
     p_drop: float = 0.05
     seed: int = 0
     host: str = "127.0.0.1"
+    conditional_writes: bool = True
     url: str = ""
     counts: FaultCounts = field(default_factory=FaultCounts)
     _server: ThreadingHTTPServer | None = field(default=None, repr=False)
@@ -102,18 +109,24 @@ class FaultyProxy:
                         self.rfile.readline()
                 return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
+            def _error(self, status: int, reason: str, body: bytes) -> None:
+                self.send_response(status, reason)
+                self.send_header("Content-Type", "application/xml")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
             def _handle(self) -> None:
                 body = self._body()
+                if not proxy.conditional_writes and self.command == "PUT" and "If-None-Match" in self.headers:
+                    self._error(501, "Not Implemented", _NOT_IMPLEMENTED)
+                    return
                 action = decide()
                 if action == "drop":
                     self.close_connection = True
                     return
                 if action == "503":
-                    self.send_response(503, "Slow Down")
-                    self.send_header("Content-Type", "application/xml")
-                    self.send_header("Content-Length", str(len(_SLOW_DOWN)))
-                    self.end_headers()
-                    self.wfile.write(_SLOW_DOWN)
+                    self._error(503, "Slow Down", _SLOW_DOWN)
                     return
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
                 headers["Content-Length"] = str(len(body))
