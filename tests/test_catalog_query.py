@@ -405,6 +405,8 @@ def test_cli_terminal_table(catalog, capsys):
     assert main(["catalog", "query", catalog, "--columns", "object_id,bald_total", "--order-by", "bald_total DESC", "--limit", "3"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].split() == ["object_id", "bald_total"] and len(out) == 4
+    assert main(["catalog", "query", catalog, "--columns", "object_id", "--limit", "30"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 31  # all 30 asked for, not the 20 shown by default
 
 
 @pytest.mark.parametrize("argv, fragment", [
@@ -487,3 +489,15 @@ def test_a_signal_stops_a_long_query_at_once(catalog, signum, code, word):
         process.kill()
     assert process.returncode == code and err.strip() == f"skymorph: {word}"
     assert waited < 5
+
+
+def test_fits_of_non_ascii_text_is_one_line_and_votable_keeps_it(tmp_path):
+    """A tile path with an accent made astropy raise a UnicodeEncodeError traceback."""
+    from astropy.table import Table
+
+    table = pa.table({"object_id": pa.array([1, 2], pa.int64()), "tile": ["s3://b/ok.zarr", "/data/galaxiés/t.zarr"]})
+    with pytest.raises(InputError, match=r"FITS tables hold ASCII text only, and column 'tile' has '/data/galaxiés/t.zarr' \(row 1\); write .vot"):
+        export_table(table, str(tmp_path / "rows.fits"))
+    assert not os.path.exists(tmp_path / "rows.fits")
+    export_table(table, str(tmp_path / "rows.vot"))
+    assert list(Table.read(tmp_path / "rows.vot")["tile"]) == ["s3://b/ok.zarr", "/data/galaxiés/t.zarr"]

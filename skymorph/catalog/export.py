@@ -90,6 +90,23 @@ def to_astropy(table):
     return result
 
 
+def _check_fits_text(table, out: str) -> None:
+    """A one-line :class:`InputError` if a text column of pyarrow ``table`` holds a non-ASCII character:
+    FITS tables hold ASCII text only (astropy raised a UnicodeEncodeError traceback for a tile path
+    with an accent)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    for name, column in zip(table.column_names, table.columns):
+        if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+            continue
+        ascii_ = pc.fill_null(pc.string_is_ascii(column), True)
+        if not pc.all(ascii_).as_py():
+            row = pc.index(ascii_, False).as_py()
+            raise InputError(f"{out!r}: FITS tables hold ASCII text only, and column {name!r} has {column[row].as_py()!r} "
+                             f"(row {row}); write .vot, .parquet or .csv instead")
+
+
 def _write_fits(table, buffer) -> None:
     """FITS with each column's description also in a ``TCOMMn`` card (the HEASARC convention, which
     TOPCAT reads): astropy writes descriptions only into its own YAML comment cards."""
@@ -139,6 +156,7 @@ def export_table(table, out: str, storage_options: dict | None = None) -> str:
             # astropy warns that long column names need HIERARCH cards; that is what we want.
             warnings.simplefilter("ignore", AstropyWarning)
             if fmt == "fits":
+                _check_fits_text(table, out)
                 _write_fits(to_astropy(table), buffer)
             else:
                 _write_votable(to_astropy(table), buffer)
