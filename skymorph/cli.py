@@ -439,7 +439,7 @@ def _cmd_catalog_query(args) -> int:
     else:
         table = query(catalog, where=args.where, columns=columns, cone=cone, order_by=args.order_by, limit=limit)
         print(f"read {len(plan.pixels)} of {plan.total_pixels} partitions; {table.num_rows} rows", file=sys.stderr)
-        print(format_terminal(table))
+        print(format_terminal(table, max_rows=limit))
         if not args.limit and table.num_rows == limit:
             print(f"(first {limit} rows; use --limit N or --out FILE for more)", file=sys.stderr)
     return 0
