@@ -17,6 +17,7 @@ import io
 import json
 import os
 import posixpath
+import re
 import sys
 import tempfile
 import uuid
@@ -42,6 +43,7 @@ __all__ = [
     "parse_storage_options",
     "strip_protocol",
     "check_writable",
+    "check_url",
     "check_bucket",
     "check_new",
     "remote_error_message",
@@ -144,11 +146,27 @@ def storage_options_for(url: str, storage_options: dict | None = None) -> dict:
     return dict(storage_options or {})
 
 
+_MISSPELT_SCHEME = re.compile(r"(s3|gs|gcs|az|abfs|https?):/?(?!/)", re.IGNORECASE)
+
+
+def check_url(url: str) -> None:
+    """Raise :class:`InputError` for ``s3:/bucket/key`` (one slash: a local path that would quietly
+    create a directory named ``s3:``) and for ``s3://`` with no bucket."""
+    url = str(url)
+    misspelt = _MISSPELT_SCHEME.match(url)
+    rest = url[misspelt.end():].lstrip("/") if misspelt else url.split("://", 1)[-1].strip("/")
+    if not rest and (misspelt or "://" in url):
+        raise InputError(f"{url!r} names no bucket or path; give e.g. s3://bucket/prefix")
+    if misspelt:
+        raise InputError(f"{url!r} is not a URL: write {misspelt.group(1).lower()}://{rest}")
+
+
 def filesystem(url: str, storage_options: dict | None = None):
     """``(fs, path)`` for ``url``: an fsspec filesystem and the path within it."""
     import fsspec
 
     url = str(url)
+    check_url(url)
     protocol = url.split("://", 1)[0] if "://" in url else "file"
     options = storage_options_for(url, storage_options)
     try:
@@ -360,6 +378,7 @@ def check_writable(url: str, what: str, *, directory: bool = False) -> None:
     (see :func:`check_bucket`).
     """
     url = str(url)
+    check_url(url)
     if is_remote(url):
         return
     path = os.path.abspath(strip_protocol(url) if url.startswith("file://") else url)

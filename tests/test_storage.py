@@ -226,3 +226,23 @@ def test_check_writable(tmp_path):
             storage.check_writable(str(target), "--out", **kwargs)
         assert str(info.value).startswith(f"cannot write to --out {str(target)!r}: ")
         assert reason in str(info.value)
+
+
+@pytest.mark.parametrize("url, message", [
+    ("s3:/bucket/cat", r"'s3:/bucket/cat' is not a URL: write s3://bucket/cat"),
+    ("S3:bucket/cat", r"is not a URL: write s3://bucket/cat"),
+    ("s3://", r"'s3://' names no bucket or path"),
+    ("s3:", r"names no bucket or path"),
+])
+def test_a_misspelt_s3_url_is_refused_not_written_as_a_local_directory(tmp_path, monkeypatch, url, message):
+    """`--out s3:/bucket/x` wrote ./s3:/bucket/x on the local disk and reported success."""
+    from skymorph.storage import check_writable
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError, match=message):
+        check_writable(url, "--out")
+    with pytest.raises(InputError, match=message):
+        storage.filesystem(url)
+    assert os.listdir(tmp_path) == []
+    storage.check_url("s3://bucket/cat")
+    storage.check_url("relative/s3x:/name")

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field, replace
 
 from skymorph.catalog import layout
 from skymorph.errors import CatalogError, InputError, SkymorphError
+from skymorph.storage import check_url
 
 __all__ = ["RunConfig", "RunReport", "run_survey"]
 
@@ -75,6 +76,7 @@ class RunConfig:
         for name in ("tiles", "model", "out"):
             if not str(getattr(self, name) or "").strip():
                 raise InputError(f"--{name} is required")
+            check_url(getattr(self, name))
             if name != "tiles" and "://" not in str(getattr(self, name)):
                 # workers of another scheduler have other working directories: a relative --out
                 # would put their part files there (the tile list's entries are resolved already)
