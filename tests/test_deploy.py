@@ -509,3 +509,16 @@ def test_skymorph_run_against_a_scheduler_puts_gpu_tasks_on_the_gpu_worker(s3, s
         executed = client.run(lambda dask_worker: dask_worker.state.executed_count)
     assert executed[workers["cpu"]] == 0, "a task asking for GPU=1 ran on the worker without a GPU"
     assert executed[workers["gpu"]] >= 2, "one task per tile at least"
+
+
+def test_cluster_config_without_slurm_and_slurm_without_sbatch_are_one_line_errors(tmp_path, monkeypatch):
+    """--cluster-config alone was ignored (a LocalCluster ran on the login node), and --cluster slurm
+    where there is no sbatch waited forever for workers that were never submitted."""
+    from skymorph.inference.cluster import ClusterSpec, connect
+
+    with pytest.raises(InputError, match=r"^--cluster-config applies to --cluster slurm; add --cluster slurm"):
+        ClusterSpec(cluster_config=str(SLURM_GPU))
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch on it
+    with pytest.raises(InputError, match=r"submits its workers with sbatch, which is not on this machine's PATH"):
+        with connect(ClusterSpec(cluster="slurm", cluster_config=str(SLURM_GPU))):
+            pass

@@ -41,6 +41,8 @@ class ClusterSpec:
             raise InputError(f"--cluster must be one of {CLUSTER_KINDS}, got {self.cluster!r}")
         if self.cluster == "slurm" and not self.cluster_config:
             raise InputError("--cluster slurm needs --cluster-config FILE (see deploy/slurm/)")
+        if self.cluster_config and self.cluster != "slurm":  # it was ignored, and a LocalCluster ran here
+            raise InputError("--cluster-config applies to --cluster slurm; add --cluster slurm, or drop --cluster-config")
         if self.cluster != "local" and (self.scheduler or self.scheduler_file):
             raise InputError(f"--cluster {self.cluster} starts its own scheduler; drop --scheduler/--scheduler-file")
         if self.workers is not None and self.workers < 1:
@@ -191,8 +193,13 @@ def connect(spec: ClusterSpec):
             yield client, None
         return
     if spec.cluster == "slurm":
+        import shutil
+
         from skymorph.inference.slurm import slurm_cluster
 
+        if shutil.which("sbatch") is None:  # else the driver waited forever for workers never submitted
+            raise InputError("--cluster slurm submits its workers with sbatch, which is not on this machine's PATH; run on "
+                             "a SLURM login node, or start `dask worker`s yourself and pass --scheduler")
         # --workers caps the adaptive cluster: an explicit scale() would be undone by adapt().
         overrides = {"max_jobs": spec.workers} if spec.workers else {}
         with slurm_cluster(spec.cluster_config, **overrides) as cluster:
