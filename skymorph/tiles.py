@@ -399,6 +399,7 @@ def read_tile_list(url: str, storage_options: dict | None = None) -> list[str]:
         raise InputError(f"tile list {url!r} does not exist") from err
     except UnicodeDecodeError as err:
         raise InputError(f"tile list {url!r} is not a text file ({err.reason})") from err
+    text = text.removeprefix("\ufeff")  # the byte-order mark Windows editors put before UTF-8 text
     base = _list_dir(url)
     tiles: list[str] = []
     seen: dict[str, tuple[int, str]] = {}

@@ -270,6 +270,12 @@ def test_read_tile_list_comments_and_relative_paths(tmp_path):
     ]
 
 
+def test_a_tile_list_saved_by_a_windows_editor_reads_as_written(tmp_path):
+    """The byte-order mark became part of the first tile's path, which then 'did not exist'."""
+    (tmp_path / "tiles.txt").write_bytes("\ufeffa.zarr\r\nb.zarr\r\n".encode())
+    assert read_tile_list(str(tmp_path / "tiles.txt")) == [str(tmp_path / "a.zarr"), str(tmp_path / "b.zarr")]
+
+
 def test_read_tile_list_errors_name_file_and_line(tmp_path):
     path = tmp_path / "tiles.txt"
     path.write_text("# header\na.zarr\nb.zarr c.zarr\n")
