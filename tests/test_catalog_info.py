@@ -127,3 +127,20 @@ def test_damaged_metadata_is_one_line_for_every_reader(catalog, tmp_path, capsys
         if "not an integer" not in fragment:
             assert "rerun the `skymorph run` that made" in err[0]
     assert not (tmp_path / "b.csv").exists()
+
+
+def test_info_of_a_catalog_without_rows_is_strict_json(tmp_path, tiny_model, capsys):
+    """Every tile failed: --json printed NaN for bald_total, which strict JSON parsers refuse."""
+    from skymorph.inference.job import RunConfig, run_survey
+    from skymorph.tiles import write_tile_list
+
+    write_tile_list(str(tmp_path / "tiles.txt"), [str(tmp_path / "missing.zarr")])
+    catalog = str(tmp_path / "catalog")
+    run_survey(RunConfig(tiles=str(tmp_path / "tiles.txt"), model=tiny_model, out=catalog, workers=1,
+                         allow_failures=True, progress=False))
+    assert main(["catalog", "info", catalog, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out, parse_constant=lambda name: pytest.fail(f"{name} in JSON"))
+    assert data["rows"] == 0 and data["bald_total"]["min"] is None and data["bald_total"]["q50"] is None
+    assert len(data["failed_tiles"]) == 1
+    assert main(["catalog", "info", catalog]) == 0
+    assert "bald_total   (no rows)" in capsys.readouterr().out

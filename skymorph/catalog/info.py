@@ -79,7 +79,8 @@ class CatalogInfo:
     """``skymorph catalog info``: size, model provenance, failures and the ``bald_total`` distribution.
 
     ``bald_quantiles`` maps each of :data:`BALD_QUANTILES` to its (t-digest approximate) value;
-    ``bald_min``/``bald_max``/``bald_mean`` are exact. ``failed_tiles`` holds ``(tile, stage, reason)``.
+    ``bald_min``/``bald_max``/``bald_mean`` are exact; all are None in a catalog without rows (JSON null,
+    not NaN, which strict JSON parsers refuse). ``failed_tiles`` holds ``(tile, stage, reason)``.
     """
 
     url: str
@@ -95,9 +96,9 @@ class CatalogInfo:
     version: str
     likelihood: str
     failed_tiles: tuple[tuple[str, str, str], ...]
-    bald_min: float
-    bald_mean: float
-    bald_max: float
+    bald_min: float | None
+    bald_mean: float | None
+    bald_max: float | None
     bald_quantiles: dict
 
     def to_dict(self) -> dict:
@@ -126,7 +127,12 @@ class CatalogInfo:
         }
 
     def __str__(self) -> str:
-        quantiles = "  ".join(f"q{round(q * 100):02d}={v:.4g}" for q, v in self.bald_quantiles.items())
+        if self.bald_min is None:
+            bald = ["bald_total   (no rows)"]
+        else:
+            quantiles = "  ".join(f"q{round(q * 100):02d}={v:.4g}" for q, v in self.bald_quantiles.items())
+            bald = [f"bald_total   min={self.bald_min:.4g} mean={self.bald_mean:.4g} max={self.bald_max:.4g}",
+                    f"             {quantiles}"]
         lines = [
             f"catalog      {self.url}",
             f"rows         {self.rows:,} in {self.partitions:,} partitions (HEALPix order {self.order})",
@@ -135,8 +141,7 @@ class CatalogInfo:
             f"model        sha256 {self.model_sha256}",
             f"             T={self.samples} seed={self.seed} schema={self.schema} n_volunteers={self.n_volunteers}"
             f" likelihood={self.likelihood or 'unrecorded'} skymorph {self.version}",
-            f"bald_total   min={self.bald_min:.4g} mean={self.bald_mean:.4g} max={self.bald_max:.4g}",
-            f"             {quantiles}",
+            *bald,
             f"failed tiles {len(self.failed_tiles)}",
         ]
         lines += [f"  {tile} [{stage}]: {reason}" for tile, stage, reason in self.failed_tiles[:20]]
@@ -177,9 +182,9 @@ def info(url: str, storage_options: dict | None = None) -> CatalogInfo:
         version=catalog.metadata.version,
         likelihood=catalog.metadata.likelihood,
         failed_tiles=_failed_tiles(catalog),
-        bald_min=float("nan") if low is None else float(low),
-        bald_mean=float("nan") if mean is None else float(mean),
-        bald_max=float("nan") if high is None else float(high),
-        bald_quantiles=dict(zip(BALD_QUANTILES, (float("nan"),) * len(BALD_QUANTILES) if quantiles is None
+        bald_min=None if low is None else float(low),
+        bald_mean=None if mean is None else float(mean),
+        bald_max=None if high is None else float(high),
+        bald_quantiles=dict(zip(BALD_QUANTILES, (None,) * len(BALD_QUANTILES) if quantiles is None
                                 else (float(v) for v in quantiles))),
     )
