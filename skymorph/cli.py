@@ -466,6 +466,8 @@ def _cmd_catalog_pick(args) -> int:
     catalog = open_catalog(args.catalog, options)
     batch = pick(catalog, args.n, question=args.question, strategy=args.strategy, **power,
                  exclude=args.exclude, storage_options=options, weight_by_asked=args.weight_by_asked is not False)
+    if args.gallery:  # first: it reads the tiles, and a failure must not leave --out behind to refuse the rerun
+        gallery(batch, catalog, args.gallery, question=args.question, storage_options=options)
     export_table(batch, args.out, options)
     print(f"picked {batch.num_rows} galaxies ({args.strategy}) -> {args.out}")
     if batch.num_rows < args.n:  # a wrong --exclude file (every id in it) picks nothing, quietly
@@ -473,7 +475,6 @@ def _cmd_catalog_pick(args) -> int:
               f"{'positive ' if args.strategy == 'power' else ''}score{' and are not in --exclude' if args.exclude else ''}",
               file=sys.stderr)
     if args.gallery:
-        gallery(batch, catalog, args.gallery, question=args.question, storage_options=options)
         drawn = min(batch.num_rows, MAX_GALAXIES)
         print(f"gallery -> {args.gallery}" + (f" (the first {drawn} of {batch.num_rows})" if drawn < batch.num_rows else ""))
     return 0

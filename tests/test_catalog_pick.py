@@ -318,3 +318,11 @@ def test_more_bad_input_is_one_line(catalog, tmp_path, capsys, argv, fragment):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("skymorph: error:") and fragment in err[0], err
     assert not (tmp_path / "b.csv").exists()
+
+
+def test_a_gallery_that_cannot_be_drawn_leaves_no_batch_behind(catalog, tmp_path, capsys):
+    """The batch CSV was written before the gallery failed (tiles unreadable), and the rerun refused it."""
+    out, png = tmp_path / "batch.csv", tmp_path / "batch.png"
+    assert main(["catalog", "pick", catalog, "--n", "5", "--out", str(out), "--gallery", str(png)]) == 2
+    assert "skymorph: error:" in capsys.readouterr().err  # the synthetic catalog's tile stores were never written
+    assert not out.exists() and not png.exists()
