@@ -45,6 +45,7 @@ __all__ = [
     "open_tile",
     "write_tile",
     "read_tile_list",
+    "read_tiles",
     "write_tile_list",
     "tile_name",
     "MISSING_OBJECT_ID",
@@ -425,6 +426,23 @@ def read_tile_list(url: str, storage_options: dict | None = None) -> list[str]:
     if not tiles:
         raise InputError(f"tile list {url!r} lists no tiles")
     return tiles
+
+
+def read_tiles(url: str, storage_options: dict | None = None) -> list[str]:
+    """The tile URLs that ``--tiles url`` names: the entries of a tile list (:func:`read_tile_list`), or
+    ``[url]`` when ``url`` is itself a tile store (``*.zarr``; a local one made absolute, as a list's
+    entries are, for workers in other directories)."""
+    url = str(url)
+    if url.rstrip("/").endswith(".zarr"):
+        fs, path = storage.filesystem(url, storage_options)
+        if not fs.exists(path):
+            raise InputError(f"tile store {url!r} does not exist")
+        return [url if storage.is_remote(url) else os.path.abspath(storage.strip_protocol(url))]
+    if not storage.is_remote(url) and os.path.isdir(storage.strip_protocol(url)):
+        listed = os.path.join(storage.strip_protocol(url), "tiles.txt")
+        hint = f"; its tile list is {listed!r}" if os.path.isfile(listed) else ""
+        raise InputError(f"--tiles {url!r} is a directory, not a tile list or a .zarr tile store{hint}")
+    return read_tile_list(url, storage_options)
 
 
 def write_tile_list(url: str, tile_urls: Sequence[str], storage_options: dict | None = None) -> None:

@@ -12,7 +12,7 @@ import zarr
 
 from skymorph import storage
 from skymorph.errors import InputError, TileError, TileNotFoundError
-from skymorph.tiles import open_tile, read_tile_list, tile_name, write_tile, write_tile_list
+from skymorph.tiles import open_tile, read_tile_list, read_tiles, tile_name, write_tile, write_tile_list
 
 ATTRS = dict(survey="test", bands=["r"], pixel_scale_arcsec=0.262, stretch="asinh", resize="none")
 
@@ -422,3 +422,18 @@ def test_absolute_entries_are_kept_as_listed(tmp_path):
     listed = [f"{tmp_path}//a.zarr", f"{tmp_path}/b.zarr/"]
     path.write_text("\n".join(listed) + "\n")
     assert read_tile_list(str(path)) == listed
+
+
+def test_tiles_are_a_list_or_one_store_and_a_survey_directory_points_to_its_list(tmp_path, monkeypatch):
+    """`run --tiles one.zarr` said "is a directory; give a file" where train and evaluate took it, and a
+    survey directory got the same words without its tile list."""
+    images, object_id, ra, dec = _data()
+    write_tile(str(tmp_path / "survey" / "t.zarr"), images, object_id, ra, dec, **ATTRS)
+    write_tile_list(str(tmp_path / "survey" / "tiles.txt"), [str(tmp_path / "survey" / "t.zarr")])
+    monkeypatch.chdir(tmp_path)
+    assert read_tiles("survey/t.zarr") == [str(tmp_path / "survey" / "t.zarr")]  # absolute, for workers elsewhere
+    assert read_tiles("survey/tiles.txt") == [str(tmp_path / "survey" / "t.zarr")]
+    with pytest.raises(InputError, match=r"^--tiles 'survey' is a directory, not a tile list or a .zarr tile store; its tile list is '.*survey/tiles.txt'$"):
+        read_tiles("survey")
+    with pytest.raises(InputError, match=r"tile store 'gone.zarr' does not exist"):
+        read_tiles("gone.zarr")

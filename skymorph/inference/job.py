@@ -468,14 +468,14 @@ def run_survey(config: RunConfig) -> RunReport:
     from skymorph.inference.engines import read_model_info
     from skymorph.inference.task import EngineCache, JobSpec, ModelRef, s3_retry_options
     from skymorph.storage import atomic_write_text
-    from skymorph.tiles import read_tile_list
+    from skymorph.tiles import read_tiles
 
     started = time.perf_counter()
     spec = config.cluster_spec()
     if spec.scheduler_file or spec.address:
         scheduler_address(spec)  # a bad address fails now, before the catalog is touched
     options = s3_retry_options(config.out, config.storage_options)
-    tiles = read_tile_list(config.tiles, s3_retry_options(config.tiles, config.storage_options))
+    tiles = read_tiles(config.tiles, s3_retry_options(config.tiles, config.storage_options))
     info = read_model_info(config.model, backend=config.backend,
                            storage_options=s3_retry_options(config.model, config.storage_options))
     metadata, model_sha256 = info.metadata, info.model_sha256

@@ -21,7 +21,7 @@ import numpy as np
 
 from skymorph.errors import InputError, SchemaError, did_you_mean, first_line
 from skymorph.schema import Schema
-from skymorph.storage import filesystem, read_bytes
+from skymorph.storage import read_bytes
 
 __all__ = [
     "Labels",
@@ -236,21 +236,6 @@ def load_images(tile_urls: list[str], labels: Labels, *, drop_unmatched: bool = 
             raise InputError(f"no labelled galaxy of {labels.source!r} is in the {len(tile_urls)} tile(s) given")
         return images[found], labels.subset(np.flatnonzero(found))
     return images, labels  # every galaxy found: no second copy of the images
-
-
-def tile_list(url: str, storage_options=None) -> list[str]:
-    """Tile URLs from a tile list file, or ``[url]`` when ``url`` is itself a tile store (``*.zarr``)."""
-    from skymorph.tiles import read_tile_list
-
-    if str(url).rstrip("/").endswith(".zarr"):
-        fs, path = filesystem(url, storage_options)
-        if not fs.exists(path):
-            raise InputError(f"tile store {url!r} does not exist")
-        return [str(url)]
-    urls = read_tile_list(url, storage_options=storage_options)
-    if not urls:
-        raise InputError(f"tile list {url!r} names no tiles")
-    return urls
 
 
 def augment(images, generator, *, max_zoom: float = 0.1, max_shift: float = 0.05, brightness: float = 0.02, contrast: float = 0.1):

@@ -250,7 +250,8 @@ def evaluate(
 
     from skymorph.posterior import check_n_volunteers, summarize
     from skymorph.trainer.checkpoint import load_checkpoint
-    from skymorph.trainer.data import load_images, load_labels, split_masks, tile_list
+    from skymorph.tiles import read_tiles
+    from skymorph.trainer.data import load_images, load_labels, split_masks
     from skymorph.seeds import check_seed
     from skymorph.trainer.models import check_samples
 
@@ -272,7 +273,7 @@ def evaluate(
         table = table.subset(np.flatnonzero(val_mask if split == "validation" else train_mask))
         if not len(table):
             raise InputError(f"labels {labels!r} have no {split} galaxies")
-    images, table = load_images(tile_list(tiles, storage_options), table, drop_unmatched=drop_unmatched, storage_options=storage_options, progress=progress)
+    images, table = load_images(read_tiles(tiles, storage_options), table, drop_unmatched=drop_unmatched, storage_options=storage_options, progress=progress)
     if images.shape[1:] != tuple(meta.input.shape):
         raise InputError(f"checkpoint {checkpoint!r} takes {meta.input.shape} images but tiles {tiles!r} hold {images.shape[1:]}")
     if not table.votes.any():  # load_labels refuses labels without votes; a split of them can still have none

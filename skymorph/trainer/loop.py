@@ -453,7 +453,8 @@ def train(config: TrainConfig) -> TrainResult:
 
     from skymorph.progress import progress_bar
     from skymorph.trainer.checkpoint import CheckpointMeta, check_schema, load_checkpoint, save_checkpoint
-    from skymorph.trainer.data import BatchLoader, load_images, load_labels, split_masks, tile_list
+    from skymorph.trainer.data import BatchLoader, load_images, load_labels, split_masks
+    from skymorph.tiles import read_tiles
     from skymorph.trainer.losses import vote_nll
     from skymorph.trainer.models import build_model
 
@@ -463,7 +464,7 @@ def train(config: TrainConfig) -> TrainResult:
     schema = get_schema(config.schema)
     so = config.storage_options
     labels = load_labels(config.labels, schema, so)
-    tile_urls = tile_list(config.tiles, so)
+    tile_urls = read_tiles(config.tiles, so)
     training: dict = {}
     choices = _model_choices(config)
     start_checkpoint = config.resume or config.finetune
