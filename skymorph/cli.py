@@ -311,7 +311,7 @@ def _cmd_export(args) -> int:
 def _add_run_commands(sub) -> None:
     """``skymorph run``."""
     run = sub.add_parser("run", help="classify a survey on Dask: tiles -> engine -> posteriors -> HATS catalog")
-    run.add_argument("--tiles", required=True, metavar="TILELIST", help="tile list (one tile store URL per line)")
+    run.add_argument("--tiles", required=True, metavar="TILELIST", help="tile list (one tile store URL per line), or one .zarr tile store")
     run.add_argument("--model", required=True, metavar="MODEL", help="exported model (.onnx, .plan) with skymorph metadata, or a .ckpt run by torch with T=30 masks from seed 0")
     run.add_argument("--out", required=True, metavar="CATALOG", help="catalog location (local path or s3://), new, empty or a catalog to resume")
     where = run.add_mutually_exclusive_group()
@@ -483,10 +483,18 @@ def _cmd_catalog_pick(args) -> int:
 # ---- entry point -------------------------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line, as skymorph's own: the usage block they came with
+    pushed the reason off a small terminal (``--help`` shows the usage)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from skymorph import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="skymorph",
         description="Galaxy morphology posteriors at survey scale (Bayesian CNN, MC dropout, BALD).",
     )
@@ -586,7 +594,12 @@ def _environment_error(err: Exception, args) -> str | None:
                 message = (f"S3 denied access ({message}) to {', '.join(s3_urls)}; check the credentials (AWS_ACCESS_KEY_ID "
                            "and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE), and leave \"anon\" out of --storage-options for a private bucket")
             elif isinstance(err, FileNotFoundError):
-                message = f"{message} ({', '.join(s3_urls)})"
+                named = [(name, value) for name, value in vars(args).items() if isinstance(value, str)
+                         and value.startswith(("s3://", "s3a://")) and repr(value) in message]
+                if named:  # the message names the URL: name the argument that gave it
+                    message = f"{_argument_name(named[0][0])} {message}"
+                else:
+                    message = f"{message} ({', '.join(s3_urls)})"
         if isinstance(err, IsADirectoryError) and err.filename is not None:  # name the argument that gave it
             import os
 
@@ -594,9 +607,13 @@ def _environment_error(err: Exception, args) -> str | None:
                      and os.path.abspath(os.path.expanduser(value)) == os.path.abspath(str(err.filename))]
             if given:
                 name, value = given[0]
-                flag = name if name in ("checkpoint", "catalog") else f"--{name.replace('_', '-')}"
-                message = f"{flag} {value!r} is a directory; give a file"
+                message = f"{_argument_name(name)} {value!r} is a directory; give a file"
     return message
+
+
+def _argument_name(dest: str) -> str:
+    """How the user wrote the argument stored as ``dest``: a positional by name, an option as its flag."""
+    return dest if dest in ("checkpoint", "catalog") else f"--{dest.replace('_', '-')}"
 
 
 if __name__ == "__main__":

@@ -293,3 +293,22 @@ def test_a_broken_pipe_that_is_not_stdout_is_reported(monkeypatch, capsys):
     assert _one_line_error(capsys, main(["catalog", "info", "cat"])) == "skymorph: error: [Errno 32] Broken pipe"
     print("still here")
     assert capsys.readouterr().out == "still here\n"
+
+
+def test_a_missing_s3_input_is_named_by_its_argument(s3_bucket, tmp_path, capsys):
+    """It named the URL, then listed every S3 URL given, the missing one included."""
+    argv = ["run", "--tiles", f"{s3_bucket}/survey/tiles.txt", "--model", f"{s3_bucket}/nomodel.onnx", "--out", f"{s3_bucket}/cat"]
+    from skymorph.storage import atomic_write_text
+
+    atomic_write_text(f"{s3_bucket}/survey/tiles.txt", "t.zarr\n")
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip() == f"skymorph: error: --model '{s3_bucket}/nomodel.onnx' does not exist"
+
+
+def test_argument_errors_are_one_line_too(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--likelihood", "dirichlet", "--tiles", "t", "--labels", "l", "--out", "o"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["skymorph train: error: argument --likelihood: invalid choice: 'dirichlet' (choose from "
+                   "'multinomial', 'dirichlet_multinomial') (see skymorph train --help)"]
