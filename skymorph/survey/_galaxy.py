@@ -183,7 +183,10 @@ def _col(values) -> np.ndarray:
 
 
 def _unit_sum(image: np.ndarray) -> np.ndarray:
-    return image / image.sum(axis=(-2, -1), keepdims=True)
+    """``image`` scaled to sum to 1 per galaxy; zero where a component's light falls between the pixel
+    centres of a small grid (a thin bar seen edge-on at 16 px), which was 0 / 0 and a black image."""
+    total = image.sum(axis=(-2, -1), keepdims=True)
+    return np.divide(image, total, out=np.zeros_like(image), where=total > 0)
 
 
 def _render_batch(p: GalaxyParams, padded: int, pixel_scale: float) -> np.ndarray:
