@@ -95,7 +95,7 @@ def _add_survey_commands(sub) -> None:
     synth.add_argument("--tiles", type=int, default=16, help="number of sky tiles (default 16)")
     synth.add_argument("--per-tile", type=int, default=512, help="galaxies per tile (default 512)")
     synth.add_argument("--size", type=int, default=128, help="cutout size in pixels, at least 16 (default 128)")
-    synth.add_argument("--seed", type=int, default=0, help="random seed: same seed, same bytes (default 0)")
+    synth.add_argument("--seed", type=int, default=0, help="random seed: same seed, same images, labels and truth (default 0)")
     synth.add_argument("--schema", default="decals", help="decision tree of the simulated votes: gz2, decals or a JSON file (default decals)")
     synth.add_argument("--volunteers", type=float, default=40, help="mean volunteers per galaxy (default 40)")
     synth.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")

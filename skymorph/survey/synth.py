@@ -124,7 +124,7 @@ def _pick_pixels(n_tiles: int, order: int, footprint: Footprint, rng: np.random.
     if inside.size < n_tiles:
         raise InputError(
             f"the footprint holds only {inside.size} HEALPix pixels of order {order}, fewer than the "
-            f"{n_tiles} tiles asked for; widen the footprint or raise healpix_order"
+            f"{n_tiles} tiles asked for; widen the footprint or raise the HEALPix order (--healpix-order)"
         )
     return np.sort(rng.choice(inside, size=n_tiles, replace=False))
 
@@ -220,7 +220,7 @@ def synthesize(
     ``n_tiles`` HEALPix pixels of ``healpix_order`` in ``footprint``, ``per_tile`` galaxies each,
     ``size`` x ``size`` pixel single-band cutouts; votes in ``schema`` (``decals``, ``gz2``; a custom
     schema's unknown questions get uniform vote fractions) from about ``n_volunteers`` volunteers a
-    galaxy; ``workers`` processes (default: all cores). The same ``seed`` gives the same bytes. An
+    galaxy; ``workers`` processes (default: all cores). The same ``seed`` gives the same images, labels and truth (tile metadata records when it was written). An
     ``out`` that already holds a survey is refused unless ``overwrite``, which replaces it.
 
     With more than one worker the tiles are made in spawned processes, so a script that calls this
