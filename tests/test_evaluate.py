@@ -124,7 +124,7 @@ def test_cli_evaluate_and_its_errors(trained, capsys):
     (tmp / "junk.ckpt").write_bytes(b"junk")
     assert cli.main(["evaluate", str(tmp / "junk.ckpt"), "--tiles", tiles, "--labels", labels, "--out", str(tmp / "x")]) == 2
     err = capsys.readouterr().err
-    assert "skymorph: error:" in err and "not a readable checkpoint" in err and "Traceback" not in err
+    assert "skymorph: error:" in err and "is not a checkpoint" in err and "Traceback" not in err
 
 
 def test_tta_averages_the_plain_outputs_of_the_eight_flips_and_quarter_turns(trained):

@@ -187,13 +187,17 @@ def test_checkpoint_round_trip_and_weights_only_load(tmp_path):
 
 def test_checkpoint_errors_are_one_line(tmp_path):
     bad = tmp_path / "bad.ckpt"
-    bad.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(ModelError, match="not a readable checkpoint"):
-        read_checkpoint(str(bad))
-    bad.write_bytes(b"")  # torch raises an EOFError without a message
-    with pytest.raises(ModelError, match=r"not a readable checkpoint \(corrupt or not a torch file: EOFError\)"):
+    for content in (b"not a checkpoint at all", b""):
+        bad.write_bytes(content)
+        with pytest.raises(ModelError, match=r"bad.ckpt' is not a checkpoint; give the .ckpt written by `skymorph train`"):
+            read_checkpoint(str(bad))
+    bad.write_bytes(b"PAR1" + bytes(100))  # torch's message was about unpickling, cut off mid-word
+    with pytest.raises(ModelError, match=r"is not a checkpoint \(it is Parquet\)"):
         read_checkpoint(str(bad))
     torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    bad.write_bytes((tmp_path / "other.pt").read_bytes()[:200])  # a torch file cut short
+    with pytest.raises(ModelError, match=r"not a readable checkpoint \(corrupt or not a torch file: "):
+        read_checkpoint(str(bad))
     with pytest.raises(ModelError, match="not a skymorph checkpoint"):
         read_checkpoint(str(tmp_path / "other.pt"))
     torch.save({"format": "skymorph-checkpoint", "format_version": 1, "model": {}}, tmp_path / "bare.pt")

@@ -138,6 +138,9 @@ def read_checkpoint(path: str, storage_options=None, *, data: bytes | None = Non
         if exported:
             raise ModelError(f"{path!r} is {exported} (what `skymorph export` writes), not a checkpoint; give the .ckpt "
                              "written by `skymorph train`") from err
+        if not data.startswith(b"PK\x03\x04"):  # torch.save writes a zip archive; torch's own message is about pickles
+            kind = {b"PAR1": " (it is Parquet)", b"\x89PNG": " (it is a PNG image)"}.get(data[:4], "")
+            raise ModelError(f"{path!r} is not a checkpoint{kind}; give the .ckpt written by `skymorph train`") from err
         raise ModelError(
             f"{path!r} is not a readable checkpoint (corrupt or not a torch file: {first_line(err, 120)}); "
             "give a file written by `skymorph train`"
