@@ -188,7 +188,7 @@ def _cli_error(capsys, argv) -> str:
 def test_cli_bad_input_is_one_line(tmp_path, capsys):
     assert "does not exist" in _cli_error(capsys, ["export", str(tmp_path / "none.ckpt"), "--out", str(tmp_path / "m.onnx")])
     (tmp_path / "bad.ckpt").write_bytes(b"not a checkpoint")
-    assert "not a readable checkpoint" in _cli_error(capsys, ["export", str(tmp_path / "bad.ckpt"), "--out", str(tmp_path / "m.onnx")])
+    assert "is not a checkpoint" in _cli_error(capsys, ["export", str(tmp_path / "bad.ckpt"), "--out", str(tmp_path / "m.onnx")])
     (tmp_path / "model.onnx").write_bytes(b"\x08\x08\x12\x07pytorch")  # an exported model given as the checkpoint
     assert f"{str(tmp_path / 'model.onnx')!r} is an ONNX model (what `skymorph export` writes), not a checkpoint; give the .ckpt" in (
         _cli_error(capsys, ["export", str(tmp_path / "model.onnx"), "--out", str(tmp_path / "m2.onnx")]))
@@ -306,6 +306,9 @@ def test_export_checkpoint_refuses_flags_of_the_other_format_before_reading(tmp_
     for suffix in (".plan", ".engine"):  # ONNX under a plan's name: `run` would look for a plan there
         with pytest.raises(InputError, match=re.escape("names a TensorRT plan; add --format tensorrt to build one, or end it in .onnx")):
             export_checkpoint(missing, str(tmp_path / f"m{suffix}"), T)
+    for name in ("m2.onx", "model"):  # accepted, and then `run` needed --backend to know it
+        with pytest.raises(InputError, match=re.escape("end the ONNX model's name in .onnx, by which `skymorph run` knows it")):
+            export_checkpoint(missing, str(tmp_path / name), T)
     assert list(tmp_path.iterdir()) == []
 
 

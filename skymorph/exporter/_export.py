@@ -48,6 +48,8 @@ def export_checkpoint(
         if str(out).endswith(PLAN_SUFFIXES):  # `run` would take it for a plan by its name
             raise InputError(f"--out {str(out)!r} names a TensorRT plan; add --format tensorrt to build one, or end it in .onnx")
         check_not_input(checkpoint, out)
+        if not str(out).lower().endswith(".onnx"):  # `run` picks the engine by the suffix
+            raise InputError(f"--out {str(out)!r}: end the ONNX model's name in .onnx, by which `skymorph run` knows it")
         check_new(out, "--out", overwrite, storage_options)
         onnx_report = export_onnx(checkpoint, out, samples, seed, opset=opset, storage_options=storage_options)
         return onnx_report, None
