@@ -320,9 +320,10 @@ def test_more_bad_input_is_one_line(catalog, tmp_path, capsys, argv, fragment):
     assert not (tmp_path / "b.csv").exists()
 
 
-def test_a_gallery_that_cannot_be_drawn_leaves_no_batch_behind(catalog, tmp_path, capsys):
+def test_a_gallery_that_cannot_be_drawn_leaves_no_batch_behind(tmp_path, capsys):
     """The batch CSV was written before the gallery failed (tiles unreadable), and the rerun refused it."""
+    catalog = write_synthetic_catalog(str(tmp_path / "catalog"), 200, per_tile=100, workers=1).url  # no tile stores
     out, png = tmp_path / "batch.csv", tmp_path / "batch.png"
     assert main(["catalog", "pick", catalog, "--n", "5", "--out", str(out), "--gallery", str(png)]) == 2
-    assert "skymorph: error:" in capsys.readouterr().err  # the synthetic catalog's tile stores were never written
+    assert "skymorph: error:" in capsys.readouterr().err
     assert not out.exists() and not png.exists()
