@@ -234,9 +234,10 @@ def create_exclusive_bytes(url: str, data: bytes, storage_options: dict | None =
     see nothing or the whole file. Of two writers racing, exactly one wins.
 
     Local: a hidden temporary file hard-linked to ``url`` (``link`` fails on an existing name, and the
-    name appears with its content). ``s3://``: a conditional PUT (``If-None-Match: *``), which S3
-    has honoured since 2024. Other fsspec filesystems, and S3-compatible stores that answer a
-    conditional PUT with 501 Not Implemented: check, then write (a window of one round trip).
+    name appears with its content; on a filesystem without hard links, an exclusive create). ``s3://``:
+    a conditional PUT (``If-None-Match: *``), which S3 has honoured since 2024 (409, a concurrent
+    conditional write, counts as exists). Other fsspec filesystems, and S3-compatible stores that answer
+    a conditional PUT with 501 Not Implemented: check, then write (a window of one round trip).
     """
     if not is_remote(url):
         path, tmp = _temp_beside(url)
@@ -245,25 +246,40 @@ def create_exclusive_bytes(url: str, data: bytes, storage_options: dict | None =
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
-            os.link(tmp, path)
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise
+            except OSError as err:  # a filesystem without hard links (FUSE mounts of object stores, exFAT, SMB)
+                if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS):
+                    raise
+                with open(path, "xb") as fh:  # exclusive still; a reader may see it empty for an instant
+                    fh.write(data)
         finally:
             os.unlink(tmp)
         return
     fs, path = filesystem(url, storage_options)
-    if str(url).startswith("s3://"):
+    if "s3" in fs.protocol:  # s3:// and s3a://
         try:
             fs.pipe_file(path, data, mode="create")
             return
         except FileExistsError:
             raise
         except OSError as err:
-            if err.errno == errno.EINVAL:  # 412 PreconditionFailed from a store that does not name the condition
+            status = _http_status(err)
+            if status in (409, 412):  # 412: a store that does not name the condition; 409: a concurrent create
                 raise FileExistsError(f"{url!r} exists") from err
-            if err.errno != errno.ENOSYS:  # 501: an S3-compatible store without conditional writes
+            if status != 501:  # 501: an S3-compatible store without conditional writes
                 raise
     if fs.exists(path):
         raise FileExistsError(f"{url!r} exists")
     fs.pipe_file(path, data)
+
+
+def _http_status(err: BaseException) -> int | None:
+    """The HTTP status of the botocore error behind an s3fs ``OSError`` (s3fs maps 400 and 412 alike to EINVAL)."""
+    response = getattr(err.__cause__, "response", None) or {}
+    return response.get("ResponseMetadata", {}).get("HTTPStatusCode")
 
 
 def _temp_beside(url: str) -> tuple[str, str]:

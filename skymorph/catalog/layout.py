@@ -239,9 +239,9 @@ def remove_catalog(catalog: str, storage_options: dict | None = None, keep_lock:
     fs, entries = _root_entries(catalog, storage_options)
     for name, path in entries.items():
         if name == _SKYMORPH and keep_lock:
-            lock = fs._strip_protocol(driver_lock_url(catalog))
+            keep = {fs._strip_protocol(driver_lock_url(catalog)), path.rstrip("/")}  # S3 lists a folder marker as itself
             for child in fs.ls(path, detail=False):
-                if child.rstrip("/") != lock:
+                if child.rstrip("/") not in keep:
                     fs.rm(child, recursive=True)
         elif name in _ENTRIES or _is_temp(name):
             fs.rm(path, recursive=True)

@@ -6,13 +6,18 @@ names its holder (host, pid, session, heartbeat time), is created only where non
 link locally, a conditional PUT on S3: of two drivers started at once, one wins), and a background
 thread rewrites the heartbeat every ``heartbeat_s``. A lock is stale, and taken over, when its
 heartbeat is older than ``stale_after_s`` (the holder died or lost the bucket) or when its holder ran
-on this host and that pid is gone (a killed local driver does not block its own rerun).
+on this host and that pid is gone (a killed local driver does not block its own rerun). Taking over
+is remove-then-create, which is not exclusive: a driver that took over reads the lock again after a
+moment and gives way unless it is still its own, but one that created the lock in the instant
+between another's remove and create may go on beside it. Drivers therefore read the lock before
+they write (below), and all but the one it names stop.
 
 A driver that is alive but paused past ``stale_after_s`` (swapped out, its host partitioned) comes
-back to a lock taken over. Its heartbeat reads the lock before rewriting it, so it finds that out
-within ``heartbeat_s`` and :meth:`DriverLock.check_held` stops the run; its tasks already on the
-workers, and those of a killed driver, call :func:`check_session` before writing a part, so they
-write nothing into a catalog another run owns. Staleness compares the holder's clock with the
+back to a lock taken over. Its heartbeat reads the lock before rewriting it, and the driver reads it
+before removing a catalog for ``--overwrite``, writing a manifest and each journal write, so
+whichever driver's record the lock holds goes on and the other stops (:meth:`DriverLock.check_held`). Tasks, the killed driver's included, call :func:`check_session`
+before writing a part, so a task of a driver that lost its lock writes nothing, except one that
+passed the check and was paused before its write. Staleness compares the holder's clock with the
 reader's: hosts must agree on the time to well within ``stale_after_s`` (NTP does).
 """
 
@@ -74,8 +79,8 @@ def check_session(catalog: str, session: str, storage_options: dict | None = Non
     write a part (under a name the new run may own) into that catalog."""
     holder = _read_holder(layout.driver_lock_url(catalog), storage_options)
     if holder is None or holder.session != session:
-        raise CatalogError(f"the run that sent this task no longer holds {catalog!r} (its lock is "
-                           f"{'gone' if holder is None else 'held by another run'}); writing nothing")
+        why = "held by another run" if holder is not None else "gone, or not visible from this worker: workers must see --out"
+        raise CatalogError(f"the run that sent this task no longer holds {catalog!r} (its lock is {why}); writing nothing")
 
 
 class DriverLock:
@@ -104,43 +109,66 @@ class DriverLock:
             raise CatalogError(self._held_by(holder))
 
     def acquire(self) -> None:
-        """Create the lock (taking over a stale one), and keep its heartbeat going until :meth:`release`."""
+        """Create the lock (taking over a stale one), and keep its heartbeat going until :meth:`release`.
+
+        Taking over is remove-then-create, so drivers rerun together after a crash can each remove
+        another's fresh lock; each that took over reads the lock again after a moment and gives way
+        unless it is still its own, so one of them goes on."""
+        took_over = False
         for _ in range(2):
             try:
                 create_exclusive_bytes(self.url, self._record(), self.storage_options)
                 break
             except FileExistsError:
                 holder = self.holder()
+                if holder is not None and holder.session == self.session:
+                    break  # this driver's own create, answered after all (a reply lost, the request retried)
                 if holder is not None and not holder.is_stale(time.time(), self.stale_after_s):
                     raise CatalogError(self._held_by(holder)) from None
                 fs, path = filesystem(self.url, self.storage_options)
                 with contextlib.suppress(FileNotFoundError):  # stale or unreadable (never half-written)
                     fs.rm(path)
+                took_over = True
         else:
             raise CatalogError(self._held_by(self.holder()))  # another driver took the stale lock first
+        if took_over:
+            time.sleep(min(2.0, self.heartbeat_s))  # longer than another taker's read-remove-create
+            holder = self.holder()
+            if holder is None or holder.session != self.session:
+                raise CatalogError(self._held_by(holder))
         self._thread = threading.Thread(target=self._beat, name="skymorph-driver-lock", daemon=True)
         self._thread.start()
 
     @property
     def held(self) -> bool:
-        """False once the heartbeat has found the lock taken over or removed."""
+        """False once this driver has found its lock taken over or removed."""
         return not self._lost.is_set()
 
-    def check_held(self, read: bool = False) -> None:
-        """Raise :class:`CatalogError` if the heartbeat found this driver's lock taken over or removed,
-        or with ``read``, if the lock file says so now."""
-        if read and not self._lost.is_set():
-            holder = self.holder()
-            if holder is None or holder.session != self.session:
-                self._taken_by = holder
-                self._lost.set()
+    def confirm(self) -> bool:
+        """Whether the lock file names this driver, read now (False from then on once it does not); a
+        read that fails keeps the last answer."""
         if self._lost.is_set():
-            holder = self._taken_by
-            by = "removed" if holder is None else f"taken over by host {holder.host}, pid {holder.pid}"
-            raise CatalogError(
-                f"this run's lock on {self.catalog!r} was {by} (a heartbeat missed for {self.stale_after_s:.0f} s makes "
-                "it stale); stopped so that two runs do not write one catalog: rerun once the other run has finished"
-            )
+            return False
+        try:
+            holder = self.holder()
+        except Exception:  # noqa: BLE001 -- storage down for a moment: the heartbeat's verdict stands
+            return True
+        if holder is None or holder.session != self.session:
+            self._taken_by = holder
+            self._lost.set()
+        return self.held
+
+    def check_held(self, read: bool = False) -> None:
+        """Raise :class:`CatalogError` if this driver's lock was found taken over or removed (by the
+        heartbeat, or with ``read``, by reading it now)."""
+        if self.confirm() if read else self.held:
+            return
+        holder = self._taken_by
+        by = "removed" if holder is None else f"taken over by host {holder.host}, pid {holder.pid}"
+        raise CatalogError(
+            f"this run's lock on {self.catalog!r} was {by} (a heartbeat missed for {self.stale_after_s:.0f} s makes "
+            "it stale); stopped so that two runs do not write one catalog: rerun once the other run has finished"
+        )
 
     def release(self) -> None:
         """Stop the heartbeat and remove the lock if it is still this driver's."""
@@ -175,7 +203,7 @@ class DriverLock:
                     self._lost.set()
                     return
                 atomic_write_text(self.url, self._record().decode(), self.storage_options)
-            except Exception:  # a missed heartbeat is retried on the next beat; stale only after many
+            except Exception:  # noqa: BLE001 -- a missed heartbeat is retried on the next beat; stale only after many
                 continue
 
     def __enter__(self) -> DriverLock:

@@ -432,11 +432,12 @@ def _run_tasks(config: RunConfig, client, job, resources, plan: _Plan, manifest,
                 rate = tally.rows_written / max(time.perf_counter() - started, 1e-9)
                 bar.set_postfix(galaxies=f"{tally.rows_written:,}", per_s=f"{rate:.0f}", refresh=False)
             if time.monotonic() - last_flush > _JOURNAL_EVERY_S:
+                lock.check_held(read=True)  # a driver back from a pause must not journal into another run's catalog
                 journal.flush()
                 last_flush = time.monotonic()
             submit_until_full()
     finally:
-        if lock.held:
+        if lock.confirm():
             journal.flush()
         bar.close()
         if client.status == "running":  # else the scheduler forgets the plugin with the cluster
@@ -501,6 +502,7 @@ def run_survey(config: RunConfig) -> RunReport:
     # checks again, then holds the lease (heartbeat) until the catalog is finished
     with _no_trace_unless_started(config.out, is_new, options), lock:
         if config.overwrite:  # only now that this run holds the lock: a live run's catalog is never removed
+            lock.check_held(read=True)
             layout.remove_catalog(config.out, options, keep_lock=True)
         tally = _Tally()
         if not nothing_to_do:  # else every range is done and only the finish step is left
@@ -512,6 +514,7 @@ def run_survey(config: RunConfig) -> RunReport:
                 else:
                     require_resources(client, resources, "--gpu", ", or run without --gpu")
                 if is_new:  # once the workers are there: a run that cannot start leaves no catalog behind
+                    lock.check_held(read=True)
                     write_manifest(config.out, manifest, options)
                 tally.dashboard = client.dashboard_link
                 print(f"skymorph run: {len(tiles)} tile(s), model {model_sha256[:12]}..., dashboard {tally.dashboard}",

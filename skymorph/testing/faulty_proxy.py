@@ -4,8 +4,9 @@ Clients use the proxy's address as their S3 endpoint (``AWS_ENDPOINT_URL``). Eac
 forwarded to the real endpoint, answered ``503 SlowDown`` (S3's throttling reply, which clients must
 retry), or dropped: the connection closes without an answer. Which happens is drawn from a seeded
 generator, so a run is repeatable up to the order in which concurrent requests arrive. With
-``conditional_writes=False`` it stands for an S3-compatible store without them: a PUT with
-``If-None-Match`` is answered ``501 NotImplemented``::
+``conditional_put_status`` set, a PUT with ``If-None-Match`` is answered with that status instead of
+forwarded: 501 for an S3-compatible store without conditional writes, 400 for one that rejects the
+header, 409 for AWS's concurrent-conditional-write conflict::
 
     with LocalS3() as s3, FaultyProxy(s3.endpoint_url, p_503=0.1, p_drop=0.05, seed=0) as proxy:
         os.environ["AWS_ENDPOINT_URL"] = proxy.url
@@ -28,10 +29,11 @@ _SLOW_DOWN = (
     b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
     b"<Message>Please reduce your request rate.</Message></Error>"
 )
-_NOT_IMPLEMENTED = (
-    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>NotImplemented</Code>'
-    b"<Message>A header you provided implies functionality that is not implemented.</Message></Error>"
-)
+_CONDITIONAL_PUT_ERRORS = {
+    501: ("Not Implemented", "NotImplemented", "A header you provided implies functionality that is not implemented."),
+    400: ("Bad Request", "InvalidArgument", "If-None-Match is not supported."),
+    409: ("Conflict", "ConditionalRequestConflict", "A conflicting conditional operation is in progress."),
+}
 _HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te", "trailer"}
 
 
@@ -59,7 +61,7 @@ class FaultyProxy:
     p_drop: float = 0.05
     seed: int = 0
     host: str = "127.0.0.1"
-    conditional_writes: bool = True
+    conditional_put_status: int = 0
     url: str = ""
     counts: FaultCounts = field(default_factory=FaultCounts)
     _server: ThreadingHTTPServer | None = field(default=None, repr=False)
@@ -71,6 +73,8 @@ class FaultyProxy:
             raise InputError(f"FaultyProxy upstream must be http://host:port, got {self.upstream!r}")
         if not (0 <= self.p_503 <= 1 and 0 <= self.p_drop <= 1 and self.p_503 + self.p_drop <= 1):
             raise InputError(f"p_503 and p_drop must be shares in [0, 1] summing to at most 1, got {self.p_503}, {self.p_drop}")
+        if self.conditional_put_status and self.conditional_put_status not in _CONDITIONAL_PUT_ERRORS:
+            raise InputError(f"conditional_put_status must be 0 or one of {sorted(_CONDITIONAL_PUT_ERRORS)}, got {self.conditional_put_status}")
 
     def start(self) -> FaultyProxy:
         parts = urlsplit(self.upstream)
@@ -118,8 +122,11 @@ class FaultyProxy:
 
             def _handle(self) -> None:
                 body = self._body()
-                if not proxy.conditional_writes and self.command == "PUT" and "If-None-Match" in self.headers:
-                    self._error(501, "Not Implemented", _NOT_IMPLEMENTED)
+                if proxy.conditional_put_status and self.command == "PUT" and "If-None-Match" in self.headers:
+                    reason, code, message = _CONDITIONAL_PUT_ERRORS[proxy.conditional_put_status]
+                    body = (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code>'
+                            f"<Message>{message}</Message></Error>").encode()
+                    self._error(proxy.conditional_put_status, reason, body)
                     return
                 action = decide()
                 if action == "drop":
