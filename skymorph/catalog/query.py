@@ -178,10 +178,10 @@ def _interrupted_by_signals(con):
     Python runs a signal's handler only when DuckDB next hands control back: 14 s after Ctrl-C into a
     correlated subquery over 50,000 rows (measured), minutes on a larger catalog. A signal also writes
     its number to the wakeup fd at once, so a thread reading that fd calls ``con.interrupt()``, which
-    stopped the same query within 0.3 s. DuckDB may have run and dropped the handler meanwhile, so it
-    is run again for each signal received (the CLI's SIGTERM handler raises its own exception), and
-    ``KeyboardInterrupt`` is raised if none raised. Only the main thread receives signals; a wakeup fd
-    set by someone else (asyncio) is put back afterwards.
+    stopped the same query within 0.3 s. If DuckDB found the handler pending first, it ran it and
+    dropped what it raised, so it is run again (the CLI's SIGTERM handler raises its own exception);
+    ``KeyboardInterrupt`` is raised if none raised. Only the main thread receives signals; a program
+    with a wakeup fd of its own (an asyncio loop) keeps it, and Python's slower path.
     """
     import signal
     import socket
@@ -190,11 +190,22 @@ def _interrupted_by_signals(con):
     import duckdb
 
     received: list[int] = []
-    watching = threading.current_thread() is threading.main_thread()
+    # Signals whose handler stops the program: Python's Ctrl-C, and a handler someone set for SIGTERM
+    # (the CLI's raises). A custom SIGINT handler ("press Ctrl-C again to quit") is left to itself.
+    stopping_signals = {signum for signum, handler in ((signal.SIGINT, signal.getsignal(signal.SIGINT)),
+                                                       (signal.SIGTERM, signal.getsignal(signal.SIGTERM)))
+                        if handler is signal.default_int_handler or (signum == signal.SIGTERM and callable(handler))}
+    watching = threading.current_thread() is threading.main_thread() and bool(stopping_signals)
     if watching:
         receiver, sender = socket.socketpair()
         sender.setblocking(False)
         previous = signal.set_wakeup_fd(sender.fileno(), warn_on_full_buffer=False)
+        if previous != -1:  # an event loop's (asyncio): its signal callbacks need the fd, so no watcher
+            signal.set_wakeup_fd(previous)
+            receiver.close()
+            sender.close()
+            watching = False
+    if watching:
         stopping = threading.Event()
 
         def watch() -> None:
@@ -202,7 +213,7 @@ def _interrupted_by_signals(con):
                 data = receiver.recv(64)
                 if not data or stopping.is_set():
                     return
-                signums = [signum for signum in (signal.SIGINT, signal.SIGTERM) if signum in data]
+                signums = [signum for signum in stopping_signals if signum in data]
                 received.extend(signums)
                 if signums:
                     con.interrupt()
@@ -211,10 +222,12 @@ def _interrupted_by_signals(con):
         watcher.start()
     try:
         yield
-    except (duckdb.InterruptException, RuntimeError) as err:
-        if isinstance(err, RuntimeError) and str(err) != _DUCKDB_SIGNAL_MESSAGE:
+    except duckdb.InterruptException:
+        raise KeyboardInterrupt from None  # the signal's own handler, pending, runs first and raises its exception
+    except RuntimeError as err:
+        if str(err) != _DUCKDB_SIGNAL_MESSAGE:
             raise
-        for signum in dict.fromkeys(received):
+        for signum in dict.fromkeys(received):  # DuckDB ran the handler and dropped what it raised: again
             signal.raise_signal(signum)
         raise KeyboardInterrupt from None
     finally:
