@@ -449,6 +449,7 @@ def _cmd_catalog_pick(args) -> int:
     from skymorph.catalog import export_table, gallery, open_catalog, pick
     from skymorph.catalog.export import output_format
     from skymorph.catalog.gallery import MAX_GALAXIES, check_png
+    from skymorph.storage import filesystem
 
     power = {key: value for key, value in (("beta", args.beta), ("seed", args.seed)) if value is not None}
     if power and args.strategy != "power":  # top takes the n highest: nothing to weight or draw
@@ -466,9 +467,16 @@ def _cmd_catalog_pick(args) -> int:
     catalog = open_catalog(args.catalog, options)
     batch = pick(catalog, args.n, question=args.question, strategy=args.strategy, **power,
                  exclude=args.exclude, storage_options=options, weight_by_asked=args.weight_by_asked is not False)
-    if args.gallery:  # first: it reads the tiles, and a failure must not leave --out behind to refuse the rerun
+    # Both outputs or neither: a rerun must not be refused for the one written before the other failed.
+    if args.gallery:  # first: it reads the tiles, the likelier to fail
         gallery(batch, catalog, args.gallery, question=args.question, storage_options=options)
-    export_table(batch, args.out, options)
+    try:
+        export_table(batch, args.out, options)
+    except BaseException:
+        if args.gallery:
+            fs, path = filesystem(args.gallery, options)
+            fs.rm(path)
+        raise
     print(f"picked {batch.num_rows} galaxies ({args.strategy}) -> {args.out}")
     if batch.num_rows < args.n:  # a wrong --exclude file (every id in it) picks nothing, quietly
         print(f"skymorph: warning: picked {batch.num_rows}, not --n {args.n}: only {batch.num_rows} galaxies have a "

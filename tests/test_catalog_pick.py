@@ -327,3 +327,24 @@ def test_a_gallery_that_cannot_be_drawn_leaves_no_batch_behind(tmp_path, capsys)
     assert main(["catalog", "pick", catalog, "--n", "5", "--out", str(out), "--gallery", str(png)]) == 2
     assert "skymorph: error:" in capsys.readouterr().err
     assert not out.exists() and not png.exists()
+
+
+
+def test_an_out_that_cannot_be_written_leaves_no_gallery_behind(tmp_path, capsys):
+    """The other way round: FITS refused the tile paths (not ASCII) after the gallery was drawn, and the
+    rerun with --out batch.vot, as the error advised, was refused for the gallery."""
+    from skymorph.catalog import query
+    from skymorph.tiles import write_tile
+
+    catalog = write_synthetic_catalog(str(tmp_path / "galaxiés" / "catalog"), 100, per_tile=100, workers=1)
+    for url in catalog.tile_urls:  # the tile stores the gallery reads
+        rows = query(catalog.url, where=f"tile = '{url}'", order_by="row")
+        write_tile(url, np.zeros((rows.num_rows, 1, 8, 8), np.uint8), rows["object_id"].to_numpy(), rows["ra"].to_numpy(),
+                   rows["dec"].to_numpy(), survey="synthetic", bands=["r"], pixel_scale_arcsec=0.262, stretch="none", resize="none")
+    png = tmp_path / "batch.png"
+    argv = ["catalog", "pick", catalog.url, "--n", "5", "--gallery", str(png), "--out"]
+    assert main([*argv, str(tmp_path / "batch.fits")]) == 2
+    assert "FITS tables hold ASCII text only" in capsys.readouterr().err
+    assert not png.exists() and not (tmp_path / "batch.fits").exists()
+    assert main([*argv, str(tmp_path / "batch.vot")]) == 0
+    assert png.exists() and (tmp_path / "batch.vot").exists()
