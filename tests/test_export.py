@@ -309,6 +309,8 @@ def test_export_checkpoint_refuses_flags_of_the_other_format_before_reading(tmp_
     for name in ("m2.onx", "model"):  # accepted, and then `run` needed --backend to know it
         with pytest.raises(InputError, match=re.escape("end the ONNX model's name in .onnx, by which `skymorph run` knows it")):
             export_checkpoint(missing, str(tmp_path / name), T)
+    with pytest.raises(InputError, match=r"--onnx-out .*m.onx.: end the ONNX model.s name in .onnx"):
+        export_checkpoint(missing, str(tmp_path / "m.plan"), T, format="tensorrt", onnx_out=str(tmp_path / "m.onx"))
     assert list(tmp_path.iterdir()) == []
 
 

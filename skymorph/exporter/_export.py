@@ -62,6 +62,8 @@ def export_checkpoint(
     check_not_input(checkpoint, out)
     if onnx_out:
         check_not_input(checkpoint, onnx_url, "--onnx-out")
+        if not onnx_url.lower().endswith(".onnx"):
+            raise InputError(f"--onnx-out {onnx_url!r}: end the ONNX model's name in .onnx, by which `skymorph run` knows it")
     elif same_location(checkpoint, onnx_url):
         raise InputError(
             f"--out {out!r} writes its ONNX model to {onnx_url!r}, the checkpoint being exported; name another path with --onnx-out"
