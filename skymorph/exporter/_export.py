@@ -62,14 +62,14 @@ def export_checkpoint(
     check_not_input(checkpoint, out)
     if onnx_out:
         check_not_input(checkpoint, onnx_url, "--onnx-out")
-        if not onnx_url.lower().endswith(".onnx"):
-            raise InputError(f"--onnx-out {onnx_url!r}: end the ONNX model's name in .onnx, by which `skymorph run` knows it")
     elif same_location(checkpoint, onnx_url):
         raise InputError(
             f"--out {out!r} writes its ONNX model to {onnx_url!r}, the checkpoint being exported; name another path with --onnx-out"
         )
     if same_location(onnx_url, out):
         raise InputError(f"--onnx-out {onnx_url!r} is --out: give the ONNX model its own path")
+    if not onnx_url.lower().endswith(".onnx"):
+        raise InputError(f"--onnx-out {onnx_url!r}: end the ONNX model's name in .onnx, by which `skymorph run` knows it")
     if not onnx_out and not overwrite and exists(onnx_url, storage_options):
         raise InputError(
             f"--out {out!r} also writes its ONNX model to {onnx_url!r}, which exists; move it away, "
