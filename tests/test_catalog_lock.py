@@ -80,25 +80,29 @@ def test_release_leaves_a_lock_taken_over_by_another_driver(tmp_path):
         DriverLock(catalog, heartbeat_s=10, stale_after_s=5)
 
 
+def _acquire_together(locks: list[DriverLock]) -> list[bool]:
+    """Each lock's ``acquire()`` on a thread of its own, at once: which of them succeeded."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def acquire(lock: DriverLock) -> bool:
+        try:
+            lock.acquire()
+        except CatalogError:
+            return False
+        return True
+
+    with ThreadPoolExecutor(len(locks)) as pool:
+        return list(pool.map(acquire, locks))
+
+
 @pytest.mark.parametrize("where", ["local", "s3"])
 def test_of_drivers_started_together_exactly_one_holds_the_lock(tmp_path, where, request):
     """Check-then-write let two drivers started together both win (50 of 50 trials, locally)."""
-    from concurrent.futures import ThreadPoolExecutor
-
     root = str(tmp_path) if where == "local" else request.getfixturevalue("s3_bucket")
     for trial in range(10):
         catalog = f"{root}/cat{trial}"
         locks = [DriverLock(catalog) for _ in range(4)]
-
-        def acquire(lock: DriverLock) -> bool:
-            try:
-                lock.acquire()
-            except CatalogError:
-                return False
-            return True
-
-        with ThreadPoolExecutor(len(locks)) as pool:
-            won = list(pool.map(acquire, locks))
+        won = _acquire_together(locks)
         try:
             assert sum(won) == 1, f"trial {trial}: {sum(won)} drivers hold the lock"
             assert DriverLock(catalog).holder().session == locks[won.index(True)].session
@@ -178,22 +182,11 @@ def test_of_drivers_taking_over_a_stale_lock_together_only_the_one_it_names_goes
     """Remove-then-create is not exclusive (11 of 30 trials left several drivers believing they held
     it): a taker reads the lock again after a moment, and a driver checks it before each write, so all
     but the driver the lock names stop before writing anything."""
-    from concurrent.futures import ThreadPoolExecutor
-
     for trial in range(4):
         catalog = str(tmp_path / f"cat{trial}")
         _holder(catalog, host="elsewhere.example", heartbeat=time.time() - 600)  # a driver dead for 10 minutes
         locks = [DriverLock(catalog, heartbeat_s=0.5, stale_after_s=60) for _ in range(4)]
-
-        def acquire(lock: DriverLock) -> bool:
-            try:
-                lock.acquire()
-            except CatalogError:
-                return False
-            return True
-
-        with ThreadPoolExecutor(len(locks)) as pool:
-            won = list(pool.map(acquire, locks))
+        won = _acquire_together(locks)
         try:
             named = DriverLock(catalog).holder().session
             assert [lock.session for lock in locks].count(named) == 1 and won[[lock.session for lock in locks].index(named)]
