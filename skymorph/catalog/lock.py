@@ -15,9 +15,10 @@ they write (below), and all but the one it names stop.
 A driver that is alive but paused past ``stale_after_s`` (swapped out, its host partitioned) comes
 back to a lock taken over. Its heartbeat reads the lock before rewriting it, and the driver reads it
 before removing a catalog for ``--overwrite``, writing a manifest and each journal write, so
-whichever driver's record the lock holds goes on and the other stops (:meth:`DriverLock.check_held`). Tasks, the killed driver's included, call :func:`check_session`
-before writing a part, so a task of a driver that lost its lock writes nothing, except one that
-passed the check and was paused before its write. Staleness compares the holder's clock with the
+whichever driver's record the lock holds goes on and the other stops (:meth:`DriverLock.check_held`).
+Tasks, the killed driver's included, call :func:`check_session` before writing a part, so a task of
+a driver that lost its lock writes nothing, except one that passed the check and was paused before
+its write. Staleness compares the holder's clock with the
 reader's: hosts must agree on the time to well within ``stale_after_s`` (NTP does).
 """
 
