@@ -331,14 +331,14 @@ def test_a_task_whose_driver_no_longer_holds_the_catalog_writes_nothing(tmp_path
 
 
 def _run_in_process(spec, tile: str) -> dict:
-    """``run_range`` of ``tile``'s first range on a worker thread of this process (monkeypatches apply)."""
+    """The task of ``tile``'s first range, on a worker thread of this process (monkeypatches apply)."""
     from distributed import Client, LocalCluster
 
-    from skymorph.inference.task import EngineCache, run_range
+    from skymorph.inference.task import RunJob, run_job_range
 
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, Client(cluster) as client:
-        client.register_plugin(EngineCache(spec.model))
-        return client.submit(run_range, spec, tile, 0, None, pure=False).result()
+        client.register_plugin(RunJob(spec, "skymorph-job-test"))
+        return client.submit(run_job_range, "skymorph-job-test", tile, 0, None, pure=False).result()
 
 
 def _write_lock(catalog: str, session: str) -> None:

@@ -17,7 +17,7 @@ from test_job import assert_exact, make_tiles
 from skymorph.catalog import layout
 from skymorph.errors import InputError, MissingDependencyError, ModelError
 from skymorph.inference.job import RunConfig, run_survey
-from skymorph.inference.task import EngineCache, ModelRef, get_engine
+from skymorph.inference.task import JobSpec, ModelRef, RunJob
 
 
 def _local_cluster(**kwargs) -> LocalCluster:
@@ -77,47 +77,54 @@ def test_a_model_that_needs_a_gpu_gets_an_embedded_cluster_with_one(tmp_path, ti
     assert ("this machine shows no NVIDIA GPU" in err) is not has_nvidia_gpu()
 
 
-def _engine_id(ref: ModelRef) -> int:
-    return id(get_engine(ref))
+def _engine_id(name: str, ref: ModelRef) -> int:
+    from distributed import get_worker
+
+    return id(get_worker().plugins[name].engines.get(ref))
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
-def test_engine_cache_lives_on_the_worker_plugin_and_is_freed_with_it(tiny_model):
+def test_a_runs_engine_lives_on_its_job_plugin_and_is_freed_with_it(tiny_model):
+    """Engines were cached on one plugin that no run removed: a long-lived cluster kept one per model
+    ever run, and workers joining later loaded the first run's model."""
     from skymorph.inference.cluster import usable_cores
 
     with open(tiny_model, "rb") as fh:
         sha256 = hashlib.sha256(fh.read()).hexdigest()
     ref = ModelRef(tiny_model, sha256)
+    job = JobSpec(catalog="c", order=3, schema=None, model=ref, schema_json="{}", likelihood="multinomial", n_volunteers=40,
+                  input_shape=(1, 8, 8), batch_size=8, rows_per_task=64, driver_session="0" * 32)
     with _local_cluster(processes=False) as cluster, Client(cluster) as client:
         worker = next(iter(cluster.workers.values()))
-        client.register_plugin(EngineCache(ref))
-        cache = worker.plugins[EngineCache.name]
-        assert cache.threads == usable_cores() and list(cache.engines) == [sha256]
-        assert client.submit(_engine_id, ref, pure=False).result() == id(cache.engines[sha256])
-        client.register_plugin(EngineCache(ref))  # a second run on this scheduler: the cache stays, engines and all
-        assert worker.plugins[EngineCache.name] is cache and list(cache.engines) == [sha256]
+        client.register_plugin(RunJob(job, "run-a"))
+        engines = worker.plugins["run-a"].engines
+        assert engines.threads == usable_cores() and list(engines.engines) == [sha256]  # loaded when registered
+        assert client.submit(_engine_id, "run-a", ref, pure=False).result() == id(engines.engines[sha256])
         with pytest.raises(ModelError, match="changed during the run"):
-            client.submit(_engine_id, ModelRef(tiny_model, "0" * 64), pure=False).result()
+            client.submit(_engine_id, "run-a", ModelRef(tiny_model, "0" * 64), pure=False).result()
+        client.register_plugin(RunJob(job, "run-b"))  # a second run on this scheduler has engines of its own
+        other = worker.plugins["run-b"].engines
+        assert list(other.engines) == [sha256] and other.engines[sha256] is not engines.engines[sha256]
 
-        client.unregister_worker_plugin(EngineCache.name)
-        assert cache.engines == {} and EngineCache.name not in worker.plugins
-        with pytest.raises(RuntimeError, match="no skymorph-engine-cache plugin on this worker"):
-            client.submit(_engine_id, ref, pure=False).result()
+        client.unregister_worker_plugin("run-a")
+        assert engines.engines == {} and "run-a" not in worker.plugins and list(other.engines) == [sha256]
 
 
 _PINNED_CHILD = """
 import hashlib, os, sys
 from distributed import Client, LocalCluster
 from skymorph.inference.cluster import usable_cores
-from skymorph.inference.task import EngineCache, ModelRef
+from skymorph.inference.task import JobSpec, ModelRef, RunJob
 
 model = sys.argv[1]
 ref = ModelRef(model, hashlib.sha256(open(model, "rb").read()).hexdigest())
+job = JobSpec(catalog="c", order=3, schema=None, model=ref, schema_json="{}", likelihood="multinomial", n_volunteers=40,
+              input_shape=(1, 8, 8), batch_size=8, rows_per_task=64, driver_session="0" * 32)
 with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, Client(cluster) as client:
-    client.register_plugin(EngineCache(ref))
-    cache = next(iter(cluster.workers.values())).plugins[EngineCache.name]
-    print(usable_cores(), cache.threads, os.cpu_count())
+    client.register_plugin(RunJob(job, "run"))
+    engines = next(iter(cluster.workers.values())).plugins["run"].engines
+    print(usable_cores(), engines.threads, os.cpu_count())
 """
 
 

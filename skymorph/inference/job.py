@@ -379,8 +379,9 @@ def _run_tasks(config: RunConfig, client, job, resources, plan: _Plan, manifest,
     from skymorph.inference.task import RunJob, run_job_range
 
     job_name = f"skymorph-job-{uuid.uuid4().hex}"
-    client.register_plugin(RunJob(job, job_name))
-    window = config.max_in_flight or max(4, 2 * sum(threads_by_host(client).values()))
+    threads = threads_by_host(client)
+    client.register_plugin(RunJob(job, job_name, threads))  # and its engines, freed when it is unregistered below
+    window = config.max_in_flight or max(4, 2 * sum(threads.values()))
     in_flight: dict = {}
     pending = as_completed()
     skipped = plan.skipped
@@ -465,9 +466,9 @@ def run_survey(config: RunConfig) -> RunReport:
     from skymorph.catalog.layout import CatalogMetadata, CatalogProperties
     from skymorph.catalog.lock import DriverLock
     from skymorph.catalog.writer import catalog_schema, finish_catalog, write_failures, write_manifest
-    from skymorph.inference.cluster import connect, require_resources, scheduler_address, threads_by_host
+    from skymorph.inference.cluster import connect, require_resources, scheduler_address
     from skymorph.inference.engines import read_model_info
-    from skymorph.inference.task import EngineCache, JobSpec, ModelRef, s3_retry_options
+    from skymorph.inference.task import JobSpec, ModelRef, s3_retry_options
     from skymorph.storage import atomic_write_text
     from skymorph.tiles import read_tiles
 
@@ -523,7 +524,6 @@ def run_survey(config: RunConfig) -> RunReport:
                     print(f"skymorph run: no workers at {client.scheduler.address} yet; waiting for some to join "
                           f"(`dask worker {client.scheduler.address}`)", file=sys.stderr, flush=True)
                 ref = ModelRef(config.model, model_sha256, config.backend, engine_threads, config.storage_options)
-                client.register_plugin(EngineCache(ref, threads_by_host(client)))
                 job = JobSpec(catalog=config.out, order=config.catalog_order, schema=schema, model=ref,
                               schema_json=metadata.schema.to_json(), likelihood=metadata.likelihood,
                               n_volunteers=config.n_volunteers, input_shape=metadata.input.shape,

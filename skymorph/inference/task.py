@@ -1,12 +1,12 @@
-"""The worker side of ``skymorph run``: the per-process engine cache and the task for one tile range.
+"""The worker side of ``skymorph run``: the run's worker plugin and the task for one tile range.
 
-An engine is loaded once per worker process (by the :class:`EngineCache` plugin when the worker
-starts, or on first use), kept on that plugin and looked up by the model's sha256 digest; a task
-carries only the model URL and digest, never the engine. The run's :class:`JobSpec` reaches the
-workers the same way, as a :class:`RunJob` plugin that :func:`run_job_range` looks up by name: the
-scheduler gives registered plugins to workers that join or restart later, while data scattered to the
-workers is lost with the last worker that held it (a restarted single worker would then fail every
-task left). :func:`run_range` opens the tile, reads
+A run reaches its workers as a :class:`RunJob` plugin under a name of its own, which
+:func:`run_job_range` looks up: the run's :class:`JobSpec` and its :class:`EngineCache`, whose engine
+is loaded once per worker process (when the worker starts or joins, or on first use) and closed when
+the run unregisters the plugin, so a long-lived cluster keeps no engine of a finished run. A task
+carries only the model URL and digest, never the engine. The scheduler gives registered plugins to
+workers that join or restart later, while data scattered to the workers is lost with the last worker
+that held it (a restarted single worker would then fail every task left). :func:`run_range` opens the tile, reads
 chunk after chunk on a background thread while the engine runs on the current one, summarizes the
 posterior, writes the part files (once its driver is known to hold the catalog's lock) and returns
 small statistics, or a failure record (tile, stage, reason) for a bad tile. Transient storage errors (connection drops, 5xx, SlowDown) are retried with
@@ -31,7 +31,7 @@ from skymorph.catalog.lock import check_session
 from skymorph.errors import InputError, ModelError, SkymorphError, TileError
 from skymorph.inference.cluster import usable_cores
 
-__all__ = ["ModelRef", "JobSpec", "EngineCache", "RunJob", "get_engine", "plan_ranges", "first_range_stop", "run_range",
+__all__ = ["ModelRef", "JobSpec", "EngineCache", "RunJob", "plan_ranges", "first_range_stop", "run_range",
            "run_job_range", "is_transient", "s3_retry_options"]
 
 @dataclass(frozen=True)
@@ -84,20 +84,16 @@ def s3_retry_options(url: str, storage_options: dict | None) -> dict:
     return options
 
 
-class EngineCache(WorkerPlugin):
-    """The engines of one worker process, loaded when the worker starts (or joins later) and freed when
-    the plugin is removed or the worker closes; tasks reach it through :func:`get_engine`.
+class EngineCache:
+    """The engines of one run on one worker process, by model digest: loaded at :meth:`setup` (when the
+    worker starts or joins) or on first use, closed at :meth:`teardown`. Held by the run's
+    :class:`RunJob` plugin, so it lives as long as the run.
 
     ``threads_by_host`` maps a worker host to the number of Dask threads of all workers there; the
     engine gets ``usable cores // that`` threads (``threads``) so that engines on one machine do not
     oversubscribe it. With ``ref.threads`` set it is used as is. ``engines`` maps a model's sha256 to
     its engine.
     """
-
-    name = "skymorph-engine-cache"
-    # A second run on the same scheduler keeps this one (its engines load lazily, by digest): replacing
-    # it would tear down engines that the first run's tasks are using.
-    idempotent = True
 
     def __init__(self, ref: ModelRef, threads_by_host: dict | None = None) -> None:
         self.ref = ref
@@ -119,7 +115,7 @@ class EngineCache(WorkerPlugin):
             self.threads = max(1, usable_cores() // max(1, busy))
         self.get(self.ref)
 
-    def teardown(self, worker) -> None:
+    def teardown(self) -> None:
         with self._lock:
             engines, self.engines = list(self.engines.values()), {}
         for engine in engines:
@@ -146,34 +142,30 @@ class EngineCache(WorkerPlugin):
 
 
 class RunJob(WorkerPlugin):
-    """One run's :class:`JobSpec` on every worker, present and future, under a name of its own (runs
-    sharing a scheduler do not replace each other's)."""
+    """One run on every worker, present and future, under a name of its own (runs sharing a scheduler
+    do not replace each other's): its :class:`JobSpec` and its :class:`EngineCache`, freed with it."""
 
-    def __init__(self, job: JobSpec, name: str) -> None:
+    def __init__(self, job: JobSpec, name: str, threads_by_host: dict | None = None) -> None:
         self.job = job
         self.name = name
+        self.engines = EngineCache(job.model, threads_by_host)
+
+    def setup(self, worker) -> None:
+        self.engines.setup(worker)
+
+    def teardown(self, worker) -> None:
+        self.engines.teardown()
 
 
 def run_job_range(name: str, tile_url: str, start: int, stop: int | None) -> dict:
-    """:func:`run_range` with the job of the :class:`RunJob` plugin ``name`` on this worker."""
+    """:func:`run_range` with the job and engines of the :class:`RunJob` plugin ``name`` on this worker."""
     from distributed import get_worker
 
     try:
-        job = get_worker().plugins[name].job
+        plugin = get_worker().plugins[name]
     except (ValueError, KeyError) as err:  # ValueError: not inside a worker
         raise RuntimeError(f"no {name} plugin on this worker; register RunJob(job, name) before submitting tasks") from err
-    return run_range(job, tile_url, start, stop)
-
-
-def get_engine(ref: ModelRef):
-    """This worker's engine for ``ref``, from its :class:`EngineCache` (see :meth:`EngineCache.get`)."""
-    from distributed import get_worker
-
-    try:
-        cache = get_worker().plugins[EngineCache.name]
-    except (ValueError, KeyError) as err:  # ValueError: not inside a worker
-        raise RuntimeError(f"no {EngineCache.name} plugin on this worker; register EngineCache(ref) before submitting tasks") from err
-    return cache.get(ref)
+    return run_range(plugin.job, tile_url, start, stop, plugin.engines.get)
 
 
 def plan_ranges(n: int, chunk_size: int, rows_per_task: int) -> list[tuple[int, int]]:
@@ -233,7 +225,7 @@ def _stage(stage: str, fn, *args):
         raise _StageError(stage, err) from err
 
 
-def _process(job: JobSpec, tile_url: str, start: int, stop: int | None, seconds: dict) -> dict:
+def _process(job: JobSpec, tile_url: str, start: int, stop: int | None, seconds: dict, engine_for) -> dict:
     from skymorph.catalog.writer import build_part_table, write_part
     from skymorph.posterior import summarize
     from skymorph.schema import Schema
@@ -249,7 +241,7 @@ def _process(job: JobSpec, tile_url: str, start: int, stop: int | None, seconds:
         stop = first_range_stop(tile.n, tile.chunk_size, job.rows_per_task)
     object_id, ra, dec = _stage("read", tile.read_coords, start, stop)
     seconds["read"] += time.perf_counter() - t0
-    engine = _stage("engine", get_engine, job.model)
+    engine = _stage("engine", engine_for, job.model)
     schema = Schema.from_json(job.schema_json, source="model skymorph.schema")
 
     def summarize_timed(samples):
@@ -302,7 +294,7 @@ def _before_writing(job: JobSpec, options: dict) -> None:
         _stage("write", unfinish_catalog, job.catalog, options)
 
 
-def run_range(job: JobSpec, tile_url: str, start: int, stop: int | None) -> dict:
+def run_range(job: JobSpec, tile_url: str, start: int, stop: int | None, engine_for) -> dict:
     """Classify rows ``[start, stop)`` of ``tile_url`` (``stop=None``: the tile's first range, sized
     here once the tile's length and chunking are known) and write their part files.
 
@@ -318,7 +310,7 @@ def run_range(job: JobSpec, tile_url: str, start: int, stop: int | None) -> dict
     for attempt in range(1, job.attempts + 1):
         result["attempts"] = attempt
         try:
-            result.update(_process(job, tile_url, start, stop, seconds))
+            result.update(_process(job, tile_url, start, stop, seconds, engine_for))
             result["rows"] = sum(rows for _, _, rows in result["parts"])
             return result
         except _StageError as err:
