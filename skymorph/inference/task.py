@@ -296,7 +296,8 @@ def _before_writing(job: JobSpec, options: dict) -> None:
 
 def run_range(job: JobSpec, tile_url: str, start: int, stop: int | None, engine_for) -> dict:
     """Classify rows ``[start, stop)`` of ``tile_url`` (``stop=None``: the tile's first range, sized
-    here once the tile's length and chunking are known) and write their part files.
+    here once the tile's length and chunking are known) and write their part files, with the engine
+    ``engine_for(job.model)`` gives (the run's :meth:`EngineCache.get`).
 
     Returns ``{"tile", "start", "stop", "n", "chunk_size", "parts": [(npix, name, rows), ...],
     "rows", "seconds": {"read", "engine", "posterior", "write"}, "attempts", "failure"}``, where
