@@ -347,22 +347,10 @@ def _keep_split(config: TrainConfig, meta) -> TrainConfig:
     return replace(config, **kept)
 
 
-def _resumed_ema(config: TrainConfig, meta) -> TrainConfig:
-    """``config`` with the --resume checkpoint's ``ema_decay`` where none is given (as its other settings);
-    a given one that differs is an error."""
-    recorded = (meta.provenance.get("config") or {}).get("ema_decay")
-    if config.ema_decay is not None and not _same(config.ema_decay, recorded):
-        raise ModelError(
-            f"--resume {config.resume!r} was trained with ema_decay={recorded!r} but ema_decay={config.ema_decay!r} was given; "
-            "drop it (a resumed run keeps its settings) or start a new run with --finetune"
-        )
-    return replace(config, ema_decay=recorded)
-
-
 def _run_settings(config: TrainConfig, meta=None, labels=None) -> TrainConfig:
     """``config`` with its run settings (the keys of ``TrainConfig.RUN_DEFAULTS``) filled in: the given ones
     over the defaults for a new run (also --finetune); for --resume (``meta`` given) the ones the checkpoint
-    recorded, where a given value that differs, or ``labels`` of other content, is an error: the run
+    recorded, and its ``ema_decay``, where a given value that differs, or ``labels`` of other content, is an error: the run
     continued must be the one interrupted (another seed or --val-fraction would draw another validation
     set and train on galaxies that were validated on)."""
     given = {key: getattr(config, key) for key in TrainConfig.RUN_DEFAULTS if getattr(config, key) is not None}
@@ -370,6 +358,9 @@ def _run_settings(config: TrainConfig, meta=None, labels=None) -> TrainConfig:
         return replace(config, **{**TrainConfig.RUN_DEFAULTS, **given})
     recorded = meta.provenance.get("config") or {}
     stored = {key: recorded[key] for key in TrainConfig.RUN_DEFAULTS if recorded.get(key) is not None}
+    stored["ema_decay"] = recorded.get("ema_decay")  # None is a setting too (no moving average), kept as the others
+    if config.ema_decay is not None:
+        given["ema_decay"] = config.ema_decay
     for key, value in given.items():
         if key in stored and not _same(value, stored[key]):
             raise ModelError(
@@ -475,8 +466,6 @@ def train(config: TrainConfig) -> TrainResult:
         choices = _model_choices(config, start_meta, start_checkpoint)
         if config.resume and not training:
             raise ModelError(_no_training_state(config.resume, so))
-        if config.resume:
-            config = _resumed_ema(config, start_meta)
     if config.finetune:
         config = _keep_split(config, start_meta)
     config = _run_settings(config, start_meta if config.resume else None, labels)
