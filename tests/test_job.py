@@ -568,6 +568,43 @@ def test_interrupted_driver_resumes_and_skips_finished_ranges(s3, s3_bucket, tin
     assert len(Manifest.from_json(read_text(layout.manifest_url(catalog))).ranges) == 8 * 4
 
 
+def test_ctrl_c_stops_a_local_cluster_run_in_one_line(tiny_model, tmp_path):
+    """A terminal's Ctrl-C reaches the whole process group, the LocalCluster's worker processes too: each
+    died of its own KeyboardInterrupt, printing a traceback (and distributed a CancelledError warning),
+    around the driver's one line. (An interrupted run resumes: test_interrupted_driver_resumes_...)"""
+    from skymorph.catalog.writer import read_manifest
+
+    make_tiles(str(tmp_path), n_tiles=8, per_tile=128)
+    catalog = str(tmp_path / "catalog")
+    stderr = tmp_path / "driver.err"
+    with open(stderr, "w") as err:
+        driver = subprocess.Popen([sys.executable, "-m", "skymorph.cli", "run", "--tiles", str(tmp_path / "tiles.txt"),
+                                   "--model", tiny_model, "--out", catalog, "--rows-per-task", "32", "--batch-size", "32",
+                                   "--catalog-order", "3", "--workers", "1"],
+                                  stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+    try:
+        wait_for(lambda: (m := read_manifest(catalog)) is not None and len(m.ranges) >= 2, 120, "some finished ranges")
+        assert driver.poll() is None, "the driver finished before it could be interrupted: make the job slower"
+        os.killpg(driver.pid, signal.SIGINT)
+        code = driver.wait(timeout=60)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait(timeout=30)
+    text = stderr.read_text()
+    assert code == 130 and text.splitlines()[-1] == "skymorph: interrupted", text
+    assert "KeyboardInterrupt" not in text and "CancelledError" not in text, text
+    wait_for(lambda: not _group_alive(driver.pid), 30, "the worker processes to exit")
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 # ---- pieces without a cluster ----------------------------------------------------------------------
 
 

@@ -14,6 +14,8 @@ import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from distributed import WorkerPlugin
+
 from skymorph.errors import InputError
 
 __all__ = ["ClusterSpec", "LocalSizing", "local_sizing", "usable_cores", "connect", "scheduler_address", "threads_by_host",
@@ -213,4 +215,21 @@ def connect(spec: ClusterSpec):
               "NVIDIA GPU (/dev/nvidia*); an ONNX model runs on the CPU here", file=sys.stderr, flush=True)
     with LocalCluster(n_workers=sizing.workers, threads_per_worker=sizing.threads_per_worker, processes=True,
                       dashboard_address=":0", resources=resources) as cluster, Client(cluster) as client:
+        client.register_plugin(LeaveInterruptToDriver(), name="skymorph-leave-interrupt-to-driver")
         yield client, sizing.engine_threads
+
+
+class LeaveInterruptToDriver(WorkerPlugin):
+    """Ctrl-C is the driver's to handle in a LocalCluster's worker processes. It reaches the terminal's whole
+    process group: the driver stops the run and closes the cluster, where each worker would also die of its
+    own KeyboardInterrupt with a traceback. So workers (and any restarted later) ignore SIGINT, and do not
+    warn of the task the closing cluster cancels under them (the one warning of that logger)."""
+
+    def setup(self, worker) -> None:
+        import logging
+        import signal
+        import threading
+
+        logging.getLogger("distributed.worker.state_machine").setLevel(logging.ERROR)
+        if threading.current_thread() is threading.main_thread():  # the worker's event loop runs there
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
