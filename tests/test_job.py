@@ -617,6 +617,22 @@ def test_ranges_are_whole_chunks_covering_the_tile_once():
     assert plan_ranges(0, 256, 4096) == [(0, 0)]
 
 
+def test_the_plan_runs_each_range_once_an_empty_tile_included():
+    """A tile's first range finds its size; the plan then adds the rest. An empty tile's one range,
+    (0, 0), was added again and run twice."""
+    from skymorph.catalog.writer import Manifest
+    from skymorph.inference.job import _Plan
+
+    plan = _Plan(["empty", "full"], Manifest("0" * 64, 3, {}, 40, 64), rows_per_task=64)
+    assert plan.next() == ("empty", 0, None)
+    plan.first_range_done("empty", n=0, chunk_size=32, stop=0)
+    assert plan.range_done("empty") and plan.outstanding == {}
+    assert plan.next() == ("full", 0, None)
+    plan.first_range_done("full", n=200, chunk_size=32, stop=64)
+    assert [plan.next() for _ in range(3)] == [("full", 64, 128), ("full", 128, 192), ("full", 192, 200)]
+    assert plan.next() is None and plan.outstanding == {"full": 4}
+
+
 def test_local_cluster_does_not_oversubscribe_the_cores():
     from skymorph.inference.cluster import local_sizing
 

@@ -264,7 +264,7 @@ class _Plan:
         return None
 
     def first_range_done(self, tile: str, n: int, chunk_size: int, stop: int) -> None:
-        rest = [(a, b) for a, b in self.planned(n, chunk_size) if a >= stop]
+        rest = [(a, b) for a, b in self.planned(n, chunk_size) if a >= stop and b > a]  # an empty tile's (0, 0) is done
         self.outstanding[tile] += len(rest)
         self._followups.extend((tile, a, b) for a, b in rest)
 
