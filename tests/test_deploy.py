@@ -113,6 +113,30 @@ def test_missing_setting_and_bad_yaml(tmp_path):
     broken.write_text("walltime: [unclosed\n")
     with pytest.raises(InputError, match="not valid YAML"):
         load_slurm_config(broken)
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes("account: 'équipe'\n".encode("latin-1"))
+    with pytest.raises(InputError, match=r"latin1.yaml' is not UTF-8 text \(invalid continuation byte at byte 10\)"):
+        load_slurm_config(latin1)
+
+
+def test_a_bad_slurm_config_stops_a_run_before_its_catalog_is_touched(tmp_path, tiny_model):
+    """It was first read when the cluster started, after the catalog's lock was taken."""
+    import numpy as np
+
+    from skymorph.inference.job import RunConfig, run_survey
+    from skymorph.tiles import write_tile, write_tile_list
+
+    tile = str(tmp_path / "t.zarr")
+    write_tile(tile, np.zeros((2, 1, 32, 32), np.uint8), np.arange(2), np.zeros(2), np.zeros(2), survey="test", bands=["r"],
+               pixel_scale_arcsec=0.262, stretch="asinh", resize="none")
+    write_tile_list(str(tmp_path / "tiles.txt"), [tile])
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("walltime: [unclosed\n")
+    config = RunConfig(tiles=str(tmp_path / "tiles.txt"), model=tiny_model, out=str(tmp_path / "catalog"), cluster="slurm",
+                       cluster_config=str(broken), progress=False)
+    with pytest.raises(InputError, match="not valid YAML"):
+        run_survey(config)
+    assert not (tmp_path / "catalog").exists()
 
 
 def test_config_is_frozen():

@@ -476,6 +476,10 @@ def run_survey(config: RunConfig) -> RunReport:
     spec = config.cluster_spec()
     if spec.scheduler_file or spec.address:
         scheduler_address(spec)  # a bad address fails now, before the catalog is touched
+    if spec.cluster == "slurm":
+        from skymorph.inference.slurm import load_slurm_config
+
+        load_slurm_config(spec.cluster_config)  # likewise a bad config, not once the catalog's lock is taken
     options = s3_retry_options(config.out, config.storage_options)
     tiles = read_tiles(config.tiles, s3_retry_options(config.tiles, config.storage_options))
     info = read_model_info(config.model, backend=config.backend,

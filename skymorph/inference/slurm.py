@@ -197,6 +197,9 @@ def load_slurm_config(config_path: str, **overrides) -> SlurmConfig:
         values = yaml.safe_load(read_text(config_path))
     except yaml.YAMLError as err:
         raise InputError(f"SLURM config {str(config_path)!r} is not valid YAML: {first_line(err)}") from err
+    except UnicodeDecodeError as err:
+        raise InputError(f"SLURM config {str(config_path)!r} is not UTF-8 text ({err.reason} at byte {err.start}); "
+                         "give a YAML file like deploy/slurm/jobqueue.yaml") from None
     if isinstance(values, dict):
         values = {**values, **overrides}
     return SlurmConfig.from_dict(values, source=f"SLURM config {str(config_path)!r}")
