@@ -49,6 +49,28 @@ def test_gpu_tasks_on_workers_without_a_gpu_are_refused_then_run_where_one_is_ad
     assert_exact(catalog, tiny_model, tiles)
 
 
+def _meet(me: str, other: str) -> bool:
+    """Set this task's event, then wait for the other task's: True only if both ran at once."""
+    from distributed import Event
+
+    Event(me).set()
+    return Event(other).wait(timeout=20)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_gpu_tasks_share_a_gpu_worker_up_to_its_threads():
+    """Each task asked for the whole GPU=1 that a GPU worker advertises, so its 2-3 threads ran one task at
+    a time: the GPU idle while a task read its images and wrote its rows (docs/deploy.md)."""
+    from skymorph.inference.cluster import GPU_WORKER, task_resources
+
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0",
+                      resources=dict(GPU_WORKER)) as cluster, Client(cluster) as client:
+        futures = [client.submit(_meet, a, b, resources=task_resources(True), pure=False) for a, b in (("a", "b"), ("b", "a"))]
+        assert client.gather(futures) == [True, True]
+    assert task_resources(False) is None
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_a_model_that_needs_a_gpu_gets_an_embedded_cluster_with_one(tmp_path, tiny_model, capsys):

@@ -70,3 +70,20 @@ def test_plan_of_another_tensorrt_version_is_refused(onnx_path, tmp_path):
     (tmp_path / "m.plan.json").write_text(json.dumps(sidecar))
     with pytest.raises(ModelError, match="built by TensorRT 1.0.0"):
         load_engine(str(plan))
+
+
+def test_threads_sharing_one_engine_get_their_own_answers(onnx_path, tmp_path):
+    """A GPU worker's 2-3 threads share its engine; the buffers and execution context are the engine's,
+    so without its lock one thread's batch could overwrite another's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    plan = tmp_path / "m.plan"
+    build_tensorrt(str(onnx_path), str(plan), fp16=False, opt_batch=16, max_batch=64)
+    engine = load_engine(str(plan))
+    batches = [np.random.default_rng(seed).integers(0, 256, (40, *SPEC.shape), dtype=np.uint8) for seed in range(12)]
+    alone = [engine(images) for images in batches]
+    with ThreadPoolExecutor(3) as pool:
+        together = list(pool.map(engine, batches))
+    for a, b in zip(alone, together):
+        np.testing.assert_array_equal(a, b)
+    engine.close()

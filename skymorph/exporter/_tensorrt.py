@@ -131,12 +131,12 @@ def build_tensorrt(
     if not 0 <= metadata.seed < 2**64:  # the check batch is drawn from it; skymorph export writes no other
         raise ModelError(f"{str(onnx_path)!r} records seed {metadata.seed}, not in [0, 2**64); re-export it with `skymorph export`")
     trt = import_tensorrt()
-    cache = read_bytes(timing_cache) if timing_cache and exists(timing_cache) else b""
+    cache = read_bytes(timing_cache, storage_options) if timing_cache and exists(timing_cache, storage_options) else b""
     plan, new_cache, input_name, output_name = _build_plan(
         trt, model_bytes, metadata.input.shape, fp16, opt_batch, max_batch, workspace_gib, cache
     )
     if timing_cache:
-        atomic_write_bytes(timing_cache, new_cache)
+        atomic_write_bytes(timing_cache, new_cache, storage_options)
     sidecar = PlanSidecar(
         metadata=metadata,
         tensorrt_version=trt.__version__,

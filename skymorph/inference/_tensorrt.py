@@ -7,8 +7,9 @@ the plan is handed to TensorRT.
 
 The runtime splits a call into chunks of the plan's optimal batch and keeps two of everything (pinned
 host buffers, device buffers, events): chunk k+1 is copied host -> device on a copy stream while chunk k
-computes on the compute stream, so transfers hide behind compute. It needs ``tensorrt`` and
-``cuda-python`` (imported lazily: a machine without a GPU never imports them).
+computes on the compute stream, so transfers hide behind compute. Those buffers and the one execution
+context are the engine's, so a call holds a lock: a worker's other tasks read, decode and write meanwhile.
+It needs ``tensorrt`` and ``cuda-python`` (imported lazily: a machine without a GPU never imports them).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import json
+import threading
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -174,21 +176,27 @@ class TensorRTEngine(Engine):
         self._context = self._engine.create_execution_context()
         super().__init__(url, sidecar.metadata, plan_sha256, True)
         self.sidecar = sidecar
+        self._lock = threading.Lock()
         self._chunk = sidecar.opt_batch
         t, a = self.output_shape
         # Bytes per galaxy: uint8 image in, float32 (T, A) out.
         self._in_bytes, self._out_bytes = int(np.prod(sidecar.metadata.input.shape)), t * a * 4
-        self._pinned_pointers, self._host_in, self._host_out, self._dev_in, self._dev_out, self._done = [], [], [], [], [], []
-        for _ in range(2):
-            self._host_in.append(self._pinned(self._chunk * self._in_bytes, np.uint8, (self._chunk, *sidecar.metadata.input.shape)))
-            self._host_out.append(self._pinned(self._chunk * self._out_bytes, np.float32, (self._chunk, t, a)))
-            self._dev_in.append(_cuda(cudart, cudart.cudaMalloc(self._chunk * self._in_bytes)))
-            self._dev_out.append(_cuda(cudart, cudart.cudaMalloc(self._chunk * self._out_bytes)))
-            self._done.append(_cuda(cudart, cudart.cudaEventCreate()))
-        self._ready = [_cuda(cudart, cudart.cudaEventCreate()) for _ in range(2)]
-        self._copy_stream = _cuda(cudart, cudart.cudaStreamCreate())
-        self._compute_stream = _cuda(cudart, cudart.cudaStreamCreate())
-        self(np.zeros((1, *sidecar.metadata.input.shape), dtype=np.uint8))
+        self._pinned_pointers, self._host_in, self._host_out, self._dev_in, self._dev_out = [], [], [], [], []
+        self._done, self._ready, self._copy_stream, self._compute_stream = [], [], None, None
+        try:  # what was allocated before a failure is freed, not leaked until the process ends
+            for _ in range(2):
+                self._host_in.append(self._pinned(self._chunk * self._in_bytes, np.uint8, (self._chunk, *sidecar.metadata.input.shape)))
+                self._host_out.append(self._pinned(self._chunk * self._out_bytes, np.float32, (self._chunk, t, a)))
+                self._dev_in.append(_cuda(cudart, cudart.cudaMalloc(self._chunk * self._in_bytes)))
+                self._dev_out.append(_cuda(cudart, cudart.cudaMalloc(self._chunk * self._out_bytes)))
+                self._done.append(_cuda(cudart, cudart.cudaEventCreate()))
+                self._ready.append(_cuda(cudart, cudart.cudaEventCreate()))
+            self._copy_stream = _cuda(cudart, cudart.cudaStreamCreate())
+            self._compute_stream = _cuda(cudart, cudart.cudaStreamCreate())
+            self(np.zeros((1, *sidecar.metadata.input.shape), dtype=np.uint8))
+        except BaseException:
+            self.close()
+            raise
 
     def _pinned(self, nbytes: int, dtype, shape) -> np.ndarray:
         pointer = _cuda(self._cudart, self._cudart.cudaMallocHost(nbytes))
@@ -197,6 +205,10 @@ class TensorRTEngine(Engine):
         return np.frombuffer(buffer, dtype=dtype).reshape(shape)
 
     def _run(self, images: np.ndarray) -> np.ndarray:
+        with self._lock:
+            return self._run_locked(images)
+
+    def _run_locked(self, images: np.ndarray) -> np.ndarray:
         cudart = self._cudart
         h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
         d2h = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
@@ -238,10 +250,11 @@ class TensorRTEngine(Engine):
         for event in self._done + self._ready:
             cudart.cudaEventDestroy(event)
         for stream in (self._copy_stream, self._compute_stream):
-            cudart.cudaStreamDestroy(stream)
+            if stream is not None:
+                cudart.cudaStreamDestroy(stream)
         self._pinned_pointers, self._dev_in, self._dev_out, self._done, self._ready = [], [], [], [], []
         self._copy_stream = self._compute_stream = None
 
     def __del__(self) -> None:
-        if getattr(self, "_copy_stream", None) is not None:
+        if hasattr(self, "_pinned_pointers"):  # else __init__ failed before allocating anything
             self.close()

@@ -13,13 +13,14 @@ import os
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from distributed import WorkerPlugin
 
 from skymorph.errors import InputError
 
 __all__ = ["ClusterSpec", "LocalSizing", "local_sizing", "usable_cores", "connect", "scheduler_address", "threads_by_host",
-           "require_resources"]
+           "GPU_WORKER", "task_resources", "require_resources"]
 
 CLUSTER_KINDS = ("local", "slurm")
 
@@ -107,9 +108,21 @@ def threads_by_host(client) -> dict[str, int]:
     return counts
 
 
+GPU_WORKER = MappingProxyType({"GPU": 1})
+"""What a GPU worker advertises (``dask worker --resources GPU=1``): one worker process per GPU."""
+
+
+def task_resources(gpu: bool) -> dict | None:
+    """What each task of a ``--gpu`` run asks for: 1/64 of a GPU worker's ``GPU=1``. That places tasks on
+    GPU workers only, while the worker's threads bound how many share its GPU at once. A task asking for
+    all of it ran alone, the GPU idle while the task read its images and wrote its rows (docs/deploy.md:
+    2-3 threads per GPU). 1/64 is exact in binary, so the shares add up without rounding."""
+    return {name: amount / 64 for name, amount in GPU_WORKER.items()} if gpu else None
+
+
 def require_resources(client, resources: dict | None, wanted_by: str, alternative: str = "") -> None:
     """A one-line :class:`InputError` unless some connected worker advertises all of ``resources``
-    (``{"GPU": 1}``): Dask would otherwise hold the tasks forever without a word. ``wanted_by`` names
+    (:data:`GPU_WORKER`): Dask would otherwise hold the tasks forever without a word. ``wanted_by`` names
     what asks for them; ``alternative`` is a second way out. With no worker connected yet (an adaptive
     SLURM cluster starts empty) there is nothing to judge."""
     if not resources:
@@ -209,7 +222,7 @@ def connect(spec: ClusterSpec):
                 yield client, None
         return
     sizing = local_sizing(spec.workers, spec.threads_per_worker, spec.gpu)
-    resources = {"GPU": 1} if spec.gpu else None
+    resources = dict(GPU_WORKER) if spec.gpu else None
     if spec.gpu and not has_nvidia_gpu():  # the local workers advertise GPU=1 whatever the machine has
         print("skymorph run: warning: a GPU was asked for (--gpu, or a model that needs one), but this machine shows no "
               "NVIDIA GPU (/dev/nvidia*); an ONNX model runs on the CPU here", file=sys.stderr, flush=True)

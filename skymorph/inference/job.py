@@ -466,7 +466,7 @@ def run_survey(config: RunConfig) -> RunReport:
     from skymorph.catalog.layout import CatalogMetadata, CatalogProperties
     from skymorph.catalog.lock import DriverLock
     from skymorph.catalog.writer import catalog_schema, finish_catalog, write_failures, write_manifest
-    from skymorph.inference.cluster import connect, require_resources, scheduler_address
+    from skymorph.inference.cluster import GPU_WORKER, connect, require_resources, scheduler_address, task_resources
     from skymorph.inference.engines import read_model_info
     from skymorph.inference.task import JobSpec, ModelRef, s3_retry_options
     from skymorph.storage import atomic_write_text
@@ -513,11 +513,11 @@ def run_survey(config: RunConfig) -> RunReport:
         if not nothing_to_do:  # else every range is done and only the finish step is left
             gpu = config.gpu or info.needs_gpu
             with connect(replace(spec, gpu=gpu)) as (client, engine_threads):
-                resources = {"GPU": 1} if gpu else None
                 if info.needs_gpu:
-                    require_resources(client, resources, f"model {config.model!r} (it runs on a GPU)")
-                else:
-                    require_resources(client, resources, "--gpu", ", or run without --gpu")
+                    require_resources(client, GPU_WORKER, f"model {config.model!r} (it runs on a GPU)")
+                elif gpu:
+                    require_resources(client, GPU_WORKER, "--gpu", ", or run without --gpu")
+                resources = task_resources(gpu)
                 if is_new:  # once the workers are there: a run that cannot start leaves no catalog behind
                     lock.check_held(read=True)
                     write_manifest(config.out, manifest, options)
