@@ -207,3 +207,15 @@ def test_plots_leave_out_questions_nobody_answered():
     for v in (votes, votes + np.eye(GZ2.n_answers, dtype=np.int64)[GZ2.answer_index("bar", "yes")]):
         coverage_png, scatter_png = _plots(fractions, v, GZ2, {})
         assert coverage_png[:4] == scatter_png[:4] == b"\x89PNG"
+
+
+def test_plots_leave_a_notebooks_matplotlib_backend_alone():
+    """They switched the process to Agg, so a notebook calling evaluate() lost its inline plots."""
+    import subprocess
+    import sys
+
+    code = ("import matplotlib; matplotlib.use('svg'); import numpy as np; "
+            "from skymorph.schema import get_schema; from skymorph.trainer.evaluate import _plots; s = get_schema('gz2'); "
+            "_plots(np.full((2, s.n_answers), 0.5), np.ones((2, s.n_answers), dtype=np.int64), s, {}); "
+            "import matplotlib.pyplot as plt; print(plt.get_backend())")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "svg"

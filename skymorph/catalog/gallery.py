@@ -4,7 +4,8 @@ For each galaxy: its cutout, read from its tile store (``tile`` and ``row`` of t
 bar chart of one question's predicted vote fractions with their 5%-95% predictive interval, titled with its
 ``asked`` and ``bald`` (their product ranks a pick by question). The
 question is the one picked by; with ``bald_total`` it is, per galaxy, the question contributing most
-to it (largest ``asked * bald``). Rendered with matplotlib's Agg backend (no display needed).
+to it (largest ``asked * bald``). Drawn on a matplotlib Figure of its own, without pyplot: no display is
+needed, and a notebook's backend is left as it was.
 """
 
 from __future__ import annotations
@@ -79,10 +80,7 @@ def _picked_posteriors(picked, catalog: Catalog, questions):
 def gallery_figure(picked, catalog: str | Catalog, question: str | None = None, storage_options: dict | None = None):
     """The matplotlib Figure :func:`gallery` saves: the first :data:`MAX_GALAXIES` rows of ``picked``,
     galaxy ``i`` drawn on axes ``2 i`` (cutout) and ``2 i + 1`` (vote fractions) of ``figure.axes``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: a notebook's backend is left as it was
 
     catalog = catalog if isinstance(catalog, Catalog) else open_catalog(catalog, storage_options)
     schema = catalog.metadata.schema
@@ -97,9 +95,10 @@ def gallery_figure(picked, catalog: str | Catalog, question: str | None = None, 
     height = 2.2 * rows
     # Fixed spacing instead of tight_layout: that costs more than drawing on a loaded machine. Margins in
     # inches, as fractions of the height: a fixed fraction left a band of blank paper above many rows.
-    fig, axes = plt.subplots(rows, 2 * _COLUMNS, figsize=(4.6 * _COLUMNS, height), squeeze=False,
-                             gridspec_kw={"width_ratios": [1, 1.2] * _COLUMNS, "wspace": 0.9, "hspace": 0.5,
-                                          "left": 0.02, "right": 0.98, "top": 1 - 0.25 / height, "bottom": 0.2 / height})
+    fig = Figure(figsize=(4.6 * _COLUMNS, height))
+    axes = fig.subplots(rows, 2 * _COLUMNS, squeeze=False,
+                        gridspec_kw={"width_ratios": [1, 1.2] * _COLUMNS, "wspace": 0.9, "hspace": 0.5,
+                                     "left": 0.02, "right": 0.98, "top": 1 - 0.25 / height, "bottom": 0.2 / height})
     for ax in axes.flat:
         ax.set_axis_off()
     for i, ((object_id, _, row), record) in enumerate(posteriors.iterrows()):
@@ -132,10 +131,7 @@ def gallery(picked, catalog: str | Catalog, out: str, question: str | None = Non
 
     check_png(out)
     fig = gallery_figure(picked, catalog, question, storage_options)
-    import matplotlib.pyplot as plt  # after gallery_figure has chosen the Agg backend
-
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90)
-    plt.close(fig)
     atomic_write_bytes(out, buffer.getvalue(), storage_options)
     return out

@@ -185,12 +185,10 @@ def _plots(fractions, votes, schema, cover: dict) -> tuple[bytes, bytes]:
     with votes; questions nobody answered are left out)."""
     import io
 
-    import matplotlib
+    from matplotlib.figure import Figure  # not pyplot: a notebook's backend is left as it was
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig = Figure(figsize=(5, 5))
+    ax = fig.subplots()
     ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="calibrated")
     for q, levels in cover.items():
         ax.plot([float(c) for c in levels], list(levels.values()), marker="o", label=q)
@@ -198,13 +196,13 @@ def _plots(fractions, votes, schema, cover: dict) -> tuple[bytes, bytes]:
     ax.legend(fontsize=7)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
     coverage_png = buffer.getvalue()
 
     asked_questions = [(q, s) for q, s in zip(schema.questions, schema.question_slices) if (votes[:, s].sum(1) > 0).any()]
     cols = max(1, min(4, len(asked_questions)))  # one empty panel if no question has votes
     rows = max(1, -(-len(asked_questions) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
+    fig = Figure(figsize=(3.2 * cols, 3.2 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.set_visible(False)
     for ax, (q, s) in zip(axes.flat, asked_questions):
@@ -217,7 +215,6 @@ def _plots(fractions, votes, schema, cover: dict) -> tuple[bytes, bytes]:
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
     return coverage_png, buffer.getvalue()
 
 
