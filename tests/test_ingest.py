@@ -56,6 +56,22 @@ def test_decode_fits_applies_asinh_over_percentile_interval():
     assert np.abs(got[0].astype(float) - expected).max() <= 0.5 + 1e-6
 
 
+@pytest.mark.parametrize("dtype, fmt", [(np.uint16, "PNG"), (np.uint16, "TIFF"), (np.int32, "TIFF"), (np.float32, "TIFF")])
+def test_decode_images_of_more_than_8_bits_stretches_them_as_fits(dtype, fmt):
+    """16-bit PNG and TIFF went through PIL's convert("L"), which clips at 255: 99.6% of a 0-65535 ramp was white."""
+    from astropy.visualization import AsinhStretch, PercentileInterval
+    from PIL import Image
+
+    flux = np.random.default_rng(0).gamma(2.0, 3000.0, size=(16, 16)).clip(0, 65535).astype(dtype)
+    buffer = io.BytesIO()
+    Image.fromarray(flux).save(buffer, format=fmt)
+    got = decode_image(buffer.getvalue(), f"x.{fmt.lower()}", size=16, bands="keep")
+    expected = (AsinhStretch(0.1) + PercentileInterval(99.5))(flux.astype(float)) * 255
+    assert got.shape == (1, 16, 16)
+    assert np.abs(got[0].astype(float) - expected).max() <= 0.5 + 1e-6
+    assert (got == 255).mean() < 0.05
+
+
 def test_parse_label_map():
     assert parse_label_map("spiral=yes, non_spiral=no") == {"spiral": "yes", "non_spiral": "no"}
     with pytest.raises(ValueError, match="LABEL=ANSWER"):

@@ -102,35 +102,45 @@ def decode_image(data: bytes, name: str, *, size: int, bands: str, stretch: str 
 
 
 def _decode(data: bytes, name: str, *, size: int, bands: str, stretch: str, asinh_a: float = 0.1, percentile: float = 99.5):
-    """:func:`decode_image`, and the side (pixels) of the square it resized to ``size``."""
+    """:func:`decode_image`, and the side (pixels) of the square it resized to ``size``.
+
+    FITS, and images of more than 8 bits per pixel (16-bit PNG or TIFF, integer or float TIFF: PIL modes
+    I;16, I, F), hold values beyond 0-255: they are stretched to 8 bits (``stretch``, ``percentile``).
+    8-bit images (JPEG, PNG) are display images already and keep their values."""
     if name.lower().endswith(_FITS_SUFFIXES):
         from astropy.io import fits
-        from astropy.visualization import AsinhStretch, LinearStretch, PercentileInterval
 
         with fits.open(io.BytesIO(data)) as hdus:
             planes = next((h.data for h in hdus if h.data is not None), None)
         if planes is None or planes.ndim not in (2, 3):
             raise ValueError("no 2-D or 3-D image in any HDU")
         planes = np.nan_to_num(np.asarray(planes, dtype=np.float64).reshape(-1, *planes.shape[-2:]))
-        if bands == "mean":
-            planes = planes.mean(axis=0, keepdims=True)
-        transform = (AsinhStretch(asinh_a) if stretch == "asinh" else LinearStretch()) + PercentileInterval(percentile)
-        unit = np.stack([transform(p) for p in _square(planes)])
-        out = np.stack([_resize(p, size) for p in unit * 255.0])
-        side = unit.shape[-1]
-    else:
-        from PIL import Image
+        return _stretched(planes, size, bands, stretch, asinh_a, percentile)
+    from PIL import Image
 
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            pixels = np.asarray(image.convert("L" if image.mode in ("L", "I", "I;16", "F") else "RGB"), dtype=np.float32)
-        planes = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
-        if bands == "mean":
-            planes = planes.mean(axis=0, keepdims=True)
-        square = _square(planes)
-        out = np.stack([_resize(p, size) for p in square])
-        side = square.shape[-1]
-    return np.clip(np.round(out), 0, 255).astype(np.uint8), int(side)
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        if image.mode.startswith(("I", "F")):  # one band of 16 or 32 bits
+            return _stretched(np.asarray(image, dtype=np.float64)[None], size, bands, stretch, asinh_a, percentile)
+        pixels = np.asarray(image.convert("L" if image.mode == "L" else "RGB"), dtype=np.float32)
+    planes = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+    if bands == "mean":
+        planes = planes.mean(axis=0, keepdims=True)
+    square = _square(planes)
+    out = np.stack([_resize(p, size) for p in square])
+    return np.clip(np.round(out), 0, 255).astype(np.uint8), int(square.shape[-1])
+
+
+def _stretched(planes: np.ndarray, size: int, bands: str, stretch: str, asinh_a: float, percentile: float):
+    """Float (C, H, W) values -> uint8 (C, size, size) through ``stretch`` after a ``percentile`` interval."""
+    from astropy.visualization import AsinhStretch, LinearStretch, PercentileInterval
+
+    if bands == "mean":
+        planes = planes.mean(axis=0, keepdims=True)
+    transform = (AsinhStretch(asinh_a) if stretch == "asinh" else LinearStretch()) + PercentileInterval(percentile)
+    unit = np.stack([transform(p) for p in _square(planes)])
+    out = np.stack([_resize(p, size) for p in unit * 255.0])
+    return np.clip(np.round(out), 0, 255).astype(np.uint8), int(unit.shape[-1])
 
 
 def _read_catalog(catalog_csv: str, id_column: str, storage_options):
