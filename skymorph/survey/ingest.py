@@ -7,9 +7,10 @@ by default, integers), optional ``ra``/``dec`` (degrees ICRS) and any other colu
 label mapping one vote-count column per answer of the labelled question) and, if any file could not
 be read, ``OUT/ingest_failures.csv`` (file, object_id, reason).
 
-Pixels: JPEG/PNG are decoded by Pillow as 8-bit RGB (or L); FITS (first HDU with data, (H, W) or
-(C, H, W)) is flux, mapped to [0, 255] by an asinh stretch over a percentile interval per image
-(astropy.visualization ``AsinhStretch(a) + PercentileInterval(p)``). ``bands="mean"`` averages the
+Pixels: 8-bit JPEG/PNG/TIFF are decoded by Pillow as RGB (or L) and keep their values; FITS (first HDU
+with data, (H, W) or (C, H, W)) is flux, mapped to [0, 255] by an asinh stretch over a percentile
+interval per image (astropy.visualization ``AsinhStretch(a) + PercentileInterval(p)``), as are one-band
+images of more than 8 bits (16-bit PNG/TIFF, integer or float TIFF). ``bands="mean"`` averages the
 bands into one grey channel (flux before the stretch for FITS); ``"keep"`` keeps them. A non-square
 image is centre-cropped to a square, then resized with Lanczos (antialiased) to ``size`` pixels.
 
