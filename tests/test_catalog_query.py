@@ -501,3 +501,18 @@ def test_fits_of_non_ascii_text_is_one_line_and_votable_keeps_it(tmp_path):
     assert not os.path.exists(tmp_path / "rows.fits")
     export_table(table, str(tmp_path / "rows.vot"))
     assert list(Table.read(tmp_path / "rows.vot")["tile"]) == ["s3://b/ok.zarr", "/data/galaxiés/t.zarr"]
+
+
+@pytest.mark.parametrize("seed", [0, 2**63 - 1, 2**63, 2**64 - 1])
+def test_fits_and_votable_keep_any_seed_exactly(tmp_path, seed):
+    """A seed of 2**63 or more (skymorph takes seeds up to 2**64 - 1) went into a VOTable long, and read back
+    as 2**63 - 1."""
+    from astropy.io.votable import parse
+    from astropy.table import Table
+
+    table = pa.table({"object_id": pa.array([1], pa.int64())}).replace_schema_metadata({"skymorph.seed": str(seed)})
+    export_table(table, str(tmp_path / "rows.fits"))
+    assert Table.read(tmp_path / "rows.fits").meta["SEED"] == seed
+    export_table(table, str(tmp_path / "rows.vot"))
+    [param] = [p for p in parse(str(tmp_path / "rows.vot")).get_first_table().params if p.name == "SEED"]
+    assert int(param.value) == seed

@@ -7,7 +7,8 @@ Every format but CSV says what each column means (:func:`skymorph.catalog.writer
 provenance in its meta (``MODELSHA``: the model digest, ``SAMPLES``, ``SEED``, ``NVOLUNT`` as integers,
 ``SCHEMA``, ``LIKELIHD``, ``SMVERS``), so the file says which model made the numbers: FITS header
 cards, or VOTable PARAMs and the table's DESCRIPTION (astropy's ``Table.read`` returns a VOTable's
-DESCRIPTION in ``meta`` but not its PARAMs). Every output is written atomically (local temporary file
+DESCRIPTION in ``meta`` but not its PARAMs). A seed of 2**63 or more is a text PARAM, since a VOTable
+``long`` is signed. Every output is written atomically (local temporary file
 and rename, or one S3 upload). :func:`export_reader` streams
 Parquet and CSV batch by batch, so their size is not bounded by memory; FITS and VOTable are built
 whole by astropy.
@@ -124,8 +125,10 @@ def _write_votable(table, buffer) -> None:
     votable = from_table(table)
     first = votable.get_first_table()
     for key, value in table.meta.items():
-        typed = {"datatype": "long"} if isinstance(value, int) else {"datatype": "char", "arraysize": "*"}
-        first.params.append(Param(votable, name=key, value=value if isinstance(value, int) else str(value), **typed))
+        if isinstance(value, int) and -2**63 <= value < 2**63:  # a VOTable long is signed 64-bit
+            first.params.append(Param(votable, name=key, value=value, datatype="long"))
+        else:  # text, and integers beyond a long (a seed may be up to 2**64 - 1), exact as digits
+            first.params.append(Param(votable, name=key, value=str(value), datatype="char", arraysize="*"))
     if table.meta:
         # Spaces around each value: astropy wraps the text, and a 64-character digest fits on a line.
         first.description = "skymorph morphology catalog rows; " + ", ".join(f"{key} = {value}" for key, value in table.meta.items())
