@@ -296,3 +296,18 @@ def test_the_most_volunteers_allowed_still_summarize():
     samples = _probabilities(np.random.default_rng(0), 2, 3, with_extremes=False)
     out = summarize(samples, DECALS, n_volunteers=MAX_VOLUNTEERS)
     assert all(np.isfinite(v).all() and v.shape == (2,) for v in out.values())
+
+
+def test_probabilities_one_fp16_ulp_out_of_range_are_clipped_not_refused():
+    """An fp16 softmax with a fast reciprocal (TensorRT) can return 1 + 9.8e-4 for a certain answer: every
+    tile failed at the posterior stage; clipped, the summary is that of the exact samples."""
+    samples = _probabilities(np.random.default_rng(0), 3, 4)  # sample [0, 0] is certain of the first answers
+    rounded = samples.copy()
+    for s in DECALS.question_slices[:3]:
+        rounded[0, 0, s.start] = 1 + float(np.spacing(np.float16(1)))
+    got, exact = summarize(rounded, DECALS), summarize(samples, DECALS)
+    for name, column in exact.items():
+        np.testing.assert_allclose(got[name], column, rtol=1e-12, atol=1e-12, err_msg=name)
+    np.testing.assert_array_equal(binomial_log_pmf([1 + 1e-3], 4), binomial_log_pmf([1.0], 4))
+    with pytest.raises(InputError, match=r"probabilities in \[0, 1\], got values in \[1.003, 1.003\]"):
+        binomial_log_pmf([1.003], 4)
