@@ -16,6 +16,7 @@ from skymorph.schema import Schema
 __all__ = ["InputSpec", "ModelMetadata", "LIKELIHOODS"]
 
 LIKELIHOODS = ("multinomial", "dirichlet_multinomial")
+"""The count likelihoods a model's outputs parameterise (DESIGN "Posterior math"); the one definition."""
 
 
 @dataclass(frozen=True)

@@ -32,10 +32,12 @@ import numpy as np
 from scipy.special import gammaln
 
 from skymorph.errors import InputError, did_you_mean
+from skymorph.model_metadata import LIKELIHOODS
 from skymorph.schema import Schema, get_schema
 
 __all__ = [
     "LIKELIHOODS",
+    "column_names",
     "summarize",
     "binomial_log_pmf",
     "beta_binomial_log_pmf",
@@ -50,8 +52,6 @@ __all__ = [
     "check_n_volunteers",
     "MAX_VOLUNTEERS",
 ]
-
-LIKELIHOODS = ("multinomial", "dirichlet_multinomial")
 
 # summarize() works on blocks of galaxies whose (N+1, T, galaxies, A) pmf fills about this many bytes:
 # about one core's L2 cache, which bounds memory and keeps the repeated passes over the block near the
@@ -362,6 +362,14 @@ def asked(fractions, schema: Schema | str) -> np.ndarray:
 
 
 # -- the catalog columns ----------------------------------------------------------------------------
+
+
+def column_names(schema: Schema | str) -> list[str]:
+    """The names of :func:`summarize`'s columns, in its order (whatever the likelihood or N)."""
+    schema = get_schema(schema)
+    names = [f"{c}_fraction{s}" for c in schema.answer_columns for s in ("", "_std", "_q05", "_q95")]
+    names += [f"{q}_{kind}" for q in schema.question_names for kind in ("asked", "bald")]
+    return names + ["bald_total"]
 
 
 def summarize(samples, schema: Schema | str, likelihood: str = "multinomial", n_volunteers: int = 40) -> dict[str, np.ndarray]:

@@ -16,7 +16,8 @@ from skymorph.catalog import info, open_catalog
 from skymorph.cli import main
 from skymorph.errors import CatalogError
 from skymorph.schema import get_schema
-from skymorph.testing.catalogs import FAKE_MODEL_SHA256, posterior_columns, write_synthetic_catalog
+from skymorph.posterior import column_names
+from skymorph.testing.catalogs import FAKE_MODEL_SHA256, write_synthetic_catalog
 
 FAILED = (("s3://survey/tiles/t-9.zarr", "chunk 3 is corrupt"), ("s3://survey/tiles/t-12.zarr", "NaN pixels"))
 
@@ -51,7 +52,7 @@ def test_info_values(catalog, full):
     assert summary.partitions == len(set(full._healpix_29.values >> (2 * (29 - 6))))
     assert summary.order == 6
     assert summary.columns[:6] == ("object_id", "ra", "dec", "_healpix_29", "tile", "row")
-    assert list(summary.columns[6:]) == posterior_columns(schema) == list(_summarize_columns(schema))
+    assert list(summary.columns[6:]) == column_names(schema) == list(_summarize_columns(schema))
     assert len(summary.columns) == 6 + 34 * 4 + 2 * 10 + 1
     assert (summary.model_sha256, summary.samples, summary.seed, summary.n_volunteers, summary.schema, summary.likelihood) == \
         (FAKE_MODEL_SHA256, 30, 4, 40, "decals", "multinomial")

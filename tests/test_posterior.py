@@ -10,6 +10,7 @@ from skymorph.errors import InputError
 from skymorph.posterior import (
     asked,
     bald,
+    column_names,
     beta_binomial_log_pmf,
     binomial_log_pmf,
     count_entropy,
@@ -20,7 +21,7 @@ from skymorph.posterior import (
     predictive,
     summarize,
 )
-from skymorph.schema import DECALS, Question, Schema
+from skymorph.schema import DECALS, Question, Schema, get_schema
 
 TIGHT = dict(rtol=1e-9, atol=1e-12)
 FLOAT32 = dict(rtol=2e-6, atol=2e-6)
@@ -311,3 +312,13 @@ def test_probabilities_one_fp16_ulp_out_of_range_are_clipped_not_refused():
     np.testing.assert_array_equal(binomial_log_pmf([1 + 1e-3], 4), binomial_log_pmf([1.0], 4))
     with pytest.raises(InputError, match=r"probabilities in \[0, 1\], got values in \[1.003, 1.003\]"):
         binomial_log_pmf([1.003], 4)
+
+
+@pytest.mark.parametrize("schema_name", ["gz2", "decals"])
+@pytest.mark.parametrize("likelihood", ["multinomial", "dirichlet_multinomial"])
+def test_column_names_are_summarizes_keys_in_order(schema_name, likelihood):
+    """The run's catalog schema is built from column_names before any galaxy is summarized."""
+    schema = get_schema(schema_name)
+    samples = _probabilities(np.random.default_rng(0), 2, 3, schema) if likelihood == "multinomial" else \
+        _concentrations(np.random.default_rng(0), 2, 3, schema)
+    assert column_names(schema) == list(summarize(samples, schema, likelihood, n_volunteers=7))

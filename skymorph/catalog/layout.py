@@ -34,6 +34,7 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 
 from skymorph.errors import CatalogError, first_line
+from skymorph.model_metadata import LIKELIHOODS
 from skymorph.storage import atomic_write_text, exists, filesystem, is_remote, join, read_text, strip_protocol
 
 __all__ = [
@@ -93,8 +94,6 @@ METADATA_KEYS = (
 )
 """Parquet key-value metadata on ``_common_metadata`` and on every part file (DESIGN "Catalog"); also
 ``skymorph.likelihood``, which catalogs written before it was recorded lack."""
-
-LIKELIHOODS = ("multinomial", "dirichlet_multinomial")
 
 _PROPERTIES = "hats.properties"
 _PARTITION_INFO = "partition_info.csv"

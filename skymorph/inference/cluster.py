@@ -20,7 +20,7 @@ from distributed import WorkerPlugin
 from skymorph.errors import InputError
 
 __all__ = ["ClusterSpec", "LocalSizing", "local_sizing", "usable_cores", "connect", "scheduler_address", "threads_by_host",
-           "GPU_WORKER", "task_resources", "require_resources"]
+           "worker_host", "GPU_WORKER", "task_resources", "require_resources"]
 
 CLUSTER_KINDS = ("local", "slurm")
 
@@ -99,11 +99,16 @@ def local_sizing(workers: int | None, threads_per_worker: int, gpu: bool, cores:
     return LocalSizing(workers=workers, threads_per_worker=threads_per_worker, engine_threads=engine_threads)
 
 
+def worker_host(address: str) -> str:
+    """The host of a worker address: ``tcp://10.0.0.5:40123`` -> ``10.0.0.5``."""
+    return address.rsplit(":", 1)[0].split("://")[-1]
+
+
 def threads_by_host(client) -> dict[str, int]:
     """Dask threads of all workers per host, from the scheduler: what the engines there share."""
     counts: dict[str, int] = {}
     for address, info in client.scheduler_info(n_workers=-1)["workers"].items():
-        host = address.rsplit(":", 1)[0].split("://")[-1]
+        host = worker_host(address)
         counts[host] = counts.get(host, 0) + int(info.get("nthreads", 1))
     return counts
 

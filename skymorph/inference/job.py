@@ -144,19 +144,6 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _catalog_columns(schema, likelihood: str, n_volunteers: int) -> list[str]:
-    """The posterior column names in summarize's order, from one summary of a trivial sample."""
-    import numpy as np
-
-    from skymorph.posterior import summarize
-
-    samples = np.ones((1, 1, schema.n_answers), dtype=np.float32)
-    if likelihood == "multinomial":
-        for piece in schema.question_slices:
-            samples[..., piece] = 1.0 / (piece.stop - piece.start)
-    return list(summarize(samples, schema, likelihood=likelihood, n_volunteers=n_volunteers))
-
-
 def _check_out(out: str, options: dict) -> None:
     """``--out`` must be new, empty or a catalog: a run never writes into, and ``--overwrite`` never
     deletes, a directory that holds anything else."""
@@ -469,6 +456,7 @@ def run_survey(config: RunConfig) -> RunReport:
     from skymorph.inference.cluster import GPU_WORKER, connect, require_resources, scheduler_address, task_resources
     from skymorph.inference.engines import read_model_info
     from skymorph.inference.task import JobSpec, ModelRef, s3_retry_options
+    from skymorph.posterior import column_names
     from skymorph.storage import atomic_write_text
     from skymorph.tiles import read_tiles
 
@@ -494,7 +482,7 @@ def run_survey(config: RunConfig) -> RunReport:
     cat_meta = CatalogMetadata(model_sha256=model_sha256, samples=metadata.samples, seed=metadata.seed,
                                n_volunteers=config.n_volunteers, schema_json=metadata.schema.to_json(),
                                version=__version__, likelihood=metadata.likelihood)
-    schema = catalog_schema(_catalog_columns(metadata.schema, metadata.likelihood, config.n_volunteers), cat_meta)
+    schema = catalog_schema(column_names(metadata.schema), cat_meta)
     plan = _Plan(tiles, manifest, config.rows_per_task)
     nothing_to_do = not plan.has_work()
     total_rows = None if is_new or not nothing_to_do else _finished(config.out, manifest, schema, options)

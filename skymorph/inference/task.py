@@ -29,7 +29,7 @@ from distributed import WorkerPlugin
 from skymorph.catalog.layout import BASE_COLUMNS, unfinish_catalog
 from skymorph.catalog.lock import check_session
 from skymorph.errors import InputError, ModelError, SkymorphError, TileError
-from skymorph.inference.cluster import usable_cores
+from skymorph.inference.cluster import usable_cores, worker_host
 
 __all__ = ["ModelRef", "JobSpec", "EngineCache", "RunJob", "plan_ranges", "first_range_stop", "run_range",
            "run_job_range", "is_transient", "s3_retry_options"]
@@ -111,7 +111,7 @@ class EngineCache:
 
     def setup(self, worker) -> None:
         if self.threads is None:
-            busy = self.threads_by_host.get(worker.address.rsplit(":", 1)[0].split("://")[-1], worker.state.nthreads)
+            busy = self.threads_by_host.get(worker_host(worker.address), worker.state.nthreads)
             self.threads = max(1, usable_cores() // max(1, busy))
         self.get(self.ref)
 

@@ -25,9 +25,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from skymorph.errors import InputError
+from skymorph.posterior import column_names
 from skymorph.schema import get_schema
 
-__all__ = ["SyntheticCatalog", "write_synthetic_catalog", "posterior_columns", "FAKE_MODEL_SHA256"]
+__all__ = ["SyntheticCatalog", "write_synthetic_catalog", "FAKE_MODEL_SHA256"]
 
 FAKE_MODEL_SHA256 = hashlib.sha256(b"skymorph synthetic catalog").hexdigest()
 
@@ -43,13 +44,6 @@ class SyntheticCatalog:
     pixels: tuple[int, ...]
     order: int
     tile_urls: tuple[str, ...]
-
-
-def posterior_columns(schema) -> list[str]:
-    """The posterior column names in :func:`skymorph.posterior.summarize` order."""
-    names = [f"{c}_fraction{s}" for c in schema.answer_columns for s in ("", "_std", "_q05", "_q95")]
-    names += [f"{q}_{kind}" for q in schema.question_names for kind in ("asked", "bald")]
-    return names + ["bald_total"]
 
 
 def _posterior(rng: np.random.Generator, schema, n: int, n_volunteers: int) -> dict[str, np.ndarray]:
@@ -151,7 +145,7 @@ def write_synthetic_catalog(
         version="synthetic",
         likelihood="multinomial",
     )
-    arrow_schema = writer.catalog_schema(posterior_columns(schema_obj), metadata)
+    arrow_schema = writer.catalog_schema(column_names(schema_obj), metadata)
     workers = max(1, min(workers or os.cpu_count() or 1, n_tiles))
     chunks = np.array_split(np.arange(n_tiles), min(n_tiles, workers * 8))
     base = dict(out=out, per_tile=per_tile, tile_deg=tile_deg, order=order, schema=schema, seed=seed,
