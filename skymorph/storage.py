@@ -32,6 +32,7 @@ __all__ = [
     "join",
     "is_remote",
     "exists",
+    "remove_file",
     "read_bytes",
     "read_text",
     "atomic_write_bytes",
@@ -201,6 +202,15 @@ def join(url: str, *parts: str) -> str:
 def exists(url: str, storage_options: dict | None = None) -> bool:
     fs, path = filesystem(url, storage_options)
     return fs.exists(path)
+
+
+def remove_file(url: str, storage_options: dict | None = None) -> None:
+    """Delete the file at ``url``; one that is already gone is no error (another process removed it)."""
+    fs, path = filesystem(url, storage_options)
+    try:
+        fs.rm(path)
+    except FileNotFoundError:
+        pass
 
 
 def read_bytes(url: str, storage_options: dict | None = None) -> bytes:

@@ -24,6 +24,9 @@ def test_atomic_write_and_read_round_trip(where, tmp_path, request):
     table = pa.table({"object_id": [3, 1, 2]})
     storage.write_parquet(table, storage.join(root, "t.parquet"))
     assert storage.read_parquet(storage.join(root, "t.parquet")).equals(table)
+    storage.remove_file(url)
+    assert not storage.exists(url)
+    storage.remove_file(url)  # already gone: no error
 
 
 def test_local_atomic_write_leaves_no_temp_files(tmp_path):

@@ -35,7 +35,7 @@ from datetime import datetime, timezone
 
 from skymorph.errors import CatalogError, first_line
 from skymorph.model_metadata import LIKELIHOODS
-from skymorph.storage import atomic_write_text, exists, filesystem, is_remote, join, read_text, strip_protocol
+from skymorph.storage import atomic_write_text, exists, filesystem, is_remote, join, read_text, remove_file, strip_protocol
 
 __all__ = [
     "DEFAULT_ORDER",
@@ -249,11 +249,7 @@ def remove_catalog(catalog: str, storage_options: dict | None = None, keep_lock:
 def unfinish_catalog(catalog: str, storage_options: dict | None = None) -> None:
     """Make a finished catalog read as unfinished (``hats.properties`` removed; the finish step writes it
     again): done before a part is added, so readers never count parts its metadata does not."""
-    fs, path = filesystem(properties_url(catalog), storage_options)
-    try:
-        fs.rm(path)
-    except FileNotFoundError:
-        pass
+    remove_file(properties_url(catalog), storage_options)
 
 
 # ---- Parquet key-value metadata ---------------------------------------------------------------------

@@ -24,7 +24,6 @@ reader's: hosts must agree on the time to well within ``stale_after_s`` (NTP doe
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import socket
@@ -35,7 +34,7 @@ from dataclasses import asdict, dataclass
 
 from skymorph.catalog import layout
 from skymorph.errors import CatalogError
-from skymorph.storage import atomic_write_text, create_exclusive_bytes, filesystem, read_text
+from skymorph.storage import atomic_write_text, create_exclusive_bytes, filesystem, read_text, remove_file
 
 __all__ = ["DriverLock", "LockHolder", "check_session"]
 
@@ -126,9 +125,7 @@ class DriverLock:
                     break  # this driver's own create, answered after all (a reply lost, the request retried)
                 if holder is not None and not holder.is_stale(time.time(), self.stale_after_s):
                     raise CatalogError(self._held_by(holder)) from None
-                fs, path = filesystem(self.url, self.storage_options)
-                with contextlib.suppress(FileNotFoundError):  # stale or unreadable (never half-written)
-                    fs.rm(path)
+                remove_file(self.url, self.storage_options)  # stale or unreadable (never half-written)
                 took_over = True
         else:
             raise CatalogError(self._held_by(self.holder()))  # another driver took the stale lock first
