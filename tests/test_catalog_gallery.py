@@ -86,7 +86,7 @@ def test_twins_are_drawn_from_the_picked_row(overlapping, question):
         np.testing.assert_array_equal(drawn, np.full((8, 8), _image_value(tile == tile_b, row)))
         assert image_ax.get_title() == f"#{i + 1} id {object_id} row {row}"
         q = question or max(schema.question_names, key=lambda name: record[f"{name}_asked"] * record[f"{name}_bald"])
-        assert bar_ax.get_title() == f"{q}: asked {record[f'{q}_asked']:.2f}, bald {record[f'{q}_bald']:.3f}"
+        assert bar_ax.get_title() == f"{q}\nasked {record[f'{q}_asked']:.2f}, bald {record[f'{q}_bald']:.3f}"
         widths = [patch.get_width() for patch in bar_ax.patches]
         np.testing.assert_allclose(widths, [record[f"{q}_{a}_fraction"] for a in schema.question(q).answers])
     plt.close(fig)

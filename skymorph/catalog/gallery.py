@@ -98,7 +98,7 @@ def gallery_figure(picked, catalog: str | Catalog, question: str | None = None, 
     fig = Figure(figsize=(4.6 * _COLUMNS, height))
     axes = fig.subplots(rows, 2 * _COLUMNS, squeeze=False,
                         gridspec_kw={"width_ratios": [1, 1.2] * _COLUMNS, "wspace": 0.9, "hspace": 0.5,
-                                     "left": 0.02, "right": 0.98, "top": 1 - 0.25 / height, "bottom": 0.2 / height})
+                                     "left": 0.02, "right": 0.98, "top": 1 - 0.4 / height, "bottom": 0.2 / height})
     for ax in axes.flat:
         ax.set_axis_off()
     for i, ((object_id, _, row), record) in enumerate(posteriors.iterrows()):
@@ -119,7 +119,7 @@ def gallery_figure(picked, catalog: str | Catalog, question: str | None = None, 
         bar_ax.set_yticks(y, answers, fontsize=6)
         bar_ax.set_xlim(0, 1)
         bar_ax.tick_params(axis="x", labelsize=6)
-        bar_ax.set_title(f"{q}: asked {record[f'{q}_asked']:.2f}, bald {record[f'{q}_bald']:.3f}", fontsize=7)
+        bar_ax.set_title(f"{q}\nasked {record[f'{q}_asked']:.2f}, bald {record[f'{q}_bald']:.3f}", fontsize=7)
     return fig
 
 
