@@ -8,7 +8,10 @@ galaxies, a tenth of Rubin's 4.9 x 10^6 ranges at the default --rows-per-task), 
 - ``write_manifest``: the whole manifest, which is what the driver paid every second before the
   journal, and now pays at each compaction (every ``--segments`` segments) and at the finish;
 - ``ManifestJournal.flush`` of ``--per-second`` new ranges: what the driver pays each second now;
-- ``read_manifest`` of the compacted manifest plus ``--segments`` journal segments: a resume.
+- ``read_manifest`` of the compacted manifest plus ``--segments`` journal segments: a resume;
+
+and measures (tracemalloc) the driver's memory per finished range: the manifest it holds while it
+runs, and the index of finished ranges per tile that a resume builds beside it.
 
 Writes benchmarks/results/manifest.json.
 """
@@ -27,13 +30,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _record(i: int):
+def _record(i: int, tiles: list[str] | None = None):
     from skymorph.catalog.writer import RangeRecord
 
     tile, part = divmod(i, 16)
     digest = f"{i:016x}"
-    return RangeRecord(f"s3://survey/tiles/tile-{tile:07d}.zarr", 4096 * part, 4096 * (part + 1), 65536, 512,
-                       ((i % 49152, f"part-{digest}.parquet", 4096),))
+    url = tiles[tile] if tiles and tile < len(tiles) else f"s3://survey/tiles/tile-{tile:07d}.zarr"
+    return RangeRecord(url, 4096 * part, 4096 * (part + 1), 65536, 512, ((i % 49152, f"part-{digest}.parquet", 4096),))
 
 
 def main() -> int:
@@ -43,14 +46,24 @@ def main() -> int:
     parser.add_argument("--segments", type=int, default=1000, help="journal segments before a compaction")
     args = parser.parse_args()
 
+    import tracemalloc
+
     from skymorph.catalog import layout
     from skymorph.catalog.writer import Manifest, ManifestJournal, read_manifest, write_manifest
+    from skymorph.inference.job import _Plan
 
     with tempfile.TemporaryDirectory() as work:
         catalog = os.path.join(work, "catalog")
+        tiles = sorted({_record(i).tile for i in range(0, args.ranges, 16)})  # the tile list's strings, which records share
+        tracemalloc.start()
         manifest = Manifest(model_sha256="ab" * 32, order=6, ranges={}, n_volunteers=40)
         for i in range(args.ranges):
-            manifest.add(_record(i))
+            manifest.add(_record(i, tiles))
+        held = tracemalloc.get_traced_memory()[0]
+        plan = _Plan(tiles, manifest, rows_per_task=4096)
+        resume_index = tracemalloc.get_traced_memory()[0] - held
+        del plan
+        tracemalloc.stop()
 
         t = time.perf_counter()
         write_manifest(catalog, manifest)
@@ -84,12 +97,16 @@ def main() -> int:
         "resume_read_s": read_s,
         "resume_ranges": next_id,
         "resume_segments": args.segments,
+        "driver_bytes_per_range": held / args.ranges,
+        "resume_index_bytes_per_range": resume_index / args.ranges,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus, load {os.getloadavg()[0]:.1f}",
     }
     print(f"whole manifest, {args.ranges:,} ranges: {whole_s:.2f} s, {whole_mb:.0f} MB")
     print(f"journal flush of {args.per_second:,} ranges: median {result['journal_flush_median_s'] * 1e3:.1f} ms, "
           f"p99 {result['journal_flush_p99_s'] * 1e3:.1f} ms")
     print(f"resume: read {next_id:,} ranges from the manifest + {args.segments} segments in {read_s:.2f} s")
+    print(f"driver memory: {held / args.ranges:.0f} B per finished range held, and {resume_index / args.ranges:.0f} B more "
+          "per range in a resume's index")
     out = ROOT / "benchmarks" / "results" / "manifest.json"
     out.write_text(json.dumps(result, indent=1))
     print(f"-> {out}")

@@ -4,7 +4,8 @@
 metadata, read without building an engine; the tile list parses; the output is writable and not another
 model's catalog; some worker has the GPU that the tasks ask for),
 then keeps a bounded window of tasks in flight on Dask, one per tile row range
-(:func:`skymorph.inference.task.run_range`), so its memory stays flat in the number of tiles. Workers
+(:func:`skymorph.inference.task.run_range`), so its futures do not grow with the number of tiles (the
+manifest it holds does, by about 0.5 KB per finished range: docs/scaling.md). Workers
 write the part files; the driver records finished ranges in the manifest's journal (a small segment
 at most once a second, so an interrupted driver resumes where it was, at a cost that does not grow
 with the job), collects failures, and finishes the catalog
