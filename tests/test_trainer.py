@@ -221,6 +221,31 @@ def _state(path):
     return load_checkpoint(path)[0].state_dict()
 
 
+def test_training_learns_the_ring_survey(tmp_path):
+    """Nothing checked that training learns: a loss climbed instead of descended passed the suite."""
+    import pyarrow.parquet as pq
+
+    from skymorph.tiles import open_tile, read_tile_list
+    from skymorph.trainer.evaluate import predict
+
+    tiles, labels = write_ring_survey(str(tmp_path))
+    result = train(_config(tmp_path, tiles, labels, arch="resnet_s", epochs=4, lr=3e-3))
+    losses = [m["val_loss"] for m in result.metrics]
+    assert losses[-1] < 0.6 * losses[0], losses
+
+    table = pq.read_table(labels).to_pandas()
+    validation = table[table["split"] == "validation"]
+    images = np.concatenate([open_tile(url).read_images() for url in read_tile_list(tiles)])
+    ids = np.concatenate([open_tile(url).read_coords()[0] for url in read_tile_list(tiles)])
+    rows = np.searchsorted(ids, validation["object_id"].to_numpy())
+    model, _, _ = load_checkpoint(result.checkpoint)
+    fraction = predict(model, images[rows], samples=8)[:, :, GZ2.answer_index("has_spiral_arms", "yes")].mean(axis=1)
+    ring = validation["has_spiral_arms_yes"].to_numpy() > 4
+    assert 0 < ring.sum() < len(ring)
+    assert fraction[ring].mean() > fraction[~ring].mean() + 0.3
+    assert np.mean((fraction > 0.5) == ring) >= 0.9
+
+
 def test_same_seed_same_weights_and_resume_continues_exactly(tmp_path):
     tiles, labels = write_ring_survey(str(tmp_path))
     a = train(_config(tmp_path, tiles, labels, epochs=2, out=str(tmp_path / "a.ckpt")))

@@ -26,8 +26,8 @@ def disc_image(size: int, radius: float, ring: bool) -> np.ndarray:
 def write_ring_survey(root: str, n: int = 48, size: int = 32) -> tuple[str, str]:
     """Two tiles of ``n`` noisy discs under ``root`` and their votes; returns ``(tile list, labels)`` paths.
 
-    Odd galaxies have the ring and get 8 of 9 ``has_spiral_arms_yes`` votes, even ones 1 of 9; every
-    fourth galaxy is in the ``validation`` split.
+    Odd galaxies have the ring and get 8 of 9 ``has_spiral_arms_yes`` votes, even ones 1 of 9; a quarter
+    of the galaxies, half of them with a ring, are in the ``validation`` split.
     """
     import pyarrow as pa
 
@@ -53,7 +53,7 @@ def write_ring_survey(root: str, n: int = 48, size: int = 32) -> tuple[str, str]
         "object_id": object_id,
         "has_spiral_arms_yes": yes,
         "has_spiral_arms_no": 9 - yes,
-        "split": np.where(np.arange(n) % 4 == 0, "validation", "train"),
+        "split": np.where(np.arange(n) % 8 < 2, "validation", "train"),  # discs and rings alike
     })
     write_parquet(table, os.path.join(root, "labels.parquet"))
     return os.path.join(root, "tiles.txt"), os.path.join(root, "labels.parquet")
