@@ -48,7 +48,7 @@ def make_tiles(root: str, n_tiles: int, per_tile: int, chunk_size: int = 32, siz
     return urls
 
 
-def expected_rows(model: str, tile_urls: list[str]) -> dict[int, dict]:
+def expected_rows(model: str, tile_urls: list[str], n_volunteers: int = 40) -> dict[int, dict]:
     """object_id -> catalog values computed here, independently of the job: engine + summarize."""
     from skymorph.inference.engines import load_engine
     from skymorph.posterior import summarize
@@ -59,7 +59,7 @@ def expected_rows(model: str, tile_urls: list[str]) -> dict[int, dict]:
     for url in tile_urls:
         tile = open_tile(url)
         object_id, ra, dec = tile.read_coords()
-        summary = summarize(engine(tile.read_images()), engine.metadata.schema, engine.metadata.likelihood, 40)
+        summary = summarize(engine(tile.read_images()), engine.metadata.schema, engine.metadata.likelihood, n_volunteers)
         for i, oid in enumerate(object_id):
             rows[int(oid)] = {"ra": ra[i], "dec": dec[i], "tile": url, "row": i, **{k: v[i] for k, v in summary.items()}}
     return rows
@@ -73,9 +73,9 @@ def read_catalog(catalog: str):
     return pa.concat_tables(tables).to_pandas() if tables else None
 
 
-def assert_exact(catalog: str, model: str, tile_urls: list[str]) -> None:
+def assert_exact(catalog: str, model: str, tile_urls: list[str], n_volunteers: int = 40) -> None:
     frame = read_catalog(catalog)
-    expected = expected_rows(model, tile_urls)
+    expected = expected_rows(model, tile_urls, n_volunteers)
     assert frame is not None
     assert sorted(frame["object_id"]) == sorted(expected), "catalog must hold every input galaxy exactly once"
     props = layout.read_properties(catalog)
@@ -131,6 +131,36 @@ def test_run_writes_the_exact_catalog_and_a_rerun_changes_nothing(s3_bucket, tin
 
     opened = hats.read_hats(UPath(catalog, endpoint_url=os.environ["AWS_ENDPOINT_URL"]))
     assert opened.catalog_info.total_rows == 300 and opened.catalog_info.npix_suffix == "/"
+
+
+def test_a_dirichlet_model_for_20_volunteers_written_to_s3_by_storage_options_alone(tmp_path, s3_server, monkeypatch):
+    """Every other job test runs a multinomial model for 40 volunteers with S3 reached through the AWS
+    environment: workers summarizing for 40 under metadata saying 20, or ignoring --storage-options, passed."""
+    import torch
+
+    from skymorph.exporter import export_onnx_model
+    from skymorph.inference.job import RunConfig, run_survey
+    from skymorph.model_metadata import InputSpec
+    from skymorph.schema import get_schema
+    from skymorph.trainer.models import build_model
+
+    torch.manual_seed(0)
+    model = str(tmp_path / "dirichlet.onnx")
+    export_onnx_model(build_model("w20", get_schema(SCHEMA), InputSpec(1, SIZE, SIZE), "dirichlet_multinomial", dense=16),
+                      model, samples=4, seed=0)
+    tiles = make_tiles(str(tmp_path), n_tiles=2, per_tile=40)
+    for key in s3_server.env:
+        monkeypatch.delenv(key, raising=False)  # workers inherit the driver's environment: no endpoint in it
+    catalog = f"{s3_server.create_bucket(f'skymorph-{os.getpid()}-opts')}/catalog"
+    report = run_survey(RunConfig(tiles=str(tmp_path / "tiles.txt"), model=model, out=catalog, workers=1, n_volunteers=20,
+                                  storage_options=s3_server.storage_options, catalog_order=3, progress=False))
+    assert report.ok and report.total_rows == 80
+
+    for key, value in s3_server.env.items():
+        monkeypatch.setenv(key, value)
+    meta = layout.read_common_metadata(catalog)[1]
+    assert (meta.n_volunteers, meta.likelihood) == (20, "dirichlet_multinomial")
+    assert_exact(catalog, model, tiles, n_volunteers=20)
 
 
 def test_catalog_of_another_model_is_refused(tmp_path, s3_bucket, tiny_model):
@@ -486,16 +516,17 @@ def test_a_lone_worker_restarted_by_its_nanny_finishes_the_job(s3_bucket, tiny_m
         _kill_mid_job(s3_bucket, tiny_model, procs.scheduler_file, kill_the_worker_process)
 
 
-def test_a_job_on_a_scheduler_without_workers_says_so_and_waits_for_one(tmp_path, tiny_model, capsys):
-    """It failed after 30 s with "No valid workers found", naming nothing; an adaptive cluster starts empty."""
+def test_a_job_on_a_scheduler_without_workers_says_so_and_waits_for_one(tmp_path, tiny_model, capsys, monkeypatch):
+    """It failed after 30 s with "No valid workers found", naming nothing; an adaptive cluster starts empty.
+    The scheduler is given as a Kubernetes DaskJob gives it: DASK_SCHEDULER_ADDRESS."""
     import threading
 
     from skymorph.inference.job import RunConfig, run_survey
 
     tiles = make_tiles(str(tmp_path), n_tiles=2, per_tile=16)
     with dask_processes(str(tmp_path), []) as procs:
-        config = RunConfig(tiles=str(tmp_path / "tiles.txt"), model=tiny_model, out=str(tmp_path / "catalog"),
-                           scheduler=procs.address, progress=False)
+        monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", procs.address)
+        config = RunConfig(tiles=str(tmp_path / "tiles.txt"), model=tiny_model, out=str(tmp_path / "catalog"), progress=False)
         outcome = {}
         driver = threading.Thread(target=lambda: outcome.update(report=run_survey(config)), daemon=True)
         driver.start()
