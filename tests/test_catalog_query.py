@@ -309,17 +309,17 @@ def test_fits_and_votable_units(catalog, tmp_path, suffix):
     assert back["bar_bald"].description.startswith("BALD (Walmsley et al. 2020)") and back["bar_bald"].unit is None
     assert back["bald_total"].description == "Sum over questions q of q_asked x q_bald, in nats."
     np.testing.assert_array_equal(np.sort(back["object_id"]), np.sort(table["object_id"].to_numpy()))
+    meta = open_catalog(catalog).metadata
+    provenance = {"MODELSHA": FAKE_MODEL_SHA256, "SAMPLES": meta.samples, "SEED": meta.seed, "NVOLUNT": meta.n_volunteers,
+                  "SCHEMA": meta.schema.name, "LIKELIHD": "multinomial"}
     if suffix == ".fits":
-        assert back.meta["MODELSHA"] == FAKE_MODEL_SHA256
-        assert (back.meta["SAMPLES"], back.meta["SEED"]) == (open_catalog(catalog).metadata.samples, open_catalog(catalog).metadata.seed)
-        assert back.meta["LIKELIHD"] == "multinomial"
+        assert {card: back.meta[card] for card in provenance} == provenance
         assert back.meta[f"TCOMM{COLUMNS.index('tile') + 1}"] == "URL of the tile store that holds the galaxy's image."
     else:
         from astropy.io.votable import parse
 
         params = {p.name: p.value for p in parse(out).get_first_table().params}
-        assert params["MODELSHA"] == FAKE_MODEL_SHA256
-        assert (params["SAMPLES"], params["SEED"]) == (open_catalog(catalog).metadata.samples, open_catalog(catalog).metadata.seed)
+        assert {name: params[name] for name in provenance} == provenance
         assert FAKE_MODEL_SHA256 in back.meta["description"]
         field = parse(out).get_first_table().get_field_by_id("row")
         assert field.description == "Index of the galaxy's image in its tile store." and field.unit is None
