@@ -219,3 +219,21 @@ def test_plots_leave_a_notebooks_matplotlib_backend_alone():
             "_plots(np.full((2, s.n_answers), 0.5), np.ones((2, s.n_answers), dtype=np.int64), s, {}); "
             "import matplotlib.pyplot as plt; print(plt.get_backend())")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "svg"
+
+
+def test_labels_without_a_split_are_evaluated_on_the_galaxies_the_model_was_validated_on(tmp_path):
+    """The hashed split, with the checkpoint's seed and --val-fraction: with seed 0 in its place, a model
+    trained with --seed 5 was evaluated partly on galaxies it was trained on."""
+    import hashlib
+
+    tiles, labels = write_ring_survey(str(tmp_path))
+    unsplit = str(tmp_path / "unsplit.parquet")
+    write_parquet(pq.read_table(labels).drop(["split"]), unsplit)
+    result = train(TrainConfig(tiles=tiles, labels=unsplit, out=str(tmp_path / "m.ckpt"), schema="gz2", epochs=1, batch_size=8,
+                               seed=5, val_fraction=0.3, threads=1, progress=False))
+    evaluate(result.checkpoint, tiles, unsplit, str(tmp_path / "out"), samples=2, progress=False)
+    evaluated = set(pq.read_table(tmp_path / "out" / "predictions.parquet").column("object_id").to_pylist())
+    ids = pq.read_table(unsplit).column("object_id").to_pylist()
+    u = {i: int.from_bytes(hashlib.sha256(f"5:{i}".encode()).digest()[:8], "big") / 2.0**64 for i in ids}
+    assert evaluated == {i for i in ids if u[i] < 0.3}
+    assert len(evaluated) == load_checkpoint(result.checkpoint)[1].provenance["n_validation"]
