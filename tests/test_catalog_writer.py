@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import zlib
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -40,7 +41,7 @@ def _metadata() -> CatalogMetadata:
 def _tile(rng, name, n, ra0):
     ra = (ra0 + rng.uniform(0, 40, n)) % 360
     dec = rng.uniform(-30, 30, n)
-    object_id = np.arange(n, dtype=np.int64) + 1000 * hash(name) % 10**9
+    object_id = np.arange(n, dtype=np.int64) + 1000 * (zlib.crc32(name.encode()) % 10**6)  # hash() differs per process
     posterior = {c: rng.random(n).astype(np.float32) for c in COLUMNS}
     return object_id, ra, dec, posterior
 

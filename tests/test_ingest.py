@@ -42,6 +42,16 @@ def test_decode_png_mean_and_keep_with_lanczos_resize():
     keep = decode_image(buffer.getvalue(), "x.png", size=20, bands="keep")
     assert keep.shape == (3, 20, 20) and keep[:, 5, 5].tolist() == [30, 90, 150]
 
+    # a checkerboard, which every filter resamples differently: Lanczos's values, to rounding
+    board = (np.indices((40, 40)).sum(axis=0) % 2 * 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(board).save(buffer, format="PNG")
+    expected = np.asarray(Image.fromarray(board.astype(np.float32), mode="F").resize((15, 15), Image.LANCZOS))
+    got = decode_image(buffer.getvalue(), "x.png", size=15, bands="mean")[0].astype(float)
+    assert np.abs(got - np.clip(expected, 0, 255)).max() <= 0.5 + 1e-6
+    nearest = np.asarray(Image.fromarray(board).resize((15, 15), Image.NEAREST), dtype=float)
+    assert np.abs(got - nearest).max() > 10
+
 
 def test_decode_fits_applies_asinh_over_percentile_interval():
     from astropy.io import fits
