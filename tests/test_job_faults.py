@@ -43,7 +43,7 @@ def test_proxy_checks_its_arguments():
 def test_exact_catalog_through_a_faulty_s3(s3, s3_bucket, tiny_model, monkeypatch):
     from skymorph.inference.job import RunConfig, run_survey
 
-    tiles = make_tiles(s3_bucket, n_tiles=4, per_tile=96)
+    tiles = make_tiles(s3_bucket, n_tiles=2, per_tile=96)
     with FaultyProxy(s3.endpoint_url, p_503=0.1, p_drop=0.05, seed=0) as proxy:
         monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)  # the driver and the workers it starts
         report = run_survey(RunConfig(tiles=f"{s3_bucket}/tiles.txt", model=tiny_model, out=f"{s3_bucket}/catalog",
@@ -51,7 +51,7 @@ def test_exact_catalog_through_a_faulty_s3(s3, s3_bucket, tiny_model, monkeypatc
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3.endpoint_url)
     assert proxy.counts.slow_down > 0 and proxy.counts.dropped > 0
     assert report.ok, report.failures
-    assert report.total_rows == 4 * 96
+    assert report.total_rows == 2 * 96
     assert_exact(f"{s3_bucket}/catalog", tiny_model, tiles)
 
 
