@@ -30,16 +30,20 @@ SIZE = 32  # the input of conftest.tiny_model (gz2, 32 px)
 SCHEMA = "gz2"
 
 
-def make_tiles(root: str, n_tiles: int, per_tile: int, chunk_size: int = 32, size: int = SIZE, seed: int = 0) -> list[str]:
-    """Write ``n_tiles`` random tiles under ``root`` and a tile list; return the tile URLs."""
+def make_tiles(root: str, n_tiles: int, per_tile: int, chunk_size: int = 32, size: int = SIZE, seed: int = 0,
+               compact: bool = False) -> list[str]:
+    """Write ``n_tiles`` random tiles under ``root`` and a tile list; return the tile URLs. A tile spans
+    8 x 40 degrees, so that a range's rows go to several HEALPix parts, or with ``compact`` half a degree
+    (one or two parts: the tests that kill processes write and read a third as many files)."""
     from skymorph.tiles import write_tile, write_tile_list
 
     rng = np.random.default_rng(seed)
+    ra_span, dec_span = (0.5, 0.5) if compact else (8, 40)
     urls = []
     for t in range(n_tiles):
         url = f"{root}/tiles/t{t:03d}.zarr"
-        ra = (40.0 * t + rng.uniform(0, 8, per_tile)) % 360
-        dec = rng.uniform(-20, 20, per_tile)
+        ra = (40.0 * t + rng.uniform(0, ra_span, per_tile)) % 360
+        dec = rng.uniform(-dec_span / 2, dec_span / 2, per_tile)
         images = rng.integers(0, 256, (per_tile, 1, size, size), dtype=np.uint8)
         write_tile(url, images, np.arange(per_tile, dtype=np.int64) + 100_000 * t, ra, dec, survey="test",
                    bands=["r"], pixel_scale_arcsec=0.262, stretch="asinh", resize="none", chunk_size=chunk_size)
@@ -480,7 +484,7 @@ def _kill_mid_job(s3_bucket: str, tiny_model: str, scheduler_file: str, kill) ->
 
     from skymorph.inference.job import RunConfig, run_survey
 
-    tiles = make_tiles(s3_bucket, n_tiles=8, per_tile=128)
+    tiles = make_tiles(s3_bucket, n_tiles=8, per_tile=128, compact=True)
     catalog = f"{s3_bucket}/catalog"
     config = RunConfig(tiles=f"{s3_bucket}/tiles.txt", model=tiny_model, out=catalog, scheduler_file=scheduler_file,
                        rows_per_task=32, batch_size=32, catalog_order=3, progress=False)
@@ -553,7 +557,7 @@ def test_interrupted_driver_resumes_and_skips_finished_ranges(s3, s3_bucket, tin
     from skymorph.storage import filesystem, read_text
 
     scheduler_file = two_workers.scheduler_file
-    tiles = make_tiles(s3_bucket, n_tiles=8, per_tile=128)
+    tiles = make_tiles(s3_bucket, n_tiles=8, per_tile=128, compact=True)
     catalog = f"{s3_bucket}/catalog"
     args = ["--tiles", f"{s3_bucket}/tiles.txt", "--model", tiny_model, "--out", catalog,
             "--scheduler-file", scheduler_file, "--rows-per-task", "32", "--batch-size", "32", "--catalog-order", "3"]
