@@ -279,6 +279,28 @@ def test_foreign_entries_and_remove_catalog_on_s3_with_a_folder_marker(s3, s3_bu
     assert not any(exists(f"{out}/{name}") for name in ("hats.properties", "dataset", "_skymorph"))
 
 
+def test_removing_a_catalog_unfinishes_it_before_deleting_a_part(s3, s3_bucket, monkeypatch):
+    """In listing order, parts went before hats.properties: a reader during `run --overwrite`, or the
+    catalog a killed one left, read as finished with parts missing. Here the store refuses to delete any
+    part (a bucket policy), and the catalog is left unfinished, every part in place."""
+    from skymorph.catalog import open_catalog
+    from skymorph.testing.catalogs import write_synthetic_catalog
+    from skymorph.testing.faulty_proxy import FaultyProxy
+
+    catalog = f"{s3_bucket}/cat"
+    written = write_synthetic_catalog(catalog, 600, per_tile=200, order=6, workers=1)
+    with FaultyProxy(s3.endpoint_url, p_503=0, p_drop=0, deny="Npix=") as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        with pytest.raises(PermissionError):
+            layout.remove_catalog(catalog)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3.endpoint_url)
+    assert proxy.counts.denied >= 1
+    filesystem(catalog)[0].invalidate_cache()
+    with pytest.raises(CatalogError, match="hats.properties missing"):
+        open_catalog(catalog)
+    assert len(layout.list_parts(catalog)) == written.parts
+
+
 def test_metadata_without_likelihood_reads_as_unrecorded():
     """Catalogs written before skymorph.likelihood was recorded still open."""
     kv = {k: v for k, v in _metadata().to_kv().items() if k != "skymorph.likelihood"}

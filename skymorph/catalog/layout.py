@@ -234,9 +234,15 @@ def foreign_entries(catalog: str, storage_options: dict | None = None) -> list[s
 
 def remove_catalog(catalog: str, storage_options: dict | None = None, keep_lock: bool = False) -> None:
     """Delete what a skymorph catalog writes under ``catalog``, keeping the directory (or bucket) itself
-    and anything else in it; with ``keep_lock``, the driver lock too (the run replacing the catalog holds it)."""
+    and anything else in it; with ``keep_lock``, the driver lock too (the run replacing the catalog holds it).
+
+    ``hats.properties`` goes first, so that from the first deletion on the catalog reads as unfinished:
+    in listing order, a reader (or a killed ``--overwrite``) found a finished catalog with parts missing."""
     fs, entries = _root_entries(catalog, storage_options)
+    remove_file(properties_url(catalog), storage_options)
     for name, path in entries.items():
+        if name == _PROPERTIES:
+            continue
         if name == _SKYMORPH and keep_lock:
             keep = {fs._strip_protocol(driver_lock_url(catalog)), path.rstrip("/")}  # S3 lists a folder marker as itself
             for child in fs.ls(path, detail=False):

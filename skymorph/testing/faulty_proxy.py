@@ -6,7 +6,9 @@ retry), or dropped: the connection closes without an answer. Which happens is dr
 generator, so a run is repeatable up to the order in which concurrent requests arrive. With
 ``conditional_put_status`` set, a PUT with ``If-None-Match`` is answered with that status instead of
 forwarded: 501 for an S3-compatible store without conditional writes, 400 for one that rejects the
-header, 409 for AWS's concurrent-conditional-write conflict::
+header, 409 for AWS's concurrent-conditional-write conflict. With ``deny`` set (a regular expression),
+a request whose ``"METHOD path body"`` matches it is answered ``403 AccessDenied``, as a bucket policy
+would: ``deny="Npix="`` refuses any request naming a part file, a batch delete of them included::
 
     with LocalS3() as s3, FaultyProxy(s3.endpoint_url, p_503=0.1, p_drop=0.05, seed=0) as proxy:
         os.environ["AWS_ENDPOINT_URL"] = proxy.url
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import http.client
 import random
+import re
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -34,20 +37,22 @@ _CONDITIONAL_PUT_ERRORS = {
     400: ("Bad Request", "InvalidArgument", "If-None-Match is not supported."),
     409: ("Conflict", "ConditionalRequestConflict", "A conflicting conditional operation is in progress."),
 }
+_ACCESS_DENIED = b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>'
 _HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te", "trailer"}
 
 
 @dataclass
 class FaultCounts:
-    """How many requests the proxy forwarded, answered 503, or dropped."""
+    """How many requests the proxy forwarded, answered 503, dropped, or denied (``deny``)."""
 
     forwarded: int = 0
     slow_down: int = 0
     dropped: int = 0
+    denied: int = 0
 
     @property
     def total(self) -> int:
-        return self.forwarded + self.slow_down + self.dropped
+        return self.forwarded + self.slow_down + self.dropped + self.denied
 
 
 @dataclass
@@ -62,6 +67,7 @@ class FaultyProxy:
     seed: int = 0
     host: str = "127.0.0.1"
     conditional_put_status: int = 0
+    deny: str = ""
     url: str = ""
     counts: FaultCounts = field(default_factory=FaultCounts)
     _server: ThreadingHTTPServer | None = field(default=None, repr=False)
@@ -79,6 +85,7 @@ class FaultyProxy:
     def start(self) -> FaultyProxy:
         parts = urlsplit(self.upstream)
         rng = random.Random(self.seed)
+        denied = re.compile(self.deny) if self.deny else None
         lock = threading.Lock()
         proxy = self
 
@@ -128,6 +135,11 @@ class FaultyProxy:
                     body = (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code>'
                             f"<Message>{message}</Message></Error>").encode()
                     self._error(proxy.conditional_put_status, reason, body)
+                    return
+                if denied is not None and denied.search(f"{self.command} {self.path} {body.decode('utf-8', 'replace')}"):
+                    with lock:
+                        proxy.counts.denied += 1
+                    self._error(403, "Forbidden", _ACCESS_DENIED)
                     return
                 action = decide()
                 if action == "drop":
