@@ -520,3 +520,34 @@ def test_fits_and_votable_keep_any_seed_exactly(tmp_path, seed):
     export_table(table, str(tmp_path / "rows.vot"))
     [param] = [p for p in parse(str(tmp_path / "rows.vot")).get_first_table().params if p.name == "SEED"]
     assert int(param.value) == seed
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_part_deleted_while_the_catalog_is_read_is_named_as_such(tmp_path, request, where):
+    """A `run --overwrite` deleting the catalog under a query: the part was called unreadable Parquet, to
+    be restored (on S3), or DuckDB's "file system operations are disabled" was passed on (locally)."""
+    from skymorph.catalog.query import connect
+    from skymorph.storage import filesystem
+
+    root = str(tmp_path) if where == "local" else request.getfixturevalue("s3_bucket")
+    write_synthetic_catalog(f"{root}/cat", 600, per_tile=200, order=6, workers=1)
+    catalog = open_catalog(f"{root}/cat")
+    with pytest.raises(CatalogError) as info:
+        with connect(catalog) as con:
+            gone = catalog.part_urls()[1]
+            fs, path = filesystem(gone)
+            fs.rm(path)
+            con.execute("SELECT count(*) FROM catalog").fetchall()
+    assert str(info.value).startswith(f"catalog {catalog.url!r}: part file {gone} was deleted while the catalog was read: "
+                                      "a `skymorph run` is rewriting it")
+
+
+def test_a_partition_without_its_directory_is_a_one_line_error(tmp_path):
+    """A cone's pixels are listed one directory each: fs.ls's FileNotFoundError came out as the bare path."""
+    from skymorph.catalog import layout
+
+    write_synthetic_catalog(str(tmp_path / "cat"), 600, per_tile=200, order=6, workers=1)
+    catalog = open_catalog(str(tmp_path / "cat"))
+    shutil.rmtree(layout.pixel_dir(catalog.url, catalog.order, catalog.pixels[0]))
+    with pytest.raises(CatalogError, match=rf"partition Npix={catalog.pixels[0]} of partition_info.csv has no directory"):
+        catalog.part_urls(catalog.pixels[:1])

@@ -55,7 +55,13 @@ class Catalog:
             directory = layout.pixel_dir(self.url, self.order, int(npix))
             fs, path = filesystem(directory, self.storage_options)
             protocol = self.url.split("://", 1)[0] + "://" if "://" in self.url else ""
-            for name in sorted(fs.ls(path, detail=False)):
+            try:
+                names = fs.ls(path, detail=False)
+            except FileNotFoundError:
+                raise CatalogError(f"catalog {self.url!r}: partition Npix={npix} of partition_info.csv has no directory "
+                                   f"{directory}: a `skymorph run` is rewriting the catalog, or it is damaged (then rerun "
+                                   "it with --overwrite)") from None
+            for name in sorted(names):
                 if layout.parse_part_path(name) is not None:
                     urls.append(protocol + name if protocol and "://" not in name else name)
         return urls

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from skymorph.catalog import layout
 from skymorph.catalog.info import Catalog, open_catalog
 from skymorph.errors import CatalogError, InputError, did_you_mean, first_line
+from skymorph.storage import exists
 
 __all__ = ["Cone", "QueryPlan", "connect", "plan_query", "query", "query_reader", "check_sql", "check_columns", "MEMORY_LIMIT"]
 
@@ -251,8 +252,13 @@ def _read_failure(catalog: Catalog, parts: list[str], err: Exception, user_sql: 
     import duckdb
 
     reason = first_line(err)
-    if type(err) in (duckdb.Error, duckdb.IOException, duckdb.InvalidInputException):
+    # PermissionException: DuckDB, finding no file at a part's path, tries it as a glob, which the lock forbids
+    if type(err) in (duckdb.Error, duckdb.IOException, duckdb.InvalidInputException, duckdb.PermissionException):
         damaged = _first_unreadable(parts, catalog.storage_options)
+        if damaged is not None and not exists(damaged, catalog.storage_options):
+            return (f"catalog {catalog.url!r}: part file {damaged} was deleted while the catalog was read: a `skymorph "
+                    "run` is rewriting it (--overwrite) or adding to it; query again when that run has finished (with no run "
+                    "writing it, the catalog is damaged: rerun `skymorph run` with --overwrite)")
         if damaged is not None:
             return (f"catalog {catalog.url!r}: part file {damaged} is not readable Parquet ({reason}); "
                     "restore it, or rerun `skymorph run` with --overwrite")
