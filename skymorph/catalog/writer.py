@@ -10,7 +10,7 @@ footers and writes ``_common_metadata``, ``partition_info.csv`` and ``hats.prope
 The manifest is ``_skymorph/manifest.json`` plus a journal: while the job runs, a
 :class:`ManifestJournal` appends the ranges finished in the last second as one small segment file, so
 recording progress costs the new ranges only, not the whole manifest (500,000 ranges serialise to
-78 MB in 3.8 s, benchmarks/manifest.py). :func:`write_manifest` compacts: it writes the whole
+78 MB in 3.0 s, benchmarks/manifest.py). :func:`write_manifest` compacts: it writes the whole
 manifest, then removes the segments it holds. Every write is atomic and adding a range twice is
 harmless, so a driver killed at any point leaves a manifest that :func:`read_manifest` reads whole.
 """
