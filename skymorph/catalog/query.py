@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from skymorph.catalog import layout
 from skymorph.catalog.info import Catalog, open_catalog
 from skymorph.errors import CatalogError, InputError, did_you_mean, first_line
-from skymorph.storage import exists
 
 __all__ = ["Cone", "QueryPlan", "connect", "plan_query", "query", "query_reader", "check_sql", "check_columns", "MEMORY_LIMIT"]
 
@@ -254,8 +253,8 @@ def _read_failure(catalog: Catalog, parts: list[str], err: Exception, user_sql: 
     reason = first_line(err)
     # PermissionException: DuckDB, finding no file at a part's path, tries it as a glob, which the lock forbids
     if type(err) in (duckdb.Error, duckdb.IOException, duckdb.InvalidInputException, duckdb.PermissionException):
-        damaged = _first_unreadable(parts, catalog.storage_options)
-        if damaged is not None and not exists(damaged, catalog.storage_options):
+        damaged, deleted = _first_unreadable(parts, catalog.storage_options)
+        if deleted:
             return (f"catalog {catalog.url!r}: part file {damaged} was deleted while the catalog was read: a `skymorph "
                     "run` is rewriting it (--overwrite) or adding to it; query again when that run has finished (with no run "
                     "writing it, the catalog is damaged: rerun `skymorph run` with --overwrite)")
@@ -269,18 +268,24 @@ def _read_failure(catalog: Catalog, parts: list[str], err: Exception, user_sql: 
     return f"catalog {catalog.url!r}: {reason}"
 
 
-def _first_unreadable(parts: list[str], storage_options: dict | None, threads: int = 16) -> str | None:
+def _first_unreadable(parts: list[str], storage_options: dict | None, threads: int = 16) -> tuple[str | None, bool]:
+    """``(url, deleted)`` of the first part whose footer does not read, ``deleted`` if it is not there;
+    ``(None, False)`` if all read. Judged by the read itself: an exists() check could answer from the
+    listing cache of the moment the parts were listed."""
     from concurrent.futures import ThreadPoolExecutor
 
-    def readable(url: str) -> bool:
+    def problem(url: str) -> str | None:
         try:
             layout.part_rows(url, storage_options)
+        except FileNotFoundError:
+            return "deleted"
         except (OSError, ValueError):  # ValueError: pyarrow's ArrowInvalid, a footer that does not parse
-            return False
-        return True
+            return "unreadable"
+        return None
 
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        return next((url for url, ok in zip(parts, pool.map(readable, parts)) if not ok), None)
+        found = next(((url, kind) for url, kind in zip(parts, pool.map(problem, parts)) if kind), None)
+    return (found[0], found[1] == "deleted") if found else (None, False)
 
 
 _MISSING_COLUMN = re.compile(r'Referenced column "([^"]+)" not found')
