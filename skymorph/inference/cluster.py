@@ -56,6 +56,12 @@ class ClusterSpec:
             raise InputError(f"scheduler file {self.scheduler_file!r} does not exist; start `dask scheduler --scheduler-file` first")
 
     @property
+    def slurm_overrides(self) -> dict:
+        """The settings of ``--cluster-config`` that the command line replaces: ``--workers`` caps the
+        adaptive cluster (an explicit scale() would be undone by adapt())."""
+        return {"max_jobs": self.workers} if self.workers else {}
+
+    @property
     def address(self) -> str | None:
         """The scheduler address to connect to, if any (``--scheduler`` or DASK_SCHEDULER_ADDRESS)."""
         if self.scheduler_file:
@@ -220,9 +226,7 @@ def connect(spec: ClusterSpec):
         if shutil.which("sbatch") is None:  # else the driver waited forever for workers never submitted
             raise InputError("--cluster slurm submits its workers with sbatch, which is not on this machine's PATH; run on "
                              "a SLURM login node, or start `dask worker`s yourself and pass --scheduler")
-        # --workers caps the adaptive cluster: an explicit scale() would be undone by adapt().
-        overrides = {"max_jobs": spec.workers} if spec.workers else {}
-        with slurm_cluster(spec.cluster_config, **overrides) as cluster:
+        with slurm_cluster(spec.cluster_config, **spec.slurm_overrides) as cluster:
             with Client(cluster) as client:
                 yield client, None
         return

@@ -468,7 +468,7 @@ def run_survey(config: RunConfig) -> RunReport:
     if spec.cluster == "slurm":
         from skymorph.inference.slurm import load_slurm_config
 
-        load_slurm_config(spec.cluster_config)  # likewise a bad config, not once the catalog's lock is taken
+        load_slurm_config(spec.cluster_config, **spec.slurm_overrides)  # likewise, not once the lock is taken
     options = s3_retry_options(config.out, config.storage_options)
     tiles = read_tiles(config.tiles, s3_retry_options(config.tiles, config.storage_options))
     info = read_model_info(config.model, backend=config.backend,
