@@ -82,6 +82,62 @@ def test_decode_images_of_more_than_8_bits_stretches_them_as_fits(dtype, fmt):
     assert (got == 255).mean() < 0.05
 
 
+def _png_16bit_rgb(pixels: np.ndarray) -> bytes:
+    """A 16-bit colour PNG (Pillow cannot write one): signature, IHDR, one IDAT, IEND."""
+    import struct
+    import zlib
+
+    h, w, _ = pixels.shape
+    raw = b"".join(b"\x00" + pixels[y].astype(">u2").tobytes() for y in range(h))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+def test_16_bit_colour_is_refused_and_nan_is_blank():
+    """Pillow keeps the high byte of 16-bit colour: values up to 1321 came out at most 5. A NaN pixel of a
+    float TIFF was cast to uint8 (FITS NaN was already blank)."""
+    from PIL import Image
+
+    with pytest.raises(ValueError, match=r"16-bit colour \(RGB;16B\), which Pillow reads as its high bytes only"):
+        decode_image(_png_16bit_rgb(np.full((8, 8, 3), 1321, np.uint16)), "x.png", size=8, bands="keep")
+    flux = np.random.default_rng(0).gamma(2.0, 3.0, size=(16, 16)).astype(np.float32)
+    blank = flux.copy()
+    blank[:4, :4] = np.nan
+    with_zero = flux.copy()
+    with_zero[:4, :4] = 0
+    decoded = []
+    for values in (blank, with_zero):
+        buffer = io.BytesIO()
+        Image.fromarray(values).save(buffer, format="TIFF")
+        decoded.append(decode_image(buffer.getvalue(), "x.tif", size=16, bands="keep"))
+    np.testing.assert_array_equal(decoded[0], decoded[1])
+
+
+def test_tiles_record_the_stretch_of_their_images(tmp_path):
+    """Tiles of 16-bit images said "none (8-bit input)", though their pixels were stretched."""
+    from PIL import Image
+
+    rows = []
+    for i, dtype in enumerate((np.uint16, np.uint8)):
+        Image.fromarray((np.random.default_rng(i).random((24, 24)) * 200).astype(dtype)).save(tmp_path / f"{i}.png")
+        rows.append(f"{i}.png,{i + 1}")
+    for kinds in ((0,), (1,), (0, 1)):
+        (tmp_path / "c.csv").write_text("file,object_id\n" + "\n".join(rows[k] for k in kinds) + "\n")
+        code, err = _run(["survey", "ingest", "--catalog", str(tmp_path / "c.csv"), "--size", "16", "--out",
+                          str(tmp_path / f"out{len(kinds)}{kinds[0]}"), "--overwrite"])
+        assert code == 0, err
+        [url] = read_tile_list(str(tmp_path / f"out{len(kinds)}{kinds[0]}" / "tiles.txt"))
+        stretch = open_tile(url).attrs["stretch"]
+        if kinds == (1,):
+            assert stretch == "none (8-bit input)"
+        else:
+            assert stretch["name"] == "asinh" and ("applies_to" in stretch) == (kinds == (0, 1))
+
+
 def test_parse_label_map():
     assert parse_label_map("spiral=yes, non_spiral=no") == {"spiral": "yes", "non_spiral": "no"}
     with pytest.raises(ValueError, match="LABEL=ANSWER"):

@@ -103,11 +103,13 @@ def decode_image(data: bytes, name: str, *, size: int, bands: str, stretch: str 
 
 
 def _decode(data: bytes, name: str, *, size: int, bands: str, stretch: str, asinh_a: float = 0.1, percentile: float = 99.5):
-    """:func:`decode_image`, and the side (pixels) of the square it resized to ``size``.
+    """:func:`decode_image`, the side (pixels) of the square it resized to ``size``, and whether it was
+    stretched.
 
-    FITS, and images of more than 8 bits per pixel (16-bit PNG or TIFF, integer or float TIFF: PIL modes
-    I;16, I, F), hold values beyond 0-255: they are stretched to 8 bits (``stretch``, ``percentile``).
-    8-bit images (JPEG, PNG) are display images already and keep their values."""
+    FITS, and one-band images of more than 8 bits per pixel (16-bit PNG or TIFF, integer or float TIFF:
+    PIL modes I;16, I, F), hold values beyond 0-255: they are stretched to 8 bits (``stretch``,
+    ``percentile``). 8-bit images (JPEG, PNG) are display images already and keep their values. A 16-bit
+    colour PNG is refused: Pillow reads only the high byte of each value."""
     if name.lower().endswith(_FITS_SUFFIXES):
         from astropy.io import fits
 
@@ -115,33 +117,46 @@ def _decode(data: bytes, name: str, *, size: int, bands: str, stretch: str, asin
             planes = next((h.data for h in hdus if h.data is not None), None)
         if planes is None or planes.ndim not in (2, 3):
             raise ValueError("no 2-D or 3-D image in any HDU")
-        planes = np.nan_to_num(np.asarray(planes, dtype=np.float64).reshape(-1, *planes.shape[-2:]))
-        return _stretched(planes, size, bands, stretch, asinh_a, percentile)
+        planes = np.asarray(planes, dtype=np.float64).reshape(-1, *planes.shape[-2:])
+        return *_stretched(planes, size, bands, stretch, asinh_a, percentile), True
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as image:
+        if not image.mode.startswith(("I", "F")) and any(";16" in str(tile.args) for tile in image.tile):
+            raise ValueError(f"16-bit colour ({image.tile[0].args}), which Pillow reads as its high bytes only; "
+                             "save each band as a 16-bit grey image or the cutout as FITS")
         image.load()
         if image.mode.startswith(("I", "F")):  # one band of 16 or 32 bits
-            return _stretched(np.asarray(image, dtype=np.float64)[None], size, bands, stretch, asinh_a, percentile)
+            return *_stretched(np.asarray(image, dtype=np.float64)[None], size, bands, stretch, asinh_a, percentile), True
         pixels = np.asarray(image.convert("L" if image.mode == "L" else "RGB"), dtype=np.float32)
     planes = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
     if bands == "mean":
         planes = planes.mean(axis=0, keepdims=True)
     square = _square(planes)
     out = np.stack([_resize(p, size) for p in square])
-    return np.clip(np.round(out), 0, 255).astype(np.uint8), int(square.shape[-1])
+    return np.clip(np.round(out), 0, 255).astype(np.uint8), int(square.shape[-1]), False
 
 
 def _stretched(planes: np.ndarray, size: int, bands: str, stretch: str, asinh_a: float, percentile: float):
-    """Float (C, H, W) values -> uint8 (C, size, size) through ``stretch`` after a ``percentile`` interval."""
+    """Float (C, H, W) values -> uint8 (C, size, size) through ``stretch`` after a ``percentile`` interval,
+    and the side of the square; NaN (a blank pixel) counts as 0."""
     from astropy.visualization import AsinhStretch, LinearStretch, PercentileInterval
 
+    planes = np.nan_to_num(planes)
     if bands == "mean":
         planes = planes.mean(axis=0, keepdims=True)
     transform = (AsinhStretch(asinh_a) if stretch == "asinh" else LinearStretch()) + PercentileInterval(percentile)
     unit = np.stack([transform(p) for p in _square(planes)])
     out = np.stack([_resize(p, size) for p in unit * 255.0])
     return np.clip(np.round(out), 0, 255).astype(np.uint8), int(unit.shape[-1])
+
+
+def _stretch_attr(stretch: str, stretched: np.ndarray):
+    """A tile's ``stretch`` attribute, from which of its images were stretched (FITS, more than 8 bits)."""
+    if not stretched.any():
+        return "none (8-bit input)"
+    attr = {"name": stretch, "asinh_a": 0.1, "percentile": 99.5}
+    return attr if stretched.all() else {**attr, "applies_to": "FITS and images of more than 8 bits; 8-bit images kept their values"}
 
 
 def _read_catalog(catalog_csv: str, id_column: str, storage_options):
@@ -276,6 +291,7 @@ def ingest(
         raise InputError(f"none of the {len(files)} cutouts of {catalog_csv!r} could be read; first: {failures[0][0]}: {failures[0][2]}")
     images = [result[0] for result, reason in decoded if reason is None]
     sides = np.array([result[1] for result, reason in decoded if reason is None])
+    stretched = np.array([result[2] for result, reason in decoded if reason is None])
     shapes = {img.shape for img in images}
     if len(shapes) > 1:
         raise InputError(f"cutouts of {catalog_csv!r} decode to different band counts {sorted(shapes)}; use --bands mean")
@@ -286,8 +302,6 @@ def ingest(
     dec = np.zeros(len(kept)) if placeholder else kept["dec"].to_numpy(np.float64)
     band_names = ["grey"] if bands == "mean" else (["r", "g", "b"] if images.shape[1] == 3 else [f"band{i}" for i in range(images.shape[1])])
     extra = {"position_is_placeholder": placeholder, "source_catalog": str(catalog_csv), "pixel_scale_is_placeholder": pixel_scale_arcsec is None}
-    fits_input = any(f.lower().endswith(_FITS_SUFFIXES) for f in files)
-    stretch_attr = {"name": stretch, "asinh_a": 0.1, "percentile": 99.5} if fits_input else "none (8-bit input)"
     object_id = kept["object_id"].to_numpy(np.int64)
     if pixel_scale_arcsec is None:  # no scale to get right: keep catalog order, no small tiles per size
         groups = [np.arange(len(kept))]
@@ -303,7 +317,7 @@ def ingest(
         write_tile(
             url, images[rows], object_id[rows], ra[rows], dec[rows],
             survey=survey, bands=band_names, pixel_scale_arcsec=1.0 if pixel_scale_arcsec is None else pixel_scale_arcsec * side / size,
-            stretch=stretch_attr,
+            stretch=_stretch_attr(stretch, stretched[rows]),
             resize={"method": "lanczos", "size": size, "square": "centre crop", **({"from_px": side} if side else {})}, chunk_size=256,
             storage_options=storage_options, extra_attrs=extra,
         )
