@@ -10,7 +10,8 @@ be read, ``OUT/ingest_failures.csv`` (file, object_id, reason).
 Pixels: 8-bit JPEG/PNG/TIFF are decoded by Pillow as RGB (or L) and keep their values; FITS (first HDU
 with data, (H, W) or (C, H, W)) is flux, mapped to [0, 255] by an asinh stretch over a percentile
 interval per image (astropy.visualization ``AsinhStretch(a) + PercentileInterval(p)``), as are one-band
-images of more than 8 bits (16-bit PNG/TIFF, integer or float TIFF). ``bands="mean"`` averages the
+images of more than 8 bits (16-bit PNG/TIFF, integer or float TIFF); each tile's ``stretch`` attribute
+says which. 16-bit colour PNGs are reported and skipped: Pillow reads only their high bytes. ``bands="mean"`` averages the
 bands into one grey channel (flux before the stretch for FITS); ``"keep"`` keeps them. A non-square
 image is centre-cropped to a square, then resized with Lanczos (antialiased) to ``size`` pixels.
 
