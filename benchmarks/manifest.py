@@ -11,7 +11,7 @@ galaxies, a tenth of Rubin's 4.9 x 10^6 ranges at the default --rows-per-task), 
 - ``read_manifest`` of the compacted manifest plus ``--segments`` journal segments: a resume;
 
 and measures (tracemalloc) the driver's memory per finished range: the manifest it holds while it
-runs, and the index of finished ranges per tile that a resume builds beside it.
+runs, the manifest a resume reads back, and the index of finished ranges per tile it builds beside it.
 
 Writes benchmarks/results/manifest.json.
 """
@@ -85,6 +85,12 @@ def main() -> int:
         resumed = read_manifest(catalog)
         read_s = time.perf_counter() - t
         assert len(resumed.ranges) == next_id, (len(resumed.ranges), next_id)
+        del resumed
+        tracemalloc.start()  # again, untimed: what a resumed driver's manifest holds
+        resumed = read_manifest(catalog)
+        read_back = tracemalloc.get_traced_memory()[0] / len(resumed.ranges)
+        tracemalloc.stop()
+        del resumed
 
     flushes.sort()
     result = {
@@ -99,14 +105,15 @@ def main() -> int:
         "resume_segments": args.segments,
         "driver_bytes_per_range": held / args.ranges,
         "resume_index_bytes_per_range": resume_index / args.ranges,
+        "resumed_manifest_bytes_per_range": read_back,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus, load {os.getloadavg()[0]:.1f}",
     }
     print(f"whole manifest, {args.ranges:,} ranges: {whole_s:.2f} s, {whole_mb:.0f} MB")
     print(f"journal flush of {args.per_second:,} ranges: median {result['journal_flush_median_s'] * 1e3:.1f} ms, "
           f"p99 {result['journal_flush_p99_s'] * 1e3:.1f} ms")
     print(f"resume: read {next_id:,} ranges from the manifest + {args.segments} segments in {read_s:.2f} s")
-    print(f"driver memory: {held / args.ranges:.0f} B per finished range held, and {resume_index / args.ranges:.0f} B more "
-          "per range in a resume's index")
+    print(f"driver memory: {held / args.ranges:.0f} B per finished range held, {read_back:.0f} B read back by a resume, "
+          f"and {resume_index / args.ranges:.0f} B more per range in a resume's index")
     out = ROOT / "benchmarks" / "results" / "manifest.json"
     out.write_text(json.dumps(result, indent=1))
     print(f"-> {out}")
