@@ -77,9 +77,10 @@ _TINY = np.finfo(np.float64).tiny
 # order miss by far more: independent sigmoids sum to about half the number of answers.
 _SUM_TOLERANCE = 1e-2
 
-# A probability this far outside [0, 1] is rounding and is clipped; farther is an error. A float16 softmax
-# with a fast reciprocal (TensorRT may use one) can return one ulp above 1: 1 + 9.8e-4.
-_RANGE_TOLERANCE = 2e-3
+# A probability this far above 1 is rounding and is clipped; farther is an error. A float16 softmax with a
+# fast reciprocal (TensorRT may use one) can return one ulp above 1: 1 + 9.8e-4. It never returns a
+# negative value, so one below 0 is a model's fault, and refused.
+_ABOVE_ONE_TOLERANCE = 2e-3
 
 
 # -- per-sample count distributions ------------------------------------------------------------------
@@ -92,8 +93,8 @@ def binomial_log_pmf(p, n_volunteers: int) -> np.ndarray:
 
         \ln P(k) = \ln\binom{N}{k} + k \ln p + (N - k) \ln(1 - p), \qquad k = 0, \dots, N
 
-    Domain: :math:`0 \le p \le 1` (values within :data:`_RANGE_TOLERANCE` outside it are rounding, and
-    clipped), integer :math:`N \ge 1`. At :math:`p = 0` or :math:`p = 1` a term
+    Domain: :math:`0 \le p \le 1` (up to 2e-3 above 1 is taken as float16 rounding, and clipped),
+    integer :math:`N \ge 1`. At :math:`p = 0` or :math:`p = 1` a term
     with a zero coefficient is dropped (:math:`0 \ln 0 = 0`), so :math:`\ln P` is exactly 0 at the
     certain count and :math:`-\infty` elsewhere; never NaN.
 
@@ -599,15 +600,15 @@ def _as_float_array(values, name: str) -> np.ndarray:
 
 
 def _check_probabilities(p, name: str) -> np.ndarray:
-    """``p`` as probabilities: clipped to [0, 1] within :data:`_RANGE_TOLERANCE`, a one-line error beyond."""
+    """``p`` as probabilities: clipped to 1 within :data:`_ABOVE_ONE_TOLERANCE`, a one-line error beyond or below 0."""
     p = _as_float_array(p, name)
     if p.size and (p.min() < 0 or p.max() > 1):
-        if p.min() < -_RANGE_TOLERANCE or p.max() > 1 + _RANGE_TOLERANCE:
+        if p.min() < 0 or p.max() > 1 + _ABOVE_ONE_TOLERANCE:
             raise InputError(
                 f"{name} must be probabilities in [0, 1], got values in [{p.min():.6g}, {p.max():.6g}]; "
                 "concentrations need likelihood='dirichlet_multinomial'"
             )
-        p = np.clip(p, 0, 1)
+        p = np.minimum(p, 1)
     return p
 
 

@@ -312,6 +312,8 @@ def test_probabilities_one_fp16_ulp_out_of_range_are_clipped_not_refused():
     np.testing.assert_array_equal(binomial_log_pmf([1 + 1e-3], 4), binomial_log_pmf([1.0], 4))
     with pytest.raises(InputError, match=r"probabilities in \[0, 1\], got values in \[1.003, 1.003\]"):
         binomial_log_pmf([1.003], 4)
+    with pytest.raises(InputError, match=r"probabilities in \[0, 1\], got values in \[-1e-05, -1e-05\]"):
+        binomial_log_pmf([-1e-5], 4)  # a softmax is never negative: a model's fault, not rounding
 
 
 @pytest.mark.parametrize("schema_name", ["gz2", "decals"])
