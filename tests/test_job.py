@@ -609,7 +609,7 @@ def test_ctrl_c_stops_a_local_cluster_run_in_one_line(tiny_model, tmp_path):
     around the driver's one line. (An interrupted run resumes: test_interrupted_driver_resumes_...)"""
     from skymorph.catalog.writer import read_manifest
 
-    make_tiles(str(tmp_path), n_tiles=8, per_tile=128)
+    make_tiles(str(tmp_path), n_tiles=16, per_tile=256)  # 128 ranges: far more than the two awaited, on any machine
     catalog = str(tmp_path / "catalog")
     stderr = tmp_path / "driver.err"
     with open(stderr, "w") as err:
