@@ -431,17 +431,10 @@ def summarize(samples, schema: Schema | str, likelihood: str = "multinomial", n_
     asked_q = _asked(fraction, schema)
     bald_q = np.stack([bald_answer[:, s].max(axis=1) for s in schema.question_slices], axis=1)
 
-    columns: dict[str, np.ndarray] = {}
-    for i, name in enumerate(schema.answer_columns):
-        columns[f"{name}_fraction"] = fraction[:, i]
-        columns[f"{name}_fraction_std"] = spread[0, :, i]
-        columns[f"{name}_fraction_q05"] = spread[1, :, i]
-        columns[f"{name}_fraction_q95"] = spread[2, :, i]
-    for j, question in enumerate(schema.question_names):
-        columns[f"{question}_asked"] = asked_q[:, j]
-        columns[f"{question}_bald"] = bald_q[:, j]
-    columns["bald_total"] = (asked_q * bald_q).sum(axis=1)
-    return {name: column.astype(np.float32) for name, column in columns.items()}
+    values = [column for i in range(n_answers) for column in (fraction[:, i], *spread[:, :, i])]  # in column_names' order
+    values += [column for j in range(len(schema.questions)) for column in (asked_q[:, j], bald_q[:, j])]
+    values.append((asked_q * bald_q).sum(axis=1))
+    return {name: column.astype(np.float32) for name, column in zip(column_names(schema), values, strict=True)}
 
 
 # -- implementation (inputs already checked) ---------------------------------------------------------

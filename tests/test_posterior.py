@@ -10,7 +10,6 @@ from skymorph.errors import InputError
 from skymorph.posterior import (
     asked,
     bald,
-    column_names,
     beta_binomial_log_pmf,
     binomial_log_pmf,
     count_entropy,
@@ -21,7 +20,7 @@ from skymorph.posterior import (
     predictive,
     summarize,
 )
-from skymorph.schema import DECALS, Question, Schema, get_schema
+from skymorph.schema import DECALS, Question, Schema
 
 TIGHT = dict(rtol=1e-9, atol=1e-12)
 FLOAT32 = dict(rtol=2e-6, atol=2e-6)
@@ -314,13 +313,3 @@ def test_probabilities_one_fp16_ulp_out_of_range_are_clipped_not_refused():
         binomial_log_pmf([1.003], 4)
     with pytest.raises(InputError, match=r"probabilities in \[0, 1\], got values in \[-1e-05, -1e-05\]"):
         binomial_log_pmf([-1e-5], 4)  # a softmax is never negative: a model's fault, not rounding
-
-
-@pytest.mark.parametrize("schema_name", ["gz2", "decals"])
-@pytest.mark.parametrize("likelihood", ["multinomial", "dirichlet_multinomial"])
-def test_column_names_are_summarizes_keys_in_order(schema_name, likelihood):
-    """The run's catalog schema is built from column_names before any galaxy is summarized."""
-    schema = get_schema(schema_name)
-    samples = _probabilities(np.random.default_rng(0), 2, 3, schema) if likelihood == "multinomial" else \
-        _concentrations(np.random.default_rng(0), 2, 3, schema)
-    assert column_names(schema) == list(summarize(samples, schema, likelihood, n_volunteers=7))
