@@ -139,7 +139,7 @@ def test_a_bad_slurm_config_stops_a_run_before_its_catalog_is_touched(tmp_path, 
     assert not (tmp_path / "catalog").exists()
     # judged with the command line's overrides: --workers 2 is max_jobs 2, below the file's min_jobs 4
     (tmp_path / "jobs.yaml").write_text(SLURM_GPU.read_text().replace("min_jobs: 0", "min_jobs: 4"))
-    with pytest.raises(InputError, match=r"min_jobs \(4\) must not exceed max_jobs \(2\)"):
+    with pytest.raises(InputError, match=r"jobs.yaml' with max_jobs=2 from the command line: min_jobs \(4\) must not exceed max_jobs \(2\)"):
         run_survey(dataclasses.replace(config, cluster_config=str(tmp_path / "jobs.yaml"), workers=2))
     assert not (tmp_path / "catalog").exists()
 

@@ -58,7 +58,7 @@ class ClusterSpec:
     @property
     def slurm_overrides(self) -> dict:
         """The settings of ``--cluster-config`` that the command line replaces: ``--workers`` caps the
-        adaptive cluster (an explicit scale() would be undone by adapt())."""
+        adaptive cluster as ``max_jobs`` (an explicit scale() would be undone by adapt())."""
         return {"max_jobs": self.workers} if self.workers else {}
 
     @property

@@ -138,7 +138,10 @@ class SlurmConfig:
         if missing:
             raise InputError(f"{source}: missing required setting(s) {', '.join(missing)}")
         values = {key: (tuple(v) if isinstance(v, list) else v) for key, v in values.items()}
-        return cls(**values)
+        try:
+            return cls(**values)
+        except InputError as err:  # name the file (and the overrides) the checks of __post_init__ cannot
+            raise InputError(f"{source}: {str(err).removeprefix('SLURM config: ')}") from None
 
     def worker_args(self) -> list[str]:
         """``dask worker`` flags: lifetime and stagger, and ``--resources GPU=1`` on a GPU job."""
@@ -202,7 +205,8 @@ def load_slurm_config(config_path: str, **overrides) -> SlurmConfig:
                          "give a YAML file like deploy/slurm/jobqueue.yaml") from None
     if isinstance(values, dict):
         values = {**values, **overrides}
-    return SlurmConfig.from_dict(values, source=f"SLURM config {str(config_path)!r}")
+    given = f" with {', '.join(f'{key}={value}' for key, value in overrides.items())} from the command line" if overrides else ""
+    return SlurmConfig.from_dict(values, source=f"SLURM config {str(config_path)!r}{given}")
 
 
 def slurm_cluster(config_path: str, **overrides):
