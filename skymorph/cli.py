@@ -141,7 +141,7 @@ def _add_ingest_command(survey_sub) -> None:
     ingest.add_argument("--out", required=True, metavar="URL", help="output location (local path or s3://bucket/prefix)")
     ingest.add_argument("--size", type=_positive_int, default=128, help="output cutout size in pixels (default 128)")
     ingest.add_argument("--bands", choices=("mean", "keep"), default="mean", help="mean: one grey channel; keep: all bands (default mean)")
-    ingest.add_argument("--stretch", choices=("asinh", "linear"), default="asinh", help="FITS flux, and 16-bit or float PNG/TIFF, to 8 bits (default asinh)")
+    ingest.add_argument("--stretch", choices=("asinh", "linear"), default="asinh", help="FITS flux, and one-band 16-bit or float PNG/TIFF, to 8 bits (default asinh)")
     ingest.add_argument("--tile-size", type=_positive_int, default=1024, help="galaxies per tile store (default 1024)")
     ingest.add_argument("--id-column", default="object_id", help="the catalog's integer id column (default object_id)")
     ingest.add_argument("--label-question", metavar="QUESTION", help="turn the label column into one vote for this question")

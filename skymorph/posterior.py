@@ -93,7 +93,7 @@ def binomial_log_pmf(p, n_volunteers: int) -> np.ndarray:
 
         \ln P(k) = \ln\binom{N}{k} + k \ln p + (N - k) \ln(1 - p), \qquad k = 0, \dots, N
 
-    Domain: :math:`0 \le p \le 1` (up to 2e-3 above 1 is taken as float16 rounding, and clipped),
+    Domain: :math:`0 \le p \le 1` (up to :data:`_ABOVE_ONE_TOLERANCE` = 2e-3 above 1 is float16 rounding, and clipped),
     integer :math:`N \ge 1`. At :math:`p = 0` or :math:`p = 1` a term
     with a zero coefficient is dropped (:math:`0 \ln 0 = 0`), so :math:`\ln P` is exactly 0 at the
     certain count and :math:`-\infty` elsewhere; never NaN.

@@ -102,7 +102,7 @@ def test_16_bit_colour_is_refused_and_nan_is_blank():
     float TIFF was cast to uint8 (FITS NaN was already blank)."""
     from PIL import Image
 
-    with pytest.raises(ValueError, match=r"16-bit colour \(RGB;16B\), which Pillow reads as its high bytes only"):
+    with pytest.raises(ValueError, match=r"16 bits per band \(RGB;16B\), which Pillow reads as their high bytes only"):
         decode_image(_png_16bit_rgb(np.full((8, 8, 3), 1321, np.uint16)), "x.png", size=8, bands="keep")
     flux = np.random.default_rng(0).gamma(2.0, 3.0, size=(16, 16)).astype(np.float32)
     blank = flux.copy()

@@ -11,7 +11,7 @@ Pixels: 8-bit JPEG/PNG/TIFF are decoded by Pillow as RGB (or L) and keep their v
 with data, (H, W) or (C, H, W)) is flux, mapped to [0, 255] by an asinh stretch over a percentile
 interval per image (astropy.visualization ``AsinhStretch(a) + PercentileInterval(p)``), as are one-band
 images of more than 8 bits (16-bit PNG/TIFF, integer or float TIFF); each tile's ``stretch`` attribute
-says which. 16-bit colour PNGs are reported and skipped: Pillow reads only their high bytes. ``bands="mean"`` averages the
+says which. 16-bit colour or grey+alpha PNG/TIFF is reported and skipped: Pillow reads only its high bytes. ``bands="mean"`` averages the
 bands into one grey channel (flux before the stretch for FITS); ``"keep"`` keeps them. A non-square
 image is centre-cropped to a square, then resized with Lanczos (antialiased) to ``size`` pixels.
 
@@ -35,6 +35,7 @@ import io
 import math
 import numbers
 import os
+import re
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -50,6 +51,10 @@ from skymorph.tiles import MISSING_OBJECT_ID
 __all__ = ["ingest", "IngestSummary", "decode_image", "parse_label_map"]
 
 _FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz")
+_ASINH_A, _PERCENTILE = 0.1, 99.5  # the stretch of values beyond 8 bits: AsinhStretch(a) over a percentile interval
+# Pillow's raw modes of 16 bits per band for colour or grey+alpha ("RGB;16B", "LA;16B", "RGBA;16L", ...),
+# which it reads as their high bytes; one-band 16-bit images open as mode I;16 and read whole.
+_SIXTEEN_BIT_BANDS = re.compile(r"^(RGB|RGBA|RGBX|LA|CMYK)[A-Z]*;16[BLN]$")  # not BGR;16: 5-6-5 bits a pixel
 
 
 @dataclass(frozen=True)
@@ -98,19 +103,20 @@ def _resize(plane: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(plane.astype(np.float32), mode="F").resize((size, size), Image.LANCZOS))
 
 
-def decode_image(data: bytes, name: str, *, size: int, bands: str, stretch: str = "asinh", asinh_a: float = 0.1, percentile: float = 99.5) -> np.ndarray:
+def decode_image(data: bytes, name: str, *, size: int, bands: str, stretch: str = "asinh", asinh_a: float = _ASINH_A,
+                 percentile: float = _PERCENTILE) -> np.ndarray:
     """Bytes of one JPEG/PNG/FITS cutout -> uint8 (C, size, size); C = 1 for ``bands="mean"``."""
     return _decode(data, name, size=size, bands=bands, stretch=stretch, asinh_a=asinh_a, percentile=percentile)[0]
 
 
-def _decode(data: bytes, name: str, *, size: int, bands: str, stretch: str, asinh_a: float = 0.1, percentile: float = 99.5):
+def _decode(data: bytes, name: str, *, size: int, bands: str, stretch: str, asinh_a: float = _ASINH_A, percentile: float = _PERCENTILE):
     """:func:`decode_image`, the side (pixels) of the square it resized to ``size``, and whether it was
     stretched.
 
     FITS, and one-band images of more than 8 bits per pixel (16-bit PNG or TIFF, integer or float TIFF:
     PIL modes I;16, I, F), hold values beyond 0-255: they are stretched to 8 bits (``stretch``,
-    ``percentile``). 8-bit images (JPEG, PNG) are display images already and keep their values. A 16-bit
-    colour PNG is refused: Pillow reads only the high byte of each value."""
+    ``percentile``). 8-bit images (JPEG, PNG) are display images already and keep their values. 16-bit
+    colour or grey+alpha PNG/TIFF is refused: Pillow reads only the high byte of each value."""
     if name.lower().endswith(_FITS_SUFFIXES):
         from astropy.io import fits
 
@@ -123,8 +129,10 @@ def _decode(data: bytes, name: str, *, size: int, bands: str, stretch: str, asin
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as image:
-        if not image.mode.startswith(("I", "F")) and any(";16" in str(tile.args) for tile in image.tile):
-            raise ValueError(f"16-bit colour ({image.tile[0].args}), which Pillow reads as its high bytes only; "
+        rawmodes = [tile.args[0] if isinstance(tile.args, tuple) else tile.args for tile in image.tile]
+        sixteen = next((raw for raw in rawmodes if isinstance(raw, str) and _SIXTEEN_BIT_BANDS.match(raw)), None)
+        if sixteen is not None:
+            raise ValueError(f"16 bits per band ({sixteen}), which Pillow reads as their high bytes only; "
                              "save each band as a 16-bit grey image or the cutout as FITS")
         image.load()
         if image.mode.startswith(("I", "F")):  # one band of 16 or 32 bits
@@ -156,7 +164,7 @@ def _stretch_attr(stretch: str, stretched: np.ndarray):
     """A tile's ``stretch`` attribute, from which of its images were stretched (FITS, more than 8 bits)."""
     if not stretched.any():
         return "none (8-bit input)"
-    attr = {"name": stretch, "asinh_a": 0.1, "percentile": 99.5}
+    attr = {"name": stretch, **({"asinh_a": _ASINH_A} if stretch == "asinh" else {}), "percentile": _PERCENTILE}
     return attr if stretched.all() else {**attr, "applies_to": "FITS and images of more than 8 bits; 8-bit images kept their values"}
 
 
