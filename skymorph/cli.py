@@ -449,7 +449,7 @@ def _cmd_catalog_pick(args) -> int:
     from skymorph.catalog import export_table, gallery, open_catalog, pick
     from skymorph.catalog.export import output_format
     from skymorph.catalog.gallery import MAX_GALAXIES, check_png
-    from skymorph.storage import filesystem
+    from skymorph.storage import remove_file
 
     power = {key: value for key, value in (("beta", args.beta), ("seed", args.seed)) if value is not None}
     if power and args.strategy != "power":  # top takes the n highest: nothing to weight or draw
@@ -474,8 +474,7 @@ def _cmd_catalog_pick(args) -> int:
         export_table(batch, args.out, options)
     except BaseException:
         if args.gallery:
-            fs, path = filesystem(args.gallery, options)
-            fs.rm(path)
+            remove_file(args.gallery, options)
         raise
     print(f"picked {batch.num_rows} galaxies ({args.strategy}) -> {args.out}")
     if batch.num_rows < args.n:  # a wrong --exclude file (every id in it) picks nothing, quietly

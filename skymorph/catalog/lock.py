@@ -151,6 +151,10 @@ class DriverLock:
             holder = self.holder()
         except Exception:  # noqa: BLE001 -- storage down for a moment: the heartbeat's verdict stands
             return True
+        return self._still_mine(holder)
+
+    def _still_mine(self, holder: LockHolder | None) -> bool:
+        """Whether ``holder``, just read, is this driver; if not, the lock is lost from now on."""
         if holder is None or holder.session != self.session:
             self._taken_by = holder
             self._lost.set()
@@ -195,10 +199,7 @@ class DriverLock:
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat_s):
             try:
-                holder = self.holder()
-                if holder is None or holder.session != self.session:
-                    self._taken_by = holder
-                    self._lost.set()
+                if not self._still_mine(self.holder()):
                     return
                 atomic_write_text(self.url, self._record().decode(), self.storage_options)
             except Exception:  # noqa: BLE001 -- a missed heartbeat is retried on the next beat; stale only after many
