@@ -7,15 +7,21 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
 from skymorph.cli import main
 
-DOWN = "http://127.0.0.1:9"  # nothing listens on the discard port: connection refused at once
-# one attempt per request: botocore's retries would take seconds against a refused connection
-DOWN_OPTIONS = json.dumps({"endpoint_url": DOWN, "config_kwargs": {"retries": {"total_max_attempts": 1}}})
+
+@pytest.fixture
+def down(refused_port) -> str:
+    """An S3 endpoint on 127.0.0.1 where nothing listens: every connection is refused at once."""
+    return f"http://127.0.0.1:{refused_port}"
+
+
+def _down_options(down: str) -> str:
+    # one attempt per request: botocore's retries would take seconds against a refused connection
+    return json.dumps({"endpoint_url": down, "config_kwargs": {"retries": {"total_max_attempts": 1}}})
 
 
 def _one_line_error(capsys, code: int) -> str:
@@ -47,9 +53,9 @@ def small_catalog(tmp_path_factory) -> str:
 # ---- S3 endpoint ---------------------------------------------------------------------------------
 
 
-def test_unreachable_endpoint_from_the_environment_is_one_line_in_a_real_process(tmp_path):
+def test_unreachable_endpoint_from_the_environment_is_one_line_in_a_real_process(down, tmp_path):
     """The bug hunt's repro: botocore's EndpointConnectionError is no OSError and was a traceback."""
-    env = {**os.environ, "AWS_ENDPOINT_URL": DOWN, "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y",
+    env = {**os.environ, "AWS_ENDPOINT_URL": down, "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y",
            "AWS_MAX_ATTEMPTS": "1"}
     env.pop("AWS_ENDPOINT_URL_S3", None)
     result = subprocess.run([sys.executable, "-m", "skymorph.cli", "catalog", "info", "s3://bucket/cat"],
@@ -58,7 +64,7 @@ def test_unreachable_endpoint_from_the_environment_is_one_line_in_a_real_process
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("skymorph: error: cannot reach the S3 endpoint http://127.0.0.1:9 ")
+    assert lines[0].startswith(f"skymorph: error: cannot reach the S3 endpoint {down} ")
     assert "AWS_ENDPOINT_URL" in lines[0] and "endpoint_url" in lines[0]
 
 
@@ -69,12 +75,14 @@ def test_unreachable_endpoint_from_the_environment_is_one_line_in_a_real_process
     ["evaluate", "s3://bucket/model.pt", "--tiles", "s3://bucket/tiles.txt", "--labels", "s3://bucket/l.parquet",
      "--out", "{tmp}/ev"],
 ], ids=["info", "query", "pick", "evaluate"])
-def test_unreachable_endpoint_is_one_line_naming_it(argv, dummy_credentials, tmp_path, capsys):
+def test_unreachable_endpoint_is_one_line_naming_it(argv, dummy_credentials, down, refused_port, count_connects, tmp_path,
+                                                    capsys):
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
-    started = time.perf_counter()
-    line = _one_line_error(capsys, main([*argv, "--storage-options", DOWN_OPTIONS]))
-    assert time.perf_counter() - started < 5
-    assert "cannot reach the S3 endpoint http://127.0.0.1:9 " in line
+    with count_connects("127.0.0.1", refused_port) as connects:
+        code = main([*argv, "--storage-options", _down_options(down)])
+    line = _one_line_error(capsys, code)
+    assert connects.count == 1  # the first refused connection ends the command: no retry, no second request
+    assert f"cannot reach the S3 endpoint {down} " in line
     assert "--storage-options endpoint_url" in line
     assert not os.listdir(tmp_path)  # nothing was written
 
@@ -93,15 +101,15 @@ def test_malformed_endpoint_in_storage_options(options, source, dummy_credential
 
 
 @pytest.mark.parametrize("options, name", [
-    ({"endpont_url": "http://127.0.0.1:9"}, "'endpont_url'"),
-    ({"client_kwargs": {"endpont_url": "http://127.0.0.1:9"}}, "'client_kwargs.endpont_url'"),
+    ({"endpont_url": "{down}"}, "'endpont_url'"),
+    ({"client_kwargs": {"endpont_url": "{down}"}}, "'client_kwargs.endpont_url'"),
 ])
 @pytest.mark.parametrize("argv", [["catalog", "info", "s3://bucket/cat"],
                                   ["run", "--tiles", "s3://bucket/tiles.txt", "--model", "s3://bucket/m.onnx", "--out", "s3://bucket/cat"]],
                          ids=["info", "run"])
-def test_misspelt_storage_option_is_named(options, name, argv, dummy_credentials, capsys):
+def test_misspelt_storage_option_is_named(options, name, argv, dummy_credentials, down, capsys):
     """It reached botocore at the first request: a TypeError traceback from AioSession."""
-    line = _one_line_error(capsys, main([*argv, "--storage-options", json.dumps(options)]))
+    line = _one_line_error(capsys, main([*argv, "--storage-options", json.dumps(options).replace("{down}", down)]))
     assert line == f"skymorph: error: unknown S3 storage option {name} (see s3fs.S3FileSystem). Did you mean 'endpoint_url'?"
 
 
@@ -111,16 +119,18 @@ def test_malformed_endpoint_in_the_environment(dummy_credentials, monkeypatch, c
     assert "AWS_ENDPOINT_URL must be an http:// or https:// URL with a host" in line and "'not a url'" in line
 
 
-def test_synth_to_an_unreachable_endpoint_says_so_quickly(dummy_credentials, monkeypatch, tmp_path, capsys):
+def test_synth_to_an_unreachable_endpoint_says_so_quickly(dummy_credentials, down, refused_port, count_connects, monkeypatch,
+                                                           tmp_path, capsys):
     """It said "bucket does not exist" after 11-19 s of retries (fs.exists hides the connection error).
-    No retry settings here: the bucket probe makes one request of its own."""
-    monkeypatch.setenv("AWS_ENDPOINT_URL", DOWN)
-    started = time.perf_counter()
-    code = main(["survey", "synth", "--out", "s3://bucket/x", "--tiles", "1", "--per-tile", "2", "--size", "16",
-                 "--workers", "1"])
+    No retry settings here: the bucket probe makes one request of its own. Quickly means without retries,
+    counted as connection attempts (a bound on seconds would trip on a loaded machine)."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", down)
+    with count_connects("127.0.0.1", refused_port) as connects:
+        code = main(["survey", "synth", "--out", "s3://bucket/x", "--tiles", "1", "--per-tile", "2", "--size", "16",
+                     "--workers", "1"])
     line = _one_line_error(capsys, code)
-    assert time.perf_counter() - started < 5
-    assert "--out 's3://bucket/x': cannot reach the S3 endpoint http://127.0.0.1:9 " in line
+    assert connects.count == 1  # the bucket probe's one request; botocore's and s3fs's retries made 5 and more
+    assert f"--out 's3://bucket/x': cannot reach the S3 endpoint {down} " in line
     assert "does not exist" not in line
 
 

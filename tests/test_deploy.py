@@ -493,7 +493,8 @@ def scheduler_and_workers(tmp_path):
         yield procs.address, by_name
 
 
-def test_skymorph_run_against_a_scheduler_puts_gpu_tasks_on_the_gpu_worker(s3, s3_bucket, tmp_path, scheduler_and_workers):
+def test_skymorph_run_against_a_scheduler_puts_gpu_tasks_on_the_gpu_worker(s3, s3_bucket, tmp_path, scheduler_and_workers,
+                                                                         torch_one_thread):
     import os
     import subprocess
     import sys
@@ -516,7 +517,6 @@ def test_skymorph_run_against_a_scheduler_puts_gpu_tasks_on_the_gpu_worker(s3, s
     survey = f"{s3_bucket}/survey"
     synthesize(survey, n_tiles=2, per_tile=48, size=size, seed=1, schema=schema, workers=1, progress=False)
     torch.manual_seed(0)
-    torch.set_num_threads(1)
     net = build_model("w20", get_schema(schema), InputSpec(1, size, size), "multinomial", dense=16)
     model = str(tmp_path / "tiny.onnx")
     export_onnx_model(net, model, samples=4, seed=0)

@@ -22,7 +22,7 @@ from skymorph.schema import get_schema
 from skymorph.trainer.checkpoint import CheckpointMeta, save_checkpoint
 from skymorph.trainer.models import build_model
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 SCHEMA = get_schema("gz2")
 SPEC = InputSpec(1, 32, 32)
@@ -30,7 +30,7 @@ T, SEED = 4, 5
 
 
 @pytest.fixture(scope="module")
-def model_files(tmp_path_factory):
+def model_files(tmp_path_factory, torch_one_thread_module):
     """A checkpoint and its ONNX export (T=4, seed 5)."""
     root = tmp_path_factory.mktemp("engines")
     torch.manual_seed(0)

@@ -65,10 +65,9 @@ def test_coverage_matches_brute_force_intervals(likelihood):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, torch_one_thread_module):
     tmp = tmp_path_factory.mktemp("eval")
     tiles, labels = write_ring_survey(str(tmp))
-    torch.set_num_threads(1)
     result = train(TrainConfig(tiles=tiles, labels=labels, out=str(tmp / "m.ckpt"), schema="gz2", epochs=1, batch_size=8, progress=False))
     return tmp, tiles, labels, result.checkpoint
 

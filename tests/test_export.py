@@ -21,7 +21,7 @@ from skymorph.schema import get_schema
 from skymorph.trainer.checkpoint import CheckpointMeta, save_checkpoint
 from skymorph.trainer.models import build_model
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 SCHEMA = get_schema("decals")
 SPEC = InputSpec(1, 40, 40, crop_fraction=0.9, resize=32)

@@ -19,6 +19,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from jobhelpers import SIZE, assert_exact, make_tiles, read_catalog
 
 from skymorph.catalog import layout
 from skymorph.storage import filesystem, read_bytes, read_parquet
@@ -26,73 +27,7 @@ from skymorph.testing.dask_processes import dask_processes, wait_for
 
 pytestmark = pytest.mark.slow
 
-SIZE = 32  # the input of conftest.tiny_model (gz2, 32 px)
 SCHEMA = "gz2"
-
-
-def make_tiles(root: str, n_tiles: int, per_tile: int, chunk_size: int = 32, size: int = SIZE, seed: int = 0,
-               compact: bool = False) -> list[str]:
-    """Write ``n_tiles`` random tiles under ``root`` and a tile list; return the tile URLs. A tile spans
-    8 x 40 degrees, so that a range's rows go to several HEALPix parts, or with ``compact`` half a degree
-    (one or two parts: the tests that kill processes write and read a third as many files)."""
-    from skymorph.tiles import write_tile, write_tile_list
-
-    rng = np.random.default_rng(seed)
-    ra_span, dec_span = (0.5, 0.5) if compact else (8, 40)
-    urls = []
-    for t in range(n_tiles):
-        url = f"{root}/tiles/t{t:03d}.zarr"
-        ra = (40.0 * t + rng.uniform(0, ra_span, per_tile)) % 360
-        dec = rng.uniform(-dec_span / 2, dec_span / 2, per_tile)
-        images = rng.integers(0, 256, (per_tile, 1, size, size), dtype=np.uint8)
-        write_tile(url, images, np.arange(per_tile, dtype=np.int64) + 100_000 * t, ra, dec, survey="test",
-                   bands=["r"], pixel_scale_arcsec=0.262, stretch="asinh", resize="none", chunk_size=chunk_size)
-        urls.append(url)
-    write_tile_list(f"{root}/tiles.txt", urls)
-    return urls
-
-
-def expected_rows(model: str, tile_urls: list[str], n_volunteers: int = 40) -> dict[int, dict]:
-    """object_id -> catalog values computed here, independently of the job: engine + summarize."""
-    from skymorph.inference.engines import load_engine
-    from skymorph.posterior import summarize
-    from skymorph.tiles import open_tile
-
-    engine = load_engine(model, threads=1)
-    rows = {}
-    for url in tile_urls:
-        tile = open_tile(url)
-        object_id, ra, dec = tile.read_coords()
-        summary = summarize(engine(tile.read_images()), engine.metadata.schema, engine.metadata.likelihood, n_volunteers)
-        for i, oid in enumerate(object_id):
-            rows[int(oid)] = {"ra": ra[i], "dec": dec[i], "tile": url, "row": i, **{k: v[i] for k, v in summary.items()}}
-    return rows
-
-
-def read_catalog(catalog: str):
-    """All rows of all part files (pyarrow, independent of the writer's bookkeeping)."""
-    import pyarrow as pa
-
-    tables = [read_parquet(p.url) for p in layout.list_parts(catalog)]
-    return pa.concat_tables(tables).to_pandas() if tables else None
-
-
-def assert_exact(catalog: str, model: str, tile_urls: list[str], n_volunteers: int = 40) -> None:
-    frame = read_catalog(catalog)
-    expected = expected_rows(model, tile_urls, n_volunteers)
-    assert frame is not None
-    assert sorted(frame["object_id"]) == sorted(expected), "catalog must hold every input galaxy exactly once"
-    props = layout.read_properties(catalog)
-    assert props.total_rows == len(expected)
-    columns = [c for c in frame.columns if c not in layout.BASE_COLUMNS]
-    assert len(columns) == len(next(iter(expected.values()))) - 4
-    for record in frame.itertuples(index=False):
-        want = expected[record.object_id]
-        assert (record.tile, record.row, record.ra, record.dec) == (want["tile"], want["row"], want["ra"], want["dec"])
-    got = frame.set_index("object_id").sort_index()
-    for column in columns:
-        want = np.array([expected[oid][column] for oid in got.index], dtype=np.float32)
-        np.testing.assert_allclose(got[column].to_numpy(), want, rtol=1e-5, atol=1e-6, err_msg=column)
 
 
 def snapshot(catalog: str) -> dict:
@@ -750,7 +685,7 @@ def test_rerun_of_a_finished_catalog_repairs_damaged_metadata_and_leaves_a_sound
         assert info(catalog).rows == 40, name
 
 
-def test_bad_scheduler_options_are_one_line_and_leave_no_catalog(tmp_path, tiny_model):
+def test_bad_scheduler_options_are_one_line_and_leave_no_catalog(tmp_path, tiny_model, refused_port):
     import dask
     import distributed  # noqa: F401 -- its config defaults must exist before dask.config.set: leaving the
     # block restores the config as it was, and would drop defaults that a first import inside it added
@@ -761,7 +696,7 @@ def test_bad_scheduler_options_are_one_line_and_leave_no_catalog(tmp_path, tiny_
     make_tiles(str(tmp_path), n_tiles=1, per_tile=10)
     (tmp_path / "garbage.json").write_text("not json")
     (tmp_path / "empty.json").write_text("{}")
-    (tmp_path / "refused.json").write_text('{"address": "tcp://127.0.0.1:9"}')
+    (tmp_path / "refused.json").write_text(json.dumps({"address": f"tcp://127.0.0.1:{refused_port}"}))
     out = tmp_path / "catalog"
     config = RunConfig(tiles=str(tmp_path / "tiles.txt"), model=tiny_model, out=str(out), progress=False)
     for options, message in [
@@ -769,7 +704,7 @@ def test_bad_scheduler_options_are_one_line_and_leave_no_catalog(tmp_path, tiny_
         ({"scheduler": "tcp://host:port"}, r"^--scheduler 'tcp://host:port' is not a Dask scheduler address"),
         ({"scheduler_file": str(tmp_path / "garbage.json")}, r"^--scheduler-file '.*garbage.json' is not JSON"),
         ({"scheduler_file": str(tmp_path / "empty.json")}, r"^--scheduler-file '.*empty.json' holds no scheduler \"address\""),
-        ({"scheduler_file": str(tmp_path / "refused.json")}, r"^cannot reach the Dask scheduler at 'tcp://127.0.0.1:9' "
+        ({"scheduler_file": str(tmp_path / "refused.json")}, rf"^cannot reach the Dask scheduler at 'tcp://127\.0\.0\.1:{refused_port}' "
                                                              r"\(from --scheduler-file '.*refused.json'\)"),
     ]:
         with dask.config.set({"distributed.comm.timeouts.connect": "1s"}), pytest.raises(InputError, match=message) as err:

@@ -7,7 +7,7 @@ import http.client
 from urllib.parse import urlsplit
 
 import pytest
-from test_job import assert_exact, make_tiles
+from jobhelpers import assert_exact, make_tiles
 
 from skymorph.errors import InputError
 from skymorph.testing.faulty_proxy import FaultyProxy

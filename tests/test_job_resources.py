@@ -12,7 +12,7 @@ import sys
 
 import pytest
 from distributed import Client, LocalCluster
-from test_job import assert_exact, make_tiles
+from jobhelpers import assert_exact, make_tiles
 
 from skymorph.catalog import layout
 from skymorph.errors import InputError, MissingDependencyError, ModelError

@@ -20,7 +20,7 @@ from skymorph.trainer.models import (
     register_model,
 )
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 SCHEMA = get_schema("decals")
 SPEC = InputSpec(1, 32, 32)
