@@ -507,6 +507,26 @@ def test_fits_of_non_ascii_text_is_one_line_and_votable_keeps_it(tmp_path):
     assert list(Table.read(tmp_path / "rows.vot")["tile"]) == ["s3://b/ok.zarr", "/data/galaxiés/t.zarr"]
 
 
+@pytest.mark.parametrize("suffix", [".fits", ".vot", ".parquet", ".csv"])
+def test_a_query_matching_nothing_writes_an_empty_table(catalog, tmp_path, capsys, suffix):
+    """FITS raised an IndexError traceback for 0 rows (the ASCII check read the all() of an empty column as
+    null, then row -1); the README's own bar query matched nothing on a small survey."""
+    from astropy.table import Table
+
+    out = tmp_path / f"none{suffix}"
+    assert main(["catalog", "query", catalog, "--where", "bald_total < 0", "--out", str(out)]) == 0
+    assert "wrote 0 rows" in capsys.readouterr().out
+    if suffix == ".parquet":
+        back = pq.read_table(out)
+        assert back.num_rows == 0 and "object_id" in back.column_names
+    elif suffix == ".csv":
+        [header] = out.read_text().splitlines()
+        assert header.startswith('"object_id","ra","dec",')
+    else:
+        back = Table.read(out, format="fits" if suffix == ".fits" else "votable")
+        assert len(back) == 0 and "tile" in back.colnames
+
+
 @pytest.mark.parametrize("seed", [0, 2**63 - 1, 2**63, 2**64 - 1])
 def test_fits_and_votable_keep_any_seed_exactly(tmp_path, seed):
     """A seed of 2**63 or more (skymorph takes seeds up to 2**64 - 1) went into a VOTable long, and read back

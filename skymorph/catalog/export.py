@@ -102,7 +102,7 @@ def _check_fits_text(table, out: str) -> None:
         if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
             continue
         ascii_ = pc.fill_null(pc.string_is_ascii(column), True)
-        if not pc.all(ascii_).as_py():
+        if not pc.all(ascii_, min_count=0).as_py():  # min_count=0: an empty column is all ASCII (True, not null)
             row = pc.index(ascii_, False).as_py()
             raise InputError(f"{out!r}: FITS tables hold ASCII text only, and column {name!r} has {column[row].as_py()!r} "
                              f"(row {row}); write .vot, .parquet or .csv instead")
