@@ -305,7 +305,22 @@ def test_finetune_starts_from_trained_weights_and_checks_the_schema(tmp_path):
     meta = CheckpointMeta(get_schema("decals"), "w20", "multinomial", 0.5, InputSpec(1, 32, 32))
     save_checkpoint(str(other), build_model("w20", meta.schema, meta.input), meta)
     argv = ["train", "--tiles", tiles, "--labels", labels, "--schema", "gz2", "--out", str(tmp_path / "x.ckpt"), "--finetune", str(other)]
-    _expect_one_line_error(argv, "trained on schema 'decals'")
+    _expect_one_line_error(argv, f"--finetune {str(other)!r} was trained on schema 'decals' (34 answers), not 'gz2' (30 answers); "
+                                 "drop --schema (--finetune takes the checkpoint's)")
+
+
+def test_resume_and_finetune_take_the_schema_from_the_checkpoint(tmp_path, capsys):
+    """Without --schema they checked the checkpoint against decals, the default for a new model, and told
+    a user fine-tuning a gz2 model to "use a checkpoint trained on 'decals'"."""
+    tiles, labels = write_ring_survey(str(tmp_path))  # gz2 votes
+    base = train(_config(tmp_path, tiles, labels, epochs=2, stop_after_epochs=1, out=str(tmp_path / "b.ckpt")))
+    common = ["train", "--tiles", tiles, "--labels", labels, "--batch-size", "8", "--threads", "1"]
+    assert cli.main([*common, "--finetune", base.checkpoint, "--epochs", "1", "--out", str(tmp_path / "f.ckpt")]) == 0
+    assert cli.main([*common, "--resume", base.last_checkpoint, "--out", str(tmp_path / "b.ckpt")]) == 0
+    for path in ("f.ckpt", "b.ckpt"):
+        assert load_checkpoint(str(tmp_path / path))[1].schema.name == "gz2"
+    assert cli.main([*common, "--epochs", "1", "--out", str(tmp_path / "new.ckpt")]) == 0  # its answers are decals' too
+    assert load_checkpoint(str(tmp_path / "new.ckpt"))[1].schema.name == "decals"  # a new model's default
 
 
 

@@ -156,13 +156,14 @@ def read_checkpoint(path: str, storage_options=None, *, data: bytes | None = Non
     return CheckpointMeta.from_json(payload["metadata"], source=repr(path)), payload
 
 
-def check_schema(meta: CheckpointMeta, expect_schema, source: str) -> None:
-    """One-line :class:`SchemaError` if ``meta``'s decision tree is not ``expect_schema``'s."""
+def check_schema(meta: CheckpointMeta, expect_schema, source: str, advice: str = "") -> None:
+    """One-line :class:`SchemaError` if ``meta``'s decision tree is not ``expect_schema``'s; ``advice``
+    replaces the default "use a checkpoint trained on ..." where the caller knows a better fix."""
     expected = get_schema(expect_schema)
     if not meta.schema.same_tree(expected):
         raise SchemaError(
             f"{source} was trained on schema {meta.schema.name!r} ({meta.schema.n_answers} answers), "
-            f"not {expected.name!r} ({expected.n_answers} answers); use a checkpoint trained on {expected.name!r}"
+            f"not {expected.name!r} ({expected.n_answers} answers); {advice or f'use a checkpoint trained on {expected.name!r}'}"
         )
 
 

@@ -42,6 +42,8 @@ __all__ = ["TrainConfig", "TrainResult", "train", "learning_rate", "last_checkpo
 
 MAX_RESIZE_PX = 1024
 """Largest ``resize_px``: the network input's activations grow with its square."""
+DEFAULT_SCHEMA = "decals"
+"""The decision tree of a new model when none is given (``--resume``/``--finetune`` take the checkpoint's)."""
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,8 @@ class TrainConfig:
     """Everything one training run depends on; validated on construction.
 
     ``tiles``: a tile list (or one ``.zarr`` tile store); ``labels``: Parquet/CSV vote counts;
-    ``schema``: gz2, decals or a JSON file. ``warmup_epochs`` of linear warm-up, then a cosine decay to
+    ``schema``: gz2, decals or a JSON file (None: :data:`DEFAULT_SCHEMA` for a new model, the checkpoint's decision tree
+    for ``resume`` and ``finetune``, where a given one must be the same tree). ``warmup_epochs`` of linear warm-up, then a cosine decay to
     ``min_lr_ratio * lr`` at the last step of ``epochs``. ``patience``: epochs without a lower
     validation loss before stopping. ``val_fraction`` is used only when the labels have no ``split``
     column. ``crop_fraction`` and ``resize_px`` go into the model's input spec (applied inside the
@@ -88,7 +91,7 @@ class TrainConfig:
     tiles: str
     labels: str
     out: str
-    schema: str = "decals"
+    schema: str | None = None
     arch: str | None = None
     arch_params: dict | None = None
     likelihood: str | None = None
@@ -452,20 +455,25 @@ def train(config: TrainConfig) -> TrainResult:
     started = time.monotonic()
     if config.threads:
         torch.set_num_threads(config.threads)
-    schema = get_schema(config.schema)
     so = config.storage_options
-    labels = load_labels(config.labels, schema, so)
-    tile_urls = read_tiles(config.tiles, so)
     training: dict = {}
     choices = _model_choices(config)
     start_checkpoint = config.resume or config.finetune
     start_meta = None
     if start_checkpoint:  # checked before the images are read: a wrong checkpoint fails in seconds
         model, start_meta, training = load_checkpoint(start_checkpoint, storage_options=so)
-        check_schema(start_meta, schema, repr(start_checkpoint))
+        if config.schema is not None:
+            flag = "--resume" if config.resume else "--finetune"
+            check_schema(start_meta, config.schema, f"{flag} {start_checkpoint!r}",
+                         f"drop --schema ({flag} takes the checkpoint's), or train a new model for {config.schema!r}")
+        schema = start_meta.schema
         choices = _model_choices(config, start_meta, start_checkpoint)
         if config.resume and not training:
             raise ModelError(_no_training_state(config.resume, so))
+    else:
+        schema = get_schema(config.schema or DEFAULT_SCHEMA)
+    labels = load_labels(config.labels, schema, so)
+    tile_urls = read_tiles(config.tiles, so)
     if config.finetune:
         config = _keep_split(config, start_meta)
     config = _run_settings(config, start_meta if config.resume else None, labels)
