@@ -20,7 +20,8 @@ from skymorph.schema import get_schema
 from skymorph.testing.ring_survey import disc_image, write_ring_survey
 from skymorph.trainer import CheckpointMeta, TrainConfig, load_checkpoint, save_checkpoint, train
 from skymorph.trainer.checkpoint import read_checkpoint
-from skymorph.trainer.data import BatchLoader, augment, load_labels, split_masks
+from skymorph.tiles import read_tiles
+from skymorph.trainer.data import BatchLoader, augment, load_images, load_labels, split_masks
 from skymorph.trainer.loop import learning_rate
 from skymorph.trainer.models import build_model
 
@@ -436,6 +437,42 @@ def test_cli_train_bad_labels_are_one_line_errors(tmp_path):
     assert meta.provenance["n_train"] == 1 and meta.provenance["n_validation"] == 1
     _expect_one_line_error(base + ["--labels", str(tmp_path / "missing.parquet"), "--overwrite"], "missing.parquet")
     _expect_one_line_error(["train", "--tiles", tiles, "--labels", labels, "--out", "x.ckpt", "--schema", "gz3"], "unknown schema 'gz3'")
+
+
+def test_labels_of_another_surveys_images_are_refused(tmp_path):
+    """Synthetic surveys all number their galaxies from 0: one survey's labels trained on another's images
+    without a word. The labels' tile and row columns now have to agree with where each image is found."""
+    from skymorph.survey.synth import synthesize
+
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    for out, seed in ((a, 0), (b, 1)):
+        synthesize(out, n_tiles=2, per_tile=8, size=16, seed=seed, schema="gz2", workers=1, progress=False)
+    base = ["train", "--schema", "gz2", "--epochs", "1", "--batch-size", "8", "--threads", "1", "--out", str(tmp_path / "m.ckpt")]
+    _expect_one_line_error([*base, "--tiles", f"{b}/tiles.txt", "--labels", f"{a}/labels.parquet"],
+                           "put object_id 0 at tile 'hpx5_06879', row 0, but the tiles given hold it at tile 'hpx5_01056', row 0 "
+                           "(7 more like it here): these labels are of another survey's images")
+    assert cli.main([*base, "--tiles", f"{a}/tiles.txt", "--labels", f"{a}/labels.parquet"]) == 0
+
+
+def test_labels_locate_images_by_tile_name_or_url_and_row(tmp_path):
+    tiles, labels = write_ring_survey(str(tmp_path))  # t0 holds object ids 1000-1023 in rows 0-23, t1 1024-1047
+    table = pd.read_parquet(labels)
+    n = len(table)
+    first = np.arange(n) < n // 2
+    table["tile"] = np.where(first, "s3://copy/survey/tiles/t0.zarr/", "t1")  # a catalog's URL (anywhere) or a name
+    table["row"] = np.where(first, np.arange(n), np.arange(n) - n // 2)
+    table.loc[3, ["tile", "row"]] = [None, None]  # unknown: not checked
+    at = str(tmp_path / "at.parquet")
+    table.to_parquet(at)
+    images, located = load_images(read_tiles(tiles), load_labels(at, get_schema("gz2")), progress=False)
+    assert located.tile[0] == "t0" and located.row[n - 1] == n // 2 - 1 and located.tile[3] is None and located.row[3] == -1
+    moved = table.assign(row=table["row"].where(table.index != 30, 5))
+    moved.to_parquet(at)
+    with pytest.raises(InputError, match=r"put object_id 1030 at tile 't1', row 5, but the tiles given hold it at tile 't1', row 6 \(0 more"):
+        load_images(read_tiles(tiles), load_labels(at, get_schema("gz2")), progress=False)
+    table.assign(tile=7).to_parquet(at)
+    with pytest.raises(InputError, match="column 'tile' must hold tile names or URLs, not int64"):
+        load_labels(at, get_schema("gz2"))
 
 
 def test_cli_train_writes_checkpoint_and_metrics(tmp_path):

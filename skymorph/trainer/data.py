@@ -6,6 +6,10 @@ means no votes. A column that starts like a question of the schema (``{question}
 of its answers, or that is a near miss of an answer column, is an error (a typo or another schema);
 other columns (``split``, ``total_votes``, ...) are ignored. Images are matched by ``object_id`` in the tile stores of a tile list and held in
 memory as uint8 (100,000 galaxies at 128 x 128 px are 1.6 GB), so an epoch never waits on storage.
+Where the labels also say where each image is (``tile`` and ``row`` columns, as ``survey synth``,
+``survey ingest`` and ``catalog pick`` write them), the image found must be there: object ids are
+unique within a survey, not across surveys (synthetic surveys all number from 0), so labels given with
+another survey's tiles would otherwise train on the wrong images without a word.
 """
 
 from __future__ import annotations
@@ -44,20 +48,55 @@ MAX_VOTES = 2**24
 @dataclass(frozen=True)
 class Labels:
     """``object_id`` (n,) int64, ``votes`` (n, A) int64 in schema answer order, optional ``split`` (n,)
-    of ``"train"``/``"validation"``/other, ``source`` (URL) and ``sha256`` of the file."""
+    of ``"train"``/``"validation"``/other, ``source`` (URL) and ``sha256`` of the file; optional
+    ``tile`` (n,) tile names (:func:`tile_name`; None where not given) and ``row`` (n,) int64 (-1 where
+    not given): where the labels say each image is."""
 
     object_id: np.ndarray
     votes: np.ndarray
     split: np.ndarray | None
     source: str
     sha256: str
+    tile: np.ndarray | None = None
+    row: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.object_id)
 
     def subset(self, index: np.ndarray) -> Labels:
-        split = None if self.split is None else self.split[index]
-        return Labels(self.object_id[index], self.votes[index], split, self.source, self.sha256)
+        pick = lambda a: None if a is None else a[index]  # noqa: E731
+        return Labels(self.object_id[index], self.votes[index], pick(self.split), self.source, self.sha256, pick(self.tile), pick(self.row))
+
+
+def tile_name(url: str) -> str:
+    """A tile store's name: the last part of its URL without ``.zarr``, so that a tile named by URL in a
+    catalog (``s3://b/survey/tiles/hpx5_00042.zarr``) and by name in a survey's labels (``hpx5_00042``)
+    agree, wherever the survey was copied to."""
+    name = str(url).rstrip("/").rsplit("/", 1)[-1]
+    return name[: -len(".zarr")] if name.endswith(".zarr") else name
+
+
+def _locations(table, url: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The labels' optional ``tile`` (names, None where null) and ``row`` (-1 where null) columns."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    tile = row = None
+    given = {name for name in ("tile", "row") if name in table.column_names and not pa.types.is_null(table.column(name).type)}
+    if "tile" in given:
+        column = table.column("tile")
+        if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+            raise InputError(f"labels {url!r} column 'tile' must hold tile names or URLs, not {column.type}")
+        names = pc.replace_substring_regex(pc.replace_substring_regex(column, r"/+$", ""), r"^.*/|\.zarr$", "")
+        tile = np.array(names.to_pylist(), dtype=object)
+    if "row" in given:
+        column = table.column("row")
+        # whole floats too: pandas stores an integer column with a missing value as float
+        values = pc.fill_null(column, -1).to_numpy() if pa.types.is_integer(column.type) or pa.types.is_floating(column.type) else None
+        if values is None or not np.isfinite(values).all() or (values != np.round(values)).any():
+            raise InputError(f"labels {url!r} column 'row' must hold integer rows of the tile stores, not {column.type}")
+        row = values.astype(np.int64)
+    return tile, row
 
 
 def _read_table(url: str, storage_options):
@@ -166,7 +205,7 @@ def load_labels(url: str, schema: Schema, storage_options=None) -> Labels:
     if "split" in names:
         raw = table.column("split").to_pylist()
         split = np.array([_SPLIT_NAMES.get(str(s).strip().lower(), str(s)) for s in raw], dtype=object)
-    return Labels(object_id, votes, split, str(url), sha256)
+    return Labels(object_id, votes, split, str(url), sha256, *_locations(table, url))
 
 
 def positions(keys: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -220,6 +259,7 @@ def load_images(tile_urls: list[str], labels: Labels, *, drop_unmatched: bool = 
             images = np.zeros((len(labels), *tile.shape), dtype=np.uint8)
         elif tuple(tile.shape) != images.shape[1:]:
             raise InputError(f"tile {url!r} holds {tile.shape} images, earlier tiles {images.shape[1:]}; use one image size")
+        _check_location(labels, label_row, rows, url)
         for start, stop, chunk in tile.iter_chunks():
             sel = rows[(rows >= start) & (rows < stop)]
             targets = label_row[sel]
@@ -236,6 +276,31 @@ def load_images(tile_urls: list[str], labels: Labels, *, drop_unmatched: bool = 
             raise InputError(f"no labelled galaxy of {labels.source!r} is in the {len(tile_urls)} tile(s) given")
         return images[found], labels.subset(np.flatnonzero(found))
     return images, labels  # every galaxy found: no second copy of the images
+
+
+def _check_location(labels: Labels, label_row: np.ndarray, rows: np.ndarray, url: str) -> None:
+    """One-line :class:`InputError` if the labels put a galaxy found at ``rows`` of tile ``url`` elsewhere
+    (another tile, or another row of this one)."""
+    targets = label_row[rows]
+    wrong = np.zeros(len(rows), dtype=bool)
+    name = tile_name(url)
+    if labels.tile is not None:
+        said = labels.tile[targets]
+        wrong |= (said != None) & (said != name)  # noqa: E711 -- elementwise on an object array
+    if labels.row is not None:
+        said_row = labels.row[targets]
+        wrong |= (said_row >= 0) & (said_row != rows)
+    if wrong.any():
+        first = int(np.flatnonzero(wrong)[0])
+        target = int(targets[first])
+        where = [f"tile {labels.tile[target]!r}" if labels.tile is not None and labels.tile[target] is not None else "",
+                 f"row {int(labels.row[target])}" if labels.row is not None and labels.row[target] >= 0 else ""]
+        raise InputError(
+            f"labels {labels.source!r} put object_id {int(labels.object_id[target])} at {', '.join(w for w in where if w)}, but "
+            f"the tiles given hold it at tile {name!r}, row {int(rows[first])} ({int(wrong.sum()) - 1} more like it here): "
+            "these labels are of another survey's images (object ids are unique only within a survey); give the tiles "
+            "they were made from, or drop their tile and row columns if those are out of date"
+        )
 
 
 def augment(images, generator, *, max_zoom: float = 0.1, max_shift: float = 0.05, brightness: float = 0.02, contrast: float = 0.1):
