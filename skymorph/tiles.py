@@ -100,6 +100,11 @@ class Tile:
         self.shape: tuple[int, int, int] = tuple(int(s) for s in self._images.shape[1:])
         self.chunk_size: int = int(self._images.chunks[0])
 
+    @property
+    def placeholder_positions(self) -> bool:
+        """Whether ra/dec are placeholders, not sky positions (``survey ingest`` of a catalog without ra/dec)."""
+        return bool(self.attrs.get("position_is_placeholder", False))
+
     def __repr__(self) -> str:
         return f"Tile({self.url!r}, n={self.n}, shape={self.shape}, chunk_size={self.chunk_size})"
 

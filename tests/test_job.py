@@ -131,6 +131,59 @@ def test_resume_with_other_rows_per_task_is_refused_so_no_row_is_written_twice(t
     assert report.ok and report.total_rows == 40 and read_manifest(catalog).rows_per_task == 8
 
 
+def test_a_catalog_of_tiles_without_sky_positions_says_so_and_mixed_tiles_are_refused(tmp_path, tiny_model, capsys):
+    """`survey ingest` without ra/dec puts every galaxy at ra = dec = 0 and marks its tiles; the catalog
+    gave no sign of it, and a cone search at (0, 0) returned every galaxy as if it were there."""
+    from skymorph.catalog import info, query
+    from skymorph.catalog.layout import read_properties
+    from skymorph.catalog.writer import read_manifest
+    from skymorph.cli import main
+    from skymorph.errors import CatalogError, InputError
+    from skymorph.inference.job import RunConfig, run_survey
+    from skymorph.tiles import write_tile, write_tile_list
+
+    rng = np.random.default_rng(0)
+
+    def tile(name: str, placeholder: bool) -> str:
+        url = str(tmp_path / "tiles" / f"{name}.zarr")
+        ra, dec = (np.zeros(8), np.zeros(8)) if placeholder else (rng.uniform(0, 1, 8), rng.uniform(0, 1, 8))
+        write_tile(url, rng.integers(0, 256, (8, 1, SIZE, SIZE), dtype=np.uint8), np.arange(8) + 100 * len(name) + ord(name[-1]),
+                   ra, dec, survey="test", bands=["grey"], pixel_scale_arcsec=1.0, stretch="none", resize="none",
+                   extra_attrs={"position_is_placeholder": placeholder})
+        return url
+
+    fake = [tile(f"f{i}", True) for i in range(4)]
+    real = tile("sky", False)
+    lists = {name: str(tmp_path / f"{name}.txt") for name in ("fake", "fake_then_sky", "sky_unsampled", "sky")}
+    write_tile_list(lists["fake"], fake[:3])
+    write_tile_list(lists["fake_then_sky"], [*fake[:3], real])  # the last tile is sampled
+    write_tile_list(lists["sky_unsampled"], [fake[0], real, fake[2], fake[3]])  # sampled: 0, 2 and 3
+    write_tile_list(lists["sky"], [real])
+    catalog = str(tmp_path / "catalog")
+    config = RunConfig(tiles=lists["fake"], model=tiny_model, out=catalog, workers=1, progress=False)
+    assert run_survey(config).total_rows == 24
+    assert read_properties(catalog).skymorph_positions == "placeholder" and read_manifest(catalog).placeholder_positions
+    summary = info(catalog)
+    assert summary.to_dict()["positions"] == "placeholder"
+    assert "positions    placeholders (ra = dec = 0: the tiles were ingested without sky positions)" in str(summary)
+    assert main(["catalog", "query", catalog, "--cone", "0", "0", "60"]) == 2
+    assert "has placeholder positions (its tiles were ingested without ra/dec" in capsys.readouterr().err
+    assert query(catalog, where="object_id >= 0").num_rows == 24
+
+    with pytest.raises(InputError, match=r"tile '.*f0\.zarr' has placeholder positions \(ingested without ra/dec\) but tile "
+                                         r"'.*sky\.zarr' has sky positions: run them into separate catalogs"):
+        run_survey(replace(config, tiles=lists["fake_then_sky"], out=str(tmp_path / "mixed")))
+    report = run_survey(replace(config, tiles=lists["sky_unsampled"], out=str(tmp_path / "unsampled")))
+    [failure] = report.failures
+    assert failure["tile"] == real and failure["stage"] == "open"
+    assert "has sky positions, the catalog's other tiles placeholder positions (ingested without ra/dec)" in failure["reason"]
+    assert report.total_rows == 24
+    with pytest.raises(CatalogError, match="was written from tiles with placeholder positions .*, and these tiles have sky "
+                                           "positions: choose another --out or pass --overwrite"):
+        run_survey(replace(config, tiles=lists["sky"]))
+    assert read_properties(run_survey(replace(config, tiles=lists["sky"], overwrite=True)).catalog).skymorph_positions == ""
+
+
 def test_catalog_held_by_a_live_driver_is_refused_even_with_overwrite(tmp_path, s3_bucket, tiny_model):
     from skymorph.catalog.lock import DriverLock
     from skymorph.errors import CatalogError

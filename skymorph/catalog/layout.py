@@ -41,6 +41,7 @@ __all__ = [
     "DEFAULT_ORDER",
     "MAX_ORDER",
     "SPATIAL_INDEX_COLUMN",
+    "PLACEHOLDER_POSITIONS",
     "SPATIAL_INDEX_ORDER",
     "BASE_COLUMNS",
     "METADATA_KEYS",
@@ -369,6 +370,10 @@ def read_common_metadata(catalog: str, storage_options: dict | None = None):
 # ---- hats.properties --------------------------------------------------------------------------------
 
 
+PLACEHOLDER_POSITIONS = "placeholder"
+"""``skymorph_positions`` of a catalog whose tiles had no sky positions."""
+
+
 @dataclass(frozen=True)
 class CatalogProperties:
     """``hats.properties``: the hats keys LSDB needs plus skymorph's provenance.
@@ -377,7 +382,9 @@ class CatalogProperties:
     ``order`` -> ``hats_order`` (the fixed partition order), ``npix_suffix`` -> ``hats_npix_suffix``
     (``/``: each ``Npix=P`` is a directory), ``builder`` -> ``hats_builder``, ``creation_date`` ->
     ``hats_creation_date`` (UTC, ``%Y-%m-%dT%H:%MUTC`` as hats writes it); the ``skymorph_*`` fields
-    are written under their own names. ``extra`` keeps unknown keys of a file read back.
+    are written under their own names. ``skymorph_positions`` is ``placeholder`` where the tiles had no
+    sky positions (``survey ingest`` without ra/dec: every galaxy at ra = dec = 0), else empty (real
+    positions; not written). ``extra`` keeps unknown keys of a file read back.
     """
 
     catalog_name: str
@@ -398,7 +405,13 @@ class CatalogProperties:
     skymorph_n_volunteers: int = 0
     skymorph_schema: str = ""
     skymorph_likelihood: str = ""
+    skymorph_positions: str = ""
     extra: dict = field(default_factory=dict)
+
+    @property
+    def placeholder_positions(self) -> bool:
+        """Whether the rows' ra/dec are placeholders, not sky positions."""
+        return self.skymorph_positions == PLACEHOLDER_POSITIONS
 
     def __post_init__(self) -> None:
         if not self.catalog_name or any(c in self.catalog_name for c in "\n="):
@@ -407,6 +420,8 @@ class CatalogProperties:
             raise CatalogError(f"total_rows must be >= 0, got {self.total_rows}")
         if not 0 <= self.order <= MAX_ORDER:
             raise CatalogError(f"catalog order must be in 0..{MAX_ORDER}, got {self.order}")
+        if self.skymorph_positions not in ("", PLACEHOLDER_POSITIONS):
+            raise CatalogError(f"skymorph_positions must be {PLACEHOLDER_POSITIONS!r} or absent, got {self.skymorph_positions!r}")
         if self.dataproduct_type != "object":
             raise CatalogError(f"a skymorph catalog has dataproduct_type=object, got {self.dataproduct_type!r}")
 

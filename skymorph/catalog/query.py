@@ -395,6 +395,9 @@ def plan_query(catalog: Catalog, where=None, columns=None, cone: Cone | None = N
     conditions = []
     pixels = catalog.pixels
     if cone is not None:
+        if catalog.properties.placeholder_positions:
+            raise InputError(f"catalog {catalog.url!r} has placeholder positions (its tiles were ingested without ra/dec, "
+                             "every galaxy at ra = dec = 0): a cone search means nothing there; select with --where")
         pixels = tuple(cone.overlapping_pixels(catalog.pixels, catalog.order).tolist())
         conditions.append(cone.sql(catalog.order))
     if where:

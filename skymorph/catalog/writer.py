@@ -228,15 +228,16 @@ class RangeRecord:
 @dataclass
 class Manifest:
     """``CATALOG/_skymorph/manifest.json``: which model wrote the catalog, at which order, for how many
-    volunteers and with how many rows per task (None in manifests older than that field), and the
-    tile ranges done. Mutable: the driver adds ranges as results arrive and rewrites the file
-    atomically."""
+    volunteers and with how many rows per task (None in manifests older than that field), whether its
+    tiles' positions are placeholders, and the tile ranges done. Mutable: the driver adds ranges as
+    results arrive and rewrites the file atomically."""
 
     model_sha256: str
     order: int
     ranges: dict
     n_volunteers: int = 40
     rows_per_task: int | None = None
+    placeholder_positions: bool = False
 
     def add(self, record: RangeRecord) -> None:
         self.ranges[record.key] = record
@@ -248,6 +249,7 @@ class Manifest:
             "order": self.order,
             "n_volunteers": self.n_volunteers,
             "rows_per_task": self.rows_per_task,
+            "placeholder_positions": self.placeholder_positions,
             "ranges": [r.to_dict() for r in sorted(self.ranges.values(), key=lambda r: r.key)],
         }, separators=(",", ":"))
 
@@ -258,7 +260,8 @@ class Manifest:
             records = [RangeRecord.from_dict(r) for r in data["ranges"]]
             return cls(model_sha256=data["model_sha256"], order=int(data["order"]),
                        ranges={r.key: r for r in records}, n_volunteers=int(data["n_volunteers"]),
-                       rows_per_task=None if data.get("rows_per_task") is None else int(data["rows_per_task"]))
+                       rows_per_task=None if data.get("rows_per_task") is None else int(data["rows_per_task"]),
+                       placeholder_positions=bool(data.get("placeholder_positions", False)))
         except (ValueError, KeyError, TypeError) as err:
             raise CatalogError(f"{source} is corrupt ({err}); rerun with --overwrite to start the catalog afresh") from err
 

@@ -163,10 +163,11 @@ def _check_out(out: str, options: dict) -> None:
         )
 
 
-def _prepare_output(config: RunConfig, model_sha256: str, options: dict):
+def _prepare_output(config: RunConfig, model_sha256: str, options: dict, placeholder_positions: bool = False):
     """``(manifest, is_new)``: the existing manifest (or a new one), after checking that the catalog
-    belongs to this model, order, number of volunteers and rows per task. With ``--overwrite`` the catalog
-    is new: the caller removes the old one once it holds the lock. Reads only."""
+    belongs to this model, order, number of volunteers and rows per task, and has positions of the same
+    kind (placeholders or sky). With ``--overwrite`` the catalog is new: the caller removes the old one
+    once it holds the lock. Reads only."""
     from skymorph.catalog.writer import Manifest, read_manifest
     from skymorph.storage import filesystem
 
@@ -197,9 +198,15 @@ def _prepare_output(config: RunConfig, model_sha256: str, options: dict):
                 f"{config.out!r} was written with --rows-per-task {manifest.rows_per_task}, not {config.rows_per_task}; "
                 "keep the number to resume it or pass --overwrite"
             )
+        if manifest.placeholder_positions != placeholder_positions:
+            kinds = {True: "placeholder positions (ingested without ra/dec)", False: "sky positions"}
+            raise CatalogError(
+                f"{config.out!r} was written from tiles with {kinds[manifest.placeholder_positions]}, and these tiles have "
+                f"{kinds[placeholder_positions]}: choose another --out or pass --overwrite"
+            )
         return manifest, False
-    return Manifest(model_sha256=model_sha256, order=config.catalog_order, ranges={},
-                    n_volunteers=config.n_volunteers, rows_per_task=config.rows_per_task), True
+    return Manifest(model_sha256=model_sha256, order=config.catalog_order, ranges={}, n_volunteers=config.n_volunteers,
+                    rows_per_task=config.rows_per_task, placeholder_positions=placeholder_positions), True
 
 
 class _Plan:
@@ -293,24 +300,33 @@ def _finished(catalog: str, manifest, schema, options: dict) -> int | None:
     return properties.total_rows
 
 
-def _check_tile_shapes(tiles: list[str], input_shape, config: RunConfig) -> None:
-    """A one-line :class:`InputError` now if the first, middle and last tiles all hold images of another
-    shape than the model takes: a survey's tiles share a shape, so every task would fail alike, tile by
-    tile. One odd tile among them is left to its task, which records it; so is a tile that cannot be
-    opened."""
+def _check_sampled_tiles(tiles: list[str], input_shape, config: RunConfig) -> bool:
+    """Whether the catalog's positions are placeholders, judged from the first, middle and last tiles
+    (``survey ingest`` without ra/dec marks its tiles so); each task checks its own tile against this.
+
+    A one-line :class:`InputError` now if those tiles all hold images of another shape than the model
+    takes (a survey's tiles share a shape, so every task would fail alike, tile by tile), or if some have
+    placeholder positions and some sky positions. One odd tile beyond them is left to its task, which
+    records it; so is a tile that cannot be opened."""
     from skymorph.tiles import open_tile
 
-    shapes = {}
+    shapes, placeholder = {}, {}
     for url in dict.fromkeys((tiles[0], tiles[len(tiles) // 2], tiles[-1])):
         try:
-            shapes[url] = tuple(open_tile(url, config.storage_options).shape)
+            tile = open_tile(url, config.storage_options)
         except (SkymorphError, OSError, ValueError):
             continue
+        shapes[url], placeholder[url] = tuple(tile.shape), tile.placeholder_positions
+    if len(set(placeholder.values())) > 1:
+        fake, real = (next(url for url, p in placeholder.items() if p is value) for value in (True, False))
+        raise InputError(f"tile {fake!r} has placeholder positions (ingested without ra/dec) but tile {real!r} has sky "
+                         "positions: run them into separate catalogs, or ingest the first with ra/dec")
     if shapes and all(shape != tuple(input_shape) for shape in shapes.values()):
         url, shape = next(iter(shapes.items()))
         size = lambda s: "x".join(map(str, s))  # noqa: E731
         raise InputError(f"tile {url!r} has images {size(shape)} (C x H x W), as do the other tiles sampled; the model "
                          f"{config.model!r} takes {size(input_shape)}: give tiles of that size, or a model exported for these")
+    return any(placeholder.values())
 
 
 @contextmanager
@@ -474,11 +490,11 @@ def run_survey(config: RunConfig) -> RunReport:
     info = read_model_info(config.model, backend=config.backend,
                            storage_options=s3_retry_options(config.model, config.storage_options))
     metadata, model_sha256 = info.metadata, info.model_sha256
-    _check_tile_shapes(tiles, metadata.input.shape, config)
+    placeholder = _check_sampled_tiles(tiles, metadata.input.shape, config)
     _check_out(config.out, options)
     lock = DriverLock(config.out, options)
     lock.check()  # a live driver's catalog is refused before anything else is read
-    manifest, is_new = _prepare_output(config, model_sha256, options)
+    manifest, is_new = _prepare_output(config, model_sha256, options, placeholder)
 
     cat_meta = CatalogMetadata(model_sha256=model_sha256, samples=metadata.samples, seed=metadata.seed,
                                n_volunteers=config.n_volunteers, schema_json=metadata.schema.to_json(),
@@ -522,7 +538,7 @@ def run_survey(config: RunConfig) -> RunReport:
                               n_volunteers=config.n_volunteers, input_shape=metadata.input.shape,
                               batch_size=config.batch_size, rows_per_task=config.rows_per_task,
                               driver_session=lock.session, unfinish_before_writing=not is_new,
-                              storage_options=config.storage_options)
+                              placeholder_positions=manifest.placeholder_positions, storage_options=config.storage_options)
                 _run_tasks(config, client, job, resources, plan, manifest, tally, len(tiles), started, options, lock)
 
         lock.check_held(read=True)
@@ -533,6 +549,7 @@ def run_survey(config: RunConfig) -> RunReport:
             skymorph_model_sha256=model_sha256, skymorph_samples=metadata.samples, skymorph_seed=metadata.seed,
             skymorph_n_volunteers=config.n_volunteers, skymorph_schema=metadata.schema.name,
             skymorph_likelihood=metadata.likelihood,
+            skymorph_positions=layout.PLACEHOLDER_POSITIONS if manifest.placeholder_positions else "",
         )
         finished = finish_catalog(config.out, manifest, schema, props, options)
         write_manifest(config.out, manifest, options)  # compact: the finished catalog has no journal

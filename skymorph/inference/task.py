@@ -50,7 +50,8 @@ class JobSpec:
     """What every task of a run shares: the catalog to write, its order and Arrow ``schema`` (with
     the ``skymorph.*`` key-value metadata), the model and how to summarize its samples.
     ``driver_session`` is the session of the driver's lock, which a task checks before it writes;
-    ``unfinish_before_writing``: the catalog was finished, and must read as unfinished once parts are added."""
+    ``unfinish_before_writing``: the catalog was finished, and must read as unfinished once parts are added;
+    ``placeholder_positions``: whether the catalog's tiles have placeholder positions (every tile must agree)."""
 
     catalog: str
     order: int
@@ -64,6 +65,7 @@ class JobSpec:
     rows_per_task: int
     driver_session: str
     unfinish_before_writing: bool = False
+    placeholder_positions: bool = False
     storage_options: dict = field(default_factory=dict)
     attempts: int = 5
     backoff_s: float = 0.5
@@ -237,6 +239,11 @@ def _process(job: JobSpec, tile_url: str, start: int, stop: int | None, seconds:
         raise _StageError("open", TileError(
             f"tile {tile_url!r} has images {'x'.join(map(str, tile.shape))}; the model takes "
             f"{'x'.join(map(str, job.input_shape))} (C x H x W)"))
+    if tile.placeholder_positions != job.placeholder_positions:
+        kinds = {True: "placeholder positions (ingested without ra/dec)", False: "sky positions"}
+        raise _StageError("open", TileError(
+            f"tile {tile_url!r} has {kinds[tile.placeholder_positions]}, the catalog's other tiles "
+            f"{kinds[job.placeholder_positions]}; run it into a separate catalog"))
     if stop is None:
         stop = first_range_stop(tile.n, tile.chunk_size, job.rows_per_task)
     object_id, ra, dec = _stage("read", tile.read_coords, start, stop)

@@ -49,7 +49,8 @@ MAX_VOTES = 2**24
 class Labels:
     """``object_id`` (n,) int64, ``votes`` (n, A) int64 in schema answer order, optional ``split`` (n,)
     of ``"train"``/``"validation"``/other, ``source`` (URL) and ``sha256`` of the file; optional
-    ``tile`` (n,) tile names (:func:`tile_name`; None where not given) and ``row`` (n,) int64 (-1 where
+    ``tile`` (n,) tile names (:func:`skymorph.tiles.tile_name`, so that a catalog's tile URL, from wherever
+    the survey was copied, and a survey's tile name agree; None where not given) and ``row`` (n,) int64 (-1 where
     not given): where the labels say each image is."""
 
     object_id: np.ndarray
@@ -68,16 +69,9 @@ class Labels:
         return Labels(self.object_id[index], self.votes[index], pick(self.split), self.source, self.sha256, pick(self.tile), pick(self.row))
 
 
-def tile_name(url: str) -> str:
-    """A tile store's name: the last part of its URL without ``.zarr``, so that a tile named by URL in a
-    catalog (``s3://b/survey/tiles/hpx5_00042.zarr``) and by name in a survey's labels (``hpx5_00042``)
-    agree, wherever the survey was copied to."""
-    name = str(url).rstrip("/").rsplit("/", 1)[-1]
-    return name[: -len(".zarr")] if name.endswith(".zarr") else name
-
-
 def _locations(table, url: str) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """The labels' optional ``tile`` (names, None where null) and ``row`` (-1 where null) columns."""
+    """The labels' optional ``tile`` (names as :func:`skymorph.tiles.tile_name` gives them, vectorised; None
+    where null) and ``row`` (-1 where null) columns."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -281,6 +275,8 @@ def load_images(tile_urls: list[str], labels: Labels, *, drop_unmatched: bool = 
 def _check_location(labels: Labels, label_row: np.ndarray, rows: np.ndarray, url: str) -> None:
     """One-line :class:`InputError` if the labels put a galaxy found at ``rows`` of tile ``url`` elsewhere
     (another tile, or another row of this one)."""
+    from skymorph.tiles import tile_name
+
     targets = label_row[rows]
     wrong = np.zeros(len(rows), dtype=bool)
     name = tile_name(url)
