@@ -59,7 +59,7 @@ def test_run_writes_the_exact_catalog_and_a_rerun_changes_nothing(s3_bucket, tin
 
     before = snapshot(catalog)
     again = run_survey(config)
-    assert again.ranges_run == 0 and again.tiles_skipped == 3 and again.total_rows == 300
+    assert again.ranges_run == 0 and (again.tiles_skipped, again.ranges_skipped) == (3, 6) and again.total_rows == 300
     assert snapshot(catalog) == before
 
     from hats.pixel_math.spatial_index import compute_spatial_index
@@ -582,7 +582,8 @@ def test_interrupted_driver_resumes_and_skips_finished_ranges(s3, s3_bucket, tin
                                   scheduler_file=scheduler_file, rows_per_task=32, batch_size=32,
                                   catalog_order=3, progress=False))
     assert report.ok and report.total_rows == 8 * 128
-    assert report.ranges_run == 8 * 4 - len(done_before)
+    assert report.ranges_run == 8 * 4 - len(done_before) and report.ranges_skipped == len(done_before)
+    assert f"and {len(done_before)} range(s) already done" in report.summary()
     assert_exact(catalog, tiny_model, tiles)
     # the finished catalog's manifest is compacted: every range in manifest.json, no journal left
     fs, root = filesystem(layout.journal_url(catalog))

@@ -103,7 +103,9 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class RunReport:
-    """What a run did. ``rows_written`` counts this run's rows; ``total_rows`` the whole catalog's."""
+    """What a run did. ``rows_written`` counts this run's rows; ``total_rows`` the whole catalog's;
+    ``tiles_skipped`` the tiles an earlier run finished, ``ranges_skipped`` all the ranges it finished
+    (those of tiles it left half done too)."""
 
     catalog: str
     model_sha256: str
@@ -117,6 +119,7 @@ class RunReport:
     stage_seconds: dict
     dashboard: str | None
     driver_peak_rss_mib: float
+    ranges_skipped: int = 0
 
     @property
     def ok(self) -> bool:
@@ -129,7 +132,8 @@ class RunReport:
     def summary(self) -> str:
         return (f"catalog {self.catalog}: {self.total_rows} rows; this run {self.rows_written} galaxies from "
                 f"{self.ranges_run} task(s) in {self.seconds:.1f} s ({self.galaxies_per_second:.0f} galaxies/s), "
-                f"{self.tiles_skipped} of {self.tiles} tile(s) already done, {len(self.failures)} failure(s)")
+                f"{self.tiles_skipped} of {self.tiles} tile(s) and {self.ranges_skipped} range(s) already done, "
+                f"{len(self.failures)} failure(s)")
 
 
 def _peak_rss_mib() -> float:
@@ -226,6 +230,7 @@ class _Plan:
             self._done.setdefault(record.tile, []).append(record)
         self.outstanding: dict[str, int] = {}
         self.skipped = 0
+        self.ranges_skipped = 0
 
     def planned(self, n: int, chunk_size: int) -> list[tuple[int, int]]:
         return self._plan_ranges(n, chunk_size, self._rows_per_task)
@@ -250,6 +255,7 @@ class _Plan:
             for record in stale:
                 del self._manifest.ranges[record.key]
             todo = [(a, b) for a, b in planned if (tile, a, b) not in self._manifest.ranges]
+            self.ranges_skipped += len(planned) - len(todo)
             if not todo:
                 self.skipped += 1
                 continue
@@ -504,7 +510,7 @@ def run_survey(config: RunConfig) -> RunReport:
     nothing_to_do = not plan.has_work()
     total_rows = None if is_new or not nothing_to_do else _finished(config.out, manifest, schema, options)
     if total_rows is not None:
-        return RunReport(catalog=config.out, model_sha256=model_sha256, tiles=len(tiles), tiles_skipped=plan.skipped,
+        return RunReport(catalog=config.out, model_sha256=model_sha256, tiles=len(tiles), tiles_skipped=plan.skipped, ranges_skipped=plan.ranges_skipped,
                          ranges_run=0, rows_written=0, total_rows=total_rows,
                          failures=(), seconds=time.perf_counter() - started, stage_seconds={}, dashboard=None,
                          driver_peak_rss_mib=_peak_rss_mib())
@@ -558,7 +564,7 @@ def run_survey(config: RunConfig) -> RunReport:
         timing = {"seconds": seconds, "ranges_run": tally.ranges_run, "rows_written": tally.rows_written,
                   "galaxies_per_second": tally.rows_written / seconds if seconds else 0.0, "task_seconds": tally.stages}
         atomic_write_text(layout.timing_url(config.out), json.dumps(timing, indent=1), options)
-        return RunReport(catalog=config.out, model_sha256=model_sha256, tiles=len(tiles), tiles_skipped=plan.skipped,
+        return RunReport(catalog=config.out, model_sha256=model_sha256, tiles=len(tiles), tiles_skipped=plan.skipped, ranges_skipped=plan.ranges_skipped,
                          ranges_run=tally.ranges_run, rows_written=tally.rows_written, total_rows=finished.total_rows,
                          failures=tuple(tally.failures), seconds=seconds, stage_seconds=tally.stages,
                          dashboard=tally.dashboard, driver_peak_rss_mib=_peak_rss_mib())
