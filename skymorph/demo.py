@@ -9,6 +9,7 @@ then ask the catalog what it holds, query it and pick the next Galaxy Zoo batch 
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -112,9 +113,10 @@ def _catalog_tools(catalog: str, out_dir: str) -> None:
                  ["catalog", "query", catalog, "--columns", "object_id,ra,dec,bald_total", "--where", "bald_total > 0",
                   "--limit", "5"],
                  ["catalog", "pick", catalog, "--n", "50", "--out", batch, "--overwrite"]):
-        print(f"      $ skymorph {' '.join(argv)}", flush=True)
+        command = shlex.join(["skymorph", *argv])  # quoted as a shell needs it, so it can be pasted
+        print(f"      $ {command}", flush=True)
         if main(argv) != 0:
-            raise SystemExit(f"demo: `skymorph {' '.join(argv)}` failed")
+            raise SystemExit(f"demo: `{command}` failed")
     print(f"      next Galaxy Zoo batch: {batch}", flush=True)
 
 
