@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 
@@ -66,6 +67,9 @@ def test_backend_is_chosen_by_suffix_or_named(model_files, tmp_path):
     copy.write_bytes(onnx_path.read_bytes())
     with pytest.raises(InputError, match=r"cannot tell the backend .* \(--backend, or backend= in Python\)"):
         load_engine(str(copy))
+    for typo in (tmp_path / "model.onx", tmp_path / "nowhere" / "model"):  # a mistyped path is named as missing
+        with pytest.raises(InputError, match=rf"model '{re.escape(str(typo))}' does not exist; check the path"):
+            read_model_info(str(typo))
     with pytest.raises(ModelError, match="is an ONNX model, not a TensorRT plan; use --backend onnxruntime"):
         read_model_info(str(onnx_path), backend="tensorrt")
     assert load_engine(str(copy), backend="onnxruntime").backend == "onnxruntime"

@@ -32,7 +32,7 @@ import numpy as np
 from skymorph.errors import InputError, MissingDependencyError, ModelError, did_you_mean, first_line
 from skymorph.model_metadata import ModelMetadata
 from skymorph.schema import get_schema
-from skymorph.storage import read_bytes
+from skymorph.storage import exists, read_bytes
 
 __all__ = ["Engine", "load_engine", "ModelInfo", "read_model_info", "BACKENDS", "ORT_PROVIDERS"]
 
@@ -177,13 +177,15 @@ class TorchEngine(Engine):
             return self.model(torch.from_numpy(images).to(self.device)).float().cpu().numpy()
 
 
-def _backend_for(url: str, backend: str) -> str:
+def _backend_for(url: str, backend: str, storage_options: dict | None = None) -> str:
     if backend not in BACKENDS:
         raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}." + did_you_mean(backend, BACKENDS))
     if backend != "auto":
         return backend
     suffix = PurePosixPath(str(url).split("?", 1)[0]).suffix.lower()
     if suffix not in _SUFFIX_BACKEND:
+        if not exists(str(url), storage_options):  # a mistyped path: say that, not what its suffix is
+            raise InputError(f"model {url!r} does not exist; check the path (an exported model ends in .onnx, .plan or .engine)")
         raise InputError(
             f"cannot tell the backend of {url!r} from its suffix (.onnx, .plan, .engine, .ckpt); give the backend explicitly (--backend, or backend= in Python)"
         )
@@ -218,7 +220,7 @@ def load_engine(
     (name, JSON path or Schema) refuses a model of another decision tree. ``samples``, ``seed`` and
     ``device`` apply to the torch backend only (an exported model carries its own T and seed).
     """
-    backend = _backend_for(model_url, backend)
+    backend = _backend_for(model_url, backend, storage_options)
     if threads is not None and threads < 1:
         raise InputError(f"threads must be at least 1, got {threads}")
     data = read_bytes(str(model_url), storage_options)
@@ -256,7 +258,7 @@ def read_model_info(model_url: str, backend: str = "auto", storage_options: dict
     by its sidecar alone, so no TensorRT or GPU is needed here; a checkpoint is frozen on the CPU with the defaults of :func:`load_engine`, because its
     metadata (the digests of weights and masks) only exists once it is.
     """
-    backend = _backend_for(model_url, backend)
+    backend = _backend_for(model_url, backend, storage_options)
     url = str(model_url)
     data = read_bytes(url, storage_options)
     digest = hashlib.sha256(data).hexdigest()
