@@ -54,11 +54,15 @@ class MissingDependencyError(SkymorphError, ImportError):
 
 
 def did_you_mean(name: str, choices) -> str:
-    """Return ``" Did you mean 'x'?"`` for the closest of ``choices`` to ``name``, or ``""``."""
+    """Return ``" Did you mean 'x'?"`` for the closest of ``choices`` to ``name``, or ``""``; case is
+    ignored in the comparison (``RA`` finds ``ra``: difflib alone finds nothing that short)."""
     import difflib
 
-    close = difflib.get_close_matches(name, list(choices), n=1)
-    return f" Did you mean {close[0]!r}?" if close else ""
+    by_folded: dict[str, str] = {}
+    for choice in choices:
+        by_folded.setdefault(str(choice).casefold(), choice)
+    close = difflib.get_close_matches(str(name).casefold(), list(by_folded), n=1)
+    return f" Did you mean {by_folded[close[0]]!r}?" if close else ""
 
 
 def first_line(err: BaseException, limit: int = 200) -> str:

@@ -14,3 +14,6 @@ def test_first_line_of_an_error():
 def test_did_you_mean():
     assert did_you_mean("bald_totl", ["bald_total", "ra"]) == " Did you mean 'bald_total'?"
     assert did_you_mean("zzz", ["bald_total", "ra"]) == ""
+    # case is ignored: "RA" found nothing (too short for difflib), and the choice is named as spelt
+    assert did_you_mean("RA", ["object_id", "ra", "dec"]) == " Did you mean 'ra'?"
+    assert did_you_mean("Bald_Totl", ["bald_total", "ra"]) == " Did you mean 'bald_total'?"
