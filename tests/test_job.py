@@ -739,7 +739,7 @@ def test_rerun_of_a_finished_catalog_repairs_damaged_metadata_and_leaves_a_sound
         assert info(catalog).rows == 40, name
 
 
-def test_bad_scheduler_options_are_one_line_and_leave_no_catalog(tmp_path, tiny_model, refused_port):
+def test_bad_scheduler_options_are_one_line_and_leave_no_catalog(tmp_path, tiny_model, refused_port, capsys):
     import dask
     import distributed  # noqa: F401 -- its config defaults must exist before dask.config.set: leaving the
     # block restores the config as it was, and would drop defaults that a first import inside it added
@@ -765,3 +765,5 @@ def test_bad_scheduler_options_are_one_line_and_leave_no_catalog(tmp_path, tiny_
             run_survey(replace(config, **options))
         assert "\n" not in str(err.value)
         assert not out.exists(), options
+    # the wait for an unreachable scheduler (the connect timeout, 30 s by default) is announced, not silent
+    assert f"skymorph run: connecting to the Dask scheduler at tcp://127.0.0.1:{refused_port} (giving up after 1s)" in capsys.readouterr().err

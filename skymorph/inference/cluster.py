@@ -210,6 +210,11 @@ def connect(spec: ClusterSpec):
 
     if spec.scheduler_file or spec.address:
         address = scheduler_address(spec)
+        import dask
+
+        timeout = dask.config.get("distributed.comm.timeouts.connect")
+        # an unreachable scheduler is only known after the connect timeout: say what is being waited for
+        print(f"skymorph run: connecting to the Dask scheduler at {address} (giving up after {timeout})", file=sys.stderr, flush=True)
         try:
             client = Client(address)
         except OSError as err:
