@@ -89,7 +89,7 @@ def test_walltime_minutes():
         ({"worker_lifetime_minutes": 235, "lifetime_stagger_minutes": 5}, "below the walltime"),
         ({"gpus_per_job": 2}, "one worker process per GPU"),
         ({"processes": 2}, "one worker process"),
-        ({"threads_per_process": 9}, "exceeds cpus_per_job"),
+        ({"threads_per_process": 17}, "exceeds cpus_per_job"),
         ({"memory_gib": 0}, "memory_gib"),
         ({"min_jobs": 5, "max_jobs": 2}, "min_jobs"),
         ({"worker_extra_args": ["--resources", "GPU=2"]}, "must not set --resources"),
@@ -320,6 +320,31 @@ def _assert_s3_keys_from_secret(container: dict) -> None:
     assert {"configMapRef": {"name": "skymorph-s3-endpoint"}} in container["envFrom"]
 
 
+GPU_WORKER_SIZING = {"cores": 16, "threads": 8}
+"""docs/deploy.md, "Sizing workers and threads": at the 50,000 galaxies/s target a GPU needs 12-14 cores
+beside it (docs/scaling.md, section 5), and each task uses at most one core for posteriors and one for
+reading ahead. Every GPU template in deploy/ gives this."""
+
+
+def _gpu_worker_sizing(container: dict) -> dict:
+    args = container["args"]
+    limits, requests = container["resources"]["limits"], container["resources"]["requests"]
+    assert limits["cpu"] == requests["cpu"], "a GPU worker's cores are reserved, not shared"
+    return {"cores": int(limits["cpu"]), "threads": int(args[args.index("--nthreads") + 1])}
+
+
+def test_slurm_and_compose_gpu_workers_are_sized_as_the_kubernetes_ones():
+    raw = yaml.safe_load(SLURM_GPU.read_text())
+    assert {"cores": raw["cpus_per_job"], "threads": raw["threads_per_process"]} == GPU_WORKER_SIZING
+    sbatch = (DEPLOY / "slurm" / "skymorph-run.sbatch").read_text()
+    cores = re.search(r"^#SBATCH --cpus-per-task=(\d+)$", sbatch, re.MULTILINE)
+    threads = re.search(r"^THREADS_PER_GPU=\$\{THREADS_PER_GPU:-(\d+)\}$", sbatch, re.MULTILINE)
+    assert cores and threads, "skymorph-run.sbatch no longer sets --cpus-per-task and THREADS_PER_GPU's default"
+    assert {"cores": int(cores[1]), "threads": int(threads[1])} == GPU_WORKER_SIZING
+    command = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]["worker-gpu"]["command"]
+    assert int(command[command.index("--nthreads") + 1]) == GPU_WORKER_SIZING["threads"]
+
+
 def _assert_gpu_worker(pod_spec: dict) -> None:
     (container,) = _containers(pod_spec)
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
@@ -327,7 +352,7 @@ def _assert_gpu_worker(pod_spec: dict) -> None:
     assert args[0] == "worker"
     assert args[args.index("--resources") + 1] == "GPU=1"
     assert args[args.index("--nworkers") + 1] == "1"
-    assert 2 <= int(args[args.index("--nthreads") + 1]) <= 3
+    assert _gpu_worker_sizing(container) == GPU_WORKER_SIZING
     assert container["command"] == ["dask"]
     _assert_s3_keys_from_secret(container)
 
