@@ -256,6 +256,15 @@ def test_where_is_read_only(catalog, where, message, tmp_path, monkeypatch):
     assert not os.listdir(tmp_path)
 
 
+def test_where_must_be_a_condition(catalog):
+    """DuckDB reads a number as a truth value: --where "bar_strong_fraction" kept every row not exactly 0."""
+    for where, kind in (("bar_strong_fraction", "FLOAT"), ("object_id + 1", "BIGINT"), ("tile", "VARCHAR")):
+        with pytest.raises(CatalogError, match=rf"^--where '{re.escape(where)}' is a {kind} value, not a true/false condition; "
+                                               r"compare it, e.g. 'bald_total > 0.5'$"):
+            query(catalog, where=where)
+    assert query(catalog, where="bar_strong_fraction > 0 AND NOT (tile = '')", columns=["object_id"]).num_rows > 0
+
+
 def test_unknown_column_did_you_mean(catalog):
     with pytest.raises(CatalogError, match="Did you mean 'bald_total'"):
         query(catalog, where="bald_totl > 0.1")

@@ -418,6 +418,11 @@ def _validate_fragments(con, catalog: Catalog, where, order_by) -> None:
     # Each fragment is checked alone, so an error names the option that caused it.
     if where:
         check_sql(con, f"SELECT * FROM catalog WHERE (\n{where}\n)", catalog.columns, "--where")
+        # DuckDB casts a number to a truth value, so --where "bar_strong_fraction" kept every row not exactly 0
+        [kind] = check_sql(con, f"SELECT (\n{where}\n) AS condition FROM catalog", catalog.columns, "--where").types
+        if str(kind) != "BOOLEAN":
+            raise CatalogError(f"--where {where!r} is a {kind} value, not a true/false condition; compare it, "
+                               "e.g. 'bald_total > 0.5'")
     if order_by:
         check_sql(con, f"SELECT * FROM catalog ORDER BY {order_by}\n", catalog.columns, "--order-by")
 
