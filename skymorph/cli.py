@@ -398,6 +398,8 @@ def _add_catalog_commands(sub) -> None:
     pick.add_argument("--seed", type=int, help="power strategy seed: same seed and catalog, same batch; the catalog of a new model "
                       "draws afresh with the same seed (default 0)")
     pick.add_argument("--exclude", metavar="IDS", help="CSV or Parquet with an object_id column: never pick these")
+    pick.add_argument("--exclude-id-column", default="object_id", metavar="NAME",
+                      help="the --exclude file's column of catalog object ids (default object_id; e.g. galaxy_id)")
     pick.add_argument("--out", required=True, metavar="FILE", help="subject manifest (.csv; or .parquet, .fits, .vot)")
     pick.add_argument("--gallery", metavar="PNG", help="also draw the picked galaxies and their posteriors")
     _add_overwrite_option(pick, "existing --out and --gallery files")
@@ -466,7 +468,8 @@ def _cmd_catalog_pick(args) -> int:
         _check_new([args.gallery], "--gallery", args)
     catalog = open_catalog(args.catalog, options)
     batch = pick(catalog, args.n, question=args.question, strategy=args.strategy, **power,
-                 exclude=args.exclude, storage_options=options, weight_by_asked=args.weight_by_asked is not False)
+                 exclude=args.exclude, storage_options=options, weight_by_asked=args.weight_by_asked is not False,
+                 exclude_id_column=args.exclude_id_column)
     # Both outputs or neither: a rerun must not be refused for the one written before the other failed.
     if args.gallery:  # first: it reads the tiles, the likelier to fail
         gallery(batch, catalog, args.gallery, question=args.question, storage_options=options)

@@ -82,6 +82,12 @@ def test_exclusions_never_picked(catalog, full, tmp_path):
         assert not excluded & set(batch["object_id"].to_pylist())
     retired = set(top[30:60])
     assert not retired & set(pick(catalog, 200, strategy="power", exclude=str(tmp_path / "retired.parquet"))["object_id"].to_pylist())
+    # a Galaxy Zoo table names its ids otherwise: --exclude-id-column
+    pd.DataFrame({"galaxy_id": top[:30]}).to_csv(tmp_path / "gz.csv", index=False)
+    out = tmp_path / "gz-batch.csv"
+    assert main(["catalog", "pick", catalog, "--n", "20", "--exclude", str(tmp_path / "gz.csv"), "--exclude-id-column", "galaxy_id",
+                 "--out", str(out)]) == 0
+    assert pd.read_csv(out)["object_id"].tolist() == top[30:50]
 
 
 def _splitmix64(x: int) -> int:
@@ -206,7 +212,8 @@ def test_cli_manifest(catalog, full, tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, fragment", [
     (["--question", "barr"], "Did you mean 'bar'"),
-    (["--exclude", "EXCLUDE_NO_ID"], "no object_id column"),
+    (["--exclude", "EXCLUDE_NO_ID"], "no object_id column (columns: objid); name its id column with --exclude-id-column"),
+    (["--exclude", "EXCLUDE_NO_ID", "--exclude-id-column", "galaxy_id"], "no galaxy_id column (columns: objid)"),
     (["--exclude", "ids.txt"], ".csv or .parquet"),
     (["--gallery", "g.jpg"], ".png"),
     (["--beta", "3"], "--beta applies to --strategy power only; drop it, or add --strategy power"),  # was ignored

@@ -84,8 +84,9 @@ def gumbel_keys(object_id, score, seed: int, beta: float = 1.0, salt: int = 0) -
     return beta * log_score + gumbel
 
 
-def read_ids(source, storage_options: dict | None = None) -> np.ndarray:
-    """``object_id`` values (int64) from a CSV or Parquet file with an ``object_id`` column, or an iterable."""
+def read_ids(source, storage_options: dict | None = None, id_column: str = "object_id") -> np.ndarray:
+    """Object ids (int64) from the ``id_column`` of a CSV or Parquet file (e.g. ``galaxy_id`` in a
+    Galaxy Zoo table), or from an iterable."""
     if not isinstance(source, (str, bytes)) and not hasattr(source, "__fspath__"):
         return np.asarray(list(source) if not isinstance(source, np.ndarray) else source, dtype=np.int64)
     from skymorph.storage import filesystem, read_parquet
@@ -106,18 +107,18 @@ def read_ids(source, storage_options: dict | None = None) -> np.ndarray:
                 table = pcsv.read_csv(fh, read_options=pcsv.ReadOptions(use_threads=False))
         except ValueError as err:  # pyarrow.ArrowInvalid: empty, binary, ragged rows
             raise InputError(f"--exclude {url!r} is not a readable CSV ({first_line(err)}); give a CSV or "
-                             "Parquet file with an object_id column") from None
+                             f"Parquet file with an {id_column} column") from None
     else:
-        raise InputError(f"--exclude {url!r}: give a .csv or .parquet file with an object_id column")
-    if "object_id" not in table.column_names:
+        raise InputError(f"--exclude {url!r}: give a .csv or .parquet file with an {id_column} column")
+    if id_column not in table.column_names:
         raise InputError(
-            f"--exclude {url!r} has no object_id column (columns: {', '.join(table.column_names)})."
-            + did_you_mean("object_id", table.column_names)
+            f"--exclude {url!r} has no {id_column} column (columns: {', '.join(table.column_names)}); name its id "
+            "column with --exclude-id-column." + did_you_mean(id_column, table.column_names)
         )
     try:
-        return table.column("object_id").to_numpy(zero_copy_only=False).astype(np.int64)
+        return table.column(id_column).to_numpy(zero_copy_only=False).astype(np.int64)
     except (TypeError, ValueError) as err:
-        raise InputError(f"--exclude {url!r}: object_id must be integers ({err})") from None
+        raise InputError(f"--exclude {url!r}: {id_column} must be integers ({err})") from None
 
 
 def _score(catalog: Catalog, question: str | None, weight_by_asked: bool) -> tuple[str, str]:
@@ -208,13 +209,14 @@ def pick(
     exclude=None,
     storage_options: dict | None = None,
     weight_by_asked: bool = True,
+    exclude_id_column: str = "object_id",
 ):
     """The next volunteer batch from the catalog at ``url``, as a ``pyarrow.Table`` in rank order.
 
     Columns: ``rank`` (1 = first), ``object_id``, ``ra``, ``dec``, ``tile``, ``row``,
     ``image_location`` (``<tile URL>#images[<row>]``), the score (``bald_total``; with a ``question``,
-    ``{question}_asked_bald``, or ``{question}_bald`` unless ``weight_by_asked``) and ``model_sha256``. ``exclude``: a CSV/Parquet file with ``object_id`` or an
-    iterable of ids never to pick. Each galaxy comes back at most once: one seen in overlapping tiles
+    ``{question}_asked_bald``, or ``{question}_bald`` unless ``weight_by_asked``) and ``model_sha256``. ``exclude``: a CSV/Parquet file with ``object_id`` (or the ids in its
+    ``exclude_id_column``) or an iterable of ids never to pick. Each galaxy comes back at most once: one seen in overlapping tiles
     (two rows, one ``object_id``) is ranked by its best row. Fewer than ``n`` rows come back when fewer
     galaxies qualify (``power`` needs a positive score).
     """
@@ -229,7 +231,7 @@ def pick(
     seed = check_seed(seed)
     catalog = url if isinstance(url, Catalog) else open_catalog(url, storage_options)
     score, score_sql = _score(catalog, question, weight_by_asked)
-    excluded = pa.table({"object_id": read_ids(exclude, storage_options) if exclude is not None else np.empty(0, np.int64)})
+    excluded = pa.table({"object_id": read_ids(exclude, storage_options, exclude_id_column) if exclude is not None else np.empty(0, np.int64)})
     where = f"{score_sql} IS NOT NULL AND NOT isnan({score_sql}) AND object_id NOT IN (SELECT object_id FROM excluded)"
     with connect(catalog) as con:
         con.register("excluded", excluded)
