@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from skymorph import cli
+from skymorph.storage import filesystem as storage_filesystem
 from skymorph.survey.ingest import decode_image, parse_label_map
 from skymorph.tiles import open_tile, read_tile_list
 
@@ -190,19 +191,167 @@ def test_ingest_reports_unreadable_files_and_writes_placeholder_positions(tmp_pa
 
 
 
-def test_cutouts_kept_under_out_tiles_are_input_not_a_survey(tmp_path):
-    """--overwrite used to delete all of --out/tiles/, the cutouts being ingested included."""
+def test_an_out_holding_the_inputs_is_refused_and_a_survey_s_other_files_stay(tmp_path):
+    """--overwrite used to delete all of --out/tiles/, the cutouts being ingested included; then a directory
+    of other files (here the cutouts and their CSV) took a survey mixed in. Now it is refused, --overwrite
+    or not, and touched not; files put beside a survey later stay when --overwrite replaces it."""
     from PIL import Image
 
     (tmp_path / "tiles").mkdir()
     for i in range(2):
         Image.fromarray(np.full((24, 24), 50 * (i + 1), dtype=np.uint8)).save(tmp_path / "tiles" / f"{i}.png")
     (tmp_path / "cat.csv").write_text("object_id,file\n1,tiles/0.png\n2,tiles/1.png\n")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     ingest_here = ["survey", "ingest", "--catalog", str(tmp_path / "cat.csv"), "--out", str(tmp_path), "--size", "16"]
-    assert _run(ingest_here)[0] == 0
-    assert _run([*ingest_here, "--overwrite"])[0] == 0
-    assert sorted(p.name for p in (tmp_path / "tiles").iterdir()) == ["0.png", "1.png", "ingest_00000.zarr"]
-    assert open_tile(read_tile_list(str(tmp_path / "tiles.txt"))[0]).read_coords()[0].tolist() == [1, 2]
+    for extra in ([], ["--overwrite"]):
+        code, err = _run([*ingest_here, *extra])
+        assert code == 2 and err.strip().splitlines() == [
+            f"skymorph: error: --out {str(tmp_path)!r} holds 'cat.csv', 'tiles/0.png', 'tiles/1.png', which a survey "
+            "does not; give a new or empty --out (--overwrite replaces only a survey, never other files)"]
+        assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+    out = tmp_path / "out"
+    ingest_out = ["survey", "ingest", "--catalog", str(tmp_path / "cat.csv"), "--out", str(out), "--size", "16"]
+    assert _run(ingest_out)[0] == 0
+    (out / "tiles" / "mine.png").write_bytes((tmp_path / "tiles" / "0.png").read_bytes())
+    (out / "notes.txt").write_text("mine")
+    assert _run([*ingest_out, "--overwrite"])[0] == 0
+    assert sorted(p.name for p in (out / "tiles").iterdir()) == ["ingest_00000.zarr", "mine.png"]
+    assert (out / "notes.txt").read_text() == "mine"
+    assert open_tile(read_tile_list(str(out / "tiles.txt"))[0]).read_coords()[0].tolist() == [1, 2]
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_an_out_holding_other_files_is_refused_and_an_empty_one_taken(tmp_path, request, where):
+    """A survey written into a skymorph catalog made `skymorph run` refuse the catalog ever after."""
+    _one_png(tmp_path)
+    (tmp_path / "cat.csv").write_text("object_id,file\n1,a.png\n")
+    if where == "s3":
+        out = f"{request.getfixturevalue('s3_bucket')}/catalog"
+    else:
+        out = str(tmp_path / "catalog")
+    fs, root = storage_filesystem(out)
+    catalog = {"hats.properties": b"", "partition_info.csv": b"", "dataset/Norder=0/Dir=0/Npix=1/part-x.parquet": b"",
+               "_skymorph/manifest.json": b"{}"}
+    for name, data in catalog.items():
+        if where == "local":
+            fs.makedirs(f"{root}/{name}".rsplit("/", 1)[0], exist_ok=True)
+        fs.pipe(f"{root}/{name}", data)
+    held = sorted(fs.find(root))
+    ingest_to = ["survey", "ingest", "--catalog", str(tmp_path / "cat.csv"), "--out", out, "--size", "16"]
+    for extra in ([], ["--overwrite"]):
+        code, err = _run([*ingest_to, *extra])
+        assert code == 2 and err.strip().splitlines() == [
+            f"skymorph: error: --out {out!r} holds '_skymorph', 'dataset', 'hats.properties' and 1 more, which a survey "
+            "does not; give a new or empty --out (--overwrite replaces only a survey, never other files)"]
+        fs.invalidate_cache()
+        assert sorted(fs.find(root)) == held
+
+    for name in catalog:  # emptied (a local directory stays, empty): taken
+        fs.rm(f"{root}/{name}")
+    if where == "local":
+        for name in ("dataset/Norder=0/Dir=0/Npix=1", "dataset/Norder=0/Dir=0", "dataset/Norder=0", "dataset", "_skymorph"):
+            (tmp_path / "catalog" / name).rmdir()
+        assert list((tmp_path / "catalog").iterdir()) == []
+    assert _run(ingest_to)[0] == 0
+    assert open_tile(read_tile_list(f"{out}/tiles.txt")[0]).read_coords()[0].tolist() == [1]
+
+
+def _grey_images(directory: Path, n: int) -> None:
+    """``n`` 8 x 8 grey PNGs ``{i}.png`` of value ``i`` (kept as they are at --size 8)."""
+    from PIL import Image
+
+    directory.mkdir(exist_ok=True)
+    for i in range(n):
+        Image.fromarray(np.full((8, 8), i, dtype=np.uint8)).save(directory / f"{i}.png")
+
+
+def _healpix(ra, dec, order: int) -> np.ndarray:
+    import astropy.units as u
+    from astropy.coordinates import Latitude, Longitude
+    from cdshealpix import nested
+
+    return nested.lonlat_to_healpix(Longitude(ra, unit=u.deg), Latitude(dec, unit=u.deg), order).astype(np.int64)
+
+
+def test_tiles_of_a_sky_wide_catalog_are_compact_patches_of_sky(tmp_path):
+    """Tiles cut in catalog order each spanned the whole sky, and `skymorph run` writes one part per tile and
+    partition it touches. In nested HEALPix order each tile is a run of the space-filling curve, so it
+    touches few partitions, and tiles follow positions, not catalog rows."""
+    from skymorph.survey import ingest
+
+    n, per_tile = 200, 25
+    _grey_images(tmp_path / "img", n)
+    rng = np.random.default_rng(7)
+    ra, dec = rng.uniform(0, 360, n), np.degrees(np.arcsin(rng.uniform(-1, 1, n)))  # uniform on the sphere
+    ra[150], dec[150] = ra[5], dec[5]  # one position twice: catalog order between them
+    table = pd.DataFrame({"object_id": np.arange(n) + 1000, "file": [f"img/{i}.png" for i in range(n)], "ra": ra, "dec": dec})
+    table.to_csv(tmp_path / "cat.csv", index=False)
+    summary = ingest(str(tmp_path / "cat.csv"), str(tmp_path / "o"), 8, tile_size=per_tile, progress=False)
+    assert summary.n_galaxies == n and len(summary.tiles) == n // per_tile and not summary.position_is_placeholder
+    assert "placeholder" not in str(summary)
+    tiles = [open_tile(url) for url in summary.tiles]
+    coords = [tile.read_coords() for tile in tiles]
+    fine = [_healpix(r, d, 29) for _, r, d in coords]
+    # runs of the curve, one after the other: no two tiles' order-29 ranges interleave
+    assert all(np.all(np.diff(h) >= 0) for h in fine) and all(a[-1] <= b[0] for a, b in zip(fine, fine[1:]))
+    # so a run at catalog order 0 writes at most one part per tile plus one per boundary between its 12 pixels
+    # (18 here; 88 in catalog order)
+    parts = sum(len(np.unique(_healpix(r, d, 0))) for _, r, d in coords)
+    assert parts <= len(tiles) + 11
+    ids = np.concatenate([c[0] for c in coords])
+    assert sorted(ids) == list(range(1000, 1000 + n))
+    assert ids.tolist().index(1005) == ids.tolist().index(1150) - 1  # equal keys keep catalog order
+
+    # labels keep catalog order; tile and row point at each object's own row and image
+    labels = pq.read_table(tmp_path / "o" / "labels.parquet").to_pandas()
+    assert labels["object_id"].tolist() == list(range(1000, 1000 + n))
+    by_name = {tile.name: tile for tile in tiles}
+    for oid, name, row in labels[["object_id", "tile", "row"]].itertuples(index=False):
+        assert by_name[name].read_coords(row, row + 1)[0][0] == oid
+        assert np.all(by_name[name].read_images(row, row + 1) == oid - 1000)
+
+    # the same tiles from the catalog in another order: they follow the sky (the tie flips, as its rows did)
+    table.iloc[::-1].to_csv(tmp_path / "reversed.csv", index=False)
+    again = ingest(str(tmp_path / "reversed.csv"), str(tmp_path / "r"), 8, tile_size=per_tile, progress=False)
+    swapped = {1005: 1150, 1150: 1005}
+    assert [[swapped.get(i, i) for i in open_tile(url).read_coords()[0].tolist()] for url in again.tiles] == \
+        [c[0].tolist() for c in coords]
+
+
+def test_placeholder_positions_keep_catalog_order_and_the_summary_says_so(tmp_path):
+    from skymorph.survey import ingest
+
+    _grey_images(tmp_path / "img", 7)
+    order = [3, 0, 6, 1, 5, 2, 4]
+    (tmp_path / "cat.csv").write_text("object_id,file\n" + "".join(f"{i + 10},img/{i}.png\n" for i in order))
+    summary = ingest(str(tmp_path / "cat.csv"), str(tmp_path / "o"), 8, tile_size=3, progress=False)
+    assert [open_tile(url).read_coords()[0].tolist() for url in summary.tiles] == [[13, 10, 16], [11, 15, 12], [14]]
+    assert summary.position_is_placeholder
+    assert str(summary) == (f"ingested 7 galaxies into 3 tile(s) at {tmp_path / 'o'}; positions are placeholders "
+                            "(ra = dec = 0): the catalog has no ra/dec columns")
+
+
+def test_a_given_pixel_scale_groups_by_side_then_sky_order(tmp_path):
+    from PIL import Image
+
+    from skymorph.survey import ingest
+
+    rng = np.random.default_rng(3)
+    n = 40
+    side = np.where(rng.random(n) < 0.5, 8, 16)
+    for i in range(n):
+        Image.fromarray(np.full((side[i], side[i]), i, dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    ra, dec = rng.uniform(0, 360, n), np.degrees(np.arcsin(rng.uniform(-1, 1, n)))
+    pd.DataFrame({"object_id": np.arange(n) + 1, "file": [f"{i}.png" for i in range(n)], "ra": ra, "dec": dec}).to_csv(
+        tmp_path / "cat.csv", index=False)
+    summary = ingest(str(tmp_path / "cat.csv"), str(tmp_path / "o"), 8, tile_size=6, pixel_scale_arcsec=0.5, progress=False)
+    written = [open_tile(url).read_coords() for url in summary.tiles]
+    sides = [np.unique(side[oid - 1]) for oid, _, _ in written]
+    assert all(len(s) == 1 for s in sides) and [int(s[0]) for s in sides] == sorted(int(s[0]) for s in sides)
+    for wanted in (8, 16):  # within a side: one run of the curve, cut into tiles
+        keys = np.concatenate([_healpix(r, d, 29) for (oid, r, d), s in zip(written, sides) if s[0] == wanted])
+        assert len(keys) == np.sum(side == wanted) and np.all(np.diff(keys) >= 0)
 
 
 def test_ingest_from_and_to_s3(s3_bucket):

@@ -153,6 +153,50 @@ def test_a_survey_at_out_is_refused_unless_overwrite_which_leaves_none_of_it(s3_
     assert storage.read_text(f"{out}/notes.txt") == "mine"  # not the survey's: kept
 
 
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_an_out_holding_other_files_is_refused_with_or_without_overwrite(tmp_path, request, where):
+    """synth wrote its survey into any directory: into a skymorph catalog, which `skymorph run` then refused
+    ("holds 'labels.parquet', 'tiles', ... which a skymorph catalog does not")."""
+    out = f"{request.getfixturevalue('s3_bucket')}/mine" if where == "s3" else str(tmp_path / "mine")
+    fs, root = storage.filesystem(out)
+    fs.makedirs(root, exist_ok=True)
+    fs.pipe(f"{root}/notes.txt", b"mine")
+    tiny = dict(n_tiles=1, per_tile=4, size=16, workers=1, progress=False)
+    for overwrite in (False, True):
+        with pytest.raises(InputError) as refused:
+            synthesize(out, overwrite=overwrite, **tiny)
+        assert str(refused.value) == (f"--out {out!r} holds 'notes.txt', which a survey does not; give a new or empty "
+                                      "--out (--overwrite replaces only a survey, never other files)")
+        fs.invalidate_cache()
+        assert [p.rsplit("/", 1)[-1] for p in fs.find(root)] == ["notes.txt"]
+    fs.rm(f"{root}/notes.txt")  # emptied: taken
+    assert synthesize(out, **tiny).n_galaxies == 4
+    assert len(read_tile_list(f"{out}/tiles.txt")) == 1 and _table(f"{out}/labels.parquet").shape[0] == 4
+
+
+def test_cli_refuses_a_catalog_directory_and_takes_an_empty_one(tmp_path, capsys):
+    catalog = tmp_path / "catalog"
+    for name in ("dataset/Norder=0/Dir=0/Npix=1/part-x.parquet", "_skymorph/manifest.json", "hats.properties",
+                 "partition_info.csv", ".tiles.txt.0123456789abcdef0123456789abcdef.tmp"):
+        (catalog / name).parent.mkdir(parents=True, exist_ok=True)
+        (catalog / name).write_text("")
+    args = ["survey", "synth", "--tiles", "1", "--per-tile", "4", "--size", "16", "--workers", "1"]
+    assert main([*args, "--out", str(catalog), "--overwrite"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"skymorph: error: --out {str(catalog)!r} holds '_skymorph', 'dataset', 'hats.properties' and 1 more, which a "
+        "survey does not; give a new or empty --out (--overwrite replaces only a survey, never other files)"]
+    assert sorted(p.name for p in catalog.iterdir()) == [
+        ".tiles.txt.0123456789abcdef0123456789abcdef.tmp", "_skymorph", "dataset", "hats.properties", "partition_info.csv"]
+    # an empty directory, or one left by a survey stopped early (an empty tiles/, a temporary file), is taken
+    empty, stopped = tmp_path / "empty", tmp_path / "stopped"
+    empty.mkdir()
+    (stopped / "tiles").mkdir(parents=True)
+    (stopped / ".labels.parquet.0123456789abcdef0123456789abcdef.tmp").write_text("")
+    for out in (empty, stopped):
+        assert main([*args, "--out", str(out)]) == 0
+        assert len(read_tile_list(str(out / "tiles.txt"))) == 1
+
+
 def test_vote_fractions_follow_the_truth():
     """True fractions respond to the parameters they should, on many drawn galaxies (no images)."""
     rng = np.random.default_rng(0)

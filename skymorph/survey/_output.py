@@ -5,14 +5,22 @@ Both write ``tiles/*.zarr``, ``tiles.txt`` and a labels table. Writing over an e
 would leave its tile stores that the new list does not name, its ``truth.parquet`` or
 ``ingest_failures.csv`` beside the new files, and tiles of the same URL with other galaxies, which a
 catalog that already ran them would never notice. So an ``--out`` holding any of those is refused
-unless ``overwrite``, which deletes exactly those first: nothing else, so cutouts kept under
-``--out/tiles/`` (ingest's input, say) stay.
+unless ``overwrite``, which deletes exactly those first: nothing else, so files kept beside a survey
+(notes, cutouts under ``--out/tiles/``) stay.
+
+An ``--out`` that holds no survey must be new or empty (an empty ``tiles/`` counts as empty: a survey
+stopped before its first tile leaves it), with or without ``overwrite``. Writing a survey into a
+directory of other files mixes the two: written into a skymorph catalog, it made ``skymorph run``
+refuse that catalog (it holds ``labels.parquet``, ``tiles``, ..., which a catalog does not), with or
+without ``--overwrite``, until the survey's files were picked out by hand. Same rule, and wording, as
+``skymorph run --out``.
 """
 
 from __future__ import annotations
 
 import os
 import posixpath
+import re
 
 from skymorph import storage
 from skymorph.errors import InputError
@@ -23,25 +31,60 @@ SURVEY_FILES = ("tiles.txt", "labels.parquet", "truth.parquet", "ingest_failures
 """What a survey writes at ``--out`` besides its tile stores ``tiles/*.zarr``."""
 
 
+# storage.atomic_write_text's and write_parquet's temporary names (".labels.parquet.<uuid hex>.tmp"), which a
+# survey killed mid-write leaves beside its files: the survey's own
+_TEMP = re.compile(r"^\.(%s)\.[0-9a-f]{32}\.tmp$" % "|".join(re.escape(name) for name in SURVEY_FILES))
+
+
+def _listing(fs, path: str) -> dict[str, str]:
+    """``{name: path}`` of what lies directly under ``path`` (empty when it is no directory). S3 lists a
+    "folder" marker object (key ``prefix/``, left by consoles and tools) as the directory itself: skipped."""
+    if not fs.isdir(path):
+        return {}
+    entries = (entry.rstrip("/") for entry in fs.ls(path, detail=False))
+    return {posixpath.basename(entry): entry for entry in entries if entry != path.rstrip("/")}
+
+
+def _survey_entries(fs, root: str) -> tuple[list[str], list[str], list[str]]:
+    """``(files, stores, foreign)`` under ``root``: paths of :data:`SURVEY_FILES`, paths of tile stores
+    ``tiles/*.zarr``, and the names (``tiles/x`` below ``tiles/``) of everything no survey writes, sorted."""
+    fs.invalidate_cache(root)
+    top = _listing(fs, root)
+    below = _listing(fs, top["tiles"]) if "tiles" in top else {}
+    files = [top[name] for name in SURVEY_FILES if name in top and fs.isfile(top[name])]
+    stores = [path for name, path in sorted(below.items()) if name.endswith(".zarr")]
+    foreign = sorted(name for name in top if name not in SURVEY_FILES and name != "tiles" and not _TEMP.match(name))
+    foreign += [f"tiles/{name}" for name in sorted(below) if not name.endswith(".zarr")]
+    if "tiles" in top and not fs.isdir(top["tiles"]):
+        foreign.append("tiles")  # a file named tiles
+    return files, stores, sorted(foreign)
+
+
 def check_survey_out(out: str, storage_options: dict | None) -> None:
     """Fail now, before reading any input, if ``out`` cannot be written: a local path that is a file or
-    not writable, or an S3 bucket that is missing or unreachable."""
+    not writable, an S3 bucket that is missing or unreachable, or a directory (or prefix) that holds
+    no survey and is not empty (module docstring: a survey is never mixed into other files)."""
     if storage.is_remote(out):
         # one request without retries: fs.exists() would answer "no bucket" for a down endpoint, after
         # s3fs's and botocore's retries (11-19 s)
         storage.check_bucket(out, "--out", storage_options)
     else:
         storage.check_writable(out, "--out", directory=True)
+    fs, root = storage.filesystem(out, storage_options)
+    if storage.is_remote(out) and fs.isfile(root):
+        raise InputError(f"--out {out!r} is a file; give a directory for the survey")
+    files, stores, foreign = _survey_entries(fs, root)
+    if foreign and not (files or stores):
+        shown = ", ".join(repr(name) for name in foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise InputError(f"--out {out!r} holds {shown}, which a survey does not; give a new or empty --out "
+                         "(--overwrite replaces only a survey, never other files)")
 
 
 def prepare_survey_out(out: str, overwrite: bool, storage_options: dict | None) -> None:
     """After :func:`check_survey_out`: fail if ``out`` already holds survey outputs, unless
-    ``overwrite``, which removes them (:data:`SURVEY_FILES` and ``tiles/*.zarr``)."""
+    ``overwrite``, which removes them (:data:`SURVEY_FILES` and ``tiles/*.zarr``) and nothing else."""
     fs, root = storage.filesystem(out, storage_options)
-    fs.invalidate_cache(root)
-    files = [f"{root}/{name}" for name in SURVEY_FILES if fs.isfile(f"{root}/{name}")]
-    stores = [path.rstrip("/") for path in (fs.ls(f"{root}/tiles", detail=False) if fs.isdir(f"{root}/tiles") else [])
-              if path.rstrip("/").endswith(".zarr")]
+    files, stores, _ = _survey_entries(fs, root)
     if (files or stores) and not overwrite:
         found = [posixpath.basename(path) for path in files] + ([f"{len(stores)} tile store(s) in tiles/"] if stores else [])
         raise InputError(f"--out {out!r} already holds a survey ({', '.join(found)}); "

@@ -15,11 +15,20 @@ says which. 16-bit colour or grey+alpha PNG/TIFF is reported and skipped: Pillow
 bands into one grey channel (flux before the stretch for FITS); ``"keep"`` keeps them. A non-square
 image is centre-cropped to a square, then resized with Lanczos (antialiased) to ``size`` pixels.
 
+Tile order: with ``ra``/``dec`` the galaxies are written in nested HEALPix order (their order-29
+index from cdshealpix, as the catalog's ``_healpix_29``; a stable sort, so galaxies of one index keep
+catalog order) before being cut into tiles of ``tile_size``. Nested index order is a space-filling curve, so each tile
+is a compact patch of sky. That matters downstream: ``skymorph run`` writes one Parquet part per tile
+(range) and HEALPix partition it touches, so tiles cut in catalog order from a sky-wide catalog each
+spanned the whole sky and wrote a part into nearly every partition (2,000 GZ2 cutouts given sky-wide
+positions, 2 tiles, catalog order 2: 380 parts; in sky order 193, for the 192 partitions holding
+galaxies). Placeholder positions (below) carry no sky order: those galaxies keep catalog order.
+
 Pixel scale: a cutout whose square side is ``s`` pixels of ``pixel_scale_arcsec`` becomes ``size``
 pixels of ``pixel_scale_arcsec * s / size``. A tile records one scale, so given a scale the cutouts are
-written grouped by their side (catalog order within a side): every tile holds cutouts of one input
-size (``resize.from_px``) and records the scale of its own resized pixels. Without a scale the tiles
-keep catalog order, and ``from_px`` is recorded where a tile's cutouts share one side.
+written grouped by their side (sky order, or catalog order, within a side): every tile holds cutouts
+of one input size (``resize.from_px``) and records the scale of its own resized pixels. Without a scale
+the tiles are not grouped, and ``from_px`` is recorded where a tile's cutouts share one side.
 ``labels.parquet`` keeps the catalog order and says where each galaxy went (``tile``, ``row``).
 
 Positions: a catalog without ``ra``/``dec`` gets the placeholder position ra = dec = 0 for every
@@ -51,6 +60,7 @@ from skymorph.tiles import MISSING_OBJECT_ID
 __all__ = ["ingest", "IngestSummary", "decode_image", "parse_label_map"]
 
 _FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz")
+_SKY_ORDER = 29  # the finest nested HEALPix order cdshealpix supports (~0.4 mas cells): the tiles' sort key
 _ASINH_A, _PERCENTILE = 0.1, 99.5  # the stretch of values beyond 8 bits: AsinhStretch(a) over a percentile interval
 # Pillow's raw modes of 16 bits per band for colour or grey+alpha ("RGB;16B", "LA;16B", "RGBA;16L", ...),
 # which it reads as their high bytes; one-band 16-bit images open as mode I;16 and read whole.
@@ -59,7 +69,8 @@ _SIXTEEN_BIT_BANDS = re.compile(r"^(RGB|RGBA|RGBX|LA|CMYK)[A-Z]*;16[BLN]$")  # n
 
 @dataclass(frozen=True)
 class IngestSummary:
-    """What :func:`ingest` wrote: counts, tile URLs, the labels and failures paths."""
+    """What :func:`ingest` wrote: counts, tile URLs, the labels and failures paths, and whether the
+    positions are placeholders (no ``ra``/``dec`` in the catalog; printed, so that it is noticed)."""
 
     out: str
     n_galaxies: int
@@ -71,7 +82,8 @@ class IngestSummary:
 
     def __str__(self) -> str:
         failed = f", {self.n_failed} file(s) skipped (see {self.failures})" if self.n_failed else ""
-        return f"ingested {self.n_galaxies} galaxies into {len(self.tiles)} tile(s) at {self.out}{failed}"
+        placeholder = "; positions are placeholders (ra = dec = 0): the catalog has no ra/dec columns" if self.position_is_placeholder else ""
+        return f"ingested {self.n_galaxies} galaxies into {len(self.tiles)} tile(s) at {self.out}{failed}{placeholder}"
 
 
 def parse_label_map(text: str | None) -> dict[str, str]:
@@ -216,6 +228,20 @@ def _read_catalog(catalog_csv: str, id_column: str, storage_options):
     return table.rename(columns={id_column: "object_id"}) if id_column != "object_id" else table
 
 
+def _sky_order(ra_deg: np.ndarray, dec_deg: np.ndarray) -> np.ndarray:
+    """The permutation that puts positions in nested HEALPix order at :data:`_SKY_ORDER` (stable: equal
+    indices keep their input order), so that consecutive galaxies, and hence each tile cut from them,
+    lie in a compact patch of sky (nested order is a space-filling curve). Indices from cdshealpix, as
+    for the catalog's ``_healpix_29``; right ascension wraps at 360 degrees."""
+    import astropy.units as u
+    from astropy.coordinates import Latitude, Longitude
+    from cdshealpix import nested
+
+    lon = Longitude(np.asarray(ra_deg, dtype=np.float64), unit=u.deg)
+    lat = Latitude(np.asarray(dec_deg, dtype=np.float64), unit=u.deg)
+    return np.argsort(nested.lonlat_to_healpix(lon, lat, _SKY_ORDER), kind="stable")
+
+
 def _vote_columns(table, schema_name: str, question: str, mapping: dict[str, str]) -> dict[str, np.ndarray]:
     """One vote per galaxy for the answer its ``label`` maps to (one-line error for unmapped labels)."""
     q = get_schema(schema_name).question(question)
@@ -312,10 +338,11 @@ def ingest(
     band_names = ["grey"] if bands == "mean" else (["r", "g", "b"] if images.shape[1] == 3 else [f"band{i}" for i in range(images.shape[1])])
     extra = {"position_is_placeholder": placeholder, "source_catalog": str(catalog_csv), "pixel_scale_is_placeholder": pixel_scale_arcsec is None}
     object_id = kept["object_id"].to_numpy(np.int64)
-    if pixel_scale_arcsec is None:  # no scale to get right: keep catalog order, no small tiles per size
-        groups = [np.arange(len(kept))]
-    else:  # one input size per tile, so one pixel scale per tile
-        order = np.argsort(sides, kind="stable")
+    order = np.arange(len(kept)) if placeholder else _sky_order(ra, dec)
+    if pixel_scale_arcsec is None:  # no scale to get right: one group, no small tiles per size
+        groups = [order]
+    else:  # one input size per tile, so one pixel scale per tile; sky order within a size
+        order = order[np.argsort(sides[order], kind="stable")]
         groups = np.split(order, np.flatnonzero(np.diff(sides[order])) + 1)
     tiles = [group[start : start + tile_size] for group in groups for start in range(0, len(group), tile_size)]
     tile_urls, tile_of_row, row = [], np.empty(len(kept), dtype=object), np.empty(len(kept), dtype=np.int64)
