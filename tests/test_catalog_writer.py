@@ -67,9 +67,9 @@ def test_properties_round_trip_and_hats_reads_them(tmp_path):
 
     props = CatalogProperties(catalog_name="cat", total_rows=12, order=4, builder="skymorph 0.1.0",
                               creation_date=CatalogProperties.now(), skymorph_model_sha256="c" * 64,
-                              skymorph_samples=8, extra={"obs_title": "x"})
+                              skymorph_samples=8, skymorph_positions="placeholder", extra={"obs_title": "x"})
     layout.write_properties(str(tmp_path), props)
-    assert layout.read_properties(str(tmp_path)) == props
+    assert layout.read_properties(str(tmp_path)) == props and props.placeholder_positions
     hats_props = TableProperties.read_from_dir(tmp_path)
     assert (hats_props.catalog_name, hats_props.total_rows, hats_props.npix_suffix) == ("cat", 12, "/")
     assert (hats_props.ra_column, hats_props.dec_column) == ("ra", "dec")
@@ -80,6 +80,8 @@ def test_properties_reject_bad_values():
         CatalogProperties(catalog_name="c", total_rows=1, order=30)
     with pytest.raises(CatalogError, match="hats_nrows"):
         CatalogProperties.from_text("obs_collection=c\n")
+    with pytest.raises(CatalogError, match="skymorph_positions must be 'sky' or 'placeholder', got 'fake'"):
+        CatalogProperties.from_text("obs_collection=c\nhats_nrows=1\nskymorph_positions=fake\n")
 
 
 def test_part_names_are_deterministic_and_distinct():

@@ -134,6 +134,8 @@ def test_resume_with_other_rows_per_task_is_refused_so_no_row_is_written_twice(t
 def test_a_catalog_of_tiles_without_sky_positions_says_so_and_mixed_tiles_are_refused(tmp_path, tiny_model, capsys):
     """`survey ingest` without ra/dec puts every galaxy at ra = dec = 0 and marks its tiles; the catalog
     gave no sign of it, and a cone search at (0, 0) returned every galaxy as if it were there."""
+    from pathlib import Path
+
     from skymorph.catalog import info, query
     from skymorph.catalog.layout import read_properties
     from skymorph.catalog.writer import read_manifest
@@ -154,8 +156,9 @@ def test_a_catalog_of_tiles_without_sky_positions_says_so_and_mixed_tiles_are_re
 
     fake = [tile(f"f{i}", True) for i in range(4)]
     real = tile("sky", False)
-    lists = {name: str(tmp_path / f"{name}.txt") for name in ("fake", "fake_then_sky", "sky_unsampled", "sky")}
+    lists = {name: str(tmp_path / f"{name}.txt") for name in ("fake", "fake4", "fake_then_sky", "sky_unsampled", "sky")}
     write_tile_list(lists["fake"], fake[:3])
+    write_tile_list(lists["fake4"], fake)
     write_tile_list(lists["fake_then_sky"], [*fake[:3], real])  # the last tile is sampled
     write_tile_list(lists["sky_unsampled"], [fake[0], real, fake[2], fake[3]])  # sampled: 0, 2 and 3
     write_tile_list(lists["sky"], [real])
@@ -169,6 +172,16 @@ def test_a_catalog_of_tiles_without_sky_positions_says_so_and_mixed_tiles_are_re
     assert main(["catalog", "query", catalog, "--cone", "0", "0", "60"]) == 2
     assert "has placeholder positions (its tiles were ingested without ra/dec" in capsys.readouterr().err
     assert query(catalog, where="object_id >= 0").num_rows == 24
+    # a catalog begun before the kind was recorded (no key in either file) is "unrecorded", and takes the
+    # tiles' kind when a run extends it
+    manifest = json.loads(Path(layout.manifest_url(catalog)).read_text())
+    del manifest["placeholder_positions"]
+    Path(layout.manifest_url(catalog)).write_text(json.dumps(manifest))
+    properties = Path(layout.properties_url(catalog))
+    properties.write_text("".join(line for line in properties.read_text().splitlines(True) if not line.startswith("skymorph_positions=")))
+    assert info(catalog).to_dict()["positions"] is None and "positions " not in str(info(catalog))
+    assert run_survey(replace(config, tiles=lists["fake4"])).total_rows == 32
+    assert read_properties(catalog).skymorph_positions == "placeholder" and read_manifest(catalog).placeholder_positions
 
     with pytest.raises(InputError, match=r"tile '.*f0\.zarr' has placeholder positions \(ingested without ra/dec\) but tile "
                                          r"'.*sky\.zarr' has sky positions: run them into separate catalogs"):
@@ -181,7 +194,8 @@ def test_a_catalog_of_tiles_without_sky_positions_says_so_and_mixed_tiles_are_re
     with pytest.raises(CatalogError, match="was written from tiles with placeholder positions .*, and these tiles have sky "
                                            "positions: choose another --out or pass --overwrite"):
         run_survey(replace(config, tiles=lists["sky"]))
-    assert read_properties(run_survey(replace(config, tiles=lists["sky"], overwrite=True)).catalog).skymorph_positions == ""
+    assert read_properties(run_survey(replace(config, tiles=lists["sky"], overwrite=True)).catalog).skymorph_positions == "sky"
+    assert info(catalog).to_dict()["positions"] == "sky"
 
 
 def test_catalog_held_by_a_live_driver_is_refused_even_with_overwrite(tmp_path, s3_bucket, tiny_model):

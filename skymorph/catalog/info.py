@@ -87,7 +87,8 @@ class CatalogInfo:
     ``bald_quantiles`` maps each of :data:`BALD_QUANTILES` to its (t-digest approximate) value;
     ``bald_min``/``bald_max``/``bald_mean`` are exact; all are None in a catalog without rows (JSON null,
     not NaN, which strict JSON parsers refuse). ``failed_tiles`` holds ``(tile, stage, reason)``.
-    ``placeholder_positions``: the rows' ra/dec are placeholders (tiles ingested without positions).
+    ``positions``: ``sky``, or ``placeholder`` where the rows' ra/dec are placeholders (tiles ingested
+    without positions); empty in a catalog written before it was recorded.
     """
 
     url: str
@@ -107,7 +108,7 @@ class CatalogInfo:
     bald_mean: float | None
     bald_max: float | None
     bald_quantiles: dict
-    placeholder_positions: bool = False
+    positions: str = ""
 
     def to_dict(self) -> dict:
         return {
@@ -115,7 +116,7 @@ class CatalogInfo:
             "rows": self.rows,
             "partitions": self.partitions,
             "order": self.order,
-            "positions": "placeholder" if self.placeholder_positions else "sky",
+            "positions": self.positions or None,
             "columns": list(self.columns),
             "model": {
                 "sha256": self.model_sha256,
@@ -146,7 +147,7 @@ class CatalogInfo:
             f"catalog      {self.url}",
             f"rows         {self.rows:,} in {self.partitions:,} partitions (HEALPix order {self.order})",
             *(["positions    placeholders (ra = dec = 0: the tiles were ingested without sky positions); cone "
-               "searches and partitions mean nothing"] if self.placeholder_positions else []),
+               "searches and partitions mean nothing"] if self.positions == layout.PLACEHOLDER_POSITIONS else []),
             f"columns      {len(self.columns)}: {', '.join(self.columns[:6])}"
             + (", ... (all of them: catalog info --json)" if len(self.columns) > 6 else ""),
             f"model        sha256 {self.model_sha256}",
@@ -192,7 +193,7 @@ def info(url: str, storage_options: dict | None = None) -> CatalogInfo:
         n_volunteers=catalog.metadata.n_volunteers,
         version=catalog.metadata.version,
         likelihood=catalog.metadata.likelihood,
-        placeholder_positions=catalog.properties.placeholder_positions,
+        positions=catalog.properties.skymorph_positions,
         failed_tiles=_failed_tiles(catalog),
         bald_min=None if low is None else float(low),
         bald_mean=None if mean is None else float(mean),

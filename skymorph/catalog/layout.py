@@ -42,6 +42,7 @@ __all__ = [
     "MAX_ORDER",
     "SPATIAL_INDEX_COLUMN",
     "PLACEHOLDER_POSITIONS",
+    "SKY_POSITIONS",
     "SPATIAL_INDEX_ORDER",
     "BASE_COLUMNS",
     "METADATA_KEYS",
@@ -370,8 +371,8 @@ def read_common_metadata(catalog: str, storage_options: dict | None = None):
 # ---- hats.properties --------------------------------------------------------------------------------
 
 
-PLACEHOLDER_POSITIONS = "placeholder"
-"""``skymorph_positions`` of a catalog whose tiles had no sky positions."""
+SKY_POSITIONS, PLACEHOLDER_POSITIONS = "sky", "placeholder"
+"""``skymorph_positions`` of a catalog whose tiles had sky positions, and of one whose tiles had none."""
 
 
 @dataclass(frozen=True)
@@ -383,8 +384,9 @@ class CatalogProperties:
     (``/``: each ``Npix=P`` is a directory), ``builder`` -> ``hats_builder``, ``creation_date`` ->
     ``hats_creation_date`` (UTC, ``%Y-%m-%dT%H:%MUTC`` as hats writes it); the ``skymorph_*`` fields
     are written under their own names. ``skymorph_positions`` is ``placeholder`` where the tiles had no
-    sky positions (``survey ingest`` without ra/dec: every galaxy at ra = dec = 0), else empty (real
-    positions; not written). ``extra`` keeps unknown keys of a file read back.
+    sky positions (``survey ingest`` without ra/dec: every galaxy at ra = dec = 0), ``sky`` where they
+    had, and empty in catalogs written before it was recorded. ``extra`` keeps unknown keys of a file
+    read back.
     """
 
     catalog_name: str
@@ -420,8 +422,8 @@ class CatalogProperties:
             raise CatalogError(f"total_rows must be >= 0, got {self.total_rows}")
         if not 0 <= self.order <= MAX_ORDER:
             raise CatalogError(f"catalog order must be in 0..{MAX_ORDER}, got {self.order}")
-        if self.skymorph_positions not in ("", PLACEHOLDER_POSITIONS):
-            raise CatalogError(f"skymorph_positions must be {PLACEHOLDER_POSITIONS!r} or absent, got {self.skymorph_positions!r}")
+        if self.skymorph_positions not in ("", SKY_POSITIONS, PLACEHOLDER_POSITIONS):
+            raise CatalogError(f"skymorph_positions must be {SKY_POSITIONS!r} or {PLACEHOLDER_POSITIONS!r}, got {self.skymorph_positions!r}")
         if self.dataproduct_type != "object":
             raise CatalogError(f"a skymorph catalog has dataproduct_type=object, got {self.dataproduct_type!r}")
 

@@ -228,8 +228,8 @@ class RangeRecord:
 @dataclass
 class Manifest:
     """``CATALOG/_skymorph/manifest.json``: which model wrote the catalog, at which order, for how many
-    volunteers and with how many rows per task (None in manifests older than that field), whether its
-    tiles' positions are placeholders, and the tile ranges done. Mutable: the driver adds ranges as
+    volunteers and with how many rows per task, whether its tiles' positions are placeholders (each None
+    in manifests older than its field), and the tile ranges done. Mutable: the driver adds ranges as
     results arrive and rewrites the file atomically."""
 
     model_sha256: str
@@ -237,7 +237,7 @@ class Manifest:
     ranges: dict
     n_volunteers: int = 40
     rows_per_task: int | None = None
-    placeholder_positions: bool = False
+    placeholder_positions: bool | None = None
 
     def add(self, record: RangeRecord) -> None:
         self.ranges[record.key] = record
@@ -261,7 +261,7 @@ class Manifest:
             return cls(model_sha256=data["model_sha256"], order=int(data["order"]),
                        ranges={r.key: r for r in records}, n_volunteers=int(data["n_volunteers"]),
                        rows_per_task=None if data.get("rows_per_task") is None else int(data["rows_per_task"]),
-                       placeholder_positions=bool(data.get("placeholder_positions", False)))
+                       placeholder_positions=None if data.get("placeholder_positions") is None else bool(data["placeholder_positions"]))
         except (ValueError, KeyError, TypeError) as err:
             raise CatalogError(f"{source} is corrupt ({err}); rerun with --overwrite to start the catalog afresh") from err
 

@@ -202,7 +202,9 @@ def _prepare_output(config: RunConfig, model_sha256: str, options: dict, placeho
                 f"{config.out!r} was written with --rows-per-task {manifest.rows_per_task}, not {config.rows_per_task}; "
                 "keep the number to resume it or pass --overwrite"
             )
-        if manifest.placeholder_positions != placeholder_positions:
+        if manifest.placeholder_positions is None:  # a catalog begun before the kind was recorded: the tiles say
+            manifest.placeholder_positions = placeholder_positions
+        elif manifest.placeholder_positions != placeholder_positions:
             kinds = {True: "placeholder positions (ingested without ra/dec)", False: "sky positions"}
             raise CatalogError(
                 f"{config.out!r} was written from tiles with {kinds[manifest.placeholder_positions]}, and these tiles have "
@@ -555,7 +557,7 @@ def run_survey(config: RunConfig) -> RunReport:
             skymorph_model_sha256=model_sha256, skymorph_samples=metadata.samples, skymorph_seed=metadata.seed,
             skymorph_n_volunteers=config.n_volunteers, skymorph_schema=metadata.schema.name,
             skymorph_likelihood=metadata.likelihood,
-            skymorph_positions=layout.PLACEHOLDER_POSITIONS if manifest.placeholder_positions else "",
+            skymorph_positions=layout.PLACEHOLDER_POSITIONS if manifest.placeholder_positions else layout.SKY_POSITIONS,
         )
         finished = finish_catalog(config.out, manifest, schema, props, options)
         write_manifest(config.out, manifest, options)  # compact: the finished catalog has no journal
