@@ -7,6 +7,7 @@ import io
 import json
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -449,8 +450,8 @@ def test_labels_of_another_surveys_images_are_refused(tmp_path):
         synthesize(out, n_tiles=2, per_tile=8, size=16, seed=seed, schema="gz2", workers=1, progress=False)
     base = ["train", "--schema", "gz2", "--epochs", "1", "--batch-size", "8", "--threads", "1", "--out", str(tmp_path / "m.ckpt")]
     _expect_one_line_error([*base, "--tiles", f"{b}/tiles.txt", "--labels", f"{a}/labels.parquet"],
-                           "put object_id 0 at tile 'hpx5_06879', row 0, but the tiles given hold it at tile 'hpx5_01056', row 0 "
-                           "(7 more like it here): these labels are of another survey's images")
+                           "put object_id 0 at tile 'hpx5_06879', row 0, but the tiles given hold it only elsewhere (tile "
+                           "'hpx5_01056', row 0; 15 more like it): these labels are of another survey's images")
     assert cli.main([*base, "--tiles", f"{a}/tiles.txt", "--labels", f"{a}/labels.parquet"]) == 0
 
 
@@ -463,16 +464,40 @@ def test_labels_locate_images_by_tile_name_or_url_and_row(tmp_path):
     table["row"] = np.where(first, np.arange(n), np.arange(n) - n // 2)
     table.loc[3, ["tile", "row"]] = [None, None]  # unknown: not checked
     at = str(tmp_path / "at.parquet")
+    gz2 = get_schema("gz2")
     table.to_parquet(at)
-    images, located = load_images(read_tiles(tiles), load_labels(at, get_schema("gz2")), progress=False)
+    images, located = load_images(read_tiles(tiles), load_labels(at, gz2), progress=False)
     assert located.tile[0] == "t0" and located.row[n - 1] == n // 2 - 1 and located.tile[3] is None and located.row[3] == -1
-    moved = table.assign(row=table["row"].where(table.index != 30, 5))
-    moved.to_parquet(at)
-    with pytest.raises(InputError, match=r"put object_id 1030 at tile 't1', row 5, but the tiles given hold it at tile 't1', row 6 \(0 more"):
-        load_images(read_tiles(tiles), load_labels(at, get_schema("gz2")), progress=False)
-    table.assign(tile=7).to_parquet(at)
-    with pytest.raises(InputError, match="column 'tile' must hold tile names or URLs, not int64"):
-        load_labels(at, get_schema("gz2"))
+    table.assign(row=table["row"].where(table.index != 30, 5)).to_parquet(at)
+    with pytest.raises(InputError, match=r"put object_id 1030 at tile 't1', row 5, but the tiles given hold it only elsewhere "
+                                         r"\(tile 't1', row 6; 0 more like it\): these labels are of another survey's images"):
+        load_images(read_tiles(tiles), load_labels(at, gz2), progress=False)
+    # columns of other kinds are not locations: no check (they trained before the check existed)
+    for other in (table.assign(tile=7), table.assign(tile="field 3", row=np.arange(n, dtype=np.uint64) + 2**63),
+                  table.assign(row=table["row"] + 0.5), table.drop(columns=["row"])):
+        other.to_parquet(at)
+        assert load_labels(at, gz2).tile is None
+        load_images(read_tiles(tiles), load_labels(at, gz2), progress=False)
+    table.assign(tile=table["tile"].astype("category")).to_parquet(at)  # a pandas categorical is still text
+    assert list(load_labels(at, gz2).tile[:2]) == ["t0", "t0"]
+
+
+def test_a_galaxy_in_two_overlapping_tiles_takes_the_image_its_labels_name(tmp_path):
+    """`catalog pick` names one row of a galaxy seen in two overlapping tiles; the check refused the other."""
+    from skymorph.tiles import write_tile, write_tile_list
+
+    urls = [str(tmp_path / f"t{t}.zarr") for t in range(2)]
+    for t, url in enumerate(urls):  # object 5 is row 5 of t0 and row 0 of t1, with different pixels
+        ids = np.arange(6) if t == 0 else np.arange(5, 10)
+        images = np.full((len(ids), 1, 16, 16), 10 * t + 1, dtype=np.uint8) + ids[:, None, None, None].astype(np.uint8)
+        write_tile(url, images, ids, np.zeros(len(ids)), np.zeros(len(ids)), survey="test", bands=["grey"],
+                   pixel_scale_arcsec=1.0, stretch="none", resize="none")
+    write_tile_list(str(tmp_path / "tiles.txt"), urls)
+    at = str(tmp_path / "at.csv")
+    for said, pixel in (("t0,5", 6), ("t1,0", 16)):
+        Path(at).write_text(f"object_id,has_spiral_arms_yes,has_spiral_arms_no,tile,row\n5,1,0,{said}\n")
+        images, _ = load_images(read_tiles(str(tmp_path / "tiles.txt")), load_labels(at, get_schema("gz2")), progress=False)
+        assert images[0, 0, 0, 0] == pixel, said
 
 
 def test_cli_train_writes_checkpoint_and_metrics(tmp_path):

@@ -69,28 +69,39 @@ class Labels:
         return Labels(self.object_id[index], self.votes[index], pick(self.split), self.source, self.sha256, pick(self.tile), pick(self.row))
 
 
-def _locations(table, url: str) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """The labels' optional ``tile`` (names as :func:`skymorph.tiles.tile_name` gives them, vectorised; None
-    where null) and ``row`` (-1 where null) columns."""
+def _locations(table) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """``(tile, row)``: where the labels say each image is, when they have both a text ``tile`` column
+    and a whole-number ``row`` column as skymorph writes them; tile names as
+    :func:`skymorph.tiles.tile_name` gives them (None where null), rows -1 where null. ``(None, None)``
+    otherwise: columns of other types (a field number, say) are none of skymorph's business."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    tile = row = None
-    given = {name for name in ("tile", "row") if name in table.column_names and not pa.types.is_null(table.column(name).type)}
-    if "tile" in given:
-        column = table.column("tile")
-        if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
-            raise InputError(f"labels {url!r} column 'tile' must hold tile names or URLs, not {column.type}")
-        names = pc.replace_substring_regex(pc.replace_substring_regex(column, r"/+$", ""), r"^.*/|\.zarr$", "")
-        tile = np.array(names.to_pylist(), dtype=object)
-    if "row" in given:
-        column = table.column("row")
-        # whole floats too: pandas stores an integer column with a missing value as float
-        values = pc.fill_null(column, -1).to_numpy() if pa.types.is_integer(column.type) or pa.types.is_floating(column.type) else None
-        if values is None or not np.isfinite(values).all() or (values != np.round(values)).any():
-            raise InputError(f"labels {url!r} column 'row' must hold integer rows of the tile stores, not {column.type}")
-        row = values.astype(np.int64)
-    return tile, row
+    from skymorph.tiles import tile_name
+
+    if "tile" not in table.column_names or "row" not in table.column_names:
+        return None, None
+    tile, row = table.column("tile"), table.column("row")
+    if pa.types.is_dictionary(tile.type):  # a pandas categorical
+        tile = tile.cast(tile.type.value_type)
+    if not (pa.types.is_string(tile.type) or pa.types.is_large_string(tile.type)):
+        return None, None
+    try:
+        if pa.types.is_integer(row.type):
+            rows = pc.fill_null(row.cast(pa.int64()), -1).to_numpy()
+        elif pa.types.is_floating(row.type):  # pandas stores an integer column with a missing value as float
+            values = pc.fill_null(row, -1.0).to_numpy()
+            if not np.isfinite(values).all() or (values != np.round(values)).any():
+                return None, None
+            rows = values.astype(np.int64)
+        else:
+            return None, None
+    except pa.ArrowInvalid:  # an unsigned row beyond int64
+        return None, None
+    # each distinct tile named once, by the one definition of a tile's name
+    distinct = pc.unique(tile)
+    names = np.array([None if value is None else tile_name(value) for value in distinct.to_pylist()], dtype=object)
+    return names[pc.index_in(tile, value_set=distinct, skip_nulls=False).to_numpy()], rows
 
 
 def _read_table(url: str, storage_options):
@@ -199,7 +210,7 @@ def load_labels(url: str, schema: Schema, storage_options=None) -> Labels:
     if "split" in names:
         raw = table.column("split").to_pylist()
         split = np.array([_SPLIT_NAMES.get(str(s).strip().lower(), str(s)) for s in raw], dtype=object)
-    return Labels(object_id, votes, split, str(url), sha256, *_locations(table, url))
+    return Labels(object_id, votes, split, str(url), sha256, *_locations(table))
 
 
 def positions(keys: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -233,15 +244,20 @@ def split_masks(labels: Labels, val_fraction: float, seed: int = 0) -> tuple[np.
 def load_images(tile_urls: list[str], labels: Labels, *, drop_unmatched: bool = False, storage_options=None, progress=True):
     """``(images, labels)``: uint8 (n, C, H, W) images of the labelled galaxies, in labels order.
 
-    Reads each tile's object ids first and only the tiles holding labelled galaxies. A labelled galaxy
-    found in no tile is a one-line :class:`InputError` naming it, unless ``drop_unmatched`` (then it is
-    left out of the returned labels). Tiles of different image shapes are an error.
+    Reads each tile's object ids first and only the tiles holding labelled galaxies. Where the labels
+    say where a galaxy's image is (``tile`` and ``row``), only that image is taken (a galaxy in two
+    overlapping tiles has two), and a galaxy found only elsewhere is a one-line :class:`InputError`
+    (labels of another survey's images). A labelled galaxy found in no tile is a one-line error naming
+    it, unless ``drop_unmatched`` (then it is left out of the returned labels). Tiles of different image
+    shapes are an error.
     """
     from skymorph.progress import progress_bar
-    from skymorph.tiles import open_tile
+    from skymorph.tiles import open_tile, tile_name
 
     images = None
     found = np.zeros(len(labels), dtype=bool)
+    # per labels row: the first tile and row where its image was found but the labels do not put it
+    elsewhere_tile, elsewhere_row = np.full(len(labels), None, dtype=object), np.full(len(labels), -1, dtype=np.int64)
     for url in progress_bar(tile_urls, desc="reading tiles", unit="tile", disable=not progress, leave=False):
         tile = open_tile(url, storage_options=storage_options)
         object_id, _, _ = tile.read_coords()
@@ -253,12 +269,31 @@ def load_images(tile_urls: list[str], labels: Labels, *, drop_unmatched: bool = 
             images = np.zeros((len(labels), *tile.shape), dtype=np.uint8)
         elif tuple(tile.shape) != images.shape[1:]:
             raise InputError(f"tile {url!r} holds {tile.shape} images, earlier tiles {images.shape[1:]}; use one image size")
-        _check_location(labels, label_row, rows, url)
+        if labels.tile is not None:
+            targets = label_row[rows]
+            said_tile, said_row = labels.tile[targets], labels.row[targets]
+            here = ((said_tile == None) | (said_tile == tile_name(url))) & ((said_row < 0) | (said_row == rows))  # noqa: E711
+            first = elsewhere_row[targets] < 0
+            elsewhere_tile[targets[~here & first]] = tile_name(url)
+            elsewhere_row[targets[~here & first]] = rows[~here & first]
+            rows = rows[here]
         for start, stop, chunk in tile.iter_chunks():
             sel = rows[(rows >= start) & (rows < stop)]
             targets = label_row[sel]
             images[targets] = chunk[sel - start]
             found[targets] = True
+    misplaced = np.flatnonzero(~found & (elsewhere_row >= 0))
+    if len(misplaced):
+        target = int(misplaced[0])
+        name, row = elsewhere_tile[target], int(elsewhere_row[target])
+        said = ", ".join(part for part in (f"tile {labels.tile[target]!r}" if labels.tile[target] is not None else "",
+                                           f"row {int(labels.row[target])}" if labels.row[target] >= 0 else "") if part)
+        raise InputError(
+            f"labels {labels.source!r} put object_id {int(labels.object_id[target])} at {said}, but the tiles given hold it "
+            f"only elsewhere (tile {name!r}, row {row}; {len(misplaced) - 1} more like it): these labels are of another "
+            "survey's images (object ids are unique only within a survey); give the tiles they were made from, or drop "
+            "their tile and row columns if those are out of date"
+        )
     if not found.all():
         missing = labels.object_id[~found]
         if not drop_unmatched:
@@ -270,33 +305,6 @@ def load_images(tile_urls: list[str], labels: Labels, *, drop_unmatched: bool = 
             raise InputError(f"no labelled galaxy of {labels.source!r} is in the {len(tile_urls)} tile(s) given")
         return images[found], labels.subset(np.flatnonzero(found))
     return images, labels  # every galaxy found: no second copy of the images
-
-
-def _check_location(labels: Labels, label_row: np.ndarray, rows: np.ndarray, url: str) -> None:
-    """One-line :class:`InputError` if the labels put a galaxy found at ``rows`` of tile ``url`` elsewhere
-    (another tile, or another row of this one)."""
-    from skymorph.tiles import tile_name
-
-    targets = label_row[rows]
-    wrong = np.zeros(len(rows), dtype=bool)
-    name = tile_name(url)
-    if labels.tile is not None:
-        said = labels.tile[targets]
-        wrong |= (said != None) & (said != name)  # noqa: E711 -- elementwise on an object array
-    if labels.row is not None:
-        said_row = labels.row[targets]
-        wrong |= (said_row >= 0) & (said_row != rows)
-    if wrong.any():
-        first = int(np.flatnonzero(wrong)[0])
-        target = int(targets[first])
-        where = [f"tile {labels.tile[target]!r}" if labels.tile is not None and labels.tile[target] is not None else "",
-                 f"row {int(labels.row[target])}" if labels.row is not None and labels.row[target] >= 0 else ""]
-        raise InputError(
-            f"labels {labels.source!r} put object_id {int(labels.object_id[target])} at {', '.join(w for w in where if w)}, but "
-            f"the tiles given hold it at tile {name!r}, row {int(rows[first])} ({int(wrong.sum()) - 1} more like it here): "
-            "these labels are of another survey's images (object ids are unique only within a survey); give the tiles "
-            "they were made from, or drop their tile and row columns if those are out of date"
-        )
 
 
 def augment(images, generator, *, max_zoom: float = 0.1, max_shift: float = 0.05, brightness: float = 0.02, contrast: float = 0.1):
