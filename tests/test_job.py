@@ -366,6 +366,49 @@ def test_a_task_whose_driver_no_longer_holds_the_catalog_writes_nothing(tmp_path
     assert layout.list_parts(catalog) == []
 
 
+def test_a_task_queues_at_most_a_few_batches_for_its_posterior_thread(tmp_path, tiny_model, monkeypatch):
+    """The engine's raw samples (T x A floats a galaxy) were queued for the posterior thread without
+    bound: where the posterior maths is the slower (a Dirichlet-multinomial model on a fast GPU), a
+    task held every batch of its range at once."""
+    import threading
+
+    from skymorph import posterior
+    from skymorph.inference import job, task
+    from skymorph.inference.engines import load_engine
+
+    (t0,) = make_tiles(str(tmp_path), n_tiles=1, per_tile=240, chunk_size=24)
+    catalog = str(tmp_path / "catalog")
+    specs = []
+    run_tasks = job._run_tasks
+    monkeypatch.setattr(job, "_run_tasks", lambda config, client, spec, *a, **k: specs.append(spec) or run_tasks(config, client, spec, *a, **k))
+    job.run_survey(job.RunConfig(tiles=t0, model=tiny_model, out=catalog, workers=1, progress=False, batch_size=8))
+    _write_lock(catalog, specs[0].driver_session)  # the task's driver holds the catalog again: it writes
+
+    engine, lock = load_engine(tiny_model, threads=1), threading.Lock()
+    counts = {"engine": 0, "posterior": 0, "most_queued": 0}
+
+    def counted_engine(images):
+        with lock:
+            counts["most_queued"] = max(counts["most_queued"], counts["engine"] - counts["posterior"])
+            counts["engine"] += 1
+        return engine(images)
+
+    summarize = posterior.summarize
+
+    def slow_summarize(*args, **kwargs):
+        time.sleep(0.05)  # slower than the engine, as the posterior maths is beside a fast GPU
+        out = summarize(*args, **kwargs)
+        with lock:
+            counts["posterior"] += 1
+        return out
+
+    monkeypatch.setattr(posterior, "summarize", slow_summarize)
+    result = task.run_range(specs[0], t0, 0, None, lambda ref: counted_engine)
+    assert result["failure"] is None and result["rows"] == 240
+    assert counts["engine"] == counts["posterior"] == 30
+    assert counts["most_queued"] <= task._POSTERIOR_BACKLOG + 1, counts
+
+
 def _run_in_process(spec, tile: str) -> dict:
     """The task of ``tile``'s first range, on a worker thread of this process (monkeypatches apply)."""
     from distributed import Client, LocalCluster

@@ -227,6 +227,11 @@ def _stage(stage: str, fn, *args):
         raise _StageError(stage, err) from err
 
 
+_POSTERIOR_BACKLOG = 2
+"""Batches of samples a task may have queued for its posterior thread: enough to keep that thread busy
+while the engine runs, few enough that a task's memory stays bounded (docs/deploy.md)."""
+
+
 def _process(job: JobSpec, tile_url: str, start: int, stop: int | None, seconds: dict, engine_for) -> dict:
     from skymorph.catalog.writer import build_part_table, write_part
     from skymorph.posterior import summarize
@@ -275,6 +280,10 @@ def _process(job: JobSpec, tile_url: str, start: int, stop: int | None, seconds:
                     samples = _stage("engine", engine, images[b:b + job.batch_size])
                     seconds["engine"] += time.perf_counter() - t0
                     summaries.append(posterior_pool.submit(summarize_timed, samples))
+                    if len(summaries) > _POSTERIOR_BACKLOG:
+                        # Wait for an older batch: the engine's raw samples (T x A floats a galaxy, 6x a
+                        # catalog row) would otherwise pile up wherever the posterior maths is the slower.
+                        _stage("posterior", summaries[-_POSTERIOR_BACKLOG - 1].result)
         finally:
             chunks.close()
         summaries = [_stage("posterior", future.result) for future in summaries]
