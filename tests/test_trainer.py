@@ -320,9 +320,11 @@ def test_resume_and_finetune_take_the_schema_from_the_checkpoint(tmp_path, capsy
     assert cli.main([*common, "--finetune", base.checkpoint, "--epochs", "1", "--out", str(tmp_path / "f.ckpt")]) == 0
     assert cli.main([*common, "--resume", base.last_checkpoint, "--out", str(tmp_path / "b.ckpt")]) == 0
     for path in ("f.ckpt", "b.ckpt"):
-        assert load_checkpoint(str(tmp_path / path))[1].schema.name == "gz2"
+        meta = load_checkpoint(str(tmp_path / path))[1]
+        assert meta.schema.name == meta.provenance["config"]["schema"] == "gz2"
     assert cli.main([*common, "--epochs", "1", "--out", str(tmp_path / "new.ckpt")]) == 0  # its answers are decals' too
-    assert load_checkpoint(str(tmp_path / "new.ckpt"))[1].schema.name == "decals"  # a new model's default
+    meta = load_checkpoint(str(tmp_path / "new.ckpt"))[1]
+    assert meta.schema.name == meta.provenance["config"]["schema"] == "decals"  # a new model's default, recorded
 
 
 

@@ -32,7 +32,7 @@ import numpy as np
 from skymorph.errors import InputError, MissingDependencyError, ModelError, did_you_mean, first_line
 from skymorph.model_metadata import ModelMetadata
 from skymorph.schema import get_schema
-from skymorph.storage import exists, read_bytes
+from skymorph.storage import exists, is_remote, read_bytes
 
 __all__ = ["Engine", "load_engine", "ModelInfo", "read_model_info", "BACKENDS", "ORT_PROVIDERS"]
 
@@ -184,7 +184,9 @@ def _backend_for(url: str, backend: str, storage_options: dict | None = None) ->
         return backend
     suffix = PurePosixPath(str(url).split("?", 1)[0]).suffix.lower()
     if suffix not in _SUFFIX_BACKEND:
-        if not exists(str(url), storage_options):  # a mistyped path: say that, not what its suffix is
+        # a mistyped local path: say that, not what its suffix is (on S3, exists() answers False for an
+        # endpoint that is down too, so the suffix message stands there)
+        if not is_remote(str(url)) and not exists(str(url), storage_options):
             raise InputError(f"model {url!r} does not exist; check the path (an exported model ends in .onnx, .plan or .engine)")
         raise InputError(
             f"cannot tell the backend of {url!r} from its suffix (.onnx, .plan, .engine, .ckpt); give the backend explicitly (--backend, or backend= in Python)"

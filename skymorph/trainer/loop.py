@@ -472,6 +472,7 @@ def train(config: TrainConfig) -> TrainResult:
             raise ModelError(_no_training_state(config.resume, so))
     else:
         schema = get_schema(config.schema or DEFAULT_SCHEMA)
+    config = replace(config, schema=config.schema or schema.name)  # the provenance records the tree used
     labels = load_labels(config.labels, schema, so)
     tile_urls = read_tiles(config.tiles, so)
     if config.finetune:
