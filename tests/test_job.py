@@ -366,6 +366,19 @@ def test_a_task_whose_driver_no_longer_holds_the_catalog_writes_nothing(tmp_path
     assert layout.list_parts(catalog) == []
 
 
+def test_a_catalog_of_a_few_rows_a_partition_suggests_a_lower_order(capsys):
+    """2,000 cutouts spread over the sky wrote 1,847 partitions at the default order 5, without a word."""
+    from skymorph.inference.job import _note_sparse_partitions
+
+    _note_sparse_partitions(2000, 1847, 5)
+    assert capsys.readouterr().err == (
+        "skymorph run: note: 2,000 rows in 1,847 partitions of HEALPix order 5 (1.1 a partition); a catalog this sparse "
+        "reads faster with fewer, larger files: a lower --catalog-order, each step down merging 4 partitions into one\n")
+    for rows, partitions, order in ((2048, 8, 5), (50, 1, 5), (10, 12, 0)):  # dense enough, one partition, order 0
+        _note_sparse_partitions(rows, partitions, order)
+    assert capsys.readouterr().err == ""
+
+
 def test_a_task_queues_at_most_a_few_batches_for_its_posterior_thread(tmp_path, tiny_model, monkeypatch):
     """The engine's raw samples (T x A floats a galaxy) were queued for the posterior thread without
     bound: where the posterior maths is the slower (a Dirichlet-multinomial model on a fast GPU), a

@@ -308,6 +308,20 @@ def _finished(catalog: str, manifest, schema, options: dict) -> int | None:
     return properties.total_rows
 
 
+_FEW_ROWS_PER_PARTITION = 100
+"""Below this many rows per partition on average, ``run`` suggests a lower ``--catalog-order``."""
+
+
+def _note_sparse_partitions(rows: int, partitions: int, order: int) -> None:
+    """A note on stderr when the catalog's order cut it into partitions of a few rows each: a part file
+    per tile range and partition, so a sparse sky-wide catalog (2,000 cutouts over the sky at order 5:
+    1,847 partitions) is mostly file overhead for every query, and one order less merges four pixels."""
+    if order > 0 and partitions > 1 and rows < _FEW_ROWS_PER_PARTITION * partitions:
+        print(f"skymorph run: note: {rows:,} rows in {partitions:,} partitions of HEALPix order {order} ({rows / partitions:.1f} "
+              "a partition); a catalog this sparse reads faster with fewer, larger files: a lower --catalog-order, "
+              "each step down merging 4 partitions into one", file=sys.stderr, flush=True)
+
+
 def _check_sampled_tiles(tiles: list[str], input_shape, config: RunConfig) -> bool:
     """Whether the catalog's positions are placeholders, judged from the first, middle and last tiles
     (``survey ingest`` without ra/dec marks its tiles so); each task checks its own tile against this.
@@ -560,6 +574,7 @@ def run_survey(config: RunConfig) -> RunReport:
             skymorph_positions=layout.PLACEHOLDER_POSITIONS if manifest.placeholder_positions else layout.SKY_POSITIONS,
         )
         finished = finish_catalog(config.out, manifest, schema, props, options)
+        _note_sparse_partitions(finished.total_rows, len(finished.pixels), config.catalog_order)
         write_manifest(config.out, manifest, options)  # compact: the finished catalog has no journal
         write_failures(config.out, tally.failures, options)
         seconds = time.perf_counter() - started
