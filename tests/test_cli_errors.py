@@ -313,6 +313,9 @@ def test_a_missing_s3_input_is_named_by_its_argument(s3_bucket, tmp_path, capsys
     atomic_write_text(f"{s3_bucket}/survey/tiles.txt", "t.zarr\n")
     assert main(argv) == 2
     assert capsys.readouterr().err.strip() == f"skymorph: error: --model '{s3_bucket}/nomodel.onnx' does not exist"
+    # an unknown suffix on S3 is named as such: exists() cannot tell a missing model from an endpoint down
+    assert main([*argv[:4], f"{s3_bucket}/nomodel.onx", *argv[5:]]) == 2
+    assert "cannot tell the backend of" in capsys.readouterr().err
 
 
 def test_argument_errors_are_one_line_too(capsys):

@@ -180,6 +180,8 @@ def test_a_catalog_of_tiles_without_sky_positions_says_so_and_mixed_tiles_are_re
     properties = Path(layout.properties_url(catalog))
     properties.write_text("".join(line for line in properties.read_text().splitlines(True) if not line.startswith("skymorph_positions=")))
     assert info(catalog).to_dict()["positions"] is None and "positions " not in str(info(catalog))
+    with pytest.raises(CatalogError, match="was written from tiles with placeholder positions"):  # its tiles say so
+        run_survey(replace(config, tiles=lists["sky"]))
     assert run_survey(replace(config, tiles=lists["fake4"])).total_rows == 32
     assert read_properties(catalog).skymorph_positions == "placeholder" and read_manifest(catalog).placeholder_positions
 
@@ -275,7 +277,9 @@ def test_progress_of_a_resumed_run_reaches_every_tile(tmp_path, tiny_model, caps
     monkeypatch.setattr(progress, "LOG_INTERVAL_S", 0.0)  # stderr is not a terminal here: a line per redraw
     report = run_survey(replace(config, tiles=str(tmp_path / "all.txt"), progress=True))
     assert (report.tiles_skipped, report.ranges_run, report.total_rows) == (2, 1, 60)
-    bar = capsys.readouterr().err.splitlines()
+    err = capsys.readouterr().err
+    assert "skymorph run: note: 60 rows in " in err  # tiles 8 x 40 degrees wide: a few rows a partition
+    bar = err.splitlines()
     final = [line for line in bar if line.startswith("skymorph run:") and "|" in line][-1]
     assert "100%" in final and " 3/3 " in final, final
 
@@ -419,7 +423,14 @@ def test_a_task_queues_at_most_a_few_batches_for_its_posterior_thread(tmp_path, 
     result = task.run_range(specs[0], t0, 0, None, lambda ref: counted_engine)
     assert result["failure"] is None and result["rows"] == 240
     assert counts["engine"] == counts["posterior"] == 30
-    assert counts["most_queued"] <= task._POSTERIOR_BACKLOG + 1, counts
+    assert counts["most_queued"] <= task._POSTERIOR_BACKLOG, counts
+
+    def failing_summarize(*args, **kwargs):  # a posterior error met while waiting is the posterior stage's
+        raise ValueError("probabilities above 1")
+
+    monkeypatch.setattr(posterior, "summarize", failing_summarize)
+    result = task.run_range(specs[0], t0, 0, None, lambda ref: counted_engine)
+    assert result["failure"]["stage"] == "posterior" and "probabilities above 1" in result["failure"]["reason"], result
 
 
 def _run_in_process(spec, tile: str) -> dict:

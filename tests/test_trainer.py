@@ -500,6 +500,15 @@ def test_a_galaxy_in_two_overlapping_tiles_takes_the_image_its_labels_name(tmp_p
         Path(at).write_text(f"object_id,has_spiral_arms_yes,has_spiral_arms_no,tile,row\n5,1,0,{said}\n")
         images, _ = load_images(read_tiles(str(tmp_path / "tiles.txt")), load_labels(at, get_schema("gz2")), progress=False)
         assert images[0, 0, 0, 0] == pixel, said
+    # training on a subset of the tiles: galaxy 5 is named in t0, which is not given
+    Path(at).write_text("object_id,has_spiral_arms_yes,has_spiral_arms_no,tile,row\n5,1,0,t0,5\n7,0,1,,\n")
+    labels = load_labels(at, get_schema("gz2"))
+    assert list(labels.tile) == ["t0", None]  # an empty CSV cell is no location, not a tile named ""
+    with pytest.raises(InputError, match="or their tiles are not among those given; give the tiles they were made from, "
+                                         "--drop-unmatched to train without these galaxies"):
+        load_images([urls[1]], labels, progress=False)
+    images, kept = load_images([urls[1]], labels, drop_unmatched=True, progress=False)
+    assert list(kept.object_id) == [7] and images[0, 0, 0, 0] == 18
 
 
 def test_cli_train_writes_checkpoint_and_metrics(tmp_path):

@@ -202,9 +202,9 @@ def _prepare_output(config: RunConfig, model_sha256: str, options: dict, placeho
                 f"{config.out!r} was written with --rows-per-task {manifest.rows_per_task}, not {config.rows_per_task}; "
                 "keep the number to resume it or pass --overwrite"
             )
-        if manifest.placeholder_positions is None:  # a catalog begun before the kind was recorded: the tiles say
-            manifest.placeholder_positions = placeholder_positions
-        elif manifest.placeholder_positions != placeholder_positions:
+        if manifest.placeholder_positions is None:  # a catalog begun before the kind was recorded
+            manifest.placeholder_positions = _written_kind(manifest, config.storage_options, placeholder_positions)
+        if manifest.placeholder_positions != placeholder_positions:
             kinds = {True: "placeholder positions (ingested without ra/dec)", False: "sky positions"}
             raise CatalogError(
                 f"{config.out!r} was written from tiles with {kinds[manifest.placeholder_positions]}, and these tiles have "
@@ -213,6 +213,20 @@ def _prepare_output(config: RunConfig, model_sha256: str, options: dict, placeho
         return manifest, False
     return Manifest(model_sha256=model_sha256, order=config.catalog_order, ranges={}, n_volunteers=config.n_volunteers,
                     rows_per_task=config.rows_per_task, placeholder_positions=placeholder_positions), True
+
+
+def _written_kind(manifest, storage_options: dict, default: bool) -> bool:
+    """Whether the tiles a catalog was written from had placeholder positions, where its manifest does
+    not say: as a tile it holds says (tiles carry the flag), else ``default`` (no range yet, or that tile
+    is gone)."""
+    from skymorph.tiles import open_tile
+
+    for record in manifest.ranges.values():
+        try:
+            return open_tile(record.tile, storage_options).placeholder_positions
+        except (SkymorphError, OSError, ValueError):
+            return default
+    return default
 
 
 class _Plan:
@@ -318,8 +332,9 @@ def _note_sparse_partitions(rows: int, partitions: int, order: int) -> None:
     1,847 partitions) is mostly file overhead for every query, and one order less merges four pixels."""
     if order > 0 and partitions > 1 and rows < _FEW_ROWS_PER_PARTITION * partitions:
         print(f"skymorph run: note: {rows:,} rows in {partitions:,} partitions of HEALPix order {order} ({rows / partitions:.1f} "
-              "a partition); a catalog this sparse reads faster with fewer, larger files: a lower --catalog-order, "
-              "each step down merging 4 partitions into one", file=sys.stderr, flush=True)
+              "a partition); a catalog this sparse reads faster with fewer, larger files: run it again with a lower "
+              "--catalog-order (each step down merges 4 partitions) into a new --out, or with --overwrite",
+              file=sys.stderr, flush=True)
 
 
 def _check_sampled_tiles(tiles: list[str], input_shape, config: RunConfig) -> bool:

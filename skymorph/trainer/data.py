@@ -100,7 +100,8 @@ def _locations(table) -> tuple[np.ndarray | None, np.ndarray | None]:
         return None, None
     # each distinct tile named once, by the one definition of a tile's name
     distinct = pc.unique(tile)
-    names = np.array([None if value is None else tile_name(value) for value in distinct.to_pylist()], dtype=object)
+    # an empty cell is no location: a CSV reads it as "", not null
+    names = np.array([tile_name(value) if value else None for value in distinct.to_pylist()], dtype=object)
     return names[pc.index_in(tile, value_set=distinct, skip_nulls=False).to_numpy()], rows
 
 
@@ -246,9 +247,9 @@ def load_images(tile_urls: list[str], labels: Labels, *, drop_unmatched: bool = 
 
     Reads each tile's object ids first and only the tiles holding labelled galaxies. Where the labels
     say where a galaxy's image is (``tile`` and ``row``), only that image is taken (a galaxy in two
-    overlapping tiles has two), and a galaxy found only elsewhere is a one-line :class:`InputError`
-    (labels of another survey's images). A labelled galaxy found in no tile is a one-line error naming
-    it, unless ``drop_unmatched`` (then it is left out of the returned labels). Tiles of different image
+    overlapping tiles has two). A labelled galaxy found in no tile, or only elsewhere than its labels
+    say (labels of another survey's images), is a one-line :class:`InputError` naming it, unless
+    ``drop_unmatched`` (then it is left out of the returned labels). Tiles of different image
     shapes are an error.
     """
     from skymorph.progress import progress_bar
@@ -283,7 +284,7 @@ def load_images(tile_urls: list[str], labels: Labels, *, drop_unmatched: bool = 
             images[targets] = chunk[sel - start]
             found[targets] = True
     misplaced = np.flatnonzero(~found & (elsewhere_row >= 0))
-    if len(misplaced):
+    if len(misplaced) and not drop_unmatched:
         target = int(misplaced[0])
         name, row = elsewhere_tile[target], int(elsewhere_row[target])
         said = ", ".join(part for part in (f"tile {labels.tile[target]!r}" if labels.tile[target] is not None else "",
@@ -291,8 +292,9 @@ def load_images(tile_urls: list[str], labels: Labels, *, drop_unmatched: bool = 
         raise InputError(
             f"labels {labels.source!r} put object_id {int(labels.object_id[target])} at {said}, but the tiles given hold it "
             f"only elsewhere (tile {name!r}, row {row}; {len(misplaced) - 1} more like it): these labels are of another "
-            "survey's images (object ids are unique only within a survey); give the tiles they were made from, or drop "
-            "their tile and row columns if those are out of date"
+            "survey's images (object ids are unique only within a survey), or their tiles are not among those given; give "
+            "the tiles they were made from, --drop-unmatched to train without these galaxies, or drop the labels' tile "
+            "and row columns if those are out of date"
         )
     if not found.all():
         missing = labels.object_id[~found]
