@@ -215,8 +215,9 @@ def pick(
 
     Columns: ``rank`` (1 = first), ``object_id``, ``ra``, ``dec``, ``tile``, ``row``,
     ``image_location`` (``<tile URL>#images[<row>]``), the score (``bald_total``; with a ``question``,
-    ``{question}_asked_bald``, or ``{question}_bald`` unless ``weight_by_asked``) and ``model_sha256``. ``exclude``: a CSV/Parquet file with ``object_id`` (or the ids in its
-    ``exclude_id_column``) or an iterable of ids never to pick. Each galaxy comes back at most once: one seen in overlapping tiles
+    ``{question}_asked_bald``, or ``{question}_bald`` unless ``weight_by_asked``) and ``model_sha256``.
+    ``exclude``: a CSV/Parquet file with ``object_id`` (or the ids in its ``exclude_id_column``) or an
+    iterable of ids never to pick. Each galaxy comes back at most once: one seen in overlapping tiles
     (two rows, one ``object_id``) is ranked by its best row. Fewer than ``n`` rows come back when fewer
     galaxies qualify (``power`` needs a positive score).
     """

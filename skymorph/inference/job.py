@@ -541,8 +541,8 @@ def run_survey(config: RunConfig) -> RunReport:
     nothing_to_do = not plan.has_work()
     total_rows = None if is_new or not nothing_to_do else _finished(config.out, manifest, schema, options)
     if total_rows is not None:
-        return RunReport(catalog=config.out, model_sha256=model_sha256, tiles=len(tiles), tiles_skipped=plan.skipped, ranges_skipped=plan.ranges_skipped,
-                         ranges_run=0, rows_written=0, total_rows=total_rows,
+        return RunReport(catalog=config.out, model_sha256=model_sha256, tiles=len(tiles), tiles_skipped=plan.skipped,
+                         ranges_skipped=plan.ranges_skipped, ranges_run=0, rows_written=0, total_rows=total_rows,
                          failures=(), seconds=time.perf_counter() - started, stage_seconds={}, dashboard=None,
                          driver_peak_rss_mib=_peak_rss_mib())
 
@@ -596,7 +596,7 @@ def run_survey(config: RunConfig) -> RunReport:
         timing = {"seconds": seconds, "ranges_run": tally.ranges_run, "rows_written": tally.rows_written,
                   "galaxies_per_second": tally.rows_written / seconds if seconds else 0.0, "task_seconds": tally.stages}
         atomic_write_text(layout.timing_url(config.out), json.dumps(timing, indent=1), options)
-        return RunReport(catalog=config.out, model_sha256=model_sha256, tiles=len(tiles), tiles_skipped=plan.skipped, ranges_skipped=plan.ranges_skipped,
-                         ranges_run=tally.ranges_run, rows_written=tally.rows_written, total_rows=finished.total_rows,
+        return RunReport(catalog=config.out, model_sha256=model_sha256, tiles=len(tiles), tiles_skipped=plan.skipped,
+                         ranges_skipped=plan.ranges_skipped, ranges_run=tally.ranges_run, rows_written=tally.rows_written, total_rows=finished.total_rows,
                          failures=tuple(tally.failures), seconds=seconds, stage_seconds=tally.stages,
                          dashboard=tally.dashboard, driver_peak_rss_mib=_peak_rss_mib())
