@@ -105,6 +105,11 @@ class Tile:
         """Whether ra/dec are placeholders, not sky positions (``survey ingest`` of a catalog without ra/dec)."""
         return bool(self.attrs.get("position_is_placeholder", False))
 
+    @staticmethod
+    def positions_kind(placeholder: bool) -> str:
+        """How messages name tiles' positions of either kind."""
+        return "placeholder positions (ingested without ra/dec)" if placeholder else "sky positions"
+
     def __repr__(self) -> str:
         return f"Tile({self.url!r}, n={self.n}, shape={self.shape}, chunk_size={self.chunk_size})"
 

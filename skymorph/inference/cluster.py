@@ -214,7 +214,8 @@ def connect(spec: ClusterSpec):
 
         timeout = dask.config.get("distributed.comm.timeouts.connect")
         # an unreachable scheduler is only known after the connect timeout: say what is being waited for
-        print(f"skymorph run: connecting to the Dask scheduler at {address} (giving up after {timeout})", file=sys.stderr, flush=True)
+        print(f"skymorph run: connecting to the Dask scheduler at {address} (giving up after {timeout})",
+              file=sys.stderr, flush=True)
         try:
             client = Client(address)
         except OSError as err:

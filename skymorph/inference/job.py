@@ -205,10 +205,11 @@ def _prepare_output(config: RunConfig, model_sha256: str, options: dict, placeho
         if manifest.placeholder_positions is None:  # a catalog begun before the kind was recorded
             manifest.placeholder_positions = _written_kind(manifest, config.storage_options, placeholder_positions)
         if manifest.placeholder_positions != placeholder_positions:
-            kinds = {True: "placeholder positions (ingested without ra/dec)", False: "sky positions"}
+            from skymorph.tiles import Tile
+
             raise CatalogError(
-                f"{config.out!r} was written from tiles with {kinds[manifest.placeholder_positions]}, and these tiles have "
-                f"{kinds[placeholder_positions]}: choose another --out or pass --overwrite"
+                f"{config.out!r} was written from tiles with {Tile.positions_kind(manifest.placeholder_positions)}, and these "
+                f"tiles have {Tile.positions_kind(placeholder_positions)}: choose another --out or pass --overwrite"
             )
         return manifest, False
     return Manifest(model_sha256=model_sha256, order=config.catalog_order, ranges={}, n_volunteers=config.n_volunteers,
@@ -345,7 +346,7 @@ def _check_sampled_tiles(tiles: list[str], input_shape, config: RunConfig) -> bo
     takes (a survey's tiles share a shape, so every task would fail alike, tile by tile), or if some have
     placeholder positions and some sky positions. One odd tile beyond them is left to its task, which
     records it; so is a tile that cannot be opened."""
-    from skymorph.tiles import open_tile
+    from skymorph.tiles import Tile, open_tile
 
     shapes, placeholder = {}, {}
     for url in dict.fromkeys((tiles[0], tiles[len(tiles) // 2], tiles[-1])):
@@ -356,8 +357,8 @@ def _check_sampled_tiles(tiles: list[str], input_shape, config: RunConfig) -> bo
         shapes[url], placeholder[url] = tuple(tile.shape), tile.placeholder_positions
     if len(set(placeholder.values())) > 1:
         fake, real = (next(url for url, p in placeholder.items() if p is value) for value in (True, False))
-        raise InputError(f"tile {fake!r} has placeholder positions (ingested without ra/dec) but tile {real!r} has sky "
-                         "positions: run them into separate catalogs, or ingest the first with ra/dec")
+        raise InputError(f"tile {fake!r} has {Tile.positions_kind(True)} but tile {real!r} has {Tile.positions_kind(False)}: "
+                         "run them into separate catalogs, or ingest the first with ra/dec")
     if shapes and all(shape != tuple(input_shape) for shape in shapes.values()):
         url, shape = next(iter(shapes.items()))
         size = lambda s: "x".join(map(str, s))  # noqa: E731

@@ -245,10 +245,9 @@ def _process(job: JobSpec, tile_url: str, start: int, stop: int | None, seconds:
             f"tile {tile_url!r} has images {'x'.join(map(str, tile.shape))}; the model takes "
             f"{'x'.join(map(str, job.input_shape))} (C x H x W)"))
     if tile.placeholder_positions != job.placeholder_positions:
-        kinds = {True: "placeholder positions (ingested without ra/dec)", False: "sky positions"}
         raise _StageError("open", TileError(
-            f"tile {tile_url!r} has {kinds[tile.placeholder_positions]}, the catalog's other tiles "
-            f"{kinds[job.placeholder_positions]}; run it into a separate catalog"))
+            f"tile {tile_url!r} has {tile.positions_kind(tile.placeholder_positions)}, the catalog's other tiles "
+            f"{tile.positions_kind(job.placeholder_positions)}; run it into a separate catalog"))
     if stop is None:
         stop = first_range_stop(tile.n, tile.chunk_size, job.rows_per_task)
     object_id, ra, dec = _stage("read", tile.read_coords, start, stop)
