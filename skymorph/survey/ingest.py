@@ -17,8 +17,8 @@ image is centre-cropped to a square, then resized with Lanczos (antialiased) to 
 
 Tile order: with ``ra``/``dec`` the galaxies are written in nested HEALPix order (their order-29
 index from cdshealpix, as the catalog's ``_healpix_29``; a stable sort, so galaxies of one index keep
-catalog order) before being cut into tiles of ``tile_size``. Nested index order is a space-filling curve, so each tile
-is a compact patch of sky. That matters downstream: ``skymorph run`` writes one Parquet part per tile
+catalog order) before being cut into tiles of ``tile_size``. Nested index order is a space-filling
+curve, so each tile is a compact patch of sky. That matters downstream: ``skymorph run`` writes one Parquet part per tile
 (range) and HEALPix partition it touches, so tiles cut in catalog order from a sky-wide catalog each
 spanned the whole sky and wrote a part into nearly every partition (2,000 GZ2 cutouts given sky-wide
 positions, 2 tiles, catalog order 2: 380 parts; in sky order 193, for the 192 partitions holding
@@ -82,7 +82,8 @@ class IngestSummary:
 
     def __str__(self) -> str:
         failed = f", {self.n_failed} file(s) skipped (see {self.failures})" if self.n_failed else ""
-        placeholder = "; positions are placeholders (ra = dec = 0): the catalog has no ra/dec columns" if self.position_is_placeholder else ""
+        placeholder = ("; positions are placeholders (ra = dec = 0): the catalog has no ra/dec columns"
+                       if self.position_is_placeholder else "")
         return f"ingested {self.n_galaxies} galaxies into {len(self.tiles)} tile(s) at {self.out}{failed}{placeholder}"
 
 

@@ -7,9 +7,10 @@ of its answers, or that is a near miss of an answer column, is an error (a typo 
 other columns (``split``, ``total_votes``, ...) are ignored. Images are matched by ``object_id`` in the tile stores of a tile list and held in
 memory as uint8 (100,000 galaxies at 128 x 128 px are 1.6 GB), so an epoch never waits on storage.
 Where the labels also say where each image is (``tile`` and ``row`` columns, as ``survey synth``,
-``survey ingest`` and ``catalog pick`` write them), the image found must be there: object ids are
-unique within a survey, not across surveys (synthetic surveys all number from 0), so labels given with
-another survey's tiles would otherwise train on the wrong images without a word.
+``survey ingest`` and ``catalog pick`` write them), the image is taken from there, and a galaxy found
+only elsewhere is refused: object ids are unique within a survey, not across surveys (synthetic
+surveys all number from 0), so labels given with another survey's tiles would otherwise train on the
+wrong images without a word.
 """
 
 from __future__ import annotations
@@ -49,9 +50,9 @@ MAX_VOTES = 2**24
 class Labels:
     """``object_id`` (n,) int64, ``votes`` (n, A) int64 in schema answer order, optional ``split`` (n,)
     of ``"train"``/``"validation"``/other, ``source`` (URL) and ``sha256`` of the file; optional
-    ``tile`` (n,) tile names (:func:`skymorph.tiles.tile_name`, so that a catalog's tile URL, from wherever
-    the survey was copied, and a survey's tile name agree; None where not given) and ``row`` (n,) int64 (-1 where
-    not given): where the labels say each image is."""
+    ``tile`` (n,) tile names (:func:`skymorph.tiles.tile_name`, so that a catalog's tile URL, from
+    wherever the survey was copied, and a survey's tile name agree; None where not given) and ``row``
+    (n,) int64 (-1 where not given): where the labels say each image is."""
 
     object_id: np.ndarray
     votes: np.ndarray
@@ -66,7 +67,8 @@ class Labels:
 
     def subset(self, index: np.ndarray) -> Labels:
         pick = lambda a: None if a is None else a[index]  # noqa: E731
-        return Labels(self.object_id[index], self.votes[index], pick(self.split), self.source, self.sha256, pick(self.tile), pick(self.row))
+        return Labels(self.object_id[index], self.votes[index], pick(self.split), self.source, self.sha256,
+                      pick(self.tile), pick(self.row))
 
 
 def _locations(table) -> tuple[np.ndarray | None, np.ndarray | None]:
