@@ -51,9 +51,10 @@ class TrainConfig:
     """Everything one training run depends on; validated on construction.
 
     ``tiles``: a tile list (or one ``.zarr`` tile store); ``labels``: Parquet/CSV vote counts;
-    ``schema``: gz2, decals or a JSON file (None: :data:`DEFAULT_SCHEMA` for a new model, the checkpoint's decision tree
-    for ``resume`` and ``finetune``, where a given one must be the same tree). ``warmup_epochs`` of linear warm-up, then a cosine decay to
-    ``min_lr_ratio * lr`` at the last step of ``epochs``. ``patience``: epochs without a lower
+    ``schema``: gz2, decals or a JSON file (None: :data:`DEFAULT_SCHEMA` for a new model, the
+    checkpoint's decision tree for ``resume`` and ``finetune``, where a given one must be the same
+    tree). ``warmup_epochs`` of linear warm-up, then a cosine decay to ``min_lr_ratio * lr`` at the last
+    step of ``epochs``. ``patience``: epochs without a lower
     validation loss before stopping. ``val_fraction`` is used only when the labels have no ``split``
     column. ``crop_fraction`` and ``resize_px`` go into the model's input spec (applied inside the
     model). ``resume``: a ``.last`` checkpoint to continue; ``finetune``: a checkpoint whose weights start
