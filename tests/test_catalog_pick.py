@@ -215,6 +215,9 @@ def test_cli_manifest(catalog, full, tmp_path, capsys):
     (["--exclude", "EXCLUDE_NO_ID"], "no object_id column (columns: objid); name its id column with --exclude-id-column"),
     (["--exclude", "EXCLUDE_NO_ID", "--exclude-id-column", "galaxy_id"], "no galaxy_id column (columns: objid)"),
     (["--exclude", "ids.txt"], ".csv or .parquet"),
+    # a missing file is named as the --exclude file, not followed by the catalog's URL
+    (["--exclude", "labels.parquet"], "skymorph: error: --exclude file 'labels.parquet' does not exist"),
+    (["--exclude", "labels.csv"], "skymorph: error: --exclude file 'labels.csv' does not exist"),
     (["--gallery", "g.jpg"], ".png"),
     (["--beta", "3"], "--beta applies to --strategy power only; drop it, or add --strategy power"),  # was ignored
     (["--seed", "7"], "--seed applies to --strategy power only"),

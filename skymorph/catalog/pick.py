@@ -93,14 +93,14 @@ def read_ids(source, storage_options: dict | None = None, id_column: str = "obje
 
     url = str(source)
     suffix = url.lower().rsplit(".", 1)[-1]
+    fs, path = filesystem(url, storage_options)
+    if suffix in ("parquet", "pq", "csv") and not fs.exists(path):
+        raise InputError(f"--exclude file {url!r} does not exist")
     if suffix in ("parquet", "pq"):
         table = read_parquet(url, storage_options)
     elif suffix == "csv":
         import pyarrow.csv as pcsv
 
-        fs, path = filesystem(url, storage_options)
-        if not fs.exists(path):
-            raise FileNotFoundError(f"--exclude file {url!r} does not exist")
         try:
             with fs.open(path, "rb") as fh:
                 # one thread on a Python file object (apache/arrow#33975, as storage.read_parquet)
