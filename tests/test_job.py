@@ -377,7 +377,8 @@ def test_a_catalog_of_a_few_rows_a_partition_suggests_a_lower_order(capsys):
     _note_sparse_partitions(2000, 1847, 5)
     assert capsys.readouterr().err == (
         "skymorph run: note: 2,000 rows in 1,847 partitions of HEALPix order 5 (1.1 a partition); a catalog this sparse "
-        "reads faster with fewer, larger files: a lower --catalog-order, each step down merging 4 partitions into one\n")
+        "reads faster with fewer, larger files: run it again with a lower --catalog-order (each step down merges 4 "
+        "partitions) into a new --out, or with --overwrite\n")
     for rows, partitions, order in ((2048, 8, 5), (50, 1, 5), (10, 12, 0)):  # dense enough, one partition, order 0
         _note_sparse_partitions(rows, partitions, order)
     assert capsys.readouterr().err == ""
