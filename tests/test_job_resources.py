@@ -60,7 +60,7 @@ def _meet(me: str, other: str) -> bool:
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_gpu_tasks_share_a_gpu_worker_up_to_its_threads():
-    """Each task asked for the whole GPU=1 that a GPU worker advertises, so its 2-3 threads ran one task at
+    """Each task asked for the whole GPU=1 that a GPU worker advertises, so its task threads ran one task at
     a time: the GPU idle while a task read its images and wrote its rows (docs/deploy.md)."""
     from skymorph.inference.cluster import GPU_WORKER, task_resources
 

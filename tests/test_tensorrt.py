@@ -73,7 +73,7 @@ def test_plan_of_another_tensorrt_version_is_refused(onnx_path, tmp_path):
 
 
 def test_threads_sharing_one_engine_get_their_own_answers(onnx_path, tmp_path):
-    """A GPU worker's 2-3 threads share its engine; the buffers and execution context are the engine's,
+    """A GPU worker's task threads (8 in deploy/) share its engine; the buffers and execution context are the engine's,
     so without its lock one thread's batch could overwrite another's."""
     from concurrent.futures import ThreadPoolExecutor
 

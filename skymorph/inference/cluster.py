@@ -127,7 +127,7 @@ def task_resources(gpu: bool) -> dict | None:
     """What each task of a ``--gpu`` run asks for: 1/64 of a GPU worker's ``GPU=1``. That places tasks on
     GPU workers only, while the worker's threads bound how many share its GPU at once. A task asking for
     all of it ran alone, the GPU idle while the task read its images and wrote its rows (docs/deploy.md:
-    2-3 threads per GPU). 1/64 is exact in binary, so the shares add up without rounding."""
+    8 task threads per GPU). 1/64 is exact in binary, so the shares add up without rounding."""
     return {name: amount / 64 for name, amount in GPU_WORKER.items()} if gpu else None
 
 
