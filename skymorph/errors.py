@@ -65,6 +65,13 @@ def did_you_mean(name: str, choices) -> str:
     return f" Did you mean {by_folded[close[0]]!r}?" if close else ""
 
 
+def some_names(names, shown: int = 3) -> str:
+    """``'a', 'b', 'c' and 2 more``: the first ``shown`` of ``names``, quoted, for a one-line message."""
+    names = list(names)
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(repr(name) for name in names[:shown]) + more
+
+
 def first_line(err: BaseException, limit: int = 200) -> str:
     """The first non-blank line of ``err``'s message, at most ``limit`` characters; the exception's type
     name when the message is empty (a truncated file can raise an error with no message)."""

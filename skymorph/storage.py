@@ -32,6 +32,7 @@ __all__ = [
     "join",
     "is_remote",
     "exists",
+    "list_dir",
     "remove_file",
     "read_bytes",
     "read_text",
@@ -202,6 +203,16 @@ def join(url: str, *parts: str) -> str:
 def exists(url: str, storage_options: dict | None = None) -> bool:
     fs, path = filesystem(url, storage_options)
     return fs.exists(path)
+
+
+def list_dir(fs, path: str) -> dict[str, str]:
+    """``{name: path}`` of what lies directly under ``path`` on ``fs`` (empty when it is no directory),
+    paths without a trailing ``/``. S3 lists a "folder" marker object (key ``prefix/``, left by consoles
+    and tools) as the directory itself: skipped."""
+    if not fs.isdir(path):
+        return {}
+    entries = (entry.rstrip("/") for entry in fs.ls(path, detail=False))
+    return {posixpath.basename(entry): entry for entry in entries if entry != path.rstrip("/")}
 
 
 def remove_file(url: str, storage_options: dict | None = None) -> None:

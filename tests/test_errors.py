@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from skymorph.errors import did_you_mean, first_line
+from skymorph.errors import did_you_mean, first_line, some_names
 
 
 def test_first_line_of_an_error():
@@ -17,3 +17,8 @@ def test_did_you_mean():
     # case is ignored: "RA" found nothing (too short for difflib), and the choice is named as spelt
     assert did_you_mean("RA", ["object_id", "ra", "dec"]) == " Did you mean 'ra'?"
     assert did_you_mean("Bald_Totl", ["bald_total", "ra"]) == " Did you mean 'bald_total'?"
+
+
+def test_some_names():
+    assert some_names(["a", "b"]) == "'a', 'b'"
+    assert some_names(["a", "b", "c", "d", "e"]) == "'a', 'b', 'c' and 2 more"

@@ -35,7 +35,7 @@ from datetime import datetime, timezone
 
 from skymorph.errors import CatalogError, first_line
 from skymorph.model_metadata import LIKELIHOODS
-from skymorph.storage import atomic_write_text, exists, filesystem, is_remote, join, read_text, remove_file, strip_protocol
+from skymorph.storage import atomic_write_text, exists, filesystem, is_remote, join, list_dir, read_text, remove_file, strip_protocol
 
 __all__ = [
     "DEFAULT_ORDER",
@@ -220,11 +220,7 @@ def _root_entries(catalog: str, storage_options: dict | None) -> tuple:
     """``(fs, {name: path})`` of what lies directly under ``catalog`` (empty when it does not exist)."""
     fs, root = filesystem(catalog, storage_options)
     fs.invalidate_cache(root)
-    if not fs.isdir(root):
-        return fs, {}
-    # S3 lists a "folder" marker object (key "prefix/", left by consoles and tools) as the root itself
-    entries = (path for path in fs.ls(root, detail=False) if path.rstrip("/") != root.rstrip("/"))
-    return fs, {posixpath.basename(path.rstrip("/")): path for path in entries}
+    return fs, list_dir(fs, root)
 
 
 def foreign_entries(catalog: str, storage_options: dict | None = None) -> list[str]:

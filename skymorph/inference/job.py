@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 from skymorph.catalog import layout
-from skymorph.errors import CatalogError, InputError, SkymorphError
+from skymorph.errors import CatalogError, InputError, SkymorphError, some_names
 from skymorph.storage import check_url
 
 __all__ = ["RunConfig", "RunReport", "run_survey"]
@@ -160,9 +160,8 @@ def _check_out(out: str, options: dict) -> None:
         raise CatalogError(f"--out {out!r} is a file; give a directory for the catalog")
     foreign = layout.foreign_entries(out, options)
     if foreign:
-        shown = ", ".join(repr(name) for name in foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
         raise CatalogError(
-            f"--out {out!r} holds {shown}, which a skymorph catalog does not; give a new or empty "
+            f"--out {out!r} holds {some_names(foreign)}, which a skymorph catalog does not; give a new or empty "
             "directory (--overwrite replaces only a catalog)"
         )
 

@@ -23,7 +23,7 @@ import posixpath
 import re
 
 from skymorph import storage
-from skymorph.errors import InputError
+from skymorph.errors import InputError, some_names
 
 __all__ = ["SURVEY_FILES", "check_survey_out", "prepare_survey_out"]
 
@@ -36,21 +36,12 @@ SURVEY_FILES = ("tiles.txt", "labels.parquet", "truth.parquet", "ingest_failures
 _TEMP = re.compile(r"^\.(%s)\.[0-9a-f]{32}\.tmp$" % "|".join(re.escape(name) for name in SURVEY_FILES))
 
 
-def _listing(fs, path: str) -> dict[str, str]:
-    """``{name: path}`` of what lies directly under ``path`` (empty when it is no directory). S3 lists a
-    "folder" marker object (key ``prefix/``, left by consoles and tools) as the directory itself: skipped."""
-    if not fs.isdir(path):
-        return {}
-    entries = (entry.rstrip("/") for entry in fs.ls(path, detail=False))
-    return {posixpath.basename(entry): entry for entry in entries if entry != path.rstrip("/")}
-
-
 def _survey_entries(fs, root: str) -> tuple[list[str], list[str], list[str]]:
     """``(files, stores, foreign)`` under ``root``: paths of :data:`SURVEY_FILES`, paths of tile stores
     ``tiles/*.zarr``, and the names (``tiles/x`` below ``tiles/``) of everything no survey writes, sorted."""
     fs.invalidate_cache(root)
-    top = _listing(fs, root)
-    below = _listing(fs, top["tiles"]) if "tiles" in top else {}
+    top = storage.list_dir(fs, root)
+    below = storage.list_dir(fs, top["tiles"]) if "tiles" in top else {}
     files = [top[name] for name in SURVEY_FILES if name in top and fs.isfile(top[name])]
     stores = [path for name, path in sorted(below.items()) if name.endswith(".zarr")]
     foreign = sorted(name for name in top if name not in SURVEY_FILES and name != "tiles" and not _TEMP.match(name))
@@ -75,8 +66,7 @@ def check_survey_out(out: str, storage_options: dict | None) -> None:
         raise InputError(f"--out {out!r} is a file; give a directory for the survey")
     files, stores, foreign = _survey_entries(fs, root)
     if foreign and not (files or stores):
-        shown = ", ".join(repr(name) for name in foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-        raise InputError(f"--out {out!r} holds {shown}, which a survey does not; give a new or empty --out "
+        raise InputError(f"--out {out!r} holds {some_names(foreign)}, which a survey does not; give a new or empty --out "
                          "(--overwrite replaces only a survey, never other files)")
 
 
