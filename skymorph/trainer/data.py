@@ -275,9 +275,10 @@ def load_images(tile_urls: list[str], labels: Labels, *, drop_unmatched: bool = 
         if labels.tile is not None:
             targets = label_row[rows]
             said_tile, said_row = labels.tile[targets], labels.row[targets]
-            here = ((said_tile == None) | (said_tile == tile_name(url))) & ((said_row < 0) | (said_row == rows))  # noqa: E711
+            name = tile_name(url)
+            here = ((said_tile == None) | (said_tile == name)) & ((said_row < 0) | (said_row == rows))  # noqa: E711
             first = elsewhere_row[targets] < 0
-            elsewhere_tile[targets[~here & first]] = tile_name(url)
+            elsewhere_tile[targets[~here & first]] = name
             elsewhere_row[targets[~here & first]] = rows[~here & first]
             rows = rows[here]
         for start, stop, chunk in tile.iter_chunks():
