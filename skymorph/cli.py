@@ -185,7 +185,8 @@ def _add_train_commands(sub) -> None:
     train.add_argument("--lr", type=float, help="peak learning rate (default 1e-3; with --resume: the checkpoint's)")
     train.add_argument("--weight-decay", type=float, help="default 0.05; with --resume: the checkpoint's")
     train.add_argument("--warmup-epochs", type=float, help="default 1; with --resume: the checkpoint's")
-    train.add_argument("--patience", type=_positive_int, default=5, help="epochs without better validation loss before stopping (default 5)")
+    train.add_argument("--patience", type=_positive_int,
+                       help="epochs without better validation loss before stopping (default 5; with --resume: the checkpoint's)")
     train.add_argument("--seed", type=int, help="default 0; with --resume or --finetune: the checkpoint's")
     train.add_argument("--val-fraction", type=float, help="validation share when the labels have no split column "
                        "(default 0.1; with --resume or --finetune: the checkpoint's)")

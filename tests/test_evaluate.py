@@ -220,7 +220,7 @@ def test_plots_leave_a_notebooks_matplotlib_backend_alone():
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "svg"
 
 
-def test_labels_without_a_split_are_evaluated_on_the_galaxies_the_model_was_validated_on(tmp_path):
+def test_labels_without_a_split_are_evaluated_on_the_galaxies_the_model_was_validated_on(tmp_path, capsys):
     """The hashed split, with the checkpoint's seed and --val-fraction: with seed 0 in its place, a model
     trained with --seed 5 was evaluated partly on galaxies it was trained on."""
     import hashlib
@@ -236,3 +236,23 @@ def test_labels_without_a_split_are_evaluated_on_the_galaxies_the_model_was_vali
     u = {i: int.from_bytes(hashlib.sha256(f"5:{i}".encode()).digest()[:8], "big") / 2.0**64 for i in ids}
     assert evaluated == {i for i in ids if u[i] < 0.3}
     assert len(evaluated) == load_checkpoint(result.checkpoint)[1].provenance["n_validation"]
+    # the same labels with a split column: the checkpoint's hash split is still the one it was trained with
+    write_parquet(pq.read_table(labels).drop(["split"]).append_column("split", pa.array(["validation"] * len(ids))),
+                  str(tmp_path / "resplit.parquet"))
+    evaluate(result.checkpoint, tiles, str(tmp_path / "resplit.parquet"), str(tmp_path / "out2"), samples=2, progress=False)
+    assert set(pq.read_table(tmp_path / "out2" / "predictions.parquet").column("object_id").to_pylist()) == evaluated
+    assert "was trained on the seed's hash split, not a split column" in capsys.readouterr().err
+
+
+def test_a_model_trained_on_a_split_column_is_not_evaluated_on_labels_without_it(trained):
+    """Without the column, the hash split was used: 23 of 29 "validation" galaxies of a review's run had been
+    trained on, and nothing said so."""
+    tmp, tiles, labels, ckpt = trained
+    assert load_checkpoint(ckpt)[1].provenance["split"] == "column"
+    unsplit = str(tmp / "unsplit-eval.parquet")
+    write_parquet(pq.read_table(labels).drop(["split"]), unsplit)
+    with pytest.raises(InputError, match=r"was trained with its labels' split column and labels .*unsplit-eval.parquet' have "
+                                         r"none, so its validation galaxies are unknown; give labels with that split column, or --split all"):
+        evaluate(ckpt, tiles, unsplit, str(tmp / "no"), samples=2, progress=False)
+    assert not (tmp / "no").exists()
+    evaluate(ckpt, tiles, unsplit, str(tmp / "all"), samples=2, split="all", progress=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import math
@@ -91,6 +92,25 @@ def test_hash_split_is_deterministic_and_near_the_fraction(tmp_path):
     assert np.array_equal(val_mask, split_masks(labels, 0.2, seed=3)[1])
     assert not (train_mask & val_mask).any() and (train_mask | val_mask).all()
     assert abs(val_mask.mean() - 0.2) < 0.03  # binomial sd 0.009
+
+
+def test_empty_split_cells_take_the_hash_split_and_misspelt_ones_are_refused(tmp_path):
+    """Rows added to labels with a split column (the active-learning loop's new votes) had an empty split and
+    were in neither side: a fine-tune on 300 old and 100 new galaxies trained on the old ones only."""
+    path = tmp_path / "labels.csv"
+    path.write_text("object_id,bar_yes,bar_no,split\n" + "".join(f"{i},1,0,{'train' if i < 10 else ''}\n" for i in range(2000)))
+    labels = load_labels(str(path), GZ2)
+    assert labels.split[:10].tolist() == ["train"] * 10 and all(s is None for s in labels.split[10:])
+    train_mask, val_mask = split_masks(labels, 0.2, seed=3)
+    assert train_mask[:10].all() and not (train_mask & val_mask).any() and (train_mask | val_mask).all()
+    hashed = split_masks(dataclasses.replace(labels, split=None), 0.2, seed=3)[1]
+    assert np.array_equal(val_mask[10:], hashed[10:])  # each unassigned galaxy on its hash side
+    path.write_text("object_id,bar_yes,bar_no,split\n1,1,0,train\n2,1,0,Validaton\n3,0,1,test\n4,0,1,Validaton\n")
+    with pytest.raises(InputError, match=r"column 'split' holds 'Validaton' \(2 row\(s\)\), which is not train, validation or "
+                                         r"test; correct it, or leave the cell empty for the seed's hash split"):
+        load_labels(str(path), GZ2)
+    path.write_text("object_id,bar_yes,bar_no,split\n1,1,0,Train\n2,1,0, val \n3,0,1,test\n")
+    assert load_labels(str(path), GZ2).split.tolist() == ["train", "validation", "test"]
 
 
 def test_augment_keeps_a_round_galaxy_when_only_rotating_and_flipping():
@@ -265,6 +285,18 @@ def test_same_seed_same_weights_and_resume_continues_exactly(tmp_path):
     assert all(torch.equal(wa[k], wc[k]) for k in wa)
     metrics = json.loads((tmp_path / "c.ckpt.metrics.json").read_text())
     assert [m["val_loss"] for m in metrics["epochs"]] == [m["val_loss"] for m in a.metrics]
+
+
+def test_resume_keeps_the_runs_patience_unless_given(tmp_path):
+    """--resume fell back to patience 5: a run started with --patience 1000 stopped early after its resume."""
+    tiles, labels = write_ring_survey(str(tmp_path))
+    half = train(_config(tmp_path, tiles, labels, epochs=3, patience=1000, stop_after_epochs=1))
+    resumed = dict(epochs=None, resume=half.last_checkpoint)
+    assert load_checkpoint(train(_config(tmp_path, tiles, labels, **resumed, stop_after_epochs=1)).last_checkpoint)[1] \
+        .provenance["config"]["patience"] == 1000
+    again = train(_config(tmp_path, tiles, labels, **resumed, patience=1))  # may change on resume
+    assert load_checkpoint(again.last_checkpoint)[1].provenance["config"]["patience"] == 1
+    assert _config(tmp_path, tiles, labels).patience is None
 
 
 def test_ema_saves_the_moving_average_of_the_plain_runs_weights_and_resumes_exactly(tmp_path):
@@ -455,6 +487,37 @@ def test_labels_of_another_surveys_images_are_refused(tmp_path):
                            "put object_id 0 at tile 'hpx5_06879', row 0, but the tiles given hold it only elsewhere (tile "
                            "'hpx5_01056', row 0; 15 more like it): these labels are of another survey's images")
     assert cli.main([*base, "--tiles", f"{a}/tiles.txt", "--labels", f"{a}/labels.parquet"]) == 0
+
+
+def test_labels_without_locations_are_refused_when_two_surveys_share_object_ids(tmp_path):
+    """Without tile and row columns, the last tile holding an id gave its image: all 128 of a review's labels of
+    one synthetic survey trained on another's galaxies. One galaxy in two overlapping tiles stays fine."""
+    from skymorph.survey.synth import synthesize
+    from skymorph.tiles import write_tile
+
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    for out, seed in ((a, 0), (b, 1)):
+        synthesize(out, n_tiles=1, per_tile=8, size=16, seed=seed, schema="gz2", workers=1, progress=False)
+    votes = str(tmp_path / "votes.parquet")
+    pd.read_parquet(f"{a}/labels.parquet").drop(columns=["tile", "row"]).to_parquet(votes)
+    both = read_tiles(f"{a}/tiles.txt") + read_tiles(f"{b}/tiles.txt")
+    with pytest.raises(InputError, match=r"object_id 0 is another galaxy in tile '.*/b/tiles/hpx5_\d+.zarr' than in "
+                                         r"'.*/a/tiles/hpx5_\d+.zarr' \(7 more like it in this tile\): object ids are unique only "
+                                         "within a survey, and these tiles are of two"):
+        load_images(both, load_labels(votes, GZ2), progress=False)
+    images, _ = load_images(read_tiles(f"{a}/tiles.txt") * 2, load_labels(votes, GZ2), progress=False)  # overlap: same galaxies
+    assert np.array_equal(images, load_images(read_tiles(f"{a}/tiles.txt"), load_labels(votes, GZ2), progress=False)[0])
+
+    # placeholder positions say nothing: another image is another galaxy, the same one (an overlap) is not
+    urls = [str(tmp_path / f"p{t}.zarr") for t in range(3)]
+    for url, value in zip(urls, (1, 1, 2)):
+        write_tile(url, np.full((2, 1, 16, 16), value, np.uint8), np.arange(2), np.zeros(2), np.zeros(2), survey="test",
+                   bands=["grey"], pixel_scale_arcsec=1.0, stretch="none", resize="none", extra_attrs={"position_is_placeholder": True})
+    votes = str(tmp_path / "votes.csv")
+    Path(votes).write_text("object_id,has_spiral_arms_yes,has_spiral_arms_no\n0,1,0\n1,0,1\n")
+    assert load_images(urls[:2], load_labels(votes, GZ2), progress=False)[0].max() == 1
+    with pytest.raises(InputError, match="object_id 0 is another galaxy in tile"):
+        load_images(urls, load_labels(votes, GZ2), progress=False)
 
 
 def test_labels_locate_images_by_tile_name_or_url_and_row(tmp_path):

@@ -4,8 +4,9 @@ Labels are a Parquet or CSV table with ``object_id`` and one integer vote-count 
 ``{question}_{answer}``; a missing answer column means nobody gave that answer, an empty (null) cell
 means no votes. A column that starts like a question of the schema (``{question}_``) but names none
 of its answers, or that is a near miss of an answer column, is an error (a typo or another schema);
-other columns (``split``, ``total_votes``, ...) are ignored. Images are matched by ``object_id`` in the tile stores of a tile list and held in
-memory as uint8 (100,000 galaxies at 128 x 128 px are 1.6 GB), so an epoch never waits on storage.
+other columns (``total_votes``, ...) are ignored; ``split``, where given, is ``train``, ``validation``,
+``test`` or empty (see :func:`split_masks`). Images are matched by ``object_id`` in the tile stores of
+a tile list and held in memory as uint8 (100,000 galaxies at 128 x 128 px are 1.6 GB), so an epoch never waits on storage.
 Where the labels also say where each image is (``tile`` and ``row`` columns, as ``survey synth``,
 ``survey ingest`` and ``catalog pick`` write them), the image is taken from there, and a galaxy found
 only elsewhere is refused: object ids are unique within a survey, not across surveys (synthetic
@@ -38,8 +39,9 @@ __all__ = [
     "BatchLoader",
 ]
 
-TRAIN, VALIDATION = "train", "validation"
-_SPLIT_NAMES = {"train": TRAIN, "training": TRAIN, "validation": VALIDATION, "val": VALIDATION, "valid": VALIDATION}
+TRAIN, VALIDATION, TEST = "train", "validation", "test"
+_SPLIT_NAMES = {"train": TRAIN, "training": TRAIN, "validation": VALIDATION, "val": VALIDATION, "valid": VALIDATION,
+                "test": TEST, "testing": TEST, "holdout": TEST}
 
 MAX_VOTES = 2**24
 """Largest vote count per answer: float32, in which the losses are computed, holds every integer up to
@@ -49,8 +51,8 @@ MAX_VOTES = 2**24
 @dataclass(frozen=True)
 class Labels:
     """``object_id`` (n,) int64, ``votes`` (n, A) int64 in schema answer order, optional ``split`` (n,)
-    of ``"train"``/``"validation"``/other, ``source`` (URL) and ``sha256`` of the file; optional
-    ``tile`` (n,) tile names (:func:`skymorph.tiles.tile_name`, so that a catalog's tile URL, from
+    of ``"train"``/``"validation"``/``"test"`` (None where empty), ``source`` (URL) and ``sha256`` of
+    the file; optional ``tile`` (n,) tile names (:func:`skymorph.tiles.tile_name`, so that a catalog's tile URL, from
     wherever the survey was copied, and a survey's tile name agree; None where not given) and ``row``
     (n,) int64 (-1 where not given): where the labels say each image is."""
 
@@ -209,11 +211,25 @@ def load_labels(url: str, schema: Schema, storage_options=None) -> Labels:
             f"labels {url!r} hold no votes at all: every count in its {len(present)} answer column(s) of schema "
             f"{schema.name!r} is 0 or empty; give the volunteers' vote counts"
         )
-    split = None
-    if "split" in names:
-        raw = table.column("split").to_pylist()
-        split = np.array([_SPLIT_NAMES.get(str(s).strip().lower(), str(s)) for s in raw], dtype=object)
+    split = _read_split(url, table) if "split" in names else None
     return Labels(object_id, votes, split, str(url), sha256, *_locations(table))
+
+
+def _read_split(url: str, table) -> np.ndarray:
+    """The ``split`` column as train/validation/test, None where a cell is empty (such a galaxy takes the
+    seed's hash split: rows added to labels that had a split, as the active-learning loop does). Any other
+    value is an error: a misspelt ``Validaton`` would otherwise keep its galaxies out of both sides."""
+    raw = np.array([None if s is None or not str(s).strip() else str(s).strip() for s in table.column("split").to_pylist()],
+                   dtype=object)
+    split = np.array([None if s is None else _SPLIT_NAMES.get(s.lower()) for s in raw], dtype=object)
+    unknown = np.flatnonzero((raw != None) & (split == None))  # noqa: E711
+    if len(unknown):
+        values = sorted({raw[i] for i in unknown})
+        raise InputError(
+            f"labels {url!r} column 'split' holds {', '.join(map(repr, values[:3]))} ({len(unknown)} row(s)), which is not "
+            "train, validation or test; correct it, or leave the cell empty for the seed's hash split"
+        )
+    return split
 
 
 def positions(keys: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -231,17 +247,19 @@ def positions(keys: np.ndarray, ids: np.ndarray) -> np.ndarray:
 def split_masks(labels: Labels, val_fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """``(train, validation)`` boolean masks.
 
-    With a ``split`` column: its ``train`` and ``validation`` rows (others, e.g. ``test``, in neither).
-    Without: a galaxy is in validation when ``u < val_fraction``, with u uniform in [0, 1) from the
-    sha256 of ``"{seed}:{object_id}"``: deterministic, and a galaxy keeps its side when labels grow.
+    With a ``split`` column: its ``train`` and ``validation`` rows (``test`` rows in neither); a row
+    whose cell is empty, and every row without the column, takes the hash split: a galaxy is in
+    validation when ``u < val_fraction``, with u uniform in [0, 1) from the sha256 of
+    ``"{seed}:{object_id}"``: deterministic, and a galaxy keeps its side when labels grow.
     """
-    if labels.split is not None:
-        return labels.split == TRAIN, labels.split == VALIDATION
     u = np.array(
         [int.from_bytes(hashlib.sha256(f"{seed}:{i}".encode()).digest()[:8], "big") / 2.0**64 for i in labels.object_id]
     )
     validation = u < val_fraction
-    return ~validation, validation
+    if labels.split is None:
+        return ~validation, validation
+    unassigned = labels.split == None  # noqa: E711
+    return (labels.split == TRAIN) | (unassigned & ~validation), (labels.split == VALIDATION) | (unassigned & validation)
 
 
 def load_images(tile_urls: list[str], labels: Labels, *, drop_unmatched: bool = False, storage_options=None, progress=True):
@@ -251,19 +269,23 @@ def load_images(tile_urls: list[str], labels: Labels, *, drop_unmatched: bool = 
     say where a galaxy's image is (``tile`` and ``row``), only that image is taken (a galaxy in two
     overlapping tiles has two). A labelled galaxy found in no tile, or only elsewhere than its labels
     say (labels of another survey's images), is a one-line :class:`InputError` naming it, unless
-    ``drop_unmatched`` (then it is left out of the returned labels). Tiles of different image
-    shapes are an error.
+    ``drop_unmatched`` (then it is left out of the returned labels). An object id that is another
+    galaxy in two of the tiles (two surveys' galaxies: see :func:`_check_same_galaxy`) and tiles of
+    different image shapes are errors.
     """
     from skymorph.progress import progress_bar
     from skymorph.tiles import open_tile, tile_name
 
     images = None
     found = np.zeros(len(labels), dtype=bool)
+    found_in = np.full(len(labels), None, dtype=object)  # per labels row: the tile its image was taken from,
+    found_at = np.full((len(labels), 2), np.nan)  # and the galaxy's (ra, dec) there, NaN where a placeholder
     # per labels row: the first tile and row where its image was found but the labels do not put it
     elsewhere_tile, elsewhere_row = np.full(len(labels), None, dtype=object), np.full(len(labels), -1, dtype=np.int64)
     for url in progress_bar(tile_urls, desc="reading tiles", unit="tile", disable=not progress, leave=False):
         tile = open_tile(url, storage_options=storage_options)
-        object_id, _, _ = tile.read_coords()
+        object_id, ra, dec = tile.read_coords()
+        at = np.full((len(object_id), 2), np.nan) if tile.placeholder_positions else np.stack([ra, dec], axis=1)
         label_row = positions(labels.object_id, object_id)  # per tile row: its labels row, or -1
         rows = np.flatnonzero(label_row >= 0)
         if len(rows) == 0:
@@ -284,8 +306,11 @@ def load_images(tile_urls: list[str], labels: Labels, *, drop_unmatched: bool = 
         for start, stop, chunk in tile.iter_chunks():
             sel = rows[(rows >= start) & (rows < stop)]
             targets = label_row[sel]
+            _check_same_galaxy(labels, targets, found[targets], (found_at[targets], at[sel]),
+                               (images[targets], chunk[sel - start]), found_in, url)
             images[targets] = chunk[sel - start]
             found[targets] = True
+            found_in[targets], found_at[targets] = url, at[sel]
     misplaced = np.flatnonzero(~found & (elsewhere_row >= 0))
     if len(misplaced) and not drop_unmatched:
         target = int(misplaced[0])
@@ -310,6 +335,35 @@ def load_images(tile_urls: list[str], labels: Labels, *, drop_unmatched: bool = 
             raise InputError(f"no labelled galaxy of {labels.source!r} is in the {len(tile_urls)} tile(s) given")
         return images[found], labels.subset(np.flatnonzero(found))
     return images, labels  # every galaxy found: no second copy of the images
+
+
+_SAME_GALAXY_ARCSEC = 1.0
+
+
+def _check_same_galaxy(labels: Labels, targets, found, positions_pair, images_pair, found_in, url: str) -> None:
+    """Refuse an object id taken from a second tile where it is another galaxy: more than
+    :data:`_SAME_GALAXY_ARCSEC` from where the first tile put it, or, where either tile has placeholder
+    positions, with another image. Object ids are unique only within a survey, so these are two surveys'
+    galaxies, and the labels would train on whichever tile came last. One galaxy in two overlapping tiles
+    of a survey passes, whether or not its two cutouts are the same pixels."""
+    from astropy.coordinates import angular_separation
+
+    again = np.flatnonzero(found)
+    if not len(again):
+        return
+    (before, now), (taken, image) = (p[again] for p in positions_pair), (i[again] for i in images_pair)
+    placeholder = np.isnan(before).any(axis=1) | np.isnan(now).any(axis=1)
+    apart = np.degrees(angular_separation(*np.radians(before.T), *np.radians(now.T))) * 3600 > _SAME_GALAXY_ARCSEC
+    other_image = (taken != image).reshape(len(again), -1).any(axis=1)
+    differ = again[np.where(placeholder, other_image, apart)]
+    if len(differ):
+        first = int(targets[differ[0]])
+        raise InputError(
+            f"labels {labels.source!r}: object_id {int(labels.object_id[first])} is another galaxy in tile {url!r} than in "
+            f"{found_in[first]!r} ({len(differ) - 1} more like it in this tile): object ids are unique only within a survey, "
+            "and these tiles are of two; give the tiles of the survey the labels are of, or labels with tile and row "
+            "columns that say where each image is"
+        )
 
 
 def augment(images, generator, *, max_zoom: float = 0.1, max_shift: float = 0.05, brightness: float = 0.02, contrast: float = 0.1):

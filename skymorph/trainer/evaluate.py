@@ -29,7 +29,8 @@ Writes ``OUT/metrics.json``, ``OUT/predictions.parquet``, ``OUT/coverage.png`` a
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -218,6 +219,24 @@ def _plots(fractions, votes, schema, cover: dict) -> tuple[bytes, bytes]:
     return coverage_png, buffer.getvalue()
 
 
+def _split_as_trained(table, meta, checkpoint: str, split: str):
+    """``table`` split as the checkpoint's training was: labels without the split column it was trained
+    with are an error (the hash split would score galaxies it trained on), and a split column beside a
+    hash-split checkpoint is set aside, with a warning. Checkpoints that do not record it take the labels'
+    column where there is one."""
+    trained_with = meta.provenance.get("split")
+    if trained_with == "column" and table.split is None:
+        raise InputError(
+            f"checkpoint {checkpoint!r} was trained with its labels' split column and labels {table.source!r} have none, "
+            f"so its {split} galaxies are unknown; give labels with that split column, or --split all"
+        )
+    if trained_with == "hash" and table.split is not None:
+        print(f"skymorph: warning: checkpoint {checkpoint!r} was trained on the seed's hash split, not a split column: "
+              f"its {split} galaxies are taken from that, and the split column of {table.source!r} is not used", file=sys.stderr)
+        return replace(table, split=None)
+    return table
+
+
 def evaluate(
     checkpoint: str,
     tiles: str,
@@ -239,7 +258,8 @@ def evaluate(
     """Evaluate ``checkpoint`` on the ``split`` galaxies (``validation``, ``train`` or ``all``) of ``labels``.
 
     The validation galaxies are those training held out: the labels' ``split`` column, or else the same
-    object-id hash split with the ``val_fraction`` and ``seed`` recorded in the checkpoint. ``tta``:
+    object-id hash split with the ``val_fraction`` and ``seed`` recorded in the checkpoint: whichever
+    training used (see :func:`_split_as_trained`). ``tta``:
     average each prediction over the 8 flips and quarter turns (see :func:`predict`).
     """
     import pyarrow as pa
@@ -265,6 +285,7 @@ def evaluate(
     schema = meta.schema
     table = load_labels(labels, schema, storage_options)
     if split != "all":
+        table = _split_as_trained(table, meta, checkpoint, split)
         config = meta.provenance.get("config", {})
         train_mask, val_mask = split_masks(table, float(config.get("val_fraction", 0.1)), int(config.get("seed", 0)))
         table = table.subset(np.flatnonzero(val_mask if split == "validation" else train_mask))

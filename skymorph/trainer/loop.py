@@ -77,7 +77,8 @@ class TrainConfig:
     galaxies into training). ``finetune`` is a new run that keeps the checkpoint's ``seed`` and
     ``val_fraction`` unless given, so the galaxies its weights were validated on stay in validation (a
     given value that differs is warned about). ``patience``, ``max_minutes``, ``stop_after_epochs`` and
-    ``threads`` may change on resume.
+    ``threads`` may change on resume; ``patience`` not given is :attr:`DEFAULT_PATIENCE`, or on resume
+    the run's.
     """
 
     MODEL_DEFAULTS: ClassVar[Mapping] = MappingProxyType({
@@ -88,6 +89,7 @@ class TrainConfig:
         "epochs": 10, "batch_size": 64, "lr": 1e-3, "weight_decay": 0.05, "warmup_epochs": 1.0, "min_lr_ratio": 0.05,
         "seed": 0, "val_fraction": 0.1, "augment": True,
     })
+    DEFAULT_PATIENCE: ClassVar[int] = 5
 
     tiles: str
     labels: str
@@ -103,7 +105,7 @@ class TrainConfig:
     weight_decay: float | None = None
     warmup_epochs: float | None = None
     min_lr_ratio: float | None = None
-    patience: int = 5
+    patience: int | None = None
     seed: int | None = None
     val_fraction: float | None = None
     crop_fraction: float | None = None
@@ -332,10 +334,15 @@ def _model_choices(config: TrainConfig, meta=None, checkpoint: str = "") -> dict
     return stored
 
 
-def _keep_split(config: TrainConfig, meta) -> TrainConfig:
+def _keep_split(config: TrainConfig, meta, labels) -> TrainConfig:
     """``config`` with the ``seed`` and ``val_fraction`` of the --finetune checkpoint where none is given:
     the split hashes object ids with them, so the new run validates on the galaxies the weights were
-    validated on (plus its share of new ones) and never trains on them."""
+    validated on (plus its share of new ones) and never trains on them. Labels without the split column
+    the checkpoint was validated with are warned about, for the same reason."""
+    if meta.provenance.get("split") == "column" and labels.split is None:
+        print(f"skymorph: warning: --finetune {config.finetune!r} was validated on its labels' split column and "
+              f"{config.labels!r} has none, so the seed's hash split is used: some of its validation galaxies are "
+              "trained on, and validation losses flatter it; keep the split column", file=sys.stderr)
     recorded = meta.provenance.get("config") or {}
     kept = {}
     for key in ("seed", "val_fraction"):
@@ -358,9 +365,11 @@ def _run_settings(config: TrainConfig, meta=None, labels=None) -> TrainConfig:
     continued must be the one interrupted (another seed or --val-fraction would draw another validation
     set and train on galaxies that were validated on)."""
     given = {key: getattr(config, key) for key in TrainConfig.RUN_DEFAULTS if getattr(config, key) is not None}
+    recorded = {} if meta is None else meta.provenance.get("config") or {}
+    if config.patience is None:  # may change on resume, but a run not told otherwise keeps its own
+        config = replace(config, patience=recorded.get("patience") or TrainConfig.DEFAULT_PATIENCE)
     if meta is None:
         return replace(config, **{**TrainConfig.RUN_DEFAULTS, **given})
-    recorded = meta.provenance.get("config") or {}
     stored = {key: recorded[key] for key in TrainConfig.RUN_DEFAULTS if recorded.get(key) is not None}
     stored["ema_decay"] = recorded.get("ema_decay")  # None is a setting too (no moving average), kept as the others
     if config.ema_decay is not None:
@@ -392,6 +401,7 @@ def _provenance(config: TrainConfig, labels, tile_urls, n_train: int, n_val: int
         "n_tiles": len(tile_urls),
         "n_train": n_train,
         "n_validation": n_val,
+        "split": "hash" if labels.split is None else "column",  # where validation came from: evaluate repeats it
         "seed": config.seed,
         "skymorph_version": __version__,
         "torch_version": torch.__version__,
@@ -477,7 +487,7 @@ def train(config: TrainConfig) -> TrainResult:
     labels = load_labels(config.labels, schema, so)
     tile_urls = read_tiles(config.tiles, so)
     if config.finetune:
-        config = _keep_split(config, start_meta)
+        config = _keep_split(config, start_meta, labels)
     config = _run_settings(config, start_meta if config.resume else None, labels)
     if config.resume and int(training.get("epoch", 0)) >= config.epochs:
         # Nothing to train and nothing to write: the best weights are in the run's own --out, which the
