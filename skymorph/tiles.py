@@ -2,7 +2,9 @@
 
 A tile store holds
 
-- ``images`` (N, C, H, W) uint8, chunked along N only (one chunk = ``chunk_size`` whole cutouts),
+- ``images`` (N, C, H, W) uint8, row 0 of each image its top as displayed (JPEG and PNG order; FITS,
+  whose first row is the bottom, is flipped at ingest: a mirror image reverses a spiral's winding),
+  chunked along N only (one chunk = ``chunk_size`` whole cutouts),
   Blosc zstd level 5 with bit shuffle (the best ratio on noisy galaxy cutouts, measured in the team's
   shared NOTES.md);
 - ``object_id`` (N,) int64 and ``ra``, ``dec`` (N,) float64, degrees ICRS, in chunks of 65,536 rows

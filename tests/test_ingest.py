@@ -62,9 +62,26 @@ def test_decode_fits_applies_asinh_over_percentile_interval():
     buffer = io.BytesIO()
     fits.PrimaryHDU(flux).writeto(buffer)
     got = decode_image(buffer.getvalue(), "x.fits", size=16, bands="mean")
-    expected = (AsinhStretch(0.1) + PercentileInterval(99.5))(flux.mean(axis=0)) * 255
+    expected = (AsinhStretch(0.1) + PercentileInterval(99.5))(flux.mean(axis=0)[::-1]) * 255  # top row first
     assert got.shape == (1, 16, 16)
     assert np.abs(got[0].astype(float) - expected).max() <= 0.5 + 1e-6
+
+
+def test_a_fits_cutout_and_a_png_of_it_give_the_same_picture():
+    """FITS rows run bottom to top, PNG rows top to bottom: the FITS image was kept mirrored, which reverses
+    a spiral's winding, so a model trained on cutouts of one kind saw mirror images of the other."""
+    from astropy.io import fits
+    from PIL import Image
+
+    picture = np.zeros((16, 16), np.uint8)  # as displayed: a bright square top left, a fainter one lower right
+    picture[1:4, 1:4], picture[11:14, 9:12] = 200, 100
+    png, fits_file = io.BytesIO(), io.BytesIO()
+    Image.fromarray(picture).save(png, format="PNG")
+    fits.PrimaryHDU(picture[::-1].astype(np.float32)).writeto(fits_file)  # how a FITS cutout of it stores it
+    from_png = decode_image(png.getvalue(), "x.png", size=16, bands="mean")[0]
+    from_fits = decode_image(fits_file.getvalue(), "x.fits", size=16, bands="mean", stretch="linear")[0]
+    assert np.unravel_index(from_png.argmax(), from_png.shape) == np.unravel_index(from_fits.argmax(), from_fits.shape) == (1, 1)
+    assert np.array_equal(from_fits > 0, from_png > 0)
 
 
 @pytest.mark.parametrize("dtype, fmt", [(np.uint16, "PNG"), (np.uint16, "TIFF"), (np.int32, "TIFF"), (np.float32, "TIFF")])
@@ -116,6 +133,27 @@ def test_16_bit_colour_is_refused_and_nan_is_blank():
         Image.fromarray(values).save(buffer, format="TIFF")
         decoded.append(decode_image(buffer.getvalue(), "x.tif", size=16, bands="keep"))
     np.testing.assert_array_equal(decoded[0], decoded[1])
+
+
+def test_blank_fits_cutouts_are_skipped_and_a_cube_s_planes_are_not_called_rgb(tmp_path):
+    """A FITS image of NaNs or of one value became an all-black galaxy that was trained on; a 3-plane FITS cube
+    kept with --bands keep was recorded as bands r, g, b, whatever its planes held."""
+    from astropy.io import fits
+
+    cube = np.random.default_rng(0).gamma(2.0, 10.0, size=(3, 24, 24))
+    for name, data in (("nan", np.full((24, 24), np.nan)), ("flat", np.full((24, 24), 7.0)), ("cube", cube), ("cube2", cube[::-1])):
+        fits.PrimaryHDU(data).writeto(tmp_path / f"{name}.fits")
+    (tmp_path / "c.csv").write_text("object_id,file\n1,nan.fits\n2,flat.fits\n3,cube.fits\n4,cube2.fits\n")
+    code, err = _run(["survey", "ingest", "--catalog", str(tmp_path / "c.csv"), "--out", str(tmp_path / "o"), "--size", "16",
+                      "--bands", "keep"])
+    assert code == 1
+    warnings = [line for line in re.split(r"[\r\n]", err) if line.startswith("skymorph: warning:")]
+    assert len(warnings) == 2
+    assert "nan.fits (object_id 1): ValueError: no finite pixel (all NaN or infinite): a blank cutout" in warnings[0]
+    assert "flat.fits (object_id 2): ValueError: every pixel is 7: a blank cutout" in warnings[1]
+    [url] = read_tile_list(str(tmp_path / "o" / "tiles.txt"))
+    tile = open_tile(url)
+    assert tile.read_coords()[0].tolist() == [3, 4] and tile.attrs["bands"] == ["band0", "band1", "band2"]
 
 
 def test_tiles_record_the_stretch_of_their_images(tmp_path):

@@ -106,7 +106,7 @@ def gallery_figure(picked, catalog: str | Catalog, question: str | None = None, 
         answers = schema.question(q).answers
         image_ax, bar_ax = axes[i // _COLUMNS, 2 * (i % _COLUMNS)], axes[i // _COLUMNS, 2 * (i % _COLUMNS) + 1]
         pixels, cmap = _to_display(images[i])
-        image_ax.imshow(pixels, cmap=cmap, origin="lower")
+        image_ax.imshow(pixels, cmap=cmap, origin="upper")  # tiles hold images top row first
         image_ax.set_title(f"#{i + 1} id {object_id} row {row}", fontsize=7)
         fraction = np.array([record[f"{q}_{a}_fraction"] for a in answers], dtype=float)
         low = np.array([record[f"{q}_{a}_fraction_q05"] for a in answers], dtype=float)

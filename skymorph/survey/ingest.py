@@ -8,7 +8,7 @@ label mapping one vote-count column per answer of the labelled question) and, if
 be read, ``OUT/ingest_failures.csv`` (file, object_id, reason).
 
 Pixels: 8-bit JPEG/PNG/TIFF are decoded by Pillow as RGB (or L) and keep their values; FITS (first HDU
-with data, (H, W) or (C, H, W)) is flux, mapped to [0, 255] by an asinh stretch over a percentile
+with data, (H, W) or (C, H, W); its rows flipped, as tiles hold images top row first) is flux, mapped to [0, 255] by an asinh stretch over a percentile
 interval per image (astropy.visualization ``AsinhStretch(a) + PercentileInterval(p)``), as are one-band
 images of more than 8 bits (16-bit PNG/TIFF, integer or float TIFF); each tile's ``stretch`` attribute
 says which. 16-bit colour or grey+alpha PNG/TIFF is reported and skipped: Pillow reads only its high bytes. ``bands="mean"`` averages the
@@ -137,7 +137,8 @@ def _decode(data: bytes, name: str, *, size: int, bands: str, stretch: str, asin
             planes = next((h.data for h in hdus if h.data is not None), None)
         if planes is None or planes.ndim not in (2, 3):
             raise ValueError("no 2-D or 3-D image in any HDU")
-        planes = np.asarray(planes, dtype=np.float64).reshape(-1, *planes.shape[-2:])
+        # FITS rows run bottom to top (pixel 1,1 is drawn lower left); tiles hold images top row first
+        planes = np.asarray(planes, dtype=np.float64).reshape(-1, *planes.shape[-2:])[:, ::-1]
         return *_stretched(planes, size, bands, stretch, asinh_a, percentile), True
     from PIL import Image
 
@@ -161,9 +162,15 @@ def _decode(data: bytes, name: str, *, size: int, bands: str, stretch: str, asin
 
 def _stretched(planes: np.ndarray, size: int, bands: str, stretch: str, asinh_a: float, percentile: float):
     """Float (C, H, W) values -> uint8 (C, size, size) through ``stretch`` after a ``percentile`` interval,
-    and the side of the square; NaN (a blank pixel) counts as 0."""
+    and the side of the square; NaN (a blank pixel) counts as 0. An image of no finite value, or of one
+    value throughout, holds no galaxy: a ValueError, so that it is reported and skipped, not trained on."""
     from astropy.visualization import AsinhStretch, LinearStretch, PercentileInterval
 
+    finite = planes[np.isfinite(planes)]
+    if not finite.size:
+        raise ValueError("no finite pixel (all NaN or infinite): a blank cutout")
+    if finite.min() == finite.max():
+        raise ValueError(f"every pixel is {finite.min():g}: a blank cutout")
     planes = np.nan_to_num(planes)
     if bands == "mean":
         planes = planes.mean(axis=0, keepdims=True)
@@ -336,7 +343,9 @@ def ingest(
     placeholder = "ra" not in kept.columns
     ra = np.zeros(len(kept)) if placeholder else kept["ra"].to_numpy(np.float64)
     dec = np.zeros(len(kept)) if placeholder else kept["dec"].to_numpy(np.float64)
-    band_names = ["grey"] if bands == "mean" else (["r", "g", "b"] if images.shape[1] == 3 else [f"band{i}" for i in range(images.shape[1])])
+    # only decoded colour images are known to be r, g, b; a FITS cube's planes are whatever it holds
+    rgb = images.shape[1] == 3 and not stretched.any()
+    band_names = ["grey"] if bands == "mean" else (["r", "g", "b"] if rgb else [f"band{i}" for i in range(images.shape[1])])
     extra = {"position_is_placeholder": placeholder, "source_catalog": str(catalog_csv), "pixel_scale_is_placeholder": pixel_scale_arcsec is None}
     object_id = kept["object_id"].to_numpy(np.int64)
     order = np.arange(len(kept)) if placeholder else _sky_order(ra, dec)
