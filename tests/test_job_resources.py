@@ -9,6 +9,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 from distributed import Client, LocalCluster
@@ -27,26 +28,30 @@ def _local_cluster(**kwargs) -> LocalCluster:
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_gpu_tasks_on_workers_without_a_gpu_are_refused_then_run_where_one_is_advertised(tmp_path, tiny_model):
+    """A refused --overwrite run removed the old catalog first: a finished catalog was gone, and the run never started."""
     tiles = make_tiles(str(tmp_path), n_tiles=2, per_tile=40)
-    catalog = str(tmp_path / "catalog")
+    catalog, new = str(tmp_path / "catalog"), str(tmp_path / "new")
+    with _local_cluster(processes=True, resources={"GPU": 1}) as cluster:
+        report = run_survey(RunConfig(tiles=str(tmp_path / "tiles.txt"), model=tiny_model, out=catalog,
+                                      scheduler=cluster.scheduler_address, gpu=True, progress=False))
+    assert report.ok and report.rows_written == 80 and report.total_rows == 80
+    assert_exact(catalog, tiny_model, tiles)
+
     with _local_cluster(processes=True) as cluster:
-        config = RunConfig(tiles=str(tmp_path / "tiles.txt"), model=tiny_model, out=catalog,
+        config = RunConfig(tiles=str(tmp_path / "tiles.txt"), model=tiny_model, out=new,
                            scheduler=cluster.scheduler_address, gpu=True, progress=False)
         with pytest.raises(InputError) as refused:
             run_survey(config)
+        with pytest.raises(InputError, match="has the resource GPU=1 that --gpu asks for"):
+            run_survey(replace(config, out=catalog, overwrite=True))
     message = str(refused.value)
     assert "\n" not in message
     assert message == (
         f"none of the 1 Dask worker(s) at {cluster.scheduler_address} has the resource GPU=1 that --gpu asks for; "
         f"start workers with `dask worker {cluster.scheduler_address} --resources GPU=1`, or run without --gpu"
     )
-    assert layout.list_parts(catalog) == []
-
-    with _local_cluster(processes=True, resources={"GPU": 1}) as cluster:
-        report = run_survey(RunConfig(tiles=str(tmp_path / "tiles.txt"), model=tiny_model, out=catalog,
-                                      scheduler=cluster.scheduler_address, gpu=True, progress=False))
-    assert report.ok and report.rows_written == 80 and report.total_rows == 80
-    assert_exact(catalog, tiny_model, tiles)
+    assert layout.list_parts(new) == []
+    assert_exact(catalog, tiny_model, tiles)  # the catalog --overwrite would have replaced, whole
 
 
 def _meet(me: str, other: str) -> bool:

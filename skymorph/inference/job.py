@@ -385,6 +385,14 @@ def _no_trace_unless_started(out: str, is_new: bool, options: dict):
         raise
 
 
+def _remove_for_overwrite(config: RunConfig, lock, options: dict) -> None:
+    """With ``--overwrite``, remove the old catalog: only while this run holds the lock (a live run's
+    catalog is never removed) and once it can start (scheduler reached, GPU workers there)."""
+    if config.overwrite:
+        lock.check_held(read=True)
+        layout.remove_catalog(config.out, options, keep_lock=True)
+
+
 def _default_name(out: str) -> str:
     return out.rstrip("/").replace("\\", "/").rsplit("/", 1)[-1] or "skymorph"
 
@@ -548,11 +556,10 @@ def run_survey(config: RunConfig) -> RunReport:
 
     # checks again, then holds the lease (heartbeat) until the catalog is finished
     with _no_trace_unless_started(config.out, is_new, options), lock:
-        if config.overwrite:  # only now that this run holds the lock: a live run's catalog is never removed
-            lock.check_held(read=True)
-            layout.remove_catalog(config.out, options, keep_lock=True)
         tally = _Tally()
-        if not nothing_to_do:  # else every range is done and only the finish step is left
+        if nothing_to_do:  # every range is done and only the finish step is left
+            _remove_for_overwrite(config, lock, options)
+        else:
             gpu = config.gpu or info.needs_gpu
             with connect(replace(spec, gpu=gpu)) as (client, engine_threads):
                 if info.needs_gpu:
@@ -560,7 +567,9 @@ def run_survey(config: RunConfig) -> RunReport:
                 elif gpu:
                     require_resources(client, GPU_WORKER, "--gpu", ", or run without --gpu")
                 resources = task_resources(gpu)
-                if is_new:  # once the workers are there: a run that cannot start leaves no catalog behind
+                # once the workers are there: a run that cannot start leaves the old catalog, or none, behind
+                _remove_for_overwrite(config, lock, options)
+                if is_new:
                     lock.check_held(read=True)
                     write_manifest(config.out, manifest, options)
                 tally.dashboard = client.dashboard_link
