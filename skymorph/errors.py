@@ -15,6 +15,7 @@ __all__ = [
     "TileNotFoundError",
     "ModelError",
     "CatalogError",
+    "ClusterError",
     "MissingDependencyError",
     "did_you_mean",
     "first_line",
@@ -47,6 +48,10 @@ class ModelError(SkymorphError, ValueError):
 
 class CatalogError(SkymorphError, ValueError):
     """A catalog is missing, malformed, or a query against it is invalid."""
+
+
+class ClusterError(SkymorphError, ConnectionError):
+    """The Dask scheduler went away while a job ran on it."""
 
 
 class MissingDependencyError(SkymorphError, ImportError):

@@ -674,6 +674,48 @@ def test_interrupted_driver_resumes_and_skips_finished_ranges(s3, s3_bucket, tin
     assert len(Manifest.from_json(read_text(layout.manifest_url(catalog))).ranges) == 8 * 4
 
 
+def test_a_lost_scheduler_leaves_the_catalog_unfinished_and_a_rerun_completes_it(s3, s3_bucket, tiny_model, tmp_path):
+    """The tasks Dask cancelled when the scheduler died were recorded as failed tiles, and the catalog was
+    finished without them: a review's run exited 0 (--allow-failures) with 79% of its rows missing."""
+    from skymorph.catalog.writer import read_manifest
+    from skymorph.inference.job import RunConfig, run_survey
+
+    tiles = make_tiles(s3_bucket, n_tiles=8, per_tile=128, compact=True)
+    catalog = f"{s3_bucket}/catalog"
+    args = ["--tiles", f"{s3_bucket}/tiles.txt", "--model", tiny_model, "--out", catalog, "--rows-per-task", "32",
+            "--batch-size", "32", "--catalog-order", "3", "--allow-failures"]
+    stderr = tmp_path / "driver.err"
+    with dask_processes(str(tmp_path), [["--nthreads", "1", "--no-nanny"]] * 2) as procs, open(stderr, "w") as err:
+        driver = subprocess.Popen([sys.executable, "-m", "skymorph.cli", "run", *args, "--scheduler-file", procs.scheduler_file],
+                                  env={**os.environ, **s3.env}, stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            wait_for(lambda: len(layout.list_parts(catalog)) >= 3, 120, "the first part files")
+            assert driver.poll() is None, "the driver finished before the scheduler could be killed: make the job slower"
+            procs.scheduler.kill()
+            code = driver.wait(timeout=120)
+        finally:
+            if driver.poll() is None:
+                driver.kill()
+                driver.wait(timeout=30)
+    errors = [line for line in stderr.read_text().splitlines() if line.startswith("skymorph: error:")]
+    assert code == 2 and len(errors) == 1, stderr.read_text()
+    assert errors[0].startswith(f"skymorph: error: lost the Dask scheduler at {procs.address} mid-run (")
+    assert errors[0].endswith("the catalog is left unfinished, its finished tile ranges kept: run the same command again to resume")
+    fs, _ = filesystem(catalog)
+    fs.invalidate_cache()
+    assert not fs.exists(f"{catalog}/hats.properties") and not fs.exists(f"{catalog}/_skymorph/failures.parquet")
+    done_before = set(read_manifest(catalog).ranges)
+    assert len(done_before) < 8 * 4
+
+    (tmp_path / "again").mkdir()
+    with dask_processes(str(tmp_path / "again"), [["--nthreads", "1"]]) as procs:
+        report = run_survey(RunConfig(tiles=f"{s3_bucket}/tiles.txt", model=tiny_model, out=catalog,
+                                      scheduler_file=procs.scheduler_file, rows_per_task=32, batch_size=32,
+                                      catalog_order=3, progress=False))
+    assert report.ok and report.total_rows == 8 * 128 and report.ranges_skipped == len(done_before)
+    assert_exact(catalog, tiny_model, tiles)
+
+
 def test_ctrl_c_stops_a_local_cluster_run_in_one_line(tiny_model, tmp_path):
     """A terminal's Ctrl-C reaches the whole process group, the LocalCluster's worker processes too: each
     died of its own KeyboardInterrupt, printing a traceback (and distributed a CancelledError warning),

@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 from skymorph.catalog import layout
-from skymorph.errors import CatalogError, InputError, SkymorphError, some_names
+from skymorph.errors import CatalogError, ClusterError, InputError, SkymorphError, first_line, some_names
 from skymorph.storage import check_url
 
 __all__ = ["RunConfig", "RunReport", "run_survey"]
@@ -420,8 +420,10 @@ def _run_tasks(config: RunConfig, client, job, resources, plan: _Plan, manifest,
     (the driver's :class:`~skymorph.catalog.lock.DriverLock`) is held."""
     import contextlib
     import uuid
+    from concurrent.futures import CancelledError
 
     from distributed import as_completed
+    from distributed.client import ClosedClientError
 
     from skymorph.catalog.writer import ManifestJournal, RangeRecord
     from skymorph.inference.cluster import threads_by_host
@@ -449,13 +451,16 @@ def _run_tasks(config: RunConfig, client, job, resources, plan: _Plan, manifest,
 
     journal = ManifestJournal(config.out, manifest, options)
     last_flush = time.monotonic()
-    submit_until_full()
+    address = client.scheduler.address
     try:
+        submit_until_full()
         for future in pending:
             lock.check_held()  # a run that lost its lock records nothing more
             tile, start, stop = in_flight.pop(future.key)
             try:
                 result = future.result()
+            except CancelledError:  # the driver cancels nothing: Dask cancels every task when the scheduler is lost
+                raise
             except Exception as err:  # a task Dask gave up on (KilledWorker), or a bug: report it, carry on
                 result = {"stop": stop, "seconds": {},
                           "failure": {"stage": "worker", "reason": f"{type(err).__name__}: {err}".splitlines()[0][:500]}}
@@ -486,6 +491,12 @@ def _run_tasks(config: RunConfig, client, job, resources, plan: _Plan, manifest,
                 journal.flush()
                 last_flush = time.monotonic()
             submit_until_full()
+    except (CancelledError, ClosedClientError) as err:
+        # not a failure of the tiles in flight: recording them as such would finish a catalog missing them
+        raise ClusterError(
+            f"lost the Dask scheduler at {address} mid-run ({first_line(err, 200)}); the catalog is left unfinished, its "
+            "finished tile ranges kept: run the same command again to resume"
+        ) from err
     finally:
         if lock.confirm():
             journal.flush()

@@ -29,6 +29,7 @@ class DaskProcesses:
     scheduler_file: str
     address: str
     workers: list  # the worker Popen objects, in the order of ``worker_args``
+    scheduler: subprocess.Popen
 
 
 @contextmanager
@@ -53,7 +54,7 @@ def dask_processes(directory: str, worker_args: list[list[str]], timeout_s: floa
         if workers:
             with Client(address, timeout=timeout_s) as client:
                 client.wait_for_workers(len(workers), timeout=timeout_s)
-        yield DaskProcesses(scheduler_file, address, workers)
+        yield DaskProcesses(scheduler_file, address, workers, procs[0])
     finally:
         for proc in reversed(procs):
             if proc.poll() is None:
