@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 SLURM_GPU = DEPLOY / "slurm" / "jobqueue.yaml"
 SLURM_CPU = DEPLOY / "slurm" / "jobqueue-cpu.yaml"
-LOOPBACK = {"scheduler_host": "127.0.0.1", "dashboard_address": ":0", "max_jobs": 0}
+LOOPBACK = {"scheduler_host": "127.0.0.1", "dashboard_address": "127.0.0.1:0", "max_jobs": 0}
 
 # ---- SLURM -------------------------------------------------------------------------------------
 

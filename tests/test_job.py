@@ -440,7 +440,7 @@ def _run_in_process(spec, tile: str) -> dict:
 
     from skymorph.inference.task import RunJob, run_job_range
 
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, Client(cluster) as client:
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as client:
         client.register_plugin(RunJob(spec, "skymorph-job-test"))
         return client.submit(run_job_range, "skymorph-job-test", tile, 0, None, pure=False).result()
 

@@ -22,7 +22,7 @@ from skymorph.inference.task import JobSpec, ModelRef, RunJob
 
 
 def _local_cluster(**kwargs) -> LocalCluster:
-    return LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=":0", **kwargs)
+    return LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address="127.0.0.1:0", **kwargs)
 
 
 @pytest.mark.slow
@@ -69,7 +69,7 @@ def test_gpu_tasks_share_a_gpu_worker_up_to_its_threads():
     a time: the GPU idle while a task read its images and wrote its rows (docs/deploy.md)."""
     from skymorph.inference.cluster import GPU_WORKER, task_resources
 
-    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0",
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address="127.0.0.1:0",
                       resources=dict(GPU_WORKER)) as cluster, Client(cluster) as client:
         futures = [client.submit(_meet, a, b, resources=task_resources(True), pure=False) for a, b in (("a", "b"), ("b", "a"))]
         assert client.gather(futures) == [True, True]
@@ -102,6 +102,20 @@ def test_a_model_that_needs_a_gpu_gets_an_embedded_cluster_with_one(tmp_path, ti
     from skymorph.inference.cluster import has_nvidia_gpu
 
     assert ("this machine shows no NVIDIA GPU" in err) is not has_nvidia_gpu()
+
+
+@pytest.mark.timeout(120)
+def test_the_embedded_cluster_listens_on_loopback_only():
+    """Its dashboard listened on every interface (0.0.0.0) while the driver printed a 127.0.0.1 link; the
+    dashboard shows task arguments, --storage-options among them (docs/deploy.md)."""
+    import psutil
+
+    from skymorph.inference.cluster import ClusterSpec, connect
+
+    with connect(ClusterSpec(workers=1)) as (client, _):
+        listening = [c.laddr for c in psutil.Process().net_connections("tcp") if c.status == psutil.CONN_LISTEN]
+        assert client.dashboard_link.startswith("http://127.0.0.1:")
+    assert listening and all(address.ip == "127.0.0.1" for address in listening), listening
 
 
 def _engine_id(name: str, ref: ModelRef) -> int:
@@ -148,7 +162,7 @@ model = sys.argv[1]
 ref = ModelRef(model, hashlib.sha256(open(model, "rb").read()).hexdigest())
 job = JobSpec(catalog="c", order=3, schema=None, model=ref, schema_json="{}", likelihood="multinomial", n_volunteers=40,
               input_shape=(1, 8, 8), batch_size=8, rows_per_task=64, driver_session="0" * 32)
-with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, Client(cluster) as client:
+with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as client:
     client.register_plugin(RunJob(job, "run"))
     engines = next(iter(cluster.workers.values())).plugins["run"].engines
     print(usable_cores(), engines.threads, os.cpu_count())

@@ -242,7 +242,7 @@ def connect(spec: ClusterSpec):
         print("skymorph run: warning: a GPU was asked for (--gpu, or a model that needs one), but this machine shows no "
               "NVIDIA GPU (/dev/nvidia*); an ONNX model runs on the CPU here", file=sys.stderr, flush=True)
     with LocalCluster(n_workers=sizing.workers, threads_per_worker=sizing.threads_per_worker, processes=True,
-                      dashboard_address=":0", resources=resources) as cluster, Client(cluster) as client:
+                      dashboard_address="127.0.0.1:0", resources=resources) as cluster, Client(cluster) as client:
         client.register_plugin(LeaveInterruptToDriver(), name="skymorph-leave-interrupt-to-driver")
         yield client, sizing.engine_threads
 

@@ -42,7 +42,7 @@ def dask_processes(directory: str, worker_args: list[list[str]], timeout_s: floa
     dask = os.path.join(os.path.dirname(sys.executable), "dask")
     scheduler_file = os.path.join(directory, "scheduler.json")
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-    procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--dashboard-address", ":0",
+    procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--dashboard-address", "127.0.0.1:0",
                                "--scheduler-file", scheduler_file], **quiet)]
     try:
         wait_for(lambda: os.path.exists(scheduler_file), timeout_s, "the scheduler file")
