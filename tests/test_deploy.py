@@ -4,7 +4,9 @@ carry what a GPU survey needs and no secrets; `skymorph run --scheduler` runs on
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
 import re
 import shlex
 from pathlib import Path
@@ -173,6 +175,47 @@ def test_sbatch_script_starts_scheduler_gpu_workers_and_the_driver():
     assert re.search(r"srun [^\n]*--gpus-per-task=1[^\n]*\\\n\s+dask worker --scheduler-file", script)
     assert "--resources GPU=1" in script
     assert re.search(r"skymorph run [^\n]*\\\n\s+--scheduler-file \"\$SCHEDULER_FILE\" --gpu", script)
+
+
+def _stub(path: Path, body: str) -> None:
+    path.write_text("#!/usr/bin/env bash\n" + body)
+    path.chmod(0o755)
+
+
+@pytest.mark.parametrize("failing", ["scheduler", "worker"])
+def test_sbatch_script_ends_when_a_step_fails_instead_of_holding_the_nodes(tmp_path, failing):
+    """It waited for a scheduler file that a failed scheduler step never writes, and the driver waited for
+    workers that a failed worker step never starts: both until --time (12 h of every node and GPU)."""
+    import signal
+    import subprocess
+
+    bin_dir, venv = tmp_path / "bin", tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    bin_dir.mkdir()
+    (venv / "bin" / "activate").write_text("")
+    _stub(bin_dir / "srun", f"""
+case "$*" in *"dask {failing}"*) echo "srun: error: step failed" >&2; exit 1;; esac
+while [ $# -gt 0 ]; do [ "$1" = --scheduler-file ] && file=$2; shift; done
+case "$file" in *.json) echo '{{"address": "tcp://127.0.0.1:1"}}' > "$file";; esac
+exec sleep 120
+""")
+    _stub(bin_dir / "skymorph", "sleep 120 & trap 'kill $!; exit 143' TERM; wait $!\n")  # a driver waiting for workers
+    _stub(bin_dir / "scancel", "exit 0\n")
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "42", "SLURM_NNODES": "1",
+           "SLURM_GPUS_PER_NODE": "gpu:1", "SLURM_CPUS_PER_TASK": "16", "SKYMORPH_VENV": str(venv)}
+    with open(tmp_path / "job.err", "w") as stderr:  # a file, not a pipe: the sleeping stub steps keep it open
+        job = subprocess.Popen(["bash", str(DEPLOY / "slurm" / "skymorph-run.sbatch"), "s3://b/tiles.txt", "s3://b/m.onnx",
+                                "s3://b/catalog"], cwd=tmp_path, env=env, stderr=stderr, start_new_session=True)
+    try:
+        job.wait(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(job.pid, signal.SIGKILL)  # the stub steps left sleeping
+    err = (tmp_path / "job.err").read_text()
+    if failing == "scheduler":
+        assert job.returncode == 1 and "the scheduler step ended before writing" in err, err
+    else:
+        assert job.returncode == 143 and "the worker step ended (see its error above); stopping the driver" in err, err
 
 
 # ---- images ------------------------------------------------------------------------------------
