@@ -674,6 +674,32 @@ def test_interrupted_driver_resumes_and_skips_finished_ranges(s3, s3_bucket, tin
     assert len(Manifest.from_json(read_text(layout.manifest_url(catalog))).ranges) == 8 * 4
 
 
+def test_a_run_unregisters_the_job_plugins_of_drivers_that_left_the_scheduler(tmp_path, tiny_model, two_workers):
+    """A driver killed with SIGKILL never unregistered its job plugin: every worker of a long-lived cluster
+    kept its engine, and each worker that joined later loaded the dead run's model."""
+    from distributed import Client
+
+    from skymorph.inference.cluster import LeaveInterruptToDriver
+    from skymorph.inference.job import RunConfig, run_survey
+
+    def job_plugins(client):
+        return sorted(n for n in client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.worker_plugins))
+                      if n.startswith("skymorph-job-"))
+
+    make_tiles(str(tmp_path), n_tiles=1, per_tile=16)
+    with Client(two_workers.address) as gone:
+        orphan = f"skymorph-job-{'0' * 12}-{gone.id}"
+        gone.register_plugin(LeaveInterruptToDriver(), name=orphan)  # as a killed driver leaves it
+    with Client(two_workers.address) as live:
+        running = f"skymorph-job-{'1' * 12}-{live.id}"
+        live.register_plugin(LeaveInterruptToDriver(), name=running)  # another driver's run, still going
+        assert job_plugins(live) == sorted([orphan, running])
+        report = run_survey(RunConfig(tiles=str(tmp_path / "tiles.txt"), model=tiny_model, out=str(tmp_path / "catalog"),
+                                      scheduler=two_workers.address, progress=False))
+        assert report.ok and job_plugins(live) == [running]
+        assert not any(orphan in worker_plugins for worker_plugins in live.run(lambda dask_worker: list(dask_worker.plugins)).values())
+
+
 def test_a_lost_scheduler_leaves_the_catalog_unfinished_and_a_rerun_completes_it(s3, s3_bucket, tiny_model, tmp_path):
     """The tasks Dask cancelled when the scheduler died were recorded as failed tiles, and the catalog was
     finished without them: a review's run exited 0 (--allow-failures) with 79% of its rows missing."""

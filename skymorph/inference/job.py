@@ -429,7 +429,8 @@ def _run_tasks(config: RunConfig, client, job, resources, plan: _Plan, manifest,
     from skymorph.inference.cluster import threads_by_host
     from skymorph.inference.task import RunJob, run_job_range
 
-    job_name = f"skymorph-job-{uuid.uuid4().hex}"
+    _unregister_orphaned_jobs(client)
+    job_name = f"{_JOB_PREFIX}{uuid.uuid4().hex[:12]}-{client.id}"
     threads = threads_by_host(client)
     client.register_plugin(RunJob(job, job_name, threads))  # and its engines, freed when it is unregistered below
     window = config.max_in_flight or max(4, 2 * sum(threads.values()))
@@ -504,6 +505,21 @@ def _run_tasks(config: RunConfig, client, job, resources, plan: _Plan, manifest,
         if client.status == "running":  # else the scheduler forgets the plugin with the cluster
             with contextlib.suppress(Exception):  # a scheduler gone away must not hide why the run stopped
                 client.unregister_worker_plugin(job_name)
+
+
+_JOB_PREFIX = "skymorph-job-"
+"""A run's worker plugin is named ``skymorph-job-{12 hex}-{its driver's client id}``."""
+
+
+def _unregister_orphaned_jobs(client) -> None:
+    """Unregister the worker plugins of runs whose driver's client has left the scheduler: a driver killed
+    with SIGKILL never unregisters its plugin, which keeps its loaded engine (GPU memory on a GPU worker)
+    on every worker of a long-lived cluster, and is handed to every worker that joins later."""
+    plugins, clients = client.run_on_scheduler(lambda dask_scheduler: (list(dask_scheduler.worker_plugins),
+                                                                       list(dask_scheduler.clients)))
+    for name in plugins:
+        if name.startswith(_JOB_PREFIX) and name[len(_JOB_PREFIX) + 13:] not in clients:
+            client.unregister_worker_plugin(name)
 
 
 def _stop_if_systemic(tally: _Tally) -> None:
