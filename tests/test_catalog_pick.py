@@ -90,6 +90,21 @@ def test_exclusions_never_picked(catalog, full, tmp_path):
     assert pd.read_csv(out)["object_id"].tolist() == top[30:50]
 
 
+def test_exclude_ids_stay_exact_beside_empty_cells_and_fractions_are_refused(tmp_path):
+    """An empty id cell made the column floats: survey ids above 2^53 were rounded to multiples of 256, so
+    labelled galaxies were picked again and others dropped, with only a numpy RuntimeWarning."""
+    from skymorph.catalog.pick import read_ids
+
+    big = [1237648720693755901, 1237648720693755912]
+    (tmp_path / "pending.csv").write_text(f"object_id,votes\n{big[0]},3\n,1\n{big[1]},2\n")  # a row with no id yet
+    pd.DataFrame({"object_id": pd.array([*big, None], dtype="Int64")}).to_parquet(tmp_path / "pending.parquet")
+    for name in ("pending.csv", "pending.parquet"):
+        assert read_ids(str(tmp_path / name)).tolist() == big
+    (tmp_path / "half.csv").write_text("object_id\n1.5\n2\n")
+    with pytest.raises(InputError, match=r"--exclude '.*half.csv': object_id must be whole numbers \(Float value 1.5"):
+        read_ids(str(tmp_path / "half.csv"))
+
+
 def _splitmix64(x: int) -> int:
     """Reference splitmix64 (Steele, Lea & Flood 2014) on Python integers."""
     mask = (1 << 64) - 1

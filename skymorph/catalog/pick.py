@@ -115,10 +115,16 @@ def read_ids(source, storage_options: dict | None = None, id_column: str = "obje
             f"--exclude {url!r} has no {id_column} column (columns: {', '.join(table.column_names)}); name its id "
             "column with --exclude-id-column." + did_you_mean(id_column, table.column_names)
         )
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    # empty cells name no galaxy; cast in Arrow, where a column with nulls is not floats, so ids above 2^53
+    # stay exact and a fraction is refused (numpy would round the first and truncate the second)
+    ids = pc.drop_null(table.column(id_column))
     try:
-        return table.column(id_column).to_numpy(zero_copy_only=False).astype(np.int64)
-    except (TypeError, ValueError) as err:
-        raise InputError(f"--exclude {url!r}: {id_column} must be integers ({err})") from None
+        return ids.cast(pa.int64(), safe=True).to_numpy()
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
+        raise InputError(f"--exclude {url!r}: {id_column} must be whole numbers ({first_line(err, 120)})") from None
 
 
 def _score(catalog: Catalog, question: str | None, weight_by_asked: bool) -> tuple[str, str]:
