@@ -36,6 +36,9 @@ MEMORY_LIMIT = "1GB"
 """DuckDB's memory limit per connection: scans stream, so this bounds a query's memory."""
 
 _MAX_RANGES = 256
+_MAX_CONE_DEPTH = 27
+"""cdshealpix's cone search panics (a Rust index out of bounds) at depth 28 and 29; a depth-27 cell is
+1.6 milliarcsec wide, and the distance condition selects the rows exactly."""
 
 
 @dataclass(frozen=True)
@@ -85,16 +88,19 @@ class Cone:
             inside |= np.isin(pixels >> (2 * (order - depth)), ipix[depths == depth])
         return pixels[inside]
 
-    def index_ranges(self, order: int) -> list[tuple[int, int]]:
+    def index_ranges(self) -> list[tuple[int, int]]:
         """Inclusive ranges of ``_healpix_29`` covering the cone, from cells about a quarter radius wide.
 
         A depth-d cell ``p`` holds the order-29 indices ``[p * 4^(29-d), (p+1) * 4^(29-d))``; adjacent
-        ranges are merged. The depth is capped so that at most a few hundred ranges are pushed down.
+        ranges are merged. The depth is lowered until at most :data:`_MAX_RANGES` ranges are pushed down
+        (coarser cells hold the cone too, and the distance condition is exact; keeping cells as fine as
+        an order-12 catalog's partitions made thousands of ranges, and a cone 50 times slower than a full
+        scan), and is at most :data:`_MAX_CONE_DEPTH`.
         """
         import numpy as np
 
         cell_deg = max(self.radius_arcsec / 3600 / 4, 1e-7)
-        depth = int(min(layout.SPATIAL_INDEX_ORDER, max(order, math.ceil(math.log2(58.6 / cell_deg)))))
+        depth = int(min(_MAX_CONE_DEPTH, math.ceil(math.log2(58.6 / cell_deg))))
         while True:
             ipix, depths = self.healpix_cells(depth)
             shift = 2 * (layout.SPATIAL_INDEX_ORDER - depths)
@@ -106,17 +112,17 @@ class Cone:
                     ranges[-1][1] = max(ranges[-1][1], stop - 1)
                 else:
                     ranges.append([start, stop - 1])
-            if len(ranges) <= _MAX_RANGES or depth <= order:
+            if len(ranges) <= _MAX_RANGES or depth == 0:
                 return [tuple(r) for r in ranges]
             depth -= 1
 
-    def sql(self, order: int) -> str:
+    def sql(self) -> str:
         """A WHERE condition: the ``_healpix_29`` ranges, then the exact haversine distance.
 
         .. math:: \\theta = 2 \\arcsin \\sqrt{\\sin^2\\frac{\\delta-\\delta_0}{2}
                   + \\cos\\delta \\cos\\delta_0 \\sin^2\\frac{\\alpha-\\alpha_0}{2}} \\le r
         """
-        ranges = " OR ".join(f"{layout.SPATIAL_INDEX_COLUMN} BETWEEN {a} AND {b}" for a, b in self.index_ranges(order))
+        ranges = " OR ".join(f"{layout.SPATIAL_INDEX_COLUMN} BETWEEN {a} AND {b}" for a, b in self.index_ranges())
         radius_rad = math.radians(self.radius_arcsec / 3600)
         ra0, dec0 = math.radians(self.ra_deg), math.radians(self.dec_deg)
         distance = (
@@ -399,7 +405,7 @@ def plan_query(catalog: Catalog, where=None, columns=None, cone: Cone | None = N
             raise InputError(f"catalog {catalog.url!r} has placeholder positions (its tiles were ingested without ra/dec, "
                              "every galaxy at ra = dec = 0): a cone search means nothing there; select with --where")
         pixels = tuple(cone.overlapping_pixels(catalog.pixels, catalog.order).tolist())
-        conditions.append(cone.sql(catalog.order))
+        conditions.append(cone.sql())
     if where:
         _check_expression(where, "--where")
         conditions.append(f"(\n{where}\n)")
