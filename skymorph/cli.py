@@ -377,11 +377,13 @@ def _add_catalog_commands(sub) -> None:
     query.add_argument("catalog", metavar="CATALOG", help="catalog location (local path or s3://bucket/prefix)")
     query.add_argument("--where", metavar="SQL", help="a read-only SQL condition, e.g. 'bar_bald > 0.1 AND dec > 0'")
     query.add_argument("--columns", metavar="A,B", help="comma-separated columns to return (default: all)")
-    query.add_argument("--order-by", metavar="SQL", help="an SQL ORDER BY list, e.g. 'bald_total DESC'")
-    query.add_argument("--limit", type=_positive_int, help="at most N rows (the terminal shows 20 unless given)")
+    query.add_argument("--order-by", metavar="SQL", help="an SQL ORDER BY list, e.g. 'bald_total DESC' (without it rows "
+                       "come in no particular order)")
+    query.add_argument("--limit", type=_positive_int, help="at most N rows: the first of --order-by, or else of the catalog's "
+                       "own order, the same on every call (the terminal shows 20 unless given)")
     query.add_argument("--cone", nargs=3, type=float, metavar=("RA", "DEC", "RADIUS_ARCSEC"),
                        help="rows within RADIUS_ARCSEC of (RA, DEC), degrees ICRS")
-    query.add_argument("--out", metavar="FILE", help="write all rows to .csv, .parquet, .fits, .vot or .xml")
+    query.add_argument("--out", metavar="FILE", help="write the rows (all of them unless --limit) to .csv, .parquet, .fits, .vot or .xml")
     _add_overwrite_option(query, "an existing --out file")
     _add_storage_option(query)
     query.set_defaults(func=_cmd_catalog_query)

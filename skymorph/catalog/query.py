@@ -134,18 +134,19 @@ class Cone:
 
 @contextmanager
 def connect(catalog: Catalog, pixels=None, memory_limit: str = MEMORY_LIMIT, threads: int | None = None,
-            user_sql: tuple[str, ...] = ()):
+            user_sql: tuple[str, ...] = (), preserve_order: bool = False):
     """A locked DuckDB connection whose view ``catalog`` holds the rows of ``pixels`` (default: all);
     DuckDB errors raised inside the ``with`` block leave it as one-line :class:`CatalogError` errors.
     ``user_sql`` names the options whose SQL the queries run (``("--where",)``): an error of that SQL
-    on a row is blamed on them."""
+    on a row is blamed on them. Rows come in no particular order (DuckDB's parallel scans are freed of
+    it), unless ``preserve_order``: then in the order of the part files and their rows."""
     import os
 
     import duckdb
 
     parts = catalog.part_urls(pixels)
     threads = threads or min(4, os.cpu_count() or 1)
-    con = duckdb.connect(config={"memory_limit": memory_limit, "threads": threads, "preserve_insertion_order": False})
+    con = duckdb.connect(config={"memory_limit": memory_limit, "threads": threads, "preserve_insertion_order": preserve_order})
     try:
         schema = catalog.schema.remove_metadata()
         if not parts:
@@ -461,7 +462,8 @@ def query_reader(
     the catalog's ``skymorph.*`` keys."""
     catalog, plan = _prepare(url, where, columns, cone, order_by, limit, storage_options)
     user_sql = tuple(option for option, sql in (("--where", where), ("--order-by", order_by)) if sql)
-    with connect(catalog, plan.pixels, user_sql=user_sql) as con:
+    # a limit without an order takes the first rows in file order: the same rows on every call
+    with connect(catalog, plan.pixels, user_sql=user_sql, preserve_order=limit is not None and not order_by) as con:
         _validate_fragments(con, catalog, where, order_by)
         reader = check_sql(con, plan.sql, catalog.columns, "query").to_arrow_reader(batch_rows)
         yield _with_metadata(reader, catalog.metadata.to_kv())
@@ -487,8 +489,9 @@ def query(
 
     ``where``: a DuckDB SQL boolean expression over the columns (read-only); ``columns``: names to
     return (default all); ``cone``: a :class:`Cone` or ``(ra_deg, dec_deg, radius_arcsec)``;
-    ``order_by``: an SQL ORDER BY list; ``limit``: at most this many rows (pushed down, the scan stops).
-    The table's schema metadata carries the catalog's ``skymorph.*`` keys (model digest, T, seed).
+    ``order_by``: an SQL ORDER BY list; ``limit``: at most this many rows (pushed down, the scan stops):
+    the first of ``order_by``, or without it the first in the catalog's order of partitions and rows,
+    the same on every call. Rows are otherwise in no particular order. The table's schema metadata carries the catalog's ``skymorph.*`` keys (model digest, T, seed).
     The whole result is held in memory: :func:`query_reader` streams it instead.
     """
     with query_reader(url, where, columns, cone, order_by, limit, storage_options) as reader:
