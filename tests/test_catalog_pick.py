@@ -139,6 +139,21 @@ def test_power_pick_is_the_gumbel_top_k_of_the_whole_catalog(catalog, full):
         assert dict(batch.schema.metadata)[b"skymorph.pick"].decode().startswith("strategy=power")
 
 
+def test_a_fits_or_votable_batch_says_how_it_was_picked(catalog, tmp_path):
+    """Their only seed was SEED, the model's dropout-mask seed: a batch picked with --seed 5 read SEED = 0."""
+    from astropy.io import fits
+    from astropy.io.votable import parse_single_table
+    from astropy.table import Table
+
+    argv = ["catalog", "pick", catalog, "--n", "3", "--strategy", "power", "--seed", "5", "--beta", "2", "--out"]
+    for name in ("batch.fits", "batch.vot"):
+        assert main([*argv, str(tmp_path / name)]) == 0
+    drawn = "strategy=power score=bald_total beta=2.0 seed=5"
+    assert fits.getheader(tmp_path / "batch.fits", 1)["PICK"] == drawn
+    params = {param.name: param.value for param in parse_single_table(str(tmp_path / "batch.vot")).params}
+    assert params["PICK"] == drawn and "PICK = strategy=power" in Table.read(tmp_path / "batch.vot").meta["description"]
+
+
 def test_power_noise_differs_between_models_with_one_seed():
     """With the noise a hash of (seed, id) alone, every round of active learning run with the default
     --seed gave each galaxy the same Gumbel noise: the same 50 of 200 came first whatever the model."""

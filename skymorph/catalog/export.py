@@ -5,7 +5,8 @@ Every format but CSV says what each column means (:func:`skymorph.catalog.writer
 ``TCOMMn`` cards (besides astropy's own YAML comment cards) in FITS, ``FIELD`` ``unit`` and
 ``DESCRIPTION`` in VOTable. FITS and VOTable go through an astropy Table with the model's
 provenance in its meta (``MODELSHA``: the model digest, ``SAMPLES``, ``SEED``, ``NVOLUNT`` as integers,
-``SCHEMA``, ``LIKELIHD``, ``SMVERS``), so the file says which model made the numbers: FITS header
+``SCHEMA``, ``LIKELIHD``, ``SMVERS``; ``PICK``, a picked batch's strategy, score, beta and seed), so the
+file says which model made the numbers: FITS header
 cards, or VOTable PARAMs and the table's DESCRIPTION (astropy's ``Table.read`` returns a VOTable's
 DESCRIPTION in ``meta`` but not its PARAMs). A seed of 2**63 or more is a text PARAM, since a VOTable
 ``long`` is signed. Every output is written atomically (local temporary file
@@ -43,6 +44,7 @@ _FITS_META = {
     "skymorph.n_volunteers": "NVOLUNT",
     "skymorph.version": "SMVERS",
     "skymorph.likelihood": "LIKELIHD",
+    "skymorph.pick": "PICK",  # how a picked batch was drawn; SEED is the model's dropout-mask seed
 }
 _INTEGER_CARDS = ("SAMPLES", "SEED", "NVOLUNT")
 
