@@ -433,7 +433,9 @@ def _cmd_catalog_query(args) -> int:
         _check_new([args.out], "--out", args)
     catalog = open_catalog(args.catalog, options)
     cone = Cone(*args.cone) if args.cone else None
-    columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
+    columns = None if args.columns is None else [c.strip() for c in args.columns.split(",") if c.strip()]
+    if columns == []:  # an empty shell variable: all columns would be a surprise
+        raise InputError("--columns names no column; give a comma-separated list such as 'object_id,ra,dec', or leave it out for all")
     limit = args.limit if args.limit or args.out else 20
     plan = plan_query(catalog, args.where, columns, cone, args.order_by, limit)
     if args.out:  # streamed: a result larger than memory still makes a file

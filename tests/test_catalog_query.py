@@ -451,6 +451,7 @@ def test_cli_terminal_table(catalog, capsys):
     (["--cone", "150", "2", "-10"], "radius"),
     (["--cone", "150", "95", "10"], "Dec"),
     (["--columns", "object_idd"], "Did you mean 'object_id'"),
+    (["--columns", ""], "--columns names no column"),  # an empty shell variable: it gave every column
     (["--out", "rows.txt"], "cannot tell the format"),
 ])
 def test_cli_bad_input_one_line_exit_2(catalog, capsys, argv, fragment):

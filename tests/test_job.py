@@ -468,7 +468,7 @@ def test_a_run_whose_tiles_all_fail_alike_stops_early(tmp_path, tiny_model, caps
             "--workers", "1", "--max-in-flight", "4"]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith(f"skymorph: error: the first {_SYSTEMIC_FAILURES} tile ranges all failed alike and none wrote a row (open: ")
+    assert err.startswith(f"skymorph: error: the first {_SYSTEMIC_FAILURES} tile ranges all failed alike and none wrote a row (the first: open: ")
     assert "does not exist" in err and err.endswith("stopped: fix the cause and run again, or pass --allow-failures to go on")
     assert main([*argv, "--allow-failures"]) == 0  # accepted failures: every tile tried
     failures = read_parquet(layout.failures_url(str(tmp_path / "catalog"))).to_pylist()

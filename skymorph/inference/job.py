@@ -532,8 +532,9 @@ def _stop_if_systemic(tally: _Tally) -> None:
         return
     kinds = {(f["stage"], f["reason"].split(":", 1)[0]) for f in failures}
     if len(kinds) == 1:
-        raise InputError(f"the first {len(failures)} tile ranges all failed alike and none wrote a row ({failures[-1]['stage']}: "
-                         f"{failures[-1]['reason']}); stopped: fix the cause and run again, or pass --allow-failures to go on")
+        raise InputError(f"the first {len(failures)} tile ranges all failed alike and none wrote a row (the first: "
+                         f"{failures[0]['stage']}: {failures[0]['reason']}); stopped: fix the cause and run again, or pass "
+                         "--allow-failures to go on")
 
 
 def run_survey(config: RunConfig) -> RunReport:
