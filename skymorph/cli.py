@@ -234,29 +234,23 @@ def _cmd_train(args) -> int:
         lr=args.lr, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, patience=args.patience,
         seed=args.seed, val_fraction=args.val_fraction, crop_fraction=args.crop_fraction, resize_px=args.resize_px,
         augment=args.augment, ema_decay=args.ema_decay, resume=args.resume, finetune=args.finetune, threads=args.threads,
-        max_minutes=args.max_minutes, stop_after_epochs=args.stop_after_epochs, drop_unmatched=args.drop_unmatched, storage_options=_storage_options(args),
+        max_minutes=args.max_minutes, stop_after_epochs=args.stop_after_epochs, drop_unmatched=args.drop_unmatched,
+        overwrite=args.overwrite, storage_options=_storage_options(args),
     )
     _check_writable(args.out, "--out", args)
-    if args.resume is None:
-        from skymorph.trainer.loop import last_checkpoint_path
-
-        _check_new([args.out, last_checkpoint_path(args.out), f"{args.out}.metrics.json"], "--out", args)
     print(train(config))
     return 0
 
 
 def _cmd_evaluate(args) -> int:
-    from skymorph.storage import join
     from skymorph.trainer import evaluate
-    from skymorph.trainer.evaluate import OUTPUT_FILES
 
     options = _storage_options(args)
     _check_writable(args.out, "--out", args, directory=True)
-    _check_new([join(args.out, name) for name in OUTPUT_FILES], "--out", args)
     report = evaluate(
         args.checkpoint, args.tiles, args.labels, args.out, samples=args.samples, seed=args.seed, split=args.split,
         truth=args.truth, threads=args.threads, drop_unmatched=args.drop_unmatched, tta=args.tta,
-        storage_options=options,
+        overwrite=args.overwrite, storage_options=options,
     )
     print(report)
     return 0

@@ -69,14 +69,15 @@ def run_demo(config: DemoConfig = DemoConfig()) -> int:
 
         result = train(TrainConfig(tiles=f"{survey}/tiles.txt", labels=f"{survey}/labels.parquet", out=checkpoint,
                                    schema=config.schema, arch=config.arch, epochs=config.epochs,
-                                   max_minutes=config.max_train_minutes, seed=config.seed))
+                                   max_minutes=config.max_train_minutes, seed=config.seed, overwrite=True))
         _done(t, f"checkpoint {result.checkpoint} (best validation loss {result.best_val_loss:.3f})")
 
         t = _step(4, "evaluating on the held-out galaxies against the survey's true vote fractions")
         from skymorph.trainer import evaluate
 
         evaluation = evaluate(result.checkpoint, f"{survey}/tiles.txt", f"{survey}/labels.parquet",
-                              os.path.join(out_dir, "evaluation"), truth=f"{survey}/truth.parquet", progress=False)
+                              os.path.join(out_dir, "evaluation"), truth=f"{survey}/truth.parquet", overwrite=True,
+                              progress=False)
         print(evaluation, flush=True)
         _done(t, f"plots {evaluation.coverage_png}, {evaluation.scatter_png}")
 
@@ -84,7 +85,7 @@ def run_demo(config: DemoConfig = DemoConfig()) -> int:
         t = _step(5, f"exporting to ONNX with T={config.samples} frozen dropout masks")
         from skymorph.exporter import export_onnx
 
-        report = export_onnx(result.checkpoint, model, samples=config.samples, seed=config.seed)
+        report = export_onnx(result.checkpoint, model, samples=config.samples, seed=config.seed, overwrite=True)
         _done(t, f"{model} (max |ONNX - torch| = {report.max_abs_diff:.1e})")
 
         from skymorph.inference.job import RunConfig, run_survey

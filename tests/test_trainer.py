@@ -287,6 +287,29 @@ def test_same_seed_same_weights_and_resume_continues_exactly(tmp_path):
     assert [m["val_loss"] for m in metrics["epochs"]] == [m["val_loss"] for m in a.metrics]
 
 
+def test_the_python_api_refuses_to_replace_a_model_or_evaluation_unless_told(tmp_path):
+    """The command line refused an existing --out without --overwrite, while train(), evaluate() and
+    export_onnx() replaced it: a notebook could lose a trained model."""
+    from skymorph.exporter import export_onnx
+    from skymorph.trainer import evaluate
+
+    tiles, labels = write_ring_survey(str(tmp_path))
+    first = train(_config(tmp_path, tiles, labels))
+    before = Path(first.checkpoint).read_bytes()
+    with pytest.raises(InputError, match=r"--out '.*m.ckpt' exists \(and 2 more of its files\); pass --overwrite"):
+        train(_config(tmp_path, tiles, labels, seed=1))
+    assert Path(first.checkpoint).read_bytes() == before
+    assert train(_config(tmp_path, tiles, labels, seed=1, overwrite=True)).checkpoint == first.checkpoint
+    onnx, evaluation = str(tmp_path / "m.onnx"), str(tmp_path / "eval")
+    export_onnx(first.checkpoint, onnx, samples=2)
+    evaluate(first.checkpoint, tiles, labels, evaluation, samples=2, progress=False)
+    for again in (lambda **kw: export_onnx(first.checkpoint, onnx, samples=2, **kw),
+                  lambda **kw: evaluate(first.checkpoint, tiles, labels, evaluation, samples=2, progress=False, **kw)):
+        with pytest.raises(InputError, match="exists"):
+            again()
+        again(overwrite=True)
+
+
 def test_resume_keeps_the_runs_patience_unless_given(tmp_path):
     """--resume fell back to patience 5: a run started with --patience 1000 stopped early after its resume."""
     tiles, labels = write_ring_survey(str(tmp_path))
@@ -385,15 +408,16 @@ def test_resume_and_finetune_take_the_model_from_the_checkpoint_and_refuse_other
     small = dict(arch="resnet_s", arch_params={"widths": [8, 16], "depths": [1, 1]}, dropout=0.3, crop_fraction=0.75)
     base = train(_config(tmp_path, tiles, labels, **small, epochs=2, stop_after_epochs=1, out=str(tmp_path / "b.ckpt")))
     # no model flags: the checkpoint's; the same values given again (lists or tuples): accepted
-    for run in ({}, {**small, "arch_params": {"widths": (8, 16), "depths": (1, 1)}}):
-        tuned = train(_config(tmp_path, tiles, labels, **run, finetune=base.checkpoint, out=str(tmp_path / "f.ckpt")))
+    for i, run in enumerate(({}, {**small, "arch_params": {"widths": (8, 16), "depths": (1, 1)}})):
+        tuned = train(_config(tmp_path, tiles, labels, **run, finetune=base.checkpoint, out=str(tmp_path / f"f{i}.ckpt")))
         _, meta, _ = load_checkpoint(tuned.checkpoint)
         assert (meta.arch, meta.arch_params, meta.dropout, meta.input.crop_fraction) == ("resnet_s", small["arch_params"], 0.3, 0.75)
     for flag, value in (("arch", "w20"), ("dropout", 0.5), ("crop_fraction", 1.0), ("likelihood", "dirichlet_multinomial"),
                         ("arch_params", {"widths": [16, 32], "depths": [1, 1]}), ("resize_px", 16)):
         for start in ({"finetune": base.checkpoint}, {"resume": base.last_checkpoint}):
             with pytest.raises(ModelError, match=f"was trained with {flag}=.* but {flag}=.* was given; drop it"):
-                train(_config(tmp_path, tiles, labels, **{flag: value}, **start, epochs=2, out=str(tmp_path / "b.ckpt")))
+                out = str(tmp_path / ("b.ckpt" if "resume" in start else "new.ckpt"))  # a resume continues its own
+                train(_config(tmp_path, tiles, labels, **{flag: value}, **start, epochs=2, out=out))
     argv = ["train", "--tiles", tiles, "--labels", labels, "--schema", "gz2", "--out", str(tmp_path / "b.ckpt"),
             "--resume", base.last_checkpoint, "--epochs", "2", "--arch", "w20"]
     _expect_one_line_error(argv, "was trained with arch='resnet_s' but arch='w20' was given")

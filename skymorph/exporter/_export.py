@@ -50,8 +50,7 @@ def export_checkpoint(
         check_not_input(checkpoint, out)
         if not str(out).lower().endswith(".onnx"):  # `run` picks the engine by the suffix
             raise InputError(f"--out {str(out)!r}: end the ONNX model's name in .onnx, by which `skymorph run` knows it")
-        check_new(out, "--out", overwrite, storage_options)
-        onnx_report = export_onnx(checkpoint, out, samples, seed, opset=opset, storage_options=storage_options)
+        onnx_report = export_onnx(checkpoint, out, samples, seed, opset=opset, overwrite=overwrite, storage_options=storage_options)
         return onnx_report, None
     out = str(out)
     if not out.endswith(PLAN_SUFFIXES):
@@ -79,7 +78,8 @@ def export_checkpoint(
     if onnx_out:
         check_new(onnx_url, "--onnx-out", overwrite, storage_options)
     require_tensorrt()
-    onnx_report = export_onnx(checkpoint, onnx_url, samples, seed, opset=opset, storage_options=storage_options)
+    # its --onnx-out was checked with --out above, before TensorRT was looked for
+    onnx_report = export_onnx(checkpoint, onnx_url, samples, seed, opset=opset, overwrite=True, storage_options=storage_options)
     plan_report = build_tensorrt(
         onnx_url, out, fp16=fp16, opt_batch=opt_batch, max_batch=max_batch, timing_cache=timing_cache,
         storage_options=storage_options,

@@ -22,7 +22,7 @@ import numpy as np
 
 from skymorph.errors import InputError, ModelError, first_line
 from skymorph.model_metadata import ModelMetadata
-from skymorph.storage import atomic_write_bytes, read_bytes, same_location
+from skymorph.storage import atomic_write_bytes, check_new, read_bytes, same_location
 
 __all__ = [
     "ExportReport", "export_onnx", "export_onnx_model", "check_arguments", "INPUT_NAME", "OUTPUT_NAME", "DEFAULT_OPSET",
@@ -233,17 +233,20 @@ def export_onnx(
     *,
     opset: int = DEFAULT_OPSET,
     expect_schema=None,
+    overwrite: bool = False,
     storage_options: dict | None = None,
 ) -> ExportReport:
     """Export the checkpoint at ``checkpoint`` (local or ``s3://``) to ONNX; see :func:`export_onnx_model`.
 
-    The model's metadata also records the checkpoint's sha256 and its training provenance.
+    The model's metadata also records the checkpoint's sha256 and its training provenance. An ``out``
+    that exists is refused unless ``overwrite``: it may be the model a catalog was made with.
     """
     from skymorph.exporter._frozen import checkpoint_extra
     from skymorph.trainer.checkpoint import load_checkpoint
 
     check_arguments(samples, seed, opset)
     check_not_input(checkpoint, out)
+    check_new(str(out), "--out", overwrite, storage_options)
     # read once: one download, and the recorded sha256 is that of the very bytes whose weights are exported
     data = read_bytes(str(checkpoint), storage_options)
     net, meta, _ = load_checkpoint(str(checkpoint), expect_schema=expect_schema, data=data)

@@ -35,7 +35,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from skymorph.errors import InputError
-from skymorph.storage import atomic_write_bytes, atomic_write_text, join, read_parquet, write_parquet
+from skymorph.storage import atomic_write_bytes, atomic_write_text, check_new, join, read_parquet, write_parquet
 from skymorph.trainer.data import positions
 
 __all__ = ["evaluate", "predict", "dihedral", "coverage", "EvaluationReport", "COVERAGE_LEVELS", "OUTPUT_FILES"]
@@ -252,6 +252,7 @@ def evaluate(
     threads: int | None = None,
     drop_unmatched: bool = False,
     tta: bool = False,
+    overwrite: bool = False,
     progress: bool = True,
     storage_options=None,
 ) -> EvaluationReport:
@@ -260,7 +261,8 @@ def evaluate(
     The validation galaxies are those training held out: the labels' ``split`` column, or else the same
     object-id hash split with the ``val_fraction`` and ``seed`` recorded in the checkpoint: whichever
     training used (see :func:`_split_as_trained`). ``tta``:
-    average each prediction over the 8 flips and quarter turns (see :func:`predict`).
+    average each prediction over the 8 flips and quarter turns (see :func:`predict`). Files of an
+    earlier evaluation in ``out`` are refused unless ``overwrite``.
     """
     import pyarrow as pa
     import torch
@@ -279,6 +281,7 @@ def evaluate(
     check_n_volunteers(n_volunteers)
     if batch_size < 1:
         raise InputError(f"batch_size must be at least 1, got {batch_size}")
+    check_new([join(out, name) for name in OUTPUT_FILES], "--out", overwrite, storage_options)
     if threads:
         torch.set_num_threads(threads)
     model, meta, _ = load_checkpoint(checkpoint, storage_options=storage_options)

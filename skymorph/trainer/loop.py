@@ -36,7 +36,7 @@ import numpy as np
 from skymorph.errors import InputError, ModelError, did_you_mean
 from skymorph.model_metadata import LIKELIHOODS, InputSpec
 from skymorph.schema import get_schema
-from skymorph.storage import atomic_write_text, same_location
+from skymorph.storage import atomic_write_text, check_new, same_location
 
 __all__ = ["TrainConfig", "TrainResult", "train", "learning_rate", "last_checkpoint_path", "MAX_RESIZE_PX"]
 
@@ -78,7 +78,8 @@ class TrainConfig:
     ``val_fraction`` unless given, so the galaxies its weights were validated on stay in validation (a
     given value that differs is warned about). ``patience``, ``max_minutes``, ``stop_after_epochs`` and
     ``threads`` may change on resume; ``patience`` not given is :attr:`DEFAULT_PATIENCE`, or on resume
-    the run's.
+    the run's. A run that is not a ``resume`` refuses an ``out`` (or its ``.last`` checkpoint or metrics)
+    that exists unless ``overwrite``: it may be a trained model.
     """
 
     MODEL_DEFAULTS: ClassVar[Mapping] = MappingProxyType({
@@ -119,6 +120,7 @@ class TrainConfig:
     max_minutes: float | None = None
     stop_after_epochs: int | None = None
     drop_unmatched: bool = False
+    overwrite: bool = False
     progress: bool = True
     storage_options: dict = field(default_factory=dict)
 
@@ -464,9 +466,11 @@ def train(config: TrainConfig) -> TrainResult:
     from skymorph.trainer.models import build_model
 
     started = time.monotonic()
+    so = config.storage_options
+    if not config.resume:  # a resumed run continues its own files
+        check_new([config.out, last_checkpoint_path(config.out), f"{config.out}.metrics.json"], "--out", config.overwrite, so)
     if config.threads:
         torch.set_num_threads(config.threads)
-    so = config.storage_options
     training: dict = {}
     choices = _model_choices(config)
     start_checkpoint = config.resume or config.finetune
