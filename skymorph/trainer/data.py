@@ -6,7 +6,8 @@ means no votes. A column that starts like a question of the schema (``{question}
 of its answers, or that is a near miss of an answer column, is an error (a typo or another schema);
 other columns (``total_votes``, ...) are ignored; ``split``, where given, is ``train``, ``validation``,
 ``test`` or empty (see :func:`split_masks`). Images are matched by ``object_id`` in the tile stores of
-a tile list and held in memory as uint8 (100,000 galaxies at 128 x 128 px are 1.6 GB), so an epoch never waits on storage.
+a tile list and held in memory as uint8 (100,000 galaxies at 128 x 128 px are 1.6 GB), so an epoch
+never waits on storage.
 Where the labels also say where each image is (``tile`` and ``row`` columns, as ``survey synth``,
 ``survey ingest`` and ``catalog pick`` write them), the image is taken from there, and a galaxy found
 only elsewhere is refused: object ids are unique within a survey, not across surveys (synthetic
@@ -52,9 +53,9 @@ MAX_VOTES = 2**24
 class Labels:
     """``object_id`` (n,) int64, ``votes`` (n, A) int64 in schema answer order, optional ``split`` (n,)
     of ``"train"``/``"validation"``/``"test"`` (None where empty), ``source`` (URL) and ``sha256`` of
-    the file; optional ``tile`` (n,) tile names (:func:`skymorph.tiles.tile_name`, so that a catalog's tile URL, from
-    wherever the survey was copied, and a survey's tile name agree; None where not given) and ``row``
-    (n,) int64 (-1 where not given): where the labels say each image is."""
+    the file; optional ``tile`` (n,) tile names (:func:`skymorph.tiles.tile_name`, so that a catalog's
+    tile URL, from wherever the survey was copied, and a survey's tile name agree; None where not
+    given) and ``row`` (n,) int64 (-1 where not given): where the labels say each image is."""
 
     object_id: np.ndarray
     votes: np.ndarray
@@ -360,8 +361,7 @@ def _check_same_galaxy(labels: Labels, targets, found, positions_pair, images_pa
         first = int(targets[differ[0]])
         raise InputError(
             f"labels {labels.source!r}: object_id {int(labels.object_id[first])} is another galaxy in tile {url!r} than in "
-            f"{found_in[first]!r} ({len(differ) - 1} more like it in this tile): object ids are unique only within a survey, "
-            "and these tiles are of two; give the tiles of the survey the labels are of, or labels with tile and row "
+            f"{found_in[first]!r}: object ids are unique only within a survey, and these tiles are of two; give the tiles of the survey the labels are of, or labels with tile and row "
             "columns that say where each image is"
         )
 
