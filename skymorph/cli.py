@@ -315,8 +315,10 @@ def _add_run_commands(sub) -> None:
     run.add_argument("--cluster", choices=("local", "slurm"), default="local",
                      help="without a scheduler: a LocalCluster, or SLURM jobs from --cluster-config (default local)")
     run.add_argument("--cluster-config", metavar="FILE", help="YAML for --cluster slurm (see deploy/slurm/)")
-    run.add_argument("--workers", type=_positive_int, default=None, help="worker processes (default: sized to the machine)")
-    run.add_argument("--threads-per-worker", type=_positive_int, default=1, help="concurrent tasks per worker (default 1)")
+    run.add_argument("--workers", type=_positive_int, default=None, help="worker processes of the cluster skymorph starts "
+                     "(default: sized to the machine; with --cluster slurm, at most this many jobs)")
+    run.add_argument("--threads-per-worker", type=_positive_int, default=1,
+                     help="concurrent tasks per worker of the embedded cluster (default 1)")
     run.add_argument("--batch-size", type=_positive_int, default=256, help="images per engine call (default 256)")
     run.add_argument("--max-in-flight", type=_positive_int, default=None, help="tasks submitted at once (default 2 x Dask threads)")
     run.add_argument("--rows-per-task", type=_positive_int, default=4096, help="split larger tiles into tasks of about this many rows (default 4096)")

@@ -910,6 +910,11 @@ def test_bad_scheduler_options_are_one_line_and_leave_no_catalog(tmp_path, tiny_
         ({"scheduler_file": str(tmp_path / "empty.json")}, r"^--scheduler-file '.*empty.json' holds no scheduler \"address\""),
         ({"scheduler_file": str(tmp_path / "refused.json")}, rf"^cannot reach the Dask scheduler at 'tcp://127\.0\.0\.1:{refused_port}' "
                                                              r"\(from --scheduler-file '.*refused.json'\)"),
+        # ignored without a word: a running scheduler's workers are sized where they were started
+        ({"scheduler": "tcp://127.0.0.1:8786", "workers": 2}, r"^--workers size the cluster that skymorph starts, but "
+                                                              r"--scheduler names a running one"),
+        ({"scheduler_file": str(tmp_path / "refused.json"), "threads_per_worker": 4, "workers": 1},
+         r"^--workers and --threads-per-worker size the cluster that skymorph starts, but --scheduler-file names"),
     ]:
         with dask.config.set({"distributed.comm.timeouts.connect": "1s"}), pytest.raises(InputError, match=message) as err:
             run_survey(replace(config, **options))

@@ -52,6 +52,12 @@ class ClusterSpec:
             raise InputError(f"--workers must be at least 1, got {self.workers}")
         if self.threads_per_worker < 1:
             raise InputError(f"--threads-per-worker must be at least 1, got {self.threads_per_worker}")
+        sizing = [flag for flag, given in (("--workers", self.workers is not None),
+                                           ("--threads-per-worker", self.threads_per_worker != 1)) if given]
+        if sizing and (self.address or self.scheduler_file):  # they were ignored without a word
+            where = "--scheduler-file" if self.scheduler_file else "--scheduler" if self.scheduler else "DASK_SCHEDULER_ADDRESS"
+            raise InputError(f"{' and '.join(sizing)} size the cluster that skymorph starts, but {where} names a running "
+                             "one, whose workers `dask worker --nworkers/--nthreads` sized; drop them")
         if self.scheduler_file and not os.path.exists(self.scheduler_file):
             raise InputError(f"scheduler file {self.scheduler_file!r} does not exist; start `dask scheduler --scheduler-file` first")
 
