@@ -615,6 +615,8 @@ def test_cluster_config_without_slurm_and_slurm_without_sbatch_are_one_line_erro
 
     with pytest.raises(InputError, match=r"^--cluster-config applies to --cluster slurm; add --cluster slurm"):
         ClusterSpec(cluster_config=str(SLURM_GPU))
+    with pytest.raises(InputError, match=r"^--threads-per-worker sizes the embedded cluster; a SLURM worker's threads are"):
+        ClusterSpec(cluster="slurm", cluster_config=str(SLURM_GPU), threads_per_worker=4)
     monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch on it
     with pytest.raises(InputError, match=r"submits its workers with sbatch, which is not on this machine's PATH"):
         with connect(ClusterSpec(cluster="slurm", cluster_config=str(SLURM_GPU))):

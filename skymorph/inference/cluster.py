@@ -58,6 +58,9 @@ class ClusterSpec:
             where = "--scheduler-file" if self.scheduler_file else "--scheduler" if self.scheduler else "DASK_SCHEDULER_ADDRESS"
             raise InputError(f"{' and '.join(sizing)} size the cluster that skymorph starts, but {where} names a running "
                              "one, whose workers `dask worker --nworkers/--nthreads` sized; drop them")
+        if self.cluster == "slurm" and self.threads_per_worker != 1:
+            raise InputError("--threads-per-worker sizes the embedded cluster; a SLURM worker's threads are the "
+                             "--cluster-config file's (cores / processes): drop it")
         if self.scheduler_file and not os.path.exists(self.scheduler_file):
             raise InputError(f"scheduler file {self.scheduler_file!r} does not exist; start `dask scheduler --scheduler-file` first")
 
