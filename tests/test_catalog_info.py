@@ -56,7 +56,7 @@ def test_info_values(catalog, full):
     assert len(summary.columns) == 6 + 34 * 4 + 2 * 10 + 1
     assert (summary.model_sha256, summary.samples, summary.seed, summary.n_volunteers, summary.schema, summary.likelihood) == \
         (FAKE_MODEL_SHA256, 30, 4, 40, "decals", "multinomial")
-    assert "likelihood=multinomial" in str(summary)
+    assert "likelihood=multinomial" in str(summary) and "q95=" in str(summary) and "(approximate: t-digest)" in str(summary)
     assert [(t, r) for t, _, r in summary.failed_tiles] == list(FAILED)
     bald = full.bald_total.values.astype(np.float64)
     assert summary.bald_min == pytest.approx(bald.min()) and summary.bald_max == pytest.approx(bald.max())

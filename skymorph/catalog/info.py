@@ -142,7 +142,7 @@ class CatalogInfo:
         else:
             quantiles = "  ".join(f"q{round(q * 100):02d}={v:.4g}" for q, v in self.bald_quantiles.items())
             bald = [f"bald_total   min={self.bald_min:.4g} mean={self.bald_mean:.4g} max={self.bald_max:.4g}",
-                    f"             {quantiles}"]
+                    f"             {quantiles}  (approximate: t-digest)"]
         lines = [
             f"catalog      {self.url}",
             f"rows         {self.rows:,} in {self.partitions:,} partitions (HEALPix order {self.order})",
