@@ -188,8 +188,8 @@ def _add_train_commands(sub) -> None:
     train.add_argument("--patience", type=_positive_int,
                        help="epochs without better validation loss before stopping (default 5; with --resume: the checkpoint's)")
     train.add_argument("--seed", type=int, help="default 0; with --resume or --finetune: the checkpoint's")
-    train.add_argument("--val-fraction", type=float, help="validation share when the labels have no split column "
-                       "(default 0.1; with --resume or --finetune: the checkpoint's)")
+    train.add_argument("--val-fraction", type=float, help="validation share of the galaxies the labels do not assign (no "
+                       "split column, or an empty cell; default 0.1; with --resume or --finetune: the checkpoint's)")
     train.add_argument("--crop-fraction", type=float, help="centre crop inside the model (default 1: none)")
     train.add_argument("--resize", type=int, dest="resize_px", help="resize to this many pixels inside the model")
     train.add_argument("--no-augment", dest="augment", action="store_false", default=None,
@@ -430,8 +430,6 @@ def _cmd_catalog_query(args) -> int:
     catalog = open_catalog(args.catalog, options)
     cone = Cone(*args.cone) if args.cone else None
     columns = None if args.columns is None else [c.strip() for c in args.columns.split(",") if c.strip()]
-    if columns == []:  # an empty shell variable: all columns would be a surprise
-        raise InputError("--columns names no column; give a comma-separated list such as 'object_id,ra,dec', or leave it out for all")
     limit = args.limit if args.limit or args.out else 20
     plan = plan_query(catalog, args.where, columns, cone, args.order_by, limit)
     if args.out:  # streamed: a result larger than memory still makes a file

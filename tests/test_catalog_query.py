@@ -460,6 +460,12 @@ def test_cli_bad_input_one_line_exit_2(catalog, capsys, argv, fragment):
     assert len(err) == 1 and err[0].startswith("skymorph: error:") and fragment in err[0]
 
 
+def test_no_columns_is_an_error_from_python_too(catalog):
+    for columns in ([], "", " , "):
+        with pytest.raises(InputError, match="--columns names no column"):
+            query(catalog, columns=columns)
+
+
 def test_cli_not_a_catalog(tmp_path, capsys):
     assert main(["catalog", "query", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -141,16 +141,20 @@ def test_blank_fits_cutouts_are_skipped_and_a_cube_s_planes_are_not_called_rgb(t
     from astropy.io import fits
 
     cube = np.random.default_rng(0).gamma(2.0, 10.0, size=(3, 24, 24))
-    for name, data in (("nan", np.full((24, 24), np.nan)), ("flat", np.full((24, 24), 7.0)), ("cube", cube), ("cube2", cube[::-1])):
+    gap = cube.copy()
+    gap[1] = np.nan  # a band missing: it was ingested black
+    for name, data in (("nan", np.full((24, 24), np.nan)), ("flat", np.full((24, 24), 7.0)), ("cube", cube), ("cube2", cube[::-1]),
+                       ("gap", gap)):
         fits.PrimaryHDU(data).writeto(tmp_path / f"{name}.fits")
-    (tmp_path / "c.csv").write_text("object_id,file\n1,nan.fits\n2,flat.fits\n3,cube.fits\n4,cube2.fits\n")
+    (tmp_path / "c.csv").write_text("object_id,file\n1,nan.fits\n2,flat.fits\n3,cube.fits\n4,cube2.fits\n5,gap.fits\n")
     code, err = _run(["survey", "ingest", "--catalog", str(tmp_path / "c.csv"), "--out", str(tmp_path / "o"), "--size", "16",
                       "--bands", "keep"])
     assert code == 1
     warnings = [line for line in re.split(r"[\r\n]", err) if line.startswith("skymorph: warning:")]
-    assert len(warnings) == 2
+    assert len(warnings) == 3
     assert "nan.fits (object_id 1): ValueError: no finite pixel (all NaN or infinite): a blank cutout" in warnings[0]
     assert "flat.fits (object_id 2): ValueError: every pixel is 7: a blank cutout" in warnings[1]
+    assert "gap.fits (object_id 5): ValueError: band 1: no finite pixel (all NaN or infinite): a blank cutout" in warnings[2]
     [url] = read_tile_list(str(tmp_path / "o" / "tiles.txt"))
     tile = open_tile(url)
     assert tile.read_coords()[0].tolist() == [3, 4] and tile.attrs["bands"] == ["band0", "band1", "band2"]

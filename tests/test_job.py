@@ -690,13 +690,15 @@ def test_a_run_unregisters_the_job_plugins_of_drivers_that_left_the_scheduler(tm
     with Client(two_workers.address) as gone:
         orphan = f"skymorph-job-{'0' * 12}-{gone.id}"
         gone.register_plugin(LeaveInterruptToDriver(), name=orphan)  # as a killed driver leaves it
+        legacy = f"skymorph-job-{'a' * 32}"  # an older skymorph's name says nothing of its driver: left alone
+        gone.register_plugin(LeaveInterruptToDriver(), name=legacy)
     with Client(two_workers.address) as live:
         running = f"skymorph-job-{'1' * 12}-{live.id}"
         live.register_plugin(LeaveInterruptToDriver(), name=running)  # another driver's run, still going
-        assert job_plugins(live) == sorted([orphan, running])
+        assert job_plugins(live) == sorted([orphan, legacy, running])
         report = run_survey(RunConfig(tiles=str(tmp_path / "tiles.txt"), model=tiny_model, out=str(tmp_path / "catalog"),
                                       scheduler=two_workers.address, progress=False))
-        assert report.ok and job_plugins(live) == [running]
+        assert report.ok and job_plugins(live) == sorted([legacy, running])
         assert not any(orphan in worker_plugins for worker_plugins in live.run(lambda dask_worker: list(dask_worker.plugins)).values())
 
 

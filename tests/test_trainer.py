@@ -111,6 +111,8 @@ def test_empty_split_cells_take_the_hash_split_and_misspelt_ones_are_refused(tmp
         load_labels(str(path), GZ2)
     path.write_text("object_id,bar_yes,bar_no,split\n1,1,0,Train\n2,1,0, val \n3,0,1,test\n")
     assert load_labels(str(path), GZ2).split.tolist() == ["train", "validation", "test"]
+    path.write_text("object_id,bar_yes,bar_no,split\n1,1,0,\n2,1,0,\n")  # a column of empty cells assigns nothing
+    assert load_labels(str(path), GZ2).split is None
 
 
 def test_augment_keeps_a_round_galaxy_when_only_rotating_and_flipping():
@@ -401,6 +403,10 @@ def test_finetune_keeps_the_checkpoints_validation_galaxies(tmp_path, capsys):
     train(_config(tmp_path, tiles, hashed, finetune=base.checkpoint, seed=1, out=str(tmp_path / "ft1.ckpt")))
     err = capsys.readouterr().err
     assert "skymorph: warning: --finetune" in err and "seed=5; with seed=1 some of its validation galaxies are trained on" in err
+    # labels that split otherwise (a split column here) would train on its validation galaxies too
+    train(_config(tmp_path, tiles, labels, finetune=base.checkpoint, out=str(tmp_path / "ft2.ckpt")))
+    assert (f"was validated on the seed's hash split and {labels!r} has a split column, which is used: some of its "
+            "validation galaxies may be trained on") in capsys.readouterr().err
 
 
 def test_resume_and_finetune_take_the_model_from_the_checkpoint_and_refuse_other_flags(tmp_path):

@@ -398,7 +398,10 @@ def plan_query(catalog: Catalog, where=None, columns=None, cone: Cone | None = N
     """Build (without running) the query: selected partitions and SQL. Columns are checked here."""
     if limit is not None and (not isinstance(limit, int) or limit < 0):
         raise InputError(f"limit must be a non-negative integer, got {limit!r}")
-    select = "*" if not columns else ", ".join(_quote(c) for c in check_columns(columns, catalog.columns))
+    if columns is not None and not list(columns):  # an empty shell variable: all columns would be a surprise
+        raise InputError("--columns names no column; give a comma-separated list such as 'object_id,ra,dec', or leave it "
+                         "out for all")
+    select = "*" if columns is None else ", ".join(_quote(c) for c in check_columns(columns, catalog.columns))
     conditions = []
     pixels = catalog.pixels
     if cone is not None:
@@ -491,8 +494,9 @@ def query(
     return (default all); ``cone``: a :class:`Cone` or ``(ra_deg, dec_deg, radius_arcsec)``;
     ``order_by``: an SQL ORDER BY list; ``limit``: at most this many rows (pushed down, the scan stops):
     the first of ``order_by``, or without it the first in the catalog's order of partitions and rows,
-    the same on every call. Rows are otherwise in no particular order. The table's schema metadata carries the catalog's ``skymorph.*`` keys (model digest, T, seed).
-    The whole result is held in memory: :func:`query_reader` streams it instead.
+    the same on every call. Rows are otherwise in no particular order. The table's schema metadata
+    carries the catalog's ``skymorph.*`` keys (model digest, T, seed). The whole result is held in
+    memory: :func:`query_reader` streams it instead.
     """
     with query_reader(url, where, columns, cone, order_by, limit, storage_options) as reader:
         return reader.read_all()

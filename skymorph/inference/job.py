@@ -515,11 +515,17 @@ def _unregister_orphaned_jobs(client) -> None:
     """Unregister the worker plugins of runs whose driver's client has left the scheduler: a driver killed
     with SIGKILL never unregisters its plugin, which keeps its loaded engine (GPU memory on a GPU worker)
     on every worker of a long-lived cluster, and is handed to every worker that joins later."""
+    import contextlib
+    import re
+
     plugins, clients = client.run_on_scheduler(lambda dask_scheduler: (list(dask_scheduler.worker_plugins),
                                                                        list(dask_scheduler.clients)))
     for name in plugins:
-        if name.startswith(_JOB_PREFIX) and name[len(_JOB_PREFIX) + 13:] not in clients:
-            client.unregister_worker_plugin(name)
+        # names of another form (older skymorph) say nothing about their driver: left alone
+        named = re.fullmatch(rf"{_JOB_PREFIX}[0-9a-f]{{12}}-(.+)", name)
+        if named and named.group(1) not in clients:
+            with contextlib.suppress(Exception):  # housekeeping: another run's leftovers must not stop this one
+                client.unregister_worker_plugin(name)
 
 
 def _stop_if_systemic(tally: _Tally) -> None:

@@ -8,11 +8,13 @@ label mapping one vote-count column per answer of the labelled question) and, if
 be read, ``OUT/ingest_failures.csv`` (file, object_id, reason).
 
 Pixels: 8-bit JPEG/PNG/TIFF are decoded by Pillow as RGB (or L) and keep their values; FITS (first HDU
-with data, (H, W) or (C, H, W); its rows flipped, as tiles hold images top row first) is flux, mapped to [0, 255] by an asinh stretch over a percentile
-interval per image (astropy.visualization ``AsinhStretch(a) + PercentileInterval(p)``), as are one-band
-images of more than 8 bits (16-bit PNG/TIFF, integer or float TIFF); each tile's ``stretch`` attribute
-says which. 16-bit colour or grey+alpha PNG/TIFF is reported and skipped: Pillow reads only its high bytes. ``bands="mean"`` averages the
-bands into one grey channel (flux before the stretch for FITS); ``"keep"`` keeps them. A non-square
+with data, (H, W) or (C, H, W); its rows flipped, as tiles hold images top row first) is flux, mapped
+to [0, 255] by an asinh stretch over a percentile interval per image (astropy.visualization
+``AsinhStretch(a) + PercentileInterval(p)``), as are one-band images of more than 8 bits (16-bit
+PNG/TIFF, integer or float TIFF); each tile's ``stretch`` attribute says which. 16-bit colour or
+grey+alpha PNG/TIFF is reported and skipped: Pillow reads only its high bytes. ``bands="mean"``
+averages the bands into one grey channel (flux before the stretch for FITS); ``"keep"`` keeps them. A
+blank FITS image (no finite pixel, or one value throughout) is reported and skipped. A non-square
 image is centre-cropped to a square, then resized with Lanczos (antialiased) to ``size`` pixels.
 
 Tile order: with ``ra``/``dec`` the galaxies are written in nested HEALPix order (their order-29
@@ -163,14 +165,17 @@ def _decode(data: bytes, name: str, *, size: int, bands: str, stretch: str, asin
 def _stretched(planes: np.ndarray, size: int, bands: str, stretch: str, asinh_a: float, percentile: float):
     """Float (C, H, W) values -> uint8 (C, size, size) through ``stretch`` after a ``percentile`` interval,
     and the side of the square; NaN (a blank pixel) counts as 0. An image of no finite value, or of one
-    value throughout, holds no galaxy: a ValueError, so that it is reported and skipped, not trained on."""
+    value throughout (with ``bands="keep"``, any such band of it), holds no galaxy: a ValueError, so that
+    it is reported and skipped, not trained on."""
     from astropy.visualization import AsinhStretch, LinearStretch, PercentileInterval
 
-    finite = planes[np.isfinite(planes)]
-    if not finite.size:
-        raise ValueError("no finite pixel (all NaN or infinite): a blank cutout")
-    if finite.min() == finite.max():
-        raise ValueError(f"every pixel is {finite.min():g}: a blank cutout")
+    for band, plane in ([(None, planes)] if bands == "mean" else enumerate(planes)):
+        finite = plane[np.isfinite(plane)]
+        which = "" if band is None or len(planes) == 1 else f"band {band}: "
+        if not finite.size:
+            raise ValueError(f"{which}no finite pixel (all NaN or infinite): a blank cutout")
+        if finite.min() == finite.max():
+            raise ValueError(f"{which}every pixel is {finite.min():g}: a blank cutout")
     planes = np.nan_to_num(planes)
     if bands == "mean":
         planes = planes.mean(axis=0, keepdims=True)

@@ -36,6 +36,7 @@ __all__ = [
     "load_labels",
     "load_images",
     "split_masks",
+    "split_kind",
     "augment",
     "BatchLoader",
 ]
@@ -216,10 +217,11 @@ def load_labels(url: str, schema: Schema, storage_options=None) -> Labels:
     return Labels(object_id, votes, split, str(url), sha256, *_locations(table))
 
 
-def _read_split(url: str, table) -> np.ndarray:
+def _read_split(url: str, table) -> np.ndarray | None:
     """The ``split`` column as train/validation/test, None where a cell is empty (such a galaxy takes the
-    seed's hash split: rows added to labels that had a split, as the active-learning loop does). Any other
-    value is an error: a misspelt ``Validaton`` would otherwise keep its galaxies out of both sides."""
+    seed's hash split: rows added to labels that had a split, as the active-learning loop does), or None
+    for a column of empty cells only. Any other value is an error: a misspelt ``Validaton`` would
+    otherwise keep its galaxies out of both sides."""
     raw = np.array([None if s is None or not str(s).strip() else str(s).strip() for s in table.column("split").to_pylist()],
                    dtype=object)
     split = np.array([None if s is None else _SPLIT_NAMES.get(s.lower()) for s in raw], dtype=object)
@@ -230,7 +232,7 @@ def _read_split(url: str, table) -> np.ndarray:
             f"labels {url!r} column 'split' holds {', '.join(map(repr, values[:3]))} ({len(unknown)} row(s)), which is not "
             "train, validation or test; correct it, or leave the cell empty for the seed's hash split"
         )
-    return split
+    return None if (split == None).all() else split  # noqa: E711 -- a column of empty cells splits nothing
 
 
 def positions(keys: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -243,6 +245,12 @@ def positions(keys: np.ndarray, ids: np.ndarray) -> np.ndarray:
     ordered = keys[order]
     at = np.searchsorted(ordered, ids).clip(max=len(keys) - 1)
     return np.where(ordered[at] == ids, order[at], -1)
+
+
+def split_kind(labels: Labels) -> str:
+    """``"column"`` if ``labels`` assign galaxies to train and validation, else ``"hash"``: what a
+    checkpoint records, so that evaluating or fine-tuning it can tell labels that split otherwise."""
+    return "hash" if labels.split is None else "column"
 
 
 def split_masks(labels: Labels, val_fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -306,10 +314,11 @@ def load_images(tile_urls: list[str], labels: Labels, *, drop_unmatched: bool = 
             rows = rows[here]
         for start, stop, chunk in tile.iter_chunks():
             sel = rows[(rows >= start) & (rows < stop)]
-            targets = label_row[sel]
-            _check_same_galaxy(labels, targets, found[targets], (found_at[targets], at[sel]),
-                               (images[targets], chunk[sel - start]), found_in, url)
-            images[targets] = chunk[sel - start]
+            targets, taken = label_row[sel], chunk[sel - start]
+            if found[targets].any():  # an id seen in an earlier tile
+                _check_same_galaxy(labels, targets, found[targets], (found_at[targets], at[sel]),
+                                   (images[targets], taken), found_in, url)
+            images[targets] = taken
             found[targets] = True
             found_in[targets], found_at[targets] = url, at[sel]
     misplaced = np.flatnonzero(~found & (elsewhere_row >= 0))
@@ -346,7 +355,8 @@ def _check_same_galaxy(labels: Labels, targets, found, positions_pair, images_pa
     :data:`_SAME_GALAXY_ARCSEC` from where the first tile put it, or, where either tile has placeholder
     positions, with another image. Object ids are unique only within a survey, so these are two surveys'
     galaxies, and the labels would train on whichever tile came last. One galaxy in two overlapping tiles
-    of a survey passes, whether or not its two cutouts are the same pixels."""
+    of a survey passes: at one position (its two cutouts may differ), or, with placeholder positions,
+    as the same pixels."""
     from astropy.coordinates import angular_separation
 
     again = np.flatnonzero(found)
@@ -360,9 +370,9 @@ def _check_same_galaxy(labels: Labels, targets, found, positions_pair, images_pa
     if len(differ):
         first = int(targets[differ[0]])
         raise InputError(
-            f"labels {labels.source!r}: object_id {int(labels.object_id[first])} is another galaxy in tile {url!r} than in "
-            f"{found_in[first]!r}: object ids are unique only within a survey, and these tiles are of two; give the tiles of the survey the labels are of, or labels with tile and row "
-            "columns that say where each image is"
+            f"labels {labels.source!r}: object_id {int(labels.object_id[first])} is another galaxy in tile {url!r} than "
+            f"in {found_in[first]!r}: object ids are unique only within a survey, and these tiles are of two; give the "
+            "tiles of the survey the labels are of, or labels with tile and row columns that say where each image is"
         )
 
 

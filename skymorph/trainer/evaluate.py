@@ -36,7 +36,7 @@ import numpy as np
 
 from skymorph.errors import InputError
 from skymorph.storage import atomic_write_bytes, atomic_write_text, check_new, join, read_parquet, write_parquet
-from skymorph.trainer.data import positions
+from skymorph.trainer.data import positions, split_kind
 
 __all__ = ["evaluate", "predict", "dihedral", "coverage", "EvaluationReport", "COVERAGE_LEVELS", "OUTPUT_FILES"]
 
@@ -225,12 +225,12 @@ def _split_as_trained(table, meta, checkpoint: str, split: str):
     hash-split checkpoint is set aside, with a warning. Checkpoints that do not record it take the labels'
     column where there is one."""
     trained_with = meta.provenance.get("split")
-    if trained_with == "column" and table.split is None:
+    if trained_with == "column" and split_kind(table) == "hash":
         raise InputError(
             f"checkpoint {checkpoint!r} was trained with its labels' split column and labels {table.source!r} have none, "
             f"so its {split} galaxies are unknown; give labels with that split column, or --split all"
         )
-    if trained_with == "hash" and table.split is not None:
+    if trained_with == "hash" and split_kind(table) == "column":
         print(f"skymorph: warning: checkpoint {checkpoint!r} was trained on the seed's hash split, not a split column: "
               f"its {split} galaxies are taken from that, and the split column of {table.source!r} is not used", file=sys.stderr)
         return replace(table, split=None)

@@ -37,6 +37,7 @@ from skymorph.errors import InputError, ModelError, did_you_mean
 from skymorph.model_metadata import LIKELIHOODS, InputSpec
 from skymorph.schema import get_schema
 from skymorph.storage import atomic_write_text, check_new, same_location
+from skymorph.trainer.data import split_kind
 
 __all__ = ["TrainConfig", "TrainResult", "train", "learning_rate", "last_checkpoint_path", "MAX_RESIZE_PX"]
 
@@ -54,10 +55,10 @@ class TrainConfig:
     ``schema``: gz2, decals or a JSON file (None: :data:`DEFAULT_SCHEMA` for a new model, the
     checkpoint's decision tree for ``resume`` and ``finetune``, where a given one must be the same
     tree). ``warmup_epochs`` of linear warm-up, then a cosine decay to ``min_lr_ratio * lr`` at the last
-    step of ``epochs``. ``patience``: epochs without a lower
-    validation loss before stopping. ``val_fraction`` is used only when the labels have no ``split``
-    column. ``crop_fraction`` and ``resize_px`` go into the model's input spec (applied inside the
-    model). ``resume``: a ``.last`` checkpoint to continue; ``finetune``: a checkpoint whose weights start
+    step of ``epochs``. ``patience``: epochs without a lower validation loss before stopping.
+    ``val_fraction``: the validation share of the galaxies the labels do not assign (no ``split``
+    column, or an empty cell). ``crop_fraction`` and ``resize_px`` go into the model's input spec
+    (applied inside the model). ``resume``: a ``.last`` checkpoint to continue; ``finetune``: a checkpoint whose weights start
     a new run (new optimizer and schedule). ``threads``: torch intra-op threads (None: torch's default).
     ``max_minutes``: stop after the batch that crosses this wall time, then validate and save (a
     ``--resume`` from there starts the next epoch). ``stop_after_epochs``: end this session after that
@@ -339,12 +340,17 @@ def _model_choices(config: TrainConfig, meta=None, checkpoint: str = "") -> dict
 def _keep_split(config: TrainConfig, meta, labels) -> TrainConfig:
     """``config`` with the ``seed`` and ``val_fraction`` of the --finetune checkpoint where none is given:
     the split hashes object ids with them, so the new run validates on the galaxies the weights were
-    validated on (plus its share of new ones) and never trains on them. Labels without the split column
-    the checkpoint was validated with are warned about, for the same reason."""
-    if meta.provenance.get("split") == "column" and labels.split is None:
-        print(f"skymorph: warning: --finetune {config.finetune!r} was validated on its labels' split column and "
-              f"{config.labels!r} has none, so the seed's hash split is used: some of its validation galaxies are "
-              "trained on, and validation losses flatter it; keep the split column", file=sys.stderr)
+    validated on (plus its share of new ones) and never trains on them. Labels that split otherwise than
+    the checkpoint's (a split column, or none, where it had the other) are warned about, for the same
+    reason."""
+    trained, now = meta.provenance.get("split"), split_kind(labels)
+    if trained and trained != now:
+        then, used = (("its labels' split column", f"{config.labels!r} has none, so the seed's hash split is used")
+                      if trained == "column" else
+                      ("the seed's hash split", f"{config.labels!r} has a split column, which is used"))
+        print(f"skymorph: warning: --finetune {config.finetune!r} was validated on {then} and {used}: some of its "
+              "validation galaxies may be trained on, and validation losses flatter it; give labels split as it was",
+              file=sys.stderr)
     recorded = meta.provenance.get("config") or {}
     kept = {}
     for key in ("seed", "val_fraction"):
@@ -403,7 +409,7 @@ def _provenance(config: TrainConfig, labels, tile_urls, n_train: int, n_val: int
         "n_tiles": len(tile_urls),
         "n_train": n_train,
         "n_validation": n_val,
-        "split": "hash" if labels.split is None else "column",  # where validation came from: evaluate repeats it
+        "split": split_kind(labels),  # where validation came from: evaluate and --finetune compare it
         "seed": config.seed,
         "skymorph_version": __version__,
         "torch_version": torch.__version__,
