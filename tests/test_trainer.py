@@ -43,12 +43,17 @@ def _config(tmp_path, tiles, labels, **kwargs):
 
 def test_load_labels_reads_votes_in_schema_order_and_rejects_unknown_answers(tmp_path):
     path = tmp_path / "labels.csv"
-    path.write_text("object_id,has_spiral_arms_no,has_spiral_arms_yes,split\n5,3,1,train\n7,,2,val\n")
+    path.write_text("object_id,has_spiral_arms_no,has_spiral_arms_yes,split\n5,3,1,train\n7,0,2,val\n8,,,train\n")
     labels = load_labels(str(path), GZ2)
-    assert labels.object_id.tolist() == [5, 7]
+    assert labels.object_id.tolist() == [5, 7, 8]
     yes, no = GZ2.answer_index("has_spiral_arms", "yes"), GZ2.answer_index("has_spiral_arms", "no")
-    assert labels.votes[:, [yes, no]].tolist() == [[1, 3], [2, 0]]
-    assert labels.votes.sum() == 6 and labels.split.tolist() == ["train", "validation"]
+    assert labels.votes[:, [yes, no]].tolist() == [[1, 3], [2, 0], [0, 0]]  # 8: not asked, no votes
+    assert labels.votes.sum() == 6 and labels.split.tolist() == ["train", "validation", "train"]
+    # some of a question's cells empty: votes merged without one answer's column, which would read as 0
+    path.write_text("object_id,has_spiral_arms_no,has_spiral_arms_yes\n5,3,1\n7,,2\n9,,4\n")
+    with pytest.raises(InputError, match=r"object_id 7 has votes for question 'has_spiral_arms' but an empty "
+                                         r"'has_spiral_arms_no' \(1 more rows like it\); give every answer's count"):
+        load_labels(str(path), GZ2)
 
     path.write_text("object_id,has_spiral_arms_yess\n5,3\n")
     with pytest.raises(SchemaError, match="Did you mean 'has_spiral_arms_yes'"):
@@ -663,7 +668,7 @@ def test_labels_with_repeated_columns_no_rows_or_no_votes_are_one_line_errors(tm
     for text, message in (
         ("object_id,bar_yes,bar_no,bar_yes\n1,2,3,4\n", "has more than one column named 'bar_yes'; keep one of each"),
         ("object_id,bar_yes,bar_no\n", "has no rows, only a header"),
-        ("object_id,bar_yes,bar_no\n1,0,0\n2,,0\n", "hold no votes at all"),
+        ("object_id,bar_yes,bar_no\n1,0,0\n2,,\n", "hold no votes at all"),
     ):
         path.write_text(text)
         with pytest.raises(InputError) as info:

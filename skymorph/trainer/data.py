@@ -1,8 +1,9 @@
 """Training data: vote labels, images from tile stores, the train/validation split, augmentation, batches.
 
 Labels are a Parquet or CSV table with ``object_id`` and one integer vote-count column per answer,
-``{question}_{answer}``; a missing answer column means nobody gave that answer, an empty (null) cell
-means no votes. A column that starts like a question of the schema (``{question}_``) but names none
+``{question}_{answer}``; a missing answer column means nobody gave that answer; a question whose
+cells in a row are all empty (null) has no votes there (nobody was asked it), and a row with some of a
+question's cells empty is an error (a merge that lost one answer's votes). A column that starts like a question of the schema (``{question}_``) but names none
 of its answers, or that is a near miss of an answer column, is an error (a typo or another schema);
 other columns (``total_votes``, ...) are ignored; ``split``, where given, is ``train``, ``validation``,
 ``test`` or empty (see :func:`split_masks`). Images are matched by ``object_id`` in the tile stores of
@@ -151,8 +152,9 @@ def load_labels(url: str, schema: Schema, storage_options=None) -> Labels:
 
     One-line errors: a column name given twice; no ``object_id``; the votes of another built-in schema, or
     a synthetic survey's truth table; no rows; duplicate object ids; a column naming an answer the schema
-    lacks ("Did you mean ..."); some answers of a question without the others (the missing ones would
-    read as no votes); negative counts; no vote column of the schema at all, or no vote in any of them.
+    lacks ("Did you mean ..."); some answers of a question without the others, as columns or as a row's
+    cells (the missing ones would read as no votes); negative counts; no vote column of the schema at all,
+    or no vote in any of them.
     """
     import pyarrow as pa
 
@@ -196,11 +198,13 @@ def load_labels(url: str, schema: Schema, storage_options=None) -> Labels:
     if (counts > 1).any():
         raise InputError(f"labels {url!r} lists object_id {int(unique[counts > 1][0])} more than once")
     votes = np.zeros((len(object_id), schema.n_answers), dtype=np.int64)
+    empty = np.zeros((len(object_id), schema.n_answers), dtype=bool)
     for column in present:
         try:
             values = table.column(column).to_numpy(zero_copy_only=False).astype(np.float64)
         except (TypeError, ValueError) as err:
             raise InputError(f"labels {url!r} column {column!r} must hold vote counts, not text ({err})") from err
+        empty[:, schema.answer_columns.index(column)] = np.isnan(values)
         values = np.nan_to_num(values, nan=0.0)
         if (values < 0).any() or (values != np.round(values)).any():
             raise InputError(f"labels {url!r} column {column!r} must hold non-negative integer vote counts")
@@ -208,6 +212,7 @@ def load_labels(url: str, schema: Schema, storage_options=None) -> Labels:
             raise InputError(f"labels {url!r} column {column!r} holds a count of {values.max():g} votes; counts above "
                              f"{MAX_VOTES:,} are not volunteer votes (the losses are computed in float32)")
         votes[:, schema.answer_columns.index(column)] = values.astype(np.int64)
+    _check_whole_questions(url, object_id, empty, schema)
     if not votes.any():  # every loss would be exactly 0 and every metric undefined
         raise InputError(
             f"labels {url!r} hold no votes at all: every count in its {len(present)} answer column(s) of schema "
@@ -233,6 +238,23 @@ def _read_split(url: str, table) -> np.ndarray | None:
             "train, validation or test; correct it, or leave the cell empty for the seed's hash split"
         )
     return None if (split == None).all() else split  # noqa: E711 -- a column of empty cells splits nothing
+
+
+def _check_whole_questions(url: str, object_id: np.ndarray, empty: np.ndarray, schema: Schema) -> None:
+    """A one-line error for a row with some of a question's answers empty and others not: those cells would
+    read as no votes (labels merged from votes without one answer's column lose that answer's votes).
+    A question left empty in all its answers is a question nobody was asked there."""
+    for question, answers in zip(schema.question_names, schema.question_slices):
+        cells = empty[:, answers]
+        partly = np.flatnonzero(cells.any(axis=1) & ~cells.all(axis=1))
+        if len(partly):
+            row = int(partly[0])
+            missing = [schema.answer_columns[answers][i] for i in np.flatnonzero(cells[row])]
+            raise InputError(
+                f"labels {url!r}: object_id {int(object_id[row])} has votes for question {question!r} but an empty "
+                f"{', '.join(map(repr, missing))} ({len(partly) - 1} more rows like it); give every answer's count (0 where "
+                "no volunteer chose it), or leave all of the question's cells empty"
+            )
 
 
 def positions(keys: np.ndarray, ids: np.ndarray) -> np.ndarray:
