@@ -76,6 +76,10 @@ def test_exclusions_never_picked(catalog, full, tmp_path):
     assert batch["object_id"].to_pylist() == top[30:50]
     batch = pick(catalog, 20, exclude=top[:60])
     assert batch["object_id"].to_pylist() == _direct_top(full[~full.object_id.isin(top[:60])], "bald_total", 20)
+    # a table, as read from the labels: iterating a DataFrame gave its column names ("invalid literal for int()")
+    labelled = pd.DataFrame({"votes": 1, "object_id": top[:60]})
+    for table in (labelled, pa.Table.from_pandas(labelled)):
+        assert pick(catalog, 20, exclude=table)["object_id"].to_pylist() == batch["object_id"].to_pylist()
     excluded = set(full.object_id.sample(frac=0.5, random_state=1))
     for seed in range(5):
         batch = pick(catalog, 100, strategy="power", seed=seed, exclude=sorted(excluded))

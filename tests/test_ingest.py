@@ -181,6 +181,22 @@ def test_tiles_record_the_stretch_of_their_images(tmp_path):
             assert stretch["name"] == "asinh" and ("applies_to" in stretch) == (kinds == (0, 1))
 
 
+def test_empty_labels_are_refused_with_a_way_forward(tmp_path):
+    """A catalog labelled in part said "catalog label nan has no answer in --label-map ...; map every label value",
+    which no map can do."""
+    from PIL import Image
+
+    for i in range(3):
+        Image.fromarray(np.full((24, 24), 40 * i + 10, dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    (tmp_path / "cat.csv").write_text("object_id,file,label\n1,0.png,spiral\n2,1.png,\n3,2.png,non_spiral\n")
+    code, err = _run(["survey", "ingest", "--catalog", str(tmp_path / "cat.csv"), "--out", str(tmp_path / "o"), "--size", "16",
+                      "--label-question", "has_spiral_arms", "--label-map", "spiral=yes,non_spiral=no"])
+    assert code == 2 and err.strip().splitlines() == [
+        "skymorph: error: --label-question needs a label for every cutout, and 1 of the catalog's rows have an empty one "
+        "(first: object_id 2); ingest without --label-question and add vote columns for the labelled galaxies to "
+        "labels.parquet, or give every cutout a label"]
+
+
 def test_parse_label_map():
     assert parse_label_map("spiral=yes, non_spiral=no") == {"spiral": "yes", "non_spiral": "no"}
     with pytest.raises(ValueError, match="LABEL=ANSWER"):

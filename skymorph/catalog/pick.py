@@ -86,7 +86,12 @@ def gumbel_keys(object_id, score, seed: int, beta: float = 1.0, salt: int = 0) -
 
 def read_ids(source, storage_options: dict | None = None, id_column: str = "object_id") -> np.ndarray:
     """Object ids (int64) from the ``id_column`` of a CSV or Parquet file (e.g. ``galaxy_id`` in a
-    Galaxy Zoo table), or from an iterable."""
+    Galaxy Zoo table) or of a table (pandas or pyarrow), or from an iterable."""
+    import pyarrow as pa
+
+    if isinstance(source, pa.Table) or hasattr(source, "columns"):  # a table: iterating it gives its column names
+        table = source if isinstance(source, pa.Table) else pa.Table.from_pandas(source, preserve_index=False)
+        return _ids_of(table, id_column, "the exclude table")
     if not isinstance(source, (str, bytes)) and not hasattr(source, "__fspath__"):
         return np.asarray(list(source) if not isinstance(source, np.ndarray) else source, dtype=np.int64)
     from skymorph.storage import filesystem, read_parquet
@@ -110,21 +115,25 @@ def read_ids(source, storage_options: dict | None = None, id_column: str = "obje
                              f"Parquet file with an {id_column} column") from None
     else:
         raise InputError(f"--exclude {url!r}: give a .csv or .parquet file with an {id_column} column")
-    if id_column not in table.column_names:
-        raise InputError(
-            f"--exclude {url!r} has no {id_column} column (columns: {', '.join(table.column_names)}); name its id "
-            "column with --exclude-id-column." + did_you_mean(id_column, table.column_names)
-        )
+    return _ids_of(table, id_column, f"--exclude {url!r}")
+
+
+def _ids_of(table, id_column: str, what: str) -> np.ndarray:
+    """The ``id_column`` of pyarrow ``table`` as int64, its empty cells dropped (they name no galaxy); cast in
+    Arrow, where a column with nulls is not floats, so ids above 2^53 stay exact and a fraction is refused
+    (numpy would round the first and truncate the second)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    # empty cells name no galaxy; cast in Arrow, where a column with nulls is not floats, so ids above 2^53
-    # stay exact and a fraction is refused (numpy would round the first and truncate the second)
-    ids = pc.drop_null(table.column(id_column))
+    if id_column not in table.column_names:
+        raise InputError(
+            f"{what} has no {id_column} column (columns: {', '.join(table.column_names)}); name its id "
+            "column with --exclude-id-column." + did_you_mean(id_column, table.column_names)
+        )
     try:
-        return ids.cast(pa.int64(), safe=True).to_numpy()
+        return pc.drop_null(table.column(id_column)).cast(pa.int64(), safe=True).to_numpy()
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
-        raise InputError(f"--exclude {url!r}: {id_column} must be whole numbers ({first_line(err, 120)})") from None
+        raise InputError(f"{what}: {id_column} must be whole numbers ({first_line(err, 120)})") from None
 
 
 def _score(catalog: Catalog, question: str | None, weight_by_asked: bool) -> tuple[str, str]:

@@ -264,6 +264,13 @@ def _vote_columns(table, schema_name: str, question: str, mapping: dict[str, str
             raise InputError(f"--label-map maps {label!r} to {answer!r}, which question {question!r} lacks; it has {list(q.answers)}")
     if "label" not in table.columns:
         raise InputError("--label-question needs a 'label' column in the catalog")
+    blank = table["label"].isna() | (table["label"].astype(str).str.strip() == "")
+    if blank.any():  # a vote for no answer cannot be made of it, and no votes would read as labelled
+        raise InputError(
+            f"--label-question needs a label for every cutout, and {int(blank.sum())} of the catalog's rows have an empty "
+            f"one (first: object_id {int(table['object_id'][blank].iloc[0])}); ingest without --label-question and add vote columns for "
+            "the labelled galaxies to labels.parquet, or give every cutout a label"
+        )
     labels = table["label"].astype(str)
     unmapped = sorted(set(labels) - set(mapping))
     if unmapped:
