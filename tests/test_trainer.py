@@ -84,6 +84,11 @@ def test_labels_of_another_schema_or_a_truth_table_say_so(tmp_path):
     with pytest.raises(SchemaError, match=rf"hold votes of schema 'decals' \({n} of its {n} answer columns\), not of 'gz2'; train with --schema decals, or give labels of 'gz2'"):
         load_labels(str(path), GZ2)
     assert load_labels(str(path), DECALS).votes.sum() == n
+    # a batch file merged in whole: its score column was refused as a misspelt answer ("Did you mean")
+    path.write_text("object_id,bar_strong,bar_weak,bar_no,bar_asked_bald\n1,1,0,2,0.3\n")
+    with pytest.raises(InputError, match=r"column 'bar_asked_bald' is a catalog's posterior column or a pick's score, not "
+                                         "votes; take only object_id, tile and row"):
+        load_labels(str(path), DECALS)
     path.write_text("object_id,bar_strong_true,bulge_size_ratio\n1,0.2,0.5\n")
     with pytest.raises(InputError, match=r"look like a synthetic survey's truth table \(columns such as 'bar_strong_true'\); give its labels.parquet"):
         load_labels(str(path), DECALS)

@@ -147,6 +147,20 @@ def _check_not_other_labels(url: str, names: list[str], schema: Schema) -> None:
                               f"answer columns), not of {schema.name!r}; train with --schema {other.name}, or give labels of {schema.name!r}")
 
 
+def _check_no_catalog_columns(url: str, names: list[str], schema: Schema) -> None:
+    """A one-line error for a catalog's posterior column or a pick's score among the labels: merged in from
+    a batch file, it starts like a question and was refused as a misspelt answer ("Did you mean ...")."""
+    from skymorph.posterior import column_names
+
+    catalog = set(column_names(schema)) | {f"{q}_asked_bald" for q in schema.question_names}
+    found = [name for name in names if name in catalog]
+    if found:
+        raise InputError(
+            f"labels {url!r} column {found[0]!r} is a catalog's posterior column or a pick's score, not votes; take "
+            "only object_id, tile and row from a batch or catalog file into the labels"
+        )
+
+
 def load_labels(url: str, schema: Schema, storage_options=None) -> Labels:
     """Read and validate a labels table against ``schema``.
 
@@ -168,6 +182,7 @@ def load_labels(url: str, schema: Schema, storage_options=None) -> Labels:
     answers = set(schema.answer_columns)
     _check_not_other_labels(url, names, schema)
     prefixes = tuple(f"{q}_" for q in schema.question_names)
+    _check_no_catalog_columns(url, names, schema)
     for name in names:
         if name not in answers and (name.startswith(prefixes) or difflib.get_close_matches(name, answers, n=1, cutoff=0.85)):
             raise SchemaError(

@@ -296,7 +296,8 @@ def evaluate(
             raise InputError(f"labels {labels!r} have no {split} galaxies")
     images, table = load_images(read_tiles(tiles, storage_options), table, drop_unmatched=drop_unmatched, storage_options=storage_options, progress=progress)
     if images.shape[1:] != tuple(meta.input.shape):
-        raise InputError(f"checkpoint {checkpoint!r} takes {meta.input.shape} images but tiles {tiles!r} hold {images.shape[1:]}")
+        raise InputError(f"checkpoint {checkpoint!r} takes {meta.input.shape} images but tiles {tiles!r} hold {images.shape[1:]}; "
+                         "give the tiles it was trained on (or ingested at its size)")
     if not table.votes.any():  # load_labels refuses labels without votes; a split of them can still have none
         raise InputError(f"labels {labels!r}: the {len(table)} {split} galaxies have no votes, so there is nothing to compare with")
     true = _read_truth(truth, table.object_id, schema, storage_options) if truth else None  # before the slow part

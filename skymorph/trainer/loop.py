@@ -537,7 +537,8 @@ def train(config: TrainConfig) -> TrainResult:
     if start_checkpoint:
         if tuple(start_meta.input.shape) != images.shape[1:]:
             raise ModelError(
-                f"checkpoint {start_checkpoint!r} takes {start_meta.input.shape} images but the tiles hold {images.shape[1:]}"
+                f"checkpoint {start_checkpoint!r} takes {start_meta.input.shape} images but the tiles hold {images.shape[1:]}; "
+                "give the tiles it was trained on (or ingested at its size), or train a new model for these"
             )
         spec = start_meta.input
     else:
