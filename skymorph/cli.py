@@ -173,7 +173,8 @@ def _add_train_commands(sub) -> None:
     train = sub.add_parser("train", help="train a Bayesian CNN on vote counts (writes a checkpoint)")
     train.add_argument("--tiles", required=True, metavar="TILELIST", help="tile list file (or one .zarr tile store)")
     train.add_argument("--labels", required=True, metavar="LABELS", help="Parquet or CSV with object_id and {question}_{answer} vote counts")
-    train.add_argument("--schema", help="gz2, decals or a JSON file (default decals; with --resume/--finetune: the checkpoint's)")
+    train.add_argument("--schema", help="gz2, decals or a JSON file (default: the one the labels record, as survey synth and "
+                       "ingest write them, else decals; with --resume/--finetune: the checkpoint's)")
     train.add_argument("--arch", help="model architecture (default w20; with --resume/--finetune: the checkpoint's)")
     train.add_argument("--arch-params", metavar="JSON", type=_json_object,
                        help='parameters of the architecture, e.g. \'{"widths": [48, 96, 192, 384]}\' for resnet_s')

@@ -495,10 +495,13 @@ def test_real_gz2_slice_ingest_train_evaluate(tmp_path):
     assert len(labels) == 60 and labels["has_spiral_arms_yes"].sum() == 30
     assert (labels["has_spiral_arms_yes"] == (labels["label"] == "spiral")).all()
 
-    ckpt = str(tmp_path / "m.ckpt")
-    code, err = _run(["train", "--tiles", str(out / "tiles.txt"), "--labels", str(out / "labels.parquet"), "--schema", "gz2",
+    ckpt = str(tmp_path / "m.ckpt")  # no --schema: the labels record gz2 (it trained a decals model)
+    code, err = _run(["train", "--tiles", str(out / "tiles.txt"), "--labels", str(out / "labels.parquet"),
                       "--epochs", "1", "--batch-size", "16", "--threads", "1", "--out", ckpt])
     assert code == 0, err
+    from skymorph.trainer import load_checkpoint
+
+    assert load_checkpoint(ckpt)[1].schema.name == "gz2"
     code, err = _run(["evaluate", ckpt, "--tiles", str(out / "tiles.txt"), "--labels", str(out / "labels.parquet"),
                       "--out", str(tmp_path / "eval"), "--samples", "5", "--threads", "1"])
     assert code == 0, err

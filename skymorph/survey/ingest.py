@@ -390,7 +390,9 @@ def ingest(
             columns[name] = pa.array(kept[name], from_pandas=True)
     columns["position_is_placeholder"] = np.full(len(kept), placeholder)
     labels_url = join(out, "labels.parquet")
-    write_parquet(pa.table(columns), labels_url, storage_options)
+    # the tree its votes are of, which `train` then takes without --schema (as a synthetic survey's)
+    metadata = {"skymorph.schema": get_schema(schema).to_json()} if votes else None
+    write_parquet(pa.table(columns, metadata=metadata), labels_url, storage_options)
     failures_url = None
     if failures:
         failures_url = join(out, "ingest_failures.csv")

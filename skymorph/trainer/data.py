@@ -130,6 +130,25 @@ def _read_table(url: str, storage_options):
         raise InputError(f"labels {url!r} is not a readable Parquet or CSV table ({first_line(err, 120)})") from err
 
 
+def labels_schema(url: str, storage_options=None) -> Schema | None:
+    """The decision tree a Parquet labels file says its votes are of (``skymorph.schema`` in its metadata,
+    as ``survey synth`` and ``survey ingest --label-question`` write it), or None: a CSV, a file written
+    by pandas, or an unreadable one (:func:`load_labels` reports that)."""
+    import pyarrow.parquet as pq
+
+    from skymorph.storage import filesystem
+
+    if not str(url).lower().endswith((".parquet", ".pq")):
+        return None
+    try:
+        fs, path = filesystem(str(url), storage_options)
+        with fs.open(path, "rb") as fh:
+            recorded = (pq.ParquetFile(fh, pre_buffer=False).schema_arrow.metadata or {}).get(b"skymorph.schema")
+        return Schema.from_json(recorded.decode(), source=f"labels {url!r}") if recorded else None
+    except (OSError, ValueError):
+        return None
+
+
 def _check_not_other_labels(url: str, names: list[str], schema: Schema) -> None:
     """Name the likely mistake when the columns are votes of another built-in schema, or a synthetic
     survey's truth table, rather than one misspelt column ("Did you mean" would point the wrong way)."""

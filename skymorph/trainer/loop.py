@@ -37,7 +37,7 @@ from skymorph.errors import InputError, ModelError, did_you_mean
 from skymorph.model_metadata import LIKELIHOODS, InputSpec
 from skymorph.schema import get_schema
 from skymorph.storage import atomic_write_text, check_new, same_location
-from skymorph.trainer.data import split_kind
+from skymorph.trainer.data import labels_schema, split_kind
 
 __all__ = ["TrainConfig", "TrainResult", "train", "learning_rate", "last_checkpoint_path", "MAX_RESIZE_PX"]
 
@@ -52,9 +52,9 @@ class TrainConfig:
     """Everything one training run depends on; validated on construction.
 
     ``tiles``: a tile list (or one ``.zarr`` tile store); ``labels``: Parquet/CSV vote counts;
-    ``schema``: gz2, decals or a JSON file (None: :data:`DEFAULT_SCHEMA` for a new model, the
-    checkpoint's decision tree for ``resume`` and ``finetune``, where a given one must be the same
-    tree). ``warmup_epochs`` of linear warm-up, then a cosine decay to ``min_lr_ratio * lr`` at the last
+    ``schema``: gz2, decals or a JSON file (None: for a new model the tree the labels say they are of
+    (:func:`~skymorph.trainer.data.labels_schema`), else :data:`DEFAULT_SCHEMA`; the checkpoint's
+    decision tree for ``resume`` and ``finetune``, where a given one must be the same tree). ``warmup_epochs`` of linear warm-up, then a cosine decay to ``min_lr_ratio * lr`` at the last
     step of ``epochs``. ``patience``: epochs without a lower validation loss before stopping.
     ``val_fraction``: the validation share of the galaxies the labels do not assign (no ``split``
     column, or an empty cell). ``crop_fraction`` and ``resize_px`` go into the model's input spec
@@ -492,7 +492,7 @@ def train(config: TrainConfig) -> TrainResult:
         if config.resume and not training:
             raise ModelError(_no_training_state(config.resume, so))
     else:
-        schema = get_schema(config.schema or DEFAULT_SCHEMA)
+        schema = get_schema(config.schema or labels_schema(config.labels, so) or DEFAULT_SCHEMA)
     config = replace(config, schema=config.schema or schema.name)  # the provenance records the tree used
     labels = load_labels(config.labels, schema, so)
     tile_urls = read_tiles(config.tiles, so)
