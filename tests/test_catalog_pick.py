@@ -77,9 +77,13 @@ def test_exclusions_never_picked(catalog, full, tmp_path):
     batch = pick(catalog, 20, exclude=top[:60])
     assert batch["object_id"].to_pylist() == _direct_top(full[~full.object_id.isin(top[:60])], "bald_total", 20)
     # a table, as read from the labels: iterating a DataFrame gave its column names ("invalid literal for int()")
-    labelled = pd.DataFrame({"votes": 1, "object_id": top[:60]})
-    for table in (labelled, pa.Table.from_pandas(labelled)):
+    labelled = pd.DataFrame({"votes": 1, "note": [object()] * 60, "object_id": top[:60]})  # a column Arrow cannot convert
+    arrow = pa.table({"object_id": top[:60]})
+    for table in (labelled, labelled.set_index("object_id"), arrow, arrow.to_batches()[0]):
         assert pick(catalog, 20, exclude=table)["object_id"].to_pylist() == batch["object_id"].to_pylist()
+    with pytest.raises(InputError, match=r"the exclude table has no object_id column \(columns: votes, note, id\); name its id "
+                                         r"column with --exclude-id-column \(exclude_id_column=\)"):
+        pick(catalog, 20, exclude=labelled.rename(columns={"object_id": "id"}))
     excluded = set(full.object_id.sample(frac=0.5, random_state=1))
     for seed in range(5):
         batch = pick(catalog, 100, strategy="power", seed=seed, exclude=sorted(excluded))

@@ -17,6 +17,7 @@ from skymorph import cli
 from skymorph.storage import filesystem as storage_filesystem
 from skymorph.survey.ingest import decode_image, parse_label_map
 from skymorph.tiles import open_tile, read_tile_list
+from skymorph.trainer.data import labels_schema
 
 GZ2_SPIRALS = Path(__file__).resolve().parents[2] / "shared" / "data" / "gz2_spirals"
 
@@ -158,6 +159,11 @@ def test_blank_fits_cutouts_are_skipped_and_a_cube_s_planes_are_not_called_rgb(t
     [url] = read_tile_list(str(tmp_path / "o" / "tiles.txt"))
     tile = open_tile(url)
     assert tile.read_coords()[0].tolist() == [3, 4] and tile.attrs["bands"] == ["band0", "band1", "band2"]
+    # averaged, the blank band is left out of the mean instead of darkening it: the two other bands' image
+    gap_mean = decode_image((tmp_path / "gap.fits").read_bytes(), "gap.fits", size=16, bands="mean")
+    others = io.BytesIO()
+    fits.PrimaryHDU(cube[[0, 2]]).writeto(others)
+    np.testing.assert_array_equal(gap_mean, decode_image(others.getvalue(), "x.fits", size=16, bands="mean"))
 
 
 def test_tiles_record_the_stretch_of_their_images(tmp_path):
@@ -224,6 +230,7 @@ def test_ingest_reports_unreadable_files_and_writes_placeholder_positions(tmp_pa
     assert failures["object_id"].tolist() == [3, 4]
 
     labels = pq.read_table(out / "labels.parquet").to_pandas()
+    assert labels_schema(str(out / "labels.parquet")).name == "gz2"  # the tree its votes are of, for `train`
     assert labels["object_id"].tolist() == [1, 2, 5]
     assert labels["has_spiral_arms_yes"].tolist() == [1, 0, 0] and labels["has_spiral_arms_no"].tolist() == [0, 1, 1]
     assert labels["split"].tolist() == ["train", "train", "validation"] and labels["position_is_placeholder"].all()

@@ -51,8 +51,9 @@ def test_load_labels_reads_votes_in_schema_order_and_rejects_unknown_answers(tmp
     assert labels.votes.sum() == 6 and labels.split.tolist() == ["train", "validation", "train"]
     # some of a question's cells empty: votes merged without one answer's column, which would read as 0
     path.write_text("object_id,has_spiral_arms_no,has_spiral_arms_yes\n5,3,1\n7,,2\n9,,4\n")
-    with pytest.raises(InputError, match=r"object_id 7 has votes for question 'has_spiral_arms' but an empty "
-                                         r"'has_spiral_arms_no' \(1 more rows like it\); give every answer's count"):
+    with pytest.raises(InputError, match=r"object_id 7 has counts for question 'has_spiral_arms' but an empty "
+                                         r"'has_spiral_arms_no' \(1 more row\(s\) like it\); give every answer's count, 0 where "
+                                         r"no volunteer chose it \(a pivot or unstack leaves those empty"):
         load_labels(str(path), GZ2)
 
     path.write_text("object_id,has_spiral_arms_yess\n5,3\n")
@@ -88,6 +89,11 @@ def test_labels_of_another_schema_or_a_truth_table_say_so(tmp_path):
     path.write_text("object_id,bar_strong,bar_weak,bar_no,bar_asked_bald\n1,1,0,2,0.3\n")
     with pytest.raises(InputError, match=r"column 'bar_asked_bald' is a catalog's posterior column or a pick's score, not "
                                          "votes; take only object_id, tile and row"):
+        load_labels(str(path), DECALS)
+    path.write_text("object_id,bar_strong,bar_weak,bar_no,bald_total\n1,1,0,2,0.3\n")  # no question's: ignored, as before
+    assert load_labels(str(path), DECALS).votes.sum() == 3
+    path.write_text("object_id,bar_strong,bar_weak,bar_no,bar_strong_fraction\n1,1,0,2,0.3\n")  # a volunteer export's
+    with pytest.raises(SchemaError, match="column 'bar_strong_fraction' is not an answer of schema 'decals'"):
         load_labels(str(path), DECALS)
     path.write_text("object_id,bar_strong_true,bulge_size_ratio\n1,0.2,0.5\n")
     with pytest.raises(InputError, match=r"look like a synthetic survey's truth table \(columns such as 'bar_strong_true'\); give its labels.parquet"):
@@ -320,6 +326,40 @@ def test_the_python_api_refuses_to_replace_a_model_or_evaluation_unless_told(tmp
         with pytest.raises(InputError, match="exists"):
             again()
         again(overwrite=True)
+
+
+def test_the_tree_labels_record_is_trained_and_checked_and_one_they_do_not_is_warned_about(tmp_path, capsys):
+    """gz2 votes on has_spiral_arms alone fit decals too: without --schema they trained a decals model, and a
+    decals checkpoint fine-tuned on them, without a word."""
+    import pyarrow.parquet as pq
+
+    from skymorph.trainer import evaluate
+    from skymorph.trainer.data import labels_schema
+
+    tiles, labels = write_ring_survey(str(tmp_path))  # gz2 votes, no tree recorded
+    recorded = str(tmp_path / "recorded.parquet")
+    table = pq.read_table(labels)
+    pq.write_table(table.replace_schema_metadata({"skymorph.schema": GZ2.to_json()}), recorded)
+    broken = str(tmp_path / "broken.parquet")
+    pq.write_table(table.replace_schema_metadata({"skymorph.schema": "{not json"}), broken)
+    pd.read_parquet(labels).to_csv(tmp_path / "labels.csv", index=False)
+    assert labels_schema(recorded).name == "gz2"
+    assert labels_schema(labels) is None and labels_schema(str(tmp_path / "labels.csv")) is None
+    assert labels_schema(str(tmp_path / "missing.parquet")) is None  # load_labels says what is wrong
+    with pytest.raises(SchemaError, match="skymorph.schema metadata"):
+        labels_schema(broken)
+
+    default = train(_config(tmp_path, tiles, labels, schema=None, out=str(tmp_path / "d.ckpt")))
+    assert load_checkpoint(default.checkpoint)[1].schema.name == "decals"
+    assert (f"labels {labels!r} name no decision tree, and their votes fit gz2 as well as 'decals', the default, which "
+            "this model is trained on; give --schema to choose") in capsys.readouterr().err
+    taken = train(_config(tmp_path, tiles, recorded, schema=None, out=str(tmp_path / "g.ckpt")))
+    assert load_checkpoint(taken.checkpoint)[1].schema.name == "gz2" and capsys.readouterr().err == ""
+    with pytest.raises(SchemaError, match=rf"--finetune '.*d.ckpt' was trained on schema 'decals' .* labels {recorded!r} "
+                                          "record votes of 'gz2': give labels of its tree"):
+        train(_config(tmp_path, tiles, recorded, schema=None, finetune=default.checkpoint, out=str(tmp_path / "f.ckpt")))
+    with pytest.raises(SchemaError, match="record votes of 'gz2': evaluate a model of that tree on them"):
+        evaluate(default.checkpoint, tiles, recorded, str(tmp_path / "eval"), samples=2, progress=False)
 
 
 def test_resume_keeps_the_runs_patience_unless_given(tmp_path):

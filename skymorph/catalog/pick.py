@@ -89,9 +89,14 @@ def read_ids(source, storage_options: dict | None = None, id_column: str = "obje
     Galaxy Zoo table) or of a table (pandas or pyarrow), or from an iterable."""
     import pyarrow as pa
 
-    if isinstance(source, pa.Table) or hasattr(source, "columns"):  # a table: iterating it gives its column names
-        table = source if isinstance(source, pa.Table) else pa.Table.from_pandas(source, preserve_index=False)
-        return _ids_of(table, id_column, "the exclude table")
+    if isinstance(source, (pa.Table, pa.RecordBatch)):  # a table: iterating it gives its column names
+        return _ids_of(pa.table(source), id_column, "the exclude table")
+    if hasattr(source, "columns"):  # pandas: the id column alone (the others may not convert), or the index
+        if id_column not in source.columns and id_column in (source.index.names or []):
+            source = source.reset_index()
+        if id_column not in source.columns:
+            raise _no_id_column("the exclude table", id_column, [str(c) for c in source.columns])
+        return _ids_of(pa.table({id_column: pa.array(source[id_column], from_pandas=True)}), id_column, "the exclude table")
     if not isinstance(source, (str, bytes)) and not hasattr(source, "__fspath__"):
         return np.asarray(list(source) if not isinstance(source, np.ndarray) else source, dtype=np.int64)
     from skymorph.storage import filesystem, read_parquet
@@ -118,6 +123,11 @@ def read_ids(source, storage_options: dict | None = None, id_column: str = "obje
     return _ids_of(table, id_column, f"--exclude {url!r}")
 
 
+def _no_id_column(what: str, id_column: str, names: list[str]) -> InputError:
+    return InputError(f"{what} has no {id_column} column (columns: {', '.join(names)}); name its id column with "
+                      "--exclude-id-column (exclude_id_column=)." + did_you_mean(id_column, names))
+
+
 def _ids_of(table, id_column: str, what: str) -> np.ndarray:
     """The ``id_column`` of pyarrow ``table`` as int64, its empty cells dropped (they name no galaxy); cast in
     Arrow, where a column with nulls is not floats, so ids above 2^53 stay exact and a fraction is refused
@@ -126,10 +136,7 @@ def _ids_of(table, id_column: str, what: str) -> np.ndarray:
     import pyarrow.compute as pc
 
     if id_column not in table.column_names:
-        raise InputError(
-            f"{what} has no {id_column} column (columns: {', '.join(table.column_names)}); name its id "
-            "column with --exclude-id-column." + did_you_mean(id_column, table.column_names)
-        )
+        raise _no_id_column(what, id_column, table.column_names)
     try:
         return pc.drop_null(table.column(id_column)).cast(pa.int64(), safe=True).to_numpy()
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:

@@ -398,7 +398,8 @@ def plan_query(catalog: Catalog, where=None, columns=None, cone: Cone | None = N
     """Build (without running) the query: selected partitions and SQL. Columns are checked here."""
     if limit is not None and (not isinstance(limit, int) or limit < 0):
         raise InputError(f"limit must be a non-negative integer, got {limit!r}")
-    if columns is not None and not list(columns):  # an empty shell variable: all columns would be a surprise
+    columns = None if columns is None else list(columns)
+    if columns == []:  # an empty shell variable: all columns would be a surprise
         raise InputError("--columns names no column; give a comma-separated list such as 'object_id,ra,dec', or leave it "
                          "out for all")
     select = "*" if columns is None else ", ".join(_quote(c) for c in check_columns(columns, catalog.columns))

@@ -14,7 +14,8 @@ to [0, 255] by an asinh stretch over a percentile interval per image (astropy.vi
 PNG/TIFF, integer or float TIFF); each tile's ``stretch`` attribute says which. 16-bit colour or
 grey+alpha PNG/TIFF is reported and skipped: Pillow reads only its high bytes. ``bands="mean"``
 averages the bands into one grey channel (flux before the stretch for FITS); ``"keep"`` keeps them. A
-blank FITS image (no finite pixel, or one value throughout) is reported and skipped. A non-square
+blank FITS image (no finite pixel, or one value throughout; with ``"keep"``, any blank band, as at a
+survey's coverage edge: ``"mean"`` keeps such a cutout) is reported and skipped. A non-square
 image is centre-cropped to a square, then resized with Lanczos (antialiased) to ``size`` pixels.
 
 Tile order: with ``ra``/``dec`` the galaxies are written in nested HEALPix order (their order-29
@@ -48,6 +49,7 @@ import numbers
 import os
 import re
 import sys
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -176,9 +178,11 @@ def _stretched(planes: np.ndarray, size: int, bands: str, stretch: str, asinh_a:
             raise ValueError(f"{which}no finite pixel (all NaN or infinite): a blank cutout")
         if finite.min() == finite.max():
             raise ValueError(f"{which}every pixel is {finite.min():g}: a blank cutout")
+    if bands == "mean":  # over the bands that have the pixel: a band's blank pixel does not dim it
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # "Mean of empty slice": blank in every band
+            planes = np.nanmean(planes, axis=0, keepdims=True)
     planes = np.nan_to_num(planes)
-    if bands == "mean":
-        planes = planes.mean(axis=0, keepdims=True)
     transform = (AsinhStretch(asinh_a) if stretch == "asinh" else LinearStretch()) + PercentileInterval(percentile)
     unit = np.stack([transform(p) for p in _square(planes)])
     out = np.stack([_resize(p, size) for p in unit * 255.0])

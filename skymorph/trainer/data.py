@@ -46,6 +46,8 @@ TRAIN, VALIDATION, TEST = "train", "validation", "test"
 _SPLIT_NAMES = {"train": TRAIN, "training": TRAIN, "validation": VALIDATION, "val": VALIDATION, "valid": VALIDATION,
                 "test": TEST, "testing": TEST, "holdout": TEST}
 
+_CSV_SUFFIXES = (".csv", ".csv.gz", ".txt")  # labels read as CSV; any other name as Parquet
+
 MAX_VOTES = 2**24
 """Largest vote count per answer: float32, in which the losses are computed, holds every integer up to
 2^24 exactly; Galaxy Zoo asks tens of volunteers per galaxy."""
@@ -121,7 +123,7 @@ def _read_table(url: str, storage_options):
     try:
         # One thread, and ParquetFile rather than pq.read_table, whose pyarrow.dataset scan runs threads
         # that can abort the interpreter at exit once torch is loaded (see storage.read_parquet).
-        if url.lower().endswith((".csv", ".csv.gz", ".txt")):
+        if url.lower().endswith(_CSV_SUFFIXES):
             table = pacsv.read_csv(pa.BufferReader(data), read_options=pacsv.ReadOptions(use_threads=False))
         else:
             table = pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False)
@@ -138,15 +140,17 @@ def labels_schema(url: str, storage_options=None) -> Schema | None:
 
     from skymorph.storage import filesystem
 
-    if not str(url).lower().endswith((".parquet", ".pq")):
+    import pyarrow as pa
+
+    if str(url).lower().endswith(_CSV_SUFFIXES):
         return None
     try:
         fs, path = filesystem(str(url), storage_options)
         with fs.open(path, "rb") as fh:
             recorded = (pq.ParquetFile(fh, pre_buffer=False).schema_arrow.metadata or {}).get(b"skymorph.schema")
-        return Schema.from_json(recorded.decode(), source=f"labels {url!r}") if recorded else None
-    except (OSError, ValueError):
+    except (OSError, pa.ArrowInvalid):
         return None
+    return Schema.from_json(recorded.decode(), source=f"labels {url!r} (its skymorph.schema metadata)") if recorded else None
 
 
 def _check_not_other_labels(url: str, names: list[str], schema: Schema) -> None:
@@ -168,11 +172,12 @@ def _check_not_other_labels(url: str, names: list[str], schema: Schema) -> None:
 
 def _check_no_catalog_columns(url: str, names: list[str], schema: Schema) -> None:
     """A one-line error for a catalog's posterior column or a pick's score among the labels: merged in from
-    a batch file, it starts like a question and was refused as a misspelt answer ("Did you mean ...")."""
-    from skymorph.posterior import column_names
-
-    catalog = set(column_names(schema)) | {f"{q}_asked_bald" for q in schema.question_names}
-    found = [name for name in names if name in catalog]
+    a batch file, it starts like a question and was refused as a misspelt answer ("Did you mean ...").
+    Only columns a volunteer export does not have too count (not ``{answer}_fraction``, the volunteers'
+    own fraction in Galaxy Zoo tables), and only those refused anyway (``bald_total`` is ignored)."""
+    catalog_only = {f"{c}_fraction_{s}" for c in schema.answer_columns for s in ("std", "q05", "q95")}
+    catalog_only |= {f"{q}_{kind}" for q in schema.question_names for kind in ("asked", "bald", "asked_bald")}
+    found = [name for name in names if name in catalog_only]
     if found:
         raise InputError(
             f"labels {url!r} column {found[0]!r} is a catalog's posterior column or a pick's score, not votes; take "
@@ -284,10 +289,12 @@ def _check_whole_questions(url: str, object_id: np.ndarray, empty: np.ndarray, s
         if len(partly):
             row = int(partly[0])
             missing = [schema.answer_columns[answers][i] for i in np.flatnonzero(cells[row])]
+            more = f" ({len(partly) - 1} more row(s) like it)" if len(partly) > 1 else ""
             raise InputError(
-                f"labels {url!r}: object_id {int(object_id[row])} has votes for question {question!r} but an empty "
-                f"{', '.join(map(repr, missing))} ({len(partly) - 1} more rows like it); give every answer's count (0 where "
-                "no volunteer chose it), or leave all of the question's cells empty"
+                f"labels {url!r}: object_id {int(object_id[row])} has counts for question {question!r} but an empty "
+                f"{', '.join(map(repr, missing))}{more}; give every answer's count, 0 where no volunteer chose it (a "
+                "pivot or unstack leaves those empty: fill the vote columns with 0), or leave all of the question's "
+                "cells empty"
             )
 
 

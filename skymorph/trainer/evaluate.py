@@ -36,7 +36,7 @@ import numpy as np
 
 from skymorph.errors import InputError
 from skymorph.storage import atomic_write_bytes, atomic_write_text, check_new, join, read_parquet, write_parquet
-from skymorph.trainer.data import positions, split_kind
+from skymorph.trainer.data import labels_schema, positions, split_kind
 
 __all__ = ["evaluate", "predict", "dihedral", "coverage", "EvaluationReport", "COVERAGE_LEVELS", "OUTPUT_FILES"]
 
@@ -268,7 +268,7 @@ def evaluate(
     import torch
 
     from skymorph.posterior import check_n_volunteers, summarize
-    from skymorph.trainer.checkpoint import load_checkpoint
+    from skymorph.trainer.checkpoint import check_schema, load_checkpoint
     from skymorph.tiles import read_tiles
     from skymorph.trainer.data import load_images, load_labels, split_masks
     from skymorph.seeds import check_seed
@@ -285,6 +285,10 @@ def evaluate(
     if threads:
         torch.set_num_threads(threads)
     model, meta, _ = load_checkpoint(checkpoint, storage_options=storage_options)
+    recorded = labels_schema(labels, storage_options)
+    if recorded is not None:  # votes of one tree read as another's where their columns coincide
+        check_schema(meta, recorded, f"checkpoint {checkpoint!r}", f"labels {labels!r} record votes of {recorded.name!r}: "
+                     "evaluate a model of that tree on them")
     schema = meta.schema
     table = load_labels(labels, schema, storage_options)
     if split != "all":

@@ -54,8 +54,9 @@ class TrainConfig:
     ``tiles``: a tile list (or one ``.zarr`` tile store); ``labels``: Parquet/CSV vote counts;
     ``schema``: gz2, decals or a JSON file (None: for a new model the tree the labels say they are of
     (:func:`~skymorph.trainer.data.labels_schema`), else :data:`DEFAULT_SCHEMA`; the checkpoint's
-    decision tree for ``resume`` and ``finetune``, where a given one must be the same tree). ``warmup_epochs`` of linear warm-up, then a cosine decay to ``min_lr_ratio * lr`` at the last
-    step of ``epochs``. ``patience``: epochs without a lower validation loss before stopping.
+    decision tree for ``resume`` and ``finetune``, where a given one must be the same tree).
+    ``warmup_epochs`` of linear warm-up, then a cosine decay to ``min_lr_ratio * lr`` at the last step
+    of ``epochs``. ``patience``: epochs without a lower validation loss before stopping.
     ``val_fraction``: the validation share of the galaxies the labels do not assign (no ``split``
     column, or an empty cell). ``crop_fraction`` and ``resize_px`` go into the model's input spec
     (applied inside the model). ``resume``: a ``.last`` checkpoint to continue; ``finetune``: a checkpoint whose weights start
@@ -419,6 +420,20 @@ def _provenance(config: TrainConfig, labels, tile_urls, n_train: int, n_val: int
     }
 
 
+def _warn_if_another_tree_fits(labels, schema) -> None:
+    """Warn when labels that name no tree (a CSV, or Parquet written by pandas) were read as the default
+    tree while their votes fit another built-in one as well: gz2 votes on ``has_spiral_arms`` alone read
+    as decals without a word."""
+    from skymorph.schema import BUILTIN_SCHEMAS
+
+    voted = {schema.answer_columns[i] for i in np.flatnonzero(labels.votes.any(axis=0))}
+    also = [other.name for other in BUILTIN_SCHEMAS.values() if other.name != schema.name and voted <= set(other.answer_columns)]
+    if also:
+        print(f"skymorph: warning: labels {labels.source!r} name no decision tree, and their votes fit {', '.join(also)} "
+              f"as well as {schema.name!r}, the default, which this model is trained on; give --schema to choose",
+              file=sys.stderr)
+
+
 def _no_training_state(checkpoint: str, storage_options) -> str:
     """Why ``checkpoint`` cannot be resumed: it is a best-epoch checkpoint; which file to give instead."""
     from skymorph.storage import exists
@@ -481,20 +496,26 @@ def train(config: TrainConfig) -> TrainResult:
     choices = _model_choices(config)
     start_checkpoint = config.resume or config.finetune
     start_meta = None
+    recorded = labels_schema(config.labels, so)  # the tree the labels say their votes are of, if they say
     if start_checkpoint:  # checked before the images are read: a wrong checkpoint fails in seconds
         model, start_meta, training = load_checkpoint(start_checkpoint, storage_options=so)
+        flag = "--resume" if config.resume else "--finetune"
         if config.schema is not None:
-            flag = "--resume" if config.resume else "--finetune"
             check_schema(start_meta, config.schema, f"{flag} {start_checkpoint!r}",
                          f"drop --schema ({flag} takes the checkpoint's), or train a new model for {config.schema!r}")
+        if recorded is not None:  # votes of one tree read as another's where their columns coincide
+            check_schema(start_meta, recorded, f"{flag} {start_checkpoint!r}", f"labels {config.labels!r} record votes of "
+                         f"{recorded.name!r}: give labels of its tree, or train a new model for these")
         schema = start_meta.schema
         choices = _model_choices(config, start_meta, start_checkpoint)
         if config.resume and not training:
             raise ModelError(_no_training_state(config.resume, so))
     else:
-        schema = get_schema(config.schema or labels_schema(config.labels, so) or DEFAULT_SCHEMA)
-    config = replace(config, schema=config.schema or schema.name)  # the provenance records the tree used
+        schema = get_schema(config.schema or recorded or DEFAULT_SCHEMA)
     labels = load_labels(config.labels, schema, so)
+    if not (start_checkpoint or config.schema or recorded):
+        _warn_if_another_tree_fits(labels, schema)
+    config = replace(config, schema=config.schema or schema.name)  # the provenance records the tree used
     tile_urls = read_tiles(config.tiles, so)
     if config.finetune:
         config = _keep_split(config, start_meta, labels)
