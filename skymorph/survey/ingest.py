@@ -166,7 +166,8 @@ def _decode(data: bytes, name: str, *, size: int, bands: str, stretch: str, asin
 
 def _stretched(planes: np.ndarray, size: int, bands: str, stretch: str, asinh_a: float, percentile: float):
     """Float (C, H, W) values -> uint8 (C, size, size) through ``stretch`` after a ``percentile`` interval,
-    and the side of the square; NaN (a blank pixel) counts as 0. An image of no finite value, or of one
+    and the side of the square; NaN (a blank pixel) counts as 0, except that ``bands="mean"`` averages a
+    pixel over the bands that have it. An image of no finite value, or of one
     value throughout (with ``bands="keep"``, any such band of it), holds no galaxy: a ValueError, so that
     it is reported and skipped, not trained on."""
     from astropy.visualization import AsinhStretch, LinearStretch, PercentileInterval
@@ -271,9 +272,9 @@ def _vote_columns(table, schema_name: str, question: str, mapping: dict[str, str
     blank = table["label"].isna() | (table["label"].astype(str).str.strip() == "")
     if blank.any():  # a vote for no answer cannot be made of it, and no votes would read as labelled
         raise InputError(
-            f"--label-question needs a label for every cutout, and {int(blank.sum())} of the catalog's rows have an empty "
-            f"one (first: object_id {int(table['object_id'][blank].iloc[0])}); ingest without --label-question and add vote columns for "
-            "the labelled galaxies to labels.parquet, or give every cutout a label"
+            f"--label-question needs a label for every cutout, and {int(blank.sum())} of the catalog's rows have an "
+            f"empty one (first: object_id {int(table['object_id'][blank].iloc[0])}); ingest without --label-question and "
+            "add vote columns for the labelled galaxies to labels.parquet, or give every cutout a label"
         )
     labels = table["label"].astype(str)
     unmapped = sorted(set(labels) - set(mapping))
