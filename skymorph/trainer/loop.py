@@ -496,7 +496,9 @@ def train(config: TrainConfig) -> TrainResult:
     choices = _model_choices(config)
     start_checkpoint = config.resume or config.finetune
     start_meta = None
-    recorded = labels_schema(config.labels, so)  # the tree the labels say their votes are of, if they say
+    # the tree the labels say their votes are of, if they say: what a checkpoint is checked against, or
+    # what a new model without --schema is trained on (with --schema, nothing asks, and the file is not read)
+    recorded = labels_schema(config.labels, so) if start_checkpoint or config.schema is None else None
     if start_checkpoint:  # checked before the images are read: a wrong checkpoint fails in seconds
         model, start_meta, training = load_checkpoint(start_checkpoint, storage_options=so)
         flag = "--resume" if config.resume else "--finetune"
