@@ -5,7 +5,10 @@ Labels are a Parquet or CSV table with ``object_id`` and one integer vote-count 
 cells in a row are all empty (null) has no votes there (nobody was asked it), and a row with some of a
 question's cells empty is an error (a merge that lost one answer's votes). A column that starts like a question of the schema (``{question}_``) but names none
 of its answers, or that is a near miss of an answer column, is an error (a typo or another schema);
-other columns (``total_votes``, ...) are ignored; ``split``, where given, is ``train``, ``validation``,
+other columns (``ra``, ``iauname``, ...) are ignored. Galaxy Zoo's own volunteer tables read as they
+are: their spelling (``has-spiral-arms_yes``) is the schema's snake_case, and the quantities they
+derive from the counts (``{answer}_fraction``, ``{answer}_debiased``, ``{question}_total-votes``) are
+ignored, the counts being the data. ``split``, where given, is ``train``, ``validation``,
 ``test`` or empty (see :func:`split_masks`). Images are matched by ``object_id`` in the tile stores of
 a tile list and held in memory as uint8 (100,000 galaxies at 128 x 128 px are 1.6 GB), so an epoch
 never waits on storage.
@@ -28,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from skymorph.errors import InputError, SchemaError, did_you_mean, first_line
-from skymorph.schema import Schema
+from skymorph.schema import Schema, snake_case
 from skymorph.storage import read_bytes
 
 __all__ = [
@@ -47,6 +50,13 @@ _SPLIT_NAMES = {"train": TRAIN, "training": TRAIN, "validation": VALIDATION, "va
                 "test": TEST, "testing": TEST, "holdout": TEST}
 
 _CSV_SUFFIXES = (".csv", ".csv.gz", ".txt")  # labels read as CSV; any other name as Parquet
+
+_ANSWER_DERIVED = ("fraction", "debiased")
+"""What Galaxy Zoo's volunteer tables give beside each answer's count, ``{answer}_{derived}``: the share
+of the question's volunteers, and that share corrected for redshift bias. Derived, so ignored."""
+_QUESTION_DERIVED = ("total_votes",)
+"""Beside each question's counts: their sum, ignored (Zoobot recomputes it, as GZ DECaLS DR5's totals are
+not always that sum)."""
 
 MAX_VOTES = 2**24
 """Largest vote count per answer: float32, in which the losses are computed, holds every integer up to
@@ -185,14 +195,55 @@ def _check_no_catalog_columns(url: str, names: list[str], schema: Schema) -> Non
         )
 
 
+def _schema_spelling(url: str, names: list[str], schema: Schema) -> dict[str, str]:
+    """``{name as the schema spells it: name in the file}`` for every column, in the file's order. Galaxy
+    Zoo's volunteer tables and Zoobot spell answers ``has-spiral-arms_yes`` and totals
+    ``smooth-or-featured_total-votes``; a column whose snake_case starts like a question of ``schema``
+    takes that spelling. Two columns that spell one name are an error (which would be the votes?)."""
+    prefixes = tuple(f"{q}_" for q in schema.question_names)
+    spelt: dict[str, str] = {}
+    for name in names:
+        ours = snake_case(name)
+        ours = ours if ours != name and ours.startswith(prefixes) else name
+        if ours in spelt:
+            raise InputError(f"labels {url!r} columns {spelt[ours]!r} and {name!r} are both {ours!r}; keep one of them")
+        spelt[ours] = name
+    return spelt
+
+
+def _derived_columns(schema: Schema) -> dict[str, str]:
+    """``{derived column: the question it belongs to}``: :data:`_ANSWER_DERIVED` beside each answer and
+    :data:`_QUESTION_DERIVED` beside each question, as Galaxy Zoo's volunteer tables have them."""
+    derived = {f"{q}_{kind}": q for q in schema.question_names for kind in _QUESTION_DERIVED}
+    for question, answers in zip(schema.question_names, schema.question_slices):
+        derived |= {f"{a}_{kind}": question for a in schema.answer_columns[answers] for kind in _ANSWER_DERIVED}
+    return derived
+
+
+def _check_counts_beside_derived(url: str, names: list[str], spelt: dict, derived: dict, schema: Schema) -> None:
+    """A one-line error for a question with Galaxy Zoo's fractions or totals but no counts: ignored like
+    every derived column, its votes would be lost without a word, and the losses need counts (a vote
+    fraction says nothing of how sure the volunteers were)."""
+    counted = {question for question, answers in zip(schema.question_names, schema.question_slices)
+               if any(a in names for a in schema.answer_columns[answers])}
+    for name in names:
+        if name in derived and derived[name] not in counted:
+            raise InputError(
+                f"labels {url!r} column {spelt[name]!r} is derived from vote counts, but question {derived[name]!r} has no "
+                f"count columns ({{question}}_{{answer}}); training needs the counts: give them (a fraction times the "
+                "question's total votes), or leave the question's columns out"
+            )
+
+
 def load_labels(url: str, schema: Schema, storage_options=None) -> Labels:
     """Read and validate a labels table against ``schema``.
 
-    One-line errors: a column name given twice; no ``object_id``; the votes of another built-in schema, or
-    a synthetic survey's truth table; no rows; duplicate object ids; a column naming an answer the schema
-    lacks ("Did you mean ..."); some answers of a question without the others, as columns or as a row's
-    cells (the missing ones would read as no votes); negative counts; no vote column of the schema at all,
-    or no vote in any of them.
+    One-line errors: a column name given twice, or in both spellings (``bar_no``, ``bar-no``); no
+    ``object_id``; the votes of another built-in schema, or a synthetic survey's truth table; no rows;
+    duplicate object ids; a column naming an answer the schema lacks ("Did you mean ..."); some answers of
+    a question without the others, as columns or as a row's cells (the missing ones would read as no
+    votes); a question with Galaxy Zoo's fractions or totals but no counts; negative counts; no vote
+    column of the schema at all, or no vote in any of them.
     """
     import pyarrow as pa
 
@@ -203,16 +254,23 @@ def load_labels(url: str, schema: Schema, storage_options=None) -> Labels:
         raise InputError(f"labels {url!r} has more than one column named {' and '.join(map(repr, twice))}; keep one of each")
     if "object_id" not in names:
         raise InputError(f"labels {url!r} has no object_id column (columns: {', '.join(names[:12])})")
+    spelt = _schema_spelling(url, names, schema)  # the schema's name of a column -> the file's
+    names = list(spelt)
+    table = table.rename_columns(names)
     answers = set(schema.answer_columns)
     _check_not_other_labels(url, names, schema)
     prefixes = tuple(f"{q}_" for q in schema.question_names)
     _check_no_catalog_columns(url, names, schema)
+    derived = _derived_columns(schema)
     for name in names:
+        if name in derived:
+            continue
         if name not in answers and (name.startswith(prefixes) or difflib.get_close_matches(name, answers, n=1, cutoff=0.85)):
             raise SchemaError(
-                f"labels {url!r} column {name!r} is not an answer of schema {schema.name!r}."
+                f"labels {url!r} column {spelt[name]!r} is not an answer of schema {schema.name!r}."
                 + (did_you_mean(name, schema.answer_columns) or f" Its answers: {', '.join(schema.answer_columns)}")
             )
+    _check_counts_beside_derived(url, names, spelt, derived, schema)
     present = [c for c in schema.answer_columns if c in names]
     if not present:
         raise SchemaError(
@@ -242,13 +300,13 @@ def load_labels(url: str, schema: Schema, storage_options=None) -> Labels:
         try:
             values = table.column(column).to_numpy(zero_copy_only=False).astype(np.float64)
         except (TypeError, ValueError) as err:
-            raise InputError(f"labels {url!r} column {column!r} must hold vote counts, not text ({err})") from err
+            raise InputError(f"labels {url!r} column {spelt[column]!r} must hold vote counts, not text ({err})") from err
         empty[:, schema.answer_columns.index(column)] = np.isnan(values)
         values = np.nan_to_num(values, nan=0.0)
         if (values < 0).any() or (values != np.round(values)).any():
-            raise InputError(f"labels {url!r} column {column!r} must hold non-negative integer vote counts")
+            raise InputError(f"labels {url!r} column {spelt[column]!r} must hold non-negative integer vote counts")
         if (values > MAX_VOTES).any():
-            raise InputError(f"labels {url!r} column {column!r} holds a count of {values.max():g} votes; counts above "
+            raise InputError(f"labels {url!r} column {spelt[column]!r} holds a count of {values.max():g} votes; counts above "
                              f"{MAX_VOTES:,} are not volunteer votes (the losses are computed in float32)")
         votes[:, schema.answer_columns.index(column)] = values.astype(np.int64)
     _check_whole_questions(url, object_id, empty, schema)
