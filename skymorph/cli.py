@@ -322,6 +322,9 @@ def _add_run_commands(sub) -> None:
                      help="concurrent tasks per worker of the embedded cluster (default 1)")
     run.add_argument("--batch-size", type=_positive_int, default=256, help="images per engine call (default 256)")
     run.add_argument("--max-in-flight", type=_positive_int, default=None, help="tasks submitted at once (default 2 x Dask threads)")
+    run.add_argument("--worker-timeout", type=float, default=None, metavar="SECONDS",
+                     help="stop (exit 2, resumable) once the scheduler has had no worker for this long, at the start or "
+                     "mid-run (default: wait; a batch queue may take hours to start workers)")
     run.add_argument("--rows-per-task", type=_positive_int, default=4096, help="split larger tiles into tasks of about this many rows (default 4096)")
     run.add_argument("--n-volunteers", type=_positive_int, default=40, help="N of the vote-count posteriors and BALD, 1-1000 (default 40)")
     run.add_argument("--catalog-order", type=int, default=5, help="HEALPix order of the catalog partitions (default 5)")
@@ -340,7 +343,7 @@ def _cmd_run(args) -> int:
         tiles=args.tiles, model=args.model, out=args.out, scheduler=args.scheduler, scheduler_file=args.scheduler_file,
         cluster=args.cluster, cluster_config=args.cluster_config, workers=args.workers,
         threads_per_worker=args.threads_per_worker, batch_size=args.batch_size, max_in_flight=args.max_in_flight,
-        rows_per_task=args.rows_per_task, n_volunteers=args.n_volunteers, catalog_order=args.catalog_order,
+        worker_timeout=args.worker_timeout, rows_per_task=args.rows_per_task, n_volunteers=args.n_volunteers, catalog_order=args.catalog_order,
         allow_failures=args.allow_failures, gpu=args.gpu, backend=args.backend, overwrite=args.overwrite,
         storage_options=_storage_options(args),
     )

@@ -325,3 +325,12 @@ def test_argument_errors_are_one_line_too(capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["skymorph train: error: argument --likelihood: invalid choice: 'dirichlet' (choose from "
                    "'multinomial', 'dirichlet_multinomial') (see skymorph train --help)"]
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "nan", "inf"])
+def test_a_worker_timeout_that_is_no_positive_time_is_refused(value, tmp_path, capsys):
+    argv = ["run", "--tiles", str(tmp_path / "tiles.txt"), "--model", str(tmp_path / "m.onnx"), "--out", str(tmp_path / "c"),
+            "--worker-timeout", value]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"skymorph: error: --worker-timeout must be a positive number of seconds, got {float(value)}")

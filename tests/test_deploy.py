@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from skymorph.cli import build_parser
 from skymorph.errors import InputError
 from skymorph.inference.slurm import SlurmConfig, load_slurm_config, slurm_cluster, walltime_minutes
 
@@ -428,6 +429,8 @@ def test_daskjob_runs_skymorph_on_gpu_workers():
     (driver,) = _containers(job["spec"]["job"]["spec"])
     assert driver["args"][0] == "run" and "--gpu" in driver["args"]
     assert {"--tiles", "--model", "--out"} <= set(driver["args"])
+    args = build_parser().parse_args(driver["args"])  # the image's entrypoint is skymorph
+    assert args.gpu and args.worker_timeout == 1800, "a worker that never comes must end the job, not hold it forever"
     assert "nvidia.com/gpu" not in driver["resources"]["limits"], "the driver needs no GPU"
     _assert_s3_keys_from_secret(driver)
     cluster_spec = job["spec"]["cluster"]["spec"]

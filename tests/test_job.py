@@ -22,6 +22,7 @@ import pytest
 from jobhelpers import SIZE, assert_exact, make_tiles, read_catalog
 
 from skymorph.catalog import layout
+from skymorph.errors import ClusterError
 from skymorph.storage import filesystem, read_bytes, read_parquet
 from skymorph.testing.dask_processes import dask_processes, wait_for
 
@@ -601,6 +602,11 @@ def test_a_job_on_a_scheduler_without_workers_says_so_and_waits_for_one(tmp_path
     with dask_processes(str(tmp_path), []) as procs:
         monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", procs.address)
         config = RunConfig(tiles=str(tmp_path / "tiles.txt"), model=tiny_model, out=str(tmp_path / "catalog"), progress=False)
+        # with --worker-timeout it stops, resumable, instead (a worker image that never pulls hung the driver)
+        with pytest.raises(ClusterError, match=rf"^the Dask scheduler at {procs.address} has had no worker for 1.5 s "
+                                               r"\(--worker-timeout\); the catalog is left unfinished"):
+            run_survey(replace(config, worker_timeout=1.5))
+        assert "waiting for some to join, at most 1.5 s (--worker-timeout)" in capsys.readouterr().err
         outcome = {}
         driver = threading.Thread(target=lambda: outcome.update(report=run_survey(config)), daemon=True)
         driver.start()
@@ -741,6 +747,50 @@ def test_a_lost_scheduler_leaves_the_catalog_unfinished_and_a_rerun_completes_it
                                       scheduler_file=procs.scheduler_file, rows_per_task=32, batch_size=32,
                                       catalog_order=3, progress=False))
     assert report.ok and report.total_rows == 8 * 128 and report.ranges_skipped == len(done_before)
+    assert_exact(catalog, tiny_model, tiles)
+
+
+def test_a_run_whose_workers_all_leave_stops_after_the_worker_timeout_and_resumes(tiny_model, tmp_path):
+    """Without workers, the tasks waited for one forever: a DaskJob whose workers were evicted never ended."""
+    from skymorph.catalog.writer import read_manifest
+    from skymorph.inference.job import RunConfig, run_survey
+
+    tiles = make_tiles(str(tmp_path), n_tiles=8, per_tile=128)
+    catalog = str(tmp_path / "catalog")
+    stderr = tmp_path / "driver.err"
+    with dask_processes(str(tmp_path), [["--nthreads", "1", "--no-nanny"]]) as procs, open(stderr, "w") as err:
+        driver = subprocess.Popen([sys.executable, "-m", "skymorph.cli", "run", "--tiles", str(tmp_path / "tiles.txt"),
+                                   "--model", tiny_model, "--out", catalog, "--rows-per-task", "32", "--batch-size", "32",
+                                   "--catalog-order", "3", "--scheduler", procs.address, "--worker-timeout", "2"],
+                                  stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            wait_for(lambda: (m := read_manifest(catalog)) is not None and len(m.ranges) >= 2, 120, "some finished ranges")
+            assert driver.poll() is None, "the driver finished before its worker could be killed: make the job slower"
+            procs.workers[0].kill()
+            code = driver.wait(timeout=60)
+        finally:
+            if driver.poll() is None:
+                driver.kill()
+                driver.wait(timeout=30)
+        errors = [line for line in stderr.read_text().splitlines() if line.startswith("skymorph: error:")]
+        assert code == 2 and errors == [
+            f"skymorph: error: the Dask scheduler at {procs.address} has had no worker for 2 s (--worker-timeout); the "
+            f"catalog is left unfinished, its finished tile ranges kept: start workers (`dask worker {procs.address}`) "
+            "and run the same command again to resume"], stderr.read_text()
+        assert not os.path.exists(f"{catalog}/hats.properties")
+        done_before = set(read_manifest(catalog).ranges)
+
+        dask = os.path.join(os.path.dirname(sys.executable), "dask")
+        worker = subprocess.Popen([dask, "worker", procs.address, "--nthreads", "1", "--no-dashboard"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            report = run_survey(RunConfig(tiles=str(tmp_path / "tiles.txt"), model=tiny_model, out=catalog,
+                                          scheduler=procs.address, rows_per_task=32, batch_size=32, catalog_order=3,
+                                          worker_timeout=60, progress=False))
+        finally:
+            worker.kill()
+            worker.wait(timeout=30)
+    assert report.ok and report.total_rows == 8 * 128 and report.ranges_skipped == len(done_before) > 0
     assert_exact(catalog, tiny_model, tiles)
 
 

@@ -23,6 +23,7 @@ is sized by its task (which opens the tile), its other ranges are then submitted
 from __future__ import annotations
 
 import json
+import math
 import os
 import resource
 import sys
@@ -48,7 +49,8 @@ class RunConfig:
 
     ``rows_per_task`` is rounded to whole stored chunks; ``max_in_flight`` (default: 2 x the cluster's
     Dask threads, at least 4) bounds submitted-but-unfinished tasks; ``catalog_order`` is the fixed HEALPix
-    partition order (see :mod:`skymorph.catalog.layout`).
+    partition order (see :mod:`skymorph.catalog.layout`); ``worker_timeout`` (seconds, default: wait) stops
+    a run, resumable, once the scheduler has had no worker for that long, at the start or mid-run.
     """
 
     tiles: str
@@ -62,6 +64,7 @@ class RunConfig:
     threads_per_worker: int = 1
     batch_size: int = 256
     max_in_flight: int | None = None
+    worker_timeout: float | None = None
     rows_per_task: int = 4096
     n_volunteers: int = 40
     catalog_order: int = layout.DEFAULT_ORDER
@@ -87,6 +90,8 @@ class RunConfig:
                 raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.max_in_flight is not None and self.max_in_flight < 1:
             raise InputError(f"--max-in-flight must be at least 1, got {self.max_in_flight}")
+        if self.worker_timeout is not None and not (math.isfinite(self.worker_timeout) and self.worker_timeout > 0):
+            raise InputError(f"--worker-timeout must be a positive number of seconds, got {self.worker_timeout}")
         if not 0 <= self.catalog_order <= layout.MAX_ORDER:
             raise InputError(f"--catalog-order must be in 0..{layout.MAX_ORDER}, got {self.catalog_order}")
         if not isinstance(self.storage_options, dict):
@@ -455,7 +460,7 @@ def _run_tasks(config: RunConfig, client, job, resources, plan: _Plan, manifest,
     address = client.scheduler.address
     try:
         submit_until_full()
-        for future in pending:
+        for future in _arrivals(pending, client, config.worker_timeout):
             lock.check_held()  # a run that lost its lock records nothing more
             tile, start, stop = in_flight.pop(future.key)
             try:
@@ -506,6 +511,38 @@ def _run_tasks(config: RunConfig, client, job, resources, plan: _Plan, manifest,
             with contextlib.suppress(Exception):  # a scheduler gone away must not hide why the run stopped
                 client.unregister_worker_plugin(job_name)
 
+
+def _arrivals(pending, client, worker_timeout: float | None):
+    """The futures of ``pending`` (``distributed.as_completed``) as they finish; with ``worker_timeout``, a
+    :class:`ClusterError` once the scheduler has had no worker for that many seconds: its tasks would wait
+    for one forever (a worker image that never pulls, workers that never leave a batch queue)."""
+    if worker_timeout is None:
+        yield from pending
+        return
+    address = client.scheduler.address
+    seen = next_check = time.monotonic()
+    while not pending.is_empty():
+        if pending.has_ready():
+            yield next(pending)
+            continue
+        now = time.monotonic()
+        if now >= next_check:
+            if client.nthreads():
+                seen = now
+            elif now - seen >= worker_timeout:
+                raise ClusterError(
+                    f"the Dask scheduler at {address} has had no worker for {worker_timeout:g} s (--worker-timeout); the "
+                    f"catalog is left unfinished, its finished tile ranges kept: start workers (`dask worker {address}`) "
+                    "and run the same command again to resume"
+                )
+            next_check = now + min(_WORKER_CHECK_S, worker_timeout / 4)
+        time.sleep(_ARRIVAL_POLL_S)
+
+
+_WORKER_CHECK_S = 5.0
+"""How often a run with --worker-timeout asks the scheduler whether it has workers."""
+_ARRIVAL_POLL_S = 0.02
+"""How long such a run sleeps between looks for a finished task: far below a task's seconds."""
 
 _JOB_PREFIX = "skymorph-job-"
 """A run's worker plugin is named ``skymorph-job-{12 hex}-{its driver's client id}``."""
@@ -610,7 +647,9 @@ def run_survey(config: RunConfig) -> RunReport:
                 print(f"skymorph run: {len(tiles)} tile(s), model {model_sha256[:12]}..., dashboard {tally.dashboard}",
                       file=sys.stderr, flush=True)
                 if not client.scheduler_info(n_workers=-1)["workers"]:  # tasks wait for workers to join
-                    print(f"skymorph run: no workers at {client.scheduler.address} yet; waiting for some to join "
+                    limit = (f"at most {config.worker_timeout:g} s (--worker-timeout)" if config.worker_timeout else
+                             "without a limit (--worker-timeout sets one)")
+                    print(f"skymorph run: no workers at {client.scheduler.address} yet; waiting for some to join, {limit} "
                           f"(`dask worker {client.scheduler.address}`)", file=sys.stderr, flush=True)
                 ref = ModelRef(config.model, model_sha256, config.backend, engine_threads, config.storage_options)
                 job = JobSpec(catalog=config.out, order=config.catalog_order, schema=schema, model=ref,
