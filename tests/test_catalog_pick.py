@@ -84,6 +84,10 @@ def test_exclusions_never_picked(catalog, full, tmp_path):
     with pytest.raises(InputError, match=r"the exclude table has no object_id column \(columns: votes, note, id\); name its id "
                                          r"column with --exclude-id-column \(exclude_id_column=\)"):
         pick(catalog, 20, exclude=labelled.rename(columns={"object_id": "id"}))
+    wide = pd.DataFrame({f"smooth-or-featured_answer-{i}_fraction": [0.5] for i in range(118)})  # a volunteer table's width
+    with pytest.raises(InputError, match=r"\(columns: smooth-or-featured_answer-0_fraction, .*, smooth-or-featured_answer-11_fraction, "
+                                         r"\.\.\. \(106 more\)\); name its id column"):
+        pick(catalog, 20, exclude=wide)
     excluded = set(full.object_id.sample(frac=0.5, random_state=1))
     for seed in range(5):
         batch = pick(catalog, 100, strategy="power", seed=seed, exclude=sorted(excluded))

@@ -124,7 +124,8 @@ def read_ids(source, storage_options: dict | None = None, id_column: str = "obje
 
 
 def _no_id_column(what: str, id_column: str, names: list[str]) -> InputError:
-    return InputError(f"{what} has no {id_column} column (columns: {', '.join(names)}); name its id column with "
+    listed = ", ".join(names[:12]) + (f", ... ({len(names) - 12} more)" if len(names) > 12 else "")
+    return InputError(f"{what} has no {id_column} column (columns: {listed}); name its id column with "
                       "--exclude-id-column (exclude_id_column=)." + did_you_mean(id_column, names))
 
 
