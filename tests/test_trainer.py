@@ -41,14 +41,20 @@ def _config(tmp_path, tiles, labels, **kwargs):
 # ---- labels, split, augmentation, batches ------------------------------------------------------------
 
 
-def test_load_labels_reads_votes_in_schema_order_and_rejects_unknown_answers(tmp_path):
+def test_load_labels_reads_votes_in_schema_order_and_rejects_unknown_answers(tmp_path, capsys):
     path = tmp_path / "labels.csv"
-    path.write_text("object_id,has_spiral_arms_no,has_spiral_arms_yes,split\n5,3,1,train\n7,0,2,val\n8,,,train\n")
+    path.write_text("object_id,has_spiral_arms_no,has_spiral_arms_yes,bar_yes,bar_no,split\n5,3,1,,,train\n7,0,2,1,0,val\n"
+                    "8,,,,,train\n9,0,0,0,0,train\n")
     labels = load_labels(str(path), GZ2)
-    assert labels.object_id.tolist() == [5, 7, 8]
+    # 8 and 9: no votes in any question, a batch still with the volunteers: counted as labelled, they were
+    # trained on with no loss and kept out of picks by --exclude
+    assert labels.object_id.tolist() == [5, 7]
+    assert capsys.readouterr().err.strip() == (
+        f"skymorph: warning: labels {str(path)!r}: 2 row(s) hold no votes in any question (first: object_id 8), galaxies "
+        "nobody has classified yet; they are left out")
     yes, no = GZ2.answer_index("has_spiral_arms", "yes"), GZ2.answer_index("has_spiral_arms", "no")
-    assert labels.votes[:, [yes, no]].tolist() == [[1, 3], [2, 0], [0, 0]]  # 8: not asked, no votes
-    assert labels.votes.sum() == 6 and labels.split.tolist() == ["train", "validation", "train"]
+    assert labels.votes[:, [yes, no]].tolist() == [[1, 3], [2, 0]]
+    assert labels.votes.sum() == 7 and labels.split.tolist() == ["train", "validation"]
     # some of a question's cells empty: votes merged without one answer's column, which would read as 0
     path.write_text("object_id,has_spiral_arms_no,has_spiral_arms_yes\n5,3,1\n7,,2\n9,,4\n")
     with pytest.raises(InputError, match=r"object_id 7 has counts for question 'has_spiral_arms' but an empty "
@@ -733,18 +739,52 @@ def test_a_galaxy_zoo_volunteer_table_reads_as_its_counts(tmp_path):
     assert read.object_id.tolist() == expected.object_id.tolist()
     assert np.array_equal(read.votes, expected.votes) and read.votes.sum() == sum(v.sum() for v in counts.values())
 
+    # labels in the schema's spelling with a volunteer table's rows added: each answer in two columns
+    both = pd.concat([plain.iloc[:3], export.iloc[3:]], ignore_index=True)
+    both.to_parquet(tmp_path / "both.parquet")
+    assert np.array_equal(load_labels(str(tmp_path / "both.parquet"), DECALS).votes, expected.votes)
+
     for columns, message in (
-        # both spellings of one answer: which would be the votes?
-        ({"bar_no": [1], "bar-no": [1], "bar_strong": [0], "bar_weak": [0]}, "columns 'bar_no' and 'bar-no' are both 'bar_no'; keep one"),
+        # a galaxy with counts in both spellings: which would be its votes?
+        ({"bar_no": [1], "bar-no": [1], "bar_strong": [0], "bar_weak": [0]},
+         "object_id 1 has counts in both 'bar_no' and 'bar-no', two spellings of one answer; keep one count per galaxy"),
         # fractions only (GZ2's Kaggle table): ignored, the question's votes would be lost
         ({"bar_strong": [1], "bar_weak": [0], "bar_no": [2], "has-spiral-arms_yes_fraction": [0.4]},
          "column 'has-spiral-arms_yes_fraction' is derived from vote counts, but question 'has_spiral_arms' has no count columns"),
-        ({"bar-medium": [1]}, "column 'bar-medium' is not an answer of schema 'decals'"),
+        ({"bar-medium": [1]}, "column 'bar-medium' is not an answer of schema 'decals'. Question 'bar' has answers strong, weak, no."),
+        ({"bar_yes": [1], "bar_no": [1]}, "column 'bar_yes' is not an answer of schema 'decals'. It is an answer of schema 'gz2' "
+                                          "(--schema gz2 if these are its votes); its 'bar' answers are strong, weak, no."),
+        ({"smooth-or-featured-dr5_smooth": [1]}, "column 'smooth-or-featured-dr5_smooth' is not an answer of schema 'decals'. It "
+                                                  "is smooth_or_featured_smooth with Zoobot's campaign suffix 'dr5': rename"),
+        # a galaxy zoo name for the galaxy, or pandas' float ids with an empty cell
+        ({"object_id": ["J160453.70-041937.4"], "bar_no": [1], "bar_strong": [0], "bar_weak": [0]},
+         "object_id holds text ('J160453.70-041937.4'), not the integer ids of the tile stores"),
+        ({"object_id": [1.0, None], "bar_no": [1, 0], "bar_strong": [0, 1], "bar_weak": [0, 0]}, "object_id is empty in 1 row(s)"),
+        ({"object_id": [1.5], "bar_no": [1], "bar_strong": [0], "bar_weak": [0]}, "object_id must hold whole numbers within int64"),
     ):
-        pd.DataFrame({"object_id": [1], **columns}).to_csv(tmp_path / "bad.csv", index=False)
+        pd.DataFrame({"object_id": [1] * len(next(iter(columns.values()))), **columns}).to_csv(tmp_path / "bad.csv", index=False)
         with pytest.raises((InputError, SchemaError)) as info:
             load_labels(str(tmp_path / "bad.csv"), DECALS)
         assert message in str(info.value) and "\n" not in str(info.value), str(info.value)
+    # pandas' ids after a merge with a missing value: whole-number floats
+    plain.assign(object_id=plain.object_id.astype(float)).to_parquet(tmp_path / "floats.parquet")
+    assert load_labels(str(tmp_path / "floats.parquet"), DECALS).object_id.tolist() == expected.object_id.tolist()
+
+
+def test_labels_that_put_a_galaxy_elsewhere_on_the_sky_than_its_image_are_refused(tmp_path):
+    """A volunteer table has no tile and row, only ra and dec: labels of another survey whose object ids
+    coincide trained on that survey's images without a word (both surveys number from 0)."""
+    tiles, labels = write_ring_survey(str(tmp_path))  # every galaxy at ra, dec = 10, -5
+    table = pd.read_parquet(labels).assign(ra=10 + 3 / 3600, dec=-5.0)  # another catalog's centres: 3" off
+    at = str(tmp_path / "at.parquet")
+    table.to_parquet(at)
+    images, _ = load_images(read_tiles(tiles), load_labels(at, GZ2), progress=False)
+    table.loc[[4, 9], "ra"] = 10.5
+    table.loc[5, "dec"] = None  # no position: not compared
+    table.to_parquet(at)
+    with pytest.raises(InputError, match=r"put object_id 1004 at ra, dec = 10.500000, -5.000000, 29.9' from the galaxy of that "
+                                         r"id in tile '.*t0.zarr' \(1 more like it\): these labels are of another survey's"):
+        load_images(read_tiles(tiles), load_labels(at, GZ2), progress=False)
 
 
 def test_labels_with_repeated_columns_no_rows_or_no_votes_are_one_line_errors(tmp_path):

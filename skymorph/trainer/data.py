@@ -8,7 +8,8 @@ of its answers, or that is a near miss of an answer column, is an error (a typo 
 other columns (``ra``, ``iauname``, ...) are ignored. Galaxy Zoo's own volunteer tables read as they
 are: their spelling (``has-spiral-arms_yes``) is the schema's snake_case, and the quantities they
 derive from the counts (``{answer}_fraction``, ``{answer}_debiased``, ``{question}_total-votes``) are
-ignored, the counts being the data. ``split``, where given, is ``train``, ``validation``,
+ignored, the counts being the data. A row with no votes in any question is left out, with a warning
+(a galaxy still with the volunteers). ``split``, where given, is ``train``, ``validation``,
 ``test`` or empty (see :func:`split_masks`). Images are matched by ``object_id`` in the tile stores of
 a tile list and held in memory as uint8 (100,000 galaxies at 128 x 128 px are 1.6 GB), so an epoch
 never waits on storage.
@@ -16,7 +17,8 @@ Where the labels also say where each image is (``tile`` and ``row`` columns, as 
 ``survey ingest`` and ``catalog pick`` write them), the image is taken from there, and a galaxy found
 only elsewhere is refused: object ids are unique within a survey, not across surveys (synthetic
 surveys all number from 0), so labels given with another survey's tiles would otherwise train on the
-wrong images without a word.
+wrong images without a word. Where they give ``ra`` and ``dec`` instead, as volunteer tables do, a
+galaxy far from its image is refused for the same reason.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import difflib
 import hashlib
 import math
 import queue
+import re
+import sys
 import threading
 from dataclasses import dataclass
 
@@ -69,7 +73,8 @@ class Labels:
     of ``"train"``/``"validation"``/``"test"`` (None where empty), ``source`` (URL) and ``sha256`` of
     the file; optional ``tile`` (n,) tile names (:func:`skymorph.tiles.tile_name`, so that a catalog's
     tile URL, from wherever the survey was copied, and a survey's tile name agree; None where not
-    given) and ``row`` (n,) int64 (-1 where not given): where the labels say each image is."""
+    given) and ``row`` (n,) int64 (-1 where not given): where the labels say each image is; optional
+    ``ra_dec`` (n, 2) degrees, NaN where not given: where the labels say each galaxy is on the sky."""
 
     object_id: np.ndarray
     votes: np.ndarray
@@ -78,6 +83,7 @@ class Labels:
     sha256: str
     tile: np.ndarray | None = None
     row: np.ndarray | None = None
+    ra_dec: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.object_id)
@@ -85,7 +91,7 @@ class Labels:
     def subset(self, index: np.ndarray) -> Labels:
         pick = lambda a: None if a is None else a[index]  # noqa: E731
         return Labels(self.object_id[index], self.votes[index], pick(self.split), self.source, self.sha256,
-                      pick(self.tile), pick(self.row))
+                      pick(self.tile), pick(self.row), pick(self.ra_dec))
 
 
 def _locations(table) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -122,6 +128,18 @@ def _locations(table) -> tuple[np.ndarray | None, np.ndarray | None]:
     # an empty cell is no location: a CSV reads it as "", not null
     names = np.array([tile_name(value) if value else None for value in distinct.to_pylist()], dtype=object)
     return names[pc.index_in(tile, value_set=distinct, skip_nulls=False).to_numpy()], rows
+
+
+def _sky_positions(url: str, table) -> np.ndarray | None:
+    """``(n, 2)`` (ra, dec) in degrees from the labels' ``ra`` and ``dec`` columns (NaN where empty), or
+    None without both: volunteer tables give them, and :func:`load_images` checks them against the tiles'."""
+    names = table.column_names
+    if "ra" not in names or "dec" not in names:
+        return None
+    try:
+        return np.stack([table.column(c).to_numpy(zero_copy_only=False).astype(np.float64) for c in ("ra", "dec")], axis=1)
+    except (TypeError, ValueError) as err:
+        raise InputError(f"labels {url!r} columns ra and dec must be degrees, as numbers ({first_line(err, 120)})") from None
 
 
 def _read_table(url: str, storage_options):
@@ -195,20 +213,82 @@ def _check_no_catalog_columns(url: str, names: list[str], schema: Schema) -> Non
         )
 
 
-def _schema_spelling(url: str, names: list[str], schema: Schema) -> dict[str, str]:
-    """``{name as the schema spells it: name in the file}`` for every column, in the file's order. Galaxy
-    Zoo's volunteer tables and Zoobot spell answers ``has-spiral-arms_yes`` and totals
+def _spellings(names: list[str], schema: Schema) -> dict[str, tuple[str, ...]]:
+    """``{column as the schema spells it: its name(s) in the file}``, in the file's order. Galaxy Zoo's
+    volunteer tables and Zoobot spell answers ``has-spiral-arms_yes`` and totals
     ``smooth-or-featured_total-votes``; a column whose snake_case starts like a question of ``schema``
-    takes that spelling. Two columns that spell one name are an error (which would be the votes?)."""
+    takes that spelling. An answer may be spelt both ways in one file (labels in the schema's spelling
+    with a volunteer table's rows added): :func:`_read_counts` combines the two."""
     prefixes = tuple(f"{q}_" for q in schema.question_names)
-    spelt: dict[str, str] = {}
+    spellings: dict[str, list[str]] = {}
     for name in names:
         ours = snake_case(name)
-        ours = ours if ours != name and ours.startswith(prefixes) else name
-        if ours in spelt:
-            raise InputError(f"labels {url!r} columns {spelt[ours]!r} and {name!r} are both {ours!r}; keep one of them")
-        spelt[ours] = name
-    return spelt
+        spellings.setdefault(ours if ours != name and ours.startswith(prefixes) else name, []).append(name)
+    return {ours: tuple(spelt) for ours, spelt in spellings.items()}
+
+
+def _object_ids(url: str, column) -> np.ndarray:
+    """The ``object_id`` column as int64, cast in Arrow: whole-number floats (pandas' integers after a
+    merge with a missing value) pass, and ids above 2^53 stay exact. One-line errors for an empty cell,
+    a fraction, an id beyond int64, and text (a survey's name for its galaxies, such as GZ's iauname)."""
+    import pyarrow as pa
+
+    if column.null_count:
+        raise InputError(f"labels {url!r}: object_id is empty in {column.null_count} row(s); give every row its galaxy's id")
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        raise InputError(
+            f"labels {url!r}: object_id holds text ({column[0].as_py()!r}), not the integer ids of the tile stores; take "
+            "each galaxy's object_id from `survey ingest`'s labels.parquet or a pick's batch file"
+        )
+    try:
+        return column.cast(pa.int64(), safe=True).to_numpy()
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
+        raise InputError(f"labels {url!r}: object_id must hold whole numbers within int64 ({first_line(err, 120)})") from None
+
+
+def _read_counts(url: str, table, object_id: np.ndarray, spellings: tuple[str, ...]) -> np.ndarray:
+    """One answer's counts as float64, NaN where empty. An answer spelt two ways is combined where each row
+    has it in one spelling only; a row with counts in both is an error (which would be its votes?)."""
+    combined = None
+    for name in spellings:
+        try:
+            values = table.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
+        except (TypeError, ValueError) as err:
+            raise InputError(f"labels {url!r} column {name!r} must hold vote counts, not text ({err})") from err
+        if combined is None:
+            combined = values
+            continue
+        both = ~np.isnan(combined) & ~np.isnan(values)
+        if both.any():
+            raise InputError(
+                f"labels {url!r}: object_id {int(object_id[np.argmax(both)])} has counts in both {spellings[0]!r} and "
+                f"{name!r}, two spellings of one answer; keep one count per galaxy"
+            )
+        combined = np.where(np.isnan(combined), values, combined)
+    return combined
+
+
+def _why_not(name: str, schema: Schema) -> str:
+    """What a column that starts like a question of ``schema`` but names none of its answers likely is: an
+    answer of another built-in tree (whose near-miss answer here would be another answer, not a typo:
+    decals' ``bar_weak`` for gz2's ``bar_yes``), Zoobot's spelling with a campaign suffix
+    (``smooth-or-featured-dr5_smooth``), or a typo ("Did you mean")."""
+    from skymorph.schema import BUILTIN_SCHEMAS
+
+    question = next((q for q in schema.questions if name.startswith(f"{q.name}_")), None)
+    for other in BUILTIN_SCHEMAS.values():
+        if other.name != schema.name and name in other.answer_columns:
+            theirs = f"; its {question.name!r} answers are {', '.join(question.answers)}" if question else ""
+            return f" It is an answer of schema {other.name!r} (--schema {other.name} if these are its votes){theirs}."
+    campaign = re.match(r"^(?P<question>[a-z0-9_]+?)_(?P<campaign>dr\d+|gz2|cd)_(?P<rest>.+)$", name)
+    if campaign and f"{campaign['question']}_{campaign['rest']}" in set(schema.answer_columns) | set(_derived_columns(schema)):
+        return (f" It is {campaign['question']}_{campaign['rest']!s} with Zoobot's campaign suffix "
+                f"{campaign['campaign']!r}: rename the columns without it (votes of one campaign's tree).")
+    if close := did_you_mean(name, schema.answer_columns):
+        return close
+    if question:
+        return f" Question {question.name!r} has answers {', '.join(question.answers)}."
+    return f" Its answers: {', '.join(schema.answer_columns)}"
 
 
 def _derived_columns(schema: Schema) -> dict[str, str]:
@@ -220,7 +300,7 @@ def _derived_columns(schema: Schema) -> dict[str, str]:
     return derived
 
 
-def _check_counts_beside_derived(url: str, names: list[str], spelt: dict, derived: dict, schema: Schema) -> None:
+def _check_counts_beside_derived(url: str, names: list[str], said: dict, derived: dict, schema: Schema) -> None:
     """A one-line error for a question with Galaxy Zoo's fractions or totals but no counts: ignored like
     every derived column, its votes would be lost without a word, and the losses need counts (a vote
     fraction says nothing of how sure the volunteers were)."""
@@ -229,7 +309,7 @@ def _check_counts_beside_derived(url: str, names: list[str], spelt: dict, derive
     for name in names:
         if name in derived and derived[name] not in counted:
             raise InputError(
-                f"labels {url!r} column {spelt[name]!r} is derived from vote counts, but question {derived[name]!r} has no "
+                f"labels {url!r} column {said[name]} is derived from vote counts, but question {derived[name]!r} has no "
                 f"count columns ({{question}}_{{answer}}); training needs the counts: give them (a fraction times the "
                 "question's total votes), or leave the question's columns out"
             )
@@ -245,8 +325,6 @@ def load_labels(url: str, schema: Schema, storage_options=None) -> Labels:
     votes); a question with Galaxy Zoo's fractions or totals but no counts; negative counts; no vote
     column of the schema at all, or no vote in any of them.
     """
-    import pyarrow as pa
-
     table, sha256 = _read_table(str(url), storage_options)
     names = table.column_names
     twice = sorted({name for name in names if names.count(name) > 1})
@@ -254,9 +332,9 @@ def load_labels(url: str, schema: Schema, storage_options=None) -> Labels:
         raise InputError(f"labels {url!r} has more than one column named {' and '.join(map(repr, twice))}; keep one of each")
     if "object_id" not in names:
         raise InputError(f"labels {url!r} has no object_id column (columns: {', '.join(names[:12])})")
-    spelt = _schema_spelling(url, names, schema)  # the schema's name of a column -> the file's
+    spelt = _spellings(names, schema)  # the schema's name of a column -> the file's name(s)
+    said = {ours: " / ".join(map(repr, spellings)) for ours, spellings in spelt.items()}  # for messages
     names = list(spelt)
-    table = table.rename_columns(names)
     answers = set(schema.answer_columns)
     _check_not_other_labels(url, names, schema)
     prefixes = tuple(f"{q}_" for q in schema.question_names)
@@ -266,11 +344,8 @@ def load_labels(url: str, schema: Schema, storage_options=None) -> Labels:
         if name in derived:
             continue
         if name not in answers and (name.startswith(prefixes) or difflib.get_close_matches(name, answers, n=1, cutoff=0.85)):
-            raise SchemaError(
-                f"labels {url!r} column {spelt[name]!r} is not an answer of schema {schema.name!r}."
-                + (did_you_mean(name, schema.answer_columns) or f" Its answers: {', '.join(schema.answer_columns)}")
-            )
-    _check_counts_beside_derived(url, names, spelt, derived, schema)
+            raise SchemaError(f"labels {url!r} column {said[name]} is not an answer of schema {schema.name!r}." + _why_not(name, schema))
+    _check_counts_beside_derived(url, names, said, derived, schema)
     present = [c for c in schema.answer_columns if c in names]
     if not present:
         raise SchemaError(
@@ -287,36 +362,37 @@ def load_labels(url: str, schema: Schema, storage_options=None) -> Labels:
             )
     if not table.num_rows:  # before the type checks: the columns of a header-only CSV have no type
         raise InputError(f"labels {url!r} has no rows, only a header; give one row of vote counts per galaxy")
-    try:
-        object_id = table.column("object_id").to_numpy().astype(np.int64, casting="safe")
-    except (TypeError, ValueError, pa.ArrowInvalid) as err:
-        raise InputError(f"labels {url!r}: object_id must be integers without gaps ({first_line(err, 120)})") from err
+    object_id = _object_ids(url, table.column("object_id"))
     unique, counts = np.unique(object_id, return_counts=True)
     if (counts > 1).any():
         raise InputError(f"labels {url!r} lists object_id {int(unique[counts > 1][0])} more than once")
     votes = np.zeros((len(object_id), schema.n_answers), dtype=np.int64)
     empty = np.zeros((len(object_id), schema.n_answers), dtype=bool)
     for column in present:
-        try:
-            values = table.column(column).to_numpy(zero_copy_only=False).astype(np.float64)
-        except (TypeError, ValueError) as err:
-            raise InputError(f"labels {url!r} column {spelt[column]!r} must hold vote counts, not text ({err})") from err
+        values = _read_counts(url, table, object_id, spelt[column])
         empty[:, schema.answer_columns.index(column)] = np.isnan(values)
         values = np.nan_to_num(values, nan=0.0)
         if (values < 0).any() or (values != np.round(values)).any():
-            raise InputError(f"labels {url!r} column {spelt[column]!r} must hold non-negative integer vote counts")
+            raise InputError(f"labels {url!r} column {said[column]} must hold non-negative integer vote counts")
         if (values > MAX_VOTES).any():
-            raise InputError(f"labels {url!r} column {spelt[column]!r} holds a count of {values.max():g} votes; counts above "
+            raise InputError(f"labels {url!r} column {said[column]} holds a count of {values.max():g} votes; counts above "
                              f"{MAX_VOTES:,} are not volunteer votes (the losses are computed in float32)")
         votes[:, schema.answer_columns.index(column)] = values.astype(np.int64)
-    _check_whole_questions(url, object_id, empty, schema)
+    _check_whole_questions(url, object_id, empty, schema, said)
     if not votes.any():  # every loss would be exactly 0 and every metric undefined
         raise InputError(
             f"labels {url!r} hold no votes at all: every count in its {len(present)} answer column(s) of schema "
             f"{schema.name!r} is 0 or empty; give the volunteers' vote counts"
         )
     split = _read_split(url, table) if "split" in names else None
-    return Labels(object_id, votes, split, str(url), sha256, *_locations(table))
+    labels = Labels(object_id, votes, split, str(url), sha256, *_locations(table), _sky_positions(url, table))
+    unvoted = ~votes.any(axis=1)
+    if unvoted.any():  # a batch still with the volunteers, merged in: no loss, no metric, but counted as labelled
+        print(f"skymorph: warning: labels {url!r}: {int(unvoted.sum())} row(s) hold no votes in any question (first: "
+              f"object_id {int(object_id[np.argmax(unvoted)])}), galaxies nobody has classified yet; they are left out",
+              file=sys.stderr)
+        labels = labels.subset(np.flatnonzero(~unvoted))
+    return labels
 
 
 def _read_split(url: str, table) -> np.ndarray | None:
@@ -337,20 +413,21 @@ def _read_split(url: str, table) -> np.ndarray | None:
     return None if (split == None).all() else split  # noqa: E711 -- a column of empty cells splits nothing
 
 
-def _check_whole_questions(url: str, object_id: np.ndarray, empty: np.ndarray, schema: Schema) -> None:
+def _check_whole_questions(url: str, object_id: np.ndarray, empty: np.ndarray, schema: Schema, said: dict) -> None:
     """A one-line error for a row with some of a question's answers empty and others not: those cells would
     read as no votes (labels merged from votes without one answer's column lose that answer's votes).
-    A question left empty in all its answers is a question nobody was asked there."""
+    A question left empty in all its answers is a question nobody was asked there. ``said``: how the file
+    spells each column, for the message."""
     for question, answers in zip(schema.question_names, schema.question_slices):
         cells = empty[:, answers]
         partly = np.flatnonzero(cells.any(axis=1) & ~cells.all(axis=1))
         if len(partly):
             row = int(partly[0])
-            missing = [schema.answer_columns[answers][i] for i in np.flatnonzero(cells[row])]
+            missing = [said[schema.answer_columns[answers][i]] for i in np.flatnonzero(cells[row])]
             more = f" ({len(partly) - 1} more row(s) like it)" if len(partly) > 1 else ""
             raise InputError(
                 f"labels {url!r}: object_id {int(object_id[row])} has counts for question {question!r} but an empty "
-                f"{', '.join(map(repr, missing))}{more}; give every answer's count, 0 where no volunteer chose it (a "
+                f"{', '.join(missing)}{more}; give every answer's count, 0 where no volunteer chose it (a "
                 "pivot or unstack leaves those empty: fill the vote columns with 0), or leave all of the question's "
                 "cells empty"
             )
@@ -442,6 +519,8 @@ def load_images(tile_urls: list[str], labels: Labels, *, drop_unmatched: bool = 
             images[targets] = taken
             found[targets] = True
             found_in[targets], found_at[targets] = url, at[sel]
+    if labels.ra_dec is not None:
+        _check_labelled_positions(labels, found, found_at, found_in)
     misplaced = np.flatnonzero(~found & (elsewhere_row >= 0))
     if len(misplaced) and not drop_unmatched:
         target = int(misplaced[0])
@@ -469,6 +548,38 @@ def load_images(tile_urls: list[str], labels: Labels, *, drop_unmatched: bool = 
 
 
 _SAME_GALAXY_ARCSEC = 1.0
+_LABELLED_POSITION_ARCSEC = 5.0
+"""How far a galaxy's image may be from where its labels put it: their positions may come from another
+catalog of the same galaxies (an extended galaxy's centre differs by an arcsecond or so), while a
+galaxy of another survey that shares its object id lies arcminutes to degrees away."""
+
+
+def _check_labelled_positions(labels: Labels, found, found_at, found_in) -> None:
+    """Refuse labels whose ``ra``/``dec`` put a galaxy more than :data:`_LABELLED_POSITION_ARCSEC` from its
+    image in the tiles: labels of another survey, whose object ids name other galaxies here (a volunteer
+    table has no ``tile`` and ``row`` to tell). Empty positions and tiles with placeholder positions
+    (cutouts ingested without coordinates) are not compared."""
+    from astropy.coordinates import angular_separation
+
+    compared = np.flatnonzero(found & np.isfinite(labels.ra_dec).all(axis=1) & np.isfinite(found_at).all(axis=1))
+    if not len(compared):
+        return
+    said, image = labels.ra_dec[compared], found_at[compared]
+    arcsec = np.degrees(angular_separation(*np.radians(said.T), *np.radians(image.T))) * 3600
+    apart = np.flatnonzero(arcsec > _LABELLED_POSITION_ARCSEC)
+    if len(apart):
+        first = int(compared[apart[0]])
+        more = f" ({len(apart) - 1} more like it)" if len(apart) > 1 else ""
+        raise InputError(
+            f"labels {labels.source!r} put object_id {int(labels.object_id[first])} at ra, dec = {said[apart[0], 0]:.6f}, "
+            f"{said[apart[0], 1]:.6f}, {_arcsec_text(arcsec[apart[0]])} from the galaxy of that id in tile "
+            f"{found_in[first]!r}{more}: these labels are of another survey's galaxies (object ids are unique only "
+            "within a survey); give the tiles they were made from"
+        )
+
+
+def _arcsec_text(arcsec: float) -> str:
+    return f'{arcsec:.1f}"' if arcsec < 60 else f"{arcsec / 60:.1f}'" if arcsec < 3600 else f"{arcsec / 3600:.2f} deg"
 
 
 def _check_same_galaxy(labels: Labels, targets, found, positions_pair, images_pair, found_in, url: str) -> None:

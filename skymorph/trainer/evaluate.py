@@ -297,13 +297,11 @@ def evaluate(
         train_mask, val_mask = split_masks(table, float(config.get("val_fraction", 0.1)), int(config.get("seed", 0)))
         table = table.subset(np.flatnonzero(val_mask if split == "validation" else train_mask))
         if not len(table):
-            raise InputError(f"labels {labels!r} have no {split} galaxies")
+            raise InputError(f"labels {labels!r} have no {split} galaxies with votes, so there is nothing to compare with")
     images, table = load_images(read_tiles(tiles, storage_options), table, drop_unmatched=drop_unmatched, storage_options=storage_options, progress=progress)
     if images.shape[1:] != tuple(meta.input.shape):
         raise InputError(f"checkpoint {checkpoint!r} takes {meta.input.shape} images but tiles {tiles!r} hold {images.shape[1:]}; "
                          "give the tiles it was trained on (or ingested at its size)")
-    if not table.votes.any():  # load_labels refuses labels without votes; a split of them can still have none
-        raise InputError(f"labels {labels!r}: the {len(table)} {split} galaxies have no votes, so there is nothing to compare with")
     true = _read_truth(truth, table.object_id, schema, storage_options) if truth else None  # before the slow part
 
     outputs = predict(model, images, samples, seed, batch_size, progress, tta=tta)
