@@ -750,18 +750,22 @@ def test_a_lost_scheduler_leaves_the_catalog_unfinished_and_a_rerun_completes_it
     assert_exact(catalog, tiny_model, tiles)
 
 
-def test_a_run_whose_workers_all_leave_stops_after_the_worker_timeout_and_resumes(tiny_model, tmp_path):
-    """Without workers, the tasks waited for one forever: a DaskJob whose workers were evicted never ended."""
+def test_a_gpu_run_whose_gpu_workers_all_leave_stops_after_the_worker_timeout_and_resumes(tiny_model, tmp_path):
+    """Without workers that can run them, the tasks waited for one forever: a DaskJob whose GPU workers were
+    evicted never ended, nor does one left with CPU workers only."""
+    from distributed import Client
+
     from skymorph.catalog.writer import read_manifest
     from skymorph.inference.job import RunConfig, run_survey
 
     tiles = make_tiles(str(tmp_path), n_tiles=8, per_tile=128)
     catalog = str(tmp_path / "catalog")
     stderr = tmp_path / "driver.err"
-    with dask_processes(str(tmp_path), [["--nthreads", "1", "--no-nanny"]]) as procs, open(stderr, "w") as err:
+    gpu_worker, cpu_worker = ["--nthreads", "1", "--no-nanny", "--resources", "GPU=1"], ["--nthreads", "1"]
+    with dask_processes(str(tmp_path), [gpu_worker, cpu_worker]) as procs, open(stderr, "w") as err:
         driver = subprocess.Popen([sys.executable, "-m", "skymorph.cli", "run", "--tiles", str(tmp_path / "tiles.txt"),
                                    "--model", tiny_model, "--out", catalog, "--rows-per-task", "32", "--batch-size", "32",
-                                   "--catalog-order", "3", "--scheduler", procs.address, "--worker-timeout", "2"],
+                                   "--catalog-order", "3", "--scheduler", procs.address, "--gpu", "--worker-timeout", "2"],
                                   stdout=subprocess.DEVNULL, stderr=err)
         try:
             wait_for(lambda: (m := read_manifest(catalog)) is not None and len(m.ranges) >= 2, 120, "some finished ranges")
@@ -774,19 +778,21 @@ def test_a_run_whose_workers_all_leave_stops_after_the_worker_timeout_and_resume
                 driver.wait(timeout=30)
         errors = [line for line in stderr.read_text().splitlines() if line.startswith("skymorph: error:")]
         assert code == 2 and errors == [
-            f"skymorph: error: the Dask scheduler at {procs.address} has had no worker for 2 s (--worker-timeout); the "
-            f"catalog is left unfinished, its finished tile ranges kept: start workers (`dask worker {procs.address}`) "
-            "and run the same command again to resume"], stderr.read_text()
+            f"skymorph: error: the Dask scheduler at {procs.address} has had no worker with resource GPU for 2 s "
+            "(--worker-timeout); the catalog is left unfinished, its finished tile ranges kept: start workers (`dask worker "
+            f"{procs.address} --resources GPU=1`) and run the same command again to resume"], stderr.read_text()
         assert not os.path.exists(f"{catalog}/hats.properties")
         done_before = set(read_manifest(catalog).ranges)
 
         dask = os.path.join(os.path.dirname(sys.executable), "dask")
-        worker = subprocess.Popen([dask, "worker", procs.address, "--nthreads", "1", "--no-dashboard"],
+        worker = subprocess.Popen([dask, "worker", procs.address, "--nthreads", "1", "--no-dashboard", "--resources", "GPU=1"],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
+            with Client(procs.address) as client:  # else the run is refused: no worker with GPU=1
+                client.wait_for_workers(2, timeout=60)
             report = run_survey(RunConfig(tiles=str(tmp_path / "tiles.txt"), model=tiny_model, out=catalog,
                                           scheduler=procs.address, rows_per_task=32, batch_size=32, catalog_order=3,
-                                          worker_timeout=60, progress=False))
+                                          gpu=True, worker_timeout=60, progress=False))
         finally:
             worker.kill()
             worker.wait(timeout=30)

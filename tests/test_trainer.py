@@ -732,6 +732,7 @@ def test_a_galaxy_zoo_volunteer_table_reads_as_its_counts(tmp_path):
             export[gz_name] = counts[f"{q}_{a}"]
             export[f"{gz_name}_fraction"] = counts[f"{q}_{a}"] / np.maximum(total, 1)
             export[f"{gz_name}_debiased"] = rng.uniform(size=6)
+    export["Bar Length (kpc)"] = export["Merging-Flag"] = 1.0  # a survey's own columns: not votes, ignored
     export.to_csv(tmp_path / "export.csv", index=False)
     assert "smooth-or-featured_featured-or-disk_fraction" in export and "bar_total-votes" in export
 

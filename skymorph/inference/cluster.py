@@ -20,7 +20,7 @@ from distributed import WorkerPlugin
 from skymorph.errors import InputError
 
 __all__ = ["ClusterSpec", "LocalSizing", "local_sizing", "usable_cores", "connect", "scheduler_address", "threads_by_host",
-           "worker_host", "GPU_WORKER", "task_resources", "require_resources"]
+           "worker_host", "GPU_WORKER", "task_resources", "has_resources", "require_resources"]
 
 CLUSTER_KINDS = ("local", "slurm")
 
@@ -140,6 +140,11 @@ def task_resources(gpu: bool) -> dict | None:
     return {name: amount / 64 for name, amount in GPU_WORKER.items()} if gpu else None
 
 
+def has_resources(worker_info: dict, resources: dict | None) -> bool:
+    """Whether a worker (its entry in ``client.scheduler_info()["workers"]``) has every one of ``resources``."""
+    return all(worker_info.get("resources", {}).get(name, 0) >= amount for name, amount in (resources or {}).items())
+
+
 def require_resources(client, resources: dict | None, wanted_by: str, alternative: str = "") -> None:
     """A one-line :class:`InputError` unless some connected worker advertises all of ``resources``
     (:data:`GPU_WORKER`): Dask would otherwise hold the tasks forever without a word. ``wanted_by`` names
@@ -148,8 +153,7 @@ def require_resources(client, resources: dict | None, wanted_by: str, alternativ
     if not resources:
         return
     workers = list(client.scheduler_info(n_workers=-1)["workers"].values())
-    if not workers or any(all(info.get("resources", {}).get(name, 0) >= amount for name, amount in resources.items())
-                          for info in workers):
+    if not workers or any(has_resources(info, resources) for info in workers):
         return
     flags = " ".join(f"{name}={amount}" for name, amount in resources.items())
     address = client.scheduler.address

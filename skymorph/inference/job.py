@@ -50,7 +50,8 @@ class RunConfig:
     ``rows_per_task`` is rounded to whole stored chunks; ``max_in_flight`` (default: 2 x the cluster's
     Dask threads, at least 4) bounds submitted-but-unfinished tasks; ``catalog_order`` is the fixed HEALPix
     partition order (see :mod:`skymorph.catalog.layout`); ``worker_timeout`` (seconds, default: wait) stops
-    a run, resumable, once the scheduler has had no worker for that long, at the start or mid-run.
+    a run, resumable, once the scheduler has had no worker for its tasks (one with ``GPU=1`` for ``gpu``)
+    for that long, at the start or mid-run.
     """
 
     tiles: str
@@ -460,7 +461,9 @@ def _run_tasks(config: RunConfig, client, job, resources, plan: _Plan, manifest,
     address = client.scheduler.address
     try:
         submit_until_full()
-        for future in _arrivals(pending, client, config.worker_timeout):
+        spec = config.cluster_spec()
+        own_cluster = not (spec.scheduler_file or spec.address)
+        for future in _arrivals(pending, client, config.worker_timeout, resources, own_cluster):
             lock.check_held()  # a run that lost its lock records nothing more
             tile, start, stop = in_flight.pop(future.key)
             try:
@@ -499,10 +502,7 @@ def _run_tasks(config: RunConfig, client, job, resources, plan: _Plan, manifest,
             submit_until_full()
     except (CancelledError, ClosedClientError) as err:
         # not a failure of the tiles in flight: recording them as such would finish a catalog missing them
-        raise ClusterError(
-            f"lost the Dask scheduler at {address} mid-run ({first_line(err, 200)}); the catalog is left unfinished, its "
-            "finished tile ranges kept: run the same command again to resume"
-        ) from err
+        raise _lost_scheduler(address, err) from err
     finally:
         if lock.confirm():
             journal.flush()
@@ -512,10 +512,14 @@ def _run_tasks(config: RunConfig, client, job, resources, plan: _Plan, manifest,
                 client.unregister_worker_plugin(job_name)
 
 
-def _arrivals(pending, client, worker_timeout: float | None):
+def _arrivals(pending, client, worker_timeout: float | None, resources: dict | None, own_cluster: bool):
     """The futures of ``pending`` (``distributed.as_completed``) as they finish; with ``worker_timeout``, a
-    :class:`ClusterError` once the scheduler has had no worker for that many seconds: its tasks would wait
-    for one forever (a worker image that never pulls, workers that never leave a batch queue)."""
+    :class:`ClusterError` once the scheduler has had no worker that can run the tasks (one with
+    ``resources``) for that many seconds: the tasks would wait for one forever (a worker image that never
+    pulls, GPU nodes never granted, workers that never leave a batch queue). ``own_cluster``: the
+    scheduler is the driver's own (--cluster), gone when it exits, so the advice is not to join it."""
+    from skymorph.inference.cluster import has_resources
+
     if worker_timeout is None:
         yield from pending
         return
@@ -523,20 +527,36 @@ def _arrivals(pending, client, worker_timeout: float | None):
     seen = next_check = time.monotonic()
     while not pending.is_empty():
         if pending.has_ready():
+            seen = time.monotonic()  # a finished task: a worker was there
             yield next(pending)
             continue
         now = time.monotonic()
         if now >= next_check:
-            if client.nthreads():
+            try:
+                workers = client.scheduler_info(n_workers=-1)["workers"].values()
+            except OSError as err:  # the scheduler went away between two looks
+                raise _lost_scheduler(address, err) from err
+            if any(has_resources(info, resources) for info in workers):
                 seen = now
             elif now - seen >= worker_timeout:
+                kind = f"worker with resource {', '.join(resources)}" if resources else "worker"
+                flags = "".join(f" --resources {k}=1" for k in (resources or {}))
+                advice = ("find why its workers did not start (--cluster slurm: squeue, the worker jobs' logs)" if own_cluster
+                          else f"start workers (`dask worker {address}{flags}`)")
                 raise ClusterError(
-                    f"the Dask scheduler at {address} has had no worker for {worker_timeout:g} s (--worker-timeout); the "
-                    f"catalog is left unfinished, its finished tile ranges kept: start workers (`dask worker {address}`) "
-                    "and run the same command again to resume"
+                    f"the Dask scheduler at {address} has had no {kind} for {worker_timeout:g} s (--worker-timeout); the "
+                    f"catalog is left unfinished, its finished tile ranges kept: {advice} and run the same command again "
+                    "to resume"
                 )
             next_check = now + min(_WORKER_CHECK_S, worker_timeout / 4)
         time.sleep(_ARRIVAL_POLL_S)
+
+
+def _lost_scheduler(address: str, err: BaseException) -> ClusterError:
+    return ClusterError(
+        f"lost the Dask scheduler at {address} mid-run ({first_line(err, 200)}); the catalog is left unfinished, its "
+        "finished tile ranges kept: run the same command again to resume"
+    )
 
 
 _WORKER_CHECK_S = 5.0

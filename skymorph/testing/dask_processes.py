@@ -41,6 +41,8 @@ def dask_processes(directory: str, worker_args: list[list[str]], timeout_s: floa
 
     dask = os.path.join(os.path.dirname(sys.executable), "dask")
     scheduler_file = os.path.join(directory, "scheduler.json")
+    if os.path.exists(scheduler_file):  # an earlier scheduler's: its address would be taken for the new one's
+        os.remove(scheduler_file)
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--dashboard-address", "127.0.0.1:0",
                                "--scheduler-file", scheduler_file], **quiet)]

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from skymorph.errors import InputError, SchemaError, did_you_mean, first_line
-from skymorph.schema import Schema, snake_case
+from skymorph.schema import Schema
 from skymorph.storage import read_bytes
 
 __all__ = [
@@ -216,13 +216,14 @@ def _check_no_catalog_columns(url: str, names: list[str], schema: Schema) -> Non
 def _spellings(names: list[str], schema: Schema) -> dict[str, tuple[str, ...]]:
     """``{column as the schema spells it: its name(s) in the file}``, in the file's order. Galaxy Zoo's
     volunteer tables and Zoobot spell answers ``has-spiral-arms_yes`` and totals
-    ``smooth-or-featured_total-votes``; a column whose snake_case starts like a question of ``schema``
-    takes that spelling. An answer may be spelt both ways in one file (labels in the schema's spelling
+    ``smooth-or-featured_total-votes``; a column that starts like a question of ``schema`` once its
+    hyphens are underscores takes that spelling (only that: ``Bar Length (kpc)`` stays another column).
+    An answer may be spelt both ways in one file (labels in the schema's spelling
     with a volunteer table's rows added): :func:`_read_counts` combines the two."""
     prefixes = tuple(f"{q}_" for q in schema.question_names)
     spellings: dict[str, list[str]] = {}
     for name in names:
-        ours = snake_case(name)
+        ours = name.replace("-", "_")
         spellings.setdefault(ours if ours != name and ours.startswith(prefixes) else name, []).append(name)
     return {ours: tuple(spelt) for ours, spelt in spellings.items()}
 
