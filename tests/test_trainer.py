@@ -55,6 +55,8 @@ def test_load_labels_reads_votes_in_schema_order_and_rejects_unknown_answers(tmp
     yes, no = GZ2.answer_index("has_spiral_arms", "yes"), GZ2.answer_index("has_spiral_arms", "no")
     assert labels.votes[:, [yes, no]].tolist() == [[1, 3], [2, 0]]
     assert labels.votes.sum() == 7 and labels.split.tolist() == ["train", "validation"]
+    path.write_text("object_id,has_spiral_arms_no,has_spiral_arms_yes,split\n5,3,1,\n7,0,2,\n8,,,train\n")
+    assert load_labels(str(path), GZ2).split is None  # the split named only galaxies left out: the hash split, as recorded
     # some of a question's cells empty: votes merged without one answer's column, which would read as 0
     path.write_text("object_id,has_spiral_arms_no,has_spiral_arms_yes\n5,3,1\n7,,2\n9,,4\n")
     with pytest.raises(InputError, match=r"object_id 7 has counts for question 'has_spiral_arms' but an empty "
@@ -744,17 +746,19 @@ def test_a_galaxy_zoo_volunteer_table_reads_as_its_counts(tmp_path):
     both = pd.concat([plain.iloc[:3], export.iloc[3:]], ignore_index=True)
     both.to_parquet(tmp_path / "both.parquet")
     assert np.array_equal(load_labels(str(tmp_path / "both.parquet"), DECALS).votes, expected.votes)
+    both.drop(columns="iauname").fillna(0).to_parquet(tmp_path / "both.parquet")  # as the whole-question error advises: 0 for the other spelling
+    assert np.array_equal(load_labels(str(tmp_path / "both.parquet"), DECALS).votes, expected.votes)
 
     for columns, message in (
         # a galaxy with counts in both spellings: which would be its votes?
-        ({"bar_no": [1], "bar-no": [1], "bar_strong": [0], "bar_weak": [0]},
+        ({"bar_no": [1], "bar-no": [2], "bar_strong": [0], "bar_weak": [0]},
          "object_id 1 has counts in both 'bar_no' and 'bar-no', two spellings of one answer; keep one count per galaxy"),
         # fractions only (GZ2's Kaggle table): ignored, the question's votes would be lost
         ({"bar_strong": [1], "bar_weak": [0], "bar_no": [2], "has-spiral-arms_yes_fraction": [0.4]},
          "column 'has-spiral-arms_yes_fraction' is derived from vote counts, but question 'has_spiral_arms' has no count columns"),
         ({"bar-medium": [1]}, "column 'bar-medium' is not an answer of schema 'decals'. Question 'bar' has answers strong, weak, no."),
         ({"bar_yes": [1], "bar_no": [1]}, "column 'bar_yes' is not an answer of schema 'decals'. It is an answer of schema 'gz2' "
-                                          "(--schema gz2 if these are its votes); its 'bar' answers are strong, weak, no."),
+                                          "(--schema gz2 if these are its votes); 'bar' of 'decals' has answers strong, weak, no."),
         ({"smooth-or-featured-dr5_smooth": [1]}, "column 'smooth-or-featured-dr5_smooth' is not an answer of schema 'decals'. It "
                                                   "is smooth_or_featured_smooth with Zoobot's campaign suffix 'dr5': rename"),
         # a galaxy zoo name for the galaxy, or pandas' float ids with an empty cell
@@ -762,6 +766,9 @@ def test_a_galaxy_zoo_volunteer_table_reads_as_its_counts(tmp_path):
          "object_id holds text ('J160453.70-041937.4'), not the integer ids of the tile stores"),
         ({"object_id": [1.0, None], "bar_no": [1, 0], "bar_strong": [0, 1], "bar_weak": [0, 0]}, "object_id is empty in 1 row(s)"),
         ({"object_id": [1.5], "bar_no": [1], "bar_strong": [0], "bar_weak": [0]}, "object_id must hold whole numbers within int64"),
+        # an SDSS-sized id as a float has lost its last digits: it would name a neighbouring galaxy
+        ({"object_id": [587722981742084103.0], "bar_no": [1], "bar_strong": [0], "bar_weak": [0]},
+         "object_id is stored as floats, which hold whole numbers only up to 2^53, and these go beyond"),
     ):
         pd.DataFrame({"object_id": [1] * len(next(iter(columns.values()))), **columns}).to_csv(tmp_path / "bad.csv", index=False)
         with pytest.raises((InputError, SchemaError)) as info:
@@ -770,9 +777,11 @@ def test_a_galaxy_zoo_volunteer_table_reads_as_its_counts(tmp_path):
     # pandas' ids after a merge with a missing value: whole-number floats
     plain.assign(object_id=plain.object_id.astype(float)).to_parquet(tmp_path / "floats.parquet")
     assert load_labels(str(tmp_path / "floats.parquet"), DECALS).object_id.tolist() == expected.object_id.tolist()
+    plain.assign(object_id=plain.object_id.astype(str)).to_parquet(tmp_path / "digits.parquet")  # integers kept as text
+    assert load_labels(str(tmp_path / "digits.parquet"), DECALS).object_id.tolist() == expected.object_id.tolist()
 
 
-def test_labels_that_put_a_galaxy_elsewhere_on_the_sky_than_its_image_are_refused(tmp_path):
+def test_labels_that_put_a_galaxy_elsewhere_on_the_sky_than_its_image_are_refused(tmp_path, capsys):
     """A volunteer table has no tile and row, only ra and dec: labels of another survey whose object ids
     coincide trained on that survey's images without a word (both surveys number from 0)."""
     tiles, labels = write_ring_survey(str(tmp_path))  # every galaxy at ra, dec = 10, -5
@@ -786,6 +795,30 @@ def test_labels_that_put_a_galaxy_elsewhere_on_the_sky_than_its_image_are_refuse
     with pytest.raises(InputError, match=r"put object_id 1004 at ra, dec = 10.500000, -5.000000, 29.9' from the galaxy of that "
                                          r"id in tile '.*t0.zarr' \(1 more like it\): these labels are of another survey's"):
         load_images(read_tiles(tiles), load_labels(at, GZ2), progress=False)
+    table.assign(ra=10 / 15).to_parquet(at)  # hours: not another survey
+    with pytest.raises(InputError, match=r"give ra, dec in hours, it seems: read as hours, each of the 47 galaxies far from "
+                                         r"its image \(first: object_id 1000\) is at it; give them in degrees"):
+        load_images(read_tiles(tiles), load_labels(at, GZ2), progress=False)
+    table.assign(ra="0:40:00.0").to_parquet(at)  # sexagesimal text: not compared, as before the check
+    assert len(load_images(read_tiles(tiles), load_labels(at, GZ2), progress=False)[0]) == len(table)
+    assert "columns ra and dec are not numbers" in capsys.readouterr().err
+
+
+def test_a_galaxy_also_in_a_tile_without_positions_is_still_checked_against_the_labels(tmp_path):
+    """The tile read last, with placeholder positions, overwrote the known position: whether the labels were
+    checked depended on the order of the tile list."""
+    from skymorph.tiles import write_tile
+
+    urls = [str(tmp_path / f"t{t}.zarr") for t in range(2)]
+    for url, placeholder in zip(urls, (False, True)):  # one galaxy, the same pixels, its position known in t0 only
+        write_tile(url, np.full((1, 1, 16, 16), 7, np.uint8), np.array([5]), np.array([10.0]), np.array([-5.0]), survey="test",
+                   bands=["grey"], pixel_scale_arcsec=1.0, stretch="none", resize="none",
+                   extra_attrs={"position_is_placeholder": placeholder})
+    at = tmp_path / "at.csv"
+    at.write_text("object_id,has_spiral_arms_yes,has_spiral_arms_no,ra,dec\n5,1,0,40.0,-5.0\n")
+    for order in (urls, urls[::-1]):
+        with pytest.raises(InputError, match="put object_id 5 at ra, dec = 40.000000, -5.000000, 29.88 deg from the galaxy"):
+            load_images(order, load_labels(str(at), GZ2), progress=False)
 
 
 def test_labels_with_repeated_columns_no_rows_or_no_votes_are_one_line_errors(tmp_path):

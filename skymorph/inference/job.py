@@ -502,7 +502,7 @@ def _run_tasks(config: RunConfig, client, job, resources, plan: _Plan, manifest,
             submit_until_full()
     except (CancelledError, ClosedClientError) as err:
         # not a failure of the tiles in flight: recording them as such would finish a catalog missing them
-        raise _lost_scheduler(address, err) from err
+        raise _lost_scheduler(address, first_line(err, 200)) from err
     finally:
         if lock.confirm():
             journal.flush()
@@ -534,8 +534,8 @@ def _arrivals(pending, client, worker_timeout: float | None, resources: dict | N
         if now >= next_check:
             try:
                 workers = client.scheduler_info(n_workers=-1)["workers"].values()
-            except OSError as err:  # the scheduler went away between two looks
-                raise _lost_scheduler(address, err) from err
+            except (OSError, KeyError) as err:  # gone between two looks: a closed client's info has no "workers"
+                raise _lost_scheduler(address, "the client lost its connection") from err
             if any(has_resources(info, resources) for info in workers):
                 seen = now
             elif now - seen >= worker_timeout:
@@ -552,9 +552,9 @@ def _arrivals(pending, client, worker_timeout: float | None, resources: dict | N
         time.sleep(_ARRIVAL_POLL_S)
 
 
-def _lost_scheduler(address: str, err: BaseException) -> ClusterError:
+def _lost_scheduler(address: str, reason: str) -> ClusterError:
     return ClusterError(
-        f"lost the Dask scheduler at {address} mid-run ({first_line(err, 200)}); the catalog is left unfinished, its "
+        f"lost the Dask scheduler at {address} mid-run ({reason}); the catalog is left unfinished, its "
         "finished tile ranges kept: run the same command again to resume"
     )
 

@@ -5,7 +5,8 @@ Labels are a Parquet or CSV table with ``object_id`` and one integer vote-count 
 cells in a row are all empty (null) has no votes there (nobody was asked it), and a row with some of a
 question's cells empty is an error (a merge that lost one answer's votes). A column that starts like a question of the schema (``{question}_``) but names none
 of its answers, or that is a near miss of an answer column, is an error (a typo or another schema);
-other columns (``ra``, ``iauname``, ...) are ignored. Galaxy Zoo's own volunteer tables read as they
+other columns (``iauname``, ...) are ignored, but ``ra`` and ``dec``, where numbers, are checked against
+the tiles (see below). Galaxy Zoo's own volunteer tables read as they
 are: their spelling (``has-spiral-arms_yes``) is the schema's snake_case, and the quantities they
 derive from the counts (``{answer}_fraction``, ``{answer}_debiased``, ``{question}_total-votes``) are
 ignored, the counts being the data. A row with no votes in any question is left out, with a warning
@@ -30,7 +31,7 @@ import queue
 import re
 import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -132,14 +133,17 @@ def _locations(table) -> tuple[np.ndarray | None, np.ndarray | None]:
 
 def _sky_positions(url: str, table) -> np.ndarray | None:
     """``(n, 2)`` (ra, dec) in degrees from the labels' ``ra`` and ``dec`` columns (NaN where empty), or
-    None without both: volunteer tables give them, and :func:`load_images` checks them against the tiles'."""
+    None without both, or (with a warning) where they are not numbers: volunteer tables give them, and
+    :func:`load_images` checks them against the tiles'."""
     names = table.column_names
     if "ra" not in names or "dec" not in names:
         return None
     try:
         return np.stack([table.column(c).to_numpy(zero_copy_only=False).astype(np.float64) for c in ("ra", "dec")], axis=1)
-    except (TypeError, ValueError) as err:
-        raise InputError(f"labels {url!r} columns ra and dec must be degrees, as numbers ({first_line(err, 120)})") from None
+    except (TypeError, ValueError) as err:  # sexagesimal text, say: not read, as before the check existed
+        print(f"skymorph: warning: labels {url!r} columns ra and dec are not numbers ({first_line(err, 80)}), so the "
+              "galaxies' positions are not checked against the tiles'; give them in degrees to check them", file=sys.stderr)
+        return None
 
 
 def _read_table(url: str, storage_options):
@@ -229,27 +233,36 @@ def _spellings(names: list[str], schema: Schema) -> dict[str, tuple[str, ...]]:
 
 
 def _object_ids(url: str, column) -> np.ndarray:
-    """The ``object_id`` column as int64, cast in Arrow: whole-number floats (pandas' integers after a
-    merge with a missing value) pass, and ids above 2^53 stay exact. One-line errors for an empty cell,
-    a fraction, an id beyond int64, and text (a survey's name for its galaxies, such as GZ's iauname)."""
+    """The ``object_id`` column as int64, cast in Arrow: integers, digits stored as text, and whole-number
+    floats up to 2^53 (pandas' integers after a merge with a missing value; a larger float has lost its
+    last digits, and would name a neighbouring galaxy). One-line errors for an empty cell, a fraction, a
+    float beyond 2^53, an id beyond int64, and text (a survey's name for its galaxies: GZ's iauname)."""
     import pyarrow as pa
+    import pyarrow.compute as pc
 
     if column.null_count:
         raise InputError(f"labels {url!r}: object_id is empty in {column.null_count} row(s); give every row its galaxy's id")
-    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+    if pa.types.is_floating(column.type) and len(column) and pc.max(pc.abs(column)).as_py() > 2**53:
         raise InputError(
-            f"labels {url!r}: object_id holds text ({column[0].as_py()!r}), not the integer ids of the tile stores; take "
-            "each galaxy's object_id from `survey ingest`'s labels.parquet or a pick's batch file"
+            f"labels {url!r}: object_id is stored as floats, which hold whole numbers only up to 2^53, and these go beyond "
+            "(a pandas merge with an empty cell turns ids into floats): keep them integers, e.g. with .astype('Int64')"
         )
     try:
         return column.cast(pa.int64(), safe=True).to_numpy()
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            text = next(v for v in column.to_pylist() if not v.strip().removeprefix("-").isdigit())
+            raise InputError(
+                f"labels {url!r}: object_id holds text ({text!r}), not the integer ids of the tile stores; "
+                "take each galaxy's object_id from `survey ingest`'s labels.parquet or a pick's batch file"
+            ) from None
         raise InputError(f"labels {url!r}: object_id must hold whole numbers within int64 ({first_line(err, 120)})") from None
 
 
 def _read_counts(url: str, table, object_id: np.ndarray, spellings: tuple[str, ...]) -> np.ndarray:
-    """One answer's counts as float64, NaN where empty. An answer spelt two ways is combined where each row
-    has it in one spelling only; a row with counts in both is an error (which would be its votes?)."""
+    """One answer's counts as float64, NaN where empty. An answer spelt two ways is combined row by row: a
+    cell empty or 0 in one spelling takes the other's (a concatenation filled with 0 puts 0 where the
+    other table had no column); a row with two different non-zero counts is an error (which is it?)."""
     combined = None
     for name in spellings:
         try:
@@ -259,13 +272,13 @@ def _read_counts(url: str, table, object_id: np.ndarray, spellings: tuple[str, .
         if combined is None:
             combined = values
             continue
-        both = ~np.isnan(combined) & ~np.isnan(values)
+        both = (combined > 0) & (values > 0) & (combined != values)  # NaN compares False: an empty cell is no count
         if both.any():
             raise InputError(
                 f"labels {url!r}: object_id {int(object_id[np.argmax(both)])} has counts in both {spellings[0]!r} and "
                 f"{name!r}, two spellings of one answer; keep one count per galaxy"
             )
-        combined = np.where(np.isnan(combined), values, combined)
+        combined = np.where(np.isnan(combined) | ((combined == 0) & (values > 0)), values, combined)
     return combined
 
 
@@ -279,7 +292,7 @@ def _why_not(name: str, schema: Schema) -> str:
     question = next((q for q in schema.questions if name.startswith(f"{q.name}_")), None)
     for other in BUILTIN_SCHEMAS.values():
         if other.name != schema.name and name in other.answer_columns:
-            theirs = f"; its {question.name!r} answers are {', '.join(question.answers)}" if question else ""
+            theirs = f"; {question.name!r} of {schema.name!r} has answers {', '.join(question.answers)}" if question else ""
             return f" It is an answer of schema {other.name!r} (--schema {other.name} if these are its votes){theirs}."
     campaign = re.match(r"^(?P<question>[a-z0-9_]+?)_(?P<campaign>dr\d+|gz2|cd)_(?P<rest>.+)$", name)
     if campaign and f"{campaign['question']}_{campaign['rest']}" in set(schema.answer_columns) | set(_derived_columns(schema)):
@@ -393,6 +406,8 @@ def load_labels(url: str, schema: Schema, storage_options=None) -> Labels:
               f"object_id {int(object_id[np.argmax(unvoted)])}), galaxies nobody has classified yet; they are left out",
               file=sys.stderr)
         labels = labels.subset(np.flatnonzero(~unvoted))
+        if labels.split is not None and (labels.split == None).all():  # noqa: E711 -- only dropped rows were assigned
+            labels = replace(labels, split=None)
     return labels
 
 
@@ -519,7 +534,8 @@ def load_images(tile_urls: list[str], labels: Labels, *, drop_unmatched: bool = 
                                    (images[targets], taken), found_in, url)
             images[targets] = taken
             found[targets] = True
-            found_in[targets], found_at[targets] = url, at[sel]
+            found_in[targets] = url
+            found_at[targets] = np.where(np.isnan(at[sel]), found_at[targets], at[sel])  # a placeholder tells nothing
     if labels.ra_dec is not None:
         _check_labelled_positions(labels, found, found_at, found_in)
     misplaced = np.flatnonzero(~found & (elsewhere_row >= 0))
@@ -571,6 +587,15 @@ def _check_labelled_positions(labels: Labels, found, found_at, found_in) -> None
     if len(apart):
         first = int(compared[apart[0]])
         more = f" ({len(apart) - 1} more like it)" if len(apart) > 1 else ""
+        for unit, scale in (("hours", np.array([15.0, 1.0])), ("radians", np.degrees(np.ones(2)))):
+            rescaled = said[apart] * scale
+            if (np.degrees(angular_separation(*np.radians(rescaled.T), *np.radians(image[apart].T))) * 3600
+                    <= _LABELLED_POSITION_ARCSEC).all():
+                raise InputError(
+                    f"labels {labels.source!r} give ra, dec in {unit}, it seems: read as {unit}, each of the "
+                    f"{len(apart)} galaxies far from its image (first: object_id {int(labels.object_id[first])}) is "
+                    "at it; give them in degrees"
+                )
         raise InputError(
             f"labels {labels.source!r} put object_id {int(labels.object_id[first])} at ra, dec = {said[apart[0], 0]:.6f}, "
             f"{said[apart[0], 1]:.6f}, {_arcsec_text(arcsec[apart[0]])} from the galaxy of that id in tile "
