@@ -708,6 +708,24 @@ def test_a_run_unregisters_the_job_plugins_of_drivers_that_left_the_scheduler(tm
         assert not any(orphan in worker_plugins for worker_plugins in live.run(lambda dask_worker: list(dask_worker.plugins)).values())
 
 
+def _stop_mid_run(driver: subprocess.Popen, ready, what: str, stop) -> int:
+    """Once ``ready()`` (``what``), ``stop()`` a part of the cluster under the running ``driver`` and return
+    its exit code; a driver still running at the end is killed."""
+    try:
+        wait_for(ready, 120, what)
+        assert driver.poll() is None, f"the driver finished before {what} could be stopped under it: make the job slower"
+        stop()
+        return driver.wait(timeout=120)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait(timeout=30)
+
+
+def _error_lines(stderr) -> list[str]:
+    return [line for line in stderr.read_text().splitlines() if line.startswith("skymorph: error:")]
+
+
 def test_a_lost_scheduler_leaves_the_catalog_unfinished_and_a_rerun_completes_it(s3, s3_bucket, tiny_model, tmp_path):
     """The tasks Dask cancelled when the scheduler died were recorded as failed tiles, and the catalog was
     finished without them: a review's run exited 0 (--allow-failures) with 79% of its rows missing."""
@@ -722,16 +740,8 @@ def test_a_lost_scheduler_leaves_the_catalog_unfinished_and_a_rerun_completes_it
     with dask_processes(str(tmp_path), [["--nthreads", "1", "--no-nanny"]] * 2) as procs, open(stderr, "w") as err:
         driver = subprocess.Popen([sys.executable, "-m", "skymorph.cli", "run", *args, "--scheduler-file", procs.scheduler_file],
                                   env={**os.environ, **s3.env}, stdout=subprocess.DEVNULL, stderr=err)
-        try:
-            wait_for(lambda: len(layout.list_parts(catalog)) >= 3, 120, "the first part files")
-            assert driver.poll() is None, "the driver finished before the scheduler could be killed: make the job slower"
-            procs.scheduler.kill()
-            code = driver.wait(timeout=120)
-        finally:
-            if driver.poll() is None:
-                driver.kill()
-                driver.wait(timeout=30)
-    errors = [line for line in stderr.read_text().splitlines() if line.startswith("skymorph: error:")]
+        code = _stop_mid_run(driver, lambda: len(layout.list_parts(catalog)) >= 3, "the first part files", procs.scheduler.kill)
+    errors = _error_lines(stderr)
     assert code == 2 and len(errors) == 1, stderr.read_text()
     assert errors[0].startswith(f"skymorph: error: lost the Dask scheduler at {procs.address} mid-run (")
     assert errors[0].endswith("the catalog is left unfinished, its finished tile ranges kept: run the same command again to resume")
@@ -767,16 +777,9 @@ def test_a_gpu_run_whose_gpu_workers_all_leave_stops_after_the_worker_timeout_an
                                    "--model", tiny_model, "--out", catalog, "--rows-per-task", "32", "--batch-size", "32",
                                    "--catalog-order", "3", "--scheduler", procs.address, "--gpu", "--worker-timeout", "2"],
                                   stdout=subprocess.DEVNULL, stderr=err)
-        try:
-            wait_for(lambda: (m := read_manifest(catalog)) is not None and len(m.ranges) >= 2, 120, "some finished ranges")
-            assert driver.poll() is None, "the driver finished before its worker could be killed: make the job slower"
-            procs.workers[0].kill()
-            code = driver.wait(timeout=60)
-        finally:
-            if driver.poll() is None:
-                driver.kill()
-                driver.wait(timeout=30)
-        errors = [line for line in stderr.read_text().splitlines() if line.startswith("skymorph: error:")]
+        code = _stop_mid_run(driver, lambda: (m := read_manifest(catalog)) is not None and len(m.ranges) >= 2,
+                             "some finished ranges", procs.workers[0].kill)
+        errors = _error_lines(stderr)
         assert code == 2 and errors == [
             f"skymorph: error: the Dask scheduler at {procs.address} has had no worker with resource GPU for 2 s "
             "(--worker-timeout); the catalog is left unfinished, its finished tile ranges kept: start workers (`dask worker "
