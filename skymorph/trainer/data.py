@@ -3,13 +3,14 @@
 Labels are a Parquet or CSV table with ``object_id`` and one integer vote-count column per answer,
 ``{question}_{answer}``; a missing answer column means nobody gave that answer; a question whose
 cells in a row are all empty (null) has no votes there (nobody was asked it), and a row with some of a
-question's cells empty is an error (a merge that lost one answer's votes). A column that starts like a question of the schema (``{question}_``) but names none
-of its answers, or that is a near miss of an answer column, is an error (a typo or another schema);
+question's cells empty is an error (a merge that lost one answer's votes). A column that starts like a
+question of the schema (``{question}_``) but names none of its answers, or that is a near miss of an
+answer column, is an error (a typo or another schema);
 other columns (``iauname``, ...) are ignored, but ``ra`` and ``dec``, where numbers, are checked against
-the tiles (see below). Galaxy Zoo's own volunteer tables read as they
-are: their spelling (``has-spiral-arms_yes``) is the schema's snake_case, and the quantities they
-derive from the counts (``{answer}_fraction``, ``{answer}_debiased``, ``{question}_total-votes``) are
-ignored, the counts being the data. A row with no votes in any question is left out, with a warning
+the tiles (see below). Galaxy Zoo's own volunteer tables read as they are: their spelling
+(``has-spiral-arms_yes``) reads as the schema's, hyphens as underscores, and the quantities they derive
+from the counts (``{answer}_fraction``, ``{answer}_debiased``, ``{question}_total-votes``) are ignored,
+the counts being the data. A row with no votes in any question is left out, with a warning
 (a galaxy still with the volunteers). ``split``, where given, is ``train``, ``validation``,
 ``test`` or empty (see :func:`split_masks`). Images are matched by ``object_id`` in the tile stores of
 a tile list and held in memory as uint8 (100,000 galaxies at 128 x 128 px are 1.6 GB), so an epoch
@@ -332,11 +333,11 @@ def _check_counts_beside_derived(url: str, names: list[str], said: dict, derived
 def load_labels(url: str, schema: Schema, storage_options=None) -> Labels:
     """Read and validate a labels table against ``schema``.
 
-    One-line errors: a column name given twice, or in both spellings (``bar_no``, ``bar-no``); no
-    ``object_id``; the votes of another built-in schema, or a synthetic survey's truth table; no rows;
-    duplicate object ids; a column naming an answer the schema lacks ("Did you mean ..."); some answers of
-    a question without the others, as columns or as a row's cells (the missing ones would read as no
-    votes); a question with Galaxy Zoo's fractions or totals but no counts; negative counts; no vote
+    One-line errors: a column name given twice; a galaxy with two different counts for one answer spelt
+    both ways (``bar_no``, ``bar-no``); no ``object_id``, or ids that are not whole numbers; the votes of
+    another built-in schema, or a synthetic survey's truth table; no rows; duplicate object ids; a column
+    naming an answer the schema lacks ("Did you mean ..."); some answers of a question without the
+    others, as columns or as a row's cells (the missing ones would read as no votes); a question with Galaxy Zoo's fractions or totals but no counts; negative counts; no vote
     column of the schema at all, or no vote in any of them.
     """
     table, sha256 = _read_table(str(url), storage_options)
@@ -576,21 +577,17 @@ def _check_labelled_positions(labels: Labels, found, found_at, found_in) -> None
     image in the tiles: labels of another survey, whose object ids name other galaxies here (a volunteer
     table has no ``tile`` and ``row`` to tell). Empty positions and tiles with placeholder positions
     (cutouts ingested without coordinates) are not compared."""
-    from astropy.coordinates import angular_separation
-
     compared = np.flatnonzero(found & np.isfinite(labels.ra_dec).all(axis=1) & np.isfinite(found_at).all(axis=1))
     if not len(compared):
         return
     said, image = labels.ra_dec[compared], found_at[compared]
-    arcsec = np.degrees(angular_separation(*np.radians(said.T), *np.radians(image.T))) * 3600
+    arcsec = _arcsec_between(said, image)
     apart = np.flatnonzero(arcsec > _LABELLED_POSITION_ARCSEC)
     if len(apart):
         first = int(compared[apart[0]])
         more = f" ({len(apart) - 1} more like it)" if len(apart) > 1 else ""
         for unit, scale in (("hours", np.array([15.0, 1.0])), ("radians", np.degrees(np.ones(2)))):
-            rescaled = said[apart] * scale
-            if (np.degrees(angular_separation(*np.radians(rescaled.T), *np.radians(image[apart].T))) * 3600
-                    <= _LABELLED_POSITION_ARCSEC).all():
+            if (_arcsec_between(said[apart] * scale, image[apart]) <= _LABELLED_POSITION_ARCSEC).all():
                 raise InputError(
                     f"labels {labels.source!r} give ra, dec in {unit}, it seems: read as {unit}, each of the "
                     f"{len(apart)} galaxies far from its image (first: object_id {int(labels.object_id[first])}) is "
@@ -604,6 +601,13 @@ def _check_labelled_positions(labels: Labels, found, found_at, found_in) -> None
         )
 
 
+def _arcsec_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Angular separation in arcseconds of the (ra, dec) rows of ``a`` and ``b``, in degrees."""
+    from astropy.coordinates import angular_separation
+
+    return np.degrees(angular_separation(*np.radians(a.T), *np.radians(b.T))) * 3600
+
+
 def _arcsec_text(arcsec: float) -> str:
     return f'{arcsec:.1f}"' if arcsec < 60 else f"{arcsec / 60:.1f}'" if arcsec < 3600 else f"{arcsec / 3600:.2f} deg"
 
@@ -615,14 +619,12 @@ def _check_same_galaxy(labels: Labels, targets, found, positions_pair, images_pa
     galaxies, and the labels would train on whichever tile came last. One galaxy in two overlapping tiles
     of a survey passes: at one position (its two cutouts may differ), or, with placeholder positions,
     as the same pixels."""
-    from astropy.coordinates import angular_separation
-
     again = np.flatnonzero(found)
     if not len(again):
         return
     (before, now), (taken, image) = (p[again] for p in positions_pair), (i[again] for i in images_pair)
     placeholder = np.isnan(before).any(axis=1) | np.isnan(now).any(axis=1)
-    apart = np.degrees(angular_separation(*np.radians(before.T), *np.radians(now.T))) * 3600 > _SAME_GALAXY_ARCSEC
+    apart = _arcsec_between(before, now) > _SAME_GALAXY_ARCSEC
     other_image = (taken != image).reshape(len(again), -1).any(axis=1)
     differ = again[np.where(placeholder, other_image, apart)]
     if len(differ):
