@@ -788,7 +788,8 @@ def test_labels_that_put_a_galaxy_elsewhere_on_the_sky_than_its_image_are_refuse
     table = pd.read_parquet(labels).assign(ra=10 + 3 / 3600, dec=-5.0)  # another catalog's centres: 3" off
     at = str(tmp_path / "at.parquet")
     table.to_parquet(at)
-    images, _ = load_images(read_tiles(tiles), load_labels(at, GZ2), progress=False)
+    images, located = load_images(read_tiles(tiles), load_labels(at, GZ2), progress=False)
+    assert len(images) == len(table) and located.ra_dec[0].tolist() == [10 + 3 / 3600, -5.0]
     table.loc[[4, 9], "ra"] = 10.5
     table.loc[5, "dec"] = None  # no position: not compared
     table.to_parquet(at)
