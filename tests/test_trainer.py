@@ -781,6 +781,33 @@ def test_a_galaxy_zoo_volunteer_table_reads_as_its_counts(tmp_path):
     assert load_labels(str(tmp_path / "digits.parquet"), DECALS).object_id.tolist() == expected.object_id.tolist()
 
 
+def test_galaxy_zoo_2s_own_table_reads_as_gz2_votes(tmp_path):
+    """GZ2's table (Willett et al. 2013; Hart et al. 2016) numbers its tasks and answers
+    (t04_spiral_a08_spiral_count) and gives six columns per answer; it had no vote column of any tree."""
+    from skymorph.schema import DECALS
+    from skymorph.trainer.data import _GZ2_TABLE
+
+    rng = np.random.default_rng(1)
+    counts = {answer: rng.integers(0, 30, 5) for answer in _GZ2_TABLE.values()}
+    pd.DataFrame({"object_id": np.arange(5), **counts}).to_csv(tmp_path / "plain.csv", index=False)
+    columns = {"dr7objid": 587722981742084096 + np.arange(5), "object_id": np.arange(5), "ra": 150.0, "dec": 2.0,
+               "total_classifications": 44, "total_votes": 150}
+    for task_answer, answer in _GZ2_TABLE.items():
+        columns[f"{task_answer}_count"] = counts[answer]
+        for derived in ("weight", "fraction", "weighted_fraction", "debiased", "flag"):
+            columns[f"{task_answer}_{derived}"] = rng.uniform(size=5)
+    columns["t08_odd_feature_a19_ring_count"] = 3  # the kind of odd feature: not a question of the tree
+    table = pd.DataFrame(columns)
+    table.to_csv(tmp_path / "gz2.csv", index=False)
+    assert len(table.columns) == 6 + 6 * 30 + 1
+    expected = load_labels(str(tmp_path / "plain.csv"), GZ2)
+    assert np.array_equal(load_labels(str(tmp_path / "gz2.csv"), GZ2).votes, expected.votes) and expected.votes.sum() > 0
+    assert GZ2.answer_columns == tuple(sorted(_GZ2_TABLE.values(), key=GZ2.answer_columns.index))  # every answer mapped
+    with pytest.raises(SchemaError, match=r"has no vote column of schema 'decals'; they are Galaxy Zoo 2's own table "
+                                          r"\(tNN_..._aNN_..._count\): train with --schema gz2"):
+        load_labels(str(tmp_path / "gz2.csv"), DECALS)
+
+
 def test_labels_that_put_a_galaxy_elsewhere_on_the_sky_than_its_image_are_refused(tmp_path, capsys):
     """A volunteer table has no tile and row, only ra and dec: labels of another survey whose object ids
     coincide trained on that survey's images without a word (both surveys number from 0)."""

@@ -10,7 +10,7 @@ other columns (``iauname``, ...) are ignored, but ``ra`` and ``dec``, where numb
 the tiles (see below). Galaxy Zoo's own volunteer tables read as they are: their spelling
 (``has-spiral-arms_yes``) reads as the schema's, hyphens as underscores, and the quantities they derive
 from the counts (``{answer}_fraction``, ``{answer}_debiased``, ``{question}_total-votes``) are ignored,
-the counts being the data. A row with no votes in any question is left out, with a warning
+the counts being the data; so does Galaxy Zoo 2's own table for schema ``gz2`` (:data:`_GZ2_TABLE`). A row with no votes in any question is left out, with a warning
 (a galaxy still with the volunteers). ``split``, where given, is ``train``, ``validation``,
 ``test`` or empty (see :func:`split_masks`). Images are matched by ``object_id`` in the tile stores of
 a tile list and held in memory as uint8 (100,000 galaxies at 128 x 128 px are 1.6 GB), so an epoch
@@ -57,12 +57,49 @@ _SPLIT_NAMES = {"train": TRAIN, "training": TRAIN, "validation": VALIDATION, "va
 
 _CSV_SUFFIXES = (".csv", ".csv.gz", ".txt")  # labels read as CSV; any other name as Parquet
 
-_ANSWER_DERIVED = ("fraction", "debiased")
+_ANSWER_DERIVED = ("fraction", "debiased", "weight", "weighted_fraction", "flag")
 """What Galaxy Zoo's volunteer tables give beside each answer's count, ``{answer}_{derived}``: the share
-of the question's volunteers, and that share corrected for redshift bias. Derived, so ignored."""
+of the question's volunteers, that share corrected for redshift bias, and (GZ2) the votes and share
+weighted by each volunteer's consistency, and a clean-sample flag. Derived, so ignored."""
 _QUESTION_DERIVED = ("total_votes",)
 """Beside each question's counts: their sum, ignored (Zoobot recomputes it, as GZ DECaLS DR5's totals are
 not always that sum)."""
+
+_GZ2_TABLE = {
+    "t01_smooth_or_features_a01_smooth": "smooth_or_featured_smooth",
+    "t01_smooth_or_features_a02_features_or_disk": "smooth_or_featured_featured_or_disk",
+    "t01_smooth_or_features_a03_star_or_artifact": "smooth_or_featured_artifact",
+    "t02_edgeon_a04_yes": "disk_edge_on_yes",
+    "t02_edgeon_a05_no": "disk_edge_on_no",
+    "t03_bar_a06_bar": "bar_yes",
+    "t03_bar_a07_no_bar": "bar_no",
+    "t04_spiral_a08_spiral": "has_spiral_arms_yes",
+    "t04_spiral_a09_no_spiral": "has_spiral_arms_no",
+    "t05_bulge_prominence_a10_no_bulge": "bulge_size_no",
+    "t05_bulge_prominence_a11_just_noticeable": "bulge_size_just_noticeable",
+    "t05_bulge_prominence_a12_obvious": "bulge_size_obvious",
+    "t05_bulge_prominence_a13_dominant": "bulge_size_dominant",
+    "t06_odd_a14_yes": "something_odd_yes",
+    "t06_odd_a15_no": "something_odd_no",
+    "t07_rounded_a16_completely_round": "how_rounded_round",
+    "t07_rounded_a17_in_between": "how_rounded_in_between",
+    "t07_rounded_a18_cigar_shaped": "how_rounded_cigar",
+    "t09_bulge_shape_a25_rounded": "bulge_shape_round",
+    "t09_bulge_shape_a26_boxy": "bulge_shape_boxy",
+    "t09_bulge_shape_a27_no_bulge": "bulge_shape_no_bulge",
+    "t10_arms_winding_a28_tight": "spiral_winding_tight",
+    "t10_arms_winding_a29_medium": "spiral_winding_medium",
+    "t10_arms_winding_a30_loose": "spiral_winding_loose",
+    "t11_arms_number_a31_1": "spiral_arm_count_1",
+    "t11_arms_number_a32_2": "spiral_arm_count_2",
+    "t11_arms_number_a33_3": "spiral_arm_count_3",
+    "t11_arms_number_a34_4": "spiral_arm_count_4",
+    "t11_arms_number_a36_more_than_4": "spiral_arm_count_more_than_4",
+    "t11_arms_number_a37_cant_tell": "spiral_arm_count_cant_tell",
+}
+"""Galaxy Zoo 2's own table (Willett et al. 2013, as in SkyServer's zoo2MainSpecz; Hart et al. 2016):
+``{task}_{answer}`` -> the answer of schema ``gz2``. Its ``_count`` column is the votes, the others
+(:data:`_ANSWER_DERIVED`) are derived; task 08 (the kind of odd feature) is not in the tree."""
 
 MAX_VOTES = 2**24
 """Largest vote count per answer: float32, in which the losses are computed, holds every integer up to
@@ -228,9 +265,22 @@ def _spellings(names: list[str], schema: Schema) -> dict[str, tuple[str, ...]]:
     prefixes = tuple(f"{q}_" for q in schema.question_names)
     spellings: dict[str, list[str]] = {}
     for name in names:
-        ours = name.replace("-", "_")
-        spellings.setdefault(ours if ours != name and ours.startswith(prefixes) else name, []).append(name)
+        ours = _gz2_table_name(name) if schema.name == "gz2" else None
+        if ours is None:
+            ours = name.replace("-", "_")
+            ours = ours if ours != name and ours.startswith(prefixes) else name
+        spellings.setdefault(ours, []).append(name)
     return {ours: tuple(spelt) for ours, spelt in spellings.items()}
+
+
+def _gz2_table_name(name: str) -> str | None:
+    """The schema ``gz2`` name of a column of Galaxy Zoo 2's own table (:data:`_GZ2_TABLE`):
+    ``t04_spiral_a08_spiral_count`` -> ``has_spiral_arms_yes``, ``..._debiased`` ->
+    ``has_spiral_arms_yes_debiased``; None for any other column."""
+    for suffix in ("count", *_ANSWER_DERIVED):
+        if name.endswith(f"_{suffix}") and (answer := _GZ2_TABLE.get(name[: -len(suffix) - 1])):
+            return answer if suffix == "count" else f"{answer}_{suffix}"
+    return None
 
 
 def _object_ids(url: str, column) -> np.ndarray:
@@ -363,9 +413,11 @@ def load_labels(url: str, schema: Schema, storage_options=None) -> Labels:
     _check_counts_beside_derived(url, names, said, derived, schema)
     present = [c for c in schema.answer_columns if c in names]
     if not present:
+        gz2_table = schema.name != "gz2" and any(_gz2_table_name(name) for name in names)
         raise SchemaError(
-            f"labels {url!r} has no vote column of schema {schema.name!r}; expected {{question}}_{{answer}} "
-            f"columns such as {schema.answer_columns[0]!r}"
+            f"labels {url!r} has no vote column of schema {schema.name!r}; "
+            + ("they are Galaxy Zoo 2's own table (tNN_..._aNN_..._count): train with --schema gz2" if gz2_table else
+               f"expected {{question}}_{{answer}} columns such as {schema.answer_columns[0]!r}")
         )
     for question, answers_of in zip(schema.question_names, schema.question_slices):
         columns = schema.answer_columns[answers_of]
