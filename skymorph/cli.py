@@ -172,7 +172,7 @@ def _add_train_commands(sub) -> None:
     """``skymorph train`` and ``skymorph evaluate``; ``survey ingest`` is added in _add_survey_commands."""
     train = sub.add_parser("train", help="train a Bayesian CNN on vote counts (writes a checkpoint)")
     train.add_argument("--tiles", required=True, metavar="TILELIST", help="tile list file (or one .zarr tile store)")
-    train.add_argument("--labels", required=True, metavar="LABELS", help="Parquet or CSV with object_id and {question}_{answer} vote counts")
+    train.add_argument("--labels", required=True, metavar="LABELS", help="Parquet, CSV or FITS table with object_id and {question}_{answer} vote counts (or a Galaxy Zoo table of them)")
     train.add_argument("--schema", help="gz2, decals or a JSON file (default: the one the labels record, as survey synth and "
                        "ingest write them, else decals; with --resume/--finetune: the checkpoint's)")
     train.add_argument("--arch", help="model architecture (default w20; with --resume/--finetune: the checkpoint's)")
@@ -211,7 +211,7 @@ def _add_train_commands(sub) -> None:
     evaluate = sub.add_parser("evaluate", help="MC-dropout posteriors of a checkpoint against observed votes")
     evaluate.add_argument("checkpoint", metavar="CKPT", help="checkpoint written by `skymorph train` (path or s3:// URL)")
     evaluate.add_argument("--tiles", required=True, metavar="TILELIST", help="tile list file (or one .zarr tile store) holding the galaxies' images")
-    evaluate.add_argument("--labels", required=True, metavar="LABELS", help="Parquet or CSV with object_id and {question}_{answer} vote counts")
+    evaluate.add_argument("--labels", required=True, metavar="LABELS", help="Parquet, CSV or FITS table with object_id and {question}_{answer} vote counts (or a Galaxy Zoo table of them)")
     evaluate.add_argument("--out", required=True, metavar="DIR", help="metrics.json, predictions.parquet and plots go here")
     evaluate.add_argument("--split", choices=("validation", "train", "all"), default="validation",
                           help="galaxies to score: the checkpoint's validation split (default), its train split, or all")

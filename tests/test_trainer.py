@@ -759,8 +759,11 @@ def test_a_galaxy_zoo_volunteer_table_reads_as_its_counts(tmp_path):
         ({"bar-medium": [1]}, "column 'bar-medium' is not an answer of schema 'decals'. Question 'bar' has answers strong, weak, no."),
         ({"bar_yes": [1], "bar_no": [1]}, "column 'bar_yes' is not an answer of schema 'decals'. It is an answer of schema 'gz2' "
                                           "(--schema gz2 if these are its votes); 'bar' of 'decals' has answers strong, weak, no."),
-        ({"smooth-or-featured-dr5_smooth": [1]}, "column 'smooth-or-featured-dr5_smooth' is not an answer of schema 'decals'. It "
-                                                  "is smooth_or_featured_smooth with Zoobot's campaign suffix 'dr5': rename"),
+        ({"smooth-or-featured-dr12_smooth": [1]}, "column 'smooth-or-featured-dr12_smooth' is not an answer of schema 'decals'. "
+                                                   "It is smooth_or_featured_smooth with Zoobot's campaign suffix 'dr12', a "
+                                                   "campaign that did not ask 'decals''s tree."),
+        ({"Class1.1": [0.3], "Class1.2": [0.7]}, "they are the Kaggle Galaxy Zoo challenge's table (Class1.1, ...), vote "
+                                                 "fractions without counts"),
         # a galaxy zoo name for the galaxy, or pandas' float ids with an empty cell
         ({"object_id": ["J160453.70-041937.4"], "bar_no": [1], "bar_strong": [0], "bar_weak": [0]},
          "object_id holds text ('J160453.70-041937.4'), not the integer ids of the tile stores"),
@@ -779,6 +782,12 @@ def test_a_galaxy_zoo_volunteer_table_reads_as_its_counts(tmp_path):
     assert load_labels(str(tmp_path / "floats.parquet"), DECALS).object_id.tolist() == expected.object_id.tolist()
     plain.assign(object_id=plain.object_id.astype(str)).to_parquet(tmp_path / "digits.parquet")  # integers kept as text
     assert load_labels(str(tmp_path / "digits.parquet"), DECALS).object_id.tolist() == expected.object_id.tolist()
+    # Zoobot's spelling of a campaign that asked this tree (DR5, DR8), and gzipped CSV as catalogues are published
+    gz_questions = [q.replace("_", "-") for q in questions]
+    zoobot = export.rename(columns=lambda c: next((f"{q}-dr5{c[len(q):]}" for q in gz_questions if c.startswith(f"{q}_")), c))
+    assert "smooth-or-featured-dr5_featured-or-disk" in zoobot
+    zoobot.to_csv(tmp_path / "zoobot.csv.gz", index=False, compression="gzip")
+    assert np.array_equal(load_labels(str(tmp_path / "zoobot.csv.gz"), DECALS).votes, expected.votes)
 
 
 def test_galaxy_zoo_2s_own_table_reads_as_gz2_votes(tmp_path):
@@ -806,6 +815,15 @@ def test_galaxy_zoo_2s_own_table_reads_as_gz2_votes(tmp_path):
     with pytest.raises(SchemaError, match=r"has no vote column of schema 'decals'; they are Galaxy Zoo 2's own table "
                                           r"\(tNN_..._aNN_..._count\): train with --schema gz2"):
         load_labels(str(tmp_path / "gz2.csv"), DECALS)
+    # its FITS release, upper-case as IDL writes it
+    from astropy.table import Table
+
+    Table.from_pandas(table.rename(columns=lambda c: c if c == "object_id" else c.upper())).write(tmp_path / "gz2.fits")
+    assert np.array_equal(load_labels(str(tmp_path / "gz2.fits"), GZ2).votes, expected.votes)
+    table.drop(columns="object_id").to_csv(tmp_path / "gz2.csv", index=False)  # keyed by SDSS's id only
+    with pytest.raises(InputError, match=r"has no object_id column \(columns: dr7objid, ra, .*\); give each galaxy the "
+                                         r"integer id its tiles hold it by, as object_id"):
+        load_labels(str(tmp_path / "gz2.csv"), GZ2)
 
 
 def test_labels_that_put_a_galaxy_elsewhere_on_the_sky_than_its_image_are_refused(tmp_path, capsys):
@@ -826,6 +844,9 @@ def test_labels_that_put_a_galaxy_elsewhere_on_the_sky_than_its_image_are_refuse
     table.assign(ra=10 / 15).to_parquet(at)  # hours: not another survey
     with pytest.raises(InputError, match=r"give ra, dec in hours, it seems: read as hours, each of the 47 galaxies far from "
                                          r"its image \(first: object_id 1000\) is at it; give them in degrees"):
+        load_images(read_tiles(tiles), load_labels(at, GZ2), progress=False)
+    table.rename(columns={"ra": "RA", "dec": "DEC"}).to_parquet(at)  # as FITS tables spell them
+    with pytest.raises(InputError, match=r"put object_id 1004 at ra, dec = 10.500000"):
         load_images(read_tiles(tiles), load_labels(at, GZ2), progress=False)
     table.assign(ra="0:40:00.0").to_parquet(at)  # sexagesimal text: not compared, as before the check
     assert len(load_images(read_tiles(tiles), load_labels(at, GZ2), progress=False)[0]) == len(table)

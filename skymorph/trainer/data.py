@@ -1,6 +1,6 @@
 """Training data: vote labels, images from tile stores, the train/validation split, augmentation, batches.
 
-Labels are a Parquet or CSV table with ``object_id`` and one integer vote-count column per answer,
+Labels are a Parquet, CSV or FITS table with ``object_id`` and one integer vote-count column per answer,
 ``{question}_{answer}``; a missing answer column means nobody gave that answer; a question whose
 cells in a row are all empty (null) has no votes there (nobody was asked it), and a row with some of a
 question's cells empty is an error (a merge that lost one answer's votes). A column that starts like a
@@ -55,7 +55,8 @@ TRAIN, VALIDATION, TEST = "train", "validation", "test"
 _SPLIT_NAMES = {"train": TRAIN, "training": TRAIN, "validation": VALIDATION, "val": VALIDATION, "valid": VALIDATION,
                 "test": TEST, "testing": TEST, "holdout": TEST}
 
-_CSV_SUFFIXES = (".csv", ".csv.gz", ".txt")  # labels read as CSV; any other name as Parquet
+_CSV_SUFFIXES = (".csv", ".csv.gz", ".txt")  # labels read as CSV, FITS binary tables as FITS; any other name as Parquet
+_FITS_SUFFIXES = (".fits", ".fits.gz", ".fit", ".fit.gz")
 
 _ANSWER_DERIVED = ("fraction", "debiased", "weight", "weighted_fraction", "flag")
 """What Galaxy Zoo's volunteer tables give beside each answer's count, ``{answer}_{derived}``: the share
@@ -170,14 +171,18 @@ def _locations(table) -> tuple[np.ndarray | None, np.ndarray | None]:
 
 
 def _sky_positions(url: str, table) -> np.ndarray | None:
-    """``(n, 2)`` (ra, dec) in degrees from the labels' ``ra`` and ``dec`` columns (NaN where empty), or
+    """``(n, 2)`` (ra, dec) in degrees from the labels' ``ra`` and ``dec`` columns, in either case (NaN where empty), or
     None without both, or (with a warning) where they are not numbers: volunteer tables give them, and
     :func:`load_images` checks them against the tiles'."""
     names = table.column_names
-    if "ra" not in names or "dec" not in names:
+    folded: dict[str, str] = {}
+    for name in names:  # RA and DEC as FITS tables spell them; ra and dec where both are given
+        folded.setdefault(name.lower(), name)
+    columns = [c if c in names else folded.get(c) for c in ("ra", "dec")]
+    if None in columns:
         return None
     try:
-        return np.stack([table.column(c).to_numpy(zero_copy_only=False).astype(np.float64) for c in ("ra", "dec")], axis=1)
+        return np.stack([table.column(c).to_numpy(zero_copy_only=False).astype(np.float64) for c in columns], axis=1)
     except (TypeError, ValueError) as err:  # sexagesimal text, say: not read, as before the check existed
         print(f"skymorph: warning: labels {url!r} columns ra and dec are not numbers ({first_line(err, 80)}), so the "
               "galaxies' positions are not checked against the tiles'; give them in degrees to check them", file=sys.stderr)
@@ -185,21 +190,40 @@ def _sky_positions(url: str, table) -> np.ndarray | None:
 
 
 def _read_table(url: str, storage_options):
+    """``(pyarrow table, sha256 of the file)``: CSV (``.csv``, ``.txt``, gzipped ``.csv.gz`` as Galaxy Zoo 2's
+    table is published), a FITS binary table (``.fits``, ``.fits.gz``), else Parquet."""
+    import gzip
+
     import pyarrow as pa
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
     data = read_bytes(url, storage_options)
+    name = url.lower()
     try:
+        raw = gzip.decompress(data) if name.endswith(".gz") else data
         # One thread, and ParquetFile rather than pq.read_table, whose pyarrow.dataset scan runs threads
         # that can abort the interpreter at exit once torch is loaded (see storage.read_parquet).
-        if url.lower().endswith(_CSV_SUFFIXES):
-            table = pacsv.read_csv(pa.BufferReader(data), read_options=pacsv.ReadOptions(use_threads=False))
+        if name.endswith(_CSV_SUFFIXES):
+            table = pacsv.read_csv(pa.BufferReader(raw), read_options=pacsv.ReadOptions(use_threads=False))
+        elif name.endswith(_FITS_SUFFIXES):
+            table = _read_fits_table(raw)
         else:
-            table = pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False)
+            table = pq.ParquetFile(pa.BufferReader(raw)).read(use_threads=False)
         return table, hashlib.sha256(data).hexdigest()
-    except (pa.ArrowInvalid, OSError) as err:
-        raise InputError(f"labels {url!r} is not a readable Parquet or CSV table ({first_line(err, 120)})") from err
+    except (pa.ArrowInvalid, OSError, ValueError, TypeError) as err:  # gzip.BadGzipFile is an OSError
+        raise InputError(f"labels {url!r} is not a readable Parquet, CSV or FITS table ({first_line(err, 120)})") from err
+
+
+def _read_fits_table(data: bytes):
+    """The first binary table of a FITS file as a pyarrow table (astropy: big-endian columns to native,
+    masked cells to nulls, text columns decoded)."""
+    import io
+
+    import pyarrow as pa
+    from astropy.table import Table
+
+    return pa.Table.from_pandas(Table.read(io.BytesIO(data), format="fits").to_pandas(), preserve_index=False)
 
 
 def labels_schema(url: str, storage_options=None) -> Schema | None:
@@ -212,7 +236,7 @@ def labels_schema(url: str, storage_options=None) -> Schema | None:
 
     import pyarrow as pa
 
-    if str(url).lower().endswith(_CSV_SUFFIXES):
+    if str(url).lower().endswith(_CSV_SUFFIXES + _FITS_SUFFIXES):
         return None
     try:
         fs, path = filesystem(str(url), storage_options)
@@ -267,16 +291,32 @@ def _spellings(names: list[str], schema: Schema) -> dict[str, tuple[str, ...]]:
     for name in names:
         ours = _gz2_table_name(name) if schema.name == "gz2" else None
         if ours is None:
-            ours = name.replace("-", "_")
+            ours = _without_campaign(name.replace("-", "_"), schema)
             ours = ours if ours != name and ours.startswith(prefixes) else name
         spellings.setdefault(ours, []).append(name)
     return {ours: tuple(spelt) for ours, spelt in spellings.items()}
+
+
+_CAMPAIGNS = {"gz2": ("gz2",), "decals": ("dr5", "dr8")}
+"""Zoobot's campaign suffixes (``smooth-or-featured-dr5_smooth``) whose tree is the built-in schema's:
+GZ DECaLS DR5 and DR8 asked the decals tree; DR1/2 (``dr12``) asked another."""
+
+
+def _without_campaign(name: str, schema: Schema) -> str:
+    """``name`` without Zoobot's campaign suffix after its question, where the campaign asked ``schema``'s
+    tree (:data:`_CAMPAIGNS`): ``smooth_or_featured_dr5_smooth`` -> ``smooth_or_featured_smooth``."""
+    for question in schema.question_names:
+        for campaign in _CAMPAIGNS.get(schema.name, ()):
+            if name.startswith(f"{question}_{campaign}_"):
+                return f"{question}_{name[len(question) + len(campaign) + 2:]}"
+    return name
 
 
 def _gz2_table_name(name: str) -> str | None:
     """The schema ``gz2`` name of a column of Galaxy Zoo 2's own table (:data:`_GZ2_TABLE`):
     ``t04_spiral_a08_spiral_count`` -> ``has_spiral_arms_yes``, ``..._debiased`` ->
     ``has_spiral_arms_yes_debiased``; None for any other column."""
+    name = name.lower()  # as the FITS release spells them
     for suffix in ("count", *_ANSWER_DERIVED):
         if name.endswith(f"_{suffix}") and (answer := _GZ2_TABLE.get(name[: -len(suffix) - 1])):
             return answer if suffix == "count" else f"{answer}_{suffix}"
@@ -336,8 +376,8 @@ def _read_counts(url: str, table, object_id: np.ndarray, spellings: tuple[str, .
 def _why_not(name: str, schema: Schema) -> str:
     """What a column that starts like a question of ``schema`` but names none of its answers likely is: an
     answer of another built-in tree (whose near-miss answer here would be another answer, not a typo:
-    decals' ``bar_weak`` for gz2's ``bar_yes``), Zoobot's spelling with a campaign suffix
-    (``smooth-or-featured-dr5_smooth``), or a typo ("Did you mean")."""
+    decals' ``bar_weak`` for gz2's ``bar_yes``), Zoobot's spelling with the suffix of a campaign that asked
+    another tree (``smooth-or-featured-dr12_smooth`` for decals), or a typo ("Did you mean")."""
     from skymorph.schema import BUILTIN_SCHEMAS
 
     question = next((q for q in schema.questions if name.startswith(f"{q.name}_")), None)
@@ -347,8 +387,10 @@ def _why_not(name: str, schema: Schema) -> str:
             return f" It is an answer of schema {other.name!r} (--schema {other.name} if these are its votes){theirs}."
     campaign = re.match(r"^(?P<question>[a-z0-9_]+?)_(?P<campaign>dr\d+|gz2|cd)_(?P<rest>.+)$", name)
     if campaign and f"{campaign['question']}_{campaign['rest']}" in set(schema.answer_columns) | set(_derived_columns(schema)):
-        return (f" It is {campaign['question']}_{campaign['rest']!s} with Zoobot's campaign suffix "
-                f"{campaign['campaign']!r}: rename the columns without it (votes of one campaign's tree).")
+        ours = f"{campaign['question']}_{campaign['rest']}"
+        if schema.name in _CAMPAIGNS:  # a built-in tree: its own campaigns were read; this one asked another tree
+            return f" It is {ours} with Zoobot's campaign suffix {campaign['campaign']!r}, a campaign that did not ask {schema.name!r}'s tree."
+        return f" It is {ours} with Zoobot's campaign suffix {campaign['campaign']!r}: rename the columns without it."
     if close := did_you_mean(name, schema.answer_columns):
         return close
     if question:
@@ -396,7 +438,11 @@ def load_labels(url: str, schema: Schema, storage_options=None) -> Labels:
     if twice:
         raise InputError(f"labels {url!r} has more than one column named {' and '.join(map(repr, twice))}; keep one of each")
     if "object_id" not in names:
-        raise InputError(f"labels {url!r} has no object_id column (columns: {', '.join(names[:12])})")
+        raise InputError(
+            f"labels {url!r} has no object_id column (columns: {', '.join(names[:12])}); give each galaxy the integer id "
+            "its tiles hold it by, as object_id (`survey ingest` writes them into its labels.parquet, `catalog pick` into "
+            "its batch file)"
+        )
     spelt = _spellings(names, schema)  # the schema's name of a column -> the file's name(s)
     said = {ours: " / ".join(map(repr, spellings)) for ours, spellings in spelt.items()}  # for messages
     names = list(spelt)
@@ -413,12 +459,14 @@ def load_labels(url: str, schema: Schema, storage_options=None) -> Labels:
     _check_counts_beside_derived(url, names, said, derived, schema)
     present = [c for c in schema.answer_columns if c in names]
     if not present:
-        gz2_table = schema.name != "gz2" and any(_gz2_table_name(name) for name in names)
-        raise SchemaError(
-            f"labels {url!r} has no vote column of schema {schema.name!r}; "
-            + ("they are Galaxy Zoo 2's own table (tNN_..._aNN_..._count): train with --schema gz2" if gz2_table else
-               f"expected {{question}}_{{answer}} columns such as {schema.answer_columns[0]!r}")
-        )
+        if schema.name != "gz2" and any(_gz2_table_name(name) for name in names):
+            why = "they are Galaxy Zoo 2's own table (tNN_..._aNN_..._count): train with --schema gz2"
+        elif any(re.fullmatch(r"Class\d+\.\d+", name) for name in names):
+            why = ("they are the Kaggle Galaxy Zoo challenge's table (Class1.1, ...), vote fractions without counts; "
+                   "training needs the counts, which GZ2's own table has (tNN_..._aNN_..._count, with --schema gz2)")
+        else:
+            why = f"expected {{question}}_{{answer}} columns such as {schema.answer_columns[0]!r}"
+        raise SchemaError(f"labels {url!r} has no vote column of schema {schema.name!r}; {why}")
     for question, answers_of in zip(schema.question_names, schema.question_slices):
         columns = schema.answer_columns[answers_of]
         missing = [c for c in columns if c not in names]
