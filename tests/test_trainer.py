@@ -788,6 +788,21 @@ def test_a_galaxy_zoo_volunteer_table_reads_as_its_counts(tmp_path):
     assert "smooth-or-featured-dr5_featured-or-disk" in zoobot
     zoobot.to_csv(tmp_path / "zoobot.csv.gz", index=False, compression="gzip")
     assert np.array_equal(load_labels(str(tmp_path / "zoobot.csv.gz"), DECALS).votes, expected.votes)
+    (tmp_path / "cut.csv.gz").write_bytes((tmp_path / "zoobot.csv.gz").read_bytes()[:-20])
+    with pytest.raises(InputError, match=r"cut.csv.gz' is not a readable Parquet, CSV or FITS table"):
+        load_labels(str(tmp_path / "cut.csv.gz"), DECALS)
+    # one galaxy in DR5's columns, others in DR8's, as Zoobot writes them: read; a galaxy in both is two
+    # campaigns' votes, which answer by answer would be neither's
+    dr8 = export.rename(columns=lambda c: next((f"{q}-dr8{c[len(q):]}" for q in gz_questions if c.startswith(f"{q}_")), c))
+    campaigns = pd.concat([zoobot.iloc[:2], dr8.iloc[2:]], ignore_index=True)
+    campaigns.to_parquet(tmp_path / "campaigns.parquet")
+    assert np.array_equal(load_labels(str(tmp_path / "campaigns.parquet"), DECALS).votes, expected.votes)
+    campaigns.loc[0, [c for c in dr8 if c.startswith("bar_") or c.startswith("smooth-or-featured-dr8_")]] = dr8.iloc[1]
+    campaigns.to_parquet(tmp_path / "campaigns.parquet")
+    with pytest.raises(InputError, match=r"object_id 100 has votes for question 'smooth_or_featured' in columns "
+                                         r"'smooth-or-featured-dr5'_... and 'smooth-or-featured-dr8'_... \(0 more like it\): "
+                                         r"two tables' or campaigns' votes for one galaxy"):
+        load_labels(str(tmp_path / "campaigns.parquet"), DECALS)
 
 
 def test_galaxy_zoo_2s_own_table_reads_as_gz2_votes(tmp_path):
@@ -818,8 +833,10 @@ def test_galaxy_zoo_2s_own_table_reads_as_gz2_votes(tmp_path):
     # its FITS release, upper-case as IDL writes it
     from astropy.table import Table
 
-    Table.from_pandas(table.rename(columns=lambda c: c if c == "object_id" else c.upper())).write(tmp_path / "gz2.fits")
-    assert np.array_equal(load_labels(str(tmp_path / "gz2.fits"), GZ2).votes, expected.votes)
+    fits_table = table.rename(columns=lambda c: c if c == "object_id" else c.upper()).assign(split="validation")
+    Table.from_pandas(fits_table).write(tmp_path / "gz2.fits")
+    from_fits = load_labels(str(tmp_path / "gz2.fits"), GZ2)
+    assert np.array_equal(from_fits.votes, expected.votes) and from_fits.split.tolist() == ["validation"] * 5  # text, not bytes
     table.drop(columns="object_id").to_csv(tmp_path / "gz2.csv", index=False)  # keyed by SDSS's id only
     with pytest.raises(InputError, match=r"has no object_id column \(columns: dr7objid, ra, .*\); give each galaxy the "
                                          r"integer id its tiles hold it by, as object_id"):

@@ -193,6 +193,7 @@ def _read_table(url: str, storage_options):
     """``(pyarrow table, sha256 of the file)``: CSV (``.csv``, ``.txt``, gzipped ``.csv.gz`` as Galaxy Zoo 2's
     table is published), a FITS binary table (``.fits``, ``.fits.gz``), else Parquet."""
     import gzip
+    import zlib
 
     import pyarrow as pa
     import pyarrow.csv as pacsv
@@ -211,19 +212,21 @@ def _read_table(url: str, storage_options):
         else:
             table = pq.ParquetFile(pa.BufferReader(raw)).read(use_threads=False)
         return table, hashlib.sha256(data).hexdigest()
-    except (pa.ArrowInvalid, OSError, ValueError, TypeError) as err:  # gzip.BadGzipFile is an OSError
+    except (pa.ArrowInvalid, OSError, ValueError, TypeError, EOFError, zlib.error) as err:  # a truncated or corrupt .gz too
         raise InputError(f"labels {url!r} is not a readable Parquet, CSV or FITS table ({first_line(err, 120)})") from err
 
 
 def _read_fits_table(data: bytes):
-    """The first binary table of a FITS file as a pyarrow table (astropy: big-endian columns to native,
-    masked cells to nulls, text columns decoded)."""
+    """The first table of a FITS file as a pyarrow table (astropy: big-endian columns to native, masked cells
+    to nulls, text as str, not bytes), without its vector columns."""
     import io
 
     import pyarrow as pa
     from astropy.table import Table
 
-    return pa.Table.from_pandas(Table.read(io.BytesIO(data), format="fits").to_pandas(), preserve_index=False)
+    table = Table.read(io.BytesIO(data), format="fits", character_as_bytes=False)
+    flat = [name for name in table.colnames if table[name].ndim <= 1]  # a vector column is no vote count
+    return pa.Table.from_pandas(table[flat].to_pandas(), preserve_index=False)
 
 
 def labels_schema(url: str, storage_options=None) -> Schema | None:
@@ -350,27 +353,58 @@ def _object_ids(url: str, column) -> np.ndarray:
         raise InputError(f"labels {url!r}: object_id must hold whole numbers within int64 ({first_line(err, 120)})") from None
 
 
-def _read_counts(url: str, table, object_id: np.ndarray, spellings: tuple[str, ...]) -> np.ndarray:
-    """One answer's counts as float64, NaN where empty. An answer spelt two ways is combined row by row: a
-    cell empty or 0 in one spelling takes the other's (a concatenation filled with 0 puts 0 where the
-    other table had no column); a row with two different non-zero counts is an error (which is it?)."""
-    combined = None
+def _read_counts(url: str, table, object_id: np.ndarray, answer: str, spellings: tuple[str, ...]):
+    """``(counts, voted)``: one answer's counts as float64, NaN where empty, and per source of its columns
+    (:func:`_source`) where that holds a count. An answer spelt two ways is combined row by row: a cell
+    empty or 0 in one spelling takes the other's (a concatenation filled with 0 puts 0 where the other
+    table had no column); a row with two different non-zero counts of one source is an error (which?)."""
+    combined, voted = None, {}
     for name in spellings:
         try:
             values = table.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
         except (TypeError, ValueError) as err:
             raise InputError(f"labels {url!r} column {name!r} must hold vote counts, not text ({err})") from err
+        source = _source(name, answer)
+        same_source = source in voted  # else a row with both counts is two sources': _check_one_source names it
+        voted[source] = voted.get(source, False) | (values > 0)
         if combined is None:
             combined = values
             continue
         both = (combined > 0) & (values > 0) & (combined != values)  # NaN compares False: an empty cell is no count
-        if both.any():
+        if both.any() and same_source:
             raise InputError(
                 f"labels {url!r}: object_id {int(object_id[np.argmax(both)])} has counts in both {spellings[0]!r} and "
                 f"{name!r}, two spellings of one answer; keep one count per galaxy"
             )
         combined = np.where(np.isnan(combined) | ((combined == 0) & (values > 0)), values, combined)
-    return combined
+    return combined, voted
+
+
+def _source(name: str, answer: str) -> str:
+    """Which table a vote column comes from, by its spelling of the question: ``has-spiral-arms`` of
+    ``has-spiral-arms_yes``, ``smooth-or-featured-dr5`` of Zoobot's DR5 column, one name for all of Galaxy
+    Zoo 2's own table. A galaxy's votes for one question must come from one source (one campaign)."""
+    if _gz2_table_name(name):
+        return "Galaxy Zoo 2's table"
+    return name[: -len(answer) - 1]
+
+
+def _check_one_source(url: str, object_id: np.ndarray, question: str, voted: dict[str, np.ndarray]) -> None:
+    """A one-line error for a galaxy with votes for ``question`` in the columns of two sources: two
+    campaigns' votes (Zoobot's ``-dr5`` and ``-dr8`` columns), combined answer by answer, would be
+    neither campaign's."""
+    if len(voted) < 2:
+        return
+    both = np.flatnonzero(np.sum(list(voted.values()), axis=0) > 1)
+    if len(both):
+        row = int(both[0])
+        sources = [source for source, mask in voted.items() if mask[row]]
+        raise InputError(
+            f"labels {url!r}: object_id {int(object_id[row])} has votes for question {question!r} in columns "
+            f"{' and '.join(f'{source!r}_...' for source in sources)} ({len(both) - 1} more like it): two tables' or "
+            "campaigns' votes for one galaxy, which are not one set of answers; keep one, or add them into one column "
+            "per answer if they are"
+        )
 
 
 def _why_not(name: str, schema: Schema) -> str:
@@ -483,8 +517,14 @@ def load_labels(url: str, schema: Schema, storage_options=None) -> Labels:
         raise InputError(f"labels {url!r} lists object_id {int(unique[counts > 1][0])} more than once")
     votes = np.zeros((len(object_id), schema.n_answers), dtype=np.int64)
     empty = np.zeros((len(object_id), schema.n_answers), dtype=bool)
+    question_of = {f"{q.name}_{a}": (q.name, a) for q in schema.questions for a in q.answers}
+    voted: dict[str, dict[str, np.ndarray]] = {}  # per question, per source: where it holds a count
     for column in present:
-        values = _read_counts(url, table, object_id, spelt[column])
+        question, answer = question_of[column]
+        values, by_source = _read_counts(url, table, object_id, answer, spelt[column])
+        sources = voted.setdefault(question, {})
+        for source, mask in by_source.items():
+            sources[source] = sources.get(source, False) | mask
         empty[:, schema.answer_columns.index(column)] = np.isnan(values)
         values = np.nan_to_num(values, nan=0.0)
         if (values < 0).any() or (values != np.round(values)).any():
@@ -493,6 +533,8 @@ def load_labels(url: str, schema: Schema, storage_options=None) -> Labels:
             raise InputError(f"labels {url!r} column {said[column]} holds a count of {values.max():g} votes; counts above "
                              f"{MAX_VOTES:,} are not volunteer votes (the losses are computed in float32)")
         votes[:, schema.answer_columns.index(column)] = values.astype(np.int64)
+    for question, by_source in voted.items():
+        _check_one_source(url, object_id, question, by_source)
     _check_whole_questions(url, object_id, empty, schema, said)
     if not votes.any():  # every loss would be exactly 0 and every metric undefined
         raise InputError(
