@@ -260,6 +260,30 @@ def _cmd_evaluate(args) -> int:
 # ---- export (skymorph.exporter) --------------------------------------------------------------------
 
 
+def _add_labels_commands(sub) -> None:
+    labels = sub.add_parser("labels", help="labels for training: add the votes volunteers gave a picked batch")
+    labels_sub = labels.add_subparsers(dest="labels_command", metavar="{ingest}", required=True)
+    ingest = labels_sub.add_parser("ingest", help="append a batch's votes, with where each image is, to the labels")
+    ingest.add_argument("votes", metavar="VOTES", help="the volunteers' vote counts (CSV, Parquet or FITS; skymorph's "
+                        "spelling or a Galaxy Zoo table), with object_id")
+    ingest.add_argument("--batch", required=True, metavar="BATCH", help="the batch `catalog pick` wrote for them (tile, row, ra, dec)")
+    ingest.add_argument("--labels", metavar="LABELS", help="the labels so far (default: none, a first round)")
+    ingest.add_argument("--schema", help="gz2, decals or a JSON file (default: the one the labels so far record)")
+    ingest.add_argument("--out", required=True, metavar="LABELS", help="the new labels (Parquet)")
+    _add_overwrite_option(ingest, "an existing --out")
+    _add_storage_option(ingest)
+    ingest.set_defaults(func=_cmd_labels_ingest)
+
+
+def _cmd_labels_ingest(args) -> int:
+    from skymorph.trainer.votes import add_votes
+
+    added = add_votes(args.votes, args.batch, args.out, labels=args.labels, schema=args.schema, overwrite=args.overwrite,
+                      storage_options=_storage_options(args))
+    print(added.summary())
+    return 0
+
+
 def _add_export_commands(sub) -> None:
     """``skymorph export``."""
     export = sub.add_parser(
@@ -515,6 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_survey_commands(sub)
     _add_train_commands(sub)
+    _add_labels_commands(sub)
     _add_export_commands(sub)
     _add_run_commands(sub)
     _add_catalog_commands(sub)

@@ -887,6 +887,66 @@ def test_a_galaxy_also_in_a_tile_without_positions_is_still_checked_against_the_
             load_images(order, load_labels(str(at), GZ2), progress=False)
 
 
+def test_a_batchs_votes_are_added_to_the_labels_where_the_batch_says_each_image_is(tmp_path, capsys):
+    """The loop's return leg, a pandas merge in the README until now: votes in a Galaxy Zoo table, the
+    batch `catalog pick` wrote, and the labels so far give the next labels."""
+    import json
+
+    from skymorph.trainer.votes import add_votes
+
+    tiles, ring_labels = write_ring_survey(str(tmp_path))  # 48 galaxies, ids 1000-1047, rows 0-23 of t0 and t1
+    table = pd.read_parquet(ring_labels)
+    old = str(tmp_path / "labels-1.parquet")
+    table.iloc[:30].to_parquet(old)
+    picked = np.arange(30, 48)
+    batch = pd.DataFrame({"rank": np.arange(1, 19), "object_id": 1000 + picked, "ra": 10.0, "dec": -5.0,
+                          "tile": [str(tmp_path / "tiles" / f"t{i // 24}.zarr") for i in picked], "row": picked % 24,
+                          "bald_total": 0.5})
+    batch.to_csv(tmp_path / "batch.csv", index=False)
+    votes = table.iloc[30:46].drop(columns="split").rename(columns=lambda c: c.replace("has_spiral_arms_", "has-spiral-arms_"))
+    votes.assign(ra=10.0 + 1 / 3600, dec=-5.0).to_csv(tmp_path / "votes.csv", index=False)  # a volunteer export, two still out
+
+    out = str(tmp_path / "labels-2.parquet")
+    added = add_votes(str(tmp_path / "votes.csv"), str(tmp_path / "batch.csv"), out, labels=old, schema="gz2")
+    assert (added.added, added.total, added.unvoted) == (16, 46, 2)
+    assert added.summary().endswith("2 of the batch's galaxies have no votes yet: keep them in --exclude until they do")
+    merged = load_labels(out, GZ2)
+    expected = load_labels(ring_labels, GZ2)
+    assert merged.object_id.tolist() == expected.object_id[:46].tolist()
+    assert np.array_equal(merged.votes, expected.votes[:46])
+    assert merged.split[:30].tolist() == table.split[:30].map({"train": "train", "validation": "validation"}).tolist()
+    assert (merged.split[30:] == None).all()  # noqa: E711 -- the new rows take the hash split
+    assert merged.tile[30:].tolist() == [f"t{i // 24}" for i in range(30, 46)] and merged.row[30:].tolist() == [i % 24 for i in range(30, 46)]
+    images, _ = load_images(read_tiles(tiles), merged, progress=False)  # every image where the batch said
+    assert len(images) == 46 and len(pd.read_parquet(out)) == 46  # as the README's loop reads it
+    import pyarrow.parquet as pq
+
+    metadata = pq.read_schema(out).metadata
+    assert json.loads(metadata[b"skymorph.schema"])["name"] == "gz2"
+    (history,) = json.loads(metadata[b"skymorph.votes_added"])
+    assert history["galaxies"] == 16 and history["batch"].endswith("batch.csv") and len(history["votes_sha256"]) == 64
+    # the command line; the next round reads the tree the labels now record
+    argv = ["labels", "ingest", str(tmp_path / "votes.csv"), "--batch", str(tmp_path / "batch.csv"), "--out", str(tmp_path / "again.parquet")]
+    assert cli.main([*argv, "--labels", old, "--schema", "gz2"]) == 0
+    assert capsys.readouterr().out.startswith(f"added 16 galaxies' votes: 46 labelled galaxies -> {tmp_path / 'again.parquet'}")
+    assert cli.main([*argv, "--labels", out, "--overwrite"]) == 2
+    assert "object_id 1030 (16 galaxies in all) is labelled in" in capsys.readouterr().err
+
+    for kwargs, message in (
+        (dict(labels=old), "give --schema: the tree the votes are of (the labels so far record none)"),
+        (dict(labels=out, schema="decals"), "record votes of 'gz2', not of --schema 'decals'"),
+        (dict(labels=old, schema="gz2", out=out), "labels-2.parquet' exists; pass --overwrite"),
+    ):
+        with pytest.raises(InputError, match=re.escape(message)):
+            add_votes(str(tmp_path / "votes.csv"), str(tmp_path / "batch.csv"), kwargs.pop("out", str(tmp_path / "x.parquet")), **kwargs)
+    batch.iloc[1:].to_csv(tmp_path / "short.csv", index=False)
+    with pytest.raises(InputError, match=r"votes '.*votes.csv' are for object_id 1030 \(1 galaxies in all\), which batch"):
+        add_votes(str(tmp_path / "votes.csv"), str(tmp_path / "short.csv"), str(tmp_path / "x.parquet"), labels=old, schema="gz2")
+    batch.assign(ra=12.0).to_csv(tmp_path / "elsewhere.csv", index=False)
+    with pytest.raises(InputError, match=r"put object_id 1030 more than 5\" from where batch .* has it"):
+        add_votes(str(tmp_path / "votes.csv"), str(tmp_path / "elsewhere.csv"), str(tmp_path / "x.parquet"), labels=old, schema="gz2")
+
+
 def test_labels_with_repeated_columns_no_rows_or_no_votes_are_one_line_errors(tmp_path):
     path = tmp_path / "labels.csv"
     for text, message in (

@@ -6,6 +6,7 @@ Heavy imports (torch) happen inside the functions, so importing this package is 
 from skymorph.trainer.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from skymorph.trainer.evaluate import EvaluationReport, evaluate
 from skymorph.trainer.loop import TrainConfig, TrainResult, train
+from skymorph.trainer.votes import VotesAdded, add_votes
 
 __all__ = [
     "train",
@@ -16,4 +17,6 @@ __all__ = [
     "load_checkpoint",
     "save_checkpoint",
     "CheckpointMeta",
+    "add_votes",
+    "VotesAdded",
 ]

@@ -1,0 +1,130 @@
+"""Add the votes volunteers gave a picked batch to the labels: the active-learning loop's return leg.
+
+``catalog pick`` writes a batch (``object_id``, ``tile``, ``row``, ``ra``, ``dec``, score); volunteers
+classify it; their vote counts come back as a table in any form :func:`~skymorph.trainer.data.load_labels`
+reads (skymorph's spelling, a Galaxy Zoo export, GZ2's own table). :func:`add_votes` checks the votes
+against the batch (each voted galaxy is one of the batch's, at the batch's position), appends them,
+with the batch's ``tile`` and ``row`` (where each image is), to the labels so far, and writes new labels
+that record their decision tree and where every added row came from (``skymorph.votes_added``): which
+votes file and which batch, by URL and sha256.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+from skymorph.errors import InputError
+from skymorph.schema import Schema, get_schema
+
+__all__ = ["VotesAdded", "add_votes"]
+
+VOTES_ADDED_KEY = "skymorph.votes_added"
+
+
+@dataclass(frozen=True)
+class VotesAdded:
+    """What :func:`add_votes` wrote: ``added`` galaxies' votes, ``total`` labelled galaxies in ``out``, and
+    ``unvoted``, the batch's galaxies without votes yet (still with the volunteers)."""
+
+    out: str
+    added: int
+    total: int
+    unvoted: int
+
+    def summary(self) -> str:
+        waiting = (f"; {self.unvoted} of the batch's galaxies have no votes yet: keep them in --exclude until they do"
+                   if self.unvoted else "")
+        return f"added {self.added} galaxies' votes: {self.total} labelled galaxies -> {self.out}{waiting}"
+
+
+def add_votes(votes: str, batch: str, out: str, labels: str | None = None, schema: str | Schema | None = None,
+              overwrite: bool = False, storage_options=None) -> VotesAdded:
+    """Write ``out``: the ``labels`` so far (none: a first round) plus one row per galaxy of ``votes``, with
+    the ``tile`` and ``row`` the ``batch`` gives it, its vote counts in ``schema``'s spelling and an empty
+    ``split`` (the seed's hash split). ``schema``: given, or the tree ``labels`` record.
+
+    One-line errors: no tree to read the votes by; votes for a galaxy the batch lacks, or at another
+    position than the batch's (more than 5"); a galaxy labelled before (add to its old row instead);
+    labels that record another tree; an existing ``out`` unless ``overwrite``.
+    """
+    import pyarrow as pa
+
+    from skymorph.storage import check_new, write_parquet
+    from skymorph.trainer.data import (_LABELLED_POSITION_ARCSEC, _arcsec_between, _locations, _object_ids,
+                                       _read_table, _sky_positions, load_labels, positions)
+
+    check_new(out, "--out", overwrite, storage_options)
+    tree = _tree(schema, labels, storage_options)
+    voted = load_labels(votes, tree, storage_options)
+
+    table, batch_sha256 = _read_table(str(batch), storage_options)
+    if "object_id" not in table.column_names:
+        raise InputError(f"batch {batch!r} has no object_id column; give the file `catalog pick` wrote")
+    batch_ids = _object_ids(batch, table.column("object_id"))
+    tile, row = _locations(table)
+    if tile is None:
+        raise InputError(f"batch {batch!r} does not say where each image is (tile and row columns); give the file "
+                         "`catalog pick` wrote")
+    at = positions(batch_ids, voted.object_id)
+    if (at < 0).any():
+        raise InputError(
+            f"votes {votes!r} are for object_id {int(voted.object_id[np.argmax(at < 0)])} ({int((at < 0).sum())} galaxies "
+            f"in all), which batch {batch!r} does not hold; give the batch these galaxies were picked in"
+        )
+    batch_at = _sky_positions(batch, table)
+    if voted.ra_dec is not None and batch_at is not None:
+        apart = _arcsec_between(voted.ra_dec, batch_at[at]) > _LABELLED_POSITION_ARCSEC  # NaN: not compared
+        if apart.any():
+            raise InputError(
+                f"votes {votes!r} put object_id {int(voted.object_id[np.argmax(apart)])} more than "
+                f"{_LABELLED_POSITION_ARCSEC:g}\" from where batch {batch!r} has it: the votes are for another survey's "
+                "galaxy of that id"
+            )
+
+    asked = [q for q, answers in zip(tree.questions, tree.question_slices) if voted.votes[:, answers].any()]
+    columns = {"object_id": pa.array(voted.object_id, pa.int64()), "tile": pa.array(tile[at], pa.string()),
+               "row": pa.array(row[at], pa.int64()), "split": pa.nulls(len(voted), pa.string())}
+    for question in asked:
+        for answer in question.answers:
+            columns[f"{question.name}_{answer}"] = pa.array(voted.votes[:, tree.answer_index(question.name, answer)])
+    new = pa.table(columns)
+
+    history, old_metadata = [], {}
+    if labels is not None:
+        before = load_labels(labels, tree, storage_options)
+        again = np.isin(voted.object_id, before.object_id)
+        if again.any():
+            raise InputError(
+                f"object_id {int(voted.object_id[np.argmax(again)])} ({int(again.sum())} galaxies in all) is labelled in "
+                f"{labels!r} already; add the new votes to its old row instead"
+            )
+        old, _ = _read_table(str(labels), storage_options)
+        # pandas' own key describes the old columns only; the tree and the history carry over
+        old_metadata = {key: value for key, value in (old.schema.metadata or {}).items() if key != b"pandas"}
+        history = json.loads(old_metadata.get(VOTES_ADDED_KEY.encode(), b"[]"))
+        new = pa.concat_tables([old.replace_schema_metadata(None), new], promote_options="permissive")
+    history.append({"votes": str(votes), "votes_sha256": voted.sha256, "batch": str(batch),
+                    "batch_sha256": batch_sha256, "galaxies": len(voted)})
+    metadata = {**old_metadata, b"skymorph.schema": tree.to_json().encode(), VOTES_ADDED_KEY.encode(): json.dumps(history).encode()}
+    write_parquet(new.replace_schema_metadata(metadata), out, storage_options)
+    return VotesAdded(out=str(out), added=len(voted), total=new.num_rows, unvoted=int(len(batch_ids) - len(voted)))
+
+
+def _tree(schema: str | Schema | None, labels: str | None, storage_options) -> Schema:
+    """The decision tree to read the votes by: ``schema``, which must agree with the one ``labels``
+    record, else the one they record."""
+    from skymorph.trainer.data import labels_schema
+
+    recorded = labels_schema(labels, storage_options) if labels is not None else None
+    tree = get_schema(schema) if schema is not None else None
+    if tree is None:
+        if recorded is None:
+            raise InputError("give --schema: the tree the votes are of (the labels so far record none)")
+        return recorded
+    if recorded is not None and recorded.to_json() != tree.to_json():
+        raise InputError(f"labels {labels!r} record votes of {recorded.name!r}, not of --schema {tree.name!r}; give "
+                         "votes of one tree")
+    return tree
