@@ -100,6 +100,11 @@ def test_exclusions_never_picked(catalog, full, tmp_path):
     assert main(["catalog", "pick", catalog, "--n", "20", "--exclude", str(tmp_path / "gz.csv"), "--exclude-id-column", "galaxy_id",
                  "--out", str(out)]) == 0
     assert pd.read_csv(out)["object_id"].tolist() == top[30:50]
+    # the labels and a batch still with the volunteers: several files
+    pd.DataFrame({"galaxy_id": top[30:40]}).to_csv(tmp_path / "waiting.csv", index=False)
+    assert main(["catalog", "pick", catalog, "--n", "20", "--exclude", str(tmp_path / "gz.csv"), str(tmp_path / "waiting.csv"),
+                 "--exclude-id-column", "galaxy_id", "--out", str(out), "--overwrite"]) == 0
+    assert pd.read_csv(out)["object_id"].tolist() == top[40:60]
 
 
 def test_exclude_ids_stay_exact_beside_empty_cells_and_fractions_are_refused(tmp_path):

@@ -909,7 +909,8 @@ def test_a_batchs_votes_are_added_to_the_labels_where_the_batch_says_each_image_
     out = str(tmp_path / "labels-2.parquet")
     added = add_votes(str(tmp_path / "votes.csv"), str(tmp_path / "batch.csv"), out, labels=old, schema="gz2")
     assert (added.added, added.total, added.unvoted) == (16, 46, 2)
-    assert added.summary().endswith("2 of the batch's galaxies have no votes yet: keep them in --exclude until they do")
+    assert added.summary().endswith("2 of the batch's galaxies have no votes yet: give the batch to `catalog pick --exclude` "
+                                    "beside the labels until they do")
     merged = load_labels(out, GZ2)
     expected = load_labels(ring_labels, GZ2)
     assert merged.object_id.tolist() == expected.object_id[:46].tolist()
@@ -939,6 +940,17 @@ def test_a_batchs_votes_are_added_to_the_labels_where_the_batch_says_each_image_
     ):
         with pytest.raises(InputError, match=re.escape(message)):
             add_votes(str(tmp_path / "votes.csv"), str(tmp_path / "batch.csv"), kwargs.pop("out", str(tmp_path / "x.parquet")), **kwargs)
+    # old labels as pandas leaves them (categorical tile, its saved index) with a row for a galaxy that was
+    # still with the volunteers: that row gives way to the votes, once
+    waiting = pd.concat([table.iloc[:30], table.iloc[[30]].assign(has_spiral_arms_yes=None, has_spiral_arms_no=None)])
+    waiting.assign(tile=pd.Categorical([f"t{i // 24}" for i in range(31)]), row=np.arange(31) % 24).set_index(np.arange(31) + 5).to_parquet(old)
+    added = add_votes(str(tmp_path / "votes.csv"), str(tmp_path / "batch.csv"), str(tmp_path / "w.parquet"), labels=old, schema="gz2")
+    merged = load_labels(str(tmp_path / "w.parquet"), GZ2)
+    assert added.total == 46 and merged.object_id.tolist() == expected.object_id[:46].tolist()
+    assert np.array_equal(merged.votes, expected.votes[:46]) and "__index_level_0__" not in pd.read_parquet(tmp_path / "w.parquet")
+    assert len(load_images(read_tiles(tiles), merged, progress=False)[0]) == 46
+    with pytest.raises(InputError, match=r"--out '.*w.csv': labels ingest writes Parquet; give a .parquet file"):
+        add_votes(str(tmp_path / "votes.csv"), str(tmp_path / "batch.csv"), str(tmp_path / "w.csv"), labels=old, schema="gz2")
     batch.iloc[1:].to_csv(tmp_path / "short.csv", index=False)
     with pytest.raises(InputError, match=r"votes '.*votes.csv' are for object_id 1030 \(1 galaxies in all\), which batch"):
         add_votes(str(tmp_path / "votes.csv"), str(tmp_path / "short.csv"), str(tmp_path / "x.parquet"), labels=old, schema="gz2")

@@ -86,8 +86,12 @@ def gumbel_keys(object_id, score, seed: int, beta: float = 1.0, salt: int = 0) -
 
 def read_ids(source, storage_options: dict | None = None, id_column: str = "object_id") -> np.ndarray:
     """Object ids (int64) from the ``id_column`` of a CSV or Parquet file (e.g. ``galaxy_id`` in a
-    Galaxy Zoo table) or of a table (pandas or pyarrow), or from an iterable."""
+    Galaxy Zoo table), of several (a list of paths: the labels and the batches still with the
+    volunteers), or of a table (pandas or pyarrow), or from an iterable."""
     import pyarrow as pa
+
+    if isinstance(source, (list, tuple)) and source and all(isinstance(s, str) or hasattr(s, "__fspath__") for s in source):
+        return np.concatenate([read_ids(one, storage_options, id_column) for one in source])
 
     if isinstance(source, (pa.Table, pa.RecordBatch)):  # a table: iterating it gives its column names
         return _ids_of(pa.table(source), id_column, "the exclude table")
@@ -239,8 +243,8 @@ def pick(
     Columns: ``rank`` (1 = first), ``object_id``, ``ra``, ``dec``, ``tile``, ``row``,
     ``image_location`` (``<tile URL>#images[<row>]``), the score (``bald_total``; with a ``question``,
     ``{question}_asked_bald``, or ``{question}_bald`` unless ``weight_by_asked``) and ``model_sha256``.
-    ``exclude``: a CSV/Parquet file with ``object_id`` (or the ids in its ``exclude_id_column``) or an
-    iterable of ids never to pick. Each galaxy comes back at most once: one seen in overlapping tiles
+    ``exclude``: a CSV/Parquet file with ``object_id`` (or the ids in its ``exclude_id_column``), a list of
+    such files, or an iterable of ids never to pick. Each galaxy comes back at most once: one seen in overlapping tiles
     (two rows, one ``object_id``) is ranked by its best row. Fewer than ``n`` rows come back when fewer
     galaxies qualify (``power`` needs a positive score).
     """

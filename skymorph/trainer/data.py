@@ -189,7 +189,7 @@ def _sky_positions(url: str, table) -> np.ndarray | None:
         return None
 
 
-def _read_table(url: str, storage_options):
+def _read_table(url: str, storage_options, what: str = "labels"):
     """``(pyarrow table, sha256 of the file)``: CSV (``.csv``, ``.txt``, gzipped ``.csv.gz`` as Galaxy Zoo 2's
     table is published), a FITS binary table (``.fits``, ``.fits.gz``), else Parquet."""
     import gzip
@@ -213,7 +213,7 @@ def _read_table(url: str, storage_options):
             table = pq.ParquetFile(pa.BufferReader(raw)).read(use_threads=False)
         return table, hashlib.sha256(data).hexdigest()
     except (pa.ArrowInvalid, OSError, ValueError, TypeError, EOFError, zlib.error) as err:  # a truncated or corrupt .gz too
-        raise InputError(f"labels {url!r} is not a readable Parquet, CSV or FITS table ({first_line(err, 120)})") from err
+        raise InputError(f"{what} {url!r} is not a readable Parquet, CSV or FITS table ({first_line(err, 120)})") from err
 
 
 def _read_fits_table(data: bytes):
@@ -326,7 +326,7 @@ def _gz2_table_name(name: str) -> str | None:
     return None
 
 
-def _object_ids(url: str, column) -> np.ndarray:
+def _object_ids(url: str, column, what: str = "labels") -> np.ndarray:
     """The ``object_id`` column as int64, cast in Arrow: integers, digits stored as text, and whole-number
     floats up to 2^53 (pandas' integers after a merge with a missing value; a larger float has lost its
     last digits, and would name a neighbouring galaxy). One-line errors for an empty cell, a fraction, a
@@ -335,10 +335,10 @@ def _object_ids(url: str, column) -> np.ndarray:
     import pyarrow.compute as pc
 
     if column.null_count:
-        raise InputError(f"labels {url!r}: object_id is empty in {column.null_count} row(s); give every row its galaxy's id")
+        raise InputError(f"{what} {url!r}: object_id is empty in {column.null_count} row(s); give every row its galaxy's id")
     if pa.types.is_floating(column.type) and len(column) and pc.max(pc.abs(column)).as_py() > 2**53:
         raise InputError(
-            f"labels {url!r}: object_id is stored as floats, which hold whole numbers only up to 2^53, and these go beyond "
+            f"{what} {url!r}: object_id is stored as floats, which hold whole numbers only up to 2^53, and these go beyond "
             "(a pandas merge with an empty cell turns ids into floats): keep them integers, e.g. with .astype('Int64')"
         )
     try:
@@ -347,10 +347,10 @@ def _object_ids(url: str, column) -> np.ndarray:
         if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
             text = next(v for v in column.to_pylist() if not v.strip().removeprefix("-").isdigit())
             raise InputError(
-                f"labels {url!r}: object_id holds text ({text!r}), not the integer ids of the tile stores; "
+                f"{what} {url!r}: object_id holds text ({text!r}), not the integer ids of the tile stores; "
                 "take each galaxy's object_id from `survey ingest`'s labels.parquet or a pick's batch file"
             ) from None
-        raise InputError(f"labels {url!r}: object_id must hold whole numbers within int64 ({first_line(err, 120)})") from None
+        raise InputError(f"{what} {url!r}: object_id must hold whole numbers within int64 ({first_line(err, 120)})") from None
 
 
 def _read_counts(url: str, table, object_id: np.ndarray, answer: str, spellings: tuple[str, ...]):

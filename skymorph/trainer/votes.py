@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from skymorph.errors import InputError
+from skymorph.errors import InputError, first_line
 from skymorph.schema import Schema, get_schema
 
 __all__ = ["VotesAdded", "add_votes"]
@@ -35,8 +35,8 @@ class VotesAdded:
     unvoted: int
 
     def summary(self) -> str:
-        waiting = (f"; {self.unvoted} of the batch's galaxies have no votes yet: keep them in --exclude until they do"
-                   if self.unvoted else "")
+        waiting = (f"; {self.unvoted} of the batch's galaxies have no votes yet: give the batch to `catalog pick "
+                   "--exclude` beside the labels until they do" if self.unvoted else "")
         return f"added {self.added} galaxies' votes: {self.total} labelled galaxies -> {self.out}{waiting}"
 
 
@@ -46,9 +46,11 @@ def add_votes(votes: str, batch: str, out: str, labels: str | None = None, schem
     the ``tile`` and ``row`` the ``batch`` gives it, its vote counts in ``schema``'s spelling and an empty
     ``split`` (the seed's hash split). ``schema``: given, or the tree ``labels`` record.
 
-    One-line errors: no tree to read the votes by; votes for a galaxy the batch lacks, or at another
-    position than the batch's (more than 5"); a galaxy labelled before (add to its old row instead);
-    labels that record another tree; an existing ``out`` unless ``overwrite``.
+    A row of ``labels`` without votes (a galaxy that was still with the volunteers) gives way to the
+    galaxy's votes. One-line errors: no tree to read the votes by; votes for a galaxy the batch lacks, or
+    at another position than the batch's (more than 5"); a galaxy labelled before (add to its old row
+    instead); labels that record another tree; an ``out`` that is not ``.parquet``, or exists unless
+    ``overwrite``.
     """
     import pyarrow as pa
 
@@ -56,14 +58,16 @@ def add_votes(votes: str, batch: str, out: str, labels: str | None = None, schem
     from skymorph.trainer.data import (_LABELLED_POSITION_ARCSEC, _arcsec_between, _locations, _object_ids,
                                        _read_table, _sky_positions, load_labels, positions)
 
+    if not str(out).lower().endswith((".parquet", ".pq")):
+        raise InputError(f"--out {out!r}: labels ingest writes Parquet; give a .parquet file")
     check_new(out, "--out", overwrite, storage_options)
     tree = _tree(schema, labels, storage_options)
     voted = load_labels(votes, tree, storage_options)
 
-    table, batch_sha256 = _read_table(str(batch), storage_options)
+    table, batch_sha256 = _read_table(str(batch), storage_options, what="batch")
     if "object_id" not in table.column_names:
         raise InputError(f"batch {batch!r} has no object_id column; give the file `catalog pick` wrote")
-    batch_ids = _object_ids(batch, table.column("object_id"))
+    batch_ids = _object_ids(batch, table.column("object_id"), what="batch")
     tile, row = _locations(table)
     if tile is None:
         raise InputError(f"batch {batch!r} does not say where each image is (tile and row columns); give the file "
@@ -102,15 +106,34 @@ def add_votes(votes: str, batch: str, out: str, labels: str | None = None, schem
                 f"{labels!r} already; add the new votes to its old row instead"
             )
         old, _ = _read_table(str(labels), storage_options)
+        # a row of the old labels without votes (the galaxy was still with the volunteers) gives way to its votes
+        waiting = np.isin(_object_ids(labels, old.column("object_id")), voted.object_id)
+        old = _plain(old.filter(pa.array(~waiting)))
         # pandas' own key describes the old columns only; the tree and the history carry over
         old_metadata = {key: value for key, value in (old.schema.metadata or {}).items() if key != b"pandas"}
         history = json.loads(old_metadata.get(VOTES_ADDED_KEY.encode(), b"[]"))
-        new = pa.concat_tables([old.replace_schema_metadata(None), new], promote_options="permissive")
+        try:
+            new = pa.concat_tables([old.replace_schema_metadata(None), new], promote_options="permissive")
+        except (pa.ArrowTypeError, pa.ArrowInvalid) as err:
+            raise InputError(f"labels {labels!r} cannot take the new rows ({first_line(err, 160)}); give its object_id, "
+                             "tile, row and split as numbers and text") from None
     history.append({"votes": str(votes), "votes_sha256": voted.sha256, "batch": str(batch),
                     "batch_sha256": batch_sha256, "galaxies": len(voted)})
     metadata = {**old_metadata, b"skymorph.schema": tree.to_json().encode(), VOTES_ADDED_KEY.encode(): json.dumps(history).encode()}
     write_parquet(new.replace_schema_metadata(metadata), out, storage_options)
     return VotesAdded(out=str(out), added=len(voted), total=new.num_rows, unvoted=int(len(batch_ids) - len(voted)))
+
+
+def _plain(table):
+    """``table`` without pandas' saved index (``__index_level_0__``) and with dictionary (pandas categorical)
+    columns as their values, so that new rows can be appended to it."""
+    import pyarrow as pa
+
+    table = table.select([name for name in table.column_names if not name.startswith("__index_level_")])
+    for i, field in enumerate(table.schema):
+        if pa.types.is_dictionary(field.type):
+            table = table.set_column(i, field.name, table.column(i).cast(field.type.value_type))
+    return table
 
 
 def _tree(schema: str | Schema | None, labels: str | None, storage_options) -> Schema:
