@@ -432,6 +432,17 @@ def _why_not(name: str, schema: Schema) -> str:
     return f" Its answers: {', '.join(schema.answer_columns)}"
 
 
+def _no_votes_why(names: list[str], schema: Schema) -> str:
+    """Why columns ``names`` hold no vote of ``schema``: Galaxy Zoo 2's own table read without --schema
+    gz2, the Kaggle challenge's table (fractions only), or columns not spelt ``{question}_{answer}``."""
+    if schema.name != "gz2" and any(_gz2_table_name(name) for name in names):
+        return "they are Galaxy Zoo 2's own table (tNN_..._aNN_..._count): train with --schema gz2"
+    if any(re.fullmatch(r"Class\d+\.\d+", name) for name in names):
+        return ("they are the Kaggle Galaxy Zoo challenge's table (Class1.1, ...), vote fractions without counts; "
+                "training needs the counts, which GZ2's own table has (tNN_..._aNN_..._count, with --schema gz2)")
+    return f"expected {{question}}_{{answer}} columns such as {schema.answer_columns[0]!r}"
+
+
 def _derived_columns(schema: Schema) -> dict[str, str]:
     """``{derived column: the question it belongs to}``: :data:`_ANSWER_DERIVED` beside each answer and
     :data:`_QUESTION_DERIVED` beside each question, as Galaxy Zoo's volunteer tables have them."""
@@ -463,8 +474,9 @@ def load_labels(url: str, schema: Schema, storage_options=None) -> Labels:
     both ways (``bar_no``, ``bar-no``); no ``object_id``, or ids that are not whole numbers; the votes of
     another built-in schema, or a synthetic survey's truth table; no rows; duplicate object ids; a column
     naming an answer the schema lacks ("Did you mean ..."); some answers of a question without the
-    others, as columns or as a row's cells (the missing ones would read as no votes); a question with Galaxy Zoo's fractions or totals but no counts; negative counts; no vote
-    column of the schema at all, or no vote in any of them.
+    others, as columns or as a row's cells (the missing ones would read as no votes); a question with
+    Galaxy Zoo's fractions or totals but no counts; one galaxy's votes for a question from two tables or
+    campaigns; negative counts; no vote column of the schema at all, or no vote in any of them.
     """
     table, sha256 = _read_table(str(url), storage_options)
     names = table.column_names
@@ -493,14 +505,7 @@ def load_labels(url: str, schema: Schema, storage_options=None) -> Labels:
     _check_counts_beside_derived(url, names, said, derived, schema)
     present = [c for c in schema.answer_columns if c in names]
     if not present:
-        if schema.name != "gz2" and any(_gz2_table_name(name) for name in names):
-            why = "they are Galaxy Zoo 2's own table (tNN_..._aNN_..._count): train with --schema gz2"
-        elif any(re.fullmatch(r"Class\d+\.\d+", name) for name in names):
-            why = ("they are the Kaggle Galaxy Zoo challenge's table (Class1.1, ...), vote fractions without counts; "
-                   "training needs the counts, which GZ2's own table has (tNN_..._aNN_..._count, with --schema gz2)")
-        else:
-            why = f"expected {{question}}_{{answer}} columns such as {schema.answer_columns[0]!r}"
-        raise SchemaError(f"labels {url!r} has no vote column of schema {schema.name!r}; {why}")
+        raise SchemaError(f"labels {url!r} has no vote column of schema {schema.name!r}; {_no_votes_why(names, schema)}")
     for question, answers_of in zip(schema.question_names, schema.question_slices):
         columns = schema.answer_columns[answers_of]
         missing = [c for c in columns if c not in names]
