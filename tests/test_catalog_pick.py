@@ -118,8 +118,18 @@ def test_exclude_ids_stay_exact_beside_empty_cells_and_fractions_are_refused(tmp
     for name in ("pending.csv", "pending.parquet"):
         assert read_ids(str(tmp_path / name)).tolist() == big
     (tmp_path / "half.csv").write_text("object_id\n1.5\n2\n")
-    with pytest.raises(InputError, match=r"--exclude '.*half.csv': object_id must be whole numbers \(Float value 1.5"):
+    with pytest.raises(InputError, match=r"--exclude '.*half.csv': object_id must hold whole numbers within int64 \(Float value 1.5"):
         read_ids(str(tmp_path / "half.csv"))
+    # pandas wrote the ids as floats beside the empty cell: beyond 2^53 they name neighbouring galaxies
+    pd.DataFrame({"object_id": [float(big[0]), None]}).to_parquet(tmp_path / "floats.parquet")
+    assert int(pd.read_parquet(tmp_path / "floats.parquet").object_id.iloc[0]) != big[0]
+    with pytest.raises(InputError, match=r"--exclude '.*floats.parquet': object_id is stored as floats, which hold whole "
+                                         r"numbers only up to 2\^53"):
+        read_ids(str(tmp_path / "floats.parquet"))
+    pd.DataFrame({"galaxy_id": ["J160453.70-041937.4", None]}).to_parquet(tmp_path / "names.parquet")
+    with pytest.raises(InputError, match=r"--exclude '.*names.parquet': galaxy_id holds text \('J160453.70-041937.4'\), "
+                                         "not the integer ids of the tile stores"):
+        read_ids(str(tmp_path / "names.parquet"), id_column="galaxy_id")
 
 
 def _splitmix64(x: int) -> int:

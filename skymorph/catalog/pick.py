@@ -42,6 +42,7 @@ from skymorph.catalog.info import Catalog, open_catalog
 from skymorph.catalog.query import connect
 from skymorph.errors import CatalogError, InputError, did_you_mean, first_line
 from skymorph.seeds import check_seed
+from skymorph.tiles import object_ids
 
 __all__ = ["pick", "gumbel_keys", "hash_uniform", "model_salt", "read_ids", "STRATEGIES", "MANIFEST_COLUMNS"]
 
@@ -134,18 +135,11 @@ def _no_id_column(what: str, id_column: str, names: list[str]) -> InputError:
 
 
 def _ids_of(table, id_column: str, what: str) -> np.ndarray:
-    """The ``id_column`` of pyarrow ``table`` as int64, its empty cells dropped (they name no galaxy); cast in
-    Arrow, where a column with nulls is not floats, so ids above 2^53 stay exact and a fraction is refused
-    (numpy would round the first and truncate the second)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
+    """The ``id_column`` of pyarrow ``table`` as int64 (:func:`skymorph.tiles.object_ids`), its empty cells
+    dropped: a row of the labels or a batch may not have its id yet."""
     if id_column not in table.column_names:
         raise _no_id_column(what, id_column, table.column_names)
-    try:
-        return pc.drop_null(table.column(id_column)).cast(pa.int64(), safe=True).to_numpy()
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
-        raise InputError(f"{what}: {id_column} must be whole numbers ({first_line(err, 120)})") from None
+    return object_ids(table.column(id_column), what, name=id_column, drop_empty=True)
 
 
 def _score(catalog: Catalog, question: str | None, weight_by_asked: bool) -> tuple[str, str]:

@@ -39,6 +39,7 @@ import numpy as np
 from skymorph.errors import InputError, SchemaError, did_you_mean, first_line
 from skymorph.schema import Schema
 from skymorph.storage import read_bytes
+from skymorph.tiles import object_ids
 
 __all__ = [
     "Labels",
@@ -326,33 +327,6 @@ def _gz2_table_name(name: str) -> str | None:
     return None
 
 
-def _object_ids(url: str, column, what: str = "labels") -> np.ndarray:
-    """The ``object_id`` column as int64, cast in Arrow: integers, digits stored as text, and whole-number
-    floats up to 2^53 (pandas' integers after a merge with a missing value; a larger float has lost its
-    last digits, and would name a neighbouring galaxy). One-line errors for an empty cell, a fraction, a
-    float beyond 2^53, an id beyond int64, and text (a survey's name for its galaxies: GZ's iauname)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    if column.null_count:
-        raise InputError(f"{what} {url!r}: object_id is empty in {column.null_count} row(s); give every row its galaxy's id")
-    if pa.types.is_floating(column.type) and len(column) and pc.max(pc.abs(column)).as_py() > 2**53:
-        raise InputError(
-            f"{what} {url!r}: object_id is stored as floats, which hold whole numbers only up to 2^53, and these go beyond "
-            "(a pandas merge with an empty cell turns ids into floats): keep them integers, e.g. with .astype('Int64')"
-        )
-    try:
-        return column.cast(pa.int64(), safe=True).to_numpy()
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
-        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-            text = next(v for v in column.to_pylist() if not v.strip().removeprefix("-").isdigit())
-            raise InputError(
-                f"{what} {url!r}: object_id holds text ({text!r}), not the integer ids of the tile stores; "
-                "take each galaxy's object_id from `survey ingest`'s labels.parquet or a pick's batch file"
-            ) from None
-        raise InputError(f"{what} {url!r}: object_id must hold whole numbers within int64 ({first_line(err, 120)})") from None
-
-
 def _read_counts(url: str, table, object_id: np.ndarray, answer: str, spellings: tuple[str, ...]):
     """``(counts, voted)``: one answer's counts as float64, NaN where empty, and per source of its columns
     (:func:`_source`) where that holds a count. An answer spelt two ways is combined row by row: a cell
@@ -516,7 +490,7 @@ def load_labels(url: str, schema: Schema, storage_options=None) -> Labels:
             )
     if not table.num_rows:  # before the type checks: the columns of a header-only CSV have no type
         raise InputError(f"labels {url!r} has no rows, only a header; give one row of vote counts per galaxy")
-    object_id = _object_ids(url, table.column("object_id"))
+    object_id = object_ids(table.column("object_id"), f"labels {url!r}")
     unique, counts = np.unique(object_id, return_counts=True)
     if (counts > 1).any():
         raise InputError(f"labels {url!r} lists object_id {int(unique[counts > 1][0])} more than once")

@@ -18,6 +18,7 @@ import numpy as np
 
 from skymorph.errors import InputError, first_line
 from skymorph.schema import Schema, get_schema
+from skymorph.tiles import object_ids
 
 __all__ = ["VotesAdded", "add_votes"]
 
@@ -55,7 +56,7 @@ def add_votes(votes: str, batch: str, out: str, labels: str | None = None, schem
     import pyarrow as pa
 
     from skymorph.storage import check_new, write_parquet
-    from skymorph.trainer.data import (_LABELLED_POSITION_ARCSEC, _arcsec_between, _locations, _object_ids,
+    from skymorph.trainer.data import (_LABELLED_POSITION_ARCSEC, _arcsec_between, _locations,
                                        _read_table, _sky_positions, load_labels, positions)
 
     if not str(out).lower().endswith((".parquet", ".pq")):
@@ -67,7 +68,7 @@ def add_votes(votes: str, batch: str, out: str, labels: str | None = None, schem
     table, batch_sha256 = _read_table(str(batch), storage_options, what="batch")
     if "object_id" not in table.column_names:
         raise InputError(f"batch {batch!r} has no object_id column; give the file `catalog pick` wrote")
-    batch_ids = _object_ids(batch, table.column("object_id"), what="batch")
+    batch_ids = object_ids(table.column("object_id"), f"batch {batch!r}")
     tile, row = _locations(table)
     if tile is None:
         raise InputError(f"batch {batch!r} does not say where each image is (tile and row columns); give the file "
@@ -107,7 +108,7 @@ def add_votes(votes: str, batch: str, out: str, labels: str | None = None, schem
             )
         old, _ = _read_table(str(labels), storage_options)
         # a row of the old labels without votes (the galaxy was still with the volunteers) gives way to its votes
-        waiting = np.isin(_object_ids(labels, old.column("object_id")), voted.object_id)
+        waiting = np.isin(object_ids(old.column("object_id"), f"labels {labels!r}"), voted.object_id)
         old = _plain(old.filter(pa.array(~waiting)))
         # pandas' own key describes the old columns only; the tree and the history carry over
         old_metadata = {key: value for key, value in (old.schema.metadata or {}).items() if key != b"pandas"}
