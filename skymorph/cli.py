@@ -261,8 +261,20 @@ def _cmd_evaluate(args) -> int:
 
 
 def _add_labels_commands(sub) -> None:
-    labels = sub.add_parser("labels", help="labels for training: add the votes volunteers gave a picked batch")
-    labels_sub = labels.add_subparsers(dest="labels_command", metavar="{ingest}", required=True)
+    labels = sub.add_parser("labels", help="labels for training: give a volunteer table the tiles' ids; add the votes "
+                            "volunteers gave a picked batch")
+    labels_sub = labels.add_subparsers(dest="labels_command", metavar="{match,ingest}", required=True)
+    match = labels_sub.add_parser("match", help="give each row of a volunteer table the object_id, tile and row of the "
+                                  "nearest tile galaxy on the sky")
+    match.add_argument("table", metavar="TABLE", help="a table with ra and dec in degrees (CSV, Parquet or FITS: a Galaxy "
+                       "Zoo volunteer table)")
+    match.add_argument("--tiles", required=True, metavar="TILELIST", help="tile list file (or one .zarr tile store)")
+    match.add_argument("--radius", type=float, default=1.0, metavar="ARCSEC", help="largest separation of a match, in "
+                       "arcseconds (default 1)")
+    match.add_argument("--out", required=True, metavar="LABELS", help="the matched rows, as labels (Parquet)")
+    _add_overwrite_option(match, "an existing --out")
+    _add_storage_option(match)
+    match.set_defaults(func=_cmd_labels_match)
     ingest = labels_sub.add_parser("ingest", help="append a batch's votes, with where each image is, to the labels")
     ingest.add_argument("votes", metavar="VOTES", help="the volunteers' vote counts (CSV, Parquet or FITS; skymorph's "
                         "spelling or a Galaxy Zoo table), with object_id")
@@ -273,6 +285,15 @@ def _add_labels_commands(sub) -> None:
     _add_overwrite_option(ingest, "an existing --out")
     _add_storage_option(ingest)
     ingest.set_defaults(func=_cmd_labels_ingest)
+
+
+def _cmd_labels_match(args) -> int:
+    from skymorph.trainer.crossmatch import match_labels
+
+    matched = match_labels(args.table, args.tiles, args.out, radius_arcsec=args.radius, overwrite=args.overwrite,
+                           storage_options=_storage_options(args))
+    print(matched.summary())
+    return 0
 
 
 def _cmd_labels_ingest(args) -> int:

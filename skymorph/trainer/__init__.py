@@ -4,6 +4,7 @@ Heavy imports (torch) happen inside the functions, so importing this package is 
 """
 
 from skymorph.trainer.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
+from skymorph.trainer.crossmatch import Matched, match_labels
 from skymorph.trainer.evaluate import EvaluationReport, evaluate
 from skymorph.trainer.loop import TrainConfig, TrainResult, train
 from skymorph.trainer.votes import VotesAdded, add_votes
@@ -19,4 +20,6 @@ __all__ = [
     "CheckpointMeta",
     "add_votes",
     "VotesAdded",
+    "match_labels",
+    "Matched",
 ]

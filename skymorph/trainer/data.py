@@ -171,20 +171,27 @@ def _locations(table) -> tuple[np.ndarray | None, np.ndarray | None]:
     return names[pc.index_in(tile, value_set=distinct, skip_nulls=False).to_numpy()], rows
 
 
-def _sky_positions(url: str, table) -> np.ndarray | None:
+def _sky_positions(url: str, table, *, needed_for: str | None = None) -> np.ndarray | None:
     """``(n, 2)`` (ra, dec) in degrees from the labels' ``ra`` and ``dec`` columns, in either case (NaN where empty), or
     None without both, or (with a warning) where they are not numbers: volunteer tables give them, and
-    :func:`load_images` checks them against the tiles'."""
+    :func:`load_images` checks them against the tiles'. With ``needed_for`` (what they are needed for), those two
+    cases are one-line errors instead."""
     names = table.column_names
     folded: dict[str, str] = {}
     for name in names:  # RA and DEC as FITS tables spell them; ra and dec where both are given
         folded.setdefault(name.lower(), name)
     columns = [c if c in names else folded.get(c) for c in ("ra", "dec")]
     if None in columns:
+        if needed_for:
+            raise InputError(f"table {url!r} has no ra and dec columns (columns: {', '.join(names[:12])}); give each "
+                             f"galaxy's position in degrees as ra and dec {needed_for}")
         return None
     try:
         return np.stack([table.column(c).to_numpy(zero_copy_only=False).astype(np.float64) for c in columns], axis=1)
     except (TypeError, ValueError) as err:  # sexagesimal text, say: not read, as before the check existed
+        if needed_for:
+            raise InputError(f"table {url!r} columns ra and dec are not numbers ({first_line(err, 80)}); give them in "
+                             f"degrees {needed_for}") from None
         print(f"skymorph: warning: labels {url!r} columns ra and dec are not numbers ({first_line(err, 80)}), so the "
               "galaxies' positions are not checked against the tiles'; give them in degrees to check them", file=sys.stderr)
         return None

@@ -1,0 +1,203 @@
+"""Give a volunteer table the tiles' galaxy ids by position: ``skymorph labels match``.
+
+Galaxy Zoo's tables name galaxies their own way (GZ DECaLS' ``iauname``, GZ2's ``dr7objid``) and give
+each one's ``ra`` and ``dec``; the tiles hold galaxies by skymorph's integer ``object_id``. :func:`match_labels`
+pairs each row of the table with the nearest tile galaxy on the sky (astropy's
+:meth:`~astropy.coordinates.SkyCoord.match_to_catalog_sky`, a k-d tree on unit vectors) and writes the
+rows that have one within ``radius_arcsec`` as labels ``train``, ``evaluate`` and ``labels ingest`` read:
+the table's own columns behind ``object_id``, ``tile`` and ``row`` (where the image is) and
+``match_arcsec`` (how far apart the two positions are, to judge the match by).
+
+A tile galaxy nearest to two rows (a galaxy classified twice, as some are in Galaxy Zoo's tables) goes to
+the nearer row; the other is left out, as are rows with no tile galaxy within the radius (outside the
+tiles' footprint) and rows without a position. Both are counted in a warning: silently, a volunteer
+table's galaxies would just be fewer. Tiles with placeholder positions (cutouts ingested without ra/dec)
+cannot be matched by position and are skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+
+from skymorph.errors import InputError
+
+__all__ = ["Matched", "match_labels"]
+
+MATCHED_KEY = "skymorph.matched"
+ADDED_COLUMNS = ("object_id", "tile", "row", "match_arcsec")
+
+_UNITS = (("hours", np.array([15.0, 1.0])), ("radians", np.degrees(np.ones(2))))
+"""Scales from positions given in another unit (ra in hours; both in radians) to degrees."""
+
+
+@dataclass(frozen=True)
+class Matched:
+    """What :func:`match_labels` wrote: ``matched`` of the table's ``rows`` to a tile galaxy, with the
+    median separation; ``unmatched`` rows had none within the radius (or no position), ``duplicates`` lost
+    their galaxy to a nearer row."""
+
+    out: str
+    rows: int
+    matched: int
+    unmatched: int
+    duplicates: int
+    median_arcsec: float
+    radius_arcsec: float
+
+    def summary(self) -> str:
+        left = self.unmatched + self.duplicates
+        return (f'matched {self.matched} of {self.rows} rows to tile galaxies within {self.radius_arcsec:g}" (median '
+                f'{self.median_arcsec:.2f}") -> {self.out}' + (f"; {left} rows left out" if left else ""))
+
+
+def match_labels(table: str, tiles: str, out: str, *, radius_arcsec: float = 1.0, overwrite: bool = False,
+                 storage_options=None, progress: bool = True) -> Matched:
+    """Write ``out`` (Parquet): the rows of ``table`` (CSV, gzipped CSV, Parquet or FITS, with ``ra`` and
+    ``dec`` in degrees) that have a galaxy of the ``tiles`` (a tile list or one tile's URL) within
+    ``radius_arcsec``, each given the nearest one's ``object_id``, ``tile`` and ``row`` and the separation
+    ``match_arcsec``; the table's own columns follow unchanged. Its Parquet metadata records the match
+    under ``skymorph.matched``: the table (URL, sha256), the tiles, the radius and the counts.
+
+    One-line errors: ``out`` not ``.parquet`` or existing unless ``overwrite``; a radius that is not a
+    positive number; a table without ``ra``/``dec`` as numbers in degrees (dec within +-90), or that already
+    has a column this adds; tiles all with placeholder positions; no row matched (with a hint where the
+    positions look like hours or radians).
+    """
+    import pyarrow as pa
+
+    from skymorph.storage import check_new, write_parquet
+    from skymorph.tiles import read_tiles
+    from skymorph.trainer.data import _read_table, _sky_positions
+    from skymorph.trainer.votes import _plain
+
+    if not str(out).lower().endswith((".parquet", ".pq")):
+        raise InputError(f"--out {out!r}: labels match writes Parquet; give a .parquet file")
+    if not (np.isfinite(radius_arcsec) and radius_arcsec > 0):
+        raise InputError(f"--radius {radius_arcsec}: give a positive number of arcseconds (1 is typical for one survey's "
+                         "positions)")
+    check_new(out, "--out", overwrite, storage_options)
+    source, sha256 = _read_table(str(table), storage_options, what="table")
+    source = _plain(source)
+    taken = [name for name in source.column_names if name.lower() in ADDED_COLUMNS]
+    if taken:
+        raise InputError(f"table {table!r} already has column(s) {', '.join(map(repr, taken))}, which labels match adds; "
+                         "rename them, or train on the table as it is if its object_id is the tiles'")
+    said = _sky_positions(str(table), source, needed_for="to match them to the tiles' galaxies")
+    beyond = np.flatnonzero(np.abs(said[:, 1]) > 90)
+    if len(beyond):
+        raise InputError(f"table {table!r} has dec {said[beyond[0], 1]:g} in row {int(beyond[0])} ({len(beyond)} rows in all "
+                         "beyond +-90); give ra and dec in degrees")
+    tile_urls = read_tiles(tiles, storage_options)
+    galaxies = _tile_galaxies(tile_urls, storage_options, progress)
+
+    nearest, arcsec = _nearest(said, galaxies.ra_dec)
+    within = arcsec <= radius_arcsec
+    if not within.any():
+        raise InputError(_nothing_matched(table, said, galaxies.ra_dec, arcsec, radius_arcsec, len(tile_urls)))
+    # a galaxy nearest to two rows goes to the nearer: sort by (galaxy, separation), keep each galaxy's first;
+    # by id, since a galaxy in two overlapping tiles is two rows of ``galaxies``
+    rows = np.flatnonzero(within)
+    galaxy = galaxies.object_id[nearest[rows]]
+    rows = rows[np.lexsort((arcsec[rows], galaxy))]
+    _, first = np.unique(galaxies.object_id[nearest[rows]], return_index=True)
+    kept = np.sort(rows[first])
+    duplicates = len(rows) - len(kept)
+    unmatched = len(said) - len(rows)
+    _warn_left_out(table, unmatched, duplicates, len(said), radius_arcsec)
+
+    at = nearest[kept]
+    added = {"object_id": pa.array(galaxies.object_id[at], pa.int64()), "tile": pa.array(galaxies.tile[at], pa.string()),
+             "row": pa.array(galaxies.row[at], pa.int64()), "match_arcsec": pa.array(arcsec[kept], pa.float64())}
+    result = source.take(pa.array(kept))
+    for i, (name, column) in enumerate(added.items()):
+        result = result.add_column(i, name, column)
+    record = {"table": str(table), "table_sha256": sha256, "tiles": str(tiles), "tile_count": len(tile_urls),
+              "radius_arcsec": float(radius_arcsec), "rows": len(said), "matched": len(kept), "unmatched": unmatched,
+              "duplicates": duplicates}
+    # pandas' own key describes the table's columns without the added ones; anything else (a tree) carries over
+    metadata = {key: value for key, value in (source.schema.metadata or {}).items() if key != b"pandas"}
+    metadata[MATCHED_KEY.encode()] = json.dumps(record).encode()
+    write_parquet(result.replace_schema_metadata(metadata), out, storage_options)
+    return Matched(out=str(out), rows=len(said), matched=len(kept), unmatched=unmatched, duplicates=duplicates,
+                   median_arcsec=float(np.median(arcsec[kept])), radius_arcsec=float(radius_arcsec))
+
+
+@dataclass(frozen=True)
+class _Galaxies:
+    """The tiles' galaxies with sky positions: id, (ra, dec) in degrees, tile name and row."""
+
+    object_id: np.ndarray
+    ra_dec: np.ndarray
+    tile: np.ndarray
+    row: np.ndarray
+
+
+def _tile_galaxies(tile_urls: list[str], storage_options, progress: bool) -> _Galaxies:
+    """Every galaxy of the tiles with sky positions (placeholder-position tiles skipped, counted in the
+    error when that leaves none)."""
+    from skymorph.progress import progress_bar
+    from skymorph.tiles import open_tile, tile_name
+
+    ids, ra_dec, names, rows = [], [], [], []
+    for url in progress_bar(tile_urls, desc="reading tile positions", unit="tile", disable=not progress, leave=False):
+        tile = open_tile(url, storage_options=storage_options)
+        if tile.placeholder_positions:
+            continue
+        object_id, ra, dec = tile.read_coords()
+        ids.append(object_id)
+        ra_dec.append(np.stack([ra, dec], axis=1))
+        names.append(np.full(len(object_id), tile_name(url), dtype=object))
+        rows.append(np.arange(len(object_id), dtype=np.int64))
+    if not ids:
+        raise InputError(f"the {len(tile_urls)} tile(s) given have placeholder positions (cutouts ingested without "
+                         "ra/dec), so there is nothing to match positions to; give the table the object_id each galaxy "
+                         "was ingested with instead")
+    return _Galaxies(np.concatenate(ids), np.concatenate(ra_dec), np.concatenate(names), np.concatenate(rows))
+
+
+def _nearest(said: np.ndarray, ra_dec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(index, arcsec)``: per (ra, dec) row of ``said`` the nearest row of ``ra_dec`` and the angular separation
+    in arcseconds (infinite, index 0, where ``said`` has no position)."""
+    import astropy.units as u
+    from astropy.coordinates import SkyCoord
+
+    known = np.isfinite(said).all(axis=1)
+    index, arcsec = np.zeros(len(said), dtype=np.int64), np.full(len(said), np.inf)
+    if known.any():
+        catalog = SkyCoord(ra_dec[:, 0] * u.deg, ra_dec[:, 1] * u.deg)
+        found, separation, _ = SkyCoord(said[known, 0] * u.deg, said[known, 1] * u.deg).match_to_catalog_sky(catalog)
+        index[known], arcsec[known] = found, separation.to_value(u.arcsec)
+    return index, arcsec
+
+
+def _nothing_matched(table: str, said: np.ndarray, ra_dec: np.ndarray, arcsec: np.ndarray, radius: float, n_tiles: int) -> str:
+    """The error for a table none of whose rows has a tile galaxy within ``radius``: positions in hours or
+    radians where they would match, else how far the nearest pair is."""
+    known = np.isfinite(said).all(axis=1)
+    if not known.any():
+        return f"table {table!r} has no row with both ra and dec; give each galaxy's position in degrees"
+    from skymorph.trainer.data import _arcsec_text
+
+    sample = said[known][:1000]
+    for unit, scale in _UNITS:
+        if (np.abs(sample[:, 1] * scale[1]) <= 90).all() and (_nearest(sample * scale, ra_dec)[1] <= radius).any():
+            return f"table {table!r} gives ra, dec in {unit}, it seems: read as {unit}, its galaxies are at the tiles'; give them in degrees"
+    return (f'no row of table {table!r} has a tile galaxy within {radius:g}" (the nearest pair is {_arcsec_text(float(arcsec.min()))} '
+            f"apart) in the {n_tiles} tile(s) given: give the tiles of the sky the table covers, or a larger --radius if "
+            "the positions are of another catalog")
+
+
+def _warn_left_out(table: str, unmatched: int, duplicates: int, rows: int, radius: float) -> None:
+    """One warning line for the rows left out, when there are any."""
+    parts = []
+    if unmatched:
+        parts.append(f'{unmatched} have no tile galaxy within {radius:g}" (outside the tiles, or without a position)')
+    if duplicates:
+        parts.append(f"{duplicates} are nearest to a galaxy a nearer row took (a galaxy classified twice)")
+    if parts:
+        print(f"skymorph: warning: of {rows} rows of table {table!r}, {' and '.join(parts)}; they are left out",
+              file=sys.stderr)
