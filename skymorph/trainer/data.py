@@ -449,7 +449,12 @@ def _check_counts_beside_derived(url: str, names: list[str], said: dict, derived
 
 
 def load_labels(url: str, schema: Schema, storage_options=None) -> Labels:
-    """Read and validate a labels table against ``schema``.
+    """Read and validate a labels table against ``schema`` (:func:`labels_of`)."""
+    return labels_of(str(url), *_read_table(str(url), storage_options), schema)
+
+
+def labels_of(url: str, table, sha256: str, schema: Schema) -> Labels:
+    """Validate the labels ``table`` (pyarrow, as :func:`_read_table` read it from ``url``) against ``schema``.
 
     One-line errors: a column name given twice; a galaxy with two different counts for one answer spelt
     both ways (``bar_no``, ``bar-no``); no ``object_id``, or ids that are not whole numbers; the votes of
@@ -459,7 +464,6 @@ def load_labels(url: str, schema: Schema, storage_options=None) -> Labels:
     Galaxy Zoo's fractions or totals but no counts; one galaxy's votes for a question from two tables or
     campaigns; negative counts; no vote column of the schema at all, or no vote in any of them.
     """
-    table, sha256 = _read_table(str(url), storage_options)
     names = table.column_names
     twice = sorted({name for name in names if names.count(name) > 1})
     if twice:

@@ -57,7 +57,7 @@ def add_votes(votes: str, batch: str, out: str, labels: str | None = None, schem
 
     from skymorph.storage import check_new, write_parquet
     from skymorph.trainer.data import (_LABELLED_POSITION_ARCSEC, _arcsec_between, _locations,
-                                       _read_table, _sky_positions, load_labels, positions)
+                                       _read_table, _sky_positions, labels_of, load_labels, positions)
 
     if not str(out).lower().endswith((".parquet", ".pq")):
         raise InputError(f"--out {out!r}: labels ingest writes Parquet; give a .parquet file")
@@ -99,14 +99,14 @@ def add_votes(votes: str, batch: str, out: str, labels: str | None = None, schem
 
     history, old_metadata = [], {}
     if labels is not None:
-        before = load_labels(labels, tree, storage_options)
+        old, sha256 = _read_table(str(labels), storage_options)
+        before = labels_of(str(labels), old, sha256, tree)
         again = np.isin(voted.object_id, before.object_id)
         if again.any():
             raise InputError(
                 f"object_id {int(voted.object_id[np.argmax(again)])} ({int(again.sum())} galaxies in all) is labelled in "
                 f"{labels!r} already; add the new votes to its old row instead"
             )
-        old, _ = _read_table(str(labels), storage_options)
         # a row of the old labels without votes (the galaxy was still with the volunteers) gives way to its votes
         waiting = np.isin(object_ids(old.column("object_id"), f"labels {labels!r}"), voted.object_id)
         old = _plain(old.filter(pa.array(~waiting)))
