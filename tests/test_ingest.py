@@ -187,20 +187,30 @@ def test_tiles_record_the_stretch_of_their_images(tmp_path):
             assert stretch["name"] == "asinh" and ("applies_to" in stretch) == (kinds == (0, 1))
 
 
-def test_empty_labels_are_refused_with_a_way_forward(tmp_path):
-    """A catalog labelled in part said "catalog label nan has no answer in --label-map ...; map every label value",
-    which no map can do."""
+def test_cutouts_without_a_label_are_ingested_as_galaxies_to_classify(tmp_path, capsys):
+    """A catalog labelled in part said "catalog label nan has no answer in --label-map ...", then was refused:
+    a survey's cutouts, some labelled, is what the loop starts from. Unlabelled cutouts get no votes (not a
+    vote for "no"), and train leaves them out."""
     from PIL import Image
+
+    from skymorph.schema import get_schema
+    from skymorph.tiles import read_tiles
+    from skymorph.trainer.data import load_images, load_labels
 
     for i in range(3):
         Image.fromarray(np.full((24, 24), 40 * i + 10, dtype=np.uint8)).save(tmp_path / f"{i}.png")
     (tmp_path / "cat.csv").write_text("object_id,file,label\n1,0.png,spiral\n2,1.png,\n3,2.png,non_spiral\n")
-    code, err = _run(["survey", "ingest", "--catalog", str(tmp_path / "cat.csv"), "--out", str(tmp_path / "o"), "--size", "16",
-                      "--label-question", "has_spiral_arms", "--label-map", "spiral=yes,non_spiral=no"])
-    assert code == 2 and err.strip().splitlines() == [
-        "skymorph: error: --label-question needs a label for every cutout, and 1 of the catalog's rows have an empty one "
-        "(first: object_id 2); ingest without --label-question and add vote columns for the labelled galaxies to "
-        "labels.parquet, or give every cutout a label"]
+    assert cli.main(["survey", "ingest", "--catalog", str(tmp_path / "cat.csv"), "--out", str(tmp_path / "o"), "--size", "16",
+                     "--label-question", "has_spiral_arms", "--label-map", "spiral=yes,non_spiral=no"]) == 0
+    assert capsys.readouterr().out.startswith(f"ingested 3 galaxies into 1 tile(s) at {tmp_path / 'o'}; 1 have no label (no votes: "
+                                              "train leaves them out)")
+    table = pd.read_parquet(tmp_path / "o" / "labels.parquet")
+    assert table.has_spiral_arms_yes.astype(object).fillna(-1).tolist() == [1, -1, 0]
+    assert table.has_spiral_arms_no.astype(object).fillna(-1).tolist() == [0, -1, 1]
+    labels = load_labels(str(tmp_path / "o" / "labels.parquet"), get_schema("gz2"))
+    assert labels.object_id.tolist() == [1, 3] and "1 row(s) hold no votes in any question (first: object_id 2)" in capsys.readouterr().err
+    images, _ = load_images(read_tiles(str(tmp_path / "o" / "tiles.txt")), labels, progress=False)
+    assert images[:, 0, 8, 8].tolist() == [10, 90]
 
 
 def test_parse_label_map():

@@ -4,7 +4,8 @@ The catalog is a CSV with a ``file`` column (paths relative to the CSV), an id c
 by default, integers), optional ``ra``/``dec`` (degrees ICRS) and any other columns (e.g. ``label``,
 ``split``), which pass through to ``labels.parquet``. Writes ``OUT/tiles/ingest_NNNNN.zarr``,
 ``OUT/tiles.txt``, ``OUT/labels.parquet`` (object_id, tile, row, passthrough columns, and with a
-label mapping one vote-count column per answer of the labelled question) and, if any file could not
+label mapping one vote-count column per answer of the labelled question, empty for a cutout without
+a label) and, if any file could not
 be read, ``OUT/ingest_failures.csv`` (file, object_id, reason).
 
 Pixels: 8-bit JPEG/PNG/TIFF are decoded by Pillow as RGB (or L) and keep their values; FITS (first HDU
@@ -83,12 +84,14 @@ class IngestSummary:
     labels: str
     failures: str | None
     position_is_placeholder: bool
+    n_unlabelled: int = 0
 
     def __str__(self) -> str:
         failed = f", {self.n_failed} file(s) skipped (see {self.failures})" if self.n_failed else ""
+        unlabelled = (f"; {self.n_unlabelled} have no label (no votes: train leaves them out)" if self.n_unlabelled else "")
         placeholder = ("; positions are placeholders (ra = dec = 0): the catalog has no ra/dec columns"
                        if self.position_is_placeholder else "")
-        return f"ingested {self.n_galaxies} galaxies into {len(self.tiles)} tile(s) at {self.out}{failed}{placeholder}"
+        return f"ingested {self.n_galaxies} galaxies into {len(self.tiles)} tile(s) at {self.out}{failed}{unlabelled}{placeholder}"
 
 
 def parse_label_map(text: str | None) -> dict[str, str]:
@@ -260,8 +263,12 @@ def _sky_order(ra_deg: np.ndarray, dec_deg: np.ndarray) -> np.ndarray:
     return np.argsort(nested.lonlat_to_healpix(lon, lat, _SKY_ORDER), kind="stable")
 
 
-def _vote_columns(table, schema_name: str, question: str, mapping: dict[str, str]) -> dict[str, np.ndarray]:
-    """One vote per galaxy for the answer its ``label`` maps to (one-line error for unmapped labels)."""
+def _vote_columns(table, schema_name: str, question: str, mapping: dict[str, str]) -> dict:
+    """One vote per galaxy for the answer its ``label`` maps to, as nullable integers: a cutout without a
+    label gets empty cells, no votes, which ``train`` leaves out (a galaxy to classify, not one voted
+    "no"). One-line errors for unmapped labels."""
+    import pandas as pd
+
     q = get_schema(schema_name).question(question)
     mapping = mapping or {a: a for a in q.answers}
     for label, answer in mapping.items():
@@ -269,18 +276,12 @@ def _vote_columns(table, schema_name: str, question: str, mapping: dict[str, str
             raise InputError(f"--label-map maps {label!r} to {answer!r}, which question {question!r} lacks; it has {list(q.answers)}")
     if "label" not in table.columns:
         raise InputError("--label-question needs a 'label' column in the catalog")
-    blank = table["label"].isna() | (table["label"].astype(str).str.strip() == "")
-    if blank.any():  # a vote for no answer cannot be made of it, and no votes would read as labelled
-        raise InputError(
-            f"--label-question needs a label for every cutout, and {int(blank.sum())} of the catalog's rows have an "
-            f"empty one (first: object_id {int(table['object_id'][blank].iloc[0])}); ingest without --label-question and "
-            "add vote columns for the labelled galaxies to labels.parquet, or give every cutout a label"
-        )
+    blank = (table["label"].isna() | (table["label"].astype(str).str.strip() == "")).to_numpy()
     labels = table["label"].astype(str)
-    unmapped = sorted(set(labels) - set(mapping))
+    unmapped = sorted(set(labels[~blank]) - set(mapping))
     if unmapped:
         raise InputError(f"catalog label {unmapped[0]!r} has no answer in --label-map {mapping}; map every label value")
-    return {f"{question}_{a}": (labels.map(mapping) == a).to_numpy(np.int64) for a in q.answers}
+    return {f"{question}_{a}": pd.arrays.IntegerArray((labels.map(mapping) == a).to_numpy(np.int64), blank) for a in q.answers}
 
 
 def ingest(
@@ -406,4 +407,5 @@ def ingest(
         writer.writerow(("file", "object_id", "reason"))
         writer.writerows(failures)
         atomic_write_text(failures_url, text.getvalue(), storage_options)
-    return IngestSummary(str(out), len(kept), len(failures), tuple(tile_urls), labels_url, failures_url, placeholder)
+    unlabelled = int(next(iter(votes.values()))[ok].isna().sum()) if votes else 0
+    return IngestSummary(str(out), len(kept), len(failures), tuple(tile_urls), labels_url, failures_url, placeholder, unlabelled)
