@@ -44,8 +44,8 @@ class VotesAdded:
 def add_votes(votes: str, batch: str, out: str, labels: str | None = None, schema: str | Schema | None = None,
               overwrite: bool = False, storage_options=None) -> VotesAdded:
     """Write ``out``: the ``labels`` so far (none: a first round) plus one row per galaxy of ``votes``, with
-    the ``tile`` and ``row`` the ``batch`` gives it, its vote counts in ``schema``'s spelling and the votes'
-    own ``split``, else an empty one (the seed's hash split). ``schema``: given, or the tree ``labels`` record.
+    the ``tile`` and ``row`` the ``batch`` gives it, its vote counts in ``schema``'s spelling and an empty
+    ``split`` (the seed's hash split). ``schema``: given, or the tree ``labels`` record.
 
     A row of ``labels`` without votes (a galaxy that was still with the volunteers) gives way to the
     galaxy's votes. One-line errors: no tree to read the votes by; votes for a galaxy the batch lacks, or
@@ -91,8 +91,7 @@ def add_votes(votes: str, batch: str, out: str, labels: str | None = None, schem
 
     asked = [q for q, answers in zip(tree.questions, tree.question_slices) if voted.votes[:, answers].any()]
     columns = {"object_id": pa.array(voted.object_id, pa.int64()), "tile": pa.array(tile[at], pa.string()),
-               "row": pa.array(row[at], pa.int64()),
-               "split": pa.nulls(len(voted), pa.string()) if voted.split is None else pa.array(voted.split, pa.string())}
+               "row": pa.array(row[at], pa.int64()), "split": pa.nulls(len(voted), pa.string())}
     for question in asked:
         for answer in question.answers:
             columns[f"{question.name}_{answer}"] = pa.array(voted.votes[:, tree.answer_index(question.name, answer)])
