@@ -954,6 +954,12 @@ def test_a_batchs_votes_are_added_to_the_labels_where_the_batch_says_each_image_
     batch.iloc[1:].to_csv(tmp_path / "short.csv", index=False)
     with pytest.raises(InputError, match=r"votes '.*votes.csv' are for object_id 1030 \(1 galaxies in all\), which batch"):
         add_votes(str(tmp_path / "votes.csv"), str(tmp_path / "short.csv"), str(tmp_path / "x.parquet"), labels=old, schema="gz2")
+    # votes that say which galaxies validate: the new rows still take the hash split the fine-tuned model validates by
+    votes.assign(split=["validation", None] * 8).to_csv(tmp_path / "split.csv", index=False)
+    capsys.readouterr()
+    add_votes(str(tmp_path / "split.csv"), str(tmp_path / "batch.csv"), str(tmp_path / "s.parquet"), labels=old, schema="gz2")
+    assert (load_labels(str(tmp_path / "s.parquet"), GZ2).split[-16:] == None).all()  # noqa: E711
+    assert "have a split column, which is not used: new rows take the seed's hash split" in capsys.readouterr().err
     batch.assign(ra=12.0).to_csv(tmp_path / "elsewhere.csv", index=False)
     with pytest.raises(InputError, match=r"put object_id 1030 more than 5\" from where batch .* has it"):
         add_votes(str(tmp_path / "votes.csv"), str(tmp_path / "elsewhere.csv"), str(tmp_path / "x.parquet"), labels=old, schema="gz2")

@@ -12,6 +12,7 @@ votes file and which batch, by URL and sha256.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,6 +65,10 @@ def add_votes(votes: str, batch: str, out: str, labels: str | None = None, schem
     check_new(out, "--out", overwrite, storage_options)
     tree = _tree(schema, labels, storage_options)
     voted = load_labels(votes, tree, storage_options)
+    if voted.split is not None:  # a fine-tuned model keeps validating on its hash split only if new rows join it
+        print(f"skymorph: warning: votes {votes!r} have a split column, which is not used: new rows take the seed's hash "
+              "split, as the model fine-tuned on them validates by; set a galaxy's split in the new labels if you must",
+              file=sys.stderr)
 
     table, batch_sha256 = _read_table(str(batch), storage_options, what="batch")
     if "object_id" not in table.column_names:
