@@ -100,7 +100,8 @@ def object_ids(column, what: str, *, name: str = "object_id", drop_empty: bool =
             text = next(v for v in column.to_pylist() if v is not None and not v.strip().removeprefix("-").isdigit())
             raise InputError(
                 f"{what}: {name} holds text ({text!r}), not the integer ids of the tile stores; "
-                "take each galaxy's object_id from `survey ingest`'s labels.parquet or a pick's batch file"
+                "take each galaxy's object_id from `survey ingest`'s labels.parquet or a pick's batch file, or give a "
+                "table with ra and dec its tiles' ids with `skymorph labels match`"
             ) from None
         raise InputError(f"{what}: {name} must hold whole numbers within int64 ({first_line(err, 120)})") from None
 

@@ -57,11 +57,11 @@ def test_a_volunteer_table_gets_each_galaxys_id_tile_and_row_and_then_trains(sur
     out = str(tmp_path / "matched.parquet")
     matched = match_labels(str(tmp_path / "gz.csv"), f"{root}/tiles.txt", out, progress=False)
     assert (matched.rows, matched.matched, matched.unmatched, matched.duplicates) == (35, 32, 2, 1)
-    assert matched.summary() == f'matched 32 of 35 rows to tile galaxies within 1" (median 0.25") -> {out}; 3 rows left out'
+    assert matched.summary() == f'matched 32 of 35 rows to tile galaxies within 1" (median 0.25") -> {out}; rows left out: 3'
     assert capsys.readouterr().err.strip() == (
-        f"skymorph: warning: of 35 rows of table {str(tmp_path / 'gz.csv')!r}, 2 have no tile galaxy within 1\" (outside "
-        "the tiles, or without a position) and 1 are nearest to a galaxy a nearer row took (a galaxy classified twice); "
-        "they are left out")
+        f"skymorph: warning: rows of table {str(tmp_path / 'gz.csv')!r} left out, of 35: 2 without a tile galaxy within 1\" "
+        "(outside the tiles, or without a position), 1 nearest to a galaxy that a nearer row took (a galaxy classified "
+        "twice; its votes are not added)")
 
     result = pd.read_parquet(out)
     assert list(result.columns[:5]) == ["object_id", "tile", "row", "match_arcsec", "iauname"]
@@ -73,6 +73,7 @@ def test_a_volunteer_table_gets_each_galaxys_id_tile_and_row_and_then_trains(sur
     np.testing.assert_allclose(result.match_arcsec, expected_arcsec[::-1], atol=1e-3)
     record = json.loads(pq.read_schema(out).metadata[b"skymorph.matched"])
     assert record["radius_arcsec"] == 1.0 and record["tile_count"] == 2 and len(record["table_sha256"]) == 64
+    assert record["tiles_without_positions"] == 0
     assert (record["rows"], record["matched"], record["unmatched"], record["duplicates"]) == (35, 32, 2, 1)
 
     # what train reads: the same votes, each image found where the match put it, positions checked
@@ -104,6 +105,15 @@ def test_a_volunteer_table_gets_each_galaxys_id_tile_and_row_and_then_trains(sur
                      "--radius", "2", "--overwrite"]) == 0
     assert capsys.readouterr().out.startswith('matched 32 of 35 rows to tile galaxies within 2" (median 0.25")')
 
+    # a tile ingested without positions is not searched, and the warning and the metadata say so
+    write_tile(str(tmp_path / "unplaced.zarr"), home.read_images(), object_id, ra, dec, survey="test", bands=home.attrs["bands"],
+               pixel_scale_arcsec=1.0, stretch="none", resize="none", extra_attrs={"position_is_placeholder": True})
+    write_tile_list(str(tmp_path / "mixed.txt"), [str(tmp_path / "unplaced.zarr"), *urls])
+    match_labels(str(tmp_path / "gz.csv"), str(tmp_path / "mixed.txt"), str(tmp_path / "m.parquet"), progress=False)
+    assert ("skymorph: warning: tiles with placeholder positions (ingested without ra/dec) are not searched: 1 of 3"
+            in capsys.readouterr().err)
+    assert json.loads(pq.read_schema(tmp_path / "m.parquet").metadata[b"skymorph.matched"])["tiles_without_positions"] == 1
+
 
 def test_tables_that_cannot_be_matched_are_one_line_errors(survey, tmp_path):
     root, labels = survey
@@ -113,7 +123,10 @@ def test_tables_that_cannot_be_matched_are_one_line_errors(survey, tmp_path):
     write_tile(placeholder, np.zeros((2, 1, 16, 16), np.uint8), np.arange(2), np.zeros(2), np.zeros(2), survey="test",
                bands=["grey"], pixel_scale_arcsec=1.0, stretch="none", resize="none", extra_attrs={"position_is_placeholder": True})
     cases = {
-        "ids.csv": (table.assign(object_id=1), tiles, "already has column\\(s\\) 'object_id', which labels match adds"),
+        "ids.csv": (table.assign(object_id=1), tiles, "already has an object_id column; train on it as it is if those are "
+                                                      "the tiles' ids, else rename it"),
+        "row.csv": (table.assign(row=1, Tile="x"), tiles, "already has column\\(s\\) 'row', which labels match adds; rename them"),
+        "header.csv": (table.iloc[:0], tiles, "has no rows; give one row per galaxy"),
         "nopos.csv": (table.drop(columns=["ra", "dec"]), tiles, "has no ra and dec columns \\(columns: iauname,"),
         "text.csv": (table.assign(ra="10h00m00s"), tiles, "columns ra and dec are not numbers"),
         "hours.csv": (table.assign(ra=table.ra / 15), tiles, "gives ra, dec in hours, it seems"),
@@ -121,7 +134,8 @@ def test_tables_that_cannot_be_matched_are_one_line_errors(survey, tmp_path):
         "moved.csv": (table.assign(dec=table.dec - 2.0), tiles, 'no row of table .* has a tile galaxy within 1" \\(the nearest pair is'),
         "unplaced.csv": (table, placeholder, "the 1 tile\\(s\\) given have placeholder positions"),
         "empty.csv": (table.assign(ra=np.nan), tiles, "has no row with both ra and dec"),
-        "arcsec.csv": (table.assign(dec=table.dec * 3600), tiles, "has dec -?[0-9.e+]+ in row 0 \\(32 rows in all beyond \\+-90\\)"),
+        "arcsec.csv": (table.assign(dec=table.dec * 3600), tiles, "has dec -?[0-9.e+]+ \\(32 rows beyond \\+-90\\); give ra and "
+                                                                 "dec in degrees, and leave an unknown position empty"),
     }
     for name, (frame, tile_list, message) in cases.items():
         frame.to_csv(tmp_path / name, index=False)
@@ -130,6 +144,24 @@ def test_tables_that_cannot_be_matched_are_one_line_errors(survey, tmp_path):
         assert re.search(message, str(info.value)) and "\n" not in str(info.value), (name, str(info.value))
     table.to_csv(tmp_path / "gz.csv", index=False)
     for kwargs, message in ((dict(out=str(tmp_path / "out.csv")), "labels match writes Parquet; give a .parquet file"),
-                            (dict(radius_arcsec=0.0), "--radius 0.0: give a positive number of arcseconds")):
+                            (dict(radius_arcsec=0.0), "--radius 0.0: give a number of arcseconds above 0 and at most 5"),
+                            (dict(radius_arcsec=10.0), "--radius 10.0: give a number of arcseconds above 0 and at most 5, the "
+                                                       "most train allows between a galaxy's labelled position and its image")):
         with pytest.raises(InputError, match=re.escape(message)):
             match_labels(str(tmp_path / "gz.csv"), tiles, kwargs.pop("out", str(tmp_path / "out.parquet")), progress=False, **kwargs)
+
+
+def test_tiles_of_two_surveys_sharing_ids_are_refused(survey, tmp_path):
+    """Ids are unique only within a survey: resolving "a galaxy classified twice" by id merged two surveys'
+    galaxies, and half a review's rows were left out as duplicates."""
+    from skymorph.survey.synth import synthesize
+
+    root, labels = survey
+    other = str(tmp_path / "other")
+    synthesize(other, n_tiles=1, per_tile=16, size=16, seed=7, schema="gz2", workers=1, progress=False)
+    write_tile_list(str(tmp_path / "both.txt"), read_tiles(f"{root}/tiles.txt") + read_tiles(f"{other}/tiles.txt"))
+    _volunteer_table(labels).to_csv(tmp_path / "gz.csv", index=False)
+    with pytest.raises(InputError, match=r"tiles 'hpx5_\d+' and 'hpx5_\d+' hold object_id 0 at positions [0-9.]+ deg apart "
+                                         r"\(16 ids like it\): tiles of two surveys, whose ids are unique only within each; "
+                                         "match each survey's tiles on its own"):
+        match_labels(str(tmp_path / "gz.csv"), str(tmp_path / "both.txt"), str(tmp_path / "out.parquet"), progress=False)

@@ -8,11 +8,15 @@ rows that have one within ``radius_arcsec`` as labels ``train``, ``evaluate`` an
 the table's own columns behind ``object_id``, ``tile`` and ``row`` (where the image is) and
 ``match_arcsec`` (how far apart the two positions are, to judge the match by).
 
-A tile galaxy nearest to two rows (a galaxy classified twice, as some are in Galaxy Zoo's tables) goes to
-the nearer row; the other is left out, as are rows with no tile galaxy within the radius (outside the
-tiles' footprint) and rows without a position. Both are counted in a warning: silently, a volunteer
-table's galaxies would just be fewer. Tiles with placeholder positions (cutouts ingested without ra/dec)
-cannot be matched by position and are skipped.
+A tile galaxy nearest to two rows (a galaxy classified twice, as some are in Galaxy Zoo's tables, or in
+two releases concatenated) goes to the nearer row, the first of rows at one distance; the other row is
+left out, its votes not added, as are rows with no tile galaxy within the radius (outside the tiles'
+footprint) and rows without a position. Both are counted in a warning: silently, a volunteer table's
+galaxies would just be fewer. The radius is at most the 5" that ``train`` allows between a galaxy's
+labelled position and its image. Tiles with placeholder positions (cutouts ingested without ra/dec)
+cannot be matched by position: they are skipped, with a warning. One ``object_id`` at two positions in
+the tiles (tiles of two surveys, whose ids are unique only within each) is an error: matching by id
+would merge two galaxies.
 """
 
 from __future__ import annotations
@@ -29,10 +33,6 @@ __all__ = ["Matched", "match_labels"]
 
 MATCHED_KEY = "skymorph.matched"
 ADDED_COLUMNS = ("object_id", "tile", "row", "match_arcsec")
-
-_UNITS = (("hours", np.array([15.0, 1.0])), ("radians", np.degrees(np.ones(2))))
-"""Scales from positions given in another unit (ra in hours; both in radians) to degrees."""
-
 
 @dataclass(frozen=True)
 class Matched:
@@ -51,7 +51,7 @@ class Matched:
     def summary(self) -> str:
         left = self.unmatched + self.duplicates
         return (f'matched {self.matched} of {self.rows} rows to tile galaxies within {self.radius_arcsec:g}" (median '
-                f'{self.median_arcsec:.2f}") -> {self.out}' + (f"; {left} rows left out" if left else ""))
+                f'{self.median_arcsec:.2f}") -> {self.out}' + (f"; rows left out: {left}" if left else ""))
 
 
 def match_labels(table: str, tiles: str, out: str, *, radius_arcsec: float = 1.0, overwrite: bool = False,
@@ -63,34 +63,40 @@ def match_labels(table: str, tiles: str, out: str, *, radius_arcsec: float = 1.0
     under ``skymorph.matched``: the table (URL, sha256), the tiles, the radius and the counts.
 
     One-line errors: ``out`` not ``.parquet`` or existing unless ``overwrite``; a radius that is not a
-    positive number; a table without ``ra``/``dec`` as numbers in degrees (dec within +-90), or that already
-    has a column this adds; tiles all with placeholder positions; no row matched (with a hint where the
-    positions look like hours or radians).
+    positive number up to 5"; a table without rows, without ``ra``/``dec`` as numbers in degrees (dec
+    within +-90), or that already has a column this adds; tiles all with placeholder positions, or of two
+    surveys; no row matched (with a hint where the positions look like hours or radians).
     """
     import pyarrow as pa
 
     from skymorph.storage import check_new, write_parquet
     from skymorph.tiles import read_tiles
-    from skymorph.trainer.data import _read_table, _sky_positions
+    from skymorph.trainer.data import _LABELLED_POSITION_ARCSEC, _read_table, _sky_positions
     from skymorph.trainer.votes import _plain
 
     if not str(out).lower().endswith((".parquet", ".pq")):
         raise InputError(f"--out {out!r}: labels match writes Parquet; give a .parquet file")
-    if not (np.isfinite(radius_arcsec) and radius_arcsec > 0):
-        raise InputError(f"--radius {radius_arcsec}: give a positive number of arcseconds (1 is typical for one survey's "
-                         "positions)")
+    if not (np.isfinite(radius_arcsec) and 0 < radius_arcsec <= _LABELLED_POSITION_ARCSEC):
+        raise InputError(f"--radius {radius_arcsec}: give a number of arcseconds above 0 and at most "
+                         f"{_LABELLED_POSITION_ARCSEC:g}, the most train allows between a galaxy's labelled position and "
+                         "its image (1 is typical for one survey's positions)")
     check_new(out, "--out", overwrite, storage_options)
     source, sha256 = _read_table(str(table), storage_options, what="table")
     source = _plain(source)
-    taken = [name for name in source.column_names if name.lower() in ADDED_COLUMNS]
+    if not source.num_rows:
+        raise InputError(f"table {table!r} has no rows; give one row per galaxy")
+    if "object_id" in source.column_names:
+        raise InputError(f"table {table!r} already has an object_id column; train on it as it is if those are the tiles' "
+                         "ids, else rename it (labels match adds the tiles' object_id, tile and row)")
+    taken = [name for name in ADDED_COLUMNS if name in source.column_names]
     if taken:
         raise InputError(f"table {table!r} already has column(s) {', '.join(map(repr, taken))}, which labels match adds; "
-                         "rename them, or train on the table as it is if its object_id is the tiles'")
+                         "rename them")
     said = _sky_positions(str(table), source, needed_for="to match them to the tiles' galaxies")
-    beyond = np.flatnonzero(np.abs(said[:, 1]) > 90)
-    if len(beyond):
-        raise InputError(f"table {table!r} has dec {said[beyond[0], 1]:g} in row {int(beyond[0])} ({len(beyond)} rows in all "
-                         "beyond +-90); give ra and dec in degrees")
+    beyond = np.abs(said[:, 1]) > 90
+    if beyond.any():
+        raise InputError(f"table {table!r} has dec {said[np.argmax(beyond), 1]:g} ({int(beyond.sum())} rows beyond +-90); "
+                         "give ra and dec in degrees, and leave an unknown position empty")
     tile_urls = read_tiles(tiles, storage_options)
     galaxies = _tile_galaxies(tile_urls, storage_options, progress)
 
@@ -98,11 +104,11 @@ def match_labels(table: str, tiles: str, out: str, *, radius_arcsec: float = 1.0
     within = arcsec <= radius_arcsec
     if not within.any():
         raise InputError(_nothing_matched(table, said, galaxies.ra_dec, arcsec, radius_arcsec, len(tile_urls)))
-    # a galaxy nearest to two rows goes to the nearer: sort by (galaxy, separation), keep each galaxy's first;
-    # by id, since a galaxy in two overlapping tiles is two rows of ``galaxies``
+    # a galaxy nearest to two rows goes to the nearer (the first at one distance): sort stably by (galaxy,
+    # separation), keep each galaxy's first; by id, since a galaxy in two overlapping tiles is two rows of
+    # ``galaxies`` (``_tile_galaxies`` has made sure an id is one galaxy)
     rows = np.flatnonzero(within)
-    galaxy = galaxies.object_id[nearest[rows]]
-    rows = rows[np.lexsort((arcsec[rows], galaxy))]
+    rows = rows[np.lexsort((arcsec[rows], galaxies.object_id[nearest[rows]]))]
     _, first = np.unique(galaxies.object_id[nearest[rows]], return_index=True)
     kept = np.sort(rows[first])
     duplicates = len(rows) - len(kept)
@@ -116,7 +122,7 @@ def match_labels(table: str, tiles: str, out: str, *, radius_arcsec: float = 1.0
     for i, (name, column) in enumerate(added.items()):
         result = result.add_column(i, name, column)
     record = {"table": str(table), "table_sha256": sha256, "tiles": str(tiles), "tile_count": len(tile_urls),
-              "radius_arcsec": float(radius_arcsec), "rows": len(said), "matched": len(kept), "unmatched": unmatched,
+              "tiles_without_positions": galaxies.skipped, "radius_arcsec": float(radius_arcsec), "rows": len(said), "matched": len(kept), "unmatched": unmatched,
               "duplicates": duplicates}
     # pandas' own key describes the table's columns without the added ones; anything else (a tree) carries over
     metadata = {key: value for key, value in (source.schema.metadata or {}).items() if key != b"pandas"}
@@ -134,18 +140,22 @@ class _Galaxies:
     ra_dec: np.ndarray
     tile: np.ndarray
     row: np.ndarray
+    skipped: int
+    """Tiles with placeholder positions, not searched."""
 
 
 def _tile_galaxies(tile_urls: list[str], storage_options, progress: bool) -> _Galaxies:
-    """Every galaxy of the tiles with sky positions (placeholder-position tiles skipped, counted in the
-    error when that leaves none)."""
+    """Every galaxy of the tiles with sky positions. Tiles with placeholder positions are skipped with a
+    warning (an error when that leaves none); an id at two positions is an error (:func:`_check_one_galaxy_per_id`)."""
     from skymorph.progress import progress_bar
     from skymorph.tiles import open_tile, tile_name
 
     ids, ra_dec, names, rows = [], [], [], []
+    skipped = 0
     for url in progress_bar(tile_urls, desc="reading tile positions", unit="tile", disable=not progress, leave=False):
         tile = open_tile(url, storage_options=storage_options)
         if tile.placeholder_positions:
+            skipped += 1
             continue
         object_id, ra, dec = tile.read_coords()
         ids.append(object_id)
@@ -156,7 +166,33 @@ def _tile_galaxies(tile_urls: list[str], storage_options, progress: bool) -> _Ga
         raise InputError(f"the {len(tile_urls)} tile(s) given have placeholder positions (cutouts ingested without "
                          "ra/dec), so there is nothing to match positions to; give the table the object_id each galaxy "
                          "was ingested with instead")
-    return _Galaxies(np.concatenate(ids), np.concatenate(ra_dec), np.concatenate(names), np.concatenate(rows))
+    if skipped:
+        print(f"skymorph: warning: tiles with placeholder positions (ingested without ra/dec) are not searched: {skipped} of "
+              f"{len(tile_urls)}", file=sys.stderr)
+    galaxies = _Galaxies(np.concatenate(ids), np.concatenate(ra_dec), np.concatenate(names), np.concatenate(rows), skipped)
+    _check_one_galaxy_per_id(galaxies)
+    return galaxies
+
+
+def _check_one_galaxy_per_id(galaxies: _Galaxies) -> None:
+    """Refuse tiles that hold one ``object_id`` at two positions more than 1" apart: tiles of two surveys, whose
+    ids are unique only within each (as :func:`~skymorph.trainer.data.load_images` refuses them). One galaxy in
+    two overlapping tiles of a survey passes."""
+    from skymorph.trainer.data import _SAME_GALAXY_ARCSEC, _arcsec_between, _arcsec_text
+
+    order = np.argsort(galaxies.object_id, kind="stable")
+    _, first, group = np.unique(galaxies.object_id[order], return_index=True, return_inverse=True)
+    if len(first) == len(order):
+        return
+    to_first = _arcsec_between(galaxies.ra_dec[order], galaxies.ra_dec[order[first[group]]])
+    apart = np.flatnonzero(to_first > _SAME_GALAXY_ARCSEC)
+    if len(apart):
+        a, b = order[first[group[apart[0]]]], order[apart[0]]
+        raise InputError(
+            f"tiles {galaxies.tile[a]!r} and {galaxies.tile[b]!r} hold object_id {int(galaxies.object_id[a])} at positions "
+            f"{_arcsec_text(float(to_first[apart[0]]))} apart ({len(apart)} ids like it): tiles of two surveys, whose ids "
+            "are unique only within each; match each survey's tiles on its own"
+        )
 
 
 def _nearest(said: np.ndarray, ra_dec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -180,24 +216,24 @@ def _nothing_matched(table: str, said: np.ndarray, ra_dec: np.ndarray, arcsec: n
     known = np.isfinite(said).all(axis=1)
     if not known.any():
         return f"table {table!r} has no row with both ra and dec; give each galaxy's position in degrees"
-    from skymorph.trainer.data import _arcsec_text
+    from skymorph.trainer.data import _OTHER_UNITS, _arcsec_text
 
     sample = said[known][:1000]
-    for unit, scale in _UNITS:
+    for unit, scale in _OTHER_UNITS:
         if (np.abs(sample[:, 1] * scale[1]) <= 90).all() and (_nearest(sample * scale, ra_dec)[1] <= radius).any():
             return f"table {table!r} gives ra, dec in {unit}, it seems: read as {unit}, its galaxies are at the tiles'; give them in degrees"
     return (f'no row of table {table!r} has a tile galaxy within {radius:g}" (the nearest pair is {_arcsec_text(float(arcsec.min()))} '
-            f"apart) in the {n_tiles} tile(s) given: give the tiles of the sky the table covers, or a larger --radius if "
-            "the positions are of another catalog")
+            f"apart) in the {n_tiles} tile(s) given: give the tiles of the sky the table covers, or a larger --radius (up "
+            "to 5) if the positions are of another catalog")
 
 
 def _warn_left_out(table: str, unmatched: int, duplicates: int, rows: int, radius: float) -> None:
     """One warning line for the rows left out, when there are any."""
     parts = []
     if unmatched:
-        parts.append(f'{unmatched} have no tile galaxy within {radius:g}" (outside the tiles, or without a position)')
+        parts.append(f'{unmatched} without a tile galaxy within {radius:g}" (outside the tiles, or without a position)')
     if duplicates:
-        parts.append(f"{duplicates} are nearest to a galaxy a nearer row took (a galaxy classified twice)")
+        parts.append(f"{duplicates} nearest to a galaxy that a nearer row took (a galaxy classified twice; its votes "
+                     "are not added)")
     if parts:
-        print(f"skymorph: warning: of {rows} rows of table {table!r}, {' and '.join(parts)}; they are left out",
-              file=sys.stderr)
+        print(f"skymorph: warning: rows of table {table!r} left out, of {rows}: {', '.join(parts)}", file=sys.stderr)

@@ -472,7 +472,7 @@ def labels_of(url: str, table, sha256: str, schema: Schema) -> Labels:
         raise InputError(
             f"labels {url!r} has no object_id column (columns: {', '.join(names[:12])}); give each galaxy the integer id "
             "its tiles hold it by, as object_id (`survey ingest` writes them into its labels.parquet, `catalog pick` into "
-            "its batch file)"
+            "its batch file, `labels match` into a table with ra and dec)"
         )
     spelt = _spellings(names, schema)  # the schema's name of a column -> the file's name(s)
     said = {ours: " / ".join(map(repr, spellings)) for ours, spellings in spelt.items()}  # for messages
@@ -702,6 +702,8 @@ _LABELLED_POSITION_ARCSEC = 5.0
 """How far a galaxy's image may be from where its labels put it: their positions may come from another
 catalog of the same galaxies (an extended galaxy's centre differs by an arcsecond or so), while a
 galaxy of another survey that shares its object id lies arcminutes to degrees away."""
+_OTHER_UNITS = (("hours", np.array([15.0, 1.0])), ("radians", np.degrees(np.ones(2))))
+"""What (ra, dec) given in other units are multiplied by to be degrees: ra in hours, both in radians."""
 
 
 def _check_labelled_positions(labels: Labels, found, found_at, found_in) -> None:
@@ -718,7 +720,7 @@ def _check_labelled_positions(labels: Labels, found, found_at, found_in) -> None
     if len(apart):
         first = int(compared[apart[0]])
         more = f" ({len(apart) - 1} more like it)" if len(apart) > 1 else ""
-        for unit, scale in (("hours", np.array([15.0, 1.0])), ("radians", np.degrees(np.ones(2)))):
+        for unit, scale in _OTHER_UNITS:
             if (_arcsec_between(said[apart] * scale, image[apart]) <= _LABELLED_POSITION_ARCSEC).all():
                 raise InputError(
                     f"labels {labels.source!r} give ra, dec in {unit}, it seems: read as {unit}, each of the "
@@ -741,7 +743,7 @@ def _arcsec_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _arcsec_text(arcsec: float) -> str:
-    return f'{arcsec:.1f}"' if arcsec < 60 else f"{arcsec / 60:.1f}'" if arcsec < 3600 else f"{arcsec / 3600:.2f} deg"
+    return f'{arcsec:.2g}"' if arcsec < 0.1 else f'{arcsec:.1f}"' if arcsec < 60 else f"{arcsec / 60:.1f}'" if arcsec < 3600 else f"{arcsec / 3600:.2f} deg"
 
 
 def _check_same_galaxy(labels: Labels, targets, found, positions_pair, images_pair, found_in, url: str) -> None:
