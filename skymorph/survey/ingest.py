@@ -5,8 +5,7 @@ by default, integers), optional ``ra``/``dec`` (degrees ICRS) and any other colu
 ``split``), which pass through to ``labels.parquet``. Writes ``OUT/tiles/ingest_NNNNN.zarr``,
 ``OUT/tiles.txt``, ``OUT/labels.parquet`` (object_id, tile, row, passthrough columns, and with a
 label mapping one vote-count column per answer of the labelled question, empty for a cutout without
-a label) and, if any file could not
-be read, ``OUT/ingest_failures.csv`` (file, object_id, reason).
+a label) and, if any file could not be read, ``OUT/ingest_failures.csv`` (file, object_id, reason).
 
 Pixels: 8-bit JPEG/PNG/TIFF are decoded by Pillow as RGB (or L) and keep their values; FITS (first HDU
 with data, (H, W) or (C, H, W); its rows flipped, as tiles hold images top row first) is flux, mapped

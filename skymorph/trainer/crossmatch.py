@@ -34,6 +34,7 @@ __all__ = ["Matched", "match_labels"]
 MATCHED_KEY = "skymorph.matched"
 ADDED_COLUMNS = ("object_id", "tile", "row", "match_arcsec")
 
+
 @dataclass(frozen=True)
 class Matched:
     """What :func:`match_labels` wrote: ``matched`` of the table's ``rows`` to a tile galaxy, with the
@@ -122,8 +123,8 @@ def match_labels(table: str, tiles: str, out: str, *, radius_arcsec: float = 1.0
     for i, (name, column) in enumerate(added.items()):
         result = result.add_column(i, name, column)
     record = {"table": str(table), "table_sha256": sha256, "tiles": str(tiles), "tile_count": len(tile_urls),
-              "tiles_without_positions": galaxies.skipped, "radius_arcsec": float(radius_arcsec), "rows": len(said), "matched": len(kept), "unmatched": unmatched,
-              "duplicates": duplicates}
+              "tiles_without_positions": galaxies.skipped, "radius_arcsec": float(radius_arcsec), "rows": len(said),
+              "matched": len(kept), "unmatched": unmatched, "duplicates": duplicates}
     # pandas' own key describes the table's columns without the added ones; anything else (a tree) carries over
     metadata = {key: value for key, value in (source.schema.metadata or {}).items() if key != b"pandas"}
     metadata[MATCHED_KEY.encode()] = json.dumps(record).encode()
@@ -190,7 +191,8 @@ def _check_one_galaxy_per_id(galaxies: _Galaxies) -> None:
         a, b = order[first[group[apart[0]]]], order[apart[0]]
         raise InputError(
             f"tiles {galaxies.tile[a]!r} and {galaxies.tile[b]!r} hold object_id {int(galaxies.object_id[a])} at positions "
-            f"{_arcsec_text(float(to_first[apart[0]]))} apart ({len(apart)} ids like it): tiles of two surveys, whose ids "
+            f"{_arcsec_text(float(to_first[apart[0]]))} apart ({len(np.unique(group[apart]))} ids like it): tiles of two "
+            "surveys, whose ids "
             "are unique only within each; match each survey's tiles on its own"
         )
 
@@ -213,18 +215,19 @@ def _nearest(said: np.ndarray, ra_dec: np.ndarray) -> tuple[np.ndarray, np.ndarr
 def _nothing_matched(table: str, said: np.ndarray, ra_dec: np.ndarray, arcsec: np.ndarray, radius: float, n_tiles: int) -> str:
     """The error for a table none of whose rows has a tile galaxy within ``radius``: positions in hours or
     radians where they would match, else how far the nearest pair is."""
+    from skymorph.trainer.data import _OTHER_UNITS, _arcsec_text
+
     known = np.isfinite(said).all(axis=1)
     if not known.any():
         return f"table {table!r} has no row with both ra and dec; give each galaxy's position in degrees"
-    from skymorph.trainer.data import _OTHER_UNITS, _arcsec_text
-
     sample = said[known][:1000]
     for unit, scale in _OTHER_UNITS:
         if (np.abs(sample[:, 1] * scale[1]) <= 90).all() and (_nearest(sample * scale, ra_dec)[1] <= radius).any():
-            return f"table {table!r} gives ra, dec in {unit}, it seems: read as {unit}, its galaxies are at the tiles'; give them in degrees"
-    return (f'no row of table {table!r} has a tile galaxy within {radius:g}" (the nearest pair is {_arcsec_text(float(arcsec.min()))} '
-            f"apart) in the {n_tiles} tile(s) given: give the tiles of the sky the table covers, or a larger --radius (up "
-            "to 5) if the positions are of another catalog")
+            return (f"table {table!r} gives ra, dec in {unit}, it seems: read as {unit}, its galaxies are at the tiles'; "
+                    "give them in degrees")
+    return (f'no row of table {table!r} has a tile galaxy within {radius:g}" (the nearest pair is '
+            f"{_arcsec_text(float(arcsec.min()))} apart) in the {n_tiles} tile(s) given: give the tiles of the sky the "
+            "table covers, or a larger --radius (up to 5) if the positions are of another catalog")
 
 
 def _warn_left_out(table: str, unmatched: int, duplicates: int, rows: int, radius: float) -> None:
