@@ -446,7 +446,7 @@ def _add_catalog_commands(sub) -> None:
     pick.add_argument("--seed", type=int, help="power strategy seed: same seed and catalog, same batch; the catalog of a new model "
                       "draws afresh with the same seed (default 0)")
     pick.add_argument("--exclude", metavar="IDS", nargs="+", help="CSVs or Parquet files with an object_id column: never "
-                      "pick these (the labels, and batches still with the volunteers)")
+                      "pick these (the labels' rows with votes, and batches still with the volunteers)")
     pick.add_argument("--exclude-id-column", default="object_id", metavar="NAME",
                       help="the --exclude file's column of catalog object ids (default object_id; e.g. galaxy_id)")
     pick.add_argument("--out", required=True, metavar="FILE", help="subject manifest (.csv; or .parquet, .fits, .vot)")

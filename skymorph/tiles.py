@@ -76,9 +76,10 @@ def tile_name(url: str) -> str:
 def object_ids(column, what: str, *, name: str = "object_id", drop_empty: bool = False) -> np.ndarray:
     """A table's id column (pyarrow) as the tiles' int64 ``object_id``: what labels, votes and pick's
     ``--exclude`` files give to name galaxies. Cast in Arrow, not numpy: integers, digits stored as text,
-    and whole-number floats up to 2^53 (pandas' integers after a merge with an empty cell) are read
-    exactly; a float beyond 2^53 has lost its last digits and would name a neighbouring galaxy, so it is
-    refused, as are fractions, text (a survey's name for a galaxy, GZ's ``iauname``) and ids beyond int64.
+    and whole-number floats below 2^53 (pandas' integers after a merge with an empty cell) are read
+    exactly; a float from 2^53 on may have lost its last digits and would name a neighbouring galaxy,
+    so it is refused, as are fractions, text (a survey's name for a galaxy, GZ's ``iauname``) and ids
+    beyond int64.
     Empty cells are an error, or with ``drop_empty`` dropped (they name no galaxy). ``what`` names the
     file in the one-line errors (``"labels 'gz.csv'"``)."""
     import pyarrow as pa
@@ -88,7 +89,7 @@ def object_ids(column, what: str, *, name: str = "object_id", drop_empty: bool =
         column = pc.drop_null(column)
     elif column.null_count:
         raise InputError(f"{what}: {name} is empty in {column.null_count} row(s); give every row its galaxy's id")
-    if pa.types.is_floating(column.type) and len(column) and pc.max(pc.abs(column)).as_py() > 2**53:
+    if pa.types.is_floating(column.type) and len(column) and pc.max(pc.abs(column)).as_py() >= 2**53:
         raise InputError(
             f"{what}: {name} is stored as floats, which hold whole numbers only up to 2^53, and these go beyond "
             "(a pandas merge with an empty cell turns ids into floats): keep them integers, e.g. with .astype('Int64')"
@@ -96,8 +97,9 @@ def object_ids(column, what: str, *, name: str = "object_id", drop_empty: bool =
     try:
         return column.cast(pa.int64(), safe=True).to_numpy()
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
-        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-            text = next(v for v in column.to_pylist() if v is not None and not v.strip().removeprefix("-").isdigit())
+        is_text = pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
+        text = next((v for v in column.to_pylist() if not v.strip().removeprefix("-").isdigit()), None) if is_text else None
+        if text is not None:  # else digits beyond int64: the message below
             raise InputError(
                 f"{what}: {name} holds text ({text!r}), not the integer ids of the tile stores; "
                 "take each galaxy's object_id from `survey ingest`'s labels.parquet or a pick's batch file, or give a "

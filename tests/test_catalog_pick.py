@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from skymorph.catalog import pick
+from skymorph.catalog import open_catalog, pick
 from skymorph.catalog.pick import gumbel_keys, hash_uniform, model_salt
 from skymorph.cli import main
 from skymorph.errors import InputError, SchemaError
@@ -126,6 +126,9 @@ def test_exclude_ids_stay_exact_beside_empty_cells_and_fractions_are_refused(tmp
     with pytest.raises(InputError, match=r"--exclude '.*floats.parquet': object_id is stored as floats, which hold whole "
                                          r"numbers only up to 2\^53"):
         read_ids(str(tmp_path / "floats.parquet"))
+    pd.DataFrame({"object_id": ["9223372036854775808", "1"]}).to_parquet(tmp_path / "huge.parquet")  # digits beyond int64
+    with pytest.raises(InputError, match=r"--exclude '.*huge.parquet': object_id must hold whole numbers within int64"):
+        read_ids(str(tmp_path / "huge.parquet"))
     pd.DataFrame({"galaxy_id": ["J160453.70-041937.4", None]}).to_parquet(tmp_path / "names.parquet")
     with pytest.raises(InputError, match=r"--exclude '.*names.parquet': galaxy_id holds text \('J160453.70-041937.4'\), "
                                          "not the integer ids of the tile stores"):
@@ -415,3 +418,28 @@ def test_an_out_that_cannot_be_written_leaves_no_gallery_behind(tmp_path, capsys
     assert not png.exists() and not (tmp_path / "batch.fits").exists()
     assert main([*argv, str(tmp_path / "batch.vot")]) == 0
     assert png.exists() and (tmp_path / "batch.vot").exists()
+
+
+def test_labels_rows_without_votes_are_not_excluded(catalog, full, tmp_path, capsys):
+    """Cutouts ingested without a label are rows of labels.parquet with empty votes: `--exclude labels.parquet`
+    excluded them all, the very galaxies the loop means to pick. Rows with a vote are labelled; a batch
+    still with the volunteers is excluded by its own file."""
+    from skymorph.catalog.pick import read_ids
+
+    votes = ["bar_strong", "bar_weak", "bar_no"]
+    labels = pd.DataFrame({"object_id": [1, 2, 3, 4], "bar_strong": pd.array([2, None, 0, 0], dtype="Int64"),
+                           "bar_weak": pd.array([0, None, 0, 0], dtype="Int64"), "bar_no": pd.array([1, None, 0, 3], dtype="Int64")})
+    labels.to_parquet(tmp_path / "labels.parquet")
+    pd.DataFrame({"object_id": [2]}).to_csv(tmp_path / "batch.csv", index=False)
+    assert read_ids(str(tmp_path / "labels.parquet"), vote_columns=votes).tolist() == [1, 4]
+    assert capsys.readouterr().err.strip() == (
+        f"skymorph: warning: --exclude {str(tmp_path / 'labels.parquet')!r}: 2 row(s) have no votes (first: object_id 2), "
+        "galaxies nobody has classified, so they may be picked; give the batches still with the volunteers to --exclude too")
+    assert read_ids([str(tmp_path / "labels.parquet"), str(tmp_path / "batch.csv")], vote_columns=votes).tolist() == [1, 4, 2]
+    assert read_ids(labels, vote_columns=votes).tolist() == [1, 4]  # pandas, as a notebook passes it
+    assert read_ids(str(tmp_path / "labels.parquet")).tolist() == [1, 2, 3, 4]  # no tree given: every row
+    # pick itself reads the catalog's tree: the 10 unvoted of the 30 best come back first
+    top = _direct_top(full, "bald_total", 40)
+    answers = open_catalog(catalog).metadata.schema.answer_columns
+    survey = pd.DataFrame({"object_id": top[:30], **{a: pd.array([1] * 20 + [None] * 10, dtype="Int64") for a in answers}})
+    assert pick(catalog, 20, exclude=survey)["object_id"].to_pylist() == top[20:40]

@@ -98,6 +98,11 @@ def test_a_volunteer_table_gets_each_galaxys_id_tile_and_row_and_then_trains(sur
     assert (again.matched, again.unmatched, again.duplicates) == (32, 2, 1)
     assert sorted(pd.read_parquet(tmp_path / "o.parquet").object_id) == sorted(result.object_id)
 
+    # one galaxy in two releases concatenated: the same position twice, and the first row keeps it
+    pd.concat([table.iloc[:3].assign(release=1), table.iloc[:3].assign(release=2)]).to_csv(tmp_path / "twice.csv", index=False)
+    match_labels(str(tmp_path / "twice.csv"), f"{root}/tiles.txt", str(tmp_path / "t.parquet"), progress=False)
+    assert pd.read_parquet(tmp_path / "t.parquet").release.tolist() == [1, 1, 1]
+
     # the command line; a wider radius takes the second classification's galaxy too, from the nearer row still
     assert cli.main(["labels", "match", str(tmp_path / "gz.csv"), "--tiles", f"{root}/tiles.txt", "--out", out]) == 2
     assert "matched.parquet' exists; pass --overwrite" in capsys.readouterr().err

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -202,15 +203,27 @@ def test_cutouts_without_a_label_are_ingested_as_galaxies_to_classify(tmp_path, 
     (tmp_path / "cat.csv").write_text("object_id,file,label\n1,0.png,spiral\n2,1.png,\n3,2.png,non_spiral\n")
     assert cli.main(["survey", "ingest", "--catalog", str(tmp_path / "cat.csv"), "--out", str(tmp_path / "o"), "--size", "16",
                      "--label-question", "has_spiral_arms", "--label-map", "spiral=yes,non_spiral=no"]) == 0
-    assert capsys.readouterr().out.startswith(f"ingested 3 galaxies into 1 tile(s) at {tmp_path / 'o'}; 1 have no label (no votes: "
-                                              "train leaves them out)")
+    assert capsys.readouterr().out.startswith(f"ingested 3 galaxies into 1 tile(s) at {tmp_path / 'o'}; without a label (no "
+                                              "votes: train leaves them out): 1")
     table = pd.read_parquet(tmp_path / "o" / "labels.parquet")
     assert table.has_spiral_arms_yes.astype(object).fillna(-1).tolist() == [1, -1, 0]
     assert table.has_spiral_arms_no.astype(object).fillna(-1).tolist() == [0, -1, 1]
+    assert pq.read_schema(tmp_path / "o" / "labels.parquet").field("has_spiral_arms_yes").type == pa.int64()  # counts, not floats
     labels = load_labels(str(tmp_path / "o" / "labels.parquet"), get_schema("gz2"))
     assert labels.object_id.tolist() == [1, 3] and "1 row(s) hold no votes in any question (first: object_id 2)" in capsys.readouterr().err
     images, _ = load_images(read_tiles(str(tmp_path / "o" / "tiles.txt")), labels, progress=False)
     assert images[:, 0, 8, 8].tolist() == [10, 90]
+    # 0/1 labels with an empty cell: pandas reads them as floats, which no --label-map named ('1.0')
+    (tmp_path / "numbers.csv").write_text("object_id,file,label\n1,0.png,1\n2,1.png,\n3,2.png,0\n")
+    assert cli.main(["survey", "ingest", "--catalog", str(tmp_path / "numbers.csv"), "--out", str(tmp_path / "n"), "--size", "16",
+                     "--label-question", "has_spiral_arms", "--label-map", "1=yes,0=no"]) == 0
+    table = pd.read_parquet(tmp_path / "n" / "labels.parquet")
+    assert table.has_spiral_arms_yes.astype(object).fillna(-1).tolist() == [1, -1, 0]
+    (tmp_path / "full.csv").write_text("object_id,file,label\n1,0.png,1\n2,1.png,1\n3,2.png,0\n")  # every label: plain counts
+    assert cli.main(["survey", "ingest", "--catalog", str(tmp_path / "full.csv"), "--out", str(tmp_path / "f"), "--size", "16",
+                     "--label-question", "has_spiral_arms", "--label-map", "1=yes,0=no"]) == 0
+    column = pq.read_table(tmp_path / "f" / "labels.parquet").column("has_spiral_arms_yes")
+    assert column.type == pa.int64() and column.null_count == 0 and column.to_pylist() == [1, 1, 0]
 
 
 def test_parse_label_map():

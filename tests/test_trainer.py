@@ -51,7 +51,7 @@ def test_load_labels_reads_votes_in_schema_order_and_rejects_unknown_answers(tmp
     assert labels.object_id.tolist() == [5, 7]
     assert capsys.readouterr().err.strip() == (
         f"skymorph: warning: labels {str(path)!r}: 2 row(s) hold no votes in any question (first: object_id 8), galaxies "
-        "nobody has classified yet; they are left out")
+        "nobody has classified yet, which train and evaluate leave out")
     yes, no = GZ2.answer_index("has_spiral_arms", "yes"), GZ2.answer_index("has_spiral_arms", "no")
     assert labels.votes[:, [yes, no]].tolist() == [[1, 3], [2, 0]]
     assert labels.votes.sum() == 7 and labels.split.tolist() == ["train", "validation"]
@@ -955,11 +955,18 @@ def test_a_batchs_votes_are_added_to_the_labels_where_the_batch_says_each_image_
     with pytest.raises(InputError, match=r"votes '.*votes.csv' are for object_id 1030 \(1 galaxies in all\), which batch"):
         add_votes(str(tmp_path / "votes.csv"), str(tmp_path / "short.csv"), str(tmp_path / "x.parquet"), labels=old, schema="gz2")
     # votes that say which galaxies validate: the new rows still take the hash split the fine-tuned model validates by
-    votes.assign(split=["validation", None] * 8).to_csv(tmp_path / "split.csv", index=False)
+    votes.assign(split=["validation", "round2"] * 8).to_csv(tmp_path / "split.csv", index=False)  # not read: any value
     capsys.readouterr()
     add_votes(str(tmp_path / "split.csv"), str(tmp_path / "batch.csv"), str(tmp_path / "s.parquet"), labels=old, schema="gz2")
     assert (load_labels(str(tmp_path / "s.parquet"), GZ2).split[-16:] == None).all()  # noqa: E711
     assert "have a split column, which is not used: new rows take the seed's hash split" in capsys.readouterr().err
+    # labels with a galaxy nobody has classified (a cutout ingested without a label): kept as it is, not counted
+    table.iloc[:30].assign(tile=[f"t{i // 24}" for i in range(30)], row=np.arange(30) % 24).pipe(
+        lambda t: pd.concat([t, t.iloc[[0]].assign(object_id=5000, has_spiral_arms_yes=None, has_spiral_arms_no=None)])
+    ).to_parquet(tmp_path / "unlabelled.parquet")
+    added = add_votes(str(tmp_path / "votes.csv"), str(tmp_path / "batch.csv"), str(tmp_path / "u.parquet"),
+                      labels=str(tmp_path / "unlabelled.parquet"), schema="gz2")
+    assert (added.added, added.total) == (16, 46) and 5000 in pd.read_parquet(tmp_path / "u.parquet").object_id.tolist()
     batch.assign(ra=12.0).to_csv(tmp_path / "elsewhere.csv", index=False)
     with pytest.raises(InputError, match=r"put object_id 1030 more than 5\" from where batch .* has it"):
         add_votes(str(tmp_path / "votes.csv"), str(tmp_path / "elsewhere.csv"), str(tmp_path / "x.parquet"), labels=old, schema="gz2")

@@ -35,6 +35,8 @@ columns of the ``n`` picked rows. A galaxy is picked at most once, at its best r
 from __future__ import annotations
 
 import math
+import sys
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -85,23 +87,30 @@ def gumbel_keys(object_id, score, seed: int, beta: float = 1.0, salt: int = 0) -
     return beta * log_score + gumbel
 
 
-def read_ids(source, storage_options: dict | None = None, id_column: str = "object_id") -> np.ndarray:
+def read_ids(source, storage_options: dict | None = None, id_column: str = "object_id",
+             vote_columns: Sequence[str] = ()) -> np.ndarray:
     """Object ids (int64) from the ``id_column`` of a CSV or Parquet file (e.g. ``galaxy_id`` in a
     Galaxy Zoo table), of several (a list of paths: the labels and the batches still with the
-    volunteers), or of a table (pandas or pyarrow), or from an iterable."""
+    volunteers), or of a table (pandas or pyarrow), or from an iterable.
+
+    A table with some of ``vote_columns`` (the tree's ``{question}_{answer}`` counts: labels) names only
+    its rows with a vote, as ``train`` reads labels: a row without any is a galaxy nobody has classified
+    (a cutout ingested without a label), and is warned about, not returned."""
     import pyarrow as pa
 
     if isinstance(source, (list, tuple)) and source and all(isinstance(s, str) or hasattr(s, "__fspath__") for s in source):
-        return np.concatenate([read_ids(one, storage_options, id_column) for one in source])
+        return np.concatenate([read_ids(one, storage_options, id_column, vote_columns) for one in source])
 
     if isinstance(source, (pa.Table, pa.RecordBatch)):  # a table: iterating it gives its column names
-        return _ids_of(pa.table(source), id_column, "the exclude table")
-    if hasattr(source, "columns"):  # pandas: the id column alone (the others may not convert), or the index
+        return _ids_of(pa.table(source), id_column, "the exclude table", vote_columns)
+    if hasattr(source, "columns"):  # pandas: the id and vote columns alone (the others may not convert), or the index
         if id_column not in source.columns and id_column in (source.index.names or []):
             source = source.reset_index()
         if id_column not in source.columns:
             raise _no_id_column("the exclude table", id_column, [str(c) for c in source.columns])
-        return _ids_of(pa.table({id_column: pa.array(source[id_column], from_pandas=True)}), id_column, "the exclude table")
+        kept = [id_column, *(c for c in vote_columns if c in source.columns)]
+        table = pa.table({c: pa.array(source[c], from_pandas=True) for c in kept})
+        return _ids_of(table, id_column, "the exclude table", vote_columns)
     if not isinstance(source, (str, bytes)) and not hasattr(source, "__fspath__"):
         return np.asarray(list(source) if not isinstance(source, np.ndarray) else source, dtype=np.int64)
     from skymorph.storage import filesystem, read_parquet
@@ -125,7 +134,7 @@ def read_ids(source, storage_options: dict | None = None, id_column: str = "obje
                              f"Parquet file with an {id_column} column") from None
     else:
         raise InputError(f"--exclude {url!r}: give a .csv or .parquet file with an {id_column} column")
-    return _ids_of(table, id_column, f"--exclude {url!r}")
+    return _ids_of(table, id_column, f"--exclude {url!r}", vote_columns)
 
 
 def _no_id_column(what: str, id_column: str, names: list[str]) -> InputError:
@@ -134,12 +143,35 @@ def _no_id_column(what: str, id_column: str, names: list[str]) -> InputError:
                       "--exclude-id-column (exclude_id_column=)." + did_you_mean(id_column, names))
 
 
-def _ids_of(table, id_column: str, what: str) -> np.ndarray:
+def _ids_of(table, id_column: str, what: str, vote_columns: Sequence[str] = ()) -> np.ndarray:
     """The ``id_column`` of pyarrow ``table`` as int64 (:func:`skymorph.tiles.object_ids`), its empty cells
-    dropped: a row of the labels or a batch may not have its id yet."""
+    dropped: a row of the labels or a batch may not have its id yet; with some of ``vote_columns``, only
+    the rows with a vote (:func:`read_ids`)."""
     if id_column not in table.column_names:
         raise _no_id_column(what, id_column, table.column_names)
+    voted = _voted(table, vote_columns)
+    if voted is not None and not voted.all():
+        print(f"skymorph: warning: {what}: {int((~voted).sum())} row(s) have no votes (first: {id_column} "
+              f"{table.column(id_column)[int(np.argmin(voted))].as_py()}), galaxies nobody has classified, so they may be "
+              "picked; give the batches still with the volunteers to --exclude too", file=sys.stderr)
+        table = table.filter(voted)
     return object_ids(table.column(id_column), what, name=id_column, drop_empty=True)
+
+
+def _voted(table, vote_columns: Sequence[str]) -> np.ndarray | None:
+    """Per row of ``table``, whether any of its ``vote_columns`` holds a count above 0; None without such
+    columns, or where one is not numbers (then every row names a galaxy to exclude)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    present = [c for c in vote_columns if c in table.column_names]
+    if not present:
+        return None
+    try:
+        counts = [table.column(c).cast(pa.float64()) for c in present]
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+    return np.any([pc.fill_null(pc.greater(c, 0), False).to_numpy(zero_copy_only=False) for c in counts], axis=0)
 
 
 def _score(catalog: Catalog, question: str | None, weight_by_asked: bool) -> tuple[str, str]:
@@ -238,7 +270,8 @@ def pick(
     ``image_location`` (``<tile URL>#images[<row>]``), the score (``bald_total``; with a ``question``,
     ``{question}_asked_bald``, or ``{question}_bald`` unless ``weight_by_asked``) and ``model_sha256``.
     ``exclude``: a CSV/Parquet file with ``object_id`` (or the ids in its ``exclude_id_column``), a list of
-    such files, or an iterable of ids never to pick. Each galaxy comes back at most once: one seen in overlapping tiles
+    such files, or an iterable of ids never to pick; of labels (a file with vote columns of the catalog's
+    tree), only the rows with votes. Each galaxy comes back at most once: one seen in overlapping tiles
     (two rows, one ``object_id``) is ranked by its best row. Fewer than ``n`` rows come back when fewer
     galaxies qualify (``power`` needs a positive score).
     """
@@ -253,7 +286,9 @@ def pick(
     seed = check_seed(seed)
     catalog = url if isinstance(url, Catalog) else open_catalog(url, storage_options)
     score, score_sql = _score(catalog, question, weight_by_asked)
-    excluded = pa.table({"object_id": read_ids(exclude, storage_options, exclude_id_column) if exclude is not None else np.empty(0, np.int64)})
+    votes = catalog.metadata.schema.answer_columns
+    excluded = pa.table({"object_id": read_ids(exclude, storage_options, exclude_id_column, votes)
+                         if exclude is not None else np.empty(0, np.int64)})
     where = f"{score_sql} IS NOT NULL AND NOT isnan({score_sql}) AND object_id NOT IN (SELECT object_id FROM excluded)"
     with connect(catalog) as con:
         con.register("excluded", excluded)

@@ -87,7 +87,7 @@ class IngestSummary:
 
     def __str__(self) -> str:
         failed = f", {self.n_failed} file(s) skipped (see {self.failures})" if self.n_failed else ""
-        unlabelled = (f"; {self.n_unlabelled} have no label (no votes: train leaves them out)" if self.n_unlabelled else "")
+        unlabelled = (f"; without a label (no votes: train leaves them out): {self.n_unlabelled}" if self.n_unlabelled else "")
         placeholder = ("; positions are placeholders (ra = dec = 0): the catalog has no ra/dec columns"
                        if self.position_is_placeholder else "")
         return f"ingested {self.n_galaxies} galaxies into {len(self.tiles)} tile(s) at {self.out}{failed}{unlabelled}{placeholder}"
@@ -275,8 +275,11 @@ def _vote_columns(table, schema_name: str, question: str, mapping: dict[str, str
             raise InputError(f"--label-map maps {label!r} to {answer!r}, which question {question!r} lacks; it has {list(q.answers)}")
     if "label" not in table.columns:
         raise InputError("--label-question needs a 'label' column in the catalog")
-    blank = (table["label"].isna() | (table["label"].astype(str).str.strip() == "")).to_numpy()
-    labels = table["label"].astype(str)
+    label = table["label"]
+    blank = (label.isna() | (label.astype(str).str.strip() == "")).to_numpy()
+    if pd.api.types.is_float_dtype(label) and (label.dropna() % 1 == 0).all():
+        label = label.astype("Int64")  # whole-number labels with an empty cell, which pandas reads as floats
+    labels = label.astype(str)
     unmapped = sorted(set(labels[~blank]) - set(mapping))
     if unmapped:
         raise InputError(f"catalog label {unmapped[0]!r} has no answer in --label-map {mapping}; map every label value")
@@ -305,7 +308,9 @@ def ingest(
     """Decode, resize and write the cutouts of ``catalog_csv`` as tile stores under ``out``.
 
     ``label_question`` (with ``label_map``, label value -> answer; default: labels are answer names)
-    turns the catalog's ``label`` column into one vote per galaxy for that question of ``schema``.
+    turns the catalog's ``label`` column into one vote per galaxy for that question of ``schema``; a
+    cutout with an empty label gets empty vote cells (a galaxy nobody has classified, which ``train``
+    leaves out and ``catalog pick --exclude`` does not exclude).
     ``pixel_scale_arcsec`` is that of the input cutouts; each tile records the scale of its resized
     pixels (module docstring), or 1.0 flagged ``pixel_scale_is_placeholder`` when the scale is unknown.
     Files that cannot be read are warned about on stderr, listed in ``ingest_failures.csv`` and skipped.

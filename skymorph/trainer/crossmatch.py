@@ -192,8 +192,7 @@ def _check_one_galaxy_per_id(galaxies: _Galaxies) -> None:
         raise InputError(
             f"tiles {galaxies.tile[a]!r} and {galaxies.tile[b]!r} hold object_id {int(galaxies.object_id[a])} at positions "
             f"{_arcsec_text(float(to_first[apart[0]]))} apart ({len(np.unique(group[apart]))} ids like it): tiles of two "
-            "surveys, whose ids "
-            "are unique only within each; match each survey's tiles on its own"
+            "surveys, whose ids are unique only within each; match each survey's tiles on its own"
         )
 
 

@@ -449,11 +449,11 @@ def _check_counts_beside_derived(url: str, names: list[str], said: dict, derived
 
 
 def load_labels(url: str, schema: Schema, storage_options=None) -> Labels:
-    """Read and validate a labels table against ``schema`` (:func:`labels_of`)."""
-    return labels_of(str(url), *_read_table(str(url), storage_options), schema)
+    """Read and validate a labels table against ``schema`` (:func:`_labels_of`)."""
+    return _labels_of(str(url), *_read_table(str(url), storage_options), schema)
 
 
-def labels_of(url: str, table, sha256: str, schema: Schema) -> Labels:
+def _labels_of(url: str, table, sha256: str, schema: Schema) -> Labels:
     """Validate the labels ``table`` (pyarrow, as :func:`_read_table` read it from ``url``) against ``schema``.
 
     One-line errors: a column name given twice; a galaxy with two different counts for one answer spelt
@@ -536,7 +536,7 @@ def labels_of(url: str, table, sha256: str, schema: Schema) -> Labels:
     unvoted = ~votes.any(axis=1)
     if unvoted.any():  # a batch still with the volunteers, merged in: no loss, no metric, but counted as labelled
         print(f"skymorph: warning: labels {url!r}: {int(unvoted.sum())} row(s) hold no votes in any question (first: "
-              f"object_id {int(object_id[np.argmax(unvoted)])}), galaxies nobody has classified yet; they are left out",
+              f"object_id {int(object_id[np.argmax(unvoted)])}), galaxies nobody has classified yet, which train and evaluate leave out",
               file=sys.stderr)
         labels = labels.subset(np.flatnonzero(~unvoted))
         if labels.split is not None and (labels.split == None).all():  # noqa: E711 -- only dropped rows were assigned
@@ -743,7 +743,7 @@ def _arcsec_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _arcsec_text(arcsec: float) -> str:
-    return f'{arcsec:.2g}"' if arcsec < 0.1 else f'{arcsec:.1f}"' if arcsec < 60 else f"{arcsec / 60:.1f}'" if arcsec < 3600 else f"{arcsec / 3600:.2f} deg"
+    return f"{arcsec * 1000:.2g} mas" if arcsec < 0.1 else f'{arcsec:.1f}"' if arcsec < 60 else f"{arcsec / 60:.1f}'" if arcsec < 3600 else f"{arcsec / 3600:.2f} deg"
 
 
 def _check_same_galaxy(labels: Labels, targets, found, positions_pair, images_pair, found_in, url: str) -> None:

@@ -28,7 +28,7 @@ VOTES_ADDED_KEY = "skymorph.votes_added"
 
 @dataclass(frozen=True)
 class VotesAdded:
-    """What :func:`add_votes` wrote: ``added`` galaxies' votes, ``total`` labelled galaxies in ``out``, and
+    """What :func:`add_votes` wrote: ``added`` galaxies' votes, ``total`` labelled galaxies (with votes) in ``out``, and
     ``unvoted``, the batch's galaxies without votes yet (still with the volunteers)."""
 
     out: str
@@ -57,18 +57,27 @@ def add_votes(votes: str, batch: str, out: str, labels: str | None = None, schem
     import pyarrow as pa
 
     from skymorph.storage import check_new, write_parquet
-    from skymorph.trainer.data import (_LABELLED_POSITION_ARCSEC, _arcsec_between, _locations,
-                                       _read_table, _sky_positions, labels_of, load_labels, positions)
+    from skymorph.trainer.data import (
+        _LABELLED_POSITION_ARCSEC,
+        _arcsec_between,
+        _labels_of,
+        _locations,
+        _read_table,
+        _sky_positions,
+        positions,
+    )
 
     if not str(out).lower().endswith((".parquet", ".pq")):
         raise InputError(f"--out {out!r}: labels ingest writes Parquet; give a .parquet file")
     check_new(out, "--out", overwrite, storage_options)
     tree = _tree(schema, labels, storage_options)
-    voted = load_labels(votes, tree, storage_options)
-    if voted.split is not None:  # a fine-tuned model keeps validating on its hash split only if new rows join it
+    read, votes_sha256 = _read_table(str(votes), storage_options)
+    if "split" in read.column_names:  # a fine-tuned model keeps validating on its hash split only if new rows join it
         print(f"skymorph: warning: votes {votes!r} have a split column, which is not used: new rows take the seed's hash "
-              "split, as the model fine-tuned on them validates by; set a galaxy's split in the new labels if you must",
-              file=sys.stderr)
+              "split, as a model fine-tuned on them validates by; to hold galaxies out, set their cells of the new "
+              "labels' split column", file=sys.stderr)
+        read = read.drop_columns(["split"])
+    voted = _labels_of(str(votes), read, votes_sha256, tree)
 
     table, batch_sha256 = _read_table(str(batch), storage_options, what="batch")
     if "object_id" not in table.column_names:
@@ -102,17 +111,19 @@ def add_votes(votes: str, batch: str, out: str, labels: str | None = None, schem
             columns[f"{question.name}_{answer}"] = pa.array(voted.votes[:, tree.answer_index(question.name, answer)])
     new = pa.table(columns)
 
-    history, old_metadata = [], {}
+    history, old_metadata, labelled = [], {}, 0
     if labels is not None:
         old, sha256 = _read_table(str(labels), storage_options)
-        before = labels_of(str(labels), old, sha256, tree)
+        before = _labels_of(str(labels), old, sha256, tree)
+        labelled = len(before)  # its rows with votes: the others are galaxies to classify, kept as they are
         again = np.isin(voted.object_id, before.object_id)
         if again.any():
             raise InputError(
                 f"object_id {int(voted.object_id[np.argmax(again)])} ({int(again.sum())} galaxies in all) is labelled in "
                 f"{labels!r} already; add the new votes to its old row instead"
             )
-        # a row of the old labels without votes (the galaxy was still with the volunteers) gives way to its votes
+        # a row of the old labels without votes (a galaxy nobody had classified: ingested without a label, or
+        # still with the volunteers) gives way to its votes
         waiting = np.isin(object_ids(old.column("object_id"), f"labels {labels!r}"), voted.object_id)
         old = _plain(old.filter(pa.array(~waiting)))
         # pandas' own key describes the old columns only; the tree and the history carry over
@@ -127,7 +138,7 @@ def add_votes(votes: str, batch: str, out: str, labels: str | None = None, schem
                     "batch_sha256": batch_sha256, "galaxies": len(voted)})
     metadata = {**old_metadata, b"skymorph.schema": tree.to_json().encode(), VOTES_ADDED_KEY.encode(): json.dumps(history).encode()}
     write_parquet(new.replace_schema_metadata(metadata), out, storage_options)
-    return VotesAdded(out=str(out), added=len(voted), total=new.num_rows, unvoted=int(len(batch_ids) - len(voted)))
+    return VotesAdded(out=str(out), added=len(voted), total=labelled + len(voted), unvoted=int(len(batch_ids) - len(voted)))
 
 
 def _plain(table):
