@@ -48,8 +48,8 @@ def add_votes(votes: str, batch: str, out: str, labels: str | None = None, schem
     the ``tile`` and ``row`` the ``batch`` gives it, its vote counts in ``schema``'s spelling and an empty
     ``split`` (the seed's hash split). ``schema``: given, or the tree ``labels`` record.
 
-    A row of ``labels`` without votes (a galaxy that was still with the volunteers) gives way to the
-    galaxy's votes. One-line errors: no tree to read the votes by; votes for a galaxy the batch lacks, or
+    A row of ``labels`` without votes (a galaxy nobody had classified) gives way to the galaxy's votes;
+    the others are kept as they are, and ``total`` counts the rows with votes. One-line errors: no tree to read the votes by; votes for a galaxy the batch lacks, or
     at another position than the batch's (more than 5"); a galaxy labelled before (add to its old row
     instead); labels that record another tree; an ``out`` that is not ``.parquet``, or exists unless
     ``overwrite``.
