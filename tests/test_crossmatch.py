@@ -165,8 +165,21 @@ def test_tiles_of_two_surveys_sharing_ids_are_refused(survey, tmp_path):
     other = str(tmp_path / "other")
     synthesize(other, n_tiles=1, per_tile=16, size=16, seed=7, schema="gz2", workers=1, progress=False)
     write_tile_list(str(tmp_path / "both.txt"), read_tiles(f"{root}/tiles.txt") + read_tiles(f"{other}/tiles.txt"))
-    _volunteer_table(labels).to_csv(tmp_path / "gz.csv", index=False)
-    with pytest.raises(InputError, match=r"tiles 'hpx5_\d+' and 'hpx5_\d+' hold object_id 0 at positions [0-9.]+ deg apart "
+    coords = {}
+    for url in read_tiles(f"{other}/tiles.txt"):
+        object_id, ra, dec = open_tile(url).read_coords()
+        coords.update({int(i): (r, d) for i, r, d in zip(object_id, ra, dec)})
+    others = pd.read_parquet(f"{other}/labels.parquet")
+    others["ra"], others["dec"] = np.array([coords[i] for i in others.object_id]).T
+    pd.concat([_volunteer_table(labels), _volunteer_table(others)]).to_csv(tmp_path / "both.csv", index=False)
+    with pytest.raises(InputError, match=r"tiles 'hpx5_\d+' and 'hpx5_\d+' hold object_id \d+ at positions [0-9.]+ deg apart "
                                          r"\(16 ids like it\): tiles of two surveys, whose ids are unique only within each; "
                                          "match each survey's tiles on its own"):
-        match_labels(str(tmp_path / "gz.csv"), str(tmp_path / "both.txt"), str(tmp_path / "out.parquet"), progress=False)
+        match_labels(str(tmp_path / "both.csv"), str(tmp_path / "both.txt"), str(tmp_path / "out.parquet"), progress=False)
+    # one survey's table: each row finds its own survey's galaxy, whose tile and row train then reads
+    _volunteer_table(labels).to_csv(tmp_path / "one.csv", index=False)
+    match_labels(str(tmp_path / "one.csv"), str(tmp_path / "both.txt"), str(tmp_path / "one.parquet"), progress=False)
+    matched = load_labels(str(tmp_path / "one.parquet"), GZ2)
+    images, _ = load_images(read_tiles(str(tmp_path / "both.txt")), matched, progress=False)
+    expected, _ = load_images(read_tiles(f"{root}/tiles.txt"), matched, progress=False)
+    assert len(matched) == 32 and np.array_equal(images, expected)

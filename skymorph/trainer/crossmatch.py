@@ -14,9 +14,10 @@ left out, its votes not added, as are rows with no tile galaxy within the radius
 footprint) and rows without a position. Both are counted in a warning: silently, a volunteer table's
 galaxies would just be fewer. The radius is at most the 5" that ``train`` allows between a galaxy's
 labelled position and its image. Tiles with placeholder positions (cutouts ingested without ra/dec)
-cannot be matched by position: they are skipped, with a warning. One ``object_id`` at two positions in
-the tiles (tiles of two surveys, whose ids are unique only within each) is an error: matching by id
-would merge two galaxies.
+cannot be matched by position: they are skipped, with a warning. Rows matched to one ``object_id`` at
+two positions (tiles of two surveys, whose ids are unique only within each) are an error: keeping the
+nearer by id would merge two galaxies. The tiles are read one at a time, so memory holds the table and
+one tile however large the survey.
 """
 
 from __future__ import annotations
@@ -65,8 +66,8 @@ def match_labels(table: str, tiles: str, out: str, *, radius_arcsec: float = 1.0
 
     One-line errors: ``out`` not ``.parquet`` or existing unless ``overwrite``; a radius that is not a
     positive number up to 5"; a table without rows, without ``ra``/``dec`` as numbers in degrees (dec
-    within +-90), or that already has a column this adds; tiles all with placeholder positions, or of two
-    surveys; no row matched (with a hint where the positions look like hours or radians).
+    within +-90), or that already has a column this adds; tiles all with placeholder positions; rows
+    matched to tiles of two surveys; no row matched (with a hint where the positions look like hours or radians).
     """
     import pyarrow as pa
 
@@ -99,134 +100,163 @@ def match_labels(table: str, tiles: str, out: str, *, radius_arcsec: float = 1.0
         raise InputError(f"table {table!r} has dec {said[np.argmax(beyond), 1]:g} ({int(beyond.sum())} rows beyond +-90); "
                          "give ra and dec in degrees, and leave an unknown position empty")
     tile_urls = read_tiles(tiles, storage_options)
-    galaxies = _tile_galaxies(tile_urls, storage_options, progress)
+    best = _match_tiles(tile_urls, said, radius_arcsec, storage_options, progress)
 
-    nearest, arcsec = _nearest(said, galaxies.ra_dec)
-    within = arcsec <= radius_arcsec
+    within = np.isfinite(best.arcsec)
     if not within.any():
-        raise InputError(_nothing_matched(table, said, galaxies.ra_dec, arcsec, radius_arcsec, len(tile_urls)))
-    # a galaxy nearest to two rows goes to the nearer (the first at one distance): sort stably by (galaxy,
-    # separation), keep each galaxy's first; by id, since a galaxy in two overlapping tiles is two rows of
-    # ``galaxies`` (``_tile_galaxies`` has made sure an id is one galaxy)
+        raise InputError(_nothing_matched(table, said, tile_urls, radius_arcsec, storage_options))
     rows = np.flatnonzero(within)
-    rows = rows[np.lexsort((arcsec[rows], galaxies.object_id[nearest[rows]]))]
-    _, first = np.unique(galaxies.object_id[nearest[rows]], return_index=True)
+    _check_one_galaxy_per_id(best, rows)
+    # a galaxy nearest to two rows goes to the nearer (the first at one distance): sort stably by (galaxy,
+    # separation), keep each galaxy's first; by id, since a galaxy in two overlapping tiles is found in both
+    rows = rows[np.lexsort((best.arcsec[rows], best.object_id[rows]))]
+    _, first = np.unique(best.object_id[rows], return_index=True)
     kept = np.sort(rows[first])
     duplicates = len(rows) - len(kept)
     unmatched = len(said) - len(rows)
     _warn_left_out(table, unmatched, duplicates, len(said), radius_arcsec)
 
-    at = nearest[kept]
-    added = {"object_id": pa.array(galaxies.object_id[at], pa.int64()), "tile": pa.array(galaxies.tile[at], pa.string()),
-             "row": pa.array(galaxies.row[at], pa.int64()), "match_arcsec": pa.array(arcsec[kept], pa.float64())}
+    added = {"object_id": pa.array(best.object_id[kept], pa.int64()), "tile": pa.array(best.tile[kept], pa.string()),
+             "row": pa.array(best.row[kept], pa.int64()), "match_arcsec": pa.array(best.arcsec[kept], pa.float64())}
     result = source.take(pa.array(kept))
     for i, (name, column) in enumerate(added.items()):
         result = result.add_column(i, name, column)
     record = {"table": str(table), "table_sha256": sha256, "tiles": str(tiles), "tile_count": len(tile_urls),
-              "tiles_without_positions": galaxies.skipped, "radius_arcsec": float(radius_arcsec), "rows": len(said),
+              "tiles_without_positions": best.skipped, "radius_arcsec": float(radius_arcsec), "rows": len(said),
               "matched": len(kept), "unmatched": unmatched, "duplicates": duplicates}
     # pandas' own key describes the table's columns without the added ones; anything else (a tree) carries over
     metadata = {key: value for key, value in (source.schema.metadata or {}).items() if key != b"pandas"}
     metadata[MATCHED_KEY.encode()] = json.dumps(record).encode()
     write_parquet(result.replace_schema_metadata(metadata), out, storage_options)
     return Matched(out=str(out), rows=len(said), matched=len(kept), unmatched=unmatched, duplicates=duplicates,
-                   median_arcsec=float(np.median(arcsec[kept])), radius_arcsec=float(radius_arcsec))
+                   median_arcsec=float(np.median(best.arcsec[kept])), radius_arcsec=float(radius_arcsec))
 
 
 @dataclass(frozen=True)
-class _Galaxies:
-    """The tiles' galaxies with sky positions: id, (ra, dec) in degrees, tile name and row."""
+class _Nearest:
+    """Per row of the table, the nearest tile galaxy within the radius: separation in arcseconds (inf where
+    none), its ``object_id``, tile name, row and (ra, dec); and how many tiles were skipped for placeholder
+    positions."""
 
+    arcsec: np.ndarray
     object_id: np.ndarray
-    ra_dec: np.ndarray
     tile: np.ndarray
     row: np.ndarray
+    ra_dec: np.ndarray
     skipped: int
-    """Tiles with placeholder positions, not searched."""
 
 
-def _tile_galaxies(tile_urls: list[str], storage_options, progress: bool) -> _Galaxies:
-    """Every galaxy of the tiles with sky positions. Tiles with placeholder positions are skipped with a
-    warning (an error when that leaves none); an id at two positions is an error (:func:`_check_one_galaxy_per_id`)."""
+def _sky(ra_dec: np.ndarray):
+    """(ra, dec) rows in degrees as an astropy SkyCoord."""
+    import astropy.units as u
+    from astropy.coordinates import SkyCoord
+
+    return SkyCoord(ra_dec[:, 0] * u.deg, ra_dec[:, 1] * u.deg)
+
+
+def _tiles_with_positions(tile_urls: list[str], storage_options, progress: bool, desc: str):
+    """``(name, object_id, (n, 2) ra_dec, skipped so far)`` per tile with sky positions, one tile at a time,
+    so that memory holds the table and one tile, however many tiles a survey has. Tiles with placeholder
+    positions are skipped with a warning at the end (an error when all are)."""
     from skymorph.progress import progress_bar
     from skymorph.tiles import open_tile, tile_name
 
-    ids, ra_dec, names, rows = [], [], [], []
     skipped = 0
-    for url in progress_bar(tile_urls, desc="reading tile positions", unit="tile", disable=not progress, leave=False):
+    for url in progress_bar(tile_urls, desc=desc, unit="tile", disable=not progress, leave=False):
         tile = open_tile(url, storage_options=storage_options)
         if tile.placeholder_positions:
             skipped += 1
             continue
         object_id, ra, dec = tile.read_coords()
-        ids.append(object_id)
-        ra_dec.append(np.stack([ra, dec], axis=1))
-        names.append(np.full(len(object_id), tile_name(url), dtype=object))
-        rows.append(np.arange(len(object_id), dtype=np.int64))
-    if not ids:
+        yield tile_name(url), object_id, np.stack([ra, dec], axis=1), skipped
+    if skipped == len(tile_urls):
         raise InputError(f"the {len(tile_urls)} tile(s) given have placeholder positions (cutouts ingested without "
                          "ra/dec), so there is nothing to match positions to; give the table the object_id each galaxy "
                          "was ingested with instead")
     if skipped:
         print(f"skymorph: warning: tiles with placeholder positions (ingested without ra/dec) are not searched: {skipped} of "
               f"{len(tile_urls)}", file=sys.stderr)
-    galaxies = _Galaxies(np.concatenate(ids), np.concatenate(ra_dec), np.concatenate(names), np.concatenate(rows), skipped)
-    _check_one_galaxy_per_id(galaxies)
-    return galaxies
 
 
-def _check_one_galaxy_per_id(galaxies: _Galaxies) -> None:
-    """Refuse tiles that hold one ``object_id`` at two positions more than 1" apart: tiles of two surveys, whose
-    ids are unique only within each (as :func:`~skymorph.trainer.data.load_images` refuses them). One galaxy in
-    two overlapping tiles of a survey passes."""
+def _match_tiles(tile_urls: list[str], said: np.ndarray, radius: float, storage_options, progress: bool) -> _Nearest:
+    """For each (ra, dec) row of ``said`` the nearest tile galaxy within ``radius`` arcseconds: the pairs
+    within the radius from astropy's :func:`~astropy.coordinates.search_around_sky` (a k-d tree on the
+    table's unit vectors, built once), tile by tile, each row keeping the nearest pair so far (the first
+    tile's at one distance). Rows without a position match nothing."""
+    import astropy.units as u
+    from astropy.coordinates import search_around_sky
+
+    known = np.flatnonzero(np.isfinite(said).all(axis=1))
+    table_sky = _sky(said[known])
+    n = len(said)
+    arcsec, object_id = np.full(n, np.inf), np.zeros(n, dtype=np.int64)
+    tile, row, ra_dec = np.full(n, None, dtype=object), np.full(n, -1, dtype=np.int64), np.full((n, 2), np.nan)
+    skipped = 0
+    for name, ids, at, skipped in _tiles_with_positions(tile_urls, storage_options, progress, "matching tiles"):
+        if not len(known) or not len(ids):
+            continue
+        in_tile, in_table, separation, _ = search_around_sky(_sky(at), table_sky, radius * u.arcsec)
+        separation, targets = separation.to_value(u.arcsec), known[in_table]
+        order = np.lexsort((separation, targets))  # by row, nearest first: keep each row's first pair
+        _, first = np.unique(targets[order], return_index=True)
+        pairs = order[first]
+        pairs = pairs[separation[pairs] < arcsec[targets[pairs]]]  # nearer than any earlier tile's
+        in_tile, targets = in_tile[pairs], targets[pairs]
+        arcsec[targets], object_id[targets], tile[targets] = separation[pairs], ids[in_tile], name
+        row[targets], ra_dec[targets] = in_tile, at[in_tile]
+    return _Nearest(arcsec, object_id, tile, row, ra_dec, skipped)
+
+
+def _check_one_galaxy_per_id(best: _Nearest, rows: np.ndarray) -> None:
+    """Refuse matches that name one ``object_id`` at two positions more than 1" apart: tiles of two surveys,
+    whose ids are unique only within each (as :func:`~skymorph.trainer.data.load_images` refuses them).
+    One galaxy in two overlapping tiles of a survey passes."""
     from skymorph.trainer.data import _SAME_GALAXY_ARCSEC, _arcsec_between, _arcsec_text
 
-    order = np.argsort(galaxies.object_id, kind="stable")
-    _, first, group = np.unique(galaxies.object_id[order], return_index=True, return_inverse=True)
+    order = rows[np.argsort(best.object_id[rows], kind="stable")]
+    _, first, group = np.unique(best.object_id[order], return_index=True, return_inverse=True)
     if len(first) == len(order):
         return
-    to_first = _arcsec_between(galaxies.ra_dec[order], galaxies.ra_dec[order[first[group]]])
+    to_first = _arcsec_between(best.ra_dec[order], best.ra_dec[order[first[group]]])
     apart = np.flatnonzero(to_first > _SAME_GALAXY_ARCSEC)
     if len(apart):
         a, b = order[first[group[apart[0]]]], order[apart[0]]
         raise InputError(
-            f"tiles {galaxies.tile[a]!r} and {galaxies.tile[b]!r} hold object_id {int(galaxies.object_id[a])} at positions "
+            f"tiles {best.tile[a]!r} and {best.tile[b]!r} hold object_id {int(best.object_id[a])} at positions "
             f"{_arcsec_text(float(to_first[apart[0]]))} apart ({len(np.unique(group[apart]))} ids like it): tiles of two "
             "surveys, whose ids are unique only within each; match each survey's tiles on its own"
         )
 
 
-def _nearest(said: np.ndarray, ra_dec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(index, arcsec)``: per (ra, dec) row of ``said`` the nearest row of ``ra_dec`` and the angular separation
-    in arcseconds (infinite, index 0, where ``said`` has no position)."""
-    import astropy.units as u
-    from astropy.coordinates import SkyCoord
-
-    known = np.isfinite(said).all(axis=1)
-    index, arcsec = np.zeros(len(said), dtype=np.int64), np.full(len(said), np.inf)
-    if known.any():
-        catalog = SkyCoord(ra_dec[:, 0] * u.deg, ra_dec[:, 1] * u.deg)
-        found, separation, _ = SkyCoord(said[known, 0] * u.deg, said[known, 1] * u.deg).match_to_catalog_sky(catalog)
-        index[known], arcsec[known] = found, separation.to_value(u.arcsec)
-    return index, arcsec
-
-
-def _nothing_matched(table: str, said: np.ndarray, ra_dec: np.ndarray, arcsec: np.ndarray, radius: float, n_tiles: int) -> str:
+def _nothing_matched(table: str, said: np.ndarray, tile_urls: list[str], radius: float, storage_options) -> str:
     """The error for a table none of whose rows has a tile galaxy within ``radius``: positions in hours or
-    radians where they would match, else how far the nearest pair is."""
+    radians where (a sample of 1,000 rows) would match, else how far apart the nearest pair is. A second
+    pass over the tiles, tile by tile."""
+    import astropy.units as u
+
     from skymorph.trainer.data import _OTHER_UNITS, _arcsec_text
 
     known = np.isfinite(said).all(axis=1)
     if not known.any():
         return f"table {table!r} has no row with both ra and dec; give each galaxy's position in degrees"
     sample = said[known][:1000]
-    for unit, scale in _OTHER_UNITS:
-        if (np.abs(sample[:, 1] * scale[1]) <= 90).all() and (_nearest(sample * scale, ra_dec)[1] <= radius).any():
+    scaled = {unit: _sky(sample * scale) for unit, scale in _OTHER_UNITS if (np.abs(sample[:, 1] * scale[1]) <= 90).all()}
+    table_sky, nearest, near_in = _sky(said[known]), np.inf, set()
+    for _, _, at, _ in _tiles_with_positions(tile_urls, storage_options, False, ""):
+        if not len(at):
+            continue
+        tile_sky = _sky(at)  # each tile galaxy's nearest row: their least separation is the nearest pair's
+        nearest = min(nearest, float(tile_sky.match_to_catalog_sky(table_sky)[1].min().to_value(u.arcsec)))
+        for unit, sky in scaled.items():
+            if unit not in near_in and (tile_sky.match_to_catalog_sky(sky)[1] <= radius * u.arcsec).any():
+                near_in.add(unit)
+    for unit, _ in _OTHER_UNITS:
+        if unit in near_in:
             return (f"table {table!r} gives ra, dec in {unit}, it seems: read as {unit}, its galaxies are at the tiles'; "
                     "give them in degrees")
-    return (f'no row of table {table!r} has a tile galaxy within {radius:g}" (the nearest pair is '
-            f"{_arcsec_text(float(arcsec.min()))} apart) in the {n_tiles} tile(s) given: give the tiles of the sky the "
-            "table covers, or a larger --radius (up to 5) if the positions are of another catalog")
+    return (f'no row of table {table!r} has a tile galaxy within {radius:g}" (the nearest pair is {_arcsec_text(nearest)} '
+            f"apart) in the {len(tile_urls)} tile(s) given: give the tiles of the sky the table covers, or a larger --radius "
+            "(up to 5) if the positions are of another catalog")
 
 
 def _warn_left_out(table: str, unmatched: int, duplicates: int, rows: int, radius: float) -> None:
