@@ -422,24 +422,43 @@ def test_an_out_that_cannot_be_written_leaves_no_gallery_behind(tmp_path, capsys
 
 def test_labels_rows_without_votes_are_not_excluded(catalog, full, tmp_path, capsys):
     """Cutouts ingested without a label are rows of labels.parquet with empty votes: `--exclude labels.parquet`
-    excluded them all, the very galaxies the loop means to pick. Rows with a vote are labelled; a batch
-    still with the volunteers is excluded by its own file."""
+    excluded them all, the very galaxies the loop means to pick. Rows with a vote, in any spelling train
+    reads, are labelled; a batch still with the volunteers is excluded by its own file."""
     from skymorph.catalog.pick import read_ids
+    from skymorph.schema import get_schema
 
-    votes = ["bar_strong", "bar_weak", "bar_no"]
+    decals = get_schema("decals")
     labels = pd.DataFrame({"object_id": [1, 2, 3, 4], "bar_strong": pd.array([2, None, 0, 0], dtype="Int64"),
                            "bar_weak": pd.array([0, None, 0, 0], dtype="Int64"), "bar_no": pd.array([1, None, 0, 3], dtype="Int64")})
     labels.to_parquet(tmp_path / "labels.parquet")
     pd.DataFrame({"object_id": [2]}).to_csv(tmp_path / "batch.csv", index=False)
-    assert read_ids(str(tmp_path / "labels.parquet"), vote_columns=votes).tolist() == [1, 4]
+    assert read_ids(str(tmp_path / "labels.parquet"), schema=decals).tolist() == [1, 4]
     assert capsys.readouterr().err.strip() == (
         f"skymorph: warning: --exclude {str(tmp_path / 'labels.parquet')!r}: 2 row(s) have no votes (first: object_id 2), "
         "galaxies nobody has classified, so they may be picked; give the batches still with the volunteers to --exclude too")
-    assert read_ids([str(tmp_path / "labels.parquet"), str(tmp_path / "batch.csv")], vote_columns=votes).tolist() == [1, 4, 2]
-    assert read_ids(labels, vote_columns=votes).tolist() == [1, 4]  # pandas, as a notebook passes it
+    assert read_ids([str(tmp_path / "labels.parquet"), str(tmp_path / "batch.csv")], schema=decals).tolist() == [1, 4, 2]
+    assert read_ids(labels, schema=decals).tolist() == [1, 4]  # pandas, as a notebook passes it
     assert read_ids(str(tmp_path / "labels.parquet")).tolist() == [1, 2, 3, 4]  # no tree given: every row
+    # a Galaxy Zoo table's spelling beside the tree's, as `labels ingest` leaves them: a smooth galaxy's votes
+    # are all in GZ's columns, and it is labelled for train and for pick alike
+    gz = labels.assign(**{f"smooth-or-featured_{a}": pd.array([None, None, n, None], dtype="Int64")
+                          for a, n in (("smooth", 30), ("featured-or-disk", 0), ("artifact", 0))})
+    assert read_ids(gz, schema=decals).tolist() == [1, 3, 4]
+    assert load_labels_ids(gz, tmp_path, decals) == [1, 3, 4]
+    # vote cells that are not numbers: nothing to tell labelled from not, so every row is excluded
+    assert read_ids(labels.assign(bar_no=["1", "-", "0", "3"]), schema=decals).tolist() == [1, 2, 3, 4]
+    assert "its vote columns are not all numbers, so every row is excluded" in capsys.readouterr().err
+    assert read_ids(labels.assign(bar_no=[1, "-", 0, 3]), schema=decals).tolist() == [1, 2, 3, 4]  # mixed: no crash
     # pick itself reads the catalog's tree: the 10 unvoted of the 30 best come back first
     top = _direct_top(full, "bald_total", 40)
     answers = open_catalog(catalog).metadata.schema.answer_columns
     survey = pd.DataFrame({"object_id": top[:30], **{a: pd.array([1] * 20 + [None] * 10, dtype="Int64") for a in answers}})
     assert pick(catalog, 20, exclude=survey)["object_id"].to_pylist() == top[20:40]
+
+
+def load_labels_ids(frame, tmp_path, schema) -> list[int]:
+    """The object ids train reads from labels ``frame`` (its rows with votes)."""
+    from skymorph.trainer.data import load_labels
+
+    frame.to_parquet(tmp_path / "frame.parquet")
+    return load_labels(str(tmp_path / "frame.parquet"), schema).object_id.tolist()

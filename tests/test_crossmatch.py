@@ -113,7 +113,7 @@ def test_a_volunteer_table_gets_each_galaxys_id_tile_and_row_and_then_trains(sur
     # a tile ingested without positions is not searched, and the warning and the metadata say so
     write_tile(str(tmp_path / "unplaced.zarr"), home.read_images(), object_id, ra, dec, survey="test", bands=home.attrs["bands"],
                pixel_scale_arcsec=1.0, stretch="none", resize="none", extra_attrs={"position_is_placeholder": True})
-    write_tile_list(str(tmp_path / "mixed.txt"), [str(tmp_path / "unplaced.zarr"), *urls])
+    write_tile_list(str(tmp_path / "mixed.txt"), [*urls, str(tmp_path / "unplaced.zarr")])  # last: counted all the same
     match_labels(str(tmp_path / "gz.csv"), str(tmp_path / "mixed.txt"), str(tmp_path / "m.parquet"), progress=False)
     assert ("skymorph: warning: tiles with placeholder positions (ingested without ra/dec) are not searched: 1 of 3"
             in capsys.readouterr().err)

@@ -36,13 +36,13 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Sequence
 
 import numpy as np
 
 from skymorph.catalog.info import Catalog, open_catalog
 from skymorph.catalog.query import connect
 from skymorph.errors import CatalogError, InputError, did_you_mean, first_line
+from skymorph.schema import Schema
 from skymorph.seeds import check_seed
 from skymorph.tiles import object_ids
 
@@ -87,30 +87,36 @@ def gumbel_keys(object_id, score, seed: int, beta: float = 1.0, salt: int = 0) -
     return beta * log_score + gumbel
 
 
-def read_ids(source, storage_options: dict | None = None, id_column: str = "object_id",
-             vote_columns: Sequence[str] = ()) -> np.ndarray:
+def read_ids(source, storage_options: dict | None = None, id_column: str = "object_id", schema: Schema | None = None) -> np.ndarray:
     """Object ids (int64) from the ``id_column`` of a CSV or Parquet file (e.g. ``galaxy_id`` in a
     Galaxy Zoo table), of several (a list of paths: the labels and the batches still with the
     volunteers), or of a table (pandas or pyarrow), or from an iterable.
 
-    A table with some of ``vote_columns`` (the tree's ``{question}_{answer}`` counts: labels) names only
+    A table with vote counts of ``schema``'s answers (labels, in any spelling ``train`` reads) names only
     its rows with a vote, as ``train`` reads labels: a row without any is a galaxy nobody has classified
     (a cutout ingested without a label), and is warned about, not returned."""
     import pyarrow as pa
 
+    from skymorph.trainer.data import vote_columns
+
     if isinstance(source, (list, tuple)) and source and all(isinstance(s, str) or hasattr(s, "__fspath__") for s in source):
-        return np.concatenate([read_ids(one, storage_options, id_column, vote_columns) for one in source])
+        return np.concatenate([read_ids(one, storage_options, id_column, schema) for one in source])
 
     if isinstance(source, (pa.Table, pa.RecordBatch)):  # a table: iterating it gives its column names
-        return _ids_of(pa.table(source), id_column, "the exclude table", vote_columns)
+        return _ids_of(pa.table(source), id_column, "the exclude table", schema)
     if hasattr(source, "columns"):  # pandas: the id and vote columns alone (the others may not convert), or the index
         if id_column not in source.columns and id_column in (source.index.names or []):
             source = source.reset_index()
-        if id_column not in source.columns:
-            raise _no_id_column("the exclude table", id_column, [str(c) for c in source.columns])
-        kept = [id_column, *(c for c in vote_columns if c in source.columns)]
-        table = pa.table({c: pa.array(source[c], from_pandas=True) for c in kept})
-        return _ids_of(table, id_column, "the exclude table", vote_columns)
+        names = [str(c) for c in source.columns]
+        if id_column not in names:
+            raise _no_id_column("the exclude table", id_column, names)
+        columns = {id_column: pa.array(source[id_column], from_pandas=True)}
+        for name in vote_columns(names, schema) if schema is not None else ():
+            try:
+                columns[name] = pa.array(source[name], from_pandas=True)
+            except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed text and numbers: no votes to read (_voted)
+                columns[name] = pa.array(source[name].astype(str))
+        return _ids_of(pa.table(columns), id_column, "the exclude table", schema)
     if not isinstance(source, (str, bytes)) and not hasattr(source, "__fspath__"):
         return np.asarray(list(source) if not isinstance(source, np.ndarray) else source, dtype=np.int64)
     from skymorph.storage import filesystem, read_parquet
@@ -134,7 +140,7 @@ def read_ids(source, storage_options: dict | None = None, id_column: str = "obje
                              f"Parquet file with an {id_column} column") from None
     else:
         raise InputError(f"--exclude {url!r}: give a .csv or .parquet file with an {id_column} column")
-    return _ids_of(table, id_column, f"--exclude {url!r}", vote_columns)
+    return _ids_of(table, id_column, f"--exclude {url!r}", schema)
 
 
 def _no_id_column(what: str, id_column: str, names: list[str]) -> InputError:
@@ -143,13 +149,13 @@ def _no_id_column(what: str, id_column: str, names: list[str]) -> InputError:
                       "--exclude-id-column (exclude_id_column=)." + did_you_mean(id_column, names))
 
 
-def _ids_of(table, id_column: str, what: str, vote_columns: Sequence[str] = ()) -> np.ndarray:
+def _ids_of(table, id_column: str, what: str, schema: Schema | None = None) -> np.ndarray:
     """The ``id_column`` of pyarrow ``table`` as int64 (:func:`skymorph.tiles.object_ids`), its empty cells
-    dropped: a row of the labels or a batch may not have its id yet; with some of ``vote_columns``, only
+    dropped: a row of the labels or a batch may not have its id yet; with ``schema``'s vote columns, only
     the rows with a vote (:func:`read_ids`)."""
     if id_column not in table.column_names:
         raise _no_id_column(what, id_column, table.column_names)
-    voted = _voted(table, vote_columns)
+    voted = _voted(table, schema, what) if schema is not None else None
     if voted is not None and not voted.all():
         print(f"skymorph: warning: {what}: {int((~voted).sum())} row(s) have no votes (first: {id_column} "
               f"{table.column(id_column)[int(np.argmin(voted))].as_py()}), galaxies nobody has classified, so they may be "
@@ -158,18 +164,23 @@ def _ids_of(table, id_column: str, what: str, vote_columns: Sequence[str] = ()) 
     return object_ids(table.column(id_column), what, name=id_column, drop_empty=True)
 
 
-def _voted(table, vote_columns: Sequence[str]) -> np.ndarray | None:
-    """Per row of ``table``, whether any of its ``vote_columns`` holds a count above 0; None without such
-    columns, or where one is not numbers (then every row names a galaxy to exclude)."""
+def _voted(table, schema: Schema, what: str) -> np.ndarray | None:
+    """Per row of ``table``, whether any of its columns of ``schema``'s vote counts
+    (:func:`skymorph.trainer.data.vote_columns`) holds a count above 0; None without such columns, or
+    (with a warning) where one is not numbers: then every row names a galaxy to exclude."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    present = [c for c in vote_columns if c in table.column_names]
+    from skymorph.trainer.data import vote_columns
+
+    present = vote_columns(table.column_names, schema)
     if not present:
         return None
     try:
         counts = [table.column(c).cast(pa.float64()) for c in present]
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        print(f"skymorph: warning: {what}: its vote columns are not all numbers, so every row is excluded, with votes or "
+              "not", file=sys.stderr)
         return None
     return np.any([pc.fill_null(pc.greater(c, 0), False).to_numpy(zero_copy_only=False) for c in counts], axis=0)
 
@@ -286,8 +297,7 @@ def pick(
     seed = check_seed(seed)
     catalog = url if isinstance(url, Catalog) else open_catalog(url, storage_options)
     score, score_sql = _score(catalog, question, weight_by_asked)
-    votes = catalog.metadata.schema.answer_columns
-    excluded = pa.table({"object_id": read_ids(exclude, storage_options, exclude_id_column, votes)
+    excluded = pa.table({"object_id": read_ids(exclude, storage_options, exclude_id_column, catalog.metadata.schema)
                          if exclude is not None else np.empty(0, np.int64)})
     where = f"{score_sql} IS NOT NULL AND NOT isnan({score_sql}) AND object_id NOT IN (SELECT object_id FROM excluded)"
     with connect(catalog) as con:

@@ -3,7 +3,7 @@
 Galaxy Zoo's tables name galaxies their own way (GZ DECaLS' ``iauname``, GZ2's ``dr7objid``) and give
 each one's ``ra`` and ``dec``; the tiles hold galaxies by skymorph's integer ``object_id``. :func:`match_labels`
 pairs each row of the table with the nearest tile galaxy on the sky (astropy's
-:meth:`~astropy.coordinates.SkyCoord.match_to_catalog_sky`, a k-d tree on unit vectors) and writes the
+:func:`~astropy.coordinates.search_around_sky`, a k-d tree on unit vectors) and writes the
 rows that have one within ``radius_arcsec`` as labels ``train``, ``evaluate`` and ``labels ingest`` read:
 the table's own columns behind ``object_id``, ``tile`` and ``row`` (where the image is) and
 ``match_arcsec`` (how far apart the two positions are, to judge the match by).
@@ -155,27 +155,29 @@ def _sky(ra_dec: np.ndarray):
 
 
 def _tiles_with_positions(tile_urls: list[str], storage_options, progress: bool, desc: str):
-    """``(name, object_id, (n, 2) ra_dec, skipped so far)`` per tile with sky positions, one tile at a time,
-    so that memory holds the table and one tile, however many tiles a survey has. Tiles with placeholder
-    positions are skipped with a warning at the end (an error when all are)."""
+    """``(name, object_id, (n, 2) ra_dec)`` per tile, one tile at a time, so that memory holds the table and
+    one tile however many tiles a survey has; None for a tile with placeholder positions."""
     from skymorph.progress import progress_bar
     from skymorph.tiles import open_tile, tile_name
 
-    skipped = 0
     for url in progress_bar(tile_urls, desc=desc, unit="tile", disable=not progress, leave=False):
         tile = open_tile(url, storage_options=storage_options)
         if tile.placeholder_positions:
-            skipped += 1
+            yield None
             continue
         object_id, ra, dec = tile.read_coords()
-        yield tile_name(url), object_id, np.stack([ra, dec], axis=1), skipped
-    if skipped == len(tile_urls):
-        raise InputError(f"the {len(tile_urls)} tile(s) given have placeholder positions (cutouts ingested without "
+        yield tile_name(url), object_id, np.stack([ra, dec], axis=1)
+
+
+def _report_skipped(skipped: int, n_tiles: int) -> None:
+    """A warning for tiles with placeholder positions, which are not searched; an error when all are."""
+    if skipped == n_tiles:
+        raise InputError(f"the {n_tiles} tile(s) given have placeholder positions (cutouts ingested without "
                          "ra/dec), so there is nothing to match positions to; give the table the object_id each galaxy "
                          "was ingested with instead")
     if skipped:
         print(f"skymorph: warning: tiles with placeholder positions (ingested without ra/dec) are not searched: {skipped} of "
-              f"{len(tile_urls)}", file=sys.stderr)
+              f"{n_tiles}", file=sys.stderr)
 
 
 def _match_tiles(tile_urls: list[str], said: np.ndarray, radius: float, storage_options, progress: bool) -> _Nearest:
@@ -192,7 +194,11 @@ def _match_tiles(tile_urls: list[str], said: np.ndarray, radius: float, storage_
     arcsec, object_id = np.full(n, np.inf), np.zeros(n, dtype=np.int64)
     tile, row, ra_dec = np.full(n, None, dtype=object), np.full(n, -1, dtype=np.int64), np.full((n, 2), np.nan)
     skipped = 0
-    for name, ids, at, skipped in _tiles_with_positions(tile_urls, storage_options, progress, "matching tiles"):
+    for found in _tiles_with_positions(tile_urls, storage_options, progress, "matching tiles"):
+        if found is None:
+            skipped += 1
+            continue
+        name, ids, at = found
         if not len(known) or not len(ids):
             continue
         in_tile, in_table, separation, _ = search_around_sky(_sky(at), table_sky, radius * u.arcsec)
@@ -204,6 +210,7 @@ def _match_tiles(tile_urls: list[str], said: np.ndarray, radius: float, storage_
         in_tile, targets = in_tile[pairs], targets[pairs]
         arcsec[targets], object_id[targets], tile[targets] = separation[pairs], ids[in_tile], name
         row[targets], ra_dec[targets] = in_tile, at[in_tile]
+    _report_skipped(skipped, len(tile_urls))
     return _Nearest(arcsec, object_id, tile, row, ra_dec, skipped)
 
 
@@ -242,9 +249,10 @@ def _nothing_matched(table: str, said: np.ndarray, tile_urls: list[str], radius:
     sample = said[known][:1000]
     scaled = {unit: _sky(sample * scale) for unit, scale in _OTHER_UNITS if (np.abs(sample[:, 1] * scale[1]) <= 90).all()}
     table_sky, nearest, near_in = _sky(said[known]), np.inf, set()
-    for _, _, at, _ in _tiles_with_positions(tile_urls, storage_options, False, ""):
-        if not len(at):
+    for found in _tiles_with_positions(tile_urls, storage_options, False, ""):
+        if found is None or not len(found[2]):
             continue
+        at = found[2]
         tile_sky = _sky(at)  # each tile galaxy's nearest row: their least separation is the nearest pair's
         nearest = min(nearest, float(tile_sky.match_to_catalog_sky(table_sky)[1].min().to_value(u.arcsec)))
         for unit, sky in scaled.items():

@@ -46,6 +46,7 @@ __all__ = [
     "Labels",
     "positions",
     "load_labels",
+    "vote_columns",
     "load_images",
     "split_masks",
     "split_kind",
@@ -307,6 +308,15 @@ def _spellings(names: list[str], schema: Schema) -> dict[str, tuple[str, ...]]:
             ours = ours if ours != name and ours.startswith(prefixes) else name
         spellings.setdefault(ours, []).append(name)
     return {ours: tuple(spelt) for ours, spelt in spellings.items()}
+
+
+def vote_columns(names: list[str], schema: Schema) -> list[str]:
+    """The columns of ``names`` that hold vote counts of ``schema``'s answers, in any spelling
+    :func:`load_labels` reads (``bar_strong``, ``bar-strong``, ``bar-dr5_strong``, GZ2's
+    ``t03_bar_a06_bar_count``): so that other readers of labels (``catalog pick --exclude``) see the votes
+    that ``train`` sees."""
+    answers = set(schema.answer_columns)
+    return [name for ours, spelt in _spellings(names, schema).items() if ours in answers for name in spelt]
 
 
 _CAMPAIGNS = {"gz2": ("gz2",), "decals": ("dr5", "dr8")}
