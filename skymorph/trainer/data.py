@@ -12,8 +12,8 @@ the tiles (see below). Galaxy Zoo's own volunteer tables read as they are: their
 from the counts (``{answer}_fraction``, ``{answer}_debiased``, ``{question}_total-votes``) are ignored,
 the counts being the data; so does Galaxy Zoo 2's own table for schema ``gz2`` (:data:`_GZ2_TABLE`). A
 row with no votes in any question is a galaxy nobody has classified (a cutout ingested without a label,
-a galaxy still with the volunteers), left out with a warning. ``split``, where given, is ``train``, ``validation``,
-``test`` or empty (see :func:`split_masks`). Images are matched by ``object_id`` in the tile stores of
+a galaxy still with the volunteers), left out with a warning. ``split``, where given, is ``train``,
+``validation``, ``test`` or empty (see :func:`split_masks`). Images are matched by ``object_id`` in the tile stores of
 a tile list and held in memory as uint8 (100,000 galaxies at 128 x 128 px are 1.6 GB), so an epoch
 never waits on storage.
 Where the labels also say where each image is (``tile`` and ``row`` columns, as ``survey synth``,
@@ -547,8 +547,8 @@ def _labels_of(url: str, table, sha256: str, schema: Schema) -> Labels:
     unvoted = ~votes.any(axis=1)
     if unvoted.any():  # nobody has classified them: no loss, no metric, but they would be counted as labelled
         print(f"skymorph: warning: labels {url!r}: {int(unvoted.sum())} row(s) hold no votes in any question (first: "
-              f"object_id {int(object_id[np.argmax(unvoted)])}), galaxies nobody has classified yet, which train and evaluate leave out",
-              file=sys.stderr)
+              f"object_id {int(object_id[np.argmax(unvoted)])}), galaxies nobody has classified yet, which train and "
+              "evaluate leave out", file=sys.stderr)
         labels = labels.subset(np.flatnonzero(~unvoted))
         if labels.split is not None and (labels.split == None).all():  # noqa: E711 -- only dropped rows were assigned
             labels = replace(labels, split=None)

@@ -28,8 +28,8 @@ VOTES_ADDED_KEY = "skymorph.votes_added"
 
 @dataclass(frozen=True)
 class VotesAdded:
-    """What :func:`add_votes` wrote: ``added`` galaxies' votes, ``total`` labelled galaxies (with votes) in ``out``, and
-    ``unvoted``, the batch's galaxies without votes yet (still with the volunteers)."""
+    """What :func:`add_votes` wrote: ``added`` galaxies' votes, ``total`` labelled galaxies (rows with votes)
+    in ``out``, and ``unvoted``, the batch's galaxies without votes yet (still with the volunteers)."""
 
     out: str
     added: int
@@ -49,10 +49,11 @@ def add_votes(votes: str, batch: str, out: str, labels: str | None = None, schem
     ``split`` (the seed's hash split). ``schema``: given, or the tree ``labels`` record.
 
     A row of ``labels`` without votes (a galaxy nobody had classified) gives way to the galaxy's votes;
-    the others are kept as they are, and ``total`` counts the rows with votes. One-line errors: no tree to read the votes by; votes for a galaxy the batch lacks, or
-    at another position than the batch's (more than 5"); a galaxy labelled before (add to its old row
-    instead); labels that record another tree; an ``out`` that is not ``.parquet``, or exists unless
-    ``overwrite``.
+    the others are kept as they are, and ``total`` counts the rows with votes. A ``split`` column in the
+    votes is not read (a warning says so). One-line errors: no tree to read the votes by; votes for a
+    galaxy the batch lacks, or at another position than the batch's (more than 5"); a galaxy labelled
+    before (add to its old row instead); labels that record another tree; an ``out`` that is not
+    ``.parquet``, or exists unless ``overwrite``.
     """
     import pyarrow as pa
 
