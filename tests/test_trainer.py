@@ -958,7 +958,8 @@ def test_a_batchs_votes_are_added_to_the_labels_where_the_batch_says_each_image_
     votes.assign(split=["validation", "round2"] * 8).to_csv(tmp_path / "split.csv", index=False)  # not read: any value
     capsys.readouterr()
     add_votes(str(tmp_path / "split.csv"), str(tmp_path / "batch.csv"), str(tmp_path / "s.parquet"), labels=old, schema="gz2")
-    assert (load_labels(str(tmp_path / "s.parquet"), GZ2).split[-16:] == None).all()  # noqa: E711
+    split = load_labels(str(tmp_path / "s.parquet"), GZ2).split
+    assert split[30] == table.split[30] and (split[31:] == None).all()  # noqa: E711 -- 1030's row keeps its own
     assert "have a split column, which is not used: new rows take the seed's hash split" in capsys.readouterr().err
     # labels with a galaxy nobody has classified (a cutout ingested without a label): kept as it is, not counted
     table.iloc[:30].assign(tile=[f"t{i // 24}" for i in range(30)], row=np.arange(30) % 24).pipe(
@@ -970,6 +971,33 @@ def test_a_batchs_votes_are_added_to_the_labels_where_the_batch_says_each_image_
     batch.assign(ra=12.0).to_csv(tmp_path / "elsewhere.csv", index=False)
     with pytest.raises(InputError, match=r"put object_id 1030 more than 5\" from where batch .* has it"):
         add_votes(str(tmp_path / "votes.csv"), str(tmp_path / "elsewhere.csv"), str(tmp_path / "x.parquet"), labels=old, schema="gz2")
+
+
+def test_votes_for_unclassified_galaxies_fill_their_rows_and_keep_the_rest(tmp_path):
+    """An end-to-end loop on GZ2 cutouts, 60% unlabelled: the votes replaced each such row by a new one with an
+    empty split, so galaxies of the catalog's validation split were trained on at --finetune, and their file
+    and label cells were lost; the second round said 40 of 50 were still out when none was."""
+    from skymorph.trainer.votes import add_votes
+
+    _, ring_labels = write_ring_survey(str(tmp_path))  # 48 galaxies, ids 1000-1047, rows 0-23 of t0 and t1
+    table = pd.read_parquet(ring_labels)
+    votes = ["has_spiral_arms_yes", "has_spiral_arms_no"]
+    ingested = table.assign(file=[f"{i}.jpg" for i in table.object_id], tile=[f"t{i // 24}" for i in range(48)],
+                            row=np.arange(48) % 24, **{v: table[v].astype("Int64").where(table.object_id < 1030) for v in votes})
+    ingested.to_parquet(tmp_path / "ingested.parquet")
+    batch = ingested.iloc[30:].assign(ra=10.0, dec=-5.0)[["object_id", "tile", "row", "ra", "dec"]]
+    batch.to_csv(tmp_path / "batch.csv", index=False)
+    for n, (rows, labels, out) in enumerate(((slice(30, 40), "ingested.parquet", "labels-2.parquet"),
+                                             (slice(40, 48), "labels-2.parquet", "labels-3.parquet"))):
+        table.iloc[rows][["object_id", *votes]].to_csv(tmp_path / f"votes{n}.csv", index=False)
+        added = add_votes(str(tmp_path / f"votes{n}.csv"), str(tmp_path / "batch.csv"), str(tmp_path / out),
+                          labels=str(tmp_path / labels), schema="gz2")
+        assert (added.added, added.total, added.unvoted) == ((10, 40, 8), (8, 48, 0))[n]
+    result = pd.read_parquet(tmp_path / "labels-3.parquet")
+    assert result.object_id.tolist() == table.object_id.tolist()  # filled in place, in the catalog's order
+    assert result.split.tolist() == table.split.tolist() and result.file.tolist() == ingested.file.tolist()
+    assert result[votes].astype(int).values.tolist() == table[votes].values.tolist()
+    assert np.array_equal(load_labels(str(tmp_path / "labels-3.parquet"), GZ2).votes, load_labels(ring_labels, GZ2).votes)
 
 
 def test_labels_with_repeated_columns_no_rows_or_no_votes_are_one_line_errors(tmp_path):

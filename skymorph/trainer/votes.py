@@ -3,10 +3,11 @@
 ``catalog pick`` writes a batch (``object_id``, ``tile``, ``row``, ``ra``, ``dec``, score); volunteers
 classify it; their vote counts come back as a table in any form :func:`~skymorph.trainer.data.load_labels`
 reads (skymorph's spelling, a Galaxy Zoo export, GZ2's own table). :func:`add_votes` checks the votes
-against the batch (each voted galaxy is one of the batch's, at the batch's position), appends them,
-with the batch's ``tile`` and ``row`` (where each image is), to the labels so far, and writes new labels
-that record their decision tree and where every added row came from (``skymorph.votes_added``): which
-votes file and which batch, by URL and sha256.
+against the batch (each voted galaxy is one of the batch's, at the batch's position), adds them, with
+the batch's ``tile`` and ``row`` (where each image is), to the labels so far (into a galaxy's own row
+where the labels list it without votes, as ``survey ingest`` lists an unlabelled cutout; as a new row
+otherwise), and writes new labels that record their decision tree and where every added vote came from
+(``skymorph.votes_added``): which votes file and which batch, by URL and sha256.
 """
 
 from __future__ import annotations
@@ -44,13 +45,13 @@ class VotesAdded:
 
 def add_votes(votes: str, batch: str, out: str, labels: str | None = None, schema: str | Schema | None = None,
               overwrite: bool = False, storage_options=None) -> VotesAdded:
-    """Write ``out``: the ``labels`` so far (none: a first round) plus one row per galaxy of ``votes``, with
-    the ``tile`` and ``row`` the ``batch`` gives it, its vote counts in ``schema``'s spelling and an empty
-    ``split`` (the seed's hash split). ``schema``: given, or the tree ``labels`` record.
-
-    A row of ``labels`` without votes (a galaxy nobody had classified) gives way to the galaxy's votes;
-    the others are kept as they are, and ``total`` counts the rows with votes. A ``split`` column in the
-    votes is not read (a warning says so). One-line errors: no tree to read the votes by; votes for a
+    """Write ``out``: the ``labels`` so far (none: a first round) with each galaxy of ``votes`` given the
+    ``tile`` and ``row`` the ``batch`` gives it and its vote counts in ``schema``'s spelling: in its own row
+    where ``labels`` list it without votes (a galaxy nobody had classified), whose other cells (``split``,
+    a catalog's ``file``) stay; else in a new row with an empty ``split`` (the seed's hash split).
+    ``schema``: given, or the tree ``labels`` record. ``total`` counts the rows with votes, ``unvoted`` the
+    batch's galaxies with votes neither here nor in ``labels``. A ``split`` column in the votes is not
+    read (a warning says so). One-line errors: no tree to read the votes by; votes for a
     galaxy the batch lacks, or at another position than the batch's (more than 5"); a galaxy labelled
     before (add to its old row instead); labels that record another tree; an ``out`` that is not
     ``.parquet``, or exists unless ``overwrite``.
@@ -112,34 +113,60 @@ def add_votes(votes: str, batch: str, out: str, labels: str | None = None, schem
             columns[f"{question.name}_{answer}"] = pa.array(voted.votes[:, tree.answer_index(question.name, answer)])
     new = pa.table(columns)
 
-    history, old_metadata, labelled = [], {}, 0
+    history, old_metadata, already = [], {}, np.empty(0, np.int64)
     if labels is not None:
         old, sha256 = _read_table(str(labels), storage_options)
         before = _labels_of(str(labels), old, sha256, tree)
-        labelled = len(before)  # its rows with votes: the others are galaxies to classify, kept as they are
-        again = np.isin(voted.object_id, before.object_id)
+        already = before.object_id  # its rows with votes: the others are galaxies to classify
+        again = np.isin(voted.object_id, already)
         if again.any():
             raise InputError(
                 f"object_id {int(voted.object_id[np.argmax(again)])} ({int(again.sum())} galaxies in all) is labelled in "
                 f"{labels!r} already; add the new votes to its old row instead"
             )
-        # a row of the old labels without votes (a galaxy nobody had classified: ingested without a label, or
-        # still with the volunteers) gives way to its votes
-        waiting = np.isin(object_ids(old.column("object_id"), f"labels {labels!r}"), voted.object_id)
-        old = _plain(old.filter(pa.array(~waiting)))
+        old = _plain(old)
         # pandas' own key describes the old columns only; the tree and the history carry over
         old_metadata = {key: value for key, value in (old.schema.metadata or {}).items() if key != b"pandas"}
         history = json.loads(old_metadata.get(VOTES_ADDED_KEY.encode(), b"[]"))
+        # a galaxy with a row but no votes (ingested without a label, or still with the volunteers) gets its
+        # votes in that row, which keeps its other cells: its split above all, so validation stays validation
+        at = positions(voted.object_id, object_ids(old.column("object_id"), f"labels {labels!r}"))
         try:
-            new = pa.concat_tables([old.replace_schema_metadata(None), new], promote_options="permissive")
-        except (pa.ArrowTypeError, pa.ArrowInvalid) as err:
+            old = _fill_rows(old.replace_schema_metadata(None), at, columns)
+            fresh = pa.array(~np.isin(np.arange(len(voted)), at))
+            new = pa.concat_tables([old, new.filter(fresh)], promote_options="permissive")
+        except (pa.ArrowTypeError, pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
             raise InputError(f"labels {labels!r} cannot take the new rows ({first_line(err, 160)}); give its object_id, "
-                             "tile, row and split as numbers and text") from None
+                             "tile, row, split and vote counts as numbers and text") from None
     history.append({"votes": str(votes), "votes_sha256": voted.sha256, "batch": str(batch),
                     "batch_sha256": batch_sha256, "galaxies": len(voted)})
     metadata = {**old_metadata, b"skymorph.schema": tree.to_json().encode(), VOTES_ADDED_KEY.encode(): json.dumps(history).encode()}
     write_parquet(new.replace_schema_metadata(metadata), out, storage_options)
-    return VotesAdded(out=str(out), added=len(voted), total=labelled + len(voted), unvoted=int(len(batch_ids) - len(voted)))
+    unvoted = ~np.isin(batch_ids, np.concatenate([voted.object_id, already]))  # votes of an earlier round count too
+    return VotesAdded(out=str(out), added=len(voted), total=len(already) + len(voted), unvoted=int(unvoted.sum()))
+
+
+def _fill_rows(old, at, columns: dict):
+    """``old`` (pyarrow) with its rows ``at >= 0`` (per row, the index of its galaxy in the new rows' ``columns``)
+    given the new rows' cells of every column but ``object_id`` and ``split``, in place: the row's other cells
+    stay. A column the old table lacks is added, empty elsewhere."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    mask = pa.array(at >= 0)
+    if not (at >= 0).any():
+        return old
+    take = pa.array(np.maximum(at, 0))
+    for name, values in columns.items():
+        if name in ("object_id", "split"):
+            continue
+        filled = values.take(take)  # every old row's would-be cell; only those in ``mask`` are used
+        if name in old.column_names:
+            current = old.column(name)
+            old = old.set_column(old.column_names.index(name), name, pc.if_else(mask, filled.cast(current.type), current))
+        else:
+            old = old.append_column(name, pc.if_else(mask, filled, pa.nulls(len(old), filled.type)))
+    return old
 
 
 def _plain(table):
