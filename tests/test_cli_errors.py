@@ -334,3 +334,14 @@ def test_a_worker_timeout_that_is_no_positive_time_is_refused(value, tmp_path, c
     assert main(argv) == 2
     assert capsys.readouterr().err.strip() == (
         f"skymorph: error: --worker-timeout must be a positive number of seconds, got {float(value)}")
+
+
+def test_python_dash_m_skymorph_is_the_command(tmp_path):
+    """Where the venv's scripts are not on PATH, `python -m skymorph` runs the same command and exit codes."""
+    from skymorph import __version__
+
+    done = subprocess.run([sys.executable, "-m", "skymorph", "--version"], capture_output=True, text=True, check=False)
+    assert done.returncode == 0 and __version__ in done.stdout
+    done = subprocess.run([sys.executable, "-m", "skymorph", "catalog", "info", str(tmp_path / "nothing")], capture_output=True,
+                          text=True, check=False)
+    assert done.returncode == 2 and done.stderr.startswith("skymorph: error: ") and len(done.stderr.strip().splitlines()) == 1
