@@ -437,6 +437,10 @@ def test_labels_rows_without_votes_are_not_excluded(catalog, full, tmp_path, cap
         f"skymorph: warning: --exclude {str(tmp_path / 'labels.parquet')!r}: 2 row(s) have no votes (first: object_id 2), "
         "galaxies nobody has classified, so they may be picked; give the batches still with the volunteers to --exclude too")
     assert read_ids([str(tmp_path / "labels.parquet"), str(tmp_path / "batch.csv")], schema=decals).tolist() == [1, 4, 2]
+    assert "1 row(s) have no votes (first: object_id 3)" in capsys.readouterr().err  # 2 is with the volunteers: no word
+    pd.DataFrame({"object_id": [2, 3]}).to_csv(tmp_path / "batch.csv", index=False)
+    read_ids([str(tmp_path / "labels.parquet"), str(tmp_path / "batch.csv")], schema=decals)
+    assert capsys.readouterr().err == ""
     assert read_ids(labels, schema=decals).tolist() == [1, 4]  # pandas, as a notebook passes it
     assert read_ids(str(tmp_path / "labels.parquet")).tolist() == [1, 2, 3, 4]  # no tree given: every row
     # a Galaxy Zoo table's spelling beside the tree's, as `labels ingest` leaves them: a smooth galaxy's votes

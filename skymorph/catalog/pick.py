@@ -94,13 +94,25 @@ def read_ids(source, storage_options: dict | None = None, id_column: str = "obje
 
     A table with vote counts of ``schema``'s answers (labels, in any spelling ``train`` reads) names only
     its rows with a vote, as ``train`` reads labels: a row without any is a galaxy nobody has classified
-    (a cutout ingested without a label), and is warned about, not returned."""
+    (a cutout ingested without a label), not returned, and warned about unless another of the files
+    lists it (a batch still with the volunteers)."""
+    several = isinstance(source, (list, tuple)) and source and all(isinstance(s, str) or hasattr(s, "__fspath__") for s in source)
+    read = [_read_one(one, storage_options, id_column, schema) for one in (source if several else [source])]
+    ids = np.concatenate([got for got, _, _ in read])
+    for _, unvoted, what in read:
+        left = unvoted[~np.isin(unvoted, ids)]
+        if len(left):
+            print(f"skymorph: warning: {what}: {len(left)} row(s) have no votes (first: {id_column} {int(left[0])}), "
+                  "galaxies nobody has classified, so they may be picked; give the batches still with the volunteers "
+                  "to --exclude too", file=sys.stderr)
+    return ids
+
+
+def _read_one(source, storage_options: dict | None, id_column: str, schema: Schema | None) -> tuple[np.ndarray, np.ndarray, str]:
+    """``(ids, ids of rows without votes, what to call the source)`` of one source of :func:`read_ids`."""
     import pyarrow as pa
 
     from skymorph.trainer.data import vote_columns
-
-    if isinstance(source, (list, tuple)) and source and all(isinstance(s, str) or hasattr(s, "__fspath__") for s in source):
-        return np.concatenate([read_ids(one, storage_options, id_column, schema) for one in source])
 
     if isinstance(source, (pa.Table, pa.RecordBatch)):  # a table: iterating it gives its column names
         return _ids_of(pa.table(source), id_column, "the exclude table", schema)
@@ -118,7 +130,7 @@ def read_ids(source, storage_options: dict | None = None, id_column: str = "obje
                 columns[name] = pa.array(source[name].astype(str))
         return _ids_of(pa.table(columns), id_column, "the exclude table", schema)
     if not isinstance(source, (str, bytes)) and not hasattr(source, "__fspath__"):
-        return np.asarray(list(source) if not isinstance(source, np.ndarray) else source, dtype=np.int64)
+        return np.asarray(list(source) if not isinstance(source, np.ndarray) else source, dtype=np.int64), np.empty(0, np.int64), ""
     from skymorph.storage import filesystem, read_parquet
 
     url = str(source)
@@ -149,19 +161,18 @@ def _no_id_column(what: str, id_column: str, names: list[str]) -> InputError:
                       "--exclude-id-column (exclude_id_column=)." + did_you_mean(id_column, names))
 
 
-def _ids_of(table, id_column: str, what: str, schema: Schema | None = None) -> np.ndarray:
-    """The ``id_column`` of pyarrow ``table`` as int64 (:func:`skymorph.tiles.object_ids`), its empty cells
-    dropped: a row of the labels or a batch may not have its id yet; with ``schema``'s vote columns, only
-    the rows with a vote (:func:`read_ids`)."""
+def _ids_of(table, id_column: str, what: str, schema: Schema | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+    """``(ids, ids of rows without votes, what)``: the ``id_column`` of pyarrow ``table`` as int64
+    (:func:`skymorph.tiles.object_ids`), its empty cells dropped (a row of the labels or a batch may not
+    have its id yet); with ``schema``'s vote columns, only the rows with a vote (:func:`read_ids`)."""
     if id_column not in table.column_names:
         raise _no_id_column(what, id_column, table.column_names)
     voted = _voted(table, schema, what) if schema is not None else None
+    unvoted = np.empty(0, np.int64)
     if voted is not None and not voted.all():
-        print(f"skymorph: warning: {what}: {int((~voted).sum())} row(s) have no votes (first: {id_column} "
-              f"{table.column(id_column)[int(np.argmin(voted))].as_py()}), galaxies nobody has classified, so they may be "
-              "picked; give the batches still with the volunteers to --exclude too", file=sys.stderr)
+        unvoted = object_ids(table.filter(~voted).column(id_column), what, name=id_column, drop_empty=True)
         table = table.filter(voted)
-    return object_ids(table.column(id_column), what, name=id_column, drop_empty=True)
+    return object_ids(table.column(id_column), what, name=id_column, drop_empty=True), unvoted, what
 
 
 def _voted(table, schema: Schema, what: str) -> np.ndarray | None:
