@@ -977,6 +977,9 @@ def test_votes_for_unclassified_galaxies_fill_their_rows_and_keep_the_rest(tmp_p
     """An end-to-end loop on GZ2 cutouts, 60% unlabelled: the votes replaced each such row by a new one with an
     empty split, so galaxies of the catalog's validation split were trained on at --finetune, and their file
     and label cells were lost; the second round said 40 of 50 were still out when none was."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     from skymorph.trainer.votes import add_votes
 
     _, ring_labels = write_ring_survey(str(tmp_path))  # 48 galaxies, ids 1000-1047, rows 0-23 of t0 and t1
@@ -998,6 +1001,15 @@ def test_votes_for_unclassified_galaxies_fill_their_rows_and_keep_the_rest(tmp_p
     assert result.split.tolist() == table.split.tolist() and result.file.tolist() == ingested.file.tolist()
     assert result[votes].astype(int).values.tolist() == table[votes].values.tolist()
     assert np.array_equal(load_labels(str(tmp_path / "labels-3.parquet"), GZ2).votes, load_labels(ring_labels, GZ2).votes)
+    # a first round on a survey nobody has classified: vote columns of empty cells only (Arrow's null type)
+    ingested.assign(**{v: None for v in votes}).to_parquet(tmp_path / "none.parquet")
+    assert pq.read_schema(tmp_path / "none.parquet").field(votes[0]).type == pa.null()
+    added = add_votes(str(tmp_path / "votes0.csv"), str(tmp_path / "batch.csv"), str(tmp_path / "first.parquet"),
+                      labels=str(tmp_path / "none.parquet"), schema="gz2")
+    assert (added.added, added.total, added.unvoted) == (10, 10, 8)
+    first = pd.read_parquet(tmp_path / "first.parquet")
+    assert first.object_id.tolist() == table.object_id.tolist() and first.split.tolist() == table.split.tolist()
+    assert load_labels(str(tmp_path / "first.parquet"), GZ2).object_id.tolist() == list(range(1030, 1040))
 
 
 def test_labels_with_repeated_columns_no_rows_or_no_votes_are_one_line_errors(tmp_path):

@@ -464,8 +464,10 @@ def load_labels(url: str, schema: Schema, storage_options=None) -> Labels:
     return _labels_of(str(url), *_read_table(str(url), storage_options), schema)
 
 
-def _labels_of(url: str, table, sha256: str, schema: Schema) -> Labels:
+def _labels_of(url: str, table, sha256: str, schema: Schema, *, votes_needed: bool = True) -> Labels:
     """Validate the labels ``table`` (pyarrow, as :func:`_read_table` read it from ``url``) against ``schema``.
+    Without ``votes_needed`` (labels that votes are being added to), labels without any vote are fine and
+    their rows without votes are left out silently: the caller keeps them as galaxies to classify.
 
     One-line errors: a column name given twice; a galaxy with two different counts for one answer spelt
     both ways (``bar_no``, ``bar-no``); no ``object_id``, or ids that are not whole numbers; the votes of
@@ -500,7 +502,7 @@ def _labels_of(url: str, table, sha256: str, schema: Schema) -> Labels:
             raise SchemaError(f"labels {url!r} column {said[name]} is not an answer of schema {schema.name!r}." + _why_not(name, schema))
     _check_counts_beside_derived(url, names, said, derived, schema)
     present = [c for c in schema.answer_columns if c in names]
-    if not present:
+    if not present and votes_needed:
         raise SchemaError(f"labels {url!r} has no vote column of schema {schema.name!r}; {_no_votes_why(names, schema)}")
     for question, answers_of in zip(schema.question_names, schema.question_slices):
         columns = schema.answer_columns[answers_of]
@@ -537,7 +539,7 @@ def _labels_of(url: str, table, sha256: str, schema: Schema) -> Labels:
     for question, by_source in voted.items():
         _check_one_source(url, object_id, question, by_source)
     _check_whole_questions(url, object_id, empty, schema, said)
-    if not votes.any():  # every loss would be exactly 0 and every metric undefined
+    if not votes.any() and votes_needed:  # every loss would be exactly 0 and every metric undefined
         raise InputError(
             f"labels {url!r} hold no votes at all: every count in its {len(present)} answer column(s) of schema "
             f"{schema.name!r} is 0 or empty; give the volunteers' vote counts"
@@ -545,10 +547,11 @@ def _labels_of(url: str, table, sha256: str, schema: Schema) -> Labels:
     split = _read_split(url, table) if "split" in names else None
     labels = Labels(object_id, votes, split, str(url), sha256, *_locations(table), _sky_positions(url, table))
     unvoted = ~votes.any(axis=1)
-    if unvoted.any():  # nobody has classified them: no loss, no metric, but they would be counted as labelled
+    if unvoted.any() and votes_needed:  # nobody has classified them: no loss, no metric, but counted as labelled
         print(f"skymorph: warning: labels {url!r}: {int(unvoted.sum())} row(s) hold no votes in any question (first: "
               f"object_id {int(object_id[np.argmax(unvoted)])}), galaxies nobody has classified yet, which train and "
               "evaluate leave out", file=sys.stderr)
+    if unvoted.any():
         labels = labels.subset(np.flatnonzero(~unvoted))
         if labels.split is not None and (labels.split == None).all():  # noqa: E711 -- only dropped rows were assigned
             labels = replace(labels, split=None)

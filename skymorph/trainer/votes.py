@@ -116,7 +116,7 @@ def add_votes(votes: str, batch: str, out: str, labels: str | None = None, schem
     history, old_metadata, already = [], {}, np.empty(0, np.int64)
     if labels is not None:
         old, sha256 = _read_table(str(labels), storage_options)
-        before = _labels_of(str(labels), old, sha256, tree)
+        before = _labels_of(str(labels), old, sha256, tree, votes_needed=False)  # a first round: none yet
         already = before.object_id  # its rows with votes: the others are galaxies to classify
         again = np.isin(voted.object_id, already)
         if again.any():
@@ -161,6 +161,8 @@ def _fill_rows(old, at, columns: dict):
         if name in ("object_id", "split"):
             continue
         filled = values.take(take)  # every old row's would-be cell; only those in ``mask`` are used
+        if name in old.column_names and pa.types.is_null(old.column(name).type):  # all empty: no type to keep
+            old = old.drop_columns([name])
         if name in old.column_names:
             current = old.column(name)
             old = old.set_column(old.column_names.index(name), name, pc.if_else(mask, filled.cast(current.type), current))
