@@ -67,7 +67,8 @@ def match_labels(table: str, tiles: str, out: str, *, radius_arcsec: float = 1.0
     One-line errors: ``out`` not ``.parquet`` or existing unless ``overwrite``; a radius that is not a
     positive number up to 5"; a table without rows, without ``ra``/``dec`` as numbers in degrees (dec
     within +-90), or that already has a column this adds; tiles all with placeholder positions; rows
-    matched to tiles of two surveys; no row matched (with a hint where the positions look like hours or radians).
+    matched to tiles of two surveys; no row matched (with a hint where the positions look like hours or
+    radians).
     """
     import pyarrow as pa
 

@@ -153,10 +153,9 @@ def _fill_rows(old, at, columns: dict):
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    mask = pa.array(at >= 0)
     if not (at >= 0).any():
         return old
-    take = pa.array(np.maximum(at, 0))
+    mask, take = pa.array(at >= 0), pa.array(np.maximum(at, 0))
     for name, values in columns.items():
         if name in ("object_id", "split"):
             continue
