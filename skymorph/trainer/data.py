@@ -13,8 +13,8 @@ from the counts (``{answer}_fraction``, ``{answer}_debiased``, ``{question}_tota
 the counts being the data; so does Galaxy Zoo 2's own table for schema ``gz2`` (:data:`_GZ2_TABLE`). A
 row with no votes in any question is a galaxy nobody has classified (a cutout ingested without a label,
 a galaxy still with the volunteers), left out with a warning. ``split``, where given, is ``train``,
-``validation``, ``test`` or empty (see :func:`split_masks`). Images are matched by ``object_id`` in the tile stores of
-a tile list and held in memory as uint8 (100,000 galaxies at 128 x 128 px are 1.6 GB), so an epoch
+``validation``, ``test`` or empty (see :func:`split_masks`). Images are matched by ``object_id`` in the
+tile stores of a tile list and held in memory as uint8 (100,000 galaxies at 128 x 128 px are 1.6 GB), so an epoch
 never waits on storage.
 Where the labels also say where each image is (``tile`` and ``row`` columns, as ``survey synth``,
 ``survey ingest`` and ``catalog pick`` write them), the image is taken from there, and a galaxy found
@@ -415,7 +415,8 @@ def _why_not(name: str, schema: Schema) -> str:
     if campaign and f"{campaign['question']}_{campaign['rest']}" in set(schema.answer_columns) | set(_derived_columns(schema)):
         ours = f"{campaign['question']}_{campaign['rest']}"
         if schema.name in _CAMPAIGNS:  # a built-in tree: its own campaigns were read; this one asked another tree
-            return f" It is {ours} with Zoobot's campaign suffix {campaign['campaign']!r}, a campaign that did not ask {schema.name!r}'s tree."
+            return (f" It is {ours} with Zoobot's campaign suffix {campaign['campaign']!r}, a campaign that did not ask "
+                    f"{schema.name!r}'s tree.")
         return f" It is {ours} with Zoobot's campaign suffix {campaign['campaign']!r}: rename the columns without it."
     if close := did_you_mean(name, schema.answer_columns):
         return close
@@ -757,7 +758,12 @@ def _arcsec_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _arcsec_text(arcsec: float) -> str:
-    return f"{arcsec * 1000:.2g} mas" if arcsec < 0.1 else f'{arcsec:.1f}"' if arcsec < 60 else f"{arcsec / 60:.1f}'" if arcsec < 3600 else f"{arcsec / 3600:.2f} deg"
+    """An angle in arcseconds as a person would write it: mas, ", ' or degrees."""
+    if arcsec < 0.1:
+        return f"{arcsec * 1000:.2g} mas"
+    if arcsec < 60:
+        return f'{arcsec:.1f}"'
+    return f"{arcsec / 60:.1f}'" if arcsec < 3600 else f"{arcsec / 3600:.2f} deg"
 
 
 def _check_same_galaxy(labels: Labels, targets, found, positions_pair, images_pair, found_in, url: str) -> None:

@@ -130,10 +130,10 @@ def add_votes(votes: str, batch: str, out: str, labels: str | None = None, schem
         history = json.loads(old_metadata.get(VOTES_ADDED_KEY.encode(), b"[]"))
         # a galaxy with a row but no votes (ingested without a label, or still with the volunteers) gets its
         # votes in that row, which keeps its other cells: its split above all, so validation stays validation
-        at = positions(voted.object_id, object_ids(old.column("object_id"), f"labels {labels!r}"))
+        voted_row = positions(voted.object_id, object_ids(old.column("object_id"), f"labels {labels!r}"))
         try:
-            old = _fill_rows(old.replace_schema_metadata(None), at, columns)
-            fresh = pa.array(~np.isin(np.arange(len(voted)), at))
+            old = _fill_rows(old.replace_schema_metadata(None), voted_row, columns)
+            fresh = pa.array(~np.isin(np.arange(len(voted)), voted_row))
             new = pa.concat_tables([old, new.filter(fresh)], promote_options="permissive")
         except (pa.ArrowTypeError, pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
             raise InputError(f"labels {labels!r} cannot take the new rows ({first_line(err, 160)}); give its object_id, "
@@ -147,7 +147,7 @@ def add_votes(votes: str, batch: str, out: str, labels: str | None = None, schem
 
 
 def _fill_rows(old, at, columns: dict):
-    """``old`` (pyarrow) with its rows ``at >= 0`` (per row, the index of its galaxy in the new rows' ``columns``)
+    """``old`` (pyarrow) with its rows ``at >= 0`` (per old row, the index of its galaxy in the new rows' ``columns``)
     given the new rows' cells of every column but ``object_id`` and ``split``, in place: the row's other cells
     stay. A column the old table lacks is added, empty elsewhere."""
     import pyarrow as pa
