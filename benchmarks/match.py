@@ -70,11 +70,11 @@ def _child(work: Path) -> dict:
                            progress=False)
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    from skymorph.trainer.data import _arcsec_between
+    from skymorph.trainer.tables import arcsec_between
 
     out = pd.read_parquet(work / "matched.parquet")
     wrong = (out.iauname != out.object_id.map(lambda i: f"J{i:09d}")).to_numpy()
-    to_true = _arcsec_between(out[["ra", "dec"]].to_numpy()[wrong], out[["true_ra", "true_dec"]].to_numpy()[wrong])
+    to_true = arcsec_between(out[["ra", "dec"]].to_numpy()[wrong], out[["true_ra", "true_dec"]].to_numpy()[wrong])
     return {"seconds": round(seconds, 2), "peak_rss_mib": round(peak), "matched": matched.matched,
             "unmatched": matched.unmatched, "duplicates": matched.duplicates, "correct_ids": int((~wrong).sum()),
             # a galaxy with a neighbour nearer than its shifted position is matched to the neighbour, as any

@@ -462,7 +462,7 @@ def test_labels_rows_without_votes_are_not_excluded(catalog, full, tmp_path, cap
 
 def load_labels_ids(frame, tmp_path, schema) -> list[int]:
     """The object ids train reads from labels ``frame`` (its rows with votes)."""
-    from skymorph.trainer.data import load_labels
+    from skymorph.trainer.labels import load_labels
 
     frame.to_parquet(tmp_path / "frame.parquet")
     return load_labels(str(tmp_path / "frame.parquet"), schema).object_id.tolist()

@@ -13,7 +13,8 @@ from skymorph.errors import InputError
 from skymorph.schema import get_schema
 from skymorph.tiles import open_tile, read_tiles, write_tile, write_tile_list
 from skymorph.trainer.crossmatch import match_labels
-from skymorph.trainer.data import load_images, load_labels
+from skymorph.trainer.data import load_images
+from skymorph.trainer.labels import load_labels
 
 GZ2 = get_schema("gz2")
 

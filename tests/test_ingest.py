@@ -18,7 +18,7 @@ from skymorph import cli
 from skymorph.storage import filesystem as storage_filesystem
 from skymorph.survey.ingest import decode_image, parse_label_map
 from skymorph.tiles import open_tile, read_tile_list
-from skymorph.trainer.data import labels_schema
+from skymorph.trainer.labels import labels_schema
 
 GZ2_SPIRALS = Path(__file__).resolve().parents[2] / "shared" / "data" / "gz2_spirals"
 
@@ -196,7 +196,8 @@ def test_cutouts_without_a_label_are_ingested_as_galaxies_to_classify(tmp_path, 
 
     from skymorph.schema import get_schema
     from skymorph.tiles import read_tiles
-    from skymorph.trainer.data import load_images, load_labels
+    from skymorph.trainer.data import load_images
+    from skymorph.trainer.labels import load_labels
 
     for i in range(3):
         Image.fromarray(np.full((24, 24), 40 * i + 10, dtype=np.uint8)).save(tmp_path / f"{i}.png")

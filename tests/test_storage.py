@@ -49,7 +49,7 @@ _READ_ON_THIS_THREAD = """
 import os, sys
 import torch  # the abort needs torch loaded, as in train and evaluate
 from skymorph.storage import read_parquet
-from skymorph.trainer.data import _read_table
+from skymorph.trainer.tables import read_table
 
 
 def threads():  # jemalloc's background thread starts on a first allocation and never runs Python
@@ -59,7 +59,7 @@ def threads():  # jemalloc's background thread starts on a first allocation and 
 
 before = threads()
 assert read_parquet(sys.argv[1]).num_rows == 0
-assert _read_table(sys.argv[1], None)[0].num_rows == 0
+assert read_table(sys.argv[1], None)[0].num_rows == 0
 started = threads() - before
 assert started == 0, f"reading Parquet started {started} Arrow thread(s)"
 """

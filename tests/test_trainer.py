@@ -23,7 +23,8 @@ from skymorph.testing.ring_survey import disc_image, write_ring_survey
 from skymorph.trainer import CheckpointMeta, TrainConfig, load_checkpoint, save_checkpoint, train
 from skymorph.trainer.checkpoint import read_checkpoint
 from skymorph.tiles import read_tiles
-from skymorph.trainer.data import BatchLoader, augment, load_images, load_labels, split_masks
+from skymorph.trainer.data import BatchLoader, augment, load_images
+from skymorph.trainer.labels import load_labels, split_masks
 from skymorph.trainer.loop import learning_rate
 from skymorph.trainer.models import build_model
 
@@ -189,11 +190,11 @@ def test_input_spec_statistics_are_numpys_in_float64_whatever_the_chunking():
 
 
 def test_positions_finds_each_id_or_minus_one():
-    from skymorph.trainer.data import positions
+    from skymorph.trainer.tables import index_in
 
     keys = np.array([40, 10, 30, 20], dtype=np.int64)
-    assert positions(keys, np.array([30, 5, 40, 10, 99, 20])).tolist() == [2, -1, 0, 1, -1, 3]
-    assert positions(keys[:0], np.array([1, 2])).tolist() == [-1, -1]
+    assert index_in(keys, np.array([30, 5, 40, 10, 99, 20])).tolist() == [2, -1, 0, 1, -1, 3]
+    assert index_in(keys[:0], np.array([1, 2])).tolist() == [-1, -1]
 
 
 def test_batch_loader_over_rows_gives_the_batches_of_the_copied_subset():
@@ -339,7 +340,7 @@ def test_the_tree_labels_record_is_trained_and_checked_and_one_they_do_not_is_wa
     import pyarrow.parquet as pq
 
     from skymorph.trainer import evaluate
-    from skymorph.trainer.data import labels_schema
+    from skymorph.trainer.labels import labels_schema
 
     tiles, labels = write_ring_survey(str(tmp_path))  # gz2 votes, no tree recorded
     recorded = str(tmp_path / "recorded.parquet")
@@ -809,7 +810,7 @@ def test_galaxy_zoo_2s_own_table_reads_as_gz2_votes(tmp_path):
     """GZ2's table (Willett et al. 2013; Hart et al. 2016) numbers its tasks and answers
     (t04_spiral_a08_spiral_count) and gives six columns per answer; it had no vote column of any tree."""
     from skymorph.schema import DECALS
-    from skymorph.trainer.data import _GZ2_TABLE
+    from skymorph.trainer.labels import _GZ2_TABLE
 
     rng = np.random.default_rng(1)
     counts = {answer: rng.integers(0, 30, 5) for answer in _GZ2_TABLE.values()}

@@ -74,18 +74,17 @@ def match_labels(table: str, tiles: str, out: str, *, radius_arcsec: float = 1.0
 
     from skymorph.storage import check_new, write_parquet
     from skymorph.tiles import read_tiles
-    from skymorph.trainer.data import _LABELLED_POSITION_ARCSEC, _read_table, _sky_positions
-    from skymorph.trainer.votes import _plain
+    from skymorph.trainer.tables import LABELLED_POSITION_ARCSEC, plain, read_table, sky_positions
 
     if not str(out).lower().endswith((".parquet", ".pq")):
         raise InputError(f"--out {out!r}: labels match writes Parquet; give a .parquet file")
-    if not (np.isfinite(radius_arcsec) and 0 < radius_arcsec <= _LABELLED_POSITION_ARCSEC):
+    if not (np.isfinite(radius_arcsec) and 0 < radius_arcsec <= LABELLED_POSITION_ARCSEC):
         raise InputError(f"--radius {radius_arcsec}: give a number of arcseconds above 0 and at most "
-                         f"{_LABELLED_POSITION_ARCSEC:g}, the most train allows between a galaxy's labelled position and "
+                         f"{LABELLED_POSITION_ARCSEC:g}, the most train allows between a galaxy's labelled position and "
                          "its image (1 is typical for one survey's positions)")
     check_new(out, "--out", overwrite, storage_options)
-    source, sha256 = _read_table(str(table), storage_options, what="table")
-    source = _plain(source)
+    source, sha256 = read_table(str(table), storage_options, what="table")
+    source = plain(source)
     if not source.num_rows:
         raise InputError(f"table {table!r} has no rows; give one row per galaxy")
     if "object_id" in source.column_names:
@@ -95,7 +94,7 @@ def match_labels(table: str, tiles: str, out: str, *, radius_arcsec: float = 1.0
     if taken:
         raise InputError(f"table {table!r} already has column(s) {', '.join(map(repr, taken))}, which labels match adds; "
                          "rename them")
-    said = _sky_positions(str(table), source, needed_for="to match them to the tiles' galaxies")
+    said = sky_positions(str(table), source, needed_for="to match them to the tiles' galaxies")
     beyond = np.abs(said[:, 1]) > 90
     if beyond.any():
         raise InputError(f"table {table!r} has dec {said[np.argmax(beyond), 1]:g} ({int(beyond.sum())} rows beyond +-90); "
@@ -219,19 +218,19 @@ def _check_one_galaxy_per_id(best: _Nearest, rows: np.ndarray) -> None:
     """Refuse matches that name one ``object_id`` at two positions more than 1" apart: tiles of two surveys,
     whose ids are unique only within each (as :func:`~skymorph.trainer.data.load_images` refuses them).
     One galaxy in two overlapping tiles of a survey passes."""
-    from skymorph.trainer.data import _SAME_GALAXY_ARCSEC, _arcsec_between, _arcsec_text
+    from skymorph.trainer.tables import SAME_GALAXY_ARCSEC, arcsec_between, arcsec_text
 
     order = rows[np.argsort(best.object_id[rows], kind="stable")]
     _, first, group = np.unique(best.object_id[order], return_index=True, return_inverse=True)
     if len(first) == len(order):
         return
-    to_first = _arcsec_between(best.ra_dec[order], best.ra_dec[order[first[group]]])
-    apart = np.flatnonzero(to_first > _SAME_GALAXY_ARCSEC)
+    to_first = arcsec_between(best.ra_dec[order], best.ra_dec[order[first[group]]])
+    apart = np.flatnonzero(to_first > SAME_GALAXY_ARCSEC)
     if len(apart):
         a, b = order[first[group[apart[0]]]], order[apart[0]]
         raise InputError(
             f"tiles {best.tile[a]!r} and {best.tile[b]!r} hold object_id {int(best.object_id[a])} at positions "
-            f"{_arcsec_text(float(to_first[apart[0]]))} apart ({len(np.unique(group[apart]))} ids like it): tiles of two "
+            f"{arcsec_text(float(to_first[apart[0]]))} apart ({len(np.unique(group[apart]))} ids like it): tiles of two "
             "surveys, whose ids are unique only within each; match each survey's tiles on its own"
         )
 
@@ -242,13 +241,13 @@ def _nothing_matched(table: str, said: np.ndarray, tile_urls: list[str], radius:
     pass over the tiles, tile by tile."""
     import astropy.units as u
 
-    from skymorph.trainer.data import _OTHER_UNITS, _arcsec_text
+    from skymorph.trainer.tables import OTHER_UNITS, arcsec_text
 
     known = np.isfinite(said).all(axis=1)
     if not known.any():
         return f"table {table!r} has no row with both ra and dec; give each galaxy's position in degrees"
     sample = said[known][:1000]
-    scaled = {unit: _sky(sample * scale) for unit, scale in _OTHER_UNITS if (np.abs(sample[:, 1] * scale[1]) <= 90).all()}
+    scaled = {unit: _sky(sample * scale) for unit, scale in OTHER_UNITS if (np.abs(sample[:, 1] * scale[1]) <= 90).all()}
     table_sky, nearest, near_in = _sky(said[known]), np.inf, set()
     for found in _tiles_with_positions(tile_urls, storage_options, False, ""):
         if found is None or not len(found[2]):
@@ -259,11 +258,11 @@ def _nothing_matched(table: str, said: np.ndarray, tile_urls: list[str], radius:
         for unit, sky in scaled.items():
             if unit not in near_in and (tile_sky.match_to_catalog_sky(sky)[1] <= radius * u.arcsec).any():
                 near_in.add(unit)
-    for unit, _ in _OTHER_UNITS:
+    for unit, _ in OTHER_UNITS:
         if unit in near_in:
             return (f"table {table!r} gives ra, dec in {unit}, it seems: read as {unit}, its galaxies are at the tiles'; "
                     "give them in degrees")
-    return (f'no row of table {table!r} has a tile galaxy within {radius:g}" (the nearest pair is {_arcsec_text(nearest)} '
+    return (f'no row of table {table!r} has a tile galaxy within {radius:g}" (the nearest pair is {arcsec_text(nearest)} '
             f"apart) in the {len(tile_urls)} tile(s) given: give the tiles of the sky the table covers, or a larger --radius "
             "(up to 5) if the positions are of another catalog")
 

@@ -36,7 +36,8 @@ import numpy as np
 
 from skymorph.errors import InputError
 from skymorph.storage import atomic_write_bytes, atomic_write_text, check_new, join, read_parquet, write_parquet
-from skymorph.trainer.data import labels_schema, positions, split_kind
+from skymorph.trainer.labels import labels_schema, split_kind
+from skymorph.trainer.tables import index_in
 
 __all__ = ["evaluate", "predict", "dihedral", "coverage", "EvaluationReport", "COVERAGE_LEVELS", "OUTPUT_FILES"]
 
@@ -174,7 +175,7 @@ def _read_truth(url: str, object_id: np.ndarray, schema, storage_options) -> np.
     missing = [c for c in columns + ["object_id"] if c not in table.column_names]
     if missing:
         raise InputError(f"truth table {url!r} lacks {missing[0]!r} (and {len(missing) - 1} more) for schema {schema.name!r}")
-    rows = positions(table.column("object_id").to_numpy(), object_id)
+    rows = index_in(table.column("object_id").to_numpy(), object_id)
     if (rows < 0).any():
         raise InputError(f"truth table {url!r} has no row for object_id {int(object_id[np.argmax(rows < 0)])}")
     values = np.stack([table.column(c).to_numpy() for c in columns], axis=1).astype(np.float64)
@@ -270,7 +271,8 @@ def evaluate(
     from skymorph.posterior import check_n_volunteers, summarize
     from skymorph.trainer.checkpoint import check_schema, load_checkpoint
     from skymorph.tiles import read_tiles
-    from skymorph.trainer.data import load_images, load_labels, split_masks
+    from skymorph.trainer.data import load_images
+    from skymorph.trainer.labels import load_labels, split_masks
     from skymorph.seeds import check_seed
     from skymorph.trainer.models import check_samples
 

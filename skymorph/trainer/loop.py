@@ -37,7 +37,7 @@ from skymorph.errors import InputError, ModelError, did_you_mean
 from skymorph.model_metadata import LIKELIHOODS, InputSpec
 from skymorph.schema import get_schema
 from skymorph.storage import atomic_write_text, check_new, same_location
-from skymorph.trainer.data import labels_schema, split_kind
+from skymorph.trainer.labels import labels_schema, split_kind
 
 __all__ = ["TrainConfig", "TrainResult", "train", "learning_rate", "last_checkpoint_path", "MAX_RESIZE_PX"]
 
@@ -53,7 +53,7 @@ class TrainConfig:
 
     ``tiles``: a tile list (or one ``.zarr`` tile store); ``labels``: Parquet/CSV vote counts;
     ``schema``: gz2, decals or a JSON file (None: for a new model the tree the labels say they are of
-    (:func:`~skymorph.trainer.data.labels_schema`), else :data:`DEFAULT_SCHEMA`; the checkpoint's
+    (:func:`~skymorph.trainer.labels.labels_schema`), else :data:`DEFAULT_SCHEMA`; the checkpoint's
     decision tree for ``resume`` and ``finetune``, where a given one must be the same tree).
     ``warmup_epochs`` of linear warm-up, then a cosine decay to ``min_lr_ratio * lr`` at the last step
     of ``epochs``. ``patience``: epochs without a lower validation loss before stopping.
@@ -481,7 +481,8 @@ def train(config: TrainConfig) -> TrainResult:
 
     from skymorph.progress import progress_bar
     from skymorph.trainer.checkpoint import CheckpointMeta, check_schema, load_checkpoint, save_checkpoint
-    from skymorph.trainer.data import BatchLoader, load_images, load_labels, split_masks
+    from skymorph.trainer.data import BatchLoader, load_images
+    from skymorph.trainer.labels import load_labels, split_masks
     from skymorph.tiles import read_tiles
     from skymorph.trainer.losses import vote_nll
     from skymorph.trainer.models import build_model

@@ -1,7 +1,7 @@
 """Add the votes volunteers gave a picked batch to the labels: the active-learning loop's return leg.
 
 ``catalog pick`` writes a batch (``object_id``, ``tile``, ``row``, ``ra``, ``dec``, score); volunteers
-classify it; their vote counts come back as a table in any form :func:`~skymorph.trainer.data.load_labels`
+classify it; their vote counts come back as a table in any form :func:`~skymorph.trainer.labels.load_labels`
 reads (skymorph's spelling, a Galaxy Zoo export, GZ2's own table). :func:`add_votes` checks the votes
 against the batch (each voted galaxy is one of the batch's, at the batch's position), adds them, with
 the batch's ``tile`` and ``row`` (where each image is), to the labels so far (into a galaxy's own row
@@ -59,49 +59,50 @@ def add_votes(votes: str, batch: str, out: str, labels: str | None = None, schem
     import pyarrow as pa
 
     from skymorph.storage import check_new, write_parquet
-    from skymorph.trainer.data import (
-        _LABELLED_POSITION_ARCSEC,
-        _arcsec_between,
-        _labels_of,
-        _locations,
-        _read_table,
-        _sky_positions,
-        positions,
+    from skymorph.trainer.labels import labels_from_table
+    from skymorph.trainer.tables import (
+        LABELLED_POSITION_ARCSEC,
+        arcsec_between,
+        index_in,
+        locations,
+        plain,
+        read_table,
+        sky_positions,
     )
 
     if not str(out).lower().endswith((".parquet", ".pq")):
         raise InputError(f"--out {out!r}: labels ingest writes Parquet; give a .parquet file")
     check_new(out, "--out", overwrite, storage_options)
     tree = _tree(schema, labels, storage_options)
-    read, votes_sha256 = _read_table(str(votes), storage_options)
+    read, votes_sha256 = read_table(str(votes), storage_options)
     if "split" in read.column_names:  # a fine-tuned model keeps validating on its hash split only if new rows join it
         print(f"skymorph: warning: votes {votes!r} have a split column, which is not used: new rows take the seed's hash "
               "split, as a model fine-tuned on them validates by; to hold galaxies out, set their cells of the new "
               "labels' split column", file=sys.stderr)
         read = read.drop_columns(["split"])
-    voted = _labels_of(str(votes), read, votes_sha256, tree)
+    voted = labels_from_table(str(votes), read, votes_sha256, tree)
 
-    table, batch_sha256 = _read_table(str(batch), storage_options, what="batch")
+    table, batch_sha256 = read_table(str(batch), storage_options, what="batch")
     if "object_id" not in table.column_names:
         raise InputError(f"batch {batch!r} has no object_id column; give the file `catalog pick` wrote")
     batch_ids = object_ids(table.column("object_id"), f"batch {batch!r}")
-    tile, row = _locations(table)
+    tile, row = locations(table)
     if tile is None:
         raise InputError(f"batch {batch!r} does not say where each image is (tile and row columns); give the file "
                          "`catalog pick` wrote")
-    at = positions(batch_ids, voted.object_id)
+    at = index_in(batch_ids, voted.object_id)
     if (at < 0).any():
         raise InputError(
             f"votes {votes!r} are for object_id {int(voted.object_id[np.argmax(at < 0)])} ({int((at < 0).sum())} galaxies "
             f"in all), which batch {batch!r} does not hold; give the batch these galaxies were picked in"
         )
-    batch_at = _sky_positions(batch, table)
+    batch_at = sky_positions(batch, table)
     if voted.ra_dec is not None and batch_at is not None:
-        apart = _arcsec_between(voted.ra_dec, batch_at[at]) > _LABELLED_POSITION_ARCSEC  # NaN: not compared
+        apart = arcsec_between(voted.ra_dec, batch_at[at]) > LABELLED_POSITION_ARCSEC  # NaN: not compared
         if apart.any():
             raise InputError(
                 f"votes {votes!r} put object_id {int(voted.object_id[np.argmax(apart)])} more than "
-                f"{_LABELLED_POSITION_ARCSEC:g}\" from where batch {batch!r} has it: the votes are for another survey's "
+                f"{LABELLED_POSITION_ARCSEC:g}\" from where batch {batch!r} has it: the votes are for another survey's "
                 "galaxy of that id"
             )
 
@@ -115,8 +116,8 @@ def add_votes(votes: str, batch: str, out: str, labels: str | None = None, schem
 
     history, old_metadata, already = [], {}, np.empty(0, np.int64)
     if labels is not None:
-        old, sha256 = _read_table(str(labels), storage_options)
-        before = _labels_of(str(labels), old, sha256, tree, votes_needed=False)  # a first round: none yet
+        old, sha256 = read_table(str(labels), storage_options)
+        before = labels_from_table(str(labels), old, sha256, tree, votes_needed=False)  # a first round: none yet
         already = before.object_id  # its rows with votes: the others are galaxies to classify
         again = np.isin(voted.object_id, already)
         if again.any():
@@ -124,13 +125,13 @@ def add_votes(votes: str, batch: str, out: str, labels: str | None = None, schem
                 f"object_id {int(voted.object_id[np.argmax(again)])} ({int(again.sum())} galaxies in all) is labelled in "
                 f"{labels!r} already; add the new votes to its old row instead"
             )
-        old = _plain(old)
+        old = plain(old)
         # pandas' own key describes the old columns only; the tree and the history carry over
         old_metadata = {key: value for key, value in (old.schema.metadata or {}).items() if key != b"pandas"}
         history = json.loads(old_metadata.get(VOTES_ADDED_KEY.encode(), b"[]"))
         # a galaxy with a row but no votes (ingested without a label, or still with the volunteers) gets its
         # votes in that row, which keeps its other cells: its split above all, so validation stays validation
-        voted_row = positions(voted.object_id, object_ids(old.column("object_id"), f"labels {labels!r}"))
+        voted_row = index_in(voted.object_id, object_ids(old.column("object_id"), f"labels {labels!r}"))
         try:
             old = _fill_rows(old.replace_schema_metadata(None), voted_row, columns)
             fresh = pa.array(~np.isin(np.arange(len(voted)), voted_row))
@@ -170,22 +171,10 @@ def _fill_rows(old, at, columns: dict):
     return old
 
 
-def _plain(table):
-    """``table`` without pandas' saved index (``__index_level_0__``) and with dictionary (pandas categorical)
-    columns as their values, so that new rows can be appended to it."""
-    import pyarrow as pa
-
-    table = table.select([name for name in table.column_names if not name.startswith("__index_level_")])
-    for i, field in enumerate(table.schema):
-        if pa.types.is_dictionary(field.type):
-            table = table.set_column(i, field.name, table.column(i).cast(field.type.value_type))
-    return table
-
-
 def _tree(schema: str | Schema | None, labels: str | None, storage_options) -> Schema:
     """The decision tree to read the votes by: ``schema``, which must agree with the one ``labels``
     record, else the one they record."""
-    from skymorph.trainer.data import labels_schema
+    from skymorph.trainer.labels import labels_schema
 
     recorded = labels_schema(labels, storage_options) if labels is not None else None
     tree = get_schema(schema) if schema is not None else None
