@@ -342,9 +342,10 @@ def load_labels(url: str, schema: Schema, storage_options=None) -> Labels:
 
 
 def labels_from_table(url: str, table, sha256: str, schema: Schema, *, votes_needed: bool = True) -> Labels:
-    """Validate the labels ``table`` (pyarrow, as :func:`read_table` read it from ``url``) against ``schema``.
-    Without ``votes_needed`` (labels that votes are being added to), labels without any vote are fine and
-    their rows without votes are left out silently: the caller keeps them as galaxies to classify.
+    """Validate the labels ``table`` (pyarrow, as :func:`~skymorph.trainer.tables.read_table` read it from
+    ``url``) against ``schema``. Without ``votes_needed`` (labels that votes are being added to), labels
+    without any vote are fine and their rows without votes are left out silently: the caller keeps them
+    as galaxies to classify.
 
     One-line errors: a column name given twice; a galaxy with two different counts for one answer spelt
     both ways (``bar_no``, ``bar-no``); no ``object_id``, or ids that are not whole numbers; the votes of
