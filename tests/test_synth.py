@@ -153,6 +153,17 @@ def test_a_survey_at_out_is_refused_unless_overwrite_which_leaves_none_of_it(s3_
     assert storage.read_text(f"{out}/notes.txt") == "mine"  # not the survey's: kept
 
 
+def test_overwrite_with_a_footprint_too_small_refuses_before_the_old_survey_is_removed(tmp_path):
+    out = str(tmp_path / "survey")
+    tiny = dict(per_tile=4, size=16, workers=1, progress=False, healpix_order=0)
+    synthesize(out, n_tiles=1, **tiny)
+    labels = _table(f"{out}/labels.parquet")
+    with pytest.raises(InputError, match="the footprint holds only 1 HEALPix pixels of order 0, fewer than the 5 tiles"):
+        synthesize(out, n_tiles=5, footprint=Footprint(0, 10, 0, 10), overwrite=True, **tiny)
+    assert len(read_tile_list(f"{out}/tiles.txt")) == 1 and open_tile(read_tile_list(f"{out}/tiles.txt")[0]).n == 4
+    assert _table(f"{out}/labels.parquet").equals(labels)
+
+
 @pytest.mark.parametrize("where", ["local", "s3"])
 def test_an_out_holding_other_files_is_refused_with_or_without_overwrite(tmp_path, request, where):
     """synth wrote its survey into any directory: into a skymorph catalog, which `skymorph run` then refused

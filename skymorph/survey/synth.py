@@ -248,11 +248,11 @@ def synthesize(
     schema = get_schema(schema)
     storage_options = dict(storage_options or {})
     out = str(out).rstrip("/") if storage.is_remote(out) else str(out)
+    layout_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0,)))
+    pixels = _pick_pixels(n_tiles, healpix_order, footprint, layout_rng)  # may refuse the footprint: before --out is touched
     check_survey_out(out, storage_options)
     prepare_survey_out(out, overwrite, storage_options)
 
-    layout_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0,)))
-    pixels = _pick_pixels(n_tiles, healpix_order, footprint, layout_rng)
     width = len(str(12 * 4**healpix_order - 1))
     jobs = []
     for index, pixel in enumerate(pixels):
