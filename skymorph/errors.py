@@ -17,6 +17,7 @@ __all__ = [
     "CatalogError",
     "ClusterError",
     "MissingDependencyError",
+    "check_int",
     "did_you_mean",
     "first_line",
 ]
@@ -56,6 +57,16 @@ class ClusterError(SkymorphError, ConnectionError):
 
 class MissingDependencyError(SkymorphError, ImportError):
     """An optional dependency is needed for this feature; the message says what to install."""
+
+
+def check_int(name: str, flag: str, value, minimum: int) -> int:
+    """``value`` as an int if it is a whole number (not a bool) of at least ``minimum``, else an
+    :class:`InputError` naming the argument both ways: ``size (--size) must be an integer >= 8, got 4``."""
+    import numbers
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise InputError(f"{name} ({flag}) must be an integer >= {minimum}, got {value!r}")
+    return int(value)
 
 
 def did_you_mean(name: str, choices) -> str:

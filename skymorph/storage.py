@@ -28,6 +28,7 @@ from typing import Any
 from skymorph.errors import InputError, did_you_mean, first_line
 
 __all__ = [
+    "FITS_SUFFIXES",
     "filesystem",
     "join",
     "is_remote",
@@ -50,6 +51,9 @@ __all__ = [
     "check_new",
     "remote_error_message",
 ]
+
+FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz")
+"""The names of FITS files, cutouts and tables alike."""
 
 
 def is_remote(url: str) -> bool:

@@ -16,7 +16,8 @@ import pytest
 
 from skymorph import cli
 from skymorph.storage import filesystem as storage_filesystem
-from skymorph.survey.ingest import decode_image, parse_label_map
+from skymorph.errors import InputError
+from skymorph.survey.ingest import decode_image, ingest, parse_label_map
 from skymorph.tiles import open_tile, read_tile_list
 from skymorph.trainer.labels import labels_schema
 
@@ -154,9 +155,9 @@ def test_blank_fits_cutouts_are_skipped_and_a_cube_s_planes_are_not_called_rgb(t
     assert code == 1
     warnings = [line for line in re.split(r"[\r\n]", err) if line.startswith("skymorph: warning:")]
     assert len(warnings) == 3
-    assert "nan.fits (object_id 1): ValueError: no finite pixel (all NaN or infinite): a blank cutout" in warnings[0]
-    assert "flat.fits (object_id 2): ValueError: every pixel is 7: a blank cutout" in warnings[1]
-    assert "gap.fits (object_id 5): ValueError: band 1: no finite pixel (all NaN or infinite): a blank cutout" in warnings[2]
+    assert warnings[0].endswith("nan.fits (object_id 1): no finite pixel (all NaN or infinite): a blank cutout")
+    assert warnings[1].endswith("flat.fits (object_id 2): every pixel is 7: a blank cutout")
+    assert warnings[2].endswith("gap.fits (object_id 5): band 1: no finite pixel (all NaN or infinite): a blank cutout")
     [url] = read_tile_list(str(tmp_path / "o" / "tiles.txt"))
     tile = open_tile(url)
     assert tile.read_coords()[0].tolist() == [3, 4] and tile.attrs["bands"] == ["band0", "band1", "band2"]
@@ -165,6 +166,43 @@ def test_blank_fits_cutouts_are_skipped_and_a_cube_s_planes_are_not_called_rgb(t
     others = io.BytesIO()
     fits.PrimaryHDU(cube[[0, 2]]).writeto(others)
     np.testing.assert_array_equal(gap_mean, decode_image(others.getvalue(), "x.fits", size=16, bands="mean"))
+
+
+def test_a_fits_image_is_the_first_hdu_holding_one_without_its_axes_of_length_1():
+    """Only the first HDU with data was looked at, and a (1, 1, H, W) cube was refused: good cutouts were
+    skipped as having "no 2-D or 3-D image in any HDU"."""
+    from astropy.io import fits
+
+    flux = np.random.default_rng(1).gamma(2.0, 10.0, size=(16, 16))
+    expected = decode_image(_fits_bytes(fits.PrimaryHDU(flux)), "x.fits", size=16, bands="mean")
+    after_a_spectrum = fits.HDUList([fits.PrimaryHDU(np.arange(5.0)), fits.ImageHDU(flux)])
+    for hdus in (after_a_spectrum, fits.PrimaryHDU(flux[None, None])):
+        np.testing.assert_array_equal(decode_image(_fits_bytes(hdus), "x.fits", size=16, bands="mean"), expected)
+    table = fits.HDUList([fits.PrimaryHDU(), fits.BinTableHDU.from_columns([fits.Column("a", "E", array=[1.0])])])
+    with pytest.raises(InputError, match=r"^no 2-D or 3-D image in any HDU \(images found: none\)$"):
+        decode_image(_fits_bytes(table), "x.fits", size=16, bands="mean")
+    with pytest.raises(InputError, match=r"^no 2-D or 3-D image in any HDU \(images found: 1-D\)$"):
+        decode_image(_fits_bytes(fits.PrimaryHDU(np.arange(5.0))), "x.fits", size=16, bands="mean")
+
+
+def _fits_bytes(hdus) -> bytes:
+    buffer = io.BytesIO()
+    hdus.writeto(buffer)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (dict(size="64"), "size (--size) must be an integer >= 8, got '64'"),
+    (dict(size=4), "size (--size) must be an integer >= 8, got 4"),
+    (dict(tile_size=0), "tile_size (--tile-size) must be an integer >= 1, got 0"),
+    (dict(workers=-1), "workers (--workers) must be an integer >= 1, got -1"),
+])
+def test_bad_arguments_are_refused_before_out_is_touched(tmp_path, arguments, message):
+    _one_png(tmp_path)
+    (tmp_path / "cat.csv").write_text("object_id,file\n1,a.png\n")
+    with pytest.raises(InputError, match=re.escape(message)):
+        ingest(str(tmp_path / "cat.csv"), str(tmp_path / "o"), **{"size": 16, **arguments}, progress=False)
+    assert not (tmp_path / "o").exists()
 
 
 def test_tiles_record_the_stretch_of_their_images(tmp_path):

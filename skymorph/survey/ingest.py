@@ -55,15 +55,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from skymorph.errors import InputError, first_line
+from skymorph.errors import InputError, check_int, first_line
 from skymorph.schema import get_schema
-from skymorph.storage import atomic_write_text, is_remote, join, read_bytes, write_parquet
+from skymorph.storage import FITS_SUFFIXES, atomic_write_text, is_remote, join, read_bytes, write_parquet
 from skymorph.survey._output import check_survey_out, prepare_survey_out
 from skymorph.tiles import MISSING_OBJECT_ID
 
 __all__ = ["ingest", "IngestSummary", "decode_image", "parse_label_map"]
 
-_FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz")
 _SKY_ORDER = 29  # the finest nested HEALPix order cdshealpix supports (~0.4 mas cells): the tiles' sort key
 _ASINH_A, _PERCENTILE = 0.1, 99.5  # the stretch of values beyond 8 bits: AsinhStretch(a) over a percentile interval
 # Pillow's raw modes of 16 bits per band for colour or grey+alpha ("RGB;16B", "LA;16B", "RGBA;16L", ...),
@@ -122,41 +121,45 @@ def _resize(plane: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(plane.astype(np.float32), mode="F").resize((size, size), Image.LANCZOS))
 
 
-def decode_image(data: bytes, name: str, *, size: int, bands: str, stretch: str = "asinh", asinh_a: float = _ASINH_A,
-                 percentile: float = _PERCENTILE) -> np.ndarray:
-    """Bytes of one JPEG/PNG/FITS cutout -> uint8 (C, size, size); C = 1 for ``bands="mean"``."""
-    return _decode(data, name, size=size, bands=bands, stretch=stretch, asinh_a=asinh_a, percentile=percentile)[0]
+def decode_image(data: bytes, name: str, *, size: int, bands: str, stretch: str = "asinh") -> np.ndarray:
+    """Bytes of one JPEG/PNG/FITS cutout -> uint8 (C, size, size); C = 1 for ``bands="mean"``. A file it
+    cannot use is an :class:`InputError` saying why."""
+    return _decode(data, name, size=size, bands=bands, stretch=stretch)[0]
 
 
-def _decode(data: bytes, name: str, *, size: int, bands: str, stretch: str, asinh_a: float = _ASINH_A, percentile: float = _PERCENTILE):
+def _decode(data: bytes, name: str, *, size: int, bands: str, stretch: str):
     """:func:`decode_image`, the side (pixels) of the square it resized to ``size``, and whether it was
     stretched.
 
     FITS, and one-band images of more than 8 bits per pixel (16-bit PNG or TIFF, integer or float TIFF:
-    PIL modes I;16, I, F), hold values beyond 0-255: they are stretched to 8 bits (``stretch``,
-    ``percentile``). 8-bit images (JPEG, PNG) are display images already and keep their values. 16-bit
-    colour or grey+alpha PNG/TIFF is refused: Pillow reads only the high byte of each value."""
-    if name.lower().endswith(_FITS_SUFFIXES):
+    PIL modes I;16, I, F), hold values beyond 0-255: they are stretched to 8 bits (``stretch`` over a
+    percentile interval). 8-bit images (JPEG, PNG) are display images already and keep their values.
+    16-bit colour or grey+alpha PNG/TIFF is refused: Pillow reads only the high byte of each value. A
+    FITS file's image is the first HDU holding one, as 2-D or 3-D once its axes of length 1 are dropped
+    (a ``(1, 1, H, W)`` cube is one plane)."""
+    if name.lower().endswith(FITS_SUFFIXES):
         from astropy.io import fits
 
         with fits.open(io.BytesIO(data)) as hdus:
-            planes = next((h.data for h in hdus if h.data is not None), None)
-        if planes is None or planes.ndim not in (2, 3):
-            raise ValueError("no 2-D or 3-D image in any HDU")
+            arrays = [np.squeeze(h.data) for h in hdus if h.is_image and h.data is not None]
+        planes = next((a for a in arrays if a.ndim in (2, 3)), None)
+        if planes is None:
+            found = ", ".join(f"{a.ndim}-D" for a in arrays) or "none"
+            raise InputError(f"no 2-D or 3-D image in any HDU (images found: {found})")
         # FITS rows run bottom to top (pixel 1,1 is drawn lower left); tiles hold images top row first
         planes = np.asarray(planes, dtype=np.float64).reshape(-1, *planes.shape[-2:])[:, ::-1]
-        return *_stretched(planes, size, bands, stretch, asinh_a, percentile), True
+        return *_stretched(planes, size, bands, stretch), True
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as image:
         rawmodes = [tile.args[0] if isinstance(tile.args, tuple) else tile.args for tile in image.tile]
         sixteen = next((raw for raw in rawmodes if isinstance(raw, str) and _SIXTEEN_BIT_BANDS.match(raw)), None)
         if sixteen is not None:
-            raise ValueError(f"16 bits per band ({sixteen}), which Pillow reads as their high bytes only; "
+            raise InputError(f"16 bits per band ({sixteen}), which Pillow reads as their high bytes only; "
                              "save each band as a 16-bit grey image or the cutout as FITS")
         image.load()
         if image.mode.startswith(("I", "F")):  # one band of 16 or 32 bits
-            return *_stretched(np.asarray(image, dtype=np.float64)[None], size, bands, stretch, asinh_a, percentile), True
+            return *_stretched(np.asarray(image, dtype=np.float64)[None], size, bands, stretch), True
         pixels = np.asarray(image.convert("L" if image.mode == "L" else "RGB"), dtype=np.float32)
     planes = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
     if bands == "mean":
@@ -166,30 +169,36 @@ def _decode(data: bytes, name: str, *, size: int, bands: str, stretch: str, asin
     return np.clip(np.round(out), 0, 255).astype(np.uint8), int(square.shape[-1]), False
 
 
-def _stretched(planes: np.ndarray, size: int, bands: str, stretch: str, asinh_a: float, percentile: float):
-    """Float (C, H, W) values -> uint8 (C, size, size) through ``stretch`` after a ``percentile`` interval,
-    and the side of the square; NaN (a blank pixel) counts as 0, except that ``bands="mean"`` averages a
-    pixel over the bands that have it. An image of no finite value, or of one
-    value throughout (with ``bands="keep"``, any such band of it), holds no galaxy: a ValueError, so that
-    it is reported and skipped, not trained on."""
+def _stretched(planes: np.ndarray, size: int, bands: str, stretch: str):
+    """Float (C, H, W) values -> uint8 (C, size, size) through ``stretch`` (``AsinhStretch(_ASINH_A)`` or
+    linear) after a ``_PERCENTILE`` interval, and the side of the square; NaN (a blank pixel) counts as 0,
+    except that ``bands="mean"`` averages a pixel over the bands that have it. An image of no finite
+    value, or of one value throughout (with ``bands="keep"``, any such band of it), holds no galaxy: an
+    InputError, so that it is reported and skipped, not trained on."""
     from astropy.visualization import AsinhStretch, LinearStretch, PercentileInterval
 
     for band, plane in ([(None, planes)] if bands == "mean" else enumerate(planes)):
         finite = plane[np.isfinite(plane)]
         which = "" if band is None or len(planes) == 1 else f"band {band}: "
         if not finite.size:
-            raise ValueError(f"{which}no finite pixel (all NaN or infinite): a blank cutout")
+            raise InputError(f"{which}no finite pixel (all NaN or infinite): a blank cutout")
         if finite.min() == finite.max():
-            raise ValueError(f"{which}every pixel is {finite.min():g}: a blank cutout")
+            raise InputError(f"{which}every pixel is {finite.min():g}: a blank cutout")
     if bands == "mean":  # over the bands that have the pixel: a band's blank pixel does not dim it
         with np.errstate(invalid="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # "Mean of empty slice": blank in every band
             planes = np.nanmean(planes, axis=0, keepdims=True)
     planes = np.nan_to_num(planes)
-    transform = (AsinhStretch(asinh_a) if stretch == "asinh" else LinearStretch()) + PercentileInterval(percentile)
+    transform = (AsinhStretch(_ASINH_A) if stretch == "asinh" else LinearStretch()) + PercentileInterval(_PERCENTILE)
     unit = np.stack([transform(p) for p in _square(planes)])
     out = np.stack([_resize(p, size) for p in unit * 255.0])
     return np.clip(np.round(out), 0, 255).astype(np.uint8), int(unit.shape[-1])
+
+
+def _reason(err: Exception) -> str:
+    """Why a file was skipped, in one line: skymorph's own message as it is, another library's with its
+    error's type (``UnidentifiedImageError: cannot identify image file``)."""
+    return (first_line(err) if isinstance(err, InputError) else f"{type(err).__name__}: {first_line(err)}")[:200]
 
 
 def _stretch_attr(stretch: str, stretched: np.ndarray):
@@ -205,7 +214,7 @@ def _read_catalog(catalog_csv: str, id_column: str, storage_options):
 
     try:
         table = pd.read_csv(io.BytesIO(read_bytes(catalog_csv, storage_options)))
-    except (ValueError, UnicodeDecodeError) as err:
+    except ValueError as err:  # UnicodeDecodeError too
         raise InputError(f"catalog {catalog_csv!r} is not a readable CSV ({err})") from err
     except IsADirectoryError:
         raise InputError(f"catalog {catalog_csv!r} is a directory; give the CSV file that lists the cutouts") from None
@@ -325,8 +334,9 @@ def ingest(
         raise InputError(f"bands must be 'mean' or 'keep', got {bands!r}")
     if stretch not in ("asinh", "linear"):
         raise InputError(f"stretch must be 'asinh' or 'linear', got {stretch!r}")
-    if size < 8 or tile_size < 1:
-        raise InputError(f"size must be at least 8 and tile_size at least 1, got {size} and {tile_size}")
+    size = check_int("size", "--size", size, 8)
+    tile_size = check_int("tile_size", "--tile-size", tile_size, 1)
+    workers = min(8, os.cpu_count() or 1) if workers is None else check_int("workers", "--workers", workers, 1)
     if pixel_scale_arcsec is not None and (isinstance(pixel_scale_arcsec, bool) or not isinstance(pixel_scale_arcsec, numbers.Real)
                                            or not math.isfinite(pixel_scale_arcsec) or pixel_scale_arcsec <= 0):
         raise InputError(f"pixel_scale_arcsec (--pixel-scale-arcsec) must be a finite number > 0, got {pixel_scale_arcsec!r}; "
@@ -338,15 +348,18 @@ def ingest(
     base = os.path.dirname(str(catalog_csv))
 
     def load(file: str):
+        absolute = os.path.isabs(file) or is_remote(file)  # a file entry may be a URL of its own
         try:
-            absolute = os.path.isabs(file) or is_remote(file)  # a file entry may be a URL of its own
             data = read_bytes(file if absolute else join(base, file), storage_options)
+        except OSError as err:  # missing, a directory, no permission: reported by name and skipped
+            return None, _reason(err)
+        try:
             return _decode(data, file, size=size, bands=bands, stretch=stretch), None
-        except Exception as err:  # any unreadable file is reported by name and skipped
-            return None, f"{type(err).__name__}: {first_line(err)}"[:200]
+        except Exception as err:  # Pillow and astropy raise many types for a corrupt file: reported by name and skipped
+            return None, _reason(err)
 
     files = table["file"].astype(str).tolist()
-    with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
+    with ThreadPoolExecutor(max_workers=workers) as pool:
         decoded = list(progress_bar(pool.map(load, files), total=len(files), desc="decoding", unit="image", disable=not progress))
     failures = [(f, int(oid), reason) for f, oid, (_, reason) in zip(files, table["object_id"], decoded) if reason]
     for file, oid, reason in failures:

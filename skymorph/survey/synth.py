@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from skymorph import storage
-from skymorph.errors import InputError
+from skymorph.errors import InputError, check_int
 from skymorph.schema import Schema, get_schema
 from skymorph.seeds import check_seed
 from skymorph.survey._output import check_survey_out, prepare_survey_out
@@ -103,12 +103,6 @@ class _TileJob:
     schema: Schema
     n_volunteers: float
     storage_options: dict
-
-
-def _check_int(name: str, flag: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise InputError(f"{name} ({flag}) must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def _pick_pixels(n_tiles: int, order: int, footprint: Footprint, rng: np.random.Generator) -> np.ndarray:
@@ -230,11 +224,11 @@ def synthesize(
     from skymorph.tiles import write_tile_list
 
     started = time.perf_counter()
-    n_tiles = _check_int("n_tiles", "--tiles", n_tiles, 1)
-    per_tile = _check_int("per_tile", "--per-tile", per_tile, 1)
-    size = _check_int("size", "--size", size, 16)
+    n_tiles = check_int("n_tiles", "--tiles", n_tiles, 1)
+    per_tile = check_int("per_tile", "--per-tile", per_tile, 1)
+    size = check_int("size", "--size", size, 16)
     seed = check_seed(seed)
-    healpix_order = _check_int("healpix_order", "--healpix-order", healpix_order, 0)
+    healpix_order = check_int("healpix_order", "--healpix-order", healpix_order, 0)
     if healpix_order > _MAX_TILE_ORDER:
         raise InputError(
             f"healpix_order (--healpix-order) must be at most {_MAX_TILE_ORDER} (tiles of ~3.4 arcmin; survey "
@@ -244,7 +238,7 @@ def synthesize(
         raise InputError(f"n_volunteers (--volunteers) must be a finite number > 0, got {n_volunteers!r}")
     if not isinstance(footprint, Footprint):
         raise InputError(f"footprint must be a skymorph.survey.Footprint, got {type(footprint).__name__}")
-    workers = (os.cpu_count() or 1) if workers is None else _check_int("workers", "--workers", workers, 1)
+    workers = (os.cpu_count() or 1) if workers is None else check_int("workers", "--workers", workers, 1)
     schema = get_schema(schema)
     storage_options = dict(storage_options or {})
     out = str(out).rstrip("/") if storage.is_remote(out) else str(out)

@@ -30,7 +30,8 @@ import numpy as np
 from skymorph.errors import InputError, SchemaError, did_you_mean
 from skymorph.schema import Schema
 from skymorph.tiles import object_ids
-from skymorph.trainer.tables import CSV_SUFFIXES, FITS_SUFFIXES, locations, read_table, sky_positions
+from skymorph.storage import FITS_SUFFIXES
+from skymorph.trainer.tables import CSV_SUFFIXES, locations, read_table, sky_positions
 
 __all__ = ["Labels", "labels_from_table", "labels_schema", "load_labels", "split_kind", "split_masks", "vote_columns"]
 

@@ -15,11 +15,10 @@ import sys
 import numpy as np
 
 from skymorph.errors import InputError, first_line
-from skymorph.storage import read_bytes
+from skymorph.storage import FITS_SUFFIXES, read_bytes
 
 __all__ = [
     "CSV_SUFFIXES",
-    "FITS_SUFFIXES",
     "LABELLED_POSITION_ARCSEC",
     "OTHER_UNITS",
     "SAME_GALAXY_ARCSEC",
@@ -33,7 +32,6 @@ __all__ = [
 ]
 
 CSV_SUFFIXES = (".csv", ".csv.gz", ".txt")  # tables read as CSV, FITS binary tables as FITS; any other name as Parquet
-FITS_SUFFIXES = (".fits", ".fits.gz", ".fit", ".fit.gz")
 
 SAME_GALAXY_ARCSEC = 1.0
 """How far apart one object id may be in two tiles and still be one galaxy (in overlapping tiles of one
@@ -48,7 +46,7 @@ OTHER_UNITS = (("hours", np.array([15.0, 1.0])), ("radians", np.degrees(np.ones(
 
 def read_table(url: str, storage_options, what: str = "labels"):
     """``(pyarrow table, sha256 of the file)``: CSV (``.csv``, ``.txt``, gzipped ``.csv.gz`` as Galaxy Zoo 2's
-    table is published), a FITS binary table (``.fits``, ``.fits.gz``), else Parquet."""
+    table is published), a FITS binary table (:data:`skymorph.storage.FITS_SUFFIXES`), else Parquet."""
     import gzip
     import zlib
 
