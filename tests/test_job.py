@@ -983,3 +983,17 @@ def test_bad_scheduler_options_are_one_line_and_leave_no_catalog(tmp_path, tiny_
         assert not out.exists(), options
     # the wait for an unreachable scheduler (the connect timeout, 30 s by default) is announced, not silent
     assert f"skymorph run: connecting to the Dask scheduler at tcp://127.0.0.1:{refused_port} (giving up after 1s)" in capsys.readouterr().err
+
+
+def test_the_in_flight_window_follows_the_cluster_as_workers_join():
+    """Counted once at the start, an adaptive SLURM cluster (no worker yet) kept 4 tasks in flight for the
+    whole run, however many workers joined."""
+    from skymorph.inference.job import _WORKER_CHECK_S, _Window
+
+    threads = iter([0, 8, 3])
+    window = _Window(lambda: next(threads))
+    assert window.size(now=100.0) == 4  # no worker yet: at least 4
+    assert window.size(now=100.0 + _WORKER_CHECK_S / 2) == 4  # not counted again so soon
+    assert window.size(now=100.0 + _WORKER_CHECK_S) == 16  # 8 threads joined
+    assert window.size(now=100.0 + 2 * _WORKER_CHECK_S) == 6
+    assert _Window(lambda: 1 / 0, fixed=3).size() == 3  # --max-in-flight: never counted

@@ -29,6 +29,7 @@ import resource
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
@@ -48,7 +49,7 @@ class RunConfig:
     """Everything ``skymorph run`` needs; checked on construction (files are checked by run_survey).
 
     ``rows_per_task`` is rounded to whole stored chunks; ``max_in_flight`` (default: 2 x the cluster's
-    Dask threads, at least 4) bounds submitted-but-unfinished tasks; ``catalog_order`` is the fixed HEALPix
+    Dask threads, at least 4, counted again as workers join) bounds submitted-but-unfinished tasks; ``catalog_order`` is the fixed HEALPix
     partition order (see :mod:`skymorph.catalog.layout`); ``worker_timeout`` (seconds, default: wait) stops
     a run, resumable, once the scheduler has had no worker for its tasks (one with ``GPU=1`` for ``gpu``)
     for that long, at the start or mid-run.
@@ -420,6 +421,27 @@ class _Tally:
     dashboard: str | None = None
 
 
+@dataclass
+class _Window:
+    """How many tasks the driver keeps submitted: ``fixed`` (``--max-in-flight``) if given, else twice the
+    cluster's Dask threads (at least 4), counted again every :data:`_WORKER_CHECK_S` seconds. A cluster
+    grows as the run goes (an adaptive SLURM cluster starts empty, a batch job's or DaskJob's workers join
+    after the driver): counted once at the start, its window stayed at 4 tasks, and its new workers idle."""
+
+    threads: Callable[[], int]
+    fixed: int | None = None
+    _size: int = 0
+    _counted: float = -math.inf
+
+    def size(self, now: float | None = None) -> int:
+        if self.fixed is not None:
+            return self.fixed
+        now = time.monotonic() if now is None else now
+        if now - self._counted >= _WORKER_CHECK_S:
+            self._size, self._counted = max(4, 2 * self.threads()), now
+        return self._size
+
+
 def _run_tasks(config: RunConfig, client, job, resources, plan: _Plan, manifest, tally: _Tally, n_tiles: int,
                started: float, options: dict, lock) -> None:
     """Keep at most ``max_in_flight`` tasks submitted; record each result as it arrives, while ``lock``
@@ -439,7 +461,7 @@ def _run_tasks(config: RunConfig, client, job, resources, plan: _Plan, manifest,
     job_name = f"{_JOB_PREFIX}{uuid.uuid4().hex[:12]}-{client.id}"
     threads = threads_by_host(client)
     client.register_plugin(RunJob(job, job_name, threads))  # and its engines, freed when it is unregistered below
-    window = config.max_in_flight or max(4, 2 * sum(threads.values()))
+    window = _Window(lambda: sum(client.nthreads().values()), config.max_in_flight)
     in_flight: dict = {}
     pending = as_completed()
     skipped = plan.skipped
@@ -447,7 +469,7 @@ def _run_tasks(config: RunConfig, client, job, resources, plan: _Plan, manifest,
 
     def submit_until_full() -> None:
         nonlocal skipped
-        while len(in_flight) < window and (item := plan.next()) is not None:
+        while len(in_flight) < window.size() and (item := plan.next()) is not None:
             tile, start, stop = item
             future = client.submit(run_job_range, job_name, tile, start, stop, pure=False, resources=resources)
             in_flight[future.key] = item
