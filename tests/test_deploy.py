@@ -145,6 +145,23 @@ def test_a_bad_slurm_config_stops_a_run_before_its_catalog_is_touched(tmp_path, 
     with pytest.raises(InputError, match=r"jobs.yaml' with max_jobs=2 from the command line: min_jobs \(4\) must not exceed max_jobs \(2\)"):
         run_survey(dataclasses.replace(config, cluster_config=str(tmp_path / "jobs.yaml"), workers=2))
     assert not (tmp_path / "catalog").exists()
+    # max_jobs 0 submits no worker job: the run waited for ever
+    (tmp_path / "none.yaml").write_text(SLURM_GPU.read_text().replace("max_jobs: 16", "max_jobs: 0"))
+    with pytest.raises(InputError, match=r"none.yaml' has max_jobs 0, so skymorph run would submit no worker job"):
+        run_survey(dataclasses.replace(config, cluster_config=str(tmp_path / "none.yaml")))
+    with pytest.raises(InputError, match=r"^SLURM config '.*missing.yaml' does not exist; give a YAML file like"):
+        run_survey(dataclasses.replace(config, cluster_config=str(tmp_path / "missing.yaml")))
+    assert not (tmp_path / "catalog").exists()
+
+
+def test_an_explicit_cluster_beats_a_scheduler_address_left_in_the_environment(monkeypatch):
+    """With DASK_SCHEDULER_ADDRESS set, --cluster slurm connected to that scheduler and submitted no job."""
+    from skymorph.inference.cluster import ClusterSpec
+
+    monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", "tcp://127.0.0.1:8786")
+    assert ClusterSpec(cluster="slurm", cluster_config=str(SLURM_GPU), workers=3).address is None
+    assert ClusterSpec().address == "tcp://127.0.0.1:8786"
+    assert ClusterSpec(scheduler="tcp://127.0.0.1:9000").address == "tcp://127.0.0.1:9000"
 
 
 def test_config_is_frozen():

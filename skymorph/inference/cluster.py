@@ -1,7 +1,7 @@
 """Where ``skymorph run`` gets its Dask workers.
 
-In order: ``--scheduler ADDRESS``, ``--scheduler-file FILE``, the ``DASK_SCHEDULER_ADDRESS``
-environment variable, ``--cluster slurm`` (deploy/slurm via :mod:`skymorph.inference.slurm`), else a
+In order: ``--scheduler ADDRESS``, ``--scheduler-file FILE``, ``--cluster slurm`` (deploy/slurm via
+:mod:`skymorph.inference.slurm`), the ``DASK_SCHEDULER_ADDRESS`` environment variable, else a
 ``LocalCluster`` of worker processes sized to this machine. Locally, worker processes x Dask threads x
 engine threads = cores: each engine already uses several cores for one batch, so more concurrent
 tasks than that would only oversubscribe the CPU.
@@ -72,10 +72,12 @@ class ClusterSpec:
 
     @property
     def address(self) -> str | None:
-        """The scheduler address to connect to, if any (``--scheduler`` or DASK_SCHEDULER_ADDRESS)."""
+        """The scheduler address to connect to, if any: ``--scheduler``, else DASK_SCHEDULER_ADDRESS unless
+        ``--cluster slurm`` (a flag given beats a variable left in the environment)."""
         if self.scheduler_file:
             return None
-        return self.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS") or None
+        from_environment = os.environ.get("DASK_SCHEDULER_ADDRESS") if self.cluster == "local" else None
+        return self.scheduler or from_environment or None
 
 
 @dataclass(frozen=True)

@@ -642,7 +642,10 @@ def run_survey(config: RunConfig) -> RunReport:
     if spec.cluster == "slurm":
         from skymorph.inference.slurm import load_slurm_config
 
-        load_slurm_config(spec.cluster_config, **spec.slurm_overrides)  # likewise, not once the lock is taken
+        slurm = load_slurm_config(spec.cluster_config, **spec.slurm_overrides)  # likewise, not once the lock is taken
+        if not slurm.max_jobs:  # nothing else scales the cluster: the run would wait for workers never submitted
+            raise InputError(f"SLURM config {spec.cluster_config!r} has max_jobs 0, so skymorph run would submit no worker "
+                             "job and wait for ever; set max_jobs (the most worker jobs at once) in it, or pass --workers N")
     options = s3_retry_options(config.out, config.storage_options)
     tiles = read_tiles(config.tiles, s3_retry_options(config.tiles, config.storage_options))
     info = read_model_info(config.model, backend=config.backend,

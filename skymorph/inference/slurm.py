@@ -198,6 +198,9 @@ def load_slurm_config(config_path: str, **overrides) -> SlurmConfig:
 
     try:
         values = yaml.safe_load(read_text(config_path))
+    except FileNotFoundError:
+        raise InputError(f"SLURM config {str(config_path)!r} does not exist; give a YAML file like "
+                         "deploy/slurm/jobqueue.yaml") from None
     except yaml.YAMLError as err:
         raise InputError(f"SLURM config {str(config_path)!r} is not valid YAML: {first_line(err)}") from err
     except UnicodeDecodeError as err:
