@@ -266,8 +266,10 @@ def create_exclusive_bytes(url: str, data: bytes, storage_options: dict | None =
     """
     if not is_remote(url):
         path, tmp = _temp_beside(url)
+        created = False
         try:
             with open(tmp, "wb") as fh:
+                created = True
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
@@ -281,7 +283,8 @@ def create_exclusive_bytes(url: str, data: bytes, storage_options: dict | None =
                 with open(path, "xb") as fh:  # exclusive still; a reader may see it empty for an instant
                     fh.write(data)
         finally:
-            os.unlink(tmp)
+            if created:  # else removing it would raise too, hiding the error that stopped its creation
+                os.unlink(tmp)
         return
     fs, path = filesystem(url, storage_options)
     if "s3" in fs.protocol:  # s3:// and s3a://

@@ -617,3 +617,26 @@ def test_a_partition_without_its_directory_is_a_one_line_error(tmp_path):
     shutil.rmtree(layout.pixel_dir(catalog.url, catalog.order, catalog.pixels[0]))
     with pytest.raises(CatalogError, match=rf"partition Npix={catalog.pixels[0]} of partition_info.csv has no directory"):
         catalog.part_urls(catalog.pixels[:1])
+
+
+def test_a_catalog_whose_path_holds_quotes_and_a_backslash_is_queried(tmp_path):
+    """The local view pasted Python's repr into SQL: a backslash was doubled (no file found), a path with
+    both quotes did not parse, and either read as a damaged catalog."""
+    out = str(tmp_path / "it's a \"survey\" \\ 2")
+    write_synthetic_catalog(out, 200, per_tile=100, order=3, workers=1)
+    assert sorted(query(out, columns=["object_id"])["object_id"].to_pylist()) == list(range(200))
+
+
+def test_a_cone_lists_the_parts_written_since_the_catalog_was_opened_on_s3(s3_bucket):
+    """A cone listed each pixel through fsspec's cached listing: in a notebook open while a run resumed,
+    it missed the parts written since (the all-pixel listing invalidated the cache already)."""
+    import s3fs
+
+    write_synthetic_catalog(f"{s3_bucket}/cat", 200, per_tile=100, order=3, workers=1)
+    catalog = open_catalog(f"{s3_bucket}/cat")
+    pixels = catalog.pixels[:1]
+    before = catalog.part_urls(pixels)
+    other = s3fs.S3FileSystem(skip_instance_cache=True)  # another process, as a run's worker
+    added = before[0].rsplit("/", 1)[0] + "/part-00000000000000000000.parquet"
+    other.copy(before[0], added)
+    assert catalog.part_urls(pixels) == sorted([*before, added], key=lambda url: url.rsplit("/", 1)[-1])

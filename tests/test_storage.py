@@ -1,3 +1,4 @@
+import errno
 import io
 import json
 import os
@@ -248,3 +249,16 @@ def test_a_misspelt_s3_url_is_refused_not_written_as_a_local_directory(tmp_path,
     assert os.listdir(tmp_path) == []
     storage.check_url("s3://bucket/cat")
     storage.check_url("relative/s3x:/name")
+
+
+def test_create_exclusive_bytes_wins_once_and_its_own_error_is_the_one_raised(tmp_path):
+    """The temporary file's clean-up raised in place of the error that stopped its creation."""
+    url = str(tmp_path / "lock")
+    storage.create_exclusive_bytes(url, b"first")
+    with pytest.raises(FileExistsError):
+        storage.create_exclusive_bytes(url, b"second")
+    assert Path(url).read_bytes() == b"first" and os.listdir(tmp_path) == ["lock"]  # no temporary file left
+    # a name that fits where its temporary file's longer one does not: the temporary file is never created
+    with pytest.raises(OSError) as info:
+        storage.create_exclusive_bytes(str(tmp_path / ("x" * 250)), b"x")
+    assert info.value.errno == errno.ENAMETOOLONG and info.value.__context__ is None

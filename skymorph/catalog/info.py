@@ -56,6 +56,7 @@ class Catalog:
             fs, path = filesystem(directory, self.storage_options)
             protocol = self.url.split("://", 1)[0] + "://" if "://" in self.url else ""
             try:
+                fs.invalidate_cache(path)  # fsspec keeps listings: parts may have landed since (layout.list_parts)
                 names = fs.ls(path, detail=False)
             except FileNotFoundError:
                 raise CatalogError(f"catalog {self.url!r}: partition Npix={npix} of partition_info.csv has no directory "

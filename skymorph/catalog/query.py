@@ -160,7 +160,7 @@ def connect(catalog: Catalog, pixels=None, memory_limit: str = MEMORY_LIMIT, thr
             paths = [fs._strip_protocol(p) for p in parts]
             con.register("catalog", ds.dataset(paths, schema=schema, format="parquet", filesystem=fs))
         else:
-            con.execute(f"CREATE VIEW catalog AS SELECT * FROM read_parquet({parts!r}, hive_partitioning = false)")
+            con.execute(f"CREATE VIEW catalog AS SELECT * FROM read_parquet({_sql_list(parts)}, hive_partitioning = false)")
             con.execute("SET allowed_paths = ?", [parts])
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
@@ -170,6 +170,12 @@ def connect(catalog: Catalog, pixels=None, memory_limit: str = MEMORY_LIMIT, thr
         raise CatalogError(_read_failure(catalog, parts, err, user_sql)) from None
     finally:
         con.close()
+
+
+def _sql_list(texts: list[str]) -> str:
+    """``['a', 'it''s']``: a SQL list of string literals (a view takes no parameters). SQL doubles a quote
+    and keeps backslashes as they are, where Python's repr escapes both."""
+    return "[" + ", ".join("'" + text.replace("'", "''") + "'" for text in texts) + "]"
 
 
 _DUCKDB_SIGNAL_MESSAGE = "Query interrupted"
