@@ -171,6 +171,16 @@ def _python(code: str) -> str:
     return result.stdout
 
 
+def test_the_exporter_imports_torch_only_for_the_frozen_mask_model():
+    """Any import from skymorph.exporter loaded torch (1 s), a plan's build from an ONNX model included."""
+    code = (
+        "import sys; from skymorph.exporter import build_tensorrt, require_tensorrt; "
+        "assert 'torch' not in sys.modules, 'torch imported'; "
+        "from skymorph.exporter import weights_sha256; print('torch' in sys.modules, weights_sha256.__module__)"
+    )
+    assert _python(code).split() == ["True", "skymorph.exporter._frozen"]
+
+
 def test_model_info_of_a_plan_needs_only_its_sidecar(model_files, tmp_path):
     sidecar = _fake_plan(tmp_path, model_files[1])
     plan = str(tmp_path / "m.plan")

@@ -8,9 +8,10 @@ model that the self-checks use, :func:`freeze_checkpoint` the one the ``torch`` 
 """
 
 from skymorph.exporter._export import export_checkpoint
-from skymorph.exporter._frozen import FrozenMaskNet, checkpoint_extra, freeze, freeze_checkpoint, masks_sha256, weights_sha256
 from skymorph.exporter._onnx import ExportReport, export_onnx, export_onnx_model
 from skymorph.exporter._tensorrt import TensorRTReport, build_tensorrt, require_tensorrt
+
+_FROZEN = ("FrozenMaskNet", "checkpoint_extra", "freeze", "freeze_checkpoint", "masks_sha256", "weights_sha256")
 
 __all__ = [
     "export_checkpoint",
@@ -27,3 +28,13 @@ __all__ = [
     "masks_sha256",
     "checkpoint_extra",
 ]
+
+
+def __getattr__(name: str):
+    # torch is imported with the frozen-mask model when it is first used, not with the package: building
+    # a TensorRT plan from an ONNX model needs none
+    if name in _FROZEN:
+        from skymorph.exporter import _frozen
+
+        return getattr(_frozen, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

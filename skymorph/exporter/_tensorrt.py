@@ -56,8 +56,12 @@ class TensorRTReport:
 
 
 def require_tensorrt() -> None:
-    """A :class:`MissingDependencyError` now, before a long export, unless ``tensorrt`` imports."""
+    """An error now, before a long export, unless a plan can be built here: ``tensorrt`` and cuda-python
+    import (:class:`MissingDependencyError`) and CUDA device 0 answers (:class:`ModelError`), whose compute
+    capability the plan is built for. A TensorRT container without cuda-python, or a login node without
+    a GPU, failed only after the ONNX export and the plan's build."""
     import_tensorrt()
+    compute_capability()
 
 
 def _onnx_metadata(model_bytes: bytes, source: str) -> ModelMetadata:

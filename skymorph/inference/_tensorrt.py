@@ -124,7 +124,8 @@ def _cuda(cudart, result):
     """Unpack a cuda-python call's ``(error, *values)``; raise on any error."""
     err, *values = result
     if err != cudart.cudaError_t.cudaSuccess:
-        raise ModelError(f"CUDA call failed: {cudart.cudaGetErrorString(err)[1].decode()}")
+        raise ModelError(f"CUDA call failed: {cudart.cudaGetErrorString(err)[1].decode()}; check that `nvidia-smi` shows the "
+                         "GPU and has memory free for this process")
     return values[0] if len(values) == 1 else values
 
 
@@ -227,7 +228,8 @@ class TensorRTEngine(Engine):
             self._context.set_tensor_address(self.sidecar.input_name, int(self._dev_in[slot]))
             self._context.set_tensor_address(self.sidecar.output_name, int(self._dev_out[slot]))
             if not self._context.execute_async_v3(int(self._compute_stream)):
-                raise ModelError(f"TensorRT failed to run {self.url!r} on a batch of {n}")
+                raise ModelError(f"TensorRT failed to run {self.url!r} on a batch of {n} (its log above says why); check the "
+                                 "GPU with `nvidia-smi`, or rebuild the plan with this TensorRT")
             _cuda(cudart, cudart.cudaMemcpyAsync(host_out, self._dev_out[slot], n * self._out_bytes, d2h, self._compute_stream))
             _cuda(cudart, cudart.cudaEventRecord(self._done[slot], self._compute_stream))
             if pending is not None:
