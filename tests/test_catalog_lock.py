@@ -13,7 +13,7 @@ import pytest
 
 from skymorph.catalog import layout
 from skymorph.catalog.lock import DriverLock
-from skymorph.errors import CatalogError
+from skymorph.errors import CatalogError, InputError
 from skymorph.storage import atomic_write_text, exists, read_text
 
 
@@ -76,7 +76,7 @@ def test_release_leaves_a_lock_taken_over_by_another_driver(tmp_path):
     _holder(catalog, session="newer", host="elsewhere.example")
     lock.release()
     assert json.loads(read_text(layout.driver_lock_url(catalog)))["session"] == "newer"
-    with pytest.raises(ValueError, match="heartbeat_s < stale_after_s"):
+    with pytest.raises(InputError, match="heartbeat_s < stale_after_s"):
         DriverLock(catalog, heartbeat_s=10, stale_after_s=5)
 
 
@@ -210,3 +210,21 @@ def test_overwrite_keeps_the_lock_beside_an_s3_folder_marker(s3, s3_bucket):
     with DriverLock(catalog) as lock:
         layout.remove_catalog(catalog, keep_lock=True)
         assert lock.holder().session == lock.session and not exists(layout.manifest_url(catalog))
+
+
+def test_a_lock_that_cannot_be_released_does_not_hide_the_error_that_stopped_the_run():
+    """With its storage gone, the lock's release raised on the way out, in place of the error (with its
+    advice) that had stopped the run."""
+    from skymorph.testing.s3 import LocalS3
+
+    s3 = LocalS3().start()
+    try:
+        options = {**s3.storage_options, "config_kwargs": {"retries": {"max_attempts": 1}}}
+        catalog = f"{s3.create_bucket('gone')}/cat"
+        lock = DriverLock(catalog, options)
+        with pytest.raises(RuntimeError, match="^what stopped the run$"):
+            with lock:
+                s3.stop()
+                raise RuntimeError("what stopped the run")
+    finally:
+        s3.stop()

@@ -33,7 +33,7 @@ import uuid
 from dataclasses import asdict, dataclass
 
 from skymorph.catalog import layout
-from skymorph.errors import CatalogError
+from skymorph.errors import CatalogError, InputError
 from skymorph.storage import atomic_write_text, create_exclusive_bytes, filesystem, read_text, remove_file
 
 __all__ = ["DriverLock", "LockHolder", "check_session"]
@@ -88,7 +88,7 @@ class DriverLock:
 
     def __init__(self, catalog: str, storage_options: dict | None = None, heartbeat_s: float = 30.0, stale_after_s: float = 300.0) -> None:
         if not 0 < heartbeat_s < stale_after_s:
-            raise ValueError(f"need 0 < heartbeat_s < stale_after_s, got {heartbeat_s} and {stale_after_s}")
+            raise InputError(f"need 0 < heartbeat_s < stale_after_s, got {heartbeat_s} and {stale_after_s}")
         self.url = layout.driver_lock_url(catalog)
         self.catalog, self.storage_options = catalog, storage_options
         self.heartbeat_s, self.stale_after_s = heartbeat_s, stale_after_s
@@ -209,5 +209,12 @@ class DriverLock:
         self.acquire()
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.release()
+    def __exit__(self, kind, error, traceback) -> None:
+        try:
+            self.release()
+        except Exception:
+            if error is None:
+                raise
+            # storage down (botocore's errors are no OSError) is likely what stopped the run: its error, with its
+            # advice, is the one to see; the lock left behind goes stale, or a rerun on this host takes it over
+

@@ -30,7 +30,7 @@ import numpy as np
 from skymorph.catalog import layout
 from skymorph.catalog.layout import CatalogMetadata, CatalogProperties
 from skymorph.errors import CatalogError
-from skymorph.storage import atomic_write_bytes, atomic_write_text, filesystem, read_text
+from skymorph.storage import atomic_write_bytes, atomic_write_text, filesystem, read_text, write_parquet
 
 __all__ = [
     "healpix_29",
@@ -174,7 +174,6 @@ def write_part(catalog: str, table, tile_url: str, start: int, stop: int, order:
     Each part carries the table's schema and key-value metadata; each write is atomic.
     """
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
     name = layout.part_name(tile_url, start, stop)
     shift = 2 * (layout.SPATIAL_INDEX_ORDER - order)
@@ -183,9 +182,7 @@ def write_part(catalog: str, table, tile_url: str, start: int, stop: int, order:
     written = []
     for npix in unique:
         piece = table.filter(pc.equal(pixels, npix)) if len(unique) > 1 else table
-        buffer = io.BytesIO()
-        pq.write_table(piece, buffer, compression=_COMPRESSION)
-        atomic_write_bytes(layout.part_url(catalog, order, int(npix), name), buffer.getvalue(), storage_options)
+        write_parquet(piece, layout.part_url(catalog, order, int(npix), name), storage_options, compression=_COMPRESSION)
         written.append((int(npix), name, piece.num_rows))
     return written
 
@@ -347,14 +344,11 @@ class ManifestJournal:
 def write_failures(catalog: str, failures: list[dict], storage_options: dict | None = None) -> None:
     """``failures.parquet``: one row per failed tile range: tile, start, stop, stage, reason."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     schema = pa.schema([("tile", pa.string()), ("start", pa.int64()), ("stop", pa.int64()),
                         ("stage", pa.string()), ("reason", pa.string())])
     table = pa.Table.from_pylist([{k: f.get(k) for k in schema.names} for f in failures], schema=schema)
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer)
-    atomic_write_bytes(layout.failures_url(catalog), buffer.getvalue(), storage_options)
+    write_parquet(table, layout.failures_url(catalog), storage_options)
 
 
 def read_failures(catalog: str, storage_options: dict | None = None) -> list[dict]:

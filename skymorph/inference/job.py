@@ -494,7 +494,7 @@ def _run_tasks(config: RunConfig, client, job, resources, plan: _Plan, manifest,
                 raise
             except Exception as err:  # a task Dask gave up on (KilledWorker), or a bug: report it, carry on
                 result = {"stop": stop, "seconds": {},
-                          "failure": {"stage": "worker", "reason": f"{type(err).__name__}: {err}".splitlines()[0][:500]}}
+                          "failure": {"stage": "worker", "reason": f"{type(err).__name__}: {first_line(err, 500)}"}}
             future.release()
             tally.ranges_run += 1
             for key, value in result["seconds"].items():
@@ -526,8 +526,14 @@ def _run_tasks(config: RunConfig, client, job, resources, plan: _Plan, manifest,
         # not a failure of the tiles in flight: recording them as such would finish a catalog missing them
         raise _lost_scheduler(address, first_line(err, 200)) from err
     finally:
-        if lock.confirm():
-            journal.flush()
+        stopped_by = sys.exc_info()[1]  # in a finally clause: the error that stopped the run, if any
+        try:
+            if lock.confirm():
+                journal.flush()
+        except Exception:
+            if stopped_by is None:
+                raise
+            # else that error (storage down, the scheduler lost) is the one to see; ranges not journalled rerun
         bar.close()
         if client.status == "running":  # else the scheduler forgets the plugin with the cluster
             with contextlib.suppress(Exception):  # a scheduler gone away must not hide why the run stopped
