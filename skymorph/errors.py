@@ -20,6 +20,7 @@ __all__ = [
     "check_int",
     "did_you_mean",
     "first_line",
+    "some_names",
 ]
 
 

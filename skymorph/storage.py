@@ -50,6 +50,8 @@ __all__ = [
     "check_bucket",
     "check_new",
     "remote_error_message",
+    "same_location",
+    "storage_options_for",
 ]
 
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz")

@@ -9,7 +9,7 @@ A catalog is a HATS-layout Parquet dataset (hats/LSDB 0.11 read it as is)::
     CATALOG/_skymorph/manifest.json         run manifest: model digest, tile ranges done, their parts
     CATALOG/_skymorph/journal/*.json        ranges finished since the manifest was last compacted
     CATALOG/_skymorph/driver.lock           the running driver's lease (while a job runs)
-    CATALOG/_skymorph/failures.parquet      tile, stage, reason
+    CATALOG/_skymorph/failures.parquet      tile, start, stop, stage, reason: the tile ranges that failed
     CATALOG/_skymorph/timing.json           where the time went
 
 Every part holds the rows of one tile row range that fall in one HEALPix pixel of the catalog order
@@ -448,7 +448,7 @@ class CatalogProperties:
             if f.name == "extra":
                 continue
             value = getattr(self, f.name)
-            if value == "" and f.name not in ("catalog_name",):
+            if value == "":
                 continue
             lines.append(f"{self._KEYS.get(f.name, f.name)}={value}")
         lines.extend(f"{key}={value}" for key, value in self.extra.items())

@@ -70,7 +70,8 @@ def _read_holder(url: str, storage_options: dict | None) -> LockHolder | None:
     except FileNotFoundError:
         return None
     except (ValueError, KeyError, TypeError):
-        return None  # unreadable: treat as no lock (writes are atomic, so no live driver left it so)
+        return None  # unreadable: no lock (a live driver's lock is read whole, except for an instant after its create on a
+        # filesystem without hard links; a driver that took it over then is stopped by check_held's next read)
 
 
 def check_session(catalog: str, session: str, storage_options: dict | None = None) -> None:

@@ -46,10 +46,9 @@ from skymorph.schema import Schema
 from skymorph.seeds import check_seed
 from skymorph.tiles import object_ids
 
-__all__ = ["pick", "gumbel_keys", "hash_uniform", "model_salt", "read_ids", "STRATEGIES", "MANIFEST_COLUMNS"]
+__all__ = ["pick", "gumbel_keys", "hash_uniform", "model_salt", "read_ids", "STRATEGIES"]
 
 STRATEGIES = ("top", "power")
-MANIFEST_COLUMNS = ("rank", "object_id", "ra", "dec", "tile", "row", "image_location")
 _BATCH_ROWS = 1 << 20
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)

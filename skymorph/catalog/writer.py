@@ -225,8 +225,8 @@ class RangeRecord:
 @dataclass
 class Manifest:
     """``CATALOG/_skymorph/manifest.json``: which model wrote the catalog, at which order, for how many
-    volunteers and with how many rows per task, whether its tiles' positions are placeholders (each None
-    in manifests older than its field), and the tile ranges done. Mutable: the driver adds ranges as
+    volunteers and with how many rows per task, whether its tiles' positions are placeholders (these two
+    None in manifests older than their field), and the tile ranges done. Mutable: the driver adds ranges as
     results arrive and rewrites the file atomically."""
 
     model_sha256: str

@@ -189,7 +189,7 @@ def _backend_for(url: str, backend: str, storage_options: dict | None = None) ->
         if not is_remote(str(url)) and not exists(str(url), storage_options):
             raise InputError(f"model {url!r} does not exist; check the path (an exported model ends in .onnx, .plan or .engine)")
         raise InputError(
-            f"cannot tell the backend of {url!r} from its suffix (.onnx, .plan, .engine, .ckpt); give the backend explicitly (--backend, or backend= in Python)"
+            f"cannot tell the backend of {url!r} from its suffix (.onnx, .plan, .engine, .ckpt, .pt); give the backend explicitly (--backend, or backend= in Python)"
         )
     return _SUFFIX_BACKEND[suffix]
 
