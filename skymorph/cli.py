@@ -15,7 +15,7 @@ import json
 import sys
 from contextlib import contextmanager
 
-from skymorph.errors import InputError, SkymorphError, first_line
+from skymorph.errors import SkymorphError, first_line
 
 __all__ = ["main", "build_parser"]
 
@@ -438,7 +438,7 @@ def _add_catalog_commands(sub) -> None:
     pick.add_argument("--n", type=_positive_int, required=True, help="batch size")
     pick.add_argument("--question", help="rank by {question}_asked x {question}_bald, the information expected from the "
                       "volunteers asked it (default: bald_total, its sum over questions)")
-    pick.add_argument("--weight-by-asked", action=argparse.BooleanOptionalAction, default=None,
+    pick.add_argument("--weight-by-asked", action=argparse.BooleanOptionalAction, default=True,
                       help="with --question: weight its BALD by the share of volunteers asked it (default), or not")
     pick.add_argument("--strategy", choices=("top", "power"), default="top",
                       help="top: the n highest (default); power: sample proportional to BALD^beta (Kirsch et al. 2023)")
@@ -502,11 +502,6 @@ def _cmd_catalog_pick(args) -> int:
     from skymorph.catalog.gallery import MAX_GALAXIES, check_png
     from skymorph.storage import remove_file
 
-    power = {key: value for key, value in (("beta", args.beta), ("seed", args.seed)) if value is not None}
-    if power and args.strategy != "power":  # top takes the n highest: nothing to weight or draw
-        raise InputError(f"--{next(iter(power))} applies to --strategy power only; drop it, or add --strategy power")
-    if args.weight_by_asked is not None and args.question is None:  # bald_total is weighted already
-        raise InputError("--weight-by-asked and --no-weight-by-asked apply to --question only; bald_total weights each question by it")
     options = _storage_options(args)
     output_format(args.out)
     _check_writable(args.out, "--out", args)
@@ -516,8 +511,8 @@ def _cmd_catalog_pick(args) -> int:
         _check_writable(args.gallery, "--gallery", args)
         _check_new([args.gallery], "--gallery", args)
     catalog = open_catalog(args.catalog, options)
-    batch = pick(catalog, args.n, question=args.question, strategy=args.strategy, **power,
-                 exclude=args.exclude, storage_options=options, weight_by_asked=args.weight_by_asked is not False,
+    batch = pick(catalog, args.n, question=args.question, strategy=args.strategy, beta=args.beta, seed=args.seed,
+                 exclude=args.exclude, storage_options=options, weight_by_asked=args.weight_by_asked,
                  exclude_id_column=args.exclude_id_column)
     # Both outputs or neither: a rerun must not be refused for the one written before the other failed.
     if args.gallery:  # first: it reads the tiles, the likelier to fail

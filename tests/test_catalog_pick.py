@@ -241,6 +241,11 @@ def test_bad_arguments(catalog):
         pick(catalog, 5, strategy="random")
     with pytest.raises(InputError, match="beta"):
         pick(catalog, 5, strategy="power", beta=-1.0)
+    # the rules the command line had alone: pick() took them and ignored them
+    with pytest.raises(InputError, match=r"^seed \(--seed\) applies to strategy power only"):
+        pick(catalog, 5, seed=3)
+    with pytest.raises(InputError, match=r"^weight_by_asked=False \(--no-weight-by-asked\) applies to a question only"):
+        pick(catalog, 5, weight_by_asked=False)
 
 
 def test_cli_manifest(catalog, full, tmp_path, capsys):
@@ -253,7 +258,7 @@ def test_cli_manifest(catalog, full, tmp_path, capsys):
     assert main(["catalog", "pick", catalog, "--n", "12", "--question", "bar", "--no-weight-by-asked", "--out", str(unweighted)]) == 0
     assert pd.read_csv(unweighted).object_id.tolist() == _direct_top(full, "bar_bald", 12) != manifest.object_id.tolist()
     assert main(["catalog", "pick", catalog, "--n", "12", "--no-weight-by-asked", "--out", str(tmp_path / "x.csv")]) == 2
-    assert "apply to --question only" in capsys.readouterr().err
+    assert "(--no-weight-by-asked) applies to a question only" in capsys.readouterr().err
     assert (manifest.image_location == manifest.tile + "#images[" + manifest.row.astype(str) + "]").all()
     assert (manifest.model_sha256 == FAKE_MODEL_SHA256).all()
     assert main(["catalog", "pick", catalog, "--n", "12", "--strategy", "power", "--seed", "5", "--out", str(tmp_path / "a.csv")]) == 0
@@ -279,8 +284,8 @@ def test_cli_manifest(catalog, full, tmp_path, capsys):
     (["--exclude", "labels.parquet"], "skymorph: error: --exclude file 'labels.parquet' does not exist"),
     (["--exclude", "labels.csv"], "skymorph: error: --exclude file 'labels.csv' does not exist"),
     (["--gallery", "g.jpg"], ".png"),
-    (["--beta", "3"], "--beta applies to --strategy power only; drop it, or add --strategy power"),  # was ignored
-    (["--seed", "7"], "--seed applies to --strategy power only"),
+    (["--beta", "3"], "beta (--beta) applies to strategy power only; drop it, or add --strategy power"),  # was ignored
+    (["--seed", "7"], "seed (--seed) applies to strategy power only"),
 ])
 def test_cli_bad_input_one_line_exit_2(catalog, tmp_path, capsys, argv, fragment):
     pd.DataFrame({"objid": [1, 2]}).to_csv(tmp_path / "bad.csv", index=False)

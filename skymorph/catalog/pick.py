@@ -278,8 +278,8 @@ def pick(
     n: int,
     question: str | None = None,
     strategy: str = "top",
-    beta: float = 1.0,
-    seed: int = 0,
+    beta: float | None = None,
+    seed: int | None = None,
     exclude=None,
     storage_options: dict | None = None,
     weight_by_asked: bool = True,
@@ -294,7 +294,9 @@ def pick(
     such files, or an iterable of ids never to pick; of labels (a file with vote columns of the catalog's
     tree), only the rows with votes. Each galaxy comes back at most once: one seen in overlapping tiles
     (two rows, one ``object_id``) is ranked by its best row. Fewer than ``n`` rows come back when fewer
-    galaxies qualify (``power`` needs a positive score).
+    galaxies qualify (``power`` needs a positive score). ``beta`` (default 1) and ``seed`` (default 0) are
+    ``power``'s, and an error with ``top``, which takes the ``n`` highest scores; ``weight_by_asked=False``
+    needs a ``question`` (``bald_total`` weights each question by it).
     """
     import pyarrow as pa
 
@@ -302,9 +304,16 @@ def pick(
         raise InputError(f"n must be a positive integer, got {n!r}")
     if strategy not in STRATEGIES:
         raise InputError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}." + did_you_mean(str(strategy), STRATEGIES))
+    for name, value in (("beta", beta), ("seed", seed)):
+        if value is not None and strategy != "power":  # top takes the n highest: nothing to weight or draw
+            raise InputError(f"{name} (--{name}) applies to strategy power only; drop it, or add --strategy power")
+    if not weight_by_asked and question is None:
+        raise InputError("weight_by_asked=False (--no-weight-by-asked) applies to a question only; bald_total weights each "
+                         "question by it")
+    beta = 1.0 if beta is None else beta
     if not (math.isfinite(beta) and beta >= 0):
         raise InputError(f"beta must be a finite number >= 0, got {beta}")
-    seed = check_seed(seed)
+    seed = check_seed(0 if seed is None else seed)
     catalog = url if isinstance(url, Catalog) else open_catalog(url, storage_options)
     score, score_sql = _score(catalog, question, weight_by_asked)
     excluded = pa.table({"object_id": read_ids(exclude, storage_options, exclude_id_column, catalog.metadata.schema)
