@@ -170,6 +170,8 @@ def _cmd_survey_ingest(args) -> int:
 
 def _add_train_commands(sub) -> None:
     """``skymorph train`` and ``skymorph evaluate``; ``survey ingest`` is added in _add_survey_commands."""
+    from skymorph.model_metadata import LIKELIHOODS
+
     train = sub.add_parser("train", help="train a Bayesian CNN on vote counts (writes a checkpoint)")
     train.add_argument("--tiles", required=True, metavar="TILELIST", help="tile list file (or one .zarr tile store)")
     train.add_argument("--labels", required=True, metavar="LABELS", help="Parquet, CSV or FITS table with object_id and {question}_{answer} vote counts (or a Galaxy Zoo table of them)")
@@ -178,7 +180,7 @@ def _add_train_commands(sub) -> None:
     train.add_argument("--arch", help="model architecture (default w20; with --resume/--finetune: the checkpoint's)")
     train.add_argument("--arch-params", metavar="JSON", type=_json_object,
                        help='parameters of the architecture, e.g. \'{"widths": [48, 96, 192, 384]}\' for resnet_s')
-    train.add_argument("--likelihood", choices=("multinomial", "dirichlet_multinomial"), help="default multinomial")
+    train.add_argument("--likelihood", choices=LIKELIHOODS, help="default multinomial")
     train.add_argument("--dropout", type=float, help="MC dropout rate of the head (default 0.5)")
     # the run's settings default to None: TrainConfig.RUN_DEFAULTS for a new run, the checkpoint's with --resume
     train.add_argument("--epochs", type=_positive_int, help="epochs of the schedule (default 10; with --resume: the checkpoint's)")

@@ -8,15 +8,48 @@ construction and round-trips through :meth:`ModelMetadata.to_props` / :meth:`Mod
 from __future__ import annotations
 
 import json
+import numbers
 from dataclasses import dataclass, field
 
-from skymorph.errors import ModelError
+from skymorph.errors import InputError, ModelError, SkymorphError, did_you_mean
 from skymorph.schema import Schema
+from skymorph.seeds import check_seed
 
-__all__ = ["InputSpec", "ModelMetadata", "LIKELIHOODS"]
+__all__ = ["InputSpec", "ModelMetadata", "LIKELIHOODS", "MAX_SAMPLES", "check_dropout", "check_likelihood", "check_samples"]
 
 LIKELIHOODS = ("multinomial", "dirichlet_multinomial")
 """The count likelihoods a model's outputs parameterise (DESIGN "Posterior math"); the one definition."""
+
+MAX_SAMPLES = 1000
+"""Most MC-dropout samples T a model may draw. Walmsley et al. (2020) use 30; the Monte Carlo error of a
+mean over T samples falls only as 1 / sqrt(T), while the masks (T, F), the outputs (B, T, A) of a batch
+and the posterior's (N + 1, T, A) count pmfs per galaxy grow linearly: at T = 1000 these are already
+about 0.5 GB per galaxy block with N = 1000 volunteers; far larger T only runs out of memory."""
+
+
+def check_likelihood(likelihood, error: type[Exception] = InputError, what: str = "likelihood") -> str:
+    """``likelihood`` if it is one of :data:`LIKELIHOODS`, else a one-line ``error`` (an argument's
+    :class:`InputError`, a loaded model's :class:`ModelError`) naming ``what``."""
+    if likelihood not in LIKELIHOODS:
+        raise error(f"{what} must be one of {', '.join(LIKELIHOODS)}, got {likelihood!r}." + did_you_mean(str(likelihood), LIKELIHOODS))
+    return likelihood
+
+
+def check_dropout(rate, error: type[Exception] = InputError, what: str = "dropout rate") -> float:
+    """``rate`` as a float in [0, 1) (the head's MC-dropout rate), else a one-line ``error`` naming ``what``."""
+    if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not 0 <= rate < 1:
+        raise error(f"{what} must be a number in [0, 1), got {rate!r}")
+    return float(rate)
+
+
+def check_samples(samples, flag: str = "--samples", error: type[Exception] = InputError) -> int:
+    """``samples`` (T) as an int in [1, :data:`MAX_SAMPLES`], else a one-line ``error``."""
+    if isinstance(samples, bool) or not isinstance(samples, numbers.Integral) or not 1 <= samples <= MAX_SAMPLES:
+        raise error(
+            f"{flag} (MC-dropout samples T) must be an integer from 1 to {MAX_SAMPLES}, got {samples!r}; "
+            "30 is the usual choice"
+        )
+    return int(samples)
 
 
 @dataclass(frozen=True)
@@ -40,8 +73,10 @@ class InputSpec:
     def __post_init__(self) -> None:
         object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
         object.__setattr__(self, "std", tuple(float(s) for s in self.std))
-        if min(self.channels, self.height, self.width) < 1:
-            raise ModelError(f"input spec needs positive channels, height, width; got {self.channels}x{self.height}x{self.width}")
+        sizes = (self.channels, self.height, self.width, *(() if self.resize is None else (self.resize,)))
+        if any(isinstance(n, bool) or not isinstance(n, numbers.Integral) for n in sizes) or min(sizes[:3]) < 1:
+            raise ModelError(f"input spec needs whole positive channels, height, width (and resize); got {self.channels}x"
+                             f"{self.height}x{self.width} (resize {self.resize!r})")
         for name, values in (("mean", self.mean), ("std", self.std)):
             if len(values) not in (1, self.channels):
                 raise ModelError(f"input spec {name} has {len(values)} values for {self.channels} channel(s)")
@@ -94,12 +129,10 @@ class ModelMetadata:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.likelihood not in LIKELIHOODS:
-            raise ModelError(f"likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}")
-        if self.samples < 1:
-            raise ModelError(f"samples (T) must be at least 1, got {self.samples}")
-        if not 0 <= self.dropout < 1:
-            raise ModelError(f"dropout rate must be in [0, 1), got {self.dropout}")
+        check_likelihood(self.likelihood, ModelError)
+        check_samples(self.samples, "the model's samples", ModelError)
+        check_seed(self.seed, "the model's seed", ModelError)
+        check_dropout(self.dropout, ModelError)
 
     def to_props(self) -> dict[str, str]:
         """DESIGN's ``skymorph.*`` string key/values (ONNX ``metadata_props``, plan sidecar)."""
@@ -147,7 +180,9 @@ class ModelMetadata:
                 version=props.get("skymorph.version", ""),
                 extra=extra,
             )
+        except ModelError as err:  # a value the exporter never writes
+            raise ModelError(f"{source} has invalid skymorph metadata: {err}; re-export it with `skymorph export`") from None
         except (ValueError, TypeError) as err:
-            if isinstance(err, ModelError):
+            if isinstance(err, SkymorphError):  # the schema's own error names the source
                 raise
             raise ModelError(f"{source} has malformed skymorph metadata: {err}") from err

@@ -31,8 +31,8 @@ import operator
 import numpy as np
 from scipy.special import gammaln
 
-from skymorph.errors import InputError, did_you_mean
-from skymorph.model_metadata import LIKELIHOODS
+from skymorph.errors import InputError
+from skymorph.model_metadata import LIKELIHOODS, check_likelihood
 from skymorph.schema import Schema, get_schema
 
 __all__ = [
@@ -177,7 +177,7 @@ def count_log_pmf(samples, schema: Schema | str, likelihood: str = "multinomial"
     ndarray, float64, shape (N + 1, ..., A)
     """
     schema = get_schema(schema)
-    likelihood = _check_likelihood(likelihood)
+    likelihood = check_likelihood(likelihood)
     n = check_n_volunteers(n_volunteers)
     values = _check_samples(samples, schema, likelihood, min_ndim=1).astype(np.float64, copy=False)
     return _count_log_pmf(values, schema, likelihood, n)
@@ -205,7 +205,7 @@ def expected_fraction(samples, schema: Schema | str, likelihood: str = "multinom
     ndarray, float64, shape (..., A)
     """
     schema = get_schema(schema)
-    likelihood = _check_likelihood(likelihood)
+    likelihood = check_likelihood(likelihood)
     values = _check_samples(samples, schema, likelihood, min_ndim=2).astype(np.float64, copy=False)
     return _expected_fraction(values, schema, likelihood)
 
@@ -403,7 +403,7 @@ def summarize(samples, schema: Schema | str, likelihood: str = "multinomial", n_
         float32 arrays of length B.
     """
     schema = get_schema(schema)
-    likelihood = _check_likelihood(likelihood)
+    likelihood = check_likelihood(likelihood)
     n = check_n_volunteers(n_volunteers)
     values = _check_samples(samples, schema, likelihood, min_ndim=3, max_ndim=3)
     n_galaxies, n_samples, n_answers = values.shape
@@ -550,15 +550,6 @@ def _asked(fractions: np.ndarray, schema: Schema) -> np.ndarray:
 
 
 # -- input checks -----------------------------------------------------------------------------------
-
-
-def _check_likelihood(likelihood: str) -> str:
-    if likelihood not in LIKELIHOODS:
-        raise InputError(
-            f"unknown likelihood {likelihood!r}: use one of {', '.join(LIKELIHOODS)}."
-            + did_you_mean(str(likelihood), LIKELIHOODS)
-        )
-    return likelihood
 
 
 def check_n_volunteers(n_volunteers) -> int:

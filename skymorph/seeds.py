@@ -15,8 +15,10 @@ from skymorph.errors import InputError
 __all__ = ["check_seed"]
 
 
-def check_seed(seed, flag: str = "--seed") -> int:
-    """``seed`` as an int in [0, 2**64), else a one-line :class:`InputError` naming ``flag``."""
+def check_seed(seed, flag: str = "--seed", error: type[Exception] = InputError) -> int:
+    """``seed`` as an int in [0, 2**64), else a one-line ``error`` naming ``flag`` (an option, or what holds
+    the seed)."""
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**64:
-        raise InputError(f"{flag} must be a non-negative integer below 2**64, got {seed!r}; give e.g. {flag} 0")
+        example = f"; give e.g. {flag} 0" if flag.startswith("--") else ""
+        raise error(f"{flag} must be a non-negative integer below 2**64, got {seed!r}{example}")
     return int(seed)

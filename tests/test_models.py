@@ -202,3 +202,29 @@ def test_flops_of_w20_match_the_layer_formula():
 def test_resnet_s_is_under_one_gflop_at_128_pixels():
     spec = InputSpec(1, 128, 128)
     assert count_flops(build_model("resnet_s", SCHEMA, spec).trunk, spec) < 1e9
+
+
+def test_model_metadata_refuses_what_the_rest_of_skymorph_refuses():
+    """The exporter-engine contract took T = 10**6 or 2.5, a negative seed and 1.5 channels, which every
+    other entry point refuses."""
+    from dataclasses import replace
+
+    from skymorph.model_metadata import ModelMetadata
+
+    good = ModelMetadata(schema=get_schema("gz2"), likelihood="multinomial", samples=30, seed=0, dropout=0.5,
+                         masks_sha256="0" * 64, weights_sha256="0" * 64, input=SPEC)
+    assert ModelMetadata.from_props(good.to_props()) == good
+    for change, message in [
+        (dict(samples=10**6), r"samples \(MC-dropout samples T\) must be an integer from 1 to 1000, got 1000000"),
+        (dict(samples=2.5), "got 2.5"),
+        (dict(seed=-5), r"^the model's seed must be a non-negative integer below 2\*\*64, got -5$"),
+        (dict(dropout=1.0), r"^dropout rate must be a number in \[0, 1\), got 1.0$"),
+        (dict(likelihood="gauss"), r"^likelihood must be one of multinomial, dirichlet_multinomial, got 'gauss'\.$"),
+        (dict(likelihood="multinomal"), r"got 'multinomal'\. Did you mean 'multinomial'\?$"),
+    ]:
+        with pytest.raises(ModelError, match=message):
+            replace(good, **change)
+    with pytest.raises(ModelError, match=r"whole positive channels, height, width \(and resize\); got 1.5x32x32"):
+        InputSpec(1.5, 32, 32)
+    with pytest.raises(ModelError, match=r"\(resize 16.0\)"):
+        InputSpec(1, 32, 32, resize=16.0)

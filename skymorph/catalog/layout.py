@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 
 from skymorph.errors import CatalogError, first_line
-from skymorph.model_metadata import LIKELIHOODS
+from skymorph.model_metadata import check_likelihood
 from skymorph.storage import atomic_write_text, exists, filesystem, is_remote, join, list_dir, read_text, remove_file, strip_protocol
 
 __all__ = [
@@ -281,8 +281,8 @@ class CatalogMetadata:
             raise CatalogError(f"model_sha256 must be 64 hex digits, got {self.model_sha256!r}")
         if self.samples < 1 or self.n_volunteers < 1:
             raise CatalogError(f"samples and n_volunteers must be positive, got {self.samples}, {self.n_volunteers}")
-        if self.likelihood not in ("", *LIKELIHOODS):
-            raise CatalogError(f"likelihood must be one of {', '.join(LIKELIHOODS)}, got {self.likelihood!r}")
+        if self.likelihood != "":
+            check_likelihood(self.likelihood, CatalogError)
         try:
             json.loads(self.schema_json)
         except json.JSONDecodeError as err:

@@ -118,7 +118,7 @@ def _to_onnx_bytes(frozen, metadata: ModelMetadata, opset: int) -> bytes:
 def check_arguments(samples: int, seed: int, opset: int) -> None:
     """One-line :class:`InputError` for a T, seed or opset no export can use (checked before any reading).
 
-    T in 1..:data:`~skymorph.trainer.models.MAX_SAMPLES`; the seed in [0, 2**64), which the masks' torch
+    T in 1..:data:`~skymorph.model_metadata.MAX_SAMPLES`; the seed in [0, 2**64), which the masks' torch
     generator and the self-check's numpy one both take (:func:`~skymorph.seeds.check_seed`); the
     opset from the dynamo exporter's minimum, 18, to the newest the installed onnx package defines (the
     exporter cannot convert to a higher one and would leave the model at 18).
@@ -126,7 +126,7 @@ def check_arguments(samples: int, seed: int, opset: int) -> None:
     import onnx
 
     from skymorph.seeds import check_seed
-    from skymorph.trainer.models import check_samples
+    from skymorph.model_metadata import check_samples
 
     check_samples(samples)
     check_seed(seed)

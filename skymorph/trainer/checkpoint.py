@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
 
 from skymorph.errors import ModelError, SchemaError, first_line
-from skymorph.model_metadata import LIKELIHOODS, InputSpec
+from skymorph.model_metadata import InputSpec, check_dropout, check_likelihood
 from skymorph.schema import Schema, get_schema
 from skymorph.storage import atomic_write_bytes, read_bytes
 
@@ -52,10 +52,8 @@ class CheckpointMeta:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "metrics", tuple(self.metrics))
-        if self.likelihood not in LIKELIHOODS:
-            raise ModelError(f"checkpoint likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}")
-        if not 0 <= self.dropout < 1:
-            raise ModelError(f"checkpoint dropout rate must be in [0, 1), got {self.dropout}")
+        check_likelihood(self.likelihood, ModelError, "checkpoint likelihood")
+        check_dropout(self.dropout, ModelError, "checkpoint dropout rate")
         if not self.arch:
             raise ModelError("checkpoint metadata needs an architecture name")
 

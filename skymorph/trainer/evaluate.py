@@ -274,7 +274,7 @@ def evaluate(
     from skymorph.trainer.data import load_images
     from skymorph.trainer.labels import load_labels, split_masks
     from skymorph.seeds import check_seed
-    from skymorph.trainer.models import check_samples
+    from skymorph.model_metadata import check_samples
 
     if split not in ("validation", "train", "all"):
         raise InputError(f"split must be validation, train or all, got {split!r}")

@@ -34,7 +34,7 @@ from typing import ClassVar
 import numpy as np
 
 from skymorph.errors import InputError, ModelError, did_you_mean
-from skymorph.model_metadata import LIKELIHOODS, InputSpec
+from skymorph.model_metadata import InputSpec, check_dropout, check_likelihood
 from skymorph.schema import get_schema
 from skymorph.storage import atomic_write_text, check_new, same_location
 from skymorph.trainer.labels import labels_schema, split_kind
@@ -131,7 +131,8 @@ class TrainConfig:
             if not ok:
                 raise InputError(message)
 
-        need(self.likelihood in (None, *LIKELIHOODS), f"likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}")
+        if self.likelihood is not None:
+            check_likelihood(self.likelihood)
         from skymorph.trainer.models import list_models
 
         # checked here, before any tile is read, rather than when the model is built
@@ -151,7 +152,8 @@ class TrainConfig:
         need(self.warmup_epochs is None or (math.isfinite(self.warmup_epochs) and self.warmup_epochs >= 0),
              f"warmup_epochs must be a finite number >= 0, got {self.warmup_epochs}")
         need(self.min_lr_ratio is None or 0 <= self.min_lr_ratio <= 1, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        need(self.dropout is None or 0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}")
+        if self.dropout is not None:
+            check_dropout(self.dropout, what="dropout")
         need(self.val_fraction is None or 0 < self.val_fraction < 1, f"val_fraction must be in (0, 1), got {self.val_fraction}")
         need(self.crop_fraction is None or 0 < self.crop_fraction <= 1, f"crop_fraction must be in (0, 1], got {self.crop_fraction}")
         need(self.resize_px is None or self.resize_px >= 8, f"resize_px must be at least 8, got {self.resize_px}")

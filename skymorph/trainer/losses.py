@@ -27,8 +27,7 @@ from __future__ import annotations
 
 import torch
 
-from skymorph.errors import InputError
-from skymorph.model_metadata import LIKELIHOODS
+from skymorph.model_metadata import check_likelihood
 from skymorph.schema import Schema
 
 __all__ = [
@@ -74,10 +73,8 @@ def vote_nll(likelihood: str, logits: torch.Tensor, counts: torch.Tensor, schema
     Dirichlet-multinomial; the multinomial takes ``ln p`` straight from the logits (the same softmax
     within each question, without the round trip through probabilities).
     """
-    if likelihood == "multinomial":
+    if check_likelihood(likelihood) == "multinomial":
         nll = multinomial_nll(question_log_softmax(logits, schema), counts, schema)
-    elif likelihood == "dirichlet_multinomial":
-        nll = dirichlet_multinomial_nll(output(logits), counts, schema)
     else:
-        raise InputError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
+        nll = dirichlet_multinomial_nll(output(logits), counts, schema)
     return nll.sum(dim=-1).mean()

@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from skymorph.errors import InputError, ModelError, did_you_mean
-from skymorph.model_metadata import LIKELIHOODS, InputSpec
+from skymorph.errors import ModelError, did_you_mean
+from skymorph.model_metadata import InputSpec, check_dropout, check_likelihood, check_samples
 from skymorph.schema import Schema
 from skymorph.seeds import check_seed
 
@@ -40,9 +40,6 @@ __all__ = [
     "list_models",
     "model_parameters",
     "check_arch_params",
-    "check_samples",
-    "check_seed",
-    "MAX_SAMPLES",
     "MorphologyNet",
     "MCDropoutHead",
     "Preprocess",
@@ -55,23 +52,6 @@ DIRICHLET_MIN = 1.0
 """Smallest Dirichlet concentration a ``dirichlet_multinomial`` model outputs (Zoobot's choice)."""
 DIRICHLET_MAX = 100.0
 """Largest Dirichlet concentration a ``dirichlet_multinomial`` model outputs (Zoobot's choice)."""
-
-MAX_SAMPLES = 1000
-"""Most MC-dropout samples T a model may draw. Walmsley et al. (2020) use 30; the Monte Carlo error of a
-mean over T samples falls only as 1 / sqrt(T), while the masks (T, F), the outputs (B, T, A) of a batch
-and the posterior's (N + 1, T, A) count pmfs per galaxy grow linearly: at T = 1000 these are already
-about 0.5 GB per galaxy block with N = 1000 volunteers; far larger T only runs out of memory."""
-
-
-def check_samples(samples, flag: str = "--samples") -> int:
-    """``samples`` (T) as an int in [1, :data:`MAX_SAMPLES`], else a one-line :class:`InputError`."""
-    if isinstance(samples, bool) or not isinstance(samples, numbers.Integral) or not 1 <= samples <= MAX_SAMPLES:
-        raise InputError(
-            f"{flag} (MC-dropout samples T) must be an integer from 1 to {MAX_SAMPLES}, got {samples!r}; "
-            "30 is the usual choice"
-        )
-    return int(samples)
-
 
 # ---- registry ------------------------------------------------------------------------------------
 
@@ -143,8 +123,7 @@ def build_model(
         raise ModelError(
             f"unknown model architecture {arch!r}; choose one of {', '.join(list_models())}." + did_you_mean(arch, _REGISTRY)
         )
-    if likelihood not in LIKELIHOODS:
-        raise ModelError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}." + did_you_mean(likelihood, LIKELIHOODS))
+    check_likelihood(likelihood, ModelError)
     preprocess = Preprocess(input_spec)
     try:
         trunk = _REGISTRY[arch](input_spec.channels, preprocess.output_size, **arch_params)
@@ -204,9 +183,7 @@ class MCDropoutHead(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, dropout: float = 0.5) -> None:
         super().__init__()
-        if not 0 <= dropout < 1:
-            raise ModelError(f"dropout rate must be in [0, 1), got {dropout}")
-        self.dropout = float(dropout)
+        self.dropout = check_dropout(dropout, ModelError)
         self.linear = nn.Linear(in_features, out_features)
 
     @property
@@ -243,8 +220,7 @@ class MorphologyNet(nn.Module):
                 f"the trunk holds dropout ({', '.join(dropouts)}); MC dropout belongs in the head only, "
                 "so that the exported model runs the trunk once for all T samples"
             )
-        if likelihood not in LIKELIHOODS:
-            raise ModelError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
+        check_likelihood(likelihood, ModelError)
         if head.linear.out_features != schema.n_answers:
             raise ModelError(f"head has {head.linear.out_features} outputs but schema {schema.name!r} has {schema.n_answers} answers")
         self.preprocess = preprocess
