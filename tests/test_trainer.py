@@ -305,6 +305,9 @@ def test_same_seed_same_weights_and_resume_continues_exactly(tmp_path):
     # --resume takes epochs (and every other run setting) from the checkpoint when not given
     rest = train(_config(tmp_path, tiles, labels, epochs=None, out=str(tmp_path / "c.ckpt"), resume=half.last_checkpoint))
     assert [m["epoch"] for m in rest.metrics] == [1, 2]
+    # the summary said "trained 2 epoch(s) ... in" this session's minutes: the run's epochs, one session's time
+    assert (rest.epochs_run, rest.resumed_at) == (2, 1) and str(rest).startswith("trained 1 epoch(s) (epoch 2 of the run) on ")
+    assert str(half).startswith("trained 1 epoch(s) on ")
     wc = _state(rest.last_checkpoint)
     assert all(torch.equal(wa[k], wc[k]) for k in wa)
     metrics = json.loads((tmp_path / "c.ckpt.metrics.json").read_text())

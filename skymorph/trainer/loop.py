@@ -182,7 +182,8 @@ class TrainConfig:
 @dataclass(frozen=True)
 class TrainResult:
     """Where the run wrote its files and how it ended (``stopped``: epochs, early_stopping, max_minutes,
-    stop_after_epochs)."""
+    stop_after_epochs). ``epochs_run`` counts the run's epochs, ``resumed_at`` those done before this
+    session (``--resume``); ``minutes`` is this session's."""
 
     checkpoint: str
     last_checkpoint: str
@@ -195,10 +196,14 @@ class TrainResult:
     n_train: int
     n_validation: int
     metrics: tuple[dict, ...]
+    resumed_at: int = 0
 
     def __str__(self) -> str:
+        done = self.epochs_run - self.resumed_at
+        span = f"epoch {self.epochs_run}" if done == 1 else f"epochs {self.resumed_at + 1}-{self.epochs_run}"
+        which = f" ({span} of the run)" if self.resumed_at and done else ""
         return (
-            f"trained {self.epochs_run} epoch(s) on {self.n_train} galaxies in {self.minutes:.1f} min "
+            f"trained {done} epoch(s){which} on {self.n_train} galaxies in {self.minutes:.1f} min "
             f"({self.stopped}); best epoch {self.best_epoch}: validation loss {self.best_val_loss:.4f} -> {self.checkpoint}"
         )
 
@@ -490,9 +495,9 @@ def train(config: TrainConfig) -> TrainResult:
     from skymorph.trainer.models import build_model
 
     started = time.monotonic()
-    so = config.storage_options
+    storage_options = config.storage_options
     if not config.resume:  # a resumed run continues its own files
-        check_new([config.out, last_checkpoint_path(config.out), f"{config.out}.metrics.json"], "--out", config.overwrite, so)
+        check_new([config.out, last_checkpoint_path(config.out), f"{config.out}.metrics.json"], "--out", config.overwrite, storage_options)
     if config.threads:
         torch.set_num_threads(config.threads)
     training: dict = {}
@@ -501,9 +506,9 @@ def train(config: TrainConfig) -> TrainResult:
     start_meta = None
     # the tree the labels say their votes are of, if they say: what a checkpoint is checked against, or
     # what a new model without --schema is trained on (with --schema, nothing asks, and the file is not read)
-    recorded = labels_schema(config.labels, so) if start_checkpoint or config.schema is None else None
+    recorded = labels_schema(config.labels, storage_options) if start_checkpoint or config.schema is None else None
     if start_checkpoint:  # checked before the images are read: a wrong checkpoint fails in seconds
-        model, start_meta, training = load_checkpoint(start_checkpoint, storage_options=so)
+        model, start_meta, training = load_checkpoint(start_checkpoint, storage_options=storage_options)
         flag = "--resume" if config.resume else "--finetune"
         if config.schema is not None:
             check_schema(start_meta, config.schema, f"{flag} {start_checkpoint!r}",
@@ -514,14 +519,14 @@ def train(config: TrainConfig) -> TrainResult:
         schema = start_meta.schema
         choices = _model_choices(config, start_meta, start_checkpoint)
         if config.resume and not training:
-            raise ModelError(_no_training_state(config.resume, so))
+            raise ModelError(_no_training_state(config.resume, storage_options))
     else:
         schema = get_schema(config.schema or recorded or DEFAULT_SCHEMA)
-    labels = load_labels(config.labels, schema, so)
+    labels = load_labels(config.labels, schema, storage_options)
     if not (start_checkpoint or config.schema or recorded):
         _warn_if_another_tree_fits(labels, schema)
     config = replace(config, schema=config.schema or schema.name)  # the provenance records the tree used
-    tile_urls = read_tiles(config.tiles, so)
+    tile_urls = read_tiles(config.tiles, storage_options)
     if config.finetune:
         config = _keep_split(config, start_meta, labels)
     config = _run_settings(config, start_meta if config.resume else None, labels)
@@ -534,7 +539,7 @@ def train(config: TrainConfig) -> TrainResult:
             f"--resume {config.resume!r}: all {config.epochs} epoch(s) of its schedule are done{where}, nothing to resume; "
             f"to train further, start a new run from its weights with --finetune {best or config.resume} --epochs N"
         )
-    images, labels = load_images(tile_urls, labels, drop_unmatched=config.drop_unmatched, storage_options=so, progress=config.progress)
+    images, labels = load_images(tile_urls, labels, drop_unmatched=config.drop_unmatched, storage_options=storage_options, progress=config.progress)
     train_mask, val_mask = split_masks(labels, config.val_fraction, config.seed)
     # row indices into images: the loaders and the input statistics read through them, so the training
     # set is never copied (it can be most of the memory the run needs)
@@ -552,10 +557,10 @@ def train(config: TrainConfig) -> TrainResult:
                 "give labels with vote counts on both sides of the split"
             )
     if config.resume:
-        recorded = (start_meta.provenance.get("n_train"), start_meta.provenance.get("n_validation"))
-        if None not in recorded and recorded != (n_train, n_val):
+        sizes = (start_meta.provenance.get("n_train"), start_meta.provenance.get("n_validation"))
+        if None not in sizes and sizes != (n_train, n_val):
             raise InputError(
-                f"--resume {config.resume!r} was trained on {recorded[0]} training and {recorded[1]} validation galaxies, "
+                f"--resume {config.resume!r} was trained on {sizes[0]} training and {sizes[1]} validation galaxies, "
                 f"but these tiles and labels give {n_train} and {n_val}; resume with the run's --tiles and --drop-unmatched"
             )
 
@@ -643,16 +648,16 @@ def train(config: TrainConfig) -> TrainResult:
         improved = val_loss < best_val_loss
         if improved:
             best_val_loss, best_epoch, bad_epochs = val_loss, epoch + 1, 0
-            save_checkpoint(config.out, evaluated, meta.with_metrics(metrics), storage_options=so)
+            save_checkpoint(config.out, evaluated, meta.with_metrics(metrics), storage_options=storage_options)
         else:
             bad_epochs += 1
-        save_checkpoint(last_path, evaluated, meta.with_metrics(metrics), storage_options=so, training={
+        save_checkpoint(last_path, evaluated, meta.with_metrics(metrics), storage_options=storage_options, training={
             "epoch": epoch + 1, "step": step, "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
             "best_val_loss": best_val_loss, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
             "metrics_json": json.dumps(metrics),
             **({} if ema is None else {"raw_weights": model.state_dict(), "ema_n_averaged": int(ema.n_averaged)}),
         })
-        atomic_write_text(metrics_path, json.dumps({"best_epoch": best_epoch, "epochs": metrics}, indent=1), so)
+        atomic_write_text(metrics_path, json.dumps({"best_epoch": best_epoch, "epochs": metrics}, indent=1), storage_options)
         if config.progress:
             accuracy = " ".join(f"{q}={a:.3f}" for q, a in val_accuracy.items())
             tqdm.write(f"epoch {epoch + 1}: train {metrics[-1]['train_loss']:.4f} val {val_loss:.4f} {accuracy}{' *' if improved else ''}")
@@ -668,5 +673,5 @@ def train(config: TrainConfig) -> TrainResult:
     return TrainResult(
         checkpoint=config.out, last_checkpoint=last_path, metrics_path=metrics_path, epochs_run=len(metrics),
         best_epoch=best_epoch, best_val_loss=best_val_loss, stopped=stopped, minutes=(time.monotonic() - started) / 60,
-        n_train=n_train, n_validation=n_val, metrics=tuple(metrics),
+        n_train=n_train, n_validation=n_val, metrics=tuple(metrics), resumed_at=start_epoch,
     )
