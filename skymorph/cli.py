@@ -131,9 +131,6 @@ def _cmd_survey_synth(args) -> int:
     return 0
 
 
-# ---- train, evaluate (skymorph.trainer) ----------------------------------------------------------
-
-
 def _add_ingest_command(survey_sub) -> None:
     """``skymorph survey ingest`` (called from _add_survey_commands)."""
     ingest = survey_sub.add_parser("ingest", help="ingest JPEG/PNG/FITS cutouts listed in a CSV into tile stores")
@@ -168,8 +165,11 @@ def _cmd_survey_ingest(args) -> int:
     return 1 if summary.n_failed else 0
 
 
+# ---- train, evaluate (skymorph.trainer) ----------------------------------------------------------
+
+
 def _add_train_commands(sub) -> None:
-    """``skymorph train`` and ``skymorph evaluate``; ``survey ingest`` is added in _add_survey_commands."""
+    """``skymorph train`` and ``skymorph evaluate``."""
     from skymorph.model_metadata import LIKELIHOODS
 
     train = sub.add_parser("train", help="train a Bayesian CNN on vote counts (writes a checkpoint)")
@@ -259,7 +259,7 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
-# ---- export (skymorph.exporter) --------------------------------------------------------------------
+# ---- labels (skymorph.trainer: labels match, labels ingest) -------------------------------------
 
 
 def _add_labels_commands(sub) -> None:
@@ -305,6 +305,9 @@ def _cmd_labels_ingest(args) -> int:
                       storage_options=_storage_options(args))
     print(added.summary())
     return 0
+
+
+# ---- export (skymorph.exporter) --------------------------------------------------------------------
 
 
 def _add_export_commands(sub) -> None:

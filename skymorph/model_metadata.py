@@ -166,7 +166,8 @@ class ModelMetadata:
             )
         try:
             known = set(required) | {"arch", "version"}
-            extra = {k[len("skymorph."):]: v for k, v in props.items() if k.startswith("skymorph.") and k[9:] not in known}
+            ours = {k.removeprefix("skymorph."): v for k, v in props.items() if k.startswith("skymorph.")}
+            extra = {k: v for k, v in ours.items() if k not in known}
             return cls(
                 schema=Schema.from_json(props["skymorph.schema"], source=f"{source} skymorph.schema"),
                 likelihood=props["skymorph.likelihood"],

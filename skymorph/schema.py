@@ -14,22 +14,19 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 
 from skymorph.errors import SchemaError, did_you_mean
 
-__all__ = ["Question", "Schema", "get_schema", "BUILTIN_SCHEMAS", "snake_case"]
+__all__ = ["Question", "Schema", "get_schema", "BUILTIN_SCHEMAS"]
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_]*$")
-
-
-def snake_case(text: str) -> str:
-    """``"Featured-or-Disk"`` -> ``"featured_or_disk"``: lower case, runs of other characters to ``_``."""
-    return re.sub(r"[^a-z0-9]+", "_", text.strip().lower()).strip("_")
 
 
 @dataclass(frozen=True)
@@ -267,7 +264,7 @@ DECALS = _tree(
     ],
 )
 
-BUILTIN_SCHEMAS: dict[str, Schema] = {"gz2": GZ2, "decals": DECALS}
+BUILTIN_SCHEMAS: Mapping[str, Schema] = MappingProxyType({"gz2": GZ2, "decals": DECALS})
 
 
 def get_schema(name_or_path: str | Schema) -> Schema:

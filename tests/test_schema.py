@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from skymorph.errors import SchemaError
-from skymorph.schema import DECALS, GZ2, Question, Schema, get_schema, snake_case
+from skymorph.schema import DECALS, GZ2, Question, Schema, get_schema
 
 
 def test_builtin_sizes_and_columns():
@@ -62,7 +62,6 @@ def test_bad_names_and_lookups():
         DECALS.question("barr")
     with pytest.raises(SchemaError, match="Did you mean 'decals'"):
         get_schema("decal")
-    assert snake_case("Featured-or-Disk ") == "featured_or_disk"
 
 
 def test_same_tree_ignores_the_schema_name_only():

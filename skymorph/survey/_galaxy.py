@@ -25,6 +25,7 @@ the Gaussian limit plus Gaussian read noise, and stretched to uint8 with a fixed
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from types import MappingProxyType
 
 import numpy as np
 
@@ -38,7 +39,7 @@ READ_NOISE_E = 6.0
 """Gaussian read noise per pixel in electrons."""
 Q0 = 0.12
 """Intrinsic thickness of disks (axis ratio seen edge-on)."""
-STRETCH = {"kind": "asinh", "unit": "sky sigma", "softening": 2.0, "min": -3.0, "max": 100.0}
+STRETCH = MappingProxyType({"kind": "asinh", "unit": "sky sigma", "softening": 2.0, "min": -3.0, "max": 100.0})
 """uint8 = 255 (asinh(x/s) - asinh(min/s)) / (asinh(max/s) - asinh(min/s)), x = (pixel - sky) / sigma_sky,
 clipped to [0, 255]."""
 _BATCH = 32  # galaxies rendered together: (32, H, W) float32 temporaries stay in cache-sized blocks
@@ -81,7 +82,7 @@ def _profile(z2, n):
 class GalaxyParams:
     """Morphology of B galaxies, one (B,) array per field; sizes in arcsec, angles in degrees."""
 
-    smooth: np.ndarray  # bool: an elliptical (bulge only) rather than a disk galaxy
+    smooth: np.ndarray  # bool: an elliptical (bulge-dominated: 75-100% of the light) rather than a disk galaxy
     size_arcsec: np.ndarray  # half-light radius of the disk (of the whole galaxy when smooth)
     bulge_fraction: np.ndarray  # bulge flux / total flux
     bulge_n: np.ndarray
@@ -90,7 +91,7 @@ class GalaxyParams:
     axis_ratio: np.ndarray  # observed b/a of the disk (of the galaxy when smooth)
     inclination_deg: np.ndarray  # 0 face-on, 90 edge-on
     position_angle_deg: np.ndarray  # of the major axis, counter-clockwise from +x
-    bar_strength: np.ndarray  # 0 none .. 1 strong; bar flux = 0.3 x strength x disk flux
+    bar_strength: np.ndarray  # 0 none .. 1 strong; the bar takes 0.3 x strength of the disk's light
     bar_angle_deg: np.ndarray  # in the disk plane, from the major axis
     arm_count: np.ndarray  # int, 0 = no spiral arms
     arm_pitch_deg: np.ndarray  # pitch angle: small = tightly wound

@@ -159,7 +159,7 @@ def _make_tile(job: _TileJob) -> dict:
     write_tile(
         job.url, images, object_id, ra, dec,
         survey=_SURVEY, bands=[_BAND], pixel_scale_arcsec=FIELD_ARCSEC / job.size,
-        stretch=STRETCH, resize="none: rendered at this size",
+        stretch=dict(STRETCH), resize="none: rendered at this size",
         chunk_size=256, storage_options=job.storage_options,
         extra_attrs={"seed": job.seed, "healpix_order": job.order, "healpix_pixel": job.pixel,
                      "psf_fwhm_arcsec": psf_fwhm_arcsec},

@@ -10,7 +10,7 @@ The file is a ``torch.save`` of a dict holding only tensors, numbers, strings an
                   "metrics_json", "raw_weights", "ema_n_averaged"}}  # optional; the last two with EMA only
 
 ``training`` is present in the checkpoints the loop writes for ``--resume``; the best checkpoint, the
-one exported and evaluated, may carry it too. There is no scheduler state: the learning rate is a pure
+one exported and evaluated, carries none. There is no scheduler state: the learning rate is a pure
 function of ``step`` (:func:`skymorph.trainer.loop.learning_rate`). Writes are atomic (local rename or
 one S3 PUT).
 """

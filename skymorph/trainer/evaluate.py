@@ -174,7 +174,8 @@ def _read_truth(url: str, object_id: np.ndarray, schema, storage_options) -> np.
     columns = [f"{c}_true" for c in schema.answer_columns]
     missing = [c for c in columns + ["object_id"] if c not in table.column_names]
     if missing:
-        raise InputError(f"truth table {url!r} lacks {missing[0]!r} (and {len(missing) - 1} more) for schema {schema.name!r}")
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise InputError(f"truth table {url!r} lacks {missing[0]!r}{more} for schema {schema.name!r}")
     rows = index_in(table.column("object_id").to_numpy(), object_id)
     if (rows < 0).any():
         raise InputError(f"truth table {url!r} has no row for object_id {int(object_id[np.argmax(rows < 0)])}")
@@ -268,13 +269,14 @@ def evaluate(
     import pyarrow as pa
     import torch
 
+    from skymorph.model_metadata import check_samples
     from skymorph.posterior import check_n_volunteers, summarize
-    from skymorph.trainer.checkpoint import check_schema, load_checkpoint
+    from skymorph.seeds import check_seed
     from skymorph.tiles import read_tiles
+    from skymorph.trainer.checkpoint import check_schema, load_checkpoint
     from skymorph.trainer.data import load_images
     from skymorph.trainer.labels import load_labels, split_masks
-    from skymorph.seeds import check_seed
-    from skymorph.model_metadata import check_samples
+    from skymorph.trainer.loop import TrainConfig
 
     if split not in ("validation", "train", "all"):
         raise InputError(f"split must be validation, train or all, got {split!r}")
@@ -296,7 +298,9 @@ def evaluate(
     if split != "all":
         table = _split_as_trained(table, meta, checkpoint, split)
         config = meta.provenance.get("config", {})
-        train_mask, val_mask = split_masks(table, float(config.get("val_fraction", 0.1)), int(config.get("seed", 0)))
+        defaults = TrainConfig.RUN_DEFAULTS
+        train_mask, val_mask = split_masks(table, float(config.get("val_fraction", defaults["val_fraction"])),
+                                           int(config.get("seed", defaults["seed"])))
         table = table.subset(np.flatnonzero(val_mask if split == "validation" else train_mask))
         if not len(table):
             raise InputError(f"labels {labels!r} have no {split} galaxies with votes, so there is nothing to compare with")

@@ -2,7 +2,7 @@
 
 The exact command (the real GZ2 subset; see benchmarks/train_gz2.py for the whole pipeline)::
 
-    skymorph survey ingest --catalog /work/shared/data/gz2_spirals/labels.csv --id-column galaxy_id \\
+    skymorph survey ingest --catalog gz2_spirals/labels.csv --id-column galaxy_id \\
         --size 128 --label-question has_spiral_arms --label-map spiral=yes,non_spiral=no \\
         --schema gz2 --out gz2
     skymorph train --tiles gz2/tiles.txt --labels gz2/labels.parquet --schema gz2 --arch resnet_s \\

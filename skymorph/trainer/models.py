@@ -38,7 +38,6 @@ __all__ = [
     "register_model",
     "build_model",
     "list_models",
-    "model_parameters",
     "check_arch_params",
     "MorphologyNet",
     "MCDropoutHead",
