@@ -813,14 +813,14 @@ def test_galaxy_zoo_2s_own_table_reads_as_gz2_votes(tmp_path):
     """GZ2's table (Willett et al. 2013; Hart et al. 2016) numbers its tasks and answers
     (t04_spiral_a08_spiral_count) and gives six columns per answer; it had no vote column of any tree."""
     from skymorph.schema import DECALS
-    from skymorph.trainer.labels import _GZ2_TABLE
+    from skymorph.gz_tables import GZ2_TABLE
 
     rng = np.random.default_rng(1)
-    counts = {answer: rng.integers(0, 30, 5) for answer in _GZ2_TABLE.values()}
+    counts = {answer: rng.integers(0, 30, 5) for answer in GZ2_TABLE.values()}
     pd.DataFrame({"object_id": np.arange(5), **counts}).to_csv(tmp_path / "plain.csv", index=False)
     columns = {"dr7objid": 587722981742084096 + np.arange(5), "object_id": np.arange(5), "ra": 150.0, "dec": 2.0,
                "total_classifications": 44, "total_votes": 150}
-    for task_answer, answer in _GZ2_TABLE.items():
+    for task_answer, answer in GZ2_TABLE.items():
         columns[f"{task_answer}_count"] = counts[answer]
         for derived in ("weight", "fraction", "weighted_fraction", "debiased", "flag"):
             columns[f"{task_answer}_{derived}"] = rng.uniform(size=5)
@@ -830,7 +830,7 @@ def test_galaxy_zoo_2s_own_table_reads_as_gz2_votes(tmp_path):
     assert len(table.columns) == 6 + 6 * 30 + 1
     expected = load_labels(str(tmp_path / "plain.csv"), GZ2)
     assert np.array_equal(load_labels(str(tmp_path / "gz2.csv"), GZ2).votes, expected.votes) and expected.votes.sum() > 0
-    assert GZ2.answer_columns == tuple(sorted(_GZ2_TABLE.values(), key=GZ2.answer_columns.index))  # every answer mapped
+    assert GZ2.answer_columns == tuple(sorted(GZ2_TABLE.values(), key=GZ2.answer_columns.index))  # every answer mapped
     with pytest.raises(SchemaError, match=r"has no vote column of schema 'decals'; they are Galaxy Zoo 2's own table "
                                           r"\(tNN_..._aNN_..._count\): train with --schema gz2"):
         load_labels(str(tmp_path / "gz2.csv"), DECALS)

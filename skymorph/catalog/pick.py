@@ -111,7 +111,7 @@ def _read_one(source, storage_options: dict | None, id_column: str, schema: Sche
     """``(ids, ids of rows without votes, what to call the source)`` of one source of :func:`read_ids`."""
     import pyarrow as pa
 
-    from skymorph.trainer.labels import vote_columns
+    from skymorph.gz_tables import vote_columns
 
     if isinstance(source, (pa.Table, pa.RecordBatch)):  # a table: iterating it gives its column names
         return _ids_of(pa.table(source), id_column, "the exclude table", schema)
@@ -176,12 +176,12 @@ def _ids_of(table, id_column: str, what: str, schema: Schema | None = None) -> t
 
 def _voted(table, schema: Schema, what: str) -> np.ndarray | None:
     """Per row of ``table``, whether any of its columns of ``schema``'s vote counts
-    (:func:`skymorph.trainer.labels.vote_columns`) holds a count above 0; None without such columns, or
+    (:func:`skymorph.gz_tables.vote_columns`) holds a count above 0; None without such columns, or
     (with a warning) where one is not numbers: then every row names a galaxy to exclude."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from skymorph.trainer.labels import vote_columns
+    from skymorph.gz_tables import vote_columns
 
     present = vote_columns(table.column_names, schema)
     if not present:

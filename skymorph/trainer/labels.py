@@ -11,7 +11,7 @@ except ``tile`` and ``row``, or ``ra`` and ``dec``: where each galaxy's image is
 read as they are: their spelling (``has-spiral-arms_yes``) reads as the schema's, hyphens as
 underscores, and the quantities they derive from the counts (``{answer}_fraction``,
 ``{answer}_debiased``, ``{question}_total-votes``) are ignored, the counts being the data; so does
-Galaxy Zoo 2's own table for schema ``gz2`` (:data:`_GZ2_TABLE`). A row with no votes in any question
+Galaxy Zoo 2's own table for schema ``gz2`` (:mod:`skymorph.gz_tables`). A row with no votes in any question
 is a galaxy nobody has classified (a cutout ingested without a label, a galaxy still with the
 volunteers), left out with a warning. ``split``, where given, is ``train``, ``validation``, ``test`` or
 empty (see :func:`split_masks`).
@@ -28,60 +28,23 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from skymorph.errors import InputError, SchemaError, did_you_mean
+from skymorph.gz_tables import (
+    ANSWER_DERIVED,
+    CAMPAIGNS,
+    QUESTION_DERIVED,
+    gz2_table_name,
+    spellings_of,
+)
 from skymorph.schema import Schema
 from skymorph.tiles import object_ids
 from skymorph.storage import FITS_SUFFIXES
 from skymorph.trainer.tables import CSV_SUFFIXES, locations, read_table, sky_positions
 
-__all__ = ["Labels", "labels_from_table", "labels_schema", "load_labels", "split_kind", "split_masks", "vote_columns"]
+__all__ = ["Labels", "labels_from_table", "labels_schema", "load_labels", "split_kind", "split_masks"]
 
 TRAIN, VALIDATION, TEST = "train", "validation", "test"
 _SPLIT_NAMES = {"train": TRAIN, "training": TRAIN, "validation": VALIDATION, "val": VALIDATION, "valid": VALIDATION,
                 "test": TEST, "testing": TEST, "holdout": TEST}
-
-_ANSWER_DERIVED = ("fraction", "debiased", "weight", "weighted_fraction", "flag")
-"""What Galaxy Zoo's volunteer tables give beside each answer's count, ``{answer}_{derived}``: the share
-of the question's volunteers, that share corrected for redshift bias, and (GZ2) the votes and share
-weighted by each volunteer's consistency, and a clean-sample flag. Derived, so ignored."""
-_QUESTION_DERIVED = ("total_votes",)
-"""Beside each question's counts: their sum, ignored (Zoobot recomputes it, as GZ DECaLS DR5's totals are
-not always that sum)."""
-
-_GZ2_TABLE = {
-    "t01_smooth_or_features_a01_smooth": "smooth_or_featured_smooth",
-    "t01_smooth_or_features_a02_features_or_disk": "smooth_or_featured_featured_or_disk",
-    "t01_smooth_or_features_a03_star_or_artifact": "smooth_or_featured_artifact",
-    "t02_edgeon_a04_yes": "disk_edge_on_yes",
-    "t02_edgeon_a05_no": "disk_edge_on_no",
-    "t03_bar_a06_bar": "bar_yes",
-    "t03_bar_a07_no_bar": "bar_no",
-    "t04_spiral_a08_spiral": "has_spiral_arms_yes",
-    "t04_spiral_a09_no_spiral": "has_spiral_arms_no",
-    "t05_bulge_prominence_a10_no_bulge": "bulge_size_no",
-    "t05_bulge_prominence_a11_just_noticeable": "bulge_size_just_noticeable",
-    "t05_bulge_prominence_a12_obvious": "bulge_size_obvious",
-    "t05_bulge_prominence_a13_dominant": "bulge_size_dominant",
-    "t06_odd_a14_yes": "something_odd_yes",
-    "t06_odd_a15_no": "something_odd_no",
-    "t07_rounded_a16_completely_round": "how_rounded_round",
-    "t07_rounded_a17_in_between": "how_rounded_in_between",
-    "t07_rounded_a18_cigar_shaped": "how_rounded_cigar",
-    "t09_bulge_shape_a25_rounded": "bulge_shape_round",
-    "t09_bulge_shape_a26_boxy": "bulge_shape_boxy",
-    "t09_bulge_shape_a27_no_bulge": "bulge_shape_no_bulge",
-    "t10_arms_winding_a28_tight": "spiral_winding_tight",
-    "t10_arms_winding_a29_medium": "spiral_winding_medium",
-    "t10_arms_winding_a30_loose": "spiral_winding_loose",
-    "t11_arms_number_a31_1": "spiral_arm_count_1",
-    "t11_arms_number_a32_2": "spiral_arm_count_2",
-    "t11_arms_number_a33_3": "spiral_arm_count_3",
-    "t11_arms_number_a34_4": "spiral_arm_count_4",
-    "t11_arms_number_a36_more_than_4": "spiral_arm_count_more_than_4",
-    "t11_arms_number_a37_cant_tell": "spiral_arm_count_cant_tell",
-}
-"""Galaxy Zoo 2's own table (Willett et al. 2013, as in SkyServer's zoo2MainSpecz; Hart et al. 2016):
-``{task}_{answer}`` -> the answer of schema ``gz2``. Its ``_count`` column is the votes, the others
-(:data:`_ANSWER_DERIVED`) are derived; task 08 (the kind of odd feature) is not in the tree."""
 
 MAX_VOTES = 2**24
 """Largest vote count per answer: float32, in which the losses are computed, holds every integer up to
@@ -169,59 +132,6 @@ def _check_no_catalog_columns(url: str, names: list[str], schema: Schema) -> Non
         )
 
 
-def _spellings(names: list[str], schema: Schema) -> dict[str, tuple[str, ...]]:
-    """``{column as the schema spells it: its name(s) in the file}``, in the file's order. Galaxy Zoo's
-    volunteer tables and Zoobot spell answers ``has-spiral-arms_yes`` and totals
-    ``smooth-or-featured_total-votes``; a column that starts like a question of ``schema`` once its
-    hyphens are underscores takes that spelling (only that: ``Bar Length (kpc)`` stays another column).
-    An answer may be spelt both ways in one file (labels in the schema's spelling
-    with a volunteer table's rows added): :func:`_read_counts` combines the two."""
-    prefixes = tuple(f"{q}_" for q in schema.question_names)
-    spellings: dict[str, list[str]] = {}
-    for name in names:
-        ours = _gz2_table_name(name) if schema.name == "gz2" else None
-        if ours is None:
-            ours = _without_campaign(name.replace("-", "_"), schema)
-            ours = ours if ours != name and ours.startswith(prefixes) else name
-        spellings.setdefault(ours, []).append(name)
-    return {ours: tuple(spelt) for ours, spelt in spellings.items()}
-
-
-def vote_columns(names: list[str], schema: Schema) -> list[str]:
-    """The columns of ``names`` that hold vote counts of ``schema``'s answers, in any spelling
-    :func:`load_labels` reads (``bar_strong``, ``bar-strong``, ``bar-dr5_strong``, GZ2's
-    ``t03_bar_a06_bar_count``): so that other readers of labels (``catalog pick --exclude``) see the votes
-    that ``train`` sees."""
-    answers = set(schema.answer_columns)
-    return [name for ours, spelt in _spellings(names, schema).items() if ours in answers for name in spelt]
-
-
-_CAMPAIGNS = {"gz2": ("gz2",), "decals": ("dr5", "dr8")}
-"""Zoobot's campaign suffixes (``smooth-or-featured-dr5_smooth``) whose tree is the built-in schema's:
-GZ DECaLS DR5 and DR8 asked the decals tree; DR1/2 (``dr12``) asked another."""
-
-
-def _without_campaign(name: str, schema: Schema) -> str:
-    """``name`` without Zoobot's campaign suffix after its question, where the campaign asked ``schema``'s
-    tree (:data:`_CAMPAIGNS`): ``smooth_or_featured_dr5_smooth`` -> ``smooth_or_featured_smooth``."""
-    for question in schema.question_names:
-        for campaign in _CAMPAIGNS.get(schema.name, ()):
-            if name.startswith(f"{question}_{campaign}_"):
-                return f"{question}_{name[len(question) + len(campaign) + 2:]}"
-    return name
-
-
-def _gz2_table_name(name: str) -> str | None:
-    """The schema ``gz2`` name of a column of Galaxy Zoo 2's own table (:data:`_GZ2_TABLE`):
-    ``t04_spiral_a08_spiral_count`` -> ``has_spiral_arms_yes``, ``..._debiased`` ->
-    ``has_spiral_arms_yes_debiased``; None for any other column."""
-    name = name.lower()  # as the FITS release spells them
-    for suffix in ("count", *_ANSWER_DERIVED):
-        if name.endswith(f"_{suffix}") and (answer := _GZ2_TABLE.get(name[: -len(suffix) - 1])):
-            return answer if suffix == "count" else f"{answer}_{suffix}"
-    return None
-
-
 def _read_counts(url: str, table, object_id: np.ndarray, answer: str, spellings: tuple[str, ...]):
     """``(counts, voted)``: one answer's counts as float64, NaN where empty, and per source of its columns
     (:func:`_source`) where that holds a count. An answer spelt two ways is combined row by row: a cell
@@ -253,7 +163,7 @@ def _source(name: str, answer: str) -> str:
     """Which table a vote column comes from, by its spelling of the question: ``has-spiral-arms`` of
     ``has-spiral-arms_yes``, ``smooth-or-featured-dr5`` of Zoobot's DR5 column, one name for all of Galaxy
     Zoo 2's own table. A galaxy's votes for one question must come from one source (one campaign)."""
-    if _gz2_table_name(name):
+    if gz2_table_name(name):
         return "Galaxy Zoo 2's table"
     return name[: -len(answer) - 1]
 
@@ -291,7 +201,7 @@ def _why_not(name: str, schema: Schema) -> str:
     campaign = re.match(r"^(?P<question>[a-z0-9_]+?)_(?P<campaign>dr\d+|gz2|cd)_(?P<rest>.+)$", name)
     if campaign and f"{campaign['question']}_{campaign['rest']}" in set(schema.answer_columns) | set(_derived_columns(schema)):
         ours = f"{campaign['question']}_{campaign['rest']}"
-        if schema.name in _CAMPAIGNS:  # a built-in tree: its own campaigns were read; this one asked another tree
+        if schema.name in CAMPAIGNS:  # a built-in tree: its own campaigns were read; this one asked another tree
             return (f" It is {ours} with Zoobot's campaign suffix {campaign['campaign']!r}, a campaign that did not ask "
                     f"{schema.name!r}'s tree.")
         return f" It is {ours} with Zoobot's campaign suffix {campaign['campaign']!r}: rename the columns without it."
@@ -305,7 +215,7 @@ def _why_not(name: str, schema: Schema) -> str:
 def _no_votes_why(names: list[str], schema: Schema) -> str:
     """Why columns ``names`` hold no vote of ``schema``: Galaxy Zoo 2's own table read without --schema
     gz2, the Kaggle challenge's table (fractions only), or columns not spelt ``{question}_{answer}``."""
-    if schema.name != "gz2" and any(_gz2_table_name(name) for name in names):
+    if schema.name != "gz2" and any(gz2_table_name(name) for name in names):
         return "they are Galaxy Zoo 2's own table (tNN_..._aNN_..._count): train with --schema gz2"
     if any(re.fullmatch(r"Class\d+\.\d+", name) for name in names):
         return ("they are the Kaggle Galaxy Zoo challenge's table (Class1.1, ...), vote fractions without counts; "
@@ -314,11 +224,11 @@ def _no_votes_why(names: list[str], schema: Schema) -> str:
 
 
 def _derived_columns(schema: Schema) -> dict[str, str]:
-    """``{derived column: the question it belongs to}``: :data:`_ANSWER_DERIVED` beside each answer and
-    :data:`_QUESTION_DERIVED` beside each question, as Galaxy Zoo's volunteer tables have them."""
-    derived = {f"{q}_{kind}": q for q in schema.question_names for kind in _QUESTION_DERIVED}
+    """``{derived column: the question it belongs to}``: :data:`ANSWER_DERIVED` beside each answer and
+    :data:`QUESTION_DERIVED` beside each question, as Galaxy Zoo's volunteer tables have them."""
+    derived = {f"{q}_{kind}": q for q in schema.question_names for kind in QUESTION_DERIVED}
     for question, answers in zip(schema.question_names, schema.question_slices):
-        derived |= {f"{a}_{kind}": question for a in schema.answer_columns[answers] for kind in _ANSWER_DERIVED}
+        derived |= {f"{a}_{kind}": question for a in schema.answer_columns[answers] for kind in ANSWER_DERIVED}
     return derived
 
 
@@ -366,7 +276,7 @@ def labels_from_table(url: str, table, sha256: str, schema: Schema, *, votes_nee
             "its tiles hold it by, as object_id (`survey ingest` writes them into its labels.parquet, `catalog pick` into "
             "its batch file, `labels match` into a table with ra and dec)"
         )
-    spelt = _spellings(names, schema)  # the schema's name of a column -> the file's name(s)
+    spelt = spellings_of(names, schema)  # the schema's name of a column -> the file's name(s)
     said = {ours: " / ".join(map(repr, spellings)) for ours, spellings in spelt.items()}  # for messages
     names = list(spelt)
     answers = set(schema.answer_columns)
