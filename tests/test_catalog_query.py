@@ -454,10 +454,12 @@ def test_cli_terminal_table(catalog, capsys):
     (["--columns", ""], "--columns names no column"),  # an empty shell variable: it gave every column
     (["--out", "rows.txt"], "cannot tell the format"),
 ])
-def test_cli_bad_input_one_line_exit_2(catalog, capsys, argv, fragment):
+def test_cli_bad_input_one_line_exit_2(catalog, capsys, argv, fragment, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a relative --out lands here, not in the checkout
     assert main(["catalog", "query", catalog, *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("skymorph: error:") and fragment in err[0]
+    assert os.listdir(tmp_path) == []
 
 
 def test_no_columns_is_an_error_from_python_too(catalog):
@@ -479,12 +481,20 @@ def test_an_interrupted_scan_is_a_keyboard_interrupt(catalog):
 
     opened = open_catalog(catalog)
     with pytest.raises(KeyboardInterrupt), connect(opened) as con:
-        timer = threading.Timer(0.2, con.interrupt)
-        timer.start()
+        # DuckDB drops an interrupt that comes before the query starts: interrupt until it returns
+        stop = threading.Event()
+
+        def keep_interrupting() -> None:
+            while not stop.wait(0.1):
+                con.interrupt()
+
+        interrupter = threading.Thread(target=keep_interrupting)
+        interrupter.start()
         try:  # a scan that runs for minutes unless interrupted
             con.execute("SELECT count(*) FROM catalog a, catalog b, catalog c WHERE a.ra + b.ra + c.ra > 0").fetchall()
         finally:
-            timer.cancel()
+            stop.set()
+            interrupter.join()
 
 
 @pytest.mark.parametrize("out", [None, "rows.csv", "rows.parquet", "rows.fits"])

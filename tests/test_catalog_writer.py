@@ -76,7 +76,7 @@ def test_properties_round_trip_and_hats_reads_them(tmp_path):
 
 
 def test_properties_reject_bad_values():
-    with pytest.raises(CatalogError, match="order"):
+    with pytest.raises(CatalogError, match=r"^catalog order must be in 0\.\.19, got 30$"):
         CatalogProperties(catalog_name="c", total_rows=1, order=30)
     with pytest.raises(CatalogError, match="hats_nrows"):
         CatalogProperties.from_text("obs_collection=c\n")

@@ -35,10 +35,12 @@ def _one_line_error(capsys, code: int) -> str:
 
 
 @pytest.fixture
-def dummy_credentials(monkeypatch):
-    for key, value in {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+def dummy_credentials(monkeypatch, down):
+    """Credentials that work nowhere, and the refused loopback port as the default endpoint: a request that
+    a regression lets through fails at once, and never reaches AWS."""
+    for key, value in {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y", "AWS_DEFAULT_REGION": "us-east-1",
+                       "AWS_ENDPOINT_URL": down}.items():
         monkeypatch.setenv(key, value)
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
 
 

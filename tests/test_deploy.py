@@ -82,7 +82,7 @@ def test_walltime_minutes():
     assert walltime_minutes("04:00:00") == 240
     assert walltime_minutes("1-02:30:30") == 1440 + 150 + 0.5
     for bad in ("4h", "04:61:00", "-1:00:00", ""):
-        with pytest.raises(InputError, match="walltime"):
+        with pytest.raises(InputError, match=rf"^walltime must be \[D-\]HH:MM:SS (\(SLURM's -t\)|with MM and SS below 60), got '{bad}'$"):
             walltime_minutes(bad)
 
 

@@ -201,11 +201,20 @@ def test_a_split_without_votes_is_refused_and_a_failure_leaves_no_output(trained
 def test_plots_leave_out_questions_nobody_answered():
     from skymorph.trainer.evaluate import _plots
 
+    import io
+
+    from PIL import Image
+
+    def panels(png: bytes) -> tuple[int, int]:  # the scatter is 3.2 in square per question at 110 dpi
+        width, height = Image.open(io.BytesIO(png)).size
+        return round(width / 352), round(height / 352)
+
     votes = np.zeros((4, GZ2.n_answers), dtype=np.int64)
     fractions = np.full((4, GZ2.n_answers), 0.5)
-    for v in (votes, votes + np.eye(GZ2.n_answers, dtype=np.int64)[GZ2.answer_index("bar", "yes")]):
+    bar = votes + np.eye(GZ2.n_answers, dtype=np.int64)[GZ2.answer_index("bar", "yes")]
+    for v, expected in ((votes, (1, 1)), (bar, (1, 1)), (votes + 1, (4, -(-len(GZ2.questions) // 4)))):
         coverage_png, scatter_png = _plots(fractions, v, GZ2, {})
-        assert coverage_png[:4] == scatter_png[:4] == b"\x89PNG"
+        assert coverage_png[:4] == b"\x89PNG" and panels(scatter_png) == expected
 
 
 def test_plots_leave_a_notebooks_matplotlib_backend_alone():

@@ -95,5 +95,5 @@ def test_vote_nll_is_mean_over_galaxies_of_summed_questions():
     assert vote_nll("dirichlet_multinomial", logits, counts, SCHEMA, concentrations).item() == pytest.approx(
         per_q.sum(1).mean().item()
     )
-    with pytest.raises(InputError, match="likelihood"):
+    with pytest.raises(InputError, match=r"^likelihood must be one of multinomial, dirichlet_multinomial, got 'gaussian'\.$"):
         vote_nll("gaussian", logits, counts, SCHEMA, concentrations)

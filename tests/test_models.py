@@ -49,7 +49,7 @@ def test_unknown_architecture_names_the_valid_ones():
 
 
 def test_unknown_likelihood_and_parameters_are_refused():
-    with pytest.raises(ModelError, match="likelihood"):
+    with pytest.raises(ModelError, match=r"^likelihood must be one of multinomial, dirichlet_multinomial, got 'gaussian'\.$"):
         build_model("w20", SCHEMA, SPEC, likelihood="gaussian")
     with pytest.raises(ModelError, match="does not take parameters"):
         build_model("w20", SCHEMA, SPEC, depth=3)
@@ -83,6 +83,9 @@ def test_dirichlet_outputs_are_bounded_concentrations(arch):
         alpha = net(x).numpy()
     np.testing.assert_allclose(alpha, 1 + 99 / (1 + np.exp(-logits)), rtol=1e-5)
     assert alpha.min() >= 1 and alpha.max() <= 100
+    limits = torch.tensor([[-1e4, 0.0, 1e4] * (SCHEMA.n_answers // 3) + [0.0] * (SCHEMA.n_answers % 3)])
+    ends = net.output(limits)[0, :3].tolist()  # the bounds themselves, and the middle of the range
+    assert ends == [1.0, 50.5, 100.0]
 
 
 def test_softmax_survives_questions_on_very_different_scales():

@@ -57,6 +57,7 @@ def test_training_into_a_log_writes_epoch_lines_not_a_line_per_batch(tmp_path, m
     from skymorph.testing.ring_survey import write_ring_survey
     from skymorph.trainer.loop import TrainConfig, train
 
+    monkeypatch.setattr(progress, "LOG_INTERVAL_S", 3600.0)  # "shorter than": however slow the machine
     tiles, labels = write_ring_survey(str(tmp_path))
     train(TrainConfig(tiles=tiles, labels=labels, out=str(tmp_path / "m.ckpt"), schema="gz2", epochs=2, batch_size=8,
                       threads=1, progress=True))
