@@ -310,7 +310,7 @@ def test_a_finished_catalog_being_extended_reads_as_unfinished_until_its_run_end
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:  # stopped before any rows: the catalog is as it was
-        patch.setattr(job, "_run_tasks", stopped)
+        patch.setattr(job, "run_tasks", stopped)
         with pytest.raises(KeyboardInterrupt):
             job.run_survey(replace(config, tiles=str(tmp_path / "all.txt")))
     assert open_catalog(catalog).metadata.n_volunteers == 40
@@ -350,7 +350,7 @@ def test_a_task_whose_driver_no_longer_holds_the_catalog_writes_nothing(tmp_path
     write_tile_list(str(tmp_path / "tiles.txt"), [t0])
     catalog = str(tmp_path / "catalog")
     config = job.RunConfig(tiles=str(tmp_path / "tiles.txt"), model=tiny_model, out=catalog, workers=1, progress=False)
-    run_tasks = job._run_tasks
+    run_tasks = job.run_tasks
     sent = []
 
     def taken_over_first(config, client, spec, *args, **kwargs):
@@ -359,7 +359,7 @@ def test_a_task_whose_driver_no_longer_holds_the_catalog_writes_nothing(tmp_path
         return run_tasks(config, client, spec, *args, **kwargs)
 
     with monkeypatch.context() as patch:
-        patch.setattr(job, "_run_tasks", taken_over_first)
+        patch.setattr(job, "run_tasks", taken_over_first)
         with pytest.raises(CatalogError, match=r"this run's lock on .* was taken over by host .*stopped so that two runs do not write one catalog"):
             job.run_survey(config)
     assert layout.list_parts(catalog) == []  # the task, on a real worker, checked the lock before writing
@@ -398,8 +398,8 @@ def test_a_task_queues_at_most_a_few_batches_for_its_posterior_thread(tmp_path, 
     (t0,) = make_tiles(str(tmp_path), n_tiles=1, per_tile=240, chunk_size=24)
     catalog = str(tmp_path / "catalog")
     specs = []
-    run_tasks = job._run_tasks
-    monkeypatch.setattr(job, "_run_tasks", lambda config, client, spec, *a, **k: specs.append(spec) or run_tasks(config, client, spec, *a, **k))
+    run_tasks = job.run_tasks
+    monkeypatch.setattr(job, "run_tasks", lambda config, client, spec, *a, **k: specs.append(spec) or run_tasks(config, client, spec, *a, **k))
     job.run_survey(job.RunConfig(tiles=t0, model=tiny_model, out=catalog, workers=1, progress=False, batch_size=8))
     _write_lock(catalog, specs[0].driver_session)  # the task's driver holds the catalog again: it writes
 
@@ -460,16 +460,16 @@ def test_a_run_whose_tiles_all_fail_alike_stops_early(tmp_path, tiny_model, caps
     """Every tile failing the same way (missing stores here; workers without credentials in production)
     used to run the whole survey, one failure at a time."""
     from skymorph.cli import main
-    from skymorph.inference.job import _SYSTEMIC_FAILURES
+    from skymorph.inference.driver import SYSTEMIC_FAILURES
     from skymorph.tiles import write_tile_list
 
-    missing = [str(tmp_path / f"nowhere/t{i:03d}.zarr") for i in range(3 * _SYSTEMIC_FAILURES)]
+    missing = [str(tmp_path / f"nowhere/t{i:03d}.zarr") for i in range(3 * SYSTEMIC_FAILURES)]
     write_tile_list(str(tmp_path / "missing.txt"), missing)
     argv = ["run", "--tiles", str(tmp_path / "missing.txt"), "--model", tiny_model, "--out", str(tmp_path / "catalog"),
             "--workers", "1", "--max-in-flight", "4"]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith(f"skymorph: error: the first {_SYSTEMIC_FAILURES} tile ranges all failed alike and none wrote a row (the first: open: ")
+    assert err.startswith(f"skymorph: error: the first {SYSTEMIC_FAILURES} tile ranges all failed alike and none wrote a row (the first: open: ")
     assert "does not exist" in err and err.endswith("stopped: fix the cause and run again, or pass --allow-failures to go on")
     assert main([*argv, "--allow-failures"]) == 0  # accepted failures: every tile tried
     failures = read_parquet(layout.failures_url(str(tmp_path / "catalog"))).to_pylist()
@@ -990,12 +990,12 @@ def test_bad_scheduler_options_are_one_line_and_leave_no_catalog(tmp_path, tiny_
 def test_the_in_flight_window_follows_the_cluster_as_workers_join():
     """Counted once at the start, an adaptive SLURM cluster (no worker yet) kept 4 tasks in flight for the
     whole run, however many workers joined."""
-    from skymorph.inference.job import _WORKER_CHECK_S, _Window
+    from skymorph.inference.driver import WORKER_CHECK_S, Window
 
     threads = iter([0, 8, 3])
-    window = _Window(lambda: next(threads))
+    window = Window(lambda: next(threads))
     assert window.size(now=100.0) == 4  # no worker yet: at least 4
-    assert window.size(now=100.0 + _WORKER_CHECK_S / 2) == 4  # not counted again so soon
-    assert window.size(now=100.0 + _WORKER_CHECK_S) == 16  # 8 threads joined
-    assert window.size(now=100.0 + 2 * _WORKER_CHECK_S) == 6
-    assert _Window(lambda: 1 / 0, fixed=3).size() == 3  # --max-in-flight: never counted
+    assert window.size(now=100.0 + WORKER_CHECK_S / 2) == 4  # not counted again so soon
+    assert window.size(now=100.0 + WORKER_CHECK_S) == 16  # 8 threads joined
+    assert window.size(now=100.0 + 2 * WORKER_CHECK_S) == 6
+    assert Window(lambda: 1 / 0, fixed=3).size() == 3  # --max-in-flight: never counted

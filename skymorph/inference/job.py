@@ -3,8 +3,8 @@
 :func:`run_survey` validates everything it can before submitting work (the model carries skymorph
 metadata, read without building an engine; the tile list parses; the output is writable and not another
 model's catalog; some worker has the GPU that the tasks ask for),
-then keeps a bounded window of tasks in flight on Dask, one per tile row range
-(:func:`skymorph.inference.task.run_range`), so its futures do not grow with the number of tiles (the
+then keeps a bounded window of tasks in flight on Dask (:mod:`skymorph.inference.driver`), one per tile
+row range (:func:`skymorph.inference.task.run_range`), so its futures do not grow with the number of tiles (the
 manifest it holds does, by about 0.5 KB per finished range: docs/scaling.md). Workers
 write the part files; the driver records finished ranges in the manifest's journal (a small segment
 at most once a second, so an interrupted driver resumes where it was, at a cost that does not grow
@@ -29,19 +29,16 @@ import resource
 import sys
 import time
 from collections import deque
-from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 from skymorph.catalog import layout
-from skymorph.errors import CatalogError, ClusterError, InputError, SkymorphError, first_line, some_names
+from skymorph.errors import CatalogError, InputError, SkymorphError, some_names
+from skymorph.inference.driver import Tally, run_tasks
 from skymorph.storage import check_url
 
 __all__ = ["RunConfig", "RunReport", "run_survey"]
 
-_JOURNAL_EVERY_S = 1.0
-_SYSTEMIC_FAILURES = 16
-"""Failed tile ranges, all alike and before any success, that stop a run (unless --allow-failures)."""
 
 
 @dataclass(frozen=True)
@@ -404,230 +401,6 @@ def _default_name(out: str) -> str:
     return out.rstrip("/").replace("\\", "/").rsplit("/", 1)[-1] or "skymorph"
 
 
-def _progress(config: RunConfig, total: int, done: int):
-    from skymorph.progress import progress_bar
-
-    return progress_bar(total=total, initial=done, unit="tile", desc="skymorph run", disable=not config.progress)
-
-
-@dataclass
-class _Tally:
-    """What the driver keeps while tasks finish: counts, failures and summed task stage times."""
-
-    failures: list = field(default_factory=list)
-    stages: dict = field(default_factory=lambda: {"read": 0.0, "engine": 0.0, "posterior": 0.0, "write": 0.0})
-    rows_written: int = 0
-    ranges_run: int = 0
-    dashboard: str | None = None
-
-
-@dataclass
-class _Window:
-    """How many tasks the driver keeps submitted: ``fixed`` (``--max-in-flight``) if given, else twice the
-    cluster's Dask threads (at least 4), counted again every :data:`_WORKER_CHECK_S` seconds. A cluster
-    grows as the run goes (an adaptive SLURM cluster starts empty, a batch job's or DaskJob's workers join
-    after the driver): counted once at the start, its window stayed at 4 tasks, and its new workers idle."""
-
-    threads: Callable[[], int]
-    fixed: int | None = None
-    _size: int = 0
-    _counted: float = -math.inf
-
-    def size(self, now: float | None = None) -> int:
-        if self.fixed is not None:
-            return self.fixed
-        now = time.monotonic() if now is None else now
-        if now - self._counted >= _WORKER_CHECK_S:
-            self._size, self._counted = max(4, 2 * self.threads()), now
-        return self._size
-
-
-def _run_tasks(config: RunConfig, client, job, resources, plan: _Plan, manifest, tally: _Tally, n_tiles: int,
-               started: float, options: dict, lock) -> None:
-    """Keep at most ``max_in_flight`` tasks submitted; record each result as it arrives, while ``lock``
-    (the driver's :class:`~skymorph.catalog.lock.DriverLock`) is held."""
-    import contextlib
-    import uuid
-    from concurrent.futures import CancelledError
-
-    from distributed import as_completed
-    from distributed.client import ClosedClientError
-
-    from skymorph.catalog.writer import ManifestJournal, RangeRecord
-    from skymorph.inference.cluster import threads_by_host
-    from skymorph.inference.task import RunJob, run_job_range
-
-    _unregister_orphaned_jobs(client)
-    job_name = f"{_JOB_PREFIX}{uuid.uuid4().hex[:12]}-{client.id}"
-    threads = threads_by_host(client)
-    client.register_plugin(RunJob(job, job_name, threads))  # and its engines, freed when it is unregistered below
-    window = _Window(lambda: sum(client.nthreads().values()), config.max_in_flight)
-    in_flight: dict = {}
-    pending = as_completed()
-    skipped = plan.skipped
-    bar = _progress(config, n_tiles, skipped)
-
-    def submit_until_full() -> None:
-        nonlocal skipped
-        while len(in_flight) < window.size() and (item := plan.next()) is not None:
-            tile, start, stop = item
-            future = client.submit(run_job_range, job_name, tile, start, stop, pure=False, resources=resources)
-            in_flight[future.key] = item
-            pending.add(future)
-        # the plan skips tiles already done as it looks for work: they are finished tiles too
-        bar.update(plan.skipped - skipped)
-        skipped = plan.skipped
-
-    journal = ManifestJournal(config.out, manifest, options)
-    last_flush = time.monotonic()
-    address = client.scheduler.address
-    try:
-        submit_until_full()
-        spec = config.cluster_spec()
-        own_cluster = not (spec.scheduler_file or spec.address)
-        for future in _arrivals(pending, client, config.worker_timeout, resources, own_cluster):
-            lock.check_held()  # a run that lost its lock records nothing more
-            tile, start, stop = in_flight.pop(future.key)
-            try:
-                result = future.result()
-            except CancelledError:  # the driver cancels nothing: Dask cancels every task when the scheduler is lost
-                raise
-            except Exception as err:  # a task Dask gave up on (KilledWorker), or a bug: report it, carry on
-                result = {"stop": stop, "seconds": {},
-                          "failure": {"stage": "worker", "reason": f"{type(err).__name__}: {first_line(err, 500)}"}}
-            future.release()
-            tally.ranges_run += 1
-            for key, value in result["seconds"].items():
-                tally.stages[key] += value
-            if result["failure"] is not None:
-                if result["failure"]["stage"] == "lock":  # the task found another run's lock: is it so?
-                    lock.check_held(read=True)
-                tally.failures.append({"tile": tile, "start": start, "stop": result["stop"], **result["failure"]})
-                if plan.outstanding.pop(tile, None) is not None:
-                    bar.update(1)
-                if not config.allow_failures:
-                    _stop_if_systemic(tally)
-            else:
-                if stop is None:
-                    plan.first_range_done(tile, result["n"], result["chunk_size"], result["stop"])
-                journal.add(RangeRecord(tile=tile, start=start, stop=result["stop"], n=result["n"],
-                                         chunk_size=result["chunk_size"], parts=tuple(map(tuple, result["parts"]))))
-                tally.rows_written += result["rows"]
-                if tile in plan.outstanding and plan.range_done(tile):
-                    bar.update(1)
-                rate = tally.rows_written / max(time.perf_counter() - started, 1e-9)
-                bar.set_postfix(galaxies=f"{tally.rows_written:,}", per_s=f"{rate:.0f}", refresh=False)
-            if time.monotonic() - last_flush > _JOURNAL_EVERY_S:
-                lock.check_held(read=True)  # a driver back from a pause must not journal into another run's catalog
-                journal.flush()
-                last_flush = time.monotonic()
-            submit_until_full()
-    except (CancelledError, ClosedClientError) as err:
-        # not a failure of the tiles in flight: recording them as such would finish a catalog missing them
-        raise _lost_scheduler(address, first_line(err, 200)) from err
-    finally:
-        stopped_by = sys.exc_info()[1]  # in a finally clause: the error that stopped the run, if any
-        try:
-            if lock.confirm():
-                journal.flush()
-        except Exception:
-            if stopped_by is None:
-                raise
-            # else that error (storage down, the scheduler lost) is the one to see; ranges not journalled rerun
-        bar.close()
-        if client.status == "running":  # else the scheduler forgets the plugin with the cluster
-            with contextlib.suppress(Exception):  # a scheduler gone away must not hide why the run stopped
-                client.unregister_worker_plugin(job_name)
-
-
-def _arrivals(pending, client, worker_timeout: float | None, resources: dict | None, own_cluster: bool):
-    """The futures of ``pending`` (``distributed.as_completed``) as they finish; with ``worker_timeout``, a
-    :class:`ClusterError` once the scheduler has had no worker that can run the tasks (one with
-    ``resources``) for that many seconds: the tasks would wait for one forever (a worker image that never
-    pulls, GPU nodes never granted, workers that never leave a batch queue). ``own_cluster``: the
-    scheduler is the driver's own (--cluster), gone when it exits, so the advice is not to join it."""
-    from skymorph.inference.cluster import has_resources
-
-    if worker_timeout is None:
-        yield from pending
-        return
-    address = client.scheduler.address
-    seen = next_check = time.monotonic()
-    while not pending.is_empty():
-        if pending.has_ready():
-            seen = time.monotonic()  # a finished task: a worker was there
-            yield next(pending)
-            continue
-        now = time.monotonic()
-        if now >= next_check:
-            try:
-                workers = client.scheduler_info(n_workers=-1)["workers"].values()
-            except (OSError, KeyError) as err:  # gone between two looks: a closed client's info has no "workers"
-                raise _lost_scheduler(address, "the client lost its connection") from err
-            if any(has_resources(info, resources) for info in workers):
-                seen = now
-            elif now - seen >= worker_timeout:
-                kind = f"worker with resource {', '.join(resources)}" if resources else "worker"
-                flags = "".join(f" --resources {k}=1" for k in (resources or {}))
-                advice = ("find why its workers did not start (--cluster slurm: squeue, the worker jobs' logs)" if own_cluster
-                          else f"start workers (`dask worker {address}{flags}`)")
-                raise ClusterError(
-                    f"the Dask scheduler at {address} has had no {kind} for {worker_timeout:g} s (--worker-timeout); the "
-                    f"catalog is left unfinished, its finished tile ranges kept: {advice} and run the same command again "
-                    "to resume"
-                )
-            next_check = now + min(_WORKER_CHECK_S, worker_timeout / 4)
-        time.sleep(_ARRIVAL_POLL_S)
-
-
-def _lost_scheduler(address: str, reason: str) -> ClusterError:
-    return ClusterError(
-        f"lost the Dask scheduler at {address} mid-run ({reason}); the catalog is left unfinished, its "
-        "finished tile ranges kept: run the same command again to resume"
-    )
-
-
-_WORKER_CHECK_S = 5.0
-"""How often a run with --worker-timeout asks the scheduler whether it has workers."""
-_ARRIVAL_POLL_S = 0.02
-"""How long such a run sleeps between looks for a finished task: far below a task's seconds."""
-
-_JOB_PREFIX = "skymorph-job-"
-"""A run's worker plugin is named ``skymorph-job-{12 hex}-{its driver's client id}``."""
-
-
-def _unregister_orphaned_jobs(client) -> None:
-    """Unregister the worker plugins of runs whose driver's client has left the scheduler: a driver killed
-    with SIGKILL never unregisters its plugin, which keeps its loaded engine (GPU memory on a GPU worker)
-    on every worker of a long-lived cluster, and is handed to every worker that joins later."""
-    import contextlib
-    import re
-
-    plugins, clients = client.run_on_scheduler(lambda dask_scheduler: (list(dask_scheduler.worker_plugins),
-                                                                       list(dask_scheduler.clients)))
-    for name in plugins:
-        # names of another form (older skymorph) say nothing about their driver: left alone
-        named = re.fullmatch(rf"{_JOB_PREFIX}[0-9a-f]{{12}}-(.+)", name)
-        if named and named.group(1) not in clients:
-            with contextlib.suppress(Exception):  # housekeeping: another run's leftovers must not stop this one
-                client.unregister_worker_plugin(name)
-
-
-def _stop_if_systemic(tally: _Tally) -> None:
-    """A one-line :class:`InputError` once the first :data:`_SYSTEMIC_FAILURES` tile ranges have all
-    failed alike (same stage, same error type) and none has written a row: workers without credentials,
-    a model they cannot load, a tile list of missing stores. Failing every tile of a survey one by one
-    would take as long as the survey."""
-    failures = tally.failures
-    if tally.rows_written or len(failures) != _SYSTEMIC_FAILURES:  # judged once: later failures add no verdict
-        return
-    kinds = {(f["stage"], f["reason"].split(":", 1)[0]) for f in failures}
-    if len(kinds) == 1:
-        raise InputError(f"the first {len(failures)} tile ranges all failed alike and none wrote a row (the first: "
-                         f"{failures[0]['stage']}: {failures[0]['reason']}); stopped: fix the cause and run again, or pass "
-                         "--allow-failures to go on")
-
-
 def run_survey(config: RunConfig) -> RunReport:
     """Run the survey job described by ``config`` and return what it did (see the module docstring)."""
     from skymorph import __version__
@@ -678,7 +451,7 @@ def run_survey(config: RunConfig) -> RunReport:
 
     # checks again, then holds the lease (heartbeat) until the catalog is finished
     with _no_trace_unless_started(config.out, is_new, options), lock:
-        tally = _Tally()
+        tally = Tally()
         if nothing_to_do:  # every range is done and only the finish step is left
             _remove_for_overwrite(config, lock, options)
         else:
@@ -709,7 +482,7 @@ def run_survey(config: RunConfig) -> RunReport:
                               batch_size=config.batch_size, rows_per_task=config.rows_per_task,
                               driver_session=lock.session, unfinish_before_writing=not is_new,
                               placeholder_positions=manifest.placeholder_positions, storage_options=config.storage_options)
-                _run_tasks(config, client, job, resources, plan, manifest, tally, len(tiles), started, options, lock)
+                run_tasks(config, client, job, resources, plan, manifest, tally, len(tiles), started, options, lock)
 
         lock.check_held(read=True)
 
