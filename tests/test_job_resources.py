@@ -134,7 +134,7 @@ def test_a_runs_engine_lives_on_its_job_plugin_and_is_freed_with_it(tiny_model):
     with open(tiny_model, "rb") as fh:
         sha256 = hashlib.sha256(fh.read()).hexdigest()
     ref = ModelRef(tiny_model, sha256)
-    job = JobSpec(catalog="c", order=3, schema=None, model=ref, schema_json="{}", likelihood="multinomial", n_volunteers=40,
+    job = JobSpec(catalog="c", order=3, arrow_schema=None, model=ref, tree_json="{}", likelihood="multinomial", n_volunteers=40,
                   input_shape=(1, 8, 8), batch_size=8, rows_per_task=64, driver_session="0" * 32)
     with _local_cluster(processes=False) as cluster, Client(cluster) as client:
         worker = next(iter(cluster.workers.values()))
@@ -160,7 +160,7 @@ from skymorph.inference.task import JobSpec, ModelRef, RunJob
 
 model = sys.argv[1]
 ref = ModelRef(model, hashlib.sha256(open(model, "rb").read()).hexdigest())
-job = JobSpec(catalog="c", order=3, schema=None, model=ref, schema_json="{}", likelihood="multinomial", n_volunteers=40,
+job = JobSpec(catalog="c", order=3, arrow_schema=None, model=ref, tree_json="{}", likelihood="multinomial", n_volunteers=40,
               input_shape=(1, 8, 8), batch_size=8, rows_per_task=64, driver_session="0" * 32)
 with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as client:
     client.register_plugin(RunJob(job, "run"))

@@ -298,9 +298,9 @@ class _Plan:
         return False
 
 
-def _finished(catalog: str, manifest, schema, options: dict) -> int | None:
+def _finished(catalog: str, manifest, arrow_schema, options: dict) -> int | None:
     """The catalog's row count if its metadata files are there, readable and agree with ``manifest``
-    and ``schema`` (a finished run wrote them last), else None: then the finish step must rewrite them.
+    and ``arrow_schema`` (a finished run wrote them last), else None: then the finish step must rewrite them.
 
     Reads only the small files (``hats.properties``, ``partition_info.csv``, ``_common_metadata``),
     never the parts, so a rerun of a finished job stays cheap; a damaged or stale metadata file (a
@@ -321,7 +321,7 @@ def _finished(catalog: str, manifest, schema, options: dict) -> int | None:
     if (properties.order != manifest.order
             or properties.total_rows != sum(record.rows for record in records)
             or sorted(pixels) != sorted({(manifest.order, npix) for r in records for npix, _, _ in r.parts})
-            or not stored_schema.equals(describe_schema(schema), check_metadata=True)):
+            or not stored_schema.equals(describe_schema(arrow_schema), check_metadata=True)):
         return None
     return properties.total_rows
 
@@ -439,10 +439,10 @@ def run_survey(config: RunConfig) -> RunReport:
     cat_meta = CatalogMetadata(model_sha256=model_sha256, samples=metadata.samples, seed=metadata.seed,
                                n_volunteers=config.n_volunteers, schema_json=metadata.schema.to_json(),
                                version=__version__, likelihood=metadata.likelihood)
-    schema = catalog_schema(column_names(metadata.schema), cat_meta)
+    arrow_schema = catalog_schema(column_names(metadata.schema), cat_meta)
     plan = _Plan(tiles, manifest, config.rows_per_task)
     nothing_to_do = not plan.has_work()
-    total_rows = None if is_new or not nothing_to_do else _finished(config.out, manifest, schema, options)
+    total_rows = None if is_new or not nothing_to_do else _finished(config.out, manifest, arrow_schema, options)
     if total_rows is not None:
         return RunReport(catalog=config.out, model_sha256=model_sha256, tiles=len(tiles), tiles_skipped=plan.skipped,
                          ranges_skipped=plan.ranges_skipped, ranges_run=0, rows_written=0, total_rows=total_rows,
@@ -476,8 +476,8 @@ def run_survey(config: RunConfig) -> RunReport:
                     print(f"skymorph run: no workers at {client.scheduler.address} yet; waiting for some to join, {limit} "
                           f"(`dask worker {client.scheduler.address}`)", file=sys.stderr, flush=True)
                 ref = ModelRef(config.model, model_sha256, config.backend, engine_threads, config.storage_options)
-                job = JobSpec(catalog=config.out, order=config.catalog_order, schema=schema, model=ref,
-                              schema_json=metadata.schema.to_json(), likelihood=metadata.likelihood,
+                job = JobSpec(catalog=config.out, order=config.catalog_order, arrow_schema=arrow_schema, model=ref,
+                              tree_json=metadata.schema.to_json(), likelihood=metadata.likelihood,
                               n_volunteers=config.n_volunteers, input_shape=metadata.input.shape,
                               batch_size=config.batch_size, rows_per_task=config.rows_per_task,
                               driver_session=lock.session, unfinish_before_writing=not is_new,
@@ -494,7 +494,7 @@ def run_survey(config: RunConfig) -> RunReport:
             skymorph_likelihood=metadata.likelihood,
             skymorph_positions=layout.PLACEHOLDER_POSITIONS if manifest.placeholder_positions else layout.SKY_POSITIONS,
         )
-        finished = finish_catalog(config.out, manifest, schema, props, options)
+        finished = finish_catalog(config.out, manifest, arrow_schema, props, options)
         _note_sparse_partitions(finished.total_rows, len(finished.pixels), config.catalog_order)
         write_manifest(config.out, manifest, options)  # compact: the finished catalog has no journal
         write_failures(config.out, tally.failures, options)

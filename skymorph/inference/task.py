@@ -47,17 +47,18 @@ class ModelRef:
 
 @dataclass(frozen=True)
 class JobSpec:
-    """What every task of a run shares: the catalog to write, its order and Arrow ``schema`` (with
-    the ``skymorph.*`` key-value metadata), the model and how to summarize its samples.
+    """What every task of a run shares: the catalog to write, its order and ``arrow_schema`` (with the
+    ``skymorph.*`` key-value metadata), the model, its decision tree (``tree_json``) and how to summarize
+    its samples.
     ``driver_session`` is the session of the driver's lock, which a task checks before it writes;
     ``unfinish_before_writing``: the catalog was finished, and must read as unfinished once parts are added;
     ``placeholder_positions``: whether the catalog's tiles have placeholder positions (every tile must agree)."""
 
     catalog: str
     order: int
-    schema: object
+    arrow_schema: object
     model: ModelRef
-    schema_json: str
+    tree_json: str
     likelihood: str
     n_volunteers: int
     input_shape: tuple[int, int, int]
@@ -253,7 +254,7 @@ def _process(job: JobSpec, tile_url: str, start: int, stop: int | None, seconds:
     object_id, ra, dec = _stage("read", tile.read_coords, start, stop)
     seconds["read"] += time.perf_counter() - t0
     engine = _stage("engine", engine_for, job.model)
-    schema = Schema.from_json(job.schema_json, source="model skymorph.schema")
+    schema = Schema.from_json(job.tree_json, source="model skymorph.schema")
 
     def summarize_timed(samples):
         t0 = time.perf_counter()
@@ -288,10 +289,10 @@ def _process(job: JobSpec, tile_url: str, start: int, stop: int | None, seconds:
         summaries = [_stage("posterior", future.result) for future in summaries]
 
     t0 = time.perf_counter()
-    names = job.schema.names[len(BASE_COLUMNS):]
+    names = job.arrow_schema.names[len(BASE_COLUMNS):]
     posterior = {name: np.concatenate([s[name] for s in summaries]) if summaries else np.zeros(0, np.float32)
                  for name in names}
-    table = _stage("write", build_part_table, job.schema, object_id, ra, dec, tile_url, start, posterior)
+    table = _stage("write", build_part_table, job.arrow_schema, object_id, ra, dec, tile_url, start, posterior)
     options = s3_retry_options(job.catalog, job.storage_options)
     _before_writing(job, options)
     parts = _stage("write", write_part, job.catalog, table, tile_url, start, stop, job.order, options)
