@@ -45,6 +45,7 @@ __all__ = [
     "read_parquet",
     "parse_storage_options",
     "strip_protocol",
+    "listed_url",
     "check_writable",
     "check_url",
     "check_bucket",
@@ -186,6 +187,14 @@ def filesystem(url: str, storage_options: dict | None = None):
 
 def strip_protocol(url: str) -> str:
     return str(url).split("://", 1)[1] if "://" in str(url) else str(url)
+
+
+def listed_url(path: str, under: str) -> str:
+    """``path`` as fsspec lists it (``bucket/cat/part.parquet``) as a URL again, like ``under`` (the
+    URL that was listed): with its protocol where that is remote, bare where local (``file://`` too)."""
+    if not is_remote(under) or "://" in path:
+        return path
+    return f"{str(under).split('://', 1)[0]}://{path}"
 
 
 def same_location(a, b) -> bool:

@@ -650,3 +650,13 @@ def test_a_cone_lists_the_parts_written_since_the_catalog_was_opened_on_s3(s3_bu
     added = before[0].rsplit("/", 1)[0] + "/part-00000000000000000000.parquet"
     other.copy(before[0], added)
     assert catalog.part_urls(pixels) == sorted([*before, added], key=lambda url: url.rsplit("/", 1)[-1])
+
+
+def test_a_file_url_reads_as_its_path(catalog, full):
+    """A file:// catalog went down the remote branch (pyarrow datasets, no allowed_paths) while its parts
+    were listed as bare paths in one place and as file:// URLs in another."""
+    ids = sorted(query(catalog, columns=["object_id"])["object_id"].to_pylist())
+    assert sorted(query(f"file://{os.path.abspath(catalog)}", columns=["object_id"])["object_id"].to_pylist()) == ids
+    cone = Cone(150.0, 2.0, 1200.0)
+    by_path = open_catalog(catalog).part_urls(plan_query(open_catalog(catalog), cone=cone).pixels)
+    assert open_catalog(f"file://{os.path.abspath(catalog)}").part_urls(plan_query(open_catalog(catalog), cone=cone).pixels) == by_path

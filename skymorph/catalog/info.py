@@ -48,13 +48,12 @@ class Catalog:
             wanted = set(self.pixels)
             return [part.url for part in layout.list_parts(self.url, self.storage_options)
                     if part.order == self.order and part.npix in wanted]
-        from skymorph.storage import filesystem
+        from skymorph.storage import filesystem, listed_url
 
         urls = []
         for npix in sorted(pixels):
             directory = layout.pixel_dir(self.url, self.order, int(npix))
             fs, path = filesystem(directory, self.storage_options)
-            protocol = self.url.split("://", 1)[0] + "://" if "://" in self.url else ""
             try:
                 fs.invalidate_cache(path)  # fsspec keeps listings: parts may have landed since (layout.list_parts)
                 names = fs.ls(path, detail=False)
@@ -64,7 +63,7 @@ class Catalog:
                                    "it with --overwrite)") from None
             for name in sorted(names):
                 if layout.parse_part_path(name) is not None:
-                    urls.append(protocol + name if protocol and "://" not in name else name)
+                    urls.append(listed_url(name, self.url))
         return urls
 
 

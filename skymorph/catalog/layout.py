@@ -35,7 +35,18 @@ from datetime import datetime, timezone
 
 from skymorph.errors import CatalogError, first_line
 from skymorph.model_metadata import check_likelihood
-from skymorph.storage import atomic_write_text, exists, filesystem, is_remote, join, list_dir, read_text, remove_file, strip_protocol
+from skymorph.storage import (
+    atomic_write_text,
+    exists,
+    filesystem,
+    is_remote,
+    join,
+    list_dir,
+    listed_url,
+    read_text,
+    remove_file,
+    strip_protocol,
+)
 
 __all__ = [
     "DEFAULT_ORDER",
@@ -194,12 +205,11 @@ def list_parts(catalog: str, storage_options: dict | None = None) -> list[PartFi
     fs.invalidate_cache()  # fsspec caches listings (per directory) per process; parts may have landed since
     if not fs.exists(root):
         return []
-    protocol = catalog.split("://", 1)[0] + "://" if "://" in catalog and not catalog.startswith("file://") else ""
     parts = []
     for path in fs.find(root):
         part = parse_part_path(path)
         if part is not None:
-            parts.append(PartFile(part.order, part.npix, part.name, protocol + path if protocol else path))
+            parts.append(PartFile(part.order, part.npix, part.name, listed_url(path, catalog)))
     return sorted(parts, key=lambda p: (p.order, p.npix, p.name))
 
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from skymorph.catalog import layout
 from skymorph.catalog.info import Catalog, open_catalog
 from skymorph.errors import CatalogError, InputError, did_you_mean, first_line
+from skymorph.storage import is_remote
 
 __all__ = ["Cone", "QueryPlan", "connect", "plan_query", "query", "query_reader", "check_sql", "check_columns", "MEMORY_LIMIT"]
 
@@ -151,7 +152,7 @@ def connect(catalog: Catalog, pixels=None, memory_limit: str = MEMORY_LIMIT, thr
         schema = catalog.schema.remove_metadata()
         if not parts:
             con.register("catalog", schema.empty_table())
-        elif "://" in catalog.url:
+        elif is_remote(catalog.url):
             import pyarrow.dataset as ds
 
             from skymorph.storage import filesystem
