@@ -22,6 +22,7 @@ import json
 
 import numpy as np
 
+from skymorph.catalog.layout import metadata_text
 from skymorph.catalog.writer import describe_schema
 from skymorph.errors import InputError
 
@@ -59,8 +60,7 @@ def output_format(out: str) -> str:
 
 
 def _provenance(metadata: dict | None) -> dict:
-    text = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-            for k, v in (metadata or {}).items()}
+    text = metadata_text(metadata)
     meta = {card: text[key] for key, card in _FITS_META.items() if key in text}
     for card in _INTEGER_CARDS:
         if card in meta and meta[card].lstrip("-").isdigit():

@@ -58,6 +58,7 @@ __all__ = [
     "BASE_COLUMNS",
     "METADATA_KEYS",
     "CatalogMetadata",
+    "metadata_text",
     "CatalogProperties",
     "PartFile",
     "dataset_url",
@@ -269,6 +270,11 @@ def unfinish_catalog(catalog: str, storage_options: dict | None = None) -> None:
 # ---- Parquet key-value metadata ---------------------------------------------------------------------
 
 
+def metadata_text(kv: dict | None) -> dict[str, str]:
+    """Parquet key-value metadata (pyarrow gives ``bytes``) as ``str`` keys and values."""
+    return {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v) for k, v in (kv or {}).items()}
+
+
 @dataclass(frozen=True)
 class CatalogMetadata:
     """What made the posterior columns: stored as ``skymorph.*`` Parquet key-value metadata.
@@ -319,10 +325,7 @@ class CatalogMetadata:
     @classmethod
     def from_kv(cls, kv: dict, source: str = "catalog") -> CatalogMetadata:
         """From Parquet key-value metadata (``bytes`` or ``str`` keys and values)."""
-        text = {
-            (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-            for k, v in (kv or {}).items()
-        }
+        text = metadata_text(kv)
         missing = [key for key in METADATA_KEYS if key not in text]
         if missing:
             raise CatalogError(f"{source} lacks skymorph metadata ({', '.join(missing)}); was it written by `skymorph run`?")
