@@ -130,13 +130,14 @@ def coverage(outputs: np.ndarray, votes: np.ndarray, schema, likelihood: str, le
         # Two answers carry one degree of freedom: count the first only, not the same event twice.
         answers = range(s.start, s.start + 1) if len(q.answers) == 2 else range(s.start, s.stop)
         inside = {c: [] for c in levels}
+        question_alpha = outputs[asked, :, s].sum(axis=2) if likelihood != "multinomial" else None  # once per question
         for a in answers:
             k = votes[asked, a]
             if likelihood == "multinomial":
                 theta = outputs[asked, :, a]
             else:
                 alpha = outputs[asked, :, a]
-                theta = (alpha, outputs[asked][:, :, s].sum(axis=2) - alpha)
+                theta = (alpha, question_alpha - alpha)
             at_k, below_k = _cdf(k, n[asked], theta, likelihood), _cdf(k - 1, n[asked], theta, likelihood)
             for c in levels:
                 inside[c].append((at_k >= (1 - c) / 2) & (below_k < (1 + c) / 2))
