@@ -445,7 +445,8 @@ def read_tile_list(url: str, storage_options: dict | None = None) -> list[str]:
     try:
         text = storage.read_text(url, storage_options)
     except FileNotFoundError as err:
-        raise InputError(f"tile list {url!r} does not exist") from err
+        raise InputError(f"tile list {url!r} does not exist; check --tiles (a tile list, a survey directory or one "
+                         "*.zarr store)") from err
     except UnicodeDecodeError as err:
         raise InputError(f"tile list {url!r} is not a text file ({err.reason})") from err
     text = text.removeprefix("\ufeff")  # the byte-order mark Windows editors put before UTF-8 text
@@ -472,7 +473,7 @@ def read_tile_list(url: str, storage_options: dict | None = None) -> list[str]:
         seen[key] = (lineno, entry)
         tiles.append(entry)
     if not tiles:
-        raise InputError(f"tile list {url!r} lists no tiles")
+        raise InputError(f"tile list {url!r} lists no tiles; give one tile store URL or path per line")
     return tiles
 
 
@@ -484,7 +485,7 @@ def read_tiles(url: str, storage_options: dict | None = None) -> list[str]:
     if url.rstrip("/").endswith(".zarr"):
         fs, path = storage.filesystem(url, storage_options)
         if not fs.exists(path):
-            raise InputError(f"tile store {url!r} does not exist")
+            raise InputError(f"tile store {url!r} does not exist; check the URL")
         return [url if storage.is_remote(url) else os.path.abspath(storage.strip_protocol(url))]
     if not storage.is_remote(url) and os.path.isdir(storage.strip_protocol(url)):
         listed = os.path.join(storage.strip_protocol(url), "tiles.txt")
