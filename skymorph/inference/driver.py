@@ -1,11 +1,11 @@
 """The driver's loop of ``skymorph run``: keep tasks in flight, record each result as it arrives.
 
-:func:`run_tasks` submits tile ranges (as many as :class:`Window` allows), journals each finished range
-into the catalog's manifest, counts rows and stage times (:class:`Tally`), stops a run whose first
-ranges all fail alike (:func:`stop_if_systemic`) and one whose scheduler is lost or has had no worker
-for ``--worker-timeout``; it holds nothing of its own between runs but the worker plugin it registers,
-and unregisters that, and the plugins of drivers that have left, so a long-lived cluster's workers do not
-keep old models.
+:func:`run_tasks` submits tile ranges, as many at once as :class:`Window` allows; journals each finished
+range into the catalog's manifest; counts rows and stage times (:class:`Tally`); and stops a run whose
+first ranges all fail alike (:func:`stop_if_systemic`), whose scheduler is lost, or that has had no
+worker for ``--worker-timeout``. The worker plugin that carries the run's model to the workers is
+unregistered at the end, with those of drivers that have left the scheduler, so that the workers of a
+long-lived cluster do not keep old models.
 """
 
 from __future__ import annotations
@@ -22,14 +22,14 @@ from skymorph.errors import ClusterError, InputError, first_line
 if TYPE_CHECKING:
     from skymorph.inference.job import RunConfig, _Plan
 
-__all__ = ["JOURNAL_EVERY_S", "SYSTEMIC_FAILURES", "Tally", "WORKER_CHECK_S", "Window", "run_tasks", "stop_if_systemic"]
+__all__ = ["SYSTEMIC_FAILURES", "Tally", "WORKER_CHECK_S", "Window", "run_tasks", "stop_if_systemic"]
 
-JOURNAL_EVERY_S = 1.0
+_JOURNAL_EVERY_S = 1.0
 SYSTEMIC_FAILURES = 16
 """Failed tile ranges, all alike and before any success, that stop a run (unless --allow-failures)."""
 
 
-def progress_of_run(config: RunConfig, total: int, done: int):
+def _progress(config: RunConfig, total: int, done: int):
     from skymorph.progress import progress_bar
 
     return progress_bar(total=total, initial=done, unit="tile", desc="skymorph run", disable=not config.progress)
@@ -90,7 +90,7 @@ def run_tasks(config: RunConfig, client, job, resources, plan: _Plan, manifest, 
     in_flight: dict = {}
     pending = as_completed()
     skipped = plan.skipped
-    bar = progress_of_run(config, n_tiles, skipped)
+    bar = _progress(config, n_tiles, skipped)
 
     def submit_until_full() -> None:
         nonlocal skipped
@@ -142,7 +142,7 @@ def run_tasks(config: RunConfig, client, job, resources, plan: _Plan, manifest, 
                     bar.update(1)
                 rate = tally.rows_written / max(time.perf_counter() - started, 1e-9)
                 bar.set_postfix(galaxies=f"{tally.rows_written:,}", per_s=f"{rate:.0f}", refresh=False)
-            if time.monotonic() - last_flush > JOURNAL_EVERY_S:
+            if time.monotonic() - last_flush > _JOURNAL_EVERY_S:
                 lock.check_held(read=True)  # a driver back from a pause must not journal into another run's catalog
                 journal.flush()
                 last_flush = time.monotonic()
