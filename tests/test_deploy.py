@@ -78,6 +78,14 @@ def test_cpu_job_script_has_no_gpu_and_fills_the_cores():
     assert f"--cpus-per-task={raw['cpus_per_job']}" in directives
 
 
+def test_engines_on_slurm_workers_share_their_job_s_cores():
+    """Workers of an adaptive cluster all join after the run starts, so none was in the driver's count of
+    threads per host: each of a CPU job's 8 processes gave each engine all 32 cores."""
+    cpu, gpu = load_slurm_config(SLURM_CPU), load_slurm_config(SLURM_GPU)
+    assert cpu.engine_threads * cpu.processes * cpu.threads_per_process == cpu.cpus_per_job  # 1 x 8 x 4 = 32
+    assert gpu.engine_threads == gpu.cpus_per_job // gpu.threads_per_process  # 16 // 8: CPU work beside the GPU
+
+
 def test_walltime_minutes():
     assert walltime_minutes("04:00:00") == 240
     assert walltime_minutes("1-02:30:30") == 1440 + 150 + 0.5

@@ -218,8 +218,9 @@ def scheduler_address(spec: ClusterSpec) -> str:
 
 @contextmanager
 def connect(spec: ClusterSpec):
-    """Yield ``(client, engine_threads)``: ``engine_threads`` is set for a LocalCluster, None where the
-    workers belong to someone else (then each worker divides its host's cores, see
+    """Yield ``(client, engine_threads)``: ``engine_threads`` is set for a LocalCluster and a SLURM
+    cluster (:attr:`~skymorph.inference.slurm.SlurmConfig.engine_threads`), None where the workers belong
+    to someone else (then each worker divides its host's cores, see
     :class:`skymorph.inference.task.EngineCache`)."""
     from distributed import Client, LocalCluster
 
@@ -242,14 +243,15 @@ def connect(spec: ClusterSpec):
     if spec.cluster == "slurm":
         import shutil
 
-        from skymorph.inference.slurm import slurm_cluster
+        from skymorph.inference.slurm import load_slurm_config, slurm_cluster
 
         if shutil.which("sbatch") is None:  # else the driver waited forever for workers never submitted
             raise InputError("--cluster slurm submits its workers with sbatch, which is not on this machine's PATH; run on "
                              "a SLURM login node, or start `dask worker`s yourself and pass --scheduler")
+        engine_threads = load_slurm_config(spec.cluster_config, **spec.slurm_overrides).engine_threads
         with slurm_cluster(spec.cluster_config, **spec.slurm_overrides) as cluster:
             with Client(cluster) as client:
-                yield client, None
+                yield client, engine_threads
         return
     sizing = local_sizing(spec.workers, spec.threads_per_worker, spec.gpu)
     resources = dict(GPU_WORKER) if spec.gpu else None

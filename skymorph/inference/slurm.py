@@ -164,6 +164,14 @@ class SlurmConfig:
             directives.append(f"--qos={self.qos}")
         return directives + list(self.job_extra_directives)
 
+    @property
+    def engine_threads(self) -> int:
+        """Intra-op threads of each task's engine: the job's CPUs over its processes x threads (one task
+        per Dask thread), so that the engines of a job fill its cores and no more. Known here for every
+        worker; a worker itself, joining an adaptive cluster that started empty, sees only its own threads,
+        not its siblings', and gave each engine the whole job's cores (8 processes: 8 times too many)."""
+        return self.cpus_per_job // (self.processes * self.threads_per_process)  # >= 1: checked on construction
+
     def cluster_kwargs(self) -> dict:
         """Keyword arguments for ``dask_jobqueue.SLURMCluster``."""
         scheduler_options = {"dashboard_address": self.dashboard_address}
