@@ -35,7 +35,7 @@ import numpy as np
 
 from skymorph.errors import InputError, ModelError, did_you_mean
 from skymorph.model_metadata import InputSpec, check_dropout, check_likelihood
-from skymorph.schema import get_schema
+from skymorph.schema import Schema, get_schema
 from skymorph.storage import atomic_write_text, check_new, same_location
 from skymorph.trainer.labels import labels_schema, split_kind
 
@@ -481,20 +481,43 @@ def _diverged(config: TrainConfig, phase: str, value: float, epoch: int, step: i
     )
 
 
-def train(config: TrainConfig) -> TrainResult:
-    """Train per ``config``; see the module docstring for what is written where."""
-    import torch
-    from tqdm import tqdm
+@dataclass
+class _Run:
+    """A run ready to train (:func:`_prepare`): its settled ``config`` (tree, split and run settings filled in),
+    the images and votes with the rows of each side of the split, the model with its optimizer and EMA,
+    the checkpoint metadata to save with it, and where a resumed run stands."""
 
-    from skymorph.progress import progress_bar
-    from skymorph.trainer.checkpoint import CheckpointMeta, check_schema, load_checkpoint, save_checkpoint
-    from skymorph.trainer.data import BatchLoader, load_images
-    from skymorph.trainer.labels import load_labels, split_masks
+    config: TrainConfig
+    schema: Schema
+    likelihood: str
+    images: np.ndarray
+    votes: np.ndarray
+    train_rows: np.ndarray
+    val_rows: np.ndarray
+    model: object
+    ema: object
+    optimizer: object
+    meta: object
+    metrics: list[dict]
+    start_epoch: int
+    step: int
+    best_val_loss: float
+    best_epoch: int
+    bad_epochs: int
+
+
+def _prepare(config: TrainConfig) -> _Run:
+    """The run ``config`` asks for, ready to train: checks first (the checkpoint before the images are
+    read, so that a wrong one fails in seconds), then the labels, the images and their split, and the
+    model, new or from the checkpoint, with its optimizer, EMA and the state a resumed run left."""
+    import torch
+
     from skymorph.tiles import read_tiles
-    from skymorph.trainer.losses import vote_nll
+    from skymorph.trainer.checkpoint import CheckpointMeta, check_schema, load_checkpoint
+    from skymorph.trainer.data import load_images
+    from skymorph.trainer.labels import load_labels, split_masks
     from skymorph.trainer.models import build_model
 
-    started = time.monotonic()
     storage_options = config.storage_options
     if not config.resume:  # a resumed run continues its own files
         check_new([config.out, last_checkpoint_path(config.out), f"{config.out}.metrics.json"], "--out", config.overwrite, storage_options)
@@ -597,10 +620,33 @@ def train(config: TrainConfig) -> TrainResult:
         optimizer.load_state_dict(training["optimizer"])
         torch.set_rng_state(training["torch_rng"])
     ema = _ema(model, config.ema_decay, training)
-    del training  # loaded into the model, optimizer and EMA: not held through the run
-    evaluated = model if ema is None else ema.module
+    return _Run(config=config, schema=schema, likelihood=likelihood, images=images, votes=labels.votes, train_rows=train_rows,
+                val_rows=val_rows, model=model, ema=ema, optimizer=optimizer, meta=meta, metrics=metrics, start_epoch=start_epoch,
+                step=step, best_val_loss=best_val_loss, best_epoch=best_epoch, bad_epochs=bad_epochs)
 
-    val_loader = BatchLoader(images, labels.votes, 256, rows=val_rows, shuffle=False, augmented=False, seed=0)
+
+def train(config: TrainConfig) -> TrainResult:
+    """Train per ``config``; see the module docstring for what is written where."""
+    import torch
+    from tqdm import tqdm
+
+    from skymorph.progress import progress_bar
+    from skymorph.trainer.checkpoint import save_checkpoint
+    from skymorph.trainer.data import BatchLoader
+    from skymorph.trainer.losses import vote_nll
+
+    started = time.monotonic()
+    run = _prepare(config)
+    config, schema, likelihood, model, ema, optimizer, meta = (run.config, run.schema, run.likelihood, run.model, run.ema,
+                                                               run.optimizer, run.meta)
+    evaluated = model if ema is None else ema.module
+    images, votes, train_rows, val_rows = run.images, run.votes, run.train_rows, run.val_rows
+    n_train, n_val = len(train_rows), len(val_rows)
+    metrics, start_epoch, step = run.metrics, run.start_epoch, run.step
+    best_val_loss, best_epoch, bad_epochs = run.best_val_loss, run.best_epoch, run.bad_epochs
+    storage_options = config.storage_options
+
+    val_loader = BatchLoader(images, votes, 256, rows=val_rows, shuffle=False, augmented=False, seed=0)
     steps_per_epoch = math.ceil(n_train / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
     warmup_steps = round(config.warmup_epochs * steps_per_epoch)
@@ -611,7 +657,7 @@ def train(config: TrainConfig) -> TrainResult:
     for epoch in range(start_epoch, config.epochs):
         epoch_start = time.monotonic()
         loader = BatchLoader(
-            images, labels.votes, config.batch_size, rows=train_rows, shuffle=True, augmented=config.augment,
+            images, votes, config.batch_size, rows=train_rows, shuffle=True, augmented=config.augment,
             seed=_epoch_seed(config.seed, epoch), prefetch=config.prefetch_batches,
         )
         model.train()
