@@ -36,8 +36,8 @@ from skymorph.gz_tables import (
     spellings_of,
 )
 from skymorph.schema import Schema
-from skymorph.tiles import object_ids
 from skymorph.storage import FITS_SUFFIXES
+from skymorph.tiles import object_ids
 from skymorph.trainer.tables import CSV_SUFFIXES, locations, read_table, sky_positions
 
 __all__ = ["Labels", "labels_from_table", "labels_schema", "load_labels", "split_kind", "split_masks"]
@@ -83,11 +83,10 @@ def labels_schema(url: str, storage_options=None) -> Schema | None:
     """The decision tree a Parquet labels file says its votes are of (``skymorph.schema`` in its metadata,
     as ``survey synth`` and ``survey ingest --label-question`` write it), or None: a CSV, a file written
     by pandas, or an unreadable one (:func:`load_labels` reports that)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     from skymorph.storage import filesystem
-
-    import pyarrow as pa
 
     if str(url).lower().endswith(CSV_SUFFIXES + FITS_SUFFIXES):
         return None
