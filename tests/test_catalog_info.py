@@ -15,8 +15,8 @@ import pytest
 from skymorph.catalog import info, open_catalog
 from skymorph.cli import main
 from skymorph.errors import CatalogError
-from skymorph.schema import get_schema
 from skymorph.posterior import column_names
+from skymorph.schema import get_schema
 from skymorph.testing.catalogs import FAKE_MODEL_SHA256, write_synthetic_catalog
 
 FAILED = (("s3://survey/tiles/t-9.zarr", "chunk 3 is corrupt"), ("s3://survey/tiles/t-12.zarr", "NaN pixels"))

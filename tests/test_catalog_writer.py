@@ -13,6 +13,7 @@ from skymorph.catalog import layout
 from skymorph.catalog.layout import CatalogMetadata, CatalogProperties
 from skymorph.catalog.writer import (
     Manifest,
+    ManifestJournal,
     RangeRecord,
     build_part_table,
     catalog_schema,
@@ -20,7 +21,6 @@ from skymorph.catalog.writer import (
     describe_schema,
     finish_catalog,
     healpix_29,
-    ManifestJournal,
     read_manifest,
     write_failures,
     write_manifest,

@@ -14,11 +14,10 @@ from scipy import stats
 from skymorph import cli
 from skymorph.errors import InputError
 from skymorph.schema import get_schema
-from skymorph.testing.ring_survey import write_ring_survey
 from skymorph.storage import write_parquet
+from skymorph.testing.ring_survey import write_ring_survey
 from skymorph.trainer import TrainConfig, evaluate, load_checkpoint, train
 from skymorph.trainer.evaluate import coverage, predict
-
 
 GZ2 = get_schema("gz2")
 
@@ -199,11 +198,11 @@ def test_a_split_without_votes_is_refused_and_a_failure_leaves_no_output(trained
 
 
 def test_plots_leave_out_questions_nobody_answered():
-    from skymorph.trainer.evaluate import _plots
-
     import io
 
     from PIL import Image
+
+    from skymorph.trainer.evaluate import _plots
 
     def panels(png: bytes) -> tuple[int, int]:  # the scatter is 3.2 in square per question at 110 dpi
         width, height = Image.open(io.BytesIO(png)).size

@@ -15,8 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from skymorph import cli
-from skymorph.storage import filesystem as storage_filesystem
 from skymorph.errors import InputError
+from skymorph.storage import filesystem as storage_filesystem
 from skymorph.survey.ingest import decode_image, ingest, parse_label_map
 from skymorph.tiles import open_tile, read_tile_list
 from skymorph.trainer.labels import labels_schema

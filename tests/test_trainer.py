@@ -20,9 +20,9 @@ from skymorph.errors import InputError, ModelError, SchemaError
 from skymorph.model_metadata import InputSpec
 from skymorph.schema import get_schema
 from skymorph.testing.ring_survey import disc_image, write_ring_survey
+from skymorph.tiles import read_tiles
 from skymorph.trainer import CheckpointMeta, TrainConfig, load_checkpoint, save_checkpoint, train
 from skymorph.trainer.checkpoint import read_checkpoint
-from skymorph.tiles import read_tiles
 from skymorph.trainer.data import BatchLoader, augment, load_images
 from skymorph.trainer.labels import load_labels, split_masks
 from skymorph.trainer.loop import learning_rate
@@ -812,8 +812,8 @@ def test_a_galaxy_zoo_volunteer_table_reads_as_its_counts(tmp_path):
 def test_galaxy_zoo_2s_own_table_reads_as_gz2_votes(tmp_path):
     """GZ2's table (Willett et al. 2013; Hart et al. 2016) numbers its tasks and answers
     (t04_spiral_a08_spiral_count) and gives six columns per answer; it had no vote column of any tree."""
-    from skymorph.schema import DECALS
     from skymorph.gz_tables import GZ2_TABLE
+    from skymorph.schema import DECALS
 
     rng = np.random.default_rng(1)
     counts = {answer: rng.integers(0, 30, 5) for answer in GZ2_TABLE.values()}

@@ -125,8 +125,8 @@ def check_arguments(samples: int, seed: int, opset: int) -> None:
     """
     import onnx
 
-    from skymorph.seeds import check_seed
     from skymorph.model_metadata import check_samples
+    from skymorph.seeds import check_seed
 
     check_samples(samples)
     check_seed(seed)

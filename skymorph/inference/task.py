@@ -16,8 +16,8 @@ duplicated.
 
 from __future__ import annotations
 
-import re
 import random
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
