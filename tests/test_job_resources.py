@@ -179,3 +179,28 @@ def test_engines_are_sized_to_the_cores_a_process_may_use(tiny_model):
     assert pinned.returncode == 0, pinned.stderr[-2000:]
     usable, engine_threads, machine = map(int, pinned.stdout.split())
     assert (usable, engine_threads) == (1, 1) and machine == os.cpu_count()
+
+
+def test_a_cgroup_cpu_quota_bounds_the_cores_an_engine_is_given(tmp_path):
+    """A Kubernetes pod's CPU limit is a cgroup quota, not an affinity: a 4-CPU worker pod on a 64-core node
+    gave its engines 64 cores' threads, and the kernel throttled them to 4."""
+    from skymorph.inference.cluster import cgroup_cpu_quota, usable_cores
+
+    def quota(membership: str, files: dict) -> float | None:
+        root = tmp_path / f"case{len(list(tmp_path.iterdir()))}"
+        root.mkdir()
+        for name, text in files.items():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            (root / name).write_text(text)
+        (root / "cgroup").write_text(membership)
+        return cgroup_cpu_quota(str(root / "fs"), str(root / "cgroup"))
+
+    assert quota("0::/\n", {"fs/cpu.max": "400000 100000\n"}) == 4.0  # v2, the container's own namespace
+    assert quota("0::/kubepods/pod1/c1\n", {"fs/kubepods/pod1/c1/cpu.max": "250000 100000\n"}) == 2.5
+    assert quota("0::/\n", {"fs/cpu.max": "max 100000\n"}) is None
+    v1 = {"fs/cpu,cpuacct/docker/abc/cpu.cfs_quota_us": "200000\n", "fs/cpu,cpuacct/docker/abc/cpu.cfs_period_us": "100000\n"}
+    assert quota("4:cpu,cpuacct:/docker/abc\n3:memory:/docker/abc\n", v1) == 2.0
+    assert quota("1:cpu:/\n", {"fs/cpu/cpu.cfs_quota_us": "-1\n", "fs/cpu/cpu.cfs_period_us": "100000\n"}) is None
+    assert quota("0::/\n", {}) is None  # nothing to read: no quota known
+    assert cgroup_cpu_quota(str(tmp_path / "none"), str(tmp_path / "no-such-file")) is None
+    assert 1 <= usable_cores() <= len(os.sched_getaffinity(0))
