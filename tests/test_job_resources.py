@@ -152,6 +152,25 @@ def test_a_runs_engine_lives_on_its_job_plugin_and_is_freed_with_it(tiny_model):
         assert engines.engines == {} and "run-a" not in worker.plugins and list(other.engines) == [sha256]
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_a_worker_that_joins_after_the_run_starts_shares_its_host_s_cores(tiny_model):
+    """A worker missing from the driver's count of threads per host (it joined later, as every worker of
+    an adaptive cluster does) sized its engine as if alone on its host: two workers of one thread on one
+    host each took every core."""
+    from skymorph.inference.cluster import usable_cores
+
+    with open(tiny_model, "rb") as fh:
+        ref = ModelRef(tiny_model, hashlib.sha256(fh.read()).hexdigest())
+    job = JobSpec(catalog="c", order=3, arrow_schema=None, model=ref, tree_json="{}", likelihood="multinomial", n_volunteers=40,
+                  input_shape=(1, 8, 8), batch_size=8, rows_per_task=64, driver_session="0" * 32)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0") as cluster, \
+            Client(cluster) as client:
+        client.register_plugin(RunJob(job, "run", threads_by_host={}))  # the driver counted no worker
+        threads = [worker.plugins["run"].engines.threads for worker in cluster.workers.values()]
+    assert threads == [max(1, usable_cores() // 2)] * 2
+
+
 _PINNED_CHILD = """
 import hashlib, os, sys
 from distributed import Client, LocalCluster

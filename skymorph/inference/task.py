@@ -112,6 +112,16 @@ class EngineCache:
     def __setstate__(self, state: dict) -> None:
         self.__init__(**state)
 
+    async def count_threads_now(self, worker) -> None:
+        """Add the Dask threads of the workers on ``worker``'s host now to :attr:`threads_by_host`, the
+        driver's count when the run started: a worker that joined since (every worker of a cluster that
+        grows, an adaptive SLURM cluster or a DaskJob's) is in no such count, and sized alone it gave its
+        engine the cores of all its host's workers."""
+        workers = (await worker.scheduler.identity())["workers"]
+        host = worker_host(worker.address)
+        now = sum(int(info.get("nthreads", 1)) for address, info in workers.items() if worker_host(address) == host)
+        self.threads_by_host[host] = max(self.threads_by_host.get(host, 0), now)
+
     def setup(self, worker) -> None:
         if self.threads is None:
             busy = self.threads_by_host.get(worker_host(worker.address), worker.state.nthreads)
@@ -153,7 +163,12 @@ class RunJob(WorkerPlugin):
         self.name = name
         self.engines = EngineCache(job.model, threads_by_host)
 
-    def setup(self, worker) -> None:
+    async def setup(self, worker) -> None:
+        if self.engines.threads is None:  # sized by its host's threads: count them as they are now
+            try:
+                await self.engines.count_threads_now(worker)
+            except Exception:  # noqa: BLE001 -- the driver's count, made when the run started, stands
+                pass
         self.engines.setup(worker)
 
     def teardown(self, worker) -> None:
