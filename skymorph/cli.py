@@ -443,7 +443,7 @@ def _add_catalog_commands(sub) -> None:
     pick.add_argument("--n", type=_positive_int, required=True, help="batch size")
     pick.add_argument("--question", help="rank by {question}_asked x {question}_bald, the information expected from the "
                       "volunteers asked it (default: bald_total, its sum over questions)")
-    pick.add_argument("--weight-by-asked", action=argparse.BooleanOptionalAction, default=True,
+    pick.add_argument("--weight-by-asked", action=argparse.BooleanOptionalAction, default=None,
                       help="with --question: weight its BALD by the share of volunteers asked it (default), or not")
     pick.add_argument("--strategy", choices=("top", "power"), default="top",
                       help="top: the n highest (default); power: sample proportional to BALD^beta (Kirsch et al. 2023)")

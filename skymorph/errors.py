@@ -19,6 +19,7 @@ __all__ = [
     "MissingDependencyError",
     "check_int",
     "did_you_mean",
+    "error_text",
     "first_line",
     "some_names",
 ]
@@ -87,6 +88,13 @@ def some_names(names, shown: int = 3) -> str:
     names = list(names)
     more = f" and {len(names) - shown} more" if len(names) > shown else ""
     return ", ".join(repr(name) for name in names[:shown]) + more
+
+
+def error_text(err: BaseException, limit: int = 500) -> str:
+    """``"KilledWorker: the first line of its message"``, or the type alone for an error without one: how a
+    failure is recorded (a failures table's ``reason``)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return f"{type(err).__name__}: {lines[0]}"[:limit] if lines else type(err).__name__
 
 
 def first_line(err: BaseException, limit: int = 200) -> str:

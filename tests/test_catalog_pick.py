@@ -52,7 +52,7 @@ def _direct_top(frame, column, n):
 
 
 @pytest.mark.parametrize("question, column, weighted", [
-    (None, "bald_total", True), ("bar", "bar_asked_bald", True), ("merging", "merging_asked_bald", True), ("bar", "bar_bald", False),
+    (None, "bald_total", None), ("bar", "bar_asked_bald", None), ("merging", "merging_asked_bald", True), ("bar", "bar_bald", False),
 ])
 def test_top_equals_direct_sort(catalog, full, question, column, weighted):
     batch = pick(catalog, 25, question=question, weight_by_asked=weighted)
@@ -256,8 +256,9 @@ def test_bad_arguments(catalog):
     # the rules the command line had alone: pick() took them and ignored them
     with pytest.raises(InputError, match=r"^seed \(--seed\) applies to strategy power only"):
         pick(catalog, 5, seed=3)
-    with pytest.raises(InputError, match=r"^weight_by_asked=False \(--no-weight-by-asked\) applies to a question only"):
-        pick(catalog, 5, weight_by_asked=False)
+    for weighted in (False, True):  # both say something about a question that is not there
+        with pytest.raises(InputError, match=r"^weight_by_asked \(--weight-by-asked, --no-weight-by-asked\) applies to a "):
+            pick(catalog, 5, weight_by_asked=weighted)
 
 
 def test_cli_manifest(catalog, full, tmp_path, capsys):
@@ -270,7 +271,8 @@ def test_cli_manifest(catalog, full, tmp_path, capsys):
     assert main(["catalog", "pick", catalog, "--n", "12", "--question", "bar", "--no-weight-by-asked", "--out", str(unweighted)]) == 0
     assert pd.read_csv(unweighted).object_id.tolist() == _direct_top(full, "bar_bald", 12) != manifest.object_id.tolist()
     assert main(["catalog", "pick", catalog, "--n", "12", "--no-weight-by-asked", "--out", str(tmp_path / "x.csv")]) == 2
-    assert "(--no-weight-by-asked) applies to a question only" in capsys.readouterr().err
+    assert "(--weight-by-asked, --no-weight-by-asked) applies to a question only" in capsys.readouterr().err
+    assert main(["catalog", "pick", catalog, "--n", "12", "--weight-by-asked", "--out", str(tmp_path / "y.csv")]) == 2
     assert (manifest.image_location == manifest.tile + "#images[" + manifest.row.astype(str) + "]").all()
     assert (manifest.model_sha256 == FAKE_MODEL_SHA256).all()
     assert main(["catalog", "pick", catalog, "--n", "12", "--strategy", "power", "--seed", "5", "--out", str(tmp_path / "a.csv")]) == 0

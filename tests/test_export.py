@@ -394,5 +394,8 @@ def _highest_opset_onnxruntime_loads(opset: int) -> int:
     try:
         ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     except Exception as err:  # onnxruntime's own error types
-        return int(re.search(r"is till opset (\d+)", str(err)).group(1))
+        said = re.search(r"is till opset (\d+)", str(err))
+        if said is None:  # another refusal than the opset's: show it
+            raise
+        return int(said.group(1))
     return opset

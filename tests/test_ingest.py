@@ -280,16 +280,17 @@ def test_ingest_reports_unreadable_files_and_writes_placeholder_positions(tmp_pa
     (tmp_path / "img" / "bad.jpg").write_bytes(b"\xff\xd8 definitely not a jpeg")
     (tmp_path / "cat.csv").write_text(
         "object_id,file,label,split\n1,img/0.png,yes,train\n2,img/1.png,no,train\n3,img/bad.jpg,yes,validation\n"
-        "4,img/missing.png,no,validation\n5,img/2.png,no,validation\n"
+        "4,img/missing.png,no,validation\n5,img/2.png,no,validation\n6,foo://img/3.png,no,train\n"
     )
     out = tmp_path / "out"
     code, err = _run(["survey", "ingest", "--catalog", str(tmp_path / "cat.csv"), "--out", str(out), "--size", "16",
                       "--label-question", "has_spiral_arms"])
     assert code == 1  # output written, but not every file made it: say so in the exit code
     warnings = [line for line in re.split(r"[\r\n]", err) if line.startswith("skymorph: warning:")]
-    assert len(warnings) == 2 and "img/bad.jpg" in warnings[0] and "img/missing.png" in warnings[1]
+    assert len(warnings) == 3 and "img/bad.jpg" in warnings[0] and "img/missing.png" in warnings[1]
+    assert warnings[2].endswith("foo://img/3.png (object_id 6): cannot open 'foo://img/3.png': Protocol not known: foo")
     failures = pd.read_csv(out / "ingest_failures.csv")
-    assert failures["object_id"].tolist() == [3, 4]
+    assert failures["object_id"].tolist() == [3, 4, 6]  # a read refused otherwise than by the OS: skipped too
 
     labels = pq.read_table(out / "labels.parquet").to_pandas()
     assert labels_schema(str(out / "labels.parquet")).name == "gz2"  # the tree its votes are of, for `train`

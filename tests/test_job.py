@@ -999,3 +999,8 @@ def test_the_in_flight_window_follows_the_cluster_as_workers_join():
     assert window.size(now=100.0 + WORKER_CHECK_S) == 16  # 8 threads joined
     assert window.size(now=100.0 + 2 * WORKER_CHECK_S) == 6
     assert Window(lambda: 1 / 0, fixed=3).size() == 3  # --max-in-flight: never counted
+    # a count that fails (the scheduler gone) keeps the last: the next arrival reports the loss, resumable
+    counts = iter([8])
+    window = Window(lambda: next(counts))
+    assert window.size(now=0.0) == 16 and window.size(now=WORKER_CHECK_S) == 16
+    assert Window(lambda: 1 / 0).size(now=0.0) == 4

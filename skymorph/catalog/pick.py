@@ -282,7 +282,7 @@ def pick(
     seed: int | None = None,
     exclude=None,
     storage_options: dict | None = None,
-    weight_by_asked: bool = True,
+    weight_by_asked: bool | None = None,
     exclude_id_column: str = "object_id",
 ):
     """The next volunteer batch from the catalog at ``url``, as a ``pyarrow.Table`` in rank order.
@@ -295,8 +295,8 @@ def pick(
     tree), only the rows with votes. Each galaxy comes back at most once: one seen in overlapping tiles
     (two rows, one ``object_id``) is ranked by its best row. Fewer than ``n`` rows come back when fewer
     galaxies qualify (``power`` needs a positive score). ``beta`` (default 1) and ``seed`` (default 0) are
-    ``power``'s, and an error with ``top``, which takes the ``n`` highest scores; ``weight_by_asked=False``
-    needs a ``question`` (``bald_total`` weights each question by it).
+    ``power``'s, and an error with ``top``, which takes the ``n`` highest scores; ``weight_by_asked`` (default
+    True) is a ``question``'s, and an error without one (``bald_total`` weights each question by it).
     """
     import pyarrow as pa
 
@@ -307,9 +307,10 @@ def pick(
     for name, value in (("beta", beta), ("seed", seed)):
         if value is not None and strategy != "power":  # top takes the n highest: nothing to weight or draw
             raise InputError(f"{name} (--{name}) applies to strategy power only; drop it, or add --strategy power")
-    if not weight_by_asked and question is None:
-        raise InputError("weight_by_asked=False (--no-weight-by-asked) applies to a question only; bald_total weights each "
-                         "question by it")
+    if weight_by_asked is not None and question is None:
+        raise InputError("weight_by_asked (--weight-by-asked, --no-weight-by-asked) applies to a question only; bald_total "
+                         "weights each question by it")
+    weight_by_asked = weight_by_asked is not False
     beta = 1.0 if beta is None else beta
     if not (math.isfinite(beta) and beta >= 0):
         raise InputError(f"beta must be a finite number >= 0, got {beta}")

@@ -11,13 +11,12 @@ long-lived cluster do not keep old models.
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from skymorph.errors import ClusterError, InputError, first_line
+from skymorph.errors import ClusterError, InputError, error_text, first_line
 
 if TYPE_CHECKING:
     from skymorph.inference.job import RunConfig, _Plan
@@ -63,7 +62,11 @@ class Window:
             return self.fixed
         now = time.monotonic() if now is None else now
         if now - self._counted >= WORKER_CHECK_S:
-            self._size, self._counted = max(4, 2 * self.threads()), now
+            try:
+                self._size = max(4, 2 * self.threads())
+            except Exception:  # noqa: BLE001 -- a scheduler gone mid-run is reported by the next arrival, resumable
+                self._size = self._size or 4
+            self._counted = now
         return self._size
 
 
@@ -106,6 +109,7 @@ def run_tasks(config: RunConfig, client, job, resources, plan: _Plan, manifest, 
     journal = ManifestJournal(config.out, manifest, options)
     last_flush = time.monotonic()
     address = client.scheduler.address
+    completed = False  # set at the end of the loop: else an error is on its way out, and is the one to report
     try:
         submit_until_full()
         spec = config.cluster_spec()
@@ -119,7 +123,7 @@ def run_tasks(config: RunConfig, client, job, resources, plan: _Plan, manifest, 
                 raise
             except Exception as err:  # a task Dask gave up on (KilledWorker), or a bug: report it, carry on
                 result = {"stop": stop, "seconds": {},
-                          "failure": {"stage": "worker", "reason": f"{type(err).__name__}: {first_line(err, 500)}"}}
+                          "failure": {"stage": "worker", "reason": error_text(err)}}
             future.release()
             tally.ranges_run += 1
             for key, value in result["seconds"].items():
@@ -147,18 +151,19 @@ def run_tasks(config: RunConfig, client, job, resources, plan: _Plan, manifest, 
                 journal.flush()
                 last_flush = time.monotonic()
             submit_until_full()
+        completed = True
     except (CancelledError, ClosedClientError) as err:
         # not a failure of the tiles in flight: recording them as such would finish a catalog missing them
         raise _lost_scheduler(address, first_line(err, 200)) from err
     finally:
-        stopped_by = sys.exc_info()[1]  # in a finally clause: the error that stopped the run, if any
         try:
             if lock.confirm():
                 journal.flush()
         except Exception:
-            if stopped_by is None:
+            if completed:
                 raise
-            # else that error (storage down, the scheduler lost) is the one to see; ranges not journalled rerun
+            # else the error that stopped the run (storage down, the scheduler lost) is the one to see; the
+            # ranges not journalled rerun
         bar.close()
         if client.status == "running":  # else the scheduler forgets the plugin with the cluster
             with contextlib.suppress(Exception):  # a scheduler gone away must not hide why the run stopped
@@ -213,7 +218,8 @@ def _lost_scheduler(address: str, reason: str) -> ClusterError:
 
 
 WORKER_CHECK_S = 5.0
-"""How often a run with --worker-timeout asks the scheduler whether it has workers."""
+"""How often a run asks the scheduler how many threads its workers have (the in-flight :class:`Window`)
+and, with --worker-timeout, whether it has workers at all."""
 _ARRIVAL_POLL_S = 0.02
 """How long such a run sleeps between looks for a finished task: far below a task's seconds."""
 

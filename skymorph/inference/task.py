@@ -28,7 +28,7 @@ from distributed import WorkerPlugin
 
 from skymorph.catalog.layout import BASE_COLUMNS, unfinish_catalog
 from skymorph.catalog.lock import check_session
-from skymorph.errors import InputError, ModelError, SkymorphError, TileError, first_line
+from skymorph.errors import InputError, ModelError, SkymorphError, TileError, error_text
 from skymorph.inference.cluster import usable_cores, worker_host
 
 __all__ = ["ModelRef", "JobSpec", "EngineCache", "RunJob", "plan_ranges", "first_range_stop", "run_range",
@@ -349,6 +349,6 @@ def run_range(job: JobSpec, tile_url: str, start: int, stop: int | None, engine_
             if attempt < job.attempts and is_transient(err.error):
                 time.sleep(job.backoff_s * 2 ** (attempt - 1) * (0.5 + rng.random()))
                 continue
-            reason = f"{type(err.error).__name__}: {first_line(err.error, 500)}"
+            reason = error_text(err.error)
             result["failure"] = {"stage": err.stage, "reason": reason}
             return result

@@ -55,7 +55,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from skymorph.errors import InputError, check_int, first_line
+from skymorph.errors import InputError, check_int, error_text, first_line
 from skymorph.schema import get_schema
 from skymorph.storage import FITS_SUFFIXES, atomic_write_text, is_remote, join, read_bytes, write_parquet
 from skymorph.survey._output import check_survey_out, prepare_survey_out
@@ -198,7 +198,7 @@ def _stretched(planes: np.ndarray, size: int, bands: str, stretch: str):
 def _reason(err: Exception) -> str:
     """Why a file was skipped, in one line: skymorph's own message as it is, another library's with its
     error's type (``UnidentifiedImageError: cannot identify image file``)."""
-    return (first_line(err) if isinstance(err, InputError) else f"{type(err).__name__}: {first_line(err)}")[:200]
+    return first_line(err) if isinstance(err, InputError) else error_text(err, 200)
 
 
 def _stretch_attr(stretch: str, stretched: np.ndarray):
@@ -351,12 +351,9 @@ def ingest(
         absolute = os.path.isabs(file) or is_remote(file)  # a file entry may be a URL of its own
         try:
             data = read_bytes(file if absolute else join(base, file), storage_options)
-        except OSError as err:  # missing, a directory, no permission: reported by name and skipped
-            return None, _reason(err)
-        try:
             return _decode(data, file, size=size, bands=bands, stretch=stretch), None
-        except Exception as err:  # Pillow and astropy raise many types for a corrupt file: reported by name and skipped
-            return None, _reason(err)
+        except Exception as err:  # missing, refused (HTTP 403), corrupt (Pillow and astropy raise many types):
+            return None, _reason(err)  # reported by name and skipped; every file failing stops the ingest below
 
     files = table["file"].astype(str).tolist()
     with ThreadPoolExecutor(max_workers=workers) as pool:
