@@ -16,7 +16,7 @@ import torch
 
 from skymorph.errors import InputError, MissingDependencyError, ModelError
 from skymorph.exporter import export_onnx
-from skymorph.inference._tensorrt import PlanSidecar, check_plan_compatible, sidecar_url
+from skymorph.inference.tensorrt_engine import PlanSidecar, check_plan_compatible, sidecar_url
 from skymorph.inference.engines import ORT_PROVIDERS, load_engine, read_model_info
 from skymorph.model_metadata import InputSpec
 from skymorph.schema import get_schema

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from skymorph.errors import InputError, ModelError
-from skymorph.inference._tensorrt import (
+from skymorph.inference.tensorrt_engine import (
     PlanSidecar,
     TensorRTEngine,
     compute_capability,

@@ -9,7 +9,7 @@ concentrations, as ``engine.metadata.likelihood`` says). Backends:
     installed onnxruntime has, in that order.
 ``tensorrt``
     a ``.plan`` / ``.engine`` file and its ``.json`` sidecar from ``skymorph export --format tensorrt``;
-    the native runtime (:mod:`skymorph.inference._tensorrt`).
+    the native runtime (:mod:`skymorph.inference.tensorrt_engine`).
 ``torch``
     the reference: a checkpoint, frozen with ``samples`` masks from ``seed`` exactly as the exporter does;
     CUDA when present. Only this backend imports torch (and skymorph.exporter).
@@ -229,7 +229,7 @@ def load_engine(
     if backend == "onnxruntime":
         engine: Engine = OnnxRuntimeEngine(str(model_url), data, threads)
     elif backend == "tensorrt":
-        from skymorph.inference._tensorrt import load_plan
+        from skymorph.inference.tensorrt_engine import load_plan
 
         engine = load_plan(str(model_url), data, storage_options)
     else:
@@ -274,7 +274,7 @@ def read_model_info(model_url: str, backend: str = "auto", storage_options: dict
             url, data, ["CUDAExecutionProvider", "CPUExecutionProvider"], threads=1, optimize=False
         ).get_providers()
     elif backend == "tensorrt":
-        from skymorph.inference._tensorrt import read_sidecar
+        from skymorph.inference.tensorrt_engine import read_sidecar
 
         metadata, needs_gpu = read_sidecar(url, digest, storage_options).metadata, True
     else:
