@@ -473,61 +473,39 @@ def _cmd_catalog_info(args) -> int:
 
 
 def _cmd_catalog_query(args) -> int:
-    from skymorph.catalog import Cone, open_catalog, query
-    from skymorph.catalog.export import export_reader, format_terminal, output_format
-    from skymorph.catalog.query import plan_query, query_reader
+    from skymorph.catalog import Cone, query_to
+    from skymorph.catalog.export import format_terminal
 
-    options = _storage_options(args)
     if args.out:
-        output_format(args.out)
         _check_writable(args.out, "--out", args)
         _check_new([args.out], "--out", args)
-    catalog = open_catalog(args.catalog, options)
     cone = Cone(*args.cone) if args.cone else None
     columns = None if args.columns is None else [c.strip() for c in args.columns.split(",") if c.strip()]
-    limit = args.limit if args.limit or args.out else 20
-    plan = plan_query(catalog, args.where, columns, cone, args.order_by, limit)
-    if args.out:  # streamed: a result larger than memory still makes a file
-        with query_reader(catalog, where=args.where, columns=columns, cone=cone, order_by=args.order_by, limit=limit) as reader:
-            fmt, rows = export_reader(reader, args.out, options)
-        print(f"read {len(plan.pixels)} of {plan.total_pixels} partitions; {rows} rows", file=sys.stderr)
-        print(f"wrote {rows} rows to {args.out} ({fmt})")
+    limit = args.limit if args.limit or args.out else 20  # on a terminal, a screenful unless asked
+    result = query_to(args.catalog, args.out, where=args.where, columns=columns, cone=cone, order_by=args.order_by,
+                      limit=limit, storage_options=_storage_options(args))
+    print(f"read {len(result.plan.pixels)} of {result.plan.total_pixels} partitions; {result.rows} rows", file=sys.stderr)
+    if args.out:
+        print(f"wrote {result.rows} rows to {args.out} ({result.format})")
     else:
-        table = query(catalog, where=args.where, columns=columns, cone=cone, order_by=args.order_by, limit=limit)
-        print(f"read {len(plan.pixels)} of {plan.total_pixels} partitions; {table.num_rows} rows", file=sys.stderr)
-        print(format_terminal(table, max_rows=limit))
-        if not args.limit and table.num_rows == limit:
+        print(format_terminal(result.table, max_rows=limit))
+        if not args.limit and result.rows == limit:
             print(f"(first {limit} rows; use --limit N or --out FILE for more)", file=sys.stderr)
     return 0
 
 
 def _cmd_catalog_pick(args) -> int:
-    from skymorph.catalog import export_table, gallery, open_catalog, pick
-    from skymorph.catalog.export import output_format
-    from skymorph.catalog.gallery import MAX_GALAXIES, check_png
-    from skymorph.storage import remove_file
+    from skymorph.catalog import pick_to
+    from skymorph.catalog.gallery import MAX_GALAXIES
 
-    options = _storage_options(args)
-    output_format(args.out)
     _check_writable(args.out, "--out", args)
     _check_new([args.out], "--out", args)
     if args.gallery:
-        check_png(args.gallery)
         _check_writable(args.gallery, "--gallery", args)
         _check_new([args.gallery], "--gallery", args)
-    catalog = open_catalog(args.catalog, options)
-    batch = pick(catalog, args.n, question=args.question, strategy=args.strategy, beta=args.beta, seed=args.seed,
-                 exclude=args.exclude, storage_options=options, weight_by_asked=args.weight_by_asked,
-                 exclude_id_column=args.exclude_id_column)
-    # Both outputs or neither: a rerun must not be refused for the one written before the other failed.
-    if args.gallery:  # first: it reads the tiles, the likelier to fail
-        gallery(batch, catalog, args.gallery, question=args.question, storage_options=options)
-    try:
-        export_table(batch, args.out, options)
-    except BaseException:
-        if args.gallery:
-            remove_file(args.gallery, options)
-        raise
+    batch = pick_to(args.catalog, args.n, args.out, gallery_png=args.gallery, question=args.question,
+                    storage_options=_storage_options(args), strategy=args.strategy, beta=args.beta, seed=args.seed,
+                    exclude=args.exclude, weight_by_asked=args.weight_by_asked, exclude_id_column=args.exclude_id_column)
     print(f"picked {batch.num_rows} galaxies ({args.strategy}) -> {args.out}")
     if batch.num_rows < args.n:  # a wrong --exclude file (every id in it) picks nothing, quietly
         print(f"skymorph: warning: picked {batch.num_rows}, not --n {args.n}: only {batch.num_rows} galaxies have a "

@@ -336,6 +336,13 @@ def test_gallery_from_tile_stores(synthetic, full, tmp_path, capsys, monkeypatch
     monkeypatch.setattr(importlib.import_module("skymorph.catalog.gallery"), "MAX_GALAXIES", 4)
     assert main([*again, "--overwrite"]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == f"gallery -> {png} (the first 4 of 5)"
+    # both files or neither: a batch that cannot be written takes its gallery with it
+    from skymorph.catalog import pick_to
+
+    (tmp_path / "a_file").write_text("not a directory")
+    with pytest.raises(OSError):
+        pick_to(synthetic.url, 5, str(tmp_path / "a_file" / "d.csv"), gallery_png=str(tmp_path / "d.png"))
+    assert not (tmp_path / "d.png").exists()
 
 
 def test_a_galaxy_in_two_overlapping_tiles_is_picked_once_at_its_best_row(catalog, full, tmp_path):

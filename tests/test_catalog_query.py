@@ -660,3 +660,20 @@ def test_a_file_url_reads_as_its_path(catalog, full):
     cone = Cone(150.0, 2.0, 1200.0)
     by_path = open_catalog(catalog).part_urls(plan_query(open_catalog(catalog), cone=cone).pixels)
     assert open_catalog(f"file://{os.path.abspath(catalog)}").part_urls(plan_query(open_catalog(catalog), cone=cone).pixels) == by_path
+
+
+def test_query_to_reads_once_into_memory_or_into_a_file(catalog, full, tmp_path):
+    """What `catalog query` runs, one call from Python: the plan it read by and the rows, in memory or
+    streamed to a file whose format is checked before the catalog is read."""
+    from skymorph.catalog import query_to
+
+    cone = Cone(150.0, 2.0, 1200.0)
+    in_memory = query_to(catalog, cone=cone, columns=["object_id"])
+    expected = sorted(query(catalog, cone=cone, columns=["object_id"])["object_id"].to_pylist())
+    assert sorted(in_memory.table["object_id"].to_pylist()) == expected and in_memory.rows == len(expected)
+    assert in_memory.plan == plan_query(open_catalog(catalog), columns=["object_id"], cone=cone) and in_memory.out is None
+    written = query_to(catalog, str(tmp_path / "rows.parquet"), cone=cone, columns=["object_id"])
+    assert (written.rows, written.format, written.table) == (len(expected), "parquet", None)
+    assert sorted(pq.read_table(tmp_path / "rows.parquet")["object_id"].to_pylist()) == expected
+    with pytest.raises(InputError, match="cannot tell the format of 'nowhere/rows.txt'"):
+        query_to("no-such-catalog", "nowhere/rows.txt")

@@ -10,8 +10,8 @@ Readers: :func:`info` (what a catalog holds), :func:`query` (SQL and cone, out o
 from skymorph.catalog.export import export_table
 from skymorph.catalog.gallery import gallery
 from skymorph.catalog.info import Catalog, CatalogInfo, info, open_catalog
-from skymorph.catalog.pick import pick
-from skymorph.catalog.query import Cone, query, query_reader
+from skymorph.catalog.pick import pick, pick_to
+from skymorph.catalog.query import Cone, query, query_reader, query_to
 
 __all__ = [
     "Catalog",
@@ -22,6 +22,8 @@ __all__ = [
     "info",
     "open_catalog",
     "pick",
+    "pick_to",
     "query",
     "query_reader",
+    "query_to",
 ]

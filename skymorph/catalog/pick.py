@@ -46,7 +46,7 @@ from skymorph.schema import Schema
 from skymorph.seeds import check_seed
 from skymorph.tiles import object_ids
 
-__all__ = ["pick", "gumbel_keys", "hash_uniform", "model_salt", "read_ids", "STRATEGIES"]
+__all__ = ["pick", "pick_to", "gumbel_keys", "hash_uniform", "model_salt", "read_ids", "STRATEGIES"]
 
 STRATEGIES = ("top", "power")
 _BATCH_ROWS = 1 << 20
@@ -193,6 +193,40 @@ def _voted(table, schema: Schema, what: str) -> np.ndarray | None:
               "not", file=sys.stderr)
         return None
     return np.any([pc.fill_null(pc.greater(c, 0), False).to_numpy(zero_copy_only=False) for c in counts], axis=0)
+
+
+def pick_to(
+    url: str | Catalog,
+    n: int,
+    out: str,
+    gallery_png: str | None = None,
+    question: str | None = None,
+    storage_options: dict | None = None,
+    **choices,
+):
+    """:func:`pick` (``choices``: its other arguments), written to ``out`` (CSV, Parquet, FITS or VOTable by
+    its extension) and, with ``gallery_png``, drawn there (:func:`skymorph.catalog.gallery.gallery`):
+    ``skymorph catalog pick``. Both files or neither, so that a rerun is not refused for the one written
+    before the other failed; the gallery first, as it reads the tiles, the likelier to fail. Returns the
+    batch."""
+    from skymorph.catalog.export import export_table, output_format
+    from skymorph.catalog.gallery import check_png, gallery
+    from skymorph.storage import remove_file
+
+    output_format(out)
+    if gallery_png:
+        check_png(gallery_png)
+    catalog = url if isinstance(url, Catalog) else open_catalog(url, storage_options)
+    batch = pick(catalog, n, question=question, storage_options=storage_options, **choices)
+    if gallery_png:
+        gallery(batch, catalog, gallery_png, question=question, storage_options=storage_options)
+    try:
+        export_table(batch, out, storage_options)
+    except BaseException:
+        if gallery_png:
+            remove_file(gallery_png, storage_options)
+        raise
+    return batch
 
 
 def _score(catalog: Catalog, question: str | None, weight_by_asked: bool) -> tuple[str, str]:

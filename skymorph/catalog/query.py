@@ -31,7 +31,8 @@ from skymorph.catalog.info import Catalog, open_catalog
 from skymorph.errors import CatalogError, InputError, did_you_mean, first_line
 from skymorph.storage import is_remote
 
-__all__ = ["Cone", "QueryPlan", "connect", "plan_query", "query", "query_reader", "check_sql", "check_columns", "MEMORY_LIMIT"]
+__all__ = ["Cone", "QueryPlan", "QueryResult", "connect", "plan_query", "query", "query_reader", "query_to", "check_sql",
+           "check_columns", "MEMORY_LIMIT"]
 
 MEMORY_LIMIT = "1GB"
 """DuckDB's memory limit per connection: scans stream, so this bounds a query's memory."""
@@ -472,6 +473,13 @@ def query_reader(
     ORDER BY sorts first; DuckDB spills that to disk beyond its memory limit). The schema carries
     the catalog's ``skymorph.*`` keys."""
     catalog, plan = _prepare(url, where, columns, cone, order_by, limit, storage_options)
+    with _reader(catalog, plan, where, order_by, limit, batch_rows) as reader:
+        yield reader
+
+
+@contextmanager
+def _reader(catalog: Catalog, plan: QueryPlan, where, order_by, limit, batch_rows: int = 1 << 17):
+    """The rows of ``plan`` on ``catalog`` as a RecordBatchReader carrying the catalog's metadata."""
     user_sql = tuple(option for option, sql in (("--where", where), ("--order-by", order_by)) if sql)
     # a limit without an order takes the first rows in file order: the same rows on every call
     with connect(catalog, plan.pixels, user_sql=user_sql, preserve_order=limit is not None and not order_by) as con:
@@ -508,3 +516,41 @@ def query(
     """
     with query_reader(url, where, columns, cone, order_by, limit, storage_options) as reader:
         return reader.read_all()
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    """What :func:`query_to` did: the ``plan`` it ran and the ``rows`` it gave, either as the ``table`` (no
+    ``out``) or written to ``out`` in ``format``."""
+
+    plan: QueryPlan
+    rows: int
+    table: object = None
+    out: str | None = None
+    format: str | None = None
+
+
+def query_to(
+    url: str | Catalog,
+    out: str | None = None,
+    where: str | None = None,
+    columns=None,
+    cone: Cone | tuple | None = None,
+    order_by: str | None = None,
+    limit: int | None = None,
+    storage_options: dict | None = None,
+) -> QueryResult:
+    """:func:`query`, and what it read (``skymorph catalog query``): the rows in memory, or with ``out``
+    streamed to that file, CSV, Parquet, FITS or VOTable by its extension (checked before the catalog is
+    read), so that a result larger than memory still makes a file."""
+    from skymorph.catalog.export import export_reader, output_format
+
+    if out is not None:
+        output_format(out)
+    catalog, plan = _prepare(url, where, columns, cone, order_by, limit, storage_options)
+    with _reader(catalog, plan, where, order_by, limit) as reader:
+        if out is None:
+            table = reader.read_all()
+            return QueryResult(plan, table.num_rows, table=table)
+        fmt, rows = export_reader(reader, out, storage_options)
+    return QueryResult(plan, rows, out=str(out), format=fmt)
