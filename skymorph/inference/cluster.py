@@ -279,15 +279,15 @@ def connect(spec: ClusterSpec):
     if spec.cluster == "slurm":
         import shutil
 
-        from skymorph.inference.slurm import load_slurm_config, slurm_cluster
+        from skymorph.inference.slurm import load_slurm_config
 
         if shutil.which("sbatch") is None:  # else the driver waited forever for workers never submitted
             raise InputError("--cluster slurm submits its workers with sbatch, which is not on this machine's PATH; run on "
                              "a SLURM login node, or start `dask worker`s yourself and pass --scheduler")
-        engine_threads = load_slurm_config(spec.cluster_config, **spec.slurm_overrides).engine_threads
-        with slurm_cluster(spec.cluster_config, **spec.slurm_overrides) as cluster:
+        config = load_slurm_config(spec.cluster_config, **spec.slurm_overrides)
+        with config.cluster() as cluster:
             with Client(cluster) as client:
-                yield client, engine_threads
+                yield client, config.engine_threads
         return
     sizing = local_sizing(spec.workers, spec.threads_per_worker, spec.gpu)
     resources = dict(GPU_WORKER) if spec.gpu else None

@@ -172,6 +172,20 @@ class SlurmConfig:
         not its siblings', and gave each engine the whole job's cores (8 processes: 8 times too many)."""
         return self.cpus_per_job // (self.processes * self.threads_per_process)  # >= 1: checked on construction
 
+    def cluster(self):
+        """The ``dask_jobqueue.SLURMCluster`` of these settings, adaptive where ``max_jobs > 0`` (see
+        :func:`slurm_cluster`)."""
+        try:
+            from dask_jobqueue import SLURMCluster
+        except ImportError as err:
+            raise MissingDependencyError(
+                "running on SLURM needs dask-jobqueue: pip install 'skymorph[slurm]'"
+            ) from err
+        cluster = SLURMCluster(**self.cluster_kwargs())
+        if self.max_jobs:
+            cluster.adapt(minimum_jobs=self.min_jobs, maximum_jobs=self.max_jobs)
+        return cluster
+
     def cluster_kwargs(self) -> dict:
         """Keyword arguments for ``dask_jobqueue.SLURMCluster``."""
         scheduler_options = {"dashboard_address": self.dashboard_address}
@@ -228,14 +242,4 @@ def slurm_cluster(config_path: str, **overrides):
     ``min_jobs`` and ``max_jobs`` jobs, which also replaces workers that retired at their lifetime;
     with ``max_jobs = 0`` no job is submitted until the caller scales it. Close it when done.
     """
-    config = load_slurm_config(config_path, **overrides)
-    try:
-        from dask_jobqueue import SLURMCluster
-    except ImportError as err:
-        raise MissingDependencyError(
-            "running on SLURM needs dask-jobqueue: pip install 'skymorph[slurm]'"
-        ) from err
-    cluster = SLURMCluster(**config.cluster_kwargs())
-    if config.max_jobs:
-        cluster.adapt(minimum_jobs=config.min_jobs, maximum_jobs=config.max_jobs)
-    return cluster
+    return load_slurm_config(config_path, **overrides).cluster()
