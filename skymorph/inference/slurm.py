@@ -1,8 +1,8 @@
 """Dask workers as SLURM jobs (dask-jobqueue), configured from one YAML file.
 
-``skymorph run --cluster slurm --cluster-config deploy/slurm/jobqueue.yaml`` calls :func:`slurm_cluster`,
-which reads the file into a validated :class:`SlurmConfig` and builds a
-``dask_jobqueue.SLURMCluster``: the scheduler runs in the calling process (a login node or a small
+``skymorph run --cluster slurm --cluster-config deploy/slurm/jobqueue.yaml`` reads the file into a
+validated :class:`SlurmConfig` (:func:`load_slurm_config`) and builds its ``dask_jobqueue.SLURMCluster``
+(:meth:`SlurmConfig.cluster`; :func:`slurm_cluster` does both): the scheduler runs in the calling process (a login node or a small
 job), each worker is one ``sbatch`` job. A GPU job asks for one GPU (``--gres=gpu:1``) and runs one
 worker process advertising ``--resources GPU=1``, so tasks that need a GPU land only there, at most
 ``threads_per_process`` at a time. Workers retire (``--lifetime``, staggered) before SLURM's walltime
