@@ -70,7 +70,7 @@ def _child(work: Path) -> dict:
                            progress=False)
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    from skymorph.trainer.tables import arcsec_between
+    from skymorph.tables import arcsec_between
 
     out = pd.read_parquet(work / "matched.parquet")
     wrong = (out.iauname != out.object_id.map(lambda i: f"J{i:09d}")).to_numpy()

@@ -107,6 +107,21 @@ def test_exclusions_never_picked(catalog, full, tmp_path):
     assert pd.read_csv(out)["object_id"].tolist() == top[40:60]
 
 
+def test_exclude_reads_every_table_the_labels_may_be(catalog, full, tmp_path):
+    """A FITS table, a gzipped CSV (as Galaxy Zoo 2's table is published) and a .txt CSV, as ``train``
+    reads labels: --exclude took only .csv and .parquet, and refused the labels' own FITS file."""
+    import gzip
+
+    from astropy.table import Table
+
+    top = _direct_top(full, "bald_total", 30)
+    Table({"galaxy_id": np.array(top[:10], dtype=np.int64), "ra": np.zeros(10)}).write(tmp_path / "done.fits")
+    (tmp_path / "done.csv.gz").write_bytes(gzip.compress(pd.DataFrame({"galaxy_id": top[10:20]}).to_csv(index=False).encode()))
+    pd.DataFrame({"galaxy_id": top[20:25]}).to_csv(tmp_path / "done.txt", index=False)
+    files = [str(tmp_path / name) for name in ("done.fits", "done.csv.gz", "done.txt")]
+    assert pick(catalog, 5, exclude=files, exclude_id_column="galaxy_id")["object_id"].to_pylist() == top[25:30]
+
+
 def test_exclude_ids_stay_exact_beside_empty_cells_and_fractions_are_refused(tmp_path):
     """An empty id cell made the column floats: survey ids above 2^53 were rounded to multiples of 256, so
     labelled galaxies were picked again and others dropped, with only a numpy RuntimeWarning."""
@@ -293,7 +308,7 @@ def test_cli_manifest(catalog, full, tmp_path, capsys):
     (["--question", "barr"], "Did you mean 'bar'"),
     (["--exclude", "EXCLUDE_NO_ID"], "no object_id column (columns: objid); name its id column with --exclude-id-column"),
     (["--exclude", "EXCLUDE_NO_ID", "--exclude-id-column", "galaxy_id"], "no galaxy_id column (columns: objid)"),
-    (["--exclude", "ids.txt"], ".csv or .parquet"),
+    (["--exclude", "NOT_A_TABLE"], "is not a readable Parquet, CSV or FITS table ("),
     # a missing file is named as the --exclude file, not followed by the catalog's URL
     (["--exclude", "labels.parquet"], "skymorph: error: --exclude file 'labels.parquet' does not exist"),
     (["--exclude", "labels.csv"], "skymorph: error: --exclude file 'labels.csv' does not exist"),
@@ -303,7 +318,8 @@ def test_cli_manifest(catalog, full, tmp_path, capsys):
 ])
 def test_cli_bad_input_one_line_exit_2(catalog, tmp_path, capsys, argv, fragment):
     pd.DataFrame({"objid": [1, 2]}).to_csv(tmp_path / "bad.csv", index=False)
-    argv = [str(tmp_path / "bad.csv") if a == "EXCLUDE_NO_ID" else a for a in argv]
+    (tmp_path / "ids.dat").write_bytes(b"1 2 3\n")
+    argv = [{"EXCLUDE_NO_ID": str(tmp_path / "bad.csv"), "NOT_A_TABLE": str(tmp_path / "ids.dat")}.get(a, a) for a in argv]
     assert main(["catalog", "pick", catalog, "--n", "5", "--out", str(tmp_path / "b.csv"), *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("skymorph: error:") and fragment in err[0]
@@ -405,7 +421,7 @@ def test_rows_written_under_two_range_plans_are_picked_once(synthetic, tmp_path)
 @pytest.mark.parametrize("argv, fragment", [
     (["--strategy", "power", "--seed", str(2**64)], "--seed must be a non-negative integer below 2**64, got 18446744073709551616"),
     (["--strategy", "power", "--seed", "-1"], "--seed must be a non-negative integer below 2**64, got -1"),
-    (["--exclude", "BINARY_CSV"], "is not a readable CSV"),
+    (["--exclude", "BINARY_CSV"], "is not a readable Parquet, CSV or FITS table (Empty CSV file)"),
 ])
 def test_more_bad_input_is_one_line(catalog, tmp_path, capsys, argv, fragment):
     (tmp_path / "ids.csv").write_bytes(b"")

@@ -50,7 +50,7 @@ _READ_ON_THIS_THREAD = """
 import os, sys
 import torch  # the abort needs torch loaded, as in train and evaluate
 from skymorph.storage import read_parquet
-from skymorph.trainer.tables import read_table
+from skymorph.tables import read_table
 
 
 def threads():  # jemalloc's background thread starts on a first allocation and never runs Python

@@ -190,7 +190,7 @@ def test_input_spec_statistics_are_numpys_in_float64_whatever_the_chunking():
 
 
 def test_positions_finds_each_id_or_minus_one():
-    from skymorph.trainer.tables import index_in
+    from skymorph.tables import index_in
 
     keys = np.array([40, 10, 30, 20], dtype=np.int64)
     assert index_in(keys, np.array([30, 5, 40, 10, 99, 20])).tolist() == [2, -1, 0, 1, -1, 3]

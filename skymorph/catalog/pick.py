@@ -41,7 +41,7 @@ import numpy as np
 
 from skymorph.catalog.info import Catalog, open_catalog
 from skymorph.catalog.query import connect
-from skymorph.errors import CatalogError, InputError, did_you_mean, first_line
+from skymorph.errors import CatalogError, InputError, did_you_mean
 from skymorph.schema import Schema
 from skymorph.seeds import check_seed
 from skymorph.tiles import object_ids
@@ -87,7 +87,7 @@ def gumbel_keys(object_id, score, seed: int, beta: float = 1.0, salt: int = 0) -
 
 
 def read_ids(source, storage_options: dict | None = None, id_column: str = "object_id", schema: Schema | None = None) -> np.ndarray:
-    """Object ids (int64) from the ``id_column`` of a CSV or Parquet file (e.g. ``galaxy_id`` in a
+    """Object ids (int64) from the ``id_column`` of a CSV, FITS or Parquet file (e.g. ``galaxy_id`` in a
     Galaxy Zoo table), of several (a list of paths: the labels and the batches still with the
     volunteers), or of a table (pandas or pyarrow), or from an iterable.
 
@@ -130,27 +130,15 @@ def _read_one(source, storage_options: dict | None, id_column: str, schema: Sche
         return _ids_of(pa.table(columns), id_column, "the exclude table", schema)
     if not isinstance(source, (str, bytes)) and not hasattr(source, "__fspath__"):
         return np.asarray(list(source) if not isinstance(source, np.ndarray) else source, dtype=np.int64), np.empty(0, np.int64), ""
-    from skymorph.storage import filesystem, read_parquet
+    from skymorph.storage import filesystem
+    from skymorph.tables import plain, read_table
 
     url = str(source)
-    suffix = url.lower().rsplit(".", 1)[-1]
     fs, path = filesystem(url, storage_options)
-    if suffix in ("parquet", "pq", "csv") and not fs.exists(path):
+    if not fs.exists(path):
         raise InputError(f"--exclude file {url!r} does not exist")
-    if suffix in ("parquet", "pq"):
-        table = read_parquet(url, storage_options)
-    elif suffix == "csv":
-        import pyarrow.csv as pcsv
-
-        try:
-            with fs.open(path, "rb") as fh:
-                # one thread on a Python file object (apache/arrow#33975, as storage.read_parquet)
-                table = pcsv.read_csv(fh, read_options=pcsv.ReadOptions(use_threads=False))
-        except ValueError as err:  # pyarrow.ArrowInvalid: empty, binary, ragged rows
-            raise InputError(f"--exclude {url!r} is not a readable CSV ({first_line(err)}); give a CSV or "
-                             f"Parquet file with an {id_column} column") from None
-    else:
-        raise InputError(f"--exclude {url!r}: give a .csv or .parquet file with an {id_column} column")
+    table, _ = read_table(url, storage_options, what="--exclude")
+    table = plain(table)
     return _ids_of(table, id_column, f"--exclude {url!r}", schema)
 
 
@@ -324,7 +312,8 @@ def pick(
     Columns: ``rank`` (1 = first), ``object_id``, ``ra``, ``dec``, ``tile``, ``row``,
     ``image_location`` (``<tile URL>#images[<row>]``), the score (``bald_total``; with a ``question``,
     ``{question}_asked_bald``, or ``{question}_bald`` unless ``weight_by_asked``) and ``model_sha256``.
-    ``exclude``: a CSV/Parquet file with ``object_id`` (or the ids in its ``exclude_id_column``), a list of
+    ``exclude``: a table file read as labels are (CSV, FITS or Parquet:
+    :func:`skymorph.tables.read_table`) with ``object_id`` (or the ids in its ``exclude_id_column``), a list of
     such files, or an iterable of ids never to pick; of labels (a file with vote columns of the catalog's
     tree), only the rows with votes. Each galaxy comes back at most once: one seen in overlapping tiles
     (two rows, one ``object_id``) is ranked by its best row. Fewer than ``n`` rows come back when fewer

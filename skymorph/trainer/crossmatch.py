@@ -74,7 +74,7 @@ def match_labels(table: str, tiles: str, out: str, *, radius_arcsec: float = 1.0
 
     from skymorph.storage import check_new, write_parquet
     from skymorph.tiles import read_tiles
-    from skymorph.trainer.tables import LABELLED_POSITION_ARCSEC, plain, read_table, sky_positions
+    from skymorph.tables import LABELLED_POSITION_ARCSEC, plain, read_table, sky_positions
 
     if not str(out).lower().endswith((".parquet", ".pq")):
         raise InputError(f"--out {out!r}: labels match writes Parquet; give a .parquet file")
@@ -218,7 +218,7 @@ def _check_one_galaxy_per_id(best: _Nearest, rows: np.ndarray) -> None:
     """Refuse matches that name one ``object_id`` at two positions more than 1" apart: tiles of two surveys,
     whose ids are unique only within each (as :func:`~skymorph.trainer.data.load_images` refuses them).
     One galaxy in two overlapping tiles of a survey passes."""
-    from skymorph.trainer.tables import SAME_GALAXY_ARCSEC, arcsec_between, arcsec_text
+    from skymorph.tables import SAME_GALAXY_ARCSEC, arcsec_between, arcsec_text
 
     order = rows[np.argsort(best.object_id[rows], kind="stable")]
     _, first, group = np.unique(best.object_id[order], return_index=True, return_inverse=True)
@@ -241,7 +241,7 @@ def _nothing_matched(table: str, said: np.ndarray, tile_urls: list[str], radius:
     pass over the tiles, tile by tile."""
     import astropy.units as u
 
-    from skymorph.trainer.tables import OTHER_UNITS, arcsec_text
+    from skymorph.tables import OTHER_UNITS, arcsec_text
 
     known = np.isfinite(said).all(axis=1)
     if not known.any():

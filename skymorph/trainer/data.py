@@ -20,7 +20,7 @@ import numpy as np
 
 from skymorph.errors import InputError
 from skymorph.trainer.labels import Labels
-from skymorph.trainer.tables import (
+from skymorph.tables import (
     LABELLED_POSITION_ARCSEC,
     OTHER_UNITS,
     SAME_GALAXY_ARCSEC,

@@ -38,7 +38,7 @@ from skymorph.gz_tables import (
 from skymorph.schema import Schema
 from skymorph.storage import FITS_SUFFIXES
 from skymorph.tiles import object_ids
-from skymorph.trainer.tables import CSV_SUFFIXES, locations, read_table, sky_positions
+from skymorph.tables import CSV_SUFFIXES, locations, read_table, sky_positions
 
 __all__ = ["Labels", "labels_from_table", "labels_schema", "load_labels", "split_kind", "split_masks"]
 
@@ -252,7 +252,7 @@ def load_labels(url: str, schema: Schema, storage_options=None) -> Labels:
 
 
 def labels_from_table(url: str, table, sha256: str, schema: Schema, *, votes_needed: bool = True) -> Labels:
-    """Validate the labels ``table`` (pyarrow, as :func:`~skymorph.trainer.tables.read_table` read it from
+    """Validate the labels ``table`` (pyarrow, as :func:`~skymorph.tables.read_table` read it from
     ``url``) against ``schema``. Without ``votes_needed`` (labels that votes are being added to), labels
     without any vote are fine and their rows without votes are left out silently: the caller keeps them
     as galaxies to classify.

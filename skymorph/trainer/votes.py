@@ -60,7 +60,7 @@ def add_votes(votes: str, batch: str, out: str, labels: str | None = None, schem
 
     from skymorph.storage import check_new, write_parquet
     from skymorph.trainer.labels import labels_from_table
-    from skymorph.trainer.tables import (
+    from skymorph.tables import (
         LABELLED_POSITION_ARCSEC,
         arcsec_between,
         index_in,

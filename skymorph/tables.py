@@ -2,9 +2,10 @@
 where its galaxies are on the sky (``ra``, ``dec``) and in the tiles (``tile``, ``row``), and the angles
 between two sets of positions.
 
-Shared by the readers of such tables in this package: labels (:mod:`skymorph.trainer.labels`), the images
-they name (:mod:`skymorph.trainer.data`), votes added to them (``labels ingest``) and a volunteer table
-matched to the tiles by position (``labels match``).
+Shared by every reader of such tables: labels (:mod:`skymorph.trainer.labels`), the images they name
+(:mod:`skymorph.trainer.data`), votes added to them (``labels ingest``), a volunteer table matched to the
+tiles by position (``labels match``) and the galaxies ``catalog pick --exclude`` leaves out. It sits below
+the trainer and the catalog so that both read a table one way.
 """
 
 from __future__ import annotations
