@@ -140,6 +140,8 @@ def _add_ingest_command(survey_sub) -> None:
     ingest.add_argument("--bands", choices=("mean", "keep"), default="mean", help="mean: one grey channel; keep: all bands (default mean)")
     ingest.add_argument("--stretch", choices=("asinh", "linear"), default="asinh", help="FITS flux, and one-band 16-bit or float PNG/TIFF, to 8 bits (default asinh)")
     ingest.add_argument("--tile-size", type=_positive_int, default=1024, help="galaxies per tile store (default 1024)")
+    ingest.add_argument("--chunk-size", type=_positive_int, default=256,
+                        help="cutouts per stored chunk, one S3 object each (default 256; 256-1024 suits S3)")
     ingest.add_argument("--id-column", default="object_id", help="the catalog's integer id column (default object_id)")
     ingest.add_argument("--label-question", metavar="QUESTION", help="turn the label column into one vote for this question")
     ingest.add_argument("--label-map", metavar="LABEL=ANSWER,...", help="label values to answers, e.g. spiral=yes,non_spiral=no (default: labels are answer names)")
@@ -156,7 +158,7 @@ def _cmd_survey_ingest(args) -> int:
     from skymorph.survey.ingest import ingest, parse_label_map
 
     summary = ingest(
-        args.catalog, args.out, args.size, bands=args.bands, stretch=args.stretch, tile_size=args.tile_size,
+        args.catalog, args.out, args.size, bands=args.bands, stretch=args.stretch, tile_size=args.tile_size, chunk_size=args.chunk_size,
         id_column=args.id_column, label_question=args.label_question, label_map=parse_label_map(args.label_map),
         schema=args.schema, survey=args.survey, pixel_scale_arcsec=args.pixel_scale_arcsec, workers=args.workers,
         storage_options=_storage_options(args), overwrite=args.overwrite,

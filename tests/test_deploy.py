@@ -191,7 +191,7 @@ def test_slurm_module_imports_nothing_heavy_and_names_the_extra_when_jobqueue_is
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert "dask_jobqueue" not in loaded and "torch" not in loaded
     monkeypatch.setitem(sys.modules, "dask_jobqueue", None)  # what `import dask_jobqueue` sees when it is absent
-    with pytest.raises(MissingDependencyError, match=r"pip install 'skymorph\[slurm\]'"):
+    with pytest.raises(MissingDependencyError, match=r"^running on SLURM needs dask-jobqueue: pip install 'dask-jobqueue>=0\.9' \(skymorph's slurm extra\)$"):
         slurm_cluster(SLURM_GPU, **LOOPBACK)
 
 

@@ -131,7 +131,7 @@ def test_plans_are_checked_before_tensorrt_is_needed(model_files, tmp_path):
     _fake_plan(tmp_path, model_files[1])
     plan = str(tmp_path / "m.plan")
     if importlib.util.find_spec("tensorrt") is None:
-        with pytest.raises(MissingDependencyError, match=r"TensorRT is not installed: pip install 'skymorph\[tensorrt\]'"):
+        with pytest.raises(MissingDependencyError, match=r"TensorRT is not installed: pip install tensorrt cuda-python \(skymorph's tensorrt extra\)"):
             load_engine(plan)
     (tmp_path / "m.plan").write_bytes(b"not really")
     with pytest.raises(ModelError, match="does not match its sidecar's sha256"):
@@ -217,7 +217,7 @@ def test_an_onnx_model_without_onnxruntime_is_one_line(model_files):
         "    except MissingDependencyError as err:\n"
         "        print(err)\n"
     )
-    assert _python(code).splitlines() == ["onnxruntime is not installed: pip install onnxruntime (or skymorph[gpu])"] * 2
+    assert _python(code).splitlines() == ["onnxruntime is not installed: pip install onnxruntime (or onnxruntime-gpu, skymorph's gpu extra)"] * 2
 
 
 def test_onnx_engine_reads_s3_and_never_imports_torch(model_files, s3_bucket):

@@ -195,6 +195,7 @@ def _fits_bytes(hdus) -> bytes:
     (dict(size="64"), "size (--size) must be an integer >= 8, got '64'"),
     (dict(size=4), "size (--size) must be an integer >= 8, got 4"),
     (dict(tile_size=0), "tile_size (--tile-size) must be an integer >= 1, got 0"),
+    (dict(chunk_size=0), "chunk_size (--chunk-size) must be an integer >= 1, got 0"),
     (dict(workers=-1), "workers (--workers) must be an integer >= 1, got -1"),
 ])
 def test_bad_arguments_are_refused_before_out_is_touched(tmp_path, arguments, message):
@@ -455,6 +456,7 @@ def test_placeholder_positions_keep_catalog_order_and_the_summary_says_so(tmp_pa
     (tmp_path / "cat.csv").write_text("object_id,file\n" + "".join(f"{i + 10},img/{i}.png\n" for i in order))
     summary = ingest(str(tmp_path / "cat.csv"), str(tmp_path / "o"), 8, tile_size=3, progress=False)
     assert [open_tile(url).read_coords()[0].tolist() for url in summary.tiles] == [[13, 10, 16], [11, 15, 12], [14]]
+    assert [open_tile(url).chunk_size for url in summary.tiles] == [3, 3, 1]  # one chunk each: 256 by default
     assert summary.position_is_placeholder
     assert str(summary) == (f"ingested 7 galaxies into 3 tile(s) at {tmp_path / 'o'}; positions are placeholders "
                             "(ra = dec = 0): the catalog has no ra/dec columns")
@@ -495,10 +497,11 @@ def test_ingest_from_and_to_s3(s3_bucket):
         fs.pipe(f"{root}/cutouts/{i}.png", buffer.getvalue())
     fs.pipe(f"{root}/cutouts/cat.csv", f"object_id,file\n1,0.png\n2,{s3_bucket}/cutouts/1.png\n3,gone.png\n".encode())
     out = f"{s3_bucket}/ingested"
-    code, err = _run(["survey", "ingest", "--catalog", f"{s3_bucket}/cutouts/cat.csv", "--out", out, "--size", "16", "--bands", "keep"])
+    code, err = _run(["survey", "ingest", "--catalog", f"{s3_bucket}/cutouts/cat.csv", "--out", out, "--size", "16", "--bands", "keep",
+                      "--chunk-size", "1"])
     assert code == 1 and "gone.png" in err  # one cutout missing: reported, the rest written
     tile = open_tile(read_tile_list(f"{out}/tiles.txt")[0])
-    assert tile.url.startswith(s3_bucket) and tile.read_coords()[0].tolist() == [1, 2]
+    assert tile.url.startswith(s3_bucket) and tile.read_coords()[0].tolist() == [1, 2] and tile.chunk_size == 1
     images = tile.read_images(0, 2)
     assert images.shape == (2, 3, 16, 16) and images[0].min() == images[0].max() == 50 and images[1].min() == 100
     assert pq.read_table(fs.open(f"{root}/ingested/labels.parquet")).column("object_id").to_pylist() == [1, 2]

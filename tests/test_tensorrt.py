@@ -12,8 +12,8 @@ import pytest
 
 pytestmark = [pytest.mark.gpu, pytest.mark.tensorrt]
 
-trt = pytest.importorskip("tensorrt", reason="TensorRT is not installed (pip install 'skymorph[tensorrt]' on a GPU machine)")
-pytest.importorskip("cuda", reason="cuda-python is not installed (pip install 'skymorph[tensorrt]')")
+trt = pytest.importorskip("tensorrt", reason="TensorRT is not installed (pip install tensorrt, on a GPU machine)")
+pytest.importorskip("cuda", reason="cuda-python is not installed (pip install cuda-python)")
 torch = pytest.importorskip("torch")
 if not torch.cuda.is_available():
     pytest.skip("no CUDA GPU", allow_module_level=True)

@@ -1,6 +1,6 @@
 """Exported ONNX -> TensorRT plan + sidecar JSON, checked against onnxruntime on the same batch.
 
-Needs an NVIDIA GPU, ``tensorrt`` and ``cuda-python`` (``pip install 'skymorph[tensorrt]'``), all
+Needs an NVIDIA GPU, ``tensorrt`` and ``cuda-python`` (skymorph's ``tensorrt`` extra), all
 imported lazily. One optimisation profile covers batches 1..``max_batch`` (tuned for ``opt_batch``).
 
 fp16: TensorRT 10 lowers precision per layer when ``BuilderFlag.FP16`` is set. TensorRT 11 removed

@@ -89,7 +89,7 @@ def _import_onnxruntime():
     try:
         import onnxruntime
     except ImportError as err:
-        raise MissingDependencyError("onnxruntime is not installed: pip install onnxruntime (or skymorph[gpu])") from err
+        raise MissingDependencyError("onnxruntime is not installed: pip install onnxruntime (or onnxruntime-gpu, skymorph's gpu extra)") from err
     return onnxruntime
 
 

@@ -9,7 +9,8 @@ worker process advertising ``--resources GPU=1``, so tasks that need a GPU land 
 kills them, handing their work back to the scheduler; with ``max_jobs > 0`` the cluster is adaptive
 and submits replacement jobs.
 
-Needs the ``slurm`` extra: ``pip install 'skymorph[slurm]'``.
+Needs dask-jobqueue, skymorph's ``slurm`` extra (``pip install -c constraints.txt -e '.[slurm]'`` in the
+repository).
 """
 
 from __future__ import annotations
@@ -179,7 +180,7 @@ class SlurmConfig:
             from dask_jobqueue import SLURMCluster
         except ImportError as err:
             raise MissingDependencyError(
-                "running on SLURM needs dask-jobqueue: pip install 'skymorph[slurm]'"
+                "running on SLURM needs dask-jobqueue: pip install 'dask-jobqueue>=0.9' (skymorph's slurm extra)"
             ) from err
         cluster = SLURMCluster(**self.cluster_kwargs())
         if self.max_jobs:

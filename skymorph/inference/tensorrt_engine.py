@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 SIDECAR_FORMAT = "skymorph-tensorrt-plan"
-INSTALL_HINT = "pip install 'skymorph[tensorrt]' on a machine with an NVIDIA GPU"
+INSTALL_HINT = "pip install tensorrt cuda-python (skymorph's tensorrt extra) on a machine with an NVIDIA GPU"
 
 
 def import_tensorrt():

@@ -303,6 +303,7 @@ def ingest(
     bands: str = "mean",
     stretch: str = "asinh",
     tile_size: int = 1024,
+    chunk_size: int = 256,
     id_column: str = "object_id",
     label_question: str | None = None,
     label_map: dict[str, str] | None = None,
@@ -320,6 +321,8 @@ def ingest(
     turns the catalog's ``label`` column into one vote per galaxy for that question of ``schema``; a
     cutout with an empty label gets empty vote cells (a galaxy nobody has classified, which ``train``
     leaves out and ``catalog pick --exclude`` does not exclude).
+    ``chunk_size`` cutouts are stored per chunk, one S3 object each (256 to 1,024 suits S3: see
+    :func:`skymorph.tiles.write_tile`).
     ``pixel_scale_arcsec`` is that of the input cutouts; each tile records the scale of its resized
     pixels (module docstring), or 1.0 flagged ``pixel_scale_is_placeholder`` when the scale is unknown.
     Files that cannot be read are warned about on stderr, listed in ``ingest_failures.csv`` and skipped.
@@ -336,6 +339,7 @@ def ingest(
         raise InputError(f"stretch must be 'asinh' or 'linear', got {stretch!r}")
     size = check_int("size", "--size", size, 8)
     tile_size = check_int("tile_size", "--tile-size", tile_size, 1)
+    chunk_size = check_int("chunk_size", "--chunk-size", chunk_size, 1)
     workers = min(8, os.cpu_count() or 1) if workers is None else check_int("workers", "--workers", workers, 1)
     if pixel_scale_arcsec is not None and (isinstance(pixel_scale_arcsec, bool) or not isinstance(pixel_scale_arcsec, numbers.Real)
                                            or not math.isfinite(pixel_scale_arcsec) or pixel_scale_arcsec <= 0):
@@ -396,7 +400,7 @@ def ingest(
             url, images[rows], object_id[rows], ra[rows], dec[rows],
             survey=survey, bands=band_names, pixel_scale_arcsec=1.0 if pixel_scale_arcsec is None else pixel_scale_arcsec * side / size,
             stretch=_stretch_attr(stretch, stretched[rows]),
-            resize={"method": "lanczos", "size": size, "square": "centre crop", **({"from_px": side} if side else {})}, chunk_size=256,
+            resize={"method": "lanczos", "size": size, "square": "centre crop", **({"from_px": side} if side else {})}, chunk_size=chunk_size,
             storage_options=storage_options, extra_attrs=extra,
         )
         tile_urls.append(url)

@@ -38,7 +38,7 @@ class LocalS3:
         try:
             from moto.server import ThreadedMotoServer
         except ImportError as err:
-            raise MissingDependencyError("the local S3 endpoint needs moto: pip install 'skymorph[dev]'") from err
+            raise MissingDependencyError("the local S3 endpoint needs moto: pip install 'moto[server]>=5.0.20' (skymorph's dev extra)") from err
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         server = ThreadedMotoServer(ip_address=self.host, port=0, verbose=False)
         server.start()
