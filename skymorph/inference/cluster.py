@@ -253,11 +253,13 @@ def scheduler_address(spec: ClusterSpec) -> str:
 
 
 @contextmanager
-def connect(spec: ClusterSpec):
+def connect(spec: ClusterSpec, slurm=None):
     """Yield ``(client, engine_threads)``: ``engine_threads`` is set for a LocalCluster and a SLURM
     cluster (:attr:`~skymorph.inference.slurm.SlurmConfig.engine_threads`), None where the workers belong
     to someone else (then each worker divides its host's cores, see
-    :class:`skymorph.inference.task.EngineCache`)."""
+    :class:`skymorph.inference.task.EngineCache`). ``slurm``: the
+    :class:`~skymorph.inference.slurm.SlurmConfig` of ``spec.cluster_config`` where the caller has read it
+    already; else it is read here."""
     from distributed import Client, LocalCluster
 
     if spec.scheduler_file or spec.address:
@@ -284,7 +286,7 @@ def connect(spec: ClusterSpec):
         if shutil.which("sbatch") is None:  # else the driver waited forever for workers never submitted
             raise InputError("--cluster slurm submits its workers with sbatch, which is not on this machine's PATH; run on "
                              "a SLURM login node, or start `dask worker`s yourself and pass --scheduler")
-        config = load_slurm_config(spec.cluster_config, **spec.slurm_overrides)
+        config = slurm or load_slurm_config(spec.cluster_config, **spec.slurm_overrides)
         with config.cluster() as cluster:
             with Client(cluster) as client:
                 yield client, config.engine_threads

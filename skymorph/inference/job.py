@@ -418,6 +418,7 @@ def run_survey(config: RunConfig) -> RunReport:
     spec = config.cluster_spec()
     if spec.scheduler_file or spec.address:
         scheduler_address(spec)  # a bad address fails now, before the catalog is touched
+    slurm = None
     if spec.cluster == "slurm":
         from skymorph.inference.slurm import load_slurm_config
 
@@ -456,7 +457,7 @@ def run_survey(config: RunConfig) -> RunReport:
             _remove_for_overwrite(config, lock, options)
         else:
             gpu = config.gpu or info.needs_gpu
-            with connect(replace(spec, gpu=gpu)) as (client, engine_threads):
+            with connect(replace(spec, gpu=gpu), slurm) as (client, engine_threads):
                 if info.needs_gpu:
                     require_resources(client, GPU_WORKER, f"model {config.model!r} (it runs on a GPU)")
                 elif gpu:
