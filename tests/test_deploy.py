@@ -636,6 +636,80 @@ def test_skymorph_run_against_a_scheduler_puts_gpu_tasks_on_the_gpu_worker(s3, s
     assert executed[workers["gpu"]] >= 2, "one task per tile at least"
 
 
+def test_skymorph_run_on_slurm_submits_a_worker_job_and_cancels_it_at_the_end(tmp_path, tiny_model, monkeypatch, capsys):
+    """``--cluster slurm`` end to end through dask-jobqueue, with an sbatch that runs the job script on this
+    machine after a queue wait (:mod:`skymorph.testing.slurm`): the adaptive cluster, empty at the start,
+    submits one worker job once there are tasks and leaves it in the queue (it cancelled and resubmitted a
+    job of 2 processes every 3 s, for as long as the queue held it: dask/distributed#7019); its workers join
+    the in-flight window; the catalog is exact; and the job is cancelled when the run ends, leaving no worker
+    behind."""
+    import sys
+
+    from jobhelpers import assert_exact, make_tiles
+
+    from skymorph.cli import main
+    from skymorph.testing.dask_processes import wait_for
+    from skymorph.testing.slurm import FakeSlurm
+
+    slurm = FakeSlurm.create(tmp_path / "slurm", queue_wait_s=5)
+    monkeypatch.setenv("PATH", f"{slurm.bin}{os.pathsep}{os.environ['PATH']}")
+    site = {**LOOPBACK, "walltime": "00:10:00", "gpus_per_job": 0, "processes": 2, "threads_per_process": 1,
+            "cpus_per_job": 2, "memory_gib": 2, "worker_lifetime_minutes": 8, "lifetime_stagger_minutes": 1, "max_jobs": 1,
+            "python": sys.executable, "log_directory": str(tmp_path / "logs"), "worker_extra_args": ["--host", "127.0.0.1"]}
+    (tmp_path / "site.yaml").write_text(yaml.safe_dump(site))
+    tiles = make_tiles(str(tmp_path), 3, 40, compact=True)
+    catalog = str(tmp_path / "catalog")
+    try:
+        code = main(["run", "--tiles", str(tmp_path / "tiles.txt"), "--model", tiny_model, "--out", catalog, "--cluster", "slurm",
+                     "--cluster-config", str(tmp_path / "site.yaml"), "--rows-per-task", "20", "--worker-timeout", "120"])
+    finally:
+        jobs = slurm.submitted()
+        slurm.kill_all()
+    assert code == 0, capsys.readouterr().err[-2000:]
+    assert_exact(catalog, tiny_model, tiles)
+    assert len(jobs) == 1, f"one job, left in the queue until it started: {len(jobs)} submitted, {len(slurm.cancelled())} cancelled"
+    script = slurm.script(jobs[0])
+    assert "#SBATCH --cpus-per-task=2" in script and "#SBATCH -t 00:10:00" in script
+    assert "--nthreads 1" in script and "--nworkers 2" in script and "--host 127.0.0.1" in script
+    assert set(slurm.cancelled()) == set(jobs)
+    wait_for(lambda: not slurm.running(), 30, "the cancelled job's workers to exit")
+
+
+def test_a_job_whose_workers_all_retired_is_replaced(tmp_path, monkeypatch):
+    """A job of 2 worker processes reached its workers' --lifetime: the cluster never forgot it (it forgets
+    a lost worker by name, and these are named after the job plus a suffix), so no job replaced it, and
+    the next task waited for ever. :class:`JobAdaptive` drops it and submits another."""
+    import sys
+    import time
+
+    from dask_jobqueue import SLURMCluster
+    from distributed import Client
+
+    from skymorph.inference.adaptive import JobAdaptive
+    from skymorph.testing.dask_processes import wait_for
+    from skymorph.testing.slurm import FakeSlurm
+
+    slurm = FakeSlurm.create(tmp_path / "slurm")
+    monkeypatch.setenv("PATH", f"{slurm.bin}{os.pathsep}{os.environ['PATH']}")
+    config = SlurmConfig(walltime="00:10:00", memory_gib=2, cpus_per_job=2, threads_per_process=1, worker_lifetime_minutes=8,
+                         lifetime_stagger_minutes=1, gpus_per_job=0, processes=2, python=sys.executable, **LOOPBACK)
+    # a lifetime of seconds, which the config (whole minutes) cannot give: the later flag wins
+    kwargs = {**config.cluster_kwargs(), "worker_extra_args": [*config.worker_args(), "--lifetime", "6s",
+                                                               "--lifetime-stagger", "0s", "--host", "127.0.0.1"]}
+    try:
+        with SLURMCluster(**kwargs) as cluster, Client(cluster) as client:
+            # one job at all times: nothing is scaled down, so only the lifetime ends it
+            cluster.adapt(minimum_jobs=1, maximum_jobs=1, Adaptive=JobAdaptive)
+            assert client.submit(time.sleep, 0.1, pure=False).result(timeout=60) is None
+            first = slurm.submitted()
+            assert len(first) == 1
+            wait_for(lambda: first[0] not in slurm.running(), 60, "the first job's workers to reach their lifetime")
+            assert client.submit(time.sleep, 0.1, pure=False).result(timeout=60) is None
+            assert len(slurm.submitted()) == 2 and slurm.submitted()[0] == first[0]
+    finally:
+        slurm.kill_all()
+
+
 def test_cluster_config_without_slurm_and_slurm_without_sbatch_are_one_line_errors(tmp_path, monkeypatch):
     """--cluster-config alone was ignored (a LocalCluster ran on the login node), and --cluster slurm
     where there is no sbatch waited forever for workers that were never submitted."""

@@ -7,7 +7,8 @@ job), each worker is one ``sbatch`` job. A GPU job asks for one GPU (``--gres=gp
 worker process advertising ``--resources GPU=1``, so tasks that need a GPU land only there, at most
 ``threads_per_process`` at a time. Workers retire (``--lifetime``, staggered) before SLURM's walltime
 kills them, handing their work back to the scheduler; with ``max_jobs > 0`` the cluster is adaptive
-and submits replacement jobs.
+(:class:`~skymorph.inference.adaptive.JobAdaptive`: a queued job is left in the queue, and a job whose
+workers have all retired is replaced).
 
 Needs dask-jobqueue, skymorph's ``slurm`` extra (``pip install -c constraints.txt -e '.[slurm]'`` in the
 repository).
@@ -182,9 +183,11 @@ class SlurmConfig:
             raise MissingDependencyError(
                 "running on SLURM needs dask-jobqueue: pip install 'dask-jobqueue>=0.9' (skymorph's slurm extra)"
             ) from err
+        from skymorph.inference.adaptive import JobAdaptive
+
         cluster = SLURMCluster(**self.cluster_kwargs())
-        if self.max_jobs:
-            cluster.adapt(minimum_jobs=self.min_jobs, maximum_jobs=self.max_jobs)
+        if self.max_jobs:  # queued jobs kept, retired ones replaced, whatever the processes per job
+            cluster.adapt(minimum_jobs=self.min_jobs, maximum_jobs=self.max_jobs, Adaptive=JobAdaptive)
         return cluster
 
     def cluster_kwargs(self) -> dict:

@@ -1,0 +1,91 @@
+"""``sbatch`` and ``scancel`` for a machine without SLURM, so that ``skymorph run --cluster slurm`` can be
+tested end to end through dask-jobqueue: ``sbatch SCRIPT`` runs the job script as a local process
+group, after a queue wait of the test's choosing, and prints SLURM's ``Submitted batch job ID``;
+``scancel ID`` ends that group with SIGTERM, as SLURM does. Everything else (the job script, the
+workers it starts, their lifetime) is what a real cluster would run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["FakeSlurm"]
+
+_SBATCH = """#!/usr/bin/env bash
+# sbatch SCRIPT: run it after the queue wait in its own process group; the job id is this process's pid
+set -eu
+jobs='{jobs}'
+id=$$
+cp "${{@: -1}}" "$jobs/$id.sh"  # dask-jobqueue deletes its temporary script once sbatch returns
+setsid bash -c "sleep {queue_wait_s}; exec bash '$jobs/$id.sh'" > "$jobs/$id.log" 2>&1 < /dev/null &
+echo $! > "$jobs/$id.pid"
+echo "Submitted batch job $id"
+"""
+
+_SCANCEL = """#!/usr/bin/env bash
+# scancel ID...: SIGTERM to each job's process group, as SLURM sends
+jobs='{jobs}'
+for id in "$@"; do
+    echo "$id" >> "$jobs/cancelled"
+    kill -TERM -- "-$(cat "$jobs/$id.pid")" 2> /dev/null || true
+done
+"""
+
+
+@dataclass(frozen=True)
+class FakeSlurm:
+    """The two commands, written to ``directory/bin`` (put it first on ``PATH``); jobs go in
+    ``directory/jobs`` (script, log, pid)."""
+
+    directory: Path
+
+    @classmethod
+    def create(cls, directory: str | os.PathLike, queue_wait_s: float = 0.0) -> FakeSlurm:
+        """``queue_wait_s``: how long each job waits before it starts, as in a queue."""
+        fake = cls(Path(directory))
+        fake.bin.mkdir(parents=True)
+        fake.jobs.mkdir()
+        for name, text in (("sbatch", _SBATCH), ("scancel", _SCANCEL)):
+            path = fake.bin / name
+            path.write_text(text.format(jobs=fake.jobs, queue_wait_s=float(queue_wait_s)))
+            path.chmod(path.stat().st_mode | stat.S_IXUSR)
+        return fake
+
+    @property
+    def bin(self) -> Path:
+        return self.directory / "bin"
+
+    @property
+    def jobs(self) -> Path:
+        return self.directory / "jobs"
+
+    def submitted(self) -> list[str]:
+        """Job ids in the order submitted (pids: increasing within a test)."""
+        return sorted((path.stem for path in self.jobs.glob("*.sh")), key=int)
+
+    def script(self, job_id: str) -> str:
+        return (self.jobs / f"{job_id}.sh").read_text()
+
+    def cancelled(self) -> list[str]:
+        path = self.jobs / "cancelled"
+        return path.read_text().split() if path.exists() else []
+
+    def running(self) -> list[str]:
+        """Jobs with a process left in their group."""
+        alive = []
+        for job_id in self.submitted():
+            try:
+                os.killpg(int((self.jobs / f"{job_id}.pid").read_text()), 0)
+            except ProcessLookupError:
+                continue
+            alive.append(job_id)
+        return alive
+
+    def kill_all(self) -> None:
+        """End every job's process group (a test's clean-up, whatever happened)."""
+        for job_id in self.running():
+            os.killpg(int((self.jobs / f"{job_id}.pid").read_text()), signal.SIGKILL)
