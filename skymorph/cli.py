@@ -628,14 +628,14 @@ def _environment_error(err: Exception, args) -> str | None:
     message = remote_error_message(err, options)
     if message is None and isinstance(err, OSError):
         message = first_line(err, limit=500)
-        s3_urls = [value for value in vars(args).values() if isinstance(value, str) and value.startswith(("s3://", "s3a://"))]
+        given = _text_arguments(args)
+        s3_urls = [value for _, value in given if value.startswith(("s3://", "s3a://"))]
         if err.filename is None and s3_urls:  # s3fs's errors ("Forbidden") name no path: name the S3 URLs given
             if isinstance(err, PermissionError):
                 message = (f"S3 denied access ({message}) to {', '.join(s3_urls)}; check the credentials (AWS_ACCESS_KEY_ID "
                            "and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE), and leave \"anon\" out of --storage-options for a private bucket")
             elif isinstance(err, FileNotFoundError):
-                named = [(name, value) for name, value in vars(args).items() if isinstance(value, str)
-                         and value.startswith(("s3://", "s3a://")) and repr(value) in message]
+                named = [(name, value) for name, value in given if value.startswith(("s3://", "s3a://")) and repr(value) in message]
                 if named:  # the message names the URL: name the argument that gave it
                     message = f"{_argument_name(named[0][0])} {message}"
                 else:
@@ -643,12 +643,19 @@ def _environment_error(err: Exception, args) -> str | None:
         if isinstance(err, IsADirectoryError) and err.filename is not None:  # name the argument that gave it
             import os
 
-            given = [(name, value) for name, value in vars(args).items() if isinstance(value, str)
-                     and os.path.abspath(os.path.expanduser(value)) == os.path.abspath(str(err.filename))]
-            if given:
-                name, value = given[0]
+            named = [(name, value) for name, value in given
+                     if os.path.abspath(os.path.expanduser(value)) == os.path.abspath(str(err.filename))]
+            if named:
+                name, value = named[0]
                 message = f"{_argument_name(name)} {value!r} is a directory; give a file"
     return message
+
+
+def _text_arguments(args) -> list[tuple[str, str]]:
+    """``(dest, value)`` of each text argument given, an item of a list (``--exclude A B``) each, the
+    subcommand's name left out (a directory named ``train`` was taken for it)."""
+    return [(name, item) for name, value in vars(args).items() if name != "command" and not name.endswith("_command")
+            for item in (value if isinstance(value, list) else [value]) if isinstance(item, str)]
 
 
 def _argument_name(dest: str) -> str:

@@ -61,13 +61,16 @@ class MissingDependencyError(SkymorphError, ImportError):
     """An optional dependency is needed for this feature; the message says what to install."""
 
 
-def check_int(name: str, flag: str, value, minimum: int) -> int:
-    """``value`` as an int if it is a whole number (not a bool) of at least ``minimum``, else an
-    :class:`InputError` naming the argument both ways: ``size (--size) must be an integer >= 8, got 4``."""
+def check_int(name: str, flag: str, value, minimum: int, maximum: int | None = None, why: str = "") -> int:
+    """``value`` as an int if it is a whole number (not a bool) of at least ``minimum`` (and at most
+    ``maximum``), else an :class:`InputError` naming the argument both ways: ``size (--size) must be an
+    integer >= 8, got 4``; ``why`` follows the message of a value above ``maximum``."""
     import numbers
 
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise InputError(f"{name} ({flag}) must be an integer >= {minimum}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise InputError(f"{name} ({flag}) must be at most {maximum}, got {value}{why}")
     return int(value)
 
 

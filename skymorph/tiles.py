@@ -51,6 +51,7 @@ __all__ = [
     "write_tile_list",
     "tile_name",
     "MISSING_OBJECT_ID",
+    "MAX_CUTOUT_PX",
     "object_ids",
 ]
 
@@ -63,6 +64,9 @@ _RESERVED = frozenset(
 _COORD_DTYPES = {"object_id": np.dtype("int64"), "ra": np.dtype("float64"), "dec": np.dtype("float64")}
 _COORD_CHUNK = 65_536
 MISSING_OBJECT_ID = np.iinfo(np.int64).min
+MAX_CUTOUT_PX = 1024
+"""The largest cutout side ``survey synth`` and ``survey ingest`` write (``train --resize`` takes at most as
+much): a tile of 1,024 cutouts at 1,024 px is already 1 GiB per band in memory, and Galaxy Zoo's are 424."""
 """The ``object_id`` fill value: what a lost chunk reads as, so no galaxy may have it."""
 _COORD_FILL = {"object_id": MISSING_OBJECT_ID, "ra": np.nan, "dec": np.nan}
 

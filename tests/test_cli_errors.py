@@ -292,6 +292,10 @@ def test_a_directory_given_as_an_input_file_names_its_argument(tmp_path, capsys,
     assert line == "skymorph: error: --model 'd.onnx' is a directory; give a file"
     line = _one_line_error(capsys, main(["export", "d.onnx", "--out", "m.onnx"]))
     assert line == "skymorph: error: checkpoint 'd.onnx' is a directory; give a file"
+    # named as the subcommand it shares its name with: "--command 'train' is a directory"
+    (tmp_path / "train").mkdir()
+    line = _one_line_error(capsys, main(["train", "--tiles", "t.txt", "--labels", "train", "--out", "m.ckpt"]))
+    assert line == "skymorph: error: --labels 'train' is a directory; give a file"
 
 
 def test_a_broken_pipe_that_is_not_stdout_is_reported(monkeypatch, capsys):

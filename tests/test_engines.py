@@ -91,6 +91,14 @@ def test_truncated_onnx_is_refused(model_files, tmp_path):
         load_engine(str(tmp_path / "cut.onnx"))
 
 
+def test_a_checkpoint_named_onnx_is_called_a_checkpoint(model_files, tmp_path):
+    """train --out takes any name: a checkpoint saved as model.onnx was "truncated or corrupt"."""
+    (tmp_path / "model.onnx").write_bytes(model_files[0].read_bytes())
+    with pytest.raises(ModelError, match=r"^'.*model.onnx' is a PyTorch checkpoint \(a zip file\), not an ONNX model; export "
+                                         r"it first: `skymorph export CHECKPOINT --out model.onnx`$"):
+        load_engine(str(tmp_path / "model.onnx"))
+
+
 def test_onnx_without_skymorph_metadata_is_refused(model_files, tmp_path):
     model = onnx.load(str(model_files[1]))
     del model.metadata_props[:]

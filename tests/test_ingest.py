@@ -194,6 +194,7 @@ def _fits_bytes(hdus) -> bytes:
 @pytest.mark.parametrize("arguments, message", [
     (dict(size="64"), "size (--size) must be an integer >= 8, got '64'"),
     (dict(size=4), "size (--size) must be an integer >= 8, got 4"),
+    (dict(size=2048), "size (--size) must be at most 1024, got 2048; galaxy models train at 64 to 300"),  # was out of memory
     (dict(tile_size=0), "tile_size (--tile-size) must be an integer >= 1, got 0"),
     (dict(chunk_size=0), "chunk_size (--chunk-size) must be an integer >= 1, got 0"),
     (dict(workers=-1), "workers (--workers) must be an integer >= 1, got -1"),
@@ -519,6 +520,12 @@ def test_ingest_bad_catalogs_are_one_line_errors(tmp_path):
     (tmp_path / "cat.csv").write_text("object_id,file,ra,dec\n1,a.png,abc,3\n")
     code, err = _run(["survey", "ingest", "--catalog", str(tmp_path / "cat.csv"), "--out", str(tmp_path / "o")])
     assert code == 2 and "ra/dec missing or not finite for object_id 1" in err and err.count("\n") == 1
+    (tmp_path / "cat.csv").write_text("object_id,file\nJ1234,a.png\n")  # pandas' text dtype: a TypeError traceback
+    code, err = _run(["survey", "ingest", "--catalog", str(tmp_path / "cat.csv"), "--out", str(tmp_path / "o")])
+    assert code == 2 and "'object_id' must be integers in every row" in err and err.count("\n") == 1
+    (tmp_path / "cat.csv").write_text("object_id,file,ra,dec\n1,a.png,400,3\n")  # was stored as 400
+    code, err = _run(["survey", "ingest", "--catalog", str(tmp_path / "cat.csv"), "--out", str(tmp_path / "o")])
+    assert code == 2 and "ra 400 of object_id 1 is outside [0, 360] (or [-180, 180]) degrees" in err and err.count("\n") == 1
     (tmp_path / "cat.csv").write_text("object_id,file\n")  # said: 'object_id' must be integers in every row
     code, err = _run(["survey", "ingest", "--catalog", str(tmp_path / "cat.csv"), "--out", str(tmp_path / "o")])
     assert code == 2 and "lists no cutouts, only a header; give one row per cutout" in err and err.count("\n") == 1

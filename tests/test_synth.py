@@ -315,6 +315,7 @@ def test_images_reflect_the_truth():
     [
         (dict(n_tiles=0), InputError, r"n_tiles \(--tiles\) must be an integer >= 1, got 0"),
         (dict(size=8), InputError, r"size \(--size\) must be an integer >= 16"),
+        (dict(size=100_000), InputError, r"^size \(--size\) must be at most 1024, got 100000; galaxy models train at 64 to 300$"),
         (dict(n_volunteers=0), InputError, "n_volunteers"),
         (dict(n_volunteers=float("inf")), InputError, r"n_volunteers \(--volunteers\) must be a finite number > 0, got inf"),
         (dict(healpix_order=11), InputError, r"healpix_order \(--healpix-order\) must be at most 10"),

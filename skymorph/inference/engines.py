@@ -109,6 +109,9 @@ def _ort_session(url: str, data: bytes, providers: list[str], threads: int | Non
     try:
         return ort.InferenceSession(data, options, providers=providers)
     except load_errors as err:
+        if data[:4] == b"PK\x03\x04":  # a zip: what torch.save writes (train --out takes any name)
+            raise ModelError(f"{url!r} is a PyTorch checkpoint (a zip file), not an ONNX model; export it first: "
+                             "`skymorph export CHECKPOINT --out model.onnx`") from err
         raise ModelError(
             f"{url!r} is not a readable ONNX model (truncated or corrupt: {first_line(err, 120)}); "
             "re-export it with `skymorph export`"

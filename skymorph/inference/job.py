@@ -35,6 +35,7 @@ from dataclasses import dataclass, field, replace
 from skymorph.catalog import layout
 from skymorph.errors import CatalogError, InputError, SkymorphError, some_names
 from skymorph.inference.driver import Tally, run_tasks
+from skymorph.posterior import MAX_VOLUNTEERS
 from skymorph.storage import check_url
 
 __all__ = ["RunConfig", "RunReport", "run_survey"]
@@ -87,6 +88,8 @@ class RunConfig:
         for name in ("batch_size", "rows_per_task", "n_volunteers", "threads_per_worker"):
             if int(getattr(self, name)) < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.n_volunteers > MAX_VOLUNTEERS:  # else every tile failed in its posterior stage, after the catalog was made
+            raise InputError(f"--n-volunteers must be at most {MAX_VOLUNTEERS}, got {self.n_volunteers}")
         if self.max_in_flight is not None and self.max_in_flight < 1:
             raise InputError(f"--max-in-flight must be at least 1, got {self.max_in_flight}")
         if self.worker_timeout is not None and not (math.isfinite(self.worker_timeout) and self.worker_timeout > 0):

@@ -59,7 +59,7 @@ from skymorph.errors import InputError, check_int, error_text, first_line
 from skymorph.schema import get_schema
 from skymorph.storage import FITS_SUFFIXES, atomic_write_text, is_remote, join, read_bytes, write_parquet
 from skymorph.survey._output import check_survey_out, prepare_survey_out
-from skymorph.tiles import MISSING_OBJECT_ID
+from skymorph.tiles import MAX_CUTOUT_PX, MISSING_OBJECT_ID
 
 __all__ = ["ingest", "IngestSummary", "decode_image", "parse_label_map"]
 
@@ -231,7 +231,8 @@ def _read_catalog(catalog_csv: str, id_column: str, storage_options):
         )
     if not len(table):  # before the type checks: a header-only CSV's columns have no type
         raise InputError(f"catalog {catalog_csv!r} lists no cutouts, only a header; give one row per cutout")
-    if table[id_column].isna().any() or not np.issubdtype(table[id_column].dtype, np.integer):
+    # pandas' own dtypes (text: StringDtype) are not numpy's: is_integer_dtype takes both
+    if table[id_column].isna().any() or not pd.api.types.is_integer_dtype(table[id_column].dtype):
         raise InputError(f"catalog {catalog_csv!r}: {id_column!r} must be integers in every row (it becomes the int64 object_id)")
     reserved = table[id_column] == MISSING_OBJECT_ID
     if reserved.any():
@@ -254,6 +255,13 @@ def _read_catalog(catalog_csv: str, id_column: str, storage_options):
             first = int(np.flatnonzero(outside)[0])
             raise InputError(f"catalog {catalog_csv!r}: dec {float(table['dec'].iloc[first]):g} of {id_column} "
                              f"{int(table[id_column].iloc[first])} is outside [-90, 90] degrees; give ICRS degrees")
+        ra = table["ra"].to_numpy(float)
+        outside = (ra < -180) | (ra > 360)
+        if outside.any():  # hours would be below 24, radians below 6.3: these are neither, nor degrees
+            first = int(np.flatnonzero(outside)[0])
+            raise InputError(f"catalog {catalog_csv!r}: ra {ra[first]:g} of {id_column} {int(table[id_column].iloc[first])} "
+                             "is outside [0, 360] (or [-180, 180]) degrees; give ICRS degrees")
+        table["ra"] = np.mod(ra, 360.0)  # [-180, 180) as some catalogs give it: the tiles and catalog hold [0, 360)
     return table.rename(columns={id_column: "object_id"}) if id_column != "object_id" else table
 
 
@@ -337,7 +345,7 @@ def ingest(
         raise InputError(f"bands must be 'mean' or 'keep', got {bands!r}")
     if stretch not in ("asinh", "linear"):
         raise InputError(f"stretch must be 'asinh' or 'linear', got {stretch!r}")
-    size = check_int("size", "--size", size, 8)
+    size = check_int("size", "--size", size, 8, MAX_CUTOUT_PX, "; galaxy models train at 64 to 300")
     tile_size = check_int("tile_size", "--tile-size", tile_size, 1)
     chunk_size = check_int("chunk_size", "--chunk-size", chunk_size, 1)
     workers = min(8, os.cpu_count() or 1) if workers is None else check_int("workers", "--workers", workers, 1)
