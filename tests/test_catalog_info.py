@@ -130,6 +130,32 @@ def test_damaged_metadata_is_one_line_for_every_reader(catalog, tmp_path, capsys
     assert not (tmp_path / "b.csv").exists()
 
 
+def test_a_lost_part_file_is_a_damaged_catalog_not_a_smaller_one(catalog, tmp_path, capsys):
+    """With part files gone, info counted fewer rows than hats.properties, and query and pick read what was
+    left, exit 0: a smaller catalog, silently."""
+    import collections
+
+    copy = str(tmp_path / "lost")
+    shutil.copytree(catalog, copy)
+    parts = sorted(glob.glob(os.path.join(copy, "dataset", "Norder=*", "Dir=*", "Npix=*", "part-*.parquet")))
+    per_pixel = collections.Counter(os.path.dirname(part) for part in parts)
+    lost = next(part for part in parts if per_pixel[os.path.dirname(part)] > 1)  # its pixel keeps other parts
+    rows = pq.read_metadata(lost).num_rows
+    os.remove(lost)
+    assert main(["catalog", "info", copy]) == 2
+    assert capsys.readouterr().err == (f"skymorph: error: catalog {copy!r}: its part files hold {1500 - rows:,} rows where "
+                                       "hats.properties counts 1,500: a `skymorph run` is rewriting the catalog, or it is "
+                                       "damaged (then rerun it with --overwrite)\n")
+    alone = next(part for part in parts if per_pixel[os.path.dirname(part)] == 1)  # its pixel keeps its directory
+    os.remove(alone)
+    npix = int(os.path.basename(os.path.dirname(alone)).removeprefix("Npix="))
+    for argv in (["info", copy], ["query", copy, "--limit", "3"], ["pick", copy, "--n", "3", "--out", str(tmp_path / "b.csv")]):
+        assert main(["catalog", *argv]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"partition Npix={npix} of partition_info.csv has no part file" in err[0], err
+    assert not (tmp_path / "b.csv").exists()
+
+
 def test_info_of_a_catalog_without_rows_is_strict_json(tmp_path, tiny_model, capsys):
     """Every tile failed: --json printed NaN for bald_total, which strict JSON parsers refuse."""
     from skymorph.inference.job import RunConfig, run_survey

@@ -46,8 +46,12 @@ class Catalog:
             # partition_info.csv, not the listing, says which pixels the catalog has, as for a cone and
             # for LSDB: a run resumed on a finished catalog writes parts in new pixels before its finish.
             wanted = set(self.pixels)
-            return [part.url for part in layout.list_parts(self.url, self.storage_options)
-                    if part.order == self.order and part.npix in wanted]
+            parts = [part for part in layout.list_parts(self.url, self.storage_options)
+                     if part.order == self.order and part.npix in wanted]
+            empty = wanted - {part.npix for part in parts}
+            if empty:  # a cone refuses such a pixel too: a whole-catalog read was a smaller catalog, silently
+                raise self._damaged(f"partition Npix={min(empty)} of partition_info.csv has no part file")
+            return [part.url for part in parts]
         from skymorph.storage import filesystem, listed_url
 
         urls = []
@@ -58,13 +62,16 @@ class Catalog:
                 fs.invalidate_cache(path)  # fsspec keeps listings: parts may have landed since (layout.list_parts)
                 names = fs.ls(path, detail=False)
             except FileNotFoundError:
-                raise CatalogError(f"catalog {self.url!r}: partition Npix={npix} of partition_info.csv has no directory "
-                                   f"{directory}: a `skymorph run` is rewriting the catalog, or it is damaged (then rerun "
-                                   "it with --overwrite)") from None
-            for name in sorted(names):
-                if layout.parse_part_path(name) is not None:
-                    urls.append(listed_url(name, self.url))
+                raise self._damaged(f"partition Npix={npix} of partition_info.csv has no directory {directory}") from None
+            found = [listed_url(name, self.url) for name in sorted(names) if layout.parse_part_path(name) is not None]
+            if not found:
+                raise self._damaged(f"partition Npix={npix} of partition_info.csv has no part file")
+            urls += found
         return urls
+
+    def _damaged(self, what: str) -> CatalogError:
+        return CatalogError(f"catalog {self.url!r}: {what}: a `skymorph run` is rewriting the catalog, or it is damaged "
+                            "(then rerun it with --overwrite)")
 
 
 def open_catalog(url: str, storage_options: dict | None = None) -> Catalog:
@@ -179,6 +186,9 @@ def info(url: str, storage_options: dict | None = None) -> CatalogInfo:
             "SELECT count(*), min(bald_total), avg(bald_total), max(bald_total), "
             f"approx_quantile(bald_total, [{quantile_list}]) FROM catalog"
         ).fetchone()
+    if rows != catalog.properties.total_rows:  # a part file lost from a pixel that has others
+        raise catalog._damaged(f"its part files hold {rows:,} rows where hats.properties counts "
+                               f"{catalog.properties.total_rows:,}")
     schema = catalog.metadata.schema
     return CatalogInfo(
         url=catalog.url,
