@@ -89,6 +89,18 @@ def test_unreachable_endpoint_is_one_line_naming_it(argv, dummy_credentials, dow
     assert not os.listdir(tmp_path)  # nothing was written
 
 
+def test_run_against_a_down_endpoint_stops_at_its_first_refused_connection(dummy_credentials, down, refused_port,
+                                                                           count_connects, tmp_path, capsys):
+    """The driver read its inputs with 10 attempts and backoff: 65-80 s to say that the endpoint is down."""
+    with count_connects("127.0.0.1", refused_port) as connects:
+        code = main(["run", "--tiles", "s3://bucket/tiles.txt", "--model", "s3://bucket/m.onnx", "--out", str(tmp_path / "cat"),
+                     "--storage-options", json.dumps({"endpoint_url": down})])
+    line = _one_line_error(capsys, code)
+    assert connects.count == 1
+    assert line.startswith(f"skymorph: error: --tiles 's3://bucket/tiles.txt': cannot reach the S3 endpoint {down} ")
+    assert not os.listdir(tmp_path)
+
+
 @pytest.mark.parametrize("options, source", [
     ({"endpoint_url": "not a url"}, "--storage-options endpoint_url"),
     ({"endpoint_url": "127.0.0.1:9000"}, "--storage-options endpoint_url"),

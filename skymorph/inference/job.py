@@ -414,7 +414,7 @@ def run_survey(config: RunConfig) -> RunReport:
     from skymorph.inference.engines import read_model_info
     from skymorph.inference.task import JobSpec, ModelRef, s3_retry_options
     from skymorph.posterior import column_names
-    from skymorph.storage import atomic_write_text
+    from skymorph.storage import atomic_write_text, check_bucket
     from skymorph.tiles import read_tiles
 
     started = time.perf_counter()
@@ -429,6 +429,8 @@ def run_survey(config: RunConfig) -> RunReport:
         if not slurm.max_jobs:  # nothing else scales the cluster: the run would wait for workers never submitted
             raise InputError(f"SLURM config {spec.cluster_config!r} has max_jobs 0, so skymorph run would submit no worker "
                              "job and wait for ever; set max_jobs (the most worker jobs at once) in it, or pass --workers N")
+    for url, flag in ((config.tiles, "--tiles"), (config.model, "--model")):
+        check_bucket(url, flag, config.storage_options)  # a down endpoint: one request, not the reads' 10 with backoff
     options = s3_retry_options(config.out, config.storage_options)
     tiles = read_tiles(config.tiles, s3_retry_options(config.tiles, config.storage_options))
     info = read_model_info(config.model, backend=config.backend,
