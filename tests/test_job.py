@@ -132,6 +132,34 @@ def test_resume_with_other_rows_per_task_is_refused_so_no_row_is_written_twice(t
     assert report.ok and report.total_rows == 40 and read_manifest(catalog).rows_per_task == 8
 
 
+def test_a_model_of_one_sample_scores_every_galaxy_0_and_pick_says_so(tmp_path, capsys):
+    """T = 1 (or dropout 0): every BALD score is 0, and catalog pick "picked" a batch in object_id order
+    without a word."""
+    import torch
+
+    from skymorph.catalog import pick
+    from skymorph.exporter import export_onnx_model
+    from skymorph.inference.job import RunConfig, run_survey
+    from skymorph.model_metadata import InputSpec
+    from skymorph.schema import get_schema
+    from skymorph.trainer.models import build_model
+
+    torch.manual_seed(0)
+    model = str(tmp_path / "one.onnx")
+    export_onnx_model(build_model("w20", get_schema("gz2"), InputSpec(1, SIZE, SIZE), "multinomial", dense=16), model,
+                      samples=1, seed=0)
+    make_tiles(str(tmp_path), n_tiles=1, per_tile=20)
+    catalog = str(tmp_path / "catalog")
+    assert run_survey(RunConfig(tiles=str(tmp_path / "tiles.txt"), model=model, out=catalog, workers=1, progress=False)).ok
+    capsys.readouterr()
+    batch = pick(catalog, 5)
+    assert batch["bald_total"].to_pylist() == [0.0] * 5 and batch["object_id"].to_pylist() == list(range(5))
+    assert capsys.readouterr().err == (
+        "skymorph: warning: every galaxy scores 0 on bald_total: the model's MC-dropout samples (T = 1) agree everywhere "
+        "(T = 1, or a model trained with --dropout 0), so this batch is in object_id order, not ranked by what volunteers "
+        "would teach the model\n")
+
+
 def test_a_catalog_of_tiles_without_sky_positions_says_so_and_mixed_tiles_are_refused(tmp_path, tiny_model, capsys):
     """`survey ingest` without ra/dec puts every galaxy at ra = dec = 0 and marks its tiles; the catalog
     gave no sign of it, and a cone search at (0, 0) returned every galaxy as if it were there."""

@@ -351,6 +351,10 @@ def pick(
             ids, scores, tiles, row_numbers = _power(con, score_sql, where, int(n), int(seed), float(beta),
                                                      model_salt(catalog.metadata.model_sha256))
         rows = _fetch_rows(con, ids)
+    if strategy == "top" and len(scores) and scores.max() <= 0:  # power refuses scores of 0: it returns fewer rows
+        print(f"skymorph: warning: every galaxy scores 0 on {score}: the model's MC-dropout samples (T = "
+              f"{catalog.metadata.samples}) agree everywhere (T = 1, or a model trained with --dropout 0), so this batch "
+              "is in object_id order, not ranked by what volunteers would teach the model", file=sys.stderr)
     # A galaxy in two overlapping tiles has two rows: keep the one that was picked. One (tile, row) can
     # also come back twice, identical, while parts of two plans of its range coexist (a run resumed with
     # another --rows-per-task, until finish_catalog removes the stale ones): keep one per rank.
