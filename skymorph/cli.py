@@ -73,8 +73,8 @@ def _positive_int(text: str) -> int:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    if not 1 <= value < 2**63:  # above, DuckDB's LIMIT failed with an INT128 conversion error naming no flag
+        raise argparse.ArgumentTypeError(f"expected a positive integer below 2**63, got {value}")
     return value
 
 
@@ -327,8 +327,8 @@ def _add_export_commands(sub) -> None:
     export.add_argument("--format", choices=("onnx", "tensorrt"), default="onnx", help="onnx (default) or tensorrt")
     export.add_argument("--opset", type=_positive_int, default=18, help="ONNX opset, from 18 to the newest onnx and onnxruntime support (default 18)")
     export.add_argument("--fp16", action="store_true", help="tensorrt: build an fp16 plan")
-    export.add_argument("--opt-batch", type=_positive_int, default=256, help="tensorrt: batch size tuned for (default 256)")
-    export.add_argument("--max-batch", type=_positive_int, default=1024, help="tensorrt: largest batch (default 1024)")
+    export.add_argument("--opt-batch", type=_positive_int, help="tensorrt: batch size tuned for (default 256)")
+    export.add_argument("--max-batch", type=_positive_int, help="tensorrt: largest batch (default 1024)")
     export.add_argument("--timing-cache", metavar="FILE", help="tensorrt: kernel timing cache, read and updated")
     export.add_argument("--onnx-out", metavar="URL", help="tensorrt: where the ONNX model goes (default: --out with .onnx)")
     _add_overwrite_option(export, "existing models at --out and (tensorrt) at --onnx-out or its default path")

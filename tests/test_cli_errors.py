@@ -194,6 +194,18 @@ def test_pick_exclude_that_is_not_parquet(content, small_catalog, tmp_path, caps
     assert not out.exists()
 
 
+def test_a_count_beyond_int64_is_refused_by_its_flag(small_catalog, tmp_path, capsys):
+    """It reached DuckDB's LIMIT: "Conversion Error: Type INT128 ... can't be cast", naming no flag."""
+    for argv in (["pick", small_catalog, "--n", str(10**20), "--out", str(tmp_path / "b.csv")],
+                 ["query", small_catalog, "--limit", str(10**20)]):
+        with pytest.raises(SystemExit) as exit_:
+            main(["catalog", *argv])
+        assert exit_.value.code == 2
+        assert capsys.readouterr().err.strip().splitlines() == [
+            f"skymorph catalog {argv[0]}: error: argument {argv[2]}: expected a positive integer below 2**63, got "
+            f"100000000000000000000 (see skymorph catalog {argv[0]} --help)"]
+
+
 # ---- outputs that cannot be written: refused before the work --------------------------------------
 
 

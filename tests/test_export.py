@@ -316,6 +316,9 @@ def test_export_checkpoint_refuses_flags_of_the_other_format_before_reading(tmp_
         ({"format": "tflite"}, "format must be one of onnx, tensorrt, got 'tflite'"),
         ({"fp16": True}, "--fp16 applies to --format tensorrt only"),
         ({"onnx_out": "x.onnx"}, "--onnx-out applies to --format tensorrt only"),
+        ({"opt_batch": 64}, "--opt-batch applies to --format tensorrt only"),  # these three were ignored without a word
+        ({"max_batch": 64}, "--max-batch applies to --format tensorrt only"),
+        ({"timing_cache": "t.cache"}, "--timing-cache applies to --format tensorrt only"),
         ({"format": "tensorrt", "onnx_out": str(tmp_path / "m.plan")}, "give the ONNX model its own path"),
         ({"format": "tensorrt", "opt_batch": 16, "max_batch": 8}, "need 1 <= --opt-batch <= --max-batch, got 16 and 8"),
     ):

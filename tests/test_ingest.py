@@ -198,6 +198,7 @@ def _fits_bytes(hdus) -> bytes:
     (dict(tile_size=0), "tile_size (--tile-size) must be an integer >= 1, got 0"),
     (dict(chunk_size=0), "chunk_size (--chunk-size) must be an integer >= 1, got 0"),
     (dict(workers=-1), "workers (--workers) must be an integer >= 1, got -1"),
+    (dict(label_map={"s": "yes"}), "--label-map maps labels to the answers of --label-question; add --label-question"),
 ])
 def test_bad_arguments_are_refused_before_out_is_touched(tmp_path, arguments, message):
     _one_png(tmp_path)

@@ -24,8 +24,8 @@ def export_checkpoint(
     fp16: bool = False,
     onnx_out: str | None = None,
     overwrite: bool = False,
-    opt_batch: int = 256,
-    max_batch: int = 1024,
+    opt_batch: int | None = None,
+    max_batch: int | None = None,
     timing_cache: str | None = None,
     storage_options: dict | None = None,
 ) -> tuple[ExportReport, TensorRTReport | None]:
@@ -34,7 +34,7 @@ def export_checkpoint(
     ``format="onnx"``: the ONNX model at ``out`` (:func:`export_onnx`); ``plan_report`` is None.
     ``format="tensorrt"``: ``out`` ends in ``.plan`` or ``.engine``; the ONNX model goes to ``onnx_out``
     (default: ``out`` with the suffix ``.onnx``) and the plan built from it (:func:`build_tensorrt`, fp16
-    if ``fp16``) to ``out``. An output that exists is an :class:`InputError` unless ``overwrite``: it may be
+    if ``fp16``, tuned for batches of ``opt_batch`` (default 256) up to ``max_batch`` (default 1024)) to ``out``. An output that exists is an :class:`InputError` unless ``overwrite``: it may be
     the model a catalog was made with. No output may be the checkpoint itself.
     Every argument is checked before the checkpoint is read, and TensorRT's presence before the ONNX export.
     """
@@ -42,8 +42,9 @@ def export_checkpoint(
         raise InputError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
     check_arguments(samples, seed, opset)
     if format == "onnx":
-        for given, flag in ((fp16, "--fp16"), (onnx_out, "--onnx-out")):
-            if given:
+        for given, flag in ((fp16, "--fp16"), (onnx_out, "--onnx-out"), (opt_batch is not None, "--opt-batch"),
+                            (max_batch is not None, "--max-batch"), (timing_cache, "--timing-cache")):
+            if given:  # else ignored without a word
                 raise InputError(f"{flag} applies to --format tensorrt only; drop it to write the float32 ONNX model at --out")
         if str(out).endswith(PLAN_SUFFIXES):  # `run` would take it for a plan by its name
             raise InputError(f"--out {str(out)!r} names a TensorRT plan; add --format tensorrt to build one, or end it in .onnx")
@@ -55,6 +56,8 @@ def export_checkpoint(
     out = str(out)
     if not out.endswith(PLAN_SUFFIXES):
         raise InputError(f"--out {out!r}: a TensorRT plan needs a .plan or .engine suffix")
+    opt_batch = 256 if opt_batch is None else opt_batch
+    max_batch = 1024 if max_batch is None else max_batch
     if not 1 <= opt_batch <= max_batch:
         raise InputError(f"need 1 <= --opt-batch <= --max-batch, got {opt_batch} and {max_batch}")
     onnx_url = str(onnx_out) if onnx_out else out.rsplit(".", 1)[0] + ".onnx"

@@ -353,6 +353,8 @@ def ingest(
                                            or not math.isfinite(pixel_scale_arcsec) or pixel_scale_arcsec <= 0):
         raise InputError(f"pixel_scale_arcsec (--pixel-scale-arcsec) must be a finite number > 0, got {pixel_scale_arcsec!r}; "
                          "leave it out when the scale is unknown")
+    if label_map and not label_question:  # else ignored without a word
+        raise InputError("--label-map maps labels to the answers of --label-question; add --label-question, or drop --label-map")
     check_survey_out(str(out), storage_options)
     table = _read_catalog(str(catalog_csv), id_column, storage_options)
     votes = _vote_columns(table, schema, label_question, label_map or {}) if label_question else {}
