@@ -240,6 +240,17 @@ def test_gumbel_top_1_samples_in_proportion_to_bald_power():
         assert abs(high - p) < 5 * np.sqrt(p * (1 - p) / len(seeds)), (beta, high, p)
 
 
+def test_a_huge_beta_ranks_as_top_without_overflow():
+    """beta * ln(score) overflowed to -inf for every galaxy (a RuntimeWarning, and a batch of arbitrary order)."""
+    import warnings
+
+    ids = np.arange(50, dtype=np.int64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        keys = gumbel_keys(ids, np.linspace(0.1, 5.0, 50), 0, 1e308)
+    assert np.argsort(-keys)[:10].tolist() == list(range(49, 39, -1))
+
+
 def test_power_inclusion_increases_with_bald():
     """Batches of 10 from 50 galaxies with BALD 0.1..5: inclusion frequency over 400 seeds rises with BALD."""
     from scipy.stats import spearmanr

@@ -78,12 +78,16 @@ def model_salt(model_sha256: str) -> int:
 
 
 def gumbel_keys(object_id, score, seed: int, beta: float = 1.0, salt: int = 0) -> np.ndarray:
-    """Gumbel top-k keys ``beta * ln(score) + G`` (see the module docstring); ``-inf`` where score <= 0."""
+    """Gumbel top-k keys, in the order of ``beta * ln(score) + G`` (see the module docstring); ``-inf``
+    where score <= 0. Computed as ``ln(score) + G / beta`` (``G`` at beta = 0), the same order divided
+    by beta: ``beta * ln(score)`` overflowed to -inf for every galaxy at a large beta."""
     score = np.asarray(score, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         log_score = np.where(score > 0, np.log(np.where(score > 0, score, 1.0)), -np.inf)
     gumbel = -np.log(-np.log(hash_uniform(object_id, seed, salt)))
-    return beta * log_score + gumbel
+    if beta == 0:
+        return np.where(score > 0, gumbel, -np.inf)
+    return log_score + gumbel / beta
 
 
 def read_ids(source, storage_options: dict | None = None, id_column: str = "object_id", schema: Schema | None = None) -> np.ndarray:
