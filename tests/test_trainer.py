@@ -845,6 +845,9 @@ def test_galaxy_zoo_2s_own_table_reads_as_gz2_votes(tmp_path):
     with pytest.raises(InputError, match=r"has no object_id column \(columns: dr7objid, ra, .*\); give each galaxy the "
                                          r"integer id its tiles hold it by, as object_id"):
         load_labels(str(tmp_path / "gz2.csv"), GZ2)
+    fits_table.rename(columns={"object_id": "OBJECT_ID"}).to_csv(tmp_path / "upper.csv", index=False)  # no hint
+    with pytest.raises(InputError, match=r"has no object_id column .* into a table with ra and dec\) Did you mean 'OBJECT_ID'\?$"):
+        load_labels(str(tmp_path / "upper.csv"), GZ2)
 
 
 def test_labels_that_put_a_galaxy_elsewhere_on_the_sky_than_its_image_are_refused(tmp_path, capsys):

@@ -215,7 +215,7 @@ def _read_catalog(catalog_csv: str, id_column: str, storage_options):
     try:
         table = pd.read_csv(io.BytesIO(read_bytes(catalog_csv, storage_options)))
     except ValueError as err:  # UnicodeDecodeError too
-        raise InputError(f"catalog {catalog_csv!r} is not a readable CSV ({err})") from err
+        raise InputError(f"catalog {catalog_csv!r} is not a readable CSV ({first_line(err, 160)})") from err
     except IsADirectoryError:
         raise InputError(f"catalog {catalog_csv!r} is a directory; give the CSV file that lists the cutouts") from None
     for column in ("file", id_column):

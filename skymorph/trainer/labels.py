@@ -273,7 +273,7 @@ def labels_from_table(url: str, table, sha256: str, schema: Schema, *, votes_nee
         raise InputError(
             f"labels {url!r} has no object_id column (columns: {', '.join(names[:12])}); give each galaxy the integer id "
             "its tiles hold it by, as object_id (`survey ingest` writes them into its labels.parquet, `catalog pick` into "
-            "its batch file, `labels match` into a table with ra and dec)"
+            "its batch file, `labels match` into a table with ra and dec)" + did_you_mean("object_id", names)
         )
     spelt = spellings_of(names, schema)  # the schema's name of a column -> the file's name(s)
     said = {ours: " / ".join(map(repr, spellings)) for ours, spellings in spelt.items()}  # for messages
