@@ -449,8 +449,10 @@ def read_tile_list(url: str, storage_options: dict | None = None) -> list[str]:
     try:
         text = storage.read_text(url, storage_options)
     except FileNotFoundError as err:
-        raise InputError(f"tile list {url!r} does not exist; check --tiles (a tile list, a survey directory or one "
-                         "*.zarr store)") from err
+        listed = storage.join(url, "tiles.txt")
+        if storage.is_remote(url) and storage.exists(listed, storage_options):  # a survey's prefix (local: read_tiles)
+            raise InputError(f"--tiles {url!r} is a survey's prefix, not a tile list; its tile list is {listed!r}") from err
+        raise InputError(f"tile list {url!r} does not exist; check --tiles (a tile list, or one *.zarr store)") from err
     except UnicodeDecodeError as err:
         raise InputError(f"tile list {url!r} is not a text file ({err.reason})") from err
     text = text.removeprefix("\ufeff")  # the byte-order mark Windows editors put before UTF-8 text

@@ -322,6 +322,12 @@ def test_tile_list_round_trip_s3(s3_bucket):
     write_tile_list(url, tiles)
     assert storage.read_text(url).splitlines()[1:] == ["tiles/a.zarr", f"{s3_bucket}/elsewhere/b.zarr"]
     assert read_tile_list(url) == tiles
+    # a survey's prefix said "does not exist", where a local directory pointed to its list
+    with pytest.raises(InputError, match=rf"^--tiles '{s3_bucket}/run' is a survey's prefix, not a tile list; its tile list "
+                                         rf"is '{s3_bucket}/run/tiles.txt'$"):
+        read_tiles(f"{s3_bucket}/run")
+    with pytest.raises(InputError, match=rf"^tile list '{s3_bucket}/nothing' does not exist; check --tiles"):
+        read_tiles(f"{s3_bucket}/nothing")
 
 
 def _one_line_tile_error(url, read=lambda tile: tile.read_images()):
