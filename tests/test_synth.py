@@ -318,6 +318,8 @@ def test_images_reflect_the_truth():
         (dict(size=100_000), InputError, r"^size \(--size\) must be at most 1024, got 100000; galaxy models train at 64 to 300$"),
         (dict(n_volunteers=0), InputError, "n_volunteers"),
         (dict(n_volunteers=float("inf")), InputError, r"n_volunteers \(--volunteers\) must be a finite number > 0, got inf"),
+        (dict(n_volunteers=1e8), InputError, r"^n_volunteers \(--volunteers\) must be at most 1000, as `skymorph run "
+                                              r"--n-volunteers`, got 1e\+08$"),  # labels that train refused
         (dict(healpix_order=11), InputError, r"healpix_order \(--healpix-order\) must be at most 10"),
         (dict(schema="decal"), SchemaError, "Did you mean 'decals'"),
         (dict(n_tiles=5, footprint=Footprint(10, 11, 0, 1)), InputError, "only 0 HEALPix pixels of order 5"),

@@ -25,6 +25,7 @@ import numpy as np
 
 from skymorph import storage
 from skymorph.errors import InputError, check_int
+from skymorph.posterior import MAX_VOLUNTEERS
 from skymorph.schema import Schema, get_schema
 from skymorph.seeds import check_seed
 from skymorph.survey._output import check_survey_out, prepare_survey_out
@@ -236,6 +237,9 @@ def synthesize(
         )
     if not (isinstance(n_volunteers, (int, float, np.integer, np.floating)) and 0 < n_volunteers < np.inf):
         raise InputError(f"n_volunteers (--volunteers) must be a finite number > 0, got {n_volunteers!r}")
+    if n_volunteers > MAX_VOLUNTEERS:  # votes train would refuse (it takes counts below 2**24)
+        raise InputError(f"n_volunteers (--volunteers) must be at most {MAX_VOLUNTEERS}, as `skymorph run "
+                         f"--n-volunteers`, got {n_volunteers:g}")
     if not isinstance(footprint, Footprint):
         raise InputError(f"footprint must be a skymorph.survey.Footprint, got {type(footprint).__name__}")
     workers = (os.cpu_count() or 1) if workers is None else check_int("workers", "--workers", workers, 1)
