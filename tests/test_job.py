@@ -917,6 +917,8 @@ def test_run_config_rejects_bad_options(tmp_path):
         RunConfig(tiles="t.txt", model="m.onnx", out="c", rows_per_task=0)
     with pytest.raises(InputError, match=r"^--n-volunteers must be at most 1000, got 1001$"):  # every tile failed
         RunConfig(tiles="t.txt", model="m.onnx", out="c", n_volunteers=1001)
+    with pytest.raises(InputError, match=r"^--workers 1000 is more worker processes than this machine's \d+ usable cores"):
+        RunConfig(tiles="t.txt", model="m.onnx", out="c", workers=1000)  # hung starting them
     with pytest.raises(InputError, match=r"^--catalog-order must be in 0\.\.19, got 25$"):
         RunConfig(tiles="t.txt", model="m.onnx", out="c", catalog_order=25)
     with pytest.raises(InputError, match=r"^--cluster slurm needs --cluster-config FILE"):
