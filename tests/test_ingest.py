@@ -120,7 +120,10 @@ def _png_16bit_rgb(pixels: np.ndarray) -> bytes:
 
 def test_16_bit_colour_is_refused_and_nan_is_blank():
     """Pillow keeps the high byte of 16-bit colour: values up to 1321 came out at most 5. A NaN pixel of a
-    float TIFF was cast to uint8 (FITS NaN was already blank)."""
+    float TIFF was cast to uint8 (FITS NaN was already blank); an infinite one overflowed the stretch (a
+    RuntimeWarning on stderr) and is as blank as NaN."""
+    import warnings
+
     from PIL import Image
 
     with pytest.raises(ValueError, match=r"16 bits per band \(RGB;16B\), which Pillow reads as their high bytes only"):
@@ -130,12 +133,17 @@ def test_16_bit_colour_is_refused_and_nan_is_blank():
     blank[:4, :4] = np.nan
     with_zero = flux.copy()
     with_zero[:4, :4] = 0
+    infinite = flux.copy()
+    infinite[:4, :4] = np.where(np.arange(16).reshape(4, 4) % 2, np.inf, -np.inf)
     decoded = []
-    for values in (blank, with_zero):
+    for values in (blank, with_zero, infinite):
         buffer = io.BytesIO()
         Image.fromarray(values).save(buffer, format="TIFF")
-        decoded.append(decode_image(buffer.getvalue(), "x.tif", size=16, bands="keep"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            decoded.append(decode_image(buffer.getvalue(), "x.tif", size=16, bands="keep"))
     np.testing.assert_array_equal(decoded[0], decoded[1])
+    np.testing.assert_array_equal(decoded[2], decoded[1])
 
 
 def test_blank_fits_cutouts_are_skipped_and_a_cube_s_planes_are_not_called_rgb(tmp_path):

@@ -171,8 +171,8 @@ def _decode(data: bytes, name: str, *, size: int, bands: str, stretch: str):
 
 def _stretched(planes: np.ndarray, size: int, bands: str, stretch: str):
     """Float (C, H, W) values -> uint8 (C, size, size) through ``stretch`` (``AsinhStretch(_ASINH_A)`` or
-    linear) after a ``_PERCENTILE`` interval, and the side of the square; NaN (a blank pixel) counts as 0,
-    except that ``bands="mean"`` averages a pixel over the bands that have it. An image of no finite
+    linear) after a ``_PERCENTILE`` interval, and the side of the square; NaN or infinity (a blank or
+    flagged pixel) counts as 0, except that ``bands="mean"`` averages a pixel over the bands that have it. An image of no finite
     value, or of one value throughout (with ``bands="keep"``, any such band of it), holds no galaxy: an
     InputError, so that it is reported and skipped, not trained on."""
     from astropy.visualization import AsinhStretch, LinearStretch, PercentileInterval
@@ -184,6 +184,8 @@ def _stretched(planes: np.ndarray, size: int, bands: str, stretch: str):
             raise InputError(f"{which}no finite pixel (all NaN or infinite): a blank cutout")
         if finite.min() == finite.max():
             raise InputError(f"{which}every pixel is {finite.min():g}: a blank cutout")
+    # an infinite pixel is as blank as NaN: nan_to_num made it 1.8e308, and the interval overflowed
+    planes = np.where(np.isinf(planes), np.nan, planes)
     if bands == "mean":  # over the bands that have the pixel: a band's blank pixel does not dim it
         with np.errstate(invalid="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # "Mean of empty slice": blank in every band
