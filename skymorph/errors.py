@@ -101,7 +101,11 @@ def error_text(err: BaseException, limit: int = 500) -> str:
 
 
 def first_line(err: BaseException, limit: int = 200) -> str:
-    """The first non-blank line of ``err``'s message, at most ``limit`` characters; the exception's type
-    name when the message is empty (a truncated file can raise an error with no message)."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    """The first non-blank line of ``err``'s message, at most ``limit`` characters, without terminal
+    colour codes (torch's bold text); the exception's type name when the message is empty (a truncated
+    file can raise an error with no message)."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     return (lines[0] if lines else type(err).__name__)[:limit]

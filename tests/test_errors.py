@@ -9,6 +9,7 @@ def test_first_line_of_an_error():
     assert first_line(ValueError("\n  first\nsecond")) == "first"
     assert first_line(EOFError()) == "EOFError"
     assert first_line(ValueError("x" * 500), 10) == "x" * 10
+    assert first_line(ValueError("load failed, \x1b[1mdo those steps\x1b[0m only")) == "load failed, do those steps only"
 
 
 def test_did_you_mean():

@@ -246,6 +246,20 @@ def test_checkpoint_errors_are_one_line(tmp_path):
         read_checkpoint(str(bad))
     with pytest.raises(ModelError, match="not a skymorph checkpoint"):
         read_checkpoint(str(tmp_path / "other.pt"))
+    # a whole module: torch's refusal, with terminal colour codes, cut off mid-word
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "module.pt")
+    with pytest.raises(ModelError, match=r"^'.*module.pt' is a torch file of pickled Python objects \(a whole model saved "
+                                         r"with torch.save, say\), which is not loaded: it could run any code; give the "
+                                         r"\.ckpt written by `skymorph train`$"):
+        read_checkpoint(str(tmp_path / "module.pt"))
+    import pickle
+    import warnings
+
+    bad.write_bytes(pickle.dumps({"a": 1}, protocol=4))  # torch warned about the protocol on stderr first
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ModelError, match=r"bad.ckpt' is not a checkpoint; give the .ckpt written by `skymorph train`"):
+            read_checkpoint(str(bad))
     torch.save({"format": "skymorph-checkpoint", "format_version": 1, "model": {}}, tmp_path / "bare.pt")
     with pytest.raises(ModelError, match="without its metadata") as caught:
         load_checkpoint(str(tmp_path / "bare.pt"))

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import io
 import json
+import pickle
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
 
@@ -129,7 +131,9 @@ def read_checkpoint(path: str, storage_options=None, *, data: bytes | None = Non
     if data is None:
         data = read_bytes(str(path), storage_options)
     try:
-        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a foreign pickle's protocol: torch warns, then fails or not; we say which
+            warnings.simplefilter("ignore", UserWarning)
+            payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as err:  # torch.load raises many types on foreign or truncated bytes (struct.error, ...)
         exported = {".onnx": "an ONNX model", ".plan": "a TensorRT plan", ".engine": "a TensorRT plan"}.get(
             PurePosixPath(str(path)).suffix.lower())
@@ -139,6 +143,10 @@ def read_checkpoint(path: str, storage_options=None, *, data: bytes | None = Non
         if not data.startswith(b"PK\x03\x04"):  # torch.save writes a zip archive; torch's own message is about pickles
             kind = {b"PAR1": " (it is Parquet)", b"\x89PNG": " (it is a PNG image)"}.get(data[:4], "")
             raise ModelError(f"{path!r} is not a checkpoint{kind}; give the .ckpt written by `skymorph train`") from err
+        if isinstance(err, pickle.UnpicklingError) and "Weights only load failed" in str(err):
+            raise ModelError(f"{path!r} is a torch file of pickled Python objects (a whole model saved with torch.save, "
+                             "say), which is not loaded: it could run any code; give the .ckpt written by `skymorph "
+                             "train`") from err
         raise ModelError(
             f"{path!r} is not a readable checkpoint (corrupt or not a torch file: {first_line(err, 120)}); "
             "give a file written by `skymorph train`"
