@@ -39,7 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from skymorph import storage
-from skymorph.errors import InputError, SkymorphError, TileError, TileNotFoundError, first_line
+from skymorph.errors import InputError, SkymorphError, TileError, TileNotFoundError, check_int, first_line
 
 __all__ = [
     "FORMAT_VERSION",
@@ -52,6 +52,7 @@ __all__ = [
     "tile_name",
     "MISSING_OBJECT_ID",
     "MAX_CUTOUT_PX",
+    "check_cutout_size",
     "object_ids",
 ]
 
@@ -67,6 +68,12 @@ MISSING_OBJECT_ID = np.iinfo(np.int64).min
 MAX_CUTOUT_PX = 1024
 """The largest cutout side ``survey synth`` and ``survey ingest`` write (``train --resize`` takes at most as
 much): a tile of 1,024 cutouts at 1,024 px is already 1 GiB per band in memory, and Galaxy Zoo's are 424."""
+
+
+def check_cutout_size(size, minimum: int) -> int:
+    """``size`` (``--size``, the side of the cutouts a survey writer makes) as an int in
+    [``minimum``, :data:`MAX_CUTOUT_PX`], else a one-line :class:`InputError`."""
+    return check_int("size", "--size", size, minimum, MAX_CUTOUT_PX, "; galaxy models train at 64 to 300")
 """The ``object_id`` fill value: what a lost chunk reads as, so no galaxy may have it."""
 _COORD_FILL = {"object_id": MISSING_OBJECT_ID, "ra": np.nan, "dec": np.nan}
 

@@ -34,7 +34,8 @@ def export_checkpoint(
     ``format="onnx"``: the ONNX model at ``out`` (:func:`export_onnx`); ``plan_report`` is None.
     ``format="tensorrt"``: ``out`` ends in ``.plan`` or ``.engine``; the ONNX model goes to ``onnx_out``
     (default: ``out`` with the suffix ``.onnx``) and the plan built from it (:func:`build_tensorrt`, fp16
-    if ``fp16``, tuned for batches of ``opt_batch`` (default 256) up to ``max_batch`` (default 1024)) to ``out``. An output that exists is an :class:`InputError` unless ``overwrite``: it may be
+    if ``fp16``, tuned for batches of ``opt_batch`` (default 256) up to ``max_batch`` (default 1024)) to
+    ``out``. An output that exists is an :class:`InputError` unless ``overwrite``: it may be
     the model a catalog was made with. No output may be the checkpoint itself.
     Every argument is checked before the checkpoint is read, and TensorRT's presence before the ONNX export.
     """

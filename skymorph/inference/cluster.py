@@ -62,8 +62,8 @@ class ClusterSpec:
             raise InputError("--threads-per-worker sizes the embedded cluster; a SLURM worker's threads are the "
                              "--cluster-config file's (cores / processes): drop it")
         embedded = self.cluster == "local" and not (self.address or self.scheduler_file)
-        if embedded and self.workers is not None and self.workers > usable_cores():  # 1,000 on 2 cores hung at start
-            raise InputError(f"--workers {self.workers} is more worker processes than this machine's {usable_cores()} usable "
+        if embedded and self.workers is not None and self.workers > (cores := usable_cores()):  # 1,000 on 2 cores hung
+            raise InputError(f"--workers {self.workers} is more worker processes than this machine's {cores} usable "
                              "cores, each with its own engine; give at most that, or --threads-per-worker for more tasks")
         if self.scheduler_file and not os.path.exists(self.scheduler_file):
             raise InputError(f"scheduler file {self.scheduler_file!r} does not exist; start `dask scheduler --scheduler-file` first")

@@ -59,7 +59,7 @@ from skymorph.errors import InputError, check_int, error_text, first_line
 from skymorph.schema import get_schema
 from skymorph.storage import FITS_SUFFIXES, atomic_write_text, is_remote, join, read_bytes, write_parquet
 from skymorph.survey._output import check_survey_out, prepare_survey_out
-from skymorph.tiles import MAX_CUTOUT_PX, MISSING_OBJECT_ID
+from skymorph.tiles import MISSING_OBJECT_ID, check_cutout_size
 
 __all__ = ["ingest", "IngestSummary", "decode_image", "parse_label_map"]
 
@@ -172,8 +172,8 @@ def _decode(data: bytes, name: str, *, size: int, bands: str, stretch: str):
 def _stretched(planes: np.ndarray, size: int, bands: str, stretch: str):
     """Float (C, H, W) values -> uint8 (C, size, size) through ``stretch`` (``AsinhStretch(_ASINH_A)`` or
     linear) after a ``_PERCENTILE`` interval, and the side of the square; NaN or infinity (a blank or
-    flagged pixel) counts as 0, except that ``bands="mean"`` averages a pixel over the bands that have it. An image of no finite
-    value, or of one value throughout (with ``bands="keep"``, any such band of it), holds no galaxy: an
+    flagged pixel) counts as 0, except that ``bands="mean"`` averages a pixel over the bands that have
+    it. An image of no finite value, or of one value throughout (with ``bands="keep"``, any such band of it), holds no galaxy: an
     InputError, so that it is reported and skipped, not trained on."""
     from astropy.visualization import AsinhStretch, LinearStretch, PercentileInterval
 
@@ -259,7 +259,7 @@ def _read_catalog(catalog_csv: str, id_column: str, storage_options):
                              f"{int(table[id_column].iloc[first])} is outside [-90, 90] degrees; give ICRS degrees")
         ra = table["ra"].to_numpy(float)
         outside = (ra < -180) | (ra > 360)
-        if outside.any():  # hours would be below 24, radians below 6.3: these are neither, nor degrees
+        if outside.any():  # in neither convention of degrees
             first = int(np.flatnonzero(outside)[0])
             raise InputError(f"catalog {catalog_csv!r}: ra {ra[first]:g} of {id_column} {int(table[id_column].iloc[first])} "
                              "is outside [0, 360] (or [-180, 180]) degrees; give ICRS degrees")
@@ -347,7 +347,7 @@ def ingest(
         raise InputError(f"bands must be 'mean' or 'keep', got {bands!r}")
     if stretch not in ("asinh", "linear"):
         raise InputError(f"stretch must be 'asinh' or 'linear', got {stretch!r}")
-    size = check_int("size", "--size", size, 8, MAX_CUTOUT_PX, "; galaxy models train at 64 to 300")
+    size = check_cutout_size(size, 8)
     tile_size = check_int("tile_size", "--tile-size", tile_size, 1)
     chunk_size = check_int("chunk_size", "--chunk-size", chunk_size, 1)
     workers = min(8, os.cpu_count() or 1) if workers is None else check_int("workers", "--workers", workers, 1)

@@ -222,12 +222,12 @@ def synthesize(
     must do so under ``if __name__ == "__main__":`` (as for any multiprocessing code).
     """
     from skymorph import __version__
-    from skymorph.tiles import MAX_CUTOUT_PX, write_tile_list
+    from skymorph.tiles import check_cutout_size, write_tile_list
 
     started = time.perf_counter()
     n_tiles = check_int("n_tiles", "--tiles", n_tiles, 1)
     per_tile = check_int("per_tile", "--per-tile", per_tile, 1)
-    size = check_int("size", "--size", size, 16, MAX_CUTOUT_PX, "; galaxy models train at 64 to 300")
+    size = check_cutout_size(size, 16)
     seed = check_seed(seed)
     healpix_order = check_int("healpix_order", "--healpix-order", healpix_order, 0)
     if healpix_order > _MAX_TILE_ORDER:
