@@ -16,8 +16,8 @@ import torch
 
 from skymorph.errors import InputError, MissingDependencyError, ModelError
 from skymorph.exporter import export_onnx
-from skymorph.inference.tensorrt_engine import PlanSidecar, check_plan_compatible, sidecar_url
 from skymorph.inference.engines import ORT_PROVIDERS, load_engine, read_model_info
+from skymorph.inference.tensorrt_engine import PlanSidecar, check_plan_compatible, sidecar_url
 from skymorph.model_metadata import InputSpec
 from skymorph.schema import get_schema
 from skymorph.trainer.checkpoint import CheckpointMeta, save_checkpoint

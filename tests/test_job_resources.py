@@ -81,8 +81,8 @@ def test_gpu_tasks_share_a_gpu_worker_up_to_its_threads():
 def test_a_model_that_needs_a_gpu_gets_an_embedded_cluster_with_one(tmp_path, tiny_model, capsys):
     """A TensorRT plan without --gpu: the driver reads its sidecar only (no TensorRT needed here), the
     embedded cluster advertises GPU=1, so the run gets as far as loading the plan on the worker."""
-    from skymorph.inference.tensorrt_engine import PlanSidecar
     from skymorph.inference.engines import read_model_info
+    from skymorph.inference.tensorrt_engine import PlanSidecar
 
     make_tiles(str(tmp_path), n_tiles=1, per_tile=8)
     plan = b"not really a plan"

@@ -20,8 +20,8 @@ if not torch.cuda.is_available():
 
 from skymorph.errors import ModelError  # noqa: E402
 from skymorph.exporter import build_tensorrt, export_onnx_model  # noqa: E402
-from skymorph.inference.tensorrt_engine import compute_capability  # noqa: E402
 from skymorph.inference.engines import load_engine  # noqa: E402
+from skymorph.inference.tensorrt_engine import compute_capability  # noqa: E402
 from skymorph.model_metadata import InputSpec  # noqa: E402
 from skymorph.schema import get_schema  # noqa: E402
 from skymorph.trainer.models import build_model  # noqa: E402

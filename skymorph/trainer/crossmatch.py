@@ -73,8 +73,8 @@ def match_labels(table: str, tiles: str, out: str, *, radius_arcsec: float = 1.0
     import pyarrow as pa
 
     from skymorph.storage import check_new, write_parquet
-    from skymorph.tiles import read_tiles
     from skymorph.tables import LABELLED_POSITION_ARCSEC, plain, read_table, sky_positions
+    from skymorph.tiles import read_tiles
 
     if not str(out).lower().endswith((".parquet", ".pq")):
         raise InputError(f"--out {out!r}: labels match writes Parquet; give a .parquet file")

@@ -19,7 +19,6 @@ import threading
 import numpy as np
 
 from skymorph.errors import InputError
-from skymorph.trainer.labels import Labels
 from skymorph.tables import (
     LABELLED_POSITION_ARCSEC,
     OTHER_UNITS,
@@ -28,6 +27,7 @@ from skymorph.tables import (
     arcsec_text,
     index_in,
 )
+from skymorph.trainer.labels import Labels
 
 __all__ = ["BatchLoader", "augment", "load_images"]
 

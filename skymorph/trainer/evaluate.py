@@ -36,8 +36,8 @@ import numpy as np
 
 from skymorph.errors import InputError
 from skymorph.storage import atomic_write_bytes, atomic_write_text, check_new, join, read_parquet, write_parquet
-from skymorph.trainer.labels import labels_schema, split_kind
 from skymorph.tables import index_in
+from skymorph.trainer.labels import labels_schema, split_kind
 
 __all__ = ["evaluate", "predict", "dihedral", "coverage", "EvaluationReport", "COVERAGE_LEVELS", "OUTPUT_FILES"]
 

@@ -37,8 +37,8 @@ from skymorph.gz_tables import (
 )
 from skymorph.schema import Schema
 from skymorph.storage import FITS_SUFFIXES
-from skymorph.tiles import object_ids
 from skymorph.tables import CSV_SUFFIXES, locations, read_table, sky_positions
+from skymorph.tiles import object_ids
 
 __all__ = ["Labels", "labels_from_table", "labels_schema", "load_labels", "split_kind", "split_masks"]
 

@@ -59,7 +59,6 @@ def add_votes(votes: str, batch: str, out: str, labels: str | None = None, schem
     import pyarrow as pa
 
     from skymorph.storage import check_new, write_parquet
-    from skymorph.trainer.labels import labels_from_table
     from skymorph.tables import (
         LABELLED_POSITION_ARCSEC,
         arcsec_between,
@@ -69,6 +68,7 @@ def add_votes(votes: str, batch: str, out: str, labels: str | None = None, schem
         read_table,
         sky_positions,
     )
+    from skymorph.trainer.labels import labels_from_table
 
     if not str(out).lower().endswith((".parquet", ".pq")):
         raise InputError(f"--out {out!r}: labels ingest writes Parquet; give a .parquet file")
