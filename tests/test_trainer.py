@@ -956,6 +956,7 @@ def test_a_batchs_votes_are_added_to_the_labels_where_the_batch_says_each_image_
 
     for kwargs, message in (
         (dict(labels=old), "give --schema: the tree the votes are of (the labels so far record none)"),
+        (dict(labels=str(tmp_path / "gone.parquet")), "gone.parquet' does not exist; check --labels"),
         (dict(labels=out, schema="decals"), "record votes of 'gz2', not of --schema 'decals'"),
         (dict(labels=old, schema="gz2", out=out), "labels-2.parquet' exists; pass --overwrite"),
     ):

@@ -20,6 +20,7 @@ import numpy as np
 
 from skymorph.errors import InputError, first_line
 from skymorph.schema import Schema, get_schema
+from skymorph.storage import exists
 from skymorph.tiles import object_ids
 
 __all__ = ["VotesAdded", "add_votes"]
@@ -179,6 +180,8 @@ def _tree(schema: str | Schema | None, labels: str | None, storage_options) -> S
     recorded = labels_schema(labels, storage_options) if labels is not None else None
     tree = get_schema(schema) if schema is not None else None
     if tree is None:
+        if recorded is None and labels is not None and not exists(str(labels), storage_options):
+            raise InputError(f"labels {labels!r} does not exist; check --labels")  # not "give --schema" first
         if recorded is None:
             raise InputError("give --schema: the tree the votes are of (the labels so far record none)")
         return recorded
