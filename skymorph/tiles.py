@@ -65,6 +65,8 @@ _RESERVED = frozenset(
 _COORD_DTYPES = {"object_id": np.dtype("int64"), "ra": np.dtype("float64"), "dec": np.dtype("float64")}
 _COORD_CHUNK = 65_536
 MISSING_OBJECT_ID = np.iinfo(np.int64).min
+"""The ``object_id`` fill value: what a lost chunk reads as, so no galaxy may have it."""
+_COORD_FILL = {"object_id": MISSING_OBJECT_ID, "ra": np.nan, "dec": np.nan}
 MAX_CUTOUT_PX = 1024
 """The largest cutout side ``survey synth`` and ``survey ingest`` write (``train --resize`` takes at most as
 much): a tile of 1,024 cutouts at 1,024 px is already 1 GiB per band in memory, and Galaxy Zoo's are 424."""
@@ -74,8 +76,6 @@ def check_cutout_size(size, minimum: int) -> int:
     """``size`` (``--size``, the side of the cutouts a survey writer makes) as an int in
     [``minimum``, :data:`MAX_CUTOUT_PX`], else a one-line :class:`InputError`."""
     return check_int("size", "--size", size, minimum, MAX_CUTOUT_PX, "; galaxy models train at 64 to 300")
-"""The ``object_id`` fill value: what a lost chunk reads as, so no galaxy may have it."""
-_COORD_FILL = {"object_id": MISSING_OBJECT_ID, "ra": np.nan, "dec": np.nan}
 
 
 def tile_name(url: str) -> str:
