@@ -22,7 +22,9 @@ jobs='{jobs}'
 id=$$
 cp "${{@: -1}}" "$jobs/$id.sh"  # dask-jobqueue deletes its temporary script once sbatch returns
 setsid bash -c "sleep {queue_wait_s}; exec bash '$jobs/$id.sh'" > "$jobs/$id.log" 2>&1 < /dev/null &
-echo $! > "$jobs/$id.pid"
+# the pid file lists the job (see FakeSlurm.submitted), so it appears whole, after the script
+echo $! > "$jobs/$id.pid.tmp"
+mv "$jobs/$id.pid.tmp" "$jobs/$id.pid"
 echo "Submitted batch job $id"
 """
 
@@ -64,8 +66,9 @@ class FakeSlurm:
         return self.directory / "jobs"
 
     def submitted(self) -> list[str]:
-        """Job ids in the order submitted (pids: increasing within a test)."""
-        return sorted((path.stem for path in self.jobs.glob("*.sh")), key=int)
+        """Job ids in the order submitted (pids: increasing within a test). A job is listed once its pid
+        file is there: its script is copied first, so a job listed by its script could have no pid yet."""
+        return sorted((path.stem for path in self.jobs.glob("*.pid")), key=int)
 
     def script(self, job_id: str) -> str:
         return (self.jobs / f"{job_id}.sh").read_text()
