@@ -1,6 +1,6 @@
 """Tables of galaxies as volunteers and surveys give them: reading one (CSV, gzipped CSV, FITS or Parquet),
-where its galaxies are on the sky (``ra``, ``dec``) and in the tiles (``tile``, ``row``), and the angles
-between two sets of positions.
+where its galaxies are on the sky (``ra``, ``dec``) and in the tiles (``tile``, ``row``), which side of
+the train/validation split a ``split`` column puts them on, and the angles between two sets of positions.
 
 Shared by every reader of such tables: labels (:mod:`skymorph.trainer.labels`), the images they name
 (:mod:`skymorph.trainer.data`), votes added to them (``labels ingest``), a volunteer table matched to the
@@ -20,6 +20,9 @@ from skymorph.storage import FITS_SUFFIXES, read_bytes
 
 __all__ = [
     "CSV_SUFFIXES",
+    "TEST",
+    "TRAIN",
+    "VALIDATION",
     "LABELLED_POSITION_ARCSEC",
     "OTHER_UNITS",
     "SAME_GALAXY_ARCSEC",
@@ -28,6 +31,7 @@ __all__ = [
     "index_in",
     "locations",
     "plain",
+    "read_split",
     "read_table",
     "sky_positions",
 ]
@@ -43,6 +47,10 @@ catalog of the same galaxies (an extended galaxy's centre differs by an arcsecon
 galaxy of another survey that shares its object id lies arcminutes to degrees away."""
 OTHER_UNITS = (("hours", np.array([15.0, 1.0])), ("radians", np.degrees(np.ones(2))))
 """What (ra, dec) given in other units are multiplied by to be degrees: ra in hours, both in radians."""
+
+TRAIN, VALIDATION, TEST = "train", "validation", "test"
+_SPLIT_NAMES = {"train": TRAIN, "training": TRAIN, "validation": VALIDATION, "val": VALIDATION, "valid": VALIDATION,
+                "test": TEST, "testing": TEST, "holdout": TEST}
 
 
 def read_table(url: str, storage_options, what: str = "labels"):
@@ -83,6 +91,23 @@ def _read_fits_table(data: bytes):
     table = Table.read(io.BytesIO(data), format="fits", character_as_bytes=False)
     flat = [name for name in table.colnames if table[name].ndim <= 1]  # a vector column is no vote count
     return pa.Table.from_pandas(table[flat].to_pandas(), preserve_index=False)
+
+
+def read_split(url: str, values: list, what: str = "labels") -> np.ndarray | None:
+    """A ``split`` column's ``values`` as train/validation/test, None where a cell is empty (such a galaxy
+    takes the seed's hash split: rows added to labels that had a split, as the active-learning loop does),
+    or None for a column of empty cells only. Any other value is an error: a misspelt ``Validaton`` would
+    otherwise keep its galaxies out of both sides. ``what`` names the table in that error."""
+    raw = np.array([None if s is None or not str(s).strip() else str(s).strip() for s in values], dtype=object)
+    split = np.array([None if s is None else _SPLIT_NAMES.get(s.lower()) for s in raw], dtype=object)
+    unknown = np.flatnonzero((raw != None) & (split == None))  # noqa: E711
+    if len(unknown):
+        names = sorted({raw[i] for i in unknown})
+        raise InputError(
+            f"{what} {url!r} column 'split' holds {', '.join(map(repr, names[:3]))} ({len(unknown)} row(s)), which is not "
+            "train, validation or test; correct it, or leave the cell empty for the seed's hash split"
+        )
+    return None if (split == None).all() else split  # noqa: E711 -- a column of empty cells splits nothing
 
 
 def plain(table):

@@ -51,10 +51,11 @@ def _survey_entries(fs, root: str) -> tuple[list[str], list[str], list[str]]:
     return files, stores, sorted(foreign)
 
 
-def check_survey_out(out: str, storage_options: dict | None) -> None:
+def check_survey_out(out: str, overwrite: bool, storage_options: dict | None) -> None:
     """Fail now, before reading any input, if ``out`` cannot be written: a local path that is a file or
-    not writable, an S3 bucket that is missing or unreachable, or a directory (or prefix) that holds
-    no survey and is not empty (module docstring: a survey is never mixed into other files)."""
+    not writable, an S3 bucket that is missing or unreachable, a directory (or prefix) that holds no
+    survey and is not empty (module docstring: a survey is never mixed into other files), or one that
+    holds a survey, unless ``overwrite``."""
     if storage.is_remote(out):
         # one request without retries: fs.exists() would answer "no bucket" for a down endpoint, after
         # s3fs's and botocore's retries (11-19 s)
@@ -68,17 +69,18 @@ def check_survey_out(out: str, storage_options: dict | None) -> None:
     if foreign and not (files or stores):
         raise InputError(f"--out {out!r} holds {some_names(foreign)}, which a survey does not; give a new or empty --out "
                          "(--overwrite replaces only a survey, never other files)")
-
-
-def prepare_survey_out(out: str, overwrite: bool, storage_options: dict | None) -> None:
-    """After :func:`check_survey_out`: fail if ``out`` already holds survey outputs, unless
-    ``overwrite``, which removes them (:data:`SURVEY_FILES` and ``tiles/*.zarr``) and nothing else."""
-    fs, root = storage.filesystem(out, storage_options)
-    files, stores, _ = _survey_entries(fs, root)
     if (files or stores) and not overwrite:
         found = [posixpath.basename(path) for path in files] + ([f"{len(stores)} tile store(s) in tiles/"] if stores else [])
         raise InputError(f"--out {out!r} already holds a survey ({', '.join(found)}); "
                          "choose another --out or pass --overwrite to replace it")
+
+
+def prepare_survey_out(out: str, storage_options: dict | None) -> None:
+    """After :func:`check_survey_out`, once the new survey is ready to write: remove the survey ``out``
+    holds (:data:`SURVEY_FILES` and ``tiles/*.zarr``, nothing else). Called only then, so that an input
+    found bad on the way (no cutout readable) leaves the old survey as it was."""
+    fs, root = storage.filesystem(out, storage_options)
+    files, stores, _ = _survey_entries(fs, root)
     for path in files + stores:
         fs.rm(path, recursive=True)
     if not storage.is_remote(out):

@@ -2,7 +2,8 @@
 
 The catalog is a CSV with a ``file`` column (paths relative to the CSV), an id column (``object_id``
 by default, integers), optional ``ra``/``dec`` (degrees ICRS) and any other columns (e.g. ``label``,
-``split``), which pass through to ``labels.parquet``. Writes ``OUT/tiles/ingest_NNNNN.zarr``,
+``split``), which pass through to ``labels.parquet`` (a ``split`` is checked first, as ``train`` reads
+it: train, validation, test or empty). Writes ``OUT/tiles/ingest_NNNNN.zarr``,
 ``OUT/tiles.txt``, ``OUT/labels.parquet`` (object_id, tile, row, passthrough columns, and with a
 label mapping one vote-count column per answer of the labelled question, empty for a cutout without
 a label) and, if any file could not be read, ``OUT/ingest_failures.csv`` (file, object_id, reason).
@@ -59,6 +60,7 @@ from skymorph.errors import InputError, check_int, error_text, first_line
 from skymorph.schema import get_schema
 from skymorph.storage import FITS_SUFFIXES, atomic_write_text, is_remote, join, read_bytes, write_parquet
 from skymorph.survey._output import check_survey_out, prepare_survey_out
+from skymorph.tables import read_split
 from skymorph.tiles import MISSING_OBJECT_ID, check_cutout_size
 
 __all__ = ["ingest", "IngestSummary", "decode_image", "parse_label_map"]
@@ -264,6 +266,10 @@ def _read_catalog(catalog_csv: str, id_column: str, storage_options):
             raise InputError(f"catalog {catalog_csv!r}: ra {ra[first]:g} of {id_column} {int(table[id_column].iloc[first])} "
                              "is outside [0, 360] (or [-180, 180]) degrees; give ICRS degrees")
         table["ra"] = np.mod(ra, 360.0)  # [-180, 180) as some catalogs give it: the tiles and catalog hold [0, 360)
+    if "split" in table.columns:  # passed through to labels.parquet, where train would refuse it after the whole ingest
+        import pyarrow as pa
+
+        read_split(catalog_csv, pa.array(table["split"], from_pandas=True).to_pylist(), what="catalog")
     return table.rename(columns={id_column: "object_id"}) if id_column != "object_id" else table
 
 
@@ -357,10 +363,9 @@ def ingest(
                          "leave it out when the scale is unknown")
     if label_map and not label_question:  # else ignored without a word
         raise InputError("--label-map maps labels to the answers of --label-question; add --label-question, or drop --label-map")
-    check_survey_out(str(out), storage_options)
+    check_survey_out(str(out), overwrite, storage_options)
     table = _read_catalog(str(catalog_csv), id_column, storage_options)
     votes = _vote_columns(table, schema, label_question, label_map or {}) if label_question else {}
-    prepare_survey_out(str(out), overwrite, storage_options)
     base = os.path.dirname(str(catalog_csv))
 
     def load(file: str):
@@ -403,6 +408,7 @@ def ingest(
         order = order[np.argsort(sides[order], kind="stable")]
         groups = np.split(order, np.flatnonzero(np.diff(sides[order])) + 1)
     tiles = [group[start : start + tile_size] for group in groups for start in range(0, len(group), tile_size)]
+    prepare_survey_out(str(out), storage_options)
     tile_urls, tile_of_row, row = [], np.empty(len(kept), dtype=object), np.empty(len(kept), dtype=np.int64)
     for number, rows in enumerate(progress_bar(tiles, desc="writing tiles", unit="tile", disable=not progress)):
         name = f"ingest_{number:05d}"

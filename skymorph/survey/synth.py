@@ -248,8 +248,8 @@ def synthesize(
     out = str(out).rstrip("/") if storage.is_remote(out) else str(out)
     layout_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0,)))
     pixels = _pick_pixels(n_tiles, healpix_order, footprint, layout_rng)  # may refuse the footprint: before --out is touched
-    check_survey_out(out, storage_options)
-    prepare_survey_out(out, overwrite, storage_options)
+    check_survey_out(out, overwrite, storage_options)
+    prepare_survey_out(out, storage_options)
 
     width = len(str(12 * 4**healpix_order - 1))
     jobs = []

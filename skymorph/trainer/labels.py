@@ -37,14 +37,10 @@ from skymorph.gz_tables import (
 )
 from skymorph.schema import Schema
 from skymorph.storage import FITS_SUFFIXES
-from skymorph.tables import CSV_SUFFIXES, locations, read_table, sky_positions
+from skymorph.tables import CSV_SUFFIXES, TRAIN, VALIDATION, locations, read_split, read_table, sky_positions
 from skymorph.tiles import object_ids
 
 __all__ = ["Labels", "labels_from_table", "labels_schema", "load_labels", "split_kind", "split_masks"]
-
-TRAIN, VALIDATION, TEST = "train", "validation", "test"
-_SPLIT_NAMES = {"train": TRAIN, "training": TRAIN, "validation": VALIDATION, "val": VALIDATION, "valid": VALIDATION,
-                "test": TEST, "testing": TEST, "holdout": TEST}
 
 MAX_VOTES = 2**24
 """Largest vote count per answer: float32, in which the losses are computed, holds every integer up to
@@ -332,7 +328,7 @@ def labels_from_table(url: str, table, sha256: str, schema: Schema, *, votes_nee
             f"labels {url!r} hold no votes at all: every count in its {len(present)} answer column(s) of schema "
             f"{schema.name!r} is 0 or empty; give the volunteers' vote counts"
         )
-    split = _read_split(url, table) if "split" in names else None
+    split = read_split(url, table.column("split").to_pylist()) if "split" in names else None
     labels = Labels(object_id, votes, split, str(url), sha256, *locations(table), sky_positions(url, table))
     unvoted = ~votes.any(axis=1)
     if unvoted.any() and votes_needed:  # nobody has classified them: no loss, no metric, but counted as labelled
@@ -344,24 +340,6 @@ def labels_from_table(url: str, table, sha256: str, schema: Schema, *, votes_nee
         if labels.split is not None and (labels.split == None).all():  # noqa: E711 -- only dropped rows were assigned
             labels = replace(labels, split=None)
     return labels
-
-
-def _read_split(url: str, table) -> np.ndarray | None:
-    """The ``split`` column as train/validation/test, None where a cell is empty (such a galaxy takes the
-    seed's hash split: rows added to labels that had a split, as the active-learning loop does), or None
-    for a column of empty cells only. Any other value is an error: a misspelt ``Validaton`` would
-    otherwise keep its galaxies out of both sides."""
-    raw = np.array([None if s is None or not str(s).strip() else str(s).strip() for s in table.column("split").to_pylist()],
-                   dtype=object)
-    split = np.array([None if s is None else _SPLIT_NAMES.get(s.lower()) for s in raw], dtype=object)
-    unknown = np.flatnonzero((raw != None) & (split == None))  # noqa: E711
-    if len(unknown):
-        values = sorted({raw[i] for i in unknown})
-        raise InputError(
-            f"labels {url!r} column 'split' holds {', '.join(map(repr, values[:3]))} ({len(unknown)} row(s)), which is not "
-            "train, validation or test; correct it, or leave the cell empty for the seed's hash split"
-        )
-    return None if (split == None).all() else split  # noqa: E711 -- a column of empty cells splits nothing
 
 
 def _check_whole_questions(url: str, object_id: np.ndarray, empty: np.ndarray, schema: Schema, said: dict) -> None:
