@@ -16,7 +16,7 @@ import sys
 import numpy as np
 
 from skymorph.errors import InputError, first_line
-from skymorph.storage import FITS_SUFFIXES, read_bytes
+from skymorph.storage import FITS_SUFFIXES, exists, join, read_bytes
 
 __all__ = [
     "CSV_SUFFIXES",
@@ -63,7 +63,13 @@ def read_table(url: str, storage_options, what: str = "labels"):
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
-    data = read_bytes(url, storage_options)
+    try:
+        data = read_bytes(url, storage_options)
+    except (FileNotFoundError, IsADirectoryError) as err:  # S3 reads a prefix as a missing object
+        listed = join(url, "labels.parquet")
+        if exists(listed, storage_options):
+            raise InputError(f"{what} {url!r} is a survey's directory, not a table; its labels are {listed!r}") from err
+        raise
     name = url.lower()
     try:
         raw = gzip.decompress(data) if name.endswith(".gz") else data

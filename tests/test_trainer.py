@@ -704,6 +704,11 @@ def test_train_reads_tiles_and_labels_from_s3_and_writes_the_checkpoint_there(tm
     _, meta, _ = load_checkpoint(out)
     assert meta.provenance["labels"] == f"{s3_bucket}/survey/labels.parquet"
     assert fs.exists(f"{root}/models/m.ckpt.metrics.json") and fs.exists(f"{root}/models/m.last.ckpt")
+    # the survey's prefix, or its local directory, for --labels: "does not exist" or "is a directory", no pointer
+    for survey in (f"{s3_bucket}/survey", str(tmp_path / "local")):
+        with pytest.raises(InputError, match=rf"^labels '{re.escape(survey)}' is a survey's directory, not a table; its labels "
+                                             rf"are '{re.escape(survey)}/labels.parquet'$"):
+            load_labels(survey, get_schema("gz2"))
     # The same images and votes read from the local copy train the same weights.
     local = train(_config(tmp_path, tiles, labels, out=str(tmp_path / "local.ckpt")))
     remote_state, local_state = _state(out), _state(local.checkpoint)
