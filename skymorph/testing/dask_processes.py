@@ -24,6 +24,16 @@ def wait_for(condition, timeout_s: float, what: str, interval_s: float = 0.05):
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
+def _address_in(scheduler_file: str) -> str | None:
+    """The scheduler's address, once its file is there whole: the scheduler writes it in place (open, then
+    ``json.dump``), so a file that exists may still be empty or cut short."""
+    try:
+        with open(scheduler_file) as fh:
+            return json.load(fh)["address"]
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        return None
+
+
 @dataclass(frozen=True)
 class DaskProcesses:
     scheduler_file: str
@@ -47,9 +57,7 @@ def dask_processes(directory: str, worker_args: list[list[str]], timeout_s: floa
     procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--dashboard-address", "127.0.0.1:0",
                                "--scheduler-file", scheduler_file], **quiet)]
     try:
-        wait_for(lambda: os.path.exists(scheduler_file), timeout_s, "the scheduler file")
-        with open(scheduler_file) as fh:
-            address = json.load(fh)["address"]
+        address = wait_for(lambda: _address_in(scheduler_file), timeout_s, "the scheduler file")
         base = [dask, "worker", address, "--host", "127.0.0.1", "--no-dashboard", "--nworkers", "1"]
         workers = [subprocess.Popen([*base, *args], **quiet) for args in worker_args]
         procs += workers
