@@ -25,7 +25,7 @@ from skymorph.trainer import CheckpointMeta, TrainConfig, load_checkpoint, save_
 from skymorph.trainer.checkpoint import read_checkpoint
 from skymorph.trainer.data import BatchLoader, augment, load_images
 from skymorph.trainer.labels import load_labels, split_masks
-from skymorph.trainer.loop import learning_rate
+from skymorph.trainer.loop import _epoch_seed, learning_rate
 from skymorph.trainer.models import build_model
 
 GZ2 = get_schema("gz2")
@@ -304,6 +304,16 @@ def test_training_learns_the_ring_survey(tmp_path):
     assert 0 < ring.sum() < len(ring)
     assert fraction[ring].mean() > fraction[~ring].mean() + 0.3
     assert np.mean((fraction > 0.5) == ring) >= 0.9
+
+
+def test_epoch_seeds_are_distinct_across_the_seed_range_and_fit_a_torch_generator():
+    """Seeds s and s + 2**63 shared every epoch's shuffle (a modulus of 2**63); seeds below 2**63 / 1,000,003
+    keep the values they had, so earlier runs' weights are reproduced."""
+    assert [_epoch_seed(7, epoch) for epoch in range(3)] == [7_000_021, 7_000_022, 7_000_023]
+    for seed in (0, 1, 2**62, 2**64 - 1):
+        assert _epoch_seed(seed, 4) != _epoch_seed((seed + 2**63) % 2**64, 4)
+        torch.Generator().manual_seed(_epoch_seed(seed, 4))  # in [0, 2**64): taken, not an overflow
+    assert _epoch_seed(2**64 - 1, 4) == (-1_000_003 + 4) % 2**64
 
 
 def test_same_seed_same_weights_and_resume_continues_exactly(tmp_path):

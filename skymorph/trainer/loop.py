@@ -240,7 +240,10 @@ def last_checkpoint_path(out: str) -> str:
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
-    return (seed * 1_000_003 + epoch) % (2**63)
+    """The batch loader's seed for ``epoch``: ``(seed * 1_000_003 + epoch) mod 2**64``, the range a torch
+    generator takes. The multiplier is odd, so within an epoch every seed of [0, 2**64) gets its own (a
+    modulus of 2**63 had given seeds s and s + 2**63 one shuffle)."""
+    return (seed * 1_000_003 + epoch) % 2**64
 
 
 def _optimizer(model, config: TrainConfig):
