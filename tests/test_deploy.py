@@ -710,6 +710,35 @@ def test_a_job_whose_workers_all_retired_is_replaced(tmp_path, monkeypatch):
         slurm.kill_all()
 
 
+def test_a_job_whose_worker_runs_a_task_is_not_cancelled_for_its_idle_sibling(tmp_path, monkeypatch):
+    """One task, on a job of 2 worker processes: the scheduler's target is 1 worker, and it offered the idle
+    one to close. Three checks later Adaptive closed it, which cancels its whole job, the worker running the
+    task included, and submitted another, again and again (under load, the SLURM run above failed so).
+    :class:`JobAdaptive` asks for workers to close by job: a job goes whole, or not at all."""
+    import sys
+    import time
+
+    from dask_jobqueue import SLURMCluster
+    from distributed import Client
+
+    from skymorph.inference.adaptive import JobAdaptive
+    from skymorph.testing.slurm import FakeSlurm
+
+    slurm = FakeSlurm.create(tmp_path / "slurm", queue_wait_s=2)
+    monkeypatch.setenv("PATH", f"{slurm.bin}{os.pathsep}{os.environ['PATH']}")
+    config = SlurmConfig(walltime="00:10:00", memory_gib=2, cpus_per_job=2, threads_per_process=1, worker_lifetime_minutes=8,
+                         lifetime_stagger_minutes=1, gpus_per_job=0, processes=2, python=sys.executable,
+                         worker_extra_args=("--host", "127.0.0.1"), **LOOPBACK)
+    try:
+        with SLURMCluster(**config.cluster_kwargs()) as cluster, Client(cluster) as client:
+            cluster.adapt(minimum_jobs=0, maximum_jobs=1, Adaptive=JobAdaptive)
+            # 8 s: 8 checks of the cluster, where 3 closed the idle worker
+            assert client.submit(time.sleep, 8, pure=False).result(timeout=120) is None
+            assert (slurm.submitted()[1:], slurm.cancelled()) == ([], []), "the job running the task was cancelled"
+    finally:
+        slurm.kill_all()
+
+
 def test_cluster_config_without_slurm_and_slurm_without_sbatch_are_one_line_errors(tmp_path, monkeypatch):
     """--cluster-config alone was ignored (a LocalCluster ran on the login node), and --cluster slurm
     where there is no sbatch waited forever for workers that were never submitted."""

@@ -1,30 +1,48 @@
 """Adaptive scaling for a cluster of batch jobs (dask-jobqueue) that each run several worker processes.
 
 ``distributed.deploy.Adaptive`` as it stands fails such a cluster (``processes > 1`` in the SLURM
-config, as the CPU template's 8) in two ways, both seen with :mod:`skymorph.testing.slurm`:
+config, as the CPU template's 8) in three ways, all seen with :mod:`skymorph.testing.slurm`:
 
 - **Queued jobs are cancelled.** With no worker yet, the scheduler's target is one worker, below the
   job's ``processes``. Adaptive then cancels the queued job after ``wait_count`` checks, 3 s, and submits
   another one, for as long as the queue holds jobs longer than that: on a busy cluster, for ever
   (dask/distributed#7019, dask/dask-jobqueue#498). The same happens whenever the target dips while a
   job waits.
+- **Running jobs are cancelled.** The scheduler offers workers to close one at a time: with a target
+  of one worker, one of a job's two, the idle one. Closing it cancels its job, the other worker and the
+  task it runs included, and a new job is submitted for that task. The checks counted towards closing a
+  worker while its job was queued also carried over to its arrival, so a job could be closed one check
+  after it started.
 - **Retired jobs are not replaced.** The cluster forgets a lost worker by its name. A worker of a job
   of several processes is named after the job plus a suffix (``SLURMCluster-0-1``), so the job is never
   forgotten. Once every job has reached its ``--lifetime``, the run waits for workers that never come.
 
-:class:`JobAdaptive` keeps the scheduler's target and fixes both. A job whose workers have not all
-arrived is never cancelled to meet the target. A job whose workers all arrived and have all left is
-dropped from the cluster's plan, so that the next check submits its replacement. Closing the cluster
-still cancels every job.
+:class:`JobAdaptive` keeps the scheduler's target and fixes all three. A job whose workers have not all
+arrived is never cancelled to meet the target. The scheduler is asked for workers to close grouped by
+job (``worker_key``), so it offers a whole job or none, and a worker's count of checks starts when it
+arrives. A job whose workers all arrived and have all left is dropped from the cluster's plan, so that
+the next check submits its replacement. Closing the cluster still cancels every job.
 """
 
 from __future__ import annotations
 
 import weakref
+from dataclasses import dataclass
 
 from distributed.deploy.adaptive import Adaptive
 
 __all__ = ["JobAdaptive"]
+
+
+@dataclass(frozen=True)
+class _JobOf:
+    """The scheduler's ``worker_key``: a worker's job, from ``jobs`` (worker name -> job name, as planned at
+    this check), so that ``Scheduler.workers_to_close`` offers a job's workers together or not at all."""
+
+    jobs: dict[str, str]
+
+    def __call__(self, worker_state) -> str:
+        return self.jobs.get(worker_state.name, worker_state.name)
 
 
 class JobAdaptive(Adaptive):
@@ -62,7 +80,11 @@ class JobAdaptive(Adaptive):
             await self.cluster.scale_down(ended)
             for job in ended:
                 del self._seen[job]
+        self.worker_key = _JobOf({worker: job for job in self.cluster.worker_spec for worker in self._workers_of(job)})
         recommendation = await super().recommendations(target)
+        for name in list(self.close_counts):  # counted while queued: a worker's wait_count starts when it arrives
+            if name not in arrived:
+                del self.close_counts[name]
         if recommendation["status"] != "down":
             return recommendation
         workers = [name for name in recommendation["workers"] if name in arrived]

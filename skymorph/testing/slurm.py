@@ -22,9 +22,10 @@ jobs='{jobs}'
 id=$$
 cp "${{@: -1}}" "$jobs/$id.sh"  # dask-jobqueue deletes its temporary script once sbatch returns
 setsid bash -c "sleep {queue_wait_s}; exec bash '$jobs/$id.sh'" > "$jobs/$id.log" 2>&1 < /dev/null &
-# the pid file lists the job (see FakeSlurm.submitted), so it appears whole, after the script
+# whole, after the script: a job is listed (appended to submitted) once its script and pid are there
 echo $! > "$jobs/$id.pid.tmp"
 mv "$jobs/$id.pid.tmp" "$jobs/$id.pid"
+echo "$id" >> "$jobs/submitted"
 echo "Submitted batch job $id"
 """
 
@@ -66,9 +67,10 @@ class FakeSlurm:
         return self.directory / "jobs"
 
     def submitted(self) -> list[str]:
-        """Job ids in the order submitted (pids: increasing within a test). A job is listed once its pid
-        file is there: its script is copied first, so a job listed by its script could have no pid yet."""
-        return sorted((path.stem for path in self.jobs.glob("*.pid")), key=int)
+        """Job ids in the order submitted (not by number: pids wrap), each once its script and pid file are
+        whole (listed by its script, a job had no pid file yet at times)."""
+        path = self.jobs / "submitted"
+        return path.read_text().split() if path.exists() else []
 
     def script(self, job_id: str) -> str:
         return (self.jobs / f"{job_id}.sh").read_text()
