@@ -675,10 +675,12 @@ def test_skymorph_run_on_slurm_submits_a_worker_job_and_cancels_it_at_the_end(tm
     wait_for(lambda: not slurm.running(), 30, "the cancelled job's workers to exit")
 
 
-def test_a_job_whose_workers_all_retired_is_replaced(tmp_path, monkeypatch):
+@pytest.mark.parametrize("starting", ["every", "one"], ids=["every worker started", "one worker never started"])
+def test_a_job_whose_workers_all_retired_is_replaced(tmp_path, monkeypatch, starting):
     """A job of 2 worker processes reached its workers' --lifetime: the cluster never forgot it (it forgets
     a lost worker by name, and these are named after the job plus a suffix), so no job replaced it, and
-    the next task waited for ever. :class:`JobAdaptive` drops it and submits another."""
+    the next task waited for ever. :class:`JobAdaptive` drops it and submits another; also when one of its
+    workers never started (it hangs at start here), which JobAdaptive once waited for, for ever."""
     import sys
     import time
 
@@ -694,12 +696,15 @@ def test_a_job_whose_workers_all_retired_is_replaced(tmp_path, monkeypatch):
     config = SlurmConfig(walltime="00:10:00", memory_gib=2, cpus_per_job=2, threads_per_process=1, worker_lifetime_minutes=8,
                          lifetime_stagger_minutes=1, gpus_per_job=0, processes=2, python=sys.executable, **LOOPBACK)
     # a lifetime of seconds, which the config (whole minutes) cannot give: the later flag wins
+    hang = tmp_path / "second_worker_hangs.py"
+    hang.write_text("import time\n\n\ndef dask_setup(worker):\n    if str(worker.name).endswith('-1'):\n        time.sleep(3600)\n")
     kwargs = {**config.cluster_kwargs(), "worker_extra_args": [*config.worker_args(), "--lifetime", "6s",
-                                                               "--lifetime-stagger", "0s", "--host", "127.0.0.1"]}
+                                                               "--lifetime-stagger", "0s", "--host", "127.0.0.1",
+                                                               *(["--preload", str(hang)] if starting == "one" else [])]}
     try:
         with SLURMCluster(**kwargs) as cluster, Client(cluster) as client:
             # one job at all times: nothing is scaled down, so only the lifetime ends it
-            cluster.adapt(minimum_jobs=1, maximum_jobs=1, Adaptive=JobAdaptive)
+            cluster.adapt(minimum_jobs=1, maximum_jobs=1, Adaptive=JobAdaptive, ended_after_s=1)
             assert client.submit(time.sleep, 0.1, pure=False).result(timeout=60) is None
             first = slurm.submitted()
             assert len(first) == 1
@@ -710,11 +715,14 @@ def test_a_job_whose_workers_all_retired_is_replaced(tmp_path, monkeypatch):
         slurm.kill_all()
 
 
-def test_a_job_whose_worker_runs_a_task_is_not_cancelled_for_its_idle_sibling(tmp_path, monkeypatch):
+@pytest.mark.parametrize("sibling", ["idle", "retired"])
+def test_a_job_whose_worker_runs_a_task_is_not_cancelled_for_its_sibling(tmp_path, monkeypatch, sibling):
     """One task, on a job of 2 worker processes: the scheduler's target is 1 worker, and it offered the idle
     one to close. Three checks later Adaptive closed it, which cancels its whole job, the worker running the
     task included, and submitted another, again and again (under load, the SLURM run above failed so).
-    :class:`JobAdaptive` asks for workers to close by job: a job goes whole, or not at all."""
+    :class:`JobAdaptive` asks for workers to close by job: a job goes whole, or not at all. A sibling that
+    retired first (lifetimes are staggered) was offered too, as not connected, and cancelled the job the
+    same way: only connected workers are closed."""
     import sys
     import time
 
@@ -726,14 +734,19 @@ def test_a_job_whose_worker_runs_a_task_is_not_cancelled_for_its_idle_sibling(tm
 
     slurm = FakeSlurm.create(tmp_path / "slurm", queue_wait_s=2)
     monkeypatch.setenv("PATH", f"{slurm.bin}{os.pathsep}{os.environ['PATH']}")
+    retire = tmp_path / "first_worker_retires.py"
+    retire.write_text("def dask_setup(worker):\n    if str(worker.name).endswith('-0'):\n"
+                      "        worker.loop.call_later(1, lambda: worker.loop.add_callback(worker.close_gracefully))\n")
     config = SlurmConfig(walltime="00:10:00", memory_gib=2, cpus_per_job=2, threads_per_process=1, worker_lifetime_minutes=8,
                          lifetime_stagger_minutes=1, gpus_per_job=0, processes=2, python=sys.executable,
-                         worker_extra_args=("--host", "127.0.0.1"), **LOOPBACK)
+                         worker_extra_args=("--host", "127.0.0.1", *(["--preload", str(retire)] if sibling == "retired" else [])),
+                         **LOOPBACK)
     try:
         with SLURMCluster(**config.cluster_kwargs()) as cluster, Client(cluster) as client:
             cluster.adapt(minimum_jobs=0, maximum_jobs=1, Adaptive=JobAdaptive)
-            # 8 s: 8 checks of the cluster, where 3 closed the idle worker
-            assert client.submit(time.sleep, 8, pure=False).result(timeout=120) is None
+            # 8 s: 8 checks of the cluster, where 3 closed the sibling; on the worker that stays
+            task = client.submit(time.sleep, 8, pure=False, workers=["SLURMCluster-0-1"])
+            assert task.result(timeout=120) is None
             assert (slurm.submitted()[1:], slurm.cancelled()) == ([], []), "the job running the task was cancelled"
     finally:
         slurm.kill_all()

@@ -17,15 +17,19 @@ config, as the CPU template's 8) in three ways, all seen with :mod:`skymorph.tes
   of several processes is named after the job plus a suffix (``SLURMCluster-0-1``), so the job is never
   forgotten. Once every job has reached its ``--lifetime``, the run waits for workers that never come.
 
-:class:`JobAdaptive` keeps the scheduler's target and fixes all three. A job whose workers have not all
-arrived is never cancelled to meet the target. The scheduler is asked for workers to close grouped by
-job (``worker_key``), so it offers a whole job or none, and a worker's count of checks starts when it
-arrives. A job whose workers all arrived and have all left is dropped from the cluster's plan, so that
-the next check submits its replacement. Closing the cluster still cancels every job.
+:class:`JobAdaptive` keeps the scheduler's target and fixes all three. Only connected workers are
+closed to meet it: a job is not cancelled for a worker still queued, one that retired before its
+siblings (lifetimes are staggered) or one its nanny is restarting. The scheduler is asked for workers to
+close grouped by job (``worker_key``), so it offers a whole job or none, and a worker's count of checks
+starts when it connects. A job that had a worker connected and has had none for ``ended_after_s`` (its
+workers retired or died, including a job one of whose workers never started) is dropped from the
+cluster's plan, so that the next check submits its replacement. Closing the cluster still cancels every
+job.
 """
 
 from __future__ import annotations
 
+import time
 import weakref
 from dataclasses import dataclass
 
@@ -45,14 +49,26 @@ class _JobOf:
         return self.jobs.get(worker_state.name, worker_state.name)
 
 
-class JobAdaptive(Adaptive):
-    """``Adaptive`` for jobs of grouped workers: pass it as ``cluster.adapt(..., Adaptive=JobAdaptive)``."""
+@dataclass
+class _Job:
+    """What :class:`JobAdaptive` knows of one submitted job."""
 
-    def __init__(self, *args, **kwargs) -> None:
-        # job name -> (a weak reference to its job object, the names of its workers seen connected): a name
-        # comes back for the next job once its job is dropped (SpecCluster numbers jobs from the lowest free
-        # number); weak, since the cluster, closing, checks that every job object still alive was closed
-        self._seen: dict[str, tuple[weakref.ref, set[str]]] = {}
+    process: weakref.ref  # its job object: weak, as the cluster, closing, checks that every live one was closed
+    started: bool  # whether one of its workers has been connected
+    last_connected: float  # when one of them last was (time.monotonic)
+
+
+class JobAdaptive(Adaptive):
+    """``Adaptive`` for jobs of grouped workers: pass it as ``cluster.adapt(..., Adaptive=JobAdaptive)``.
+
+    ``ended_after_s``: how long a job that had a worker connected must have none before it counts as ended
+    and is replaced; long enough for a nanny to restart a worker that died, which takes seconds."""
+
+    def __init__(self, *args, ended_after_s: float = 60.0, **kwargs) -> None:
+        self.ended_after_s = ended_after_s
+        # by job name, which comes back for the next job once its job is dropped (SpecCluster numbers jobs
+        # from the lowest free number): hence the job object, to tell the two apart
+        self._jobs: dict[str, _Job] = {}
         super().__init__(*args, **kwargs)
 
     def _workers_of(self, job: str) -> set[str]:
@@ -60,32 +76,34 @@ class JobAdaptive(Adaptive):
         return {f"{job}{suffix}" for suffix in spec["group"]} if "group" in spec else {job}
 
     async def recommendations(self, target: int) -> dict:
-        observed = self.observed
-        arrived: set[str] = set()  # workers of the jobs now planned that have connected
+        observed, now = self.observed, time.monotonic()
+        connected: set[str] = set()  # workers of the jobs now planned that are connected
         ended = []
         for job in list(self.cluster.worker_spec):
             process = self.cluster.workers.get(job)  # None until the cluster has submitted it
             if process is None:
                 continue
-            workers = self._workers_of(job)
-            seen_process, seen = self._seen.get(job, (None, set()))
-            seen = (seen if seen_process is not None and seen_process() is process else set()) | (workers & observed)
-            self._seen[job] = (weakref.ref(process), seen)
-            if seen == workers and not workers & observed:  # ran, and ended: its lifetime or walltime
-                ended.append(job)
-            else:
-                arrived |= seen
+            here = self._workers_of(job) & observed
+            known = self._jobs.get(job)
+            if known is None or known.process() is not process:
+                known = self._jobs[job] = _Job(weakref.ref(process), False, now)
+            if here:
+                known.started, known.last_connected = True, now
+                connected |= here
+            elif known.started and now - known.last_connected >= self.ended_after_s:
+                ended.append(job)  # ran, and has no worker left: its lifetime, its walltime, or a crash
         if ended:
             # dropped and closed now, before a scale-up can plan a job of the same name in its place
             await self.cluster.scale_down(ended)
             for job in ended:
-                del self._seen[job]
+                del self._jobs[job]
         self.worker_key = _JobOf({worker: job for job in self.cluster.worker_spec for worker in self._workers_of(job)})
         recommendation = await super().recommendations(target)
-        for name in list(self.close_counts):  # counted while queued: a worker's wait_count starts when it arrives
-            if name not in arrived:
+        for name in list(self.close_counts):  # counted while away: a worker's wait_count starts when it is connected
+            if name not in connected:
                 del self.close_counts[name]
         if recommendation["status"] != "down":
             return recommendation
-        workers = [name for name in recommendation["workers"] if name in arrived]
+        # Adaptive also offers workers not connected (queued, retired, restarting), whose job it would cancel
+        workers = [name for name in recommendation["workers"] if name in connected]
         return {"status": "down", "workers": workers} if workers else {"status": "same"}

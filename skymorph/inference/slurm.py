@@ -7,8 +7,8 @@ job), each worker is one ``sbatch`` job. A GPU job asks for one GPU (``--gres=gp
 worker process advertising ``--resources GPU=1``, so tasks that need a GPU land only there, at most
 ``threads_per_process`` at a time. Workers retire (``--lifetime``, staggered) before SLURM's walltime
 kills them, handing their work back to the scheduler; with ``max_jobs > 0`` the cluster is adaptive
-(:class:`~skymorph.inference.adaptive.JobAdaptive`: a queued job is left in the queue, and a job whose
-workers have all retired is replaced).
+(:class:`~skymorph.inference.adaptive.JobAdaptive`: a queued job is left in the queue, a running one is
+closed only whole, and a job whose workers have all retired is replaced).
 
 Needs dask-jobqueue, skymorph's ``slurm`` extra (``pip install -c constraints.txt -e '.[slurm]'`` in the
 repository).
