@@ -20,12 +20,12 @@ from skymorph.storage import FITS_SUFFIXES, exists, join, read_bytes
 
 __all__ = [
     "CSV_SUFFIXES",
-    "TEST",
-    "TRAIN",
-    "VALIDATION",
     "LABELLED_POSITION_ARCSEC",
     "OTHER_UNITS",
     "SAME_GALAXY_ARCSEC",
+    "TEST",
+    "TRAIN",
+    "VALIDATION",
     "arcsec_between",
     "arcsec_text",
     "index_in",
