@@ -400,16 +400,23 @@ def test_a_task_whose_driver_no_longer_holds_the_catalog_writes_nothing(tmp_path
 
 
 def test_a_catalog_of_a_few_rows_a_partition_suggests_a_lower_order(capsys):
-    """2,000 cutouts spread over the sky wrote 1,847 partitions at the default order 5, without a word."""
+    """2,000 cutouts spread over the sky wrote 1,847 partitions at the default order 5, without a word. The
+    note names the order to use: "a lower --catalog-order" was followed, for two tiles far apart, by the
+    same note at every order above 0."""
     from skymorph.inference.job import _note_sparse_partitions
 
-    _note_sparse_partitions(2000, 1847, 5)
+    sky_wide = np.arange(0, 12 * 4**5, 6)[:1847]  # order 5, spread over 11 of the 12 base pixels
+    assert len(np.unique(sky_wide >> 10)) == 11 and len(np.unique(sky_wide >> 8)) == 44
+    _note_sparse_partitions(2000, sky_wide, 5)  # 2,000 / 44 at order 1 is below 100 a partition; / 11 at order 0 is not
     assert capsys.readouterr().err == (
         "skymorph run: note: 2,000 rows in 1,847 partitions of HEALPix order 5 (1.1 a partition); a catalog this sparse "
-        "reads faster with fewer, larger files: run it again with a lower --catalog-order (each step down merges 4 "
-        "partitions) into a new --out, or with --overwrite\n")
-    for rows, partitions, order in ((2048, 8, 5), (50, 1, 5), (10, 12, 0)):  # dense enough, one partition, order 0
-        _note_sparse_partitions(rows, partitions, order)
+        "reads faster with fewer, larger files: run it again with --catalog-order 0 (11 partitions) into a new --out, "
+        "or with --overwrite\n")
+    _note_sparse_partitions(1000, np.arange(16), 5)  # one patch of sky: its 16 pixels have 4 parents at order 4
+    assert "run it again with --catalog-order 4 (4 partitions)" in capsys.readouterr().err
+    # dense enough, one partition, order 0, and two tiles far apart, whose rows no lower order puts together
+    for rows, pixels, order in ((2048, np.arange(8), 5), (50, [7], 5), (10, np.arange(12), 0), (128, [5, 9000], 5)):
+        _note_sparse_partitions(rows, pixels, order)
     assert capsys.readouterr().err == ""
 
 

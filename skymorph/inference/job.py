@@ -333,15 +333,25 @@ _FEW_ROWS_PER_PARTITION = 100
 """Below this many rows per partition on average, ``run`` suggests a lower ``--catalog-order``."""
 
 
-def _note_sparse_partitions(rows: int, partitions: int, order: int) -> None:
+def _note_sparse_partitions(rows: int, pixels, order: int) -> None:
     """A note on stderr when the catalog's order cut it into partitions of a few rows each: a part file
     per tile range and partition, so a sparse sky-wide catalog (2,000 cutouts over the sky at order 5:
-    1,847 partitions) is mostly file overhead for every query, and one order less merges four pixels."""
-    if order > 0 and partitions > 1 and rows < _FEW_ROWS_PER_PARTITION * partitions:
-        print(f"skymorph run: note: {rows:,} rows in {partitions:,} partitions of HEALPix order {order} ({rows / partitions:.1f} "
-              "a partition); a catalog this sparse reads faster with fewer, larger files: run it again with a lower "
-              "--catalog-order (each step down merges 4 partitions) into a new --out, or with --overwrite",
-              file=sys.stderr, flush=True)
+    1,847 partitions) is mostly file overhead for every query. It names the highest lower order whose
+    partitions (the parents ``pixels >> 2 (order - o)`` of the nested ``pixels``) would hold enough rows;
+    where none would (a few tiles far apart), the catalog is just small, and it says nothing."""
+    import numpy as np
+
+    pixels = np.asarray(pixels, dtype=np.int64)
+    if order == 0 or len(pixels) < 2 or rows >= _FEW_ROWS_PER_PARTITION * len(pixels):
+        return
+    for lower in range(order - 1, -1, -1):
+        merged = len(np.unique(pixels >> 2 * (order - lower)))
+        if rows >= _FEW_ROWS_PER_PARTITION * merged:
+            print(f"skymorph run: note: {rows:,} rows in {len(pixels):,} partitions of HEALPix order {order} "
+                  f"({rows / len(pixels):.1f} a partition); a catalog this sparse reads faster with fewer, larger files: "
+                  f"run it again with --catalog-order {lower} ({merged:,} partitions) into a new --out, or with --overwrite",
+                  file=sys.stderr, flush=True)
+            return
 
 
 def _check_sampled_tiles(tiles: list[str], input_shape, config: RunConfig) -> bool:
@@ -501,7 +511,7 @@ def run_survey(config: RunConfig) -> RunReport:
             skymorph_positions=layout.PLACEHOLDER_POSITIONS if manifest.placeholder_positions else layout.SKY_POSITIONS,
         )
         finished = finish_catalog(config.out, manifest, arrow_schema, props, options)
-        _note_sparse_partitions(finished.total_rows, len(finished.pixels), config.catalog_order)
+        _note_sparse_partitions(finished.total_rows, finished.pixels, config.catalog_order)
         write_manifest(config.out, manifest, options)  # compact: the finished catalog has no journal
         write_failures(config.out, tally.failures, options)
         seconds = time.perf_counter() - started
