@@ -516,7 +516,7 @@ def _cmd_catalog_pick(args) -> int:
     if args.gallery:
         drawn = min(batch.num_rows, MAX_GALAXIES)
         print(f"gallery -> {args.gallery}" + (f" (the first {drawn} of {batch.num_rows})" if drawn < batch.num_rows else ""))
-    return 0
+    return 0 if batch.num_rows else 1  # an empty batch written, but nothing to hand out: a script must not go on
 
 
 # ---- entry point -------------------------------------------------------------------------------

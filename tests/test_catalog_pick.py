@@ -306,10 +306,11 @@ def test_cli_manifest(catalog, full, tmp_path, capsys):
     assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
     capsys.readouterr()
 
-    # An --exclude listing every galaxy (e.g. the catalog itself) used to pick nothing without a word.
+    # An --exclude listing every galaxy (e.g. the catalog itself) used to pick nothing without a word, and
+    # exit 0, so that a script went on with an empty batch
     everyone = tmp_path / "everyone.csv"
     pd.DataFrame({"object_id": full["object_id"]}).to_csv(everyone, index=False)
-    assert main(["catalog", "pick", catalog, "--n", "12", "--exclude", str(everyone), "--out", str(tmp_path / "none.csv")]) == 0
+    assert main(["catalog", "pick", catalog, "--n", "12", "--exclude", str(everyone), "--out", str(tmp_path / "none.csv")]) == 1
     err = capsys.readouterr().err
     assert err == "skymorph: warning: picked 0, not --n 12: only 0 galaxies have a score and are not in --exclude\n"
     assert len(pd.read_csv(tmp_path / "none.csv")) == 0
