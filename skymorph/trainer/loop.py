@@ -204,8 +204,14 @@ class TrainResult:
         which = f" ({span} of the run)" if self.resumed_at and done else ""
         return (
             f"trained {done} epoch(s){which} on {self.n_train} galaxies in {self.minutes:.1f} min "
-            f"({self.stopped}); best epoch {self.best_epoch}: validation loss {self.best_val_loss:.4f} -> {self.checkpoint}"
+            f"({_WHY_STOPPED.get(self.stopped, self.stopped)}); best epoch {self.best_epoch}: validation loss "
+            f"{self.best_val_loss:.4f} on {self.n_validation} galaxies -> {self.checkpoint}"
         )
+
+
+_WHY_STOPPED = {"epochs": "every --epochs run", "early_stopping": "stopped early: --patience epochs without a better validation loss",
+                "max_minutes": "stopped at --max-minutes", "stop_after_epochs": "paused by --stop-after-epochs"}
+"""TrainResult.stopped as the summary says it."""
 
 
 def learning_rate(step: int, *, base_lr: float, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
@@ -709,7 +715,8 @@ def train(config: TrainConfig) -> TrainResult:
         atomic_write_text(metrics_path, json.dumps({"best_epoch": best_epoch, "epochs": metrics}, indent=1), storage_options)
         if config.progress:
             accuracy = " ".join(f"{q}={a:.3f}" for q, a in val_accuracy.items())
-            tqdm.write(f"epoch {epoch + 1}: train {metrics[-1]['train_loss']:.4f} val {val_loss:.4f} {accuracy}{' *' if improved else ''}")
+            tqdm.write(f"epoch {epoch + 1}: train loss {metrics[-1]['train_loss']:.4f} val loss {val_loss:.4f} val accuracy "
+                       f"{accuracy}{' * (best)' if improved else ''}")
         if stopped == "max_minutes":
             break
         if config.stop_after_epochs and epoch + 1 - start_epoch >= config.stop_after_epochs and epoch + 1 < config.epochs:
