@@ -154,13 +154,7 @@ def connect(catalog: Catalog, pixels=None, memory_limit: str = MEMORY_LIMIT, thr
         if not parts:
             con.register("catalog", schema.empty_table())
         elif is_remote(catalog.url):
-            import pyarrow.dataset as ds
-
-            from skymorph.storage import filesystem
-
-            fs, _ = filesystem(catalog.url, catalog.storage_options)
-            paths = [fs._strip_protocol(p) for p in parts]
-            con.register("catalog", ds.dataset(paths, schema=schema, format="parquet", filesystem=fs))
+            con.register("catalog", _RemoteParts(parts, schema, catalog.storage_options))
         else:
             con.execute(f"CREATE VIEW catalog AS SELECT * FROM read_parquet({_sql_list(parts)}, hive_partitioning = false)")
             con.execute("SET allowed_paths = ?", [parts])
@@ -172,6 +166,43 @@ def connect(catalog: Catalog, pixels=None, memory_limit: str = MEMORY_LIMIT, thr
         raise CatalogError(_read_failure(catalog, parts, err, user_sql)) from None
     finally:
         con.close()
+
+
+class _RemoteParts:
+    """A remote catalog's part files as an Arrow stream that DuckDB can scan again and again: each
+    ``__arrow_c_stream__`` is a fresh stream that reads the parts one at a time, whole, through fsspec, in
+    the thread that pulls the rows. DuckDB applies the query's filters and projection itself; a cone's
+    pixels have chosen the parts already.
+
+    Not ``pyarrow.dataset`` over the fsspec filesystem: that deadlocked (once in six suite runs, in
+    ``catalog info`` on S3). DuckDB's thread built the dataset's scanner holding the GIL and waited for
+    an Arrow scan lock, which an Arrow I/O thread held while it waited for the GIL, to open the next part
+    through the Python filesystem. Here Arrow runs no thread of its own that calls into Python.
+    """
+
+    def __init__(self, parts: list[str], schema, storage_options: dict | None) -> None:
+        self.parts, self.schema, self.storage_options = parts, schema, storage_options
+
+    def __arrow_c_schema__(self):
+        return self.schema.__arrow_c_schema__()
+
+    def __arrow_c_stream__(self, requested_schema=None):
+        import pyarrow as pa
+
+        return pa.RecordBatchReader.from_batches(self.schema, self._batches()).__arrow_c_stream__(requested_schema)
+
+    def _batches(self):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from skymorph.storage import filesystem
+
+        for url in self.parts:
+            fs, path = filesystem(url, self.storage_options)
+            with fs.open(path, "rb") as fh:
+                table = pq.ParquetFile(fh, pre_buffer=False).read(columns=self.schema.names, use_threads=False)
+            for batch in table.to_batches():
+                yield pa.RecordBatch.from_arrays(batch.columns, schema=self.schema)
 
 
 def _sql_list(texts: list[str]) -> str:
