@@ -1,11 +1,12 @@
 """SQL and cone queries over a catalog, out of core (``skymorph catalog query``).
 
 Every reader gets a DuckDB connection from :func:`connect` with one view, ``catalog``, over the part
-files it needs. Local parts are read by DuckDB's own Parquet reader. S3 parts are read through a
-pyarrow dataset on s3fs registered in DuckDB: DuckDB's ``httpfs`` extension is not bundled with the
-wheel and is downloaded from extensions.duckdb.org on first use, which clusters without internet (and
-this build machine) cannot reach, while s3fs is already how skymorph talks to S3 (same endpoint and
-credential rules, same ``storage_options``). DuckDB pushes projections and filters into both.
+files it needs. Local parts are read by DuckDB's own Parquet reader, which DuckDB pushes projections
+and filters into. S3 parts are read whole, one at a time, by s3fs into an Arrow stream registered in
+DuckDB (:class:`_RemoteParts`), which then projects and filters them: DuckDB's ``httpfs`` extension is
+not bundled with the wheel and is downloaded from extensions.duckdb.org on first use, which clusters
+without internet (and this build machine) cannot reach, while s3fs is already how skymorph talks to S3
+(same endpoint and credential rules, same ``storage_options``).
 
 User SQL (``--where``, ``--order-by``) runs on a locked connection: ``--where`` must parse as one
 expression, ``--order-by`` as an ORDER BY list alone, and each must make exactly one SELECT statement;
