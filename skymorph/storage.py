@@ -53,6 +53,7 @@ __all__ = [
     "remote_error_message",
     "same_location",
     "storage_options_for",
+    "arrow_filesystem",
 ]
 
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz")
@@ -153,6 +154,68 @@ def storage_options_for(url: str, storage_options: dict | None = None) -> dict:
     if str(url).startswith("s3://"):
         return _s3_options_from_env(storage_options)
     return dict(storage_options or {})
+
+
+# s3fs option -> pyarrow.fs.S3FileSystem argument, where the two mean the same
+_ARROW_S3_ARGUMENTS = {"key": "access_key", "secret": "secret_key", "token": "session_token", "anon": "anonymous"}
+
+
+def arrow_s3_arguments(options: dict) -> dict | None:
+    """The ``pyarrow.fs.S3FileSystem`` arguments that mean what s3fs ``options`` (as
+    :func:`storage_options_for` resolves them) mean, or None where an option has no such equivalent
+    (``profile``, ``config_kwargs``, ...). The region is left out unless given: see :func:`arrow_filesystem`."""
+    from urllib.parse import urlsplit
+
+    arguments: dict = {}
+    client_kwargs = dict(options.get("client_kwargs") or {})
+    endpoint = options.get("endpoint_url") or client_kwargs.pop("endpoint_url", None)  # s3fs's precedence
+    client_kwargs.pop("endpoint_url", None)
+    if "region_name" in client_kwargs:
+        arguments["region"] = client_kwargs.pop("region_name")
+    if client_kwargs:
+        return None
+    for name, value in options.items():
+        if name in _ARROW_S3_ARGUMENTS:
+            arguments[_ARROW_S3_ARGUMENTS[name]] = value
+        elif name not in _FSSPEC_OPTIONS | {"endpoint_url", "client_kwargs"}:  # fsspec's only cache listings
+            return None
+    if endpoint:
+        parts = urlsplit(endpoint)
+        if parts.path.strip("/") or parts.query:
+            return None
+        arguments["scheme"], arguments["endpoint_override"] = parts.scheme, parts.netloc
+    return arguments
+
+
+def arrow_filesystem(url: str, storage_options: dict | None = None):
+    """``(pyarrow.fs.S3FileSystem, path)`` for an ``s3://`` ``url``, configured as :func:`filesystem`'s
+    s3fs would be, or None where it cannot be (another protocol, an option without an Arrow equivalent,
+    a bucket whose region cannot be found).
+
+    Arrow's own S3 client does its I/O in C++ threads that never need the GIL, so Arrow datasets over it
+    can be scanned from DuckDB (projection and filters pushed down to the reads) without the deadlock of
+    a dataset over a Python filesystem. Without an endpoint (AWS itself) and a region, the bucket's
+    region is looked up as botocore would follow its redirect; Arrow would assume ``us-east-1``.
+    """
+    if not str(url).startswith("s3://"):
+        return None
+    arguments = arrow_s3_arguments(storage_options_for(url, storage_options))
+    if arguments is None:
+        return None
+    import pyarrow.fs
+
+    path = strip_protocol(url)
+    if "region" not in arguments:
+        if "endpoint_override" in arguments:
+            region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+            if region:
+                arguments["region"] = region
+        else:
+            try:
+                arguments["region"] = pyarrow.fs.resolve_s3_region(path.split("/", 1)[0])
+            except OSError:
+                return None
+    return pyarrow.fs.S3FileSystem(**arguments), path
 
 
 _MISSPELT_SCHEME = re.compile(r"(s3|gs|gcs|az|abfs|https?):/?(?!/)", re.IGNORECASE)

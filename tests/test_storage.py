@@ -106,6 +106,37 @@ def test_good_endpoints_pass(monkeypatch):
     assert storage.storage_options_for("s3://b/x", {"endpoint_url": "http://127.0.0.1:1"})["endpoint_url"] == "http://127.0.0.1:1"
 
 
+@pytest.mark.parametrize("options, arguments", [
+    ({}, {}),
+    ({"key": "k", "secret": "s", "token": "t"}, {"access_key": "k", "secret_key": "s", "session_token": "t"}),
+    ({"anon": True, "use_listings_cache": False}, {"anonymous": True}),
+    ({"endpoint_url": "http://127.0.0.1:9000"}, {"scheme": "http", "endpoint_override": "127.0.0.1:9000"}),
+    ({"client_kwargs": {"endpoint_url": "https://s3.example.org/", "region_name": "eu-west-2"}},
+     {"scheme": "https", "endpoint_override": "s3.example.org", "region": "eu-west-2"}),
+    ({"endpoint_url": "http://a:1", "client_kwargs": {"endpoint_url": "http://b:2"}}, {"scheme": "http", "endpoint_override": "a:1"}),
+    ({"profile": "survey"}, None),
+    ({"config_kwargs": {"connect_timeout": 5}}, None),
+    ({"client_kwargs": {"verify": False}}, None),
+    ({"endpoint_url": "http://127.0.0.1:9000/prefix"}, None),
+], ids=["none", "credentials", "anonymous", "endpoint", "client_kwargs", "s3fs precedence", "profile", "config_kwargs",
+        "verify", "endpoint path"])
+def test_arrow_s3_arguments_mean_what_the_s3fs_options_mean(options, arguments):
+    """Options without an Arrow equivalent give None (queries then read through s3fs), never a guess."""
+    assert storage.arrow_s3_arguments(options) == arguments
+
+
+def test_arrow_filesystem_reaches_what_s3fs_reaches(s3_bucket, s3, monkeypatch):
+    storage.atomic_write_bytes(f"{s3_bucket}/a/b.bin", b"skymorph")
+    for options in (None, s3.storage_options):
+        fs, path = storage.arrow_filesystem(f"{s3_bucket}/a/b.bin", options)
+        with fs.open_input_file(path) as fh:
+            assert fh.read() == b"skymorph"
+    monkeypatch.setenv("AWS_REGION", "eu-west-2")
+    assert storage.arrow_filesystem(f"{s3_bucket}/a/b.bin")[0].region == "eu-west-2"
+    assert storage.arrow_filesystem(f"{s3_bucket}/a/b.bin", {"profile": "survey"}) is None
+    assert storage.arrow_filesystem("/local/path") is None
+
+
 def test_remote_error_message():
     from botocore.exceptions import EndpointConnectionError, NoCredentialsError, ParamValidationError
 

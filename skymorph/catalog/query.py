@@ -2,11 +2,12 @@
 
 Every reader gets a DuckDB connection from :func:`connect` with one view, ``catalog``, over the part
 files it needs. Local parts are read by DuckDB's own Parquet reader, which DuckDB pushes projections
-and filters into. S3 parts are read whole, one at a time, by s3fs into an Arrow stream registered in
-DuckDB (:class:`_RemoteParts`), which then projects and filters them: DuckDB's ``httpfs`` extension is
-not bundled with the wheel and is downloaded from extensions.duckdb.org on first use, which clusters
-without internet (and this build machine) cannot reach, while s3fs is already how skymorph talks to S3
-(same endpoint and credential rules, same ``storage_options``).
+and filters into. S3 parts are an Arrow dataset over pyarrow's own S3 filesystem, configured from the
+same endpoint, credentials and ``storage_options`` as s3fs, which DuckDB pushes them into as well;
+where an option has no Arrow equivalent, parts are read whole, one at a time, by s3fs into an Arrow
+stream (:class:`_RemoteParts`), and DuckDB projects and filters them after. Not DuckDB's ``httpfs``
+extension: it is not bundled with the wheel and is downloaded from extensions.duckdb.org on first use,
+which clusters without internet (and this build machine) cannot reach.
 
 User SQL (``--where``, ``--order-by``) runs on a locked connection: ``--where`` must parse as one
 expression, ``--order-by`` as an ORDER BY list alone, and each must make exactly one SELECT statement;
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 from skymorph.catalog import layout
 from skymorph.catalog.info import Catalog, open_catalog
 from skymorph.errors import CatalogError, InputError, did_you_mean, first_line
-from skymorph.storage import is_remote
+from skymorph.storage import arrow_filesystem, is_remote, strip_protocol
 
 __all__ = ["Cone", "QueryPlan", "QueryResult", "connect", "plan_query", "query", "query_reader", "query_to", "check_sql",
            "check_columns", "MEMORY_LIMIT"]
@@ -155,7 +156,7 @@ def connect(catalog: Catalog, pixels=None, memory_limit: str = MEMORY_LIMIT, thr
         if not parts:
             con.register("catalog", schema.empty_table())
         elif is_remote(catalog.url):
-            con.register("catalog", _RemoteParts(parts, schema, catalog.storage_options))
+            con.register("catalog", _remote_scan(parts, schema, catalog.storage_options))
         else:
             con.execute(f"CREATE VIEW catalog AS SELECT * FROM read_parquet({_sql_list(parts)}, hive_partitioning = false)")
             con.execute("SET allowed_paths = ?", [parts])
@@ -167,6 +168,21 @@ def connect(catalog: Catalog, pixels=None, memory_limit: str = MEMORY_LIMIT, thr
         raise CatalogError(_read_failure(catalog, parts, err, user_sql)) from None
     finally:
         con.close()
+
+
+def _remote_scan(parts: list[str], schema, storage_options: dict | None):
+    """What DuckDB scans for a remote catalog's ``parts``: an Arrow dataset over pyarrow's own S3
+    filesystem, into which DuckDB pushes the query's columns and filters (a pick reads 2 of the 157
+    columns of a DECaLS catalog); :class:`_RemoteParts` where the storage options have no Arrow
+    equivalent (:func:`skymorph.storage.arrow_filesystem`)."""
+    native = arrow_filesystem(parts[0], storage_options)
+    if native is None:
+        return _RemoteParts(parts, schema, storage_options)
+    import pyarrow.dataset as ds
+
+    # from_paths, not ds.dataset(paths): that would ask S3 for each part's size before the first row
+    return ds.FileSystemDataset.from_paths([strip_protocol(p) for p in parts], schema=schema, format=ds.ParquetFileFormat(),
+                                           filesystem=native[0])
 
 
 class _RemoteParts:
