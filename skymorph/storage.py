@@ -190,7 +190,7 @@ def arrow_s3_arguments(options: dict) -> dict | None:
 def arrow_filesystem(url: str, storage_options: dict | None = None):
     """``(pyarrow.fs.S3FileSystem, path)`` for an ``s3://`` ``url``, configured as :func:`filesystem`'s
     s3fs would be, or None where it cannot be (another protocol, an option without an Arrow equivalent,
-    a bucket whose region cannot be found).
+    options Arrow refuses, a bucket whose region cannot be found).
 
     Arrow's own S3 client does its I/O in C++ threads that never need the GIL, so Arrow datasets over it
     can be scanned from DuckDB (projection and filters pushed down to the reads) without the deadlock of
@@ -215,7 +215,10 @@ def arrow_filesystem(url: str, storage_options: dict | None = None):
                 arguments["region"] = pyarrow.fs.resolve_s3_region(path.split("/", 1)[0])
             except OSError:
                 return None
-    return pyarrow.fs.S3FileSystem(**arguments), path
+    try:
+        return pyarrow.fs.S3FileSystem(**arguments), path
+    except ValueError:  # a key without its secret: s3fs's reads give the error the user knows
+        return None
 
 
 _MISSPELT_SCHEME = re.compile(r"(s3|gs|gcs|az|abfs|https?):/?(?!/)", re.IGNORECASE)

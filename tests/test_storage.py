@@ -134,6 +134,7 @@ def test_arrow_filesystem_reaches_what_s3fs_reaches(s3_bucket, s3, monkeypatch):
     monkeypatch.setenv("AWS_REGION", "eu-west-2")
     assert storage.arrow_filesystem(f"{s3_bucket}/a/b.bin")[0].region == "eu-west-2"
     assert storage.arrow_filesystem(f"{s3_bucket}/a/b.bin", {"profile": "survey"}) is None
+    assert storage.arrow_filesystem(f"{s3_bucket}/a/b.bin", {"key": "k"}) is None  # s3fs names what is missing
     assert storage.arrow_filesystem("/local/path") is None
 
 
