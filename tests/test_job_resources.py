@@ -16,7 +16,7 @@ from distributed import Client, LocalCluster
 from jobhelpers import assert_exact, make_tiles
 
 from skymorph.catalog import layout
-from skymorph.errors import InputError, MissingDependencyError, ModelError
+from skymorph.errors import ClusterError, InputError, MissingDependencyError, ModelError
 from skymorph.inference.job import RunConfig, run_survey
 from skymorph.inference.task import JobSpec, ModelRef, RunJob
 
@@ -44,14 +44,65 @@ def test_gpu_tasks_on_workers_without_a_gpu_are_refused_then_run_where_one_is_ad
             run_survey(config)
         with pytest.raises(InputError, match="has the resource GPU=1 that --gpu asks for"):
             run_survey(replace(config, out=catalog, overwrite=True))
+        with pytest.raises(ClusterError) as timed_out:  # told to wait for GPU workers: it waits, then stops
+            run_survey(replace(config, out=catalog, overwrite=True, worker_timeout=1))
     message = str(refused.value)
     assert "\n" not in message
     assert message == (
         f"none of the 1 Dask worker(s) at {cluster.scheduler_address} has the resource GPU=1 that --gpu asks for; "
-        f"start workers with `dask worker {cluster.scheduler_address} --resources GPU=1`, or run without --gpu"
+        f"start workers with `dask worker {cluster.scheduler_address} --resources GPU=1` (give --worker-timeout SECONDS "
+        "to wait for them to join), or run without --gpu"
+    )
+    assert str(timed_out.value) == (
+        f"the Dask scheduler at {cluster.scheduler_address} has had no worker with resource GPU for 1 s (--worker-timeout); "
+        f"nothing was changed: start workers (`dask worker {cluster.scheduler_address} --resources GPU=1`) and run the "
+        "same command again"
     )
     assert layout.list_parts(new) == []
     assert_exact(catalog, tiny_model, tiles)  # the catalog --overwrite would have replaced, whole
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_a_gpu_run_with_a_worker_timeout_waits_beside_cpu_workers_for_a_gpu_worker(tmp_path, tiny_model, capsys):
+    """It was refused at once, whatever --worker-timeout said: on Kubernetes the CPU worker group is up
+    while the GPU pods wait for nodes. The old catalog of --overwrite is removed only once one joins."""
+    import threading
+
+    from skymorph.testing.dask_processes import dask_processes
+
+    tiles = make_tiles(str(tmp_path), n_tiles=2, per_tile=40)
+    catalog = str(tmp_path / "catalog")
+    with _local_cluster(processes=True) as cluster:
+        run_survey(RunConfig(tiles=str(tmp_path / "tiles.txt"), model=tiny_model, out=catalog,
+                             scheduler=cluster.scheduler_address, progress=False))
+    old_parts = set(layout.list_parts(catalog))
+    seen_before_gpu: list[set] = []
+
+    with dask_processes(str(tmp_path), [["--nthreads", "1"]]) as procs:
+        def start_gpu_worker():
+            seen_before_gpu.append(set(layout.list_parts(catalog)))
+            dask = os.path.join(os.path.dirname(sys.executable), "dask")
+            procs.workers.append(subprocess.Popen([dask, "worker", procs.address, "--host", "127.0.0.1", "--no-dashboard",
+                                                   "--nthreads", "2", "--resources", "GPU=1"],
+                                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+        timer = threading.Timer(3.0, start_gpu_worker)
+        timer.start()
+        try:
+            report = run_survey(RunConfig(tiles=str(tmp_path / "tiles.txt"), model=tiny_model, out=catalog, overwrite=True,
+                                          scheduler_file=procs.scheduler_file, gpu=True, worker_timeout=120, progress=False))
+        finally:
+            timer.join()
+            for worker in procs.workers[1:]:
+                worker.kill()
+                worker.wait(timeout=30)
+    assert seen_before_gpu == [old_parts]  # 3 s in, the old catalog was still whole
+    assert report.ok and report.rows_written == 80 and report.total_rows == 80
+    assert_exact(catalog, tiny_model, tiles)
+    err = capsys.readouterr().err
+    assert (f"skymorph run: no GPU workers (GPU=1) at {procs.address} yet; waiting for some to join, at most 120 s "
+            f"(--worker-timeout) (`dask worker {procs.address} --resources GPU=1`)") in err
 
 
 def _meet(me: str, other: str) -> bool:

@@ -190,8 +190,9 @@ def has_resources(worker_info: dict, resources: dict | None) -> bool:
 def require_resources(client, resources: dict | None, wanted_by: str, alternative: str = "") -> None:
     """A one-line :class:`InputError` unless some connected worker advertises all of ``resources``
     (:data:`GPU_WORKER`): Dask would otherwise hold the tasks forever without a word. ``wanted_by`` names
-    what asks for them; ``alternative`` is a second way out. With no worker connected yet (an adaptive
-    SLURM cluster starts empty) there is nothing to judge."""
+    what asks for them; ``alternative`` is another way out. With no worker connected yet (an adaptive
+    SLURM cluster starts empty) there is nothing to judge. A run with ``--worker-timeout`` waits for such
+    workers instead, so this is not called."""
     if not resources:
         return
     workers = list(client.scheduler_info(n_workers=-1)["workers"].values())
@@ -201,7 +202,8 @@ def require_resources(client, resources: dict | None, wanted_by: str, alternativ
     address = client.scheduler.address
     raise InputError(
         f"none of the {len(workers)} Dask worker(s) at {address} has the resource {flags} that {wanted_by} asks for; "
-        f"start workers with `dask worker {address} --resources {flags}`{alternative}"
+        f"start workers with `dask worker {address} --resources {flags}` (give --worker-timeout SECONDS to wait for "
+        f"them to join){alternative}"
     )
 
 

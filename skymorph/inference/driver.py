@@ -21,7 +21,7 @@ from skymorph.errors import ClusterError, InputError, error_text, first_line
 if TYPE_CHECKING:
     from skymorph.inference.job import RunConfig, _Plan
 
-__all__ = ["SYSTEMIC_FAILURES", "Tally", "WORKER_CHECK_S", "Window", "run_tasks", "stop_if_systemic"]
+__all__ = ["SYSTEMIC_FAILURES", "Tally", "WORKER_CHECK_S", "Window", "run_tasks", "stop_if_systemic", "wait_for_workers"]
 
 _JOURNAL_EVERY_S = 1.0
 SYSTEMIC_FAILURES = 16
@@ -197,17 +197,44 @@ def _arrivals(pending, client, worker_timeout: float | None, resources: dict | N
             if any(has_resources(info, resources) for info in workers):
                 seen = now
             elif now - seen >= worker_timeout:
-                kind = f"worker with resource {', '.join(resources)}" if resources else "worker"
-                flags = "".join(f" --resources {k}=1" for k in (resources or {}))
-                advice = ("find why its workers did not start (--cluster slurm: squeue, the worker jobs' logs)" if own_cluster
-                          else f"start workers (`dask worker {address}{flags}`)")
-                raise ClusterError(
-                    f"the Dask scheduler at {address} has had no {kind} for {worker_timeout:g} s (--worker-timeout); the "
-                    f"catalog is left unfinished, its finished tile ranges kept: {advice} and run the same command again "
-                    "to resume"
-                )
+                raise _no_workers(address, resources, worker_timeout, own_cluster, started=True)
             next_check = now + min(WORKER_CHECK_S, worker_timeout / 4)
         time.sleep(_ARRIVAL_POLL_S)
+
+
+def wait_for_workers(client, resources: dict | None, worker_timeout: float | None, own_cluster: bool) -> None:
+    """Return once the scheduler has a worker that can run the tasks (one with ``resources``); with
+    ``worker_timeout``, raise :class:`ClusterError` after that many seconds without one. For a run that
+    must not change the catalog before it can start (``--overwrite`` removes the old one)."""
+    from skymorph.inference.cluster import has_resources
+
+    address = client.scheduler.address
+    started = time.monotonic()
+    while True:
+        try:
+            workers = client.scheduler_info(n_workers=-1)["workers"].values()
+        except (OSError, KeyError) as err:
+            raise ClusterError(f"lost the Dask scheduler at {address} while waiting for workers; nothing was changed: "
+                               "run the same command again") from err
+        if any(has_resources(info, resources) for info in workers):
+            return
+        if worker_timeout is not None and time.monotonic() - started >= worker_timeout:
+            raise _no_workers(address, resources, worker_timeout, own_cluster, started=False)
+        time.sleep(min(1.0, worker_timeout / 4) if worker_timeout else 1.0)
+
+
+def _no_workers(address: str, resources: dict | None, worker_timeout: float, own_cluster: bool, *, started: bool) -> ClusterError:
+    """--worker-timeout's error, for a run that has ``started`` writing its catalog or not."""
+    kind = f"worker with resource {', '.join(resources)}" if resources else "worker"
+    flags = "".join(f" --resources {k}=1" for k in (resources or {}))
+    advice = ("find why its workers did not start (--cluster slurm: squeue, the worker jobs' logs)" if own_cluster
+              else f"start workers (`dask worker {address}{flags}`)")
+    outcome, again = (("the catalog is left unfinished, its finished tile ranges kept", "again to resume") if started
+                      else ("nothing was changed", "again"))
+    return ClusterError(
+        f"the Dask scheduler at {address} has had no {kind} for {worker_timeout:g} s (--worker-timeout); {outcome}: "
+        f"{advice} and run the same command {again}"
+    )
 
 
 def _lost_scheduler(address: str, reason: str) -> ClusterError:

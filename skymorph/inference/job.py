@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, replace
 
 from skymorph.catalog import layout
 from skymorph.errors import CatalogError, InputError, SkymorphError, some_names
-from skymorph.inference.driver import Tally, run_tasks
+from skymorph.inference.driver import Tally, run_tasks, wait_for_workers
 from skymorph.posterior import MAX_VOLUNTEERS
 from skymorph.storage import check_url
 
@@ -404,7 +404,8 @@ def _no_trace_unless_started(out: str, is_new: bool, options: dict):
 
 def _remove_for_overwrite(config: RunConfig, lock, options: dict) -> None:
     """With ``--overwrite``, remove the old catalog: only while this run holds the lock (a live run's
-    catalog is never removed) and once it can start (scheduler reached, GPU workers there)."""
+    catalog is never removed) and once it can start (scheduler reached, and a worker that can run the
+    tasks there, except on an adaptive SLURM cluster, which starts workers only for submitted tasks)."""
     if config.overwrite:
         lock.check_held(read=True)
         layout.remove_catalog(config.out, options, keep_lock=True)
@@ -420,7 +421,7 @@ def run_survey(config: RunConfig) -> RunReport:
     from skymorph.catalog.layout import CatalogMetadata, CatalogProperties
     from skymorph.catalog.lock import DriverLock
     from skymorph.catalog.writer import catalog_schema, finish_catalog, write_failures, write_manifest
-    from skymorph.inference.cluster import GPU_WORKER, connect, require_resources, scheduler_address, task_resources
+    from skymorph.inference.cluster import GPU_WORKER, connect, has_resources, require_resources, scheduler_address, task_resources
     from skymorph.inference.engines import read_model_info
     from skymorph.inference.task import JobSpec, ModelRef, s3_retry_options
     from skymorph.posterior import column_names
@@ -473,24 +474,30 @@ def run_survey(config: RunConfig) -> RunReport:
         else:
             gpu = config.gpu or info.needs_gpu
             with connect(replace(spec, gpu=gpu), slurm) as (client, engine_threads):
-                if info.needs_gpu:
+                # with --worker-timeout the driver waits for GPU workers instead (GPU pods pending beside CPU ones)
+                if info.needs_gpu and not config.worker_timeout:
                     require_resources(client, GPU_WORKER, f"model {config.model!r} (it runs on a GPU)")
-                elif gpu:
+                elif gpu and not config.worker_timeout:
                     require_resources(client, GPU_WORKER, "--gpu", ", or run without --gpu")
                 resources = task_resources(gpu)
-                # once the workers are there: a run that cannot start leaves the old catalog, or none, behind
+                tally.dashboard = client.dashboard_link
+                print(f"skymorph run: {len(tiles)} tile(s), model {model_sha256[:12]}..., dashboard {tally.dashboard}",
+                      file=sys.stderr, flush=True)
+                workers = client.scheduler_info(n_workers=-1)["workers"].values()
+                if not any(has_resources(worker, resources) for worker in workers):  # tasks wait for workers to join
+                    limit = (f"at most {config.worker_timeout:g} s (--worker-timeout)" if config.worker_timeout else
+                             "without a limit (--worker-timeout sets one)")
+                    kind, flags = ("GPU workers (GPU=1)", " --resources GPU=1") if gpu else ("workers", "")
+                    print(f"skymorph run: no {kind} at {client.scheduler.address} yet; waiting for some to join, {limit} "
+                          f"(`dask worker {client.scheduler.address}{flags}`)", file=sys.stderr, flush=True)
+                    # the old catalog goes only once the new one can be written; an adaptive SLURM cluster
+                    # submits worker jobs only for tasks, so there it goes first
+                    if config.overwrite and spec.cluster != "slurm":
+                        wait_for_workers(client, resources, config.worker_timeout, not (spec.scheduler_file or spec.address))
                 _remove_for_overwrite(config, lock, options)
                 if is_new:
                     lock.check_held(read=True)
                     write_manifest(config.out, manifest, options)
-                tally.dashboard = client.dashboard_link
-                print(f"skymorph run: {len(tiles)} tile(s), model {model_sha256[:12]}..., dashboard {tally.dashboard}",
-                      file=sys.stderr, flush=True)
-                if not client.scheduler_info(n_workers=-1)["workers"]:  # tasks wait for workers to join
-                    limit = (f"at most {config.worker_timeout:g} s (--worker-timeout)" if config.worker_timeout else
-                             "without a limit (--worker-timeout sets one)")
-                    print(f"skymorph run: no workers at {client.scheduler.address} yet; waiting for some to join, {limit} "
-                          f"(`dask worker {client.scheduler.address}`)", file=sys.stderr, flush=True)
                 ref = ModelRef(config.model, model_sha256, config.backend, engine_threads, config.storage_options)
                 job = JobSpec(catalog=config.out, order=config.catalog_order, arrow_schema=arrow_schema, model=ref,
                               tree_json=metadata.schema.to_json(), likelihood=metadata.likelihood,
