@@ -1,16 +1,22 @@
 """Catalog tools at scale: pick (top, power), a 1-degree cone query and a large export on a generated catalog.
 
-    .venv/bin/python benchmarks/catalog.py --rows 10000000 [--catalog DIR] [--keep]
+    .venv/bin/python benchmarks/catalog.py --rows 10000000 [--catalog DIR] [--keep] [--s3]
 
 Generates a catalog of ``--rows`` rows in DESIGN's layout with the full DECaLS column set (34 answers
 x 4 + 2 x 10 + 1 posterior columns, float32; skymorph.testing.catalogs, written by the catalog
 writer) into ``--catalog`` (default: a temporary directory, removed afterwards unless ``--keep``;
 an existing catalog there is reused). Each measurement then runs in its own subprocess, which reports
-its wall time and its peak RSS (``getrusage(RUSAGE_SELF).ru_maxrss``, DuckDB's threads included).
+its wall time and its peak RSS (``VmHWM``, DuckDB's threads included; not ``ru_maxrss``, which a child
+started by fork and exec inherits from its parent: with ``--s3`` that holds the whole catalog).
 The export writes every column of the rows with ``bald_total`` above its 75th percentile (a quarter of
 the catalog) to Parquet twice: streamed batch by batch as ``catalog query --out`` does, and through
 an in-memory table (``query`` then ``export_table``) for comparison.
-Prints a table and writes benchmarks/results/catalog.json.
+With ``--s3`` the catalog is copied to a local S3 endpoint (moto, in this process, on 127.0.0.1) and
+every task reads it from there, as through pyarrow's S3 filesystem; ``pick_top_s3fs`` repeats
+``pick_top`` with a storage option that Arrow has no equivalent of (``config_kwargs``), which reads
+whole parts through s3fs (skymorph.catalog.query._RemoteParts). Loopback has no network latency or
+bandwidth limit, so S3 costs more than these seconds; the bytes not read are what pushdown saves.
+Prints a table and writes benchmarks/results/catalog.json (catalog_s3.json with ``--s3``).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ EXPORT_WHERE = "bald_total > {threshold!r}"
 CONE_RADIUS_ARCSEC = 3600.0
 PICK_N = 1000
 TASKS = ("pick_top", "pick_power", "cone", "export_streamed", "export_in_memory")
+S3FS_ONLY_OPTIONS = {"config_kwargs": {"connect_timeout": 60}}
 
 
 def _child(task: str, catalog: str, where: str) -> dict:
@@ -42,6 +49,8 @@ def _child(task: str, catalog: str, where: str) -> dict:
     result: dict = {}
     if task == "pick_top":
         result["rows"] = pick(catalog, PICK_N, strategy="top").num_rows
+    elif task == "pick_top_s3fs":
+        result["rows"] = pick(catalog, PICK_N, strategy="top", storage_options=S3FS_ONLY_OPTIONS).num_rows
     elif task == "pick_power":
         result["rows"] = pick(catalog, PICK_N, strategy="power", seed=0).num_rows
     elif task == "cone":
@@ -70,8 +79,17 @@ def _child(task: str, catalog: str, where: str) -> dict:
     else:
         raise SystemExit(f"unknown task {task!r}")
     result["seconds"] = time.perf_counter() - start
-    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["peak_rss_mib"] = _peak_rss_mib()
     return result
+
+
+def _peak_rss_mib() -> float:
+    """This process's peak resident memory: Linux's ``VmHWM``, else ``ru_maxrss`` (KiB on Linux, bytes on macOS)."""
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)
 
 
 def _run_child(task: str, catalog: str, where: str) -> dict:
@@ -88,10 +106,12 @@ def main() -> None:
     parser.add_argument("--per-tile", type=int, default=8192)
     parser.add_argument("--catalog", help="where to generate (or reuse) the catalog")
     parser.add_argument("--keep", action="store_true", help="keep a generated catalog")
+    parser.add_argument("--s3", action="store_true", help="read the catalog from a local S3 endpoint (moto)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--where", help=argparse.SUPPRESS)
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "catalog.json"))
+    parser.add_argument("--out", help="results JSON (default: benchmarks/results/catalog.json, catalog_s3.json with --s3)")
     args = parser.parse_args()
+    args.out = args.out or str(Path(__file__).parent / "results" / ("catalog_s3.json" if args.s3 else "catalog.json"))
     if args.child:
         print(json.dumps(_child(args.child, args.catalog, args.where)))
         return
@@ -102,7 +122,9 @@ def main() -> None:
     temporary = args.catalog is None
     catalog = args.catalog or tempfile.mkdtemp(prefix="skymorph-bench-catalog-")
     results: dict = {"rows_requested": args.rows, "machine": f"{platform.node()} {os.cpu_count()} cpus",
-                     "load_average_1min_at_start": os.getloadavg()[0]}
+                     "load_average_1min_at_start": os.getloadavg()[0], "read_from": "local S3 (moto)" if args.s3 else "local disk"}
+    tasks = (*TASKS, "pick_top_s3fs") if args.s3 else TASKS
+    s3 = None
     try:
         if os.path.exists(os.path.join(catalog, "hats.properties")):
             results["generate_seconds"] = None
@@ -117,10 +139,24 @@ def main() -> None:
         # info's quantiles are approximate and may differ between calls: both exports get the same cut
         where = EXPORT_WHERE.format(threshold=float(summary.bald_quantiles[0.75]))
         results["export_where"] = where
-        for task in TASKS:
-            results[task] = _run_child(task, catalog, where)
+        read_from = catalog
+        if args.s3:
+            from skymorph.storage import filesystem
+            from skymorph.testing import LocalS3
+
+            s3 = LocalS3().start()
+            s3.apply_env()  # the children inherit it
+            read_from = f"{s3.create_bucket('skymorph-bench')}/catalog"
+            fs, path = filesystem(read_from)
+            start = time.perf_counter()
+            fs.put(catalog, path, recursive=True)
+            results["upload_seconds"] = time.perf_counter() - start
+        for task in tasks:
+            results[task] = _run_child(task, read_from, where)
         results["load_average_1min_at_end"] = os.getloadavg()[0]
     finally:
+        if s3 is not None:
+            s3.stop()
         if temporary and not args.keep:
             shutil.rmtree(catalog, ignore_errors=True)
 
@@ -130,7 +166,7 @@ def main() -> None:
           f"{results['parts']} part files, {results['bytes_on_disk'] / 2**30:.2f} GiB; generated in "
           f"{results['generate_seconds'] or 0:.0f} s")
     print(f"{'task':<18}{'seconds':>10}{'peak RSS MiB':>14}{'rows':>10}  partitions read")
-    for task in TASKS:
+    for task in tasks:
         r = results[task]
         parts = f"{r['partitions_read']} of {r['partitions_total']}" if "partitions_read" in r else "all"
         print(f"{task:<18}{r['seconds']:>10.2f}{r['peak_rss_mib']:>14.0f}{r['rows']:>10}  {parts}")
