@@ -189,32 +189,42 @@ def arrow_s3_arguments(options: dict) -> dict | None:
 
 def arrow_filesystem(url: str, storage_options: dict | None = None):
     """``(pyarrow.fs.S3FileSystem, path)`` for an ``s3://`` ``url``, configured as :func:`filesystem`'s
-    s3fs would be, or None where it cannot be (another protocol, an option without an Arrow equivalent,
-    options Arrow refuses, a bucket whose region cannot be found).
+    s3fs would be, or None where it cannot be: another protocol, an option without an Arrow equivalent,
+    options Arrow refuses, an endpoint set only in the AWS config file (which Arrow does not read), a
+    bucket whose region cannot be found.
 
     Arrow's own S3 client does its I/O in C++ threads that never need the GIL, so Arrow datasets over it
     can be scanned from DuckDB (projection and filters pushed down to the reads) without the deadlock of
-    a dataset over a Python filesystem. Without an endpoint (AWS itself) and a region, the bucket's
-    region is looked up as botocore would follow its redirect; Arrow would assume ``us-east-1``.
+    a dataset over a Python filesystem. The region and CA bundle are botocore's (``AWS_DEFAULT_REGION``,
+    ``AWS_CA_BUNDLE``, the profile's config), so both clients sign and verify alike. Without an endpoint
+    (AWS itself), the bucket's own region is looked up, as botocore follows a redirect to it; Arrow
+    would assume ``us-east-1``.
     """
     if not str(url).startswith("s3://"):
         return None
     arguments = arrow_s3_arguments(storage_options_for(url, storage_options))
     if arguments is None:
         return None
+    import botocore.session
     import pyarrow.fs
 
+    session = botocore.session.Session()  # the environment and config files, as s3fs's session reads them
     path = strip_protocol(url)
+    if "endpoint_override" not in arguments:
+        config = session.get_scoped_config()
+        if "endpoint_url" in config or "services" in config:
+            return None
     if "region" not in arguments:
         if "endpoint_override" in arguments:
-            region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-            if region:
-                arguments["region"] = region
+            if session.get_config_variable("region"):
+                arguments["region"] = session.get_config_variable("region")
         else:
             try:
                 arguments["region"] = pyarrow.fs.resolve_s3_region(path.split("/", 1)[0])
             except OSError:
                 return None
+    if session.get_config_variable("ca_bundle"):
+        arguments["tls_ca_file_path"] = session.get_config_variable("ca_bundle")
     try:
         return pyarrow.fs.S3FileSystem(**arguments), path
     except ValueError:  # a key without its secret: s3fs's reads give the error the user knows

@@ -125,14 +125,21 @@ def test_arrow_s3_arguments_mean_what_the_s3fs_options_mean(options, arguments):
     assert storage.arrow_s3_arguments(options) == arguments
 
 
-def test_arrow_filesystem_reaches_what_s3fs_reaches(s3_bucket, s3, monkeypatch):
+def test_arrow_filesystem_reaches_what_s3fs_reaches(s3_bucket, s3, monkeypatch, tmp_path):
     storage.atomic_write_bytes(f"{s3_bucket}/a/b.bin", b"skymorph")
     for options in (None, s3.storage_options):
         fs, path = storage.arrow_filesystem(f"{s3_bucket}/a/b.bin", options)
         with fs.open_input_file(path) as fh:
             assert fh.read() == b"skymorph"
-    monkeypatch.setenv("AWS_REGION", "eu-west-2")
-    assert storage.arrow_filesystem(f"{s3_bucket}/a/b.bin")[0].region == "eu-west-2"
+    monkeypatch.setenv("AWS_REGION", "eu-west-2")  # read by the AWS SDKs of Arrow and boto3, not by botocore
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-3")
+    assert storage.arrow_filesystem(f"{s3_bucket}/a/b.bin")[0].region == "eu-west-3"  # signed as s3fs signs
+    config = tmp_path / "config"
+    config.write_text("[default]\nendpoint_url = http://127.0.0.1:1\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    assert storage.arrow_filesystem(f"{s3_bucket}/a/b.bin") is not None  # AWS_ENDPOINT_URL comes first
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    assert storage.arrow_filesystem(f"{s3_bucket}/a/b.bin") is None  # Arrow would not read the file's endpoint
     assert storage.arrow_filesystem(f"{s3_bucket}/a/b.bin", {"profile": "survey"}) is None
     assert storage.arrow_filesystem(f"{s3_bucket}/a/b.bin", {"key": "k"}) is None  # s3fs names what is missing
     assert storage.arrow_filesystem("/local/path") is None
