@@ -324,13 +324,16 @@ def test_ingest_reports_unreadable_files_and_writes_placeholder_positions(tmp_pa
         f"skymorph: error: --out {str(out)!r} already holds a survey (tiles.txt, labels.parquet, ingest_failures.csv, "
         "1 tile store(s) in tiles/); "
         "choose another --out or pass --overwrite to replace it"]
-    # --overwrite, but no cutout readable, or a split train would refuse: the survey there stays as it was
-    # (it had been deleted before the cutouts were read), and the split is refused before any is read
+    # --overwrite, but no cutout readable, a split train would refuse, or a column labels.parquet cannot hold:
+    # the survey there stays as it was (it had been deleted before the cutouts were read, or before the
+    # column was converted: a traceback, and tiles of the new galaxies under the old survey's name)
     (tmp_path / "bad.csv").write_text("object_id,file\n3,img/bad.jpg\n4,img/missing.png\n")
     (tmp_path / "bogus.csv").write_text("object_id,file,split\n1,img/0.png,train\n5,img/2.png,Validaton\n")
-    for catalog, message in (("bad.csv", "none of the 2 cutouts of"), ("bogus.csv", "column 'split' holds 'Validaton' (1 row(s)), which is not")):
+    (tmp_path / "bigint.csv").write_text("object_id,file,ls_id\n1,img/0.png,123456789012345678901\n")
+    for catalog, message in (("bad.csv", "none of the 2 cutouts of"), ("bogus.csv", "column 'split' holds 'Validaton' (1 row(s)), which is not"),
+                             ("bigint.csv", f"column 'ls_id' of {str(tmp_path / 'bigint.csv')!r} cannot be stored in labels.parquet (")):
         code, err = _run(["survey", "ingest", "--catalog", str(tmp_path / catalog), "--out", str(out), "--size", "16", "--overwrite"])
-        assert code == 2 and message in err and len(err.strip().splitlines()) == (1 if catalog == "bogus.csv" else 3), err
+        assert code == 2 and message in err and len(err.strip().splitlines()) == (3 if catalog == "bad.csv" else 1), err
         assert sorted(p.name for p in out.iterdir()) == ["ingest_failures.csv", "labels.parquet", "tiles", "tiles.txt"]
         assert pq.read_table(out / "labels.parquet").column("object_id").to_pylist() == [1, 2, 5]
     assert _run([*again, "--overwrite"])[0] == 0

@@ -205,6 +205,25 @@ def _reason(err: Exception) -> str:
     return first_line(err) if isinstance(err, InputError) else error_text(err, 200)
 
 
+def _labels_table(kept, object_id, tile_of_row, row, votes: dict, placeholder: bool, schema: str, source: str):
+    """``labels.parquet``'s table: each kept galaxy's tile and row, its votes, and the catalog's other
+    columns passed through (blank cells of a text column become nulls)."""
+    import pyarrow as pa
+
+    columns = {"object_id": object_id, "tile": tile_of_row.astype(str), "row": row, **votes}
+    for name in kept.columns:
+        if name not in columns:
+            try:
+                columns[name] = pa.array(kept[name], from_pandas=True)
+            except (pa.ArrowException, OverflowError, TypeError) as err:
+                raise InputError(f"column {name!r} of {source!r} cannot be stored in labels.parquet ({first_line(err)}); "
+                                 "drop it from the catalog (it is only passed through)") from None
+    columns["position_is_placeholder"] = np.full(len(kept), placeholder)
+    # the tree its votes are of, which `train` then takes without --schema (as a synthetic survey's)
+    metadata = {"skymorph.schema": get_schema(schema).to_json()} if votes else None
+    return pa.table(columns, metadata=metadata)
+
+
 def _stretch_attr(stretch: str, stretched: np.ndarray):
     """A tile's ``stretch`` attribute, from which of its images were stretched (FITS, more than 8 bits)."""
     if not stretched.any():
@@ -342,10 +361,10 @@ def ingest(
     ``pixel_scale_arcsec`` is that of the input cutouts; each tile records the scale of its resized
     pixels (module docstring), or 1.0 flagged ``pixel_scale_is_placeholder`` when the scale is unknown.
     Files that cannot be read are warned about on stderr, listed in ``ingest_failures.csv`` and skipped.
-    An ``out`` that already holds a survey is refused unless ``overwrite``, which replaces it.
+    An ``out`` that already holds a survey is refused unless ``overwrite``, which replaces it: the old
+    survey is removed once the new one's cutouts are decoded and its labels table built, just before
+    the new tiles are written (a write that fails then leaves neither).
     """
-    import pyarrow as pa
-
     from skymorph.progress import progress_bar
     from skymorph.tiles import write_tile, write_tile_list
 
@@ -408,10 +427,16 @@ def ingest(
         order = order[np.argsort(sides[order], kind="stable")]
         groups = np.split(order, np.flatnonzero(np.diff(sides[order])) + 1)
     tiles = [group[start : start + tile_size] for group in groups for start in range(0, len(group), tile_size)]
+    names = [f"ingest_{number:05d}" for number in range(len(tiles))]
+    tile_of_row, row = np.empty(len(kept), dtype=object), np.empty(len(kept), dtype=np.int64)
+    for name, rows in zip(names, tiles):
+        tile_of_row[rows], row[rows] = name, np.arange(len(rows))
+    # everything that can fail on the input, before an old survey is removed
+    labels = _labels_table(kept, object_id, tile_of_row, row, {name: values[ok] for name, values in votes.items()}, placeholder, schema,
+                          str(catalog_csv))
     prepare_survey_out(str(out), storage_options)
-    tile_urls, tile_of_row, row = [], np.empty(len(kept), dtype=object), np.empty(len(kept), dtype=np.int64)
-    for number, rows in enumerate(progress_bar(tiles, desc="writing tiles", unit="tile", disable=not progress)):
-        name = f"ingest_{number:05d}"
+    tile_urls = []
+    for name, rows in progress_bar(list(zip(names, tiles)), desc="writing tiles", unit="tile", disable=not progress):
         url = join(out, "tiles", f"{name}.zarr")
         side = int(sides[rows[0]]) if np.all(sides[rows] == sides[rows[0]]) else None
         write_tile(
@@ -422,19 +447,9 @@ def ingest(
             storage_options=storage_options, extra_attrs=extra,
         )
         tile_urls.append(url)
-        tile_of_row[rows], row[rows] = name, np.arange(len(rows))
     write_tile_list(join(out, "tiles.txt"), tile_urls, storage_options)
-
-    columns = {"object_id": object_id, "tile": tile_of_row.astype(str), "row": row}
-    columns.update({name: values[ok] for name, values in votes.items()})
-    for name in kept.columns:
-        if name not in columns:  # pass-through: blank cells of a text column become nulls
-            columns[name] = pa.array(kept[name], from_pandas=True)
-    columns["position_is_placeholder"] = np.full(len(kept), placeholder)
     labels_url = join(out, "labels.parquet")
-    # the tree its votes are of, which `train` then takes without --schema (as a synthetic survey's)
-    metadata = {"skymorph.schema": get_schema(schema).to_json()} if votes else None
-    write_parquet(pa.table(columns, metadata=metadata), labels_url, storage_options)
+    write_parquet(labels, labels_url, storage_options)
     failures_url = None
     if failures:
         failures_url = join(out, "ingest_failures.csv")
