@@ -9,6 +9,7 @@ import dataclasses
 import os
 import re
 import shlex
+import time
 from pathlib import Path
 
 import pytest
@@ -748,6 +749,48 @@ def test_a_job_whose_worker_runs_a_task_is_not_cancelled_for_its_sibling(tmp_pat
             task = client.submit(time.sleep, 8, pure=False, workers=["SLURMCluster-0-1"])
             assert task.result(timeout=120) is None
             assert (slurm.submitted()[1:], slurm.cancelled()) == ([], []), "the job running the task was cancelled"
+    finally:
+        slurm.kill_all()
+
+
+def test_a_job_running_a_task_is_not_cancelled_when_every_job_is_busy(tmp_path, monkeypatch):
+    """The tail of a run: two tasks left, one on each of two jobs of 2 processes. The scheduler's target is
+    2 workers, so it offered one whole job to close, busy or not (it only prefers idle groups); three checks
+    later the job was cancelled and its task started again elsewhere. A job with a busy worker stays."""
+    import sys
+
+    from dask_jobqueue import SLURMCluster
+    from distributed import Client, wait
+
+    from skymorph.inference.adaptive import JobAdaptive
+    from skymorph.testing.slurm import FakeSlurm
+
+    slurm = FakeSlurm.create(tmp_path / "slurm")
+    monkeypatch.setenv("PATH", f"{slurm.bin}{os.pathsep}{os.environ['PATH']}")
+    config = SlurmConfig(walltime="00:10:00", memory_gib=2, cpus_per_job=2, threads_per_process=1, worker_lifetime_minutes=8,
+                         lifetime_stagger_minutes=1, gpus_per_job=0, processes=2, python=sys.executable,
+                         worker_extra_args=("--host", "127.0.0.1"), **LOOPBACK)
+    starts = tmp_path / "starts.log"
+
+    def log_start(tag: str) -> str:  # defined here, so pickled by value: the workers cannot import this module
+        from distributed import get_worker
+
+        with open(starts, "a") as log:
+            log.write(f"{tag} {get_worker().name}\n")
+        time.sleep(15)  # the scheduler's target drops once the burst is done; 3 checks later the job went
+        return tag
+
+    try:
+        with SLURMCluster(**config.cluster_kwargs()) as cluster, Client(cluster) as client:
+            cluster.adapt(minimum_jobs=0, maximum_jobs=2, Adaptive=JobAdaptive)
+            burst = client.map(time.sleep, [0.5] * 40, pure=False)  # enough work for both jobs
+            client.wait_for_workers(4, timeout=120)
+            tails = [client.submit(log_start, tag, pure=False, workers=[worker], allow_other_workers=True)
+                     for tag, worker in (("A", "SLURMCluster-0-0"), ("B", "SLURMCluster-1-0"))]
+            wait(burst, timeout=120)
+            assert [tail.result(timeout=120) for tail in tails] == ["A", "B"]
+            assert sorted(starts.read_text().split("\n")[:-1]) == ["A SLURMCluster-0-0", "B SLURMCluster-1-0"], "a task ran twice"
+            assert slurm.cancelled() == [], "a job running a task was cancelled"
     finally:
         slurm.kill_all()
 

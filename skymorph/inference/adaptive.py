@@ -21,7 +21,9 @@ config, as the CPU template's 8) in three ways, all seen with :mod:`skymorph.tes
 closed to meet it: a job is not cancelled for a worker still queued, one that retired before its
 siblings (lifetimes are staggered) or one its nanny is restarting. The scheduler is asked for workers to
 close grouped by job (``worker_key``), so it offers a whole job or none, and a worker's count of checks
-starts when it connects. A job that had a worker connected and has had none for ``ended_after_s`` (its
+starts when it connects. A job is closed whole, all its connected workers retired, and only while none
+of them is processing a task: the scheduler offers busy jobs too when every job is busy (two tasks left
+on two jobs, a target of 2 workers). A job that had a worker connected and has had none for ``ended_after_s`` (its
 workers retired or died, including a job one of whose workers never started) is dropped from the
 cluster's plan, so that the next check submits its replacement. Closing the cluster still cancels every
 job.
@@ -95,15 +97,26 @@ class JobAdaptive(Adaptive):
         if ended:
             # dropped and closed now, before a scale-up can plan a job of the same name in its place
             await self.cluster.scale_down(ended)
-            for job in ended:
-                del self._jobs[job]
-        self.worker_key = _JobOf({worker: job for job in self.cluster.worker_spec for worker in self._workers_of(job)})
+        for job in set(self._jobs) - set(self.cluster.worker_spec):  # ended, or closed by a scale-down
+            del self._jobs[job]
+        job_of = {worker: job for job in self.cluster.worker_spec for worker in self._workers_of(job)}
+        self.worker_key = _JobOf(job_of)
         recommendation = await super().recommendations(target)
         for name in list(self.close_counts):  # counted while away: a worker's wait_count starts when it is connected
             if name not in connected:
                 del self.close_counts[name]
         if recommendation["status"] != "down":
             return recommendation
-        # Adaptive also offers workers not connected (queued, retired, restarting), whose job it would cancel
-        workers = [name for name in recommendation["workers"] if name in connected]
+        # Adaptive also offers workers not connected (queued, retired, restarting), whose job it would cancel;
+        # the scheduler offers busy jobs too (it only prefers idle ones); and a job's workers, connected at
+        # different checks, reach wait_count apart, while closing one cancels the whole job
+        offered = {job_of.get(name, name) for name in recommendation["workers"] if name in connected}
+        busy = await self._busy_workers() if offered else set()
+        workers = sorted(name for job in offered if not (self._workers_of(job) & busy) for name in self._workers_of(job) & connected)
         return {"status": "down", "workers": workers} if workers else {"status": "same"}
+
+    async def _busy_workers(self) -> set[str]:
+        """The names of the workers with a task processing, asked of the scheduler now."""
+        processing = await self.scheduler.processing()
+        names = {address: info["name"] for address, info in self.cluster.scheduler_info["workers"].items()}
+        return {names.get(address, address) for address, keys in processing.items() if keys}
