@@ -780,6 +780,7 @@ def test_a_lost_scheduler_leaves_the_catalog_unfinished_and_a_rerun_completes_it
         code = _stop_mid_run(driver, lambda: len(layout.list_parts(catalog)) >= 3, "the first part files", procs.scheduler.kill)
     errors = _error_lines(stderr)
     assert code == 2 and len(errors) == 1, stderr.read_text()
+    assert "Traceback" not in stderr.read_text() and "distributed.client - ERROR" not in stderr.read_text(), stderr.read_text()
     assert errors[0].startswith(f"skymorph: error: lost the Dask scheduler at {procs.address} mid-run (")
     assert errors[0].endswith("the catalog is left unfinished, its finished tile ranges kept: run the same command again to resume")
     fs, _ = filesystem(catalog)

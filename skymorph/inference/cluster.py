@@ -281,7 +281,7 @@ def connect(spec: ClusterSpec, slurm=None):
         except OSError as err:
             where = f"{address!r} (from --scheduler-file {spec.scheduler_file!r})" if spec.scheduler_file else repr(address)
             raise InputError(f"cannot reach the Dask scheduler at {where} ({err}); is `dask scheduler` running there?") from err
-        with client:
+        with _quiet_client_log(), client:  # quiet until the client is closed, which logs the reconnection it ends
             yield client, None
         return
     if spec.cluster == "slurm":
@@ -306,6 +306,24 @@ def connect(spec: ClusterSpec, slurm=None):
                       dashboard_address="127.0.0.1:0", resources=resources) as cluster, Client(cluster) as client:
         client.register_plugin(LeaveInterruptToDriver(), name="skymorph-leave-interrupt-to-driver")
         yield client, sizing.engine_threads
+
+
+@contextmanager
+def _quiet_client_log():
+    """Keep what the Dask client logs when the scheduler's connection breaks off stderr (tracebacks from
+    ``distributed.client`` at ERROR and ``distributed.batched`` at INFO, then "Failed to reconnect"): the
+    driver says in one line that it lost the scheduler, and what to do."""
+    import logging
+
+    loggers = {logging.getLogger("distributed.client"): logging.CRITICAL, logging.getLogger("distributed.batched"): logging.WARNING}
+    levels = {logger: logger.level for logger in loggers}
+    for logger, level in loggers.items():
+        logger.setLevel(level)
+    try:
+        yield
+    finally:
+        for logger, level in levels.items():
+            logger.setLevel(level)
 
 
 class LeaveInterruptToDriver(WorkerPlugin):
