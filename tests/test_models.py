@@ -133,6 +133,17 @@ def test_masks_refuse_seeds_and_sample_counts_no_generator_or_memory_takes():
     assert head.draw_masks(1000, 2**64 - 1).shape == (1000, 8)
 
 
+def test_masks_of_seeds_2_to_the_32_apart_differ_and_smaller_seeds_keep_theirs():
+    """torch's generator keeps 32 bits of its seed: 0, 2**32, 2**63 and 5 * 2**32 drew one set of masks,
+    recorded under four seeds. Seeds below 2**32 draw what they drew before, so exported models reproduce."""
+    head = MCDropoutHead(8, 2)
+    masks = [head.draw_masks(16, seed) for seed in (0, 2**32, 2**63, 5 * 2**32)]
+    assert all(not torch.equal(masks[i], masks[j]) for i in range(4) for j in range(i))
+    for seed in (5, 2**32 - 1):
+        before = torch.bernoulli(torch.full((16, 8), 0.5), generator=torch.Generator().manual_seed(seed)) / 0.5
+        assert torch.equal(head.draw_masks(16, seed), before)
+
+
 @pytest.mark.parametrize("params,message", [
     ({"widths": [-1, 0, 2, 3]}, "resnet_s needs every one of widths to be an integer from 1 to 4096, got -1 in widths=[-1, 0, 2, 3]"),
     ({"widths": [8, 2.5], "depths": [1, 1]}, "got 2.5 in widths"),

@@ -306,14 +306,18 @@ def test_training_learns_the_ring_survey(tmp_path):
     assert np.mean((fraction > 0.5) == ring) >= 0.9
 
 
-def test_epoch_seeds_are_distinct_across_the_seed_range_and_fit_a_torch_generator():
-    """Seeds s and s + 2**63 shared every epoch's shuffle (a modulus of 2**63); seeds below 2**63 / 1,000,003
-    keep the values they had, so earlier runs' weights are reproduced."""
+def test_epoch_seeds_give_distinct_shuffles_across_the_seed_range():
+    """torch's generator keeps 32 bits of its seed: seeds s, s + 2**32 and s + 2**63 shared every epoch's
+    shuffle. Seeds below 2**32 keep the shuffles they had (torch's 32 bits of the old modulus-2**64 value),
+    so earlier runs' weights are reproduced."""
+    def order(seed: int) -> list[int]:
+        return torch.randperm(50, generator=torch.Generator().manual_seed(_epoch_seed(seed, 4))).tolist()
+
     assert [_epoch_seed(7, epoch) for epoch in range(3)] == [7_000_021, 7_000_022, 7_000_023]
-    for seed in (0, 1, 2**62, 2**64 - 1):
-        assert _epoch_seed(seed, 4) != _epoch_seed((seed + 2**63) % 2**64, 4)
-        torch.Generator().manual_seed(_epoch_seed(seed, 4))  # in [0, 2**64): taken, not an overflow
-    assert _epoch_seed(2**64 - 1, 4) == (-1_000_003 + 4) % 2**64
+    for seed in (0, 1, 4295, 2**32 - 1):
+        assert _epoch_seed(seed, 4) == (seed * 1_000_003 + 4) % 2**64 % 2**32
+        assert order(seed) != order(seed + 2**32) and order(seed) != order(seed + 2**63)
+    assert order(2**64 - 1) != order(2**32 - 1)
 
 
 def test_same_seed_same_weights_and_resume_continues_exactly(tmp_path):

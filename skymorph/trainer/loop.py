@@ -36,6 +36,7 @@ import numpy as np
 from skymorph.errors import InputError, ModelError, did_you_mean
 from skymorph.model_metadata import InputSpec, check_dropout, check_likelihood
 from skymorph.schema import Schema, get_schema
+from skymorph.seeds import check_seed, torch_seed
 from skymorph.storage import atomic_write_text, check_new, same_location
 from skymorph.trainer.labels import labels_schema, split_kind
 
@@ -162,8 +163,6 @@ class TrainConfig:
         need(self.resize_px is None or self.resize_px <= MAX_RESIZE_PX,
              f"resize_px (--resize) must be at most {MAX_RESIZE_PX} pixels, got {self.resize_px}; galaxy models train at 64 to 300")
         if self.seed is not None:
-            from skymorph.seeds import check_seed
-
             check_seed(self.seed)
         need(self.ema_decay is None or 0 < self.ema_decay < 1, f"ema_decay must be in (0, 1), got {self.ema_decay}")
         need(self.threads is None or self.threads >= 1, f"threads must be at least 1, got {self.threads}")
@@ -246,10 +245,11 @@ def last_checkpoint_path(out: str) -> str:
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
-    """The batch loader's seed for ``epoch``: ``(seed * 1_000_003 + epoch) mod 2**64``, the range a torch
-    generator takes. The multiplier is odd, so within an epoch every seed of [0, 2**64) gets its own (a
-    modulus of 2**63 had given seeds s and s + 2**63 one shuffle)."""
-    return (seed * 1_000_003 + epoch) % 2**64
+    """The batch loader's seed for ``epoch``: ``(torch_seed(seed) * 1_000_003 + epoch) mod 2**32``, the bits
+    a torch generator keeps (:func:`~skymorph.seeds.torch_seed`). The multiplier is odd, so within an
+    epoch each of the 2**32 torch seeds gets its own shuffle; seeds below 2**32 keep the shuffles they had
+    (torch cut the earlier modulus of 2**64 to these 32 bits, so seeds s and s + 2**32 shared them)."""
+    return (torch_seed(seed) * 1_000_003 + epoch) % 2**32
 
 
 def _optimizer(model, config: TrainConfig):
@@ -596,7 +596,7 @@ def _prepare(config: TrainConfig) -> _Run:
                 f"but these tiles and labels give {n_train} and {n_val}; resume with the run's --tiles and --drop-unmatched"
             )
 
-    torch.manual_seed(config.seed)  # initial weights and dropout; a resumed run restores its saved RNG state
+    torch.manual_seed(torch_seed(config.seed))  # initial weights and dropout; a resumed run restores its saved RNG state
     if start_checkpoint:
         if tuple(start_meta.input.shape) != images.shape[1:]:
             raise ModelError(

@@ -32,7 +32,7 @@ from torch import nn
 from skymorph.errors import ModelError, did_you_mean
 from skymorph.model_metadata import InputSpec, check_dropout, check_likelihood, check_samples
 from skymorph.schema import Schema
-from skymorph.seeds import check_seed
+from skymorph.seeds import torch_seed
 
 __all__ = [
     "register_model",
@@ -199,10 +199,11 @@ class MCDropoutHead(nn.Module):
         """T = ``samples`` dropout masks (T, F), float32, reproducible from ``seed``.
 
         Each entry is ``Bernoulli(1 - p) / (1 - p)``, drawn with a CPU ``torch.Generator`` seeded with
-        ``seed`` (the same masks on every machine), so that ``E[mask] = 1`` as in inverted dropout.
+        :func:`~skymorph.seeds.torch_seed` of ``seed`` (the same masks on every machine), so that
+        ``E[mask] = 1`` as in inverted dropout.
         """
-        samples, seed = check_samples(samples), check_seed(seed)
-        generator = torch.Generator(device="cpu").manual_seed(seed)
+        samples = check_samples(samples)
+        generator = torch.Generator(device="cpu").manual_seed(torch_seed(seed))
         keep = 1.0 - self.dropout
         bits = torch.bernoulli(torch.full((samples, self.in_features), keep), generator=generator)
         return bits / keep
