@@ -241,6 +241,17 @@ def test_cli_output_under_a_file_is_a_one_line_error(tmp_path, capsys):
     assert code == 2 and err.startswith("skymorph: error:") and err.count("\n") == 1 and "a_file" in err
 
 
+def test_weights_that_do_not_fit_their_recorded_tree_name_the_first_mismatch(tmp_path, capsys):
+    """The message ended at torch's first line, "(Error(s) in loading state_dict for MorphologyNet:)"."""
+    ckpt = str(tmp_path / "m.ckpt")
+    save_checkpoint(ckpt, _net(), CheckpointMeta(get_schema("gz2"), "w20", "multinomial", 0.5, SPEC))  # decals weights
+    code = main(["export", ckpt, "--samples", str(T), "--out", str(tmp_path / "m.onnx")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert re.search(r"weights do not fit architecture 'w20' \(size mismatch for head\.linear\.weight: copying a param "
+                     r"with shape torch\.Size\(\[\d+, \d+\]\) from checkpoint, the shape in current model is", err), err
+
+
 def _checkpoint(tmp_path, seed=0) -> str:
     path = str(tmp_path / f"m{seed}.ckpt")
     save_checkpoint(path, _net(seed=seed), CheckpointMeta(SCHEMA, "w20", "multinomial", 0.5, SPEC))

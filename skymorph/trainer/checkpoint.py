@@ -187,8 +187,9 @@ def load_checkpoint(path: str, expect_schema=None, storage_options=None, *, data
     try:
         model.load_state_dict(payload["model"])
     except (RuntimeError, KeyError) as err:
-        raise ModelError(
-            f"{path!r}: weights do not fit architecture {meta.arch!r} ({first_line(err, 120)})"
-        ) from err
+        # torch's first line only says "Error(s) in loading state_dict for ...:"; the mismatches follow it
+        details = [line.strip() for line in str(err).splitlines()[1:] if line.strip()] or [first_line(err)]
+        more = f"; and {len(details) - 1} more" if len(details) > 1 else ""
+        raise ModelError(f"{path!r}: weights do not fit architecture {meta.arch!r} ({details[0][:300].rstrip('.')}{more})") from err
     model.eval()
     return model, meta, payload.get("training") or {}
