@@ -345,6 +345,22 @@ def test_same_seed_same_weights_and_resume_continues_exactly(tmp_path):
     assert [m["val_loss"] for m in metrics["epochs"]] == [m["val_loss"] for m in a.metrics]
 
 
+def test_a_pause_where_early_stopping_fires_resumes_to_the_same_stop(tmp_path):
+    """The pause was tested before the patience: a run paused in the epoch where it stopped early trained
+    another epoch when resumed, as did a resume of a run that had stopped early."""
+    tiles, labels = write_ring_survey(str(tmp_path))
+    settings = dict(epochs=8, patience=1, lr=3e-2)  # a rate high enough that the validation loss soon rises
+    full = train(_config(tmp_path, tiles, labels, out=str(tmp_path / "full.ckpt"), **settings))
+    assert full.stopped == "early_stopping" and full.epochs_run < 8
+    half = train(_config(tmp_path, tiles, labels, out=str(tmp_path / "half.ckpt"), stop_after_epochs=full.epochs_run, **settings))
+    assert half.stopped == "early_stopping" and half.epochs_run == full.epochs_run
+    for resumed_from in (half, full):
+        rest = train(_config(tmp_path, tiles, labels, epochs=None, out=resumed_from.checkpoint, resume=resumed_from.last_checkpoint))
+        assert rest.stopped == "early_stopping" and rest.epochs_run == full.epochs_run
+        assert [m["val_loss"] for m in rest.metrics] == [m["val_loss"] for m in full.metrics]
+    assert str(rest).startswith(f"nothing left to train after the run's {full.epochs_run} epoch(s) on 36 galaxies (stopped early: ")
+
+
 def test_the_python_api_refuses_to_replace_a_model_or_evaluation_unless_told(tmp_path):
     """The command line refused an existing --out without --overwrite, while train(), evaluate() and
     export_onnx() replaced it: a notebook could lose a trained model."""

@@ -201,8 +201,10 @@ class TrainResult:
         done = self.epochs_run - self.resumed_at
         span = f"epoch {self.epochs_run}" if done == 1 else f"epochs {self.resumed_at + 1}-{self.epochs_run}"
         which = f" ({span} of the run)" if self.resumed_at and done else ""
+        head = (f"trained {done} epoch(s){which} on {self.n_train} galaxies in {self.minutes:.1f} min" if done or not self.resumed_at
+                else f"nothing left to train after the run's {self.epochs_run} epoch(s) on {self.n_train} galaxies")
         return (
-            f"trained {done} epoch(s){which} on {self.n_train} galaxies in {self.minutes:.1f} min "
+            f"{head} "
             f"({_WHY_STOPPED.get(self.stopped, self.stopped)}); best epoch {self.best_epoch}: validation loss "
             f"{self.best_val_loss:.4f} on {self.n_validation} galaxies -> {self.checkpoint}"
         )
@@ -661,9 +663,10 @@ def train(config: TrainConfig) -> TrainResult:
     warmup_steps = round(config.warmup_epochs * steps_per_epoch)
     last_path = last_checkpoint_path(config.out)
     metrics_path = f"{config.out}.metrics.json"
-    stopped = "epochs"
+    # a resumed run that had stopped early (and is given no larger --patience) has nothing left to train
+    stopped = "early_stopping" if bad_epochs >= config.patience else "epochs"
 
-    for epoch in range(start_epoch, config.epochs):
+    for epoch in range(start_epoch, config.epochs if stopped == "epochs" else start_epoch):
         epoch_start = time.monotonic()
         loader = BatchLoader(
             images, votes, config.batch_size, rows=train_rows, shuffle=True, augmented=config.augment,
@@ -717,13 +720,13 @@ def train(config: TrainConfig) -> TrainResult:
             accuracy = " ".join(f"{q}={a:.3f}" for q, a in val_accuracy.items())
             tqdm.write(f"epoch {epoch + 1}: train loss {metrics[-1]['train_loss']:.4f} val loss {val_loss:.4f} val accuracy "
                        f"{accuracy}{' * (best)' if improved else ''}")
+        if bad_epochs >= config.patience:  # first: a pause here would make its resumed run train on
+            stopped = "early_stopping"
+            break
         if stopped == "max_minutes":
             break
         if config.stop_after_epochs and epoch + 1 - start_epoch >= config.stop_after_epochs and epoch + 1 < config.epochs:
             stopped = "stop_after_epochs"
-            break
-        if bad_epochs >= config.patience:
-            stopped = "early_stopping"
             break
 
     return TrainResult(
