@@ -531,6 +531,34 @@ def _float_images_tile(url: str) -> None:
     group.create_array("images", shape=(8, 1, SIZE, SIZE), dtype="float32", chunks=(8, 1, SIZE, SIZE))
 
 
+def test_a_run_killed_as_it_finishes_leaves_no_earlier_run_s_failures(tmp_path, tiny_model, monkeypatch):
+    """The failures table was written after hats.properties: a run killed in between left the catalog
+    reading as finished with the last run's table, so the rerun (nothing left to do) reported a tile as
+    failed that was in the catalog."""
+    from skymorph.catalog import writer
+    from skymorph.inference.job import RunConfig, run_survey
+    from skymorph.tiles import write_tile_list
+
+    good = make_tiles(str(tmp_path / "a"), n_tiles=2, per_tile=64, compact=True)
+    late = str(tmp_path / "b" / "tiles" / "t000.zarr")  # missing at first
+    write_tile_list(str(tmp_path / "tiles.txt"), [*good, late])
+    config = RunConfig(tiles=str(tmp_path / "tiles.txt"), model=tiny_model, out=str(tmp_path / "catalog"), workers=1,
+                       rows_per_task=64, catalog_order=3, allow_failures=True, progress=False)
+    assert [f["tile"] for f in run_survey(config).failures] == [late]
+    make_tiles(str(tmp_path / "b"), n_tiles=1, per_tile=64, compact=True, seed=1)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("the driver, killed once the catalog is finished")
+
+    monkeypatch.setattr(writer, "write_manifest", killed)  # the compaction, the finish step's last write
+    with pytest.raises(KeyboardInterrupt):
+        run_survey(config)
+    monkeypatch.undo()
+    report = run_survey(config)
+    assert report.ok and report.ranges_run == 0 and report.total_rows == 192
+    assert read_parquet(layout.failures_url(config.out)).num_rows == 0
+
+
 def test_bad_tiles_go_to_the_failures_table_and_the_rest_completes(s3_bucket, tiny_model, capsys):
     from skymorph.cli import main
     from skymorph.tiles import write_tile_list

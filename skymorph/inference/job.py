@@ -303,7 +303,8 @@ class _Plan:
 
 def _finished(catalog: str, manifest, arrow_schema, options: dict) -> int | None:
     """The catalog's row count if its metadata files are there, readable and agree with ``manifest``
-    and ``arrow_schema`` (a finished run wrote them last), else None: then the finish step must rewrite them.
+    and ``arrow_schema`` (a finished run wrote them last, ``hats.properties`` last of all, after the
+    failures table), else None: then the finish step must rewrite them.
 
     Reads only the small files (``hats.properties``, ``partition_info.csv``, ``_common_metadata``),
     never the parts, so a rerun of a finished job stays cheap; a damaged or stale metadata file (a
@@ -517,10 +518,12 @@ def run_survey(config: RunConfig) -> RunReport:
             skymorph_likelihood=metadata.likelihood,
             skymorph_positions=layout.PLACEHOLDER_POSITIONS if manifest.placeholder_positions else layout.SKY_POSITIONS,
         )
+        # this run's failures before the catalog reads as finished: a rerun after a crash in between would
+        # find hats.properties and take an earlier run's table, tiles since run, for this one's
+        write_failures(config.out, tally.failures, options)
         finished = finish_catalog(config.out, manifest, arrow_schema, props, options)
         _note_sparse_partitions(finished.total_rows, finished.pixels, config.catalog_order)
         write_manifest(config.out, manifest, options)  # compact: the finished catalog has no journal
-        write_failures(config.out, tally.failures, options)
         seconds = time.perf_counter() - started
         timing = {"seconds": seconds, "ranges_run": tally.ranges_run, "rows_written": tally.rows_written,
                   "galaxies_per_second": tally.rows_written / seconds if seconds else 0.0, "task_seconds": tally.stages}
