@@ -192,8 +192,12 @@ def augment(images, generator, *, max_zoom: float = 0.1, max_shift: float = 0.05
     flip = torch.where(torch.rand(b, generator=generator) < 0.5, -1.0, 1.0)
     shift = torch.stack([uniform(-max_shift, max_shift), uniform(-max_shift, max_shift)], dim=1) * 2
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    # theta acts on coordinates normalised to [-1, 1] along each side: for H != W a rotation there is
+    # also a shear and stretch in pixels, unless its off-diagonal terms carry the aspect ratio
+    height, width = images.shape[-2:]
     theta = torch.stack(
-        [torch.stack([cos * flip, -sin, shift[:, 0]], 1), torch.stack([sin * flip, cos, shift[:, 1]], 1)], dim=1
+        [torch.stack([cos * flip, -sin * (height / width), shift[:, 0]], 1),
+         torch.stack([sin * flip * (width / height), cos, shift[:, 1]], 1)], dim=1
     )
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
