@@ -217,8 +217,9 @@ def _add_train_commands(sub) -> None:
     evaluate.add_argument("--tiles", required=True, metavar="TILELIST", help="tile list file (or one .zarr tile store) holding the galaxies' images")
     evaluate.add_argument("--labels", required=True, metavar="LABELS", help="Parquet, CSV or FITS table with object_id and {question}_{answer} vote counts (or a Galaxy Zoo table of them)")
     evaluate.add_argument("--out", required=True, metavar="DIR", help="metrics.json, predictions.parquet and plots go here")
-    evaluate.add_argument("--split", choices=("validation", "train", "all"), default="validation",
-                          help="galaxies to score: the checkpoint's validation split (default), its train split, or all")
+    evaluate.add_argument("--split", choices=("validation", "train", "test", "all"), default="validation",
+                          help="galaxies to score: the checkpoint's validation split (default), its train split, the "
+                               "rows the labels' split column marks test, or all")
     evaluate.add_argument("--truth", metavar="PARQUET", help="true fractions ({question}_{answer}_true columns), e.g. a synthetic survey's truth.parquet")
     evaluate.add_argument("--samples", type=_positive_int, default=30, help="MC dropout samples T, 1-1000 (default 30)")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the dropout masks (default 0)")

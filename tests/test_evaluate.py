@@ -252,6 +252,31 @@ def test_labels_without_a_split_are_evaluated_on_the_galaxies_the_model_was_vali
     assert "was trained on the seed's hash split, not a split column" in capsys.readouterr().err
 
 
+def test_split_test_scores_the_rows_the_split_column_marks_test(trained, tmp_path):
+    """Rows marked test could be scored only mixed with the training galaxies, through --split all."""
+    tmp, tiles, labels, ckpt = trained
+    table = pq.read_table(labels)
+    ids = table.column("object_id").to_pylist()
+    marked = pa.array(["test" if i % 8 == 3 else s for i, s in zip(ids, table.column("split").to_pylist())])
+    with_test = str(tmp_path / "with-test.parquet")
+    write_parquet(table.drop(["split"]).append_column("split", marked), with_test)
+    evaluate(ckpt, tiles, with_test, str(tmp_path / "test"), samples=2, split="test", progress=False)
+    scored = pq.read_table(tmp_path / "test" / "predictions.parquet").column("object_id").to_pylist()
+    assert sorted(scored) == sorted(i for i in ids if i % 8 == 3) and scored
+    with pytest.raises(InputError, match=r"labels .* have no test galaxies with votes, so there is nothing to compare with"):
+        evaluate(ckpt, tiles, labels, str(tmp_path / "none"), samples=2, split="test", progress=False)
+    unsplit = str(tmp_path / "unsplit.parquet")
+    write_parquet(table.drop(["split"]), unsplit)
+    with pytest.raises(InputError, match=r"have no split column, so no test galaxies; give labels whose split column marks them"):
+        evaluate(ckpt, tiles, unsplit, str(tmp_path / "no-column"), samples=2, split="test", progress=False)
+    hashed = train(TrainConfig(tiles=tiles, labels=unsplit, out=str(tmp_path / "hashed.ckpt"), schema="gz2", epochs=1,
+                               batch_size=8, threads=1, progress=False))
+    with pytest.raises(InputError, match=r"was trained on the seed's hash split, which holds no galaxy out as test, so a "
+                                         r"test row may be one it trained on; score --split validation"):
+        evaluate(hashed.checkpoint, tiles, with_test, str(tmp_path / "hashed"), samples=2, split="test", progress=False)
+    assert not any((tmp_path / name).exists() for name in ("none", "no-column", "hashed"))
+
+
 def test_a_model_trained_on_a_split_column_is_not_evaluated_on_labels_without_it(trained):
     """Without the column, the hash split was used: 23 of 29 "validation" galaxies of a review's run had been
     trained on, and nothing said so."""

@@ -240,6 +240,20 @@ def _split_as_trained(table, meta, checkpoint: str, split: str):
     return table
 
 
+def _test_rows(table, meta, checkpoint: str):
+    """The rows of ``table`` whose split column says ``test``: galaxies a checkpoint trained on a split
+    column never saw. One trained on the hash split may have trained on any of them, so it is refused."""
+    from skymorph.tables import TEST
+
+    if meta.provenance.get("split") == "hash":
+        raise InputError(f"checkpoint {checkpoint!r} was trained on the seed's hash split, which holds no galaxy out as test, "
+                         "so a test row may be one it trained on; score --split validation")
+    if split_kind(table) == "hash":
+        raise InputError(f"labels {table.source!r} have no split column, so no test galaxies; give labels whose split "
+                         "column marks them")
+    return table.subset(np.flatnonzero(table.split == TEST))
+
+
 def evaluate(
     checkpoint: str,
     tiles: str,
@@ -259,11 +273,13 @@ def evaluate(
     progress: bool = True,
     storage_options=None,
 ) -> EvaluationReport:
-    """Evaluate ``checkpoint`` on the ``split`` galaxies (``validation``, ``train`` or ``all``) of ``labels``.
+    """Evaluate ``checkpoint`` on the ``split`` galaxies (``validation``, ``train``, ``test`` or ``all``) of
+    ``labels``.
 
     The validation galaxies are those training held out: the labels' ``split`` column, or else the same
     object-id hash split with the ``val_fraction`` and ``seed`` recorded in the checkpoint: whichever
-    training used (see :func:`_split_as_trained`). ``tta``:
+    training used (see :func:`_split_as_trained`). The test galaxies are the rows the split column marks
+    ``test``, which training on that column never used (:func:`_test_rows`). ``tta``:
     average each prediction over the 8 flips and quarter turns (see :func:`predict`). Files of an
     earlier evaluation in ``out`` are refused unless ``overwrite``.
     """
@@ -279,8 +295,8 @@ def evaluate(
     from skymorph.trainer.labels import load_labels, split_masks
     from skymorph.trainer.loop import TrainConfig
 
-    if split not in ("validation", "train", "all"):
-        raise InputError(f"split must be validation, train or all, got {split!r}")
+    if split not in ("validation", "train", "test", "all"):
+        raise InputError(f"split must be validation, train, test or all, got {split!r}")
     check_samples(samples)
     check_seed(seed)
     check_n_volunteers(n_volunteers)
@@ -296,15 +312,17 @@ def evaluate(
                      "evaluate a model of that tree on them")
     schema = meta.schema
     table = load_labels(labels, schema, storage_options)
-    if split != "all":
+    if split == "test":
+        table = _test_rows(table, meta, checkpoint)
+    elif split != "all":
         table = _split_as_trained(table, meta, checkpoint, split)
         config = meta.provenance.get("config", {})
         defaults = TrainConfig.RUN_DEFAULTS
         train_mask, val_mask = split_masks(table, float(config.get("val_fraction", defaults["val_fraction"])),
                                            int(config.get("seed", defaults["seed"])))
         table = table.subset(np.flatnonzero(val_mask if split == "validation" else train_mask))
-        if not len(table):
-            raise InputError(f"labels {labels!r} have no {split} galaxies with votes, so there is nothing to compare with")
+    if split != "all" and not len(table):
+        raise InputError(f"labels {labels!r} have no {split} galaxies with votes, so there is nothing to compare with")
     images, table = load_images(read_tiles(tiles, storage_options), table, drop_unmatched=drop_unmatched, storage_options=storage_options, progress=progress)
     if images.shape[1:] != tuple(meta.input.shape):
         raise InputError(f"checkpoint {checkpoint!r} takes {meta.input.shape} images but tiles {tiles!r} hold {images.shape[1:]}; "
