@@ -54,14 +54,14 @@ class ClusterSpec:
             raise InputError(f"--threads-per-worker must be at least 1, got {self.threads_per_worker}")
         sizing = [flag for flag, given in (("--workers", self.workers is not None),
                                            ("--threads-per-worker", self.threads_per_worker != 1)) if given]
-        if sizing and (self.address or self.scheduler_file):  # they were ignored without a word
+        if sizing and self.joins_running_scheduler:  # they were ignored without a word
             where = "--scheduler-file" if self.scheduler_file else "--scheduler" if self.scheduler else "DASK_SCHEDULER_ADDRESS"
             raise InputError(f"{' and '.join(sizing)} size the cluster that skymorph starts, but {where} names a running "
                              "one, whose workers `dask worker --nworkers/--nthreads` sized; drop them")
         if self.cluster == "slurm" and self.threads_per_worker != 1:
             raise InputError("--threads-per-worker sizes the embedded cluster; a SLURM worker's threads are the "
                              "--cluster-config file's (cores / processes): drop it")
-        embedded = self.cluster == "local" and not (self.address or self.scheduler_file)
+        embedded = self.cluster == "local" and not self.joins_running_scheduler
         if embedded and self.workers is not None and self.workers > (cores := usable_cores()):  # 1,000 on 2 cores hung
             raise InputError(f"--workers {self.workers} is more worker processes than this machine's {cores} usable "
                              "cores, each with its own engine; give at most that, or --threads-per-worker for more tasks")
@@ -82,6 +82,11 @@ class ClusterSpec:
             return None
         from_environment = os.environ.get("DASK_SCHEDULER_ADDRESS") if self.cluster == "local" else None
         return self.scheduler or from_environment or None
+
+    @property
+    def joins_running_scheduler(self) -> bool:
+        """Whether the workers are someone else's (a scheduler file or address), not a cluster skymorph starts."""
+        return bool(self.scheduler_file or self.address)
 
 
 @dataclass(frozen=True)
@@ -268,7 +273,7 @@ def connect(spec: ClusterSpec, slurm=None):
     already; else it is read here."""
     from distributed import Client, LocalCluster
 
-    if spec.scheduler_file or spec.address:
+    if spec.joins_running_scheduler:
         address = scheduler_address(spec)
         import dask
 

@@ -113,7 +113,7 @@ def run_tasks(config: RunConfig, client, job, resources, plan: _Plan, manifest, 
     try:
         submit_until_full()
         spec = config.cluster_spec()
-        own_cluster = not (spec.scheduler_file or spec.address)
+        own_cluster = not spec.joins_running_scheduler
         for future in _arrivals(pending, client, config.worker_timeout, resources, own_cluster):
             lock.check_held()  # a run that lost its lock records nothing more
             tile, start, stop = in_flight.pop(future.key)

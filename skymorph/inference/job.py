@@ -431,7 +431,7 @@ def run_survey(config: RunConfig) -> RunReport:
 
     started = time.perf_counter()
     spec = config.cluster_spec()
-    if spec.scheduler_file or spec.address:
+    if spec.joins_running_scheduler:
         scheduler_address(spec)  # a bad address fails now, before the catalog is touched
     slurm = None
     if spec.cluster == "slurm":
@@ -494,7 +494,7 @@ def run_survey(config: RunConfig) -> RunReport:
                     # the old catalog goes only once the new one can be written; an adaptive SLURM cluster
                     # submits worker jobs only for tasks, so there it goes first
                     if config.overwrite and spec.cluster != "slurm":
-                        wait_for_workers(client, resources, config.worker_timeout, not (spec.scheduler_file or spec.address))
+                        wait_for_workers(client, resources, config.worker_timeout, not spec.joins_running_scheduler)
                 _remove_for_overwrite(config, lock, options)
                 if is_new:
                     lock.check_held(read=True)
