@@ -168,7 +168,7 @@ def arrow_s3_arguments(options: dict) -> dict | None:
 
     arguments: dict = {}
     client_kwargs = dict(options.get("client_kwargs") or {})
-    endpoint = options.get("endpoint_url") or client_kwargs.pop("endpoint_url", None)  # s3fs's precedence
+    endpoint = options.get("endpoint_url") or client_kwargs.get("endpoint_url")  # s3fs's precedence
     client_kwargs.pop("endpoint_url", None)
     if "region_name" in client_kwargs:
         arguments["region"] = client_kwargs.pop("region_name")
@@ -214,17 +214,18 @@ def arrow_filesystem(url: str, storage_options: dict | None = None):
         config = session.get_scoped_config()
         if "endpoint_url" in config or "services" in config:
             return None
+    region, ca_bundle = session.get_config_variable("region"), session.get_config_variable("ca_bundle")
     if "region" not in arguments:
         if "endpoint_override" in arguments:
-            if session.get_config_variable("region"):
-                arguments["region"] = session.get_config_variable("region")
+            if region:
+                arguments["region"] = region
         else:
             try:
                 arguments["region"] = pyarrow.fs.resolve_s3_region(path.split("/", 1)[0])
             except OSError:
                 return None
-    if session.get_config_variable("ca_bundle"):
-        arguments["tls_ca_file_path"] = session.get_config_variable("ca_bundle")
+    if ca_bundle:
+        arguments["tls_ca_file_path"] = ca_bundle
     try:
         return pyarrow.fs.S3FileSystem(**arguments), path
     except ValueError:  # a key without its secret: s3fs's reads give the error the user knows
