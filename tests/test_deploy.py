@@ -643,7 +643,9 @@ def test_skymorph_run_on_slurm_submits_a_worker_job_and_cancels_it_at_the_end(tm
     submits one worker job once there are tasks and leaves it in the queue (it cancelled and resubmitted a
     job of 2 processes every 3 s, for as long as the queue held it: dask/distributed#7019); its workers join
     the in-flight window; the catalog is exact; and the job is cancelled when the run ends, leaving no worker
-    behind."""
+    behind. With ``--overwrite``, the old catalog stays until a worker job has started: the driver submits
+    the first job itself (the cluster submits jobs only for tasks, and none is submitted before), and a job
+    that never leaves the queue within ``--worker-timeout`` changes nothing."""
     import sys
 
     from jobhelpers import assert_exact, make_tiles
@@ -652,17 +654,33 @@ def test_skymorph_run_on_slurm_submits_a_worker_job_and_cancels_it_at_the_end(tm
     from skymorph.testing.dask_processes import wait_for
     from skymorph.testing.slurm import FakeSlurm
 
-    slurm = FakeSlurm.create(tmp_path / "slurm", queue_wait_s=5)
-    monkeypatch.setenv("PATH", f"{slurm.bin}{os.pathsep}{os.environ['PATH']}")
+    tiles = make_tiles(str(tmp_path), 3, 40, compact=True)
+    catalog = str(tmp_path / "catalog")
+    run = ["run", "--tiles", str(tmp_path / "tiles.txt"), "--model", tiny_model, "--out", catalog]
+    assert main([*run, "--workers", "1", "--n-volunteers", "20"]) == 0  # the old catalog
     site = {**LOOPBACK, "walltime": "00:10:00", "gpus_per_job": 0, "processes": 2, "threads_per_process": 1,
             "cpus_per_job": 2, "memory_gib": 2, "worker_lifetime_minutes": 8, "lifetime_stagger_minutes": 1, "max_jobs": 1,
             "python": sys.executable, "log_directory": str(tmp_path / "logs"), "worker_extra_args": ["--host", "127.0.0.1"]}
     (tmp_path / "site.yaml").write_text(yaml.safe_dump(site))
-    tiles = make_tiles(str(tmp_path), 3, 40, compact=True)
-    catalog = str(tmp_path / "catalog")
+    on_slurm = [*run, "--overwrite", "--cluster", "slurm", "--cluster-config", str(tmp_path / "site.yaml"), "--rows-per-task", "20"]
+
+    stuck = FakeSlurm.create(tmp_path / "stuck", queue_wait_s=600)
+    with monkeypatch.context() as env:
+        env.setenv("PATH", f"{stuck.bin}{os.pathsep}{os.environ['PATH']}")
+        capsys.readouterr()
+        try:
+            code = main([*on_slurm, "--worker-timeout", "3"])
+        finally:
+            stuck.kill_all()
+    err = capsys.readouterr().err
+    assert code != 0 and "nothing was changed" in err and "squeue" in err, err[-2000:]
+    assert len(stuck.submitted()) == 1 and set(stuck.cancelled()) == set(stuck.submitted())
+    assert_exact(catalog, tiny_model, tiles, n_volunteers=20)
+
+    slurm = FakeSlurm.create(tmp_path / "slurm", queue_wait_s=5)
+    monkeypatch.setenv("PATH", f"{slurm.bin}{os.pathsep}{os.environ['PATH']}")
     try:
-        code = main(["run", "--tiles", str(tmp_path / "tiles.txt"), "--model", tiny_model, "--out", catalog, "--cluster", "slurm",
-                     "--cluster-config", str(tmp_path / "site.yaml"), "--rows-per-task", "20", "--worker-timeout", "120"])
+        code = main([*on_slurm, "--worker-timeout", "120"])
     finally:
         jobs = slurm.submitted()
         slurm.kill_all()

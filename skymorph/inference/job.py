@@ -406,7 +406,7 @@ def _no_trace_unless_started(out: str, is_new: bool, options: dict):
 def _remove_for_overwrite(config: RunConfig, lock, options: dict) -> None:
     """With ``--overwrite``, remove the old catalog: only while this run holds the lock (a live run's
     catalog is never removed) and once it can start (scheduler reached, and a worker that can run the
-    tasks there, except on an adaptive SLURM cluster, which starts workers only for submitted tasks)."""
+    tasks there)."""
     if config.overwrite:
         lock.check_held(read=True)
         layout.remove_catalog(config.out, options, keep_lock=True)
@@ -491,9 +491,12 @@ def run_survey(config: RunConfig) -> RunReport:
                     kind, flags = ("GPU workers (GPU=1)", " --resources GPU=1") if gpu else ("workers", "")
                     print(f"skymorph run: no {kind} at {client.scheduler.address} yet; waiting for some to join, {limit} "
                           f"(`dask worker {client.scheduler.address}{flags}`)", file=sys.stderr, flush=True)
-                    # the old catalog goes only once the new one can be written; an adaptive SLURM cluster
-                    # submits worker jobs only for tasks, so there it goes first
-                    if config.overwrite and spec.cluster != "slurm":
+                    # the old catalog goes only once the new one can be written
+                    if config.overwrite:
+                        if slurm is not None and not client.cluster.worker_spec:
+                            # an adaptive SLURM cluster submits worker jobs only for tasks, and none is submitted
+                            # yet: one job now, which the tasks then keep
+                            client.cluster.scale(jobs=1)
                         wait_for_workers(client, resources, config.worker_timeout, not spec.joins_running_scheduler)
                 _remove_for_overwrite(config, lock, options)
                 if is_new:
