@@ -132,6 +132,34 @@ def test_resume_with_other_rows_per_task_is_refused_so_no_row_is_written_twice(t
     assert report.ok and report.total_rows == 40 and read_manifest(catalog).rows_per_task == 8
 
 
+def test_a_tile_rewritten_with_other_rows_since_its_first_range_fails_instead_of_being_cut_in_the_old_places(tmp_path, tiny_model):
+    """A resumed run plans a started tile's remaining ranges from the row count the manifest recorded; a
+    tile rewritten at the same URL since then (48 rows where there were 40) had rows 40-47 left out
+    without a word. Its ranges now fail, naming both counts, and write nothing."""
+    from skymorph.catalog.writer import read_manifest, write_manifest
+    from skymorph.inference.job import RunConfig, run_survey
+
+    make_tiles(str(tmp_path), n_tiles=1, per_tile=40, chunk_size=8)
+    catalog = str(tmp_path / "catalog")
+    config = RunConfig(tiles=str(tmp_path / "tiles.txt"), model=tiny_model, out=catalog, workers=1, progress=False, rows_per_task=16)
+    assert run_survey(config).total_rows == 40
+    manifest = read_manifest(catalog)
+    manifest.ranges = {key: record for key, record in manifest.ranges.items() if record.start == 0}  # stopped after the first
+    write_manifest(catalog, manifest)
+    for part in layout.list_parts(catalog):
+        if read_parquet(part.url)["row"].to_numpy().min() >= 16:
+            os.remove(part.url)
+    tile = make_tiles(str(tmp_path), n_tiles=1, per_tile=48, chunk_size=8)[0]
+
+    report = run_survey(config)
+    assert not report.ok and report.ranges_run == 2
+    assert [(f["start"], f["stage"]) for f in report.failures] == [(16, "open"), (32, "open")]
+    assert report.failures[0]["reason"] == (
+        f"TileError: tile {tile!r} has 48 rows in chunks of 8, but 40 rows in chunks of 8 when this catalog read its first rows: it "
+        "was rewritten since; run the changed tiles into a new catalog, or this one again with --overwrite")
+    assert sorted(read_catalog(catalog)["row"]) == list(range(16))
+
+
 def test_a_model_of_one_sample_scores_every_galaxy_0_and_pick_says_so(tmp_path, capsys):
     """T = 1 (or dropout 0): every BALD score is 0, and catalog pick "picked" a batch in object_id order
     without a word."""

@@ -99,7 +99,8 @@ def run_tasks(config: RunConfig, client, job, resources, plan: _Plan, manifest, 
         nonlocal skipped
         while len(in_flight) < window.size() and (item := plan.next()) is not None:
             tile, start, stop = item
-            future = client.submit(run_job_range, job_name, tile, start, stop, pure=False, resources=resources)
+            layout = plan.layouts.get(tile) if stop is not None else None
+            future = client.submit(run_job_range, job_name, tile, start, stop, layout, pure=False, resources=resources)
             in_flight[future.key] = item
             pending.add(future)
         # the plan skips tiles already done as it looks for work: they are finished tiles too

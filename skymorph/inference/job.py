@@ -238,7 +238,10 @@ def _written_kind(manifest, storage_options: dict, default: bool) -> bool:
 
 class _Plan:
     """The ranges still to run, produced lazily: follow-up ranges of tiles already started come first
-    (so tiles complete and leave the driver's books), then the next tile of the list."""
+    (so tiles complete and leave the driver's books), then the next tile of the list. ``layouts`` holds
+    the ``(n, chunk_size)`` that planned the follow-up ranges of each tile in progress: a task checks
+    that its tile still has it (a tile rewritten since its first range was read is not cut in the old
+    places). A tile whose every range is done is not opened again."""
 
     def __init__(self, tiles: list[str], manifest, rows_per_task: int) -> None:
         from skymorph.inference.task import plan_ranges
@@ -252,6 +255,7 @@ class _Plan:
         for record in manifest.ranges.values():
             self._done.setdefault(record.tile, []).append(record)
         self.outstanding: dict[str, int] = {}
+        self.layouts: dict[str, tuple[int, int]] = {}
         self.skipped = 0
         self.ranges_skipped = 0
 
@@ -283,6 +287,7 @@ class _Plan:
                 self.skipped += 1
                 continue
             self.outstanding[tile] = len(todo)
+            self.layouts[tile] = (done[0].n, done[0].chunk_size)
             self._followups.extend((tile, a, b) for a, b in todo)
             return self._followups.popleft()
         return None
@@ -290,6 +295,7 @@ class _Plan:
     def first_range_done(self, tile: str, n: int, chunk_size: int, stop: int) -> None:
         rest = [(a, b) for a, b in self.planned(n, chunk_size) if a >= stop and b > a]  # an empty tile's (0, 0) is done
         self.outstanding[tile] += len(rest)
+        self.layouts[tile] = (n, chunk_size)
         self._followups.extend((tile, a, b) for a, b in rest)
 
     def range_done(self, tile: str) -> bool:
@@ -297,6 +303,7 @@ class _Plan:
         self.outstanding[tile] -= 1
         if self.outstanding[tile] == 0:
             del self.outstanding[tile]
+            self.layouts.pop(tile, None)
             return True
         return False
 

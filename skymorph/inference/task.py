@@ -175,7 +175,7 @@ class RunJob(WorkerPlugin):
         self.engines.teardown()
 
 
-def run_job_range(name: str, tile_url: str, start: int, stop: int | None) -> dict:
+def run_job_range(name: str, tile_url: str, start: int, stop: int | None, layout: tuple[int, int] | None = None) -> dict:
     """:func:`run_range` with the job and engines of the :class:`RunJob` plugin ``name`` on this worker."""
     from distributed import get_worker
 
@@ -183,7 +183,7 @@ def run_job_range(name: str, tile_url: str, start: int, stop: int | None) -> dic
         plugin = get_worker().plugins[name]
     except (ValueError, KeyError) as err:  # ValueError: not inside a worker
         raise RuntimeError(f"no {name} plugin on this worker; register RunJob(job, name) before submitting tasks") from err
-    return run_range(plugin.job, tile_url, start, stop, plugin.engines.get)
+    return run_range(plugin.job, tile_url, start, stop, plugin.engines.get, layout)
 
 
 def plan_ranges(n: int, chunk_size: int, rows_per_task: int) -> list[tuple[int, int]]:
@@ -248,7 +248,7 @@ _POSTERIOR_BACKLOG = 2
 while the engine runs, few enough that a task's memory stays bounded (docs/deploy.md)."""
 
 
-def _process(job: JobSpec, tile_url: str, start: int, stop: int | None, seconds: dict, engine_for) -> dict:
+def _process(job: JobSpec, tile_url: str, start: int, stop: int | None, seconds: dict, engine_for, layout) -> dict:
     from skymorph.catalog.writer import build_part_table, write_part
     from skymorph.posterior import summarize
     from skymorph.schema import Schema
@@ -264,6 +264,11 @@ def _process(job: JobSpec, tile_url: str, start: int, stop: int | None, seconds:
         raise _StageError("open", TileError(
             f"tile {tile_url!r} has {tile.positions_kind(tile.placeholder_positions)}, the catalog's other tiles "
             f"{tile.positions_kind(job.placeholder_positions)}; run it into a separate catalog"))
+    if layout is not None and (tile.n, tile.chunk_size) != tuple(layout):
+        raise _StageError("open", TileError(
+            f"tile {tile_url!r} has {tile.n:,} rows in chunks of {tile.chunk_size}, but {layout[0]:,} rows in chunks of "
+            f"{layout[1]} when this catalog read its first rows: it was rewritten since; run the changed tiles into a "
+            "new catalog, or this one again with --overwrite"))
     if stop is None:
         stop = first_range_stop(tile.n, tile.chunk_size, job.rows_per_task)
     object_id, ra, dec = _stage("read", tile.read_coords, start, stop)
@@ -325,10 +330,13 @@ def _before_writing(job: JobSpec, options: dict) -> None:
         _stage("write", unfinish_catalog, job.catalog, options)
 
 
-def run_range(job: JobSpec, tile_url: str, start: int, stop: int | None, engine_for) -> dict:
+def run_range(job: JobSpec, tile_url: str, start: int, stop: int | None, engine_for,
+              layout: tuple[int, int] | None = None) -> dict:
     """Classify rows ``[start, stop)`` of ``tile_url`` (``stop=None``: the tile's first range, sized
     here once the tile's length and chunking are known) and write their part files, with the engine
-    ``engine_for(job.model)`` gives (the run's :meth:`EngineCache.get`).
+    ``engine_for(job.model)`` gives (the run's :meth:`EngineCache.get`). ``layout``: the tile's
+    ``(n, chunk_size)`` when its first range was read, which planned this range; a tile that no longer
+    has it fails, as its ranges no longer cover it.
 
     Returns ``{"tile", "start", "stop", "n", "chunk_size", "parts": [(npix, name, rows), ...],
     "rows", "seconds": {"read", "engine", "posterior", "write"}, "attempts", "failure"}``, where
@@ -342,7 +350,7 @@ def run_range(job: JobSpec, tile_url: str, start: int, stop: int | None, engine_
     for attempt in range(1, job.attempts + 1):
         result["attempts"] = attempt
         try:
-            result.update(_process(job, tile_url, start, stop, seconds, engine_for))
+            result.update(_process(job, tile_url, start, stop, seconds, engine_for, layout))
             result["rows"] = sum(rows for _, _, rows in result["parts"])
             return result
         except _StageError as err:
