@@ -374,8 +374,10 @@ def test_gallery_from_tile_stores(synthetic, full, tmp_path, capsys, monkeypatch
 
 
 def test_a_galaxy_in_two_overlapping_tiles_is_picked_once_at_its_best_row(catalog, full, tmp_path):
-    """Copy the catalog, then add a second row for 300 galaxies (another tile), with a higher score for
-    half of them: picks hold each id once, ranked by its best row, and that row's tile and row come back."""
+    """Copy the catalog, then add a second row for 300 galaxies (another tile), with a higher score for a
+    third of them, a lower for a third and the same for the rest: picks hold each id once, ranked by its
+    best row, and that row's tile and row come back; of two equal rows, the first by tile and row, whatever
+    order the parts are read in."""
     import shutil
 
     copy = str(tmp_path / "overlap")
@@ -385,7 +387,7 @@ def test_a_galaxy_in_two_overlapping_tiles_is_picked_once_at_its_best_row(catalo
     twins = part.sample(n=min(300, len(part)), random_state=0).copy()
     twins["tile"] = "s3://survey/overlap.zarr"
     twins["row"] = np.arange(len(twins), dtype=np.int64)
-    factor = np.where(np.arange(len(twins)) % 2 == 0, 3.0, 0.5)
+    factor = np.array([3.0, 0.5, 1.0])[np.arange(len(twins)) % 3]
     twins["bald_total"] = (twins["bald_total"] * factor).astype(part["bald_total"].dtype)
     pq.write_table(pa.Table.from_pandas(twins, schema=pq.read_schema(first), preserve_index=False),
                    os.path.join(os.path.dirname(first), "part-0ff1a9.parquet"))
@@ -402,10 +404,32 @@ def test_a_galaxy_in_two_overlapping_tiles_is_picked_once_at_its_best_row(catalo
         eligible = rows[rows["bald_total"] > 0].copy()
         eligible["key"] = gumbel_keys(eligible.object_id.values, eligible["bald_total"].values, seed, 1.0,
                                       int(FAKE_MODEL_SHA256[:16], 16))
-        expected = eligible.sort_values(["key", "object_id"], ascending=[False, True]).drop_duplicates("object_id").head(60)
+        expected = eligible.sort_values(["key", "object_id", "tile", "row"], ascending=[False, True, True, True])
+        expected = expected.drop_duplicates("object_id").head(60)
         batch = pick(copy, 60, strategy="power", seed=seed)
         assert batch["object_id"].to_pylist() == expected.object_id.tolist()
         assert batch["tile"].to_pylist() == expected.tile.tolist() and batch["row"].to_pylist() == expected.row.tolist()
+
+
+def test_power_s_running_top_n_does_not_depend_on_the_order_rows_arrive_in():
+    """Keys tie where float32 scores do at a huge beta, and a galaxy in two overlapping tiles has equal
+    keys: the top n (each id once) is then key descending, object_id, tile, row, as ``top`` orders, for
+    every order in which DuckDB may stream the rows (argpartition's cut among ties varied with it)."""
+    from skymorph.catalog.pick import _best_rows
+
+    rng = np.random.default_rng(3)
+    ids = rng.choice(10_000, 400, replace=False).astype(np.int64)
+    ids = np.concatenate([ids, ids[:150]])  # 150 galaxies seen twice
+    frame = pd.DataFrame({"object_id": ids, "score": 1.0, "key": rng.integers(0, 4, len(ids)).astype(np.float64),
+                          "tile": np.where(np.arange(len(ids)) < 400, "s3://survey/b.zarr", "s3://survey/a.zarr"),
+                          "row": np.arange(len(ids)) % 400})
+    frame.loc[400:, "key"] = frame["key"].to_numpy()[:150]  # the twins' keys equal: the tile decides
+    expected = frame.sort_values(["key", "object_id", "tile", "row"], ascending=[False, True, True, True]).drop_duplicates("object_id")
+    for n in (1, 37, 120, 400):
+        for trial in range(5):
+            shuffled = pa.Table.from_pandas(frame.sample(frac=1, random_state=trial), preserve_index=False)
+            got = _best_rows(shuffled, n).to_pandas()
+            assert got[["object_id", "tile", "row"]].values.tolist() == expected.head(n)[["object_id", "tile", "row"]].values.tolist()
 
 
 def test_rows_written_under_two_range_plans_are_picked_once(synthetic, tmp_path):

@@ -261,17 +261,28 @@ def _top(con, score_sql: str, where: str, n: int):
         limit *= 2
 
 
-def _best_rows(ids: np.ndarray, keys: np.ndarray, n: int) -> np.ndarray:
-    """Indices of the rows holding the ``n`` largest keys of distinct ids (each id at its best row), in
-    rank order (key descending, then id). A plain top-n partition when it already holds n distinct ids,
-    as it does unless overlapping tiles put one galaxy in the catalog twice."""
+def _best_rows(rows, n: int):
+    """The rows of pyarrow table ``rows`` (``object_id``, ``score``, ``key``, ``tile``, ``row``) holding the
+    ``n`` largest keys of distinct ids, each id at its best row, in rank order: key descending, then
+    ``object_id``, ``tile`` and ``row``, as ``top``'s ORDER BY. So the batch does not depend on the order
+    the rows arrive in, where keys tie (a galaxy seen in two overlapping tiles, float32 scores at a huge
+    beta). Only the rows with a key at least the n-th largest are sorted, unless a galaxy is twice among them."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    keys = rows["key"].to_numpy()
+    candidates = rows
     if len(keys) > n:
-        top = np.argpartition(-keys, n - 1)[:n]
-        if len(np.unique(ids[top])) == n:
-            return top[np.lexsort((ids[top], -keys[top]))]
-    order = np.lexsort((ids, -keys))
-    _, first = np.unique(ids[order], return_index=True)
-    return order[np.sort(first)][:n]
+        nth = np.partition(keys, len(keys) - n)[len(keys) - n]
+        candidates = rows.filter(pa.array(keys >= nth))  # every row tied with the n-th key too
+    while True:
+        order = pc.sort_indices(candidates, sort_keys=[("key", "descending"), ("object_id", "ascending"), ("tile", "ascending"),
+                                                       ("row", "ascending")])
+        ranked = candidates.take(order)
+        _, first = np.unique(ranked["object_id"].to_numpy(), return_index=True)
+        if len(first) >= n or candidates.num_rows == rows.num_rows:
+            return ranked.take(pa.array(np.sort(first)[:n], pa.int64()))
+        candidates = rows  # a galaxy twice among them (overlapping tiles): its next best may be below the n-th key
 
 
 def _power(con, score_sql: str, where: str, n: int, seed: int, beta: float, salt: int):
@@ -281,22 +292,16 @@ def _power(con, score_sql: str, where: str, n: int, seed: int, beta: float, salt
 
     reader = con.sql(f'SELECT object_id, {score_sql} AS score, tile, row FROM catalog WHERE {where} AND {score_sql} > 0') \
         .to_arrow_reader(_BATCH_ROWS)
-    ids, scores, keys = np.empty(0, np.int64), np.empty(0, np.float64), np.empty(0, np.float64)
-    tiles, rows = np.empty(0, object), np.empty(0, np.int64)
+    best = pa.table({"object_id": pa.array([], pa.int64()), "score": pa.array([], pa.float64()), "key": pa.array([], pa.float64()),
+                     "tile": pa.array([], pa.string()), "row": pa.array([], pa.int64())})
     for batch in reader:
-        batch_ids = batch.column(0).to_numpy().astype(np.int64)
-        batch_scores = batch.column(1).to_numpy().astype(np.float64)
-        batch_keys = gumbel_keys(batch_ids, batch_scores, seed, beta, salt)
-        best = _best_rows(batch_ids, batch_keys, n)
-        taken = pa.array(best, pa.int64())
-        ids = np.concatenate([ids, batch_ids[best]])
-        scores = np.concatenate([scores, batch_scores[best]])
-        keys = np.concatenate([keys, batch_keys[best]])
-        tiles = np.concatenate([tiles, np.asarray(batch.column(2).take(taken).to_pylist(), dtype=object)])
-        rows = np.concatenate([rows, batch.column(3).take(taken).to_numpy().astype(np.int64)])
-        best = _best_rows(ids, keys, n)
-        ids, scores, keys, tiles, rows = ids[best], scores[best], keys[best], tiles[best], rows[best]
-    return ids, scores, tiles, rows
+        ids = batch.column(0).to_numpy().astype(np.int64)
+        scores = batch.column(1).to_numpy().astype(np.float64)
+        rows = pa.table({"object_id": ids, "score": scores, "key": gumbel_keys(ids, scores, seed, beta, salt),
+                         "tile": batch.column(2).cast(pa.string()), "row": batch.column(3).cast(pa.int64())})
+        best = _best_rows(pa.concat_tables([best, _best_rows(rows, n)]), n)
+    return (best["object_id"].to_numpy(), best["score"].to_numpy(), np.asarray(best["tile"].to_pylist(), dtype=object),
+            best["row"].to_numpy())
 
 
 def pick(
