@@ -108,3 +108,22 @@ def test_a_picked_row_missing_from_the_catalog_is_one_line(overlapping):
     with pytest.raises(CatalogError, match=r"row 1000000\) is not in catalog .*; pick from this catalog") as err:
         gallery_figure(batch, url)
     assert "\n" not in str(err.value)
+
+
+def test_a_tile_written_again_in_another_order_is_one_line(tmp_path):
+    """The gallery draws the image at the picked (tile, row) only if that row still holds the picked
+    object_id: a tile written again in another order since the catalog was made drew another galaxy."""
+    synthetic = write_synthetic_catalog(str(tmp_path / "catalog"), 40, per_tile=40, tile_deg=1.0, order=5, workers=1)
+    rows = query(synthetic.url).sort_by("row")
+    object_id, ra, dec = (rows[key].to_numpy() for key in ("object_id", "ra", "dec"))
+    for order in (np.arange(len(rows)), np.roll(np.arange(len(rows)), 1)):  # as the catalog saw it, then rolled by one
+        write_tile(synthetic.tile_urls[0], _images(np.arange(len(rows))[order]), object_id[order], ra[order], dec[order],
+                   survey="synthetic", bands=["r"], pixel_scale_arcsec=0.262, stretch="none", resize="none")
+        if order[0] == 0:
+            batch = pick(synthetic.url, 3)
+            plt.close(gallery_figure(batch, synthetic.url))
+    row = batch["row"][0].as_py()
+    with pytest.raises(CatalogError, match=rf"holds object_id {object_id[row - 1]} at row {row}, where the catalog has "
+                                           rf"{object_id[row]}: the tile was written again") as err:
+        gallery_figure(batch, synthetic.url)
+    assert "\n" not in str(err.value)

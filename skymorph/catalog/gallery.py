@@ -26,18 +26,32 @@ _KEYS = ["object_id", "tile", "row"]
 
 
 def _read_cutouts(picked, storage_options: dict | None) -> list[np.ndarray]:
-    """One (C, H, W) uint8 image per picked row, opening each tile store once."""
+    """One (C, H, W) uint8 image per picked row, opening each tile store once and decoding each stored
+    chunk that holds picked rows once (a chunk read per galaxy decoded it again for each). Each image's
+    ``object_id`` in the tile must be the picked one: a tile written again in another order since the
+    catalog was made would draw another galaxy under the picked id."""
     from skymorph.tiles import open_tile
 
-    tiles, rows = picked["tile"].to_pylist(), picked["row"].to_pylist()
+    tiles, rows = picked["tile"].to_pylist(), np.asarray(picked["row"].to_pylist(), dtype=np.int64)
+    object_id = np.asarray(picked["object_id"].to_pylist(), dtype=np.int64)
     images: list[np.ndarray | None] = [None] * len(rows)
     by_tile: dict[str, list[int]] = {}
     for i, tile in enumerate(tiles):
         by_tile.setdefault(tile, []).append(i)
     for tile, members in by_tile.items():
         store = open_tile(tile, storage_options)
-        for i in members:
-            images[i] = store.read_images(rows[i], rows[i] + 1)[0]
+        members = np.array(members)
+        chunk = rows[members] // store.chunk_size
+        for c in np.unique(chunk):
+            here = members[chunk == c]
+            lo, hi = int(rows[here].min()), int(rows[here].max()) + 1
+            block, ids = store.read_images(lo, hi), store.read_coords(lo, hi)[0]
+            for i in here:
+                if ids[rows[i] - lo] != object_id[i]:
+                    raise CatalogError(f"tile {tile!r} holds object_id {int(ids[rows[i] - lo])} at row {int(rows[i])}, where the "
+                                       f"catalog has {int(object_id[i])}: the tile was written again since the catalog was "
+                                       "made; run the catalog again from the tiles as they are")
+                images[i] = block[rows[i] - lo]
     return images
 
 
