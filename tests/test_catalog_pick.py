@@ -480,7 +480,8 @@ def test_a_gallery_that_cannot_be_drawn_leaves_no_batch_behind(tmp_path, capsys)
 
 def test_an_out_that_cannot_be_written_leaves_no_gallery_behind(tmp_path, capsys):
     """The other way round: FITS refused the tile paths (not ASCII) after the gallery was drawn, and the
-    rerun with --out batch.vot, as the error advised, was refused for the gallery."""
+    rerun with --out batch.vot, as the error advised, was refused for the gallery. With --overwrite, an
+    earlier batch and gallery stay as they were (the gallery was replaced, then removed)."""
     from skymorph.catalog import query
     from skymorph.tiles import write_tile
 
@@ -494,8 +495,21 @@ def test_an_out_that_cannot_be_written_leaves_no_gallery_behind(tmp_path, capsys
     assert main([*argv, str(tmp_path / "batch.fits")]) == 2
     assert "FITS tables hold ASCII text only" in capsys.readouterr().err
     assert not png.exists() and not (tmp_path / "batch.fits").exists()
+    (tmp_path / "batch.fits").write_text("the batch the volunteers have now")
+    png.write_text("its gallery")
+    assert main([*argv, str(tmp_path / "batch.fits"), "--overwrite"]) == 2
+    assert png.read_text() == "its gallery" and (tmp_path / "batch.fits").read_text() == "the batch the volunteers have now"
+    png.unlink()
     assert main([*argv, str(tmp_path / "batch.vot")]) == 0
     assert png.exists() and (tmp_path / "batch.vot").exists()
+    capsys.readouterr()
+
+    everyone = tmp_path / "everyone.csv"
+    query(catalog.url, columns=["object_id"]).to_pandas().to_csv(everyone, index=False)
+    assert main([*argv[:-3], "--exclude", str(everyone), "--gallery", str(tmp_path / "empty.png"), "--out",
+                 str(tmp_path / "empty.csv")]) == 1  # an empty batch is written, as without --gallery, and exits 1
+    assert (tmp_path / "empty.csv").read_text().splitlines()[1:] == [] and not (tmp_path / "empty.png").exists()
+    assert f"nothing was picked, so no gallery is drawn at {tmp_path / 'empty.png'}" in capsys.readouterr().err
 
 
 def test_labels_rows_without_votes_are_not_excluded(catalog, full, tmp_path, capsys):

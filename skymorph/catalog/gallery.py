@@ -18,7 +18,7 @@ from skymorph.catalog.info import Catalog, open_catalog
 from skymorph.catalog.query import query
 from skymorph.errors import CatalogError, InputError
 
-__all__ = ["gallery", "gallery_figure", "check_png", "MAX_GALAXIES"]
+__all__ = ["gallery", "gallery_figure", "gallery_png", "check_png", "MAX_GALAXIES"]
 
 MAX_GALAXIES = 64
 _COLUMNS = 4
@@ -137,6 +137,13 @@ def gallery_figure(picked, catalog: str | Catalog, question: str | None = None, 
     return fig
 
 
+def gallery_png(picked, catalog: str | Catalog, question: str | None = None, storage_options: dict | None = None) -> bytes:
+    """The PNG file :func:`gallery` writes, as bytes."""
+    buffer = io.BytesIO()
+    gallery_figure(picked, catalog, question, storage_options).savefig(buffer, format="png", dpi=90)
+    return buffer.getvalue()
+
+
 def gallery(picked, catalog: str | Catalog, out: str, question: str | None = None,
             storage_options: dict | None = None) -> str:
     """Draw the first :data:`MAX_GALAXIES` rows of ``picked`` (a :func:`~skymorph.catalog.pick` table) to
@@ -144,8 +151,5 @@ def gallery(picked, catalog: str | Catalog, out: str, question: str | None = Non
     from skymorph.storage import atomic_write_bytes
 
     check_png(out)
-    fig = gallery_figure(picked, catalog, question, storage_options)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90)
-    atomic_write_bytes(out, buffer.getvalue(), storage_options)
+    atomic_write_bytes(out, gallery_png(picked, catalog, question, storage_options), storage_options)
     return out

@@ -198,26 +198,34 @@ def pick_to(
 ):
     """:func:`pick` (``choices``: its other arguments), written to ``out`` (CSV, Parquet, FITS or VOTable by
     its extension) and, with ``gallery_png``, drawn there (:func:`skymorph.catalog.gallery.gallery`):
-    ``skymorph catalog pick``. Both files or neither, so that a rerun is not refused for the one written
-    before the other failed; the gallery first, as it reads the tiles, the likelier to fail. Returns the
-    batch."""
+    ``skymorph catalog pick``. Returns the batch.
+
+    Both files or neither, so that a rerun is not refused for the one written before the other failed:
+    the gallery is drawn first, in memory (it reads the tiles, the likelier to fail), then ``out`` is
+    written, then the gallery. A batch that cannot be written changes neither file, an earlier one
+    replaced with ``overwrite`` included. An empty batch (every galaxy excluded) is written without a
+    gallery, with a warning."""
     from skymorph.catalog.export import export_table, output_format
-    from skymorph.catalog.gallery import check_png, gallery
-    from skymorph.storage import remove_file
+    from skymorph.catalog.gallery import check_png
+    from skymorph.catalog.gallery import gallery_png as draw
+    from skymorph.storage import atomic_write_bytes, remove_file
 
     output_format(out)
     if gallery_png:
         check_png(gallery_png)
     catalog = url if isinstance(url, Catalog) else open_catalog(url, storage_options)
     batch = pick(catalog, n, question=question, storage_options=storage_options, **choices)
-    if gallery_png:
-        gallery(batch, catalog, gallery_png, question=question, storage_options=storage_options)
-    try:
-        export_table(batch, out, storage_options)
-    except BaseException:
-        if gallery_png:
-            remove_file(gallery_png, storage_options)
-        raise
+    if gallery_png and batch.num_rows == 0:
+        print(f"skymorph: warning: nothing was picked, so no gallery is drawn at {gallery_png}", file=sys.stderr)
+        gallery_png = None
+    png = draw(batch, catalog, question, storage_options) if gallery_png else None
+    export_table(batch, out, storage_options)
+    if png is not None:
+        try:
+            atomic_write_bytes(gallery_png, png, storage_options)
+        except BaseException:
+            remove_file(out, storage_options)
+            raise
     return batch
 
 
