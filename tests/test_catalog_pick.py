@@ -458,10 +458,16 @@ def test_rows_written_under_two_range_plans_are_picked_once(synthetic, tmp_path)
     (["--strategy", "power", "--seed", str(2**64)], "--seed must be a non-negative integer below 2**64, got 18446744073709551616"),
     (["--strategy", "power", "--seed", "-1"], "--seed must be a non-negative integer below 2**64, got -1"),
     (["--exclude", "BINARY_CSV"], "is not a readable Parquet, CSV or FITS table (Empty CSV file)"),
+    (["--exclude", "IDS_CSV"], "looks like a list of ids without a header: its first line, 1735, was read as the column's "
+                               "name; add a first line object_id"),
+    (["--exclude", "IDS_CSV", "--exclude-id-column", "1735"], "its first line, 1735, was read as the column's name; add a first "
+                                                              "line object_id (and drop --exclude-id-column)"),
 ])
 def test_more_bad_input_is_one_line(catalog, tmp_path, capsys, argv, fragment):
     (tmp_path / "ids.csv").write_bytes(b"")
-    argv = [str(tmp_path / "ids.csv") if a == "BINARY_CSV" else a for a in argv]
+    (tmp_path / "ids_no_header.csv").write_text("1735\n1237\n")
+    files = {"BINARY_CSV": str(tmp_path / "ids.csv"), "IDS_CSV": str(tmp_path / "ids_no_header.csv")}
+    argv = [files.get(a, a) for a in argv]
     assert main(["catalog", "pick", catalog, "--n", "5", "--out", str(tmp_path / "b.csv"), *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("skymorph: error:") and fragment in err[0], err

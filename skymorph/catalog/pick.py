@@ -156,14 +156,23 @@ def _ids_of(table, id_column: str, what: str, schema: Schema | None = None) -> t
     """``(ids, ids of rows without votes, what)``: the ``id_column`` of pyarrow ``table`` as int64
     (:func:`skymorph.tiles.object_ids`), its empty cells dropped (a row of the labels or a batch may not
     have its id yet); with ``schema``'s vote columns, only the rows with a vote (:func:`read_ids`)."""
-    if id_column not in table.column_names:
-        raise _no_id_column(what, id_column, table.column_names)
+    names = table.column_names
+    if len(names) == 1 and _is_integer(names[0]):  # else --exclude-id-column 1735 un-excluded galaxy 1735
+        header = "object_id (and drop --exclude-id-column)" if _is_integer(id_column) else id_column
+        raise InputError(f"{what} looks like a list of ids without a header: its first line, {names[0]}, was read as the "
+                         f"column's name; add a first line {header}")
+    if id_column not in names:
+        raise _no_id_column(what, id_column, names)
     voted = _voted(table, schema, what) if schema is not None else None
     unvoted = np.empty(0, np.int64)
     if voted is not None and not voted.all():
         unvoted = object_ids(table.filter(~voted).column(id_column), what, name=id_column, drop_empty=True)
         table = table.filter(voted)
     return object_ids(table.column(id_column), what, name=id_column, drop_empty=True), unvoted, what
+
+
+def _is_integer(text: str) -> bool:
+    return text.strip().lstrip("-").isdigit()
 
 
 def _voted(table, schema: Schema, what: str) -> np.ndarray | None:
