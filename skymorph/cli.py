@@ -453,7 +453,7 @@ def _add_catalog_commands(sub) -> None:
     pick.add_argument("--beta", type=float, help="power strategy exponent (default 1.0)")
     pick.add_argument("--seed", type=int, help="power strategy seed: same seed and catalog, same batch; the catalog of a new model "
                       "draws afresh with the same seed (default 0)")
-    pick.add_argument("--exclude", metavar="IDS", nargs="+", help="CSV, FITS or Parquet tables with an object_id column: never "
+    pick.add_argument("--exclude", metavar="IDS", nargs="+", help="CSV, FITS, VOTable or Parquet tables with an object_id column: never "
                       "pick these (the labels' rows with votes, and batches still with the volunteers)")
     pick.add_argument("--exclude-id-column", default="object_id", metavar="NAME",
                       help="the --exclude file's column of catalog object ids (default object_id; e.g. galaxy_id)")

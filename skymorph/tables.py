@@ -1,4 +1,4 @@
-"""Tables of galaxies as volunteers and surveys give them: reading one (CSV, gzipped CSV, FITS or Parquet),
+"""Tables of galaxies as volunteers and surveys give them: reading one (CSV, gzipped CSV, FITS, VOTable or Parquet),
 where its galaxies are on the sky (``ra``, ``dec``) and in the tiles (``tile``, ``row``), which side of
 the train/validation split a ``split`` column puts them on, and the angles between two sets of positions.
 
@@ -26,6 +26,7 @@ __all__ = [
     "TEST",
     "TRAIN",
     "VALIDATION",
+    "VOTABLE_SUFFIXES",
     "arcsec_between",
     "arcsec_text",
     "index_in",
@@ -37,6 +38,7 @@ __all__ = [
 ]
 
 CSV_SUFFIXES = (".csv", ".csv.gz", ".txt")  # tables read as CSV, FITS binary tables as FITS; any other name as Parquet
+VOTABLE_SUFFIXES = (".vot", ".xml")  # as catalog pick and query write them
 
 SAME_GALAXY_ARCSEC = 1.0
 """How far apart one object id may be in two tiles and still be one galaxy (in overlapping tiles of one
@@ -55,7 +57,8 @@ _SPLIT_NAMES = {"train": TRAIN, "training": TRAIN, "validation": VALIDATION, "va
 
 def read_table(url: str, storage_options, what: str = "labels"):
     """``(pyarrow table, sha256 of the file)``: CSV (``.csv``, ``.txt``, gzipped ``.csv.gz`` as Galaxy Zoo 2's
-    table is published), a FITS binary table (:data:`skymorph.storage.FITS_SUFFIXES`), else Parquet."""
+    table is published), a FITS binary table (:data:`skymorph.storage.FITS_SUFFIXES`), a VOTable
+    (:data:`VOTABLE_SUFFIXES`), else Parquet."""
     import gzip
     import zlib
 
@@ -78,23 +81,25 @@ def read_table(url: str, storage_options, what: str = "labels"):
         if name.endswith(CSV_SUFFIXES):
             table = pacsv.read_csv(pa.BufferReader(raw), read_options=pacsv.ReadOptions(use_threads=False))
         elif name.endswith(FITS_SUFFIXES):
-            table = _read_fits_table(raw)
+            table = _read_astropy_table(raw, "fits")
+        elif name.endswith(VOTABLE_SUFFIXES):
+            table = _read_astropy_table(raw, "votable")
         else:
             table = pq.ParquetFile(pa.BufferReader(raw)).read(use_threads=False)
         return table, hashlib.sha256(data).hexdigest()
     except (pa.ArrowInvalid, OSError, ValueError, TypeError, EOFError, zlib.error) as err:  # a truncated or corrupt .gz too
-        raise InputError(f"{what} {url!r} is not a readable Parquet, CSV or FITS table ({first_line(err, 120)})") from err
+        raise InputError(f"{what} {url!r} is not a readable Parquet, CSV, FITS or VOTable table ({first_line(err, 120)})") from err
 
 
-def _read_fits_table(data: bytes):
-    """The first table of a FITS file as a pyarrow table (astropy: big-endian columns to native, masked cells
-    to nulls, text as str, not bytes), without its vector columns."""
+def _read_astropy_table(data: bytes, fmt: str):
+    """The first table of a FITS file or VOTable (``fmt``) as a pyarrow table (astropy: big-endian columns to
+    native, masked cells to nulls, text as str, not bytes), without its vector columns."""
     import io
 
     import pyarrow as pa
     from astropy.table import Table
 
-    table = Table.read(io.BytesIO(data), format="fits", character_as_bytes=False)
+    table = Table.read(io.BytesIO(data), format=fmt, **({"character_as_bytes": False} if fmt == "fits" else {}))
     flat = [name for name in table.colnames if table[name].ndim <= 1]  # a vector column is no vote count
     return pa.Table.from_pandas(table[flat].to_pandas(), preserve_index=False)
 

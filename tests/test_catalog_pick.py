@@ -122,6 +122,17 @@ def test_exclude_reads_every_table_the_labels_may_be(catalog, full, tmp_path):
     assert pick(catalog, 5, exclude=files, exclude_id_column="galaxy_id")["object_id"].to_pylist() == top[25:30]
 
 
+def test_a_batch_in_every_format_pick_writes_reads_back_as_an_exclude(catalog, full, tmp_path):
+    """pick --out offers .vot and .xml, which --exclude (and labels ingest --batch) could not read."""
+    from skymorph.catalog import pick_to
+
+    top = _direct_top(full, "bald_total", 8)
+    for suffix in (".csv", ".parquet", ".fits", ".vot", ".xml"):
+        out = str(tmp_path / f"first{suffix}")
+        assert pick_to(catalog, 4, out)["object_id"].to_pylist() == top[:4]
+        assert pick(catalog, 4, exclude=out)["object_id"].to_pylist() == top[4:8], suffix
+
+
 def test_exclude_ids_stay_exact_beside_empty_cells_and_fractions_are_refused(tmp_path):
     """An empty id cell made the column floats: survey ids above 2^53 were rounded to multiples of 256, so
     labelled galaxies were picked again and others dropped, with only a numpy RuntimeWarning."""
@@ -320,7 +331,7 @@ def test_cli_manifest(catalog, full, tmp_path, capsys):
     (["--question", "barr"], "Did you mean 'bar'"),
     (["--exclude", "EXCLUDE_NO_ID"], "no object_id column (columns: objid); name its id column with --exclude-id-column"),
     (["--exclude", "EXCLUDE_NO_ID", "--exclude-id-column", "galaxy_id"], "no galaxy_id column (columns: objid)"),
-    (["--exclude", "NOT_A_TABLE"], "is not a readable Parquet, CSV or FITS table ("),
+    (["--exclude", "NOT_A_TABLE"], "is not a readable Parquet, CSV, FITS or VOTable table ("),
     # a missing file is named as the --exclude file, not followed by the catalog's URL
     (["--exclude", "labels.parquet"], "skymorph: error: --exclude file 'labels.parquet' does not exist"),
     (["--exclude", "labels.csv"], "skymorph: error: --exclude file 'labels.csv' does not exist"),
@@ -457,7 +468,7 @@ def test_rows_written_under_two_range_plans_are_picked_once(synthetic, tmp_path)
 @pytest.mark.parametrize("argv, fragment", [
     (["--strategy", "power", "--seed", str(2**64)], "--seed must be a non-negative integer below 2**64, got 18446744073709551616"),
     (["--strategy", "power", "--seed", "-1"], "--seed must be a non-negative integer below 2**64, got -1"),
-    (["--exclude", "BINARY_CSV"], "is not a readable Parquet, CSV or FITS table (Empty CSV file)"),
+    (["--exclude", "BINARY_CSV"], "is not a readable Parquet, CSV, FITS or VOTable table (Empty CSV file)"),
     (["--exclude", "IDS_CSV"], "looks like a list of ids without a header: its first line, 1735, was read as the column's "
                                "name; add a first line object_id"),
     (["--exclude", "IDS_CSV", "--exclude-id-column", "1735"], "its first line, 1735, was read as the column's name; add a first "

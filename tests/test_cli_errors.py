@@ -190,7 +190,7 @@ def test_pick_exclude_that_is_not_parquet(content, small_catalog, tmp_path, caps
     out = tmp_path / "batch.csv"
     code = main(["catalog", "pick", small_catalog, "--n", "3", "--exclude", str(exclude), "--out", str(out)])
     line = _one_line_error(capsys, code)
-    assert f"--exclude {str(exclude)!r} is not a readable Parquet, CSV or FITS table (" in line
+    assert f"--exclude {str(exclude)!r} is not a readable Parquet, CSV, FITS or VOTable table (" in line
     assert not out.exists()
 
 

@@ -852,7 +852,7 @@ def test_a_galaxy_zoo_volunteer_table_reads_as_its_counts(tmp_path):
     zoobot.to_csv(tmp_path / "zoobot.csv.gz", index=False, compression="gzip")
     assert np.array_equal(load_labels(str(tmp_path / "zoobot.csv.gz"), DECALS).votes, expected.votes)
     (tmp_path / "cut.csv.gz").write_bytes((tmp_path / "zoobot.csv.gz").read_bytes()[:-20])
-    with pytest.raises(InputError, match=r"cut.csv.gz' is not a readable Parquet, CSV or FITS table"):
+    with pytest.raises(InputError, match=r"cut.csv.gz' is not a readable Parquet, CSV, FITS or VOTable table"):
         load_labels(str(tmp_path / "cut.csv.gz"), DECALS)
     # one galaxy in DR5's columns, others in DR8's, as Zoobot writes them: read; a galaxy in both is two
     # campaigns' votes, which answer by answer would be neither's

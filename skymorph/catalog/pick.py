@@ -91,7 +91,7 @@ def gumbel_keys(object_id, score, seed: int, beta: float = 1.0, salt: int = 0) -
 
 
 def read_ids(source, storage_options: dict | None = None, id_column: str = "object_id", schema: Schema | None = None) -> np.ndarray:
-    """Object ids (int64) from the ``id_column`` of a CSV, FITS or Parquet file (e.g. ``galaxy_id`` in a
+    """Object ids (int64) from the ``id_column`` of a CSV, FITS, VOTable or Parquet file (e.g. ``galaxy_id`` in a
     Galaxy Zoo table), of several (a list of paths: the labels and the batches still with the
     volunteers), or of a table (pandas or pyarrow), or from an iterable.
 
@@ -338,7 +338,7 @@ def pick(
     Columns: ``rank`` (1 = first), ``object_id``, ``ra``, ``dec``, ``tile``, ``row``,
     ``image_location`` (``<tile URL>#images[<row>]``), the score (``bald_total``; with a ``question``,
     ``{question}_asked_bald``, or ``{question}_bald`` unless ``weight_by_asked``) and ``model_sha256``.
-    ``exclude``: a table file read as labels are (CSV, FITS or Parquet:
+    ``exclude``: a table file read as labels are (CSV, FITS, VOTable or Parquet:
     :func:`skymorph.tables.read_table`) with ``object_id`` (or the ids in its ``exclude_id_column``), a list of
     such files, or an iterable of ids never to pick; of labels (a file with vote columns of the catalog's
     tree), only the rows with votes. Each galaxy comes back at most once: one seen in overlapping tiles
