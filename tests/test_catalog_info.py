@@ -132,7 +132,7 @@ def test_damaged_metadata_is_one_line_for_every_reader(catalog, tmp_path, capsys
 
 def test_a_lost_part_file_is_a_damaged_catalog_not_a_smaller_one(catalog, tmp_path, capsys):
     """With part files gone, info counted fewer rows than hats.properties, and query and pick read what was
-    left, exit 0: a smaller catalog, silently."""
+    left, exit 0: a smaller catalog, silently. Pick reads the whole catalog, and counts its rows first."""
     import collections
 
     copy = str(tmp_path / "lost")
@@ -142,10 +142,11 @@ def test_a_lost_part_file_is_a_damaged_catalog_not_a_smaller_one(catalog, tmp_pa
     lost = next(part for part in parts if per_pixel[os.path.dirname(part)] > 1)  # its pixel keeps other parts
     rows = pq.read_metadata(lost).num_rows
     os.remove(lost)
-    assert main(["catalog", "info", copy]) == 2
-    assert capsys.readouterr().err == (f"skymorph: error: catalog {copy!r}: its part files hold {1500 - rows:,} rows where "
-                                       "hats.properties counts 1,500: a `skymorph run` is rewriting the catalog, or it is "
-                                       "damaged (then rerun it with --overwrite)\n")
+    for argv in (["info", copy], ["pick", copy, "--n", "3", "--out", str(tmp_path / "b.csv")]):
+        assert main(["catalog", *argv]) == 2
+        assert capsys.readouterr().err == (f"skymorph: error: catalog {copy!r}: its part files hold {1500 - rows:,} rows where "
+                                           "hats.properties counts 1,500: a `skymorph run` is rewriting the catalog, or it is "
+                                           "damaged (then rerun it with --overwrite)\n")
     alone = next(part for part in parts if per_pixel[os.path.dirname(part)] == 1)  # its pixel keeps its directory
     os.remove(alone)
     npix = int(os.path.basename(os.path.dirname(alone)).removeprefix("Npix="))
@@ -171,3 +172,22 @@ def test_info_of_a_catalog_without_rows_is_strict_json(tmp_path, tiny_model, cap
     assert len(data["failed_tiles"]) == 1
     assert main(["catalog", "info", catalog]) == 0
     assert "bald_total   (no rows)" in capsys.readouterr().out
+
+
+def test_nan_scores_of_a_catalog_from_elsewhere_are_left_out_of_the_summary(catalog, full, tmp_path, capsys):
+    """skymorph run refuses non-finite posteriors, but a catalog written or edited by other tools may hold
+    NaN: --json printed "mean": NaN, which strict JSON parsers refuse. The summary is of the finite scores."""
+    copy = str(tmp_path / "nan")
+    shutil.copytree(catalog, copy)
+    part = sorted(glob.glob(os.path.join(copy, "dataset", "Norder=*", "Dir=*", "Npix=*", "part-*.parquet")))[0]
+    table = pq.read_table(part)
+    scores = table["bald_total"].to_numpy().copy()
+    scores[0] = np.nan
+    pq.write_table(table.set_column(table.schema.get_field_index("bald_total"), table.schema.field("bald_total"),
+                                    pa.array(scores, table.schema.field("bald_total").type)), part)
+    finite = np.concatenate([scores[1:], full["bald_total"].to_numpy()[~full["object_id"].isin(table["object_id"].to_numpy())]])
+    assert main(["catalog", "info", copy, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out, parse_constant=lambda name: pytest.fail(f"{name} in JSON"))
+    assert data["rows"] == len(full)
+    np.testing.assert_allclose([data["bald_total"][k] for k in ("min", "mean", "max")],
+                               [finite.min(), finite.mean(), finite.max()], rtol=1e-6)

@@ -384,6 +384,15 @@ def test_gallery_from_tile_stores(synthetic, full, tmp_path, capsys, monkeypatch
     assert not (tmp_path / "d.png").exists()
 
 
+def _count_rows(catalog: str, rows: int) -> None:
+    """hats.properties' count of rows set to ``rows``, as the finish step of a run that wrote them would."""
+    from dataclasses import replace
+
+    from skymorph.catalog import layout
+
+    layout.write_properties(catalog, replace(layout.read_properties(catalog), total_rows=rows))
+
+
 def test_a_galaxy_in_two_overlapping_tiles_is_picked_once_at_its_best_row(catalog, full, tmp_path):
     """Copy the catalog, then add a second row for 300 galaxies (another tile), with a higher score for a
     third of them, a lower for a third and the same for the rest: picks hold each id once, ranked by its
@@ -403,6 +412,7 @@ def test_a_galaxy_in_two_overlapping_tiles_is_picked_once_at_its_best_row(catalo
     pq.write_table(pa.Table.from_pandas(twins, schema=pq.read_schema(first), preserve_index=False),
                    os.path.join(os.path.dirname(first), "part-0ff1a9.parquet"))
     rows = pd.concat([full, twins], ignore_index=True)
+    _count_rows(copy, len(rows))
 
     best = rows.sort_values(["bald_total", "object_id", "tile", "row"], ascending=[False, True, True, True])
     best = best.drop_duplicates("object_id")
@@ -458,6 +468,7 @@ def test_rows_written_under_two_range_plans_are_picked_once(synthetic, tmp_path)
         for start, stop in ((0, 150), (150, rows.num_rows)):
             writer.write_part(copy, rows.slice(start, stop - start), tile, start, stop, synthetic.order)
     assert query(copy, columns=["row"]).num_rows == synthetic.rows + 800
+    _count_rows(copy, synthetic.rows + 800)
     for n, kwargs in ((2000, {}), (40, {"question": "bar"}), (2000, {"strategy": "power", "seed": 3}),
                       (40, {"strategy": "power", "seed": 1, "beta": 2.0})):
         batch = pick(copy, n, **kwargs)

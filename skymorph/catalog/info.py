@@ -69,6 +69,12 @@ class Catalog:
             urls += found
         return urls
 
+    def check_total_rows(self, rows: int) -> None:
+        """``rows``, counted in the part files, must be ``hats.properties``' count: a part file lost from a
+        pixel that has others (an interrupted copy) is otherwise a smaller catalog, read without a word."""
+        if rows != self.properties.total_rows:
+            raise self._damaged(f"its part files hold {rows:,} rows where hats.properties counts {self.properties.total_rows:,}")
+
     def _damaged(self, what: str) -> CatalogError:
         return CatalogError(f"catalog {self.url!r}: {what}: a `skymorph run` is rewriting the catalog, or it is damaged "
                             "(then rerun it with --overwrite)")
@@ -182,13 +188,13 @@ def info(url: str, storage_options: dict | None = None) -> CatalogInfo:
     catalog = open_catalog(url, storage_options)
     quantile_list = ", ".join(repr(q) for q in BALD_QUANTILES)
     with connect(catalog) as con:
+        # NaN (a catalog not written by skymorph run, which refuses them) would make mean and max NaN
+        finite = "FILTER (WHERE NOT isnan(bald_total))"
         rows, low, mean, high, quantiles = con.execute(
-            "SELECT count(*), min(bald_total), avg(bald_total), max(bald_total), "
-            f"approx_quantile(bald_total, [{quantile_list}]) FROM catalog"
+            f"SELECT count(*), min(bald_total) {finite}, avg(bald_total) {finite}, max(bald_total) {finite}, "
+            f"approx_quantile(bald_total, [{quantile_list}]) {finite} FROM catalog"
         ).fetchone()
-    if rows != catalog.properties.total_rows:  # a part file lost from a pixel that has others
-        raise catalog._damaged(f"its part files hold {rows:,} rows where hats.properties counts "
-                               f"{catalog.properties.total_rows:,}")
+    catalog.check_total_rows(rows)
     schema = catalog.metadata.schema
     return CatalogInfo(
         url=catalog.url,

@@ -370,6 +370,7 @@ def pick(
                          if exclude is not None else np.empty(0, np.int64)})
     where = f"{score_sql} IS NOT NULL AND NOT isnan({score_sql}) AND object_id NOT IN (SELECT object_id FROM excluded)"
     with connect(catalog) as con:
+        catalog.check_total_rows(con.execute("SELECT count(*) FROM catalog").fetchall()[0][0])
         con.register("excluded", excluded)
         if strategy == "top":
             ids, scores, tiles, row_numbers = _top(con, score_sql, where, int(n))
