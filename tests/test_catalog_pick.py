@@ -194,6 +194,34 @@ def test_hash_uniform_matches_reference():
         hash_uniform(ids, -1)
 
 
+def _unsplitmix64(y: int) -> int:
+    """The x with ``_splitmix64(x) == y``: each step undone, last first (an xorshift by s is undone by
+    applying it until it settles; a product by the multiplier's inverse modulo 2**64)."""
+    mask = (1 << 64) - 1
+
+    def unshift(z: int, s: int) -> int:
+        x = z
+        for _ in range(64 // s + 1):
+            x = z ^ (x >> s)
+        return x
+
+    z = unshift(y, 31)
+    z = unshift((z * pow(0x94D049BB133111EB, -1, 1 << 64)) & mask, 27)
+    z = unshift((z * pow(0xBF58476D1CE4E5B9, -1, 1 << 64)) & mask, 30)
+    return (z - 0x9E3779B97F4A7C15) & mask
+
+
+def test_hash_uniform_is_never_1():
+    """The id whose hash has its top 53 bits set gave (2**53 - 0.5) / 2**53, which rounds to 1.0: an
+    infinite Gumbel key, so a galaxy that power always picked first, whatever its BALD."""
+    assert _splitmix64(_unsplitmix64(12345)) == 12345
+    unsigned = _unsplitmix64((1 << 64) - 1) ^ _splitmix64(0)
+    worst = np.array([unsigned], dtype=np.uint64).view(np.int64)
+    u = hash_uniform(worst, 0)
+    assert u[0] < 1.0 and u[0] == np.nextafter(1.0, 0.0)
+    assert np.isfinite(gumbel_keys(worst, [0.01], 0)).all()
+
+
 def test_power_pick_is_the_gumbel_top_k_of_the_whole_catalog(catalog, full):
     """The out-of-core merge equals the keys' top-n over every row at once, in key order."""
     for seed, beta, question, column in [(0, 1.0, None, "bald_total"), (7, 2.0, "bar", "bar_asked_bald")]:
@@ -220,6 +248,8 @@ def test_a_fits_or_votable_batch_says_how_it_was_picked(catalog, tmp_path):
     assert fits.getheader(tmp_path / "batch.fits", 1)["PICK"] == drawn
     params = {param.name: param.value for param in parse_single_table(str(tmp_path / "batch.vot")).params}
     assert params["PICK"] == drawn and "PICK = strategy=power" in Table.read(tmp_path / "batch.vot").meta["description"]
+    assert main([*argv[:5], "--out", str(tmp_path / "top.fits")]) == 0
+    assert fits.getheader(tmp_path / "top.fits", 1)["PICK"] == "strategy=top score=bald_total"  # neither beta nor seed
 
 
 def test_power_noise_differs_between_models_with_one_seed():

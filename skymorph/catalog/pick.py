@@ -65,11 +65,13 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
 
 def hash_uniform(object_id, seed: int, salt: int = 0) -> np.ndarray:
     """U(0, 1) per ``object_id``: ``(splitmix64(splitmix64(seed ^ salt) ^ id) >> 11 + 0.5) / 2^53``, never
-    0 or 1. ``salt``: a 64-bit integer, the catalog's model (:func:`model_salt`) in a pick."""
+    0 or 1 (the largest, (2^53 - 0.5) / 2^53, rounds to 1.0 in float64: it is the float below 1 instead,
+    else its galaxy's Gumbel noise is infinite). ``salt``: a 64-bit integer, the catalog's model
+    (:func:`model_salt`) in a pick."""
     ids = np.asarray(object_id, dtype=np.int64).view(np.uint64)
     key = _splitmix64(np.array([check_seed(seed) ^ salt], dtype=np.uint64))[0]
     bits = _splitmix64(ids ^ key) >> np.uint64(11)
-    return (bits.astype(np.float64) + 0.5) / 2.0**53
+    return np.minimum((bits.astype(np.float64) + 0.5) / 2.0**53, np.nextafter(1.0, 0.0))
 
 
 def model_salt(model_sha256: str) -> int:
@@ -402,7 +404,8 @@ def pick(
         score: pa.array(scores.astype(np.float32)),  # the catalog's type: no spurious digits in a CSV
         "model_sha256": pa.array([catalog.metadata.model_sha256] * len(ids), pa.string()),
     })
-    meta = {**catalog.metadata.to_kv(), "skymorph.pick": f"strategy={strategy} score={score} beta={beta} seed={seed}"}
+    drawn = f" beta={beta} seed={seed}" if strategy == "power" else ""  # top uses neither
+    meta = {**catalog.metadata.to_kv(), "skymorph.pick": f"strategy={strategy} score={score}{drawn}"}
     return table.replace_schema_metadata(meta)
 
 
