@@ -90,7 +90,7 @@ OUTSIDE = (151.3, 3.4, 200.0)  # north of the tiles (Dec 0.5-2.5): nothing there
 
 
 @pytest.mark.parametrize("cone", [(150.0, 2.0, 1800.0), (148.7, 0.6, 3000.0), OUTSIDE, (150.3, 1.7, 7200.0), "row 0",
-                                  "row 0 exactly"])
+                                  "row 0 exactly", (340.0, -1.0, 630000.0), (0.0, 89.0, 400000.0)])
 def test_cone_equals_astropy_separation(catalog, full, cone):
     if cone == "row 0":  # a 200" cone on a galaxy: the fine-depth ranges path with rows in it
         cone = (float(full.ra[0]), float(full.dec[0]), 200.0)

@@ -65,11 +65,17 @@ class Cone:
             raise InputError(f"cone radius must be in (0, 648000] arcsec, got {self.radius_arcsec}")
 
     def healpix_cells(self, depth: int):
-        """``(ipix, depth)`` arrays of the HEALPix cells (nested, down to ``depth``) overlapping the cone."""
+        """``(ipix, depth)`` arrays of the HEALPix cells (nested, down to ``depth``) overlapping the cone;
+        for a cone wider than a hemisphere, the whole sky (the 12 base cells): cdshealpix's cone search
+        leaves out cells near the opposite point of cones wider than about 140 degrees (a 175 degree cone
+        read none of the rows inside it), and the distance condition selects the rows anyway."""
         import astropy.units as u
+        import numpy as np
         from astropy.coordinates import Latitude, Longitude
         from cdshealpix.nested import cone_search
 
+        if self.radius_arcsec > 90 * 3600:
+            return np.arange(12, dtype=np.int64), np.zeros(12, dtype=np.int64)
         ipix, depths, _ = cone_search(
             Longitude(self.ra_deg, u.deg), Latitude(self.dec_deg, u.deg), self.radius_arcsec * u.arcsec, depth
         )
@@ -77,7 +83,7 @@ class Cone:
 
     def overlapping_pixels(self, pixels, order: int):
         """The order-``order`` ``pixels`` that overlap the cone, in their given order (a superset:
-        cdshealpix is conservative).
+        :meth:`healpix_cells` is conservative).
 
         The cone's cells stay at their own depth ``d`` <= ``order`` (expanding them to ``order`` makes
         millions of pixels for a degree-wide cone at order 14): pixel ``p`` lies in cell ``c`` of depth
