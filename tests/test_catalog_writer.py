@@ -75,7 +75,25 @@ def test_properties_round_trip_and_hats_reads_them(tmp_path):
     assert (hats_props.ra_column, hats_props.dec_column) == ("ra", "dec")
 
 
+@pytest.mark.parametrize("schema_name", ["Galaxy Zoo tree\nv2", "C:\\trees\\", "tree\\", " leading, tab\there", "galaxiés = 2: ok",
+                                         "\\u0041 \\n literally", "bell\x07"])
+def test_properties_values_with_escapes_round_trip_here_and_in_hats(tmp_path, schema_name):
+    """hats.properties is a Java properties file: a model's schema name with a newline broke the finished
+    catalog (line 'v2' is not key=value), and a backslash read back otherwise in hats (``\\t`` as a tab; a
+    trailing one joined the next line, losing skymorph_likelihood)."""
+    from hats.catalog import TableProperties
+
+    props = CatalogProperties(catalog_name="cat", total_rows=12, order=4, skymorph_schema=schema_name,
+                              skymorph_likelihood="multinomial")
+    layout.write_properties(str(tmp_path), props)
+    assert layout.read_properties(str(tmp_path)) == props
+    hats_props = TableProperties.read_from_dir(tmp_path)
+    assert (hats_props.extra_dict()["skymorph_schema"], hats_props.extra_dict()["skymorph_likelihood"]) == (schema_name, "multinomial")
+
+
 def test_properties_reject_bad_values():
+    with pytest.raises(CatalogError, match=r"^hats.properties: hats_nrows='' is not an integer$"):
+        CatalogProperties.from_text("obs_collection=c\nhats_nrows=\n")
     with pytest.raises(CatalogError, match=r"^catalog order must be in 0\.\.19, got 30$"):
         CatalogProperties(catalog_name="c", total_rows=1, order=30)
     with pytest.raises(CatalogError, match="hats_nrows"):

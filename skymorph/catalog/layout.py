@@ -456,6 +456,8 @@ class CatalogProperties:
         return datetime.now(tz=timezone.utc).strftime("%Y-%m-%dT%H:%M%Z")
 
     def to_text(self) -> str:
+        """The file, as Java properties (hats reads it so): values with a newline or a backslash (a model's
+        schema name may hold either) escaped, so that every value reads back as written."""
         lines = ["#HATS catalog"]
         for f in fields(self):
             if f.name == "extra":
@@ -463,21 +465,18 @@ class CatalogProperties:
             value = getattr(self, f.name)
             if value == "":
                 continue
-            lines.append(f"{self._KEYS.get(f.name, f.name)}={value}")
-        lines.extend(f"{key}={value}" for key, value in self.extra.items())
+            lines.append(f"{_escape(self._KEYS.get(f.name, f.name), key=True)}={_escape(str(value))}")
+        lines.extend(f"{_escape(key, key=True)}={_escape(str(value))}" for key, value in self.extra.items())
         return "\n".join(lines) + "\n"
 
     @classmethod
     def from_text(cls, text: str, source: str = "hats.properties") -> CatalogProperties:
         raw = {}
-        for line in text.splitlines():
-            line = line.strip()
-            if not line or line[0] in "#!":
-                continue
-            key, sep, value = line.partition("=")
-            if not sep:
+        for line in _logical_lines(text):
+            split = _separator(line)
+            if split is None:
                 raise CatalogError(f"{source}: line {line!r} is not key=value")
-            raw[key.strip()] = value.strip()
+            raw[_unescape(line[:split].strip())] = _unescape(line[split + 1:].strip())
         by_key = {disk: name for name, disk in cls._KEYS.items()}
         known = {f.name: f for f in fields(cls) if f.name != "extra"}
         kwargs, extra = {}, {}
@@ -486,7 +485,7 @@ class CatalogProperties:
             if name not in known:
                 extra[key] = value
                 continue
-            if known[name].type in ("int", int) and value != "":
+            if known[name].type in ("int", int):
                 try:
                     value = int(value)
                 except ValueError:
@@ -501,6 +500,80 @@ class CatalogProperties:
             if isinstance(err, CatalogError):
                 raise
             raise CatalogError(f"{source} is malformed: {err}") from err
+
+
+_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\f": "\\f"}
+_UNESCAPES = {"n": "\n", "r": "\r", "t": "\t", "f": "\f"}
+
+
+def _escape(text: str, key: bool = False) -> str:
+    """``text`` as a Java properties value (or ``key``): backslash, newline, carriage return, tab and form
+    feed as escapes, other control characters as ``\\uXXXX``, a leading space escaped; in a key also ``=``,
+    ``:`` and spaces, which would end it. Other characters as they are (the file is UTF-8)."""
+    out = []
+    for i, c in enumerate(text):
+        if c in _ESCAPES:
+            out.append(_ESCAPES[c])
+        elif ord(c) < 0x20 or ord(c) == 0x7F:
+            out.append(f"\\u{ord(c):04x}")
+        elif (key and c in "=: #!") or (i == 0 and c == " "):
+            out.append("\\" + c)
+        else:
+            out.append(c)
+    return "".join(out)
+
+
+def _unescape(text: str) -> str:
+    """The inverse of :func:`_escape`, for any Java properties escapes: ``\\uXXXX``, ``\\n``, ``\\t``,
+    ``\\r``, ``\\f``, and a backslash before any other character standing for that character."""
+    out, i = [], 0
+    while i < len(text):
+        c = text[i]
+        if c != "\\" or i + 1 == len(text):
+            out.append(c)
+            i += 1
+            continue
+        nxt = text[i + 1]
+        if nxt == "u" and re.fullmatch(r"[0-9a-fA-F]{4}", text[i + 2:i + 6]):
+            out.append(chr(int(text[i + 2:i + 6], 16)))
+            i += 6
+        else:
+            out.append(_UNESCAPES.get(nxt, nxt))
+            i += 2
+    return "".join(out)
+
+
+def _logical_lines(text: str) -> list[str]:
+    """The key-value lines of a Java properties file: comments (``#``, ``!``) and blank lines dropped, a
+    line ending in an odd number of backslashes joined to the next, leading whitespace stripped."""
+    lines, pending = [], None
+    for physical in text.splitlines():
+        line = physical.lstrip()
+        if pending is None and (not line or line[0] in "#!"):
+            continue
+        line = line if pending is None else pending + line
+        trailing = len(line) - len(line.rstrip("\\"))
+        if trailing % 2:
+            pending = line[:-1]
+            continue
+        pending = None
+        lines.append(line)
+    if pending is not None:
+        lines.append(pending)
+    return lines
+
+
+def _separator(line: str) -> int | None:
+    """Where the first unescaped ``=`` or ``:`` of a properties line is (None: no such separator)."""
+    i = 0
+    while i < len(line):
+        if line[i] == "\\":
+            i += 2
+            continue
+        if line[i] in "=:":
+            return i
+        i += 1
+    return None
 
 
 def _read_small_text(catalog: str, url: str, storage_options: dict | None) -> str:
