@@ -11,6 +11,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -158,6 +159,34 @@ def test_a_tile_rewritten_with_other_rows_since_its_first_range_fails_instead_of
         f"TileError: tile {tile!r} has 48 rows in chunks of 8, but 40 rows in chunks of 8 when this catalog read its first rows: it "
         "was rewritten since; run the changed tiles into a new catalog, or this one again with --overwrite")
     assert sorted(read_catalog(catalog)["row"]) == list(range(16))
+
+
+def test_a_survey_moved_since_the_catalog_ran_is_refused_instead_of_run_twice(tmp_path, tiny_model):
+    """The manifest knows tiles by URL: the same tiles listed from a copy of the survey ran again under new
+    part names, and the catalog held every galaxy twice, exit 0. A new tile of another name still runs."""
+    import shutil
+
+    from skymorph.errors import CatalogError
+    from skymorph.inference.job import RunConfig, run_survey
+    from skymorph.tiles import write_tile_list
+
+    tiles = make_tiles(str(tmp_path / "survey"), n_tiles=2, per_tile=30)
+    catalog = str(tmp_path / "catalog")
+    config = RunConfig(tiles=str(tmp_path / "survey" / "tiles.txt"), model=tiny_model, out=catalog, workers=1, progress=False)
+    assert run_survey(config).total_rows == 60
+    shutil.copytree(tmp_path / "survey", tmp_path / "moved")
+    moved = [url.replace(str(tmp_path / "survey"), str(tmp_path / "moved")) for url in tiles]
+    write_tile_list(str(tmp_path / "moved" / "tiles.txt"), moved)
+    before = sorted(os.listdir(layout.dataset_url(catalog)))
+    with pytest.raises(CatalogError, match=rf"^tile {re.escape(repr(moved[0]))} has the name and row count of "
+                                           rf"{re.escape(repr(tiles[0]))}, which this catalog ran and the tile list no longer "
+                                           "names: is it the survey moved or copied"):
+        run_survey(replace(config, tiles=str(tmp_path / "moved" / "tiles.txt")))
+    assert sorted(os.listdir(layout.dataset_url(catalog))) == before and layout.read_properties(catalog).total_rows == 60
+
+    extra = make_tiles(str(tmp_path / "more"), n_tiles=3, per_tile=30, seed=1)[2]  # t002: a name the catalog has not run
+    write_tile_list(str(tmp_path / "both.txt"), [*tiles, extra])
+    assert run_survey(replace(config, tiles=str(tmp_path / "both.txt"))).total_rows == 90
 
 
 def test_a_model_of_one_sample_scores_every_galaxy_0_and_pick_says_so(tmp_path, capsys):

@@ -410,6 +410,27 @@ def _no_trace_unless_started(out: str, is_new: bool, options: dict):
         raise
 
 
+def _check_moved_tiles(tiles: list[str], manifest, options: dict) -> None:
+    """The manifest knows tiles by URL: a tile list naming the catalog's tiles at new URLs (the survey
+    moved, or copied to S3, since) ran every tile again under new part names, every galaxy twice. Refused
+    when a listed tile that the catalog has not run has the name (:func:`~skymorph.tiles.tile_name`) and
+    row count of one it ran from a URL no longer listed. Only such tiles are opened."""
+    from skymorph.tiles import open_tile, tile_name
+
+    listed, ran = set(tiles), {}
+    for record in manifest.ranges.values():
+        if record.tile not in listed:
+            ran.setdefault(tile_name(record.tile), (record.tile, record.n))
+    done = {record.tile for record in manifest.ranges.values()}
+    for url in tiles:
+        old = ran.get(tile_name(url)) if url not in done else None
+        if old is not None and open_tile(url, options).n == old[1]:
+            raise CatalogError(
+                f"tile {url!r} has the name and row count of {old[0]!r}, which this catalog ran and the tile list no "
+                "longer names: is it the survey moved or copied? Then give the tile list the catalog was made with "
+                "(a catalog knows its tiles by URL); else run these tiles into a new catalog, or this one with --overwrite")
+
+
 def _remove_for_overwrite(config: RunConfig, lock, options: dict) -> None:
     """With ``--overwrite``, remove the old catalog: only while this run holds the lock (a live run's
     catalog is never removed) and once it can start (scheduler reached, and a worker that can run the
@@ -460,6 +481,8 @@ def run_survey(config: RunConfig) -> RunReport:
     lock = DriverLock(config.out, options)
     lock.check()  # a live driver's catalog is refused before anything else is read
     manifest, is_new = _prepare_output(config, model_sha256, options, placeholder)
+    if not is_new:
+        _check_moved_tiles(tiles, manifest, s3_retry_options(config.tiles, config.storage_options))
 
     cat_meta = CatalogMetadata(model_sha256=model_sha256, samples=metadata.samples, seed=metadata.seed,
                                n_volunteers=config.n_volunteers, schema_json=metadata.schema.to_json(),
