@@ -560,7 +560,8 @@ def query(
 ):
     """Rows of the catalog at ``url`` as a ``pyarrow.Table`` (``.to_pandas()`` for pandas).
 
-    ``where``: a DuckDB SQL boolean expression over the columns (read-only); ``columns``: names to
+    ``where``: a DuckDB SQL boolean expression over the columns (read-only; with a ``cone``, a subquery
+    in it over ``catalog`` sees the partitions that overlap the cone, not the whole catalog); ``columns``: names to
     return (default all); ``cone``: a :class:`Cone` or ``(ra_deg, dec_deg, radius_arcsec)``;
     ``order_by``: an SQL ORDER BY list; ``limit``: at most this many rows (pushed down, the scan stops):
     the first of ``order_by``, or without it the first in the catalog's order of partitions and rows,
