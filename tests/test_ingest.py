@@ -70,6 +70,47 @@ def test_decode_fits_applies_asinh_over_percentile_interval():
     assert np.abs(got[0].astype(float) - expected).max() <= 0.5 + 1e-6
 
 
+@pytest.mark.parametrize("packing", ["RICE_1", "GZIP_2", "HCOMPRESS_1", "gzip", "no .fits name"])
+def test_fits_is_known_by_its_content_compressed_or_gzipped(packing):
+    """Pillow read a tile-compressed .fits.fz as an 8-bit image of its compressed bytes (correlation 0.01 with
+    the picture), and astropy does not decompress a .fits.gz given as bytes: every one was skipped."""
+    import gzip
+
+    from astropy.io import fits
+
+    yy, xx = np.mgrid[:40, :40]
+    flux = (1000 * np.exp(-((xx - 17) ** 2 + (yy - 22) ** 2) / 30.0)).astype(np.int32) + 1  # integers: compressed losslessly
+    plain = io.BytesIO()
+    fits.PrimaryHDU(flux).writeto(plain)
+    expected = decode_image(plain.getvalue(), "x.fits", size=16, bands="mean")
+    packed = io.BytesIO()
+    if packing == "gzip":
+        data, name = gzip.compress(plain.getvalue()), "x.fits.gz"
+    elif packing == "no .fits name":
+        data, name = plain.getvalue(), "x.png"
+    else:
+        fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(flux, compression_type=packing)]).writeto(packed)
+        data, name = packed.getvalue(), "x.fits.fz"
+    np.testing.assert_array_equal(decode_image(data, name, size=16, bands="mean"), expected)
+
+
+def test_a_fits_cube_s_bands_share_one_interval_so_colours_are_kept():
+    """Each band was stretched over its own percentile interval: bands of flux f, 2f and 4f came out equal."""
+    from astropy.io import fits
+    from astropy.visualization import AsinhStretch, PercentileInterval
+
+    flux = np.random.default_rng(0).gamma(2.0, 10.0, size=(16, 16))
+    cube = np.stack([flux, 2 * flux, 4 * flux])
+    buffer = io.BytesIO()
+    fits.PrimaryHDU(cube).writeto(buffer)
+    got = decode_image(buffer.getvalue(), "x.fits", size=16, bands="keep")
+    low, high = np.percentile(cube, [0.25, 99.75])  # PercentileInterval(99.5) over all three bands
+    expected = AsinhStretch(0.1)(np.clip((cube[:, ::-1] - low) / (high - low), 0, 1)) * 255
+    assert np.abs(got.astype(float) - expected).max() <= 0.5 + 1e-6
+    assert got[0].mean() < got[1].mean() < got[2].mean()
+    assert PercentileInterval(99.5).get_limits(cube) == pytest.approx((low, high))
+
+
 def test_a_fits_cutout_and_a_png_of_it_give_the_same_picture():
     """FITS rows run bottom to top, PNG rows top to bottom: the FITS image was kept mirrored, which reverses
     a spiral's winding, so a model trained on cutouts of one kind saw mirror images of the other."""

@@ -9,8 +9,10 @@ label mapping one vote-count column per answer of the labelled question, empty f
 a label) and, if any file could not be read, ``OUT/ingest_failures.csv`` (file, object_id, reason).
 
 Pixels: 8-bit JPEG/PNG/TIFF are decoded by Pillow as RGB (or L) and keep their values; FITS (first HDU
-with data, (H, W) or (C, H, W); its rows flipped, as tiles hold images top row first) is flux, mapped
-to [0, 255] by an asinh stretch over a percentile interval per image (astropy.visualization
+with data, (H, W) or (C, H, W); its rows flipped, as tiles hold images top row first; known by its
+first bytes, whatever its name, so also tile-compressed ``.fits.fz`` and gzipped ``.fits.gz``) is
+flux, mapped to [0, 255] by an asinh stretch over a percentile interval per image, one interval for
+all its bands, so that their flux ratios (colours) are kept (astropy.visualization
 ``AsinhStretch(a) + PercentileInterval(p)``), as are one-band images of more than 8 bits (16-bit
 PNG/TIFF, integer or float TIFF); each tile's ``stretch`` attribute says which. 16-bit colour or
 grey+alpha PNG/TIFF is reported and skipped: Pillow reads only its high bytes. ``bands="mean"``
@@ -69,6 +71,8 @@ _SKY_ORDER = 29  # the finest nested HEALPix order cdshealpix supports (~0.4 mas
 _ASINH_A, _PERCENTILE = 0.1, 99.5  # the stretch of values beyond 8 bits: AsinhStretch(a) over a percentile interval
 # Pillow's raw modes of 16 bits per band for colour or grey+alpha ("RGB;16B", "LA;16B", "RGBA;16L", ...),
 # which it reads as their high bytes; one-band 16-bit images open as mode I;16 and read whole.
+_FITS_START = b"SIMPLE  ="  # every FITS file's first card
+_GZIP_START = b"\x1f\x8b"
 _SIXTEEN_BIT_BANDS = re.compile(r"^(RGB|RGBA|RGBX|LA|CMYK)[A-Z]*;16[BLN]$")  # not BGR;16: 5-6-5 bits a pixel
 
 
@@ -138,8 +142,13 @@ def _decode(data: bytes, name: str, *, size: int, bands: str, stretch: str):
     percentile interval). 8-bit images (JPEG, PNG) are display images already and keep their values.
     16-bit colour or grey+alpha PNG/TIFF is refused: Pillow reads only the high byte of each value. A
     FITS file's image is the first HDU holding one, as 2-D or 3-D once its axes of length 1 are dropped
-    (a ``(1, 1, H, W)`` cube is one plane)."""
-    if name.lower().endswith(FITS_SUFFIXES):
+    (a ``(1, 1, H, W)`` cube is one plane). FITS is known by its first card, gzipped or not: Pillow read
+    a tile-compressed ``.fits.fz`` as an 8-bit image of its compressed bytes."""
+    if data[:2] == _GZIP_START:  # astropy decompresses a .fits.gz it opens by name, not bytes
+        import gzip
+
+        data = gzip.decompress(data)
+    if data.startswith(_FITS_START) or name.lower().endswith(FITS_SUFFIXES):
         from astropy.io import fits
 
         with fits.open(io.BytesIO(data)) as hdus:
@@ -173,11 +182,12 @@ def _decode(data: bytes, name: str, *, size: int, bands: str, stretch: str):
 
 def _stretched(planes: np.ndarray, size: int, bands: str, stretch: str):
     """Float (C, H, W) values -> uint8 (C, size, size) through ``stretch`` (``AsinhStretch(_ASINH_A)`` or
-    linear) after a ``_PERCENTILE`` interval, and the side of the square; NaN or infinity (a blank or
+    linear) after a ``_PERCENTILE`` interval over all the bands together (one per band stretched each to
+    the full range: a cube of bands f, 2f and 4f became three equal bands), and the side of the square; NaN or infinity (a blank or
     flagged pixel) counts as 0, except that ``bands="mean"`` averages a pixel over the bands that have
     it. An image of no finite value, or of one value throughout (with ``bands="keep"``, any such band of it), holds no galaxy: an
     InputError, so that it is reported and skipped, not trained on."""
-    from astropy.visualization import AsinhStretch, LinearStretch, PercentileInterval
+    from astropy.visualization import AsinhStretch, LinearStretch, ManualInterval, PercentileInterval
 
     for band, plane in ([(None, planes)] if bands == "mean" else enumerate(planes)):
         finite = plane[np.isfinite(plane)]
@@ -192,9 +202,10 @@ def _stretched(planes: np.ndarray, size: int, bands: str, stretch: str):
         with np.errstate(invalid="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # "Mean of empty slice": blank in every band
             planes = np.nanmean(planes, axis=0, keepdims=True)
-    planes = np.nan_to_num(planes)
-    transform = (AsinhStretch(_ASINH_A) if stretch == "asinh" else LinearStretch()) + PercentileInterval(_PERCENTILE)
-    unit = np.stack([transform(p) for p in _square(planes)])
+    planes = _square(np.nan_to_num(planes))
+    low, high = PercentileInterval(_PERCENTILE).get_limits(planes)  # one interval for all bands: colours kept
+    transform = (AsinhStretch(_ASINH_A) if stretch == "asinh" else LinearStretch()) + ManualInterval(low, high)
+    unit = np.stack([transform(p) for p in planes])
     out = np.stack([_resize(p, size) for p in unit * 255.0])
     return np.clip(np.round(out), 0, 255).astype(np.uint8), int(unit.shape[-1])
 
