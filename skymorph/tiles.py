@@ -364,6 +364,8 @@ def write_tile(
         kinds = "iu" if key == "object_id" else "iuf"
         if values.dtype.kind not in kinds:
             raise InputError(f"tile {url!r}: {key} must be {'integer' if key == 'object_id' else 'real'}, got {values.dtype}")
+        if values.dtype.kind == "u" and values.size and values.max() > np.uint64(np.iinfo(np.int64).max):  # astype wraps it negative
+            raise InputError(f"tile {url!r}: {key} {int(values.max())} is above 2**63 - 1, the largest int64; renumber that galaxy")
         coords[key] = values.astype(_COORD_DTYPES[key])
     if np.any(coords["object_id"] == MISSING_OBJECT_ID):
         raise InputError(f"tile {url!r}: object_id {MISSING_OBJECT_ID} is reserved (it marks a lost chunk); renumber that galaxy")

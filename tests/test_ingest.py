@@ -667,6 +667,8 @@ def _one_png(tmp_path) -> None:
     ("object_id,file\n1,a.png\n", ["--pixel-scale-arcsec", "nan"], "must be a finite number > 0, got nan"),
     ("object_id,file\n1,a.png\n", ["--catalog-is-dir"], "is a directory; give the CSV file"),
     ("object_id,file\n-9223372036854775808,a.png\n", [], "object_id -9223372036854775808 is reserved"),
+    ("object_id,file\n9223372036854775813,a.png\n5,a.png\n", [],  # pandas reads them as uint64: they wrapped negative
+     "object_id 9223372036854775813 is above 2**63 - 1, the largest int64 object_id; renumber such galaxies"),
 ])
 def test_bad_catalog_or_options_fail_before_decoding_and_write_nothing(tmp_path, csv, options, fragment):
     _one_png(tmp_path)
@@ -723,3 +725,13 @@ def test_cutouts_of_different_sizes_go_to_tiles_of_one_pixel_scale_each(tmp_path
                     "--tile-size", "1"])
     tiles = [open_tile(url) for url in read_tile_list(str(tmp_path / "one" / "tiles.txt"))]
     assert code == 0 and [t.attrs["resize"]["from_px"] for t in tiles] == list(sides.values())
+
+
+def test_ra_just_below_0_wraps_to_0_not_360(tmp_path):
+    """np.mod(-1e-15, 360) is 360.0 in floating point, outside the tiles' [0, 360)."""
+    _one_png(tmp_path)
+    (tmp_path / "cat.csv").write_text("object_id,file,ra,dec\n1,a.png,-1e-15,5\n2,a.png,-90,5\n")
+    code, _ = _run(["survey", "ingest", "--catalog", str(tmp_path / "cat.csv"), "--out", str(tmp_path / "o"), "--size", "16"])
+    [url] = read_tile_list(str(tmp_path / "o" / "tiles.txt"))
+    _, ra, _ = open_tile(url).read_coords()
+    assert code == 0 and sorted(ra.tolist()) == [0.0, 270.0]

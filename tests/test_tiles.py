@@ -396,6 +396,17 @@ def test_the_reserved_object_id_is_refused_on_write(tmp_path):
     assert not (tmp_path / "t.zarr").exists()
 
 
+def test_unsigned_ids_beyond_int64_are_refused_not_wrapped(tmp_path):
+    images, object_id, ra, dec = _data(n=3)
+    ids = object_id.astype(np.uint64)
+    write_tile(str(tmp_path / "ok.zarr"), images, ids, ra, dec, **ATTRS)
+    assert open_tile(str(tmp_path / "ok.zarr")).read_coords()[0].tolist() == object_id.tolist()
+    ids[2] = 2**63 + 5
+    with pytest.raises(InputError, match=r"object_id 9223372036854775813 is above 2\*\*63 - 1, the largest int64"):
+        write_tile(str(tmp_path / "t.zarr"), images, ids, ra, dec, **ATTRS)
+    assert not (tmp_path / "t.zarr").exists()
+
+
 def test_a_missing_chunk_is_a_tile_error_not_blank_images(tmp_path):
     url = str(tmp_path / "t.zarr")
     images, *rest = _data(n=70)

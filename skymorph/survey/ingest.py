@@ -268,6 +268,12 @@ def _read_catalog(catalog_csv: str, id_column: str, storage_options):
     # pandas' own dtypes (text: StringDtype) are not numpy's: is_integer_dtype takes both
     if table[id_column].isna().any() or not pd.api.types.is_integer_dtype(table[id_column].dtype):
         raise InputError(f"catalog {catalog_csv!r}: {id_column!r} must be integers in every row (it becomes the int64 object_id)")
+    if pd.api.types.is_unsigned_integer_dtype(table[id_column].dtype):  # pandas reads ids above 2**63 - 1 so
+        big = table[id_column].to_numpy(np.uint64) > np.uint64(np.iinfo(np.int64).max)
+        if big.any():
+            raise InputError(f"catalog {catalog_csv!r}: {id_column} {int(table[id_column][big].iloc[0])} is above 2**63 - 1, "
+                             "the largest int64 object_id; renumber such galaxies")
+        table[id_column] = table[id_column].astype(np.int64)
     reserved = table[id_column] == MISSING_OBJECT_ID
     if reserved.any():
         raise InputError(f"catalog {catalog_csv!r}: {id_column} {MISSING_OBJECT_ID} is reserved (tile stores read it "
@@ -295,7 +301,8 @@ def _read_catalog(catalog_csv: str, id_column: str, storage_options):
             first = int(np.flatnonzero(outside)[0])
             raise InputError(f"catalog {catalog_csv!r}: ra {ra[first]:g} of {id_column} {int(table[id_column].iloc[first])} "
                              "is outside [0, 360] (or [-180, 180]) degrees; give ICRS degrees")
-        table["ra"] = np.mod(ra, 360.0)  # [-180, 180) as some catalogs give it: the tiles and catalog hold [0, 360)
+        ra = np.mod(ra, 360.0)  # [-180, 180) as some catalogs give it: the tiles and catalog hold [0, 360)
+        table["ra"] = np.where(ra >= 360.0, 0.0, ra)  # mod(-1e-15, 360) rounds to 360.0
     if "split" in table.columns:  # passed through to labels.parquet, where train would refuse it after the whole ingest
         import pyarrow as pa
 
