@@ -189,6 +189,11 @@ class Tile:
                 a = (start + int(np.argmax(lost))) // size * size
                 raise TileError(f"tile {self.url!r}: rows [{a}, {min(a + size, self.n)}) of {key!r} read as the fill value, "
                                 "so their chunk file is missing; the store is damaged, write the tile again")
+        outside = np.flatnonzero(np.abs(coords[2]) > 90)
+        if len(outside):  # write_tile refuses it; a store written by other means reached astropy and cdshealpix, which raise
+            row = int(outside[0])
+            raise TileError(f"tile {self.url!r}: dec {coords[2][row]:g} of row {start + row} is outside [-90, 90] degrees; "
+                            "write the tile again with ICRS degrees")
         return coords
 
     def _read(self, key: str, array, start: int, stop: int) -> np.ndarray:

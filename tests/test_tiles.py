@@ -407,6 +407,20 @@ def test_unsigned_ids_beyond_int64_are_refused_not_wrapped(tmp_path):
     assert not (tmp_path / "t.zarr").exists()
 
 
+def test_a_dec_outside_the_sky_written_by_other_means_is_a_tile_error(tmp_path):
+    """write_tile refuses |dec| > 90; a store written another way reached astropy (labels match: a traceback)
+    and cdshealpix (a panic, which no ``except Exception`` catches)."""
+    import zarr
+
+    from skymorph.errors import TileError
+
+    url = str(tmp_path / "t.zarr")
+    write_tile(url, *_data(n=3), **ATTRS)
+    zarr.open_group(url, mode="r+")["dec"][1] = 95.0
+    with pytest.raises(TileError, match=r"dec 95 of row 1 is outside \[-90, 90\] degrees; write the tile again"):
+        open_tile(url).read_coords()
+
+
 def test_a_missing_chunk_is_a_tile_error_not_blank_images(tmp_path):
     url = str(tmp_path / "t.zarr")
     images, *rest = _data(n=70)
