@@ -95,7 +95,7 @@ def _add_survey_commands(sub) -> None:
     synth.add_argument("--tiles", type=int, default=16, help="number of sky tiles (default 16)")
     synth.add_argument("--per-tile", type=int, default=512, help="galaxies per tile (default 512)")
     synth.add_argument("--size", type=int, default=128, help="cutout size in pixels, at least 16 (default 128)")
-    synth.add_argument("--seed", type=int, default=0, help="random seed: same seed, same images, labels and truth (default 0)")
+    synth.add_argument("--seed", type=int, default=0, help="random seed: same seed, same images, labels and truth on the same kind of CPU (default 0)")
     synth.add_argument("--schema", default="decals", help="decision tree of the simulated votes: gz2, decals or a JSON file (default decals)")
     synth.add_argument("--volunteers", type=float, default=40, help="mean volunteers per galaxy (default 40)")
     synth.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
@@ -104,7 +104,8 @@ def _add_survey_commands(sub) -> None:
         "--footprint", type=float, nargs=4, metavar=("RA_MIN", "RA_MAX", "DEC_MIN", "DEC_MAX"),
         help="RA/Dec box in degrees holding the tiles (default 120 250 -5 60)",
     )
-    synth.add_argument("--overwrite", action="store_true", help="replace a survey already at --out (else refused)")
+    synth.add_argument("--overwrite", action="store_true", help="replace a survey already at --out (else refused); it is "
+                       "removed before the new one is made")
     _add_storage_option(synth)
     synth.set_defaults(func=_cmd_survey_synth)
     _add_ingest_command(survey_sub)
@@ -149,7 +150,8 @@ def _add_ingest_command(survey_sub) -> None:
     ingest.add_argument("--survey", default="ingest", help="survey name recorded in the tiles (default ingest)")
     ingest.add_argument("--pixel-scale-arcsec", type=float, help="pixel scale of the input cutouts; each tile records that of its resized pixels (default: unknown, recorded as a placeholder)")
     ingest.add_argument("--workers", type=_positive_int, help="decoding threads (default: up to 8)")
-    ingest.add_argument("--overwrite", action="store_true", help="replace a survey already at --out (else refused)")
+    ingest.add_argument("--overwrite", action="store_true", help="replace a survey already at --out (else refused); it is "
+                        "removed once every cutout is decoded, before the new tiles are written")
     _add_storage_option(ingest)
     ingest.set_defaults(func=_cmd_survey_ingest)
 

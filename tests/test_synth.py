@@ -384,3 +384,26 @@ def test_a_component_between_the_pixels_of_a_small_grid_is_not_a_black_image(tmp
         synthesize(str(tmp_path / "s"), n_tiles=1, per_tile=16, size=16, seed=0, workers=1)
     (tile,) = read_tile_list(str(tmp_path / "s" / "tiles.txt"))
     assert open_tile(tile).read_images().max(axis=(1, 2, 3)).min() > 100
+
+
+def test_sigterm_stops_a_pool_of_workers_without_making_the_tiles_queued(tmp_path):
+    """The with block's own shutdown() reset cancel_futures: on SIGTERM, survey synth --workers 2 went on
+    making every queued tile (52 s), then threw them away, past a batch system's grace period."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "survey"
+    process = subprocess.Popen([sys.executable, "-m", "skymorph", "survey", "synth", "--out", str(out), "--tiles", "60",
+                                "--per-tile", "300", "--size", "32", "--workers", "2", "--healpix-order", "6"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not any((out / "tiles").glob("*.zarr")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    made = len(list((out / "tiles").glob("*.zarr")))
+    assert process.returncode == 143 and "terminated" in err, err[-2000:]
+    assert made < 20, f"{made} of 60 tiles made after SIGTERM"
+    assert not (out / "tiles.txt").exists()
