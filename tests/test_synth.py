@@ -407,3 +407,23 @@ def test_sigterm_stops_a_pool_of_workers_without_making_the_tiles_queued(tmp_pat
     assert process.returncode == 143 and "terminated" in err, err[-2000:]
     assert made < 20, f"{made} of 60 tiles made after SIGTERM"
     assert not (out / "tiles.txt").exists()
+
+
+@pytest.mark.parametrize("size", [18, 33, 128, 129])
+def test_a_rendered_galaxy_is_centred_where_the_truth_puts_it(size):
+    """Where the FFT's padding and the cutout differed by an odd number of pixels (sizes 18 and 129 of 2,000
+    sizes and seeings, 941), every galaxy sat half a pixel off its truth's offset_x_px and offset_y_px."""
+    from dataclasses import replace
+
+    from skymorph.survey._galaxy import GalaxyParams, render
+
+    rng = np.random.default_rng(0)
+    params = GalaxyParams.draw(rng, 32)
+    params = replace(params, snr=np.full(32, 1e9), companion_flux_ratio=np.zeros(32), arm_count=np.zeros(32, np.int64),
+                     bar_strength=np.zeros(32))
+    image = render(params, size, 1.2, np.random.default_rng(1))
+    yy, xx = np.mgrid[:size, :size]
+    total = image.sum(axis=(1, 2))
+    centroid_x = (image * xx).sum(axis=(1, 2)) / total - (size - 1) / 2
+    centroid_y = (image * yy).sum(axis=(1, 2)) / total - (size - 1) / 2
+    assert abs(np.median(centroid_x - params.offset_x_px)) < 0.05 and abs(np.median(centroid_y - params.offset_y_px)) < 0.05

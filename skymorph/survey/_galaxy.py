@@ -278,6 +278,8 @@ def render(
     # the FFT convolution is circular: a margin of a PSF width keeps light wrapped around the edge
     # out of the cutout
     padded = scipy.fft.next_fast_len(size + 2 * max(4, int(np.ceil(fwhm_px))), real=True)
+    while (padded - size) % 2:  # else the cutout's centre is half a pixel off the model's, and the truth's offsets
+        padded = scipy.fft.next_fast_len(padded + 1, real=True)
     transfer = _psf_transfer(fwhm_px, padded)
     lo = (padded - size) // 2
     flux = (p.snr * sky_sigma_e() * 2 * (p.size_arcsec / pixel_scale) * np.sqrt(np.pi)).astype(np.float32)
