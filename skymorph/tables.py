@@ -20,6 +20,7 @@ from skymorph.storage import FITS_SUFFIXES, exists, join, read_bytes
 
 __all__ = [
     "CSV_SUFFIXES",
+    "KeyIndex",
     "LABELLED_POSITION_ARCSEC",
     "OTHER_UNITS",
     "SAME_GALAXY_ARCSEC",
@@ -195,16 +196,28 @@ def sky_positions(url: str, table, *, needed_for: str | None = None) -> np.ndarr
         return None
 
 
+class KeyIndex:
+    """Where each of unique ``keys`` is, sorted once for many lookups (:meth:`find`): a sort and binary
+    searches, O((n + m) log n), instead of a Python dict lookup per galaxy."""
+
+    def __init__(self, keys: np.ndarray) -> None:
+        keys = np.asarray(keys)
+        self._order = np.argsort(keys, kind="stable")
+        self._sorted = keys[self._order]
+
+    def find(self, ids: np.ndarray) -> np.ndarray:
+        """For each of ``ids``, its index in ``keys``, or -1 where it is not one of them."""
+        ids = np.asarray(ids)
+        if not len(self._sorted):
+            return np.full(len(ids), -1, dtype=np.int64)
+        at = np.searchsorted(self._sorted, ids).clip(max=len(self._sorted) - 1)
+        return np.where(self._sorted[at] == ids, self._order[at], -1)
+
+
 def index_in(keys: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """For each of ``ids``, its index in ``keys`` (unique), or -1 where it is not one of them: a sort and a
-    binary search, O((n + m) log n), instead of a Python dict lookup per galaxy."""
-    keys, ids = np.asarray(keys), np.asarray(ids)
-    if not len(keys):
-        return np.full(len(ids), -1, dtype=np.int64)
-    order = np.argsort(keys, kind="stable")
-    ordered = keys[order]
-    at = np.searchsorted(ordered, ids).clip(max=len(keys) - 1)
-    return np.where(ordered[at] == ids, order[at], -1)
+    """For each of ``ids``, its index in ``keys`` (unique), or -1 where it is not one of them
+    (:class:`KeyIndex`, for one lookup)."""
+    return KeyIndex(keys).find(ids)
 
 
 def arcsec_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:

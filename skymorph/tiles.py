@@ -236,14 +236,18 @@ class Tile:
         return [(a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a]
 
     def iter_chunks(
-        self, start: int = 0, stop: int | None = None, prefetch: bool = True
+        self, start: int = 0, stop: int | None = None, prefetch: bool = True, rows: np.ndarray | None = None
     ) -> Iterator[tuple[int, int, np.ndarray]]:
-        """Yield ``(start, stop, images)`` over rows ``start:stop``, aligned to the stored chunks.
+        """Yield ``(start, stop, images)`` over rows ``start:stop``, aligned to the stored chunks; with
+        ``rows``, only over the chunks holding one of those rows.
 
         With ``prefetch`` the next chunk is read and decoded on a background thread while the caller
         works on this one (zarr's decode and S3 reads release the GIL), so I/O hides behind compute.
         """
         ranges = self.chunk_ranges(start, stop)
+        if rows is not None:
+            held = set((np.asarray(rows, dtype=np.int64) // self.chunk_size).tolist())
+            ranges = [(a, b) for a, b in ranges if a // self.chunk_size in held]
         if not prefetch:
             for a, b in ranges:
                 yield a, b, self.read_images(a, b)

@@ -258,6 +258,18 @@ def test_a_catalog_of_tiles_without_sky_positions_says_so_and_mixed_tiles_are_re
     assert main(["catalog", "query", catalog, "--cone", "0", "0", "60"]) == 2
     assert "has placeholder positions (its tiles were ingested without ra/dec" in capsys.readouterr().err
     assert query(catalog, where="object_id >= 0").num_rows == 24
+    # a batch has no positions to hand out: votes giving the galaxies' real ones were refused against ra = dec = 0
+    import pandas as pd
+
+    from skymorph.catalog import pick_to
+    from skymorph.trainer.votes import add_votes
+
+    batch = pick_to(catalog, 3, str(tmp_path / "batch.csv"))
+    assert batch["ra"].null_count == batch["dec"].null_count == 3
+    pd.DataFrame({"object_id": batch["object_id"].to_pylist(), "ra": [150.0, 150.1, 150.2], "dec": 2.0, "has_spiral_arms_yes": 3,
+                  "has_spiral_arms_no": 1}).to_csv(tmp_path / "votes.csv", index=False)
+    added = add_votes(str(tmp_path / "votes.csv"), str(tmp_path / "batch.csv"), str(tmp_path / "labels.parquet"), schema="gz2")
+    assert added.added == 3
     # a catalog begun before the kind was recorded (no key in either file) is "unrecorded", and takes the
     # tiles' kind when a run extends it
     manifest = json.loads(Path(layout.manifest_url(catalog)).read_text())

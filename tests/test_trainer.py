@@ -663,6 +663,27 @@ def test_labels_without_locations_are_refused_when_two_surveys_share_object_ids(
         load_images(urls, load_labels(votes, GZ2), progress=False)
 
 
+def test_only_the_tiles_and_chunks_holding_labelled_galaxies_are_read(tmp_path):
+    """A fine-tune is given the whole survey's tile list: every tile store of it was opened, and every chunk
+    of a tile holding one labelled galaxy decoded. Labels that name each galaxy's tile now read only those
+    tiles, and only their chunks with a labelled galaxy: a tile that is not there, or a chunk whose file is
+    lost, is never touched when no labelled galaxy is in it."""
+    from skymorph.tiles import open_tile, write_tile
+
+    url = str(tmp_path / "tiles" / "t0.zarr")
+    images = np.arange(64, dtype=np.uint8)[:, None, None, None] * np.ones((1, 1, 16, 16), np.uint8)
+    write_tile(url, images, np.arange(100, 164), np.full(64, 10.0), np.full(64, -5.0), survey="test", bands=["grey"],
+               pixel_scale_arcsec=0.262, stretch="none", resize="none", chunk_size=16)
+    (Path(url) / "images" / "c" / "2" / "0" / "0" / "0").unlink()  # rows 32-47: no labelled galaxy there
+    labels = str(tmp_path / "labels.csv")
+    Path(labels).write_text("object_id,tile,row,has_spiral_arms_yes,has_spiral_arms_no\n105,t0,5,1,0\n160,t0,60,0,1\n")
+    tiles = [str(tmp_path / "tiles" / "gone.zarr"), url]
+    got, _ = load_images(tiles, load_labels(labels, GZ2), progress=False)
+    assert got[:, 0, 0, 0].tolist() == [5, 60]
+    with pytest.raises(Exception, match="missing"):  # the lost chunk is there to be found
+        open_tile(url).read_images(32, 48)
+
+
 def test_labels_locate_images_by_tile_name_or_url_and_row(tmp_path):
     tiles, labels = write_ring_survey(str(tmp_path))  # t0 holds object ids 1000-1023 in rows 0-23, t1 1024-1047
     table = pd.read_parquet(labels)

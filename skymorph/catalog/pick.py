@@ -337,7 +337,8 @@ def pick(
 ):
     """The next volunteer batch from the catalog at ``url``, as a ``pyarrow.Table`` in rank order.
 
-    Columns: ``rank`` (1 = first), ``object_id``, ``ra``, ``dec``, ``tile``, ``row``,
+    Columns: ``rank`` (1 = first), ``object_id``, ``ra``, ``dec`` (empty for a catalog of cutouts ingested
+    without positions), ``tile``, ``row``,
     ``image_location`` (``<tile URL>#images[<row>]``), the score (``bald_total``; with a ``question``,
     ``{question}_asked_bald``, or ``{question}_bald`` unless ``weight_by_asked``) and ``model_sha256``.
     ``exclude``: a table file read as labels are (CSV, FITS, VOTable or Parquet:
@@ -396,8 +397,10 @@ def pick(
     table = pa.table({
         "rank": np.arange(1, len(ids) + 1, dtype=np.int64),
         "object_id": rows["object_id"],
-        "ra": rows["ra"],
-        "dec": rows["dec"],
+        # a catalog of cutouts ingested without positions holds ra = dec = 0 for each: no position, in a batch
+        # handed to volunteers, and not one that votes giving the galaxies' real positions disagree with
+        "ra": pa.nulls(len(ids), pa.float64()) if catalog.properties.placeholder_positions else rows["ra"],
+        "dec": pa.nulls(len(ids), pa.float64()) if catalog.properties.placeholder_positions else rows["dec"],
         "tile": rows["tile"],
         "row": rows["row"],
         "image_location": pa.array(image, pa.string()),
