@@ -80,7 +80,9 @@ def read_table(url: str, storage_options, what: str = "labels"):
         # One thread, and ParquetFile rather than pq.read_table, whose pyarrow.dataset scan runs threads
         # that can abort the interpreter at exit once torch is loaded (see storage.read_parquet).
         if name.endswith(CSV_SUFFIXES):
-            table = pacsv.read_csv(pa.BufferReader(raw), read_options=pacsv.ReadOptions(use_threads=False))
+            # a tile named 06879 or a split of 0/1 read as numbers: tile and row locations were then ignored
+            text = pacsv.ConvertOptions(column_types={"tile": pa.string(), "split": pa.string()})
+            table = pacsv.read_csv(pa.BufferReader(raw), read_options=pacsv.ReadOptions(use_threads=False), convert_options=text)
         elif name.endswith(FITS_SUFFIXES):
             table = _read_astropy_table(raw, "fits")
         elif name.endswith(VOTABLE_SUFFIXES):

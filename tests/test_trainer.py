@@ -684,6 +684,23 @@ def test_only_the_tiles_and_chunks_holding_labelled_galaxies_are_read(tmp_path):
         open_tile(url).read_images(32, 48)
 
 
+def test_tile_names_that_look_like_numbers_stay_locations_in_a_csv(tmp_path):
+    """tiles/06879.zarr is tile '06879', which a CSV read as the number 6879: the labels' tile and row were then
+    ignored, and a stale row trained on whatever image the id matched."""
+    from skymorph.tiles import write_tile
+
+    url = str(tmp_path / "tiles" / "06879.zarr")
+    write_tile(url, np.arange(4, dtype=np.uint8)[:, None, None, None] * np.ones((1, 1, 16, 16), np.uint8), np.arange(100, 104),
+               np.full(4, 10.0), np.full(4, -5.0), survey="test", bands=["grey"], pixel_scale_arcsec=0.262, stretch="none",
+               resize="none")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("object_id,tile,row,has_spiral_arms_yes,has_spiral_arms_no\n101,06879,1,1,0\n102,06879,3,0,1\n")
+    read = load_labels(str(labels), GZ2)
+    assert read.tile.tolist() == ["06879", "06879"]
+    with pytest.raises(InputError, match=r"put object_id 102 at tile '06879', row 3, but the tiles given hold it only elsewhere"):
+        load_images([url], read, progress=False)
+
+
 def test_labels_locate_images_by_tile_name_or_url_and_row(tmp_path):
     tiles, labels = write_ring_survey(str(tmp_path))  # t0 holds object ids 1000-1023 in rows 0-23, t1 1024-1047
     table = pd.read_parquet(labels)
