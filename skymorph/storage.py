@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import hashlib
 import io
 import json
 import os
@@ -37,6 +38,8 @@ __all__ = [
     "remove_file",
     "read_bytes",
     "read_text",
+    "read_versioned",
+    "replace_if_version",
     "atomic_write_bytes",
     "atomic_write_text",
     "atomic_output",
@@ -342,6 +345,67 @@ def atomic_write_text(url: str, text: str, storage_options: dict | None = None) 
     atomic_write_bytes(url, text.encode(), storage_options)
 
 
+def read_versioned(url: str, storage_options: dict | None = None) -> tuple[bytes, object]:
+    """``(content, version)`` of a small file ``url``, for :func:`replace_if_version`: its ETag on S3 (asked
+    before the content is read, so a version never vouches for content older than itself), the sha256 of
+    its content locally (a file removed and created again may get the same inode, size and, within the
+    clock's resolution, time), None elsewhere. :class:`FileNotFoundError` when there is none."""
+    fs, path = filesystem(url, storage_options)
+    try:
+        if not is_remote(url):
+            data = read_bytes(url, storage_options)
+            return data, hashlib.sha256(data).hexdigest()
+        if "s3" in fs.protocol:
+            fs.invalidate_cache(path)
+            version = fs.info(path)["ETag"]
+            return fs.cat_file(path), version
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{url!r} does not exist") from err
+    return read_bytes(url, storage_options), None
+
+
+def replace_if_version(url: str, data: bytes, version, storage_options: dict | None = None) -> bool:
+    """Replace ``url`` with ``data`` only if it still has ``version`` (:func:`read_versioned`); False, and
+    nothing written, if it was replaced or removed since. Readers see the old file or the new one.
+
+    ``s3://``: a conditional PUT (``If-Match``, which S3 has honoured since 2024; S3-compatible stores that
+    answer it with 501 Not Implemented get a plain PUT). Local: the content compared just before the
+    rename, a window of microseconds. Elsewhere: a plain write."""
+    fs, path = filesystem(url, storage_options)
+    if not is_remote(url):
+        path, tmp = _temp_beside(url)
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            try:
+                with open(path, "rb") as fh:
+                    if hashlib.sha256(fh.read()).hexdigest() != version:
+                        return False
+            except FileNotFoundError:
+                return False
+            os.replace(tmp, path)
+            return True
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    if "s3" in fs.protocol and version is not None:
+        try:
+            fs.pipe_file(path, data, IfMatch=version)
+            return True
+        except FileNotFoundError:  # removed since: If-Match finds no object
+            return False
+        except OSError as err:
+            status = _http_status(err)
+            if status in (409, 412):  # replaced since (409: a concurrent conditional write)
+                return False
+            if status != 501:
+                raise
+    fs.pipe_file(path, data)
+    return True
+
+
 def create_exclusive_bytes(url: str, data: bytes, storage_options: dict | None = None) -> None:
     """Write ``data`` to ``url`` only if nothing is there, else raise :class:`FileExistsError`; readers
     see nothing or the whole file. Of two writers racing, exactly one wins.
@@ -404,7 +468,9 @@ def _temp_beside(url: str) -> tuple[str, str]:
     path = strip_protocol(url) if str(url).startswith("file://") else str(url)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    return path, os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+    # a name of up to 255 bytes, as the file system allows, however long the target's (38 characters are added)
+    base = os.path.basename(path).encode()[:200].decode(errors="ignore")
+    return path, os.path.join(directory, f".{base}.{uuid.uuid4().hex}.tmp")
 
 
 @contextmanager

@@ -230,3 +230,28 @@ def test_a_lock_that_cannot_be_released_does_not_hide_the_error_that_stopped_the
                 raise RuntimeError("what stopped the run")
     finally:
         s3.stop()
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_heartbeat_delayed_past_a_takeover_does_not_put_the_old_record_back(tmp_path, where, request):
+    """The heartbeat read the lock, then rewrote it: a driver paused between the two (or its PUT held in
+    flight) past stale_after_s put its record back over the driver that had taken over, and both went on.
+    It now rewrites only the version it read."""
+    from skymorph import storage
+
+    catalog = str(tmp_path / "cat") if where == "local" else f"{request.getfixturevalue('s3_bucket')}/cat"
+    a = DriverLock(catalog, heartbeat_s=0.2, stale_after_s=1.0)
+    a.acquire()
+    a._stop.set()  # this test beats for a by hand
+    a._thread.join()
+    text, version = storage.read_versioned(a.url)  # a's beat reads its own record, then pauses
+    assert json.loads(text)["session"] == a.session
+    time.sleep(1.2)
+    b = DriverLock(catalog, heartbeat_s=0.2, stale_after_s=1.0)
+    b.acquire()  # takes the stale lock over
+    assert not storage.replace_if_version(a.url, a._record(), version)  # a's beat lands late: refused
+    assert b.holder().session == b.session and b.confirm() and not a.confirm()
+    text, version = storage.read_versioned(b.url)
+    assert storage.replace_if_version(b.url, b._record(), version) and b.confirm()
+    b.release()
+    assert not storage.replace_if_version(b.url, b._record(), version) and not exists(b.url)  # removed since

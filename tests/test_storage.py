@@ -297,7 +297,14 @@ def test_create_exclusive_bytes_wins_once_and_its_own_error_is_the_one_raised(tm
     with pytest.raises(FileExistsError):
         storage.create_exclusive_bytes(url, b"second")
     assert Path(url).read_bytes() == b"first" and os.listdir(tmp_path) == ["lock"]  # no temporary file left
-    # a name that fits where its temporary file's longer one does not: the temporary file is never created
+    # a name too long: the link's error, with no temporary file left and none from its clean-up
     with pytest.raises(OSError) as info:
-        storage.create_exclusive_bytes(str(tmp_path / ("x" * 250)), b"x")
+        storage.create_exclusive_bytes(str(tmp_path / ("x" * 300)), b"x")
     assert info.value.errno == errno.ENAMETOOLONG and info.value.__context__ is None
+    assert os.listdir(tmp_path) == ["lock"]
+    # a name that fits where a temporary name 38 characters longer would not: it was refused, naming the
+    # hidden temporary file
+    for write in (storage.create_exclusive_bytes, storage.atomic_write_bytes):
+        long_name = tmp_path / (write.__name__[:6] + "y" * 244)
+        write(str(long_name), b"y")
+        assert long_name.read_bytes() == b"y"

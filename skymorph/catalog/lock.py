@@ -13,7 +13,9 @@ between another's remove and create may go on beside it. Drivers therefore read 
 they write (below), and all but the one it names stop.
 
 A driver that is alive but paused past ``stale_after_s`` (swapped out, its host partitioned) comes
-back to a lock taken over. Its heartbeat reads the lock before rewriting it, and the driver reads it
+back to a lock taken over. Its heartbeat reads the lock before rewriting it, and rewrites only the
+version it read (a conditional PUT on S3; locally, the file compared just before the rename), so that
+a beat delayed in flight does not land on the new holder's lock; and the driver reads it
 before removing a catalog for ``--overwrite``, writing a manifest and each journal write, so
 whichever driver's record the lock holds goes on and the other stops (:meth:`DriverLock.check_held`).
 Tasks, the killed driver's included, call :func:`check_session` before writing a part, so a task of
@@ -34,7 +36,7 @@ from dataclasses import asdict, dataclass
 
 from skymorph.catalog import layout
 from skymorph.errors import CatalogError, InputError
-from skymorph.storage import atomic_write_text, create_exclusive_bytes, filesystem, read_text, remove_file
+from skymorph.storage import create_exclusive_bytes, filesystem, read_text, read_versioned, remove_file, replace_if_version
 
 __all__ = ["DriverLock", "LockHolder", "check_session"]
 
@@ -65,10 +67,15 @@ def _pid_alive(pid: int) -> bool:
 
 def _read_holder(url: str, storage_options: dict | None) -> LockHolder | None:
     try:
-        data = json.loads(read_text(url, storage_options))
-        return LockHolder(str(data["host"]), int(data["pid"]), str(data["session"]), float(data["started"]), float(data["heartbeat"]))
+        return _parse_holder(read_text(url, storage_options))
     except FileNotFoundError:
         return None
+
+
+def _parse_holder(text: str | bytes) -> LockHolder | None:
+    try:
+        data = json.loads(text)
+        return LockHolder(str(data["host"]), int(data["pid"]), str(data["session"]), float(data["started"]), float(data["heartbeat"]))
     except (ValueError, KeyError, TypeError):
         return None  # unreadable: no lock (a live driver's lock is read whole, except for an instant after its create on a
         # filesystem without hard links; a driver that took it over then is stopped by check_held's next read)
@@ -200,9 +207,16 @@ class DriverLock:
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat_s):
             try:
-                if not self._still_mine(self.holder()):
+                try:
+                    text, version = read_versioned(self.url, self.storage_options)
+                except FileNotFoundError:
+                    text, version = b"", None
+                if not self._still_mine(_parse_holder(text) if text else None):
                     return
-                atomic_write_text(self.url, self._record().decode(), self.storage_options)
+                # only over the version just read: a beat delayed past stale_after_s (a paused driver, a PUT held
+                # in flight) landed on the lock of the driver that took over, and put this one's record back
+                if not replace_if_version(self.url, self._record(), version, self.storage_options):
+                    self._still_mine(self.holder())
             except Exception:  # noqa: BLE001 -- a missed heartbeat is retried on the next beat; stale only after many
                 continue
 
