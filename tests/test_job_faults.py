@@ -32,6 +32,31 @@ def test_proxy_injects_its_share_of_faults(s3, s3_bucket):
     assert all(s == 200 for s in statuses if s not in (503, "dropped"))
 
 
+def test_the_proxy_answers_head_as_s3_does(s3, s3_bucket):
+    """A forwarded HEAD reported size 0, so every object read through the proxy was empty, and an injected
+    503 or 403 to a HEAD carried a body, which the client read as the start of its next reply."""
+    from skymorph import storage
+
+    storage.atomic_write_bytes(f"{s3_bucket}/f.bin", b"x" * 1000)
+    with FaultyProxy(s3.endpoint_url, p_503=0, p_drop=0) as proxy:
+        fs, path = storage.filesystem(f"{s3_bucket}/f.bin", {"endpoint_url": proxy.url, "skip_instance_cache": True})
+        assert fs.info(path)["size"] == 1000 and fs.cat_file(path) == b"x" * 1000
+    for kind in ({"p_503": 1.0}, {"deny": "."}):
+        with FaultyProxy(s3.endpoint_url, **{"p_503": 0, "p_drop": 0, **kind}) as proxy:
+            host, port = urlsplit(proxy.url).hostname, urlsplit(proxy.url).port
+            conn = http.client.HTTPConnection(host, port, timeout=10)
+            try:
+                statuses = []
+                for _ in range(2):  # on one connection: a stray body would be read as the second status line
+                    conn.request("HEAD", f"/{s3_bucket[5:]}/f.bin")
+                    reply = conn.getresponse()
+                    reply.read()
+                    statuses.append(reply.status)
+            finally:
+                conn.close()
+        assert statuses == [503, 503] if "p_503" in kind else statuses == [403, 403]
+
+
 def test_proxy_checks_its_arguments():
     with pytest.raises(InputError, match="summing to at most 1"):
         FaultyProxy("http://127.0.0.1:1", p_503=0.8, p_drop=0.5)

@@ -126,7 +126,8 @@ class FaultyProxy:
                 self.send_header("Content-Type", "application/xml")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(body)
+                if self.command != "HEAD":  # a reply to HEAD has no body: its bytes would begin the next reply
+                    self.wfile.write(body)
 
             def _handle(self) -> None:
                 body = self._body()
@@ -161,7 +162,9 @@ class FaultyProxy:
                 for key, value in reply.getheaders():
                     if key.lower() not in _HOP_BY_HOP and key.lower() != "content-length":
                         self.send_header(key, value)
-                self.send_header("Content-Length", str(len(data)))
+                # a HEAD's Content-Length is the object's size, which the reply does not carry (it read as 0 bytes)
+                size = reply.getheader("Content-Length") if self.command == "HEAD" else None
+                self.send_header("Content-Length", size if size is not None else str(len(data)))
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(data)
