@@ -4,6 +4,7 @@ share of requests, and the catalog must still be exact."""
 from __future__ import annotations
 
 import http.client
+import re
 from urllib.parse import urlsplit
 
 import pytest
@@ -95,3 +96,26 @@ def test_only_storage_hiccups_count_as_transient():
     assert not is_transient(OSError("cannot decode chunk images/c/503/0/0/0"))
     assert not is_transient(TileError("tile 'x' has float64 images"))
     assert not is_transient(FileNotFoundError("s3://bucket/missing.zarr"))
+
+
+def test_a_storage_outage_mid_run_stops_the_run_after_a_streak_of_transient_failures():
+    """Storage going down once rows had been written was never judged systemic: each remaining range failed
+    after minutes of retries, the whole survey in turn. A streak of SYSTEMIC_FAILURES transient failures,
+    with no success between them, now stops the run, rows written or not; any other failure or a success
+    ends the streak."""
+    from skymorph.errors import ClusterError
+    from skymorph.inference.driver import SYSTEMIC_FAILURES, Tally, stop_if_storage_down
+
+    tally = Tally(rows_written=5000)
+    reason = "OSError: [Errno 16] Service Unavailable"
+    for i in range(SYSTEMIC_FAILURES - 1):
+        tally.failures.append({"tile": f"t{i}", "start": 0, "stop": 64, "stage": "read", "reason": reason})
+        tally.transient_streak += 1
+        stop_if_storage_down(tally)
+    tally.transient_streak = 0  # a success, or a failure of another kind, between them
+    stop_if_storage_down(tally)
+    tally.transient_streak = SYSTEMIC_FAILURES
+    with pytest.raises(ClusterError, match=rf"^the last {SYSTEMIC_FAILURES} tile ranges all failed on storage that did not "
+                                           rf"answer in time \(the last: read: {re.escape(reason)}\); stopped, the catalog "
+                                           "left unfinished with its finished tile ranges kept: run the same command again"):
+        stop_if_storage_down(tally)

@@ -21,7 +21,8 @@ from skymorph.errors import ClusterError, InputError, error_text, first_line
 if TYPE_CHECKING:
     from skymorph.inference.job import RunConfig, _Plan
 
-__all__ = ["SYSTEMIC_FAILURES", "Tally", "WORKER_CHECK_S", "Window", "run_tasks", "stop_if_systemic", "wait_for_workers"]
+__all__ = ["SYSTEMIC_FAILURES", "Tally", "WORKER_CHECK_S", "Window", "run_tasks", "stop_if_storage_down", "stop_if_systemic",
+           "wait_for_workers"]
 
 _JOURNAL_EVERY_S = 1.0
 SYSTEMIC_FAILURES = 16
@@ -43,6 +44,7 @@ class Tally:
     rows_written: int = 0
     ranges_run: int = 0
     dashboard: str | None = None
+    transient_streak: int = 0  # tile ranges failed in a row on storage hiccups that outlasted their retries
 
 
 @dataclass
@@ -132,12 +134,16 @@ def run_tasks(config: RunConfig, client, job, resources, plan: _Plan, manifest, 
             if result["failure"] is not None:
                 if result["failure"]["stage"] == "lock":  # the task found another run's lock: is it so?
                     lock.check_held(read=True)
+                transient = result["failure"].pop("transient", False)
                 tally.failures.append({"tile": tile, "start": start, "stop": result["stop"], **result["failure"]})
+                tally.transient_streak = tally.transient_streak + 1 if transient else 0
                 if plan.outstanding.pop(tile, None) is not None:
                     bar.update(1)
+                stop_if_storage_down(tally)
                 if not config.allow_failures:
                     stop_if_systemic(tally)
             else:
+                tally.transient_streak = 0
                 if stop is None:
                     plan.first_range_done(tile, result["n"], result["chunk_size"], result["stop"])
                 journal.add(RangeRecord(tile=tile, start=start, stop=result["stop"], n=result["n"],
@@ -270,6 +276,19 @@ def _unregister_orphaned_jobs(client) -> None:
         if named and named.group(1) not in clients:
             with contextlib.suppress(Exception):  # housekeeping: another run's leftovers must not stop this one
                 client.unregister_worker_plugin(name)
+
+
+def stop_if_storage_down(tally: Tally) -> None:
+    """A one-line :class:`ClusterError` once :data:`SYSTEMIC_FAILURES` tile ranges in a row have failed on
+    storage hiccups that outlasted their retries (an endpoint down, or throttling for minutes), however
+    many rows came before: each range takes minutes to fail so, and a survey's every remaining tile
+    failed in turn (days, at survey scale), --allow-failures or not. The ranges left run on a rerun."""
+    if tally.transient_streak < SYSTEMIC_FAILURES:
+        return
+    last = tally.failures[-1]
+    raise ClusterError(f"the last {tally.transient_streak} tile ranges all failed on storage that did not answer in "
+                       f"time (the last: {last['stage']}: {last['reason']}); stopped, the catalog left unfinished with "
+                       "its finished tile ranges kept: run the same command again to resume once the storage answers")
 
 
 def stop_if_systemic(tally: Tally) -> None:

@@ -340,8 +340,9 @@ def run_range(job: JobSpec, tile_url: str, start: int, stop: int | None, engine_
 
     Returns ``{"tile", "start", "stop", "n", "chunk_size", "parts": [(npix, name, rows), ...],
     "rows", "seconds": {"read", "engine", "posterior", "write"}, "attempts", "failure"}``, where
-    ``failure`` is None or ``{"stage", "reason"}``: a bad tile is reported, not raised, so the job
-    carries on and Dask does not retry what cannot succeed.
+    ``failure`` is None or ``{"stage", "reason", "transient"}``: a bad tile is reported, not raised, so the
+    job carries on and Dask does not retry what cannot succeed; ``transient``: a storage hiccup that
+    outlasted the retries (:func:`is_transient`).
     """
     seconds = {"read": 0.0, "engine": 0.0, "posterior": 0.0, "write": 0.0}
     result = {"tile": tile_url, "start": start, "stop": stop, "n": None, "chunk_size": None, "parts": [],
@@ -358,5 +359,5 @@ def run_range(job: JobSpec, tile_url: str, start: int, stop: int | None, engine_
                 time.sleep(job.backoff_s * 2 ** (attempt - 1) * (0.5 + rng.random()))
                 continue
             reason = error_text(err.error)
-            result["failure"] = {"stage": err.stage, "reason": reason}
+            result["failure"] = {"stage": err.stage, "reason": reason, "transient": is_transient(err.error)}
             return result
