@@ -21,6 +21,7 @@ import posixpath
 import re
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -603,8 +604,9 @@ def check_writable(url: str, what: str, *, directory: bool = False) -> None:
 def check_bucket(url: str, what: str, storage_options: dict | None = None) -> None:
     """Raise :class:`InputError` now, in one line, if the S3 bucket of ``url`` is missing or its endpoint
     unreachable; a denied check passes (access may be granted below the bucket). One request without
-    retries (a down endpoint answers in about a second, not after s3fs's and botocore's retries); other
-    operations keep their retries. Not S3: nothing."""
+    retries (a down endpoint answers in about a second, not after s3fs's and botocore's retries), asked
+    again twice, 1 and 2 s later, where the endpoint answers that it is busy (5xx, SlowDown: a throttled
+    endpoint is up); other operations keep their retries. Not S3: nothing."""
     url = str(url)
     if not url.startswith(("s3://", "s3a://")):
         return
@@ -621,7 +623,14 @@ def check_bucket(url: str, what: str, storage_options: dict | None = None) -> No
     fs.retries = 1  # this instance only: s3fs's retry loop around each request
     bucket = fs.split_path(url)[0]
     try:
-        fs.call_s3("head_bucket", Bucket=bucket)
+        for wait_s in (1.0, 2.0, None):
+            try:
+                fs.call_s3("head_bucket", Bucket=bucket)
+                break
+            except OSError as err:  # an endpoint that answers 5xx or SlowDown is up, and busy: asked again
+                if wait_s is None or not (_http_status(err) in (500, 502, 503, 504) or "SlowDown" in str(err)):
+                    raise
+                time.sleep(wait_s)
     except FileNotFoundError as err:
         raise InputError(f"{what} {url!r}: bucket {bucket!r} does not exist; create it first") from err
     except PermissionError:
@@ -633,7 +642,9 @@ def check_bucket(url: str, what: str, storage_options: dict | None = None) -> No
         if message is None:
             if not isinstance(err, OSError):
                 raise
-            message = f"bucket {bucket!r} cannot be used ({first_line(err)})"
+            busy = _http_status(err) in (500, 502, 503, 504) or "SlowDown" in str(err)
+            message = (f"bucket {bucket!r} cannot be used ({first_line(err)})" + ("; the endpoint answered three times "
+                       "that it is busy or down for the moment: run again later" if busy else ""))
         raise InputError(f"{what} {url!r}: {message}") from err
 
 

@@ -174,6 +174,21 @@ def test_check_bucket(s3_bucket, refused_port, count_connects, monkeypatch):
     assert connects.count == 1  # one request, no retries (botocore's would make 5 attempts)
 
 
+def test_check_bucket_asks_a_busy_endpoint_again(s3, s3_bucket, monkeypatch):
+    """One 503 SlowDown on the check's one request stopped a run before it began, "cannot be used": a
+    throttled endpoint is up. Busy answers are asked again twice, then said to be passing."""
+    from skymorph.testing.faulty_proxy import FaultyProxy
+
+    with FaultyProxy(s3.endpoint_url, p_503=1.0, p_drop=0) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        with pytest.raises(InputError, match=r"cannot be used \(.*\); the endpoint answered three times that it is busy or "
+                                             "down for the moment: run again later$"):
+            storage.check_bucket(f"{s3_bucket}/p", "--out")
+        assert proxy.counts.slow_down == 3
+        proxy.p_503 = 0.0
+        storage.check_bucket(f"{s3_bucket}/p", "--out")
+
+
 _PREFIX_ONLY_USER = """
 import json, os
 import boto3
