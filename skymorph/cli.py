@@ -643,6 +643,12 @@ def _environment_error(err: Exception, args) -> str | None:
                     message = f"{_argument_name(named[0][0])} {message}"
                 else:
                     message = f"{message} ({', '.join(s3_urls)})"
+            else:  # s3fs turns an HTTP status into an errno: EBUSY for 503 and SlowDown
+                import errno
+
+                busy = err.errno == errno.EBUSY
+                message = (f"S3 answered {message} to a request for {', '.join(s3_urls)}"
+                           + ("; the endpoint is busy or down for the moment: run the same command again later" if busy else ""))
         if isinstance(err, IsADirectoryError) and err.filename is not None:  # name the argument that gave it
             import os
 
@@ -663,7 +669,7 @@ def _text_arguments(args) -> list[tuple[str, str]]:
 
 def _argument_name(dest: str) -> str:
     """How the user wrote the argument stored as ``dest``: a positional by name, an option as its flag."""
-    return dest if dest in ("checkpoint", "catalog") else f"--{dest.replace('_', '-')}"
+    return dest if dest in ("checkpoint", "catalog", "table", "votes") else f"--{dest.replace('_', '-')}"
 
 
 if __name__ == "__main__":

@@ -375,3 +375,18 @@ def test_python_dash_m_skymorph_is_the_command(tmp_path):
     done = subprocess.run([sys.executable, "-m", "skymorph", "catalog", "info", str(tmp_path / "nothing")], capture_output=True,
                           text=True, check=False)
     assert done.returncode == 2 and done.stderr.startswith("skymorph: error: ") and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_an_s3_status_without_a_path_names_the_urls_and_what_to_do():
+    """s3fs turns a 503 into OSError(EBUSY, "Service Unavailable"), with no path: the one line said only
+    "[Errno 16] Service Unavailable"."""
+    import errno
+
+    from skymorph.cli import _environment_error, build_parser
+
+    args = build_parser().parse_args(["catalog", "info", "s3://cats/cat1"])
+    assert _environment_error(OSError(errno.EBUSY, "Service Unavailable"), args) == (
+        "S3 answered [Errno 16] Service Unavailable to a request for s3://cats/cat1; the endpoint is busy or down for the "
+        "moment: run the same command again later")
+    assert _environment_error(OSError(errno.EINVAL, "If-None-Match is not supported."), args) == (
+        "S3 answered [Errno 22] If-None-Match is not supported. to a request for s3://cats/cat1")
