@@ -33,6 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _provenance import provenance
+
 CENTRE = (150.0, 2.0)
 EXPORT_WHERE = "bald_total > {threshold!r}"
 CONE_RADIUS_ARCSEC = 3600.0
@@ -111,6 +113,7 @@ def main() -> None:
     parser.add_argument("--where", help=argparse.SUPPRESS)
     parser.add_argument("--out", help="results JSON (default: benchmarks/results/catalog.json, catalog_s3.json with --s3)")
     args = parser.parse_args()
+    ran = provenance()  # before the measurements: the load it records is the machine's at the start
     args.out = args.out or str(Path(__file__).parent / "results" / ("catalog_s3.json" if args.s3 else "catalog.json"))
     if args.child:
         print(json.dumps(_child(args.child, args.catalog, args.where)))
@@ -161,6 +164,7 @@ def main() -> None:
             shutil.rmtree(catalog, ignore_errors=True)
 
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    results["provenance"] = ran
     Path(args.out).write_text(json.dumps(results, indent=2))
     print(f"catalog: {results['rows']:,} rows x {results['columns']} columns, {results['partitions']} partitions, "
           f"{results['parts']} part files, {results['bytes_on_disk'] / 2**30:.2f} GiB; generated in "

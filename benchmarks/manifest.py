@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _provenance import provenance
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -45,6 +47,7 @@ def main() -> int:
     parser.add_argument("--per-second", type=int, default=1000, help="ranges finished per second (one flush)")
     parser.add_argument("--segments", type=int, default=1000, help="journal segments before a compaction")
     args = parser.parse_args()
+    ran = provenance()  # before the measurements: the load it records is the machine's at the start
 
     import tracemalloc
 
@@ -115,6 +118,7 @@ def main() -> int:
     print(f"driver memory: {held / args.ranges:.0f} B per finished range held, {read_back:.0f} B read back by a resume, "
           f"and {resume_index / args.ranges:.0f} B more per range in a resume's index")
     out = ROOT / "benchmarks" / "results" / "manifest.json"
+    result["provenance"] = ran
     out.write_text(json.dumps(result, indent=1))
     print(f"-> {out}")
     return 0

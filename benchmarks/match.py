@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _provenance import provenance
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -90,6 +92,7 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=300_000)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    ran = provenance()  # before the measurements: the load it records is the machine's at the start
     if args.child:
         print(json.dumps(_child(Path(args.child))))
         return 0
@@ -109,6 +112,7 @@ def main() -> int:
     print(f"{args.galaxies:>10} {args.tiles:>6} {args.rows:>8} {result['seconds']:>8} {result['peak_rss_mib']:>9} "
           f"{result['matched']:>8} {result['correct_ids']:>8} {result['other_ids_nearer']:>7}")
     out = ROOT / "benchmarks" / "results" / "match.json"
+    record["provenance"] = ran
     out.write_text(json.dumps(record, indent=1) + "\n")
     print(f"-> {out}")
     return 0

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _provenance import provenance
 
 _MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "68719476736"}
 
@@ -81,6 +82,7 @@ def main(argv=None) -> int:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "mc_dropout.json"))
     args = parser.parse_args(argv)
+    ran = provenance()  # before the measurements: the load it records is the machine's at the start
 
     if args.device == "cpu" and any(os.environ.get(k) != v for k, v in _MALLOC_ENV.items()):
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **_MALLOC_ENV})
@@ -179,6 +181,7 @@ def main(argv=None) -> int:
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    result["provenance"] = ran
     out.write_text(json.dumps(result, indent=2) + "\n")
 
     print(f"{net.arch}, T={t}, {spec.channels}x{spec.height}x{spec.width}, {args.threads} threads, device {device}; "

@@ -26,6 +26,7 @@ import tempfile
 import time
 
 import numpy as np
+from _provenance import provenance
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "pipeline.json")
 
@@ -100,11 +101,11 @@ def main() -> None:
     parser.add_argument("--skip-throughput", action="store_true", help="measure only the driver's memory")
     parser.add_argument("--skip-rss", action="store_true", help="measure only the throughput")
     args = parser.parse_args()
+    ran = provenance()  # before the measurements: the load it records is the machine's at the start
 
     from skymorph.testing import LocalS3
 
-    results: dict = {"cores": os.cpu_count(),
-                     "load_average_1min_at_end": os.getloadavg()[0]}
+    results: dict = {"cores": os.cpu_count()}
     with tempfile.TemporaryDirectory() as tmp, LocalS3() as s3:
         s3.apply_env()
         env = {**os.environ, **s3.env}
@@ -127,7 +128,7 @@ def main() -> None:
                                      "job_galaxies_per_s": n / job["seconds"], "job_seconds": job["seconds"],
                                      "ratio": n / job["seconds"] / bare,
                                      "in_task_engine_galaxies_per_s": n / job["stages"]["engine"],
-                                     "task_stage_seconds": job["stages"]}
+                                     "task_stage_seconds": job["stages"], "provenance": ran}
 
         if not args.skip_rss:
             small_model = os.path.join(tmp, "w20-32.onnx")
@@ -140,10 +141,10 @@ def main() -> None:
                 rss[count] = report
             results["driver_rss"] = {"per_tile": args.rss_per_tile, "tiles": {str(k): v["rss_mib"] for k, v in rss.items()},
                                      "seconds": {str(k): v["seconds"] for k, v in rss.items()},
-                                     "ratio": rss[args.rss_large]["rss_mib"] / rss[args.rss_small]["rss_mib"]}
+                                     "ratio": rss[args.rss_large]["rss_mib"] / rss[args.rss_small]["rss_mib"], "provenance": ran}
 
     os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
-    if os.path.exists(RESULTS):  # a section not measured this time keeps its last measurement
+    if os.path.exists(RESULTS):  # a section not measured this time keeps its last measurement, and its provenance
         with open(RESULTS) as fh:
             previous = json.load(fh)
         for section in ("throughput", "driver_rss"):

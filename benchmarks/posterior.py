@@ -26,6 +26,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import scipy  # noqa: E402
+from _provenance import provenance  # noqa: E402
 
 from skymorph.posterior import LIKELIHOODS, summarize  # noqa: E402
 from skymorph.schema import DECALS  # noqa: E402
@@ -53,6 +54,7 @@ def main() -> None:
     parser.add_argument("--volunteers", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
+    ran = provenance()  # before the measurements: the load it records is the machine's at the start
 
     load_at_start = os.getloadavg()[0]
     rows = []
@@ -109,6 +111,7 @@ def main() -> None:
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    result["provenance"] = ran
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {RESULTS}")
 

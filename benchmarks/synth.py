@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _provenance import provenance
+
 
 def _render_only(per_tile: int, size: int) -> dict:
     import numpy as np
@@ -44,6 +46,7 @@ def main() -> None:
     parser.add_argument("--workers", default="1,2", help="comma-separated worker counts (default 1,2)")
     parser.add_argument("--out", help="directory for the surveys (default: a temporary one, removed)")
     args = parser.parse_args()
+    ran = provenance()  # before the measurements: the load it records is the machine's at the start
 
     from skymorph import __version__
     from skymorph.survey import synthesize
@@ -88,6 +91,7 @@ def main() -> None:
     }
     out = Path(__file__).parent / "results" / "synth.json"
     out.parent.mkdir(exist_ok=True)
+    result["provenance"] = ran
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
 

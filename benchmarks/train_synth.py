@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+from _provenance import provenance
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -42,6 +44,7 @@ def main() -> int:
     parser.add_argument("--patience", type=int, default=5, help="epochs without better validation loss before stopping")
     parser.add_argument("--tag", default="", help="suffix of the results files, e.g. _long")
     args = parser.parse_args()
+    ran = provenance()  # before the measurements: the load it records is the machine's at the start
 
     from skymorph import cli
 
@@ -78,6 +81,7 @@ def main() -> int:
     result.update(epochs_run=len(history["epochs"]), best_epoch=history["best_epoch"])
     out = ROOT / "benchmarks" / "results" / f"train_synth{args.tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
+    result["provenance"] = ran
     out.write_text(json.dumps(result, indent=1))
     shutil.copyfile(evaluation / "coverage.png", out.with_name(f"train_synth{args.tag}_coverage.png"))
     print(f"-> {out}")
