@@ -159,12 +159,13 @@ def _peak_rss_mib() -> float:
 def _check_out(out: str, options: dict) -> None:
     """``--out`` must be new, empty or a catalog: a run never writes into, and ``--overwrite`` never
     deletes, a directory that holds anything else."""
-    from skymorph.storage import check_bucket, filesystem
+    from skymorph.storage import check_bucket, check_writable, filesystem
 
     check_bucket(out, "--out", options)
     fs, root = filesystem(out, options)
     if fs.isfile(root):
         raise CatalogError(f"--out {out!r} is a file; give a directory for the catalog")
+    check_writable(out, "--out", directory=True)  # a read-only disk: said now, in one line naming --out
     foreign = layout.foreign_entries(out, options)
     if foreign:
         raise CatalogError(
