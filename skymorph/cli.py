@@ -98,7 +98,7 @@ def _add_survey_commands(sub) -> None:
     synth.add_argument("--seed", type=int, default=0, help="random seed: same seed, same images, labels and truth on the same kind of CPU (default 0)")
     synth.add_argument("--schema", default="decals", help="decision tree of the simulated votes: gz2, decals or a JSON file (default decals)")
     synth.add_argument("--volunteers", type=float, default=40, help="mean volunteers per galaxy (default 40)")
-    synth.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    synth.add_argument("--workers", type=int, default=None, help="processes (default: the cores this process may use)")
     synth.add_argument("--healpix-order", type=int, default=5, help="HEALPix order of the tiles (default 5, ~1.8 deg)")
     synth.add_argument(
         "--footprint", type=float, nargs=4, metavar=("RA_MIN", "RA_MAX", "DEC_MIN", "DEC_MAX"),

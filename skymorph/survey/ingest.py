@@ -58,6 +58,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from skymorph.cores import usable_cores
 from skymorph.errors import InputError, check_int, error_text, first_line
 from skymorph.schema import get_schema
 from skymorph.storage import FITS_SUFFIXES, atomic_write_text, is_remote, join, read_bytes, write_parquet
@@ -393,7 +394,7 @@ def ingest(
     size = check_cutout_size(size, 8)
     tile_size = check_int("tile_size", "--tile-size", tile_size, 1)
     chunk_size = check_int("chunk_size", "--chunk-size", chunk_size, 1)
-    workers = min(8, os.cpu_count() or 1) if workers is None else check_int("workers", "--workers", workers, 1)
+    workers = min(8, usable_cores()) if workers is None else check_int("workers", "--workers", workers, 1)
     if pixel_scale_arcsec is not None and (isinstance(pixel_scale_arcsec, bool) or not isinstance(pixel_scale_arcsec, numbers.Real)
                                            or not math.isfinite(pixel_scale_arcsec) or pixel_scale_arcsec <= 0):
         raise InputError(f"pixel_scale_arcsec (--pixel-scale-arcsec) must be a finite number > 0, got {pixel_scale_arcsec!r}; "

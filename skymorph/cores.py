@@ -1,0 +1,56 @@
+"""How many cores this process may use: its CPU affinity, or its cgroup's CPU quota where that is fewer.
+
+Light (no Dask): ``survey synth`` and ``survey ingest`` size their pools by it, as ``skymorph run`` sizes
+its workers and engines (:mod:`skymorph.inference.cluster`).
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["cgroup_cpu_quota", "usable_cores"]
+
+
+def usable_cores() -> int:
+    """The cores this process may use, not all the machine's: its CPU affinity (which a batch system
+    narrows), or its cgroup's CPU quota where that is fewer (:func:`cgroup_cpu_quota`: a Kubernetes pod's
+    CPU limit leaves the affinity at every core of the node, and engines sized to those were throttled)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    quota = cgroup_cpu_quota()
+    return cores if quota is None else max(1, min(cores, int(quota)))  # rounded down, as Go's automaxprocs does
+
+
+def cgroup_cpu_quota(root: str = "/sys/fs/cgroup", membership: str = "/proc/self/cgroup") -> float | None:
+    """The CPUs this process's cgroup may use per period, or None without a quota: cgroup v2's
+    ``cpu.max`` (``"400000 100000"``: 4; ``"max 100000"``: none) or v1's ``cpu.cfs_quota_us`` over
+    ``cpu.cfs_period_us`` (quota -1: none), in the process's own cgroup (``membership``) under ``root``, or
+    at ``root`` itself (a container's namespace). None too where none of them can be read."""
+    try:
+        with open(membership) as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return None
+    candidates = []
+    for line in lines:
+        hierarchy, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        relative = path.lstrip("/")
+        if hierarchy == "0" and controllers == "":
+            candidates += [("v2", os.path.join(root, relative)), ("v2", root)]
+        elif "cpu" in controllers.split(","):
+            for mount in ("cpu", "cpu,cpuacct", "cpuacct,cpu"):
+                candidates += [("v1", os.path.join(root, mount, relative)), ("v1", os.path.join(root, mount))]
+    for version, directory in candidates:
+        try:
+            if version == "v2":
+                with open(os.path.join(directory, "cpu.max")) as fh:
+                    quota, period = (fh.read().split() + ["100000"])[:2]
+                return None if quota == "max" else int(quota) / int(period)
+            with open(os.path.join(directory, "cpu.cfs_quota_us")) as fh, open(os.path.join(directory, "cpu.cfs_period_us")) as gh:
+                quota, period = int(fh.read()), int(gh.read())
+            return None if quota < 0 else quota / period
+        except (OSError, ValueError, ZeroDivisionError):
+            continue
+    return None
