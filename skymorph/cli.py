@@ -134,7 +134,10 @@ def _cmd_survey_synth(args) -> int:
 
 def _add_ingest_command(survey_sub) -> None:
     """``skymorph survey ingest`` (called from _add_survey_commands)."""
-    ingest = survey_sub.add_parser("ingest", help="ingest JPEG/PNG/FITS cutouts listed in a CSV into tile stores")
+    ingest = survey_sub.add_parser("ingest", help="ingest JPEG/PNG/FITS cutouts listed in a CSV into tile stores",
+                                   description="Ingest JPEG/PNG/FITS cutouts listed in a CSV into tile stores. Exits 1 when some "
+                                   "files could not be read: they are named on stderr and in OUT/ingest_failures.csv, and the "
+                                   "survey of the others is written.")
     ingest.add_argument("--catalog", required=True, metavar="CSV", help="CSV with file (relative to the CSV), object id, optional ra, dec, label, split")
     ingest.add_argument("--out", required=True, metavar="URL", help="output location (local path or s3://bucket/prefix)")
     ingest.add_argument("--size", type=_positive_int, default=128, help="output cutout size in pixels (default 128)")
@@ -516,7 +519,7 @@ def _cmd_catalog_pick(args) -> int:
         print(f"skymorph: warning: picked {batch.num_rows}, not --n {args.n}: only {batch.num_rows} galaxies have a "
               f"{'positive ' if args.strategy == 'power' else ''}score{' and are not in --exclude' if args.exclude else ''}",
               file=sys.stderr)
-    if args.gallery:
+    if args.gallery and batch.num_rows:  # an empty batch is written without one
         drawn = min(batch.num_rows, MAX_GALAXIES)
         print(f"gallery -> {args.gallery}" + (f" (the first {drawn} of {batch.num_rows})" if drawn < batch.num_rows else ""))
     return 0 if batch.num_rows else 1  # an empty batch written, but nothing to hand out: a script must not go on
