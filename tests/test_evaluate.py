@@ -155,10 +155,33 @@ def test_truth_rows_are_aligned_by_object_id_whatever_their_order(tmp_path):
     columns = {f"{c}_true": np.arange(5, dtype=np.float64) + 10 * k for k, c in enumerate(GZ2.answer_columns)}
     ids = np.array([50, 10, 40, 20, 30], dtype=np.int64)  # shuffled, with one galaxy not asked for (40)
     write_parquet(pa.table({"object_id": ids, **columns}), str(tmp_path / "truth.parquet"))
-    got = _read_truth(str(tmp_path / "truth.parquet"), np.array([20, 50, 30, 10]), GZ2, None)
+    got = _read_truth(str(tmp_path / "truth.parquet"), _galaxies([20, 50, 30, 10]), GZ2, None)
     assert got[:, 0].tolist() == [3.0, 0.0, 4.0, 1.0] and got[:, 1].tolist() == [13.0, 10.0, 14.0, 11.0]
     with pytest.raises(InputError, match="has no row for object_id 60"):
-        _read_truth(str(tmp_path / "truth.parquet"), np.array([20, 60, 70]), GZ2, None)
+        _read_truth(str(tmp_path / "truth.parquet"), _galaxies([20, 60, 70]), GZ2, None)
+
+
+def _galaxies(ids, tile=None, row=None):
+    """What _read_truth reads of the labels: their ids, and where they say each image is."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(object_id=np.array(ids, dtype=np.int64), tile=None if tile is None else np.array(tile, dtype=object),
+                           row=None if row is None else np.array(row, dtype=np.int64))
+
+
+def test_another_survey_s_truth_is_refused_where_it_puts_a_galaxy_elsewhere(tmp_path):
+    """Synthetic surveys all number their galaxies from 0: evaluate --truth of another survey scored the
+    model against other galaxies' true fractions, exit 0."""
+    from skymorph.trainer.evaluate import _read_truth
+
+    columns = {f"{c}_true": np.full(3, 0.5) for c in GZ2.answer_columns}
+    write_parquet(pa.table({"object_id": np.arange(3), "tile": ["hpx5_06879"] * 3, "row": np.arange(3), **columns}),
+                  str(tmp_path / "truth.parquet"))
+    assert _read_truth(str(tmp_path / "truth.parquet"), _galaxies([0, 2], ["hpx5_06879"] * 2, [0, 2]), GZ2, None).shape == (2, len(GZ2.answer_columns))
+    assert _read_truth(str(tmp_path / "truth.parquet"), _galaxies([0, 2], [None, None], [-1, -1]), GZ2, None).shape == (2, len(GZ2.answer_columns))
+    with pytest.raises(InputError, match=r"^truth table .* puts object_id 2 at tile 'hpx5_06879', row 2, where the labels have "
+                                         r"tile 'hpx5_07814', row 2 \(0 more like it\): it is another survey's truth"):
+        _read_truth(str(tmp_path / "truth.parquet"), _galaxies([0, 2], ["hpx5_06879", "hpx5_07814"], [0, 2]), GZ2, None)
 
 
 def test_bad_seed_samples_and_volunteers_are_refused_before_reading(tmp_path):

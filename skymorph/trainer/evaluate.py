@@ -36,7 +36,7 @@ import numpy as np
 
 from skymorph.errors import InputError
 from skymorph.storage import atomic_write_bytes, atomic_write_text, check_new, join, read_parquet, write_parquet
-from skymorph.tables import index_in
+from skymorph.tables import index_in, locations
 from skymorph.trainer.labels import labels_schema, split_kind
 
 __all__ = ["evaluate", "predict", "dihedral", "coverage", "EvaluationReport", "COVERAGE_LEVELS", "OUTPUT_FILES"]
@@ -169,17 +169,29 @@ def _question_metrics(fractions: np.ndarray, votes: np.ndarray, schema, truth: n
     return metrics
 
 
-def _read_truth(url: str, object_id: np.ndarray, schema, storage_options) -> np.ndarray:
-    """(B, A) true fractions from ``{q}_{a}_true`` columns, aligned to ``object_id``."""
+def _read_truth(url: str, labels, schema, storage_options) -> np.ndarray:
+    """(B, A) true fractions from ``{q}_{a}_true`` columns, aligned to the ``labels``' galaxies. Where both
+    say where each galaxy's image is (``tile`` and ``row``), they must agree: synthetic surveys all number
+    their galaxies from 0, and another survey's truth scored against other galaxies without a word."""
     table = read_parquet(url, storage_options)
     columns = [f"{c}_true" for c in schema.answer_columns]
     missing = [c for c in columns + ["object_id"] if c not in table.column_names]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise InputError(f"truth table {url!r} lacks {missing[0]!r}{more} for schema {schema.name!r}")
-    rows = index_in(table.column("object_id").to_numpy(), object_id)
+    rows = index_in(table.column("object_id").to_numpy(), labels.object_id)
     if (rows < 0).any():
-        raise InputError(f"truth table {url!r} has no row for object_id {int(object_id[np.argmax(rows < 0)])}")
+        raise InputError(f"truth table {url!r} has no row for object_id {int(labels.object_id[np.argmax(rows < 0)])}")
+    true_tile, true_row = locations(table)
+    if true_tile is not None and labels.tile is not None:
+        said = (labels.tile != None) & (true_tile[rows] != None)  # noqa: E711 -- rows that name a tile on both sides
+        apart = np.flatnonzero(said & ((labels.tile != true_tile[rows]) | ((labels.row >= 0) & (labels.row != true_row[rows]))))
+        if len(apart):
+            i = int(apart[0])
+            raise InputError(
+                f"truth table {url!r} puts object_id {int(labels.object_id[i])} at tile {true_tile[rows[i]]!r}, row "
+                f"{int(true_row[rows[i]])}, where the labels have tile {labels.tile[i]!r}, row {int(labels.row[i])} "
+                f"({len(apart) - 1} more like it): it is another survey's truth; give the survey's own truth.parquet")
     values = np.stack([table.column(c).to_numpy() for c in columns], axis=1).astype(np.float64)
     return values[rows]
 
@@ -327,7 +339,7 @@ def evaluate(
     if images.shape[1:] != tuple(meta.input.shape):
         raise InputError(f"checkpoint {checkpoint!r} takes {meta.input.shape} images but tiles {tiles!r} hold {images.shape[1:]}; "
                          "give the tiles it was trained on (or ingested at its size)")
-    true = _read_truth(truth, table.object_id, schema, storage_options) if truth else None  # before the slow part
+    true = _read_truth(truth, table, schema, storage_options) if truth else None  # before the slow part
 
     outputs = predict(model, images, samples, seed, batch_size, progress, tta=tta)
     summary = summarize(outputs, schema, likelihood=meta.likelihood, n_volunteers=n_volunteers)
