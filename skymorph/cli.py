@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from contextlib import contextmanager
 
 from skymorph.errors import SkymorphError, first_line
@@ -249,7 +250,23 @@ def _cmd_train(args) -> int:
         overwrite=args.overwrite, storage_options=_storage_options(args),
     )
     _check_writable(args.out, "--out", args)
-    print(train(config))
+    started = time.time()
+    try:
+        print(train(config))
+    except KeyboardInterrupt:  # an epoch this run finished is saved: say how to go on from it
+        from skymorph.storage import filesystem
+        from skymorph.trainer.loop import last_checkpoint_path
+
+        last = last_checkpoint_path(args.out)
+        fs, path = filesystem(last, config.storage_options)
+        try:
+            saved = fs.modified(path).timestamp() >= started  # not an earlier run's, which --overwrite leaves until then
+        except (OSError, NotImplementedError):
+            saved = False
+        if saved:
+            print(f"skymorph: the last finished epoch is saved: continue with `skymorph train --resume {last}` and the "
+                  "same --tiles, --labels and --out", file=sys.stderr)
+        raise
     return 0
 
 

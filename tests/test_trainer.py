@@ -1159,3 +1159,25 @@ def test_resume_needs_the_last_checkpoint_of_an_unfinished_schedule(tmp_path):
     assert f"--resume {done.checkpoint!r} is a best-epoch checkpoint" in message, message
     assert f"the .last checkpoint of the run (the one beside it is {done.last_checkpoint!r})" in message, message
     assert not (tmp_path / "f.pt").exists()
+
+
+def test_ctrl_c_during_training_says_how_to_resume(tmp_path):
+    """An interrupted train said only "skymorph: interrupted", though its last finished epoch is saved."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    tiles, labels = write_ring_survey(str(tmp_path))
+    out = tmp_path / "model.ckpt"
+    process = subprocess.Popen([sys.executable, "-m", "skymorph", "train", "--tiles", tiles, "--labels", labels, "--out", str(out),
+                                "--epochs", "400", "--threads", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    last = tmp_path / "model.last.ckpt"
+    deadline = time.monotonic() + 120
+    while not last.exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err[-2000:]
+    assert err.rstrip().endswith(f"skymorph: the last finished epoch is saved: continue with `skymorph train --resume {last}` and "
+                                 "the same --tiles, --labels and --out\nskymorph: interrupted"), err[-2000:]
