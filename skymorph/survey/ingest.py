@@ -415,21 +415,33 @@ def ingest(
             return None, _reason(err)  # reported by name and skipped; every file failing stops the ingest below
 
     files = table["file"].astype(str).tolist()
+    # each image goes into one array as it comes, and its decoded copy is freed: a list of them, then
+    # np.stack, held every cutout twice (2.6 times the survey's bytes at the peak)
+    images, shapes, sides, stretched, failures = None, set(), [], [], []
+    ok = np.zeros(len(files), dtype=bool)
+    object_ids = table["object_id"].to_numpy()
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        decoded = list(progress_bar(pool.map(load, files), total=len(files), desc="decoding", unit="image", disable=not progress))
-    failures = [(f, int(oid), reason) for f, oid, (_, reason) in zip(files, table["object_id"], decoded) if reason]
+        decoded = progress_bar(pool.map(load, files), total=len(files), desc="decoding", unit="image", disable=not progress)
+        for i, (result, reason) in enumerate(decoded):
+            if reason is not None:
+                failures.append((files[i], int(object_ids[i]), reason))
+                continue
+            image, side, was_stretched = result
+            shapes.add(image.shape)
+            if images is None:  # pages are touched as images fill them: the unread rest costs nothing
+                images = np.empty((len(files), *image.shape), dtype=np.uint8)
+            if image.shape == images.shape[1:]:
+                images[len(sides)] = image
+            ok[i] = True
+            sides.append(side)
+            stretched.append(was_stretched)
     for file, oid, reason in failures:
         print(f"skymorph: warning: skipped {file} (object_id {oid}): {reason}", file=sys.stderr)
-    ok = np.array([reason is None for _, reason in decoded])
     if not ok.any():
         raise InputError(f"none of the {len(files)} cutouts of {catalog_csv!r} could be read; first: {failures[0][0]}: {failures[0][2]}")
-    images = [result[0] for result, reason in decoded if reason is None]
-    sides = np.array([result[1] for result, reason in decoded if reason is None])
-    stretched = np.array([result[2] for result, reason in decoded if reason is None])
-    shapes = {img.shape for img in images}
     if len(shapes) > 1:
         raise InputError(f"cutouts of {catalog_csv!r} decode to different band counts {sorted(shapes)}; use --bands mean")
-    images = np.stack(images)
+    images, sides, stretched = images[: len(sides)], np.array(sides), np.array(stretched)
     kept = table[ok].reset_index(drop=True)
     placeholder = "ra" not in kept.columns
     ra = np.zeros(len(kept)) if placeholder else kept["ra"].to_numpy(np.float64)
