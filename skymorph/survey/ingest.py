@@ -380,6 +380,9 @@ def ingest(
     ``pixel_scale_arcsec`` is that of the input cutouts; each tile records the scale of its resized
     pixels (module docstring), or 1.0 flagged ``pixel_scale_is_placeholder`` when the scale is unknown.
     Files that cannot be read are warned about on stderr, listed in ``ingest_failures.csv`` and skipped.
+    Every decoded cutout is held in memory until the tiles are written (n x C x size^2 bytes: 15 GB for
+    300,000 of 3 x 128 x 128), as the tiles are cut in sky order: split a larger catalog into several
+    ingests, each its own ``out``, and list their tiles together.
     An ``out`` that already holds a survey is refused unless ``overwrite``, which replaces it: the old
     survey is removed once the new one's cutouts are decoded and its labels table built, just before
     the new tiles are written (a write that fails then leaves neither).
