@@ -67,6 +67,13 @@ def test_stale_locks_are_taken_over(tmp_path):
     _holder(catalog, host="elsewhere.example", heartbeat=time.time() - 5)  # another host, alive
     with pytest.raises(CatalogError, match="host elsewhere.example"):
         DriverLock(catalog).check()
+    # this host's name, another PID namespace (containers with the host's network): its pid says nothing here,
+    # and a live driver whose pid this namespace does not have was taken over
+    _holder(catalog, pid=dead.pid, pid_namespace=1)
+    with pytest.raises(CatalogError, match=f"host {socket.gethostname()}, pid {dead.pid}"):
+        DriverLock(catalog).check()
+    _holder(catalog, pid=dead.pid, pid_namespace=os.stat("/proc/self/ns/pid").st_ino)  # this namespace: gone
+    DriverLock(catalog).check()
 
 
 def test_release_leaves_a_lock_taken_over_by_another_driver(tmp_path):

@@ -6,7 +6,8 @@ names its holder (host, pid, session, heartbeat time), is created only where non
 link locally, a conditional PUT on S3: of two drivers started at once, one wins), and a background
 thread rewrites the heartbeat every ``heartbeat_s``. A lock is stale, and taken over, when its
 heartbeat is older than ``stale_after_s`` (the holder died or lost the bucket) or when its holder ran
-on this host and that pid is gone (a killed local driver does not block its own rerun). Taking over
+on this host, in this PID namespace, and that pid is gone (a killed local driver does not block its
+own rerun). Taking over
 is remove-then-create, which is not exclusive: a driver that took over reads the lock again after a
 moment and gives way unless it is still its own, but one that created the lock in the instant
 between another's remove and create may go on beside it. Drivers therefore read the lock before
@@ -48,11 +49,23 @@ class LockHolder:
     session: str
     started: float
     heartbeat: float
+    pid_namespace: int | None = None  # None: a lock of an older skymorph, or not Linux
 
     def is_stale(self, now: float, stale_after_s: float) -> bool:
         if now - self.heartbeat > stale_after_s:
             return True
-        return self.host == socket.gethostname() and not _pid_alive(self.pid)
+        # its pid says something only where it is this process's namespace's: containers sharing the host's
+        # name (host networking) each have their own, where a live driver's pid reads as gone
+        same_pids = self.pid_namespace is None or self.pid_namespace == _pid_namespace()
+        return self.host == socket.gethostname() and same_pids and not _pid_alive(self.pid)
+
+
+def _pid_namespace() -> int | None:
+    """This process's PID namespace (the inode of ``/proc/self/ns/pid``), None where there is none to read."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
 
 
 def _pid_alive(pid: int) -> bool:
@@ -75,7 +88,9 @@ def _read_holder(url: str, storage_options: dict | None) -> LockHolder | None:
 def _parse_holder(text: str | bytes) -> LockHolder | None:
     try:
         data = json.loads(text)
-        return LockHolder(str(data["host"]), int(data["pid"]), str(data["session"]), float(data["started"]), float(data["heartbeat"]))
+        namespace = data.get("pid_namespace")
+        return LockHolder(str(data["host"]), int(data["pid"]), str(data["session"]), float(data["started"]), float(data["heartbeat"]),
+                          None if namespace is None else int(namespace))
     except (ValueError, KeyError, TypeError):
         return None  # unreadable: no lock (a live driver's lock is read whole, except for an instant after its create on a
         # filesystem without hard links; a driver that took it over then is stopped by check_held's next read)
@@ -201,7 +216,7 @@ class DriverLock:
         )
 
     def _record(self) -> bytes:
-        holder = LockHolder(socket.gethostname(), os.getpid(), self.session, self._started, time.time())
+        holder = LockHolder(socket.gethostname(), os.getpid(), self.session, self._started, time.time(), _pid_namespace())
         return json.dumps(asdict(holder)).encode()
 
     def _beat(self) -> None:
