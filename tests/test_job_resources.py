@@ -274,3 +274,18 @@ def test_a_cgroup_cpu_quota_bounds_the_cores_an_engine_is_given(tmp_path):
     assert quota("0::/\n", {}) is None  # nothing to read: no quota known
     assert cgroup_cpu_quota(str(tmp_path / "none"), str(tmp_path / "no-such-file")) is None
     assert 1 <= usable_cores() <= len(os.sched_getaffinity(0))
+
+
+def test_local_workers_do_not_log_a_heartbeat_that_met_their_scheduler_closing():
+    """About one run in 12 printed distributed.worker's 25-line "Failed to communicate with scheduler during
+    heartbeat" traceback as the LocalCluster closed, after a run that succeeded. Other records pass."""
+    import logging
+
+    from skymorph.inference.cluster import _closing_heartbeat
+
+    def record(message: str) -> logging.LogRecord:
+        return logging.LogRecord("distributed.worker", logging.ERROR, __file__, 1, message, None, None)
+
+    assert not _closing_heartbeat(record("Failed to communicate with scheduler during heartbeat."))
+    assert _closing_heartbeat(record("Unexpected exception during heartbeat. Closing worker."))
+    assert _closing_heartbeat(record("Compute Failed"))

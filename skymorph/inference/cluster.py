@@ -287,11 +287,19 @@ def _quiet_client_log():
             logger.setLevel(level)
 
 
+def _closing_heartbeat(record) -> bool:
+    """A logging filter: False for ``distributed.worker``'s "Failed to communicate with scheduler during
+    heartbeat" (with its traceback), which a LocalCluster's worker logs when its scheduler closes first."""
+    return not record.getMessage().startswith("Failed to communicate with scheduler during heartbeat")
+
+
 class LeaveInterruptToDriver(WorkerPlugin):
     """Ctrl-C is the driver's to handle in a LocalCluster's worker processes. It reaches the terminal's whole
     process group: the driver stops the run and closes the cluster, where each worker would also die of its
     own KeyboardInterrupt with a traceback. So workers (and any restarted later) ignore SIGINT, and do not
-    warn of the task the closing cluster cancels under them (the one warning of that logger)."""
+    warn of the task the closing cluster cancels under them (the one warning of that logger), nor log the
+    traceback of a heartbeat that met the scheduler closing first (about one run in 12 on a busy machine:
+    the scheduler lives in the driver's process, which reports its loss itself)."""
 
     def setup(self, worker) -> None:
         import logging
@@ -299,5 +307,6 @@ class LeaveInterruptToDriver(WorkerPlugin):
         import threading
 
         logging.getLogger("distributed.worker.state_machine").setLevel(logging.ERROR)
+        logging.getLogger("distributed.worker").addFilter(_closing_heartbeat)
         if threading.current_thread() is threading.main_thread():  # the worker's event loop runs there
             signal.signal(signal.SIGINT, signal.SIG_IGN)
