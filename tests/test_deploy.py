@@ -644,8 +644,9 @@ def test_skymorph_run_on_slurm_submits_a_worker_job_and_cancels_it_at_the_end(tm
     job of 2 processes every 3 s, for as long as the queue held it: dask/distributed#7019); its workers join
     the in-flight window; the catalog is exact; and the job is cancelled when the run ends, leaving no worker
     behind. With ``--overwrite``, the old catalog stays until a worker job has started: the driver submits
-    the first job itself (the cluster submits jobs only for tasks, and none is submitted before), and a job
-    that never leaves the queue within ``--worker-timeout`` changes nothing."""
+    the first job itself (the cluster submits jobs only for tasks, and none is submitted before), which is
+    kept, idle, until the tasks come (it was closed after 3 s and another queued); a job that never leaves
+    the queue within ``--worker-timeout`` changes nothing."""
     import sys
 
     from jobhelpers import assert_exact, make_tiles
@@ -677,8 +678,17 @@ def test_skymorph_run_on_slurm_submits_a_worker_job_and_cancels_it_at_the_end(tm
     assert len(stuck.submitted()) == 1 and set(stuck.cancelled()) == set(stuck.submitted())
     assert_exact(catalog, tiny_model, tiles, n_volunteers=20)
 
-    slurm = FakeSlurm.create(tmp_path / "slurm", queue_wait_s=5)
+    slurm = FakeSlurm.create(tmp_path / "slurm", queue_wait_s=3)
     monkeypatch.setenv("PATH", f"{slurm.bin}{os.pathsep}{os.environ['PATH']}")
+    from skymorph.catalog import layout
+
+    remove_catalog = layout.remove_catalog
+
+    def slow_removal(*args, **kwargs):  # as a large catalog on S3 takes: the job the driver asked for sits idle
+        time.sleep(8)
+        remove_catalog(*args, **kwargs)
+
+    monkeypatch.setattr(layout, "remove_catalog", slow_removal)
     try:
         code = main([*on_slurm, "--worker-timeout", "120"])
     finally:

@@ -26,7 +26,8 @@ of them is processing a task: the scheduler offers busy jobs too when every job 
 on two jobs, a target of 2 workers). A job that had a worker connected and has had none for ``ended_after_s`` (its
 workers retired or died, including a job one of whose workers never started) is dropped from the
 cluster's plan, so that the next check submits its replacement. Closing the cluster still cancels every
-job.
+job. A job started before the scheduler has had any task (``skymorph run --overwrite`` asks for one, to
+see a worker before it removes the old catalog) is kept until tasks come, not closed as idle.
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ class JobAdaptive(Adaptive):
         # by job name, which comes back for the next job once its job is dropped (SpecCluster numbers jobs
         # from the lowest free number): hence the job object, to tell the two apart
         self._jobs: dict[str, _Job] = {}
+        self._had_work = False  # whether the scheduler has asked for a worker yet
         super().__init__(*args, **kwargs)
 
     def _workers_of(self, job: str) -> set[str]:
@@ -78,6 +80,7 @@ class JobAdaptive(Adaptive):
         return {f"{job}{suffix}" for suffix in spec["group"]} if "group" in spec else {job}
 
     async def recommendations(self, target: int) -> dict:
+        self._had_work = self._had_work or target > 0
         observed, now = self.observed, time.monotonic()
         connected: set[str] = set()  # workers of the jobs now planned that are connected
         ended = []
@@ -107,6 +110,8 @@ class JobAdaptive(Adaptive):
                 del self.close_counts[name]
         if recommendation["status"] != "down":
             return recommendation
+        if not self._had_work:  # a job started before any task (run --overwrite asks for one): kept for the tasks
+            return {"status": "same"}
         # Adaptive also offers workers not connected (queued, retired, restarting), whose job it would cancel;
         # the scheduler offers busy jobs too (it only prefers idle ones); and a job's workers, connected at
         # different checks, reach wait_count apart, while closing one cancels the whole job

@@ -526,7 +526,7 @@ def run_survey(config: RunConfig) -> RunReport:
                     if config.overwrite:
                         if slurm is not None and not client.cluster.worker_spec:
                             # an adaptive SLURM cluster submits worker jobs only for tasks, and none is submitted
-                            # yet: one job now, which the tasks then keep
+                            # yet: one job now, which JobAdaptive keeps for the tasks
                             client.cluster.scale(jobs=1)
                         wait_for_workers(client, resources, config.worker_timeout, not spec.joins_running_scheduler)
                 _remove_for_overwrite(config, lock, options)
