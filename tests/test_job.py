@@ -163,12 +163,14 @@ def test_a_tile_rewritten_with_other_rows_since_its_first_range_fails_instead_of
 
 def test_a_survey_moved_since_the_catalog_ran_is_refused_instead_of_run_twice(tmp_path, tiny_model):
     """The manifest knows tiles by URL: the same tiles listed from a copy of the survey ran again under new
-    part names, and the catalog held every galaxy twice, exit 0. A new tile of another name still runs."""
+    part names, and the catalog held every galaxy twice, exit 0. Tiles of a new name, or of an old name and
+    size with other galaxies (a second ingest's ingest_00000), still run; a survey moved away, its old tiles
+    gone, is known by name and size alone."""
     import shutil
 
     from skymorph.errors import CatalogError
     from skymorph.inference.job import RunConfig, run_survey
-    from skymorph.tiles import write_tile_list
+    from skymorph.tiles import open_tile, write_tile, write_tile_list
 
     tiles = make_tiles(str(tmp_path / "survey"), n_tiles=2, per_tile=30)
     catalog = str(tmp_path / "catalog")
@@ -178,7 +180,7 @@ def test_a_survey_moved_since_the_catalog_ran_is_refused_instead_of_run_twice(tm
     moved = [url.replace(str(tmp_path / "survey"), str(tmp_path / "moved")) for url in tiles]
     write_tile_list(str(tmp_path / "moved" / "tiles.txt"), moved)
     before = sorted(os.listdir(layout.dataset_url(catalog)))
-    with pytest.raises(CatalogError, match=rf"^tile {re.escape(repr(moved[0]))} has the name and row count of "
+    with pytest.raises(CatalogError, match=rf"^tile {re.escape(repr(moved[0]))} has the name, row count and first and last galaxies of "
                                            rf"{re.escape(repr(tiles[0]))}, which this catalog ran and the tile list no longer "
                                            "names: is it the survey moved or copied"):
         run_survey(replace(config, tiles=str(tmp_path / "moved" / "tiles.txt")))
@@ -187,6 +189,17 @@ def test_a_survey_moved_since_the_catalog_ran_is_refused_instead_of_run_twice(tm
     extra = make_tiles(str(tmp_path / "more"), n_tiles=3, per_tile=30, seed=1)[2]  # t002: a name the catalog has not run
     write_tile_list(str(tmp_path / "both.txt"), [*tiles, extra])
     assert run_survey(replace(config, tiles=str(tmp_path / "both.txt"))).total_rows == 90
+    first = open_tile(tiles[0])
+    other = str(tmp_path / "other" / "tiles" / "t000.zarr")  # t000 again, 30 rows, other galaxies
+    write_tile(other, first.read_images(), first.read_coords()[0] + 7_000_000, *first.read_coords()[1:], survey="test", bands=["r"],
+               pixel_scale_arcsec=0.262, stretch="asinh", resize="none")
+    write_tile_list(str(tmp_path / "other.txt"), [other])
+    assert run_survey(replace(config, tiles=str(tmp_path / "other.txt"))).total_rows == 120
+
+    shutil.rmtree(tmp_path / "survey")  # moved, not copied
+    with pytest.raises(CatalogError, match=rf"^tile {re.escape(repr(moved[0]))} has the name and row count of "
+                                           rf"{re.escape(repr(tiles[0]))}, which this catalog ran"):
+        run_survey(replace(config, tiles=str(tmp_path / "moved" / "tiles.txt")))
 
 
 def test_a_model_of_one_sample_scores_every_galaxy_0_and_pick_says_so(tmp_path, capsys):

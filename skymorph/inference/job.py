@@ -415,21 +415,39 @@ def _check_moved_tiles(tiles: list[str], manifest, options: dict) -> None:
     """The manifest knows tiles by URL: a tile list naming the catalog's tiles at new URLs (the survey
     moved, or copied to S3, since) ran every tile again under new part names, every galaxy twice. Refused
     when a listed tile that the catalog has not run has the name (:func:`~skymorph.tiles.tile_name`) and
-    row count of one it ran from a URL no longer listed. Only such tiles are opened."""
+    row count of one it ran from a URL no longer listed, and, where that one can still be read, the same
+    first and last object ids (another ingest's ``ingest_00000`` extending the catalog has others). Only
+    such tiles are opened."""
+    from skymorph.errors import TileError
     from skymorph.tiles import open_tile, tile_name
 
     listed, ran = set(tiles), {}
     for record in manifest.ranges.values():
         if record.tile not in listed:
-            ran.setdefault(tile_name(record.tile), (record.tile, record.n))
+            ran.setdefault(tile_name(record.tile), {})[record.tile] = record.n
     done = {record.tile for record in manifest.ranges.values()}
+
+    def ends(tile) -> tuple:
+        return (int(tile.read_coords(0, 1)[0][0]), int(tile.read_coords(tile.n - 1)[0][0])) if tile.n else ()
+
     for url in tiles:
-        old = ran.get(tile_name(url)) if url not in done else None
-        if old is not None and open_tile(url, options).n == old[1]:
+        if url in done or tile_name(url) not in ran:
+            continue
+        new = open_tile(url, options)
+        for old_url, n in ran[tile_name(url)].items():
+            if new.n != n:
+                continue
+            try:
+                if ends(open_tile(old_url, options)) != ends(new):
+                    continue  # another tile of the same name and size
+                alike = "name, row count and first and last galaxies"
+            except (TileError, OSError):
+                alike = "name and row count"  # the old one is gone (moved): all there is to go by
             raise CatalogError(
-                f"tile {url!r} has the name and row count of {old[0]!r}, which this catalog ran and the tile list no "
-                "longer names: is it the survey moved or copied? Then give the tile list the catalog was made with "
-                "(a catalog knows its tiles by URL); else run these tiles into a new catalog, or this one with --overwrite")
+                f"tile {url!r} has the {alike} of {old_url!r}, which this catalog ran and the tile list no longer names: "
+                "is it the survey moved or copied? Then give the tile list the catalog was made with (a catalog knows its "
+                "tiles by URL); to extend the catalog with other tiles, list them with the old ones; else run these tiles "
+                "into a new catalog, or this one with --overwrite")
 
 
 def _remove_for_overwrite(config: RunConfig, lock, options: dict) -> None:
