@@ -260,10 +260,11 @@ def _cmd_train(args) -> int:
         last = last_checkpoint_path(args.out)
         fs, path = filesystem(last, config.storage_options)
         try:
-            saved = fs.modified(path).timestamp() >= started  # not an earlier run's, which --overwrite leaves until then
+            # this run's, or the one it resumed from; not an earlier run's, which --overwrite leaves until then
+            saved = bool(args.resume) or fs.modified(path).timestamp() >= started
         except (OSError, NotImplementedError):
             saved = False
-        if saved:
+        if saved and fs.exists(path):
             print(f"skymorph: the last finished epoch is saved: continue with `skymorph train --resume {last}` and the "
                   "same --tiles, --labels and --out", file=sys.stderr)
         raise
@@ -663,7 +664,7 @@ def _environment_error(err: Exception, args) -> str | None:
                     message = f"{_argument_name(named[0][0])} {message}"
                 else:
                     message = f"{message} ({', '.join(s3_urls)})"
-            else:  # s3fs turns an HTTP status into an errno: EBUSY for 503 and SlowDown
+            elif getattr(err.__cause__, "response", None):  # s3fs turned S3's answer into an errno: EBUSY for 503, SlowDown
                 import errno
 
                 busy = err.errno == errno.EBUSY

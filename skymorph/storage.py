@@ -591,7 +591,7 @@ def check_writable(url: str, what: str, *, directory: bool = False) -> None:
     if not os.path.isdir(parent):
         raise InputError(f"cannot write to {what} {url!r}: {parent!r} is a file, not a directory")
     try:
-        handle, probe = tempfile.mkstemp(prefix=".skymorph-probe-", dir=parent)
+        handle, probe = tempfile.mkstemp(prefix=".skymorph-probe-", suffix=".tmp", dir=parent)  # a temporary name, if left
     except OSError as err:
         raise InputError(
             f"cannot write to {what} {url!r}: cannot create files in {parent!r} ({err.strerror or err}); "

@@ -120,6 +120,9 @@ def test_exclude_reads_every_table_the_labels_may_be(catalog, full, tmp_path):
     pd.DataFrame({"galaxy_id": top[20:25]}).to_csv(tmp_path / "done.txt", index=False)
     files = [str(tmp_path / name) for name in ("done.fits", "done.csv.gz", "done.txt")]
     assert pick(catalog, 5, exclude=files, exclude_id_column="galaxy_id")["object_id"].to_pylist() == top[25:30]
+    # a column named 0 (pandas' name for a Series' values) is a name in Parquet, not a CSV's missing header
+    pd.Series(top[:5]).to_frame().to_parquet(tmp_path / "done.parquet")
+    assert pick(catalog, 5, exclude=str(tmp_path / "done.parquet"), exclude_id_column="0")["object_id"].to_pylist() == top[5:10]
 
 
 def test_a_batch_in_every_format_pick_writes_reads_back_as_an_exclude(catalog, full, tmp_path):

@@ -76,7 +76,7 @@ def test_properties_round_trip_and_hats_reads_them(tmp_path):
 
 
 @pytest.mark.parametrize("schema_name", ["Galaxy Zoo tree\nv2", "C:\\trees\\", "tree\\", " leading, tab\there", "galaxiés = 2: ok",
-                                         "\\u0041 \\n literally", "bell\x07"])
+                                         "\\u0041 \\n literally", "bell\x07", "a\u2028b", "a\x85b", "trail "])
 def test_properties_values_with_escapes_round_trip_here_and_in_hats(tmp_path, schema_name):
     """hats.properties is a Java properties file: a model's schema name with a newline broke the finished
     catalog (line 'v2' is not key=value), and a backslash read back otherwise in hats (``\\t`` as a tab; a

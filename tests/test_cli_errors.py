@@ -384,9 +384,18 @@ def test_an_s3_status_without_a_path_names_the_urls_and_what_to_do():
 
     from skymorph.cli import _environment_error, build_parser
 
+    from botocore.exceptions import ClientError
+
+    def from_s3(code: int, message: str) -> OSError:  # as s3fs raises it: the errno, from botocore's error
+        err = OSError(code, message)
+        err.__cause__ = ClientError({"Error": {"Code": "x", "Message": message}, "ResponseMetadata": {"HTTPStatusCode": 503}}, "Op")
+        return err
+
     args = build_parser().parse_args(["catalog", "info", "s3://cats/cat1"])
-    assert _environment_error(OSError(errno.EBUSY, "Service Unavailable"), args) == (
+    assert _environment_error(from_s3(errno.EBUSY, "Service Unavailable"), args) == (
         "S3 answered [Errno 16] Service Unavailable to a request for s3://cats/cat1; the endpoint is busy or down for the "
         "moment: run the same command again later")
-    assert _environment_error(OSError(errno.EINVAL, "If-None-Match is not supported."), args) == (
+    assert _environment_error(from_s3(errno.EINVAL, "If-None-Match is not supported."), args) == (
         "S3 answered [Errno 22] If-None-Match is not supported. to a request for s3://cats/cat1")
+    # a local disk's error, with S3 among the arguments, is not S3's
+    assert _environment_error(OSError(errno.ENOSPC, "No space left on device"), args) == "[Errno 28] No space left on device"

@@ -179,6 +179,9 @@ def test_another_survey_s_truth_is_refused_where_it_puts_a_galaxy_elsewhere(tmp_
                   str(tmp_path / "truth.parquet"))
     assert _read_truth(str(tmp_path / "truth.parquet"), _galaxies([0, 2], ["hpx5_06879"] * 2, [0, 2]), GZ2, None).shape == (2, len(GZ2.answer_columns))
     assert _read_truth(str(tmp_path / "truth.parquet"), _galaxies([0, 2], [None, None], [-1, -1]), GZ2, None).shape == (2, len(GZ2.answer_columns))
+    write_parquet(pa.table({"object_id": np.arange(3), "tile": ["hpx5_06879"] * 3, "row": pa.array([0, 1, None], pa.int64()),
+                            **columns}), str(tmp_path / "rowless.parquet"))  # a truth row without a row number: not compared
+    assert _read_truth(str(tmp_path / "rowless.parquet"), _galaxies([2], ["hpx5_06879"], [5]), GZ2, None).shape[0] == 1
     with pytest.raises(InputError, match=r"^truth table .* puts object_id 2 at tile 'hpx5_06879', row 2, where the labels have "
                                          r"tile 'hpx5_07814', row 2 \(0 more like it\): it is another survey's truth"):
         _read_truth(str(tmp_path / "truth.parquet"), _galaxies([0, 2], ["hpx5_06879", "hpx5_07814"], [0, 2]), GZ2, None)

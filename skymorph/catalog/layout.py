@@ -476,7 +476,7 @@ class CatalogProperties:
             split = _separator(line)
             if split is None:
                 raise CatalogError(f"{source}: line {line!r} is not key=value")
-            raw[_unescape(line[:split].strip())] = _unescape(line[split + 1:].strip())
+            raw[_unescape(line[:split].strip())] = _unescape(line[split + 1:].lstrip())  # a value's trailing spaces are its own
         by_key = {disk: name for name, disk in cls._KEYS.items()}
         known = {f.name: f for f in fields(cls) if f.name != "extra"}
         kwargs, extra = {}, {}
@@ -508,13 +508,13 @@ _UNESCAPES = {"n": "\n", "r": "\r", "t": "\t", "f": "\f"}
 
 def _escape(text: str, key: bool = False) -> str:
     """``text`` as a Java properties value (or ``key``): backslash, newline, carriage return, tab and form
-    feed as escapes, other control characters as ``\\uXXXX``, a leading space escaped; in a key also ``=``,
+    feed as escapes, other control characters and Unicode's line separators as ``\\uXXXX``, a leading space escaped; in a key also ``=``,
     ``:`` and spaces, which would end it. Other characters as they are (the file is UTF-8)."""
     out = []
     for i, c in enumerate(text):
         if c in _ESCAPES:
             out.append(_ESCAPES[c])
-        elif ord(c) < 0x20 or ord(c) == 0x7F:
+        elif ord(c) < 0x20 or ord(c) in (0x7F, 0x85, 0x2028, 0x2029):  # the last three end a line for Python's splitlines
             out.append(f"\\u{ord(c):04x}")
         elif (key and c in "=: #!") or (i == 0 and c == " "):
             out.append("\\" + c)
@@ -547,7 +547,7 @@ def _logical_lines(text: str) -> list[str]:
     """The key-value lines of a Java properties file: comments (``#``, ``!``) and blank lines dropped, a
     line ending in an odd number of backslashes joined to the next, leading whitespace stripped."""
     lines, pending = [], None
-    for physical in text.splitlines():
+    for physical in re.split(r"\r\n|\r|\n", text):  # as Java ends lines: not at U+2028, as str.splitlines would
         line = physical.lstrip()
         if pending is None and (not line or line[0] in "#!"):
             continue

@@ -137,7 +137,7 @@ def _read_one(source, storage_options: dict | None, id_column: str, schema: Sche
     if not isinstance(source, (str, bytes)) and not hasattr(source, "__fspath__"):
         return np.asarray(list(source) if not isinstance(source, np.ndarray) else source, dtype=np.int64), np.empty(0, np.int64), ""
     from skymorph.storage import filesystem
-    from skymorph.tables import plain, read_table
+    from skymorph.tables import CSV_SUFFIXES, plain, read_table
 
     url = str(source)
     fs, path = filesystem(url, storage_options)
@@ -145,7 +145,7 @@ def _read_one(source, storage_options: dict | None, id_column: str, schema: Sche
         raise InputError(f"--exclude file {url!r} does not exist")
     table, _ = read_table(url, storage_options, what="--exclude")
     table = plain(table)
-    return _ids_of(table, id_column, f"--exclude {url!r}", schema)
+    return _ids_of(table, id_column, f"--exclude {url!r}", schema, text=url.lower().endswith(CSV_SUFFIXES))
 
 
 def _no_id_column(what: str, id_column: str, names: list[str]) -> InputError:
@@ -154,12 +154,13 @@ def _no_id_column(what: str, id_column: str, names: list[str]) -> InputError:
                       "--exclude-id-column (exclude_id_column=)." + did_you_mean(id_column, names))
 
 
-def _ids_of(table, id_column: str, what: str, schema: Schema | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+def _ids_of(table, id_column: str, what: str, schema: Schema | None = None, text: bool = False) -> tuple[np.ndarray, np.ndarray, str]:
     """``(ids, ids of rows without votes, what)``: the ``id_column`` of pyarrow ``table`` as int64
     (:func:`skymorph.tiles.object_ids`), its empty cells dropped (a row of the labels or a batch may not
-    have its id yet); with ``schema``'s vote columns, only the rows with a vote (:func:`read_ids`)."""
+    have its id yet); with ``schema``'s vote columns, only the rows with a vote (:func:`read_ids`).
+    ``text``: the table was read from CSV, whose first line is taken for the column names."""
     names = table.column_names
-    if len(names) == 1 and _is_integer(names[0]):  # else --exclude-id-column 1735 un-excluded galaxy 1735
+    if text and len(names) == 1 and _is_integer(names[0]):  # else --exclude-id-column 1735 un-excluded galaxy 1735
         header = "object_id (and drop --exclude-id-column)" if _is_integer(id_column) else id_column
         raise InputError(f"{what} looks like a list of ids without a header: its first line, {names[0]}, was read as the "
                          f"column's name; add a first line {header}")

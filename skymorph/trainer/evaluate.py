@@ -185,7 +185,8 @@ def _read_truth(url: str, labels, schema, storage_options) -> np.ndarray:
     true_tile, true_row = locations(table)
     if true_tile is not None and labels.tile is not None:
         said = (labels.tile != None) & (true_tile[rows] != None)  # noqa: E711 -- rows that name a tile on both sides
-        apart = np.flatnonzero(said & ((labels.tile != true_tile[rows]) | ((labels.row >= 0) & (labels.row != true_row[rows]))))
+        rowed = (labels.row >= 0) & (true_row[rows] >= 0)  # rows that give a row on both sides
+        apart = np.flatnonzero(said & ((labels.tile != true_tile[rows]) | (rowed & (labels.row != true_row[rows]))))
         if len(apart):
             i = int(apart[0])
             raise InputError(
