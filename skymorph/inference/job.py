@@ -434,11 +434,14 @@ def _check_moved_tiles(tiles: list[str], manifest, options: dict) -> None:
         if url in done or tile_name(url) not in ran:
             continue
         new = open_tile(url, options)
+        new_ends = None
         for old_url, n in ran[tile_name(url)].items():
             if new.n != n:
                 continue
             try:
-                if ends(open_tile(old_url, options)) != ends(new):
+                old_ends = ends(open_tile(old_url, options))
+                new_ends = ends(new) if new_ends is None else new_ends  # read once, however many old tiles compare
+                if old_ends != new_ends:
                     continue  # another tile of the same name and size
                 alike = "name, row count and first and last galaxies"
             except (TileError, OSError):

@@ -133,8 +133,8 @@ def _named_tiles_first(tile_urls: list[str], labels: Labels) -> tuple[list[str],
     if labels.tile is None or (labels.tile == None).any():  # noqa: E711 -- a row without a tile: search them all
         return list(tile_urls), []
     wanted = set(labels.tile.tolist())
-    named = [url for url in tile_urls if tile_name(url) in wanted]
-    return named, [url for url in tile_urls if tile_name(url) not in wanted]
+    is_named = [tile_name(url) in wanted for url in tile_urls]
+    return ([url for url, yes in zip(tile_urls, is_named) if yes], [url for url, yes in zip(tile_urls, is_named) if not yes])
 
 
 def _check_labelled_positions(labels: Labels, found, found_at, found_in) -> None:
