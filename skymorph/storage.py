@@ -463,6 +463,11 @@ def _http_status(err: BaseException) -> int | None:
     return response.get("ResponseMetadata", {}).get("HTTPStatusCode")
 
 
+def _busy(err: BaseException) -> bool:
+    """Whether S3 answered that it is busy: a 5xx status, or SlowDown."""
+    return _http_status(err) in (500, 502, 503, 504) or "SlowDown" in str(err)
+
+
 def _temp_beside(url: str) -> tuple[str, str]:
     """``(path, tmp)``: the local path of ``url`` and a hidden temporary name in its directory (made if
     missing), which catalog listings skip and :func:`skymorph.catalog.layout.remove_catalog` clears."""
@@ -628,7 +633,7 @@ def check_bucket(url: str, what: str, storage_options: dict | None = None) -> No
                 fs.call_s3("head_bucket", Bucket=bucket)
                 break
             except OSError as err:  # an endpoint that answers 5xx or SlowDown is up, and busy: asked again
-                if wait_s is None or not (_http_status(err) in (500, 502, 503, 504) or "SlowDown" in str(err)):
+                if wait_s is None or not _busy(err):
                     raise
                 time.sleep(wait_s)
     except FileNotFoundError as err:
@@ -642,9 +647,8 @@ def check_bucket(url: str, what: str, storage_options: dict | None = None) -> No
         if message is None:
             if not isinstance(err, OSError):
                 raise
-            busy = _http_status(err) in (500, 502, 503, 504) or "SlowDown" in str(err)
             message = (f"bucket {bucket!r} cannot be used ({first_line(err)})" + ("; the endpoint answered three times "
-                       "that it is busy or down for the moment: run again later" if busy else ""))
+                       "that it is busy or down for the moment: run again later" if _busy(err) else ""))
         raise InputError(f"{what} {url!r}: {message}") from err
 
 
