@@ -1,14 +1,17 @@
 """What every benchmark's JSON records of how and where it ran, so that a result can be traced to its
-code and conditions and run again: ``{"provenance": provenance()}`` beside the numbers."""
+code and conditions and run again (``{"provenance": provenance()}`` beside the numbers), and how that JSON
+is written (:func:`save`)."""
 
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import subprocess
 import sys
 from importlib import metadata
+from pathlib import Path
 
 _PACKAGES = ("skymorph", "numpy", "scipy", "torch", "onnxruntime", "pyarrow", "duckdb", "dask", "distributed", "zarr", "s3fs")
 
@@ -42,3 +45,14 @@ def provenance() -> dict:
         "python": platform.python_version(),
         "versions": versions,
     }
+
+
+def save(path, result: dict) -> Path:
+    """Write ``result`` as JSON to ``path`` through a temporary file in its directory, so that an
+    interrupted benchmark never leaves half a results file over the last good one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(result, indent=1) + "\n")
+    os.replace(temporary, path)
+    return path

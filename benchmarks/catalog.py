@@ -33,7 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from _provenance import provenance
+from _args import RESULTS, positive_int
+from _provenance import provenance, save
 
 CENTRE = (150.0, 2.0)
 EXPORT_WHERE = "bald_total > {threshold!r}"
@@ -104,8 +105,8 @@ def _run_child(task: str, catalog: str, where: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=10_000_000)
-    parser.add_argument("--per-tile", type=int, default=8192)
+    parser.add_argument("--rows", type=positive_int, default=10_000_000)
+    parser.add_argument("--per-tile", type=positive_int, default=8192)
     parser.add_argument("--catalog", help="where to generate (or reuse) the catalog")
     parser.add_argument("--keep", action="store_true", help="keep a generated catalog")
     parser.add_argument("--s3", action="store_true", help="read the catalog from a local S3 endpoint (moto)")
@@ -114,7 +115,7 @@ def main() -> None:
     parser.add_argument("--out", help="results JSON (default: benchmarks/results/catalog.json, catalog_s3.json with --s3)")
     args = parser.parse_args()
     ran = provenance()  # before the measurements: the load it records is the machine's at the start
-    args.out = args.out or str(Path(__file__).parent / "results" / ("catalog_s3.json" if args.s3 else "catalog.json"))
+    args.out = args.out or RESULTS / ("catalog_s3.json" if args.s3 else "catalog.json")
     if args.child:
         print(json.dumps(_child(args.child, args.catalog, args.where)))
         return
@@ -163,9 +164,8 @@ def main() -> None:
         if temporary and not args.keep:
             shutil.rmtree(catalog, ignore_errors=True)
 
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     results["provenance"] = ran
-    Path(args.out).write_text(json.dumps(results, indent=2))
+    save(args.out, results)
     print(f"catalog: {results['rows']:,} rows x {results['columns']} columns, {results['partitions']} partitions, "
           f"{results['parts']} part files, {results['bytes_on_disk'] / 2**30:.2f} GiB; generated in "
           f"{results['generate_seconds'] or 0:.0f} s")

@@ -19,17 +19,14 @@ Writes benchmarks/results/manifest.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-from _provenance import provenance
-
-ROOT = Path(__file__).resolve().parents[1]
+from _args import add_out, positive_int
+from _provenance import provenance, save
 
 
 def _record(i: int, tiles: list[str] | None = None):
@@ -43,9 +40,10 @@ def _record(i: int, tiles: list[str] | None = None):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ranges", type=int, default=500_000)
-    parser.add_argument("--per-second", type=int, default=1000, help="ranges finished per second (one flush)")
-    parser.add_argument("--segments", type=int, default=1000, help="journal segments before a compaction")
+    parser.add_argument("--ranges", type=positive_int, default=500_000)
+    parser.add_argument("--per-second", type=positive_int, default=1000, help="ranges finished per second (one flush)")
+    parser.add_argument("--segments", type=positive_int, default=1000, help="journal segments before a compaction")
+    add_out(parser, "manifest.json")
     args = parser.parse_args()
     ran = provenance()  # before the measurements: the load it records is the machine's at the start
 
@@ -117,10 +115,8 @@ def main() -> int:
     print(f"resume: read {next_id:,} ranges from the manifest + {args.segments} segments in {read_s:.2f} s")
     print(f"driver memory: {held / args.ranges:.0f} B per finished range held, {read_back:.0f} B read back by a resume, "
           f"and {resume_index / args.ranges:.0f} B more per range in a resume's index")
-    out = ROOT / "benchmarks" / "results" / "manifest.json"
     result["provenance"] = ran
-    out.write_text(json.dumps(result, indent=1))
-    print(f"-> {out}")
+    print(f"-> {save(args.out, result)}")
     return 0
 
 

@@ -26,9 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from _provenance import provenance
-
-ROOT = Path(__file__).resolve().parents[1]
+from _args import add_out, positive_int
+from _provenance import provenance, save
 
 
 def _make(work: Path, galaxies: int, tiles: int, rows: int) -> None:
@@ -87,10 +86,11 @@ def _child(work: Path) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--galaxies", type=int, default=1_000_000)
-    parser.add_argument("--tiles", type=int, default=10)
-    parser.add_argument("--rows", type=int, default=300_000)
+    parser.add_argument("--galaxies", type=positive_int, default=1_000_000)
+    parser.add_argument("--tiles", type=positive_int, default=10)
+    parser.add_argument("--rows", type=positive_int, default=300_000)
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    add_out(parser, "match.json")
     args = parser.parse_args()
     ran = provenance()  # before the measurements: the load it records is the machine's at the start
     if args.child:
@@ -111,10 +111,8 @@ def main() -> int:
     print(f"{'galaxies':>10} {'tiles':>6} {'rows':>8} {'seconds':>8} {'peak MiB':>9} {'matched':>8} {'correct':>8} {'nearer':>7}")
     print(f"{args.galaxies:>10} {args.tiles:>6} {args.rows:>8} {result['seconds']:>8} {result['peak_rss_mib']:>9} "
           f"{result['matched']:>8} {result['correct_ids']:>8} {result['other_ids_nearer']:>7}")
-    out = ROOT / "benchmarks" / "results" / "match.json"
     record["provenance"] = ran
-    out.write_text(json.dumps(record, indent=1) + "\n")
-    print(f"-> {out}")
+    print(f"-> {save(args.out, record)}")
     return 0
 
 

@@ -19,7 +19,6 @@ Writes benchmarks/results/mc_dropout.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -28,7 +27,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _provenance import provenance
+from _args import add_out, positive_int
+from _provenance import provenance, save
 
 _MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "68719476736"}
 
@@ -72,15 +72,15 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", help="a skymorph checkpoint (default: random-init --arch)")
     parser.add_argument("--arch", default="w20")
-    parser.add_argument("--samples", type=int, default=30, help="T (default 30)")
-    parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--naive-batch", type=int, default=32, help="batch of (a), which is T times slower (default 32)")
-    parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--channels", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--samples", type=positive_int, default=30, help="T (default 30)")
+    parser.add_argument("--batch", type=positive_int, default=256)
+    parser.add_argument("--naive-batch", type=positive_int, default=32, help="batch of (a), which is T times slower (default 32)")
+    parser.add_argument("--size", type=positive_int, default=128)
+    parser.add_argument("--channels", type=positive_int, default=1)
+    parser.add_argument("--threads", type=positive_int, default=2)
+    parser.add_argument("--repeats", type=positive_int, default=3)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "mc_dropout.json"))
+    add_out(parser, "mc_dropout.json")
     args = parser.parse_args(argv)
     ran = provenance()  # before the measurements: the load it records is the machine's at the start
 
@@ -179,10 +179,8 @@ def main(argv=None) -> int:
         "matmul_gflops_per_s": peak,
         "results": rows,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     result["provenance"] = ran
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = save(args.out, result)
 
     print(f"{net.arch}, T={t}, {spec.channels}x{spec.height}x{spec.width}, {args.threads} threads, device {device}; "
           f"useful {useful_flops / 1e9:.3f} GFLOP/galaxy; fp32 matmul GFLOP/s: "

@@ -12,7 +12,7 @@
    galaxies at 32 px; each driver runs in its own process and reports its peak RSS (getrusage).
    Target: large within 1.2x of small.
 
-Prints a table and writes benchmarks/results/pipeline.json.
+Prints a table and writes benchmarks/results/pipeline.json (``--out``).
 """
 
 from __future__ import annotations
@@ -26,9 +26,8 @@ import tempfile
 import time
 
 import numpy as np
-from _provenance import provenance
-
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "pipeline.json")
+from _args import add_out, positive_int
+from _provenance import provenance, save
 
 
 def make_model(path: str, size: int, samples: int) -> None:
@@ -91,15 +90,16 @@ def driver(tiles: str, model: str, out: str, env: dict) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--tiles", type=int, default=32)
-    parser.add_argument("--per-tile", type=int, default=1024)
-    parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--samples", type=int, default=30)
-    parser.add_argument("--rss-small", type=int, default=32)
-    parser.add_argument("--rss-large", type=int, default=1000)
-    parser.add_argument("--rss-per-tile", type=int, default=16)
+    parser.add_argument("--tiles", type=positive_int, default=32)
+    parser.add_argument("--per-tile", type=positive_int, default=1024)
+    parser.add_argument("--size", type=positive_int, default=128)
+    parser.add_argument("--samples", type=positive_int, default=30)
+    parser.add_argument("--rss-small", type=positive_int, default=32)
+    parser.add_argument("--rss-large", type=positive_int, default=1000)
+    parser.add_argument("--rss-per-tile", type=positive_int, default=16)
     parser.add_argument("--skip-throughput", action="store_true", help="measure only the driver's memory")
     parser.add_argument("--skip-rss", action="store_true", help="measure only the throughput")
+    add_out(parser, "pipeline.json")
     args = parser.parse_args()
     ran = provenance()  # before the measurements: the load it records is the machine's at the start
 
@@ -143,10 +143,8 @@ def main() -> None:
                                      "seconds": {str(k): v["seconds"] for k, v in rss.items()},
                                      "ratio": rss[args.rss_large]["rss_mib"] / rss[args.rss_small]["rss_mib"], "provenance": ran}
 
-    os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
-    if os.path.exists(RESULTS):  # a section not measured this time keeps its last measurement, and its provenance
-        with open(RESULTS) as fh:
-            previous = json.load(fh)
+    if args.out.exists():  # a section not measured this time keeps its last measurement, and its provenance
+        previous = json.loads(args.out.read_text())
         for section in ("throughput", "driver_rss"):
             if section not in results and section in previous:
                 results[section] = previous[section]
@@ -161,9 +159,7 @@ def main() -> None:
         for count, mib in r["tiles"].items():
             print(f"{'driver peak RSS MiB, ' + count + ' tiles':<42}{mib:>14.1f}")
         print(f"{'RSS large / small (target <= 1.2)':<42}{r['ratio']:>14.2f}")
-    with open(RESULTS, "w") as fh:
-        json.dump(results, fh, indent=1)
-    print(f"wrote {RESULTS}")
+    print(f"wrote {save(args.out, results)}")
 
 
 if __name__ == "__main__":

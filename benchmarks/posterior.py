@@ -18,20 +18,17 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_var] = "1"
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import platform  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import scipy  # noqa: E402
-from _provenance import provenance  # noqa: E402
+from _args import add_out, positive_int  # noqa: E402
+from _provenance import provenance, save  # noqa: E402
 
 from skymorph.posterior import LIKELIHOODS, summarize  # noqa: E402
 from skymorph.schema import DECALS  # noqa: E402
-
-RESULTS = Path(__file__).parent / "results" / "posterior.json"
 
 
 def make_samples(likelihood: str, galaxies: int, samples: int, seed: int = 0) -> np.ndarray:
@@ -49,10 +46,11 @@ def make_samples(likelihood: str, galaxies: int, samples: int, seed: int = 0) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--galaxies", type=int, default=4096)
-    parser.add_argument("--samples", type=int, default=30)
-    parser.add_argument("--volunteers", type=int, default=40)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--galaxies", type=positive_int, default=4096)
+    parser.add_argument("--samples", type=positive_int, default=30)
+    parser.add_argument("--volunteers", type=positive_int, default=40)
+    parser.add_argument("--repeats", type=positive_int, default=5)
+    add_out(parser, "posterior.json")
     args = parser.parse_args()
     ran = provenance()  # before the measurements: the load it records is the machine's at the start
 
@@ -110,10 +108,8 @@ def main() -> None:
         },
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
     result["provenance"] = ran
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+    print(f"wrote {save(args.out, result)}")
 
 
 if __name__ == "__main__":

@@ -1,19 +1,18 @@
 """Synthetic survey throughput: galaxies per second, end to end (render, votes, Zarr tiles, Parquet).
 
-    .venv/bin/python benchmarks/synth.py [--tiles 4] [--per-tile 512] [--size 128] [--workers 1,2] [--out DIR]
+    .venv/bin/python benchmarks/synth.py [--tiles 4] [--per-tile 512] [--size 128] [--workers 1,2] [--work DIR] [--out JSON]
 
 For each worker count, writes a survey of ``--tiles`` x ``--per-tile`` galaxies of ``--size`` px into a
-fresh local directory (``--out``, default a temporary one, removed afterwards) and reports wall time,
+fresh local directory (``--work``, default a temporary one, removed afterwards) and reports wall time,
 galaxies/s, the tile makers' CPU seconds (so galaxies per CPU second, which a busy shared machine
 distorts less than wall time) and bytes written; the load average before each run says how busy the
 machine was. Also times the image model alone (render + asinh stretch of one tile in this process).
-Prints a table and writes benchmarks/results/synth.json.
+Prints a table and writes benchmarks/results/synth.json (``--out``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -21,7 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from _provenance import provenance
+from _args import add_out, int_list, positive_int
+from _provenance import provenance, save
 
 
 def _render_only(per_tile: int, size: int) -> dict:
@@ -40,21 +40,22 @@ def _render_only(per_tile: int, size: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tiles", type=int, default=4)
-    parser.add_argument("--per-tile", type=int, default=512)
-    parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--workers", default="1,2", help="comma-separated worker counts (default 1,2)")
-    parser.add_argument("--out", help="directory for the surveys (default: a temporary one, removed)")
+    parser.add_argument("--tiles", type=positive_int, default=4)
+    parser.add_argument("--per-tile", type=positive_int, default=512)
+    parser.add_argument("--size", type=positive_int, default=128)
+    parser.add_argument("--workers", type=int_list, default="1,2", help="comma-separated worker counts (default 1,2)")
+    parser.add_argument("--work", help="directory for the surveys (default: a temporary one, removed)")
+    add_out(parser, "synth.json")
     args = parser.parse_args()
     ran = provenance()  # before the measurements: the load it records is the machine's at the start
 
     from skymorph import __version__
     from skymorph.survey import synthesize
 
-    root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="skymorph-synth-bench-"))
+    root = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="skymorph-synth-bench-"))
     runs = []
     try:
-        for workers in [int(w) for w in args.workers.split(",")]:
+        for workers in args.workers:
             load = os.getloadavg()[0]
             summary = synthesize(
                 str(root / f"workers{workers}"), n_tiles=args.tiles, per_tile=args.per_tile, size=args.size,
@@ -68,7 +69,7 @@ def main() -> None:
             })
         render_only = _render_only(args.per_tile, args.size)
     finally:
-        if not args.out:
+        if not args.work:
             shutil.rmtree(root, ignore_errors=True)
 
     print(f"synthetic survey: {args.tiles} tiles x {args.per_tile} galaxies, {args.size} px, {os.cpu_count()} cores")
@@ -89,11 +90,8 @@ def main() -> None:
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "note": "on a machine doing other work, wall-clock numbers are lower bounds; see load_average_before",
     }
-    out = Path(__file__).parent / "results" / "synth.json"
-    out.parent.mkdir(exist_ok=True)
     result["provenance"] = ran
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    print(f"wrote {save(args.out, result)}")
 
 
 if __name__ == "__main__":

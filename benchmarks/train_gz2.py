@@ -49,7 +49,8 @@ import sys
 import time
 from pathlib import Path
 
-from _provenance import provenance
+from _args import RESULTS, nonnegative_int, positive_float, positive_int, unit_fraction
+from _provenance import provenance, save
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,14 +59,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "gz2_spirals"))
     parser.add_argument("--work", default="/tmp/skymorph-bench-gz2")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=positive_int, default=2)
     parser.add_argument("--tag", default="", help="suffix of the results file, e.g. _64px")
-    parser.add_argument("--epochs", type=int, default=100)
-    parser.add_argument("--resize", type=int, default=0, help="network input size after the centre crop (0: no resize, 64 px)")
-    parser.add_argument("--max-minutes", type=float, default=19.0)
+    parser.add_argument("--epochs", type=positive_int, default=100)
+    parser.add_argument("--resize", type=nonnegative_int, default=0, help="network input size after the centre crop (0: no resize, 64 px)")
+    parser.add_argument("--max-minutes", type=positive_float, default=19.0)
     parser.add_argument("--bands", choices=("keep", "mean"), default="keep", help="keep RGB or average to grey")
-    parser.add_argument("--size", type=int, default=128, help="ingest size of the tiles (px)")
-    parser.add_argument("--crop-fraction", type=float, default=0.5, help="centre crop inside the model")
+    parser.add_argument("--size", type=positive_int, default=128, help="ingest size of the tiles (px)")
+    parser.add_argument("--crop-fraction", type=unit_fraction, default=0.5, help="centre crop inside the model")
     parser.add_argument("--ema-decay", type=float, default=0.0, help="moving average of the weights per step (0: none)")
     parser.add_argument("--arch-params", default="", help='resnet_s parameters as JSON, e.g. \'{"widths": [48, 96, 192, 384]}\'')
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True, help="evaluate with the 8 flips and quarter turns")
@@ -156,10 +157,8 @@ def main() -> int:
         "epochs": history["epochs"],
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus; see load_average_* for other work",
     }
-    out = ROOT / "benchmarks" / "results" / f"train_gz2{args.tag}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
     result["provenance"] = ran
-    out.write_text(json.dumps(result, indent=1))
+    out = save(RESULTS / f"train_gz2{args.tag}.json", result)
     print(f"{'validation accuracy':<22}{accuracy:.4f}  (n={n_validation}; last epoch {accuracy_last:.4f})")
     print(f"{'train accuracy':<22}{train_accuracy:.4f}  (n={len(train_truth)}; last epoch {train_accuracy_last:.4f})")
     print(f"{'training minutes':<22}{timings['train_minutes']:.1f}  ({len(history['epochs'])} epochs, best {history['best_epoch']}, {args.threads} threads)")

@@ -27,21 +27,20 @@ import sys
 import time
 from pathlib import Path
 
-from _provenance import provenance
-
-ROOT = Path(__file__).resolve().parents[1]
+from _args import RESULTS, positive_int
+from _provenance import provenance, save
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", default="/tmp/skymorph-bench-synth")
-    parser.add_argument("--tiles", type=int, default=4)
-    parser.add_argument("--per-tile", type=int, default=512)
-    parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--tiles", type=positive_int, default=4)
+    parser.add_argument("--per-tile", type=positive_int, default=512)
+    parser.add_argument("--size", type=positive_int, default=64)
+    parser.add_argument("--epochs", type=positive_int, default=6)
+    parser.add_argument("--threads", type=positive_int, default=1)
     parser.add_argument("--likelihood", choices=("multinomial", "dirichlet_multinomial"), default="multinomial")
-    parser.add_argument("--patience", type=int, default=5, help="epochs without better validation loss before stopping")
+    parser.add_argument("--patience", type=positive_int, default=5, help="epochs without better validation loss before stopping")
     parser.add_argument("--tag", default="", help="suffix of the results files, e.g. _long")
     args = parser.parse_args()
     ran = provenance()  # before the measurements: the load it records is the machine's at the start
@@ -79,10 +78,8 @@ def main() -> int:
     }
     history = json.loads(Path(f"{ckpt}.metrics.json").read_text())
     result.update(epochs_run=len(history["epochs"]), best_epoch=history["best_epoch"])
-    out = ROOT / "benchmarks" / "results" / f"train_synth{args.tag}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
     result["provenance"] = ran
-    out.write_text(json.dumps(result, indent=1))
+    out = save(RESULTS / f"train_synth{args.tag}.json", result)
     shutil.copyfile(evaluation / "coverage.png", out.with_name(f"train_synth{args.tag}_coverage.png"))
     print(f"-> {out}")
     return 0
