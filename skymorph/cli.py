@@ -189,7 +189,7 @@ def _add_train_commands(sub) -> None:
     train.add_argument("--arch-params", metavar="JSON", type=_json_object,
                        help='parameters of the architecture, e.g. \'{"widths": [48, 96, 192, 384]}\' for resnet_s')
     train.add_argument("--likelihood", choices=LIKELIHOODS, help="default multinomial")
-    train.add_argument("--dropout", type=float, help="MC dropout rate of the head (default 0.5)")
+    train.add_argument("--dropout", type=float, help="MC dropout rate of the head, in [0, 1) (default 0.5; 0 gives posteriors no width, and is warned about)")
     # the run's settings default to None: TrainConfig.RUN_DEFAULTS for a new run, the checkpoint's with --resume
     train.add_argument("--epochs", type=_positive_int, help="epochs of the schedule (default 10; with --resume: the checkpoint's)")
     train.add_argument("--batch-size", type=_positive_int, help="default 64; with --resume: the checkpoint's")

@@ -425,6 +425,16 @@ def test_the_tree_labels_record_is_trained_and_checked_and_one_they_do_not_is_wa
         evaluate(default.checkpoint, tiles, recorded, str(tmp_path / "eval"), samples=2, progress=False)
 
 
+def test_dropout_0_trains_with_a_warning_that_its_posteriors_have_no_width(tmp_path, capsys):
+    tiles, labels = write_ring_survey(str(tmp_path))
+    plain = train(_config(tmp_path, tiles, labels, dropout=0.0))
+    assert load_checkpoint(plain.checkpoint)[1].dropout == 0.0
+    assert ("skymorph: warning: dropout 0: every MC-dropout sample of this model will agree, so its posteriors have no width "
+            "and every BALD score is 0; give --dropout in (0, 1), e.g. 0.5, for a Bayesian model") in capsys.readouterr().err
+    train(_config(tmp_path, tiles, labels, out=str(tmp_path / "b.ckpt")))
+    assert "dropout 0" not in capsys.readouterr().err
+
+
 def test_resume_keeps_the_runs_patience_unless_given(tmp_path):
     """--resume fell back to patience 5: a run started with --patience 1000 stopped early after its resume."""
     tiles, labels = write_ring_survey(str(tmp_path))

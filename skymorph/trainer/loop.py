@@ -556,6 +556,9 @@ def _prepare(config: TrainConfig) -> _Run:
             raise ModelError(_no_training_state(config.resume, storage_options))
     else:
         schema = get_schema(config.schema or recorded or DEFAULT_SCHEMA)
+    if choices["dropout"] == 0:
+        print("skymorph: warning: dropout 0: every MC-dropout sample of this model will agree, so its posteriors have no "
+              "width and every BALD score is 0; give --dropout in (0, 1), e.g. 0.5, for a Bayesian model", file=sys.stderr)
     labels = load_labels(config.labels, schema, storage_options)
     if not (start_checkpoint or config.schema or recorded):
         _warn_if_another_tree_fits(labels, schema)
