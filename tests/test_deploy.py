@@ -744,6 +744,50 @@ def test_a_job_whose_workers_all_retired_is_replaced(tmp_path, monkeypatch, star
         slurm.kill_all()
 
 
+@pytest.mark.parametrize("failing", [1, 100], ids=["one job fails", "every job fails"])
+def test_a_job_that_ended_before_its_workers_connected_is_replaced_a_few_times(tmp_path, monkeypatch, caplog, failing):
+    """A job that a node failed, or whose workers could not start, never had a worker connected: the cluster
+    counted it as queued for ever, submitted nothing in its place, and the run waited for it. JobAdaptive
+    asks squeue: a job it no longer lists is replaced. A worker environment that fails every job stops the
+    submissions after ``max_failed_starts`` in a row, with the error logged, not a queue full of failures."""
+    import logging
+    import sys
+    import time
+
+    from dask_jobqueue import SLURMCluster
+    from distributed import Client
+
+    from skymorph.inference.adaptive import JobAdaptive
+    from skymorph.inference.slurm import active_jobs
+    from skymorph.testing.dask_processes import wait_for
+    from skymorph.testing.slurm import FakeSlurm
+
+    slurm = FakeSlurm.create(tmp_path / "slurm", queue_wait_s=0.5, failing_jobs=failing)
+    monkeypatch.setenv("PATH", f"{slurm.bin}{os.pathsep}{os.environ['PATH']}")
+    config = SlurmConfig(walltime="00:10:00", memory_gib=2, cpus_per_job=1, threads_per_process=1, worker_lifetime_minutes=8,
+                         lifetime_stagger_minutes=1, gpus_per_job=0, python=sys.executable, worker_extra_args=("--host", "127.0.0.1"),
+                         **LOOPBACK)
+    caplog.set_level(logging.WARNING, logger="skymorph.inference.adaptive")
+    try:
+        with SLURMCluster(**config.cluster_kwargs()) as cluster, Client(cluster) as client:
+            cluster.adapt(minimum_jobs=0, maximum_jobs=1, Adaptive=JobAdaptive, active_jobs=active_jobs, queue_check_s=1,
+                          max_failed_starts=2)
+            task = client.submit(time.sleep, 0.1, pure=False)
+            if failing == 1:
+                assert task.result(timeout=60) is None
+                first, second = slurm.submitted()
+                assert "failed on its node" in (slurm.jobs / f"{first}.log").read_text()
+                assert [r.levelname for r in caplog.records] == ["WARNING"] and first in caplog.records[0].getMessage()
+            else:
+                wait_for(lambda: any(r.levelname == "ERROR" for r in caplog.records), 60, "the adaptive cluster to give up")
+                time.sleep(4)  # four more checks: nothing more is submitted
+                assert len(slurm.submitted()) == 2 and not task.done()
+                assert caplog.records[-1].getMessage().startswith("2 batch jobs in a row ended before any of their workers "
+                                                                  f"connected (the last: {slurm.submitted()[1]}); no more are submitted")
+    finally:
+        slurm.kill_all()
+
+
 @pytest.mark.parametrize("sibling", ["idle", "retired"])
 def test_a_job_whose_worker_runs_a_task_is_not_cancelled_for_its_sibling(tmp_path, monkeypatch, sibling):
     """One task, on a job of 2 worker processes: the scheduler's target is 1 worker, and it offered the idle

@@ -8,7 +8,8 @@ worker process advertising ``--resources GPU=1``, so tasks that need a GPU land 
 ``threads_per_process`` at a time. Workers retire (``--lifetime``, staggered) before SLURM's walltime
 kills them, handing their work back to the scheduler; with ``max_jobs > 0`` the cluster is adaptive
 (:class:`~skymorph.inference.adaptive.JobAdaptive`: a queued job is left in the queue, a running one is
-closed only whole, and a job whose workers have all retired is replaced).
+closed only whole, and a job whose workers have all retired, or one that ``squeue`` no longer lists
+though none of its workers ever connected, is replaced).
 
 Needs dask-jobqueue, skymorph's ``slurm`` extra (``pip install -c constraints.txt -e '.[slurm]'`` in the
 repository).
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 
 from skymorph.errors import InputError, MissingDependencyError, did_you_mean, first_line
 
-__all__ = ["SlurmConfig", "load_slurm_config", "slurm_cluster", "walltime_minutes"]
+__all__ = ["SlurmConfig", "active_jobs", "load_slurm_config", "slurm_cluster", "walltime_minutes"]
 
 _WALLTIME = re.compile(r"^(?:(?P<days>\d+)-)?(?P<hours>\d+):(?P<minutes>\d{1,2}):(?P<seconds>\d{1,2})$")
 
@@ -187,7 +188,7 @@ class SlurmConfig:
 
         cluster = SLURMCluster(**self.cluster_kwargs())
         if self.max_jobs:  # queued jobs kept, retired ones replaced, whatever the processes per job
-            cluster.adapt(minimum_jobs=self.min_jobs, maximum_jobs=self.max_jobs, Adaptive=JobAdaptive)
+            cluster.adapt(minimum_jobs=self.min_jobs, maximum_jobs=self.max_jobs, Adaptive=JobAdaptive, active_jobs=active_jobs)
         return cluster
 
     def cluster_kwargs(self) -> dict:
@@ -214,6 +215,20 @@ class SlurmConfig:
             "death_timeout": self.death_timeout_s,
             "scheduler_options": scheduler_options,
         }
+
+
+def active_jobs() -> set[str] | None:
+    """The ids of this user's jobs that SLURM still holds (``squeue``'s default states: pending, running,
+    completing), or None where squeue does not answer: a submitted job missing from them has ended."""
+    import getpass
+    import subprocess
+
+    try:
+        listed = subprocess.run(["squeue", "--noheader", "--format=%i", f"--user={getpass.getuser()}"],
+                                capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return set(listed.stdout.split()) if listed.returncode == 0 else None
 
 
 def load_slurm_config(config_path: str, **overrides) -> SlurmConfig:

@@ -1,8 +1,10 @@
-"""``sbatch`` and ``scancel`` for a machine without SLURM, so that ``skymorph run --cluster slurm`` can be
-tested end to end through dask-jobqueue: ``sbatch SCRIPT`` runs the job script as a local process
-group, after a queue wait of the test's choosing, and prints SLURM's ``Submitted batch job ID``;
-``scancel ID`` ends that group with SIGTERM, as SLURM does. Everything else (the job script, the
-workers it starts, their lifetime) is what a real cluster would run.
+"""``sbatch``, ``scancel`` and ``squeue`` for a machine without SLURM, so that ``skymorph run --cluster
+slurm`` can be tested end to end through dask-jobqueue: ``sbatch SCRIPT`` runs the job script as a local
+process group, after a queue wait of the test's choosing, and prints SLURM's ``Submitted batch job ID``;
+``scancel ID`` ends that group with SIGTERM, as SLURM does; ``squeue`` lists the ids of the jobs whose
+group is still alive (queued or running), whatever its options. Everything else (the job script, the
+workers it starts, their lifetime) is what a real cluster would run. The first ``failing_jobs`` jobs
+fail instead of running their script, as on a node that fails them.
 """
 
 from __future__ import annotations
@@ -21,7 +23,11 @@ set -eu
 jobs='{jobs}'
 id=$$
 cp "${{@: -1}}" "$jobs/$id.sh"  # dask-jobqueue deletes its temporary script once sbatch returns
-setsid bash -c "sleep {queue_wait_s}; exec bash '$jobs/$id.sh'" > "$jobs/$id.log" 2>&1 < /dev/null &
+run="exec bash '$jobs/$id.sh'"
+if [ "$(flock "$jobs/failing" bash -c 'n=$(cat "$0"); echo $((n - 1)) > "$0"; echo $n' "$jobs/failing")" -gt 0 ]; then
+    run="echo 'fake slurm: this job failed on its node' >&2; exit 1"
+fi
+setsid bash -c "sleep {queue_wait_s}; $run" > "$jobs/$id.log" 2>&1 < /dev/null &
 # whole, after the script: a job is listed (appended to submitted) once its script and pid are there
 echo $! > "$jobs/$id.pid.tmp"
 mv "$jobs/$id.pid.tmp" "$jobs/$id.pid"
@@ -38,6 +44,16 @@ for id in "$@"; do
 done
 """
 
+_SQUEUE = """#!/usr/bin/env bash
+# squeue [options]: the ids of the jobs with a process left in their group, one per line
+jobs='{jobs}'
+[ -f "$jobs/submitted" ] || exit 0
+while read -r id; do
+    kill -0 -- "-$(cat "$jobs/$id.pid")" 2> /dev/null && echo "$id"
+done < "$jobs/submitted"
+exit 0
+"""
+
 
 @dataclass(frozen=True)
 class FakeSlurm:
@@ -47,12 +63,14 @@ class FakeSlurm:
     directory: Path
 
     @classmethod
-    def create(cls, directory: str | os.PathLike, queue_wait_s: float = 0.0) -> FakeSlurm:
-        """``queue_wait_s``: how long each job waits before it starts, as in a queue."""
+    def create(cls, directory: str | os.PathLike, queue_wait_s: float = 0.0, failing_jobs: int = 0) -> FakeSlurm:
+        """``queue_wait_s``: how long each job waits before it starts, as in a queue; ``failing_jobs``: how
+        many of the first jobs fail after that wait instead of running their script."""
         fake = cls(Path(directory))
         fake.bin.mkdir(parents=True)
         fake.jobs.mkdir()
-        for name, text in (("sbatch", _SBATCH), ("scancel", _SCANCEL)):
+        (fake.jobs / "failing").write_text(f"{int(failing_jobs)}\n")
+        for name, text in (("sbatch", _SBATCH), ("scancel", _SCANCEL), ("squeue", _SQUEUE)):
             path = fake.bin / name
             path.write_text(text.format(jobs=fake.jobs, queue_wait_s=float(queue_wait_s)))
             path.chmod(path.stat().st_mode | stat.S_IXUSR)
