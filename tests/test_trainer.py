@@ -169,6 +169,24 @@ def test_batch_loader_visits_each_galaxy_once():
     assert torch.equal(torch.cat([b[0].flatten() for b in batches]).long(), seen)
 
 
+@pytest.mark.parametrize(("size", "sizes"), [(9, [4, 5]), (1, [1]), (5, [5]), (8, [4, 4]), (10, [4, 4, 2])])
+def test_a_last_batch_of_one_galaxy_joins_the_one_before(size, sizes):
+    loader = BatchLoader(np.zeros((size, 1, 1, 1), np.uint8), np.arange(size).reshape(size, 1), 4, shuffle=True, augmented=False, seed=0)
+    batches = [len(votes) for _, votes in loader]
+    assert batches == sizes and len(loader) == len(sizes)
+
+
+def test_resnet_ending_in_one_pixel_maps_trains_when_the_last_batch_would_hold_one_galaxy(tmp_path):
+    """121 training galaxies in batches of 8 left one for the last batch; resnet_s at 16 px ends in 1 x 1
+    maps, where batch normalisation cannot train on a single galaxy (a ValueError traceback)."""
+    tiles, labels = write_ring_survey(str(tmp_path), n=129)
+    table = pd.read_parquet(labels)
+    table["split"] = ["validation"] * 8 + ["train"] * 121
+    table.to_parquet(labels)
+    result = train(_config(tmp_path, tiles, labels, arch="resnet_s", resize_px=16))
+    assert result.n_train == 121
+
+
 def test_learning_rate_warms_up_linearly_then_follows_a_cosine_to_the_minimum_at_the_last_step():
     kw = dict(base_lr=1.0, warmup_steps=4, total_steps=15, min_ratio=0.1)
     assert [learning_rate(s, **kw) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]

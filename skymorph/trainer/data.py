@@ -233,6 +233,15 @@ def augment(images, generator, *, max_zoom: float = 0.1, max_shift: float = 0.05
     return x.round_().clamp_(0, 255).to(torch.uint8)
 
 
+def batch_starts(size: int, batch_size: int) -> list[int]:
+    """Where each of an epoch's batches begins among ``size`` galaxies (the last ends at ``size``): every
+    ``batch_size``, except that a last batch of one galaxy joins the one before (see :class:`BatchLoader`)."""
+    starts = list(range(0, size, batch_size))
+    if len(starts) > 1 and size - starts[-1] == 1:
+        starts.pop()
+    return starts
+
+
 class BatchLoader:
     """Batches of ``(images uint8 (B, C, H, W), votes int64 (B, A))`` over one epoch.
 
@@ -241,6 +250,8 @@ class BatchLoader:
     background thread prepares up to ``prefetch`` batches ahead while the model trains on the current
     one (torch releases the GIL inside its kernels, so they overlap). ``rows``: batch only these rows of
     ``images`` and ``votes`` (default all), as if they were ``images[rows]`` but without copying them.
+    A last batch of one galaxy joins the one before: batch normalisation in training cannot normalise a
+    single value per channel (resnet_s on a small input ends in 1 x 1 maps), and failed with a traceback.
     """
 
     def __init__(
@@ -259,7 +270,7 @@ class BatchLoader:
         return len(self.images) if self.rows is None else len(self.rows)
 
     def __len__(self) -> int:
-        return math.ceil(self._size() / self.batch_size)
+        return len(batch_starts(self._size(), self.batch_size))
 
     def _batches(self):
         import torch
@@ -268,8 +279,9 @@ class BatchLoader:
         order = torch.randperm(self._size(), generator=generator) if self.shuffle else torch.arange(self._size())
         if self.rows is not None:
             order = self.rows[order]
-        for start in range(0, len(order), self.batch_size):
-            index = order[start : start + self.batch_size]
+        starts = batch_starts(len(order), self.batch_size)
+        for start, stop in zip(starts, [*starts[1:], len(order)]):
+            index = order[start:stop]
             images = self.images[index]
             if self.augmented:
                 images = augment(images, generator)

@@ -646,7 +646,7 @@ def train(config: TrainConfig) -> TrainResult:
 
     from skymorph.progress import progress_bar
     from skymorph.trainer.checkpoint import save_checkpoint
-    from skymorph.trainer.data import BatchLoader
+    from skymorph.trainer.data import BatchLoader, batch_starts
     from skymorph.trainer.losses import vote_nll
 
     started = time.monotonic()
@@ -661,7 +661,7 @@ def train(config: TrainConfig) -> TrainResult:
     storage_options = config.storage_options
 
     val_loader = BatchLoader(images, votes, 256, rows=val_rows, shuffle=False, augmented=False, seed=0)
-    steps_per_epoch = math.ceil(n_train / config.batch_size)
+    steps_per_epoch = len(batch_starts(n_train, config.batch_size))
     total_steps = steps_per_epoch * config.epochs
     warmup_steps = round(config.warmup_epochs * steps_per_epoch)
     last_path = last_checkpoint_path(config.out)
