@@ -8,6 +8,7 @@ construction and round-trips through :meth:`ModelMetadata.to_props` / :meth:`Mod
 from __future__ import annotations
 
 import json
+import math
 import numbers
 from dataclasses import dataclass, field
 
@@ -52,6 +53,10 @@ def check_samples(samples, flag: str = "--samples", error: type[Exception] = Inp
     return int(samples)
 
 
+def _finite(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
 @dataclass(frozen=True)
 class InputSpec:
     """What a model expects as input and how uint8 pixels become network input.
@@ -71,8 +76,17 @@ class InputSpec:
     resize: int | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
-        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+        # a checkpoint's or model's JSON can hold anything: "x" here failed as a traceback inside the network,
+        # and a NaN std gave NaN for every galaxy
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if not isinstance(values, (list, tuple)) or not all(_finite(v) for v in values):
+                raise ModelError(f"input spec {name} must be a list of finite numbers, got {values!r}")
+            object.__setattr__(self, name, tuple(float(v) for v in values))
+        if not (_finite(self.scale) and self.scale > 0):
+            raise ModelError(f"input spec scale must be a finite number > 0, got {self.scale!r}")
+        if not _finite(self.crop_fraction):
+            raise ModelError(f"input spec crop_fraction must be a number in (0, 1], got {self.crop_fraction!r}")
         sizes = (self.channels, self.height, self.width, *(() if self.resize is None else (self.resize,)))
         if any(isinstance(n, bool) or not isinstance(n, numbers.Integral) for n in sizes) or min(sizes[:3]) < 1:
             raise ModelError(f"input spec needs whole positive channels, height, width (and resize); got {self.channels}x"
@@ -112,6 +126,18 @@ class InputSpec:
             raise ModelError(f"input spec {data!r} is malformed: {err}") from err
 
 
+def _parsed(props: dict, key: str, kind: type):
+    """``props["skymorph.<key>"]`` as ``kind``: its text exactly as the exporter writes it (``int`` took
+    " 3_0 " for 30), else a one-line :class:`ModelError` naming the key."""
+    text = props[f"skymorph.{key}"]
+    try:
+        if not isinstance(text, str) or text != text.strip() or "_" in text:
+            raise ValueError
+        return kind(text)
+    except ValueError:
+        raise ModelError(f"malformed skymorph.{key} {text!r}") from None  # from_props names the source and the fix
+
+
 @dataclass(frozen=True)
 class ModelMetadata:
     """Schema, likelihood, T, seed, dropout rate, digests and input spec of an exported model."""
@@ -149,6 +175,8 @@ class ModelMetadata:
             "skymorph.version": self.version,
         }
         for key, value in self.extra.items():
+            if f"skymorph.{key}" in props:  # it would replace the model's own value
+                raise ModelError(f"extra metadata key {key!r} is one of the model's own; give it another name")
             props[f"skymorph.{key}"] = value if isinstance(value, str) else json.dumps(value)
         return props
 
@@ -171,9 +199,9 @@ class ModelMetadata:
             return cls(
                 schema=Schema.from_json(props["skymorph.schema"], source=f"{source} skymorph.schema"),
                 likelihood=props["skymorph.likelihood"],
-                samples=int(props["skymorph.samples"]),
-                seed=int(props["skymorph.seed"]),
-                dropout=float(props["skymorph.dropout"]),
+                samples=_parsed(props, "samples", int),
+                seed=_parsed(props, "seed", int),
+                dropout=_parsed(props, "dropout", float),
                 masks_sha256=props["skymorph.masks_sha256"],
                 weights_sha256=props["skymorph.weights_sha256"],
                 input=InputSpec.from_dict(json.loads(props["skymorph.input"])),

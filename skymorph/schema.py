@@ -61,6 +61,13 @@ class Question:
             raise SchemaError(f"question {self.name!r} lists answer(s) {duplicates} more than once")
 
 
+LABEL_COLUMNS = ("object_id", "tile", "row", "ra", "dec", "split", "match_arcsec", "position_is_placeholder")
+"""The columns of a labels table that are not vote counts (``{question}_{answer}``): a galaxy's id and
+place, its split, and what ``labels match`` and ``survey ingest`` add."""
+
+_QUESTION_KEYS = ("name", "answers", "asked_by")
+
+
 @dataclass(frozen=True)
 class Schema:
     """A validated decision tree. ``questions`` are in output order; answers flatten to A columns."""
@@ -103,6 +110,11 @@ class Schema:
         clashes = sorted({c for c in columns if columns.count(c) > 1})
         if clashes:
             raise SchemaError(f"schema {self.name!r}: answer columns {clashes} are ambiguous; rename a question or answer")
+        for q in self.questions:  # a labels table's other columns would read as its answers, or be refused as unknown ones
+            taken = [column for column in LABEL_COLUMNS if column.startswith(f"{q.name}_")]
+            if taken:
+                raise SchemaError(f"schema {self.name!r}: question {q.name!r} would take the labels' {taken[0]!r} column "
+                                  "for one of its answers; rename the question")
 
     # -- lookups ---------------------------------------------------------------------------------
 
@@ -193,12 +205,15 @@ class Schema:
         return json.dumps(self.to_dict(), separators=(",", ":"))
 
     @classmethod
-    def from_dict(cls, data: dict, source: str = "schema") -> Schema:
-        """From :meth:`to_dict`'s form; every type is checked, so a malformed tree is one
-        :class:`SchemaError` line naming ``source``, the question and the field."""
+    def from_dict(cls, data: dict, source: str = "schema", default_name: str | None = None) -> Schema:
+        """From :meth:`to_dict`'s form; every type is checked, and a key it does not have refused (a
+        misspelt ``asked_by`` made a root question), so a malformed tree is one :class:`SchemaError` line
+        naming ``source``, the question and the field. ``default_name`` (else ``source``) names a tree
+        without ``name``."""
         if not isinstance(data, dict) or not isinstance(data.get("questions"), list):
             raise SchemaError(f"{source}: expected an object with 'name' and a list 'questions'")
-        name = data.get("name", source)
+        _check_keys(data, ("name", "questions"), source)
+        name = data.get("name", default_name or source)
         if not isinstance(name, str) or not name.strip():
             raise SchemaError(f"{source}: 'name' must be a non-empty string, got {name!r}")
         questions = []
@@ -207,6 +222,7 @@ class Schema:
                 raise SchemaError(f"{source}: question {i} needs 'name' and 'answers'")
             if not isinstance(q["name"], str):
                 raise SchemaError(f"{source}: question {i}: 'name' must be a string, got {q['name']!r}")
+            _check_keys(q, _QUESTION_KEYS, f"{source}: question {i} ({q['name']!r})")
             try:  # Question checks the other fields' types and values
                 questions.append(Question(q["name"], q["answers"], q.get("asked_by")))
             except SchemaError as err:
@@ -217,12 +233,19 @@ class Schema:
             raise SchemaError(f"{source}: {err}") from None
 
     @classmethod
-    def from_json(cls, text: str, source: str = "schema") -> Schema:
+    def from_json(cls, text: str, source: str = "schema", default_name: str | None = None) -> Schema:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as err:
             raise SchemaError(f"{source} is not valid JSON: {err.msg} at line {err.lineno}") from err
-        return cls.from_dict(data, source)
+        return cls.from_dict(data, source, default_name)
+
+
+def _check_keys(data: dict, keys: tuple[str, ...], where: str) -> None:
+    unknown = [key for key in data if key not in keys]
+    if unknown:
+        raise SchemaError(f"{where} has unknown key {unknown[0]!r}; a tree has only {', '.join(keys)}."
+                          + did_you_mean(str(unknown[0]), keys))
 
 
 def _tree(name: str, spec: list[tuple[str, list[str], str | None]]) -> Schema:
@@ -284,7 +307,7 @@ def get_schema(name_or_path: str | Schema) -> Schema:
                               "give a JSON file") from None
         except OSError as err:
             raise SchemaError(f"cannot read schema file {str(path)!r} ({err.strerror or err})") from None
-        return Schema.from_json(text, source=str(path))
+        return Schema.from_json(text, source=str(path), default_name=path.stem)  # not the path as typed: it is recorded
     raise SchemaError(
         f"unknown schema {name_or_path!r}: give one of {', '.join(BUILTIN_SCHEMAS)} or a JSON file path."
         + did_you_mean(str(name_or_path), BUILTIN_SCHEMAS)

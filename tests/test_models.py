@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -228,6 +230,13 @@ def test_model_metadata_refuses_what_the_rest_of_skymorph_refuses():
     good = ModelMetadata(schema=get_schema("gz2"), likelihood="multinomial", samples=30, seed=0, dropout=0.5,
                          masks_sha256="0" * 64, weights_sha256="0" * 64, input=SPEC)
     assert ModelMetadata.from_props(good.to_props()) == good
+    # each value as the exporter writes it, and the key named: int() took " 3_0 " for 30, 30.7 for 30, True for 1
+    for key, value in [("samples", "abc"), ("seed", " 3_0 "), ("samples", 30.7), ("seed", True), ("dropout", "x")]:
+        with pytest.raises(ModelError, match=rf"^'m.onnx' has invalid skymorph metadata: malformed skymorph.{key} {re.escape(repr(value))}; "
+                                             "re-export it with `skymorph export`$"):
+            ModelMetadata.from_props({**good.to_props(), f"skymorph.{key}": value}, source="'m.onnx'")
+    with pytest.raises(ModelError, match="^extra metadata key 'schema' is one of the model's own; give it another name$"):
+        replace(good, extra={"schema": "x"}).to_props()
     for change, message in [
         (dict(samples=10**6), r"samples \(MC-dropout samples T\) must be an integer from 1 to 1000, got 1000000"),
         (dict(samples=2.5), "got 2.5"),
@@ -242,3 +251,12 @@ def test_model_metadata_refuses_what_the_rest_of_skymorph_refuses():
         InputSpec(1.5, 32, 32)
     with pytest.raises(ModelError, match=r"\(resize 16.0\)"):
         InputSpec(1, 32, 32, resize=16.0)
+    # a checkpoint's JSON can hold anything: "x" failed as a traceback inside the network, NaN gave NaN outputs
+    for change, message in [
+        (dict(scale="x"), r"^input spec scale must be a finite number > 0, got 'x'$"), (dict(scale=0.0), "got 0.0$"),
+        (dict(std=[float("nan")]), r"^input spec std must be a list of finite numbers, got \[nan\]$"),
+        (dict(mean="1"), r"^input spec mean must be a list of finite numbers, got '1'$"),
+        (dict(crop_fraction=True), r"^input spec crop_fraction must be a number in \(0, 1\], got True$"),
+    ]:
+        with pytest.raises(ModelError, match=message):
+            InputSpec(1, 32, 32, **change)

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -103,3 +104,32 @@ def test_schema_file_that_is_not_utf8_is_one_line(tmp_path):
     path.write_bytes(b"\xff\xfe{}")
     with pytest.raises(SchemaError, match=r"^schema file '.*tree.json' is not UTF-8 text \(invalid start byte at byte 0\)"):
         get_schema(str(path))
+
+
+@pytest.mark.parametrize(("question", "column"), [("object", "object_id"), ("match", "match_arcsec"), ("position", "position_is_placeholder")])
+def test_a_question_named_like_a_labels_column_is_refused(question, column):
+    """A question 'object' read every labels file's object_id as one of its answers (answer 'id': the galaxy
+    ids became vote counts) or refused every labels file, the one `survey synth` wrote for it included."""
+    with pytest.raises(SchemaError, match=rf"^schema 'x': question '{question}' would take the labels' '{column}' column for one "
+                                          "of its answers; rename the question$"):
+        Schema("x", (Question(question, ("id", "no")),))
+
+
+@pytest.mark.parametrize(("tree", "message"), [
+    ({"name": "t", "questions": [{"name": "q", "answers": ["a", "b"]}, {"name": "r", "answers": ["a", "b"], "asked-by": ["q", "a"]}]},
+     r"^tree.json: question 1 \('r'\) has unknown key 'asked-by'; a tree has only name, answers, asked_by\. Did you mean 'asked_by'\?$"),
+    ({"nmae": "t", "questions": [{"name": "q", "answers": ["a", "b"]}]},
+     r"^tree.json has unknown key 'nmae'; a tree has only name, questions\. Did you mean 'name'\?$"),
+])
+def test_a_misspelt_key_is_refused_not_ignored(tmp_path, monkeypatch, tree, message):
+    """A misspelt asked_by made the question a root: its asked fraction 1 and bald_total wrong in every catalog."""
+    monkeypatch.chdir(tmp_path)
+    Path("tree.json").write_text(json.dumps(tree))
+    with pytest.raises(SchemaError, match=message):
+        get_schema("tree.json")
+
+
+def test_a_tree_without_a_name_is_named_after_its_file_not_the_path_as_typed(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("mine.json").write_text(json.dumps({"questions": [{"name": "q", "answers": ["a", "b"]}]}))
+    assert get_schema("mine.json").name == get_schema(str(tmp_path / "mine.json")).name == "mine"

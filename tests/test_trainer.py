@@ -256,6 +256,24 @@ def test_checkpoint_round_trip_and_weights_only_load(tmp_path):
         assert torch.equal(loaded.state_dict()[key], value)
 
 
+def test_numpy_numbers_in_a_checkpoints_metadata_are_saved_as_numbers(tmp_path):
+    """json's default=str wrote np.int64(32) as "32": training succeeded and its checkpoint could not be loaded."""
+    meta = dataclasses.replace(_meta(), arch_params={"dense": np.int64(16)}, input=InputSpec(1, 32, 32, crop_fraction=np.float32(0.5)))
+    path = str(tmp_path / "c.ckpt")
+    save_checkpoint(path, build_model("w20", meta.schema, meta.input, "multinomial", dense=16), meta)
+    _, loaded, _ = load_checkpoint(path)
+    assert loaded.arch_params == {"dense": 16} and loaded.input.crop_fraction == 0.5
+
+
+def test_a_checkpoint_whose_weights_or_training_state_are_not_tables_is_one_line(tmp_path):
+    model = build_model("w20", GZ2, _meta().input, "multinomial")
+    for damage in ({"model": [1, 2]}, {"training": "epoch 3"}):
+        payload = {"format": "skymorph-checkpoint", "format_version": 1, "metadata": _meta().to_json(), "model": model.state_dict(), **damage}
+        torch.save(payload, tmp_path / "damaged.ckpt")
+        with pytest.raises(ModelError, match=r"damaged.ckpt' is a skymorph checkpoint without its weights or with damaged training state"):
+            load_checkpoint(str(tmp_path / "damaged.ckpt"))
+
+
 def test_checkpoint_errors_are_one_line(tmp_path):
     bad = tmp_path / "bad.ckpt"
     for content in (b"not a checkpoint at all", b""):
@@ -1104,6 +1122,22 @@ def test_a_batchs_votes_are_added_to_the_labels_where_the_batch_says_each_image_
     batch.assign(ra=12.0).to_csv(tmp_path / "elsewhere.csv", index=False)
     with pytest.raises(InputError, match=r"put object_id 1030 more than 5\" from where batch .* has it"):
         add_votes(str(tmp_path / "votes.csv"), str(tmp_path / "elsewhere.csv"), str(tmp_path / "x.parquet"), labels=old, schema="gz2")
+
+
+def test_votes_are_added_under_a_tree_of_another_name_with_the_same_questions(tmp_path):
+    """labels ingest compared the trees' JSON, names included: a custom tree's file given by another path
+    (its default name) refused the next round's votes as another tree's."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from skymorph.schema import Schema
+    from skymorph.trainer.votes import _tree
+
+    labels = str(tmp_path / "labels.parquet")
+    pq.write_table(pa.table({"object_id": [1]}).replace_schema_metadata({"skymorph.schema": GZ2.to_json()}), labels)
+    assert _tree(Schema("renamed", GZ2.questions), labels, None).name == "renamed"
+    with pytest.raises(InputError, match="record votes of 'gz2', not of --schema 'decals'"):
+        _tree("decals", labels, None)
 
 
 def test_votes_for_unclassified_galaxies_fill_their_rows_and_keep_the_rest(tmp_path):

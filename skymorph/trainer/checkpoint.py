@@ -75,7 +75,7 @@ class CheckpointMeta:
         }
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), separators=(",", ":"), default=str)
+        return json.dumps(self.to_dict(), separators=(",", ":"), default=_json_value)
 
     @classmethod
     def from_json(cls, text: str, source: str = "checkpoint") -> CheckpointMeta:
@@ -95,6 +95,16 @@ class CheckpointMeta:
             if isinstance(err, ModelError | SchemaError):
                 raise
             raise ModelError(f"{source} has malformed metadata ({type(err).__name__}: {err}); retrain or re-save it") from err
+
+
+def _json_value(value):
+    """A numpy number or array as the JSON number or list it holds (``str`` made ``np.int64(32)`` the string
+    ``"32"``, and the checkpoint unloadable); anything else JSON lacks (a path) as its text."""
+    import numpy as np
+
+    if isinstance(value, np.generic | np.ndarray):
+        return value.tolist()
+    return str(value)
 
 
 def save_checkpoint(path: str, model, meta: CheckpointMeta, *, training: dict | None = None, storage_options=None) -> None:
@@ -184,6 +194,9 @@ def load_checkpoint(path: str, expect_schema=None, storage_options=None, *, data
     if expect_schema is not None:
         check_schema(meta, expect_schema, repr(path))
     model = build_model(meta.arch, meta.schema, meta.input, meta.likelihood, dropout=meta.dropout, **meta.arch_params)
+    if not isinstance(payload.get("model"), dict) or not isinstance(payload.get("training") or {}, dict):
+        raise ModelError(f"{path!r} is a skymorph checkpoint without its weights or with damaged training state (hand-made or "
+                         "damaged); give a file written by `skymorph train`")
     try:
         model.load_state_dict(payload["model"])
     except (RuntimeError, KeyError) as err:

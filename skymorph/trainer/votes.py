@@ -185,7 +185,7 @@ def _tree(schema: str | Schema | None, labels: str | None, storage_options) -> S
         if recorded is None:
             raise InputError("give --schema: the tree the votes are of (the labels so far record none)")
         return recorded
-    if recorded is not None and recorded.to_json() != tree.to_json():
+    if recorded is not None and not recorded.same_tree(tree):
         raise InputError(f"labels {labels!r} record votes of {recorded.name!r}, not of --schema {tree.name!r}; give "
                          "votes of one tree")
     return tree
