@@ -15,9 +15,11 @@ For every answer :math:`a` of question :math:`q` an engine gives :math:`T` sampl
 and the predictive distribution is :math:`\bar P(k) = \frac{1}{T} \sum_t P_t(k)`. :func:`summarize`
 turns a batch of samples into DESIGN's catalog columns; the building blocks are public and pure.
 
-Array convention of the building blocks: the count axis :math:`k` comes first, with length
-:math:`N + 1`, then the sample axis :math:`t`, then anything else (galaxies, answers). Keeping each
-:math:`k` one contiguous slab is what makes the pmf arithmetic fast in numpy.
+Array convention of the building blocks on count pmfs: the count axis :math:`k` comes first, with
+length :math:`N + 1`, then the sample axis :math:`t`, then anything else (galaxies, answers). Keeping
+each :math:`k` one contiguous slab is what makes the pmf arithmetic fast in numpy. Samples themselves
+are given as an engine returns them, samples before answers: :func:`expected_fraction` takes
+(..., T, A) and averages over the second-last axis; :func:`summarize` takes (B, T, A).
 
 References: M. Walmsley et al. 2020, MNRAS 491, 1554 (Bayesian CNN, binomial vote likelihood, BALD
 for Galaxy Zoo); M. Walmsley et al. 2022, MNRAS 509, 3966 (Dirichlet-multinomial, Zoobot);

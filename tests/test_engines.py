@@ -107,6 +107,20 @@ def test_onnx_without_skymorph_metadata_is_refused(model_files, tmp_path):
         load_engine(str(tmp_path / "plain.onnx"))
 
 
+def test_onnx_with_a_float16_output_is_refused(model_files, tmp_path):
+    """The samples go to the posterior maths as float32, as Engine promises: a hand-made float16 output passed."""
+    model = onnx.load(str(model_files[1]))
+    name = model.graph.output[0].name
+    for node in model.graph.node:
+        node.output[:] = [f"{name}_fp32" if out == name else out for out in node.output]
+    model.graph.node.append(onnx.helper.make_node("Cast", [f"{name}_fp32"], [name], to=onnx.TensorProto.FLOAT16))
+    model.graph.output[0].type.tensor_type.elem_type = onnx.TensorProto.FLOAT16
+    onnx.save(model, str(tmp_path / "half.onnx"))
+    with pytest.raises(ModelError, match=r"half.onnx' should give one float32 output \(B, 4, 30\) as its metadata says, has "
+                                         r"\[\('samples', 'tensor\(float16\)'"):
+        load_engine(str(tmp_path / "half.onnx"))
+
+
 def test_schema_mismatch_is_refused(model_files):
     assert load_engine(str(model_files[1]), expect_schema="gz2").metadata.schema == SCHEMA
     with pytest.raises(ModelError, match="predicts schema 'gz2'.*not 'decals'"):

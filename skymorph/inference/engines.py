@@ -131,9 +131,9 @@ def _onnx_signature(url: str, session, metadata: ModelMetadata) -> tuple[str, st
     if len(inputs) != 1 or inputs[0].type != "tensor(uint8)" or list(inputs[0].shape[1:]) != [c, h, w]:
         got = [(i.name, i.type, i.shape) for i in inputs]
         raise ModelError(f"{url!r} should take one uint8 input (B, {c}, {h}, {w}) as its metadata says, has {got}")
-    if len(outputs) != 1 or list(outputs[0].shape[1:]) != [t, a]:
+    if len(outputs) != 1 or outputs[0].type != "tensor(float)" or list(outputs[0].shape[1:]) != [t, a]:
         got = [(o.name, o.type, o.shape) for o in outputs]
-        raise ModelError(f"{url!r} should give one output (B, {t}, {a}) as its metadata says, has {got}")
+        raise ModelError(f"{url!r} should give one float32 output (B, {t}, {a}) as its metadata says, has {got}")
     return inputs[0].name, outputs[0].name
 
 
