@@ -77,6 +77,12 @@ def test_load_labels_reads_votes_in_schema_order_and_rejects_unknown_answers(tmp
     path.write_text("object_id,has_spiral_arms_yes,has_spiral_arms_no\n5,1e30,0\n6,2,0\n")  # would wrap around in int64
     with pytest.raises(InputError, match=r"holds a count of 1e\+30 votes; counts above 16,777,216 are not volunteer votes"):
         load_labels(str(path), GZ2)
+    path.write_text("object_id,has_spiral_arms_yes,has_spiral_arms_no\n5,inf,0\n6,2,0\n")  # was reported as 1.79769e+308
+    with pytest.raises(InputError, match=r"holds a count of inf votes"):
+        load_labels(str(path), GZ2)
+    path.write_text("object_id,has_spiral_arms_yes,has_spiral_arms_no\n5,true,0\n6,false,1\n")  # was read as 1 and 0
+    with pytest.raises(InputError, match="'has_spiral_arms_yes' must hold vote counts, not bool$"):
+        load_labels(str(path), GZ2)
     path.write_text("object_id,has_spiral_arms_yes,has_spiral_arms_no\n5,16777216,0\n")
     assert load_labels(str(path), GZ2).votes.max() == 2**24
     path.write_text("object_id,bar_yes,bar_no,has_spiral_arms_yes\n5,1,0,3\n")  # read as 0 "no" votes: always spiral

@@ -132,12 +132,16 @@ def _read_counts(url: str, table, object_id: np.ndarray, answer: str, spellings:
     (:func:`_source`) where that holds a count. An answer spelt two ways is combined row by row: a cell
     empty or 0 in one spelling takes the other's (a concatenation filled with 0 puts 0 where the other
     table had no column); a row with two different non-zero counts of one source is an error (which?)."""
+    import pyarrow as pa
+
     combined, voted = None, {}
     for name in spellings:
-        try:
-            values = table.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
-        except (TypeError, ValueError) as err:
-            raise InputError(f"labels {url!r} column {name!r} must hold vote counts, not text ({err})") from err
+        column = table.column(name)
+        if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type) or pa.types.is_null(column.type)):
+            # a boolean read as 0 and 1, and text of digits as its numbers, whatever the column held
+            kind = "text" if pa.types.is_string(column.type) or pa.types.is_large_string(column.type) else str(column.type)
+            raise InputError(f"labels {url!r} column {name!r} must hold vote counts, not {kind}")
+        values = column.to_numpy(zero_copy_only=False).astype(np.float64)
         source = _source(name, answer)
         same_source = source in voted  # else a row with both counts is two sources': _check_one_source names it
         voted[source] = voted.get(source, False) | (values > 0)
@@ -313,7 +317,7 @@ def labels_from_table(url: str, table, sha256: str, schema: Schema, *, votes_nee
         for source, mask in by_source.items():
             sources[source] = sources.get(source, False) | mask
         empty[:, schema.answer_columns.index(column)] = np.isnan(values)
-        values = np.nan_to_num(values, nan=0.0)
+        values = np.where(np.isnan(values), 0.0, values)  # not nan_to_num: it made an infinite count 1.8e308
         if (values < 0).any() or (values != np.round(values)).any():
             raise InputError(f"labels {url!r} column {said[column]} must hold non-negative integer vote counts")
         if (values > MAX_VOTES).any():
