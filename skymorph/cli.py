@@ -480,7 +480,7 @@ def _add_catalog_commands(sub) -> None:
                       "pick these (the labels' rows with votes, and batches still with the volunteers)")
     pick.add_argument("--exclude-id-column", default="object_id", metavar="NAME",
                       help="the --exclude file's column of catalog object ids (default object_id; e.g. galaxy_id)")
-    pick.add_argument("--out", required=True, metavar="FILE", help="subject manifest (.csv; or .parquet, .fits, .vot)")
+    pick.add_argument("--out", required=True, metavar="FILE", help="subject manifest (.csv; or .parquet, .fits, .vot, .xml)")
     pick.add_argument("--gallery", metavar="PNG", help="also draw the picked galaxies and their posteriors")
     _add_overwrite_option(pick, "existing --out and --gallery files")
     _add_storage_option(pick)
