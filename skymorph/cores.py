@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["cgroup_cpu_quota", "usable_cores"]
+__all__ = ["cgroup_cpu_quota", "check_at_most_cores", "usable_cores"]
 
 
 def usable_cores() -> int:
@@ -21,6 +21,17 @@ def usable_cores() -> int:
         cores = os.cpu_count() or 1
     quota = cgroup_cpu_quota()
     return cores if quota is None else max(1, min(cores, int(quota)))  # rounded down, as Go's automaxprocs does
+
+
+def check_at_most_cores(value, name: str, flag: str, what: str) -> int:
+    """``value`` as an int from 1 to :func:`usable_cores`, else a one-line :class:`InputError` naming
+    ``flag``: more ``what`` (threads, processes) than cores only contend, and a million of them crashed
+    the process (torch's thread pool) or filled the machine (processes)."""
+    from skymorph.errors import check_int
+
+    cores = usable_cores()
+    return check_int(name, flag, value, 1, maximum=cores, why=f": this process may use {cores} cores, and more {what} than "
+                     "cores only contend")
 
 
 def cgroup_cpu_quota(root: str = "/sys/fs/cgroup", membership: str = "/proc/self/cgroup") -> float | None:

@@ -206,6 +206,31 @@ def test_a_count_beyond_int64_is_refused_by_its_flag(small_catalog, tmp_path, ca
             f"100000000000000000000 (see skymorph catalog {argv[0]} --help)"]
 
 
+@pytest.mark.parametrize(("argv", "flag", "what"), [
+    (["train", "--tiles", "t.txt", "--labels", "l.parquet", "--out", "m.ckpt"], "--threads", "torch threads"),
+    (["evaluate", "m.ckpt", "--tiles", "t.txt", "--labels", "l.parquet", "--out", "eval"], "--threads", "torch threads"),
+    (["survey", "synth", "--out", "survey", "--tiles", "2"], "--workers", "tile-making processes"),
+], ids=["train", "evaluate", "synth"])
+def test_more_threads_or_processes_than_cores_are_refused_before_any_work(argv, flag, what, tmp_path, monkeypatch, capsys):
+    """A million torch threads crashed train and evaluate (a segfault, nothing on stderr); as many synth
+    processes would fill the machine."""
+    from skymorph.cores import usable_cores
+
+    monkeypatch.chdir(tmp_path)
+    assert main([*argv, flag, "1000000"]) == 2
+    assert capsys.readouterr().err.strip() == (f"skymorph: error: {flag.strip('-')} ({flag}) must be at most {usable_cores()}, got "
+                                               f"1000000: this process may use {usable_cores()} cores, and more {what} than cores "
+                                               "only contend")
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_million_ingest_threads_are_refused(tmp_path, capsys):
+    (tmp_path / "cutouts.csv").write_text("file,object_id\na.png,1\n")
+    assert main(["survey", "ingest", "--catalog", str(tmp_path / "cutouts.csv"), "--out", str(tmp_path / "s"), "--workers", "1000000"]) == 2
+    assert capsys.readouterr().err.strip() == ("skymorph: error: workers (--workers) must be at most 256, got 1000000: more "
+                                               "decoding threads only contend")
+
+
 # ---- outputs that cannot be written: refused before the work --------------------------------------
 
 

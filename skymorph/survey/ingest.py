@@ -68,6 +68,9 @@ from skymorph.tiles import MISSING_OBJECT_ID, check_cutout_size
 
 __all__ = ["ingest", "IngestSummary", "decode_image", "parse_label_map"]
 
+MAX_INGEST_WORKERS = 256
+"""Most decoding threads ``--workers`` may ask for: enough to keep many S3 reads in flight; a million
+started one thread per file, until Python could start no more."""
 _SKY_ORDER = 29  # the finest nested HEALPix order cdshealpix supports (~0.4 mas cells): the tiles' sort key
 _ASINH_A, _PERCENTILE = 0.1, 99.5  # the stretch of values beyond 8 bits: AsinhStretch(a) over a percentile interval
 # Pillow's raw modes of 16 bits per band for colour or grey+alpha ("RGB;16B", "LA;16B", "RGBA;16L", ...),
@@ -397,7 +400,8 @@ def ingest(
     size = check_cutout_size(size, 8)
     tile_size = check_int("tile_size", "--tile-size", tile_size, 1)
     chunk_size = check_int("chunk_size", "--chunk-size", chunk_size, 1)
-    workers = min(8, usable_cores()) if workers is None else check_int("workers", "--workers", workers, 1)
+    workers = min(8, usable_cores()) if workers is None else check_int("workers", "--workers", workers, 1, maximum=MAX_INGEST_WORKERS,
+                                                                     why=": more decoding threads only contend")
     if pixel_scale_arcsec is not None and (isinstance(pixel_scale_arcsec, bool) or not isinstance(pixel_scale_arcsec, numbers.Real)
                                            or not math.isfinite(pixel_scale_arcsec) or pixel_scale_arcsec <= 0):
         raise InputError(f"pixel_scale_arcsec (--pixel-scale-arcsec) must be a finite number > 0, got {pixel_scale_arcsec!r}; "

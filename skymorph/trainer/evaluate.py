@@ -34,6 +34,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from skymorph.cores import check_at_most_cores
 from skymorph.errors import InputError
 from skymorph.storage import atomic_write_bytes, atomic_write_text, check_new, join, read_parquet, write_parquet
 from skymorph.tables import index_in, locations
@@ -316,8 +317,8 @@ def evaluate(
     if batch_size < 1:
         raise InputError(f"batch_size must be at least 1, got {batch_size}")
     check_new([join(out, name) for name in OUTPUT_FILES], "--out", overwrite, storage_options)
-    if threads:
-        torch.set_num_threads(threads)
+    if threads is not None:
+        torch.set_num_threads(check_at_most_cores(threads, "threads", "--threads", "torch threads"))
     model, meta, _ = load_checkpoint(checkpoint, storage_options=storage_options)
     recorded = labels_schema(labels, storage_options)
     if recorded is not None:  # votes of one tree read as another's where their columns coincide
