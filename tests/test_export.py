@@ -354,7 +354,7 @@ def test_export_checkpoint_refuses_flags_of_the_other_format_before_reading(tmp_
         out = str(tmp_path / ("m.plan" if kwargs.get("format") == "tensorrt" else "m.onnx"))
         with pytest.raises(InputError, match=re.escape(message)):
             export_checkpoint(missing, out, T, **kwargs)
-    for suffix in (".plan", ".engine"):  # ONNX under a plan's name: `run` would look for a plan there
+    for suffix in (".plan", ".engine", ".PLAN"):  # ONNX under a plan's name: `run` would look for a plan there (any case)
         with pytest.raises(InputError, match=re.escape("names a TensorRT plan; add --format tensorrt to build one, or end it in .onnx")):
             export_checkpoint(missing, str(tmp_path / f"m{suffix}"), T)
     for name in ("m2.onx", "model"):  # accepted, and then `run` needed --backend to know it
@@ -363,6 +363,13 @@ def test_export_checkpoint_refuses_flags_of_the_other_format_before_reading(tmp_
     with pytest.raises(InputError, match=r"--onnx-out .*m.onx.: end the ONNX model.s name in .onnx"):
         export_checkpoint(missing, str(tmp_path / "m.plan"), T, format="tensorrt", onnx_out=str(tmp_path / "m.onx"))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_onnx_out_of_an_onnx_export_is_refused_before_its_bucket_is_asked(tmp_path, capsys):
+    """The command line checked that --onnx-out's S3 bucket was writable first (a request to AWS, and
+    "no usable S3 credentials"), not that the flag does not apply."""
+    assert main(["export", str(tmp_path / "m.ckpt"), "--out", str(tmp_path / "m.onnx"), "--onnx-out", "s3://nobucket/y.onnx"]) == 2
+    assert capsys.readouterr().err.startswith("skymorph: error: --onnx-out applies to --format tensorrt only")
 
 
 def test_no_output_may_replace_the_checkpoint_being_exported(tmp_path, monkeypatch, capsys):

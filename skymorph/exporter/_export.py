@@ -47,7 +47,7 @@ def export_checkpoint(
                             (max_batch is not None, "--max-batch"), (timing_cache, "--timing-cache")):
             if given:  # else ignored without a word
                 raise InputError(f"{flag} applies to --format tensorrt only; drop it to write the float32 ONNX model at --out")
-        if str(out).endswith(PLAN_SUFFIXES):  # `run` would take it for a plan by its name
+        if str(out).lower().endswith(PLAN_SUFFIXES):  # `run` would take it for a plan by its name (any case)
             raise InputError(f"--out {str(out)!r} names a TensorRT plan; add --format tensorrt to build one, or end it in .onnx")
         check_not_input(checkpoint, out)
         if not str(out).lower().endswith(".onnx"):  # `run` picks the engine by the suffix
@@ -55,7 +55,7 @@ def export_checkpoint(
         onnx_report = export_onnx(checkpoint, out, samples, seed, opset=opset, overwrite=overwrite, storage_options=storage_options)
         return onnx_report, None
     out = str(out)
-    if not out.endswith(PLAN_SUFFIXES):
+    if not out.lower().endswith(PLAN_SUFFIXES):
         raise InputError(f"--out {out!r}: a TensorRT plan needs a .plan or .engine suffix")
     opt_batch = 256 if opt_batch is None else opt_batch
     max_batch = 1024 if max_batch is None else max_batch
