@@ -103,9 +103,15 @@ def error_text(err: BaseException, limit: int = 500) -> str:
 def first_line(err: BaseException, limit: int = 200) -> str:
     """The first non-blank line of ``err``'s message, at most ``limit`` characters, without terminal
     colour codes (torch's bold text); the exception's type name when the message is empty (a truncated
-    file can raise an error with no message)."""
+    file can raise an error with no message). A longer line is cut after its last whole word within the
+    limit, and "..." says so (a cut mid-word read as a typo)."""
     import re
 
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return (lines[0] if lines else type(err).__name__)[:limit]
+    line = lines[0] if lines else type(err).__name__
+    if len(line) <= limit:
+        return line
+    cut = line[: max(limit - 3, 0)]
+    words = cut.rsplit(" ", 1)[0] if " " in cut.strip() else cut
+    return words.rstrip(" ,;:(") + "..."

@@ -8,7 +8,9 @@ from skymorph.errors import did_you_mean, first_line, some_names
 def test_first_line_of_an_error():
     assert first_line(ValueError("\n  first\nsecond")) == "first"
     assert first_line(EOFError()) == "EOFError"
-    assert first_line(ValueError("x" * 500), 10) == "x" * 10
+    assert first_line(ValueError("x" * 500), 10) == "x" * 7 + "..."
+    assert first_line(ValueError("the file ends (If you trust it, load it)"), 26) == "the file ends (If you..."
+    assert first_line(ValueError("short"), 5) == "short"
     assert first_line(ValueError("load failed, \x1b[1mdo those steps\x1b[0m only")) == "load failed, do those steps only"
 
 
