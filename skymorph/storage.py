@@ -596,6 +596,14 @@ def check_writable(url: str, what: str, *, directory: bool = False) -> None:
     if not os.path.isdir(parent):
         raise InputError(f"cannot write to {what} {url!r}: {parent!r} is a file, not a directory")
     try:
+        longest = os.pathconf(parent, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        longest = 255
+    for name in os.path.relpath(path, parent).split(os.sep):  # else the error names the temporary file's name
+        if len(os.fsencode(name)) > longest:
+            raise InputError(f"cannot write to {what} {url!r}: its name {name[:24]!r}... is {len(os.fsencode(name))} bytes, "
+                             f"more than the {longest} this file system allows; give a shorter name")
+    try:
         handle, probe = tempfile.mkstemp(prefix=".skymorph-probe-", suffix=".tmp", dir=parent)  # a temporary name, if left
     except OSError as err:
         raise InputError(

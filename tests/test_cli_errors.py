@@ -261,17 +261,20 @@ DIRECTORY_OUTPUT = {"ingest", "evaluate"}
 
 
 @pytest.mark.parametrize("command", list(OUTPUT_COMMANDS))
-@pytest.mark.parametrize("where", ["under-a-file", "proc"])
+@pytest.mark.parametrize("where", ["under-a-file", "proc", "too-long"])
 def test_unwritable_output_is_refused_before_the_work(command, where, places, capsys):
-    name = "sub" + SUFFIX.get(command, "")
-    out = os.path.join(places["file"], name) if where == "under-a-file" else f"/proc/{name}"
+    """Too long a name was refused only when written, in an error naming the hidden temporary file."""
+    name = ("x" * 300 if where == "too-long" else "sub") + SUFFIX.get(command, "")
+    out = {"under-a-file": os.path.join(places["file"], name), "proc": f"/proc/{name}", "too-long": os.path.join(places["tmp"], name)}[where]
     argv = [a.replace("{out}", out).replace("{tmp}", places["tmp"]) for a in OUTPUT_COMMANDS[command]]
     line = _one_line_error(capsys, main(argv))
     assert line.startswith(f"skymorph: error: cannot write to {FLAG.get(command, '--out')} {out!r}: ")
     if where == "under-a-file":
         assert f"{places['file']!r} is a file, not a directory" in line
-    else:
+    elif where == "proc":
         assert "cannot create files in '/proc'" in line
+    else:
+        assert line.endswith(f"is {len(name)} bytes, more than the 255 this file system allows; give a shorter name")
     assert "nope" not in line and ".tmp" not in line
 
 
