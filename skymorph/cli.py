@@ -614,8 +614,12 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(err, BrokenPipeError) and _stdout_reader_left():
             return 141  # as Unix tools do on SIGPIPE (`| head`): quietly
         message = _environment_error(err, args)
-        if message is None:
-            raise
+        if message is None:  # a bug: its traceback, and an exit code of its own (1 is `run`'s partial catalog)
+            import traceback
+
+            traceback.print_exc()
+            print(f"skymorph: internal error ({type(err).__name__}); please report it with the traceback above", file=sys.stderr)
+            return 3
         print(f"skymorph: error: {message}", file=sys.stderr)
         return 2
 

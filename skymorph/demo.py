@@ -121,5 +121,20 @@ def _catalog_tools(catalog: str, out_dir: str) -> None:
     print(f"      next Galaxy Zoo batch: {batch}", flush=True)
 
 
+def main(argv: list[str]) -> int:
+    """``python -m skymorph.demo [OUT_DIR]``: the demo, with one line for bad input or an interrupt, as
+    the command line gives."""
+    from skymorph.errors import SkymorphError
+
+    try:
+        return run_demo(DemoConfig(out_dir=argv[0]) if argv else DemoConfig())
+    except SkymorphError as err:
+        print(f"demo: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("demo: interrupted", file=sys.stderr)
+        return 130
+
+
 if __name__ == "__main__":
-    sys.exit(run_demo(DemoConfig(out_dir=sys.argv[1]) if len(sys.argv) > 1 else DemoConfig()))
+    sys.exit(main(sys.argv[1:]))

@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from skymorph.cli import main
+from skymorph.errors import InputError
 
 
 @pytest.fixture
@@ -363,6 +364,35 @@ def test_a_broken_pipe_that_is_not_stdout_is_reported(monkeypatch, capsys):
     assert capsys.readouterr().out == "still here\n"
 
 
+def test_a_bug_exits_3_with_its_traceback_not_1_which_is_a_partial_result(monkeypatch, capsys):
+    from skymorph import cli
+
+    def bug(args):
+        return 1 // 0
+
+    monkeypatch.setattr(cli, "_cmd_catalog_info", bug)
+    assert main(["catalog", "info", "cat"]) == 3
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "ZeroDivisionError" in err
+    assert err.strip().splitlines()[-1] == ("skymorph: internal error (ZeroDivisionError); please report it with the "
+                                            "traceback above")
+
+
+@pytest.mark.parametrize(("raised", "code", "line"), [
+    (KeyboardInterrupt(), 130, "demo: interrupted"),
+    (InputError("bucket 'x' does not exist"), 2, "demo: error: bucket 'x' does not exist"),
+])
+def test_the_demo_ends_in_one_line_on_an_interrupt_or_bad_input(raised, code, line, monkeypatch, capsys):
+    from skymorph import demo
+
+    def stopped(config):
+        raise raised
+
+    monkeypatch.setattr(demo, "run_demo", stopped)
+    assert demo.main([]) == code
+    assert capsys.readouterr().err.strip() == line
+
+
 def test_a_missing_s3_input_is_named_by_its_argument(s3_bucket, tmp_path, capsys):
     """It named the URL, then listed every S3 URL given, the missing one included."""
     argv = ["run", "--tiles", f"{s3_bucket}/survey/tiles.txt", "--model", f"{s3_bucket}/nomodel.onnx", "--out", f"{s3_bucket}/cat"]
@@ -410,9 +440,9 @@ def test_an_s3_status_without_a_path_names_the_urls_and_what_to_do():
     "[Errno 16] Service Unavailable"."""
     import errno
 
-    from skymorph.cli import _environment_error, build_parser
-
     from botocore.exceptions import ClientError
+
+    from skymorph.cli import _environment_error, build_parser
 
     def from_s3(code: int, message: str) -> OSError:  # as s3fs raises it: the errno, from botocore's error
         err = OSError(code, message)
