@@ -340,6 +340,7 @@ def test_ingest_reports_unreadable_files_and_writes_placeholder_positions(tmp_pa
     assert code == 1  # output written, but not every file made it: say so in the exit code
     warnings = [line for line in re.split(r"[\r\n]", err) if line.startswith("skymorph: warning:")]
     assert len(warnings) == 3 and "img/bad.jpg" in warnings[0] and "img/missing.png" in warnings[1]
+    assert warnings[0].endswith("img/bad.jpg (object_id 3): UnidentifiedImageError: cannot identify image file")  # no buffer address
     assert warnings[2].endswith("foo://img/3.png (object_id 6): cannot open 'foo://img/3.png': Protocol not known: foo")
     failures = pd.read_csv(out / "ingest_failures.csv")
     assert failures["object_id"].tolist() == [3, 4, 6]  # a read refused otherwise than by the OS: skipped too

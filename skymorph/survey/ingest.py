@@ -216,8 +216,11 @@ def _stretched(planes: np.ndarray, size: int, bands: str, stretch: str):
 
 def _reason(err: Exception) -> str:
     """Why a file was skipped, in one line: skymorph's own message as it is, another library's with its
-    error's type (``UnidentifiedImageError: cannot identify image file``)."""
-    return first_line(err) if isinstance(err, InputError) else error_text(err, 200)
+    error's type (``UnidentifiedImageError: cannot identify image file``), less the in-memory buffer Pillow
+    names (``<_io.BytesIO object at 0x7f...>``: the file is named beside the reason)."""
+    if isinstance(err, InputError):
+        return first_line(err)
+    return re.sub(r" ?<_io\.BytesIO object at 0x[0-9a-f]+>", "", error_text(err, 200))
 
 
 def _labels_table(kept, object_id, tile_of_row, row, votes: dict, placeholder: bool, schema: str, source: str):
