@@ -65,7 +65,7 @@ def main() -> int:
     t3 = time.perf_counter()
     metrics = json.loads((evaluation / "metrics.json").read_text())
     print(f"{'question':<20}{'n':>6}{'rmse_obs':>10}{'rmse_true':>11}{'acc_conf':>10}{'cov@0.9':>9}")
-    for q, m in metrics["questions"].items():
+    for q, m in ((q, m) for q, m in metrics["questions"].items() if m["n"]):
         acc = "n/a" if m["accuracy_confident"] is None else f"{m['accuracy_confident']:.3f}"
         print(f"{q:<20}{m['n']:>6}{m['rmse']:>10.4f}{m['rmse_true']:>11.4f}{acc:>10}{m['coverage']['0.9']:>9.3f}")
     print(f"coverage plot: {evaluation / 'coverage.png'}")

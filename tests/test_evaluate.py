@@ -25,12 +25,14 @@ GZ2 = get_schema("gz2")
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
-def _brute_force_inside(pmfs: np.ndarray, k: int, level: float) -> bool:
-    """Central interval of the predictive pmf (mean over samples), by enumerating its CDF."""
-    cdf = np.cumsum(pmfs.mean(axis=0))
+def _brute_force_interval(pmfs: np.ndarray, k: int, level: float) -> tuple[bool, float]:
+    """Whether k is in the central interval of the predictive pmf (mean over samples), by enumerating its
+    CDF, and the interval's probability, summed term by term."""
+    pmf = pmfs.mean(axis=0)
+    cdf = np.cumsum(pmf)
     lo = int(np.argmax(cdf >= (1 - level) / 2 - 1e-12))
-    hi = int(np.argmax(cdf >= (1 + level) / 2 - 1e-12))
-    return lo <= k <= hi
+    hi = int(np.argmax(cdf >= (1 + level) / 2 - 1e-12)) if cdf[-1] >= (1 + level) / 2 - 1e-12 else len(pmf) - 1
+    return lo <= k <= hi, float(sum(pmf[lo : hi + 1]))
 
 
 @pytest.mark.parametrize("likelihood", ["multinomial", "dirichlet_multinomial"])
@@ -50,7 +52,7 @@ def test_coverage_matches_brute_force_intervals(likelihood):
         n = votes[:, s].sum(1)
         answers = [s.start] if len(q.answers) == 2 else range(s.start, s.stop)
         for level in (0.3, 0.9):
-            inside = []
+            inside, mass = [], []
             for i in np.flatnonzero(n > 0):
                 for a in answers:
                     k = np.arange(n[i] + 1)
@@ -59,8 +61,28 @@ def test_coverage_matches_brute_force_intervals(likelihood):
                     else:
                         rest = outputs[i, :, s].sum(-1) - outputs[i, :, a]
                         pmfs = np.stack([stats.betabinom.pmf(k, n[i], outputs[i, j, a], rest[j]) for j in range(t)])
-                    inside.append(_brute_force_inside(pmfs, votes[i, a], level))
-            assert got[q.name][f"{level:g}"] == pytest.approx(np.mean(inside))
+                    pair_inside, pair_mass = _brute_force_interval(pmfs, votes[i, a], level)
+                    inside.append(pair_inside)
+                    mass.append(pair_mass)
+            assert got[q.name]["observed"][f"{level:g}"] == pytest.approx(np.mean(inside))
+            assert got[q.name]["expected"][f"{level:g}"] == pytest.approx(np.mean(mass), rel=1e-9)
+
+
+@pytest.mark.parametrize("volunteers", [1, 10, 40])
+def test_a_calibrated_posterior_covers_as_often_as_it_expects_not_as_often_as_the_nominal_level(volunteers):
+    """Counts are discrete: a calibrated posterior's 10% interval held 28% of the counts at N = 40 and 80%
+    at N = 1, and the plot compared that with 0.1. Observed against expected, it is on the diagonal."""
+    rng = np.random.default_rng(volunteers)
+    schema = get_schema("gz2")
+    p = rng.uniform(0.05, 0.95, size=4000)
+    outputs = np.full((len(p), 3, schema.n_answers), 0.5)
+    outputs[:, :, 0], outputs[:, :, 1], outputs[:, :, 2] = (1 - p[:, None]) / 2, (1 - p[:, None]) / 2, p[:, None]  # smooth_or_featured
+    votes = np.zeros((len(p), schema.n_answers), dtype=np.int64)
+    votes[:, :3] = np.stack([rng.multinomial(volunteers, [(1 - x) / 2, (1 - x) / 2, x]) for x in p])
+    got = coverage(outputs, votes, schema, "multinomial")["smooth_or_featured"]
+    for level in ("0.1", "0.5", "0.9"):
+        assert got["observed"][level] == pytest.approx(got["expected"][level], abs=0.02)  # sampling error of 12,000 pairs
+    assert got["observed"]["0.1"] > 0.2  # far from the nominal 0.1 at every N here
 
 
 @pytest.fixture(scope="module")
@@ -95,9 +117,19 @@ def test_evaluate_metrics_agree_with_its_predictions(trained):
     assert m["accuracy_confident"] == pytest.approx(float(np.mean((predicted[confident] > 0.5) == (observed[confident] > 0.5))))
     true = truth.set_index("object_id").loc[val.index, "has_spiral_arms_yes_true"]
     assert m["rmse_true"] == pytest.approx(float(np.sqrt(np.mean((predicted - true) ** 2))), rel=1e-5)
-    assert set(m["coverage"]) == {"0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "0.8", "0.9", "0.95"}
+    assert set(m["coverage"]) == set(m["coverage_expected"]) == {"0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "0.8", "0.9", "0.95"}
+    assert all(m["coverage_expected"][c] >= float(c) - 1e-9 for c in m["coverage_expected"])  # a discrete interval holds at least c
+    assert m["n_true"] == len(val) and m["min_votes_confident"] == 9  # the ring survey's galaxies have 9 votes each
+    assert report.metrics["questions"]["bar"]["n"] == 0 and str(report).endswith("no votes for " + ", ".join(
+        q for q in GZ2.question_names if q != "has_spiral_arms"))
     for name in ("coverage.png", "predicted_vs_observed.png"):
         assert (tmp / "out" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    truth.loc[:, [c for c in truth.columns if c.startswith("has_spiral_arms")]] = np.nan  # no true fraction: null, not NaN
+    write_parquet(pa.Table.from_pandas(truth, preserve_index=False), str(tmp / "truth.parquet"))
+    evaluate(ckpt, tiles, labels, str(tmp / "out"), samples=7, truth=str(tmp / "truth.parquet"), progress=False, overwrite=True)
+    strict = json.loads((tmp / "out" / "metrics.json").read_text(), parse_constant=lambda name: pytest.fail(f"{name} in metrics.json"))
+    assert (strict["questions"]["has_spiral_arms"]["rmse_true"], strict["questions"]["has_spiral_arms"]["n_true"]) == (None, 0)
 
 
 def test_predict_uses_the_heads_seeded_masks(trained):

@@ -650,7 +650,9 @@ def test_real_gz2_slice_ingest_train_evaluate(tmp_path):
     assert code == 0, err
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["n_galaxies"] == 30 and metrics["questions"]["has_spiral_arms"]["n_confident"] == 30
-    assert list(metrics["questions"]) == ["has_spiral_arms"]  # the other questions have no votes
+    assert [q for q, m in metrics["questions"].items() if m["n"]] == ["has_spiral_arms"]  # the other questions have no votes
+    assert metrics["questions"]["bar"] == {"n": 0, "rmse": None, "n_confident": 0, "min_votes_confident": None,
+                                           "accuracy_confident": None}  # listed, so that every question can be looked up
 
 
 def _one_png(tmp_path) -> None:

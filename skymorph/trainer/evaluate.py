@@ -9,18 +9,22 @@ fractions and intervals. Per question, over the galaxies with votes for it (N_q 
 - ``accuracy_confident``: how often the top predicted answer is the top observed answer, over
   galaxies whose top observed fraction exceeds 0.8 (for two answers: observed fraction > 0.8 or < 0.2).
 - ``coverage`` (Walmsley et al. 2020, section 5.2): for each nominal level c, the share of
-  (galaxy, answer) pairs whose observed count k lies in the central c-interval of the posterior
-  predictive of the count given N_q volunteers,
+  (galaxy, answer) pairs whose observed count k lies in the central c-interval [lo, hi] of the
+  posterior predictive of the count given the galaxy's own N_q volunteers,
 
   .. math::
 
       \bar P(K \le k) = \frac{1}{T} \sum_t F(k; N_q, \theta_t), \qquad
-      k \in [\mathrm{lo}, \mathrm{hi}] \iff \bar P(K \le k) \ge \tfrac{1-c}{2}
-      \ \text{and}\ \bar P(K \le k-1) < \tfrac{1+c}{2},
+      \mathrm{lo} = \min\{k : \bar P(K \le k) \ge \tfrac{1-c}{2}\}, \quad
+      \mathrm{hi} = \min\{k : \bar P(K \le k) \ge \tfrac{1+c}{2}\},
 
   with F the binomial CDF (multinomial likelihood, theta_t = p_t,a) or the beta-binomial CDF
-  (Dirichlet, theta_t = (alpha_t,a, alpha_t,q - alpha_t,a)). Calibrated posteriors lie on the diagonal
-  (a little above it: a discrete interval holds at least c).
+  (Dirichlet, theta_t = (alpha_t,a, alpha_t,q - alpha_t,a)); and ``coverage_expected``, the mean over
+  the same pairs of the interval's own predictive mass :math:`\bar P(\mathrm{lo} \le K \le \mathrm{hi})`:
+  how often the model expects to be right. A count is discrete, so an interval holds more than c,
+  far more for few volunteers (a calibrated model's 10% interval holds 28% of the counts at N = 40 and
+  80% at N = 1): calibration is observed against expected, which agree for a calibrated model, not
+  observed against c.
 
 Writes ``OUT/metrics.json``, ``OUT/predictions.parquet``, ``OUT/coverage.png`` and
 ``OUT/predicted_vs_observed.png``.
@@ -63,13 +67,18 @@ class EvaluationReport:
         lines = [f"evaluated {self.n_galaxies} galaxies -> {self.metrics_path}"]
         if self.metrics.get("tta"):
             lines[0] += " (with test-time augmentation: an exported model gives the plain predictions)"
+        unasked = [q for q, m in self.metrics["questions"].items() if not m["n"]]
         for q, m in self.metrics["questions"].items():
-            acc = m.get("accuracy_confident")
-            true = f" rmse_true={m['rmse_true']:.4f}" if "rmse_true" in m else ""
+            if not m["n"]:
+                continue
+            acc, true = m.get("accuracy_confident"), m.get("rmse_true", "")
+            true = f" rmse_true={'n/a' if true is None else f'{true:.4f}'}" if "rmse_true" in m else ""
             lines.append(
                 f"  {q}: n={m['n']} rmse={m['rmse']:.4f}{true} "
                 f"accuracy_confident={'n/a' if acc is None else f'{acc:.4f}'} (n={m['n_confident']})"
             )
+        if unasked:
+            lines.append(f"  no votes for {', '.join(unasked)}")
         return "\n".join(lines)
 
 
@@ -109,19 +118,41 @@ def predict(
     return np.concatenate(out).astype(np.float32)
 
 
-def _cdf(k: np.ndarray, n: np.ndarray, theta, likelihood: str) -> np.ndarray:
-    """Posterior predictive CDF at k (B,) with N (B,): the mean over T of the per-sample count CDFs."""
+_PMF_CELLS = 1 << 22
+"""Most (count x galaxy x sample) predictive probabilities held at once by :func:`coverage`."""
+
+
+def _intervals(k: np.ndarray, n: np.ndarray, theta, likelihood: str, levels) -> tuple[np.ndarray, np.ndarray]:
+    """``(inside, mass)``, each (levels, B): whether each count k lies in its central interval [lo, hi] at
+    each level, and the predictive mass of that interval, from the predictive pmf over k = 0..N (the mean
+    over T of the per-sample pmfs; N may differ between galaxies). ``theta``: p (B, T), or the pair
+    (alpha_a, alpha_q - alpha_a)."""
     from scipy import stats
 
-    k, n = k[:, None], n[:, None]
-    if likelihood == "multinomial":
-        return stats.binom.cdf(k, n, np.clip(theta, 0.0, 1.0)).mean(axis=1)
-    a, b = theta
-    return stats.betabinom.cdf(k, n, a, b).mean(axis=1)
+    inside, mass = np.zeros((len(levels), len(k)), dtype=bool), np.zeros((len(levels), len(k)))
+    samples = (theta if likelihood == "multinomial" else theta[0]).shape[1]
+    for volunteers in np.unique(n):
+        rows = np.flatnonzero(n == volunteers)
+        for part in np.array_split(rows, -(-len(rows) * (volunteers + 1) * samples // _PMF_CELLS)):
+            counts = np.arange(volunteers + 1)[:, None, None]
+            if likelihood == "multinomial":
+                pmf = stats.binom.pmf(counts, volunteers, np.clip(theta[part], 0.0, 1.0)[None])
+            else:
+                pmf = stats.betabinom.pmf(counts, volunteers, theta[0][part][None], theta[1][part][None])
+            cdf = np.cumsum(pmf.mean(axis=2), axis=0)  # (N + 1, galaxies)
+            cdf[-1] = 1.0  # a total that rounds below 1 cannot push an interval's end past N
+            columns = np.arange(len(part))
+            for i, c in enumerate(levels):
+                lo = np.argmax(cdf >= (1 - c) / 2 - 1e-12, axis=0)
+                hi = np.argmax(cdf >= (1 + c) / 2 - 1e-12, axis=0)
+                inside[i, part] = (lo <= k[part]) & (k[part] <= hi)
+                mass[i, part] = cdf[hi, columns] - np.where(lo > 0, cdf[np.maximum(lo - 1, 0), columns], 0.0)
+    return inside, mass
 
 
-def coverage(outputs: np.ndarray, votes: np.ndarray, schema, likelihood: str, levels=COVERAGE_LEVELS) -> dict[str, dict[str, float]]:
-    """Observed coverage per question (galaxies with N_q > 0) at each nominal level; see module docstring."""
+def coverage(outputs: np.ndarray, votes: np.ndarray, schema, likelihood: str, levels=COVERAGE_LEVELS) -> dict[str, dict[str, dict[str, float]]]:
+    """Per question (galaxies with N_q > 0) and nominal level, the ``observed`` coverage and the coverage
+    the posterior ``expected``; see the module docstring."""
     result = {}
     for q, s in zip(schema.questions, schema.question_slices):
         n = votes[:, s].sum(axis=1)
@@ -130,42 +161,45 @@ def coverage(outputs: np.ndarray, votes: np.ndarray, schema, likelihood: str, le
             continue
         # Two answers carry one degree of freedom: count the first only, not the same event twice.
         answers = range(s.start, s.start + 1) if len(q.answers) == 2 else range(s.start, s.stop)
-        inside = {c: [] for c in levels}
         question_alpha = outputs[asked, :, s].sum(axis=2) if likelihood != "multinomial" else None  # once per question
+        inside, mass = [], []
         for a in answers:
-            k = votes[asked, a]
             if likelihood == "multinomial":
-                theta = outputs[asked, :, a]
+                theta = outputs[asked, :, a].astype(np.float64)
             else:
-                alpha = outputs[asked, :, a]
+                alpha = outputs[asked, :, a].astype(np.float64)
                 theta = (alpha, question_alpha - alpha)
-            at_k, below_k = _cdf(k, n[asked], theta, likelihood), _cdf(k - 1, n[asked], theta, likelihood)
-            for c in levels:
-                inside[c].append((at_k >= (1 - c) / 2) & (below_k < (1 + c) / 2))
-        result[q.name] = {f"{c:g}": float(np.concatenate(v).mean()) for c, v in inside.items()}
+            pair_inside, pair_mass = _intervals(votes[asked, a], n[asked], theta, likelihood, levels)
+            inside.append(pair_inside)
+            mass.append(pair_mass)
+        inside, mass = np.concatenate(inside, axis=1), np.concatenate(mass, axis=1)
+        result[q.name] = {"observed": {f"{c:g}": float(inside[i].mean()) for i, c in enumerate(levels)},
+                          "expected": {f"{c:g}": float(mass[i].mean()) for i, c in enumerate(levels)}}
     return result
 
 
 def _question_metrics(fractions: np.ndarray, votes: np.ndarray, schema, truth: np.ndarray | None) -> dict:
+    """Every question's metrics; one nobody answered has ``n`` 0 and no values (null, never NaN, which is
+    not JSON). ``min_votes_confident``: the fewest votes behind a confident galaxy (1 for hard labels,
+    where every galaxy is confident and the accuracy is against single votes)."""
     metrics = {}
     for q, s in zip(schema.questions, schema.question_slices):
         n = votes[:, s].sum(axis=1)
         asked = n > 0
-        if not asked.any():
-            continue
         observed = votes[asked, s] / n[asked, None]
         predicted = fractions[asked, s]
         confident = observed.max(axis=1) > CONFIDENT
         m = {
             "n": int(asked.sum()),
-            "rmse": float(np.sqrt(np.mean((predicted - observed) ** 2))),
+            "rmse": float(np.sqrt(np.mean((predicted - observed) ** 2))) if asked.any() else None,
             "n_confident": int(confident.sum()),
+            "min_votes_confident": int(n[asked][confident].min()) if confident.any() else None,
             "accuracy_confident": float(np.mean(predicted[confident].argmax(1) == observed[confident].argmax(1))) if confident.any() else None,
         }
         if truth is not None:
-            true = truth[asked, s]
-            finite = np.isfinite(true).all(axis=1)
-            m["rmse_true"] = float(np.sqrt(np.mean((predicted[finite] - true[finite]) ** 2)))
+            finite = np.isfinite(truth[asked, s]).all(axis=1)
+            m["n_true"] = int(finite.sum())  # galaxies with a true fraction for every answer: rmse_true's
+            m["rmse_true"] = float(np.sqrt(np.mean((predicted[finite] - truth[asked, s][finite]) ** 2))) if finite.any() else None
         metrics[q.name] = m
     return metrics
 
@@ -208,9 +242,10 @@ def _plots(fractions, votes, schema, cover: dict) -> tuple[bytes, bytes]:
     fig = Figure(figsize=(5, 5))
     ax = fig.subplots()
     ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="calibrated")
-    for q, levels in cover.items():
-        ax.plot([float(c) for c in levels], list(levels.values()), marker="o", label=q)
-    ax.set(xlabel="nominal interval level", ylabel="observed coverage", xlim=(0, 1), ylim=(0, 1.02), title="Posterior predictive coverage")
+    for q, levels in cover.items():  # one point per interval level, its expected against its observed coverage
+        ax.plot(list(levels["expected"].values()), list(levels["observed"].values()), marker="o", label=q)
+    ax.set(xlabel="expected coverage (the intervals' predictive mass)", ylabel="observed coverage", xlim=(0, 1.02),
+           ylim=(0, 1.02), title="Posterior predictive coverage, 10-95% intervals")
     ax.legend(fontsize=7)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
@@ -349,7 +384,7 @@ def evaluate(
     cover = coverage(outputs, table.votes, schema, meta.likelihood)
     questions = _question_metrics(fractions, table.votes, schema, true)
     for q, levels in cover.items():
-        questions[q]["coverage"] = levels
+        questions[q]["coverage"], questions[q]["coverage_expected"] = levels["observed"], levels["expected"]
     metrics = {
         "checkpoint": str(checkpoint), "labels": str(labels), "split": split, "n_galaxies": len(table),
         "samples": samples, "seed": seed, "tta": tta, "likelihood": meta.likelihood, "schema": schema.name, "questions": questions,
