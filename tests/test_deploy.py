@@ -748,8 +748,8 @@ def test_a_job_whose_workers_all_retired_is_replaced(tmp_path, monkeypatch, star
 def test_a_job_that_ended_before_its_workers_connected_is_replaced_a_few_times(tmp_path, monkeypatch, caplog, failing):
     """A job that a node failed, or whose workers could not start, never had a worker connected: the cluster
     counted it as queued for ever, submitted nothing in its place, and the run waited for it. JobAdaptive
-    asks squeue: a job it no longer lists is replaced. A worker environment that fails every job stops the
-    submissions after ``max_failed_starts`` in a row, with the error logged, not a queue full of failures."""
+    asks squeue about it: a job that has ended is replaced. A worker environment that fails every job stops
+    the submissions after ``max_failed_starts`` in a row, with the error logged, not a queue full of failures."""
     import logging
     import sys
     import time
@@ -758,7 +758,6 @@ def test_a_job_that_ended_before_its_workers_connected_is_replaced_a_few_times(t
     from distributed import Client
 
     from skymorph.inference.adaptive import JobAdaptive
-    from skymorph.inference.slurm import active_jobs
     from skymorph.testing.dask_processes import wait_for
     from skymorph.testing.slurm import FakeSlurm
 
@@ -770,7 +769,7 @@ def test_a_job_that_ended_before_its_workers_connected_is_replaced_a_few_times(t
     caplog.set_level(logging.WARNING, logger="skymorph.inference.adaptive")
     try:
         with SLURMCluster(**config.cluster_kwargs()) as cluster, Client(cluster) as client:
-            cluster.adapt(minimum_jobs=0, maximum_jobs=1, Adaptive=JobAdaptive, active_jobs=active_jobs, queue_check_s=1,
+            cluster.adapt(minimum_jobs=0, maximum_jobs=1, Adaptive=JobAdaptive, ended_jobs=config.ended_jobs, queue_check_s=1,
                           max_failed_starts=2)
             task = client.submit(time.sleep, 0.1, pure=False)
             if failing == 1:
@@ -782,10 +781,69 @@ def test_a_job_that_ended_before_its_workers_connected_is_replaced_a_few_times(t
                 wait_for(lambda: any(r.levelname == "ERROR" for r in caplog.records), 60, "the adaptive cluster to give up")
                 time.sleep(4)  # four more checks: nothing more is submitted
                 assert len(slurm.submitted()) == 2 and not task.done()
+                assert [r.levelname for r in caplog.records] == ["WARNING", "WARNING", "ERROR"]
+                assert slurm.submitted()[1] in caplog.records[1].getMessage()
                 assert caplog.records[-1].getMessage().startswith("2 batch jobs in a row ended before any of their workers "
-                                                                  f"connected (the last: {slurm.submitted()[1]}); no more are submitted")
+                                                                  "connected; no more are submitted while no job has a worker")
     finally:
         slurm.kill_all()
+
+
+def test_a_job_that_fails_to_start_beside_a_running_one_is_replaced_whatever_the_count(tmp_path, monkeypatch, caplog):
+    """Failed starts in a row stopped every submission for good, even beside a job that ran: once its
+    workers reached their lifetime, nothing replaced them and the run hung. Only while no job has a
+    worker do they stop the submissions."""
+    import logging
+    import sys
+
+    from dask_jobqueue import SLURMCluster
+    from distributed import Client
+
+    from skymorph.inference.adaptive import JobAdaptive
+    from skymorph.testing.slurm import FakeSlurm
+
+    slurm = FakeSlurm.create(tmp_path / "slurm", queue_wait_s=0.5, failing_jobs=1)
+    monkeypatch.setenv("PATH", f"{slurm.bin}{os.pathsep}{os.environ['PATH']}")
+    config = SlurmConfig(walltime="00:10:00", memory_gib=2, cpus_per_job=1, threads_per_process=1, worker_lifetime_minutes=8,
+                         lifetime_stagger_minutes=1, gpus_per_job=0, python=sys.executable, worker_extra_args=("--host", "127.0.0.1"),
+                         **LOOPBACK)
+    caplog.set_level(logging.WARNING, logger="skymorph.inference.adaptive")
+    try:
+        with SLURMCluster(**config.cluster_kwargs()) as cluster, Client(cluster) as client:
+            cluster.adapt(minimum_jobs=2, maximum_jobs=2, Adaptive=JobAdaptive, ended_jobs=config.ended_jobs, queue_check_s=1,
+                          max_failed_starts=1)
+            client.wait_for_workers(2, timeout=90)  # the job that failed was replaced beside the one that ran
+            assert len(slurm.submitted()) == 3, slurm.submitted()
+            assert [r.levelname for r in caplog.records] == ["WARNING"]
+    finally:
+        slurm.kill_all()
+
+
+def test_slurm_says_which_jobs_ended_by_their_state_or_when_it_no_longer_knows_them(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls"
+    squeue = bin_dir / "squeue"
+    squeue.write_text(f"""#!/usr/bin/env bash
+echo "$@" >> {calls}
+case "$*" in
+    *--jobs=7,*) echo "slurm_load_jobs error: Invalid job id specified" >&2; exit 1 ;;
+    *--jobs=7*) echo "slurm_load_jobs error: Invalid job id specified" >&2; exit 1 ;;
+    *--jobs=8*) echo "8 PENDING" ;;
+    *--jobs=1,2,3,4*) printf 'CLUSTER: gpu\n1 PENDING\n2 FAILED\n3 COMPLETING\n' ;;
+esac
+""")
+    squeue.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    import sys
+
+    config = SlurmConfig(walltime="00:10:00", memory_gib=2, cpus_per_job=1, threads_per_process=1, worker_lifetime_minutes=8,
+                         lifetime_stagger_minutes=1, python=sys.executable, job_extra_directives=("--clusters=gpu",), **LOOPBACK)
+    assert config.ended_jobs(["1", "2", "3", "4"]) == {"2", "4"}  # failed, and no longer listed; pending and completing live
+    assert calls.read_text().split() == ["--noheader", "--all", "--format=%i", "%T", "--jobs=1,2,3,4", "--clusters=gpu"]
+    assert config.ended_jobs(["7", "8"]) == {"7"}  # one purged id fails the query: each is asked on its own
+    squeue.write_text("#!/usr/bin/env bash\nexit 1\n")
+    assert config.ended_jobs(["1"]) is None  # no answer: nothing is taken for ended
 
 
 @pytest.mark.parametrize("sibling", ["idle", "retired"])

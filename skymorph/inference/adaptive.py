@@ -27,11 +27,11 @@ on two jobs, a target of 2 workers). A job that had a worker connected and has h
 workers retired or died, including a job one of whose workers never started) is dropped from the
 cluster's plan, so that the next check submits its replacement. So is a job that ended before any of its
 workers connected (a node that failed it, a worker environment that does not start), where the batch
-system can be asked which jobs it still holds (``active_jobs``: for SLURM, ``squeue``): before, the
-cluster counted such a job as queued for ever and the run waited for it. After ``max_failed_starts``
-such jobs in a row, nothing more is submitted (a broken worker environment would otherwise fill the
-queue with jobs that fail) and the error is logged. Closing the cluster still cancels every
-job. A job started before the scheduler has had any task (``skymorph run --overwrite`` asks for one, to
+system can be asked which jobs have ended (``ended_jobs``: for SLURM, ``squeue`` on their ids): before,
+the cluster counted such a job as queued for ever and the run waited for it. After ``max_failed_starts``
+such jobs in a row, and while no job has a worker connected, nothing more is submitted (a broken worker
+environment would otherwise fill the queue with jobs that fail) and the error is logged. Closing the
+cluster still cancels every job. A job started before the scheduler has had any task (``skymorph run --overwrite`` asks for one, to
 see a worker before it removes the old catalog) is kept until tasks come, not closed as idle.
 """
 
@@ -76,18 +76,19 @@ class JobAdaptive(Adaptive):
 
     ``ended_after_s``: how long a job that had a worker connected must have none before it counts as ended
     and is replaced; long enough for a nanny to restart a worker that died, which takes seconds.
-    ``active_jobs``: a function (blocking; run in a thread) giving the ids of the jobs the batch system
-    still holds, queued or running, or None where it cannot tell; asked at most every ``queue_check_s``,
-    and only while a job none of whose workers has connected is older than that. Such a job missing from
-    the answer ended without starting: it is replaced, up to ``max_failed_starts`` in a row."""
+    ``ended_jobs``: a function (blocking; run in a thread) of job ids giving those the batch system says
+    have ended, or None where it cannot tell; asked at most every ``queue_check_s``, about the jobs none
+    of whose workers has connected and that are older than that. Such a job ended without starting: it
+    is replaced, and after ``max_failed_starts`` in a row none is while no job has a worker connected."""
 
-    def __init__(self, *args, ended_after_s: float = 60.0, active_jobs: Callable[[], set[str] | None] | None = None,
+    def __init__(self, *args, ended_after_s: float = 60.0, ended_jobs: Callable[[list[str]], set[str] | None] | None = None,
                  queue_check_s: float = 30.0, max_failed_starts: int = 5, **kwargs) -> None:
         self.ended_after_s = ended_after_s
-        self.active_jobs = active_jobs
+        self.ended_jobs = ended_jobs
         self.queue_check_s = queue_check_s
         self.max_failed_starts = max_failed_starts
         self._failed_starts = 0  # jobs in a row that ended before a worker connected; 0 again once one connects
+        self._gave_up = False  # whether that has stopped the submissions (and been logged)
         self._queue_checked = time.monotonic()
         # by job name, which comes back for the next job once its job is dropped (SpecCluster numbers jobs
         # from the lowest free number): hence the job object, to tell the two apart
@@ -114,7 +115,7 @@ class JobAdaptive(Adaptive):
                 known = self._jobs[job] = _Job(weakref.ref(process), False, now)
             if here:
                 if not known.started:
-                    self._failed_starts = 0
+                    self._failed_starts, self._gave_up = 0, False
                 known.started, known.last_connected = True, now
                 connected |= here
             elif known.started and now - known.last_connected >= self.ended_after_s:
@@ -128,8 +129,13 @@ class JobAdaptive(Adaptive):
         job_of = {worker: job for job in self.cluster.worker_spec for worker in self._workers_of(job)}
         self.worker_key = _JobOf(job_of)
         recommendation = await super().recommendations(target)
-        if recommendation["status"] == "up" and self._failed_starts >= self.max_failed_starts:
-            return {"status": "same"}
+        if recommendation["status"] == "up" and self._failed_starts >= self.max_failed_starts and not connected:
+            if not self._gave_up:
+                self._gave_up = True
+                logger.error("%d batch jobs in a row ended before any of their workers connected; no more are submitted "
+                             "while no job has a worker: read the jobs' logs and fix the cause (the run waits for workers; "
+                             "--worker-timeout stops it, resumable)", self._failed_starts)
+            return {"status": "same"}  # a job that starts (one still queued, say) resets the count
         for name in list(self.close_counts):  # counted while away: a worker's wait_count starts when it is connected
             if name not in connected:
                 del self.close_counts[name]
@@ -148,27 +154,20 @@ class JobAdaptive(Adaptive):
     async def _never_started(self, now: float) -> list[str]:
         """The jobs that ended before any of their workers connected, by the batch system's account; each is
         logged, and counted towards ``max_failed_starts``."""
-        waiting = {job: known for job, known in self._jobs.items()
-                   if not known.started and now - known.last_connected >= self.queue_check_s and job in self.cluster.workers}
-        if not (waiting and self.active_jobs) or now - self._queue_checked < self.queue_check_s:
+        waiting = {}  # job id -> job name
+        for job, known in self._jobs.items():
+            job_id = getattr(self.cluster.workers.get(job), "job_id", None)
+            if not known.started and now - known.last_connected >= self.queue_check_s and job_id is not None:
+                waiting[str(job_id)] = job
+        if not (waiting and self.ended_jobs) or now - self._queue_checked < self.queue_check_s:
             return []
         self._queue_checked = now
-        active = await asyncio.to_thread(self.active_jobs)
-        if active is None:
-            return []
+        ended = await asyncio.to_thread(self.ended_jobs, sorted(waiting))
         gone = []
-        for job in waiting:
-            job_id = getattr(self.cluster.workers[job], "job_id", None)
-            if job_id is not None and str(job_id) not in active:
-                gone.append(job)
-                self._failed_starts += 1
-                if self._failed_starts < self.max_failed_starts:
-                    logger.warning("batch job %s (%s) ended before any of its workers connected; submitting another "
-                                   "(see its log)", job_id, job)
-                else:
-                    logger.error("%d batch jobs in a row ended before any of their workers connected (the last: %s); "
-                                 "no more are submitted: read the jobs' logs, fix the cause, and run the same command "
-                                 "again to resume", self._failed_starts, job_id)
+        for job_id in sorted(set(waiting) & (ended or set())):
+            gone.append(waiting[job_id])
+            self._failed_starts += 1
+            logger.warning("batch job %s (%s) ended before any of its workers connected (see its log)", job_id, waiting[job_id])
         return gone
 
     async def _busy_workers(self) -> set[str]:

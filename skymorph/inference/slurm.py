@@ -8,7 +8,7 @@ worker process advertising ``--resources GPU=1``, so tasks that need a GPU land 
 ``threads_per_process`` at a time. Workers retire (``--lifetime``, staggered) before SLURM's walltime
 kills them, handing their work back to the scheduler; with ``max_jobs > 0`` the cluster is adaptive
 (:class:`~skymorph.inference.adaptive.JobAdaptive`: a queued job is left in the queue, a running one is
-closed only whole, and a job whose workers have all retired, or one that ``squeue`` no longer lists
+closed only whole, and a job whose workers have all retired, or one that ``squeue`` says has ended
 though none of its workers ever connected, is replaced).
 
 Needs dask-jobqueue, skymorph's ``slurm`` extra (``pip install -c constraints.txt -e '.[slurm]'`` in the
@@ -23,7 +23,10 @@ from dataclasses import dataclass
 
 from skymorph.errors import InputError, MissingDependencyError, did_you_mean, first_line
 
-__all__ = ["SlurmConfig", "active_jobs", "load_slurm_config", "slurm_cluster", "walltime_minutes"]
+__all__ = ["SlurmConfig", "load_slurm_config", "slurm_cluster", "walltime_minutes"]
+
+_FINAL_STATES = frozenset({"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY", "TIMEOUT"})
+"""squeue's states of a job that has ended (``%T``); not PREEMPTED, which SLURM may queue again."""
 
 _WALLTIME = re.compile(r"^(?:(?P<days>\d+)-)?(?P<hours>\d+):(?P<minutes>\d{1,2}):(?P<seconds>\d{1,2})$")
 
@@ -188,8 +191,46 @@ class SlurmConfig:
 
         cluster = SLURMCluster(**self.cluster_kwargs())
         if self.max_jobs:  # queued jobs kept, retired ones replaced, whatever the processes per job
-            cluster.adapt(minimum_jobs=self.min_jobs, maximum_jobs=self.max_jobs, Adaptive=JobAdaptive, active_jobs=active_jobs)
+            cluster.adapt(minimum_jobs=self.min_jobs, maximum_jobs=self.max_jobs, Adaptive=JobAdaptive, ended_jobs=self.ended_jobs)
         return cluster
+
+    def ended_jobs(self, job_ids: list[str]) -> set[str] | None:
+        """Those of ``job_ids`` that SLURM says have ended: listed by ``squeue`` in a final state (failed,
+        completed, cancelled, ...), or no longer known to it (``Invalid job id``, once purged); None where
+        squeue does not answer. The jobs are named, with ``--all``, so that hidden partitions and other users'
+        settings do not hide them, and asked of the cluster a ``--clusters`` directive sends them to."""
+        import subprocess
+
+        clusters = [f"--clusters={match.group(1)}" for directive in self.job_directives()
+                    if (match := re.fullmatch(r"(?:--clusters?[= ]|-M ?)(\S+)", directive.strip()))]
+
+        def ask(ids: list[str]) -> tuple[dict[str, str], bool] | None:
+            try:
+                listed = subprocess.run(["squeue", "--noheader", "--all", "--format=%i %T", f"--jobs={','.join(ids)}", *clusters],
+                                        capture_output=True, text=True, timeout=60)
+            except (OSError, subprocess.TimeoutExpired):
+                return None
+            if listed.returncode:
+                return ({}, True) if "invalid job id" in listed.stderr.lower() else None
+            states = {}
+            for line in listed.stdout.splitlines():  # "CLUSTER: name" lines too, with --clusters
+                fields = line.split()
+                if len(fields) == 2 and fields[0] in ids:
+                    states[fields[0]] = fields[1]
+            return states, False
+
+        answer = ask(job_ids)
+        if answer is None:
+            return None
+        states, invalid = answer
+        if invalid:  # one purged id fails the whole query: ask about each
+            ended = set()
+            for job_id in job_ids:
+                one = ask([job_id])
+                if one is not None and (one[1] or one[0].get(job_id) in _FINAL_STATES):
+                    ended.add(job_id)
+            return ended
+        return {job_id for job_id in job_ids if job_id not in states or states[job_id] in _FINAL_STATES}
 
     def cluster_kwargs(self) -> dict:
         """Keyword arguments for ``dask_jobqueue.SLURMCluster``."""
@@ -215,20 +256,6 @@ class SlurmConfig:
             "death_timeout": self.death_timeout_s,
             "scheduler_options": scheduler_options,
         }
-
-
-def active_jobs() -> set[str] | None:
-    """The ids of this user's jobs that SLURM still holds (``squeue``'s default states: pending, running,
-    completing), or None where squeue does not answer: a submitted job missing from them has ended."""
-    import getpass
-    import subprocess
-
-    try:
-        listed = subprocess.run(["squeue", "--noheader", "--format=%i", f"--user={getpass.getuser()}"],
-                                capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return set(listed.stdout.split()) if listed.returncode == 0 else None
 
 
 def load_slurm_config(config_path: str, **overrides) -> SlurmConfig:

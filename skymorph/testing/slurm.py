@@ -1,8 +1,9 @@
 """``sbatch``, ``scancel`` and ``squeue`` for a machine without SLURM, so that ``skymorph run --cluster
 slurm`` can be tested end to end through dask-jobqueue: ``sbatch SCRIPT`` runs the job script as a local
 process group, after a queue wait of the test's choosing, and prints SLURM's ``Submitted batch job ID``;
-``scancel ID`` ends that group with SIGTERM, as SLURM does; ``squeue`` lists the ids of the jobs whose
-group is still alive (queued or running), whatever its options. Everything else (the job script, the
+``scancel ID`` ends that group with SIGTERM, as SLURM does; ``squeue --jobs=ID,...`` prints ``ID RUNNING``
+for a job whose group is still alive (queued or running) and ``ID FAILED`` for one whose group has
+ended (without ``--jobs``: the live ones), whatever its other options. Everything else (the job script, the
 workers it starts, their lifetime) is what a real cluster would run. The first ``failing_jobs`` jobs
 fail instead of running their script, as on a node that fails them.
 """
@@ -45,12 +46,20 @@ done
 """
 
 _SQUEUE = """#!/usr/bin/env bash
-# squeue [options]: the ids of the jobs with a process left in their group, one per line
+# squeue [--jobs=ID,...] [options]: "ID RUNNING" while a job's group has a process, else (asked by id) "ID FAILED"
 jobs='{jobs}'
-[ -f "$jobs/submitted" ] || exit 0
-while read -r id; do
-    kill -0 -- "-$(cat "$jobs/$id.pid")" 2> /dev/null && echo "$id"
-done < "$jobs/submitted"
+named=""
+for arg in "$@"; do
+    case "$arg" in --jobs=*) named="${{arg#--jobs=}}" ;; esac
+done
+ids="${{named:-$(cat "$jobs/submitted" 2> /dev/null)}}"
+for id in ${{ids//,/ }}; do
+    if kill -0 -- "-$(cat "$jobs/$id.pid" 2> /dev/null)" 2> /dev/null; then
+        echo "$id RUNNING"
+    elif [ -n "$named" ]; then
+        echo "$id FAILED"
+    fi
+done
 exit 0
 """
 
