@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["cgroup_cpu_quota", "check_at_most_cores", "usable_cores"]
+__all__ = ["cgroup_cpu_quota", "check_parallelism", "usable_cores"]
 
 
 def usable_cores() -> int:
@@ -23,15 +23,16 @@ def usable_cores() -> int:
     return cores if quota is None else max(1, min(cores, int(quota)))  # rounded down, as Go's automaxprocs does
 
 
-def check_at_most_cores(value, name: str, flag: str, what: str) -> int:
-    """``value`` as an int from 1 to :func:`usable_cores`, else a one-line :class:`InputError` naming
-    ``flag``: more ``what`` (threads, processes) than cores only contend, and a million of them crashed
-    the process (torch's thread pool) or filled the machine (processes)."""
+def check_parallelism(value, name: str, flag: str, what: str, at_least: int = 0) -> int:
+    """``value`` as an int from 1 to 4 x :func:`usable_cores` (and at least ``at_least``), else a one-line
+    :class:`InputError` naming ``flag``: a million ``what`` (torch threads, processes) crashed the process
+    or filled the machine. Not the cores themselves: a run trained with 8 threads is reproduced, bit for
+    bit, only with 8, on whatever machine."""
     from skymorph.errors import check_int
 
     cores = usable_cores()
-    return check_int(name, flag, value, 1, maximum=cores, why=f": this process may use {cores} cores, and more {what} than "
-                     "cores only contend")
+    return check_int(name, flag, value, 1, maximum=max(at_least, 4 * cores),
+                     why=f": this process may use {cores} cores, and many more {what} only contend")
 
 
 def cgroup_cpu_quota(root: str = "/sys/fs/cgroup", membership: str = "/proc/self/cgroup") -> float | None:

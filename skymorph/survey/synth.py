@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from skymorph import storage
-from skymorph.cores import check_at_most_cores, usable_cores
+from skymorph.cores import check_parallelism, usable_cores
 from skymorph.errors import InputError, check_int
 from skymorph.posterior import MAX_VOLUNTEERS
 from skymorph.schema import Schema, get_schema
@@ -248,7 +248,7 @@ def synthesize(
                          f"--n-volunteers`, got {n_volunteers:g}")
     if not isinstance(footprint, Footprint):
         raise InputError(f"footprint must be a skymorph.survey.Footprint, got {type(footprint).__name__}")
-    workers = usable_cores() if workers is None else check_at_most_cores(workers, "workers", "--workers", "tile-making processes")
+    workers = usable_cores() if workers is None else check_parallelism(workers, "workers", "--workers", "tile-making processes")
     schema = get_schema(schema)
     storage_options = dict(storage_options or {})
     out = str(out).rstrip("/") if storage.is_remote(out) else str(out)

@@ -38,7 +38,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from skymorph.cores import check_at_most_cores
+from skymorph.cores import check_parallelism
 from skymorph.errors import InputError
 from skymorph.storage import atomic_write_bytes, atomic_write_text, check_new, join, read_parquet, write_parquet
 from skymorph.tables import index_in, locations
@@ -353,7 +353,7 @@ def evaluate(
         raise InputError(f"batch_size must be at least 1, got {batch_size}")
     check_new([join(out, name) for name in OUTPUT_FILES], "--out", overwrite, storage_options)
     if threads is not None:
-        torch.set_num_threads(check_at_most_cores(threads, "threads", "--threads", "torch threads"))
+        torch.set_num_threads(check_parallelism(threads, "threads", "--threads", "torch threads", at_least=64))
     model, meta, _ = load_checkpoint(checkpoint, storage_options=storage_options)
     recorded = labels_schema(labels, storage_options)
     if recorded is not None:  # votes of one tree read as another's where their columns coincide

@@ -33,7 +33,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from skymorph.cores import check_at_most_cores
+from skymorph.cores import check_parallelism
 from skymorph.errors import InputError, ModelError, did_you_mean
 from skymorph.model_metadata import InputSpec, check_dropout, check_likelihood
 from skymorph.schema import Schema, get_schema
@@ -167,7 +167,7 @@ class TrainConfig:
             check_seed(self.seed)
         need(self.ema_decay is None or 0 < self.ema_decay < 1, f"ema_decay must be in (0, 1), got {self.ema_decay}")
         if self.threads is not None:
-            check_at_most_cores(self.threads, "threads", "--threads", "torch threads")
+            check_parallelism(self.threads, "threads", "--threads", "torch threads", at_least=64)
         need(self.max_minutes is None or self.max_minutes > 0, f"max_minutes must be positive, got {self.max_minutes}")
         need(self.stop_after_epochs is None or self.stop_after_epochs >= 1, f"stop_after_epochs must be at least 1, got {self.stop_after_epochs}")
         need(not (self.resume and self.finetune), "give --resume or --finetune, not both")
