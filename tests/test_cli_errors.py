@@ -280,6 +280,14 @@ def test_unwritable_output_is_refused_before_the_work(command, where, places, ca
     assert "nope" not in line and ".tmp" not in line
 
 
+def test_train_refuses_an_out_whose_metrics_file_name_would_be_too_long(tmp_path, capsys):
+    """A 250-byte --out trained an epoch, then failed writing <out>.metrics.json, naming a temporary file."""
+    out = str(tmp_path / ("x" * 245 + ".ckpt"))
+    line = _one_line_error(capsys, main(["train", "--tiles", str(tmp_path / "nope.txt"), "--labels", str(tmp_path / "nope.csv"), "--out", out]))
+    assert line.startswith(f"skymorph: error: cannot write to --out {out + '.metrics.json'!r}: its name ")
+    assert line.endswith("is 263 bytes, more than the 255 this file system allows; give a shorter name")
+
+
 @pytest.mark.parametrize("command", list(OUTPUT_COMMANDS))
 def test_output_of_the_wrong_kind_is_refused(command, places, capsys):
     """A file output that is a directory, a directory output that is a file."""

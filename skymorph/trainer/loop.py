@@ -38,7 +38,7 @@ from skymorph.errors import InputError, ModelError, did_you_mean
 from skymorph.model_metadata import InputSpec, check_dropout, check_likelihood
 from skymorph.schema import Schema, get_schema
 from skymorph.seeds import check_seed, torch_seed
-from skymorph.storage import atomic_write_text, check_new, same_location
+from skymorph.storage import atomic_write_text, check_new, check_writable, same_location
 from skymorph.trainer.labels import labels_schema, split_kind
 
 __all__ = ["TrainConfig", "TrainResult", "train", "learning_rate", "last_checkpoint_path", "MAX_RESIZE_PX"]
@@ -533,7 +533,10 @@ def _prepare(config: TrainConfig) -> _Run:
 
     storage_options = config.storage_options
     if not config.resume:  # a resumed run continues its own files
-        check_new([config.out, last_checkpoint_path(config.out), f"{config.out}.metrics.json"], "--out", config.overwrite, storage_options)
+        outputs = [config.out, last_checkpoint_path(config.out), f"{config.out}.metrics.json"]
+        for output in outputs:  # the longer names beside --out too, before an epoch is spent
+            check_writable(output, "--out")
+        check_new(outputs, "--out", config.overwrite, storage_options)
     if config.threads:
         torch.set_num_threads(config.threads)
     training: dict = {}
