@@ -83,6 +83,18 @@ def test_load_labels_reads_votes_in_schema_order_and_rejects_unknown_answers(tmp
     path.write_text("object_id,has_spiral_arms_yes,has_spiral_arms_no\n5,true,0\n6,false,1\n")  # was read as 1 and 0
     with pytest.raises(InputError, match="'has_spiral_arms_yes' must hold vote counts, not bool$"):
         load_labels(str(path), GZ2)
+    import decimal
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    exported = tmp_path / "sql.parquet"  # a SQL export's DECIMAL counts, and a dictionary-encoded column
+    pq.write_table(pa.table({"object_id": [5], "has_spiral_arms_yes": pa.array([decimal.Decimal(3)], pa.decimal128(10, 0)),
+                             "has_spiral_arms_no": pa.array([1]).dictionary_encode()}), exported)
+    assert load_labels(str(exported), GZ2).votes[0, GZ2.question_slices[2]].tolist() == [3, 1]
+    pq.write_table(pa.table({"object_id": [5], "has_spiral_arms_yes": pa.array([3], pa.timestamp("s")), "has_spiral_arms_no": [1]}), exported)
+    with pytest.raises(InputError, match=r"'has_spiral_arms_yes' must hold vote counts, not timestamp"):
+        load_labels(str(exported), GZ2)
     path.write_text("object_id,has_spiral_arms_yes,has_spiral_arms_no\n5,16777216,0\n")
     assert load_labels(str(path), GZ2).votes.max() == 2**24
     path.write_text("object_id,bar_yes,bar_no,has_spiral_arms_yes\n5,1,0,3\n")  # read as 0 "no" votes: always spiral

@@ -137,10 +137,12 @@ def _read_counts(url: str, table, object_id: np.ndarray, answer: str, spellings:
     combined, voted = None, {}
     for name in spellings:
         column = table.column(name)
-        if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type) or pa.types.is_null(column.type)):
-            # a boolean read as 0 and 1, and text of digits as its numbers, whatever the column held
-            kind = "text" if pa.types.is_string(column.type) or pa.types.is_large_string(column.type) else str(column.type)
-            raise InputError(f"labels {url!r} column {name!r} must hold vote counts, not {kind}")
+        kind = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
+        # numbers only: integers, floats, decimals (SQL exports) and nulls; a boolean read as 0 and 1, text of
+        # digits as its numbers and a timestamp as its ticks, whatever the column held
+        if not any(check(kind) for check in (pa.types.is_integer, pa.types.is_floating, pa.types.is_decimal, pa.types.is_null)):
+            said = "bool" if pa.types.is_boolean(kind) else "text" if pa.types.is_string(kind) or pa.types.is_large_string(kind) else kind
+            raise InputError(f"labels {url!r} column {name!r} must hold vote counts, not {said}")
         values = column.to_numpy(zero_copy_only=False).astype(np.float64)
         source = _source(name, answer)
         same_source = source in voted  # else a row with both counts is two sources': _check_one_source names it
