@@ -205,6 +205,16 @@ def test_resnet_ending_in_one_pixel_maps_trains_when_the_last_batch_would_hold_o
     assert result.n_train == 121
 
 
+def test_a_batch_size_of_one_is_refused_for_a_network_that_normalises_batches(tmp_path):
+    """A last batch of one joins the one before, but --batch-size 1 made every batch one galaxy: a ValueError
+    traceback from torch (exit 3). w20 has no batch normalisation and trains so."""
+    tiles, labels = write_ring_survey(str(tmp_path))
+    with pytest.raises(InputError, match=r"^resnet_s normalises each training batch, which needs 2 galaxies at least; got a "
+                                         r"batch size of 1 and 36 training galaxies: give --batch-size 2 or more"):
+        train(_config(tmp_path, tiles, labels, arch="resnet_s", batch_size=1))
+    assert train(_config(tmp_path, tiles, labels, batch_size=1, out=str(tmp_path / "w.ckpt"))).n_train == 36
+
+
 def test_learning_rate_warms_up_linearly_then_follows_a_cosine_to_the_minimum_at_the_last_step():
     kw = dict(base_lr=1.0, warmup_steps=4, total_steps=15, min_ratio=0.1)
     assert [learning_rate(s, **kw) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]

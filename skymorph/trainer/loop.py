@@ -618,6 +618,10 @@ def _prepare(config: TrainConfig) -> _Run:
         spec = _input_spec(images, train_rows, choices["crop_fraction"], choices["resize_px"])
         model = build_model(choices["arch"], schema, spec, choices["likelihood"], dropout=choices["dropout"], **choices["arch_params"])
     arch, arch_params, likelihood, dropout = (choices[key] for key in ("arch", "arch_params", "likelihood", "dropout"))
+    if min(config.batch_size, n_train) < 2 and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        # batch normalisation of one galaxy: a ValueError from torch where the maps are 1 x 1, noise elsewhere
+        raise InputError(f"{arch} normalises each training batch, which needs 2 galaxies at least; got a batch size of "
+                         f"{config.batch_size} and {n_train} training galaxies: give --batch-size 2 or more (32 is usual)")
     if config.finetune:
         training = {}  # fine-tuning keeps the weights only: new optimizer, schedule and history
 
