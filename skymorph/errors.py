@@ -103,8 +103,9 @@ def error_text(err: BaseException, limit: int = 500) -> str:
 def first_line(err: BaseException, limit: int = 200) -> str:
     """The first non-blank line of ``err``'s message, at most ``limit`` characters, without terminal
     colour codes (torch's bold text); the exception's type name when the message is empty (a truncated
-    file can raise an error with no message). A longer line is cut after its last whole word within the
-    limit, and "..." says so (a cut mid-word read as a typo)."""
+    file can raise an error with no message). A longer line is cut, and "..." says so: after its last
+    whole word if that ends near the limit (a cut mid-word read as a typo), else mid-word (a long path or
+    URL at the end is kept in part, not dropped)."""
     import re
 
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
@@ -113,5 +114,7 @@ def first_line(err: BaseException, limit: int = 200) -> str:
     if len(line) <= limit:
         return line
     cut = line[: max(limit - 3, 0)]
-    words = cut.rsplit(" ", 1)[0] if " " in cut.strip() else cut
-    return words.rstrip(" ,;:(") + "..."
+    space = cut.rfind(" ")
+    if space > 0 and space >= len(cut) - 20:  # a whole word, if that loses at most 20 characters
+        cut = cut[:space].rstrip(" ,;:(")
+    return cut + "..."

@@ -10,6 +10,8 @@ def test_first_line_of_an_error():
     assert first_line(EOFError()) == "EOFError"
     assert first_line(ValueError("x" * 500), 10) == "x" * 7 + "..."
     assert first_line(ValueError("the file ends (If you trust it, load it)"), 26) == "the file ends (If you..."
+    path = "Load model from /scratch/project/skymorph/models/gz-decals-w20-dirichlet-T30-seed0.onnx failed"
+    assert first_line(ValueError(path), 60) == path[:57] + "..."  # the long path kept in part, not dropped at its space
     assert first_line(ValueError("short"), 5) == "short"
     assert first_line(ValueError("load failed, \x1b[1mdo those steps\x1b[0m only")) == "load failed, do those steps only"
 
