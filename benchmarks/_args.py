@@ -40,9 +40,21 @@ def int_list(text: str) -> list[int]:
     return [positive_int(part.strip()) for part in text.split(",")]
 
 
+def results_file(text: str) -> Path:
+    """A results file's path: not a directory, and under one that exists or can be made (checked before
+    the work, not after it)."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a directory; give the results file's name, e.g. {str(path / 'results.json')!r}")
+    parent = next((p for p in path.absolute().parents if p.exists()), None)
+    if parent is None or not parent.is_dir():
+        raise argparse.ArgumentTypeError(f"cannot make a directory for {text!r}: {parent} is a file")
+    return path
+
+
 def add_out(parser: argparse.ArgumentParser, name: str) -> None:
     """``--out PATH``: where the results JSON goes, by default ``benchmarks/results/<name>``."""
-    parser.add_argument("--out", type=Path, default=RESULTS / name, help=f"results JSON (default: benchmarks/results/{name})")
+    parser.add_argument("--out", type=results_file, default=RESULTS / name, help=f"results JSON (default: benchmarks/results/{name})")
 
 
 def _int_at_least(text: str, minimum: int) -> int:

@@ -33,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _args import RESULTS, positive_int
+from _args import RESULTS, positive_int, results_file
 from _provenance import provenance, save
 
 CENTRE = (150.0, 2.0)
@@ -112,7 +112,7 @@ def main() -> None:
     parser.add_argument("--s3", action="store_true", help="read the catalog from a local S3 endpoint (moto)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--where", help=argparse.SUPPRESS)
-    parser.add_argument("--out", help="results JSON (default: benchmarks/results/catalog.json, catalog_s3.json with --s3)")
+    parser.add_argument("--out", type=results_file, help="results JSON (default: benchmarks/results/catalog.json, catalog_s3.json with --s3)")
     args = parser.parse_args()
     ran = provenance()  # before the measurements: the load it records is the machine's at the start
     args.out = args.out or RESULTS / ("catalog_s3.json" if args.s3 else "catalog.json")

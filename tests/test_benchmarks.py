@@ -70,6 +70,23 @@ def test_posterior_benchmark_writes_results_with_provenance(tmp_path):
     assert "numpy" in result["provenance"]["versions"]
 
 
+def test_save_leaves_no_temporary_file_when_it_fails(tmp_path):
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(OSError):
+        save(tmp_path / "taken", {"a": 1})
+    assert os.listdir(tmp_path) == ["taken"]
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda root: (root / "adir").mkdir() or root / "adir", "is a directory; give the results file's name"),
+    (lambda root: (root / "afile").write_text("x") and root / "afile" / "r.json", "is a file"),
+])
+def test_a_results_path_that_cannot_be_written_is_refused_before_the_work(tmp_path, make, message):
+    with pytest.raises(argparse.ArgumentTypeError, match=message):
+        _args.results_file(str(make(tmp_path)))
+    assert _args.results_file(str(tmp_path / "new" / "r.json")) == tmp_path / "new" / "r.json"
+
+
 def test_benchmark_refuses_a_bad_argument_in_one_line(tmp_path):
     run = _bench("--galaxies", "0", "--out", str(tmp_path / "never.json"), cwd=tmp_path)
     assert run.returncode == 2
