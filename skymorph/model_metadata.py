@@ -12,6 +12,8 @@ import math
 import numbers
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from skymorph.errors import InputError, ModelError, SkymorphError, did_you_mean
 from skymorph.schema import Schema
 from skymorph.seeds import check_seed
@@ -80,6 +82,8 @@ class InputSpec:
         # and a NaN std gave NaN for every galaxy
         for name in ("mean", "std"):
             values = getattr(self, name)
+            if isinstance(values, np.ndarray) and values.ndim == 1:
+                values = values.tolist()
             if not isinstance(values, (list, tuple)) or not all(_finite(v) for v in values):
                 raise ModelError(f"input spec {name} must be a list of finite numbers, got {values!r}")
             object.__setattr__(self, name, tuple(float(v) for v in values))

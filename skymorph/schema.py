@@ -244,7 +244,8 @@ class Schema:
 def _check_keys(data: dict, keys: tuple[str, ...], where: str) -> None:
     unknown = [key for key in data if key not in keys]
     if unknown:
-        raise SchemaError(f"{where} has unknown key {unknown[0]!r}; a tree has only {', '.join(keys)}."
+        kind = "a question" if keys == _QUESTION_KEYS else "a tree"
+        raise SchemaError(f"{where} has unknown key {unknown[0]!r}; {kind} has only {', '.join(keys)}."
                           + did_you_mean(str(unknown[0]), keys))
 
 
@@ -307,7 +308,12 @@ def get_schema(name_or_path: str | Schema) -> Schema:
                               "give a JSON file") from None
         except OSError as err:
             raise SchemaError(f"cannot read schema file {str(path)!r} ({err.strerror or err})") from None
-        return Schema.from_json(text, source=str(path), default_name=path.stem)  # not the path as typed: it is recorded
+        tree = Schema.from_json(text, source=str(path), default_name=path.stem)  # not the path as typed: it is recorded
+        if tree.name in BUILTIN_SCHEMAS and not tree.same_tree(BUILTIN_SCHEMAS[tree.name]):
+            # what is known of the built-in (Galaxy Zoo's column names for it) would be taken for this tree's
+            raise SchemaError(f"schema file {str(path)!r} names its tree {tree.name!r}, a built-in tree's name, but its "
+                              f"questions differ from {tree.name}'s; give it a name of its own")
+        return tree
     raise SchemaError(
         f"unknown schema {name_or_path!r}: give one of {', '.join(BUILTIN_SCHEMAS)} or a JSON file path."
         + did_you_mean(str(name_or_path), BUILTIN_SCHEMAS)

@@ -260,3 +260,4 @@ def test_model_metadata_refuses_what_the_rest_of_skymorph_refuses():
     ]:
         with pytest.raises(ModelError, match=message):
             InputSpec(1, 32, 32, **change)
+    assert InputSpec(3, 32, 32, mean=np.array([0.1, 0.2, 0.3]), std=np.ones(3)).mean == (0.1, 0.2, 0.3)  # numpy's, as before

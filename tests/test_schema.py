@@ -117,7 +117,7 @@ def test_a_question_named_like_a_labels_column_is_refused(question, column):
 
 @pytest.mark.parametrize(("tree", "message"), [
     ({"name": "t", "questions": [{"name": "q", "answers": ["a", "b"]}, {"name": "r", "answers": ["a", "b"], "asked-by": ["q", "a"]}]},
-     r"^tree.json: question 1 \('r'\) has unknown key 'asked-by'; a tree has only name, answers, asked_by\. Did you mean 'asked_by'\?$"),
+     r"^tree.json: question 1 \('r'\) has unknown key 'asked-by'; a question has only name, answers, asked_by\. Did you mean 'asked_by'\?$"),
     ({"nmae": "t", "questions": [{"name": "q", "answers": ["a", "b"]}]},
      r"^tree.json has unknown key 'nmae'; a tree has only name, questions\. Did you mean 'name'\?$"),
 ])
@@ -133,3 +133,14 @@ def test_a_tree_without_a_name_is_named_after_its_file_not_the_path_as_typed(tmp
     monkeypatch.chdir(tmp_path)
     Path("mine.json").write_text(json.dumps({"questions": [{"name": "q", "answers": ["a", "b"]}]}))
     assert get_schema("mine.json").name == get_schema(str(tmp_path / "mine.json")).name == "mine"
+
+
+def test_a_tree_file_may_take_a_built_in_name_only_for_the_built_in_tree(tmp_path):
+    """trees/decals.json without a name was named decals, and Galaxy Zoo's DECaLS column names were then read
+    as its votes."""
+    (tmp_path / "decals.json").write_text(json.dumps({"questions": [{"name": "q", "answers": ["a", "b"]}]}))
+    with pytest.raises(SchemaError, match=r"decals.json' names its tree 'decals', a built-in tree's name, but its questions "
+                                          "differ from decals's; give it a name of its own$"):
+        get_schema(str(tmp_path / "decals.json"))
+    (tmp_path / "gz2.json").write_text(json.dumps({"questions": GZ2.to_dict()["questions"]}))
+    assert get_schema(str(tmp_path / "gz2.json")) == GZ2

@@ -29,7 +29,7 @@ from skymorph.tables import (
 )
 from skymorph.trainer.labels import Labels
 
-__all__ = ["BatchLoader", "augment", "load_images"]
+__all__ = ["BatchLoader", "augment", "batch_starts", "load_images"]
 
 
 def load_images(tile_urls: list[str], labels: Labels, *, drop_unmatched: bool = False, storage_options=None, progress=True):
