@@ -179,8 +179,14 @@ def _self_check(frozen, model_bytes: bytes, metadata: ModelMetadata, batch: int,
         expected = frozen(torch.from_numpy(images)).numpy()
     if got.shape != expected.shape:
         raise ModelError(f"the exported graph gives shape {got.shape}, PyTorch {expected.shape}")
-    diff = np.abs(got.astype(np.float64) - expected)
-    return float(np.max(diff)), float(np.max(diff / (1 + np.abs(expected))))
+    return float(np.max(np.abs(got.astype(np.float64) - expected))), relative_difference(got, expected)
+
+
+def relative_difference(got: np.ndarray, expected: np.ndarray) -> float:
+    """``max |got - expected| / (1 + |expected|)``: how both self-checks (ONNX against PyTorch, TensorRT
+    against ONNX) compare outputs that range from probabilities to Dirichlet concentrations of 100."""
+    expected = np.asarray(expected, dtype=np.float64)
+    return float(np.max(np.abs(np.asarray(got, dtype=np.float64) - expected) / (1 + np.abs(expected))))
 
 
 def export_onnx_model(

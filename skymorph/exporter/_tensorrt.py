@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from skymorph.errors import InputError, ModelError
+from skymorph.exporter._onnx import relative_difference
 from skymorph.inference.tensorrt_engine import (
     PlanSidecar,
     TensorRTEngine,
@@ -172,4 +173,4 @@ def _check_plan(plan: bytes, sidecar: PlanSidecar, model_bytes: bytes, url: str,
         got = engine(images)
     finally:
         engine.close()
-    return float(np.max(np.abs(got - expected) / (1 + np.abs(expected))))
+    return relative_difference(got, expected)
