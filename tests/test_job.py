@@ -202,6 +202,31 @@ def test_a_survey_moved_since_the_catalog_ran_is_refused_instead_of_run_twice(tm
         run_survey(replace(config, tiles=str(tmp_path / "moved" / "tiles.txt")))
 
 
+def test_a_tile_half_done_by_a_stopped_run_with_a_longer_list_is_not_finished_into_the_catalog(tmp_path, tiny_model):
+    """A run over three tiles stopped in the third; the catalog run again over the first two finished, exit
+    0, holding part of the third and no failure. Refused until a list that names the tile finishes it."""
+    from skymorph.catalog.writer import read_manifest, write_manifest
+    from skymorph.errors import CatalogError
+    from skymorph.inference.job import RunConfig, run_survey
+    from skymorph.tiles import write_tile_list
+
+    tiles = make_tiles(str(tmp_path / "survey"), n_tiles=3, per_tile=64, compact=True)  # ranges of one 32-row chunk
+    write_tile_list(str(tmp_path / "two.txt"), tiles[:2])
+    catalog = str(tmp_path / "catalog")
+    config = RunConfig(tiles=str(tmp_path / "survey" / "tiles.txt"), model=tiny_model, out=catalog, workers=1, progress=False,
+                       rows_per_task=32)
+    assert run_survey(config).total_rows == 192
+    manifest = read_manifest(catalog)  # as the stopped run left it: the third tile's last range not done
+    del manifest.ranges[(tiles[2], 32, 64)]
+    write_manifest(catalog, manifest)
+    with pytest.raises(CatalogError, match=rf"^the catalog holds 32 of the 64 rows of tile {re.escape(repr(tiles[2]))}, which the "
+                                           "tile list does not name \\(a run with a longer list was stopped\\): give a tile list "
+                                           "that names it, to finish it, or run with --overwrite$"):
+        run_survey(replace(config, tiles=str(tmp_path / "two.txt")))
+    assert run_survey(config).total_rows == 192
+    assert_exact(catalog, tiny_model, tiles)
+
+
 def test_a_model_of_one_sample_scores_every_galaxy_0_and_pick_says_so(tmp_path, capsys):
     """T = 1 (or dropout 0): every BALD score is 0, and catalog pick "picked" a batch in object_id order
     without a word."""

@@ -411,6 +411,25 @@ def _no_trace_unless_started(out: str, is_new: bool, options: dict):
         raise
 
 
+def _check_unlisted_tiles_done(tiles: list[str], manifest) -> None:
+    """A catalog keeps the tiles it ran that a later tile list leaves out; one of them begun by a run that was
+    stopped (a longer list, interrupted) and never finished made a finished catalog with part of a tile, exit
+    0 and no failure. Refused, naming the tile, until a tile list that names it finishes it."""
+    listed, covered = set(tiles), {}
+    for record in manifest.ranges.values():
+        if record.tile not in listed:
+            covered.setdefault(record.tile, (record.n, []))[1].append((record.start, record.stop))
+    for tile, (n, ranges) in covered.items():
+        rows, end = 0, 0  # the union of the ranges done: planned again at other sizes, they may overlap
+        for start, stop in sorted(ranges):
+            rows += max(0, stop - max(start, end))
+            end = max(end, stop)
+        if rows < n:
+            raise CatalogError(
+                f"the catalog holds {rows} of the {n} rows of tile {tile!r}, which the tile list does not name (a run with "
+                "a longer list was stopped): give a tile list that names it, to finish it, or run with --overwrite")
+
+
 def _check_moved_tiles(tiles: list[str], manifest, options: dict) -> None:
     """The manifest knows tiles by URL: a tile list naming the catalog's tiles at new URLs (the survey
     moved, or copied to S3, since) ran every tile again under new part names, every galaxy twice. Refused
@@ -504,6 +523,7 @@ def run_survey(config: RunConfig) -> RunReport:
     lock.check()  # a live driver's catalog is refused before anything else is read
     manifest, is_new = _prepare_output(config, model_sha256, options, placeholder)
     if not is_new:
+        _check_unlisted_tiles_done(tiles, manifest)
         _check_moved_tiles(tiles, manifest, s3_retry_options(config.tiles, config.storage_options))
 
     cat_meta = CatalogMetadata(model_sha256=model_sha256, samples=metadata.samples, seed=metadata.seed,
