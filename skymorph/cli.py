@@ -656,6 +656,8 @@ def _environment_error(err: Exception, args) -> str | None:
         options = None
     message = remote_error_message(err, options)
     if message is None and isinstance(err, OSError):
+        import errno
+
         message = first_line(err, limit=500)
         given = _text_arguments(args)
         s3_urls = [value for _, value in given if value.startswith(("s3://", "s3a://"))]
@@ -670,11 +672,13 @@ def _environment_error(err: Exception, args) -> str | None:
                 else:
                     message = f"{message} ({', '.join(s3_urls)})"
             elif getattr(err.__cause__, "response", None):  # s3fs turned S3's answer into an errno: EBUSY for 503, SlowDown
-                import errno
-
                 busy = err.errno == errno.EBUSY
                 message = (f"S3 answered {message} to a request for {', '.join(s3_urls)}"
                            + ("; the endpoint is busy or down for the moment: run the same command again later" if busy else ""))
+        if err.errno == errno.ENOSPC:  # with no file named, "[Errno 28] No space left on device" said nothing of what to do
+            where = f" writing {str(err.filename)!r}" if err.filename else ""
+            message = (f"no space left on the device{where}; free some and run the same command again (`skymorph run` "
+                       "resumes where it stopped; the others start again)")
         if isinstance(err, IsADirectoryError) and err.filename is not None:  # name the argument that gave it
             import os
 

@@ -360,6 +360,22 @@ def test_a_directory_given_as_an_input_file_names_its_argument(tmp_path, capsys,
     assert line == "skymorph: error: --labels 'train' is a directory; give a file"
 
 
+@pytest.mark.parametrize(("filename", "where"), [(None, ""), ("/data/catalog/part-1.parquet", " writing '/data/catalog/part-1.parquet'")])
+def test_a_full_disk_says_what_to_do(filename, where, monkeypatch, capsys):
+    """It said "[Errno 28] No space left on device", naming neither a file nor that a run resumes."""
+    import errno
+
+    from skymorph import cli
+
+    def full(args):
+        raise OSError(errno.ENOSPC, "No space left on device", filename)
+
+    monkeypatch.setattr(cli, "_cmd_catalog_info", full)
+    assert _one_line_error(capsys, main(["catalog", "info", "cat"])) == (
+        f"skymorph: error: no space left on the device{where}; free some and run the same command again (`skymorph run` "
+        "resumes where it stopped; the others start again)")
+
+
 def test_a_broken_pipe_that_is_not_stdout_is_reported(monkeypatch, capsys):
     """Only stdout's reader leaving is quiet; stdout stays usable for the caller (a notebook, a script)."""
     from skymorph import cli
