@@ -42,6 +42,16 @@ def test_the_proxy_answers_head_as_s3_does(s3, s3_bucket):
     with FaultyProxy(s3.endpoint_url, p_503=0, p_drop=0) as proxy:
         fs, path = storage.filesystem(f"{s3_bucket}/f.bin", {"endpoint_url": proxy.url, "skip_instance_cache": True})
         assert fs.info(path)["size"] == 1000 and fs.cat_file(path) == b"x" * 1000
+        host, port = urlsplit(proxy.url).hostname, urlsplit(proxy.url).port
+        conn = http.client.HTTPConnection(host, port, timeout=10)
+        try:
+            conn.request("GET", f"/{s3_bucket[5:]}/f.bin")
+            reply = conn.getresponse()
+            reply.read()
+        finally:
+            conn.close()
+        names = [name.lower() for name, _ in reply.getheaders()]
+        assert names.count("server") == names.count("date") == 1  # not the proxy's and S3's both: strict parsers refuse
     for kind in ({"p_503": 1.0}, {"deny": "."}):
         with FaultyProxy(s3.endpoint_url, **{"p_503": 0, "p_drop": 0, **kind}) as proxy:
             host, port = urlsplit(proxy.url).hostname, urlsplit(proxy.url).port

@@ -159,8 +159,8 @@ class FaultyProxy:
                 finally:
                     conn.close()
                 self.send_response(reply.status, reply.reason)
-                for key, value in reply.getheaders():
-                    if key.lower() not in _HOP_BY_HOP and key.lower() != "content-length":
+                for key, value in reply.getheaders():  # send_response wrote Server and Date: twice, strict parsers refuse
+                    if key.lower() not in _HOP_BY_HOP and key.lower() not in ("content-length", "server", "date"):
                         self.send_header(key, value)
                 # a HEAD's Content-Length is the object's size, which the reply does not carry (it read as 0 bytes)
                 size = reply.getheader("Content-Length") if self.command == "HEAD" else None
