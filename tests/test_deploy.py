@@ -744,21 +744,11 @@ def test_a_job_whose_workers_all_retired_is_replaced(tmp_path, monkeypatch, star
         slurm.kill_all()
 
 
-@pytest.mark.parametrize("failing", [1, 100], ids=["one job fails", "every job fails"])
-def test_a_job_that_ended_before_its_workers_connected_is_replaced_a_few_times(tmp_path, monkeypatch, caplog, failing):
-    """A job that a node failed, or whose workers could not start, never had a worker connected: the cluster
-    counted it as queued for ever, submitted nothing in its place, and the run waited for it. JobAdaptive
-    asks squeue about it: a job that has ended is replaced. A worker environment that fails every job stops
-    the submissions after ``max_failed_starts`` in a row, with the error logged, not a queue full of failures."""
+def _slurm_failing_jobs(tmp_path, monkeypatch, caplog, failing: int):
+    """A FakeSlurm on PATH whose first ``failing`` jobs fail, a one-process job config, and JobAdaptive's log caught."""
     import logging
     import sys
-    import time
 
-    from dask_jobqueue import SLURMCluster
-    from distributed import Client
-
-    from skymorph.inference.adaptive import JobAdaptive
-    from skymorph.testing.dask_processes import wait_for
     from skymorph.testing.slurm import FakeSlurm
 
     slurm = FakeSlurm.create(tmp_path / "slurm", queue_wait_s=0.5, failing_jobs=failing)
@@ -767,6 +757,24 @@ def test_a_job_that_ended_before_its_workers_connected_is_replaced_a_few_times(t
                          lifetime_stagger_minutes=1, gpus_per_job=0, python=sys.executable, worker_extra_args=("--host", "127.0.0.1"),
                          **LOOPBACK)
     caplog.set_level(logging.WARNING, logger="skymorph.inference.adaptive")
+    return slurm, config
+
+
+@pytest.mark.parametrize("failing", [1, 100], ids=["one job fails", "every job fails"])
+def test_a_job_that_ended_before_its_workers_connected_is_replaced_a_few_times(tmp_path, monkeypatch, caplog, failing):
+    """A job that a node failed, or whose workers could not start, never had a worker connected: the cluster
+    counted it as queued for ever, submitted nothing in its place, and the run waited for it. JobAdaptive
+    asks squeue about it: a job that has ended is replaced. A worker environment that fails every job stops
+    the submissions after ``max_failed_starts`` in a row, with the error logged, not a queue full of failures."""
+    import time
+
+    from dask_jobqueue import SLURMCluster
+    from distributed import Client
+
+    from skymorph.inference.adaptive import JobAdaptive
+    from skymorph.testing.dask_processes import wait_for
+
+    slurm, config = _slurm_failing_jobs(tmp_path, monkeypatch, caplog, failing)
     try:
         with SLURMCluster(**config.cluster_kwargs()) as cluster, Client(cluster) as client:
             cluster.adapt(minimum_jobs=0, maximum_jobs=1, Adaptive=JobAdaptive, ended_jobs=config.ended_jobs, queue_check_s=1,
@@ -793,21 +801,12 @@ def test_a_job_that_fails_to_start_beside_a_running_one_is_replaced_whatever_the
     """Failed starts in a row stopped every submission for good, even beside a job that ran: once its
     workers reached their lifetime, nothing replaced them and the run hung. Only while no job has a
     worker do they stop the submissions."""
-    import logging
-    import sys
-
     from dask_jobqueue import SLURMCluster
     from distributed import Client
 
     from skymorph.inference.adaptive import JobAdaptive
-    from skymorph.testing.slurm import FakeSlurm
 
-    slurm = FakeSlurm.create(tmp_path / "slurm", queue_wait_s=0.5, failing_jobs=1)
-    monkeypatch.setenv("PATH", f"{slurm.bin}{os.pathsep}{os.environ['PATH']}")
-    config = SlurmConfig(walltime="00:10:00", memory_gib=2, cpus_per_job=1, threads_per_process=1, worker_lifetime_minutes=8,
-                         lifetime_stagger_minutes=1, gpus_per_job=0, python=sys.executable, worker_extra_args=("--host", "127.0.0.1"),
-                         **LOOPBACK)
-    caplog.set_level(logging.WARNING, logger="skymorph.inference.adaptive")
+    slurm, config = _slurm_failing_jobs(tmp_path, monkeypatch, caplog, 1)
     try:
         with SLURMCluster(**config.cluster_kwargs()) as cluster, Client(cluster) as client:
             cluster.adapt(minimum_jobs=2, maximum_jobs=2, Adaptive=JobAdaptive, ended_jobs=config.ended_jobs, queue_check_s=1,
