@@ -22,9 +22,9 @@ fractions and intervals. Per question, over the galaxies with votes for it (N_q 
   (Dirichlet, theta_t = (alpha_t,a, alpha_t,q - alpha_t,a)); and ``coverage_expected``, the mean over
   the same pairs of the interval's own predictive mass :math:`\bar P(\mathrm{lo} \le K \le \mathrm{hi})`:
   how often the model expects to be right. A count is discrete, so an interval holds more than c,
-  far more for few volunteers (a calibrated model's 10% interval holds 28% of the counts at N = 40 and
-  80% at N = 1): calibration is observed against expected, which agree for a calibrated model, not
-  observed against c.
+  far more for few volunteers (in the tests, a calibrated model's 10% intervals held a quarter of the
+  counts at N = 40 and three quarters at N = 1): calibration is observed against expected, which agree
+  for a calibrated model, not observed against c.
 
 Writes ``OUT/metrics.json``, ``OUT/predictions.parquet``, ``OUT/coverage.png`` and
 ``OUT/predicted_vs_observed.png``.
@@ -71,15 +71,16 @@ class EvaluationReport:
         for q, m in self.metrics["questions"].items():
             if not m["n"]:
                 continue
-            acc, true = m.get("accuracy_confident"), m.get("rmse_true", "")
-            true = f" rmse_true={'n/a' if true is None else f'{true:.4f}'}" if "rmse_true" in m else ""
-            lines.append(
-                f"  {q}: n={m['n']} rmse={m['rmse']:.4f}{true} "
-                f"accuracy_confident={'n/a' if acc is None else f'{acc:.4f}'} (n={m['n_confident']})"
-            )
+            true = f" rmse_true={_shown(m['rmse_true'])}" if "rmse_true" in m else ""
+            lines.append(f"  {q}: n={m['n']} rmse={m['rmse']:.4f}{true} accuracy_confident={_shown(m['accuracy_confident'])} "
+                         f"(n={m['n_confident']})")
         if unasked:
             lines.append(f"  no votes for {', '.join(unasked)}")
         return "\n".join(lines)
+
+
+def _shown(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 def dihedral(images, k: int):
