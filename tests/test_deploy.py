@@ -806,11 +806,14 @@ def test_a_job_that_fails_to_start_beside_a_running_one_is_replaced_whatever_the
 
     from skymorph.inference.adaptive import JobAdaptive
 
-    slurm, config = _slurm_failing_jobs(tmp_path, monkeypatch, caplog, 1)
+    slurm, config = _slurm_failing_jobs(tmp_path, monkeypatch, caplog, 0)
+    adaptive = {"Adaptive": JobAdaptive, "ended_jobs": config.ended_jobs, "queue_check_s": 1, "max_failed_starts": 1}
     try:
         with SLURMCluster(**config.cluster_kwargs()) as cluster, Client(cluster) as client:
-            cluster.adapt(minimum_jobs=2, maximum_jobs=2, Adaptive=JobAdaptive, ended_jobs=config.ended_jobs, queue_check_s=1,
-                          max_failed_starts=1)
+            cluster.adapt(minimum_jobs=1, maximum_jobs=1, **adaptive)
+            client.wait_for_workers(1, timeout=90)  # a job that runs, before the one that fails
+            (slurm.jobs / "failing").write_text("1\n")
+            cluster.adapt(minimum_jobs=2, maximum_jobs=2, **adaptive)
             client.wait_for_workers(2, timeout=90)  # the job that failed was replaced beside the one that ran
             assert len(slurm.submitted()) == 3, slurm.submitted()
             assert [r.levelname for r in caplog.records] == ["WARNING"]
