@@ -154,12 +154,14 @@ class JobAdaptive(Adaptive):
     async def _never_started(self, now: float) -> list[str]:
         """The jobs that ended before any of their workers connected, by the batch system's account; each is
         logged, and counted towards ``max_failed_starts``."""
+        if self.ended_jobs is None or now - self._queue_checked < self.queue_check_s:
+            return []  # before the jobs are looked at: this runs at every check of the cluster
         waiting = {}  # job id -> job name
         for job, known in self._jobs.items():
             job_id = getattr(self.cluster.workers.get(job), "job_id", None)
             if not known.started and now - known.last_connected >= self.queue_check_s and job_id is not None:
                 waiting[str(job_id)] = job
-        if not (waiting and self.ended_jobs) or now - self._queue_checked < self.queue_check_s:
+        if not waiting:
             return []
         self._queue_checked = now
         ended = await asyncio.to_thread(self.ended_jobs, sorted(waiting))

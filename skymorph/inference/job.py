@@ -411,17 +411,25 @@ def _no_trace_unless_started(out: str, is_new: bool, options: dict):
         raise
 
 
-def _check_unlisted_tiles_done(tiles: list[str], manifest) -> None:
+def _ran_tiles(tiles: list[str], manifest) -> tuple[set[str], dict[str, list]]:
+    """``(ran, unlisted)``: the tiles the manifest has ranges of, and those ranges of the tiles ``tiles``
+    does not list, by tile; one pass over the manifest for both checks below."""
+    listed, ran, unlisted = set(tiles), set(), {}
+    for record in manifest.ranges.values():
+        ran.add(record.tile)
+        if record.tile not in listed:
+            unlisted.setdefault(record.tile, []).append(record)
+    return ran, unlisted
+
+
+def _check_unlisted_tiles_done(unlisted: dict[str, list]) -> None:
     """A catalog keeps the tiles it ran that a later tile list leaves out; one of them begun by a run that was
     stopped (a longer list, interrupted) and never finished made a finished catalog with part of a tile, exit
-    0 and no failure. Refused, naming the tile, until a tile list that names it finishes it."""
-    listed, covered = set(tiles), {}
-    for record in manifest.ranges.values():
-        if record.tile not in listed:
-            covered.setdefault(record.tile, (record.n, []))[1].append((record.start, record.stop))
-    for tile, (n, ranges) in covered.items():
-        rows, end = 0, 0  # the union of the ranges done: planned again at other sizes, they may overlap
-        for start, stop in sorted(ranges):
+    0 and no failure. Refused, naming the tile, until a tile list that names it finishes it. ``unlisted``:
+    :func:`_ran_tiles`'."""
+    for tile, records in unlisted.items():
+        n, rows, end = records[0].n, 0, 0  # the union of the ranges done: planned again at other sizes, they may overlap
+        for start, stop in sorted((record.start, record.stop) for record in records):
             rows += max(0, stop - max(start, end))
             end = max(end, stop)
         if rows < n:
@@ -430,31 +438,29 @@ def _check_unlisted_tiles_done(tiles: list[str], manifest) -> None:
                 "a longer list was stopped): give a tile list that names it, to finish it, or run with --overwrite")
 
 
-def _check_moved_tiles(tiles: list[str], manifest, options: dict) -> None:
+def _check_moved_tiles(tiles: list[str], ran: set[str], unlisted: dict[str, list], options: dict) -> None:
     """The manifest knows tiles by URL: a tile list naming the catalog's tiles at new URLs (the survey
     moved, or copied to S3, since) ran every tile again under new part names, every galaxy twice. Refused
     when a listed tile that the catalog has not run has the name (:func:`~skymorph.tiles.tile_name`) and
     row count of one it ran from a URL no longer listed, and, where that one can still be read, the same
     first and last object ids (another ingest's ``ingest_00000`` extending the catalog has others). Only
-    such tiles are opened."""
+    such tiles are opened. ``ran``, ``unlisted``: :func:`_ran_tiles`'."""
     from skymorph.errors import TileError
     from skymorph.tiles import open_tile, tile_name
 
-    listed, ran = set(tiles), {}
-    for record in manifest.ranges.values():
-        if record.tile not in listed:
-            ran.setdefault(tile_name(record.tile), {})[record.tile] = record.n
-    done = {record.tile for record in manifest.ranges.values()}
+    by_name: dict[str, dict[str, int]] = {}  # an unlisted tile's name -> its URLs -> their row counts
+    for tile, records in unlisted.items():
+        by_name.setdefault(tile_name(tile), {})[tile] = records[0].n
 
     def ends(tile) -> tuple:
         return (int(tile.read_coords(0, 1)[0][0]), int(tile.read_coords(tile.n - 1)[0][0])) if tile.n else ()
 
     for url in tiles:
-        if url in done or tile_name(url) not in ran:
+        if url in ran or tile_name(url) not in by_name:
             continue
         new = open_tile(url, options)
         new_ends = None
-        for old_url, n in ran[tile_name(url)].items():
+        for old_url, n in by_name[tile_name(url)].items():
             if new.n != n:
                 continue
             try:
@@ -523,8 +529,9 @@ def run_survey(config: RunConfig) -> RunReport:
     lock.check()  # a live driver's catalog is refused before anything else is read
     manifest, is_new = _prepare_output(config, model_sha256, options, placeholder)
     if not is_new:
-        _check_unlisted_tiles_done(tiles, manifest)
-        _check_moved_tiles(tiles, manifest, s3_retry_options(config.tiles, config.storage_options))
+        ran, unlisted = _ran_tiles(tiles, manifest)
+        _check_unlisted_tiles_done(unlisted)
+        _check_moved_tiles(tiles, ran, unlisted, s3_retry_options(config.tiles, config.storage_options))
 
     cat_meta = CatalogMetadata(model_sha256=model_sha256, samples=metadata.samples, seed=metadata.seed,
                                n_volunteers=config.n_volunteers, schema_json=metadata.schema.to_json(),
