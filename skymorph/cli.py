@@ -661,20 +661,24 @@ def _environment_error(err: Exception, args) -> str | None:
         message = first_line(err, limit=500)
         given = _text_arguments(args)
         s3_urls = [value for _, value in given if value.startswith(("s3://", "s3a://"))]
-        if err.filename is None and s3_urls:  # s3fs's errors ("Forbidden") name no path: name the S3 URLs given
-            if isinstance(err, PermissionError):
-                message = (f"S3 denied access ({message}) to {', '.join(s3_urls)}; check the credentials (AWS_ACCESS_KEY_ID "
-                           "and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE), and leave \"anon\" out of --storage-options for a private bucket")
-            elif isinstance(err, FileNotFoundError):
-                named = [(name, value) for name, value in given if value.startswith(("s3://", "s3a://")) and repr(value) in message]
-                if named:  # the message names the URL: name the argument that gave it
-                    message = f"{_argument_name(named[0][0])} {message}"
-                else:
-                    message = f"{message} ({', '.join(s3_urls)})"
-            elif getattr(err.__cause__, "response", None):  # s3fs turned S3's answer into an errno: EBUSY for 503, SlowDown
-                busy = err.errno == errno.EBUSY
-                message = (f"S3 answered {message} to a request for {', '.join(s3_urls)}"
-                           + ("; the endpoint is busy or down for the moment: run the same command again later" if busy else ""))
+        # s3fs's errors ("Forbidden") name no object: skymorph.storage gives them the URL it was at; else
+        # the S3 URLs given stand in
+        refused = str(err.filename) if str(err.filename or "").startswith(("s3://", "s3a://")) else None
+        urls = [refused] if refused else s3_urls if err.filename is None else []
+        reason = err.strerror if refused else message
+        if urls and isinstance(err, PermissionError):
+            message = (f"S3 denied access ({reason}) to {', '.join(urls)}; check the credentials (AWS_ACCESS_KEY_ID "
+                       "and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE), and leave \"anon\" out of --storage-options for a private bucket")
+        elif urls and isinstance(err, FileNotFoundError):
+            named = [(name, value) for name, value in given if value.startswith(("s3://", "s3a://")) and repr(value) in message]
+            if named:  # the message names the URL: name the argument that gave it
+                message = f"{_argument_name(named[0][0])} {message}"
+            elif not refused or refused not in message:
+                message = f"{message} ({', '.join(urls)})"
+        elif urls and getattr(err.__cause__, "response", None):  # s3fs turned S3's answer into an errno: EBUSY for 503, SlowDown
+            busy = err.errno == errno.EBUSY
+            message = (f"S3 answered {reason} to a request for {', '.join(urls)}"
+                       + ("; the endpoint is busy or down for the moment: run the same command again later" if busy else ""))
         if err.errno == errno.ENOSPC:  # with no file named, "[Errno 28] No space left on device" said nothing of what to do
             where = f" writing {str(err.filename)!r}" if err.filename else ""
             message = (f"no space left on the device{where}; free some and run the same command again (`skymorph run` "

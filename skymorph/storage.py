@@ -311,11 +311,34 @@ def list_dir(fs, path: str) -> dict[str, str]:
     return {posixpath.basename(entry): entry for entry in entries if entry != path.rstrip("/")}
 
 
+_ERRNO_OF = {PermissionError: errno.EACCES, FileNotFoundError: errno.ENOENT, FileExistsError: errno.EEXIST,
+             TimeoutError: errno.ETIMEDOUT}
+
+
+@contextmanager
+def _naming(url: str) -> Iterator[None]:
+    """Give an ``OSError`` that names no file ``url`` as its ``filename``: s3fs's say only "Access Denied"
+    or "Service Unavailable", and the one line the user saw named every S3 URL of the command instead of
+    the object S3 refused. One without an errno (s3fs raises ``PermissionError(message)``) is raised
+    again as ``[Errno 13] Access Denied: 'url'``, from the same botocore error."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is not None or strip_protocol(url) in str(err):
+            raise
+        if err.errno is not None:
+            err.filename = url
+            raise
+        raise type(err)(_ERRNO_OF.get(type(err), errno.EIO), first_line(err) if str(err) else type(err).__name__,
+                        url) from err.__cause__
+
+
 def remove_file(url: str, storage_options: dict | None = None) -> None:
     """Delete the file at ``url``; one that is already gone is no error (another process removed it)."""
     fs, path = filesystem(url, storage_options)
     try:
-        fs.rm(path)
+        with _naming(url):
+            fs.rm(path)
     except FileNotFoundError:
         pass
 
@@ -323,7 +346,8 @@ def remove_file(url: str, storage_options: dict | None = None) -> None:
 def read_bytes(url: str, storage_options: dict | None = None) -> bytes:
     fs, path = filesystem(url, storage_options)
     try:
-        return fs.cat_file(path)
+        with _naming(url):
+            return fs.cat_file(path)
     except FileNotFoundError as err:
         raise FileNotFoundError(f"{url!r} does not exist") from err
 
@@ -336,7 +360,8 @@ def atomic_write_bytes(url: str, data: bytes, storage_options: dict | None = Non
     """Write ``data`` to ``url`` so that readers see either nothing or the whole file."""
     if is_remote(url):
         fs, path = filesystem(url, storage_options)
-        fs.pipe_file(path, data)
+        with _naming(url):
+            fs.pipe_file(path, data)
         return
     with atomic_output(url, storage_options) as tmp, open(tmp, "wb") as fh:
         fh.write(data)
@@ -358,8 +383,9 @@ def read_versioned(url: str, storage_options: dict | None = None) -> tuple[bytes
             return data, hashlib.sha256(data).hexdigest()
         if "s3" in fs.protocol:
             fs.invalidate_cache(path)
-            version = fs.info(path)["ETag"]
-            return fs.cat_file(path), version
+            with _naming(url):
+                version = fs.info(path)["ETag"]
+                return fs.cat_file(path), version
     except FileNotFoundError as err:
         raise FileNotFoundError(f"{url!r} does not exist") from err
     return read_bytes(url, storage_options), None
@@ -391,19 +417,20 @@ def replace_if_version(url: str, data: bytes, version, storage_options: dict | N
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-    if "s3" in fs.protocol and version is not None:
-        try:
-            fs.pipe_file(path, data, IfMatch=version)
-            return True
-        except FileNotFoundError:  # removed since: If-Match finds no object
-            return False
-        except OSError as err:
-            status = _http_status(err)
-            if status in (409, 412):  # replaced since (409: a concurrent conditional write)
+    with _naming(url):
+        if "s3" in fs.protocol and version is not None:
+            try:
+                fs.pipe_file(path, data, IfMatch=version)
+                return True
+            except FileNotFoundError:  # removed since: If-Match finds no object
                 return False
-            if status != 501:
-                raise
-    fs.pipe_file(path, data)
+            except OSError as err:
+                status = _http_status(err)
+                if status in (409, 412):  # replaced since (409: a concurrent conditional write)
+                    return False
+                if status != 501:
+                    raise
+        fs.pipe_file(path, data)
     return True
 
 
@@ -440,21 +467,22 @@ def create_exclusive_bytes(url: str, data: bytes, storage_options: dict | None =
                 os.unlink(tmp)
         return
     fs, path = filesystem(url, storage_options)
-    if "s3" in fs.protocol:  # s3:// and s3a://
-        try:
-            fs.pipe_file(path, data, mode="create")
-            return
-        except FileExistsError:
-            raise
-        except OSError as err:
-            status = _http_status(err)
-            if status in (409, 412):  # 412: a store that does not name the condition; 409: a concurrent create
-                raise FileExistsError(f"{url!r} exists") from err
-            if status != 501:  # 501: an S3-compatible store without conditional writes
+    with _naming(url):
+        if "s3" in fs.protocol:  # s3:// and s3a://
+            try:
+                fs.pipe_file(path, data, mode="create")
+                return
+            except FileExistsError:
                 raise
-    if fs.exists(path):
-        raise FileExistsError(f"{url!r} exists")
-    fs.pipe_file(path, data)
+            except OSError as err:
+                status = _http_status(err)
+                if status in (409, 412):  # 412: a store that does not name the condition; 409: a concurrent create
+                    raise FileExistsError(f"{url!r} exists") from err
+                if status != 501:  # 501: an S3-compatible store without conditional writes
+                    raise
+        if fs.exists(path):
+            raise FileExistsError(f"{url!r} exists")
+        fs.pipe_file(path, data)
 
 
 def _http_status(err: BaseException) -> int | None:
@@ -493,7 +521,8 @@ def atomic_output(url: str, storage_options: dict | None = None) -> Iterator[str
             tmp = os.path.join(directory, "output")
             yield tmp
             fs, path = filesystem(url, storage_options)
-            fs.put_file(tmp, path)
+            with _naming(url):
+                fs.put_file(tmp, path)
         return
     path, tmp = _temp_beside(url)
     try:
@@ -525,25 +554,26 @@ def read_parquet(url: str, storage_options: dict | None = None, columns: list[st
     import pyarrow.parquet as pq
 
     fs, path = filesystem(url, storage_options)
-    if not fs.exists(path):
-        raise FileNotFoundError(f"{url!r} does not exist")
-    if fs.isdir(path):
-        raise InputError(f"{url!r} is a directory, not a Parquet file")
-    with fs.open(path, "rb") as fh:
-        try:
-            # With torch loaded, an Arrow thread still calling into Python at exit aborts the interpreter
-            # ("terminate called without an active exception", pyarrow 26 and torch 2.13, up to a third
-            # of runs on a busy machine). pq.read_table scans through pyarrow.dataset, whose threads run
-            # even with use_threads=False, and ParquetFile's pre-buffering reads this Python file object
-            # on Arrow's I/O threads; without either, every read happens on this thread.
-            parquet = pq.ParquetFile(fh, pre_buffer=False)
-            names = parquet.schema_arrow.names
-            missing = [c for c in columns or () if c not in names]
-            if missing:  # ParquetFile.read would silently leave them out
-                raise InputError(f"{url!r} has no column {missing[0]!r} (columns: {', '.join(names)})")
-            return parquet.read(columns=columns, use_threads=False)
-        except pa.ArrowInvalid as err:
-            raise InputError(f"{url!r} is not a readable Parquet file ({first_line(err)})") from err
+    with _naming(url):
+        if not fs.exists(path):
+            raise FileNotFoundError(f"{url!r} does not exist")
+        if fs.isdir(path):
+            raise InputError(f"{url!r} is a directory, not a Parquet file")
+        with fs.open(path, "rb") as fh:
+            try:
+                # With torch loaded, an Arrow thread still calling into Python at exit aborts the interpreter
+                # ("terminate called without an active exception", pyarrow 26 and torch 2.13, up to a third
+                # of runs on a busy machine). pq.read_table scans through pyarrow.dataset, whose threads run
+                # even with use_threads=False, and ParquetFile's pre-buffering reads this Python file object
+                # on Arrow's I/O threads; without either, every read happens on this thread.
+                parquet = pq.ParquetFile(fh, pre_buffer=False)
+                names = parquet.schema_arrow.names
+                missing = [c for c in columns or () if c not in names]
+                if missing:  # ParquetFile.read would silently leave them out
+                    raise InputError(f"{url!r} has no column {missing[0]!r} (columns: {', '.join(names)})")
+                return parquet.read(columns=columns, use_threads=False)
+            except pa.ArrowInvalid as err:
+                raise InputError(f"{url!r} is not a readable Parquet file ({first_line(err)})") from err
 
 
 def parse_storage_options(text: str | None) -> dict:

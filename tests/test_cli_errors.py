@@ -170,14 +170,15 @@ def test_an_output_in_a_missing_bucket_is_named(argv, s3_bucket, tiny_model, tmp
     assert line.endswith("'s3://no-such-bucket-cli/" + argv[-1].rsplit("/", 1)[-1] + "': bucket 'no-such-bucket-cli' does not exist; create it first")
 
 
-def test_access_denied_by_s3_names_the_urls_and_what_to_check(s3, s3_bucket, capsys):
-    """It said only "Forbidden": an anonymous read of a bucket that needs credentials."""
+def test_access_denied_by_s3_names_the_object_and_what_to_check(s3, s3_bucket, capsys):
+    """It said only "Forbidden": an anonymous read of a bucket that needs credentials. Then it named every S3
+    URL of the command; now the object S3 refused."""
     from skymorph.storage import atomic_write_text
 
     atomic_write_text(f"{s3_bucket}/catalog/hats.properties", "dataset_type=object\n")
     options = json.dumps({"anon": True, "endpoint_url": s3.endpoint_url})  # a URL, but not one of the inputs
     line = _one_line_error(capsys, main(["catalog", "info", f"{s3_bucket}/catalog", "--storage-options", options]))
-    assert line.startswith(f"skymorph: error: S3 denied access (Forbidden) to {s3_bucket}/catalog; check the credentials")
+    assert line.startswith(f"skymorph: error: S3 denied access (Forbidden) to {s3_bucket}/catalog/hats.properties; check the credentials")
     assert 'leave "anon" out of --storage-options' in line
 
 

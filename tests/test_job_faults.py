@@ -91,6 +91,23 @@ def test_exact_catalog_through_a_faulty_s3(s3, s3_bucket, tiny_model, monkeypatc
     assert_exact(f"{s3_bucket}/catalog", tiny_model, tiles)
 
 
+def test_a_part_file_s3_refuses_is_named_in_the_failures(s3, s3_bucket, tiny_model, monkeypatch):
+    """A bucket policy refusing the part files: each failure's reason said only "PermissionError: Access
+    Denied", naming neither the object nor the bucket."""
+    from skymorph.inference.job import RunConfig, run_survey
+
+    make_tiles(s3_bucket, n_tiles=2, per_tile=32, compact=True)
+    with FaultyProxy(s3.endpoint_url, p_503=0, p_drop=0, deny=r"^PUT \S*Npix") as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        report = run_survey(RunConfig(tiles=f"{s3_bucket}/tiles.txt", model=tiny_model, out=f"{s3_bucket}/catalog",
+                                      workers=1, progress=False))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3.endpoint_url)
+    assert [f["stage"] for f in report.failures] == ["write", "write"]
+    for failure in report.failures:
+        assert re.fullmatch(rf"PermissionError: \[Errno 13\] Access Denied: '{s3_bucket}/catalog/dataset/Norder=\d+/Dir=\d+/"
+                            r"Npix=\d+/part-\w+\.parquet'", failure["reason"]), failure["reason"]
+
+
 def test_only_storage_hiccups_count_as_transient():
     from skymorph.errors import TileError
     from skymorph.inference.task import is_transient

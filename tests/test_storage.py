@@ -258,6 +258,33 @@ def test_read_parquet_missing_directory_and_columns(tmp_path):
         storage.read_parquet(str(tmp_path / "t.parquet"), columns=["ra", "dec"])
 
 
+def test_an_object_s3_refuses_is_named_by_its_error(s3, s3_bucket, monkeypatch):
+    """s3fs raises PermissionError("Access Denied"), naming nothing: a run whose part files a bucket policy
+    refused said so of every S3 URL on its command line, and its failures table of no object at all."""
+    from skymorph.testing.faulty_proxy import FaultyProxy
+
+    table = pa.table({"object_id": [1, 2]})
+    storage.write_parquet(table, f"{s3_bucket}/readable/t.parquet")
+    storage.write_parquet(table, f"{s3_bucket}/secret/t.parquet")
+    with FaultyProxy(s3.endpoint_url, p_503=0, p_drop=0, deny="secret") as proxy:
+        options = {"endpoint_url": proxy.url, "skip_instance_cache": True}
+        assert storage.read_parquet(f"{s3_bucket}/readable/t.parquet", options).equals(table)
+        calls = [lambda url: storage.read_bytes(url, options), lambda url: storage.read_parquet(url, options),
+                 lambda url: storage.atomic_write_bytes(url, b"x", options),
+                 lambda url: storage.create_exclusive_bytes(url, b"x", options),
+                 lambda url: storage.read_versioned(url, options)]
+        for call in calls:
+            url = f"{s3_bucket}/secret/t.parquet"
+            with pytest.raises(PermissionError) as info:
+                call(url)
+            err = info.value
+            assert (err.errno, err.filename) == (errno.EACCES, url)
+            assert err.strerror in ("Access Denied", "Forbidden")  # a HEAD's answer has no body to say which
+            assert str(err) == f"[Errno 13] {err.strerror}: {url!r}"
+            assert err.__cause__.response["ResponseMetadata"]["HTTPStatusCode"] == 403  # botocore's, read by is_transient
+    assert proxy.counts.denied == len(calls)
+
+
 # ---- outputs that cannot be written ------------------------------------------------------------------
 
 
