@@ -30,6 +30,7 @@ __all__ = [
     "VOTABLE_SUFFIXES",
     "arcsec_between",
     "arcsec_text",
+    "check_unique_columns",
     "index_in",
     "locations",
     "plain",
@@ -82,16 +83,27 @@ def read_table(url: str, storage_options, what: str = "labels"):
         if name.endswith(CSV_SUFFIXES):
             # a tile named 06879 or a split of 0/1 read as numbers: tile and row locations were then ignored
             text = pacsv.ConvertOptions(column_types={"tile": pa.string(), "split": pa.string()})
-            table = pacsv.read_csv(pa.BufferReader(raw), read_options=pacsv.ReadOptions(use_threads=False), convert_options=text)
+            # newlines_in_values: a quoted cell may span lines (RFC 4180); without it a file over one 1 MiB block fails
+            table = pacsv.read_csv(pa.BufferReader(raw), read_options=pacsv.ReadOptions(use_threads=False),
+                                   parse_options=pacsv.ParseOptions(newlines_in_values=True), convert_options=text)
         elif name.endswith(FITS_SUFFIXES):
             table = _read_astropy_table(raw, "fits")
         elif name.endswith(VOTABLE_SUFFIXES):
             table = _read_astropy_table(raw, "votable")
         else:
             table = pq.ParquetFile(pa.BufferReader(raw)).read(use_threads=False)
-        return table, hashlib.sha256(data).hexdigest()
     except (pa.ArrowInvalid, OSError, ValueError, TypeError, EOFError, zlib.error) as err:  # a truncated or corrupt .gz too
         raise InputError(f"{what} {url!r} is not a readable Parquet, CSV, FITS or VOTable table ({first_line(err, 120)})") from err
+    check_unique_columns(url, table.column_names, what)
+    return table, hashlib.sha256(data).hexdigest()
+
+
+def check_unique_columns(url: str, names: list[str], what: str = "labels") -> None:
+    """One line for a table with two columns of one name (a CasJobs ``SELECT g.*, p.ra``): pyarrow's
+    ``select`` and ``column`` raised ``KeyError`` on them, a traceback."""
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise InputError(f"{what} {url!r} has more than one column named {' and '.join(map(repr, twice))}; keep one of each")
 
 
 def _read_astropy_table(data: bytes, fmt: str):

@@ -196,6 +196,17 @@ def test_pick_exclude_that_is_not_parquet(content, small_catalog, tmp_path, caps
     assert not out.exists()
 
 
+def test_a_table_with_two_columns_of_one_name_is_one_line(small_catalog, tmp_path, capsys):
+    """A CasJobs `SELECT g.*, p.ra` repeats a column: `pick --exclude` and `labels match` stopped on pyarrow's
+    KeyError, with a traceback."""
+    table = tmp_path / "done.csv"
+    table.write_text("object_id,ra,dec,ra\n5,150,2,150\n")
+    for argv in (["catalog", "pick", small_catalog, "--n", "3", "--exclude", str(table), "--out", str(tmp_path / "b.csv")],
+                 ["labels", "match", str(table), "--tiles", str(tmp_path / "tiles.txt"), "--out", str(tmp_path / "m.parquet")]):
+        line = _one_line_error(capsys, main(argv))
+        assert line.endswith(f"{str(table)!r} has more than one column named 'ra'; keep one of each"), line
+
+
 def test_a_count_beyond_int64_is_refused_by_its_flag(small_catalog, tmp_path, capsys):
     """It reached DuckDB's LIMIT: "Conversion Error: Type INT128 ... can't be cast", naming no flag."""
     for argv in (["pick", small_catalog, "--n", str(10**20), "--out", str(tmp_path / "b.csv")],

@@ -775,6 +775,20 @@ def test_tile_names_that_look_like_numbers_stay_locations_in_a_csv(tmp_path):
         load_images([url], read, progress=False)
 
 
+def test_a_csv_over_one_block_with_a_line_break_in_a_quoted_cell_reads(tmp_path):
+    """Valid CSV (RFC 4180) was refused once it passed pyarrow's 1 MiB block: "CSV parser got out of sync
+    with chunker"."""
+    from skymorph.tables import read_table
+
+    path = tmp_path / "labels.csv"
+    rows = "".join(f'{i},1,0,"seen twice:\nonce in {i}"\n' for i in range(40_000))
+    path.write_text("object_id,has_spiral_arms_yes,has_spiral_arms_no,comment\n" + rows)
+    assert path.stat().st_size > 2**20
+    table, _ = read_table(str(path), None)
+    assert table.num_rows == 40_000 and table.column("comment")[39_999].as_py() == "seen twice:\nonce in 39999"
+    assert load_labels(str(path), GZ2).object_id.tolist() == list(range(40_000))
+
+
 def test_labels_locate_images_by_tile_name_or_url_and_row(tmp_path):
     tiles, labels = write_ring_survey(str(tmp_path))  # t0 holds object ids 1000-1023 in rows 0-23, t1 1024-1047
     table = pd.read_parquet(labels)

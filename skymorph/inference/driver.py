@@ -171,10 +171,11 @@ def run_tasks(config: RunConfig, client, job, resources, plan: _Plan, manifest, 
                 raise
             # else the error that stopped the run (storage down, the scheduler lost) is the one to see; the
             # ranges not journalled rerun
-        bar.close()
-        if client.status == "running":  # else the scheduler forgets the plugin with the cluster
-            with contextlib.suppress(Exception):  # a scheduler gone away must not hide why the run stopped
-                client.unregister_worker_plugin(job_name)
+        finally:  # before any error's line, which a bar left open on a terminal ran into and redrew over
+            bar.close()
+            if client.status == "running":  # else the scheduler forgets the plugin with the cluster
+                with contextlib.suppress(Exception):  # a scheduler gone away must not hide why the run stopped
+                    client.unregister_worker_plugin(job_name)
 
 
 def _arrivals(pending, client, worker_timeout: float | None, resources: dict | None, own_cluster: bool):

@@ -37,7 +37,16 @@ from skymorph.gz_tables import (
 )
 from skymorph.schema import Schema
 from skymorph.storage import FITS_SUFFIXES
-from skymorph.tables import CSV_SUFFIXES, TRAIN, VALIDATION, locations, read_split, read_table, sky_positions
+from skymorph.tables import (
+    CSV_SUFFIXES,
+    TRAIN,
+    VALIDATION,
+    check_unique_columns,
+    locations,
+    read_split,
+    read_table,
+    sky_positions,
+)
 from skymorph.tiles import object_ids
 
 __all__ = ["Labels", "labels_from_table", "labels_schema", "load_labels", "split_kind", "split_masks"]
@@ -268,9 +277,7 @@ def labels_from_table(url: str, table, sha256: str, schema: Schema, *, votes_nee
     campaigns; negative counts; no vote column of the schema at all, or no vote in any of them.
     """
     names = table.column_names
-    twice = sorted({name for name in names if names.count(name) > 1})
-    if twice:
-        raise InputError(f"labels {url!r} has more than one column named {' and '.join(map(repr, twice))}; keep one of each")
+    check_unique_columns(url, names)
     if "object_id" not in names:
         raise InputError(
             f"labels {url!r} has no object_id column (columns: {', '.join(names[:12])}); give each galaxy the integer id "
