@@ -297,7 +297,11 @@ def join(url: str, *parts: str) -> str:
 
 
 def exists(url: str, storage_options: dict | None = None) -> bool:
+    """Whether anything is at ``url`` now: s3fs answers from a listing it cached, which never expires, so an
+    object another process wrote or removed since was reported as it was."""
     fs, path = filesystem(url, storage_options)
+    if is_remote(url):
+        fs.invalidate_cache(path)
     return fs.exists(path)
 
 

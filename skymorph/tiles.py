@@ -185,10 +185,20 @@ class Tile:
         for key, values in zip(("object_id", "ra", "dec"), coords):
             lost = np.isnan(values) if key != "object_id" else values == MISSING_OBJECT_ID
             if lost.any():
+                row = start + int(np.argmax(lost))
                 size = int(self._group[key].chunks[0])
-                a = (start + int(np.argmax(lost))) // size * size
-                raise TileError(f"tile {self.url!r}: rows [{a}, {min(a + size, self.n)}) of {key!r} read as the fill value, "
-                                "so their chunk file is missing; the store is damaged, write the tile again")
+                a = row // size * size
+                name = self._chunk_file(key, a // size)
+                if name is None or not storage.exists(storage.join(self.url, name), self._storage_options):
+                    raise TileError(f"tile {self.url!r}: rows [{a}, {min(a + size, self.n)}) of {key!r} read as the fill "
+                                    "value, so their chunk file is missing; the store is damaged, write the tile again")
+                raise TileError(f"tile {self.url!r}: {key} of row {row} is {values[row - start]}, the fill value that marks a "
+                                "lost chunk; write the tile again with real positions and ids")
+        infinite = np.flatnonzero(np.isinf(coords[1]) | np.isinf(coords[2]))
+        if len(infinite):  # write_tile refuses it; a store written by other means put it in a wrong HEALPix pixel
+            row = int(infinite[0])
+            raise TileError(f"tile {self.url!r}: row {start + row} has ra {coords[1][row]:g}, dec {coords[2][row]:g}, "
+                            "not finite; write the tile again with ICRS degrees")
         outside = np.flatnonzero(np.abs(coords[2]) > 90)
         if len(outside):  # write_tile refuses it; a store written by other means reached astropy and cdshealpix, which raise
             row = int(outside[0])
@@ -220,13 +230,19 @@ class Tile:
             block = images[lo - start:hi - start]
             if hi <= lo or block[0].any() or block.any():
                 continue
-            try:
-                key = self._images.metadata.encode_chunk_key((a // size, *(0,) * (self._images.ndim - 1)))
-            except AttributeError:  # a zarr that names chunks another way: cannot check
-                return
-            if not storage.exists(storage.join(self.url, "images", *key.split("/")), self._storage_options):
+            name = self._chunk_file("images", a // size)
+            if name is not None and not storage.exists(storage.join(self.url, name), self._storage_options):
                 raise TileError(f"tile {self.url!r}: the chunk file of rows [{a}, {min(a + size, self.n)}) of 'images' "
-                                f"(images/{key}) is missing; the store is damaged, write the tile again")
+                                f"({name}) is missing; the store is damaged, write the tile again")
+
+    def _chunk_file(self, key: str, index: int) -> str | None:
+        """The name in the store of chunk ``index`` (along N) of array ``key`` (``images/c/2/0/0/0``); None
+        for a zarr that names chunks another way."""
+        array = self._group[key]
+        try:
+            return f"{key}/{array.metadata.encode_chunk_key((index, *(0,) * (array.ndim - 1)))}"
+        except AttributeError:
+            return None
 
     def chunk_ranges(self, start: int = 0, stop: int | None = None) -> list[tuple[int, int]]:
         """``[(start, stop), ...]`` covering rows ``start:stop`` with boundaries on the stored chunks,
@@ -329,6 +345,10 @@ def _validate(url: str, group) -> None:
             raise TileError(f"tile {url!r}: {key!r} must be {dtype}, got {array.dtype}")
         if array.shape != (n,):
             raise TileError(f"tile {url!r}: {key!r} has shape {tuple(array.shape)}, expected ({n},) like 'images'")
+        fill = array.fill_value
+        if not (fill == MISSING_OBJECT_ID if key == "object_id" else np.isnan(fill)):  # zarr's default is 0
+            raise TileError(f"tile {url!r}: {key!r} has fill value {fill!s}, not {_COORD_FILL[key]!s}, so a lost chunk "
+                            "would read as real galaxies; write the tile with skymorph (tiles.write_tile)")
     bands = meta.get("bands")
     if not isinstance(bands, list) or len(bands) != images.shape[1]:
         raise TileError(f"tile {url!r}: attribute bands={bands!r} does not match {images.shape[1]} image channel(s)")
@@ -360,6 +380,7 @@ def write_tile(
     The arrays are written first and the ``skymorph`` attribute last: it marks the tile complete.
     """
     import zarr
+    from zarr.errors import ContainsArrayError, NodeNotFoundError
 
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim != 4:
@@ -412,6 +433,11 @@ def write_tile(
         raise InputError(f"tile {url!r}: attributes must be JSON-serialisable ({err})") from err
 
     store, kwargs = _zarr_store(url, storage_options)
+    try:  # a rewrite deletes the old store first, and a writer stopped then left its arrays half gone under
+        # attributes that still said complete
+        zarr.open_group(store, mode="r+", **kwargs).attrs.put({_INCOMPLETE_ATTR: True})
+    except (FileNotFoundError, NodeNotFoundError, ContainsArrayError):
+        pass
     group = zarr.open_group(store, mode="w", attributes={_INCOMPLETE_ATTR: True}, **kwargs)
     chunk = int(min(chunk_size, max(n, 1)))
     checksum = zarr.codecs.Crc32cCodec()
@@ -529,8 +555,12 @@ def write_tile_list(url: str, tile_urls: Sequence[str], storage_options: dict | 
             prefix = base.rstrip("/") + "/"
             if tile.startswith(prefix):
                 tile = tile[len(prefix) :]
-        elif not storage.is_remote(base) and os.path.abspath(tile).startswith(base + os.sep):
-            tile = os.path.relpath(os.path.abspath(tile), base)
+        elif storage.is_remote(base):
+            raise InputError(f"tile list {url!r}: local tile {tile!r} in a list on remote storage, where workers "
+                             "cannot read it; upload the tile and list its URL")
+        else:  # inside the list's directory: relative to it; elsewhere absolute (a relative entry reads as the list's)
+            absolute = os.path.abspath(storage.strip_protocol(tile))
+            tile = os.path.relpath(absolute, base) if absolute.startswith(base + os.sep) else absolute
         if not tile or any(ch.isspace() for ch in tile) or "#" in tile:
             raise InputError(f"tile list {url!r}: tile URL {tile!r} is empty or contains whitespace or '#'")
         lines.append(tile)

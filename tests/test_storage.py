@@ -258,6 +258,21 @@ def test_read_parquet_missing_directory_and_columns(tmp_path):
         storage.read_parquet(str(tmp_path / "t.parquet"), columns=["ra", "dec"])
 
 
+def test_exists_sees_what_another_process_wrote_or_removed_after_a_listing(s3, s3_bucket):
+    """s3fs answered from the listing it had cached, which never expires: `check_new` let an output another
+    run had just written be overwritten, and a file removed since read as there."""
+    import boto3
+
+    storage.atomic_write_text(f"{s3_bucket}/d/a.txt", "a")
+    fs, path = storage.filesystem(f"{s3_bucket}/d")
+    assert list(storage.list_dir(fs, path)) == ["a.txt"]
+    other = boto3.client("s3", endpoint_url=s3.endpoint_url)
+    bucket = s3_bucket.removeprefix("s3://")
+    other.put_object(Bucket=bucket, Key="d/b.txt", Body=b"b")
+    other.delete_object(Bucket=bucket, Key="d/a.txt")
+    assert storage.exists(f"{s3_bucket}/d/b.txt") and not storage.exists(f"{s3_bucket}/d/a.txt")
+
+
 def test_an_object_s3_refuses_is_named_by_its_error(s3, s3_bucket, monkeypatch):
     """s3fs raises PermissionError("Access Denied"), naming nothing: a run whose part files a bucket policy
     refused said so of every S3 URL on its command line, and its failures table of no object at all."""

@@ -12,7 +12,7 @@ import zarr
 
 from skymorph import storage
 from skymorph.errors import InputError, TileError, TileNotFoundError
-from skymorph.tiles import open_tile, read_tile_list, read_tiles, tile_name, write_tile, write_tile_list
+from skymorph.tiles import MISSING_OBJECT_ID, open_tile, read_tile_list, read_tiles, tile_name, write_tile, write_tile_list
 
 ATTRS = dict(survey="test", bands=["r"], pixel_scale_arcsec=0.262, stretch="asinh", resize="none")
 
@@ -92,11 +92,13 @@ def test_missing_tile_local_and_s3(tmp_path, s3_bucket):
     assert not storage.exists(url)  # opening read-only must not create an empty group
 
 
-def _handmade(path, arrays, attrs=None):
-    """A Zarr group with the given arrays and, by default, a valid ``skymorph`` attribute."""
+def _handmade(path, arrays, attrs=None, fill_values=None):
+    """A Zarr group with the given arrays, their coordinates' fill values those write_tile gives (or
+    ``fill_values``), and by default a valid ``skymorph`` attribute."""
+    fill_values = {"object_id": MISSING_OBJECT_ID, "ra": np.nan, "dec": np.nan} if fill_values is None else fill_values
     group = zarr.open_group(path, mode="w")
     for key, values in arrays.items():
-        group.create_array(key, shape=values.shape, dtype=values.dtype)[...] = values
+        group.create_array(key, shape=values.shape, dtype=values.dtype, fill_value=fill_values.get(key))[...] = values
     group.attrs.put({"skymorph": {"format_version": 1, **ATTRS}} if attrs is None else attrs)
     return path
 
@@ -122,6 +124,16 @@ def test_invalid_tile_is_named(tmp_path, change, message):
     change(arrays)
     url = _handmade(str(tmp_path / "bad_tile.zarr"), arrays)
     with pytest.raises(TileError, match=f"bad_tile.zarr.*{message}"):
+        open_tile(url)
+
+
+@pytest.mark.parametrize("key", ["object_id", "ra", "dec"])
+def test_coordinates_whose_fill_value_a_real_row_may_hold_are_refused(tmp_path, key):
+    """A store written with zarr's default fill value, 0, was read, and a chunk file it lost then read as
+    galaxies with object_id 0 at (0, 0)."""
+    fill_values = {"object_id": MISSING_OBJECT_ID, "ra": np.nan, "dec": np.nan, key: 0}
+    url = _handmade(str(tmp_path / "zero.zarr"), _good_arrays(), fill_values=fill_values)
+    with pytest.raises(TileError, match=rf"zero.zarr': '{key}' has fill value 0(\.0)?, not (nan|{MISSING_OBJECT_ID}), so a lost chunk"):
         open_tile(url)
 
 
@@ -421,6 +433,39 @@ def test_a_dec_outside_the_sky_written_by_other_means_is_a_tile_error(tmp_path):
         open_tile(url).read_coords()
 
 
+def test_a_nan_or_infinite_position_written_by_other_means_is_named_as_such(tmp_path):
+    """A NaN ra was blamed on a missing chunk file, which was there; an infinite ra was served, and
+    cdshealpix put it in a HEALPix pixel."""
+    import zarr
+
+    url = str(tmp_path / "t.zarr")
+    write_tile(url, *_data(n=3), **ATTRS)
+    zarr.open_group(url, mode="r+")["ra"][1] = np.nan
+    message = _one_line_tile_error(url, lambda t: t.read_coords())
+    assert message.endswith("t.zarr': ra of row 1 is nan, the fill value that marks a lost chunk; write the tile again "
+                            "with real positions and ids"), message
+    zarr.open_group(url, mode="r+")["ra"][1] = np.inf
+    message = _one_line_tile_error(url, lambda t: t.read_coords())
+    assert "t.zarr': row 1 has ra inf, dec " in message and message.endswith("not finite; write the tile again with ICRS degrees")
+
+
+def test_a_rewrite_stopped_while_deleting_the_old_tile_leaves_it_incomplete(s3, s3_bucket, monkeypatch):
+    """Rewriting deletes the old store first; a writer stopped then left arrays half gone under attributes
+    that still said complete, and readers blamed the store or the URL. Here S3 refuses the deletes."""
+    from skymorph.testing.faulty_proxy import FaultyProxy
+
+    url = f"{s3_bucket}/t.zarr"
+    write_tile(url, *_data(n=5), **ATTRS)
+    with FaultyProxy(s3.endpoint_url, p_503=0, p_drop=0, deny=r"^(DELETE|POST \S*\?delete)") as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        with pytest.raises(PermissionError):
+            write_tile(url, *_data(n=5, seed=1), **ATTRS, storage_options={"skip_instance_cache": True})
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3.endpoint_url)
+    assert proxy.counts.denied >= 1
+    with pytest.raises(TileError, match=r"t.zarr' is incomplete: its writer stopped before finishing; write it again"):
+        open_tile(url, {"skip_instance_cache": True})
+
+
 def test_a_missing_chunk_is_a_tile_error_not_blank_images(tmp_path):
     url = str(tmp_path / "t.zarr")
     images, *rest = _data(n=70)
@@ -444,6 +489,18 @@ def test_a_directory_that_is_not_a_zarr_store_is_not_reported_missing(tmp_path):
         with pytest.raises(TileError, match=r"is not a Zarr tile store \(it has no zarr.json\)") as info:
             open_tile(url)
         assert not isinstance(info.value, TileNotFoundError)
+
+
+def test_a_local_tile_outside_the_lists_directory_is_written_absolute(tmp_path, monkeypatch, s3_bucket):
+    """It was written as given, relative to the working directory, and read back relative to the list's:
+    another tile, or none."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "lists").mkdir()
+    write_tile_list(str(tmp_path / "lists" / "tiles.txt"), ["other/a.zarr", "lists/b.zarr"])
+    assert read_tile_list(str(tmp_path / "lists" / "tiles.txt")) == [str(tmp_path / "other" / "a.zarr"), str(tmp_path / "lists" / "b.zarr")]
+    assert (tmp_path / "lists" / "tiles.txt").read_text().splitlines()[1:] == [str(tmp_path / "other" / "a.zarr"), "b.zarr"]
+    with pytest.raises(InputError, match=r"local tile 'other/a.zarr' in a list on remote storage, where workers cannot read it"):
+        write_tile_list(f"{s3_bucket}/tiles.txt", ["other/a.zarr"])
 
 
 def test_absolute_entries_are_kept_as_listed(tmp_path):
