@@ -36,33 +36,44 @@ def check_parallelism(value, name: str, flag: str, what: str, at_least: int = 0)
 
 
 def cgroup_cpu_quota(root: str = "/sys/fs/cgroup", membership: str = "/proc/self/cgroup") -> float | None:
-    """The CPUs this process's cgroup may use per period, or None without a quota: cgroup v2's
-    ``cpu.max`` (``"400000 100000"``: 4; ``"max 100000"``: none) or v1's ``cpu.cfs_quota_us`` over
-    ``cpu.cfs_period_us`` (quota -1: none), in the process's own cgroup (``membership``) under ``root``, or
-    at ``root`` itself (a container's namespace). None too where none of them can be read."""
+    """The CPUs this process's cgroups may use per period, or None without a quota: the least of cgroup
+    v2's ``cpu.max`` (``"400000 100000"``: 4; ``"max 100000"``: none) or v1's ``cpu.cfs_quota_us`` over
+    ``cpu.cfs_period_us`` (quota -1: none) in the process's own cgroup (``membership``) under ``root`` and
+    in each cgroup above it, up to ``root`` itself (a container's namespace). A limit set on a parent
+    binds its children: a container's limit with the process in a child cgroup (``/init``) read as none.
+    None too where none of them can be read."""
     try:
         with open(membership) as fh:
             lines = fh.read().splitlines()
     except OSError:
         return None
-    candidates = []
+    quotas = []
     for line in lines:
         hierarchy, controllers, path = (line.split(":", 2) + ["", ""])[:3]
-        relative = path.lstrip("/")
+        parts = [part for part in path.split("/") if part]
         if hierarchy == "0" and controllers == "":
-            candidates += [("v2", os.path.join(root, relative)), ("v2", root)]
+            bases, version = [root], "v2"
         elif "cpu" in controllers.split(","):
-            for mount in ("cpu", "cpu,cpuacct", "cpuacct,cpu"):
-                candidates += [("v1", os.path.join(root, mount, relative)), ("v1", os.path.join(root, mount))]
-    for version, directory in candidates:
-        try:
-            if version == "v2":
-                with open(os.path.join(directory, "cpu.max")) as fh:
-                    quota, period = (fh.read().split() + ["100000"])[:2]
-                return None if quota == "max" else int(quota) / int(period)
-            with open(os.path.join(directory, "cpu.cfs_quota_us")) as fh, open(os.path.join(directory, "cpu.cfs_period_us")) as gh:
-                quota, period = int(fh.read()), int(gh.read())
-            return None if quota < 0 else quota / period
-        except (OSError, ValueError, ZeroDivisionError):
+            bases, version = [os.path.join(root, mount) for mount in ("cpu", "cpu,cpuacct", "cpuacct,cpu")], "v1"
+        else:
             continue
-    return None
+        for base in bases:
+            for depth in range(len(parts), -1, -1):
+                quota = _read_quota(os.path.join(base, *parts[:depth]), version)
+                if quota is not None:
+                    quotas.append(quota)
+    return min(quotas) if quotas else None
+
+
+def _read_quota(directory: str, version: str) -> float | None:
+    """The CPU quota of the cgroup at ``directory``; None without one or where it cannot be read."""
+    try:
+        if version == "v2":
+            with open(os.path.join(directory, "cpu.max")) as fh:
+                quota, period = (fh.read().split() + ["100000"])[:2]
+            return None if quota == "max" else int(quota) / int(period)
+        with open(os.path.join(directory, "cpu.cfs_quota_us")) as fh, open(os.path.join(directory, "cpu.cfs_period_us")) as gh:
+            quota, period = int(fh.read()), int(gh.read())
+        return None if quota < 0 else quota / period
+    except (OSError, ValueError, ZeroDivisionError):
+        return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import zlib
 
 import numpy as np
@@ -89,6 +90,17 @@ def test_properties_values_with_escapes_round_trip_here_and_in_hats(tmp_path, sc
     assert layout.read_properties(str(tmp_path)) == props
     hats_props = TableProperties.read_from_dir(tmp_path)
     assert (hats_props.extra_dict()["skymorph_schema"], hats_props.extra_dict()["skymorph_likelihood"]) == (schema_name, "multinomial")
+
+
+def test_a_catalog_named_by_a_hive_style_directory_round_trips(tmp_path):
+    """--out s3://bucket/survey=dr10 named the catalog 'survey=dr10', which the finish step refused after the
+    whole run, and every rerun again: a value in hats.properties may hold '='."""
+    from hats.catalog import TableProperties
+
+    props = CatalogProperties(catalog_name="survey=dr10", total_rows=3, order=4)
+    layout.write_properties(str(tmp_path), props)
+    assert layout.read_properties(str(tmp_path)) == props
+    assert TableProperties.read_from_dir(tmp_path).catalog_name == "survey=dr10"
 
 
 def test_properties_reject_bad_values():
@@ -214,6 +226,21 @@ def test_finish_removes_parts_no_finished_range_owns(tmp_path):
     assert report.removed_temp_files == 1 and not os.path.exists(killed_writer_temp)
     assert layout.list_temp_files(catalog) == []
     assert all("orphan" not in pq.read_table(p.url).column("tile").to_pylist() for p in layout.list_parts(catalog))
+    # no pixel directory left without its part: hats' strict validation refused the catalog
+    on_disk = {int(d.rsplit("=", 1)[1]) for d, _, _ in os.walk(layout.dataset_url(catalog)) if os.path.basename(d).startswith("Npix=")}
+    assert on_disk == set(report.pixels)
+    assert all(os.listdir(d) for d, _, _ in os.walk(layout.dataset_url(catalog)))
+
+
+def test_finish_names_a_part_damaged_by_another_hand(tmp_path):
+    """A truncated part at the finish step stopped the run with pyarrow's traceback, after the whole run."""
+    catalog = str(tmp_path / "cat")
+    manifest, _, _ = _write_catalog(catalog, np.random.default_rng(2))
+    part = layout.list_parts(catalog)[0]
+    with open(part.url, "r+b") as fh:
+        fh.truncate(50)
+    with pytest.raises(CatalogError, match=rf"part {re.escape(part.url)} is not a readable Parquet file \(.*\); rerun with --overwrite$"):
+        finish_catalog(catalog, manifest, catalog_schema(COLUMNS, _metadata()), CatalogProperties(catalog_name="toy", total_rows=0, order=ORDER))
 
 
 def test_manifest_round_trip_on_s3(s3_bucket):

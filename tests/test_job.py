@@ -1059,6 +1059,11 @@ def test_run_config_rejects_bad_options(tmp_path):
 
     with pytest.raises(InputError, match=r"^--rows-per-task must be at least 1, got 0$"):
         RunConfig(tiles="t.txt", model="m.onnx", out="c", rows_per_task=0)
+    with pytest.raises(InputError, match=r"^threads_per_worker \(--threads-per-worker\) must be at most \d+, got 1000000"):
+        RunConfig(tiles="t.txt", model="m.onnx", out="c", threads_per_worker=10**6)  # a window of 2 million tasks
+    with pytest.raises(InputError, match=r"^the catalog's name 'cat\\nv2' \(from --out\) must be one line$"):
+        RunConfig(tiles="t.txt", model="m.onnx", out="cat\nv2")  # refused by the finish step, after the run
+    assert RunConfig(tiles="t.txt", model="m.onnx", out="survey=dr10").out.endswith("/survey=dr10")
     with pytest.raises(InputError, match=r"^--n-volunteers must be at most 1000, got 1001$"):  # every tile failed
         RunConfig(tiles="t.txt", model="m.onnx", out="c", n_volunteers=1001)
     with pytest.raises(InputError, match=r"^--workers 1000 is more worker processes than this machine's \d+ usable cores"):

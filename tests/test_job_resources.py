@@ -272,6 +272,11 @@ def test_a_cgroup_cpu_quota_bounds_the_cores_an_engine_is_given(tmp_path):
     assert quota("4:cpu,cpuacct:/docker/abc\n3:memory:/docker/abc\n", v1) == 2.0
     assert quota("1:cpu:/\n", {"fs/cpu/cpu.cfs_quota_us": "-1\n", "fs/cpu/cpu.cfs_period_us": "100000\n"}) is None
     assert quota("0::/\n", {}) is None  # nothing to read: no quota known
+    # a limit on a parent binds its children: the container's, with the process in a child cgroup; the least wins
+    assert quota("0::/init\n", {"fs/cpu.max": "200000 100000\n", "fs/init/cpu.max": "max 100000\n"}) == 2.0
+    assert quota("0::/a/b\n", {"fs/a/cpu.max": "300000 100000\n", "fs/a/b/cpu.max": "500000 100000\n"}) == 3.0
+    assert quota("4:cpu:/docker/abc\n", {"fs/cpu/docker/cpu.cfs_quota_us": "150000\n", "fs/cpu/docker/cpu.cfs_period_us": "100000\n",
+                                          "fs/cpu/docker/abc/cpu.cfs_quota_us": "-1\n", "fs/cpu/docker/abc/cpu.cfs_period_us": "100000\n"}) == 1.5
     assert cgroup_cpu_quota(str(tmp_path / "none"), str(tmp_path / "no-such-file")) is None
     assert 1 <= usable_cores() <= len(os.sched_getaffinity(0))
 

@@ -425,7 +425,7 @@ class CatalogProperties:
         return self.skymorph_positions == PLACEHOLDER_POSITIONS
 
     def __post_init__(self) -> None:
-        if not self.catalog_name or any(c in self.catalog_name for c in "\n="):
+        if not self.catalog_name or any(c in self.catalog_name for c in "\r\n"):  # '=' is fine: a value, never a key
             raise CatalogError(f"catalog_name must be a non-empty single-line name, got {self.catalog_name!r}")
         if self.total_rows < 0:
             raise CatalogError(f"total_rows must be >= 0, got {self.total_rows}")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import sys
 import time
 import uuid
@@ -29,8 +30,16 @@ import numpy as np
 
 from skymorph.catalog import layout
 from skymorph.catalog.layout import CatalogMetadata, CatalogProperties
-from skymorph.errors import CatalogError
-from skymorph.storage import atomic_write_bytes, atomic_write_text, filesystem, read_text, write_parquet
+from skymorph.errors import CatalogError, first_line
+from skymorph.storage import (
+    atomic_write_bytes,
+    atomic_write_text,
+    filesystem,
+    is_remote,
+    read_text,
+    strip_protocol,
+    write_parquet,
+)
 
 __all__ = [
     "healpix_29",
@@ -372,6 +381,17 @@ class FinishReport:
     removed_temp_files: int = 0
 
 
+def _remove_empty_directories(directories: list[str], top: str) -> None:
+    """Remove each of ``directories`` and then its parents below ``top`` while they are empty."""
+    for directory in sorted(set(directories), key=len, reverse=True):
+        while os.path.abspath(directory).startswith(os.path.abspath(top) + os.sep):
+            try:
+                os.rmdir(directory)
+            except OSError:  # not empty (or gone): its parents are not empty either
+                break
+            directory = os.path.dirname(directory)
+
+
 def finish_catalog(catalog: str, manifest: Manifest, schema, properties: CatalogProperties,
                    storage_options: dict | None = None, threads: int = 16) -> FinishReport:
     """Make ``catalog`` a complete HATS catalog from the parts the manifest's ranges own.
@@ -382,6 +402,7 @@ def finish_catalog(catalog: str, manifest: Manifest, schema, properties: Catalog
     from the Parquet footers and checked against the manifest. ``properties.total_rows`` is replaced
     by the count. Metadata files are written last, each atomically.
     """
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     owned = {(npix, name): rows for r in manifest.ranges.values() for npix, name, rows in r.parts}
@@ -399,11 +420,21 @@ def finish_catalog(catalog: str, manifest: Manifest, schema, properties: Catalog
     for part in stale:
         fs, path = filesystem(part.url, storage_options)
         fs.rm(path)
+    if not is_remote(catalog):  # hats' validation refuses a pixel directory without a part (S3 has no directories)
+        _remove_empty_directories([os.path.dirname(strip_protocol(p.url)) for p in stale],
+                                  strip_protocol(layout.dataset_url(catalog)))
     temps = layout.list_temp_files(catalog, storage_options)  # every range is finished: no writer owns them
     for path in temps:
         filesystem(catalog, storage_options)[0].rm(path)
+    def rows_of(part) -> int:
+        try:
+            return layout.part_rows(part.url, storage_options)
+        except pa.ArrowInvalid as err:  # damaged after its writer's atomic write: by another hand
+            raise CatalogError(f"catalog {catalog!r}: part {part.url} is not a readable Parquet file ({first_line(err)}); "
+                               "rerun with --overwrite") from err
+
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        counts = list(pool.map(lambda p: layout.part_rows(p.url, storage_options), keep))
+        counts = list(pool.map(rows_of, keep))
     for part, rows in zip(keep, counts):
         if rows != owned[(part.npix, part.name)]:
             raise CatalogError(

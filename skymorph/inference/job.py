@@ -33,6 +33,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 from skymorph.catalog import layout
+from skymorph.cores import check_parallelism
 from skymorph.errors import CatalogError, InputError, SkymorphError, some_names
 from skymorph.inference.driver import Tally, run_tasks, wait_for_workers
 from skymorph.posterior import MAX_VOLUNTEERS
@@ -85,9 +86,14 @@ class RunConfig:
                 # workers of another scheduler have other working directories: a relative --out
                 # would put their part files there (the tile list's entries are resolved already)
                 object.__setattr__(self, name, os.path.abspath(os.path.expanduser(str(getattr(self, name)))))
-        for name in ("batch_size", "rows_per_task", "n_volunteers", "threads_per_worker"):
+        for name in ("batch_size", "rows_per_task", "n_volunteers"):
             if int(getattr(self, name)) < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        # a million made a window of two million tasks in flight
+        check_parallelism(self.threads_per_worker, "threads_per_worker", "--threads-per-worker", "task threads", at_least=64)
+        name = self.catalog_name or _default_name(self.out)
+        if any(c in name for c in "\r\n"):  # else refused by the finish step, after the whole run
+            raise InputError(f"the catalog's name {name!r} (from --out) must be one line")
         if self.n_volunteers > MAX_VOLUNTEERS:  # else every tile failed in its posterior stage, after the catalog was made
             raise InputError(f"--n-volunteers must be at most {MAX_VOLUNTEERS}, got {self.n_volunteers}")
         if self.max_in_flight is not None and self.max_in_flight < 1:
