@@ -87,8 +87,26 @@ def test_wrong_images_are_refused(model_files):
 def test_truncated_onnx_is_refused(model_files, tmp_path):
     data = model_files[1].read_bytes()
     (tmp_path / "cut.onnx").write_bytes(data[: len(data) // 2])
-    with pytest.raises(ModelError, match="not a readable ONNX model"):
+    with pytest.raises(ModelError, match=r"not a readable ONNX model \(truncated or corrupt: (?!\[ONNXRuntimeError\])"):
         load_engine(str(tmp_path / "cut.onnx"))
+
+
+def test_a_model_newer_than_onnxruntime_says_so_not_corrupt(model_files, tmp_path):
+    """A model from a newer exporter was "truncated or corrupt: [ONNXRuntimeError] : 1 : FAIL :
+    /onnxruntime_src/...model.cc:256 onnxruntime::Model::Model(...", the reason cut off, and the advice (re-export)
+    no help."""
+    import onnxruntime
+
+    for name, change, reason in (
+        ("ir.onnx", lambda m: setattr(m, "ir_version", 99), r"Unsupported model IR version: 99, max supported IR version: \d+"),
+        ("opset.onnx", lambda m: m.opset_import[0].__setattr__("version", 99), r"opset 99 of ai.onnx, which this onnxruntime supports up to \d+"),
+    ):
+        model = onnx.load(str(model_files[1]))
+        change(model)
+        onnx.save(model, str(tmp_path / name))
+        with pytest.raises(ModelError, match=rf"^'.*{name}' needs a newer onnxruntime than {re.escape(onnxruntime.__version__)} "
+                                             rf"\({reason}\); upgrade onnxruntime where the model runs, or export it with a lower --opset$"):
+            load_engine(str(tmp_path / name))
 
 
 def test_a_checkpoint_named_onnx_is_called_a_checkpoint(model_files, tmp_path):

@@ -421,6 +421,15 @@ def test_progress_of_a_resumed_run_reaches_every_tile(tmp_path, tiny_model, caps
     assert "100%" in final and " 3/3 " in final, final
 
 
+def _record_job_specs(patch) -> list:
+    """The JobSpec of each run that registers one from now on (``patch``: a monkeypatch or its context)."""
+    from skymorph.inference import job
+
+    specs, registered_job = [], job.registered_job
+    patch.setattr(job, "registered_job", lambda client, spec: specs.append(spec) or registered_job(client, spec))
+    return specs
+
+
 def test_a_finished_catalog_being_extended_reads_as_unfinished_until_its_run_ends(tmp_path, tiny_model, monkeypatch):
     """New parts beside a finished catalog's metadata were read at once, and after a stop, parts no
     finished range owns too (hats.properties said 40 rows, a query found more). The first version
@@ -439,13 +448,11 @@ def test_a_finished_catalog_being_extended_reads_as_unfinished_until_its_run_end
     config = job.RunConfig(tiles=str(tmp_path / "first.txt"), model=tiny_model, out=catalog, workers=1, progress=False)
     assert job.run_survey(config).total_rows == 40
 
-    sent = []
-
-    def stopped(config, client, spec, *args, **kwargs):
-        sent.append(spec)
+    def stopped(*args, **kwargs):
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:  # stopped before any rows: the catalog is as it was
+        sent = _record_job_specs(patch)
         patch.setattr(job, "run_tasks", stopped)
         with pytest.raises(KeyboardInterrupt):
             job.run_survey(replace(config, tiles=str(tmp_path / "all.txt")))
@@ -487,14 +494,13 @@ def test_a_task_whose_driver_no_longer_holds_the_catalog_writes_nothing(tmp_path
     catalog = str(tmp_path / "catalog")
     config = job.RunConfig(tiles=str(tmp_path / "tiles.txt"), model=tiny_model, out=catalog, workers=1, progress=False)
     run_tasks = job.run_tasks
-    sent = []
 
-    def taken_over_first(config, client, spec, *args, **kwargs):
-        sent.append(spec)
+    def taken_over_first(*args, **kwargs):
         _write_lock(catalog, session="another run")  # what a run that took the lease over as stale writes
-        return run_tasks(config, client, spec, *args, **kwargs)
+        return run_tasks(*args, **kwargs)
 
     with monkeypatch.context() as patch:
+        sent = _record_job_specs(patch)
         patch.setattr(job, "run_tasks", taken_over_first)
         with pytest.raises(CatalogError, match=r"this run's lock on .* was taken over by host .*stopped so that two runs do not write one catalog"):
             job.run_survey(config)
@@ -540,9 +546,7 @@ def test_a_task_queues_at_most_a_few_batches_for_its_posterior_thread(tmp_path, 
 
     (t0,) = make_tiles(str(tmp_path), n_tiles=1, per_tile=240, chunk_size=24)
     catalog = str(tmp_path / "catalog")
-    specs = []
-    run_tasks = job.run_tasks
-    monkeypatch.setattr(job, "run_tasks", lambda config, client, spec, *a, **k: specs.append(spec) or run_tasks(config, client, spec, *a, **k))
+    specs = _record_job_specs(monkeypatch)
     job.run_survey(job.RunConfig(tiles=t0, model=tiny_model, out=catalog, workers=1, progress=False, batch_size=8))
     _write_lock(catalog, specs[0].driver_session)  # the task's driver holds the catalog again: it writes
 

@@ -108,6 +108,36 @@ def test_a_part_file_s3_refuses_is_named_in_the_failures(s3, s3_bucket, tiny_mod
                             r"Npix=\d+/part-\w+\.parquet'", failure["reason"]), failure["reason"]
 
 
+def test_workers_that_cannot_load_the_model_stop_the_run_before_the_catalog_is_touched(s3, s3_bucket, tiny_model,
+                                                                                          tmp_path, monkeypatch):
+    """The driver read the model, its workers could not (here S3 refuses it to them; or a laptop path given to a
+    remote cluster): the driver said "Access Denied" or "No such file" of a file it had just read, the workers
+    logged 25-line tracebacks, and --out was left holding a manifest that tied it to that model."""
+    from skymorph.errors import ModelError
+    from skymorph.inference.job import RunConfig, run_survey
+    from skymorph.storage import atomic_write_bytes, filesystem
+    from skymorph.testing.dask_processes import dask_processes
+
+    make_tiles(s3_bucket, n_tiles=1, per_tile=32, compact=True)
+    model = f"{s3_bucket}/models/tiny.onnx"
+    with open(tiny_model, "rb") as fh:
+        atomic_write_bytes(model, fh.read())
+    with FaultyProxy(s3.endpoint_url, p_503=0, p_drop=0, deny="tiny.onnx") as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)  # the workers', not the driver's
+        with dask_processes(str(tmp_path), [["--nthreads", "1"]]) as procs:
+            monkeypatch.setenv("AWS_ENDPOINT_URL", s3.endpoint_url)
+            with pytest.raises(ModelError) as info:
+                run_survey(RunConfig(tiles=f"{s3_bucket}/tiles.txt", model=model, out=f"{s3_bucket}/catalog",
+                                     scheduler=procs.address, progress=False))
+    assert proxy.counts.denied >= 1
+    assert re.fullmatch(rf"the Dask worker at tcp://127\.0\.0\.1:\d+ cannot load the model \(PermissionError: \[Errno 13\] "
+                        rf"(Access Denied|Forbidden): '{model}'\); every worker must be able to read it \(an s3:// URL, or a path on a "
+                        r"filesystem they share\)", str(info.value)), str(info.value)
+    fs, path = filesystem(f"{s3_bucket}/catalog")
+    fs.invalidate_cache()
+    assert fs.find(path) == []  # no manifest, no lock: a run with another model may have --out
+
+
 def test_only_storage_hiccups_count_as_transient():
     from skymorph.errors import TileError
     from skymorph.inference.task import is_transient

@@ -129,9 +129,10 @@ def test_gpu_tasks_share_a_gpu_worker_up_to_its_threads():
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
-def test_a_model_that_needs_a_gpu_gets_an_embedded_cluster_with_one(tmp_path, tiny_model, capsys):
+def test_a_model_that_needs_a_gpu_gets_an_embedded_cluster_with_one(tmp_path, tiny_model, capfd):
     """A TensorRT plan without --gpu: the driver reads its sidecar only (no TensorRT needed here), the
-    embedded cluster advertises GPU=1, so the run gets as far as loading the plan on the worker."""
+    embedded cluster advertises GPU=1, so the run gets as far as loading the plan on the worker, which says so
+    in one line (not the worker's traceback) and leaves --out as it was (it held a manifest for that plan)."""
     from skymorph.inference.engines import read_model_info
     from skymorph.inference.tensorrt_engine import PlanSidecar
 
@@ -146,10 +147,12 @@ def test_a_model_that_needs_a_gpu_gets_an_embedded_cluster_with_one(tmp_path, ti
                        workers=1, progress=False)
     # where TensorRT is installed the fake plan itself is refused (built by TensorRT 0.0.0)
     expected = ModelError if importlib.util.find_spec("tensorrt") else MissingDependencyError
-    with pytest.raises(expected, match="TensorRT"):
+    with pytest.raises(expected, match=r"^the Dask worker at tcp://127\.0\.0\.1:\d+ cannot load the model \(.*TensorRT"):
         run_survey(config)
-    err = capsys.readouterr().err
+    err = capfd.readouterr().err  # the worker processes' too
     assert "skymorph run: 1 tile(s), model" in err  # the workers were up, with a GPU
+    assert "failed to setup" not in err and "Traceback" not in err
+    assert not (tmp_path / "catalog").exists()
     from skymorph.inference.cluster import has_nvidia_gpu
 
     assert ("this machine shows no NVIDIA GPU" in err) is not has_nvidia_gpu()
@@ -281,16 +284,19 @@ def test_a_cgroup_cpu_quota_bounds_the_cores_an_engine_is_given(tmp_path):
     assert 1 <= usable_cores() <= len(os.sched_getaffinity(0))
 
 
-def test_local_workers_do_not_log_a_heartbeat_that_met_their_scheduler_closing():
+def test_local_workers_do_not_log_what_the_driver_reports_in_one_line():
     """About one run in 12 printed distributed.worker's 25-line "Failed to communicate with scheduler during
-    heartbeat" traceback as the LocalCluster closed, after a run that succeeded. Other records pass."""
+    heartbeat" traceback as the LocalCluster closed, after a run that succeeded; a model a worker could not
+    load printed its "Worker plugin ... failed to setup" traceback before the driver's line. Other records pass."""
     import logging
 
-    from skymorph.inference.cluster import _closing_heartbeat
+    from skymorph.inference.cluster import _reported_by_the_driver
 
-    def record(message: str) -> logging.LogRecord:
-        return logging.LogRecord("distributed.worker", logging.ERROR, __file__, 1, message, None, None)
+    def record(message: str, *args) -> logging.LogRecord:
+        return logging.LogRecord("distributed.worker", logging.ERROR, __file__, 1, message, args, None)
 
-    assert not _closing_heartbeat(record("Failed to communicate with scheduler during heartbeat."))
-    assert _closing_heartbeat(record("Unexpected exception during heartbeat. Closing worker."))
-    assert _closing_heartbeat(record("Compute Failed"))
+    assert not _reported_by_the_driver(record("Failed to communicate with scheduler during heartbeat."))
+    assert not _reported_by_the_driver(record("Worker plugin %s failed to setup", "skymorph-job-0123456789ab-Client-x"))
+    assert _reported_by_the_driver(record("Worker plugin %s failed to setup", "someone-elses-plugin"))
+    assert _reported_by_the_driver(record("Unexpected exception during heartbeat. Closing worker."))
+    assert _reported_by_the_driver(record("Compute Failed"))

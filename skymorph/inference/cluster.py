@@ -262,7 +262,7 @@ def connect(spec: ClusterSpec, slurm=None):
     resources = dict(GPU_WORKER) if spec.gpu else None
     if spec.gpu and not has_nvidia_gpu():  # the local workers advertise GPU=1 whatever the machine has
         print("skymorph run: warning: a GPU was asked for (--gpu, or a model that needs one), but this machine shows no "
-              "NVIDIA GPU (/dev/nvidia*); an ONNX model runs on the CPU here", file=sys.stderr, flush=True)
+              "NVIDIA GPU (/dev/nvidia*); an ONNX model runs on the CPU here, a TensorRT plan not at all", file=sys.stderr, flush=True)
     with LocalCluster(n_workers=sizing.workers, threads_per_worker=sizing.threads_per_worker, processes=True,
                       dashboard_address="127.0.0.1:0", resources=resources) as cluster, Client(cluster) as client:
         client.register_plugin(LeaveInterruptToDriver(), name="skymorph-leave-interrupt-to-driver")
@@ -287,10 +287,13 @@ def _quiet_client_log():
             logger.setLevel(level)
 
 
-def _closing_heartbeat(record) -> bool:
-    """A logging filter: False for ``distributed.worker``'s "Failed to communicate with scheduler during
-    heartbeat" (with its traceback), which a LocalCluster's worker logs when its scheduler closes first."""
-    return not record.getMessage().startswith("Failed to communicate with scheduler during heartbeat")
+def _reported_by_the_driver(record) -> bool:
+    """A logging filter: False for what ``distributed.worker`` logs, with a traceback, of what the driver
+    reports in one line: "Failed to communicate with scheduler during heartbeat" (its scheduler closed
+    first), and a run's plugin that "failed to setup" (a model the worker cannot load)."""
+    message = record.getMessage()
+    return not (message.startswith("Failed to communicate with scheduler during heartbeat")
+                or message.startswith("Worker plugin skymorph-") and message.endswith("failed to setup"))
 
 
 class LeaveInterruptToDriver(WorkerPlugin):
@@ -298,8 +301,9 @@ class LeaveInterruptToDriver(WorkerPlugin):
     process group: the driver stops the run and closes the cluster, where each worker would also die of its
     own KeyboardInterrupt with a traceback. So workers (and any restarted later) ignore SIGINT, and do not
     warn of the task the closing cluster cancels under them (the one warning of that logger), nor log the
-    traceback of a heartbeat that met the scheduler closing first (about one run in 12 on a busy machine:
-    the scheduler lives in the driver's process, which reports its loss itself)."""
+    tracebacks of what the driver reports in one line (:func:`_reported_by_the_driver`): a heartbeat that
+    met the scheduler closing first (about one run in 12 on a busy machine: the scheduler lives in the
+    driver's process), and a run's engine that a worker could not load."""
 
     def setup(self, worker) -> None:
         import logging
@@ -307,6 +311,6 @@ class LeaveInterruptToDriver(WorkerPlugin):
         import threading
 
         logging.getLogger("distributed.worker.state_machine").setLevel(logging.ERROR)
-        logging.getLogger("distributed.worker").addFilter(_closing_heartbeat)
+        logging.getLogger("distributed.worker").addFilter(_reported_by_the_driver)
         if threading.current_thread() is threading.main_thread():  # the worker's event loop runs there
             signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -21,8 +22,8 @@ from skymorph.errors import ClusterError, InputError, error_text, first_line
 if TYPE_CHECKING:
     from skymorph.inference.job import RunConfig, _Plan
 
-__all__ = ["SYSTEMIC_FAILURES", "Tally", "WORKER_CHECK_S", "Window", "run_tasks", "stop_if_storage_down", "stop_if_systemic",
-           "wait_for_workers"]
+__all__ = ["SYSTEMIC_FAILURES", "Tally", "WORKER_CHECK_S", "Window", "registered_job", "run_tasks", "stop_if_storage_down",
+           "stop_if_systemic", "wait_for_workers"]
 
 _JOURNAL_EVERY_S = 1.0
 SYSTEMIC_FAILURES = 16
@@ -72,25 +73,42 @@ class Window:
         return self._size
 
 
-def run_tasks(config: RunConfig, client, job, resources, plan: _Plan, manifest, tally: Tally, n_tiles: int,
-               started: float, options: dict, lock) -> None:
-    """Keep at most ``max_in_flight`` tasks submitted; record each result as it arrives, while ``lock``
-    (the driver's :class:`~skymorph.catalog.lock.DriverLock`) is held."""
+@contextmanager
+def registered_job(client, job) -> Iterator[str]:
+    """Register the run's worker plugin (its :class:`~skymorph.inference.task.JobSpec`) on every worker,
+    present and future, and yield its name; unregistered at the end, which frees its engines. Each worker
+    loads its engine now: one that cannot (a model path only the driver sees, a plan without TensorRT)
+    is a one-line :class:`~skymorph.errors.ModelError` here, before the catalog is touched."""
     import contextlib
     import uuid
+
+    from skymorph.inference.cluster import threads_by_host
+    from skymorph.inference.task import RunJob
+
+    _unregister_orphaned_jobs(client)
+    name = f"{_JOB_PREFIX}{uuid.uuid4().hex[:12]}-{client.id}"
+    try:
+        client.register_plugin(RunJob(job, name, threads_by_host(client)))
+        yield name
+    finally:
+        if client.status == "running":  # else the scheduler forgets the plugin with the cluster
+            with contextlib.suppress(Exception):  # a scheduler gone away must not hide why the run stopped
+                client.unregister_worker_plugin(name)
+
+
+def run_tasks(config: RunConfig, client, job_name: str, resources, plan: _Plan, manifest, tally: Tally, n_tiles: int,
+              started: float, options: dict, lock) -> None:
+    """Keep at most ``max_in_flight`` tasks of the run registered as ``job_name`` (:func:`registered_job`)
+    submitted; record each result as it arrives, while ``lock`` (the driver's
+    :class:`~skymorph.catalog.lock.DriverLock`) is held."""
     from concurrent.futures import CancelledError
 
     from distributed import as_completed
     from distributed.client import ClosedClientError
 
     from skymorph.catalog.writer import ManifestJournal, RangeRecord
-    from skymorph.inference.cluster import threads_by_host
-    from skymorph.inference.task import RunJob, run_job_range
+    from skymorph.inference.task import run_job_range
 
-    _unregister_orphaned_jobs(client)
-    job_name = f"{_JOB_PREFIX}{uuid.uuid4().hex[:12]}-{client.id}"
-    threads = threads_by_host(client)
-    client.register_plugin(RunJob(job, job_name, threads))  # and its engines, freed when it is unregistered below
     window = Window(lambda: sum(client.nthreads().values()), config.max_in_flight)
     in_flight: dict = {}
     pending = as_completed()
@@ -173,9 +191,6 @@ def run_tasks(config: RunConfig, client, job, resources, plan: _Plan, manifest, 
             # ranges not journalled rerun
         finally:  # before any error's line, which a bar left open on a terminal ran into and redrew over
             bar.close()
-            if client.status == "running":  # else the scheduler forgets the plugin with the cluster
-                with contextlib.suppress(Exception):  # a scheduler gone away must not hide why the run stopped
-                    client.unregister_worker_plugin(job_name)
 
 
 def _arrivals(pending, client, worker_timeout: float | None, resources: dict | None, own_cluster: bool):

@@ -24,6 +24,7 @@ Every refusal (unreadable file, no skymorph metadata, another schema, wrong imag
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
@@ -112,10 +113,24 @@ def _ort_session(url: str, data: bytes, providers: list[str], threads: int | Non
         if data[:4] == b"PK\x03\x04":  # a zip: what torch.save writes (train --out takes any name)
             raise ModelError(f"{url!r} is a PyTorch checkpoint (a zip file), not an ONNX model; export it first: "
                              "`skymorph export CHECKPOINT --out model.onnx`") from err
+        reason = _ort_reason(err)
+        newer = re.search(r"Unsupported model IR version: \d+, max supported IR version: \d+", reason) or re.search(
+            r"Opset (\d+) is under development.* support for domain (\S+) is till opset (\d+)", reason)
+        if newer:  # re-exporting as the message below says would not help: the reader is too old
+            what = newer.group(0) if newer.lastindex is None else (
+                f"opset {newer.group(1)} of {newer.group(2)}, which this onnxruntime supports up to {newer.group(3).rstrip('.')}")
+            raise ModelError(f"{url!r} needs a newer onnxruntime than {ort.__version__} ({what}); upgrade onnxruntime "
+                             "where the model runs, or export it with a lower --opset") from err
         raise ModelError(
-            f"{url!r} is not a readable ONNX model (truncated or corrupt: {first_line(err, 120)}); "
+            f"{url!r} is not a readable ONNX model (truncated or corrupt: {first_line(reason, 160)}); "
             "re-export it with `skymorph export`"
         ) from err
+
+
+def _ort_reason(err: Exception) -> str:
+    """onnxruntime's message without its ``[ONNXRuntimeError] : 1 : FAIL :`` and C++ source location and
+    signature, which filled the one line the reason came after."""
+    return re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : (/\S+:\d+ [^()]*\([^()]*\) )?", "", str(err).strip())
 
 
 def _ort_gpu_providers() -> list[str]:

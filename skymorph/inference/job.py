@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, replace
 from skymorph.catalog import layout
 from skymorph.cores import check_parallelism
 from skymorph.errors import CatalogError, InputError, SkymorphError, some_names
-from skymorph.inference.driver import Tally, run_tasks, wait_for_workers
+from skymorph.inference.driver import Tally, registered_job, run_tasks, wait_for_workers
 from skymorph.posterior import MAX_VOLUNTEERS
 from skymorph.storage import check_url
 
@@ -583,10 +583,6 @@ def run_survey(config: RunConfig) -> RunReport:
                             # yet: one job now, which JobAdaptive keeps for the tasks
                             client.cluster.scale(jobs=1)
                         wait_for_workers(client, resources, config.worker_timeout, not spec.joins_running_scheduler)
-                _remove_for_overwrite(config, lock, options)
-                if is_new:
-                    lock.check_held(read=True)
-                    write_manifest(config.out, manifest, options)
                 ref = ModelRef(config.model, model_sha256, config.backend, engine_threads, config.storage_options)
                 job = JobSpec(catalog=config.out, order=config.catalog_order, arrow_schema=arrow_schema, model=ref,
                               tree_json=metadata.schema.to_json(), likelihood=metadata.likelihood,
@@ -594,7 +590,13 @@ def run_survey(config: RunConfig) -> RunReport:
                               batch_size=config.batch_size, rows_per_task=config.rows_per_task,
                               driver_session=lock.session, unfinish_before_writing=not is_new,
                               placeholder_positions=manifest.placeholder_positions, storage_options=config.storage_options)
-                run_tasks(config, client, job, resources, plan, manifest, tally, len(tiles), started, options, lock)
+                # the workers there load their engines first: one that cannot stops the run with --out as it was
+                with registered_job(client, job) as job_name:
+                    _remove_for_overwrite(config, lock, options)
+                    if is_new:
+                        lock.check_held(read=True)
+                        write_manifest(config.out, manifest, options)
+                    run_tasks(config, client, job_name, resources, plan, manifest, tally, len(tiles), started, options, lock)
 
         lock.check_held(read=True)
 

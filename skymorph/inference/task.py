@@ -28,7 +28,7 @@ from distributed import WorkerPlugin
 
 from skymorph.catalog.layout import BASE_COLUMNS, unfinish_catalog
 from skymorph.catalog.lock import check_session
-from skymorph.errors import InputError, ModelError, SkymorphError, TileError, error_text
+from skymorph.errors import InputError, ModelError, SkymorphError, TileError, error_text, first_line
 from skymorph.inference.cluster import usable_cores, worker_host
 
 __all__ = ["ModelRef", "JobSpec", "EngineCache", "RunJob", "plan_ranges", "first_range_stop", "run_range",
@@ -126,7 +126,14 @@ class EngineCache:
         if self.threads is None:
             busy = self.threads_by_host.get(worker_host(worker.address), worker.state.nthreads)
             self.threads = max(1, usable_cores() // max(1, busy))
-        self.get(self.ref)
+        try:
+            self.get(self.ref)
+        except Exception as err:  # reaches the driver, where the model was there: say it is this worker's
+            reason = first_line(err) if isinstance(err, SkymorphError) else error_text(err)
+            hint = ("; every worker must be able to read it (an s3:// URL, or a path on a filesystem they share)"
+                    if isinstance(err, FileNotFoundError | PermissionError) else "")
+            kind = type(err) if isinstance(err, SkymorphError) else ModelError  # a MissingDependencyError stays one
+            raise kind(f"the Dask worker at {worker.address} cannot load the model ({reason}){hint}") from err
 
     def teardown(self) -> None:
         with self._lock:
