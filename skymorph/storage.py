@@ -664,11 +664,34 @@ def check_bucket(url: str, what: str, storage_options: dict | None = None) -> No
     config["retries"] = {"total_max_attempts": 1}
     options["config_kwargs"] = config
     try:
-        fs = fsspec.filesystem("s3", skip_instance_cache=True, **options)
+        fs = fsspec.filesystem("s3", **{**options, "skip_instance_cache": True})
     except (ImportError, TypeError, ValueError) as err:
         raise InputError(f"cannot open {url!r}: {first_line(err)}") from err
     fs.retries = 1  # this instance only: s3fs's retry loop around each request
     bucket = fs.split_path(url)[0]
+    try:
+        _head_bucket(fs, url, what, bucket, options)
+    finally:
+        _close_s3(fs)
+
+
+def _close_s3(fs) -> None:
+    """Close the connections of an S3 filesystem used once, now, on s3fs's event loop. Left to the garbage
+    collector (fsspec's instances are in reference cycles, so a collection on any thread frees them), s3fs
+    closes them on the event loop running on the collecting thread: the Dask client's, where that fails with
+    "Task exception was never retrieved ... attached to a different loop" on stderr."""
+    from fsspec.asyn import sync
+
+    creator = getattr(fs, "_s3creator", None)  # None: no request was made
+    if creator is None:
+        return
+    try:
+        sync(fs.loop, creator.__aexit__, None, None, None, timeout=5)  # idempotent: s3fs's own close later does nothing
+    except Exception:  # noqa: BLE001 -- closing is best effort; the check's outcome stands
+        pass
+
+
+def _head_bucket(fs, url: str, what: str, bucket: str, options: dict) -> None:
     try:
         for wait_s in (1.0, 2.0, None):
             try:

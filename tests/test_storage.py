@@ -164,6 +164,7 @@ def test_remote_error_message():
 
 def test_check_bucket(s3_bucket, refused_port, count_connects, monkeypatch):
     storage.check_bucket(f"{s3_bucket}/prefix", "--out")  # exists: nothing
+    storage.check_bucket(f"{s3_bucket}/prefix", "--out", {"skip_instance_cache": True})  # an fsspec option skymorph accepts
     storage.check_bucket("/local/path", "--out")  # not S3: nothing
     with pytest.raises(InputError, match="--out 's3://no-such-bucket-x/p': bucket 'no-such-bucket-x' does not exist"):
         storage.check_bucket("s3://no-such-bucket-x/p", "--out")
@@ -187,6 +188,38 @@ def test_check_bucket_asks_a_busy_endpoint_again(s3, s3_bucket, monkeypatch):
         assert proxy.counts.slow_down == 3
         proxy.p_503 = 0.0
         storage.check_bucket(f"{s3_bucket}/p", "--out")
+
+
+def test_check_bucket_closes_its_connection_on_its_own_loop(s3, s3_bucket, monkeypatch):
+    """check_bucket's S3 filesystem was left to the garbage collector, which frees fsspec's instances (in
+    reference cycles) on whichever thread collects; on one running another event loop (the Dask client's),
+    s3fs closed a kept-alive connection there, and every `skymorph run` through such an endpoint printed
+    "Task exception was never retrieved ... attached to a different loop"."""
+    import asyncio
+    import gc
+    import threading
+
+    from skymorph.testing.faulty_proxy import FaultyProxy
+
+    reported = []
+
+    async def collect() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda loop, context: reported.append(context["message"]))
+        gc.collect()
+        await asyncio.sleep(0.2)  # a close scheduled on this loop runs and fails here
+
+    with FaultyProxy(s3.endpoint_url, p_503=0, p_drop=0) as proxy:  # keeps connections alive, as S3 does
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        gc.disable()
+        try:
+            storage.check_bucket(f"{s3_bucket}/p", "--out")
+            thread = threading.Thread(target=asyncio.run, args=(collect(),))
+            thread.start()
+            thread.join()
+        finally:
+            gc.enable()
+        gc.collect()  # the failed task, if any, is reported when it is freed
+    assert reported == []
 
 
 _PREFIX_ONLY_USER = """
