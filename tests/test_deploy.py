@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import subprocess
 import re
 import shlex
 import time
@@ -64,6 +65,13 @@ def test_gpu_job_script_renders_the_configured_resources():
     assert latest_retirement < hours * 60 + minutes + seconds / 60
     for line in raw["job_script_prologue"]:
         assert line in script
+    # as bash reads it where no TMPDIR is set (SLURM sets none): `--local-directory $TMPDIR` lost its value,
+    # and `dask worker` took the next flag's for an extra argument
+    (line,) = [line for line in script.splitlines() if "distributed.cli.dask_worker" in line]
+    env = {key: value for key, value in os.environ.items() if key != "TMPDIR"}
+    words = subprocess.run(["bash", "-c", f'set -- {line.split("dask_worker", 1)[1]}; printf "%s\\n" "$@"'], env=env,
+                           capture_output=True, text=True, check=True).stdout.splitlines()
+    assert _flag(words, "--local-directory") == "/tmp"
 
 
 def test_cpu_job_script_has_no_gpu_and_fills_the_cores():
@@ -291,6 +299,10 @@ def test_gpu_image_has_cuda_onnxruntime_gpu_only_and_tensorrt():
     # Exactly one onnxruntime build: the CPU wheel pulled in as a core dependency is removed again.
     assert "pip uninstall -y onnxruntime " in install + " "
     assert "--force-reinstall --no-deps \"onnxruntime-gpu==${ORT_GPU_VERSION}\"" in install
+    # onnxruntime-gpu 1.27 and later link CUDA 13, fall back to the CPU on a CUDA 12 image, and still list
+    # the CUDA provider: the build checks the libraries the provider links
+    assert tuple(map(int, args["ORT_GPU_VERSION"].split(".")[:2])) <= (1, 26)
+    assert "libonnxruntime_providers_cuda.so" in install and "'ldd'" in install
     assert "--extra-index-url https://pypi.nvidia.com \"tensorrt-cu12==${TENSORRT_VERSION}\" \"${CUDA_PYTHON_SPEC}\"" in install
     # The native engine and the TensorRT export need cuda-python too, of the image's CUDA major version.
     cuda_major = re.search(r":(\d+)\.", args["CUDA_IMAGE"]).group(1)
@@ -323,6 +335,9 @@ def test_compose_has_scheduler_cpu_and_gpu_workers_store_and_job():
     assert command[command.index("--resources") + 1] == "GPU=1"
     assert command[command.index("--nworkers") + 1] == "1"
     assert "--resources" not in services["worker"]["command"]
+    # the cores the engines divide (cgroup quota): without a limit each replica's took all the host's
+    worker = services["worker"]["command"]
+    assert services["worker"]["cpus"] == int(worker[worker.index("--nworkers") + 1]) * int(worker[worker.index("--nthreads") + 1])
     for name, gpu_flag in (("job", False), ("job-gpu", True)):
         command = services[name]["command"]
         assert command[:3] == ["run", "--scheduler", "tcp://scheduler:8786"]
@@ -441,6 +456,9 @@ def test_cluster_kustomization_has_scheduler_cpu_and_gpu_groups():
     assert "nvidia.com/gpu" not in cpu_worker["resources"]["limits"]
     assert "--resources" not in cpu_worker["args"]
     args = cpu_worker["args"]
+    # the operator scales down by deleting the pod named like the worker it retires: `--nworkers 4` names
+    # them <pod>-0 .. -3, and no pod was deleted (dask/dask-kubernetes#521)
+    assert args[args.index("--nworkers") + 1] == "1"
     assert int(args[args.index("--nworkers") + 1]) * int(args[args.index("--nthreads") + 1]) == int(
         cpu_worker["resources"]["limits"]["cpu"]
     ), "CPU workers: processes x threads = cores"

@@ -37,6 +37,7 @@ class ClusterSpec:
     workers: int | None = None
     threads_per_worker: int = 1
     gpu: bool = False
+    worker_timeout: float | None = None
 
     def __post_init__(self) -> None:
         if self.scheduler and self.scheduler_file:
@@ -233,12 +234,18 @@ def connect(spec: ClusterSpec, slurm=None):
         address = scheduler_address(spec)
         import dask
 
-        timeout = dask.config.get("distributed.comm.timeouts.connect")
-        # an unreachable scheduler is only known after the connect timeout: say what is being waited for
-        print(f"skymorph run: connecting to the Dask scheduler at {address} (giving up after {timeout})",
+        from dask.utils import parse_timedelta
+
+        timeout = parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"), default="s")
+        # a scheduler started beside the driver (a DaskJob's: its Service answers once the scheduler's
+        # readiness probe passes) may take longer than the connect timeout; --worker-timeout says how long
+        # the run may wait for its cluster
+        timeout = max(timeout, spec.worker_timeout or 0)
+        # an unreachable scheduler is only known after the timeout: say what is being waited for
+        print(f"skymorph run: connecting to the Dask scheduler at {address} (giving up after {timeout:g} s)",
               file=sys.stderr, flush=True)
         try:
-            client = Client(address)
+            client = Client(address, timeout=timeout)
         except OSError as err:
             where = f"{address!r} (from --scheduler-file {spec.scheduler_file!r})" if spec.scheduler_file else repr(address)
             raise InputError(f"cannot reach the Dask scheduler at {where} ({err}); is `dask scheduler` running there?") from err

@@ -38,8 +38,12 @@ from skymorph.storage import exists, is_remote, read_bytes
 __all__ = ["Engine", "load_engine", "ModelInfo", "read_model_info", "BACKENDS", "ORT_PROVIDERS"]
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
-ORT_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
-"""onnxruntime execution providers in order of preference; those the install lacks are skipped."""
+ORT_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
+"""onnxruntime execution providers in order of preference; those the install lacks are skipped. Not its
+TensorRT provider: it builds an engine in every worker's session, again for each new batch size, with
+TF32 on by default (rows of one catalog computed at another precision than its CPU workers'), and needs
+the TensorRT major its build linked. TensorRT runs as a plan of its own (``skymorph export --format
+tensorrt``, the ``tensorrt`` backend)."""
 _SUFFIX_BACKEND = {".onnx": "onnxruntime", ".plan": "tensorrt", ".engine": "tensorrt", ".ckpt": "torch", ".pt": "torch"}
 _WARMUP_BATCH = 8
 _TORCH_SAMPLES, _TORCH_SEED = 30, 0
@@ -287,7 +291,7 @@ def read_model_info(model_url: str, backend: str = "auto", storage_options: dict
         metadata = ModelMetadata.from_props(session.get_modelmeta().custom_metadata_map, source=repr(url))
         _onnx_signature(url, session, metadata)
         # a session on CUDA falls back to the CPU on a machine without a GPU (onnxruntime-gpu on a CPU
-        # node): whether it did is the answer; the TensorRT provider is left out, it would build an engine
+        # node): whether it did is the answer
         needs_gpu = "CUDAExecutionProvider" in _ort_gpu_providers() and "CUDAExecutionProvider" in _ort_session(
             url, data, ["CUDAExecutionProvider", "CPUExecutionProvider"], threads=1, optimize=False
         ).get_providers()

@@ -111,7 +111,7 @@ class RunConfig:
 
         return ClusterSpec(scheduler=self.scheduler, scheduler_file=self.scheduler_file, cluster=self.cluster,
                            cluster_config=self.cluster_config, workers=self.workers,
-                           threads_per_worker=self.threads_per_worker, gpu=self.gpu)
+                           threads_per_worker=self.threads_per_worker, gpu=self.gpu, worker_timeout=self.worker_timeout)
 
 
 @dataclass(frozen=True)
