@@ -207,7 +207,14 @@ class TensorRTEngine(Engine):
 
     def _run(self, images: np.ndarray) -> np.ndarray:
         with self._lock:
-            return self._run_locked(images)
+            if self._copy_stream is None:  # closed: its buffers are freed
+                raise ModelError(f"the TensorRT engine of {self.url!r} was closed (its run ended); load the plan again")
+            try:
+                return self._run_locked(images)
+            except BaseException:  # copies still queued would write into buffers the next call reuses
+                for stream in (self._copy_stream, self._compute_stream):
+                    self._cudart.cudaStreamSynchronize(stream)
+                raise
 
     def _run_locked(self, images: np.ndarray) -> np.ndarray:
         cudart = self._cudart
@@ -243,7 +250,12 @@ class TensorRTEngine(Engine):
         out[start : start + n] = self._host_out[slot][:n]
 
     def close(self) -> None:
-        """Free the CUDA buffers, events and streams (also done when the engine is garbage-collected)."""
+        """Free the CUDA buffers, events and streams (also done when the engine is garbage-collected), once
+        no call is using them: a run's end (its worker plugin's teardown) may come while a task runs."""
+        with self._lock:
+            self._free()
+
+    def _free(self) -> None:
         cudart = self._cudart
         for pointer in self._pinned_pointers:
             cudart.cudaFreeHost(pointer)
@@ -255,6 +267,7 @@ class TensorRTEngine(Engine):
             if stream is not None:
                 cudart.cudaStreamDestroy(stream)
         self._pinned_pointers, self._dev_in, self._dev_out, self._done, self._ready = [], [], [], [], []
+        self._host_in, self._host_out = [], []  # views of the freed pinned memory
         self._copy_stream = self._compute_stream = None
 
     def __del__(self) -> None:
