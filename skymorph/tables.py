@@ -93,7 +93,10 @@ def read_table(url: str, storage_options, what: str = "labels"):
         else:
             table = pq.ParquetFile(pa.BufferReader(raw)).read(use_threads=False)
     except (pa.ArrowInvalid, OSError, ValueError, TypeError, EOFError, zlib.error) as err:  # a truncated or corrupt .gz too
-        raise InputError(f"{what} {url!r} is not a readable Parquet, CSV, FITS or VOTable table ({first_line(err, 120)})") from err
+        known = (*CSV_SUFFIXES, *FITS_SUFFIXES, *VOTABLE_SUFFIXES, ".parquet", ".pq")
+        named = "" if name.endswith(known) else f"; it was read as Parquet, its name ending in none of {', '.join(known)}"
+        raise InputError(f"{what} {url!r} is not a readable Parquet, CSV, FITS or VOTable table ({first_line(err, 120)})"
+                         + named) from err
     check_unique_columns(url, table.column_names, what)
     return table, hashlib.sha256(data).hexdigest()
 

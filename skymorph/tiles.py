@@ -408,8 +408,9 @@ def write_tile(
         raise InputError(f"tile {url!r}: {len(bands)} band name(s) {bands} for {images.shape[1]} image channel(s)")
     if not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
         raise InputError(f"tile {url!r}: chunk_size must be a positive integer, got {chunk_size!r}")
-    if not pixel_scale_arcsec > 0:
-        raise InputError(f"tile {url!r}: pixel_scale_arcsec must be > 0, got {pixel_scale_arcsec!r}")
+    if isinstance(pixel_scale_arcsec, bool) or not isinstance(pixel_scale_arcsec, (int, float, np.number)) or not (
+            0 < pixel_scale_arcsec < np.inf):
+        raise InputError(f"tile {url!r}: pixel_scale_arcsec must be a number > 0, got {pixel_scale_arcsec!r}")
     extra = dict(extra_attrs or {})
     clash = sorted(_RESERVED & set(extra))
     if clash:
@@ -428,9 +429,9 @@ def write_tile(
         **extra,
     }
     try:
-        json.dumps(meta)
-    except TypeError as err:
-        raise InputError(f"tile {url!r}: attributes must be JSON-serialisable ({err})") from err
+        json.dumps(meta, allow_nan=False)  # a bare NaN in zarr.json is not JSON: strict readers refuse the tile
+    except (TypeError, ValueError) as err:
+        raise InputError(f"tile {url!r}: attributes must be JSON-serialisable, without NaN or infinity ({err})") from err
 
     store, kwargs = _zarr_store(url, storage_options)
     try:  # a rewrite deletes the old store first, and a writer stopped then left its arrays half gone under
@@ -510,6 +511,10 @@ def read_tile_list(url: str, storage_options: dict | None = None) -> list[str]:
             continue
         if any(ch.isspace() for ch in entry):
             raise InputError(f"tile list {url!r} line {lineno}: expected one tile URL, got {entry!r}")
+        try:  # s3:/bucket/x.zarr read as a path under the list's directory
+            storage.check_url(entry)
+        except InputError as err:
+            raise InputError(f"tile list {url!r} line {lineno}: {err}") from None
         if "://" not in entry and not os.path.isabs(entry):
             entry = _resolve(base, entry)
         # One store under two names ('..', a symlink, file://, a trailing '/') would be classified twice:

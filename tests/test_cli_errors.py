@@ -207,6 +207,16 @@ def test_a_table_with_two_columns_of_one_name_is_one_line(small_catalog, tmp_pat
         assert line.endswith(f"{str(table)!r} has more than one column named 'ra'; keep one of each"), line
 
 
+def test_a_table_named_as_no_format_says_it_was_read_as_parquet(small_catalog, tmp_path, capsys):
+    """A tab-separated done.tsv was "not a readable Parquet ... (Parquet magic bytes not found)": why Parquet?"""
+    exclude = tmp_path / "done.tsv"
+    exclude.write_text("object_id\tra\n5\t150\n")
+    line = _one_line_error(capsys, main(["catalog", "pick", small_catalog, "--n", "3", "--exclude", str(exclude),
+                                         "--out", str(tmp_path / "b.csv")]))
+    assert line.endswith("; it was read as Parquet, its name ending in none of .csv, .csv.gz, .txt, .fits, .fit, .fts, "
+                         ".fits.gz, .fit.gz, .fts.gz, .vot, .xml, .parquet, .pq"), line
+
+
 def test_a_count_beyond_int64_is_refused_by_its_flag(small_catalog, tmp_path, capsys):
     """It reached DuckDB's LIMIT: "Conversion Error: Type INT128 ... can't be cast", naming no flag."""
     for argv in (["pick", small_catalog, "--n", str(10**20), "--out", str(tmp_path / "b.csv")],

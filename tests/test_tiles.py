@@ -184,8 +184,10 @@ def test_missing_array_on_disk(tmp_path):
     [
         (dict(chunk_size=0), "chunk_size must be a positive integer"),
         (dict(bands=["g", "r"]), r"2 band name\(s\)"),
-        (dict(pixel_scale_arcsec=0), "pixel_scale_arcsec must be > 0"),
+        (dict(pixel_scale_arcsec=0), "pixel_scale_arcsec must be a number > 0, got 0"),
+        (dict(pixel_scale_arcsec="0.262"), "pixel_scale_arcsec must be a number > 0, got '0.262'"),  # was a TypeError
         (dict(extra_attrs={"bands": 1}), "reserved key"),
+        (dict(extra_attrs={"seeing": float("nan")}), "without NaN or infinity"),  # a bare NaN in zarr.json is not JSON
     ],
 )
 def test_write_tile_rejects_bad_arguments(tmp_path, kwargs, message):
@@ -304,6 +306,9 @@ def test_read_tile_list_errors_name_file_and_line(tmp_path):
             read_tile_list(str(path))
     path.write_text("s3://b/tiles/a.zarr\ns3://b/tiles/a.zarr/\n")
     with pytest.raises(InputError, match=r"line 2: .*already listed on line 1"):
+        read_tile_list(str(path))
+    path.write_text("a.zarr\ns3:/bucket/b.zarr\n")  # read as a directory 's3:' beside the list
+    with pytest.raises(InputError, match=r"tiles.txt' line 2: 's3:/bucket/b.zarr' is not a URL: write s3://bucket/b.zarr$"):
         read_tile_list(str(path))
     path.write_text("# nothing\n\n")
     with pytest.raises(InputError, match="lists no tiles"):
@@ -459,11 +464,11 @@ def test_a_rewrite_stopped_while_deleting_the_old_tile_leaves_it_incomplete(s3, 
     with FaultyProxy(s3.endpoint_url, p_503=0, p_drop=0, deny=r"^(DELETE|POST \S*\?delete)") as proxy:
         monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
         with pytest.raises(PermissionError):
-            write_tile(url, *_data(n=5, seed=1), **ATTRS, storage_options={"skip_instance_cache": True})
+            write_tile(url, *_data(n=5, seed=1), **ATTRS)
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3.endpoint_url)
     assert proxy.counts.denied >= 1
     with pytest.raises(TileError, match=r"t.zarr' is incomplete: its writer stopped before finishing; write it again"):
-        open_tile(url, {"skip_instance_cache": True})
+        open_tile(url)
 
 
 def test_a_missing_chunk_is_a_tile_error_not_blank_images(tmp_path):

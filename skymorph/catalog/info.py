@@ -82,7 +82,7 @@ class Catalog:
 
 def open_catalog(url: str, storage_options: dict | None = None) -> Catalog:
     """Open the skymorph catalog at ``url`` (local path or ``s3://``); :class:`CatalogError` if it is not one."""
-    url = str(url).rstrip("/")
+    url = str(url).rstrip("/") or str(url)  # "/" is the root, not the working directory
     options = dict(storage_options or {})
     properties = layout.read_properties(url, options)
     schema, metadata = layout.read_common_metadata(url, options)
