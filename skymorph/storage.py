@@ -590,6 +590,10 @@ def parse_storage_options(text: str | None) -> dict:
         raise InputError(f"--storage-options is not valid JSON ({err.msg}); give e.g. '{{\"anon\": false}}'") from err
     if not isinstance(options, dict):
         raise InputError(f"--storage-options must be a JSON object, got {type(options).__name__}")
+    if options.get("skip_instance_cache"):  # every file opened a connection pool of its own, never closed
+        raise InputError("--storage-options \"skip_instance_cache\" made each S3 file a connection pool of its own (a run "
+                         "several times slower, with asyncio errors at exit); leave it out: skymorph keeps one per endpoint and "
+                         "credentials, and looks again where it must")
     _check_option_endpoints(options, "--storage-options")
     return options
 
