@@ -401,7 +401,8 @@ def _add_run_commands(sub) -> None:
     run.add_argument("--max-in-flight", type=_positive_int, default=None, help="tasks submitted at once (default 2 x Dask threads)")
     run.add_argument("--worker-timeout", type=float, default=None, metavar="SECONDS",
                      help="stop (exit 2, resumable) once the scheduler has had no worker for the tasks (GPU=1 with --gpu) "
-                     "this long, at the start or mid-run (default: wait; a batch queue may take hours to start workers)")
+                     "this long, at the start or mid-run, and waits as long for --scheduler to answer (default: wait for "
+                     "workers, a batch queue may take hours to start them; 30 s for the scheduler)")
     run.add_argument("--rows-per-task", type=_positive_int, default=4096, help="split larger tiles into tasks of about this many rows (default 4096)")
     run.add_argument("--n-volunteers", type=_positive_int, default=40, help="N of the vote-count posteriors and BALD, 1-1000 (default 40)")
     run.add_argument("--catalog-order", type=int, default=5, help="HEALPix order of the catalog partitions (default 5)")

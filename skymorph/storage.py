@@ -333,8 +333,11 @@ def _naming(url: str) -> Iterator[None]:
         if err.errno is not None:
             err.filename = url
             raise
-        raise type(err)(_ERRNO_OF.get(type(err), errno.EIO), first_line(err) if str(err) else type(err).__name__,
-                        url) from err.__cause__
+        try:
+            named = type(err)(_ERRNO_OF.get(type(err), errno.EIO), first_line(err) if str(err) else type(err).__name__, url)
+        except TypeError:  # botocore's timeouts are OSErrors whose constructors take keywords only
+            raise err from err.__cause__
+        raise named from (err.__cause__ or err)
 
 
 def remove_file(url: str, storage_options: dict | None = None) -> None:

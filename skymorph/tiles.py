@@ -238,7 +238,7 @@ class Tile:
     def _chunk_file(self, key: str, index: int) -> str | None:
         """The name in the store of chunk ``index`` (along N) of array ``key`` (``images/c/2/0/0/0``); None
         for a zarr that names chunks another way."""
-        array = self._group[key]
+        array = self._images if key == "images" else self._group[key]  # opening one reads its metadata again
         try:
             return f"{key}/{array.metadata.encode_chunk_key((index, *(0,) * (array.ndim - 1)))}"
         except AttributeError:
@@ -437,8 +437,8 @@ def write_tile(
     try:  # a rewrite deletes the old store first, and a writer stopped then left its arrays half gone under
         # attributes that still said complete
         zarr.open_group(store, mode="r+", **kwargs).attrs.put({_INCOMPLETE_ATTR: True})
-    except (FileNotFoundError, NodeNotFoundError, ContainsArrayError):
-        pass
+    except (FileNotFoundError, NodeNotFoundError, ContainsArrayError, ValueError, TypeError, KeyError):
+        pass  # nothing there, or nothing readable as a tile (damaged metadata): replaced below all the same
     group = zarr.open_group(store, mode="w", attributes={_INCOMPLETE_ATTR: True}, **kwargs)
     chunk = int(min(chunk_size, max(n, 1)))
     checksum = zarr.codecs.Crc32cCodec()

@@ -221,9 +221,13 @@ def test_finish_removes_parts_no_finished_range_owns(tmp_path):
     killed_writer_temp = os.path.join(npix_dir, ".part-0123.parquet.4f2a.tmp")
     with open(killed_writer_temp, "wb") as fh:
         fh.write(b"PAR1 half a file")
+    unused = sorted(set(range(12 * 4**ORDER)) - {p.npix for p in layout.list_parts(catalog)})[0]
+    os.makedirs(layout.pixel_dir(catalog, ORDER, unused))  # a writer killed before its only part's rename
+    with open(os.path.join(layout.pixel_dir(catalog, ORDER, unused), ".part-4567.parquet.9c1e.tmp"), "wb") as fh:
+        fh.write(b"PAR1")
     report = finish_catalog(catalog, manifest, schema, CatalogProperties(catalog_name="toy", total_rows=0, order=ORDER))
     assert report.total_rows == 500 and report.removed_parts >= 1
-    assert report.removed_temp_files == 1 and not os.path.exists(killed_writer_temp)
+    assert report.removed_temp_files == 2 and not os.path.exists(killed_writer_temp)
     assert layout.list_temp_files(catalog) == []
     assert all("orphan" not in pq.read_table(p.url).column("tile").to_pylist() for p in layout.list_parts(catalog))
     # no pixel directory left without its part: hats' strict validation refused the catalog

@@ -295,6 +295,20 @@ def test_read_parquet_missing_directory_and_columns(tmp_path):
         storage.read_parquet(str(tmp_path / "t.parquet"), columns=["ra", "dec"])
 
 
+def test_an_error_whose_type_takes_no_errno_keeps_its_type():
+    """botocore's timeouts are OSErrors whose constructors take keywords only: naming the object raised a
+    TypeError instead, and the CLI called a read timeout an internal error."""
+    from botocore.exceptions import ReadTimeoutError
+
+    with pytest.raises(ReadTimeoutError, match=r"Read timeout on endpoint URL: \"http://127.0.0.1:1/b/a%20b\""):
+        with storage._naming("s3://b/a b"):
+            raise ReadTimeoutError(endpoint_url="http://127.0.0.1:1/b/a%20b")
+    with pytest.raises(PermissionError) as info:
+        with storage._naming("s3://b/k"):
+            raise PermissionError("Access Denied")  # s3fs's, with no botocore cause: the original stays the cause
+    assert str(info.value) == "[Errno 13] Access Denied: 's3://b/k'" and isinstance(info.value.__cause__, PermissionError)
+
+
 def test_exists_sees_what_another_process_wrote_or_removed_after_a_listing(s3, s3_bucket):
     """s3fs answered from the listing it had cached, which never expires: `check_new` let an output another
     run had just written be overwritten, and a file removed since read as there."""

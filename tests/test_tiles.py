@@ -169,6 +169,12 @@ def test_rewrite_replaces_old_tile(tmp_path):
     write_tile(url, images, *rest, **ATTRS)
     tile = open_tile(url)
     assert tile.n == 5 and np.array_equal(tile.read_images(), images)
+    # damaged metadata, which open_tile says to write again: marking it incomplete first must not stop that
+    for damaged in ("{not json", '{"zarr_format": 3, "node_type": "group", "attributes": 5}'):
+        with open(os.path.join(url, "zarr.json"), "w") as fh:
+            fh.write(damaged)
+        write_tile(url, images, *rest, **ATTRS)
+        assert np.array_equal(open_tile(url).read_images(), images)
 
 
 def test_missing_array_on_disk(tmp_path):

@@ -420,12 +420,12 @@ def finish_catalog(catalog: str, manifest: Manifest, schema, properties: Catalog
     for part in stale:
         fs, path = filesystem(part.url, storage_options)
         fs.rm(path)
-    if not is_remote(catalog):  # hats' validation refuses a pixel directory without a part (S3 has no directories)
-        _remove_empty_directories([os.path.dirname(strip_protocol(p.url)) for p in stale],
-                                  strip_protocol(layout.dataset_url(catalog)))
     temps = layout.list_temp_files(catalog, storage_options)  # every range is finished: no writer owns them
     for path in temps:
         filesystem(catalog, storage_options)[0].rm(path)
+    if not is_remote(catalog):  # hats' validation refuses a pixel directory without a part (S3 has no directories)
+        _remove_empty_directories([os.path.dirname(strip_protocol(p.url)) for p in stale] + [os.path.dirname(p) for p in temps],
+                                  strip_protocol(layout.dataset_url(catalog)))
     def rows_of(part) -> int:
         try:
             return layout.part_rows(part.url, storage_options)
