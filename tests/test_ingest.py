@@ -400,7 +400,8 @@ def test_an_out_holding_the_inputs_is_refused_and_a_survey_s_other_files_stay(tm
         code, err = _run([*ingest_here, *extra])
         assert code == 2 and err.strip().splitlines() == [
             f"skymorph: error: --out {str(tmp_path)!r} holds 'cat.csv', 'tiles/0.png', 'tiles/1.png', which a survey "
-            "does not; give a new or empty --out (--overwrite replaces only a survey, never other files)"]
+            "does not (it has no tiles.txt or tiles/*.zarr); give a new or empty --out (--overwrite replaces only a survey, "
+            "never other files)"]
         assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
 
     out = tmp_path / "out"
@@ -436,7 +437,8 @@ def test_an_out_holding_other_files_is_refused_and_an_empty_one_taken(tmp_path, 
         code, err = _run([*ingest_to, *extra])
         assert code == 2 and err.strip().splitlines() == [
             f"skymorph: error: --out {out!r} holds '_skymorph', 'dataset', 'hats.properties' and 1 more, which a survey "
-            "does not; give a new or empty --out (--overwrite replaces only a survey, never other files)"]
+            "does not (it has no tiles.txt or tiles/*.zarr); give a new or empty --out (--overwrite replaces only a survey, "
+            "never other files)"]
         fs.invalidate_cache()
         assert sorted(fs.find(root)) == held
 

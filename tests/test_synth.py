@@ -176,11 +176,20 @@ def test_an_out_holding_other_files_is_refused_with_or_without_overwrite(tmp_pat
     for overwrite in (False, True):
         with pytest.raises(InputError) as refused:
             synthesize(out, overwrite=overwrite, **tiny)
-        assert str(refused.value) == (f"--out {out!r} holds 'notes.txt', which a survey does not; give a new or empty "
-                                      "--out (--overwrite replaces only a survey, never other files)")
+        assert str(refused.value) == (f"--out {out!r} holds 'notes.txt', which a survey does not (it has no tiles.txt or "
+                                      "tiles/*.zarr); give a new or empty --out (--overwrite replaces only a survey, never "
+                                      "other files)")
         fs.invalidate_cache()
         assert [p.rsplit("/", 1)[-1] for p in fs.find(root)] == ["notes.txt"]
-    fs.rm(f"{root}/notes.txt")  # emptied: taken
+    fs.rm(f"{root}/notes.txt")
+    # a labels.parquet of the user's own (the active-learning loop writes one) is no survey: --overwrite deleted it
+    fs.pipe(f"{root}/labels.parquet", b"my labels")
+    for overwrite in (False, True):
+        with pytest.raises(InputError, match=r"holds 'labels.parquet', which a survey does not \(it has no tiles.txt"):
+            synthesize(out, overwrite=overwrite, **tiny)
+        fs.invalidate_cache()
+        assert fs.cat(f"{root}/labels.parquet") == b"my labels"
+    fs.rm(f"{root}/labels.parquet")  # emptied: taken
     if where == "s3":  # a console's "folder" marker (the key "mine/") is the prefix itself, not a file in it
         fs.pipe(f"{root}/", b"")
     assert synthesize(out, **tiny).n_galaxies == 4
@@ -197,7 +206,8 @@ def test_cli_refuses_a_catalog_directory_and_takes_an_empty_one(tmp_path, capsys
     assert main([*args, "--out", str(catalog), "--overwrite"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         f"skymorph: error: --out {str(catalog)!r} holds '_skymorph', 'dataset', 'hats.properties' and 1 more, which a "
-        "survey does not; give a new or empty --out (--overwrite replaces only a survey, never other files)"]
+        "survey does not (it has no tiles.txt or tiles/*.zarr); give a new or empty --out (--overwrite replaces only a "
+        "survey, never other files)"]
     assert sorted(p.name for p in catalog.iterdir()) == [
         ".tiles.txt.0123456789abcdef0123456789abcdef.tmp", "_skymorph", "dataset", "hats.properties", "partition_info.csv"]
     # an empty directory, or one left by a survey stopped early (an empty tiles/, a temporary file), is taken

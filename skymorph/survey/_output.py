@@ -66,9 +66,13 @@ def check_survey_out(out: str, overwrite: bool, storage_options: dict | None) ->
     if storage.is_remote(out) and fs.isfile(root):
         raise InputError(f"--out {out!r} is a file; give a directory for the survey")
     files, stores, foreign = _survey_entries(fs, root)
+    if not stores and not any(posixpath.basename(path) == "tiles.txt" for path in files):
+        # no survey, whatever its file names: a labels.parquet of the user's own (the active-learning loop
+        # writes one) made a working directory a survey, which --overwrite deleted
+        foreign, files = sorted(foreign + [posixpath.basename(path) for path in files]), []
     if foreign and not (files or stores):
-        raise InputError(f"--out {out!r} holds {some_names(foreign)}, which a survey does not; give a new or empty --out "
-                         "(--overwrite replaces only a survey, never other files)")
+        raise InputError(f"--out {out!r} holds {some_names(foreign)}, which a survey does not (it has no tiles.txt or "
+                         "tiles/*.zarr); give a new or empty --out (--overwrite replaces only a survey, never other files)")
     if (files or stores) and not overwrite:
         found = [posixpath.basename(path) for path in files] + ([f"{len(stores)} tile store(s) in tiles/"] if stores else [])
         raise InputError(f"--out {out!r} already holds a survey ({', '.join(found)}); "
