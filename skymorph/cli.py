@@ -402,7 +402,7 @@ def _add_run_commands(sub) -> None:
     run.add_argument("--worker-timeout", type=float, default=None, metavar="SECONDS",
                      help="stop (exit 2, resumable) once the scheduler has had no worker for the tasks (GPU=1 with --gpu) "
                      "this long, at the start or mid-run, and waits as long for --scheduler to answer (default: wait for "
-                     "workers, a batch queue may take hours to start them; 30 s for the scheduler)")
+                     "workers, a batch queue may take hours to start them; Dask's connect timeout, 30 s, for the scheduler)")
     run.add_argument("--rows-per-task", type=_positive_int, default=4096, help="split larger tiles into tasks of about this many rows (default 4096)")
     run.add_argument("--n-volunteers", type=_positive_int, default=40, help="N of the vote-count posteriors and BALD, 1-1000 (default 40)")
     run.add_argument("--catalog-order", type=int, default=5, help="HEALPix order of the catalog partitions (default 5)")
@@ -555,6 +555,12 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras and self._subparsers is None:  # a command's own: argparse left them to `skymorph`, whose help is no help
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
+
 
 def build_parser() -> argparse.ArgumentParser:
     from skymorph import __version__
@@ -670,12 +676,10 @@ def _environment_error(err: Exception, args) -> str | None:
         if urls and isinstance(err, PermissionError):
             message = (f"S3 denied access ({reason}) to {', '.join(urls)}; check the credentials (AWS_ACCESS_KEY_ID "
                        "and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE), and leave \"anon\" out of --storage-options for a private bucket")
-        elif urls and isinstance(err, FileNotFoundError):
-            named = [(name, value) for name, value in given if value.startswith(("s3://", "s3a://")) and repr(value) in message]
-            if named:  # the message names the URL: name the argument that gave it
-                message = f"{_argument_name(named[0][0])} {message}"
-            elif not refused or refused not in message:
-                message = f"{message} ({', '.join(urls)})"
+        elif isinstance(err, FileNotFoundError) and err.filename is None and (named := _named_in(message, given)):
+            message = f"{_argument_name(named, args)} {message}"  # the message quotes a value given: name its argument
+        elif urls and isinstance(err, FileNotFoundError) and (not refused or refused not in message):
+            message = f"{message} ({', '.join(urls)})"
         elif urls and getattr(err.__cause__, "response", None):  # s3fs turned S3's answer into an errno: EBUSY for 503, SlowDown
             busy = err.errno == errno.EBUSY
             message = (f"S3 answered {reason} to a request for {', '.join(urls)}"
@@ -691,8 +695,20 @@ def _environment_error(err: Exception, args) -> str | None:
                      if os.path.abspath(os.path.expanduser(value)) == os.path.abspath(str(err.filename))]
             if named:
                 name, value = named[0]
-                message = f"{_argument_name(name)} {value!r} is a directory; give a file"
+                message = f"{_argument_name(name, args)} {value!r} is a directory; give a file"
     return message
+
+
+def _named_in(message: str, given: list[tuple[str, str]]) -> str | None:
+    """The ``dest`` of the argument whose value (or, for a local path, its absolute path) ``message``
+    quotes; None if it quotes none. A missing local file was else followed by every S3 URL given."""
+    import os
+
+    for name, value in given:
+        local = not value.startswith(("s3://", "s3a://"))
+        if repr(value) in message or local and repr(os.path.abspath(os.path.expanduser(value))) in message:
+            return name
+    return None
 
 
 def _text_arguments(args) -> list[tuple[str, str]]:
@@ -702,9 +718,11 @@ def _text_arguments(args) -> list[tuple[str, str]]:
             for item in (value if isinstance(value, list) else [value]) if isinstance(item, str)]
 
 
-def _argument_name(dest: str) -> str:
-    """How the user wrote the argument stored as ``dest``: a positional by name, an option as its flag."""
-    return dest if dest in ("checkpoint", "catalog", "table", "votes") else f"--{dest.replace('_', '-')}"
+def _argument_name(dest: str, args=None) -> str:
+    """How the user wrote the argument stored as ``dest``: a positional by name, an option as its flag
+    (``catalog`` is the positional of the ``catalog`` commands, an option of ``survey ingest``)."""
+    positional = ("checkpoint", "table", "votes") + (("catalog",) if getattr(args, "command", "catalog") == "catalog" else ())
+    return dest if dest in positional else f"--{dest.replace('_', '-')}"
 
 
 if __name__ == "__main__":

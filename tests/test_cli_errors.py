@@ -217,6 +217,29 @@ def test_a_table_named_as_no_format_says_it_was_read_as_parquet(small_catalog, t
                          ".fits.gz, .fit.gz, .fts.gz, .vot, .xml, .parquet, .pq"), line
 
 
+def test_a_missing_local_file_is_named_by_its_argument_not_followed_by_the_s3_urls(s3_bucket, tmp_path, capsys, monkeypatch):
+    """A local path missing beside S3 arguments (README's own form) was followed by every S3 URL given:
+    "'.../nomodel.onnx' does not exist (s3://.../tiles.txt, s3://.../cat)"."""
+    from skymorph.tiles import write_tile_list
+
+    monkeypatch.chdir(tmp_path)
+    write_tile_list(f"{s3_bucket}/tiles.txt", [f"{s3_bucket}/t.zarr"])
+    line = _one_line_error(capsys, main(["run", "--tiles", f"{s3_bucket}/tiles.txt", "--model", "nomodel.onnx",
+                                         "--out", f"{s3_bucket}/cat"]))
+    assert line == f"skymorph: error: --model {str(tmp_path / 'nomodel.onnx')!r} does not exist", line
+    line = _one_line_error(capsys, main(["survey", "ingest", "--catalog", "nocat.csv", "--out", f"{s3_bucket}/ingested"]))
+    assert line.startswith("skymorph: error: --catalog 'nocat.csv' does not exist") and "s3://" not in line, line
+
+
+def test_an_argument_a_command_does_not_take_is_refused_by_that_command(capsys):
+    """argparse handed a command's leftovers to `skymorph`, whose error pointed at `skymorph --help`."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["catalog", "pick", "cat", "--n", "5", "--out", "x.csv", "--bogus"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == ("skymorph catalog pick: error: unrecognized arguments: --bogus "
+                                       "(see skymorph catalog pick --help)\n")
+
+
 def test_a_count_beyond_int64_is_refused_by_its_flag(small_catalog, tmp_path, capsys):
     """It reached DuckDB's LIMIT: "Conversion Error: Type INT128 ... can't be cast", naming no flag."""
     for argv in (["pick", small_catalog, "--n", str(10**20), "--out", str(tmp_path / "b.csv")],

@@ -1170,10 +1170,12 @@ def test_bad_scheduler_options_are_one_line_and_leave_no_catalog(tmp_path, tiny_
         assert not out.exists(), options
     # the wait for an unreachable scheduler (the connect timeout, 30 s by default) is announced, not silent
     assert f"skymorph run: connecting to the Dask scheduler at tcp://127.0.0.1:{refused_port} (giving up after 1 s)" in capsys.readouterr().err
-    # a DaskJob's driver starts with its scheduler, which answers once it is ready: --worker-timeout covers that too
-    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}), pytest.raises(InputError, match="cannot reach the Dask scheduler"):
-        run_survey(replace(config, scheduler_file=str(tmp_path / "refused.json"), worker_timeout=3))
-    assert f"at tcp://127.0.0.1:{refused_port} (giving up after 3 s)" in capsys.readouterr().err
+    # a DaskJob's driver starts with its scheduler, which answers once it is ready: --worker-timeout, given, bounds
+    # that wait instead of the connect timeout, longer or shorter
+    for connect, worker_timeout in (("1s", 3), ("30s", 2)):
+        with dask.config.set({"distributed.comm.timeouts.connect": connect}), pytest.raises(InputError, match="cannot reach"):
+            run_survey(replace(config, scheduler_file=str(tmp_path / "refused.json"), worker_timeout=worker_timeout))
+        assert f"at tcp://127.0.0.1:{refused_port} (giving up after {worker_timeout} s)" in capsys.readouterr().err
 
 
 def test_the_in_flight_window_follows_the_cluster_as_workers_join():

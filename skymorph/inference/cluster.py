@@ -238,9 +238,9 @@ def connect(spec: ClusterSpec, slurm=None):
 
         timeout = parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"), default="s")
         # a scheduler started beside the driver (a DaskJob's: its Service answers once the scheduler's
-        # readiness probe passes) may take longer than the connect timeout; --worker-timeout says how long
-        # the run may wait for its cluster
-        timeout = max(timeout, spec.worker_timeout or 0)
+        # readiness probe passes) may take longer than the connect timeout; --worker-timeout, given, says
+        # how long the run may wait for its cluster
+        timeout = spec.worker_timeout or timeout
         # an unreachable scheduler is only known after the timeout: say what is being waited for
         print(f"skymorph run: connecting to the Dask scheduler at {address} (giving up after {timeout:g} s)",
               file=sys.stderr, flush=True)
