@@ -321,7 +321,7 @@ def test_bad_arguments(catalog):
         pick(catalog, 0)
     with pytest.raises(InputError, match=r"^strategy must be one of top, power, got 'random'\.$"):
         pick(catalog, 5, strategy="random")
-    with pytest.raises(InputError, match=r"^beta must be a finite number >= 0, got -1\.0$"):
+    with pytest.raises(InputError, match=r"^beta \(--beta\) must be a finite number >= 0, got -1\.0$"):
         pick(catalog, 5, strategy="power", beta=-1.0)
     # the rules the command line had alone: pick() took them and ignored them
     with pytest.raises(InputError, match=r"^seed \(--seed\) applies to strategy power only"):

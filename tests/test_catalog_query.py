@@ -450,6 +450,8 @@ def test_cli_terminal_table(catalog, capsys):
     assert out[0].split() == ["object_id", "bald_total"] and len(out) == 4
     assert main(["catalog", "query", catalog, "--columns", "object_id", "--limit", "30"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 31  # all 30 asked for, not the 20 shown by default
+    assert main(["catalog", "query", catalog, "--where", "bald_total < 0"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["(no rows)"]  # not "... 150 more column(s)" of no rows
 
 
 @pytest.mark.parametrize("argv, fragment", [

@@ -208,6 +208,6 @@ def format_terminal(table, max_rows: int = 20, max_columns: int = 8) -> str:
     with pd.option_context("display.width", 200, "display.max_columns", max_columns, "display.float_format", "{:.6g}".format):
         text = frame.to_string(index=False) if len(frame) else "(no rows)"
     hidden = table.num_columns - len(names)
-    if hidden > 0:
+    if hidden > 0 and len(frame):  # of no rows, no columns are hidden
         text += f"\n... {hidden} more column(s); choose them with --columns or write all with --out"
     return text

@@ -366,7 +366,7 @@ def pick(
     weight_by_asked = weight_by_asked is not False
     beta = 1.0 if beta is None else beta
     if not (math.isfinite(beta) and beta >= 0):
-        raise InputError(f"beta must be a finite number >= 0, got {beta}")
+        raise InputError(f"beta (--beta) must be a finite number >= 0, got {beta}")
     seed = check_seed(0 if seed is None else seed)
     catalog = url if isinstance(url, Catalog) else open_catalog(url, storage_options)
     score, score_sql = _score(catalog, question, weight_by_asked)

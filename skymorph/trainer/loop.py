@@ -212,7 +212,7 @@ class TrainResult:
         )
 
 
-_WHY_STOPPED = {"epochs": "every --epochs run", "early_stopping": "stopped early: --patience epochs without a better validation loss",
+_WHY_STOPPED = {"epochs": "all --epochs done", "early_stopping": "stopped early: --patience epochs without a better validation loss",
                 "max_minutes": "stopped at --max-minutes", "stop_after_epochs": "paused by --stop-after-epochs"}
 """TrainResult.stopped as the summary says it."""
 
