@@ -426,6 +426,7 @@ def finish_catalog(catalog: str, manifest: Manifest, schema, properties: Catalog
     if not is_remote(catalog):  # hats' validation refuses a pixel directory without a part (S3 has no directories)
         _remove_empty_directories([os.path.dirname(strip_protocol(p.url)) for p in stale] + [os.path.dirname(p) for p in temps],
                                   strip_protocol(layout.dataset_url(catalog)))
+
     def rows_of(part) -> int:
         try:
             return layout.part_rows(part.url, storage_options)
