@@ -89,6 +89,15 @@ def test_info_on_s3(catalog, s3_bucket):
     assert len(remote.failed_tiles) == 2
 
 
+def test_a_catalog_in_a_bucket_that_does_not_exist_says_so(s3_bucket):
+    """It said "hats.properties missing", as of an empty prefix."""
+    with pytest.raises(CatalogError, match=r"^'s3://no-such-bucket-info/cat' is not a catalog: bucket 'no-such-bucket-info' "
+                                           r"does not exist; check the URL$"):
+        open_catalog("s3://no-such-bucket-info/cat")
+    with pytest.raises(CatalogError, match=r"/cat/hats.properties missing\); make one with `skymorph run`$"):
+        open_catalog(f"{s3_bucket}/cat")
+
+
 def test_not_a_catalog(tmp_path, capsys):
     with pytest.raises(CatalogError, match="is not a catalog"):
         open_catalog(str(tmp_path))

@@ -587,6 +587,9 @@ def _read_small_text(catalog: str, url: str, storage_options: dict | None) -> st
         if exists(manifest_url(catalog), storage_options):
             raise CatalogError(f"{catalog!r} is an unfinished catalog ({url} missing): a `skymorph run` is writing it or "
                                "was stopped; rerun it with the same --tiles, --model and --out to finish it") from None
+        bucket = strip_protocol(catalog).split("/", 1)[0]
+        if is_remote(catalog) and not exists(f"{catalog.split('://', 1)[0]}://{bucket}", storage_options):
+            raise CatalogError(f"{catalog!r} is not a catalog: bucket {bucket!r} does not exist; check the URL") from None
         raise CatalogError(f"{catalog!r} is not a catalog ({url} missing); make one with `skymorph run`") from err
     except UnicodeDecodeError as err:
         raise CatalogError(
