@@ -183,7 +183,7 @@ class Tile:
         start, stop = self._range(start, stop)
         coords = tuple(self._read(key, self._group[key], start, stop) for key in ("object_id", "ra", "dec"))
         for key, values in zip(("object_id", "ra", "dec"), coords):
-            lost = np.isnan(values) if key != "object_id" else values == MISSING_OBJECT_ID
+            lost = _is_fill(key, values)
             if lost.any():
                 row = start + int(np.argmax(lost))
                 size = int(self._group[key].chunks[0])
@@ -317,6 +317,11 @@ def _exists(url: str, storage_options: dict | None) -> bool:
         return False
 
 
+def _is_fill(key: str, values):
+    """Where coordinate ``key``'s ``values`` (an array or one value) are its fill value, which no stored row holds."""
+    return values == MISSING_OBJECT_ID if key == "object_id" else np.isnan(values)
+
+
 def _validate(url: str, group) -> None:
     attrs = dict(group.attrs)
     if _ATTR not in attrs:
@@ -346,7 +351,7 @@ def _validate(url: str, group) -> None:
         if array.shape != (n,):
             raise TileError(f"tile {url!r}: {key!r} has shape {tuple(array.shape)}, expected ({n},) like 'images'")
         fill = array.fill_value
-        if not (fill == MISSING_OBJECT_ID if key == "object_id" else np.isnan(fill)):  # zarr's default is 0
+        if not _is_fill(key, fill):  # zarr's default is 0
             raise TileError(f"tile {url!r}: {key!r} has fill value {fill!s}, not {_COORD_FILL[key]!s}, so a lost chunk "
                             "would read as real galaxies; write the tile with skymorph (tiles.write_tile)")
     bands = meta.get("bands")
