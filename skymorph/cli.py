@@ -103,7 +103,7 @@ def _add_survey_commands(sub) -> None:
     synth.add_argument("--healpix-order", type=int, default=5, help="HEALPix order of the tiles (default 5, ~1.8 deg)")
     synth.add_argument(
         "--footprint", type=float, nargs=4, metavar=("RA_MIN", "RA_MAX", "DEC_MIN", "DEC_MAX"),
-        help="RA/Dec box in degrees holding the tiles (default 120 250 -5 60)",
+        help="RA/Dec box in degrees (ICRS); the tiles are the --healpix-order pixels whose centres fall inside (default 120 250 -5 60)",
     )
     synth.add_argument("--overwrite", action="store_true", help="replace a survey already at --out (else refused); it is "
                        "removed before the new one is made")

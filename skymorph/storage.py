@@ -328,7 +328,8 @@ def _naming(url: str) -> Iterator[None]:
     try:
         yield
     except OSError as err:
-        if err.filename is not None or strip_protocol(url) in str(err):
+        # The path whole, not a prefix: an error about s3://b/k2 does not name s3://b/k.
+        if err.filename is not None or re.search(re.escape(strip_protocol(url)) + r"(?![^\s'\"])", str(err)):
             raise
         if err.errno is not None:
             err.filename = url

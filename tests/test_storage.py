@@ -307,6 +307,14 @@ def test_an_error_whose_type_takes_no_errno_keeps_its_type():
         with storage._naming("s3://b/k"):
             raise PermissionError("Access Denied")  # s3fs's, with no botocore cause: the original stays the cause
     assert str(info.value) == "[Errno 13] Access Denied: 's3://b/k'" and isinstance(info.value.__cause__, PermissionError)
+    with pytest.raises(PermissionError) as info:
+        with storage._naming("s3://b/k"):
+            raise PermissionError("Access Denied to b/k2")  # another object: this one is still unnamed
+    assert str(info.value) == "[Errno 13] Access Denied to b/k2: 's3://b/k'"
+    with pytest.raises(PermissionError) as info:
+        with storage._naming("s3://b/k"):
+            raise PermissionError("Access Denied to 'b/k'")
+    assert str(info.value) == "Access Denied to 'b/k'"
 
 
 def test_exists_sees_what_another_process_wrote_or_removed_after_a_listing(s3, s3_bucket):
