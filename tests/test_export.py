@@ -198,6 +198,15 @@ def test_the_self_check_is_relative_so_large_dirichlet_concentrations_pass(tmp_p
     assert "relative to 1 + |torch|" in str(report)
 
 
+def test_relative_difference_scales_by_one_plus_the_reference():
+    """Independent of this CPU's kernels (the test above may see any |diff|): a concentration of 60 off by
+    3e-3 passes the 1e-4 check, a probability of 0.5 off by 2e-4 does not."""
+    concentration = _onnx.relative_difference(np.float32([60.003, 1.0]), np.float32([60.0, 1.0]))
+    assert concentration == pytest.approx(0.003 / 61, rel=1e-3) and concentration <= _onnx.TOLERANCE
+    probability = _onnx.relative_difference(np.float32([0.5002]), np.float32([0.5]))
+    assert probability == pytest.approx(2e-4 / 1.5, rel=1e-3) and probability > _onnx.TOLERANCE
+
+
 def test_failed_self_check_writes_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(_onnx, "TOLERANCE", -1.0)
     with pytest.raises(ModelError, match="differs from PyTorch"):
