@@ -346,9 +346,48 @@ def remove_file(url: str, storage_options: dict | None = None) -> None:
     fs, path = filesystem(url, storage_options)
     try:
         with _naming(url):
-            fs.rm(path)
+            remove_paths(fs, [path])
     except FileNotFoundError:
         pass
+
+
+_DELETE_BATCH = 1000
+"""Most keys one S3 DeleteObjects request takes."""
+
+
+def remove_paths(fs, paths: list[str], recursive: bool = False) -> None:
+    """Delete ``paths`` of ``fs`` (with everything under them if ``recursive``), raising for any the store
+    kept. A path that is not there is treated as ``fs.rm`` treats it (local: :class:`FileNotFoundError`).
+
+    s3fs deletes through S3's DeleteObjects in quiet mode and ignores the reply's ``Errors``: a key that a
+    bucket policy or a failing node kept is listed there under a 200, and the delete read as done. Stale
+    parts stayed in a finished catalog (queries returned rows ``hats.properties`` does not count) and
+    ``--overwrite`` wrote into the old catalog. Here the first kept key is raised as an ``OSError`` naming it.
+    """
+    if "s3" not in fs.protocol:
+        fs.rm(paths, recursive=recursive)
+        return
+    keys: dict[str, list[str]] = {}
+    for path in fs.expand_path(paths, recursive=recursive):
+        bucket, key, _ = fs.split_path(path)
+        if key:  # a bucket or a folder marker's parent: S3 has no directories to remove
+            keys.setdefault(bucket, []).append(key)
+    for bucket, names in keys.items():
+        for start in range(0, len(names), _DELETE_BATCH):
+            batch = names[start : start + _DELETE_BATCH]
+            reply = fs.call_s3("delete_objects", Bucket=bucket, Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True})
+            for key in batch:
+                fs.invalidate_cache(f"{bucket}/{key}")
+            kept = reply.get("Errors") or []
+            if kept:
+                first = kept[0]
+                code = first.get("Code", "")
+                more = f", nor {len(kept) - 1} more" if len(kept) > 1 else ""
+                raise (PermissionError if code == "AccessDenied" else OSError)(
+                    errno.EACCES if code == "AccessDenied" else errno.EIO,
+                    f"S3 did not delete this object ({code}: {first.get('Message', '')}){more}",
+                    f"s3://{bucket}/{first.get('Key', '')}",
+                )
 
 
 def read_bytes(url: str, storage_options: dict | None = None) -> bytes:
@@ -427,8 +466,9 @@ def replace_if_version(url: str, data: bytes, version, storage_options: dict | N
                 os.unlink(tmp)
     with _naming(url):
         if "s3" in fs.protocol and version is not None:
-            try:
-                fs.pipe_file(path, data, IfMatch=version)
+            _check_conditional_writes(url, len(data))
+            try:  # one PUT: S3 takes no condition on a multipart upload, and s3fs would drop it
+                fs.pipe_file(path, data, IfMatch=version, chunksize=_MAX_PUT_BYTES)
                 return True
             except FileNotFoundError:  # removed since: If-Match finds no object
                 return False
@@ -477,8 +517,9 @@ def create_exclusive_bytes(url: str, data: bytes, storage_options: dict | None =
     fs, path = filesystem(url, storage_options)
     with _naming(url):
         if "s3" in fs.protocol:  # s3:// and s3a://
+            _check_conditional_writes(url, len(data))
             try:
-                fs.pipe_file(path, data, mode="create")
+                fs.pipe_file(path, data, mode="create", chunksize=_MAX_PUT_BYTES)
                 return
             except FileExistsError:
                 raise
@@ -491,6 +532,35 @@ def create_exclusive_bytes(url: str, data: bytes, storage_options: dict | None =
         if fs.exists(path):
             raise FileExistsError(f"{url!r} exists")
         fs.pipe_file(path, data)
+
+
+_MAX_PUT_BYTES = 5 * 2**30
+"""The largest object one S3 PUT writes; a conditional write must be one PUT."""
+
+
+def _check_conditional_writes(url: str, size: int) -> None:
+    """Refuse a conditional write that would not be one: s3fs passes botocore only the parameters its S3
+    model knows, so with a botocore older than S3's conditional writes (If-None-Match 2024-08, If-Match
+    2024-11) the condition was dropped without a word and two runs could both hold one lock."""
+    import botocore
+
+    if size >= _MAX_PUT_BYTES:
+        raise InputError(f"{url!r}: a conditional write of {size} bytes is over S3's single-PUT limit of 5 GiB")
+    known = _put_object_parameters()
+    missing = [name for name in ("IfMatch", "IfNoneMatch") if name not in known]
+    if missing:
+        raise InputError(
+            f"botocore {botocore.__version__} predates S3's conditional writes ({', '.join(missing)} unknown), so skymorph "
+            f"cannot keep two runs off {url!r}; upgrade botocore (and aiobotocore, which pins it)"
+        )
+
+
+@functools.cache
+def _put_object_parameters() -> frozenset[str]:
+    import botocore.session
+
+    model = botocore.session.get_session().get_service_model("s3").operation_model("PutObject")
+    return frozenset(model.input_shape.members)
 
 
 def _http_status(err: BaseException) -> int | None:

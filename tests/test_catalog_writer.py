@@ -28,7 +28,7 @@ from skymorph.catalog.writer import (
     write_part,
 )
 from skymorph.errors import CatalogError
-from skymorph.storage import filesystem, read_text
+from skymorph.storage import exists, filesystem, read_text
 
 ORDER = 3
 COLUMNS = ("smooth_yes_fraction", "smooth_no_fraction", "smooth_asked", "smooth_bald", "bald_total")
@@ -245,6 +245,22 @@ def test_finish_names_a_part_damaged_by_another_hand(tmp_path):
         fh.truncate(50)
     with pytest.raises(CatalogError, match=rf"part {re.escape(part.url)} is not a readable Parquet file \(.*\); rerun with --overwrite$"):
         finish_catalog(catalog, manifest, catalog_schema(COLUMNS, _metadata()), CatalogProperties(catalog_name="toy", total_rows=0, order=ORDER))
+
+
+def test_finish_stops_where_s3_keeps_a_stale_part(s3, s3_bucket):
+    """S3 answers a delete a bucket policy refuses with 200 and a per-key error, which s3fs ignores: finish
+    reported the stale part removed and wrote a catalog whose queries read its rows beside the counted ones."""
+    catalog = f"{s3_bucket}/cat"
+    rng = np.random.default_rng(2)
+    manifest, _, _ = _write_catalog(catalog, rng)
+    schema = catalog_schema(COLUMNS, _metadata())
+    object_id, ra, dec, posterior = _tile(rng, "orphan", 50, 0.0)
+    layout.unfinish_catalog(catalog)  # as a run does before it adds a part
+    write_part(catalog, build_part_table(schema, object_id, ra, dec, "orphan", 0, posterior), "orphan", 0, 50, ORDER)
+    s3.deny_deletes(layout.dataset_url(catalog) + "/")
+    with pytest.raises(PermissionError, match=r"S3 did not delete this object \(AccessDenied: Access Denied\), nor 30 more: 's3://.*/part-[0-9a-f]{20}\.parquet'$"):
+        finish_catalog(catalog, manifest, schema, CatalogProperties(catalog_name="toy", total_rows=0, order=ORDER))
+    assert not exists(layout.properties_url(catalog))
 
 
 def test_manifest_round_trip_on_s3(s3_bucket):

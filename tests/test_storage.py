@@ -424,3 +424,42 @@ def test_create_exclusive_bytes_wins_once_and_its_own_error_is_the_one_raised(tm
         long_name = tmp_path / (write.__name__[:6] + "y" * 244)
         write(str(long_name), b"y")
         assert long_name.read_bytes() == b"y"
+
+
+def test_a_delete_s3_refuses_per_key_is_an_error_naming_the_key(s3, s3_bucket):
+    """DeleteObjects answers a key a bucket policy keeps with 200 and an <Error> for it, which s3fs ignores:
+    finish left stale parts in a catalog its queries read, and --overwrite left the old catalog."""
+    for name in ("keep/a.txt", "keep/b.txt", "free/c.txt"):
+        storage.atomic_write_text(f"{s3_bucket}/{name}", name)
+    s3.deny_deletes(f"{s3_bucket}/keep/")
+    fs, _ = storage.filesystem(s3_bucket)
+    root = s3_bucket.removeprefix("s3://")
+    with pytest.raises(PermissionError) as info:
+        storage.remove_paths(fs, [f"{root}/keep", f"{root}/free"], recursive=True)
+    assert info.value.errno == errno.EACCES and info.value.filename in (f"{s3_bucket}/keep/a.txt", f"{s3_bucket}/keep/b.txt")
+    assert "S3 did not delete this object (AccessDenied: Access Denied), nor 1 more: 's3://" in str(info.value)
+    assert not storage.exists(f"{s3_bucket}/free/c.txt") and storage.exists(f"{s3_bucket}/keep/a.txt")
+    with pytest.raises(PermissionError, match=r"\(AccessDenied: Access Denied\): 's3://.*/keep/a.txt'$"):
+        storage.remove_file(f"{s3_bucket}/keep/a.txt")
+    storage.remove_file(f"{s3_bucket}/free/gone.txt")  # already gone: no error
+
+
+def test_conditional_writes_are_single_puts(s3, s3_bucket, monkeypatch):
+    """S3 takes no condition on a multipart upload, and s3fs passes none to one: a conditional write over
+    s3fs's multipart threshold was a plain write."""
+    monkeypatch.setattr(storage, "_MAX_PUT_BYTES", 1000)  # the 5 GiB limit, scaled down
+    with pytest.raises(InputError, match=r"conditional write of 1000 bytes is over S3's single-PUT limit"):
+        storage.create_exclusive_bytes(f"{s3_bucket}/big", b"x" * 1000)
+    storage.create_exclusive_bytes(f"{s3_bucket}/small", b"x" * 999)
+    text, version = storage.read_versioned(f"{s3_bucket}/small")
+    assert storage.replace_if_version(f"{s3_bucket}/small", b"y" * 10, version) and storage.read_bytes(f"{s3_bucket}/small") == b"y" * 10
+    assert not storage.replace_if_version(f"{s3_bucket}/small", b"z", version)  # the version read is gone
+
+
+def test_a_botocore_without_conditional_writes_is_refused(s3, s3_bucket, monkeypatch):
+    """s3fs passes botocore only the parameters its S3 model knows: with one from before 2024-11 the
+    If-Match was dropped without a word, and two runs could both hold one lock."""
+    monkeypatch.setattr(storage, "_put_object_parameters", lambda: frozenset({"Bucket", "Key", "Body", "IfNoneMatch"}))
+    with pytest.raises(InputError, match=r"predates S3's conditional writes \(IfMatch unknown\).*upgrade botocore"):
+        storage.replace_if_version(f"{s3_bucket}/lock", b"x", '"etag"')
+    assert not storage.exists(f"{s3_bucket}/lock")

@@ -45,6 +45,7 @@ from skymorph.storage import (
     listed_url,
     read_text,
     remove_file,
+    remove_paths,
     strip_protocol,
 )
 
@@ -256,9 +257,9 @@ def remove_catalog(catalog: str, storage_options: dict | None = None, keep_lock:
             keep = {fs._strip_protocol(driver_lock_url(catalog)), path.rstrip("/")}  # S3 lists a folder marker as itself
             for child in fs.ls(path, detail=False):
                 if child.rstrip("/") not in keep:
-                    fs.rm(child, recursive=True)
+                    remove_paths(fs, [child], recursive=True)
         elif name in _ENTRIES or _is_temp(name):
-            fs.rm(path, recursive=True)
+            remove_paths(fs, [path], recursive=True)
 
 
 def unfinish_catalog(catalog: str, storage_options: dict | None = None) -> None:

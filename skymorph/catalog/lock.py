@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass
 
 from skymorph.catalog import layout
 from skymorph.errors import CatalogError, InputError
-from skymorph.storage import create_exclusive_bytes, filesystem, read_text, read_versioned, remove_file, replace_if_version
+from skymorph.storage import create_exclusive_bytes, read_text, read_versioned, remove_file, replace_if_version
 
 __all__ = ["DriverLock", "LockHolder", "check_session"]
 
@@ -202,8 +202,7 @@ class DriverLock:
             self._thread.join()
         holder = self.holder()
         if holder is not None and holder.session == self.session:
-            fs, path = filesystem(self.url, self.storage_options)
-            fs.rm(path)
+            remove_file(self.url, self.storage_options)
 
     def _held_by(self, holder: LockHolder | None) -> str:
         if holder is None:

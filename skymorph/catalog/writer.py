@@ -37,6 +37,7 @@ from skymorph.storage import (
     filesystem,
     is_remote,
     read_text,
+    remove_paths,
     strip_protocol,
     write_parquet,
 )
@@ -308,7 +309,7 @@ def write_manifest(catalog: str, manifest: Manifest, storage_options: dict | Non
     segments = _journal_segments(catalog, storage_options)
     atomic_write_text(layout.manifest_url(catalog), manifest.to_json(), storage_options)
     if segments:
-        filesystem(catalog, storage_options)[0].rm(segments)
+        remove_paths(filesystem(catalog, storage_options)[0], segments)
 
 
 class ManifestJournal:
@@ -417,12 +418,10 @@ def finish_catalog(catalog: str, manifest: Manifest, schema, properties: Catalog
             f"catalog {catalog!r}: {len(lost)} part file(s) in the manifest are missing (e.g. Npix={npix}/{name}); "
             "rerun with --overwrite"
         )
-    for part in stale:
-        fs, path = filesystem(part.url, storage_options)
-        fs.rm(path)
     temps = layout.list_temp_files(catalog, storage_options)  # every range is finished: no writer owns them
-    for path in temps:
-        filesystem(catalog, storage_options)[0].rm(path)
+    fs = filesystem(catalog, storage_options)[0]
+    if stale or temps:
+        remove_paths(fs, [fs._strip_protocol(p.url) for p in stale] + list(temps))
     if not is_remote(catalog):  # hats' validation refuses a pixel directory without a part (S3 has no directories)
         _remove_empty_directories([os.path.dirname(strip_protocol(p.url)) for p in stale] + [os.path.dirname(p) for p in temps],
                                   strip_protocol(layout.dataset_url(catalog)))

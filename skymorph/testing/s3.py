@@ -6,6 +6,7 @@ to AWS. Needs the ``dev`` extra (``moto[server]``).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -73,16 +74,26 @@ class LocalS3:
     def apply_env(self) -> None:
         os.environ.update(self.env)
 
-    def create_bucket(self, name: str) -> str:
-        """Create bucket ``name`` (at least 3 characters) and return ``s3://name``."""
+    def client(self):
+        """A boto3 S3 client of this endpoint."""
         import boto3
 
-        client = boto3.client(
+        return boto3.client(
             "s3",
             endpoint_url=self.endpoint_url,
             aws_access_key_id=DUMMY_CREDENTIALS["AWS_ACCESS_KEY_ID"],
             aws_secret_access_key=DUMMY_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
             region_name=DUMMY_CREDENTIALS["AWS_DEFAULT_REGION"],
         )
-        client.create_bucket(Bucket=name)
+
+    def create_bucket(self, name: str) -> str:
+        """Create bucket ``name`` (at least 3 characters) and return ``s3://name``."""
+        self.client().create_bucket(Bucket=name)
         return f"s3://{name}"
+
+    def deny_deletes(self, url: str) -> None:
+        """A bucket policy that refuses to delete the objects under ``url`` (``s3://bucket/prefix``), as AWS
+        answers one: DeleteObjects replies 200, with an ``AccessDenied`` error for each such key."""
+        bucket, _, prefix = url.removeprefix("s3://").partition("/")
+        statement = {"Effect": "Deny", "Principal": "*", "Action": "s3:DeleteObject", "Resource": f"arn:aws:s3:::{bucket}/{prefix}*"}
+        self.client().put_bucket_policy(Bucket=bucket, Policy=json.dumps({"Version": "2012-10-17", "Statement": [statement]}))
