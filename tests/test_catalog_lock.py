@@ -262,3 +262,31 @@ def test_a_heartbeat_delayed_past_a_takeover_does_not_put_the_old_record_back(tm
     assert storage.replace_if_version(b.url, b._record(), version) and b.confirm()
     b.release()
     assert not storage.replace_if_version(b.url, b._record(), version) and not exists(b.url)  # removed since
+
+
+def test_a_run_whose_heartbeats_keep_failing_stops_before_its_lock_goes_stale(s3, s3_bucket, monkeypatch):
+    """Every failed heartbeat was retried in silence: the lock went stale under a live run, a second run
+    took the catalog, and the first was told its heartbeat had been missed only once it had lost it."""
+    from skymorph.testing.faulty_proxy import FaultyProxy
+
+    lock = DriverLock(f"{s3_bucket}/cat", heartbeat_s=0.2, stale_after_s=4.0)
+    with lock:
+        lock.check_held(read=True)
+        with FaultyProxy(s3.endpoint_url, p_503=0, p_drop=0, deny=r"^PUT ") as proxy:  # reads pass, writes are refused
+            monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+            time.sleep(0.6)
+            lock.check_held(read=True)  # a beat or two missed: still well inside stale_after_s
+            time.sleep(1.8)
+            with pytest.raises(CatalogError, match=r"has not been renewed for \d s \(\[Errno 13\] Access Denied: .*driver.lock'\); stopped "
+                                                   r"before it goes stale \(4 s\)"):
+                lock.check_held(read=True)
+            assert proxy.counts.denied >= 4
+            monkeypatch.setenv("AWS_ENDPOINT_URL", s3.endpoint_url)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # the next heartbeat that lands renews the lock
+            try:
+                lock.check_held(read=True)
+                break
+            except CatalogError:
+                time.sleep(0.1)
+        lock.check_held(read=True)

@@ -36,7 +36,7 @@ import uuid
 from dataclasses import asdict, dataclass
 
 from skymorph.catalog import layout
-from skymorph.errors import CatalogError, InputError
+from skymorph.errors import CatalogError, InputError, first_line
 from skymorph.storage import create_exclusive_bytes, read_text, read_versioned, remove_file, replace_if_version
 
 __all__ = ["DriverLock", "LockHolder", "check_session"]
@@ -121,6 +121,8 @@ class DriverLock:
         self._lost = threading.Event()
         self._taken_by: LockHolder | None = None
         self._thread: threading.Thread | None = None
+        self._renewed: float | None = None  # time.monotonic() of the last write of this driver's record
+        self._beat_error: Exception | None = None
 
     def holder(self) -> LockHolder | None:
         return _read_holder(self.url, self.storage_options)
@@ -157,6 +159,7 @@ class DriverLock:
             holder = self.holder()
             if holder is None or holder.session != self.session:
                 raise CatalogError(self._held_by(holder))
+        self._renewed = time.monotonic()
         self._thread = threading.Thread(target=self._beat, name="skymorph-driver-lock", daemon=True)
         self._thread.start()
 
@@ -187,6 +190,14 @@ class DriverLock:
         """Raise :class:`CatalogError` if this driver's lock was found taken over or removed (by the
         heartbeat, or with ``read``, by reading it now)."""
         if self.confirm() if read else self.held:
+            unrenewed = time.monotonic() - self._renewed if self._renewed is not None else 0.0
+            if unrenewed > self.stale_after_s / 2:  # heartbeats failing: stop before another run may take the lock
+                why = first_line(self._beat_error) if self._beat_error is not None else "it changed under each heartbeat"
+                raise CatalogError(
+                    f"this run's lock on {self.catalog!r} has not been renewed for {unrenewed:.0f} s ({why}); stopped before "
+                    f"it goes stale ({self.stale_after_s:.0f} s) and another run may take the catalog: check that the store "
+                    f"lets this driver overwrite {self.url}, then rerun"
+                )
             return
         holder = self._taken_by
         by = "removed" if holder is None else f"taken over by host {holder.host}, pid {holder.pid}"
@@ -229,10 +240,12 @@ class DriverLock:
                     return
                 # only over the version just read: a beat delayed past stale_after_s (a paused driver, a PUT held
                 # in flight) landed on the lock of the driver that took over, and put this one's record back
-                if not replace_if_version(self.url, self._record(), version, self.storage_options):
+                if replace_if_version(self.url, self._record(), version, self.storage_options):
+                    self._renewed, self._beat_error = time.monotonic(), None
+                else:
                     self._still_mine(self.holder())
-            except Exception:  # noqa: BLE001 -- a missed heartbeat is retried on the next beat; stale only after many
-                continue
+            except Exception as err:  # noqa: BLE001 -- retried on the next beat; check_held stops a run whose beats keep failing
+                self._beat_error = err
 
     def __enter__(self) -> DriverLock:
         self.acquire()
