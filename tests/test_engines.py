@@ -185,6 +185,36 @@ def test_plans_are_checked_before_tensorrt_is_needed(model_files, tmp_path):
     assert sidecar_url(plan) == plan + ".json"
 
 
+def test_a_model_with_an_operator_onnxruntime_cannot_run_is_one_line(model_files, tmp_path):
+    """NotImplemented (no kernel for an operator at its version or type) was a traceback and 'internal error'."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Erf", ["x"], ["y"])], "g", [helper.make_tensor_value_info("x", TensorProto.DOUBLE, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.DOUBLE, [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    for prop in onnx.load(str(model_files[1])).metadata_props:
+        model.metadata_props.add(key=prop.key, value=prop.value)
+    onnx.save(model, str(tmp_path / "erf.onnx"))
+    with pytest.raises(ModelError, match=r"erf.onnx' has an operator onnxruntime \S+ cannot run \(.*Erf.*\); upgrade onnxruntime"):
+        load_engine(str(tmp_path / "erf.onnx"), threads=1)
+
+
+def test_the_cuda_provider_computes_in_full_float32(model_files):
+    """onnxruntime's CUDA provider defaults to TF32 (10-bit mantissas): a GPU worker's rows of a catalog
+    would differ from its CPU workers'."""
+    import onnxruntime
+
+    from skymorph.inference.engines import _with_options
+
+    assert _with_options(["CUDAExecutionProvider", "CPUExecutionProvider"]) == [
+        ("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"]
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has no CUDA provider (onnxruntime-gpu on a GPU machine)")
+    engine = load_engine(str(model_files[1]), threads=1)
+    assert engine.session.get_provider_options()["CUDAExecutionProvider"]["use_tf32"] == "0"
+
+
 def test_model_info_of_an_onnx_model_matches_its_engine(model_files, tmp_path):
     import onnxruntime
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 
 import numpy as np
@@ -447,3 +448,15 @@ def _highest_opset_onnxruntime_loads(opset: int) -> int:
             raise
         return int(said.group(1))
     return opset
+
+
+def test_an_export_does_not_replace_a_model_written_meanwhile(tmp_path):
+    """The output is checked before the export and written ~10 s later: of two exports started together
+    to one path, both said 'wrote', and the model left was not the one the second reported."""
+    out = tmp_path / "m.onnx"
+    out.write_bytes(b"another export's model")
+    with pytest.raises(InputError, match=r"--out '.*m.onnx' was written by another process during this export; pass --overwrite"):
+        export_onnx_model(_net(), out, samples=T, seed=0, overwrite=False)
+    assert out.read_bytes() == b"another export's model" and os.listdir(tmp_path) == ["m.onnx"]
+    report = export_onnx_model(_net(), out, samples=T, seed=0)
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == report.model_sha256

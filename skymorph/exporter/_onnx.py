@@ -22,7 +22,7 @@ import numpy as np
 
 from skymorph.errors import InputError, ModelError, first_line
 from skymorph.model_metadata import ModelMetadata
-from skymorph.storage import atomic_write_bytes, check_new, read_bytes, same_location
+from skymorph.storage import atomic_write_bytes, check_new, create_exclusive_bytes, read_bytes, same_location
 
 __all__ = [
     "ExportReport", "export_onnx", "export_onnx_model", "check_arguments", "INPUT_NAME", "OUTPUT_NAME", "DEFAULT_OPSET",
@@ -198,6 +198,7 @@ def export_onnx_model(
     opset: int = DEFAULT_OPSET,
     check_batch: int = 3,
     extra: dict | None = None,
+    overwrite: bool = True,
     storage_options: dict | None = None,
 ) -> ExportReport:
     """Export an in-memory :class:`~skymorph.trainer.models.MorphologyNet` with T = ``samples`` frozen
@@ -206,7 +207,9 @@ def export_onnx_model(
     Before writing, onnx.checker validates the graph and ONNX Runtime is compared with the PyTorch
     frozen-mask model on ``check_batch`` random images; a difference above 1e-4 of 1 + |torch| is a
     :class:`ModelError`.
-    ``extra`` adds ``skymorph.<key>`` metadata (e.g. the checkpoint's digest and provenance).
+    ``extra`` adds ``skymorph.<key>`` metadata (e.g. the checkpoint's digest and provenance). Without
+    ``overwrite``, a file that appeared at ``out`` during the export (another export to the same path) is
+    an :class:`InputError`, not replaced.
     """
     from skymorph.exporter._frozen import freeze
 
@@ -225,7 +228,14 @@ def export_onnx_model(
             f"exported ONNX differs from PyTorch by {relative:.2e} relative to 1 + |torch| (> {TOLERANCE:g}) on random images; "
             f"not writing {out!r}: report this with the checkpoint"
         )
-    atomic_write_bytes(str(out), model_bytes, storage_options)
+    if overwrite:
+        atomic_write_bytes(str(out), model_bytes, storage_options)
+    else:
+        try:
+            create_exclusive_bytes(str(out), model_bytes, storage_options)
+        except FileExistsError:
+            raise InputError(f"--out {str(out)!r} was written by another process during this export; pass --overwrite to "
+                             "replace it, or choose another path") from None
     return ExportReport(
         path=str(out),
         metadata=metadata,
@@ -265,4 +275,4 @@ def export_onnx(
     net, meta, _ = load_checkpoint(str(checkpoint), expect_schema=expect_schema, data=data)
     extra = checkpoint_extra(data, meta.provenance)
     del data  # not held through the export: a checkpoint can be large
-    return export_onnx_model(net, out, samples, seed, opset=opset, extra=extra, storage_options=storage_options)
+    return export_onnx_model(net, out, samples, seed, opset=opset, extra=extra, overwrite=overwrite, storage_options=storage_options)

@@ -5,8 +5,8 @@ T MC-dropout samples of A answers (probabilities softmaxed within each question,
 concentrations, as ``engine.metadata.likelihood`` says). Backends:
 
 ``onnxruntime``
-    an ``.onnx`` file from ``skymorph export``; execution providers TensorRT, CUDA, CPU, whichever the
-    installed onnxruntime has, in that order.
+    an ``.onnx`` file from ``skymorph export``; execution providers CUDA (in full float32, TF32 off),
+    then CPU, whichever the installed onnxruntime has.
 ``tensorrt``
     a ``.plan`` / ``.engine`` file and its ``.json`` sidecar from ``skymorph export --format tensorrt``;
     the native runtime (:mod:`skymorph.inference.tensorrt_engine`).
@@ -112,7 +112,10 @@ def _ort_session(url: str, data: bytes, providers: list[str], threads: int | Non
     # onnxruntime's errors share no base class but Exception; these are the ones a bad file raises.
     load_errors = (ort_errors.InvalidProtobuf, ort_errors.InvalidGraph, ort_errors.Fail, ort_errors.InvalidArgument)
     try:
-        return ort.InferenceSession(data, options, providers=providers)
+        return ort.InferenceSession(data, options, providers=_with_options(providers))
+    except ort_errors.NotImplemented as err:  # an operator at a version or type this build has no kernel for
+        raise ModelError(f"{url!r} has an operator onnxruntime {ort.__version__} cannot run ({first_line(_ort_reason(err), 160)}); "
+                         "upgrade onnxruntime where the model runs, or export it with a lower --opset") from err
     except load_errors as err:
         if data[:4] == b"PK\x03\x04":  # a zip: what torch.save writes (train --out takes any name)
             raise ModelError(f"{url!r} is a PyTorch checkpoint (a zip file), not an ONNX model; export it first: "
@@ -140,6 +143,16 @@ def _ort_reason(err: Exception) -> str:
 def _ort_gpu_providers() -> list[str]:
     """The GPU execution providers of the installed onnxruntime, in order of preference."""
     return [p for p in ORT_PROVIDERS[:-1] if p in _import_onnxruntime().get_available_providers()]
+
+
+_PROVIDER_OPTIONS = {"CUDAExecutionProvider": {"use_tf32": "0"}}
+"""onnxruntime's CUDA provider computes MatMul and Conv in TF32 by default (10-bit mantissas on Ampere and
+newer): rows a GPU worker wrote would differ from its CPU neighbours' in one catalog."""
+
+
+def _with_options(providers: list[str]) -> list:
+    """``providers`` as onnxruntime takes them, each with its :data:`_PROVIDER_OPTIONS`."""
+    return [(p, _PROVIDER_OPTIONS[p]) if p in _PROVIDER_OPTIONS else p for p in providers]
 
 
 def _onnx_signature(url: str, session, metadata: ModelMetadata) -> tuple[str, str]:

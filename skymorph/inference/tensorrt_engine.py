@@ -175,6 +175,8 @@ class TensorRTEngine(Engine):
         if self._engine is None:
             raise ModelError(f"TensorRT could not deserialise {url!r}; rebuild it with `skymorph export --format tensorrt`")
         self._context = self._engine.create_execution_context()
+        if self._context is None:  # TensorRT logs why (most often: GPU memory exhausted) and returns None
+            raise ModelError(f"TensorRT could not create an execution context for {url!r} (is the GPU out of memory?)")
         super().__init__(url, sidecar.metadata, plan_sha256, True)
         self.sidecar = sidecar
         self._lock = threading.Lock()
