@@ -7,9 +7,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import subprocess
 import re
 import shlex
+import subprocess
 import time
 from pathlib import Path
 

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -665,9 +666,24 @@ def test_a_run_killed_as_it_finishes_leaves_no_earlier_run_s_failures(tmp_path, 
     with pytest.raises(KeyboardInterrupt):
         run_survey(config)
     monkeypatch.undo()
+    # what SIGKILL leaves besides: the dead driver's lock and the temporary files of writes it was making
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock_url = layout.driver_lock_url(config.out)
+    with open(lock_url, "w") as fh:
+        json.dump({"host": socket.gethostname(), "pid": dead.pid, "session": "0" * 32, "started": time.time(),
+                   "heartbeat": time.time(), "pid_namespace": os.stat("/proc/self/ns/pid").st_ino}, fh)
+    temps = [os.path.join(config.out, ".hats.properties.0f3c.tmp"), os.path.join(config.out, "_skymorph", ".manifest.json.9a1b.tmp")]
+    for temp in temps:
+        with open(temp, "w") as fh:
+            fh.write("half")
+    assert writer.journal_segments(config.out)
     report = run_survey(config)
     assert report.ok and report.ranges_run == 0 and report.total_rows == 192
     assert read_parquet(layout.failures_url(config.out)).num_rows == 0
+    # the rerun finds the catalog finished and tidies what the killed driver left: a lock read as a live run
+    assert writer.journal_segments(config.out) == [] and not os.path.exists(lock_url)
+    assert not any(os.path.exists(temp) for temp in temps)
 
 
 def test_bad_tiles_go_to_the_failures_table_and_the_rest_completes(s3_bucket, tiny_model, capsys):

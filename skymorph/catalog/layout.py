@@ -216,12 +216,19 @@ def list_parts(catalog: str, storage_options: dict | None = None) -> list[PartFi
 
 
 def list_temp_files(catalog: str, storage_options: dict | None = None) -> list[str]:
-    """Hidden ``.*.tmp`` files under ``CATALOG/dataset``: what a local writer killed between write and
-    rename leaves (readers skip hidden files; S3 writes are one PUT and leave none)."""
-    fs, root = filesystem(dataset_url(catalog), storage_options)
+    """Hidden ``.*.tmp`` files the catalog's writers left: what a local writer killed between write and
+    rename leaves (readers skip hidden files; S3 writes are one PUT and leave none), in ``CATALOG``,
+    ``CATALOG/dataset`` and ``CATALOG/_skymorph``. Not the lock's: a live driver's heartbeat writes one."""
+    fs, root = filesystem(catalog, storage_options)
     if not fs.exists(root):
         return []
-    return sorted(path for path in fs.find(root) if _is_temp(posixpath.basename(path)))
+    lock_temp = "." + posixpath.basename(driver_lock_url(catalog)) + "."
+    found = [path for path in list_dir(fs, root).values() if _is_temp(posixpath.basename(path))]
+    for sub in (dataset_url(catalog), join(catalog, _SKYMORPH)):
+        sub_root = strip_protocol(sub)
+        if fs.exists(sub_root):
+            found += [path for path in fs.find(sub_root) if _is_temp(posixpath.basename(path))]
+    return sorted(path for path in found if not posixpath.basename(path).startswith(lock_temp))
 
 
 def _is_temp(name: str) -> bool:

@@ -53,6 +53,7 @@ __all__ = [
     "Manifest",
     "read_manifest",
     "write_manifest",
+    "journal_segments",
     "ManifestJournal",
     "write_failures",
     "read_failures",
@@ -273,7 +274,8 @@ class Manifest:
             raise CatalogError(f"{source} is corrupt ({err}); rerun with --overwrite to start the catalog afresh") from err
 
 
-def _journal_segments(catalog: str, storage_options: dict | None) -> list[str]:
+def journal_segments(catalog: str, storage_options: dict | None = None) -> list[str]:
+    """The journal's segment files, oldest first: none once :func:`write_manifest` has compacted them."""
     fs, root = filesystem(layout.journal_url(catalog), storage_options)
     fs.invalidate_cache(root)
     if not fs.exists(root):
@@ -291,7 +293,7 @@ def read_manifest(catalog: str, storage_options: dict | None = None) -> Manifest
     except UnicodeDecodeError as err:
         raise CatalogError(f"{url} is corrupt (not UTF-8 text: {err.reason}); rerun with --overwrite to start the catalog afresh") from None
     manifest = Manifest.from_json(text, source=url)
-    segments = _journal_segments(catalog, storage_options)
+    segments = journal_segments(catalog, storage_options)
     if segments:
         fs, _ = filesystem(catalog, storage_options)
         for path, data in sorted(fs.cat(segments).items()):  # one concurrent fetch on S3
@@ -306,7 +308,7 @@ def read_manifest(catalog: str, storage_options: dict | None = None) -> Manifest
 
 def write_manifest(catalog: str, manifest: Manifest, storage_options: dict | None = None) -> None:
     """Write the whole manifest, then remove the journal segments it now holds (compaction)."""
-    segments = _journal_segments(catalog, storage_options)
+    segments = journal_segments(catalog, storage_options)
     atomic_write_text(layout.manifest_url(catalog), manifest.to_json(), storage_options)
     if segments:
         remove_paths(filesystem(catalog, storage_options)[0], segments)
@@ -324,7 +326,7 @@ class ManifestJournal:
         self._session = uuid.uuid4().hex[:12]
         self._seq = 0
         self._pending: list[RangeRecord] = []
-        self._segments = len(_journal_segments(catalog, storage_options))
+        self._segments = len(journal_segments(catalog, storage_options))
 
     def add(self, record: RangeRecord) -> None:
         self.manifest.add(record)

@@ -233,7 +233,6 @@ def connect(spec: ClusterSpec, slurm=None):
     if spec.joins_running_scheduler:
         address = scheduler_address(spec)
         import dask
-
         from dask.utils import parse_timedelta
 
         timeout = parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"), default="s")
