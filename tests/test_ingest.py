@@ -740,3 +740,36 @@ def test_ra_just_below_0_wraps_to_0_not_360(tmp_path):
     [url] = read_tile_list(str(tmp_path / "o" / "tiles.txt"))
     _, ra, _ = open_tile(url).read_coords()
     assert code == 0 and sorted(ra.tolist()) == [0.0, 270.0]
+
+
+def test_a_band_last_fits_cube_and_a_blank_band_mean_are_refused():
+    """A (H, W, 3) array written to FITS as it is was read as H bands of W x 3 px: cropped to 3 x 3 px and
+    blown up into a tile of noise, without a word. Bands of one value each (one of them blank) averaged to
+    a blank cutout that was ingested."""
+    from astropy.io import fits
+
+    rgb = np.random.default_rng(2).gamma(2.0, 10.0, size=(24, 24, 3))
+    with pytest.raises(InputError, match=r"^a cube of 24 bands of 24 x 3 px \(NAXIS3 = 24\) looks like one image with its bands "
+                                         r"last; write it with the bands first, as numpy's \(bands, height, width\)$"):
+        decode_image(_fits_bytes(fits.PrimaryHDU(rgb)), "x.fits", size=16, bands="mean")
+    assert decode_image(_fits_bytes(fits.PrimaryHDU(rgb.transpose(2, 0, 1))), "x.fits", size=16, bands="keep").shape == (3, 16, 16)
+    flat = np.stack([np.full((24, 24), np.nan), np.full((24, 24), 1.0), np.full((24, 24), 2.0)])
+    with pytest.raises(InputError, match=r"^the mean of the bands is 1.5 at every pixel: a blank cutout$"):
+        decode_image(_fits_bytes(fits.PrimaryHDU(flat)), "x.fits", size=16, bands="mean")
+
+
+@pytest.mark.parametrize("mode", ["LA", "1"])
+def test_grey_images_with_alpha_or_of_one_bit_keep_one_band(mode):
+    """They were converted to RGB: a catalog of grey PNGs, some with alpha, was refused as decoding to
+    different band counts under --bands keep."""
+    from PIL import Image
+
+    grey = np.random.default_rng(3).integers(0, 256, (20, 20), dtype=np.uint8)
+    image = Image.fromarray(grey).convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    decoded = decode_image(buffer.getvalue(), "x.png", size=16, bands="keep")
+    assert decoded.shape == (1, 16, 16)
+    plain = io.BytesIO()
+    image.convert("L").save(plain, format="PNG")
+    np.testing.assert_array_equal(decoded, decode_image(plain.getvalue(), "y.png", size=16, bands="keep"))

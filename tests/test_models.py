@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from skymorph.errors import InputError, ModelError
+from skymorph.exporter._frozen import freeze
 from skymorph.model_metadata import InputSpec
 from skymorph.schema import get_schema
 from skymorph.trainer.models import (
@@ -177,6 +178,9 @@ def test_dropout_in_the_trunk_is_refused():
     bad_trunk = nn.Sequential(good.trunk, nn.Dropout(0.2))
     with pytest.raises(ModelError, match="trunk holds dropout"):
         MorphologyNet(good.preprocess, bad_trunk, good.head, SCHEMA, "multinomial")
+    good.trunk = bad_trunk  # after construction: the exporter refuses it
+    with pytest.raises(ModelError, match=r"the trunk holds dropout \(1\); MC dropout belongs in the head only"):
+        freeze(good, samples=4, seed=0)
 
 
 def test_preprocess_normalises_and_crops_like_numpy():

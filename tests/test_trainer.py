@@ -284,6 +284,25 @@ def test_checkpoint_round_trip_and_weights_only_load(tmp_path):
         assert torch.equal(loaded.state_dict()[key], value)
 
 
+def test_a_checkpoint_with_a_flipped_byte_is_refused(tmp_path):
+    """torch.load does not check the archive's CRC-32s: a checkpoint damaged in storage loaded its wrong
+    weights without a word, and was exported and run."""
+    import zipfile
+
+    meta = _meta()
+    path = tmp_path / "c.ckpt"
+    save_checkpoint(str(path), build_model("w20", meta.schema, meta.input, "multinomial"), meta)
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as archive:
+        largest = max(archive.infolist(), key=lambda info: info.file_size)  # a weight tensor, stored uncompressed
+    start = largest.header_offset + 30 + len(largest.filename.encode()) + len(largest.extra)
+    data[start + largest.file_size // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match=rf"c.ckpt' is damaged: its '{largest.filename.rsplit('/', 1)[-1]}' record fails its CRC-32 "
+                                         r"check; give an undamaged copy of the checkpoint$"):
+        load_checkpoint(str(path))
+
+
 def test_numpy_numbers_in_a_checkpoints_metadata_are_saved_as_numbers(tmp_path):
     """json's default=str wrote np.int64(32) as "32": training succeeded and its checkpoint could not be loaded."""
     meta = dataclasses.replace(_meta(), arch_params={"dense": np.int64(16)}, input=InputSpec(1, 32, 32, crop_fraction=np.float32(0.5)))
@@ -683,7 +702,8 @@ def test_cli_train_bad_labels_are_one_line_errors(tmp_path):
     _expect_one_line_error(base + ["--labels", str(bad)], "Did you mean 'has_spiral_arms_yes'")
     orphan = tmp_path / "orphan.csv"
     orphan.write_text("object_id,has_spiral_arms_yes,has_spiral_arms_no,split\n1000,1,0,train\n1001,0,1,validation\n99,1,0,train\n")
-    _expect_one_line_error(base + ["--labels", str(orphan)], "object_id 99 ")
+    _expect_one_line_error(base + ["--labels", str(orphan)], "orphan.csv': object_id 99 has no image in the 2 tile(s) given; check "
+                                                            "--tiles, or pass --drop-unmatched to go on without them")
     assert cli.main(base + ["--labels", str(orphan), "--drop-unmatched"]) == 0
     _, meta, _ = load_checkpoint(str(tmp_path / "m.ckpt"))
     assert meta.provenance["n_train"] == 1 and meta.provenance["n_validation"] == 1
@@ -837,7 +857,7 @@ def test_a_galaxy_in_two_overlapping_tiles_takes_the_image_its_labels_name(tmp_p
     labels = load_labels(at, get_schema("gz2"))
     assert list(labels.tile) == ["t0", None]  # an empty CSV cell is no location, not a tile named ""
     with pytest.raises(InputError, match="or their tiles are not among those given; give the tiles they were made from, "
-                                         "--drop-unmatched to train without these galaxies"):
+                                         "--drop-unmatched to go on without these galaxies"):
         load_images([urls[1]], labels, progress=False)
     images, kept = load_images([urls[1]], labels, drop_unmatched=True, progress=False)
     assert list(kept.object_id) == [7] and images[0, 0, 0, 0] == 18

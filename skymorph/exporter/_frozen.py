@@ -16,7 +16,7 @@ from torch import nn
 
 from skymorph import __version__
 from skymorph.model_metadata import ModelMetadata
-from skymorph.trainer.models import MorphologyNet
+from skymorph.trainer.models import MorphologyNet, check_trunk
 
 __all__ = ["FrozenMaskNet", "freeze", "freeze_checkpoint", "weights_sha256", "masks_sha256", "checkpoint_extra"]
 
@@ -63,8 +63,9 @@ def freeze(net: MorphologyNet, samples: int, seed: int, extra: dict | None = Non
     """``net`` with ``samples`` masks drawn from ``seed``, in eval mode, and the metadata describing it.
 
     ``net`` is put in eval mode (batch norm then uses its running statistics); its weights are shared,
-    not copied.
+    not copied. A trunk given dropout since the network was built is refused here too.
     """
+    check_trunk(net.trunk)
     masks = net.head.draw_masks(samples, seed)
     frozen = FrozenMaskNet(net, masks).eval()
     metadata = ModelMetadata(

@@ -161,6 +161,10 @@ def _decode(data: bytes, name: str, *, size: int, bands: str, stretch: str):
         if planes is None:
             found = ", ".join(f"{a.ndim}-D" for a in arrays) or "none"
             raise InputError(f"no 2-D or 3-D image in any HDU (images found: {found})")
+        if planes.ndim == 3 and planes.shape[-1] <= 4 < planes.shape[0]:  # numpy's (H, W, 3) written as it is
+            raise InputError(f"a cube of {planes.shape[0]} bands of {planes.shape[1]} x {planes.shape[2]} px (NAXIS3 = "
+                             f"{planes.shape[0]}) looks like one image with its bands last; write it with the bands "
+                             "first, as numpy's (bands, height, width)")
         # FITS rows run bottom to top (pixel 1,1 is drawn lower left); tiles hold images top row first
         planes = np.asarray(planes, dtype=np.float64).reshape(-1, *planes.shape[-2:])[:, ::-1]
         return *_stretched(planes, size, bands, stretch), True
@@ -175,7 +179,8 @@ def _decode(data: bytes, name: str, *, size: int, bands: str, stretch: str):
         image.load()
         if image.mode.startswith(("I", "F")):  # one band of 16 or 32 bits
             return *_stretched(np.asarray(image, dtype=np.float64)[None], size, bands, stretch), True
-        pixels = np.asarray(image.convert("L" if image.mode == "L" else "RGB"), dtype=np.float32)
+        grey = image.mode in ("L", "LA", "La", "1")  # grey with alpha, or 1 bit: one band, not three
+        pixels = np.asarray(image.convert("L" if grey else "RGB"), dtype=np.float32)
     planes = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
     if bands == "mean":
         planes = planes.mean(axis=0, keepdims=True)
@@ -206,6 +211,9 @@ def _stretched(planes: np.ndarray, size: int, bands: str, stretch: str):
         with np.errstate(invalid="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # "Mean of empty slice": blank in every band
             planes = np.nanmean(planes, axis=0, keepdims=True)
+        finite = planes[np.isfinite(planes)]
+        if finite.min() == finite.max():  # bands of one value each, one of them blank
+            raise InputError(f"the mean of the bands is {finite.min():g} at every pixel: a blank cutout")
     planes = _square(np.nan_to_num(planes))
     low, high = PercentileInterval(_PERCENTILE).get_limits(planes)  # one interval for all bands: colours kept
     transform = (AsinhStretch(_ASINH_A) if stretch == "asinh" else LinearStretch()) + ManualInterval(low, high)

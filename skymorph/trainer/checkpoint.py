@@ -21,6 +21,7 @@ import io
 import json
 import pickle
 import warnings
+import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
 
@@ -163,6 +164,10 @@ def read_checkpoint(path: str, storage_options=None, *, data: bytes | None = Non
         ) from err
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ModelError(f"{path!r} is a torch file but not a skymorph checkpoint; give a file written by `skymorph train`")
+    damaged = zipfile.ZipFile(io.BytesIO(data)).testzip()  # torch.load does not check the archive's CRC-32s
+    if damaged is not None:
+        raise ModelError(f"{path!r} is damaged: its {damaged.rsplit('/', 1)[-1]!r} record fails its CRC-32 check; give an "
+                         "undamaged copy of the checkpoint")
     if payload.get("format_version") != FORMAT_VERSION:
         raise ModelError(
             f"{path!r} has checkpoint format version {payload.get('format_version')}, this skymorph reads {FORMAT_VERSION}"

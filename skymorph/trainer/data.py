@@ -107,15 +107,16 @@ def load_images(tile_urls: list[str], labels: Labels, *, drop_unmatched: bool = 
             f"labels {labels.source!r} put object_id {int(labels.object_id[target])} at {said}, but the tiles given hold it "
             f"only elsewhere (tile {name!r}, row {row}; {len(misplaced) - 1} more like it): these labels are of another "
             "survey's images (object ids are unique only within a survey), or their tiles are not among those given; give "
-            "the tiles they were made from, --drop-unmatched to train without these galaxies, or drop the labels' tile "
+            "the tiles they were made from, --drop-unmatched to go on without these galaxies, or drop the labels' tile "
             "and row columns if those are out of date"
         )
     if not found.all():
         missing = labels.object_id[~found]
         if not drop_unmatched:
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
             raise InputError(
-                f"labels {labels.source!r}: object_id {int(missing[0])} (and {len(missing) - 1} more) has no image in the "
-                f"{len(tile_urls)} tile(s) given; check --tiles, or pass --drop-unmatched to train without them"
+                f"labels {labels.source!r}: object_id {int(missing[0])}{more} has no image in the "
+                f"{len(tile_urls)} tile(s) given; check --tiles, or pass --drop-unmatched to go on without them"
             )
         if not found.any():
             raise InputError(f"no labelled galaxy of {labels.source!r} is in the {len(tile_urls)} tile(s) given")

@@ -209,17 +209,22 @@ class MCDropoutHead(nn.Module):
         return bits / keep
 
 
+def check_trunk(trunk: nn.Module) -> None:
+    """:class:`ModelError` if ``trunk`` holds a dropout module: MC dropout belongs in the head only."""
+    dropouts = [name for name, m in trunk.named_modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
+    if dropouts:
+        raise ModelError(
+            f"the trunk holds dropout ({', '.join(dropouts)}); MC dropout belongs in the head only, "
+            "so that the exported model runs the trunk once for all T samples"
+        )
+
+
 class MorphologyNet(nn.Module):
     """``preprocess`` -> ``trunk`` -> ``head`` -> :meth:`output`; see the module docstring."""
 
     def __init__(self, preprocess: Preprocess, trunk: nn.Module, head: MCDropoutHead, schema: Schema, likelihood: str) -> None:
         super().__init__()
-        dropouts = [name for name, m in trunk.named_modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
-        if dropouts:
-            raise ModelError(
-                f"the trunk holds dropout ({', '.join(dropouts)}); MC dropout belongs in the head only, "
-                "so that the exported model runs the trunk once for all T samples"
-            )
+        check_trunk(trunk)
         check_likelihood(likelihood, ModelError)
         if head.linear.out_features != schema.n_answers:
             raise ModelError(f"head has {head.linear.out_features} outputs but schema {schema.name!r} has {schema.n_answers} answers")
