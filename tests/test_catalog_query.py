@@ -86,6 +86,14 @@ def test_order_by_is_only_an_order_list(catalog, order_by, message):
         query(catalog, order_by=order_by)
 
 
+def test_an_order_by_position_counts_in_the_columns_selected(catalog, full):
+    """Checked against every column, --order-by 5 passed, then failed in the whole query, blamed on 'query'."""
+    with pytest.raises(CatalogError, match=r"^--order-by: Binder Error: ORDER term out of range - should be between 1 and 2"):
+        query(catalog, columns=["object_id", "bald_total"], order_by="5")
+    got = query(catalog, columns=["object_id", "bald_total"], order_by="2 DESC, 1", limit=3)["object_id"].to_pylist()
+    assert got == full.sort_values(["bald_total", "object_id"], ascending=[False, True]).object_id[:3].tolist()
+
+
 OUTSIDE = (151.3, 3.4, 200.0)  # north of the tiles (Dec 0.5-2.5): nothing there
 
 

@@ -414,13 +414,14 @@ def pick(
 
 
 def _fetch_rows(con, ids: np.ndarray):
-    """The base columns of the rows with ``ids``: an IN list of literals, which DuckDB pushes into the
-    Parquet scan (row groups whose object_id min/max exclude every id are skipped)."""
-    if len(ids) == 0:
-        import pyarrow as pa
+    """The base columns of the rows with ``ids``, by a semi-join on them as an Arrow table. An IN list of
+    literals took 380 s and 1.8 GB for a batch of 100,000 from 400,000 rows (against 14 s and 330 MB):
+    picked ids lie in every part, so its pushdown skipped no row group."""
+    import pyarrow as pa
 
-        return pa.table({"object_id": pa.array([], pa.int64()), "ra": pa.array([], pa.float64()),
-                         "dec": pa.array([], pa.float64()), "tile": pa.array([], pa.string()),
-                         "row": pa.array([], pa.int64())})
-    id_list = ", ".join(str(int(i)) for i in ids)
-    return con.sql(f"SELECT object_id, ra, dec, tile, row FROM catalog WHERE object_id IN ({id_list})").to_arrow_table()
+    con.register("picked", pa.table({"object_id": pa.array(ids, pa.int64())}))
+    try:
+        return con.sql("SELECT object_id, ra, dec, tile, row FROM catalog WHERE object_id IN (SELECT object_id FROM picked)"
+                       ).to_arrow_table()
+    finally:
+        con.unregister("picked")

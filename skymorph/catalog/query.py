@@ -406,11 +406,12 @@ def check_columns(names, available, what: str = "--columns") -> list[str]:
 @dataclass(frozen=True)
 class QueryPlan:
     """What a query reads: the order-K ``pixels`` selected (all without a cone) of ``total_pixels``,
-    and the ``sql`` run on the ``catalog`` view."""
+    and the ``sql`` run on the ``catalog`` view, whose ``select`` list it is."""
 
     pixels: tuple[int, ...]
     total_pixels: int
     sql: str
+    select: str = "*"
 
 
 def _check_expression(sql: str, what: str) -> None:
@@ -484,10 +485,10 @@ def plan_query(catalog: Catalog, where=None, columns=None, cone: Cone | None = N
         sql += f" ORDER BY {order_by}\n"
     if limit is not None:
         sql += f" LIMIT {int(limit)}"
-    return QueryPlan(pixels=tuple(pixels), total_pixels=len(catalog.pixels), sql=sql)
+    return QueryPlan(pixels=tuple(pixels), total_pixels=len(catalog.pixels), sql=sql, select=select)
 
 
-def _validate_fragments(con, catalog: Catalog, where, order_by) -> None:
+def _validate_fragments(con, catalog: Catalog, where, order_by, select: str = "*") -> None:
     # Each fragment is checked alone, so an error names the option that caused it.
     if where:
         check_sql(con, f"SELECT * FROM catalog WHERE (\n{where}\n)", catalog.columns, "--where")
@@ -497,7 +498,8 @@ def _validate_fragments(con, catalog: Catalog, where, order_by) -> None:
             raise CatalogError(f"--where {where!r} is a {kind} value, not a true/false condition; compare it, "
                                "e.g. 'bald_total > 0.5'")
     if order_by:
-        check_sql(con, f"SELECT * FROM catalog ORDER BY {order_by}\n", catalog.columns, "--order-by")
+        # over the columns selected: a position such as --order-by 5 counts in them
+        check_sql(con, f"SELECT {select} FROM catalog ORDER BY {order_by}\n", catalog.columns, "--order-by")
 
 
 def _prepare(url, where, columns, cone, order_by, limit, storage_options):
@@ -537,7 +539,9 @@ def _reader(catalog: Catalog, plan: QueryPlan, where, order_by, limit, batch_row
     user_sql = tuple(option for option, sql in (("--where", where), ("--order-by", order_by)) if sql)
     # a limit without an order takes the first rows in file order: the same rows on every call
     with connect(catalog, plan.pixels, user_sql=user_sql, preserve_order=limit is not None and not order_by) as con:
-        _validate_fragments(con, catalog, where, order_by)
+        if len(plan.pixels) == plan.total_pixels:  # a lost part file made an export short without a word (footers only)
+            catalog.check_total_rows(con.execute("SELECT count(*) FROM catalog").fetchall()[0][0])
+        _validate_fragments(con, catalog, where, order_by, plan.select)
         reader = check_sql(con, plan.sql, catalog.columns, "query").to_arrow_reader(batch_rows)
         yield _with_metadata(reader, catalog.metadata.to_kv())
 
