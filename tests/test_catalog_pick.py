@@ -314,6 +314,26 @@ def test_power_picks_lean_to_high_bald_end_to_end(catalog, full):
     assert full.bald_total.mean() < min(means) and max(means) < top_mean
 
 
+def test_top_breaks_ties_by_the_smaller_id_and_power_never_picks_a_zero_score(catalog, full, tmp_path, capsys):
+    """A copy where 10 galaxies share one positive score and every other scores 0: the fixture's scores never
+    tie, so neither top's tie-break flipped to the larger id nor power admitting scores of 0 was seen."""
+    import shutil
+
+    copy = str(tmp_path / "ties")
+    shutil.copytree(catalog, copy)
+    positive = np.sort(full.object_id.to_numpy())[::200]
+    for f in glob.glob(os.path.join(copy, "dataset", "Norder=*", "Dir=*", "Npix=*", "part-*.parquet")):
+        table = pq.read_table(f)
+        score = np.where(np.isin(table["object_id"].to_numpy(), positive), 0.5, 0.0).astype(np.float32)
+        i = table.schema.get_field_index("bald_total")
+        pq.write_table(table.set_column(i, table.schema.field(i), pa.array(score)), f)
+    zero = np.setdiff1d(full.object_id.to_numpy(), positive)
+    assert len(positive) == 10 and pick(copy, 13)["object_id"].to_pylist() == positive.tolist() + zero[:3].tolist()
+    batch = pick(copy, 25, strategy="power", seed=1)
+    assert sorted(batch["object_id"].to_pylist()) == positive.tolist() and (batch["bald_total"].to_numpy() == 0.5).all()
+    assert "every galaxy scores 0" not in capsys.readouterr().err
+
+
 def test_bad_arguments(catalog):
     with pytest.raises(SchemaError, match="Did you mean 'bar'"):
         pick(catalog, 5, question="barr")
@@ -497,11 +517,11 @@ def test_rows_written_under_two_range_plans_are_picked_once(synthetic, tmp_path)
     copy = str(tmp_path / "resplit")
     shutil.copytree(synthetic.url, copy)
     for tile in synthetic.tile_urls[:2]:
-        rows = query(copy, where=f"tile = '{tile}'").sort_by("row")
+        rows = query(synthetic.url, where=f"tile = '{tile}'").sort_by("row")
         for start, stop in ((0, 150), (150, rows.num_rows)):
             writer.write_part(copy, rows.slice(start, stop - start), tile, start, stop, synthetic.order)
-    assert query(copy, columns=["row"]).num_rows == synthetic.rows + 800
     _count_rows(copy, synthetic.rows + 800)
+    assert query(copy, columns=["row"]).num_rows == synthetic.rows + 800
     for n, kwargs in ((2000, {}), (40, {"question": "bar"}), (2000, {"strategy": "power", "seed": 3}),
                       (40, {"strategy": "power", "seed": 1, "beta": 2.0})):
         batch = pick(copy, n, **kwargs)

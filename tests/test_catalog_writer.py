@@ -129,6 +129,28 @@ def test_healpix_29_matches_hats():
     np.testing.assert_array_equal(healpix_29(ra, dec), compute_spatial_index(ra, dec))
 
 
+def test_a_range_over_two_pixels_writes_each_row_once_in_its_own_pixel_with_its_tile_row(tmp_path):
+    """Rows 40-43 of a tile, two in each of two order-3 pixels: a split only for more than two pixels wrote the
+    whole range into both, and rows numbered from 0 rather than from the range's start pointed at other galaxies
+    (_write_catalog's ranges all start at 0 and cover many pixels)."""
+    import pyarrow as pa
+
+    catalog = str(tmp_path / "cat")
+    schema = catalog_schema(COLUMNS, _metadata())
+    ra, dec = np.array([10.0, 100.0, 10.1, 100.1]), np.zeros(4)
+    posterior = {c: np.arange(4, dtype=np.float32) + i for i, c in enumerate(COLUMNS)}
+    table = build_part_table(schema, np.arange(7, 11), ra, dec, "t", 40, posterior)
+    parts = write_part(catalog, table, "t", 40, 44, ORDER)
+    assert len({npix for npix, _, _ in parts}) == 2 and [rows for _, _, rows in parts] == [2, 2]
+    shift = 2 * (layout.SPATIAL_INDEX_ORDER - ORDER)
+    for part in layout.list_parts(catalog):
+        got = pq.read_table(part.url)
+        assert (got[layout.SPATIAL_INDEX_COLUMN].to_numpy() >> shift == part.npix).all()
+    rows = pa.concat_tables(pq.read_table(p.url) for p in layout.list_parts(catalog)).sort_by("object_id")
+    assert rows["object_id"].to_pylist() == [7, 8, 9, 10] and rows["row"].to_pylist() == [40, 41, 42, 43]
+    assert rows["ra"].to_pylist() == ra.tolist() and rows["bald_total"].to_pylist() == posterior["bald_total"].tolist()
+
+
 def test_catalog_opens_in_hats_and_lsdb_with_every_row_once(tmp_path):
     import hats
     import lsdb
@@ -245,6 +267,25 @@ def test_finish_names_a_part_damaged_by_another_hand(tmp_path):
         fh.truncate(50)
     with pytest.raises(CatalogError, match=rf"part {re.escape(part.url)} is not a readable Parquet file \(.*\); rerun with --overwrite$"):
         finish_catalog(catalog, manifest, catalog_schema(COLUMNS, _metadata()), CatalogProperties(catalog_name="toy", total_rows=0, order=ORDER))
+
+
+def test_finish_refuses_parts_that_disagree_with_the_manifest(tmp_path):
+    """A part with fewer rows than the manifest records, or one it names that is gone (both by another hand):
+    finish must stop, not write a catalog whose counts and queries miss those rows."""
+    catalog = str(tmp_path / "cat")
+    manifest, _, _ = _write_catalog(catalog, np.random.default_rng(2))
+    schema = catalog_schema(COLUMNS, _metadata())
+    short, lost = layout.list_parts(catalog)[:2]
+    table = pq.read_table(short.url)
+    pq.write_table(table.slice(0, table.num_rows - 1), short.url)
+    with pytest.raises(CatalogError, match=rf"part {re.escape(short.url)} has {table.num_rows - 1} rows, the manifest says "
+                                           rf"{table.num_rows}; rerun with --overwrite$"):
+        finish_catalog(catalog, manifest, schema, CatalogProperties(catalog_name="toy", total_rows=0, order=ORDER))
+    pq.write_table(table, short.url)  # whole again: only the lost part is wrong now
+    os.remove(lost.url)
+    with pytest.raises(CatalogError, match=rf"1 part file\(s\) in the manifest are missing \(e\.g\. Npix={lost.npix}/{re.escape(lost.name)}\); "
+                                           "rerun with --overwrite$"):
+        finish_catalog(catalog, manifest, schema, CatalogProperties(catalog_name="toy", total_rows=0, order=ORDER))
 
 
 def test_finish_stops_where_s3_keeps_a_stale_part(s3, s3_bucket):

@@ -192,6 +192,37 @@ def test_two_answer_bald_is_walmsleys_mutual_information():
         np.testing.assert_allclose(per_answer[:, yes], per_answer[:, no], rtol=1e-9, atol=1e-12)
 
 
+def test_identical_samples_have_exactly_zero_bald():
+    """A model trained with dropout 0 gives T identical samples. H[Pbar] - mean H[P_t] was then +-1e-15 of
+    rounding (the mean over T rounds Pbar): positive for about half the galaxies, so pick never warned that
+    every galaxy scores 0 and ranked them by float noise; negative ones are clipped too. Samples that differ
+    keep the unclipped difference of entropies."""
+    rng = np.random.default_rng(17)
+    for likelihood, draw in (("multinomial", lambda *shape: _probabilities(rng, *shape, with_extremes=False)),
+                             ("dirichlet_multinomial", lambda *shape: _concentrations(rng, *shape))):
+        base = draw(40, 1)
+        # (T, N, galaxies): the rounding grows with T, up to MAX_SAMPLES = 1000
+        for t, n, b in ((3, 40, 40), (7, 1, 40), (30, 40, 40), (30, 1000, 2), (1000, 40, 2)):
+            same = np.repeat(base[:b], t, axis=1)
+            out = summarize(same, DECALS, likelihood, n_volunteers=n)
+            for name in [c for c in out if c.endswith("_bald")] + ["bald_total"]:
+                assert (out[name] == 0).all(), (likelihood, t, n, name, out[name].max())
+            if t * n <= 1200:  # bald() too, where its unblocked (N+1, T, ...) arrays are small
+                log_pmf = count_log_pmf(same[:2], DECALS, likelihood, n).transpose(0, 2, 1, 3)
+                np.testing.assert_array_equal(bald(log_pmf), 0.0)
+        # Samples that differ: still H[Pbar] - mean H[P_t] (through the public entropy, without any clip).
+        samples = draw(6, 30)
+        samples[1] = samples[1, :1]  # one galaxy's samples all alike among galaxies whose samples differ
+        log_pmf = count_log_pmf(samples, DECALS, likelihood, 40).transpose(0, 2, 1, 3)
+        pmf = np.exp(log_pmf)
+        difference = count_entropy(pmf.mean(axis=1)) - count_entropy(pmf).mean(axis=0)
+        got = bald(log_pmf)
+        assert (got[2:] > 1e-6).all() and (got[1] == 0).all()
+        kept = got != 0
+        np.testing.assert_array_equal(got[kept], difference[kept])  # only differences within rounding of 0 change
+        np.testing.assert_allclose(got, difference, rtol=0, atol=1e-12)
+
+
 def test_asked_and_bald_total_on_a_hand_checked_tree():
     tree = Schema("tiny", (
         Question("shape", ("round", "disk")),
@@ -288,6 +319,23 @@ def test_multinomial_samples_must_sum_to_one_within_each_question():
     np.testing.assert_allclose(scaled, 0.996 * summarize(p, DECALS)["bar_strong_fraction"], rtol=1e-6)
     # Concentrations are not normalised: only their sign is checked.
     assert summarize(np.full((1, 4, 34), 0.9), "decals", "dirichlet_multinomial")["bar_strong_fraction"][0] > 0
+
+
+def test_question_sums_are_refused_just_outside_the_tolerance_and_accepted_inside():
+    """The 0.01 tolerance on a question's sum, at its edge: the test above refuses a sum of 0.5 and accepts
+    0.996, so a tolerance loosened to 0.05 went unnoticed."""
+    p = _probabilities(np.random.default_rng(1), 2, 3, with_extremes=False)
+    s = DECALS.question_slices[2]
+    for factor in (1.0125, 0.9875):
+        bad = p.copy()
+        bad[1, 2, s] *= factor
+        with pytest.raises(InputError, match=rf"question '{DECALS.question_names[2]}' sum to {factor:g} .*at samples\[1, 2\]\), not 1 within 0\.01:"):
+            summarize(bad, DECALS)
+    for factor in (0.991, 1.009):
+        good = p.copy()
+        good[1, 2, s] *= factor
+        column = f"{DECALS.answer_columns[s.start]}_fraction"  # the samples taken as given
+        np.testing.assert_allclose(summarize(good, DECALS)[column], good[:, :, s.start].mean(axis=1), rtol=1e-6)
 
 
 def test_the_most_volunteers_allowed_still_summarize():

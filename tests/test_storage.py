@@ -37,6 +37,42 @@ def test_local_atomic_write_leaves_no_temp_files(tmp_path):
     assert os.listdir(tmp_path) == ["a.txt"]
 
 
+def test_a_failed_local_atomic_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):
+    """An error inside atomic_output: the old file stays whole and the hidden temp file beside it is
+    removed (the test above sees only writes that succeed, where the rename takes the temp away)."""
+    target = tmp_path / "a.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError, match="^killed$"):
+        with storage.atomic_output(str(target)) as tmp:
+            with open(tmp, "w") as fh:
+                fh.write("half")
+            raise RuntimeError("killed")
+    assert target.read_text() == "old"
+    assert os.listdir(tmp_path) == ["a.txt"]
+
+
+def test_local_atomic_write_fsyncs_the_data_before_renaming_it_into_place(tmp_path, monkeypatch):
+    """Without the fsync a crash soon after the rename can leave the new name on disk with no data
+    (ext4/xfs delayed allocation): an empty or zero-filled part, manifest or model file."""
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.path.basename(os.readlink(f"/proc/self/fd/{fd}")) if os.path.exists("/proc/self/fd") else None))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", os.path.basename(src), os.path.basename(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    storage.atomic_write_bytes(str(tmp_path / "a.bin"), b"galaxies")
+    assert [e[0] for e in events] == ["fsync", "replace"] and events[1][2] == "a.bin"
+    assert events[0][1] in (None, events[1][1])  # the file fsynced is the temp file renamed
+    assert (tmp_path / "a.bin").read_bytes() == b"galaxies"
+
+
 def test_missing_and_bad_options(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         storage.read_bytes(str(tmp_path / "nope"))
