@@ -184,6 +184,16 @@ class ModelMetadata:
             props[f"skymorph.{key}"] = value if isinstance(value, str) else json.dumps(value)
         return props
 
+    @property
+    def training_pixels(self) -> list[dict]:
+        """The bands, stretch and pixel scale of the tiles the model was trained on
+        (:attr:`skymorph.tiles.Tile.pixels`, from the checkpoint's provenance); empty where not recorded."""
+        try:
+            pixels = json.loads(self.extra.get("provenance", "{}")).get("pixels")
+        except (ValueError, AttributeError):
+            return []
+        return [p for p in pixels if isinstance(p, dict)] if isinstance(pixels, list) else []
+
     @classmethod
     def from_props(cls, props: dict[str, str], source: str = "model") -> ModelMetadata:
         """Parse ``skymorph.*`` keys; a one-line :class:`ModelError` naming ``source`` if any is missing."""

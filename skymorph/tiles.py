@@ -54,10 +54,15 @@ __all__ = [
     "MAX_CUTOUT_PX",
     "check_cutout_size",
     "object_ids",
+    "PIXEL_KEYS",
+    "pixels_differ",
+    "sampled_pixels",
 ]
 
 FORMAT_VERSION = 1
 _ATTR = "skymorph"
+PIXEL_KEYS = ("bands", "stretch", "pixel_scale_arcsec")
+"""The attributes that say what an image's pixel values are: a model sees them again only in tiles that agree."""
 _INCOMPLETE_ATTR = "skymorph_incomplete"
 _RESERVED = frozenset(
     {"format_version", "survey", "bands", "pixel_scale_arcsec", "stretch", "resize", "created", "skymorph_version"}
@@ -153,6 +158,11 @@ class Tile:
     def placeholder_positions(self) -> bool:
         """Whether ra/dec are placeholders, not sky positions (``survey ingest`` of a catalog without ra/dec)."""
         return bool(self.attrs.get("position_is_placeholder", False))
+
+    @property
+    def pixels(self) -> dict:
+        """The :data:`PIXEL_KEYS` attributes: bands, stretch and pixel scale of the images."""
+        return {key: self.attrs.get(key) for key in PIXEL_KEYS}
 
     @staticmethod
     def positions_kind(placeholder: bool) -> str:
@@ -278,6 +288,37 @@ class Tile:
             finally:
                 if pending is not None:
                     pending.cancel()
+
+
+def pixels_differ(pixels: dict, other: dict) -> list[str]:
+    """How two tiles' :attr:`Tile.pixels` differ, as ``"key a vs b"`` phrases; empty when they agree (pixel
+    scales within 1%; a key either side lacks is not compared)."""
+    differences = []
+    for key in PIXEL_KEYS:
+        a, b = pixels.get(key), other.get(key)
+        if a is None or b is None:
+            continue
+        if key == "pixel_scale_arcsec" and isinstance(a, (int, float)) and isinstance(b, (int, float)):
+            same = abs(a - b) <= 0.01 * max(abs(a), abs(b))
+        else:
+            same = a == b
+        if not same:
+            differences.append(f"{key} {a} vs {b}")
+    return differences
+
+
+def sampled_pixels(tile_urls: Sequence[str], storage_options: dict | None = None, at_most: int = 32) -> list[dict]:
+    """The distinct :attr:`Tile.pixels` of up to ``at_most`` tiles spread evenly over ``tile_urls`` (one
+    metadata read each); tiles that cannot be opened are left to whoever reads them."""
+    picks = sorted({round(i * (len(tile_urls) - 1) / max(at_most - 1, 1)) for i in range(min(at_most, len(tile_urls)))})
+    distinct: dict[str, dict] = {}
+    for i in picks:
+        try:
+            pixels = open_tile(tile_urls[i], storage_options).pixels
+        except (SkymorphError, OSError, ValueError):
+            continue
+        distinct.setdefault(json.dumps(pixels, sort_keys=True), pixels)
+    return list(distinct.values())
 
 
 def open_tile(url: str, storage_options: dict | None = None) -> Tile:

@@ -643,6 +643,36 @@ def _float_images_tile(url: str) -> None:
     group.create_array("images", shape=(8, 1, SIZE, SIZE), dtype="float32", chunks=(8, 1, SIZE, SIZE))
 
 
+def test_tiles_unlike_those_the_model_was_trained_on_are_warned_of(tmp_path, capsys):
+    """Only the image shape was compared: a model of r-band asinh images classified u-band linear ones of
+    the same size without a word. The checkpoint's provenance records its training tiles' pixels."""
+    import torch
+
+    from skymorph.exporter import export_onnx_model
+    from skymorph.inference.engines import read_model_info
+    from skymorph.inference.job import RunConfig, _check_sampled_tiles, run_survey
+    from skymorph.model_metadata import InputSpec
+    from skymorph.schema import get_schema
+    from skymorph.trainer.models import build_model
+
+    tiles = make_tiles(str(tmp_path / "s"), n_tiles=2, per_tile=32, compact=True)  # bands r, asinh, 0.262"
+    torch.manual_seed(0)
+    net = build_model("w20", get_schema("gz2"), InputSpec(1, SIZE, SIZE), "multinomial", dense=16)
+    models = {}
+    for bands, scale in ((["r"], 0.262), (["u"], 0.1)):
+        provenance = {"pixels": [{"bands": bands, "stretch": "asinh", "pixel_scale_arcsec": scale}]}
+        models[bands[0]] = str(tmp_path / f"{bands[0]}.onnx")
+        export_onnx_model(net, models[bands[0]], samples=4, seed=3, extra={"provenance": json.dumps(provenance)})
+    config = RunConfig(tiles=str(tmp_path / "s" / "tiles.txt"), model=models["u"], out=str(tmp_path / "catalog"), workers=1,
+                       rows_per_task=64, catalog_order=3, progress=False)
+    capsys.readouterr()
+    assert run_survey(config).ok
+    assert (f"skymorph run: warning: tile {tiles[0]!r} holds images unlike those the model was trained on (bands ['u'] vs "
+            "['r']; pixel_scale_arcsec 0.1 vs 0.262, and so do other tiles): its posteriors there are an extrapolation") in capsys.readouterr().err
+    _check_sampled_tiles(tiles, read_model_info(models["r"]).metadata, replace(config, model=models["r"]))
+    assert "warning" not in capsys.readouterr().err
+
+
 def test_a_run_killed_as_it_finishes_leaves_no_earlier_run_s_failures(tmp_path, tiny_model, monkeypatch):
     """The failures table was written after hats.properties: a run killed in between left the catalog
     reading as finished with the last run's table, so the rerun (nothing left to do) reported a tile as
@@ -1046,6 +1076,21 @@ def test_ranges_are_whole_chunks_covering_the_tile_once():
     assert plan_ranges(0, 256, 4096) == [(0, 0)]
 
 
+def test_plan_ranges_tile_every_row_once_in_whole_chunks_rounded_to_the_nearest():
+    """``rows_per_task`` rounded to the nearest whole number of chunks (at least one), the ranges covering
+    [0, n) edge to edge: a plan that left out the last row (n one past a whole step), or floored 100 rows of
+    64-row chunks to one chunk, passed the cases above."""
+    from skymorph.inference.task import plan_ranges
+
+    for chunk, rows_per_task, step in ((32, 64, 64), (32, 10, 32), (64, 100, 128), (64, 90, 64), (7, 50, 49), (256, 4096, 4096)):
+        for n in (1, 31, 32, 33, 64, 65, 129, 257, 1000, 4097):
+            ranges = plan_ranges(n, chunk, rows_per_task)
+            assert ranges[0][0] == 0 and ranges[-1][1] == n, (n, chunk, rows_per_task, ranges)
+            assert all(stop == start for (_, stop), (start, _) in zip(ranges, ranges[1:])), (n, chunk, rows_per_task, ranges)
+            assert all(b - a == step for a, b in ranges[:-1]) and 0 < ranges[-1][1] - ranges[-1][0] <= step, (n, chunk, rows_per_task, ranges)
+        assert plan_ranges(0, chunk, rows_per_task) == [(0, 0)]
+
+
 def test_the_plan_runs_each_range_once_an_empty_tile_included():
     """A tile's first range finds its size; the plan then adds the rest. An empty tile's one range,
     (0, 0), was added again and run twice."""
@@ -1155,8 +1200,10 @@ def test_rerun_of_a_finished_catalog_repairs_damaged_metadata_and_leaves_a_sound
 
 def test_bad_scheduler_options_are_one_line_and_leave_no_catalog(tmp_path, tiny_model, refused_port, capsys):
     import dask
-    import distributed  # noqa: F401 -- its config defaults must exist before dask.config.set: leaving the
-    # block restores the config as it was, and would drop defaults that a first import inside it added
+
+    # distributed's config defaults must exist before dask.config.set: leaving the block restores the config
+    # as it was, and would drop defaults that a first import inside it added
+    import distributed  # noqa: F401
 
     from skymorph.errors import InputError
     from skymorph.inference.job import RunConfig, run_survey

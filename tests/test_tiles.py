@@ -267,6 +267,20 @@ def test_iter_chunks_stops_early_and_checks_range(tmp_path):
         list(tile.iter_chunks(50, 101))
 
 
+def test_iter_chunks_with_rows_yields_exactly_the_chunks_holding_them(tmp_path):
+    """``rows`` picks the chunks that hold them, by each chunk's start: keyed on its end, it read the
+    chunks after them instead."""
+    images, object_id, ra, dec = _data(n=100, h=4, w=4)
+    url = str(tmp_path / "t.zarr")
+    write_tile(url, images, object_id, ra, dec, chunk_size=32, **ATTRS)
+    for rows, expected in (([5, 70], [(0, 32), (64, 96)]), ([31, 32, 99], [(0, 32), (32, 64), (96, 100)]), ([], [])):
+        for prefetch in (True, False):
+            pieces = list(open_tile(url).iter_chunks(rows=np.array(rows, dtype=np.int64), prefetch=prefetch))
+            assert [(a, b) for a, b, _ in pieces] == expected
+            for a, b, got in pieces:
+                np.testing.assert_array_equal(got, images[a:b])
+
+
 def test_tile_name():
     assert tile_name("s3://b/x/tiles/hpx5_01234.zarr/") == "hpx5_01234"
     assert tile_name("/a/b/other") == "other"
@@ -444,6 +458,14 @@ def test_a_dec_outside_the_sky_written_by_other_means_is_a_tile_error(tmp_path):
         open_tile(url).read_coords()
 
 
+def test_galaxies_at_the_poles_are_written_and_read_back(tmp_path):
+    """dec = +-90 is on the sky: a check of |dec| >= 90 instead of > 90 refused the poles."""
+    url = str(tmp_path / "poles.zarr")
+    images, object_id, _, _ = _data(n=2, h=4, w=4)
+    write_tile(url, images, object_id, np.array([0.0, 180.0]), np.array([90.0, -90.0]), **ATTRS)
+    np.testing.assert_array_equal(open_tile(url).read_coords()[2], [90.0, -90.0])
+
+
 def test_a_nan_or_infinite_position_written_by_other_means_is_named_as_such(tmp_path):
     """A NaN ra was blamed on a missing chunk file, which was there; an infinite ra was served, and
     cdshealpix put it in a HEALPix pixel."""
@@ -536,3 +558,14 @@ def test_tiles_are_a_list_or_one_store_and_a_survey_directory_points_to_its_list
         read_tiles("survey")
     with pytest.raises(InputError, match=r"tile store 'gone.zarr' does not exist"):
         read_tiles("gone.zarr")
+
+
+def test_pixels_differ_names_bands_stretch_and_a_scale_off_by_more_than_one_percent():
+    from skymorph.tiles import pixels_differ
+
+    r = {"bands": ["r"], "stretch": "asinh", "pixel_scale_arcsec": 0.262}
+    assert pixels_differ(r, dict(r)) == [] and pixels_differ(r, {**r, "pixel_scale_arcsec": 0.2645}) == []
+    assert pixels_differ(r, {"bands": ["u"], "stretch": {"kind": "linear"}, "pixel_scale_arcsec": 0.1}) == [
+        "bands ['r'] vs ['u']", "stretch asinh vs {'kind': 'linear'}", "pixel_scale_arcsec 0.262 vs 0.1"]
+    assert pixels_differ(r, {"bands": ["r"], "stretch": None, "pixel_scale_arcsec": "0.262"}) == [
+        "pixel_scale_arcsec 0.262 vs 0.262"]  # text is not a scale; an attribute not recorded is not compared

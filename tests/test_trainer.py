@@ -874,6 +874,7 @@ def test_cli_train_writes_checkpoint_and_metrics(tmp_path):
     _, meta, training = load_checkpoint(out)
     assert meta.arch == "resnet_s" and meta.input.shape == (1, 32, 32) and training == {}
     assert meta.provenance["labels_sha256"] and meta.provenance["seed"] == 0
+    assert meta.provenance["pixels"] == [{"bands": ["grey"], "stretch": "none", "pixel_scale_arcsec": 0.262}]  # run compares
     best = min(metrics["epochs"], key=lambda m: m["val_loss"])
     assert best["epoch"] == metrics["best_epoch"]
 

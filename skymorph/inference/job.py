@@ -369,23 +369,34 @@ def _note_sparse_partitions(rows: int, pixels, order: int) -> None:
             return
 
 
-def _check_sampled_tiles(tiles: list[str], input_shape, config: RunConfig) -> bool:
+def _check_sampled_tiles(tiles: list[str], metadata, config: RunConfig) -> bool:
     """Whether the catalog's positions are placeholders, judged from the first, middle and last tiles
     (``survey ingest`` without ra/dec marks its tiles so); each task checks its own tile against this.
 
     A one-line :class:`InputError` now if those tiles all hold images of another shape than the model
     takes (a survey's tiles share a shape, so every task would fail alike, tile by tile), or if some have
     placeholder positions and some sky positions. One odd tile beyond them is left to its task, which
-    records it; so is a tile that cannot be opened."""
-    from skymorph.tiles import Tile, open_tile
+    records it; so is a tile that cannot be opened. A warning if one holds pixels unlike every tile the
+    model was trained on (bands, stretch, pixel scale): the shape alone let a model of r-band asinh images
+    classify u-band linear ones without a word."""
+    from skymorph.tiles import Tile, open_tile, pixels_differ
 
-    shapes, placeholder = {}, {}
+    input_shape, trained_on = metadata.input.shape, metadata.training_pixels
+    shapes, placeholder, unlike = {}, {}, {}
     for url in dict.fromkeys((tiles[0], tiles[len(tiles) // 2], tiles[-1])):
         try:
             tile = open_tile(url, config.storage_options)
         except (SkymorphError, OSError, ValueError):
             continue
         shapes[url], placeholder[url] = tuple(tile.shape), tile.placeholder_positions
+        differences = [pixels_differ(pixels, tile.pixels) for pixels in trained_on]
+        if differences and all(differences):
+            unlike[url] = differences[0]
+    if unlike:
+        url, differences = next(iter(unlike.items()))
+        print(f"skymorph run: warning: tile {url!r} holds images unlike those the model was trained on ({'; '.join(differences)}"
+              f"{', and so do other tiles' if len(unlike) > 1 else ''}): its posteriors there are an extrapolation",
+              file=sys.stderr, flush=True)
     if len(set(placeholder.values())) > 1:
         fake, real = (next(url for url, p in placeholder.items() if p is value) for value in (True, False))
         raise InputError(f"tile {fake!r} has {Tile.positions_kind(True)} but tile {real!r} has {Tile.positions_kind(False)}: "
@@ -547,7 +558,7 @@ def run_survey(config: RunConfig) -> RunReport:
     info = read_model_info(config.model, backend=config.backend,
                            storage_options=s3_retry_options(config.model, config.storage_options))
     metadata, model_sha256 = info.metadata, info.model_sha256
-    placeholder = _check_sampled_tiles(tiles, metadata.input.shape, config)
+    placeholder = _check_sampled_tiles(tiles, metadata, config)
     _check_out(config.out, options)
     lock = DriverLock(config.out, options)
     lock.check()  # a live driver's catalog is refused before anything else is read

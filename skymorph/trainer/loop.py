@@ -418,16 +418,18 @@ def _run_settings(config: TrainConfig, meta=None, labels=None) -> TrainConfig:
     return replace(config, **{**TrainConfig.RUN_DEFAULTS, **stored, **given})
 
 
-def _provenance(config: TrainConfig, labels, tile_urls, n_train: int, n_val: int) -> dict:
+def _provenance(config: TrainConfig, labels, tile_urls, n_train: int, n_val: int, storage_options=None) -> dict:
     import torch
 
     from skymorph import __version__
+    from skymorph.tiles import sampled_pixels
 
     return {
         "labels": labels.source,
         "labels_sha256": labels.sha256,
         "tiles": config.tiles,
         "n_tiles": len(tile_urls),
+        "pixels": sampled_pixels(tile_urls, storage_options),  # what `run` compares its tiles with
         "n_train": n_train,
         "n_validation": n_val,
         "split": split_kind(labels),  # where validation came from: evaluate and --finetune compare it
@@ -625,7 +627,7 @@ def _prepare(config: TrainConfig) -> _Run:
     if config.finetune:
         training = {}  # fine-tuning keeps the weights only: new optimizer, schedule and history
 
-    provenance = _provenance(config, labels, tile_urls, n_train, n_val)
+    provenance = _provenance(config, labels, tile_urls, n_train, n_val, storage_options)
     if config.resume:  # the same run, continued: it keeps its start time and origin
         provenance.update({key: start_meta.provenance[key] for key in ("created", "finetuned_from") if key in start_meta.provenance})
     meta = CheckpointMeta(
