@@ -225,7 +225,7 @@ def arrow_filesystem(url: str, storage_options: dict | None = None):
                 arguments["region"] = region
         else:
             try:
-                arguments["region"] = pyarrow.fs.resolve_s3_region(path.split("/", 1)[0])
+                arguments["region"] = _bucket_region(path.split("/", 1)[0])
             except OSError:
                 return None
     if ca_bundle:
@@ -234,6 +234,15 @@ def arrow_filesystem(url: str, storage_options: dict | None = None):
         return pyarrow.fs.S3FileSystem(**arguments), path
     except ValueError:  # a key without its secret: s3fs's reads give the error the user knows
         return None
+
+
+@functools.lru_cache(maxsize=64)
+def _bucket_region(bucket: str) -> str:
+    """The AWS region of ``bucket``, asked once per process (an OSError, not cached, if it cannot be): each
+    lookup is a request to us-east-1, 6 s where that is unreachable (a VPC with a regional endpoint only)."""
+    import pyarrow.fs
+
+    return pyarrow.fs.resolve_s3_region(bucket)
 
 
 _MISSPELT_SCHEME = re.compile(r"(s3|gs|gcs|az|abfs|https?):/?(?!/)", re.IGNORECASE)

@@ -499,3 +499,31 @@ def test_a_botocore_without_conditional_writes_is_refused(s3, s3_bucket, monkeyp
     with pytest.raises(InputError, match=r"predates S3's conditional writes \(IfMatch unknown\).*upgrade botocore"):
         storage.replace_if_version(f"{s3_bucket}/lock", b"x", '"etag"')
     assert not storage.exists(f"{s3_bucket}/lock")
+
+
+def test_a_bucket_s_region_is_looked_up_once_per_process(monkeypatch):
+    """Without an endpoint (AWS itself) every Arrow filesystem asked us-east-1 for the bucket's region:
+    6 s a query where that endpoint is unreachable. No request leaves: the lookup is counted, not made."""
+    import pyarrow.fs
+
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_CONFIG_FILE", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    asked = []
+
+    def resolve(bucket):
+        asked.append(bucket)
+        if bucket == "unreachable":
+            raise OSError("Could not resolve host")
+        return "eu-west-2"
+
+    monkeypatch.setattr(pyarrow.fs, "resolve_s3_region", resolve)
+    storage._bucket_region.cache_clear()
+    for _ in range(3):
+        fs, path = storage.arrow_filesystem("s3://survey-bucket/catalog/part.parquet")
+        assert fs.region == "eu-west-2" and path == "survey-bucket/catalog/part.parquet"
+        assert storage.arrow_filesystem("s3://unreachable/x") is None
+    assert asked == ["survey-bucket", "unreachable", "unreachable", "unreachable"]  # a failure is asked again
+    storage._bucket_region.cache_clear()
