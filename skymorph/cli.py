@@ -509,16 +509,18 @@ def _cmd_catalog_query(args) -> int:
         _check_new([args.out], "--out", args)
     cone = Cone(*args.cone) if args.cone else None
     columns = None if args.columns is None else [c.strip() for c in args.columns.split(",") if c.strip()]
-    limit = args.limit if args.limit or args.out else 20  # on a terminal, a screenful unless asked
+    screenful = not (args.limit or args.out)  # on a terminal, 20 rows unless asked; one more says whether there are more
     result = query_to(args.catalog, args.out, where=args.where, columns=columns, cone=cone, order_by=args.order_by,
-                      limit=limit, storage_options=_storage_options(args))
-    print(f"read {len(result.plan.pixels)} of {result.plan.total_pixels} partitions; {result.rows} rows", file=sys.stderr)
+                      limit=21 if screenful else args.limit, storage_options=_storage_options(args))
+    more = screenful and result.rows > 20
+    rows = "the first 20 rows" if more else f"{result.rows} rows"
+    print(f"read {len(result.plan.pixels)} of {result.plan.total_pixels} partitions; {rows}", file=sys.stderr)
     if args.out:
         print(f"wrote {result.rows} rows to {args.out} ({result.format})")
     else:
-        print(format_terminal(result.table, max_rows=limit))
-        if not args.limit and result.rows == limit:
-            print(f"(first {limit} rows; use --limit N or --out FILE for more)", file=sys.stderr)
+        print(format_terminal(result.table.slice(0, 20) if more else result.table, max_rows=20 if screenful else args.limit))
+        if more:
+            print("(first 20 rows; use --limit N or --out FILE for more)", file=sys.stderr)
     return 0
 
 

@@ -695,3 +695,14 @@ def test_query_to_reads_once_into_memory_or_into_a_file(catalog, full, tmp_path)
     assert sorted(pq.read_table(tmp_path / "rows.parquet")["object_id"].to_pylist()) == expected
     with pytest.raises(InputError, match="cannot tell the format of 'nowhere/rows.txt'"):
         query_to("no-such-catalog", "nowhere/rows.txt")
+
+
+def test_the_terminal_says_rows_are_left_out_only_when_some_are(catalog, full, capsys):
+    """A result of exactly 20 rows was followed by '(first 20 rows; use --limit N ...)'."""
+    ids = np.sort(full.object_id.to_numpy())
+    for last, more in ((ids[19], False), (ids[20], True)):
+        assert main(["catalog", "query", catalog, "--where", f"object_id <= {last}", "--columns", "object_id"]) == 0
+        out, err = capsys.readouterr()
+        assert ("(first 20 rows; use --limit N or --out FILE for more)" in err) is more
+        assert ("; the first 20 rows" if more else "; 20 rows") in err
+        assert sum(line.strip().isdigit() for line in out.splitlines()) == 20

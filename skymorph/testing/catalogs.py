@@ -94,7 +94,7 @@ def _write_tiles(job: dict) -> list:
         rng = np.random.default_rng([job["seed"], tile_index])
         half = np.radians(tile_deg / 2)
         # Uniform on the sphere inside the tile: uniform in sin(dec), then in RA.
-        sin_lo, sin_hi = np.sin(np.radians(dec_c) - half), np.sin(min(np.radians(dec_c) + half, np.pi / 2))
+        sin_lo, sin_hi = np.sin(max(np.radians(dec_c) - half, -np.pi / 2)), np.sin(min(np.radians(dec_c) + half, np.pi / 2))
         dec = np.degrees(np.arcsin(rng.uniform(sin_lo, sin_hi, per_tile)))
         ra = (ra_c + rng.uniform(-0.5, 0.5, per_tile) * tile_deg / np.cos(np.radians(dec_c))) % 360.0
         object_id = np.int64(tile_index) * per_tile + np.arange(per_tile, dtype=np.int64)
