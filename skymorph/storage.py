@@ -373,11 +373,15 @@ def remove_paths(fs, paths: list[str], recursive: bool = False) -> None:
     parts stayed in a finished catalog (queries returned rows ``hats.properties`` does not count) and
     ``--overwrite`` wrote into the old catalog. Here the first kept key is raised as an ``OSError`` naming it.
     """
+    if not paths:
+        return
     if "s3" not in fs.protocol:
         fs.rm(paths, recursive=recursive)
         return
     keys: dict[str, list[str]] = {}
-    for path in fs.expand_path(paths, recursive=recursive):
+    # files only, folder markers included: expand_path also gives the "folders" between, which are no objects
+    found = [f for p in paths for f in (fs.find(p, withdirs=False) or [p])] if recursive else fs.expand_path(paths)
+    for path in found:
         bucket, key, _ = fs.split_path(path)
         if key:  # a bucket or a folder marker's parent: S3 has no directories to remove
             keys.setdefault(bucket, []).append(key)
@@ -475,7 +479,7 @@ def replace_if_version(url: str, data: bytes, version, storage_options: dict | N
                 os.unlink(tmp)
     with _naming(url):
         if "s3" in fs.protocol and version is not None:
-            _check_conditional_writes(url, len(data))
+            _check_conditional_writes(url, len(data), "IfMatch")
             try:  # one PUT: S3 takes no condition on a multipart upload, and s3fs would drop it
                 fs.pipe_file(path, data, IfMatch=version, chunksize=_MAX_PUT_BYTES)
                 return True
@@ -526,7 +530,7 @@ def create_exclusive_bytes(url: str, data: bytes, storage_options: dict | None =
     fs, path = filesystem(url, storage_options)
     with _naming(url):
         if "s3" in fs.protocol:  # s3:// and s3a://
-            _check_conditional_writes(url, len(data))
+            _check_conditional_writes(url, len(data), "IfNoneMatch")
             try:
                 fs.pipe_file(path, data, mode="create", chunksize=_MAX_PUT_BYTES)
                 return
@@ -547,20 +551,19 @@ _MAX_PUT_BYTES = 5 * 2**30
 """The largest object one S3 PUT writes; a conditional write must be one PUT."""
 
 
-def _check_conditional_writes(url: str, size: int) -> None:
+def _check_conditional_writes(url: str, size: int, condition: str) -> None:
     """Refuse a conditional write that would not be one: s3fs passes botocore only the parameters its S3
-    model knows, so with a botocore older than S3's conditional writes (If-None-Match 2024-08, If-Match
-    2024-11) the condition was dropped without a word and two runs could both hold one lock."""
+    model knows, so with a botocore older than S3's conditional writes (``IfNoneMatch`` 2024-08,
+    ``IfMatch`` 2024-11) the condition was dropped without a word and two runs could both hold one lock."""
     import botocore
 
     if size >= _MAX_PUT_BYTES:
         raise InputError(f"{url!r}: a conditional write of {size} bytes is over S3's single-PUT limit of 5 GiB")
-    known = _put_object_parameters()
-    missing = [name for name in ("IfMatch", "IfNoneMatch") if name not in known]
-    if missing:
+    if condition not in _put_object_parameters():
         raise InputError(
-            f"botocore {botocore.__version__} predates S3's conditional writes ({', '.join(missing)} unknown), so skymorph "
-            f"cannot keep two runs off {url!r}; upgrade botocore (and aiobotocore, which pins it)"
+            f"botocore {botocore.__version__} predates S3's conditional writes ({condition} unknown), so the write to "
+            f"{url!r} cannot be made only if {'nothing is there' if condition == 'IfNoneMatch' else 'it is unchanged'}; "
+            "upgrade botocore (and aiobotocore, which pins it)"
         )
 
 

@@ -161,8 +161,12 @@ class Tile:
 
     @property
     def pixels(self) -> dict:
-        """The :data:`PIXEL_KEYS` attributes: bands, stretch and pixel scale of the images."""
-        return {key: self.attrs.get(key) for key in PIXEL_KEYS}
+        """The :data:`PIXEL_KEYS` attributes: bands, stretch and pixel scale of the images; the scale None
+        where ``survey ingest`` was given none (it records 1.0 then, a placeholder)."""
+        pixels = {key: self.attrs.get(key) for key in PIXEL_KEYS}
+        if self.attrs.get("pixel_scale_is_placeholder"):
+            pixels["pixel_scale_arcsec"] = None
+        return pixels
 
     @staticmethod
     def positions_kind(placeholder: bool) -> str:
@@ -310,7 +314,8 @@ def pixels_differ(pixels: dict, other: dict) -> list[str]:
 def sampled_pixels(tile_urls: Sequence[str], storage_options: dict | None = None, at_most: int = 32) -> list[dict]:
     """The distinct :attr:`Tile.pixels` of up to ``at_most`` tiles spread evenly over ``tile_urls`` (one
     metadata read each); tiles that cannot be opened are left to whoever reads them."""
-    picks = sorted({round(i * (len(tile_urls) - 1) / max(at_most - 1, 1)) for i in range(min(at_most, len(tile_urls)))})
+    k = min(at_most, len(tile_urls))
+    picks = sorted({round(i * (len(tile_urls) - 1) / max(k - 1, 1)) for i in range(k)})
     distinct: dict[str, dict] = {}
     for i in picks:
         try:

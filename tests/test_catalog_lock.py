@@ -78,13 +78,14 @@ def test_stale_locks_are_taken_over(tmp_path):
 
 def test_release_leaves_a_lock_taken_over_by_another_driver(tmp_path):
     catalog = str(tmp_path / "cat")
-    lock = DriverLock(catalog, heartbeat_s=60, stale_after_s=120)
+    lock = DriverLock(catalog, heartbeat_s=50, stale_after_s=120)
     lock.acquire()
     _holder(catalog, session="newer", host="elsewhere.example")
     lock.release()
     assert json.loads(read_text(layout.driver_lock_url(catalog)))["session"] == "newer"
-    with pytest.raises(InputError, match="heartbeat_s < stale_after_s"):
-        DriverLock(catalog, heartbeat_s=10, stale_after_s=5)
+    for heartbeat_s in (10, 2.5):  # a run stops at half stale_after_s without a beat: it must beat before then
+        with pytest.raises(InputError, match=r"need 0 < heartbeat_s < stale_after_s / 2, got"):
+            DriverLock(catalog, heartbeat_s=heartbeat_s, stale_after_s=5)
 
 
 def _acquire_together(locks: list[DriverLock]) -> list[bool]:

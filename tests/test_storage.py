@@ -465,14 +465,15 @@ def test_create_exclusive_bytes_wins_once_and_its_own_error_is_the_one_raised(tm
 def test_a_delete_s3_refuses_per_key_is_an_error_naming_the_key(s3, s3_bucket):
     """DeleteObjects answers a key a bucket policy keeps with 200 and an <Error> for it, which s3fs ignores:
     finish left stale parts in a catalog its queries read, and --overwrite left the old catalog."""
-    for name in ("keep/a.txt", "keep/b.txt", "free/c.txt"):
+    for name in ("keep/a.txt", "keep/sub/b.txt", "free/c.txt"):
         storage.atomic_write_text(f"{s3_bucket}/{name}", name)
     s3.deny_deletes(f"{s3_bucket}/keep/")
     fs, _ = storage.filesystem(s3_bucket)
     root = s3_bucket.removeprefix("s3://")
     with pytest.raises(PermissionError) as info:
         storage.remove_paths(fs, [f"{root}/keep", f"{root}/free"], recursive=True)
-    assert info.value.errno == errno.EACCES and info.value.filename in (f"{s3_bucket}/keep/a.txt", f"{s3_bucket}/keep/b.txt")
+    # objects only: the "folder" keep/sub between them is no object, and was named as one kept
+    assert info.value.errno == errno.EACCES and info.value.filename in (f"{s3_bucket}/keep/a.txt", f"{s3_bucket}/keep/sub/b.txt")
     assert "S3 did not delete this object (AccessDenied: Access Denied), nor 1 more: 's3://" in str(info.value)
     assert not storage.exists(f"{s3_bucket}/free/c.txt") and storage.exists(f"{s3_bucket}/keep/a.txt")
     with pytest.raises(PermissionError, match=r"\(AccessDenied: Access Denied\): 's3://.*/keep/a.txt'$"):
@@ -482,23 +483,29 @@ def test_a_delete_s3_refuses_per_key_is_an_error_naming_the_key(s3, s3_bucket):
 
 def test_conditional_writes_are_single_puts(s3, s3_bucket, monkeypatch):
     """S3 takes no condition on a multipart upload, and s3fs passes none to one: a conditional write over
-    s3fs's multipart threshold was a plain write."""
-    monkeypatch.setattr(storage, "_MAX_PUT_BYTES", 1000)  # the 5 GiB limit, scaled down
+    s3fs's multipart threshold (100 MiB) replaced an object that had changed since it was read."""
+    url = f"{s3_bucket}/big"
+    big = b"x" * (100 * 2**20 + 1)
+    storage.create_exclusive_bytes(url, big)
+    _, version = storage.read_versioned(url)
+    storage.atomic_write_bytes(url, b"another writer's")
+    assert not storage.replace_if_version(url, big, version) and storage.read_bytes(url) == b"another writer's"
+    _, version = storage.read_versioned(url)
+    assert storage.replace_if_version(url, big, version) and storage.read_bytes(url) == big
+    monkeypatch.setattr(storage, "_MAX_PUT_BYTES", 1000)  # the 5 GiB limit of one PUT, scaled down
     with pytest.raises(InputError, match=r"conditional write of 1000 bytes is over S3's single-PUT limit"):
-        storage.create_exclusive_bytes(f"{s3_bucket}/big", b"x" * 1000)
-    storage.create_exclusive_bytes(f"{s3_bucket}/small", b"x" * 999)
-    text, version = storage.read_versioned(f"{s3_bucket}/small")
-    assert storage.replace_if_version(f"{s3_bucket}/small", b"y" * 10, version) and storage.read_bytes(f"{s3_bucket}/small") == b"y" * 10
-    assert not storage.replace_if_version(f"{s3_bucket}/small", b"z", version)  # the version read is gone
+        storage.create_exclusive_bytes(f"{s3_bucket}/over", b"x" * 1000)
 
 
 def test_a_botocore_without_conditional_writes_is_refused(s3, s3_bucket, monkeypatch):
     """s3fs passes botocore only the parameters its S3 model knows: with one from before 2024-11 the
     If-Match was dropped without a word, and two runs could both hold one lock."""
     monkeypatch.setattr(storage, "_put_object_parameters", lambda: frozenset({"Bucket", "Key", "Body", "IfNoneMatch"}))
-    with pytest.raises(InputError, match=r"predates S3's conditional writes \(IfMatch unknown\).*upgrade botocore"):
+    with pytest.raises(InputError, match=r"predates S3's conditional writes \(IfMatch unknown\), so the write to '.*/lock' cannot be "
+                                         r"made only if it is unchanged; upgrade botocore"):
         storage.replace_if_version(f"{s3_bucket}/lock", b"x", '"etag"')
     assert not storage.exists(f"{s3_bucket}/lock")
+    storage.create_exclusive_bytes(f"{s3_bucket}/model.onnx", b"x")  # needs only IfNoneMatch, which it knows
 
 
 def test_a_bucket_s_region_is_looked_up_once_per_process(monkeypatch):

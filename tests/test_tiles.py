@@ -569,3 +569,19 @@ def test_pixels_differ_names_bands_stretch_and_a_scale_off_by_more_than_one_perc
         "bands ['r'] vs ['u']", "stretch asinh vs {'kind': 'linear'}", "pixel_scale_arcsec 0.262 vs 0.1"]
     assert pixels_differ(r, {"bands": ["r"], "stretch": None, "pixel_scale_arcsec": "0.262"}) == [
         "pixel_scale_arcsec 0.262 vs 0.262"]  # text is not a scale; an attribute not recorded is not compared
+
+
+def test_sampled_pixels_spread_over_the_whole_list_and_skip_an_unknown_scale(tmp_path):
+    """Spaced for 32 tiles, a list of 5 opened only its first 2, and tiles `survey ingest` gave no scale
+    (a placeholder 1.0) read as pixels of 1 arcsec: both made run warn of tiles the model was trained on."""
+    from skymorph.tiles import sampled_pixels
+
+    urls = []
+    for i, (scale, placeholder) in enumerate(((0.2, False),) * 3 + ((0.4, False), (1.0, True))):
+        urls.append(str(tmp_path / f"t{i}.zarr"))
+        write_tile(urls[-1], np.ones((2, 1, 4, 4), np.uint8), np.arange(2) + 10 * i, np.zeros(2), np.zeros(2),
+                   **{**ATTRS, "pixel_scale_arcsec": scale}, extra_attrs={"pixel_scale_is_placeholder": placeholder})
+    assert sampled_pixels(urls) == [{**{k: ATTRS[k] for k in ("bands", "stretch")}, "pixel_scale_arcsec": scale}
+                                    for scale in (0.2, 0.4, None)]
+    assert sampled_pixels(urls, at_most=2) == [{**{k: ATTRS[k] for k in ("bands", "stretch")}, "pixel_scale_arcsec": scale}
+                                               for scale in (0.2, None)]  # the first and the last

@@ -293,6 +293,7 @@ def test_a_checkpoint_with_a_flipped_byte_is_refused(tmp_path):
     path = tmp_path / "c.ckpt"
     save_checkpoint(str(path), build_model("w20", meta.schema, meta.input, "multinomial"), meta)
     data = bytearray(path.read_bytes())
+    (tmp_path / "c.ckpt.orig").write_bytes(bytes(data))
     with zipfile.ZipFile(path) as archive:
         largest = max(archive.infolist(), key=lambda info: info.file_size)  # a weight tensor, stored uncompressed
     start = largest.header_offset + 30 + len(largest.filename.encode()) + len(largest.extra)
@@ -301,6 +302,9 @@ def test_a_checkpoint_with_a_flipped_byte_is_refused(tmp_path):
     with pytest.raises(ModelError, match=rf"c.ckpt' is damaged: its '{largest.filename.rsplit('/', 1)[-1]}' record fails its CRC-32 "
                                          r"check; give an undamaged copy of the checkpoint$"):
         load_checkpoint(str(path))
+    legacy = tmp_path / "legacy.ckpt"  # torch's format before zip archives: no CRC to check, and it still loads
+    torch.save(torch.load(tmp_path / "c.ckpt.orig", weights_only=True), legacy, _use_new_zipfile_serialization=False)
+    assert load_checkpoint(str(legacy))[1] == meta
 
 
 def test_numpy_numbers_in_a_checkpoints_metadata_are_saved_as_numbers(tmp_path):

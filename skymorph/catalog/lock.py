@@ -110,8 +110,8 @@ class DriverLock:
     """``check()`` before touching the catalog, ``acquire()`` before writing it, ``release()`` at the end."""
 
     def __init__(self, catalog: str, storage_options: dict | None = None, heartbeat_s: float = 30.0, stale_after_s: float = 300.0) -> None:
-        if not 0 < heartbeat_s < stale_after_s:
-            raise InputError(f"need 0 < heartbeat_s < stale_after_s, got {heartbeat_s} and {stale_after_s}")
+        if not 0 < heartbeat_s < stale_after_s / 2:  # a run stops once half of stale_after_s passes without a beat
+            raise InputError(f"need 0 < heartbeat_s < stale_after_s / 2, got {heartbeat_s} and {stale_after_s}")
         self.url = layout.driver_lock_url(catalog)
         self.catalog, self.storage_options = catalog, storage_options
         self.heartbeat_s, self.stale_after_s = heartbeat_s, stale_after_s
@@ -192,7 +192,8 @@ class DriverLock:
         if self.confirm() if read else self.held:
             unrenewed = time.monotonic() - self._renewed if self._renewed is not None else 0.0
             if unrenewed > self.stale_after_s / 2:  # heartbeats failing: stop before another run may take the lock
-                why = first_line(self._beat_error) if self._beat_error is not None else "it changed under each heartbeat"
+                why = (first_line(self._beat_error) if self._beat_error is not None else
+                       "the store refused each heartbeat's conditional overwrite, If-Match")
                 raise CatalogError(
                     f"this run's lock on {self.catalog!r} has not been renewed for {unrenewed:.0f} s ({why}); stopped before "
                     f"it goes stale ({self.stale_after_s:.0f} s) and another run may take the catalog: check that the store "

@@ -191,6 +191,12 @@ def _remote_scan(parts: list[str], schema, storage_options: dict | None):
                                            filesystem=native[0])
 
 
+def _counts_from_footers(catalog: Catalog) -> bool:
+    """Whether ``count(*)`` over the catalog reads only Parquet footers: not through :class:`_RemoteParts`,
+    which reads every part whole."""
+    return not is_remote(catalog.url) or arrow_filesystem(catalog.url, catalog.storage_options) is not None
+
+
 class _RemoteParts:
     """A remote catalog's part files as an Arrow stream that DuckDB can scan again and again: each
     ``__arrow_c_stream__`` is a fresh stream that reads the parts one at a time, whole, through fsspec, in
@@ -539,7 +545,8 @@ def _reader(catalog: Catalog, plan: QueryPlan, where, order_by, limit, batch_row
     user_sql = tuple(option for option, sql in (("--where", where), ("--order-by", order_by)) if sql)
     # a limit without an order takes the first rows in file order: the same rows on every call
     with connect(catalog, plan.pixels, user_sql=user_sql, preserve_order=limit is not None and not order_by) as con:
-        if len(plan.pixels) == plan.total_pixels:  # a lost part file made an export short without a word (footers only)
+        if limit is None and len(plan.pixels) == plan.total_pixels and _counts_from_footers(catalog):
+            # every row: a lost part file made an export short without a word
             catalog.check_total_rows(con.execute("SELECT count(*) FROM catalog").fetchall()[0][0])
         _validate_fragments(con, catalog, where, order_by, plan.select)
         reader = check_sql(con, plan.sql, catalog.columns, "query").to_arrow_reader(batch_rows)

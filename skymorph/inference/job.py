@@ -504,22 +504,20 @@ def _remove_for_overwrite(config: RunConfig, lock, options: dict) -> None:
         layout.remove_catalog(config.out, options, keep_lock=True)
 
 
-def _tidy_finished(out: str, manifest, lock, options: dict) -> None:
+def _tidy_finished(out: str, lock, options: dict) -> None:
     """A driver killed after its finish step wrote ``hats.properties`` left its journal, its lock and perhaps
     a temporary file: the rerun, which finds the catalog finished, compacts, removes and releases them,
     holding the lock (:meth:`DriverLock.check` found no live holder). A lock left there read as a live run,
     and from another host refused reruns for 5 minutes."""
-    from skymorph.catalog.writer import journal_segments, write_manifest
-    from skymorph.storage import exists, filesystem
+    from skymorph.catalog.writer import journal_segments, read_manifest, write_manifest
+    from skymorph.storage import exists, filesystem, remove_paths
 
-    temps = layout.list_temp_files(out, options)
-    if not (journal_segments(out, options) or temps or exists(layout.driver_lock_url(out), options)):
+    if not (journal_segments(out, options) or layout.list_temp_files(out, options) or exists(layout.driver_lock_url(out), options)):
         return
     with lock:
         lock.check_held(read=True)
-        write_manifest(out, manifest, options)
-        for path in temps:
-            filesystem(out, options)[0].rm(path)
+        write_manifest(out, read_manifest(out, options), options)  # read under the lock: all that any run recorded
+        remove_paths(filesystem(out, options)[0], layout.list_temp_files(out, options))
 
 
 def _default_name(out: str) -> str:
@@ -576,7 +574,7 @@ def run_survey(config: RunConfig) -> RunReport:
     nothing_to_do = not plan.has_work()
     total_rows = None if is_new or not nothing_to_do else _finished(config.out, manifest, arrow_schema, options)
     if total_rows is not None:
-        _tidy_finished(config.out, manifest, lock, options)
+        _tidy_finished(config.out, lock, options)
         return RunReport(catalog=config.out, model_sha256=model_sha256, tiles=len(tiles), tiles_skipped=plan.skipped,
                          ranges_skipped=plan.ranges_skipped, ranges_run=0, rows_written=0, total_rows=total_rows,
                          failures=(), seconds=time.perf_counter() - started, stage_seconds={}, dashboard=None,

@@ -22,6 +22,7 @@ import json
 import pickle
 import warnings
 import zipfile
+import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
 
@@ -130,6 +131,21 @@ def save_checkpoint(path: str, model, meta: CheckpointMeta, *, training: dict | 
     atomic_write_bytes(str(path), buffer.getvalue(), storage_options)
 
 
+def _check_crc(path: str, data: bytes) -> None:
+    """A one-line :class:`ModelError` if a record of the zip archive ``torch.save`` writes fails its CRC-32:
+    ``torch.load`` does not check them, and a byte flipped in storage loaded wrong weights without a word.
+    An archive too damaged to list, or the legacy format (no zip), is left to ``torch.load``'s own checks."""
+    if not data.startswith(b"PK\x03\x04"):
+        return
+    try:
+        damaged = zipfile.ZipFile(io.BytesIO(data)).testzip()
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, ValueError, OSError):
+        return
+    if damaged is not None:
+        raise ModelError(f"{path!r} is damaged: its {damaged.rsplit('/', 1)[-1]!r} record fails its CRC-32 check; give an "
+                         "undamaged copy of the checkpoint")
+
+
 def read_checkpoint(path: str, storage_options=None, *, data: bytes | None = None) -> tuple[CheckpointMeta, dict]:
     """``(meta, payload)`` of the checkpoint at ``path`` without building the model.
 
@@ -141,6 +157,7 @@ def read_checkpoint(path: str, storage_options=None, *, data: bytes | None = Non
 
     if data is None:
         data = read_bytes(str(path), storage_options)
+    _check_crc(path, data)
     try:
         with warnings.catch_warnings():  # a foreign pickle's protocol: torch warns, then fails or not; we say which
             warnings.simplefilter("ignore", UserWarning)
@@ -164,10 +181,6 @@ def read_checkpoint(path: str, storage_options=None, *, data: bytes | None = Non
         ) from err
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ModelError(f"{path!r} is a torch file but not a skymorph checkpoint; give a file written by `skymorph train`")
-    damaged = zipfile.ZipFile(io.BytesIO(data)).testzip()  # torch.load does not check the archive's CRC-32s
-    if damaged is not None:
-        raise ModelError(f"{path!r} is damaged: its {damaged.rsplit('/', 1)[-1]!r} record fails its CRC-32 check; give an "
-                         "undamaged copy of the checkpoint")
     if payload.get("format_version") != FORMAT_VERSION:
         raise ModelError(
             f"{path!r} has checkpoint format version {payload.get('format_version')}, this skymorph reads {FORMAT_VERSION}"
