@@ -383,7 +383,7 @@ def remove_paths(fs, paths: list[str], recursive: bool = False) -> None:
     found = [f for p in paths for f in (fs.find(p, withdirs=False) or [p])] if recursive else fs.expand_path(paths)
     for path in found:
         bucket, key, _ = fs.split_path(path)
-        if key:  # a bucket or a folder marker's parent: S3 has no directories to remove
+        if key:  # a bare bucket is no object to delete
             keys.setdefault(bucket, []).append(key)
     for bucket, names in keys.items():
         for start in range(0, len(names), _DELETE_BATCH):
