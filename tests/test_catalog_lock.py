@@ -176,6 +176,23 @@ def test_a_store_without_conditional_writes_still_gets_a_lock(s3, s3_bucket, mon
             assert type(err.value) is raised  # not FileNotFoundError: "remove a lock" that is not there
 
 
+def test_a_store_that_ignores_conditional_writes_is_warned_of(s3, s3_bucket, monkeypatch, capsys):
+    """GCS's S3 interoperability ignores If-None-Match on writes: two drivers started together both created
+    the lock, without a word. The lock is created a second time, which must fail, to find out."""
+    from skymorph.testing.faulty_proxy import FaultyProxy
+
+    catalog = f"{s3_bucket}/cat"
+    with DriverLock(catalog):
+        assert "warning" not in capsys.readouterr().err  # moto honours If-None-Match, as S3 does
+    with FaultyProxy(s3.endpoint_url, p_503=0, p_drop=0, ignore_conditions=True) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        with DriverLock(catalog) as lock:
+            assert lock.holder().session == lock.session
+    assert capsys.readouterr().err == (f"skymorph: warning: the store of {layout.driver_lock_url(catalog)} ignores If-None-Match (an "
+                                       "exclusive create of the existing lock succeeded): of two runs started together on this "
+                                       "catalog, the one the lock does not name stops only when it next reads the lock\n")
+
+
 def test_a_driver_whose_own_create_was_answered_late_holds_the_lock(tmp_path):
     """A create whose reply was lost is retried and refused as 'exists': by this driver's own lock."""
     catalog = str(tmp_path / "cat")

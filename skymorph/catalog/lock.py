@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -37,7 +38,7 @@ from dataclasses import asdict, dataclass
 
 from skymorph.catalog import layout
 from skymorph.errors import CatalogError, InputError, first_line
-from skymorph.storage import create_exclusive_bytes, read_text, read_versioned, remove_file, replace_if_version
+from skymorph.storage import create_exclusive_bytes, is_remote, read_text, read_versioned, remove_file, replace_if_version
 
 __all__ = ["DriverLock", "LockHolder", "check_session"]
 
@@ -159,9 +160,23 @@ class DriverLock:
             holder = self.holder()
             if holder is None or holder.session != self.session:
                 raise CatalogError(self._held_by(holder))
+        if is_remote(self.url):
+            self._probe_exclusive_create()
         self._renewed = time.monotonic()
         self._thread = threading.Thread(target=self._beat, name="skymorph-driver-lock", daemon=True)
         self._thread.start()
+
+    def _probe_exclusive_create(self) -> None:
+        """Warn if the store ignores If-None-Match: creating the lock again must fail. On such a store (GCS's
+        S3 interoperability ignores it on writes) two drivers started together both create the lock, and
+        are kept apart only by each reading it before it writes. One request a run."""
+        try:
+            create_exclusive_bytes(self.url, self._record(), self.storage_options)
+        except FileExistsError:
+            return
+        print(f"skymorph: warning: the store of {self.url} ignores If-None-Match (an exclusive create of the existing lock "
+              "succeeded): of two runs started together on this catalog, the one the lock does not name stops only when it "
+              "next reads the lock", file=sys.stderr, flush=True)
 
     @property
     def held(self) -> bool:

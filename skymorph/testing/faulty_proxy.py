@@ -59,7 +59,9 @@ class FaultCounts:
 class FaultyProxy:
     """Forward to ``upstream`` (``http://host:port``); answer a share ``p_503`` of requests with 503
     SlowDown and drop a share ``p_drop``, drawn from ``random.Random(seed)``. ``url`` is the proxy's
-    own address once started; ``counts`` tallies what it did."""
+    own address once started; ``counts`` tallies what it did. ``conditional_put_status`` answers PUTs
+    with If-None-Match so (a store without conditional writes); ``ignore_conditions`` forwards PUTs
+    without If-Match and If-None-Match (a store that ignores them); ``deny`` refuses requests matching it."""
 
     upstream: str
     p_503: float = 0.1
@@ -67,6 +69,7 @@ class FaultyProxy:
     seed: int = 0
     host: str = "127.0.0.1"
     conditional_put_status: int = 0
+    ignore_conditions: bool = False
     deny: str = ""
     url: str = ""
     counts: FaultCounts = field(default_factory=FaultCounts)
@@ -150,6 +153,8 @@ class FaultyProxy:
                     self._error(503, "Slow Down", _SLOW_DOWN)
                     return
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
+                if proxy.ignore_conditions and self.command == "PUT":  # a store that ignores conditional writes
+                    headers = {k: v for k, v in headers.items() if k.lower() not in ("if-match", "if-none-match")}
                 headers["Content-Length"] = str(len(body))
                 conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
                 try:
