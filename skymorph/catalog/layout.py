@@ -223,12 +223,12 @@ def list_temp_files(catalog: str, storage_options: dict | None = None) -> list[s
     if not fs.exists(root):
         return []
     lock_temp = "." + posixpath.basename(driver_lock_url(catalog)) + "."
-    found = [path for path in list_dir(fs, root).values() if _is_temp(posixpath.basename(path))]
+    found = list(list_dir(fs, root).values())
     for sub in (dataset_url(catalog), join(catalog, _SKYMORPH)):
-        sub_root = strip_protocol(sub)
-        if fs.exists(sub_root):
-            found += [path for path in fs.find(sub_root) if _is_temp(posixpath.basename(path))]
-    return sorted(path for path in found if not posixpath.basename(path).startswith(lock_temp))
+        if fs.exists(strip_protocol(sub)):
+            found += fs.find(strip_protocol(sub))
+    names = {path: posixpath.basename(path) for path in found}
+    return sorted(path for path, name in names.items() if _is_temp(name) and not name.startswith(lock_temp))
 
 
 def _is_temp(name: str) -> bool:

@@ -421,9 +421,7 @@ def finish_catalog(catalog: str, manifest: Manifest, schema, properties: Catalog
             "rerun with --overwrite"
         )
     temps = layout.list_temp_files(catalog, storage_options)  # every range is finished: no writer owns them
-    fs = filesystem(catalog, storage_options)[0]
-    if stale or temps:
-        remove_paths(fs, [fs._strip_protocol(p.url) for p in stale] + list(temps))
+    remove_paths(filesystem(catalog, storage_options)[0], [strip_protocol(p.url) for p in stale] + temps)
     if not is_remote(catalog):  # hats' validation refuses a pixel directory without a part (S3 has no directories)
         _remove_empty_directories([os.path.dirname(strip_protocol(p.url)) for p in stale] + [os.path.dirname(p) for p in temps],
                                   strip_protocol(layout.dataset_url(catalog)))

@@ -85,8 +85,7 @@ def prepare_survey_out(out: str, storage_options: dict | None) -> None:
     found bad on the way (no cutout readable) leaves the old survey as it was."""
     fs, root = storage.filesystem(out, storage_options)
     files, stores, _ = _survey_entries(fs, root)
-    if files or stores:
-        storage.remove_paths(fs, files + stores, recursive=True)
+    storage.remove_paths(fs, files + stores, recursive=True)
     if not storage.is_remote(out):
         try:
             os.makedirs(os.path.join(storage.strip_protocol(out), "tiles"), exist_ok=True)
