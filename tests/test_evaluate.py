@@ -35,6 +35,16 @@ def _brute_force_interval(pmfs: np.ndarray, k: int, level: float) -> tuple[bool,
     return lo <= k <= hi, float(sum(pmf[lo : hi + 1]))
 
 
+def _brute_force_within(pmfs: np.ndarray, k: int, deviation: float) -> tuple[bool, float]:
+    """Whether k is within deviation x N of the predictive mode, found by scanning the pmf, and the
+    probability of those counts, summed term by term."""
+    pmf = pmfs.mean(axis=0)
+    n = len(pmf) - 1
+    mode = max(range(n + 1), key=lambda j: (pmf[j], -j))  # the smallest count on a tie
+    near = [j for j in range(n + 1) if abs(j - mode) <= deviation * n + 1e-9]
+    return k in near, float(sum(pmf[j] for j in near))
+
+
 @pytest.mark.parametrize("likelihood", ["multinomial", "dirichlet_multinomial"])
 def test_coverage_matches_brute_force_intervals(likelihood):
     rng = np.random.default_rng(4)
@@ -47,11 +57,12 @@ def test_coverage_matches_brute_force_intervals(likelihood):
         outputs = 1 + 20 * rng.random((b, t, schema.n_answers))
     votes = rng.integers(0, 6, size=(b, schema.n_answers))
     votes[:3, schema.question_slices[1]] = 0  # some galaxies never asked question 1
-    got = coverage(outputs, votes, schema, likelihood, levels=(0.3, 0.9))
+    got = coverage(outputs, votes, schema, likelihood, levels=(0.3, 0.9), deviations=(0.0, 0.2, 0.5))
     for q, s in zip(schema.questions, schema.question_slices):
         n = votes[:, s].sum(1)
         answers = [s.start] if len(q.answers) == 2 else range(s.start, s.stop)
-        for level in (0.3, 0.9):
+        for kind, width, brute_force in [("", level, _brute_force_interval) for level in (0.3, 0.9)] + \
+                                        [("_within", deviation, _brute_force_within) for deviation in (0.0, 0.2, 0.5)]:
             inside, mass = [], []
             for i in np.flatnonzero(n > 0):
                 for a in answers:
@@ -61,11 +72,27 @@ def test_coverage_matches_brute_force_intervals(likelihood):
                     else:
                         rest = outputs[i, :, s].sum(-1) - outputs[i, :, a]
                         pmfs = np.stack([stats.betabinom.pmf(k, n[i], outputs[i, j, a], rest[j]) for j in range(t)])
-                    pair_inside, pair_mass = _brute_force_interval(pmfs, votes[i, a], level)
+                    pair_inside, pair_mass = brute_force(pmfs, votes[i, a], width)
                     inside.append(pair_inside)
                     mass.append(pair_mass)
-            assert got[q.name]["observed"][f"{level:g}"] == pytest.approx(np.mean(inside))
-            assert got[q.name]["expected"][f"{level:g}"] == pytest.approx(np.mean(mass), rel=1e-9)
+            assert got[q.name][f"observed{kind}"][f"{width:g}"] == pytest.approx(np.mean(inside))
+            assert got[q.name][f"expected{kind}"][f"{width:g}"] == pytest.approx(np.mean(mass), rel=1e-9)
+
+
+def test_coverage_within_a_deviation_of_hard_labels_is_the_accuracy_of_the_mode_against_its_probability():
+    """One volunteer: the interval at deviation 0 is the predicted answer alone, so the observed coverage
+    is how often it was the answer given and the expected coverage the mean probability of it."""
+    schema = get_schema("gz2")
+    yes = np.array([0.9, 0.8, 0.3, 0.6])  # has_spiral_arms_yes for four galaxies, T = 2 equal samples
+    outputs = np.full((4, 2, schema.n_answers), 0.5)
+    first = schema.answer_columns.index("has_spiral_arms_yes")
+    outputs[:, :, first], outputs[:, :, first + 1] = yes[:, None], 1 - yes[:, None]
+    votes = np.zeros((4, schema.n_answers), dtype=np.int64)
+    votes[[0, 1, 2, 3], [first, first + 1, first + 1, first + 1]] = 1  # yes, no, no, no
+    got = coverage(outputs, votes, schema, "multinomial", levels=(0.5,), deviations=(0.0, 1.0))["has_spiral_arms"]
+    assert got["observed_within"]["0"] == 0.5  # modes yes, yes, no, yes: right for galaxies 0 and 2
+    assert got["expected_within"]["0"] == pytest.approx(np.mean([0.9, 0.8, 0.7, 0.6]))
+    assert got["observed_within"]["1"] == got["expected_within"]["1"] == pytest.approx(1.0)  # both answers
 
 
 @pytest.mark.parametrize("volunteers", [1, 10, 40])
@@ -82,6 +109,8 @@ def test_a_calibrated_posterior_covers_as_often_as_it_expects_not_as_often_as_th
     got = coverage(outputs, votes, schema, "multinomial")["smooth_or_featured"]
     for level in ("0.1", "0.5", "0.9"):
         assert got["observed"][level] == pytest.approx(got["expected"][level], abs=0.02)  # sampling error of 12,000 pairs
+    for deviation in ("0", "0.1", "0.3"):
+        assert got["observed_within"][deviation] == pytest.approx(got["expected_within"][deviation], abs=0.02)
     assert got["observed"]["0.1"] > 0.2  # far from the nominal 0.1 at every N here
 
 
@@ -119,6 +148,8 @@ def test_evaluate_metrics_agree_with_its_predictions(trained):
     assert m["rmse_true"] == pytest.approx(float(np.sqrt(np.mean((predicted - true) ** 2))), rel=1e-5)
     assert set(m["coverage"]) == set(m["coverage_expected"]) == {"0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "0.8", "0.9", "0.95"}
     assert all(m["coverage_expected"][c] >= float(c) - 1e-9 for c in m["coverage_expected"])  # a discrete interval holds at least c
+    assert set(m["coverage_within"]) == set(m["coverage_within_expected"]) == {"0", "0.05", "0.1", "0.2", "0.3", "0.5"}
+    assert all(np.diff(list(m["coverage_within_expected"].values())) >= 0)  # wider intervals hold more
     assert m["n_true"] == len(val) and m["min_votes_confident"] == 9  # the ring survey's galaxies have 9 votes each
     assert report.metrics["questions"]["bar"]["n"] == 0 and str(report).endswith("no votes for " + ", ".join(
         q for q in GZ2.question_names if q != "has_spiral_arms"))

@@ -25,6 +25,17 @@ fractions and intervals. Per question, over the galaxies with votes for it (N_q 
   far more for few volunteers (in the tests, a calibrated model's 10% intervals held a quarter of the
   counts at N = 40 and three quarters at N = 1): calibration is observed against expected, which agree
   for a calibrated model, not observed against c.
+- ``coverage_within`` (Walmsley et al.'s own form; their abstract: "coverage errors of 11.8%
+  within a vote fraction deviation of 0.2"): for each maximum deviation d of the vote fraction, the
+  share of pairs whose observed count lies within d N_q of the predictive mode m,
+
+  .. math::
+
+      |k - m| \le \lfloor d N_q \rfloor, \qquad m = \operatorname{argmax}_j \bar P(K = j)
+
+  (the smallest such j on a tie); and ``coverage_within_expected``, the mean predictive mass of the same
+  intervals. At d = 0 the interval is the mode alone: with one volunteer (hard labels), whether the
+  most likely answer was the one given, against how sure the model was of it.
 
 Writes ``OUT/metrics.json``, ``OUT/predictions.parquet``, ``OUT/coverage.png`` and
 ``OUT/predicted_vs_observed.png``.
@@ -44,9 +55,10 @@ from skymorph.storage import atomic_write_bytes, atomic_write_text, check_new, j
 from skymorph.tables import index_in, locations
 from skymorph.trainer.labels import labels_schema, split_kind
 
-__all__ = ["evaluate", "predict", "dihedral", "coverage", "EvaluationReport", "COVERAGE_LEVELS", "OUTPUT_FILES"]
+__all__ = ["evaluate", "predict", "dihedral", "coverage", "EvaluationReport", "COVERAGE_LEVELS", "COVERAGE_DEVIATIONS", "OUTPUT_FILES"]
 
 COVERAGE_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+COVERAGE_DEVIATIONS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)
 CONFIDENT = 0.8
 OUTPUT_FILES = ("predictions.parquet", "coverage.png", "predicted_vs_observed.png", "metrics.json")
 """What :func:`evaluate` writes in ``out``, in that order (``metrics.json``, which says what the others are, last)."""
@@ -123,14 +135,16 @@ _PMF_CELLS = 1 << 22
 """Most (count x galaxy x sample) predictive probabilities held at once by :func:`coverage`."""
 
 
-def _intervals(k: np.ndarray, n: np.ndarray, theta, likelihood: str, levels) -> tuple[np.ndarray, np.ndarray]:
-    """``(inside, mass)``, each (levels, B): whether each count k lies in its central interval [lo, hi] at
-    each level, and the predictive mass of that interval, from the predictive pmf over k = 0..N (the mean
-    over T of the per-sample pmfs; N may differ between galaxies). ``theta``: p (B, T), or the pair
-    (alpha_a, alpha_q - alpha_a)."""
+def _intervals(k: np.ndarray, n: np.ndarray, theta, likelihood: str, levels, deviations) -> tuple[np.ndarray, np.ndarray]:
+    """``(inside, mass)``, each (levels + deviations, B): whether each count k lies in its interval, and the
+    predictive mass of that interval, from the predictive pmf over k = 0..N (the mean over T of the
+    per-sample pmfs; N may differ between galaxies). The first rows are the central intervals at each
+    level, the others the intervals of half-width floor(d N) around the mode at each deviation d.
+    ``theta``: p (B, T), or the pair (alpha_a, alpha_q - alpha_a)."""
     from scipy import stats
 
-    inside, mass = np.zeros((len(levels), len(k)), dtype=bool), np.zeros((len(levels), len(k)))
+    rows_out = len(levels) + len(deviations)
+    inside, mass = np.zeros((rows_out, len(k)), dtype=bool), np.zeros((rows_out, len(k)))
     samples = (theta if likelihood == "multinomial" else theta[0]).shape[1]
     for volunteers in np.unique(n):
         rows = np.flatnonzero(n == volunteers)
@@ -140,20 +154,27 @@ def _intervals(k: np.ndarray, n: np.ndarray, theta, likelihood: str, levels) -> 
                 pmf = stats.binom.pmf(counts, volunteers, np.clip(theta[part], 0.0, 1.0)[None])
             else:
                 pmf = stats.betabinom.pmf(counts, volunteers, theta[0][part][None], theta[1][part][None])
-            cdf = np.cumsum(pmf.mean(axis=2), axis=0)  # (N + 1, galaxies)
+            pmf = pmf.mean(axis=2)  # (N + 1, galaxies)
+            cdf = np.cumsum(pmf, axis=0)
             cdf[-1] = 1.0  # a total that rounds below 1 cannot push an interval's end past N
+            mode = np.argmax(pmf, axis=0)
+            bounds = [(np.argmax(cdf >= (1 - c) / 2 - 1e-12, axis=0), np.argmax(cdf >= (1 + c) / 2 - 1e-12, axis=0)) for c in levels]
+            for d in deviations:
+                half = int(np.floor(d * volunteers + 1e-9))  # d N can land a hair below a whole count
+                bounds.append((np.maximum(mode - half, 0), np.minimum(mode + half, volunteers)))
             columns = np.arange(len(part))
-            for i, c in enumerate(levels):
-                lo = np.argmax(cdf >= (1 - c) / 2 - 1e-12, axis=0)
-                hi = np.argmax(cdf >= (1 + c) / 2 - 1e-12, axis=0)
+            for i, (lo, hi) in enumerate(bounds):
                 inside[i, part] = (lo <= k[part]) & (k[part] <= hi)
                 mass[i, part] = cdf[hi, columns] - np.where(lo > 0, cdf[np.maximum(lo - 1, 0), columns], 0.0)
     return inside, mass
 
 
-def coverage(outputs: np.ndarray, votes: np.ndarray, schema, likelihood: str, levels=COVERAGE_LEVELS) -> dict[str, dict[str, dict[str, float]]]:
-    """Per question (galaxies with N_q > 0) and nominal level, the ``observed`` coverage and the coverage
-    the posterior ``expected``; see the module docstring."""
+def coverage(outputs: np.ndarray, votes: np.ndarray, schema, likelihood: str, levels=COVERAGE_LEVELS,
+             deviations=COVERAGE_DEVIATIONS) -> dict[str, dict[str, dict[str, float]]]:
+    """Per question (galaxies with N_q > 0): at each nominal level, the ``observed`` coverage and the
+    coverage the posterior ``expected``; at each maximum deviation of the vote fraction, the same as
+    ``observed_within`` and ``expected_within``. See the module docstring."""
+    level_keys, deviation_keys = [f"{c:g}" for c in levels], [f"{d:g}" for d in deviations]
     result = {}
     for q, s in zip(schema.questions, schema.question_slices):
         n = votes[:, s].sum(axis=1)
@@ -170,12 +191,14 @@ def coverage(outputs: np.ndarray, votes: np.ndarray, schema, likelihood: str, le
             else:
                 alpha = outputs[asked, :, a].astype(np.float64)
                 theta = (alpha, question_alpha - alpha)
-            pair_inside, pair_mass = _intervals(votes[asked, a], n[asked], theta, likelihood, levels)
+            pair_inside, pair_mass = _intervals(votes[asked, a], n[asked], theta, likelihood, levels, deviations)
             inside.append(pair_inside)
             mass.append(pair_mass)
-        inside, mass = np.concatenate(inside, axis=1), np.concatenate(mass, axis=1)
-        result[q.name] = {"observed": {f"{c:g}": float(inside[i].mean()) for i, c in enumerate(levels)},
-                          "expected": {f"{c:g}": float(mass[i].mean()) for i, c in enumerate(levels)}}
+        inside, mass = np.concatenate(inside, axis=1).mean(axis=1), np.concatenate(mass, axis=1).mean(axis=1)
+        result[q.name] = {"observed": dict(zip(level_keys, inside[: len(levels)].tolist())),
+                          "expected": dict(zip(level_keys, mass[: len(levels)].tolist())),
+                          "observed_within": dict(zip(deviation_keys, inside[len(levels) :].tolist())),
+                          "expected_within": dict(zip(deviation_keys, mass[len(levels) :].tolist()))}
     return result
 
 
@@ -240,14 +263,21 @@ def _plots(fractions, votes, schema, cover: dict) -> tuple[bytes, bytes]:
 
     from matplotlib.figure import Figure  # not pyplot: a notebook's backend is left as it was
 
-    fig = Figure(figsize=(5, 5))
-    ax = fig.subplots()
-    ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="calibrated")
-    for q, levels in cover.items():  # one point per interval level, its expected against its observed coverage
-        ax.plot(list(levels["expected"].values()), list(levels["observed"].values()), marker="o", label=q)
-    ax.set(xlabel="expected coverage (the intervals' predictive mass)", ylabel="observed coverage", xlim=(0, 1.02),
-           ylim=(0, 1.02), title="Posterior predictive coverage, 10-95% intervals")
-    ax.legend(fontsize=7)
+    fig = Figure(figsize=(10, 5))
+    by_level, by_deviation = fig.subplots(1, 2)
+    by_level.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="calibrated")
+    for q, c in cover.items():  # one point per interval level, its expected against its observed coverage
+        by_level.plot(list(c["expected"].values()), list(c["observed"].values()), marker="o", label=q)
+    by_level.set(xlabel="expected coverage (the intervals' predictive mass)", ylabel="observed coverage", xlim=(0, 1.02),
+                 ylim=(0, 1.02), title="Central intervals, 10-95%")
+    by_level.legend(fontsize=7)
+    for q, c in cover.items():  # Walmsley et al. 2020's form: observed (solid) and expected (dashed) by deviation
+        line, = by_deviation.plot([float(d) for d in c["observed_within"]], list(c["observed_within"].values()), marker="o", label=q)
+        by_deviation.plot([float(d) for d in c["expected_within"]], list(c["expected_within"].values()), ls="--", color=line.get_color())
+    by_deviation.set(xlabel="maximum deviation of the vote fraction from the predicted mode", ylabel="share within it",
+                     ylim=(0, 1.02), title="Observed (solid) and expected (dashed)")
+    fig.suptitle("Posterior predictive coverage")
+    fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     coverage_png = buffer.getvalue()
@@ -384,8 +414,9 @@ def evaluate(
     fractions = np.stack([summary[f"{c}_fraction"] for c in schema.answer_columns], axis=1).astype(np.float64)
     cover = coverage(outputs, table.votes, schema, meta.likelihood)
     questions = _question_metrics(fractions, table.votes, schema, true)
-    for q, levels in cover.items():
-        questions[q]["coverage"], questions[q]["coverage_expected"] = levels["observed"], levels["expected"]
+    for q, c in cover.items():
+        questions[q].update(coverage=c["observed"], coverage_expected=c["expected"],
+                            coverage_within=c["observed_within"], coverage_within_expected=c["expected_within"])
     metrics = {
         "checkpoint": str(checkpoint), "labels": str(labels), "split": split, "n_galaxies": len(table),
         "samples": samples, "seed": seed, "tta": tta, "likelihood": meta.likelihood, "schema": schema.name, "questions": questions,
