@@ -484,6 +484,9 @@ def _add_catalog_commands(sub) -> None:
                       help="the --exclude file's column of catalog object ids (default object_id; e.g. galaxy_id)")
     pick.add_argument("--out", required=True, metavar="FILE", help="subject manifest (.csv; or .parquet, .fits, .vot, .xml)")
     pick.add_argument("--gallery", metavar="PNG", help="also draw the picked galaxies and their posteriors")
+    pick.add_argument("--images", metavar="DIR", help="also write each picked galaxy's cutout to DIR/<object_id>.png, named in a first "
+                      "column 'image': a manifest for 'panoptes subject-set upload-subjects --file-column 1 SET FILE.csv' "
+                      "(files of the same name are replaced: the same galaxy's cutout)")
     _add_overwrite_option(pick, "existing --out and --gallery files")
     _add_storage_option(pick)
     pick.set_defaults(func=_cmd_catalog_pick)
@@ -533,7 +536,8 @@ def _cmd_catalog_pick(args) -> int:
     if args.gallery:
         _check_writable(args.gallery, "--gallery", args)
         _check_new([args.gallery], "--gallery", args)
-    batch = pick_to(args.catalog, args.n, args.out, gallery_png=args.gallery, question=args.question,
+    _check_writable(args.images, "--images", args, directory=True)
+    batch = pick_to(args.catalog, args.n, args.out, gallery_png=args.gallery, question=args.question, images=args.images,
                     storage_options=_storage_options(args), strategy=args.strategy, beta=args.beta, seed=args.seed,
                     exclude=args.exclude, weight_by_asked=args.weight_by_asked, exclude_id_column=args.exclude_id_column)
     print(f"picked {batch.num_rows} galaxies ({args.strategy}) -> {args.out}")
@@ -544,6 +548,8 @@ def _cmd_catalog_pick(args) -> int:
     if args.gallery and batch.num_rows:  # an empty batch is written without one
         drawn = min(batch.num_rows, MAX_GALAXIES)
         print(f"gallery -> {args.gallery}" + (f" (the first {drawn} of {batch.num_rows})" if drawn < batch.num_rows else ""))
+    if args.images and batch.num_rows:
+        print(f"{batch.num_rows} subject images -> {args.images}")
     return 0 if batch.num_rows else 1  # an empty batch written, but nothing to hand out: a script must not go on
 
 

@@ -1,9 +1,11 @@
-"""skymorph.catalog.gallery: each picked galaxy is drawn from the row that was picked, also when a
-galaxy seen in two overlapping tiles has two rows with one ``object_id``."""
+"""skymorph.catalog.gallery and pick's subject images: each picked galaxy is drawn from the row that was
+picked, also when a galaxy seen in two overlapping tiles has two rows with one ``object_id``."""
 
 from __future__ import annotations
 
+import csv
 import glob
+import io
 import os
 
 import matplotlib.pyplot as plt
@@ -14,7 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from skymorph.catalog import layout, open_catalog, pick, query, writer
+from skymorph import cli
+from skymorph.catalog import layout, open_catalog, pick, pick_to, query, writer
 from skymorph.catalog.gallery import gallery, gallery_figure
 from skymorph.errors import CatalogError
 from skymorph.testing.catalogs import write_synthetic_catalog
@@ -98,6 +101,49 @@ def test_gallery_png_of_twins(overlapping, tmp_path):
     assert gallery(pick(url, TWINS, exclude=ids[TWINS:]), url, png) == png
     with Image.open(png) as image:
         assert image.format == "PNG" and image.size[0] > 300 and image.size[1] > 100
+
+
+def test_subject_images_are_the_picked_rows_cutouts_named_as_zooniverse_reads_a_manifest(overlapping, tmp_path):
+    """``pick --images``: one PNG per galaxy, of the row picked, in a first column ``image`` that
+    Zooniverse's uploader resolves against the manifest's directory (os.path.join(dirname(manifest),
+    value), panoptes-cli's subject_set.upload_subjects), here a sibling directory."""
+    url, tile_b, ids = overlapping
+    exclude, manifest = tmp_path / "seen.csv", tmp_path / "batch" / "manifest.csv"
+    pd.DataFrame({"object_id": ids[TWINS:]}).to_csv(exclude, index=False)
+    assert cli.main(["catalog", "pick", url, "--n", str(TWINS), "--exclude", str(exclude), "--out", str(manifest),
+                     "--images", str(tmp_path / "subjects")]) == 0
+    batch = pd.read_csv(manifest)
+    assert batch.columns[0] == "image" and len(batch) == TWINS
+    with open(manifest, newline="") as fh:
+        assert next(csv.reader(fh))[0] == "image"
+    for image, object_id, tile, row in batch[["image", *KEYS]].itertuples(index=False):
+        assert image == os.path.join("..", "subjects", f"{object_id}.png")
+        with Image.open(os.path.join(manifest.parent, image)) as png:
+            assert png.format == "PNG" and png.mode == "L"
+            np.testing.assert_array_equal(np.asarray(png), np.full((8, 8), _image_value(tile == tile_b, row)))
+    assert sorted(os.listdir(tmp_path / "subjects")) == sorted(f"{i}.png" for i in ids[:TWINS])  # no temporary files left
+
+
+def test_subject_images_on_s3_are_named_by_their_urls(overlapping, tmp_path, s3_bucket):
+    """A manifest cannot name an S3 object relative to itself: the column holds each image's URL."""
+    from skymorph.storage import read_bytes
+
+    url, tile_b, ids = overlapping
+    batch = pick_to(url, 4, str(tmp_path / "batch.csv"), images=f"{s3_bucket}/subjects", exclude=ids[TWINS:])
+    for image, object_id, tile, row in zip(*(batch[k].to_pylist() for k in ["image", *KEYS])):
+        assert image == f"{s3_bucket}/subjects/{object_id}.png"
+        with Image.open(io.BytesIO(read_bytes(image))) as png:
+            np.testing.assert_array_equal(np.asarray(png), np.full((8, 8), _image_value(tile == tile_b, row)))
+
+
+def test_pick_columns_say_what_they_hold_in_a_parquet_export(overlapping, tmp_path):
+    url, _, ids = overlapping
+    out = str(tmp_path / "batch.parquet")
+    pick_to(url, 3, out, images=str(tmp_path / "subjects"), exclude=ids[TWINS:])
+    schema = pq.read_schema(out)
+    for name, says in (("image", "PNG file"), ("rank", "1 first"), ("image_location", "#images[<row>]"),
+                       ("model_sha256", "SHA-256"), ("bald_total", "nats")):
+        assert says in schema.field(name).metadata[b"description"].decode()
 
 
 def test_a_picked_row_missing_from_the_catalog_is_one_line(overlapping):

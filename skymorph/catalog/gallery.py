@@ -14,6 +14,7 @@ import io
 
 import numpy as np
 
+from skymorph.catalog.cutouts import display_pixels, read_cutouts
 from skymorph.catalog.info import Catalog, open_catalog
 from skymorph.catalog.query import query
 from skymorph.errors import CatalogError, InputError
@@ -23,42 +24,6 @@ __all__ = ["gallery", "gallery_figure", "gallery_png", "check_png", "MAX_GALAXIE
 MAX_GALAXIES = 64
 _COLUMNS = 4
 _KEYS = ["object_id", "tile", "row"]
-
-
-def _read_cutouts(picked, storage_options: dict | None) -> list[np.ndarray]:
-    """One (C, H, W) uint8 image per picked row, opening each tile store once and decoding each stored
-    chunk that holds picked rows once (a chunk read per galaxy decoded it again for each). Each image's
-    ``object_id`` in the tile must be the picked one: a tile written again in another order since the
-    catalog was made would draw another galaxy under the picked id."""
-    from skymorph.tiles import open_tile
-
-    tiles, rows = picked["tile"].to_pylist(), np.asarray(picked["row"].to_pylist(), dtype=np.int64)
-    object_id = np.asarray(picked["object_id"].to_pylist(), dtype=np.int64)
-    images: list[np.ndarray | None] = [None] * len(rows)
-    by_tile: dict[str, list[int]] = {}
-    for i, tile in enumerate(tiles):
-        by_tile.setdefault(tile, []).append(i)
-    for tile, members in by_tile.items():
-        store = open_tile(tile, storage_options)
-        members = np.array(members)
-        chunk = rows[members] // store.chunk_size
-        for c in np.unique(chunk):
-            here = members[chunk == c]
-            lo, hi = int(rows[here].min()), int(rows[here].max()) + 1
-            block, ids = store.read_images(lo, hi), store.read_coords(lo, hi)[0]
-            for i in here:
-                if ids[rows[i] - lo] != object_id[i]:
-                    raise CatalogError(f"tile {tile!r} holds object_id {int(ids[rows[i] - lo])} at row {int(rows[i])}, where the "
-                                       f"catalog has {int(object_id[i])}: the tile was written again since the catalog was "
-                                       "made; run the catalog again from the tiles as they are")
-                images[i] = block[rows[i] - lo]
-    return images
-
-
-def _to_display(image: np.ndarray) -> tuple[np.ndarray, str | None]:
-    if image.shape[0] == 3:
-        return np.transpose(image, (1, 2, 0)), None
-    return image[0], "gray"
 
 
 def check_png(out: str) -> str:
@@ -103,7 +68,7 @@ def gallery_figure(picked, catalog: str | Catalog, question: str | None = None, 
     if n == 0:
         raise InputError("nothing was picked, so there is no gallery to draw")
     posteriors = _picked_posteriors(picked, catalog, [question] if question else list(schema.question_names))
-    images = _read_cutouts(picked, catalog.storage_options)
+    images = read_cutouts(picked, catalog.storage_options)
 
     rows = -(-n // _COLUMNS)
     height = 2.2 * rows
@@ -119,7 +84,7 @@ def gallery_figure(picked, catalog: str | Catalog, question: str | None = None, 
         q = question or max(schema.question_names, key=lambda name: record[f"{name}_asked"] * record[f"{name}_bald"])
         answers = schema.question(q).answers
         image_ax, bar_ax = axes[i // _COLUMNS, 2 * (i % _COLUMNS)], axes[i // _COLUMNS, 2 * (i % _COLUMNS) + 1]
-        pixels, cmap = _to_display(images[i])
+        pixels, cmap = display_pixels(images[i])
         image_ax.imshow(pixels, cmap=cmap, origin="upper")  # tiles hold images top row first
         image_ax.set_title(f"#{i + 1} id {object_id} row {row}", fontsize=7)
         fraction = np.array([record[f"{q}_{a}_fraction"] for a in answers], dtype=float)

@@ -46,10 +46,19 @@ from skymorph.schema import Schema
 from skymorph.seeds import check_seed
 from skymorph.tiles import object_ids
 
-__all__ = ["pick", "pick_to", "gumbel_keys", "hash_uniform", "model_salt", "read_ids", "STRATEGIES"]
+__all__ = ["pick", "pick_to", "subject_images", "gumbel_keys", "hash_uniform", "model_salt", "read_ids", "STRATEGIES"]
 
 STRATEGIES = ("top", "power")
 _BATCH_ROWS = 1 << 20
+# What the columns a pick adds to the catalog's mean (the catalog's own are described by
+# skymorph.catalog.writer.column_metadata), as Arrow field metadata: exports to Parquet, FITS and
+# VOTable carry it.
+_PICK_DESCRIPTIONS = {
+    "rank": "Position in the batch, 1 first: by score (strategy top) or in the order drawn (strategy power).",
+    "image_location": "Where the galaxy's image is: <tile store URL>#images[<row>], a row of the tile's images array.",
+    "model_sha256": "SHA-256 of the exported model whose catalog the batch was picked from.",
+    "image": "The galaxy's cutout, a PNG file: relative to the manifest's directory where both are local.",
+}
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
@@ -206,17 +215,23 @@ def pick_to(
     gallery_png: str | None = None,
     question: str | None = None,
     storage_options: dict | None = None,
+    images: str | None = None,
     **choices,
 ):
     """:func:`pick` (``choices``: its other arguments), written to ``out`` (CSV, Parquet, FITS or VOTable by
     its extension) and, with ``gallery_png``, drawn there (:func:`skymorph.catalog.gallery.gallery`):
     ``skymorph catalog pick``. Returns the batch.
 
+    ``images``: a directory (local or S3) to write each picked galaxy's cutout to, as ``<object_id>.png``
+    (:func:`subject_images`); the batch then starts with an ``image`` column naming each file, so that
+    ``out`` is a Zooniverse subject manifest (``panoptes subject-set upload-subjects --file-column 1 SET
+    out.csv``). A file of the same name is replaced: it is the same galaxy's cutout.
+
     Both files or neither, so that a rerun is not refused for the one written before the other failed:
-    the gallery is drawn first, in memory (it reads the tiles, the likelier to fail), then ``out`` is
-    written, then the gallery. A batch that cannot be written changes neither file, an earlier one
-    replaced with ``overwrite`` included. An empty batch (every galaxy excluded) is written without a
-    gallery, with a warning."""
+    the gallery is drawn first, in memory (it reads the tiles, the likelier to fail), then the images
+    are written, then ``out``, then the gallery. A batch that cannot be written changes neither file, an
+    earlier one replaced with ``overwrite`` included. An empty batch (every galaxy excluded) is written
+    without a gallery, with a warning."""
     from skymorph.catalog.export import export_table, output_format
     from skymorph.catalog.gallery import check_png
     from skymorph.catalog.gallery import gallery_png as draw
@@ -231,6 +246,8 @@ def pick_to(
         print(f"skymorph: warning: nothing was picked, so no gallery is drawn at {gallery_png}", file=sys.stderr)
         gallery_png = None
     png = draw(batch, catalog, question, storage_options) if gallery_png else None
+    if images:
+        batch = subject_images(batch, images, out, storage_options)
     export_table(batch, out, storage_options)
     if png is not None:
         try:
@@ -239,6 +256,30 @@ def pick_to(
             remove_file(out, storage_options)
             raise
     return batch
+
+
+def subject_images(batch, directory: str, manifest: str, storage_options: dict | None = None):
+    """Write each picked galaxy's cutout (from its tile store, as the model saw it) to
+    ``directory/<object_id>.png`` and return ``batch`` with a first column ``image`` naming each file as
+    a subject manifest at ``manifest`` names it: relative to the manifest's directory where both are
+    local (as Zooniverse's uploader resolves it), else its full URL."""
+    import os
+
+    import pyarrow as pa
+
+    from skymorph.catalog.cutouts import iter_cutouts, png_bytes
+    from skymorph.progress import progress_bar
+    from skymorph.storage import atomic_write_bytes, is_remote, join
+
+    paths = [join(directory, f"{object_id}.png") for object_id in batch["object_id"].to_pylist()]
+    cutouts = iter_cutouts(batch, storage_options)
+    for i, image in progress_bar(cutouts, total=len(paths), desc="subject images", unit="image", disable=len(paths) < 100):
+        atomic_write_bytes(paths[i], png_bytes(image), storage_options)
+    if not (is_remote(directory) or is_remote(manifest)):
+        manifest_dir = os.path.dirname(os.path.abspath(manifest))
+        paths = [os.path.relpath(os.path.abspath(path), manifest_dir) for path in paths]
+    field = pa.field("image", pa.string(), metadata={"description": _PICK_DESCRIPTIONS["image"]})
+    return batch.add_column(0, field, pa.array(paths, pa.string()))
 
 
 def _score(catalog: Catalog, question: str | None, weight_by_asked: bool) -> tuple[str, str]:
@@ -408,9 +449,11 @@ def pick(
         score: pa.array(scores.astype(np.float32)),  # the catalog's type: no spurious digits in a CSV
         "model_sha256": pa.array([catalog.metadata.model_sha256] * len(ids), pa.string()),
     })
+    described = pa.schema([f.with_metadata({"description": _PICK_DESCRIPTIONS[f.name]}) if f.name in _PICK_DESCRIPTIONS else f
+                           for f in table.schema])
     drawn = f" beta={beta} seed={seed}" if strategy == "power" else ""  # top uses neither
     meta = {**catalog.metadata.to_kv(), "skymorph.pick": f"strategy={strategy} score={score}{drawn}"}
-    return table.replace_schema_metadata(meta)
+    return pa.Table.from_arrays(table.columns, schema=described.with_metadata(meta))
 
 
 def _fetch_rows(con, ids: np.ndarray):
