@@ -485,8 +485,8 @@ def _add_catalog_commands(sub) -> None:
     pick.add_argument("--out", required=True, metavar="FILE", help="subject manifest (.csv; or .parquet, .fits, .vot, .xml)")
     pick.add_argument("--gallery", metavar="PNG", help="also draw the picked galaxies and their posteriors")
     pick.add_argument("--images", metavar="DIR", help="also write each picked galaxy's cutout to DIR/<object_id>.png, named in a first "
-                      "column 'image': a manifest for 'panoptes subject-set upload-subjects --file-column 1 SET FILE.csv' "
-                      "(files of the same name are replaced: the same galaxy's cutout)")
+                      "column 'image': with both local, a manifest for 'panoptes subject-set upload-subjects --file-column 1 SET "
+                      "FILE.csv' (files of the same name are replaced: the same galaxy's cutout)")
     _add_overwrite_option(pick, "existing --out and --gallery files")
     _add_storage_option(pick)
     pick.set_defaults(func=_cmd_catalog_pick)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import glob
+import importlib
 import io
 import os
 
@@ -19,7 +20,7 @@ from PIL import Image
 from skymorph import cli
 from skymorph.catalog import layout, open_catalog, pick, pick_to, query, writer
 from skymorph.catalog.gallery import gallery, gallery_figure
-from skymorph.errors import CatalogError
+from skymorph.errors import CatalogError, InputError
 from skymorph.testing.catalogs import write_synthetic_catalog
 from skymorph.tiles import write_tile
 
@@ -122,6 +123,36 @@ def test_subject_images_are_the_picked_rows_cutouts_named_as_zooniverse_reads_a_
             assert png.format == "PNG" and png.mode == "L"
             np.testing.assert_array_equal(np.asarray(png), np.full((8, 8), _image_value(tile == tile_b, row)))
     assert sorted(os.listdir(tmp_path / "subjects")) == sorted(f"{i}.png" for i in ids[:TWINS])  # no temporary files left
+
+
+def test_subject_images_are_named_as_the_uploader_finds_them_through_a_symbolic_link(tmp_path):
+    """The uploader joins the manifest's directory and the cell, and the system resolves a ``..`` after a
+    link: a manifest in ``home/batches``, a link to ``data/batches``, names ``imgs`` from ``data/``."""
+    from skymorph.catalog.pick import name_subject_images
+
+    (tmp_path / "data" / "batches").mkdir(parents=True)
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "batches").symlink_to(tmp_path / "data" / "batches")
+    batch = pa.table({"object_id": [7]})
+    named = name_subject_images(batch, str(tmp_path / "home" / "imgs"), str(tmp_path / "home" / "batches" / "b.csv"))
+    assert named.column_names == ["image", "object_id"]
+    assert os.path.normpath(os.path.join(tmp_path / "home" / "batches", named["image"][0].as_py())) == str(tmp_path / "home" / "imgs" / "7.png")
+    on_s3 = name_subject_images(batch, "imgs", "s3://bucket/b.csv")["image"][0].as_py()  # no directory to be relative to
+    assert on_s3 == os.path.join(os.path.realpath("imgs"), "7.png")
+
+
+def test_subject_images_over_zooniverse_s_limit_are_warned_of(overlapping, tmp_path, monkeypatch, capsys):
+    url, _, ids = overlapping
+    monkeypatch.setattr(importlib.import_module("skymorph.catalog.pick"), "_ZOONIVERSE_MAX_BYTES", 10)  # an 8 x 8 PNG is about 70 bytes
+    pick_to(url, 3, str(tmp_path / "b.csv"), images=str(tmp_path / "imgs"), exclude=ids[TWINS:])
+    assert "skymorph: warning: 3 subject images exceed the 1 MiB Zooniverse takes (the largest: " in capsys.readouterr().err
+
+
+def test_a_fits_manifest_that_cannot_name_its_images_writes_none(overlapping, tmp_path):
+    url, _, ids = overlapping
+    with pytest.raises(InputError, match=r"FITS tables hold ASCII text only, and column 'image' has '.*bilder-ä/"):
+        pick_to(url, 3, str(tmp_path / "b.fits"), images=str(tmp_path / "bilder-ä"), exclude=ids[TWINS:])
+    assert not (tmp_path / "bilder-ä").exists() and not (tmp_path / "b.fits").exists()
 
 
 def test_subject_images_on_s3_are_named_by_their_urls(overlapping, tmp_path, s3_bucket):

@@ -40,7 +40,7 @@ def _brute_force_within(pmfs: np.ndarray, k: int, deviation: float) -> tuple[boo
     probability of those counts, summed term by term."""
     pmf = pmfs.mean(axis=0)
     n = len(pmf) - 1
-    mode = max(range(n + 1), key=lambda j: (pmf[j], -j))  # the smallest count on a tie
+    mode = min(j for j in range(n + 1) if pmf[j] >= max(pmf) * (1 - 1e-12))  # the smallest count on a tie
     near = [j for j in range(n + 1) if abs(j - mode) <= deviation * n + 1e-9]
     return k in near, float(sum(pmf[j] for j in near))
 
@@ -77,6 +77,21 @@ def test_coverage_matches_brute_force_intervals(likelihood):
                     mass.append(pair_mass)
             assert got[q.name][f"observed{kind}"][f"{width:g}"] == pytest.approx(np.mean(inside))
             assert got[q.name][f"expected{kind}"][f"{width:g}"] == pytest.approx(np.mean(mass), rel=1e-9)
+
+
+def test_the_mode_of_a_tied_mixture_is_its_smaller_count():
+    """Two samples at p = 0.3 and 0.7: counts 2 and 5 of 7 are equally likely. With the smaller as the
+    mode, a count of 2 is within 0 of it, 5 is not, and 3 is within 1/7."""
+    schema = get_schema("gz2")
+    first = schema.answer_columns.index("has_spiral_arms_yes")
+    outputs = np.full((3, 2, schema.n_answers), 0.5)
+    outputs[:, :, first], outputs[:, :, first + 1] = [0.3, 0.7], [0.7, 0.3]
+    votes = np.zeros((3, schema.n_answers), dtype=np.int64)
+    votes[:, first], votes[:, first + 1] = [2, 5, 3], [5, 2, 4]
+    got = coverage(outputs, votes, schema, "multinomial", levels=(0.5,), deviations=(0.0, 1 / 7))["has_spiral_arms"]
+    tie = (stats.binom.pmf(2, 7, 0.3) + stats.binom.pmf(2, 7, 0.7)) / 2
+    assert got["observed_within"]["0"] == pytest.approx(1 / 3) and got["expected_within"]["0"] == pytest.approx(tie, rel=1e-12)
+    assert got["observed_within"]["0.142857"] == pytest.approx(2 / 3)
 
 
 def test_coverage_within_a_deviation_of_hard_labels_is_the_accuracy_of_the_mode_against_its_probability():

@@ -26,7 +26,7 @@ from skymorph.catalog.layout import metadata_text
 from skymorph.catalog.writer import describe_schema
 from skymorph.errors import InputError
 
-__all__ = ["FORMATS", "output_format", "to_astropy", "export_table", "export_reader", "format_terminal"]
+__all__ = ["FORMATS", "output_format", "check_exportable", "to_astropy", "export_table", "export_reader", "format_terminal"]
 
 FORMATS = {
     ".csv": "csv",
@@ -91,6 +91,13 @@ def to_astropy(table):
         if "unit" in meta:
             result[field.name].unit = u.Unit(meta["unit"])
     return result
+
+
+def check_exportable(table, out: str) -> None:
+    """A one-line :class:`InputError` now if pyarrow ``table`` cannot be written to ``out`` in the format
+    its extension names (FITS holds ASCII text only), for a caller with other files to write first."""
+    if output_format(out) == "fits":
+        _check_fits_text(table, out)
 
 
 def _check_fits_text(table, out: str) -> None:

@@ -46,7 +46,7 @@ from skymorph.schema import Schema
 from skymorph.seeds import check_seed
 from skymorph.tiles import object_ids
 
-__all__ = ["pick", "pick_to", "subject_images", "gumbel_keys", "hash_uniform", "model_salt", "read_ids", "STRATEGIES"]
+__all__ = ["pick", "pick_to", "name_subject_images", "write_subject_images", "gumbel_keys", "hash_uniform", "model_salt", "read_ids", "STRATEGIES"]
 
 STRATEGIES = ("top", "power")
 _BATCH_ROWS = 1 << 20
@@ -57,7 +57,7 @@ _PICK_DESCRIPTIONS = {
     "rank": "Position in the batch, 1 first: by score (strategy top) or in the order drawn (strategy power).",
     "image_location": "Where the galaxy's image is: <tile store URL>#images[<row>], a row of the tile's images array.",
     "model_sha256": "SHA-256 of the exported model whose catalog the batch was picked from.",
-    "image": "The galaxy's cutout, a PNG file: relative to the manifest's directory where both are local.",
+    "image": "The galaxy's cutout, a PNG file: its path relative to the manifest's directory where both are local.",
 }
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -222,17 +222,19 @@ def pick_to(
     its extension) and, with ``gallery_png``, drawn there (:func:`skymorph.catalog.gallery.gallery`):
     ``skymorph catalog pick``. Returns the batch.
 
-    ``images``: a directory (local or S3) to write each picked galaxy's cutout to, as ``<object_id>.png``
-    (:func:`subject_images`); the batch then starts with an ``image`` column naming each file, so that
-    ``out`` is a Zooniverse subject manifest (``panoptes subject-set upload-subjects --file-column 1 SET
-    out.csv``). A file of the same name is replaced: it is the same galaxy's cutout.
+    ``images``: a directory to write each picked galaxy's cutout to, as ``<object_id>.png``; the batch
+    then starts with an ``image`` column naming each file (:func:`name_subject_images`), so that a local
+    CSV ``out`` with local ``images`` is a Zooniverse subject manifest (``panoptes subject-set
+    upload-subjects --file-column 1 SET out.csv``). A file of the same name is replaced: it is the same
+    galaxy's cutout.
 
     Both files or neither, so that a rerun is not refused for the one written before the other failed:
     the gallery is drawn first, in memory (it reads the tiles, the likelier to fail), then the images
     are written, then ``out``, then the gallery. A batch that cannot be written changes neither file, an
-    earlier one replaced with ``overwrite`` included. An empty batch (every galaxy excluded) is written
+    earlier one replaced with ``overwrite`` included; images written before a failure stay (each whole:
+    an earlier batch's manifest may name them). An empty batch (every galaxy excluded) is written
     without a gallery, with a warning."""
-    from skymorph.catalog.export import export_table, output_format
+    from skymorph.catalog.export import check_exportable, export_table, output_format
     from skymorph.catalog.gallery import check_png
     from skymorph.catalog.gallery import gallery_png as draw
     from skymorph.storage import atomic_write_bytes, remove_file
@@ -247,7 +249,9 @@ def pick_to(
         gallery_png = None
     png = draw(batch, catalog, question, storage_options) if gallery_png else None
     if images:
-        batch = subject_images(batch, images, out, storage_options)
+        batch = name_subject_images(batch, images, out)
+        check_exportable(batch, out)  # before the images are written
+        write_subject_images(batch, images, storage_options)
     export_table(batch, out, storage_options)
     if png is not None:
         try:
@@ -258,28 +262,57 @@ def pick_to(
     return batch
 
 
-def subject_images(batch, directory: str, manifest: str, storage_options: dict | None = None):
-    """Write each picked galaxy's cutout (from its tile store, as the model saw it) to
-    ``directory/<object_id>.png`` and return ``batch`` with a first column ``image`` naming each file as
-    a subject manifest at ``manifest`` names it: relative to the manifest's directory where both are
-    local (as Zooniverse's uploader resolves it), else its full URL."""
+_ZOONIVERSE_MAX_BYTES = 1 << 20
+"""The largest file Zooniverse's uploader takes (panoptes-cli's MAX_UPLOAD_FILE_SIZE)."""
+
+
+def _image_urls(batch, directory: str) -> list[str]:
+    from skymorph.storage import join
+
+    return [join(directory, f"{object_id}.png") for object_id in batch["object_id"].to_pylist()]
+
+
+def name_subject_images(batch, directory: str, manifest: str):
+    """``batch`` with a first column ``image`` naming ``directory/<object_id>.png`` as a subject manifest
+    at ``manifest`` names it: relative to the manifest's directory where both are local, the symbolic
+    links of both resolved (Zooniverse's uploader joins the two, and the system resolves a ``..`` after
+    a link); an S3 image by its URL, a local image beside a manifest on S3 by its absolute path."""
     import os
 
     import pyarrow as pa
 
-    from skymorph.catalog.cutouts import iter_cutouts, png_bytes
-    from skymorph.progress import progress_bar
-    from skymorph.storage import atomic_write_bytes, is_remote, join
+    from skymorph.storage import is_remote
 
-    paths = [join(directory, f"{object_id}.png") for object_id in batch["object_id"].to_pylist()]
-    cutouts = iter_cutouts(batch, storage_options)
-    for i, image in progress_bar(cutouts, total=len(paths), desc="subject images", unit="image", disable=len(paths) < 100):
-        atomic_write_bytes(paths[i], png_bytes(image), storage_options)
-    if not (is_remote(directory) or is_remote(manifest)):
-        manifest_dir = os.path.dirname(os.path.abspath(manifest))
-        paths = [os.path.relpath(os.path.abspath(path), manifest_dir) for path in paths]
+    paths = _image_urls(batch, directory)
+    if not is_remote(directory):
+        paths = [os.path.realpath(path) for path in paths]
+        if not is_remote(manifest):
+            manifest_dir = os.path.dirname(os.path.realpath(manifest))
+            paths = [os.path.relpath(path, manifest_dir) for path in paths]
     field = pa.field("image", pa.string(), metadata={"description": _PICK_DESCRIPTIONS["image"]})
     return batch.add_column(0, field, pa.array(paths, pa.string()))
+
+
+def write_subject_images(batch, directory: str, storage_options: dict | None = None) -> None:
+    """Write each picked galaxy's cutout, from its tile store as the model saw it, to
+    ``directory/<object_id>.png``, each file whole or not at all. Warns of images over 1 MiB, which
+    Zooniverse's uploader refuses."""
+    from skymorph.catalog.cutouts import iter_cutouts, png_bytes
+    from skymorph.progress import progress_bar
+    from skymorph.storage import atomic_write_bytes
+
+    urls = _image_urls(batch, directory)
+    too_big = []
+    cutouts = iter_cutouts(batch, storage_options)
+    for i, image in progress_bar(cutouts, total=len(urls), desc="subject images", unit="image", disable=len(urls) < 100):
+        data = png_bytes(image)
+        atomic_write_bytes(urls[i], data, storage_options)
+        if len(data) > _ZOONIVERSE_MAX_BYTES:
+            too_big.append((len(data), urls[i]))
+    if too_big:
+        size, url = max(too_big)
+        print(f"skymorph: warning: {len(too_big)} subject images exceed the 1 MiB Zooniverse takes (the largest: {url}, "
+              f"{size / 2**20:.1f} MiB); ingest the tiles at a smaller --size to upload them", file=sys.stderr)
 
 
 def _score(catalog: Catalog, question: str | None, weight_by_asked: bool) -> tuple[str, str]:

@@ -33,9 +33,9 @@ fractions and intervals. Per question, over the galaxies with votes for it (N_q 
 
       |k - m| \le \lfloor d N_q \rfloor, \qquad m = \operatorname{argmax}_j \bar P(K = j)
 
-  (the smallest such j on a tie); and ``coverage_within_expected``, the mean predictive mass of the same
-  intervals. At d = 0 the interval is the mode alone: with one volunteer (hard labels), whether the
-  most likely answer was the one given, against how sure the model was of it.
+  (the smallest such j on a tie, within rounding); and ``coverage_within_expected``, the mean predictive
+  mass of the same intervals. At d = 0 the interval is the mode alone: for a two-answer question and one
+  volunteer (hard labels), whether the more likely answer was the one given, against its probability.
 
 Writes ``OUT/metrics.json``, ``OUT/predictions.parquet``, ``OUT/coverage.png`` and
 ``OUT/predicted_vs_observed.png``.
@@ -157,7 +157,9 @@ def _intervals(k: np.ndarray, n: np.ndarray, theta, likelihood: str, levels, dev
             pmf = pmf.mean(axis=2)  # (N + 1, galaxies)
             cdf = np.cumsum(pmf, axis=0)
             cdf[-1] = 1.0  # a total that rounds below 1 cannot push an interval's end past N
-            mode = np.argmax(pmf, axis=0)
+            # the smallest count of the largest mass: argmax alone breaks a tie by rounding (2 and 5 tie at
+            # N = 7 for p = 0.3 or 0.7, and argmax gave 5)
+            mode = np.argmax(pmf >= pmf.max(axis=0) * (1 - 1e-12), axis=0)
             bounds = [(np.argmax(cdf >= (1 - c) / 2 - 1e-12, axis=0), np.argmax(cdf >= (1 + c) / 2 - 1e-12, axis=0)) for c in levels]
             for d in deviations:
                 half = int(np.floor(d * volunteers + 1e-9))  # d N can land a hair below a whole count
