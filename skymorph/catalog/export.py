@@ -1,7 +1,8 @@
 """Write query results and picked batches: CSV, Parquet, FITS or VOTable, chosen by file extension.
 
 Every format but CSV says what each column means (:func:`skymorph.catalog.writer.describe_schema`;
-``deg`` on ``ra``/``dec``): Arrow field metadata ``description`` and ``unit`` in Parquet, ``TUNITn`` and
+``deg`` on ``ra``/``dec``): Arrow field metadata ``description`` and ``unit`` in Parquet (and astropy's own
+header, which ``Table.read`` takes them and the provenance from: :func:`_astropy_metadata`), ``TUNITn`` and
 ``TCOMMn`` cards (besides astropy's own YAML comment cards) in FITS, ``FIELD`` ``unit`` and
 ``DESCRIPTION`` in VOTable. FITS and VOTable go through an astropy Table with the model's
 provenance in its meta (``MODELSHA``: the model digest, ``SAMPLES``, ``SEED``, ``NVOLUNT`` as integers,
@@ -17,6 +18,7 @@ whole by astropy.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 
@@ -93,6 +95,34 @@ def to_astropy(table):
     return result
 
 
+def _text_lengths(data) -> dict[str, int]:
+    """The characters (code points, as numpy's ``str`` counts them) of the longest value of each text column
+    of a pyarrow table or batch ``data``; 0 for a column of no values."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    return {field.name: pc.max(pc.utf8_length(column)).as_py() or 0 for field, column in zip(data.schema, data.columns)
+            if pa.types.is_string(field.type) or pa.types.is_large_string(field.type)}
+
+
+def _astropy_metadata(schema, text_lengths: dict[str, int]) -> dict[str, str]:
+    """The Parquet key-value metadata astropy's reader (``Table.read``) takes column units, descriptions and
+    ``meta`` from, as its own writer records them: ``table_meta_yaml``, the YAML header of an empty
+    :func:`to_astropy` table of ``schema`` (the provenance as FITS and VOTable ``meta`` hold it), and
+    ``table::len::<name>``, each text column's longest value in ``text_lengths``, its numpy ``str`` length
+    (without it astropy warns, and fails on a file of no rows)."""
+    from astropy.table.meta import get_yaml_from_table
+
+    header = "\n".join(get_yaml_from_table(to_astropy(schema.empty_table())))
+    return {"table_meta_yaml": header, **{f"table::len::{name}": str(n) for name, n in text_lengths.items()}}
+
+
+def _parquet_schema(schema, text_lengths: dict[str, int]):
+    """``schema`` as a Parquet export writes it: :func:`describe_schema`, plus :func:`_astropy_metadata`."""
+    described = describe_schema(schema)
+    return described.with_metadata({**metadata_text(described.metadata), **_astropy_metadata(described, text_lengths)})
+
+
 def check_exportable(table, out: str) -> None:
     """A one-line :class:`InputError` now if pyarrow ``table`` cannot be written to ``out`` in the format
     its extension names (FITS holds ASCII text only), for a caller with other files to write first."""
@@ -152,7 +182,7 @@ def export_table(table, out: str, storage_options: dict | None = None) -> str:
     if fmt == "parquet":
         import pyarrow as pa
 
-        write_parquet(pa.Table.from_arrays(table.columns, schema=describe_schema(table.schema)), out, storage_options)
+        write_parquet(pa.Table.from_arrays(table.columns, schema=_parquet_schema(table.schema, _text_lengths(table))), out, storage_options)
         return fmt
     buffer = io.BytesIO()
     if fmt == "csv":
@@ -189,21 +219,41 @@ def export_reader(reader, out: str, storage_options: dict | None = None) -> tupl
         table = reader.read_all()
         export_table(table, out, storage_options)
         return fmt, table.num_rows
-    rows = 0
     with atomic_output(out, storage_options) as path:
-        if fmt == "parquet":
-            import pyarrow.parquet as pq
-
-            writer = pq.ParquetWriter(path, describe_schema(reader.schema))
-        else:
-            import pyarrow.csv as pcsv
-
-            writer = pcsv.CSVWriter(path, reader.schema)
-        with writer:
-            for batch in reader:
-                writer.write_batch(batch)
-                rows += batch.num_rows
+        rows = _stream_parquet(reader, path) if fmt == "parquet" else _stream_csv(reader, path)
     return fmt, rows
+
+
+def _stream_csv(reader, path: str) -> int:
+    """Write the batches of ``reader`` to CSV at local ``path``; returns the rows."""
+    import pyarrow.csv as pcsv
+
+    rows = 0
+    with pcsv.CSVWriter(path, reader.schema) as writer:
+        for batch in reader:
+            writer.write_batch(batch)
+            rows += batch.num_rows
+    return rows
+
+
+def _stream_parquet(reader, path: str) -> int:
+    """Write the batches of ``reader`` to Parquet at local ``path``; returns the rows.
+
+    The schema goes first, but the longest text of each column (:func:`_astropy_metadata`) is known only
+    at the end: the file's key-value metadata is completed then, its ``ARROW:schema`` too, since pyarrow
+    (and so astropy) reads a schema's metadata from that key alone; it is the base64 of the IPC-serialized
+    schema, byte for byte what pyarrow writes of a schema known at the start."""
+    import pyarrow.parquet as pq
+
+    rows, lengths = 0, _text_lengths(reader.schema.empty_table())
+    with pq.ParquetWriter(path, describe_schema(reader.schema)) as writer:
+        for batch in reader:
+            writer.write_batch(batch)
+            rows += batch.num_rows
+            lengths = {name: max(n, lengths[name]) for name, n in _text_lengths(batch).items()}
+        schema = _parquet_schema(reader.schema, lengths)
+        writer.add_key_value_metadata({**metadata_text(schema.metadata), "ARROW:schema": base64.b64encode(schema.serialize()).decode()})
+    return rows
 
 
 def format_terminal(table, max_rows: int = 20, max_columns: int = 8) -> str:
