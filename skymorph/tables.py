@@ -30,6 +30,7 @@ __all__ = [
     "VOTABLE_SUFFIXES",
     "arcsec_between",
     "arcsec_text",
+    "carried_metadata",
     "check_unique_columns",
     "index_in",
     "locations",
@@ -149,6 +150,15 @@ def plain(table):
         if pa.types.is_dictionary(field.type):
             table = table.set_column(i, field.name, table.column(i).cast(field.type.value_type))
     return table
+
+
+def carried_metadata(table) -> dict[bytes, bytes]:
+    """The key-value metadata of pyarrow ``table`` that a table of other columns made from it may keep: all but
+    the keys that describe its columns one by one, pandas' (``pandas``) and astropy's (``table_meta_yaml``,
+    ``table::len::<name>``); astropy's ``Table.read`` failed with a KeyError on a column its header did not
+    name."""
+    return {key: value for key, value in (table.schema.metadata or {}).items()
+            if key not in (b"pandas", b"table_meta_yaml") and not key.startswith(b"table::len::")}
 
 
 def locations(table) -> tuple[np.ndarray | None, np.ndarray | None]:

@@ -121,6 +121,22 @@ def test_a_volunteer_table_gets_each_galaxys_id_tile_and_row_and_then_trains(sur
     assert json.loads(pq.read_schema(tmp_path / "m.parquet").metadata[b"skymorph.matched"])["tiles_without_positions"] == 1
 
 
+@pytest.mark.filterwarnings("ignore:No table..len..:astropy.utils.exceptions.AstropyUserWarning")  # it measures the text
+def test_a_table_astropy_wrote_matches_into_labels_astropy_reads(survey, tmp_path):
+    """astropy's header in the table (and in skymorph's Parquet exports) described its columns only, and was
+    carried over: ``Table.read`` of the labels failed with a KeyError on object_id, a column it did not name."""
+    from astropy.table import Table
+
+    root, labels = survey
+    Table.from_pandas(_volunteer_table(labels)).write(tmp_path / "gz.parquet")
+    assert b"table_meta_yaml" in pq.read_schema(tmp_path / "gz.parquet").metadata
+    match_labels(str(tmp_path / "gz.parquet"), f"{root}/tiles.txt", str(tmp_path / "m.parquet"), progress=False)
+    read = Table.read(tmp_path / "m.parquet").to_pandas()
+    written = pd.read_parquet(tmp_path / "m.parquet")
+    assert list(read.columns[:4]) == ["object_id", "tile", "row", "match_arcsec"] and read.equals(written)
+    assert b"skymorph.matched" in pq.read_schema(tmp_path / "m.parquet").metadata
+
+
 def test_tables_that_cannot_be_matched_are_one_line_errors(survey, tmp_path):
     root, labels = survey
     table = _volunteer_table(labels)

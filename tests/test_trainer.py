@@ -1191,6 +1191,30 @@ def test_a_batchs_votes_are_added_to_the_labels_where_the_batch_says_each_image_
         add_votes(str(tmp_path / "votes.csv"), str(tmp_path / "elsewhere.csv"), str(tmp_path / "x.parquet"), labels=old, schema="gz2")
 
 
+def test_votes_added_to_labels_astropy_wrote_leave_astropys_header_behind(tmp_path):
+    """astropy's header in the old labels described their columns only (``split`` as 10 characters), and was
+    carried over to labels of more columns (``tile``, ``row``), which it did not name to ``Table.read``."""
+    import pyarrow.parquet as pq
+    from astropy.table import Table
+
+    from skymorph.trainer.votes import add_votes
+
+    _, ring_labels = write_ring_survey(str(tmp_path))  # 48 galaxies, ids 1000-1047, rows 0-23 of t0 and t1
+    table = pd.read_parquet(ring_labels)
+    Table.from_pandas(table.iloc[:30]).write(tmp_path / "old.parquet")
+    assert pq.read_schema(tmp_path / "old.parquet").metadata[b"table::len::split"] == b"10"
+    batch = pd.DataFrame({"object_id": 1000 + np.arange(30, 48), "tile": [str(tmp_path / "tiles" / f"t{i // 24}.zarr") for i in range(30, 48)],
+                          "row": np.arange(30, 48) % 24})
+    batch.to_csv(tmp_path / "batch.csv", index=False)
+    table.iloc[30:46].drop(columns="split").to_csv(tmp_path / "votes.csv", index=False)
+    out = tmp_path / "new.parquet"
+    add_votes(str(tmp_path / "votes.csv"), str(tmp_path / "batch.csv"), str(out), labels=str(tmp_path / "old.parquet"), schema="gz2")
+    keys = set(pq.read_schema(out).metadata)
+    assert {b"skymorph.schema", b"skymorph.votes_added"} <= keys and b"table_meta_yaml" not in keys
+    assert not [key for key in keys if key.startswith(b"table::len::")]
+    assert len(load_labels(str(out), GZ2).object_id) == 46
+
+
 def test_votes_are_added_under_a_tree_of_another_name_with_the_same_questions(tmp_path):
     """labels ingest compared the trees' JSON, names included: a custom tree's file given by another path
     (its default name) refused the next round's votes as another tree's."""

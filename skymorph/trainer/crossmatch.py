@@ -73,7 +73,7 @@ def match_labels(table: str, tiles: str, out: str, *, radius_arcsec: float = 1.0
     import pyarrow as pa
 
     from skymorph.storage import check_new, write_parquet
-    from skymorph.tables import LABELLED_POSITION_ARCSEC, plain, read_table, sky_positions
+    from skymorph.tables import LABELLED_POSITION_ARCSEC, carried_metadata, plain, read_table, sky_positions
     from skymorph.tiles import read_tiles
 
     if not str(out).lower().endswith((".parquet", ".pq")):
@@ -124,8 +124,8 @@ def match_labels(table: str, tiles: str, out: str, *, radius_arcsec: float = 1.0
     record = {"table": str(table), "table_sha256": sha256, "tiles": str(tiles), "tile_count": len(tile_urls),
               "tiles_without_positions": best.skipped, "radius_arcsec": float(radius_arcsec), "rows": len(said),
               "matched": len(kept), "unmatched": unmatched, "duplicates": duplicates}
-    # pandas' own key describes the table's columns without the added ones; anything else (a tree) carries over
-    metadata = {key: value for key, value in (source.schema.metadata or {}).items() if key != b"pandas"}
+    # pandas' and astropy's keys describe the table's columns without the added ones; anything else (a tree) carries over
+    metadata = carried_metadata(source)
     metadata[MATCHED_KEY.encode()] = json.dumps(record).encode()
     write_parquet(result.replace_schema_metadata(metadata), out, storage_options)
     return Matched(out=str(out), rows=len(said), matched=len(kept), unmatched=unmatched, duplicates=duplicates,

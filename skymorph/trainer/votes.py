@@ -63,6 +63,7 @@ def add_votes(votes: str, batch: str, out: str, labels: str | None = None, schem
     from skymorph.tables import (
         LABELLED_POSITION_ARCSEC,
         arcsec_between,
+        carried_metadata,
         index_in,
         locations,
         plain,
@@ -127,8 +128,8 @@ def add_votes(votes: str, batch: str, out: str, labels: str | None = None, schem
                 f"{labels!r} already; add the new votes to its old row instead"
             )
         old = plain(old)
-        # pandas' own key describes the old columns only; the tree and the history carry over
-        old_metadata = {key: value for key, value in (old.schema.metadata or {}).items() if key != b"pandas"}
+        # pandas' and astropy's keys describe the old columns only; the tree and the history carry over
+        old_metadata = carried_metadata(old)
         history = json.loads(old_metadata.get(VOTES_ADDED_KEY.encode(), b"[]"))
         # a galaxy with a row but no votes (ingested without a label, or still with the volunteers) gets its
         # votes in that row, which keeps its other cells: its split above all, so validation stays validation
