@@ -79,6 +79,13 @@ def test_coverage_matches_brute_force_intervals(likelihood):
             assert got[q.name][f"expected{kind}"][f"{width:g}"] == pytest.approx(np.mean(mass), rel=1e-9)
 
 
+@pytest.mark.parametrize(("levels", "deviations"), [((0.0,), (0.1,)), ((1.5,), (0.1,)), ((0.5,), (-0.1,))])
+def test_coverage_refuses_levels_and_deviations_out_of_range(levels, deviations):
+    outputs, votes = np.full((1, 1, GZ2.n_answers), 0.5), np.ones((1, GZ2.n_answers), dtype=np.int64)
+    with pytest.raises(InputError, match=r"coverage levels must be in \(0, 1\] and deviations >= 0"):
+        coverage(outputs, votes, GZ2, "multinomial", levels=levels, deviations=deviations)
+
+
 def test_the_mode_of_a_tied_mixture_is_its_smaller_count():
     """Two samples at p = 0.3 and 0.7: counts 2 and 5 of 7 are equally likely. With the smaller as the
     mode, a count of 2 is within 0 of it, 5 is not, and 3 is within 1/7."""

@@ -2,8 +2,9 @@
 
 Readers: :func:`info` (what a catalog holds), :func:`query` (SQL and cone, out of core with DuckDB;
 :func:`query_reader` streams the result),
-:func:`pick` (the next Galaxy Zoo batch by BALD), :func:`export_table` (CSV/Parquet/FITS/VOTable) and
-:func:`gallery` (a PNG of picked galaxies with their posteriors). The writer is in
+:func:`pick` (the next Galaxy Zoo batch by BALD; :func:`pick_to` writes it, with its cutouts as PNG files
+for Zooniverse), :func:`export_table` (CSV/Parquet/FITS/VOTable) and :func:`gallery` (a PNG of picked
+galaxies with their posteriors). The writer is in
 :mod:`skymorph.catalog.writer`, paths and metadata in :mod:`skymorph.catalog.layout`.
 """
 

@@ -176,6 +176,9 @@ def coverage(outputs: np.ndarray, votes: np.ndarray, schema, likelihood: str, le
     """Per question (galaxies with N_q > 0): at each nominal level, the ``observed`` coverage and the
     coverage the posterior ``expected``; at each maximum deviation of the vote fraction, the same as
     ``observed_within`` and ``expected_within``. See the module docstring."""
+    if not all(0 < c <= 1 for c in levels) or not all(d >= 0 for d in deviations):
+        raise InputError(f"coverage levels must be in (0, 1] and deviations >= 0, got levels {tuple(levels)} and deviations "
+                         f"{tuple(deviations)}")
     level_keys, deviation_keys = [f"{c:g}" for c in levels], [f"{d:g}" for d in deviations]
     result = {}
     for q, s in zip(schema.questions, schema.question_slices):
