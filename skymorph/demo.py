@@ -109,16 +109,16 @@ def run_demo(config: DemoConfig = DemoConfig()) -> int:
 def _catalog_tools(catalog: str, out_dir: str) -> None:
     from skymorph.cli import main
 
-    batch = os.path.join(out_dir, "batch.csv")
+    batch, images = os.path.join(out_dir, "batch.csv"), os.path.join(out_dir, "batch-images")
     for argv in (["catalog", "info", catalog],
                  ["catalog", "query", catalog, "--columns", "object_id,ra,dec,bald_total", "--where", "bald_total > 0",
                   "--limit", "5"],
-                 ["catalog", "pick", catalog, "--n", "50", "--out", batch, "--overwrite"]):
+                 ["catalog", "pick", catalog, "--n", "50", "--out", batch, "--images", images, "--overwrite"]):
         command = shlex.join(["skymorph", *argv])  # quoted as a shell needs it, so it can be pasted
         print(f"      $ {command}", flush=True)
         if main(argv) != 0:
             raise SystemExit(f"demo: `{command}` failed")
-    print(f"      next Galaxy Zoo batch: {batch}", flush=True)
+    print(f"      next Galaxy Zoo batch: {batch}, with its cutouts in {images} (a Zooniverse subject manifest)", flush=True)
 
 
 def main(argv: list[str]) -> int:
