@@ -108,3 +108,31 @@ def test_astropy_reads_a_pick_export_without_positions(catalog, tmp_path):
     assert np.isnan(table["ra"]).all() and np.isnan(table["dec"]).all() and table["dec"].unit == u.deg
     assert list(table["object_id"]) == batch["object_id"].to_pylist()
     assert table.meta == {**_provenance(catalog), "PICK": "strategy=top score=bald_total"}
+
+
+def test_a_null_text_gets_no_length_so_astropy_does_not_read_it_as_a_cut_none(tmp_path):
+    """With a length, astropy's reader turned the null into the text "None" cut to it ("No" here); without
+    one it refuses the column, as before, and pyarrow reads the null."""
+    batches = [pa.record_batch({"name": pa.array(["ab"]), "n": [1]}), pa.record_batch({"name": pa.array([None, "c"], pa.string()), "n": [2, 3]})]
+    streamed, whole = str(tmp_path / "streamed.parquet"), str(tmp_path / "whole.parquet")
+    export_reader(pa.RecordBatchReader.from_batches(batches[0].schema, iter(batches)), streamed)
+    export_table(pa.Table.from_batches(batches), whole)
+    for out in (streamed, whole):
+        metadata = pq.read_schema(out).metadata
+        assert b"table_meta_yaml" in metadata and b"table::len::name" not in metadata
+        assert pq.read_table(out)["name"].to_pylist() == ["ab", None, "c"]
+
+
+@pytest.mark.parametrize("table", [
+    pa.table({"": [1, 2]}),  # astropy: KeyError ''
+    pa.table([pa.array([1.0])], schema=pa.schema([pa.field("flux", pa.float64(), metadata={"unit": "counts per pix"})])),
+    pa.table({"a": [1]}).replace_schema_metadata({b"blob": b"\xff\xfe"}),  # not text
+], ids=["no name", "unknown unit", "binary metadata"])
+def test_a_table_astropy_cannot_hold_is_exported_without_its_header(table, tmp_path):
+    for out, write in ((str(tmp_path / "whole.parquet"), lambda out: export_table(table, out)),
+                       (str(tmp_path / "streamed.parquet"), lambda out: export_reader(pa.RecordBatchReader.from_batches(
+                           table.schema, iter(table.to_batches())), out))):
+        write(out)
+        read = pq.read_table(out)
+        assert read.column_names == table.column_names and read.equals(table.replace_schema_metadata(read.schema.metadata))
+        assert b"table_meta_yaml" not in read.schema.metadata and all(k in read.schema.metadata for k in (table.schema.metadata or {}))

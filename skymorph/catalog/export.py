@@ -95,32 +95,43 @@ def to_astropy(table):
     return result
 
 
-def _text_lengths(data) -> dict[str, int]:
+def _text_lengths(data) -> dict[str, int | None]:
     """The characters (code points, as numpy's ``str`` counts them) of the longest value of each text column
-    of a pyarrow table or batch ``data``; 0 for a column of no values."""
+    of a pyarrow table or batch ``data``; 0 for a column of no values, None for one with a null, which
+    astropy's reader would turn into the text "None" cut to that length (without a length it fails)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    return {field.name: pc.max(pc.utf8_length(column)).as_py() or 0 for field, column in zip(data.schema, data.columns)
-            if pa.types.is_string(field.type) or pa.types.is_large_string(field.type)}
+    return {field.name: None if column.null_count else pc.max(pc.utf8_length(column)).as_py() or 0
+            for field, column in zip(data.schema, data.columns) if pa.types.is_string(field.type) or pa.types.is_large_string(field.type)}
 
 
-def _astropy_metadata(schema, text_lengths: dict[str, int]) -> dict[str, str]:
+def _longest(a: dict[str, int | None], b: dict[str, int | None]) -> dict[str, int | None]:
+    """:func:`_text_lengths` of two parts of one table, from theirs."""
+    return {name: None if a[name] is None or b[name] is None else max(a[name], b[name]) for name in a}
+
+
+def _astropy_metadata(schema, text_lengths: dict[str, int | None]) -> dict[bytes, bytes]:
     """The Parquet key-value metadata astropy's reader (``Table.read``) takes column units, descriptions and
     ``meta`` from, as its own writer records them: ``table_meta_yaml``, the YAML header of an empty
     :func:`to_astropy` table of ``schema`` (the provenance as FITS and VOTable ``meta`` hold it), and
     ``table::len::<name>``, each text column's longest value in ``text_lengths``, its numpy ``str`` length
-    (without it astropy warns, and fails on a file of no rows)."""
+    (without it astropy warns, and fails on a file of no rows). Nothing for a table astropy cannot hold (a
+    column without a name, a unit it cannot parse, metadata that is not text): it is written without."""
     from astropy.table.meta import get_yaml_from_table
 
-    header = "\n".join(get_yaml_from_table(to_astropy(schema.empty_table())))
-    return {"table_meta_yaml": header, **{f"table::len::{name}": str(n) for name, n in text_lengths.items()}}
+    try:
+        header = "\n".join(get_yaml_from_table(to_astropy(schema.empty_table())))
+    except (KeyError, TypeError, ValueError):  # UnicodeDecodeError is a ValueError
+        return {}
+    lengths = {f"table::len::{name}": str(n) for name, n in text_lengths.items() if n is not None}
+    return {key.encode(): value.encode() for key, value in {"table_meta_yaml": header, **lengths}.items()}
 
 
-def _parquet_schema(schema, text_lengths: dict[str, int]):
+def _parquet_schema(schema, text_lengths: dict[str, int | None]):
     """``schema`` as a Parquet export writes it: :func:`describe_schema`, plus :func:`_astropy_metadata`."""
     described = describe_schema(schema)
-    return described.with_metadata({**metadata_text(described.metadata), **_astropy_metadata(described, text_lengths)})
+    return described.with_metadata({**(described.metadata or {}), **_astropy_metadata(described, text_lengths)})
 
 
 def check_exportable(table, out: str) -> None:
@@ -250,9 +261,9 @@ def _stream_parquet(reader, path: str) -> int:
         for batch in reader:
             writer.write_batch(batch)
             rows += batch.num_rows
-            lengths = {name: max(n, lengths[name]) for name, n in _text_lengths(batch).items()}
+            lengths = _longest(lengths, _text_lengths(batch))
         schema = _parquet_schema(reader.schema, lengths)
-        writer.add_key_value_metadata({**metadata_text(schema.metadata), "ARROW:schema": base64.b64encode(schema.serialize()).decode()})
+        writer.add_key_value_metadata({**(schema.metadata or {}), b"ARROW:schema": base64.b64encode(schema.serialize())})
     return rows
 
 
