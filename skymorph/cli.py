@@ -79,6 +79,14 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _path(text: str) -> str:
+    """A file, directory or URL argument: an empty one (an unset shell variable) would otherwise read as
+    the flag not given, or fail later naming no flag."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("give a path or URL, not an empty string")
+    return text
+
+
 def _print_json(obj) -> None:
     print(json.dumps(obj, indent=2, default=str))
 
@@ -91,7 +99,7 @@ def _add_survey_commands(sub) -> None:
     survey_sub = survey.add_subparsers(dest="survey_command", metavar="{synth,ingest}", required=True)
 
     synth = survey_sub.add_parser("synth", help="write a synthetic survey with known truth and simulated votes")
-    synth.add_argument("--out", required=True, metavar="URL", help="output location (local path or s3://bucket/prefix)")
+    synth.add_argument("--out", required=True, metavar="URL", type=_path, help="output location (local path or s3://bucket/prefix)")
     # numbers are checked by synthesize(), which names the flag in a one-line error
     synth.add_argument("--tiles", type=int, default=16, help="number of sky tiles (default 16)")
     synth.add_argument("--per-tile", type=int, default=512, help="galaxies per tile (default 512)")
@@ -139,8 +147,8 @@ def _add_ingest_command(survey_sub) -> None:
                                    description="Ingest JPEG/PNG/FITS cutouts listed in a CSV into tile stores. Exits 1 when some "
                                    "files could not be read: they are named on stderr and in OUT/ingest_failures.csv, and the "
                                    "survey of the others is written.")
-    ingest.add_argument("--catalog", required=True, metavar="CSV", help="CSV with file (relative to the CSV), object id, optional ra, dec, label, split")
-    ingest.add_argument("--out", required=True, metavar="URL", help="output location (local path or s3://bucket/prefix)")
+    ingest.add_argument("--catalog", required=True, metavar="CSV", type=_path, help="CSV with file (relative to the CSV), object id, optional ra, dec, label, split")
+    ingest.add_argument("--out", required=True, metavar="URL", type=_path, help="output location (local path or s3://bucket/prefix)")
     ingest.add_argument("--size", type=_positive_int, default=128, help="output cutout size in pixels (default 128)")
     ingest.add_argument("--bands", choices=("mean", "keep"), default="mean", help="mean: one grey channel; keep: all bands (default mean)")
     ingest.add_argument("--stretch", choices=("asinh", "linear"), default="asinh", help="FITS flux, and one-band 16-bit or float PNG/TIFF, to 8 bits (default asinh)")
@@ -181,8 +189,8 @@ def _add_train_commands(sub) -> None:
     from skymorph.model_metadata import LIKELIHOODS
 
     train = sub.add_parser("train", help="train a Bayesian CNN on vote counts (writes a checkpoint)")
-    train.add_argument("--tiles", required=True, metavar="TILELIST", help="tile list file (or one .zarr tile store)")
-    train.add_argument("--labels", required=True, metavar="LABELS", help="Parquet, CSV or FITS table with object_id and {question}_{answer} vote counts (or a Galaxy Zoo table of them)")
+    train.add_argument("--tiles", required=True, metavar="TILELIST", type=_path, help="tile list file (or one .zarr tile store)")
+    train.add_argument("--labels", required=True, metavar="LABELS", type=_path, help="Parquet, CSV or FITS table with object_id and {question}_{answer} vote counts (or a Galaxy Zoo table of them)")
     train.add_argument("--schema", help="gz2, decals or a JSON file (default: the one the labels record, as survey synth and "
                        "ingest write them, else decals; with --resume/--finetune: the checkpoint's)")
     train.add_argument("--arch", help="model architecture (default w20; with --resume/--finetune: the checkpoint's)")
@@ -206,10 +214,10 @@ def _add_train_commands(sub) -> None:
     train.add_argument("--no-augment", dest="augment", action="store_false", default=None,
                        help="no flips, rotations, zoom, jitter (with --resume: the checkpoint's setting)")
     train.add_argument("--ema-decay", type=float, help="validate and save a moving average of the weights with this decay per step (e.g. 0.998)")
-    train.add_argument("--out", required=True, metavar="CKPT", help="best checkpoint; CKPT.metrics.json and the .last checkpoint go beside it")
+    train.add_argument("--out", required=True, metavar="CKPT", type=_path, help="best checkpoint; CKPT.metrics.json and the .last checkpoint go beside it")
     start = train.add_mutually_exclusive_group()
-    start.add_argument("--resume", metavar="CKPT", help="continue from a .last checkpoint (optimizer, step, RNG, epoch), with the run's own --out")
-    start.add_argument("--finetune", metavar="CKPT", help="start from these trained weights with a new optimizer")
+    start.add_argument("--resume", metavar="CKPT", type=_path, help="continue from a .last checkpoint (optimizer, step, RNG, epoch), with the run's own --out")
+    start.add_argument("--finetune", metavar="CKPT", type=_path, help="start from these trained weights with a new optimizer")
     train.add_argument("--threads", type=_positive_int, help="torch threads (default: torch's choice)")
     train.add_argument("--max-minutes", type=float, help="stop after this much wall time, mid-epoch (then validate and save; --resume starts the next epoch)")
     train.add_argument("--stop-after-epochs", type=_positive_int, help="end this session after N epochs of the schedule; continue with --resume")
@@ -219,14 +227,14 @@ def _add_train_commands(sub) -> None:
     train.set_defaults(func=_cmd_train)
 
     evaluate = sub.add_parser("evaluate", help="MC-dropout posteriors of a checkpoint against observed votes")
-    evaluate.add_argument("checkpoint", metavar="CKPT", help="checkpoint written by `skymorph train` (path or s3:// URL)")
-    evaluate.add_argument("--tiles", required=True, metavar="TILELIST", help="tile list file (or one .zarr tile store) holding the galaxies' images")
-    evaluate.add_argument("--labels", required=True, metavar="LABELS", help="Parquet, CSV or FITS table with object_id and {question}_{answer} vote counts (or a Galaxy Zoo table of them)")
-    evaluate.add_argument("--out", required=True, metavar="DIR", help="metrics.json, predictions.parquet and plots go here")
+    evaluate.add_argument("checkpoint", metavar="CKPT", type=_path, help="checkpoint written by `skymorph train` (path or s3:// URL)")
+    evaluate.add_argument("--tiles", required=True, metavar="TILELIST", type=_path, help="tile list file (or one .zarr tile store) holding the galaxies' images")
+    evaluate.add_argument("--labels", required=True, metavar="LABELS", type=_path, help="Parquet, CSV or FITS table with object_id and {question}_{answer} vote counts (or a Galaxy Zoo table of them)")
+    evaluate.add_argument("--out", required=True, metavar="DIR", type=_path, help="metrics.json, predictions.parquet and plots go here")
     evaluate.add_argument("--split", choices=("validation", "train", "test", "all"), default="validation",
                           help="galaxies to score: the checkpoint's validation split (default), its train split, the "
                                "rows the labels' split column marks test, or all")
-    evaluate.add_argument("--truth", metavar="PARQUET", help="true fractions ({question}_{answer}_true columns), e.g. a synthetic survey's truth.parquet")
+    evaluate.add_argument("--truth", metavar="PARQUET", type=_path, help="true fractions ({question}_{answer}_true columns), e.g. a synthetic survey's truth.parquet")
     evaluate.add_argument("--samples", type=_positive_int, default=30, help="MC dropout samples T, 1-1000 (default 30)")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the dropout masks (default 0)")
     evaluate.add_argument("--threads", type=_positive_int, help="torch threads (default: torch's choice)")
@@ -294,22 +302,22 @@ def _add_labels_commands(sub) -> None:
     labels_sub = labels.add_subparsers(dest="labels_command", metavar="{match,ingest}", required=True)
     match = labels_sub.add_parser("match", help="give each row of a volunteer table the object_id, tile and row of the "
                                   "nearest tile galaxy on the sky")
-    match.add_argument("table", metavar="TABLE", help="a table with ra and dec in degrees (CSV, Parquet or FITS: a Galaxy "
+    match.add_argument("table", metavar="TABLE", type=_path, help="a table with ra and dec in degrees (CSV, Parquet or FITS: a Galaxy "
                        "Zoo volunteer table)")
-    match.add_argument("--tiles", required=True, metavar="TILELIST", help="tile list file (or one .zarr tile store)")
+    match.add_argument("--tiles", required=True, metavar="TILELIST", type=_path, help="tile list file (or one .zarr tile store)")
     match.add_argument("--radius", type=float, default=1.0, metavar="ARCSEC", help="largest separation of a match, in "
                        "arcseconds (default 1)")
-    match.add_argument("--out", required=True, metavar="LABELS", help="the matched rows, as labels (Parquet)")
+    match.add_argument("--out", required=True, metavar="LABELS", type=_path, help="the matched rows, as labels (Parquet)")
     _add_overwrite_option(match, "an existing --out")
     _add_storage_option(match)
     match.set_defaults(func=_cmd_labels_match)
     ingest = labels_sub.add_parser("ingest", help="append a batch's votes, with where each image is, to the labels")
-    ingest.add_argument("votes", metavar="VOTES", help="the volunteers' vote counts (CSV, Parquet or FITS; skymorph's "
+    ingest.add_argument("votes", metavar="VOTES", type=_path, help="the volunteers' vote counts (CSV, Parquet or FITS; skymorph's "
                         "spelling or a Galaxy Zoo table), with object_id")
-    ingest.add_argument("--batch", required=True, metavar="BATCH", help="the batch `catalog pick` wrote for them (tile, row, ra, dec)")
-    ingest.add_argument("--labels", metavar="LABELS", help="the labels so far (default: none, a first round)")
+    ingest.add_argument("--batch", required=True, metavar="BATCH", type=_path, help="the batch `catalog pick` wrote for them (tile, row, ra, dec)")
+    ingest.add_argument("--labels", metavar="LABELS", type=_path, help="the labels so far (default: none, a first round)")
     ingest.add_argument("--schema", help="gz2, decals or a JSON file (default: the one the labels so far record)")
-    ingest.add_argument("--out", required=True, metavar="LABELS", help="the new labels (Parquet)")
+    ingest.add_argument("--out", required=True, metavar="LABELS", type=_path, help="the new labels (Parquet)")
     _add_overwrite_option(ingest, "an existing --out")
     _add_storage_option(ingest)
     ingest.set_defaults(func=_cmd_labels_ingest)
@@ -344,8 +352,8 @@ def _add_export_commands(sub) -> None:
         description="Writes ONNX (images uint8 (B, C, H, W) -> samples (B, T, A)) with T dropout masks drawn from "
         "--seed as constants, checked against PyTorch; --format tensorrt also builds a plan from it (NVIDIA GPU).",
     )
-    export.add_argument("checkpoint", metavar="CKPT", help="checkpoint written by `skymorph train` (path or s3:// URL)")
-    export.add_argument("--out", required=True, metavar="URL", help="output model.onnx, or model.plan for --format tensorrt")
+    export.add_argument("checkpoint", metavar="CKPT", type=_path, help="checkpoint written by `skymorph train` (path or s3:// URL)")
+    export.add_argument("--out", required=True, metavar="URL", type=_path, help="output model.onnx, or model.plan for --format tensorrt")
     export.add_argument("--samples", type=_positive_int, default=30, help="T, the number of frozen dropout masks, 1-1000 (default 30)")
     export.add_argument("--seed", type=int, default=0, help="seed of the masks: same checkpoint, T and seed, same model (default 0)")
     export.add_argument("--format", choices=("onnx", "tensorrt"), default="onnx", help="onnx (default) or tensorrt")
@@ -353,8 +361,8 @@ def _add_export_commands(sub) -> None:
     export.add_argument("--fp16", action="store_true", help="tensorrt: build an fp16 plan")
     export.add_argument("--opt-batch", type=_positive_int, help="tensorrt: batch size tuned for (default 256)")
     export.add_argument("--max-batch", type=_positive_int, help="tensorrt: largest batch (default 1024)")
-    export.add_argument("--timing-cache", metavar="FILE", help="tensorrt: kernel timing cache, read and updated")
-    export.add_argument("--onnx-out", metavar="URL", help="tensorrt: where the ONNX model goes (default: --out with .onnx)")
+    export.add_argument("--timing-cache", metavar="FILE", type=_path, help="tensorrt: kernel timing cache, read and updated")
+    export.add_argument("--onnx-out", metavar="URL", type=_path, help="tensorrt: where the ONNX model goes (default: --out with .onnx)")
     _add_overwrite_option(export, "existing models at --out and (tensorrt) at --onnx-out or its default path")
     _add_storage_option(export)
     export.set_defaults(func=_cmd_export)
@@ -384,15 +392,15 @@ def _cmd_export(args) -> int:
 def _add_run_commands(sub) -> None:
     """``skymorph run``."""
     run = sub.add_parser("run", help="classify a survey on Dask: tiles -> engine -> posteriors -> HATS catalog")
-    run.add_argument("--tiles", required=True, metavar="TILELIST", help="tile list (one tile store URL per line), or one .zarr tile store")
-    run.add_argument("--model", required=True, metavar="MODEL", help="exported model (.onnx, .plan) with skymorph metadata, or a .ckpt run by torch with T=30 masks from seed 0")
-    run.add_argument("--out", required=True, metavar="CATALOG", help="catalog location (local path or s3://), new, empty or a catalog to resume")
+    run.add_argument("--tiles", required=True, metavar="TILELIST", type=_path, help="tile list (one tile store URL per line), or one .zarr tile store")
+    run.add_argument("--model", required=True, metavar="MODEL", type=_path, help="exported model (.onnx, .plan) with skymorph metadata, or a .ckpt run by torch with T=30 masks from seed 0")
+    run.add_argument("--out", required=True, metavar="CATALOG", type=_path, help="catalog location (local path or s3://), new, empty or a catalog to resume")
     where = run.add_mutually_exclusive_group()
     where.add_argument("--scheduler", metavar="ADDRESS", help="Dask scheduler to use (default: DASK_SCHEDULER_ADDRESS, else a local cluster)")
-    where.add_argument("--scheduler-file", metavar="FILE", help="Dask scheduler file (as written by `dask scheduler --scheduler-file`)")
+    where.add_argument("--scheduler-file", metavar="FILE", type=_path, help="Dask scheduler file (as written by `dask scheduler --scheduler-file`)")
     run.add_argument("--cluster", choices=("local", "slurm"), default="local",
                      help="without a scheduler: a LocalCluster, or SLURM jobs from --cluster-config (default local)")
-    run.add_argument("--cluster-config", metavar="FILE", help="YAML for --cluster slurm (see deploy/slurm/)")
+    run.add_argument("--cluster-config", metavar="FILE", type=_path, help="YAML for --cluster slurm (see deploy/slurm/)")
     run.add_argument("--workers", type=_positive_int, default=None, help="worker processes of the cluster skymorph starts "
                      "(default: sized to the machine; with --cluster slurm, at most this many jobs)")
     run.add_argument("--threads-per-worker", type=_positive_int, default=1,
@@ -446,13 +454,13 @@ def _add_catalog_commands(sub) -> None:
     catalog_sub = catalog.add_subparsers(dest="catalog_command", metavar="{info,query,pick}", required=True)
 
     info = catalog_sub.add_parser("info", help="rows, partitions, columns, model, failed tiles, bald_total quantiles")
-    info.add_argument("catalog", metavar="CATALOG", help="catalog location (local path or s3://bucket/prefix)")
+    info.add_argument("catalog", metavar="CATALOG", type=_path, help="catalog location (local path or s3://bucket/prefix)")
     info.add_argument("--json", action="store_true", help="print JSON instead of text")
     _add_storage_option(info)
     info.set_defaults(func=_cmd_catalog_info)
 
     query = catalog_sub.add_parser("query", help="SQL filter and/or cone search, to the terminal or a file")
-    query.add_argument("catalog", metavar="CATALOG", help="catalog location (local path or s3://bucket/prefix)")
+    query.add_argument("catalog", metavar="CATALOG", type=_path, help="catalog location (local path or s3://bucket/prefix)")
     query.add_argument("--where", metavar="SQL", help="a read-only SQL condition, e.g. 'bar_bald > 0.1 AND dec > 0'")
     query.add_argument("--columns", metavar="A,B", help="comma-separated columns to return (default: all)")
     query.add_argument("--order-by", metavar="SQL", help="an SQL ORDER BY list, e.g. 'bald_total DESC' (without it rows "
@@ -461,13 +469,13 @@ def _add_catalog_commands(sub) -> None:
                        "own order, the same on every call (the terminal shows 20 unless given)")
     query.add_argument("--cone", nargs=3, type=float, metavar=("RA", "DEC", "RADIUS_ARCSEC"),
                        help="rows within RADIUS_ARCSEC of (RA, DEC), degrees ICRS")
-    query.add_argument("--out", metavar="FILE", help="write the rows (all of them unless --limit) to .csv, .parquet, .fits, .vot or .xml")
+    query.add_argument("--out", metavar="FILE", type=_path, help="write the rows (all of them unless --limit) to .csv, .parquet, .fits, .vot or .xml")
     _add_overwrite_option(query, "an existing --out file")
     _add_storage_option(query)
     query.set_defaults(func=_cmd_catalog_query)
 
     pick = catalog_sub.add_parser("pick", help="the next Galaxy Zoo batch by BALD, as a subject manifest CSV")
-    pick.add_argument("catalog", metavar="CATALOG", help="catalog location (local path or s3://bucket/prefix)")
+    pick.add_argument("catalog", metavar="CATALOG", type=_path, help="catalog location (local path or s3://bucket/prefix)")
     pick.add_argument("--n", type=_positive_int, required=True, help="batch size")
     pick.add_argument("--question", help="rank by {question}_asked x {question}_bald, the information expected from the "
                       "volunteers asked it (default: bald_total, its sum over questions)")
@@ -478,13 +486,13 @@ def _add_catalog_commands(sub) -> None:
     pick.add_argument("--beta", type=float, help="power strategy exponent (default 1.0)")
     pick.add_argument("--seed", type=int, help="power strategy seed: same seed and catalog, same batch; the catalog of a new model "
                       "draws afresh with the same seed (default 0)")
-    pick.add_argument("--exclude", metavar="IDS", nargs="+", help="CSV, FITS, VOTable or Parquet tables with an object_id column: never "
+    pick.add_argument("--exclude", metavar="IDS", type=_path, nargs="+", help="CSV, FITS, VOTable or Parquet tables with an object_id column: never "
                       "pick these (the labels' rows with votes, and batches still with the volunteers)")
     pick.add_argument("--exclude-id-column", default="object_id", metavar="NAME",
                       help="the --exclude file's column of catalog object ids (default object_id; e.g. galaxy_id)")
-    pick.add_argument("--out", required=True, metavar="FILE", help="subject manifest (.csv; or .parquet, .fits, .vot, .xml)")
-    pick.add_argument("--gallery", metavar="PNG", help="also draw the picked galaxies and their posteriors")
-    pick.add_argument("--images", metavar="DIR", help="also write each picked galaxy's cutout to DIR/<object_id>.png, named in a first "
+    pick.add_argument("--out", required=True, metavar="FILE", type=_path, help="subject manifest (.csv; or .parquet, .fits, .vot, .xml)")
+    pick.add_argument("--gallery", metavar="PNG", type=_path, help="also draw the picked galaxies and their posteriors")
+    pick.add_argument("--images", metavar="DIR", type=_path, help="also write each picked galaxy's cutout to DIR/<object_id>.png, named in a first "
                       "column 'image': with both local, a manifest for 'panoptes subject-set upload-subjects --file-column 1 SET "
                       "FILE.csv' (files of the same name are replaced: the same galaxy's cutout)")
     _add_overwrite_option(pick, "existing --out and --gallery files")

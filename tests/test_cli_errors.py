@@ -252,6 +252,25 @@ def test_a_count_beyond_int64_is_refused_by_its_flag(small_catalog, tmp_path, ca
             f"100000000000000000000 (see skymorph catalog {argv[0]} --help)"]
 
 
+@pytest.mark.parametrize("argv", [
+    ["catalog", "pick", "cat", "--n", "5", "--out", "b.csv", "--images", ""],
+    ["catalog", "pick", "cat", "--n", "5", "--out", "b.csv", "--gallery", " "],
+    ["catalog", "query", "cat", "--out", ""],
+    ["run", "--tiles", "t.txt", "--model", "m.onnx", "--out", ""],
+    ["evaluate", "m.ckpt", "--tiles", "t.txt", "--labels", "l.parquet", "--out", "eval", "--truth", ""],
+], ids=["pick-images", "pick-gallery", "query-out", "run-out", "evaluate-truth"])
+def test_an_empty_path_is_refused_by_its_flag(argv, capsys):
+    """An unset shell variable: `--images ""` wrote no images and `query --out ""` printed to the terminal,
+    both without a word, as if the flag had not been given."""
+    flag = argv[-2]
+    command = " ".join(["skymorph", *argv[:2 if argv[0] == "catalog" else 1]])
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"{command}: error: argument {flag}: give a path or URL, not an empty string (see {command} --help)"]
+
+
 @pytest.mark.parametrize(("argv", "flag", "what"), [
     (["train", "--tiles", "t.txt", "--labels", "l.parquet", "--out", "m.ckpt"], "--threads", "torch threads"),
     (["evaluate", "m.ckpt", "--tiles", "t.txt", "--labels", "l.parquet", "--out", "eval"], "--threads", "torch threads"),
