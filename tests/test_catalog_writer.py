@@ -23,6 +23,7 @@ from skymorph.catalog.writer import (
     finish_catalog,
     healpix_29,
     read_manifest,
+    with_version,
     write_failures,
     write_manifest,
     write_part,
@@ -256,6 +257,37 @@ def test_finish_removes_parts_no_finished_range_owns(tmp_path):
     on_disk = {int(d.rsplit("=", 1)[1]) for d, _, _ in os.walk(layout.dataset_url(catalog)) if os.path.basename(d).startswith("Npix=")}
     assert on_disk == set(report.pixels)
     assert all(os.listdir(d) for d, _, _ in os.walk(layout.dataset_url(catalog)))
+
+
+def test_a_catalog_resumed_after_an_upgrade_names_every_version_that_wrote_it(tmp_path):
+    """The finishing run stamped its own version on a catalog whose parts older versions wrote; a rerun of
+    a finished catalog after an upgrade, writing nothing, relabelled it too."""
+    from skymorph.catalog import open_catalog
+    from skymorph.inference.job import _finished
+
+    catalog = str(tmp_path / "cat")
+    rng = np.random.default_rng(3)
+    schema = catalog_schema(COLUMNS, _metadata())
+    manifest = Manifest(model_sha256=_metadata().model_sha256, order=ORDER, ranges={})
+    for name, ra0, worker_version in (("t0", 0.0, "0.10.0"), ("t1", 120.0, "0.9.2"), ("t2", 240.0, "0.10.0")):
+        object_id, ra, dec, posterior = _tile(rng, name, 40, ra0)
+        table = build_part_table(with_version(schema, worker_version), object_id, ra, dec, name, 0, posterior)
+        parts = write_part(catalog, table, name, 0, 40, ORDER)
+        manifest.add(RangeRecord(tile=name, start=0, stop=40, n=40, chunk_size=64, parts=tuple(parts)))
+    driver = with_version(schema, "0.11.0")
+    finish_catalog(catalog, manifest, driver, CatalogProperties(catalog_name="toy", total_rows=0, order=ORDER,
+                                                                skymorph_version="0.11.0"))
+    write_failures(catalog, [])
+    assert layout.read_properties(catalog).skymorph_version == "0.9.2, 0.10.0"
+    assert open_catalog(catalog).metadata.version == "0.9.2, 0.10.0"
+    assert _finished(catalog, manifest, driver, {}) == 120  # nothing to rewrite: the versions stay the parts'
+    assert layout.read_properties(catalog).skymorph_version == "0.9.2, 0.10.0"
+
+
+def test_joined_versions_are_distinct_and_ordered_by_their_numbers():
+    assert layout.joined_versions(["0.10.0", "", "0.9.1", "0.10.0"]) == "0.9.1, 0.10.0"
+    assert layout.joined_versions(["0.1.0"]) == "0.1.0"
+    assert layout.joined_versions([]) == ""
 
 
 def test_finish_names_a_part_damaged_by_another_hand(tmp_path):

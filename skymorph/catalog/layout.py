@@ -81,7 +81,8 @@ __all__ = [
     "foreign_entries",
     "remove_catalog",
     "unfinish_catalog",
-    "part_rows",
+    "part_footer",
+    "joined_versions",
     "read_properties",
     "write_properties",
     "read_partition_info",
@@ -353,13 +354,24 @@ class CatalogMetadata:
             raise CatalogError(f"{source} has malformed skymorph metadata: {err}") from err
 
 
-def part_rows(url: str, storage_options: dict | None = None) -> int:
-    """The row count in the Parquet footer of the part file at ``url`` (reads the footer only)."""
+def part_footer(url: str, storage_options: dict | None = None):
+    """The Parquet footer (``pyarrow.parquet.FileMetaData``) of the part file at ``url``: its row count and
+    key-value metadata, the ``skymorph.version`` of the worker that wrote it included (reads the footer only)."""
     import pyarrow.parquet as pq
 
     fs, path = filesystem(url, storage_options)
     with fs.open(path, "rb") as fh:
-        return pq.ParquetFile(fh).metadata.num_rows
+        return pq.ParquetFile(fh).metadata
+
+
+def joined_versions(versions) -> str:
+    """The distinct ``versions`` (skymorph versions that wrote a catalog's parts), oldest first, as one
+    text: ``"0.1.0"``, or ``"0.1.0, 0.2.0"`` for a catalog resumed or extended after an upgrade; ``""``
+    for none. Ordered by their numbers (0.10 after 0.9), then as text."""
+    def key(version: str):
+        return [int(number) for number in re.findall(r"\d+", version)], version
+
+    return ", ".join(sorted({v for v in versions if v}, key=key))
 
 
 def _rewrite(catalog: str) -> str:

@@ -351,7 +351,7 @@ def _first_unreadable(parts: list[str], storage_options: dict | None, threads: i
 
     def problem(url: str) -> str | None:
         try:
-            layout.part_rows(url, storage_options)
+            layout.part_footer(url, storage_options)
         except FileNotFoundError:
             return "deleted"
         except (OSError, ValueError):  # ValueError: pyarrow's ArrowInvalid, a footer that does not parse

@@ -47,6 +47,7 @@ __all__ = [
     "column_metadata",
     "catalog_schema",
     "describe_schema",
+    "with_version",
     "build_part_table",
     "write_part",
     "RangeRecord",
@@ -139,6 +140,12 @@ def catalog_schema(posterior_columns, metadata: CatalogMetadata):
         raise CatalogError(f"posterior columns {sorted(clash)} clash with the catalog's base columns")
     fields = base + [pa.field(name, pa.float32()) for name in posterior_columns]
     return pa.schema(fields, metadata=metadata.to_kv())
+
+
+def with_version(schema, version: str):
+    """``schema`` with ``version`` as its ``skymorph.version`` key-value metadata: a worker stamps the
+    version it runs, and the finish step the versions of all the parts (:func:`layout.joined_versions`)."""
+    return schema.with_metadata({**(schema.metadata or {}), b"skymorph.version": version.encode()})
 
 
 def describe_schema(schema):
@@ -426,15 +433,16 @@ def finish_catalog(catalog: str, manifest: Manifest, schema, properties: Catalog
         _remove_empty_directories([os.path.dirname(strip_protocol(p.url)) for p in stale] + [os.path.dirname(p) for p in temps],
                                   strip_protocol(layout.dataset_url(catalog)))
 
-    def rows_of(part) -> int:
+    def footer_of(part):
         try:
-            return layout.part_rows(part.url, storage_options)
+            return layout.part_footer(part.url, storage_options)
         except pa.ArrowInvalid as err:  # damaged after its writer's atomic write: by another hand
             raise CatalogError(f"catalog {catalog!r}: part {part.url} is not a readable Parquet file ({first_line(err)}); "
                                "rerun with --overwrite") from err
 
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        counts = list(pool.map(rows_of, keep))
+        footers = list(pool.map(footer_of, keep))
+    counts = [footer.num_rows for footer in footers]
     for part, rows in zip(keep, counts):
         if rows != owned[(part.npix, part.name)]:
             raise CatalogError(
@@ -443,6 +451,11 @@ def finish_catalog(catalog: str, manifest: Manifest, schema, properties: Catalog
             )
     total = int(sum(counts))
     pixels = tuple(sorted({p.npix for p in keep}))
+    # the versions that wrote the parts, not only this finishing run's: a run resumed after an upgrade
+    version = layout.joined_versions(layout.metadata_text(f.metadata).get("skymorph.version", "") for f in footers)
+    if version:
+        schema = with_version(schema, version)
+        properties = replace(properties, skymorph_version=version)
 
     buffer = io.BytesIO()
     pq.write_metadata(describe_schema(schema), buffer)

@@ -322,16 +322,18 @@ def _finished(catalog: str, manifest, arrow_schema, options: dict) -> int | None
 
     Reads only the small files (``hats.properties``, ``partition_info.csv``, ``_common_metadata``),
     never the parts, so a rerun of a finished job stays cheap; a damaged or stale metadata file (a
-    truncated ``_common_metadata``, garbage in ``partition_info.csv``) makes the rerun repair it.
+    truncated ``_common_metadata``, garbage in ``partition_info.csv``) makes the rerun repair it. The
+    stored ``skymorph.version`` is the parts' (their writers'), not this run's: a rerun after an upgrade
+    that writes nothing leaves it.
     """
-    from skymorph.catalog.writer import describe_schema
+    from skymorph.catalog.writer import describe_schema, with_version
     from skymorph.storage import exists
 
     if not exists(layout.failures_url(catalog), options):
         return None
     try:
         properties = layout.read_properties(catalog, options)
-        stored_schema, _ = layout.read_common_metadata(catalog, options)
+        stored_schema, stored = layout.read_common_metadata(catalog, options)
         pixels = layout.read_partition_info(catalog, options)
     except CatalogError:
         return None
@@ -339,7 +341,7 @@ def _finished(catalog: str, manifest, arrow_schema, options: dict) -> int | None
     if (properties.order != manifest.order
             or properties.total_rows != sum(record.rows for record in records)
             or sorted(pixels) != sorted({(manifest.order, npix) for r in records for npix, _, _ in r.parts})
-            or not stored_schema.equals(describe_schema(arrow_schema), check_metadata=True)):
+            or not stored_schema.equals(describe_schema(with_version(arrow_schema, stored.version)), check_metadata=True)):
         return None
     return properties.total_rows
 

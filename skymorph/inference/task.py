@@ -256,7 +256,8 @@ while the engine runs, few enough that a task's memory stays bounded (docs/deplo
 
 
 def _process(job: JobSpec, tile_url: str, start: int, stop: int | None, seconds: dict, engine_for, layout) -> dict:
-    from skymorph.catalog.writer import build_part_table, write_part
+    from skymorph import __version__
+    from skymorph.catalog.writer import build_part_table, with_version, write_part
     from skymorph.posterior import summarize
     from skymorph.schema import Schema
     from skymorph.tiles import open_tile
@@ -319,7 +320,8 @@ def _process(job: JobSpec, tile_url: str, start: int, stop: int | None, seconds:
     names = job.arrow_schema.names[len(BASE_COLUMNS):]
     posterior = {name: np.concatenate([s[name] for s in summaries]) if summaries else np.zeros(0, np.float32)
                  for name in names}
-    table = _stage("write", build_part_table, job.arrow_schema, object_id, ra, dec, tile_url, start, posterior)
+    schema = with_version(job.arrow_schema, __version__)  # this worker's code made the rows, whatever the driver runs
+    table = _stage("write", build_part_table, schema, object_id, ra, dec, tile_url, start, posterior)
     options = s3_retry_options(job.catalog, job.storage_options)
     _before_writing(job, options)
     parts = _stage("write", write_part, job.catalog, table, tile_url, start, stop, job.order, options)
