@@ -582,6 +582,10 @@ def test_ingest_bad_catalogs_are_one_line_errors(tmp_path):
     code, err = _run(["survey", "ingest", "--catalog", str(tmp_path / "cat.csv"), "--out", str(tmp_path / "o"),
                       "--label-question", "has_spiral_arms", "--label-map", "spiral=yess"])
     assert code == 2 and "lacks" in err and err.count("\n") == 1
+    code, err = _run(["survey", "ingest", "--catalog", str(tmp_path / "cat.csv"), "--out", str(tmp_path / "o"),
+                      "--label-question", "has_spiral_arms"])  # said: no answer in --label-map {'yes': 'yes', 'no': 'no'}
+    assert code == 2 and err == ("skymorph: error: catalog label 'spiral' is not an answer of question 'has_spiral_arms' (yes, no); "
+                                 "map the labels to answers with --label-map, e.g. --label-map spiral=yes\n")
     (tmp_path / "cat.csv").write_text("object_id,file,ra,dec\n1,a.png,abc,3\n")
     code, err = _run(["survey", "ingest", "--catalog", str(tmp_path / "cat.csv"), "--out", str(tmp_path / "o")])
     assert code == 2 and "ra/dec missing or not finite for object_id 1" in err and err.count("\n") == 1
@@ -672,6 +676,8 @@ def _one_png(tmp_path) -> None:
     ("object_id,file\n1,a.png\n", ["--pixel-scale-arcsec", "nan"], "must be a finite number > 0, got nan"),
     ("object_id,file\n1,a.png\n", ["--catalog-is-dir"], "is a directory; give the CSV file"),
     ("object_id,file\n-9223372036854775808,a.png\n", [], "object_id -9223372036854775808 is reserved"),
+    ("object_id,file\n1,a.png\n2,\n", [], "the file of object_id 2 is empty; give each row its cutout's file"),  # was a TypeError
+    ("object_id,file\n1,a.png\n2,  \n", [], "the file of object_id 2 is empty"),
     ("object_id,file\n9223372036854775813,a.png\n5,a.png\n", [],  # pandas reads them as uint64: they wrapped negative
      "object_id 9223372036854775813 is above 2**63 - 1, the largest int64 object_id; renumber such galaxies"),
 ])
@@ -683,6 +689,23 @@ def test_bad_catalog_or_options_fail_before_decoding_and_write_nothing(tmp_path,
     code, err = _run(["survey", "ingest", "--catalog", catalog, "--out", str(tmp_path / "o"), "--size", "16", *options])
     assert code == 2 and err.count("\n") == 1 and err.startswith("skymorph: error: ") and fragment in err, err
     assert not (tmp_path / "o").exists()
+
+
+def test_one_file_under_two_ids_is_warned_of_and_mixed_band_counts_name_their_files(tmp_path):
+    from PIL import Image
+
+    _one_png(tmp_path)
+    Image.fromarray(np.full((24, 24, 3), 90, dtype=np.uint8)).save(tmp_path / "rgb.png")
+    (tmp_path / "cat.csv").write_text("object_id,file\n1,a.png\n2,a.png\n3,rgb.png\n")
+    code, err = _run(["survey", "ingest", "--catalog", str(tmp_path / "cat.csv"), "--out", str(tmp_path / "o"), "--size", "16"])
+    assert code == 0
+    assert err.splitlines()[0] == (f"skymorph: warning: catalog {str(tmp_path / 'cat.csv')!r} lists 1 file(s) under more than one "
+                                   "object_id (first: a.png): those ids get one image, which can put it in both training and validation")
+    code, err = _run(["survey", "ingest", "--catalog", str(tmp_path / "cat.csv"), "--out", str(tmp_path / "k"), "--size", "16",
+                      "--bands", "keep"])
+    assert code == 2 and err.splitlines()[-1] == (
+        f"skymorph: error: cutouts of {str(tmp_path / 'cat.csv')!r} decode to different band counts (first of each: a.png 1, "
+        "rgb.png 3); use --bands mean")
 
 
 def test_a_given_pixel_scale_is_recorded_and_not_a_placeholder(tmp_path):

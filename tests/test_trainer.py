@@ -112,6 +112,9 @@ def test_labels_of_another_schema_or_a_truth_table_say_so(tmp_path):
     with pytest.raises(SchemaError, match=rf"hold votes of schema 'decals' \({n} of its {n} answer columns\), not of 'gz2'; train with --schema decals, or give labels of 'gz2'"):
         load_labels(str(path), GZ2)
     assert load_labels(str(path), DECALS).votes.sum() == n
+    with pytest.raises(SchemaError, match=r"not of 'gz2', the tree of checkpoint 'm.ckpt'; give labels of 'gz2', or use a model "
+                                          r"of 'decals' \(train one with --schema decals\)$"):
+        load_labels(str(path), GZ2, schema_from="checkpoint 'm.ckpt'")
     # a batch file merged in whole: its score column was refused as a misspelt answer ("Did you mean")
     path.write_text("object_id,bar_strong,bar_weak,bar_no,bar_asked_bald\n1,1,0,2,0.3\n")
     with pytest.raises(InputError, match=r"column 'bar_asked_bald' is a catalog's posterior column or a pick's score, not "
@@ -576,6 +579,15 @@ def test_finetune_starts_from_trained_weights_and_checks_the_schema(tmp_path):
     argv = ["train", "--tiles", tiles, "--labels", labels, "--schema", "gz2", "--out", str(tmp_path / "x.ckpt"), "--finetune", str(other)]
     _expect_one_line_error(argv, f"--finetune {str(other)!r} was trained on schema 'decals' (34 answers), not 'gz2' (30 answers); "
                                  "drop --schema (--finetune takes the checkpoint's)")
+    # labels that do not record their tree: the advice was --schema gz2, which --finetune refuses (above)
+    csv = tmp_path / "labels.csv"
+    gz2_votes = pd.read_parquet(labels)
+    for column in set(get_schema("gz2").answer_columns) - set(gz2_votes.columns):
+        gz2_votes[column] = 0
+    gz2_votes.to_csv(csv, index=False)
+    argv = ["train", "--tiles", tiles, "--labels", str(csv), "--out", str(tmp_path / "x.ckpt"), "--finetune", str(other)]
+    _expect_one_line_error(argv, f"not of 'decals', the tree of --finetune {str(other)!r}; give labels of 'decals', or use a "
+                                 "model of 'gz2' (train one with --schema gz2)")
 
 
 def test_resume_and_finetune_take_the_schema_from_the_checkpoint(tmp_path, capsys):

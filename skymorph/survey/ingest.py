@@ -296,6 +296,17 @@ def _read_catalog(catalog_csv: str, id_column: str, storage_options):
     duplicated = table[id_column][table[id_column].duplicated()]
     if len(duplicated):
         raise InputError(f"catalog {catalog_csv!r} lists {id_column} {int(duplicated.iloc[0])} more than once")
+    # pandas reads an empty cell as NaN, which no text conversion turns into a file to report
+    blank = table["file"].isna().to_numpy() | (table["file"].astype(str).str.strip() == "").to_numpy()
+    if blank.any():
+        raise InputError(f"catalog {catalog_csv!r}: the file of {id_column} {int(table[id_column][blank].iloc[0])} is empty; "
+                         "give each row its cutout's file")
+    table["file"] = table["file"].astype(str)
+    same_file = table["file"][table["file"].duplicated()]
+    if len(same_file):  # two ids, one image: its copies could land on both sides of a train/validation split
+        print(f"skymorph: warning: catalog {catalog_csv!r} lists {same_file.nunique()} file(s) under more than one "
+              f"{id_column} (first: {same_file.iloc[0]}): those ids get one image, which can put it in both training and "
+              "validation", file=sys.stderr)
     has_ra, has_dec = "ra" in table.columns, "dec" in table.columns
     if has_ra != has_dec:
         raise InputError(f"catalog {catalog_csv!r} has {'ra' if has_ra else 'dec'} but not {'dec' if has_ra else 'ra'}")
@@ -346,6 +357,7 @@ def _vote_columns(table, schema_name: str, question: str, mapping: dict[str, str
     import pandas as pd
 
     q = get_schema(schema_name).question(question)
+    given = bool(mapping)
     mapping = mapping or {a: a for a in q.answers}
     for label, answer in mapping.items():
         if answer not in q.answers:
@@ -358,8 +370,11 @@ def _vote_columns(table, schema_name: str, question: str, mapping: dict[str, str
         label = label.astype("Int64")  # whole-number labels with an empty cell, which pandas reads as floats
     labels = label.astype(str)
     unmapped = sorted(set(labels[~blank]) - set(mapping))
-    if unmapped:
+    if unmapped and given:
         raise InputError(f"catalog label {unmapped[0]!r} has no answer in --label-map {mapping}; map every label value")
+    if unmapped:
+        raise InputError(f"catalog label {unmapped[0]!r} is not an answer of question {question!r} ({', '.join(q.answers)}); "
+                         f"map the labels to answers with --label-map, e.g. --label-map {unmapped[0]}={q.answers[0]}")
     return {f"{question}_{a}": pd.arrays.IntegerArray((labels.map(mapping) == a).to_numpy(np.int64), blank) for a in q.answers}
 
 
@@ -432,10 +447,10 @@ def ingest(
         except Exception as err:  # missing, refused (HTTP 403), corrupt (Pillow and astropy raise many types):
             return None, _reason(err)  # reported by name and skipped; every file failing stops the ingest below
 
-    files = table["file"].astype(str).tolist()
+    files = table["file"].tolist()
     # each image goes into one array as it comes, and its decoded copy is freed: a list of them, then
     # np.stack, held every cutout twice (2.6 times the survey's bytes at the peak)
-    images, shapes, sides, stretched, failures = None, set(), [], [], []
+    images, shapes, sides, stretched, failures = None, {}, [], [], []
     ok = np.zeros(len(files), dtype=bool)
     object_ids = table["object_id"].to_numpy()
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -445,7 +460,7 @@ def ingest(
                 failures.append((files[i], int(object_ids[i]), reason))
                 continue
             image, side, was_stretched = result
-            shapes.add(image.shape)
+            shapes.setdefault(image.shape, files[i])
             if images is None:  # pages are touched as images fill them: the unread rest costs nothing
                 images = np.empty((len(files), *image.shape), dtype=np.uint8)
             if image.shape == images.shape[1:]:
@@ -458,7 +473,8 @@ def ingest(
     if not ok.any():
         raise InputError(f"none of the {len(files)} cutouts of {catalog_csv!r} could be read; first: {failures[0][0]}: {failures[0][2]}")
     if len(shapes) > 1:
-        raise InputError(f"cutouts of {catalog_csv!r} decode to different band counts {sorted(shapes)}; use --bands mean")
+        first = ", ".join(f"{file} {shape[0]}" for shape, file in shapes.items())
+        raise InputError(f"cutouts of {catalog_csv!r} decode to different band counts (first of each: {first}); use --bands mean")
     images, sides, stretched = images[: len(sides)], np.array(sides), np.array(stretched)
     kept = table[ok].reset_index(drop=True)
     placeholder = "ra" not in kept.columns

@@ -396,7 +396,7 @@ def evaluate(
         check_schema(meta, recorded, f"checkpoint {checkpoint!r}", f"labels {labels!r} record votes of {recorded.name!r}: "
                      "evaluate a model of that tree on them")
     schema = meta.schema
-    table = load_labels(labels, schema, storage_options)
+    table = load_labels(labels, schema, storage_options, schema_from=f"checkpoint {checkpoint!r}")
     if split == "test":
         table = _test_rows(table, meta, checkpoint)
     elif split != "all":

@@ -104,9 +104,10 @@ def labels_schema(url: str, storage_options=None) -> Schema | None:
     return Schema.from_json(recorded.decode(), source=f"labels {url!r} (its skymorph.schema metadata)") if recorded else None
 
 
-def _check_not_other_labels(url: str, names: list[str], schema: Schema) -> None:
+def _check_not_other_labels(url: str, names: list[str], schema: Schema, schema_from: str | None = None) -> None:
     """Name the likely mistake when the columns are votes of another built-in schema, or a synthetic
-    survey's truth table, rather than one misspelt column ("Did you mean" would point the wrong way)."""
+    survey's truth table, rather than one misspelt column ("Did you mean" would point the wrong way).
+    ``schema_from``: what fixed ``schema`` (a checkpoint), which ``--schema`` cannot change."""
     from skymorph.schema import BUILTIN_SCHEMAS
 
     ours = len(set(names) & set(schema.answer_columns))
@@ -117,8 +118,11 @@ def _check_not_other_labels(url: str, names: list[str], schema: Schema) -> None:
     for other in BUILTIN_SCHEMAS.values():
         theirs = len(set(names) & set(other.answer_columns))
         if other.name != schema.name and theirs > ours and 2 * theirs >= len(other.answer_columns):
+            remedy = (f"give labels of {schema.name!r}, or use a model of {other.name!r} (train one with --schema {other.name})"
+                      if schema_from else f"train with --schema {other.name}, or give labels of {schema.name!r}")
             raise SchemaError(f"labels {url!r} hold votes of schema {other.name!r} ({theirs} of its {len(other.answer_columns)} "
-                              f"answer columns), not of {schema.name!r}; train with --schema {other.name}, or give labels of {schema.name!r}")
+                              f"answer columns), not of {schema.name!r}" + (f", the tree of {schema_from}" if schema_from else "")
+                              + f"; {remedy}")
 
 
 def _check_no_catalog_columns(url: str, names: list[str], schema: Schema) -> None:
@@ -257,12 +261,13 @@ def _check_counts_beside_derived(url: str, names: list[str], said: dict, derived
             )
 
 
-def load_labels(url: str, schema: Schema, storage_options=None) -> Labels:
+def load_labels(url: str, schema: Schema, storage_options=None, *, schema_from: str | None = None) -> Labels:
     """Read and validate a labels table against ``schema`` (:func:`labels_from_table`)."""
-    return labels_from_table(str(url), *read_table(str(url), storage_options), schema)
+    return labels_from_table(str(url), *read_table(str(url), storage_options), schema, schema_from=schema_from)
 
 
-def labels_from_table(url: str, table, sha256: str, schema: Schema, *, votes_needed: bool = True) -> Labels:
+def labels_from_table(url: str, table, sha256: str, schema: Schema, *, votes_needed: bool = True,
+                      schema_from: str | None = None) -> Labels:
     """Validate the labels ``table`` (pyarrow, as :func:`~skymorph.tables.read_table` read it from
     ``url``) against ``schema``. Without ``votes_needed`` (labels that votes are being added to), labels
     without any vote are fine and their rows without votes are left out silently: the caller keeps them
@@ -270,7 +275,8 @@ def labels_from_table(url: str, table, sha256: str, schema: Schema, *, votes_nee
 
     One-line errors: a column name given twice; a galaxy with two different counts for one answer spelt
     both ways (``bar_no``, ``bar-no``); no ``object_id``, or ids that are not whole numbers; the votes of
-    another built-in schema, or a synthetic survey's truth table; no rows; duplicate object ids; a column
+    another built-in schema (``schema_from``: what fixed ``schema``, for the advice), or a synthetic
+    survey's truth table; no rows; duplicate object ids; a column
     naming an answer the schema lacks ("Did you mean ..."); some answers of a question without the
     others, as columns or as a row's cells (the missing ones would read as no votes); a question with
     Galaxy Zoo's fractions or totals but no counts; one galaxy's votes for a question from two tables or
@@ -288,7 +294,7 @@ def labels_from_table(url: str, table, sha256: str, schema: Schema, *, votes_nee
     said = {ours: " / ".join(map(repr, spellings)) for ours, spellings in spelt.items()}  # for messages
     names = list(spelt)
     answers = set(schema.answer_columns)
-    _check_not_other_labels(url, names, schema)
+    _check_not_other_labels(url, names, schema, schema_from)
     prefixes = tuple(f"{q}_" for q in schema.question_names)
     _check_no_catalog_columns(url, names, schema)
     derived = _derived_columns(schema)

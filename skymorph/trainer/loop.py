@@ -53,7 +53,7 @@ DEFAULT_SCHEMA = "decals"
 class TrainConfig:
     """Everything one training run depends on; validated on construction.
 
-    ``tiles``: a tile list (or one ``.zarr`` tile store); ``labels``: Parquet/CSV vote counts;
+    ``tiles``: a tile list (or one ``.zarr`` tile store); ``labels``: Parquet, CSV or FITS vote counts;
     ``schema``: gz2, decals or a JSON file (None: for a new model the tree the labels say they are of
     (:func:`~skymorph.trainer.labels.labels_schema`), else :data:`DEFAULT_SCHEMA`; the checkpoint's
     decision tree for ``resume`` and ``finetune``, where a given one must be the same tree).
@@ -566,7 +566,8 @@ def _prepare(config: TrainConfig) -> _Run:
     if choices["dropout"] == 0:
         print("skymorph: warning: dropout 0: every MC-dropout sample of this model will agree, so its posteriors have no "
               "width and every BALD score is 0; give --dropout in (0, 1), e.g. 0.5, for a Bayesian model", file=sys.stderr)
-    labels = load_labels(config.labels, schema, storage_options)
+    labels = load_labels(config.labels, schema, storage_options,
+                         schema_from=f"{flag} {start_checkpoint!r}" if start_checkpoint else None)
     if not (start_checkpoint or config.schema or recorded):
         _warn_if_another_tree_fits(labels, schema)
     config = replace(config, schema=config.schema or schema.name)  # the provenance records the tree used
