@@ -122,6 +122,10 @@ def test_labels_of_another_schema_or_a_truth_table_say_so(tmp_path):
         load_labels(str(path), DECALS)
     path.write_text("object_id,bar_strong,bar_weak,bar_no,bald_total\n1,1,0,2,0.3\n")  # no question's: ignored, as before
     assert load_labels(str(path), DECALS).votes.sum() == 3
+    path.write_text("object_id,label,split\n1,spiral,train\n")  # the GZ2 subset's labels.csv: said "expected columns such as ..."
+    with pytest.raises(SchemaError, match=r"no vote column of schema 'decals'; its 'label' column is a hard label, not votes: "
+                                          r"`skymorph survey ingest --label-question Q"):
+        load_labels(str(path), DECALS)
     path.write_text("object_id,bar_strong_true,bulge_size_ratio\n1,0.2,0.5\n")
     with pytest.raises(InputError, match=r"look like a synthetic survey's truth table \(columns such as 'bar_strong_true'\); give its labels.parquet"):
         load_labels(str(path), DECALS)

@@ -228,12 +228,15 @@ def _why_not(name: str, schema: Schema) -> str:
 
 def _no_votes_why(names: list[str], schema: Schema) -> str:
     """Why columns ``names`` hold no vote of ``schema``: Galaxy Zoo 2's own table read without --schema
-    gz2, the Kaggle challenge's table (fractions only), or columns not spelt ``{question}_{answer}``."""
+    gz2, the Kaggle challenge's table (fractions only), hard labels, or columns not spelt ``{question}_{answer}``."""
     if schema.name != "gz2" and any(gz2_table_name(name) for name in names):
         return "they are Galaxy Zoo 2's own table (tNN_..._aNN_..._count): train with --schema gz2"
     if any(re.fullmatch(r"Class\d+\.\d+", name) for name in names):
         return ("they are the Kaggle Galaxy Zoo challenge's table (Class1.1, ...), vote fractions without counts; "
                 "training needs the counts, which GZ2's own table has (tNN_..._aNN_..._count, with --schema gz2)")
+    if "label" in names:  # a catalog of hard labels, as the GZ2 subset's labels.csv
+        return ("its 'label' column is a hard label, not votes: `skymorph survey ingest --label-question Q --label-map "
+                "LABEL=ANSWER,...` turns labels into one vote each in the labels.parquet it writes")
     return f"expected {{question}}_{{answer}} columns such as {schema.answer_columns[0]!r}"
 
 
