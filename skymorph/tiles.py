@@ -536,6 +536,16 @@ def _local_key(path: str, real_dirs: dict[str, str]) -> str:
     return os.path.join(real_dirs[directory], name)
 
 
+def _remote_key(url: str) -> str:
+    """``url`` under its filesystem's first protocol name (``s3a://`` as ``s3://``: s3fs opens one object
+    under both), without a trailing ``/``."""
+    import fsspec
+
+    scheme, rest = url.split("://", 1)
+    protocol = fsspec.get_filesystem_class(scheme).protocol
+    return f"{protocol if isinstance(protocol, str) else protocol[0]}://{rest.rstrip('/')}"
+
+
 def read_tile_list(url: str, storage_options: dict | None = None) -> list[str]:
     """The tile URLs listed in the text file at ``url``, in order.
 
@@ -568,10 +578,10 @@ def read_tile_list(url: str, storage_options: dict | None = None) -> list[str]:
             raise InputError(f"tile list {url!r} line {lineno}: {err}") from None
         if "://" not in entry and not os.path.isabs(entry):
             entry = _resolve(base, entry)
-        # One store under two names ('..', a symlink, file://, a trailing '/') would be classified twice:
+        # One store under two names ('..', a symlink, file://, s3a://, a trailing '/') would be classified twice:
         # compare where they lead. Only the comparison is normalised: a catalog's manifest and part names
         # know tiles as listed.
-        key = entry.rstrip("/") if storage.is_remote(entry) else _local_key(storage.strip_protocol(entry), real_dirs)
+        key = _remote_key(entry) if storage.is_remote(entry) else _local_key(storage.strip_protocol(entry), real_dirs)
         if key in seen:
             line, listed = seen[key]
             same = f" ({listed!r}, the same store)" if listed != entry else ""

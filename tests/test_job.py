@@ -201,6 +201,10 @@ def test_a_survey_moved_since_the_catalog_ran_is_refused_instead_of_run_twice(tm
     with pytest.raises(CatalogError, match=rf"^tile {re.escape(repr(moved[0]))} has the name and row count of "
                                            rf"{re.escape(repr(tiles[0]))}, which this catalog ran"):
         run_survey(replace(config, tiles=str(tmp_path / "moved" / "tiles.txt")))
+    gone = str(tmp_path / "gone" / "tiles" / "t000.zarr")  # a name the catalog ran, at a URL where nothing is
+    write_tile_list(str(tmp_path / "gone.txt"), [gone])
+    report = run_survey(replace(config, tiles=str(tmp_path / "gone.txt")))  # stopped the run, as if the list were wrong
+    assert [(f["tile"], f["stage"]) for f in report.failures] == [(gone, "open")] and report.total_rows == 120
 
 
 def test_a_tile_half_done_by_a_stopped_run_with_a_longer_list_is_not_finished_into_the_catalog(tmp_path, tiny_model):

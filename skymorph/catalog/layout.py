@@ -219,7 +219,10 @@ def list_parts(catalog: str, storage_options: dict | None = None) -> list[PartFi
 def list_temp_files(catalog: str, storage_options: dict | None = None) -> list[str]:
     """Hidden ``.*.tmp`` files the catalog's writers left: what a local writer killed between write and
     rename leaves (readers skip hidden files; S3 writes are one PUT and leave none), in ``CATALOG``,
-    ``CATALOG/dataset`` and ``CATALOG/_skymorph``. Not the lock's: a live driver's heartbeat writes one."""
+    ``CATALOG/dataset`` and ``CATALOG/_skymorph``. Not the lock's: a live driver's heartbeat writes one.
+    None on S3, without a listing: the rerun of a finished catalog would otherwise list every part."""
+    if is_remote(catalog):
+        return []
     fs, root = filesystem(catalog, storage_options)
     if not fs.exists(root):
         return []

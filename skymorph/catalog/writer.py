@@ -361,7 +361,8 @@ class ManifestJournal:
 
 
 def write_failures(catalog: str, failures: list[dict], storage_options: dict | None = None) -> None:
-    """``failures.parquet``: one row per failed tile range: tile, start, stop, stage, reason."""
+    """``failures.parquet``: one row per failed tile range: tile, start, stop, stage, reason (``stop``
+    null where the tile failed before its length was known: the rows from ``start`` on)."""
     import pyarrow as pa
 
     schema = pa.schema([("tile", pa.string()), ("start", pa.int64()), ("stop", pa.int64()),

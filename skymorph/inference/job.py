@@ -477,7 +477,10 @@ def _check_moved_tiles(tiles: list[str], ran: set[str], unlisted: dict[str, list
     for url in tiles:
         if url in ran or tile_name(url) not in by_name:
             continue
-        new = open_tile(url, options)
+        try:
+            new = open_tile(url, options)
+        except (TileError, OSError):  # nothing to compare: its task records the failure, as on a new catalog
+            continue
         new_ends = None
         for old_url, n in by_name[tile_name(url)].items():
             if new.n != n:
