@@ -461,7 +461,9 @@ def _add_catalog_commands(sub) -> None:
 
     query = catalog_sub.add_parser("query", help="SQL filter and/or cone search, to the terminal or a file")
     query.add_argument("catalog", metavar="CATALOG", type=_path, help="catalog location (local path or s3://bucket/prefix)")
-    query.add_argument("--where", metavar="SQL", help="a read-only SQL condition, e.g. 'bar_bald > 0.1 AND dec > 0'")
+    query.add_argument("--where", metavar="SQL", help="a read-only SQL condition (DuckDB), e.g. 'bar_bald > 0.1 AND dec > 0'; "
+                       "x / 0 is NULL, ln or sqrt of a negative number an error; with --cone, a subquery over catalog sees "
+                       "the cone's partitions only")
     query.add_argument("--columns", metavar="A,B", help="comma-separated columns to return (default: all)")
     query.add_argument("--order-by", metavar="SQL", help="an SQL ORDER BY list, e.g. 'bald_total DESC' (without it rows "
                        "come in no particular order)")

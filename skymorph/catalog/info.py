@@ -69,6 +69,17 @@ class Catalog:
             urls += found
         return urls
 
+    def check_unchanged(self) -> None:
+        """The catalog on storage must be the one opened (the same ``hats.properties``): rows read from a
+        catalog run again since, kept open in a notebook, would carry the old run's model and provenance."""
+        try:
+            now = layout.read_properties(self.url, self.storage_options)
+        except CatalogError:
+            now = None
+        if now != self.properties:
+            raise CatalogError(f"catalog {self.url!r} was written again since it was opened (or is being written); "
+                               "open it again")
+
     def check_total_rows(self, rows: int) -> None:
         """``rows``, counted in the part files, must be ``hats.properties``' count: a part file lost from a
         pixel that has others (an interrupted copy) is otherwise a smaller catalog, read without a word."""

@@ -447,8 +447,7 @@ def pick(
     excluded = pa.table({"object_id": read_ids(exclude, storage_options, exclude_id_column, catalog.metadata.schema)
                          if exclude is not None else np.empty(0, np.int64)})
     where = f"{score_sql} IS NOT NULL AND NOT isnan({score_sql}) AND object_id NOT IN (SELECT object_id FROM excluded)"
-    with connect(catalog) as con:
-        catalog.check_total_rows(con.execute("SELECT count(*) FROM catalog").fetchall()[0][0])
+    with connect(catalog, check_rows=True) as con:
         con.register("excluded", excluded)
         if strategy == "top":
             ids, scores, tiles, row_numbers = _top(con, score_sql, where, int(n))

@@ -144,36 +144,57 @@ class Cone:
 
 @contextmanager
 def connect(catalog: Catalog, pixels=None, memory_limit: str = MEMORY_LIMIT, threads: int | None = None,
-            user_sql: tuple[str, ...] = (), preserve_order: bool = False):
+            user_sql: tuple[str, ...] = (), preserve_order: bool = False, check_rows: bool = False):
     """A locked DuckDB connection whose view ``catalog`` holds the rows of ``pixels`` (default: all);
     DuckDB errors raised inside the ``with`` block leave it as one-line :class:`CatalogError` errors.
     ``user_sql`` names the options whose SQL the queries run (``("--where",)``): an error of that SQL
     on a row is blamed on them. Rows come in no particular order (DuckDB's parallel scans are freed of
-    it), unless ``preserve_order``: then in the order of the part files and their rows."""
+    it), unless ``preserve_order``: then in the order of the part files and their rows. ``check_rows``
+    (all pixels): the part files must hold ``hats.properties``' row count (:meth:`Catalog.check_total_rows`).
+
+    Arithmetic that has no value (``ln`` or ``sqrt`` of a negative number) is an error, and ``x / 0``
+    is NULL: DuckDB's IEEE default made them NaN, which compares and sorts above every number, so
+    ``ln(dec) > 0`` held for every negative ``dec``. The catalog must still be the one opened
+    (:meth:`Catalog.check_unchanged`)."""
     import os
 
     import duckdb
 
+    catalog.check_unchanged()
     parts = catalog.part_urls(pixels)
     threads = threads or min(4, os.cpu_count() or 1)
-    con = duckdb.connect(config={"memory_limit": memory_limit, "threads": threads, "preserve_insertion_order": preserve_order})
+    con = duckdb.connect(config={"memory_limit": memory_limit, "threads": threads, "preserve_insertion_order": preserve_order,
+                                 "ieee_floating_point_ops": False, "error_on_division_by_zero": False})
     try:
         schema = catalog.schema.remove_metadata()
+        scan = None
         if not parts:
             con.register("catalog", schema.empty_table())
         elif is_remote(catalog.url):
-            con.register("catalog", _remote_scan(parts, schema, catalog.storage_options))
+            scan = _remote_scan(parts, schema, catalog.storage_options)
+            con.register("catalog", scan)
         else:
-            con.execute(f"CREATE VIEW catalog AS SELECT * FROM read_parquet({_sql_list(parts)}, hive_partitioning = false)")
-            con.execute("SET allowed_paths = ?", [parts])
+            literal = [_glob_literal(part) for part in parts]
+            con.execute(f"CREATE VIEW catalog AS SELECT * FROM read_parquet({_sql_list(literal)}, hive_partitioning = false)")
+            con.execute("SET allowed_paths = ?", [sorted(set(parts) | set(literal))])
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
+        if check_rows:
+            # _RemoteParts would read every part whole to count: their footers hold the count
+            catalog.check_total_rows(_footer_rows(parts, catalog.storage_options) if isinstance(scan, _RemoteParts)
+                                     else con.execute("SELECT count(*) FROM catalog").fetchall()[0][0])
         with _interrupted_by_signals(con):
             yield con
     except duckdb.Error as err:
         raise CatalogError(_read_failure(catalog, parts, err, user_sql)) from None
     finally:
         con.close()
+
+
+def _glob_literal(path: str) -> str:
+    """``path`` as a DuckDB file pattern matching only itself: each ``*``, ``?`` and ``[`` as a
+    one-character class (a catalog at ``dr10*`` read ``dr10-old``'s parts too)."""
+    return re.sub(r"[*?\[]", lambda m: f"[{m.group()}]", path)
 
 
 def _remote_scan(parts: list[str], schema, storage_options: dict | None):
@@ -189,12 +210,6 @@ def _remote_scan(parts: list[str], schema, storage_options: dict | None):
     # from_paths, not ds.dataset(paths): that would ask S3 for each part's size before the first row
     return ds.FileSystemDataset.from_paths([strip_protocol(p) for p in parts], schema=schema, format=ds.ParquetFileFormat(),
                                            filesystem=native[0])
-
-
-def _counts_from_footers(catalog: Catalog) -> bool:
-    """Whether ``count(*)`` over the catalog reads only Parquet footers: not through :class:`_RemoteParts`,
-    which reads every part whole."""
-    return not is_remote(catalog.url) or arrow_filesystem(catalog.url, catalog.storage_options) is not None
 
 
 class _RemoteParts:
@@ -326,6 +341,9 @@ def _read_failure(catalog: Catalog, parts: list[str], err: Exception, user_sql: 
     import duckdb
 
     reason = first_line(err)
+    named = re.search(r'Cannot access (?:file|directory) "([^"]*)"', reason)
+    if user_sql and isinstance(err, duckdb.PermissionException) and named and named.group(1) not in parts + [_glob_literal(p) for p in parts]:
+        return f"{' or '.join(user_sql)} may read the catalog's rows only, not other files: {reason}"
     # PermissionException: DuckDB, finding no file at a part's path, tries it as a glob, which the lock forbids
     if type(err) in (duckdb.Error, duckdb.IOException, duckdb.InvalidInputException, duckdb.PermissionException):
         damaged, deleted = _first_unreadable(parts, catalog.storage_options)
@@ -341,6 +359,14 @@ def _read_failure(catalog: Catalog, parts: list[str], err: Exception, user_sql: 
             else "fix the expression"
         return f"{' or '.join(user_sql)} failed on the rows of catalog {catalog.url!r}: {reason}; {hint}"
     return f"catalog {catalog.url!r}: {reason}"
+
+
+def _footer_rows(parts: list[str], storage_options: dict | None, threads: int = 16) -> int:
+    """The rows of ``parts``, counted in their Parquet footers."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        return sum(pool.map(lambda url: layout.part_footer(url, storage_options).num_rows, parts))
 
 
 def _first_unreadable(parts: list[str], storage_options: dict | None, threads: int = 16) -> tuple[str | None, bool]:
@@ -543,11 +569,11 @@ def query_reader(
 def _reader(catalog: Catalog, plan: QueryPlan, where, order_by, limit, batch_rows: int = 1 << 17):
     """The rows of ``plan`` on ``catalog`` as a RecordBatchReader carrying the catalog's metadata."""
     user_sql = tuple(option for option, sql in (("--where", where), ("--order-by", order_by)) if sql)
-    # a limit without an order takes the first rows in file order: the same rows on every call
-    with connect(catalog, plan.pixels, user_sql=user_sql, preserve_order=limit is not None and not order_by) as con:
-        if limit is None and len(plan.pixels) == plan.total_pixels and _counts_from_footers(catalog):
-            # every row: a lost part file made an export short without a word
-            catalog.check_total_rows(con.execute("SELECT count(*) FROM catalog").fetchall()[0][0])
+    every_pixel = len(plan.pixels) == plan.total_pixels  # one listing of the dataset, not one per pixel directory
+    # a limit without an order takes the first rows in file order: the same rows on every call; every row:
+    # a lost part file made an export short without a word
+    with connect(catalog, None if every_pixel else plan.pixels, user_sql=user_sql, preserve_order=limit is not None and not order_by,
+                 check_rows=every_pixel and limit is None) as con:
         _validate_fragments(con, catalog, where, order_by, plan.select)
         reader = check_sql(con, plan.sql, catalog.columns, "query").to_arrow_reader(batch_rows)
         yield _with_metadata(reader, catalog.metadata.to_kv())
@@ -571,7 +597,8 @@ def query(
 ):
     """Rows of the catalog at ``url`` as a ``pyarrow.Table`` (``.to_pandas()`` for pandas).
 
-    ``where``: a DuckDB SQL boolean expression over the columns (read-only; with a ``cone``, a subquery
+    ``where``: a DuckDB SQL boolean expression over the columns (read-only; ``x / 0`` is NULL, ``ln`` or
+    ``sqrt`` of a negative number an error, see :func:`connect`; with a ``cone``, a subquery
     in it over ``catalog`` sees the partitions that overlap the cone, not the whole catalog); ``columns``: names to
     return (default all); ``cone``: a :class:`Cone` or ``(ra_deg, dec_deg, radius_arcsec)``;
     ``order_by``: an SQL ORDER BY list; ``limit``: at most this many rows (pushed down, the scan stops):
