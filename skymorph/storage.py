@@ -56,6 +56,7 @@ __all__ = [
     "check_new",
     "remote_error_message",
     "same_location",
+    "within",
     "storage_options_for",
     "arrow_filesystem",
 ]
@@ -295,6 +296,17 @@ def same_location(a, b) -> bool:
         return a.rstrip("/") == b.rstrip("/")
     resolve = lambda path: os.path.realpath(os.path.expanduser(strip_protocol(path)))  # noqa: E731 -- file:// too
     return resolve(a) == resolve(b)
+
+
+def within(path, directory) -> bool:
+    """Whether ``path`` is ``directory`` or lies under it, resolved as :func:`same_location` resolves."""
+    path, directory = str(path), str(directory)
+    if is_remote(path) or is_remote(directory):
+        path, directory, sep = path.rstrip("/"), directory.rstrip("/"), "/"
+    else:
+        resolve = lambda p: os.path.realpath(os.path.expanduser(strip_protocol(p)))  # noqa: E731 -- file:// too
+        path, directory, sep = resolve(path), resolve(directory), os.sep
+    return path == directory or path.startswith(directory.rstrip(sep) + sep)
 
 
 def join(url: str, *parts: str) -> str:

@@ -321,6 +321,24 @@ def test_bad_cone(cone, message):
 def test_a_cone_of_two_numbers_is_a_one_line_error(catalog):
     with pytest.raises(InputError, match=re.escape("cone must be (ra_deg, dec_deg, radius_arcsec), got (1, 2)")):
         query(catalog, cone=(1, 2))
+    with pytest.raises(InputError, match=re.escape("cone must be (ra_deg, dec_deg, radius_arcsec), got (150, 2, 'x')")):
+        query(catalog, cone=(150, 2, "x"))  # a ValueError traceback
+    with pytest.raises(InputError, match=re.escape("cone ra_deg must be a finite number, got '150'")):
+        Cone("150", 2, 3)  # a TypeError traceback
+
+
+def test_a_limit_is_any_integer_but_a_bool(catalog):
+    assert query(catalog, limit=np.int64(5), columns=["object_id"]).num_rows == 5  # was refused
+    with pytest.raises(InputError, match=r"limit must be a non-negative integer, got True"):
+        query(catalog, limit=True)  # was one row
+
+
+def test_the_terminal_shows_positions_to_a_milliarcsecond(catalog, capsys):
+    """Six significant digits showed RA 151.213: 3.6 arcsec."""
+    full = query(catalog, columns=["ra", "dec"], limit=3).to_pandas()
+    assert main(["catalog", "query", catalog, "--columns", "ra,dec,bald_total", "--limit", "3"]) == 0
+    shown = capsys.readouterr().out.splitlines()[1:]
+    assert [line.split()[:2] for line in shown] == [[f"{ra:.6f}", f"{dec:.6f}"] for ra, dec in full.itertuples(index=False)]
 
 
 @pytest.mark.parametrize("options, scan", [(None, "arrow"), ({"config_kwargs": {"connect_timeout": 30}}, "s3fs")])
@@ -362,6 +380,21 @@ def test_a_catalog_path_with_wildcard_characters_reads_only_its_own_parts(catalo
     for name in ("dr10*", "v[2]?"):
         assert query(str(tmp_path / name), columns=["object_id"]).num_rows == 3000
         assert query(str(tmp_path / name), where="bar_bald > 0.05", cone=(150.0, 2.0, 2400.0)).num_rows > 0
+
+
+@pytest.mark.parametrize("argv", [
+    ["query", "{cat}", "--out", "{cat}/dataset/rows.parquet"],  # then read as a part by pyarrow, LSDB and hats
+    ["query", "{link}", "--out", "{cat}/rows.csv"],
+    ["pick", "{cat}", "--n", "3", "--out", "b.csv", "--images", "{cat}/_skymorph/images"],
+], ids=["query-dataset", "query-root-through-a-link", "pick-images"])
+def test_an_output_inside_the_catalog_is_refused(catalog, tmp_path, monkeypatch, capsys, argv):
+    monkeypatch.chdir(tmp_path)
+    os.symlink(catalog, tmp_path / "link")
+    argv = [a.format(cat=catalog, link=tmp_path / "link") for a in argv]
+    flag, out = argv[-2], argv[-1]
+    assert main(["catalog", *argv]) == 2
+    assert capsys.readouterr().err == f"skymorph: error: {flag} {out!r} is inside catalog {argv[1]!r}; write it elsewhere\n"
+    assert os.listdir(tmp_path) == ["link"] and not os.path.exists(out)
 
 
 def test_a_catalog_written_again_since_it_was_opened_is_refused(tmp_path):

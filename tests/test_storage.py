@@ -534,3 +534,15 @@ def test_a_bucket_s_region_is_looked_up_once_per_process(monkeypatch):
         assert storage.arrow_filesystem("s3://unreachable/x") is None
     assert asked == ["survey-bucket", "unreachable", "unreachable", "unreachable"]  # a failure is asked again
     storage._bucket_region.cache_clear()
+
+
+def test_within_resolves_local_paths_and_compares_urls_as_written(tmp_path):
+    (tmp_path / "cat").mkdir()
+    os.symlink(tmp_path / "cat", tmp_path / "link")
+    assert storage.within(tmp_path / "link" / "dataset" / "x.parquet", tmp_path / "cat")
+    assert storage.within(f"file://{tmp_path}/cat/sub/../x.csv", str(tmp_path / "cat") + "/")
+    assert storage.within(tmp_path / "cat", tmp_path / "link")
+    assert not storage.within(tmp_path / "catalog2" / "x.csv", tmp_path / "cat")  # a name that starts alike
+    assert storage.within("s3://b/cat/dataset/x.parquet", "s3://b/cat/")
+    assert not storage.within("s3://b/cat2/x.parquet", "s3://b/cat")
+    assert not storage.within(tmp_path / "cat" / "x", "s3://b/cat")

@@ -273,8 +273,10 @@ def format_terminal(table, max_rows: int = 20, max_columns: int = 8) -> str:
 
     names = table.column_names[:max_columns]
     frame = table.select(names).slice(0, max_rows).to_pandas()
+    # positions to 1e-6 degree (3.6 milliarcsec); 6 significant digits showed RA 151.213, 3.6 arcsec
+    positions = {name: "{:.6f}".format for name in ("ra", "dec") if name in names}
     with pd.option_context("display.width", 200, "display.max_columns", max_columns, "display.float_format", "{:.6g}".format):
-        text = frame.to_string(index=False) if len(frame) else "(no rows)"
+        text = frame.to_string(index=False, formatters=positions) if len(frame) else "(no rows)"
     hidden = table.num_columns - len(names)
     if hidden > 0 and len(frame):  # of no rows, no columns are hidden
         text += f"\n... {hidden} more column(s); choose them with --columns or write all with --out"

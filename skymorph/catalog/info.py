@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from skymorph.catalog import layout
-from skymorph.errors import CatalogError
+from skymorph.errors import CatalogError, InputError
 
 __all__ = ["Catalog", "CatalogInfo", "open_catalog", "info", "BALD_QUANTILES"]
 
@@ -79,6 +79,14 @@ class Catalog:
         if now != self.properties:
             raise CatalogError(f"catalog {self.url!r} was written again since it was opened (or is being written); "
                                "open it again")
+
+    def check_outside(self, out: str, flag: str) -> None:
+        """Refuse an output ``out`` in the catalog: a file in its dataset would be read as a part by
+        pyarrow, LSDB and hats, and one beside it would be foreign to a rerun of ``skymorph run``."""
+        from skymorph.storage import within
+
+        if within(out, self.url):
+            raise InputError(f"{flag} {out!r} is inside catalog {self.url!r}; write it elsewhere")
 
     def check_total_rows(self, rows: int) -> None:
         """``rows``, counted in the part files, must be ``hats.properties``' count: a part file lost from a

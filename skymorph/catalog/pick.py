@@ -243,6 +243,9 @@ def pick_to(
     if gallery_png:
         check_png(gallery_png)
     catalog = url if isinstance(url, Catalog) else open_catalog(url, storage_options)
+    for output, flag in ((out, "--out"), (gallery_png, "--gallery"), (images, "--images")):
+        if output:
+            catalog.check_outside(output, flag)
     batch = pick(catalog, n, question=question, storage_options=storage_options, **choices)
     if gallery_png and batch.num_rows == 0:
         print(f"skymorph: warning: nothing was picked, so no gallery is drawn at {gallery_png}", file=sys.stderr)

@@ -24,6 +24,7 @@ radius (haversine, exact).
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -55,8 +56,9 @@ class Cone:
 
     def __post_init__(self) -> None:
         for name in ("ra_deg", "dec_deg", "radius_arcsec"):
-            if not math.isfinite(getattr(self, name)):
-                raise InputError(f"cone {name} must be a finite number, got {getattr(self, name)}")
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+                raise InputError(f"cone {name} must be a finite number, got {value!r}")
         if not 0 <= self.ra_deg <= 360:
             raise InputError(f"cone RA must be in [0, 360] degrees, got {self.ra_deg}")
         if not -90 <= self.dec_deg <= 90:
@@ -491,8 +493,9 @@ def _check_order_list(sql: str, what: str) -> None:
 
 def plan_query(catalog: Catalog, where=None, columns=None, cone: Cone | None = None, order_by=None, limit=None) -> QueryPlan:
     """Build (without running) the query: selected partitions and SQL. Columns are checked here."""
-    if limit is not None and (not isinstance(limit, int) or limit < 0):
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, numbers.Integral) or limit < 0):
         raise InputError(f"limit must be a non-negative integer, got {limit!r}")
+    limit = None if limit is None else int(limit)  # numpy's too
     columns = None if columns is None else list(columns)
     if columns == []:  # an empty shell variable: all columns would be a surprise
         raise InputError("--columns names no column; give a comma-separated list such as 'object_id,ra,dec', or leave it "
@@ -537,9 +540,13 @@ def _validate_fragments(con, catalog: Catalog, where, order_by, select: str = "*
 def _prepare(url, where, columns, cone, order_by, limit, storage_options):
     catalog = url if isinstance(url, Catalog) else open_catalog(url, storage_options)
     if cone is not None and not isinstance(cone, Cone):
-        if len(cone) != 3:
+        try:
+            numbers_given = tuple(float(v) for v in cone)
+        except (TypeError, ValueError):
+            numbers_given = ()
+        if len(numbers_given) != 3:
             raise InputError(f"cone must be (ra_deg, dec_deg, radius_arcsec), got {tuple(cone)!r}")
-        cone = Cone(*(float(v) for v in cone))
+        cone = Cone(*numbers_given)
     if isinstance(columns, str):
         columns = [c.strip() for c in columns.split(",") if c.strip()]
     return catalog, plan_query(catalog, where, columns, cone, order_by, limit)
@@ -641,6 +648,8 @@ def query_to(
     if out is not None:
         output_format(out)
     catalog, plan = _prepare(url, where, columns, cone, order_by, limit, storage_options)
+    if out is not None:
+        catalog.check_outside(out, "--out")
     with _reader(catalog, plan, where, order_by, limit) as reader:
         if out is None:
             table = reader.read_all()
