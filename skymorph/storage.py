@@ -291,22 +291,24 @@ def listed_url(path: str, under: str) -> str:
 def same_location(a, b) -> bool:
     """Whether URLs or paths ``a`` and ``b`` name the same file: local paths after resolving ``~``, ``..``
     and symbolic links (relative to the working directory); remote URLs as written, less a trailing ``/``."""
-    a, b = str(a), str(b)
-    if is_remote(a) or is_remote(b):
-        return a.rstrip("/") == b.rstrip("/")
-    resolve = lambda path: os.path.realpath(os.path.expanduser(strip_protocol(path)))  # noqa: E731 -- file:// too
-    return resolve(a) == resolve(b)
+    a, b = _comparable(a, b)
+    return a == b
 
 
 def within(path, directory) -> bool:
     """Whether ``path`` is ``directory`` or lies under it, resolved as :func:`same_location` resolves."""
-    path, directory = str(path), str(directory)
-    if is_remote(path) or is_remote(directory):
-        path, directory, sep = path.rstrip("/"), directory.rstrip("/"), "/"
-    else:
-        resolve = lambda p: os.path.realpath(os.path.expanduser(strip_protocol(p)))  # noqa: E731 -- file:// too
-        path, directory, sep = resolve(path), resolve(directory), os.sep
+    path, directory = _comparable(path, directory)
+    sep = "/" if "://" in directory else os.sep
     return path == directory or path.startswith(directory.rstrip(sep) + sep)
+
+
+def _comparable(a, b) -> tuple[str, str]:
+    """``a`` and ``b`` as :func:`same_location` compares them: remote URLs less a trailing ``/``, local
+    paths (``file://`` too) with ``~``, ``..`` and symbolic links resolved."""
+    a, b = str(a), str(b)
+    if is_remote(a) or is_remote(b):
+        return a.rstrip("/"), b.rstrip("/")
+    return tuple(os.path.realpath(os.path.expanduser(strip_protocol(path))) for path in (a, b))
 
 
 def join(url: str, *parts: str) -> str:

@@ -344,8 +344,8 @@ def _read_failure(catalog: Catalog, parts: list[str], err: Exception, user_sql: 
 
     reason = first_line(err)
     named = re.search(r'Cannot access (?:file|directory) "([^"]*)"', reason)
-    if user_sql and isinstance(err, duckdb.PermissionException) and named and named.group(1) not in parts + [_glob_literal(p) for p in parts]:
-        return f"{' or '.join(user_sql)} may read the catalog's rows only, not other files: {reason}"
+    if user_sql and isinstance(err, duckdb.PermissionException) and named and named.group(1) not in {*parts, *map(_glob_literal, parts)}:
+        return f"{' or '.join(user_sql)} may read the catalog's rows only, not other files: {reason}"  # sniff_csv('/etc/passwd')
     # PermissionException: DuckDB, finding no file at a part's path, tries it as a glob, which the lock forbids
     if type(err) in (duckdb.Error, duckdb.IOException, duckdb.InvalidInputException, duckdb.PermissionException):
         damaged, deleted = _first_unreadable(parts, catalog.storage_options)
