@@ -373,8 +373,9 @@ def _cmd_export(args) -> int:
 
     options = _storage_options(args)
     _check_writable(args.out, "--out", args)
-    if args.format == "tensorrt":  # else export_checkpoint says --onnx-out does not apply, before any S3 request
+    if args.format == "tensorrt":  # else export_checkpoint says these do not apply, before any S3 request
         _check_writable(args.onnx_out, "--onnx-out", args)
+        _check_writable(args.timing_cache, "--timing-cache", args)  # written after the build, which takes minutes
     reports = export_checkpoint(
         args.checkpoint, args.out, args.samples, args.seed, format=args.format, opset=args.opset, fp16=args.fp16,
         onnx_out=args.onnx_out, overwrite=args.overwrite, opt_batch=args.opt_batch, max_batch=args.max_batch,

@@ -163,6 +163,9 @@ class ModelMetadata:
         check_samples(self.samples, "the model's samples", ModelError)
         check_seed(self.seed, "the model's seed", ModelError)
         check_dropout(self.dropout, ModelError)
+        for key, value in self.extra.items():  # metadata_props hold text: anything else would read back otherwise
+            if not isinstance(key, str) or not isinstance(value, str):
+                raise ModelError(f"extra metadata {key!r}: {value!r} must be text (JSON-encode other values)")
 
     def to_props(self) -> dict[str, str]:
         """DESIGN's ``skymorph.*`` string key/values (ONNX ``metadata_props``, plan sidecar)."""
@@ -181,7 +184,7 @@ class ModelMetadata:
         for key, value in self.extra.items():
             if f"skymorph.{key}" in props:  # it would replace the model's own value
                 raise ModelError(f"extra metadata key {key!r} is one of the model's own; give it another name")
-            props[f"skymorph.{key}"] = value if isinstance(value, str) else json.dumps(value)
+            props[f"skymorph.{key}"] = value
         return props
 
     @property

@@ -215,6 +215,18 @@ def test_the_cuda_provider_computes_in_full_float32(model_files):
     assert engine.session.get_provider_options()["CUDAExecutionProvider"]["use_tf32"] == "0"
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch with CUDA)")
+def test_the_torch_backend_on_a_gpu_computes_in_full_float32_and_agrees_with_onnx(model_files, monkeypatch):
+    """torch defaults cuDNN convolutions to TF32, where the CUDA provider and TensorRT plans are kept
+    from it: the reference backend's GPU rows differed from every other engine's."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)  # restored after: the engine sets it process-wide
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+    reference = load_engine(str(model_files[0]), backend="torch", samples=T, seed=SEED, device="cuda")
+    assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+    images = _images(16)
+    np.testing.assert_allclose(reference(images), load_engine(str(model_files[1]), threads=1)(images), rtol=1e-4, atol=1e-5)
+
+
 def test_model_info_of_an_onnx_model_matches_its_engine(model_files, tmp_path):
     import onnxruntime
 

@@ -396,7 +396,17 @@ def test_no_output_may_replace_the_checkpoint_being_exported(tmp_path, monkeypat
         export_checkpoint(str(tmp_path / "m.onnx"), str(tmp_path / "m.plan"), T, format="tensorrt")
     err = _cli_error(capsys, ["export", ckpt, "--samples", str(T), "--out", ckpt])
     assert "is the checkpoint being exported" in err
-    assert open(ckpt, "rb").read() == before
+    # the timing cache, written after the build, replaced the checkpoint or the ONNX model just written
+    plan = str(tmp_path / "m.plan")
+    for cache, what in ((ckpt, "the checkpoint being exported"), ("link.ckpt", "the checkpoint being exported"),
+                        (plan, "--out"), (str(tmp_path / "m.onnx"), "the ONNX model's path")):
+        with pytest.raises(InputError, match=re.escape(f"--timing-cache {cache!r} is {what}; give the cache a file of its own")):
+            export_checkpoint(ckpt, plan, T, format="tensorrt", timing_cache=cache)
+    from skymorph.exporter import build_tensorrt
+
+    with pytest.raises(InputError, match=re.escape(f"{plan!r} is both the timing cache and the plan; give each a file of its own")):
+        build_tensorrt(str(tmp_path / "m.onnx"), plan, timing_cache=plan)
+    assert open(ckpt, "rb").read() == before and sorted(os.listdir(tmp_path)) == ["link.ckpt", "m0.ckpt"]
 
 
 def test_opset_and_sample_count_outside_what_can_be_exported_are_refused_before_reading(tmp_path, capsys):

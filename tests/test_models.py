@@ -241,6 +241,8 @@ def test_model_metadata_refuses_what_the_rest_of_skymorph_refuses():
             ModelMetadata.from_props({**good.to_props(), f"skymorph.{key}": value}, source="'m.onnx'")
     with pytest.raises(ModelError, match="^extra metadata key 'schema' is one of the model's own; give it another name$"):
         replace(good, extra={"schema": "x"}).to_props()
+    with pytest.raises(ModelError, match=r"^extra metadata 'run': 3 must be text \(JSON-encode other values\)$"):
+        replace(good, extra={"run": 3})  # was written as '3' and read back as text: not the metadata exported
     for change, message in [
         (dict(samples=10**6), r"samples \(MC-dropout samples T\) must be an integer from 1 to 1000, got 1000000"),
         (dict(samples=2.5), "got 2.5"),

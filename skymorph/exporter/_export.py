@@ -71,6 +71,10 @@ def export_checkpoint(
         )
     if same_location(onnx_url, out):
         raise InputError(f"--onnx-out {onnx_url!r} is --out: give the ONNX model its own path")
+    if timing_cache:  # the build writes the cache last: over the checkpoint or a model it had just written
+        for other, what in ((checkpoint, "the checkpoint being exported"), (out, "--out"), (onnx_url, "the ONNX model's path")):
+            if same_location(timing_cache, other):
+                raise InputError(f"--timing-cache {str(timing_cache)!r} is {what}; give the cache a file of its own")
     if not onnx_url.lower().endswith(".onnx"):
         raise InputError(f"--onnx-out {onnx_url!r}: end the ONNX model's name in .onnx, by which `skymorph run` knows it")
     if not onnx_out and not overwrite and exists(onnx_url, storage_options):

@@ -26,7 +26,7 @@ from skymorph.inference.tensorrt_engine import (
     sidecar_url,
 )
 from skymorph.model_metadata import ModelMetadata
-from skymorph.storage import atomic_write_bytes, atomic_write_text, exists, read_bytes
+from skymorph.storage import atomic_write_bytes, atomic_write_text, exists, read_bytes, same_location
 
 __all__ = ["TensorRTReport", "build_tensorrt", "require_tensorrt"]
 
@@ -131,6 +131,10 @@ def build_tensorrt(
     """
     if not 1 <= opt_batch <= max_batch:
         raise InputError(f"need 1 <= --opt-batch <= --max-batch, got {opt_batch} and {max_batch}")
+    plan, model, cache = (out, "the plan"), (onnx_path, "the ONNX model"), (timing_cache, "the timing cache")
+    for (path, what), (other, other_what) in ((plan, model), (cache, model), (cache, plan)):
+        if path and same_location(path, other):  # one would be written over the other
+            raise InputError(f"{str(path)!r} is both {what} and {other_what}; give each a file of its own")
     model_bytes = read_bytes(str(onnx_path), storage_options)
     metadata = _onnx_metadata(model_bytes, repr(str(onnx_path)))  # its seed, from which the check batch is drawn, checked
     trt = import_tensorrt()

@@ -187,7 +187,11 @@ class OnnxRuntimeEngine(Engine):
 
 
 class TorchEngine(Engine):
-    """The reference: a checkpoint frozen with ``samples`` masks from ``seed`` (as the exporter does)."""
+    """The reference: a checkpoint frozen with ``samples`` masks from ``seed`` (as the exporter does).
+
+    Unlike onnxruntime's, its numbers can differ in the last bits (float32 rounding, ~1e-7 relative)
+    with the batch a galaxy is in and its place there: torch picks kernels by shape. A catalog for the
+    record is made from the exported ONNX model. On a GPU, TF32 is off, as on the CUDA provider."""
 
     backend = "torch"
 
@@ -202,6 +206,9 @@ class TorchEngine(Engine):
             torch.set_num_threads(threads)  # process-wide: an engine is loaded once per worker process
         frozen, metadata = freeze_checkpoint(url, data, samples, seed)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if self.device.type == "cuda":  # process-wide, as above; TF32 convolutions round to 10-bit mantissas
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
         self.model = frozen.to(self.device)
         super().__init__(url, metadata, hashlib.sha256(data).hexdigest(), self.device.type == "cuda")
 
