@@ -156,7 +156,7 @@ def _s3_options_from_env(storage_options: dict | None) -> dict:
 def storage_options_for(url: str, storage_options: dict | None = None) -> dict:
     """The fsspec options to open ``url`` with: ``storage_options`` plus, for S3, the endpoint from
     ``AWS_ENDPOINT_URL`` (which botocore honours but s3fs does not pass on by itself)."""
-    if str(url).startswith("s3://"):
+    if str(url).startswith(("s3://", "s3a://")):
         return _s3_options_from_env(storage_options)
     return dict(storage_options or {})
 
@@ -251,7 +251,9 @@ _MISSPELT_SCHEME = re.compile(r"(s3|gs|gcs|az|abfs|https?):/?(?!/)", re.IGNORECA
 
 def check_url(url: str) -> None:
     """Raise :class:`InputError` for ``s3:/bucket/key`` (one slash: a local path that would quietly
-    create a directory named ``s3:``) and for ``s3://`` with no bucket."""
+    create a directory named ``s3:``), for ``s3://`` with no bucket, and for an empty segment in a
+    remote URL (``s3://bucket//key``, an unset shell variable's mark): S3 keeps ``//`` in the key,
+    where a tile list's entries, resolved as paths, lose it."""
     url = str(url)
     misspelt = _MISSPELT_SCHEME.match(url)
     rest = url[misspelt.end():].lstrip("/") if misspelt else url.split("://", 1)[-1].strip("/")
@@ -259,6 +261,10 @@ def check_url(url: str) -> None:
         raise InputError(f"{url!r} names no bucket or path; give e.g. s3://bucket/prefix")
     if misspelt:
         raise InputError(f"{url!r} is not a URL: write {misspelt.group(1).lower()}://{rest}")
+    if is_remote(url) and "" in url.split("://", 1)[1].rstrip("/").split("/"):
+        scheme, path = url.split("://", 1)
+        fixed = "/".join(segment for segment in path.split("/") if segment)
+        raise InputError(f"{url!r} has an empty path segment ('//'); write {scheme}://{fixed}")
 
 
 def filesystem(url: str, storage_options: dict | None = None):

@@ -581,7 +581,10 @@ def read_tile_list(url: str, storage_options: dict | None = None) -> list[str]:
         # One store under two names ('..', a symlink, file://, s3a://, a trailing '/') would be classified twice:
         # compare where they lead. Only the comparison is normalised: a catalog's manifest and part names
         # know tiles as listed.
-        key = _remote_key(entry) if storage.is_remote(entry) else _local_key(storage.strip_protocol(entry), real_dirs)
+        try:
+            key = _remote_key(entry) if storage.is_remote(entry) else _local_key(storage.strip_protocol(entry), real_dirs)
+        except (ImportError, ValueError) as err:  # fsspec: a scheme it does not know (S3://), or whose package is missing
+            raise InputError(f"tile list {url!r} line {lineno}: cannot open {entry!r}: {err}") from None
         if key in seen:
             line, listed = seen[key]
             same = f" ({listed!r}, the same store)" if listed != entry else ""
@@ -599,8 +602,7 @@ def read_tiles(url: str, storage_options: dict | None = None) -> list[str]:
     entries are, for workers in other directories)."""
     url = str(url)
     if url.rstrip("/").endswith(".zarr"):
-        fs, path = storage.filesystem(url, storage_options)
-        if not fs.exists(path):
+        if not storage.exists(url, storage_options):  # not fs.exists: s3fs answers that from a listing it cached
             raise InputError(f"tile store {url!r} does not exist; check the URL")
         return [url if storage.is_remote(url) else os.path.abspath(storage.strip_protocol(url))]
     if not storage.is_remote(url) and os.path.isdir(storage.strip_protocol(url)):

@@ -134,8 +134,9 @@ def test_malformed_endpoint_is_an_input_error_naming_its_source(endpoint, monkey
         storage.filesystem("s3://bucket/x", {"endpoint_url": endpoint})
     if isinstance(endpoint, str):
         monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
-        with pytest.raises(InputError, match="AWS_ENDPOINT_URL must be"):
-            storage.filesystem("s3://bucket/x")
+        for url in ("s3://bucket/x", "s3a://bucket/x"):  # s3a: botocore's "Invalid endpoint" traceback
+            with pytest.raises(InputError, match="AWS_ENDPOINT_URL must be"):
+                storage.filesystem(url)
 
 
 def test_good_endpoints_pass(monkeypatch):

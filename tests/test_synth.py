@@ -437,3 +437,46 @@ def test_a_rendered_galaxy_is_centred_where_the_truth_puts_it(size):
     centroid_x = (image * xx).sum(axis=(1, 2)) / total - (size - 1) / 2
     centroid_y = (image * yy).sum(axis=(1, 2)) / total - (size - 1) / 2
     assert abs(np.median(centroid_x - params.offset_x_px)) < 0.05 and abs(np.median(centroid_y - params.offset_y_px)) < 0.05
+
+
+def _synth_with_two_workers(out):
+    """``survey synth --workers 2`` started, and its two workers once they make tiles."""
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    process = subprocess.Popen([sys.executable, "-m", "skymorph", "survey", "synth", "--out", str(out), "--tiles", "60",
+                                "--per-tile", "300", "--size", "32", "--workers", "2", "--healpix-order", "6"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not any((out / "tiles").glob("*.zarr")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    workers = [p for p in psutil.Process(process.pid).children() if "spawn_main" in " ".join(p.cmdline())]
+    assert len(workers) == 2, [p.cmdline() for p in psutil.Process(process.pid).children()]
+    return process, workers
+
+
+def test_a_killed_worker_is_a_one_line_error_and_workers_end_with_their_parent(tmp_path):
+    """A worker killed (the OOM killer) ended survey synth as an internal error with BrokenProcessPool's
+    traceback; with the parent killed, its workers went on making tiles into the survey a rerun had made
+    since, then waited on their queue for ever."""
+    import signal
+
+    import psutil
+
+    process, workers = _synth_with_two_workers(tmp_path / "a")
+    workers[0].send_signal(signal.SIGKILL)
+    _, err = process.communicate(timeout=120)
+    # (then multiprocessing's resource tracker may warn of the semaphore the killed worker held)
+    assert process.returncode == 2 and (
+        "skymorph: error: a tile-making process died (killed, or out of memory?); rerun with --overwrite, with fewer "
+        "--workers or a smaller --per-tile or --size if memory ran out") in err.splitlines(), err[-2000:]
+    assert "Traceback" not in err
+
+    process, workers = _synth_with_two_workers(tmp_path / "b")
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    gone, alive = psutil.wait_procs(workers, timeout=30)
+    assert not alive, [p.pid for p in alive]

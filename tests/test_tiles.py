@@ -328,6 +328,12 @@ def test_read_tile_list_errors_name_file_and_line(tmp_path):
         path.write_text(f"s3://b/tiles/a.zarr\n{alias}\n")
         with pytest.raises(InputError, match=r"line 2: .*already listed on line 1"):
             read_tile_list(str(path))
+    path.write_text("a.zarr\nS3://b/x.zarr\n")  # a traceback from fsspec, "Protocol not known"
+    with pytest.raises(InputError, match=r"tiles.txt' line 2: cannot open 'S3://b/x.zarr': Protocol not known: S3$"):
+        read_tile_list(str(path))
+    path.write_text("a.zarr\ns3://b//x.zarr\n")  # S3 keeps '//' in the key, which the entry, resolved as a path, lost
+    with pytest.raises(InputError, match=r"tiles.txt' line 2: 's3://b//x.zarr' has an empty path segment \('//'\); write s3://b/x.zarr$"):
+        read_tile_list(str(path))
     path.write_text("a.zarr\ns3:/bucket/b.zarr\n")  # read as a directory 's3:' beside the list
     with pytest.raises(InputError, match=r"tiles.txt' line 2: 's3:/bucket/b.zarr' is not a URL: write s3://bucket/b.zarr$"):
         read_tile_list(str(path))

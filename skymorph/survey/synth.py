@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
 import numpy as np
 
 from skymorph import storage
 from skymorph.cores import check_parallelism, usable_cores
-from skymorph.errors import InputError, check_int
+from skymorph.errors import InputError, SkymorphError, check_int
 from skymorph.posterior import MAX_VOLUNTEERS
 from skymorph.schema import Schema, get_schema
 from skymorph.seeds import check_seed
@@ -302,15 +303,33 @@ def _run(jobs: list[_TileJob], workers: int, progress: bool) -> list[dict]:
         import multiprocessing
 
         # spawn, not fork: the parent may hold threads (zarr's event loop, s3fs) that fork would copy mid-state
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_exit_with_parent) as pool:
             futures = {pool.submit(_make_tile, job): i for i, job in enumerate(jobs)}
             try:
                 for future in as_completed(futures):
                     results[futures[future]] = future.result()
                     bar.update(jobs[futures[future]].per_tile)
-            except BaseException:  # SIGTERM, Ctrl-C, a failed tile: the tiles queued are not made (it took 52 s)
+            except BaseException as err:  # SIGTERM, Ctrl-C, a failed tile: the tiles queued are not made (it took 52 s)
                 # cancelled here, waiting for the tiles being made: the with block's own shutdown() resets
                 # cancel_futures, and one with wait=False left the pool to make every queued tile
                 pool.shutdown(wait=True, cancel_futures=True)
+                if isinstance(err, BrokenProcessPool):
+                    raise SkymorphError("a tile-making process died (killed, or out of memory?); rerun with --overwrite, "
+                                        "with fewer --workers or a smaller --per-tile or --size if memory ran out") from None
                 raise
     return results
+
+
+def _exit_with_parent() -> None:
+    """Pool initializer: end this worker when the process that started it dies (SIGKILL, the OOM killer).
+    A worker waiting on its queue never notices, and one making a tile went on writing it into the
+    survey that a rerun had since made."""
+    import multiprocessing
+    import multiprocessing.connection
+    import os
+    import threading
+
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=lambda: (multiprocessing.connection.wait([parent.sentinel]), os._exit(1)), daemon=True,
+                         name="exit-with-parent").start()
