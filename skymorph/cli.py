@@ -87,6 +87,14 @@ def _path(text: str) -> str:
     return text
 
 
+def _text(text: str) -> str:
+    """A name or choice argument (``--schema``, ``--scheduler``, ...): an empty one read as the flag not
+    given, a default taken without a word."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("give a value, not an empty string")
+    return text
+
+
 def _print_json(obj) -> None:
     print(json.dumps(obj, indent=2, default=str))
 
@@ -105,7 +113,7 @@ def _add_survey_commands(sub) -> None:
     synth.add_argument("--per-tile", type=int, default=512, help="galaxies per tile (default 512)")
     synth.add_argument("--size", type=int, default=128, help="cutout size in pixels, at least 16 (default 128)")
     synth.add_argument("--seed", type=int, default=0, help="random seed: same seed, same images, labels and truth on the same kind of CPU (default 0)")
-    synth.add_argument("--schema", default="decals", help="decision tree of the simulated votes: gz2, decals or a JSON file (default decals)")
+    synth.add_argument("--schema", type=_text, default="decals", help="decision tree of the simulated votes: gz2, decals or a JSON file (default decals)")
     synth.add_argument("--volunteers", type=float, default=40, help="mean volunteers per galaxy (default 40)")
     synth.add_argument("--workers", type=int, default=None, help="processes (default: the cores this process may use)")
     synth.add_argument("--healpix-order", type=int, default=5, help="HEALPix order of the tiles (default 5, ~1.8 deg)")
@@ -155,11 +163,11 @@ def _add_ingest_command(survey_sub) -> None:
     ingest.add_argument("--tile-size", type=_positive_int, default=1024, help="galaxies per tile store (default 1024)")
     ingest.add_argument("--chunk-size", type=_positive_int, default=256,
                         help="cutouts per stored chunk, one S3 object each (default 256; 256-1024 suits S3)")
-    ingest.add_argument("--id-column", default="object_id", help="the catalog's integer id column (default object_id)")
-    ingest.add_argument("--label-question", metavar="QUESTION", help="turn the label column into one vote for this question")
-    ingest.add_argument("--label-map", metavar="LABEL=ANSWER,...", help="label values to answers, e.g. spiral=yes,non_spiral=no (default: labels are answer names)")
-    ingest.add_argument("--schema", default="gz2", help="schema of --label-question: gz2, decals or a JSON file (default gz2)")
-    ingest.add_argument("--survey", default="ingest", help="survey name recorded in the tiles (default ingest)")
+    ingest.add_argument("--id-column", type=_text, default="object_id", help="the catalog's integer id column (default object_id)")
+    ingest.add_argument("--label-question", type=_text, metavar="QUESTION", help="turn the label column into one vote for this question")
+    ingest.add_argument("--label-map", type=_text, metavar="LABEL=ANSWER,...", help="label values to answers, e.g. spiral=yes,non_spiral=no (default: labels are answer names)")
+    ingest.add_argument("--schema", type=_text, default="gz2", help="schema of --label-question: gz2, decals or a JSON file (default gz2)")
+    ingest.add_argument("--survey", type=_text, default="ingest", help="survey name recorded in the tiles (default ingest)")
     ingest.add_argument("--pixel-scale-arcsec", type=float, help="pixel scale of the input cutouts; each tile records that of its resized pixels (default: unknown, recorded as a placeholder)")
     ingest.add_argument("--workers", type=_positive_int, help="decoding threads (default: up to 8)")
     ingest.add_argument("--overwrite", action="store_true", help="replace a survey already at --out (else refused); it is "
@@ -191,9 +199,9 @@ def _add_train_commands(sub) -> None:
     train = sub.add_parser("train", help="train a Bayesian CNN on vote counts (writes a checkpoint)")
     train.add_argument("--tiles", required=True, metavar="TILELIST", type=_path, help="tile list file (or one .zarr tile store)")
     train.add_argument("--labels", required=True, metavar="LABELS", type=_path, help="Parquet, CSV or FITS table with object_id and {question}_{answer} vote counts (or a Galaxy Zoo table of them)")
-    train.add_argument("--schema", help="gz2, decals or a JSON file (default: the one the labels record, as survey synth and "
+    train.add_argument("--schema", type=_text, help="gz2, decals or a JSON file (default: the one the labels record, as survey synth and "
                        "ingest write them, else decals; with --resume/--finetune: the checkpoint's)")
-    train.add_argument("--arch", help="model architecture (default w20; with --resume/--finetune: the checkpoint's)")
+    train.add_argument("--arch", type=_text, help="model architecture (default w20; with --resume/--finetune: the checkpoint's)")
     train.add_argument("--arch-params", metavar="JSON", type=_json_object,
                        help='parameters of the architecture, e.g. \'{"widths": [48, 96, 192, 384]}\' for resnet_s')
     train.add_argument("--likelihood", choices=LIKELIHOODS, help="default multinomial")
@@ -316,7 +324,7 @@ def _add_labels_commands(sub) -> None:
                         "spelling or a Galaxy Zoo table), with object_id")
     ingest.add_argument("--batch", required=True, metavar="BATCH", type=_path, help="the batch `catalog pick` wrote for them (tile, row, ra, dec)")
     ingest.add_argument("--labels", metavar="LABELS", type=_path, help="the labels so far (default: none, a first round)")
-    ingest.add_argument("--schema", help="gz2, decals or a JSON file (default: the one the labels so far record)")
+    ingest.add_argument("--schema", type=_text, help="gz2, decals or a JSON file (default: the one the labels so far record)")
     ingest.add_argument("--out", required=True, metavar="LABELS", type=_path, help="the new labels (Parquet)")
     _add_overwrite_option(ingest, "an existing --out")
     _add_storage_option(ingest)
@@ -397,7 +405,7 @@ def _add_run_commands(sub) -> None:
     run.add_argument("--model", required=True, metavar="MODEL", type=_path, help="exported model (.onnx, .plan) with skymorph metadata, or a .ckpt run by torch with T=30 masks from seed 0")
     run.add_argument("--out", required=True, metavar="CATALOG", type=_path, help="catalog location (local path or s3://), new, empty or a catalog to resume")
     where = run.add_mutually_exclusive_group()
-    where.add_argument("--scheduler", metavar="ADDRESS", help="Dask scheduler to use (default: DASK_SCHEDULER_ADDRESS, else a local cluster)")
+    where.add_argument("--scheduler", type=_text, metavar="ADDRESS", help="Dask scheduler to use (default: DASK_SCHEDULER_ADDRESS, else a local cluster)")
     where.add_argument("--scheduler-file", metavar="FILE", type=_path, help="Dask scheduler file (as written by `dask scheduler --scheduler-file`)")
     run.add_argument("--cluster", choices=("local", "slurm"), default="local",
                      help="without a scheduler: a LocalCluster, or SLURM jobs from --cluster-config (default local)")
@@ -415,7 +423,7 @@ def _add_run_commands(sub) -> None:
     run.add_argument("--rows-per-task", type=_positive_int, default=4096, help="split larger tiles into tasks of about this many rows (default 4096)")
     run.add_argument("--n-volunteers", type=_positive_int, default=40, help="N of the vote-count posteriors and BALD, 1-1000 (default 40)")
     run.add_argument("--catalog-order", type=int, default=5, help="HEALPix order of the catalog partitions (default 5)")
-    run.add_argument("--backend", default="auto", help="engine backend: auto, onnxruntime, tensorrt, torch (default auto)")
+    run.add_argument("--backend", type=_text, default="auto", help="engine backend: auto, onnxruntime, tensorrt, torch (default auto)")
     run.add_argument("--gpu", action="store_true", help="tasks ask for a worker with resource GPU=1")
     run.add_argument("--allow-failures", action="store_true", help="exit 0 even if some tiles failed (they are in _skymorph/failures.parquet)")
     run.add_argument("--overwrite", action="store_true", help="replace an existing catalog at --out instead of resuming it (only a catalog: a directory holding other files is refused)")
@@ -463,7 +471,8 @@ def _add_catalog_commands(sub) -> None:
     query = catalog_sub.add_parser("query", help="SQL filter and/or cone search, to the terminal or a file")
     query.add_argument("catalog", metavar="CATALOG", type=_path, help="catalog location (local path or s3://bucket/prefix)")
     query.add_argument("--where", metavar="SQL", help="a read-only SQL condition (DuckDB), e.g. 'bar_bald > 0.1 AND dec > 0'; "
-                       "x / 0 is NULL, ln or sqrt of a negative number an error; with --cone, a subquery over catalog sees "
+                       "x / 0 is NULL, ln, log or sqrt of 0 or a negative number an error (BALD columns hold zeros: guard them, "
+                       "'bar_bald > 0 AND ln(bar_bald) > -3'); with --cone, a subquery over catalog sees "
                        "the cone's partitions only")
     query.add_argument("--columns", metavar="A,B", help="comma-separated columns to return (default: all)")
     query.add_argument("--order-by", metavar="SQL", help="an SQL ORDER BY list, e.g. 'bald_total DESC' (without it rows "
@@ -480,7 +489,7 @@ def _add_catalog_commands(sub) -> None:
     pick = catalog_sub.add_parser("pick", help="the next Galaxy Zoo batch by BALD, as a subject manifest CSV")
     pick.add_argument("catalog", metavar="CATALOG", type=_path, help="catalog location (local path or s3://bucket/prefix)")
     pick.add_argument("--n", type=_positive_int, required=True, help="batch size")
-    pick.add_argument("--question", help="rank by {question}_asked x {question}_bald, the information expected from the "
+    pick.add_argument("--question", type=_text, help="rank by {question}_asked x {question}_bald, the information expected from the "
                       "volunteers asked it (default: bald_total, its sum over questions)")
     pick.add_argument("--weight-by-asked", action=argparse.BooleanOptionalAction, default=None,
                       help="with --question: weight its BALD by the share of volunteers asked it (default), or not")
@@ -491,7 +500,7 @@ def _add_catalog_commands(sub) -> None:
                       "draws afresh with the same seed (default 0)")
     pick.add_argument("--exclude", metavar="IDS", type=_path, nargs="+", help="CSV, FITS, VOTable or Parquet tables with an object_id column: never "
                       "pick these (the labels' rows with votes, and batches still with the volunteers)")
-    pick.add_argument("--exclude-id-column", default="object_id", metavar="NAME",
+    pick.add_argument("--exclude-id-column", type=_text, default="object_id", metavar="NAME",
                       help="the --exclude file's column of catalog object ids (default object_id; e.g. galaxy_id)")
     pick.add_argument("--out", required=True, metavar="FILE", type=_path, help="subject manifest (.csv; or .parquet, .fits, .vot, .xml)")
     pick.add_argument("--gallery", metavar="PNG", type=_path, help="also draw the picked galaxies and their posteriors")

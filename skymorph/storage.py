@@ -193,7 +193,7 @@ def arrow_s3_arguments(options: dict) -> dict | None:
 
 
 def arrow_filesystem(url: str, storage_options: dict | None = None):
-    """``(pyarrow.fs.S3FileSystem, path)`` for an ``s3://`` ``url``, configured as :func:`filesystem`'s
+    """``(pyarrow.fs.S3FileSystem, path)`` for an ``s3://`` (or ``s3a://``) ``url``, configured as :func:`filesystem`'s
     s3fs would be, or None where it cannot be: another protocol, an option without an Arrow equivalent,
     options Arrow refuses, an endpoint set only in the AWS config file (which Arrow does not read), a
     bucket whose region cannot be found.
@@ -205,7 +205,7 @@ def arrow_filesystem(url: str, storage_options: dict | None = None):
     (AWS itself), the bucket's own region is looked up, as botocore follows a redirect to it; Arrow
     would assume ``us-east-1``.
     """
-    if not str(url).startswith("s3://"):
+    if not str(url).startswith(("s3://", "s3a://")):
         return None
     arguments = arrow_s3_arguments(storage_options_for(url, storage_options))
     if arguments is None:
@@ -251,9 +251,9 @@ _MISSPELT_SCHEME = re.compile(r"(s3|gs|gcs|az|abfs|https?):/?(?!/)", re.IGNORECA
 
 def check_url(url: str) -> None:
     """Raise :class:`InputError` for ``s3:/bucket/key`` (one slash: a local path that would quietly
-    create a directory named ``s3:``), for ``s3://`` with no bucket, and for an empty segment in a
-    remote URL (``s3://bucket//key``, an unset shell variable's mark): S3 keeps ``//`` in the key,
-    where a tile list's entries, resolved as paths, lose it."""
+    create a directory named ``s3:``), for ``s3://`` with no bucket, and for an empty segment in an
+    S3 URL (``s3://bucket//key``, an unset shell variable's mark): S3 keeps ``//`` in the key, where a
+    tile list's entries, resolved as paths, lose it."""
     url = str(url)
     misspelt = _MISSPELT_SCHEME.match(url)
     rest = url[misspelt.end():].lstrip("/") if misspelt else url.split("://", 1)[-1].strip("/")
@@ -261,7 +261,7 @@ def check_url(url: str) -> None:
         raise InputError(f"{url!r} names no bucket or path; give e.g. s3://bucket/prefix")
     if misspelt:
         raise InputError(f"{url!r} is not a URL: write {misspelt.group(1).lower()}://{rest}")
-    if is_remote(url) and "" in url.split("://", 1)[1].rstrip("/").split("/"):
+    if url.startswith(("s3://", "s3a://")) and "" in url.split("://", 1)[1].split("?", 1)[0].rstrip("/").split("/"):
         scheme, path = url.split("://", 1)
         fixed = "/".join(segment for segment in path.split("/") if segment)
         raise InputError(f"{url!r} has an empty path segment ('//'); write {scheme}://{fixed}")

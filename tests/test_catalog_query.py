@@ -417,6 +417,13 @@ def test_arithmetic_without_a_value_is_null_or_an_error_not_nan(catalog):
     assert query(catalog, where="bar_bald / 0 IS NULL", columns=["object_id"]).num_rows == 3000
     with pytest.raises(CatalogError, match=r"^--where failed on the rows of catalog .*cannot take square root of a negative"):
         query(catalog, where="sqrt(dec - 2) > 0", columns=["object_id"])
+    with pytest.raises(CatalogError, match=r"cannot take logarithm of zero; guard the argument, e.g. 'bar_bald > 0 AND "
+                                           r"ln\(bar_bald\) > -3'"):
+        query(catalog, order_by="ln(bar_bald * 0)", columns=["object_id"])  # BALD columns hold exact zeros
+    bald = query(catalog, columns=["bar_bald"])["bar_bald"].to_numpy()
+    with np.errstate(divide="ignore"):
+        expected = int(np.sum(np.log(bald[bald > 0]) > -3))
+    assert query(catalog, where="bar_bald > 0 AND ln(bar_bald) > -3", columns=["object_id"]).num_rows == expected > 0
 
 
 @pytest.mark.parametrize("suffix", [".fits", ".vot", ".xml"])
@@ -697,18 +704,19 @@ def test_a_part_deleted_while_the_catalog_is_read_is_named_as_such(tmp_path, req
     root = str(tmp_path) if where == "local" else request.getfixturevalue("s3_bucket")
     write_synthetic_catalog(f"{root}/cat", 600, per_tile=200, order=6, workers=1)
     catalog = open_catalog(f"{root}/cat")
-    with pytest.raises(CatalogError) as info:
-        with connect(catalog) as con:
-            gone = catalog.part_urls()[1]
-            if where == "local":
-                os.remove(gone)
-            else:
-                import s3fs
+    for i in (1, 2):  # with a --where too: DuckDB's glob of the gone part as a directory was blamed on --where
+        with pytest.raises(CatalogError) as info:
+            with connect(catalog, user_sql=("--where",) if i == 2 else ()) as con:
+                gone = catalog.part_urls()[i]
+                if where == "local":
+                    os.remove(gone)
+                else:
+                    import s3fs
 
-                s3fs.S3FileSystem(skip_instance_cache=True).rm(gone)
-            con.execute("SELECT count(*) FROM catalog").fetchall()
-    assert str(info.value).startswith(f"catalog {catalog.url!r}: part file {gone} was deleted while the catalog was read: "
-                                      "a `skymorph run` is rewriting it")
+                    s3fs.S3FileSystem(skip_instance_cache=True).rm(gone)
+                con.execute("SELECT count(*) FROM catalog").fetchall()
+        assert str(info.value).startswith(f"catalog {catalog.url!r}: part file {gone} was deleted while the catalog was read: "
+                                          "a `skymorph run` is rewriting it")
 
 
 def test_a_partition_without_its_directory_is_a_one_line_error(tmp_path):

@@ -258,17 +258,23 @@ def test_a_count_beyond_int64_is_refused_by_its_flag(small_catalog, tmp_path, ca
     ["catalog", "query", "cat", "--out", ""],
     ["run", "--tiles", "t.txt", "--model", "m.onnx", "--out", ""],
     ["evaluate", "m.ckpt", "--tiles", "t.txt", "--labels", "l.parquet", "--out", "eval", "--truth", ""],
-], ids=["pick-images", "pick-gallery", "query-out", "run-out", "evaluate-truth"])
-def test_an_empty_path_is_refused_by_its_flag(argv, capsys):
-    """An unset shell variable: `--images ""` wrote no images and `query --out ""` printed to the terminal,
-    both without a word, as if the flag had not been given."""
+    ["train", "--tiles", "t.txt", "--labels", "l.csv", "--out", "m.ckpt", "--schema", ""],
+    ["run", "--tiles", "t.txt", "--model", "m.onnx", "--out", "cat", "--scheduler", ""],
+    ["labels", "ingest", "v.csv", "--batch", "b.csv", "--out", "l.parquet", "--schema", " "],
+], ids=["pick-images", "pick-gallery", "query-out", "run-out", "evaluate-truth", "train-schema", "run-scheduler",
+        "labels-schema"])
+def test_an_empty_value_is_refused_by_its_flag(argv, capsys):
+    """An unset shell variable: `--images ""` wrote no images, `query --out ""` printed to the terminal,
+    `train --schema ""` trained a decals model whatever the labels record and `run --scheduler ""` started a
+    local cluster, all without a word, as if the flag had not been given."""
     flag = argv[-2]
-    command = " ".join(["skymorph", *argv[:2 if argv[0] == "catalog" else 1]])
+    command = " ".join(["skymorph", *argv[:2 if argv[0] in ("catalog", "labels") else 1]])
+    what = "a value" if flag in ("--schema", "--scheduler") else "a path or URL"
     with pytest.raises(SystemExit) as exit_:
         main(argv)
     assert exit_.value.code == 2
     assert capsys.readouterr().err.strip().splitlines() == [
-        f"{command}: error: argument {flag}: give a path or URL, not an empty string (see {command} --help)"]
+        f"{command}: error: argument {flag}: give {what}, not an empty string (see {command} --help)"]
 
 
 @pytest.mark.parametrize(("argv", "flag", "what"), [

@@ -547,3 +547,13 @@ def test_within_resolves_local_paths_and_compares_urls_as_written(tmp_path):
     assert storage.within("s3://b/cat/dataset/x.parquet", "s3://b/cat/")
     assert not storage.within("s3://b/cat2/x.parquet", "s3://b/cat")
     assert not storage.within(tmp_path / "cat" / "x", "s3://b/cat")
+
+
+def test_an_empty_segment_is_refused_in_s3_urls_only():
+    """S3 keeps '//' in a key (s3://bkt//survey wrote a survey its tile list could not find); other URLs
+    spell things so: fsspec's memory:///x, a query string holding a URL."""
+    for url in ("s3://bkt//survey", "s3a://bkt/a//b/", "s3:///x.zarr"):
+        with pytest.raises(InputError, match=r"has an empty path segment \('//'\); write s3a?://"):
+            storage.check_url(url)
+    for url in ("s3://bkt", "s3://bkt/", "s3://bkt/a/b/", "s3://bkt/a?versionId=x//y", "memory:///x", "https://h/a?u=https://x"):
+        storage.check_url(url)

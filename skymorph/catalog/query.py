@@ -154,9 +154,10 @@ def connect(catalog: Catalog, pixels=None, memory_limit: str = MEMORY_LIMIT, thr
     it), unless ``preserve_order``: then in the order of the part files and their rows. ``check_rows``
     (all pixels): the part files must hold ``hats.properties``' row count (:meth:`Catalog.check_total_rows`).
 
-    Arithmetic that has no value (``ln`` or ``sqrt`` of a negative number) is an error, and ``x / 0``
-    is NULL: DuckDB's IEEE default made them NaN, which compares and sorts above every number, so
-    ``ln(dec) > 0`` held for every negative ``dec``. The catalog must still be the one opened
+    Arithmetic that has no value (``ln``, ``log`` or ``sqrt`` of 0 or of a negative number) is an error,
+    and ``x / 0`` is NULL: DuckDB's IEEE default made them NaN (or -inf), and NaN compares and sorts
+    above every number, so ``ln(dec) > 0`` held for every negative ``dec``. BALD columns hold exact
+    zeros: a condition guards its logarithm (``bar_bald > 0 AND ln(bar_bald) > -3``). The catalog must still be the one opened
     (:meth:`Catalog.check_unchanged`)."""
     import os
 
@@ -183,7 +184,7 @@ def connect(catalog: Catalog, pixels=None, memory_limit: str = MEMORY_LIMIT, thr
         con.execute("SET lock_configuration = true")
         if check_rows:
             # _RemoteParts would read every part whole to count: their footers hold the count
-            catalog.check_total_rows(_footer_rows(parts, catalog.storage_options) if isinstance(scan, _RemoteParts)
+            catalog.check_total_rows(_footer_rows(catalog, parts) if isinstance(scan, _RemoteParts)
                                      else con.execute("SELECT count(*) FROM catalog").fetchall()[0][0])
         with _interrupted_by_signals(con):
             yield con
@@ -343,32 +344,47 @@ def _read_failure(catalog: Catalog, parts: list[str], err: Exception, user_sql: 
     import duckdb
 
     reason = first_line(err)
-    named = re.search(r'Cannot access (?:file|directory) "([^"]*)"', reason)
+    # a file the SQL named (sniff_csv('/etc/passwd')); not a part that DuckDB, finding it gone, tried as a directory
+    named = re.search(r'Cannot access (?:file|directory) "([^"]*?)(?:/\*\*/\*\.parquet)?"', reason)
     if user_sql and isinstance(err, duckdb.PermissionException) and named and named.group(1) not in {*parts, *map(_glob_literal, parts)}:
-        return f"{' or '.join(user_sql)} may read the catalog's rows only, not other files: {reason}"  # sniff_csv('/etc/passwd')
+        return f"{' or '.join(user_sql)} may read the catalog's rows only, not other files: {reason}"
     # PermissionException: DuckDB, finding no file at a part's path, tries it as a glob, which the lock forbids
     if type(err) in (duckdb.Error, duckdb.IOException, duckdb.InvalidInputException, duckdb.PermissionException):
         damaged, deleted = _first_unreadable(parts, catalog.storage_options)
         if deleted:
-            return (f"catalog {catalog.url!r}: part file {damaged} was deleted while the catalog was read: a `skymorph "
-                    "run` is rewriting it (--overwrite) or adding to it; query again when that run has finished (with no run "
-                    "writing it, the catalog is damaged: rerun `skymorph run` with --overwrite)")
+            return _deleted(catalog, damaged)
         if damaged is not None:
             return (f"catalog {catalog.url!r}: part file {damaged} is not readable Parquet ({reason}); "
                     "restore it, or rerun `skymorph run` with --overwrite")
     if user_sql and isinstance(err, (duckdb.DataError, duckdb.ProgrammingError)):
-        hint = "TRY_CAST gives NULL where a value does not convert" if isinstance(err, duckdb.ConversionException) \
-            else "fix the expression"
+        if isinstance(err, duckdb.ConversionException):
+            hint = "TRY_CAST gives NULL where a value does not convert"
+        elif isinstance(err, duckdb.OutOfRangeException):  # ln(0): BALD columns hold exact zeros
+            hint = "guard the argument, e.g. 'bar_bald > 0 AND ln(bar_bald) > -3' (ln, log and sqrt outside their domain are errors)"
+        else:
+            hint = "fix the expression"
         return f"{' or '.join(user_sql)} failed on the rows of catalog {catalog.url!r}: {reason}; {hint}"
     return f"catalog {catalog.url!r}: {reason}"
 
 
-def _footer_rows(parts: list[str], storage_options: dict | None, threads: int = 16) -> int:
+def _deleted(catalog: Catalog, part: str) -> str:
+    return (f"catalog {catalog.url!r}: part file {part} was deleted while the catalog was read: a `skymorph run` is "
+            "rewriting it (--overwrite) or adding to it; query again when that run has finished (with no run writing it, "
+            "the catalog is damaged: rerun `skymorph run` with --overwrite)")
+
+
+def _footer_rows(catalog: Catalog, parts: list[str], threads: int = 16) -> int:
     """The rows of ``parts``, counted in their Parquet footers."""
     from concurrent.futures import ThreadPoolExecutor
 
+    def rows(url: str) -> int:
+        try:
+            return layout.part_footer(url, catalog.storage_options).num_rows
+        except FileNotFoundError:
+            raise CatalogError(_deleted(catalog, url)) from None
+
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        return sum(pool.map(lambda url: layout.part_footer(url, storage_options).num_rows, parts))
+        return sum(pool.map(rows, parts))
 
 
 def _first_unreadable(parts: list[str], storage_options: dict | None, threads: int = 16) -> tuple[str | None, bool]:
@@ -605,7 +621,7 @@ def query(
     """Rows of the catalog at ``url`` as a ``pyarrow.Table`` (``.to_pandas()`` for pandas).
 
     ``where``: a DuckDB SQL boolean expression over the columns (read-only; ``x / 0`` is NULL, ``ln`` or
-    ``sqrt`` of a negative number an error, see :func:`connect`; with a ``cone``, a subquery
+    ``sqrt`` of 0 or a negative number an error, see :func:`connect`; with a ``cone``, a subquery
     in it over ``catalog`` sees the partitions that overlap the cone, not the whole catalog); ``columns``: names to
     return (default all); ``cone``: a :class:`Cone` or ``(ra_deg, dec_deg, radius_arcsec)``;
     ``order_by``: an SQL ORDER BY list; ``limit``: at most this many rows (pushed down, the scan stops):

@@ -82,7 +82,7 @@ def s3_retry_options(url: str, storage_options: dict | None) -> dict:
     """``storage_options`` plus botocore's standard retry mode (10 attempts, exponential backoff on
     throttling, 5xx and dropped connections) for ``s3://`` URLs, unless the caller set ``config_kwargs``."""
     options = dict(storage_options or {})
-    if str(url).startswith("s3://") and "config_kwargs" not in options:
+    if str(url).startswith(("s3://", "s3a://")) and "config_kwargs" not in options:
         options["config_kwargs"] = {"retries": {"max_attempts": 10, "mode": "standard"}}
     return options
 
