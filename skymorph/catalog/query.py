@@ -182,11 +182,11 @@ def connect(catalog: Catalog, pixels=None, memory_limit: str = MEMORY_LIMIT, thr
             con.execute("SET allowed_paths = ?", [sorted(set(parts) | set(literal))])
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
-        if check_rows:
-            # _RemoteParts would read every part whole to count: their footers hold the count
-            catalog.check_total_rows(_footer_rows(catalog, parts) if isinstance(scan, _RemoteParts)
-                                     else con.execute("SELECT count(*) FROM catalog").fetchall()[0][0])
-        with _interrupted_by_signals(con):
+        with _interrupted_by_signals(con):  # the count too: it reads every footer, minutes of a large catalog on S3
+            if check_rows:
+                # _RemoteParts would read every part whole to count: their footers hold the count
+                catalog.check_total_rows(_footer_rows(catalog, parts) if isinstance(scan, _RemoteParts)
+                                         else con.execute("SELECT count(*) FROM catalog").fetchall()[0][0])
             yield con
     except duckdb.Error as err:
         raise CatalogError(_read_failure(catalog, parts, err, user_sql)) from None
@@ -383,8 +383,11 @@ def _footer_rows(catalog: Catalog, parts: list[str], threads: int = 16) -> int:
         except FileNotFoundError:
             raise CatalogError(_deleted(catalog, url)) from None
 
-    with ThreadPoolExecutor(max_workers=threads) as pool:
+    pool = ThreadPoolExecutor(max_workers=threads)
+    try:
         return sum(pool.map(rows, parts))
+    finally:  # Ctrl-C: the footers not yet read are not read
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _first_unreadable(parts: list[str], storage_options: dict | None, threads: int = 16) -> tuple[str | None, bool]:
