@@ -396,21 +396,32 @@ def test_a_component_between_the_pixels_of_a_small_grid_is_not_a_black_image(tmp
     assert open_tile(tile).read_images().max(axis=(1, 2, 3)).min() > 100
 
 
-def test_sigterm_stops_a_pool_of_workers_without_making_the_tiles_queued(tmp_path):
-    """The with block's own shutdown() reset cancel_futures: on SIGTERM, survey synth --workers 2 went on
-    making every queued tile (52 s), then threw them away, past a batch system's grace period."""
-    import signal
+def _synth_with_two_workers(out):
+    """``survey synth --workers 2`` started, and its two workers once they make tiles."""
     import subprocess
     import sys
     import time
 
-    out = tmp_path / "survey"
+    import psutil
+
     process = subprocess.Popen([sys.executable, "-m", "skymorph", "survey", "synth", "--out", str(out), "--tiles", "60",
                                 "--per-tile", "300", "--size", "32", "--workers", "2", "--healpix-order", "6"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not any((out / "tiles").glob("*.zarr")) and time.monotonic() < deadline:
         time.sleep(0.1)
+    workers = [p for p in psutil.Process(process.pid).children() if "spawn_main" in " ".join(p.cmdline())]
+    assert len(workers) == 2, [p.cmdline() for p in psutil.Process(process.pid).children()]
+    return process, workers
+
+
+def test_sigterm_stops_a_pool_of_workers_without_making_the_tiles_queued(tmp_path):
+    """The with block's own shutdown() reset cancel_futures: on SIGTERM, survey synth --workers 2 went on
+    making every queued tile (52 s), then threw them away, past a batch system's grace period."""
+    import signal
+
+    out = tmp_path / "survey"
+    process, _ = _synth_with_two_workers(out)
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=120)
     made = len(list((out / "tiles").glob("*.zarr")))
@@ -437,25 +448,6 @@ def test_a_rendered_galaxy_is_centred_where_the_truth_puts_it(size):
     centroid_x = (image * xx).sum(axis=(1, 2)) / total - (size - 1) / 2
     centroid_y = (image * yy).sum(axis=(1, 2)) / total - (size - 1) / 2
     assert abs(np.median(centroid_x - params.offset_x_px)) < 0.05 and abs(np.median(centroid_y - params.offset_y_px)) < 0.05
-
-
-def _synth_with_two_workers(out):
-    """``survey synth --workers 2`` started, and its two workers once they make tiles."""
-    import subprocess
-    import sys
-    import time
-
-    import psutil
-
-    process = subprocess.Popen([sys.executable, "-m", "skymorph", "survey", "synth", "--out", str(out), "--tiles", "60",
-                                "--per-tile", "300", "--size", "32", "--workers", "2", "--healpix-order", "6"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not any((out / "tiles").glob("*.zarr")) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    workers = [p for p in psutil.Process(process.pid).children() if "spawn_main" in " ".join(p.cmdline())]
-    assert len(workers) == 2, [p.cmdline() for p in psutil.Process(process.pid).children()]
-    return process, workers
 
 
 def test_a_killed_worker_is_a_one_line_error_and_workers_end_with_their_parent(tmp_path):
