@@ -157,8 +157,9 @@ def connect(catalog: Catalog, pixels=None, memory_limit: str = MEMORY_LIMIT, thr
     Arithmetic that has no value (``ln``, ``log`` or ``sqrt`` of 0 or of a negative number) is an error,
     and ``x / 0`` is NULL: DuckDB's IEEE default made them NaN (or -inf), and NaN compares and sorts
     above every number, so ``ln(dec) > 0`` held for every negative ``dec``. BALD columns hold exact
-    zeros: a condition guards its logarithm (``bar_bald > 0 AND ln(bar_bald) > -3``). The catalog must still be the one opened
-    (:meth:`Catalog.check_unchanged`)."""
+    zeros: a condition guards its logarithm (``bar_bald > 0 AND ln(bar_bald) > -3``).
+
+    The catalog must still be the one opened (:meth:`Catalog.check_unchanged`)."""
     import os
 
     import duckdb
