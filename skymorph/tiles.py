@@ -521,7 +521,10 @@ def _resolve(base: str, relative: str) -> str:
     """``relative`` joined onto the directory ``base`` (a path or URL), with ``..`` folded."""
     if storage.is_remote(base):
         scheme, path = base.split("://", 1)
-        return f"{scheme}://{posixpath.normpath(posixpath.join(path, relative))}"
+        joined, bucket = posixpath.normpath(posixpath.join(path, relative)), path.split("/", 1)[0]
+        if joined != bucket and not joined.startswith(bucket + "/"):  # '..' past the bucket named another one
+            raise InputError(f"{relative!r} climbs out of bucket {bucket!r}; give a tile in another bucket by its whole URL")
+        return f"{scheme}://{joined}"
     return os.path.normpath(os.path.join(base, relative))
 
 
@@ -577,7 +580,10 @@ def read_tile_list(url: str, storage_options: dict | None = None) -> list[str]:
         except InputError as err:
             raise InputError(f"tile list {url!r} line {lineno}: {err}") from None
         if "://" not in entry and not os.path.isabs(entry):
-            entry = _resolve(base, entry)
+            try:
+                entry = _resolve(base, entry)
+            except InputError as err:
+                raise InputError(f"tile list {url!r} line {lineno}: {err}") from None
         # One store under two names ('..', a symlink, file://, s3a://, a trailing '/') would be classified twice:
         # compare where they lead. Only the comparison is normalised: a catalog's manifest and part names
         # know tiles as listed.

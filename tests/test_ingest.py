@@ -696,11 +696,11 @@ def test_one_file_under_two_ids_is_warned_of_and_mixed_band_counts_name_their_fi
 
     _one_png(tmp_path)
     Image.fromarray(np.full((24, 24, 3), 90, dtype=np.uint8)).save(tmp_path / "rgb.png")
-    (tmp_path / "cat.csv").write_text("object_id,file\n1,a.png\n2,a.png\n3,rgb.png\n")
+    (tmp_path / "cat.csv").write_text("object_id,file\n1,a.png\n2,./a.png\n3,rgb.png\n")
     code, err = _run(["survey", "ingest", "--catalog", str(tmp_path / "cat.csv"), "--out", str(tmp_path / "o"), "--size", "16"])
     assert code == 0
     assert err.splitlines()[0] == (f"skymorph: warning: catalog {str(tmp_path / 'cat.csv')!r} lists 1 file(s) under more than one "
-                                   "object_id (first: a.png): those ids get one image, which can put it in both training and validation")
+                                   "object_id (first: ./a.png): those ids get one image, which can put it in both training and validation")
     code, err = _run(["survey", "ingest", "--catalog", str(tmp_path / "cat.csv"), "--out", str(tmp_path / "k"), "--size", "16",
                       "--bands", "keep"])
     assert code == 2 and err.splitlines()[-1] == (

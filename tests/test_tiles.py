@@ -344,6 +344,17 @@ def test_read_tile_list_errors_name_file_and_line(tmp_path):
         read_tile_list(str(tmp_path / "missing.txt"))
 
 
+def test_relative_entries_of_an_s3_tile_list_stay_in_its_bucket(s3_bucket):
+    """'../../other/x.zarr' against s3://bkt/survey became s3://other/x.zarr, another bucket, without a word."""
+    bucket = s3_bucket.removeprefix("s3://")
+    storage.atomic_write_text(f"{s3_bucket}/survey/tiles.txt", "tiles/a.zarr\n../b.zarr\n")
+    assert read_tile_list(f"{s3_bucket}/survey/tiles.txt") == [f"{s3_bucket}/survey/tiles/a.zarr", f"{s3_bucket}/b.zarr"]
+    storage.atomic_write_text(f"{s3_bucket}/survey/tiles.txt", "tiles/a.zarr\n../../other/x.zarr\n")
+    with pytest.raises(InputError, match=rf"tiles.txt' line 2: '../../other/x.zarr' climbs out of bucket '{bucket}'; give a "
+                                         "tile in another bucket by its whole URL$"):
+        read_tile_list(f"{s3_bucket}/survey/tiles.txt")
+
+
 def test_tile_list_round_trip_local(tmp_path):
     tiles = [str(tmp_path / "tiles" / "a.zarr"), str(tmp_path / "tiles" / "b.zarr"), "s3://other/c.zarr"]
     write_tile_list(str(tmp_path / "tiles.txt"), tiles)

@@ -302,7 +302,7 @@ def _read_catalog(catalog_csv: str, id_column: str, storage_options):
         raise InputError(f"catalog {catalog_csv!r}: the file of {id_column} {int(table[id_column][blank].iloc[0])} is empty; "
                          "give each row its cutout's file")
     table["file"] = table["file"].astype(str)
-    same_file = table["file"][table["file"].duplicated()]
+    same_file = table["file"][table["file"].map(lambda f: f if is_remote(f) else os.path.normpath(f)).duplicated()]  # ./a.png
     if len(same_file):  # two ids, one image: its copies could land on both sides of a train/validation split
         print(f"skymorph: warning: catalog {catalog_csv!r} lists {same_file.nunique()} file(s) under more than one "
               f"{id_column} (first: {same_file.iloc[0]}): those ids get one image, which can put it in both training and "
