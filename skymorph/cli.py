@@ -683,7 +683,7 @@ def _environment_error(err: Exception, args) -> str | None:
     """One line for an error of the environment rather than of skymorph: botocore's (an unreachable S3
     endpoint, no credentials; not ``OSError``s, and some timeouts are both), then ``OSError`` (missing or
     unwritable paths, unreachable schedulers). ``None``: a bug, left to raise with its traceback."""
-    from skymorph.storage import remote_error_message
+    from skymorph.storage import is_s3, remote_error_message
 
     try:
         options = _storage_options(args)
@@ -695,10 +695,10 @@ def _environment_error(err: Exception, args) -> str | None:
 
         message = first_line(err, limit=500)
         given = _text_arguments(args)
-        s3_urls = [value for _, value in given if value.startswith(("s3://", "s3a://"))]
+        s3_urls = [value for _, value in given if is_s3(value)]
         # s3fs's errors ("Forbidden") name no object: skymorph.storage gives them the URL it was at; else
         # the S3 URLs given stand in
-        refused = str(err.filename) if str(err.filename or "").startswith(("s3://", "s3a://")) else None
+        refused = str(err.filename) if is_s3(err.filename or "") else None
         urls = [refused] if refused else s3_urls if err.filename is None else []
         reason = err.strerror if refused else message
         if urls and isinstance(err, PermissionError):
@@ -732,8 +732,10 @@ def _named_in(message: str, given: list[tuple[str, str]]) -> str | None:
     quotes; None if it quotes none. A missing local file was else followed by every S3 URL given."""
     import os
 
+    from skymorph.storage import is_s3
+
     for name, value in given:
-        local = not value.startswith(("s3://", "s3a://"))
+        local = not is_s3(value)
         if repr(value) in message or local and repr(os.path.abspath(os.path.expanduser(value))) in message:
             return name
     return None

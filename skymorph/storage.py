@@ -34,6 +34,7 @@ __all__ = [
     "filesystem",
     "join",
     "is_remote",
+    "is_s3",
     "exists",
     "list_dir",
     "remove_file",
@@ -67,6 +68,11 @@ FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz")
 
 def is_remote(url: str) -> bool:
     return "://" in str(url) and not str(url).startswith("file://")
+
+
+def is_s3(url) -> bool:
+    """Whether ``url`` is on S3: ``s3://`` or ``s3a://``, which s3fs opens alike."""
+    return str(url).startswith(("s3://", "s3a://"))
 
 
 def _check_endpoint(endpoint, source: str) -> None:
@@ -156,7 +162,7 @@ def _s3_options_from_env(storage_options: dict | None) -> dict:
 def storage_options_for(url: str, storage_options: dict | None = None) -> dict:
     """The fsspec options to open ``url`` with: ``storage_options`` plus, for S3, the endpoint from
     ``AWS_ENDPOINT_URL`` (which botocore honours but s3fs does not pass on by itself)."""
-    if str(url).startswith(("s3://", "s3a://")):
+    if is_s3(url):
         return _s3_options_from_env(storage_options)
     return dict(storage_options or {})
 
@@ -205,7 +211,7 @@ def arrow_filesystem(url: str, storage_options: dict | None = None):
     (AWS itself), the bucket's own region is looked up, as botocore follows a redirect to it; Arrow
     would assume ``us-east-1``.
     """
-    if not str(url).startswith(("s3://", "s3a://")):
+    if not is_s3(url):
         return None
     arguments = arrow_s3_arguments(storage_options_for(url, storage_options))
     if arguments is None:
@@ -261,7 +267,7 @@ def check_url(url: str) -> None:
         raise InputError(f"{url!r} names no bucket or path; give e.g. s3://bucket/prefix")
     if misspelt:
         raise InputError(f"{url!r} is not a URL: write {misspelt.group(1).lower()}://{rest}")
-    if url.startswith(("s3://", "s3a://")) and "" in url.split("://", 1)[1].split("?", 1)[0].rstrip("/").split("/"):
+    if is_s3(url) and "" in url.split("://", 1)[1].split("?", 1)[0].rstrip("/").split("/"):
         scheme, path = url.split("://", 1)
         fixed = "/".join(segment for segment in path.split("/") if segment)
         raise InputError(f"{url!r} has an empty path segment ('//'); write {scheme}://{fixed}")
@@ -765,7 +771,7 @@ def check_bucket(url: str, what: str, storage_options: dict | None = None) -> No
     again twice, 1 and 2 s later, where the endpoint answers that it is busy (5xx, SlowDown: a throttled
     endpoint is up); other operations keep their retries. Not S3: nothing."""
     url = str(url)
-    if not url.startswith(("s3://", "s3a://")):
+    if not is_s3(url):
         return
     import fsspec
 

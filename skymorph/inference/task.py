@@ -30,6 +30,7 @@ from skymorph.catalog.layout import BASE_COLUMNS, unfinish_catalog
 from skymorph.catalog.lock import check_session
 from skymorph.errors import InputError, ModelError, SkymorphError, TileError, error_text, first_line
 from skymorph.inference.cluster import usable_cores, worker_host
+from skymorph.storage import is_s3
 
 __all__ = ["ModelRef", "JobSpec", "EngineCache", "RunJob", "plan_ranges", "first_range_stop", "run_range",
            "run_job_range", "is_transient", "s3_retry_options"]
@@ -82,7 +83,7 @@ def s3_retry_options(url: str, storage_options: dict | None) -> dict:
     """``storage_options`` plus botocore's standard retry mode (10 attempts, exponential backoff on
     throttling, 5xx and dropped connections) for ``s3://`` URLs, unless the caller set ``config_kwargs``."""
     options = dict(storage_options or {})
-    if str(url).startswith(("s3://", "s3a://")) and "config_kwargs" not in options:
+    if is_s3(url) and "config_kwargs" not in options:
         options["config_kwargs"] = {"retries": {"max_attempts": 10, "mode": "standard"}}
     return options
 
