@@ -79,20 +79,19 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _path(text: str) -> str:
-    """A file, directory or URL argument: an empty one (an unset shell variable) would otherwise read as
-    the flag not given, or fail later naming no flag."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError("give a path or URL, not an empty string")
-    return text
+def _nonempty(what: str):
+    """An argparse ``type`` refusing an empty value (an unset shell variable), which would otherwise read
+    as the flag not given (a default taken without a word) or fail later naming no flag."""
+    def check(text: str) -> str:
+        if not text.strip():
+            raise argparse.ArgumentTypeError(f"give {what}, not an empty string")
+        return text
+
+    return check
 
 
-def _text(text: str) -> str:
-    """A name or choice argument (``--schema``, ``--scheduler``, ...): an empty one read as the flag not
-    given, a default taken without a word."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError("give a value, not an empty string")
-    return text
+_path = _nonempty("a path or URL")  # files, directories, URLs
+_text = _nonempty("a value")  # names and choices: --schema, --scheduler, ...
 
 
 def _print_json(obj) -> None:
