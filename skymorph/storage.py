@@ -56,6 +56,7 @@ __all__ = [
     "check_bucket",
     "check_new",
     "remote_error_message",
+    "remote_key",
     "same_location",
     "within",
     "storage_options_for",
@@ -300,9 +301,21 @@ def listed_url(path: str, under: str) -> str:
     return f"{str(under).split('://', 1)[0]}://{path}"
 
 
+def remote_key(url: str) -> str:
+    """``url`` under its filesystem's first protocol name (``s3a://`` as ``s3://``: s3fs opens one object
+    under both), without a trailing ``/``. ``ValueError`` (or ``ImportError``) for a scheme fsspec does not
+    know, or whose package is missing."""
+    import fsspec
+
+    scheme, rest = str(url).split("://", 1)
+    protocol = fsspec.get_filesystem_class(scheme).protocol
+    return f"{protocol if isinstance(protocol, str) else protocol[0]}://{rest.rstrip('/')}"
+
+
 def same_location(a, b) -> bool:
     """Whether URLs or paths ``a`` and ``b`` name the same file: local paths after resolving ``~``, ``..``
-    and symbolic links (relative to the working directory); remote URLs as written, less a trailing ``/``."""
+    and symbolic links (relative to the working directory); remote URLs as :func:`remote_key` writes them
+    (``s3a://b/x`` is ``s3://b/x``), or as written where fsspec does not know the scheme."""
     a, b = _comparable(a, b)
     return a == b
 
@@ -315,12 +328,23 @@ def within(path, directory) -> bool:
 
 
 def _comparable(a, b) -> tuple[str, str]:
-    """``a`` and ``b`` as :func:`same_location` compares them: remote URLs less a trailing ``/``, local
+    """``a`` and ``b`` as :func:`same_location` compares them: remote URLs by :func:`remote_key`, local
     paths (``file://`` too) with ``~``, ``..`` and symbolic links resolved."""
     a, b = str(a), str(b)
     if is_remote(a) or is_remote(b):
-        return a.rstrip("/"), b.rstrip("/")
+        return tuple(_remote_or_local_key(url) for url in (a, b))
     return tuple(os.path.realpath(os.path.expanduser(strip_protocol(path))) for path in (a, b))
+
+
+def _remote_or_local_key(url: str) -> str:
+    """A remote URL's :func:`remote_key` (as written, less a trailing ``/``, where fsspec cannot say), a
+    local path as written: it cannot be the remote location it is compared with."""
+    if not is_remote(url):
+        return url
+    try:
+        return remote_key(url)
+    except (ImportError, ValueError):
+        return url.rstrip("/")
 
 
 def join(url: str, *parts: str) -> str:

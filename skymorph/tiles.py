@@ -539,16 +539,6 @@ def _local_key(path: str, real_dirs: dict[str, str]) -> str:
     return os.path.join(real_dirs[directory], name)
 
 
-def _remote_key(url: str) -> str:
-    """``url`` under its filesystem's first protocol name (``s3a://`` as ``s3://``: s3fs opens one object
-    under both), without a trailing ``/``."""
-    import fsspec
-
-    scheme, rest = url.split("://", 1)
-    protocol = fsspec.get_filesystem_class(scheme).protocol
-    return f"{protocol if isinstance(protocol, str) else protocol[0]}://{rest.rstrip('/')}"
-
-
 def read_tile_list(url: str, storage_options: dict | None = None) -> list[str]:
     """The tile URLs listed in the text file at ``url``, in order.
 
@@ -588,7 +578,7 @@ def read_tile_list(url: str, storage_options: dict | None = None) -> list[str]:
         # compare where they lead. Only the comparison is normalised: a catalog's manifest and part names
         # know tiles as listed.
         try:
-            key = _remote_key(entry) if storage.is_remote(entry) else _local_key(storage.strip_protocol(entry), real_dirs)
+            key = storage.remote_key(entry) if storage.is_remote(entry) else _local_key(storage.strip_protocol(entry), real_dirs)
         except (ImportError, ValueError) as err:  # fsspec: a scheme it does not know (S3://), or whose package is missing
             raise InputError(f"tile list {url!r} line {lineno}: cannot open {entry!r}: {err}") from None
         if key in seen:

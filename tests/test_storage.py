@@ -537,7 +537,7 @@ def test_a_bucket_s_region_is_looked_up_once_per_process(monkeypatch):
     storage._bucket_region.cache_clear()
 
 
-def test_within_resolves_local_paths_and_compares_urls_as_written(tmp_path):
+def test_within_resolves_local_paths_and_compares_urls_under_one_protocol_name(tmp_path):
     (tmp_path / "cat").mkdir()
     os.symlink(tmp_path / "cat", tmp_path / "link")
     assert storage.within(tmp_path / "link" / "dataset" / "x.parquet", tmp_path / "cat")
@@ -547,6 +547,11 @@ def test_within_resolves_local_paths_and_compares_urls_as_written(tmp_path):
     assert storage.within("s3://b/cat/dataset/x.parquet", "s3://b/cat/")
     assert not storage.within("s3://b/cat2/x.parquet", "s3://b/cat")
     assert not storage.within(tmp_path / "cat" / "x", "s3://b/cat")
+    # s3fs opens one object under s3:// and s3a://: an output there lies in the catalog all the same
+    assert storage.within("s3a://b/cat/x.csv", "s3://b/cat") and storage.within("s3://b/cat/x.csv", "s3a://b/cat/")
+    assert storage.same_location("s3a://b/model.onnx", "s3://b/model.onnx")
+    assert not storage.same_location("s3a://b/model.onnx", "s3://c/model.onnx")
+    assert storage.same_location("nosuchscheme://b/x/", "nosuchscheme://b/x")  # unknown to fsspec: as written
 
 
 def test_an_empty_segment_is_refused_in_s3_urls_only():
