@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from contextlib import contextmanager
@@ -578,6 +579,12 @@ def _cmd_catalog_pick(args) -> int:
 class _Parser(argparse.ArgumentParser):
     """argparse with its errors on one line, as skymorph's own: the usage block they came with
     pushed the reason off a small terminal (``--help`` shows the usage)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # argparse before Python 3.14 took "-1e2" and "-.5e1" for options: `--cone 150 -1e2 600` got "expected 3
+        # arguments". Its 3.14 pattern: a value starting with "-" then a digit (or ".digit") is a number.
+        self._negative_number_matcher = re.compile(r"^-\.?\d")
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")

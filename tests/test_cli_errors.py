@@ -240,6 +240,13 @@ def test_an_argument_a_command_does_not_take_is_refused_by_that_command(capsys):
                                        "(see skymorph catalog pick --help)\n")
 
 
+def test_a_negative_number_in_exponent_form_is_a_value_not_an_option(small_catalog, capsys):
+    """argparse before Python 3.14 read -1e2 as an option: the cone got "expected 3 arguments"."""
+    assert main(["catalog", "query", small_catalog, "--cone", "150", "-1e2", "600"]) == 2
+    assert capsys.readouterr().err == "skymorph: error: cone Dec must be in [-90, 90] degrees, got -100.0\n"
+    assert main(["catalog", "query", small_catalog, "--cone", "150", "-.2e1", "600", "--limit", "1"]) == 0
+
+
 def test_a_count_beyond_int64_is_refused_by_its_flag(small_catalog, tmp_path, capsys):
     """It reached DuckDB's LIMIT: "Conversion Error: Type INT128 ... can't be cast", naming no flag."""
     for argv in (["pick", small_catalog, "--n", str(10**20), "--out", str(tmp_path / "b.csv")],
