@@ -37,10 +37,12 @@ __all__ = ["ModelRef", "JobSpec", "EngineCache", "RunJob", "plan_ranges", "first
 
 @dataclass(frozen=True)
 class ModelRef:
-    """Where a worker finds the model (``url``), the digest it must have, and how to run it."""
+    """Where a worker finds the model (``url``), the digests it must have (of the file, and of the dropout
+    masks it samples with), and how to run it."""
 
     url: str
     sha256: str
+    masks_sha256: str
     backend: str = "auto"
     threads: int | None = None
     storage_options: dict = field(default_factory=dict)
@@ -144,7 +146,9 @@ class EngineCache:
 
     def get(self, ref: ModelRef):
         """The engine for ``ref``, loaded on first use; a :class:`ModelError` if the file at ``ref.url``
-        no longer has digest ``ref.sha256`` (the model changed during the run)."""
+        no longer has digest ``ref.sha256`` (the model changed during the run), or if its masks are not
+        ``ref.masks_sha256``: a checkpoint's are drawn from its seed on each worker, and another torch
+        there can draw others, which the catalog's provenance would not describe."""
         with self._lock:
             engine = self.engines.get(ref.sha256)
             if engine is None:
@@ -153,11 +157,18 @@ class EngineCache:
                 threads = ref.threads if ref.threads is not None else self.threads
                 engine = load_engine(ref.url, backend=ref.backend, threads=threads,
                                      storage_options=s3_retry_options(ref.url, ref.storage_options))
+                problem = None
                 if engine.model_sha256 != ref.sha256:
-                    raise ModelError(
-                        f"model {ref.url!r} changed during the run (sha256 {engine.model_sha256[:12]}..., "
-                        f"expected {ref.sha256[:12]}...); restart `skymorph run`"
-                    )
+                    problem = (f"model {ref.url!r} changed during the run (sha256 {engine.model_sha256[:12]}..., "
+                               f"expected {ref.sha256[:12]}...); restart `skymorph run`")
+                elif engine.metadata.masks_sha256 != ref.masks_sha256:
+                    problem = (f"model {ref.url!r} drew other dropout masks on this worker (sha256 "
+                               f"{engine.metadata.masks_sha256[:12]}..., the run's {ref.masks_sha256[:12]}...): a checkpoint's "
+                               "masks come from torch's generator; give every worker the driver's torch version, or run "
+                               "the exported ONNX model, which holds its masks")
+                if problem is not None:
+                    engine.close()  # a TensorRT engine's GPU buffers, which nothing else would free
+                    raise ModelError(problem)
                 self.engines[ref.sha256] = engine
             return engine
 
