@@ -6,6 +6,9 @@ import contextlib
 import io
 import json
 import re
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -450,6 +453,40 @@ def test_an_out_holding_other_files_is_refused_and_an_empty_one_taken(tmp_path, 
         assert list((tmp_path / "catalog").iterdir()) == []
     assert _run(ingest_to)[0] == 0
     assert open_tile(read_tile_list(f"{out}/tiles.txt")[0]).read_coords()[0].tolist() == [1]
+
+
+_HOLD_OUT = """
+import sys, time
+from skymorph.survey._output import writing_survey
+with writing_survey(sys.argv[1], False, None, "survey synth"):
+    print("holding", flush=True)
+    time.sleep(300)
+"""
+
+
+def test_a_second_writer_is_refused_while_the_first_lives_and_takes_over_once_it_is_killed(tmp_path):
+    """Two ingests into one new --out both found it empty and wrote tile stores of the same names: a store
+    held rows of both, and labels.parquet described one of them."""
+    _one_png(tmp_path)
+    (tmp_path / "cat.csv").write_text("object_id,file\n1,a.png\n")
+    out = str(tmp_path / "out")
+    ingest_to = ["survey", "ingest", "--catalog", str(tmp_path / "cat.csv"), "--out", out, "--size", "16"]
+    first = subprocess.Popen([sys.executable, "-c", _HOLD_OUT, out], stdout=subprocess.PIPE, text=True)
+    try:
+        assert first.stdout.readline() == "holding\n"
+        code, err = _run(ingest_to)
+        assert code == 2 and re.fullmatch(
+            rf"skymorph: error: {re.escape(repr(out))} is being written by another `skymorph survey synth` \(host "
+            rf"{re.escape(socket.gethostname())}, pid {first.pid}, started .* UTC, heartbeat \d+ s ago\); wait for it to "
+            rf"finish, or if it is dead, remove {re.escape(out)}/\.skymorph-writer\.lock \(it goes stale 300 s after the "
+            r"last heartbeat\)\n", err), err
+        assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".skymorph-writer.lock"]  # nothing written
+    finally:
+        first.kill()
+        first.wait()
+    # a killed writer's lock names a pid gone from this host: taken over, and removed once the survey is written
+    assert _run(ingest_to)[0] == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["labels.parquet", "tiles", "tiles.txt"]
 
 
 def _grey_images(directory: Path, n: int) -> None:

@@ -507,7 +507,7 @@ def test_a_task_whose_driver_no_longer_holds_the_catalog_writes_nothing(tmp_path
     with monkeypatch.context() as patch:
         sent = _record_job_specs(patch)
         patch.setattr(job, "run_tasks", taken_over_first)
-        with pytest.raises(CatalogError, match=r"this run's lock on .* was taken over by host .*stopped so that two runs do not write one catalog"):
+        with pytest.raises(CatalogError, match=r"this run's lock on .* was taken over by host .*stopped so that two runs do not write it at once"):
             job.run_survey(config)
     assert layout.list_parts(catalog) == []  # the task, on a real worker, checked the lock before writing
     assert DriverLock(catalog).holder().session == "another run"  # and the stopped driver left it

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import numpy as np
@@ -10,10 +11,11 @@ import pytest
 
 from skymorph import storage
 from skymorph.cli import main
-from skymorph.errors import InputError, SchemaError
+from skymorph.errors import CatalogError, InputError, SchemaError
 from skymorph.schema import get_schema
 from skymorph.survey import Footprint, SynthSummary, synthesize
 from skymorph.survey._galaxy import GalaxyParams, moffat_kernel, render, sersic2d
+from skymorph.survey._output import WRITER_LOCK, writing_survey
 from skymorph.survey._votes import simulate_votes, true_vote_fractions
 from skymorph.tiles import open_tile, read_tile_list
 
@@ -151,6 +153,19 @@ def test_a_survey_at_out_is_refused_unless_overwrite_which_leaves_none_of_it(s3_
     assert [url.rsplit("/", 1)[-1] for url in read_tile_list(f"{out}/tiles.txt")] == stores and len(stores) == 2
     assert _table(f"{out}/labels.parquet").shape[0] == 16
     assert storage.read_text(f"{out}/notes.txt") == "mine"  # not the survey's: kept
+
+
+def test_a_survey_being_written_is_refused_to_a_second_writer_and_its_lock_goes_with_it(s3_bucket):
+    """Two writers of one new --out both found it empty and wrote tile stores of the same names."""
+    out = f"{s3_bucket}/synth"
+    tiny = dict(n_tiles=2, per_tile=8, size=16, workers=1, progress=False)
+    with writing_survey(out, False, None, "survey ingest"):  # this process: alive, so the lock is not stale
+        with pytest.raises(CatalogError, match=rf"^'{out}' is being written by another `skymorph survey ingest` \(host .*, pid "
+                                               rf"{os.getpid()}, started .* UTC, heartbeat \d+ s ago\); wait for it to finish, or "
+                                               rf"if it is dead, remove {out}/{WRITER_LOCK} \(it goes stale 300 s after"):
+            synthesize(out, **tiny)
+    synthesize(out, **tiny)
+    assert not storage.exists(f"{out}/{WRITER_LOCK}") and _table(f"{out}/labels.parquet").shape[0] == 16
 
 
 def test_overwrite_with_a_footprint_too_small_refuses_before_the_old_survey_is_removed(tmp_path):

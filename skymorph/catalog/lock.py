@@ -1,4 +1,5 @@
-"""One driver per catalog: ``CATALOG/_skymorph/driver.lock``, a lease kept alive by a heartbeat.
+"""One driver per catalog: ``CATALOG/_skymorph/driver.lock``, a lease kept alive by a heartbeat (and
+one writer per survey, ``OUT/.skymorph-writer.lock``: :mod:`skymorph.survey._output`).
 
 Two ``skymorph run`` drivers on one ``--out`` would both journal and compact the manifest and finish
 the catalog, each over the other's ranges. :class:`DriverLock` refuses the second one: the lock file
@@ -51,6 +52,7 @@ class LockHolder:
     started: float
     heartbeat: float
     pid_namespace: int | None = None  # None: a lock of an older skymorph, or not Linux
+    writer: str | None = None  # the command holding it, e.g. "skymorph run"; None: a lock of an older skymorph
 
     def is_stale(self, now: float, stale_after_s: float) -> bool:
         if now - self.heartbeat > stale_after_s:
@@ -89,9 +91,9 @@ def _read_holder(url: str, storage_options: dict | None) -> LockHolder | None:
 def _parse_holder(text: str | bytes) -> LockHolder | None:
     try:
         data = json.loads(text)
-        namespace = data.get("pid_namespace")
+        namespace, writer = data.get("pid_namespace"), data.get("writer")
         return LockHolder(str(data["host"]), int(data["pid"]), str(data["session"]), float(data["started"]), float(data["heartbeat"]),
-                          None if namespace is None else int(namespace))
+                          None if namespace is None else int(namespace), None if writer is None else str(writer))
     except (ValueError, KeyError, TypeError):
         return None  # unreadable: no lock (a live driver's lock is read whole, except for an instant after its create on a
         # filesystem without hard links; a driver that took it over then is stopped by check_held's next read)
@@ -110,10 +112,14 @@ def check_session(catalog: str, session: str, storage_options: dict | None = Non
 class DriverLock:
     """``check()`` before touching the catalog, ``acquire()`` before writing it, ``release()`` at the end."""
 
-    def __init__(self, catalog: str, storage_options: dict | None = None, heartbeat_s: float = 30.0, stale_after_s: float = 300.0) -> None:
+    def __init__(self, catalog: str, storage_options: dict | None = None, heartbeat_s: float = 30.0, stale_after_s: float = 300.0,
+                 *, url: str | None = None, writer: str = "skymorph run") -> None:
+        """``url``: the lock file, by default the catalog's; ``writer``: the command taking it, recorded in
+        the lock for the messages of others that find it held."""
         if not 0 < heartbeat_s < stale_after_s / 2:  # a run stops once half of stale_after_s passes without a beat
             raise InputError(f"need 0 < heartbeat_s < stale_after_s / 2, got {heartbeat_s} and {stale_after_s}")
-        self.url = layout.driver_lock_url(catalog)
+        self.url = url or layout.driver_lock_url(catalog)
+        self.writer = writer
         self.catalog, self.storage_options = catalog, storage_options
         self.heartbeat_s, self.stale_after_s = heartbeat_s, stale_after_s
         self.session = uuid.uuid4().hex
@@ -211,7 +217,7 @@ class DriverLock:
                        "the store refused each heartbeat's conditional overwrite, If-Match")
                 raise CatalogError(
                     f"this run's lock on {self.catalog!r} has not been renewed for {unrenewed:.0f} s ({why}); stopped before "
-                    f"it goes stale ({self.stale_after_s:.0f} s) and another run may take the catalog: check that the store "
+                    f"it goes stale ({self.stale_after_s:.0f} s) and another run may take it over: check that the store "
                     f"lets this driver overwrite {self.url}, then rerun"
                 )
             return
@@ -219,7 +225,7 @@ class DriverLock:
         by = "removed" if holder is None else f"taken over by host {holder.host}, pid {holder.pid}"
         raise CatalogError(
             f"this run's lock on {self.catalog!r} was {by} (a heartbeat missed for {self.stale_after_s:.0f} s makes "
-            "it stale); stopped so that two runs do not write one catalog: rerun once the other run has finished"
+            "it stale); stopped so that two runs do not write it at once: rerun once the other run has finished"
         )
 
     def release(self) -> None:
@@ -233,16 +239,16 @@ class DriverLock:
 
     def _held_by(self, holder: LockHolder | None) -> str:
         if holder is None:
-            return f"{self.catalog!r} is being written by another skymorph run; wait for it to finish, or remove {self.url}"
+            return f"{self.catalog!r} is being written by another {self.writer}; wait for it to finish, or remove {self.url}"
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(holder.started))
         return (
-            f"{self.catalog!r} is being written by another skymorph run (host {holder.host}, pid {holder.pid}, "
+            f"{self.catalog!r} is being written by another {holder.writer or self.writer} (host {holder.host}, pid {holder.pid}, "
             f"started {started} UTC, heartbeat {time.time() - holder.heartbeat:.0f} s ago); wait for it to finish, or if it "
             f"is dead, remove {self.url} (it goes stale {self.stale_after_s:.0f} s after the last heartbeat)"
         )
 
     def _record(self) -> bytes:
-        holder = LockHolder(socket.gethostname(), os.getpid(), self.session, self._started, time.time(), _pid_namespace())
+        holder = LockHolder(socket.gethostname(), os.getpid(), self.session, self._started, time.time(), _pid_namespace(), self.writer)
         return json.dumps(asdict(holder)).encode()
 
     def _beat(self) -> None:

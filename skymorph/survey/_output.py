@@ -14,6 +14,12 @@ directory of other files mixes the two: written into a skymorph catalog, it made
 refuse that catalog (it holds ``labels.parquet``, ``tiles``, ..., which a catalog does not), with or
 without ``--overwrite``, until the survey's files were picked out by hand. Same rule, and wording, as
 ``skymorph run --out``.
+
+One writer at a time: :func:`writing_survey` holds ``OUT/.skymorph-writer.lock`` (the lease of
+:class:`~skymorph.catalog.lock.DriverLock`, kept alive by a heartbeat) from the check of ``--out``
+until the survey is written. Two ingests or syntheses into one new ``--out`` both found it empty and
+wrote tile stores of the same names: one store held rows of both, and the labels table described
+only one of them.
 """
 
 from __future__ import annotations
@@ -21,19 +27,22 @@ from __future__ import annotations
 import os
 import posixpath
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from skymorph import storage
 from skymorph.errors import InputError, some_names
 
-__all__ = ["SURVEY_FILES", "check_survey_out", "prepare_survey_out"]
+__all__ = ["SURVEY_FILES", "WRITER_LOCK", "check_survey_out", "prepare_survey_out", "writing_survey"]
 
 SURVEY_FILES = ("tiles.txt", "labels.parquet", "truth.parquet", "ingest_failures.csv")
 """What a survey writes at ``--out`` besides its tile stores ``tiles/*.zarr``."""
+WRITER_LOCK = ".skymorph-writer.lock"
+"""The lock a survey's writer holds at ``--out`` while it writes (module docstring)."""
 
-
-# storage.atomic_write_text's and write_parquet's temporary names (".labels.parquet.<uuid hex>.tmp"), which a
-# survey killed mid-write leaves beside its files: the survey's own
-_TEMP = re.compile(r"^\.(%s)\.[0-9a-f]{32}\.tmp$" % "|".join(re.escape(name) for name in SURVEY_FILES))
+# storage.atomic_write_text's, write_parquet's and create_exclusive_bytes's temporary names
+# (".labels.parquet.<uuid hex>.tmp"), which a survey killed mid-write leaves beside its files: the survey's own
+_TEMP = re.compile(r"^\.(%s)\.[0-9a-f]{32}\.tmp$" % "|".join(re.escape(name) for name in (*SURVEY_FILES, WRITER_LOCK)))
 
 
 def _survey_entries(fs, root: str) -> tuple[list[str], list[str], list[str]]:
@@ -44,7 +53,7 @@ def _survey_entries(fs, root: str) -> tuple[list[str], list[str], list[str]]:
     below = storage.list_dir(fs, top["tiles"]) if "tiles" in top else {}
     files = [top[name] for name in SURVEY_FILES if name in top and fs.isfile(top[name])]
     stores = [path for name, path in sorted(below.items()) if name.endswith(".zarr")]
-    foreign = sorted(name for name in top if name not in SURVEY_FILES and name != "tiles" and not _TEMP.match(name))
+    foreign = sorted(name for name in top if name not in (*SURVEY_FILES, WRITER_LOCK, "tiles") and not _TEMP.match(name))
     foreign += [f"tiles/{name}" for name in sorted(below) if not name.endswith(".zarr")]
     if "tiles" in top and not fs.isdir(top["tiles"]):
         foreign.append("tiles")  # a file named tiles
@@ -91,3 +100,29 @@ def prepare_survey_out(out: str, storage_options: dict | None) -> None:
             os.makedirs(os.path.join(storage.strip_protocol(out), "tiles"), exist_ok=True)
         except OSError as err:
             raise InputError(f"cannot write to --out {out!r}: {err.strerror or err}") from err
+
+
+@contextmanager
+def writing_survey(out: str, overwrite: bool, storage_options: dict | None, command: str) -> Iterator:
+    """:func:`check_survey_out`, then hold ``out``'s writer lock while the block writes the survey: a
+    second writer started meanwhile gets a one-line :class:`~skymorph.errors.CatalogError` naming the
+    first (command, host, pid, start). ``out`` is checked again under the lock: a writer that waited for it would
+    otherwise write over the survey just made, without ``overwrite``. Yields the lock, whose
+    ``check_held()`` a long write calls between files (it raises once another writer took the lock
+    over, the heartbeat having stopped for its ``stale_after_s``). ``command`` (``survey ingest``)
+    names the writer in that message. A local ``out`` this made and left empty is removed."""
+    from skymorph.catalog.lock import DriverLock
+
+    check_survey_out(out, overwrite, storage_options)  # before the lock puts a file there
+    made = not storage.is_remote(out) and not os.path.exists(storage.strip_protocol(out))
+    lock = DriverLock(out, storage_options, url=storage.join(out, WRITER_LOCK), writer=f"`skymorph {command}`")
+    try:
+        with lock:
+            check_survey_out(out, overwrite, storage_options)
+            yield lock
+    finally:
+        if made:
+            try:
+                os.rmdir(storage.strip_protocol(out))  # only if empty: a survey stopped before its first write
+            except OSError:
+                pass

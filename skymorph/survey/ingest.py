@@ -62,7 +62,7 @@ from skymorph.cores import usable_cores
 from skymorph.errors import InputError, check_int, error_text, first_line
 from skymorph.schema import get_schema
 from skymorph.storage import FITS_SUFFIXES, atomic_write_text, is_remote, join, read_bytes, write_parquet
-from skymorph.survey._output import check_survey_out, prepare_survey_out
+from skymorph.survey._output import prepare_survey_out, writing_survey
 from skymorph.tables import read_split
 from skymorph.tiles import MISSING_OBJECT_ID, check_cutout_size
 
@@ -414,7 +414,8 @@ def ingest(
     ingests, each its own ``out``, and list their tiles together.
     An ``out`` that already holds a survey is refused unless ``overwrite``, which replaces it: the old
     survey is removed once the new one's cutouts are decoded and its labels table built, just before
-    the new tiles are written (a write that fails then leaves neither).
+    the new tiles are written (a write that fails then leaves neither). An ``out`` another ingest or
+    synthesis is writing is refused (:func:`skymorph.survey._output.writing_survey`).
     """
     from skymorph.progress import progress_bar
     from skymorph.tiles import write_tile, write_tile_list
@@ -434,94 +435,96 @@ def ingest(
                          "leave it out when the scale is unknown")
     if label_map and not label_question:  # else ignored without a word
         raise InputError("--label-map maps labels to the answers of --label-question; add --label-question, or drop --label-map")
-    check_survey_out(str(out), overwrite, storage_options)
-    table = _read_catalog(str(catalog_csv), id_column, storage_options)
-    votes = _vote_columns(table, schema, label_question, label_map or {}) if label_question else {}
-    base = os.path.dirname(str(catalog_csv))
+    with writing_survey(str(out), overwrite, storage_options, "survey ingest") as lock:
+        table = _read_catalog(str(catalog_csv), id_column, storage_options)
+        votes = _vote_columns(table, schema, label_question, label_map or {}) if label_question else {}
+        base = os.path.dirname(str(catalog_csv))
 
-    def load(file: str):
-        absolute = os.path.isabs(file) or is_remote(file)  # a file entry may be a URL of its own
-        try:
-            data = read_bytes(file if absolute else join(base, file), storage_options)
-            return _decode(data, file, size=size, bands=bands, stretch=stretch), None
-        except Exception as err:  # missing, refused (HTTP 403), corrupt (Pillow and astropy raise many types):
-            return None, _reason(err)  # reported by name and skipped; every file failing stops the ingest below
+        def load(file: str):
+            absolute = os.path.isabs(file) or is_remote(file)  # a file entry may be a URL of its own
+            try:
+                data = read_bytes(file if absolute else join(base, file), storage_options)
+                return _decode(data, file, size=size, bands=bands, stretch=stretch), None
+            except Exception as err:  # missing, refused (HTTP 403), corrupt (Pillow and astropy raise many types):
+                return None, _reason(err)  # reported by name and skipped; every file failing stops the ingest below
 
-    files = table["file"].tolist()
-    # each image goes into one array as it comes, and its decoded copy is freed: a list of them, then
-    # np.stack, held every cutout twice (2.6 times the survey's bytes at the peak)
-    images, shapes, sides, stretched, failures = None, {}, [], [], []
-    ok = np.zeros(len(files), dtype=bool)
-    object_ids = table["object_id"].to_numpy()
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        decoded = progress_bar(pool.map(load, files), total=len(files), desc="decoding", unit="image", disable=not progress)
-        for i, (result, reason) in enumerate(decoded):
-            if reason is not None:
-                failures.append((files[i], int(object_ids[i]), reason))
-                continue
-            image, side, was_stretched = result
-            shapes.setdefault(image.shape, files[i])
-            if images is None:  # pages are touched as images fill them: the unread rest costs nothing
-                images = np.empty((len(files), *image.shape), dtype=np.uint8)
-            if image.shape == images.shape[1:]:
-                images[len(sides)] = image
-            ok[i] = True
-            sides.append(side)
-            stretched.append(was_stretched)
-    for file, oid, reason in failures:
-        print(f"skymorph: warning: skipped {file} (object_id {oid}): {reason}", file=sys.stderr)
-    if not ok.any():
-        raise InputError(f"none of the {len(files)} cutouts of {catalog_csv!r} could be read; first: {failures[0][0]}: {failures[0][2]}")
-    if len(shapes) > 1:
-        first = ", ".join(f"{file} {shape[0]}" for shape, file in shapes.items())
-        raise InputError(f"cutouts of {catalog_csv!r} decode to different band counts (first of each: {first}); use --bands mean")
-    images, sides, stretched = images[: len(sides)], np.array(sides), np.array(stretched)
-    kept = table[ok].reset_index(drop=True)
-    placeholder = "ra" not in kept.columns
-    ra = np.zeros(len(kept)) if placeholder else kept["ra"].to_numpy(np.float64)
-    dec = np.zeros(len(kept)) if placeholder else kept["dec"].to_numpy(np.float64)
-    # only decoded colour images are known to be r, g, b; a FITS cube's planes are whatever it holds
-    rgb = images.shape[1] == 3 and not stretched.any()
-    band_names = ["grey"] if bands == "mean" else (["r", "g", "b"] if rgb else [f"band{i}" for i in range(images.shape[1])])
-    extra = {"position_is_placeholder": placeholder, "source_catalog": str(catalog_csv), "pixel_scale_is_placeholder": pixel_scale_arcsec is None}
-    object_id = kept["object_id"].to_numpy(np.int64)
-    order = np.arange(len(kept)) if placeholder else _sky_order(ra, dec)
-    if pixel_scale_arcsec is None:  # no scale to get right: one group, no small tiles per size
-        groups = [order]
-    else:  # one input size per tile, so one pixel scale per tile; sky order within a size
-        order = order[np.argsort(sides[order], kind="stable")]
-        groups = np.split(order, np.flatnonzero(np.diff(sides[order])) + 1)
-    tiles = [group[start : start + tile_size] for group in groups for start in range(0, len(group), tile_size)]
-    names = [f"ingest_{number:05d}" for number in range(len(tiles))]
-    tile_of_row, row = np.empty(len(kept), dtype=object), np.empty(len(kept), dtype=np.int64)
-    for name, rows in zip(names, tiles):
-        tile_of_row[rows], row[rows] = name, np.arange(len(rows))
-    # everything that can fail on the input, before an old survey is removed
-    labels = _labels_table(kept, object_id, tile_of_row, row, {name: values[ok] for name, values in votes.items()}, placeholder, schema,
-                          str(catalog_csv))
-    prepare_survey_out(str(out), storage_options)
-    tile_urls = []
-    for name, rows in progress_bar(list(zip(names, tiles)), desc="writing tiles", unit="tile", disable=not progress):
-        url = join(out, "tiles", f"{name}.zarr")
-        side = int(sides[rows[0]]) if np.all(sides[rows] == sides[rows[0]]) else None
-        write_tile(
-            url, images[rows], object_id[rows], ra[rows], dec[rows],
-            survey=survey, bands=band_names, pixel_scale_arcsec=1.0 if pixel_scale_arcsec is None else pixel_scale_arcsec * side / size,
-            stretch=_stretch_attr(stretch, stretched[rows]),
-            resize={"method": "lanczos", "size": size, "square": "centre crop", **({"from_px": side} if side else {})}, chunk_size=chunk_size,
-            storage_options=storage_options, extra_attrs=extra,
-        )
-        tile_urls.append(url)
-    write_tile_list(join(out, "tiles.txt"), tile_urls, storage_options)
-    labels_url = join(out, "labels.parquet")
-    write_parquet(labels, labels_url, storage_options)
-    failures_url = None
-    if failures:
-        failures_url = join(out, "ingest_failures.csv")
-        text = io.StringIO()
-        writer = csv.writer(text, lineterminator="\n")  # quotes names holding commas, quotes or newlines
-        writer.writerow(("file", "object_id", "reason"))
-        writer.writerows(failures)
-        atomic_write_text(failures_url, text.getvalue(), storage_options)
-    unlabelled = int(next(iter(votes.values()))[ok].isna().sum()) if votes else 0
-    return IngestSummary(str(out), len(kept), len(failures), tuple(tile_urls), labels_url, failures_url, placeholder, unlabelled)
+        files = table["file"].tolist()
+        # each image goes into one array as it comes, and its decoded copy is freed: a list of them, then
+        # np.stack, held every cutout twice (2.6 times the survey's bytes at the peak)
+        images, shapes, sides, stretched, failures = None, {}, [], [], []
+        ok = np.zeros(len(files), dtype=bool)
+        object_ids = table["object_id"].to_numpy()
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            decoded = progress_bar(pool.map(load, files), total=len(files), desc="decoding", unit="image", disable=not progress)
+            for i, (result, reason) in enumerate(decoded):
+                if reason is not None:
+                    failures.append((files[i], int(object_ids[i]), reason))
+                    continue
+                image, side, was_stretched = result
+                shapes.setdefault(image.shape, files[i])
+                if images is None:  # pages are touched as images fill them: the unread rest costs nothing
+                    images = np.empty((len(files), *image.shape), dtype=np.uint8)
+                if image.shape == images.shape[1:]:
+                    images[len(sides)] = image
+                ok[i] = True
+                sides.append(side)
+                stretched.append(was_stretched)
+        for file, oid, reason in failures:
+            print(f"skymorph: warning: skipped {file} (object_id {oid}): {reason}", file=sys.stderr)
+        if not ok.any():
+            raise InputError(f"none of the {len(files)} cutouts of {catalog_csv!r} could be read; first: {failures[0][0]}: {failures[0][2]}")
+        if len(shapes) > 1:
+            first = ", ".join(f"{file} {shape[0]}" for shape, file in shapes.items())
+            raise InputError(f"cutouts of {catalog_csv!r} decode to different band counts (first of each: {first}); use --bands mean")
+        images, sides, stretched = images[: len(sides)], np.array(sides), np.array(stretched)
+        kept = table[ok].reset_index(drop=True)
+        placeholder = "ra" not in kept.columns
+        ra = np.zeros(len(kept)) if placeholder else kept["ra"].to_numpy(np.float64)
+        dec = np.zeros(len(kept)) if placeholder else kept["dec"].to_numpy(np.float64)
+        # only decoded colour images are known to be r, g, b; a FITS cube's planes are whatever it holds
+        rgb = images.shape[1] == 3 and not stretched.any()
+        band_names = ["grey"] if bands == "mean" else (["r", "g", "b"] if rgb else [f"band{i}" for i in range(images.shape[1])])
+        extra = {"position_is_placeholder": placeholder, "source_catalog": str(catalog_csv), "pixel_scale_is_placeholder": pixel_scale_arcsec is None}
+        object_id = kept["object_id"].to_numpy(np.int64)
+        order = np.arange(len(kept)) if placeholder else _sky_order(ra, dec)
+        if pixel_scale_arcsec is None:  # no scale to get right: one group, no small tiles per size
+            groups = [order]
+        else:  # one input size per tile, so one pixel scale per tile; sky order within a size
+            order = order[np.argsort(sides[order], kind="stable")]
+            groups = np.split(order, np.flatnonzero(np.diff(sides[order])) + 1)
+        tiles = [group[start : start + tile_size] for group in groups for start in range(0, len(group), tile_size)]
+        names = [f"ingest_{number:05d}" for number in range(len(tiles))]
+        tile_of_row, row = np.empty(len(kept), dtype=object), np.empty(len(kept), dtype=np.int64)
+        for name, rows in zip(names, tiles):
+            tile_of_row[rows], row[rows] = name, np.arange(len(rows))
+        # everything that can fail on the input, before an old survey is removed
+        labels = _labels_table(kept, object_id, tile_of_row, row, {name: values[ok] for name, values in votes.items()}, placeholder, schema,
+                              str(catalog_csv))
+        prepare_survey_out(str(out), storage_options)
+        tile_urls = []
+        for name, rows in progress_bar(list(zip(names, tiles)), desc="writing tiles", unit="tile", disable=not progress):
+            lock.check_held()  # another writer took the lock over (this one stalled past its staleness): stop
+            url = join(out, "tiles", f"{name}.zarr")
+            side = int(sides[rows[0]]) if np.all(sides[rows] == sides[rows[0]]) else None
+            write_tile(
+                url, images[rows], object_id[rows], ra[rows], dec[rows],
+                survey=survey, bands=band_names, pixel_scale_arcsec=1.0 if pixel_scale_arcsec is None else pixel_scale_arcsec * side / size,
+                stretch=_stretch_attr(stretch, stretched[rows]),
+                resize={"method": "lanczos", "size": size, "square": "centre crop", **({"from_px": side} if side else {})}, chunk_size=chunk_size,
+                storage_options=storage_options, extra_attrs=extra,
+            )
+            tile_urls.append(url)
+        lock.check_held()
+        write_tile_list(join(out, "tiles.txt"), tile_urls, storage_options)
+        labels_url = join(out, "labels.parquet")
+        write_parquet(labels, labels_url, storage_options)
+        failures_url = None
+        if failures:
+            failures_url = join(out, "ingest_failures.csv")
+            text = io.StringIO()
+            writer = csv.writer(text, lineterminator="\n")  # quotes names holding commas, quotes or newlines
+            writer.writerow(("file", "object_id", "reason"))
+            writer.writerows(failures)
+            atomic_write_text(failures_url, text.getvalue(), storage_options)
+        unlabelled = int(next(iter(votes.values()))[ok].isna().sum()) if votes else 0
+        return IngestSummary(str(out), len(kept), len(failures), tuple(tile_urls), labels_url, failures_url, placeholder, unlabelled)

@@ -35,7 +35,7 @@ from skymorph.errors import InputError, SkymorphError, check_int
 from skymorph.posterior import MAX_VOLUNTEERS
 from skymorph.schema import Schema, get_schema
 from skymorph.seeds import check_seed
-from skymorph.survey._output import check_survey_out, prepare_survey_out
+from skymorph.survey._output import prepare_survey_out, writing_survey
 
 __all__ = ["synthesize", "SynthSummary", "Footprint"]
 
@@ -223,7 +223,8 @@ def synthesize(
     ``size`` x ``size`` pixel single-band cutouts; votes in ``schema`` (``decals``, ``gz2``; a custom
     schema's unknown questions get uniform vote fractions) from about ``n_volunteers`` volunteers a
     galaxy; ``workers`` processes (default: all cores). The same ``seed`` gives the same images, labels and truth (tile metadata records when it was written). An
-    ``out`` that already holds a survey is refused unless ``overwrite``, which replaces it.
+    ``out`` that already holds a survey is refused unless ``overwrite``, which replaces it; one that
+    another synthesis or ingest is writing is refused.
 
     With more than one worker the tiles are made in spawned processes, so a script that calls this
     must do so under ``if __name__ == "__main__":`` (as for any multiprocessing code).
@@ -255,32 +256,33 @@ def synthesize(
     out = str(out).rstrip("/") if storage.is_remote(out) else str(out)
     layout_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0,)))
     pixels = _pick_pixels(n_tiles, healpix_order, footprint, layout_rng)  # may refuse the footprint: before --out is touched
-    check_survey_out(out, overwrite, storage_options)
-    prepare_survey_out(out, storage_options)
+    with writing_survey(out, overwrite, storage_options, "survey synth") as lock:
+        prepare_survey_out(out, storage_options)
 
-    width = len(str(12 * 4**healpix_order - 1))
-    jobs = []
-    for index, pixel in enumerate(pixels):
-        name = f"hpx{healpix_order}_{int(pixel):0{width}d}"
-        url = storage.join(out, "tiles", f"{name}.zarr")
-        ra, dec = _positions(int(pixel), healpix_order, per_tile, _tile_rngs(seed, index)[0])
-        jobs.append(_TileJob(index, name, url, healpix_order, int(pixel), ra, dec, per_tile, size, seed, schema,
-                             float(n_volunteers), storage_options))
-    workers = min(workers, n_tiles)
-    results = _run(jobs, workers, progress)
+        width = len(str(12 * 4**healpix_order - 1))
+        jobs = []
+        for index, pixel in enumerate(pixels):
+            name = f"hpx{healpix_order}_{int(pixel):0{width}d}"
+            url = storage.join(out, "tiles", f"{name}.zarr")
+            ra, dec = _positions(int(pixel), healpix_order, per_tile, _tile_rngs(seed, index)[0])
+            jobs.append(_TileJob(index, name, url, healpix_order, int(pixel), ra, dec, per_tile, size, seed, schema,
+                                 float(n_volunteers), storage_options))
+        workers = min(workers, n_tiles)
+        results = _run(jobs, workers, progress)
 
-    provenance = {
-        "skymorph.source": "synthetic", "skymorph.seed": str(seed), "skymorph.schema": schema.to_json(),
-        "skymorph.n_volunteers": f"{float(n_volunteers):g}", "skymorph.version": __version__,
-    }
-    labels, truth = _tables(jobs, results, schema, provenance)
-    written = sum(r["bytes"] for r in results)
-    for name, table in (("labels.parquet", labels), ("truth.parquet", truth)):
-        url = storage.join(out, name)
-        storage.write_parquet(table, url, storage_options)
-        fs, path = storage.filesystem(url, storage_options)
-        written += int(fs.size(path))
-    write_tile_list(storage.join(out, "tiles.txt"), [job.url for job in jobs], storage_options)
+        provenance = {
+            "skymorph.source": "synthetic", "skymorph.seed": str(seed), "skymorph.schema": schema.to_json(),
+            "skymorph.n_volunteers": f"{float(n_volunteers):g}", "skymorph.version": __version__,
+        }
+        labels, truth = _tables(jobs, results, schema, provenance)
+        written = sum(r["bytes"] for r in results)
+        lock.check_held()  # not the files that make it a survey, if another writer took the lock over meanwhile
+        for name, table in (("labels.parquet", labels), ("truth.parquet", truth)):
+            url = storage.join(out, name)
+            storage.write_parquet(table, url, storage_options)
+            fs, path = storage.filesystem(url, storage_options)
+            written += int(fs.size(path))
+        write_tile_list(storage.join(out, "tiles.txt"), [job.url for job in jobs], storage_options)
     return SynthSummary(
         out=out, n_tiles=n_tiles, n_galaxies=n_tiles * per_tile, size=size, schema=schema.name, seed=seed,
         workers=workers, bytes_written=written, seconds=time.perf_counter() - started,
