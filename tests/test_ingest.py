@@ -5,10 +5,13 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import re
 import socket
 import subprocess
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -581,10 +584,11 @@ def test_a_given_pixel_scale_groups_by_side_then_sky_order(tmp_path):
     summary = ingest(str(tmp_path / "cat.csv"), str(tmp_path / "o"), 8, tile_size=6, pixel_scale_arcsec=0.5, progress=False)
     written = [open_tile(url).read_coords() for url in summary.tiles]
     sides = [np.unique(side[oid - 1]) for oid, _, _ in written]
-    assert all(len(s) == 1 for s in sides) and [int(s[0]) for s in sides] == sorted(int(s[0]) for s in sides)
-    for wanted in (8, 16):  # within a side: one run of the curve, cut into tiles
-        keys = np.concatenate([_healpix(r, d, 29) for (oid, r, d), s in zip(written, sides) if s[0] == wanted])
-        assert len(keys) == np.sum(side == wanted) and np.all(np.diff(keys) >= 0)
+    assert all(len(s) == 1 for s in sides)
+    for wanted in (8, 16):  # within a side: one run of the curve, cut into tiles, each full but the last
+        keys = [_healpix(r, d, 29) for (oid, r, d), s in zip(written, sides) if s[0] == wanted]
+        assert [len(k) for k in keys] == [6] * (len(keys) - 1) + [np.sum(side == wanted) - 6 * (len(keys) - 1)]
+        assert np.all(np.diff(np.concatenate(keys)) >= 0)
 
 
 def test_ingest_from_and_to_s3(s3_bucket):
@@ -745,6 +749,56 @@ def test_one_file_under_two_ids_is_warned_of_and_mixed_band_counts_name_their_fi
         "rgb.png 3); use --bands mean")
 
 
+def test_tiles_are_written_as_they_fill_not_once_every_cutout_is_decoded(tmp_path):
+    """Every decoded cutout was held until the last was read: 15 GB for 300,000 RGB cutouts of 128 px. The
+    last cutout here is a named pipe, whose read waits for a writer: the full tiles before it must be on
+    disk meanwhile. (Then it is skipped: a pipe cannot seek, as fsspec's reads do.)"""
+    _grey_images(tmp_path / "png", 4)
+    fifo = tmp_path / "png" / "last.png"
+    os.mkfifo(fifo)
+    (tmp_path / "cat.csv").write_text("object_id,file\n" + "".join(f"{i + 1},png/{i}.png\n" for i in range(4)) + "5,png/last.png\n")
+    out = tmp_path / "o"
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(ingest, str(tmp_path / "cat.csv"), str(out), 8, tile_size=2, workers=2, progress=False)
+        try:
+            deadline = time.monotonic() + 60
+            while not _complete(out / "tiles" / "ingest_00001.zarr") and time.monotonic() < deadline and not running.done():
+                time.sleep(0.05)
+            written_while_waiting = sorted(p.name for p in (out / "tiles").glob("*.zarr"))
+        finally:  # the pipe's reader waits for a writer: this one (non-blocking: no reader is an error, not a hang)
+            try:
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:
+                pass
+        summary = running.result(timeout=60)
+    assert written_while_waiting == ["ingest_00000.zarr", "ingest_00001.zarr"]
+    assert [open_tile(url).read_coords()[0].tolist() for url in summary.tiles] == [[1, 2], [3, 4]] and summary.n_failed == 1
+
+
+def _complete(tile: Path) -> bool:
+    try:
+        open_tile(str(tile))
+    except Exception:  # noqa: BLE001 -- not there yet, or still being written
+        return False
+    return True
+
+
+def test_a_cutout_unlike_those_in_written_tiles_leaves_neither_survey(tmp_path):
+    """Tiles are written as they fill, so a cutout of another band count can come after some: the ingest
+    removes them, as it removes the survey it replaces."""
+    from PIL import Image
+
+    _grey_images(tmp_path / "png", 3)
+    Image.fromarray(np.full((8, 8, 3), 90, dtype=np.uint8)).save(tmp_path / "png" / "rgb.png")
+    (tmp_path / "cat.csv").write_text("object_id,file\n1,png/0.png\n2,png/1.png\n3,png/2.png\n4,png/rgb.png\n")
+    (tmp_path / "old.csv").write_text("object_id,file\n1,png/0.png\n")
+    out = tmp_path / "o"
+    ingest(str(tmp_path / "old.csv"), str(out), 8, progress=False)
+    with pytest.raises(InputError, match=r"decode to different band counts \(first of each: png/0.png 1, png/rgb.png 3\)"):
+        ingest(str(tmp_path / "cat.csv"), str(out), 8, bands="keep", tile_size=1, workers=1, progress=False, overwrite=True)
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == ["tiles"]
+
+
 def test_a_given_pixel_scale_is_recorded_and_not_a_placeholder(tmp_path):
     _one_png(tmp_path)
     (tmp_path / "cat.csv").write_text("object_id,file\n1,a.png\n")
@@ -769,9 +823,10 @@ def test_cutouts_of_different_sizes_go_to_tiles_of_one_pixel_scale_each(tmp_path
     labels = pq.read_table(tmp_path / "o" / "labels.parquet").to_pandas()
     assert labels["object_id"].tolist() == [1, 2, 3, 4, 5, 6]  # catalog order
     tiles = {open_tile(url).name: open_tile(url) for url in read_tile_list(str(tmp_path / "o" / "tiles.txt"))}
-    # side 24: ids 1, 3 | 6; side 32: 4; side 40: 2, 5
+    # side 24: ids 1, 3 | 6; side 32: 4; side 40: 2, 5. Numbered as written: each full one once it fills,
+    # the rest at the end by side
     assert {name: t.read_coords()[0].tolist() for name, t in tiles.items()} == {
-        "ingest_00000": [1, 3], "ingest_00001": [6], "ingest_00002": [4], "ingest_00003": [2, 5]}
+        "ingest_00000": [1, 3], "ingest_00001": [2, 5], "ingest_00002": [6], "ingest_00003": [4]}
     for name, tile in tiles.items():
         side = sides[int(tile.read_coords()[0][0])]
         assert tile.attrs["pixel_scale_arcsec"] == pytest.approx(0.5 * side / 16) and tile.attrs["resize"]["from_px"] == side

@@ -37,6 +37,13 @@ of one input size (``resize.from_px``) and records the scale of its own resized 
 the tiles are not grouped, and ``from_px`` is recorded where a tile's cutouts share one side.
 ``labels.parquet`` keeps the catalog order and says where each galaxy went (``tile``, ``row``).
 
+Streaming: cutouts are read and decoded in that order, a few per thread ahead of the one being placed,
+and each tile is written as soon as it holds ``tile_size`` cutouts (``ingest_00000``, ``ingest_00001``,
+... as they fill; with a pixel scale, the part-filled tile of each side at the end, by side). Memory
+holds the tiles being filled, one, or one per input side, of ``tile_size x C x size^2`` bytes each (50
+MB for 1,024 RGB cutouts of 128 px), not the survey: holding every cutout until the last was read
+took 15 GB for 300,000 of them.
+
 Positions: a catalog without ``ra``/``dec`` gets the placeholder position ra = dec = 0 for every
 galaxy, flagged as ``position_is_placeholder`` in the tile attributes and in every labels row. One
 obviously artificial point (rather than made-up scattered positions) means nothing downstream can
@@ -47,6 +54,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import math
 import numbers
 import os
@@ -231,23 +239,139 @@ def _reason(err: Exception) -> str:
     return re.sub(r" ?<_io\.BytesIO object at 0x[0-9a-f]+>", "", error_text(err, 200))
 
 
-def _labels_table(kept, object_id, tile_of_row, row, votes: dict, placeholder: bool, schema: str, source: str):
-    """``labels.parquet``'s table: each kept galaxy's tile and row, its votes, and the catalog's other
-    columns passed through (blank cells of a text column become nulls)."""
+def _passthrough_columns(table, votes: set, source: str) -> dict:
+    """The catalog's columns that ``labels.parquet`` passes through, as Arrow arrays (blank cells of a text
+    column become nulls): every column but the object id and those the labels table makes itself. A column
+    Arrow cannot hold is a one-line error, found before any cutout is decoded."""
     import pyarrow as pa
 
-    columns = {"object_id": object_id, "tile": tile_of_row.astype(str), "row": row, **votes}
-    for name in kept.columns:
-        if name not in columns:
+    columns = {}
+    for name in table.columns:
+        if name not in ("object_id", "tile", "row", "position_is_placeholder", *votes):
             try:
-                columns[name] = pa.array(kept[name], from_pandas=True)
+                columns[name] = pa.array(table[name], from_pandas=True)
             except (pa.ArrowException, OverflowError, TypeError) as err:
                 raise InputError(f"column {name!r} of {source!r} cannot be stored in labels.parquet ({first_line(err)}); "
                                  "drop it from the catalog (it is only passed through)") from None
-    columns["position_is_placeholder"] = np.full(len(kept), placeholder)
+    return columns
+
+
+def _labels_table(object_id, tile_of_row, row, votes: dict, passthrough: dict, placeholder: bool, schema: str):
+    """``labels.parquet``'s table: each kept galaxy's tile and row, its votes, and the catalog's other
+    columns (:func:`_passthrough_columns`), all of the kept galaxies in catalog order."""
+    import pyarrow as pa
+
+    columns = {"object_id": object_id, "tile": tile_of_row.astype(str), "row": row, **votes, **passthrough,
+               "position_is_placeholder": np.full(len(object_id), placeholder)}
     # the tree its votes are of, which `train` then takes without --schema (as a synthetic survey's)
     metadata = {"skymorph.schema": get_schema(schema).to_json()} if votes else None
     return pa.table(columns, metadata=metadata)
+
+
+def _in_order(function, items: list, ahead: int, workers: int):
+    """``function(item)`` of each of ``items``, in order, computed by ``workers`` threads at most ``ahead``
+    items before the one yielded: ``pool.map`` submitted every item at once, and each result waited in
+    memory for its turn however far ahead of the consumer (a survey's decoded cutouts, all of them)."""
+    from collections import deque
+
+    queued = iter(items)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending = deque(pool.submit(function, item) for item in itertools.islice(queued, ahead))
+        try:
+            while pending:
+                result = pending.popleft().result()
+                for item in itertools.islice(queued, 1):
+                    pending.append(pool.submit(function, item))
+                yield result
+        finally:  # the consumer stopped (an error, Ctrl-C): not the queued items, only those already running
+            for future in pending:
+                future.cancel()
+
+
+@dataclass(frozen=True)
+class _TileSpec:
+    """What every tile of one ingest records of its cutouts, and the catalog they came from (``source``)."""
+
+    source: str
+    survey: str
+    size: int
+    bands: str
+    stretch: str
+    pixel_scale_arcsec: float | None
+    chunk_size: int
+    extra: dict
+
+
+class _TileWriter:
+    """Cuts decoded cutouts into tile stores as they come, in the order they are added, and writes each
+    as it fills (``tile_size`` cutouts): memory holds the open tiles, not the survey. Given a pixel scale
+    (``spec``), each tile holds cutouts of one input side, so one scale: one open tile per side, those
+    part-filled written at :meth:`close` in order of side. Tiles are numbered as they are written. The
+    old survey at ``out`` (``--overwrite``) is removed just before the first tile is written: input found
+    bad until then leaves it. ``kept``, ``tile_of_row`` and ``row`` say where each catalog row went."""
+
+    def __init__(self, out: str, object_id, ra, dec, spec: _TileSpec, *, tile_size: int, lock, storage_options) -> None:
+        self.out, self.object_id, self.ra, self.dec, self.spec = out, object_id, ra, dec, spec
+        self.tile_size, self.by_side = tile_size, spec.pixel_scale_arcsec is not None
+        self.lock, self.storage_options = lock, storage_options
+        self.kept = np.zeros(len(object_id), dtype=bool)
+        self.tile_of_row, self.row = np.empty(len(object_id), dtype=object), np.zeros(len(object_id), dtype=np.int64)
+        self.urls: list[str] = []
+        self._open: dict = {}  # side (None unless by_side) -> (images, rows, sides, stretched)
+        self._first: tuple[str, int] | None = None  # the first cutout's file and band count: every one must have it
+
+    def add(self, row: int, file: str, image: np.ndarray, side: int, stretched: bool) -> None:
+        if self._first is None:
+            self._first = (file, image.shape[0])
+        elif image.shape[0] != self._first[1]:
+            raise InputError(f"cutouts of {self.spec.source!r} decode to different band counts (first of each: "
+                             f"{self._first[0]} {self._first[1]}, {file} {image.shape[0]}); use --bands mean")
+        key = side if self.by_side else None
+        if key not in self._open:  # pages are touched as cutouts fill them: a tile of a few costs a few
+            self._open[key] = (np.empty((self.tile_size, *image.shape), dtype=np.uint8), [], [], [])
+        images, rows, sides, flags = self._open[key]
+        images[len(rows)] = image
+        rows.append(row)
+        sides.append(side)
+        flags.append(stretched)
+        if len(rows) == self.tile_size:
+            self._write(*self._open.pop(key))
+
+    def close(self) -> None:
+        """Write the tiles still open."""
+        for key in sorted(self._open, key=lambda side: -1 if side is None else side):
+            self._write(*self._open.pop(key))
+
+    def remove(self) -> None:
+        """Remove the tiles written (with the old survey, if any, gone already: neither is left)."""
+        if self.urls:
+            prepare_survey_out(str(self.out), self.storage_options)
+
+    def _write(self, images, rows, sides, stretched) -> None:
+        from skymorph.tiles import write_tile
+
+        if not self.urls:
+            prepare_survey_out(str(self.out), self.storage_options)
+        self.lock.check_held()  # another writer took the lock over (this one stalled past its staleness): stop
+        spec = self.spec
+        rows, sides, stretched, images = np.array(rows), np.array(sides), np.array(stretched), images[: len(rows)]
+        name = f"ingest_{len(self.urls):05d}"
+        url = join(self.out, "tiles", f"{name}.zarr")
+        side = int(sides[0]) if np.all(sides == sides[0]) else None
+        # only decoded colour images are known to be r, g, b; a FITS cube's planes are whatever it holds
+        rgb = images.shape[1] == 3 and not stretched.any()
+        bands = ["grey"] if spec.bands == "mean" else (["r", "g", "b"] if rgb else [f"band{i}" for i in range(images.shape[1])])
+        scale = spec.pixel_scale_arcsec
+        write_tile(
+            url, images, self.object_id[rows], self.ra[rows], self.dec[rows],
+            survey=spec.survey, bands=bands, pixel_scale_arcsec=1.0 if scale is None else scale * side / spec.size,
+            stretch=_stretch_attr(spec.stretch, stretched),
+            resize={"method": "lanczos", "size": spec.size, "square": "centre crop", **({"from_px": side} if side else {})},
+            chunk_size=spec.chunk_size, storage_options=self.storage_options, extra_attrs=spec.extra,
+        )
+        self.urls.append(url)
+        self.kept[rows] = True
+        self.tile_of_row[rows], self.row[rows] = name, np.arange(len(rows))
 
 
 def _stretch_attr(stretch: str, stretched: np.ndarray):
@@ -409,16 +533,18 @@ def ingest(
     ``pixel_scale_arcsec`` is that of the input cutouts; each tile records the scale of its resized
     pixels (module docstring), or 1.0 flagged ``pixel_scale_is_placeholder`` when the scale is unknown.
     Files that cannot be read are warned about on stderr, listed in ``ingest_failures.csv`` and skipped.
-    Every decoded cutout is held in memory until the tiles are written (n x C x size^2 bytes: 15 GB for
-    300,000 of 3 x 128 x 128), as the tiles are cut in sky order: split a larger catalog into several
-    ingests, each its own ``out``, and list their tiles together.
+    Tiles are written as they fill (module docstring), ``tiles.txt`` and ``labels.parquet`` last.
     An ``out`` that already holds a survey is refused unless ``overwrite``, which replaces it: the old
-    survey is removed once the new one's cutouts are decoded and its labels table built, just before
-    the new tiles are written (a write that fails then leaves neither). An ``out`` another ingest or
-    synthesis is writing is refused (:func:`skymorph.survey._output.writing_survey`).
+    survey is removed once the catalog is checked, just before the first new tile is written (a catalog
+    found bad, or no cutout readable, leaves it); a cutout found unlike those in the tiles written by
+    then (another band count) removes them too: neither survey is left. A failed write or an interrupt
+    leaves the tiles written so far without ``tiles.txt``, which a rerun replaces with ``overwrite``. An
+    ``out`` another ingest or synthesis is writing is refused (:func:`skymorph.survey._output.writing_survey`).
     """
+    import pyarrow as pa
+
     from skymorph.progress import progress_bar
-    from skymorph.tiles import write_tile, write_tile_list
+    from skymorph.tiles import write_tile_list
 
     if bands not in ("mean", "keep"):
         raise InputError(f"bands must be 'mean' or 'keep', got {bands!r}")
@@ -448,74 +574,39 @@ def ingest(
             except Exception as err:  # missing, refused (HTTP 403), corrupt (Pillow and astropy raise many types):
                 return None, _reason(err)  # reported by name and skipped; every file failing stops the ingest below
 
+        placeholder = "ra" not in table.columns
+        passthrough = _passthrough_columns(table, set(votes), str(catalog_csv))  # before any old survey is removed
+        object_id = table["object_id"].to_numpy(np.int64)
+        ra = np.zeros(len(table)) if placeholder else table["ra"].to_numpy(np.float64)
+        dec = np.zeros(len(table)) if placeholder else table["dec"].to_numpy(np.float64)
         files = table["file"].tolist()
-        # each image goes into one array as it comes, and its decoded copy is freed: a list of them, then
-        # np.stack, held every cutout twice (2.6 times the survey's bytes at the peak)
-        images, shapes, sides, stretched, failures = None, {}, [], [], []
-        ok = np.zeros(len(files), dtype=bool)
-        object_ids = table["object_id"].to_numpy()
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            decoded = progress_bar(pool.map(load, files), total=len(files), desc="decoding", unit="image", disable=not progress)
-            for i, (result, reason) in enumerate(decoded):
-                if reason is not None:
-                    failures.append((files[i], int(object_ids[i]), reason))
-                    continue
-                image, side, was_stretched = result
-                shapes.setdefault(image.shape, files[i])
-                if images is None:  # pages are touched as images fill them: the unread rest costs nothing
-                    images = np.empty((len(files), *image.shape), dtype=np.uint8)
-                if image.shape == images.shape[1:]:
-                    images[len(sides)] = image
-                ok[i] = True
-                sides.append(side)
-                stretched.append(was_stretched)
+        extra = {"position_is_placeholder": placeholder, "source_catalog": str(catalog_csv), "pixel_scale_is_placeholder": pixel_scale_arcsec is None}
+        spec = _TileSpec(str(catalog_csv), survey, size, bands, stretch, pixel_scale_arcsec, chunk_size, extra)
+        tiles = _TileWriter(out, object_id, ra, dec, spec, tile_size=tile_size, lock=lock, storage_options=storage_options)
+        order = np.arange(len(table)) if placeholder else _sky_order(ra, dec)  # the order tiles are cut in
+        failures = []
+        try:
+            decoded = progress_bar(_in_order(load, [files[i] for i in order], 4 * workers, workers), total=len(files),
+                                   desc="ingesting", unit="image", disable=not progress)
+            for i, (result, reason) in zip(order.tolist(), decoded):
+                if reason is None:
+                    tiles.add(i, files[i], *result)
+                else:
+                    failures.append((i, files[i], int(object_id[i]), reason))
+            tiles.close()
+        except InputError:  # a cutout unlike those in tiles written already: the survey is not made
+            tiles.remove()
+            raise
+        failures = [failure[1:] for failure in sorted(failures)]  # catalog order
         for file, oid, reason in failures:
             print(f"skymorph: warning: skipped {file} (object_id {oid}): {reason}", file=sys.stderr)
+        ok = tiles.kept
         if not ok.any():
             raise InputError(f"none of the {len(files)} cutouts of {catalog_csv!r} could be read; first: {failures[0][0]}: {failures[0][2]}")
-        if len(shapes) > 1:
-            first = ", ".join(f"{file} {shape[0]}" for shape, file in shapes.items())
-            raise InputError(f"cutouts of {catalog_csv!r} decode to different band counts (first of each: {first}); use --bands mean")
-        images, sides, stretched = images[: len(sides)], np.array(sides), np.array(stretched)
-        kept = table[ok].reset_index(drop=True)
-        placeholder = "ra" not in kept.columns
-        ra = np.zeros(len(kept)) if placeholder else kept["ra"].to_numpy(np.float64)
-        dec = np.zeros(len(kept)) if placeholder else kept["dec"].to_numpy(np.float64)
-        # only decoded colour images are known to be r, g, b; a FITS cube's planes are whatever it holds
-        rgb = images.shape[1] == 3 and not stretched.any()
-        band_names = ["grey"] if bands == "mean" else (["r", "g", "b"] if rgb else [f"band{i}" for i in range(images.shape[1])])
-        extra = {"position_is_placeholder": placeholder, "source_catalog": str(catalog_csv), "pixel_scale_is_placeholder": pixel_scale_arcsec is None}
-        object_id = kept["object_id"].to_numpy(np.int64)
-        order = np.arange(len(kept)) if placeholder else _sky_order(ra, dec)
-        if pixel_scale_arcsec is None:  # no scale to get right: one group, no small tiles per size
-            groups = [order]
-        else:  # one input size per tile, so one pixel scale per tile; sky order within a size
-            order = order[np.argsort(sides[order], kind="stable")]
-            groups = np.split(order, np.flatnonzero(np.diff(sides[order])) + 1)
-        tiles = [group[start : start + tile_size] for group in groups for start in range(0, len(group), tile_size)]
-        names = [f"ingest_{number:05d}" for number in range(len(tiles))]
-        tile_of_row, row = np.empty(len(kept), dtype=object), np.empty(len(kept), dtype=np.int64)
-        for name, rows in zip(names, tiles):
-            tile_of_row[rows], row[rows] = name, np.arange(len(rows))
-        # everything that can fail on the input, before an old survey is removed
-        labels = _labels_table(kept, object_id, tile_of_row, row, {name: values[ok] for name, values in votes.items()}, placeholder, schema,
-                              str(catalog_csv))
-        prepare_survey_out(str(out), storage_options)
-        tile_urls = []
-        for name, rows in progress_bar(list(zip(names, tiles)), desc="writing tiles", unit="tile", disable=not progress):
-            lock.check_held()  # another writer took the lock over (this one stalled past its staleness): stop
-            url = join(out, "tiles", f"{name}.zarr")
-            side = int(sides[rows[0]]) if np.all(sides[rows] == sides[rows[0]]) else None
-            write_tile(
-                url, images[rows], object_id[rows], ra[rows], dec[rows],
-                survey=survey, bands=band_names, pixel_scale_arcsec=1.0 if pixel_scale_arcsec is None else pixel_scale_arcsec * side / size,
-                stretch=_stretch_attr(stretch, stretched[rows]),
-                resize={"method": "lanczos", "size": size, "square": "centre crop", **({"from_px": side} if side else {})}, chunk_size=chunk_size,
-                storage_options=storage_options, extra_attrs=extra,
-            )
-            tile_urls.append(url)
+        labels = _labels_table(object_id[ok], tiles.tile_of_row[ok], tiles.row[ok], {name: values[ok] for name, values in votes.items()},
+                               {name: values.filter(pa.array(ok)) for name, values in passthrough.items()}, placeholder, schema)
         lock.check_held()
-        write_tile_list(join(out, "tiles.txt"), tile_urls, storage_options)
+        write_tile_list(join(out, "tiles.txt"), tiles.urls, storage_options)
         labels_url = join(out, "labels.parquet")
         write_parquet(labels, labels_url, storage_options)
         failures_url = None
@@ -527,4 +618,4 @@ def ingest(
             writer.writerows(failures)
             atomic_write_text(failures_url, text.getvalue(), storage_options)
         unlabelled = int(next(iter(votes.values()))[ok].isna().sum()) if votes else 0
-        return IngestSummary(str(out), len(kept), len(failures), tuple(tile_urls), labels_url, failures_url, placeholder, unlabelled)
+        return IngestSummary(str(out), int(ok.sum()), len(failures), tuple(tiles.urls), labels_url, failures_url, placeholder, unlabelled)
