@@ -19,7 +19,7 @@ from skymorph.catalog import layout
 from skymorph.errors import ClusterError, InputError, MissingDependencyError, ModelError
 from skymorph.inference.engines import read_model_info
 from skymorph.inference.job import RunConfig, run_survey
-from skymorph.inference.task import EngineCache, JobSpec, ModelRef, RunJob
+from skymorph.inference.task import EngineCache, JobSpec, ModelRef, RunJob, s3_retry_options
 
 
 def _local_cluster(**kwargs) -> LocalCluster:
@@ -205,6 +205,17 @@ def test_a_runs_engine_lives_on_its_job_plugin_and_is_freed_with_it(tiny_model):
 
         client.unregister_worker_plugin("run-a")
         assert engines.engines == {} and "run-a" not in worker.plugins and list(other.engines) == [sha256]
+
+
+def test_workers_retry_s3_and_s3a_reads_unless_the_caller_configured_retries():
+    """A worker's reads of the model and tiles retry throttling and dropped connections (botocore's standard
+    mode); s3a:// URLs are S3's too, which a prefix test of "s3://" missed."""
+    standard = {"retries": {"max_attempts": 10, "mode": "standard"}}
+    for url in ("s3://bucket/m.onnx", "s3a://bucket/m.onnx"):
+        assert s3_retry_options(url, {"anon": True}) == {"anon": True, "config_kwargs": standard}
+    own = {"config_kwargs": {"retries": {"max_attempts": 3}}}
+    assert s3_retry_options("s3a://bucket/m.onnx", own) == own
+    assert s3_retry_options("/models/m.onnx", None) == {}
 
 
 def test_a_worker_whose_engine_drew_other_masks_refuses_it(tiny_model):
