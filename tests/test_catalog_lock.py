@@ -189,8 +189,8 @@ def test_a_store_that_ignores_conditional_writes_is_warned_of(s3, s3_bucket, mon
         with DriverLock(catalog) as lock:
             assert lock.holder().session == lock.session
     assert capsys.readouterr().err == (f"skymorph: warning: the store of {layout.driver_lock_url(catalog)} ignores If-None-Match (an "
-                                       "exclusive create of the existing lock succeeded): of two runs started together on this "
-                                       "catalog, the one the lock does not name stops only when it next reads the lock\n")
+                                       f"exclusive create of the existing lock succeeded): of two runs started together on {catalog!r}, "
+                                       "the one the lock does not name stops only when it next reads the lock\n")
 
 
 def test_a_driver_whose_own_create_was_answered_late_holds_the_lock(tmp_path):

@@ -491,6 +491,11 @@ def test_a_second_writer_is_refused_while_the_first_lives_and_takes_over_once_it
     assert _run(ingest_to)[0] == 0
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["labels.parquet", "tiles", "tiles.txt"]
 
+    # the directories the lock made for an --out are removed when the ingest fails
+    code, err = _run(["survey", "ingest", "--catalog", str(tmp_path / "no.csv"), "--out", str(tmp_path / "a" / "b" / "out")])
+    assert code == 2 and "no.csv" in err
+    assert not (tmp_path / "a").exists()
+
 
 def _grey_images(directory: Path, n: int) -> None:
     """``n`` 8 x 8 grey PNGs ``{i}.png`` of value ``i`` (kept as they are at --size 8)."""
@@ -775,6 +780,26 @@ def test_tiles_are_written_as_they_fill_not_once_every_cutout_is_decoded(tmp_pat
     assert [open_tile(url).read_coords()[0].tolist() for url in summary.tiles] == [[1, 2], [3, 4]] and summary.n_failed == 1
 
 
+def test_decoding_runs_at_most_its_window_ahead_and_stops_with_its_consumer():
+    """pool.map submitted every cutout at once: each decoded result waited in memory for its turn, and after
+    an error the whole catalog went on being decoded."""
+    from skymorph.survey.ingest import _in_order
+
+    started = []
+
+    def decode(item):
+        started.append(item)
+        time.sleep(0.02)
+        return item * 10
+
+    with contextlib.closing(_in_order(decode, list(range(100)), 4, 2)) as decoded:
+        assert [next(decoded) for _ in range(3)] == [0, 10, 20]
+        time.sleep(0.2)
+        assert sorted(started) == list(range(7))  # the 3 yielded and the 4 queued behind them
+    assert sorted(started) == list(range(len(started))) and len(started) <= 7  # closed: none started since
+    assert list(_in_order(decode, [1, 2, 3], 8, 2)) == [10, 20, 30] and list(_in_order(decode, [], 8, 2)) == []
+
+
 def _complete(tile: Path) -> bool:
     try:
         open_tile(str(tile))
@@ -796,7 +821,7 @@ def test_a_cutout_unlike_those_in_written_tiles_leaves_neither_survey(tmp_path):
     ingest(str(tmp_path / "old.csv"), str(out), 8, progress=False)
     with pytest.raises(InputError, match=r"decode to different band counts \(first of each: png/0.png 1, png/rgb.png 3\)"):
         ingest(str(tmp_path / "cat.csv"), str(out), 8, bands="keep", tile_size=1, workers=1, progress=False, overwrite=True)
-    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == ["tiles"]
+    assert list(out.iterdir()) == []
 
 
 def test_a_given_pixel_scale_is_recorded_and_not_a_placeholder(tmp_path):

@@ -1160,7 +1160,7 @@ def test_job_spec_rejects_no_attempts():
     from skymorph.errors import InputError
     from skymorph.inference.task import JobSpec, ModelRef
 
-    fields = dict(catalog="c", order=3, arrow_schema=None, model=ModelRef("m.onnx", "0" * 64, "0" * 64), tree_json="{}",
+    fields = dict(catalog="c", order=3, arrow_schema=None, model=ModelRef("m.onnx", "0" * 64, masks_sha256="0" * 64), tree_json="{}",
                   likelihood="multinomial", n_volunteers=40, input_shape=(1, SIZE, SIZE), batch_size=8, rows_per_task=64,
                   driver_session="0" * 32)
     assert JobSpec(**fields, attempts=1).attempts == 1

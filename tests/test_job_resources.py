@@ -188,7 +188,7 @@ def test_a_runs_engine_lives_on_its_job_plugin_and_is_freed_with_it(tiny_model):
 
     with open(tiny_model, "rb") as fh:
         sha256 = hashlib.sha256(fh.read()).hexdigest()
-    ref = ModelRef(tiny_model, sha256, read_model_info(tiny_model).metadata.masks_sha256)
+    ref = ModelRef(tiny_model, sha256, masks_sha256=read_model_info(tiny_model).metadata.masks_sha256)
     job = JobSpec(catalog="c", order=3, arrow_schema=None, model=ref, tree_json="{}", likelihood="multinomial", n_volunteers=40,
                   input_shape=(1, 8, 8), batch_size=8, rows_per_task=64, driver_session="0" * 32)
     with _local_cluster(processes=False) as cluster, Client(cluster) as client:
@@ -198,7 +198,7 @@ def test_a_runs_engine_lives_on_its_job_plugin_and_is_freed_with_it(tiny_model):
         assert engines.threads == usable_cores() and list(engines.engines) == [sha256]  # loaded when registered
         assert client.submit(_engine_id, "run-a", ref, pure=False).result() == id(engines.engines[sha256])
         with pytest.raises(ModelError, match="changed during the run"):
-            client.submit(_engine_id, "run-a", ModelRef(tiny_model, "0" * 64, ref.masks_sha256), pure=False).result()
+            client.submit(_engine_id, "run-a", ModelRef(tiny_model, "0" * 64, masks_sha256=ref.masks_sha256), pure=False).result()
         client.register_plugin(RunJob(job, "run-b"))  # a second run on this scheduler has engines of its own
         other = worker.plugins["run-b"].engines
         assert list(other.engines) == [sha256] and other.engines[sha256] is not engines.engines[sha256]
@@ -222,7 +222,7 @@ def test_a_worker_whose_engine_drew_other_masks_refuses_it(tiny_model):
     """A checkpoint's masks are drawn from its seed on each worker: one with another torch could draw
     others, and write a catalog its recorded masks digest does not describe."""
     with open(tiny_model, "rb") as fh:
-        ref = ModelRef(tiny_model, hashlib.sha256(fh.read()).hexdigest(), "0" * 64, threads=1)
+        ref = ModelRef(tiny_model, hashlib.sha256(fh.read()).hexdigest(), threads=1, masks_sha256="0" * 64)
     cache = EngineCache(ref)
     with pytest.raises(ModelError, match=r"drew other dropout masks on this worker \(sha256 [0-9a-f]{12}\.\.\., the run's "
                                          r"000000000000\.\.\.\): a checkpoint's masks come from torch's generator"):
@@ -241,7 +241,7 @@ def test_a_worker_that_joins_after_the_run_starts_shares_its_host_s_cores(tiny_m
     from skymorph.inference.cluster import usable_cores
 
     with open(tiny_model, "rb") as fh:
-        ref = ModelRef(tiny_model, hashlib.sha256(fh.read()).hexdigest(), read_model_info(tiny_model).metadata.masks_sha256)
+        ref = ModelRef(tiny_model, hashlib.sha256(fh.read()).hexdigest(), masks_sha256=read_model_info(tiny_model).metadata.masks_sha256)
     job = JobSpec(catalog="c", order=3, arrow_schema=None, model=ref, tree_json="{}", likelihood="multinomial", n_volunteers=40,
                   input_shape=(1, 8, 8), batch_size=8, rows_per_task=64, driver_session="0" * 32)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0") as cluster, \
@@ -259,7 +259,7 @@ from skymorph.inference.engines import read_model_info
 from skymorph.inference.task import JobSpec, ModelRef, RunJob
 
 model = sys.argv[1]
-ref = ModelRef(model, hashlib.sha256(open(model, "rb").read()).hexdigest(), read_model_info(model).metadata.masks_sha256)
+ref = ModelRef(model, hashlib.sha256(open(model, "rb").read()).hexdigest(), masks_sha256=read_model_info(model).metadata.masks_sha256)
 job = JobSpec(catalog="c", order=3, arrow_schema=None, model=ref, tree_json="{}", likelihood="multinomial", n_volunteers=40,
               input_shape=(1, 8, 8), batch_size=8, rows_per_task=64, driver_session="0" * 32)
 with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as client:

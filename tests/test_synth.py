@@ -160,11 +160,12 @@ def test_a_survey_being_written_is_refused_to_a_second_writer_and_its_lock_goes_
     out = f"{s3_bucket}/synth"
     tiny = dict(n_tiles=2, per_tile=8, size=16, workers=1, progress=False)
     with writing_survey(out, False, None, "survey ingest"):  # this process: alive, so the lock is not stale
+        storage.atomic_write_text(f"{out}/tiles.txt", "# the first writer's, half made\n")
         with pytest.raises(CatalogError, match=rf"^'{out}' is being written by another `skymorph survey ingest` \(host .*, pid "
                                                rf"{os.getpid()}, started .* UTC, heartbeat \d+ s ago\); wait for it to finish, or "
                                                rf"if it is dead, remove {out}/{WRITER_LOCK} \(it goes stale 300 s after"):
-            synthesize(out, **tiny)
-    synthesize(out, **tiny)
+            synthesize(out, **tiny)  # not "already holds a survey ... pass --overwrite", which would destroy the first's
+    synthesize(out, **tiny, overwrite=True)
     assert not storage.exists(f"{out}/{WRITER_LOCK}") and _table(f"{out}/labels.parquet").shape[0] == 16
 
 

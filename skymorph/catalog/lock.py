@@ -181,7 +181,7 @@ class DriverLock:
         except FileExistsError:
             return
         print(f"skymorph: warning: the store of {self.url} ignores If-None-Match (an exclusive create of the existing lock "
-              "succeeded): of two runs started together on this catalog, the one the lock does not name stops only when it "
+              f"succeeded): of two runs started together on {self.catalog!r}, the one the lock does not name stops only when it "
               "next reads the lock", file=sys.stderr, flush=True)
 
     @property

@@ -616,7 +616,8 @@ def run_survey(config: RunConfig) -> RunReport:
                             # yet: one job now, which JobAdaptive keeps for the tasks
                             client.cluster.scale(jobs=1)
                         wait_for_workers(client, resources, config.worker_timeout, not spec.joins_running_scheduler)
-                ref = ModelRef(config.model, model_sha256, metadata.masks_sha256, config.backend, engine_threads, config.storage_options)
+                ref = ModelRef(config.model, model_sha256, config.backend, engine_threads, config.storage_options,
+                               masks_sha256=metadata.masks_sha256)
                 job = JobSpec(catalog=config.out, order=config.catalog_order, arrow_schema=arrow_schema, model=ref,
                               tree_json=metadata.schema.to_json(), likelihood=metadata.likelihood,
                               n_volunteers=config.n_volunteers, input_shape=metadata.input.shape,

@@ -42,10 +42,10 @@ class ModelRef:
 
     url: str
     sha256: str
-    masks_sha256: str
     backend: str = "auto"
     threads: int | None = None
     storage_options: dict = field(default_factory=dict)
+    masks_sha256: str = field(kw_only=True)
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from skymorph import storage
 from skymorph.errors import InputError, some_names
 
-__all__ = ["SURVEY_FILES", "WRITER_LOCK", "check_survey_out", "prepare_survey_out", "writing_survey"]
+__all__ = ["SURVEY_FILES", "WRITER_LOCK", "check_survey_out", "prepare_survey_out", "remove_survey", "writing_survey"]
 
 SURVEY_FILES = ("tiles.txt", "labels.parquet", "truth.parquet", "ingest_failures.csv")
 """What a survey writes at ``--out`` besides its tile stores ``tiles/*.zarr``."""
@@ -88,13 +88,24 @@ def check_survey_out(out: str, overwrite: bool, storage_options: dict | None) ->
                          "choose another --out or pass --overwrite to replace it")
 
 
-def prepare_survey_out(out: str, storage_options: dict | None) -> None:
-    """After :func:`check_survey_out`, once the new survey is ready to write: remove the survey ``out``
-    holds (:data:`SURVEY_FILES` and ``tiles/*.zarr``, nothing else). Called only then, so that an input
-    found bad on the way (no cutout readable) leaves the old survey as it was."""
+def remove_survey(out: str, storage_options: dict | None) -> None:
+    """Remove the survey ``out`` holds: :data:`SURVEY_FILES`, ``tiles/*.zarr`` and ``tiles/`` if that
+    leaves it empty (local), nothing else."""
     fs, root = storage.filesystem(out, storage_options)
     files, stores, _ = _survey_entries(fs, root)
     storage.remove_paths(fs, files + stores, recursive=True)
+    if not storage.is_remote(out):
+        try:
+            os.rmdir(os.path.join(storage.strip_protocol(out), "tiles"))
+        except OSError:  # missing, or holding files of others (cutouts kept beside a survey)
+            pass
+
+
+def prepare_survey_out(out: str, storage_options: dict | None) -> None:
+    """After :func:`check_survey_out`, once the new survey is ready to write: :func:`remove_survey` the
+    old one, and make ``out/tiles`` (local). Called only then, so that an input found bad on the way (no
+    cutout readable) leaves the old survey as it was."""
+    remove_survey(out, storage_options)
     if not storage.is_remote(out):
         try:
             os.makedirs(os.path.join(storage.strip_protocol(out), "tiles"), exist_ok=True)
@@ -104,25 +115,44 @@ def prepare_survey_out(out: str, storage_options: dict | None) -> None:
 
 @contextmanager
 def writing_survey(out: str, overwrite: bool, storage_options: dict | None, command: str) -> Iterator:
-    """:func:`check_survey_out`, then hold ``out``'s writer lock while the block writes the survey: a
+    """Hold ``out``'s writer lock while the block writes the survey, after :func:`check_survey_out`: a
     second writer started meanwhile gets a one-line :class:`~skymorph.errors.CatalogError` naming the
-    first (command, host, pid, start). ``out`` is checked again under the lock: a writer that waited for it would
-    otherwise write over the survey just made, without ``overwrite``. Yields the lock, whose
-    ``check_held()`` a long write calls between files (it raises once another writer took the lock
-    over, the heartbeat having stopped for its ``stale_after_s``). ``command`` (``survey ingest``)
-    names the writer in that message. A local ``out`` this made and left empty is removed."""
+    first (command, host, pid, start), not the advice to overwrite the survey the first is writing.
+    ``out`` is checked again under the lock: a writer that waited for it would otherwise write over the
+    survey just made, without ``overwrite``. Yields the lock, whose ``check_held()`` a writer calls
+    before it removes or writes anything (it raises once another writer took the lock over, the
+    heartbeat having stopped for its ``stale_after_s``). ``command`` (``survey ingest``) names the
+    writer. The local directories the lock made for ``out`` are removed again if left empty."""
     from skymorph.catalog.lock import DriverLock
 
-    check_survey_out(out, overwrite, storage_options)  # before the lock puts a file there
-    made = not storage.is_remote(out) and not os.path.exists(storage.strip_protocol(out))
     lock = DriverLock(out, storage_options, url=storage.join(out, WRITER_LOCK), writer=f"`skymorph {command}`")
+    lock.check()
+    check_survey_out(out, overwrite, storage_options)  # before the lock puts a file there
+    made = _first_missing(storage.strip_protocol(out)) if not storage.is_remote(out) else None
     try:
         with lock:
             check_survey_out(out, overwrite, storage_options)
             yield lock
     finally:
-        if made:
-            try:
-                os.rmdir(storage.strip_protocol(out))  # only if empty: a survey stopped before its first write
-            except OSError:
-                pass
+        if made is not None:
+            _remove_empty(os.path.abspath(storage.strip_protocol(out)), made)
+
+
+def _first_missing(path: str) -> str | None:
+    """The outermost directory of ``path`` (itself included) that does not exist yet; None if it does."""
+    path, missing = os.path.abspath(path), None
+    while not os.path.exists(path):
+        path, missing = os.path.dirname(path), path
+    return missing
+
+
+def _remove_empty(path: str, up_to: str) -> None:
+    """Remove ``path`` and its parents up to ``up_to`` while they are empty."""
+    while True:
+        try:
+            os.rmdir(path)
+        except OSError:  # not empty (a survey written, or others' files): kept, and so are its parents
+            return
+        if path == up_to:
+            return
+        path = os.path.dirname(path)

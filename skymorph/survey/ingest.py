@@ -52,6 +52,7 @@ mistake it for a sky position, and sky-partitioned outputs put all such galaxies
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import itertools
@@ -70,7 +71,7 @@ from skymorph.cores import usable_cores
 from skymorph.errors import InputError, check_int, error_text, first_line
 from skymorph.schema import get_schema
 from skymorph.storage import FITS_SUFFIXES, atomic_write_text, is_remote, join, read_bytes, write_parquet
-from skymorph.survey._output import prepare_survey_out, writing_survey
+from skymorph.survey._output import prepare_survey_out, remove_survey, writing_survey
 from skymorph.tables import read_split
 from skymorph.tiles import MISSING_OBJECT_ID, check_cutout_size
 
@@ -345,14 +346,15 @@ class _TileWriter:
     def remove(self) -> None:
         """Remove the tiles written (with the old survey, if any, gone already: neither is left)."""
         if self.urls:
-            prepare_survey_out(str(self.out), self.storage_options)
+            self.lock.check_held()  # else they may be another writer's, which took the lock over
+            remove_survey(str(self.out), self.storage_options)
 
     def _write(self, images, rows, sides, stretched) -> None:
         from skymorph.tiles import write_tile
 
+        self.lock.check_held()  # another writer took the lock over (this one stalled past its staleness): stop
         if not self.urls:
             prepare_survey_out(str(self.out), self.storage_options)
-        self.lock.check_held()  # another writer took the lock over (this one stalled past its staleness): stop
         spec = self.spec
         rows, sides, stretched, images = np.array(rows), np.array(sides), np.array(stretched), images[: len(rows)]
         name = f"ingest_{len(self.urls):05d}"
@@ -586,13 +588,15 @@ def ingest(
         order = np.arange(len(table)) if placeholder else _sky_order(ra, dec)  # the order tiles are cut in
         failures = []
         try:
-            decoded = progress_bar(_in_order(load, [files[i] for i in order], 4 * workers, workers), total=len(files),
-                                   desc="ingesting", unit="image", disable=not progress)
-            for i, (result, reason) in zip(order.tolist(), decoded):
-                if reason is None:
-                    tiles.add(i, files[i], *result)
-                else:
-                    failures.append((i, files[i], int(object_id[i]), reason))
+            # closed here: a bar iterates without closing its input, and after an error the decoding threads ran on
+            # for as long as a traceback (a notebook's) held this frame
+            with contextlib.closing(_in_order(load, [files[i] for i in order], 4 * workers, workers)) as decoding:
+                decoded = progress_bar(decoding, total=len(files), desc="ingesting", unit="image", disable=not progress)
+                for i, (result, reason) in zip(order.tolist(), decoded):
+                    if reason is None:
+                        tiles.add(i, files[i], *result)
+                    else:
+                        failures.append((i, files[i], int(object_id[i]), reason))
             tiles.close()
         except InputError:  # a cutout unlike those in tiles written already: the survey is not made
             tiles.remove()
