@@ -60,11 +60,11 @@ def _survey_entries(fs, root: str) -> tuple[list[str], list[str], list[str]]:
     return files, stores, sorted(foreign)
 
 
-def check_survey_out(out: str, overwrite: bool, storage_options: dict | None) -> None:
+def check_survey_out(out: str, overwrite: bool, storage_options: dict | None, lock=None) -> None:
     """Fail now, before reading any input, if ``out`` cannot be written: a local path that is a file or
-    not writable, an S3 bucket that is missing or unreachable, a directory (or prefix) that holds no
-    survey and is not empty (module docstring: a survey is never mixed into other files), or one that
-    holds a survey, unless ``overwrite``."""
+    not writable, an S3 bucket that is missing or unreachable, ``lock`` (its writer lock) held by a live
+    writer, a directory (or prefix) that holds no survey and is not empty (module docstring: a survey is
+    never mixed into other files), or one that holds a survey, unless ``overwrite``."""
     if storage.is_remote(out):
         # one request without retries: fs.exists() would answer "no bucket" for a down endpoint, after
         # s3fs's and botocore's retries (11-19 s)
@@ -74,6 +74,8 @@ def check_survey_out(out: str, overwrite: bool, storage_options: dict | None) ->
     fs, root = storage.filesystem(out, storage_options)
     if storage.is_remote(out) and fs.isfile(root):
         raise InputError(f"--out {out!r} is a file; give a directory for the survey")
+    if lock is not None:  # a survey being written: that, not the advice to overwrite it
+        lock.check()
     files, stores, foreign = _survey_entries(fs, root)
     if not stores and not any(posixpath.basename(path) == "tiles.txt" for path in files):
         # no survey, whatever its file names: a labels.parquet of the user's own (the active-learning loop
@@ -126,8 +128,7 @@ def writing_survey(out: str, overwrite: bool, storage_options: dict | None, comm
     from skymorph.catalog.lock import DriverLock
 
     lock = DriverLock(out, storage_options, url=storage.join(out, WRITER_LOCK), writer=f"`skymorph {command}`")
-    lock.check()
-    check_survey_out(out, overwrite, storage_options)  # before the lock puts a file there
+    check_survey_out(out, overwrite, storage_options, lock)  # before the lock puts a file there
     made = _first_missing(storage.strip_protocol(out)) if not storage.is_remote(out) else None
     try:
         with lock:
