@@ -158,6 +158,12 @@ def test_exclude_ids_stay_exact_beside_empty_cells_and_fractions_are_refused(tmp
     pd.DataFrame({"object_id": ["9223372036854775808", "1"]}).to_parquet(tmp_path / "huge.parquet")  # digits beyond int64
     with pytest.raises(InputError, match=r"--exclude '.*huge.parquet': object_id must hold whole numbers within int64"):
         read_ids(str(tmp_path / "huge.parquet"))
+    # ids handed over as an array or a Series are checked as a file's are, not cast (which rounded and truncated)
+    assert read_ids(pd.Series(big + [None], dtype="Int64")).tolist() == big and read_ids(range(3)).tolist() == [0, 1, 2]
+    with pytest.raises(InputError, match=r"the exclude ids: object_id is stored as floats, which hold whole numbers only up to 2\^53"):
+        read_ids(pd.Series([big[0], None]).dropna())
+    with pytest.raises(InputError, match=r"the exclude ids: object_id must hold whole numbers within int64 \(Float value 1.5"):
+        read_ids(np.array([1.5, 2.0]))
     pd.DataFrame({"galaxy_id": ["J160453.70-041937.4", None]}).to_parquet(tmp_path / "names.parquet")
     with pytest.raises(InputError, match=r"--exclude '.*names.parquet': galaxy_id holds text \('J160453.70-041937.4'\), "
                                          "not the integer ids of the tile stores"):
@@ -282,6 +288,20 @@ def test_gumbel_top_1_samples_in_proportion_to_bald_power():
         high = np.mean([gumbel_keys(ids, score, seed, beta).argmax() >= 20 for seed in seeds])
         p = 3.0**beta / (3.0**beta + 1.0)
         assert abs(high - p) < 5 * np.sqrt(p * (1 - p) / len(seeds)), (beta, high, p)
+
+
+def test_a_tiny_beta_draws_as_beta_0_without_overflow():
+    """G / beta overflowed to +inf for nearly every galaxy at beta = 1e-310: ties, broken by object_id."""
+    import warnings
+
+    ids, score = np.arange(10_000, dtype=np.int64), np.linspace(0.1, 5.0, 10_000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tiny = gumbel_keys(ids, score, 0, 1e-310)
+    assert np.isfinite(tiny).all()
+    np.testing.assert_array_equal(np.argsort(-tiny), np.argsort(-gumbel_keys(ids, score, 0, 0.0)))
+    half = gumbel_keys(ids, score, 0, 0.5)  # beta < 1 computed as beta ln(score) + G: the order of ln(score) + G / beta
+    np.testing.assert_array_equal(np.argsort(-half), np.argsort(-(np.log(score) + 2 * (half - 0.5 * np.log(score)))))
 
 
 def test_a_huge_beta_ranks_as_top_without_overflow():
@@ -563,7 +583,7 @@ def test_an_out_that_cannot_be_written_leaves_no_gallery_behind(tmp_path, capsys
     """The other way round: FITS refused the tile paths (not ASCII) after the gallery was drawn, and the
     rerun with --out batch.vot, as the error advised, was refused for the gallery. With --overwrite, an
     earlier batch and gallery stay as they were (the gallery was replaced, then removed)."""
-    from skymorph.catalog import query
+    from skymorph.catalog import pick_to, query
     from skymorph.tiles import write_tile
 
     catalog = write_synthetic_catalog(str(tmp_path / "galaxiés" / "catalog"), 100, per_tile=100, workers=1)
@@ -583,6 +603,7 @@ def test_an_out_that_cannot_be_written_leaves_no_gallery_behind(tmp_path, capsys
     png.unlink()
     assert main([*argv, str(tmp_path / "batch.vot")]) == 0
     assert png.exists() and (tmp_path / "batch.vot").exists()
+    vot_before = (tmp_path / "batch.vot").read_bytes()
     capsys.readouterr()
 
     everyone = tmp_path / "everyone.csv"
@@ -591,6 +612,21 @@ def test_an_out_that_cannot_be_written_leaves_no_gallery_behind(tmp_path, capsys
                  str(tmp_path / "empty.csv")]) == 1  # an empty batch is written, as without --gallery, and exits 1
     assert (tmp_path / "empty.csv").read_text().splitlines()[1:] == [] and not (tmp_path / "empty.png").exists()
     assert f"nothing was picked, so no gallery is drawn at {tmp_path / 'empty.png'}" in capsys.readouterr().err
+    # replacing a batch and its gallery with an empty batch: the old gallery does not stay beside it
+    (tmp_path / "empty.png").write_text("the replaced batch's gallery")
+    assert main([*argv[:-3], "--exclude", str(everyone), "--gallery", str(tmp_path / "empty.png"), "--out",
+                 str(tmp_path / "empty.csv"), "--overwrite"]) == 1
+    assert not (tmp_path / "empty.png").exists()
+
+    # a gallery that cannot be written (here its directory is a file) after the batch was: the batch it
+    # replaced is put back, the one the volunteers have
+    (tmp_path / "not_a_dir").write_text("")
+    with pytest.raises(OSError):
+        pick_to(catalog.url, 5, str(tmp_path / "batch.vot"), gallery_png=str(tmp_path / "not_a_dir" / "g.png"))
+    assert (tmp_path / "batch.vot").read_bytes() == vot_before
+    with pytest.raises(OSError):
+        pick_to(catalog.url, 5, str(tmp_path / "new.csv"), gallery_png=str(tmp_path / "not_a_dir" / "g.png"))
+    assert not (tmp_path / "new.csv").exists()
 
 
 def test_labels_rows_without_votes_are_not_excluded(catalog, full, tmp_path, capsys):

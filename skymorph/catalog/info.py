@@ -170,7 +170,7 @@ class CatalogInfo:
 
     def __str__(self) -> str:
         if self.bald_min is None:
-            bald = ["bald_total   (no rows)"]
+            bald = ["bald_total   (no finite values)" if self.rows else "bald_total   (no rows)"]
         else:
             quantiles = "  ".join(f"q{round(q * 100):02d}={v:.4g}" for q, v in self.bald_quantiles.items())
             bald = [f"bald_total   min={self.bald_min:.4g} mean={self.bald_mean:.4g} max={self.bald_max:.4g}",

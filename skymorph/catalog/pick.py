@@ -34,6 +34,7 @@ columns of the ``n`` picked rows. A galaxy is picked at most once, at its best r
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 
@@ -90,14 +91,16 @@ def model_salt(model_sha256: str) -> int:
 
 def gumbel_keys(object_id, score, seed: int, beta: float = 1.0, salt: int = 0) -> np.ndarray:
     """Gumbel top-k keys, in the order of ``beta * ln(score) + G`` (see the module docstring); ``-inf``
-    where score <= 0. Computed as ``ln(score) + G / beta`` (``G`` at beta = 0), the same order divided
-    by beta: ``beta * ln(score)`` overflowed to -inf for every galaxy at a large beta."""
+    where score <= 0. Computed so for beta < 1 (``G`` at beta = 0), and as ``ln(score) + G / beta``, the
+    same order divided by beta, from 1 on: ``beta * ln(score)`` overflowed to -inf for every galaxy at a
+    large beta, as ``G / beta`` did to +inf at a tiny one (1e-310: ties, broken by object_id)."""
     score = np.asarray(score, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         log_score = np.where(score > 0, np.log(np.where(score > 0, score, 1.0)), -np.inf)
     gumbel = -np.log(-np.log(hash_uniform(object_id, seed, salt)))
-    if beta == 0:
-        return np.where(score > 0, gumbel, -np.inf)
+    if beta < 1:
+        with np.errstate(invalid="ignore"):  # 0 x -inf where score <= 0: -inf below
+            return np.where(score > 0, beta * log_score + gumbel, -np.inf)
     return log_score + gumbel / beta
 
 
@@ -143,8 +146,9 @@ def _read_one(source, storage_options: dict | None, id_column: str, schema: Sche
             except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed text and numbers: no votes to read (_voted)
                 columns[name] = pa.array(source[name].astype(str))
         return _ids_of(pa.table(columns), id_column, "the exclude table", schema)
-    if not isinstance(source, (str, bytes)) and not hasattr(source, "__fspath__"):
-        return np.asarray(list(source) if not isinstance(source, np.ndarray) else source, dtype=np.int64), np.empty(0, np.int64), ""
+    if not isinstance(source, (str, bytes)) and not hasattr(source, "__fspath__"):  # ids: checked as a file's are
+        values = pa.array(source if hasattr(source, "dtype") else list(source), from_pandas=True)
+        return object_ids(values, "the exclude ids", drop_empty=True), np.empty(0, np.int64), ""
     from skymorph.storage import filesystem
     from skymorph.tables import CSV_SUFFIXES, plain, read_table
 
@@ -231,13 +235,14 @@ def pick_to(
     Both files or neither, so that a rerun is not refused for the one written before the other failed:
     the gallery is drawn first, in memory (it reads the tiles, the likelier to fail), then the images
     are written, then ``out``, then the gallery. A batch that cannot be written changes neither file, an
-    earlier one replaced with ``overwrite`` included; images written before a failure stay (each whole:
-    an earlier batch's manifest may name them). An empty batch (every galaxy excluded) is written
-    without a gallery, with a warning."""
+    earlier one replaced with ``overwrite`` included (its bytes are kept until the gallery is written);
+    images written before a failure stay (each whole: an earlier batch's manifest may name them). An
+    empty batch (every galaxy excluded) is written without a gallery, with a warning; a file at
+    ``gallery_png`` (the replaced batch's) is removed."""
     from skymorph.catalog.export import check_exportable, export_table, output_format
     from skymorph.catalog.gallery import check_png
     from skymorph.catalog.gallery import gallery_png as draw
-    from skymorph.storage import atomic_write_bytes, remove_file
+    from skymorph.storage import atomic_write_bytes, exists, read_bytes, remove_file
 
     output_format(out)
     if gallery_png:
@@ -248,20 +253,28 @@ def pick_to(
             catalog.check_outside(output, flag)
     batch = pick(catalog, n, question=question, storage_options=storage_options, **choices)
     if gallery_png and batch.num_rows == 0:
-        print(f"skymorph: warning: nothing was picked, so no gallery is drawn at {gallery_png}", file=sys.stderr)
-        gallery_png = None
-    png = draw(batch, catalog, question, storage_options) if gallery_png else None
+        print(f"skymorph: warning: nothing was picked, so no gallery is drawn at {gallery_png} (a gallery there is removed)",
+              file=sys.stderr)
+    png = draw(batch, catalog, question, storage_options) if gallery_png and batch.num_rows else None
     if images:
         batch = name_subject_images(batch, images, out)
         check_exportable(batch, out)  # before the images are written
         write_subject_images(batch, images, storage_options)
+    # the batch ``out`` holds now, back if the gallery cannot be written: the one the volunteers have
+    previous = read_bytes(out, storage_options) if png is not None and exists(out, storage_options) else None
     export_table(batch, out, storage_options)
     if png is not None:
         try:
             atomic_write_bytes(gallery_png, png, storage_options)
         except BaseException:
-            remove_file(out, storage_options)
+            with contextlib.suppress(Exception):  # the gallery's error is the one to see
+                if previous is None:
+                    remove_file(out, storage_options)
+                else:
+                    atomic_write_bytes(out, previous, storage_options)
             raise
+    elif gallery_png and exists(gallery_png, storage_options):  # an empty batch: not beside the old batch's gallery
+        remove_file(gallery_png, storage_options)
     return batch
 
 
