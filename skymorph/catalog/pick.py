@@ -345,10 +345,15 @@ def _score(catalog: Catalog, question: str | None, weight_by_asked: bool) -> tup
     return f"{question}_bald", f'"{question}_bald"'
 
 
+def _first_of_each(ids: np.ndarray) -> np.ndarray:
+    """The positions of the first row of each id (rows in rank order: its best), in that order."""
+    _, first = np.unique(ids, return_index=True)
+    return np.sort(first)
+
+
 def _first_per_object(ids: np.ndarray, *columns: np.ndarray) -> tuple[np.ndarray, ...]:
     """Keep the first row of each ``object_id`` (rows already in rank order), preserving that order."""
-    _, first = np.unique(ids, return_index=True)
-    keep = np.sort(first)
+    keep = _first_of_each(ids)
     return (ids[keep], *(c[keep] for c in columns))
 
 
@@ -389,9 +394,9 @@ def _best_rows(rows, n: int):
         order = pc.sort_indices(candidates, sort_keys=[("key", "descending"), ("object_id", "ascending"), ("tile", "ascending"),
                                                        ("row", "ascending")])
         ranked = candidates.take(order)
-        _, first = np.unique(ranked["object_id"].to_numpy(), return_index=True)
+        first = _first_of_each(ranked["object_id"].to_numpy())
         if len(first) >= n or candidates.num_rows == rows.num_rows:
-            return ranked.take(pa.array(np.sort(first)[:n], pa.int64()))
+            return ranked.take(pa.array(first[:n], pa.int64()))
         candidates = rows  # a galaxy twice among them (overlapping tiles): its next best may be below the n-th key
 
 
