@@ -9,8 +9,8 @@ provenance in its meta (``MODELSHA``: the model digest, ``SAMPLES``, ``SEED``, `
 ``SCHEMA``, ``LIKELIHD``, ``SMVERS``; ``PICK``, a picked batch's strategy, score, beta and seed), so the
 file says which model made the numbers: FITS header
 cards, or VOTable PARAMs and the table's DESCRIPTION (astropy's ``Table.read`` returns a VOTable's
-DESCRIPTION in ``meta`` but not its PARAMs). A seed of 2**63 or more is a text PARAM, since a VOTable
-``long`` is signed. Every output is written atomically (local temporary file
+DESCRIPTION in ``meta`` but not its PARAMs). A seed of 2**63 or more is text, a card or a PARAM: a
+VOTable ``long`` is signed, as FITS readers' integers (cfitsio's) are. Every output is written atomically (local temporary file
 and rename, or one S3 upload). :func:`export_reader` streams
 Parquet and CSV batch by batch, so their size is not bounded by memory; FITS and VOTable are built
 whole by astropy.
@@ -64,8 +64,8 @@ def output_format(out: str) -> str:
 def _provenance(metadata: dict | None) -> dict:
     text = metadata_text(metadata)
     meta = {card: text[key] for key, card in _FITS_META.items() if key in text}
-    for card in _INTEGER_CARDS:
-        if card in meta and meta[card].lstrip("-").isdigit():
+    for card in _INTEGER_CARDS:  # an integer beyond int64 (a seed up to 2^64 - 1) stays text: readers hold int64
+        if card in meta and meta[card].lstrip("-").isdigit() and -(2**63) <= int(meta[card]) < 2**63:
             meta[card] = int(meta[card])
     if "skymorph.schema" in text:
         try:
