@@ -82,7 +82,7 @@ def test_exclusions_never_picked(catalog, full, tmp_path):
     for table in (labelled, labelled.set_index("object_id"), arrow, arrow.to_batches()[0]):
         assert pick(catalog, 20, exclude=table)["object_id"].to_pylist() == batch["object_id"].to_pylist()
     with pytest.raises(InputError, match=r"the exclude table has no object_id column \(columns: votes, note, id\); name its id "
-                                         r"column with --exclude-id-column \(exclude_id_column=\)"):
+                                         r"column with --exclude-id-column \(exclude_id_column= in Python\)"):
         pick(catalog, 20, exclude=labelled.rename(columns={"object_id": "id"}))
     wide = pd.DataFrame({f"smooth-or-featured_answer-{i}_fraction": [0.5] for i in range(118)})  # a volunteer table's width
     with pytest.raises(InputError, match=r"\(columns: smooth-or-featured_answer-0_fraction, .*, smooth-or-featured_answer-11_fraction, "
@@ -105,6 +105,19 @@ def test_exclusions_never_picked(catalog, full, tmp_path):
     assert main(["catalog", "pick", catalog, "--n", "20", "--exclude", str(tmp_path / "gz.csv"), str(tmp_path / "waiting.csv"),
                  "--exclude-id-column", "galaxy_id", "--out", str(out), "--overwrite"]) == 0
     assert pd.read_csv(out)["object_id"].tolist() == top[40:60]
+
+
+def test_ids_to_exclude_of_which_none_is_in_the_catalog_are_warned_of(catalog, full, capsys):
+    """A survey's own ids (GZ2's galaxy_id) given to --exclude excluded nothing, without a word: the
+    volunteers were sent galaxies they had classified."""
+    capsys.readouterr()
+    foreign = np.arange(10**15, 10**15 + 5)
+    assert pick(catalog, 5, exclude=foreign)["object_id"].to_pylist() == _direct_top(full, "bald_total", 5)
+    assert capsys.readouterr().err == (f"skymorph: warning: none of the 5 ids to exclude (object_id) is a galaxy of catalog "
+                                       f"{catalog!r}, so this batch excludes nothing: they must be the catalog's object_id "
+                                       "(`survey ingest`'s labels.parquet, or `labels match` for a table with ra and dec)\n")
+    pick(catalog, 5, exclude=[*foreign, int(full.object_id.iloc[0])])  # one of them is: no warning
+    assert capsys.readouterr().err == ""
 
 
 def test_exclude_reads_every_table_the_labels_may_be(catalog, full, tmp_path):

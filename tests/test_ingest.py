@@ -780,6 +780,16 @@ def test_tiles_are_written_as_they_fill_not_once_every_cutout_is_decoded(tmp_pat
     assert [open_tile(url).read_coords()[0].tolist() for url in summary.tiles] == [[1, 2], [3, 4]] and summary.n_failed == 1
 
 
+def test_a_catalog_of_missing_files_names_twenty_and_says_where_relative_files_are_read(tmp_path):
+    """A catalog read from the wrong directory failed every row: one warning line each, 2,000 for GZ2."""
+    (tmp_path / "cat.csv").write_text("object_id,file\n" + "".join(f"{i},img/{i}.png\n" for i in range(1, 26)))
+    code, err = _run(["survey", "ingest", "--catalog", str(tmp_path / "cat.csv"), "--out", str(tmp_path / "o")])
+    lines = err.splitlines()
+    assert code == 2 and len(lines) == 22 and lines[19].startswith("skymorph: warning: skipped img/20.png (object_id 20)")
+    assert lines[20] == "skymorph: warning: ... and 5 more skipped"
+    assert lines[21].endswith(f"(a relative file is read from the catalog's directory, {str(tmp_path)!r})")
+
+
 def test_decoding_runs_at_most_its_window_ahead_and_stops_with_its_consumer():
     """pool.map submitted every cutout at once: each decoded result waited in memory for its turn, and after
     an error the whole catalog went on being decoded."""

@@ -671,8 +671,9 @@ def test_tiles_unlike_those_the_model_was_trained_on_are_warned_of(tmp_path, cap
                        rows_per_task=64, catalog_order=3, progress=False)
     capsys.readouterr()
     assert run_survey(config).ok
-    assert (f"skymorph run: warning: tile {tiles[0]!r} holds images unlike those the model was trained on (bands ['u'] vs "
-            "['r']; pixel_scale_arcsec 0.1 vs 0.262, and so do other tiles): its posteriors there are an extrapolation") in capsys.readouterr().err
+    assert (f"skymorph run: warning: tile {tiles[0]!r} holds images unlike those the model was trained on (the tile's vs the "
+            "training's: bands ['r'] vs ['u']; pixel_scale_arcsec 0.262 vs 0.1), and so do other tiles: its posteriors there are "
+            "an extrapolation") in capsys.readouterr().err
     _check_sampled_tiles(tiles, read_model_info(models["r"]).metadata, replace(config, model=models["r"]))
     assert "warning" not in capsys.readouterr().err
 

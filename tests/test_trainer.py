@@ -439,7 +439,7 @@ def test_same_seed_same_weights_and_resume_continues_exactly(tmp_path):
     assert str(half).startswith("trained 1 epoch(s) on ")
     # why it stopped, in words ("(stop_after_epochs)"), and how many galaxies the best loss is of
     assert (f" min (paused by --stop-after-epochs); best epoch 1: validation loss {half.best_val_loss:.4f} on "
-            f"{half.n_validation} galaxies -> ") in str(half)
+            f"{half.n_validation} galaxies -> {half.checkpoint}; continue with --resume {half.last_checkpoint}") in str(half)
     wc = _state(rest.last_checkpoint)
     assert all(torch.equal(wa[k], wc[k]) for k in wa)
     metrics = json.loads((tmp_path / "c.ckpt.metrics.json").read_text())

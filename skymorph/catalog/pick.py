@@ -164,7 +164,7 @@ def _read_one(source, storage_options: dict | None, id_column: str, schema: Sche
 def _no_id_column(what: str, id_column: str, names: list[str]) -> InputError:
     listed = ", ".join(names[:12]) + (f", ... ({len(names) - 12} more)" if len(names) > 12 else "")
     return InputError(f"{what} has no {id_column} column (columns: {listed}); name its id column with "
-                      "--exclude-id-column (exclude_id_column=)." + did_you_mean(id_column, names))
+                      "--exclude-id-column (exclude_id_column= in Python)." + did_you_mean(id_column, names))
 
 
 def _ids_of(table, id_column: str, what: str, schema: Schema | None = None, text: bool = False) -> tuple[np.ndarray, np.ndarray, str]:
@@ -470,6 +470,13 @@ def pick(
     where = f"{score_sql} IS NOT NULL AND NOT isnan({score_sql}) AND object_id NOT IN (SELECT object_id FROM excluded)"
     with connect(catalog, check_rows=True) as con:
         con.register("excluded", excluded)
+        # a survey's own ids (GZ2's), or the wrong --exclude-id-column, exclude nothing, without a word; one
+        # match ends the scan, so only that case reads every id
+        if excluded.num_rows and not con.execute("SELECT 1 FROM catalog WHERE object_id IN (SELECT object_id FROM excluded) "
+                                                 "LIMIT 1").fetchall():
+            print(f"skymorph: warning: none of the {excluded.num_rows} ids to exclude ({exclude_id_column}) is a galaxy of "
+                  f"catalog {catalog.url!r}, so this batch excludes nothing: they must be the catalog's object_id (`survey "
+                  "ingest`'s labels.parquet, or `labels match` for a table with ra and dec)", file=sys.stderr)
         if strategy == "top":
             ids, scores, tiles, row_numbers = _top(con, score_sql, where, int(n))
         else:

@@ -391,14 +391,14 @@ def _check_sampled_tiles(tiles: list[str], metadata, config: RunConfig) -> bool:
         except (SkymorphError, OSError, ValueError):
             continue
         shapes[url], placeholder[url] = tuple(tile.shape), tile.placeholder_positions
-        differences = [pixels_differ(pixels, tile.pixels) for pixels in trained_on]
+        differences = [pixels_differ(tile.pixels, pixels) for pixels in trained_on]
         if differences and all(differences):
             unlike[url] = differences[0]
     if unlike:
         url, differences = next(iter(unlike.items()))
-        print(f"skymorph run: warning: tile {url!r} holds images unlike those the model was trained on ({'; '.join(differences)}"
-              f"{', and so do other tiles' if len(unlike) > 1 else ''}): its posteriors there are an extrapolation",
-              file=sys.stderr, flush=True)
+        print(f"skymorph run: warning: tile {url!r} holds images unlike those the model was trained on (the tile's vs the "
+              f"training's: {'; '.join(differences)}){', and so do other tiles' if len(unlike) > 1 else ''}: its posteriors "
+              "there are an extrapolation", file=sys.stderr, flush=True)
     if len(set(placeholder.values())) > 1:
         fake, real = (next(url for url, p in placeholder.items() if p is value) for value in (True, False))
         raise InputError(f"tile {fake!r} has {Tile.positions_kind(True)} but tile {real!r} has {Tile.positions_kind(False)}: "

@@ -80,6 +80,7 @@ __all__ = ["ingest", "IngestSummary", "decode_image", "parse_label_map"]
 MAX_INGEST_WORKERS = 256
 """Most decoding threads ``--workers`` may ask for: enough to keep many S3 reads in flight; a million
 started one thread per file, until Python could start no more."""
+_WARNED_FAILURES = 20  # skipped files named on stderr; ingest_failures.csv lists them all
 _SKY_ORDER = 29  # the finest nested HEALPix order cdshealpix supports (~0.4 mas cells): the tiles' sort key
 _ASINH_A, _PERCENTILE = 0.1, 99.5  # the stretch of values beyond 8 bits: AsinhStretch(a) over a percentile interval
 # Pillow's raw modes of 16 bits per band for colour or grey+alpha ("RGB;16B", "LA;16B", "RGBA;16L", ...),
@@ -602,11 +603,18 @@ def ingest(
             tiles.remove()
             raise
         failures = [failure[1:] for failure in sorted(failures)]  # catalog order
-        for file, oid, reason in failures:
-            print(f"skymorph: warning: skipped {file} (object_id {oid}): {reason}", file=sys.stderr)
         ok = tiles.kept
+        for file, oid, reason in failures[:_WARNED_FAILURES]:
+            print(f"skymorph: warning: skipped {file} (object_id {oid}): {reason}", file=sys.stderr)
+        if len(failures) > _WARNED_FAILURES:  # a wrong base directory fails every row: thousands of lines
+            listed = f" (all in {join(out, 'ingest_failures.csv')})" if ok.any() else ""
+            print(f"skymorph: warning: ... and {len(failures) - _WARNED_FAILURES} more skipped{listed}", file=sys.stderr)
         if not ok.any():
-            raise InputError(f"none of the {len(files)} cutouts of {catalog_csv!r} could be read; first: {failures[0][0]}: {failures[0][2]}")
+            file, _, reason = failures[0]
+            missing = reason.startswith("FileNotFoundError") and not (os.path.isabs(file) or is_remote(file))
+            relative = f" (a relative file is read from the catalog's directory, {base or '.'!r})" if missing else ""
+            raise InputError(f"none of the {len(files)} cutouts of {catalog_csv!r} could be read; first: {failures[0][0]}: "
+                             f"{failures[0][2]}{relative}")
         labels = _labels_table(object_id[ok], tiles.tile_of_row[ok], tiles.row[ok], {name: values[ok] for name, values in votes.items()},
                                {name: values.filter(pa.array(ok)) for name, values in passthrough.items()}, placeholder, schema)
         lock.check_held()

@@ -205,10 +205,11 @@ class TrainResult:
         which = f" ({span} of the run)" if self.resumed_at and done else ""
         head = (f"trained {done} epoch(s){which} on {self.n_train} galaxies in {self.minutes:.1f} min" if done or not self.resumed_at
                 else f"nothing left to train after the run's {self.epochs_run} epoch(s) on {self.n_train} galaxies")
+        unfinished = f"; continue with --resume {self.last_checkpoint}" if self.stopped in ("max_minutes", "stop_after_epochs") else ""
         return (
             f"{head} "
             f"({_WHY_STOPPED.get(self.stopped, self.stopped)}); best epoch {self.best_epoch}: validation loss "
-            f"{self.best_val_loss:.4f} on {self.n_validation} galaxies -> {self.checkpoint}"
+            f"{self.best_val_loss:.4f} on {self.n_validation} galaxies -> {self.checkpoint}{unfinished}"
         )
 
 
