@@ -330,7 +330,8 @@ class _TileWriter:
                              f"{self._first[0]} {self._first[1]}, {file} {image.shape[0]}); use --bands mean")
         key = side if self.by_side else None
         if key not in self._open:  # pages are touched as cutouts fill them: a tile of a few costs a few
-            self._open[key] = (np.empty((self.tile_size, *image.shape), dtype=np.uint8), [], [], [])
+            capacity = min(self.tile_size, len(self.object_id))  # a --tile-size beyond the catalog's rows asked for no more
+            self._open[key] = (np.empty((capacity, *image.shape), dtype=np.uint8), [], [], [])
         images, rows, sides, flags = self._open[key]
         images[len(rows)] = image
         rows.append(row)
