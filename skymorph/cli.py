@@ -75,7 +75,9 @@ def _positive_int(text: str) -> int:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if not 1 <= value < 2**63:  # above, DuckDB's LIMIT failed with an INT128 conversion error naming no flag
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    if value >= 2**63:  # DuckDB's LIMIT failed with an INT128 conversion error naming no flag
         raise argparse.ArgumentTypeError(f"expected a positive integer below 2**63, got {value}")
     return value
 

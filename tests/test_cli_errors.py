@@ -257,6 +257,10 @@ def test_a_count_beyond_int64_is_refused_by_its_flag(small_catalog, tmp_path, ca
         assert capsys.readouterr().err.strip().splitlines() == [
             f"skymorph catalog {argv[0]}: error: argument {argv[2]}: expected a positive integer below 2**63, got "
             f"100000000000000000000 (see skymorph catalog {argv[0]} --help)"]
+    with pytest.raises(SystemExit) as exit_:
+        main(["catalog", "query", small_catalog, "--limit", "0"])
+    assert exit_.value.code == 2 and capsys.readouterr().err == ("skymorph catalog query: error: argument --limit: expected a positive integer, got 0 "
+                                       "(see skymorph catalog query --help)\n")
 
 
 @pytest.mark.parametrize("argv", [
