@@ -10,10 +10,10 @@ provenance in its meta (``MODELSHA``: the model digest, ``SAMPLES``, ``SEED``, `
 file says which model made the numbers: FITS header
 cards, or VOTable PARAMs and the table's DESCRIPTION (astropy's ``Table.read`` returns a VOTable's
 DESCRIPTION in ``meta`` but not its PARAMs). A seed of 2**63 or more is text, a card or a PARAM: a
-VOTable ``long`` is signed, as FITS readers' integers (cfitsio's) are. Every output is written atomically (local temporary file
-and rename, or one S3 upload). :func:`export_reader` streams
-Parquet and CSV batch by batch, so their size is not bounded by memory; FITS and VOTable are built
-whole by astropy.
+VOTable ``long`` is signed, as FITS readers' integers (cfitsio's) are. Every output is written
+atomically (local temporary file and rename, or one S3 upload). :func:`export_reader` streams Parquet
+and CSV batch by batch, so their size is not bounded by memory; FITS and VOTable are built whole by
+astropy.
 """
 
 from __future__ import annotations
