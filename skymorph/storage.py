@@ -57,6 +57,7 @@ __all__ = [
     "check_new",
     "remote_error_message",
     "remote_key",
+    "remove_empty_directories",
     "same_location",
     "within",
     "storage_options_for",
@@ -408,6 +409,17 @@ def remove_file(url: str, storage_options: dict | None = None) -> None:
             remove_paths(fs, [path])
     except FileNotFoundError:
         pass
+
+
+def remove_empty_directories(directories: list[str], top: str) -> None:
+    """Remove each of the local ``directories`` and then its parents below ``top`` while they are empty."""
+    for directory in sorted(set(directories), key=len, reverse=True):
+        while os.path.abspath(directory).startswith(os.path.abspath(top) + os.sep):
+            try:
+                os.rmdir(directory)
+            except OSError:  # not empty (or gone): its parents are not empty either
+                break
+            directory = os.path.dirname(directory)
 
 
 _DELETE_BATCH = 1000

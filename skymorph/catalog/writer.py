@@ -37,6 +37,7 @@ from skymorph.storage import (
     filesystem,
     is_remote,
     read_text,
+    remove_empty_directories,
     remove_paths,
     strip_protocol,
     write_parquet,
@@ -392,17 +393,6 @@ class FinishReport:
     removed_temp_files: int = 0
 
 
-def _remove_empty_directories(directories: list[str], top: str) -> None:
-    """Remove each of ``directories`` and then its parents below ``top`` while they are empty."""
-    for directory in sorted(set(directories), key=len, reverse=True):
-        while os.path.abspath(directory).startswith(os.path.abspath(top) + os.sep):
-            try:
-                os.rmdir(directory)
-            except OSError:  # not empty (or gone): its parents are not empty either
-                break
-            directory = os.path.dirname(directory)
-
-
 def finish_catalog(catalog: str, manifest: Manifest, schema, properties: CatalogProperties,
                    storage_options: dict | None = None, threads: int = 16) -> FinishReport:
     """Make ``catalog`` a complete HATS catalog from the parts the manifest's ranges own.
@@ -431,7 +421,7 @@ def finish_catalog(catalog: str, manifest: Manifest, schema, properties: Catalog
     temps = layout.list_temp_files(catalog, storage_options)  # every range is finished: no writer owns them
     remove_paths(filesystem(catalog, storage_options)[0], [strip_protocol(p.url) for p in stale] + temps)
     if not is_remote(catalog):  # hats' validation refuses a pixel directory without a part (S3 has no directories)
-        _remove_empty_directories([os.path.dirname(strip_protocol(p.url)) for p in stale] + [os.path.dirname(p) for p in temps],
+        remove_empty_directories([os.path.dirname(strip_protocol(p.url)) for p in stale] + [os.path.dirname(p) for p in temps],
                                   strip_protocol(layout.dataset_url(catalog)))
 
     def rows_and_version(part) -> tuple[int, str]:  # not the footer: 330 KB each, 30 GB for 10^5 parts

@@ -415,18 +415,15 @@ def _check_sampled_tiles(tiles: list[str], metadata, config: RunConfig) -> bool:
 def _no_trace_unless_started(out: str, is_new: bool, options: dict):
     """For a new catalog: if the block fails before the manifest is written (no scheduler, no GPU
     worker), remove the empty directories that the driver's lock left, so --out is as it was."""
-    from skymorph.storage import exists, is_remote
+    from skymorph.storage import exists, is_remote, remove_empty_directories
 
     existed = exists(out, options)
     try:
         yield
     except BaseException:
         if is_new and not existed and not is_remote(out) and not exists(layout.manifest_url(out), options):
-            for path in (layout.skymorph_dir(out), out):
-                try:
-                    os.rmdir(path)  # only when empty: never removes anything written
-                except OSError:
-                    break
+            # only when empty: never removes anything written
+            remove_empty_directories([layout.skymorph_dir(out)], os.path.dirname(os.path.abspath(out)))
         raise
 
 

@@ -129,31 +129,14 @@ def writing_survey(out: str, overwrite: bool, storage_options: dict | None, comm
 
     lock = DriverLock(out, storage_options, url=storage.join(out, WRITER_LOCK), writer=f"`skymorph {command}`")
     check_survey_out(out, overwrite, storage_options, lock)  # before the lock puts a file there
-    made = _first_missing(storage.strip_protocol(out)) if not storage.is_remote(out) else None
+    path = None if storage.is_remote(out) else os.path.abspath(storage.strip_protocol(out))
+    existing = path
+    while existing is not None and not os.path.exists(existing):  # what the lock's file will not have made
+        existing = os.path.dirname(existing)
     try:
         with lock:
             check_survey_out(out, overwrite, storage_options)
             yield lock
     finally:
-        if made is not None:
-            _remove_empty(os.path.abspath(storage.strip_protocol(out)), made)
-
-
-def _first_missing(path: str) -> str | None:
-    """The outermost directory of ``path`` (itself included) that does not exist yet; None if it does."""
-    path, missing = os.path.abspath(path), None
-    while not os.path.exists(path):
-        path, missing = os.path.dirname(path), path
-    return missing
-
-
-def _remove_empty(path: str, up_to: str) -> None:
-    """Remove ``path`` and its parents up to ``up_to`` while they are empty."""
-    while True:
-        try:
-            os.rmdir(path)
-        except OSError:  # not empty (a survey written, or others' files): kept, and so are its parents
-            return
-        if path == up_to:
-            return
-        path = os.path.dirname(path)
+        if path is not None:  # a survey written, or others' files, keep theirs
+            storage.remove_empty_directories([path], existing)
