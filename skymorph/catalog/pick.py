@@ -242,7 +242,7 @@ def pick_to(
     from skymorph.catalog.export import check_exportable, export_table, output_format
     from skymorph.catalog.gallery import check_png
     from skymorph.catalog.gallery import gallery_png as draw
-    from skymorph.storage import atomic_write_bytes, exists, read_bytes, remove_file
+    from skymorph.storage import atomic_write_bytes, read_bytes, remove_file
 
     output_format(out)
     if gallery_png:
@@ -260,8 +260,10 @@ def pick_to(
         batch = name_subject_images(batch, images, out)
         check_exportable(batch, out)  # before the images are written
         write_subject_images(batch, images, storage_options)
-    # the batch ``out`` holds now, back if the gallery cannot be written: the one the volunteers have
-    previous = read_bytes(out, storage_options) if png is not None and exists(out, storage_options) else None
+    previous = None  # the batch ``out`` holds now, back if the gallery cannot be written: the one the volunteers have
+    if png is not None:
+        with contextlib.suppress(FileNotFoundError):
+            previous = read_bytes(out, storage_options)
     export_table(batch, out, storage_options)
     if png is not None:
         try:
@@ -273,7 +275,7 @@ def pick_to(
                 else:
                     atomic_write_bytes(out, previous, storage_options)
             raise
-    elif gallery_png and exists(gallery_png, storage_options):  # an empty batch: not beside the old batch's gallery
+    elif gallery_png:  # an empty batch: not beside the old batch's gallery (remove_file takes a missing one)
         remove_file(gallery_png, storage_options)
     return batch
 

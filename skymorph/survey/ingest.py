@@ -614,8 +614,7 @@ def ingest(
             file, _, reason = failures[0]
             missing = reason.startswith("FileNotFoundError") and not (os.path.isabs(file) or is_remote(file))
             relative = f" (a relative file is read from the catalog's directory, {base or '.'!r})" if missing else ""
-            raise InputError(f"none of the {len(files)} cutouts of {catalog_csv!r} could be read; first: {failures[0][0]}: "
-                             f"{failures[0][2]}{relative}")
+            raise InputError(f"none of the {len(files)} cutouts of {catalog_csv!r} could be read; first: {file}: {reason}{relative}")
         labels = _labels_table(object_id[ok], tiles.tile_of_row[ok], tiles.row[ok], {name: values[ok] for name, values in votes.items()},
                                {name: values.filter(pa.array(ok)) for name, values in passthrough.items()}, placeholder, schema)
         lock.check_held()
